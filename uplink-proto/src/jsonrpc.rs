@@ -1,0 +1,119 @@
+//! The little of JSON-RPC 2.0 the uplink needs: reading a message's `id` and building error responses.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Invalid JSON was received.
+pub const PARSE_ERROR: i32 = -32700;
+/// The JSON sent is not a valid request object.
+pub const INVALID_REQUEST: i32 = -32600;
+/// Internal error: used for every failure of the local MCP call.
+pub const INTERNAL_ERROR: i32 = -32603;
+
+/// What a JSON-RPC message body turned out to be, as far as the uplink cares.
+#[derive(Clone, Copy, Debug)]
+pub enum BodyId<'a> {
+    /// A JSON object with a usable `id` (a string or a number): a request expecting a response.
+    Id(&'a RawValue),
+    /// Valid JSON without a usable `id`: a notification, a batch, or an `id` of the wrong type.
+    NoId,
+    /// Not JSON at all.
+    NotJson,
+}
+
+impl PartialEq for BodyId<'_> {
+    /// Ids compare by their JSON text.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (BodyId::Id(a), BodyId::Id(b)) => a.get() == b.get(),
+            (BodyId::NoId, BodyId::NoId) | (BodyId::NotJson, BodyId::NotJson) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for BodyId<'_> {}
+
+/// Reads the JSON-RPC `id` of `body` without building a tree of the rest.
+pub fn body_id(body: &str) -> BodyId<'_> {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(default, borrow)]
+        id: Option<&'a RawValue>,
+    }
+    match serde_json::from_str::<Probe<'_>>(body) {
+        Ok(Probe { id: Some(id) }) if is_usable_id(id) => BodyId::Id(id),
+        Ok(_) => BodyId::NoId,
+        // Not an object (a batch, a scalar), or an object we could not read: valid JSON still is forwarded.
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() => BodyId::NoId,
+        Err(_) => BodyId::NotJson,
+    }
+}
+
+/// JSON-RPC ids are strings or numbers (`null` is allowed but means "unknown").
+fn is_usable_id(id: &RawValue) -> bool {
+    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+}
+
+/// Builds `{"jsonrpc":"2.0","id":<id or null>,"error":{"code":…,"message":…}}`.
+pub fn error_response(id: Option<&RawValue>, code: i32, message: &str) -> Box<RawValue> {
+    #[derive(Serialize)]
+    struct ErrorObject<'a> {
+        code: i32,
+        message: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Response<'a> {
+        jsonrpc: &'static str,
+        id: Option<&'a RawValue>,
+        error: ErrorObject<'a>,
+    }
+    let text: String = match serde_json::to_string(&Response { jsonrpc: "2.0", id, error: ErrorObject { code, message } }) {
+        Ok(text) => text,
+        Err(_) => unreachable!("serialising plain data cannot fail"),
+    };
+    match RawValue::from_string(text) {
+        Ok(raw) => raw,
+        Err(_) => unreachable!("serde_json produced invalid JSON"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ids_of_every_kind() {
+        let id = |b| match body_id(b) {
+            BodyId::Id(id) => Some(String::from(id.get())),
+            _ => None,
+        };
+        assert_eq!(id(r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#).as_deref(), Some("7"));
+        assert_eq!(id(r#"{"method":"x","params":{"id":1},"id":"a\"b"}"#).as_deref(), Some(r#""a\"b""#));
+        assert_eq!(id(r#"{"id":-1.5e3}"#).as_deref(), Some("-1.5e3"));
+        assert_eq!(body_id(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#), BodyId::NoId);
+        assert_eq!(body_id(r#"{"id":null}"#), BodyId::NoId);
+        assert_eq!(body_id(r#"{"id":{"x":1}}"#), BodyId::NoId);
+        assert_eq!(body_id(r#"{"id":true}"#), BodyId::NoId);
+        assert_eq!(body_id(r#"[{"id":1}]"#), BodyId::NoId);
+        assert_eq!(body_id(r#"{"id":1,"id":2}"#), BodyId::NoId);
+        assert_eq!(body_id("{not json"), BodyId::NotJson);
+        assert_eq!(body_id(""), BodyId::NotJson);
+    }
+
+    #[test]
+    fn error_response_is_valid_json_rpc() {
+        let id = RawValue::from_string(String::from("\"x\"")).ok();
+        let r = error_response(id.as_deref(), INTERNAL_ERROR, "boom \"quoted\"");
+        let v: serde_json::Value = serde_json::from_str(r.get()).expect("valid JSON");
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["id"], "x");
+        assert_eq!(v["error"]["code"], -32603);
+        assert_eq!(v["error"]["message"], "boom \"quoted\"");
+        let r = error_response(None, PARSE_ERROR, "bad");
+        assert_eq!(r.get(), r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"bad"}}"#);
+    }
+}

@@ -1,0 +1,936 @@
+//! The sled side of the uplink: one machine for the sled's whole lifetime, across reconnections.
+//!
+//! See the [crate documentation](crate) for the drive loop. Method kinds, as in quinn-proto:
+//! - getters (`&self`): [`Sled::link_state`], [`Sled::stats`], [`Sled::pending_permissions`], …
+//! - inputs (`handle_*`, each taking `now`): what happened on the socket, the timer, or the local MCP call;
+//! - commands (each taking `now`): [`Sled::request_permission`], [`Sled::shutdown`];
+//! - outputs: [`Sled::poll_output`] until it returns `None`, then [`Sled::poll_timeout`].
+//!
+//! Every input first fires the timers that are due at `now`, so a late or missing [`Sled::handle_timeout`] call
+//! can delay work but never change a decision: a response that arrives after its request's deadline is
+//! ignored, whatever the order in which the caller reports them.
+
+use alloc::borrow::{Cow, ToOwned};
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use crate::backoff::Backoff;
+use crate::jsonrpc::{self, BodyId};
+use crate::time::Instant;
+use crate::wire::{self, Decision, GatewayFrame, Identity, RawValue, SledFrame};
+
+// ── Configuration ────────────────────────────────────────────────────────────────────────────────────────
+
+/// Everything that shapes a [`Sled`]'s behaviour. [`SledConfig::new`] gives the documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SledConfig {
+    /// `false` when no gateway is configured: the machine never connects and denies every permission request
+    /// at once (fail-closed). Default `true`.
+    pub enabled: bool,
+    /// Project name announced in the `identity` frame.
+    pub project: String,
+    /// Sled software version announced in the `identity` frame (optional extra).
+    pub sled_version: Option<String>,
+    /// Extra capabilities announced in the `identity` frame, after the core's own (`perm_cancel`).
+    pub capabilities: Vec<String>,
+    /// Interval between `heartbeat` frames (each also asks for a WebSocket ping). Default 10 s.
+    pub heartbeat_interval: Duration,
+    /// A connection on which nothing (no frame, no pong) arrived for this long is closed. Default 30 s. Must
+    /// exceed `heartbeat_interval`.
+    pub idle_timeout: Duration,
+    /// A connection attempt that has neither succeeded nor failed after this long is abandoned. Default 10 s.
+    pub connect_timeout: Duration,
+    /// First reconnection delay. Default 1 s.
+    pub backoff_initial: Duration,
+    /// Largest reconnection delay. Default 60 s.
+    pub backoff_max: Duration,
+    /// Growth factor of the delay per failed attempt. Default 2.
+    pub backoff_multiplier: u32,
+    /// Full jitter: draw each delay uniformly from `0..=` the exponential value. Default `true`; `false`
+    /// reproduces the original implementation's delays exactly.
+    pub backoff_jitter: bool,
+    /// A connection that lived this long resets the back-off to `backoff_initial`. Default 30 s.
+    pub stability_window: Duration,
+    /// Seed of the jitter generator. The same seed and the same inputs give the same outputs. Default 0; an
+    /// adapter running many sleds should pass a random seed so their reconnections spread out.
+    pub seed: u64,
+    /// A permission request still undecided after this long is denied (and withdrawn with `perm_cancel`).
+    /// Default 120 s.
+    pub permission_timeout: Duration,
+    /// Most permission requests pending at once (queued while disconnected plus awaiting a response); one more
+    /// is denied at once. Default 256.
+    pub max_pending_permissions: usize,
+    /// A local MCP call that has not replied after this long is answered with a JSON-RPC error and cancelled.
+    /// Default 60 s.
+    pub mcp_timeout: Duration,
+    /// Most local MCP calls in flight at once; an `mcp_request` beyond that is answered at once with a JSON-RPC
+    /// error. Default 32.
+    pub max_mcp_calls: usize,
+}
+
+impl SledConfig {
+    /// The defaults, for a sled announcing itself as `project`.
+    pub fn new(project: impl Into<String>) -> Self {
+        SledConfig {
+            enabled: true,
+            project: project.into(),
+            sled_version: None,
+            capabilities: Vec::new(),
+            heartbeat_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            backoff_multiplier: 2,
+            backoff_jitter: true,
+            stability_window: Duration::from_secs(30),
+            seed: 0,
+            permission_timeout: Duration::from_secs(120),
+            max_pending_permissions: 256,
+            mcp_timeout: Duration::from_secs(60),
+            max_mcp_calls: 32,
+        }
+    }
+
+    /// A configuration with no gateway: the machine stays [`LinkState::Disabled`] and denies everything.
+    pub fn disabled() -> Self {
+        SledConfig { enabled: false, ..SledConfig::new("") }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("backoff_initial", self.backoff_initial),
+            ("permission_timeout", self.permission_timeout),
+            ("mcp_timeout", self.mcp_timeout),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(ConfigError::Zero(name));
+        }
+        if self.idle_timeout <= self.heartbeat_interval {
+            return Err(ConfigError::IdleNotAboveHeartbeat);
+        }
+        if self.backoff_max < self.backoff_initial {
+            return Err(ConfigError::BackoffMaxBelowInitial);
+        }
+        if self.backoff_multiplier == 0 {
+            return Err(ConfigError::Zero("backoff_multiplier"));
+        }
+        if self.max_pending_permissions == 0 {
+            return Err(ConfigError::Zero("max_pending_permissions"));
+        }
+        if self.max_mcp_calls == 0 {
+            return Err(ConfigError::Zero("max_mcp_calls"));
+        }
+        if self.enabled && self.project.is_empty() {
+            return Err(ConfigError::EmptyProject);
+        }
+        Ok(())
+    }
+}
+
+/// A [`SledConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A duration or limit that must be positive is zero.
+    #[error("`{0}` must be greater than zero")]
+    Zero(&'static str),
+    /// The idle timeout would expire between two heartbeats of a healthy connection.
+    #[error("`idle_timeout` must be greater than `heartbeat_interval`")]
+    IdleNotAboveHeartbeat,
+    /// The back-off cap is below its first delay.
+    #[error("`backoff_max` must be at least `backoff_initial`")]
+    BackoffMaxBelowInitial,
+    /// An enabled sled must announce a project name.
+    #[error("`project` must not be empty")]
+    EmptyProject,
+}
+
+// ── Identifiers ──────────────────────────────────────────────────────────────────────────────────────────
+
+/// One connection attempt, and the connection it becomes. Never reused by a machine.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// One permission request, as the machine knows it. Never reused by a machine, so two requests that carry the
+/// same wire id are still told apart.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PermKey(pub u64);
+
+/// One call to the local MCP endpoint. Never reused by a machine.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct McpCallId(pub u64);
+
+// ── Inputs ───────────────────────────────────────────────────────────────────────────────────────────────
+
+/// A WebSocket message received on a connection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Received<'a> {
+    /// A text frame: decoded as a [`GatewayFrame`].
+    Text(&'a str),
+    /// A binary frame: not part of the protocol, ignored (but proof of life).
+    Binary(&'a [u8]),
+    /// A ping (the adapter's WebSocket library answers it): proof of life.
+    Ping,
+    /// A pong: proof of life.
+    Pong,
+}
+
+/// Why a connection attempt failed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectError {
+    /// The gateway refused the token (HTTP 401 or 403): retrying fast cannot help, so the next attempt waits
+    /// the back-off cap.
+    Unauthorized,
+    /// Anything else: DNS, TCP, TLS, a refused or failed handshake.
+    Other,
+}
+
+/// What the local MCP endpoint answered.
+#[derive(Clone, Debug)]
+pub enum McpReply {
+    /// The JSON-RPC response; it becomes the `mcp_response` payload as is.
+    Response(Box<RawValue>),
+    /// Accepted with no body (HTTP 202: the message was a notification); the payload is `null`.
+    NoContent,
+    /// The call failed (transport error, timeout, non-2xx status, unreadable body); answered with a JSON-RPC
+    /// internal error (-32603) carrying this message and the request's `id`.
+    Failed(String),
+}
+
+// ── Outputs ──────────────────────────────────────────────────────────────────────────────────────────────
+
+/// Something the caller must do or may want to know, drained with [`Sled::poll_output`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Open a WebSocket to the gateway; report the outcome with [`Sled::handle_connected`] or
+    /// [`Sled::handle_connect_failed`] under the same `conn`.
+    Connect {
+        /// Names this attempt in every later input about it.
+        conn: ConnId,
+    },
+    /// Send a text frame on `conn`. If the send fails, report [`Sled::handle_disconnected`].
+    Send {
+        /// The connection to send on; always the live one when emitted.
+        conn: ConnId,
+        /// The frame's JSON text.
+        text: String,
+    },
+    /// Send a WebSocket ping on `conn`.
+    Ping {
+        /// The connection to ping.
+        conn: ConnId,
+    },
+    /// Close `conn` with a close frame (best effort) and drop it, or abandon the attempt if still connecting.
+    /// The machine already treats it as gone: reporting its end later is harmless.
+    Close {
+        /// The connection to close.
+        conn: ConnId,
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason.
+        reason: &'static str,
+    },
+    /// A permission request is decided. Emitted exactly once per [`Sled::request_permission`] call.
+    Decided(Decided),
+    /// Call the local MCP endpoint with `body`; report with [`Sled::handle_mcp_reply`].
+    CallMcp(McpCall),
+    /// Abandon a local MCP call: its answer is no longer wanted (timed out, or its connection died).
+    CancelMcp {
+        /// The call to abandon.
+        call: McpCallId,
+    },
+    /// For logs and metrics; nothing to do.
+    Event(Event),
+}
+
+/// The decision on one permission request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decided {
+    /// The key [`Sled::request_permission`] returned.
+    pub key: PermKey,
+    /// The request's wire id.
+    pub id: String,
+    /// What was decided. Approvals come only from a `perm_response` on the connection the request was sent on.
+    pub decision: Decision,
+    /// Why.
+    pub cause: Cause,
+}
+
+/// Why a permission request ended as it did.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The gateway's `perm_response`.
+    Response,
+    /// No response before the permission timeout (denied).
+    Timeout,
+    /// The connection it was sent on was lost (denied).
+    ConnectionLost,
+    /// Too many requests pending (denied at once).
+    QueueFull,
+    /// A request with the same id is pending; that one keeps its place (denied at once).
+    DuplicateId,
+    /// The id is empty (denied at once).
+    InvalidId,
+    /// No gateway is configured (denied at once).
+    Disabled,
+    /// The machine is shutting down or shut down (denied).
+    Shutdown,
+}
+
+/// A call to make to the local MCP endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct McpCall {
+    /// Names the call in [`Sled::handle_mcp_reply`].
+    pub call: McpCallId,
+    /// The JSON-RPC text to `POST`, exactly as the gateway sent it.
+    pub body: String,
+    /// The gateway-side client session, when the gateway named one.
+    pub session: Option<String>,
+}
+
+/// Something that happened, for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The link changed state.
+    Link(LinkState),
+    /// A frame was received and ignored.
+    FrameIgnored(Ignored),
+}
+
+/// The state of the link to the gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// No gateway configured.
+    Disabled,
+    /// A connection attempt is under way.
+    Connecting {
+        /// The attempt.
+        conn: ConnId,
+        /// Failed attempts since the back-off was last reset.
+        attempt: u32,
+    },
+    /// Connected and identified.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Waiting before the next attempt.
+    BackingOff {
+        /// How long.
+        delay: Duration,
+        /// Why the previous connection or attempt ended.
+        reason: LossReason,
+    },
+    /// Shut down; terminal.
+    Closed,
+}
+
+/// Why a connection or connection attempt ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LossReason {
+    /// The attempt failed.
+    ConnectFailed,
+    /// The gateway refused the token.
+    Unauthorized,
+    /// The attempt took longer than the connect timeout.
+    ConnectTimeout,
+    /// The connection ended (closed by the gateway, reset, or a send failed).
+    Disconnected,
+    /// Nothing arrived for the idle timeout: the gateway is dead or the link half-open.
+    IdleTimeout,
+}
+
+/// Why a received frame was ignored.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Ignored {
+    /// Not a JSON envelope.
+    Malformed,
+    /// A `type` the sled does not know.
+    UnknownType,
+    /// A `perm_response` matching no request sent on this connection.
+    UnmatchedResponse,
+    /// A binary frame.
+    Binary,
+}
+
+/// Counters since the machine was created.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connection attempts started.
+    pub connects: u64,
+    /// Connections established.
+    pub connections: u64,
+    /// Text frames received on the live connection.
+    pub frames_received: u64,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Received frames that were not JSON envelopes.
+    pub malformed_frames: u64,
+    /// Received frames of an unknown type.
+    pub unknown_frames: u64,
+    /// `perm_response`s that matched nothing.
+    pub unmatched_responses: u64,
+    /// Binary frames received.
+    pub binary_frames: u64,
+    /// Inputs that named a connection which is no longer the live one.
+    pub stale_inputs: u64,
+    /// Local MCP replies for calls that were already answered or cancelled.
+    pub late_mcp_replies: u64,
+    /// `mcp_request`s answered at once with an error (no body, invalid JSON, too many calls).
+    pub mcp_rejected: u64,
+}
+
+// ── The machine ──────────────────────────────────────────────────────────────────────────────────────────
+
+#[derive(Clone, Debug)]
+enum Link {
+    Disabled,
+    Connecting { conn: ConnId, deadline: Instant },
+    Connected { conn: ConnId, since: Instant, last_rx: Instant, next_heartbeat: Instant },
+    BackingOff { until: Instant, delay: Duration, reason: LossReason },
+    Closed,
+}
+
+#[derive(Clone, Debug)]
+struct Perm {
+    id: String,
+    tool_name: String,
+    tool_input: Box<RawValue>,
+    deadline: Instant,
+    /// `None` while queued; the connection it was sent on afterwards.
+    sent_on: Option<ConnId>,
+}
+
+#[derive(Clone, Debug)]
+struct Call {
+    req_id: String,
+    jsonrpc_id: Option<Box<RawValue>>,
+    deadline: Instant,
+}
+
+/// The sled's side of the uplink. See the [module](self) and [crate](crate) docs.
+#[derive(Clone, Debug)]
+pub struct Sled {
+    cfg: SledConfig,
+    /// The latest `now` seen: time never runs backwards inside the machine.
+    now: Instant,
+    link: Link,
+    backoff: Backoff,
+    identity_text: String,
+    next_conn: u64,
+    next_key: u64,
+    next_call: u64,
+    /// Pending permission requests by key: arrival order, which is also deadline order.
+    perms: BTreeMap<PermKey, Perm>,
+    perm_ids: BTreeMap<String, PermKey>,
+    /// Local MCP calls in flight: arrival order, which is also deadline order.
+    calls: BTreeMap<McpCallId, Call>,
+    out: VecDeque<Output>,
+    stats: Stats,
+}
+
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+impl Sled {
+    /// Creates the machine. Unless disabled, its first output is a [`Output::Connect`].
+    pub fn new(config: SledConfig, now: Instant) -> Result<Sled, ConfigError> {
+        config.validate()?;
+        let mut capabilities: Vec<Cow<'_, str>> = Vec::with_capacity(1 + config.capabilities.len());
+        capabilities.push(Cow::Borrowed(wire::kind::PERM_CANCEL));
+        capabilities.extend(config.capabilities.iter().map(|c| Cow::Borrowed(c.as_str())));
+        let identity_text = SledFrame::Identity(Identity {
+            project: Cow::Borrowed(&config.project),
+            protocol: Some(wire::PROTOCOL_VERSION),
+            sled_version: config.sled_version.as_deref().map(Cow::Borrowed),
+            capabilities,
+        })
+        .encode();
+        let backoff = Backoff::new(
+            config.backoff_initial,
+            config.backoff_max,
+            config.backoff_multiplier,
+            config.backoff_jitter,
+            config.seed,
+        );
+        let mut sled = Sled {
+            link: if config.enabled { Link::Closed } else { Link::Disabled },
+            cfg: config,
+            now,
+            backoff,
+            identity_text,
+            next_conn: 0,
+            next_key: 0,
+            next_call: 0,
+            perms: BTreeMap::new(),
+            perm_ids: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            out: VecDeque::new(),
+            stats: Stats::default(),
+        };
+        if sled.cfg.enabled {
+            sled.start_connect();
+        } else {
+            sled.emit_link();
+        }
+        Ok(sled)
+    }
+
+    // ── Getters ──
+
+    /// The configuration the machine was built with.
+    pub fn config(&self) -> &SledConfig {
+        &self.cfg
+    }
+
+    /// The link's current state.
+    pub fn link_state(&self) -> LinkState {
+        match self.link {
+            Link::Disabled => LinkState::Disabled,
+            Link::Connecting { conn, .. } => LinkState::Connecting { conn, attempt: self.backoff.attempt() },
+            Link::Connected { conn, .. } => LinkState::Connected { conn },
+            Link::BackingOff { delay, reason, .. } => LinkState::BackingOff { delay, reason },
+            Link::Closed => LinkState::Closed,
+        }
+    }
+
+    /// The live connection, if any.
+    pub fn connection(&self) -> Option<ConnId> {
+        match self.link {
+            Link::Connected { conn, .. } => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Permission requests not yet decided (queued or awaiting a response).
+    pub fn pending_permissions(&self) -> usize {
+        self.perms.len()
+    }
+
+    /// Local MCP calls in flight.
+    pub fn mcp_calls_in_flight(&self) -> usize {
+        self.calls.len()
+    }
+
+    // ── Outputs ──
+
+    /// The next thing to do, or `None` when there is nothing more until the next input. Drain it after every
+    /// input, then ask [`Sled::poll_timeout`].
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`Sled::handle_timeout`] next, or `None` when no timer is armed. Calling earlier is
+    /// harmless; calling later delays heartbeats and timeouts.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let link = match self.link {
+            Link::Connecting { deadline, .. } => Some(deadline),
+            Link::Connected { last_rx, next_heartbeat, .. } => {
+                Some(next_heartbeat.min(last_rx + self.cfg.idle_timeout))
+            }
+            Link::BackingOff { until, .. } => Some(until),
+            Link::Disabled | Link::Closed => None,
+        };
+        let perm = self.perms.values().next().map(|p| p.deadline);
+        let call = self.calls.values().next().map(|c| c.deadline);
+        [link, perm, call].into_iter().flatten().min()
+    }
+
+    // ── Inputs ──
+
+    /// Fires every timer due at `now`. Early or repeated calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    /// The WebSocket `conn` (from [`Output::Connect`]) is open. Sends `identity`, then every queued request.
+    pub fn handle_connected(&mut self, now: Instant, conn: ConnId) {
+        self.advance(now);
+        match self.link {
+            Link::Connecting { conn: c, .. } if c == conn => {}
+            _ => {
+                // Not the attempt we are waiting for: a connection we no longer want.
+                self.stats.stale_inputs += 1;
+                self.out.push_back(Output::Close { conn, code: CLOSE_NORMAL, reason: "stale connection" });
+                return;
+            }
+        }
+        let now = self.now;
+        self.link = Link::Connected { conn, since: now, last_rx: now, next_heartbeat: now + self.cfg.heartbeat_interval };
+        self.stats.connections += 1;
+        self.emit_link();
+        self.send(conn, self.identity_text.clone());
+        let queued: Vec<PermKey> = self.perms.iter().filter(|(_, p)| p.sent_on.is_none()).map(|(k, _)| *k).collect();
+        for key in queued {
+            self.send_perm_request(key, conn);
+        }
+    }
+
+    /// The attempt `conn` failed.
+    pub fn handle_connect_failed(&mut self, now: Instant, conn: ConnId, error: ConnectError) {
+        self.advance(now);
+        match self.link {
+            Link::Connecting { conn: c, .. } if c == conn => {
+                let reason = match error {
+                    ConnectError::Unauthorized => LossReason::Unauthorized,
+                    ConnectError::Other => LossReason::ConnectFailed,
+                };
+                self.lose_link(reason, None);
+            }
+            _ => self.stats.stale_inputs += 1,
+        }
+    }
+
+    /// The connection `conn` ended (closed by the peer, reset, a read or a send failed). Denies every request
+    /// in flight on it and schedules a reconnection.
+    pub fn handle_disconnected(&mut self, now: Instant, conn: ConnId) {
+        self.advance(now);
+        match self.link {
+            Link::Connected { conn: c, .. } if c == conn => self.lose_link(LossReason::Disconnected, None),
+            Link::Connecting { conn: c, .. } if c == conn => self.lose_link(LossReason::ConnectFailed, None),
+            _ => self.stats.stale_inputs += 1,
+        }
+    }
+
+    /// A message arrived on `conn`. Anything at all counts as proof that the gateway is alive.
+    pub fn handle_received(&mut self, now: Instant, conn: ConnId, message: Received<'_>) {
+        self.advance(now);
+        let now = self.now;
+        match &mut self.link {
+            Link::Connected { conn: c, last_rx, .. } if *c == conn => *last_rx = now,
+            _ => {
+                self.stats.stale_inputs += 1;
+                return;
+            }
+        }
+        let text = match message {
+            Received::Text(text) => text,
+            Received::Binary(_) => {
+                self.stats.binary_frames += 1;
+                self.ignored(Ignored::Binary);
+                return;
+            }
+            Received::Ping | Received::Pong => return,
+        };
+        self.stats.frames_received += 1;
+        match GatewayFrame::decode(text) {
+            Ok(GatewayFrame::PermResponse { req_id, decision }) => self.on_perm_response(conn, &req_id, decision),
+            Ok(GatewayFrame::McpRequest { req_id, body, session }) => {
+                self.on_mcp_request(conn, req_id, body, session)
+            }
+            Err(wire::DecodeError::UnknownType) => {
+                self.stats.unknown_frames += 1;
+                self.ignored(Ignored::UnknownType);
+            }
+            Err(wire::DecodeError::Malformed | wire::DecodeError::BadPayload) => {
+                self.stats.malformed_frames += 1;
+                self.ignored(Ignored::Malformed);
+            }
+        }
+    }
+
+    /// The local MCP endpoint answered `call`. Sends the `mcp_response`, unless the call was already answered
+    /// (timed out) or its connection died, in which case the reply is dropped.
+    pub fn handle_mcp_reply(&mut self, now: Instant, call: McpCallId, reply: McpReply) {
+        self.advance(now);
+        let Some(c) = self.calls.remove(&call) else {
+            self.stats.late_mcp_replies += 1;
+            return;
+        };
+        let payload = match reply {
+            McpReply::Response(raw) => raw,
+            McpReply::NoContent => wire::json_null().to_owned(),
+            McpReply::Failed(message) => jsonrpc::error_response(
+                c.jsonrpc_id.as_deref(),
+                jsonrpc::INTERNAL_ERROR,
+                &format!("local MCP call failed: {message}"),
+            ),
+        };
+        self.send_mcp_response(&c.req_id, &payload);
+    }
+
+    // ── Commands ──
+
+    /// Asks the gateway to decide whether the tool call `tool_name(tool_input)` may run. `id` is the wire
+    /// correlation id: unique among pending requests, and best never reused (a gateway may confuse a late
+    /// answer to an old request with a new one of the same id).
+    ///
+    /// Returns the request's key; exactly one [`Output::Decided`] with that key follows, possibly at once.
+    pub fn request_permission(
+        &mut self,
+        now: Instant,
+        id: String,
+        tool_name: String,
+        tool_input: Box<RawValue>,
+    ) -> PermKey {
+        self.advance(now);
+        let key = PermKey(self.next_key);
+        self.next_key += 1;
+        let refused = match self.link {
+            Link::Disabled => Some(Cause::Disabled),
+            Link::Closed => Some(Cause::Shutdown),
+            _ if id.is_empty() => Some(Cause::InvalidId),
+            _ if self.perm_ids.contains_key(&id) => Some(Cause::DuplicateId),
+            _ if self.perms.len() >= self.cfg.max_pending_permissions => Some(Cause::QueueFull),
+            _ => None,
+        };
+        if let Some(cause) = refused {
+            self.out.push_back(Output::Decided(Decided { key, id, decision: Decision::Deny, cause }));
+            return key;
+        }
+        let deadline = self.now + self.cfg.permission_timeout;
+        self.perm_ids.insert(id.clone(), key);
+        self.perms.insert(key, Perm { id, tool_name, tool_input, deadline, sent_on: None });
+        if let Some(conn) = self.connection() {
+            self.send_perm_request(key, conn);
+        }
+        key
+    }
+
+    /// Shuts down for good: denies every pending request (withdrawing those sent with `perm_cancel`), answers
+    /// every MCP call in flight with an error, closes the connection normally, and never reconnects.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.advance(now);
+        match self.link {
+            Link::Closed => return,
+            Link::Connected { conn, .. } => {
+                self.deny_all(Cause::Shutdown, Some(conn));
+                for (_, c) in core::mem::take(&mut self.calls) {
+                    let payload = jsonrpc::error_response(
+                        c.jsonrpc_id.as_deref(),
+                        jsonrpc::INTERNAL_ERROR,
+                        "sled is shutting down",
+                    );
+                    self.send_mcp_response(&c.req_id, &payload);
+                }
+                self.out.push_back(Output::Close { conn, code: CLOSE_NORMAL, reason: "shutdown" });
+            }
+            Link::Connecting { conn, .. } => {
+                self.deny_all(Cause::Shutdown, None);
+                self.out.push_back(Output::Close { conn, code: CLOSE_NORMAL, reason: "shutdown" });
+            }
+            Link::BackingOff { .. } | Link::Disabled => self.deny_all(Cause::Shutdown, None),
+        }
+        self.cancel_calls();
+        self.link = Link::Closed;
+        self.emit_link();
+    }
+
+    // ── Internals ──
+
+    /// Moves the clock to `now` (never backwards) and fires what is due.
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+        let now = self.now;
+        match self.link {
+            Link::Connecting { conn, deadline } if deadline <= now => {
+                self.lose_link(LossReason::ConnectTimeout, Some((conn, "connect timeout")));
+            }
+            Link::BackingOff { until, .. } if until <= now => self.start_connect(),
+            Link::Connected { conn, last_rx, next_heartbeat, .. } => {
+                if last_rx + self.cfg.idle_timeout <= now {
+                    self.lose_link(LossReason::IdleTimeout, Some((conn, "idle timeout")));
+                } else if next_heartbeat <= now {
+                    let mut next = next_heartbeat + self.cfg.heartbeat_interval;
+                    if next <= now {
+                        // Called late by a whole interval or more: do not send a burst.
+                        next = now + self.cfg.heartbeat_interval;
+                    }
+                    if let Link::Connected { next_heartbeat, .. } = &mut self.link {
+                        *next_heartbeat = next;
+                    }
+                    self.send(conn, SledFrame::Heartbeat.encode());
+                    self.out.push_back(Output::Ping { conn });
+                }
+            }
+            _ => {}
+        }
+        while let Some(entry) = self.perms.first_entry() {
+            if entry.get().deadline > now {
+                break;
+            }
+            let (key, perm) = entry.remove_entry();
+            self.perm_ids.remove(&perm.id);
+            if let (Some(sent_on), Some(live)) = (perm.sent_on, self.connection()) {
+                if sent_on == live {
+                    let text = SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.id), reason: Cow::Borrowed("timeout") }
+                        .encode();
+                    self.send(live, text);
+                }
+            }
+            self.decide(key, perm.id, Decision::Deny, Cause::Timeout);
+        }
+        while let Some(entry) = self.calls.first_entry() {
+            if entry.get().deadline > now {
+                break;
+            }
+            let (call, c) = entry.remove_entry();
+            self.out.push_back(Output::CancelMcp { call });
+            let message = format!("local MCP call timed out after {} ms", self.cfg.mcp_timeout.as_millis());
+            let payload = jsonrpc::error_response(c.jsonrpc_id.as_deref(), jsonrpc::INTERNAL_ERROR, &message);
+            self.send_mcp_response(&c.req_id, &payload);
+        }
+    }
+
+    fn start_connect(&mut self) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.stats.connects += 1;
+        self.link = Link::Connecting { conn, deadline: self.now + self.cfg.connect_timeout };
+        self.emit_link();
+        self.out.push_back(Output::Connect { conn });
+    }
+
+    /// The connection or attempt is gone: fail-close what was in flight, then back off.
+    fn lose_link(&mut self, reason: LossReason, close: Option<(ConnId, &'static str)>) {
+        if let Some((conn, why)) = close {
+            self.out.push_back(Output::Close { conn, code: CLOSE_GOING_AWAY, reason: why });
+        }
+        if let Link::Connected { conn, since, .. } = self.link {
+            if self.now.saturating_duration_since(since) >= self.cfg.stability_window {
+                self.backoff.reset();
+            }
+            let lost: Vec<PermKey> =
+                self.perms.iter().filter(|(_, p)| p.sent_on == Some(conn)).map(|(k, _)| *k).collect();
+            for key in lost {
+                if let Some(perm) = self.perms.remove(&key) {
+                    self.perm_ids.remove(&perm.id);
+                    self.decide(key, perm.id, Decision::Deny, Cause::ConnectionLost);
+                }
+            }
+            self.cancel_calls();
+        }
+        if reason == LossReason::Unauthorized {
+            self.backoff.saturate();
+        }
+        let delay = self.backoff.next_delay();
+        self.link = Link::BackingOff { until: self.now + delay, delay, reason };
+        self.emit_link();
+    }
+
+    /// Denies every pending request; those sent on `live` are withdrawn with `perm_cancel` first.
+    fn deny_all(&mut self, cause: Cause, live: Option<ConnId>) {
+        for (key, perm) in core::mem::take(&mut self.perms) {
+            if let Some(conn) = live.filter(|c| perm.sent_on == Some(*c)) {
+                let text = SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.id), reason: Cow::Borrowed("shutdown") }
+                    .encode();
+                self.send(conn, text);
+            }
+            self.decide(key, perm.id, Decision::Deny, cause);
+        }
+        self.perm_ids.clear();
+    }
+
+    fn cancel_calls(&mut self) {
+        for call in core::mem::take(&mut self.calls).into_keys() {
+            self.out.push_back(Output::CancelMcp { call });
+        }
+    }
+
+    fn on_perm_response(&mut self, conn: ConnId, req_id: &str, decision: Decision) {
+        let key = match self.perm_ids.get(req_id) {
+            Some(key) if self.perms.get(key).is_some_and(|p| p.sent_on == Some(conn)) => *key,
+            _ => {
+                self.stats.unmatched_responses += 1;
+                self.ignored(Ignored::UnmatchedResponse);
+                return;
+            }
+        };
+        if let Some(perm) = self.perms.remove(&key) {
+            self.perm_ids.remove(&perm.id);
+            self.decide(key, perm.id, decision, Cause::Response);
+        }
+    }
+
+    fn on_mcp_request(
+        &mut self,
+        conn: ConnId,
+        req_id: Cow<'_, str>,
+        body: Option<Cow<'_, str>>,
+        session: Option<Cow<'_, str>>,
+    ) {
+        let _ = conn;
+        let reject = |sled: &mut Sled, id: Option<&RawValue>, code: i32, message: &str| {
+            sled.stats.mcp_rejected += 1;
+            let payload = jsonrpc::error_response(id, code, message);
+            sled.send_mcp_response(&req_id, &payload);
+        };
+        let Some(body) = body.filter(|b| !b.is_empty()) else {
+            return reject(self, None, jsonrpc::INVALID_REQUEST, "mcp_request payload has no string `body`");
+        };
+        let jsonrpc_id = match jsonrpc::body_id(&body) {
+            BodyId::NotJson => {
+                return reject(self, None, jsonrpc::PARSE_ERROR, "mcp_request body is not valid JSON");
+            }
+            BodyId::Id(id) => Some(id),
+            BodyId::NoId => None,
+        };
+        if self.calls.len() >= self.cfg.max_mcp_calls {
+            let message = format!("sled busy: {} local MCP calls already in flight", self.calls.len());
+            return reject(self, jsonrpc_id, jsonrpc::INTERNAL_ERROR, &message);
+        }
+        let call = McpCallId(self.next_call);
+        self.next_call += 1;
+        let deadline = self.now + self.cfg.mcp_timeout;
+        let jsonrpc_id = jsonrpc_id.map(ToOwned::to_owned);
+        self.calls.insert(call, Call { req_id: req_id.into_owned(), jsonrpc_id, deadline });
+        self.out.push_back(Output::CallMcp(McpCall {
+            call,
+            body: body.into_owned(),
+            session: session.map(Cow::into_owned),
+        }));
+    }
+
+    fn send_perm_request(&mut self, key: PermKey, conn: ConnId) {
+        let Some(perm) = self.perms.get_mut(&key) else { return };
+        perm.sent_on = Some(conn);
+        let text = SledFrame::PermRequest {
+            req_id: Cow::Borrowed(&perm.id),
+            tool_name: Cow::Borrowed(&perm.tool_name),
+            tool_input: &perm.tool_input,
+        }
+        .encode();
+        self.send(conn, text);
+    }
+
+    fn send_mcp_response(&mut self, req_id: &str, payload: &RawValue) {
+        if let Some(conn) = self.connection() {
+            let text = SledFrame::McpResponse { req_id: Cow::Borrowed(req_id), payload }.encode();
+            self.send(conn, text);
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, text: String) {
+        self.stats.frames_sent += 1;
+        self.out.push_back(Output::Send { conn, text });
+    }
+
+    fn decide(&mut self, key: PermKey, id: String, decision: Decision, cause: Cause) {
+        self.out.push_back(Output::Decided(Decided { key, id, decision, cause }));
+    }
+
+    fn emit_link(&mut self) {
+        let state = self.link_state();
+        self.out.push_back(Output::Event(Event::Link(state)));
+    }
+
+    fn ignored(&mut self, why: Ignored) {
+        self.out.push_back(Output::Event(Event::FrameIgnored(why)));
+    }
+}

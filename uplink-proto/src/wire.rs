@@ -1,0 +1,422 @@
+//! The wire format: JSON text frames, each an envelope `{"type": …, "req_id": …, "payload": …}`.
+//!
+//! Two frame families, one per direction: [`SledFrame`] (sled → gateway) and [`GatewayFrame`]
+//! (gateway → sled). Each can be decoded from text and encoded to text, so both ends of the link share this
+//! module.
+//!
+//! Decoding is liberal: a missing `req_id` reads as `""`, a missing or `null` `payload` as absent, unknown
+//! envelope fields are ignored, and a frame of a `type` this side does not know is reported as
+//! [`DecodeError::UnknownType`] so the caller can ignore it (forward compatibility). Encoding is strict: every
+//! frame sent has all three envelope fields, in that order, and valid JSON in its payload.
+//!
+//! Payloads that are only passed along (`tool_input`, MCP responses) are kept as borrowed [`RawValue`]s: they
+//! are checked to be valid JSON but never parsed into a tree or re-serialised.
+
+use alloc::borrow::Cow;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+pub use serde_json::value::RawValue;
+
+/// The protocol version this crate speaks, announced in the `identity` payload.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// `req_id` of every `identity` frame.
+pub const IDENTITY_REQ_ID: &str = "identity";
+
+/// The `type` strings of every frame this crate knows.
+pub mod kind {
+    /// Sled → gateway: first frame of every connection.
+    pub const IDENTITY: &str = "identity";
+    /// Sled → gateway: periodic liveness signal.
+    pub const HEARTBEAT: &str = "heartbeat";
+    /// Sled → gateway: a permission request.
+    pub const PERM_REQUEST: &str = "perm_request";
+    /// Sled → gateway: withdraw a permission request (extension; older gateways ignore it).
+    pub const PERM_CANCEL: &str = "perm_cancel";
+    /// Sled → gateway: the answer to an `mcp_request`.
+    pub const MCP_RESPONSE: &str = "mcp_response";
+    /// Gateway → sled: the decision on a permission request.
+    pub const PERM_RESPONSE: &str = "perm_response";
+    /// Gateway → sled: a JSON-RPC message for the sled's local MCP endpoint.
+    pub const MCP_REQUEST: &str = "mcp_request";
+}
+
+/// The outcome of a permission request.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Allow this one call.
+    Approve,
+    /// Refuse the call. Every doubt ends here.
+    Deny,
+    /// Allow this call and, from now on, calls of the same tool.
+    AlwaysAllow,
+}
+
+impl Decision {
+    /// The `(approved, always_allow)` pair a `perm_response` carries for this decision.
+    pub const fn to_flags(self) -> (bool, bool) {
+        match self {
+            Decision::Approve => (true, false),
+            Decision::Deny => (false, false),
+            Decision::AlwaysAllow => (true, true),
+        }
+    }
+
+    /// The decision a `perm_response` carrying these flags means: `always_allow` wins, then `approved`,
+    /// otherwise deny.
+    pub const fn from_flags(approved: bool, always_allow: bool) -> Decision {
+        if always_allow {
+            Decision::AlwaysAllow
+        } else if approved {
+            Decision::Approve
+        } else {
+            Decision::Deny
+        }
+    }
+
+    /// True for [`Decision::Approve`] and [`Decision::AlwaysAllow`].
+    pub const fn is_allow(self) -> bool {
+        !matches!(self, Decision::Deny)
+    }
+}
+
+/// Why a frame could not be decoded. The protocol ignores such frames; the error says how to count them.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON, not an object, no string `type`, or a field of the wrong type in the envelope.
+    #[error("frame is not a JSON envelope with a string `type`")]
+    Malformed,
+    /// A well-formed envelope whose `type` this direction does not define.
+    #[error("frame type is unknown in this direction")]
+    UnknownType,
+    /// A known `type` whose payload lacks what that type cannot do without.
+    #[error("frame payload is unusable for its type")]
+    BadPayload,
+}
+
+/// The `identity` payload: who the sled is, plus optional, documented extras.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity<'a> {
+    /// Project name the sled serves. The only field existing gateways read.
+    pub project: Cow<'a, str>,
+    /// Protocol version ([`PROTOCOL_VERSION`]); absent from sleds that predate it.
+    pub protocol: Option<u32>,
+    /// Free-form version of the sled software.
+    pub sled_version: Option<Cow<'a, str>>,
+    /// Protocol extensions the sled supports, for example `"perm_cancel"`.
+    pub capabilities: Vec<Cow<'a, str>>,
+}
+
+/// A frame sent by a sled to its gateway.
+#[derive(Clone, Debug)]
+pub enum SledFrame<'a> {
+    /// First frame of every connection.
+    Identity(Identity<'a>),
+    /// Periodic liveness signal (`req_id` `""`, payload `null`).
+    Heartbeat,
+    /// A permission request for one tool call.
+    PermRequest {
+        /// Correlation id, chosen by the sled and echoed by the gateway.
+        req_id: Cow<'a, str>,
+        /// The tool the agent wants to call.
+        tool_name: Cow<'a, str>,
+        /// The tool's input, passed along untouched (`null` when absent).
+        tool_input: &'a RawValue,
+    },
+    /// The sled withdraws a permission request (its deadline passed); extension, ignored by older gateways.
+    PermCancel {
+        /// The withdrawn request's id.
+        req_id: Cow<'a, str>,
+        /// Why, for example `"timeout"` or `"shutdown"`.
+        reason: Cow<'a, str>,
+    },
+    /// The answer to an `mcp_request`.
+    McpResponse {
+        /// The `mcp_request`'s `req_id`, echoed.
+        req_id: Cow<'a, str>,
+        /// The JSON-RPC response, or `null` when the request was a notification.
+        payload: &'a RawValue,
+    },
+}
+
+/// A frame sent by a gateway to a sled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayFrame<'a> {
+    /// The decision on a permission request.
+    PermResponse {
+        /// The request's id.
+        req_id: Cow<'a, str>,
+        /// What the gateway decided. When decoding, anything but a boolean `true` in a flag reads as `false`.
+        decision: Decision,
+    },
+    /// A JSON-RPC message to replay against the sled's local MCP endpoint.
+    McpRequest {
+        /// Correlation id, echoed in the `mcp_response`.
+        req_id: Cow<'a, str>,
+        /// The JSON-RPC text; `None` when the payload has no string `body`.
+        body: Option<Cow<'a, str>>,
+        /// Optional gateway-side client session (extension): each distinct value gets its own local session.
+        session: Option<Cow<'a, str>>,
+    },
+}
+
+// ── Decoding ─────────────────────────────────────────────────────────────────────────────────────────────
+
+#[derive(Deserialize)]
+struct InEnvelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    req_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// A string that borrows from the input when it has no escapes.
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+fn parse_envelope(text: &str) -> Result<InEnvelope<'_>, DecodeError> {
+    serde_json::from_str(text).map_err(|_| DecodeError::Malformed)
+}
+
+/// Reads one optional field leniently: a value of the wrong type reads as absent.
+fn lenient<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<T> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+fn lenient_str<'a>(raw: Option<&'a RawValue>) -> Option<Cow<'a, str>> {
+    lenient::<Str<'a>>(raw).map(|s| s.0)
+}
+
+/// `null`, for absent pass-through payloads.
+pub fn json_null() -> &'static RawValue {
+    // A literal that is valid JSON: cannot fail.
+    match serde_json::from_str::<&'static RawValue>("null") {
+        Ok(v) => v,
+        Err(_) => unreachable!("`null` is valid JSON"),
+    }
+}
+
+impl<'a> GatewayFrame<'a> {
+    /// Decodes a gateway → sled text frame.
+    ///
+    /// A `perm_response` always decodes (a payload that is missing, not an object, or has no boolean `true`
+    /// flags means [`Decision::Deny`]); an `mcp_request` always decodes (with `body: None` when the payload has
+    /// no string `body`).
+    pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
+        let env = parse_envelope(text)?;
+        let req_id = env.req_id.unwrap_or(Cow::Borrowed(""));
+        match &*env.kind {
+            kind::PERM_RESPONSE => {
+                #[derive(Deserialize)]
+                struct Flags<'a> {
+                    #[serde(default, borrow)]
+                    approved: Option<&'a RawValue>,
+                    #[serde(default, borrow)]
+                    always_allow: Option<&'a RawValue>,
+                }
+                let is_true = |v: Option<&RawValue>| v.is_some_and(|v| v.get() == "true");
+                let decision = match env.payload.map(|p| serde_json::from_str::<Flags<'_>>(p.get())) {
+                    Some(Ok(f)) => Decision::from_flags(is_true(f.approved), is_true(f.always_allow)),
+                    _ => Decision::Deny,
+                };
+                Ok(GatewayFrame::PermResponse { req_id, decision })
+            }
+            kind::MCP_REQUEST => {
+                #[derive(Deserialize)]
+                struct McpPayload<'a> {
+                    #[serde(default, borrow)]
+                    body: Option<Cow<'a, str>>,
+                    #[serde(default, borrow)]
+                    session: Option<&'a RawValue>,
+                }
+                let (body, session) = match env.payload.map(|p| serde_json::from_str::<McpPayload<'a>>(p.get())) {
+                    Some(Ok(p)) => (p.body, lenient_str(p.session)),
+                    _ => (None, None),
+                };
+                Ok(GatewayFrame::McpRequest { req_id, body, session })
+            }
+            _ => Err(DecodeError::UnknownType),
+        }
+    }
+}
+
+impl<'a> SledFrame<'a> {
+    /// Decodes a sled → gateway text frame.
+    ///
+    /// An `identity` without a string `project`, or a `perm_request` without a string `tool_name`, is
+    /// [`DecodeError::BadPayload`]; the optional identity extras read as absent when of the wrong type.
+    pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
+        let env = parse_envelope(text)?;
+        let req_id = env.req_id.unwrap_or(Cow::Borrowed(""));
+        match &*env.kind {
+            kind::IDENTITY => {
+                #[derive(Deserialize)]
+                struct IdPayload<'a> {
+                    #[serde(default, borrow)]
+                    project: Option<&'a RawValue>,
+                    #[serde(default, borrow)]
+                    protocol: Option<&'a RawValue>,
+                    #[serde(default, borrow)]
+                    sled_version: Option<&'a RawValue>,
+                    #[serde(default, borrow)]
+                    capabilities: Option<&'a RawValue>,
+                }
+                let p: IdPayload<'a> = env
+                    .payload
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .ok_or(DecodeError::BadPayload)?;
+                let project = lenient_str(p.project).ok_or(DecodeError::BadPayload)?;
+                let capabilities = lenient::<Vec<&'a RawValue>>(p.capabilities)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| lenient_str(Some(c)))
+                    .collect();
+                Ok(SledFrame::Identity(Identity {
+                    project,
+                    protocol: lenient(p.protocol),
+                    sled_version: lenient_str(p.sled_version),
+                    capabilities,
+                }))
+            }
+            kind::HEARTBEAT => Ok(SledFrame::Heartbeat),
+            kind::PERM_REQUEST => {
+                #[derive(Deserialize)]
+                struct PermPayload<'a> {
+                    #[serde(borrow)]
+                    tool_name: Cow<'a, str>,
+                    #[serde(default, borrow)]
+                    tool_input: Option<&'a RawValue>,
+                }
+                let p: PermPayload<'a> = env
+                    .payload
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .ok_or(DecodeError::BadPayload)?;
+                Ok(SledFrame::PermRequest {
+                    req_id,
+                    tool_name: p.tool_name,
+                    tool_input: p.tool_input.unwrap_or_else(|| json_null()),
+                })
+            }
+            kind::PERM_CANCEL => {
+                let reason = env
+                    .payload
+                    .and_then(|p| serde_json::from_str::<ReasonPayload<'a>>(p.get()).ok())
+                    .and_then(|r| lenient_str(r.reason))
+                    .unwrap_or(Cow::Borrowed(""));
+                Ok(SledFrame::PermCancel { req_id, reason })
+            }
+            kind::MCP_RESPONSE => {
+                Ok(SledFrame::McpResponse { req_id, payload: env.payload.unwrap_or_else(|| json_null()) })
+            }
+            _ => Err(DecodeError::UnknownType),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ReasonPayload<'a> {
+    #[serde(default, borrow)]
+    reason: Option<&'a RawValue>,
+}
+
+// ── Encoding ─────────────────────────────────────────────────────────────────────────────────────────────
+
+#[derive(Serialize)]
+struct OutEnvelope<'a, P: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    req_id: &'a str,
+    payload: P,
+}
+
+#[derive(Serialize)]
+struct IdentityOut<'a> {
+    project: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sled_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    capabilities: &'a [Cow<'a, str>],
+}
+
+#[derive(Serialize)]
+struct PermRequestOut<'a> {
+    tool_name: &'a str,
+    tool_input: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct ReasonOut<'a> {
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct PermResponseOut {
+    approved: bool,
+    always_allow: bool,
+}
+
+#[derive(Serialize)]
+struct McpRequestOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+}
+
+fn encode_envelope<P: Serialize>(kind: &str, req_id: &str, payload: P) -> String {
+    // Every payload here is made of strings, numbers, booleans and already-validated raw JSON: serialising
+    // it cannot fail.
+    match serde_json::to_string(&OutEnvelope { kind, req_id, payload }) {
+        Ok(s) => s,
+        Err(_) => unreachable!("serialising an envelope of plain data cannot fail"),
+    }
+}
+
+impl SledFrame<'_> {
+    /// Encodes this frame as the text of one WebSocket message.
+    pub fn encode(&self) -> String {
+        match self {
+            SledFrame::Identity(id) => encode_envelope(
+                kind::IDENTITY,
+                IDENTITY_REQ_ID,
+                IdentityOut {
+                    project: &id.project,
+                    protocol: id.protocol,
+                    sled_version: id.sled_version.as_deref(),
+                    capabilities: &id.capabilities,
+                },
+            ),
+            SledFrame::Heartbeat => encode_envelope(kind::HEARTBEAT, "", ()),
+            SledFrame::PermRequest { req_id, tool_name, tool_input } => {
+                encode_envelope(kind::PERM_REQUEST, req_id, PermRequestOut { tool_name, tool_input })
+            }
+            SledFrame::PermCancel { req_id, reason } => {
+                encode_envelope(kind::PERM_CANCEL, req_id, ReasonOut { reason })
+            }
+            SledFrame::McpResponse { req_id, payload } => encode_envelope(kind::MCP_RESPONSE, req_id, payload),
+        }
+    }
+}
+
+impl GatewayFrame<'_> {
+    /// Encodes this frame as the text of one WebSocket message.
+    pub fn encode(&self) -> String {
+        match self {
+            GatewayFrame::PermResponse { req_id, decision } => {
+                let (approved, always_allow) = decision.to_flags();
+                encode_envelope(kind::PERM_RESPONSE, req_id, PermResponseOut { approved, always_allow })
+            }
+            GatewayFrame::McpRequest { req_id, body, session } => encode_envelope(
+                kind::MCP_REQUEST,
+                req_id,
+                McpRequestOut { body: body.as_deref(), session: session.as_deref() },
+            ),
+        }
+    }
+}
