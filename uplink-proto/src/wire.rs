@@ -178,8 +178,26 @@ struct InEnvelope<'a> {
 #[derive(Deserialize)]
 struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
+/// True when `text` is (or at least starts like) a JSON object.
+///
+/// Needed because serde's derived structs also accept the array form (`[field1, field2]`): without this check
+/// a payload of `[true]` would read as `approved: true`.
+fn is_object(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+}
+
+/// Reads a JSON object into `T`; anything else, or an object `T` cannot read, is `None`.
+fn object<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
+    if is_object(text) {
+        serde_json::from_str(text).ok()
+    } else {
+        None
+    }
+}
+
 fn parse_envelope(text: &str) -> Result<InEnvelope<'_>, DecodeError> {
-    serde_json::from_str(text).map_err(|_| DecodeError::Malformed)
+    object(text).ok_or(DecodeError::Malformed)
 }
 
 /// Reads one optional field leniently: a value of the wrong type reads as absent.
@@ -219,9 +237,9 @@ impl<'a> GatewayFrame<'a> {
                     always_allow: Option<&'a RawValue>,
                 }
                 let is_true = |v: Option<&RawValue>| v.is_some_and(|v| v.get() == "true");
-                let decision = match env.payload.map(|p| serde_json::from_str::<Flags<'_>>(p.get())) {
-                    Some(Ok(f)) => Decision::from_flags(is_true(f.approved), is_true(f.always_allow)),
-                    _ => Decision::Deny,
+                let decision = match env.payload.and_then(|p| object::<Flags<'_>>(p.get())) {
+                    Some(f) => Decision::from_flags(is_true(f.approved), is_true(f.always_allow)),
+                    None => Decision::Deny,
                 };
                 Ok(GatewayFrame::PermResponse { req_id, decision })
             }
@@ -233,11 +251,16 @@ impl<'a> GatewayFrame<'a> {
                     #[serde(default, borrow)]
                     session: Option<&'a RawValue>,
                 }
-                let (body, session) = match env.payload.map(|p| serde_json::from_str::<McpPayload<'a>>(p.get())) {
-                    Some(Ok(p)) => (p.body, lenient_str(p.session)),
-                    _ => (None, None),
-                };
-                Ok(GatewayFrame::McpRequest { req_id, body, session })
+                let (body, session) =
+                    match env.payload.and_then(|p| object::<McpPayload<'a>>(p.get())) {
+                        Some(p) => (p.body, lenient_str(p.session)),
+                        None => (None, None),
+                    };
+                Ok(GatewayFrame::McpRequest {
+                    req_id,
+                    body,
+                    session,
+                })
             }
             _ => Err(DecodeError::UnknownType),
         }
@@ -267,7 +290,7 @@ impl<'a> SledFrame<'a> {
                 }
                 let p: IdPayload<'a> = env
                     .payload
-                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .and_then(|p| object(p.get()))
                     .ok_or(DecodeError::BadPayload)?;
                 let project = lenient_str(p.project).ok_or(DecodeError::BadPayload)?;
                 let capabilities = lenient::<Vec<&'a RawValue>>(p.capabilities)
@@ -293,7 +316,7 @@ impl<'a> SledFrame<'a> {
                 }
                 let p: PermPayload<'a> = env
                     .payload
-                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .and_then(|p| object(p.get()))
                     .ok_or(DecodeError::BadPayload)?;
                 Ok(SledFrame::PermRequest {
                     req_id,
@@ -304,14 +327,15 @@ impl<'a> SledFrame<'a> {
             kind::PERM_CANCEL => {
                 let reason = env
                     .payload
-                    .and_then(|p| serde_json::from_str::<ReasonPayload<'a>>(p.get()).ok())
+                    .and_then(|p| object::<ReasonPayload<'a>>(p.get()))
                     .and_then(|r| lenient_str(r.reason))
                     .unwrap_or(Cow::Borrowed(""));
                 Ok(SledFrame::PermCancel { req_id, reason })
             }
-            kind::MCP_RESPONSE => {
-                Ok(SledFrame::McpResponse { req_id, payload: env.payload.unwrap_or_else(|| json_null()) })
-            }
+            kind::MCP_RESPONSE => Ok(SledFrame::McpResponse {
+                req_id,
+                payload: env.payload.unwrap_or_else(|| json_null()),
+            }),
             _ => Err(DecodeError::UnknownType),
         }
     }
@@ -372,7 +396,11 @@ struct McpRequestOut<'a> {
 fn encode_envelope<P: Serialize>(kind: &str, req_id: &str, payload: P) -> String {
     // Every payload here is made of strings, numbers, booleans and already-validated raw JSON: serialising
     // it cannot fail.
-    match serde_json::to_string(&OutEnvelope { kind, req_id, payload }) {
+    match serde_json::to_string(&OutEnvelope {
+        kind,
+        req_id,
+        payload,
+    }) {
         Ok(s) => s,
         Err(_) => unreachable!("serialising an envelope of plain data cannot fail"),
     }
@@ -393,13 +421,24 @@ impl SledFrame<'_> {
                 },
             ),
             SledFrame::Heartbeat => encode_envelope(kind::HEARTBEAT, "", ()),
-            SledFrame::PermRequest { req_id, tool_name, tool_input } => {
-                encode_envelope(kind::PERM_REQUEST, req_id, PermRequestOut { tool_name, tool_input })
-            }
+            SledFrame::PermRequest {
+                req_id,
+                tool_name,
+                tool_input,
+            } => encode_envelope(
+                kind::PERM_REQUEST,
+                req_id,
+                PermRequestOut {
+                    tool_name,
+                    tool_input,
+                },
+            ),
             SledFrame::PermCancel { req_id, reason } => {
                 encode_envelope(kind::PERM_CANCEL, req_id, ReasonOut { reason })
             }
-            SledFrame::McpResponse { req_id, payload } => encode_envelope(kind::MCP_RESPONSE, req_id, payload),
+            SledFrame::McpResponse { req_id, payload } => {
+                encode_envelope(kind::MCP_RESPONSE, req_id, payload)
+            }
         }
     }
 }
@@ -410,12 +449,26 @@ impl GatewayFrame<'_> {
         match self {
             GatewayFrame::PermResponse { req_id, decision } => {
                 let (approved, always_allow) = decision.to_flags();
-                encode_envelope(kind::PERM_RESPONSE, req_id, PermResponseOut { approved, always_allow })
+                encode_envelope(
+                    kind::PERM_RESPONSE,
+                    req_id,
+                    PermResponseOut {
+                        approved,
+                        always_allow,
+                    },
+                )
             }
-            GatewayFrame::McpRequest { req_id, body, session } => encode_envelope(
+            GatewayFrame::McpRequest {
+                req_id,
+                body,
+                session,
+            } => encode_envelope(
                 kind::MCP_REQUEST,
                 req_id,
-                McpRequestOut { body: body.as_deref(), session: session.as_deref() },
+                McpRequestOut {
+                    body: body.as_deref(),
+                    session: session.as_deref(),
+                },
             ),
         }
     }
