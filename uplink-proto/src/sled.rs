@@ -864,7 +864,6 @@ impl Sled {
                 break;
             }
             let (call, c) = entry.remove_entry();
-            self.out.push_back(Output::CancelMcp { call });
             let message = format!(
                 "local MCP call timed out after {} ms",
                 self.cfg.mcp_timeout.as_millis()
@@ -872,6 +871,7 @@ impl Sled {
             let payload =
                 jsonrpc::error_response(c.jsonrpc_id.as_deref(), jsonrpc::INTERNAL_ERROR, &message);
             self.send_mcp_response(&c.req_id, &payload);
+            self.out.push_back(Output::CancelMcp { call });
         }
     }
 

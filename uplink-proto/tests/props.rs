@@ -1,0 +1,574 @@
+//! Property tests: random scripts of inputs and time steps against the sled machine, with the protocol's
+//! invariants checked after every step by an independent observer. Case count: `PROPTEST_CASES` (default 256).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::raw;
+use proptest::prelude::*;
+use serde_json::Value;
+use uplink_proto::{
+    Cause, ConnId, ConnectError, Decision, Event, Instant, LinkState, LossReason, McpCallId,
+    McpReply, Output, PermKey, Received, Sled, SledConfig,
+};
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Let time pass (milliseconds) and fire timers.
+    Advance(u32),
+    /// Jump to the next deadline.
+    NextTimeout,
+    ConnectOk,
+    ConnectFail {
+        unauthorized: bool,
+    },
+    Disconnect,
+    /// An input naming an old or never-used connection.
+    Stale(u8, u8),
+    Request(u8),
+    /// A `perm_response` for pool id `id` with `flags`, on the live connection or (if `stale`) an old one.
+    Respond {
+        id: u8,
+        flags: u8,
+        stale: bool,
+    },
+    McpRequest {
+        body: u8,
+    },
+    McpReply {
+        pick: u8,
+        kind: u8,
+    },
+    Pong,
+    Garbage(String),
+    Shutdown,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u32..40_000).prop_map(Op::Advance),
+        3 => Just(Op::NextTimeout),
+        4 => Just(Op::ConnectOk),
+        1 => any::<bool>().prop_map(|unauthorized| Op::ConnectFail { unauthorized }),
+        1 => Just(Op::Disconnect),
+        1 => (any::<u8>(), 0u8..4).prop_map(|(c, k)| Op::Stale(c, k)),
+        5 => (0u8..6).prop_map(Op::Request),
+        5 => (0u8..6, 0u8..16, prop::bool::weighted(0.2)).prop_map(|(id, flags, stale)| Op::Respond { id, flags, stale }),
+        3 => (0u8..5).prop_map(|body| Op::McpRequest { body }),
+        3 => (any::<u8>(), 0u8..4).prop_map(|(pick, kind)| Op::McpReply { pick, kind }),
+        2 => Just(Op::Pong),
+        1 => prop_oneof![
+            ".{0,40}",
+            Just(r#"["perm_response","p0",{"approved":true}]"#.to_owned()),
+            Just(r#"{"type":"perm_response","req_id":"p1","payload":[true,true]}"#.to_owned()),
+            Just(r#"{"type":"mcp_request","req_id":5}"#.to_owned()),
+            Just(r#"{"type":"nope"}"#.to_owned()),
+        ].prop_map(Op::Garbage),
+        1 => Just(Op::Shutdown),
+    ]
+}
+
+fn cfg() -> impl Strategy<Value = SledConfig> {
+    (
+        any::<u64>(),
+        any::<bool>(),
+        1u64..130,
+        1usize..5,
+        1usize..4,
+        1u64..70,
+        prop::bool::weighted(0.05),
+    )
+        .prop_map(
+            |(seed, jitter, perm_s, max_perm, max_mcp, mcp_s, disabled)| SledConfig {
+                enabled: !disabled,
+                seed,
+                backoff_jitter: jitter,
+                permission_timeout: Duration::from_secs(perm_s),
+                max_pending_permissions: max_perm,
+                max_mcp_calls: max_mcp,
+                mcp_timeout: Duration::from_secs(mcp_s),
+                ..SledConfig::new("prop")
+            },
+        )
+}
+
+/// Approve / deny / always-allow from the low bits; the other bits pick odd payload shapes.
+fn response_text(id: &str, flags: u8) -> (String, Decision) {
+    let (payload, decision) = match flags {
+        0 => (
+            r#"{"approved":true,"always_allow":false}"#,
+            Decision::Approve,
+        ),
+        1 => (
+            r#"{"approved":true,"always_allow":true}"#,
+            Decision::AlwaysAllow,
+        ),
+        2 => (r#"{"always_allow":true}"#, Decision::AlwaysAllow),
+        3 => (r#"{"approved":false}"#, Decision::Deny),
+        4 => (r#"{"approved":"true"}"#, Decision::Deny),
+        5 => (r#"[true,true]"#, Decision::Deny),
+        6 => (r#"null"#, Decision::Deny),
+        7 => (r#"{"approved":1,"always_allow":{}}"#, Decision::Deny),
+        _ => (r#"{"approved":true}"#, Decision::Approve),
+    };
+    (
+        format!(r#"{{"type":"perm_response","req_id":"{id}","payload":{payload}}}"#),
+        decision,
+    )
+}
+
+const BODIES: [&str; 5] = [
+    r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    r#"{"jsonrpc":"2.0","id":"s","method":"tools/call"}"#,
+    "{broken",
+    "",
+];
+
+/// What the observer knows about one permission request.
+struct Req {
+    id: String,
+    asked_at: Instant,
+    decided: Option<(Decision, Cause)>,
+}
+
+/// Independent observer: drives the machine and checks every output against what it has seen.
+struct Check {
+    sled: Sled,
+    cfg: SledConfig,
+    now: Instant,
+    trace: Vec<String>,
+    /// The connection the observer believes is live, from the machine's own link events.
+    live: Option<ConnId>,
+    expect_identity: bool,
+    pending_connect: Option<ConnId>,
+    seen_conns: BTreeSet<ConnId>,
+    reqs: BTreeMap<PermKey, Req>,
+    /// For each wire id: the connection its latest `perm_request` went out on.
+    sent_on: BTreeMap<String, ConnId>,
+    /// For each wire id: the pending request that owns it (a refused duplicate never does).
+    owner: BTreeMap<String, PermKey>,
+    /// `perm_response`s fed in this step: (id, connection, decision it means).
+    responses_now: Vec<(String, ConnId, Decision)>,
+    /// mcp_request req_id → (answers, cancelled-without-answer).
+    mcp: BTreeMap<String, (u32, bool)>,
+    calls: BTreeMap<McpCallId, String>,
+    mcp_fed_now: Option<String>,
+    next_mcp: u32,
+    identities_on_live: u32,
+}
+
+impl Check {
+    fn new(cfg: SledConfig) -> Check {
+        let sled = Sled::new(cfg.clone(), Instant::ZERO).expect("valid config");
+        let mut c = Check {
+            sled,
+            cfg,
+            now: Instant::ZERO,
+            trace: Vec::new(),
+            live: None,
+            expect_identity: false,
+            pending_connect: None,
+            seen_conns: BTreeSet::new(),
+            reqs: BTreeMap::new(),
+            sent_on: BTreeMap::new(),
+            owner: BTreeMap::new(),
+            responses_now: Vec::new(),
+            mcp: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            mcp_fed_now: None,
+            next_mcp: 0,
+            identities_on_live: 0,
+        };
+        c.drain();
+        c
+    }
+
+    fn step(&mut self, op: &Op) {
+        self.trace.push(format!("@{:?} {op:?}", self.now));
+        self.responses_now.clear();
+        self.mcp_fed_now = None;
+        match op {
+            Op::Advance(ms) => {
+                self.now = self.now + Duration::from_millis(u64::from(*ms));
+                self.sled.handle_timeout(self.now);
+            }
+            Op::NextTimeout => {
+                if let Some(at) = self.sled.poll_timeout() {
+                    assert!(
+                        at >= self.now,
+                        "poll_timeout {at:?} is before now {:?}",
+                        self.now
+                    );
+                    self.now = at;
+                    self.sled.handle_timeout(at);
+                }
+            }
+            Op::ConnectOk => {
+                if let Some(conn) = self.pending_connect.take() {
+                    self.sled.handle_connected(self.now, conn);
+                }
+            }
+            Op::ConnectFail { unauthorized } => {
+                if let Some(conn) = self.pending_connect.take() {
+                    let e = if *unauthorized {
+                        ConnectError::Unauthorized
+                    } else {
+                        ConnectError::Other
+                    };
+                    self.sled.handle_connect_failed(self.now, conn, e);
+                }
+            }
+            Op::Disconnect => {
+                if let Some(conn) = self.live {
+                    self.sled.handle_disconnected(self.now, conn);
+                }
+            }
+            Op::Stale(c, kind) => {
+                // Only connections that are not live right now.
+                let conn = ConnId(u64::from(*c));
+                if Some(conn) != self.live && Some(conn) != self.pending_connect {
+                    match kind {
+                        0 => self.sled.handle_connected(self.now, conn),
+                        1 => self.sled.handle_disconnected(self.now, conn),
+                        2 => self.sled.handle_received(self.now, conn, Received::Text(r#"{"type":"perm_response","req_id":"p0","payload":{"approved":true}}"#)),
+                        _ => self.sled.handle_connect_failed(self.now, conn, ConnectError::Other),
+                    }
+                }
+            }
+            Op::Request(n) => {
+                let id = format!("p{n}");
+                let key = self.sled.request_permission(
+                    self.now,
+                    id.clone(),
+                    "Bash".into(),
+                    raw(r#"{"n":1}"#),
+                );
+                assert!(!self.reqs.contains_key(&key), "key {key:?} reused");
+                self.reqs.insert(
+                    key,
+                    Req {
+                        id: id.clone(),
+                        asked_at: self.now,
+                        decided: None,
+                    },
+                );
+                self.drain();
+                if self.reqs[&key].decided.is_none() {
+                    assert!(
+                        self.owner.insert(id, key).is_none(),
+                        "two pending requests own one id"
+                    );
+                }
+            }
+            Op::Respond { id, flags, stale } => {
+                let id = format!("p{id}");
+                let (text, decision) = response_text(&id, *flags);
+                let conn = if *stale {
+                    self.seen_conns
+                        .iter()
+                        .next()
+                        .copied()
+                        .filter(|c| Some(*c) != self.live)
+                } else {
+                    self.live
+                };
+                if let Some(conn) = conn {
+                    self.responses_now.push((id, conn, decision));
+                    self.sled
+                        .handle_received(self.now, conn, Received::Text(&text));
+                }
+            }
+            Op::McpRequest { body } => {
+                if let Some(conn) = self.live {
+                    let req_id = format!("m{}", self.next_mcp);
+                    self.next_mcp += 1;
+                    let text = serde_json::json!({"type":"mcp_request","req_id":req_id,"payload":{"body":BODIES[usize::from(*body)]}}).to_string();
+                    self.mcp.insert(req_id.clone(), (0, false));
+                    self.mcp_fed_now = Some(req_id);
+                    self.sled
+                        .handle_received(self.now, conn, Received::Text(&text));
+                }
+            }
+            Op::McpReply { pick, kind } => {
+                // Mostly calls we know of (live or long gone), sometimes one that never existed.
+                let known: Vec<McpCallId> = self.calls.keys().copied().collect();
+                let call = if known.is_empty() || *pick > 230 {
+                    McpCallId(u64::from(*pick) + 1000)
+                } else {
+                    known[usize::from(*pick) % known.len()]
+                };
+                let reply = match kind {
+                    0 => McpReply::Response(raw(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#)),
+                    1 => McpReply::NoContent,
+                    _ => McpReply::Failed("refused".into()),
+                };
+                self.sled.handle_mcp_reply(self.now, call, reply);
+            }
+            Op::Pong => {
+                if let Some(conn) = self.live {
+                    self.sled.handle_received(self.now, conn, Received::Pong);
+                }
+            }
+            Op::Garbage(text) => {
+                if let Some(conn) = self.live {
+                    self.sled
+                        .handle_received(self.now, conn, Received::Text(text));
+                }
+            }
+            Op::Shutdown => self.sled.shutdown(self.now),
+        }
+        self.drain();
+        self.check_bounds();
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.sled.poll_output() {
+            self.trace.push(format!("  {out:?}"));
+            self.observe(out);
+        }
+    }
+
+    fn observe(&mut self, out: Output) {
+        match out {
+            Output::Connect { conn } => {
+                assert_eq!(self.live, None, "connect while connected");
+                assert!(
+                    self.seen_conns.insert(conn),
+                    "connection id {conn:?} reused"
+                );
+                self.pending_connect = Some(conn);
+            }
+            Output::Event(Event::Link(state)) => match state {
+                LinkState::Connected { conn } => {
+                    assert_eq!(
+                        self.pending_connect, None,
+                        "attempt still pending when connected"
+                    );
+                    self.live = Some(conn);
+                    self.expect_identity = true;
+                    self.identities_on_live = 0;
+                }
+                LinkState::BackingOff { delay, reason } => {
+                    self.live = None;
+                    self.pending_connect = None;
+                    assert!(
+                        delay <= self.cfg.backoff_max,
+                        "delay {delay:?} above the cap"
+                    );
+                    if reason == LossReason::Unauthorized && !self.cfg.backoff_jitter {
+                        assert_eq!(delay, self.cfg.backoff_max);
+                    }
+                }
+                LinkState::Closed | LinkState::Disabled => {
+                    self.live = None;
+                    self.pending_connect = None;
+                }
+                LinkState::Connecting { .. } => assert_eq!(self.live, None),
+            },
+            Output::Event(Event::FrameIgnored(_)) => {}
+            Output::Close { conn, .. } => {
+                if self.live == Some(conn) {
+                    self.live = None;
+                }
+            }
+            Output::Ping { conn } => assert_eq!(Some(conn), self.live, "ping while not connected"),
+            Output::Send { conn, text } => {
+                assert_eq!(
+                    Some(conn),
+                    self.live,
+                    "frame sent while not connected: {text}"
+                );
+                let v: Value = serde_json::from_str(&text).expect("sent frames are JSON");
+                let kind = v["type"].as_str().expect("type").to_owned();
+                let req_id = v["req_id"].as_str().expect("req_id").to_owned();
+                assert!(v.get("payload").is_some(), "strict: payload always present");
+                if self.expect_identity {
+                    assert_eq!(kind, "identity", "first frame after connect");
+                    self.expect_identity = false;
+                }
+                match kind.as_str() {
+                    "identity" => {
+                        self.identities_on_live += 1;
+                        assert_eq!(
+                            self.identities_on_live, 1,
+                            "second identity on one connection"
+                        );
+                    }
+                    "perm_request" => {
+                        self.sent_on.insert(req_id, conn);
+                    }
+                    "mcp_response" => {
+                        let entry = self
+                            .mcp
+                            .get_mut(&req_id)
+                            .expect("mcp_response for a request that never came");
+                        entry.0 += 1;
+                        assert_eq!(entry.0, 1, "second mcp_response for {req_id}");
+                        assert!(!entry.1, "answered after being cancelled");
+                    }
+                    "heartbeat" | "perm_cancel" => {}
+                    other => panic!("unexpected frame type {other}"),
+                }
+            }
+            Output::Decided(d) => {
+                let now = self.now;
+                let timeout = self.cfg.permission_timeout;
+                let req = self
+                    .reqs
+                    .get_mut(&d.key)
+                    .expect("decision for a key never handed out");
+                assert_eq!(req.id, d.id);
+                assert!(req.decided.is_none(), "second decision for {:?}", d.key);
+                req.decided = Some((d.decision, d.cause));
+                if d.cause == Cause::Timeout {
+                    assert!(now >= req.asked_at + timeout, "timed out early");
+                }
+                if d.decision.is_allow() {
+                    assert_eq!(d.cause, Cause::Response);
+                    let conn = self.live.expect("approved while no connection is live");
+                    assert_eq!(
+                        self.owner.get(&d.id),
+                        Some(&d.key),
+                        "approved a request that never was pending"
+                    );
+                    assert_eq!(
+                        self.sent_on.get(&d.id),
+                        Some(&conn),
+                        "approved a request not sent on the live connection"
+                    );
+                    assert!(
+                        self.responses_now
+                            .iter()
+                            .any(|(id, c, dec)| *id == d.id && *c == conn && *dec == d.decision),
+                        "approval without a matching perm_response on the live connection"
+                    );
+                }
+                if self.owner.get(&d.id) == Some(&d.key) {
+                    self.owner.remove(&d.id);
+                    self.sent_on.remove(&d.id);
+                }
+            }
+            Output::CallMcp(call) => {
+                let req_id = self
+                    .mcp_fed_now
+                    .clone()
+                    .expect("a call without an mcp_request");
+                assert!(
+                    self.calls.insert(call.call, req_id).is_none(),
+                    "call id reused"
+                );
+            }
+            Output::CancelMcp { call } => {
+                let req_id = self
+                    .calls
+                    .get(&call)
+                    .expect("cancel of an unknown call")
+                    .clone();
+                let entry = self.mcp.get_mut(&req_id).expect("known request");
+                if entry.0 == 0 {
+                    entry.1 = true;
+                }
+            }
+        }
+    }
+
+    fn check_bounds(&self) {
+        assert!(self.sled.pending_permissions() <= self.cfg.max_pending_permissions);
+        assert!(self.sled.mcp_calls_in_flight() <= self.cfg.max_mcp_calls);
+        let next = self.sled.poll_timeout();
+        if let Some(at) = next {
+            assert!(
+                at >= self.now,
+                "deadline {at:?} left behind at {:?}",
+                self.now
+            );
+        }
+        // Fail-closed: nothing undecided is still waiting on a connection that is gone.
+        for (key, req) in self.reqs.iter().filter(|(_, r)| r.decided.is_none()) {
+            assert_eq!(
+                self.owner.get(&req.id),
+                Some(key),
+                "pending request without its id"
+            );
+            if let Some(conn) = self.sent_on.get(&req.id) {
+                assert_eq!(
+                    Some(*conn),
+                    self.live,
+                    "{} outstanding on a dead connection",
+                    req.id
+                );
+            }
+        }
+        // Nothing undecided is past its deadline, and the timer wakes the caller no later than the earliest one:
+        // a driver that honours poll_timeout gets every denial exactly on time.
+        for (key, req) in self.reqs.iter().filter(|(_, r)| r.decided.is_none()) {
+            let deadline = req.asked_at + self.cfg.permission_timeout;
+            assert!(
+                deadline > self.now,
+                "{key:?} still pending past its deadline"
+            );
+            assert!(
+                next.is_some_and(|at| at <= deadline),
+                "{key:?}: timer {next:?} later than deadline {deadline:?}"
+            );
+        }
+        assert_eq!(
+            self.sled.connection(),
+            self.live,
+            "observer and machine disagree on the live connection"
+        );
+    }
+
+    /// Shut down and check that everything ended exactly once.
+    fn finish(mut self) -> Vec<String> {
+        self.step(&Op::Shutdown);
+        for (key, req) in &self.reqs {
+            assert!(req.decided.is_some(), "{key:?} ({}) never decided", req.id);
+        }
+        for (req_id, (answers, cancelled)) in &self.mcp {
+            assert_eq!(
+                u32::from(*cancelled) + answers,
+                1,
+                "{req_id}: {answers} answers, cancelled {cancelled}"
+            );
+        }
+        assert_eq!(self.sled.poll_timeout(), None);
+        self.trace
+    }
+}
+
+fn run(cfg: SledConfig, ops: &[Op]) -> Vec<String> {
+    let mut c = Check::new(cfg);
+    for op in ops {
+        c.step(op);
+    }
+    c.finish()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { max_shrink_iters: 4096, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_for_any_script(cfg in cfg(), ops in prop::collection::vec(op(), 1..150)) {
+        run(cfg, &ops);
+    }
+
+    #[test]
+    fn same_seed_and_inputs_give_the_same_trace(cfg in cfg(), ops in prop::collection::vec(op(), 1..80)) {
+        prop_assert_eq!(run(cfg.clone(), &ops), run(cfg, &ops));
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(frames in prop::collection::vec(any::<String>(), 1..20)) {
+        let mut sled = Sled::new(SledConfig::new("p"), Instant::ZERO).expect("valid");
+        sled.handle_connected(Instant::ZERO, ConnId(0));
+        for f in &frames {
+            sled.handle_received(Instant::ZERO, ConnId(0), Received::Text(f));
+        }
+        while sled.poll_output().is_some() {}
+        prop_assert_eq!(sled.connection(), Some(ConnId(0)));
+    }
+}
