@@ -430,7 +430,7 @@ struct Call {
     deadline: Instant,
 }
 
-/// The sled's side of the uplink. See the [module](self) and [crate](crate) docs.
+/// The sled's side of the uplink. See the [module](self) and [crate] docs.
 #[derive(Clone, Debug)]
 pub struct Sled {
     cfg: SledConfig,
