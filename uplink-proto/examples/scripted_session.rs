@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use uplink_proto::{
-    ConnId, ConnectError, Decided, Decision, Event, GatewayFrame, Instant, McpReply, Output,
-    RawValue, Received, Sled, SledConfig, SledFrame,
+    ConnId, ConnectError, Decided, Decision, Event, GatewayFrame, Instant, McpReply, Output, RawValue, Received, Sled,
+    SledConfig, SledFrame,
 };
 
 /// How the simulated gateway behaves right now.
@@ -39,11 +39,7 @@ struct Sim {
 
 impl Sim {
     fn log(&self, what: impl AsRef<str>) {
-        println!(
-            "[{:>8.3}s] {}",
-            self.now.as_micros() as f64 / 1e6,
-            what.as_ref()
-        );
+        println!("[{:>8.3}s] {}", self.now.as_micros() as f64 / 1e6, what.as_ref());
     }
 
     /// Carries out every output; the simulated peers react at once.
@@ -53,8 +49,7 @@ impl Sim {
                 Output::Connect { conn } => {
                     if self.gateway == Gateway::Down {
                         self.log("sled → connect: refused (gateway down)");
-                        self.sled
-                            .handle_connect_failed(self.now, conn, ConnectError::Other);
+                        self.sled.handle_connect_failed(self.now, conn, ConnectError::Other);
                     } else {
                         self.log("sled → connect: WebSocket open");
                         self.sled.handle_connected(self.now, conn);
@@ -69,27 +64,18 @@ impl Sim {
                         self.sled.handle_received(self.now, conn, Received::Pong);
                     }
                 }
-                Output::Close { code, reason, .. } => {
-                    self.log(format!("sled → close {code} ({reason})"))
-                }
+                Output::Close { code, reason, .. } => self.log(format!("sled → close {code} ({reason})")),
                 Output::Decided(d) => {
-                    self.log(format!(
-                        "decision for {}: {:?} ({:?})",
-                        d.id, d.decision, d.cause
-                    ));
+                    self.log(format!("decision for {}: {:?} ({:?})", d.id, d.decision, d.cause));
                     self.decided.push(d);
                 }
                 Output::CallMcp(call) => {
                     self.log(format!("sled → local MCP: POST {}", call.body));
                     self.mcp.push_back(call);
                 }
-                Output::CancelMcp { call } => {
-                    self.log(format!("sled → local MCP: cancel call {}", call.0))
-                }
+                Output::CancelMcp { call } => self.log(format!("sled → local MCP: cancel call {}", call.0)),
                 Output::Event(Event::Link(state)) => self.log(format!("link: {state:?}")),
-                Output::Event(Event::FrameIgnored(why)) => {
-                    self.log(format!("ignored a frame: {why:?}"))
-                }
+                Output::Event(Event::FrameIgnored(why)) => self.log(format!("ignored a frame: {why:?}")),
             }
         }
     }
@@ -98,20 +84,9 @@ impl Sim {
         if self.gateway != Gateway::Healthy {
             return;
         }
-        if let Ok(SledFrame::PermRequest {
-            req_id, tool_name, ..
-        }) = SledFrame::decode(text)
-        {
-            let decision = if tool_name == "Write" {
-                Decision::Deny
-            } else {
-                Decision::Approve
-            };
-            let reply = GatewayFrame::PermResponse {
-                req_id: req_id.into_owned().into(),
-                decision,
-            }
-            .encode();
+        if let Ok(SledFrame::PermRequest { req_id, tool_name, .. }) = SledFrame::decode(text) {
+            let decision = if tool_name == "Write" { Decision::Deny } else { Decision::Approve };
+            let reply = GatewayFrame::PermResponse { req_id: req_id.into_owned().into(), decision }.encode();
             self.to_sled.push_back((conn, reply));
         }
     }
@@ -122,17 +97,13 @@ impl Sim {
             self.drain();
             if let Some((conn, text)) = self.to_sled.pop_front() {
                 self.log(format!("gateway → sled: {text}"));
-                self.sled
-                    .handle_received(self.now, conn, Received::Text(&text));
+                self.sled.handle_received(self.now, conn, Received::Text(&text));
                 continue;
             }
             if let Some(call) = self.mcp.pop_front() {
-                let reply = RawValue::from_string(
-                    r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#.into(),
-                )
-                .expect("valid JSON");
-                self.sled
-                    .handle_mcp_reply(self.now, call.call, McpReply::Response(reply));
+                let reply = RawValue::from_string(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#.into())
+                    .expect("valid JSON");
+                self.sled.handle_mcp_reply(self.now, call.call, McpReply::Response(reply));
                 continue;
             }
             match self.sled.poll_timeout() {
@@ -151,8 +122,7 @@ impl Sim {
     fn ask(&mut self, id: &str, tool: &str) {
         self.log(format!("agent asks: may I run {tool}? (id {id})"));
         let input = RawValue::from_string(r#"{"command":"ls"}"#.into()).expect("valid JSON");
-        self.sled
-            .request_permission(self.now, id.into(), tool.into(), input);
+        self.sled.request_permission(self.now, id.into(), tool.into(), input);
     }
 
     fn gateway_sends(&mut self, text: &str) {
@@ -162,11 +132,7 @@ impl Sim {
     }
 
     fn decision_of(&self, id: &str) -> Option<Decision> {
-        self.decided
-            .iter()
-            .rev()
-            .find(|d| d.id == id)
-            .map(|d| d.decision)
+        self.decided.iter().rev().find(|d| d.id == id).map(|d| d.decision)
     }
 }
 
@@ -208,39 +174,24 @@ fn main() -> ExitCode {
     sim.run_until(at(0.5));
     sim.gateway = Gateway::Healthy;
     sim.run_until(at(2.0));
-    expect(
-        "connected after one failed attempt",
-        sim.sled.stats().connections == 1,
-    );
-    expect(
-        "queued request approved once connected",
-        sim.decision_of("req-1") == Some(Decision::Approve),
-    );
+    expect("connected after one failed attempt", sim.sled.stats().connections == 1);
+    expect("queued request approved once connected", sim.decision_of("req-1") == Some(Decision::Approve));
 
     println!("── Permissions: approve and deny ──");
     sim.ask("req-2", "Write");
     sim.run_until(at(3.0));
-    expect(
-        "Write denied by the gateway",
-        sim.decision_of("req-2") == Some(Decision::Deny),
-    );
+    expect("Write denied by the gateway", sim.decision_of("req-2") == Some(Decision::Deny));
 
     println!("── The gateway relays an MCP request to the sled's local MCP endpoint ──");
     sim.gateway_sends(r#"{"type":"mcp_request","req_id":"mcp-1","payload":{"body":"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}"}}"#);
     sim.run_until(at(4.0));
-    expect(
-        "MCP call answered",
-        sim.sled.mcp_calls_in_flight() == 0 && sim.sled.stats().frames_sent >= 4,
-    );
+    expect("MCP call answered", sim.sled.mcp_calls_in_flight() == 0 && sim.sled.stats().frames_sent >= 4);
 
     println!("── Garbage from the gateway is ignored ──");
     sim.gateway_sends("this is not JSON");
     sim.gateway_sends(r#"{"type":"perm_response","req_id":"nobody","payload":{"approved":true}}"#);
     sim.run_until(at(5.0));
-    expect(
-        "two frames ignored",
-        sim.sled.stats().malformed_frames == 1 && sim.sled.stats().unmatched_responses == 1,
-    );
+    expect("two frames ignored", sim.sled.stats().malformed_frames == 1 && sim.sled.stats().unmatched_responses == 1);
 
     println!("── Heartbeats every 10 s ──");
     sim.run_until(at(25.0));
@@ -250,10 +201,7 @@ fn main() -> ExitCode {
     sim.gateway = Gateway::Silent;
     sim.ask("req-3", "Bash");
     sim.run_until(at(60.0));
-    expect(
-        "in-flight request denied when the dead link is detected",
-        sim.decision_of("req-3") == Some(Decision::Deny),
-    );
+    expect("in-flight request denied when the dead link is detected", sim.decision_of("req-3") == Some(Decision::Deny));
     sim.gateway = Gateway::Healthy;
     sim.run_until(at(70.0));
     expect("reconnected by itself", sim.sled.stats().connections == 2);
@@ -262,30 +210,21 @@ fn main() -> ExitCode {
     sim.gateway = Gateway::Undecided;
     sim.ask("req-4", "Bash");
     sim.run_until(at(70.0 + 121.0));
-    expect(
-        "undecided request denied at its deadline",
-        sim.decision_of("req-4") == Some(Decision::Deny),
-    );
+    expect("undecided request denied at its deadline", sim.decision_of("req-4") == Some(Decision::Deny));
 
     println!("── Shutdown ──");
     sim.ask("req-5", "Bash");
     sim.run_until(sim.now + Duration::from_secs(1));
     sim.sled.shutdown(sim.now);
     sim.drain();
-    expect(
-        "pending request denied on shutdown",
-        sim.decision_of("req-5") == Some(Decision::Deny),
-    );
+    expect("pending request denied on shutdown", sim.decision_of("req-5") == Some(Decision::Deny));
     expect("no timer left", sim.sled.poll_timeout().is_none());
 
     if failures.is_empty() {
         println!("All steps behaved as expected.");
         ExitCode::SUCCESS
     } else {
-        println!(
-            "{} step(s) did not behave as expected: {failures:?}",
-            failures.len()
-        );
+        println!("{} step(s) did not behave as expected: {failures:?}", failures.len());
         ExitCode::FAILURE
     }
 }

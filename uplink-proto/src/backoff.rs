@@ -48,23 +48,9 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    pub(crate) fn new(
-        initial: Duration,
-        max: Duration,
-        multiplier: u32,
-        jitter: bool,
-        seed: u64,
-    ) -> Self {
+    pub(crate) fn new(initial: Duration, max: Duration, multiplier: u32, jitter: bool, seed: u64) -> Self {
         let current = initial.min(max);
-        Backoff {
-            initial,
-            max,
-            multiplier,
-            jitter,
-            rng: SplitMix64::new(seed),
-            current,
-            attempt: 0,
-        }
+        Backoff { initial, max, multiplier, jitter, rng: SplitMix64::new(seed), current, attempt: 0 }
     }
 
     /// The un-jittered ceiling for the next attempt.
@@ -78,11 +64,7 @@ impl Backoff {
         let ceiling = self.current;
         self.current = self.current.saturating_mul(self.multiplier).min(self.max);
         self.attempt = self.attempt.saturating_add(1);
-        if self.jitter {
-            Duration::from_micros(self.rng.up_to(duration_micros(ceiling)))
-        } else {
-            ceiling
-        }
+        if self.jitter { Duration::from_micros(self.rng.up_to(duration_micros(ceiling))) } else { ceiling }
     }
 
     /// Jump straight to the cap (used after an authentication failure: retrying fast cannot help).
@@ -133,22 +115,13 @@ mod tests {
         let tail = &seen[10..];
         let min = tail.iter().min().copied().unwrap_or_default();
         let max = tail.iter().max().copied().unwrap_or_default();
-        assert!(
-            min < Duration::from_secs(10) && max > Duration::from_secs(50),
-            "{min:?}..{max:?}"
-        );
+        assert!(min < Duration::from_secs(10) && max > Duration::from_secs(50), "{min:?}..{max:?}");
     }
 
     #[test]
     fn same_seed_same_delays_other_seed_other_delays() {
         let run = |seed| {
-            let mut b = Backoff::new(
-                Duration::from_secs(1),
-                Duration::from_secs(60),
-                2,
-                true,
-                seed,
-            );
+            let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 2, true, seed);
             (0..20).map(|_| b.next_delay()).collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
@@ -161,10 +134,7 @@ mod tests {
         b.saturate();
         assert_eq!(b.next_delay(), Duration::from_secs(60));
         let mut flat = Backoff::new(Duration::from_secs(3), Duration::from_secs(60), 1, false, 0);
-        assert_eq!(
-            (0..5).map(|_| flat.next_delay()).collect::<Vec<_>>(),
-            [Duration::from_secs(3); 5]
-        );
+        assert_eq!((0..5).map(|_| flat.next_delay()).collect::<Vec<_>>(), [Duration::from_secs(3); 5]);
         assert_eq!(flat.attempt(), 5);
     }
 

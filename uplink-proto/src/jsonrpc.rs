@@ -71,14 +71,11 @@ pub fn error_response(id: Option<&RawValue>, code: i32, message: &str) -> Box<Ra
         id: Option<&'a RawValue>,
         error: ErrorObject<'a>,
     }
-    let text: String = match serde_json::to_string(&Response {
-        jsonrpc: "2.0",
-        id,
-        error: ErrorObject { code, message },
-    }) {
-        Ok(text) => text,
-        Err(_) => unreachable!("serialising plain data cannot fail"),
-    };
+    let text: String =
+        match serde_json::to_string(&Response { jsonrpc: "2.0", id, error: ErrorObject { code, message } }) {
+            Ok(text) => text,
+            Err(_) => unreachable!("serialising plain data cannot fail"),
+        };
     match RawValue::from_string(text) {
         Ok(raw) => raw,
         Err(_) => unreachable!("serde_json produced invalid JSON"),
@@ -95,19 +92,10 @@ mod tests {
             BodyId::Id(id) => Some(String::from(id.get())),
             _ => None,
         };
-        assert_eq!(
-            id(r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#).as_deref(),
-            Some("7")
-        );
-        assert_eq!(
-            id(r#"{"method":"x","params":{"id":1},"id":"a\"b"}"#).as_deref(),
-            Some(r#""a\"b""#)
-        );
+        assert_eq!(id(r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#).as_deref(), Some("7"));
+        assert_eq!(id(r#"{"method":"x","params":{"id":1},"id":"a\"b"}"#).as_deref(), Some(r#""a\"b""#));
         assert_eq!(id(r#"{"id":-1.5e3}"#).as_deref(), Some("-1.5e3"));
-        assert_eq!(
-            body_id(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
-            BodyId::NoId
-        );
+        assert_eq!(body_id(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#), BodyId::NoId);
         assert_eq!(body_id(r#"{"id":null}"#), BodyId::NoId);
         assert_eq!(body_id(r#"{"id":{"x":1}}"#), BodyId::NoId);
         assert_eq!(body_id(r#"{"id":true}"#), BodyId::NoId);
@@ -127,9 +115,6 @@ mod tests {
         assert_eq!(v["error"]["code"], -32603);
         assert_eq!(v["error"]["message"], "boom \"quoted\"");
         let r = error_response(None, PARSE_ERROR, "bad");
-        assert_eq!(
-            r.get(),
-            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"bad"}}"#
-        );
+        assert_eq!(r.get(), r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"bad"}}"#);
     }
 }

@@ -105,8 +105,8 @@ pub mod time;
 pub mod wire;
 
 pub use sled::{
-    Cause, ConfigError, ConnId, ConnectError, Decided, Event, Ignored, LinkState, LossReason,
-    McpCall, McpCallId, McpReply, Output, PermKey, Received, Sled, SledConfig, Stats,
+    Cause, ConfigError, ConnId, ConnectError, Decided, Event, Ignored, LinkState, LossReason, McpCall, McpCallId,
+    McpReply, Output, PermKey, Received, Sled, SledConfig, Stats,
 };
 pub use time::Instant;
 pub use wire::{Decision, GatewayFrame, RawValue, SledFrame};

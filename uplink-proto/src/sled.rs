@@ -98,10 +98,7 @@ impl SledConfig {
 
     /// A configuration with no gateway: the machine stays [`LinkState::Disabled`] and denies everything.
     pub fn disabled() -> Self {
-        SledConfig {
-            enabled: false,
-            ..SledConfig::new("")
-        }
+        SledConfig { enabled: false, ..SledConfig::new("") }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -395,21 +392,9 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 enum Link {
     Disabled,
-    Connecting {
-        conn: ConnId,
-        deadline: Instant,
-    },
-    Connected {
-        conn: ConnId,
-        since: Instant,
-        last_rx: Instant,
-        next_heartbeat: Instant,
-    },
-    BackingOff {
-        until: Instant,
-        delay: Duration,
-        reason: LossReason,
-    },
+    Connecting { conn: ConnId, deadline: Instant },
+    Connected { conn: ConnId, since: Instant, last_rx: Instant, next_heartbeat: Instant },
+    BackingOff { until: Instant, delay: Duration, reason: LossReason },
     Closed,
 }
 
@@ -460,12 +445,7 @@ impl Sled {
         config.validate()?;
         let mut capabilities: Vec<Cow<'_, str>> = Vec::with_capacity(1 + config.capabilities.len());
         capabilities.push(Cow::Borrowed(wire::kind::PERM_CANCEL));
-        capabilities.extend(
-            config
-                .capabilities
-                .iter()
-                .map(|c| Cow::Borrowed(c.as_str())),
-        );
+        capabilities.extend(config.capabilities.iter().map(|c| Cow::Borrowed(c.as_str())));
         let identity_text = SledFrame::Identity(Identity {
             project: Cow::Borrowed(&config.project),
             protocol: Some(wire::PROTOCOL_VERSION),
@@ -481,11 +461,7 @@ impl Sled {
             config.seed,
         );
         let mut sled = Sled {
-            link: if config.enabled {
-                Link::Closed
-            } else {
-                Link::Disabled
-            },
+            link: if config.enabled { Link::Closed } else { Link::Disabled },
             cfg: config,
             now,
             backoff,
@@ -518,10 +494,7 @@ impl Sled {
     pub fn link_state(&self) -> LinkState {
         match self.link {
             Link::Disabled => LinkState::Disabled,
-            Link::Connecting { conn, .. } => LinkState::Connecting {
-                conn,
-                attempt: self.backoff.attempt(),
-            },
+            Link::Connecting { conn, .. } => LinkState::Connecting { conn, attempt: self.backoff.attempt() },
             Link::Connected { conn, .. } => LinkState::Connected { conn },
             Link::BackingOff { delay, reason, .. } => LinkState::BackingOff { delay, reason },
             Link::Closed => LinkState::Closed,
@@ -566,11 +539,9 @@ impl Sled {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link = match self.link {
             Link::Connecting { deadline, .. } => Some(deadline),
-            Link::Connected {
-                last_rx,
-                next_heartbeat,
-                ..
-            } => Some(next_heartbeat.min(last_rx + self.cfg.idle_timeout)),
+            Link::Connected { last_rx, next_heartbeat, .. } => {
+                Some(next_heartbeat.min(last_rx + self.cfg.idle_timeout))
+            }
             Link::BackingOff { until, .. } => Some(until),
             Link::Disabled | Link::Closed => None,
         };
@@ -591,33 +562,25 @@ impl Sled {
         self.advance(now);
         match self.link {
             Link::Connecting { conn: c, .. } if c == conn => {}
+            Link::Connected { conn: c, .. } if c == conn => {
+                // Reported twice: it is already the live connection.
+                self.stats.stale_inputs += 1;
+                return;
+            }
             _ => {
                 // Not the attempt we are waiting for: a connection we no longer want.
                 self.stats.stale_inputs += 1;
-                self.out.push_back(Output::Close {
-                    conn,
-                    code: CLOSE_NORMAL,
-                    reason: "stale connection",
-                });
+                self.out.push_back(Output::Close { conn, code: CLOSE_NORMAL, reason: "stale connection" });
                 return;
             }
         }
         let now = self.now;
-        self.link = Link::Connected {
-            conn,
-            since: now,
-            last_rx: now,
-            next_heartbeat: now + self.cfg.heartbeat_interval,
-        };
+        self.link =
+            Link::Connected { conn, since: now, last_rx: now, next_heartbeat: now + self.cfg.heartbeat_interval };
         self.stats.connections += 1;
         self.emit_link();
         self.send(conn, self.identity_text.clone());
-        let queued: Vec<PermKey> = self
-            .perms
-            .iter()
-            .filter(|(_, p)| p.sent_on.is_none())
-            .map(|(k, _)| *k)
-            .collect();
+        let queued: Vec<PermKey> = self.perms.iter().filter(|(_, p)| p.sent_on.is_none()).map(|(k, _)| *k).collect();
         for key in queued {
             self.send_perm_request(key, conn);
         }
@@ -643,12 +606,8 @@ impl Sled {
     pub fn handle_disconnected(&mut self, now: Instant, conn: ConnId) {
         self.advance(now);
         match self.link {
-            Link::Connected { conn: c, .. } if c == conn => {
-                self.lose_link(LossReason::Disconnected, None)
-            }
-            Link::Connecting { conn: c, .. } if c == conn => {
-                self.lose_link(LossReason::ConnectFailed, None)
-            }
+            Link::Connected { conn: c, .. } if c == conn => self.lose_link(LossReason::Disconnected, None),
+            Link::Connecting { conn: c, .. } if c == conn => self.lose_link(LossReason::ConnectFailed, None),
             _ => self.stats.stale_inputs += 1,
         }
     }
@@ -658,9 +617,7 @@ impl Sled {
         self.advance(now);
         let now = self.now;
         match &mut self.link {
-            Link::Connected {
-                conn: c, last_rx, ..
-            } if *c == conn => *last_rx = now,
+            Link::Connected { conn: c, last_rx, .. } if *c == conn => *last_rx = now,
             _ => {
                 self.stats.stale_inputs += 1;
                 return;
@@ -677,14 +634,8 @@ impl Sled {
         };
         self.stats.frames_received += 1;
         match GatewayFrame::decode(text) {
-            Ok(GatewayFrame::PermResponse { req_id, decision }) => {
-                self.on_perm_response(conn, &req_id, decision)
-            }
-            Ok(GatewayFrame::McpRequest {
-                req_id,
-                body,
-                session,
-            }) => self.on_mcp_request(conn, req_id, body, session),
+            Ok(GatewayFrame::PermResponse { req_id, decision }) => self.on_perm_response(conn, &req_id, decision),
+            Ok(GatewayFrame::McpRequest { req_id, body, session }) => self.on_mcp_request(req_id, body, session),
             Err(wire::DecodeError::UnknownType) => {
                 self.stats.unknown_frames += 1;
                 self.ignored(Ignored::UnknownType);
@@ -742,26 +693,12 @@ impl Sled {
             _ => None,
         };
         if let Some(cause) = refused {
-            self.out.push_back(Output::Decided(Decided {
-                key,
-                id,
-                decision: Decision::Deny,
-                cause,
-            }));
+            self.out.push_back(Output::Decided(Decided { key, id, decision: Decision::Deny, cause }));
             return key;
         }
         let deadline = self.now + self.cfg.permission_timeout;
         self.perm_ids.insert(id.clone(), key);
-        self.perms.insert(
-            key,
-            Perm {
-                id,
-                tool_name,
-                tool_input,
-                deadline,
-                sent_on: None,
-            },
-        );
+        self.perms.insert(key, Perm { id, tool_name, tool_input, deadline, sent_on: None });
         if let Some(conn) = self.connection() {
             self.send_perm_request(key, conn);
         }
@@ -784,19 +721,11 @@ impl Sled {
                     );
                     self.send_mcp_response(&c.req_id, &payload);
                 }
-                self.out.push_back(Output::Close {
-                    conn,
-                    code: CLOSE_NORMAL,
-                    reason: "shutdown",
-                });
+                self.out.push_back(Output::Close { conn, code: CLOSE_NORMAL, reason: "shutdown" });
             }
             Link::Connecting { conn, .. } => {
                 self.deny_all(Cause::Shutdown, None);
-                self.out.push_back(Output::Close {
-                    conn,
-                    code: CLOSE_NORMAL,
-                    reason: "shutdown",
-                });
+                self.out.push_back(Output::Close { conn, code: CLOSE_NORMAL, reason: "shutdown" });
             }
             Link::BackingOff { .. } | Link::Disabled => self.deny_all(Cause::Shutdown, None),
         }
@@ -813,34 +742,9 @@ impl Sled {
             self.now = now;
         }
         let now = self.now;
-        match self.link {
-            Link::Connecting { conn, deadline } if deadline <= now => {
-                self.lose_link(LossReason::ConnectTimeout, Some((conn, "connect timeout")));
-            }
-            Link::BackingOff { until, .. } if until <= now => self.start_connect(),
-            Link::Connected {
-                conn,
-                last_rx,
-                next_heartbeat,
-                ..
-            } => {
-                if last_rx + self.cfg.idle_timeout <= now {
-                    self.lose_link(LossReason::IdleTimeout, Some((conn, "idle timeout")));
-                } else if next_heartbeat <= now {
-                    let mut next = next_heartbeat + self.cfg.heartbeat_interval;
-                    if next <= now {
-                        // Called late by a whole interval or more: do not send a burst.
-                        next = now + self.cfg.heartbeat_interval;
-                    }
-                    if let Link::Connected { next_heartbeat, .. } = &mut self.link {
-                        *next_heartbeat = next;
-                    }
-                    self.send(conn, SledFrame::Heartbeat.encode());
-                    self.out.push_back(Output::Ping { conn });
-                }
-            }
-            _ => {}
-        }
+        // Each transition sets its next deadline after `now` (or exactly at `now`, for a zero back-off, which
+        // the next turn fires), so this ends within a few turns.
+        while self.fire_link_timer(now) {}
         while let Some(entry) = self.perms.first_entry() {
             if entry.get().deadline > now {
                 break;
@@ -849,11 +753,9 @@ impl Sled {
             self.perm_ids.remove(&perm.id);
             if let (Some(sent_on), Some(live)) = (perm.sent_on, self.connection()) {
                 if sent_on == live {
-                    let text = SledFrame::PermCancel {
-                        req_id: Cow::Borrowed(&perm.id),
-                        reason: Cow::Borrowed("timeout"),
-                    }
-                    .encode();
+                    let text =
+                        SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.id), reason: Cow::Borrowed("timeout") }
+                            .encode();
                     self.send(live, text);
                 }
             }
@@ -864,14 +766,42 @@ impl Sled {
                 break;
             }
             let (call, c) = entry.remove_entry();
-            let message = format!(
-                "local MCP call timed out after {} ms",
-                self.cfg.mcp_timeout.as_millis()
-            );
-            let payload =
-                jsonrpc::error_response(c.jsonrpc_id.as_deref(), jsonrpc::INTERNAL_ERROR, &message);
+            let message = format!("local MCP call timed out after {} ms", self.cfg.mcp_timeout.as_millis());
+            let payload = jsonrpc::error_response(c.jsonrpc_id.as_deref(), jsonrpc::INTERNAL_ERROR, &message);
             self.send_mcp_response(&c.req_id, &payload);
             self.out.push_back(Output::CancelMcp { call });
+        }
+    }
+
+    /// Fires the link's timer if it is due; true if the state changed and may be due again.
+    fn fire_link_timer(&mut self, now: Instant) -> bool {
+        match self.link {
+            Link::Connecting { conn, deadline } if deadline <= now => {
+                self.lose_link(LossReason::ConnectTimeout, Some((conn, "connect timeout")));
+                true
+            }
+            Link::BackingOff { until, .. } if until <= now => {
+                self.start_connect();
+                true
+            }
+            Link::Connected { conn, last_rx, .. } if last_rx + self.cfg.idle_timeout <= now => {
+                self.lose_link(LossReason::IdleTimeout, Some((conn, "idle timeout")));
+                true
+            }
+            Link::Connected { conn, next_heartbeat, .. } if next_heartbeat <= now => {
+                let mut next = next_heartbeat + self.cfg.heartbeat_interval;
+                if next <= now {
+                    // Called late by a whole interval or more: do not send a burst.
+                    next = now + self.cfg.heartbeat_interval;
+                }
+                if let Link::Connected { next_heartbeat, .. } = &mut self.link {
+                    *next_heartbeat = next;
+                }
+                self.send(conn, SledFrame::Heartbeat.encode());
+                self.out.push_back(Output::Ping { conn });
+                false
+            }
+            _ => false,
         }
     }
 
@@ -879,10 +809,7 @@ impl Sled {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         self.stats.connects += 1;
-        self.link = Link::Connecting {
-            conn,
-            deadline: self.now + self.cfg.connect_timeout,
-        };
+        self.link = Link::Connecting { conn, deadline: self.now + self.cfg.connect_timeout };
         self.emit_link();
         self.out.push_back(Output::Connect { conn });
     }
@@ -890,22 +817,14 @@ impl Sled {
     /// The connection or attempt is gone: fail-close what was in flight, then back off.
     fn lose_link(&mut self, reason: LossReason, close: Option<(ConnId, &'static str)>) {
         if let Some((conn, why)) = close {
-            self.out.push_back(Output::Close {
-                conn,
-                code: CLOSE_GOING_AWAY,
-                reason: why,
-            });
+            self.out.push_back(Output::Close { conn, code: CLOSE_GOING_AWAY, reason: why });
         }
         if let Link::Connected { conn, since, .. } = self.link {
             if self.now.saturating_duration_since(since) >= self.cfg.stability_window {
                 self.backoff.reset();
             }
-            let lost: Vec<PermKey> = self
-                .perms
-                .iter()
-                .filter(|(_, p)| p.sent_on == Some(conn))
-                .map(|(k, _)| *k)
-                .collect();
+            let lost: Vec<PermKey> =
+                self.perms.iter().filter(|(_, p)| p.sent_on == Some(conn)).map(|(k, _)| *k).collect();
             for key in lost {
                 if let Some(perm) = self.perms.remove(&key) {
                     self.perm_ids.remove(&perm.id);
@@ -918,23 +837,20 @@ impl Sled {
             self.backoff.saturate();
         }
         let delay = self.backoff.next_delay();
-        self.link = Link::BackingOff {
-            until: self.now + delay,
-            delay,
-            reason,
-        };
+        self.link = Link::BackingOff { until: self.now + delay, delay, reason };
         self.emit_link();
+        if delay.is_zero() {
+            // Full jitter can draw zero: retry now rather than leave a due timer for a later call.
+            self.start_connect();
+        }
     }
 
     /// Denies every pending request; those sent on `live` are withdrawn with `perm_cancel` first.
     fn deny_all(&mut self, cause: Cause, live: Option<ConnId>) {
         for (key, perm) in core::mem::take(&mut self.perms) {
             if let Some(conn) = live.filter(|c| perm.sent_on == Some(*c)) {
-                let text = SledFrame::PermCancel {
-                    req_id: Cow::Borrowed(&perm.id),
-                    reason: Cow::Borrowed("shutdown"),
-                }
-                .encode();
+                let text = SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.id), reason: Cow::Borrowed("shutdown") }
+                    .encode();
                 self.send(conn, text);
             }
             self.decide(key, perm.id, Decision::Deny, cause);
@@ -963,58 +879,31 @@ impl Sled {
         }
     }
 
-    fn on_mcp_request(
-        &mut self,
-        conn: ConnId,
-        req_id: Cow<'_, str>,
-        body: Option<Cow<'_, str>>,
-        session: Option<Cow<'_, str>>,
-    ) {
-        let _ = conn;
+    fn on_mcp_request(&mut self, req_id: Cow<'_, str>, body: Option<Cow<'_, str>>, session: Option<Cow<'_, str>>) {
         let reject = |sled: &mut Sled, id: Option<&RawValue>, code: i32, message: &str| {
             sled.stats.mcp_rejected += 1;
             let payload = jsonrpc::error_response(id, code, message);
             sled.send_mcp_response(&req_id, &payload);
         };
         let Some(body) = body.filter(|b| !b.is_empty()) else {
-            return reject(
-                self,
-                None,
-                jsonrpc::INVALID_REQUEST,
-                "mcp_request payload has no string `body`",
-            );
+            return reject(self, None, jsonrpc::INVALID_REQUEST, "mcp_request payload has no string `body`");
         };
         let jsonrpc_id = match jsonrpc::body_id(&body) {
             BodyId::NotJson => {
-                return reject(
-                    self,
-                    None,
-                    jsonrpc::PARSE_ERROR,
-                    "mcp_request body is not valid JSON",
-                );
+                return reject(self, None, jsonrpc::PARSE_ERROR, "mcp_request body is not valid JSON");
             }
             BodyId::Id(id) => Some(id),
             BodyId::NoId => None,
         };
         if self.calls.len() >= self.cfg.max_mcp_calls {
-            let message = format!(
-                "sled busy: {} local MCP calls already in flight",
-                self.calls.len()
-            );
+            let message = format!("sled busy: {} local MCP calls already in flight", self.calls.len());
             return reject(self, jsonrpc_id, jsonrpc::INTERNAL_ERROR, &message);
         }
         let call = McpCallId(self.next_call);
         self.next_call += 1;
         let deadline = self.now + self.cfg.mcp_timeout;
         let jsonrpc_id = jsonrpc_id.map(ToOwned::to_owned);
-        self.calls.insert(
-            call,
-            Call {
-                req_id: req_id.into_owned(),
-                jsonrpc_id,
-                deadline,
-            },
-        );
+        self.calls.insert(call, Call { req_id: req_id.into_owned(), jsonrpc_id, deadline });
         self.out.push_back(Output::CallMcp(McpCall {
             call,
             body: body.into_owned(),
@@ -1038,11 +927,7 @@ impl Sled {
 
     fn send_mcp_response(&mut self, req_id: &str, payload: &RawValue) {
         if let Some(conn) = self.connection() {
-            let text = SledFrame::McpResponse {
-                req_id: Cow::Borrowed(req_id),
-                payload,
-            }
-            .encode();
+            let text = SledFrame::McpResponse { req_id: Cow::Borrowed(req_id), payload }.encode();
             self.send(conn, text);
         }
     }
@@ -1053,12 +938,7 @@ impl Sled {
     }
 
     fn decide(&mut self, key: PermKey, id: String, decision: Decision, cause: Cause) {
-        self.out.push_back(Output::Decided(Decided {
-            key,
-            id,
-            decision,
-            cause,
-        }));
+        self.out.push_back(Output::Decided(Decided { key, id, decision, cause }));
     }
 
     fn emit_link(&mut self) {

@@ -27,16 +27,12 @@ impl Instant {
 
     /// An instant `millis` milliseconds after the epoch (saturating).
     pub const fn from_millis(millis: u64) -> Instant {
-        Instant {
-            micros: millis.saturating_mul(1_000),
-        }
+        Instant { micros: millis.saturating_mul(1_000) }
     }
 
     /// An instant `secs` seconds after the epoch (saturating).
     pub const fn from_secs(secs: u64) -> Instant {
-        Instant {
-            micros: secs.saturating_mul(1_000_000),
-        }
+        Instant { micros: secs.saturating_mul(1_000_000) }
     }
 
     /// Microseconds since the epoch.
@@ -51,9 +47,7 @@ impl Instant {
 
     /// `self + d`, saturating at the largest representable instant.
     pub fn saturating_add(self, d: Duration) -> Instant {
-        Instant {
-            micros: self.micros.saturating_add(duration_micros(d)),
-        }
+        Instant { micros: self.micros.saturating_add(duration_micros(d)) }
     }
 }
 
@@ -79,12 +73,7 @@ impl Sub<Instant> for Instant {
 
 impl fmt::Debug for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{:06}s",
-            self.micros / 1_000_000,
-            self.micros % 1_000_000
-        )
+        write!(f, "{}.{:06}s", self.micros / 1_000_000, self.micros % 1_000_000)
     }
 }
 
@@ -95,20 +84,11 @@ mod tests {
     #[test]
     fn arithmetic_saturates() {
         let t = Instant::from_secs(5);
-        assert_eq!(
-            t + Duration::from_millis(1500),
-            Instant::from_micros(6_500_000)
-        );
+        assert_eq!(t + Duration::from_millis(1500), Instant::from_micros(6_500_000));
         assert_eq!(Instant::from_secs(1) - t, Duration::ZERO);
         assert_eq!(t - Instant::from_secs(1), Duration::from_secs(4));
-        assert_eq!(
-            Instant::from_micros(u64::MAX) + Duration::from_secs(1),
-            Instant::from_micros(u64::MAX)
-        );
+        assert_eq!(Instant::from_micros(u64::MAX) + Duration::from_secs(1), Instant::from_micros(u64::MAX));
         assert_eq!(Instant::from_secs(u64::MAX), Instant::from_micros(u64::MAX));
-        assert_eq!(
-            format!("{:?}", Instant::from_micros(1_000_042)),
-            "1.000042s"
-        );
+        assert_eq!(format!("{:?}", Instant::from_micros(1_000_042)), "1.000042s");
     }
 }

@@ -183,17 +183,12 @@ struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 /// Needed because serde's derived structs also accept the array form (`[field1, field2]`): without this check
 /// a payload of `[true]` would read as `approved: true`.
 fn is_object(text: &str) -> bool {
-    text.trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('{')
+    text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{')
 }
 
 /// Reads a JSON object into `T`; anything else, or an object `T` cannot read, is `None`.
 fn object<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
-    if is_object(text) {
-        serde_json::from_str(text).ok()
-    } else {
-        None
-    }
+    if is_object(text) { serde_json::from_str(text).ok() } else { None }
 }
 
 fn parse_envelope(text: &str) -> Result<InEnvelope<'_>, DecodeError> {
@@ -251,16 +246,11 @@ impl<'a> GatewayFrame<'a> {
                     #[serde(default, borrow)]
                     session: Option<&'a RawValue>,
                 }
-                let (body, session) =
-                    match env.payload.and_then(|p| object::<McpPayload<'a>>(p.get())) {
-                        Some(p) => (p.body, lenient_str(p.session)),
-                        None => (None, None),
-                    };
-                Ok(GatewayFrame::McpRequest {
-                    req_id,
-                    body,
-                    session,
-                })
+                let (body, session) = match env.payload.and_then(|p| object::<McpPayload<'a>>(p.get())) {
+                    Some(p) => (p.body, lenient_str(p.session)),
+                    None => (None, None),
+                };
+                Ok(GatewayFrame::McpRequest { req_id, body, session })
             }
             _ => Err(DecodeError::UnknownType),
         }
@@ -288,10 +278,7 @@ impl<'a> SledFrame<'a> {
                     #[serde(default, borrow)]
                     capabilities: Option<&'a RawValue>,
                 }
-                let p: IdPayload<'a> = env
-                    .payload
-                    .and_then(|p| object(p.get()))
-                    .ok_or(DecodeError::BadPayload)?;
+                let p: IdPayload<'a> = env.payload.and_then(|p| object(p.get())).ok_or(DecodeError::BadPayload)?;
                 let project = lenient_str(p.project).ok_or(DecodeError::BadPayload)?;
                 let capabilities = lenient::<Vec<&'a RawValue>>(p.capabilities)
                     .unwrap_or_default()
@@ -314,10 +301,7 @@ impl<'a> SledFrame<'a> {
                     #[serde(default, borrow)]
                     tool_input: Option<&'a RawValue>,
                 }
-                let p: PermPayload<'a> = env
-                    .payload
-                    .and_then(|p| object(p.get()))
-                    .ok_or(DecodeError::BadPayload)?;
+                let p: PermPayload<'a> = env.payload.and_then(|p| object(p.get())).ok_or(DecodeError::BadPayload)?;
                 Ok(SledFrame::PermRequest {
                     req_id,
                     tool_name: p.tool_name,
@@ -332,10 +316,9 @@ impl<'a> SledFrame<'a> {
                     .unwrap_or(Cow::Borrowed(""));
                 Ok(SledFrame::PermCancel { req_id, reason })
             }
-            kind::MCP_RESPONSE => Ok(SledFrame::McpResponse {
-                req_id,
-                payload: env.payload.unwrap_or_else(|| json_null()),
-            }),
+            kind::MCP_RESPONSE => {
+                Ok(SledFrame::McpResponse { req_id, payload: env.payload.unwrap_or_else(|| json_null()) })
+            }
             _ => Err(DecodeError::UnknownType),
         }
     }
@@ -396,11 +379,7 @@ struct McpRequestOut<'a> {
 fn encode_envelope<P: Serialize>(kind: &str, req_id: &str, payload: P) -> String {
     // Every payload here is made of strings, numbers, booleans and already-validated raw JSON: serialising
     // it cannot fail.
-    match serde_json::to_string(&OutEnvelope {
-        kind,
-        req_id,
-        payload,
-    }) {
+    match serde_json::to_string(&OutEnvelope { kind, req_id, payload }) {
         Ok(s) => s,
         Err(_) => unreachable!("serialising an envelope of plain data cannot fail"),
     }
@@ -421,24 +400,13 @@ impl SledFrame<'_> {
                 },
             ),
             SledFrame::Heartbeat => encode_envelope(kind::HEARTBEAT, "", ()),
-            SledFrame::PermRequest {
-                req_id,
-                tool_name,
-                tool_input,
-            } => encode_envelope(
-                kind::PERM_REQUEST,
-                req_id,
-                PermRequestOut {
-                    tool_name,
-                    tool_input,
-                },
-            ),
+            SledFrame::PermRequest { req_id, tool_name, tool_input } => {
+                encode_envelope(kind::PERM_REQUEST, req_id, PermRequestOut { tool_name, tool_input })
+            }
             SledFrame::PermCancel { req_id, reason } => {
                 encode_envelope(kind::PERM_CANCEL, req_id, ReasonOut { reason })
             }
-            SledFrame::McpResponse { req_id, payload } => {
-                encode_envelope(kind::MCP_RESPONSE, req_id, payload)
-            }
+            SledFrame::McpResponse { req_id, payload } => encode_envelope(kind::MCP_RESPONSE, req_id, payload),
         }
     }
 }
@@ -449,26 +417,12 @@ impl GatewayFrame<'_> {
         match self {
             GatewayFrame::PermResponse { req_id, decision } => {
                 let (approved, always_allow) = decision.to_flags();
-                encode_envelope(
-                    kind::PERM_RESPONSE,
-                    req_id,
-                    PermResponseOut {
-                        approved,
-                        always_allow,
-                    },
-                )
+                encode_envelope(kind::PERM_RESPONSE, req_id, PermResponseOut { approved, always_allow })
             }
-            GatewayFrame::McpRequest {
-                req_id,
-                body,
-                session,
-            } => encode_envelope(
+            GatewayFrame::McpRequest { req_id, body, session } => encode_envelope(
                 kind::MCP_REQUEST,
                 req_id,
-                McpRequestOut {
-                    body: body.as_deref(),
-                    session: session.as_deref(),
-                },
+                McpRequestOut { body: body.as_deref(), session: session.as_deref() },
             ),
         }
     }

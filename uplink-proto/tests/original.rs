@@ -14,22 +14,13 @@ fn perm_request_approved_via_uplink() {
     let (conn, outs) = d.connect();
     let identity = &sent(&outs)[0];
     assert_eq!(
-        (
-            identity["type"].as_str(),
-            identity["payload"]["project"].as_str()
-        ),
+        (identity["type"].as_str(), identity["payload"]["project"].as_str()),
         (Some("identity"), Some("test-proj"))
     );
     let (key, outs) = d.request("req-test-1", "Bash");
     let req = &sent(&outs)[0];
-    assert_eq!(
-        (req["type"].as_str(), req["payload"]["tool_name"].as_str()),
-        (Some("perm_request"), Some("Bash"))
-    );
-    let outs = d.text(
-        conn,
-        &perm_response(req["req_id"].as_str().unwrap_or_default(), true, false),
-    );
+    assert_eq!((req["type"].as_str(), req["payload"]["tool_name"].as_str()), (Some("perm_request"), Some("Bash")));
+    let outs = d.text(conn, &perm_response(req["req_id"].as_str().unwrap_or_default(), true, false));
     let got = decided(&outs);
     assert_eq!((got[0].key, got[0].decision), (key, Decision::Approve));
 }
@@ -42,13 +33,7 @@ fn reconnects_after_disconnect() {
     let (first, _) = d.connect();
     let (k1, _) = d.request("req-drop", "Bash");
     let outs = d.disconnect(first);
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.decision))
-            .collect::<Vec<_>>(),
-        vec![(k1, Decision::Deny)]
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.decision)).collect::<Vec<_>>(), vec![(k1, Decision::Deny)]);
     let outs = d.next_timeout();
     assert_eq!(d.now.as_micros(), 1_000_000, "1 s back-off");
     assert!(outs.iter().any(|o| matches!(o, Output::Connect { .. })));
@@ -56,13 +41,7 @@ fn reconnects_after_disconnect() {
     let (k2, outs) = d.request("req-reconnect", "Write");
     assert_eq!(sent_types(&outs), ["perm_request"]);
     let outs = d.text(second, &perm_response("req-reconnect", true, false));
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.decision))
-            .collect::<Vec<_>>(),
-        vec![(k2, Decision::Approve)]
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.decision)).collect::<Vec<_>>(), vec![(k2, Decision::Approve)]);
     assert_eq!(d.sled.stats().connections, 2);
 }
 
@@ -74,10 +53,7 @@ fn unknown_type_and_invalid_json_are_ignored() {
         d.text(conn, r#"{"type":"future_type","req_id":"x","payload":{}}"#),
         vec![Output::Event(Event::FrameIgnored(Ignored::UnknownType))]
     );
-    assert_eq!(
-        d.text(conn, "not-json"),
-        vec![Output::Event(Event::FrameIgnored(Ignored::Malformed))]
-    );
+    assert_eq!(d.text(conn, "not-json"), vec![Output::Event(Event::FrameIgnored(Ignored::Malformed))]);
     assert_eq!(d.sled.pending_permissions(), 0);
     assert_eq!(d.sled.connection(), Some(conn));
 }
@@ -97,10 +73,7 @@ fn fail_close_denies_all_pending() {
     d.request("b", "Bash");
     let got = decided(&d.disconnect(conn));
     assert_eq!(got.len(), 2);
-    assert!(
-        got.iter()
-            .all(|x| x.decision == Decision::Deny && x.cause == Cause::ConnectionLost)
-    );
+    assert!(got.iter().all(|x| x.decision == Decision::Deny && x.cause == Cause::ConnectionLost));
 }
 
 /// `spawn_uplink_task_noop_when_url_empty`: no gateway, nothing happens (and requests are denied at once).

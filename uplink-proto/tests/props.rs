@@ -10,8 +10,8 @@ use common::raw;
 use proptest::prelude::*;
 use serde_json::Value;
 use uplink_proto::{
-    Cause, ConnId, ConnectError, Decision, Event, Instant, LinkState, LossReason, McpCallId,
-    McpReply, Output, PermKey, Received, Sled, SledConfig,
+    Cause, ConnId, ConnectError, Decision, Event, Instant, LinkState, LossReason, McpCallId, McpReply, Output, PermKey,
+    Received, Sled, SledConfig,
 };
 
 #[derive(Clone, Debug)]
@@ -72,39 +72,28 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn cfg() -> impl Strategy<Value = SledConfig> {
     (
-        any::<u64>(),
-        any::<bool>(),
-        1u64..130,
-        1usize..5,
-        1usize..4,
-        1u64..70,
-        prop::bool::weighted(0.05),
+        (any::<u64>(), any::<bool>(), prop_oneof![Just(1_000_000u64), Just(1u64)]),
+        (1u64..130, 1usize..5, 1usize..4, 1u64..70, prop::bool::weighted(0.05)),
     )
-        .prop_map(
-            |(seed, jitter, perm_s, max_perm, max_mcp, mcp_s, disabled)| SledConfig {
-                enabled: !disabled,
-                seed,
-                backoff_jitter: jitter,
-                permission_timeout: Duration::from_secs(perm_s),
-                max_pending_permissions: max_perm,
-                max_mcp_calls: max_mcp,
-                mcp_timeout: Duration::from_secs(mcp_s),
-                ..SledConfig::new("prop")
-            },
-        )
+        .prop_map(|((seed, jitter, initial_us), (perm_s, max_perm, max_mcp, mcp_s, disabled))| SledConfig {
+            enabled: !disabled,
+            seed,
+            backoff_jitter: jitter,
+            // A 1 µs start makes zero-length jittered delays common.
+            backoff_initial: Duration::from_micros(initial_us),
+            permission_timeout: Duration::from_secs(perm_s),
+            max_pending_permissions: max_perm,
+            max_mcp_calls: max_mcp,
+            mcp_timeout: Duration::from_secs(mcp_s),
+            ..SledConfig::new("prop")
+        })
 }
 
 /// Approve / deny / always-allow from the low bits; the other bits pick odd payload shapes.
 fn response_text(id: &str, flags: u8) -> (String, Decision) {
     let (payload, decision) = match flags {
-        0 => (
-            r#"{"approved":true,"always_allow":false}"#,
-            Decision::Approve,
-        ),
-        1 => (
-            r#"{"approved":true,"always_allow":true}"#,
-            Decision::AlwaysAllow,
-        ),
+        0 => (r#"{"approved":true,"always_allow":false}"#, Decision::Approve),
+        1 => (r#"{"approved":true,"always_allow":true}"#, Decision::AlwaysAllow),
         2 => (r#"{"always_allow":true}"#, Decision::AlwaysAllow),
         3 => (r#"{"approved":false}"#, Decision::Deny),
         4 => (r#"{"approved":"true"}"#, Decision::Deny),
@@ -113,10 +102,7 @@ fn response_text(id: &str, flags: u8) -> (String, Decision) {
         7 => (r#"{"approved":1,"always_allow":{}}"#, Decision::Deny),
         _ => (r#"{"approved":true}"#, Decision::Approve),
     };
-    (
-        format!(r#"{{"type":"perm_response","req_id":"{id}","payload":{payload}}}"#),
-        decision,
-    )
+    (format!(r#"{{"type":"perm_response","req_id":"{id}","payload":{payload}}}"#), decision)
 }
 
 const BODIES: [&str; 5] = [
@@ -197,11 +183,7 @@ impl Check {
             }
             Op::NextTimeout => {
                 if let Some(at) = self.sled.poll_timeout() {
-                    assert!(
-                        at >= self.now,
-                        "poll_timeout {at:?} is before now {:?}",
-                        self.now
-                    );
+                    assert!(at >= self.now, "poll_timeout {at:?} is before now {:?}", self.now);
                     self.now = at;
                     self.sled.handle_timeout(at);
                 }
@@ -213,11 +195,7 @@ impl Check {
             }
             Op::ConnectFail { unauthorized } => {
                 if let Some(conn) = self.pending_connect.take() {
-                    let e = if *unauthorized {
-                        ConnectError::Unauthorized
-                    } else {
-                        ConnectError::Other
-                    };
+                    let e = if *unauthorized { ConnectError::Unauthorized } else { ConnectError::Other };
                     self.sled.handle_connect_failed(self.now, conn, e);
                 }
             }
@@ -233,52 +211,36 @@ impl Check {
                     match kind {
                         0 => self.sled.handle_connected(self.now, conn),
                         1 => self.sled.handle_disconnected(self.now, conn),
-                        2 => self.sled.handle_received(self.now, conn, Received::Text(r#"{"type":"perm_response","req_id":"p0","payload":{"approved":true}}"#)),
+                        2 => self.sled.handle_received(
+                            self.now,
+                            conn,
+                            Received::Text(r#"{"type":"perm_response","req_id":"p0","payload":{"approved":true}}"#),
+                        ),
                         _ => self.sled.handle_connect_failed(self.now, conn, ConnectError::Other),
                     }
                 }
             }
             Op::Request(n) => {
                 let id = format!("p{n}");
-                let key = self.sled.request_permission(
-                    self.now,
-                    id.clone(),
-                    "Bash".into(),
-                    raw(r#"{"n":1}"#),
-                );
+                let key = self.sled.request_permission(self.now, id.clone(), "Bash".into(), raw(r#"{"n":1}"#));
                 assert!(!self.reqs.contains_key(&key), "key {key:?} reused");
-                self.reqs.insert(
-                    key,
-                    Req {
-                        id: id.clone(),
-                        asked_at: self.now,
-                        decided: None,
-                    },
-                );
+                self.reqs.insert(key, Req { id: id.clone(), asked_at: self.now, decided: None });
                 self.drain();
                 if self.reqs[&key].decided.is_none() {
-                    assert!(
-                        self.owner.insert(id, key).is_none(),
-                        "two pending requests own one id"
-                    );
+                    assert!(self.owner.insert(id, key).is_none(), "two pending requests own one id");
                 }
             }
             Op::Respond { id, flags, stale } => {
                 let id = format!("p{id}");
                 let (text, decision) = response_text(&id, *flags);
                 let conn = if *stale {
-                    self.seen_conns
-                        .iter()
-                        .next()
-                        .copied()
-                        .filter(|c| Some(*c) != self.live)
+                    self.seen_conns.iter().next().copied().filter(|c| Some(*c) != self.live)
                 } else {
                     self.live
                 };
                 if let Some(conn) = conn {
                     self.responses_now.push((id, conn, decision));
-                    self.sled
-                        .handle_received(self.now, conn, Received::Text(&text));
+                    self.sled.handle_received(self.now, conn, Received::Text(&text));
                 }
             }
             Op::McpRequest { body } => {
@@ -288,8 +250,7 @@ impl Check {
                     let text = serde_json::json!({"type":"mcp_request","req_id":req_id,"payload":{"body":BODIES[usize::from(*body)]}}).to_string();
                     self.mcp.insert(req_id.clone(), (0, false));
                     self.mcp_fed_now = Some(req_id);
-                    self.sled
-                        .handle_received(self.now, conn, Received::Text(&text));
+                    self.sled.handle_received(self.now, conn, Received::Text(&text));
                 }
             }
             Op::McpReply { pick, kind } => {
@@ -314,8 +275,7 @@ impl Check {
             }
             Op::Garbage(text) => {
                 if let Some(conn) = self.live {
-                    self.sled
-                        .handle_received(self.now, conn, Received::Text(text));
+                    self.sled.handle_received(self.now, conn, Received::Text(text));
                 }
             }
             Op::Shutdown => self.sled.shutdown(self.now),
@@ -335,18 +295,12 @@ impl Check {
         match out {
             Output::Connect { conn } => {
                 assert_eq!(self.live, None, "connect while connected");
-                assert!(
-                    self.seen_conns.insert(conn),
-                    "connection id {conn:?} reused"
-                );
+                assert!(self.seen_conns.insert(conn), "connection id {conn:?} reused");
                 self.pending_connect = Some(conn);
             }
             Output::Event(Event::Link(state)) => match state {
                 LinkState::Connected { conn } => {
-                    assert_eq!(
-                        self.pending_connect, None,
-                        "attempt still pending when connected"
-                    );
+                    assert_eq!(self.pending_connect, None, "attempt still pending when connected");
                     self.live = Some(conn);
                     self.expect_identity = true;
                     self.identities_on_live = 0;
@@ -354,10 +308,7 @@ impl Check {
                 LinkState::BackingOff { delay, reason } => {
                     self.live = None;
                     self.pending_connect = None;
-                    assert!(
-                        delay <= self.cfg.backoff_max,
-                        "delay {delay:?} above the cap"
-                    );
+                    assert!(delay <= self.cfg.backoff_max, "delay {delay:?} above the cap");
                     if reason == LossReason::Unauthorized && !self.cfg.backoff_jitter {
                         assert_eq!(delay, self.cfg.backoff_max);
                     }
@@ -376,11 +327,7 @@ impl Check {
             }
             Output::Ping { conn } => assert_eq!(Some(conn), self.live, "ping while not connected"),
             Output::Send { conn, text } => {
-                assert_eq!(
-                    Some(conn),
-                    self.live,
-                    "frame sent while not connected: {text}"
-                );
+                assert_eq!(Some(conn), self.live, "frame sent while not connected: {text}");
                 let v: Value = serde_json::from_str(&text).expect("sent frames are JSON");
                 let kind = v["type"].as_str().expect("type").to_owned();
                 let req_id = v["req_id"].as_str().expect("req_id").to_owned();
@@ -392,19 +339,13 @@ impl Check {
                 match kind.as_str() {
                     "identity" => {
                         self.identities_on_live += 1;
-                        assert_eq!(
-                            self.identities_on_live, 1,
-                            "second identity on one connection"
-                        );
+                        assert_eq!(self.identities_on_live, 1, "second identity on one connection");
                     }
                     "perm_request" => {
                         self.sent_on.insert(req_id, conn);
                     }
                     "mcp_response" => {
-                        let entry = self
-                            .mcp
-                            .get_mut(&req_id)
-                            .expect("mcp_response for a request that never came");
+                        let entry = self.mcp.get_mut(&req_id).expect("mcp_response for a request that never came");
                         entry.0 += 1;
                         assert_eq!(entry.0, 1, "second mcp_response for {req_id}");
                         assert!(!entry.1, "answered after being cancelled");
@@ -416,10 +357,7 @@ impl Check {
             Output::Decided(d) => {
                 let now = self.now;
                 let timeout = self.cfg.permission_timeout;
-                let req = self
-                    .reqs
-                    .get_mut(&d.key)
-                    .expect("decision for a key never handed out");
+                let req = self.reqs.get_mut(&d.key).expect("decision for a key never handed out");
                 assert_eq!(req.id, d.id);
                 assert!(req.decided.is_none(), "second decision for {:?}", d.key);
                 req.decided = Some((d.decision, d.cause));
@@ -429,20 +367,14 @@ impl Check {
                 if d.decision.is_allow() {
                     assert_eq!(d.cause, Cause::Response);
                     let conn = self.live.expect("approved while no connection is live");
-                    assert_eq!(
-                        self.owner.get(&d.id),
-                        Some(&d.key),
-                        "approved a request that never was pending"
-                    );
+                    assert_eq!(self.owner.get(&d.id), Some(&d.key), "approved a request that never was pending");
                     assert_eq!(
                         self.sent_on.get(&d.id),
                         Some(&conn),
                         "approved a request not sent on the live connection"
                     );
                     assert!(
-                        self.responses_now
-                            .iter()
-                            .any(|(id, c, dec)| *id == d.id && *c == conn && *dec == d.decision),
+                        self.responses_now.iter().any(|(id, c, dec)| *id == d.id && *c == conn && *dec == d.decision),
                         "approval without a matching perm_response on the live connection"
                     );
                 }
@@ -452,21 +384,11 @@ impl Check {
                 }
             }
             Output::CallMcp(call) => {
-                let req_id = self
-                    .mcp_fed_now
-                    .clone()
-                    .expect("a call without an mcp_request");
-                assert!(
-                    self.calls.insert(call.call, req_id).is_none(),
-                    "call id reused"
-                );
+                let req_id = self.mcp_fed_now.clone().expect("a call without an mcp_request");
+                assert!(self.calls.insert(call.call, req_id).is_none(), "call id reused");
             }
             Output::CancelMcp { call } => {
-                let req_id = self
-                    .calls
-                    .get(&call)
-                    .expect("cancel of an unknown call")
-                    .clone();
+                let req_id = self.calls.get(&call).expect("cancel of an unknown call").clone();
                 let entry = self.mcp.get_mut(&req_id).expect("known request");
                 if entry.0 == 0 {
                     entry.1 = true;
@@ -480,46 +402,23 @@ impl Check {
         assert!(self.sled.mcp_calls_in_flight() <= self.cfg.max_mcp_calls);
         let next = self.sled.poll_timeout();
         if let Some(at) = next {
-            assert!(
-                at >= self.now,
-                "deadline {at:?} left behind at {:?}",
-                self.now
-            );
+            assert!(at >= self.now, "deadline {at:?} left behind at {:?}", self.now);
         }
         // Fail-closed: nothing undecided is still waiting on a connection that is gone.
         for (key, req) in self.reqs.iter().filter(|(_, r)| r.decided.is_none()) {
-            assert_eq!(
-                self.owner.get(&req.id),
-                Some(key),
-                "pending request without its id"
-            );
+            assert_eq!(self.owner.get(&req.id), Some(key), "pending request without its id");
             if let Some(conn) = self.sent_on.get(&req.id) {
-                assert_eq!(
-                    Some(*conn),
-                    self.live,
-                    "{} outstanding on a dead connection",
-                    req.id
-                );
+                assert_eq!(Some(*conn), self.live, "{} outstanding on a dead connection", req.id);
             }
         }
         // Nothing undecided is past its deadline, and the timer wakes the caller no later than the earliest one:
         // a driver that honours poll_timeout gets every denial exactly on time.
         for (key, req) in self.reqs.iter().filter(|(_, r)| r.decided.is_none()) {
             let deadline = req.asked_at + self.cfg.permission_timeout;
-            assert!(
-                deadline > self.now,
-                "{key:?} still pending past its deadline"
-            );
-            assert!(
-                next.is_some_and(|at| at <= deadline),
-                "{key:?}: timer {next:?} later than deadline {deadline:?}"
-            );
+            assert!(deadline > self.now, "{key:?} still pending past its deadline");
+            assert!(next.is_some_and(|at| at <= deadline), "{key:?}: timer {next:?} later than deadline {deadline:?}");
         }
-        assert_eq!(
-            self.sled.connection(),
-            self.live,
-            "observer and machine disagree on the live connection"
-        );
+        assert_eq!(self.sled.connection(), self.live, "observer and machine disagree on the live connection");
     }
 
     /// Shut down and check that everything ended exactly once.
@@ -529,11 +428,7 @@ impl Check {
             assert!(req.decided.is_some(), "{key:?} ({}) never decided", req.id);
         }
         for (req_id, (answers, cancelled)) in &self.mcp {
-            assert_eq!(
-                u32::from(*cancelled) + answers,
-                1,
-                "{req_id}: {answers} answers, cancelled {cancelled}"
-            );
+            assert_eq!(u32::from(*cancelled) + answers, 1, "{req_id}: {answers} answers, cancelled {cancelled}");
         }
         assert_eq!(self.sled.poll_timeout(), None);
         self.trace

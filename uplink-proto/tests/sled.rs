@@ -7,8 +7,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use uplink_proto::{
-    Cause, ConfigError, ConnectError, Decision, Event, Ignored, Instant, LinkState, LossReason,
-    McpCall, McpReply, Output, Received, Sled, SledConfig,
+    Cause, ConfigError, ConnectError, Decision, Event, Ignored, Instant, LinkState, LossReason, McpCall, McpReply,
+    Output, Received, Sled, SledConfig,
 };
 
 fn call_of(outs: &[Output]) -> McpCall {
@@ -42,11 +42,7 @@ fn b1_disabled_never_connects_and_denies_at_once() {
     let (key, outs) = d.request("r1", "Bash");
     assert_eq!(decided(&outs).len(), 1);
     assert_eq!(
-        (
-            decided(&outs)[0].key,
-            decided(&outs)[0].decision,
-            decided(&outs)[0].cause
-        ),
+        (decided(&outs)[0].key, decided(&outs)[0].decision, decided(&outs)[0].cause),
         (key, Decision::Deny, Cause::Disabled)
     );
     assert!(d.secs(3600.0).is_empty());
@@ -58,10 +54,7 @@ fn b1_disabled_never_connects_and_denies_at_once() {
 #[test]
 fn b2_identity_is_the_first_frame_and_heartbeats_follow_every_interval() {
     let (mut d, outs) = Driver::new(config());
-    assert!(
-        matches!(outs.last(), Some(Output::Connect { .. })),
-        "{outs:?}"
-    );
+    assert!(matches!(outs.last(), Some(Output::Connect { .. })), "{outs:?}");
     let (conn, outs) = d.connect();
     let frames = sent(&outs);
     assert_eq!(frames.len(), 1);
@@ -77,10 +70,7 @@ fn b2_identity_is_the_first_frame_and_heartbeats_follow_every_interval() {
     for n in 1..=5u64 {
         let outs = d.next_timeout();
         assert_eq!(d.now, Instant::from_secs(10 * n));
-        assert_eq!(
-            sent(&outs),
-            vec![json!({"type":"heartbeat","req_id":"","payload":null})]
-        );
+        assert_eq!(sent(&outs), vec![json!({"type":"heartbeat","req_id":"","payload":null})]);
         assert!(outs.contains(&Output::Ping { conn }));
         d.sled.handle_received(d.now, conn, Received::Pong);
     }
@@ -88,11 +78,7 @@ fn b2_identity_is_the_first_frame_and_heartbeats_follow_every_interval() {
 
 #[test]
 fn b14_identity_carries_documented_extras() {
-    let cfg = SledConfig {
-        sled_version: Some("9.9.9".into()),
-        capabilities: vec!["mcp_session".into()],
-        ..config()
-    };
+    let cfg = SledConfig { sled_version: Some("9.9.9".into()), capabilities: vec!["mcp_session".into()], ..config() };
     let (mut d, _) = Driver::new(cfg);
     let (_, outs) = d.connect();
     assert_eq!(
@@ -106,15 +92,9 @@ fn b14_identity_carries_documented_extras() {
 #[test]
 fn b3_each_response_maps_to_its_decision() {
     let cases = [
-        (
-            r#"{"approved":true,"always_allow":false}"#,
-            Decision::Approve,
-        ),
+        (r#"{"approved":true,"always_allow":false}"#, Decision::Approve),
         (r#"{"approved":false,"always_allow":false}"#, Decision::Deny),
-        (
-            r#"{"approved":true,"always_allow":true}"#,
-            Decision::AlwaysAllow,
-        ),
+        (r#"{"approved":true,"always_allow":true}"#, Decision::AlwaysAllow),
         (r#"{"approved":"yes"}"#, Decision::Deny),
         (r#"{}"#, Decision::Deny),
         (r#"null"#, Decision::Deny),
@@ -129,31 +109,18 @@ fn b3_each_response_maps_to_its_decision() {
             ]
         );
         assert!(decided(&outs).is_empty());
-        let outs = d.text(
-            conn,
-            &format!(r#"{{"type":"perm_response","req_id":"req-1","payload":{payload}}}"#),
-        );
+        let outs = d.text(conn, &format!(r#"{{"type":"perm_response","req_id":"req-1","payload":{payload}}}"#));
         let got = decided(&outs);
         assert_eq!(got.len(), 1, "{payload}");
         assert_eq!(
-            (
-                got[0].key,
-                got[0].id.as_str(),
-                got[0].decision,
-                got[0].cause
-            ),
+            (got[0].key, got[0].id.as_str(), got[0].decision, got[0].cause),
             (key, "req-1", want, Cause::Response)
         );
         assert_eq!(d.sled.pending_permissions(), 0);
         // A second response for the same id changes nothing.
         let outs = d.text(conn, &perm_response("req-1", true, true));
         assert!(decided(&outs).is_empty());
-        assert_eq!(
-            outs,
-            vec![Output::Event(Event::FrameIgnored(
-                Ignored::UnmatchedResponse
-            ))]
-        );
+        assert_eq!(outs, vec![Output::Event(Event::FrameIgnored(Ignored::UnmatchedResponse))]);
     }
 }
 
@@ -167,18 +134,10 @@ fn b4_in_flight_requests_are_denied_when_the_connection_drops() {
     let outs = d.disconnect(conn);
     let got = decided(&outs);
     assert_eq!(
-        got.iter()
-            .map(|x| (x.key, x.decision, x.cause))
-            .collect::<Vec<_>>(),
-        vec![
-            (k1, Decision::Deny, Cause::ConnectionLost),
-            (k2, Decision::Deny, Cause::ConnectionLost)
-        ]
+        got.iter().map(|x| (x.key, x.decision, x.cause)).collect::<Vec<_>>(),
+        vec![(k1, Decision::Deny, Cause::ConnectionLost), (k2, Decision::Deny, Cause::ConnectionLost)]
     );
-    assert!(
-        sent(&outs).is_empty(),
-        "nothing is sent on a dead connection"
-    );
+    assert!(sent(&outs).is_empty(), "nothing is sent on a dead connection");
     assert_eq!(d.sled.pending_permissions(), 0);
 }
 
@@ -200,61 +159,33 @@ fn b5_mcp_request_is_relayed_and_answered_with_the_same_req_id() {
     let outs = d.drain();
     assert_eq!(
         sent(&outs),
-        vec![
-            json!({"type":"mcp_response","req_id":"m-1","payload":{"jsonrpc":"2.0","id":4,"result":{"tools":[]}}})
-        ]
+        vec![json!({"type":"mcp_response","req_id":"m-1","payload":{"jsonrpc":"2.0","id":4,"result":{"tools":[]}}})]
     );
     // The session extension passes through.
-    let outs = d.text(
-        conn,
-        &json!({"type":"mcp_request","req_id":"m-2","payload":{"body":body,"session":"s9"}})
-            .to_string(),
-    );
+    let outs =
+        d.text(conn, &json!({"type":"mcp_request","req_id":"m-2","payload":{"body":body,"session":"s9"}}).to_string());
     assert_eq!(call_of(&outs).session.as_deref(), Some("s9"));
 }
 
 #[test]
 fn b5_failed_call_becomes_a_json_rpc_error_with_the_request_id() {
     let (mut d, conn) = Driver::connected(config());
-    let call = call_of(&d.text(
-        conn,
-        &mcp_request(
-            "m-1",
-            r#"{"jsonrpc":"2.0","id":"abc","method":"tools/call"}"#,
-        ),
-    ));
-    d.sled.handle_mcp_reply(
-        d.now,
-        call.call,
-        McpReply::Failed("connection refused".into()),
-    );
+    let call = call_of(&d.text(conn, &mcp_request("m-1", r#"{"jsonrpc":"2.0","id":"abc","method":"tools/call"}"#)));
+    d.sled.handle_mcp_reply(d.now, call.call, McpReply::Failed("connection refused".into()));
     let frames = sent(&d.drain());
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0]["req_id"], "m-1");
     assert_eq!(frames[0]["payload"]["id"], "abc");
     assert_eq!(frames[0]["payload"]["error"]["code"], -32603);
-    assert_eq!(
-        frames[0]["payload"]["error"]["message"],
-        "local MCP call failed: connection refused"
-    );
+    assert_eq!(frames[0]["payload"]["error"]["message"], "local MCP call failed: connection refused");
 }
 
 #[test]
 fn b5_notification_with_no_content_is_answered_with_null() {
     let (mut d, conn) = Driver::connected(config());
-    let call = call_of(&d.text(
-        conn,
-        &mcp_request(
-            "n-1",
-            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        ),
-    ));
-    d.sled
-        .handle_mcp_reply(d.now, call.call, McpReply::NoContent);
-    assert_eq!(
-        sent(&d.drain()),
-        vec![json!({"type":"mcp_response","req_id":"n-1","payload":null})]
-    );
+    let call = call_of(&d.text(conn, &mcp_request("n-1", r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)));
+    d.sled.handle_mcp_reply(d.now, call.call, McpReply::NoContent);
+    assert_eq!(sent(&d.drain()), vec![json!({"type":"mcp_response","req_id":"n-1","payload":null})]);
 }
 
 // ── 6 and 8. Back-off ────────────────────────────────────────────────────────────────────────────────────
@@ -265,8 +196,7 @@ fn b6_back_off_without_jitter_is_the_originals_sequence() {
     let mut delays = Vec::new();
     for _ in 0..9 {
         let conn = d.pending_connect.take().expect("attempt");
-        d.sled
-            .handle_connect_failed(d.now, conn, ConnectError::Other);
+        d.sled.handle_connect_failed(d.now, conn, ConnectError::Other);
         let delay = delay_of(&d.drain());
         delays.push(delay.as_secs());
         // The next attempt starts exactly when the delay is over.
@@ -283,8 +213,7 @@ fn b8_back_off_resets_after_a_stable_connection_only() {
     // Three failures: 1, 2, 4.
     for _ in 0..3 {
         let conn = d.pending_connect.take().expect("attempt");
-        d.sled
-            .handle_connect_failed(d.now, conn, ConnectError::Other);
+        d.sled.handle_connect_failed(d.now, conn, ConnectError::Other);
         d.drain();
         d.next_timeout();
     }
@@ -306,15 +235,11 @@ fn b8_back_off_resets_after_a_stable_connection_only() {
 #[test]
 fn b8_jittered_delays_stay_within_bounds_and_depend_only_on_the_seed() {
     let run = |seed: u64| {
-        let (mut d, _) = Driver::new(SledConfig {
-            seed,
-            ..SledConfig::new("p")
-        });
+        let (mut d, _) = Driver::new(SledConfig { seed, ..SledConfig::new("p") });
         let mut delays = Vec::new();
         for n in 0..12u32 {
             let conn = d.pending_connect.take().expect("attempt");
-            d.sled
-                .handle_connect_failed(d.now, conn, ConnectError::Other);
+            d.sled.handle_connect_failed(d.now, conn, ConnectError::Other);
             let delay = delay_of(&d.drain());
             let ceiling = Duration::from_secs(1u64 << n.min(6)).min(Duration::from_secs(60));
             assert!(delay <= ceiling, "attempt {n}: {delay:?} > {ceiling:?}");
@@ -326,28 +251,20 @@ fn b8_jittered_delays_stay_within_bounds_and_depend_only_on_the_seed() {
     assert_eq!(run(5), run(5));
     assert_ne!(run(5), run(6));
     // Jitter really spreads: over 12 attempts no two seeds agree, and not every delay is the ceiling.
-    assert!(
-        run(5)
-            .iter()
-            .zip([1u64, 2, 4, 8, 16, 32, 60, 60, 60, 60, 60, 60])
-            .any(|(d, c)| d.as_secs() < c)
-    );
+    assert!(run(5).iter().zip([1u64, 2, 4, 8, 16, 32, 60, 60, 60, 60, 60, 60]).any(|(d, c)| d.as_secs() < c));
 }
 
 #[test]
 fn unauthorized_waits_the_back_off_cap() {
     let (mut d, _) = Driver::new(config());
     let conn = d.pending_connect.take().expect("attempt");
-    d.sled
-        .handle_connect_failed(d.now, conn, ConnectError::Unauthorized);
+    d.sled.handle_connect_failed(d.now, conn, ConnectError::Unauthorized);
     let outs = d.drain();
     assert_eq!(delay_of(&outs), Duration::from_secs(60));
-    assert!(
-        outs.contains(&Output::Event(Event::Link(LinkState::BackingOff {
-            delay: Duration::from_secs(60),
-            reason: LossReason::Unauthorized
-        })))
-    );
+    assert!(outs.contains(&Output::Event(Event::Link(LinkState::BackingOff {
+        delay: Duration::from_secs(60),
+        reason: LossReason::Unauthorized
+    }))));
 }
 
 #[test]
@@ -356,18 +273,11 @@ fn a_connect_attempt_that_hangs_is_abandoned() {
     let conn = d.pending_connect.take().expect("attempt");
     let outs = d.next_timeout();
     assert_eq!(d.now, Instant::from_secs(10));
-    assert!(
-        outs.iter()
-            .any(|o| matches!(o, Output::Close { conn: c, .. } if *c == conn))
-    );
+    assert!(outs.iter().any(|o| matches!(o, Output::Close { conn: c, .. } if *c == conn)));
     assert_eq!(delay_of(&outs), Duration::from_secs(1));
     // The attempt completing late is refused and closed, not adopted.
     d.sled.handle_connected(d.now, conn);
-    assert!(
-        d.drain()
-            .iter()
-            .any(|o| matches!(o, Output::Close { conn: c, .. } if *c == conn))
-    );
+    assert!(d.drain().iter().any(|o| matches!(o, Output::Close { conn: c, .. } if *c == conn)));
     assert_eq!(d.sled.connection(), None);
 }
 
@@ -379,49 +289,21 @@ fn b7_unknown_ids_unknown_types_and_garbage_change_nothing() {
     let (_, _) = d.request("req-1", "Bash");
     let before = d.sled.poll_timeout();
     for (text, why) in [
-        (
-            perm_response("missing", true, false),
-            Ignored::UnmatchedResponse,
-        ),
-        (
-            r#"{"type":"future_type","req_id":"x","payload":{}}"#.to_owned(),
-            Ignored::UnknownType,
-        ),
+        (perm_response("missing", true, false), Ignored::UnmatchedResponse),
+        (r#"{"type":"future_type","req_id":"x","payload":{}}"#.to_owned(), Ignored::UnknownType),
         ("not-json".to_owned(), Ignored::Malformed),
-        (
-            r#"["perm_response","req-1",{"approved":true}]"#.to_owned(),
-            Ignored::Malformed,
-        ),
-        (
-            r#"{"type":"perm_response","payload":{"approved":true}}"#.to_owned(),
-            Ignored::UnmatchedResponse,
-        ),
+        (r#"["perm_response","req-1",{"approved":true}]"#.to_owned(), Ignored::Malformed),
+        (r#"{"type":"perm_response","payload":{"approved":true}}"#.to_owned(), Ignored::UnmatchedResponse),
     ] {
         let outs = d.text(conn, &text);
-        assert_eq!(
-            outs,
-            vec![Output::Event(Event::FrameIgnored(why))],
-            "{text}"
-        );
+        assert_eq!(outs, vec![Output::Event(Event::FrameIgnored(why))], "{text}");
     }
-    d.sled
-        .handle_received(d.now, conn, Received::Binary(b"\x00\x01"));
-    assert_eq!(
-        d.drain(),
-        vec![Output::Event(Event::FrameIgnored(Ignored::Binary))]
-    );
+    d.sled.handle_received(d.now, conn, Received::Binary(b"\x00\x01"));
+    assert_eq!(d.drain(), vec![Output::Event(Event::FrameIgnored(Ignored::Binary))]);
     assert_eq!(d.sled.pending_permissions(), 1);
     assert_eq!(d.sled.poll_timeout(), before);
     let s = d.sled.stats();
-    assert_eq!(
-        (
-            s.unmatched_responses,
-            s.unknown_frames,
-            s.malformed_frames,
-            s.binary_frames
-        ),
-        (2, 1, 2, 1)
-    );
+    assert_eq!((s.unmatched_responses, s.unknown_frames, s.malformed_frames, s.binary_frames), (2, 1, 2, 1));
 }
 
 // ── 9. Liveness ──────────────────────────────────────────────────────────────────────────────────────────
@@ -437,32 +319,11 @@ fn b9_a_silent_gateway_is_closed_after_the_idle_timeout_and_in_flight_work_denie
         outs.extend(d.next_timeout());
     }
     assert_eq!(d.now, Instant::from_secs(30));
-    assert_eq!(
-        outs.iter()
-            .filter(|o| matches!(o, Output::Ping { .. }))
-            .count(),
-        2
-    );
-    assert!(outs.contains(&Output::Close {
-        conn,
-        code: 1001,
-        reason: "idle timeout"
-    }));
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.cause))
-            .collect::<Vec<_>>(),
-        vec![(key, Cause::ConnectionLost)]
-    );
+    assert_eq!(outs.iter().filter(|o| matches!(o, Output::Ping { .. })).count(), 2);
+    assert!(outs.contains(&Output::Close { conn, code: 1001, reason: "idle timeout" }));
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(key, Cause::ConnectionLost)]);
     assert!(outs.contains(&Output::CancelMcp { call: call.call }));
-    assert!(matches!(
-        d.sled.link_state(),
-        LinkState::BackingOff {
-            reason: LossReason::IdleTimeout,
-            ..
-        }
-    ));
+    assert!(matches!(d.sled.link_state(), LinkState::BackingOff { reason: LossReason::IdleTimeout, .. }));
 }
 
 #[test]
@@ -488,17 +349,8 @@ fn b10_an_unanswered_request_is_denied_at_its_deadline_and_withdrawn() {
         outs = d.next_timeout();
     }
     assert_eq!(d.now, Instant::from_secs(120));
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.cause))
-            .collect::<Vec<_>>(),
-        vec![(key, Cause::Timeout)]
-    );
-    assert!(
-        sent(&outs)
-            .contains(&json!({"type":"perm_cancel","req_id":"r","payload":{"reason":"timeout"}}))
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(key, Cause::Timeout)]);
+    assert!(sent(&outs).contains(&json!({"type":"perm_cancel","req_id":"r","payload":{"reason":"timeout"}})));
     // A response after the deadline is too late.
     assert!(decided(&d.text(conn, &perm_response("r", true, false))).is_empty());
 }
@@ -515,10 +367,7 @@ fn b10_a_late_response_never_approves_even_if_the_timer_was_not_fired() {
     d.now = Instant::from_secs(121);
     let outs = d.text(conn, &perm_response("r", true, false));
     assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.decision, x.cause))
-            .collect::<Vec<_>>(),
+        decided(&outs).iter().map(|x| (x.key, x.decision, x.cause)).collect::<Vec<_>>(),
         vec![(key, Decision::Deny, Cause::Timeout)]
     );
 }
@@ -527,31 +376,18 @@ fn b10_a_late_response_never_approves_even_if_the_timer_was_not_fired() {
 fn b10_requests_made_while_disconnected_are_queued_then_sent_and_keep_their_deadline() {
     let (mut d, _) = Driver::new(config());
     let (k1, outs) = d.request("q1", "Bash");
-    assert!(
-        actions(&outs).is_empty(),
-        "queued, not decided, not sent: {outs:?}"
-    );
+    assert!(actions(&outs).is_empty(), "queued, not decided, not sent: {outs:?}");
     // First attempt fails: still queued, not denied.
     let conn = d.pending_connect.take().expect("attempt");
-    d.sled
-        .handle_connect_failed(d.now, conn, ConnectError::Other);
+    d.sled.handle_connect_failed(d.now, conn, ConnectError::Other);
     assert!(decided(&d.drain()).is_empty());
     d.secs(0.5);
     let (k2, _) = d.request("q2", "Write");
     d.next_timeout(); // t = 1 s: second attempt
     let (conn, outs) = d.connect();
     assert_eq!(d.now, Instant::from_secs(1));
-    assert_eq!(
-        sent_types(&outs),
-        ["identity", "perm_request", "perm_request"]
-    );
-    assert_eq!(
-        (
-            sent(&outs)[1]["req_id"].as_str(),
-            sent(&outs)[2]["req_id"].as_str()
-        ),
-        (Some("q1"), Some("q2"))
-    );
+    assert_eq!(sent_types(&outs), ["identity", "perm_request", "perm_request"]);
+    assert_eq!((sent(&outs)[1]["req_id"].as_str(), sent(&outs)[2]["req_id"].as_str()), (Some("q1"), Some("q2")));
     // q1 was asked at 0 s: denied at 120 s although it was sent at 1 s; q2 half a second later.
     let mut outs = Vec::new();
     while decided(&outs).is_empty() {
@@ -559,65 +395,29 @@ fn b10_requests_made_while_disconnected_are_queued_then_sent_and_keep_their_dead
         outs = d.next_timeout();
     }
     assert_eq!(d.now, Instant::from_secs(120));
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.cause))
-            .collect::<Vec<_>>(),
-        vec![(k1, Cause::Timeout)]
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(k1, Cause::Timeout)]);
     let outs = d.next_timeout();
     assert_eq!(d.now, Instant::from_millis(120_500));
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.cause))
-            .collect::<Vec<_>>(),
-        vec![(k2, Cause::Timeout)]
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(k2, Cause::Timeout)]);
 }
 
 #[test]
 fn b10_a_full_queue_and_a_duplicate_id_are_denied_at_once_and_the_earlier_keeps_its_place() {
-    let (mut d, conn) = Driver::connected(SledConfig {
-        max_pending_permissions: 2,
-        ..config()
-    });
+    let (mut d, conn) = Driver::connected(SledConfig { max_pending_permissions: 2, ..config() });
     let (first, _) = d.request("dup", "Bash");
     let (again, outs) = d.request("dup", "Bash");
     assert_ne!(first, again);
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.cause))
-            .collect::<Vec<_>>(),
-        vec![(again, Cause::DuplicateId)]
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(again, Cause::DuplicateId)]);
     assert!(sent(&outs).is_empty());
     d.request("other", "Bash");
     let (full, outs) = d.request("third", "Bash");
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.cause))
-            .collect::<Vec<_>>(),
-        vec![(full, Cause::QueueFull)]
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(full, Cause::QueueFull)]);
     let (empty, outs) = d.request("", "Bash");
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.cause))
-            .collect::<Vec<_>>(),
-        vec![(empty, Cause::InvalidId)]
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(empty, Cause::InvalidId)]);
     // The first "dup" is still pending and resolves normally.
     let outs = d.text(conn, &perm_response("dup", true, false));
     assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.decision))
-            .collect::<Vec<_>>(),
+        decided(&outs).iter().map(|x| (x.key, x.decision)).collect::<Vec<_>>(),
         vec![(first, Decision::Approve)]
     );
 }
@@ -638,13 +438,7 @@ fn b11_a_response_on_another_connection_never_decides() {
     assert!(decided(&d.text(old, &perm_response("r", true, true))).is_empty());
     assert!(d.sled.stats().stale_inputs >= 2);
     let outs = d.text(new, &perm_response("r", true, false));
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.decision))
-            .collect::<Vec<_>>(),
-        vec![(late, Decision::Approve)]
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.decision)).collect::<Vec<_>>(), vec![(late, Decision::Approve)]);
 }
 
 // ── 12. Bounded MCP, exactly one answer ──────────────────────────────────────────────────────────────────
@@ -653,26 +447,14 @@ fn b11_a_response_on_another_connection_never_decides() {
 fn b12_mcp_calls_are_bounded_and_the_excess_answered_with_its_id() {
     let (mut d, conn) = Driver::connected(config());
     for n in 0..32 {
-        call_of(&d.text(
-            conn,
-            &mcp_request(&format!("m{n}"), &format!(r#"{{"id":{n}}}"#)),
-        ));
+        call_of(&d.text(conn, &mcp_request(&format!("m{n}"), &format!(r#"{{"id":{n}}}"#))));
     }
     assert_eq!(d.sled.mcp_calls_in_flight(), 32);
-    let outs = d.text(
-        conn,
-        &mcp_request("m32", r#"{"jsonrpc":"2.0","id":"over","method":"x"}"#),
-    );
+    let outs = d.text(conn, &mcp_request("m32", r#"{"jsonrpc":"2.0","id":"over","method":"x"}"#));
     assert!(!outs.iter().any(|o| matches!(o, Output::CallMcp(_))));
     let frames = sent(&outs);
     assert_eq!(frames.len(), 1);
-    assert_eq!(
-        (
-            frames[0]["req_id"].as_str(),
-            frames[0]["payload"]["id"].as_str()
-        ),
-        (Some("m32"), Some("over"))
-    );
+    assert_eq!((frames[0]["req_id"].as_str(), frames[0]["payload"]["id"].as_str()), (Some("m32"), Some("over")));
     assert_eq!(frames[0]["payload"]["error"]["code"], -32603);
 }
 
@@ -680,18 +462,9 @@ fn b12_mcp_calls_are_bounded_and_the_excess_answered_with_its_id() {
 fn b12_unusable_bodies_are_answered_at_once() {
     let (mut d, conn) = Driver::connected(config());
     for (frame, code) in [
-        (
-            r#"{"type":"mcp_request","req_id":"a","payload":{}}"#.to_owned(),
-            -32600,
-        ),
-        (
-            r#"{"type":"mcp_request","req_id":"b","payload":{"body":""}}"#.to_owned(),
-            -32600,
-        ),
-        (
-            r#"{"type":"mcp_request","req_id":"c","payload":{"body":{"id":1}}}"#.to_owned(),
-            -32600,
-        ),
+        (r#"{"type":"mcp_request","req_id":"a","payload":{}}"#.to_owned(), -32600),
+        (r#"{"type":"mcp_request","req_id":"b","payload":{"body":""}}"#.to_owned(), -32600),
+        (r#"{"type":"mcp_request","req_id":"c","payload":{"body":{"id":1}}}"#.to_owned(), -32600),
         (r#"{"type":"mcp_request","req_id":"d"}"#.to_owned(), -32600),
         (mcp_request("e", "{not json"), -32700),
     ] {
@@ -708,25 +481,15 @@ fn b12_unusable_bodies_are_answered_at_once() {
 
 #[test]
 fn b12_a_slow_call_times_out_once_and_its_late_reply_is_dropped() {
-    let (mut d, conn) = Driver::connected(SledConfig {
-        mcp_timeout: Duration::from_secs(5),
-        ..config()
-    });
+    let (mut d, conn) = Driver::connected(SledConfig { mcp_timeout: Duration::from_secs(5), ..config() });
     let call = call_of(&d.text(conn, &mcp_request("m", r#"{"id":7}"#)));
     let outs = d.next_timeout();
     assert_eq!(d.now, Instant::from_secs(5));
     assert!(outs.contains(&Output::CancelMcp { call: call.call }));
     let frames = sent(&outs);
     assert_eq!(frames.len(), 1);
-    assert_eq!(
-        (
-            frames[0]["req_id"].as_str(),
-            frames[0]["payload"]["id"].as_i64()
-        ),
-        (Some("m"), Some(7))
-    );
-    d.sled
-        .handle_mcp_reply(d.now, call.call, McpReply::Response(raw("{}")));
+    assert_eq!((frames[0]["req_id"].as_str(), frames[0]["payload"]["id"].as_i64()), (Some("m"), Some(7)));
+    d.sled.handle_mcp_reply(d.now, call.call, McpReply::Response(raw("{}")));
     assert!(sent(&d.drain()).is_empty(), "exactly one answer");
     assert_eq!(d.sled.stats().late_mcp_replies, 1);
 }
@@ -739,12 +502,8 @@ fn b12_replies_after_the_connection_died_are_dropped_and_calls_cancelled() {
     assert!(outs.contains(&Output::CancelMcp { call: call.call }));
     d.next_timeout();
     d.connect();
-    d.sled
-        .handle_mcp_reply(d.now, call.call, McpReply::Response(raw("{}")));
-    assert!(
-        sent(&d.drain()).is_empty(),
-        "never answered on a newer connection"
-    );
+    d.sled.handle_mcp_reply(d.now, call.call, McpReply::Response(raw("{}")));
+    assert!(sent(&d.drain()).is_empty(), "never answered on a newer connection");
 }
 
 // ── 13. Shutdown ─────────────────────────────────────────────────────────────────────────────────────────
@@ -756,34 +515,13 @@ fn b13_shutdown_denies_answers_closes_and_never_reconnects() {
     let call = call_of(&d.text(conn, &mcp_request("m", r#"{"id":2}"#)));
     d.sled.shutdown(d.now);
     let outs = d.drain();
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.cause))
-            .collect::<Vec<_>>(),
-        vec![(sent_key, Cause::Shutdown)]
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(sent_key, Cause::Shutdown)]);
     assert_eq!(sent_types(&outs), ["perm_cancel", "mcp_response"]);
-    assert_eq!(
-        sent(&outs)[1]["payload"]["error"]["message"],
-        "sled is shutting down"
-    );
-    assert!(
-        !outs.contains(&Output::CancelMcp { call: call.call }),
-        "answered, so nothing left to cancel"
-    );
-    let close = outs.iter().position(|o| {
-        *o == Output::Close {
-            conn,
-            code: 1000,
-            reason: "shutdown",
-        }
-    });
+    assert_eq!(sent(&outs)[1]["payload"]["error"]["message"], "sled is shutting down");
+    assert!(!outs.contains(&Output::CancelMcp { call: call.call }), "answered, so nothing left to cancel");
+    let close = outs.iter().position(|o| *o == Output::Close { conn, code: 1000, reason: "shutdown" });
     let last_send = outs.iter().rposition(|o| matches!(o, Output::Send { .. }));
-    assert!(
-        close > last_send,
-        "close comes after the last frame: {outs:?}"
-    );
+    assert!(close > last_send, "close comes after the last frame: {outs:?}");
     assert_eq!(d.sled.link_state(), LinkState::Closed);
     assert_eq!(d.sled.poll_timeout(), None);
     let (_, outs) = d.request("after", "Bash");
@@ -798,18 +536,11 @@ fn b13_shutdown_while_backing_off_denies_the_queue() {
     let (mut d, _) = Driver::new(config());
     let (key, _) = d.request("q", "Bash");
     let conn = d.pending_connect.take().expect("attempt");
-    d.sled
-        .handle_connect_failed(d.now, conn, ConnectError::Other);
+    d.sled.handle_connect_failed(d.now, conn, ConnectError::Other);
     d.drain();
     d.sled.shutdown(d.now);
     let outs = d.drain();
-    assert_eq!(
-        decided(&outs)
-            .iter()
-            .map(|x| (x.key, x.cause))
-            .collect::<Vec<_>>(),
-        vec![(key, Cause::Shutdown)]
-    );
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(key, Cause::Shutdown)]);
     assert!(sent(&outs).is_empty());
 }
 
@@ -839,22 +570,43 @@ fn config_errors_are_reported() {
         f(&mut c);
         Sled::new(c, Instant::ZERO).err()
     };
-    assert_eq!(
-        bad(|c| c.heartbeat_interval = Duration::ZERO),
-        Some(ConfigError::Zero("heartbeat_interval"))
-    );
-    assert_eq!(
-        bad(|c| c.idle_timeout = c.heartbeat_interval),
-        Some(ConfigError::IdleNotAboveHeartbeat)
-    );
-    assert_eq!(
-        bad(|c| c.backoff_max = Duration::from_millis(10)),
-        Some(ConfigError::BackoffMaxBelowInitial)
-    );
-    assert_eq!(
-        bad(|c| c.max_mcp_calls = 0),
-        Some(ConfigError::Zero("max_mcp_calls"))
-    );
+    assert_eq!(bad(|c| c.heartbeat_interval = Duration::ZERO), Some(ConfigError::Zero("heartbeat_interval")));
+    assert_eq!(bad(|c| c.idle_timeout = c.heartbeat_interval), Some(ConfigError::IdleNotAboveHeartbeat));
+    assert_eq!(bad(|c| c.backoff_max = Duration::from_millis(10)), Some(ConfigError::BackoffMaxBelowInitial));
+    assert_eq!(bad(|c| c.max_mcp_calls = 0), Some(ConfigError::Zero("max_mcp_calls")));
     assert_eq!(bad(|c| c.project.clear()), Some(ConfigError::EmptyProject));
     assert_eq!(bad(|_| {}), None);
+}
+
+#[test]
+fn a_repeated_connected_report_for_the_live_connection_changes_nothing() {
+    let (mut d, conn) = Driver::connected(config());
+    d.request("r", "Bash");
+    d.sled.handle_connected(d.now, conn);
+    assert!(d.drain().is_empty(), "the live connection must not be closed or re-identified");
+    assert_eq!(d.sled.connection(), Some(conn));
+    assert_eq!(d.sled.pending_permissions(), 1);
+}
+
+#[test]
+fn a_zero_back_off_reconnects_within_the_same_input() {
+    // A 1 µs ceiling with jitter draws 0 or 1 µs; whichever it is, nothing due is left for a later call.
+    let cfg = SledConfig {
+        backoff_initial: Duration::from_micros(1),
+        backoff_max: Duration::from_micros(1),
+        seed: 3,
+        ..SledConfig::new("p")
+    };
+    let (mut d, _) = Driver::new(cfg);
+    for _ in 0..50 {
+        let conn = d.pending_connect.take().expect("attempt");
+        d.sled.handle_connect_failed(d.now, conn, ConnectError::Other);
+        let outs = d.drain();
+        if delay_of(&outs).is_zero() {
+            assert!(outs.iter().any(|o| matches!(o, Output::Connect { .. })), "{outs:?}");
+        } else {
+            d.next_timeout();
+        }
+        assert!(d.sled.poll_timeout().is_some_and(|at| at > d.now), "a due timer was left behind");
+    }
 }

@@ -17,16 +17,9 @@ fn value(text: &str) -> Value {
 #[test]
 fn sled_frames_encode_exactly_as_the_original() {
     // Field order and shape match the original's `UplinkEnvelope` serialisation.
-    assert_eq!(
-        SledFrame::Heartbeat.encode(),
-        r#"{"type":"heartbeat","req_id":"","payload":null}"#
-    );
+    assert_eq!(SledFrame::Heartbeat.encode(), r#"{"type":"heartbeat","req_id":"","payload":null}"#);
     let input = raw(r#"{"command":"echo hello"}"#);
-    let req = SledFrame::PermRequest {
-        req_id: "req-1".into(),
-        tool_name: "Bash".into(),
-        tool_input: &input,
-    };
+    let req = SledFrame::PermRequest { req_id: "req-1".into(), tool_name: "Bash".into(), tool_input: &input };
     assert_eq!(
         req.encode(),
         r#"{"type":"perm_request","req_id":"req-1","payload":{"tool_name":"Bash","tool_input":{"command":"echo hello"}}}"#
@@ -37,40 +30,23 @@ fn sled_frames_encode_exactly_as_the_original() {
         sled_version: None,
         capabilities: vec![],
     });
-    assert_eq!(
-        old_identity.encode(),
-        r#"{"type":"identity","req_id":"identity","payload":{"project":"test-proj"}}"#
-    );
+    assert_eq!(old_identity.encode(), r#"{"type":"identity","req_id":"identity","payload":{"project":"test-proj"}}"#);
     let resp = raw(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
     assert_eq!(
-        SledFrame::McpResponse {
-            req_id: "m1".into(),
-            payload: &resp
-        }
-        .encode(),
+        SledFrame::McpResponse { req_id: "m1".into(), payload: &resp }.encode(),
         r#"{"type":"mcp_response","req_id":"m1","payload":{"jsonrpc":"2.0","id":1,"result":{}}}"#
     );
 }
 
 #[test]
 fn gateway_frames_encode_exactly_as_the_original() {
-    let approve = GatewayFrame::PermResponse {
-        req_id: "r1".into(),
-        decision: Decision::Approve,
-    };
+    let approve = GatewayFrame::PermResponse { req_id: "r1".into(), decision: Decision::Approve };
     assert_eq!(
         approve.encode(),
         r#"{"type":"perm_response","req_id":"r1","payload":{"approved":true,"always_allow":false}}"#
     );
-    let mcp = GatewayFrame::McpRequest {
-        req_id: "m".into(),
-        body: Some(r#"{"id":1}"#.into()),
-        session: None,
-    };
-    assert_eq!(
-        mcp.encode(),
-        r#"{"type":"mcp_request","req_id":"m","payload":{"body":"{\"id\":1}"}}"#
-    );
+    let mcp = GatewayFrame::McpRequest { req_id: "m".into(), body: Some(r#"{"id":1}"#.into()), session: None };
+    assert_eq!(mcp.encode(), r#"{"type":"mcp_request","req_id":"m","payload":{"body":"{\"id\":1}"}}"#);
 }
 
 #[test]
@@ -85,23 +61,10 @@ fn every_sled_frame_round_trips() {
             capabilities: vec!["perm_cancel".into(), "mcp_session".into()],
         }),
         SledFrame::Heartbeat,
-        SledFrame::PermRequest {
-            req_id: "r\\1".into(),
-            tool_name: "Write".into(),
-            tool_input: &input,
-        },
-        SledFrame::PermCancel {
-            req_id: "r2".into(),
-            reason: "timeout".into(),
-        },
-        SledFrame::McpResponse {
-            req_id: "m1".into(),
-            payload: &resp,
-        },
-        SledFrame::McpResponse {
-            req_id: "m2".into(),
-            payload: json_null(),
-        },
+        SledFrame::PermRequest { req_id: "r\\1".into(), tool_name: "Write".into(), tool_input: &input },
+        SledFrame::PermCancel { req_id: "r2".into(), reason: "timeout".into() },
+        SledFrame::McpResponse { req_id: "m1".into(), payload: &resp },
+        SledFrame::McpResponse { req_id: "m2".into(), payload: json_null() },
     ];
     for frame in frames {
         let text = frame.encode();
@@ -113,28 +76,15 @@ fn every_sled_frame_round_trips() {
 #[test]
 fn every_gateway_frame_round_trips() {
     let frames = [
-        GatewayFrame::PermResponse {
-            req_id: "a".into(),
-            decision: Decision::Approve,
-        },
-        GatewayFrame::PermResponse {
-            req_id: "b".into(),
-            decision: Decision::Deny,
-        },
-        GatewayFrame::PermResponse {
-            req_id: "c".into(),
-            decision: Decision::AlwaysAllow,
-        },
+        GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::Approve },
+        GatewayFrame::PermResponse { req_id: "b".into(), decision: Decision::Deny },
+        GatewayFrame::PermResponse { req_id: "c".into(), decision: Decision::AlwaysAllow },
         GatewayFrame::McpRequest {
             req_id: "m".into(),
             body: Some(r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#.into()),
             session: Some("s-1".into()),
         },
-        GatewayFrame::McpRequest {
-            req_id: "n".into(),
-            body: None,
-            session: None,
-        },
+        GatewayFrame::McpRequest { req_id: "n".into(), body: None, session: None },
     ];
     for frame in frames {
         let text = frame.encode();
@@ -152,20 +102,11 @@ fn decision_of(payload: &str) -> Decision {
 
 #[test]
 fn perm_response_flags_are_read_fail_closed() {
-    assert_eq!(
-        decision_of(r#"{"approved":true,"always_allow":false}"#),
-        Decision::Approve
-    );
+    assert_eq!(decision_of(r#"{"approved":true,"always_allow":false}"#), Decision::Approve);
     assert_eq!(decision_of(r#"{"approved":true}"#), Decision::Approve);
-    assert_eq!(
-        decision_of(r#"{"approved":true,"always_allow":true}"#),
-        Decision::AlwaysAllow
-    );
+    assert_eq!(decision_of(r#"{"approved":true,"always_allow":true}"#), Decision::AlwaysAllow);
     // As in the original, always_allow wins even without approved.
-    assert_eq!(
-        decision_of(r#"{"always_allow":true}"#),
-        Decision::AlwaysAllow
-    );
+    assert_eq!(decision_of(r#"{"always_allow":true}"#), Decision::AlwaysAllow);
     for deny in [
         r#"{"approved":false}"#,
         r#"{}"#,
@@ -191,23 +132,13 @@ fn perm_response_flags_are_read_fail_closed() {
 fn missing_req_id_and_payload_are_tolerated() {
     assert_eq!(
         GatewayFrame::decode(r#"{"type":"perm_response"}"#),
-        Ok(GatewayFrame::PermResponse {
-            req_id: "".into(),
-            decision: Decision::Deny
-        })
+        Ok(GatewayFrame::PermResponse { req_id: "".into(), decision: Decision::Deny })
     );
     assert_eq!(
         GatewayFrame::decode(r#"{"type":"mcp_request","req_id":null,"extra":[1]}"#),
-        Ok(GatewayFrame::McpRequest {
-            req_id: "".into(),
-            body: None,
-            session: None
-        })
+        Ok(GatewayFrame::McpRequest { req_id: "".into(), body: None, session: None })
     );
-    assert!(matches!(
-        SledFrame::decode(r#"{"type":"heartbeat"}"#),
-        Ok(SledFrame::Heartbeat)
-    ));
+    assert!(matches!(SledFrame::decode(r#"{"type":"heartbeat"}"#), Ok(SledFrame::Heartbeat)));
 }
 
 #[test]
@@ -215,26 +146,14 @@ fn mcp_request_body_must_be_a_string() {
     let body = |payload: &str| match GatewayFrame::decode(&format!(
         r#"{{"type":"mcp_request","req_id":"m","payload":{payload}}}"#
     )) {
-        Ok(GatewayFrame::McpRequest { body, session, .. }) => {
-            (body.map(Cow::into_owned), session.map(Cow::into_owned))
-        }
+        Ok(GatewayFrame::McpRequest { body, session, .. }) => (body.map(Cow::into_owned), session.map(Cow::into_owned)),
         other => panic!("{other:?}"),
     };
-    assert_eq!(
-        body(r#"{"body":"{}","session":"s"}"#),
-        (Some("{}".to_owned()), Some("s".to_owned()))
-    );
+    assert_eq!(body(r#"{"body":"{}","session":"s"}"#), (Some("{}".to_owned()), Some("s".to_owned())));
     assert_eq!(body(r#"{"body":{"id":1}}"#), (None, None));
-    assert_eq!(
-        body(r#"{"body":"x","session":7}"#),
-        (Some("x".to_owned()), None)
-    );
+    assert_eq!(body(r#"{"body":"x","session":7}"#), (Some("x".to_owned()), None));
     assert_eq!(body(r#""body""#), (None, None));
-    assert_eq!(
-        body(r#"["{}","s"]"#),
-        (None, None),
-        "array form of the payload struct"
-    );
+    assert_eq!(body(r#"["{}","s"]"#), (None, None), "array form of the payload struct");
 }
 
 #[test]
@@ -244,16 +163,9 @@ fn unknown_types_and_garbage_are_errors_to_ignore() {
         r#"{"type":"heartbeat","req_id":"","payload":null}"#, // a sled frame, sent the wrong way
     ];
     for text in unknown {
-        assert_eq!(
-            GatewayFrame::decode(text),
-            Err(DecodeError::UnknownType),
-            "{text}"
-        );
+        assert_eq!(GatewayFrame::decode(text), Err(DecodeError::UnknownType), "{text}");
     }
-    assert!(matches!(
-        SledFrame::decode(r#"{"type":"perm_response"}"#),
-        Err(DecodeError::UnknownType)
-    ));
+    assert!(matches!(SledFrame::decode(r#"{"type":"perm_response"}"#), Err(DecodeError::UnknownType)));
     let malformed = [
         "not-json",
         "",
@@ -268,15 +180,8 @@ fn unknown_types_and_garbage_are_errors_to_ignore() {
         r#"["perm_response","r1",{"approved":true}]"#,
     ];
     for text in malformed {
-        assert_eq!(
-            GatewayFrame::decode(text),
-            Err(DecodeError::Malformed),
-            "{text:?}"
-        );
-        assert!(
-            matches!(SledFrame::decode(text), Err(DecodeError::Malformed)),
-            "{text:?}"
-        );
+        assert_eq!(GatewayFrame::decode(text), Err(DecodeError::Malformed), "{text:?}");
+        assert!(matches!(SledFrame::decode(text), Err(DecodeError::Malformed)), "{text:?}");
     }
 }
 
@@ -289,10 +194,7 @@ fn gateway_side_decoding_of_identity_and_perm_request() {
             assert_eq!(id.project, "p");
             assert_eq!(id.protocol, None);
             assert_eq!(id.sled_version, None);
-            assert_eq!(
-                id.capabilities,
-                vec![Cow::Borrowed("a"), Cow::Borrowed("b")]
-            );
+            assert_eq!(id.capabilities, vec![Cow::Borrowed("a"), Cow::Borrowed("b")]);
         }
         other => panic!("{other:?}"),
     }
@@ -304,14 +206,9 @@ fn gateway_side_decoding_of_identity_and_perm_request() {
         r#"{"type":"identity","payload":["p"]}"#,
         r#"{"type":"perm_request","req_id":"r","payload":["Bash",{}]}"#,
     ] {
-        assert!(
-            matches!(SledFrame::decode(bad), Err(DecodeError::BadPayload)),
-            "{bad}"
-        );
+        assert!(matches!(SledFrame::decode(bad), Err(DecodeError::BadPayload)), "{bad}");
     }
-    match SledFrame::decode(
-        r#"{"type":"perm_request","req_id":"r","payload":{"tool_name":"Bash"}}"#,
-    ) {
+    match SledFrame::decode(r#"{"type":"perm_request","req_id":"r","payload":{"tool_name":"Bash"}}"#) {
         Ok(SledFrame::PermRequest { tool_input, .. }) => assert_eq!(tool_input.get(), "null"),
         other => panic!("{other:?}"),
     }
@@ -327,15 +224,6 @@ fn pass_through_payloads_are_not_rewritten() {
         }
         other => panic!("{other:?}"),
     }
-    let v = value(
-        &SledFrame::McpResponse {
-            req_id: "m".into(),
-            payload: &raw(r#"{"b":1.50}"#),
-        }
-        .encode(),
-    );
-    assert_eq!(
-        v,
-        json!({"type":"mcp_response","req_id":"m","payload":{"b":1.50}})
-    );
+    let v = value(&SledFrame::McpResponse { req_id: "m".into(), payload: &raw(r#"{"b":1.50}"#) }.encode());
+    assert_eq!(v, json!({"type":"mcp_response","req_id":"m","payload":{"b":1.50}}));
 }

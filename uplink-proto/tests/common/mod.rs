@@ -4,16 +4,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use uplink_proto::{
-    ConnId, Decided, Instant, Output, PermKey, RawValue, Received, Sled, SledConfig,
-};
+use uplink_proto::{ConnId, Decided, Instant, Output, PermKey, RawValue, Received, Sled, SledConfig};
 
 /// Defaults with jitter off, so delays are exact.
 pub fn config() -> SledConfig {
-    SledConfig {
-        backoff_jitter: false,
-        ..SledConfig::new("test-proj")
-    }
+    SledConfig { backoff_jitter: false, ..SledConfig::new("test-proj") }
 }
 
 pub fn raw(s: &str) -> Box<RawValue> {
@@ -27,8 +22,7 @@ pub fn perm_response(id: &str, approved: bool, always_allow: bool) -> String {
 }
 
 pub fn mcp_request(req_id: &str, body: &str) -> String {
-    serde_json::json!({"type": "mcp_request", "req_id": req_id, "payload": {"body": body}})
-        .to_string()
+    serde_json::json!({"type": "mcp_request", "req_id": req_id, "payload": {"body": body}}).to_string()
 }
 
 pub struct Driver {
@@ -42,11 +36,7 @@ impl Driver {
     /// A machine at t = 0 s and the outputs of its creation.
     pub fn new(cfg: SledConfig) -> (Driver, Vec<Output>) {
         let sled = Sled::new(cfg, Instant::ZERO).expect("valid config");
-        let mut d = Driver {
-            sled,
-            now: Instant::ZERO,
-            pending_connect: None,
-        };
+        let mut d = Driver { sled, now: Instant::ZERO, pending_connect: None };
         let outs = d.drain();
         (d, outs)
     }
@@ -91,27 +81,18 @@ impl Driver {
 
     /// Completes the pending connection attempt.
     pub fn connect(&mut self) -> (ConnId, Vec<Output>) {
-        let conn = self
-            .pending_connect
-            .take()
-            .expect("a connection attempt is pending");
+        let conn = self.pending_connect.take().expect("a connection attempt is pending");
         self.sled.handle_connected(self.now, conn);
         (conn, self.drain())
     }
 
     pub fn text(&mut self, conn: ConnId, text: &str) -> Vec<Output> {
-        self.sled
-            .handle_received(self.now, conn, Received::Text(text));
+        self.sled.handle_received(self.now, conn, Received::Text(text));
         self.drain()
     }
 
     pub fn request(&mut self, id: &str, tool: &str) -> (PermKey, Vec<Output>) {
-        let key = self.sled.request_permission(
-            self.now,
-            id.to_owned(),
-            tool.to_owned(),
-            raw(r#"{"command":"ls"}"#),
-        );
+        let key = self.sled.request_permission(self.now, id.to_owned(), tool.to_owned(), raw(r#"{"command":"ls"}"#));
         (key, self.drain())
     }
 
@@ -125,9 +106,7 @@ impl Driver {
 pub fn sent(outs: &[Output]) -> Vec<Value> {
     outs.iter()
         .filter_map(|o| match o {
-            Output::Send { text, .. } => {
-                Some(serde_json::from_str(text).expect("sent frames are JSON"))
-            }
+            Output::Send { text, .. } => Some(serde_json::from_str(text).expect("sent frames are JSON")),
             _ => None,
         })
         .collect()
@@ -135,10 +114,7 @@ pub fn sent(outs: &[Output]) -> Vec<Value> {
 
 /// The `type`s of the frames sent.
 pub fn sent_types(outs: &[Output]) -> Vec<String> {
-    sent(outs)
-        .iter()
-        .map(|v| v["type"].as_str().unwrap_or("?").to_owned())
-        .collect()
+    sent(outs).iter().map(|v| v["type"].as_str().unwrap_or("?").to_owned()).collect()
 }
 
 pub fn decided(outs: &[Output]) -> Vec<Decided> {
@@ -152,7 +128,5 @@ pub fn decided(outs: &[Output]) -> Vec<Decided> {
 
 /// Everything but events.
 pub fn actions(outs: &[Output]) -> Vec<&Output> {
-    outs.iter()
-        .filter(|o| !matches!(o, Output::Event(_)))
-        .collect()
+    outs.iter().filter(|o| !matches!(o, Output::Event(_))).collect()
 }
