@@ -53,6 +53,60 @@ pub fn body_id(body: &str) -> BodyId<'_> {
     }
 }
 
+/// The parts of a JSON-RPC message the sled's MCP client looks at.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Shape {
+    /// `method`, for requests and notifications.
+    pub method: Option<String>,
+    /// `id`, when present and not `null`.
+    pub id: Option<serde_json::Value>,
+    /// True when the message has a `result` or an `error` member (even `null`): it is a response.
+    pub is_response: bool,
+}
+
+/// Reads a message's [`Shape`]; `None` when it is not a JSON object.
+pub fn shape(message: &str) -> Option<Shape> {
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| true)
+    }
+    #[derive(Deserialize)]
+    struct Raw {
+        #[serde(default)]
+        method: Option<serde_json::Value>,
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+        #[serde(default, deserialize_with = "present")]
+        result: bool,
+        #[serde(default, deserialize_with = "present")]
+        error: bool,
+    }
+    if !message.trim_start().starts_with('{') {
+        return None;
+    }
+    let raw: Raw = serde_json::from_str(message).ok()?;
+    Some(Shape {
+        method: match raw.method {
+            Some(serde_json::Value::String(m)) => Some(m),
+            _ => None,
+        },
+        id: raw.id.filter(|id| !id.is_null()),
+        is_response: raw.result || raw.error,
+    })
+}
+
+/// True when `message` is the JSON-RPC response to the request whose id is `id` (compared as JSON values,
+/// so `1` and `1.0` differ but `"a"` and `"\u0061"` match). With no id, any response matches.
+pub fn is_response_to(message: &str, id: Option<&RawValue>) -> bool {
+    let Some(shape) = shape(message) else { return false };
+    if !shape.is_response {
+        return false;
+    }
+    match id {
+        None => true,
+        Some(id) => serde_json::from_str::<serde_json::Value>(id.get()).ok() == shape.id,
+    }
+}
+
 /// JSON-RPC ids are strings or numbers (`null` is allowed but means "unknown").
 fn is_usable_id(id: &RawValue) -> bool {
     matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
@@ -103,6 +157,25 @@ mod tests {
         assert_eq!(body_id(r#"{"id":1,"id":2}"#), BodyId::NoId);
         assert_eq!(body_id("{not json"), BodyId::NotJson);
         assert_eq!(body_id(""), BodyId::NotJson);
+    }
+
+    #[test]
+    fn shapes_and_response_matching() {
+        let s = shape(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#).expect("object");
+        assert_eq!((s.method.as_deref(), s.id, s.is_response), (Some("initialize"), Some(serde_json::json!(1)), false));
+        let s = shape(r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#).expect("object");
+        assert_eq!((s.id, s.is_response), (None, false));
+        assert!(shape(r#"{"id":1,"result":null}"#).expect("object").is_response, "a null result still counts");
+        assert!(shape("[1]").is_none() && shape("nope").is_none());
+        let id = RawValue::from_string(String::from("\"a\"")).expect("json");
+        assert!(is_response_to(r#"{"jsonrpc":"2.0","id":"\u0061","result":{}}"#, Some(&id)));
+        assert!(is_response_to(r#"{"id":"a","error":{"code":1,"message":"x"}}"#, Some(&id)));
+        assert!(!is_response_to(r#"{"id":"b","result":{}}"#, Some(&id)));
+        assert!(
+            !is_response_to(r#"{"id":"a","method":"sampling/createMessage"}"#, Some(&id)),
+            "a server request is not the answer"
+        );
+        assert!(is_response_to(r#"{"id":7,"result":1}"#, None));
     }
 
     #[test]

@@ -91,6 +91,7 @@
 //! - [`sled`]: the sled machine, its configuration, inputs and outputs.
 //! - [`wire`]: the frames of both directions, decoded liberally and encoded strictly.
 //! - [`jsonrpc`]: reading a JSON-RPC `id` and building error responses.
+//! - [`sse`]: an incremental `text/event-stream` parser, for adapters that talk to Streamable HTTP MCP servers.
 //! - [`time`]: the core's [`Instant`].
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -101,6 +102,7 @@ extern crate alloc;
 mod backoff;
 pub mod jsonrpc;
 pub mod sled;
+pub mod sse;
 pub mod time;
 pub mod wire;
 

@@ -1,0 +1,205 @@
+//! An incremental parser for `text/event-stream` (Server-Sent Events), as the WHATWG HTML standard defines it.
+//!
+//! The sled needs it because an MCP server speaking Streamable HTTP may answer a `POST` with an event stream
+//! whose events carry JSON-RPC messages. Feed the body's bytes as they arrive with [`SseParser::push`]; each
+//! complete event comes out once. Events without data (priming events, keep-alives) are not reported, and
+//! `id:`, `retry:` and comment lines are consumed.
+//!
+//! Memory is bounded: a line or an event's data longer than the configured limit is an error, after which
+//! the parser stays failed.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// One dispatched event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field, empty when absent (which means `message`).
+    pub event: String,
+    /// The `data:` lines, joined with `\n`.
+    pub data: String,
+}
+
+/// The stream exceeded the size limit.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("event stream line or event larger than {limit} bytes")]
+pub struct SseTooLarge {
+    /// The limit that was exceeded.
+    pub limit: usize,
+}
+
+/// Incremental event-stream parser.
+#[derive(Clone, Debug)]
+pub struct SseParser {
+    line: Vec<u8>,
+    data: String,
+    has_data: bool,
+    event: String,
+    /// The previous chunk ended in `\r`: a `\n` starting the next one belongs to that line ending.
+    after_cr: bool,
+    limit: usize,
+    failed: bool,
+    /// The UTF-8 byte-order mark may open the stream; it is skipped.
+    at_start: bool,
+}
+
+impl SseParser {
+    /// A parser that refuses lines and events larger than `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        SseParser {
+            line: Vec::new(),
+            data: String::new(),
+            has_data: false,
+            event: String::new(),
+            after_cr: false,
+            limit,
+            failed: false,
+            at_start: true,
+        }
+    }
+
+    /// Feeds the next bytes of the stream; returns the events they complete, in order.
+    pub fn push(&mut self, mut chunk: &[u8]) -> Result<Vec<SseEvent>, SseTooLarge> {
+        let mut events = Vec::new();
+        if self.failed {
+            return Err(SseTooLarge { limit: self.limit });
+        }
+        if self.at_start && !chunk.is_empty() {
+            // Only skip a complete BOM at the very start; a split BOM is rare enough to treat as text.
+            if let Some(rest) = chunk.strip_prefix(b"\xEF\xBB\xBF") {
+                chunk = rest;
+            }
+            self.at_start = false;
+        }
+        for &byte in chunk {
+            match byte {
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' | b'\r' => {
+                    self.after_cr = byte == b'\r';
+                    let line = core::mem::take(&mut self.line);
+                    if let Some(event) = self.process_line(&line) {
+                        events.push(event);
+                    }
+                }
+                _ => {
+                    self.after_cr = false;
+                    if self.line.len() >= self.limit {
+                        self.failed = true;
+                        return Err(SseTooLarge { limit: self.limit });
+                    }
+                    self.line.push(byte);
+                }
+            }
+            if self.data.len() > self.limit {
+                self.failed = true;
+                return Err(SseTooLarge { limit: self.limit });
+            }
+        }
+        Ok(events)
+    }
+
+    fn process_line(&mut self, line: &[u8]) -> Option<SseEvent> {
+        if line.is_empty() {
+            return self.dispatch();
+        }
+        if line[0] == b':' {
+            return None; // comment
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let value = &line[i + 1..];
+                (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
+        };
+        let value = String::from_utf8_lossy(value);
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(&value);
+                self.has_data = true;
+            }
+            b"event" => self.event = value.into_owned(),
+            // `id` and `retry` matter to a client that reconnects; the sled never resumes a stream.
+            _ => {}
+        }
+        None
+    }
+
+    fn dispatch(&mut self) -> Option<SseEvent> {
+        let event = core::mem::take(&mut self.event);
+        if !core::mem::take(&mut self.has_data) {
+            return None;
+        }
+        Some(SseEvent { event, data: core::mem::take(&mut self.data) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(input: &[u8]) -> Vec<SseEvent> {
+        SseParser::new(1 << 20).push(input).expect("within limit")
+    }
+
+    fn ev(event: &str, data: &str) -> SseEvent {
+        SseEvent { event: event.into(), data: data.into() }
+    }
+
+    #[test]
+    fn parses_events_fields_and_comments() {
+        let stream = b": comment\nid: 1\nretry: 100\ndata:\n\nevent: message\ndata: {\"a\":1}\n\ndata: x\ndata:  y\n\n";
+        // The first event's data is empty but present: it is an (empty) event, as the standard says.
+        assert_eq!(all(stream), vec![ev("", ""), ev("message", "{\"a\":1}"), ev("", "x\n y")]);
+    }
+
+    #[test]
+    fn priming_events_without_data_are_not_reported() {
+        assert_eq!(all(b"id: 0\n\nretry: 3000\n\n: ping\n\n"), vec![]);
+        assert_eq!(all(b"event: endpoint\n\n"), vec![]);
+    }
+
+    #[test]
+    fn every_line_ending_and_any_split_gives_the_same_events() {
+        let lf = b"data: one\n\ndata: two\ndata: three\n\n".to_vec();
+        let want = all(&lf);
+        assert_eq!(want, vec![ev("", "one"), ev("", "two\nthree")]);
+        let crlf: Vec<u8> = String::from_utf8(lf.clone()).expect("utf8").replace('\n', "\r\n").into_bytes();
+        let cr: Vec<u8> = String::from_utf8(lf.clone()).expect("utf8").replace('\n', "\r").into_bytes();
+        for stream in [lf, crlf, cr] {
+            assert_eq!(all(&stream), want);
+            for split in 0..stream.len() {
+                let mut p = SseParser::new(1 << 20);
+                let mut got = p.push(&stream[..split]).expect("ok");
+                got.extend(p.push(&stream[split..]).expect("ok"));
+                // A bare `\r` at the very end is a complete line ending already.
+                assert_eq!(got, want, "split at {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_trailing_event_without_blank_line_is_not_dispatched() {
+        assert_eq!(all(b"data: unfinished"), vec![]);
+        assert_eq!(all(b"data: unfinished\n"), vec![]);
+    }
+
+    #[test]
+    fn bom_is_skipped_and_invalid_utf8_replaced() {
+        assert_eq!(all(b"\xEF\xBB\xBFdata: a\n\n"), vec![ev("", "a")]);
+        assert_eq!(all(b"data: \xFF\n\n"), vec![ev("", "\u{FFFD}")]);
+        assert_eq!(all(b"field-without-colon\ndata\n\n"), vec![ev("", "")]);
+    }
+
+    #[test]
+    fn oversized_lines_and_events_fail_and_stay_failed() {
+        let mut p = SseParser::new(8);
+        assert_eq!(p.push(b"data: 12345678\n"), Err(SseTooLarge { limit: 8 }));
+        assert!(p.push(b"\n").is_err());
+        let mut p = SseParser::new(8);
+        assert!(p.push(b"data: 1234\ndata: 1234\n").is_err(), "joined data over the limit");
+    }
+}
