@@ -1,1 +1,154 @@
-//! Shared helpers for the end-to-end tests in `tests/tests/`.
+//! Shared helpers for the end-to-end tests in `tests/tests/`: a scriptable gateway on loopback.
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+// The handshake callbacks have tungstenite's signature, with its large error type.
+#![allow(clippy::result_large_err)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+
+/// Every wait in the tests is bounded by this; nothing here sleeps to dodge a race.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `f`, failing the test if it takes longer than [`WAIT`].
+pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(WAIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A gateway endpoint on loopback that the test drives by hand.
+pub struct TestGateway {
+    listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+/// One sled connection as the test gateway sees it.
+pub struct GatewayConn {
+    ws: WebSocketStream<Box<dyn Stream>>,
+    /// The request URI of the handshake (path and query).
+    pub uri: String,
+    /// The `Authorization` header of the handshake.
+    pub authorization: Option<String>,
+}
+
+impl TestGateway {
+    pub async fn bind() -> TestGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        TestGateway { listener, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/api/sled-uplink", self.addr)
+    }
+
+    async fn tcp(&self) -> tokio::net::TcpStream {
+        within("a sled to connect", self.listener.accept()).await.unwrap().0
+    }
+
+    /// Accepts the next sled connection.
+    pub async fn accept(&self) -> GatewayConn {
+        let tcp = self.tcp().await;
+        upgrade(Box::new(tcp)).await
+    }
+
+    /// Accepts the next sled connection over TLS.
+    pub async fn accept_tls(&self, acceptor: &tokio_rustls::TlsAcceptor) -> GatewayConn {
+        let tcp = self.tcp().await;
+        let tls = within("the TLS handshake", acceptor.accept(tcp)).await.unwrap();
+        upgrade(Box::new(tls)).await
+    }
+
+    /// Accepts the next connection and refuses its WebSocket handshake with `status`.
+    pub async fn refuse(&self, status: StatusCode) {
+        let tcp = self.tcp().await;
+        let callback = move |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
+            let mut r = ErrorResponse::new(None);
+            *r.status_mut() = status;
+            Err(r)
+        };
+        let _ = tokio_tungstenite::accept_hdr_async(tcp, callback).await;
+    }
+}
+
+async fn upgrade(stream: Box<dyn Stream>) -> GatewayConn {
+    let mut uri = String::new();
+    let mut authorization = None;
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        uri = req.uri().to_string();
+        authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(resp)
+    };
+    let ws = within("the WebSocket handshake", tokio_tungstenite::accept_hdr_async(stream, callback)).await.unwrap();
+    GatewayConn { ws, uri, authorization }
+}
+
+impl GatewayConn {
+    /// The next text frame, parsed. Pings are answered by the library while reading.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            match within("a frame from the sled", self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping heartbeats.
+    pub async fn recv_kind(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+            assert_eq!(v["type"], "heartbeat", "expected {kind}, got {v}");
+        }
+    }
+
+    /// Reads until the sled closes the connection; returns the close code it sent, if any.
+    pub async fn until_closed(&mut self) -> Option<u16> {
+        loop {
+            match within("the sled to close", self.ws.next()).await {
+                Some(Ok(Message::Close(frame))) => {
+                    // Reading on lets the library answer the close, as a real gateway does.
+                    while let Some(Ok(_)) = within("the close handshake", self.ws.next()).await {}
+                    return frame.map(|f| u16::from(f.code));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws.send(Message::text(frame.to_string())).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    /// Starts a close handshake and completes it, as a well-behaved gateway does.
+    pub async fn close(&mut self) {
+        let _ = self.ws.close(None).await;
+        while let Some(Ok(_)) = within("the sled's close answer", self.ws.next()).await {}
+    }
+
+    pub async fn approve(&mut self, req_id: &Value, approved: bool, always_allow: bool) {
+        self.send(serde_json::json!({"type":"perm_response","req_id":req_id,"payload":{"approved":approved,"always_allow":always_allow}})).await;
+    }
+}

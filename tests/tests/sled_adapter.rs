@@ -1,0 +1,207 @@
+//! The sled adapter against a gateway written in the test, over real loopback sockets.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use uplink_proto::{LinkState, LossReason};
+use uplink_tests::{TestGateway, within};
+use uplink_tokio::{Decision, Uplink, UplinkConfig};
+
+/// Short back-off so reconnections happen within the test's patience.
+fn config(url: &str) -> UplinkConfig {
+    let mut c = UplinkConfig::new(url, "test-proj");
+    c.token = Some("t0ken-s3cret".into());
+    c.local_mcp_url = "http://127.0.0.1:9/mcp".into(); // nothing listens on the discard port
+    c.sled.backoff_initial = Duration::from_millis(20);
+    c.sled.backoff_max = Duration::from_millis(200);
+    c
+}
+
+/// Shuts the uplink down while the gateway side answers the close handshake, as a real gateway would.
+async fn shut_down(uplink: &Uplink, conn: &mut uplink_tests::GatewayConn) {
+    let (code, ()) = tokio::join!(conn.until_closed(), within("shutdown", uplink.shutdown()));
+    assert_eq!(code, Some(1000));
+}
+
+async fn wait_for_state(uplink: &Uplink, what: &str, pred: impl Fn(&LinkState) -> bool) -> LinkState {
+    let mut rx = uplink.watch_link();
+    within(what, async {
+        loop {
+            let state = rx.borrow_and_update().clone();
+            if pred(&state) {
+                return state;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn identity_first_with_the_token_in_query_and_header_then_decisions() {
+    let gw = TestGateway::bind().await;
+    let uplink = Uplink::start(config(&gw.url())).unwrap();
+    let mut conn = gw.accept().await;
+    assert_eq!(conn.uri, "/api/sled-uplink?token=t0ken-s3cret");
+    assert_eq!(conn.authorization.as_deref(), Some("Bearer t0ken-s3cret"));
+    let identity = conn.recv().await;
+    assert_eq!(identity["type"], "identity");
+    assert_eq!(identity["payload"]["project"], "test-proj");
+    assert_eq!(identity["payload"]["protocol"], 1);
+
+    for (approved, always, want) in
+        [(true, false, Decision::Approve), (false, false, Decision::Deny), (true, true, Decision::AlwaysAllow)]
+    {
+        let asker = uplink.clone();
+        let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({"command": "ls"})).await });
+        let req = conn.recv_kind("perm_request").await;
+        assert_eq!(req["payload"], json!({"tool_name": "Bash", "tool_input": {"command": "ls"}}));
+        conn.approve(&req["req_id"], approved, always).await;
+        assert_eq!(within("the decision", pending).await.unwrap(), want);
+    }
+    shut_down(&uplink, &mut conn).await;
+}
+
+#[tokio::test]
+async fn a_drop_mid_request_denies_then_the_sled_reconnects_and_approves() {
+    let gw = TestGateway::bind().await;
+    let uplink = Uplink::start(config(&gw.url())).unwrap();
+    let mut first = gw.accept().await;
+    first.recv_kind("identity").await;
+    let asker = uplink.clone();
+    let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
+    first.recv_kind("perm_request").await;
+    drop(first); // network failure: no close handshake
+    assert_eq!(within("the fail-closed decision", pending).await.unwrap(), Decision::Deny);
+
+    let mut second = gw.accept().await;
+    second.recv_kind("identity").await;
+    let asker = uplink.clone();
+    let pending = tokio::spawn(async move { asker.request_permission("Write", &json!({})).await });
+    let req = second.recv_kind("perm_request").await;
+    second.approve(&req["req_id"], true, false).await;
+    assert_eq!(within("the decision", pending).await.unwrap(), Decision::Approve);
+    shut_down(&uplink, &mut second).await;
+}
+
+#[tokio::test]
+async fn a_close_frame_from_the_gateway_is_answered_and_the_sled_reconnects() {
+    let gw = TestGateway::bind().await;
+    let uplink = Uplink::start(config(&gw.url())).unwrap();
+    let mut first = gw.accept().await;
+    first.recv_kind("identity").await;
+    let asker = uplink.clone();
+    let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
+    first.recv_kind("perm_request").await;
+    first.close().await;
+    assert_eq!(within("the fail-closed decision", pending).await.unwrap(), Decision::Deny);
+    let mut second = gw.accept().await;
+    assert_eq!(second.recv().await["type"], "identity");
+    shut_down(&uplink, &mut second).await;
+}
+
+#[tokio::test]
+async fn a_silent_gateway_is_detected_within_the_idle_timeout() {
+    let gw = TestGateway::bind().await;
+    let mut c = config(&gw.url());
+    c.sled.heartbeat_interval = Duration::from_millis(100);
+    c.sled.idle_timeout = Duration::from_millis(300);
+    let uplink = Uplink::start(c).unwrap();
+    let mut silent = gw.accept().await;
+    silent.recv_kind("identity").await;
+    let asker = uplink.clone();
+    let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
+    silent.recv_kind("perm_request").await;
+    // From here the gateway reads nothing, so it answers no ping: a half-open link.
+    let started = tokio::time::Instant::now();
+    assert_eq!(within("the fail-closed decision", pending).await.unwrap(), Decision::Deny);
+    assert!(started.elapsed() >= Duration::from_millis(150), "detected too early: {:?}", started.elapsed());
+    let state = uplink.link_state();
+    assert!(
+        matches!(state, LinkState::BackingOff { reason: LossReason::IdleTimeout, .. } | LinkState::Connecting { .. }),
+        "{state:?}"
+    );
+    let mut second = gw.accept().await;
+    assert_eq!(second.recv().await["type"], "identity");
+    drop(silent);
+    shut_down(&uplink, &mut second).await;
+}
+
+#[tokio::test]
+async fn unauthorized_is_reported_and_retried_on_the_back_off_cap() {
+    let gw = TestGateway::bind().await;
+    let uplink = Uplink::start(config(&gw.url())).unwrap();
+    gw.refuse(StatusCode::UNAUTHORIZED).await;
+    let state =
+        wait_for_state(&uplink, "the unauthorized back-off", |s| matches!(s, LinkState::BackingOff { .. })).await;
+    match state {
+        LinkState::BackingOff { reason, delay } => {
+            assert_eq!(reason, LossReason::Unauthorized);
+            assert!(delay <= Duration::from_millis(200));
+        }
+        other => panic!("{other:?}"),
+    }
+    // It does retry, and a later success works.
+    let mut conn = gw.accept().await;
+    assert_eq!(conn.recv().await["type"], "identity");
+    shut_down(&uplink, &mut conn).await;
+}
+
+#[tokio::test]
+async fn shutdown_denies_pending_work_and_closes_normally() {
+    let gw = TestGateway::bind().await;
+    let uplink = Uplink::start(config(&gw.url())).unwrap();
+    let mut conn = gw.accept().await;
+    conn.recv_kind("identity").await;
+    let asker = uplink.clone();
+    let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
+    conn.recv_kind("perm_request").await;
+    let closer = uplink.clone();
+    let shutdown = tokio::spawn(async move { closer.shutdown().await });
+    let cancel = conn.recv().await;
+    assert_eq!(
+        (cancel["type"].as_str(), cancel["payload"]["reason"].as_str()),
+        (Some("perm_cancel"), Some("shutdown"))
+    );
+    assert_eq!(conn.until_closed().await, Some(1000));
+    within("shutdown to return", shutdown).await.unwrap();
+    assert_eq!(within("the decision", pending).await.unwrap(), Decision::Deny);
+    assert_eq!(uplink.link_state(), LinkState::Closed);
+    // After shutdown everything is denied at once, and shutting down again returns at once.
+    assert_eq!(within("a late request", uplink.request_permission("Bash", &json!({}))).await, Decision::Deny);
+    within("a second shutdown", uplink.shutdown()).await;
+}
+
+#[tokio::test]
+async fn no_gateway_denies_at_once_and_bad_urls_are_refused_at_start() {
+    let uplink = Uplink::start(UplinkConfig::new("", "p")).unwrap();
+    assert_eq!(uplink.link_state(), LinkState::Disabled);
+    assert_eq!(within("a denial", uplink.request_permission("Bash", &json!({}))).await, Decision::Deny);
+    uplink.shutdown().await;
+
+    let err = Uplink::start(UplinkConfig::new("http://h/?token=abc", "p")).unwrap_err();
+    assert_eq!(err.to_string(), "gateway URL http://h/?token=[redacted] must start with ws:// or wss://");
+    let mut c = UplinkConfig::new("ws://h/", "p");
+    c.local_mcp_url = "https://h/mcp".into();
+    assert!(matches!(Uplink::start(c), Err(uplink_tokio::StartError::McpUrl { .. })));
+    let mut c = UplinkConfig::new("ws://h/", "p");
+    c.sled.idle_timeout = Duration::ZERO;
+    assert!(matches!(Uplink::start(c), Err(uplink_tokio::StartError::Config(_))));
+}
+
+#[test]
+fn starting_outside_a_runtime_is_an_error_not_a_panic() {
+    assert!(matches!(Uplink::start(UplinkConfig::new("", "p")), Err(uplink_tokio::StartError::NoRuntime)));
+}
+
+#[tokio::test]
+async fn dropping_every_handle_shuts_the_uplink_down() {
+    let gw = TestGateway::bind().await;
+    let uplink = Uplink::start(config(&gw.url())).unwrap();
+    let mut conn = gw.accept().await;
+    conn.recv_kind("identity").await;
+    drop(uplink);
+    assert_eq!(conn.until_closed().await, Some(1000));
+}
