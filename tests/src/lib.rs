@@ -72,6 +72,12 @@ impl TestGateway {
         upgrade(Box::new(tls)).await
     }
 
+    /// Accepts the next connection and attempts the TLS handshake, returning its outcome.
+    pub async fn try_accept_tls(&self, acceptor: &tokio_rustls::TlsAcceptor) -> std::io::Result<()> {
+        let tcp = self.tcp().await;
+        within("the TLS handshake", acceptor.accept(tcp)).await.map(drop)
+    }
+
     /// Accepts the next connection and refuses its WebSocket handshake with `status`.
     pub async fn refuse(&self, status: StatusCode) {
         let tcp = self.tcp().await;

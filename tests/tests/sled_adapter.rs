@@ -19,6 +19,12 @@ fn config(url: &str) -> UplinkConfig {
     c
 }
 
+/// Asks for a permission in the background; the handle resolves to the decision.
+fn ask(uplink: &Uplink, tool: &'static str) -> tokio::task::JoinHandle<Decision> {
+    let uplink = uplink.clone();
+    tokio::spawn(async move { uplink.request_permission(tool, &json!({"command": "ls"})).await })
+}
+
 /// Shuts the uplink down while the gateway side answers the close handshake, as a real gateway would.
 async fn shut_down(uplink: &Uplink, conn: &mut uplink_tests::GatewayConn) {
     let (code, ()) = tokio::join!(conn.until_closed(), within("shutdown", uplink.shutdown()));
@@ -54,8 +60,7 @@ async fn identity_first_with_the_token_in_query_and_header_then_decisions() {
     for (approved, always, want) in
         [(true, false, Decision::Approve), (false, false, Decision::Deny), (true, true, Decision::AlwaysAllow)]
     {
-        let asker = uplink.clone();
-        let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({"command": "ls"})).await });
+        let pending = ask(&uplink, "Bash");
         let req = conn.recv_kind("perm_request").await;
         assert_eq!(req["payload"], json!({"tool_name": "Bash", "tool_input": {"command": "ls"}}));
         conn.approve(&req["req_id"], approved, always).await;
@@ -70,16 +75,14 @@ async fn a_drop_mid_request_denies_then_the_sled_reconnects_and_approves() {
     let uplink = Uplink::start(config(&gw.url())).unwrap();
     let mut first = gw.accept().await;
     first.recv_kind("identity").await;
-    let asker = uplink.clone();
-    let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
+    let pending = ask(&uplink, "Bash");
     first.recv_kind("perm_request").await;
     drop(first); // network failure: no close handshake
     assert_eq!(within("the fail-closed decision", pending).await.unwrap(), Decision::Deny);
 
     let mut second = gw.accept().await;
     second.recv_kind("identity").await;
-    let asker = uplink.clone();
-    let pending = tokio::spawn(async move { asker.request_permission("Write", &json!({})).await });
+    let pending = ask(&uplink, "Write");
     let req = second.recv_kind("perm_request").await;
     second.approve(&req["req_id"], true, false).await;
     assert_eq!(within("the decision", pending).await.unwrap(), Decision::Approve);
@@ -92,8 +95,7 @@ async fn a_close_frame_from_the_gateway_is_answered_and_the_sled_reconnects() {
     let uplink = Uplink::start(config(&gw.url())).unwrap();
     let mut first = gw.accept().await;
     first.recv_kind("identity").await;
-    let asker = uplink.clone();
-    let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
+    let pending = ask(&uplink, "Bash");
     first.recv_kind("perm_request").await;
     first.close().await;
     assert_eq!(within("the fail-closed decision", pending).await.unwrap(), Decision::Deny);
@@ -111,8 +113,7 @@ async fn a_silent_gateway_is_detected_within_the_idle_timeout() {
     let uplink = Uplink::start(c).unwrap();
     let mut silent = gw.accept().await;
     silent.recv_kind("identity").await;
-    let asker = uplink.clone();
-    let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
+    let pending = ask(&uplink, "Bash");
     silent.recv_kind("perm_request").await;
     // From here the gateway reads nothing, so it answers no ping: a half-open link.
     let started = tokio::time::Instant::now();
@@ -155,8 +156,7 @@ async fn shutdown_denies_pending_work_and_closes_normally() {
     let uplink = Uplink::start(config(&gw.url())).unwrap();
     let mut conn = gw.accept().await;
     conn.recv_kind("identity").await;
-    let asker = uplink.clone();
-    let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
+    let pending = ask(&uplink, "Bash");
     conn.recv_kind("perm_request").await;
     let closer = uplink.clone();
     let shutdown = tokio::spawn(async move { closer.shutdown().await });

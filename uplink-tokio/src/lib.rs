@@ -57,11 +57,13 @@
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
-pub use uplink_proto::{self, Decision, LinkState, RawValue};
+pub use uplink_proto::{self, Decision, LinkState, LossReason, RawValue};
 use uplink_proto::{ConfigError, Sled};
 
 mod config;
 mod driver;
+#[cfg(feature = "cli")]
+pub mod logging;
 mod mcp;
 pub mod redact;
 mod tls;

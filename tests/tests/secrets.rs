@@ -1,0 +1,90 @@
+//! Tokens never reach the logs, at any level, through any path: connect failures, refusals, a whole session.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use uplink_tests::{TestGateway, within};
+use uplink_tokio::{Decision, LinkState, Uplink, UplinkConfig};
+
+const TOKEN: &str = "Sup3r-s3cret-t0ken";
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn config(url: &str) -> UplinkConfig {
+    let mut c = UplinkConfig::new(url, "secret-proj");
+    c.token = Some(TOKEN.into());
+    c.local_mcp_url = "http://127.0.0.1:9/mcp".into();
+    c.sled.backoff_initial = Duration::from_millis(10);
+    c.sled.backoff_max = Duration::from_millis(50);
+    c
+}
+
+async fn until(uplink: &Uplink, what: &str, pred: impl Fn(&LinkState) -> bool) {
+    let mut rx = uplink.watch_link();
+    within(what, async {
+        while !pred(&rx.borrow_and_update()) {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await;
+}
+
+// Current-thread runtime: every task runs on this thread, under the thread's default subscriber.
+#[tokio::test]
+async fn the_token_never_reaches_the_logs_at_trace_level() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(uplink_tokio::logging::env_filter("trace"))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // Dependencies log through the `log` crate; the program bridges it, so the test does too.
+    let _ = tracing_log::LogTracer::init();
+
+    // 1. Nothing listens: connection refused, with the URL (and token) at hand.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let uplink = Uplink::start(config(&format!("ws://{closed_port}/api/sled-uplink?token={TOKEN}"))).unwrap();
+    until(&uplink, "a failed attempt", |s| matches!(s, LinkState::BackingOff { .. })).await;
+    uplink.shutdown().await;
+
+    // 2. Refused handshake, then 3. a whole session: a permission, a failing local MCP call, shutdown.
+    let gw = TestGateway::bind().await;
+    let uplink = Uplink::start(config(&gw.url())).unwrap();
+    gw.refuse(StatusCode::UNAUTHORIZED).await;
+    let mut conn = gw.accept().await;
+    assert!(conn.uri.contains(TOKEN), "the token does travel, in the handshake only");
+    conn.recv_kind("identity").await;
+    let asker = uplink.clone();
+    let pending =
+        tokio::spawn(async move { asker.request_permission("Bash", &json!({"token": "not-the-secret"})).await });
+    let req = conn.recv_kind("perm_request").await;
+    conn.approve(&req["req_id"], true, false).await;
+    assert_eq!(within("the decision", pending).await.unwrap(), Decision::Approve);
+    conn.send(json!({"type":"mcp_request","req_id":"m1","payload":{"body":"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}"}})).await;
+    let answer = conn.recv_kind("mcp_response").await;
+    assert_eq!(answer["payload"]["error"]["code"], -32603);
+    let (code, ()) = tokio::join!(conn.until_closed(), uplink.shutdown());
+    assert_eq!(code, Some(1000));
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("uplink state"), "the capture works: {logs}");
+    assert!(logs.contains("Client handshake"), "dependency logs are captured too");
+    assert!(!logs.contains(TOKEN), "token leaked into the logs:\n{logs}");
+}

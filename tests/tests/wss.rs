@@ -1,0 +1,84 @@
+//! `wss://` with a certificate generated in the test: trusted through the CA file option, refused without it.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::TlsAcceptor;
+use uplink_tests::{TestGateway, within};
+use uplink_tokio::{LinkState, LossReason, Uplink, UplinkConfig};
+
+fn acceptor() -> (TlsAcceptor, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    (TlsAcceptor::from(Arc::new(config)), ck.cert.pem())
+}
+
+fn config(port: u16) -> UplinkConfig {
+    let mut c = UplinkConfig::new(format!("wss://localhost:{port}/api/sled-uplink"), "tls-proj");
+    c.token = Some("tls-token".into());
+    c.sled.backoff_initial = Duration::from_millis(20);
+    c.sled.backoff_max = Duration::from_millis(100);
+    c
+}
+
+#[tokio::test]
+async fn wss_is_trusted_through_the_ca_file() {
+    let (acceptor, pem) = acceptor();
+    let ca = std::env::temp_dir().join(format!("uplink-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, pem).unwrap();
+    let gw = TestGateway::bind().await;
+    let mut c = config(gw.addr.port());
+    c.ca_file = Some(ca.clone());
+    let uplink = Uplink::start(c).unwrap();
+    let mut conn = gw.accept_tls(&acceptor).await;
+    assert_eq!(conn.authorization.as_deref(), Some("Bearer tls-token"));
+    assert_eq!(conn.recv().await["type"], "identity");
+    let (code, ()) = tokio::join!(conn.until_closed(), uplink.shutdown());
+    assert_eq!(code, Some(1000));
+    let _ = std::fs::remove_file(ca);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_connect_failure_not_a_panic() {
+    let (acceptor, _) = acceptor();
+    let gw = TestGateway::bind().await;
+    let uplink = Uplink::start(config(gw.addr.port())).unwrap();
+    // The sled's TLS handshake with the test gateway fails on the unknown certificate.
+    let server_side = gw.try_accept_tls(&acceptor).await;
+    assert!(server_side.is_err(), "the client must abort the handshake");
+    let mut rx = uplink.watch_link();
+    let state = within("a back-off", async {
+        loop {
+            let s = rx.borrow_and_update().clone();
+            if matches!(s, LinkState::BackingOff { .. }) {
+                return s;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await;
+    assert!(matches!(state, LinkState::BackingOff { reason: LossReason::ConnectFailed, .. }), "{state:?}");
+    uplink.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_ca_file_is_a_start_error() {
+    let mut c = config(1);
+    c.ca_file = Some(std::env::temp_dir().join("uplink-test-no-such-ca.pem"));
+    assert!(matches!(Uplink::start(c), Err(uplink_tokio::StartError::CaFile(_))));
+    let empty = std::env::temp_dir().join(format!("uplink-test-empty-{}.pem", std::process::id()));
+    std::fs::write(&empty, "not a certificate").unwrap();
+    let mut c = config(1);
+    c.ca_file = Some(empty.clone());
+    let err = Uplink::start(c).unwrap_err();
+    assert!(err.to_string().contains("no certificate found"), "{err}");
+    let _ = std::fs::remove_file(empty);
+}

@@ -1,0 +1,33 @@
+//! Logging set-up for the `uplink` program, safe with secrets at every level.
+//!
+//! One library logs secrets: tungstenite prints the whole client handshake request at TRACE under the log
+//! target `tungstenite::handshake::client`. That request carries the sled's token (in `?token=` and
+//! `Authorization`). [`env_filter`] therefore always caps that target at DEBUG, whatever `RUST_LOG` says.
+//! Embedders with their own subscriber should do the same.
+
+use tracing_subscriber::EnvFilter;
+
+/// Directives appended to every filter: targets that would otherwise log secrets.
+pub const SECRET_SAFE_DIRECTIVES: &[&str] = &["tungstenite::handshake::client=debug"];
+
+/// An `EnvFilter` for `spec` (the `RUST_LOG` syntax; `info` when empty or invalid), with
+/// [`SECRET_SAFE_DIRECTIVES`] applied last so they always win.
+pub fn env_filter(spec: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    if spec.trim().is_empty() {
+        filter = EnvFilter::new("info");
+    }
+    for directive in SECRET_SAFE_DIRECTIVES {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
+}
+
+/// Installs the program's subscriber: human-readable lines on standard error, filtered by `RUST_LOG`
+/// (default `info`), with `log` records from dependencies included. Does nothing if one is installed.
+pub fn init() {
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let _ = tracing_subscriber::fmt().with_env_filter(env_filter(&spec)).with_writer(std::io::stderr).try_init();
+}
