@@ -3,6 +3,8 @@
 // The handshake callbacks have tungstenite's signature, with its large error type.
 #![allow(clippy::result_large_err)]
 
+pub mod mcp_server;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

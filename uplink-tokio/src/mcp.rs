@@ -157,19 +157,13 @@ impl McpClient {
         let response = self.client.request(request).await.map_err(|e| describe_client_error(&e))?;
         let status = response.status();
         let session_id = header_str(response.headers(), SESSION_HEADER);
-        if status == StatusCode::NOT_FOUND && session.id.is_some() {
-            return Ok(Exchange::SessionGone);
-        }
         if status == StatusCode::ACCEPTED {
             return Ok(Exchange::Answer { reply: McpReply::NoContent, session_id });
-        }
-        if !status.is_success() {
-            return Err(format!("local MCP endpoint answered HTTP {status}"));
         }
         let content_type =
             header_str(response.headers(), CONTENT_TYPE.as_str()).unwrap_or_default().to_ascii_lowercase();
         let mut body = response.into_body();
-        if content_type.starts_with("text/event-stream") {
+        if status.is_success() && content_type.starts_with("text/event-stream") {
             let mut parser = SseParser::new(self.max_body);
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| format!("reading the local MCP event stream: {e}"))?;
@@ -198,11 +192,26 @@ impl McpClient {
                 bytes.extend_from_slice(&data);
             }
         }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim();
+        // Whatever the status, a JSON-RPC response to this request is the answer: newer servers send their
+        // errors with 4xx statuses.
+        if !text.is_empty()
+            && jsonrpc::is_response_to(text, id)
+            && let Ok(raw) = RawValue::from_string(text.to_owned())
+        {
+            return Ok(Exchange::Answer { reply: McpReply::Response(raw), session_id });
+        }
+        if status == StatusCode::NOT_FOUND && session.id.is_some() {
+            return Ok(Exchange::SessionGone);
+        }
+        if !status.is_success() {
+            return Err(format!("local MCP endpoint answered HTTP {status}"));
+        }
+        if text.is_empty() {
             return Ok(Exchange::Answer { reply: McpReply::NoContent, session_id });
         }
-        let text = String::from_utf8(bytes).map_err(|_| "local MCP response is not UTF-8".to_owned())?;
-        let raw = RawValue::from_string(text.trim().to_owned())
+        let raw = RawValue::from_string(text.to_owned())
             .map_err(|_| "local MCP endpoint answered with invalid JSON".to_owned())?;
         Ok(Exchange::Answer { reply: McpReply::Response(raw), session_id })
     }
