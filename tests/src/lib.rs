@@ -146,6 +146,10 @@ impl GatewayConn {
         self.ws.send(Message::text(frame.to_string())).await.unwrap();
     }
 
+    pub async fn send_binary(&mut self, data: Vec<u8>) {
+        self.ws.send(Message::binary(data)).await.unwrap();
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text.to_owned())).await.unwrap();
     }

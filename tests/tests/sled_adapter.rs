@@ -205,3 +205,57 @@ async fn dropping_every_handle_shuts_the_uplink_down() {
     drop(uplink);
     assert_eq!(conn.until_closed().await, Some(1000));
 }
+
+#[tokio::test]
+async fn an_oversized_message_drops_the_connection_and_binary_frames_are_ignored() {
+    let gw = TestGateway::bind().await;
+    let mut c = config(&gw.url());
+    c.max_message_size = 4096;
+    let uplink = Uplink::start(c).unwrap();
+    let mut first = gw.accept().await;
+    first.recv_kind("identity").await;
+    // Binary frames are not part of the protocol: ignored, the connection lives on.
+    first.send_binary(vec![0u8; 64]).await;
+    let pending = ask(&uplink, "Bash");
+    let req = first.recv_kind("perm_request").await;
+    first.approve(&req["req_id"], true, false).await;
+    assert_eq!(within("the decision", pending).await.unwrap(), Decision::Approve);
+    // A frame over the limit ends the connection (the sled reconnects), and what was in flight is denied.
+    let pending = ask(&uplink, "Bash");
+    first.recv_kind("perm_request").await;
+    first.send_text(&format!(r#"{{"type":"x","payload":"{}"}}"#, "a".repeat(8192))).await;
+    assert_eq!(within("the fail-closed decision", pending).await.unwrap(), Decision::Deny);
+    let mut second = gw.accept().await;
+    assert_eq!(second.recv().await["type"], "identity");
+    shut_down(&uplink, &mut second).await;
+}
+
+#[tokio::test]
+async fn a_local_mcp_endpoint_that_never_answers_times_out_with_the_request_id() {
+    // Accepts connections and reads, but never answers.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = mute.accept().await {
+            held.push(tcp);
+        }
+    });
+    let gw = TestGateway::bind().await;
+    let mut c = config(&gw.url());
+    c.local_mcp_url = format!("http://{mute_addr}/mcp");
+    c.sled.mcp_timeout = Duration::from_millis(300);
+    let uplink = Uplink::start(c).unwrap();
+    let mut conn = gw.accept().await;
+    conn.recv_kind("identity").await;
+    let started = tokio::time::Instant::now();
+    conn.send(json!({"type":"mcp_request","req_id":"slow-1","payload":{"body":"{\"jsonrpc\":\"2.0\",\"id\":\"q9\",\"method\":\"tools/list\"}"}})).await;
+    let answer = conn.recv_kind("mcp_response").await;
+    assert!(started.elapsed() >= Duration::from_millis(250), "answered before the timeout");
+    assert_eq!(answer["req_id"], "slow-1");
+    assert_eq!(answer["payload"]["id"], "q9");
+    assert_eq!(answer["payload"]["error"]["code"], -32603);
+    assert!(answer["payload"]["error"]["message"].as_str().unwrap().contains("timed out"), "{answer}");
+    shut_down(&uplink, &mut conn).await;
+    hold.abort();
+}

@@ -66,6 +66,8 @@ mod driver;
 pub mod logging;
 mod mcp;
 pub mod redact;
+#[cfg(feature = "cli")]
+pub mod sled_server;
 mod tls;
 mod ws;
 

@@ -1,0 +1,194 @@
+//! The sled's local face for its agents, served by `uplink sled` on `--permission-listen`:
+//!
+//! - `POST /permission` with `{"tool_name": …, "tool_input": …}` answers `200 {"decision": "approve" |
+//!   "deny" | "always_allow"}` once the gateway decides (or the request fails closed). A body that is not
+//!   such an object gets `400 {"error": …}`.
+//! - `/mcp` is a Streamable HTTP MCP server with one tool, `approve`, following Claude Code's
+//!   `--permission-prompt-tool` contract. Input `{"tool_name", "input", "tool_use_id"?}`; the result is one
+//!   text block holding `{"behavior":"allow","updatedInput": <input>}` or
+//!   `{"behavior":"deny","message": …}`.
+//!
+//! Both only forward to an [`Uplink`]: the decisions are the gateway's, the failure rules the core's.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{Decision, Uplink};
+
+/// Largest `/permission` request body.
+pub const MAX_PERMISSION_BODY: usize = 1 << 20;
+
+/// Input of the `approve` tool (Claude Code's permission prompt contract).
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct ApproveInput {
+    /// The tool the agent wants to use.
+    pub tool_name: String,
+    /// The input it wants to use it with.
+    pub input: serde_json::Value,
+    /// The agent's id for this tool use, if any.
+    #[serde(default)]
+    pub tool_use_id: Option<String>,
+}
+
+/// The MCP server behind `/mcp`.
+#[derive(Clone)]
+pub struct ApproveServer {
+    uplink: Uplink,
+    tool_router: ToolRouter<Self>,
+}
+
+#[tool_router]
+impl ApproveServer {
+    /// A server that asks `uplink` for every decision.
+    pub fn new(uplink: Uplink) -> Self {
+        ApproveServer { uplink, tool_router: Self::tool_router() }
+    }
+
+    #[tool(description = "Ask the gateway whether a tool call may run. Returns a JSON text block: \
+        {\"behavior\":\"allow\",\"updatedInput\":…} or {\"behavior\":\"deny\",\"message\":…}.")]
+    async fn approve(&self, Parameters(request): Parameters<ApproveInput>) -> String {
+        let decision = self.uplink.request_permission(&request.tool_name, &request.input).await;
+        debug!(tool = %request.tool_name, tool_use_id = ?request.tool_use_id, ?decision, "approve tool");
+        prompt_answer(decision, request.input).to_string()
+    }
+}
+
+/// The permission-prompt answer for `decision`.
+pub fn prompt_answer(decision: Decision, input: serde_json::Value) -> serde_json::Value {
+    match decision {
+        Decision::Approve | Decision::AlwaysAllow => json!({"behavior": "allow", "updatedInput": input}),
+        Decision::Deny => json!({
+            "behavior": "deny",
+            "message": "Permission denied: the gateway refused, did not answer in time, or could not be reached."
+        }),
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for ApproveServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_instructions("Permission prompts for coding agents, decided by the uplink gateway.")
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, json!({"error": message}))
+}
+
+/// Serves `/permission` and `/mcp` on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, uplink: Uplink, stop: CancellationToken) {
+    let mcp = Arc::new(StreamableHttpService::new(
+        {
+            let uplink = uplink.clone();
+            move || Ok(ApproveServer::new(uplink.clone()))
+        },
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
+    ));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    warn!(%e, "accepting a local connection failed");
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let uplink = uplink.clone();
+        let mcp = mcp.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let uplink = uplink.clone();
+            let mcp = mcp.clone();
+            async move { Ok::<_, Infallible>(route(request, &uplink, &mcp).await) }
+        });
+        connections.spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                // A client that never finishes its headers is cut off.
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+}
+
+async fn route(
+    request: Request<Incoming>,
+    uplink: &Uplink,
+    mcp: &StreamableHttpService<ApproveServer, LocalSessionManager>,
+) -> Response<Body> {
+    match request.uri().path() {
+        "/mcp" => mcp.handle(request).await,
+        "/permission" if request.method() == Method::POST => permission(request, uplink).await,
+        "/permission" => {
+            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+            r.headers_mut().insert(ALLOW, hyper::header::HeaderValue::from_static("POST"));
+            r
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such route; try POST /permission or /mcp"),
+    }
+}
+
+async fn permission(request: Request<Incoming>, uplink: &Uplink) -> Response<Body> {
+    #[derive(serde::Deserialize)]
+    struct Ask {
+        tool_name: String,
+        #[serde(default)]
+        tool_input: serde_json::Value,
+    }
+    let body = match Limited::new(request.into_body(), MAX_PERMISSION_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB"),
+    };
+    let ask: Ask = match serde_json::from_slice(&body) {
+        Ok(ask) => ask,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"tool_name\": string, \"tool_input\": any}}: {e}"),
+            );
+        }
+    };
+    let decision = uplink.request_permission(&ask.tool_name, &ask.tool_input).await;
+    let word = match decision {
+        Decision::Approve => "approve",
+        Decision::Deny => "deny",
+        Decision::AlwaysAllow => "always_allow",
+    };
+    json_response(StatusCode::OK, json!({"decision": word}))
+}

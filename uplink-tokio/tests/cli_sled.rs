@@ -1,0 +1,164 @@
+//! `uplink sled` as a process: driven through `/permission` and the MCP `approve` tool, stopped by SIGTERM.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::Stdio;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use uplink_proto::sse::SseParser;
+use uplink_tests::{GatewayConn, TestGateway, within};
+
+struct Sled {
+    child: tokio::process::Child,
+    base: String,
+}
+
+async fn start_sled(gw: &TestGateway, extra: &[&str]) -> Sled {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["sled", "--project", "cli-proj", "--permission-listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("UPLINK_GATEWAY", gw.url())
+        .env("UPLINK_TOKEN", "cli-token")
+        .env_remove("HUSKIES_UPSTREAM_GATEWAY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within("the sled's ready line", lines.next_line()).await.unwrap().unwrap();
+    let base = line.split("agents ask at ").nth(1).unwrap().split("/permission").next().unwrap().to_owned();
+    Sled { child, base }
+}
+
+async fn post(url: &str, body: &str, headers: &[(&str, &str)]) -> (u16, hyper::HeaderMap, String) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response =
+        within("an HTTP answer", client.request(request.body(Full::new(Bytes::from(body.to_owned()))).unwrap()))
+            .await
+            .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = within("the body", response.into_body().collect()).await.unwrap().to_bytes();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// The JSON-RPC response in an MCP answer, whether sent as JSON or as an event stream.
+fn rpc(headers: &hyper::HeaderMap, body: &str) -> Value {
+    let is_sse = headers.get("content-type").is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
+    if !is_sse {
+        return serde_json::from_str(body).unwrap();
+    }
+    let events = SseParser::new(1 << 20).push(body.as_bytes()).unwrap();
+    let data = events.into_iter().map(|e| e.data).find(|d| !d.trim().is_empty()).unwrap();
+    serde_json::from_str(&data).unwrap()
+}
+
+async fn decide_next(conn: &mut GatewayConn, approved: bool) -> Value {
+    let req = conn.recv_kind("perm_request").await;
+    conn.approve(&req["req_id"], approved, false).await;
+    req
+}
+
+#[tokio::test]
+async fn permission_endpoint_and_approve_tool_then_sigterm() {
+    let gw = TestGateway::bind().await;
+    let mut sled = start_sled(&gw, &[]).await;
+    let mut conn = gw.accept().await;
+    assert_eq!(conn.uri, "/api/sled-uplink?token=cli-token");
+    assert_eq!(conn.recv().await["payload"]["project"], "cli-proj");
+
+    // POST /permission, approved by the gateway.
+    let url = format!("{}/permission", sled.base);
+    let ask = tokio::spawn({
+        let url = url.clone();
+        async move { post(&url, r#"{"tool_name":"Bash","tool_input":{"command":"ls"}}"#, &[]).await }
+    });
+    let req = decide_next(&mut conn, true).await;
+    assert_eq!(req["payload"], json!({"tool_name":"Bash","tool_input":{"command":"ls"}}));
+    let (status, _, body) = within("the answer", ask).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"decision":"approve"}"#));
+
+    // Bad requests get a clear 4xx.
+    let (status, _, body) = post(&url, "{not json", &[]).await;
+    assert_eq!(status, 400);
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+    let (status, _, _) = post(&format!("{}/nowhere", sled.base), "{}", &[]).await;
+    assert_eq!(status, 404);
+
+    // The MCP approve tool, as Claude Code's --permission-prompt-tool calls it.
+    let mcp = format!("{}/mcp", sled.base);
+    let (status, headers, body) = post(&mcp, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"claude","version":"1"}}}"#, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(rpc(&headers, &body)["result"]["serverInfo"].is_object());
+    let session = headers.get("mcp-session-id").unwrap().to_str().unwrap().to_owned();
+    let with_session = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-06-18")];
+    let (status, _, _) = post(&mcp, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, &with_session).await;
+    assert_eq!(status, 202);
+    let (_, headers, body) = post(&mcp, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#, &with_session).await;
+    assert_eq!(rpc(&headers, &body)["result"]["tools"][0]["name"], "approve");
+    for (approved, want) in [(false, "deny"), (true, "allow")] {
+        let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"approve","arguments":{
+            "tool_name":"Write","input":{"file_path":"/tmp/x","content":"hi"},"tool_use_id":"toolu_1"}}});
+        let asking = tokio::spawn({
+            let mcp = mcp.clone();
+            let session = session.clone();
+            async move {
+                post(&mcp, &call.to_string(), &[("mcp-session-id", &session), ("mcp-protocol-version", "2025-06-18")])
+                    .await
+            }
+        });
+        let req = decide_next(&mut conn, approved).await;
+        assert_eq!(req["payload"]["tool_name"], "Write");
+        let (_, headers, body) = within("the tool result", asking).await.unwrap();
+        let answer = rpc(&headers, &body);
+        let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+        let verdict: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(verdict["behavior"], want, "{verdict}");
+        if approved {
+            assert_eq!(verdict["updatedInput"], json!({"file_path":"/tmp/x","content":"hi"}));
+        } else {
+            assert!(verdict["message"].is_string());
+        }
+    }
+
+    // SIGTERM: a normal close, then a clean exit.
+    let pid = sled.child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+    assert_eq!(conn.until_closed().await, Some(1000));
+    let status = within("the process to exit", sled.child.wait()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn bad_arguments_are_reported_clearly() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["sled", "--project", "p", "--idle-timeout", "soon"])
+        .env_remove("UPLINK_GATEWAY")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--idle-timeout") && err.contains("500ms, 10s, 2m"), "{err}");
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["sled", "--project", "p", "--gateway", "http://not-ws", "--permission-listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must start with ws:// or wss://"));
+}
