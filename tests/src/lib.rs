@@ -61,6 +61,11 @@ impl TestGateway {
         within("a sled to connect", self.listener.accept()).await.unwrap().0
     }
 
+    /// Accepts the next TCP connection and does nothing with it.
+    pub async fn accept_tcp(&self) -> tokio::net::TcpStream {
+        self.tcp().await
+    }
+
     /// Accepts the next sled connection.
     pub async fn accept(&self) -> GatewayConn {
         let tcp = self.tcp().await;
@@ -162,5 +167,47 @@ impl GatewayConn {
 
     pub async fn approve(&mut self, req_id: &Value, approved: bool, always_allow: bool) {
         self.send(serde_json::json!({"type":"perm_response","req_id":req_id,"payload":{"approved":approved,"always_allow":always_allow}})).await;
+    }
+}
+
+/// A local "MCP endpoint" that answers every POST with one canned response: for the cases a real server
+/// rarely produces (noise on an event stream, garbage, odd statuses).
+pub struct CannedHttp {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CannedHttp {
+    pub async fn start(status: u16, content_type: &'static str, body: &'static str) -> CannedHttp {
+        use hyper::service::service_fn;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| async move {
+                        let mut r =
+                            hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())));
+                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static(content_type));
+                        Ok::<_, std::convert::Infallible>(r)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        CannedHttp { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+impl Drop for CannedHttp {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -137,3 +137,39 @@ async fn each_gateway_session_gets_its_own_local_session() {
     rig.finish().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn notifications_server_requests_and_priming_events_on_the_stream_are_not_the_answer() {
+    const STREAM: &str = "id: 0\nretry: 3000\ndata:\n\n\
+        : keep-alive\n\n\
+        event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n\
+        data: {\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"roots/list\"}\n\n\
+        data: {\"jsonrpc\":\"2.0\",\"id\":9,\"result\":{\"not\":\"ours\"}}\n\n\
+        data: {\"jsonrpc\":\"2.0\",\n\
+        data:  \"id\":3,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"42\"}]}}\r\n\r\n";
+    let server = uplink_tests::CannedHttp::start(200, "text/event-stream", STREAM).await;
+    let (mut rig, _gw) = Rig::new(server.url()).await;
+    let answer = rig.relay(&call(3, 40, 2), None).await;
+    assert_eq!(answer["id"], 3, "{answer}");
+    assert_eq!(sum_of(&answer), "42");
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn garbage_and_error_statuses_from_the_local_endpoint_become_errors_with_the_id() {
+    for (status, content_type, body, expect) in [
+        (200, "application/json", "<html>oops</html>", "invalid JSON"),
+        (500, "text/plain", "boom", "HTTP 500"),
+        (200, "text/event-stream", "data: {\"jsonrpc\":\"2.0\",\"method\":\"x\"}\n\n", "ended without a response"),
+        (404, "text/plain", "no such path", "HTTP 404"),
+    ] {
+        let server = uplink_tests::CannedHttp::start(status, content_type, body).await;
+        let (mut rig, _gw) = Rig::new(server.url()).await;
+        let answer = rig.relay(&call(11, 1, 1), None).await;
+        assert_eq!(answer["id"], 11, "{answer}");
+        assert_eq!(answer["error"]["code"], -32603);
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expect), "{status}: {message}");
+        rig.finish().await;
+    }
+}

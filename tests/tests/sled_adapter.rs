@@ -259,3 +259,19 @@ async fn a_local_mcp_endpoint_that_never_answers_times_out_with_the_request_id()
     shut_down(&uplink, &mut conn).await;
     hold.abort();
 }
+
+#[tokio::test]
+async fn a_gateway_that_never_finishes_the_handshake_is_abandoned_after_the_connect_timeout() {
+    let gw = TestGateway::bind().await;
+    let mut c = config(&gw.url());
+    c.sled.connect_timeout = Duration::from_millis(200);
+    let uplink = Uplink::start(c).unwrap();
+    // Accept TCP, say nothing: a slow-loris gateway.
+    let _held = gw.accept_tcp().await;
+    let state = wait_for_state(&uplink, "the connect timeout", |s| matches!(s, LinkState::BackingOff { .. })).await;
+    assert!(matches!(state, LinkState::BackingOff { reason: LossReason::ConnectTimeout, .. }), "{state:?}");
+    // The next attempt goes through.
+    let mut conn = gw.accept().await;
+    assert_eq!(conn.recv().await["type"], "identity");
+    shut_down(&uplink, &mut conn).await;
+}
