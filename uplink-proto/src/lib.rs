@@ -89,6 +89,7 @@
 //! ## Modules
 //!
 //! - [`sled`]: the sled machine, its configuration, inputs and outputs.
+//! - [`gateway`]: the gateway's machine for one sled connection.
 //! - [`wire`]: the frames of both directions, decoded liberally and encoded strictly.
 //! - [`jsonrpc`]: reading a JSON-RPC `id` and building error responses.
 //! - [`sse`]: an incremental `text/event-stream` parser, for adapters that talk to Streamable HTTP MCP servers.
@@ -100,6 +101,7 @@
 extern crate alloc;
 
 mod backoff;
+pub mod gateway;
 pub mod jsonrpc;
 pub mod sled;
 pub mod sse;

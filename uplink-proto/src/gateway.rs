@@ -1,0 +1,569 @@
+//! The gateway side of the uplink: one machine per sled connection.
+//!
+//! Method kinds as on the sled side: getters; inputs `handle_*(now, …)`; commands (`decide`, `send_mcp`,
+//! `close`) that return a `Result` when the caller asks for something impossible; outputs drained with
+//! [`Gateway::poll_output`], then [`Gateway::poll_timeout`].
+//!
+//! Rules:
+//! - `identity` must be the first frame, within the identity timeout; anything else first, or nothing, closes
+//!   the connection with 1008 (policy violation).
+//! - The gateway pings every ping interval. A sled from which nothing (no frame, no pong) arrived for the
+//!   stale threshold is reported [`GatewayEvent::Stale`], and [`GatewayEvent::Alive`] once it speaks again.
+//! - Each permission request gets a [`PermId`] and ends exactly once: decided by the application (or by the
+//!   auto policies), withdrawn by the sled (`perm_cancel`), or withdrawn because the connection ended.
+//! - Each MCP request ends exactly once: its `mcp_response`, a timeout, or the connection's end.
+//! - A decision for a permission that is unknown or already ended is refused with an error, never sent.
+
+use alloc::borrow::Cow;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use crate::sled::Received;
+use crate::time::Instant;
+use crate::wire::{Decision, DecodeError, GatewayFrame, RawValue, SledFrame};
+
+/// Everything that shapes a [`Gateway`] session. [`GatewayConfig::default`] gives the documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// `identity` must arrive within this long after the connection opens. Default 10 s.
+    pub identity_timeout: Duration,
+    /// A sled silent for this long is reported stale. Default 30 s (three heartbeat intervals).
+    pub stale_after: Duration,
+    /// Interval between the gateway's pings. Default 10 s.
+    pub ping_interval: Duration,
+    /// An MCP request without a response after this long fails with [`McpFailure::Timeout`]. Default 60 s.
+    pub mcp_timeout: Duration,
+    /// Most permission requests pending on one connection; beyond, a request is denied at once. Default 1024.
+    pub max_pending_permissions: usize,
+    /// Most MCP requests in flight on one connection; beyond, [`Gateway::send_mcp`] refuses. Default 256.
+    pub max_pending_mcp: usize,
+    /// Tools whose requests are approved at once, without reaching the application.
+    pub auto_approve: BTreeSet<String>,
+    /// Tools whose requests are denied at once, without reaching the application. Wins over `auto_approve`.
+    pub auto_deny: BTreeSet<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            identity_timeout: Duration::from_secs(10),
+            stale_after: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(10),
+            mcp_timeout: Duration::from_secs(60),
+            max_pending_permissions: 1024,
+            max_pending_mcp: 256,
+            auto_approve: BTreeSet::new(),
+            auto_deny: BTreeSet::new(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    fn validate(&self) -> Result<(), GatewayConfigError> {
+        for (name, d) in [
+            ("identity_timeout", self.identity_timeout),
+            ("stale_after", self.stale_after),
+            ("ping_interval", self.ping_interval),
+            ("mcp_timeout", self.mcp_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(GatewayConfigError::Zero(name));
+            }
+        }
+        if self.max_pending_permissions == 0 {
+            return Err(GatewayConfigError::Zero("max_pending_permissions"));
+        }
+        if self.max_pending_mcp == 0 {
+            return Err(GatewayConfigError::Zero("max_pending_mcp"));
+        }
+        Ok(())
+    }
+}
+
+/// A [`GatewayConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayConfigError {
+    /// A duration or limit that must be positive is zero.
+    #[error("`{0}` must be greater than zero")]
+    Zero(&'static str),
+}
+
+/// A permission request on one connection. Never reused by a session.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PermId(pub u64);
+
+/// An MCP request sent on one connection. Never reused by a session.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct McpId(pub u64);
+
+/// Why a permission request ended without a decision.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Withdrawn {
+    /// The sled sent `perm_cancel` (its deadline passed, or it shut down).
+    Cancelled,
+    /// The connection ended.
+    ConnectionLost,
+}
+
+/// Why an MCP request failed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum McpFailure {
+    /// No response within the MCP timeout.
+    Timeout,
+    /// The connection ended first.
+    ConnectionLost,
+}
+
+/// Why a received frame was ignored.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GatewayIgnored {
+    /// Not a JSON envelope, or a known type with an unusable payload.
+    Malformed,
+    /// A `type` the gateway does not know.
+    UnknownType,
+    /// A binary frame.
+    Binary,
+    /// A second `identity`.
+    RepeatedIdentity,
+    /// A `perm_request` whose id is empty or already pending.
+    DuplicateRequest,
+    /// An `mcp_response` or `perm_cancel` matching nothing pending.
+    Unmatched,
+}
+
+/// Something that happened on the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayEvent {
+    /// The sled identified itself.
+    Identified {
+        /// Project name.
+        project: String,
+        /// Announced protocol version.
+        protocol: Option<u32>,
+        /// Announced sled software version.
+        sled_version: Option<String>,
+        /// Announced extensions.
+        capabilities: Vec<String>,
+    },
+    /// A heartbeat arrived.
+    Heartbeat,
+    /// A permission request for the application to decide with [`Gateway::decide`].
+    PermissionRequested {
+        /// The gateway's id for it.
+        perm: PermId,
+        /// The sled's id for it.
+        req_id: String,
+        /// The tool.
+        tool_name: String,
+        /// The tool's input.
+        tool_input: String,
+    },
+    /// A permission request decided by the auto policies, without the application.
+    PermissionAutoDecided {
+        /// The sled's id for it.
+        req_id: String,
+        /// The tool.
+        tool_name: String,
+        /// The decision sent.
+        decision: Decision,
+    },
+    /// A permission request ended without a decision.
+    PermissionWithdrawn {
+        /// Which.
+        perm: PermId,
+        /// Why.
+        reason: Withdrawn,
+    },
+    /// The answer to an MCP request.
+    McpResponse {
+        /// Which request.
+        id: McpId,
+        /// The JSON-RPC response (`null` for a notification), as the sled sent it.
+        payload: String,
+    },
+    /// An MCP request ended without an answer.
+    McpFailed {
+        /// Which request.
+        id: McpId,
+        /// Why.
+        reason: McpFailure,
+    },
+    /// Nothing arrived for the stale threshold.
+    Stale,
+    /// The sled spoke again after being stale.
+    Alive,
+    /// A frame was ignored.
+    FrameIgnored(GatewayIgnored),
+    /// The connection is over (closed by either side); no more outputs follow except those already queued.
+    Closed,
+}
+
+/// Something to do, drained with [`Gateway::poll_output`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayOutput {
+    /// Send this text frame.
+    Send(String),
+    /// Send a WebSocket ping.
+    Ping,
+    /// Send a close frame with this code and reason, then drop the connection.
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Reason.
+        reason: &'static str,
+    },
+    /// For the application.
+    Event(GatewayEvent),
+}
+
+/// Why [`Gateway::decide`] refused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    /// No pending permission has this id: never existed, already decided, or withdrawn.
+    #[error("no pending permission request with this id")]
+    NotPending,
+}
+
+/// Why [`Gateway::send_mcp`] refused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendMcpError {
+    /// The sled has not identified itself yet.
+    #[error("the sled has not identified itself yet")]
+    NotIdentified,
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    Closed,
+    /// Too many MCP requests in flight on this connection.
+    #[error("too many MCP requests in flight")]
+    TooMany,
+}
+
+/// WebSocket close code for a protocol policy violation.
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+
+#[derive(Clone, Debug)]
+enum State {
+    AwaitingIdentity { deadline: Instant },
+    Identified { project: String },
+    Closed,
+}
+
+#[derive(Clone, Debug)]
+struct PendingMcp {
+    deadline: Instant,
+}
+
+/// One sled connection as the gateway sees it.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    cfg: GatewayConfig,
+    now: Instant,
+    state: State,
+    last_seen: Instant,
+    stale: bool,
+    next_ping: Instant,
+    perms: BTreeMap<PermId, String>,
+    perm_ids: BTreeMap<String, PermId>,
+    next_perm: u64,
+    mcp: BTreeMap<McpId, PendingMcp>,
+    next_mcp: u64,
+    out: VecDeque<GatewayOutput>,
+}
+
+impl Gateway {
+    /// A session for a connection that just opened at `now`.
+    pub fn new(config: GatewayConfig, now: Instant) -> Result<Gateway, GatewayConfigError> {
+        config.validate()?;
+        Ok(Gateway {
+            state: State::AwaitingIdentity { deadline: now + config.identity_timeout },
+            next_ping: now + config.ping_interval,
+            cfg: config,
+            now,
+            last_seen: now,
+            stale: false,
+            perms: BTreeMap::new(),
+            perm_ids: BTreeMap::new(),
+            next_perm: 0,
+            mcp: BTreeMap::new(),
+            next_mcp: 0,
+            out: VecDeque::new(),
+        })
+    }
+
+    // ── Getters ──
+
+    /// The project, once identified.
+    pub fn project(&self) -> Option<&str> {
+        match &self.state {
+            State::Identified { project } => Some(project),
+            _ => None,
+        }
+    }
+
+    /// True once the connection is over.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// True while the sled is silent past the stale threshold.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// When anything last arrived from the sled.
+    pub fn last_seen(&self) -> Instant {
+        self.last_seen
+    }
+
+    /// Permission requests awaiting a decision.
+    pub fn pending_permissions(&self) -> usize {
+        self.perms.len()
+    }
+
+    /// MCP requests awaiting a response.
+    pub fn pending_mcp(&self) -> usize {
+        self.mcp.len()
+    }
+
+    // ── Outputs ──
+
+    /// The next thing to do, or `None`. Drain after every input and command.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<GatewayOutput> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`Gateway::handle_timeout`] next; `None` once closed.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let link = match self.state {
+            State::Closed => return None,
+            State::AwaitingIdentity { deadline } => deadline,
+            State::Identified { .. } => {
+                let ping = self.next_ping;
+                if self.stale { ping } else { ping.min(self.last_seen + self.cfg.stale_after) }
+            }
+        };
+        let mcp = self.mcp.values().next().map(|m| m.deadline);
+        Some(mcp.map_or(link, |m| m.min(link)))
+    }
+
+    // ── Inputs ──
+
+    /// Fires what is due. Early or repeated calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    /// A message arrived from the sled.
+    pub fn handle_received(&mut self, now: Instant, message: Received<'_>) {
+        self.advance(now);
+        if self.is_closed() {
+            return;
+        }
+        self.last_seen = self.now;
+        if self.stale {
+            self.stale = false;
+            self.event(GatewayEvent::Alive);
+        }
+        let text = match message {
+            Received::Text(text) => text,
+            Received::Binary(_) => return self.ignored(GatewayIgnored::Binary),
+            Received::Ping | Received::Pong => return,
+        };
+        let frame = SledFrame::decode(text);
+        if let State::AwaitingIdentity { .. } = self.state {
+            return match frame {
+                Ok(SledFrame::Identity(id)) => {
+                    self.state = State::Identified { project: id.project.clone().into_owned() };
+                    self.event(GatewayEvent::Identified {
+                        project: id.project.into_owned(),
+                        protocol: id.protocol,
+                        sled_version: id.sled_version.map(Cow::into_owned),
+                        capabilities: id.capabilities.into_iter().map(Cow::into_owned).collect(),
+                    });
+                }
+                _ => self.close_with(CLOSE_POLICY_VIOLATION, "identity must be the first frame"),
+            };
+        }
+        match frame {
+            Ok(SledFrame::Identity(_)) => self.ignored(GatewayIgnored::RepeatedIdentity),
+            Ok(SledFrame::Heartbeat) => self.event(GatewayEvent::Heartbeat),
+            Ok(SledFrame::PermRequest { req_id, tool_name, tool_input }) => {
+                self.on_perm_request(req_id.into_owned(), tool_name.into_owned(), tool_input)
+            }
+            Ok(SledFrame::PermCancel { req_id, .. }) => match self.perm_ids.remove(&*req_id) {
+                Some(perm) => {
+                    self.perms.remove(&perm);
+                    self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::Cancelled });
+                }
+                None => self.ignored(GatewayIgnored::Unmatched),
+            },
+            Ok(SledFrame::McpResponse { req_id, payload }) => {
+                match mcp_id_of(&req_id).filter(|id| self.mcp.contains_key(id)) {
+                    Some(id) => {
+                        self.mcp.remove(&id);
+                        self.event(GatewayEvent::McpResponse { id, payload: String::from(payload.get()) });
+                    }
+                    None => self.ignored(GatewayIgnored::Unmatched),
+                }
+            }
+            Err(DecodeError::UnknownType) => self.ignored(GatewayIgnored::UnknownType),
+            Err(DecodeError::Malformed | DecodeError::BadPayload) => self.ignored(GatewayIgnored::Malformed),
+        }
+    }
+
+    /// The connection ended. Everything pending ends with it.
+    pub fn handle_disconnected(&mut self, now: Instant) {
+        self.advance(now);
+        if !self.is_closed() {
+            self.end();
+        }
+    }
+
+    // ── Commands ──
+
+    /// Sends the application's decision for `perm`.
+    pub fn decide(&mut self, now: Instant, perm: PermId, decision: Decision) -> Result<(), DecideError> {
+        self.advance(now);
+        let req_id = self.perms.remove(&perm).ok_or(DecideError::NotPending)?;
+        self.perm_ids.remove(&req_id);
+        let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision }.encode();
+        self.out.push_back(GatewayOutput::Send(text));
+        Ok(())
+    }
+
+    /// Sends a JSON-RPC message for the sled's local MCP endpoint; exactly one of
+    /// [`GatewayEvent::McpResponse`] or [`GatewayEvent::McpFailed`] with the returned id follows.
+    pub fn send_mcp(&mut self, now: Instant, body: &str, session: Option<&str>) -> Result<McpId, SendMcpError> {
+        self.advance(now);
+        match self.state {
+            State::Closed => return Err(SendMcpError::Closed),
+            State::AwaitingIdentity { .. } => return Err(SendMcpError::NotIdentified),
+            State::Identified { .. } => {}
+        }
+        if self.mcp.len() >= self.cfg.max_pending_mcp {
+            return Err(SendMcpError::TooMany);
+        }
+        let id = McpId(self.next_mcp);
+        self.next_mcp += 1;
+        self.mcp.insert(id, PendingMcp { deadline: self.now + self.cfg.mcp_timeout });
+        let req_id = format!("mcp-{}", id.0);
+        let text = GatewayFrame::McpRequest {
+            req_id: Cow::Owned(req_id),
+            body: Some(Cow::Borrowed(body)),
+            session: session.map(Cow::Borrowed),
+        }
+        .encode();
+        self.out.push_back(GatewayOutput::Send(text));
+        Ok(id)
+    }
+
+    /// Closes the connection (for example because another connection replaced it). Everything pending ends.
+    pub fn close(&mut self, now: Instant, code: u16, reason: &'static str) {
+        self.advance(now);
+        if !self.is_closed() {
+            self.close_with(code, reason);
+        }
+    }
+
+    // ── Internals ──
+
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+        let now = self.now;
+        match self.state {
+            State::Closed => return,
+            State::AwaitingIdentity { deadline } if deadline <= now => {
+                return self.close_with(CLOSE_POLICY_VIOLATION, "no identity in time");
+            }
+            State::AwaitingIdentity { .. } => {}
+            State::Identified { .. } => {
+                if !self.stale && self.last_seen + self.cfg.stale_after <= now {
+                    self.stale = true;
+                    self.event(GatewayEvent::Stale);
+                }
+                if self.next_ping <= now {
+                    self.next_ping = now + self.cfg.ping_interval;
+                    self.out.push_back(GatewayOutput::Ping);
+                }
+            }
+        }
+        while let Some(entry) = self.mcp.first_entry() {
+            if entry.get().deadline > now {
+                break;
+            }
+            let id = *entry.key();
+            entry.remove();
+            self.event(GatewayEvent::McpFailed { id, reason: McpFailure::Timeout });
+        }
+    }
+
+    fn on_perm_request(&mut self, req_id: String, tool_name: String, tool_input: &RawValue) {
+        if req_id.is_empty() || self.perm_ids.contains_key(&req_id) {
+            return self.ignored(GatewayIgnored::DuplicateRequest);
+        }
+        let policy = if self.cfg.auto_deny.contains(&tool_name) {
+            Some(Decision::Deny)
+        } else if self.cfg.auto_approve.contains(&tool_name) {
+            Some(Decision::Approve)
+        } else if self.perms.len() >= self.cfg.max_pending_permissions {
+            Some(Decision::Deny)
+        } else {
+            None
+        };
+        if let Some(decision) = policy {
+            let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision }.encode();
+            self.out.push_back(GatewayOutput::Send(text));
+            return self.event(GatewayEvent::PermissionAutoDecided { req_id, tool_name, decision });
+        }
+        let perm = PermId(self.next_perm);
+        self.next_perm += 1;
+        self.perms.insert(perm, req_id.clone());
+        self.perm_ids.insert(req_id.clone(), perm);
+        self.event(GatewayEvent::PermissionRequested {
+            perm,
+            req_id,
+            tool_name,
+            tool_input: String::from(tool_input.get()),
+        });
+    }
+
+    fn close_with(&mut self, code: u16, reason: &'static str) {
+        self.out.push_back(GatewayOutput::Close { code, reason });
+        self.end();
+    }
+
+    /// The connection is over: fail everything pending, once.
+    fn end(&mut self) {
+        self.state = State::Closed;
+        for perm in core::mem::take(&mut self.perms).into_keys() {
+            self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost });
+        }
+        self.perm_ids.clear();
+        for id in core::mem::take(&mut self.mcp).into_keys() {
+            self.event(GatewayEvent::McpFailed { id, reason: McpFailure::ConnectionLost });
+        }
+        self.event(GatewayEvent::Closed);
+    }
+
+    fn event(&mut self, event: GatewayEvent) {
+        self.out.push_back(GatewayOutput::Event(event));
+    }
+
+    fn ignored(&mut self, why: GatewayIgnored) {
+        self.event(GatewayEvent::FrameIgnored(why));
+    }
+}
+
+/// The id an `mcp_response`'s `req_id` names: exactly the text [`Gateway::send_mcp`] sent (so `mcp-01` is not
+/// `mcp-1`).
+fn mcp_id_of(req_id: &str) -> Option<McpId> {
+    let n: u64 = req_id.strip_prefix("mcp-")?.parse().ok()?;
+    (format!("mcp-{n}") == req_id).then_some(McpId(n))
+}

@@ -1,0 +1,300 @@
+//! Scenario tests of the gateway session machine, one or more per rule, with explicit time.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uplink_proto::gateway::{
+    DecideError, Gateway, GatewayConfig, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure, McpId, PermId,
+    SendMcpError, Withdrawn,
+};
+use uplink_proto::{Decision, Instant, Received};
+
+const IDENTITY: &str = r#"{"type":"identity","req_id":"identity","payload":{"project":"p1","protocol":1,"sled_version":"9","capabilities":["perm_cancel"]}}"#;
+
+struct G {
+    gw: Gateway,
+    now: Instant,
+}
+
+impl G {
+    fn new(cfg: GatewayConfig) -> G {
+        G { gw: Gateway::new(cfg, Instant::ZERO).expect("valid"), now: Instant::ZERO }
+    }
+    fn identified(cfg: GatewayConfig) -> G {
+        let mut g = G::new(cfg);
+        g.text(IDENTITY);
+        g
+    }
+    fn drain(&mut self) -> Vec<GatewayOutput> {
+        std::iter::from_fn(|| self.gw.poll_output()).collect()
+    }
+    fn text(&mut self, text: &str) -> Vec<GatewayOutput> {
+        self.gw.handle_received(self.now, Received::Text(text));
+        self.drain()
+    }
+    fn at(&mut self, secs: f64) -> Vec<GatewayOutput> {
+        self.now = Instant::from_micros((secs * 1e6) as u64);
+        self.gw.handle_timeout(self.now);
+        self.drain()
+    }
+    fn perm_request(&mut self, req_id: &str, tool: &str) -> Vec<GatewayOutput> {
+        self.text(
+            &json!({"type":"perm_request","req_id":req_id,"payload":{"tool_name":tool,"tool_input":{"x":1}}})
+                .to_string(),
+        )
+    }
+}
+
+fn events(outs: &[GatewayOutput]) -> Vec<GatewayEvent> {
+    outs.iter()
+        .filter_map(|o| match o {
+            GatewayOutput::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent(outs: &[GatewayOutput]) -> Vec<Value> {
+    outs.iter()
+        .filter_map(|o| match o {
+            GatewayOutput::Send(t) => Some(serde_json::from_str(t).expect("JSON")),
+            _ => None,
+        })
+        .collect()
+}
+
+fn requested(outs: &[GatewayOutput]) -> PermId {
+    events(outs)
+        .into_iter()
+        .find_map(|e| match e {
+            GatewayEvent::PermissionRequested { perm, .. } => Some(perm),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no request in {outs:?}"))
+}
+
+#[test]
+fn identity_first_is_announced_with_its_extras_then_heartbeats() {
+    let mut g = G::new(GatewayConfig::default());
+    assert_eq!(g.gw.project(), None);
+    let outs = g.text(IDENTITY);
+    assert_eq!(
+        events(&outs),
+        vec![GatewayEvent::Identified {
+            project: "p1".into(),
+            protocol: Some(1),
+            sled_version: Some("9".into()),
+            capabilities: vec!["perm_cancel".into()]
+        }]
+    );
+    assert_eq!(g.gw.project(), Some("p1"));
+    assert_eq!(events(&g.text(r#"{"type":"heartbeat","req_id":"","payload":null}"#)), vec![GatewayEvent::Heartbeat]);
+    assert_eq!(events(&g.text(IDENTITY)), vec![GatewayEvent::FrameIgnored(GatewayIgnored::RepeatedIdentity)]);
+}
+
+#[test]
+fn anything_but_identity_first_closes_with_policy_violation() {
+    for first in [
+        r#"{"type":"heartbeat","req_id":"","payload":null}"#,
+        r#"{"type":"perm_request","req_id":"r","payload":{"tool_name":"Bash"}}"#,
+        "garbage",
+        r#"{"type":"identity","payload":{}}"#,
+        r#"{"type":"future"}"#,
+    ] {
+        let mut g = G::new(GatewayConfig::default());
+        let outs = g.text(first);
+        assert_eq!(outs[0], GatewayOutput::Close { code: 1008, reason: "identity must be the first frame" }, "{first}");
+        assert!(events(&outs).contains(&GatewayEvent::Closed));
+        assert!(g.gw.is_closed());
+        assert_eq!(g.gw.poll_timeout(), None);
+        assert!(g.text(IDENTITY).is_empty(), "nothing after close");
+    }
+}
+
+#[test]
+fn no_identity_in_time_closes() {
+    let mut g = G::new(GatewayConfig::default());
+    assert_eq!(g.gw.poll_timeout(), Some(Instant::from_secs(10)));
+    assert!(g.at(9.9).is_empty());
+    let outs = g.at(10.0);
+    assert_eq!(outs[0], GatewayOutput::Close { code: 1008, reason: "no identity in time" });
+}
+
+#[test]
+fn pings_go_out_and_silence_is_reported_stale_then_alive() {
+    let mut g = G::identified(GatewayConfig::default());
+    let mut pings = 0;
+    let mut stale_at = None;
+    while g.now < Instant::from_secs(40) {
+        let at = g.gw.poll_timeout().expect("armed");
+        g.now = at;
+        g.gw.handle_timeout(at);
+        for o in g.drain() {
+            match o {
+                GatewayOutput::Ping => pings += 1,
+                GatewayOutput::Event(GatewayEvent::Stale) => stale_at = Some(g.now),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(pings, 4, "10, 20, 30, 40 s");
+    assert_eq!(stale_at, Some(Instant::from_secs(30)));
+    assert!(g.gw.is_stale());
+    g.gw.handle_received(g.now, Received::Pong);
+    assert_eq!(events(&g.drain()), vec![GatewayEvent::Alive]);
+    assert!(!g.gw.is_stale());
+}
+
+#[test]
+fn a_permission_is_decided_once_and_a_second_decision_is_refused() {
+    let mut g = G::identified(GatewayConfig::default());
+    let outs = g.perm_request("r1", "Bash");
+    let perm = requested(&outs);
+    match &events(&outs)[0] {
+        GatewayEvent::PermissionRequested { req_id, tool_name, tool_input, .. } => {
+            assert_eq!((req_id.as_str(), tool_name.as_str(), tool_input.as_str()), ("r1", "Bash", r#"{"x":1}"#));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(g.gw.pending_permissions(), 1);
+    g.gw.decide(g.now, perm, Decision::AlwaysAllow).expect("pending");
+    assert_eq!(
+        sent(&g.drain()),
+        vec![json!({"type":"perm_response","req_id":"r1","payload":{"approved":true,"always_allow":true}})]
+    );
+    assert_eq!(g.gw.decide(g.now, perm, Decision::Deny), Err(DecideError::NotPending));
+    assert_eq!(g.gw.decide(g.now, PermId(99), Decision::Approve), Err(DecideError::NotPending));
+    assert!(g.drain().is_empty(), "refused decisions send nothing");
+}
+
+#[test]
+fn a_withdrawn_permission_cannot_be_decided() {
+    let mut g = G::identified(GatewayConfig::default());
+    let perm = requested(&g.perm_request("r1", "Bash"));
+    let outs = g.text(r#"{"type":"perm_cancel","req_id":"r1","payload":{"reason":"timeout"}}"#);
+    assert_eq!(events(&outs), vec![GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::Cancelled }]);
+    assert_eq!(g.gw.decide(g.now, perm, Decision::Approve), Err(DecideError::NotPending));
+    assert_eq!(
+        events(&g.text(r#"{"type":"perm_cancel","req_id":"r1"}"#)),
+        vec![GatewayEvent::FrameIgnored(GatewayIgnored::Unmatched)]
+    );
+}
+
+#[test]
+fn duplicate_and_empty_request_ids_are_ignored_and_the_first_keeps_its_place() {
+    let mut g = G::identified(GatewayConfig::default());
+    let perm = requested(&g.perm_request("r1", "Bash"));
+    assert_eq!(
+        events(&g.perm_request("r1", "Bash")),
+        vec![GatewayEvent::FrameIgnored(GatewayIgnored::DuplicateRequest)]
+    );
+    assert_eq!(events(&g.perm_request("", "Bash")), vec![GatewayEvent::FrameIgnored(GatewayIgnored::DuplicateRequest)]);
+    assert_eq!(g.gw.pending_permissions(), 1);
+    assert!(g.gw.decide(g.now, perm, Decision::Approve).is_ok());
+}
+
+#[test]
+fn policies_and_the_pending_limit_decide_without_the_application() {
+    let cfg = GatewayConfig {
+        auto_approve: ["Read".to_owned(), "Both".to_owned()].into(),
+        auto_deny: ["rm".to_owned(), "Both".to_owned()].into(),
+        max_pending_permissions: 1,
+        ..GatewayConfig::default()
+    };
+    let mut g = G::identified(cfg);
+    for (tool, want) in [("Read", Decision::Approve), ("rm", Decision::Deny), ("Both", Decision::Deny)] {
+        let outs = g.perm_request(&format!("auto-{tool}"), tool);
+        assert_eq!(
+            events(&outs),
+            vec![GatewayEvent::PermissionAutoDecided {
+                req_id: format!("auto-{tool}"),
+                tool_name: tool.into(),
+                decision: want
+            }]
+        );
+        assert_eq!(sent(&outs)[0]["payload"]["approved"], want.is_allow());
+    }
+    requested(&g.perm_request("a", "Bash"));
+    let outs = g.perm_request("b", "Bash");
+    assert!(matches!(events(&outs)[0], GatewayEvent::PermissionAutoDecided { decision: Decision::Deny, .. }));
+}
+
+#[test]
+fn mcp_requests_end_exactly_once() {
+    let cfg = GatewayConfig { mcp_timeout: Duration::from_secs(5), max_pending_mcp: 2, ..GatewayConfig::default() };
+    let mut g = G::new(cfg);
+    assert_eq!(g.gw.send_mcp(g.now, "{}", None), Err(SendMcpError::NotIdentified));
+    g.text(IDENTITY);
+    let a = g.gw.send_mcp(g.now, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, Some("s1")).expect("ok");
+    assert_eq!(
+        sent(&g.drain()),
+        vec![
+            json!({"type":"mcp_request","req_id":"mcp-0","payload":{"body":"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}","session":"s1"}})
+        ]
+    );
+    let b = g.gw.send_mcp(g.now, "{}", None).expect("ok");
+    assert_eq!(g.gw.send_mcp(g.now, "{}", None), Err(SendMcpError::TooMany));
+    let outs = g.text(r#"{"type":"mcp_response","req_id":"mcp-0","payload":{"jsonrpc":"2.0","id":1,"result":{}}}"#);
+    assert_eq!(
+        events(&outs),
+        vec![GatewayEvent::McpResponse { id: a, payload: r#"{"jsonrpc":"2.0","id":1,"result":{}}"#.into() }]
+    );
+    // Aliases and repeats match nothing.
+    for late in
+        [r#"{"type":"mcp_response","req_id":"mcp-0","payload":null}"#, r#"{"type":"mcp_response","req_id":"mcp-01"}"#]
+    {
+        assert_eq!(events(&g.text(late)), vec![GatewayEvent::FrameIgnored(GatewayIgnored::Unmatched)]);
+    }
+    let outs = g.at(5.0);
+    assert_eq!(events(&outs), vec![GatewayEvent::McpFailed { id: b, reason: McpFailure::Timeout }]);
+    let c = g.gw.send_mcp(g.now, "{}", None).expect("ok");
+    g.gw.handle_disconnected(g.now);
+    let outs = g.drain();
+    assert_eq!(
+        events(&outs),
+        vec![GatewayEvent::McpFailed { id: c, reason: McpFailure::ConnectionLost }, GatewayEvent::Closed]
+    );
+    assert_eq!(g.gw.send_mcp(g.now, "{}", None), Err(SendMcpError::Closed));
+    assert_ne!(a, McpId(99));
+}
+
+#[test]
+fn closing_or_losing_the_connection_withdraws_everything_pending() {
+    let mut g = G::identified(GatewayConfig::default());
+    let p1 = requested(&g.perm_request("r1", "Bash"));
+    let p2 = requested(&g.perm_request("r2", "Bash"));
+    let m = g.gw.send_mcp(g.now, "{}", None).expect("ok");
+    g.drain();
+    g.gw.close(g.now, 4000, "replaced by a newer connection");
+    let outs = g.drain();
+    assert_eq!(outs[0], GatewayOutput::Close { code: 4000, reason: "replaced by a newer connection" });
+    assert_eq!(
+        events(&outs),
+        vec![
+            GatewayEvent::PermissionWithdrawn { perm: p1, reason: Withdrawn::ConnectionLost },
+            GatewayEvent::PermissionWithdrawn { perm: p2, reason: Withdrawn::ConnectionLost },
+            GatewayEvent::McpFailed { id: m, reason: McpFailure::ConnectionLost },
+            GatewayEvent::Closed,
+        ]
+    );
+    g.gw.handle_disconnected(g.now);
+    assert!(g.drain().is_empty(), "ended once");
+}
+
+#[test]
+fn garbage_after_identity_is_ignored_not_fatal() {
+    let mut g = G::identified(GatewayConfig::default());
+    assert_eq!(events(&g.text("nope")), vec![GatewayEvent::FrameIgnored(GatewayIgnored::Malformed)]);
+    assert_eq!(events(&g.text(r#"{"type":"x"}"#)), vec![GatewayEvent::FrameIgnored(GatewayIgnored::UnknownType)]);
+    g.gw.handle_received(g.now, Received::Binary(b"b"));
+    assert_eq!(events(&g.drain()), vec![GatewayEvent::FrameIgnored(GatewayIgnored::Binary)]);
+    assert!(!g.gw.is_closed());
+}
+
+#[test]
+fn config_errors_are_reported() {
+    let bad = GatewayConfig { ping_interval: Duration::ZERO, ..GatewayConfig::default() };
+    assert!(Gateway::new(bad, Instant::ZERO).is_err());
+    let bad = GatewayConfig { max_pending_mcp: 0, ..GatewayConfig::default() };
+    assert!(Gateway::new(bad, Instant::ZERO).is_err());
+}
