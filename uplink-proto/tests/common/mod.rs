@@ -1,6 +1,8 @@
 //! A thin driver for scenario tests: virtual time, output collection, frame helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pair;
+
 use std::time::Duration;
 
 use serde_json::Value;
