@@ -211,3 +211,69 @@ impl Drop for CannedHttp {
         self.task.abort();
     }
 }
+
+/// One HTTP request with an optional bearer token; returns the status and the body.
+pub async fn http(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut request = hyper::Request::builder().method(method).uri(url).header("content-type", "application/json");
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::from(body.unwrap_or("").to_owned()));
+    let response = within("an HTTP answer", client.request(request.body(body).unwrap())).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = within("an HTTP body", response.into_body().collect()).await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Subscribes to a Server-Sent Events endpoint; yields `(event, data)` pairs as they arrive.
+pub async fn sse(url: &str, token: &str) -> tokio::sync::mpsc::Receiver<(String, Value)> {
+    use http_body_util::BodyExt as _;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let request = hyper::Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = within("the event stream", client.request(request)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut body = response.into_body();
+        let mut parser = uplink_proto::sse::SseParser::new(1 << 20);
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else { continue };
+            for event in parser.push(&data).unwrap() {
+                let value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                if tx.send((event.event, value)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for the next event of `kind` on an event stream, skipping others.
+pub async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<(String, Value)>, kind: &str) -> Value {
+    within(kind, async {
+        loop {
+            let (k, v) = rx.recv().await.expect("event stream open");
+            if k == kind {
+                return v;
+            }
+        }
+    })
+    .await
+}

@@ -82,3 +82,64 @@ async fn an_unreadable_ca_file_is_a_start_error() {
     assert!(err.to_string().contains("no certificate found"), "{err}");
     let _ = std::fs::remove_file(empty);
 }
+
+#[tokio::test]
+async fn the_gateway_serves_wss_and_https_from_certificate_files() {
+    use uplink_proto::gateway::GatewayConfig;
+    use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir();
+    let (cert, key) = (
+        dir.join(format!("uplink-gw-cert-{}.pem", std::process::id())),
+        dir.join(format!("uplink-gw-key-{}.pem", std::process::id())),
+    );
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let server = GatewayServer::bind(GatewayServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sled_tokens: vec!["s".into()],
+        admin_token: "a".into(),
+        tls: Some((cert.clone(), key.clone())),
+        max_message_size: 1 << 20,
+        session: GatewayConfig::default(),
+    })
+    .await
+    .unwrap();
+    let port = server.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let mut c = UplinkConfig::new(format!("wss://localhost:{port}/api/sled-uplink"), "tls-sled");
+    c.token = Some("s".into());
+    c.ca_file = Some(cert.clone());
+    let uplink = Uplink::start(c).unwrap();
+    let mut link = uplink.watch_link();
+    within("the TLS connection", async {
+        while !matches!(*link.borrow_and_update(), LinkState::Connected { .. }) {
+            link.changed().await.unwrap();
+        }
+    })
+    .await;
+    uplink.shutdown().await;
+    let _ = stop.send(());
+    let _ = std::fs::remove_file(cert);
+    let _ = std::fs::remove_file(key);
+}
+
+#[tokio::test]
+async fn a_gateway_with_an_unusable_certificate_does_not_start() {
+    use uplink_proto::gateway::GatewayConfig;
+    use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
+    let missing = std::env::temp_dir().join("uplink-no-such-cert.pem");
+    let result = GatewayServer::bind(GatewayServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sled_tokens: vec!["s".into()],
+        admin_token: "a".into(),
+        tls: Some((missing.clone(), missing)),
+        max_message_size: 1 << 20,
+        session: GatewayConfig::default(),
+    })
+    .await;
+    assert!(matches!(result, Err(uplink_tokio::gateway_server::GatewayStartError::Tls(_))));
+}

@@ -62,6 +62,8 @@ use uplink_proto::{ConfigError, Sled};
 
 mod config;
 mod driver;
+pub mod gateway_server;
+mod http;
 #[cfg(feature = "cli")]
 pub mod logging;
 mod mcp;

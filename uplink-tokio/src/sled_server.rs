@@ -14,11 +14,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::header::ALLOW;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -91,18 +88,7 @@ impl ServerHandler for ApproveServer {
     }
 }
 
-type Body = BoxBody<Bytes, Infallible>;
-
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
-    response
-}
-
-fn error(status: StatusCode, message: &str) -> Response<Body> {
-    json_response(status, json!({"error": message}))
-}
+use crate::http::{Body, error, json_response, read_limited};
 
 /// Serves `/permission` and `/mcp` on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, uplink: Uplink, stop: CancellationToken) {
@@ -171,9 +157,9 @@ async fn permission(request: Request<Incoming>, uplink: &Uplink) -> Response<Bod
         #[serde(default)]
         tool_input: serde_json::Value,
     }
-    let body = match Limited::new(request.into_body(), MAX_PERMISSION_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB"),
+    let body = match read_limited(request.into_body(), MAX_PERMISSION_BODY).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let ask: Ask = match serde_json::from_slice(&body) {
         Ok(ask) => ask,
@@ -190,5 +176,5 @@ async fn permission(request: Request<Incoming>, uplink: &Uplink) -> Response<Bod
         Decision::Deny => "deny",
         Decision::AlwaysAllow => "always_allow",
     };
-    json_response(StatusCode::OK, json!({"decision": word}))
+    json_response(StatusCode::OK, &json!({"decision": word}))
 }

@@ -1,6 +1,7 @@
 //! `uplink`: the command-line program of the uplink workspace.
 //!
-//! `uplink sled` keeps a sled's uplink to its gateway and serves local permission requests.
+//! `uplink sled` keeps a sled's uplink to its gateway and serves local permission requests; `uplink gateway`
+//! is the other end, with an admin API.
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use uplink_tokio::{DEFAULT_LOCAL_MCP_URL, Uplink, UplinkConfig, logging, sled_server};
+use uplink_proto::gateway::GatewayConfig;
+use uplink_tokio::gateway_server::{self, GatewayServer, GatewayServerConfig};
+use uplink_tokio::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, Uplink, UplinkConfig, logging, sled_server};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +30,43 @@ struct Cli {
 enum Command {
     /// Run a sled: keep the uplink to the gateway, serve local permission requests, relay MCP requests.
     Sled(SledArgs),
+    /// Run a gateway: accept sleds, relay MCP to them, let people and bots decide their permissions.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// Address to listen on (HTTP API and the sleds' WebSocket endpoint).
+    #[arg(long, default_value = gateway_server::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// A token sleds may connect with (repeat for several). Also UPLINK_SLED_TOKENS, comma-separated. When
+    /// none is given, one is generated and printed.
+    #[arg(long = "sled-token", env = "UPLINK_SLED_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    sled_tokens: Vec<String>,
+    /// The admin API's token. When none is given, one is generated and printed.
+    #[arg(long, env = "UPLINK_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// PEM certificate chain to serve HTTPS and wss:// (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Close a connection whose first frame is not `identity` within this long.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    identity_timeout: Duration,
+    /// Report a sled stale when nothing arrived from it for this long.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    stale_after: Duration,
+    /// Answer 504 when a sled does not answer an MCP request within this long.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    mcp_timeout: Duration,
+    /// Approve requests for this tool at once, without the API (repeatable).
+    #[arg(long = "auto-approve")]
+    auto_approve: Vec<String>,
+    /// Deny requests for this tool at once, without the API (repeatable; wins over --auto-approve).
+    #[arg(long = "auto-deny")]
+    auto_deny: Vec<String>,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -80,6 +120,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Sled(args) => runtime.block_on(sled(args)),
+        Command::Gateway(args) => runtime.block_on(gateway(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,6 +144,7 @@ async fn sled(args: SledArgs) -> Result<(), String> {
     if config.gateway_url.is_empty() {
         tracing::warn!("no gateway configured: every permission request will be denied");
     }
+    let signal = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.permission_listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.permission_listen))?;
@@ -111,7 +153,7 @@ async fn sled(args: SledArgs) -> Result<(), String> {
     let stop = CancellationToken::new();
     let server = tokio::spawn(sled_server::serve(listener, uplink.clone(), stop.clone()));
     println!("uplink sled: agents ask at http://{local}/permission and MCP http://{local}/mcp");
-    wait_for_signal().await;
+    signal.await;
     tracing::info!("shutting down");
     uplink.shutdown().await;
     stop.cancel();
@@ -119,18 +161,75 @@ async fn sled(args: SledArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM on Unix.
-async fn wait_for_signal() {
+async fn gateway(args: GatewayArgs) -> Result<(), String> {
+    let mut generated = Vec::new();
+    let mut sled_tokens: Vec<String> =
+        args.sled_tokens.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+    if sled_tokens.is_empty() {
+        sled_tokens.push(gateway_server::generate_token().map_err(|e| e.to_string())?);
+        generated.push("sled");
+    }
+    let admin_token = match args.admin_token.filter(|t| !t.trim().is_empty()) {
+        Some(t) => t.trim().to_owned(),
+        None => {
+            generated.push("admin");
+            gateway_server::generate_token().map_err(|e| e.to_string())?
+        }
+    };
+    let tls = args.tls_cert.zip(args.tls_key);
+    let scheme = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
+    let config = GatewayServerConfig {
+        listen: args.listen,
+        sled_tokens: sled_tokens.clone(),
+        admin_token: admin_token.clone(),
+        tls,
+        max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        session: GatewayConfig {
+            identity_timeout: args.identity_timeout,
+            stale_after: args.stale_after,
+            mcp_timeout: args.mcp_timeout,
+            auto_approve: args.auto_approve.into_iter().collect(),
+            auto_deny: args.auto_deny.into_iter().collect(),
+            ..GatewayConfig::default()
+        },
+    };
+    let signal = shutdown_signal()?;
+    let server = GatewayServer::bind(config).await.map_err(|e| e.to_string())?;
+    let local = server.local_addr().map_err(|e| e.to_string())?;
+    println!("uplink gateway: listening on {}://{local}", scheme.0);
+    println!("  sleds connect to {}://{local}/api/sled-uplink", scheme.1);
+    // Tokens are printed only when generated here, so the operator can use them; never logged.
+    if generated.contains(&"sled") {
+        println!("  sled token (generated):  {}", sled_tokens[0]);
+    }
+    if generated.contains(&"admin") {
+        println!("  admin token (generated): {admin_token}");
+    }
+    server.run(signal).await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM on Unix. The handlers are installed when this is called, not when the future is first
+/// polled, so call it before announcing readiness: a signal right after the ready line is then a clean
+/// shutdown, never the default "terminate".
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        Ok(async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            return;
-        }
+        })
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }

@@ -1,0 +1,358 @@
+//! `uplink-tokio`'s sled against `uplink gateway`'s server, on loopback, through the admin API and its events.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use uplink_proto::gateway::GatewayConfig;
+use uplink_tests::mcp_server::{McpServer, Mode};
+use uplink_tests::{http, next_event, sse, within};
+use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
+use uplink_tokio::{Decision, LinkState, LossReason, Uplink, UplinkConfig};
+
+const SLED_TOKEN: &str = "sled-secret";
+const ADMIN: &str = "admin-secret";
+
+struct Gw {
+    base: String,
+    ws: String,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start_gateway(session: GatewayConfig, max_message_size: usize) -> Gw {
+    let server = GatewayServer::bind(GatewayServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sled_tokens: vec![SLED_TOKEN.into()],
+        admin_token: ADMIN.into(),
+        tls: None,
+        max_message_size,
+        session,
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Gw { base: format!("http://{addr}"), ws: format!("ws://{addr}/api/sled-uplink"), _stop: stop }
+}
+
+async fn gateway() -> Gw {
+    start_gateway(GatewayConfig::default(), 1 << 20).await
+}
+
+fn sled(gw: &Gw, project: &str, mcp: Option<String>) -> Uplink {
+    let mut c = UplinkConfig::new(&gw.ws, project);
+    c.token = Some(SLED_TOKEN.into());
+    c.local_mcp_url = mcp.unwrap_or_else(|| "http://127.0.0.1:9/mcp".into());
+    c.sled.backoff_initial = Duration::from_millis(20);
+    c.sled.backoff_max = Duration::from_millis(200);
+    Uplink::start(c).unwrap()
+}
+
+fn parse(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"))
+}
+
+#[tokio::test]
+async fn a_sled_identifies_and_is_listed() {
+    let gw = gateway().await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let uplink = sled(&gw, "alpha", None);
+    assert_eq!(next_event(&mut events, "sled_connected").await["project"], "alpha");
+    let (status, body) = http("GET", &format!("{}/api/sleds", gw.base), Some(ADMIN), None, &[]).await;
+    assert_eq!(status, 200);
+    let sleds = parse(&body)["sleds"].clone();
+    assert_eq!(sleds.as_array().unwrap().len(), 1);
+    assert_eq!(sleds[0]["project"], "alpha");
+    assert_eq!((sleds[0]["connected"].clone(), sleds[0]["stale"].clone()), (json!(true), json!(false)));
+    uplink.shutdown().await;
+    assert_eq!(next_event(&mut events, "sled_disconnected").await["project"], "alpha");
+    let (_, body) = http("GET", &format!("{}/api/sleds", gw.base), Some(ADMIN), None, &[]).await;
+    assert_eq!(parse(&body)["sleds"][0]["connected"], false);
+}
+
+#[tokio::test]
+async fn permissions_are_approved_and_denied_through_the_admin_api_and_its_events() {
+    let gw = gateway().await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let uplink = sled(&gw, "beta", None);
+    next_event(&mut events, "sled_connected").await;
+    for (body, want) in [
+        (r#"{"approved":true}"#, Decision::Approve),
+        (r#"{"approved":false,"always_allow":false}"#, Decision::Deny),
+        (r#"{"approved":true,"always_allow":true}"#, Decision::AlwaysAllow),
+    ] {
+        let asker = uplink.clone();
+        let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({"command": "ls"})).await });
+        let requested = next_event(&mut events, "permission_requested").await;
+        assert_eq!((requested["project"].clone(), requested["tool_name"].clone()), (json!("beta"), json!("Bash")));
+        assert_eq!(requested["tool_input"], json!({"command": "ls"}));
+        let id = requested["id"].as_str().unwrap().to_owned();
+        let (_, list) = http("GET", &format!("{}/api/permissions", gw.base), Some(ADMIN), None, &[]).await;
+        assert_eq!(parse(&list)["permissions"][0]["id"], id.as_str());
+        let url = format!("{}/api/permissions/{id}", gw.base);
+        let (status, _) = http("POST", &url, Some(ADMIN), Some(body), &[]).await;
+        assert_eq!(status, 200);
+        assert_eq!(within("the decision", pending).await.unwrap(), want);
+        let decided = next_event(&mut events, "permission_decided").await;
+        assert_eq!(decided["id"], id.as_str());
+        // Decided: gone from the list, and a second decision is refused.
+        let (status, _) = http("POST", &url, Some(ADMIN), Some(body), &[]).await;
+        assert_eq!(status, 404);
+    }
+    let (_, list) = http("GET", &format!("{}/api/permissions", gw.base), Some(ADMIN), None, &[]).await;
+    assert_eq!(parse(&list)["permissions"], json!([]));
+    for bad in ["../../etc/passwd", "%2e%2e", "1-999", ""] {
+        let (status, _) =
+            http("POST", &format!("{}/api/permissions/{bad}", gw.base), Some(ADMIN), Some(r#"{"approved":true}"#), &[])
+                .await;
+        assert!(status == 404, "{bad}: {status}");
+    }
+    let (status, body) =
+        http("POST", &format!("{}/api/permissions/1-0", gw.base), Some(ADMIN), Some("{nope"), &[]).await;
+    assert_eq!(status, 400, "{body}");
+    uplink.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_withdrawn_by_the_sled_disappears_and_cannot_be_decided() {
+    let gw = gateway().await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let mut c = UplinkConfig::new(&gw.ws, "gamma");
+    c.token = Some(SLED_TOKEN.into());
+    c.sled.permission_timeout = Duration::from_millis(300);
+    let uplink = Uplink::start(c).unwrap();
+    next_event(&mut events, "sled_connected").await;
+    let asker = uplink.clone();
+    let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
+    let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
+    let withdrawn = next_event(&mut events, "permission_withdrawn").await;
+    assert_eq!((withdrawn["id"].as_str(), withdrawn["reason"].as_str()), (Some(id.as_str()), Some("cancelled")));
+    assert_eq!(within("the decision", pending).await.unwrap(), Decision::Deny);
+    let (status, _) =
+        http("POST", &format!("{}/api/permissions/{id}", gw.base), Some(ADMIN), Some(r#"{"approved":true}"#), &[])
+            .await;
+    assert_eq!(status, 404);
+    uplink.shutdown().await;
+}
+
+#[tokio::test]
+async fn mcp_is_relayed_through_the_gateway_http_api_to_an_rmcp_server_behind_the_sled() {
+    let server = McpServer::start(Mode::Sessions, None).await;
+    let gw = gateway().await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let uplink = sled(&gw, "delta", Some(server.url()));
+    next_event(&mut events, "sled_connected").await;
+    let url = format!("{}/api/sleds/delta/mcp", gw.base);
+    let post = |body: String| {
+        let url = url.clone();
+        async move { http("POST", &url, Some(ADMIN), Some(&body), &[("mcp-session-id", "client-1")]).await }
+    };
+    let (status, body) = post(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#.into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(parse(&body)["result"]["serverInfo"].is_object());
+    let (status, body) = post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.into()).await;
+    assert_eq!((status, body.as_str()), (202, ""));
+    let (_, body) = post(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#.into()).await;
+    assert_eq!(parse(&body)["result"]["tools"][0]["name"], "add");
+    let (_, body) = post(
+        json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"add","arguments":{"a":20,"b":22}}})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(parse(&body)["result"]["content"][0]["text"], "42");
+
+    let (status, _) = http("POST", &format!("{}/api/sleds/nobody/mcp", gw.base), Some(ADMIN), Some("{}"), &[]).await;
+    assert_eq!(status, 404);
+    let (status, _) = post("{not json".into()).await;
+    assert_eq!(status, 400);
+    let huge = format!(r#"{{"pad":"{}"}}"#, "x".repeat(5 << 20));
+    let (status, _) = post(huge).await;
+    assert_eq!(status, 413);
+    uplink.shutdown().await;
+    next_event(&mut events, "sled_disconnected").await;
+    let (status, _) = post(r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#.into()).await;
+    assert_eq!(status, 503, "known project, not connected");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_are_checked_before_anything_else() {
+    let gw = gateway().await;
+    // A sled with a wrong token is refused before the upgrade and backs off on the cap.
+    let mut c = UplinkConfig::new(&gw.ws, "intruder");
+    c.token = Some("wrong".into());
+    c.sled.backoff_initial = Duration::from_millis(50);
+    c.sled.backoff_max = Duration::from_millis(300);
+    let intruder = Uplink::start(c).unwrap();
+    let mut link = intruder.watch_link();
+    within("the refusal", async {
+        while !matches!(*link.borrow_and_update(), LinkState::BackingOff { reason: LossReason::Unauthorized, .. }) {
+            link.changed().await.unwrap();
+        }
+    })
+    .await;
+    intruder.shutdown().await;
+    // The admin API wants the admin token, and a sled token is not one.
+    for token in [None, Some("wrong"), Some(SLED_TOKEN)] {
+        for (method, path) in [
+            ("GET", "/api/sleds"),
+            ("GET", "/api/permissions"),
+            ("POST", "/api/permissions/1-0"),
+            ("GET", "/api/events"),
+        ] {
+            let (status, body) = http(method, &format!("{}{path}", gw.base), token, Some("{}"), &[]).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {body}");
+            assert!(parse(&body)["error"].is_string());
+        }
+    }
+    let (status, _) = http("GET", &format!("{}/nowhere", gw.base), Some(ADMIN), None, &[]).await;
+    assert_eq!(status, 404);
+    let (status, _) = http("DELETE", &format!("{}/api/sleds", gw.base), Some(ADMIN), None, &[]).await;
+    assert_eq!(status, 405);
+    // No upgrade headers, right token: 400, not a crash.
+    let (status, _) = http("GET", &format!("{}/api/sled-uplink?token={SLED_TOKEN}", gw.base), None, None, &[]).await;
+    assert_eq!(status, 400);
+}
+
+type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw(gw: &Gw) -> RawWs {
+    let url = format!("{}?token={SLED_TOKEN}", gw.ws);
+    within("a raw connection", tokio_tungstenite::connect_async(url)).await.unwrap().0
+}
+
+async fn identify(ws: &mut RawWs, project: &str) {
+    let frame = json!({"type":"identity","req_id":"identity","payload":{"project":project}});
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// Reads until the gateway closes; returns its close code.
+async fn close_code(ws: &mut RawWs) -> Option<u16> {
+    within("the gateway to close", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_second_connection_for_a_project_replaces_the_first() {
+    let gw = gateway().await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let mut first = raw(&gw).await;
+    identify(&mut first, "epsilon").await;
+    next_event(&mut events, "sled_connected").await;
+    first.send(Message::text(r#"{"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash"}}"#)).await.unwrap();
+    let id = next_event(&mut events, "permission_requested").await["id"].clone();
+    let mut second = raw(&gw).await;
+    identify(&mut second, "epsilon").await;
+    assert_eq!(close_code(&mut first).await, Some(4000));
+    let withdrawn = next_event(&mut events, "permission_withdrawn").await;
+    assert_eq!((withdrawn["id"].clone(), withdrawn["reason"].clone()), (id, json!("connection_lost")));
+    let (_, body) = http("GET", &format!("{}/api/sleds", gw.base), Some(ADMIN), None, &[]).await;
+    let sleds = parse(&body)["sleds"].clone();
+    assert_eq!((sleds.as_array().unwrap().len(), sleds[0]["connected"].clone()), (1, json!(true)));
+}
+
+#[tokio::test]
+async fn a_silent_sled_is_reported_stale_then_alive() {
+    let gw =
+        start_gateway(GatewayConfig { stale_after: Duration::from_millis(300), ..GatewayConfig::default() }, 1 << 20)
+            .await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let mut ws = raw(&gw).await;
+    identify(&mut ws, "zeta").await;
+    next_event(&mut events, "sled_connected").await;
+    assert_eq!(next_event(&mut events, "sled_stale").await["project"], "zeta");
+    let (_, body) = http("GET", &format!("{}/api/sleds", gw.base), Some(ADMIN), None, &[]).await;
+    assert_eq!(parse(&body)["sleds"][0]["stale"], true);
+    ws.send(Message::text(r#"{"type":"heartbeat","req_id":"","payload":null}"#)).await.unwrap();
+    assert_eq!(next_event(&mut events, "sled_alive").await["project"], "zeta");
+}
+
+#[tokio::test]
+async fn hostile_clients_are_closed_with_the_right_code() {
+    let gw =
+        start_gateway(GatewayConfig { identity_timeout: Duration::from_millis(300), ..GatewayConfig::default() }, 4096)
+            .await;
+    // Garbage first, or anything but identity first: policy violation.
+    for first in ["garbage", r#"{"type":"heartbeat","req_id":"","payload":null}"#] {
+        let mut ws = raw(&gw).await;
+        ws.send(Message::text(first)).await.unwrap();
+        assert_eq!(close_code(&mut ws).await, Some(1008), "{first}");
+    }
+    // Nothing at all: policy violation at the identity deadline.
+    let mut ws = raw(&gw).await;
+    assert_eq!(close_code(&mut ws).await, Some(1008));
+    // An oversized frame after identity: 1009.
+    let mut ws = raw(&gw).await;
+    identify(&mut ws, "eta").await;
+    ws.send(Message::text("x".repeat(10_000))).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+    // Garbage after identity is ignored: the connection lives and still answers MCP.
+    let mut ws = raw(&gw).await;
+    identify(&mut ws, "theta").await;
+    for junk in ["{", "[]", r#"{"type":"nope"}"#, r#"{"type":"mcp_response","req_id":"mcp-999"}"#] {
+        ws.send(Message::text(junk)).await.unwrap();
+    }
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    let base = gw.base.clone();
+    let relay = tokio::spawn(async move {
+        http(
+            "POST",
+            &format!("{base}/api/sleds/theta/mcp"),
+            Some(ADMIN),
+            Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+            &[],
+        )
+        .await
+    });
+    let request = within("the relayed request", async {
+        loop {
+            if let Some(Ok(Message::Text(t))) = ws.next().await {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "mcp_request" {
+                    return v;
+                }
+            }
+        }
+    })
+    .await;
+    let answer =
+        json!({"type":"mcp_response","req_id":request["req_id"],"payload":{"jsonrpc":"2.0","id":1,"result":{}}});
+    ws.send(Message::text(answer.to_string())).await.unwrap();
+    let (status, body) = within("the relay", relay).await.unwrap();
+    assert_eq!((status, parse(&body)["id"].clone()), (200, json!(1)));
+}
+
+#[tokio::test]
+async fn an_mcp_request_the_sled_never_answers_times_out_with_504() {
+    let gw =
+        start_gateway(GatewayConfig { mcp_timeout: Duration::from_millis(300), ..GatewayConfig::default() }, 1 << 20)
+            .await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let mut ws = raw(&gw).await;
+    identify(&mut ws, "iota").await;
+    next_event(&mut events, "sled_connected").await;
+    let (status, body) = http(
+        "POST",
+        &format!("{}/api/sleds/iota/mcp", gw.base),
+        Some(ADMIN),
+        Some(r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    drop(ws);
+}

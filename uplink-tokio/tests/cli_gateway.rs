@@ -1,0 +1,115 @@
+//! `uplink gateway` and `uplink sled` as processes, talking: the README's two-command walk-through.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use uplink_tests::{http, next_event, sse, within};
+
+fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(args)
+        .env_remove("UPLINK_SLED_TOKENS")
+        .env_remove("UPLINK_ADMIN_TOKEN")
+        .env_remove("UPLINK_GATEWAY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+async fn line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
+    within("a line of output", lines.next_line()).await.unwrap().unwrap()
+}
+
+fn after<'a>(line: &'a str, marker: &str) -> &'a str {
+    line.split(marker).nth(1).unwrap_or_else(|| panic!("no {marker:?} in {line:?}")).trim()
+}
+
+fn terminate(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+}
+
+#[tokio::test]
+async fn a_gateway_with_generated_tokens_and_a_sled_talk() {
+    let (mut gateway, mut out) = spawn(&["gateway", "--listen", "127.0.0.1:0", "--auto-deny", "rm"]);
+    let base = after(&line(&mut out).await, "listening on ").to_owned();
+    let ws = after(&line(&mut out).await, "sleds connect to ").to_owned();
+    let sled_token = after(&line(&mut out).await, "(generated):").to_owned();
+    let admin = after(&line(&mut out).await, "(generated):").to_owned();
+    assert_eq!(sled_token.len(), 64);
+    assert_ne!(sled_token, admin);
+
+    let mut events = sse(&format!("{base}/api/events"), &admin).await;
+    let (mut sled, mut sled_out) = spawn(&[
+        "sled",
+        "--gateway",
+        &ws,
+        "--token",
+        &sled_token,
+        "--project",
+        "demo",
+        "--permission-listen",
+        "127.0.0.1:0",
+    ]);
+    let permission_url = after(&line(&mut sled_out).await, "agents ask at ").split(' ').next().unwrap().to_owned();
+    assert_eq!(next_event(&mut events, "sled_connected").await["project"], "demo");
+
+    // An agent asks the sled; a person approves through the gateway's API.
+    let ask = tokio::spawn({
+        let url = permission_url.clone();
+        async move { http("POST", &url, None, Some(r#"{"tool_name":"Bash","tool_input":{"command":"ls"}}"#), &[]).await }
+    });
+    let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
+    let (status, _) =
+        http("POST", &format!("{base}/api/permissions/{id}"), Some(&admin), Some(r#"{"approved":true}"#), &[]).await;
+    assert_eq!(status, 200);
+    let (status, body) = within("the agent's answer", ask).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"decision":"approve"}"#));
+
+    // The auto-deny policy answers without anybody.
+    let (_, body) = http("POST", &permission_url, None, Some(r#"{"tool_name":"rm","tool_input":{}}"#), &[]).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"decision": "deny"}));
+
+    let (_, body) = http("GET", &format!("{base}/api/sleds"), Some(&admin), None, &[]).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["sleds"][0]["project"], "demo");
+
+    terminate(&sled);
+    assert_eq!(next_event(&mut events, "sled_disconnected").await["project"], "demo");
+    assert!(within("the sled to exit", sled.wait()).await.unwrap().success());
+    terminate(&gateway);
+    assert!(within("the gateway to exit", gateway.wait()).await.unwrap().success());
+}
+
+#[tokio::test]
+async fn given_tokens_are_used_and_not_printed() {
+    let (mut gateway, mut out) =
+        spawn(&["gateway", "--listen", "127.0.0.1:0", "--sled-token", "s1", "--admin-token", "adm"]);
+    let _listening = line(&mut out).await;
+    let _sleds = line(&mut out).await;
+    terminate(&gateway);
+    assert!(within("exit", gateway.wait()).await.unwrap().success());
+    let rest = within("the rest of the output", async {
+        let mut rest = String::new();
+        while let Ok(Some(l)) = out.next_line().await {
+            rest.push_str(&l);
+        }
+        rest
+    })
+    .await;
+    assert!(!rest.contains("s1") && !rest.contains("adm"), "{rest}");
+    // The same token for both roles is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", "same", "--admin-token", "same"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must differ"));
+}
