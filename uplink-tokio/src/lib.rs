@@ -61,6 +61,8 @@ pub use uplink_proto::{self, Decision, LinkState, LossReason, RawValue};
 use uplink_proto::{ConfigError, Sled};
 
 mod config;
+#[cfg(feature = "cli")]
+pub mod demo;
 mod driver;
 pub mod gateway_server;
 mod http;

@@ -162,3 +162,29 @@ async fn bad_arguments_are_reported_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must start with ws:// or wss://"));
 }
+
+#[tokio::test]
+async fn the_demo_walks_through_every_step_and_exits_zero() {
+    let out = within(
+        "the demo",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink")).arg("demo").env_remove("RUST_LOG").output(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for step in [
+        "the sled connected and identified itself",
+        "tools/list relayed",
+        "word_count(\"one uplink to rule them all\") = 6",
+        "permission for Bash: Approve",
+        "permission for Write: Deny",
+        "permission for Read: Deny",
+        "reconnected to the restarted gateway",
+        "the sled shut down",
+        "The demo behaved as expected.",
+    ] {
+        assert!(text.contains(step), "missing step {step:?} in:\n{text}");
+    }
+    assert!(out.stderr.is_empty(), "logs stay quiet by default: {}", String::from_utf8_lossy(&out.stderr));
+}

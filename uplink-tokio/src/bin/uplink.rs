@@ -32,6 +32,15 @@ enum Command {
     Sled(SledArgs),
     /// Run a gateway: accept sleds, relay MCP to them, let people and bots decide their permissions.
     Gateway(GatewayArgs),
+    /// Walk through a whole session on loopback: a gateway, a sled and an MCP tool server in this process.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// After the walk-through, keep the gateway and the sled running and print their URLs and tokens.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 #[derive(Args)]
@@ -110,7 +119,8 @@ struct SledArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init();
+    // The demo narrates on standard output; its logs stay quiet unless asked for.
+    logging::init(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -121,6 +131,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sled(args) => runtime.block_on(sled(args)),
         Command::Gateway(args) => runtime.block_on(gateway(args)),
+        Command::Demo(args) => runtime.block_on(async {
+            let signal = shutdown_signal()?;
+            uplink_tokio::demo::run(args.keep_running, signal).await.map_err(|e| format!("demo failed: {e}"))?;
+            println!("The demo behaved as expected.");
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
