@@ -54,6 +54,9 @@
 //! # }
 //! ```
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};

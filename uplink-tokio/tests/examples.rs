@@ -1,0 +1,95 @@
+//! Every example runs, against a real gateway on loopback.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::sync::oneshot;
+use uplink_proto::gateway::GatewayConfig;
+use uplink_tests::within;
+use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
+use uplink_tokio::{Decision, Uplink, UplinkConfig};
+
+/// Examples are built by `cargo test` next to the test binaries: `target/<profile>/examples/<name>`.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join("examples").join(name);
+    assert!(path.exists(), "{} not built; run through `cargo test`", path.display());
+    path
+}
+
+/// A gateway that approves `Bash` by policy, so examples get an answer without anybody.
+async fn gateway() -> (String, oneshot::Sender<()>) {
+    let server = GatewayServer::bind(GatewayServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sled_tokens: vec!["ex-token".into()],
+        admin_token: "ex-admin".into(),
+        tls: None,
+        max_message_size: 1 << 20,
+        session: GatewayConfig { auto_approve: ["Bash".to_owned()].into(), ..GatewayConfig::default() },
+    })
+    .await
+    .unwrap();
+    let url = format!("ws://{}/api/sled-uplink", server.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    (url, stop)
+}
+
+async fn run(name: &str, envs: &[(&str, &str)]) -> (i32, String) {
+    let out = within(
+        name,
+        tokio::process::Command::new(example(name)).envs(envs.iter().copied()).env_remove("RUST_LOG").output(),
+    )
+    .await
+    .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn embed_sled_gets_its_permission_from_a_gateway() {
+    let (url, _stop) = gateway().await;
+    let (code, out) = run("embed_sled", &[("UPLINK_GATEWAY", &url), ("UPLINK_TOKEN", "ex-token")]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("allowed: Approve"), "{out}");
+    // Without a gateway: denied at once.
+    let (code, out) = run("embed_sled", &[("UPLINK_GATEWAY", "")]).await;
+    assert_eq!((code, out.contains("denied")), (0, true), "{out}");
+}
+
+#[tokio::test]
+async fn blocking_sled_needs_no_async_runtime() {
+    let (url, _stop) = gateway().await;
+    let (code, out) = run("blocking_sled", &[("UPLINK_GATEWAY", &url), ("UPLINK_TOKEN", "ex-token")]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("decision for blocking-1: Approve"), "{out}");
+}
+
+#[tokio::test]
+async fn custom_gateway_decides_by_its_allow_list() {
+    let mut child = tokio::process::Command::new(example("custom_gateway"))
+        .args(["127.0.0.1:0", "Read,Grep"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = within("the ready line", lines.next_line()).await.unwrap().unwrap();
+    let url = first.split("on ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let uplink = Uplink::start(UplinkConfig::new(url, "ex-sled")).unwrap();
+    assert_eq!(within("Read", uplink.request_permission("Read", &serde_json::json!({}))).await, Decision::Approve);
+    assert_eq!(within("Bash", uplink.request_permission("Bash", &serde_json::json!({}))).await, Decision::Deny);
+    uplink.shutdown().await;
+    let mut seen = String::new();
+    while !seen.contains("gone") {
+        seen.push_str(&within("the gateway's log", lines.next_line()).await.unwrap().unwrap());
+    }
+    assert!(
+        seen.contains("sled ex-sled identified") && seen.contains("Read → Approve") && seen.contains("Bash → Deny"),
+        "{seen}"
+    );
+}
