@@ -44,7 +44,9 @@ pub fn body_id(body: &str) -> BodyId<'_> {
         #[serde(default, borrow)]
         id: Option<&'a RawValue>,
     }
-    match serde_json::from_str::<Probe<'_>>(body) {
+    // Only an object has an `id`: serde's derived structs would also read the array form `["x"]` as `id: "x"`.
+    let probe = if body.trim_start().starts_with('{') { serde_json::from_str::<Probe<'_>>(body).ok() } else { None };
+    match probe.ok_or(()) {
         Ok(Probe { id: Some(id) }) if is_usable_id(id) => BodyId::Id(id),
         Ok(_) => BodyId::NoId,
         // Not an object (a batch, a scalar), or an object we could not read: valid JSON still is forwarded.
@@ -155,6 +157,9 @@ mod tests {
         assert_eq!(body_id(r#"{"id":true}"#), BodyId::NoId);
         assert_eq!(body_id(r#"[{"id":1}]"#), BodyId::NoId);
         assert_eq!(body_id(r#"{"id":1,"id":2}"#), BodyId::NoId);
+        // Found by fuzzing: the array form must not read as an id.
+        assert_eq!(body_id(r#" [ "}][ "]"#), BodyId::NoId);
+        assert_eq!(body_id(r#"["x", 1]"#), BodyId::NoId);
         assert_eq!(body_id("{not json"), BodyId::NotJson);
         assert_eq!(body_id(""), BodyId::NotJson);
     }
