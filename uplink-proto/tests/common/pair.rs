@@ -51,6 +51,15 @@ pub struct Pair {
     pub gateway_up: bool,
     /// While true, nothing crosses the link and nobody is told.
     pub blackhole: bool,
+    /// Half-open links: frames in that direction vanish (the other direction still works).
+    pub drop_to_sled: bool,
+    pub drop_to_gateway: bool,
+    /// Every frame the gateway sends arrives twice.
+    pub duplicate_to_sled: bool,
+    /// Every text frame delivered to the sled: (when, connection, text).
+    pub delivered_to_sled: Vec<(Instant, ConnId, String)>,
+    /// What the approver decided, by the tool's name as asked (the tests use unique names).
+    pub approvals: Vec<(String, Decision)>,
     pub mcp_server: McpServer,
     pub approver: Approver,
     /// Everything the sled emitted, in order.
@@ -85,6 +94,11 @@ impl Pair {
             mcp_latency: Duration::from_millis(20),
             gateway_up: true,
             blackhole: false,
+            drop_to_sled: false,
+            drop_to_gateway: false,
+            duplicate_to_sled: false,
+            delivered_to_sled: Vec::new(),
+            approvals: Vec::new(),
             mcp_server: echo_mcp(),
             approver: Box::new(|_| Some((Decision::Approve, Duration::from_millis(50)))),
             sled_log: Vec::new(),
@@ -143,11 +157,17 @@ impl Pair {
     fn gw_output(&mut self, conn: ConnId, out: GatewayOutput) {
         let lat = self.latency;
         match out {
-            GatewayOutput::Send(text) => self.at(lat, Ev::ToSled(conn, Wire::Text(text))),
+            GatewayOutput::Send(text) => {
+                if self.duplicate_to_sled {
+                    self.at(lat, Ev::ToSled(conn, Wire::Text(text.clone())));
+                }
+                self.at(lat, Ev::ToSled(conn, Wire::Text(text)));
+            }
             GatewayOutput::Ping => self.at(lat, Ev::ToSled(conn, Wire::Ping)),
             GatewayOutput::Close { .. } => self.at(lat, Ev::ToSled(conn, Wire::End)),
             GatewayOutput::Event(GatewayEvent::PermissionRequested { perm, tool_name, .. }) => {
                 if let Some((decision, after)) = (self.approver)(&tool_name) {
+                    self.approvals.push((tool_name.clone(), decision));
                     self.at(after, Ev::Decide(conn, perm, decision));
                 }
             }
@@ -166,8 +186,13 @@ impl Pair {
         match ev {
             Ev::Accept(conn) => {
                 if self.gateway_up && !self.blackhole {
-                    if let Some((_, mut old)) = self.gw.take() {
+                    if let Some((old_conn, mut old)) = self.gw.take() {
+                        // The replaced session ends: its last outputs are part of the record.
                         old.handle_disconnected(now);
+                        while let Some(out) = old.poll_output() {
+                            self.gw_output(old_conn, out.clone());
+                            self.gw_log.push((old_conn, out));
+                        }
                     }
                     self.gw = Some((conn, Gateway::new(self.gw_config.clone(), now).expect("valid gateway config")));
                     self.sled.handle_connected(now, conn);
@@ -178,6 +203,8 @@ impl Pair {
                 }
             }
             Ev::ToGateway(_, _) | Ev::ToSled(_, _) if self.blackhole => {}
+            Ev::ToGateway(_, _) if self.drop_to_gateway => {}
+            Ev::ToSled(_, _) if self.drop_to_sled => {}
             Ev::ToGateway(conn, wire) => {
                 let Some((c, gw)) = self.gw.as_mut().filter(|(c, _)| *c == conn) else { return };
                 let c = *c;
@@ -192,7 +219,10 @@ impl Pair {
                 }
             }
             Ev::ToSled(conn, wire) => match wire {
-                Wire::Text(t) => self.sled.handle_received(now, conn, Received::Text(&t)),
+                Wire::Text(t) => {
+                    self.sled.handle_received(now, conn, Received::Text(&t));
+                    self.delivered_to_sled.push((now, conn, t));
+                }
                 Wire::Ping => {
                     self.sled.handle_received(now, conn, Received::Ping);
                     self.at(lat, Ev::ToGateway(conn, Wire::Pong));
@@ -275,6 +305,21 @@ impl Pair {
         let id = self.gw.as_mut().and_then(|(_, g)| g.send_mcp(now, body, None).ok());
         self.settle();
         id
+    }
+
+    /// A frame arrives at the sled on its current connection (if any), as if the gateway had sent it.
+    pub fn inject_to_sled(&mut self, text: &str) {
+        if let Some(conn) = self.sled.connection() {
+            self.at(Duration::ZERO, Ev::ToSled(conn, Wire::Text(text.to_owned())));
+        }
+    }
+
+    /// A frame arrives at the gateway's current session, as if the sled had sent it.
+    pub fn inject_to_gateway(&mut self, text: &str) {
+        if let Some((conn, _)) = self.gw.as_ref() {
+            let conn = *conn;
+            self.at(Duration::ZERO, Ev::ToGateway(conn, Wire::Text(text.to_owned())));
+        }
     }
 
     /// Both ends see the connection fail (a reset).

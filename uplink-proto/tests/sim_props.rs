@@ -1,0 +1,293 @@
+//! Properties of the sled and gateway machines together, over random workloads and fault schedules, in
+//! the pair harness. A small reference model says what every permission and MCP request may end as; it is
+//! checked after every step. Case count: `PROPTEST_CASES` (default 256).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::pair::Pair;
+use proptest::prelude::*;
+use uplink_proto::gateway::{GatewayConfig, GatewayEvent, GatewayOutput, McpId};
+use uplink_proto::{Cause, ConnId, Decision, Instant, LinkState, McpReply, PermKey, RawValue, SledConfig};
+
+#[derive(Clone, Debug)]
+enum Act {
+    Run(u16),
+    Ask,
+    Flood(u8),
+    GatewayMcp,
+    Cut,
+    Blackhole(bool),
+    HalfOpen { to_sled: bool, on: bool },
+    GatewayDown,
+    GatewayUp,
+    McpLatency(u16),
+    McpFailing(bool),
+    Approver(u8),
+    Duplicate(bool),
+    StaleResponse(u8),
+    Garbage(u8),
+}
+
+fn act() -> impl Strategy<Value = Act> {
+    prop_oneof![
+        8 => (1u16..20_000).prop_map(Act::Run),
+        5 => Just(Act::Ask),
+        1 => (1u8..40).prop_map(Act::Flood),
+        3 => Just(Act::GatewayMcp),
+        1 => Just(Act::Cut),
+        1 => any::<bool>().prop_map(Act::Blackhole),
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(to_sled, on)| Act::HalfOpen { to_sled, on }),
+        1 => Just(Act::GatewayDown),
+        2 => Just(Act::GatewayUp),
+        1 => (0u16..3000).prop_map(Act::McpLatency),
+        1 => any::<bool>().prop_map(Act::McpFailing),
+        2 => (0u8..5).prop_map(Act::Approver),
+        1 => any::<bool>().prop_map(Act::Duplicate),
+        1 => any::<u8>().prop_map(Act::StaleResponse),
+        1 => (0u8..4).prop_map(Act::Garbage),
+    ]
+}
+
+const GARBAGE: [&str; 4] =
+    ["nope", r#"{"type":"perm_response","payload":[true,true]}"#, r#"{"type":"zz"}"#, r#"["mcp_request"]"#];
+
+struct Sim {
+    p: Pair,
+    asked: BTreeMap<PermKey, (String, Instant)>,
+    /// (connection, the session's id) → the JSON-RPC id sent: ids are per session, so per connection.
+    mcp: BTreeMap<(ConnId, McpId), u64>,
+    next: u64,
+    sled_cfg: SledConfig,
+    gw_seen: usize,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let sled_cfg = SledConfig {
+            seed,
+            permission_timeout: Duration::from_secs(30),
+            max_pending_permissions: 16,
+            mcp_timeout: Duration::from_secs(2),
+            ..SledConfig::new("sim")
+        };
+        let gw_cfg = GatewayConfig { mcp_timeout: Duration::from_secs(5), ..GatewayConfig::default() };
+        let mut p = Pair::new(sled_cfg.clone(), gw_cfg);
+        // The MCP server tags each answer with the request's own id, so answers can be matched to requests.
+        p.mcp_server = Box::new(|body| match uplink_proto::jsonrpc::body_id(body) {
+            uplink_proto::jsonrpc::BodyId::Id(id) => McpReply::Response(
+                RawValue::from_string(format!(
+                    r#"{{"jsonrpc":"2.0","id":{},"result":{{"for":{}}}}}"#,
+                    id.get(),
+                    id.get()
+                ))
+                .expect("JSON"),
+            ),
+            _ => McpReply::NoContent,
+        });
+        Sim { p, asked: BTreeMap::new(), mcp: BTreeMap::new(), next: 0, sled_cfg, gw_seen: 0 }
+    }
+
+    fn ask(&mut self) {
+        self.next += 1;
+        // Unique tool names let the approver's decision be traced to the request.
+        let tool = format!("tool{}", self.next);
+        let key = self.p.ask(&format!("r{}", self.next), &tool);
+        self.asked.insert(key, (tool, self.p.now));
+    }
+
+    fn apply(&mut self, act: &Act) {
+        match act {
+            Act::Run(ms) => self.p.run_for(Duration::from_millis(u64::from(*ms))),
+            Act::Ask => self.ask(),
+            Act::Flood(n) => (0..*n).for_each(|_| self.ask()),
+            Act::GatewayMcp => {
+                self.next += 1;
+                let n = self.next;
+                let conn = self.p.gw.as_ref().map(|(c, _)| *c);
+                if let (Some(conn), Some(id)) =
+                    (conn, self.p.gateway_mcp(&format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"x"}}"#)))
+                {
+                    self.mcp.insert((conn, id), n);
+                }
+            }
+            Act::Cut => self.p.cut(),
+            Act::Blackhole(on) => self.p.blackhole = *on,
+            Act::HalfOpen { to_sled, on } => {
+                if *to_sled {
+                    self.p.drop_to_sled = *on;
+                } else {
+                    self.p.drop_to_gateway = *on;
+                }
+            }
+            Act::GatewayDown => {
+                self.p.gateway_up = false;
+                self.p.cut();
+            }
+            Act::GatewayUp => self.p.gateway_up = true,
+            Act::McpLatency(ms) => self.p.mcp_latency = Duration::from_millis(u64::from(*ms)),
+            Act::McpFailing(on) => {
+                if *on {
+                    self.p.mcp_server = Box::new(|_| McpReply::Failed("down".into()));
+                }
+            }
+            Act::Approver(mode) => {
+                let mode = *mode;
+                self.p.approver = Box::new(move |_| match mode {
+                    0 => Some((Decision::Approve, Duration::from_millis(30))),
+                    1 => Some((Decision::Deny, Duration::from_millis(30))),
+                    2 => Some((Decision::AlwaysAllow, Duration::from_secs(10))),
+                    3 => Some((Decision::Approve, Duration::from_secs(40))),
+                    _ => None,
+                });
+            }
+            Act::Duplicate(on) => self.p.duplicate_to_sled = *on,
+            Act::StaleResponse(n) => {
+                // An approval for a request that already ended (say, denied when its connection was lost)
+                // arrives late, on whatever connection is live now. It must change nothing.
+                let ended: Vec<String> = self.p.decided.iter().map(|d| d.id.clone()).collect();
+                if !ended.is_empty() {
+                    let id = &ended[usize::from(*n) % ended.len()];
+                    self.p.inject_to_sled(&format!(
+                        r#"{{"type":"perm_response","req_id":"{id}","payload":{{"approved":true,"always_allow":true}}}}"#
+                    ));
+                }
+            }
+            Act::Garbage(g) => {
+                self.p.inject_to_sled(GARBAGE[usize::from(*g)]);
+                self.p.inject_to_gateway(GARBAGE[usize::from(*g)]);
+            }
+        }
+        self.check();
+    }
+
+    /// The reference model: what each request may have ended as, given what crossed the link.
+    fn check(&mut self) {
+        let mut decided: BTreeMap<PermKey, usize> = BTreeMap::new();
+        for d in &self.p.decided {
+            *decided.entry(d.key).or_default() += 1;
+            let (tool, asked_at) = &self.asked[&d.key];
+            let deadline = *asked_at + self.sled_cfg.permission_timeout;
+            if d.decision.is_allow() {
+                assert_eq!(d.cause, Cause::Response);
+                // The approver approved this very request...
+                assert!(
+                    self.p.approvals.iter().any(|(t, dec)| t == tool && *dec == d.decision),
+                    "{} approved but the approver said {:?}",
+                    d.id,
+                    self.p.approvals.iter().find(|(t, _)| t == tool)
+                );
+                // ...and a matching response crossed to the sled before its deadline.
+                let crossed = self.p.delivered_to_sled.iter().any(|(at, _, text)| {
+                    *at <= deadline
+                        && text.contains(&format!(r#""req_id":"{}""#, d.id))
+                        && text.contains("perm_response")
+                });
+                assert!(crossed, "{} approved without a response crossing", d.id);
+            }
+        }
+        assert!(decided.values().all(|n| *n == 1), "a request decided twice");
+        // Nothing undecided is past its deadline.
+        for (key, (_, asked_at)) in &self.asked {
+            if !decided.contains_key(key) {
+                assert!(*asked_at + self.sled_cfg.permission_timeout > self.p.now, "{key:?} overdue");
+            }
+        }
+        // MCP at the gateway: exactly one outcome each, and a response is the one produced for that request.
+        let mut outcomes: BTreeMap<(ConnId, McpId), usize> = BTreeMap::new();
+        for (conn, out) in &self.p.gw_log[self.gw_seen..] {
+            if let GatewayOutput::Event(GatewayEvent::McpResponse { id, payload }) = out {
+                let n = self.mcp[&(*conn, *id)];
+                let v: serde_json::Value = serde_json::from_str(payload).expect("JSON payload");
+                assert_eq!(v["id"], n, "answer to the wrong request");
+            }
+        }
+        for (conn, out) in &self.p.gw_log {
+            if let GatewayOutput::Event(GatewayEvent::McpResponse { id, .. } | GatewayEvent::McpFailed { id, .. }) = out
+            {
+                *outcomes.entry((*conn, *id)).or_default() += 1;
+            }
+        }
+        self.gw_seen = self.p.gw_log.len();
+        assert!(outcomes.values().all(|n| *n == 1), "an MCP request ended twice");
+        // Bounded memory under floods.
+        assert!(self.p.sled.pending_permissions() <= self.sled_cfg.max_pending_permissions);
+        assert!(self.p.sled.mcp_calls_in_flight() <= self.sled_cfg.max_mcp_calls);
+    }
+
+    /// Heal every fault; the sled must be back, identified, within the back-off bound.
+    fn heal_and_settle(&mut self) {
+        self.p.blackhole = false;
+        self.p.drop_to_sled = false;
+        self.p.drop_to_gateway = false;
+        self.p.gateway_up = true;
+        self.p.duplicate_to_sled = false;
+        self.p.approver = Box::new(|_| Some((Decision::Approve, Duration::from_millis(30))));
+        // Worst case: an idle timeout (30 s) to notice a half-open link, a connect timeout (10 s), then the
+        // capped back-off (60 s).
+        let bound = self.sled_cfg.idle_timeout
+            + self.sled_cfg.connect_timeout
+            + self.sled_cfg.backoff_max
+            + Duration::from_secs(1);
+        self.p.run_for(bound);
+        assert!(
+            matches!(self.p.sled.link_state(), LinkState::Connected { .. }),
+            "not back after healing: {:?}",
+            self.p.sled.link_state()
+        );
+        assert!(self.p.gw.as_ref().and_then(|(_, g)| g.project()).is_some(), "not identified after healing");
+        // Everything asked has been decided by now (deadlines are 30 s).
+        let decided: std::collections::BTreeSet<PermKey> = self.p.decided.iter().map(|d| d.key).collect();
+        assert_eq!(decided.len(), self.asked.len(), "requests left undecided");
+        self.check();
+    }
+}
+
+fn trace(seed: u64, acts: &[Act]) -> String {
+    let mut sim = Sim::new(seed);
+    for a in acts {
+        sim.apply(a);
+    }
+    sim.heal_and_settle();
+    format!("{:?}\n{:?}\n{:?}", sim.p.sled_log, sim.p.gw_log, sim.p.decided)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { max_shrink_iters: 2048, ..ProptestConfig::default() })]
+
+    #[test]
+    fn outcomes_match_the_model_under_any_fault_schedule(seed in any::<u64>(), acts in prop::collection::vec(act(), 1..60)) {
+        let mut sim = Sim::new(seed);
+        for a in &acts {
+            sim.apply(a);
+        }
+        sim.heal_and_settle();
+        // Every MCP request the gateway sent ended, exactly once.
+        let ended = sim.p.gw_log.iter().filter(|(_, o)| matches!(o, GatewayOutput::Event(GatewayEvent::McpResponse { .. } | GatewayEvent::McpFailed { .. }))).count();
+        prop_assert_eq!(ended, sim.mcp.len());
+    }
+
+    #[test]
+    fn same_seed_and_schedule_give_the_same_trace_byte_for_byte(seed in any::<u64>(), acts in prop::collection::vec(act(), 1..30)) {
+        prop_assert_eq!(trace(seed, &acts), trace(seed, &acts));
+    }
+}
+
+/// A half-open link (the gateway's frames vanish) is detected within the idle timeout.
+#[test]
+fn half_open_is_detected_within_the_idle_timeout() {
+    let mut sim = Sim::new(1);
+    sim.p.run_for(Duration::from_secs(1));
+    sim.p.drop_to_sled = true;
+    let start = sim.p.now;
+    let key = sim.p.ask("r-half", "tool-half");
+    sim.asked.insert(key, ("tool-half".into(), start));
+    while sim.p.decision(key).is_none() {
+        sim.p.run_for(Duration::from_millis(100));
+    }
+    let detected = sim.p.now.saturating_duration_since(start);
+    assert!(detected <= sim.sled_cfg.idle_timeout, "took {detected:?}");
+    assert_eq!(sim.p.decision(key).map(|d| d.cause), Some(Cause::ConnectionLost));
+}
