@@ -165,6 +165,16 @@ mod tests {
     }
 
     #[test]
+    fn body_ids_compare_by_kind_and_text() {
+        let one = body_id(r#"{"id":1}"#);
+        assert_eq!(one, body_id(r#"{ "id" : 1 }"#));
+        assert_ne!(one, body_id(r#"{"id":2}"#));
+        assert_ne!(one, BodyId::NoId);
+        assert_ne!(BodyId::NoId, BodyId::NotJson);
+        assert_ne!(BodyId::NotJson, one);
+    }
+
+    #[test]
     fn shapes_and_response_matching() {
         let s = shape(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#).expect("object");
         assert_eq!((s.method.as_deref(), s.id, s.is_response), (Some("initialize"), Some(serde_json::json!(1)), false));

@@ -195,6 +195,44 @@ mod tests {
     }
 
     #[test]
+    fn the_limit_is_inclusive_for_lines_and_joined_data() {
+        // Lines of exactly 8 bytes and 8 bytes of joined data are within a limit of 8...
+        let mut p = SseParser::new(8);
+        assert_eq!(
+            p.push(
+                b"data: 12
+data: 12
+data: 12
+
+"
+            ),
+            Ok(vec![ev("", "12\n12\n12")])
+        );
+        // ...one more line of data is not.
+        let mut p = SseParser::new(8);
+        assert!(
+            p.push(
+                b"data: 12
+data: 12
+data: 12
+data: 12
+"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_bom_counts_only_at_the_very_start() {
+        // An empty first chunk does not use up the start.
+        let mut p = SseParser::new(64);
+        assert_eq!(p.push(b""), Ok(vec![]));
+        assert_eq!(p.push(b"\xEF\xBB\xBFdata: a\n\n"), Ok(vec![ev("", "a")]));
+        // Later, the same bytes are part of a field name (so not a `data` field).
+        assert_eq!(p.push(b"\xEF\xBB\xBFdata: b\n\ndata: c\n\n"), Ok(vec![ev("", "c")]));
+    }
+
+    #[test]
     fn oversized_lines_and_events_fail_and_stay_failed() {
         let mut p = SseParser::new(8);
         assert_eq!(p.push(b"data: 12345678\n"), Err(SseTooLarge { limit: 8 }));

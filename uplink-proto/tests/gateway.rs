@@ -298,3 +298,15 @@ fn config_errors_are_reported() {
     let bad = GatewayConfig { max_pending_mcp: 0, ..GatewayConfig::default() };
     assert!(Gateway::new(bad, Instant::ZERO).is_err());
 }
+
+#[test]
+fn last_seen_follows_every_frame_and_pong() {
+    let mut g = G::identified(GatewayConfig::default());
+    assert_eq!(g.gw.last_seen(), Instant::ZERO);
+    g.at(4.0);
+    g.gw.handle_received(g.now, Received::Pong);
+    assert_eq!(g.gw.last_seen(), Instant::from_secs(4));
+    g.at(7.5);
+    g.text(r#"{"type":"heartbeat"}"#);
+    assert_eq!(g.gw.last_seen(), Instant::from_millis(7500));
+}

@@ -610,3 +610,54 @@ fn a_zero_back_off_reconnects_within_the_same_input() {
         assert!(d.sled.poll_timeout().is_some_and(|at| at > d.now), "a due timer was left behind");
     }
 }
+
+// ── Reports about the wrong connection, and counters (gaps found by cargo-mutants) ──────────────────────
+
+#[test]
+fn reports_naming_another_connection_change_nothing() {
+    let (mut d, _) = Driver::new(config());
+    let attempt = d.pending_connect.take().expect("attempt");
+    let other = uplink_proto::ConnId(attempt.0 + 7);
+    // While connecting: success or failure of another attempt is not ours.
+    d.sled.handle_connected(d.now, other);
+    assert_eq!(d.drain(), vec![Output::Close { conn: other, code: 1000, reason: "stale connection" }]);
+    d.sled.handle_connect_failed(d.now, other, ConnectError::Other);
+    d.sled.handle_disconnected(d.now, other);
+    assert!(d.drain().is_empty());
+    assert!(matches!(d.sled.link_state(), LinkState::Connecting { conn, .. } if conn == attempt));
+    // Connected: a disconnect or failure for another connection is ignored.
+    d.sled.handle_connected(d.now, attempt);
+    d.drain();
+    d.sled.handle_disconnected(d.now, other);
+    d.sled.handle_connect_failed(d.now, attempt, ConnectError::Other);
+    assert!(d.drain().is_empty());
+    assert_eq!(d.sled.connection(), Some(attempt));
+    assert_eq!(d.sled.stats().stale_inputs, 5);
+}
+
+#[test]
+fn a_disconnect_during_the_attempt_is_a_failed_attempt() {
+    let (mut d, _) = Driver::new(config());
+    let attempt = d.pending_connect.take().expect("attempt");
+    let outs = d.disconnect(attempt);
+    assert!(outs.contains(&Output::Event(Event::Link(LinkState::BackingOff {
+        delay: Duration::from_secs(1),
+        reason: LossReason::ConnectFailed
+    }))));
+}
+
+#[test]
+fn counters_count() {
+    let (mut d, _) = Driver::new(config());
+    let first = d.pending_connect.take().expect("attempt");
+    d.sled.handle_connect_failed(d.now, first, ConnectError::Other);
+    d.next_timeout();
+    let (conn, _) = d.connect();
+    d.request("a", "Bash");
+    d.text(conn, &perm_response("a", true, false));
+    d.text(conn, r#"{"type":"heartbeat"}"#);
+    let s = d.sled.stats().clone();
+    assert_eq!((s.connects, s.connections), (2, 1));
+    assert_eq!((s.frames_sent, s.frames_received), (2, 2), "identity and perm_request out; two frames in");
+    assert_eq!(s.unknown_frames, 1);
+}
