@@ -661,3 +661,15 @@ fn counters_count() {
     assert_eq!((s.frames_sent, s.frames_received), (2, 2), "identity and perm_request out; two frames in");
     assert_eq!(s.unknown_frames, 1);
 }
+
+#[test]
+fn a_connected_report_for_another_connection_while_connected_is_refused() {
+    let (mut d, live) = Driver::connected(config());
+    let other = uplink_proto::ConnId(live.0 + 3);
+    d.sled.handle_connected(d.now, other);
+    assert_eq!(d.drain(), vec![Output::Close { conn: other, code: 1000, reason: "stale connection" }]);
+    d.sled.handle_connected(d.now, live);
+    assert!(d.drain().is_empty(), "a repeated report for the live connection changes nothing");
+    assert_eq!(d.sled.stats().stale_inputs, 2);
+    assert_eq!(d.sled.connection(), Some(live));
+}

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Break one protocol rule at a time in uplink-proto, run its tests, and report which tests catch each break.
+
+Usage: python3 scripts/rule_mutants.py [--cases N]   (prints a Markdown table; exits 1 if a mutant survives)
+Every source file is restored afterwards, even on failure.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+
+TIMEOUT = 120  # seconds for one run of the tests; a mutant that makes them hang is caught (they never pass)
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt  # so the `finally` below restores the file
+
+
+signal.signal(signal.SIGTERM, _interrupted)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLED = "uplink-proto/src/sled.rs"
+GATEWAY = "uplink-proto/src/gateway.rs"
+WIRE = "uplink-proto/src/wire.rs"
+
+# (rule broken, file, exact text, replacement)
+MUTANTS = [
+    ("in-flight requests are not denied when the connection drops", SLED,
+     "self.decide(key, perm.id, Decision::Deny, Cause::ConnectionLost);",
+     "self.perms.insert(key, perm);"),
+    ("a request sent on a lost connection is re-queued instead of denied, and a response is accepted whatever "
+     "connection the request went out on (so an answer given before a reconnect approves after it)", SLED,
+     "if let Some(perm) = self.perms.remove(&key) {\n                    self.perm_ids.remove(&perm.id);\n                    self.decide(key, perm.id, Decision::Deny, Cause::ConnectionLost);\n                }",
+     "if let Some(perm) = self.perms.get_mut(&key) { perm.sent_on = None; }"),
+    ("frames are accepted from any connection, not only the live one", SLED,
+     "Link::Connected { conn: c, last_rx, .. } if *c == conn => *last_rx = now,",
+     "Link::Connected { last_rx, .. } => *last_rx = now,"),
+    ("the back-off never resets after a stable connection", SLED,
+     "                self.backoff.reset();\n", ""),
+    ("no ping at heartbeats (a silent gateway is only noticed if it sends frames)", SLED,
+     "self.out.push_back(Output::Ping { conn });", ""),
+    ("the idle timeout is never enforced", SLED,
+     "Link::Connected { conn, last_rx, .. } if last_rx + self.cfg.idle_timeout <= now =>",
+     "Link::Connected { conn, last_rx, .. } if false && last_rx + self.cfg.idle_timeout <= now =>"),
+    ("permission deadlines are never enforced", SLED,
+     "if entry.get().deadline > now {\n                break;\n            }\n            let (key, perm) = entry.remove_entry();",
+     "if true {\n                break;\n            }\n            let (key, perm) = entry.remove_entry();"),
+    ("queued requests are sent before identity", SLED,
+     "self.send(conn, self.identity_text.clone());\n        let queued",
+     "let queued"),
+    ("a timed-out MCP call can still be answered (two answers)", SLED,
+     "let (call, c) = entry.remove_entry();",
+     "let (call, c) = (*entry.key(), entry.get().clone()); let _ = entry;"),
+    ("the MCP call limit is not enforced", SLED,
+     "if self.calls.len() >= self.cfg.max_mcp_calls {", "if false {"),
+    ("the pending-permission limit is not enforced", SLED,
+     "_ if self.perms.len() >= self.cfg.max_pending_permissions => Some(Cause::QueueFull),", ""),
+    ("a duplicate request id replaces the pending one", SLED,
+     "_ if self.perm_ids.contains_key(&id) => Some(Cause::DuplicateId),", ""),
+    ("`approved` is true for any value but false (fail-open flags)", WIRE,
+     'let is_true = |v: Option<&RawValue>| v.is_some_and(|v| v.get() == "true");',
+     'let is_true = |v: Option<&RawValue>| v.is_some_and(|v| v.get() != "false");'),
+    ("payloads and envelopes in array form are accepted", WIRE,
+     "if is_object(text) { serde_json::from_str(text).ok() } else { None }",
+     "serde_json::from_str(text).ok()"),
+    ("shutdown reconnects later", SLED,
+     "        self.link = Link::Closed;\n        self.emit_link();\n    }",
+     "        self.link = Link::BackingOff { until: self.now, delay: Duration::ZERO, reason: LossReason::Disconnected };\n        self.emit_link();\n    }"),
+    ("gateway: a withdrawn permission can still be decided", GATEWAY,
+     "                Some(perm) => {\n                    self.perms.remove(&perm);",
+     "                Some(perm) => {"),
+    ("gateway: identity is not required first", GATEWAY,
+     "_ => self.close_with(CLOSE_POLICY_VIOLATION, \"identity must be the first frame\"),",
+     "_ => {}"),
+    ("gateway: pending work is not failed when the connection ends", GATEWAY,
+     "for id in core::mem::take(&mut self.mcp).into_keys() {",
+     "for id in core::mem::take(&mut BTreeMap::<McpId, PendingMcp>::new()).into_keys() {"),
+]
+
+
+def run_tests(cases):
+    env = dict(os.environ, PROPTEST_CASES=str(cases), CARGO_TERM_COLOR="never")
+    # Build first (not timed), then run the tests with a time limit.
+    subprocess.run(["cargo", "test", "-q", "-p", "uplink-proto", "--no-run"], cwd=ROOT, env=env, capture_output=True)
+    try:
+        r = subprocess.run(["cargo", "test", "-q", "-p", "uplink-proto", "--no-fail-fast"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return 124, ["(the tests hang: a test waits for a decision that never comes)"], True
+    out = r.stdout + r.stderr
+    failed = sorted(set(re.findall(r"^    ([\w:]+)$", out, re.M)))
+    compiled = "error[" not in out and "could not compile" not in out
+    return r.returncode, failed, compiled
+
+
+def main():
+    cases = 256
+    if "--cases" in sys.argv:
+        cases = int(sys.argv[sys.argv.index("--cases") + 1])
+    rc, failed, _ = run_tests(cases)
+    if rc != 0:
+        sys.exit(f"the unmutated tests fail: {failed}")
+    rows, survivors = [], 0
+    for rule, path, old, new in MUTANTS:
+        full = os.path.join(ROOT, path)
+        original = open(full).read()
+        if original.count(old) != 1:
+            sys.exit(f"mutant for {rule!r} does not apply cleanly to {path}")
+        try:
+            open(full, "w").write(original.replace(old, new))
+            rc, failed, compiled = run_tests(cases)
+        finally:
+            open(full, "w").write(original)
+        if not compiled:
+            verdict = "does not compile (rewrite the mutant)"
+            survivors += 1
+        elif rc == 0:
+            verdict = "**SURVIVED**"
+            survivors += 1
+        else:
+            verdict = ", ".join(t if t.startswith("(") else f"`{t}`" for t in failed[:6]) + (f" (+{len(failed) - 6} more)" if len(failed) > 6 else "")
+        rows.append(f"| {rule} | `{path.split('/')[-1]}` | {verdict} |")
+        print(rows[-1], flush=True)
+    print()
+    print("| rule broken | file | caught by |")
+    print("|---|---|---|")
+    print("\n".join(rows))
+    sys.exit(1 if survivors else 0)
+
+
+if __name__ == "__main__":
+    main()
