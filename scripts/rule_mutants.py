@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Break one protocol rule at a time in uplink-proto, run its tests, and report which tests catch each break.
 
-Usage: python3 scripts/rule_mutants.py [--cases N]   (prints a Markdown table; exits 1 if a mutant survives)
+Usage: python3 scripts/rule_mutants.py [--cases N] [--from K]   (prints a Markdown table; exits 1 if a mutant
+survives; --from K starts at the K-th rule, counting from 1)
 Every source file is restored afterwards, even on failure.
 """
 import os
@@ -98,11 +99,12 @@ def main():
     cases = 256
     if "--cases" in sys.argv:
         cases = int(sys.argv[sys.argv.index("--cases") + 1])
+    start = int(sys.argv[sys.argv.index("--from") + 1]) - 1 if "--from" in sys.argv else 0
     rc, failed, _ = run_tests(cases)
     if rc != 0:
         sys.exit(f"the unmutated tests fail: {failed}")
     rows, survivors = [], 0
-    for rule, path, old, new in MUTANTS:
+    for rule, path, old, new in MUTANTS[start:]:
         full = os.path.join(ROOT, path)
         original = open(full).read()
         if original.count(old) != 1:
