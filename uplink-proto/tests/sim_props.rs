@@ -18,6 +18,7 @@ enum Act {
     Ask,
     Flood(u8),
     GatewayMcp,
+    McpFlood(u8),
     Cut,
     Blackhole(bool),
     HalfOpen { to_sled: bool, on: bool },
@@ -37,6 +38,7 @@ fn act() -> impl Strategy<Value = Act> {
         5 => Just(Act::Ask),
         1 => (1u8..40).prop_map(Act::Flood),
         3 => Just(Act::GatewayMcp),
+        1 => (1u8..60).prop_map(Act::McpFlood),
         1 => Just(Act::Cut),
         1 => any::<bool>().prop_map(Act::Blackhole),
         1 => (any::<bool>(), any::<bool>()).prop_map(|(to_sled, on)| Act::HalfOpen { to_sled, on }),
@@ -98,21 +100,25 @@ impl Sim {
         self.asked.insert(key, (tool, self.p.now));
     }
 
+    /// The gateway sends one MCP request, tagged with a unique JSON-RPC id.
+    fn apply_mcp(&mut self) {
+        self.next += 1;
+        let n = self.next;
+        let conn = self.p.gw.as_ref().map(|(c, _)| *c);
+        if let (Some(conn), Some(id)) =
+            (conn, self.p.gateway_mcp(&format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"x"}}"#)))
+        {
+            self.mcp.insert((conn, id), n);
+        }
+    }
+
     fn apply(&mut self, act: &Act) {
         match act {
             Act::Run(ms) => self.p.run_for(Duration::from_millis(u64::from(*ms))),
             Act::Ask => self.ask(),
             Act::Flood(n) => (0..*n).for_each(|_| self.ask()),
-            Act::GatewayMcp => {
-                self.next += 1;
-                let n = self.next;
-                let conn = self.p.gw.as_ref().map(|(c, _)| *c);
-                if let (Some(conn), Some(id)) =
-                    (conn, self.p.gateway_mcp(&format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"x"}}"#)))
-                {
-                    self.mcp.insert((conn, id), n);
-                }
-            }
+            Act::GatewayMcp => self.apply_mcp(),
+            Act::McpFlood(n) => (0..*n).for_each(|_| self.apply_mcp()),
             Act::Cut => self.p.cut(),
             Act::Blackhole(on) => self.p.blackhole = *on,
             Act::HalfOpen { to_sled, on } => {
