@@ -116,6 +116,16 @@ async fn permissions_are_approved_and_denied_through_the_admin_api_and_its_event
     let (status, body) =
         http("POST", &format!("{}/api/permissions/1-0", gw.base), Some(ADMIN), Some("{nope"), &[]).await;
     assert_eq!(status, 400, "{body}");
+    // A contradictory decision is refused, not read as an approval, and the request stays pending.
+    let asker = uplink.clone();
+    let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
+    let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/api/permissions/{id}", gw.base);
+    let (status, body) = http("POST", &url, Some(ADMIN), Some(r#"{"approved":false,"always_allow":true}"#), &[]).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = http("POST", &url, Some(ADMIN), Some(r#"{"approved":false}"#), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(within("the decision", pending).await.unwrap(), Decision::Deny);
     uplink.shutdown().await;
 }
 

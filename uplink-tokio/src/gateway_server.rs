@@ -468,6 +468,10 @@ async fn decide(request: Request<Incoming>, hub: &Hub, id: &str) -> Response<Bod
             );
         }
     };
+    if body.always_allow && !body.approved {
+        // A person (or bot) saying "not approved, but always allow" has made a mistake: never guess an approval.
+        return error(StatusCode::BAD_REQUEST, "always_allow requires approved: true");
+    }
     let target = {
         let state = hub.lock();
         state.perms.get(id).and_then(|p| {
