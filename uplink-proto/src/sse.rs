@@ -39,9 +39,13 @@ pub struct SseParser {
     after_cr: bool,
     limit: usize,
     failed: bool,
-    /// The UTF-8 byte-order mark may open the stream; it is skipped.
-    at_start: bool,
+    /// How many bytes of the UTF-8 byte-order mark opening the stream have been seen (it is skipped), or
+    /// `None` once the stream is past its start.
+    bom_seen: Option<usize>,
 }
+
+/// The UTF-8 byte-order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl SseParser {
     /// A parser that refuses lines and events larger than `limit` bytes.
@@ -54,7 +58,7 @@ impl SseParser {
             after_cr: false,
             limit,
             failed: false,
-            at_start: true,
+            bom_seen: Some(0),
         }
     }
 
@@ -64,13 +68,22 @@ impl SseParser {
         if self.failed {
             return Err(SseTooLarge { limit: self.limit });
         }
-        if self.at_start && !chunk.is_empty() {
-            // Only skip a complete BOM at the very start; a split BOM is rare enough to treat as text.
-            if let Some(rest) = chunk.strip_prefix(b"\xEF\xBB\xBF") {
+        // A byte-order mark is skipped however the stream's first chunks split it. If the stream starts with
+        // only part of one, the bytes held back so far are text after all.
+        while let (Some(seen), Some((&byte, rest))) = (self.bom_seen, chunk.split_first()) {
+            if byte == BOM[seen] {
                 chunk = rest;
+                self.bom_seen = (seen + 1 < BOM.len()).then_some(seen + 1);
+            } else {
+                self.bom_seen = None;
+                self.feed(&BOM[..seen], &mut events)?;
             }
-            self.at_start = false;
         }
+        self.feed(chunk, &mut events)?;
+        Ok(events)
+    }
+
+    fn feed(&mut self, chunk: &[u8], events: &mut Vec<SseEvent>) -> Result<(), SseTooLarge> {
         for &byte in chunk {
             match byte {
                 b'\n' if self.after_cr => self.after_cr = false,
@@ -95,7 +108,7 @@ impl SseParser {
                 return Err(SseTooLarge { limit: self.limit });
             }
         }
-        Ok(events)
+        Ok(())
     }
 
     fn process_line(&mut self, line: &[u8]) -> Option<SseEvent> {
@@ -230,6 +243,31 @@ data: 12
         assert_eq!(p.push(b"\xEF\xBB\xBFdata: a\n\n"), Ok(vec![ev("", "a")]));
         // Later, the same bytes are part of a field name (so not a `data` field).
         assert_eq!(p.push(b"\xEF\xBB\xBFdata: b\n\ndata: c\n\n"), Ok(vec![ev("", "c")]));
+    }
+
+    #[test]
+    fn a_bom_split_across_chunks_is_still_skipped() {
+        // Found by the `sse_parser` fuzz target: a BOM split across the first chunks used to be read as text.
+        let stream = b"\xEF\xBB\xBFdata: a\n\n";
+        for split in 0..=3 {
+            let mut p = SseParser::new(64);
+            let mut got = p.push(&stream[..split]).expect("ok");
+            got.extend(p.push(&stream[split..]).expect("ok"));
+            assert_eq!(got, vec![ev("", "a")], "split at {split}");
+        }
+        // A stream that opens with only part of a BOM keeps those bytes, split or not.
+        let partial = b"\xEF\xBBdata: b\n\ndata: c\n\n";
+        assert_eq!(all(partial), vec![ev("", "c")]);
+        for split in 0..partial.len() {
+            let mut p = SseParser::new(64);
+            let mut got = p.push(&partial[..split]).expect("ok");
+            got.extend(p.push(&partial[split..]).expect("ok"));
+            assert_eq!(got, vec![ev("", "c")], "split at {split}");
+        }
+        // Held-back BOM bytes count against the line limit like any other.
+        let mut p = SseParser::new(2);
+        assert_eq!(p.push(b"\xEF\xBB"), Ok(vec![]));
+        assert!(p.push(b"x").is_err());
     }
 
     #[test]
