@@ -865,17 +865,21 @@ impl Sled {
     }
 
     fn on_perm_response(&mut self, conn: ConnId, req_id: &str, decision: Decision) {
-        let key = match self.perm_ids.get(req_id) {
-            Some(key) if self.perms.get(key).is_some_and(|p| p.sent_on == Some(conn)) => *key,
-            _ => {
+        // One search of the id map on the common path: take the entry out, put it back if it does not match.
+        let matched = match self.perm_ids.remove_entry(req_id) {
+            Some((_, key)) if self.perms.get(&key).is_some_and(|p| p.sent_on == Some(conn)) => Some(key),
+            Some((id, key)) => {
+                self.perm_ids.insert(id, key);
+                None
+            }
+            None => None,
+        };
+        match matched.and_then(|key| Some((key, self.perms.remove(&key)?))) {
+            Some((key, perm)) => self.decide(key, perm.id, decision, Cause::Response),
+            None => {
                 self.stats.unmatched_responses += 1;
                 self.ignored(Ignored::UnmatchedResponse);
-                return;
             }
-        };
-        if let Some(perm) = self.perms.remove(&key) {
-            self.perm_ids.remove(&perm.id);
-            self.decide(key, perm.id, decision, Cause::Response);
         }
     }
 

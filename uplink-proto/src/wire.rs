@@ -164,14 +164,225 @@ pub enum GatewayFrame<'a> {
 
 // ── Decoding ─────────────────────────────────────────────────────────────────────────────────────────────
 
-#[derive(Deserialize)]
+/// An envelope as read in one pass: the payload of the frame types the reader asked for is read directly when
+/// `type` precedes it (as every sender this crate knows writes it); otherwise it is kept raw and read after.
 struct InEnvelope<'a> {
-    #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
-    #[serde(default, borrow)]
     req_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    payload: Option<&'a RawValue>,
+    payload: InPayload<'a>,
+}
+
+/// The envelope's `payload` member, as far as the envelope reader went.
+enum InPayload<'a> {
+    /// Missing or `null`.
+    Absent,
+    /// Kept as text: a frame type read later, or the payload came before `type`.
+    Raw(&'a RawValue),
+    /// Read directly, leniently, for a `perm_response` or an `mcp_request`.
+    Read(Lenient<'a>),
+}
+
+impl<'a> InPayload<'a> {
+    fn raw(&self) -> Option<&'a RawValue> {
+        match self {
+            InPayload::Raw(raw) => Some(raw),
+            _ => None,
+        }
+    }
+}
+
+/// Reads an object key as its index in a list of names (`None` for any other key), without copying it.
+struct KeyIndex(&'static [&'static str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIndex {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_identifier(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeyIndex {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|name| *name == v))
+    }
+}
+
+/// Which payloads [`EnvelopeSeed`] reads directly instead of keeping them raw.
+#[derive(Copy, Clone)]
+enum Direct {
+    /// None: every payload stays raw (the sled → gateway frames).
+    Nothing,
+    /// `perm_response` flags and `mcp_request` fields (the gateway → sled frames).
+    GatewayFrames,
+}
+
+struct EnvelopeSeed(Direct);
+
+impl<'de> serde::de::Visitor<'de> for EnvelopeSeed {
+    type Value = InEnvelope<'de>;
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("a frame envelope object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let mut kind: Option<Cow<'de, str>> = None;
+        let mut req_id: Option<Option<Str<'de>>> = None;
+        let mut payload: Option<InPayload<'de>> = None;
+        while let Some(key) = map.next_key_seed(KeyIndex(&["type", "req_id", "payload"]))? {
+            match key.and_then(|i| ["type", "req_id", "payload"].get(i)).copied().unwrap_or("") {
+                "type" if kind.is_some() => return Err(A::Error::duplicate_field("type")),
+                "type" => kind = Some(map.next_value::<Str<'de>>()?.0),
+                "req_id" if req_id.is_some() => return Err(A::Error::duplicate_field("req_id")),
+                "req_id" => req_id = Some(map.next_value()?),
+                "payload" if payload.is_some() => return Err(A::Error::duplicate_field("payload")),
+                "payload" => {
+                    let object = match (self.0, kind.as_deref()) {
+                        (Direct::GatewayFrames, Some(kind::PERM_RESPONSE)) => Some(ObjectKind::Flags),
+                        (Direct::GatewayFrames, Some(kind::MCP_REQUEST)) => Some(ObjectKind::Mcp),
+                        _ => None,
+                    };
+                    payload = Some(match object {
+                        Some(object) => match map.next_value_seed(LenientSeed(object))? {
+                            Lenient::Null => InPayload::Absent,
+                            read => InPayload::Read(read),
+                        },
+                        None => map.next_value::<Option<&'de RawValue>>()?.map_or(InPayload::Absent, InPayload::Raw),
+                    });
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let kind = kind.ok_or_else(|| A::Error::missing_field("type"))?;
+        Ok(InEnvelope { kind, req_id: req_id.flatten().map(|s| s.0), payload: payload.unwrap_or(InPayload::Absent) })
+    }
+}
+
+/// The payload objects read directly.
+#[derive(Copy, Clone)]
+enum ObjectKind {
+    /// Any object: skipped.
+    Skip,
+    /// `{"approved", "always_allow"}`.
+    Flags,
+    /// `{"body", "session"}`.
+    Mcp,
+}
+
+/// Any JSON value, read leniently: what the reader cares about, or `Other`. Never fails on well-formed JSON.
+enum Lenient<'a> {
+    /// The literal `true`.
+    True,
+    /// A string.
+    Str(Cow<'a, str>),
+    /// `null`.
+    Null,
+    /// A `perm_response` payload object; anything but a boolean `true` in a flag reads as `false`, and an
+    /// object with a repeated flag reads as a denial.
+    Flags(Decision),
+    /// An `mcp_request` payload object. `body` is `None` unless it is a string (and the object has no repeated
+    /// `body` or `session`); `session` is `None` unless it is a string.
+    Mcp { body: Option<Cow<'a, str>>, session: Option<Cow<'a, str>> },
+    /// Anything else.
+    Other,
+}
+
+struct LenientSeed(ObjectKind);
+
+impl<'de> serde::de::DeserializeSeed<'de> for LenientSeed {
+    type Value = Lenient<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for LenientSeed {
+    type Value = Lenient<'de>;
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(if v { Lenient::True } else { Lenient::Other })
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Lenient::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Lenient::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Lenient::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Lenient::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Lenient::Null)
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Lenient::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Lenient::Str(Cow::Owned(v.into())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Lenient::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Lenient::Other)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // Every member's value is read leniently, so that a value of the wrong type never fails the frame.
+        let (mut approved, mut always_allow, mut body, mut session) = (None, None, None, None);
+        let mut repeated = false;
+        const NAMES: &[&str] = &["approved", "always_allow", "body", "session"];
+        while let Some(key) = map.next_key_seed(KeyIndex(NAMES))? {
+            let slot = match (self.0, key.and_then(|i| NAMES.get(i)).copied().unwrap_or("")) {
+                (ObjectKind::Flags, "approved") => &mut approved,
+                (ObjectKind::Flags, "always_allow") => &mut always_allow,
+                (ObjectKind::Mcp, "body") => &mut body,
+                (ObjectKind::Mcp, "session") => &mut session,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let value = map.next_value_seed(LenientSeed(ObjectKind::Skip))?;
+            repeated |= slot.replace(value).is_some();
+        }
+        let string = |v: Option<Lenient<'de>>| match v {
+            Some(Lenient::Str(s)) => Some(s),
+            _ => None,
+        };
+        Ok(match self.0 {
+            ObjectKind::Skip => Lenient::Other,
+            ObjectKind::Flags if repeated => Lenient::Flags(Decision::Deny),
+            ObjectKind::Flags => {
+                let is_true = |v: &Option<Lenient<'_>>| matches!(v, Some(Lenient::True));
+                Lenient::Flags(Decision::from_flags(is_true(&approved), is_true(&always_allow)))
+            }
+            ObjectKind::Mcp if repeated => Lenient::Mcp { body: None, session: None },
+            // A `body` of the wrong type makes the whole payload unreadable, as for the raw path below.
+            ObjectKind::Mcp => match body {
+                None | Some(Lenient::Null | Lenient::Str(_)) => {
+                    Lenient::Mcp { body: string(body), session: string(session) }
+                }
+                Some(_) => Lenient::Mcp { body: None, session: None },
+            },
+        })
+    }
 }
 
 /// A string that borrows from the input when it has no escapes.
@@ -191,8 +402,12 @@ fn object<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
     if is_object(text) { serde_json::from_str(text).ok() } else { None }
 }
 
-fn parse_envelope(text: &str) -> Result<InEnvelope<'_>, DecodeError> {
-    object(text).ok_or(DecodeError::Malformed)
+fn parse_envelope(text: &str, direct: Direct) -> Result<InEnvelope<'_>, DecodeError> {
+    use serde::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let env = de.deserialize_map(EnvelopeSeed(direct)).map_err(|_| DecodeError::Malformed)?;
+    de.end().map_err(|_| DecodeError::Malformed)?;
+    Ok(env)
 }
 
 /// Reads one optional field leniently: a value of the wrong type reads as absent.
@@ -220,10 +435,13 @@ impl<'a> GatewayFrame<'a> {
     /// flags means [`Decision::Deny`]); an `mcp_request` always decodes (with `body: None` when the payload has
     /// no string `body`).
     pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
-        let env = parse_envelope(text)?;
+        let env = parse_envelope(text, Direct::GatewayFrames)?;
         let req_id = env.req_id.unwrap_or(Cow::Borrowed(""));
         match &*env.kind {
             kind::PERM_RESPONSE => {
+                if let InPayload::Read(Lenient::Flags(decision)) = env.payload {
+                    return Ok(GatewayFrame::PermResponse { req_id, decision });
+                }
                 #[derive(Deserialize)]
                 struct Flags<'a> {
                     #[serde(default, borrow)]
@@ -232,22 +450,25 @@ impl<'a> GatewayFrame<'a> {
                     always_allow: Option<&'a RawValue>,
                 }
                 let is_true = |v: Option<&RawValue>| v.is_some_and(|v| v.get() == "true");
-                let decision = match env.payload.and_then(|p| object::<Flags<'_>>(p.get())) {
+                let decision = match env.payload.raw().and_then(|p| object::<Flags<'_>>(p.get())) {
                     Some(f) => Decision::from_flags(is_true(f.approved), is_true(f.always_allow)),
                     None => Decision::Deny,
                 };
                 Ok(GatewayFrame::PermResponse { req_id, decision })
             }
             kind::MCP_REQUEST => {
+                if let InPayload::Read(Lenient::Mcp { body, session }) = env.payload {
+                    return Ok(GatewayFrame::McpRequest { req_id, body, session });
+                }
                 #[derive(Deserialize)]
                 struct McpPayload<'a> {
                     #[serde(default, borrow)]
-                    body: Option<Cow<'a, str>>,
+                    body: Option<Str<'a>>,
                     #[serde(default, borrow)]
                     session: Option<&'a RawValue>,
                 }
-                let (body, session) = match env.payload.and_then(|p| object::<McpPayload<'a>>(p.get())) {
-                    Some(p) => (p.body, lenient_str(p.session)),
+                let (body, session) = match env.payload.raw().and_then(|p| object::<McpPayload<'a>>(p.get())) {
+                    Some(p) => (p.body.map(|b| b.0), lenient_str(p.session)),
                     None => (None, None),
                 };
                 Ok(GatewayFrame::McpRequest { req_id, body, session })
@@ -263,8 +484,9 @@ impl<'a> SledFrame<'a> {
     /// An `identity` without a string `project`, or a `perm_request` without a string `tool_name`, is
     /// [`DecodeError::BadPayload`]; the optional identity extras read as absent when of the wrong type.
     pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
-        let env = parse_envelope(text)?;
+        let env = parse_envelope(text, Direct::Nothing)?;
         let req_id = env.req_id.unwrap_or(Cow::Borrowed(""));
+        let payload = env.payload.raw();
         match &*env.kind {
             kind::IDENTITY => {
                 #[derive(Deserialize)]
@@ -278,7 +500,7 @@ impl<'a> SledFrame<'a> {
                     #[serde(default, borrow)]
                     capabilities: Option<&'a RawValue>,
                 }
-                let p: IdPayload<'a> = env.payload.and_then(|p| object(p.get())).ok_or(DecodeError::BadPayload)?;
+                let p: IdPayload<'a> = payload.and_then(|p| object(p.get())).ok_or(DecodeError::BadPayload)?;
                 let project = lenient_str(p.project).ok_or(DecodeError::BadPayload)?;
                 let capabilities = lenient::<Vec<&'a RawValue>>(p.capabilities)
                     .unwrap_or_default()
@@ -301,7 +523,7 @@ impl<'a> SledFrame<'a> {
                     #[serde(default, borrow)]
                     tool_input: Option<&'a RawValue>,
                 }
-                let p: PermPayload<'a> = env.payload.and_then(|p| object(p.get())).ok_or(DecodeError::BadPayload)?;
+                let p: PermPayload<'a> = payload.and_then(|p| object(p.get())).ok_or(DecodeError::BadPayload)?;
                 Ok(SledFrame::PermRequest {
                     req_id,
                     tool_name: p.tool_name,
@@ -309,15 +531,14 @@ impl<'a> SledFrame<'a> {
                 })
             }
             kind::PERM_CANCEL => {
-                let reason = env
-                    .payload
+                let reason = payload
                     .and_then(|p| object::<ReasonPayload<'a>>(p.get()))
                     .and_then(|r| lenient_str(r.reason))
                     .unwrap_or(Cow::Borrowed(""));
                 Ok(SledFrame::PermCancel { req_id, reason })
             }
             kind::MCP_RESPONSE => {
-                Ok(SledFrame::McpResponse { req_id, payload: env.payload.unwrap_or_else(|| json_null()) })
+                Ok(SledFrame::McpResponse { req_id, payload: payload.unwrap_or_else(|| json_null()) })
             }
             _ => Err(DecodeError::UnknownType),
         }

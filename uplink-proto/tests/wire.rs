@@ -227,3 +227,91 @@ fn pass_through_payloads_are_not_rewritten() {
     let v = value(&SledFrame::McpResponse { req_id: "m".into(), payload: &raw(r#"{"b":1.50}"#) }.encode());
     assert_eq!(v, json!({"type":"mcp_response","req_id":"m","payload":{"b":1.50}}));
 }
+
+mod one_pass {
+    //! The gateway → sled decoder reads a `perm_response` or `mcp_request` payload in the same pass as the
+    //! envelope when `type` comes first, and keeps it raw to read afterwards when it does not. Both paths must
+    //! decode every frame the same way.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Members a payload may hold: the ones the decoder reads, with values of every type, and others.
+    fn member() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("approved"),
+            Just("always_allow"),
+            Just("body"),
+            Just("session"),
+            Just("other"),
+            Just("appr\\u006fved"),
+            Just("b\\u006fdy"),
+        ];
+        let value = prop_oneof![
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            Just("null".to_owned()),
+            Just("1".to_owned()),
+            Just("[true]".to_owned()),
+            Just(r#"{"approved":true}"#.to_owned()),
+            Just(r#""{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}""#.to_owned()),
+            Just(r#""s-1""#.to_owned()),
+            Just(r#""esc\"aped\n""#.to_owned()),
+        ];
+        (key, value).prop_map(|(k, v)| format!(r#""{k}":{v}"#))
+    }
+
+    fn payload() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::collection::vec(member(), 0..5).prop_map(|m| format!("{{{}}}", m.join(","))),
+            1 => prop_oneof![Just("null"), Just("true"), Just("[]"), Just("[true,true]"), Just("\"x\""), Just("7")]
+                .prop_map(str::to_owned),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn payload_before_or_after_type_decodes_the_same(
+            kind in prop_oneof![Just("perm_response"), Just("mcp_request")],
+            payload in payload(),
+        ) {
+            let type_first = format!(r#"{{"type":"{kind}","req_id":"r-1","payload":{payload}}}"#);
+            let payload_first = format!(r#"{{"payload":{payload},"req_id":"r-1","type":"{kind}"}}"#);
+            prop_assert_eq!(GatewayFrame::decode(&type_first), GatewayFrame::decode(&payload_first));
+        }
+    }
+
+    #[test]
+    fn both_paths_read_the_flags_and_fields() {
+        for text in [
+            r#"{"type":"perm_response","req_id":"a","payload":{"approved":true,"always_allow":true}}"#,
+            r#"{"payload":{"approved":true,"always_allow":true},"req_id":"a","type":"perm_response"}"#,
+        ] {
+            assert_eq!(
+                GatewayFrame::decode(text),
+                Ok(GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::AlwaysAllow })
+            );
+        }
+        for text in [
+            r#"{"type":"mcp_request","req_id":"m","payload":{"body":"{\"id\":1}","session":"s"}}"#,
+            r#"{"payload":{"body":"{\"id\":1}","session":"s"},"req_id":"m","type":"mcp_request"}"#,
+        ] {
+            assert_eq!(
+                GatewayFrame::decode(text),
+                Ok(GatewayFrame::McpRequest {
+                    req_id: "m".into(),
+                    body: Some(r#"{"id":1}"#.into()),
+                    session: Some("s".into())
+                })
+            );
+        }
+        // A repeated flag is a denial, a repeated envelope member a malformed frame, on both paths.
+        let repeated = r#"{"type":"perm_response","req_id":"a","payload":{"approved":true,"approved":true}}"#;
+        assert_eq!(
+            GatewayFrame::decode(repeated),
+            Ok(GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::Deny })
+        );
+        let twice = r#"{"type":"perm_response","type":"perm_response","payload":{"approved":true}}"#;
+        assert_eq!(GatewayFrame::decode(twice), Err(DecodeError::Malformed));
+    }
+}
