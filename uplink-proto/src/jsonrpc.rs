@@ -99,14 +99,34 @@ pub fn shape(message: &str) -> Option<Shape> {
 /// True when `message` is the JSON-RPC response to the request whose id is `id` (compared as JSON values,
 /// so `1` and `1.0` differ but `"a"` and `"\u0061"` match). With no id, any response matches.
 pub fn is_response_to(message: &str, id: Option<&RawValue>) -> bool {
-    let Some(shape) = shape(message) else { return false };
-    if !shape.is_response {
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| true)
+    }
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(default, borrow)]
+        id: Option<&'a RawValue>,
+        #[serde(default, deserialize_with = "present")]
+        result: bool,
+        #[serde(default, deserialize_with = "present")]
+        error: bool,
+    }
+    if !message.trim_start().starts_with('{') {
         return false;
     }
-    match id {
-        None => true,
-        Some(id) => serde_json::from_str::<serde_json::Value>(id.get()).ok() == shape.id,
+    let Ok(probe) = serde_json::from_str::<Probe<'_>>(message) else { return false };
+    if !(probe.result || probe.error) {
+        return false;
     }
+    let Some(want) = id else { return true };
+    let Some(got) = probe.id.filter(|got| got.get() != "null") else { return false };
+    // The same text is the same id, even a number too large for any float (valid JSON all the same);
+    // otherwise compare the values, so that escapes in strings do not matter.
+    got.get() == want.get()
+        || matches!(
+            (serde_json::from_str::<serde_json::Value>(got.get()), serde_json::from_str::<serde_json::Value>(want.get())),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 /// JSON-RPC ids are strings or numbers (`null` is allowed but means "unknown").
@@ -185,6 +205,11 @@ mod tests {
         let id = RawValue::from_string(String::from("\"a\"")).expect("json");
         assert!(is_response_to(r#"{"jsonrpc":"2.0","id":"\u0061","result":{}}"#, Some(&id)));
         assert!(is_response_to(r#"{"id":"a","error":{"code":1,"message":"x"}}"#, Some(&id)));
+        // Found by the `jsonrpc` fuzz target: an id beyond any float's range is still valid JSON, and a
+        // response echoing it is its response.
+        let huge = serde_json::from_str::<&RawValue>("7.7E366123").expect("valid JSON");
+        assert!(is_response_to(r#"{"id":7.7E366123,"result":{}}"#, Some(huge)));
+        assert!(!is_response_to(r#"{"id":7.7E366124,"result":{}}"#, Some(huge)));
         assert!(!is_response_to(r#"{"id":"b","result":{}}"#, Some(&id)));
         assert!(
             !is_response_to(r#"{"id":"a","method":"sampling/createMessage"}"#, Some(&id)),
