@@ -1,0 +1,459 @@
+//! The real program over loopback, against the floor of the same work done directly, in the same run.
+//!
+//! The gateway is the `uplink gateway` program, started as a child process so that its CPU time and resident
+//! memory are its own; the sleds ([`uplink_tokio::Uplink`]), the local MCP server (a minimal hyper server) and
+//! the load generators run in this process.
+//!
+//! ```text
+//! cargo bench -p uplink-tokio --bench net                   # every bench, quick sizes
+//! cargo bench -p uplink-tokio --bench net -- rtt            # one of: rtt throughput relay scale
+//! cargo bench -p uplink-tokio --bench net -- scale --sleds 10000 --idle-secs 30
+//! ```
+#![allow(clippy::print_stdout, reason = "a benchmark reports on standard output")]
+#![allow(missing_docs, unreachable_pub, reason = "a benchmark binary")]
+#![allow(clippy::unwrap_used, reason = "a benchmark stops at the first broken assumption")]
+
+use std::convert::Infallible;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http_body_util::{BodyExt as _, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use uplink_tokio::{Decision, LinkState, Uplink, UplinkConfig};
+
+const SLED_TOKEN: &str = "bench-sled-token";
+const ADMIN_TOKEN: &str = "bench-admin-token";
+const MCP_BODY: &str =
+    r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#;
+const MCP_RESULT: &str =
+    r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"3"}],"isError":false}}"#;
+
+// ── Processes and their costs ────────────────────────────────────────────────────────────────────────────
+
+/// `uplink gateway` as a child process.
+struct GatewayProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    fn start() -> GatewayProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
+            .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", SLED_TOKEN, "--admin-token", ADMIN_TOKEN])
+            .args(["--auto-approve", "Bench"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start uplink gateway");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("the gateway prints its address").unwrap();
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest.trim().parse().unwrap();
+            }
+        };
+        // Keep reading its standard output so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        GatewayProcess { child, addr }
+    }
+
+    fn cpu(&self) -> Duration {
+        process_cpu(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+        kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+    }
+
+    /// Waits until the gateway lists `n` connected sleds: a sled sees its link up before the gateway has read
+    /// its `identity`, and an MCP request for it before then would find no such project.
+    async fn wait_connected(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut client = http_client(self.addr).await;
+            let request = Request::get("/api/sleds")
+                .header("host", self.addr.to_string())
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let body = client.send_request(request).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+            let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let connected = list["sleds"].as_array().unwrap().iter().filter(|s| s["connected"] == true).count();
+            if connected >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {connected} of {n} sleds registered at the gateway");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn sled_url(&self) -> String {
+        format!("ws://{}/api/sled-uplink", self.addr)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User plus system CPU time of a process, from `/proc/PID/stat` (clock ticks of 1/100 s).
+fn process_cpu(stat_path: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat_path).unwrap();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+fn own_cpu() -> Duration {
+    process_cpu("/proc/self/stat")
+}
+
+// ── Latency statistics ───────────────────────────────────────────────────────────────────────────────────
+
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn pct(&self, p: f64) -> Duration {
+        let mut v = self.0.clone();
+        v.sort();
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+    fn max(&self) -> Duration {
+        self.0.iter().copied().max().unwrap_or_default()
+    }
+    fn over(&self, limit: Duration) -> usize {
+        self.0.iter().filter(|d| **d > limit).count()
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+// ── Sleds and servers in this process ────────────────────────────────────────────────────────────────────
+
+async fn start_sled(gateway_url: String, project: &str, mcp_url: &str) -> Uplink {
+    let mut cfg = UplinkConfig::new(gateway_url, project);
+    cfg.token = Some(SLED_TOKEN.to_owned());
+    cfg.local_mcp_url = mcp_url.to_owned();
+    let uplink = Uplink::start(cfg).unwrap();
+    let mut link = uplink.watch_link();
+    tokio::time::timeout(Duration::from_secs(60), link.wait_for(|s| matches!(s, LinkState::Connected { .. })))
+        .await
+        .expect("the sled connects within a minute")
+        .unwrap();
+    uplink
+}
+
+/// A minimal local MCP server: every POST gets the same JSON-RPC result.
+async fn start_mcp_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            tcp.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+                    let _ = request.into_body().collect().await;
+                    let mut response = hyper::Response::new(Full::new(Bytes::from_static(MCP_RESULT.as_bytes())));
+                    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+            });
+        }
+    });
+    addr
+}
+
+/// One keep-alive HTTP/1.1 connection with `TCP_NODELAY`.
+async fn http_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// `workers` concurrent keep-alive clients each POST `per_worker` bodies to `path` (round robin over the
+/// paths); returns every latency and the wall time.
+async fn post_load(
+    addr: SocketAddr,
+    paths: Arc<Vec<String>>,
+    bearer: Option<&'static str>,
+    workers: usize,
+    per_worker: usize,
+) -> (Latencies, Duration) {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let paths = paths.clone();
+        tasks.spawn(async move {
+            let mut client = http_client(addr).await;
+            let mut lat = Vec::with_capacity(per_worker);
+            for i in 0..per_worker {
+                let path = &paths[(w * per_worker + i) % paths.len()];
+                let mut request = Request::post(path.as_str())
+                    .header("host", addr.to_string())
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(MCP_BODY.as_bytes())))
+                    .unwrap();
+                if let Some(token) = bearer {
+                    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+                }
+                let t = Instant::now();
+                client.ready().await.unwrap();
+                let response = client.send_request(request).await.unwrap();
+                assert!(response.status().is_success(), "HTTP {}", response.status());
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                lat.push(t.elapsed());
+                assert!(body.starts_with(b"{\"jsonrpc\""), "unexpected answer");
+            }
+            lat
+        });
+    }
+    let mut all = Vec::with_capacity(workers * per_worker);
+    while let Some(lat) = tasks.join_next().await {
+        all.extend(lat.unwrap());
+    }
+    (Latencies(all), start.elapsed())
+}
+
+fn tool_input() -> serde_json::Value {
+    json!({"command": "cargo test --workspace", "description": "Run the tests", "timeout": 120000})
+}
+
+// ── 2. Permission round trip vs a bare WebSocket echo ────────────────────────────────────────────────────
+
+async fn echo_round_trips(frame: &str, n: usize) -> Latencies {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_text() && ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), None, true).await.unwrap();
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        ws.send(Message::text(frame)).await.unwrap();
+        let reply = ws.next().await.unwrap().unwrap();
+        lat.push(t.elapsed());
+        assert!(reply.is_text());
+    }
+    Latencies(lat)
+}
+
+async fn bench_rtt(n: usize) {
+    println!("\n## 2. Permission round trip (sequential, {n} requests) vs bare tokio-tungstenite echo");
+    let gateway = GatewayProcess::start();
+    let sled = start_sled(gateway.sled_url(), "bench", "http://127.0.0.1:9/mcp").await;
+    let input = tool_input();
+    for _ in 0..200 {
+        assert_eq!(sled.request_permission("Bench", &input).await, Decision::Approve);
+    }
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let decision = sled.request_permission("Bench", &input).await;
+        lat.push(t.elapsed());
+        assert_eq!(decision, Decision::Approve);
+    }
+    let perm = Latencies(lat);
+    // The echo frame is as large as the perm_request the sled sends.
+    let frame = json!({"type": "perm_request", "req_id": "00000000000000000000000000000042",
+        "payload": {"tool_name": "Bench", "tool_input": input}})
+    .to_string();
+    let _ = echo_round_trips(&frame, 200).await;
+    let echo = echo_round_trips(&frame, n).await;
+    println!("permission: p50 {}  p99 {}  max {}", us(perm.pct(0.5)), us(perm.pct(0.99)), us(perm.max()));
+    println!("echo floor: p50 {}  p99 {}  max {}", us(echo.pct(0.5)), us(echo.pct(0.99)), us(echo.max()));
+    let ratio = perm.pct(0.5).as_secs_f64() / echo.pct(0.5).as_secs_f64();
+    println!("ratio p50: {ratio:.2}x (target ≤ 1.15x)");
+    sled.shutdown().await;
+}
+
+// ── 3. Permission throughput with 64 in flight ───────────────────────────────────────────────────────────
+
+async fn bench_throughput(total: usize) {
+    const IN_FLIGHT: usize = 64;
+    println!("\n## 3. Permission throughput: {total} requests, {IN_FLIGHT} in flight");
+    let gateway = GatewayProcess::start();
+    let sled = start_sled(gateway.sled_url(), "bench", "http://127.0.0.1:9/mcp").await;
+    let input = Arc::new(tool_input());
+    let (sled_cpu0, gw_cpu0, start) = (own_cpu(), gateway.cpu(), Instant::now());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let (sled, input) = (sled.clone(), input.clone());
+        tasks.spawn(async move {
+            for _ in 0..total / IN_FLIGHT {
+                assert_eq!(sled.request_permission("Bench", &input).await, Decision::Approve);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let wall = start.elapsed();
+    let done = (total / IN_FLIGHT * IN_FLIGHT) as f64;
+    let sled_cpu = (own_cpu() - sled_cpu0).as_secs_f64() * 1e6 / done;
+    let gw_cpu = (gateway.cpu() - gw_cpu0).as_secs_f64() * 1e6 / done;
+    println!("throughput: {:.0} permissions/s over {wall:.2?}", done / wall.as_secs_f64());
+    println!("CPU per permission: sled process {sled_cpu:.1} µs (target ≤ 10 µs), gateway process {gw_cpu:.1} µs");
+    sled.shutdown().await;
+}
+
+// ── 4. MCP relay vs direct HTTP ──────────────────────────────────────────────────────────────────────────
+
+async fn bench_relay(total: usize) {
+    const OUTSTANDING: usize = 64;
+    println!("\n## 4. MCP relay, {OUTSTANDING} outstanding, {total} requests: gateway → sled → local server → back");
+    let gateway = GatewayProcess::start();
+    let mcp = start_mcp_server().await;
+    let sled = start_sled(gateway.sled_url(), "bench", &format!("http://{mcp}/mcp")).await;
+    gateway.wait_connected(1).await;
+    let per = total / OUTSTANDING;
+    let relay_paths = Arc::new(vec!["/api/sleds/bench/mcp".to_owned()]);
+    let direct_paths = Arc::new(vec!["/mcp".to_owned()]);
+    let _ = post_load(gateway.addr, relay_paths.clone(), Some(ADMIN_TOKEN), OUTSTANDING, 20).await;
+    let _ = post_load(mcp, direct_paths.clone(), None, OUTSTANDING, 20).await;
+    // CPU of both processes per request shows what bounds throughput on a machine with few cores.
+    let cpu = || own_cpu() + gateway.cpu();
+    let cpu0 = cpu();
+    let (direct, direct_wall) = post_load(mcp, direct_paths, None, OUTSTANDING, per).await;
+    let cpu1 = cpu();
+    let (relay, relay_wall) = post_load(gateway.addr, relay_paths, Some(ADMIN_TOKEN), OUTSTANDING, per).await;
+    let cpu2 = cpu();
+    let per_request = |d: Duration, l: &Latencies| d.as_secs_f64() * 1e6 / l.0.len() as f64;
+    println!(
+        "CPU per request (both processes): relay {:.1} µs, direct {:.1} µs",
+        per_request(cpu2 - cpu1, &relay),
+        per_request(cpu1 - cpu0, &direct)
+    );
+    let rate = |l: &Latencies, wall: Duration| l.0.len() as f64 / wall.as_secs_f64();
+    for (name, l, wall) in [("relay", &relay, relay_wall), ("direct HTTP floor", &direct, direct_wall)] {
+        println!(
+            "{name}: {:.0} responses/s  p50 {}  p99 {}  max {}  over 10 ms: {}",
+            rate(l, wall),
+            us(l.pct(0.5)),
+            us(l.pct(0.99)),
+            us(l.max()),
+            l.over(Duration::from_millis(10)),
+        );
+    }
+    let ratio = rate(&relay, relay_wall) / rate(&direct, direct_wall);
+    println!("ratio throughput: {ratio:.2}x (target ≥ 0.85x; max latency target ≤ 5 ms)");
+    sled.shutdown().await;
+}
+
+// ── 5. Gateway scale ─────────────────────────────────────────────────────────────────────────────────────
+
+async fn bench_scale(sleds: usize, idle: Duration) {
+    println!("\n## 5. Gateway scale: {sleds} sleds, idle window {idle:?}");
+    let gateway = GatewayProcess::start();
+    let mcp = start_mcp_server().await;
+    let mcp_url = format!("http://{mcp}/mcp");
+    let rss0 = gateway.rss();
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    // At most 256 handshakes at a time, so that the listen backlog never overflows.
+    let wave = Arc::new(tokio::sync::Semaphore::new(256));
+    for i in 0..sleds {
+        let (url, mcp_url, wave) = (gateway.sled_url(), mcp_url.clone(), wave.clone());
+        tasks.spawn(async move {
+            let _permit = wave.acquire_owned().await.unwrap();
+            start_sled(url, &format!("sled-{i:05}"), &mcp_url).await
+        });
+    }
+    let mut uplinks = Vec::with_capacity(sleds);
+    while let Some(u) = tasks.join_next().await {
+        uplinks.push(u.unwrap());
+    }
+    gateway.wait_connected(sleds).await;
+    let connect_all = start.elapsed();
+    // Let the connections settle (first heartbeats and pings), then measure.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss1 = gateway.rss();
+    let (cpu0, t0) = (gateway.cpu(), Instant::now());
+    tokio::time::sleep(idle).await;
+    let cpu_share = (gateway.cpu() - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    let per_sled = rss1.saturating_sub(rss0) as f64 / sleds as f64;
+    println!("connect all: {connect_all:.2?} ({:.0} sleds/s)", sleds as f64 / connect_all.as_secs_f64());
+    println!(
+        "gateway RSS: {:.1} MiB idle before, {:.1} MiB with {sleds} sleds: {:.1} KiB per sled (target ≤ 32 KiB)",
+        rss0 as f64 / 1048576.0,
+        rss1 as f64 / 1048576.0,
+        per_sled / 1024.0
+    );
+    println!("gateway CPU while they heartbeat: {:.2}% of one core (target < 5%)", cpu_share * 100.0);
+    // Spread over at most 1,000 sleds: each sled keeps a connection to the local server, and the open-file
+    // limit of this process must hold them beside the WebSocket connections.
+    let spread = sleds.min(1000);
+    let paths = Arc::new((0..spread).map(|i| format!("/api/sleds/sled-{i:05}/mcp")).collect::<Vec<_>>());
+    // A first request per sled opens its connection to the local server; the measured round runs warm.
+    let _ = post_load(gateway.addr, paths.clone(), Some(ADMIN_TOKEN), 64, spread.div_ceil(64)).await;
+    let (relay, wall) = post_load(gateway.addr, paths, Some(ADMIN_TOKEN), 64, 20_000 / 64).await;
+    println!(
+        "MCP relay spread over {spread} sleds, 64 outstanding: {:.0} responses/s  p50 {}  p99 {}  max {}",
+        relay.0.len() as f64 / wall.as_secs_f64(),
+        us(relay.pct(0.5)),
+        us(relay.pct(0.99)),
+        us(relay.max())
+    );
+    for u in &uplinks {
+        u.shutdown().await;
+    }
+}
+
+// ── Main ─────────────────────────────────────────────────────────────────────────────────────────────────
+
+fn arg_value(args: &[String], name: &str) -> Option<usize> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let all = ["rtt", "throughput", "relay", "scale"];
+    let chosen: Vec<&str> = all.iter().copied().filter(|b| args.iter().any(|a| a == b)).collect();
+    let chosen = if chosen.is_empty() { all.to_vec() } else { chosen };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        println!("uplink network benchmarks (loopback; gateway = `uplink gateway` child process)");
+        for bench in chosen {
+            match bench {
+                "rtt" => bench_rtt(arg_value(&args, "--n").unwrap_or(2000)).await,
+                "throughput" => bench_throughput(arg_value(&args, "--n").unwrap_or(50_000)).await,
+                "relay" => bench_relay(arg_value(&args, "--n").unwrap_or(20_000)).await,
+                _ => {
+                    let sleds = arg_value(&args, "--sleds").unwrap_or(1000);
+                    let idle = Duration::from_secs(arg_value(&args, "--idle-secs").unwrap_or(10) as u64);
+                    bench_scale(sleds, idle).await;
+                }
+            }
+        }
+    });
+}
