@@ -66,67 +66,56 @@ pub struct Shape {
     pub is_response: bool,
 }
 
-/// Reads a message's [`Shape`]; `None` when it is not a JSON object.
-pub fn shape(message: &str) -> Option<Shape> {
-    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-        serde::de::IgnoredAny::deserialize(d).map(|_| true)
-    }
-    #[derive(Deserialize)]
-    struct Raw {
-        #[serde(default)]
-        method: Option<serde_json::Value>,
-        #[serde(default)]
-        id: Option<serde_json::Value>,
-        #[serde(default, deserialize_with = "present")]
-        result: bool,
-        #[serde(default, deserialize_with = "present")]
-        error: bool,
-    }
+/// The members of a JSON-RPC message object that [`shape`] and [`is_response_to`] look at, unparsed.
+#[derive(Deserialize)]
+struct Members<'a> {
+    #[serde(default, borrow)]
+    method: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "present")]
+    result: bool,
+    #[serde(default, deserialize_with = "present")]
+    error: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// The members of `message`, when it is a JSON object; `id` is `None` when absent or `null`.
+fn members(message: &str) -> Option<Members<'_>> {
+    // Only an object: serde's derived structs would also read the array form.
     if !message.trim_start().starts_with('{') {
         return None;
     }
-    let raw: Raw = serde_json::from_str(message).ok()?;
+    let mut m: Members<'_> = serde_json::from_str(message).ok()?;
+    m.id = m.id.filter(|id| id.get() != "null");
+    Some(m)
+}
+
+/// Reads a message's [`Shape`]; `None` when it is not a JSON object, or its `id` is a number no float holds.
+pub fn shape(message: &str) -> Option<Shape> {
+    let m = members(message)?;
     Some(Shape {
-        method: match raw.method {
-            Some(serde_json::Value::String(m)) => Some(m),
-            _ => None,
+        method: m.method.and_then(|raw| serde_json::from_str::<String>(raw.get()).ok()),
+        id: match m.id {
+            Some(raw) => Some(serde_json::from_str(raw.get()).ok()?),
+            None => None,
         },
-        id: raw.id.filter(|id| !id.is_null()),
-        is_response: raw.result || raw.error,
+        is_response: m.result || m.error,
     })
 }
 
-/// True when `message` is the JSON-RPC response to the request whose id is `id` (compared as JSON values,
-/// so `1` and `1.0` differ but `"a"` and `"\u0061"` match). With no id, any response matches.
+/// True when `message` is the JSON-RPC response to the request whose id is `id`: the same JSON text, or an
+/// equal JSON value (so `"a"` and `"\u0061"` match, `1` and `1.0` do not, and a number too large for any
+/// float still matches itself). With no id, any response matches.
 pub fn is_response_to(message: &str, id: Option<&RawValue>) -> bool {
-    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-        serde::de::IgnoredAny::deserialize(d).map(|_| true)
-    }
-    #[derive(Deserialize)]
-    struct Probe<'a> {
-        #[serde(default, borrow)]
-        id: Option<&'a RawValue>,
-        #[serde(default, deserialize_with = "present")]
-        result: bool,
-        #[serde(default, deserialize_with = "present")]
-        error: bool,
-    }
-    if !message.trim_start().starts_with('{') {
-        return false;
-    }
-    let Ok(probe) = serde_json::from_str::<Probe<'_>>(message) else { return false };
-    if !(probe.result || probe.error) {
-        return false;
-    }
+    let Some(m) = members(message).filter(|m| m.result || m.error) else { return false };
     let Some(want) = id else { return true };
-    let Some(got) = probe.id.filter(|got| got.get() != "null") else { return false };
-    // The same text is the same id, even a number too large for any float (valid JSON all the same);
-    // otherwise compare the values, so that escapes in strings do not matter.
-    got.get() == want.get()
-        || matches!(
-            (serde_json::from_str::<serde_json::Value>(got.get()), serde_json::from_str::<serde_json::Value>(want.get())),
-            (Ok(a), Ok(b)) if a == b
-        )
+    let Some(got) = m.id else { return false };
+    let value = |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get()).ok();
+    got.get() == want.get() || value(got).is_some_and(|got| value(want) == Some(got))
 }
 
 /// JSON-RPC ids are strings or numbers (`null` is allowed but means "unknown").

@@ -865,21 +865,22 @@ impl Sled {
     }
 
     fn on_perm_response(&mut self, conn: ConnId, req_id: &str, decision: Decision) {
-        // One search of the id map on the common path: take the entry out, put it back if it does not match.
-        let matched = match self.perm_ids.remove_entry(req_id) {
-            Some((_, key)) if self.perms.get(&key).is_some_and(|p| p.sent_on == Some(conn)) => Some(key),
-            Some((id, key)) => {
-                self.perm_ids.insert(id, key);
-                None
-            }
-            None => None,
-        };
-        match matched.and_then(|key| Some((key, self.perms.remove(&key)?))) {
-            Some((key, perm)) => self.decide(key, perm.id, decision, Cause::Response),
-            None => {
+        // One search of the id map: take the entry out. Every pending request is sent on the live connection
+        // as soon as there is one, so the check below always holds; if that ever broke, the response would be
+        // ignored (never approving a request on a connection it was not sent on) and the entry put back.
+        let key = match self.perm_ids.remove_entry(req_id) {
+            Some((_, key)) if self.perms.get(&key).is_some_and(|p| p.sent_on == Some(conn)) => key,
+            other => {
+                if let Some((id, key)) = other {
+                    self.perm_ids.insert(id, key);
+                }
                 self.stats.unmatched_responses += 1;
                 self.ignored(Ignored::UnmatchedResponse);
+                return;
             }
+        };
+        if let Some(perm) = self.perms.remove(&key) {
+            self.decide(key, perm.id, decision, Cause::Response);
         }
     }
 

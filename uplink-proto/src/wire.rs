@@ -191,25 +191,25 @@ impl<'a> InPayload<'a> {
     }
 }
 
-/// Reads an object key as its index in a list of names (`None` for any other key), without copying it.
-struct KeyIndex(&'static [&'static str]);
+/// Reads an object key as one of a list of names (`None` for any other key), without copying it.
+struct KeyName(&'static [&'static str]);
 
-impl<'de> serde::de::DeserializeSeed<'de> for KeyIndex {
-    type Value = Option<usize>;
+impl<'de> serde::de::DeserializeSeed<'de> for KeyName {
+    type Value = Option<&'static str>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_identifier(self)
     }
 }
 
-impl serde::de::Visitor<'_> for KeyIndex {
-    type Value = Option<usize>;
+impl serde::de::Visitor<'_> for KeyName {
+    type Value = Option<&'static str>;
 
     fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("an object key")
     }
     fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(self.0.iter().position(|name| *name == v))
+        Ok(self.0.iter().copied().find(|name| *name == v))
     }
 }
 
@@ -236,24 +236,20 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeSeed {
         let mut kind: Option<Cow<'de, str>> = None;
         let mut req_id: Option<Option<Str<'de>>> = None;
         let mut payload: Option<InPayload<'de>> = None;
-        while let Some(key) = map.next_key_seed(KeyIndex(&["type", "req_id", "payload"]))? {
-            match key.and_then(|i| ["type", "req_id", "payload"].get(i)).copied().unwrap_or("") {
+        while let Some(key) = map.next_key_seed(KeyName(&["type", "req_id", "payload"]))? {
+            match key.unwrap_or("") {
                 "type" if kind.is_some() => return Err(A::Error::duplicate_field("type")),
                 "type" => kind = Some(map.next_value::<Str<'de>>()?.0),
                 "req_id" if req_id.is_some() => return Err(A::Error::duplicate_field("req_id")),
                 "req_id" => req_id = Some(map.next_value()?),
                 "payload" if payload.is_some() => return Err(A::Error::duplicate_field("payload")),
                 "payload" => {
-                    let object = match (self.0, kind.as_deref()) {
-                        (Direct::GatewayFrames, Some(kind::PERM_RESPONSE)) => Some(ObjectKind::Flags),
-                        (Direct::GatewayFrames, Some(kind::MCP_REQUEST)) => Some(ObjectKind::Mcp),
-                        _ => None,
+                    let object = match self.0 {
+                        Direct::GatewayFrames => kind.as_deref().and_then(gateway_payload),
+                        Direct::Nothing => None,
                     };
                     payload = Some(match object {
-                        Some(object) => match map.next_value_seed(LenientSeed(object))? {
-                            Lenient::Null => InPayload::Absent,
-                            read => InPayload::Read(read),
-                        },
+                        Some(object) => InPayload::Read(map.next_value_seed(LenientSeed(object))?),
                         None => map.next_value::<Option<&'de RawValue>>()?.map_or(InPayload::Absent, InPayload::Raw),
                     });
                 }
@@ -265,6 +261,22 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeSeed {
         let kind = kind.ok_or_else(|| A::Error::missing_field("type"))?;
         Ok(InEnvelope { kind, req_id: req_id.flatten().map(|s| s.0), payload: payload.unwrap_or(InPayload::Absent) })
     }
+}
+
+/// How the payload of a gateway → sled frame of type `kind` is read; `None` for a type this side does not know.
+fn gateway_payload(kind: &str) -> Option<ObjectKind> {
+    match kind {
+        kind::PERM_RESPONSE => Some(ObjectKind::Flags),
+        kind::MCP_REQUEST => Some(ObjectKind::Mcp),
+        _ => None,
+    }
+}
+
+/// Reads a payload kept raw (it came before `type`) by the same rules as one read directly.
+fn read_lenient(raw: &RawValue, object: ObjectKind) -> Lenient<'_> {
+    use serde::de::DeserializeSeed as _;
+    // Raw values are valid JSON: reading one leniently cannot fail.
+    LenientSeed(object).deserialize(&mut serde_json::Deserializer::from_str(raw.get())).unwrap_or(Lenient::Other)
 }
 
 /// The payload objects read directly.
@@ -347,9 +359,8 @@ impl<'de> serde::de::Visitor<'de> for LenientSeed {
         // Every member's value is read leniently, so that a value of the wrong type never fails the frame.
         let (mut approved, mut always_allow, mut body, mut session) = (None, None, None, None);
         let mut repeated = false;
-        const NAMES: &[&str] = &["approved", "always_allow", "body", "session"];
-        while let Some(key) = map.next_key_seed(KeyIndex(NAMES))? {
-            let slot = match (self.0, key.and_then(|i| NAMES.get(i)).copied().unwrap_or("")) {
+        while let Some(key) = map.next_key_seed(KeyName(&["approved", "always_allow", "body", "session"]))? {
+            let slot = match (self.0, key.unwrap_or("")) {
                 (ObjectKind::Flags, "approved") => &mut approved,
                 (ObjectKind::Flags, "always_allow") => &mut always_allow,
                 (ObjectKind::Mcp, "body") => &mut body,
@@ -437,44 +448,19 @@ impl<'a> GatewayFrame<'a> {
     pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
         let env = parse_envelope(text, Direct::GatewayFrames)?;
         let req_id = env.req_id.unwrap_or(Cow::Borrowed(""));
-        match &*env.kind {
-            kind::PERM_RESPONSE => {
-                if let InPayload::Read(Lenient::Flags(decision)) = env.payload {
-                    return Ok(GatewayFrame::PermResponse { req_id, decision });
-                }
-                #[derive(Deserialize)]
-                struct Flags<'a> {
-                    #[serde(default, borrow)]
-                    approved: Option<&'a RawValue>,
-                    #[serde(default, borrow)]
-                    always_allow: Option<&'a RawValue>,
-                }
-                let is_true = |v: Option<&RawValue>| v.is_some_and(|v| v.get() == "true");
-                let decision = match env.payload.raw().and_then(|p| object::<Flags<'_>>(p.get())) {
-                    Some(f) => Decision::from_flags(is_true(f.approved), is_true(f.always_allow)),
-                    None => Decision::Deny,
-                };
-                Ok(GatewayFrame::PermResponse { req_id, decision })
-            }
-            kind::MCP_REQUEST => {
-                if let InPayload::Read(Lenient::Mcp { body, session }) = env.payload {
-                    return Ok(GatewayFrame::McpRequest { req_id, body, session });
-                }
-                #[derive(Deserialize)]
-                struct McpPayload<'a> {
-                    #[serde(default, borrow)]
-                    body: Option<Str<'a>>,
-                    #[serde(default, borrow)]
-                    session: Option<&'a RawValue>,
-                }
-                let (body, session) = match env.payload.raw().and_then(|p| object::<McpPayload<'a>>(p.get())) {
-                    Some(p) => (p.body.map(|b| b.0), lenient_str(p.session)),
-                    None => (None, None),
-                };
-                Ok(GatewayFrame::McpRequest { req_id, body, session })
-            }
-            _ => Err(DecodeError::UnknownType),
-        }
+        let object = gateway_payload(&env.kind).ok_or(DecodeError::UnknownType)?;
+        let payload = match env.payload {
+            InPayload::Read(read) => read,
+            InPayload::Raw(raw) => read_lenient(raw, object),
+            InPayload::Absent => Lenient::Null,
+        };
+        Ok(match (object, payload) {
+            (ObjectKind::Flags, Lenient::Flags(decision)) => GatewayFrame::PermResponse { req_id, decision },
+            (ObjectKind::Mcp, Lenient::Mcp { body, session }) => GatewayFrame::McpRequest { req_id, body, session },
+            // A payload that is missing or not an object.
+            (ObjectKind::Mcp, _) => GatewayFrame::McpRequest { req_id, body: None, session: None },
+            (_, _) => GatewayFrame::PermResponse { req_id, decision: Decision::Deny },
+        })
     }
 }
 
