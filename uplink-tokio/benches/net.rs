@@ -440,7 +440,12 @@ fn main() {
     let all = ["rtt", "throughput", "relay", "scale"];
     let chosen: Vec<&str> = all.iter().copied().filter(|b| args.iter().any(|a| a == b)).collect();
     let chosen = if chosen.is_empty() { all.to_vec() } else { chosen };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    // `--current-thread` runs this process (sleds, load, local server) on one thread: no cross-thread wake-ups.
+    let runtime = if args.iter().any(|a| a == "--current-thread") {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    };
     runtime.block_on(async {
         println!("uplink network benchmarks (loopback; gateway = `uplink gateway` child process)");
         for bench in chosen {
