@@ -4,6 +4,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod mcp_server;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -273,6 +274,83 @@ pub async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<(String, Value)>, k
             if k == kind {
                 return v;
             }
+        }
+    })
+    .await
+}
+
+/// The sled token of every [`RealGateway`].
+pub const SLED_TOKEN: &str = "sled-secret";
+/// The admin token of every [`RealGateway`].
+pub const ADMIN_TOKEN: &str = "admin-secret";
+
+/// `uplink gateway`'s server, in this process, on a loopback port.
+pub struct RealGateway {
+    pub addr: SocketAddr,
+    /// `http://ADDR`
+    pub base: String,
+    /// `ws://ADDR/api/sled-uplink`
+    pub ws: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RealGateway {
+    pub async fn start(session: uplink_proto::gateway::GatewayConfig, max_message_size: usize) -> RealGateway {
+        use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
+        let server = GatewayServer::bind(GatewayServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            sled_tokens: vec![SLED_TOKEN.into()],
+            admin_token: ADMIN_TOKEN.into(),
+            tls: None,
+            max_message_size,
+            session,
+        })
+        .await
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        RealGateway {
+            addr,
+            base: format!("http://{addr}"),
+            ws: format!("ws://{addr}/api/sled-uplink"),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Kills the gateway: every task of it stops at once, with no close frame to anyone, as when its process
+    /// dies.
+    pub async fn kill(mut self) {
+        self.stop.take();
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RealGateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits (bounded by [`WAIT`]) until the uplink's link state satisfies `pred`; returns that state.
+pub async fn link_state_where(
+    uplink: &uplink_tokio::Uplink,
+    what: &str,
+    pred: impl Fn(&uplink_tokio::LinkState) -> bool,
+) -> uplink_tokio::LinkState {
+    let mut rx = uplink.watch_link();
+    within(what, async {
+        loop {
+            let state = rx.borrow_and_update().clone();
+            if pred(&state) {
+                return state;
+            }
+            rx.changed().await.unwrap();
         }
     })
     .await

@@ -5,40 +5,18 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::gateway::GatewayConfig;
 use uplink_tests::mcp_server::{McpServer, Mode};
-use uplink_tests::{http, next_event, sse, within};
-use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
+use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, http, next_event, sse, within};
 use uplink_tokio::{Decision, LinkState, LossReason, Uplink, UplinkConfig};
 
-const SLED_TOKEN: &str = "sled-secret";
-const ADMIN: &str = "admin-secret";
+const ADMIN: &str = ADMIN_TOKEN;
 
-struct Gw {
-    base: String,
-    ws: String,
-    _stop: oneshot::Sender<()>,
-}
+type Gw = RealGateway;
 
 async fn start_gateway(session: GatewayConfig, max_message_size: usize) -> Gw {
-    let server = GatewayServer::bind(GatewayServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        sled_tokens: vec![SLED_TOKEN.into()],
-        admin_token: ADMIN.into(),
-        tls: None,
-        max_message_size,
-        session,
-    })
-    .await
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    Gw { base: format!("http://{addr}"), ws: format!("ws://{addr}/api/sled-uplink"), _stop: stop }
+    RealGateway::start(session, max_message_size).await
 }
 
 async fn gateway() -> Gw {

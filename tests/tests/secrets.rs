@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use uplink_tests::{TestGateway, within};
+use uplink_tests::{TestGateway, link_state_where, within};
 use uplink_tokio::{Decision, LinkState, Uplink, UplinkConfig};
 
 const TOKEN: &str = "Sup3r-s3cret-t0ken";
@@ -34,16 +34,6 @@ fn config(url: &str) -> UplinkConfig {
     c
 }
 
-async fn until(uplink: &Uplink, what: &str, pred: impl Fn(&LinkState) -> bool) {
-    let mut rx = uplink.watch_link();
-    within(what, async {
-        while !pred(&rx.borrow_and_update()) {
-            rx.changed().await.unwrap();
-        }
-    })
-    .await;
-}
-
 // Current-thread runtime: every task runs on this thread, under the thread's default subscriber.
 #[tokio::test]
 async fn the_token_never_reaches_the_logs_at_trace_level() {
@@ -61,7 +51,7 @@ async fn the_token_never_reaches_the_logs_at_trace_level() {
     // 1. Nothing listens: connection refused, with the URL (and token) at hand.
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let uplink = Uplink::start(config(&format!("ws://{closed_port}/api/sled-uplink?token={TOKEN}"))).unwrap();
-    until(&uplink, "a failed attempt", |s| matches!(s, LinkState::BackingOff { .. })).await;
+    link_state_where(&uplink, "a failed attempt", |s| matches!(s, LinkState::BackingOff { .. })).await;
     uplink.shutdown().await;
 
     // 2. Refused handshake, then 3. a whole session: a permission, a failing local MCP call, shutdown.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use uplink_proto::{LinkState, LossReason};
-use uplink_tests::{TestGateway, within};
+use uplink_tests::{TestGateway, link_state_where, within};
 use uplink_tokio::{Decision, Uplink, UplinkConfig};
 
 /// Short back-off so reconnections happen within the test's patience.
@@ -29,20 +29,6 @@ fn ask(uplink: &Uplink, tool: &'static str) -> tokio::task::JoinHandle<Decision>
 async fn shut_down(uplink: &Uplink, conn: &mut uplink_tests::GatewayConn) {
     let (code, ()) = tokio::join!(conn.until_closed(), within("shutdown", uplink.shutdown()));
     assert_eq!(code, Some(1000));
-}
-
-async fn wait_for_state(uplink: &Uplink, what: &str, pred: impl Fn(&LinkState) -> bool) -> LinkState {
-    let mut rx = uplink.watch_link();
-    within(what, async {
-        loop {
-            let state = rx.borrow_and_update().clone();
-            if pred(&state) {
-                return state;
-            }
-            rx.changed().await.unwrap();
-        }
-    })
-    .await
 }
 
 #[tokio::test]
@@ -136,7 +122,7 @@ async fn unauthorized_is_reported_and_retried_on_the_back_off_cap() {
     let uplink = Uplink::start(config(&gw.url())).unwrap();
     gw.refuse(StatusCode::UNAUTHORIZED).await;
     let state =
-        wait_for_state(&uplink, "the unauthorized back-off", |s| matches!(s, LinkState::BackingOff { .. })).await;
+        link_state_where(&uplink, "the unauthorized back-off", |s| matches!(s, LinkState::BackingOff { .. })).await;
     match state {
         LinkState::BackingOff { reason, delay } => {
             assert_eq!(reason, LossReason::Unauthorized);
@@ -268,7 +254,7 @@ async fn a_gateway_that_never_finishes_the_handshake_is_abandoned_after_the_conn
     let uplink = Uplink::start(c).unwrap();
     // Accept TCP, say nothing: a slow-loris gateway.
     let _held = gw.accept_tcp().await;
-    let state = wait_for_state(&uplink, "the connect timeout", |s| matches!(s, LinkState::BackingOff { .. })).await;
+    let state = link_state_where(&uplink, "the connect timeout", |s| matches!(s, LinkState::BackingOff { .. })).await;
     assert!(matches!(state, LinkState::BackingOff { reason: LossReason::ConnectTimeout, .. }), "{state:?}");
     // The next attempt goes through.
     let mut conn = gw.accept().await;
