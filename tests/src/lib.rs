@@ -331,6 +331,37 @@ impl RealGateway {
     }
 }
 
+/// A WebSocket client connection written by hand, as a sled that does whatever the test wants.
+pub type RawWs = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl RealGateway {
+    /// A raw WebSocket connection to the sled endpoint, with the sled token.
+    pub async fn raw_sled(&self) -> RawWs {
+        let url = format!("{}?token={SLED_TOKEN}", self.ws);
+        within("a raw connection", tokio_tungstenite::connect_async(url)).await.unwrap().0
+    }
+}
+
+/// Sends an `identity` frame for `project`.
+pub async fn identify(ws: &mut RawWs, project: &str) {
+    let frame = serde_json::json!({"type":"identity","req_id":"identity","payload":{"project":project}});
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// Reads until the gateway closes; returns its close code (`None` when the connection ended without one).
+pub async fn close_code(ws: &mut RawWs) -> Option<u16> {
+    within("the gateway to close", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+}
+
 impl Drop for RealGateway {
     fn drop(&mut self) {
         self.task.abort();

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::gateway::GatewayConfig;
 use uplink_tests::mcp_server::{McpServer, Mode};
-use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, http, next_event, sse, within};
+use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, close_code, http, identify, next_event, sse, within};
 use uplink_tokio::{Decision, LinkState, LossReason, Uplink, UplinkConfig};
 
 const ADMIN: &str = ADMIN_TOKEN;
@@ -208,42 +208,16 @@ async fn tokens_are_checked_before_anything_else() {
     assert_eq!(status, 400);
 }
 
-type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn raw(gw: &Gw) -> RawWs {
-    let url = format!("{}?token={SLED_TOKEN}", gw.ws);
-    within("a raw connection", tokio_tungstenite::connect_async(url)).await.unwrap().0
-}
-
-async fn identify(ws: &mut RawWs, project: &str) {
-    let frame = json!({"type":"identity","req_id":"identity","payload":{"project":project}});
-    ws.send(Message::text(frame.to_string())).await.unwrap();
-}
-
-/// Reads until the gateway closes; returns its close code.
-async fn close_code(ws: &mut RawWs) -> Option<u16> {
-    within("the gateway to close", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => {}
-                _ => return None,
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_second_connection_for_a_project_replaces_the_first() {
     let gw = gateway().await;
     let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
-    let mut first = raw(&gw).await;
+    let mut first = gw.raw_sled().await;
     identify(&mut first, "epsilon").await;
     next_event(&mut events, "sled_connected").await;
     first.send(Message::text(r#"{"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash"}}"#)).await.unwrap();
     let id = next_event(&mut events, "permission_requested").await["id"].clone();
-    let mut second = raw(&gw).await;
+    let mut second = gw.raw_sled().await;
     identify(&mut second, "epsilon").await;
     assert_eq!(close_code(&mut first).await, Some(4000));
     let withdrawn = next_event(&mut events, "permission_withdrawn").await;
@@ -259,7 +233,7 @@ async fn a_silent_sled_is_reported_stale_then_alive() {
         start_gateway(GatewayConfig { stale_after: Duration::from_millis(300), ..GatewayConfig::default() }, 1 << 20)
             .await;
     let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
-    let mut ws = raw(&gw).await;
+    let mut ws = gw.raw_sled().await;
     identify(&mut ws, "zeta").await;
     next_event(&mut events, "sled_connected").await;
     assert_eq!(next_event(&mut events, "sled_stale").await["project"], "zeta");
@@ -276,20 +250,20 @@ async fn hostile_clients_are_closed_with_the_right_code() {
             .await;
     // Garbage first, or anything but identity first: policy violation.
     for first in ["garbage", r#"{"type":"heartbeat","req_id":"","payload":null}"#] {
-        let mut ws = raw(&gw).await;
+        let mut ws = gw.raw_sled().await;
         ws.send(Message::text(first)).await.unwrap();
         assert_eq!(close_code(&mut ws).await, Some(1008), "{first}");
     }
     // Nothing at all: policy violation at the identity deadline.
-    let mut ws = raw(&gw).await;
+    let mut ws = gw.raw_sled().await;
     assert_eq!(close_code(&mut ws).await, Some(1008));
     // An oversized frame after identity: 1009.
-    let mut ws = raw(&gw).await;
+    let mut ws = gw.raw_sled().await;
     identify(&mut ws, "eta").await;
     ws.send(Message::text("x".repeat(10_000))).await.unwrap();
     assert_eq!(close_code(&mut ws).await, Some(1009));
     // Garbage after identity is ignored: the connection lives and still answers MCP.
-    let mut ws = raw(&gw).await;
+    let mut ws = gw.raw_sled().await;
     identify(&mut ws, "theta").await;
     for junk in ["{", "[]", r#"{"type":"nope"}"#, r#"{"type":"mcp_response","req_id":"mcp-999"}"#] {
         ws.send(Message::text(junk)).await.unwrap();
@@ -330,7 +304,7 @@ async fn an_mcp_request_the_sled_never_answers_times_out_with_504() {
         start_gateway(GatewayConfig { mcp_timeout: Duration::from_millis(300), ..GatewayConfig::default() }, 1 << 20)
             .await;
     let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
-    let mut ws = raw(&gw).await;
+    let mut ws = gw.raw_sled().await;
     identify(&mut ws, "iota").await;
     next_event(&mut events, "sled_connected").await;
     let (status, body) = http(

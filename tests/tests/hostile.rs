@@ -1,0 +1,196 @@
+//! Hostile input over real sockets, at both ends: floods of garbage, unknown and duplicate frames, deeply
+//! nested JSON, huge ids, invalid UTF-8, more requests than allowed, and a hostile admin client. Nothing may
+//! panic, grow without bound, approve what nobody approved, leave a request unanswered, or hurt another sled.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use uplink_proto::gateway::GatewayConfig;
+use uplink_tests::{
+    ADMIN_TOKEN, RealGateway, SLED_TOKEN, TestGateway, close_code, http, identify, link_state_where, next_event, sse,
+    within,
+};
+use uplink_tokio::{Decision, LinkState, Uplink, UplinkConfig};
+
+/// Nested arrays deeper than any JSON parser here accepts (serde_json stops at 128 levels).
+fn deeply_nested() -> String {
+    format!("{}{}", "[".repeat(20_000), "]".repeat(20_000))
+}
+
+fn frame(kind: &str, req_id: &str, payload: Value) -> String {
+    json!({"type": kind, "req_id": req_id, "payload": payload}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_and_hostile_frames_never_hurt_the_gateway_or_another_sled() {
+    const LIMIT: usize = 100;
+    let session = GatewayConfig {
+        auto_approve: ["Bench".to_owned()].into(),
+        max_pending_permissions: LIMIT,
+        ..GatewayConfig::default()
+    };
+    let gw = RealGateway::start(session, 64 * 1024).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
+    let mut c = UplinkConfig::new(&gw.ws, "good");
+    c.token = Some(SLED_TOKEN.into());
+    let good = Uplink::start(c).unwrap();
+    link_state_where(&good, "the good sled", |s| matches!(s, LinkState::Connected { .. })).await;
+
+    let mut evil = gw.raw_sled().await;
+    identify(&mut evil, "evil").await;
+    loop {
+        if next_event(&mut events, "sled_connected").await["project"] == "evil" {
+            break;
+        }
+    }
+    let huge_id = "h".repeat(60_000);
+    let mut flood: Vec<String> = Vec::new();
+    flood.extend((0..2000).map(|_| "{".to_owned()));
+    flood.extend((0..2000).map(|i| frame("no_such_type", &i.to_string(), json!(null))));
+    let deep: Value = json!({"tool_name": "Write", "tool_input": "placeholder"});
+    flood.push(frame("perm_request", "deep", deep).replace("\"placeholder\"", &deeply_nested()));
+    flood.push(frame("perm_request", &huge_id, json!({"tool_name": "Write", "tool_input": {}})));
+    flood.extend((0..1000).map(|_| frame("perm_request", "dup", json!({"tool_name": "Write", "tool_input": {}}))));
+    flood.extend((0..300).map(|i| frame("perm_request", &format!("n-{i}"), json!({"tool_name": "Write"}))));
+    for text in flood {
+        evil.feed(Message::text(text)).await.unwrap();
+    }
+    evil.flush().await.unwrap();
+
+    // The deep tool input is valid JSON, passed along unparsed: that request waits, with the huge id, "dup"
+    // (once) and the first 97 of the 300. The other 203 are denied at once: the limit is reached. Repeats
+    // of "dup" are ignored.
+    let denied = within("the denials", async {
+        let mut denied = Vec::new();
+        while denied.len() < 203 {
+            match evil.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    assert_eq!(v["type"], "perm_response", "{v}");
+                    assert_eq!(v["payload"]["approved"], false, "{v}");
+                    denied.push(v["req_id"].as_str().unwrap().to_owned());
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the hostile connection ended: {other:?}"),
+            }
+        }
+        denied
+    })
+    .await;
+    let expected: Vec<String> = (97..300).map(|i| format!("n-{i}")).collect();
+    assert_eq!(denied, expected);
+    let (_, body) = http("GET", &format!("{}/api/sleds", gw.base), Some(ADMIN_TOKEN), None, &[]).await;
+    let sleds: Value = serde_json::from_str(&body).unwrap();
+    let evil_entry = sleds["sleds"].as_array().unwrap().iter().find(|s| s["project"] == "evil").unwrap().clone();
+    assert_eq!(evil_entry["pending_permissions"], LIMIT, "{evil_entry}");
+    assert_eq!(evil_entry["connected"], true);
+
+    // Invalid UTF-8 in a text frame ends that connection only.
+    let mut bad = gw.raw_sled().await;
+    identify(&mut bad, "bad").await;
+    let invalid = Frame::message(vec![b'{', 0xff, b'}'], OpCode::Data(Data::Text), true);
+    bad.send(Message::Frame(invalid)).await.unwrap();
+    close_code(&mut bad).await;
+
+    // The well-behaved sled never noticed.
+    assert_eq!(within("approval", good.request_permission("Bench", &json!({}))).await, Decision::Approve);
+    assert!(matches!(good.link_state(), LinkState::Connected { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_gateway_gets_one_answer_per_mcp_request_and_approves_nothing_by_junk() {
+    let gateway = TestGateway::bind().await;
+    let mut c = UplinkConfig::new(gateway.url(), "target");
+    c.token = Some(SLED_TOKEN.into());
+    c.local_mcp_url = "http://127.0.0.1:9/mcp".into(); // nothing listens there: every call fails fast
+    let uplink = Uplink::start(c).unwrap();
+    let mut conn = gateway.accept().await;
+    conn.recv_kind("identity").await;
+    let asked = {
+        let uplink = uplink.clone();
+        tokio::spawn(async move { uplink.request_permission("Write", &json!({"file_path": "/etc/passwd"})).await })
+    };
+    let request = conn.recv_kind("perm_request").await;
+    let id = request["req_id"].as_str().unwrap().to_owned();
+
+    // Junk and approvals for ids nobody asked about change nothing.
+    for _ in 0..1000 {
+        conn.send_text("\u{0}not json").await;
+    }
+    for i in 0..1000 {
+        conn.send_text(&frame("perm_response", &format!("other-{i}"), json!({"approved": true}))).await;
+    }
+    // An answer whose payload is not an object (here, nested too deep to be anything else) is a denial.
+    let unreadable = frame("perm_response", &id, json!("placeholder")).replace("\"placeholder\"", &deeply_nested());
+    conn.send_text(&unreadable).await;
+    assert_eq!(within("the decision", asked).await.unwrap(), Decision::Deny);
+    // MCP requests: distinct ids, one id repeated 300 times, and a huge id; far more than may run at once.
+    let huge_id = "m".repeat(60_000);
+    let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+    let ids = (0..500).map(|i| format!("m-{i}")).chain((0..300).map(|_| "same".to_owned())).chain([huge_id]);
+    for (n, req_id) in ids.enumerate() {
+        let body = json!({"jsonrpc": "2.0", "id": n, "method": "ping"}).to_string();
+        conn.send_text(&frame("mcp_request", &req_id, json!({"body": body}))).await;
+        *sent.entry(req_id).or_default() += 1;
+    }
+
+    // Every mcp_request gets exactly one mcp_response: a JSON-RPC error with its own id.
+    let total: usize = sent.values().sum();
+    let mut answered: BTreeMap<String, usize> = BTreeMap::new();
+    let mut rpc_ids = std::collections::BTreeSet::new();
+    while answered.values().sum::<usize>() < total {
+        let v = conn.recv().await;
+        if v["type"] != "mcp_response" {
+            assert_eq!(v["type"], "heartbeat", "{v}");
+            continue;
+        }
+        assert!(v["payload"]["error"]["code"].is_i64(), "{v}");
+        assert!(rpc_ids.insert(v["payload"]["id"].as_u64().unwrap()), "two answers to one request: {v}");
+        *answered.entry(v["req_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(answered, sent);
+
+    // The link survived all of it: a new request is sent and decided by its answer.
+    let asked = {
+        let uplink = uplink.clone();
+        tokio::spawn(async move { uplink.request_permission("Read", &json!({"file_path": "README.md"})).await })
+    };
+    let request = conn.recv_kind("perm_request").await;
+    let reply = frame("perm_response", request["req_id"].as_str().unwrap(), json!({"approved": true}));
+    conn.send_text(&reply).await;
+    assert_eq!(within("the decision", asked).await.unwrap(), Decision::Approve);
+    uplink.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_traversal_oversized_bodies_and_slow_clients() {
+    let gw = RealGateway::start(GatewayConfig::default(), 1 << 20).await;
+    for path in [
+        "/api/permissions/..%2F..%2Fetc%2Fpasswd",
+        "/api/permissions/../../etc/passwd",
+        "/api/sleds/..%2F..%2Fetc/mcp",
+        "/api/sleds/%00/mcp",
+    ] {
+        let (status, body) = http("POST", &format!("{}{path}", gw.base), Some(ADMIN_TOKEN), Some("{}"), &[]).await;
+        assert!(status == 404 || status == 400, "{path}: {status} {body}");
+    }
+    // Bodies over the limit are refused with 413, whatever the route.
+    let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":"{}"}}"#, "a".repeat(5 << 20));
+    for path in ["/api/sleds/anyone/mcp", "/api/permissions/1-1"] {
+        let (status, _) = http("POST", &format!("{}{path}", gw.base), Some(ADMIN_TOKEN), Some(&big), &[]).await;
+        assert_eq!(status, 413, "{path}");
+    }
+    // A client that sends half a request line and then nothing is disconnected by the header timeout (10 s).
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET /api/sleds HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "a slow client held its connection for 20 s");
+}
