@@ -210,6 +210,7 @@ async fn an_oversized_message_drops_the_connection_and_binary_frames_are_ignored
     let pending = ask(&uplink, "Bash");
     first.recv_kind("perm_request").await;
     first.send_text(&format!(r#"{{"type":"x","payload":"{}"}}"#, "a".repeat(8192))).await;
+    assert_eq!(first.until_closed().await, Some(1009), "the sled says why it closes");
     assert_eq!(within("the fail-closed decision", pending).await.unwrap(), Decision::Deny);
     let mut second = gw.accept().await;
     assert_eq!(second.recv().await["type"], "identity");

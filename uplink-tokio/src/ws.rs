@@ -101,6 +101,8 @@ pub(crate) async fn connection_task(conn: ConnId, target: Arc<Target>, io: mpsc:
     let we_closed = Arc::new(AtomicBool::new(false));
     let writer =
         tokio::spawn(writer_task(conn, sink, rx, io.clone(), target.bearer.clone(), we_closed.clone())).abort_handle();
+    // Kept to tell the gateway why, if it sends a message over the size limit.
+    let outbox = tx.clone();
     if io.send(Io::Connected { conn, outbox: tx, writer: writer.clone() }).await.is_err() {
         writer.abort();
         return;
@@ -126,7 +128,13 @@ pub(crate) async fn connection_task(conn: ConnId, target: Arc<Target>, io: mpsc:
                     return;
                 }
             }
-            Some(Err(e)) => break scrub(&e.to_string(), target.bearer.as_deref()),
+            Some(Err(e)) => {
+                if let tungstenite::Error::Capacity(_) = e {
+                    // Oversized message: close with 1009, as the gateway does, before the connection is dropped.
+                    let _ = outbox.try_send(WsOut::Close(1009, "message too big"));
+                }
+                break scrub(&e.to_string(), target.bearer.as_deref());
+            }
             None => break "connection ended".to_owned(),
         }
     };
