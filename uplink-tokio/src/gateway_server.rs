@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -125,10 +126,27 @@ struct SledEntry {
     conn: u64,
     tx: Option<mpsc::Sender<ConnCmd>>,
     connected_at: TokioInstant,
-    last_seen: TokioInstant,
-    stale: bool,
-    pending_permissions: usize,
-    pending_mcp: usize,
+    status: Arc<ConnStatus>,
+}
+
+/// What the admin API shows of a connection's session, published by its task after every turn without
+/// taking the hub's lock.
+#[derive(Default)]
+struct ConnStatus {
+    pending_permissions: AtomicUsize,
+    pending_mcp: AtomicUsize,
+    stale: AtomicBool,
+    /// Of the last frame or pong, in the hub's clock (microseconds since its epoch).
+    last_seen_us: AtomicU64,
+}
+
+impl ConnStatus {
+    fn publish(&self, session: &Gateway) {
+        self.pending_permissions.store(session.pending_permissions(), Ordering::Relaxed);
+        self.pending_mcp.store(session.pending_mcp(), Ordering::Relaxed);
+        self.stale.store(session.is_stale(), Ordering::Relaxed);
+        self.last_seen_us.store(session.last_seen().as_micros(), Ordering::Relaxed);
+    }
 }
 
 struct PermEntry {
@@ -360,6 +378,7 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> 
 }
 
 fn list_sleds(hub: &Hub) -> Response<Body> {
+    let now = hub.now().as_micros();
     let state = hub.lock();
     let sleds: Vec<Value> = state
         .sleds
@@ -368,11 +387,11 @@ fn list_sleds(hub: &Hub) -> Response<Body> {
             json!({
                 "project": project,
                 "connected": s.tx.is_some(),
-                "stale": s.stale,
+                "stale": s.status.stale.load(Ordering::Relaxed),
                 "connected_for_ms": if s.tx.is_some() { s.connected_at.elapsed().as_millis() as u64 } else { 0 },
-                "last_seen_ms_ago": s.last_seen.elapsed().as_millis() as u64,
-                "pending_permissions": s.pending_permissions,
-                "pending_mcp": s.pending_mcp,
+                "last_seen_ms_ago": now.saturating_sub(s.status.last_seen_us.load(Ordering::Relaxed)) / 1000,
+                "pending_permissions": s.status.pending_permissions.load(Ordering::Relaxed),
+                "pending_mcp": s.status.pending_mcp.load(Ordering::Relaxed),
             })
         })
         .collect();
@@ -580,6 +599,7 @@ where
     let (mut sink, mut stream) = ws.split();
     let mut project: Option<String> = None;
     let mut waiters: BTreeMap<McpId, oneshot::Sender<McpOutcome>> = BTreeMap::new();
+    let status = Arc::new(ConnStatus::default());
     loop {
         // Carry out every output.
         while let Some(out) = session.poll_output() {
@@ -592,7 +612,7 @@ where
                     true
                 }
                 GatewayOutput::Event(event) => {
-                    on_event(&hub, conn, &tx, &mut project, &mut waiters, event);
+                    on_event(&hub, conn, &status, &tx, &mut project, &mut waiters, event);
                     true
                 }
             };
@@ -600,14 +620,7 @@ where
                 session.handle_disconnected(hub.now());
             }
         }
-        if let Some(p) = &project {
-            let mut state = hub.lock();
-            if let Some(s) = state.sleds.get_mut(p).filter(|s| s.conn == conn) {
-                s.pending_permissions = session.pending_permissions();
-                s.pending_mcp = session.pending_mcp();
-                s.stale = session.is_stale();
-            }
-        }
+        status.publish(&session);
         if session.is_closed() {
             break;
         }
@@ -631,11 +644,6 @@ where
                         debug!(conn, %e, "sled connection failed");
                         session.handle_disconnected(now);
                     }
-                }
-                if let Some(p) = &project
-                    && let Some(s) = hub.lock().sleds.get_mut(p).filter(|s| s.conn == conn)
-                {
-                    s.last_seen = TokioInstant::now();
                 }
             }
             cmd = rx.recv() => {
@@ -687,6 +695,7 @@ where
 fn on_event(
     hub: &Hub,
     conn: u64,
+    status: &Arc<ConnStatus>,
     tx: &mpsc::Sender<ConnCmd>,
     project: &mut Option<String>,
     waiters: &mut BTreeMap<McpId, oneshot::Sender<McpOutcome>>,
@@ -699,15 +708,7 @@ fn on_event(
                 let now = TokioInstant::now();
                 let old = state.sleds.insert(
                     name.clone(),
-                    SledEntry {
-                        conn,
-                        tx: Some(tx.clone()),
-                        connected_at: now,
-                        last_seen: now,
-                        stale: false,
-                        pending_permissions: 0,
-                        pending_mcp: 0,
-                    },
+                    SledEntry { conn, tx: Some(tx.clone()), connected_at: now, status: status.clone() },
                 );
                 old.and_then(|o| o.tx)
             };
@@ -772,8 +773,6 @@ fn on_event(
                 let mut state = hub.lock();
                 if let Some(s) = state.sleds.get_mut(p).filter(|s| s.conn == conn) {
                     s.tx = None;
-                    s.pending_permissions = 0;
-                    s.pending_mcp = 0;
                 }
                 state.perms.retain(|_, perm| perm.conn != conn);
                 drop(state);
