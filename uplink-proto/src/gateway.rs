@@ -7,8 +7,10 @@
 //! Rules:
 //! - `identity` must be the first frame, within the identity timeout; anything else first, or nothing, closes
 //!   the connection with 1008 (policy violation).
-//! - The gateway pings every ping interval. A sled from which nothing (no frame, no pong) arrived for the
-//!   stale threshold is reported [`GatewayEvent::Stale`], and [`GatewayEvent::Alive`] once it speaks again.
+//! - The gateway pings a sled it has not heard from for the ping interval, and again at each interval while it
+//!   stays quiet; a sled that heartbeats is never pinged. A sled from which nothing (no frame, no pong)
+//!   arrived for the stale threshold is reported [`GatewayEvent::Stale`], and [`GatewayEvent::Alive`] once it
+//!   speaks again.
 //! - Each permission request gets a [`PermId`] and ends exactly once: decided by the application (or by the
 //!   auto policies), withdrawn by the sled (`perm_cancel`), or withdrawn because the connection ended.
 //! - Each MCP request ends exactly once: its `mcp_response`, a timeout, or the connection's end.
@@ -32,7 +34,9 @@ pub struct GatewayConfig {
     pub identity_timeout: Duration,
     /// A sled silent for this long is reported stale. Default 30 s (three heartbeat intervals).
     pub stale_after: Duration,
-    /// Interval between the gateway's pings. Default 10 s.
+    /// A sled from which nothing arrived for this long is pinged, and again at this interval while it stays
+    /// quiet. Default 15 s: one and a half heartbeat intervals, so that a sled that heartbeats (every 10 s)
+    /// is never pinged, however its frames are delayed on the way.
     pub ping_interval: Duration,
     /// An MCP request without a response after this long fails with [`McpFailure::Timeout`]. Default 60 s.
     pub mcp_timeout: Duration,
@@ -51,7 +55,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             identity_timeout: Duration::from_secs(10),
             stale_after: Duration::from_secs(30),
-            ping_interval: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
             mcp_timeout: Duration::from_secs(60),
             max_pending_permissions: 1024,
             max_pending_mcp: 256,
@@ -489,8 +493,15 @@ impl Gateway {
                     self.event(GatewayEvent::Stale);
                 }
                 if self.next_ping <= now {
-                    self.next_ping = now + self.cfg.ping_interval;
-                    self.out.push_back(GatewayOutput::Ping);
+                    // A sled heard from within the interval needs no ping: its heartbeats prove it alive. Only
+                    // a quiet one is pinged, and again at each interval while it stays quiet.
+                    let due = self.last_seen + self.cfg.ping_interval;
+                    if due > now {
+                        self.next_ping = due;
+                    } else {
+                        self.next_ping = now + self.cfg.ping_interval;
+                        self.out.push_back(GatewayOutput::Ping);
+                    }
                 }
             }
         }

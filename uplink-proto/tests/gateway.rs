@@ -137,12 +137,42 @@ fn pings_go_out_and_silence_is_reported_stale_then_alive() {
             }
         }
     }
-    assert_eq!(pings, 4, "10, 20, 30, 40 s");
+    assert_eq!(pings, 3, "15, 30, 45 s");
     assert_eq!(stale_at, Some(Instant::from_secs(30)));
     assert!(g.gw.is_stale());
     g.gw.handle_received(g.now, Received::Pong);
     assert_eq!(events(&g.drain()), vec![GatewayEvent::Alive]);
     assert!(!g.gw.is_stale());
+}
+
+#[test]
+fn a_sled_that_heartbeats_is_never_pinged_and_a_quiet_one_is_pinged_an_interval_after_its_last_frame() {
+    let mut g = G::identified(GatewayConfig::default());
+    let heartbeat = r#"{"type":"heartbeat","req_id":"","payload":null}"#;
+    let mut pings = Vec::new();
+    // Heartbeats every 10 s, at 5, 15, 25, 35 s: nothing to ping for.
+    let mut next_heartbeat = Instant::from_secs(5);
+    while g.now < Instant::from_secs(60) {
+        let timer = g.gw.poll_timeout().expect("armed");
+        if next_heartbeat <= Instant::from_secs(35) && next_heartbeat <= timer {
+            g.now = next_heartbeat;
+            g.gw.handle_received(g.now, Received::Text(heartbeat));
+            next_heartbeat = next_heartbeat + Duration::from_secs(10);
+        } else {
+            g.now = timer;
+            g.gw.handle_timeout(timer);
+        }
+        for o in g.drain() {
+            match o {
+                GatewayOutput::Ping => pings.push(g.now),
+                GatewayOutput::Event(GatewayEvent::Heartbeat | GatewayEvent::Stale) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // The last heartbeat was at 35 s: pings once it has been quiet for the ping interval (15 s), at 50 s,
+    // then at 65 s.
+    assert_eq!(pings, vec![Instant::from_secs(50), Instant::from_secs(65)]);
 }
 
 #[test]
