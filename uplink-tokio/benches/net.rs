@@ -424,7 +424,40 @@ async fn bench_scale(sleds: usize, idle: Duration) {
         us(relay.pct(0.99)),
         us(relay.max())
     );
-    for u in &uplinks {
+    // Permission round trips while every sled stays connected: 64 at a time, spread over all the sleds.
+    let uplinks = Arc::new(uplinks);
+    let per_worker = 20_000 / 64;
+    let (lat, wall) = {
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..64 {
+            let uplinks = uplinks.clone();
+            tasks.spawn(async move {
+                let input = tool_input();
+                let mut lat = Vec::with_capacity(per_worker);
+                for i in 0..per_worker {
+                    let sled = &uplinks[(w * per_worker + i) % uplinks.len()];
+                    let t = Instant::now();
+                    assert_eq!(sled.request_permission("Bench", &input).await, Decision::Approve);
+                    lat.push(t.elapsed());
+                }
+                lat
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(l) = tasks.join_next().await {
+            all.extend(l.unwrap());
+        }
+        (Latencies(all), start.elapsed())
+    };
+    println!(
+        "permissions spread over {sleds} sleds, 64 in flight: {:.0}/s  p50 {}  p99 {}  max {}",
+        lat.0.len() as f64 / wall.as_secs_f64(),
+        us(lat.pct(0.5)),
+        us(lat.pct(0.99)),
+        us(lat.max())
+    );
+    for u in uplinks.iter() {
         u.shutdown().await;
     }
 }

@@ -58,3 +58,13 @@ fn demo_help_and_readme_agree() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     assert!(readme.contains("uplink demo --keep-running"));
 }
+
+#[test]
+fn the_gateway_listens_on_loopback_unless_told_otherwise() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uplink")).args(["gateway", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let listen = help.split("--listen").nth(1).unwrap();
+    let default = listen.split("[default: ").nth(1).unwrap().split(']').next().unwrap();
+    let addr: std::net::SocketAddr = default.parse().unwrap();
+    assert!(addr.ip().is_loopback(), "default listen address {addr}");
+}
