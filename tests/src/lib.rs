@@ -156,6 +156,13 @@ impl GatewayConn {
         self.ws.send(Message::binary(data)).await.unwrap();
     }
 
+    /// Sends a text frame whose payload is not UTF-8 (a protocol error no well-behaved peer commits).
+    pub async fn send_invalid_utf8(&mut self) {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        let frame = Frame::message(vec![b'{', 0xff, b'}'], OpCode::Data(Data::Text), true);
+        self.ws.send(Message::Frame(frame)).await.unwrap();
+    }
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text.to_owned())).await.unwrap();
     }

@@ -187,10 +187,36 @@ async fn the_admin_api_refuses_traversal_oversized_bodies_and_slow_clients() {
         let (status, _) = http("POST", &format!("{}{path}", gw.base), Some(ADMIN_TOKEN), Some(&big), &[]).await;
         assert_eq!(status, 413, "{path}");
     }
-    // A client that sends half a request line and then nothing is disconnected by the header timeout (10 s).
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"GET /api/sleds HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let mut rest = Vec::new();
-    let ended = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut rest)).await;
-    assert!(ended.is_ok(), "a slow client held its connection for 20 s");
+    // Clients that send part of their request headers and then nothing, to the admin API or as a WebSocket
+    // handshake, are disconnected by the header timeout (10 s).
+    let stuck = |head: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut rest)).await.is_ok()
+    };
+    let handshake = format!("GET /api/sled-uplink?token={SLED_TOKEN} HTTP/1.1\r\nUpgrade: websocket\r\n");
+    let (api, ws) = tokio::join!(stuck("GET /api/sleds HTTP/1.1\r\nHost: x\r\n".to_owned()), stuck(handshake));
+    assert!(api && ws, "a slow client held its connection for 20 s (admin API: {api}, handshake: {ws})");
+}
+
+#[tokio::test]
+async fn invalid_utf8_from_the_gateway_ends_the_connection_denies_what_was_in_flight_and_the_sled_reconnects() {
+    let gateway = TestGateway::bind().await;
+    let mut c = UplinkConfig::new(gateway.url(), "target");
+    c.token = Some(SLED_TOKEN.into());
+    c.sled.backoff_initial = Duration::from_millis(20);
+    let uplink = Uplink::start(c).unwrap();
+    let mut conn = gateway.accept().await;
+    conn.recv_kind("identity").await;
+    let asked = {
+        let uplink = uplink.clone();
+        tokio::spawn(async move { uplink.request_permission("Write", &json!({})).await })
+    };
+    conn.recv_kind("perm_request").await;
+    conn.send_invalid_utf8().await;
+    assert_eq!(within("the decision", asked).await.unwrap(), Decision::Deny);
+    let mut again = gateway.accept().await;
+    assert_eq!(again.recv().await["type"], "identity");
+    uplink.shutdown().await;
 }
