@@ -312,6 +312,8 @@ impl RealGateway {
             tls: None,
             max_message_size,
             session,
+            // Short, so that the slow-loris tests take two seconds rather than ten.
+            handshake_timeout: Duration::from_secs(2),
         })
         .await
         .unwrap();

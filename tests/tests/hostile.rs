@@ -188,7 +188,7 @@ async fn the_admin_api_refuses_traversal_oversized_bodies_and_slow_clients() {
         assert_eq!(status, 413, "{path}");
     }
     // Clients that send part of their request headers and then nothing, to the admin API or as a WebSocket
-    // handshake, are disconnected by the header timeout (10 s).
+    // handshake, are disconnected by the handshake timeout (2 s here, 10 s by default).
     let stuck = |head: String| async move {
         let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         tcp.write_all(head.as_bytes()).await.unwrap();

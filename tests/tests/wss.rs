@@ -102,6 +102,7 @@ async fn the_gateway_serves_wss_and_https_from_certificate_files() {
         tls: Some((cert.clone(), key.clone())),
         max_message_size: 1 << 20,
         session: GatewayConfig::default(),
+        handshake_timeout: uplink_tokio::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
     })
     .await
     .unwrap();
@@ -139,7 +140,20 @@ async fn a_gateway_with_an_unusable_certificate_does_not_start() {
         tls: Some((missing.clone(), missing)),
         max_message_size: 1 << 20,
         session: GatewayConfig::default(),
+        handshake_timeout: uplink_tokio::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
     })
     .await;
     assert!(matches!(result, Err(uplink_tokio::gateway_server::GatewayStartError::Tls(_))));
+    // A zero handshake timeout would cut off every client: refused at start, like the certificate.
+    let result = GatewayServer::bind(GatewayServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sled_tokens: vec!["s".into()],
+        admin_token: "a".into(),
+        tls: None,
+        max_message_size: 1 << 20,
+        session: GatewayConfig::default(),
+        handshake_timeout: std::time::Duration::ZERO,
+    })
+    .await;
+    assert!(matches!(result, Err(uplink_tokio::gateway_server::GatewayStartError::ZeroHandshakeTimeout)));
 }

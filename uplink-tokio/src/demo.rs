@@ -114,6 +114,7 @@ async fn start_gateway(
         tls: None,
         max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
         session: GatewayConfig::default(),
+        handshake_timeout: crate::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
     })
     .await
     .map_err(|e| e.to_string())?;

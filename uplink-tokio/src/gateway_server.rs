@@ -47,6 +47,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
 /// Largest admin request body accepted (`413` beyond).
 pub const MAX_ADMIN_BODY: usize = 4 << 20;
 
+/// Default of [`GatewayServerConfig::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Configuration of a [`GatewayServer`]. Its `Debug` output hides the tokens.
 #[derive(Clone)]
 pub struct GatewayServerConfig {
@@ -62,6 +65,10 @@ pub struct GatewayServerConfig {
     pub max_message_size: usize,
     /// The protocol rules of every sled connection: timeouts, limits, auto policies.
     pub session: GatewayConfig,
+    /// A client must finish its TLS handshake, and then send the headers of each HTTP request (a WebSocket
+    /// upgrade included), within this long, or it is disconnected (slow-loris clients).
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] by default.
+    pub handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for GatewayServerConfig {
@@ -73,6 +80,7 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("tls", &self.tls)
             .field("max_message_size", &self.max_message_size)
             .field("session", &self.session)
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish()
     }
 }
@@ -94,6 +102,9 @@ pub enum GatewayStartError {
     /// The certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The handshake timeout is zero: every client would be cut off.
+    #[error("the handshake timeout must not be zero")]
+    ZeroHandshakeTimeout,
     /// The session rules are invalid.
     #[error("configuration: {0}")]
     Config(#[from] uplink_proto::gateway::GatewayConfigError),
@@ -174,6 +185,7 @@ struct Hub {
     admin_token: String,
     session: GatewayConfig,
     ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    handshake_timeout: Duration,
     epoch: TokioInstant,
 }
 
@@ -224,6 +236,9 @@ impl GatewayServer {
             return Err(GatewayStartError::Tokens("the admin token must differ from every sled token"));
         }
         Gateway::new(config.session.clone(), Instant::ZERO)?;
+        if config.handshake_timeout.is_zero() {
+            return Err(GatewayStartError::ZeroHandshakeTimeout);
+        }
         let tls = match &config.tls {
             Some((cert, key)) => Some(tls_acceptor(cert, key)?),
             None => None,
@@ -240,6 +255,7 @@ impl GatewayServer {
             admin_token: config.admin_token,
             session: config.session,
             ws_config: Target::ws_config(config.max_message_size),
+            handshake_timeout: config.handshake_timeout,
             epoch: TokioInstant::now(),
         });
         Ok(GatewayServer { listener, hub, tls })
@@ -270,7 +286,7 @@ impl GatewayServer {
             let tls = self.tls.clone();
             connections.spawn(async move {
                 match tls {
-                    Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Some(acceptor) => match tokio::time::timeout(hub.handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => serve_http(TokioIo::new(stream), hub).await,
                         _ => debug!("TLS handshake failed or timed out"),
                     },
@@ -317,6 +333,7 @@ async fn serve_http<S>(io: TokioIo<S>, hub: Arc<Hub>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    let header_timeout = hub.handshake_timeout;
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let hub = hub.clone();
         async move { Ok::<_, Infallible>(route(request, hub).await) }
@@ -324,7 +341,7 @@ where
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         // Slow-loris clients are cut off.
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_timeout)
         .serve_connection(io, service)
         .with_upgrades()
         .await;

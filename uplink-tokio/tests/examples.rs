@@ -29,6 +29,7 @@ async fn gateway() -> (String, oneshot::Sender<()>) {
         tls: None,
         max_message_size: 1 << 20,
         session: GatewayConfig { auto_approve: ["Bash".to_owned()].into(), ..GatewayConfig::default() },
+        handshake_timeout: uplink_tokio::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
     })
     .await
     .unwrap();

@@ -208,6 +208,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
             auto_deny: args.auto_deny.into_iter().collect(),
             ..GatewayConfig::default()
         },
+        handshake_timeout: gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
     };
     let signal = shutdown_signal()?;
     let server = GatewayServer::bind(config).await.map_err(|e| e.to_string())?;
