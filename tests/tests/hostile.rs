@@ -220,3 +220,39 @@ async fn invalid_utf8_from_the_gateway_ends_the_connection_denies_what_was_in_fl
     assert_eq!(again.recv().await["type"], "identity");
     uplink.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_frame_announcing_a_terabyte_is_refused_from_its_header_with_1009() {
+    let gw = RealGateway::start(GatewayConfig::default(), 64 * 1024).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let handshake = format!(
+        "GET /api/sled-uplink?token={SLED_TOKEN} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    let mut response = [0u8; 1024];
+    let n = within("the upgrade", tcp.read(&mut response)).await.unwrap();
+    assert!(response[..n].starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&response[..n]));
+    // identity first, then the header of a masked text frame of 2^40 bytes, and no payload at all.
+    let identity = br#"{"type":"identity","req_id":"identity","payload":{"project":"tera"}}"#;
+    let mut frame = vec![0x81, 0x80 | identity.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(identity);
+    frame.extend_from_slice(&[0x81, 0xFF]);
+    frame.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    tcp.write_all(&frame).await.unwrap();
+    // The gateway answers with a close frame carrying 1009 without waiting for (or buffering) the payload.
+    let mut answer = Vec::new();
+    within("the close", async {
+        let mut buf = [0u8; 256];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let close = answer.windows(4).any(|w| w[0] == 0x88 && w[2..4] == 1009u16.to_be_bytes());
+    assert!(close, "no 1009 close frame in {answer:?}");
+}
