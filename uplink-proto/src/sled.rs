@@ -401,11 +401,26 @@ enum Link {
 #[derive(Clone, Debug)]
 struct Perm {
     id: String,
-    tool_name: String,
-    tool_input: Box<RawValue>,
     deadline: Instant,
-    /// `None` while queued; the connection it was sent on afterwards.
-    sent_on: Option<ConnId>,
+    stage: Stage,
+}
+
+/// Where a pending permission request is. A request sent on a connection that ends is denied, never sent
+/// again, so what it asks is kept only until it is sent.
+#[derive(Clone, Debug)]
+enum Stage {
+    Queued { tool_name: String, tool_input: Box<RawValue> },
+    Sent(ConnId),
+}
+
+impl Perm {
+    /// The connection it was sent on; `None` while queued.
+    fn sent_on(&self) -> Option<ConnId> {
+        match self.stage {
+            Stage::Sent(conn) => Some(conn),
+            Stage::Queued { .. } => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -580,7 +595,7 @@ impl Sled {
         self.stats.connections += 1;
         self.emit_link();
         self.send(conn, self.identity_text.clone());
-        let queued: Vec<PermKey> = self.perms.iter().filter(|(_, p)| p.sent_on.is_none()).map(|(k, _)| *k).collect();
+        let queued: Vec<PermKey> = self.perms.iter().filter(|(_, p)| p.sent_on().is_none()).map(|(k, _)| *k).collect();
         for key in queued {
             self.send_perm_request(key, conn);
         }
@@ -698,7 +713,7 @@ impl Sled {
         }
         let deadline = self.now + self.cfg.permission_timeout;
         self.perm_ids.insert(id.clone(), key);
-        self.perms.insert(key, Perm { id, tool_name, tool_input, deadline, sent_on: None });
+        self.perms.insert(key, Perm { id, deadline, stage: Stage::Queued { tool_name, tool_input } });
         if let Some(conn) = self.connection() {
             self.send_perm_request(key, conn);
         }
@@ -751,7 +766,7 @@ impl Sled {
             }
             let (key, perm) = entry.remove_entry();
             self.perm_ids.remove(&perm.id);
-            if let (Some(sent_on), Some(live)) = (perm.sent_on, self.connection()) {
+            if let (Some(sent_on), Some(live)) = (perm.sent_on(), self.connection()) {
                 if sent_on == live {
                     let text =
                         SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.id), reason: Cow::Borrowed("timeout") }
@@ -824,7 +839,7 @@ impl Sled {
                 self.backoff.reset();
             }
             let lost: Vec<PermKey> =
-                self.perms.iter().filter(|(_, p)| p.sent_on == Some(conn)).map(|(k, _)| *k).collect();
+                self.perms.iter().filter(|(_, p)| p.sent_on() == Some(conn)).map(|(k, _)| *k).collect();
             for key in lost {
                 if let Some(perm) = self.perms.remove(&key) {
                     self.perm_ids.remove(&perm.id);
@@ -848,7 +863,7 @@ impl Sled {
     /// Denies every pending request; those sent on `live` are withdrawn with `perm_cancel` first.
     fn deny_all(&mut self, cause: Cause, live: Option<ConnId>) {
         for (key, perm) in core::mem::take(&mut self.perms) {
-            if let Some(conn) = live.filter(|c| perm.sent_on == Some(*c)) {
+            if let Some(conn) = live.filter(|c| perm.sent_on() == Some(*c)) {
                 let text = SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.id), reason: Cow::Borrowed("shutdown") }
                     .encode();
                 self.send(conn, text);
@@ -869,7 +884,7 @@ impl Sled {
         // as soon as there is one, so the check below always holds; if that ever broke, the response would be
         // ignored (never approving a request on a connection it was not sent on) and the entry put back.
         let key = match self.perm_ids.remove_entry(req_id) {
-            Some((_, key)) if self.perms.get(&key).is_some_and(|p| p.sent_on == Some(conn)) => key,
+            Some((_, key)) if self.perms.get(&key).is_some_and(|p| p.sent_on() == Some(conn)) => key,
             other => {
                 if let Some((id, key)) = other {
                     self.perm_ids.insert(id, key);
@@ -920,11 +935,16 @@ impl Sled {
         let Some(perm) = self.perms.get_mut(&key) else {
             return;
         };
-        perm.sent_on = Some(conn);
+        // Only queued requests are sent (by the callers' construction); a sent one is left as it is.
+        let stage = core::mem::replace(&mut perm.stage, Stage::Sent(conn));
+        let Stage::Queued { tool_name, tool_input } = stage else {
+            perm.stage = stage;
+            return;
+        };
         let text = SledFrame::PermRequest {
             req_id: Cow::Borrowed(&perm.id),
-            tool_name: Cow::Borrowed(&perm.tool_name),
-            tool_input: &perm.tool_input,
+            tool_name: Cow::Borrowed(&tool_name),
+            tool_input: &tool_input,
         }
         .encode();
         self.send(conn, text);
