@@ -385,7 +385,7 @@ impl<'de> serde::de::Visitor<'de> for LenientSeed {
                 Lenient::Flags(Decision::from_flags(is_true(&approved), is_true(&always_allow)))
             }
             ObjectKind::Mcp if repeated => Lenient::Mcp { body: None, session: None },
-            // A `body` of the wrong type makes the whole payload unreadable, as for the raw path below.
+            // A `body` of the wrong type makes the whole payload unreadable: there is no body to call with.
             ObjectKind::Mcp => match body {
                 None | Some(Lenient::Null | Lenient::Str(_)) => {
                     Lenient::Mcp { body: string(body), session: string(session) }

@@ -311,7 +311,18 @@ mod one_pass {
             GatewayFrame::decode(repeated),
             Ok(GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::Deny })
         );
-        let twice = r#"{"type":"perm_response","type":"perm_response","payload":{"approved":true}}"#;
-        assert_eq!(GatewayFrame::decode(twice), Err(DecodeError::Malformed));
+        for twice in [
+            r#"{"type":"perm_response","type":"perm_response","payload":{"approved":true}}"#,
+            r#"{"type":"perm_response","req_id":"a","req_id":"b","payload":{"approved":true}}"#,
+            r#"{"type":"perm_response","req_id":"a","payload":{"approved":false},"payload":{"approved":true}}"#,
+        ] {
+            assert_eq!(GatewayFrame::decode(twice), Err(DecodeError::Malformed), "{twice}");
+        }
+        // A repeated `body` (or `session`) makes an mcp_request's payload unreadable: no body to call with.
+        let two_bodies = r#"{"type":"mcp_request","req_id":"m","payload":{"body":"{}","body":"{\"id\":1}"}}"#;
+        assert_eq!(
+            GatewayFrame::decode(two_bodies),
+            Ok(GatewayFrame::McpRequest { req_id: "m".into(), body: None, session: None })
+        );
     }
 }
