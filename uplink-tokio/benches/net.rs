@@ -299,30 +299,48 @@ async fn bench_rtt(n: usize) {
 
 // ── 3. Permission throughput with 64 in flight ───────────────────────────────────────────────────────────
 
+/// `workers` concurrent callers each ask `per_worker` permissions, round robin over `uplinks`; every one must
+/// be approved. Returns each round trip and the wall time.
+async fn permission_load(uplinks: Arc<Vec<Uplink>>, workers: usize, per_worker: usize) -> (Latencies, Duration) {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let uplinks = uplinks.clone();
+        tasks.spawn(async move {
+            let input = tool_input();
+            let mut lat = Vec::with_capacity(per_worker);
+            for i in 0..per_worker {
+                let sled = &uplinks[(w * per_worker + i) % uplinks.len()];
+                let t = Instant::now();
+                assert_eq!(sled.request_permission("Bench", &input).await, Decision::Approve);
+                lat.push(t.elapsed());
+            }
+            lat
+        });
+    }
+    let mut all = Vec::with_capacity(workers * per_worker);
+    while let Some(lat) = tasks.join_next().await {
+        all.extend(lat.unwrap());
+    }
+    (Latencies(all), start.elapsed())
+}
+
 async fn bench_throughput(total: usize) {
     const IN_FLIGHT: usize = 64;
     println!("\n## 3. Permission throughput: {total} requests, {IN_FLIGHT} in flight");
     let gateway = GatewayProcess::start();
     let sled = start_sled(gateway.sled_url(), "bench", "http://127.0.0.1:9/mcp").await;
-    let input = Arc::new(tool_input());
-    let (sled_cpu0, gw_cpu0, start) = (own_cpu(), gateway.cpu(), Instant::now());
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..IN_FLIGHT {
-        let (sled, input) = (sled.clone(), input.clone());
-        tasks.spawn(async move {
-            for _ in 0..total / IN_FLIGHT {
-                assert_eq!(sled.request_permission("Bench", &input).await, Decision::Approve);
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.unwrap();
-    }
-    let wall = start.elapsed();
-    let done = (total / IN_FLIGHT * IN_FLIGHT) as f64;
+    let (sled_cpu0, gw_cpu0) = (own_cpu(), gateway.cpu());
+    let (lat, wall) = permission_load(Arc::new(vec![sled.clone()]), IN_FLIGHT, total / IN_FLIGHT).await;
+    let done = lat.0.len() as f64;
     let sled_cpu = (own_cpu() - sled_cpu0).as_secs_f64() * 1e6 / done;
     let gw_cpu = (gateway.cpu() - gw_cpu0).as_secs_f64() * 1e6 / done;
-    println!("throughput: {:.0} permissions/s over {wall:.2?}", done / wall.as_secs_f64());
+    println!(
+        "throughput: {:.0} permissions/s over {wall:.2?}  p50 {}  p99 {}",
+        done / wall.as_secs_f64(),
+        us(lat.pct(0.5)),
+        us(lat.pct(0.99))
+    );
     println!("CPU per permission: sled process {sled_cpu:.1} µs (target ≤ 10 µs), gateway process {gw_cpu:.1} µs");
     sled.shutdown().await;
 }
@@ -426,30 +444,7 @@ async fn bench_scale(sleds: usize, idle: Duration) {
     );
     // Permission round trips while every sled stays connected: 64 at a time, spread over all the sleds.
     let uplinks = Arc::new(uplinks);
-    let per_worker = 20_000 / 64;
-    let (lat, wall) = {
-        let start = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for w in 0..64 {
-            let uplinks = uplinks.clone();
-            tasks.spawn(async move {
-                let input = tool_input();
-                let mut lat = Vec::with_capacity(per_worker);
-                for i in 0..per_worker {
-                    let sled = &uplinks[(w * per_worker + i) % uplinks.len()];
-                    let t = Instant::now();
-                    assert_eq!(sled.request_permission("Bench", &input).await, Decision::Approve);
-                    lat.push(t.elapsed());
-                }
-                lat
-            });
-        }
-        let mut all = Vec::new();
-        while let Some(l) = tasks.join_next().await {
-            all.extend(l.unwrap());
-        }
-        (Latencies(all), start.elapsed())
-    };
+    let (lat, wall) = permission_load(uplinks.clone(), 64, 20_000 / 64).await;
     println!(
         "permissions spread over {sleds} sleds, 64 in flight: {:.0}/s  p50 {}  p99 {}  max {}",
         lat.0.len() as f64 / wall.as_secs_f64(),
