@@ -138,6 +138,11 @@ impl Latencies {
     fn max(&self) -> Duration {
         self.0.iter().copied().max().unwrap_or_default()
     }
+    /// Rate over `wall`, then p50, p99 and max.
+    fn summary(&self, wall: Duration) -> String {
+        let rate = self.0.len() as f64 / wall.as_secs_f64();
+        format!("{rate:.0}/s  p50 {}  p99 {}  max {}", us(self.pct(0.5)), us(self.pct(0.99)), us(self.max()))
+    }
     fn over(&self, limit: Duration) -> usize {
         self.0.iter().filter(|d| **d > limit).count()
     }
@@ -435,23 +440,11 @@ async fn bench_scale(sleds: usize, idle: Duration) {
     // A first request per sled opens its connection to the local server; the measured round runs warm.
     let _ = post_load(gateway.addr, paths.clone(), Some(ADMIN_TOKEN), 64, spread.div_ceil(64)).await;
     let (relay, wall) = post_load(gateway.addr, paths, Some(ADMIN_TOKEN), 64, 20_000 / 64).await;
-    println!(
-        "MCP relay spread over {spread} sleds, 64 outstanding: {:.0} responses/s  p50 {}  p99 {}  max {}",
-        relay.0.len() as f64 / wall.as_secs_f64(),
-        us(relay.pct(0.5)),
-        us(relay.pct(0.99)),
-        us(relay.max())
-    );
+    println!("MCP relay spread over {spread} sleds, 64 outstanding: {}", relay.summary(wall));
     // Permission round trips while every sled stays connected: 64 at a time, spread over all the sleds.
     let uplinks = Arc::new(uplinks);
     let (lat, wall) = permission_load(uplinks.clone(), 64, 20_000 / 64).await;
-    println!(
-        "permissions spread over {sleds} sleds, 64 in flight: {:.0}/s  p50 {}  p99 {}  max {}",
-        lat.0.len() as f64 / wall.as_secs_f64(),
-        us(lat.pct(0.5)),
-        us(lat.pct(0.99)),
-        us(lat.max())
-    );
+    println!("permissions spread over {sleds} sleds, 64 in flight: {}", lat.summary(wall));
     for u in uplinks.iter() {
         u.shutdown().await;
     }
