@@ -22,6 +22,9 @@ pub enum Fault {
     Delay(Duration),
     /// Deliver at most this many bytes per second in each direction.
     Throttle(u64),
+    /// Stop reading, as a hung peer does: bytes wait in the socket buffers until they are full, and then the
+    /// sender's writes are no longer taken.
+    Stall,
 }
 
 /// A running proxy. Dropping it stops accepting; open connections end when their peers close them.
@@ -101,7 +104,7 @@ impl Drop for FaultProxy {
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    fault: watch::Receiver<Fault>,
+    mut fault: watch::Receiver<Fault>,
     mut cut: watch::Receiver<u64>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
@@ -109,6 +112,12 @@ async fn pump(
         let _ = cut.changed().await;
     };
     loop {
+        while *fault.borrow_and_update() == Fault::Stall {
+            tokio::select! {
+                _ = fault.changed() => {}
+                () = cut_now(&mut cut) => return reset(to),
+            }
+        }
         let n = tokio::select! {
             read = from.read(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
@@ -119,7 +128,8 @@ async fn pump(
         let now = *fault.borrow();
         let delivered = async {
             match now {
-                Fault::Pass => to.write_all(&buf[..n]).await.is_ok(),
+                // A chunk read just before a stall is still delivered: a hung peer loses nothing.
+                Fault::Pass | Fault::Stall => to.write_all(&buf[..n]).await.is_ok(),
                 Fault::BlackHole => true,
                 Fault::Delay(d) => {
                     tokio::time::sleep(d).await;

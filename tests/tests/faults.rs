@@ -22,6 +22,10 @@ async fn gateway() -> RealGateway {
 }
 
 fn sled(proxy: &FaultProxy, project: &str, backoff: Duration) -> Uplink {
+    Uplink::start(sled_config(proxy, project, backoff)).unwrap()
+}
+
+fn sled_config(proxy: &FaultProxy, project: &str, backoff: Duration) -> UplinkConfig {
     let mut c = UplinkConfig::new(format!("ws://{}/api/sled-uplink", proxy.addr), project);
     c.token = Some(SLED_TOKEN.into());
     c.local_mcp_url = "http://127.0.0.1:9/mcp".into();
@@ -29,7 +33,7 @@ fn sled(proxy: &FaultProxy, project: &str, backoff: Duration) -> Uplink {
     c.sled.idle_timeout = IDLE;
     c.sled.backoff_initial = backoff;
     c.sled.backoff_max = backoff * 2;
-    Uplink::start(c).unwrap()
+    c
 }
 
 async fn connected(uplink: &Uplink) {
@@ -96,6 +100,44 @@ async fn a_black_holed_link_is_detected_within_the_idle_timeout_and_nothing_is_a
     let healed = Instant::now();
     connected(&uplink).await;
     println!("reconnected {:?} after the link healed", healed.elapsed());
+    approved(&uplink).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_stops_reading_never_stalls_the_sled() {
+    let gw = gateway().await;
+    let proxy = FaultProxy::start(gw.addr).await;
+    let mut config = sled_config(&proxy, "stall", Duration::from_millis(50));
+    config.sled.permission_timeout = Duration::from_millis(1500);
+    let uplink = Uplink::start(config).unwrap();
+    connected(&uplink).await;
+    approved(&uplink).await;
+
+    // The gateway's side stops reading. The sled is asked for far more than the socket buffers hold, so its
+    // writes stop being taken; its timers must still run.
+    proxy.set(Fault::Stall);
+    let started = Instant::now();
+    let input = json!({"content": "x".repeat(256 * 1024)});
+    let pending: Vec<_> = (0..64)
+        .map(|_| {
+            let (uplink, input) = (uplink.clone(), input.clone());
+            tokio::spawn(async move { uplink.request_permission("Bench", &input).await })
+        })
+        .collect();
+    let state = link_state_where(&uplink, "idle detection", |s| matches!(s, LinkState::BackingOff { .. })).await;
+    let detected = started.elapsed();
+    assert!(matches!(state, LinkState::BackingOff { reason: LossReason::IdleTimeout, .. }), "{state:?}");
+    // None crossed (the tool is auto-approved, so one that did would be approved). Those sent are denied
+    // when the link is dropped; those asked after that wait in the queue, the link still stalled, until
+    // their deadline denies them.
+    for request in pending {
+        assert_eq!(within("a request to a stalled gateway", request).await.unwrap(), Decision::Deny);
+    }
+    println!("stalled gateway detected after {detected:?} (idle timeout {IDLE:?})");
+    assert!(detected < IDLE + HEARTBEAT * 3, "detected after {detected:?}");
+
+    proxy.set(Fault::Pass);
+    connected(&uplink).await;
     approved(&uplink).await;
 }
 

@@ -1,15 +1,22 @@
 //! The one task that owns the protocol core and performs what it asks.
 //!
 //! The loop: drain the core's outputs and carry each out; then wait for whichever comes first of a command
-//! from a handle, an I/O event (socket, local MCP call) or the core's timer; feed it in; repeat. The driver
-//! keeps only plumbing: which task serves which connection or call, and who waits for which decision.
+//! from a handle, a frame from the gateway, a dial or local MCP call finishing, or the core's timer; feed it
+//! in; repeat. The driver reads and writes the gateway's socket itself, so a frame crosses no task boundary
+//! between the socket and the core; only dialling, close handshakes and MCP calls run in tasks of their own.
+//! The driver keeps only plumbing: which task serves which connection or call, and who waits for which
+//! decision.
 
 use std::collections::HashMap;
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
-use tokio::time::Instant as TokioInstant;
+use tokio::time::{Instant as TokioInstant, Sleep};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 use uplink_proto::{
@@ -18,7 +25,7 @@ use uplink_proto::{
 };
 
 use crate::mcp::McpClient;
-use crate::ws::{self, Target, WsOut};
+use crate::ws::{self, Link, Read, Target};
 
 /// From a handle to the driver.
 pub(crate) enum Cmd {
@@ -28,30 +35,22 @@ pub(crate) enum Cmd {
 
 /// From an I/O task to the driver.
 pub(crate) enum Io {
-    Connected { conn: ConnId, outbox: mpsc::Sender<WsOut>, writer: AbortHandle },
-    ConnectFailed { conn: ConnId, error: ConnectError, detail: String },
-    Frame { conn: ConnId, message: Message },
-    Closed { conn: ConnId, detail: String },
+    Dialed { conn: ConnId, result: Result<Box<ws::Ws>, (ConnectError, String)> },
     Mcp { call: McpCallId, reply: McpReply },
 }
 
-struct ConnIo {
-    /// Set once connected.
-    outbox: Option<mpsc::Sender<WsOut>>,
-    /// Dials, then reads.
-    task: JoinHandle<()>,
-    /// Set once connected.
-    writer: Option<AbortHandle>,
+/// What woke the driver.
+enum Wake {
+    Cmd(Option<Cmd>),
+    Io(Io),
+    Timer,
+    Read(ConnId, Read),
+    WriteFailed(ConnId, String),
 }
 
-impl ConnIo {
-    fn abort(&self) {
-        self.task.abort();
-        if let Some(w) = &self.writer {
-            w.abort();
-        }
-    }
-}
+/// Inputs taken in a row before queued frames are written anyway, so that a flood of inputs cannot hold
+/// frames back, while frames produced together still leave together.
+const WRITE_BATCH: u32 = 64;
 
 pub(crate) struct Driver {
     pub(crate) sled: Sled,
@@ -63,12 +62,22 @@ pub(crate) struct Driver {
     pub(crate) io_rx: mpsc::Receiver<Io>,
     pub(crate) link: watch::Sender<LinkState>,
     pub(crate) id_prefix: String,
-    conns: HashMap<ConnId, ConnIo>,
+    /// Connections being dialled.
+    dials: HashMap<ConnId, JoinHandle<()>>,
+    /// Open connections (the core keeps at most one live; a second is only ever on its way out).
+    links: Vec<Link>,
+    /// Close handshakes the sled started, finishing in tasks of their own.
     closing: Vec<JoinHandle<()>>,
     waiters: HashMap<PermKey, oneshot::Sender<Decision>>,
     calls: HashMap<McpCallId, AbortHandle>,
     next_id: u64,
     done: Vec<oneshot::Sender<()>>,
+    timer: Pin<Box<Sleep>>,
+    timer_armed: bool,
+    /// Which source is polled first next time, in turn, so none can starve the others.
+    turn: u8,
+    /// Inputs taken since frames were last written.
+    unwritten: u32,
 }
 
 impl Driver {
@@ -82,7 +91,7 @@ impl Driver {
         link: watch::Sender<LinkState>,
         id_prefix: String,
     ) -> Self {
-        // Bounded: a gateway flooding frames slows its own reader down, not the driver's memory.
+        // Bounded: MCP replies and dial outcomes wait for the driver rather than pile up.
         let (io_tx, io_rx) = mpsc::channel(256);
         Driver {
             sled,
@@ -94,12 +103,17 @@ impl Driver {
             io_rx,
             link,
             id_prefix,
-            conns: HashMap::new(),
+            dials: HashMap::new(),
+            links: Vec::new(),
             closing: Vec::new(),
             waiters: HashMap::new(),
             calls: HashMap::new(),
             next_id: 0,
             done: Vec::new(),
+            timer: Box::pin(tokio::time::sleep_until(epoch)),
+            timer_armed: false,
+            turn: 0,
+            unwritten: 0,
         }
     }
 
@@ -117,26 +131,96 @@ impl Driver {
             if self.sled.link_state() == LinkState::Closed {
                 break;
             }
-            let timer = self.sled.poll_timeout().map(|at| self.deadline(at));
-            tokio::select! {
-                io = self.io_rx.recv() => {
-                    // The driver holds a sender itself, so this channel never closes.
-                    if let Some(io) = io {
-                        self.on_io(io);
-                    }
-                }
-                cmd = self.cmd_rx.recv() => self.on_cmd(cmd),
-                () = sleep_until(timer), if timer.is_some() => {
-                    let now = self.now();
-                    self.sled.handle_timeout(now);
-                }
-            }
+            self.arm_timer();
+            let wake = std::future::poll_fn(|cx| self.poll_wake(cx)).await;
+            self.on_wake(wake);
         }
         self.finish().await;
     }
 
-    fn on_cmd(&mut self, cmd: Option<Cmd>) {
+    fn arm_timer(&mut self) {
+        match self.sled.poll_timeout().map(|at| self.deadline(at)) {
+            Some(at) => {
+                if !self.timer_armed || self.timer.deadline() != at {
+                    self.timer.as_mut().reset(at);
+                }
+                self.timer_armed = true;
+            }
+            None => self.timer_armed = false,
+        }
+    }
+
+    /// Waits for the next input. Queued frames are written whenever nothing else is ready, and after
+    /// [`WRITE_BATCH`] inputs in a row in any case.
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        if self.unwritten >= WRITE_BATCH
+            && let Poll::Ready(failed) = self.poll_writes(cx)
+        {
+            return Poll::Ready(failed);
+        }
+        let first = self.turn;
+        self.turn = (self.turn + 1) % 4;
+        for i in 0..4 {
+            let ready = match (first + i) % 4 {
+                0 => self.cmd_rx.poll_recv(cx).map(Wake::Cmd),
+                // The driver holds a sender itself, so this channel never closes.
+                1 => match self.io_rx.poll_recv(cx) {
+                    Poll::Ready(Some(io)) => Poll::Ready(Wake::Io(io)),
+                    _ => Poll::Pending,
+                },
+                2 if self.timer_armed => self.timer.as_mut().poll(cx).map(|()| {
+                    self.timer_armed = false;
+                    Wake::Timer
+                }),
+                2 => Poll::Pending,
+                _ => self.poll_reads(cx),
+            };
+            if ready.is_ready() {
+                self.unwritten += 1;
+                return ready;
+            }
+        }
+        self.poll_writes(cx)
+    }
+
+    fn poll_reads(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        let secret = self.target.as_ref().and_then(|t| t.bearer.as_deref());
+        for link in &mut self.links {
+            if let Poll::Ready(read) = link.poll_read(cx, secret) {
+                return Poll::Ready(Wake::Read(link.conn, read));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Writes every connection's queued frames. `Ready` only for a connection whose writing failed.
+    fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        self.unwritten = 0;
+        let secret = self.target.as_ref().and_then(|t| t.bearer.as_deref());
+        for link in &mut self.links {
+            if let Poll::Ready(Err(detail)) = link.poll_write(cx, secret) {
+                return Poll::Ready(Wake::WriteFailed(link.conn, detail));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn on_wake(&mut self, wake: Wake) {
         let now = self.now();
+        match wake {
+            Wake::Cmd(cmd) => self.on_cmd(now, cmd),
+            Wake::Io(io) => self.on_io(now, io),
+            Wake::Timer => self.sled.handle_timeout(now),
+            Wake::Read(conn, read) => self.on_read(now, conn, read),
+            Wake::WriteFailed(conn, detail) => {
+                info!(conn = conn.0, %detail, "gateway connection ended");
+                self.take_link(conn);
+                self.sled.handle_disconnected(now, conn);
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, now: Instant, cmd: Option<Cmd>) {
         match cmd {
             Some(Cmd::Permission { tool_name, tool_input, reply }) => {
                 self.next_id += 1;
@@ -153,39 +237,24 @@ impl Driver {
         }
     }
 
-    fn on_io(&mut self, io: Io) {
-        let now = self.now();
+    fn on_io(&mut self, now: Instant, io: Io) {
         match io {
-            Io::Connected { conn, outbox, writer } => {
-                match self.conns.get_mut(&conn) {
-                    Some(c) => {
-                        c.outbox = Some(outbox);
-                        c.writer = Some(writer);
+            Io::Dialed { conn, result } => {
+                if self.dials.remove(&conn).is_none() {
+                    // Abandoned while its handshake finished: the core will not adopt it either. Dropping it
+                    // ends the TCP connection.
+                    return;
+                }
+                match result {
+                    Ok(ws) => {
+                        self.links.push(Link::new(conn, ws));
+                        self.sled.handle_connected(now, conn);
                     }
-                    // Abandoned while its handshake finished: the core will not adopt it either.
-                    None => writer.abort(),
+                    Err((error, detail)) => {
+                        warn!(conn = conn.0, %detail, "connecting to the gateway failed");
+                        self.sled.handle_connect_failed(now, conn, error);
+                    }
                 }
-                self.sled.handle_connected(now, conn);
-            }
-            Io::ConnectFailed { conn, error, detail } => {
-                warn!(conn = conn.0, %detail, "connecting to the gateway failed");
-                self.conns.remove(&conn);
-                self.sled.handle_connect_failed(now, conn, error);
-            }
-            Io::Frame { conn, message } => match message {
-                Message::Text(text) => self.sled.handle_received(now, conn, Received::Text(text.as_str())),
-                Message::Binary(data) => self.sled.handle_received(now, conn, Received::Binary(&data)),
-                Message::Ping(_) => self.sled.handle_received(now, conn, Received::Ping),
-                Message::Pong(_) => self.sled.handle_received(now, conn, Received::Pong),
-                Message::Close(_) | Message::Frame(_) => {}
-            },
-            Io::Closed { conn, detail } => {
-                if let Some(c) = self.conns.remove(&conn) {
-                    info!(conn = conn.0, %detail, "gateway connection ended");
-                    // The reader may still be answering the gateway's close: give it a moment.
-                    self.retire(c, false);
-                }
-                self.sled.handle_disconnected(now, conn);
             }
             Io::Mcp { call, reply } => {
                 self.calls.remove(&call);
@@ -194,31 +263,65 @@ impl Driver {
         }
     }
 
+    fn on_read(&mut self, now: Instant, conn: ConnId, read: Read) {
+        match read {
+            Read::Message(message) => match message {
+                Message::Text(text) => self.sled.handle_received(now, conn, Received::Text(text.as_str())),
+                Message::Binary(data) => self.sled.handle_received(now, conn, Received::Binary(&data)),
+                Message::Ping(_) => self.sled.handle_received(now, conn, Received::Ping),
+                Message::Pong(_) => self.sled.handle_received(now, conn, Received::Pong),
+                Message::Close(_) | Message::Frame(_) => {}
+            },
+            Read::ClosedByPeer(detail) => {
+                info!(conn = conn.0, %detail, "gateway connection ended");
+                // The library has queued the answer to the gateway's close; a task of its own sends it.
+                if let Some(link) = self.take_link(conn) {
+                    drop(link.retire(None));
+                }
+                self.sled.handle_disconnected(now, conn);
+            }
+            Read::TooBig(detail) => {
+                info!(conn = conn.0, %detail, "gateway connection ended");
+                // Tell the gateway why, as the gateway does, before the connection is dropped.
+                if let Some(link) = self.take_link(conn) {
+                    drop(link.retire(Some((1009, "message too big"))));
+                }
+                self.sled.handle_disconnected(now, conn);
+            }
+            Read::Ended(detail) => {
+                info!(conn = conn.0, %detail, "gateway connection ended");
+                self.take_link(conn);
+                self.sled.handle_disconnected(now, conn);
+            }
+        }
+    }
+
+    fn take_link(&mut self, conn: ConnId) -> Option<Link> {
+        let at = self.links.iter().position(|l| l.conn == conn)?;
+        Some(self.links.swap_remove(at))
+    }
+
     /// Carries out every output of the core, in order.
     fn drain(&mut self) {
         while let Some(output) = self.sled.poll_output() {
             match output {
                 Output::Connect { conn } => match &self.target {
                     Some(target) => {
-                        let task = tokio::spawn(ws::connection_task(conn, target.clone(), self.io_tx.clone()));
-                        self.conns.insert(conn, ConnIo { outbox: None, task, writer: None });
+                        self.dials.insert(conn, ws::dial(conn, target.clone(), self.io_tx.clone()));
                     }
                     None => {
                         let now = self.now();
                         self.sled.handle_connect_failed(now, conn, ConnectError::Other);
                     }
                 },
-                Output::Send { conn, text } => self.send(conn, WsOut::Text(text)),
-                Output::Ping { conn } => self.send(conn, WsOut::Ping),
+                Output::Send { conn, text } => self.send(conn, Message::text(text)),
+                Output::Ping { conn } => self.send(conn, Message::Ping(Bytes::new())),
                 Output::Close { conn, code, reason } => {
-                    if let Some(c) = self.conns.remove(&conn) {
-                        match &c.outbox {
-                            Some(outbox) => {
-                                let _ = outbox.try_send(WsOut::Close(code, reason));
-                                self.retire(c, true);
-                            }
-                            None => c.abort(),
-                        }
+                    if let Some(dial) = self.dials.remove(&conn) {
+                        dial.abort();
+                    }
+                    if let Some(link) = self.take_link(conn) {
+                        self.closing.push(link.retire(Some((code, reason))));
                     }
                 }
                 Output::Decided(d) => {
@@ -252,40 +355,24 @@ impl Driver {
         self.closing.retain(|t| !t.is_finished());
     }
 
-    fn send(&mut self, conn: ConnId, out: WsOut) {
-        let queued = self.conns.get(&conn).and_then(|c| c.outbox.as_ref()).is_some_and(|o| o.try_send(out).is_ok());
+    fn send(&mut self, conn: ConnId, message: Message) {
+        let queued = self.links.iter_mut().find(|l| l.conn == conn).is_some_and(|l| l.queue(message));
         if !queued {
-            // Gone, or so far behind that its outbox is full: either way the connection is of no use.
+            // Gone, or so far behind that its queue is full: either way the connection is of no use.
             warn!(conn = conn.0, "gateway connection cannot take more frames; dropping it");
-            if let Some(c) = self.conns.remove(&conn) {
-                c.abort();
-            }
+            self.take_link(conn);
             let now = self.now();
             self.sled.handle_disconnected(now, conn);
-        }
-    }
-
-    /// A connection the core is done with: its tasks get [`ws::CLOSE_GRACE`] to finish a close handshake,
-    /// then are stopped, so a dead peer can never leave a task blocked for ever. A shutdown waits (within the
-    /// same grace) for the handshakes the sled started (`ours`).
-    fn retire(&mut self, c: ConnIo, ours: bool) {
-        let reader = c.task.abort_handle();
-        let writer = c.writer.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(ws::CLOSE_GRACE).await;
-            reader.abort();
-            if let Some(w) = writer {
-                w.abort();
-            }
-        });
-        if ours {
-            self.closing.push(c.task);
         }
     }
 
     /// After shutdown: let close handshakes finish (bounded), stop everything, tell who waits.
     async fn finish(mut self) {
         self.drain();
+        // The core closed every connection it had; anything left is closed normally too.
+        for link in std::mem::take(&mut self.links) {
+            self.closing.push(link.retire(Some((1000, "shutdown"))));
+        }
         let closing = std::mem::take(&mut self.closing);
         let aborts: Vec<AbortHandle> = closing.iter().map(JoinHandle::abort_handle).collect();
         let _ = tokio::time::timeout(ws::CLOSE_GRACE, async {
@@ -295,8 +382,8 @@ impl Driver {
         })
         .await;
         aborts.iter().for_each(AbortHandle::abort);
-        for (_, c) in self.conns.drain() {
-            c.abort();
+        for (_, dial) in self.dials.drain() {
+            dial.abort();
         }
         for (_, call) in self.calls.drain() {
             call.abort();
@@ -308,12 +395,5 @@ impl Driver {
         for done in self.done.drain(..) {
             let _ = done.send(());
         }
-    }
-}
-
-async fn sleep_until(at: Option<TokioInstant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

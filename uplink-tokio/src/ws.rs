@@ -1,17 +1,16 @@
-//! The WebSocket side: dialling the gateway, and the two tasks that move frames for one connection.
+//! The WebSocket side: dialling the gateway, and reading and writing one connection from the driver's loop.
 //!
-//! A connection is read by one task and written by another, so a gateway that stops reading cannot stall the
-//! reader (or the driver): the writer's bounded outbox fills instead, and the driver then treats the
-//! connection as dead. Nothing here decides anything; events go to the driver tagged with their [`ConnId`].
+//! Nothing here decides anything: the driver feeds what is read to the core and queues what the core sends.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,7 +22,7 @@ use uplink_proto::{ConnId, ConnectError};
 use crate::driver::Io;
 use crate::redact::scrub;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Frames queued for one connection before it counts as stuck.
 pub(crate) const OUTBOX: usize = 1024;
@@ -37,14 +36,6 @@ pub(crate) struct Target {
     pub(crate) bearer: Option<String>,
     pub(crate) tls: Arc<rustls::ClientConfig>,
     pub(crate) ws_config: WebSocketConfig,
-}
-
-/// What the driver asks a connection's writer to do.
-#[derive(Debug)]
-pub(crate) enum WsOut {
-    Text(String),
-    Ping,
-    Close(u16, &'static str),
 }
 
 impl Target {
@@ -85,96 +76,116 @@ impl Target {
     }
 }
 
-/// Dials, reports the outcome, then reads the connection until it ends. Aborting the task abandons the
-/// attempt or stops reading.
-pub(crate) async fn connection_task(conn: ConnId, target: Arc<Target>, io: mpsc::Sender<Io>) {
-    let ws = match target.dial().await {
-        Ok(ws) => ws,
-        Err((error, detail)) => {
-            let _ = io.send(Io::ConnectFailed { conn, error, detail }).await;
-            return;
-        }
-    };
-    let (sink, mut stream) = ws.split();
-    let (tx, rx) = mpsc::channel(OUTBOX);
-    // Set by the writer once it sends our close: the peer's close frame then completes the handshake.
-    let we_closed = Arc::new(AtomicBool::new(false));
-    let writer =
-        tokio::spawn(writer_task(conn, sink, rx, io.clone(), target.bearer.clone(), we_closed.clone())).abort_handle();
-    // Kept to tell the gateway why, if it sends a message over the size limit.
-    let outbox = tx.clone();
-    if io.send(Io::Connected { conn, outbox: tx, writer: writer.clone() }).await.is_err() {
-        writer.abort();
-        return;
-    }
-    let detail = loop {
-        match stream.next().await {
-            Some(Ok(Message::Close(frame))) => {
-                let detail = match frame {
-                    Some(f) => format!("gateway closed the connection ({} {})", u16::from(f.code), f.reason),
-                    None => "gateway closed the connection".to_owned(),
-                };
-                let _ = io.send(Io::Closed { conn, detail }).await;
-                if !we_closed.load(Ordering::Acquire) {
-                    // The gateway started the close: reading on lets the library send our answer.
-                    let _ = tokio::time::timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = stream.next().await {} })
-                        .await;
-                }
-                return;
-            }
-            Some(Ok(Message::Frame(_))) => {}
-            Some(Ok(message)) => {
-                if io.send(Io::Frame { conn, message }).await.is_err() {
-                    return;
-                }
-            }
-            Some(Err(e)) => {
-                if let tungstenite::Error::Capacity(_) = e {
-                    // Oversized message: close with 1009, as the gateway does, before the connection is dropped.
-                    let _ = outbox.try_send(WsOut::Close(1009, "message too big"));
-                }
-                break scrub(&e.to_string(), target.bearer.as_deref());
-            }
-            None => break "connection ended".to_owned(),
-        }
-    };
-    let _ = io.send(Io::Closed { conn, detail }).await;
+/// An open connection, owned by the driver: it reads and writes it from its own loop, so a frame crosses no
+/// task boundary between the socket and the core.
+///
+/// Writes never block the driver. Frames wait in a bounded queue and are handed to the socket as it accepts
+/// them; a gateway that stops reading fills the queue, and the driver then treats the connection as dead.
+pub(crate) struct Link {
+    pub(crate) conn: ConnId,
+    ws: Box<Ws>,
+    queue: VecDeque<Message>,
+    /// Frames handed to the socket since its last flush.
+    unflushed: bool,
 }
 
-async fn writer_task(
-    conn: ConnId,
-    mut sink: futures_util::stream::SplitSink<Ws, Message>,
-    mut outbox: mpsc::Receiver<WsOut>,
-    io: mpsc::Sender<Io>,
-    secret: Option<String>,
-    we_closed: Arc<AtomicBool>,
-) {
-    while let Some(out) = outbox.recv().await {
-        // Queue everything already waiting, then flush once.
-        let mut batch = vec![out];
-        while let Ok(more) = outbox.try_recv() {
-            batch.push(more);
+/// What reading a connection gave.
+pub(crate) enum Read {
+    /// A message for the core.
+    Message(Message),
+    /// The gateway sent a close frame; the library has queued the answer.
+    ClosedByPeer(String),
+    /// A message over the size limit: the connection is to be closed with 1009.
+    TooBig(String),
+    /// The connection failed or ended.
+    Ended(String),
+}
+
+impl Link {
+    pub(crate) fn new(conn: ConnId, ws: Box<Ws>) -> Link {
+        Link { conn, ws, queue: VecDeque::new(), unflushed: false }
+    }
+
+    /// Queues a frame. `false` when the queue is full: the gateway has stopped reading.
+    pub(crate) fn queue(&mut self, message: Message) -> bool {
+        if self.queue.len() >= OUTBOX {
+            return false;
         }
-        for out in batch {
-            let result = match out {
-                WsOut::Text(text) => sink.feed(Message::text(text)).await,
-                WsOut::Ping => sink.feed(Message::Ping(Bytes::new())).await,
-                WsOut::Close(code, reason) => {
-                    we_closed.store(true, Ordering::Release);
-                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
-                    return;
-                }
-            };
-            if let Err(e) = result {
-                let _ = io.send(Io::Closed { conn, detail: scrub(&e.to_string(), secret.as_deref()) }).await;
-                return;
+        self.queue.push_back(message);
+        true
+    }
+
+    /// Hands queued frames to the socket and flushes them. `Ready(Ok)` once everything is out; `Pending`
+    /// while the socket cannot take more (the task is woken when it can).
+    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>, secret: Option<&str>) -> Poll<Result<(), String>> {
+        let failed = |e: tungstenite::Error| scrub(&e.to_string(), secret);
+        while !self.queue.is_empty() {
+            ready!(self.ws.poll_ready_unpin(cx)).map_err(failed)?;
+            if let Some(message) = self.queue.pop_front() {
+                self.ws.start_send_unpin(message).map_err(failed)?;
+                self.unflushed = true;
             }
         }
-        if let Err(e) = sink.flush().await {
-            let _ = io.send(Io::Closed { conn, detail: scrub(&e.to_string(), secret.as_deref()) }).await;
-            return;
+        if self.unflushed {
+            ready!(self.ws.poll_flush_unpin(cx)).map_err(failed)?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads the next message (the library answers pings and closes by itself).
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>, secret: Option<&str>) -> Poll<Read> {
+        loop {
+            return Poll::Ready(match ready!(self.ws.poll_next_unpin(cx)) {
+                Some(Ok(Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(frame))) => Read::ClosedByPeer(match frame {
+                    Some(f) => format!("gateway closed the connection ({} {})", u16::from(f.code), f.reason),
+                    None => "gateway closed the connection".to_owned(),
+                }),
+                Some(Ok(message)) => Read::Message(message),
+                Some(Err(e @ tungstenite::Error::Capacity(_))) => Read::TooBig(scrub(&e.to_string(), secret)),
+                Some(Err(e)) => Read::Ended(scrub(&e.to_string(), secret)),
+                None => Read::Ended("connection ended".to_owned()),
+            });
         }
     }
-    // The driver dropped the outbox: the connection is over.
+
+    /// Finishes the connection in a task of its own, so the driver never waits on a peer: sends what is still
+    /// queued, then our close frame if `close` is given (else only what the library queued, such as the answer
+    /// to the gateway's close), and reads until the gateway ends the handshake. All within [`CLOSE_GRACE`].
+    pub(crate) fn retire(self, close: Option<(u16, &'static str)>) -> JoinHandle<()> {
+        let Link { mut ws, mut queue, .. } = self;
+        if close.is_none() {
+            // The gateway closed first: nothing more may be sent but the answer.
+            queue.clear();
+        }
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CLOSE_GRACE, async move {
+                for message in queue {
+                    if ws.feed(message).await.is_err() {
+                        return;
+                    }
+                }
+                let sent = match close {
+                    Some((code, reason)) => {
+                        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                        ws.send(Message::Close(Some(frame))).await
+                    }
+                    None => ws.flush().await,
+                };
+                if sent.is_ok() {
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            })
+            .await;
+        })
+    }
+}
+
+/// Dials in a task of its own and reports the outcome; aborting the task abandons the attempt.
+pub(crate) fn dial(conn: ConnId, target: Arc<Target>, io: mpsc::Sender<Io>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = target.dial().await.map(Box::new);
+        let _ = io.send(Io::Dialed { conn, result }).await;
+    })
 }
