@@ -256,3 +256,31 @@ async fn a_frame_announcing_a_terabyte_is_refused_from_its_header_with_1009() {
     let close = answer.windows(4).any(|w| w[0] == 0x88 && w[2..4] == 1009u16.to_be_bytes());
     assert!(close, "no 1009 close frame in {answer:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_that_stops_reading_is_dropped_once_its_queue_fills_and_every_caller_gets_503() {
+    let gw = RealGateway::start(GatewayConfig::default(), 16 << 20).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
+    // Identifies, then never reads again.
+    let mut stuck = gw.raw_sled().await;
+    identify(&mut stuck, "stuck").await;
+    next_event(&mut events, "sled_connected").await;
+
+    // Sixteen requests of almost 4 MiB: more than the socket buffers and the connection's 32 MiB queue
+    // together hold. The MCP timeout is a minute, so an answer within the wait below is the queue's doing.
+    let pad = "x".repeat((4 << 20) - 1024);
+    let url = format!("{}/api/sleds/stuck/mcp", gw.base);
+    let callers: Vec<_> = (0..16)
+        .map(|i| {
+            let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"pad": pad}}).to_string();
+            let url = url.clone();
+            tokio::spawn(async move { http("POST", &url, Some(ADMIN_TOKEN), Some(&body), &[]).await })
+        })
+        .collect();
+    for caller in callers {
+        let (status, body) = caller.await.unwrap();
+        assert_eq!(status, 503, "{body}");
+    }
+    assert_eq!(next_event(&mut events, "sled_disconnected").await["project"], "stuck");
+    drop(stuck);
+}

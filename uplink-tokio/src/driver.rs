@@ -65,7 +65,7 @@ pub(crate) struct Driver {
     /// Connections being dialled.
     dials: HashMap<ConnId, JoinHandle<()>>,
     /// Open connections (the core keeps at most one live; a second is only ever on its way out).
-    links: Vec<Link>,
+    links: Vec<(ConnId, Link)>,
     /// Close handshakes the sled started, finishing in tasks of their own.
     closing: Vec<JoinHandle<()>>,
     waiters: HashMap<PermKey, oneshot::Sender<Decision>>,
@@ -185,9 +185,9 @@ impl Driver {
 
     fn poll_reads(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         let secret = self.target.as_ref().and_then(|t| t.bearer.as_deref());
-        for link in &mut self.links {
+        for (conn, link) in &mut self.links {
             if let Poll::Ready(read) = link.poll_read(cx, secret) {
-                return Poll::Ready(Wake::Read(link.conn, read));
+                return Poll::Ready(Wake::Read(*conn, read));
             }
         }
         Poll::Pending
@@ -197,9 +197,9 @@ impl Driver {
     fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         self.unwritten = 0;
         let secret = self.target.as_ref().and_then(|t| t.bearer.as_deref());
-        for link in &mut self.links {
+        for (conn, link) in &mut self.links {
             if let Poll::Ready(Err(detail)) = link.poll_write(cx, secret) {
-                return Poll::Ready(Wake::WriteFailed(link.conn, detail));
+                return Poll::Ready(Wake::WriteFailed(*conn, detail));
             }
         }
         Poll::Pending
@@ -247,7 +247,7 @@ impl Driver {
                 }
                 match result {
                     Ok(ws) => {
-                        self.links.push(Link::new(conn, ws));
+                        self.links.push((conn, Link::new(ws)));
                         self.sled.handle_connected(now, conn);
                     }
                     Err((error, detail)) => {
@@ -297,8 +297,8 @@ impl Driver {
     }
 
     fn take_link(&mut self, conn: ConnId) -> Option<Link> {
-        let at = self.links.iter().position(|l| l.conn == conn)?;
-        Some(self.links.swap_remove(at))
+        let at = self.links.iter().position(|(c, _)| *c == conn)?;
+        Some(self.links.swap_remove(at).1)
     }
 
     /// Carries out every output of the core, in order.
@@ -356,7 +356,7 @@ impl Driver {
     }
 
     fn send(&mut self, conn: ConnId, message: Message) {
-        let queued = self.links.iter_mut().find(|l| l.conn == conn).is_some_and(|l| l.queue(message));
+        let queued = self.links.iter_mut().find(|(c, _)| *c == conn).is_some_and(|(_, l)| l.queue(message));
         if !queued {
             // Gone, or so far behind that its queue is full: either way the connection is of no use.
             warn!(conn = conn.0, "gateway connection cannot take more frames; dropping it");
@@ -370,7 +370,7 @@ impl Driver {
     async fn finish(mut self) {
         self.drain();
         // The core closed every connection it had; anything left is closed normally too.
-        for link in std::mem::take(&mut self.links) {
+        for (_, link) in std::mem::take(&mut self.links) {
             self.closing.push(link.retire(Some((1000, "shutdown"))));
         }
         let closing = std::mem::take(&mut self.closing);

@@ -10,14 +10,15 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt as _, StreamExt as _};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -29,17 +30,16 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{debug, info, warn};
 use uplink_proto::gateway::{
     Gateway, GatewayConfig, GatewayEvent, GatewayOutput, McpFailure, McpId, PermId, SendMcpError, Withdrawn,
 };
 use uplink_proto::{Decision, Instant, Received};
 
-use crate::ws::{CLOSE_GRACE, Target};
+use crate::ws::{CLOSE_GRACE, Link, Read, Target};
 
 /// Default address of `uplink gateway`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
@@ -601,10 +601,12 @@ fn sled_upgrade(request: Request<Incoming>, hub: Arc<Hub>) -> Response<Body> {
     r
 }
 
-/// Drives one sled connection's session: socket in, commands in, timer; outputs out.
+/// Drives one sled connection's session: socket in, commands in, timer; outputs out. The socket is read and
+/// written from this one loop ([`Link`]): writes never block it, so a sled that stops reading cannot hold up
+/// its commands or timers; it fills the queue and is dropped.
 async fn sled_connection<S>(ws: WebSocketStream<S>, hub: Arc<Hub>)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(mut session) = Gateway::new(hub.session.clone(), hub.now()) else { return };
     let conn = {
@@ -613,101 +615,165 @@ where
         state.next_conn
     };
     let (tx, mut rx) = mpsc::channel::<ConnCmd>(64);
-    let (mut sink, mut stream) = ws.split();
+    let mut link = Link::new(Box::new(ws));
     let mut project: Option<String> = None;
     let mut waiters: BTreeMap<McpId, oneshot::Sender<McpOutcome>> = BTreeMap::new();
     let status = Arc::new(ConnStatus::default());
+    // How the connection ends: with our close frame, answering the sled's, or simply dropped.
+    let mut ending: Option<Ending> = None;
+    let mut timer = Box::pin(tokio::time::sleep_until(hub.epoch));
+    let mut timer_armed = false;
+    let mut unwritten = 0u32;
+    let mut turn = 0u8;
     loop {
         // Carry out every output.
         while let Some(out) = session.poll_output() {
-            let sent = match out {
-                GatewayOutput::Send(text) => send(&mut sink, Message::text(text)).await,
-                GatewayOutput::Ping => send(&mut sink, Message::Ping(Bytes::new())).await,
+            match out {
+                GatewayOutput::Send(text) => {
+                    if !link.queue(Message::text(text)) {
+                        debug!(conn, "sled stopped reading; dropping it");
+                        ending.get_or_insert(Ending::Drop);
+                        session.handle_disconnected(hub.now());
+                    }
+                }
+                GatewayOutput::Ping => {
+                    if !link.queue(Message::Ping(Bytes::new())) {
+                        ending.get_or_insert(Ending::Drop);
+                        session.handle_disconnected(hub.now());
+                    }
+                }
                 GatewayOutput::Close { code, reason } => {
-                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-                    let _ = send(&mut sink, Message::Close(Some(frame))).await;
-                    true
+                    ending.get_or_insert(Ending::Close(code, reason));
                 }
-                GatewayOutput::Event(event) => {
-                    on_event(&hub, conn, &status, &tx, &mut project, &mut waiters, event);
-                    true
-                }
-            };
-            if !sent {
-                session.handle_disconnected(hub.now());
+                GatewayOutput::Event(event) => on_event(&hub, conn, &status, &tx, &mut project, &mut waiters, event),
             }
         }
         status.publish(&session);
         if session.is_closed() {
             break;
         }
-        let timer = session.poll_timeout().map(|at| hub.epoch + Duration::from_micros(at.as_micros()));
-        tokio::select! {
-            message = stream.next() => {
-                let now = hub.now();
-                match message {
-                    Some(Ok(Message::Text(t))) => session.handle_received(now, Received::Text(t.as_str())),
-                    Some(Ok(Message::Binary(b))) => session.handle_received(now, Received::Binary(&b)),
-                    Some(Ok(Message::Ping(_))) => session.handle_received(now, Received::Ping),
-                    Some(Ok(Message::Pong(_))) => session.handle_received(now, Received::Pong),
-                    Some(Ok(Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => session.handle_disconnected(now),
-                    Some(Err(e)) => {
-                        if let WsError::Capacity(_) = e {
-                            // Oversized message: tell the sled why (1009) before dropping it.
-                            let frame = CloseFrame { code: CloseCode::Size, reason: "message too big".into() };
-                            let _ = send(&mut sink, Message::Close(Some(frame))).await;
-                        }
-                        debug!(conn, %e, "sled connection failed");
-                        session.handle_disconnected(now);
-                    }
+        match session.poll_timeout() {
+            Some(at) => {
+                let at = hub.epoch + Duration::from_micros(at.as_micros());
+                if !timer_armed || timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                timer_armed = true;
+            }
+            None => timer_armed = false,
+        }
+        // Inputs first; queued frames are written when nothing else is ready, or after a batch of inputs.
+        let wake = std::future::poll_fn(|cx| {
+            if unwritten >= WRITE_BATCH
+                && let Poll::Ready(Err(detail)) = link.poll_write(cx, None)
+            {
+                return Poll::Ready(ConnWake::WriteFailed(detail));
+            }
+            // Each source goes first in turn, so a flood on one cannot starve the others.
+            let first = turn;
+            turn = (turn + 1) % 3;
+            for i in 0..3 {
+                let ready = match (first + i) % 3 {
+                    0 => link.poll_read(cx, None).map(ConnWake::Read),
+                    1 => rx.poll_recv(cx).map(ConnWake::Cmd),
+                    _ if timer_armed => timer.as_mut().poll(cx).map(|()| {
+                        timer_armed = false;
+                        ConnWake::Timer
+                    }),
+                    _ => Poll::Pending,
+                };
+                if ready.is_ready() {
+                    unwritten += 1;
+                    return ready;
                 }
             }
-            cmd = rx.recv() => {
-                let now = hub.now();
-                match cmd {
-                    Some(ConnCmd::Decide { perm, decision, reply }) => {
-                        let decided = session.decide(now, perm, decision).is_ok();
-                        if decided {
-                            let id = perm_key(conn, perm);
-                            hub.lock().perms.remove(&id);
-                            hub.publish(
-                                "permission_decided",
-                                json!({"id": id, "project": project, "decision": decision_word(decision)}),
-                            );
-                        }
-                        let _ = reply.send(decided);
-                    }
-                    Some(ConnCmd::Mcp { body, session: s, reply }) => match session.send_mcp(now, &body, s.as_deref()) {
-                        Ok(id) => {
-                            waiters.insert(id, reply);
-                        }
-                        Err(e) => {
-                            let _ = reply.send(McpOutcome::Refused(e));
-                        }
-                    },
-                    Some(ConnCmd::Replace) => session.close(now, 4000, "replaced by a newer connection"),
-                    None => {}
-                }
+            unwritten = 0;
+            match link.poll_write(cx, None) {
+                Poll::Ready(Err(detail)) => Poll::Ready(ConnWake::WriteFailed(detail)),
+                _ => Poll::Pending,
             }
-            () = async {
-                match timer {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+        })
+        .await;
+        let now = hub.now();
+        match wake {
+            ConnWake::Read(Read::Message(message)) => match message {
+                Message::Text(t) => session.handle_received(now, Received::Text(t.as_str())),
+                Message::Binary(b) => session.handle_received(now, Received::Binary(&b)),
+                Message::Ping(_) => session.handle_received(now, Received::Ping),
+                Message::Pong(_) => session.handle_received(now, Received::Pong),
+                Message::Close(_) | Message::Frame(_) => {}
+            },
+            ConnWake::Read(Read::ClosedByPeer(_)) => {
+                ending.get_or_insert(Ending::Answer);
+                session.handle_disconnected(now);
+            }
+            ConnWake::Read(Read::TooBig(detail)) => {
+                // Oversized message: tell the sled why (1009) before dropping it.
+                debug!(conn, %detail, "sled connection failed");
+                ending.get_or_insert(Ending::Close(1009, "message too big"));
+                session.handle_disconnected(now);
+            }
+            ConnWake::Read(Read::Ended(detail)) | ConnWake::WriteFailed(detail) => {
+                debug!(conn, %detail, "sled connection failed");
+                ending.get_or_insert(Ending::Drop);
+                session.handle_disconnected(now);
+            }
+            ConnWake::Cmd(cmd) => match cmd {
+                Some(ConnCmd::Decide { perm, decision, reply }) => {
+                    let decided = session.decide(now, perm, decision).is_ok();
+                    if decided {
+                        let id = perm_key(conn, perm);
+                        hub.lock().perms.remove(&id);
+                        hub.publish(
+                            "permission_decided",
+                            json!({"id": id, "project": project, "decision": decision_word(decision)}),
+                        );
+                    }
+                    let _ = reply.send(decided);
                 }
-            } => session.handle_timeout(hub.now()),
+                Some(ConnCmd::Mcp { body, session: s, reply }) => match session.send_mcp(now, &body, s.as_deref()) {
+                    Ok(id) => {
+                        waiters.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(McpOutcome::Refused(e));
+                    }
+                },
+                Some(ConnCmd::Replace) => session.close(now, 4000, "replaced by a newer connection"),
+                None => {}
+            },
+            ConnWake::Timer => session.handle_timeout(now),
         }
     }
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+    match ending {
+        Some(Ending::Drop) => {}
+        Some(Ending::Answer) => link.finish(None).await,
+        Some(Ending::Close(code, reason)) => link.finish(Some((code, reason))).await,
+        None => link.finish(Some((1000, ""))).await,
+    }
 }
 
-async fn send<K>(sink: &mut K, message: Message) -> bool
-where
-    K: futures_util::Sink<Message> + Unpin,
-{
-    // A sled that stops reading cannot hold this task for ever.
-    matches!(tokio::time::timeout(Duration::from_secs(10), sink.send(message)).await, Ok(Ok(())))
+/// What woke a gateway connection's loop.
+enum ConnWake {
+    Read(Read),
+    Cmd(Option<ConnCmd>),
+    Timer,
+    WriteFailed(String),
 }
+
+/// How a gateway connection ends.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// Send this close frame (after what is queued) and wait for the sled's answer.
+    Close(u16, &'static str),
+    /// The sled closed first: send the library's answer.
+    Answer,
+    /// The socket is of no use: drop it.
+    Drop,
+}
+
+/// Inputs taken in a row before queued frames are written anyway.
+const WRITE_BATCH: u32 = 64;
 
 fn on_event(
     hub: &Hub,

@@ -8,6 +8,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -26,6 +27,9 @@ pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Frames queued for one connection before it counts as stuck.
 pub(crate) const OUTBOX: usize = 1024;
+
+/// Bytes queued for one connection before it counts as stuck (one frame of any allowed size is always taken).
+pub(crate) const OUTBOX_BYTES: usize = 32 << 20;
 
 /// How long a close handshake may take before the socket is simply dropped.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -76,15 +80,16 @@ impl Target {
     }
 }
 
-/// An open connection, owned by the driver: it reads and writes it from its own loop, so a frame crosses no
-/// task boundary between the socket and the core.
+/// An open WebSocket, read and written from its owner's own loop (the sled's driver, or a gateway connection's
+/// task), so a frame crosses no task boundary between the socket and the core.
 ///
-/// Writes never block the driver. Frames wait in a bounded queue and are handed to the socket as it accepts
-/// them; a gateway that stops reading fills the queue, and the driver then treats the connection as dead.
-pub(crate) struct Link {
-    pub(crate) conn: ConnId,
-    ws: Box<Ws>,
+/// Writes never block that loop. Frames wait in a bounded queue and are handed to the socket as it accepts
+/// them; a peer that stops reading fills the queue, and the owner then treats the connection as dead.
+pub(crate) struct Link<S = MaybeTlsStream<TcpStream>> {
+    ws: Box<WebSocketStream<S>>,
     queue: VecDeque<Message>,
+    /// Bytes of the frames in `queue`.
+    queued_bytes: usize,
     /// Frames handed to the socket since its last flush.
     unflushed: bool,
 }
@@ -93,7 +98,7 @@ pub(crate) struct Link {
 pub(crate) enum Read {
     /// A message for the core.
     Message(Message),
-    /// The gateway sent a close frame; the library has queued the answer.
+    /// The peer sent a close frame; the library has queued the answer.
     ClosedByPeer(String),
     /// A message over the size limit: the connection is to be closed with 1009.
     TooBig(String),
@@ -101,16 +106,19 @@ pub(crate) enum Read {
     Ended(String),
 }
 
-impl Link {
-    pub(crate) fn new(conn: ConnId, ws: Box<Ws>) -> Link {
-        Link { conn, ws, queue: VecDeque::new(), unflushed: false }
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link<S> {
+    pub(crate) fn new(ws: Box<WebSocketStream<S>>) -> Link<S> {
+        Link { ws, queue: VecDeque::new(), queued_bytes: 0, unflushed: false }
     }
 
-    /// Queues a frame. `false` when the queue is full: the gateway has stopped reading.
+    /// Queues a frame. `false` when the queue is full (more than [`OUTBOX`] frames, or more than
+    /// [`OUTBOX_BYTES`] with something already waiting): the peer has stopped reading.
     pub(crate) fn queue(&mut self, message: Message) -> bool {
-        if self.queue.len() >= OUTBOX {
+        let len = message.len();
+        if self.queue.len() >= OUTBOX || (!self.queue.is_empty() && self.queued_bytes + len > OUTBOX_BYTES) {
             return false;
         }
+        self.queued_bytes += len;
         self.queue.push_back(message);
         true
     }
@@ -122,6 +130,7 @@ impl Link {
         while !self.queue.is_empty() {
             ready!(self.ws.poll_ready_unpin(cx)).map_err(failed)?;
             if let Some(message) = self.queue.pop_front() {
+                self.queued_bytes -= message.len();
                 self.ws.start_send_unpin(message).map_err(failed)?;
                 self.unflushed = true;
             }
@@ -139,8 +148,8 @@ impl Link {
             return Poll::Ready(match ready!(self.ws.poll_next_unpin(cx)) {
                 Some(Ok(Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(frame))) => Read::ClosedByPeer(match frame {
-                    Some(f) => format!("gateway closed the connection ({} {})", u16::from(f.code), f.reason),
-                    None => "gateway closed the connection".to_owned(),
+                    Some(f) => format!("closed by the peer ({} {})", u16::from(f.code), f.reason),
+                    None => "closed by the peer".to_owned(),
                 }),
                 Some(Ok(message)) => Read::Message(message),
                 Some(Err(e @ tungstenite::Error::Capacity(_))) => Read::TooBig(scrub(&e.to_string(), secret)),
@@ -150,35 +159,38 @@ impl Link {
         }
     }
 
-    /// Finishes the connection in a task of its own, so the driver never waits on a peer: sends what is still
-    /// queued, then our close frame if `close` is given (else only what the library queued, such as the answer
-    /// to the gateway's close), and reads until the gateway ends the handshake. All within [`CLOSE_GRACE`].
-    pub(crate) fn retire(self, close: Option<(u16, &'static str)>) -> JoinHandle<()> {
+    /// Finishes the connection: sends what is still queued, then our close frame if `close` is given (else
+    /// only what the library queued, such as the answer to the peer's close), and reads until the peer ends
+    /// the handshake. All within [`CLOSE_GRACE`].
+    pub(crate) async fn finish(self, close: Option<(u16, &'static str)>) {
         let Link { mut ws, mut queue, .. } = self;
         if close.is_none() {
-            // The gateway closed first: nothing more may be sent but the answer.
+            // The peer closed first: nothing more may be sent but the answer.
             queue.clear();
         }
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CLOSE_GRACE, async move {
-                for message in queue {
-                    if ws.feed(message).await.is_err() {
-                        return;
-                    }
+        let _ = tokio::time::timeout(CLOSE_GRACE, async move {
+            for message in queue {
+                if ws.feed(message).await.is_err() {
+                    return;
                 }
-                let sent = match close {
-                    Some((code, reason)) => {
-                        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-                        ws.send(Message::Close(Some(frame))).await
-                    }
-                    None => ws.flush().await,
-                };
-                if sent.is_ok() {
-                    while let Some(Ok(_)) = ws.next().await {}
+            }
+            let sent = match close {
+                Some((code, reason)) => {
+                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                    ws.send(Message::Close(Some(frame))).await
                 }
-            })
-            .await;
+                None => ws.flush().await,
+            };
+            if sent.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
         })
+        .await;
+    }
+
+    /// [`Link::finish`] in a task of its own, so the owner never waits on a peer.
+    pub(crate) fn retire(self, close: Option<(u16, &'static str)>) -> JoinHandle<()> {
+        tokio::spawn(self.finish(close))
     }
 }
 
