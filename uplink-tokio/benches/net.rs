@@ -248,21 +248,75 @@ fn tool_input() -> serde_json::Value {
 
 // ── 2. Permission round trip vs a bare WebSocket echo ────────────────────────────────────────────────────
 
-async fn echo_round_trips(frame: &str, n: usize) -> Latencies {
+/// A bare tokio-tungstenite echo server: every text message is sent straight back.
+async fn serve_echo(listener: TcpListener) {
+    loop {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            tcp.set_nodelay(true).unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_text() && ws.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// The echo server in this process.
+async fn spawn_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        while let Some(Ok(message)) = ws.next().await {
-            if message.is_text() && ws.send(message).await.is_err() {
-                break;
-            }
-        }
+    tokio::spawn(serve_echo(listener));
+    addr
+}
+
+/// The echo server as a child process (this binary, run as `echo-server`), placed as the gateway is.
+struct EchoProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl EchoProcess {
+    fn start() -> EchoProcess {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("echo-server")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the echo server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("echo listening on ").unwrap().parse().unwrap();
+        EchoProcess { child, addr }
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `echo-server`: serves echoes until killed.
+fn echo_server_main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("echo listening on {}", listener.local_addr().unwrap());
+        serve_echo(listener).await;
     });
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), None, true).await.unwrap();
-    let mut lat = Vec::with_capacity(n);
+}
+
+type EchoClient = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn echo_client(addr: SocketAddr) -> EchoClient {
+    tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), None, true).await.unwrap().0
+}
+
+/// `n` sequential echoes of `frame` by one task that writes and reads its own socket.
+async fn echo_round_trips(ws: &mut EchoClient, frame: &str, n: usize, lat: &mut Vec<Duration>) {
     for _ in 0..n {
         let t = Instant::now();
         ws.send(Message::text(frame)).await.unwrap();
@@ -270,36 +324,106 @@ async fn echo_round_trips(frame: &str, n: usize) -> Latencies {
         lat.push(t.elapsed());
         assert!(reply.is_text());
     }
+}
+
+/// As [`echo_round_trips`], but the socket is owned by a task of its own and the caller reaches it through a
+/// channel and gets the answer through a one-shot, as any handle-and-task design (ours included) does: the
+/// floor of the architecture rather than of the socket.
+async fn echo_via_task_round_trips(addr: SocketAddr, frame: &str, n: usize) -> Latencies {
+    let mut ws = echo_client(addr).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, tokio::sync::oneshot::Sender<Message>)>(16);
+    tokio::spawn(async move {
+        while let Some((text, reply)) = rx.recv().await {
+            ws.send(Message::text(text)).await.unwrap();
+            let _ = reply.send(ws.next().await.unwrap().unwrap());
+        }
+    });
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tx.send((frame.to_owned(), reply)).await.unwrap();
+        let answer = answer.await.unwrap();
+        lat.push(t.elapsed());
+        assert!(answer.is_text());
+    }
     Latencies(lat)
 }
 
-async fn bench_rtt(n: usize) {
-    println!("\n## 2. Permission round trip (sequential, {n} requests) vs bare tokio-tungstenite echo");
-    let gateway = GatewayProcess::start();
-    let sled = start_sled(gateway.sled_url(), "bench", "http://127.0.0.1:9/mcp").await;
+/// The gateway's server in this process, configured as the child process is.
+async fn in_process_gateway() -> SocketAddr {
+    use uplink_tokio::gateway_server::{DEFAULT_HANDSHAKE_TIMEOUT, GatewayServer, GatewayServerConfig};
+    let server = GatewayServer::bind(GatewayServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sled_tokens: vec![SLED_TOKEN.into()],
+        admin_token: ADMIN_TOKEN.into(),
+        tls: None,
+        max_message_size: uplink_tokio::DEFAULT_MAX_MESSAGE_SIZE,
+        session: uplink_tokio::uplink_proto::gateway::GatewayConfig {
+            auto_approve: ["Bench".to_owned()].into(),
+            ..Default::default()
+        },
+        handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    addr
+}
+
+/// `n` sequential permissions through `sled`.
+async fn permission_round_trips(sled: &Uplink, n: usize, lat: &mut Vec<Duration>) {
     let input = tool_input();
-    for _ in 0..200 {
-        assert_eq!(sled.request_permission("Bench", &input).await, Decision::Approve);
-    }
-    let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
         let decision = sled.request_permission("Bench", &input).await;
         lat.push(t.elapsed());
         assert_eq!(decision, Decision::Approve);
     }
-    let perm = Latencies(lat);
+}
+
+fn print_latencies(what: &str, l: &Latencies) {
+    println!("{what}: p50 {}  p99 {}  max {}", us(l.pct(0.5)), us(l.pct(0.99)), us(l.max()));
+}
+
+/// Permissions through a sled connected to `gateway` against echoes from `echo`, in ten alternating blocks
+/// after a warm-up of each, so that a drift of the machine's speed falls on both alike.
+async fn permission_against_echo(gateway: SocketAddr, echo: SocketAddr, frame: &str, n: usize) {
+    let sled = start_sled(format!("ws://{gateway}/api/sled-uplink"), "bench", "http://127.0.0.1:9/mcp").await;
+    let mut ws = echo_client(echo).await;
+    let (mut perm, mut floor) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    permission_round_trips(&sled, 200, &mut Vec::new()).await;
+    echo_round_trips(&mut ws, frame, 200, &mut Vec::new()).await;
+    for _ in 0..10 {
+        permission_round_trips(&sled, n / 10, &mut perm).await;
+        echo_round_trips(&mut ws, frame, n / 10, &mut floor).await;
+    }
+    sled.shutdown().await;
+    let (perm, floor) = (Latencies(perm), Latencies(floor));
+    print_latencies("permission", &perm);
+    print_latencies("echo floor", &floor);
+    let ratio = perm.pct(0.5).as_secs_f64() / floor.pct(0.5).as_secs_f64();
+    println!("ratio p50: {ratio:.2}x (target ≤ 1.15x)");
+}
+
+async fn bench_rtt(n: usize) {
+    println!("\n## 2. Permission round trip (sequential, {n} requests) vs bare tokio-tungstenite echo");
     // The echo frame is as large as the perm_request the sled sends.
     let frame = json!({"type": "perm_request", "req_id": "00000000000000000000000000000042",
-        "payload": {"tool_name": "Bench", "tool_input": input}})
+        "payload": {"tool_name": "Bench", "tool_input": tool_input()}})
     .to_string();
-    let _ = echo_round_trips(&frame, 200).await;
-    let echo = echo_round_trips(&frame, n).await;
-    println!("permission: p50 {}  p99 {}  max {}", us(perm.pct(0.5)), us(perm.pct(0.99)), us(perm.max()));
-    println!("echo floor: p50 {}  p99 {}  max {}", us(echo.pct(0.5)), us(echo.pct(0.99)), us(echo.max()));
-    let ratio = perm.pct(0.5).as_secs_f64() / echo.pct(0.5).as_secs_f64();
-    println!("ratio p50: {ratio:.2}x (target ≤ 1.15x)");
-    sled.shutdown().await;
+
+    println!("### The far end in another process (as deployed: `uplink gateway`; a child echo server)");
+    let (gateway, echo) = (GatewayProcess::start(), EchoProcess::start());
+    permission_against_echo(gateway.addr, echo.addr, &frame, n).await;
+    drop((gateway, echo));
+
+    println!("### The far end in this process (the gateway's server; an echo server)");
+    let echo = spawn_echo().await;
+    permission_against_echo(in_process_gateway().await, echo, &frame, n).await;
+    let _ = echo_via_task_round_trips(echo, &frame, 200).await;
+    print_latencies("echo through a socket-owning task", &echo_via_task_round_trips(echo, &frame, n).await);
 }
 
 // ── 3. Permission throughput with 64 in flight ───────────────────────────────────────────────────────────
@@ -458,6 +582,9 @@ fn arg_value(args: &[String], name: &str) -> Option<usize> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "echo-server") {
+        return echo_server_main();
+    }
     let all = ["rtt", "throughput", "relay", "scale"];
     let chosen: Vec<&str> = all.iter().copied().filter(|b| args.iter().any(|a| a == b)).collect();
     let chosen = if chosen.is_empty() { all.to_vec() } else { chosen };
@@ -467,7 +594,15 @@ fn main() {
     } else {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
     };
+    // The benches run in a spawned task, on the runtime's workers: `block_on`'s own thread is not a worker,
+    // so every wake-up of it would cross threads through a condition variable, a cost no embedder pays.
     runtime.block_on(async {
+        tokio::spawn(run(args, chosen)).await.unwrap();
+    });
+}
+
+async fn run(args: Vec<String>, chosen: Vec<&'static str>) {
+    {
         println!("uplink network benchmarks (loopback; gateway = `uplink gateway` child process)");
         for bench in chosen {
             match bench {
@@ -481,5 +616,5 @@ fn main() {
                 }
             }
         }
-    });
+    }
 }
