@@ -200,8 +200,16 @@ impl Hub {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn publish(&self, kind: &str, data: Value) {
-        let _ = self.events.send((kind.to_owned(), data));
+    /// Whether any `/api/events` stream is open.
+    fn listening(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
+    /// Sends an event to every `/api/events` stream. The event is only built when a stream is open.
+    fn publish(&self, kind: &str, data: impl FnOnce() -> Value) {
+        if self.listening() {
+            let _ = self.events.send((kind.to_owned(), data()));
+        }
     }
 
     fn now(&self) -> Instant {
@@ -726,7 +734,7 @@ where
                         hub.lock().perms.remove(&id);
                         hub.publish(
                             "permission_decided",
-                            json!({"id": id, "project": project, "decision": decision_word(decision)}),
+                            || json!({"id": id, "project": project, "decision": decision_word(decision)}),
                         );
                     }
                     let _ = reply.send(decided);
@@ -801,7 +809,7 @@ fn on_event(
             info!(project = %name, conn, "sled connected");
             hub.publish(
                 "sled_connected",
-                json!({"project": name, "protocol": protocol, "sled_version": sled_version, "capabilities": capabilities}),
+                || json!({"project": name, "protocol": protocol, "sled_version": sled_version, "capabilities": capabilities}),
             );
             *project = Some(name);
         }
@@ -809,26 +817,30 @@ fn on_event(
         GatewayEvent::PermissionRequested { perm, req_id, tool_name, tool_input } => {
             let Some(p) = project.clone() else { return };
             let id = perm_key(conn, perm);
-            let input: Value = serde_json::from_str(&tool_input).unwrap_or(Value::Null);
+            // Built before the request is registered (which takes its input), and only for a listener.
+            let event = hub.listening().then(|| {
+                // Input that does not parse (nested too deep) shows as null.
+                let input: Value = serde_json::from_str(&tool_input).unwrap_or(Value::Null);
+                json!({"id": id, "project": p, "req_id": req_id, "tool_name": tool_name, "tool_input": input})
+            });
             hub.lock().perms.insert(
-                id.clone(),
+                id,
                 PermEntry {
-                    project: p.clone(),
+                    project: p,
                     conn,
                     perm,
-                    tool_name: tool_name.clone(),
+                    tool_name,
                     tool_input,
                     created: TokioInstant::now(),
                 },
             );
-            hub.publish(
-                "permission_requested",
-                json!({"id": id, "project": p, "req_id": req_id, "tool_name": tool_name, "tool_input": input}),
-            );
+            if let Some(event) = event {
+                hub.publish("permission_requested", || event);
+            }
         }
         GatewayEvent::PermissionAutoDecided { req_id, tool_name, decision } => hub.publish(
             "permission_auto_decided",
-            json!({"project": project, "req_id": req_id, "tool_name": tool_name, "decision": decision_word(decision)}),
+            || json!({"project": project, "req_id": req_id, "tool_name": tool_name, "decision": decision_word(decision)}),
         ),
         GatewayEvent::PermissionWithdrawn { perm, reason } => {
             let id = perm_key(conn, perm);
@@ -837,7 +849,7 @@ fn on_event(
                 Withdrawn::Cancelled => "cancelled",
                 Withdrawn::ConnectionLost => "connection_lost",
             };
-            hub.publish("permission_withdrawn", json!({"id": id, "project": project, "reason": reason}));
+            hub.publish("permission_withdrawn", || json!({"id": id, "project": project, "reason": reason}));
         }
         GatewayEvent::McpResponse { id, payload } => {
             if let Some(w) = waiters.remove(&id) {
@@ -849,8 +861,8 @@ fn on_event(
                 let _ = w.send(McpOutcome::Failed(reason));
             }
         }
-        GatewayEvent::Stale => hub.publish("sled_stale", json!({"project": project})),
-        GatewayEvent::Alive => hub.publish("sled_alive", json!({"project": project})),
+        GatewayEvent::Stale => hub.publish("sled_stale", || json!({"project": project})),
+        GatewayEvent::Alive => hub.publish("sled_alive", || json!({"project": project})),
         GatewayEvent::Closed => {
             if let Some(p) = project.as_deref() {
                 let mut state = hub.lock();
@@ -860,7 +872,7 @@ fn on_event(
                 state.perms.retain(|_, perm| perm.conn != conn);
                 drop(state);
                 info!(project = %p, conn, "sled disconnected");
-                hub.publish("sled_disconnected", json!({"project": p}));
+                hub.publish("sled_disconnected", || json!({"project": p}));
             }
         }
     }
