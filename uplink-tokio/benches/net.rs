@@ -69,7 +69,7 @@ impl GatewayProcess {
     }
 
     fn cpu(&self) -> Duration {
-        process_cpu(&format!("/proc/{}/stat", self.child.id()))
+        process_cpu(&self.child.id().to_string())
     }
 
     fn rss(&self) -> u64 {
@@ -112,17 +112,23 @@ impl Drop for GatewayProcess {
     }
 }
 
-/// User plus system CPU time of a process, from `/proc/PID/stat` (clock ticks of 1/100 s).
-fn process_cpu(stat_path: &str) -> Duration {
-    let stat = std::fs::read_to_string(stat_path).unwrap();
-    // Fields after the command name (which may hold spaces) start at the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
+/// CPU time of a process: the sum over its threads of the time they ran, from `/proc/PID/task/*/schedstat`
+/// (nanoseconds; `/proc/PID/stat` counts only in 10 ms ticks). Threads that have ended are not counted; the
+/// runtimes' worker threads live as long as the process.
+fn process_cpu(pid: &str) -> Duration {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path().join("schedstat");
+        // A thread may end between listing and reading.
+        if let Ok(stat) = std::fs::read_to_string(path) {
+            ns += stat.split_whitespace().next().unwrap().parse::<u64>().unwrap();
+        }
+    }
+    Duration::from_nanos(ns)
 }
 
 fn own_cpu() -> Duration {
-    process_cpu("/proc/self/stat")
+    process_cpu("self")
 }
 
 // ── Latency statistics ───────────────────────────────────────────────────────────────────────────────────
@@ -454,6 +460,55 @@ async fn permission_load(uplinks: Arc<Vec<Uplink>>, workers: usize, per_worker: 
     (Latencies(all), start.elapsed())
 }
 
+/// The floor of bench 3: `total` echoes of `frame`, `in_flight` at a time, by callers that reach one
+/// socket-owning task through a channel and get their answer through a one-shot, as the sled's handles do;
+/// the task writes what is waiting in one flush. The echo server is a child process, so this process's CPU
+/// is the client side alone. Returns the wall time.
+async fn echo_throughput(addr: SocketAddr, frame: &str, total: usize, in_flight: usize) -> Duration {
+    use tokio::sync::{mpsc, oneshot};
+    let (mut sink, mut stream) = echo_client(addr).await.split();
+    let (tx, mut rx) = mpsc::channel::<oneshot::Sender<()>>(1024);
+    let frame = frame.to_owned();
+    tokio::spawn(async move {
+        // Echoes come back in order, so the waiting callers are answered in order.
+        let mut waiting = std::collections::VecDeque::new();
+        loop {
+            tokio::select! {
+                reply = rx.recv() => {
+                    let Some(reply) = reply else { break };
+                    waiting.push_back(reply);
+                    sink.feed(Message::text(frame.as_str())).await.unwrap();
+                    while let Ok(reply) = rx.try_recv() {
+                        waiting.push_back(reply);
+                        sink.feed(Message::text(frame.as_str())).await.unwrap();
+                    }
+                    sink.flush().await.unwrap();
+                }
+                echo = stream.next() => {
+                    // The server ends when the bench is done with it.
+                    let Some(Ok(echo)) = echo else { break };
+                    assert!(echo.is_text());
+                    let _ = waiting.pop_front().unwrap().send(());
+                }
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let tx = tx.clone();
+        callers.spawn(async move {
+            for _ in 0..total / in_flight {
+                let (reply, answer) = oneshot::channel();
+                tx.send(reply).await.unwrap();
+                answer.await.unwrap();
+            }
+        });
+    }
+    while callers.join_next().await.is_some() {}
+    start.elapsed()
+}
+
 async fn bench_throughput(total: usize) {
     const IN_FLIGHT: usize = 64;
     println!("\n## 3. Permission throughput: {total} requests, {IN_FLIGHT} in flight");
@@ -472,6 +527,22 @@ async fn bench_throughput(total: usize) {
     );
     println!("CPU per permission: sled process {sled_cpu:.1} µs (target ≤ 10 µs), gateway process {gw_cpu:.1} µs");
     sled.shutdown().await;
+    drop(gateway);
+
+    let frame = json!({"type": "perm_request", "req_id": "00000000000000000000000000000042",
+        "payload": {"tool_name": "Bench", "tool_input": tool_input()}})
+    .to_string();
+    let echo = EchoProcess::start();
+    let _ = echo_throughput(echo.addr, &frame, IN_FLIGHT * 100, IN_FLIGHT).await;
+    let cpu0 = own_cpu();
+    let wall = echo_throughput(echo.addr, &frame, total, IN_FLIGHT).await;
+    let floor_cpu = (own_cpu() - cpu0).as_secs_f64() * 1e6 / total as f64;
+    println!(
+        "floor, echoes through a socket-owning task, {IN_FLIGHT} in flight: {:.0}/s, CPU per echo {floor_cpu:.1} µs \
+         (this process)",
+        total as f64 / wall.as_secs_f64()
+    );
+    println!("ratio of CPU per permission to the floor: {:.2}x", sled_cpu / floor_cpu);
 }
 
 // ── 4. MCP relay vs direct HTTP ──────────────────────────────────────────────────────────────────────────

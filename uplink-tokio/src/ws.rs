@@ -4,9 +4,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -87,6 +89,12 @@ impl Target {
 /// them; a peer that stops reading fills the queue, and the owner then treats the connection as dead.
 pub(crate) struct Link<S = MaybeTlsStream<TcpStream>> {
     ws: Box<WebSocketStream<S>>,
+    /// Set when the socket may have become readable since the last read.
+    readable: Arc<ReadWaker>,
+    /// The waker given to the socket's reads: sets `readable`, then wakes the owner's task.
+    read_waker: Waker,
+    /// The last read gave a message, so the library may hold more already read from the socket.
+    more: bool,
     queue: VecDeque<Message>,
     /// Bytes of the frames in `queue`.
     queued_bytes: usize,
@@ -108,7 +116,9 @@ pub(crate) enum Read {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link<S> {
     pub(crate) fn new(ws: Box<WebSocketStream<S>>) -> Link<S> {
-        Link { ws, queue: VecDeque::new(), queued_bytes: 0, unflushed: false }
+        let readable = Arc::new(ReadWaker { flag: AtomicBool::new(true), task: AtomicWaker::new() });
+        let read_waker = Waker::from(readable.clone());
+        Link { ws, readable, read_waker, more: true, queue: VecDeque::new(), queued_bytes: 0, unflushed: false }
     }
 
     /// Queues a frame. `false` when the queue is full (more than [`OUTBOX`] frames, or more than
@@ -143,20 +153,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link<S> {
     }
 
     /// Reads the next message (the library answers pings and closes by itself).
+    ///
+    /// The socket is only read when it may hold something: after a message (the library may have read
+    /// more), or once its readiness has woken the task. The owner polls its sources on every turn of its
+    /// loop, and a read attempt is not free: the library clears its read buffer before every read.
     pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>, secret: Option<&str>) -> Poll<Read> {
-        loop {
-            return Poll::Ready(match ready!(self.ws.poll_next_unpin(cx)) {
-                Some(Ok(Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(frame))) => Read::ClosedByPeer(match frame {
-                    Some(f) => format!("closed by the peer ({} {})", u16::from(f.code), f.reason),
-                    None => "closed by the peer".to_owned(),
-                }),
-                Some(Ok(message)) => Read::Message(message),
-                Some(Err(e @ tungstenite::Error::Capacity(_))) => Read::TooBig(scrub(&e.to_string(), secret)),
-                Some(Err(e)) => Read::Ended(scrub(&e.to_string(), secret)),
-                None => Read::Ended("connection ended".to_owned()),
-            });
+        self.readable.task.register(cx.waker());
+        if !self.more && !self.readable.flag.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
         }
+        let mut reading = Context::from_waker(&self.read_waker);
+        let next = self.ws.poll_next_unpin(&mut reading);
+        self.more = next.is_ready();
+        Poll::Ready(match ready!(next) {
+            // Not given in message mode; read on.
+            Some(Ok(Message::Frame(_))) => return self.poll_read(cx, secret),
+            Some(Ok(Message::Close(frame))) => Read::ClosedByPeer(match frame {
+                Some(f) => format!("closed by the peer ({} {})", u16::from(f.code), f.reason),
+                None => "closed by the peer".to_owned(),
+            }),
+            Some(Ok(message)) => Read::Message(message),
+            Some(Err(e @ tungstenite::Error::Capacity(_))) => Read::TooBig(scrub(&e.to_string(), secret)),
+            Some(Err(e)) => Read::Ended(scrub(&e.to_string(), secret)),
+            None => Read::Ended("connection ended".to_owned()),
+        })
     }
 
     /// Finishes the connection: sends what is still queued, then our close frame if `close` is given (else
@@ -191,6 +211,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link<S> {
     /// [`Link::finish`] in a task of its own, so the owner never waits on a peer.
     pub(crate) fn retire(self, close: Option<(u16, &'static str)>) -> JoinHandle<()> {
         tokio::spawn(self.finish(close))
+    }
+}
+
+/// Wakes a [`Link`]'s owner for its socket's reads, noting that they may now make progress.
+struct ReadWaker {
+    flag: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
