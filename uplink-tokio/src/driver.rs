@@ -224,7 +224,7 @@ impl Driver {
         match cmd {
             Some(Cmd::Permission { tool_name, tool_input, reply }) => {
                 self.next_id += 1;
-                let id = format!("{}-{}", self.id_prefix, self.next_id);
+                let id = request_id(&self.id_prefix, self.next_id);
                 let key = self.sled.request_permission(now, id, tool_name, tool_input);
                 self.waiters.insert(key, reply);
             }
@@ -394,6 +394,36 @@ impl Driver {
         }
         for done in self.done.drain(..) {
             let _ = done.send(());
+        }
+    }
+}
+
+/// `PREFIX-N`, the id of the `n`-th request, without the formatting machinery (this is once per request).
+fn request_id(prefix: &str, n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut id = String::with_capacity(prefix.len() + 1 + digits.len() - at);
+    id.push_str(prefix);
+    id.push('-');
+    id.extend(digits[at..].iter().map(|&d| char::from(d)));
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_the_prefix_and_the_number_in_decimal() {
+        for n in [0, 1, 9, 10, 42, 1_000_000, u64::MAX] {
+            assert_eq!(super::request_id("0badcafe", n), format!("0badcafe-{n}"));
         }
     }
 }
