@@ -558,37 +558,71 @@ struct IdentityOut<'a> {
     capabilities: &'a [Cow<'a, str>],
 }
 
-#[derive(Serialize)]
-struct PermRequestOut<'a> {
-    tool_name: &'a str,
-    tool_input: &'a RawValue,
-}
-
-#[derive(Serialize)]
-struct ReasonOut<'a> {
-    reason: &'a str,
-}
-
-#[derive(Serialize)]
-struct PermResponseOut {
-    approved: bool,
-    always_allow: bool,
-}
-
-#[derive(Serialize)]
-struct McpRequestOut<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    session: Option<&'a str>,
-}
-
 fn encode_envelope<P: Serialize>(kind: &str, req_id: &str, payload: P) -> String {
     // Every payload here is made of strings, numbers, booleans and already-validated raw JSON: serialising
     // it cannot fail.
     match serde_json::to_string(&OutEnvelope { kind, req_id, payload }) {
         Ok(s) => s,
         Err(_) => unreachable!("serialising an envelope of plain data cannot fail"),
+    }
+}
+
+/// Writes the frames sent on every request by hand: the same bytes serde_json writes for the envelope (the
+/// tests hold the two to each other), in one allocation of the right size, without serde's machinery.
+struct Writer(String);
+
+impl Writer {
+    /// Starts `{"type":"KIND","req_id":"REQ_ID","payload":`; `rest` is how many more bytes are expected.
+    fn envelope(kind: &str, req_id: &str, rest: usize) -> Writer {
+        let mut w = Writer(String::with_capacity(34 + kind.len() + req_id.len() + rest));
+        w.0.push_str("{\"type\":\"");
+        w.0.push_str(kind);
+        w.0.push_str("\",\"req_id\":");
+        w.string(req_id);
+        w.0.push_str(",\"payload\":");
+        w
+    }
+
+    fn raw(&mut self, text: &str) -> &mut Writer {
+        self.0.push_str(text);
+        self
+    }
+
+    /// A JSON string, escaped as serde_json escapes it: `"`, `\` and control characters only.
+    fn string(&mut self, text: &str) -> &mut Writer {
+        self.0.push('"');
+        let mut plain = 0;
+        for (at, byte) in text.bytes().enumerate() {
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            // Every byte escaped is ASCII, so `at` is a character boundary.
+            self.0.push_str(&text[plain..at]);
+            if escape.is_empty() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                self.0.push_str("\\u00");
+                self.0.push(char::from(HEX[usize::from(byte >> 4)]));
+                self.0.push(char::from(HEX[usize::from(byte & 0xf)]));
+            } else {
+                self.0.push_str(escape);
+            }
+            plain = at + 1;
+        }
+        self.0.push_str(&text[plain..]);
+        self.0.push('"');
+        self
+    }
+
+    fn done(&mut self) -> String {
+        core::mem::take(&mut self.0)
     }
 }
 
@@ -606,14 +640,26 @@ impl SledFrame<'_> {
                     capabilities: &id.capabilities,
                 },
             ),
-            SledFrame::Heartbeat => encode_envelope(kind::HEARTBEAT, "", ()),
+            SledFrame::Heartbeat => String::from(r#"{"type":"heartbeat","req_id":"","payload":null}"#),
             SledFrame::PermRequest { req_id, tool_name, tool_input } => {
-                encode_envelope(kind::PERM_REQUEST, req_id, PermRequestOut { tool_name, tool_input })
+                let input = tool_input.get();
+                Writer::envelope(kind::PERM_REQUEST, req_id, 30 + tool_name.len() + input.len())
+                    .raw("{\"tool_name\":")
+                    .string(tool_name)
+                    .raw(",\"tool_input\":")
+                    .raw(input)
+                    .raw("}}")
+                    .done()
             }
-            SledFrame::PermCancel { req_id, reason } => {
-                encode_envelope(kind::PERM_CANCEL, req_id, ReasonOut { reason })
+            SledFrame::PermCancel { req_id, reason } => Writer::envelope(kind::PERM_CANCEL, req_id, 16 + reason.len())
+                .raw("{\"reason\":")
+                .string(reason)
+                .raw("}}")
+                .done(),
+            SledFrame::McpResponse { req_id, payload } => {
+                let payload = payload.get();
+                Writer::envelope(kind::MCP_RESPONSE, req_id, 1 + payload.len()).raw(payload).raw("}").done()
             }
-            SledFrame::McpResponse { req_id, payload } => encode_envelope(kind::MCP_RESPONSE, req_id, payload),
         }
     }
 }
@@ -623,14 +669,27 @@ impl GatewayFrame<'_> {
     pub fn encode(&self) -> String {
         match self {
             GatewayFrame::PermResponse { req_id, decision } => {
-                let (approved, always_allow) = decision.to_flags();
-                encode_envelope(kind::PERM_RESPONSE, req_id, PermResponseOut { approved, always_allow })
+                let flags = match decision.to_flags() {
+                    (true, true) => r#"{"approved":true,"always_allow":true}}"#,
+                    (true, false) => r#"{"approved":true,"always_allow":false}}"#,
+                    (false, true) => r#"{"approved":false,"always_allow":true}}"#,
+                    (false, false) => r#"{"approved":false,"always_allow":false}}"#,
+                };
+                Writer::envelope(kind::PERM_RESPONSE, req_id, flags.len()).raw(flags).done()
             }
-            GatewayFrame::McpRequest { req_id, body, session } => encode_envelope(
-                kind::MCP_REQUEST,
-                req_id,
-                McpRequestOut { body: body.as_deref(), session: session.as_deref() },
-            ),
+            GatewayFrame::McpRequest { req_id, body, session } => {
+                let (body, session) = (body.as_deref(), session.as_deref());
+                let rest = 26 + body.map_or(0, str::len) + session.map_or(0, str::len);
+                let mut w = Writer::envelope(kind::MCP_REQUEST, req_id, rest);
+                w.raw("{");
+                if let Some(body) = body {
+                    w.raw("\"body\":").string(body);
+                }
+                if let Some(session) = session {
+                    w.raw(if body.is_some() { ",\"session\":" } else { "\"session\":" }).string(session);
+                }
+                w.raw("}}").done()
+            }
         }
     }
 }

@@ -326,3 +326,99 @@ mod one_pass {
         );
     }
 }
+
+mod hand_written_encoding {
+    //! The frames sent on every request are written by hand rather than through serde. They must be the
+    //! very bytes serde_json writes for the envelope, which these oracle structs reproduce.
+    use proptest::prelude::*;
+    use serde::Serialize;
+
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Envelope<'a, P> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        req_id: &'a str,
+        payload: P,
+    }
+
+    #[derive(Serialize)]
+    struct PermRequest<'a> {
+        tool_name: &'a str,
+        tool_input: &'a RawValue,
+    }
+
+    #[derive(Serialize)]
+    struct Reason<'a> {
+        reason: &'a str,
+    }
+
+    #[derive(Serialize)]
+    struct Flags {
+        approved: bool,
+        always_allow: bool,
+    }
+
+    #[derive(Serialize)]
+    struct McpRequest<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session: Option<&'a str>,
+    }
+
+    fn serde<P: Serialize>(kind: &str, req_id: &str, payload: P) -> String {
+        serde_json::to_string(&Envelope { kind, req_id, payload }).expect("plain data serialises")
+    }
+
+    /// Any text, and text made of what needs escaping: quotes, backslashes, every control character, DEL
+    /// and characters beyond ASCII (which are not escaped).
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), "[\\x00-\\x20\"\\\\/a\\x7f\u{e9}\u{2028}\u{1F600}]{0,16}"]
+    }
+
+    fn raw_json() -> impl Strategy<Value = Box<RawValue>> {
+        prop_oneof![
+            Just(r#"{"command":"ls -la","n":[1,2.50,-3e7],"ok":true}"#),
+            Just("null"),
+            Just(r#""\u00e9\n""#),
+            Just(r#"{"jsonrpc":"2.0","id":"x","result":{"content":[]}}"#),
+        ]
+        .prop_map(raw)
+    }
+
+    proptest! {
+        #[test]
+        fn every_hand_written_frame_is_what_serde_json_writes(
+            req_id in text(),
+            name in text(),
+            raw_value in raw_json(),
+            body in prop::option::of(text()),
+            session in prop::option::of(text()),
+            decision in prop_oneof![Just(Decision::Approve), Just(Decision::Deny), Just(Decision::AlwaysAllow)],
+        ) {
+            let frame = SledFrame::PermRequest { req_id: req_id.as_str().into(), tool_name: name.as_str().into(), tool_input: &raw_value };
+            prop_assert_eq!(frame.encode(), serde("perm_request", &req_id, PermRequest { tool_name: &name, tool_input: &raw_value }));
+            let frame = SledFrame::PermCancel { req_id: req_id.as_str().into(), reason: name.as_str().into() };
+            prop_assert_eq!(frame.encode(), serde("perm_cancel", &req_id, Reason { reason: &name }));
+            let frame = SledFrame::McpResponse { req_id: req_id.as_str().into(), payload: &raw_value };
+            prop_assert_eq!(frame.encode(), serde("mcp_response", &req_id, &raw_value));
+            let (approved, always_allow) = decision.to_flags();
+            let frame = GatewayFrame::PermResponse { req_id: req_id.as_str().into(), decision };
+            prop_assert_eq!(frame.encode(), serde("perm_response", &req_id, Flags { approved, always_allow }));
+            let frame = GatewayFrame::McpRequest {
+                req_id: req_id.as_str().into(),
+                body: body.as_deref().map(Cow::Borrowed),
+                session: session.as_deref().map(Cow::Borrowed),
+            };
+            let oracle = serde("mcp_request", &req_id, McpRequest { body: body.as_deref(), session: session.as_deref() });
+            prop_assert_eq!(frame.encode(), oracle);
+        }
+    }
+
+    #[test]
+    fn the_heartbeat_is_what_serde_json_writes() {
+        assert_eq!(SledFrame::Heartbeat.encode(), serde("heartbeat", "", ()));
+    }
+}
