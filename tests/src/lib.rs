@@ -304,6 +304,16 @@ pub struct RealGateway {
 
 impl RealGateway {
     pub async fn start(session: uplink_proto::gateway::GatewayConfig, max_message_size: usize) -> RealGateway {
+        let max_disconnected = uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS;
+        RealGateway::start_with(session, max_message_size, max_disconnected).await
+    }
+
+    /// As [`RealGateway::start`], listing at most `max_disconnected_sleds` disconnected sleds.
+    pub async fn start_with(
+        session: uplink_proto::gateway::GatewayConfig,
+        max_message_size: usize,
+        max_disconnected_sleds: usize,
+    ) -> RealGateway {
         use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
         let server = GatewayServer::bind(GatewayServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -314,6 +324,7 @@ impl RealGateway {
             session,
             // Short, so that the slow-loris tests take two seconds rather than ten.
             handshake_timeout: Duration::from_secs(2),
+            max_disconnected_sleds,
         })
         .await
         .unwrap();

@@ -318,3 +318,52 @@ async fn an_mcp_request_the_sled_never_answers_times_out_with_504() {
     assert_eq!(status, 504, "{body}");
     drop(ws);
 }
+
+#[tokio::test]
+async fn only_the_most_recently_disconnected_sleds_are_remembered() {
+    let gw = RealGateway::start_with(GatewayConfig::default(), 1 << 20, 2).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let come_and_go = async |events: &mut tokio::sync::mpsc::Receiver<(String, Value)>, project: &str| {
+        let mut ws = gw.raw_sled().await;
+        identify(&mut ws, project).await;
+        assert_eq!(next_event(events, "sled_connected").await["project"], project);
+        ws.close(None).await.unwrap();
+        assert_eq!(next_event(events, "sled_disconnected").await["project"], project);
+    };
+    let listed = async || {
+        let (status, body) = http("GET", &format!("{}/api/sleds", gw.base), Some(ADMIN), None, &[]).await;
+        assert_eq!(status, 200);
+        let list: Value = serde_json::from_str(&body).unwrap();
+        let mut sleds: Vec<(String, bool)> = list["sleds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["project"].as_str().unwrap().to_owned(), s["connected"].as_bool().unwrap()))
+            .collect();
+        sleds.sort();
+        sleds
+    };
+    let relay_status = async |project: &str| {
+        let url = format!("{}/api/sleds/{project}/mcp", gw.base);
+        http("POST", &url, Some(ADMIN), Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), &[]).await.0
+    };
+
+    // Four sleds come and go: only the last two are remembered.
+    for project in ["a", "b", "c", "d"] {
+        come_and_go(&mut events, project).await;
+    }
+    assert_eq!(listed().await, [("c".to_owned(), false), ("d".to_owned(), false)]);
+    assert_eq!(relay_status("a").await, 404, "forgotten");
+    assert_eq!(relay_status("d").await, 503, "remembered, not connected");
+
+    // A sled that comes back is connected again and not counted as disconnected; when it goes, it is the
+    // most recent, and the oldest is forgotten instead.
+    let mut c = gw.raw_sled().await;
+    identify(&mut c, "c").await;
+    next_event(&mut events, "sled_connected").await;
+    come_and_go(&mut events, "e").await;
+    assert_eq!(listed().await, [("c".to_owned(), true), ("d".to_owned(), false), ("e".to_owned(), false)]);
+    c.close(None).await.unwrap();
+    next_event(&mut events, "sled_disconnected").await;
+    assert_eq!(listed().await, [("c".to_owned(), false), ("e".to_owned(), false)]);
+}

@@ -103,6 +103,7 @@ async fn the_gateway_serves_wss_and_https_from_certificate_files() {
         max_message_size: 1 << 20,
         session: GatewayConfig::default(),
         handshake_timeout: uplink_tokio::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await
     .unwrap();
@@ -141,6 +142,7 @@ async fn a_gateway_with_an_unusable_certificate_does_not_start() {
         max_message_size: 1 << 20,
         session: GatewayConfig::default(),
         handshake_timeout: uplink_tokio::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await;
     assert!(matches!(result, Err(uplink_tokio::gateway_server::GatewayStartError::Tls(_))));
@@ -153,6 +155,7 @@ async fn a_gateway_with_an_unusable_certificate_does_not_start() {
         max_message_size: 1 << 20,
         session: GatewayConfig::default(),
         handshake_timeout: std::time::Duration::ZERO,
+        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await;
     assert!(matches!(result, Err(uplink_tokio::gateway_server::GatewayStartError::ZeroHandshakeTimeout)));

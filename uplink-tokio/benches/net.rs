@@ -370,6 +370,7 @@ async fn in_process_gateway() -> SocketAddr {
             ..Default::default()
         },
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await
     .unwrap();

@@ -115,6 +115,7 @@ async fn start_gateway(
         max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
         session: GatewayConfig::default(),
         handshake_timeout: crate::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: crate::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@
 //! - Admin, under `Authorization: Bearer <admin token>`: `GET /api/sleds`, `POST /api/sleds/{project}/mcp`,
 //!   `GET /api/permissions`, `POST /api/permissions/{id}`, `GET /api/events` (Server-Sent Events).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -50,6 +50,9 @@ pub const MAX_ADMIN_BODY: usize = 4 << 20;
 /// Default of [`GatewayServerConfig::handshake_timeout`].
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default of [`GatewayServerConfig::max_disconnected_sleds`].
+pub const DEFAULT_MAX_DISCONNECTED_SLEDS: usize = 1024;
+
 /// Configuration of a [`GatewayServer`]. Its `Debug` output hides the tokens.
 #[derive(Clone)]
 pub struct GatewayServerConfig {
@@ -69,6 +72,11 @@ pub struct GatewayServerConfig {
     /// upgrade included), within this long, or it is disconnected (slow-loris clients).
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`] by default.
     pub handshake_timeout: Duration,
+    /// How many disconnected sleds the admin API still lists (`"connected": false`, and `503` for their MCP
+    /// route). Beyond it, the one disconnected longest ago is forgotten (then `404`), so that sleds coming
+    /// and going under ever new project names cannot grow the gateway's memory without bound.
+    /// [`DEFAULT_MAX_DISCONNECTED_SLEDS`] by default.
+    pub max_disconnected_sleds: usize,
 }
 
 impl std::fmt::Debug for GatewayServerConfig {
@@ -81,6 +89,7 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("max_message_size", &self.max_message_size)
             .field("session", &self.session)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_disconnected_sleds", &self.max_disconnected_sleds)
             .finish()
     }
 }
@@ -136,6 +145,8 @@ enum McpOutcome {
 struct SledEntry {
     conn: u64,
     tx: Option<mpsc::Sender<ConnCmd>>,
+    /// Set when its connection ended: the place in the order of disconnections.
+    disconnected: Option<u64>,
     connected_at: TokioInstant,
     status: Arc<ConnStatus>,
 }
@@ -172,8 +183,53 @@ struct PermEntry {
 #[derive(Default)]
 struct HubState {
     sleds: BTreeMap<String, SledEntry>,
+    /// Disconnected sleds, oldest first, by their place in the order of disconnections. An entry whose sled
+    /// has reconnected (or disconnected again since) is out of date and skipped.
+    disconnected: VecDeque<(u64, String)>,
+    /// Sleds listed as disconnected now.
+    disconnected_count: usize,
+    next_disconnect: u64,
     perms: BTreeMap<String, PermEntry>,
     next_conn: u64,
+}
+
+impl HubState {
+    /// Records a sled's new connection; returns the entry it replaces.
+    fn connected(&mut self, project: String, entry: SledEntry) -> Option<SledEntry> {
+        let old = self.sleds.insert(project, entry);
+        if old.as_ref().is_some_and(|o| o.disconnected.is_some()) {
+            self.disconnected_count -= 1;
+        }
+        old
+    }
+
+    /// Records that `project`'s connection ended, and forgets the sleds disconnected longest ago beyond
+    /// `max`.
+    fn disconnected(&mut self, project: &str, conn: u64, max: usize) {
+        let Some(s) = self.sleds.get_mut(project).filter(|s| s.conn == conn) else { return };
+        s.tx = None;
+        if s.disconnected.is_none() {
+            self.next_disconnect += 1;
+            s.disconnected = Some(self.next_disconnect);
+            self.disconnected.push_back((self.next_disconnect, project.to_owned()));
+            self.disconnected_count += 1;
+        }
+        let current = |sleds: &BTreeMap<String, SledEntry>, seq: u64, project: &str| {
+            sleds.get(project).is_some_and(|s| s.disconnected == Some(seq))
+        };
+        while self.disconnected_count > max {
+            let Some((seq, oldest)) = self.disconnected.pop_front() else { break };
+            if current(&self.sleds, seq, &oldest) {
+                self.sleds.remove(&oldest);
+                self.disconnected_count -= 1;
+            }
+        }
+        // Sleds that reconnect leave out-of-date places behind: drop them before they outnumber the rest.
+        if self.disconnected.len() > 2 * self.disconnected_count + 64 {
+            let sleds = &self.sleds;
+            self.disconnected.retain(|(seq, project)| current(sleds, *seq, project));
+        }
+    }
 }
 
 struct Hub {
@@ -186,6 +242,7 @@ struct Hub {
     session: GatewayConfig,
     ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
     handshake_timeout: Duration,
+    max_disconnected_sleds: usize,
     epoch: TokioInstant,
 }
 
@@ -264,6 +321,7 @@ impl GatewayServer {
             session: config.session,
             ws_config: Target::ws_config(config.max_message_size),
             handshake_timeout: config.handshake_timeout,
+            max_disconnected_sleds: config.max_disconnected_sleds,
             epoch: TokioInstant::now(),
         });
         Ok(GatewayServer { listener, hub, tls })
@@ -797,11 +855,14 @@ fn on_event(
             let replaced = {
                 let mut state = hub.lock();
                 let now = TokioInstant::now();
-                let old = state.sleds.insert(
-                    name.clone(),
-                    SledEntry { conn, tx: Some(tx.clone()), connected_at: now, status: status.clone() },
-                );
-                old.and_then(|o| o.tx)
+                let entry = SledEntry {
+                    conn,
+                    tx: Some(tx.clone()),
+                    disconnected: None,
+                    connected_at: now,
+                    status: status.clone(),
+                };
+                state.connected(name.clone(), entry).and_then(|o| o.tx)
             };
             if let Some(old) = replaced {
                 let _ = old.try_send(ConnCmd::Replace);
@@ -866,14 +927,51 @@ fn on_event(
         GatewayEvent::Closed => {
             if let Some(p) = project.as_deref() {
                 let mut state = hub.lock();
-                if let Some(s) = state.sleds.get_mut(p).filter(|s| s.conn == conn) {
-                    s.tx = None;
-                }
+                state.disconnected(p, conn, hub.max_disconnected_sleds);
                 state.perms.retain(|_, perm| perm.conn != conn);
                 drop(state);
                 info!(project = %p, conn, "sled disconnected");
                 hub.publish("sled_disconnected", || json!({"project": p}));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(conn: u64) -> SledEntry {
+        SledEntry {
+            conn,
+            tx: None,
+            disconnected: None,
+            connected_at: TokioInstant::now(),
+            status: Arc::new(ConnStatus::default()),
+        }
+    }
+
+    #[test]
+    fn a_sled_that_comes_and_goes_for_ever_keeps_the_bookkeeping_bounded() {
+        let mut state = HubState::default();
+        for conn in 0..10_000 {
+            let _ = state.connected("flappy".to_owned(), entry(conn));
+            state.disconnected("flappy", conn, 4);
+            assert!(state.disconnected.len() <= 2 * state.disconnected_count + 65, "{}", state.disconnected.len());
+        }
+        assert_eq!((state.sleds.len(), state.disconnected_count), (1, 1));
+        // A report for a connection that was replaced changes nothing.
+        let _ = state.connected("flappy".to_owned(), entry(10_000));
+        state.disconnected("flappy", 9_999, 4);
+        assert_eq!(state.disconnected_count, 0);
+        // Forgetting goes oldest first and keeps the count exact.
+        for (conn, project) in ["a", "b", "c", "d", "e", "f"].into_iter().enumerate() {
+            let conn = 20_000 + conn as u64;
+            let _ = state.connected(project.to_owned(), entry(conn));
+            state.disconnected(project, conn, 4);
+        }
+        let names: Vec<&str> = state.sleds.keys().map(String::as_str).collect();
+        assert_eq!(names, ["c", "d", "e", "f", "flappy"]);
+        assert_eq!(state.disconnected_count, 4);
     }
 }

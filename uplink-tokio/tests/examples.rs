@@ -30,6 +30,7 @@ async fn gateway() -> (String, oneshot::Sender<()>) {
         max_message_size: 1 << 20,
         session: GatewayConfig { auto_approve: ["Bash".to_owned()].into(), ..GatewayConfig::default() },
         handshake_timeout: uplink_tokio::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await
     .unwrap();

@@ -209,6 +209,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
             ..GatewayConfig::default()
         },
         handshake_timeout: gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
     };
     let signal = shutdown_signal()?;
     let server = GatewayServer::bind(config).await.map_err(|e| e.to_string())?;
