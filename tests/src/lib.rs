@@ -344,6 +344,14 @@ impl RealGateway {
 
     /// Kills the gateway: every task of it stops at once, with no close frame to anyone, as when its process
     /// dies.
+    /// Stops the gateway as its program does on a signal, and waits until its server has finished.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within("the gateway to stop", &mut self.task).await.unwrap();
+    }
+
     pub async fn kill(mut self) {
         self.stop.take();
         self.task.abort();

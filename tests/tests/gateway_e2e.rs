@@ -367,3 +367,26 @@ async fn only_the_most_recently_disconnected_sleds_are_remembered() {
     next_event(&mut events, "sled_disconnected").await;
     assert_eq!(listed().await, [("c".to_owned(), false), ("e".to_owned(), false)]);
 }
+
+#[tokio::test]
+async fn a_stopping_gateway_closes_every_sled_with_going_away_and_waits_for_the_handshakes() {
+    let gw = gateway().await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let mut sleds = Vec::new();
+    for project in ["p1", "p2", "p3"] {
+        let mut ws = gw.raw_sled().await;
+        identify(&mut ws, project).await;
+        next_event(&mut events, "sled_connected").await;
+        sleds.push(ws);
+    }
+    // Each sled answers the close as a sled does (the library answers by itself while it is read).
+    let closes: Vec<_> =
+        sleds.into_iter().map(|mut ws| tokio::spawn(async move { close_code(&mut ws).await })).collect();
+    let ws_url = gw.ws.clone();
+    gw.stop().await;
+    for close in closes {
+        assert_eq!(close.await.unwrap(), Some(1001));
+    }
+    // Nothing listens any more.
+    assert!(tokio_tungstenite::connect_async(format!("{ws_url}?token={SLED_TOKEN}")).await.is_err());
+}

@@ -14,7 +14,7 @@ use std::future::Future as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -131,9 +131,19 @@ pub fn generate_token() -> Result<String, GatewayStartError> {
 // ── The hub: shared state of the gateway ─────────────────────────────────────────────────────────────────
 
 enum ConnCmd {
-    Decide { perm: PermId, decision: Decision, reply: oneshot::Sender<bool> },
-    Mcp { body: String, session: Option<String>, reply: oneshot::Sender<McpOutcome> },
+    Decide {
+        perm: PermId,
+        decision: Decision,
+        reply: oneshot::Sender<bool>,
+    },
+    Mcp {
+        body: String,
+        session: Option<String>,
+        reply: oneshot::Sender<McpOutcome>,
+    },
     Replace,
+    /// The server is stopping.
+    Shutdown,
 }
 
 enum McpOutcome {
@@ -243,6 +253,9 @@ struct Hub {
     ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
     handshake_timeout: Duration,
     max_disconnected_sleds: usize,
+    /// The tasks of the sled connections (after their WebSocket upgrade), so that a stopping server can wait
+    /// for their close handshakes.
+    sled_tasks: Mutex<tokio::task::JoinSet<()>>,
     epoch: TokioInstant,
 }
 
@@ -254,7 +267,7 @@ impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
         // A panic while holding the lock cannot leave the maps inconsistent in a way worse than stale
         // entries, so a poisoned lock is still used.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether any `/api/events` stream is open.
@@ -322,6 +335,7 @@ impl GatewayServer {
             ws_config: Target::ws_config(config.max_message_size),
             handshake_timeout: config.handshake_timeout,
             max_disconnected_sleds: config.max_disconnected_sleds,
+            sled_tasks: Mutex::new(tokio::task::JoinSet::new()),
             epoch: TokioInstant::now(),
         });
         Ok(GatewayServer { listener, hub, tls })
@@ -361,14 +375,22 @@ impl GatewayServer {
             });
             while connections.try_join_next().is_some() {}
         }
-        // End event streams, ask every sled connection to close, give them a moment, then stop.
+        // End event streams, ask every identified sled's connection to close (1001, going away), give them all
+        // a moment to finish their close handshakes, then stop what is left.
         self.hub.closing.send_replace(true);
         let senders: Vec<mpsc::Sender<ConnCmd>> = self.hub.lock().sleds.values().filter_map(|s| s.tx.clone()).collect();
         for tx in senders {
-            let _ = tx.send(ConnCmd::Replace).await;
+            // A connection whose commands are backed up is stopped with the rest after the grace.
+            let _ = tx.try_send(ConnCmd::Shutdown);
         }
-        let _ = tokio::time::timeout(CLOSE_GRACE, async { while connections.join_next().await.is_some() {} }).await;
+        let mut sleds = std::mem::take(&mut *self.hub.sled_tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while connections.join_next().await.is_some() {}
+            while sleds.join_next().await.is_some() {}
+        })
+        .await;
         connections.abort_all();
+        sleds.abort_all();
     }
 }
 
@@ -646,16 +668,31 @@ fn sled_upgrade(request: Request<Incoming>, hub: Arc<Hub>) -> Response<Body> {
     if !upgrade.eq_ignore_ascii_case("websocket") {
         return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
     }
-    tokio::spawn(async move {
-        match hyper::upgrade::on(request).await {
-            Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(hub.ws_config)).await;
-                sled_connection(ws, hub).await;
+    let task = {
+        let hub = hub.clone();
+        async move {
+            match hyper::upgrade::on(request).await {
+                Ok(upgraded) => {
+                    let ws =
+                        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(hub.ws_config))
+                            .await;
+                    sled_connection(ws, hub).await;
+                }
+                Err(e) => debug!(%e, "WebSocket upgrade failed"),
             }
-            Err(e) => debug!(%e, "WebSocket upgrade failed"),
         }
-    });
+    };
+    {
+        let mut tasks = hub.sled_tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked under the lock that a stopping server takes after setting `closing`: every connection
+        // accepted here is one the server waits for.
+        if *hub.closing.borrow() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down");
+        }
+        // Reap the finished ones as new ones come, so the set holds only live connections.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
     let mut r = Response::new(Full::new(Bytes::new()).boxed());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
@@ -806,6 +843,7 @@ where
                     }
                 },
                 Some(ConnCmd::Replace) => session.close(now, 4000, "replaced by a newer connection"),
+                Some(ConnCmd::Shutdown) => session.close(now, 1001, "gateway shutting down"),
                 None => {}
             },
             ConnWake::Timer => session.handle_timeout(now),
