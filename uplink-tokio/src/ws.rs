@@ -172,7 +172,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link<S> {
                 Some(f) => format!("closed by the peer ({} {})", u16::from(f.code), f.reason),
                 None => "closed by the peer".to_owned(),
             }),
-            Some(Ok(message)) => Read::Message(message),
+            Some(Ok(message)) => {
+                if message.is_ping() {
+                    // The library has queued the pong; should its own attempt to send it block, the next
+                    // write turn flushes it rather than leave it until the peer sends again.
+                    self.unflushed = true;
+                }
+                Read::Message(message)
+            }
             Some(Err(e @ tungstenite::Error::Capacity(_))) => Read::TooBig(scrub(&e.to_string(), secret)),
             Some(Err(e)) => Read::Ended(scrub(&e.to_string(), secret)),
             None => Read::Ended("connection ended".to_owned()),
