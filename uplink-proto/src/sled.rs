@@ -12,6 +12,7 @@
 
 use alloc::borrow::{Cow, ToOwned};
 use alloc::boxed::Box;
+use alloc::collections::btree_map::Entry;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
@@ -883,19 +884,21 @@ impl Sled {
         // One search of the id map: take the entry out. Every pending request is sent on the live connection
         // as soon as there is one, so the check below always holds; if that ever broke, the response would be
         // ignored (never approving a request on a connection it was not sent on) and the entry put back.
-        let key = match self.perm_ids.remove_entry(req_id) {
-            Some((_, key)) if self.perms.get(&key).is_some_and(|p| p.sent_on() == Some(conn)) => key,
-            other => {
-                if let Some((id, key)) = other {
-                    self.perm_ids.insert(id, key);
-                }
+        let Some((id, key)) = self.perm_ids.remove_entry(req_id) else {
+            self.stats.unmatched_responses += 1;
+            return self.ignored(Ignored::UnmatchedResponse);
+        };
+        // One search of the request map too: look and take in the same entry.
+        match self.perms.entry(key) {
+            Entry::Occupied(perm) if perm.get().sent_on() == Some(conn) => {
+                let perm = perm.remove();
+                self.decide(key, perm.id, decision, Cause::Response);
+            }
+            _ => {
+                self.perm_ids.insert(id, key);
                 self.stats.unmatched_responses += 1;
                 self.ignored(Ignored::UnmatchedResponse);
-                return;
             }
-        };
-        if let Some(perm) = self.perms.remove(&key) {
-            self.decide(key, perm.id, decision, Cause::Response);
         }
     }
 
