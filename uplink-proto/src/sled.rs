@@ -884,18 +884,20 @@ impl Sled {
         // One search of the id map: take the entry out. Every pending request is sent on the live connection
         // as soon as there is one, so the check below always holds; if that ever broke, the response would be
         // ignored (never approving a request on a connection it was not sent on) and the entry put back.
-        let Some((id, key)) = self.perm_ids.remove_entry(req_id) else {
-            self.stats.unmatched_responses += 1;
-            return self.ignored(Ignored::UnmatchedResponse);
+        let taken = match self.perm_ids.remove_entry(req_id) {
+            // One search of the request map too: look and take in the same entry.
+            Some((id, key)) => match self.perms.entry(key) {
+                Entry::Occupied(perm) if perm.get().sent_on() == Some(conn) => Some((key, perm.remove())),
+                _ => {
+                    self.perm_ids.insert(id, key);
+                    None
+                }
+            },
+            None => None,
         };
-        // One search of the request map too: look and take in the same entry.
-        match self.perms.entry(key) {
-            Entry::Occupied(perm) if perm.get().sent_on() == Some(conn) => {
-                let perm = perm.remove();
-                self.decide(key, perm.id, decision, Cause::Response);
-            }
-            _ => {
-                self.perm_ids.insert(id, key);
+        match taken {
+            Some((key, perm)) => self.decide(key, perm.id, decision, Cause::Response),
+            None => {
                 self.stats.unmatched_responses += 1;
                 self.ignored(Ignored::UnmatchedResponse);
             }
