@@ -8,15 +8,13 @@
 //! decision.
 
 use std::collections::HashMap;
-use std::future::Future as _;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
-use tokio::time::{Instant as TokioInstant, Sleep};
+use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 use uplink_proto::{
@@ -25,7 +23,8 @@ use uplink_proto::{
 };
 
 use crate::mcp::McpClient;
-use crate::ws::{self, Link, Read, Target};
+use crate::timer::Deadline;
+use crate::ws::{self, Link, Read, Target, WRITE_BATCH};
 
 /// From a handle to the driver.
 pub(crate) enum Cmd {
@@ -48,10 +47,6 @@ enum Wake {
     WriteFailed(ConnId, String),
 }
 
-/// Inputs taken in a row before queued frames are written anyway, so that a flood of inputs cannot hold
-/// frames back, while frames produced together still leave together.
-const WRITE_BATCH: u32 = 64;
-
 pub(crate) struct Driver {
     pub(crate) sled: Sled,
     pub(crate) epoch: TokioInstant,
@@ -72,8 +67,7 @@ pub(crate) struct Driver {
     calls: HashMap<McpCallId, AbortHandle>,
     next_id: u64,
     done: Vec<oneshot::Sender<()>>,
-    timer: Pin<Box<Sleep>>,
-    timer_armed: bool,
+    timer: Deadline,
     /// Which source is polled first next time, in turn, so none can starve the others.
     turn: u8,
     /// Inputs taken since frames were last written.
@@ -110,8 +104,7 @@ impl Driver {
             calls: HashMap::new(),
             next_id: 0,
             done: Vec::new(),
-            timer: Box::pin(tokio::time::sleep_until(epoch)),
-            timer_armed: false,
+            timer: Deadline::new(),
             turn: 0,
             unwritten: 0,
         }
@@ -131,23 +124,12 @@ impl Driver {
             if self.sled.link_state() == LinkState::Closed {
                 break;
             }
-            self.arm_timer();
+            let next = self.sled.poll_timeout().map(|at| self.deadline(at));
+            self.timer.set(next);
             let wake = std::future::poll_fn(|cx| self.poll_wake(cx)).await;
             self.on_wake(wake);
         }
         self.finish().await;
-    }
-
-    fn arm_timer(&mut self) {
-        match self.sled.poll_timeout().map(|at| self.deadline(at)) {
-            Some(at) => {
-                if !self.timer_armed || self.timer.deadline() != at {
-                    self.timer.as_mut().reset(at);
-                }
-                self.timer_armed = true;
-            }
-            None => self.timer_armed = false,
-        }
     }
 
     /// Waits for the next input. Queued frames are written whenever nothing else is ready, and after
@@ -168,11 +150,7 @@ impl Driver {
                     Poll::Ready(Some(io)) => Poll::Ready(Wake::Io(io)),
                     _ => Poll::Pending,
                 },
-                2 if self.timer_armed => self.timer.as_mut().poll(cx).map(|()| {
-                    self.timer_armed = false;
-                    Wake::Timer
-                }),
-                2 => Poll::Pending,
+                2 => self.timer.poll(cx).map(|()| Wake::Timer),
                 _ => self.poll_reads(cx),
             };
             if ready.is_ready() {
@@ -184,7 +162,7 @@ impl Driver {
     }
 
     fn poll_reads(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        let secret = self.target.as_ref().and_then(|t| t.bearer.as_deref());
+        let secret = secret(&self.target);
         for (conn, link) in &mut self.links {
             if let Poll::Ready(read) = link.poll_read(cx, secret) {
                 return Poll::Ready(Wake::Read(*conn, read));
@@ -196,7 +174,7 @@ impl Driver {
     /// Writes every connection's queued frames. `Ready` only for a connection whose writing failed.
     fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         self.unwritten = 0;
-        let secret = self.target.as_ref().and_then(|t| t.bearer.as_deref());
+        let secret = secret(&self.target);
         for (conn, link) in &mut self.links {
             if let Poll::Ready(Err(detail)) = link.poll_write(cx, secret) {
                 return Poll::Ready(Wake::WriteFailed(*conn, detail));
@@ -396,6 +374,11 @@ impl Driver {
             let _ = done.send(());
         }
     }
+}
+
+/// The token to keep out of error details (a free function: the links are borrowed meanwhile).
+fn secret(target: &Option<Arc<Target>>) -> Option<&str> {
+    target.as_ref().and_then(|t| t.bearer.as_deref())
 }
 
 /// `PREFIX-N`, the id of the `n`-th request, without the formatting machinery (this is once per request).

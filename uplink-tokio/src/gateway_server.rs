@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
-use std::future::Future as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,7 +38,8 @@ use uplink_proto::gateway::{
 };
 use uplink_proto::{Decision, Instant, Received};
 
-use crate::ws::{CLOSE_GRACE, Link, Read, Target};
+use crate::timer::Deadline;
+use crate::ws::{CLOSE_GRACE, Link, Read, Target, WRITE_BATCH};
 
 /// Default address of `uplink gateway`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
@@ -724,47 +724,35 @@ where
     let status = Arc::new(ConnStatus::default());
     // How the connection ends: with our close frame, answering the sled's, or simply dropped.
     let mut ending: Option<Ending> = None;
-    let mut timer = Box::pin(tokio::time::sleep_until(hub.epoch));
-    let mut timer_armed = false;
+    let mut timer = Deadline::new();
     let mut unwritten = 0u32;
     let mut turn = 0u8;
     loop {
         // Carry out every output.
         while let Some(out) = session.poll_output() {
-            match out {
-                GatewayOutput::Send(text) => {
-                    if !link.queue(Message::text(text)) {
-                        debug!(conn, "sled stopped reading; dropping it");
-                        ending.get_or_insert(Ending::Drop);
-                        session.handle_disconnected(hub.now());
-                    }
-                }
-                GatewayOutput::Ping => {
-                    if !link.queue(Message::Ping(Bytes::new())) {
-                        ending.get_or_insert(Ending::Drop);
-                        session.handle_disconnected(hub.now());
-                    }
-                }
+            let message = match out {
+                GatewayOutput::Send(text) => Message::text(text),
+                GatewayOutput::Ping => Message::Ping(Bytes::new()),
                 GatewayOutput::Close { code, reason } => {
                     ending.get_or_insert(Ending::Close(code, reason));
+                    continue;
                 }
-                GatewayOutput::Event(event) => on_event(&hub, conn, &status, &tx, &mut project, &mut waiters, event),
+                GatewayOutput::Event(event) => {
+                    on_event(&hub, conn, &status, &tx, &mut project, &mut waiters, event);
+                    continue;
+                }
+            };
+            if !link.queue(message) {
+                debug!(conn, "sled stopped reading; dropping it");
+                ending.get_or_insert(Ending::Drop);
+                session.handle_disconnected(hub.now());
             }
         }
         status.publish(&session);
         if session.is_closed() {
             break;
         }
-        match session.poll_timeout() {
-            Some(at) => {
-                let at = hub.epoch + Duration::from_micros(at.as_micros());
-                if !timer_armed || timer.deadline() != at {
-                    timer.as_mut().reset(at);
-                }
-                timer_armed = true;
-            }
-            None => timer_armed = false,
-        }
+        timer.set(session.poll_timeout().map(|at| hub.epoch + Duration::from_micros(at.as_micros())));
         // Inputs first; queued frames are written when nothing else is ready, or after a batch of inputs.
         let wake = std::future::poll_fn(|cx| {
             if unwritten >= WRITE_BATCH
@@ -779,11 +767,7 @@ where
                 let ready = match (first + i) % 3 {
                     0 => link.poll_read(cx, None).map(ConnWake::Read),
                     1 => rx.poll_recv(cx).map(ConnWake::Cmd),
-                    _ if timer_armed => timer.as_mut().poll(cx).map(|()| {
-                        timer_armed = false;
-                        ConnWake::Timer
-                    }),
-                    _ => Poll::Pending,
+                    _ => timer.poll(cx).map(|()| ConnWake::Timer),
                 };
                 if ready.is_ready() {
                     unwritten += 1;
@@ -875,9 +859,6 @@ enum Ending {
     /// The socket is of no use: drop it.
     Drop,
 }
-
-/// Inputs taken in a row before queued frames are written anyway.
-const WRITE_BATCH: u32 = 64;
 
 fn on_event(
     hub: &Hub,

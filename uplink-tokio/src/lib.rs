@@ -75,6 +75,7 @@ mod mcp;
 pub mod redact;
 #[cfg(feature = "cli")]
 pub mod sled_server;
+mod timer;
 mod tls;
 mod ws;
 

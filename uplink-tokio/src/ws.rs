@@ -33,6 +33,10 @@ pub(crate) const OUTBOX: usize = 1024;
 /// Bytes queued for one connection before it counts as stuck (one frame of any allowed size is always taken).
 pub(crate) const OUTBOX_BYTES: usize = 32 << 20;
 
+/// Inputs a loop takes in a row before it writes its queued frames anyway, so that a flood of inputs cannot
+/// hold frames back, while frames produced together still leave together.
+pub(crate) const WRITE_BATCH: u32 = 64;
+
 /// How long a close handshake may take before the socket is simply dropped.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
