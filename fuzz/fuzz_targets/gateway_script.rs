@@ -67,7 +67,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     assert!(mcp.insert(id, false).is_none());
                 }
             }
-            Op::Close => gw.close(now, 4000, "x"),
+            Op::Close => gw.close(now, uplink_proto::gateway::CloseReason::Replaced),
             Op::Disconnect => gw.handle_disconnected(now),
         }
         while let Some(out) = gw.poll_output() {

@@ -89,7 +89,7 @@
 //! ## Modules
 //!
 //! - [`sled`]: the sled machine, its configuration, inputs and outputs.
-//! - [`gateway`]: the gateway's machine for one sled connection.
+//! - [`gateway`]: the gateway side: the [`gateway::Hub`] of all sled connections and each connection's session.
 //! - [`wire`]: the frames of both directions, decoded liberally and encoded strictly.
 //! - [`jsonrpc`]: reading a JSON-RPC `id` and building error responses.
 //! - [`sse`]: an incremental `text/event-stream` parser, for adapters that talk to Streamable HTTP MCP servers.

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use uplink_proto::gateway::{
-    DecideError, Gateway, GatewayConfig, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure, McpId, PermId,
-    SendMcpError, Withdrawn,
+    CloseReason, DecideError, Gateway, GatewayConfig, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure, McpId,
+    PermId, SendMcpError, Withdrawn,
 };
 use uplink_proto::{Decision, Instant, Received};
 
@@ -103,7 +103,7 @@ fn anything_but_identity_first_closes_with_policy_violation() {
     ] {
         let mut g = G::new(GatewayConfig::default());
         let outs = g.text(first);
-        assert_eq!(outs[0], GatewayOutput::Close { code: 1008, reason: "identity must be the first frame" }, "{first}");
+        assert_eq!(outs[0], GatewayOutput::Close(CloseReason::IdentityNotFirst), "{first}");
         assert!(events(&outs).contains(&GatewayEvent::Closed));
         assert!(g.gw.is_closed());
         assert_eq!(g.gw.poll_timeout(), None);
@@ -117,7 +117,7 @@ fn no_identity_in_time_closes() {
     assert_eq!(g.gw.poll_timeout(), Some(Instant::from_secs(10)));
     assert!(g.at(9.9).is_empty());
     let outs = g.at(10.0);
-    assert_eq!(outs[0], GatewayOutput::Close { code: 1008, reason: "no identity in time" });
+    assert_eq!(outs[0], GatewayOutput::Close(CloseReason::NoIdentity));
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn a_permission_is_decided_once_and_a_second_decision_is_refused() {
     let perm = requested(&outs);
     match &events(&outs)[0] {
         GatewayEvent::PermissionRequested { req_id, tool_name, tool_input, .. } => {
-            assert_eq!((req_id.as_str(), tool_name.as_str(), tool_input.as_str()), ("r1", "Bash", r#"{"x":1}"#));
+            assert_eq!((req_id.as_str(), tool_name.as_str(), &**tool_input), ("r1", "Bash", r#"{"x":1}"#));
         }
         other => panic!("{other:?}"),
     }
@@ -295,9 +295,9 @@ fn closing_or_losing_the_connection_withdraws_everything_pending() {
     let p2 = requested(&g.perm_request("r2", "Bash"));
     let m = g.gw.send_mcp(g.now, "{}", None).expect("ok");
     g.drain();
-    g.gw.close(g.now, 4000, "replaced by a newer connection");
+    g.gw.close(g.now, CloseReason::Replaced);
     let outs = g.drain();
-    assert_eq!(outs[0], GatewayOutput::Close { code: 4000, reason: "replaced by a newer connection" });
+    assert_eq!(outs[0], GatewayOutput::Close(CloseReason::Replaced));
     assert_eq!(
         events(&outs),
         vec![

@@ -110,7 +110,7 @@ impl Check {
                         || self.mcp.values().filter(|f| **f == Fate::Pending).count() >= 256
                 ),
             },
-            Op::Close => self.gw.close(now, 4000, "test"),
+            Op::Close => self.gw.close(now, uplink_proto::gateway::CloseReason::Replaced),
             Op::Disconnect => self.gw.handle_disconnected(now),
         }
         self.drain();
@@ -136,7 +136,7 @@ impl Check {
                     serde_json::from_str::<serde_json::Value>(t).expect("sent frames are JSON");
                 }
                 GatewayOutput::Ping => assert!(self.identified),
-                GatewayOutput::Close { .. } => {}
+                GatewayOutput::Close(_) => {}
                 GatewayOutput::Event(e) => match e {
                     GatewayEvent::Identified { .. } => {
                         assert!(!self.identified, "identified twice");

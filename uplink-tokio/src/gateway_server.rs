@@ -34,7 +34,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{debug, info, warn};
 use uplink_proto::gateway::{
-    Gateway, GatewayConfig, GatewayEvent, GatewayOutput, McpFailure, McpId, PermId, SendMcpError, Withdrawn,
+    CloseReason, Gateway, GatewayConfig, GatewayEvent, GatewayOutput, McpFailure, McpId, PermId, SendMcpError,
+    Withdrawn,
 };
 use uplink_proto::{Decision, Instant, Received};
 
@@ -733,8 +734,8 @@ where
             let message = match out {
                 GatewayOutput::Send(text) => Message::text(text),
                 GatewayOutput::Ping => Message::Ping(Bytes::new()),
-                GatewayOutput::Close { code, reason } => {
-                    ending.get_or_insert(Ending::Close(code, reason));
+                GatewayOutput::Close(reason) => {
+                    ending.get_or_insert(Ending::Close(reason.code(), reason.text()));
                     continue;
                 }
                 GatewayOutput::Event(event) => {
@@ -826,8 +827,8 @@ where
                         let _ = reply.send(McpOutcome::Refused(e));
                     }
                 },
-                Some(ConnCmd::Replace) => session.close(now, 4000, "replaced by a newer connection"),
-                Some(ConnCmd::Shutdown) => session.close(now, 1001, "gateway shutting down"),
+                Some(ConnCmd::Replace) => session.close(now, CloseReason::Replaced),
+                Some(ConnCmd::Shutdown) => session.close(now, CloseReason::ShuttingDown),
                 None => {}
             },
             ConnWake::Timer => session.handle_timeout(now),
@@ -910,7 +911,7 @@ fn on_event(
                     conn,
                     perm,
                     tool_name,
-                    tool_input,
+                    tool_input: tool_input.to_string(),
                     created: TokioInstant::now(),
                 },
             );

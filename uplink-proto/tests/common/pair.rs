@@ -164,7 +164,7 @@ impl Pair {
                 self.at(lat, Ev::ToSled(conn, Wire::Text(text)));
             }
             GatewayOutput::Ping => self.at(lat, Ev::ToSled(conn, Wire::Ping)),
-            GatewayOutput::Close { .. } => self.at(lat, Ev::ToSled(conn, Wire::End)),
+            GatewayOutput::Close(_) => self.at(lat, Ev::ToSled(conn, Wire::End)),
             GatewayOutput::Event(GatewayEvent::PermissionRequested { perm, tool_name, .. }) => {
                 if let Some((decision, after)) = (self.approver)(&tool_name) {
                     self.approvals.push((tool_name.clone(), decision));

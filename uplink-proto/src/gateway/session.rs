@@ -1,4 +1,7 @@
-//! The gateway side of the uplink: one machine per sled connection.
+//! One sled connection as the gateway sees it: the [`Gateway`] session machine.
+//!
+//! A [`Hub`](super::Hub) owns one session per connection and decides what the sessions cannot decide alone
+//! (which connection holds a project, public ids, routing). A session can also be driven on its own.
 //!
 //! Method kinds as on the sled side: getters; inputs `handle_*(now, …)`; commands (`decide`, `send_mcp`,
 //! `close`) that return a `Result` when the caller asks for something impossible; outputs drained with
@@ -20,9 +23,11 @@ use alloc::borrow::Cow;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use super::close::CloseReason;
 use crate::sled::Received;
 use crate::time::Instant;
 use crate::wire::{Decision, DecodeError, GatewayFrame, RawValue, SledFrame};
@@ -162,8 +167,8 @@ pub enum GatewayEvent {
         req_id: String,
         /// The tool.
         tool_name: String,
-        /// The tool's input.
-        tool_input: String,
+        /// The tool's input: the JSON text exactly as it arrived, shared with the session's pending table.
+        tool_input: Arc<str>,
     },
     /// A permission request decided by the auto policies, without the application.
     PermissionAutoDecided {
@@ -212,13 +217,8 @@ pub enum GatewayOutput {
     Send(String),
     /// Send a WebSocket ping.
     Ping,
-    /// Send a close frame with this code and reason, then drop the connection.
-    Close {
-        /// WebSocket close code.
-        code: u16,
-        /// Reason.
-        reason: &'static str,
-    },
+    /// Send a close frame with this reason's code and text, then drop the connection.
+    Close(CloseReason),
     /// For the application.
     Event(GatewayEvent),
 }
@@ -245,9 +245,6 @@ pub enum SendMcpError {
     TooMany,
 }
 
-/// WebSocket close code for a protocol policy violation.
-pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
-
 #[derive(Clone, Debug)]
 enum State {
     AwaitingIdentity { deadline: Instant },
@@ -260,6 +257,19 @@ struct PendingMcp {
     deadline: Instant,
 }
 
+/// A permission request awaiting the application's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingPermission {
+    /// The sled's id for it.
+    pub req_id: String,
+    /// The tool.
+    pub tool_name: String,
+    /// The tool's input, as the JSON text it arrived in (never re-parsed).
+    pub tool_input: Arc<str>,
+    /// When it arrived.
+    pub since: Instant,
+}
+
 /// One sled connection as the gateway sees it.
 #[derive(Clone, Debug)]
 pub struct Gateway {
@@ -269,7 +279,7 @@ pub struct Gateway {
     last_seen: Instant,
     stale: bool,
     next_ping: Instant,
-    perms: BTreeMap<PermId, String>,
+    perms: BTreeMap<PermId, PendingPermission>,
     perm_ids: BTreeMap<String, PermId>,
     next_perm: u64,
     mcp: BTreeMap<McpId, PendingMcp>,
@@ -325,6 +335,11 @@ impl Gateway {
     /// Permission requests awaiting a decision.
     pub fn pending_permissions(&self) -> usize {
         self.perms.len()
+    }
+
+    /// The permission requests awaiting a decision, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = (PermId, &PendingPermission)> + '_ {
+        self.perms.iter().map(|(id, p)| (*id, p))
     }
 
     /// MCP requests awaiting a response.
@@ -390,7 +405,7 @@ impl Gateway {
                         capabilities: id.capabilities.into_iter().map(Cow::into_owned).collect(),
                     });
                 }
-                _ => self.close_with(CLOSE_POLICY_VIOLATION, "identity must be the first frame"),
+                _ => self.close_with(CloseReason::IdentityNotFirst),
             };
         }
         match frame {
@@ -433,7 +448,7 @@ impl Gateway {
     /// Sends the application's decision for `perm`.
     pub fn decide(&mut self, now: Instant, perm: PermId, decision: Decision) -> Result<(), DecideError> {
         self.advance(now);
-        let req_id = self.perms.remove(&perm).ok_or(DecideError::NotPending)?;
+        let req_id = self.perms.remove(&perm).ok_or(DecideError::NotPending)?.req_id;
         self.perm_ids.remove(&req_id);
         let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision }.encode();
         self.out.push_back(GatewayOutput::Send(text));
@@ -467,10 +482,10 @@ impl Gateway {
     }
 
     /// Closes the connection (for example because another connection replaced it). Everything pending ends.
-    pub fn close(&mut self, now: Instant, code: u16, reason: &'static str) {
+    pub fn close(&mut self, now: Instant, reason: CloseReason) {
         self.advance(now);
         if !self.is_closed() {
-            self.close_with(code, reason);
+            self.close_with(reason);
         }
     }
 
@@ -484,7 +499,7 @@ impl Gateway {
         match self.state {
             State::Closed => return,
             State::AwaitingIdentity { deadline } if deadline <= now => {
-                return self.close_with(CLOSE_POLICY_VIOLATION, "no identity in time");
+                return self.close_with(CloseReason::NoIdentity);
             }
             State::AwaitingIdentity { .. } => {}
             State::Identified { .. } => {
@@ -535,18 +550,20 @@ impl Gateway {
         }
         let perm = PermId(self.next_perm);
         self.next_perm += 1;
-        self.perms.insert(perm, req_id.clone());
+        let tool_input: Arc<str> = Arc::from(tool_input.get());
         self.perm_ids.insert(req_id.clone(), perm);
-        self.event(GatewayEvent::PermissionRequested {
-            perm,
-            req_id,
-            tool_name,
-            tool_input: String::from(tool_input.get()),
-        });
+        let pending = PendingPermission {
+            req_id: req_id.clone(),
+            tool_name: tool_name.clone(),
+            tool_input: tool_input.clone(),
+            since: self.now,
+        };
+        self.perms.insert(perm, pending);
+        self.event(GatewayEvent::PermissionRequested { perm, req_id, tool_name, tool_input });
     }
 
-    fn close_with(&mut self, code: u16, reason: &'static str) {
-        self.out.push_back(GatewayOutput::Close { code, reason });
+    fn close_with(&mut self, reason: CloseReason) {
+        self.out.push_back(GatewayOutput::Close(reason));
         self.end();
     }
 

@@ -1,0 +1,55 @@
+//! Every close the gateway makes, with its WebSocket code and reason. The codes live here and nowhere else.
+
+/// Why the gateway closes a sled connection. [`CloseReason::code`] and [`CloseReason::text`] give the close
+/// frame; PROTOCOL.md lists them.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The first frame was not an `identity` (1008).
+    IdentityNotFirst,
+    /// No `identity` within the identity timeout (1008).
+    NoIdentity,
+    /// A newer connection with the same credential took the project over (4000).
+    Replaced,
+    /// The connection's credential does not cover the project it announced (4003).
+    ProjectNotPermitted,
+    /// The project is held by a live connection with another credential (4009).
+    ProjectHeld,
+    /// The sled sent a message over the maximum message size (1009).
+    MessageTooBig,
+    /// The gateway is stopping (1001).
+    ShuttingDown,
+}
+
+impl CloseReason {
+    /// The WebSocket close code.
+    pub const fn code(self) -> u16 {
+        match self {
+            CloseReason::IdentityNotFirst | CloseReason::NoIdentity => 1008,
+            CloseReason::Replaced => 4000,
+            CloseReason::ProjectNotPermitted => 4003,
+            CloseReason::ProjectHeld => 4009,
+            CloseReason::MessageTooBig => 1009,
+            CloseReason::ShuttingDown => 1001,
+        }
+    }
+
+    /// The close frame's reason text.
+    pub const fn text(self) -> &'static str {
+        match self {
+            CloseReason::IdentityNotFirst => "identity must be the first frame",
+            CloseReason::NoIdentity => "no identity in time",
+            CloseReason::Replaced => "replaced by a newer connection",
+            CloseReason::ProjectNotPermitted => "project not permitted for this credential",
+            CloseReason::ProjectHeld => "project held by another connection",
+            CloseReason::MessageTooBig => "message too big",
+            CloseReason::ShuttingDown => "gateway shutting down",
+        }
+    }
+}
+
+impl core::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} {}", self.code(), self.text())
+    }
+}

@@ -1,0 +1,100 @@
+//! Who a connection is: the credential it presented, and which projects that credential may identify as.
+//!
+//! The adapter checks the token and hands the [`Hub`](super::Hub) the credential it matched; the hub decides
+//! what that credential may do with a project (the claim rule, in [`Hub`](super::Hub)'s docs).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Names one credential. Two connections with the same id are the same sled restarting, as far as the
+/// claim rule is concerned.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CredentialId(pub u64);
+
+/// The projects a credential may identify as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProjectScope {
+    /// Any project (the original's shared sled token).
+    Any,
+    /// Projects matching any of these patterns. `*` matches any run of characters (`/` included); every other
+    /// character matches itself.
+    Patterns(Vec<String>),
+}
+
+impl ProjectScope {
+    /// Whether `project` is covered.
+    pub fn covers(&self, project: &str) -> bool {
+        match self {
+            ProjectScope::Any => true,
+            ProjectScope::Patterns(patterns) => patterns.iter().any(|p| glob_match(p.as_bytes(), project.as_bytes())),
+        }
+    }
+}
+
+/// A credential as the hub sees it: never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    /// Which credential.
+    pub id: CredentialId,
+    /// What it may identify as.
+    pub scope: ProjectScope,
+}
+
+impl Credential {
+    /// A credential that may identify as any project.
+    pub fn unbound(id: CredentialId) -> Credential {
+        Credential { id, scope: ProjectScope::Any }
+    }
+}
+
+/// `*`-only glob matching, iterative with one back-track point: linear in practice, quadratic at worst, never
+/// recursive.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn stars_match_any_run_and_everything_else_matches_itself() {
+        let cases = [
+            ("team-a/*", "team-a/web", true),
+            ("team-a/*", "team-a/", true),
+            ("team-a/*", "team-b/web", false),
+            ("team-a/*", "team-a", false),
+            ("*", "", true),
+            ("", "", true),
+            ("", "x", false),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "aXbY", false),
+            ("*-prod", "web-prod", true),
+            ("*-prod", "web-prod-2", false),
+            ("demo", "demo", true),
+            ("demo", "Demo", false),
+            ("**", "anything", true),
+        ];
+        for (pattern, text, want) in cases {
+            assert_eq!(glob_match(pattern.as_bytes(), text.as_bytes()), want, "{pattern} ~ {text}");
+        }
+    }
+}

@@ -1,0 +1,796 @@
+//! The [`Hub`]: every sled connection of one gateway, and the fleet's rules above them.
+//!
+//! quinn-proto's `Endpoint` owns its `Connection`s and routes to them by handle; the hub does the same for
+//! [`Gateway`] sessions. It decides everything that needs more than one connection to decide:
+//!
+//! - **Claims.** Which connection holds each project. A connection that identifies as a project its
+//!   [`Credential`] does not cover is closed ([`CloseReason::ProjectNotPermitted`]). A project held by a live
+//!   connection is taken over only by a connection with the same credential (a restarted sled): the old one
+//!   is closed with [`CloseReason::Replaced`]. A connection with another credential is refused while the
+//!   holder lives ([`CloseReason::ProjectHeld`]).
+//! - **Public ids and routing.** Each pending permission has a [`PublicPermId`] (`"3-0"`: the connection's
+//!   handle and the session's number); a decision names it and reaches exactly that session. An MCP request
+//!   names a project and reaches its live connection; its [`McpTicket`] names the answer.
+//! - **Memory of gone sleds.** A project whose connection ended stays listed (`connected: false`) until
+//!   [`HubConfig::max_disconnected_sleds`] more recent disconnections push it out.
+//! - **Listings** of sleds and pending permissions, from the hub's own data. Tool inputs stay the JSON text
+//!   they arrived in, shared (`Arc<str>`), never re-parsed.
+//! - **Every close**, as a [`CloseReason`].
+//!
+//! Driving it: the same four kinds of method as the sled. Inputs `handle_*(now, conn, …)`; commands
+//! ([`Hub::accept`], [`Hub::decide`], [`Hub::send_mcp`], [`Hub::shutdown`]); outputs drained with
+//! [`Hub::poll_output`] until `None`, then [`Hub::poll_timeout`]. Every input first fires the timers that are
+//! due. Inputs naming a connection the hub no longer has are ignored.
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::str::FromStr;
+use core::time::Duration;
+
+use super::close::CloseReason;
+use super::credential::{Credential, CredentialId};
+use super::session::{
+    Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure, McpId, PermId,
+    SendMcpError, Withdrawn,
+};
+use crate::sled::Received;
+use crate::time::Instant;
+use crate::wire::Decision;
+
+/// Everything that shapes a [`Hub`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// The rules of every sled connection.
+    pub session: GatewayConfig,
+    /// How many disconnected sleds stay listed; beyond, the one disconnected longest ago is forgotten.
+    /// Default 1024.
+    pub max_disconnected_sleds: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { session: GatewayConfig::default(), max_disconnected_sleds: 1024 }
+    }
+}
+
+impl HubConfig {
+    /// The defaults with these session rules.
+    pub fn new(session: GatewayConfig) -> HubConfig {
+        HubConfig { session, ..HubConfig::default() }
+    }
+}
+
+/// One sled connection, as the hub names it. Minted by [`Hub::accept`], never reused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnHandle(pub u64);
+
+/// The public id of a pending permission: its connection and the session's number for it. Written and parsed
+/// as `"{conn}-{perm}"` in decimal, with no sign and no leading zero, so each id has exactly one spelling.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublicPermId {
+    /// The connection the request arrived on.
+    pub conn: ConnHandle,
+    /// The session's id for it.
+    pub perm: PermId,
+}
+
+impl fmt::Display for PublicPermId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.conn.0, self.perm.0)
+    }
+}
+
+/// A string that is not a [`PublicPermId`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a permission id")]
+pub struct BadPermId;
+
+impl FromStr for PublicPermId {
+    type Err = BadPermId;
+
+    fn from_str(s: &str) -> Result<Self, BadPermId> {
+        fn number(s: &str) -> Result<u64, BadPermId> {
+            let canonical = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+            if !canonical {
+                return Err(BadPermId);
+            }
+            s.parse().map_err(|_| BadPermId)
+        }
+        let (conn, perm) = s.split_once('-').ok_or(BadPermId)?;
+        Ok(PublicPermId { conn: ConnHandle(number(conn)?), perm: PermId(number(perm)?) })
+    }
+}
+
+/// Names one MCP request sent through [`Hub::send_mcp`]; exactly one [`HubEvent::McpAnswered`] or
+/// [`HubEvent::McpFailed`] with it follows.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct McpTicket {
+    /// The connection it was sent on.
+    pub conn: ConnHandle,
+    /// The session's id for it.
+    pub id: McpId,
+}
+
+/// Why [`Hub::accept`] refused a connection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// Why [`Hub::decide`] refused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubDecideError {
+    /// No pending permission has this id: never existed, already decided, or withdrawn.
+    #[error("no pending permission with this id")]
+    NotPending,
+}
+
+/// Why [`Hub::send_mcp`] refused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum McpRefused {
+    /// No sled ever identified as this project, or it was forgotten.
+    #[error("unknown project")]
+    UnknownProject,
+    /// The project's sled is not connected.
+    #[error("the sled is not connected")]
+    NotConnected,
+    /// Too many MCP requests in flight on the sled's connection.
+    #[error("too many MCP requests in flight for this sled")]
+    TooMany,
+}
+
+/// Something to do or to know, drained with [`Hub::poll_output`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubOutput {
+    /// Send this text frame on `conn`.
+    Send {
+        /// The connection.
+        conn: ConnHandle,
+        /// The frame.
+        text: String,
+    },
+    /// Send a WebSocket ping on `conn`.
+    Ping {
+        /// The connection.
+        conn: ConnHandle,
+    },
+    /// Send what is queued on `conn`, then a close frame for `reason`, then drop it. The hub has forgotten
+    /// `conn`: later inputs about it are ignored.
+    Close {
+        /// The connection.
+        conn: ConnHandle,
+        /// Why; gives the close code and text.
+        reason: CloseReason,
+    },
+    /// For the application.
+    Event(HubEvent),
+}
+
+/// Something that happened in the fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubEvent {
+    /// A connection identified and now holds `project`.
+    SledConnected {
+        /// The connection.
+        conn: ConnHandle,
+        /// The project it holds.
+        project: String,
+        /// Announced protocol version.
+        protocol: Option<u32>,
+        /// Announced sled software version.
+        sled_version: Option<String>,
+        /// Announced extensions.
+        capabilities: Vec<String>,
+        /// The connection it took the project from (closed with [`CloseReason::Replaced`]).
+        replaced: Option<ConnHandle>,
+    },
+    /// A connection identified as a project it may not hold, and is closed.
+    SledRefused {
+        /// The connection.
+        conn: ConnHandle,
+        /// The project it announced.
+        project: String,
+        /// Why ([`CloseReason::ProjectNotPermitted`] or [`CloseReason::ProjectHeld`]).
+        reason: CloseReason,
+    },
+    /// The connection holding `project` ended. The project stays listed as disconnected.
+    SledDisconnected {
+        /// The connection.
+        conn: ConnHandle,
+        /// The project.
+        project: String,
+    },
+    /// Nothing arrived from the project's sled for the stale threshold.
+    SledStale {
+        /// The project.
+        project: String,
+    },
+    /// The project's sled spoke again after being stale.
+    SledAlive {
+        /// The project.
+        project: String,
+    },
+    /// A permission request awaits a decision through [`Hub::decide`].
+    PermissionRequested {
+        /// Its public id.
+        id: PublicPermId,
+        /// The project.
+        project: String,
+        /// The sled's id for it.
+        req_id: String,
+        /// The tool.
+        tool_name: String,
+        /// The tool's input, as the JSON text it arrived in.
+        tool_input: Arc<str>,
+    },
+    /// A permission request decided by the auto policies or the pending limit, without the application.
+    PermissionAutoDecided {
+        /// The connection.
+        conn: ConnHandle,
+        /// The project.
+        project: String,
+        /// The sled's id for it.
+        req_id: String,
+        /// The tool.
+        tool_name: String,
+        /// The decision sent.
+        decision: Decision,
+    },
+    /// The application's decision was sent.
+    PermissionDecided {
+        /// Which.
+        id: PublicPermId,
+        /// The project.
+        project: String,
+        /// What.
+        decision: Decision,
+    },
+    /// A permission request ended without a decision.
+    PermissionWithdrawn {
+        /// Which.
+        id: PublicPermId,
+        /// The project.
+        project: String,
+        /// Why.
+        reason: Withdrawn,
+    },
+    /// The answer to an MCP request (`null` for a notification), as the sled sent it.
+    McpAnswered {
+        /// Which request.
+        ticket: McpTicket,
+        /// The JSON-RPC response text.
+        payload: String,
+    },
+    /// An MCP request ended without an answer.
+    McpFailed {
+        /// Which request.
+        ticket: McpTicket,
+        /// Why.
+        reason: McpFailure,
+    },
+    /// A frame from `conn` was ignored.
+    FrameIgnored {
+        /// The connection.
+        conn: ConnHandle,
+        /// Why.
+        why: GatewayIgnored,
+    },
+}
+
+/// One sled in a listing ([`Hub::sleds`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SledSummary {
+    /// The project.
+    pub project: String,
+    /// Whether a live connection holds it.
+    pub connected: bool,
+    /// Whether it was silent past the stale threshold (at its disconnection, for a disconnected one).
+    pub stale: bool,
+    /// How long the live connection has held it; zero when disconnected.
+    pub connected_for: Duration,
+    /// How long ago anything last arrived from it.
+    pub last_seen_ago: Duration,
+    /// Permission requests pending on its connection.
+    pub pending_permissions: usize,
+    /// MCP requests in flight on its connection.
+    pub pending_mcp: usize,
+}
+
+/// One pending permission in a listing ([`Hub::permissions`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PermissionSummary {
+    /// Its public id.
+    pub id: PublicPermId,
+    /// The project.
+    pub project: String,
+    /// The sled's id for it.
+    pub req_id: String,
+    /// The tool.
+    pub tool_name: String,
+    /// The tool's input, as the JSON text it arrived in (shared, not copied).
+    pub tool_input: Arc<str>,
+    /// How long it has waited.
+    pub age: Duration,
+}
+
+#[derive(Clone, Debug)]
+struct Conn {
+    session: Gateway,
+    credential: Credential,
+    /// The project this connection holds, once its claim succeeded.
+    project: Option<String>,
+    /// Its entry in the hub's timer set.
+    timer: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+struct Project {
+    /// The connection holding it; `None` once that connection ended.
+    holder: Option<ConnHandle>,
+    /// The credential of the connection that holds it (or held it last).
+    credential: CredentialId,
+    /// When the holder claimed it.
+    since: Instant,
+    /// Set once disconnected.
+    gone: Option<Gone>,
+}
+
+#[derive(Copy, Clone, Debug)]
+struct Gone {
+    /// The place in the order of disconnections.
+    seq: u64,
+    last_seen: Instant,
+    stale: bool,
+}
+
+/// Every sled connection of a gateway and the fleet's rules. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Hub {
+    cfg: HubConfig,
+    now: Instant,
+    conns: BTreeMap<ConnHandle, Conn>,
+    /// Each connection's next deadline, earliest first.
+    timers: BTreeSet<(Instant, ConnHandle)>,
+    projects: BTreeMap<String, Project>,
+    /// Disconnected projects, oldest first, by their place in the order of disconnections. An entry whose
+    /// project has reconnected (or disconnected again since) is out of date and skipped.
+    gone_order: VecDeque<(u64, String)>,
+    gone_count: usize,
+    next_gone: u64,
+    next_conn: u64,
+    shutting_down: bool,
+    out: VecDeque<HubOutput>,
+}
+
+impl Hub {
+    /// An empty hub at `now`.
+    pub fn new(config: HubConfig, now: Instant) -> Result<Hub, GatewayConfigError> {
+        Gateway::new(config.session.clone(), now)?;
+        Ok(Hub {
+            cfg: config,
+            now,
+            conns: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            projects: BTreeMap::new(),
+            gone_order: VecDeque::new(),
+            gone_count: 0,
+            next_gone: 0,
+            next_conn: 0,
+            shutting_down: false,
+            out: VecDeque::new(),
+        })
+    }
+
+    // ── Getters ──
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.cfg
+    }
+
+    /// Open connections, identified or not.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Disconnected sleds still listed. Never above [`HubConfig::max_disconnected_sleds`].
+    pub fn remembered_disconnected(&self) -> usize {
+        self.gone_count
+    }
+
+    /// The places kept in the order of disconnections, out-of-date ones included: at most twice the
+    /// remembered sleds plus 64.
+    pub fn disconnection_log_len(&self) -> usize {
+        self.gone_order.len()
+    }
+
+    /// The project `conn` holds, if its claim succeeded and it is still open.
+    pub fn project_of(&self, conn: ConnHandle) -> Option<&str> {
+        self.conns.get(&conn)?.project.as_deref()
+    }
+
+    /// The live connection holding `project`.
+    pub fn holder(&self, project: &str) -> Option<ConnHandle> {
+        self.projects.get(project)?.holder
+    }
+
+    /// The credential `conn` was accepted with.
+    pub fn credential_of(&self, conn: ConnHandle) -> Option<&Credential> {
+        Some(&self.conns.get(&conn)?.credential)
+    }
+
+    /// True once [`Hub::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Every listed sled, connected or remembered, by project name.
+    pub fn sleds(&self, now: Instant) -> Vec<SledSummary> {
+        let now = now.max(self.now);
+        self.projects
+            .iter()
+            .map(|(project, p)| {
+                let live = p.holder.and_then(|h| self.conns.get(&h));
+                match (live, p.gone) {
+                    (Some(c), _) => SledSummary {
+                        project: project.clone(),
+                        connected: true,
+                        stale: c.session.is_stale(),
+                        connected_for: now.saturating_duration_since(p.since),
+                        last_seen_ago: now.saturating_duration_since(c.session.last_seen()),
+                        pending_permissions: c.session.pending_permissions(),
+                        pending_mcp: c.session.pending_mcp(),
+                    },
+                    (None, gone) => SledSummary {
+                        project: project.clone(),
+                        connected: false,
+                        stale: gone.is_some_and(|g| g.stale),
+                        connected_for: Duration::ZERO,
+                        last_seen_ago: gone.map_or(Duration::ZERO, |g| now.saturating_duration_since(g.last_seen)),
+                        pending_permissions: 0,
+                        pending_mcp: 0,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Every pending permission, by public id (connection, then arrival).
+    pub fn permissions(&self, now: Instant) -> Vec<PermissionSummary> {
+        let now = now.max(self.now);
+        let mut list = Vec::new();
+        for (conn, c) in &self.conns {
+            let Some(project) = &c.project else { continue };
+            for (perm, p) in c.session.pending() {
+                list.push(PermissionSummary {
+                    id: PublicPermId { conn: *conn, perm },
+                    project: project.clone(),
+                    req_id: p.req_id.clone(),
+                    tool_name: p.tool_name.clone(),
+                    tool_input: p.tool_input.clone(),
+                    age: now.saturating_duration_since(p.since),
+                });
+            }
+        }
+        list
+    }
+
+    // ── Outputs ──
+
+    /// The next thing to do, or `None`. Drain after every input and command.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<HubOutput> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`Hub::handle_timeout`] next: the earliest deadline of any connection.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    // ── Inputs ──
+
+    /// Fires every timer due at `now`. Early or repeated calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    /// A message arrived on `conn`.
+    pub fn handle_received(&mut self, now: Instant, conn: ConnHandle, message: Received<'_>) {
+        self.advance(now);
+        let now = self.now;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.handle_received(now, message);
+            self.pump(conn);
+        }
+    }
+
+    /// `conn`'s sled sent a message over the size limit: it is closed with [`CloseReason::MessageTooBig`].
+    pub fn handle_too_big(&mut self, now: Instant, conn: ConnHandle) {
+        self.close(now, conn, CloseReason::MessageTooBig);
+    }
+
+    /// `conn` ended (closed by the sled, reset, a read or write failed). Everything pending on it ends.
+    pub fn handle_disconnected(&mut self, now: Instant, conn: ConnHandle) {
+        self.advance(now);
+        let now = self.now;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.handle_disconnected(now);
+            self.pump(conn);
+        }
+    }
+
+    // ── Commands ──
+
+    /// A sled connection opened (its token matched `credential`). Its identity timeout starts now.
+    pub fn accept(&mut self, now: Instant, credential: Credential) -> Result<ConnHandle, AcceptError> {
+        self.advance(now);
+        if self.shutting_down {
+            return Err(AcceptError::ShuttingDown);
+        }
+        self.next_conn += 1;
+        let conn = ConnHandle(self.next_conn);
+        // The configuration was validated by `Hub::new`, so this cannot fail.
+        let Ok(session) = Gateway::new(self.cfg.session.clone(), self.now) else {
+            return Err(AcceptError::ShuttingDown);
+        };
+        self.conns.insert(conn, Conn { session, credential, project: None, timer: None });
+        self.reschedule(conn);
+        Ok(conn)
+    }
+
+    /// Sends the application's decision for the pending permission `id`.
+    pub fn decide(&mut self, now: Instant, id: PublicPermId, decision: Decision) -> Result<(), HubDecideError> {
+        self.advance(now);
+        let now = self.now;
+        let c = self.conns.get_mut(&id.conn).ok_or(HubDecideError::NotPending)?;
+        let project = c.project.clone().ok_or(HubDecideError::NotPending)?;
+        c.session.decide(now, id.perm, decision).map_err(|_| HubDecideError::NotPending)?;
+        self.pump(id.conn);
+        self.event(HubEvent::PermissionDecided { id, project, decision });
+        Ok(())
+    }
+
+    /// Sends a JSON-RPC message to `project`'s sled, for its local MCP endpoint.
+    pub fn send_mcp(
+        &mut self,
+        now: Instant,
+        project: &str,
+        body: &str,
+        session: Option<&str>,
+    ) -> Result<McpTicket, McpRefused> {
+        self.advance(now);
+        let now = self.now;
+        let p = self.projects.get(project).ok_or(McpRefused::UnknownProject)?;
+        let conn = p.holder.ok_or(McpRefused::NotConnected)?;
+        let c = self.conns.get_mut(&conn).ok_or(McpRefused::NotConnected)?;
+        let id = c.session.send_mcp(now, body, session).map_err(|e| match e {
+            SendMcpError::TooMany => McpRefused::TooMany,
+            _ => McpRefused::NotConnected,
+        })?;
+        self.pump(conn);
+        Ok(McpTicket { conn, id })
+    }
+
+    /// Closes `conn` for `reason`. Everything pending on it ends.
+    pub fn close(&mut self, now: Instant, conn: ConnHandle, reason: CloseReason) {
+        self.advance(now);
+        let now = self.now;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.close(now, reason);
+            self.pump(conn);
+        }
+    }
+
+    /// The gateway is stopping: every connection, identified or not, is closed with
+    /// [`CloseReason::ShuttingDown`], and [`Hub::accept`] refuses from now on.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.advance(now);
+        self.shutting_down = true;
+        let conns: Vec<ConnHandle> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.close(now, conn, CloseReason::ShuttingDown);
+        }
+    }
+
+    // ── Internals ──
+
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+        let now = self.now;
+        while let Some(&(at, conn)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(c) = self.conns.get_mut(&conn) else { continue };
+            c.timer = None;
+            c.session.handle_timeout(now);
+            self.pump(conn);
+        }
+    }
+
+    /// Carries out a session's outputs, then re-files its deadline (or forgets it, once closed).
+    fn pump(&mut self, conn: ConnHandle) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else { return };
+            let Some(output) = c.session.poll_output() else { break };
+            match output {
+                GatewayOutput::Send(text) => self.out.push_back(HubOutput::Send { conn, text }),
+                GatewayOutput::Ping => self.out.push_back(HubOutput::Ping { conn }),
+                GatewayOutput::Close(reason) => self.out.push_back(HubOutput::Close { conn, reason }),
+                GatewayOutput::Event(event) => self.on_event(conn, event),
+            }
+        }
+        if self.conns.get(&conn).is_some_and(|c| c.session.is_closed()) {
+            if let Some(c) = self.conns.remove(&conn)
+                && let Some(at) = c.timer
+            {
+                self.timers.remove(&(at, conn));
+            }
+        } else {
+            self.reschedule(conn);
+        }
+    }
+
+    fn reschedule(&mut self, conn: ConnHandle) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let next = c.session.poll_timeout();
+        if next == c.timer {
+            return;
+        }
+        if let Some(at) = c.timer.take() {
+            self.timers.remove(&(at, conn));
+        }
+        if let Some(at) = next {
+            self.timers.insert((at, conn));
+            c.timer = Some(at);
+        }
+    }
+
+    fn project_name(&self, conn: ConnHandle) -> String {
+        self.conns.get(&conn).and_then(|c| c.project.clone()).unwrap_or_default()
+    }
+
+    fn on_event(&mut self, conn: ConnHandle, event: GatewayEvent) {
+        match event {
+            GatewayEvent::Identified { project, protocol, sled_version, capabilities } => {
+                self.claim(conn, project, protocol, sled_version, capabilities)
+            }
+            GatewayEvent::Heartbeat => {}
+            GatewayEvent::PermissionRequested { perm, req_id, tool_name, tool_input } => {
+                let project = self.project_name(conn);
+                let id = PublicPermId { conn, perm };
+                self.event(HubEvent::PermissionRequested { id, project, req_id, tool_name, tool_input });
+            }
+            GatewayEvent::PermissionAutoDecided { req_id, tool_name, decision } => {
+                let project = self.project_name(conn);
+                self.event(HubEvent::PermissionAutoDecided { conn, project, req_id, tool_name, decision });
+            }
+            GatewayEvent::PermissionWithdrawn { perm, reason } => {
+                let project = self.project_name(conn);
+                self.event(HubEvent::PermissionWithdrawn { id: PublicPermId { conn, perm }, project, reason });
+            }
+            GatewayEvent::McpResponse { id, payload } => {
+                self.event(HubEvent::McpAnswered { ticket: McpTicket { conn, id }, payload })
+            }
+            GatewayEvent::McpFailed { id, reason } => {
+                self.event(HubEvent::McpFailed { ticket: McpTicket { conn, id }, reason })
+            }
+            GatewayEvent::Stale => {
+                if let Some(project) = self.conns.get(&conn).and_then(|c| c.project.clone()) {
+                    self.event(HubEvent::SledStale { project });
+                }
+            }
+            GatewayEvent::Alive => {
+                if let Some(project) = self.conns.get(&conn).and_then(|c| c.project.clone()) {
+                    self.event(HubEvent::SledAlive { project });
+                }
+            }
+            GatewayEvent::FrameIgnored(why) => self.event(HubEvent::FrameIgnored { conn, why }),
+            GatewayEvent::Closed => self.on_closed(conn),
+        }
+    }
+
+    /// The claim rule: see the [module docs](self).
+    fn claim(
+        &mut self,
+        conn: ConnHandle,
+        project: String,
+        protocol: Option<u32>,
+        sled_version: Option<String>,
+        capabilities: Vec<String>,
+    ) {
+        let now = self.now;
+        let Some(credential) = self.conns.get(&conn).map(|c| c.credential.clone()) else { return };
+        let refusal = if !credential.scope.covers(&project) {
+            Some(CloseReason::ProjectNotPermitted)
+        } else {
+            match self.projects.get(&project) {
+                Some(p) if p.holder.is_some() && p.credential != credential.id => Some(CloseReason::ProjectHeld),
+                _ => None,
+            }
+        };
+        if let Some(reason) = refusal {
+            self.event(HubEvent::SledRefused { conn, project, reason });
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session.close(now, reason);
+            }
+            return;
+        }
+        let claimed = Project { holder: Some(conn), credential: credential.id, since: now, gone: None };
+        let replaced = match self.projects.insert(project.clone(), claimed) {
+            Some(old) => {
+                if old.gone.is_some() {
+                    self.gone_count -= 1;
+                }
+                old.holder
+            }
+            None => None,
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.project = Some(project.clone());
+        }
+        self.event(HubEvent::SledConnected { conn, project, protocol, sled_version, capabilities, replaced });
+        // The old holder's end no longer touches the registry: the project is already the new one's.
+        if let Some(old) = replaced
+            && let Some(c) = self.conns.get_mut(&old)
+        {
+            c.session.close(now, CloseReason::Replaced);
+            self.pump(old);
+        }
+    }
+
+    fn on_closed(&mut self, conn: ConnHandle) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(project) = c.project.clone() else { return };
+        let (last_seen, stale) = (c.session.last_seen(), c.session.is_stale());
+        let Some(p) = self.projects.get_mut(&project).filter(|p| p.holder == Some(conn)) else { return };
+        p.holder = None;
+        self.next_gone += 1;
+        p.gone = Some(Gone { seq: self.next_gone, last_seen, stale });
+        self.gone_order.push_back((self.next_gone, project.clone()));
+        self.gone_count += 1;
+        self.forget_beyond_bound();
+        self.event(HubEvent::SledDisconnected { conn, project });
+    }
+
+    /// Forgets the sleds disconnected longest ago beyond the bound, and compacts the order of disconnections.
+    fn forget_beyond_bound(&mut self) {
+        let current = |projects: &BTreeMap<String, Project>, seq: u64, project: &str| {
+            projects.get(project).is_some_and(|p| p.gone.is_some_and(|g| g.seq == seq))
+        };
+        while self.gone_count > self.cfg.max_disconnected_sleds {
+            let Some((seq, oldest)) = self.gone_order.pop_front() else { break };
+            if current(&self.projects, seq, &oldest) {
+                self.projects.remove(&oldest);
+                self.gone_count -= 1;
+            }
+        }
+        // Sleds that reconnect leave out-of-date places behind: drop them before they outnumber the rest.
+        if self.gone_order.len() > 2 * self.gone_count + 64 {
+            let projects = &self.projects;
+            self.gone_order.retain(|(seq, project)| current(projects, *seq, project));
+        }
+    }
+
+    fn event(&mut self, event: HubEvent) {
+        self.out.push_back(HubOutput::Event(event));
+    }
+}

@@ -1,0 +1,34 @@
+//! The gateway side of the uplink.
+//!
+//! - [`Hub`] ([`hub`]): every sled connection of one gateway and the fleet's rules above them: which
+//!   connection holds which project, public permission ids, routing of decisions and MCP requests, the
+//!   memory of disconnected sleds, listings, every close. An adapter drives one hub.
+//! - [`Gateway`] ([`session`]): one connection's session: identity first, liveness, the permission and MCP
+//!   requests pending on it. The hub owns one per connection.
+//! - [`CloseReason`] ([`close`]): every close the gateway makes, with its code.
+//! - [`Credential`] ([`credential`]): who a connection is, and which projects it may identify as.
+//!
+//! ```text
+//!  accept ──▶ AwaitingIdentity ──identity──▶ claim ──┬─ covered, free or same credential ──▶ Identified (holds project)
+//!                 │                                   ├─ not covered ─────────────▶ Closed 4003
+//!                 │ other frame first: 1008           └─ held by another credential ▶ Closed 4009
+//!                 │ no identity in time: 1008
+//!                 ▼
+//!               Closed ◀── sled gone · too big 1009 · replaced 4000 · shutdown 1001 ── Identified
+//! ```
+
+pub mod close;
+pub mod credential;
+pub mod hub;
+pub mod session;
+
+pub use close::CloseReason;
+pub use credential::{Credential, CredentialId, ProjectScope};
+pub use hub::{
+    AcceptError, BadPermId, ConnHandle, Hub, HubConfig, HubDecideError, HubEvent, HubOutput, McpRefused, McpTicket,
+    PermissionSummary, PublicPermId, SledSummary,
+};
+pub use session::{
+    DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,
+    McpId, PendingPermission, PermId, SendMcpError, Withdrawn,
+};

@@ -1,0 +1,291 @@
+//! Scenario tests of the gateway's hub: claims, routing, public ids, memory of gone sleds, listings, closes.
+
+use std::time::Duration;
+
+use serde_json::json;
+use uplink_proto::gateway::{
+    AcceptError, CloseReason, ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubDecideError,
+    HubEvent, HubOutput, McpFailure, McpRefused, ProjectScope, PublicPermId, Withdrawn,
+};
+use uplink_proto::{Decision, Instant, Received};
+
+struct H {
+    hub: Hub,
+    now: Instant,
+}
+
+fn any(id: u64) -> Credential {
+    Credential::unbound(CredentialId(id))
+}
+
+impl H {
+    fn new() -> H {
+        H::with(HubConfig::default())
+    }
+    fn with(cfg: HubConfig) -> H {
+        H { hub: Hub::new(cfg, Instant::ZERO).expect("valid"), now: Instant::ZERO }
+    }
+    fn drain(&mut self) -> Vec<HubOutput> {
+        std::iter::from_fn(|| self.hub.poll_output()).collect()
+    }
+    fn events(&mut self) -> Vec<HubEvent> {
+        self.drain()
+            .into_iter()
+            .filter_map(|o| match o {
+                HubOutput::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+    fn text(&mut self, conn: ConnHandle, text: &str) {
+        self.hub.handle_received(self.now, conn, Received::Text(text));
+    }
+    fn connect(&mut self, credential: Credential, project: &str) -> ConnHandle {
+        let conn = self.hub.accept(self.now, credential).expect("accepting");
+        self.text(conn, &json!({"type":"identity","req_id":"identity","payload":{"project":project}}).to_string());
+        conn
+    }
+    fn ask(&mut self, conn: ConnHandle, req_id: &str, input: &str) -> PublicPermId {
+        let frame = format!(
+            r#"{{"type":"perm_request","req_id":"{req_id}","payload":{{"tool_name":"Bash","tool_input":{input}}}}}"#
+        );
+        self.text(conn, &frame);
+        self.events()
+            .into_iter()
+            .find_map(|e| match e {
+                HubEvent::PermissionRequested { id, .. } => Some(id),
+                _ => None,
+            })
+            .expect("requested")
+    }
+    fn advance(&mut self, d: Duration) {
+        self.now = self.now + d;
+        self.hub.handle_timeout(self.now);
+    }
+}
+
+fn closes(outs: &[HubOutput]) -> Vec<(ConnHandle, CloseReason)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            HubOutput::Close { conn, reason } => Some((*conn, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_restarted_sled_with_the_same_credential_replaces_its_old_connection() {
+    let mut h = H::new();
+    let old = h.connect(any(1), "demo");
+    let perm = h.ask(old, "r1", "{}");
+    let new = h.connect(any(1), "demo");
+    let outs = h.drain();
+    assert_eq!(closes(&outs), vec![(old, CloseReason::Replaced)]);
+    assert_eq!(h.hub.holder("demo"), Some(new));
+    let events: Vec<&HubOutput> = outs.iter().filter(|o| matches!(o, HubOutput::Event(_))).collect();
+    assert!(matches!(
+        events[0],
+        HubOutput::Event(HubEvent::SledConnected { conn, replaced: Some(r), .. }) if *conn == new && *r == old
+    ));
+    assert!(outs.contains(&HubOutput::Event(HubEvent::PermissionWithdrawn {
+        id: perm,
+        project: "demo".into(),
+        reason: Withdrawn::ConnectionLost
+    })));
+    // The replaced connection's end does not mark the project disconnected.
+    assert!(!outs.iter().any(|o| matches!(o, HubOutput::Event(HubEvent::SledDisconnected { .. }))));
+    assert_eq!(h.hub.decide(h.now, perm, Decision::Approve), Err(HubDecideError::NotPending));
+    assert!(h.hub.sleds(h.now)[0].connected);
+}
+
+#[test]
+fn another_credential_cannot_take_a_live_project_but_may_claim_it_once_it_is_gone() {
+    let mut h = H::new();
+    let owner = h.connect(any(1), "demo");
+    let perm = h.ask(owner, "r1", "{}");
+    let thief = h.connect(any(2), "demo");
+    let outs = h.drain();
+    assert_eq!(closes(&outs), vec![(thief, CloseReason::ProjectHeld)]);
+    assert!(outs.contains(&HubOutput::Event(HubEvent::SledRefused {
+        conn: thief,
+        project: "demo".into(),
+        reason: CloseReason::ProjectHeld
+    })));
+    assert_eq!(h.hub.holder("demo"), Some(owner));
+    // The owner's work is untouched.
+    assert_eq!(h.hub.decide(h.now, perm, Decision::Approve), Ok(()));
+    let sent = h.drain();
+    assert!(sent.iter().any(|o| matches!(o, HubOutput::Send { conn, text } if *conn == owner && text.contains("r1"))));
+    // Frames on the refused connection are ignored.
+    h.text(thief, r#"{"type":"perm_request","req_id":"x","payload":{"tool_name":"Bash"}}"#);
+    assert!(h.drain().is_empty());
+    h.hub.handle_disconnected(h.now, owner);
+    h.drain();
+    let later = h.connect(any(2), "demo");
+    assert_eq!(h.hub.holder("demo"), Some(later));
+}
+
+#[test]
+fn a_credential_cannot_identify_as_a_project_outside_its_scope() {
+    let mut h = H::new();
+    let scoped = Credential { id: CredentialId(7), scope: ProjectScope::Patterns(vec!["team-a/*".into()]) };
+    let ok = h.connect(scoped.clone(), "team-a/web");
+    assert_eq!(h.hub.holder("team-a/web"), Some(ok));
+    h.drain();
+    let bad = h.connect(scoped, "team-b/web");
+    assert_eq!(closes(&h.drain()), vec![(bad, CloseReason::ProjectNotPermitted)]);
+    assert_eq!(h.hub.holder("team-b/web"), None);
+    assert!(h.hub.sleds(h.now).iter().all(|s| s.project != "team-b/web"));
+}
+
+#[test]
+fn public_ids_have_one_spelling_and_route_to_their_own_session() {
+    for good in ["1-0", "12-345", "18446744073709551615-0"] {
+        assert_eq!(good.parse::<PublicPermId>().expect(good).to_string(), good);
+    }
+    for bad in ["", "1", "1-", "-1", "01-0", "1-00", "+1-0", "1-0-0", "a-0", "1 -0", "18446744073709551616-0"] {
+        assert!(bad.parse::<PublicPermId>().is_err(), "{bad:?}");
+    }
+    let mut h = H::new();
+    let a = h.connect(any(1), "a");
+    let b = h.connect(any(1), "b");
+    let pa = h.ask(a, "same", "{}");
+    let pb = h.ask(b, "same", "{}");
+    assert_ne!(pa, pb);
+    h.hub.decide(h.now, pb, Decision::Deny).expect("pending");
+    let outs = h.drain();
+    assert!(outs.iter().any(|o| matches!(o, HubOutput::Send { conn, .. } if *conn == b)));
+    assert!(!outs.iter().any(|o| matches!(o, HubOutput::Send { conn, .. } if *conn == a)));
+    assert!(outs.contains(&HubOutput::Event(HubEvent::PermissionDecided {
+        id: pb,
+        project: "b".into(),
+        decision: Decision::Deny
+    })));
+    assert_eq!(h.hub.decide(h.now, pb, Decision::Approve), Err(HubDecideError::NotPending));
+    let unknown = PublicPermId { conn: ConnHandle(99), perm: pa.perm };
+    assert_eq!(h.hub.decide(h.now, unknown, Decision::Approve), Err(HubDecideError::NotPending));
+    assert_eq!(h.hub.permissions(h.now).iter().map(|p| p.id).collect::<Vec<_>>(), vec![pa]);
+}
+
+#[test]
+fn mcp_requests_reach_the_projects_live_connection_and_end_exactly_once() {
+    let mut h = H::new();
+    assert_eq!(h.hub.send_mcp(h.now, "nobody", "{}", None), Err(McpRefused::UnknownProject));
+    let conn = h.connect(any(1), "demo");
+    h.drain();
+    let t1 = h.hub.send_mcp(h.now, "demo", r#"{"id":1}"#, Some("s")).expect("sent");
+    let outs = h.drain();
+    assert!(matches!(&outs[0], HubOutput::Send { conn: c, text } if *c == conn && text.contains("mcp_request")));
+    h.text(conn, r#"{"type":"mcp_response","req_id":"mcp-0","payload":{"ok":true}}"#);
+    assert_eq!(h.events(), vec![HubEvent::McpAnswered { ticket: t1, payload: r#"{"ok":true}"#.into() }]);
+    let t2 = h.hub.send_mcp(h.now, "demo", "{}", None).expect("sent");
+    h.hub.handle_disconnected(h.now, conn);
+    let events = h.events();
+    assert!(events.contains(&HubEvent::McpFailed { ticket: t2, reason: McpFailure::ConnectionLost }));
+    assert_eq!(h.hub.send_mcp(h.now, "demo", "{}", None), Err(McpRefused::NotConnected));
+}
+
+#[test]
+fn only_the_most_recently_disconnected_sleds_are_remembered() {
+    let mut cfg = HubConfig::default();
+    cfg.max_disconnected_sleds = 3;
+    let mut h = H::with(cfg);
+    for name in ["a", "b", "c", "d", "e"] {
+        let conn = h.connect(any(1), name);
+        h.hub.handle_disconnected(h.now, conn);
+    }
+    h.drain();
+    let names: Vec<String> = h.hub.sleds(h.now).into_iter().map(|s| s.project).collect();
+    assert_eq!(names, ["c", "d", "e"]);
+    assert_eq!(h.hub.send_mcp(h.now, "a", "{}", None), Err(McpRefused::UnknownProject));
+    assert_eq!(h.hub.send_mcp(h.now, "e", "{}", None), Err(McpRefused::NotConnected));
+    // A sled that comes and goes for ever keeps the bookkeeping bounded.
+    for _ in 0..10_000 {
+        let conn = h.connect(any(1), "flappy");
+        h.hub.handle_disconnected(h.now, conn);
+        h.drain();
+        assert!(h.hub.disconnection_log_len() <= 2 * h.hub.remembered_disconnected() + 64);
+    }
+    assert_eq!(h.hub.remembered_disconnected(), 3);
+    assert_eq!(h.hub.connections(), 0);
+}
+
+#[test]
+fn listings_come_from_the_hubs_own_data_with_inputs_as_they_arrived() {
+    let mut h = H::new();
+    let conn = h.connect(any(1), "demo");
+    let input = r#"{ "command" : "ls  -l", "n": 1.50 }"#;
+    let id = h.ask(conn, "r1", input);
+    h.advance(Duration::from_millis(1500));
+    let perms = h.hub.permissions(h.now);
+    assert_eq!(perms.len(), 1);
+    assert_eq!((perms[0].id, &*perms[0].tool_input, perms[0].age), (id, input, Duration::from_millis(1500)));
+    assert_eq!((perms[0].project.as_str(), perms[0].tool_name.as_str()), ("demo", "Bash"));
+    let sleds = h.hub.sleds(h.now);
+    assert_eq!(sleds.len(), 1);
+    let s = &sleds[0];
+    assert!(s.connected && !s.stale);
+    assert_eq!(
+        (s.connected_for, s.last_seen_ago, s.pending_permissions),
+        (h.now - Instant::ZERO, Duration::from_millis(1500), 1)
+    );
+    h.advance(Duration::from_secs(30));
+    assert!(h.hub.sleds(h.now)[0].stale);
+    h.hub.handle_disconnected(h.now, conn);
+    let gone = &h.hub.sleds(h.now)[0];
+    assert!(!gone.connected);
+    assert_eq!((gone.pending_permissions, gone.connected_for), (0, Duration::ZERO));
+    assert!(h.hub.permissions(h.now).is_empty());
+}
+
+#[test]
+fn shutdown_closes_every_connection_identified_or_not_and_refuses_new_ones() {
+    let mut h = H::new();
+    let a = h.connect(any(1), "a");
+    let fresh = h.hub.accept(h.now, any(1)).expect("accept");
+    h.drain();
+    h.hub.shutdown(h.now);
+    let outs = h.drain();
+    let mut closed = closes(&outs);
+    closed.sort_by_key(|(c, _)| *c);
+    assert_eq!(closed, vec![(a, CloseReason::ShuttingDown), (fresh, CloseReason::ShuttingDown)]);
+    assert_eq!(CloseReason::ShuttingDown.code(), 1001);
+    assert_eq!(h.hub.accept(h.now, any(1)), Err(AcceptError::ShuttingDown));
+    assert_eq!(h.hub.connections(), 0);
+    assert_eq!(h.hub.poll_timeout(), None);
+}
+
+#[test]
+fn an_oversized_message_closes_with_1009_and_ends_the_connections_work() {
+    let mut h = H::new();
+    let conn = h.connect(any(1), "demo");
+    let perm = h.ask(conn, "r1", "{}");
+    h.hub.handle_too_big(h.now, conn);
+    let outs = h.drain();
+    assert_eq!(closes(&outs), vec![(conn, CloseReason::MessageTooBig)]);
+    assert_eq!(CloseReason::MessageTooBig.code(), 1009);
+    assert!(outs.contains(&HubOutput::Event(HubEvent::PermissionWithdrawn {
+        id: perm,
+        project: "demo".into(),
+        reason: Withdrawn::ConnectionLost
+    })));
+}
+
+#[test]
+fn the_hub_wakes_for_the_earliest_deadline_of_any_connection() {
+    let session = GatewayConfig { identity_timeout: Duration::from_secs(10), ..GatewayConfig::default() };
+    let mut h = H::with(HubConfig::new(session));
+    let first = h.hub.accept(h.now, any(1)).expect("accept");
+    h.now = h.now + Duration::from_secs(4);
+    let second = h.hub.accept(h.now, any(1)).expect("accept");
+    assert_eq!(h.hub.poll_timeout(), Some(Instant::from_secs(10)));
+    h.advance(Duration::from_secs(6));
+    assert_eq!(closes(&h.drain()), vec![(first, CloseReason::NoIdentity)]);
+    assert_eq!(h.hub.poll_timeout(), Some(Instant::from_secs(14)));
+    // Early and repeated calls fire nothing.
+    h.hub.handle_timeout(h.now);
+    assert!(h.drain().is_empty());
+    h.advance(Duration::from_secs(4));
+    assert_eq!(closes(&h.drain()), vec![(second, CloseReason::NoIdentity)]);
+    assert_eq!(h.hub.poll_timeout(), None);
+}
