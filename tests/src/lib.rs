@@ -304,7 +304,7 @@ pub struct RealGateway {
 
 impl RealGateway {
     pub async fn start(session: uplink_proto::gateway::GatewayConfig, max_message_size: usize) -> RealGateway {
-        let max_disconnected = uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS;
+        let max_disconnected = uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS;
         RealGateway::start_with(session, max_message_size, max_disconnected).await
     }
 
@@ -314,7 +314,7 @@ impl RealGateway {
         max_message_size: usize,
         max_disconnected_sleds: usize,
     ) -> RealGateway {
-        use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
+        use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
         let server = GatewayServer::bind(GatewayServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             sled_tokens: vec![SLED_TOKEN.into()],

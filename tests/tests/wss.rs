@@ -86,7 +86,7 @@ async fn an_unreadable_ca_file_is_a_start_error() {
 #[tokio::test]
 async fn the_gateway_serves_wss_and_https_from_certificate_files() {
     use uplink_proto::gateway::GatewayConfig;
-    use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
+    use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = std::env::temp_dir();
     let (cert, key) = (
@@ -102,8 +102,8 @@ async fn the_gateway_serves_wss_and_https_from_certificate_files() {
         tls: Some((cert.clone(), key.clone())),
         max_message_size: 1 << 20,
         session: GatewayConfig::default(),
-        handshake_timeout: uplink_tokio::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
+        handshake_timeout: uplink_tokio::gateway::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await
     .unwrap();
@@ -132,7 +132,7 @@ async fn the_gateway_serves_wss_and_https_from_certificate_files() {
 #[tokio::test]
 async fn a_gateway_with_an_unusable_certificate_does_not_start() {
     use uplink_proto::gateway::GatewayConfig;
-    use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
+    use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
     let missing = std::env::temp_dir().join("uplink-no-such-cert.pem");
     let result = GatewayServer::bind(GatewayServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -141,11 +141,11 @@ async fn a_gateway_with_an_unusable_certificate_does_not_start() {
         tls: Some((missing.clone(), missing)),
         max_message_size: 1 << 20,
         session: GatewayConfig::default(),
-        handshake_timeout: uplink_tokio::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
+        handshake_timeout: uplink_tokio::gateway::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await;
-    assert!(matches!(result, Err(uplink_tokio::gateway_server::GatewayStartError::Tls(_))));
+    assert!(matches!(result, Err(uplink_tokio::gateway::GatewayStartError::Tls(_))));
     // A zero handshake timeout would cut off every client: refused at start, like the certificate.
     let result = GatewayServer::bind(GatewayServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -155,8 +155,8 @@ async fn a_gateway_with_an_unusable_certificate_does_not_start() {
         max_message_size: 1 << 20,
         session: GatewayConfig::default(),
         handshake_timeout: std::time::Duration::ZERO,
-        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
+        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await;
-    assert!(matches!(result, Err(uplink_tokio::gateway_server::GatewayStartError::ZeroHandshakeTimeout)));
+    assert!(matches!(result, Err(uplink_tokio::gateway::GatewayStartError::ZeroHandshakeTimeout)));
 }

@@ -43,8 +43,10 @@ pub mod kind {
     pub const MCP_REQUEST: &str = "mcp_request";
 }
 
-/// The outcome of a permission request.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+/// The outcome of a permission request. Written as `approve`, `deny` or `always_allow` ([`Decision::as_str`],
+/// `Display`, `FromStr`, serde).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// Allow this one call.
     Approve,
@@ -79,6 +81,37 @@ impl Decision {
     /// True for [`Decision::Approve`] and [`Decision::AlwaysAllow`].
     pub const fn is_allow(self) -> bool {
         !matches!(self, Decision::Deny)
+    }
+
+    /// The decision's word: `approve`, `deny` or `always_allow`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Deny => "deny",
+            Decision::AlwaysAllow => "always_allow",
+        }
+    }
+}
+
+impl core::fmt::Display for Decision {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A word that is not `approve`, `deny` or `always_allow`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a decision: expected approve, deny or always_allow")]
+pub struct BadDecision;
+
+impl core::str::FromStr for Decision {
+    type Err = BadDecision;
+
+    fn from_str(s: &str) -> Result<Decision, BadDecision> {
+        [Decision::Approve, Decision::Deny, Decision::AlwaysAllow]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or(BadDecision)
     }
 }
 

@@ -422,3 +422,17 @@ mod hand_written_encoding {
         assert_eq!(SledFrame::Heartbeat.encode(), serde("heartbeat", "", ()));
     }
 }
+
+#[test]
+fn decisions_have_one_word_each_in_display_fromstr_and_serde() {
+    for (d, word) in [(Decision::Approve, "approve"), (Decision::Deny, "deny"), (Decision::AlwaysAllow, "always_allow")]
+    {
+        assert_eq!((d.as_str(), d.to_string()), (word, word.to_owned()));
+        assert_eq!(word.parse::<Decision>(), Ok(d));
+        assert_eq!(serde_json::to_string(&d).expect("serialize"), format!("\"{word}\""));
+        assert_eq!(serde_json::from_str::<Decision>(&format!("\"{word}\"")).expect("deserialize"), d);
+    }
+    for bad in ["", "Approve", "allow", "approve ", "always-allow"] {
+        assert!(bad.parse::<Decision>().is_err(), "{bad:?}");
+    }
+}

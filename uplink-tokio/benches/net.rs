@@ -358,7 +358,7 @@ async fn echo_via_task_round_trips(addr: SocketAddr, frame: &str, n: usize) -> L
 
 /// The gateway's server in this process, configured as the child process is.
 async fn in_process_gateway() -> SocketAddr {
-    use uplink_tokio::gateway_server::{DEFAULT_HANDSHAKE_TIMEOUT, GatewayServer, GatewayServerConfig};
+    use uplink_tokio::gateway::{DEFAULT_HANDSHAKE_TIMEOUT, GatewayServer, GatewayServerConfig};
     let server = GatewayServer::bind(GatewayServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         sled_tokens: vec![SLED_TOKEN.into()],
@@ -370,7 +370,7 @@ async fn in_process_gateway() -> SocketAddr {
             ..Default::default()
         },
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
+        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await
     .unwrap();

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use uplink_proto::gateway::GatewayConfig;
 use uplink_proto::sse::SseParser;
 
-use crate::gateway_server::{GatewayServer, GatewayServerConfig, generate_token};
+use crate::gateway::{GatewayServer, GatewayServerConfig, generate_token};
 use crate::{Decision, Uplink, UplinkConfig};
 
 /// Every step must finish within this long.
@@ -114,8 +114,8 @@ async fn start_gateway(
         tls: None,
         max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
         session: GatewayConfig::default(),
-        handshake_timeout: crate::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: crate::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
+        handshake_timeout: crate::gateway::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: crate::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await
     .map_err(|e| e.to_string())?;

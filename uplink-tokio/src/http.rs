@@ -34,3 +34,53 @@ pub(crate) async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, 
         Err(_) => Err(error(StatusCode::BAD_REQUEST, "could not read the request body")),
     }
 }
+
+/// The token of an `Authorization: Bearer …` header; the scheme is matched case-insensitively.
+pub(crate) fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
+    let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// The percent-decoded `token` query parameter.
+pub(crate) fn query_token(uri: &hyper::Uri) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "token").then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
+}
+
+/// `s` as a JSON string literal, quotes included.
+pub(crate) fn json_string(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case_and_an_empty_token_is_none() {
+        let mut headers = hyper::HeaderMap::new();
+        for (value, want) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerabc", None),
+        ] {
+            headers.insert(hyper::header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer(&headers), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_token_query_parameter_is_percent_decoded() {
+        let uri: hyper::Uri = "/api/sled-uplink?a=1&token=x%2By%20z".parse().expect("uri");
+        assert_eq!(query_token(&uri).as_deref(), Some("x+y z"));
+        let none: hyper::Uri = "/api/sled-uplink?tokens=1".parse().expect("uri");
+        assert_eq!(query_token(&none), None);
+    }
+}

@@ -67,7 +67,7 @@ mod config;
 #[cfg(feature = "cli")]
 pub mod demo;
 mod driver;
-pub mod gateway_server;
+pub mod gateway;
 mod http;
 #[cfg(feature = "cli")]
 pub mod logging;

@@ -171,10 +171,5 @@ async fn permission(request: Request<Incoming>, uplink: &Uplink) -> Response<Bod
         }
     };
     let decision = uplink.request_permission(&ask.tool_name, &ask.tool_input).await;
-    let word = match decision {
-        Decision::Approve => "approve",
-        Decision::Deny => "deny",
-        Decision::AlwaysAllow => "always_allow",
-    };
-    json_response(StatusCode::OK, &json!({"decision": word}))
+    json_response(StatusCode::OK, &json!({"decision": decision.as_str()}))
 }

@@ -37,6 +37,9 @@ pub(crate) const OUTBOX_BYTES: usize = 32 << 20;
 /// hold frames back, while frames produced together still leave together.
 pub(crate) const WRITE_BATCH: u32 = 64;
 
+/// Bytes a connection gathers before writing them out within a write turn.
+pub(crate) const WRITE_BUFFER: usize = 64 * 1024;
+
 /// How long a close handshake may take before the socket is simply dropped.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -55,7 +58,9 @@ impl Target {
             .max_frame_size(Some(max_message_size))
             // Idle sleds should be cheap: small buffers that grow on demand.
             .read_buffer_size(8 * 1024)
-            .write_buffer_size(0)
+            // Frames handed over in one write turn leave together, in as few segments as they fit: the
+            // library writes out once this much is buffered, and at the flush that ends every write turn.
+            .write_buffer_size(WRITE_BUFFER)
     }
 
     async fn dial(&self) -> Result<Ws, (ConnectError, String)> {

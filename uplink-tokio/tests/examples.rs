@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::oneshot;
 use uplink_proto::gateway::GatewayConfig;
 use uplink_tests::within;
-use uplink_tokio::gateway_server::{GatewayServer, GatewayServerConfig};
+use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
 use uplink_tokio::{Decision, Uplink, UplinkConfig};
 
 /// Examples are built by `cargo test` next to the test binaries: `target/<profile>/examples/<name>`.
@@ -29,8 +29,8 @@ async fn gateway() -> (String, oneshot::Sender<()>) {
         tls: None,
         max_message_size: 1 << 20,
         session: GatewayConfig { auto_approve: ["Bash".to_owned()].into(), ..GatewayConfig::default() },
-        handshake_timeout: uplink_tokio::gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
+        handshake_timeout: uplink_tokio::gateway::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
     })
     .await
     .unwrap();

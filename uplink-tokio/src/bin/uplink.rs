@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use uplink_proto::gateway::GatewayConfig;
-use uplink_tokio::gateway_server::{self, GatewayServer, GatewayServerConfig};
+use uplink_tokio::gateway::{self, GatewayServer, GatewayServerConfig};
 use uplink_tokio::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, Uplink, UplinkConfig, logging, sled_server};
 
 #[derive(Parser)]
@@ -46,7 +46,7 @@ struct DemoArgs {
 #[derive(Args)]
 struct GatewayArgs {
     /// Address to listen on (HTTP API and the sleds' WebSocket endpoint).
-    #[arg(long, default_value = gateway_server::DEFAULT_LISTEN)]
+    #[arg(long, default_value = gateway::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// A token sleds may connect with (repeat for several). Also UPLINK_SLED_TOKENS, comma-separated. When
     /// none is given, one is generated and printed.
@@ -182,14 +182,14 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     let mut sled_tokens: Vec<String> =
         args.sled_tokens.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
     if sled_tokens.is_empty() {
-        sled_tokens.push(gateway_server::generate_token().map_err(|e| e.to_string())?);
+        sled_tokens.push(gateway::generate_token().map_err(|e| e.to_string())?);
         generated.push("sled");
     }
     let admin_token = match args.admin_token.filter(|t| !t.trim().is_empty()) {
         Some(t) => t.trim().to_owned(),
         None => {
             generated.push("admin");
-            gateway_server::generate_token().map_err(|e| e.to_string())?
+            gateway::generate_token().map_err(|e| e.to_string())?
         }
     };
     let tls = args.tls_cert.zip(args.tls_key);
@@ -208,8 +208,8 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
             auto_deny: args.auto_deny.into_iter().collect(),
             ..GatewayConfig::default()
         },
-        handshake_timeout: gateway_server::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: uplink_tokio::gateway_server::DEFAULT_MAX_DISCONNECTED_SLEDS,
+        handshake_timeout: gateway::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
     };
     let signal = shutdown_signal()?;
     let server = GatewayServer::bind(config).await.map_err(|e| e.to_string())?;

@@ -1,0 +1,338 @@
+//! `uplink gateway`: the gateway side, shaped as quinn shapes its endpoint.
+//!
+//! - `hub_task`: one task owns the core's [`Hub`] (every session, every fleet
+//!   rule) and carries out what it asks.
+//! - `upgrade`: a sled's WebSocket upgrade and the loop that carries its socket, one task per connection.
+//! - `admin`: the HTTP admin API, talking to the hub task.
+//! - this module: configuration, the listener, TLS, and the server's start and stop.
+//!
+//! Routes (see PROTOCOL.md for examples):
+//! - `GET /api/sled-uplink`: WebSocket upgrade for sleds, after the sled token (`?token=` or
+//!   `Authorization: Bearer`) is checked in constant time; `401` before any upgrade otherwise.
+//! - Admin, under `Authorization: Bearer <admin token>`: `GET /api/sleds`, `POST /api/sleds/{project}/mcp`,
+//!   `GET /api/permissions`, `POST /api/permissions/{id}`, `GET /api/events` (Server-Sent Events).
+
+mod admin;
+mod hub_task;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
+use tokio::time::Instant as TokioInstant;
+use tracing::{debug, warn};
+use uplink_proto::Instant;
+use uplink_proto::gateway::{GatewayConfig, Hub, HubConfig};
+
+use crate::ws::{CLOSE_GRACE, Target};
+use hub_task::HubHandle;
+
+/// Default address of `uplink gateway`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
+
+/// Largest admin request body accepted (`413` beyond).
+pub const MAX_ADMIN_BODY: usize = 4 << 20;
+
+/// Default of [`GatewayServerConfig::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default of [`GatewayServerConfig::max_disconnected_sleds`].
+pub const DEFAULT_MAX_DISCONNECTED_SLEDS: usize = 1024;
+
+/// Configuration of a [`GatewayServer`]. Its `Debug` output hides the tokens.
+#[derive(Clone)]
+pub struct GatewayServerConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Tokens that sleds may connect with (any of them).
+    pub sled_tokens: Vec<String>,
+    /// The token of the admin API; separate from every sled token.
+    pub admin_token: String,
+    /// Certificate chain and private key (PEM files) to serve HTTPS and `wss://`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Largest WebSocket message accepted from a sled.
+    pub max_message_size: usize,
+    /// The protocol rules of every sled connection: timeouts, limits, auto policies.
+    pub session: GatewayConfig,
+    /// A client must finish its TLS handshake, and then send the headers of each HTTP request (a WebSocket
+    /// upgrade included), within this long, or it is disconnected (slow-loris clients).
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] by default.
+    pub handshake_timeout: Duration,
+    /// How many disconnected sleds the admin API still lists (`"connected": false`, and `503` for their MCP
+    /// route). Beyond it, the one disconnected longest ago is forgotten (then `404`), so that sleds coming
+    /// and going under ever new project names cannot grow the gateway's memory without bound.
+    /// [`DEFAULT_MAX_DISCONNECTED_SLEDS`] by default.
+    pub max_disconnected_sleds: usize,
+}
+
+impl std::fmt::Debug for GatewayServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayServerConfig")
+            .field("listen", &self.listen)
+            .field("sled_tokens", &format_args!("[{} redacted]", self.sled_tokens.len()))
+            .field("admin_token", &"[redacted]")
+            .field("tls", &self.tls)
+            .field("max_message_size", &self.max_message_size)
+            .field("session", &self.session)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_disconnected_sleds", &self.max_disconnected_sleds)
+            .finish()
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayStartError {
+    /// No sled token, no admin token, or an admin token equal to a sled token.
+    #[error("{0}")]
+    Tokens(&'static str),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        error: std::io::Error,
+    },
+    /// The certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The handshake timeout is zero: every client would be cut off.
+    #[error("the handshake timeout must not be zero")]
+    ZeroHandshakeTimeout,
+    /// The session rules are invalid.
+    #[error("configuration: {0}")]
+    Config(#[from] uplink_proto::gateway::GatewayConfigError),
+}
+
+/// A random token: 32 bytes from the operating system's secure generator, hex-encoded. Fails only when the
+/// generator does; a weak token is never invented instead.
+pub fn generate_token() -> Result<String, GatewayStartError> {
+    let mut bytes = [0u8; 32];
+    let rng = rustls::crypto::ring::default_provider().secure_random;
+    rng.fill(&mut bytes).map_err(|_| GatewayStartError::Tokens("the system's secure random generator failed"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the server's tasks share. No protocol state: that lives in the hub task.
+struct Shared {
+    hub: HubHandle,
+    /// Becomes true when the server stops: event streams end.
+    closing: tokio::sync::watch::Sender<bool>,
+    sled_tokens: Vec<String>,
+    admin_token: String,
+    ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    handshake_timeout: Duration,
+    /// The tasks of the sled connections (after their WebSocket upgrade), so that a stopping server can wait
+    /// for their close handshakes.
+    sled_tasks: Mutex<tokio::task::JoinSet<()>>,
+}
+
+fn token_matches(candidates: &[String], given: &str) -> bool {
+    // Compare with every candidate, always, in constant time per comparison.
+    candidates.iter().fold(false, |found, t| found | bool::from(t.as_bytes().ct_eq(given.as_bytes())))
+}
+
+// ── The server ───────────────────────────────────────────────────────────────────────────────────────────
+
+/// A bound gateway, ready to [`run`](GatewayServer::run).
+pub struct GatewayServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    hub_task: tokio::task::JoinHandle<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for GatewayServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayServer").field("listener", &self.listener).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+impl GatewayServer {
+    /// Validates the configuration and binds the listener.
+    pub async fn bind(config: GatewayServerConfig) -> Result<GatewayServer, GatewayStartError> {
+        if config.sled_tokens.iter().all(|t| t.is_empty()) {
+            return Err(GatewayStartError::Tokens("at least one sled token is required"));
+        }
+        if config.admin_token.is_empty() {
+            return Err(GatewayStartError::Tokens("an admin token is required"));
+        }
+        if config.sled_tokens.contains(&config.admin_token) {
+            return Err(GatewayStartError::Tokens("the admin token must differ from every sled token"));
+        }
+        let mut hub_config = HubConfig::new(config.session);
+        hub_config.max_disconnected_sleds = config.max_disconnected_sleds;
+        let hub = Hub::new(hub_config, Instant::ZERO)?;
+        if config.handshake_timeout.is_zero() {
+            return Err(GatewayStartError::ZeroHandshakeTimeout);
+        }
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| GatewayStartError::Bind { addr: config.listen, error })?;
+        let (hub, hub_task) = HubHandle::spawn(hub, TokioInstant::now());
+        let shared = Arc::new(Shared {
+            hub,
+            closing: tokio::sync::watch::Sender::new(false),
+            sled_tokens: config.sled_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
+            admin_token: config.admin_token,
+            ws_config: Target::ws_config(config.max_message_size),
+            handshake_timeout: config.handshake_timeout,
+            sled_tasks: Mutex::new(tokio::task::JoinSet::new()),
+        });
+        Ok(GatewayServer { listener, shared, hub_task, tls })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` completes; then closes every sled connection.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        let mut connections = tokio::task::JoinSet::new();
+        let mut backoff = AcceptBackoff::default();
+        tokio::pin!(stop);
+        loop {
+            let tcp = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, _)) => {
+                        backoff.succeeded();
+                        tcp
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, most often: wait before trying again rather than spin.
+                        let pause = backoff.failed(&e);
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => continue,
+                            () = &mut stop => break,
+                        }
+                    }
+                },
+                () = &mut stop => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let shared = self.shared.clone();
+            let tls = self.tls.clone();
+            connections.spawn(async move {
+                match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => serve_http(TokioIo::new(stream), shared).await,
+                            _ => debug!("TLS handshake failed or timed out"),
+                        }
+                    }
+                    None => serve_http(TokioIo::new(tcp), shared).await,
+                }
+            });
+            while connections.try_join_next().is_some() {}
+        }
+        // End event streams; the hub closes every sled connection, identified or not (1001, going away) and
+        // refuses new ones; give them all a moment to finish their close handshakes, then stop what is left.
+        self.shared.closing.send_replace(true);
+        self.shared.hub.shutdown().await;
+        let mut sleds = std::mem::take(&mut *self.shared.sled_tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while connections.join_next().await.is_some() {}
+            while sleds.join_next().await.is_some() {}
+        })
+        .await;
+        connections.abort_all();
+        sleds.abort_all();
+        self.hub_task.abort();
+    }
+}
+
+/// Pauses between failed accepts: 5 ms doubling to 1 s, reset by a success; one log line per second at most.
+#[derive(Default)]
+struct AcceptBackoff {
+    pause: Duration,
+    last_log: Option<TokioInstant>,
+    suppressed: u64,
+}
+
+impl AcceptBackoff {
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.pause = (self.pause * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let now = TokioInstant::now();
+        if self.last_log.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            warn!(%e, pause_ms = self.pause.as_millis() as u64, suppressed = self.suppressed, "accept failed");
+            self.last_log = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        self.pause
+    }
+
+    fn succeeded(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+}
+
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAcceptor, GatewayStartError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| GatewayStartError::Tls(format!("{what}: {e}"));
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(&cert.display().to_string(), &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(&cert.display().to_string(), &e))?;
+    if certs.is_empty() {
+        return Err(GatewayStartError::Tls(format!("{}: no certificate found", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&key.display().to_string(), &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocol versions", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("certificate and key", &e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve_http<S>(io: TokioIo<S>, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let header_timeout = shared.handshake_timeout;
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(admin::route(request, shared).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Slow-loris clients are cut off.
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service)
+        .with_upgrades()
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_accepts_back_off_to_a_second_and_a_success_resets() {
+        let mut b = AcceptBackoff::default();
+        let e = std::io::Error::other("too many open files");
+        let pauses: Vec<u128> = (0..12).map(|_| b.failed(&e).as_millis()).collect();
+        assert_eq!(pauses[..4], [5, 10, 20, 40]);
+        assert_eq!(*pauses.last().unwrap_or(&0), 1000);
+        b.succeeded();
+        assert_eq!(b.failed(&e), Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,179 @@
+//! `GET /api/sled-uplink`: a sled's WebSocket upgrade, and the loop that carries its connection.
+//!
+//! The loop is the socket's and nothing else's: what the sled sends goes to the hub task as it arrives, what
+//! the hub sends is queued and written in write turns. It makes no protocol decision: even an oversized
+//! message is reported, and the hub answers with the close to send.
+
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::debug;
+use uplink_proto::gateway::{ConnHandle, Credential, CredentialId};
+
+use super::Shared;
+use super::hub_task::{CONN_QUEUE, ConnOut, HubHandle};
+use crate::http::{Body, bearer, error, query_token};
+use crate::ws::{Link, Read, WRITE_BATCH};
+
+/// Checks the sled token, registers the connection with the hub, and answers `101`; the connection's loop
+/// starts once hyper hands over the socket.
+pub(super) async fn sled_upgrade(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+    if request.method() != Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "use GET with a WebSocket upgrade");
+    }
+    let token = query_token(request.uri()).or_else(|| bearer(request.headers()).map(str::to_owned));
+    if !token.is_some_and(|t| super::token_matches(&shared.sled_tokens, &t)) {
+        return error(StatusCode::UNAUTHORIZED, "sled token required (?token= or Authorization: Bearer)");
+    }
+    let upgrade = request.headers().get("upgrade").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let Some(key) = request.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
+        return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+    };
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+    }
+    // Every token given on the command line is one credential that may identify as any project, as in the
+    // original.
+    let credential = Credential::unbound(CredentialId(0));
+    let (out_tx, out_rx) = mpsc::channel(CONN_QUEUE);
+    let Ok(conn) = shared.hub.open(credential, out_tx).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down");
+    };
+    let task = {
+        let hub = shared.hub.clone();
+        let ws_config = shared.ws_config;
+        async move {
+            match hyper::upgrade::on(request).await {
+                Ok(upgraded) => {
+                    let ws =
+                        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+                    sled_connection(ws, conn, hub, out_rx).await;
+                }
+                Err(e) => {
+                    debug!(%e, "WebSocket upgrade failed");
+                    hub.ended(conn).await;
+                }
+            }
+        }
+    };
+    {
+        let mut tasks = shared.sled_tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Reap the finished ones as new ones come, so the set holds only live connections.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    h.insert("connection", HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
+}
+
+/// What woke a connection's loop.
+enum Wake {
+    Read(Read),
+    Out(Option<ConnOut>),
+    WriteFailed(String),
+}
+
+/// How a connection ends.
+enum Ending {
+    /// Send what is queued, then this close frame, and wait for the sled's answer.
+    Close(u16, &'static str),
+    /// The sled closed first: send the library's answer.
+    Answer,
+    /// The socket is of no use: drop it.
+    Drop,
+}
+
+/// Carries one sled connection: socket reads to the hub, the hub's frames to the socket. Writes never block
+/// the loop; a sled that stops reading fills its queue and is dropped.
+async fn sled_connection<S>(ws: WebSocketStream<S>, conn: ConnHandle, hub: HubHandle, mut out: mpsc::Receiver<ConnOut>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut link = Link::new(Box::new(ws));
+    let mut reading = true;
+    let mut unwritten = 0u32;
+    let mut turn = false;
+    let ending = loop {
+        let wake = std::future::poll_fn(|cx| {
+            if unwritten >= WRITE_BATCH
+                && let Poll::Ready(Err(detail)) = link.poll_write(cx, None)
+            {
+                return Poll::Ready(Wake::WriteFailed(detail));
+            }
+            // Each source goes first in turn, so a flood on one cannot starve the other.
+            turn = !turn;
+            for first in [turn, !turn] {
+                let ready = if first {
+                    if reading { link.poll_read(cx, None).map(Wake::Read) } else { Poll::Pending }
+                } else {
+                    out.poll_recv(cx).map(Wake::Out)
+                };
+                if ready.is_ready() {
+                    unwritten += 1;
+                    return ready;
+                }
+            }
+            unwritten = 0;
+            match link.poll_write(cx, None) {
+                Poll::Ready(Err(detail)) => Poll::Ready(Wake::WriteFailed(detail)),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        match wake {
+            Wake::Read(Read::Message(message)) => {
+                if !hub.received(conn, message).await {
+                    break Ending::Drop;
+                }
+            }
+            Wake::Read(Read::ClosedByPeer(detail)) => {
+                debug!(conn = conn.0, %detail, "sled connection ended");
+                hub.ended(conn).await;
+                break Ending::Answer;
+            }
+            Wake::Read(Read::TooBig(detail)) => {
+                // The hub answers with the close to send; nothing more is read meanwhile.
+                debug!(conn = conn.0, %detail, "sled sent an oversized message");
+                reading = false;
+                hub.too_big(conn).await;
+            }
+            Wake::Read(Read::Ended(detail)) | Wake::WriteFailed(detail) => {
+                debug!(conn = conn.0, %detail, "sled connection failed");
+                hub.ended(conn).await;
+                break Ending::Drop;
+            }
+            Wake::Out(Some(ConnOut::Frame(message))) => {
+                if !link.queue(message) {
+                    debug!(conn = conn.0, "sled stopped reading; dropping it");
+                    hub.ended(conn).await;
+                    break Ending::Drop;
+                }
+            }
+            Wake::Out(Some(ConnOut::Close(reason))) => break Ending::Close(reason.code(), reason.text()),
+            // The hub let go of this connection without a close: it could not keep up.
+            Wake::Out(None) => break Ending::Drop,
+        }
+    };
+    match ending {
+        Ending::Drop => {}
+        Ending::Answer => link.finish(None).await,
+        Ending::Close(code, reason) => link.finish(Some((code, reason))).await,
+    }
+}
