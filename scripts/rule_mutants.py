@@ -22,7 +22,8 @@ signal.signal(signal.SIGTERM, _interrupted)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLED = "uplink-proto/src/sled.rs"
-GATEWAY = "uplink-proto/src/gateway.rs"
+GATEWAY = "uplink-proto/src/gateway/session.rs"
+HUB = "uplink-proto/src/gateway/hub.rs"
 WIRE = "uplink-proto/src/wire.rs"
 
 # (rule broken, file, exact text, replacement)
@@ -72,11 +73,35 @@ MUTANTS = [
      "                Some(perm) => {\n                    self.perms.remove(&perm);",
      "                Some(perm) => {"),
     ("gateway: identity is not required first", GATEWAY,
-     "_ => self.close_with(CLOSE_POLICY_VIOLATION, \"identity must be the first frame\"),",
+     "_ => self.close_with(CloseReason::IdentityNotFirst),",
      "_ => {}"),
     ("gateway: pending work is not failed when the connection ends", GATEWAY,
      "for id in core::mem::take(&mut self.mcp).into_keys() {",
      "for id in core::mem::take(&mut BTreeMap::<McpId, PendingMcp>::new()).into_keys() {"),
+    ("hub (replacement): another credential displaces a live holder", HUB,
+     "Some(p) if p.holder.is_some() && p.credential != credential.id => Some(CloseReason::ProjectHeld),",
+     "Some(p) if false && p.credential != credential.id => Some(CloseReason::ProjectHeld),"),
+    ("hub (replacement): a credential may identify as a project outside its scope", HUB,
+     "let refusal = if !credential.scope.covers(&project) {",
+     "let refusal = if false {"),
+    ("hub (replacement): the replaced connection is left open", HUB,
+     "            c.session.close(now, CloseReason::Replaced);\n",
+     ""),
+    ("hub (routing): an MCP request goes to the oldest connection, not the project's holder", HUB,
+     "let conn = p.holder.ok_or(McpRefused::NotConnected)?;",
+     "let conn = self.conns.keys().next().copied().ok_or(McpRefused::NotConnected)?;"),
+    ("hub (routing): a decision reaches the newest connection with that number, not the named one", HUB,
+     "let c = self.conns.get_mut(&id.conn).ok_or(HubDecideError::NotPending)?;",
+     "let c = self.conns.values_mut().filter(|c| c.session.pending().any(|(p, _)| p == id.perm)).last().ok_or(HubDecideError::NotPending)?;"),
+    ("hub (listing): only the first pending permission of each connection is listed", HUB,
+     "for (perm, p) in c.session.pending() {",
+     "for (perm, p) in c.session.pending().take(1) {"),
+    ("hub (listing): a disconnected sled's project stays held", HUB,
+     "        p.holder = None;\n        self.next_gone += 1;",
+     "        self.next_gone += 1;"),
+    ("hub (bounds): disconnected sleds are never forgotten", HUB,
+     "while self.gone_count > self.cfg.max_disconnected_sleds {",
+     "while false && self.gone_count > self.cfg.max_disconnected_sleds {"),
 ]
 
 

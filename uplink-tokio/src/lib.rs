@@ -63,6 +63,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use uplink_proto::{self, Decision, LinkState, LossReason, RawValue};
 use uplink_proto::{ConfigError, Sled};
 
+mod accept;
 mod config;
 #[cfg(feature = "cli")]
 pub mod demo;

@@ -27,7 +27,7 @@ use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::{Decision, Uplink};
 
@@ -101,13 +101,21 @@ pub async fn serve(listener: TcpListener, uplink: Uplink, stop: CancellationToke
         StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
     ));
     let mut connections = tokio::task::JoinSet::new();
+    let mut backoff = crate::accept::AcceptBackoff::default();
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, _)) => {
+                    backoff.succeeded();
+                    tcp
+                }
                 Err(e) => {
-                    warn!(%e, "accepting a local connection failed");
-                    continue;
+                    // Out of file descriptors, most often: wait before trying again rather than spin.
+                    let pause = backoff.failed(&e);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = stop.cancelled() => break,
+                    }
                 }
             },
             () = stop.cancelled() => break,

@@ -28,10 +28,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 use tokio::time::Instant as TokioInstant;
-use tracing::{debug, warn};
+use tracing::debug;
 use uplink_proto::Instant;
 use uplink_proto::gateway::{GatewayConfig, Hub, HubConfig};
 
+use crate::accept::AcceptBackoff;
 use crate::ws::{CLOSE_GRACE, Target};
 use hub_task::HubHandle;
 
@@ -255,33 +256,6 @@ impl GatewayServer {
     }
 }
 
-/// Pauses between failed accepts: 5 ms doubling to 1 s, reset by a success; one log line per second at most.
-#[derive(Default)]
-struct AcceptBackoff {
-    pause: Duration,
-    last_log: Option<TokioInstant>,
-    suppressed: u64,
-}
-
-impl AcceptBackoff {
-    fn failed(&mut self, e: &std::io::Error) -> Duration {
-        self.pause = (self.pause * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-        let now = TokioInstant::now();
-        if self.last_log.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
-            warn!(%e, pause_ms = self.pause.as_millis() as u64, suppressed = self.suppressed, "accept failed");
-            self.last_log = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
-        }
-        self.pause
-    }
-
-    fn succeeded(&mut self) {
-        self.pause = Duration::ZERO;
-    }
-}
-
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAcceptor, GatewayStartError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -319,20 +293,4 @@ where
         .serve_connection(io, service)
         .with_upgrades()
         .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failed_accepts_back_off_to_a_second_and_a_success_resets() {
-        let mut b = AcceptBackoff::default();
-        let e = std::io::Error::other("too many open files");
-        let pauses: Vec<u128> = (0..12).map(|_| b.failed(&e).as_millis()).collect();
-        assert_eq!(pauses[..4], [5, 10, 20, 40]);
-        assert_eq!(*pauses.last().unwrap_or(&0), 1000);
-        b.succeeded();
-        assert_eq!(b.failed(&e), Duration::from_millis(5));
-    }
 }

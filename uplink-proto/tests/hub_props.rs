@@ -1,0 +1,351 @@
+//! Property tests of the gateway's hub: random scripts of connections, frames, decisions, MCP requests,
+//! time and faults, checked after every step against a reference model. Case count: `PROPTEST_CASES`
+//! (default 256).
+//!
+//! Invariants:
+//! - every permission request and every MCP request ends exactly once, across replacement, refusal,
+//!   disconnection, oversize and shutdown; after shutdown nothing is pending;
+//! - a decision is accepted exactly when the model says the request is pending;
+//! - nothing is approved on the wire without the application's approval of that very request on that
+//!   connection, or the auto-approve rule;
+//! - no connection holds a project its credential does not cover, no credential displaces another's live
+//!   connection, and one connection at most holds each project;
+//! - the listings of sleds and pending permissions match the model; memory stays within its bounds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use serde_json::json;
+use uplink_proto::gateway::{
+    CloseReason, ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubEvent, HubOutput, McpTicket,
+    PermId, ProjectScope, PublicPermId,
+};
+use uplink_proto::{Decision, GatewayFrame, Instant, Received};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Accept(u8),
+    Identify(u8, u8),
+    Heartbeat(u8),
+    PermRequest(u8, u8, u8),
+    PermCancel(u8, u8),
+    McpResponse(u8, u8),
+    Garbage(u8),
+    Decide(u8, u8),
+    SendMcp(u8),
+    Disconnect(u8),
+    TooBig(u8),
+    Advance(u32),
+    Shutdown,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u8..3).prop_map(Op::Accept),
+        4 => (any::<u8>(), 0u8..4).prop_map(|(c, p)| Op::Identify(c, p)),
+        1 => any::<u8>().prop_map(Op::Heartbeat),
+        6 => (any::<u8>(), 0u8..4, 0u8..4).prop_map(|(c, r, t)| Op::PermRequest(c, r, t)),
+        2 => (any::<u8>(), 0u8..4).prop_map(|(c, r)| Op::PermCancel(c, r)),
+        3 => (any::<u8>(), 0u8..6).prop_map(|(c, m)| Op::McpResponse(c, m)),
+        1 => any::<u8>().prop_map(Op::Garbage),
+        5 => (any::<u8>(), 0u8..3).prop_map(|(p, d)| Op::Decide(p, d)),
+        3 => (0u8..4).prop_map(Op::SendMcp),
+        2 => any::<u8>().prop_map(Op::Disconnect),
+        1 => any::<u8>().prop_map(Op::TooBig),
+        3 => (0u32..40_000).prop_map(Op::Advance),
+        1 => Just(Op::Shutdown),
+    ]
+}
+
+const PROJECTS: [&str; 4] = ["p", "q", "q2", "r"];
+const TOOLS: [&str; 4] = ["Bash", "Read", "rm", "Write"];
+const DECISIONS: [Decision; 3] = [Decision::Approve, Decision::Deny, Decision::AlwaysAllow];
+const MAX_GONE: usize = 2;
+
+fn credentials() -> [Credential; 3] {
+    [
+        Credential::unbound(CredentialId(0)),
+        Credential::unbound(CredentialId(1)),
+        Credential { id: CredentialId(2), scope: ProjectScope::Patterns(vec!["q*".into()]) },
+    ]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Pending,
+    Ended,
+}
+
+struct Model {
+    hub: Hub,
+    now: Instant,
+    /// Every connection accepted, with its credential's index.
+    conns: Vec<(ConnHandle, usize)>,
+    perms: BTreeMap<PublicPermId, (Fate, String)>,
+    tickets: BTreeMap<McpTicket, Fate>,
+    /// Which connection holds each project, by the events seen.
+    holders: BTreeMap<String, ConnHandle>,
+    /// Projects listed as disconnected, by the events seen (before the bound forgets them).
+    ever: BTreeSet<String>,
+}
+
+impl Model {
+    fn new() -> Model {
+        let session = GatewayConfig {
+            max_pending_permissions: 3,
+            max_pending_mcp: 2,
+            auto_approve: ["Read".to_owned()].into(),
+            auto_deny: ["rm".to_owned()].into(),
+            ..GatewayConfig::default()
+        };
+        let mut cfg = HubConfig::new(session);
+        cfg.max_disconnected_sleds = MAX_GONE;
+        Model {
+            hub: Hub::new(cfg, Instant::ZERO).expect("valid"),
+            now: Instant::ZERO,
+            conns: Vec::new(),
+            perms: BTreeMap::new(),
+            tickets: BTreeMap::new(),
+            holders: BTreeMap::new(),
+            ever: BTreeSet::new(),
+        }
+    }
+
+    fn conn(&self, pick: u8) -> Option<(ConnHandle, usize)> {
+        (!self.conns.is_empty()).then(|| self.conns[usize::from(pick) % self.conns.len()])
+    }
+
+    fn text(&mut self, pick: u8, text: &str) -> Option<ConnHandle> {
+        let (conn, _) = self.conn(pick)?;
+        self.hub.handle_received(self.now, conn, Received::Text(text));
+        Some(conn)
+    }
+
+    /// Runs one op; returns the approvals the application gave in it, as (connection, req_id).
+    fn apply(&mut self, op: &Op) -> Result<BTreeSet<(ConnHandle, String)>, TestCaseError> {
+        let mut approved = BTreeSet::new();
+        let now = self.now;
+        match op {
+            Op::Accept(c) => {
+                let cred = usize::from(*c) % 3;
+                match self.hub.accept(now, credentials()[cred].clone()) {
+                    Ok(conn) => {
+                        prop_assert!(!self.hub.is_shutting_down());
+                        self.conns.push((conn, cred));
+                    }
+                    Err(_) => prop_assert!(self.hub.is_shutting_down()),
+                }
+            }
+            Op::Identify(c, p) => {
+                let frame =
+                    json!({"type":"identity","req_id":"identity","payload":{"project":PROJECTS[usize::from(*p)]}});
+                self.text(*c, &frame.to_string());
+            }
+            Op::Heartbeat(c) => {
+                self.text(*c, r#"{"type":"heartbeat","req_id":"","payload":null}"#);
+            }
+            Op::PermRequest(c, r, t) => {
+                let frame = json!({"type":"perm_request","req_id":format!("r{r}"),"payload":{"tool_name":TOOLS[usize::from(*t)],"tool_input":{"n":r}}});
+                self.text(*c, &frame.to_string());
+            }
+            Op::PermCancel(c, r) => {
+                self.text(*c, &json!({"type":"perm_cancel","req_id":format!("r{r}")}).to_string());
+            }
+            Op::McpResponse(c, m) => {
+                let frame = json!({"type":"mcp_response","req_id":format!("mcp-{m}"),"payload":{"ok":m}});
+                self.text(*c, &frame.to_string());
+            }
+            Op::Garbage(c) => {
+                self.text(*c, "{not json");
+            }
+            Op::Decide(p, d) => {
+                let decision = DECISIONS[usize::from(*d)];
+                // Mostly a known id (pending or ended), sometimes one that never existed.
+                let known: Vec<PublicPermId> = self.perms.keys().copied().collect();
+                let id = if known.is_empty() || *p % 7 == 0 {
+                    PublicPermId { conn: ConnHandle(u64::from(*p)), perm: PermId(u64::from(*p % 3)) }
+                } else {
+                    known[usize::from(*p) % known.len()]
+                };
+                let pending = self.perms.get(&id).filter(|(f, _)| *f == Fate::Pending).map(|(_, r)| r.clone());
+                let result = self.hub.decide(now, id, decision);
+                prop_assert_eq!(result.is_ok(), pending.is_some(), "decide {} against the model", id);
+                if let (Ok(()), Some(req_id)) = (result, pending) {
+                    if decision.is_allow() {
+                        approved.insert((id.conn, req_id));
+                    }
+                }
+            }
+            Op::SendMcp(p) => {
+                let project = PROJECTS[usize::from(*p)];
+                if let Ok(ticket) = self.hub.send_mcp(now, project, r#"{"jsonrpc":"2.0","id":1}"#, None) {
+                    prop_assert_eq!(self.holders.get(project), Some(&ticket.conn));
+                    prop_assert!(self.tickets.insert(ticket, Fate::Pending).is_none(), "ticket reused");
+                }
+            }
+            Op::Disconnect(c) => {
+                if let Some((conn, _)) = self.conn(*c) {
+                    self.hub.handle_disconnected(now, conn);
+                }
+            }
+            Op::TooBig(c) => {
+                if let Some((conn, _)) = self.conn(*c) {
+                    self.hub.handle_too_big(now, conn);
+                }
+            }
+            Op::Advance(ms) => {
+                self.now = self.now + Duration::from_millis(u64::from(*ms));
+                self.hub.handle_timeout(self.now);
+            }
+            Op::Shutdown => self.hub.shutdown(now),
+        }
+        Ok(approved)
+    }
+
+    fn cred_of(&self, conn: ConnHandle) -> usize {
+        self.conns.iter().find(|(c, _)| *c == conn).map_or(usize::MAX, |(_, i)| *i)
+    }
+
+    /// Drains the hub and checks every output against the model.
+    fn check(&mut self, approved: &BTreeSet<(ConnHandle, String)>) -> Result<(), TestCaseError> {
+        let creds = credentials();
+        let mut auto_approved = BTreeSet::new();
+        let mut sent_approvals = Vec::new();
+        while let Some(out) = self.hub.poll_output() {
+            match out {
+                HubOutput::Send { conn, text } => {
+                    if let Ok(GatewayFrame::PermResponse { req_id, decision }) = GatewayFrame::decode(&text)
+                        && decision.is_allow()
+                    {
+                        sent_approvals.push((conn, req_id.into_owned()));
+                    }
+                }
+                HubOutput::Event(event) => match event {
+                    HubEvent::SledConnected { conn, project, replaced, .. } => {
+                        let cred = self.cred_of(conn);
+                        prop_assert!(
+                            creds[cred].scope.covers(&project),
+                            "{} holds {} outside its scope",
+                            conn.0,
+                            project
+                        );
+                        match (self.holders.get(&project), replaced) {
+                            (None, None) => {}
+                            (Some(old), Some(r)) => {
+                                prop_assert_eq!(*old, r);
+                                prop_assert_eq!(self.cred_of(r), cred, "another credential displaced a live holder");
+                            }
+                            (old, r) => {
+                                prop_assert!(false, "claim of {} by {}: model {:?}, hub {:?}", project, conn.0, old, r)
+                            }
+                        }
+                        self.holders.insert(project.clone(), conn);
+                        self.ever.insert(project);
+                    }
+                    HubEvent::SledRefused { conn, project, reason } => {
+                        let cred = self.cred_of(conn);
+                        match reason {
+                            CloseReason::ProjectNotPermitted => prop_assert!(!creds[cred].scope.covers(&project)),
+                            CloseReason::ProjectHeld => {
+                                let holder = self.holders.get(&project).copied();
+                                prop_assert!(holder.is_some_and(|h| self.cred_of(h) != cred));
+                            }
+                            other => prop_assert!(false, "refused with {:?}", other),
+                        }
+                    }
+                    HubEvent::SledDisconnected { conn, project } => {
+                        prop_assert_eq!(self.holders.remove(&project), Some(conn));
+                    }
+                    HubEvent::PermissionRequested { id, req_id, .. } => {
+                        prop_assert!(self.perms.insert(id, (Fate::Pending, req_id)).is_none(), "id {} reused", id);
+                    }
+                    HubEvent::PermissionDecided { id, .. } | HubEvent::PermissionWithdrawn { id, .. } => {
+                        let entry = self.perms.get_mut(&id);
+                        prop_assert!(entry.as_ref().is_some_and(|(f, _)| *f == Fate::Pending), "{} ended twice", id);
+                        if let Some((fate, _)) = entry {
+                            *fate = Fate::Ended;
+                        }
+                    }
+                    HubEvent::PermissionAutoDecided { conn, req_id, tool_name, decision, .. }
+                        if decision.is_allow() =>
+                    {
+                        prop_assert_eq!(tool_name.as_str(), "Read");
+                        auto_approved.insert((conn, req_id));
+                    }
+                    HubEvent::McpAnswered { ticket, .. } | HubEvent::McpFailed { ticket, .. } => {
+                        let fate = self.tickets.get_mut(&ticket);
+                        prop_assert!(fate.as_ref().is_some_and(|f| **f == Fate::Pending), "{:?} ended twice", ticket);
+                        if let Some(f) = fate {
+                            *f = Fate::Ended;
+                        }
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        for sent in &sent_approvals {
+            prop_assert!(approved.contains(sent) || auto_approved.contains(sent), "unjustified approval {:?}", sent);
+        }
+        // Claims: the hub agrees with the model, and every holder's credential covers its project.
+        for (project, conn) in &self.holders {
+            prop_assert_eq!(self.hub.holder(project), Some(*conn));
+            let cred = self.hub.credential_of(*conn).expect("a holder is open");
+            prop_assert!(cred.scope.covers(project));
+        }
+        // One connection per project: a connection that holds a project is its holder (a replaced one is closed).
+        for (conn, _) in &self.conns {
+            if let Some(project) = self.hub.project_of(*conn) {
+                prop_assert_eq!(self.hub.holder(project), Some(*conn), "two connections hold {}", project);
+            }
+        }
+        // Listings.
+        let listed: BTreeSet<PublicPermId> = self.hub.permissions(self.now).into_iter().map(|p| p.id).collect();
+        let pending: BTreeSet<PublicPermId> =
+            self.perms.iter().filter(|(_, (f, _))| *f == Fate::Pending).map(|(id, _)| *id).collect();
+        prop_assert_eq!(listed, pending);
+        let sleds = self.hub.sleds(self.now);
+        let connected: BTreeSet<String> = sleds.iter().filter(|s| s.connected).map(|s| s.project.clone()).collect();
+        prop_assert_eq!(&connected, &self.holders.keys().cloned().collect::<BTreeSet<_>>());
+        let gone = sleds.iter().filter(|s| !s.connected).count();
+        prop_assert!(gone <= MAX_GONE && gone == self.hub.remembered_disconnected());
+        prop_assert!(sleds.iter().all(|s| self.ever.contains(&s.project)));
+        prop_assert!(self.hub.disconnection_log_len() <= 2 * self.hub.remembered_disconnected() + 64);
+        // Per connection, the pending counts are within the session limits.
+        prop_assert!(sleds.iter().all(|s| s.pending_permissions <= 3 && s.pending_mcp <= 2));
+        Ok(())
+    }
+}
+
+proptest! {
+    #[test]
+    fn every_request_ends_once_claims_hold_and_listings_match_the_model(ops in prop::collection::vec(op(), 1..120)) {
+        let mut m = Model::new();
+        for op in &ops {
+            let approved = m.apply(op)?;
+            m.check(&approved)?;
+        }
+        m.hub.shutdown(m.now);
+        m.check(&BTreeSet::new())?;
+        prop_assert_eq!(m.hub.connections(), 0);
+        prop_assert!(m.perms.values().all(|(f, _)| *f == Fate::Ended), "pending after shutdown");
+        prop_assert!(m.tickets.values().all(|f| *f == Fate::Ended), "MCP request pending after shutdown");
+        prop_assert!(m.holders.is_empty());
+        prop_assert_eq!(m.hub.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_same_script_gives_the_same_outputs(ops in prop::collection::vec(op(), 1..80)) {
+        let run = |ops: &[Op]| {
+            let mut m = Model::new();
+            let mut trace = Vec::new();
+            for op in ops {
+                let _ = m.apply(op);
+                trace.extend(std::iter::from_fn(|| m.hub.poll_output()));
+            }
+            trace
+        };
+        prop_assert_eq!(run(&ops), run(&ops));
+    }
+}
