@@ -390,3 +390,26 @@ async fn a_stopping_gateway_closes_every_sled_with_going_away_and_waits_for_the_
     // Nothing listens any more.
     assert!(tokio_tungstenite::connect_async(format!("{ws_url}?token={SLED_TOKEN}")).await.is_err());
 }
+
+#[tokio::test]
+async fn tool_inputs_are_listed_and_streamed_as_the_json_text_they_arrived_in() {
+    let gw = gateway().await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let mut ws = gw.raw_sled().await;
+    identify(&mut ws, "zeta").await;
+    // Whitespace inside the input, newlines included, is the sled's: kept as it came, and the event stream's
+    // framing still holds.
+    let input = "{\"command\":\n  \"ls -l\",\r\n \"n\": 1.50}";
+    let frame =
+        format!(r#"{{"type":"perm_request","req_id":"z1","payload":{{"tool_name":"Bash","tool_input":{input}}}}}"#);
+    ws.send(Message::text(frame)).await.unwrap();
+    let event = next_event(&mut events, "permission_requested").await;
+    assert_eq!(event["tool_input"], json!({"command": "ls -l", "n": 1.5}), "{event}");
+    assert_eq!(event["req_id"], "z1");
+    let (status, body) = http("GET", &format!("{}/api/permissions", gw.base), Some(ADMIN), None, &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains(input), "the listing holds the input's own text: {body}");
+    let listed = parse(&body);
+    assert_eq!(listed["permissions"][0]["tool_input"], json!({"command": "ls -l", "n": 1.5}));
+    assert_eq!(listed["permissions"][0]["id"], event["id"]);
+}

@@ -198,6 +198,43 @@ async fn the_admin_api_refuses_traversal_oversized_bodies_and_slow_clients() {
     let handshake = format!("GET /api/sled-uplink?token={SLED_TOKEN} HTTP/1.1\r\nUpgrade: websocket\r\n");
     let (api, ws) = tokio::join!(stuck("GET /api/sleds HTTP/1.1\r\nHost: x\r\n".to_owned()), stuck(handshake));
     assert!(api && ws, "a slow client held its connection for 20 s (admin API: {api}, handshake: {ws})");
+    // A client that sends whole headers but only part of its body is answered 408 within the timeout again.
+    for path in ["/api/permissions/1-0", "/api/sleds/anyone/mcp"] {
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 100\r\n\r\n{{\"appr"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut response = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut response))
+            .await
+            .expect("a slow body held its connection for 20 s")
+            .unwrap();
+        let text = String::from_utf8_lossy(&response[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_answers_wrong_methods_with_allow_and_accepts_the_bearer_scheme_in_any_case() {
+    let gw = RealGateway::start(GatewayConfig::default(), 1 << 20).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"DELETE /api/permissions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = Vec::new();
+    within("the answer", tcp.read_to_end(&mut response)).await.unwrap();
+    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 405"), "{text}");
+    assert!(text.contains("\r\nallow: get"), "{text}");
+    assert!(text.contains(r#"{"error":"#), "{text}");
+    let (status, body) = http(
+        "GET",
+        &format!("{}/api/sleds", gw.base),
+        None,
+        None,
+        &[("authorization", &format!("bearer {ADMIN_TOKEN}"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]

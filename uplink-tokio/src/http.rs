@@ -1,37 +1,42 @@
-//! Small HTTP helpers shared by the gateway server and the sled's local server.
+//! Small HTTP helpers shared by the gateway's API and the sled's local server (both on axum).
 
-use std::convert::Infallible;
+use std::time::Duration;
 
+use axum::body::Body;
+use axum::response::Response;
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::StatusCode;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
-pub(crate) type Body = BoxBody<Bytes, Infallible>;
-
-pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
+/// `body` (JSON text) with `status` and `Content-Type: application/json`.
+pub(crate) fn json_text(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response {
+    json_text(status, value.to_string())
+}
+
 /// `{"error": message}` with `status`.
-pub(crate) fn error(status: StatusCode, message: &str) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     json_response(status, &json!({ "error": message }))
 }
 
-/// The whole body, or the error response to send: `413` past `limit` bytes, `400` if it cannot be read.
-pub(crate) async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+/// The whole body, or the error response to send: `413` past `limit` bytes, `408` when it has not all
+/// arrived within `within` (a slow client cannot hold a connection for ever), `400` if it cannot be read.
+pub(crate) async fn read_limited(body: Body, limit: usize, within: Duration) -> Result<Bytes, Response> {
+    match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time")),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body over {limit} bytes")))
         }
-        Err(_) => Err(error(StatusCode::BAD_REQUEST, "could not read the request body")),
+        Ok(Err(_)) => Err(error(StatusCode::BAD_REQUEST, "could not read the request body")),
     }
 }
 

@@ -10,14 +10,17 @@
 //!
 //! Both only forward to an [`Uplink`]: the decisions are the gateway's, the failure rules the core's.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::header::ALLOW;
-use hyper::{Method, Request, Response, StatusCode};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use hyper::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
@@ -30,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::{Decision, Uplink};
+
+/// A local client must send each request's headers, and then its body, within this long.
+pub const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest `/permission` request body.
 pub const MAX_PERMISSION_BODY: usize = 1 << 20;
@@ -88,18 +94,30 @@ impl ServerHandler for ApproveServer {
     }
 }
 
-use crate::http::{Body, error, json_response, read_limited};
+use crate::http::{error, json_response, read_limited};
 
-/// Serves `/permission` and `/mcp` on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, uplink: Uplink, stop: CancellationToken) {
-    let mcp = Arc::new(StreamableHttpService::new(
+/// The local routes: `POST /permission`, and the MCP server at `/mcp`. Unknown routes answer `404`, a wrong
+/// method `405` with `Allow`; every error of ours is JSON.
+fn router(uplink: Uplink, stop: &CancellationToken) -> Router {
+    let mcp = StreamableHttpService::new(
         {
             let uplink = uplink.clone();
             move || Ok(ApproveServer::new(uplink.clone()))
         },
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
-    ));
+    );
+    Router::new()
+        .route("/permission", post(permission))
+        .route_service("/mcp", mcp)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; try POST /permission or /mcp") })
+        .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "use POST") })
+        .with_state(uplink)
+}
+
+/// Serves `/permission` and `/mcp` on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, uplink: Uplink, stop: CancellationToken) {
+    let router = router(uplink, &stop);
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = crate::accept::AcceptBackoff::default();
     loop {
@@ -121,18 +139,12 @@ pub async fn serve(listener: TcpListener, uplink: Uplink, stop: CancellationToke
             () = stop.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let uplink = uplink.clone();
-        let mcp = mcp.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let uplink = uplink.clone();
-            let mcp = mcp.clone();
-            async move { Ok::<_, Infallible>(route(request, &uplink, &mcp).await) }
-        });
+        let service = TowerToHyperService::new(router.clone());
         connections.spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 // A client that never finishes its headers is cut off.
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(LOCAL_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
@@ -141,31 +153,14 @@ pub async fn serve(listener: TcpListener, uplink: Uplink, stop: CancellationToke
     connections.abort_all();
 }
 
-async fn route(
-    request: Request<Incoming>,
-    uplink: &Uplink,
-    mcp: &StreamableHttpService<ApproveServer, LocalSessionManager>,
-) -> Response<Body> {
-    match request.uri().path() {
-        "/mcp" => mcp.handle(request).await,
-        "/permission" if request.method() == Method::POST => permission(request, uplink).await,
-        "/permission" => {
-            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
-            r.headers_mut().insert(ALLOW, hyper::header::HeaderValue::from_static("POST"));
-            r
-        }
-        _ => error(StatusCode::NOT_FOUND, "no such route; try POST /permission or /mcp"),
-    }
-}
-
-async fn permission(request: Request<Incoming>, uplink: &Uplink) -> Response<Body> {
+async fn permission(State(uplink): State<Uplink>, body: Body) -> Response {
     #[derive(serde::Deserialize)]
     struct Ask {
         tool_name: String,
         #[serde(default)]
         tool_input: serde_json::Value,
     }
-    let body = match read_limited(request.into_body(), MAX_PERMISSION_BODY).await {
+    let body = match read_limited(body, MAX_PERMISSION_BODY, LOCAL_TIMEOUT).await {
         Ok(body) => body,
         Err(response) => return response,
     };

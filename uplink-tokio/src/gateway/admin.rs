@@ -8,11 +8,14 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper::StatusCode;
 use serde_json::json;
 use tokio::sync::broadcast;
 use uplink_proto::Decision;
@@ -20,51 +23,48 @@ use uplink_proto::gateway::{HubEvent, McpFailure, McpRefused, PublicPermId, With
 
 use super::hub_task::McpOutcome;
 use super::{MAX_ADMIN_BODY, Shared};
-use crate::http::{Body, bearer, error, json_response, json_string, read_limited};
+use crate::http::{bearer, error, json_response, json_string, json_text, read_limited};
 
-/// Routes one request to the sleds' upgrade or the admin API.
-pub(super) async fn route(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
-    let path = request.uri().path().to_owned();
-    if path == "/api/sled-uplink" {
-        return super::upgrade::sled_upgrade(request, shared).await;
-    }
-    if !path.starts_with("/api/") {
-        return error(StatusCode::NOT_FOUND, "no such route");
-    }
-    let authorized =
-        bearer(request.headers()).is_some_and(|t| super::token_matches(std::slice::from_ref(&shared.admin_token), t));
-    if !authorized {
-        return error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)");
-    }
-    let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
-    match (request.method().clone(), segments.as_slice()) {
-        (Method::GET, ["sleds"]) => list_sleds(&shared).await,
-        (Method::POST, ["sleds", project, "mcp"]) => {
-            let project = percent_encoding::percent_decode_str(project).decode_utf8_lossy().into_owned();
-            relay_mcp(request, &shared, project).await
-        }
-        (Method::GET, ["permissions"]) => list_permissions(&shared).await,
-        (Method::POST, ["permissions", id]) => {
-            let id = (*id).to_owned();
-            decide(request, &shared, &id).await
-        }
-        (Method::GET, ["events"]) => events(&shared),
-        (_, ["sleds"] | ["sleds", _, "mcp"] | ["permissions"] | ["permissions", _] | ["events"]) => {
+/// The gateway's routes: the sleds' upgrade and the admin API. Unknown routes answer `404`, known ones with
+/// the wrong method `405` with `Allow`; every error is JSON.
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/sled-uplink", get(super::upgrade::sled_upgrade))
+        .route("/api/sleds", get(list_sleds))
+        .route("/api/sleds/{project}/mcp", post(relay_mcp))
+        .route("/api/permissions", get(list_permissions))
+        .route("/api/permissions/{id}", post(decide))
+        .route("/api/events", get(events))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
-        }
-        _ => error(StatusCode::NOT_FOUND, "no such route"),
-    }
+        })
+        .with_state(shared)
 }
 
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    read_limited(request.into_body(), MAX_ADMIN_BODY).await
+/// A request that carried the admin token (`Authorization: Bearer`, the scheme in any case), compared in
+/// constant time. Anything else is refused with `401` before the handler runs.
+pub(super) struct Admin;
+
+impl FromRequestParts<Arc<Shared>> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Admin, Response> {
+        let authorized =
+            bearer(&parts.headers).is_some_and(|t| super::token_matches(std::slice::from_ref(&shared.admin_token), t));
+        if authorized {
+            Ok(Admin)
+        } else {
+            Err(error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)"))
+        }
+    }
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn list_sleds(shared: &Shared) -> Response<Body> {
+async fn list_sleds(_: Admin, State(shared): State<Arc<Shared>>) -> Response {
     let sleds: Vec<serde_json::Value> = shared
         .hub
         .sleds()
@@ -85,7 +85,7 @@ async fn list_sleds(shared: &Shared) -> Response<Body> {
     json_response(StatusCode::OK, &json!({ "sleds": sleds }))
 }
 
-async fn list_permissions(shared: &Shared) -> Response<Body> {
+async fn list_permissions(_: Admin, State(shared): State<Arc<Shared>>) -> Response {
     let perms = shared.hub.permissions().await;
     let bytes: usize = perms.iter().map(|p| p.tool_input.len() + p.tool_name.len() + p.project.len() + 96).sum();
     let mut body = String::with_capacity(bytes + 20);
@@ -105,14 +105,17 @@ async fn list_permissions(shared: &Shared) -> Response<Body> {
         );
     }
     body.push_str("]}");
-    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+    json_text(StatusCode::OK, body)
 }
 
-async fn relay_mcp(request: Request<Incoming>, shared: &Shared, project: String) -> Response<Body> {
+async fn relay_mcp(
+    _: Admin,
+    State(shared): State<Arc<Shared>>,
+    Path(project): Path<String>,
+    request: Request,
+) -> Response {
     let session = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body = match read_body(request).await {
+    let body = match read_limited(request.into_body(), MAX_ADMIN_BODY, shared.handshake_timeout).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -123,16 +126,8 @@ async fn relay_mcp(request: Request<Incoming>, shared: &Shared, project: String)
         return error(StatusCode::BAD_REQUEST, "body must be a JSON-RPC message");
     }
     match shared.hub.mcp(project, body, session).await {
-        McpOutcome::Answered(payload) if payload == "null" => {
-            let mut r = Response::new(Full::new(Bytes::new()).boxed());
-            *r.status_mut() = StatusCode::ACCEPTED;
-            r
-        }
-        McpOutcome::Answered(payload) => {
-            let mut r = Response::new(Full::new(Bytes::from(payload)).boxed());
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r
-        }
+        McpOutcome::Answered(payload) if payload == "null" => StatusCode::ACCEPTED.into_response(),
+        McpOutcome::Answered(payload) => json_text(StatusCode::OK, payload),
         McpOutcome::Failed(McpFailure::Timeout) => {
             error(StatusCode::GATEWAY_TIMEOUT, "the sled did not answer in time")
         }
@@ -147,18 +142,18 @@ async fn relay_mcp(request: Request<Incoming>, shared: &Shared, project: String)
     }
 }
 
-async fn decide(request: Request<Incoming>, shared: &Shared, id: &str) -> Response<Body> {
+async fn decide(_: Admin, State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Body) -> Response {
     #[derive(serde::Deserialize)]
-    struct Body {
+    struct Ask {
         approved: bool,
         #[serde(default)]
         always_allow: bool,
     }
-    let body = match read_body(request).await {
+    let body = match read_limited(body, MAX_ADMIN_BODY, shared.handshake_timeout).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let body: Body = match serde_json::from_slice(&body) {
+    let ask: Ask = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
             return error(
@@ -167,13 +162,13 @@ async fn decide(request: Request<Incoming>, shared: &Shared, id: &str) -> Respon
             );
         }
     };
-    if body.always_allow && !body.approved {
+    if ask.always_allow && !ask.approved {
         // A person (or bot) saying "not approved, but always allow" has made a mistake: never guess an approval.
         return error(StatusCode::BAD_REQUEST, "always_allow requires approved: true");
     }
     let not_pending = || error(StatusCode::NOT_FOUND, "no pending permission with this id");
     let Ok(perm) = id.parse::<PublicPermId>() else { return not_pending() };
-    let decision = Decision::from_flags(body.approved, body.always_allow);
+    let decision = Decision::from_flags(ask.approved, ask.always_allow);
     match shared.hub.decide(perm, decision).await {
         Ok(()) => json_response(StatusCode::OK, &json!({"id": id, "decision": decision.as_str()})),
         Err(_) => not_pending(),
@@ -225,7 +220,7 @@ fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
     })
 }
 
-fn events(shared: &Shared) -> Response<Body> {
+async fn events(_: Admin, State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let rx = shared.hub.subscribe();
     let closing = shared.closing.subscribe();
     let stream = futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
@@ -233,25 +228,22 @@ fn events(shared: &Shared) -> Response<Body> {
             if *closing.borrow() {
                 return None;
             }
-            let text = tokio::select! {
-                received = tokio::time::timeout(Duration::from_secs(15), rx.recv()) => match received {
-                    Ok(Ok(event)) => match event_text(&event) {
-                        Some((kind, data)) => format!("event: {kind}\ndata: {data}\n\n"),
+            let event = tokio::select! {
+                received = rx.recv() => match received {
+                    Ok(event) => match event_text(&event) {
+                        Some((kind, data)) => Event::default().event(kind).data(data),
                         None => continue,
                     },
-                    Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
-                        format!("event: lagged\ndata: {}\n\n", json!({"missed": n}))
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        Event::default().event("lagged").data(json!({"missed": n}).to_string())
                     }
-                    Ok(Err(broadcast::error::RecvError::Closed)) => return None,
-                    Err(_) => ": keep-alive\n\n".to_owned(),
+                    Err(broadcast::error::RecvError::Closed) => return None,
                 },
                 _ = closing.changed() => return None,
             };
-            return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(text))), (rx, closing)));
+            return Some((Ok::<_, Infallible>(event), (rx, closing)));
         }
     });
-    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache"));
-    r
+    let keep_alive = KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive");
+    ([("cache-control", "no-cache")], Sse::new(stream).keep_alive(keep_alive))
 }

@@ -16,14 +16,11 @@ mod admin;
 mod hub_task;
 mod upgrade;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hyper::Request;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
@@ -64,7 +61,8 @@ pub struct GatewayServerConfig {
     /// The protocol rules of every sled connection: timeouts, limits, auto policies.
     pub session: GatewayConfig,
     /// A client must finish its TLS handshake, and then send the headers of each HTTP request (a WebSocket
-    /// upgrade included), within this long, or it is disconnected (slow-loris clients).
+    /// upgrade included), within this long, or it is disconnected (slow-loris clients); and each request's
+    /// body within this long again, or it is answered `408`.
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`] by default.
     pub handshake_timeout: Duration,
     /// How many disconnected sleds the admin API still lists (`"connected": false`, and `503` for their MCP
@@ -203,6 +201,7 @@ impl GatewayServer {
 
     /// Serves until `stop` completes; then closes every sled connection.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        let router = admin::router(self.shared.clone());
         let mut connections = tokio::task::JoinSet::new();
         let mut backoff = AcceptBackoff::default();
         tokio::pin!(stop);
@@ -225,17 +224,16 @@ impl GatewayServer {
                 () = &mut stop => break,
             };
             let _ = tcp.set_nodelay(true);
-            let shared = self.shared.clone();
+            let router = router.clone();
+            let timeout = self.shared.handshake_timeout;
             let tls = self.tls.clone();
             connections.spawn(async move {
                 match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => serve_http(TokioIo::new(stream), shared).await,
-                            _ => debug!("TLS handshake failed or timed out"),
-                        }
-                    }
-                    None => serve_http(TokioIo::new(tcp), shared).await,
+                    Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_http(TokioIo::new(stream), timeout, router).await,
+                        _ => debug!("TLS handshake failed or timed out"),
+                    },
+                    None => serve_http(TokioIo::new(tcp), timeout, router).await,
                 }
             });
             while connections.try_join_next().is_some() {}
@@ -277,15 +275,11 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAccept
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn serve_http<S>(io: TokioIo<S>, shared: Arc<Shared>)
+async fn serve_http<S>(io: TokioIo<S>, header_timeout: Duration, router: axum::Router)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let header_timeout = shared.handshake_timeout;
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(admin::route(request, shared).await) }
-    });
+    let service = hyper_util::service::TowerToHyperService::new(router);
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         // Slow-loris clients are cut off.

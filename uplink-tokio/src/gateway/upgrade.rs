@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse as _, Response};
+use hyper::StatusCode;
 use hyper::header::HeaderValue;
-use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -22,15 +21,12 @@ use uplink_proto::gateway::{ConnHandle, Credential, CredentialId};
 
 use super::Shared;
 use super::hub_task::{CONN_QUEUE, ConnOut, HubHandle};
-use crate::http::{Body, bearer, error, query_token};
+use crate::http::{bearer, error, query_token};
 use crate::ws::{Link, Read, WRITE_BATCH};
 
 /// Checks the sled token, registers the connection with the hub, and answers `101`; the connection's loop
 /// starts once hyper hands over the socket.
-pub(super) async fn sled_upgrade(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
-    if request.method() != Method::GET {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "use GET with a WebSocket upgrade");
-    }
+pub(super) async fn sled_upgrade(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let token = query_token(request.uri()).or_else(|| bearer(request.headers()).map(str::to_owned));
     if !token.is_some_and(|t| super::token_matches(&shared.sled_tokens, &t)) {
         return error(StatusCode::UNAUTHORIZED, "sled token required (?token= or Authorization: Bearer)");
@@ -72,8 +68,7 @@ pub(super) async fn sled_upgrade(request: Request<Incoming>, shared: Arc<Shared>
         while tasks.try_join_next().is_some() {}
         tasks.spawn(task);
     }
-    let mut r = Response::new(Full::new(Bytes::new()).boxed());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = r.headers_mut();
     h.insert("upgrade", HeaderValue::from_static("websocket"));
     h.insert("connection", HeaderValue::from_static("Upgrade"));
