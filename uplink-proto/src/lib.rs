@@ -103,6 +103,7 @@ extern crate alloc;
 mod backoff;
 pub mod gateway;
 pub mod jsonrpc;
+mod pending;
 pub mod sled;
 pub mod sse;
 pub mod time;

@@ -12,8 +12,7 @@
 
 use alloc::borrow::{Cow, ToOwned};
 use alloc::boxed::Box;
-use alloc::collections::btree_map::Entry;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -21,6 +20,7 @@ use core::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::jsonrpc::{self, BodyId};
+use crate::pending::{Key, Pending, PendingTable};
 use crate::time::Instant;
 use crate::wire::{self, Decision, GatewayFrame, Identity, RawValue, SledFrame};
 
@@ -399,13 +399,6 @@ enum Link {
     Closed,
 }
 
-#[derive(Clone, Debug)]
-struct Perm {
-    id: String,
-    deadline: Instant,
-    stage: Stage,
-}
-
 /// Where a pending permission request is. A request sent on a connection that ends is denied, never sent
 /// again, so what it asks is kept only until it is sent.
 #[derive(Clone, Debug)]
@@ -414,13 +407,25 @@ enum Stage {
     Sent(ConnId),
 }
 
-impl Perm {
+impl Stage {
     /// The connection it was sent on; `None` while queued.
     fn sent_on(&self) -> Option<ConnId> {
-        match self.stage {
-            Stage::Sent(conn) => Some(conn),
+        match self {
+            Stage::Sent(conn) => Some(*conn),
             Stage::Queued { .. } => None,
         }
+    }
+}
+
+impl Key for PermKey {
+    fn from_seq(n: u64) -> PermKey {
+        PermKey(n)
+    }
+}
+
+impl Key for McpCallId {
+    fn from_seq(n: u64) -> McpCallId {
+        McpCallId(n)
     }
 }
 
@@ -428,7 +433,6 @@ impl Perm {
 struct Call {
     req_id: String,
     jsonrpc_id: Option<Box<RawValue>>,
-    deadline: Instant,
 }
 
 /// The sled's side of the uplink. See the [module](self) and [crate] docs.
@@ -441,13 +445,10 @@ pub struct Sled {
     backoff: Backoff,
     identity_text: String,
     next_conn: u64,
-    next_key: u64,
-    next_call: u64,
-    /// Pending permission requests by key: arrival order, which is also deadline order.
-    perms: BTreeMap<PermKey, Perm>,
-    perm_ids: BTreeMap<String, PermKey>,
-    /// Local MCP calls in flight: arrival order, which is also deadline order.
-    calls: BTreeMap<McpCallId, Call>,
+    /// Pending permission requests: by key and by wire id, in arrival (and deadline) order.
+    perms: PendingTable<PermKey, Stage>,
+    /// Local MCP calls in flight, in arrival (and deadline) order.
+    calls: PendingTable<McpCallId, Call>,
     out: VecDeque<Output>,
     stats: Stats,
 }
@@ -476,6 +477,8 @@ impl Sled {
             config.backoff_jitter,
             config.seed,
         );
+        let perms = PendingTable::new(Some(config.permission_timeout));
+        let calls = PendingTable::new(Some(config.mcp_timeout));
         let mut sled = Sled {
             link: if config.enabled { Link::Closed } else { Link::Disabled },
             cfg: config,
@@ -483,11 +486,8 @@ impl Sled {
             backoff,
             identity_text,
             next_conn: 0,
-            next_key: 0,
-            next_call: 0,
-            perms: BTreeMap::new(),
-            perm_ids: BTreeMap::new(),
-            calls: BTreeMap::new(),
+            perms,
+            calls,
             out: VecDeque::new(),
             stats: Stats::default(),
         };
@@ -561,8 +561,8 @@ impl Sled {
             Link::BackingOff { until, .. } => Some(until),
             Link::Disabled | Link::Closed => None,
         };
-        let perm = self.perms.values().next().map(|p| p.deadline);
-        let call = self.calls.values().next().map(|c| c.deadline);
+        let perm = self.perms.poll_timeout();
+        let call = self.calls.poll_timeout();
         [link, perm, call].into_iter().flatten().min()
     }
 
@@ -596,7 +596,8 @@ impl Sled {
         self.stats.connections += 1;
         self.emit_link();
         self.send(conn, self.identity_text.clone());
-        let queued: Vec<PermKey> = self.perms.iter().filter(|(_, p)| p.sent_on().is_none()).map(|(k, _)| *k).collect();
+        let queued: Vec<PermKey> =
+            self.perms.iter().filter(|(_, p)| p.value.sent_on().is_none()).map(|(k, _)| k).collect();
         for key in queued {
             self.send_perm_request(key, conn);
         }
@@ -667,7 +668,7 @@ impl Sled {
     /// (timed out) or its connection died, in which case the reply is dropped.
     pub fn handle_mcp_reply(&mut self, now: Instant, call: McpCallId, reply: McpReply) {
         self.advance(now);
-        let Some(c) = self.calls.remove(&call) else {
+        let Some(Pending { value: c, .. }) = self.calls.remove(call) else {
             self.stats.late_mcp_replies += 1;
             return;
         };
@@ -698,13 +699,12 @@ impl Sled {
         tool_input: Box<RawValue>,
     ) -> PermKey {
         self.advance(now);
-        let key = PermKey(self.next_key);
-        self.next_key += 1;
+        let key = self.perms.mint();
         let refused = match self.link {
             Link::Disabled => Some(Cause::Disabled),
             Link::Closed => Some(Cause::Shutdown),
             _ if id.is_empty() => Some(Cause::InvalidId),
-            _ if self.perm_ids.contains_key(&id) => Some(Cause::DuplicateId),
+            _ if self.perms.contains_wire(&id) => Some(Cause::DuplicateId),
             _ if self.perms.len() >= self.cfg.max_pending_permissions => Some(Cause::QueueFull),
             _ => None,
         };
@@ -712,9 +712,7 @@ impl Sled {
             self.out.push_back(Output::Decided(Decided { key, id, decision: Decision::Deny, cause }));
             return key;
         }
-        let deadline = self.now + self.cfg.permission_timeout;
-        self.perm_ids.insert(id.clone(), key);
-        self.perms.insert(key, Perm { id, deadline, stage: Stage::Queued { tool_name, tool_input } });
+        self.perms.insert(key, self.now, id, Stage::Queued { tool_name, tool_input });
         if let Some(conn) = self.connection() {
             self.send_perm_request(key, conn);
         }
@@ -729,7 +727,7 @@ impl Sled {
             Link::Closed => return,
             Link::Connected { conn, .. } => {
                 self.deny_all(Cause::Shutdown, Some(conn));
-                for (_, c) in core::mem::take(&mut self.calls) {
+                for (_, Pending { value: c, .. }) in self.calls.drain() {
                     let payload = jsonrpc::error_response(
                         c.jsonrpc_id.as_deref(),
                         jsonrpc::INTERNAL_ERROR,
@@ -761,27 +759,18 @@ impl Sled {
         // Each transition sets its next deadline after `now` (or exactly at `now`, for a zero back-off, which
         // the next turn fires), so this ends within a few turns.
         while self.fire_link_timer(now) {}
-        while let Some(entry) = self.perms.first_entry() {
-            if entry.get().deadline > now {
-                break;
-            }
-            let (key, perm) = entry.remove_entry();
-            self.perm_ids.remove(&perm.id);
-            if let (Some(sent_on), Some(live)) = (perm.sent_on(), self.connection()) {
+        while let Some((key, perm)) = self.perms.pop_expired(now) {
+            if let (Some(sent_on), Some(live)) = (perm.value.sent_on(), self.connection()) {
                 if sent_on == live {
                     let text =
-                        SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.id), reason: Cow::Borrowed("timeout") }
+                        SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.wire), reason: Cow::Borrowed("timeout") }
                             .encode();
                     self.send(live, text);
                 }
             }
-            self.decide(key, perm.id, Decision::Deny, Cause::Timeout);
+            self.decide(key, perm.wire, Decision::Deny, Cause::Timeout);
         }
-        while let Some(entry) = self.calls.first_entry() {
-            if entry.get().deadline > now {
-                break;
-            }
-            let (call, c) = entry.remove_entry();
+        while let Some((call, Pending { value: c, .. })) = self.calls.pop_expired(now) {
             let message = format!("local MCP call timed out after {} ms", self.cfg.mcp_timeout.as_millis());
             let payload = jsonrpc::error_response(c.jsonrpc_id.as_deref(), jsonrpc::INTERNAL_ERROR, &message);
             self.send_mcp_response(&c.req_id, &payload);
@@ -840,11 +829,10 @@ impl Sled {
                 self.backoff.reset();
             }
             let lost: Vec<PermKey> =
-                self.perms.iter().filter(|(_, p)| p.sent_on() == Some(conn)).map(|(k, _)| *k).collect();
+                self.perms.iter().filter(|(_, p)| p.value.sent_on() == Some(conn)).map(|(k, _)| k).collect();
             for key in lost {
-                if let Some(perm) = self.perms.remove(&key) {
-                    self.perm_ids.remove(&perm.id);
-                    self.decide(key, perm.id, Decision::Deny, Cause::ConnectionLost);
+                if let Some(perm) = self.perms.remove(key) {
+                    self.decide(key, perm.wire, Decision::Deny, Cause::ConnectionLost);
                 }
             }
             self.cancel_calls();
@@ -863,40 +851,29 @@ impl Sled {
 
     /// Denies every pending request; those sent on `live` are withdrawn with `perm_cancel` first.
     fn deny_all(&mut self, cause: Cause, live: Option<ConnId>) {
-        for (key, perm) in core::mem::take(&mut self.perms) {
-            if let Some(conn) = live.filter(|c| perm.sent_on() == Some(*c)) {
-                let text = SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.id), reason: Cow::Borrowed("shutdown") }
-                    .encode();
+        for (key, perm) in self.perms.drain() {
+            if let Some(conn) = live.filter(|c| perm.value.sent_on() == Some(*c)) {
+                let text =
+                    SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.wire), reason: Cow::Borrowed("shutdown") }
+                        .encode();
                 self.send(conn, text);
             }
-            self.decide(key, perm.id, Decision::Deny, cause);
+            self.decide(key, perm.wire, Decision::Deny, cause);
         }
-        self.perm_ids.clear();
     }
 
     fn cancel_calls(&mut self) {
-        for call in core::mem::take(&mut self.calls).into_keys() {
+        for (call, _) in self.calls.drain() {
             self.out.push_back(Output::CancelMcp { call });
         }
     }
 
     fn on_perm_response(&mut self, conn: ConnId, req_id: &str, decision: Decision) {
-        // One search of the id map: take the entry out. Every pending request is sent on the live connection
-        // as soon as there is one, so the check below always holds; if that ever broke, the response would be
-        // ignored (never approving a request on a connection it was not sent on) and the entry put back.
-        let taken = match self.perm_ids.remove_entry(req_id) {
-            // One search of the request map too: look and take in the same entry.
-            Some((id, key)) => match self.perms.entry(key) {
-                Entry::Occupied(perm) if perm.get().sent_on() == Some(conn) => Some((key, perm.remove())),
-                _ => {
-                    self.perm_ids.insert(id, key);
-                    None
-                }
-            },
-            None => None,
-        };
-        match taken {
-            Some((key, perm)) => self.decide(key, perm.id, decision, Cause::Response),
+        // Every pending request is sent on the live connection as soon as there is one, so the condition
+        // always holds; if that ever broke, the response would be ignored (never approving a request on a
+        // connection it was not sent on) and the request would stay pending.
+        match self.perms.take_by_wire_if(req_id, |stage| stage.sent_on() == Some(conn)) {
+            Some((key, perm)) => self.decide(key, perm.wire, decision, Cause::Response),
             None => {
                 self.stats.unmatched_responses += 1;
                 self.ignored(Ignored::UnmatchedResponse);
@@ -924,11 +901,9 @@ impl Sled {
             let message = format!("sled busy: {} local MCP calls already in flight", self.calls.len());
             return reject(self, jsonrpc_id, jsonrpc::INTERNAL_ERROR, &message);
         }
-        let call = McpCallId(self.next_call);
-        self.next_call += 1;
-        let deadline = self.now + self.cfg.mcp_timeout;
+        let call = self.calls.mint();
         let jsonrpc_id = jsonrpc_id.map(ToOwned::to_owned);
-        self.calls.insert(call, Call { req_id: req_id.into_owned(), jsonrpc_id, deadline });
+        self.calls.insert(call, self.now, String::new(), Call { req_id: req_id.into_owned(), jsonrpc_id });
         self.out.push_back(Output::CallMcp(McpCall {
             call,
             body: body.into_owned(),
@@ -937,17 +912,17 @@ impl Sled {
     }
 
     fn send_perm_request(&mut self, key: PermKey, conn: ConnId) {
-        let Some(perm) = self.perms.get_mut(&key) else {
+        let Some(perm) = self.perms.get_mut(key) else {
             return;
         };
         // Only queued requests are sent (by the callers' construction); a sent one is left as it is.
-        let stage = core::mem::replace(&mut perm.stage, Stage::Sent(conn));
+        let stage = core::mem::replace(&mut perm.value, Stage::Sent(conn));
         let Stage::Queued { tool_name, tool_input } = stage else {
-            perm.stage = stage;
+            perm.value = stage;
             return;
         };
         let text = SledFrame::PermRequest {
-            req_id: Cow::Borrowed(&perm.id),
+            req_id: Cow::Borrowed(&perm.wire),
             tool_name: Cow::Borrowed(&tool_name),
             tool_input: &tool_input,
         }

@@ -478,8 +478,8 @@ impl Hub {
                 list.push(PermissionSummary {
                     id: PublicPermId { conn: *conn, perm },
                     project: project.clone(),
-                    req_id: p.req_id.clone(),
-                    tool_name: p.tool_name.clone(),
+                    req_id: String::from(p.req_id),
+                    tool_name: String::from(p.tool_name),
                     tool_input: p.tool_input.clone(),
                     age: now.saturating_duration_since(p.since),
                 });

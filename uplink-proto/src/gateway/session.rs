@@ -20,7 +20,7 @@
 //! - A decision for a permission that is unknown or already ended is refused with an error, never sent.
 
 use alloc::borrow::Cow;
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeSet, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -28,6 +28,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use super::close::CloseReason;
+use crate::pending::{Key, PendingTable};
 use crate::sled::Received;
 use crate::time::Instant;
 use crate::wire::{Decision, DecodeError, GatewayFrame, RawValue, SledFrame};
@@ -252,22 +253,38 @@ enum State {
     Closed,
 }
 
-#[derive(Clone, Debug)]
-struct PendingMcp {
-    deadline: Instant,
-}
-
-/// A permission request awaiting the application's decision.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PendingPermission {
+/// A permission request awaiting the application's decision, as [`Gateway::pending`] shows it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PendingPermission<'a> {
     /// The sled's id for it.
-    pub req_id: String,
+    pub req_id: &'a str,
     /// The tool.
-    pub tool_name: String,
-    /// The tool's input, as the JSON text it arrived in (never re-parsed).
-    pub tool_input: Arc<str>,
+    pub tool_name: &'a str,
+    /// The tool's input, as the JSON text it arrived in (never re-parsed); clone it to keep it.
+    pub tool_input: &'a Arc<str>,
     /// When it arrived.
     pub since: Instant,
+}
+
+/// What a session keeps of a permission request, beside its wire id.
+#[derive(Clone, Debug)]
+struct Asked {
+    tool_name: String,
+    tool_input: Arc<str>,
+    since: Instant,
+}
+
+impl Key for PermId {
+    fn from_seq(n: u64) -> PermId {
+        PermId(n)
+    }
+}
+
+impl Key for McpId {
+    fn from_seq(n: u64) -> McpId {
+        McpId(n)
+    }
 }
 
 /// One sled connection as the gateway sees it.
@@ -279,11 +296,11 @@ pub struct Gateway {
     last_seen: Instant,
     stale: bool,
     next_ping: Instant,
-    perms: BTreeMap<PermId, PendingPermission>,
-    perm_ids: BTreeMap<String, PermId>,
-    next_perm: u64,
-    mcp: BTreeMap<McpId, PendingMcp>,
-    next_mcp: u64,
+    /// Permission requests awaiting a decision, by id and by the sled's `req_id`; they have no deadline here
+    /// (the sled keeps it).
+    perms: PendingTable<PermId, Asked>,
+    /// MCP requests awaiting a response, with their deadlines.
+    mcp: PendingTable<McpId, ()>,
     out: VecDeque<GatewayOutput>,
 }
 
@@ -291,6 +308,7 @@ impl Gateway {
     /// A session for a connection that just opened at `now`.
     pub fn new(config: GatewayConfig, now: Instant) -> Result<Gateway, GatewayConfigError> {
         config.validate()?;
+        let mcp_timeout = config.mcp_timeout;
         Ok(Gateway {
             state: State::AwaitingIdentity { deadline: now + config.identity_timeout },
             next_ping: now + config.ping_interval,
@@ -298,11 +316,8 @@ impl Gateway {
             now,
             last_seen: now,
             stale: false,
-            perms: BTreeMap::new(),
-            perm_ids: BTreeMap::new(),
-            next_perm: 0,
-            mcp: BTreeMap::new(),
-            next_mcp: 0,
+            perms: PendingTable::new(None),
+            mcp: PendingTable::new(Some(mcp_timeout)),
             out: VecDeque::new(),
         })
     }
@@ -338,8 +353,17 @@ impl Gateway {
     }
 
     /// The permission requests awaiting a decision, oldest first.
-    pub fn pending(&self) -> impl Iterator<Item = (PermId, &PendingPermission)> + '_ {
-        self.perms.iter().map(|(id, p)| (*id, p))
+    pub fn pending(&self) -> impl Iterator<Item = (PermId, PendingPermission<'_>)> + '_ {
+        self.perms.iter().map(|(id, p)| {
+            let asked = &p.value;
+            let view = PendingPermission {
+                req_id: &p.wire,
+                tool_name: &asked.tool_name,
+                tool_input: &asked.tool_input,
+                since: asked.since,
+            };
+            (id, view)
+        })
     }
 
     /// MCP requests awaiting a response.
@@ -366,8 +390,7 @@ impl Gateway {
                 if self.stale { ping } else { ping.min(self.last_seen + self.cfg.stale_after) }
             }
         };
-        let mcp = self.mcp.values().next().map(|m| m.deadline);
-        Some(mcp.map_or(link, |m| m.min(link)))
+        Some(self.mcp.poll_timeout().map_or(link, |m| m.min(link)))
     }
 
     // ── Inputs ──
@@ -414,17 +437,16 @@ impl Gateway {
             Ok(SledFrame::PermRequest { req_id, tool_name, tool_input }) => {
                 self.on_perm_request(req_id.into_owned(), tool_name.into_owned(), tool_input)
             }
-            Ok(SledFrame::PermCancel { req_id, .. }) => match self.perm_ids.remove(&*req_id) {
-                Some(perm) => {
-                    self.perms.remove(&perm);
+            Ok(SledFrame::PermCancel { req_id, .. }) => match self.perms.take_by_wire_if(&req_id, |_| true) {
+                Some((perm, _)) => {
                     self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::Cancelled });
                 }
                 None => self.ignored(GatewayIgnored::Unmatched),
             },
             Ok(SledFrame::McpResponse { req_id, payload }) => {
-                match mcp_id_of(&req_id).filter(|id| self.mcp.contains_key(id)) {
+                match mcp_id_of(&req_id).filter(|id| self.mcp.contains(*id)) {
                     Some(id) => {
-                        self.mcp.remove(&id);
+                        self.mcp.remove(id);
                         self.event(GatewayEvent::McpResponse { id, payload: String::from(payload.get()) });
                     }
                     None => self.ignored(GatewayIgnored::Unmatched),
@@ -448,8 +470,7 @@ impl Gateway {
     /// Sends the application's decision for `perm`.
     pub fn decide(&mut self, now: Instant, perm: PermId, decision: Decision) -> Result<(), DecideError> {
         self.advance(now);
-        let req_id = self.perms.remove(&perm).ok_or(DecideError::NotPending)?.req_id;
-        self.perm_ids.remove(&req_id);
+        let req_id = self.perms.remove(perm).ok_or(DecideError::NotPending)?.wire;
         let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision }.encode();
         self.out.push_back(GatewayOutput::Send(text));
         Ok(())
@@ -467,9 +488,8 @@ impl Gateway {
         if self.mcp.len() >= self.cfg.max_pending_mcp {
             return Err(SendMcpError::TooMany);
         }
-        let id = McpId(self.next_mcp);
-        self.next_mcp += 1;
-        self.mcp.insert(id, PendingMcp { deadline: self.now + self.cfg.mcp_timeout });
+        let id = self.mcp.mint();
+        self.mcp.insert(id, self.now, String::new(), ());
         let req_id = format!("mcp-{}", id.0);
         let text = GatewayFrame::McpRequest {
             req_id: Cow::Owned(req_id),
@@ -520,18 +540,13 @@ impl Gateway {
                 }
             }
         }
-        while let Some(entry) = self.mcp.first_entry() {
-            if entry.get().deadline > now {
-                break;
-            }
-            let id = *entry.key();
-            entry.remove();
+        while let Some((id, _)) = self.mcp.pop_expired(now) {
             self.event(GatewayEvent::McpFailed { id, reason: McpFailure::Timeout });
         }
     }
 
     fn on_perm_request(&mut self, req_id: String, tool_name: String, tool_input: &RawValue) {
-        if req_id.is_empty() || self.perm_ids.contains_key(&req_id) {
+        if req_id.is_empty() || self.perms.contains_wire(&req_id) {
             return self.ignored(GatewayIgnored::DuplicateRequest);
         }
         let policy = if self.cfg.auto_deny.contains(&tool_name) {
@@ -548,17 +563,10 @@ impl Gateway {
             self.out.push_back(GatewayOutput::Send(text));
             return self.event(GatewayEvent::PermissionAutoDecided { req_id, tool_name, decision });
         }
-        let perm = PermId(self.next_perm);
-        self.next_perm += 1;
+        let perm = self.perms.mint();
         let tool_input: Arc<str> = Arc::from(tool_input.get());
-        self.perm_ids.insert(req_id.clone(), perm);
-        let pending = PendingPermission {
-            req_id: req_id.clone(),
-            tool_name: tool_name.clone(),
-            tool_input: tool_input.clone(),
-            since: self.now,
-        };
-        self.perms.insert(perm, pending);
+        let asked = Asked { tool_name: tool_name.clone(), tool_input: tool_input.clone(), since: self.now };
+        self.perms.insert(perm, self.now, req_id.clone(), asked);
         self.event(GatewayEvent::PermissionRequested { perm, req_id, tool_name, tool_input });
     }
 
@@ -570,11 +578,10 @@ impl Gateway {
     /// The connection is over: fail everything pending, once.
     fn end(&mut self) {
         self.state = State::Closed;
-        for perm in core::mem::take(&mut self.perms).into_keys() {
+        for (perm, _) in self.perms.drain() {
             self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost });
         }
-        self.perm_ids.clear();
-        for id in core::mem::take(&mut self.mcp).into_keys() {
+        for (id, _) in self.mcp.drain() {
             self.event(GatewayEvent::McpFailed { id, reason: McpFailure::ConnectionLost });
         }
         self.event(GatewayEvent::Closed);
