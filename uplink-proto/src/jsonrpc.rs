@@ -39,20 +39,62 @@ impl Eq for BodyId<'_> {}
 
 /// Reads the JSON-RPC `id` of `body` without building a tree of the rest.
 pub fn body_id(body: &str) -> BodyId<'_> {
+    probe(body).id
+}
+
+/// What the sled reads of a message before relaying it: its `id`, and whether it is an `initialize` request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe<'a> {
+    /// Its `id`.
+    pub id: BodyId<'a>,
+    /// True when `method` is `"initialize"` (however its string is escaped).
+    pub is_initialize: bool,
+}
+
+/// Reads `body`'s `id` and whether it is an `initialize` request, in one pass, without building a tree of
+/// the rest.
+pub fn probe(body: &str) -> Probe<'_> {
     #[derive(Deserialize)]
-    struct Probe<'a> {
+    struct Fields<'a> {
         #[serde(default, borrow)]
         id: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        method: Option<&'a RawValue>,
     }
     // Only an object has an `id`: serde's derived structs would also read the array form `["x"]` as `id: "x"`.
-    let probe = if body.trim_start().starts_with('{') { serde_json::from_str::<Probe<'_>>(body).ok() } else { None };
-    match probe.ok_or(()) {
-        Ok(Probe { id: Some(id) }) if is_usable_id(id) => BodyId::Id(id),
-        Ok(_) => BodyId::NoId,
+    let fields = if body.trim_start().starts_with('{') { serde_json::from_str::<Fields<'_>>(body).ok() } else { None };
+    let Some(fields) = fields else {
         // Not an object (a batch, a scalar), or an object we could not read: valid JSON still is forwarded.
-        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() => BodyId::NoId,
-        Err(_) => BodyId::NotJson,
+        let id =
+            if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() { BodyId::NoId } else { BodyId::NotJson };
+        return Probe { id, is_initialize: false };
+    };
+    let is_initialize = fields.method.is_some_and(|m| {
+        m.get() == "\"initialize\""
+            || (m.get().contains('\\') && serde_json::from_str::<String>(m.get()).is_ok_and(|m| m == "initialize"))
+    });
+    let id = match fields.id {
+        Some(id) if is_usable_id(id) => BodyId::Id(id),
+        _ => BodyId::NoId,
+    };
+    Probe { id, is_initialize }
+}
+
+/// The `result.protocolVersion` of an `initialize` response, when it is a string.
+pub fn protocol_version(response: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Response {
+        result: Option<Initialized>,
     }
+    #[derive(Deserialize)]
+    struct Initialized {
+        #[serde(rename = "protocolVersion")]
+        protocol_version: Option<String>,
+    }
+    if !response.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<Response>(response).ok()?.result?.protocol_version
 }
 
 /// The parts of a JSON-RPC message the sled's MCP client looks at.
@@ -150,6 +192,31 @@ pub fn error_response(id: Option<&RawValue>, code: i32, message: &str) -> Box<Ra
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_reads_the_id_and_spots_initialize_however_it_is_spelled() {
+        let p = probe(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#);
+        assert!(p.is_initialize && p.id == BodyId::Id(&RawValue::from_string("1".into()).expect("json")));
+        assert!(probe(r#"{"id":"a","method":"\u0069nitialize"}"#).is_initialize);
+        for not in [r#"{"id":1,"method":"tools/list"}"#, r#"{"id":1,"method":"initialized"}"#, r#"["initialize"]"#, "{"]
+        {
+            assert!(!probe(not).is_initialize, "{not}");
+        }
+        assert_eq!(probe(r#"{"method":"notifications/initialized"}"#).id, BodyId::NoId);
+        assert_eq!(probe("[1,2]").id, BodyId::NoId);
+        assert_eq!(probe("{oops").id, BodyId::NotJson);
+    }
+
+    #[test]
+    fn the_protocol_version_is_read_from_an_initialize_result() {
+        let reply = r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{}}}"#;
+        assert_eq!(protocol_version(reply).as_deref(), Some("2025-11-25"));
+        for none in
+            [r#"{"id":0,"error":{"code":1}}"#, r#"{"result":{"protocolVersion":7}}"#, "null", r#"{"result":null}"#]
+        {
+            assert_eq!(protocol_version(none), None, "{none}");
+        }
+    }
 
     #[test]
     fn reads_ids_of_every_kind() {

@@ -92,6 +92,7 @@
 //! - [`gateway`]: the gateway side: the [`gateway::Hub`] of all sled connections and each connection's session.
 //! - [`wire`]: the frames of both directions, decoded liberally and encoded strictly.
 //! - [`jsonrpc`]: reading a JSON-RPC `id` and building error responses.
+//! - [`mcp_session`]: the sled's policy for its sessions with the local MCP server, for the adapter to drive.
 //! - [`sse`]: an incremental `text/event-stream` parser, for adapters that talk to Streamable HTTP MCP servers.
 //! - [`time`]: the core's [`Instant`].
 #![cfg_attr(not(test), no_std)]
@@ -103,6 +104,7 @@ extern crate alloc;
 mod backoff;
 pub mod gateway;
 pub mod jsonrpc;
+pub mod mcp_session;
 mod pending;
 pub mod sled;
 pub mod sse;

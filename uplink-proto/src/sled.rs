@@ -285,8 +285,9 @@ pub enum Cause {
     Shutdown,
 }
 
-/// A call to make to the local MCP endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A call to make to the local MCP endpoint, with what the core already read of its body, so that the
+/// adapter need not parse it again.
+#[derive(Clone, Debug)]
 pub struct McpCall {
     /// Names the call in [`Sled::handle_mcp_reply`].
     pub call: McpCallId,
@@ -294,7 +295,22 @@ pub struct McpCall {
     pub body: String,
     /// The gateway-side client session, when the gateway named one.
     pub session: Option<String>,
+    /// The message's JSON-RPC `id` (a string or a number); `None` for a notification.
+    pub jsonrpc_id: Option<Box<RawValue>>,
+    /// True for an `initialize` request: it starts a new local session.
+    pub is_initialize: bool,
 }
+
+impl PartialEq for McpCall {
+    /// Ids compare by their JSON text.
+    fn eq(&self, other: &McpCall) -> bool {
+        (self.call, &self.body, &self.session, self.is_initialize)
+            == (other.call, &other.body, &other.session, other.is_initialize)
+            && self.jsonrpc_id.as_deref().map(RawValue::get) == other.jsonrpc_id.as_deref().map(RawValue::get)
+    }
+}
+
+impl Eq for McpCall {}
 
 /// Something that happened, for logs and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -890,7 +906,8 @@ impl Sled {
         let Some(body) = body.filter(|b| !b.is_empty()) else {
             return reject(self, None, jsonrpc::INVALID_REQUEST, "mcp_request payload has no string `body`");
         };
-        let jsonrpc_id = match jsonrpc::body_id(&body) {
+        let probe = jsonrpc::probe(&body);
+        let jsonrpc_id = match probe.id {
             BodyId::NotJson => {
                 return reject(self, None, jsonrpc::PARSE_ERROR, "mcp_request body is not valid JSON");
             }
@@ -902,12 +919,20 @@ impl Sled {
             return reject(self, jsonrpc_id, jsonrpc::INTERNAL_ERROR, &message);
         }
         let call = self.calls.mint();
-        let jsonrpc_id = jsonrpc_id.map(ToOwned::to_owned);
-        self.calls.insert(call, self.now, String::new(), Call { req_id: req_id.into_owned(), jsonrpc_id });
+        let jsonrpc_id: Option<Box<RawValue>> = jsonrpc_id.map(ToOwned::to_owned);
+        let is_initialize = probe.is_initialize;
+        self.calls.insert(
+            call,
+            self.now,
+            String::new(),
+            Call { req_id: req_id.into_owned(), jsonrpc_id: jsonrpc_id.clone() },
+        );
         self.out.push_back(Output::CallMcp(McpCall {
             call,
             body: body.into_owned(),
             session: session.map(Cow::into_owned),
+            jsonrpc_id,
+            is_initialize,
         }));
     }
 

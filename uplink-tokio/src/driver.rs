@@ -313,7 +313,7 @@ impl Driver {
                     let io = self.io_tx.clone();
                     let id = call.call;
                     let task = tokio::spawn(async move {
-                        let reply = mcp.call(call.body, call.session).await;
+                        let reply = mcp.call(call).await;
                         let _ = io.send(Io::Mcp { call: id, reply }).await;
                     });
                     self.calls.insert(id, task.abort_handle());

@@ -1,0 +1,270 @@
+//! The sled's policy for its sessions with the local MCP server (Streamable HTTP), as a pure machine.
+//!
+//! The adapter makes the HTTP requests; this decides which ones, with which headers, and what their answers
+//! mean:
+//!
+//! - **One local session per gateway session.** An [`McpCall`]'s `session` (none counts as one more) names
+//!   the caller's session at the gateway; each keeps its own `Mcp-Session-Id` and `MCP-Protocol-Version`,
+//!   learnt from the answer to its `initialize`.
+//! - **An `initialize` starts afresh**: it is sent without a session id, and its answer replaces what the
+//!   session knew (the request itself is kept, to renew the session).
+//! - **A lost session is renewed once.** A `404` without a JSON-RPC answer, to a request that carried a
+//!   session id, means the local server forgot the session (it restarted). The kept `initialize` is sent
+//!   again, then `notifications/initialized` in the new session, then the request once more. A second loss
+//!   right after is an error.
+//! - **Bounded.** At most [`McpSessions::new`]'s `max_sessions` sessions are kept; beyond, the least recently
+//!   used is forgotten.
+//!
+//! ```text
+//! begin ─▶ Calling ──answer──────────────────────────────────────────────▶ Done(answer)
+//!            │ 404 with a session id, initialize known
+//!            ▼
+//!       Reinitializing ──answer──▶ Confirming ──accepted──▶ Retrying ──answer──▶ Done(answer)
+//!            └── anything else: Done(error) ┘      └── anything else: Done(error) ┘
+//! ```
+//!
+//! Every failure becomes [`McpReply::Failed`], which the sled machine turns into a JSON-RPC error carrying the
+//! request's own id.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+
+use crate::jsonrpc;
+use crate::sled::{McpCall, McpReply};
+
+/// The notification that confirms a (re-)initialized session.
+pub const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+
+/// Default of [`McpSessions::new`]'s `max_sessions`.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
+
+/// The session headers of one POST.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionHeaders {
+    /// `Mcp-Session-Id`.
+    pub session_id: Option<String>,
+    /// `MCP-Protocol-Version`.
+    pub protocol_version: Option<String>,
+}
+
+/// Which body to POST.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PostBody {
+    /// The call's own body.
+    Call,
+    /// The session's kept `initialize` request, to renew it.
+    Initialize(String),
+    /// [`INITIALIZED`].
+    Initialized,
+}
+
+/// What to do next for one call.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// POST this body with these headers, then report with [`McpSessions::handle`].
+    Post {
+        /// The body.
+        body: PostBody,
+        /// The session headers.
+        headers: SessionHeaders,
+    },
+    /// The call is over: this is its answer.
+    Done(McpReply),
+}
+
+/// What one POST gave, as the adapter read it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum PostResult {
+    /// An answer (a JSON-RPC response, or none for a notification), with the `Mcp-Session-Id` the server
+    /// returned, if any.
+    Answer {
+        /// The answer.
+        reply: McpReply,
+        /// The server's `Mcp-Session-Id`.
+        session_id: Option<String>,
+    },
+    /// `404` with no JSON-RPC answer in the body.
+    NotFound,
+    /// Anything else that went wrong (transport, status, body), described.
+    Failed(String),
+}
+
+#[derive(Clone, Debug, Default)]
+struct Session {
+    headers: SessionHeaders,
+    initialize: Option<String>,
+    last_use: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Stage {
+    Calling,
+    Reinitializing,
+    Confirming,
+    Retrying,
+    Done,
+}
+
+/// One call's way through the policy. Made by [`McpSessions::begin`], advanced by [`McpSessions::handle`].
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    key: String,
+    /// The call's body, kept only for an `initialize` (to renew the session with later).
+    initialize: Option<String>,
+    /// Whether the last POST carried a session id.
+    sent_session: bool,
+    stage: Stage,
+}
+
+/// The sled's local MCP sessions. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct McpSessions {
+    max: usize,
+    sessions: BTreeMap<String, Session>,
+    /// Sessions by last use, least recent first.
+    by_use: BTreeMap<u64, String>,
+    uses: u64,
+}
+
+impl McpSessions {
+    /// No sessions yet; at most `max_sessions` (at least one) kept.
+    pub fn new(max_sessions: usize) -> McpSessions {
+        McpSessions { max: max_sessions.max(1), sessions: BTreeMap::new(), by_use: BTreeMap::new(), uses: 0 }
+    }
+
+    /// Sessions kept.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True when no session is kept.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// The headers `key`'s session sends now (for tests and logs).
+    pub fn headers(&self, key: &str) -> SessionHeaders {
+        self.sessions.get(key).map(|s| s.headers.clone()).unwrap_or_default()
+    }
+
+    /// Starts `call`: its first POST.
+    pub fn begin(&mut self, call: &McpCall) -> (Exchange, Step) {
+        let key = call.session.clone().unwrap_or_default();
+        let headers = if call.is_initialize { SessionHeaders::default() } else { self.touch(&key) };
+        let exchange = Exchange {
+            key,
+            initialize: call.is_initialize.then(|| call.body.clone()),
+            sent_session: headers.session_id.is_some(),
+            stage: Stage::Calling,
+        };
+        (exchange, Step::Post { body: PostBody::Call, headers })
+    }
+
+    /// What the last POST of `exchange` gave; returns the next step. After [`Step::Done`], further results
+    /// are answered with an error and change nothing.
+    pub fn handle(&mut self, exchange: &mut Exchange, result: PostResult) -> Step {
+        let fail = |ex: &mut Exchange, message: String| {
+            ex.stage = Stage::Done;
+            Step::Done(McpReply::Failed(message))
+        };
+        let lost = matches!(result, PostResult::NotFound) && exchange.sent_session;
+        match (exchange.stage, result) {
+            (Stage::Done, _) => Step::Done(McpReply::Failed("the exchange is already over".into())),
+            (_, PostResult::Failed(e)) => fail(exchange, e),
+            (Stage::Calling, PostResult::Answer { reply, session_id }) => {
+                if let Some(init) = exchange.initialize.take() {
+                    self.remember(&exchange.key, init, &reply, session_id);
+                }
+                exchange.stage = Stage::Done;
+                Step::Done(reply)
+            }
+            (Stage::Calling, PostResult::NotFound) if lost => {
+                match self.sessions.get(&exchange.key).and_then(|s| s.initialize.clone()) {
+                    Some(init) => {
+                        exchange.stage = Stage::Reinitializing;
+                        exchange.sent_session = false;
+                        Step::Post { body: PostBody::Initialize(init), headers: SessionHeaders::default() }
+                    }
+                    None => fail(
+                        exchange,
+                        "local MCP session expired and no initialize request is known to renew it".into(),
+                    ),
+                }
+            }
+            (Stage::Reinitializing, PostResult::Answer { reply: reply @ McpReply::Response(_), session_id }) => {
+                let init = self.sessions.get(&exchange.key).and_then(|s| s.initialize.clone()).unwrap_or_default();
+                self.remember(&exchange.key, init, &reply, session_id);
+                let headers = self.touch(&exchange.key);
+                exchange.sent_session = headers.session_id.is_some();
+                exchange.stage = Stage::Confirming;
+                Step::Post { body: PostBody::Initialized, headers }
+            }
+            (Stage::Reinitializing, PostResult::Answer { reply: McpReply::Failed(e), .. }) => {
+                fail(exchange, format!("re-initializing: {e}"))
+            }
+            (Stage::Reinitializing, _) => fail(exchange, "re-initializing the local MCP session failed".into()),
+            (Stage::Confirming, PostResult::Answer { reply: McpReply::Failed(e), .. }) => {
+                fail(exchange, format!("confirming re-initialization: {e}"))
+            }
+            (Stage::Confirming, PostResult::Answer { .. }) => {
+                let headers = self.touch(&exchange.key);
+                exchange.sent_session = headers.session_id.is_some();
+                exchange.stage = Stage::Retrying;
+                Step::Post { body: PostBody::Call, headers }
+            }
+            (Stage::Confirming, PostResult::NotFound) => {
+                fail(exchange, "local MCP server refused its new session".into())
+            }
+            (Stage::Retrying, PostResult::Answer { reply, .. }) => {
+                exchange.stage = Stage::Done;
+                Step::Done(reply)
+            }
+            (Stage::Retrying, PostResult::NotFound) if lost => {
+                fail(exchange, "local MCP session lost again right after re-initializing".into())
+            }
+            (_, PostResult::NotFound) => fail(exchange, "local MCP endpoint answered HTTP 404 Not Found".into()),
+        }
+    }
+
+    /// The headers of `key`'s session, marking it used.
+    fn touch(&mut self, key: &str) -> SessionHeaders {
+        let Some(session) = self.sessions.get_mut(key) else { return SessionHeaders::default() };
+        self.by_use.remove(&session.last_use);
+        self.uses += 1;
+        session.last_use = self.uses;
+        self.by_use.insert(self.uses, String::from(key));
+        session.headers.clone()
+    }
+
+    /// An `initialize` (`init`) was answered with `reply` and `session_id`: that is `key`'s session now.
+    fn remember(&mut self, key: &str, init: String, reply: &McpReply, session_id: Option<String>) {
+        let protocol_version = match reply {
+            McpReply::Response(raw) => jsonrpc::protocol_version(raw.get()),
+            _ => None,
+        };
+        if let Some(old) = self.sessions.remove(key) {
+            self.by_use.remove(&old.last_use);
+        }
+        self.uses += 1;
+        let session = Session {
+            headers: SessionHeaders { session_id, protocol_version },
+            initialize: Some(init),
+            last_use: self.uses,
+        };
+        self.sessions.insert(String::from(key), session);
+        self.by_use.insert(self.uses, String::from(key));
+        while self.sessions.len() > self.max {
+            let Some((_, oldest)) = self.by_use.pop_first() else { break };
+            self.sessions.remove(&oldest);
+        }
+    }
+}
+
+impl Default for McpSessions {
+    fn default() -> Self {
+        McpSessions::new(DEFAULT_MAX_SESSIONS)
+    }
+}
