@@ -92,7 +92,7 @@ fuzz_target!(|script: Script| {
                 }
             }
             Op::Request(n) => {
-                let key = sled.request_permission(
+                let key = sled.request_permission_with_id(
                     now,
                     format!("p{}", n % 8),
                     "Bash".into(),

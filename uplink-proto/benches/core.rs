@@ -155,7 +155,7 @@ fn sled_awaiting_permissions() -> (Sled, ConnId, Vec<String>) {
         .map(|i| {
             let id = format!("perm-{i}");
             let input = RawValue::from_string(TOOL_INPUT.to_owned()).expect("json");
-            sled.request_permission(Instant::ZERO, id.clone(), "Bash".to_owned(), input);
+            sled.request_permission_with_id(Instant::ZERO, id.clone(), "Bash".to_owned(), input);
             frame("perm_response", &id, r#"{"approved":true,"always_allow":false}"#)
         })
         .collect();

@@ -122,7 +122,7 @@ impl Sim {
     fn ask(&mut self, id: &str, tool: &str) {
         self.log(format!("agent asks: may I run {tool}? (id {id})"));
         let input = RawValue::from_string(r#"{"command":"ls"}"#.into()).expect("valid JSON");
-        self.sled.request_permission(self.now, id.into(), tool.into(), input);
+        self.sled.request_permission_with_id(self.now, id.into(), tool.into(), input);
     }
 
     fn gateway_sends(&mut self, text: &str) {

@@ -40,7 +40,7 @@
 //!
 //! // An agent asks before the link is up: the request waits in a bounded queue, its deadline running.
 //! let input = RawValue::from_string(r#"{"command":"ls"}"#.to_owned())?;
-//! let key = sled.request_permission(now, "req-1".into(), "Bash".into(), input);
+//! let key = sled.request_permission(now, "Bash".into(), input); // its wire id is minted from the seed
 //!
 //! let mut decision = None;
 //! while decision.is_none() {

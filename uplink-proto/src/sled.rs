@@ -18,7 +18,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, SplitMix64};
 use crate::jsonrpc::{self, BodyId};
 use crate::pending::{Key, Pending, PendingTable};
 use crate::time::Instant;
@@ -461,6 +461,9 @@ pub struct Sled {
     backoff: Backoff,
     identity_text: String,
     next_conn: u64,
+    /// The prefix of the wire ids the machine mints, and the last number used.
+    id_prefix: String,
+    next_id: u64,
     /// Pending permission requests: by key and by wire id, in arrival (and deadline) order.
     perms: PendingTable<PermKey, Stage>,
     /// Local MCP calls in flight, in arrival (and deadline) order.
@@ -493,6 +496,8 @@ impl Sled {
             config.backoff_jitter,
             config.seed,
         );
+        // Its own stream of the seed (the back-off's first draw is not reused), so ids do not reveal delays.
+        let id_prefix = hex8(SplitMix64::new(config.seed ^ 0x6964_735f_7072_6566).next_u64() as u32);
         let perms = PendingTable::new(Some(config.permission_timeout));
         let calls = PendingTable::new(Some(config.mcp_timeout));
         let mut sled = Sled {
@@ -502,6 +507,8 @@ impl Sled {
             backoff,
             identity_text,
             next_conn: 0,
+            id_prefix,
+            next_id: 0,
             perms,
             calls,
             out: VecDeque::new(),
@@ -702,12 +709,21 @@ impl Sled {
 
     // ── Commands ──
 
-    /// Asks the gateway to decide whether the tool call `tool_name(tool_input)` may run. `id` is the wire
-    /// correlation id: unique among pending requests, and best never reused (a gateway may confuse a late
-    /// answer to an old request with a new one of the same id).
+    /// Asks the gateway to decide whether the tool call `tool_name(tool_input)` may run, under a wire id the
+    /// machine mints: `PREFIX-N`, where `PREFIX` is eight hex digits drawn from [`SledConfig::seed`] and `N`
+    /// counts up, so ids never repeat within a machine and differ between machines seeded differently.
     ///
     /// Returns the request's key; exactly one [`Output::Decided`] with that key follows, possibly at once.
-    pub fn request_permission(
+    pub fn request_permission(&mut self, now: Instant, tool_name: String, tool_input: Box<RawValue>) -> PermKey {
+        self.next_id += 1;
+        let id = request_id(&self.id_prefix, self.next_id);
+        self.request_permission_with_id(now, id, tool_name, tool_input)
+    }
+
+    /// As [`Sled::request_permission`], under the caller's own wire id: unique among pending requests, and
+    /// best never reused (a gateway may confuse a late answer to an old request with a new one of the same
+    /// id). An empty id, or one already pending, is denied at once.
+    pub fn request_permission_with_id(
         &mut self,
         now: Instant,
         id: String,
@@ -978,5 +994,45 @@ impl Sled {
 
     fn ignored(&mut self, why: Ignored) {
         self.out.push_back(Output::Event(Event::FrameIgnored(why)));
+    }
+}
+
+/// `n` as eight lower-case hex digits.
+fn hex8(n: u32) -> String {
+    (0..8).rev().map(|i| char::from(b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize])).collect()
+}
+
+/// `PREFIX-N`, the id of the `n`-th request, without the formatting machinery (this is once per request).
+fn request_id(prefix: &str, n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut id = String::with_capacity(prefix.len() + 1 + digits.len() - at);
+    id.push_str(prefix);
+    id.push('-');
+    id.extend(digits[at..].iter().map(|&d| char::from(d)));
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::format;
+
+    #[test]
+    fn request_ids_are_the_prefix_and_the_number_in_decimal() {
+        for n in [0, 1, 9, 10, 42, 1_000_000, u64::MAX] {
+            assert_eq!(super::request_id("0badcafe", n), format!("0badcafe-{n}"));
+        }
+        for n in [0, 1, 0xabc, 0xdead_beef, u32::MAX] {
+            assert_eq!(super::hex8(n), format!("{n:08x}"));
+        }
     }
 }

@@ -222,7 +222,7 @@ impl Check {
             }
             Op::Request(n) => {
                 let id = format!("p{n}");
-                let key = self.sled.request_permission(self.now, id.clone(), "Bash".into(), raw(r#"{"n":1}"#));
+                let key = self.sled.request_permission_with_id(self.now, id.clone(), "Bash".into(), raw(r#"{"n":1}"#));
                 assert!(!self.reqs.contains_key(&key), "key {key:?} reused");
                 self.reqs.insert(key, Req { id: id.clone(), asked_at: self.now, decided: None });
                 self.drain();

@@ -673,3 +673,32 @@ fn a_connected_report_for_another_connection_while_connected_is_refused() {
     assert_eq!(d.sled.stats().stale_inputs, 2);
     assert_eq!(d.sled.connection(), Some(live));
 }
+
+// ── Wire ids minted by the core ──────────────────────────────────────────────────────────────────────────
+
+#[test]
+fn minted_wire_ids_come_from_the_seed_count_up_and_never_repeat() {
+    let ids = |seed: u64| {
+        let mut cfg = config();
+        cfg.seed = seed;
+        let mut sled = Sled::new(cfg, Instant::ZERO).expect("valid");
+        let input = || uplink_proto::RawValue::from_string("{}".to_owned()).expect("JSON");
+        let keys: Vec<_> = (0..3).map(|_| sled.request_permission(Instant::ZERO, "Bash".into(), input())).collect();
+        sled.shutdown(Instant::ZERO);
+        let mut ids = Vec::new();
+        while let Some(out) = sled.poll_output() {
+            if let Output::Decided(d) = out {
+                assert!(keys.contains(&d.key));
+                ids.push(d.id);
+            }
+        }
+        ids
+    };
+    let a = ids(7);
+    assert_eq!(a.len(), 3);
+    let prefix = a[0].split_once('-').expect("PREFIX-N").0.to_owned();
+    assert!(prefix.len() == 8 && prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{a:?}");
+    assert_eq!(a, [format!("{prefix}-1"), format!("{prefix}-2"), format!("{prefix}-3")]);
+    assert_eq!(ids(7), a, "the same seed gives the same ids");
+    assert_ne!(ids(8)[0].split_once('-').expect("PREFIX-N").0, prefix, "another seed, another prefix");
+}

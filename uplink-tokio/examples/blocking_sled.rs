@@ -20,12 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let now = || Instant::from_micros(epoch.elapsed().as_micros() as u64);
 
     let mut sled = Sled::new(SledConfig::new("blocking-sled"), now())?;
-    let key = sled.request_permission(
-        now(),
-        "blocking-1".into(),
-        "Bash".into(),
-        RawValue::from_string(r#"{"command":"ls"}"#.into())?,
-    );
+    let key = sled.request_permission(now(), "Bash".into(), RawValue::from_string(r#"{"command":"ls"}"#.into())?);
     let mut socket: Option<(ConnId, WebSocket<TcpStream>)> = None;
     let mut decided = None;
 

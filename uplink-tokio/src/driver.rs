@@ -56,7 +56,6 @@ pub(crate) struct Driver {
     pub(crate) io_tx: mpsc::Sender<Io>,
     pub(crate) io_rx: mpsc::Receiver<Io>,
     pub(crate) link: watch::Sender<LinkState>,
-    pub(crate) id_prefix: String,
     /// Connections being dialled.
     dials: HashMap<ConnId, JoinHandle<()>>,
     /// Open connections (the core keeps at most one live; a second is only ever on its way out).
@@ -65,7 +64,6 @@ pub(crate) struct Driver {
     closing: Vec<JoinHandle<()>>,
     waiters: HashMap<PermKey, oneshot::Sender<Decision>>,
     calls: HashMap<McpCallId, AbortHandle>,
-    next_id: u64,
     done: Vec<oneshot::Sender<()>>,
     timer: Deadline,
     /// Which source is polled first next time, in turn, so none can starve the others.
@@ -75,7 +73,6 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         sled: Sled,
         epoch: TokioInstant,
@@ -83,7 +80,6 @@ impl Driver {
         mcp: Arc<McpClient>,
         cmd_rx: mpsc::Receiver<Cmd>,
         link: watch::Sender<LinkState>,
-        id_prefix: String,
     ) -> Self {
         // Bounded: MCP replies and dial outcomes wait for the driver rather than pile up.
         let (io_tx, io_rx) = mpsc::channel(256);
@@ -96,13 +92,11 @@ impl Driver {
             io_tx,
             io_rx,
             link,
-            id_prefix,
             dials: HashMap::new(),
             links: Vec::new(),
             closing: Vec::new(),
             waiters: HashMap::new(),
             calls: HashMap::new(),
-            next_id: 0,
             done: Vec::new(),
             timer: Deadline::new(),
             turn: 0,
@@ -201,9 +195,7 @@ impl Driver {
     fn on_cmd(&mut self, now: Instant, cmd: Option<Cmd>) {
         match cmd {
             Some(Cmd::Permission { tool_name, tool_input, reply }) => {
-                self.next_id += 1;
-                let id = request_id(&self.id_prefix, self.next_id);
-                let key = self.sled.request_permission(now, id, tool_name, tool_input);
+                let key = self.sled.request_permission(now, tool_name, tool_input);
                 self.waiters.insert(key, reply);
             }
             Some(Cmd::Shutdown { done }) => {
@@ -379,34 +371,4 @@ impl Driver {
 /// The token to keep out of error details (a free function: the links are borrowed meanwhile).
 fn secret(target: &Option<Arc<Target>>) -> Option<&str> {
     target.as_ref().and_then(|t| t.bearer.as_deref())
-}
-
-/// `PREFIX-N`, the id of the `n`-th request, without the formatting machinery (this is once per request).
-fn request_id(prefix: &str, n: u64) -> String {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let mut id = String::with_capacity(prefix.len() + 1 + digits.len() - at);
-    id.push_str(prefix);
-    id.push('-');
-    id.extend(digits[at..].iter().map(|&d| char::from(d)));
-    id
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn request_ids_are_the_prefix_and_the_number_in_decimal() {
-        for n in [0, 1, 9, 10, 42, 1_000_000, u64::MAX] {
-            assert_eq!(super::request_id("0badcafe", n), format!("0badcafe-{n}"));
-        }
-    }
 }

@@ -37,8 +37,8 @@
 //! ## Coming from the original `sled_uplink.rs`
 //!
 //! The original took a receiver of `PermissionForward { request_id, tool_name, tool_input, response_tx }`.
-//! Keep that channel and forward each request to the handle. Ids are now chosen by the adapter, which never
-//! reuses one.
+//! Keep that channel and forward each request to the handle. Wire ids are now minted by the core from its
+//! seed, and never reused.
 //!
 //! ```no_run
 //! # use uplink_tokio::{Decision, Uplink};
@@ -149,8 +149,7 @@ impl Uplink {
         let sled = Sled::new(sled_config, uplink_proto::Instant::ZERO)?;
         let (link_tx, link_rx) = watch::channel(sled.link_state());
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-        let id_prefix = format!("{:08x}", config::random_seed() as u32);
-        let driver = Driver::new(sled, epoch, target, Arc::new(mcp), cmd_rx, link_tx, id_prefix);
+        let driver = Driver::new(sled, epoch, target, Arc::new(mcp), cmd_rx, link_tx);
         tokio::spawn(driver.run());
         Ok(Uplink { cmd: cmd_tx, link: link_rx })
     }

@@ -68,7 +68,12 @@ async fn blocking_sled_needs_no_async_runtime() {
     let (url, _stop) = gateway().await;
     let (code, out) = run("blocking_sled", &[("UPLINK_GATEWAY", &url), ("UPLINK_TOKEN", "ex-token")]).await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("decision for blocking-1: Approve"), "{out}");
+    // The request's wire id is the core's own: eight hex digits from the seed, then its number.
+    let line = out.lines().find(|l| l.starts_with("decision for ")).unwrap_or_default();
+    let id = line.trim_start_matches("decision for ").split(':').next().unwrap_or_default();
+    let (prefix, n) = id.split_once('-').unwrap_or_default();
+    assert!(prefix.len() == 8 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) && n == "1", "{out}");
+    assert!(line.ends_with(": Approve"), "{out}");
 }
 
 #[tokio::test]

@@ -94,7 +94,8 @@ impl Driver {
     }
 
     pub fn request(&mut self, id: &str, tool: &str) -> (PermKey, Vec<Output>) {
-        let key = self.sled.request_permission(self.now, id.to_owned(), tool.to_owned(), raw(r#"{"command":"ls"}"#));
+        let key =
+            self.sled.request_permission_with_id(self.now, id.to_owned(), tool.to_owned(), raw(r#"{"command":"ls"}"#));
         (key, self.drain())
     }
 

@@ -290,7 +290,7 @@ impl Pair {
     // ── Commands and faults ──
 
     pub fn ask(&mut self, id: &str, tool: &str) -> uplink_proto::PermKey {
-        let key = self.sled.request_permission(
+        let key = self.sled.request_permission_with_id(
             self.now,
             id.to_owned(),
             tool.to_owned(),
