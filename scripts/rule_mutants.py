@@ -32,10 +32,6 @@ MUTANTS = [
     ("in-flight requests are not denied when the connection drops (they wait for their deadline)", SLED,
      "if let Some(perm) = self.perms.remove(key) {\n                    self.decide(key, perm.wire, Decision::Deny, Cause::ConnectionLost);\n                }",
      "let _ = key;"),
-    ("a response is accepted whatever connection the request went out on (so an answer given before a "
-     "reconnect approves after it)", SLED,
-     "self.perms.take_by_wire_if(req_id, |stage| stage.sent_on() == Some(conn))",
-     "self.perms.take_by_wire_if(req_id, |_| true)"),
     ("frames are accepted from any connection, not only the live one", SLED,
      "Link::Connected { conn: c, last_rx, .. } if *c == conn => *last_rx = now,",
      "Link::Connected { last_rx, .. } => *last_rx = now,"),

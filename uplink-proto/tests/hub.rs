@@ -217,22 +217,31 @@ fn listings_come_from_the_hubs_own_data_with_inputs_as_they_arrived() {
     let input = r#"{ "command" : "ls  -l", "n": 1.50 }"#;
     let id = h.ask(conn, "r1", input);
     h.advance(Duration::from_millis(1500));
+    let second = h.ask(conn, "r2", "[]");
+    let other = h.connect(any(1), "other");
+    let third = h.ask(other, "r1", "{}");
+    let ids: Vec<PublicPermId> = h.hub.permissions(h.now).iter().map(|p| p.id).collect();
+    assert_eq!(ids, [id, second, third], "every pending permission, by connection then arrival");
+    h.hub.decide(h.now, second, Decision::Deny).expect("pending");
+    h.hub.handle_disconnected(h.now, other);
+    h.drain();
     let perms = h.hub.permissions(h.now);
     assert_eq!(perms.len(), 1);
     assert_eq!((perms[0].id, &*perms[0].tool_input, perms[0].age), (id, input, Duration::from_millis(1500)));
     assert_eq!((perms[0].project.as_str(), perms[0].tool_name.as_str()), ("demo", "Bash"));
     let sleds = h.hub.sleds(h.now);
-    assert_eq!(sleds.len(), 1);
+    assert_eq!(
+        sleds.iter().map(|s| (s.project.as_str(), s.connected)).collect::<Vec<_>>(),
+        [("demo", true), ("other", false)]
+    );
     let s = &sleds[0];
     assert!(s.connected && !s.stale);
-    assert_eq!(
-        (s.connected_for, s.last_seen_ago, s.pending_permissions),
-        (h.now - Instant::ZERO, Duration::from_millis(1500), 1)
-    );
+    assert_eq!((s.connected_for, s.last_seen_ago, s.pending_permissions), (h.now - Instant::ZERO, Duration::ZERO, 1));
     h.advance(Duration::from_secs(30));
     assert!(h.hub.sleds(h.now)[0].stale);
     h.hub.handle_disconnected(h.now, conn);
     let gone = &h.hub.sleds(h.now)[0];
+    assert_eq!(gone.last_seen_ago, Duration::from_secs(30));
     assert!(!gone.connected);
     assert_eq!((gone.pending_permissions, gone.connected_for), (0, Duration::ZERO));
     assert!(h.hub.permissions(h.now).is_empty());
