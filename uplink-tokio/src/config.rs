@@ -4,10 +4,9 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use uplink_proto::SledConfig;
 
-use crate::redact::redact_url;
+use crate::redact::{encode_query_value, redact_url};
 
 /// The sled's own MCP endpoint, as in the original.
 pub const DEFAULT_LOCAL_MCP_URL: &str = "http://127.0.0.1:3001/mcp";
@@ -88,13 +87,6 @@ impl fmt::Debug for UplinkConfig {
             .field("sled", &self.sled)
             .finish()
     }
-}
-
-/// Everything but unreserved characters is percent-encoded in a query value.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-pub(crate) fn encode_query_value(value: &str) -> String {
-    utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
 
 /// A seed from the standard library's per-process random keys: enough to spread sleds' reconnections.

@@ -14,17 +14,16 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
-use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 use uplink_proto::{
-    ConnId, ConnectError, Decision, Event, Instant, LinkState, McpCallId, McpReply, Output, PermKey, RawValue,
-    Received, Sled,
+    ConnId, ConnectError, Decision, Event, Instant, LinkState, McpCallId, McpReply, Output, PermKey, RawValue, Sled,
 };
 
 use crate::mcp::McpClient;
+use crate::socket_loop::{Clock, Turn, Turns, received};
 use crate::timer::Deadline;
-use crate::ws::{self, Link, Read, Target, WRITE_BATCH};
+use crate::ws::{self, Link, Read, Target};
 
 /// From a handle to the driver.
 pub(crate) enum Cmd {
@@ -49,7 +48,7 @@ enum Wake {
 
 pub(crate) struct Driver {
     pub(crate) sled: Sled,
-    pub(crate) epoch: TokioInstant,
+    pub(crate) clock: Clock,
     pub(crate) target: Option<Arc<Target>>,
     pub(crate) mcp: Arc<McpClient>,
     pub(crate) cmd_rx: mpsc::Receiver<Cmd>,
@@ -66,16 +65,13 @@ pub(crate) struct Driver {
     calls: HashMap<McpCallId, AbortHandle>,
     done: Vec<oneshot::Sender<()>>,
     timer: Deadline,
-    /// Which source is polled first next time, in turn, so none can starve the others.
-    turn: u8,
-    /// Inputs taken since frames were last written.
-    unwritten: u32,
+    turns: Turns,
 }
 
 impl Driver {
     pub(crate) fn new(
         sled: Sled,
-        epoch: TokioInstant,
+        clock: Clock,
         target: Option<Arc<Target>>,
         mcp: Arc<McpClient>,
         cmd_rx: mpsc::Receiver<Cmd>,
@@ -85,7 +81,7 @@ impl Driver {
         let (io_tx, io_rx) = mpsc::channel(256);
         Driver {
             sled,
-            epoch,
+            clock,
             target,
             mcp,
             cmd_rx,
@@ -99,17 +95,12 @@ impl Driver {
             calls: HashMap::new(),
             done: Vec::new(),
             timer: Deadline::new(),
-            turn: 0,
-            unwritten: 0,
+            turns: Turns::default(),
         }
     }
 
     fn now(&self) -> Instant {
-        Instant::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
-    }
-
-    fn deadline(&self, at: Instant) -> TokioInstant {
-        self.epoch + std::time::Duration::from_micros(at.as_micros())
+        self.clock.now()
     }
 
     pub(crate) async fn run(mut self) {
@@ -118,7 +109,7 @@ impl Driver {
             if self.sled.link_state() == LinkState::Closed {
                 break;
             }
-            let next = self.sled.poll_timeout().map(|at| self.deadline(at));
+            let next = self.sled.poll_timeout().map(|at| self.clock.at(at));
             self.timer.set(next);
             let wake = std::future::poll_fn(|cx| self.poll_wake(cx)).await;
             self.on_wake(wake);
@@ -126,33 +117,23 @@ impl Driver {
         self.finish().await;
     }
 
-    /// Waits for the next input. Queued frames are written whenever nothing else is ready, and after
-    /// [`WRITE_BATCH`] inputs in a row in any case.
+    /// Waits for the next input, taking turns (see [`Turns`]) between commands, I/O results, the timer and
+    /// the sockets, and writing queued frames in write turns.
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        if self.unwritten >= WRITE_BATCH
-            && let Poll::Ready(failed) = self.poll_writes(cx)
-        {
-            return Poll::Ready(failed);
-        }
-        let first = self.turn;
-        self.turn = (self.turn + 1) % 4;
-        for i in 0..4 {
-            let ready = match (first + i) % 4 {
-                0 => self.cmd_rx.poll_recv(cx).map(Wake::Cmd),
-                // The driver holds a sender itself, so this channel never closes.
-                1 => match self.io_rx.poll_recv(cx) {
-                    Poll::Ready(Some(io)) => Poll::Ready(Wake::Io(io)),
-                    _ => Poll::Pending,
-                },
-                2 => self.timer.poll(cx).map(|()| Wake::Timer),
-                _ => self.poll_reads(cx),
-            };
-            if ready.is_ready() {
-                self.unwritten += 1;
-                return ready;
-            }
-        }
-        self.poll_writes(cx)
+        let mut turns = std::mem::take(&mut self.turns);
+        let wake = turns.poll(cx, 4, |turn, cx| match turn {
+            Turn::Input(0) => self.cmd_rx.poll_recv(cx).map(Wake::Cmd),
+            // The driver holds a sender itself, so this channel never closes.
+            Turn::Input(1) => match self.io_rx.poll_recv(cx) {
+                Poll::Ready(Some(io)) => Poll::Ready(Wake::Io(io)),
+                _ => Poll::Pending,
+            },
+            Turn::Input(2) => self.timer.poll(cx).map(|()| Wake::Timer),
+            Turn::Input(_) => self.poll_reads(cx),
+            Turn::Write => self.poll_writes(cx),
+        });
+        self.turns = turns;
+        wake
     }
 
     fn poll_reads(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
@@ -167,7 +148,6 @@ impl Driver {
 
     /// Writes every connection's queued frames. `Ready` only for a connection whose writing failed.
     fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        self.unwritten = 0;
         let secret = secret(&self.target);
         for (conn, link) in &mut self.links {
             if let Poll::Ready(Err(detail)) = link.poll_write(cx, secret) {
@@ -235,13 +215,11 @@ impl Driver {
 
     fn on_read(&mut self, now: Instant, conn: ConnId, read: Read) {
         match read {
-            Read::Message(message) => match message {
-                Message::Text(text) => self.sled.handle_received(now, conn, Received::Text(text.as_str())),
-                Message::Binary(data) => self.sled.handle_received(now, conn, Received::Binary(&data)),
-                Message::Ping(_) => self.sled.handle_received(now, conn, Received::Ping),
-                Message::Pong(_) => self.sled.handle_received(now, conn, Received::Pong),
-                Message::Close(_) | Message::Frame(_) => {}
-            },
+            Read::Message(message) => {
+                if let Some(input) = received(&message) {
+                    self.sled.handle_received(now, conn, input);
+                }
+            }
             Read::ClosedByPeer(detail) => {
                 info!(conn = conn.0, %detail, "gateway connection ended");
                 // The library has queued the answer to the gateway's close; a task of its own sends it.
@@ -277,7 +255,7 @@ impl Driver {
             match output {
                 Output::Connect { conn } => match &self.target {
                     Some(target) => {
-                        self.dials.insert(conn, ws::dial(conn, target.clone(), self.io_tx.clone()));
+                        self.dials.insert(conn, dial(conn, target.clone(), self.io_tx.clone()));
                     }
                     None => {
                         let now = self.now();
@@ -371,4 +349,12 @@ impl Driver {
 /// The token to keep out of error details (a free function: the links are borrowed meanwhile).
 fn secret(target: &Option<Arc<Target>>) -> Option<&str> {
     target.as_ref().and_then(|t| t.bearer.as_deref())
+}
+
+/// Dials in a task of its own and reports the outcome; aborting the task abandons the attempt.
+fn dial(conn: ConnId, target: Arc<Target>, io: mpsc::Sender<Io>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = target.dial().await.map(Box::new);
+        let _ = io.send(Io::Dialed { conn, result }).await;
+    })
 }

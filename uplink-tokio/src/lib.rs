@@ -76,6 +76,7 @@ mod mcp;
 pub mod redact;
 #[cfg(feature = "cli")]
 pub mod sled_server;
+mod socket_loop;
 mod timer;
 mod tls;
 mod ws;
@@ -145,11 +146,11 @@ impl Uplink {
             .map_err(|why| StartError::McpUrl { url: redact_url(&config.local_mcp_url), why })?;
         let mut sled_config = config.sled.clone();
         sled_config.enabled = enabled;
-        let epoch = tokio::time::Instant::now();
+        let clock = socket_loop::Clock::new(tokio::time::Instant::now());
         let sled = Sled::new(sled_config, uplink_proto::Instant::ZERO)?;
         let (link_tx, link_rx) = watch::channel(sled.link_state());
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-        let driver = Driver::new(sled, epoch, target, Arc::new(mcp), cmd_rx, link_tx);
+        let driver = Driver::new(sled, clock, target, Arc::new(mcp), cmd_rx, link_tx);
         tokio::spawn(driver.run());
         Ok(Uplink { cmd: cmd_tx, link: link_rx })
     }

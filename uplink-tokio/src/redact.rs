@@ -1,5 +1,7 @@
 //! Keeping secrets out of logs and error messages.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
 /// `url` with every credential hidden: the `token` (and any `*token*`, `*key*`, `*secret*`, `*password*`)
 /// query parameters and any user-info before the host.
 pub fn redact_url(url: &str) -> String {
@@ -52,11 +54,19 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// Everything but unreserved characters is percent-encoded in a query value.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// `value` percent-encoded for a query string.
+pub(crate) fn encode_query_value(value: &str) -> String {
+    utf8_percent_encode(value, QUERY_VALUE).to_string()
+}
+
 /// `text` with every occurrence of `secret` (plain or percent-encoded) replaced, for error messages that might
 /// quote a request.
 pub(crate) fn scrub(text: &str, secret: Option<&str>) -> String {
     let Some(secret) = secret.filter(|s| !s.is_empty()) else { return text.to_owned() };
-    let encoded = crate::config::encode_query_value(secret);
+    let encoded = encode_query_value(secret);
     text.replace(secret, "[redacted]").replace(&encoded, "[redacted]")
 }
 

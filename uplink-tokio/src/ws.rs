@@ -12,7 +12,6 @@ use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
@@ -20,9 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
-use uplink_proto::{ConnId, ConnectError};
+use uplink_proto::ConnectError;
 
-use crate::driver::Io;
 use crate::redact::scrub;
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -32,10 +30,6 @@ pub(crate) const OUTBOX: usize = 1024;
 
 /// Bytes queued for one connection before it counts as stuck (one frame of any allowed size is always taken).
 pub(crate) const OUTBOX_BYTES: usize = 32 << 20;
-
-/// Inputs a loop takes in a row before it writes its queued frames anyway, so that a flood of inputs cannot
-/// hold frames back, while frames produced together still leave together.
-pub(crate) const WRITE_BATCH: u32 = 64;
 
 /// Bytes a connection gathers before writing them out within a write turn.
 pub(crate) const WRITE_BUFFER: usize = 64 * 1024;
@@ -63,7 +57,7 @@ impl Target {
             .write_buffer_size(WRITE_BUFFER)
     }
 
-    async fn dial(&self) -> Result<Ws, (ConnectError, String)> {
+    pub(crate) async fn dial(&self) -> Result<Ws, (ConnectError, String)> {
         let secret = self.bearer.as_deref();
         let other = |e: &dyn std::fmt::Display| (ConnectError::Other, scrub(&e.to_string(), secret));
         let mut request = self.url.as_str().into_client_request().map_err(|e| other(&e))?;
@@ -245,12 +239,4 @@ impl Wake for ReadWaker {
         self.flag.store(true, Ordering::Release);
         self.task.wake();
     }
-}
-
-/// Dials in a task of its own and reports the outcome; aborting the task abandons the attempt.
-pub(crate) fn dial(conn: ConnId, target: Arc<Target>, io: mpsc::Sender<Io>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let result = target.dial().await.map(Box::new);
-        let _ = io.send(Io::Dialed { conn, result }).await;
-    })
 }

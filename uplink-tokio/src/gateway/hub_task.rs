@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant as TokioInstant;
@@ -18,8 +17,9 @@ use uplink_proto::gateway::{
     AcceptError, CloseReason, ConnHandle, Credential, Hub, HubDecideError, HubEvent, HubOutput, McpFailure, McpRefused,
     McpTicket, PermissionSummary, PublicPermId, SledSummary,
 };
-use uplink_proto::{Decision, Instant, Received};
+use uplink_proto::{Decision, Instant};
 
+use crate::socket_loop::{Clock, received};
 use crate::timer::Deadline;
 
 /// Messages queued for one sled connection before it counts as stuck (its socket loop has a queue of its
@@ -74,7 +74,7 @@ impl HubHandle {
         let (events, _) = broadcast::channel(1024);
         let task = HubTask {
             hub,
-            epoch,
+            clock: Clock::new(epoch),
             rx,
             conns: HashMap::new(),
             mcp: HashMap::new(),
@@ -157,7 +157,7 @@ impl HubHandle {
 
 struct HubTask {
     hub: Hub,
-    epoch: TokioInstant,
+    clock: Clock,
     rx: mpsc::Receiver<HubMsg>,
     /// Where each connection's frames go.
     conns: HashMap<ConnHandle, mpsc::Sender<ConnOut>>,
@@ -170,14 +170,14 @@ struct HubTask {
 
 impl HubTask {
     fn now(&self) -> Instant {
-        Instant::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+        self.clock.now()
     }
 
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(HUB_BATCH);
         loop {
             self.drain();
-            let at = self.hub.poll_timeout().map(|at| self.epoch + Duration::from_micros(at.as_micros()));
+            let at = self.hub.poll_timeout().map(|at| self.clock.at(at));
             self.timer.set(at);
             tokio::select! {
                 biased;
@@ -209,13 +209,11 @@ impl HubTask {
                 }
                 let _ = reply.send(accepted);
             }
-            HubMsg::Received { conn, message } => match &message {
-                Message::Text(text) => self.hub.handle_received(now, conn, Received::Text(text.as_str())),
-                Message::Binary(data) => self.hub.handle_received(now, conn, Received::Binary(data)),
-                Message::Ping(_) => self.hub.handle_received(now, conn, Received::Ping),
-                Message::Pong(_) => self.hub.handle_received(now, conn, Received::Pong),
-                Message::Close(_) | Message::Frame(_) => {}
-            },
+            HubMsg::Received { conn, message } => {
+                if let Some(input) = received(&message) {
+                    self.hub.handle_received(now, conn, input);
+                }
+            }
             HubMsg::TooBig { conn } => self.hub.handle_too_big(now, conn),
             HubMsg::Ended { conn } => {
                 self.conns.remove(&conn);

@@ -22,7 +22,8 @@ use uplink_proto::gateway::{ConnHandle, Credential, CredentialId};
 use super::Shared;
 use super::hub_task::{CONN_QUEUE, ConnOut, HubHandle};
 use crate::http::{bearer, error, query_token};
-use crate::ws::{Link, Read, WRITE_BATCH};
+use crate::socket_loop::{Turn, Turns};
+use crate::ws::{Link, Read};
 
 /// Checks the sled token, registers the connection with the hub, and answers `101`; the connection's loop
 /// starts once hyper hands over the socket.
@@ -103,33 +104,18 @@ where
 {
     let mut link = Link::new(Box::new(ws));
     let mut reading = true;
-    let mut unwritten = 0u32;
-    let mut turn = false;
+    let mut turns = Turns::default();
     let ending = loop {
         let wake = std::future::poll_fn(|cx| {
-            if unwritten >= WRITE_BATCH
-                && let Poll::Ready(Err(detail)) = link.poll_write(cx, None)
-            {
-                return Poll::Ready(Wake::WriteFailed(detail));
-            }
-            // Each source goes first in turn, so a flood on one cannot starve the other.
-            turn = !turn;
-            for first in [turn, !turn] {
-                let ready = if first {
-                    if reading { link.poll_read(cx, None).map(Wake::Read) } else { Poll::Pending }
-                } else {
-                    out.poll_recv(cx).map(Wake::Out)
-                };
-                if ready.is_ready() {
-                    unwritten += 1;
-                    return ready;
-                }
-            }
-            unwritten = 0;
-            match link.poll_write(cx, None) {
-                Poll::Ready(Err(detail)) => Poll::Ready(Wake::WriteFailed(detail)),
-                _ => Poll::Pending,
-            }
+            turns.poll(cx, 2, |turn, cx| match turn {
+                Turn::Input(0) if reading => link.poll_read(cx, None).map(Wake::Read),
+                Turn::Input(0) => Poll::Pending,
+                Turn::Input(_) => out.poll_recv(cx).map(Wake::Out),
+                Turn::Write => match link.poll_write(cx, None) {
+                    Poll::Ready(Err(detail)) => Poll::Ready(Wake::WriteFailed(detail)),
+                    _ => Poll::Pending,
+                },
+            })
         })
         .await;
         match wake {
