@@ -40,7 +40,13 @@ async fn the_token_never_reaches_the_logs_at_trace_level() {
     let capture = Capture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(uplink_tokio::logging::env_filter("trace"))
+        .with_env_filter(
+            uplink_tokio::SECRET_SAFE_DIRECTIVES
+                .iter()
+                .fold(tracing_subscriber::EnvFilter::new("trace"), |filter, directive| {
+                    filter.add_directive(directive.parse().unwrap())
+                }),
+        )
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();

@@ -36,21 +36,21 @@ const STEP: Duration = Duration::from_secs(10);
 
 /// Input of the demo's `word_count` tool.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
-pub struct CountInput {
+pub(crate) struct CountInput {
     /// The text to count words in.
     pub text: String,
 }
 
 /// The demo's MCP server: one tool, `word_count`.
 #[derive(Clone)]
-pub struct DemoTools {
+pub(crate) struct DemoTools {
     tool_router: ToolRouter<Self>,
 }
 
 #[tool_router]
 impl DemoTools {
     /// The server.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         DemoTools { tool_router: Self::tool_router() }
     }
 
@@ -222,7 +222,7 @@ fn check(ok: bool, what: impl Into<String>) -> Result<(), String> {
 
 /// Runs the demo; `Err` names the step that misbehaved. With `keep_running`, leaves everything up afterwards
 /// (printing the URLs and tokens) until `until` completes.
-pub async fn run(keep_running: bool, until: impl std::future::Future<Output = ()>) -> Result<(), String> {
+pub(crate) async fn run(keep_running: bool, until: impl std::future::Future<Output = ()>) -> Result<(), String> {
     let n = Narrator { start: Instant::now() };
     let sled_token = generate_token().map_err(|e| e.to_string())?;
     let admin_token = generate_token().map_err(|e| e.to_string())?;

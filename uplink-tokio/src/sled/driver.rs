@@ -20,7 +20,7 @@ use uplink_proto::{
     ConnId, ConnectError, Decision, Event, Instant, LinkState, McpCallId, McpReply, Output, PermKey, RawValue, Sled,
 };
 
-use crate::mcp::McpClient;
+use super::mcp_client::McpClient;
 use crate::socket_loop::{Clock, Turn, Turns, received};
 use crate::timer::Deadline;
 use crate::ws::{self, Link, Read, Target};

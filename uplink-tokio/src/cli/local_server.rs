@@ -35,14 +35,14 @@ use tracing::debug;
 use crate::{Decision, Uplink};
 
 /// A local client must send each request's headers, and then its body, within this long.
-pub const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest `/permission` request body.
-pub const MAX_PERMISSION_BODY: usize = 1 << 20;
+pub(crate) const MAX_PERMISSION_BODY: usize = 1 << 20;
 
 /// Input of the `approve` tool (Claude Code's permission prompt contract).
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
-pub struct ApproveInput {
+pub(crate) struct ApproveInput {
     /// The tool the agent wants to use.
     pub tool_name: String,
     /// The input it wants to use it with.
@@ -54,7 +54,7 @@ pub struct ApproveInput {
 
 /// The MCP server behind `/mcp`.
 #[derive(Clone)]
-pub struct ApproveServer {
+pub(crate) struct ApproveServer {
     uplink: Uplink,
     tool_router: ToolRouter<Self>,
 }
@@ -62,7 +62,7 @@ pub struct ApproveServer {
 #[tool_router]
 impl ApproveServer {
     /// A server that asks `uplink` for every decision.
-    pub fn new(uplink: Uplink) -> Self {
+    pub(crate) fn new(uplink: Uplink) -> Self {
         ApproveServer { uplink, tool_router: Self::tool_router() }
     }
 
@@ -76,7 +76,7 @@ impl ApproveServer {
 }
 
 /// The permission-prompt answer for `decision`.
-pub fn prompt_answer(decision: Decision, input: serde_json::Value) -> serde_json::Value {
+pub(crate) fn prompt_answer(decision: Decision, input: serde_json::Value) -> serde_json::Value {
     match decision {
         Decision::Approve | Decision::AlwaysAllow => json!({"behavior": "allow", "updatedInput": input}),
         Decision::Deny => json!({
@@ -116,7 +116,7 @@ fn router(uplink: Uplink, stop: &CancellationToken) -> Router {
 }
 
 /// Serves `/permission` and `/mcp` on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, uplink: Uplink, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, uplink: Uplink, stop: CancellationToken) {
     let router = router(uplink, &stop);
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = crate::accept::AcceptBackoff::default();

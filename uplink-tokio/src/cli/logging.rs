@@ -2,20 +2,15 @@
 //!
 //! One library logs secrets: tungstenite prints the whole client handshake request at TRACE under the log
 //! target `tungstenite::handshake::client`. That request carries the sled's token (in `?token=` and
-//! `Authorization`). [`env_filter`] therefore always turns that target off, whatever `RUST_LOG` says (it only
+//! `Authorization`). The program's filter therefore always turns that target off, whatever `RUST_LOG` says (it only
 //! ever logs handshake internals). Embedders with their own subscriber should do the same.
 
 use tracing_subscriber::EnvFilter;
 
-/// Directives appended to every filter: targets that would otherwise log secrets.
-pub const SECRET_SAFE_DIRECTIVES: &[&str] = &["tungstenite::handshake::client=off"];
+use crate::SECRET_SAFE_DIRECTIVES;
 
-/// An `EnvFilter` for `spec` (the `RUST_LOG` syntax; `info` when empty or invalid), with
+/// An `EnvFilter` for `spec` (the `RUST_LOG` syntax; `default` when empty or invalid), with
 /// [`SECRET_SAFE_DIRECTIVES`] applied last so they always win.
-pub fn env_filter(spec: &str) -> EnvFilter {
-    filter_or(spec, "info")
-}
-
 fn filter_or(spec: &str, default: &str) -> EnvFilter {
     let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new(default));
     if spec.trim().is_empty() {
@@ -31,7 +26,7 @@ fn filter_or(spec: &str, default: &str) -> EnvFilter {
 
 /// Installs the program's subscriber: human-readable lines on standard error, filtered by `RUST_LOG`
 /// (`default` when unset), with `log` records from dependencies included. Does nothing if one is installed.
-pub fn init(default: &str) {
+pub(crate) fn init(default: &str) {
     let spec = std::env::var("RUST_LOG").unwrap_or_default();
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter_or(&spec, default)).with_writer(std::io::stderr).try_init();

@@ -1,0 +1,261 @@
+//! The `uplink` command-line program (feature `cli`; the binary only calls [`main`]).
+//!
+//! `uplink sled` keeps a sled's uplink to its gateway and serves local permission requests; `uplink gateway`
+//! is the other end, with an admin API; `uplink demo` walks through a whole session on loopback. What only
+//! the program needs lives here, in private modules: the walk-through, the sled's local server, and the
+//! logging set-up.
+#![allow(clippy::print_stdout)]
+
+mod demo;
+mod local_server;
+mod logging;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::gateway::{self, GatewayServer, GatewayServerConfig};
+use crate::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, Uplink, UplinkConfig};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use uplink_proto::gateway::GatewayConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "uplink",
+    version,
+    about = "The sled ↔ gateway uplink: permission requests and MCP over one WebSocket"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a sled: keep the uplink to the gateway, serve local permission requests, relay MCP requests.
+    Sled(SledArgs),
+    /// Run a gateway: accept sleds, relay MCP to them, let people and bots decide their permissions.
+    Gateway(GatewayArgs),
+    /// Walk through a whole session on loopback: a gateway, a sled and an MCP tool server in this process.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// After the walk-through, keep the gateway and the sled running and print their URLs and tokens.
+    #[arg(long)]
+    keep_running: bool,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// Address to listen on (HTTP API and the sleds' WebSocket endpoint).
+    #[arg(long, default_value = gateway::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// A token sleds may connect with (repeat for several). Also UPLINK_SLED_TOKENS, comma-separated. When
+    /// none is given, one is generated and printed.
+    #[arg(long = "sled-token", env = "UPLINK_SLED_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    sled_tokens: Vec<String>,
+    /// The admin API's token. When none is given, one is generated and printed.
+    #[arg(long, env = "UPLINK_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// PEM certificate chain to serve HTTPS and wss:// (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Close a connection whose first frame is not `identity` within this long.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    identity_timeout: Duration,
+    /// Report a sled stale when nothing arrived from it for this long.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    stale_after: Duration,
+    /// Answer 504 when a sled does not answer an MCP request within this long.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    mcp_timeout: Duration,
+    /// Approve requests for this tool at once, without the API (repeatable).
+    #[arg(long = "auto-approve")]
+    auto_approve: Vec<String>,
+    /// Deny requests for this tool at once, without the API (repeatable; wins over --auto-approve).
+    #[arg(long = "auto-deny")]
+    auto_deny: Vec<String>,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 500ms, 10s, 2m)"))
+}
+
+#[derive(Args)]
+struct SledArgs {
+    /// WebSocket URL of the gateway's /api/sled-uplink endpoint (ws:// or wss://). Also read from
+    /// HUSKIES_UPSTREAM_GATEWAY. Without one, every permission request is denied.
+    #[arg(long, env = "UPLINK_GATEWAY")]
+    gateway: Option<String>,
+    /// Project name this sled announces.
+    #[arg(long, env = "UPLINK_PROJECT")]
+    project: String,
+    /// The sled's token for the gateway.
+    #[arg(long, env = "UPLINK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The sled's local MCP endpoint, where the gateway's MCP requests are replayed.
+    #[arg(long = "mcp", env = "UPLINK_MCP_URL", default_value = DEFAULT_LOCAL_MCP_URL)]
+    mcp: String,
+    /// Where local agents ask for permission: POST /permission, and the MCP `approve` tool at /mcp.
+    #[arg(long, default_value = "127.0.0.1:3002")]
+    permission_listen: SocketAddr,
+    /// Interval between heartbeats (each also pings the gateway).
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    heartbeat_interval: Duration,
+    /// Reconnect when nothing arrived from the gateway for this long.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    idle_timeout: Duration,
+    /// Deny a permission request the gateway has not decided after this long.
+    #[arg(long, value_parser = duration, default_value = "2m")]
+    permission_timeout: Duration,
+    /// Answer an MCP request with an error when the local endpoint takes longer than this.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    mcp_timeout: Duration,
+    /// PEM file of extra CA certificates to trust for wss://.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+/// Runs the program with the process's arguments: exit code 0 when it did what was asked, 1 when it could
+/// not (the reason is printed), 2 for a usage error (clap's).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo narrates on standard output; its logs stay quiet unless asked for.
+    logging::init(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("uplink: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Sled(args) => runtime.block_on(sled(args)),
+        Command::Gateway(args) => runtime.block_on(gateway(args)),
+        Command::Demo(args) => runtime.block_on(async {
+            let signal = shutdown_signal()?;
+            demo::run(args.keep_running, signal).await.map_err(|e| format!("demo failed: {e}"))?;
+            println!("The demo behaved as expected.");
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("uplink: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn sled(args: SledArgs) -> Result<(), String> {
+    let gateway = args.gateway.or_else(|| std::env::var("HUSKIES_UPSTREAM_GATEWAY").ok()).unwrap_or_default();
+    let mut config = UplinkConfig::new(gateway, args.project);
+    config.token = args.token;
+    config.local_mcp_url = args.mcp;
+    config.ca_file = args.ca_file;
+    config.sled.heartbeat_interval = args.heartbeat_interval;
+    config.sled.idle_timeout = args.idle_timeout;
+    config.sled.permission_timeout = args.permission_timeout;
+    config.sled.mcp_timeout = args.mcp_timeout;
+    if config.gateway_url.is_empty() {
+        tracing::warn!("no gateway configured: every permission request will be denied");
+    }
+    let signal = shutdown_signal()?;
+    let listener = tokio::net::TcpListener::bind(args.permission_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.permission_listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let uplink = Uplink::start(config).map_err(|e| e.to_string())?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(local_server::serve(listener, uplink.clone(), stop.clone()));
+    println!("uplink sled: agents ask at http://{local}/permission and MCP http://{local}/mcp");
+    signal.await;
+    tracing::info!("shutting down");
+    uplink.shutdown().await;
+    stop.cancel();
+    let _ = server.await;
+    Ok(())
+}
+
+async fn gateway(args: GatewayArgs) -> Result<(), String> {
+    let mut generated = Vec::new();
+    let mut sled_tokens: Vec<String> =
+        args.sled_tokens.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+    if sled_tokens.is_empty() {
+        sled_tokens.push(gateway::generate_token().map_err(|e| e.to_string())?);
+        generated.push("sled");
+    }
+    let admin_token = match args.admin_token.filter(|t| !t.trim().is_empty()) {
+        Some(t) => t.trim().to_owned(),
+        None => {
+            generated.push("admin");
+            gateway::generate_token().map_err(|e| e.to_string())?
+        }
+    };
+    let tls = args.tls_cert.zip(args.tls_key);
+    let scheme = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
+    let config = GatewayServerConfig {
+        listen: args.listen,
+        sled_tokens: sled_tokens.clone(),
+        admin_token: admin_token.clone(),
+        tls,
+        max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        session: GatewayConfig {
+            identity_timeout: args.identity_timeout,
+            stale_after: args.stale_after,
+            mcp_timeout: args.mcp_timeout,
+            auto_approve: args.auto_approve.into_iter().collect(),
+            auto_deny: args.auto_deny.into_iter().collect(),
+            ..GatewayConfig::default()
+        },
+        handshake_timeout: gateway::DEFAULT_HANDSHAKE_TIMEOUT,
+        max_disconnected_sleds: gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
+    };
+    let signal = shutdown_signal()?;
+    let server = GatewayServer::bind(config).await.map_err(|e| e.to_string())?;
+    let local = server.local_addr().map_err(|e| e.to_string())?;
+    println!("uplink gateway: listening on {}://{local}", scheme.0);
+    println!("  sleds connect to {}://{local}/api/sled-uplink", scheme.1);
+    // Tokens are printed only when generated here, so the operator can use them; never logged.
+    if generated.contains(&"sled") {
+        println!("  sled token (generated):  {}", sled_tokens[0]);
+    }
+    if generated.contains(&"admin") {
+        println!("  admin token (generated): {admin_token}");
+    }
+    server.run(signal).await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM on Unix. The handlers are installed when this is called, not when the future is first
+/// polled, so call it before announcing readiness: a signal right after the ready line is then a clean
+/// shutdown, never the default "terminate".
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}

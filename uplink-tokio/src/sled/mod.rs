@@ -1,0 +1,128 @@
+//! The sled side: the [`Uplink`] handle an embedder holds, the driver task that owns the core's
+//! [`Sled`](uplink_proto::Sled) and carries out what it asks, and the client of the sled's local MCP
+//! endpoint.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use uplink_proto::{ConfigError, Decision, LinkState, RawValue, Sled};
+
+mod config;
+mod driver;
+mod mcp_client;
+
+pub use config::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, UplinkConfig};
+
+use crate::redact::redact_url;
+use crate::socket_loop::Clock;
+use crate::{tls, ws};
+use driver::{Cmd, Driver};
+
+/// Why an [`Uplink`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Not called from within a tokio runtime.
+    #[error("Uplink::start must be called from within a tokio runtime")]
+    NoRuntime,
+    /// The gateway URL is not a `ws://` or `wss://` URL (shown redacted).
+    #[error("gateway URL {0} must start with ws:// or wss://")]
+    GatewayUrl(String),
+    /// The local MCP URL is unusable.
+    #[error("local MCP URL {url}: {why}")]
+    McpUrl {
+        /// The URL, redacted.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The extra CA file could not be used.
+    #[error("CA file {0}")]
+    CaFile(String),
+    /// TLS could not be set up.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The core refused the configuration.
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+}
+
+/// A running uplink. Clone it freely; every clone talks to the same task. When the last clone is dropped the
+/// uplink shuts down as if [`Uplink::shutdown`] had been called.
+#[derive(Clone, Debug)]
+pub struct Uplink {
+    cmd: mpsc::Sender<Cmd>,
+    link: watch::Receiver<LinkState>,
+}
+
+impl Uplink {
+    /// Starts the uplink's task on the current tokio runtime. With an empty gateway URL it starts disabled:
+    /// every permission request is denied at once, as in the original.
+    pub fn start(config: UplinkConfig) -> Result<Uplink, StartError> {
+        tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        let enabled = !config.gateway_url.trim().is_empty();
+        let target = if enabled {
+            let url = config.gateway_url.trim();
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(StartError::GatewayUrl(redact_url(url)));
+            }
+            Some(Arc::new(ws::Target {
+                url: config.dial_url(),
+                bearer: config.bearer(),
+                tls: tls::client_config(config.ca_file.as_deref())?,
+                ws_config: ws::Target::ws_config(config.max_message_size),
+            }))
+        } else {
+            None
+        };
+        let mcp = mcp_client::McpClient::new(&config.local_mcp_url, config.max_message_size)
+            .map_err(|why| StartError::McpUrl { url: redact_url(&config.local_mcp_url), why })?;
+        let mut sled_config = config.sled.clone();
+        sled_config.enabled = enabled;
+        let clock = Clock::new(tokio::time::Instant::now());
+        let sled = Sled::new(sled_config, uplink_proto::Instant::ZERO)?;
+        let (link_tx, link_rx) = watch::channel(sled.link_state());
+        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+        let driver = Driver::new(sled, clock, target, Arc::new(mcp), cmd_rx, link_tx);
+        tokio::spawn(driver.run());
+        Ok(Uplink { cmd: cmd_tx, link: link_rx })
+    }
+
+    /// Asks the gateway whether `tool_name` may run with `tool_input`. Always resolves: a denial, a timeout,
+    /// a lost gateway or a shut-down uplink all give [`Decision::Deny`].
+    pub async fn request_permission(&self, tool_name: &str, tool_input: &serde_json::Value) -> Decision {
+        match serde_json::value::to_raw_value(tool_input) {
+            Ok(raw) => self.request_permission_raw(tool_name, raw).await,
+            Err(_) => Decision::Deny,
+        }
+    }
+
+    /// As [`Uplink::request_permission`], with the input already as JSON text.
+    pub async fn request_permission_raw(&self, tool_name: &str, tool_input: Box<RawValue>) -> Decision {
+        let (reply, decision) = oneshot::channel();
+        let cmd = Cmd::Permission { tool_name: tool_name.to_owned(), tool_input, reply };
+        if self.cmd.send(cmd).await.is_err() {
+            return Decision::Deny;
+        }
+        decision.await.unwrap_or(Decision::Deny)
+    }
+
+    /// The link's state now.
+    pub fn link_state(&self) -> LinkState {
+        self.link.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the link's state.
+    pub fn watch_link(&self) -> watch::Receiver<LinkState> {
+        self.link.clone()
+    }
+
+    /// Denies everything pending, answers MCP calls in flight, closes the WebSocket normally and stops.
+    /// Returns once that is done (the close handshake is given up to two seconds). Calling it again, or on a
+    /// stopped uplink, returns at once.
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.cmd.send(Cmd::Shutdown { done }).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
