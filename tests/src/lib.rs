@@ -315,19 +315,13 @@ impl RealGateway {
         max_disconnected_sleds: usize,
     ) -> RealGateway {
         use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
-        let server = GatewayServer::bind(GatewayServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            sled_tokens: vec![SLED_TOKEN.into()],
-            admin_token: ADMIN_TOKEN.into(),
-            tls: None,
-            max_message_size,
-            session,
-            // Short, so that the slow-loris tests take two seconds rather than ten.
-            handshake_timeout: Duration::from_secs(2),
-            max_disconnected_sleds,
-        })
-        .await
-        .unwrap();
+        let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![SLED_TOKEN.into()], ADMIN_TOKEN);
+        config.max_message_size = max_message_size;
+        config.session = session;
+        // Short, so that the slow-loris tests take two seconds rather than ten.
+        config.handshake_timeout = Duration::from_secs(2);
+        config.max_disconnected_sleds = max_disconnected_sleds;
+        let server = GatewayServer::bind(config).await.unwrap();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {

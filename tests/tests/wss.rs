@@ -73,7 +73,10 @@ async fn an_untrusted_certificate_is_a_connect_failure_not_a_panic() {
 async fn an_unreadable_ca_file_is_a_start_error() {
     let mut c = config(1);
     c.ca_file = Some(std::env::temp_dir().join("uplink-test-no-such-ca.pem"));
-    assert!(matches!(Uplink::start(c), Err(uplink_tokio::StartError::CaFile(_))));
+    assert!(matches!(
+        Uplink::start(c),
+        Err(uplink_tokio::StartError::CaFile { .. } | uplink_tokio::StartError::NoCaCertificate(_))
+    ));
     let empty = std::env::temp_dir().join(format!("uplink-test-empty-{}.pem", std::process::id()));
     std::fs::write(&empty, "not a certificate").unwrap();
     let mut c = config(1);
@@ -85,7 +88,6 @@ async fn an_unreadable_ca_file_is_a_start_error() {
 
 #[tokio::test]
 async fn the_gateway_serves_wss_and_https_from_certificate_files() {
-    use uplink_proto::gateway::GatewayConfig;
     use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = std::env::temp_dir();
@@ -95,18 +97,9 @@ async fn the_gateway_serves_wss_and_https_from_certificate_files() {
     );
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let server = GatewayServer::bind(GatewayServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        sled_tokens: vec!["s".into()],
-        admin_token: "a".into(),
-        tls: Some((cert.clone(), key.clone())),
-        max_message_size: 1 << 20,
-        session: GatewayConfig::default(),
-        handshake_timeout: uplink_tokio::gateway::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
-    })
-    .await
-    .unwrap();
+    let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec!["s".into()], "a");
+    config.tls = Some((cert.clone(), key.clone()));
+    let server = GatewayServer::bind(config).await.unwrap();
     let port = server.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async move {
@@ -131,32 +124,19 @@ async fn the_gateway_serves_wss_and_https_from_certificate_files() {
 
 #[tokio::test]
 async fn a_gateway_with_an_unusable_certificate_does_not_start() {
-    use uplink_proto::gateway::GatewayConfig;
     use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
     let missing = std::env::temp_dir().join("uplink-no-such-cert.pem");
-    let result = GatewayServer::bind(GatewayServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        sled_tokens: vec!["s".into()],
-        admin_token: "a".into(),
-        tls: Some((missing.clone(), missing)),
-        max_message_size: 1 << 20,
-        session: GatewayConfig::default(),
-        handshake_timeout: uplink_tokio::gateway::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
-    })
-    .await;
-    assert!(matches!(result, Err(uplink_tokio::gateway::GatewayStartError::Tls(_))));
+    let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec!["s".into()], "a");
+    config.tls = Some((missing.clone(), missing));
+    let result = GatewayServer::bind(config).await;
+    assert!(matches!(
+        result,
+        Err(uplink_tokio::gateway::GatewayStartError::Tls { .. }
+            | uplink_tokio::gateway::GatewayStartError::NoCertificate(_))
+    ));
     // A zero handshake timeout would cut off every client: refused at start, like the certificate.
-    let result = GatewayServer::bind(GatewayServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        sled_tokens: vec!["s".into()],
-        admin_token: "a".into(),
-        tls: None,
-        max_message_size: 1 << 20,
-        session: GatewayConfig::default(),
-        handshake_timeout: std::time::Duration::ZERO,
-        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
-    })
-    .await;
+    let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec!["s".into()], "a");
+    config.handshake_timeout = std::time::Duration::ZERO;
+    let result = GatewayServer::bind(config).await;
     assert!(matches!(result, Err(uplink_tokio::gateway::GatewayStartError::ZeroHandshakeTimeout)));
 }

@@ -358,22 +358,10 @@ async fn echo_via_task_round_trips(addr: SocketAddr, frame: &str, n: usize) -> L
 
 /// The gateway's server in this process, configured as the child process is.
 async fn in_process_gateway() -> SocketAddr {
-    use uplink_tokio::gateway::{DEFAULT_HANDSHAKE_TIMEOUT, GatewayServer, GatewayServerConfig};
-    let server = GatewayServer::bind(GatewayServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        sled_tokens: vec![SLED_TOKEN.into()],
-        admin_token: ADMIN_TOKEN.into(),
-        tls: None,
-        max_message_size: uplink_tokio::DEFAULT_MAX_MESSAGE_SIZE,
-        session: uplink_tokio::uplink_proto::gateway::GatewayConfig {
-            auto_approve: ["Bench".to_owned()].into(),
-            ..Default::default()
-        },
-        handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
-    })
-    .await
-    .unwrap();
+    use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
+    let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![SLED_TOKEN.into()], ADMIN_TOKEN);
+    config.session.auto_approve = ["Bench".to_owned()].into();
+    let server = GatewayServer::bind(config).await.unwrap();
     let addr = server.local_addr().unwrap();
     tokio::spawn(server.run(std::future::pending()));
     addr

@@ -56,6 +56,7 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![deny(missing_debug_implementations)]
 
 pub use uplink_proto::{self, Decision, LinkState, LossReason, RawValue};
 
@@ -71,7 +72,7 @@ mod timer;
 mod tls;
 mod ws;
 
-pub use sled::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, StartError, Uplink, UplinkConfig};
+pub use sled::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, McpUrlError, StartError, Uplink, UplinkConfig};
 
 /// `tracing` filter directives that turn off the targets that would log secrets: tungstenite prints the
 /// whole client handshake request, the sled's token included, at TRACE under `tungstenite::handshake::client`.

@@ -22,18 +22,10 @@ fn example(name: &str) -> PathBuf {
 
 /// A gateway that approves `Bash` by policy, so examples get an answer without anybody.
 async fn gateway() -> (String, oneshot::Sender<()>) {
-    let server = GatewayServer::bind(GatewayServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        sled_tokens: vec!["ex-token".into()],
-        admin_token: "ex-admin".into(),
-        tls: None,
-        max_message_size: 1 << 20,
-        session: GatewayConfig { auto_approve: ["Bash".to_owned()].into(), ..GatewayConfig::default() },
-        handshake_timeout: uplink_tokio::gateway::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
-    })
-    .await
-    .unwrap();
+    let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec!["ex-token".into()], "ex-admin");
+    config.max_message_size = 1 << 20;
+    config.session = GatewayConfig { auto_approve: ["Bash".to_owned()].into(), ..GatewayConfig::default() };
+    let server = GatewayServer::bind(config).await.unwrap();
     let url = format!("ws://{}/api/sled-uplink", server.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run(async move {

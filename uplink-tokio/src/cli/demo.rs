@@ -23,7 +23,6 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use uplink_proto::gateway::GatewayConfig;
 use uplink_proto::sse::SseParser;
 
 use crate::gateway::{GatewayServer, GatewayServerConfig, generate_token};
@@ -107,18 +106,9 @@ async fn start_gateway(
     sled_token: &str,
     admin: &str,
 ) -> Result<(SocketAddr, RunningGateway), String> {
-    let server = GatewayServer::bind(GatewayServerConfig {
-        listen,
-        sled_tokens: vec![sled_token.to_owned()],
-        admin_token: admin.to_owned(),
-        tls: None,
-        max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
-        session: GatewayConfig::default(),
-        handshake_timeout: crate::gateway::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: crate::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let server = GatewayServer::bind(GatewayServerConfig::new(listen, vec![sled_token.to_owned()], admin))
+        .await
+        .map_err(|e| e.to_string())?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {

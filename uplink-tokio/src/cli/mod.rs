@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::gateway::{self, GatewayServer, GatewayServerConfig};
-use crate::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, Uplink, UplinkConfig};
+use crate::{DEFAULT_LOCAL_MCP_URL, Uplink, UplinkConfig};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use uplink_proto::gateway::GatewayConfig;
@@ -202,22 +202,15 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     };
     let tls = args.tls_cert.zip(args.tls_key);
     let scheme = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
-    let config = GatewayServerConfig {
-        listen: args.listen,
-        sled_tokens: sled_tokens.clone(),
-        admin_token: admin_token.clone(),
-        tls,
-        max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-        session: GatewayConfig {
-            identity_timeout: args.identity_timeout,
-            stale_after: args.stale_after,
-            mcp_timeout: args.mcp_timeout,
-            auto_approve: args.auto_approve.into_iter().collect(),
-            auto_deny: args.auto_deny.into_iter().collect(),
-            ..GatewayConfig::default()
-        },
-        handshake_timeout: gateway::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_disconnected_sleds: gateway::DEFAULT_MAX_DISCONNECTED_SLEDS,
+    let mut config = GatewayServerConfig::new(args.listen, sled_tokens.clone(), admin_token.clone());
+    config.tls = tls;
+    config.session = GatewayConfig {
+        identity_timeout: args.identity_timeout,
+        stale_after: args.stale_after,
+        mcp_timeout: args.mcp_timeout,
+        auto_approve: args.auto_approve.into_iter().collect(),
+        auto_deny: args.auto_deny.into_iter().collect(),
+        ..GatewayConfig::default()
     };
     let signal = shutdown_signal()?;
     let server = GatewayServer::bind(config).await.map_err(|e| e.to_string())?;

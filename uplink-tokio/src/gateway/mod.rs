@@ -45,8 +45,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of [`GatewayServerConfig::max_disconnected_sleds`].
 pub const DEFAULT_MAX_DISCONNECTED_SLEDS: usize = 1024;
 
-/// Configuration of a [`GatewayServer`]. Its `Debug` output hides the tokens.
+/// Configuration of a [`GatewayServer`], made with [`GatewayServerConfig::new`]. Its `Debug` output hides the
+/// tokens.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct GatewayServerConfig {
     /// Where to listen.
     pub listen: SocketAddr,
@@ -72,6 +74,23 @@ pub struct GatewayServerConfig {
     pub max_disconnected_sleds: usize,
 }
 
+impl GatewayServerConfig {
+    /// A gateway on `listen` for sleds with any of `sled_tokens`, administered with `admin_token`; every
+    /// other setting at its default (plain HTTP, 16 MiB messages, the core's session rules).
+    pub fn new(listen: SocketAddr, sled_tokens: Vec<String>, admin_token: impl Into<String>) -> GatewayServerConfig {
+        GatewayServerConfig {
+            listen,
+            sled_tokens,
+            admin_token: admin_token.into(),
+            tls: None,
+            max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
+            session: GatewayConfig::default(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_disconnected_sleds: DEFAULT_MAX_DISCONNECTED_SLEDS,
+        }
+    }
+}
+
 impl std::fmt::Debug for GatewayServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayServerConfig")
@@ -89,6 +108,7 @@ impl std::fmt::Debug for GatewayServerConfig {
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GatewayStartError {
     /// No sled token, no admin token, or an admin token equal to a sled token.
     #[error("{0}")]
@@ -99,11 +119,21 @@ pub enum GatewayStartError {
         /// The address.
         addr: SocketAddr,
         /// What went wrong.
+        #[source]
         error: std::io::Error,
     },
     /// The certificate or key could not be used.
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error("TLS: {what}: {source}")]
+    Tls {
+        /// What was being read or set up (a file, or a step).
+        what: String,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The certificate file holds no certificate.
+    #[error("TLS: {0}: no certificate found")]
+    NoCertificate(PathBuf),
     /// The handshake timeout is zero: every client would be cut off.
     #[error("the handshake timeout must not be zero")]
     ZeroHandshakeTimeout,
@@ -257,21 +287,25 @@ impl GatewayServer {
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAcceptor, GatewayStartError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |what: &str, e: &dyn std::fmt::Display| GatewayStartError::Tls(format!("{what}: {e}"));
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad(&cert.display().to_string(), &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(&cert.display().to_string(), &e))?;
-    if certs.is_empty() {
-        return Err(GatewayStartError::Tls(format!("{}: no certificate found", cert.display())));
+    fn bad<E: std::error::Error + Send + Sync + 'static>(
+        what: impl std::fmt::Display,
+    ) -> impl FnOnce(E) -> GatewayStartError {
+        move |e| GatewayStartError::Tls { what: what.to_string(), source: Box::new(e) }
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&key.display().to_string(), &e))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(bad(cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(bad(cert.display()))?;
+    if certs.is_empty() {
+        return Err(GatewayStartError::NoCertificate(cert.clone()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(bad(key.display()))?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad("protocol versions", &e))?
+        .map_err(bad("protocol versions"))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| bad("certificate and key", &e))?;
+        .map_err(bad("certificate and key"))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -14,8 +14,10 @@ pub const DEFAULT_LOCAL_MCP_URL: &str = "http://127.0.0.1:3001/mcp";
 /// Largest WebSocket message accepted, by default (16 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 
-/// Configuration of an [`Uplink`](crate::Uplink). Its `Debug` output never shows the token.
+/// Configuration of an [`Uplink`](crate::Uplink), made with [`UplinkConfig::new`]. Its `Debug` output never
+/// shows the token.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct UplinkConfig {
     /// `ws://` or `wss://` URL of the gateway's `/api/sled-uplink` endpoint. Empty: no gateway, every
     /// permission request is denied at once. A `?token=` already in the URL is kept.

@@ -27,6 +27,18 @@ use uplink_proto::{McpCall, McpReply, RawValue, jsonrpc};
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 
+/// Why the local MCP URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum McpUrlError {
+    /// It is not a URL.
+    #[error(transparent)]
+    Invalid(#[from] hyper::http::uri::InvalidUri),
+    /// It is not an `http://` URL with a host (the only kind supported).
+    #[error("must be an http:// URL with a host")]
+    NotHttp,
+}
+
 /// Pooled HTTP client for the local MCP endpoint.
 pub(crate) struct McpClient {
     url: Uri,
@@ -37,10 +49,10 @@ pub(crate) struct McpClient {
 }
 
 impl McpClient {
-    pub(crate) fn new(url: &str, max_body: usize) -> Result<Self, String> {
-        let url: Uri = url.parse().map_err(|e| format!("{e}"))?;
+    pub(crate) fn new(url: &str, max_body: usize) -> Result<Self, McpUrlError> {
+        let url: Uri = url.parse()?;
         if url.scheme_str() != Some("http") || url.host().is_none() {
-            return Err("must be an http:// URL with a host".to_owned());
+            return Err(McpUrlError::NotHttp);
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

@@ -12,6 +12,7 @@ mod driver;
 mod mcp_client;
 
 pub use config::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, UplinkConfig};
+pub use mcp_client::McpUrlError;
 
 use crate::redact::redact_url;
 use crate::socket_loop::Clock;
@@ -20,6 +21,7 @@ use driver::{Cmd, Driver};
 
 /// Why an [`Uplink`] could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// Not called from within a tokio runtime.
     #[error("Uplink::start must be called from within a tokio runtime")]
@@ -28,19 +30,29 @@ pub enum StartError {
     #[error("gateway URL {0} must start with ws:// or wss://")]
     GatewayUrl(String),
     /// The local MCP URL is unusable.
-    #[error("local MCP URL {url}: {why}")]
+    #[error("local MCP URL {url}: {source}")]
     McpUrl {
         /// The URL, redacted.
         url: String,
         /// What is wrong with it.
-        why: String,
+        #[source]
+        source: McpUrlError,
     },
-    /// The extra CA file could not be used.
-    #[error("CA file {0}")]
-    CaFile(String),
+    /// The extra CA file could not be read.
+    #[error("CA file {path}: {source}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The extra CA file holds no certificate.
+    #[error("CA file {0}: no certificate found")]
+    NoCaCertificate(std::path::PathBuf),
     /// TLS could not be set up.
     #[error("TLS setup: {0}")]
-    Tls(String),
+    Tls(#[source] rustls::Error),
     /// The core refused the configuration.
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
@@ -75,7 +87,7 @@ impl Uplink {
             None
         };
         let mcp = mcp_client::McpClient::new(&config.local_mcp_url, config.max_message_size)
-            .map_err(|why| StartError::McpUrl { url: redact_url(&config.local_mcp_url), why })?;
+            .map_err(|source| StartError::McpUrl { url: redact_url(&config.local_mcp_url), source })?;
         let mut sled_config = config.sled.clone();
         sled_config.enabled = enabled;
         let clock = Clock::new(tokio::time::Instant::now());
