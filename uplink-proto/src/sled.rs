@@ -584,9 +584,7 @@ impl Sled {
             Link::BackingOff { until, .. } => Some(until),
             Link::Disabled | Link::Closed => None,
         };
-        let perm = self.perms.poll_timeout();
-        let call = self.calls.poll_timeout();
-        [link, perm, call].into_iter().flatten().min()
+        earliest(earliest(link, self.perms.poll_timeout()), self.calls.poll_timeout())
     }
 
     // ── Inputs ──
@@ -994,6 +992,14 @@ impl Sled {
 
     fn ignored(&mut self, why: Ignored) {
         self.out.push_back(Output::Event(Event::FrameIgnored(why)));
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

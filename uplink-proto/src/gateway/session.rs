@@ -444,9 +444,9 @@ impl Gateway {
                 None => self.ignored(GatewayIgnored::Unmatched),
             },
             Ok(SledFrame::McpResponse { req_id, payload }) => {
-                match mcp_id_of(&req_id).filter(|id| self.mcp.contains(*id)) {
+                // One search: the request is taken out if it is pending.
+                match mcp_id_of(&req_id).filter(|id| self.mcp.remove(*id).is_some()) {
                     Some(id) => {
-                        self.mcp.remove(id);
                         self.event(GatewayEvent::McpResponse { id, payload: String::from(payload.get()) });
                     }
                     None => self.ignored(GatewayIgnored::Unmatched),
