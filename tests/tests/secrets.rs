@@ -84,3 +84,31 @@ async fn the_token_never_reaches_the_logs_at_trace_level() {
     assert!(logs.contains("tokio_tungstenite"), "dependency logs (through the log crate) are captured too");
     assert!(!logs.contains(TOKEN), "token leaked into the logs:\n{logs}");
 }
+
+// Current-thread runtime again: the gateway's tasks run on this thread, under its default subscriber.
+#[tokio::test]
+async fn peer_strings_reach_the_gateways_logs_escaped_so_they_cannot_forge_lines() {
+    use futures_util::SinkExt as _;
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let gw = uplink_tests::RealGateway::start(uplink_proto::gateway::GatewayConfig::default(), 1 << 20).await;
+    let mut events = uplink_tests::sse(&format!("{}/api/events", gw.base), uplink_tests::ADMIN_TOKEN).await;
+    let mut ws = gw.raw_sled().await;
+    let evil = "evil\n2026-12-01T00:00:00.000000Z  INFO uplink: forged line \u{1b}[31mred";
+    let identity = json!({"type": "identity", "req_id": "identity", "payload": {"project": evil}});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(identity.to_string())).await.unwrap();
+    assert_eq!(uplink_tests::next_event(&mut events, "sled_connected").await["project"], evil);
+    drop(ws);
+    uplink_tests::next_event(&mut events, "sled_disconnected").await;
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("sled connected") && logs.contains("sled disconnected"), "the capture works: {logs}");
+    assert!(logs.contains(r"evil\n2026"), "the name is there, escaped: {logs}");
+    assert!(!logs.lines().any(|l| l.starts_with("2026-12-01T00:00:00.000000Z")), "a forged line: {logs}");
+    assert!(!logs.contains('\u{1b}'), "a raw escape reached the logs: {logs}");
+}
