@@ -6,6 +6,8 @@ use alloc::string::String;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::wire::object;
+
 /// Invalid JSON was received.
 pub const PARSE_ERROR: i32 = -32700;
 /// The JSON sent is not a valid request object.
@@ -62,7 +64,7 @@ pub fn probe(body: &str) -> Probe<'_> {
         method: Option<&'a RawValue>,
     }
     // Only an object has an `id`: serde's derived structs would also read the array form `["x"]` as `id: "x"`.
-    let fields = if body.trim_start().starts_with('{') { serde_json::from_str::<Fields<'_>>(body).ok() } else { None };
+    let fields = object::<Fields<'_>>(body);
     let Some(fields) = fields else {
         // Not an object (a batch, a scalar), or an object we could not read: valid JSON still is forwarded.
         let id =
@@ -91,10 +93,7 @@ pub fn protocol_version(response: &str) -> Option<String> {
         #[serde(rename = "protocolVersion")]
         protocol_version: Option<String>,
     }
-    if !response.trim_start().starts_with('{') {
-        return None;
-    }
-    serde_json::from_str::<Response>(response).ok()?.result?.protocol_version
+    object::<Response>(response)?.result?.protocol_version
 }
 
 /// The parts of a JSON-RPC message the sled's MCP client looks at.
@@ -128,10 +127,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 /// The members of `message`, when it is a JSON object; `id` is `None` when absent or `null`.
 fn members(message: &str) -> Option<Members<'_>> {
     // Only an object: serde's derived structs would also read the array form.
-    if !message.trim_start().starts_with('{') {
-        return None;
-    }
-    let mut m: Members<'_> = serde_json::from_str(message).ok()?;
+    let mut m: Members<'_> = object(message)?;
     m.id = m.id.filter(|id| id.get() != "null");
     Some(m)
 }

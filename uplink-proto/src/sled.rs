@@ -20,7 +20,7 @@ use core::time::Duration;
 
 use crate::backoff::{Backoff, SplitMix64};
 use crate::jsonrpc::{self, BodyId};
-use crate::pending::{Key, Pending, PendingTable};
+use crate::pending::{Pending, PendingTable};
 use crate::time::Instant;
 use crate::wire::{self, Decision, GatewayFrame, Identity, RawValue, SledFrame};
 
@@ -362,6 +362,8 @@ pub enum LossReason {
     Disconnected,
     /// Nothing arrived for the idle timeout: the gateway is dead or the link half-open.
     IdleTimeout,
+    /// The gateway sent a message over the adapter's size limit; the connection was closed with 1009.
+    MessageTooBig,
 }
 
 /// Why a received frame was ignored.
@@ -433,18 +435,6 @@ impl Stage {
     }
 }
 
-impl Key for PermKey {
-    fn from_seq(n: u64) -> PermKey {
-        PermKey(n)
-    }
-}
-
-impl Key for McpCallId {
-    fn from_seq(n: u64) -> McpCallId {
-        McpCallId(n)
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Call {
     req_id: String,
@@ -474,6 +464,7 @@ pub struct Sled {
 
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 
 impl Sled {
     /// Creates the machine. Unless disabled, its first output is a [`Output::Connect`].
@@ -650,6 +641,19 @@ impl Sled {
         }
     }
 
+    /// The gateway sent a message on `conn` over the adapter's size limit (the adapter detects it, as the
+    /// WebSocket library refuses to read it). The connection is closed with 1009 "message too big", what was
+    /// in flight on it is denied, and the machine reconnects after its back-off.
+    pub fn handle_too_big(&mut self, now: Instant, conn: ConnId) {
+        self.advance(now);
+        match self.link {
+            Link::Connected { conn: c, .. } if c == conn => {
+                self.lose_link(LossReason::MessageTooBig, Some((conn, CLOSE_MESSAGE_TOO_BIG, "message too big")))
+            }
+            _ => self.stats.stale_inputs += 1,
+        }
+    }
+
     /// A message arrived on `conn`. Anything at all counts as proof that the gateway is alive.
     pub fn handle_received(&mut self, now: Instant, conn: ConnId, message: Received<'_>) {
         self.advance(now);
@@ -812,7 +816,7 @@ impl Sled {
     fn fire_link_timer(&mut self, now: Instant) -> bool {
         match self.link {
             Link::Connecting { conn, deadline } if deadline <= now => {
-                self.lose_link(LossReason::ConnectTimeout, Some((conn, "connect timeout")));
+                self.lose_link(LossReason::ConnectTimeout, Some((conn, CLOSE_GOING_AWAY, "connect timeout")));
                 true
             }
             Link::BackingOff { until, .. } if until <= now => {
@@ -820,7 +824,7 @@ impl Sled {
                 true
             }
             Link::Connected { conn, last_rx, .. } if last_rx + self.cfg.idle_timeout <= now => {
-                self.lose_link(LossReason::IdleTimeout, Some((conn, "idle timeout")));
+                self.lose_link(LossReason::IdleTimeout, Some((conn, CLOSE_GOING_AWAY, "idle timeout")));
                 true
             }
             Link::Connected { conn, next_heartbeat, .. } if next_heartbeat <= now => {
@@ -850,9 +854,9 @@ impl Sled {
     }
 
     /// The connection or attempt is gone: fail-close what was in flight, then back off.
-    fn lose_link(&mut self, reason: LossReason, close: Option<(ConnId, &'static str)>) {
-        if let Some((conn, why)) = close {
-            self.out.push_back(Output::Close { conn, code: CLOSE_GOING_AWAY, reason: why });
+    fn lose_link(&mut self, reason: LossReason, close: Option<(ConnId, u16, &'static str)>) {
+        if let Some((conn, code, why)) = close {
+            self.out.push_back(Output::Close { conn, code, reason: why });
         }
         if let Link::Connected { conn, since, .. } = self.link {
             if self.now.saturating_duration_since(since) >= self.cfg.stability_window {

@@ -437,12 +437,13 @@ struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 ///
 /// Needed because serde's derived structs also accept the array form (`[field1, field2]`): without this check
 /// a payload of `[true]` would read as `approved: true`.
-fn is_object(text: &str) -> bool {
+pub(crate) fn is_object(text: &str) -> bool {
     text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{')
 }
 
-/// Reads a JSON object into `T`; anything else, or an object `T` cannot read, is `None`.
-fn object<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
+/// Reads a JSON object into `T`; anything else, or an object `T` cannot read, is `None`. The one guard of the
+/// crate against the array form.
+pub(crate) fn object<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
     if is_object(text) { serde_json::from_str(text).ok() } else { None }
 }
 

@@ -702,3 +702,22 @@ fn minted_wire_ids_come_from_the_seed_count_up_and_never_repeat() {
     assert_eq!(ids(7), a, "the same seed gives the same ids");
     assert_ne!(ids(8)[0].split_once('-').expect("PREFIX-N").0, prefix, "another seed, another prefix");
 }
+
+#[test]
+fn an_oversized_message_closes_the_connection_with_1009_denies_what_was_in_flight_and_reconnects() {
+    let (mut d, _) = Driver::new(config());
+    let (conn, _) = d.connect();
+    let (key, _) = d.request("r1", "Bash");
+    d.sled.handle_too_big(d.now, conn);
+    let outs = d.drain();
+    assert!(outs.contains(&Output::Close { conn, code: 1009, reason: "message too big" }), "{outs:?}");
+    let denied = decided(&outs);
+    assert_eq!((denied.len(), denied[0].key, denied[0].cause), (1, key, Cause::ConnectionLost));
+    assert!(matches!(
+        d.sled.link_state(),
+        LinkState::BackingOff { reason: LossReason::MessageTooBig, .. } | LinkState::Connecting { .. }
+    ));
+    // A report naming a connection that is no longer live changes nothing.
+    d.sled.handle_too_big(d.now, conn);
+    assert!(d.drain().is_empty());
+}

@@ -1,9 +1,40 @@
 //! Pausing an accept loop after a failed accept (most often: out of file descriptors), so it never spins.
 
+use std::future::Future;
 use std::time::Duration;
 
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tracing::warn;
+
+/// The next connection on `listener` (with `TCP_NODELAY`), pausing after failed accepts; `None` once `stop`
+/// completes.
+pub(crate) async fn next(
+    listener: &TcpListener,
+    backoff: &mut AcceptBackoff,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    backoff.succeeded();
+                    let _ = tcp.set_nodelay(true);
+                    return Some(tcp);
+                }
+                Err(e) => {
+                    // Out of file descriptors, most often: wait before trying again rather than spin.
+                    let pause = backoff.failed(&e);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = &mut *stop => return None,
+                    }
+                }
+            },
+            () = &mut *stop => return None,
+        }
+    }
+}
 
 /// Pauses between failed accepts: 5 ms doubling to 1 s, reset by a success; one log line per second at most.
 #[derive(Default)]

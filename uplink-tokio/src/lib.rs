@@ -69,7 +69,6 @@ pub mod redact;
 mod sled;
 mod socket_loop;
 mod timer;
-mod tls;
 mod ws;
 
 pub use sled::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, McpUrlError, StartError, Uplink, UplinkConfig};

@@ -28,7 +28,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use super::close::CloseReason;
-use crate::pending::{Key, PendingTable};
+use crate::pending::PendingTable;
 use crate::sled::Received;
 use crate::time::Instant;
 use crate::wire::{Decision, DecodeError, GatewayFrame, RawValue, SledFrame};
@@ -273,18 +273,6 @@ struct Asked {
     tool_name: String,
     tool_input: Arc<str>,
     since: Instant,
-}
-
-impl Key for PermId {
-    fn from_seq(n: u64) -> PermId {
-        PermId(n)
-    }
-}
-
-impl Key for McpId {
-    fn from_seq(n: u64) -> McpId {
-        McpId(n)
-    }
 }
 
 /// One sled connection as the gateway sees it.

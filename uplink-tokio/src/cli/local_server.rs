@@ -120,25 +120,8 @@ pub(crate) async fn serve(listener: TcpListener, uplink: Uplink, stop: Cancellat
     let router = router(uplink, &stop);
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = crate::accept::AcceptBackoff::default();
-    loop {
-        let tcp = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
-                    backoff.succeeded();
-                    tcp
-                }
-                Err(e) => {
-                    // Out of file descriptors, most often: wait before trying again rather than spin.
-                    let pause = backoff.failed(&e);
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => continue,
-                        () = stop.cancelled() => break,
-                    }
-                }
-            },
-            () = stop.cancelled() => break,
-        };
-        let _ = tcp.set_nodelay(true);
+    let mut stopped = std::pin::pin!(stop.cancelled());
+    while let Some(tcp) = crate::accept::next(&listener, &mut backoff, &mut stopped).await {
         let service = TowerToHyperService::new(router.clone());
         connections.spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()

@@ -235,25 +235,7 @@ impl GatewayServer {
         let mut connections = tokio::task::JoinSet::new();
         let mut backoff = AcceptBackoff::default();
         tokio::pin!(stop);
-        loop {
-            let tcp = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((tcp, _)) => {
-                        backoff.succeeded();
-                        tcp
-                    }
-                    Err(e) => {
-                        // Out of file descriptors, most often: wait before trying again rather than spin.
-                        let pause = backoff.failed(&e);
-                        tokio::select! {
-                            () = tokio::time::sleep(pause) => continue,
-                            () = &mut stop => break,
-                        }
-                    }
-                },
-                () = &mut stop => break,
-            };
-            let _ = tcp.set_nodelay(true);
+        while let Some(tcp) = crate::accept::next(&self.listener, &mut backoff, &mut stop).await {
             let router = router.clone();
             let timeout = self.shared.handshake_timeout;
             let tls = self.tls.clone();

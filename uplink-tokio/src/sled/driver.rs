@@ -230,11 +230,8 @@ impl Driver {
             }
             Read::TooBig(detail) => {
                 info!(conn = conn.0, %detail, "gateway connection ended");
-                // Tell the gateway why, as the gateway does, before the connection is dropped.
-                if let Some(link) = self.take_link(conn) {
-                    drop(link.retire(Some((1009, "message too big"))));
-                }
-                self.sled.handle_disconnected(now, conn);
+                // The core decides what follows: a close with 1009, then the connection is dropped.
+                self.sled.handle_too_big(now, conn);
             }
             Read::Ended(detail) => {
                 info!(conn = conn.0, %detail, "gateway connection ended");

@@ -10,13 +10,14 @@ use uplink_proto::{ConfigError, Decision, LinkState, RawValue, Sled};
 mod config;
 mod driver;
 mod mcp_client;
+mod tls;
 
 pub use config::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, UplinkConfig};
 pub use mcp_client::McpUrlError;
 
 use crate::redact::redact_url;
 use crate::socket_loop::Clock;
-use crate::{tls, ws};
+use crate::ws;
 use driver::{Cmd, Driver};
 
 /// Why an [`Uplink`] could not start.
