@@ -89,7 +89,9 @@
 //! ## Modules
 //!
 //! - [`sled`]: the sled machine, its configuration, inputs and outputs.
-//! - [`gateway`]: the gateway side: the [`gateway::Hub`] of all sled connections and each connection's session.
+//! - [`gateway`]: the gateway side: the [`gateway::Hub`] of all sled connections (claims, routing, public
+//!   ids, listings, closes), driven like the sled (`handle_*`, commands, `poll_output`, `poll_timeout`), and
+//!   each connection's session. Its module docs draw the connection's states.
 //! - [`wire`]: the frames of both directions, decoded liberally and encoded strictly.
 //! - [`jsonrpc`]: reading a JSON-RPC `id` and building error responses.
 //! - [`mcp_session`]: the sled's policy for its sessions with the local MCP server, for the adapter to drive.

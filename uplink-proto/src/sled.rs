@@ -9,6 +9,25 @@
 //! Every input first fires the timers that are due at `now`, so a late or missing [`Sled::handle_timeout`] call
 //! can delay work but never change a decision: a response that arrives after its request's deadline is
 //! ignored, whatever the order in which the caller reports them.
+//!
+//! The link's states (one `Link` enum; every transition is in this file):
+//!
+//! ```text
+//!            new (enabled)                      shutdown, from any state
+//!                 │                                    ▼
+//!                 ▼                                 Closed
+//!    ┌──────▶ Connecting ──connected──▶ Connected ──┐
+//!    │            │  failed, timeout        │ lost, idle timeout, too big
+//!    │            ▼                         ▼      │  (what was sent on it is denied)
+//!    └──────── BackingOff ◀────────────────────────┘
+//!         (jittered delay; reset after a stable connection; the cap after 401/403)
+//!
+//!    new (disabled) ──▶ Disabled: every request is denied at once
+//! ```
+//!
+//! Each permission request is queued (while there is no connection), then sent on the live connection, then
+//! decided exactly once: by the `perm_response` received on that connection, or denied by its deadline, the
+//! connection's loss, a full queue, a bad or duplicate id, or shutdown.
 
 use alloc::borrow::{Cow, ToOwned};
 use alloc::boxed::Box;

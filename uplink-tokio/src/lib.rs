@@ -2,9 +2,17 @@
 //!
 //! The tokio adapter for [`uplink_proto`]: it performs the I/O that the sans-IO core asks for, and nothing else.
 //! Every protocol decision — when to connect, what to send, what a frame means, when to give up — is made
-//! by the core. This crate holds one task that drives the core. Around it sit the WebSocket to the gateway
-//! (tokio-tungstenite, with rustls for `wss://`) and the HTTP client for the sled's local MCP endpoint
-//! (hyper, speaking MCP's Streamable HTTP).
+//! by the core. Each side is one task that owns its core machine, as quinn's drivers own theirs:
+//!
+//! - **The sled** ([`Uplink`], `sled/`): one driver task owns the core's [`Sled`](uplink_proto::Sled), reads
+//!   and writes the gateway's WebSocket (tokio-tungstenite, with rustls for `wss://`) in its own loop, and
+//!   runs the local MCP calls (hyper, MCP's Streamable HTTP) the core asks for.
+//! - **The gateway** ([`gateway`]): one hub task owns the core's [`Hub`](uplink_proto::gateway::Hub); each
+//!   sled connection's task only carries its socket; the HTTP API (axum) asks the hub task.
+//! - **The program** (`cli`, with the `cli` feature): `uplink sled`, `uplink gateway`, `uplink demo`.
+//!
+//! The two socket loops share their pieces (`socket_loop.rs`, `ws.rs`, `timer.rs`): the clock, turn-taking
+//! with write turns, the message-to-input mapping, the one timer.
 //!
 //! ## Embedding
 //!
