@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::pair::Pair;
-use uplink_proto::gateway::{GatewayConfig, GatewayEvent, McpFailure, Withdrawn};
+use uplink_proto::gateway::{GatewayConfig, HubEvent, McpFailure, Withdrawn};
 use uplink_proto::{Cause, Decision, SledConfig};
 
 fn sled() -> SledConfig {
@@ -19,9 +19,10 @@ fn a_healthy_link_stays_up_for_hours_with_heartbeats_and_pings() {
     assert_eq!(p.identified_count(), 1);
     assert_eq!(p.sled.stats().connections, 1);
     let events = p.gateway_events();
-    assert!(!events.contains(&GatewayEvent::Stale));
-    let beats = events.iter().filter(|e| **e == GatewayEvent::Heartbeat).count();
+    assert!(!events.iter().any(|e| matches!(e, HubEvent::SledStale { .. })));
+    let beats = p.delivered_to_gateway.iter().filter(|(_, _, t)| t.contains(r#""type":"heartbeat""#)).count();
     assert_eq!(beats, 4 * 360 - 1, "one every 10 s (the first 10 s after connecting)");
+    assert!(p.hub.sleds(p.now)[0].connected);
 }
 
 #[test]
@@ -38,10 +39,10 @@ fn a_permission_crosses_the_link_and_is_approved() {
 fn an_mcp_request_crosses_the_link_and_back() {
     let mut p = Pair::new(sled(), GatewayConfig::default());
     p.run_for(Duration::from_secs(1));
-    let id = p.gateway_mcp(r#"{"jsonrpc":"2.0","id":"x","method":"tools/list"}"#).expect("identified");
+    let ticket = p.gateway_mcp(r#"{"jsonrpc":"2.0","id":"x","method":"tools/list"}"#).expect("identified");
     p.run_for(Duration::from_secs(1));
-    assert!(p.gateway_events().contains(&GatewayEvent::McpResponse {
-        id,
+    assert!(p.gateway_events().contains(&HubEvent::McpAnswered {
+        ticket,
         payload: r#"{"jsonrpc":"2.0","id":"x","result":{"echo":true}}"#.to_owned()
     }));
 }
@@ -57,7 +58,7 @@ fn an_undecided_request_is_denied_by_the_sled_and_withdrawn_at_the_gateway() {
     assert!(
         p.gateway_events()
             .iter()
-            .any(|e| matches!(e, GatewayEvent::PermissionWithdrawn { reason: Withdrawn::Cancelled, .. }))
+            .any(|e| matches!(e, HubEvent::PermissionWithdrawn { reason: Withdrawn::Cancelled, .. }))
     );
 }
 
@@ -74,9 +75,9 @@ fn a_cut_link_fails_everything_on_both_sides_then_the_sled_comes_back() {
     assert_eq!(p.decision(key).map(|d| (d.decision, d.cause)), Some((Decision::Deny, Cause::ConnectionLost)));
     let events = p.gateway_events();
     assert!(
-        events.iter().any(|e| matches!(e, GatewayEvent::PermissionWithdrawn { reason: Withdrawn::ConnectionLost, .. }))
+        events.iter().any(|e| matches!(e, HubEvent::PermissionWithdrawn { reason: Withdrawn::ConnectionLost, .. }))
     );
-    assert!(events.contains(&GatewayEvent::McpFailed { id: mcp, reason: McpFailure::ConnectionLost }));
+    assert!(events.contains(&HubEvent::McpFailed { ticket: mcp, reason: McpFailure::ConnectionLost }));
     p.run_for(Duration::from_secs(5));
     assert_eq!(p.identified_count(), 2, "reconnected after the 1 s back-off");
 }
@@ -89,7 +90,10 @@ fn a_black_holed_link_is_detected_by_both_sides() {
     let key = p.ask("r1", "Bash");
     p.run_for(Duration::from_secs(31));
     assert_eq!(p.decision(key).map(|d| d.cause), Some(Cause::ConnectionLost), "the sled's idle timeout");
-    assert!(p.gateway_events().contains(&GatewayEvent::Stale), "the gateway reports the silent sled");
+    assert!(
+        p.gateway_events().iter().any(|e| matches!(e, HubEvent::SledStale { .. })),
+        "the gateway reports the silent sled"
+    );
     p.blackhole = false;
     p.run_for(Duration::from_secs(30));
     assert_eq!(p.identified_count(), 2);
@@ -107,12 +111,12 @@ fn sled_shutdown_reaches_the_gateway_as_cancels_answers_and_a_close() {
     p.sled.shutdown(p.now);
     p.run_for(Duration::from_secs(1));
     let events = p.gateway_events();
-    assert!(events.iter().any(|e| matches!(e, GatewayEvent::PermissionWithdrawn { reason: Withdrawn::Cancelled, .. })));
+    assert!(events.iter().any(|e| matches!(e, HubEvent::PermissionWithdrawn { reason: Withdrawn::Cancelled, .. })));
     let answered = events.iter().any(
-        |e| matches!(e, GatewayEvent::McpResponse { id, payload } if *id == mcp && payload.contains("shutting down")),
+        |e| matches!(e, HubEvent::McpAnswered { ticket, payload } if *ticket == mcp && payload.contains("shutting down")),
     );
     assert!(answered, "{events:?}");
-    assert_eq!(events.last(), Some(&GatewayEvent::Closed));
+    assert!(matches!(events.last(), Some(HubEvent::SledDisconnected { .. })), "{events:?}");
     p.run_for(Duration::from_secs(600));
     assert_eq!(p.identified_count(), 1, "never reconnects");
 }

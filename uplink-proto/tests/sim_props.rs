@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::pair::Pair;
 use proptest::prelude::*;
-use uplink_proto::gateway::{GatewayConfig, GatewayEvent, GatewayOutput, McpId};
-use uplink_proto::{Cause, ConnId, Decision, Instant, LinkState, McpReply, PermKey, RawValue, SledConfig};
+use uplink_proto::gateway::{GatewayConfig, HubEvent, HubOutput, McpTicket};
+use uplink_proto::{Cause, Decision, Instant, LinkState, McpReply, PermKey, RawValue, SledConfig};
 
 #[derive(Clone, Debug)]
 enum Act {
@@ -60,7 +60,7 @@ struct Sim {
     p: Pair,
     asked: BTreeMap<PermKey, (String, Instant)>,
     /// (connection, the session's id) → the JSON-RPC id sent: ids are per session, so per connection.
-    mcp: BTreeMap<(ConnId, McpId), u64>,
+    mcp: BTreeMap<McpTicket, u64>,
     next: u64,
     sled_cfg: SledConfig,
     gw_seen: usize,
@@ -104,11 +104,8 @@ impl Sim {
     fn apply_mcp(&mut self) {
         self.next += 1;
         let n = self.next;
-        let conn = self.p.gw.as_ref().map(|(c, _)| *c);
-        if let (Some(conn), Some(id)) =
-            (conn, self.p.gateway_mcp(&format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"x"}}"#)))
-        {
-            self.mcp.insert((conn, id), n);
+        if let Some(ticket) = self.p.gateway_mcp(&format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"x"}}"#)) {
+            self.mcp.insert(ticket, n);
         }
     }
 
@@ -202,18 +199,17 @@ impl Sim {
             }
         }
         // MCP at the gateway: exactly one outcome each, and a response is the one produced for that request.
-        let mut outcomes: BTreeMap<(ConnId, McpId), usize> = BTreeMap::new();
-        for (conn, out) in &self.p.gw_log[self.gw_seen..] {
-            if let GatewayOutput::Event(GatewayEvent::McpResponse { id, payload }) = out {
-                let n = self.mcp[&(*conn, *id)];
+        let mut outcomes: BTreeMap<McpTicket, usize> = BTreeMap::new();
+        for out in &self.p.gw_log[self.gw_seen..] {
+            if let HubOutput::Event(HubEvent::McpAnswered { ticket, payload }) = out {
+                let n = self.mcp[ticket];
                 let v: serde_json::Value = serde_json::from_str(payload).expect("JSON payload");
                 assert_eq!(v["id"], n, "answer to the wrong request");
             }
         }
-        for (conn, out) in &self.p.gw_log {
-            if let GatewayOutput::Event(GatewayEvent::McpResponse { id, .. } | GatewayEvent::McpFailed { id, .. }) = out
-            {
-                *outcomes.entry((*conn, *id)).or_default() += 1;
+        for out in &self.p.gw_log {
+            if let HubOutput::Event(HubEvent::McpAnswered { ticket, .. } | HubEvent::McpFailed { ticket, .. }) = out {
+                *outcomes.entry(*ticket).or_default() += 1;
             }
         }
         self.gw_seen = self.p.gw_log.len();
@@ -243,7 +239,7 @@ impl Sim {
             "not back after healing: {:?}",
             self.p.sled.link_state()
         );
-        assert!(self.p.gw.as_ref().and_then(|(_, g)| g.project()).is_some(), "not identified after healing");
+        assert!(self.p.gateway_conn().is_some(), "not identified after healing");
         // Everything asked has been decided by now (deadlines are 30 s).
         let decided: std::collections::BTreeSet<PermKey> = self.p.decided.iter().map(|d| d.key).collect();
         assert_eq!(decided.len(), self.asked.len(), "requests left undecided");
@@ -271,7 +267,7 @@ proptest! {
         }
         sim.heal_and_settle();
         // Every MCP request the gateway sent ended, exactly once.
-        let ended = sim.p.gw_log.iter().filter(|(_, o)| matches!(o, GatewayOutput::Event(GatewayEvent::McpResponse { .. } | GatewayEvent::McpFailed { .. }))).count();
+        let ended = sim.p.gw_log.iter().filter(|o| matches!(o, HubOutput::Event(HubEvent::McpAnswered { .. } | HubEvent::McpFailed { .. }))).count();
         prop_assert_eq!(ended, sim.mcp.len());
     }
 

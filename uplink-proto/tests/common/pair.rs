@@ -1,4 +1,6 @@
-//! A sled machine and a gateway machine run against each other in memory, in virtual time.
+//! A sled machine and the gateway's hub run against each other in memory, in virtual time. Each connection the
+//! sled opens is a connection the hub accepts (with the one credential of the sled's token), so
+//! reconnection is the hub's replacement rule at work.
 //!
 //! Everything crossing the "network" is an event in a time-ordered queue with a per-direction latency.
 //! The WebSocket libraries' automatic pong is modelled (a ping delivered is answered). Fault hooks: cut
@@ -9,7 +11,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use uplink_proto::gateway::{Gateway, GatewayConfig, GatewayEvent, GatewayOutput, McpId, PermId};
+use uplink_proto::gateway::{
+    ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubEvent, HubOutput, McpTicket, PublicPermId,
+};
 use uplink_proto::{
     ConnId, ConnectError, Decided, Decision, Instant, McpCallId, McpReply, Output, RawValue, Received, Sled, SledConfig,
 };
@@ -30,7 +34,7 @@ enum Ev {
     ToGateway(ConnId, Wire),
     ToSled(ConnId, Wire),
     McpDone(McpCallId, McpReply),
-    Decide(ConnId, PermId, Decision),
+    Decide(PublicPermId, Decision),
 }
 
 /// What the simulated local MCP server answers for a body.
@@ -41,9 +45,11 @@ pub type Approver = Box<dyn FnMut(&str) -> Option<(Decision, Duration)>>;
 pub struct Pair {
     pub now: Instant,
     pub sled: Sled,
-    pub gw_config: GatewayConfig,
-    /// The gateway's session for the connection it has, if any.
-    pub gw: Option<(ConnId, Gateway)>,
+    /// The gateway's hub.
+    pub hub: Hub,
+    /// The hub's handle for each sled connection it accepted, and back.
+    handles: BTreeMap<ConnId, ConnHandle>,
+    conns: BTreeMap<ConnHandle, ConnId>,
     queue: BTreeMap<(Instant, u64), Ev>,
     seq: u64,
     pub latency: Duration,
@@ -64,8 +70,10 @@ pub struct Pair {
     pub approver: Approver,
     /// Everything the sled emitted, in order.
     pub sled_log: Vec<Output>,
-    /// Everything the gateway sessions emitted, with the connection.
-    pub gw_log: Vec<(ConnId, GatewayOutput)>,
+    /// Everything the hub emitted.
+    pub gw_log: Vec<HubOutput>,
+    /// Every text frame delivered to the hub: (when, connection, text).
+    pub delivered_to_gateway: Vec<(Instant, ConnId, String)>,
     pub decided: Vec<Decided>,
 }
 
@@ -86,8 +94,9 @@ impl Pair {
         let mut pair = Pair {
             now: Instant::ZERO,
             sled: Sled::new(sled, Instant::ZERO).expect("valid sled config"),
-            gw_config,
-            gw: None,
+            hub: Hub::new(HubConfig::new(gw_config), Instant::ZERO).expect("valid gateway config"),
+            handles: BTreeMap::new(),
+            conns: BTreeMap::new(),
             queue: BTreeMap::new(),
             seq: 0,
             latency: Duration::from_millis(5),
@@ -103,6 +112,7 @@ impl Pair {
             approver: Box::new(|_| Some((Decision::Approve, Duration::from_millis(50)))),
             sled_log: Vec::new(),
             gw_log: Vec::new(),
+            delivered_to_gateway: Vec::new(),
             decided: Vec::new(),
         };
         pair.settle();
@@ -123,10 +133,10 @@ impl Pair {
                 self.sled_output(out.clone());
                 self.sled_log.push(out);
             }
-            while let Some((conn, out)) = self.gw.as_mut().and_then(|(c, g)| g.poll_output().map(|o| (*c, o))) {
+            while let Some(out) = self.hub.poll_output() {
                 progressed = true;
-                self.gw_output(conn, out.clone());
-                self.gw_log.push((conn, out));
+                self.gw_output(out.clone());
+                self.gw_log.push(out);
             }
             if !progressed {
                 return;
@@ -154,29 +164,41 @@ impl Pair {
         }
     }
 
-    fn gw_output(&mut self, conn: ConnId, out: GatewayOutput) {
+    fn gw_output(&mut self, out: HubOutput) {
         let lat = self.latency;
+        let sled_conn = |p: &Pair, h: &ConnHandle| p.conns.get(h).copied();
         match out {
-            GatewayOutput::Send(text) => {
+            HubOutput::Send { conn, text } => {
+                let Some(conn) = sled_conn(self, &conn) else { return };
                 if self.duplicate_to_sled {
                     self.at(lat, Ev::ToSled(conn, Wire::Text(text.clone())));
                 }
                 self.at(lat, Ev::ToSled(conn, Wire::Text(text)));
             }
-            GatewayOutput::Ping => self.at(lat, Ev::ToSled(conn, Wire::Ping)),
-            GatewayOutput::Close(_) => self.at(lat, Ev::ToSled(conn, Wire::End)),
-            GatewayOutput::Event(GatewayEvent::PermissionRequested { perm, tool_name, .. }) => {
+            HubOutput::Ping { conn } => {
+                if let Some(conn) = sled_conn(self, &conn) {
+                    self.at(lat, Ev::ToSled(conn, Wire::Ping));
+                }
+            }
+            HubOutput::Close { conn, .. } => {
+                // The hub has forgotten the connection: the sled sees it end.
+                if let Some(c) = self.conns.remove(&conn) {
+                    self.handles.remove(&c);
+                    self.at(lat, Ev::ToSled(c, Wire::End));
+                }
+            }
+            HubOutput::Event(HubEvent::PermissionRequested { id, tool_name, .. }) => {
                 if let Some((decision, after)) = (self.approver)(&tool_name) {
                     self.approvals.push((tool_name.clone(), decision));
-                    self.at(after, Ev::Decide(conn, perm, decision));
+                    self.at(after, Ev::Decide(id, decision));
                 }
             }
-            GatewayOutput::Event(GatewayEvent::Closed) => {
-                if self.gw.as_ref().is_some_and(|(c, _)| *c == conn) {
-                    self.gw = None;
+            HubOutput::Event(HubEvent::SledDisconnected { conn, .. }) => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    self.handles.remove(&c);
                 }
             }
-            GatewayOutput::Event(_) => {}
+            _ => {}
         }
     }
 
@@ -186,15 +208,9 @@ impl Pair {
         match ev {
             Ev::Accept(conn) => {
                 if self.gateway_up && !self.blackhole {
-                    if let Some((old_conn, mut old)) = self.gw.take() {
-                        // The replaced session ends: its last outputs are part of the record.
-                        old.handle_disconnected(now);
-                        while let Some(out) = old.poll_output() {
-                            self.gw_output(old_conn, out.clone());
-                            self.gw_log.push((old_conn, out));
-                        }
-                    }
-                    self.gw = Some((conn, Gateway::new(self.gw_config.clone(), now).expect("valid gateway config")));
+                    let handle = self.hub.accept(now, Credential::unbound(CredentialId(0))).expect("accepting");
+                    self.handles.insert(conn, handle);
+                    self.conns.insert(handle, conn);
                     self.sled.handle_connected(now, conn);
                 } else if self.gateway_up {
                     // Black-holed: the attempt hangs; the sled's connect timeout ends it.
@@ -206,16 +222,22 @@ impl Pair {
             Ev::ToGateway(_, _) if self.drop_to_gateway => {}
             Ev::ToSled(_, _) if self.drop_to_sled => {}
             Ev::ToGateway(conn, wire) => {
-                let Some((c, gw)) = self.gw.as_mut().filter(|(c, _)| *c == conn) else { return };
-                let c = *c;
+                let Some(&handle) = self.handles.get(&conn) else { return };
                 match wire {
-                    Wire::Text(t) => gw.handle_received(now, Received::Text(&t)),
-                    Wire::Ping => {
-                        gw.handle_received(now, Received::Ping);
-                        self.at(lat, Ev::ToSled(c, Wire::Pong));
+                    Wire::Text(t) => {
+                        self.hub.handle_received(now, handle, Received::Text(&t));
+                        self.delivered_to_gateway.push((now, conn, t));
                     }
-                    Wire::Pong => gw.handle_received(now, Received::Pong),
-                    Wire::End => gw.handle_disconnected(now),
+                    Wire::Ping => {
+                        self.hub.handle_received(now, handle, Received::Ping);
+                        self.at(lat, Ev::ToSled(conn, Wire::Pong));
+                    }
+                    Wire::Pong => self.hub.handle_received(now, handle, Received::Pong),
+                    Wire::End => {
+                        self.handles.remove(&conn);
+                        self.conns.remove(&handle);
+                        self.hub.handle_disconnected(now, handle);
+                    }
                 }
             }
             Ev::ToSled(conn, wire) => match wire {
@@ -231,12 +253,8 @@ impl Pair {
                 Wire::End => self.sled.handle_disconnected(now, conn),
             },
             Ev::McpDone(call, reply) => self.sled.handle_mcp_reply(now, call, reply),
-            Ev::Decide(conn, perm, decision) => {
-                if let Some((c, gw)) = self.gw.as_mut()
-                    && *c == conn
-                {
-                    let _ = gw.decide(now, perm, decision);
-                }
+            Ev::Decide(id, decision) => {
+                let _ = self.hub.decide(now, id, decision);
             }
         }
     }
@@ -245,7 +263,7 @@ impl Pair {
     fn next_wakeup(&self) -> Option<Instant> {
         let queued = self.queue.keys().next().map(|(t, _)| *t);
         let sled = self.sled.poll_timeout();
-        let gw = self.gw.as_ref().and_then(|(_, g)| g.poll_timeout());
+        let gw = self.hub.poll_timeout();
         [queued, sled, gw].into_iter().flatten().min()
     }
 
@@ -264,9 +282,7 @@ impl Pair {
             self.settle();
         }
         self.sled.handle_timeout(now);
-        if let Some((_, gw)) = self.gw.as_mut() {
-            gw.handle_timeout(now);
-        }
+        self.hub.handle_timeout(now);
         self.settle();
         true
     }
@@ -281,9 +297,7 @@ impl Pair {
         }
         self.now = limit;
         self.sled.handle_timeout(limit);
-        if let Some((_, gw)) = self.gw.as_mut() {
-            gw.handle_timeout(limit);
-        }
+        self.hub.handle_timeout(limit);
         self.settle();
     }
 
@@ -300,11 +314,18 @@ impl Pair {
         key
     }
 
-    pub fn gateway_mcp(&mut self, body: &str) -> Option<McpId> {
+    pub fn gateway_mcp(&mut self, body: &str) -> Option<McpTicket> {
         let now = self.now;
-        let id = self.gw.as_mut().and_then(|(_, g)| g.send_mcp(now, body, None).ok());
+        let project = self.sled.config().project.clone();
+        let ticket = self.hub.send_mcp(now, &project, body, None).ok();
         self.settle();
-        id
+        ticket
+    }
+
+    /// The sled connection that holds the sled's project at the hub, if any.
+    pub fn gateway_conn(&self) -> Option<ConnId> {
+        let handle = self.hub.holder(&self.sled.config().project)?;
+        self.conns.get(&handle).copied()
     }
 
     /// A frame arrives at the sled on its current connection (if any), as if the gateway had sent it.
@@ -316,8 +337,7 @@ impl Pair {
 
     /// A frame arrives at the gateway's current session, as if the sled had sent it.
     pub fn inject_to_gateway(&mut self, text: &str) {
-        if let Some((conn, _)) = self.gw.as_ref() {
-            let conn = *conn;
+        if let Some(conn) = self.gateway_conn() {
             self.at(Duration::ZERO, Ev::ToGateway(conn, Wire::Text(text.to_owned())));
         }
     }
@@ -326,9 +346,9 @@ impl Pair {
     pub fn cut(&mut self) {
         let now = self.now;
         self.queue.retain(|_, ev| !matches!(ev, Ev::ToGateway(..) | Ev::ToSled(..) | Ev::Accept(_)));
-        if let Some((conn, mut gw)) = self.gw.take() {
-            gw.handle_disconnected(now);
-            self.gw = Some((conn, gw));
+        for (conn, handle) in std::mem::take(&mut self.handles) {
+            self.conns.remove(&handle);
+            self.hub.handle_disconnected(now, handle);
             self.settle();
             self.sled.handle_disconnected(now, conn);
         }
@@ -339,17 +359,17 @@ impl Pair {
         self.decided.iter().find(|d| d.key == key)
     }
 
-    pub fn gateway_events(&self) -> Vec<GatewayEvent> {
+    pub fn gateway_events(&self) -> Vec<HubEvent> {
         self.gw_log
             .iter()
-            .filter_map(|(_, o)| match o {
-                GatewayOutput::Event(e) => Some(e.clone()),
+            .filter_map(|o| match o {
+                HubOutput::Event(e) => Some(e.clone()),
                 _ => None,
             })
             .collect()
     }
 
     pub fn identified_count(&self) -> usize {
-        self.gateway_events().iter().filter(|e| matches!(e, GatewayEvent::Identified { .. })).count()
+        self.gateway_events().iter().filter(|e| matches!(e, HubEvent::SledConnected { .. })).count()
     }
 }
