@@ -76,7 +76,16 @@ async fn dead_port() -> std::net::SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_link_is_detected_within_the_idle_timeout_and_nothing_is_approved_across_it() {
-    let (gw, mut events, proxy, uplink) = one_sled("hole").await;
+    let gw = gateway().await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
+    let proxy = FaultProxy::start(gw.addr).await;
+    // A fixed back-off of half a second: the state that says why the link was lost lasts that long, so the
+    // test cannot miss it (the link's state is a watch, which keeps only the latest value). With a jittered
+    // one it could last a moment, and the next attempt's own failure be all the test sees.
+    let mut config = sled_config(&proxy, "hole", Duration::from_millis(500));
+    config.sled.backoff_jitter = false;
+    let uplink = Uplink::start(config).unwrap();
+    connected(&uplink).await;
     approved(&uplink).await;
 
     // A request reaches the gateway; then the link goes silent both ways, and someone approves it.
@@ -107,7 +116,9 @@ async fn a_black_holed_link_is_detected_within_the_idle_timeout_and_nothing_is_a
 async fn a_gateway_that_stops_reading_never_stalls_the_sled() {
     let gw = gateway().await;
     let proxy = FaultProxy::start(gw.addr).await;
-    let mut config = sled_config(&proxy, "stall", Duration::from_millis(50));
+    // A fixed back-off long enough for the test to see why the link was lost (see the black-hole test).
+    let mut config = sled_config(&proxy, "stall", Duration::from_millis(500));
+    config.sled.backoff_jitter = false;
     config.sled.permission_timeout = Duration::from_millis(1500);
     let uplink = Uplink::start(config).unwrap();
     connected(&uplink).await;
