@@ -94,6 +94,7 @@
 //!   each connection's session. Its module docs draw the connection's states.
 //! - [`wire`]: the frames of both directions, decoded liberally and encoded strictly.
 //! - [`jsonrpc`]: reading a JSON-RPC `id` and building error responses.
+//! - [`local`]: who may ask the sled's local face (its own agents only: origin, host, body type, token).
 //! - [`mcp_session`]: the sled's policy for its sessions with the local MCP server, for the adapter to drive.
 //! - [`sse`]: an incremental `text/event-stream` parser, for adapters that talk to Streamable HTTP MCP servers.
 //! - [`time`]: the core's [`Instant`].
@@ -107,6 +108,7 @@ extern crate alloc;
 mod backoff;
 pub mod gateway;
 pub mod jsonrpc;
+pub mod local;
 pub mod mcp_session;
 mod pending;
 pub mod sled;

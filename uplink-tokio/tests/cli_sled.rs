@@ -188,3 +188,65 @@ async fn the_demo_walks_through_every_step_and_exits_zero() {
     }
     assert!(out.stderr.is_empty(), "logs stay quiet by default: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// One raw HTTP/1.1 request to the sled's local listener, headers exactly as given; the status.
+async fn raw_status(base: &str, request: String) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    within("the status line", tcp.read_exact(&mut head)).await.unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+fn permission_request(host: &str, extra: &str) -> String {
+    let body = r#"{"tool_name":"Bash","tool_input":{"command":"rm -rf ~"}}"#;
+    format!(
+        "POST /permission HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn a_web_page_cannot_ask_the_sleds_local_face_and_a_token_is_honoured() {
+    let gw = TestGateway::bind().await;
+    let sled = start_sled(&gw, &["--allow-origin", "http://localhost:5173"]).await;
+    let mut conn = gw.accept().await;
+    conn.recv().await;
+    let host = sled.base.trim_start_matches("http://").to_owned();
+    let json = "Content-Type: application/json\r\n";
+    // A CORS simple request (text/plain needs no preflight), a foreign Origin, a DNS-rebound Host.
+    assert_eq!(raw_status(&sled.base, permission_request(&host, "Content-Type: text/plain\r\n")).await, 415);
+    let page = format!("{json}Origin: https://evil.example\r\n");
+    assert_eq!(raw_status(&sled.base, permission_request(&host, &page)).await, 403);
+    let rebound = host.replace("127.0.0.1", "evil.example");
+    assert_eq!(raw_status(&sled.base, permission_request(&rebound, json)).await, 403);
+    // The MCP route too.
+    let mcp = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nOrigin: https://evil.example\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    assert_eq!(raw_status(&sled.base, mcp).await, 403);
+    // None of those reached the gateway. An allowed Origin and a loopback name do.
+    let allowed = format!("{json}Origin: http://localhost:5173\r\n");
+    let base = sled.base.clone();
+    let asked = tokio::spawn(async move { raw_status(&base, permission_request(&host, &allowed)).await });
+    let req = decide_next(&mut conn, false).await;
+    assert_eq!(req["payload"]["tool_input"]["command"], "rm -rf ~");
+    assert_eq!(within("the answer", asked).await.unwrap(), 200);
+
+    // With a local token, a request without it is refused, and one with it goes through.
+    let gw = TestGateway::bind().await;
+    let sled = start_sled(&gw, &["--local-token", "l0cal"]).await;
+    let mut conn = gw.accept().await;
+    conn.recv().await;
+    let host = sled.base.trim_start_matches("http://").to_owned();
+    assert_eq!(raw_status(&sled.base, permission_request(&host, json)).await, 401);
+    let wrong = format!("{json}Authorization: Bearer nope\r\n");
+    assert_eq!(raw_status(&sled.base, permission_request(&host, &wrong)).await, 401);
+    let with = format!("{json}Authorization: Bearer l0cal\r\n");
+    let base = sled.base.clone();
+    let asked = tokio::spawn(async move { raw_status(&base, permission_request(&host, &with)).await });
+    decide_next(&mut conn, true).await;
+    assert_eq!(within("the answer", asked).await.unwrap(), 200);
+}

@@ -94,11 +94,13 @@ impl ServerHandler for ApproveServer {
     }
 }
 
-use crate::http::{error, json_response, read_limited};
+use uplink_proto::local::{LocalPolicy, LocalRequest};
+
+use crate::http::{bearer, error, json_response, read_limited};
 
 /// The local routes: `POST /permission`, and the MCP server at `/mcp`. Unknown routes answer `404`, a wrong
 /// method `405` with `Allow`; every error of ours is JSON.
-fn router(uplink: Uplink, stop: &CancellationToken) -> Router {
+fn router(uplink: Uplink, policy: LocalPolicy, stop: &CancellationToken) -> Router {
     let mcp = StreamableHttpService::new(
         {
             let uplink = uplink.clone();
@@ -112,12 +114,14 @@ fn router(uplink: Uplink, stop: &CancellationToken) -> Router {
         .route_service("/mcp", mcp)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; try POST /permission or /mcp") })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "use POST") })
+        // Every request, on every route, first passes the core's local policy.
+        .layer(axum::middleware::from_fn_with_state(Arc::new(policy), admit))
         .with_state(uplink)
 }
 
 /// Serves `/permission` and `/mcp` on `listener` until `stop` is cancelled.
-pub(crate) async fn serve(listener: TcpListener, uplink: Uplink, stop: CancellationToken) {
-    let router = router(uplink, &stop);
+pub(crate) async fn serve(listener: TcpListener, uplink: Uplink, policy: LocalPolicy, stop: CancellationToken) {
+    let router = router(uplink, policy, &stop);
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = crate::accept::AcceptBackoff::default();
     let mut stopped = std::pin::pin!(stop.cancelled());
@@ -134,6 +138,31 @@ pub(crate) async fn serve(listener: TcpListener, uplink: Uplink, stop: Cancellat
         while connections.try_join_next().is_some() {}
     }
     connections.abort_all();
+}
+
+/// Lets a request through only if the core's [`LocalPolicy`] admits it; otherwise answers with its refusal.
+async fn admit(
+    State(policy): State<Arc<LocalPolicy>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let header = |name: hyper::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let local = LocalRequest {
+        origin: header(hyper::header::ORIGIN),
+        host: header(hyper::header::HOST),
+        content_type: header(hyper::header::CONTENT_TYPE),
+        bearer: bearer(headers),
+        json_only: request.uri().path() == "/permission" && request.method() == hyper::Method::POST,
+    };
+    match policy.check(&local) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            debug!(%refused, "refused a local request");
+            let status = StatusCode::from_u16(refused.status()).unwrap_or(StatusCode::FORBIDDEN);
+            error(status, &refused.to_string())
+        }
+    }
 }
 
 async fn permission(State(uplink): State<Uplink>, body: Body) -> Response {

@@ -106,6 +106,13 @@ struct SledArgs {
     /// Where local agents ask for permission: POST /permission, and the MCP `approve` tool at /mcp.
     #[arg(long, default_value = "127.0.0.1:3002")]
     permission_listen: SocketAddr,
+    /// An Origin allowed to ask on the local listener (repeat for several). By default none: requests that
+    /// carry an Origin (web pages) are refused with 403.
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
+    /// A token local agents must send (Authorization: Bearer) on /permission and /mcp.
+    #[arg(long, env = "UPLINK_LOCAL_TOKEN", hide_env_values = true)]
+    local_token: Option<String>,
     /// Interval between heartbeats (each also pings the gateway).
     #[arg(long, value_parser = duration, default_value = "10s")]
     heartbeat_interval: Duration,
@@ -175,7 +182,10 @@ async fn sled(args: SledArgs) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let uplink = Uplink::start(config).map_err(|e| e.to_string())?;
     let stop = CancellationToken::new();
-    let server = tokio::spawn(local_server::serve(listener, uplink.clone(), stop.clone()));
+    let mut policy = uplink_proto::local::LocalPolicy::new(local.to_string());
+    policy.allowed_origins = args.allow_origins.clone();
+    policy.token = args.local_token.clone().filter(|t| !t.is_empty());
+    let server = tokio::spawn(local_server::serve(listener, uplink.clone(), policy, stop.clone()));
     println!("uplink sled: agents ask at http://{local}/permission and MCP http://{local}/mcp");
     signal.await;
     tracing::info!("shutting down");
