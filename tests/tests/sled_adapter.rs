@@ -262,3 +262,25 @@ async fn a_gateway_that_never_finishes_the_handshake_is_abandoned_after_the_conn
     assert_eq!(conn.recv().await["type"], "identity");
     shut_down(&uplink, &mut conn).await;
 }
+
+#[tokio::test]
+async fn a_dropped_request_future_withdraws_the_request_at_the_gateway() {
+    let gw = TestGateway::bind().await;
+    let uplink = Uplink::start(config(&gw.url())).unwrap();
+    let mut conn = gw.accept().await;
+    conn.recv_kind("identity").await;
+    // The caller gives up (its task is aborted, as when an HTTP client hangs up): its future is dropped.
+    let waiting = ask(&uplink, "Bash");
+    let request = conn.recv_kind("perm_request").await;
+    waiting.abort();
+    let cancel = conn.recv_kind("perm_cancel").await;
+    assert_eq!(cancel["req_id"], request["req_id"]);
+    assert_eq!(cancel["payload"]["reason"], "withdrawn");
+    // An approval for it now decides nothing; the next request is served as usual.
+    conn.approve(&request["req_id"], true, false).await;
+    let next = ask(&uplink, "Read");
+    let request = conn.recv_kind("perm_request").await;
+    conn.approve(&request["req_id"], true, false).await;
+    assert_eq!(within("the next decision", next).await.unwrap(), Decision::Approve);
+    shut_down(&uplink, &mut conn).await;
+}

@@ -302,6 +302,8 @@ pub enum Cause {
     Disabled,
     /// The machine is shutting down or shut down (denied).
     Shutdown,
+    /// The caller withdrew it ([`Sled::withdraw`]): nobody waits for the answer any more (denied).
+    Withdrawn,
 }
 
 /// A call to make to the local MCP endpoint, with what the core already read of its body, so that the
@@ -770,6 +772,23 @@ impl Sled {
             self.send_perm_request(key, conn);
         }
         key
+    }
+
+    /// Withdraws the pending request `key`: whoever asked is gone (an HTTP client hung up, a tool call was
+    /// cancelled, a future was dropped). If it was sent on the live connection, a `perm_cancel` (reason
+    /// `withdrawn`) tells the gateway, which stops listing it; it is denied with [`Cause::Withdrawn`]. A key
+    /// already decided is left alone (its one decision has been emitted).
+    pub fn withdraw(&mut self, now: Instant, key: PermKey) {
+        self.advance(now);
+        let Some(perm) = self.perms.remove(key) else { return };
+        if let (Some(sent_on), Some(live)) = (perm.value.sent_on(), self.connection())
+            && sent_on == live
+        {
+            let text = SledFrame::PermCancel { req_id: Cow::Borrowed(&perm.wire), reason: Cow::Borrowed("withdrawn") }
+                .encode();
+            self.send(live, text);
+        }
+        self.decide(key, perm.wire, Decision::Deny, Cause::Withdrawn);
     }
 
     /// Shuts down for good: denies every pending request (withdrawing those sent with `perm_cancel`), answers

@@ -28,6 +28,8 @@ enum Op {
     /// An input naming an old or never-used connection.
     Stale(u8, u8),
     Request(u8),
+    /// The caller of the `n`-th key handed out (pending or not) goes away.
+    Withdraw(u8),
     /// A `perm_response` for pool id `id` with `flags`, on the live connection or (if `stale`) an old one.
     Respond {
         id: u8,
@@ -55,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Disconnect),
         1 => (any::<u8>(), 0u8..4).prop_map(|(c, k)| Op::Stale(c, k)),
         5 => (0u8..6).prop_map(Op::Request),
+        2 => any::<u8>().prop_map(Op::Withdraw),
         5 => (0u8..6, 0u8..16, prop::bool::weighted(0.2)).prop_map(|(id, flags, stale)| Op::Respond { id, flags, stale }),
         3 => (0u8..5).prop_map(|body| Op::McpRequest { body }),
         3 => (any::<u8>(), 0u8..4).prop_map(|(pick, kind)| Op::McpReply { pick, kind }),
@@ -132,6 +135,8 @@ struct Check {
     pending_connect: Option<ConnId>,
     seen_conns: BTreeSet<ConnId>,
     reqs: BTreeMap<PermKey, Req>,
+    /// Keys whose callers went away.
+    withdrawn: BTreeSet<PermKey>,
     /// For each wire id: the connection its latest `perm_request` went out on.
     sent_on: BTreeMap<String, ConnId>,
     /// For each wire id: the pending request that owns it (a refused duplicate never does).
@@ -159,6 +164,7 @@ impl Check {
             pending_connect: None,
             seen_conns: BTreeSet::new(),
             reqs: BTreeMap::new(),
+            withdrawn: BTreeSet::new(),
             sent_on: BTreeMap::new(),
             owner: BTreeMap::new(),
             responses_now: Vec::new(),
@@ -228,6 +234,22 @@ impl Check {
                 self.drain();
                 if self.reqs[&key].decided.is_none() {
                     assert!(self.owner.insert(id, key).is_none(), "two pending requests own one id");
+                }
+            }
+            Op::Withdraw(pick) => {
+                let keys: Vec<PermKey> = self.reqs.keys().copied().collect();
+                if let Some(&key) = (!keys.is_empty()).then(|| &keys[usize::from(*pick) % keys.len()]) {
+                    let was_pending = self.reqs[&key].decided.is_none();
+                    self.withdrawn.insert(key);
+                    self.sled.withdraw(self.now, key);
+                    self.drain();
+                    if was_pending {
+                        let decided = self.reqs[&key].decided;
+                        assert!(
+                            matches!(decided, Some((Decision::Deny, Cause::Withdrawn | Cause::Timeout))),
+                            "a withdrawn request must end denied at once: {decided:?}"
+                        );
+                    }
                 }
             }
             Op::Respond { id, flags, stale } => {
@@ -361,6 +383,9 @@ impl Check {
                 assert_eq!(req.id, d.id);
                 assert!(req.decided.is_none(), "second decision for {:?}", d.key);
                 req.decided = Some((d.decision, d.cause));
+                if d.cause == Cause::Withdrawn {
+                    assert!(self.withdrawn.contains(&d.key), "withdrawn without being withdrawn");
+                }
                 if d.cause == Cause::Timeout {
                     assert!(now >= req.asked_at + timeout, "timed out early");
                 }

@@ -721,3 +721,39 @@ fn an_oversized_message_closes_the_connection_with_1009_denies_what_was_in_fligh
     d.sled.handle_too_big(d.now, conn);
     assert!(d.drain().is_empty());
 }
+
+#[test]
+fn a_withdrawn_request_is_cancelled_at_the_gateway_denied_once_and_frees_its_place() {
+    let mut cfg = config();
+    cfg.max_pending_permissions = 1;
+    let (mut d, _) = Driver::new(cfg);
+    // Queued (not yet sent): withdrawn without a frame.
+    let (queued, _) = d.request("q1", "Bash");
+    d.sled.withdraw(d.now, queued);
+    let outs = d.drain();
+    assert!(sent(&outs).is_empty(), "{outs:?}");
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), [(queued, Cause::Withdrawn)]);
+    // Sent: a perm_cancel withdraws it at the gateway, and the one place in the queue is free again.
+    let (conn, _) = d.connect();
+    let (key, _) = d.request("r1", "Bash");
+    d.sled.withdraw(d.now, key);
+    let outs = d.drain();
+    let frames = sent(&outs);
+    assert_eq!(frames.len(), 1);
+    assert_eq!((frames[0]["type"].as_str(), frames[0]["req_id"].as_str()), (Some("perm_cancel"), Some("r1")));
+    assert_eq!(frames[0]["payload"]["reason"], "withdrawn");
+    assert_eq!(decided(&outs)[0].cause, Cause::Withdrawn);
+    let (again, outs) = d.request("r2", "Bash");
+    assert!(decided(&outs).is_empty(), "the queue has room again");
+    // A late answer for the withdrawn one decides nothing; withdrawing twice, or a decided key, does nothing.
+    d.sled.handle_received(
+        d.now,
+        conn,
+        Received::Text(r#"{"type":"perm_response","req_id":"r1","payload":{"approved":true}}"#),
+    );
+    d.sled.withdraw(d.now, key);
+    let outs = d.drain();
+    assert!(decided(&outs).is_empty() && sent(&outs).is_empty(), "{outs:?}");
+    assert_eq!(d.sled.pending_permissions(), 1);
+    let _ = again;
+}

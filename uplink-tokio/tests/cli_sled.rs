@@ -250,3 +250,22 @@ async fn a_web_page_cannot_ask_the_sleds_local_face_and_a_token_is_honoured() {
     decide_next(&mut conn, true).await;
     assert_eq!(within("the answer", asked).await.unwrap(), 200);
 }
+
+#[tokio::test]
+async fn an_agent_that_hangs_up_has_its_request_withdrawn() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = TestGateway::bind().await;
+    let sled = start_sled(&gw, &[]).await;
+    let mut conn = gw.accept().await;
+    conn.recv().await;
+    let host = sled.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    tcp.write_all(permission_request(&host, "Content-Type: application/json\r\n").as_bytes()).await.unwrap();
+    let request = conn.recv_kind("perm_request").await;
+    drop(tcp);
+    let cancel = conn.recv_kind("perm_cancel").await;
+    assert_eq!(
+        (cancel["req_id"].clone(), cancel["payload"]["reason"].clone()),
+        (request["req_id"].clone(), json!("withdrawn"))
+    );
+}

@@ -7,7 +7,7 @@
 //! The driver keeps only plumbing: which task serves which connection or call, and who waits for which
 //! decision.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -25,9 +25,12 @@ use crate::socket_loop::{Clock, Turn, Turns, received};
 use crate::timer::Deadline;
 use crate::ws::{self, Link, Read, Target};
 
+/// Most withdrawals kept for requests not yet seen.
+const EARLY_WITHDRAWALS: usize = 1024;
+
 /// From a handle to the driver.
 pub(crate) enum Cmd {
-    Permission { tool_name: String, tool_input: Box<RawValue>, reply: oneshot::Sender<Decision> },
+    Permission { ticket: u64, tool_name: String, tool_input: Box<RawValue>, reply: oneshot::Sender<Decision> },
     Shutdown { done: oneshot::Sender<()> },
 }
 
@@ -40,6 +43,7 @@ pub(crate) enum Io {
 /// What woke the driver.
 enum Wake {
     Cmd(Option<Cmd>),
+    Withdraw(u64),
     Io(Io),
     Timer,
     Read(ConnId, Read),
@@ -61,7 +65,14 @@ pub(crate) struct Driver {
     links: Vec<(ConnId, Link)>,
     /// Close handshakes the sled started, finishing in tasks of their own.
     closing: Vec<JoinHandle<()>>,
-    waiters: HashMap<PermKey, oneshot::Sender<Decision>>,
+    waiters: HashMap<PermKey, (u64, oneshot::Sender<Decision>)>,
+    /// The core's key of each pending request, by its handle's ticket.
+    tickets: HashMap<u64, PermKey>,
+    /// Tickets withdrawn before their request reached the driver (the two come on different channels).
+    /// Bounded: past [`EARLY_WITHDRAWALS`] the oldest are forgotten, and such a request simply waits for its
+    /// deadline (a withdrawal that raced with its decision also lands here, and is never claimed).
+    early_withdrawals: BTreeSet<u64>,
+    withdraw_rx: mpsc::UnboundedReceiver<u64>,
     calls: HashMap<McpCallId, AbortHandle>,
     done: Vec<oneshot::Sender<()>>,
     timer: Deadline,
@@ -75,6 +86,7 @@ impl Driver {
         target: Option<Arc<Target>>,
         mcp: Arc<McpClient>,
         cmd_rx: mpsc::Receiver<Cmd>,
+        withdraw_rx: mpsc::UnboundedReceiver<u64>,
         link: watch::Sender<LinkState>,
     ) -> Self {
         // Bounded: MCP replies and dial outcomes wait for the driver rather than pile up.
@@ -92,6 +104,9 @@ impl Driver {
             links: Vec::new(),
             closing: Vec::new(),
             waiters: HashMap::new(),
+            tickets: HashMap::new(),
+            early_withdrawals: BTreeSet::new(),
+            withdraw_rx,
             calls: HashMap::new(),
             done: Vec::new(),
             timer: Deadline::new(),
@@ -121,7 +136,7 @@ impl Driver {
     /// the sockets, and writing queued frames in write turns.
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         let mut turns = std::mem::take(&mut self.turns);
-        let wake = turns.poll(cx, 4, |turn, cx| match turn {
+        let wake = turns.poll(cx, 5, |turn, cx| match turn {
             Turn::Input(0) => self.cmd_rx.poll_recv(cx).map(Wake::Cmd),
             // The driver holds a sender itself, so this channel never closes.
             Turn::Input(1) => match self.io_rx.poll_recv(cx) {
@@ -129,7 +144,12 @@ impl Driver {
                 _ => Poll::Pending,
             },
             Turn::Input(2) => self.timer.poll(cx).map(|()| Wake::Timer),
-            Turn::Input(_) => self.poll_reads(cx),
+            Turn::Input(3) => self.poll_reads(cx),
+            // Every handle holds a sender: while one lives this does not close, and then commands end it.
+            Turn::Input(_) => match self.withdraw_rx.poll_recv(cx) {
+                Poll::Ready(Some(ticket)) => Poll::Ready(Wake::Withdraw(ticket)),
+                _ => Poll::Pending,
+            },
             Turn::Write => self.poll_writes(cx),
         });
         self.turns = turns;
@@ -161,6 +181,16 @@ impl Driver {
         let now = self.now();
         match wake {
             Wake::Cmd(cmd) => self.on_cmd(now, cmd),
+            Wake::Withdraw(ticket) => match self.tickets.get(&ticket) {
+                Some(&key) => self.sled.withdraw(now, key),
+                // Decided already (its ticket is gone), or not arrived yet: remembered until it does.
+                None => {
+                    self.early_withdrawals.insert(ticket);
+                    if self.early_withdrawals.len() > EARLY_WITHDRAWALS {
+                        self.early_withdrawals.pop_first();
+                    }
+                }
+            },
             Wake::Io(io) => self.on_io(now, io),
             Wake::Timer => self.sled.handle_timeout(now),
             Wake::Read(conn, read) => self.on_read(now, conn, read),
@@ -174,9 +204,13 @@ impl Driver {
 
     fn on_cmd(&mut self, now: Instant, cmd: Option<Cmd>) {
         match cmd {
-            Some(Cmd::Permission { tool_name, tool_input, reply }) => {
+            Some(Cmd::Permission { ticket, tool_name, tool_input, reply }) => {
                 let key = self.sled.request_permission(now, tool_name, tool_input);
-                self.waiters.insert(key, reply);
+                self.waiters.insert(key, (ticket, reply));
+                self.tickets.insert(ticket, key);
+                if self.early_withdrawals.remove(&ticket) {
+                    self.sled.withdraw(now, key);
+                }
             }
             Some(Cmd::Shutdown { done }) => {
                 self.done.push(done);
@@ -271,7 +305,8 @@ impl Driver {
                 }
                 Output::Decided(d) => {
                     debug!(id = %d.id, decision = ?d.decision, cause = ?d.cause, "permission decided");
-                    if let Some(waiter) = self.waiters.remove(&d.key) {
+                    if let Some((ticket, waiter)) = self.waiters.remove(&d.key) {
+                        self.tickets.remove(&ticket);
                         let _ = waiter.send(d.decision);
                     }
                 }
@@ -334,7 +369,7 @@ impl Driver {
             call.abort();
         }
         // Anything still waiting (cannot normally happen: the core decided everything) is denied.
-        for (_, waiter) in self.waiters.drain() {
+        for (_, (_, waiter)) in self.waiters.drain() {
             let _ = waiter.send(Decision::Deny);
         }
         for done in self.done.drain(..) {

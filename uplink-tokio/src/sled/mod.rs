@@ -3,6 +3,7 @@
 //! endpoint.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uplink_proto::{ConfigError, Decision, LinkState, RawValue, Sled};
@@ -59,11 +60,30 @@ pub enum StartError {
     Config(#[from] ConfigError),
 }
 
+/// Withdraws a request when the future waiting for it is dropped before its decision came.
+struct WithdrawOnDrop<'a> {
+    ticket: u64,
+    tx: &'a mpsc::UnboundedSender<u64>,
+    decision: oneshot::Receiver<Decision>,
+}
+
+impl Drop for WithdrawOnDrop<'_> {
+    fn drop(&mut self) {
+        // Empty: still undecided (a decision that was received, or a driver that is gone, needs nothing).
+        if matches!(self.decision.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+            let _ = self.tx.send(self.ticket);
+        }
+    }
+}
+
 /// A running uplink. Clone it freely; every clone talks to the same task. When the last clone is dropped the
 /// uplink shuts down as if [`Uplink::shutdown`] had been called.
 #[derive(Clone, Debug)]
 pub struct Uplink {
     cmd: mpsc::Sender<Cmd>,
+    /// Requests whose caller went away, by ticket (unbounded: at most one per request the driver holds).
+    withdraw: mpsc::UnboundedSender<u64>,
+    tickets: Arc<AtomicU64>,
     link: watch::Receiver<LinkState>,
 }
 
@@ -95,13 +115,18 @@ impl Uplink {
         let sled = Sled::new(sled_config, uplink_proto::Instant::ZERO)?;
         let (link_tx, link_rx) = watch::channel(sled.link_state());
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-        let driver = Driver::new(sled, clock, target, Arc::new(mcp), cmd_rx, link_tx);
+        let (withdraw_tx, withdraw_rx) = mpsc::unbounded_channel();
+        let driver = Driver::new(sled, clock, target, Arc::new(mcp), cmd_rx, withdraw_rx, link_tx);
         tokio::spawn(driver.run());
-        Ok(Uplink { cmd: cmd_tx, link: link_rx })
+        Ok(Uplink { cmd: cmd_tx, withdraw: withdraw_tx, tickets: Arc::new(AtomicU64::new(0)), link: link_rx })
     }
 
     /// Asks the gateway whether `tool_name` may run with `tool_input`. Always resolves: a denial, a timeout,
     /// a lost gateway or a shut-down uplink all give [`Decision::Deny`].
+    ///
+    /// **Dropping the future withdraws the request**: the core sends `perm_cancel`, the gateway stops
+    /// listing it, and a later decision for it is refused there. So a caller who leaves (an HTTP client that
+    /// hangs up, a cancelled tool call) frees its place in the queue at once.
     pub async fn request_permission(&self, tool_name: &str, tool_input: &serde_json::Value) -> Decision {
         match serde_json::value::to_raw_value(tool_input) {
             Ok(raw) => self.request_permission_raw(tool_name, raw).await,
@@ -111,12 +136,16 @@ impl Uplink {
 
     /// As [`Uplink::request_permission`], with the input already as JSON text.
     pub async fn request_permission_raw(&self, tool_name: &str, tool_input: Box<RawValue>) -> Decision {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let (reply, decision) = oneshot::channel();
-        let cmd = Cmd::Permission { tool_name: tool_name.to_owned(), tool_input, reply };
+        let cmd = Cmd::Permission { ticket, tool_name: tool_name.to_owned(), tool_input, reply };
         if self.cmd.send(cmd).await.is_err() {
             return Decision::Deny;
         }
-        decision.await.unwrap_or(Decision::Deny)
+        // From here the driver has the request: if this future is dropped before the decision, the guard
+        // withdraws it.
+        let mut guard = WithdrawOnDrop { ticket, tx: &self.withdraw, decision };
+        (&mut guard.decision).await.unwrap_or(Decision::Deny)
     }
 
     /// The link's state now.
