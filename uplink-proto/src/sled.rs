@@ -306,6 +306,45 @@ pub enum Cause {
     Withdrawn,
 }
 
+impl Cause {
+    /// The cause's word, for answers to agents and logs: `gateway`, `timeout`, `connection_lost`,
+    /// `queue_full`, `duplicate_id`, `invalid_id`, `no_gateway`, `shutdown`, `withdrawn`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Cause::Response => "gateway",
+            Cause::Timeout => "timeout",
+            Cause::ConnectionLost => "connection_lost",
+            Cause::QueueFull => "queue_full",
+            Cause::DuplicateId => "duplicate_id",
+            Cause::InvalidId => "invalid_id",
+            Cause::Disabled => "no_gateway",
+            Cause::Shutdown => "shutdown",
+            Cause::Withdrawn => "withdrawn",
+        }
+    }
+
+    /// A sentence for a person or an agent: why the request ended as it did.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Cause::Response => "the gateway decided",
+            Cause::Timeout => "no decision came before the permission timeout",
+            Cause::ConnectionLost => "the connection to the gateway was lost before a decision came",
+            Cause::QueueFull => "too many permission requests are pending on this sled",
+            Cause::DuplicateId => "a request with the same id is already pending",
+            Cause::InvalidId => "the request id is empty",
+            Cause::Disabled => "no gateway is configured on this sled",
+            Cause::Shutdown => "the sled is shutting down",
+            Cause::Withdrawn => "the request was withdrawn",
+        }
+    }
+}
+
+impl core::fmt::Display for Cause {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A call to make to the local MCP endpoint, with what the core already read of its body, so that the
 /// adapter need not parse it again.
 #[derive(Clone, Debug)]

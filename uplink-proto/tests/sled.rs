@@ -757,3 +757,24 @@ fn a_withdrawn_request_is_cancelled_at_the_gateway_denied_once_and_frees_its_pla
     assert_eq!(d.sled.pending_permissions(), 1);
     let _ = again;
 }
+
+#[test]
+fn every_cause_has_a_word_and_a_sentence_of_its_own() {
+    use std::collections::BTreeSet;
+    let all = [
+        Cause::Response,
+        Cause::Timeout,
+        Cause::ConnectionLost,
+        Cause::QueueFull,
+        Cause::DuplicateId,
+        Cause::InvalidId,
+        Cause::Disabled,
+        Cause::Shutdown,
+        Cause::Withdrawn,
+    ];
+    let words: BTreeSet<&str> = all.iter().map(|c| c.as_str()).collect();
+    let sentences: BTreeSet<&str> = all.iter().map(|c| c.describe()).collect();
+    assert_eq!((words.len(), sentences.len()), (all.len(), all.len()));
+    assert!(words.iter().all(|w| w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')), "{words:?}");
+    assert_eq!(Cause::Disabled.to_string(), "no_gateway");
+}

@@ -66,7 +66,7 @@
 #![deny(missing_docs)]
 #![deny(missing_debug_implementations)]
 
-pub use uplink_proto::{self, Decision, LinkState, LossReason, RawValue};
+pub use uplink_proto::{self, Cause, Decision, LinkState, LossReason, RawValue};
 
 mod accept;
 #[cfg(feature = "cli")]
@@ -79,7 +79,9 @@ mod socket_loop;
 mod timer;
 mod ws;
 
-pub use sled::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, McpUrlError, StartError, Uplink, UplinkConfig};
+pub use sled::{
+    Answer, DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, McpUrlError, StartError, Uplink, UplinkConfig,
+};
 
 /// `tracing` filter directives that turn off the targets that would log secrets: tungstenite prints the
 /// whole client handshake request, the sled's token included, at TRACE under `tungstenite::handshake::client`.

@@ -88,7 +88,7 @@ async fn permission_endpoint_and_approve_tool_then_sigterm() {
     let req = decide_next(&mut conn, true).await;
     assert_eq!(req["payload"], json!({"tool_name":"Bash","tool_input":{"command":"ls"}}));
     let (status, _, body) = within("the answer", ask).await.unwrap();
-    assert_eq!((status, body.as_str()), (200, r#"{"decision":"approve"}"#));
+    assert_eq!((status, body.as_str()), (200, r#"{"decision":"approve","reason":"gateway"}"#));
 
     // Bad requests get a clear 4xx.
     let (status, _, body) = post(&url, "{not json", &[]).await;
@@ -129,7 +129,7 @@ async fn permission_endpoint_and_approve_tool_then_sigterm() {
         if approved {
             assert_eq!(verdict["updatedInput"], json!({"file_path":"/tmp/x","content":"hi"}));
         } else {
-            assert!(verdict["message"].is_string());
+            assert_eq!(verdict["message"], "Permission denied by the gateway.");
         }
     }
 
@@ -267,5 +267,23 @@ async fn an_agent_that_hangs_up_has_its_request_withdrawn() {
     assert_eq!(
         (cancel["req_id"].clone(), cancel["payload"]["reason"].clone()),
         (request["req_id"].clone(), json!("withdrawn"))
+    );
+}
+
+#[tokio::test]
+async fn a_denial_says_why_it_was_denied() {
+    let gw = TestGateway::bind().await;
+    let sled = start_sled(&gw, &[]).await;
+    let mut conn = gw.accept().await;
+    conn.recv().await;
+    let url = format!("{}/permission", sled.base);
+    let asking = tokio::spawn(async move { post(&url, r#"{"tool_name":"Bash","tool_input":{}}"#, &[]).await });
+    conn.recv_kind("perm_request").await;
+    // The gateway goes away before deciding: fail-closed, and the agent is told so.
+    drop(conn);
+    let (status, _, body) = within("the answer", asking).await.unwrap();
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (200, json!({"decision":"deny","reason":"connection_lost"}))
     );
 }

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{Decision, Uplink};
+use crate::{Answer, Cause, Decision, Uplink};
 
 /// A local client must send each request's headers, and then its body, within this long.
 pub(crate) const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,20 +69,28 @@ impl ApproveServer {
     #[tool(description = "Ask the gateway whether a tool call may run. Returns a JSON text block: \
         {\"behavior\":\"allow\",\"updatedInput\":…} or {\"behavior\":\"deny\",\"message\":…}.")]
     async fn approve(&self, Parameters(request): Parameters<ApproveInput>) -> String {
-        let decision = self.uplink.request_permission(&request.tool_name, &request.input).await;
-        debug!(tool = %request.tool_name, tool_use_id = ?request.tool_use_id, ?decision, "approve tool");
-        prompt_answer(decision, request.input).to_string()
+        let answer = self.uplink.ask(&request.tool_name, &request.input).await;
+        debug!(tool = ?request.tool_name, tool_use_id = ?request.tool_use_id, decision = %answer.decision, cause = %answer.cause, "approve tool");
+        prompt_answer(answer, request.input).to_string()
     }
 }
 
-/// The permission-prompt answer for `decision`.
-pub(crate) fn prompt_answer(decision: Decision, input: serde_json::Value) -> serde_json::Value {
-    match decision {
+/// The permission-prompt answer for `answer`; a denial says why.
+pub(crate) fn prompt_answer(answer: Answer, input: serde_json::Value) -> serde_json::Value {
+    match answer.decision {
         Decision::Approve | Decision::AlwaysAllow => json!({"behavior": "allow", "updatedInput": input}),
         Decision::Deny => json!({
             "behavior": "deny",
-            "message": "Permission denied: the gateway refused, did not answer in time, or could not be reached."
+            "message": deny_message(answer.cause),
         }),
+    }
+}
+
+/// What an agent is told when it is denied.
+fn deny_message(cause: Cause) -> String {
+    match cause {
+        Cause::Response => "Permission denied by the gateway.".to_owned(),
+        other => format!("Permission denied: {}.", other.describe()),
     }
 }
 
@@ -185,6 +193,6 @@ async fn permission(State(uplink): State<Uplink>, body: Body) -> Response {
             );
         }
     };
-    let decision = uplink.request_permission(&ask.tool_name, &ask.tool_input).await;
-    json_response(StatusCode::OK, &json!({"decision": decision.as_str()}))
+    let answer = uplink.ask(&ask.tool_name, &ask.tool_input).await;
+    json_response(StatusCode::OK, &json!({"decision": answer.decision.as_str(), "reason": answer.cause.as_str()}))
 }

@@ -17,9 +17,11 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 use uplink_proto::{
-    ConnId, ConnectError, Decision, Event, Instant, LinkState, McpCallId, McpReply, Output, PermKey, RawValue, Sled,
+    Cause, ConnId, ConnectError, Decision, Event, Instant, LinkState, McpCallId, McpReply, Output, PermKey, RawValue,
+    Sled,
 };
 
+use super::Answer;
 use super::mcp_client::McpClient;
 use crate::socket_loop::{Clock, Turn, Turns, received};
 use crate::timer::Deadline;
@@ -30,7 +32,7 @@ const EARLY_WITHDRAWALS: usize = 1024;
 
 /// From a handle to the driver.
 pub(crate) enum Cmd {
-    Permission { ticket: u64, tool_name: String, tool_input: Box<RawValue>, reply: oneshot::Sender<Decision> },
+    Permission { ticket: u64, tool_name: String, tool_input: Box<RawValue>, reply: oneshot::Sender<Answer> },
     Shutdown { done: oneshot::Sender<()> },
 }
 
@@ -65,7 +67,7 @@ pub(crate) struct Driver {
     links: Vec<(ConnId, Link)>,
     /// Close handshakes the sled started, finishing in tasks of their own.
     closing: Vec<JoinHandle<()>>,
-    waiters: HashMap<PermKey, (u64, oneshot::Sender<Decision>)>,
+    waiters: HashMap<PermKey, (u64, oneshot::Sender<Answer>)>,
     /// The core's key of each pending request, by its handle's ticket.
     tickets: HashMap<u64, PermKey>,
     /// Tickets withdrawn before their request reached the driver (the two come on different channels).
@@ -307,7 +309,7 @@ impl Driver {
                     debug!(id = %d.id, decision = ?d.decision, cause = ?d.cause, "permission decided");
                     if let Some((ticket, waiter)) = self.waiters.remove(&d.key) {
                         self.tickets.remove(&ticket);
-                        let _ = waiter.send(d.decision);
+                        let _ = waiter.send(Answer { decision: d.decision, cause: d.cause });
                     }
                 }
                 Output::CallMcp(call) => {
@@ -370,7 +372,7 @@ impl Driver {
         }
         // Anything still waiting (cannot normally happen: the core decided everything) is denied.
         for (_, (_, waiter)) in self.waiters.drain() {
-            let _ = waiter.send(Decision::Deny);
+            let _ = waiter.send(Answer { decision: Decision::Deny, cause: Cause::Shutdown });
         }
         for done in self.done.drain(..) {
             let _ = done.send(());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use uplink_proto::{ConfigError, Decision, LinkState, RawValue, Sled};
+use uplink_proto::{Cause, ConfigError, Decision, LinkState, RawValue, Sled};
 
 mod config;
 mod driver;
@@ -60,11 +60,21 @@ pub enum StartError {
     Config(#[from] ConfigError),
 }
 
+/// How a permission request ended, and why.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Answer {
+    /// The decision; anything but the gateway's approval is [`Decision::Deny`].
+    pub decision: Decision,
+    /// Why: [`Cause::Response`] when the gateway decided, otherwise the fail-closed rule that denied it.
+    pub cause: Cause,
+}
+
 /// Withdraws a request when the future waiting for it is dropped before its decision came.
 struct WithdrawOnDrop<'a> {
     ticket: u64,
     tx: &'a mpsc::UnboundedSender<u64>,
-    decision: oneshot::Receiver<Decision>,
+    decision: oneshot::Receiver<Answer>,
 }
 
 impl Drop for WithdrawOnDrop<'_> {
@@ -128,24 +138,36 @@ impl Uplink {
     /// listing it, and a later decision for it is refused there. So a caller who leaves (an HTTP client that
     /// hangs up, a cancelled tool call) frees its place in the queue at once.
     pub async fn request_permission(&self, tool_name: &str, tool_input: &serde_json::Value) -> Decision {
+        self.ask(tool_name, tool_input).await.decision
+    }
+
+    /// As [`Uplink::request_permission`], with why it ended so: the gateway's decision, or which fail-closed
+    /// rule denied it.
+    pub async fn ask(&self, tool_name: &str, tool_input: &serde_json::Value) -> Answer {
         match serde_json::value::to_raw_value(tool_input) {
-            Ok(raw) => self.request_permission_raw(tool_name, raw).await,
-            Err(_) => Decision::Deny,
+            Ok(raw) => self.ask_raw(tool_name, raw).await,
+            // Not representable as JSON text (a map with non-string keys cannot come from JSON): refused.
+            Err(_) => Answer { decision: Decision::Deny, cause: Cause::InvalidId },
         }
     }
 
     /// As [`Uplink::request_permission`], with the input already as JSON text.
     pub async fn request_permission_raw(&self, tool_name: &str, tool_input: Box<RawValue>) -> Decision {
+        self.ask_raw(tool_name, tool_input).await.decision
+    }
+
+    /// As [`Uplink::ask`], with the input already as JSON text.
+    pub async fn ask_raw(&self, tool_name: &str, tool_input: Box<RawValue>) -> Answer {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let (reply, decision) = oneshot::channel();
         let cmd = Cmd::Permission { ticket, tool_name: tool_name.to_owned(), tool_input, reply };
         if self.cmd.send(cmd).await.is_err() {
-            return Decision::Deny;
+            return Answer { decision: Decision::Deny, cause: Cause::Shutdown };
         }
         // From here the driver has the request: if this future is dropped before the decision, the guard
         // withdraws it.
         let mut guard = WithdrawOnDrop { ticket, tx: &self.withdraw, decision };
-        (&mut guard.decision).await.unwrap_or(Decision::Deny)
+        (&mut guard.decision).await.unwrap_or(Answer { decision: Decision::Deny, cause: Cause::Shutdown })
     }
 
     /// The link's state now.
