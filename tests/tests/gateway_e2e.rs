@@ -79,9 +79,13 @@ async fn permissions_are_approved_and_denied_through_the_admin_api_and_its_event
         assert_eq!(within("the decision", pending).await.unwrap(), want);
         let decided = next_event(&mut events, "permission_decided").await;
         assert_eq!(decided["id"], id.as_str());
-        // Decided: gone from the list, and a second decision is refused.
-        let (status, _) = http("POST", &url, Some(ADMIN), Some(body), &[]).await;
-        assert_eq!(status, 404);
+        // Decided: gone from the list, and a second decision is refused, saying how it ended.
+        let (status, refused) = http("POST", &url, Some(ADMIN), Some(body), &[]).await;
+        assert_eq!(status, 409, "{refused}");
+        assert_eq!(
+            (parse(&refused)["ended"].clone(), parse(&refused)["decision"].clone()),
+            (json!("decided"), json!(want.as_str()))
+        );
     }
     let (_, list) = http("GET", &format!("{}/api/permissions", gw.base), Some(ADMIN), None, &[]).await;
     assert_eq!(parse(&list)["permissions"], json!([]));
@@ -122,10 +126,10 @@ async fn a_request_withdrawn_by_the_sled_disappears_and_cannot_be_decided() {
     let withdrawn = next_event(&mut events, "permission_withdrawn").await;
     assert_eq!((withdrawn["id"].as_str(), withdrawn["reason"].as_str()), (Some(id.as_str()), Some("cancelled")));
     assert_eq!(within("the decision", pending).await.unwrap(), Decision::Deny);
-    let (status, _) =
+    let (status, refused) =
         http("POST", &format!("{}/api/permissions/{id}", gw.base), Some(ADMIN), Some(r#"{"approved":true}"#), &[])
             .await;
-    assert_eq!(status, 404);
+    assert_eq!((status, parse(&refused)["ended"].clone()), (409, json!("cancelled")), "{refused}");
     uplink.shutdown().await;
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use uplink_proto::gateway::{
     AcceptError, CloseReason, ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubDecideError,
-    HubEvent, HubOutput, McpFailure, McpRefused, ProjectScope, PublicPermId, Withdrawn,
+    HubEvent, HubOutput, McpFailure, McpRefused, PermEnd, ProjectScope, PublicPermId, Withdrawn,
 };
 use uplink_proto::{Decision, Instant, Received};
 
@@ -94,7 +94,11 @@ fn a_restarted_sled_with_the_same_credential_replaces_its_old_connection() {
     })));
     // The replaced connection's end does not mark the project disconnected.
     assert!(!outs.iter().any(|o| matches!(o, HubOutput::Event(HubEvent::SledDisconnected { .. }))));
-    assert_eq!(h.hub.decide(h.now, perm, Decision::Approve), Err(HubDecideError::NotPending));
+    assert_eq!(
+        h.hub.decide(h.now, perm, Decision::Approve),
+        Err(HubDecideError::Ended(PermEnd::Withdrawn(Withdrawn::ConnectionLost))),
+        "a late decision is refused with how the permission ended"
+    );
     assert!(h.hub.sleds(h.now)[0].connected);
 }
 
@@ -161,7 +165,10 @@ fn public_ids_have_one_spelling_and_route_to_their_own_session() {
         project: "b".into(),
         decision: Decision::Deny
     })));
-    assert_eq!(h.hub.decide(h.now, pb, Decision::Approve), Err(HubDecideError::NotPending));
+    assert_eq!(
+        h.hub.decide(h.now, pb, Decision::Approve),
+        Err(HubDecideError::Ended(PermEnd::Decided(Decision::Deny)))
+    );
     let unknown = PublicPermId { conn: ConnHandle(99), perm: pa.perm };
     assert_eq!(h.hub.decide(h.now, unknown, Decision::Approve), Err(HubDecideError::NotPending));
     assert_eq!(h.hub.permissions(h.now).iter().map(|p| p.id).collect::<Vec<_>>(), vec![pa]);
@@ -297,4 +304,34 @@ fn the_hub_wakes_for_the_earliest_deadline_of_any_connection() {
     h.advance(Duration::from_secs(4));
     assert_eq!(closes(&h.drain()), vec![(second, CloseReason::NoIdentity)]);
     assert_eq!(h.hub.poll_timeout(), None);
+}
+
+#[test]
+fn ended_permissions_are_remembered_within_their_bound_for_late_decisions() {
+    let mut cfg = HubConfig::default();
+    cfg.max_ended_permissions = 2;
+    let mut h = H::with(cfg);
+    let conn = h.connect(any(1), "demo");
+    let ids: Vec<PublicPermId> = (0..3).map(|i| h.ask(conn, &format!("r{i}"), "{}")).collect();
+    for id in &ids {
+        h.hub.decide(h.now, *id, Decision::Deny).expect("pending");
+    }
+    assert_eq!(h.hub.remembered_ended(), 2);
+    assert_eq!(h.hub.decide(h.now, ids[0], Decision::Approve), Err(HubDecideError::NotPending), "forgotten");
+    assert_eq!(
+        h.hub.decide(h.now, ids[2], Decision::Approve),
+        Err(HubDecideError::Ended(PermEnd::Decided(Decision::Deny)))
+    );
+    h.text(conn, r#"{"type":"perm_request","req_id":"c","payload":{"tool_name":"Bash"}}"#);
+    let cancelled = h.events().into_iter().find_map(|e| match e {
+        HubEvent::PermissionRequested { id, .. } => Some(id),
+        _ => None,
+    });
+    let cancelled = cancelled.expect("requested");
+    h.text(conn, r#"{"type":"perm_cancel","req_id":"c"}"#);
+    assert_eq!(
+        h.hub.decide(h.now, cancelled, Decision::Approve),
+        Err(HubDecideError::Ended(PermEnd::Withdrawn(Withdrawn::Cancelled)))
+    );
+    assert!(h.drain().iter().all(|o| !matches!(o, HubOutput::Send { .. })), "nothing sent for a late decision");
 }

@@ -18,8 +18,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::json;
 use uplink_proto::gateway::{
-    CloseReason, ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubEvent, HubOutput, McpTicket,
-    PermId, ProjectScope, PublicPermId,
+    CloseReason, ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubDecideError, HubEvent,
+    HubOutput, McpTicket, PermId, ProjectScope, PublicPermId,
 };
 use uplink_proto::{Decision, GatewayFrame, Instant, Received};
 
@@ -169,8 +169,13 @@ impl Model {
                     known[usize::from(*p) % known.len()]
                 };
                 let pending = self.perms.get(&id).filter(|(f, _)| *f == Fate::Pending).map(|(_, r)| r.clone());
+                let ended = self.perms.get(&id).is_some_and(|(f, _)| *f == Fate::Ended);
                 let result = self.hub.decide(now, id, decision);
                 prop_assert_eq!(result.is_ok(), pending.is_some(), "decide {} against the model", id);
+                // A late decision says how the permission ended (the bound, 4096, exceeds any script here).
+                if ended {
+                    prop_assert!(matches!(result, Err(HubDecideError::Ended(_))), "{} ended: {:?}", id, result);
+                }
                 if let (Ok(()), Some(req_id)) = (result, pending) {
                     if decision.is_allow() {
                         approved.insert((id.conn, req_id));

@@ -49,11 +49,14 @@ pub struct HubConfig {
     /// How many disconnected sleds stay listed; beyond, the one disconnected longest ago is forgotten.
     /// Default 1024.
     pub max_disconnected_sleds: usize,
+    /// How many ended permissions are remembered, so that a decision arriving after the end is refused
+    /// with the reason ([`HubDecideError::Ended`]); beyond, the oldest is forgotten. Default 4096.
+    pub max_ended_permissions: usize,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { session: GatewayConfig::default(), max_disconnected_sleds: 1024 }
+        HubConfig { session: GatewayConfig::default(), max_disconnected_sleds: 1024, max_ended_permissions: 4096 }
     }
 }
 
@@ -124,13 +127,37 @@ pub enum AcceptError {
     ShuttingDown,
 }
 
+/// How a permission ended, for a decision that comes too late.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PermEnd {
+    /// Someone decided it.
+    Decided(Decision),
+    /// It was withdrawn.
+    Withdrawn(Withdrawn),
+}
+
+impl core::fmt::Display for PermEnd {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PermEnd::Decided(d) => write!(f, "already decided ({d})"),
+            PermEnd::Withdrawn(Withdrawn::Cancelled) => f.write_str("withdrawn by the sled"),
+            PermEnd::Withdrawn(Withdrawn::ConnectionLost) => f.write_str("withdrawn: its sled's connection ended"),
+        }
+    }
+}
+
 /// Why [`Hub::decide`] refused.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HubDecideError {
-    /// No pending permission has this id: never existed, already decided, or withdrawn.
+    /// No pending permission has this id, and none that ended recently did: it never existed (or was
+    /// forgotten).
     #[error("no pending permission with this id")]
     NotPending,
+    /// The permission has ended already; nothing was sent.
+    #[error("this permission has ended: {0}")]
+    Ended(PermEnd),
 }
 
 /// Why [`Hub::send_mcp`] refused.
@@ -372,6 +399,9 @@ pub struct Hub {
     next_gone: u64,
     next_conn: u64,
     shutting_down: bool,
+    /// Recently ended permissions, oldest first, for late decisions.
+    ended: BTreeMap<PublicPermId, PermEnd>,
+    ended_order: VecDeque<PublicPermId>,
     out: VecDeque<HubOutput>,
 }
 
@@ -390,6 +420,8 @@ impl Hub {
             next_gone: 0,
             next_conn: 0,
             shutting_down: false,
+            ended: BTreeMap::new(),
+            ended_order: VecDeque::new(),
             out: VecDeque::new(),
         })
     }
@@ -415,6 +447,11 @@ impl Hub {
     /// remembered sleds plus 64.
     pub fn disconnection_log_len(&self) -> usize {
         self.gone_order.len()
+    }
+
+    /// Ended permissions remembered for late decisions. Never above [`HubConfig::max_ended_permissions`].
+    pub fn remembered_ended(&self) -> usize {
+        self.ended.len()
     }
 
     /// The project `conn` holds, if its claim succeeded and it is still open.
@@ -557,9 +594,13 @@ impl Hub {
     pub fn decide(&mut self, now: Instant, id: PublicPermId, decision: Decision) -> Result<(), HubDecideError> {
         self.advance(now);
         let now = self.now;
-        let c = self.conns.get_mut(&id.conn).ok_or(HubDecideError::NotPending)?;
-        let project = c.project.clone().ok_or(HubDecideError::NotPending)?;
-        c.session.decide(now, id.perm, decision).map_err(|_| HubDecideError::NotPending)?;
+        let refused =
+            |hub: &Hub| hub.ended.get(&id).map_or(HubDecideError::NotPending, |end| HubDecideError::Ended(*end));
+        let Some(c) = self.conns.get_mut(&id.conn) else { return Err(refused(self)) };
+        let Some(project) = c.project.clone() else { return Err(refused(self)) };
+        if c.session.decide(now, id.perm, decision).is_err() {
+            return Err(refused(self));
+        }
         self.pump(id.conn);
         self.event(HubEvent::PermissionDecided { id, project, decision });
         Ok(())
@@ -791,6 +832,24 @@ impl Hub {
     }
 
     fn event(&mut self, event: HubEvent) {
+        match &event {
+            HubEvent::PermissionDecided { id, decision, .. } => self.remember_end(*id, PermEnd::Decided(*decision)),
+            HubEvent::PermissionWithdrawn { id, reason, .. } => self.remember_end(*id, PermEnd::Withdrawn(*reason)),
+            _ => {}
+        }
         self.out.push_back(HubOutput::Event(event));
+    }
+
+    fn remember_end(&mut self, id: PublicPermId, end: PermEnd) {
+        if self.cfg.max_ended_permissions == 0 {
+            return;
+        }
+        self.ended.insert(id, end);
+        self.ended_order.push_back(id);
+        while self.ended_order.len() > self.cfg.max_ended_permissions {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended.remove(&old);
+            }
+        }
     }
 }

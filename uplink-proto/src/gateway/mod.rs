@@ -26,7 +26,7 @@ pub use close::CloseReason;
 pub use credential::{Credential, CredentialId, ProjectScope};
 pub use hub::{
     AcceptError, BadPermId, ConnHandle, Hub, HubConfig, HubDecideError, HubEvent, HubOutput, McpRefused, McpTicket,
-    PermissionSummary, PublicPermId, SledSummary,
+    PermEnd, PermissionSummary, PublicPermId, SledSummary,
 };
 pub use session::{
     DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,

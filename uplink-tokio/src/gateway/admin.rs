@@ -19,7 +19,7 @@ use hyper::StatusCode;
 use serde_json::json;
 use tokio::sync::broadcast;
 use uplink_proto::Decision;
-use uplink_proto::gateway::{HubEvent, McpFailure, McpRefused, PublicPermId, Withdrawn};
+use uplink_proto::gateway::{HubDecideError, HubEvent, McpFailure, McpRefused, PermEnd, PublicPermId, Withdrawn};
 
 use super::hub_task::McpOutcome;
 use super::{MAX_ADMIN_BODY, Shared};
@@ -171,6 +171,20 @@ async fn decide(_: Admin, State(shared): State<Arc<Shared>>, Path(id): Path<Stri
     let decision = Decision::from_flags(ask.approved, ask.always_allow);
     match shared.hub.decide(perm, decision).await {
         Ok(()) => json_response(StatusCode::OK, &json!({"id": id, "decision": decision.as_str()})),
+        // Too late: say how it ended, so that a person knows their click did nothing.
+        Err(HubDecideError::Ended(end)) => {
+            let ended = match end {
+                PermEnd::Decided(d) => json!({"ended": "decided", "decision": d.as_str()}),
+                PermEnd::Withdrawn(Withdrawn::Cancelled) => json!({"ended": "cancelled"}),
+                PermEnd::Withdrawn(Withdrawn::ConnectionLost) => json!({"ended": "connection_lost"}),
+                _ => json!({"ended": "ended"}),
+            };
+            let mut body = json!({"error": format!("this permission has ended: {end}")});
+            if let (Some(body), Some(ended)) = (body.as_object_mut(), ended.as_object()) {
+                body.extend(ended.clone());
+            }
+            json_response(StatusCode::CONFLICT, &body)
+        }
         Err(_) => not_pending(),
     }
 }
