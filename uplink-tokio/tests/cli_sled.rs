@@ -287,3 +287,36 @@ async fn a_denial_says_why_it_was_denied() {
         (200, json!({"decision":"deny","reason":"connection_lost"}))
     );
 }
+
+#[tokio::test]
+async fn a_cancelled_approve_tool_call_withdraws_its_request() {
+    let gw = TestGateway::bind().await;
+    let sled = start_sled(&gw, &[]).await;
+    let mut conn = gw.accept().await;
+    conn.recv().await;
+    let mcp = format!("{}/mcp", sled.base);
+    let (status, headers, body) = post(&mcp, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"claude","version":"1"}}}"#, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let session = headers.get("mcp-session-id").unwrap().to_str().unwrap().to_owned();
+    let with_session = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-06-18")];
+    post(&mcp, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, &with_session).await;
+    let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"approve","arguments":{
+        "tool_name":"Bash","input":{"command":"make deploy"}}}});
+    let calling = tokio::spawn({
+        let (mcp, session) = (mcp.clone(), session.clone());
+        async move {
+            let headers = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-06-18")];
+            post(&mcp, &call.to_string(), &headers).await
+        }
+    });
+    let request = conn.recv_kind("perm_request").await;
+    // The agent gives up on the call.
+    let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7,"reason":"user interrupted"}});
+    post(&mcp, &cancel.to_string(), &with_session).await;
+    let withdrawn = conn.recv_kind("perm_cancel").await;
+    assert_eq!(
+        (withdrawn["req_id"].clone(), withdrawn["payload"]["reason"].clone()),
+        (request["req_id"].clone(), json!("withdrawn"))
+    );
+    calling.abort();
+}

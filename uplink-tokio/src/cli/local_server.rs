@@ -68,8 +68,16 @@ impl ApproveServer {
 
     #[tool(description = "Ask the gateway whether a tool call may run. Returns a JSON text block: \
         {\"behavior\":\"allow\",\"updatedInput\":…} or {\"behavior\":\"deny\",\"message\":…}.")]
-    async fn approve(&self, Parameters(request): Parameters<ApproveInput>) -> String {
-        let answer = self.uplink.ask(&request.tool_name, &request.input).await;
+    async fn approve(&self, Parameters(request): Parameters<ApproveInput>, cancelled: CancellationToken) -> String {
+        // A call the client cancels (`notifications/cancelled`, or its session ends) drops the question,
+        // which withdraws it at the gateway.
+        let answer = tokio::select! {
+            answer = self.uplink.ask(&request.tool_name, &request.input) => answer,
+            () = cancelled.cancelled() => {
+                debug!(tool = ?request.tool_name, "approve tool call cancelled; its request is withdrawn");
+                return prompt_answer(Answer { decision: Decision::Deny, cause: Cause::Withdrawn }, request.input).to_string();
+            }
+        };
         debug!(tool = ?request.tool_name, tool_use_id = ?request.tool_use_id, decision = %answer.decision, cause = %answer.cause, "approve tool");
         prompt_answer(answer, request.input).to_string()
     }
