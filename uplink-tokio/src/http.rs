@@ -57,7 +57,7 @@ pub(crate) fn query_token(uri: &hyper::Uri) -> Option<String> {
 
 /// `s` as a JSON string literal, quotes included.
 pub(crate) fn json_string(s: &str) -> String {
-    Value::from(s).to_string()
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -118,6 +118,16 @@ pub enum Withdrawn {
     ConnectionLost,
 }
 
+impl Withdrawn {
+    /// The reason's word: `cancelled` or `connection_lost`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Withdrawn::Cancelled => "cancelled",
+            Withdrawn::ConnectionLost => "connection_lost",
+        }
+    }
+}
+
 /// Why an MCP request failed.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum McpFailure {

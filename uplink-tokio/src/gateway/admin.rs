@@ -19,7 +19,7 @@ use hyper::StatusCode;
 use serde_json::json;
 use tokio::sync::broadcast;
 use uplink_proto::Decision;
-use uplink_proto::gateway::{HubDecideError, HubEvent, McpFailure, McpRefused, PermEnd, PublicPermId, Withdrawn};
+use uplink_proto::gateway::{HubDecideError, HubEvent, McpFailure, McpRefused, PermEnd, PublicPermId};
 
 use super::hub_task::McpOutcome;
 use super::{MAX_ADMIN_BODY, Shared};
@@ -173,16 +173,12 @@ async fn decide(_: Admin, State(shared): State<Arc<Shared>>, Path(id): Path<Stri
         Ok(()) => json_response(StatusCode::OK, &json!({"id": id, "decision": decision.as_str()})),
         // Too late: say how it ended, so that a person knows their click did nothing.
         Err(HubDecideError::Ended(end)) => {
-            let ended = match end {
-                PermEnd::Decided(d) => json!({"ended": "decided", "decision": d.as_str()}),
-                PermEnd::Withdrawn(Withdrawn::Cancelled) => json!({"ended": "cancelled"}),
-                PermEnd::Withdrawn(Withdrawn::ConnectionLost) => json!({"ended": "connection_lost"}),
-                _ => json!({"ended": "ended"}),
+            let error = format!("this permission has ended: {end}");
+            let body = match end {
+                PermEnd::Decided(d) => json!({"error": error, "ended": "decided", "decision": d.as_str()}),
+                PermEnd::Withdrawn(w) => json!({"error": error, "ended": w.as_str()}),
+                _ => json!({"error": error, "ended": "ended"}),
             };
-            let mut body = json!({"error": format!("this permission has ended: {end}")});
-            if let (Some(body), Some(ended)) = (body.as_object_mut(), ended.as_object()) {
-                body.extend(ended.clone());
-            }
             json_response(StatusCode::CONFLICT, &body)
         }
         Err(_) => not_pending(),
@@ -191,10 +187,6 @@ async fn decide(_: Admin, State(shared): State<Arc<Shared>>, Path(id): Path<Stri
 
 /// An event's SSE name and JSON data; `None` for events not shown on the stream.
 fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
-    let withdrawn = |r: &Withdrawn| match r {
-        Withdrawn::Cancelled => "cancelled",
-        Withdrawn::ConnectionLost => "connection_lost",
-    };
     Some(match event {
         HubEvent::SledConnected { project, protocol, sled_version, capabilities, .. } => (
             "sled_connected",
@@ -223,7 +215,7 @@ fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
         ),
         HubEvent::PermissionWithdrawn { id, project, reason } => (
             "permission_withdrawn",
-            json!({"id": id.to_string(), "project": project, "reason": withdrawn(reason)}).to_string(),
+            json!({"id": id.to_string(), "project": project, "reason": reason.as_str()}).to_string(),
         ),
         HubEvent::PermissionAutoDecided { project, req_id, tool_name, decision, .. } => (
             "permission_auto_decided",

@@ -280,19 +280,23 @@ impl HubTask {
     }
 
     fn on_event(&mut self, event: HubEvent) {
-        match &event {
+        // MCP outcomes go to their caller only; the answer moves there, uncopied.
+        let event = match event {
             HubEvent::McpAnswered { ticket, payload } => {
-                if let Some(waiter) = self.mcp.remove(ticket) {
-                    let _ = waiter.send(McpOutcome::Answered(payload.clone()));
+                if let Some(waiter) = self.mcp.remove(&ticket) {
+                    let _ = waiter.send(McpOutcome::Answered(payload));
                 }
                 return;
             }
             HubEvent::McpFailed { ticket, reason } => {
-                if let Some(waiter) = self.mcp.remove(ticket) {
-                    let _ = waiter.send(McpOutcome::Failed(*reason));
+                if let Some(waiter) = self.mcp.remove(&ticket) {
+                    let _ = waiter.send(McpOutcome::Failed(reason));
                 }
                 return;
             }
+            other => other,
+        };
+        match &event {
             // Peer strings are logged with Debug, which escapes control characters.
             HubEvent::SledConnected { conn, project, replaced, .. } => {
                 info!(project = ?project, conn = conn.0, replaced = ?replaced.map(|r| r.0), "sled connected");
