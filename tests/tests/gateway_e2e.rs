@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::gateway::GatewayConfig;
 use uplink_tests::mcp_server::{McpServer, Mode};
 use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, close_code, http, identify, next_event, sse, within};
-use uplink_tokio::{Decision, LinkState, LossReason, Uplink, UplinkConfig};
+use uplink_tokio::{Cause, Decision, LinkState, LossReason, Uplink, UplinkConfig};
 
 const ADMIN: &str = ADMIN_TOKEN;
 
@@ -108,6 +108,33 @@ async fn permissions_are_approved_and_denied_through_the_admin_api_and_its_event
     let (status, _) = http("POST", &url, Some(ADMIN), Some(r#"{"approved":false}"#), &[]).await;
     assert_eq!(status, 200);
     assert_eq!(within("the decision", pending).await.unwrap(), Decision::Deny);
+    uplink.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_denial_with_a_message_reaches_the_asker_and_the_event_stream() {
+    let gw = gateway().await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let uplink = sled(&gw, "delta", None);
+    next_event(&mut events, "sled_connected").await;
+    let asker = uplink.clone();
+    let pending = tokio::spawn(async move { asker.ask("Bash", &json!({"command": "psql prod"})).await });
+    let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/api/permissions/{id}", gw.base);
+    // Longer than a perm_response may carry: refused, and the request stays pending.
+    let long = json!({"approved": false, "message": "x".repeat(4097)}).to_string();
+    let (status, body) = http("POST", &url, Some(ADMIN), Some(&long), &[]).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) =
+        http("POST", &url, Some(ADMIN), Some(r#"{"approved":false,"message":"use staging"}"#), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = within("the decision", pending).await.unwrap();
+    assert_eq!(
+        (answer.decision, answer.cause, answer.message.as_deref()),
+        (Decision::Deny, Cause::Response, Some("use staging"))
+    );
+    let decided = next_event(&mut events, "permission_decided").await;
+    assert_eq!((decided["decision"].clone(), decided["message"].clone()), (json!("deny"), json!("use staging")));
     uplink.shutdown().await;
 }
 

@@ -86,7 +86,8 @@ impl Sim {
         }
         if let Ok(SledFrame::PermRequest { req_id, tool_name, .. }) = SledFrame::decode(text) {
             let decision = if tool_name == "Write" { Decision::Deny } else { Decision::Approve };
-            let reply = GatewayFrame::PermResponse { req_id: req_id.into_owned().into(), decision }.encode();
+            let reply =
+                GatewayFrame::PermResponse { req_id: req_id.into_owned().into(), decision, message: None }.encode();
             self.to_sled.push_back((conn, reply));
         }
     }

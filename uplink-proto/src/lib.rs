@@ -53,7 +53,7 @@
 //!             // Send the frame; here the "gateway" approves every permission request it sees.
 //!             Output::Send { conn, text } => {
 //!                 if let Ok(SledFrame::PermRequest { req_id, .. }) = SledFrame::decode(&text) {
-//!                     let reply = GatewayFrame::PermResponse { req_id, decision: Decision::Approve };
+//!                     let reply = GatewayFrame::PermResponse { req_id, decision: Decision::Approve, message: None };
 //!                     inbox.push((conn, reply.encode()));
 //!                 }
 //!             }

@@ -88,6 +88,11 @@ impl<K: Key, V> PendingTable<K, V> {
         self.by_wire.contains_key(wire)
     }
 
+    /// Whether an entry is pending under `key`.
+    pub(crate) fn contains(&self, key: K) -> bool {
+        self.entries.contains_key(&key)
+    }
+
     /// The entry under `key`.
     pub(crate) fn get_mut(&mut self, key: K) -> Option<&mut Pending<V>> {
         self.entries.get_mut(&key)

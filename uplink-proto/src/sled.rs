@@ -281,6 +281,10 @@ pub struct Decided {
     pub decision: Decision,
     /// Why.
     pub cause: Cause,
+    /// The person's message for the agent, when the gateway's `perm_response` carried one (at most
+    /// [`wire::MAX_MESSAGE_BYTES`]; a longer one is cut at a character boundary). Always `None` for the other
+    /// causes.
+    pub message: Option<String>,
 }
 
 /// Why a permission request ended as it did.
@@ -736,7 +740,9 @@ impl Sled {
         };
         self.stats.frames_received += 1;
         match GatewayFrame::decode(text) {
-            Ok(GatewayFrame::PermResponse { req_id, decision }) => self.on_perm_response(conn, &req_id, decision),
+            Ok(GatewayFrame::PermResponse { req_id, decision, message }) => {
+                self.on_perm_response(conn, &req_id, decision, message)
+            }
             Ok(GatewayFrame::McpRequest { req_id, body, session }) => self.on_mcp_request(req_id, body, session),
             Err(wire::DecodeError::UnknownType) => {
                 self.stats.unknown_frames += 1;
@@ -803,7 +809,7 @@ impl Sled {
             _ => None,
         };
         if let Some(cause) = refused {
-            self.out.push_back(Output::Decided(Decided { key, id, decision: Decision::Deny, cause }));
+            self.out.push_back(Output::Decided(Decided { key, id, decision: Decision::Deny, cause, message: None }));
             return key;
         }
         self.perms.insert(key, self.now, id, Stage::Queued { tool_name, tool_input });
@@ -827,7 +833,7 @@ impl Sled {
                 .encode();
             self.send(live, text);
         }
-        self.decide(key, perm.wire, Decision::Deny, Cause::Withdrawn);
+        self.deny(key, perm.wire, Cause::Withdrawn);
     }
 
     /// Shuts down for good: denies every pending request (withdrawing those sent with `perm_cancel`), answers
@@ -879,7 +885,7 @@ impl Sled {
                     self.send(live, text);
                 }
             }
-            self.decide(key, perm.wire, Decision::Deny, Cause::Timeout);
+            self.deny(key, perm.wire, Cause::Timeout);
         }
         while let Some((call, Pending { value: c, .. })) = self.calls.pop_expired(now) {
             let message = format!("local MCP call timed out after {} ms", self.cfg.mcp_timeout.as_millis());
@@ -943,7 +949,7 @@ impl Sled {
                 self.perms.iter().filter(|(_, p)| p.value.sent_on() == Some(conn)).map(|(k, _)| k).collect();
             for key in lost {
                 if let Some(perm) = self.perms.remove(key) {
-                    self.decide(key, perm.wire, Decision::Deny, Cause::ConnectionLost);
+                    self.deny(key, perm.wire, Cause::ConnectionLost);
                 }
             }
             self.cancel_calls();
@@ -969,7 +975,7 @@ impl Sled {
                         .encode();
                 self.send(conn, text);
             }
-            self.decide(key, perm.wire, Decision::Deny, cause);
+            self.deny(key, perm.wire, cause);
         }
     }
 
@@ -979,12 +985,21 @@ impl Sled {
         }
     }
 
-    fn on_perm_response(&mut self, conn: ConnId, req_id: &str, decision: Decision) {
+    fn on_perm_response(&mut self, conn: ConnId, req_id: &str, decision: Decision, message: Option<Cow<'_, str>>) {
         // Every pending request is sent on the live connection as soon as there is one, so the condition
         // always holds; if that ever broke, the response would be ignored (never approving a request on a
         // connection it was not sent on) and the request would stay pending.
         match self.perms.take_by_wire_if(req_id, |stage| stage.sent_on() == Some(conn)) {
-            Some((key, perm)) => self.decide(key, perm.wire, decision, Cause::Response),
+            Some((key, perm)) => {
+                let message = message.map(|m| String::from(wire::clip(&m, wire::MAX_MESSAGE_BYTES)));
+                self.out.push_back(Output::Decided(Decided {
+                    key,
+                    id: perm.wire,
+                    decision,
+                    cause: Cause::Response,
+                    message,
+                }));
+            }
             None => {
                 self.stats.unmatched_responses += 1;
                 self.ignored(Ignored::UnmatchedResponse);
@@ -1062,8 +1077,9 @@ impl Sled {
         self.out.push_back(Output::Send { conn, text });
     }
 
-    fn decide(&mut self, key: PermKey, id: String, decision: Decision, cause: Cause) {
-        self.out.push_back(Output::Decided(Decided { key, id, decision, cause }));
+    /// Denies `key` for `cause` (every end but a `perm_response`).
+    fn deny(&mut self, key: PermKey, id: String, cause: Cause) {
+        self.out.push_back(Output::Decided(Decided { key, id, decision: Decision::Deny, cause, message: None }));
     }
 
     fn emit_link(&mut self) {

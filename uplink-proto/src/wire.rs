@@ -25,6 +25,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// `req_id` of every `identity` frame.
 pub const IDENTITY_REQ_ID: &str = "identity";
 
+/// The longest `perm_response` `message` kept, in bytes: a gateway refuses to send a longer one, and a sled
+/// cuts a longer one it receives at the last character boundary before this length.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
 /// The `type` strings of every frame this crate knows.
 pub mod kind {
     /// Sled → gateway: first frame of every connection.
@@ -183,6 +187,8 @@ pub enum GatewayFrame<'a> {
         req_id: Cow<'a, str>,
         /// What the gateway decided. When decoding, anything but a boolean `true` in a flag reads as `false`.
         decision: Decision,
+        /// The person's words for the agent (extension): a string `message` in the payload, else `None`.
+        message: Option<Cow<'a, str>>,
     },
     /// A JSON-RPC message to replay against the sled's local MCP endpoint.
     McpRequest {
@@ -317,7 +323,7 @@ fn read_lenient(raw: &RawValue, object: ObjectKind) -> Lenient<'_> {
 enum ObjectKind {
     /// Any object: skipped.
     Skip,
-    /// `{"approved", "always_allow"}`.
+    /// `{"approved", "always_allow", "message"}`.
     Flags,
     /// `{"body", "session"}`.
     Mcp,
@@ -332,8 +338,8 @@ enum Lenient<'a> {
     /// `null`.
     Null,
     /// A `perm_response` payload object; anything but a boolean `true` in a flag reads as `false`, and an
-    /// object with a repeated flag reads as a denial.
-    Flags(Decision),
+    /// object with a repeated member reads as a denial without a message. `message` is `None` unless a string.
+    Flags(Decision, Option<Cow<'a, str>>),
     /// An `mcp_request` payload object. `body` is `None` unless it is a string (and the object has no repeated
     /// `body` or `session`); `session` is `None` unless it is a string.
     Mcp { body: Option<Cow<'a, str>>, session: Option<Cow<'a, str>> },
@@ -390,12 +396,14 @@ impl<'de> serde::de::Visitor<'de> for LenientSeed {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         // Every member's value is read leniently, so that a value of the wrong type never fails the frame.
-        let (mut approved, mut always_allow, mut body, mut session) = (None, None, None, None);
+        let (mut approved, mut always_allow, mut message, mut body, mut session) = (None, None, None, None, None);
         let mut repeated = false;
-        while let Some(key) = map.next_key_seed(KeyName(&["approved", "always_allow", "body", "session"]))? {
+        const KEYS: &[&str] = &["approved", "always_allow", "message", "body", "session"];
+        while let Some(key) = map.next_key_seed(KeyName(KEYS))? {
             let slot = match (self.0, key.unwrap_or("")) {
                 (ObjectKind::Flags, "approved") => &mut approved,
                 (ObjectKind::Flags, "always_allow") => &mut always_allow,
+                (ObjectKind::Flags, "message") => &mut message,
                 (ObjectKind::Mcp, "body") => &mut body,
                 (ObjectKind::Mcp, "session") => &mut session,
                 _ => {
@@ -412,10 +420,10 @@ impl<'de> serde::de::Visitor<'de> for LenientSeed {
         };
         Ok(match self.0 {
             ObjectKind::Skip => Lenient::Other,
-            ObjectKind::Flags if repeated => Lenient::Flags(Decision::Deny),
+            ObjectKind::Flags if repeated => Lenient::Flags(Decision::Deny, None),
             ObjectKind::Flags => {
                 let is_true = |v: &Option<Lenient<'_>>| matches!(v, Some(Lenient::True));
-                Lenient::Flags(Decision::from_flags(is_true(&approved), is_true(&always_allow)))
+                Lenient::Flags(Decision::from_flags(is_true(&approved), is_true(&always_allow)), string(message))
             }
             ObjectKind::Mcp if repeated => Lenient::Mcp { body: None, session: None },
             // A `body` of the wrong type makes the whole payload unreadable: there is no body to call with.
@@ -439,6 +447,18 @@ struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 /// a payload of `[true]` would read as `approved: true`.
 pub(crate) fn is_object(text: &str) -> bool {
     text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{')
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Reads a JSON object into `T`; anything else, or an object `T` cannot read, is `None`. The one guard of the
@@ -489,11 +509,13 @@ impl<'a> GatewayFrame<'a> {
             InPayload::Absent => Lenient::Null,
         };
         Ok(match (object, payload) {
-            (ObjectKind::Flags, Lenient::Flags(decision)) => GatewayFrame::PermResponse { req_id, decision },
+            (ObjectKind::Flags, Lenient::Flags(decision, message)) => {
+                GatewayFrame::PermResponse { req_id, decision, message }
+            }
             (ObjectKind::Mcp, Lenient::Mcp { body, session }) => GatewayFrame::McpRequest { req_id, body, session },
             // A payload that is missing or not an object.
             (ObjectKind::Mcp, _) => GatewayFrame::McpRequest { req_id, body: None, session: None },
-            (_, _) => GatewayFrame::PermResponse { req_id, decision: Decision::Deny },
+            (_, _) => GatewayFrame::PermResponse { req_id, decision: Decision::Deny, message: None },
         })
     }
 }
@@ -702,14 +724,20 @@ impl GatewayFrame<'_> {
     /// Encodes this frame as the text of one WebSocket message.
     pub fn encode(&self) -> String {
         match self {
-            GatewayFrame::PermResponse { req_id, decision } => {
+            GatewayFrame::PermResponse { req_id, decision, message } => {
                 let flags = match decision.to_flags() {
-                    (true, true) => r#"{"approved":true,"always_allow":true}}"#,
-                    (true, false) => r#"{"approved":true,"always_allow":false}}"#,
-                    (false, true) => r#"{"approved":false,"always_allow":true}}"#,
-                    (false, false) => r#"{"approved":false,"always_allow":false}}"#,
+                    (true, true) => r#"{"approved":true,"always_allow":true"#,
+                    (true, false) => r#"{"approved":true,"always_allow":false"#,
+                    (false, true) => r#"{"approved":false,"always_allow":true"#,
+                    (false, false) => r#"{"approved":false,"always_allow":false"#,
                 };
-                Writer::envelope(kind::PERM_RESPONSE, req_id, flags.len()).raw(flags).done()
+                let rest = flags.len() + 2 + message.as_ref().map_or(0, |m| 13 + m.len());
+                let mut w = Writer::envelope(kind::PERM_RESPONSE, req_id, rest);
+                w.raw(flags);
+                if let Some(message) = message {
+                    w.raw(",\"message\":").string(message);
+                }
+                w.raw("}}").done()
             }
             GatewayFrame::McpRequest { req_id, body, session } => {
                 let (body, session) = (body.as_deref(), session.as_deref());

@@ -5,8 +5,9 @@ use std::time::Duration;
 use serde_json::json;
 use uplink_proto::gateway::{
     AcceptError, CloseReason, ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubDecideError,
-    HubEvent, HubOutput, McpFailure, McpRefused, PermEnd, ProjectScope, PublicPermId, Withdrawn,
+    HubEvent, HubOutput, McpFailure, McpRefused, PermEnd, ProjectScope, PublicPermId, Verdict, Withdrawn,
 };
+use uplink_proto::wire::MAX_MESSAGE_BYTES;
 use uplink_proto::{Decision, Instant, Received};
 
 struct H {
@@ -163,7 +164,7 @@ fn public_ids_have_one_spelling_and_route_to_their_own_session() {
     assert!(outs.contains(&HubOutput::Event(HubEvent::PermissionDecided {
         id: pb,
         project: "b".into(),
-        decision: Decision::Deny
+        verdict: Decision::Deny.into()
     })));
     assert_eq!(
         h.hub.decide(h.now, pb, Decision::Approve),
@@ -334,4 +335,48 @@ fn ended_permissions_are_remembered_within_their_bound_for_late_decisions() {
         Err(HubDecideError::Ended(PermEnd::Withdrawn(Withdrawn::Cancelled)))
     );
     assert!(h.drain().iter().all(|o| !matches!(o, HubOutput::Send { .. })), "nothing sent for a late decision");
+}
+
+#[test]
+fn a_verdicts_message_goes_to_the_sled_and_into_the_event_and_a_too_long_one_is_refused_with_nothing_sent() {
+    let mut h = H::new();
+    let conn = h.connect(any(1), "demo");
+    let perm = h.ask(conn, "r1", "{}");
+    let long = Verdict::new(Decision::Deny).with_message("x".repeat(MAX_MESSAGE_BYTES + 1));
+    assert_eq!(h.hub.decide(h.now, perm, long), Err(HubDecideError::MessageTooLong));
+    assert!(h.drain().is_empty(), "nothing sent");
+    assert_eq!(h.hub.permissions(h.now).len(), 1, "still pending");
+    let verdict = Verdict::new(Decision::Deny).with_message("use the staging \"db\"");
+    h.hub.decide(h.now, perm, verdict.clone()).expect("pending");
+    let outs = h.drain();
+    let sent: Vec<serde_json::Value> = outs
+        .iter()
+        .filter_map(|o| match o {
+            HubOutput::Send { text, .. } => Some(serde_json::from_str(text).expect("json")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            json!({"type":"perm_response","req_id":"r1","payload":{"approved":false,"always_allow":false,"message":"use the staging \"db\""}})
+        ]
+    );
+    assert!(outs.contains(&HubOutput::Event(HubEvent::PermissionDecided {
+        id: perm,
+        project: "demo".into(),
+        verdict
+    })));
+    // An empty message is none: the frame is the original's.
+    let perm = h.ask(conn, "r2", "{}");
+    h.hub.decide(h.now, perm, Verdict::new(Decision::Approve).with_message("")).expect("pending");
+    let texts: Vec<String> = h
+        .drain()
+        .into_iter()
+        .filter_map(|o| match o {
+            HubOutput::Send { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, [r#"{"type":"perm_response","req_id":"r2","payload":{"approved":true,"always_allow":false}}"#]);
 }

@@ -220,7 +220,7 @@ impl Model {
         while let Some(out) = self.hub.poll_output() {
             match out {
                 HubOutput::Send { conn, text } => {
-                    if let Ok(GatewayFrame::PermResponse { req_id, decision }) = GatewayFrame::decode(&text)
+                    if let Ok(GatewayFrame::PermResponse { req_id, decision, .. }) = GatewayFrame::decode(&text)
                         && decision.is_allow()
                     {
                         sent_approvals.push((conn, req_id.into_owned()));

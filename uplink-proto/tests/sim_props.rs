@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::pair::Pair;
+use common::pair::{Pair, message_for};
 use proptest::prelude::*;
 use uplink_proto::gateway::{GatewayConfig, HubEvent, HubOutput, McpTicket};
 use uplink_proto::{Cause, Decision, Instant, LinkState, McpReply, PermKey, RawValue, SledConfig};
@@ -173,6 +173,11 @@ impl Sim {
             *decided.entry(d.key).or_default() += 1;
             let (tool, asked_at) = &self.asked[&d.key];
             let deadline = *asked_at + self.sled_cfg.permission_timeout;
+            // A person's message reaches only the request it was written for, and only with their decision.
+            match d.cause {
+                Cause::Response => assert_eq!(d.message.as_deref(), Some(message_for(tool).as_str()), "{}", d.id),
+                _ => assert_eq!(d.message, None, "{}", d.id),
+            }
             if d.decision.is_allow() {
                 assert_eq!(d.cause, Cause::Response);
                 // The approver approved this very request...

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
+use uplink_proto::wire::MAX_MESSAGE_BYTES;
 use uplink_proto::{
     Cause, ConfigError, ConnectError, Decision, Event, Ignored, Instant, LinkState, LossReason, McpCall, McpReply,
     Output, Received, Sled, SledConfig,
@@ -122,6 +123,34 @@ fn b3_each_response_maps_to_its_decision() {
         assert!(decided(&outs).is_empty());
         assert_eq!(outs, vec![Output::Event(Event::FrameIgnored(Ignored::UnmatchedResponse))]);
     }
+}
+
+#[test]
+fn a_persons_message_reaches_the_caller_and_a_long_one_is_cut_at_a_character_boundary() {
+    let (mut d, conn) = Driver::connected(config());
+    let (_, _) = d.request("m1", "Bash");
+    let outs =
+        d.text(conn, r#"{"type":"perm_response","req_id":"m1","payload":{"approved":false,"message":"not on main"}}"#);
+    let got = decided(&outs);
+    assert_eq!(
+        (got[0].decision, got[0].cause, got[0].message.as_deref()),
+        (Decision::Deny, Cause::Response, Some("not on main"))
+    );
+    // 4095 ASCII bytes, then a two-byte character that would end past the limit: cut before it.
+    let long = format!("{}é{}", "a".repeat(MAX_MESSAGE_BYTES - 1), "b".repeat(100));
+    let (_, _) = d.request("m2", "Bash");
+    let frame = json!({"type":"perm_response","req_id":"m2","payload":{"approved":false,"message":long}});
+    let outs = d.text(conn, &frame.to_string());
+    let message = decided(&outs)[0].message.clone().expect("a message");
+    assert_eq!(message, "a".repeat(MAX_MESSAGE_BYTES - 1));
+    // No message for the other causes, and none when the frame had none.
+    let (_, _) = d.request("m3", "Bash");
+    let outs = d.text(conn, &perm_response("m3", true, false));
+    assert_eq!(decided(&outs)[0].message, None);
+    let (_, _) = d.request("m4", "Bash");
+    let outs = d.advance(Duration::from_secs(3600));
+    let ends = decided(&outs);
+    assert!(!ends.is_empty() && ends.iter().all(|x| x.cause != Cause::Response && x.message.is_none()), "{ends:?}");
 }
 
 // ── 4. Fail-closed on a lost connection ──────────────────────────────────────────────────────────────────

@@ -40,7 +40,7 @@ fn sled_frames_encode_exactly_as_the_original() {
 
 #[test]
 fn gateway_frames_encode_exactly_as_the_original() {
-    let approve = GatewayFrame::PermResponse { req_id: "r1".into(), decision: Decision::Approve };
+    let approve = GatewayFrame::PermResponse { req_id: "r1".into(), decision: Decision::Approve, message: None };
     assert_eq!(
         approve.encode(),
         r#"{"type":"perm_response","req_id":"r1","payload":{"approved":true,"always_allow":false}}"#
@@ -76,9 +76,14 @@ fn every_sled_frame_round_trips() {
 #[test]
 fn every_gateway_frame_round_trips() {
     let frames = [
-        GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::Approve },
-        GatewayFrame::PermResponse { req_id: "b".into(), decision: Decision::Deny },
-        GatewayFrame::PermResponse { req_id: "c".into(), decision: Decision::AlwaysAllow },
+        GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::Approve, message: None },
+        GatewayFrame::PermResponse { req_id: "b".into(), decision: Decision::Deny, message: None },
+        GatewayFrame::PermResponse { req_id: "c".into(), decision: Decision::AlwaysAllow, message: None },
+        GatewayFrame::PermResponse {
+            req_id: "d".into(),
+            decision: Decision::Deny,
+            message: Some("not on \"main\"\n\u{1b}[31m, ask Ana".into()),
+        },
         GatewayFrame::McpRequest {
             req_id: "m".into(),
             body: Some(r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#.into()),
@@ -98,6 +103,28 @@ fn decision_of(payload: &str) -> Decision {
         Ok(GatewayFrame::PermResponse { decision, .. }) => decision,
         other => panic!("{payload}: {other:?}"),
     }
+}
+
+#[test]
+fn a_perm_response_message_is_read_only_when_it_is_a_string() {
+    let message_of = |payload: &str| {
+        let text = format!(r#"{{"type":"perm_response","req_id":"r","payload":{payload}}}"#);
+        match GatewayFrame::decode(&text) {
+            Ok(GatewayFrame::PermResponse { message, .. }) => message.map(|m| m.into_owned()),
+            other => panic!("{payload}: {other:?}"),
+        }
+    };
+    assert_eq!(
+        message_of(r#"{"approved":false,"message":"use the staging db"}"#).as_deref(),
+        Some("use the staging db")
+    );
+    assert_eq!(message_of(r#"{"message":"caf\u00e9\n"}"#).as_deref(), Some("café\n"));
+    for none in [r#"{"approved":false}"#, r#"{"message":null}"#, r#"{"message":7}"#, r#"{"message":["x"]}"#, "null"] {
+        assert_eq!(message_of(none), None, "{none}");
+    }
+    // The original's frames (no message) read as before; a message never changes the decision.
+    assert_eq!(decision_of(r#"{"approved":true,"message":"deny"}"#), Decision::Approve);
+    assert_eq!(decision_of(r#"{"approved":false,"message":"approve"}"#), Decision::Deny);
 }
 
 #[test]
@@ -132,7 +159,7 @@ fn perm_response_flags_are_read_fail_closed() {
 fn missing_req_id_and_payload_are_tolerated() {
     assert_eq!(
         GatewayFrame::decode(r#"{"type":"perm_response"}"#),
-        Ok(GatewayFrame::PermResponse { req_id: "".into(), decision: Decision::Deny })
+        Ok(GatewayFrame::PermResponse { req_id: "".into(), decision: Decision::Deny, message: None })
     );
     assert_eq!(
         GatewayFrame::decode(r#"{"type":"mcp_request","req_id":null,"extra":[1]}"#),
@@ -241,6 +268,7 @@ mod one_pass {
         let key = prop_oneof![
             Just("approved"),
             Just("always_allow"),
+            Just("message"),
             Just("body"),
             Just("session"),
             Just("other"),
@@ -289,7 +317,7 @@ mod one_pass {
         ] {
             assert_eq!(
                 GatewayFrame::decode(text),
-                Ok(GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::AlwaysAllow })
+                Ok(GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::AlwaysAllow, message: None })
             );
         }
         for text in [
@@ -305,11 +333,18 @@ mod one_pass {
                 })
             );
         }
-        // A repeated flag is a denial, a repeated envelope member a malformed frame, on both paths.
+        // A repeated flag (or message) is a denial without a message, a repeated envelope member a malformed
+        // frame, on both paths.
+        let repeated =
+            r#"{"type":"perm_response","req_id":"a","payload":{"approved":true,"message":"x","message":"y"}}"#;
+        assert_eq!(
+            GatewayFrame::decode(repeated),
+            Ok(GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::Deny, message: None })
+        );
         let repeated = r#"{"type":"perm_response","req_id":"a","payload":{"approved":true,"approved":true}}"#;
         assert_eq!(
             GatewayFrame::decode(repeated),
-            Ok(GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::Deny })
+            Ok(GatewayFrame::PermResponse { req_id: "a".into(), decision: Decision::Deny, message: None })
         );
         for twice in [
             r#"{"type":"perm_response","type":"perm_response","payload":{"approved":true}}"#,
@@ -355,9 +390,11 @@ mod hand_written_encoding {
     }
 
     #[derive(Serialize)]
-    struct Flags {
+    struct Flags<'a> {
         approved: bool,
         always_allow: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<&'a str>,
     }
 
     #[derive(Serialize)]
@@ -405,8 +442,10 @@ mod hand_written_encoding {
             let frame = SledFrame::McpResponse { req_id: req_id.as_str().into(), payload: &raw_value };
             prop_assert_eq!(frame.encode(), serde("mcp_response", &req_id, &raw_value));
             let (approved, always_allow) = decision.to_flags();
-            let frame = GatewayFrame::PermResponse { req_id: req_id.as_str().into(), decision };
-            prop_assert_eq!(frame.encode(), serde("perm_response", &req_id, Flags { approved, always_allow }));
+            for message in [None, body.as_deref()] {
+                let frame = GatewayFrame::PermResponse { req_id: req_id.as_str().into(), decision, message: message.map(Cow::Borrowed) };
+                prop_assert_eq!(frame.encode(), serde("perm_response", &req_id, Flags { approved, always_allow, message }));
+            }
             let frame = GatewayFrame::McpRequest {
                 req_id: req_id.as_str().into(),
                 body: body.as_deref().map(Cow::Borrowed),

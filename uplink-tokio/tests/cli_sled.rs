@@ -65,6 +65,29 @@ fn rpc(headers: &hyper::HeaderMap, body: &str) -> Value {
     serde_json::from_str(&data).unwrap()
 }
 
+/// Opens an MCP session on the sled's `/mcp` as Claude Code does (initialize, then initialized); its id.
+async fn mcp_session(mcp: &str) -> String {
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",
+        "capabilities":{},"clientInfo":{"name":"claude","version":"1"}}});
+    let (status, headers, body) = post(mcp, &init.to_string(), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(rpc(&headers, &body)["result"]["serverInfo"].is_object());
+    let session = headers.get("mcp-session-id").unwrap().to_str().unwrap().to_owned();
+    let with_session = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-06-18")];
+    let (status, _, _) = post(mcp, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, &with_session).await;
+    assert_eq!(status, 202);
+    session
+}
+
+/// Posts `call` in `session`, in a task of its own (it waits for a decision).
+fn call_in_session(mcp: &str, session: &str, call: Value) -> tokio::task::JoinHandle<(u16, hyper::HeaderMap, String)> {
+    let (mcp, session) = (mcp.to_owned(), session.to_owned());
+    tokio::spawn(async move {
+        let headers = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-06-18")];
+        post(&mcp, &call.to_string(), &headers).await
+    })
+}
+
 async fn decide_next(conn: &mut GatewayConn, approved: bool) -> Value {
     let req = conn.recv_kind("perm_request").await;
     conn.approve(&req["req_id"], approved, false).await;
@@ -99,26 +122,14 @@ async fn permission_endpoint_and_approve_tool_then_sigterm() {
 
     // The MCP approve tool, as Claude Code's --permission-prompt-tool calls it.
     let mcp = format!("{}/mcp", sled.base);
-    let (status, headers, body) = post(&mcp, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"claude","version":"1"}}}"#, &[]).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(rpc(&headers, &body)["result"]["serverInfo"].is_object());
-    let session = headers.get("mcp-session-id").unwrap().to_str().unwrap().to_owned();
+    let session = mcp_session(&mcp).await;
     let with_session = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-06-18")];
-    let (status, _, _) = post(&mcp, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, &with_session).await;
-    assert_eq!(status, 202);
     let (_, headers, body) = post(&mcp, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#, &with_session).await;
     assert_eq!(rpc(&headers, &body)["result"]["tools"][0]["name"], "approve");
     for (approved, want) in [(false, "deny"), (true, "allow")] {
         let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"approve","arguments":{
             "tool_name":"Write","input":{"file_path":"/tmp/x","content":"hi"},"tool_use_id":"toolu_1"}}});
-        let asking = tokio::spawn({
-            let mcp = mcp.clone();
-            let session = session.clone();
-            async move {
-                post(&mcp, &call.to_string(), &[("mcp-session-id", &session), ("mcp-protocol-version", "2025-06-18")])
-                    .await
-            }
-        });
+        let asking = call_in_session(&mcp, &session, call);
         let req = decide_next(&mut conn, approved).await;
         assert_eq!(req["payload"]["tool_name"], "Write");
         let (_, headers, body) = within("the tool result", asking).await.unwrap();
@@ -295,20 +306,11 @@ async fn a_cancelled_approve_tool_call_withdraws_its_request() {
     let mut conn = gw.accept().await;
     conn.recv().await;
     let mcp = format!("{}/mcp", sled.base);
-    let (status, headers, body) = post(&mcp, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"claude","version":"1"}}}"#, &[]).await;
-    assert_eq!(status, 200, "{body}");
-    let session = headers.get("mcp-session-id").unwrap().to_str().unwrap().to_owned();
+    let session = mcp_session(&mcp).await;
     let with_session = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-06-18")];
-    post(&mcp, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, &with_session).await;
     let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"approve","arguments":{
         "tool_name":"Bash","input":{"command":"make deploy"}}}});
-    let calling = tokio::spawn({
-        let (mcp, session) = (mcp.clone(), session.clone());
-        async move {
-            let headers = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-06-18")];
-            post(&mcp, &call.to_string(), &headers).await
-        }
-    });
+    let calling = call_in_session(&mcp, &session, call);
     let request = conn.recv_kind("perm_request").await;
     // The agent gives up on the call.
     let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7,"reason":"user interrupted"}});
@@ -319,4 +321,41 @@ async fn a_cancelled_approve_tool_call_withdraws_its_request() {
         (request["req_id"].clone(), json!("withdrawn"))
     );
     calling.abort();
+}
+
+#[tokio::test]
+async fn a_persons_message_reaches_the_agent_on_both_faces() {
+    let gw = TestGateway::bind().await;
+    let sled = start_sled(&gw, &[]).await;
+    let mut conn = gw.accept().await;
+    conn.recv().await;
+    let deny_with = |req: &Value| {
+        json!({"type":"perm_response","req_id":req["req_id"],
+               "payload":{"approved":false,"always_allow":false,"message":"use the staging database"}})
+    };
+    // POST /permission: the message comes back beside the reason.
+    let url = format!("{}/permission", sled.base);
+    let asking = tokio::spawn(async move { post(&url, r#"{"tool_name":"Bash","tool_input":{}}"#, &[]).await });
+    let req = conn.recv_kind("perm_request").await;
+    conn.send(deny_with(&req)).await;
+    let (status, _, body) = within("the answer", asking).await.unwrap();
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (200, json!({"decision":"deny","reason":"gateway","message":"use the staging database"}))
+    );
+    // The approve tool: the deny message carries the person's words.
+    let mcp = format!("{}/mcp", sled.base);
+    let session = mcp_session(&mcp).await;
+    let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"approve","arguments":{
+        "tool_name":"Bash","input":{"command":"psql prod"}}}});
+    let calling = call_in_session(&mcp, &session, call);
+    let req = conn.recv_kind("perm_request").await;
+    conn.send(deny_with(&req)).await;
+    let (_, headers, body) = within("the tool result", calling).await.unwrap();
+    let text = rpc(&headers, &body)["result"]["content"][0]["text"].as_str().unwrap().to_owned();
+    let verdict: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        verdict,
+        json!({"behavior":"deny","message":"Permission denied at the gateway: use the staging database"})
+    );
 }

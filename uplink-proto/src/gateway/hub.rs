@@ -33,9 +33,10 @@ use core::time::Duration;
 use super::close::CloseReason;
 use super::credential::{Credential, CredentialId};
 use super::session::{
-    Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure, McpId, PermId,
-    SendMcpError, Withdrawn,
+    DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,
+    McpId, PermId, SendMcpError, Withdrawn,
 };
+use super::verdict::Verdict;
 use crate::sled::Received;
 use crate::time::Instant;
 use crate::wire::Decision;
@@ -158,6 +159,10 @@ pub enum HubDecideError {
     /// The permission has ended already; nothing was sent.
     #[error("this permission has ended: {0}")]
     Ended(PermEnd),
+    /// The verdict's message is longer than [`MAX_MESSAGE_BYTES`](crate::wire::MAX_MESSAGE_BYTES); nothing
+    /// was sent and the request stays pending.
+    #[error("the message is longer than {} bytes", crate::wire::MAX_MESSAGE_BYTES)]
+    MessageTooLong,
 }
 
 /// Why [`Hub::send_mcp`] refused.
@@ -280,8 +285,8 @@ pub enum HubEvent {
         id: PublicPermId,
         /// The project.
         project: String,
-        /// What.
-        decision: Decision,
+        /// What, and the message sent with it.
+        verdict: Verdict,
     },
     /// A permission request ended without a decision.
     PermissionWithdrawn {
@@ -590,19 +595,28 @@ impl Hub {
         Ok(conn)
     }
 
-    /// Sends the application's decision for the pending permission `id`.
-    pub fn decide(&mut self, now: Instant, id: PublicPermId, decision: Decision) -> Result<(), HubDecideError> {
+    /// Sends the application's decision for the pending permission `id` (a [`Decision`] or a [`Verdict`] with
+    /// a message for the agent).
+    pub fn decide(
+        &mut self,
+        now: Instant,
+        id: PublicPermId,
+        verdict: impl Into<Verdict>,
+    ) -> Result<(), HubDecideError> {
         self.advance(now);
         let now = self.now;
+        let verdict = verdict.into();
         let refused =
             |hub: &Hub| hub.ended.get(&id).map_or(HubDecideError::NotPending, |end| HubDecideError::Ended(*end));
         let Some(c) = self.conns.get_mut(&id.conn) else { return Err(refused(self)) };
         let Some(project) = c.project.clone() else { return Err(refused(self)) };
-        if c.session.decide(now, id.perm, decision).is_err() {
-            return Err(refused(self));
+        match c.session.decide(now, id.perm, verdict.clone()) {
+            Ok(()) => {}
+            Err(DecideError::MessageTooLong) => return Err(HubDecideError::MessageTooLong),
+            Err(DecideError::NotPending) => return Err(refused(self)),
         }
         self.pump(id.conn);
-        self.event(HubEvent::PermissionDecided { id, project, decision });
+        self.event(HubEvent::PermissionDecided { id, project, verdict });
         Ok(())
     }
 
@@ -833,7 +847,9 @@ impl Hub {
 
     fn event(&mut self, event: HubEvent) {
         match &event {
-            HubEvent::PermissionDecided { id, decision, .. } => self.remember_end(*id, PermEnd::Decided(*decision)),
+            HubEvent::PermissionDecided { id, verdict, .. } => {
+                self.remember_end(*id, PermEnd::Decided(verdict.decision))
+            }
             HubEvent::PermissionWithdrawn { id, reason, .. } => self.remember_end(*id, PermEnd::Withdrawn(*reason)),
             _ => {}
         }

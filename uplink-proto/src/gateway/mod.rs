@@ -7,6 +7,7 @@
 //!   requests pending on it. The hub owns one per connection.
 //! - [`CloseReason`] ([`close`]): every close the gateway makes, with its code.
 //! - [`Credential`] ([`credential`]): who a connection is, and which projects it may identify as.
+//! - [`Verdict`] ([`verdict`]): the application's decision on one request, with its message for the agent.
 //!
 //! ```text
 //!  accept ──▶ AwaitingIdentity ──identity──▶ claim ──┬─ covered, free or same credential ──▶ Identified (holds project)
@@ -21,6 +22,7 @@ pub mod close;
 pub mod credential;
 pub mod hub;
 pub mod session;
+pub mod verdict;
 
 pub use close::CloseReason;
 pub use credential::{Credential, CredentialId, ProjectScope};
@@ -32,3 +34,4 @@ pub use session::{
     DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,
     McpId, PendingPermission, PermId, SendMcpError, Withdrawn,
 };
+pub use verdict::Verdict;

@@ -28,6 +28,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use super::close::CloseReason;
+use super::verdict::Verdict;
 use crate::pending::PendingTable;
 use crate::sled::Received;
 use crate::time::Instant;
@@ -240,6 +241,10 @@ pub enum DecideError {
     /// No pending permission has this id: never existed, already decided, or withdrawn.
     #[error("no pending permission request with this id")]
     NotPending,
+    /// The verdict's message is longer than [`MAX_MESSAGE_BYTES`](crate::wire::MAX_MESSAGE_BYTES); the
+    /// request stays pending.
+    #[error("the message is longer than {} bytes", crate::wire::MAX_MESSAGE_BYTES)]
+    MessageTooLong,
 }
 
 /// Why [`Gateway::send_mcp`] refused.
@@ -465,11 +470,20 @@ impl Gateway {
 
     // ── Commands ──
 
-    /// Sends the application's decision for `perm`.
-    pub fn decide(&mut self, now: Instant, perm: PermId, decision: Decision) -> Result<(), DecideError> {
+    /// Sends the application's decision for `perm` (a [`Decision`] or a [`Verdict`] with a message).
+    pub fn decide(&mut self, now: Instant, perm: PermId, verdict: impl Into<Verdict>) -> Result<(), DecideError> {
         self.advance(now);
+        let verdict = verdict.into();
+        if !self.perms.contains(perm) {
+            return Err(DecideError::NotPending);
+        }
+        if !verdict.message_fits() {
+            return Err(DecideError::MessageTooLong);
+        }
         let req_id = self.perms.remove(perm).ok_or(DecideError::NotPending)?.wire;
-        let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision }.encode();
+        let message = verdict.message.as_deref().map(Cow::Borrowed);
+        let text =
+            GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision: verdict.decision, message }.encode();
         self.out.push_back(GatewayOutput::Send(text));
         Ok(())
     }
@@ -557,7 +571,7 @@ impl Gateway {
             None
         };
         if let Some(decision) = policy {
-            let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision }.encode();
+            let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision, message: None }.encode();
             self.out.push_back(GatewayOutput::Send(text));
             return self.event(GatewayEvent::PermissionAutoDecided { req_id, tool_name, decision });
         }

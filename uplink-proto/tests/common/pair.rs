@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use uplink_proto::gateway::{
     ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubEvent, HubOutput, McpTicket, PublicPermId,
+    Verdict,
 };
 use uplink_proto::{
     ConnId, ConnectError, Decided, Decision, Instant, McpCallId, McpReply, Output, RawValue, Received, Sled, SledConfig,
@@ -34,7 +35,7 @@ enum Ev {
     ToGateway(ConnId, Wire),
     ToSled(ConnId, Wire),
     McpDone(McpCallId, McpReply),
-    Decide(PublicPermId, Decision),
+    Decide(PublicPermId, Verdict),
 }
 
 /// What the simulated local MCP server answers for a body.
@@ -75,6 +76,11 @@ pub struct Pair {
     /// Every text frame delivered to the hub: (when, connection, text).
     pub delivered_to_gateway: Vec<(Instant, ConnId, String)>,
     pub decided: Vec<Decided>,
+}
+
+/// The message the simulated person sends with every decision on a request for `tool`.
+pub fn message_for(tool: &str) -> String {
+    format!("about {tool}")
 }
 
 fn echo_mcp() -> McpServer {
@@ -190,7 +196,9 @@ impl Pair {
             HubOutput::Event(HubEvent::PermissionRequested { id, tool_name, .. }) => {
                 if let Some((decision, after)) = (self.approver)(&tool_name) {
                     self.approvals.push((tool_name.clone(), decision));
-                    self.at(after, Ev::Decide(id, decision));
+                    // Every verdict carries words naming its request, so that a message reaching another one shows.
+                    let verdict = Verdict::new(decision).with_message(message_for(&tool_name));
+                    self.at(after, Ev::Decide(id, verdict));
                 }
             }
             HubOutput::Event(HubEvent::SledDisconnected { conn, .. }) => {
@@ -253,8 +261,8 @@ impl Pair {
                 Wire::End => self.sled.handle_disconnected(now, conn),
             },
             Ev::McpDone(call, reply) => self.sled.handle_mcp_reply(now, call, reply),
-            Ev::Decide(id, decision) => {
-                let _ = self.hub.decide(now, id, decision);
+            Ev::Decide(id, verdict) => {
+                let _ = self.hub.decide(now, id, verdict);
             }
         }
     }

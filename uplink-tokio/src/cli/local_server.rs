@@ -75,7 +75,7 @@ impl ApproveServer {
             answer = self.uplink.ask(&request.tool_name, &request.input) => answer,
             () = cancelled.cancelled() => {
                 debug!(tool = ?request.tool_name, "approve tool call cancelled; its request is withdrawn");
-                return prompt_answer(Answer { decision: Decision::Deny, cause: Cause::Withdrawn }, request.input).to_string();
+                return prompt_answer(Answer::denied(Cause::Withdrawn), request.input).to_string();
             }
         };
         debug!(tool = ?request.tool_name, tool_use_id = ?request.tool_use_id, decision = %answer.decision, cause = %answer.cause, "approve tool");
@@ -89,16 +89,17 @@ pub(crate) fn prompt_answer(answer: Answer, input: serde_json::Value) -> serde_j
         Decision::Approve | Decision::AlwaysAllow => json!({"behavior": "allow", "updatedInput": input}),
         Decision::Deny => json!({
             "behavior": "deny",
-            "message": deny_message(answer.cause),
+            "message": deny_message(answer.cause, answer.message.as_deref()),
         }),
     }
 }
 
-/// What an agent is told when it is denied.
-fn deny_message(cause: Cause) -> String {
-    match cause {
-        Cause::Response => "Permission denied by the gateway.".to_owned(),
-        other => format!("Permission denied: {}.", other.describe()),
+/// What an agent is told when it is denied: the cause, and the person's words when there are some.
+fn deny_message(cause: Cause, message: Option<&str>) -> String {
+    match (cause, message) {
+        (Cause::Response, Some(message)) => format!("Permission denied at the gateway: {message}"),
+        (Cause::Response, None) => "Permission denied by the gateway.".to_owned(),
+        (other, _) => format!("Permission denied: {}.", other.describe()),
     }
 }
 
@@ -202,5 +203,9 @@ async fn permission(State(uplink): State<Uplink>, body: Body) -> Response {
         }
     };
     let answer = uplink.ask(&ask.tool_name, &ask.tool_input).await;
-    json_response(StatusCode::OK, &json!({"decision": answer.decision.as_str(), "reason": answer.cause.as_str()}))
+    let mut reply = json!({"decision": answer.decision.as_str(), "reason": answer.cause.as_str()});
+    if let Some(message) = answer.message {
+        reply["message"] = message.into();
+    }
+    json_response(StatusCode::OK, &reply)
 }

@@ -19,7 +19,8 @@ use hyper::StatusCode;
 use serde_json::json;
 use tokio::sync::broadcast;
 use uplink_proto::Decision;
-use uplink_proto::gateway::{HubDecideError, HubEvent, McpFailure, McpRefused, PermEnd, PublicPermId};
+use uplink_proto::gateway::{HubDecideError, HubEvent, McpFailure, McpRefused, PermEnd, PublicPermId, Verdict};
+use uplink_proto::wire::MAX_MESSAGE_BYTES;
 
 use super::hub_task::McpOutcome;
 use super::{MAX_ADMIN_BODY, Shared};
@@ -148,6 +149,8 @@ async fn decide(_: Admin, State(shared): State<Arc<Shared>>, Path(id): Path<Stri
         approved: bool,
         #[serde(default)]
         always_allow: bool,
+        #[serde(default)]
+        message: Option<String>,
     }
     let body = match read_limited(body, MAX_ADMIN_BODY, shared.handshake_timeout).await {
         Ok(b) => b,
@@ -158,7 +161,7 @@ async fn decide(_: Admin, State(shared): State<Arc<Shared>>, Path(id): Path<Stri
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                &format!("expected {{\"approved\": bool, \"always_allow\": bool}}: {e}"),
+                &format!("expected {{\"approved\": bool, \"always_allow\": bool, \"message\": string}}: {e}"),
             );
         }
     };
@@ -169,8 +172,15 @@ async fn decide(_: Admin, State(shared): State<Arc<Shared>>, Path(id): Path<Stri
     let not_pending = || error(StatusCode::NOT_FOUND, "no pending permission with this id");
     let Ok(perm) = id.parse::<PublicPermId>() else { return not_pending() };
     let decision = Decision::from_flags(ask.approved, ask.always_allow);
-    match shared.hub.decide(perm, decision).await {
+    let mut verdict = Verdict::new(decision);
+    if let Some(message) = ask.message {
+        verdict = verdict.with_message(message);
+    }
+    match shared.hub.decide(perm, verdict).await {
         Ok(()) => json_response(StatusCode::OK, &json!({"id": id, "decision": decision.as_str()})),
+        Err(HubDecideError::MessageTooLong) => {
+            error(StatusCode::BAD_REQUEST, &format!("message is longer than {MAX_MESSAGE_BYTES} bytes"))
+        }
         // Too late: say how it ended, so that a person knows their click did nothing.
         Err(HubDecideError::Ended(end)) => {
             let error = format!("this permission has ended: {end}");
@@ -209,9 +219,15 @@ fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
                 json_string(tool_name),
             ),
         ),
-        HubEvent::PermissionDecided { id, project, decision } => (
+        HubEvent::PermissionDecided { id, project, verdict } => (
             "permission_decided",
-            json!({"id": id.to_string(), "project": project, "decision": decision.as_str()}).to_string(),
+            json!({
+                "id": id.to_string(),
+                "project": project,
+                "decision": verdict.decision.as_str(),
+                "message": verdict.message.as_deref(),
+            })
+            .to_string(),
         ),
         HubEvent::PermissionWithdrawn { id, project, reason } => (
             "permission_withdrawn",

@@ -13,11 +13,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
+use uplink_proto::Instant;
 use uplink_proto::gateway::{
     AcceptError, CloseReason, ConnHandle, Credential, Hub, HubDecideError, HubEvent, HubOutput, McpFailure, McpRefused,
-    McpTicket, PermissionSummary, PublicPermId, SledSummary,
+    McpTicket, PermissionSummary, PublicPermId, SledSummary, Verdict,
 };
-use uplink_proto::{Decision, Instant};
 
 use crate::socket_loop::{Clock, received};
 use crate::timer::Deadline;
@@ -52,7 +52,7 @@ enum HubMsg {
     Received { conn: ConnHandle, message: Message },
     TooBig { conn: ConnHandle },
     Ended { conn: ConnHandle },
-    Decide { id: PublicPermId, decision: Decision, reply: oneshot::Sender<Result<(), HubDecideError>> },
+    Decide { id: PublicPermId, verdict: Verdict, reply: oneshot::Sender<Result<(), HubDecideError>> },
     Mcp { project: String, body: String, session: Option<String>, reply: oneshot::Sender<McpOutcome> },
     Sleds { reply: oneshot::Sender<Vec<SledSummary>> },
     Permissions { reply: oneshot::Sender<Vec<PermissionSummary>> },
@@ -113,9 +113,9 @@ impl HubHandle {
         let _ = self.tx.send(HubMsg::Ended { conn }).await;
     }
 
-    pub(crate) async fn decide(&self, id: PublicPermId, decision: Decision) -> Result<(), HubDecideError> {
+    pub(crate) async fn decide(&self, id: PublicPermId, verdict: Verdict) -> Result<(), HubDecideError> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(HubMsg::Decide { id, decision, reply }).await.is_err() {
+        if self.tx.send(HubMsg::Decide { id, verdict, reply }).await.is_err() {
             return Err(HubDecideError::NotPending);
         }
         answer.await.unwrap_or(Err(HubDecideError::NotPending))
@@ -219,8 +219,8 @@ impl HubTask {
                 self.conns.remove(&conn);
                 self.hub.handle_disconnected(now, conn);
             }
-            HubMsg::Decide { id, decision, reply } => {
-                let _ = reply.send(self.hub.decide(now, id, decision));
+            HubMsg::Decide { id, verdict, reply } => {
+                let _ = reply.send(self.hub.decide(now, id, verdict));
             }
             HubMsg::Mcp { project, body, session, reply } => {
                 match self.hub.send_mcp(now, &project, &body, session.as_deref()) {

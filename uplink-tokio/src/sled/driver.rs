@@ -17,8 +17,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 use uplink_proto::{
-    Cause, ConnId, ConnectError, Decision, Event, Instant, LinkState, McpCallId, McpReply, Output, PermKey, RawValue,
-    Sled,
+    Cause, ConnId, ConnectError, Event, Instant, LinkState, McpCallId, McpReply, Output, PermKey, RawValue, Sled,
 };
 
 use super::Answer;
@@ -309,7 +308,7 @@ impl Driver {
                     debug!(id = %d.id, decision = ?d.decision, cause = ?d.cause, "permission decided");
                     if let Some((ticket, waiter)) = self.waiters.remove(&d.key) {
                         self.tickets.remove(&ticket);
-                        let _ = waiter.send(Answer { decision: d.decision, cause: d.cause });
+                        let _ = waiter.send(Answer { decision: d.decision, cause: d.cause, message: d.message });
                     }
                 }
                 Output::CallMcp(call) => {
@@ -372,7 +371,7 @@ impl Driver {
         }
         // Anything still waiting (cannot normally happen: the core decided everything) is denied.
         for (_, (_, waiter)) in self.waiters.drain() {
-            let _ = waiter.send(Answer { decision: Decision::Deny, cause: Cause::Shutdown });
+            let _ = waiter.send(Answer::denied(Cause::Shutdown));
         }
         for done in self.done.drain(..) {
             let _ = done.send(());

@@ -61,13 +61,22 @@ pub enum StartError {
 }
 
 /// How a permission request ended, and why.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Answer {
     /// The decision; anything but the gateway's approval is [`Decision::Deny`].
     pub decision: Decision,
     /// Why: [`Cause::Response`] when the gateway decided, otherwise the fail-closed rule that denied it.
     pub cause: Cause,
+    /// The person's message for the agent, when the gateway sent one with its decision.
+    pub message: Option<String>,
+}
+
+impl Answer {
+    /// A denial for `cause`, without a message.
+    pub(crate) const fn denied(cause: Cause) -> Answer {
+        Answer { decision: Decision::Deny, cause, message: None }
+    }
 }
 
 /// Withdraws a request when the future waiting for it is dropped before its decision came.
@@ -147,7 +156,7 @@ impl Uplink {
         match serde_json::value::to_raw_value(tool_input) {
             Ok(raw) => self.ask_raw(tool_name, raw).await,
             // Not representable as JSON text (a map with non-string keys cannot come from JSON): refused.
-            Err(_) => Answer { decision: Decision::Deny, cause: Cause::InvalidId },
+            Err(_) => Answer::denied(Cause::InvalidId),
         }
     }
 
@@ -162,12 +171,12 @@ impl Uplink {
         let (reply, decision) = oneshot::channel();
         let cmd = Cmd::Permission { ticket, tool_name: tool_name.to_owned(), tool_input, reply };
         if self.cmd.send(cmd).await.is_err() {
-            return Answer { decision: Decision::Deny, cause: Cause::Shutdown };
+            return Answer::denied(Cause::Shutdown);
         }
         // From here the driver has the request: if this future is dropped before the decision, the guard
         // withdraws it.
         let mut guard = WithdrawOnDrop { ticket, tx: &self.withdraw, decision };
-        (&mut guard.decision).await.unwrap_or(Answer { decision: Decision::Deny, cause: Cause::Shutdown })
+        (&mut guard.decision).await.unwrap_or(Answer::denied(Cause::Shutdown))
     }
 
     /// The link's state now.
