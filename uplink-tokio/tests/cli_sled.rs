@@ -359,3 +359,32 @@ async fn a_persons_message_reaches_the_agent_on_both_faces() {
         json!({"behavior":"deny","message":"Permission denied at the gateway: use the staging database"})
     );
 }
+
+#[tokio::test]
+async fn an_approve_call_whose_mcp_session_ends_withdraws_its_request() {
+    let gw = TestGateway::bind().await;
+    let sled = start_sled(&gw, &[]).await;
+    let mut conn = gw.accept().await;
+    conn.recv().await;
+    let mcp = format!("{}/mcp", sled.base);
+    let session = mcp_session(&mcp).await;
+    let call = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"approve","arguments":{
+        "tool_name":"Bash","input":{"command":"rm -rf build"}}}});
+    let calling = call_in_session(&mcp, &session, call);
+    let request = conn.recv_kind("perm_request").await;
+    // The client ends its session (as a client does on exit): the call's question is withdrawn.
+    let delete = format!(
+        "DELETE /mcp HTTP/1.1\r\nHost: {}\r\nMcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        sled.base.trim_start_matches("http://")
+    );
+    let status = raw_status(&sled.base, delete).await;
+    assert!((200..300).contains(&status), "DELETE answered {status}");
+    // rmcp lets a closed session's running handlers finish for up to 5 s before it cancels them; the
+    // cancellation is what withdraws the request.
+    let withdrawn = conn.recv_kind("perm_cancel").await;
+    assert_eq!(
+        (withdrawn["req_id"].clone(), withdrawn["payload"]["reason"].clone()),
+        (request["req_id"].clone(), json!("withdrawn"))
+    );
+    calling.abort();
+}
