@@ -232,7 +232,12 @@ fn policies_and_the_pending_limit_decide_without_the_application() {
         ..GatewayConfig::default()
     };
     let mut g = G::identified(cfg);
-    for (tool, want) in [("Read", Decision::Approve), ("rm", Decision::Deny), ("Both", Decision::Deny)] {
+    let denied_by_rule = "denied by the gateway's auto-deny rule for this tool";
+    for (tool, want, why) in [
+        ("Read", Decision::Approve, "approved by the gateway's auto-approve rule for this tool"),
+        ("rm", Decision::Deny, denied_by_rule),
+        ("Both", Decision::Deny, denied_by_rule),
+    ] {
         let outs = g.perm_request(&format!("auto-{tool}"), tool);
         assert_eq!(
             events(&outs),
@@ -242,11 +247,14 @@ fn policies_and_the_pending_limit_decide_without_the_application() {
                 decision: want
             }]
         );
+        // The agent learns which rule decided.
         assert_eq!(sent(&outs)[0]["payload"]["approved"], want.is_allow());
+        assert_eq!(sent(&outs)[0]["payload"]["message"], why);
     }
     requested(&g.perm_request("a", "Bash"));
     let outs = g.perm_request("b", "Bash");
     assert!(matches!(events(&outs)[0], GatewayEvent::PermissionAutoDecided { decision: Decision::Deny, .. }));
+    assert_eq!(sent(&outs)[0]["payload"]["message"], "too many requests from this sled are waiting at the gateway");
 }
 
 #[test]

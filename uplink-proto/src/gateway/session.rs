@@ -561,17 +561,19 @@ impl Gateway {
         if req_id.is_empty() || self.perms.contains_wire(&req_id) {
             return self.ignored(GatewayIgnored::DuplicateRequest);
         }
+        // Decided without a person: the message tells the agent which rule it was.
         let policy = if self.cfg.auto_deny.contains(&tool_name) {
-            Some(Decision::Deny)
+            Some((Decision::Deny, "denied by the gateway's auto-deny rule for this tool"))
         } else if self.cfg.auto_approve.contains(&tool_name) {
-            Some(Decision::Approve)
+            Some((Decision::Approve, "approved by the gateway's auto-approve rule for this tool"))
         } else if self.perms.len() >= self.cfg.max_pending_permissions {
-            Some(Decision::Deny)
+            Some((Decision::Deny, "too many requests from this sled are waiting at the gateway"))
         } else {
             None
         };
-        if let Some(decision) = policy {
-            let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision, message: None }.encode();
+        if let Some((decision, why)) = policy {
+            let message = Some(Cow::Borrowed(why));
+            let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision, message }.encode();
             self.out.push_back(GatewayOutput::Send(text));
             return self.event(GatewayEvent::PermissionAutoDecided { req_id, tool_name, decision });
         }
