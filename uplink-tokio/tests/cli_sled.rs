@@ -238,6 +238,15 @@ async fn a_web_page_cannot_ask_the_sleds_local_face_and_a_token_is_honoured() {
         "POST /mcp HTTP/1.1\r\nHost: {host}\r\nOrigin: https://evil.example\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
     );
     assert_eq!(raw_status(&sled.base, mcp).await, 403);
+    // An allowed Origin opens an MCP session (rmcp's own check agrees with the core's).
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"page","version":"1"}}}"#;
+    let (status, _, body) = post(
+        &format!("{}/mcp", sled.base),
+        init,
+        &[("origin", "http://localhost:5173"), ("host", host.replace("127.0.0.1", "localhost").as_str())],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     // None of those reached the gateway. An allowed Origin and a loopback name do.
     let allowed = format!("{json}Origin: http://localhost:5173\r\n");
     let base = sled.base.clone();

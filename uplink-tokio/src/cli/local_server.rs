@@ -124,7 +124,13 @@ fn router(uplink: Uplink, policy: LocalPolicy, stop: &CancellationToken) -> Rout
             move || Ok(ApproveServer::new(uplink.clone()))
         },
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
+        // rmcp's own Host and Origin checks are a second lock behind the core's policy (the middleware
+        // below runs first): the same origins, and the loopback names plus the listen address.
+        StreamableHttpServerConfig::default()
+            .with_cancellation_token(stop.child_token())
+            .with_allowed_origins(policy.allowed_origins.iter().cloned())
+            .enforce_origin_validation()
+            .with_allowed_hosts(["localhost", "127.0.0.1", "::1", policy.listen.as_str()]),
     );
     Router::new()
         .route("/permission", post(permission))
