@@ -73,9 +73,12 @@ async fn a_gateway_with_generated_tokens_and_a_sled_talk() {
     let (status, body) = within("the agent's answer", ask).await.unwrap();
     assert_eq!((status, body.as_str()), (200, r#"{"decision":"approve","reason":"gateway"}"#));
 
-    // The auto-deny policy answers without anybody.
+    // The auto-deny policy answers without anybody, and says so.
     let (_, body) = http("POST", &permission_url, None, Some(r#"{"tool_name":"rm","tool_input":{}}"#), &[]).await;
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"decision": "deny", "reason": "gateway"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"decision": "deny", "reason": "gateway", "message": "denied by the gateway's auto-deny rule for this tool"})
+    );
 
     let (_, body) = http("GET", &format!("{base}/api/sleds"), Some(&admin), None, &[]).await;
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["sleds"][0]["project"], "demo");
