@@ -1,7 +1,8 @@
 //! The gateway's hub driven by an arbitrary script over several connections and credentials: every
 //! permission and MCP request ends exactly once, a decision is accepted exactly when pending, no connection
 //! holds a project its credential does not cover, at most one holds each project, and the memory of gone
-//! sleds stays bounded.
+//! sleds stays bounded; credentials reloaded at any time leave no connection with a revoked or expired one,
+//! and the connection and input budgets hold.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -28,6 +29,9 @@ enum Op {
     Disconnect(u8),
     TooBig(u8),
     Advance(u16),
+    /// Reload: a bit per credential kept; bit 3 narrows credential 1 to `p`; bit 4 makes credential 0 expire
+    /// in a second.
+    Reload(u8),
     Shutdown,
 }
 
@@ -37,7 +41,7 @@ fn credential(i: u8) -> Credential {
     match i % 3 {
         0 => Credential::unbound(CredentialId(0)),
         1 => Credential::unbound(CredentialId(1)),
-        _ => Credential { id: CredentialId(2), scope: ProjectScope::Patterns(vec!["q*".into()]) },
+        _ => Credential::new(CredentialId(2), ProjectScope::Patterns(vec!["q*".into()])),
     }
 }
 
@@ -46,16 +50,23 @@ fuzz_target!(|ops: Vec<Op>| {
     cfg.session.max_pending_permissions = 3;
     cfg.session.max_pending_mcp = 2;
     cfg.max_disconnected_sleds = 1;
+    cfg.max_connections = 6;
+    cfg.max_unidentified = 3;
+    cfg.session.max_pending_input_bytes = 30;
+    cfg.max_pending_input_bytes = 50;
     let mut now = Instant::ZERO;
     let mut hub = Hub::new(cfg, now).expect("valid");
     let mut conns: Vec<ConnHandle> = Vec::new();
     let mut perms: BTreeMap<PublicPermId, bool> = BTreeMap::new(); // true = ended
     let mut tickets: BTreeMap<McpTicket, bool> = BTreeMap::new();
+    let mut creds: [Option<Credential>; 3] = [0, 1, 2].map(|i| Some(credential(i)));
     let pick = |conns: &[ConnHandle], c: u8| (!conns.is_empty()).then(|| conns[usize::from(c) % conns.len()]);
     for op in ops.iter().take(300) {
         match op {
             Op::Accept(c) => {
-                if let Ok(conn) = hub.accept(now, credential(*c)) {
+                if let Some(credential) = creds[usize::from(*c % 3)].clone()
+                    && let Ok(conn) = hub.accept(now, credential)
+                {
                     conns.push(conn);
                 }
             }
@@ -115,6 +126,23 @@ fuzz_target!(|ops: Vec<Op>| {
                 now = now + Duration::from_millis(u64::from(*ms) * 10);
                 hub.handle_timeout(now);
             }
+            Op::Reload(bits) => {
+                for (i, c) in creds.iter_mut().enumerate() {
+                    *c = (bits & (1 << i) != 0).then(|| credential(i as u8));
+                }
+                if bits & 8 != 0
+                    && let Some(c) = &mut creds[1]
+                {
+                    c.scope = ProjectScope::Patterns(vec!["p".into()]);
+                }
+                if bits & 16 != 0
+                    && let Some(c) = creds[0].take()
+                {
+                    creds[0] = Some(c.expiring(now + Duration::from_secs(1)));
+                }
+                let set: Vec<Credential> = creds.iter().flatten().cloned().collect();
+                hub.update_credentials(now, &set);
+            }
             Op::Shutdown => hub.shutdown(now),
         }
         while let Some(out) = hub.poll_output() {
@@ -137,6 +165,14 @@ fuzz_target!(|ops: Vec<Op>| {
             }
         }
         assert!(hub.remembered_disconnected() <= 1);
+        for conn in &conns {
+            if let Some(held) = hub.credential_of(*conn) {
+                assert!(creds.iter().flatten().any(|c| c == held), "a revoked credential kept its connection");
+                assert!(!held.is_expired(now), "an expired credential kept its connection");
+            }
+        }
+        assert!(hub.connections() <= 6 && hub.unidentified() <= 3);
+        assert!(hub.pending_input_bytes() <= 50);
     }
     hub.shutdown(now);
     while let Some(out) = hub.poll_output() {

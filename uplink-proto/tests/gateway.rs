@@ -348,3 +348,53 @@ fn last_seen_follows_every_frame_and_pong() {
     g.text(r#"{"type":"heartbeat"}"#);
     assert_eq!(g.gw.last_seen(), Instant::from_millis(7500));
 }
+
+#[test]
+fn a_sled_silent_past_the_dead_threshold_is_closed_with_4008_and_its_requests_withdrawn() {
+    let cfg = GatewayConfig { dead_after: Duration::from_secs(90), ..GatewayConfig::default() };
+    let mut g = G::identified(cfg);
+    let perm = requested(&g.perm_request("r1", "Bash"));
+    // Pings go unanswered (a sled that vanished without a FIN); stale at 30 s, still open at 89 s.
+    g.at(30.0);
+    let outs = g.at(89.9);
+    assert!(!outs.iter().any(|o| matches!(o, GatewayOutput::Close(_))), "{outs:?}");
+    assert!(!g.gw.is_closed());
+    let outs = g.at(90.0);
+    assert!(outs.contains(&GatewayOutput::Close(CloseReason::Dead)), "{outs:?}");
+    assert_eq!(CloseReason::Dead.code(), 4008);
+    assert!(events(&outs).contains(&GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost }));
+    assert_eq!(g.gw.decide(g.now, perm, Decision::Approve), Err(DecideError::NotPending));
+    // Any traffic keeps a sled alive: a pong at 80 s moves the threshold.
+    let mut g = G::identified(GatewayConfig::default());
+    g.now = Instant::from_micros(80_000_000);
+    g.gw.handle_received(g.now, Received::Pong);
+    assert!(!g.at(169.0).iter().any(|o| matches!(o, GatewayOutput::Close(_))));
+    assert!(g.at(170.0).contains(&GatewayOutput::Close(CloseReason::Dead)));
+    // The threshold cannot be shorter than the stale one.
+    let bad = GatewayConfig { dead_after: Duration::from_secs(10), ..GatewayConfig::default() };
+    assert!(Gateway::new(bad, Instant::ZERO).is_err());
+}
+
+#[test]
+fn a_request_beyond_the_sleds_input_budget_is_denied_at_once_and_the_budget_frees_on_every_end() {
+    // Each request here costs 4 (Bash) + 2 (id) + 7 ({"x":1}) = 13 bytes.
+    let cfg = GatewayConfig { max_pending_input_bytes: 26, ..GatewayConfig::default() };
+    let mut g = G::identified(cfg);
+    let a = requested(&g.perm_request("r1", "Bash"));
+    requested(&g.perm_request("r2", "Bash"));
+    assert_eq!(g.gw.pending_input_bytes(), 26);
+    let outs = g.perm_request("r3", "Bash");
+    assert!(matches!(events(&outs)[..], [GatewayEvent::PermissionAutoDecided { decision: Decision::Deny, .. }]));
+    assert_eq!(
+        sent(&outs)[0]["payload"]["message"],
+        "the requests from this sled waiting at the gateway are too large"
+    );
+    // Decided, withdrawn by the sled, or ended with the connection: the bytes come back each time.
+    g.gw.decide(g.now, a, Decision::Deny).expect("pending");
+    assert_eq!(g.gw.pending_input_bytes(), 13);
+    g.text(r#"{"type":"perm_cancel","req_id":"r2","payload":{"reason":"timeout"}}"#);
+    assert_eq!(g.gw.pending_input_bytes(), 0);
+    requested(&g.perm_request("r4", "Bash"));
+    g.gw.handle_disconnected(g.now);
+    assert_eq!(g.gw.pending_input_bytes(), 0);
+}

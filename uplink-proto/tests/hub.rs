@@ -133,7 +133,7 @@ fn another_credential_cannot_take_a_live_project_but_may_claim_it_once_it_is_gon
 #[test]
 fn a_credential_cannot_identify_as_a_project_outside_its_scope() {
     let mut h = H::new();
-    let scoped = Credential { id: CredentialId(7), scope: ProjectScope::Patterns(vec!["team-a/*".into()]) };
+    let scoped = Credential::new(CredentialId(7), ProjectScope::Patterns(vec!["team-a/*".into()]));
     let ok = h.connect(scoped.clone(), "team-a/web");
     assert_eq!(h.hub.holder("team-a/web"), Some(ok));
     h.drain();
@@ -379,4 +379,97 @@ fn a_verdicts_message_goes_to_the_sled_and_into_the_event_and_a_too_long_one_is_
         })
         .collect();
     assert_eq!(texts, [r#"{"type":"perm_response","req_id":"r2","payload":{"approved":true,"always_allow":false}}"#]);
+}
+
+#[test]
+fn a_revoked_narrowed_or_expired_credential_closes_its_connections_with_4010() {
+    let mut h = H::new();
+    let scoped = |id| Credential::new(CredentialId(id), ProjectScope::Patterns(vec!["team-a/*".into()]));
+    let kept = h.connect(scoped(1), "team-a/web");
+    let revoked = h.connect(any(2), "other");
+    let narrowed = h.connect(any(3), "team-b/api");
+    let perm = h.ask(revoked, "r1", "{}");
+    h.drain();
+    // Reload: 1 unchanged, 2 gone, 3 now only team-a/*, 4 new and expiring in 60 s.
+    let expiring = Credential::new(CredentialId(4), ProjectScope::Any).expiring(h.now + Duration::from_secs(60));
+    let set = [scoped(1), scoped(3), expiring.clone()];
+    h.hub.update_credentials(h.now, &set);
+    let outs = h.drain();
+    let mut closed = closes(&outs);
+    closed.sort_by_key(|(conn, _)| *conn);
+    assert_eq!(closed, vec![(revoked, CloseReason::CredentialRevoked), (narrowed, CloseReason::CredentialRevoked)]);
+    assert_eq!(CloseReason::CredentialRevoked.code(), 4010);
+    assert!(outs.contains(&HubOutput::Event(HubEvent::PermissionWithdrawn {
+        id: perm,
+        project: "other".into(),
+        reason: Withdrawn::ConnectionLost
+    })));
+    assert_eq!(h.hub.holder("team-a/web"), Some(kept));
+    // The expiring credential works until its time, then its connection is closed and it is refused.
+    let late = h.connect(expiring.clone(), "late");
+    assert_eq!(h.hub.holder("late"), Some(late));
+    h.advance(Duration::from_secs(59));
+    assert!(closes(&h.drain()).is_empty());
+    h.advance(Duration::from_secs(1));
+    assert_eq!(closes(&h.drain()), vec![(late, CloseReason::CredentialRevoked)]);
+    assert_eq!(h.hub.accept(h.now, expiring), Err(AcceptError::Expired));
+}
+
+#[test]
+fn connections_are_budgeted_in_total_and_while_unidentified() {
+    let mut cfg = HubConfig::default();
+    cfg.max_connections = 3;
+    cfg.max_unidentified = 2;
+    let mut h = H::with(cfg);
+    let a = h.hub.accept(h.now, any(1)).expect("room");
+    let _b = h.hub.accept(h.now, any(1)).expect("room");
+    assert_eq!(h.hub.accept(h.now, any(1)), Err(AcceptError::TooManyUnidentified));
+    h.text(a, &json!({"type":"identity","req_id":"identity","payload":{"project":"a"}}).to_string());
+    assert_eq!(h.hub.unidentified(), 1);
+    let _c = h.hub.accept(h.now, any(1)).expect("room again");
+    assert_eq!(h.hub.accept(h.now, any(1)), Err(AcceptError::TooManyConnections));
+    // Silence past the identity timeout frees both places.
+    h.advance(Duration::from_secs(11));
+    assert_eq!((h.hub.connections(), h.hub.unidentified()), (1, 0));
+}
+
+#[test]
+fn pending_input_bytes_are_budgeted_per_sled_and_in_total() {
+    let mut cfg = HubConfig::default();
+    cfg.session.max_pending_input_bytes = 100;
+    cfg.max_pending_input_bytes = 150;
+    let mut h = H::with(cfg);
+    let a = h.connect(any(1), "a");
+    let b = h.connect(any(2), "b");
+    let input = |n: usize| json!({ "pad": "x".repeat(n) }).to_string();
+    // 4 + 2 + 70 bytes: within both.
+    h.ask(a, "a1", &input(60));
+    assert_eq!(h.hub.pending_input_bytes(), 4 + 2 + 70);
+    // A second on `a` would pass 100 on that sled: denied at once, with the reason.
+    let frame =
+        json!({"type":"perm_request","req_id":"a2","payload":{"tool_name":"Bash","tool_input":{"pad":"x".repeat(30)}}});
+    h.text(a, &frame.to_string());
+    let outs = h.drain();
+    let denial = outs.iter().find_map(|o| match o {
+        HubOutput::Send { conn, text } if *conn == a => {
+            Some(serde_json::from_str::<serde_json::Value>(text).expect("json"))
+        }
+        _ => None,
+    });
+    let denial = denial.expect("a denial");
+    assert_eq!((denial["req_id"].as_str(), denial["payload"]["approved"].as_bool()), (Some("a2"), Some(false)));
+    assert!(denial["payload"]["message"].as_str().is_some_and(|m| m.contains("too large")));
+    // On `b`, 76 more would pass 150 in all: denied at once too, though `b` alone is within its own.
+    let frame =
+        json!({"type":"perm_request","req_id":"b1","payload":{"tool_name":"Bash","tool_input":{"pad":"x".repeat(60)}}});
+    h.text(b, &frame.to_string());
+    let events = h.events();
+    assert!(matches!(&events[..], [HubEvent::PermissionAutoDecided { decision: Decision::Deny, .. }]), "{events:?}");
+    assert_eq!(h.hub.pending_input_bytes(), 76);
+    assert_eq!(h.hub.permissions(h.now).len(), 1);
+    // Once decided, the bytes are free again.
+    let id = h.hub.permissions(h.now)[0].id;
+    h.hub.decide(h.now, id, Decision::Deny).expect("pending");
+    assert_eq!(h.hub.pending_input_bytes(), 0);
+    h.ask(b, "b2", &input(60));
 }

@@ -10,6 +10,10 @@
 //!   connection, or the auto-approve rule;
 //! - no connection holds a project its credential does not cover, no credential displaces another's live
 //!   connection, and one connection at most holds each project;
+//! - credentials can be revoked, narrowed and expire at any time: no open connection ever has a credential
+//!   that is gone or expired, and no holder one that does not cover its project;
+//! - the connection counts and the pending input bytes (per connection and in total) stay within their
+//!   budgets, and the hub's count of bytes is what the listing holds;
 //! - the listings of sleds and pending permissions match the model; memory stays within its bounds.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +41,9 @@ enum Op {
     Disconnect(u8),
     TooBig(u8),
     Advance(u32),
+    /// Reloads the credentials: which are present (a bit each), whether credential 1 is narrowed to `p`,
+    /// and whether credential 0 expires 5 s from now.
+    Reload(u8),
     Shutdown,
 }
 
@@ -54,6 +61,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(Op::Disconnect),
         1 => any::<u8>().prop_map(Op::TooBig),
         3 => (0u32..40_000).prop_map(Op::Advance),
+        1 => any::<u8>().prop_map(Op::Reload),
         1 => Just(Op::Shutdown),
     ]
 }
@@ -62,13 +70,38 @@ const PROJECTS: [&str; 4] = ["p", "q", "q2", "r"];
 const TOOLS: [&str; 4] = ["Bash", "Read", "rm", "Write"];
 const DECISIONS: [Decision; 3] = [Decision::Approve, Decision::Deny, Decision::AlwaysAllow];
 const MAX_GONE: usize = 2;
+const MAX_CONNECTIONS: usize = 6;
+const MAX_UNIDENTIFIED: usize = 3;
+const SLED_BYTES: usize = 15;
+const TOTAL_BYTES: usize = 20;
 
 fn credentials() -> [Credential; 3] {
     [
         Credential::unbound(CredentialId(0)),
         Credential::unbound(CredentialId(1)),
-        Credential { id: CredentialId(2), scope: ProjectScope::Patterns(vec!["q*".into()]) },
+        Credential::new(CredentialId(2), ProjectScope::Patterns(vec!["q*".into()])),
     ]
+}
+
+/// The credential set a reload installs, by index (`None`: revoked).
+fn reloaded(bits: u8, now: Instant) -> [Option<Credential>; 3] {
+    let mut set = credentials().map(Some);
+    for (i, c) in set.iter_mut().enumerate() {
+        if bits & (1 << i) == 0 {
+            *c = None;
+        }
+    }
+    if bits & 8 != 0
+        && let Some(c) = &mut set[1]
+    {
+        c.scope = ProjectScope::Patterns(vec!["p".into()]);
+    }
+    if bits & 16 != 0
+        && let Some(c) = set[0].take()
+    {
+        set[0] = Some(c.expiring(now + Duration::from_secs(5)));
+    }
+    set
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,12 +121,15 @@ struct Model {
     holders: BTreeMap<String, ConnHandle>,
     /// Projects listed as disconnected, by the events seen (before the bound forgets them).
     ever: BTreeSet<String>,
+    /// The credentials in force, by index; a revoked one is `None` (its token no longer authenticates).
+    creds: [Option<Credential>; 3],
 }
 
 impl Model {
     fn new() -> Model {
         let session = GatewayConfig {
             max_pending_permissions: 3,
+            max_pending_input_bytes: SLED_BYTES,
             max_pending_mcp: 2,
             auto_approve: ["Read".to_owned()].into(),
             auto_deny: ["rm".to_owned()].into(),
@@ -101,6 +137,9 @@ impl Model {
         };
         let mut cfg = HubConfig::new(session);
         cfg.max_disconnected_sleds = MAX_GONE;
+        cfg.max_connections = MAX_CONNECTIONS;
+        cfg.max_unidentified = MAX_UNIDENTIFIED;
+        cfg.max_pending_input_bytes = TOTAL_BYTES;
         Model {
             hub: Hub::new(cfg, Instant::ZERO).expect("valid"),
             now: Instant::ZERO,
@@ -109,6 +148,7 @@ impl Model {
             tickets: BTreeMap::new(),
             holders: BTreeMap::new(),
             ever: BTreeSet::new(),
+            creds: credentials().map(Some),
         }
     }
 
@@ -129,12 +169,23 @@ impl Model {
         match op {
             Op::Accept(c) => {
                 let cred = usize::from(*c) % 3;
-                match self.hub.accept(now, credentials()[cred].clone()) {
+                // Only a credential in force authenticates.
+                let Some(credential) = self.creds[cred].clone() else { return Ok(approved) };
+                let (open, unidentified) = (self.hub.connections(), self.hub.unidentified());
+                match self.hub.accept(now, credential.clone()) {
                     Ok(conn) => {
-                        prop_assert!(!self.hub.is_shutting_down());
+                        prop_assert!(!self.hub.is_shutting_down() && !credential.is_expired(now));
+                        prop_assert!(open < MAX_CONNECTIONS && unidentified < MAX_UNIDENTIFIED);
                         self.conns.push((conn, cred));
                     }
-                    Err(_) => prop_assert!(self.hub.is_shutting_down()),
+                    Err(e) => prop_assert!(
+                        self.hub.is_shutting_down()
+                            || credential.is_expired(now)
+                            || open >= MAX_CONNECTIONS
+                            || unidentified >= MAX_UNIDENTIFIED,
+                        "refused: {:?}",
+                        e
+                    ),
                 }
             }
             Op::Identify(c, p) => {
@@ -147,7 +198,17 @@ impl Model {
             }
             Op::PermRequest(c, r, t) => {
                 let frame = json!({"type":"perm_request","req_id":format!("r{r}"),"payload":{"tool_name":TOOLS[usize::from(*t)],"tool_input":{"n":r}}});
-                self.text(*c, &frame.to_string());
+                // Mostly to an identified connection, so that requests pile up against the budgets.
+                let live: Vec<ConnHandle> =
+                    self.conns.iter().map(|(c, _)| *c).filter(|c| self.hub.project_of(*c).is_some()).collect();
+                match live.get(usize::from(*c) % live.len().max(1)) {
+                    Some(conn) if *c % 4 != 0 => {
+                        self.hub.handle_received(now, *conn, Received::Text(&frame.to_string()));
+                    }
+                    _ => {
+                        self.text(*c, &frame.to_string());
+                    }
+                }
             }
             Op::PermCancel(c, r) => {
                 self.text(*c, &json!({"type":"perm_cancel","req_id":format!("r{r}")}).to_string());
@@ -203,6 +264,11 @@ impl Model {
                 self.now = self.now + Duration::from_millis(u64::from(*ms));
                 self.hub.handle_timeout(self.now);
             }
+            Op::Reload(bits) => {
+                self.creds = reloaded(*bits, now);
+                let set: Vec<Credential> = self.creds.iter().flatten().cloned().collect();
+                self.hub.update_credentials(now, &set);
+            }
             Op::Shutdown => self.hub.shutdown(now),
         }
         Ok(approved)
@@ -214,7 +280,8 @@ impl Model {
 
     /// Drains the hub and checks every output against the model.
     fn check(&mut self, approved: &BTreeSet<(ConnHandle, String)>) -> Result<(), TestCaseError> {
-        let creds = credentials();
+        let creds: Vec<Credential> =
+            self.creds.iter().zip(credentials()).map(|(now, first)| now.clone().unwrap_or(first)).collect();
         let mut auto_approved = BTreeSet::new();
         let mut sent_approvals = Vec::new();
         while let Some(out) = self.hub.poll_output() {
@@ -319,6 +386,22 @@ impl Model {
         prop_assert!(self.hub.disconnection_log_len() <= 2 * self.hub.remembered_disconnected() + 64);
         // Per connection, the pending counts are within the session limits.
         prop_assert!(sleds.iter().all(|s| s.pending_permissions <= 3 && s.pending_mcp <= 2));
+        // Credentials: every open connection's is in force and unexpired, with the terms last loaded.
+        for (conn, cred) in &self.conns {
+            if let Some(held) = self.hub.credential_of(*conn) {
+                prop_assert_eq!(Some(held), self.creds[*cred].as_ref(), "{} kept a revoked credential", conn.0);
+                prop_assert!(!held.is_expired(self.now), "{} open with an expired credential", conn.0);
+            }
+        }
+        // Budgets: connections, and the bytes the listing holds (per connection and in total).
+        prop_assert!(self.hub.connections() <= MAX_CONNECTIONS && self.hub.unidentified() <= MAX_UNIDENTIFIED);
+        let mut bytes: BTreeMap<ConnHandle, usize> = BTreeMap::new();
+        for p in self.hub.permissions(self.now) {
+            *bytes.entry(p.id.conn).or_default() += p.tool_name.len() + p.tool_input.len() + p.req_id.len();
+        }
+        prop_assert!(bytes.values().all(|b| *b <= SLED_BYTES), "{:?}", bytes);
+        prop_assert_eq!(bytes.values().sum::<usize>(), self.hub.pending_input_bytes());
+        prop_assert!(self.hub.pending_input_bytes() <= TOTAL_BYTES);
         Ok(())
     }
 }

@@ -19,6 +19,10 @@ pub enum CloseReason {
     MessageTooBig,
     /// The gateway is stopping (1001).
     ShuttingDown,
+    /// Nothing arrived from the sled for the dead threshold (4008).
+    Dead,
+    /// The connection's credential was revoked, expired, or no longer covers its project (4010).
+    CredentialRevoked,
 }
 
 impl CloseReason {
@@ -31,6 +35,8 @@ impl CloseReason {
             CloseReason::ProjectHeld => 4009,
             CloseReason::MessageTooBig => 1009,
             CloseReason::ShuttingDown => 1001,
+            CloseReason::Dead => 4008,
+            CloseReason::CredentialRevoked => 4010,
         }
     }
 
@@ -44,6 +50,8 @@ impl CloseReason {
             CloseReason::ProjectHeld => "project held by another connection",
             CloseReason::MessageTooBig => "message too big",
             CloseReason::ShuttingDown => "gateway shutting down",
+            CloseReason::Dead => "silent past the dead threshold",
+            CloseReason::CredentialRevoked => "credential revoked or expired",
         }
     }
 }

@@ -6,6 +6,8 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::time::Instant;
+
 /// Names one credential. Two connections with the same id are the same sled restarting, as far as the
 /// claim rule is concerned.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,17 +36,37 @@ impl ProjectScope {
 
 /// A credential as the hub sees it: never the token itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Credential {
     /// Which credential.
     pub id: CredentialId,
     /// What it may identify as.
     pub scope: ProjectScope,
+    /// When it stops being valid: connections are refused from then on, and its live ones are closed
+    /// ([`CloseReason::CredentialRevoked`](super::CloseReason::CredentialRevoked)). `None`: never.
+    pub expires: Option<Instant>,
 }
 
 impl Credential {
+    /// A credential for `scope`, without expiry.
+    pub fn new(id: CredentialId, scope: ProjectScope) -> Credential {
+        Credential { id, scope, expires: None }
+    }
+
     /// A credential that may identify as any project.
     pub fn unbound(id: CredentialId) -> Credential {
-        Credential { id, scope: ProjectScope::Any }
+        Credential::new(id, ProjectScope::Any)
+    }
+
+    /// The same credential, valid until `at` only.
+    pub fn expiring(mut self, at: Instant) -> Credential {
+        self.expires = Some(at);
+        self
+    }
+
+    /// Whether it has expired at `now`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|at| at <= now)
     }
 }
 

@@ -53,11 +53,26 @@ pub struct HubConfig {
     /// How many ended permissions are remembered, so that a decision arriving after the end is refused
     /// with the reason ([`HubDecideError::Ended`]); beyond, the oldest is forgotten. Default 4096.
     pub max_ended_permissions: usize,
+    /// Most open connections, identified or not; [`Hub::accept`] refuses beyond. Default 16,384.
+    pub max_connections: usize,
+    /// Most connections that have not identified yet; [`Hub::accept`] refuses beyond. Default 1024.
+    pub max_unidentified: usize,
+    /// Most bytes of pending permission requests across every connection (each connection also has its
+    /// own [`GatewayConfig::max_pending_input_bytes`]); a request that would go beyond is denied at once.
+    /// Default 256 MiB.
+    pub max_pending_input_bytes: usize,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { session: GatewayConfig::default(), max_disconnected_sleds: 1024, max_ended_permissions: 4096 }
+        HubConfig {
+            session: GatewayConfig::default(),
+            max_disconnected_sleds: 1024,
+            max_ended_permissions: 4096,
+            max_connections: 16_384,
+            max_unidentified: 1024,
+            max_pending_input_bytes: 256 << 20,
+        }
     }
 }
 
@@ -126,6 +141,15 @@ pub enum AcceptError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// The credential has expired.
+    #[error("the credential has expired")]
+    Expired,
+    /// [`HubConfig::max_connections`] connections are open.
+    #[error("too many connections")]
+    TooManyConnections,
+    /// [`HubConfig::max_unidentified`] connections have not identified yet.
+    #[error("too many connections waiting to identify")]
+    TooManyUnidentified,
 }
 
 /// How a permission ended, for a decision that comes too late.
@@ -366,6 +390,8 @@ struct Conn {
     project: Option<String>,
     /// Its entry in the hub's timer set.
     timer: Option<Instant>,
+    /// Its session's pending input bytes, as last added to the hub's total.
+    counted_bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -404,6 +430,10 @@ pub struct Hub {
     next_gone: u64,
     next_conn: u64,
     shutting_down: bool,
+    /// Open connections that have not identified (their claim has not succeeded).
+    unidentified: usize,
+    /// Pending input bytes across every connection (the sum of their `counted_bytes`).
+    pending_bytes: usize,
     /// Recently ended permissions, oldest first, for late decisions.
     ended: BTreeMap<PublicPermId, PermEnd>,
     ended_order: VecDeque<PublicPermId>,
@@ -425,6 +455,8 @@ impl Hub {
             next_gone: 0,
             next_conn: 0,
             shutting_down: false,
+            unidentified: 0,
+            pending_bytes: 0,
             ended: BTreeMap::new(),
             ended_order: VecDeque::new(),
             out: VecDeque::new(),
@@ -441,6 +473,16 @@ impl Hub {
     /// Open connections, identified or not.
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Open connections that have not identified yet.
+    pub fn unidentified(&self) -> usize {
+        self.unidentified
+    }
+
+    /// Bytes of pending permission requests across every connection.
+    pub fn pending_input_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     /// Disconnected sleds still listed. Never above [`HubConfig::max_disconnected_sleds`].
@@ -584,13 +626,23 @@ impl Hub {
         if self.shutting_down {
             return Err(AcceptError::ShuttingDown);
         }
+        if credential.is_expired(self.now) {
+            return Err(AcceptError::Expired);
+        }
+        if self.conns.len() >= self.cfg.max_connections {
+            return Err(AcceptError::TooManyConnections);
+        }
+        if self.unidentified >= self.cfg.max_unidentified {
+            return Err(AcceptError::TooManyUnidentified);
+        }
         self.next_conn += 1;
         let conn = ConnHandle(self.next_conn);
         // The configuration was validated by `Hub::new`, so this cannot fail.
         let Ok(session) = Gateway::new(self.cfg.session.clone(), self.now) else {
             return Err(AcceptError::ShuttingDown);
         };
-        self.conns.insert(conn, Conn { session, credential, project: None, timer: None });
+        self.conns.insert(conn, Conn { session, credential, project: None, timer: None, counted_bytes: 0 });
+        self.unidentified += 1;
         self.reschedule(conn);
         Ok(conn)
     }
@@ -662,6 +714,32 @@ impl Hub {
         }
     }
 
+    /// The credentials changed (a reload): each live connection takes its credential's new terms by id. One
+    /// whose credential is gone, has expired, or no longer covers the project it holds is closed with
+    /// [`CloseReason::CredentialRevoked`]; what it had pending is withdrawn.
+    pub fn update_credentials(&mut self, now: Instant, credentials: &[Credential]) {
+        self.advance(now);
+        let now = self.now;
+        let by_id: BTreeMap<CredentialId, &Credential> = credentials.iter().map(|c| (c.id, c)).collect();
+        let conns: Vec<ConnHandle> = self.conns.keys().copied().collect();
+        for conn in conns {
+            let Some(c) = self.conns.get_mut(&conn) else { continue };
+            let keeps = match by_id.get(&c.credential.id) {
+                Some(new) => {
+                    c.credential = (*new).clone();
+                    !new.is_expired(now) && c.project.as_deref().is_none_or(|p| new.scope.covers(p))
+                }
+                None => false,
+            };
+            if keeps {
+                self.reschedule(conn);
+            } else {
+                c.session.close(now, CloseReason::CredentialRevoked);
+                self.pump(conn);
+            }
+        }
+    }
+
     // ── Internals ──
 
     fn advance(&mut self, now: Instant) {
@@ -676,7 +754,11 @@ impl Hub {
             self.timers.pop_first();
             let Some(c) = self.conns.get_mut(&conn) else { continue };
             c.timer = None;
-            c.session.handle_timeout(now);
+            if c.credential.is_expired(now) {
+                c.session.close(now, CloseReason::CredentialRevoked);
+            } else {
+                c.session.handle_timeout(now);
+            }
             self.pump(conn);
         }
     }
@@ -693,11 +775,20 @@ impl Hub {
                 GatewayOutput::Event(event) => self.on_event(conn, event),
             }
         }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            let bytes = c.session.pending_input_bytes();
+            self.pending_bytes = self.pending_bytes - c.counted_bytes + bytes;
+            c.counted_bytes = bytes;
+        }
         if self.conns.get(&conn).is_some_and(|c| c.session.is_closed()) {
-            if let Some(c) = self.conns.remove(&conn)
-                && let Some(at) = c.timer
-            {
-                self.timers.remove(&(at, conn));
+            if let Some(c) = self.conns.remove(&conn) {
+                if let Some(at) = c.timer {
+                    self.timers.remove(&(at, conn));
+                }
+                if c.project.is_none() {
+                    self.unidentified -= 1;
+                }
+                self.pending_bytes -= c.counted_bytes;
             }
         } else {
             self.reschedule(conn);
@@ -706,7 +797,10 @@ impl Hub {
 
     fn reschedule(&mut self, conn: ConnHandle) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        let next = c.session.poll_timeout();
+        let next = match (c.session.poll_timeout(), c.credential.expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if next == c.timer {
             return;
         }
@@ -731,6 +825,18 @@ impl Hub {
             GatewayEvent::Heartbeat => {}
             GatewayEvent::PermissionRequested { perm, req_id, tool_name, tool_input } => {
                 let project = self.project_name(conn);
+                let Some(c) = self.conns.get_mut(&conn) else { return };
+                // The fleet's budget: what every connection holds, this request included.
+                let total = self.pending_bytes - c.counted_bytes + c.session.pending_input_bytes();
+                if total > self.cfg.max_pending_input_bytes {
+                    let why = "the requests waiting at the gateway are too large";
+                    let verdict = Verdict::new(Decision::Deny).with_message(why);
+                    if c.session.decide(self.now, perm, verdict).is_ok() {
+                        let decision = Decision::Deny;
+                        self.event(HubEvent::PermissionAutoDecided { conn, project, req_id, tool_name, decision });
+                    }
+                    return;
+                }
                 let id = PublicPermId { conn, perm };
                 self.event(HubEvent::PermissionRequested { id, project, req_id, tool_name, tool_input });
             }
@@ -801,6 +907,7 @@ impl Hub {
         };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.project = Some(project.clone());
+            self.unidentified -= 1;
         }
         self.event(HubEvent::SledConnected { conn, project, protocol, sled_version, capabilities, replaced });
         // The old holder's end no longer touches the registry: the project is already the new one's.

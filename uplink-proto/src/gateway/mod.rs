@@ -7,6 +7,7 @@
 //!   requests pending on it. The hub owns one per connection.
 //! - [`CloseReason`] ([`close`]): every close the gateway makes, with its code.
 //! - [`Credential`] ([`credential`]): who a connection is, and which projects it may identify as.
+//! - [`Role`] ([`principal`]): what an admin principal may do through the API.
 //! - [`Verdict`] ([`verdict`]): the application's decision on one request, with its message for the agent.
 //!
 //! ```text
@@ -21,6 +22,7 @@
 pub mod close;
 pub mod credential;
 pub mod hub;
+pub mod principal;
 pub mod session;
 pub mod verdict;
 
@@ -30,6 +32,7 @@ pub use hub::{
     AcceptError, BadPermId, ConnHandle, Hub, HubConfig, HubDecideError, HubEvent, HubOutput, McpRefused, McpTicket,
     PermEnd, PermissionSummary, PublicPermId, SledSummary,
 };
+pub use principal::{Action, BadRole, Role};
 pub use session::{
     DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,
     McpId, PendingPermission, PermId, SendMcpError, Withdrawn,

@@ -41,6 +41,9 @@ pub struct GatewayConfig {
     pub identity_timeout: Duration,
     /// A sled silent for this long is reported stale. Default 30 s (three heartbeat intervals).
     pub stale_after: Duration,
+    /// A sled silent for this long is gone: its connection is closed ([`CloseReason::Dead`]) and what it
+    /// had pending is withdrawn, without waiting for TCP to notice. Default 90 s; at least `stale_after`.
+    pub dead_after: Duration,
     /// A sled from which nothing arrived for this long is pinged, and again at this interval while it stays
     /// quiet. Default 15 s: one and a half heartbeat intervals, so that a sled that heartbeats (every 10 s)
     /// is never pinged, however its frames are delayed on the way.
@@ -49,6 +52,9 @@ pub struct GatewayConfig {
     pub mcp_timeout: Duration,
     /// Most permission requests pending on one connection; beyond, a request is denied at once. Default 1024.
     pub max_pending_permissions: usize,
+    /// Most bytes of pending permission requests (tool name, input and id) on one connection; a request
+    /// that would go beyond is denied at once. Default 32 MiB.
+    pub max_pending_input_bytes: usize,
     /// Most MCP requests in flight on one connection; beyond, [`Gateway::send_mcp`] refuses. Default 256.
     pub max_pending_mcp: usize,
     /// Tools whose requests are approved at once, without reaching the application.
@@ -62,9 +68,11 @@ impl Default for GatewayConfig {
         GatewayConfig {
             identity_timeout: Duration::from_secs(10),
             stale_after: Duration::from_secs(30),
+            dead_after: Duration::from_secs(90),
             ping_interval: Duration::from_secs(15),
             mcp_timeout: Duration::from_secs(60),
             max_pending_permissions: 1024,
+            max_pending_input_bytes: 32 << 20,
             max_pending_mcp: 256,
             auto_approve: BTreeSet::new(),
             auto_deny: BTreeSet::new(),
@@ -77,6 +85,7 @@ impl GatewayConfig {
         for (name, d) in [
             ("identity_timeout", self.identity_timeout),
             ("stale_after", self.stale_after),
+            ("dead_after", self.dead_after),
             ("ping_interval", self.ping_interval),
             ("mcp_timeout", self.mcp_timeout),
         ] {
@@ -90,6 +99,12 @@ impl GatewayConfig {
         if self.max_pending_mcp == 0 {
             return Err(GatewayConfigError::Zero("max_pending_mcp"));
         }
+        if self.max_pending_input_bytes == 0 {
+            return Err(GatewayConfigError::Zero("max_pending_input_bytes"));
+        }
+        if self.dead_after < self.stale_after {
+            return Err(GatewayConfigError::DeadBeforeStale);
+        }
         Ok(())
     }
 }
@@ -100,6 +115,9 @@ pub enum GatewayConfigError {
     /// A duration or limit that must be positive is zero.
     #[error("`{0}` must be greater than zero")]
     Zero(&'static str),
+    /// `dead_after` is shorter than `stale_after`.
+    #[error("`dead_after` must be at least `stale_after`")]
+    DeadBeforeStale,
 }
 
 /// A permission request on one connection. Never reused by a session.
@@ -290,6 +308,13 @@ struct Asked {
     since: Instant,
 }
 
+impl Asked {
+    /// What a pending request costs the input budget: its tool's name and input and its id.
+    fn bytes(tool_name: &str, tool_input: &str, req_id: &str) -> usize {
+        tool_name.len() + tool_input.len() + req_id.len()
+    }
+}
+
 /// One sled connection as the gateway sees it.
 #[derive(Clone, Debug)]
 pub struct Gateway {
@@ -302,6 +327,8 @@ pub struct Gateway {
     /// Permission requests awaiting a decision, by id and by the sled's `req_id`; they have no deadline here
     /// (the sled keeps it).
     perms: PendingTable<PermId, Asked>,
+    /// The bytes `perms` holds, as [`Asked::bytes`] counts them.
+    pending_bytes: usize,
     /// MCP requests awaiting a response, with their deadlines.
     mcp: PendingTable<McpId, ()>,
     out: VecDeque<GatewayOutput>,
@@ -320,12 +347,18 @@ impl Gateway {
             last_seen: now,
             stale: false,
             perms: PendingTable::new(None),
+            pending_bytes: 0,
             mcp: PendingTable::new(Some(mcp_timeout)),
             out: VecDeque::new(),
         })
     }
 
     // ── Getters ──
+
+    /// Bytes of pending permission requests (tool names, inputs and ids), as the input budget counts them.
+    pub fn pending_input_bytes(&self) -> usize {
+        self.pending_bytes
+    }
 
     /// The project, once identified.
     pub fn project(&self) -> Option<&str> {
@@ -389,7 +422,7 @@ impl Gateway {
             State::Closed => return None,
             State::AwaitingIdentity { deadline } => deadline,
             State::Identified { .. } => {
-                let ping = self.next_ping;
+                let ping = self.next_ping.min(self.last_seen + self.cfg.dead_after);
                 if self.stale { ping } else { ping.min(self.last_seen + self.cfg.stale_after) }
             }
         };
@@ -441,7 +474,8 @@ impl Gateway {
                 self.on_perm_request(req_id.into_owned(), tool_name.into_owned(), tool_input)
             }
             Ok(SledFrame::PermCancel { req_id, .. }) => match self.perms.take_by_wire_if(&req_id, |_| true) {
-                Some((perm, _)) => {
+                Some((perm, p)) => {
+                    self.pending_bytes -= Asked::bytes(&p.value.tool_name, &p.value.tool_input, &p.wire);
                     self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::Cancelled });
                 }
                 None => self.ignored(GatewayIgnored::Unmatched),
@@ -480,7 +514,9 @@ impl Gateway {
         if !verdict.message_fits() {
             return Err(DecideError::MessageTooLong);
         }
-        let req_id = self.perms.remove(perm).ok_or(DecideError::NotPending)?.wire;
+        let taken = self.perms.remove(perm).ok_or(DecideError::NotPending)?;
+        self.pending_bytes -= Asked::bytes(&taken.value.tool_name, &taken.value.tool_input, &taken.wire);
+        let req_id = taken.wire;
         let message = verdict.message.as_deref().map(Cow::Borrowed);
         let text =
             GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision: verdict.decision, message }.encode();
@@ -535,6 +571,9 @@ impl Gateway {
             }
             State::AwaitingIdentity { .. } => {}
             State::Identified { .. } => {
+                if self.last_seen + self.cfg.dead_after <= now {
+                    return self.close_with(CloseReason::Dead);
+                }
                 if !self.stale && self.last_seen + self.cfg.stale_after <= now {
                     self.stale = true;
                     self.event(GatewayEvent::Stale);
@@ -568,6 +607,10 @@ impl Gateway {
             Some((Decision::Approve, "approved by the gateway's auto-approve rule for this tool"))
         } else if self.perms.len() >= self.cfg.max_pending_permissions {
             Some((Decision::Deny, "too many requests from this sled are waiting at the gateway"))
+        } else if self.pending_bytes + Asked::bytes(&tool_name, tool_input.get(), &req_id)
+            > self.cfg.max_pending_input_bytes
+        {
+            Some((Decision::Deny, "the requests from this sled waiting at the gateway are too large"))
         } else {
             None
         };
@@ -580,6 +623,7 @@ impl Gateway {
         let perm = self.perms.mint();
         let tool_input: Arc<str> = Arc::from(tool_input.get());
         let asked = Asked { tool_name: tool_name.clone(), tool_input: tool_input.clone(), since: self.now };
+        self.pending_bytes += Asked::bytes(&asked.tool_name, &asked.tool_input, &req_id);
         self.perms.insert(perm, self.now, req_id.clone(), asked);
         self.event(GatewayEvent::PermissionRequested { perm, req_id, tool_name, tool_input });
     }
@@ -595,6 +639,7 @@ impl Gateway {
         for (perm, _) in self.perms.drain() {
             self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost });
         }
+        self.pending_bytes = 0;
         for (id, _) in self.mcp.drain() {
             self.event(GatewayEvent::McpFailed { id, reason: McpFailure::ConnectionLost });
         }

@@ -14,18 +14,26 @@ pub struct Verdict {
     pub decision: Decision,
     /// Words for the agent, sent as the `perm_response`'s `message` (at most [`MAX_MESSAGE_BYTES`]).
     pub message: Option<Arc<str>>,
+    /// Who decided: the admin principal's name, for events, listings and the record. Never sent to the sled.
+    pub by: Option<Arc<str>>,
 }
 
 impl Verdict {
     /// `decision`, without a message.
     pub const fn new(decision: Decision) -> Verdict {
-        Verdict { decision, message: None }
+        Verdict { decision, message: None, by: None }
     }
 
     /// The same verdict with `message` for the agent; an empty message is none.
     pub fn with_message(mut self, message: impl Into<Arc<str>>) -> Verdict {
         let message = message.into();
         self.message = (!message.is_empty()).then_some(message);
+        self
+    }
+
+    /// The same verdict, decided by the principal `name`.
+    pub fn by(mut self, name: impl Into<Arc<str>>) -> Verdict {
+        self.by = Some(name.into());
         self
     }
 
