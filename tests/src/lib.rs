@@ -298,6 +298,8 @@ pub struct RealGateway {
     pub base: String,
     /// `ws://ADDR/api/sled-uplink`
     pub ws: String,
+    /// Replaces the running gateway's credentials.
+    pub reloader: uplink_tokio::gateway::CredentialsReloader,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -314,14 +316,21 @@ impl RealGateway {
         max_message_size: usize,
         max_disconnected_sleds: usize,
     ) -> RealGateway {
-        use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
+        use uplink_tokio::gateway::GatewayServerConfig;
         let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![SLED_TOKEN.into()], ADMIN_TOKEN);
         config.max_message_size = max_message_size;
         config.session = session;
+        config.max_disconnected_sleds = max_disconnected_sleds;
+        RealGateway::start_config(config).await
+    }
+
+    /// A gateway with exactly `config`, except for a loopback port and a 2 s handshake timeout.
+    pub async fn start_config(mut config: uplink_tokio::gateway::GatewayServerConfig) -> RealGateway {
+        config.listen = "127.0.0.1:0".parse().unwrap();
         // Short, so that the slow-loris tests take two seconds rather than ten.
         config.handshake_timeout = Duration::from_secs(2);
-        config.max_disconnected_sleds = max_disconnected_sleds;
-        let server = GatewayServer::bind(config).await.unwrap();
+        let server = uplink_tokio::gateway::GatewayServer::bind(config).await.unwrap();
+        let reloader = server.reloader();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
@@ -331,6 +340,7 @@ impl RealGateway {
             addr,
             base: format!("http://{addr}"),
             ws: format!("ws://{addr}/api/sled-uplink"),
+            reloader,
             stop: Some(stop),
             task,
         }
@@ -359,7 +369,12 @@ pub type RawWs = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::T
 impl RealGateway {
     /// A raw WebSocket connection to the sled endpoint, with the sled token.
     pub async fn raw_sled(&self) -> RawWs {
-        let url = format!("{}?token={SLED_TOKEN}", self.ws);
+        self.raw_sled_with(SLED_TOKEN).await
+    }
+
+    /// A raw WebSocket connection to the sled endpoint with `token` (in `?token=`).
+    pub async fn raw_sled_with(&self, token: &str) -> RawWs {
+        let url = format!("{}?token={token}", self.ws);
         within("a raw connection", tokio_tungstenite::connect_async(url)).await.unwrap().0
     }
 }

@@ -1,9 +1,9 @@
-//! The admin API: routes under `/api/` that people, bots and policies use, behind the admin token.
+//! The admin API: routes under `/api/` that people, bots and policies use, each behind a principal's token
+//! and its role's right.
 //!
 //! Handlers ask the hub task and write its answers out as JSON. Tool inputs are spliced in as the JSON text
 //! they arrived in (the sled's frame was valid JSON, so they are): never parsed again.
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,14 +12,12 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use hyper::StatusCode;
 use serde_json::json;
-use tokio::sync::broadcast;
 use uplink_proto::Decision;
-use uplink_proto::gateway::{HubDecideError, HubEvent, McpFailure, McpRefused, PermEnd, PublicPermId, Verdict};
+use uplink_proto::gateway::{Action, HubDecideError, McpFailure, McpRefused, PermEnd, PublicPermId, Role, Verdict};
 use uplink_proto::wire::MAX_MESSAGE_BYTES;
 
 use super::hub_task::McpOutcome;
@@ -35,7 +33,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/sleds/{project}/mcp", post(relay_mcp))
         .route("/api/permissions", get(list_permissions))
         .route("/api/permissions/{id}", post(decide))
-        .route("/api/events", get(events))
+        .route("/api/events", get(super::events::events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
@@ -43,20 +41,33 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// A request that carried the admin token (`Authorization: Bearer`, the scheme in any case), compared in
-/// constant time. Anything else is refused with `401` before the handler runs.
-pub(super) struct Admin;
+/// The admin principal a request's `Authorization: Bearer` token (the scheme in any case) belongs to. A
+/// request without a known token is refused with `401` before the handler runs; a handler then asks
+/// [`Principal::refusal`] for the right its route needs, which the core's [`Role`] decides (`403`).
+pub(super) struct Principal {
+    pub(super) name: Arc<str>,
+    pub(super) role: Role,
+}
 
-impl FromRequestParts<Arc<Shared>> for Admin {
+impl Principal {
+    /// `None` when this principal's role allows `action`; otherwise the `403` to answer.
+    pub(super) fn refusal(&self, action: Action) -> Option<Response> {
+        if self.role.allows(action) {
+            None
+        } else {
+            Some(error(StatusCode::FORBIDDEN, &format!("the {} role may not do this", self.role)))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Shared>> for Principal {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Admin, Response> {
-        let authorized =
-            bearer(&parts.headers).is_some_and(|t| super::token_matches(std::slice::from_ref(&shared.admin_token), t));
-        if authorized {
-            Ok(Admin)
-        } else {
-            Err(error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)"))
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Principal, Response> {
+        let credentials = shared.credentials();
+        match bearer(&parts.headers).and_then(|t| credentials.admin(t)) {
+            Some(p) => Ok(Principal { name: p.name.clone(), role: p.role }),
+            None => Err(error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)")),
         }
     }
 }
@@ -65,7 +76,10 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn list_sleds(_: Admin, State(shared): State<Arc<Shared>>) -> Response {
+async fn list_sleds(principal: Principal, State(shared): State<Arc<Shared>>) -> Response {
+    if let Some(refused) = principal.refusal(Action::Read) {
+        return refused;
+    }
     let sleds: Vec<serde_json::Value> = shared
         .hub
         .sleds()
@@ -86,7 +100,10 @@ async fn list_sleds(_: Admin, State(shared): State<Arc<Shared>>) -> Response {
     json_response(StatusCode::OK, &json!({ "sleds": sleds }))
 }
 
-async fn list_permissions(_: Admin, State(shared): State<Arc<Shared>>) -> Response {
+async fn list_permissions(principal: Principal, State(shared): State<Arc<Shared>>) -> Response {
+    if let Some(refused) = principal.refusal(Action::Read) {
+        return refused;
+    }
     let perms = shared.hub.permissions().await;
     let bytes: usize = perms.iter().map(|p| p.tool_input.len() + p.tool_name.len() + p.project.len() + 96).sum();
     let mut body = String::with_capacity(bytes + 20);
@@ -110,11 +127,15 @@ async fn list_permissions(_: Admin, State(shared): State<Arc<Shared>>) -> Respon
 }
 
 async fn relay_mcp(
-    _: Admin,
+    principal: Principal,
     State(shared): State<Arc<Shared>>,
     Path(project): Path<String>,
     request: Request,
 ) -> Response {
+    // A sled acts on what its MCP server is asked: as much a decision as a permission.
+    if let Some(refused) = principal.refusal(Action::Decide) {
+        return refused;
+    }
     let session = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = match read_limited(request.into_body(), MAX_ADMIN_BODY, shared.handshake_timeout).await {
         Ok(b) => b,
@@ -143,7 +164,15 @@ async fn relay_mcp(
     }
 }
 
-async fn decide(_: Admin, State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Body) -> Response {
+async fn decide(
+    principal: Principal,
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    if let Some(refused) = principal.refusal(Action::Decide) {
+        return refused;
+    }
     #[derive(serde::Deserialize)]
     struct Ask {
         approved: bool,
@@ -172,12 +201,14 @@ async fn decide(_: Admin, State(shared): State<Arc<Shared>>, Path(id): Path<Stri
     let not_pending = || error(StatusCode::NOT_FOUND, "no pending permission with this id");
     let Ok(perm) = id.parse::<PublicPermId>() else { return not_pending() };
     let decision = Decision::from_flags(ask.approved, ask.always_allow);
-    let mut verdict = Verdict::new(decision);
+    let mut verdict = Verdict::new(decision).by(principal.name.clone());
     if let Some(message) = ask.message {
         verdict = verdict.with_message(message);
     }
     match shared.hub.decide(perm, verdict).await {
-        Ok(()) => json_response(StatusCode::OK, &json!({"id": id, "decision": decision.as_str()})),
+        Ok(()) => {
+            json_response(StatusCode::OK, &json!({"id": id, "decision": decision.as_str(), "by": &*principal.name}))
+        }
         Err(HubDecideError::MessageTooLong) => {
             error(StatusCode::BAD_REQUEST, &format!("message is longer than {MAX_MESSAGE_BYTES} bytes"))
         }
@@ -193,79 +224,4 @@ async fn decide(_: Admin, State(shared): State<Arc<Shared>>, Path(id): Path<Stri
         }
         Err(_) => not_pending(),
     }
-}
-
-/// An event's SSE name and JSON data; `None` for events not shown on the stream.
-fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
-    Some(match event {
-        HubEvent::SledConnected { project, protocol, sled_version, capabilities, .. } => (
-            "sled_connected",
-            json!({"project": project, "protocol": protocol, "sled_version": sled_version, "capabilities": capabilities})
-                .to_string(),
-        ),
-        HubEvent::SledRefused { project, reason, .. } => (
-            "sled_refused",
-            json!({"project": project, "code": reason.code(), "reason": reason.text()}).to_string(),
-        ),
-        HubEvent::SledDisconnected { project, .. } => ("sled_disconnected", json!({"project": project}).to_string()),
-        HubEvent::SledStale { project } => ("sled_stale", json!({"project": project}).to_string()),
-        HubEvent::SledAlive { project } => ("sled_alive", json!({"project": project}).to_string()),
-        HubEvent::PermissionRequested { id, project, req_id, tool_name, tool_input } => (
-            "permission_requested",
-            format!(
-                r#"{{"id":"{id}","project":{},"req_id":{},"tool_name":{},"tool_input":{tool_input}}}"#,
-                json_string(project),
-                json_string(req_id),
-                json_string(tool_name),
-            ),
-        ),
-        HubEvent::PermissionDecided { id, project, verdict } => (
-            "permission_decided",
-            json!({
-                "id": id.to_string(),
-                "project": project,
-                "decision": verdict.decision.as_str(),
-                "message": verdict.message.as_deref(),
-            })
-            .to_string(),
-        ),
-        HubEvent::PermissionWithdrawn { id, project, reason } => (
-            "permission_withdrawn",
-            json!({"id": id.to_string(), "project": project, "reason": reason.as_str()}).to_string(),
-        ),
-        HubEvent::PermissionAutoDecided { project, req_id, tool_name, decision, .. } => (
-            "permission_auto_decided",
-            json!({"project": project, "req_id": req_id, "tool_name": tool_name, "decision": decision.as_str()})
-                .to_string(),
-        ),
-        _ => return None,
-    })
-}
-
-async fn events(_: Admin, State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let rx = shared.hub.subscribe();
-    let closing = shared.closing.subscribe();
-    let stream = futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
-        loop {
-            if *closing.borrow() {
-                return None;
-            }
-            let event = tokio::select! {
-                received = rx.recv() => match received {
-                    Ok(event) => match event_text(&event) {
-                        Some((kind, data)) => Event::default().event(kind).data(data),
-                        None => continue,
-                    },
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        Event::default().event("lagged").data(json!({"missed": n}).to_string())
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-                _ = closing.changed() => return None,
-            };
-            return Some((Ok::<_, Infallible>(event), (rx, closing)));
-        }
-    });
-    let keep_alive = KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive");
-    ([("cache-control", "no-cache")], Sse::new(stream).keep_alive(keep_alive))
 }

@@ -8,17 +8,20 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 use uplink_proto::Instant;
 use uplink_proto::gateway::{
-    AcceptError, CloseReason, ConnHandle, Credential, Hub, HubDecideError, HubEvent, HubOutput, McpFailure, McpRefused,
-    McpTicket, PermissionSummary, PublicPermId, SledSummary, Verdict,
+    AcceptError, CloseReason, ConnHandle, Hub, HubDecideError, HubEvent, HubOutput, McpFailure, McpRefused, McpTicket,
+    PermissionSummary, PublicPermId, SledSummary, Verdict,
 };
 
+use super::credentials::{Credentials, SledCredential};
+use super::events::{Fanout, Subscription};
 use crate::socket_loop::{Clock, received};
 use crate::timer::Deadline;
 
@@ -48,15 +51,47 @@ pub(crate) enum McpOutcome {
 }
 
 enum HubMsg {
-    Open { credential: Credential, out: mpsc::Sender<ConnOut>, reply: oneshot::Sender<Result<ConnHandle, AcceptError>> },
-    Received { conn: ConnHandle, message: Message },
-    TooBig { conn: ConnHandle },
-    Ended { conn: ConnHandle },
-    Decide { id: PublicPermId, verdict: Verdict, reply: oneshot::Sender<Result<(), HubDecideError>> },
-    Mcp { project: String, body: String, session: Option<String>, reply: oneshot::Sender<McpOutcome> },
-    Sleds { reply: oneshot::Sender<Vec<SledSummary>> },
-    Permissions { reply: oneshot::Sender<Vec<PermissionSummary>> },
-    Shutdown { done: oneshot::Sender<()> },
+    Open {
+        credential: SledCredential,
+        out: mpsc::Sender<ConnOut>,
+        reply: oneshot::Sender<Result<ConnHandle, AcceptError>>,
+    },
+    Credentials {
+        credentials: Arc<Credentials>,
+    },
+    Received {
+        conn: ConnHandle,
+        message: Message,
+    },
+    TooBig {
+        conn: ConnHandle,
+    },
+    Ended {
+        conn: ConnHandle,
+    },
+    Decide {
+        id: PublicPermId,
+        verdict: Verdict,
+        reply: oneshot::Sender<Result<(), HubDecideError>>,
+    },
+    Mcp {
+        project: String,
+        body: String,
+        session: Option<String>,
+        reply: oneshot::Sender<McpOutcome>,
+    },
+    Sleds {
+        reply: oneshot::Sender<Vec<SledSummary>>,
+    },
+    Permissions {
+        reply: oneshot::Sender<Vec<PermissionSummary>>,
+    },
+    Subscribe {
+        reply: oneshot::Sender<Subscription>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A cheap, cloneable way to talk to the hub task. Every call fails soft once the task is gone: a
@@ -64,31 +99,33 @@ enum HubMsg {
 #[derive(Clone)]
 pub(crate) struct HubHandle {
     tx: mpsc::Sender<HubMsg>,
-    events: broadcast::Sender<Arc<HubEvent>>,
 }
 
 impl HubHandle {
     /// Starts the hub task.
-    pub(crate) fn spawn(hub: Hub, epoch: TokioInstant) -> (HubHandle, tokio::task::JoinHandle<()>) {
+    pub(crate) fn spawn(
+        hub: Hub,
+        epoch: TokioInstant,
+        event_client_bytes: usize,
+    ) -> (HubHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(HUB_QUEUE);
-        let (events, _) = broadcast::channel(1024);
         let task = HubTask {
             hub,
             clock: Clock::new(epoch),
             rx,
             conns: HashMap::new(),
             mcp: HashMap::new(),
-            events: events.clone(),
+            events: Fanout::new(event_client_bytes),
             timer: Deadline::new(),
             done: Vec::new(),
         };
-        (HubHandle { tx, events }, tokio::spawn(task.run()))
+        (HubHandle { tx }, tokio::spawn(task.run()))
     }
 
     /// A new sled connection with `credential`; its frames go to `out`.
     pub(crate) async fn open(
         &self,
-        credential: Credential,
+        credential: SledCredential,
         out: mpsc::Sender<ConnOut>,
     ) -> Result<ConnHandle, AcceptError> {
         let (reply, answer) = oneshot::channel();
@@ -96,6 +133,11 @@ impl HubHandle {
             return Err(AcceptError::ShuttingDown);
         }
         answer.await.unwrap_or(Err(AcceptError::ShuttingDown))
+    }
+
+    /// The credentials were reloaded: live connections take their new terms, or are closed.
+    pub(crate) async fn credentials_changed(&self, credentials: Arc<Credentials>) {
+        let _ = self.tx.send(HubMsg::Credentials { credentials }).await;
     }
 
     /// A message from `conn`'s sled. `false` once the hub task is gone.
@@ -150,8 +192,10 @@ impl HubHandle {
     }
 
     /// Every event from now on.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<HubEvent>> {
-        self.events.subscribe()
+    pub(crate) async fn subscribe(&self) -> Option<Subscription> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(HubMsg::Subscribe { reply }).await.ok()?;
+        answer.await.ok()
     }
 }
 
@@ -163,7 +207,7 @@ struct HubTask {
     conns: HashMap<ConnHandle, mpsc::Sender<ConnOut>>,
     /// Who waits for which MCP answer.
     mcp: HashMap<McpTicket, oneshot::Sender<McpOutcome>>,
-    events: broadcast::Sender<Arc<HubEvent>>,
+    events: Fanout,
     timer: Deadline,
     done: Vec<oneshot::Sender<()>>,
 }
@@ -203,11 +247,15 @@ impl HubTask {
         let now = self.now();
         match msg {
             HubMsg::Open { credential, out, reply } => {
-                let accepted = self.hub.accept(now, credential);
+                // The wall clock is read here, where the core's clock is, to place an expiry on it.
+                let accepted = self.hub.accept(now, credential.for_core(now, SystemTime::now()));
                 if let Ok(conn) = accepted {
                     self.conns.insert(conn, out);
                 }
                 let _ = reply.send(accepted);
+            }
+            HubMsg::Credentials { credentials } => {
+                self.hub.update_credentials(now, &credentials.for_core(now, SystemTime::now()));
             }
             HubMsg::Received { conn, message } => {
                 if let Some(input) = received(&message) {
@@ -237,6 +285,9 @@ impl HubTask {
             }
             HubMsg::Permissions { reply } => {
                 let _ = reply.send(self.hub.permissions(now));
+            }
+            HubMsg::Subscribe { reply } => {
+                let _ = reply.send(self.events.subscribe());
             }
             HubMsg::Shutdown { done } => {
                 self.hub.shutdown(now);
@@ -313,8 +364,8 @@ impl HubTask {
             }
             _ => {}
         }
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(Arc::new(event));
+        if !self.events.is_empty() {
+            self.events.publish(&event);
         }
     }
 }

@@ -4,25 +4,28 @@
 //!   rule) and carries out what it asks.
 //! - `upgrade`: a sled's WebSocket upgrade and the loop that carries its socket, one task per connection.
 //! - `admin`: the HTTP admin API, talking to the hub task.
+//! - [`credentials`]: sled credentials and admin principals, known by their tokens' hashes.
 //! - this module: configuration, the listener, TLS, and the server's start and stop.
 //!
 //! Routes (see PROTOCOL.md for examples):
-//! - `GET /api/sled-uplink`: WebSocket upgrade for sleds, after the sled token (`?token=` or
-//!   `Authorization: Bearer`) is checked in constant time; `401` before any upgrade otherwise.
-//! - Admin, under `Authorization: Bearer <admin token>`: `GET /api/sleds`, `POST /api/sleds/{project}/mcp`,
-//!   `GET /api/permissions`, `POST /api/permissions/{id}`, `GET /api/events` (Server-Sent Events).
+//! - `GET /api/sled-uplink`: WebSocket upgrade for sleds, after the sled token (`?token=`, unless refused, or
+//!   `Authorization: Bearer`) is recognised; `401` before any upgrade otherwise.
+//! - Admin, under `Authorization: Bearer <principal's token>`, each route needing its role's right:
+//!   `GET /api/sleds`, `GET /api/permissions`, `GET /api/events` (Server-Sent Events) to read;
+//!   `POST /api/permissions/{id}` and `POST /api/sleds/{project}/mcp` to decide.
 
 mod admin;
+pub mod credentials;
+mod events;
 mod hub_task;
 mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 use tokio::time::Instant as TokioInstant;
 use tracing::debug;
@@ -31,6 +34,7 @@ use uplink_proto::gateway::{GatewayConfig, Hub, HubConfig};
 
 use crate::accept::AcceptBackoff;
 use crate::ws::{CLOSE_GRACE, Target};
+use credentials::{Credentials, CredentialsError};
 use hub_task::HubHandle;
 
 /// Default address of `uplink gateway`.
@@ -45,17 +49,34 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of [`GatewayServerConfig::max_disconnected_sleds`].
 pub const DEFAULT_MAX_DISCONNECTED_SLEDS: usize = 1024;
 
-/// Configuration of a [`GatewayServer`], made with [`GatewayServerConfig::new`]. Its `Debug` output hides the
-/// tokens.
+/// Configuration of a [`GatewayServer`], made with [`GatewayServerConfig::new`] (the original's shared
+/// tokens) or [`GatewayServerConfig::with_credentials`]. Its `Debug` output hides the tokens.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct GatewayServerConfig {
     /// Where to listen.
     pub listen: SocketAddr,
-    /// Tokens that sleds may connect with (any of them).
+    /// Tokens that sleds may connect with (any of them), each for any project; used when `credentials` is
+    /// `None`.
     pub sled_tokens: Vec<String>,
-    /// The token of the admin API; separate from every sled token.
+    /// The token of the admin API (the principal `admin`, role `admin`); used when `credentials` is `None`.
     pub admin_token: String,
+    /// Sled credentials and admin principals. When set, `sled_tokens` and `admin_token` are not used.
+    pub credentials: Option<Credentials>,
+    /// Accept a sled's token in the URL (`?token=`), as the original sends it. `true` by default; with
+    /// `false`, only `Authorization: Bearer` is accepted (URLs end up in proxies' logs).
+    pub accept_query_token: bool,
+    /// Most open sled connections, identified or not. Default 16,384.
+    pub max_connections: usize,
+    /// Most sled connections that have not identified yet. Default 1024.
+    pub max_unidentified: usize,
+    /// Most bytes of pending permission requests across every sled (each sled's own limit is in
+    /// `session`). Default 256 MiB.
+    pub max_pending_input_bytes: usize,
+    /// Most bytes of events queued for one `/api/events` client that is not reading; beyond, it gets a
+    /// `lagged` event and its stream ends. Default 32 MiB (an event larger than that alone still goes to a
+    /// client with nothing queued).
+    pub max_event_client_bytes: usize,
     /// Certificate chain and private key (PEM files) to serve HTTPS and `wss://`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Largest WebSocket message accepted from a sled.
@@ -82,6 +103,12 @@ impl GatewayServerConfig {
             listen,
             sled_tokens,
             admin_token: admin_token.into(),
+            credentials: None,
+            accept_query_token: true,
+            max_connections: 16_384,
+            max_unidentified: 1024,
+            max_pending_input_bytes: 256 << 20,
+            max_event_client_bytes: 32 << 20,
             tls: None,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             session: GatewayConfig::default(),
@@ -91,12 +118,26 @@ impl GatewayServerConfig {
     }
 }
 
+impl GatewayServerConfig {
+    /// A gateway on `listen` for the sleds and principals of `credentials`; every other setting at its
+    /// default.
+    pub fn with_credentials(listen: SocketAddr, credentials: Credentials) -> GatewayServerConfig {
+        GatewayServerConfig { credentials: Some(credentials), ..GatewayServerConfig::new(listen, Vec::new(), "") }
+    }
+}
+
 impl std::fmt::Debug for GatewayServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayServerConfig")
             .field("listen", &self.listen)
             .field("sled_tokens", &format_args!("[{} redacted]", self.sled_tokens.len()))
             .field("admin_token", &"[redacted]")
+            .field("credentials", &self.credentials)
+            .field("accept_query_token", &self.accept_query_token)
+            .field("max_connections", &self.max_connections)
+            .field("max_unidentified", &self.max_unidentified)
+            .field("max_pending_input_bytes", &self.max_pending_input_bytes)
+            .field("max_event_client_bytes", &self.max_event_client_bytes)
             .field("tls", &self.tls)
             .field("max_message_size", &self.max_message_size)
             .field("session", &self.session)
@@ -113,6 +154,9 @@ pub enum GatewayStartError {
     /// No sled token, no admin token, or an admin token equal to a sled token.
     #[error("{0}")]
     Tokens(&'static str),
+    /// The credentials cannot be used together.
+    #[error("credentials: {0}")]
+    Credentials(#[from] CredentialsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {error}")]
     Bind {
@@ -156,8 +200,9 @@ struct Shared {
     hub: HubHandle,
     /// Becomes true when the server stops: event streams end.
     closing: tokio::sync::watch::Sender<bool>,
-    sled_tokens: Vec<String>,
-    admin_token: String,
+    /// Who may connect and who may decide; replaced whole on a reload.
+    credentials: RwLock<Arc<Credentials>>,
+    accept_query_token: bool,
     ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
     handshake_timeout: Duration,
     /// The tasks of the sled connections (after their WebSocket upgrade), so that a stopping server can wait
@@ -165,9 +210,33 @@ struct Shared {
     sled_tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
-fn token_matches(candidates: &[String], given: &str) -> bool {
-    // Compare with every candidate, always, in constant time per comparison.
-    candidates.iter().fold(false, |found, t| found | bool::from(t.as_bytes().ct_eq(given.as_bytes())))
+impl Shared {
+    /// The credentials in force (the lock is held only to clone the `Arc`).
+    fn credentials(&self) -> Arc<Credentials> {
+        self.credentials.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Replaces a running gateway's credentials: new connections are checked against the new set at once, and
+/// live ones whose credential is gone, expired or narrowed past their project are closed (4010).
+#[derive(Clone)]
+pub struct CredentialsReloader {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CredentialsReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialsReloader")
+    }
+}
+
+impl CredentialsReloader {
+    /// Puts `credentials` in force.
+    pub async fn reload(&self, credentials: Credentials) {
+        let credentials = Arc::new(credentials);
+        *self.shared.credentials.write().unwrap_or_else(PoisonError::into_inner) = credentials.clone();
+        self.shared.hub.credentials_changed(credentials).await;
+    }
 }
 
 // ── The server ───────────────────────────────────────────────────────────────────────────────────────────
@@ -189,17 +258,26 @@ impl std::fmt::Debug for GatewayServer {
 impl GatewayServer {
     /// Validates the configuration and binds the listener.
     pub async fn bind(config: GatewayServerConfig) -> Result<GatewayServer, GatewayStartError> {
-        if config.sled_tokens.iter().all(|t| t.is_empty()) {
-            return Err(GatewayStartError::Tokens("at least one sled token is required"));
-        }
-        if config.admin_token.is_empty() {
-            return Err(GatewayStartError::Tokens("an admin token is required"));
-        }
-        if config.sled_tokens.contains(&config.admin_token) {
-            return Err(GatewayStartError::Tokens("the admin token must differ from every sled token"));
-        }
+        let credentials = match config.credentials {
+            Some(credentials) => credentials,
+            None => {
+                if config.sled_tokens.iter().all(|t| t.is_empty()) {
+                    return Err(GatewayStartError::Tokens("at least one sled token is required"));
+                }
+                if config.admin_token.is_empty() {
+                    return Err(GatewayStartError::Tokens("an admin token is required"));
+                }
+                if config.sled_tokens.contains(&config.admin_token) {
+                    return Err(GatewayStartError::Tokens("the admin token must differ from every sled token"));
+                }
+                Credentials::from_tokens(&config.sled_tokens, &config.admin_token)?
+            }
+        };
         let mut hub_config = HubConfig::new(config.session);
         hub_config.max_disconnected_sleds = config.max_disconnected_sleds;
+        hub_config.max_connections = config.max_connections;
+        hub_config.max_unidentified = config.max_unidentified;
+        hub_config.max_pending_input_bytes = config.max_pending_input_bytes;
         let hub = Hub::new(hub_config, Instant::ZERO)?;
         if config.handshake_timeout.is_zero() {
             return Err(GatewayStartError::ZeroHandshakeTimeout);
@@ -211,17 +289,22 @@ impl GatewayServer {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| GatewayStartError::Bind { addr: config.listen, error })?;
-        let (hub, hub_task) = HubHandle::spawn(hub, TokioInstant::now());
+        let (hub, hub_task) = HubHandle::spawn(hub, TokioInstant::now(), config.max_event_client_bytes);
         let shared = Arc::new(Shared {
             hub,
             closing: tokio::sync::watch::Sender::new(false),
-            sled_tokens: config.sled_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
-            admin_token: config.admin_token,
+            credentials: RwLock::new(Arc::new(credentials)),
+            accept_query_token: config.accept_query_token,
             ws_config: Target::ws_config(config.max_message_size),
             handshake_timeout: config.handshake_timeout,
             sled_tasks: Mutex::new(tokio::task::JoinSet::new()),
         });
         Ok(GatewayServer { listener, shared, hub_task, tls })
+    }
+
+    /// A handle that replaces this gateway's credentials while it runs.
+    pub fn reloader(&self) -> CredentialsReloader {
+        CredentialsReloader { shared: self.shared.clone() }
     }
 
     /// The address actually bound (useful with port 0).

@@ -17,7 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::debug;
-use uplink_proto::gateway::{ConnHandle, Credential, CredentialId};
+use uplink_proto::gateway::{AcceptError, ConnHandle};
 
 use super::Shared;
 use super::hub_task::{CONN_QUEUE, ConnOut, HubHandle};
@@ -28,10 +28,14 @@ use crate::ws::{Link, Read};
 /// Checks the sled token, registers the connection with the hub, and answers `101`; the connection's loop
 /// starts once hyper hands over the socket.
 pub(super) async fn sled_upgrade(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let token = query_token(request.uri()).or_else(|| bearer(request.headers()).map(str::to_owned));
-    if !token.is_some_and(|t| super::token_matches(&shared.sled_tokens, &t)) {
-        return error(StatusCode::UNAUTHORIZED, "sled token required (?token= or Authorization: Bearer)");
-    }
+    let from_query = if shared.accept_query_token { query_token(request.uri()) } else { None };
+    let token = from_query.or_else(|| bearer(request.headers()).map(str::to_owned));
+    let credentials = shared.credentials();
+    let Some(credential) = token.and_then(|t| credentials.sled(&t).cloned()) else {
+        let how = if shared.accept_query_token { "?token= or Authorization: Bearer" } else { "Authorization: Bearer" };
+        return error(StatusCode::UNAUTHORIZED, &format!("sled token required ({how})"));
+    };
+    drop(credentials);
     let upgrade = request.headers().get("upgrade").and_then(|v| v.to_str().ok()).unwrap_or("");
     let Some(key) = request.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
         return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
@@ -39,12 +43,11 @@ pub(super) async fn sled_upgrade(State(shared): State<Arc<Shared>>, request: Req
     if !upgrade.eq_ignore_ascii_case("websocket") {
         return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
     }
-    // Every token given on the command line is one credential that may identify as any project, as in the
-    // original.
-    let credential = Credential::unbound(CredentialId(0));
     let (out_tx, out_rx) = mpsc::channel(CONN_QUEUE);
-    let Ok(conn) = shared.hub.open(credential, out_tx).await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down");
+    let conn = match shared.hub.open(credential, out_tx).await {
+        Ok(conn) => conn,
+        Err(AcceptError::Expired) => return error(StatusCode::UNAUTHORIZED, "this sled credential has expired"),
+        Err(refused) => return error(StatusCode::SERVICE_UNAVAILABLE, &refused.to_string()),
     };
     let task = {
         let hub = shared.hub.clone();

@@ -1,0 +1,231 @@
+//! Trust at the gateway, over real sockets: credentials bound to projects, named principals with roles,
+//! reloads that revoke, expiry, the query-token switch, the dead threshold and the event stream's budget.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, SystemTime};
+
+use futures_util::SinkExt as _;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use uplink_proto::gateway::{GatewayConfig, ProjectScope, Role};
+use uplink_tests::{RealGateway, close_code, http, identify, next_event, sse, within};
+use uplink_tokio::gateway::GatewayServerConfig;
+use uplink_tokio::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
+
+const TEAM_A: &str = "token-team-a-0123456789abcdef0123456789abcdef";
+const TEAM_B: &str = "token-team-b-0123456789abcdef0123456789abcdef";
+const ANA: &str = "token-ana-approver-0123456789abcdef0123456789";
+const VIC: &str = "token-vic-viewer-0123456789abcdef0123456789ab";
+
+fn sled(label: &str, token: &str, pattern: &str) -> SledCredential {
+    SledCredential::new(label, TokenHash::of(token), ProjectScope::Patterns(vec![pattern.into()]))
+}
+
+fn people() -> Vec<AdminPrincipal> {
+    vec![
+        AdminPrincipal::new("ana", Role::Approver, TokenHash::of(ANA)),
+        AdminPrincipal::new("vic", Role::Viewer, TokenHash::of(VIC)),
+    ]
+}
+
+fn credentials(sleds: Vec<SledCredential>) -> Credentials {
+    Credentials::new(sleds, people()).unwrap()
+}
+
+async fn gateway_with(sleds: Vec<SledCredential>, tweak: impl FnOnce(&mut GatewayServerConfig)) -> RealGateway {
+    let mut config = GatewayServerConfig::with_credentials("127.0.0.1:0".parse().unwrap(), credentials(sleds));
+    tweak(&mut config);
+    RealGateway::start_config(config).await
+}
+
+async fn ask(ws: &mut uplink_tests::RawWs, req_id: &str, input: Value) {
+    let frame = json!({"type":"perm_request","req_id":req_id,"payload":{"tool_name":"Bash","tool_input":input}});
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_credential_holds_only_its_projects_and_never_displaces_another() {
+    let gw = gateway_with(vec![sled("a", TEAM_A, "team-a/*"), sled("b", TEAM_B, "team-b/*")], |_| {}).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
+    let mut a = gw.raw_sled_with(TEAM_A).await;
+    identify(&mut a, "team-a/web").await;
+    assert_eq!(next_event(&mut events, "sled_connected").await["project"], "team-a/web");
+    // Team B's token can neither claim team A's live project (4009) nor one outside its scope (4003).
+    let mut b = gw.raw_sled_with(TEAM_B).await;
+    identify(&mut b, "team-a/web").await;
+    assert_eq!(close_code(&mut b).await, Some(4003));
+    let mut a2 = gw.raw_sled_with(TEAM_A).await;
+    identify(&mut a2, "team-a/web").await;
+    // The same credential may replace its own live connection (a restarted sled).
+    assert_eq!(close_code(&mut a).await, Some(4000));
+    let refused = next_event(&mut events, "sled_refused").await;
+    assert_eq!((refused["project"].clone(), refused["code"].clone()), (json!("team-a/web"), json!(4003)));
+    // An unknown token is refused before any upgrade.
+    let (status, _) = http("GET", &format!("{}?token=nope", gw.ws.replace("ws://", "http://")), None, None, &[]).await;
+    assert_eq!(status, 401);
+    drop(a2);
+}
+
+#[tokio::test]
+async fn a_viewer_reads_but_cannot_decide_and_a_decision_records_who_made_it() {
+    let gw = gateway_with(vec![sled("a", TEAM_A, "team-a/*")], |_| {}).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
+    let mut ws = gw.raw_sled_with(TEAM_A).await;
+    identify(&mut ws, "team-a/web").await;
+    ask(&mut ws, "r1", json!({"command": "ls"})).await;
+    let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
+    let (status, list) = http("GET", &format!("{}/api/permissions", gw.base), Some(VIC), None, &[]).await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&list).unwrap()["permissions"][0]["id"].clone()),
+        (200, json!(id))
+    );
+    let url = format!("{}/api/permissions/{id}", gw.base);
+    let (status, body) = http("POST", &url, Some(VIC), Some(r#"{"approved":true}"#), &[]).await;
+    assert_eq!(status, 403, "{body}");
+    let mcp = format!("{}/api/sleds/team-a%2Fweb/mcp", gw.base);
+    let (status, _) = http("POST", &mcp, Some(VIC), Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), &[]).await;
+    assert_eq!(status, 403);
+    let (status, body) = http("POST", &url, Some(ANA), Some(r#"{"approved":true}"#), &[]).await;
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["by"].clone()), (200, json!("ana")));
+    let decided = next_event(&mut events, "permission_decided").await;
+    assert_eq!((decided["id"].clone(), decided["by"].clone()), (json!(id), json!("ana")));
+    // No token, or a sled's token, is not a principal.
+    for token in [None, Some(TEAM_A)] {
+        let (status, _) = http("GET", &format!("{}/api/sleds", gw.base), token, None, &[]).await;
+        assert_eq!(status, 401);
+    }
+}
+
+#[tokio::test]
+async fn a_reload_closes_what_it_revokes_and_admits_what_it_adds() {
+    let gw = gateway_with(vec![sled("a", TEAM_A, "team-a/*")], |_| {}).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
+    let mut ws = gw.raw_sled_with(TEAM_A).await;
+    identify(&mut ws, "team-a/web").await;
+    ask(&mut ws, "r1", json!({})).await;
+    let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
+    // Team A's credential is revoked and team B's added: A's connection closes with 4010, its request is
+    // withdrawn, a decision for it is refused, and its token no longer opens a connection.
+    gw.reloader.reload(credentials(vec![sled("b", TEAM_B, "team-b/*")])).await;
+    assert_eq!(close_code(&mut ws).await, Some(4010));
+    let withdrawn = next_event(&mut events, "permission_withdrawn").await;
+    assert_eq!((withdrawn["id"].clone(), withdrawn["reason"].clone()), (json!(id), json!("connection_lost")));
+    let (status, _) =
+        http("POST", &format!("{}/api/permissions/{id}", gw.base), Some(ANA), Some(r#"{"approved":true}"#), &[]).await;
+    assert_eq!(status, 409);
+    let upgrade = |token: &str| format!("{}?token={token}", gw.ws.replace("ws://", "http://"));
+    assert_eq!(http("GET", &upgrade(TEAM_A), None, None, &[]).await.0, 401);
+    let mut b = gw.raw_sled_with(TEAM_B).await;
+    identify(&mut b, "team-b/api").await;
+    assert_eq!(next_event(&mut events, "sled_connected").await["project"], "team-b/api");
+    // A reload that keeps a credential keeps its connection.
+    gw.reloader.reload(credentials(vec![sled("b renamed", TEAM_B, "team-b/*")])).await;
+    ask(&mut b, "r2", json!({})).await;
+    assert_eq!(next_event(&mut events, "permission_requested").await["project"], "team-b/api");
+}
+
+#[tokio::test]
+async fn an_expired_credential_is_refused_and_its_connection_closed_when_it_expires() {
+    let soon = SystemTime::now() + Duration::from_millis(600);
+    let past = SystemTime::now() - Duration::from_secs(1);
+    let sleds = vec![sled("a", TEAM_A, "*").expiring(soon), sled("b", TEAM_B, "*").expiring(past)];
+    let gw = gateway_with(sleds, |_| {}).await;
+    let refused = tokio_tungstenite::connect_async(format!("{}?token={TEAM_B}", gw.ws)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("an expired credential connected: {:?}", other.map(|(_, r)| r.status())),
+    }
+    let mut ws = gw.raw_sled_with(TEAM_A).await;
+    identify(&mut ws, "p").await;
+    // Bounded by `within` in close_code; the core's timer closes it at its expiry.
+    assert_eq!(close_code(&mut ws).await, Some(4010));
+}
+
+#[tokio::test]
+async fn the_query_token_can_be_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let gw = gateway_with(vec![sled("a", TEAM_A, "*")], |c| c.accept_query_token = false).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
+    let upgrade = format!("{}?token={TEAM_A}", gw.ws.replace("ws://", "http://"));
+    assert_eq!(http("GET", &upgrade, None, None, &[]).await.0, 401);
+    let mut request = gw.ws.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {TEAM_A}").parse().unwrap());
+    let (mut ws, _) =
+        within("a connection with a bearer token", tokio_tungstenite::connect_async(request)).await.unwrap();
+    identify(&mut ws, "p").await;
+    assert_eq!(next_event(&mut events, "sled_connected").await["project"], "p");
+}
+
+#[tokio::test]
+async fn a_sled_that_vanished_is_closed_at_the_dead_threshold_and_its_requests_cannot_be_approved() {
+    let session = GatewayConfig {
+        stale_after: Duration::from_millis(200),
+        ping_interval: Duration::from_millis(100),
+        dead_after: Duration::from_millis(500),
+        ..GatewayConfig::default()
+    };
+    let gw = gateway_with(vec![sled("a", TEAM_A, "*")], |c| c.session = session).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
+    let mut ws = gw.raw_sled_with(TEAM_A).await;
+    identify(&mut ws, "quiet").await;
+    ask(&mut ws, "r1", json!({})).await;
+    let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
+    // The sled stops reading and answering (as a machine that lost power): no pongs, no frames. The
+    // socket stays open, so only the dead threshold can end it.
+    let withdrawn = next_event(&mut events, "permission_withdrawn").await;
+    assert_eq!((withdrawn["id"].clone(), withdrawn["reason"].clone()), (json!(id), json!("connection_lost")));
+    assert_eq!(next_event(&mut events, "sled_disconnected").await["project"], "quiet");
+    let url = format!("{}/api/permissions/{id}", gw.base);
+    let (status, body) = http("POST", &url, Some(ANA), Some(r#"{"approved":true}"#), &[]).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["ended"], "connection_lost");
+    drop(ws);
+}
+
+#[tokio::test]
+async fn an_event_client_that_stops_reading_is_dropped_at_its_budget() {
+    const BUDGET: usize = 256 << 10;
+    let gw = gateway_with(vec![sled("a", TEAM_A, "*")], |c| c.max_event_client_bytes = BUDGET).await;
+    // A client that sends its request and then never reads.
+    let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /api/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {VIC}\r\nAccept: text/event-stream\r\n\r\n",
+        gw.addr
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    // A reading client, to know when each event was published.
+    let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
+    let mut ws = gw.raw_sled_with(TEAM_A).await;
+    identify(&mut ws, "big").await;
+    next_event(&mut events, "sled_connected").await;
+    // 64 requests of 256 KiB each: 16 MiB of events, far more than the stalled client's socket buffers
+    // and its budget can hold.
+    let pad = "x".repeat(256 << 10);
+    for i in 0..64 {
+        ask(&mut ws, &format!("r{i}"), json!({ "pad": pad })).await;
+        next_event(&mut events, "permission_requested").await;
+    }
+    // Now read what the stalled client was sent: some events, then `lagged`, then the end of the stream.
+    let mut text = Vec::new();
+    within("the stalled client's stream to end", async {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    text.extend_from_slice(&buf[..n]);
+                    // Chunked encoding ends with a zero-length chunk.
+                    if text.ends_with(b"\r\n0\r\n\r\n") {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("event: lagged"), "no lagged event in {} bytes", text.len());
+    let received = text.matches("event: permission_requested").count();
+    assert!(received < 64, "the stalled client got all {received} events");
+}

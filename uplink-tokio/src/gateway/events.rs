@@ -1,0 +1,190 @@
+//! `GET /api/events`: what happens at the gateway, as Server-Sent Events, to any number of clients.
+//!
+//! The hub task publishes each event once: it is written as JSON once, and every client's queue holds the
+//! same text. Each client has a byte budget for what it has not read yet; a client that falls further behind
+//! (it stopped reading, or reads too slowly) gets a `lagged` event and its stream ends, so a client can never
+//! make the gateway hold more than its budget. A client with nothing queued always gets the next event,
+//! however large.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse as _, Response};
+use hyper::StatusCode;
+use serde_json::json;
+use tokio::sync::mpsc;
+use uplink_proto::gateway::{Action, HubEvent};
+
+use super::Shared;
+use super::admin::Principal;
+use crate::http::{error, json_string};
+
+/// One event as the clients get it, written once.
+pub(crate) struct EventText {
+    kind: &'static str,
+    data: String,
+}
+
+/// What a client's queue holds.
+pub(crate) enum Item {
+    Event(Arc<EventText>),
+    /// The client fell behind its budget: this is the last item.
+    Lagged {
+        queued: usize,
+        budget: usize,
+    },
+}
+
+struct Client {
+    tx: mpsc::UnboundedSender<Item>,
+    /// Bytes queued and not yet taken by the client's stream.
+    queued: Arc<AtomicUsize>,
+}
+
+/// Every client of the event stream, owned by the hub task.
+pub(crate) struct Fanout {
+    clients: Vec<Client>,
+    budget: usize,
+}
+
+/// One client's end: its queue and the count of bytes in it.
+pub(crate) struct Subscription {
+    rx: mpsc::UnboundedReceiver<Item>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Fanout {
+    /// No clients yet; each may have `budget` bytes queued.
+    pub(crate) fn new(budget: usize) -> Fanout {
+        Fanout { clients: Vec::new(), budget }
+    }
+
+    /// A new client, getting every event from now on.
+    pub(crate) fn subscribe(&mut self) -> Subscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        self.clients.push(Client { tx, queued: queued.clone() });
+        Subscription { rx, queued }
+    }
+
+    /// Whether anyone listens.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Sends `event` to every client within its budget; drops the others, after a `lagged` item, and those
+    /// that went away.
+    pub(crate) fn publish(&mut self, event: &HubEvent) {
+        self.clients.retain(|c| !c.tx.is_closed());
+        if self.clients.is_empty() {
+            return;
+        }
+        let Some((kind, data)) = event_text(event) else { return };
+        let len = data.len();
+        let text = Arc::new(EventText { kind, data });
+        let budget = self.budget;
+        self.clients.retain(|c| {
+            let queued = c.queued.load(Ordering::Acquire);
+            if queued > 0 && queued + len > budget {
+                let _ = c.tx.send(Item::Lagged { queued, budget });
+                return false;
+            }
+            c.queued.fetch_add(len, Ordering::AcqRel);
+            c.tx.send(Item::Event(text.clone())).is_ok()
+        });
+    }
+}
+
+impl Subscription {
+    /// The next item; `None` once the client was dropped or the hub task ended.
+    async fn next(&mut self) -> Option<Item> {
+        let item = self.rx.recv().await?;
+        if let Item::Event(e) = &item {
+            self.queued.fetch_sub(e.data.len(), Ordering::AcqRel);
+        }
+        Some(item)
+    }
+}
+
+pub(super) async fn events(principal: Principal, State(shared): State<Arc<Shared>>) -> Response {
+    if let Some(refused) = principal.refusal(Action::Read) {
+        return refused;
+    }
+    let Some(subscription) = shared.hub.subscribe().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping");
+    };
+    let closing = shared.closing.subscribe();
+    let stream = futures_util::stream::unfold(
+        (subscription, closing, false),
+        |(mut subscription, mut closing, ended)| async move {
+            if ended || *closing.borrow() {
+                return None;
+            }
+            let (event, ended) = tokio::select! {
+                item = subscription.next() => match item? {
+                    Item::Event(e) => (Event::default().event(e.kind).data(e.data.as_str()), false),
+                    Item::Lagged { queued, budget } => {
+                        let data = json!({"queued_bytes": queued, "limit_bytes": budget}).to_string();
+                        (Event::default().event("lagged").data(data), true)
+                    }
+                },
+                _ = closing.changed() => return None,
+            };
+            Some((Ok::<_, Infallible>(event), (subscription, closing, ended)))
+        },
+    );
+    let keep_alive = KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive");
+    ([("cache-control", "no-cache")], Sse::new(stream).keep_alive(keep_alive)).into_response()
+}
+
+/// An event's SSE name and JSON data; `None` for events not shown on the stream.
+pub(super) fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
+    Some(match event {
+        HubEvent::SledConnected { project, protocol, sled_version, capabilities, .. } => (
+            "sled_connected",
+            json!({"project": project, "protocol": protocol, "sled_version": sled_version, "capabilities": capabilities})
+                .to_string(),
+        ),
+        HubEvent::SledRefused { project, reason, .. } => (
+            "sled_refused",
+            json!({"project": project, "code": reason.code(), "reason": reason.text()}).to_string(),
+        ),
+        HubEvent::SledDisconnected { project, .. } => ("sled_disconnected", json!({"project": project}).to_string()),
+        HubEvent::SledStale { project } => ("sled_stale", json!({"project": project}).to_string()),
+        HubEvent::SledAlive { project } => ("sled_alive", json!({"project": project}).to_string()),
+        HubEvent::PermissionRequested { id, project, req_id, tool_name, tool_input } => (
+            "permission_requested",
+            format!(
+                r#"{{"id":"{id}","project":{},"req_id":{},"tool_name":{},"tool_input":{tool_input}}}"#,
+                json_string(project),
+                json_string(req_id),
+                json_string(tool_name),
+            ),
+        ),
+        HubEvent::PermissionDecided { id, project, verdict } => (
+            "permission_decided",
+            json!({
+                "id": id.to_string(),
+                "project": project,
+                "decision": verdict.decision.as_str(),
+                "message": verdict.message.as_deref(),
+                "by": verdict.by.as_deref(),
+            })
+            .to_string(),
+        ),
+        HubEvent::PermissionWithdrawn { id, project, reason } => (
+            "permission_withdrawn",
+            json!({"id": id.to_string(), "project": project, "reason": reason.as_str()}).to_string(),
+        ),
+        HubEvent::PermissionAutoDecided { project, req_id, tool_name, decision, .. } => (
+            "permission_auto_decided",
+            json!({"project": project, "req_id": req_id, "tool_name": tool_name, "decision": decision.as_str()})
+                .to_string(),
+        ),
+        _ => return None,
+    })
+}
