@@ -14,6 +14,8 @@ fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
         .env_remove("UPLINK_SLED_TOKENS")
         .env_remove("UPLINK_ADMIN_TOKEN")
         .env_remove("UPLINK_GATEWAY")
+        .env_remove("UPLINK_CREDENTIALS")
+        .env_remove("UPLINK_STATE_DIR")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -31,6 +33,26 @@ fn after<'a>(line: &'a str, marker: &str) -> &'a str {
     line.split(marker).nth(1).unwrap_or_else(|| panic!("no {marker:?} in {line:?}")).trim()
 }
 
+/// A fresh, empty directory for one test.
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("uplink-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `uplink` to completion; its standard output.
+fn run(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uplink")).args(args).output().unwrap();
+    assert!(out.status.success(), "uplink {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success());
+}
+
 fn terminate(child: &Child) {
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -38,7 +60,10 @@ fn terminate(child: &Child) {
 
 #[tokio::test]
 async fn a_gateway_with_generated_tokens_and_a_sled_talk() {
-    let (mut gateway, mut out) = spawn(&["gateway", "--listen", "127.0.0.1:0", "--auto-deny", "rm"]);
+    let state = temp_dir("generated");
+    let state_dir = state.to_str().unwrap();
+    let (mut gateway, mut out) =
+        spawn(&["gateway", "--listen", "127.0.0.1:0", "--auto-deny", "rm", "--state-dir", state_dir]);
     let base = after(&line(&mut out).await, "listening on ").to_owned();
     let ws = after(&line(&mut out).await, "sleds connect to ").to_owned();
     let sled_token = after(&line(&mut out).await, "(generated):").to_owned();
@@ -86,6 +111,64 @@ async fn a_gateway_with_generated_tokens_and_a_sled_talk() {
     terminate(&sled);
     assert_eq!(next_event(&mut events, "sled_disconnected").await["project"], "demo");
     assert!(within("the sled to exit", sled.wait()).await.unwrap().success());
+    terminate(&gateway);
+    assert!(within("the gateway to exit", gateway.wait()).await.unwrap().success());
+
+    // Restarted on the same state directory: nothing is generated, and the tokens still work.
+    let (mut gateway, mut out) = spawn(&["gateway", "--listen", "127.0.0.1:0", "--state-dir", state_dir]);
+    let base = after(&line(&mut out).await, "listening on ").to_owned();
+    let _sleds = line(&mut out).await;
+    assert!(line(&mut out).await.contains("credentials:"), "the restart generated new tokens");
+    let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(&admin), None, &[]).await;
+    assert_eq!(status, 200);
+    let kept = std::fs::read_to_string(state.join("tokens")).unwrap();
+    assert!(kept.contains(&sled_token) && kept.contains(&admin));
+    terminate(&gateway);
+    assert!(within("the gateway to exit", gateway.wait()).await.unwrap().success());
+}
+
+#[tokio::test]
+async fn tokens_added_and_revoked_with_the_cli_take_effect_on_sighup() {
+    let dir = temp_dir("tokens");
+    let file = dir.join("credentials.toml");
+    let file = file.to_str().unwrap();
+    let sled_a =
+        run(&["gateway", "token", "add", "--credentials", file, "--sled", "--project", "team-a/*", "--label", "a"]);
+    let viewer = run(&["gateway", "token", "add", "--credentials", file, "--admin", "vic", "--role", "viewer"]);
+    let (sled_a, viewer) = (sled_a.trim().to_owned(), viewer.trim().to_owned());
+    let listing = run(&["gateway", "token", "ls", "--credentials", file]);
+    assert!(listing.contains("team-a/*") && listing.contains("vic") && !listing.contains(&sled_a), "{listing}");
+
+    let (mut gateway, mut out) = spawn(&["gateway", "--listen", "127.0.0.1:0", "--credentials", file]);
+    let base = after(&line(&mut out).await, "listening on ").to_owned();
+    let ws = after(&line(&mut out).await, "sleds connect to ").to_owned();
+    let mut events = sse(&format!("{base}/api/events"), &viewer).await;
+    let (sled, _sled_out) = spawn(&[
+        "sled",
+        "--gateway",
+        &ws,
+        "--token",
+        &sled_a,
+        "--project",
+        "team-a/web",
+        "--permission-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(next_event(&mut events, "sled_connected").await["project"], "team-a/web");
+    // The viewer reads, but may not decide.
+    let (status, _) =
+        http("POST", &format!("{base}/api/permissions/1-0"), Some(&viewer), Some(r#"{"approved":true}"#), &[]).await;
+    assert_eq!(status, 403);
+
+    // Revoked in the file, then SIGHUP: the sled's connection is closed, and it cannot come back.
+    run(&["gateway", "token", "revoke", "--credentials", file, "a"]);
+    let approver = run(&["gateway", "token", "add", "--credentials", file, "--admin", "ana", "--role", "approver"]);
+    run(&["gateway", "token", "add", "--credentials", file, "--sled", "--project", "other"]);
+    signal(&gateway, "-HUP");
+    assert_eq!(next_event(&mut events, "sled_disconnected").await["project"], "team-a/web");
+    let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(approver.trim()), None, &[]).await;
+    assert_eq!(status, 200, "the principal added with the revocation works");
+    terminate(&sled);
     terminate(&gateway);
     assert!(within("the gateway to exit", gateway.wait()).await.unwrap().success());
 }

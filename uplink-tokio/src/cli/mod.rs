@@ -2,11 +2,13 @@
 //!
 //! `uplink sled` keeps a sled's uplink to its gateway and serves local permission requests; `uplink gateway`
 //! is the other end, with an admin API; `uplink demo` walks through a whole session on loopback. What only
-//! the program needs lives here, in private modules: the walk-through, the sled's local server, and the
-//! logging set-up.
+//! the program needs lives here, in private modules: the gateway command and its credentials file, the
+//! walk-through, the sled's local server, and the logging set-up.
 #![allow(clippy::print_stdout)]
 
+mod credentials_file;
 mod demo;
+mod gateway_cmd;
 mod local_server;
 mod logging;
 
@@ -15,11 +17,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::gateway::{self, GatewayServer, GatewayServerConfig};
 use crate::{DEFAULT_LOCAL_MCP_URL, Uplink, UplinkConfig};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use uplink_proto::gateway::GatewayConfig;
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +37,7 @@ enum Command {
     /// Run a sled: keep the uplink to the gateway, serve local permission requests, relay MCP requests.
     Sled(SledArgs),
     /// Run a gateway: accept sleds, relay MCP to them, let people and bots decide their permissions.
-    Gateway(GatewayArgs),
+    Gateway(gateway_cmd::GatewayArgs),
     /// Walk through a whole session on loopback: a gateway, a sled and an MCP tool server in this process.
     Demo(DemoArgs),
 }
@@ -49,42 +49,7 @@ struct DemoArgs {
     keep_running: bool,
 }
 
-#[derive(Args)]
-struct GatewayArgs {
-    /// Address to listen on (HTTP API and the sleds' WebSocket endpoint).
-    #[arg(long, default_value = gateway::DEFAULT_LISTEN)]
-    listen: SocketAddr,
-    /// A token sleds may connect with (repeat for several). Also UPLINK_SLED_TOKENS, comma-separated. When
-    /// none is given, one is generated and printed.
-    #[arg(long = "sled-token", env = "UPLINK_SLED_TOKENS", value_delimiter = ',', hide_env_values = true)]
-    sled_tokens: Vec<String>,
-    /// The admin API's token. When none is given, one is generated and printed.
-    #[arg(long, env = "UPLINK_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// PEM certificate chain to serve HTTPS and wss:// (needs --tls-key).
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Close a connection whose first frame is not `identity` within this long.
-    #[arg(long, value_parser = duration, default_value = "10s")]
-    identity_timeout: Duration,
-    /// Report a sled stale when nothing arrived from it for this long.
-    #[arg(long, value_parser = duration, default_value = "30s")]
-    stale_after: Duration,
-    /// Answer 504 when a sled does not answer an MCP request within this long.
-    #[arg(long, value_parser = duration, default_value = "60s")]
-    mcp_timeout: Duration,
-    /// Approve requests for this tool at once, without the API (repeatable).
-    #[arg(long = "auto-approve")]
-    auto_approve: Vec<String>,
-    /// Deny requests for this tool at once, without the API (repeatable; wins over --auto-approve).
-    #[arg(long = "auto-deny")]
-    auto_deny: Vec<String>,
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
+pub(super) fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 500ms, 10s, 2m)"))
 }
 
@@ -145,7 +110,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Sled(args) => runtime.block_on(sled(args)),
-        Command::Gateway(args) => runtime.block_on(gateway(args)),
+        Command::Gateway(args) => runtime.block_on(gateway_cmd::run(args)),
         Command::Demo(args) => runtime.block_on(async {
             let signal = shutdown_signal()?;
             demo::run(args.keep_running, signal).await.map_err(|e| format!("demo failed: {e}"))?;
@@ -195,54 +160,10 @@ async fn sled(args: SledArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn gateway(args: GatewayArgs) -> Result<(), String> {
-    let mut generated = Vec::new();
-    let mut sled_tokens: Vec<String> =
-        args.sled_tokens.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
-    if sled_tokens.is_empty() {
-        sled_tokens.push(gateway::generate_token().map_err(|e| e.to_string())?);
-        generated.push("sled");
-    }
-    let admin_token = match args.admin_token.filter(|t| !t.trim().is_empty()) {
-        Some(t) => t.trim().to_owned(),
-        None => {
-            generated.push("admin");
-            gateway::generate_token().map_err(|e| e.to_string())?
-        }
-    };
-    let tls = args.tls_cert.zip(args.tls_key);
-    let scheme = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
-    let mut config = GatewayServerConfig::new(args.listen, sled_tokens.clone(), admin_token.clone());
-    config.tls = tls;
-    config.session = GatewayConfig {
-        identity_timeout: args.identity_timeout,
-        stale_after: args.stale_after,
-        mcp_timeout: args.mcp_timeout,
-        auto_approve: args.auto_approve.into_iter().collect(),
-        auto_deny: args.auto_deny.into_iter().collect(),
-        ..GatewayConfig::default()
-    };
-    let signal = shutdown_signal()?;
-    let server = GatewayServer::bind(config).await.map_err(|e| e.to_string())?;
-    let local = server.local_addr().map_err(|e| e.to_string())?;
-    println!("uplink gateway: listening on {}://{local}", scheme.0);
-    println!("  sleds connect to {}://{local}/api/sled-uplink", scheme.1);
-    // Tokens are printed only when generated here, so the operator can use them; never logged.
-    if generated.contains(&"sled") {
-        println!("  sled token (generated):  {}", sled_tokens[0]);
-    }
-    if generated.contains(&"admin") {
-        println!("  admin token (generated): {admin_token}");
-    }
-    server.run(signal).await;
-    tracing::info!("gateway stopped");
-    Ok(())
-}
-
 /// Ctrl-C, or SIGTERM on Unix. The handlers are installed when this is called, not when the future is first
 /// polled, so call it before announcing readiness: a signal right after the ready line is then a clean
 /// shutdown, never the default "terminate".
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+pub(super) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -260,5 +181,14 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
         Ok(async {
             let _ = tokio::signal::ctrl_c().await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
     }
 }

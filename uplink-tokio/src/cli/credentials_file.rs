@@ -1,0 +1,280 @@
+//! The credentials file of `uplink gateway` (TOML) and the `uplink gateway token` commands that edit it.
+//!
+//! ```toml
+//! [[sled]]
+//! label = "team-a builders"
+//! token_sha256 = "…64 hex digits…"
+//! projects = ["team-a/*"]             # names or `*` patterns; ["*"] for any project
+//! expires = "2027-01-01T00:00:00Z"    # optional, RFC 3339
+//!
+//! [[admin]]
+//! name = "ana"
+//! role = "approver"                   # viewer, approver or admin
+//! token_sha256 = "…"
+//! ```
+//!
+//! Only hashes are stored. `token add` prints the new token once; nobody can read it back. Every write goes
+//! to a temporary file beside the real one, readable by its owner only, then replaces it in one rename.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use uplink_proto::gateway::{ProjectScope, Role};
+
+use crate::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default, rename = "sled", skip_serializing_if = "Vec::is_empty")]
+    sleds: Vec<SledEntry>,
+    #[serde(default, rename = "admin", skip_serializing_if = "Vec::is_empty")]
+    admins: Vec<AdminEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SledEntry {
+    label: String,
+    token_sha256: String,
+    projects: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminEntry {
+    name: String,
+    role: String,
+    token_sha256: String,
+}
+
+fn read(path: &Path) -> Result<File, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The file at `path`, or an empty one when there is none yet.
+fn read_or_empty(path: &Path) -> Result<File, String> {
+    if path.exists() { read(path) } else { Ok(File::default()) }
+}
+
+fn write(path: &Path, file: &File) -> Result<(), String> {
+    let text = toml::to_string(file).map_err(|e| format!("cannot write the credentials: {e}"))?;
+    write_private(path, &text)
+}
+
+/// Writes `text` to `path` through a temporary file that only the owner can read, renamed into place.
+pub(super) fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp).map_err(fail)?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+fn scope(projects: &[String]) -> ProjectScope {
+    ProjectScope::Patterns(projects.to_vec())
+}
+
+fn hash(text: &str, whose: &str) -> Result<TokenHash, String> {
+    text.parse().map_err(|e| format!("{whose}: token_sha256: {e}"))
+}
+
+/// The credentials in the file at `path`, checked: every hash, role and expiry readable, every token and
+/// admin name distinct, at least one sled credential and one principal.
+pub(super) fn load(path: &Path) -> Result<Credentials, String> {
+    let file = read(path)?;
+    let mut sleds = Vec::new();
+    for s in &file.sleds {
+        if s.projects.is_empty() {
+            return Err(format!("{}: sled {:?} has no projects (use [\"*\"] for any)", path.display(), s.label));
+        }
+        let mut credential = SledCredential::new(&s.label, hash(&s.token_sha256, &s.label)?, scope(&s.projects));
+        if let Some(at) = &s.expires {
+            let at = humantime::parse_rfc3339_weak(at).map_err(|e| format!("sled {:?}: expires: {e}", s.label))?;
+            credential = credential.expiring(at);
+        }
+        sleds.push(credential);
+    }
+    let mut admins = Vec::new();
+    for a in &file.admins {
+        let role: Role = a.role.parse().map_err(|e| format!("admin {:?}: {e}", a.name))?;
+        admins.push(AdminPrincipal::new(a.name.as_str(), role, hash(&a.token_sha256, &a.name)?));
+    }
+    Credentials::new(sleds, admins).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What `token add` adds.
+pub(super) enum NewToken {
+    Sled { label: Option<String>, projects: Vec<String>, expires: Option<SystemTime> },
+    Admin { name: String, role: Role },
+}
+
+/// Adds a credential with a fresh token to the file at `path` (created if need be); returns the token.
+pub(super) fn add(path: &Path, new: NewToken) -> Result<String, String> {
+    let mut file = read_or_empty(path)?;
+    let token = crate::gateway::generate_token().map_err(|e| e.to_string())?;
+    let token_sha256 = TokenHash::of(&token).to_string();
+    match new {
+        NewToken::Sled { label, projects, expires } => {
+            if projects.is_empty() {
+                return Err("a sled credential needs at least one --project (use '*' for any)".into());
+            }
+            let label = label.unwrap_or_else(|| format!("sled-{}", &token_sha256[..8]));
+            let expires = expires.map(|at| humantime::format_rfc3339_seconds(at).to_string());
+            file.sleds.push(SledEntry { label, token_sha256, projects, expires });
+        }
+        NewToken::Admin { name, role } => {
+            if file.admins.iter().any(|a| a.name == name) {
+                return Err(format!("an admin principal named {name:?} exists; revoke it first"));
+            }
+            file.admins.push(AdminEntry { name, role: role.to_string(), token_sha256 });
+        }
+    }
+    write(path, &file)?;
+    Ok(token)
+}
+
+/// One line per credential: kind, name, rights, expiry, the hash's first 12 digits.
+pub(super) fn list(path: &Path) -> Result<String, String> {
+    let file = read(path)?;
+    let mut out = String::new();
+    for s in &file.sleds {
+        let expires = s.expires.as_deref().unwrap_or("never");
+        let line = format!(
+            "sled   {:<24} projects {:<24} expires {:<20} {}\n",
+            s.label,
+            s.projects.join(","),
+            expires,
+            short(&s.token_sha256)
+        );
+        out.push_str(&line);
+    }
+    for a in &file.admins {
+        out.push_str(&format!("admin  {:<24} role {:<28} {:<28} {}\n", a.name, a.role, "", short(&a.token_sha256)));
+    }
+    Ok(out)
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// Removes the one credential that `who` names: an admin's name, a sled's label, or the start of a
+/// token's hash (8 digits at least). Refuses when none or several match.
+pub(super) fn revoke(path: &Path, who: &str) -> Result<String, String> {
+    let mut file = read(path)?;
+    let by_hash = who.len() >= 8 && who.bytes().all(|b| b.is_ascii_hexdigit());
+    let matches = |name: &str, hash: &str| name == who || (by_hash && hash.starts_with(&who.to_ascii_lowercase()));
+    let sleds = file.sleds.iter().filter(|s| matches(&s.label, &s.token_sha256)).count();
+    let admins = file.admins.iter().filter(|a| matches(&a.name, &a.token_sha256)).count();
+    match sleds + admins {
+        0 => return Err(format!("no credential is named {who:?}")),
+        1 => {}
+        n => return Err(format!("{n} credentials match {who:?}; name one by its hash (token ls)")),
+    }
+    file.sleds.retain(|s| !matches(&s.label, &s.token_sha256));
+    file.admins.retain(|a| !matches(&a.name, &a.token_sha256));
+    write(path, &file)?;
+    Ok(format!("revoked {who:?}; a running gateway drops it on SIGHUP (or within seconds, as it watches the file)"))
+}
+
+/// When `path` was last changed, for the gateway's watch.
+pub(super) fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The state directory when none is given: `$XDG_STATE_HOME/uplink`, else `~/.local/state/uplink`.
+pub(super) fn default_state_dir() -> PathBuf {
+    match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+        (Some(state), _) if !state.is_empty() => PathBuf::from(state).join("uplink"),
+        (_, Some(home)) if !home.is_empty() => PathBuf::from(home).join(".local/state/uplink"),
+        _ => PathBuf::from("uplink-state"),
+    }
+}
+
+/// `--expires`: an RFC 3339 time, or a duration from now (`30d`, `12h`).
+pub(super) fn expiry(text: &str) -> Result<SystemTime, String> {
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        return Ok(at);
+    }
+    let d: Duration = humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?}: expected an RFC 3339 time or a duration such as 30d"))?;
+    Ok(SystemTime::now() + d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("uplink-cred-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("credentials.toml")
+    }
+
+    #[test]
+    fn tokens_added_are_stored_as_hashes_found_by_their_token_listed_and_revoked() {
+        let path = temp("cycle");
+        let sled = NewToken::Sled { label: Some("ci".into()), projects: vec!["team-a/*".into()], expires: None };
+        let s = add(&path, sled).expect("added");
+        let a = add(&path, NewToken::Admin { name: "ana".into(), role: Role::Approver }).expect("added");
+        let text = std::fs::read_to_string(&path).expect("written");
+        assert!(!text.contains(&s) && !text.contains(&a), "a plain token was stored");
+        assert!(text.contains(&TokenHash::of(&s).to_string()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "readable by others: {mode:o}");
+        }
+        let c = load(&path).expect("loads");
+        assert_eq!(c.sled(&s).map(|x| x.label.as_str()), Some("ci"));
+        assert_eq!(c.admin(&a).map(|x| x.role), Some(Role::Approver));
+        let listing = list(&path).expect("lists");
+        assert!(listing.contains("ci") && listing.contains("ana") && !listing.contains(&s));
+        assert!(add(&path, NewToken::Admin { name: "ana".into(), role: Role::Viewer }).is_err());
+        assert!(revoke(&path, "nobody").is_err());
+        revoke(&path, "ci").expect("revoked");
+        // No sled credential left: the file no longer loads, and says why.
+        assert!(load(&path).is_err_and(|e| e.contains("at least one")));
+        let hash = TokenHash::of(&a).to_string();
+        revoke(&path, &hash[..10]).expect("revoked by hash");
+        assert!(list(&path).expect("lists").is_empty());
+    }
+
+    #[test]
+    fn a_bad_file_is_refused_with_where_and_why() {
+        let path = temp("bad");
+        for (text, want) in [
+            ("[[sled]]\nlabel = \"x\"\ntoken_sha256 = \"00\"\nprojects = [\"*\"]\n", "token_sha256"),
+            ("[[sled]]\nlabel = \"x\"\ntoken_sha256 = \"00\"\nprojects = []\n", "no projects"),
+            ("[[admin]]\nname = \"x\"\nrole = \"root\"\ntoken_sha256 = \"00\"\n", "not a role"),
+            ("[[sledd]]\n", "unknown field"),
+            ("not toml", "credentials.toml"),
+        ] {
+            write_private(&path, text).expect("written");
+            let err = load(&path).err().unwrap_or_default();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn expiry_reads_times_and_durations() {
+        assert_eq!(expiry("2027-01-01T00:00:00Z").ok(), humantime::parse_rfc3339("2027-01-01T00:00:00Z").ok());
+        let in_a_day = expiry("1d").expect("a duration");
+        assert!(in_a_day > SystemTime::now() + Duration::from_secs(86_000));
+        assert!(expiry("tomorrow").is_err());
+    }
+}

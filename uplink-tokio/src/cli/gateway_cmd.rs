@@ -1,0 +1,346 @@
+//! `uplink gateway`: run a gateway, or (`uplink gateway token …`) manage its credentials file.
+//!
+//! Where the credentials come from, in order:
+//! 1. `--credentials FILE`: that file (see [`credentials_file`](super::credentials_file)), reloaded on
+//!    SIGHUP and when it changes;
+//! 2. `--sled-token` / `--admin-token`: the original's shared tokens (any sled may be any project), with a
+//!    warning; a missing one is generated and printed;
+//! 3. neither: `STATE_DIR/credentials.toml`, created at the first start with a generated sled token and
+//!    admin token (their plain text is printed and written once to `STATE_DIR/tokens`, readable by the
+//!    owner only), so that a restart keeps them; reloaded as in 1.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Subcommand};
+use uplink_proto::gateway::{GatewayConfig, Role};
+
+use super::credentials_file::{self as file, NewToken};
+use super::{duration, shutdown_signal};
+use crate::gateway::credentials::Credentials;
+use crate::gateway::{self, CredentialsReloader, GatewayServer, GatewayServerConfig};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(super) struct GatewayArgs {
+    #[command(subcommand)]
+    action: Option<Action>,
+    /// The credentials file (TOML): sled credentials bound to projects and admin principals with roles,
+    /// tokens stored as hashes. Reloaded on SIGHUP and when it changes.
+    #[arg(long, global = true, env = "UPLINK_CREDENTIALS")]
+    credentials: Option<PathBuf>,
+    /// Where the gateway keeps what it generates (credentials.toml, tokens) when neither --credentials nor
+    /// the shared tokens are given. Default: $XDG_STATE_HOME/uplink, else ~/.local/state/uplink.
+    #[arg(long, global = true, env = "UPLINK_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Address to listen on (HTTP API and the sleds' WebSocket endpoint).
+    #[arg(long, default_value = gateway::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// A shared token sleds may connect with, for any project (repeat for several; the original's way).
+    /// Also UPLINK_SLED_TOKENS, comma-separated. Prefer --credentials.
+    #[arg(long = "sled-token", env = "UPLINK_SLED_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    sled_tokens: Vec<String>,
+    /// The admin API's shared token (the principal `admin`). Prefer --credentials.
+    #[arg(long, env = "UPLINK_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Accept a sled's token only in `Authorization: Bearer`, never in the URL (`?token=`, which the
+    /// original sends, and which proxies log).
+    #[arg(long)]
+    refuse_query_token: bool,
+    /// PEM certificate chain to serve HTTPS and wss:// (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Close a connection whose first frame is not `identity` within this long.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    identity_timeout: Duration,
+    /// Report a sled stale when nothing arrived from it for this long.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    stale_after: Duration,
+    /// Close a sled's connection when nothing arrived from it for this long (its requests are withdrawn).
+    #[arg(long, value_parser = duration, default_value = "90s")]
+    dead_after: Duration,
+    /// Answer 504 when a sled does not answer an MCP request within this long.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    mcp_timeout: Duration,
+    /// Approve requests for this tool at once, without the API (repeatable).
+    #[arg(long = "auto-approve")]
+    auto_approve: Vec<String>,
+    /// Deny requests for this tool at once, without the API (repeatable; wins over --auto-approve).
+    #[arg(long = "auto-deny")]
+    auto_deny: Vec<String>,
+    /// Most open sled connections; more are answered 503.
+    #[arg(long, default_value_t = 16_384)]
+    max_connections: usize,
+    /// Most sled connections that have not identified yet; more are answered 503.
+    #[arg(long, default_value_t = 1024)]
+    max_unidentified: usize,
+    /// Most bytes of pending permission requests per sled (suffixes KiB, MiB, GiB); beyond, denied at once.
+    #[arg(long, value_parser = bytes, default_value = "32MiB")]
+    max_sled_pending_bytes: usize,
+    /// Most bytes of pending permission requests across all sleds; beyond, denied at once.
+    #[arg(long, value_parser = bytes, default_value = "256MiB")]
+    max_pending_bytes: usize,
+    /// Most bytes of events queued for an /api/events client that does not read; beyond, it is dropped.
+    #[arg(long, value_parser = bytes, default_value = "32MiB")]
+    max_event_client_bytes: usize,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Manage the credentials file: add a credential (its token is printed once), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Add a sled credential (--sled --project P…) or an admin principal (--admin NAME --role R).
+    Add(AddArgs),
+    /// List the credentials: names, projects or roles, expiry, the start of each token's hash.
+    Ls,
+    /// Remove the credential named WHO (an admin's name, a sled's label, or the start of its hash).
+    Revoke {
+        /// Whose credential.
+        who: String,
+    },
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// A sled credential.
+    #[arg(long, requires = "projects", conflicts_with = "admin")]
+    sled: bool,
+    /// A project (or `*` pattern) the sled may identify as (repeatable).
+    #[arg(long = "project")]
+    projects: Vec<String>,
+    /// A label for the sled credential (listings, revoke).
+    #[arg(long)]
+    label: Option<String>,
+    /// When the sled credential stops working: an RFC 3339 time, or a duration from now (30d).
+    #[arg(long, value_parser = file::expiry)]
+    expires: Option<SystemTime>,
+    /// An admin principal with this name.
+    #[arg(long, value_name = "NAME", requires = "role")]
+    admin: Option<String>,
+    /// The principal's role: viewer, approver or admin.
+    #[arg(long)]
+    role: Option<Role>,
+}
+
+/// `32MiB`, `64KiB`, `1GiB` or plain bytes.
+fn bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" | "K" => 10,
+        "MiB" | "M" => 20,
+        "GiB" | "G" => 30,
+        _ => return Err(format!("{text:?}: write sizes like 65536, 64KiB, 32MiB, 1GiB")),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{text:?}: write sizes like 65536, 64KiB, 32MiB, 1GiB"))?;
+    n.checked_mul(1 << shift).filter(|n| *n > 0).ok_or_else(|| format!("{text:?}: out of range"))
+}
+
+pub(super) async fn run(args: GatewayArgs) -> Result<(), String> {
+    let state_dir = args.state_dir.unwrap_or_else(file::default_state_dir);
+    match args.action {
+        Some(Action::Token(cmd)) => {
+            let path = args.credentials.unwrap_or_else(|| state_dir.join("credentials.toml"));
+            token(cmd, &path)
+        }
+        None => serve(args.run, args.credentials, &state_dir).await,
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn token(cmd: TokenCmd, path: &Path) -> Result<(), String> {
+    match cmd {
+        TokenCmd::Add(a) => {
+            let new = match (a.sled, a.admin, a.role) {
+                (true, _, _) => NewToken::Sled { label: a.label, projects: a.projects, expires: a.expires },
+                (false, Some(name), Some(role)) => NewToken::Admin { name, role },
+                _ => return Err("say --sled --project P, or --admin NAME --role ROLE".into()),
+            };
+            let token = file::add(path, new)?;
+            println!("{token}");
+            eprintln!("added to {}; this token is shown once. Reload a running gateway with SIGHUP.", path.display());
+        }
+        TokenCmd::Ls => print!("{}", file::list(path)?),
+        TokenCmd::Revoke { who } => eprintln!("{}", file::revoke(path, &who)?),
+    }
+    Ok(())
+}
+
+/// Where the running gateway's credentials come from.
+enum Source {
+    /// A file, watched.
+    File(PathBuf),
+    /// The shared tokens of the command line.
+    Tokens,
+}
+
+#[allow(clippy::print_stdout)]
+async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) -> Result<(), String> {
+    let sled_tokens: Vec<String> =
+        args.sled_tokens.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+    let admin_token = args.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
+    let shared = !sled_tokens.is_empty() || admin_token.is_some();
+    let mut announce = Vec::new();
+    let (source, creds) = match credentials {
+        Some(_) if shared => {
+            return Err("use --credentials or the shared tokens (--sled-token, --admin-token), not both".into());
+        }
+        Some(path) => {
+            let creds = file::load(&path)?;
+            announce.push(format!("  credentials: {}", path.display()));
+            (Source::File(path), creds)
+        }
+        None if shared => {
+            tracing::warn!(
+                "shared tokens: any sled with the sled token may identify as any project; see --credentials"
+            );
+            let mut sled_tokens = sled_tokens;
+            if sled_tokens.is_empty() {
+                sled_tokens.push(gateway::generate_token().map_err(|e| e.to_string())?);
+                announce.push(format!("  sled token (generated):  {}", sled_tokens[0]));
+            }
+            let admin_token = match admin_token {
+                Some(t) => t,
+                None => {
+                    let t = gateway::generate_token().map_err(|e| e.to_string())?;
+                    announce.push(format!("  admin token (generated): {t}"));
+                    t
+                }
+            };
+            if sled_tokens.contains(&admin_token) {
+                return Err("the admin token must differ from every sled token".into());
+            }
+            (Source::Tokens, Credentials::from_tokens(&sled_tokens, &admin_token).map_err(|e| e.to_string())?)
+        }
+        None => {
+            let path = state_dir.join("credentials.toml");
+            if !path.exists() {
+                first_start(state_dir, &path, &mut announce)?;
+            }
+            announce.push(format!("  credentials: {}", path.display()));
+            (Source::File(path.clone()), file::load(&path)?)
+        }
+    };
+    let tls = args.tls_cert.zip(args.tls_key);
+    let scheme = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
+    let mut config = GatewayServerConfig::with_credentials(args.listen, creds);
+    config.tls = tls;
+    config.accept_query_token = !args.refuse_query_token;
+    config.max_connections = args.max_connections;
+    config.max_unidentified = args.max_unidentified;
+    config.max_pending_input_bytes = args.max_pending_bytes;
+    config.max_event_client_bytes = args.max_event_client_bytes;
+    config.session = GatewayConfig {
+        identity_timeout: args.identity_timeout,
+        stale_after: args.stale_after,
+        dead_after: args.dead_after,
+        mcp_timeout: args.mcp_timeout,
+        max_pending_input_bytes: args.max_sled_pending_bytes,
+        auto_approve: args.auto_approve.into_iter().collect(),
+        auto_deny: args.auto_deny.into_iter().collect(),
+        ..GatewayConfig::default()
+    };
+    let signal = shutdown_signal()?;
+    let server = GatewayServer::bind(config).await.map_err(|e| e.to_string())?;
+    let local = server.local_addr().map_err(|e| e.to_string())?;
+    println!("uplink gateway: listening on {}://{local}", scheme.0);
+    println!("  sleds connect to {}://{local}/api/sled-uplink", scheme.1);
+    // Tokens are printed only when generated here, so the operator can use them; never logged.
+    for line in &announce {
+        println!("{line}");
+    }
+    let watch = match source {
+        Source::File(path) => Some(tokio::spawn(watch(path, server.reloader()))),
+        Source::Tokens => None,
+    };
+    server.run(signal).await;
+    if let Some(watch) = watch {
+        watch.abort();
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// The first start without credentials: a sled token and an admin token, generated, kept as hashes in
+/// `path`, and written once in plain text to `state_dir/tokens` (owner only) and to the output.
+fn first_start(state_dir: &Path, path: &Path, announce: &mut Vec<String>) -> Result<(), String> {
+    let sled =
+        file::add(path, NewToken::Sled { label: Some("default".into()), projects: vec!["*".into()], expires: None })?;
+    let admin = file::add(path, NewToken::Admin { name: "admin".into(), role: Role::Admin })?;
+    let tokens = state_dir.join("tokens");
+    file::write_private(&tokens, &format!("sled {sled}\nadmin {admin}\n"))?;
+    announce.push(format!("  sled token (generated):  {sled}"));
+    announce.push(format!("  admin token (generated): {admin}"));
+    announce.push(format!("  (kept as hashes; the tokens are also in {}, readable by you only)", tokens.display()));
+    Ok(())
+}
+
+/// Reloads the credentials file on SIGHUP, and when its modification time changes (checked every 2 s). A
+/// file that does not load keeps the credentials in force, with an error in the log.
+async fn watch(path: PathBuf, reloader: CredentialsReloader) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = file::modified(&path);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            _ = hup => true,
+            _ = tick.tick() => false,
+        };
+        let now = file::modified(&path);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        match file::load(&path) {
+            Ok(creds) => {
+                let (sleds, admins) = (creds.sleds().len(), creds.admins().len());
+                reloader.reload(creds).await;
+                tracing::info!(sleds, admins, path = %path.display(), "credentials reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "credentials not reloaded; the previous ones stay in force"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes;
+
+    #[test]
+    fn sizes_read_with_binary_suffixes() {
+        assert_eq!(bytes("65536"), Ok(65536));
+        assert_eq!(bytes("64KiB"), Ok(64 << 10));
+        assert_eq!(bytes("32MiB"), Ok(32 << 20));
+        assert_eq!(bytes("1G"), Ok(1 << 30));
+        for bad in ["", "0", "MiB", "1.5MiB", "12 parsecs", "-1", "99999999999999999999GiB"] {
+            assert!(bytes(bad).is_err(), "{bad:?}");
+        }
+    }
+}
