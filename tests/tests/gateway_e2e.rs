@@ -444,3 +444,36 @@ async fn tool_inputs_are_listed_and_streamed_as_the_json_text_they_arrived_in() 
     assert_eq!(listed["permissions"][0]["tool_input"], json!({"command": "ls -l", "n": 1.5}));
     assert_eq!(listed["permissions"][0]["id"], event["id"]);
 }
+
+#[tokio::test]
+async fn a_local_mcp_answer_too_big_for_a_frame_is_an_error_to_its_caller_and_the_link_stays_up() {
+    const LIMIT: usize = 64 << 10;
+    let gw = start_gateway(GatewayConfig::default(), LIMIT).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    // The local MCP server answers with 100 KiB: within what the sled reads, beyond the gateway's frames.
+    let answer: &'static str =
+        Box::leak(json!({"jsonrpc":"2.0","id":5,"result":{"pad":"x".repeat(100 << 10)}}).to_string().into_boxed_str());
+    let server = uplink_tests::CannedHttp::start(200, "application/json", answer).await;
+    let mut c = UplinkConfig::new(&gw.ws, "omega");
+    c.token = Some(SLED_TOKEN.into());
+    c.local_mcp_url = server.url();
+    c.sled.max_frame_bytes = LIMIT;
+    let uplink = Uplink::start(c).unwrap();
+    next_event(&mut events, "sled_connected").await;
+    // Something pending on the same sled, which a dropped link would deny.
+    let asker = uplink.clone();
+    let pending = tokio::spawn(async move { asker.ask("Bash", &json!({})).await });
+    let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
+    let call = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"dump"}}"#;
+    let (status, body) = http("POST", &format!("{}/api/sleds/omega/mcp", gw.base), Some(ADMIN), Some(call), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let body = parse(&body);
+    assert_eq!(body["id"], 5);
+    assert!(body["error"]["message"].as_str().unwrap().contains("frame limit"), "{body}");
+    // The link is up: the request is still pending, and decided normally.
+    let url = format!("{}/api/permissions/{id}", gw.base);
+    let (status, _) = http("POST", &url, Some(ADMIN), Some(r#"{"approved":true}"#), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(within("the decision", pending).await.unwrap().decision, Decision::Approve);
+    uplink.shutdown().await;
+}

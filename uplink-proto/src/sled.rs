@@ -90,6 +90,11 @@ pub struct SledConfig {
     /// Most local MCP calls in flight at once; an `mcp_request` beyond that is answered at once with a JSON-RPC
     /// error. Default 32.
     pub max_mcp_calls: usize,
+    /// The largest frame the sled sends: the gateway's message limit. A permission request whose frame would
+    /// be larger is denied at once ([`Cause::TooLarge`]), and a local MCP answer that would not fit is
+    /// answered with a JSON-RPC error instead, so that the gateway never closes the link over one of them.
+    /// Default [`wire::DEFAULT_MAX_FRAME_BYTES`] (16 MiB, the gateway's default).
+    pub max_frame_bytes: usize,
 }
 
 impl SledConfig {
@@ -113,6 +118,7 @@ impl SledConfig {
             max_pending_permissions: 256,
             mcp_timeout: Duration::from_secs(60),
             max_mcp_calls: 32,
+            max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
         }
     }
 
@@ -144,6 +150,9 @@ impl SledConfig {
         }
         if self.max_pending_permissions == 0 {
             return Err(ConfigError::Zero("max_pending_permissions"));
+        }
+        if self.max_frame_bytes == 0 {
+            return Err(ConfigError::Zero("max_frame_bytes"));
         }
         if self.max_mcp_calls == 0 {
             return Err(ConfigError::Zero("max_mcp_calls"));
@@ -308,11 +317,13 @@ pub enum Cause {
     Shutdown,
     /// The caller withdrew it ([`Sled::withdraw`]): nobody waits for the answer any more (denied).
     Withdrawn,
+    /// Its frame would be larger than [`SledConfig::max_frame_bytes`] (denied at once).
+    TooLarge,
 }
 
 impl Cause {
     /// The cause's word, for answers to agents and logs: `gateway`, `timeout`, `connection_lost`,
-    /// `queue_full`, `duplicate_id`, `invalid_id`, `no_gateway`, `shutdown`, `withdrawn`.
+    /// `queue_full`, `duplicate_id`, `invalid_id`, `no_gateway`, `shutdown`, `withdrawn`, `too_large`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Cause::Response => "gateway",
@@ -324,6 +335,7 @@ impl Cause {
             Cause::Disabled => "no_gateway",
             Cause::Shutdown => "shutdown",
             Cause::Withdrawn => "withdrawn",
+            Cause::TooLarge => "too_large",
         }
     }
 
@@ -339,6 +351,7 @@ impl Cause {
             Cause::Disabled => "no gateway is configured on this sled",
             Cause::Shutdown => "the sled is shutting down",
             Cause::Withdrawn => "the request was withdrawn",
+            Cause::TooLarge => "the request is larger than the uplink carries",
         }
     }
 }
@@ -468,6 +481,8 @@ pub struct Stats {
     pub late_mcp_replies: u64,
     /// `mcp_request`s answered at once with an error (no body, invalid JSON, too many calls).
     pub mcp_rejected: u64,
+    /// Local MCP answers too large for a frame, answered with an error instead.
+    pub mcp_too_large: u64,
 }
 
 // ── The machine ──────────────────────────────────────────────────────────────────────────────────────────
@@ -772,6 +787,17 @@ impl Sled {
                 &format!("local MCP call failed: {message}"),
             ),
         };
+        if !self.fits(&c.req_id, &payload) {
+            // The gateway would close the link over it: the caller gets an error with its id instead.
+            self.stats.mcp_too_large += 1;
+            let message = format!(
+                "the local MCP answer ({} bytes) is larger than the uplink's frame limit ({} bytes)",
+                payload.get().len(),
+                self.cfg.max_frame_bytes
+            );
+            let error = jsonrpc::error_response(c.jsonrpc_id.as_deref(), jsonrpc::INTERNAL_ERROR, &message);
+            return self.send_mcp_response(&c.req_id, &error);
+        }
         self.send_mcp_response(&c.req_id, &payload);
     }
 
@@ -806,6 +832,14 @@ impl Sled {
             _ if id.is_empty() => Some(Cause::InvalidId),
             _ if self.perms.contains_wire(&id) => Some(Cause::DuplicateId),
             _ if self.perms.len() >= self.cfg.max_pending_permissions => Some(Cause::QueueFull),
+            _ if wire::frame_len(
+                wire::kind::PERM_REQUEST,
+                &id,
+                wire::perm_request_payload_len(&tool_name, tool_input.get()),
+            ) > self.cfg.max_frame_bytes =>
+            {
+                Some(Cause::TooLarge)
+            }
             _ => None,
         };
         if let Some(cause) = refused {
@@ -1070,6 +1104,11 @@ impl Sled {
             let text = SledFrame::McpResponse { req_id: Cow::Borrowed(req_id), payload }.encode();
             self.send(conn, text);
         }
+    }
+
+    /// Whether an `mcp_response` for `req_id` carrying `payload` fits in a frame.
+    fn fits(&self, req_id: &str, payload: &RawValue) -> bool {
+        wire::frame_len(wire::kind::MCP_RESPONSE, req_id, payload.get().len()) <= self.cfg.max_frame_bytes
     }
 
     fn send(&mut self, conn: ConnId, text: String) {

@@ -25,6 +25,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// `req_id` of every `identity` frame.
 pub const IDENTITY_REQ_ID: &str = "identity";
 
+/// The largest frame a sled sends by default, in bytes: the limit this crate's gateway accepts by default.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+
 /// The longest `perm_response` `message` kept, in bytes: a gateway refuses to send a longer one, and a sled
 /// cuts a longer one it receives at the last character boundary before this length.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
@@ -680,6 +683,32 @@ impl Writer {
     fn done(&mut self) -> String {
         core::mem::take(&mut self.0)
     }
+}
+
+/// How long `text` is once written as a JSON string, quotes included (escaped as [`SledFrame::encode`] and
+/// [`GatewayFrame::encode`] escape it).
+pub fn json_string_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0x00..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// How long the encoded frame of type `kind` with this `req_id` and a payload of `payload_len` bytes is:
+/// so a sender can tell whether a frame fits before it builds it.
+pub fn frame_len(kind: &str, req_id: &str, payload_len: usize) -> usize {
+    // {"type":"KIND","req_id":REQ_ID,"payload":PAYLOAD}
+    9 + kind.len() + 11 + json_string_len(req_id) + 11 + payload_len + 1
+}
+
+/// How long a `perm_request` payload for `tool_name` and `tool_input` (JSON text) is once encoded.
+pub fn perm_request_payload_len(tool_name: &str, tool_input: &str) -> usize {
+    // {"tool_name":NAME,"tool_input":INPUT}
+    13 + json_string_len(tool_name) + 14 + tool_input.len() + 1
 }
 
 impl SledFrame<'_> {

@@ -800,10 +800,61 @@ fn every_cause_has_a_word_and_a_sentence_of_its_own() {
         Cause::Disabled,
         Cause::Shutdown,
         Cause::Withdrawn,
+        Cause::TooLarge,
     ];
     let words: BTreeSet<&str> = all.iter().map(|c| c.as_str()).collect();
     let sentences: BTreeSet<&str> = all.iter().map(|c| c.describe()).collect();
     assert_eq!((words.len(), sentences.len()), (all.len(), all.len()));
     assert!(words.iter().all(|w| w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')), "{words:?}");
     assert_eq!(Cause::Disabled.to_string(), "no_gateway");
+}
+
+#[test]
+fn a_request_too_large_for_a_frame_is_denied_at_once_and_one_that_fits_is_sent() {
+    let mut cfg = config();
+    cfg.max_frame_bytes = 200;
+    let (mut d, conn) = Driver::connected(cfg);
+    let frame_for = |pad: usize| {
+        let input = raw(&format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad)));
+        let frame =
+            uplink_proto::SledFrame::PermRequest { req_id: "r".into(), tool_name: "Bash".into(), tool_input: &input };
+        (input.clone(), frame.encode().len())
+    };
+    // Find the largest input that fits exactly, from the encoder itself.
+    let fitting = (0..200).rev().find(|pad| frame_for(*pad).1 <= 200).expect("some input fits");
+    let (input, len) = frame_for(fitting);
+    assert!(len <= 200);
+    let key = d.sled.request_permission_with_id(d.now, "r".into(), "Bash".into(), input);
+    let outs = d.drain();
+    assert_eq!(sent(&outs).len(), 1, "the fitting request is sent");
+    assert!(decided(&outs).is_empty());
+    let (input, _) = frame_for(fitting + 1);
+    let big = d.sled.request_permission_with_id(d.now, "r2".into(), "Bash".into(), input);
+    let outs = d.drain();
+    assert!(sent(&outs).is_empty(), "nothing too large is sent");
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), [(big, Cause::TooLarge)]);
+    assert_eq!(d.sled.pending_permissions(), 1);
+    let _ = (key, conn);
+}
+
+#[test]
+fn a_local_mcp_answer_too_large_for_a_frame_is_answered_with_an_error_carrying_its_id() {
+    let mut cfg = config();
+    cfg.max_frame_bytes = 300;
+    let (mut d, conn) = Driver::connected(cfg);
+    let outs = d.text(
+        conn,
+        r#"{"type":"mcp_request","req_id":"mcp-1","payload":{"body":"{\"jsonrpc\":\"2.0\",\"id\":41,\"method\":\"tools/call\"}"}}"#,
+    );
+    let call = call_of(&outs);
+    let big = raw(&format!(r#"{{"jsonrpc":"2.0","id":41,"result":{{"pad":"{}"}}}}"#, "x".repeat(400)));
+    d.sled.handle_mcp_reply(d.now, call.call, McpReply::Response(big));
+    let frames = sent(&d.drain());
+    assert_eq!(frames.len(), 1);
+    assert_eq!((frames[0]["type"].as_str(), frames[0]["req_id"].as_str()), (Some("mcp_response"), Some("mcp-1")));
+    assert_eq!(frames[0]["payload"]["id"], 41);
+    assert!(frames[0]["payload"]["error"]["message"].as_str().is_some_and(|m| m.contains("frame limit")), "{frames:?}");
+    assert_eq!(d.sled.stats().mcp_too_large, 1);
+    // The link is untouched.
+    assert!(matches!(d.sled.link_state(), LinkState::Connected { .. }));
 }

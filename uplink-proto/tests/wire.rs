@@ -437,6 +437,11 @@ mod hand_written_encoding {
         ) {
             let frame = SledFrame::PermRequest { req_id: req_id.as_str().into(), tool_name: name.as_str().into(), tool_input: &raw_value };
             prop_assert_eq!(frame.encode(), serde("perm_request", &req_id, PermRequest { tool_name: &name, tool_input: &raw_value }));
+            // The sizes a sender checks before it builds a frame are the encoder's.
+            let payload = uplink_proto::wire::perm_request_payload_len(&name, raw_value.get());
+            prop_assert_eq!(uplink_proto::wire::frame_len("perm_request", &req_id, payload), frame.encode().len());
+            let mcp = SledFrame::McpResponse { req_id: req_id.as_str().into(), payload: &raw_value };
+            prop_assert_eq!(uplink_proto::wire::frame_len("mcp_response", &req_id, raw_value.get().len()), mcp.encode().len());
             let frame = SledFrame::PermCancel { req_id: req_id.as_str().into(), reason: name.as_str().into() };
             prop_assert_eq!(frame.encode(), serde("perm_cancel", &req_id, Reason { reason: &name }));
             let frame = SledFrame::McpResponse { req_id: req_id.as_str().into(), payload: &raw_value };
