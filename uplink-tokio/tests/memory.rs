@@ -1,0 +1,108 @@
+//! The gateway's memory under large pending inputs: its peak resident size stays within its budgets plus a
+//! fixed overhead while sleds offer more than the budget and the pending list is read repeatedly. Linux only
+//! (it reads `/proc`).
+#![allow(clippy::unwrap_used, missing_docs)]
+#![cfg(target_os = "linux")]
+
+use std::process::Stdio;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::Command;
+use tokio_tungstenite::tungstenite::Message;
+use uplink_tests::{http, within};
+
+const MIB: usize = 1 << 20;
+/// The fleet's budget for pending input bytes, as given to the gateway.
+const BUDGET: usize = 64 * MIB;
+
+/// Peak resident size of `pid` so far, in bytes.
+fn peak_rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
+}
+
+#[tokio::test]
+async fn peak_memory_stays_within_the_pending_budget_plus_a_fixed_overhead() {
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", "s", "--admin-token", "a"])
+        .args(["--max-pending-bytes", "64MiB", "--max-sled-pending-bytes", "16MiB"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let first = within("the gateway to start", out.next_line()).await.unwrap().unwrap();
+    let base = first.split("listening on ").nth(1).unwrap().trim().to_owned();
+    let ws = format!("{}/api/sled-uplink?token=s", base.replace("http://", "ws://"));
+    let pid = gateway.id().unwrap();
+    let idle = peak_rss(pid);
+
+    // Six sleds offer 1 MiB inputs, 20 each: 120 MiB in all, against 16 MiB per sled and 64 MiB in total.
+    let input = json!({ "pad": "x".repeat(MIB - 16) }).to_string();
+    let mut sleds = Vec::new();
+    for s in 0..6 {
+        let (mut sled, _) = within("a sled to connect", tokio_tungstenite::connect_async(ws.as_str())).await.unwrap();
+        let identity = json!({"type":"identity","req_id":"identity","payload":{"project":format!("p{s}")}});
+        sled.send(Message::text(identity.to_string())).await.unwrap();
+        for r in 0..20 {
+            let frame = format!(
+                r#"{{"type":"perm_request","req_id":"r{r}","payload":{{"tool_name":"Bash","tool_input":{input}}}}}"#
+            );
+            sled.send(Message::text(frame)).await.unwrap();
+        }
+        sleds.push(sled);
+    }
+    // Each sled's denials are counted as they arrive; every request ends up pending or denied.
+    let denied = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for mut sled in sleds {
+        let denied = denied.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = sled.next().await {
+                if matches!(&message, Message::Text(t) if t.contains("perm_response")) {
+                    denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let count = || denied.load(std::sync::atomic::Ordering::Relaxed);
+    within("every request to be pending or denied", async {
+        loop {
+            let (_, sleds) = http("GET", &format!("{base}/api/sleds"), Some("a"), None, &[]).await;
+            let sleds: Value = serde_json::from_str(&sleds).unwrap();
+            let pending: u64 =
+                sleds["sleds"].as_array().unwrap().iter().map(|s| s["pending_permissions"].as_u64().unwrap()).sum();
+            if usize::try_from(pending).unwrap() + count() == 120 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let denied = count();
+    // The pending list, read again and again while it is full.
+    let mut listed_bytes = 0;
+    for _ in 0..3 {
+        let (status, list) = http("GET", &format!("{base}/api/permissions"), Some("a"), None, &[]).await;
+        assert_eq!(status, 200);
+        let list: Value = serde_json::from_str(&list).unwrap();
+        let perms = list["permissions"].as_array().unwrap();
+        listed_bytes = perms.iter().map(|p| p["tool_input"].to_string().len()).sum::<usize>();
+        assert_eq!(perms.len() + denied, 120, "every request is listed or denied");
+    }
+    assert!(listed_bytes <= BUDGET, "{listed_bytes} bytes pending, over the budget");
+    assert!(listed_bytes >= BUDGET - 8 * MIB, "the budget was not used: {listed_bytes} bytes");
+    let peak = peak_rss(pid);
+    // Stored inputs (at most the budget), one listing being written (as much again), frames being read, and
+    // the allocator's slack: three budgets and a fixed 48 MiB above the idle process.
+    let bound = idle + 3 * BUDGET + 48 * MIB;
+    eprintln!("idle {} MiB, peak {} MiB, bound {} MiB", idle / MIB, peak / MIB, bound / MIB);
+    assert!(peak <= bound, "peak {} MiB over {} MiB", peak / MIB, bound / MIB);
+    readers.iter().for_each(tokio::task::JoinHandle::abort);
+    let _ = gateway.start_kill();
+}
