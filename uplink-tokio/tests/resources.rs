@@ -1,6 +1,6 @@
-//! The gateway's memory under large pending inputs: its peak resident size stays within its budgets plus a
-//! fixed overhead while sleds offer more than the budget and the pending list is read repeatedly. Linux only
-//! (it reads `/proc`).
+//! The gateway's resources under hostile load. Memory: its peak resident size stays within its budgets plus a
+//! fixed overhead while sleds offer more than the budget and the pending list is read repeatedly. File
+//! descriptors: run out, the accept loop backs off instead of spinning. Linux only (it reads `/proc`).
 #![allow(clippy::unwrap_used, missing_docs)]
 #![cfg(target_os = "linux")]
 
@@ -105,4 +105,57 @@ async fn peak_memory_stays_within_the_pending_budget_plus_a_fixed_overhead() {
     assert!(peak <= bound, "peak {} MiB over {} MiB", peak / MIB, bound / MIB);
     readers.iter().for_each(tokio::task::JoinHandle::abort);
     let _ = gateway.start_kill();
+}
+
+/// CPU time `pid` has used so far (user and system), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
+    // A gateway allowed 64 open files, then 100 connections that never send a byte: accept fails with
+    // EMFILE until the handshake timeout frees them.
+    let exe = env!("CARGO_BIN_EXE_uplink");
+    let mut gateway = Command::new("sh")
+        .args([
+            "-c",
+            &format!("ulimit -n 64 && exec '{exe}' gateway --listen 127.0.0.1:0 --sled-token s --admin-token a"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let first = within("the gateway to start", out.next_line()).await.unwrap().unwrap();
+    let addr = first.split("listening on http://").nth(1).unwrap().trim().to_owned();
+    let pid = gateway.id().unwrap();
+    // The log is read as it comes, so that a full pipe never slows the gateway down.
+    let stderr = gateway.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut log = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut BufReader::new(stderr), &mut log).await;
+        log
+    });
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Over one second with its descriptors exhausted, a spinning loop burns the whole second (and writes a
+    // log line per attempt); backing off, it uses a few milliseconds.
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let used = cpu_ticks(pid) - before;
+    let ticks_per_second = 100; // USER_HZ on Linux
+    assert!(used * 4 < ticks_per_second, "the gateway used {used} ticks of CPU in one second");
+    drop(held);
+    let _ = gateway.start_kill();
+    let _ = gateway.wait().await;
+    let log = within("the log", log).await.unwrap();
+    assert!(log.lines().count() < 20, "{} log lines:\n{log}", log.lines().count());
 }
