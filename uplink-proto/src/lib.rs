@@ -107,10 +107,12 @@ extern crate alloc;
 
 mod backoff;
 pub mod gateway;
+mod glob;
 pub mod jsonrpc;
 pub mod local;
 pub mod mcp_session;
 mod pending;
+pub mod rules;
 pub mod sled;
 pub mod sse;
 pub mod time;

@@ -179,7 +179,10 @@ fn public_ids_have_one_spelling_and_route_to_their_own_session() {
 fn mcp_requests_reach_the_projects_live_connection_and_end_exactly_once() {
     let mut h = H::new();
     assert_eq!(h.hub.send_mcp(h.now, "nobody", "{}", None), Err(McpRefused::UnknownProject));
+    // Another sled connected first: the request must still reach demo's own connection.
+    let other = h.connect(any(2), "other");
     let conn = h.connect(any(1), "demo");
+    assert_ne!(other, conn);
     h.drain();
     let t1 = h.hub.send_mcp(h.now, "demo", r#"{"id":1}"#, Some("s")).expect("sent");
     let outs = h.drain();

@@ -29,7 +29,9 @@ impl ProjectScope {
     pub fn covers(&self, project: &str) -> bool {
         match self {
             ProjectScope::Any => true,
-            ProjectScope::Patterns(patterns) => patterns.iter().any(|p| glob_match(p.as_bytes(), project.as_bytes())),
+            ProjectScope::Patterns(patterns) => {
+                patterns.iter().any(|p| crate::glob::star_match(p.as_bytes(), project.as_bytes()))
+            }
         }
     }
 }
@@ -67,56 +69,5 @@ impl Credential {
     /// Whether it has expired at `now`.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires.is_some_and(|at| at <= now)
-    }
-}
-
-/// `*`-only glob matching, iterative with one back-track point: linear in practice, quadratic at worst, never
-/// recursive.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn stars_match_any_run_and_everything_else_matches_itself() {
-        let cases = [
-            ("team-a/*", "team-a/web", true),
-            ("team-a/*", "team-a/", true),
-            ("team-a/*", "team-b/web", false),
-            ("team-a/*", "team-a", false),
-            ("*", "", true),
-            ("", "", true),
-            ("", "x", false),
-            ("a*b*c", "aXbYc", true),
-            ("a*b*c", "aXbY", false),
-            ("*-prod", "web-prod", true),
-            ("*-prod", "web-prod-2", false),
-            ("demo", "demo", true),
-            ("demo", "Demo", false),
-            ("**", "anything", true),
-        ];
-        for (pattern, text, want) in cases {
-            assert_eq!(glob_match(pattern.as_bytes(), text.as_bytes()), want, "{pattern} ~ {text}");
-        }
     }
 }

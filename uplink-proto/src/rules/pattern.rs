@@ -1,0 +1,308 @@
+//! A rule's pattern in Claude Code's permission-rule syntax: `Tool` or `Tool(specifier)`.
+//!
+//! | form | matches |
+//! |---|---|
+//! | `Bash`, `Bash(*)`, `Tool`, `Tool(*)` | every call of that tool (the name is exact) |
+//! | `Bash(npm run build)` | exactly that command |
+//! | `Bash(npm run test *)`, `Bash(git * main)` | `*` matches any run of characters; a single trailing ` *` also matches nothing (`npm run test`) |
+//! | `Bash(npm run test:*)` | the legacy prefix form: `npm run test`, or it followed by a space and anything |
+//! | `Read(path)` | `Read`, `Grep`, `Glob`, `LS`, `NotebookRead` on a path matching (see [`path`](super::path)) |
+//! | `Edit(path)` | `Edit`, `Write`, `MultiEdit`, `NotebookEdit` on a path matching |
+//! | `WebFetch(domain:example.com)` | `WebFetch` of a URL on that host (`*.example.com`: its subdomains) |
+//! | `mcp__server`, `mcp__server__tool`, `mcp__server__*` | that MCP server's tools, that tool, or a `*` pattern over tool names |
+//!
+//! Anything else is refused when the rule is made, with the reason, never accepted and silently ignored:
+//! a specifier for a tool that takes none, `Write(…)` (write it `Edit(…)`), `Bash(command:…)`.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use super::path::PathPattern;
+use crate::glob::star_match;
+
+/// The tools `Read(…)` rules cover, with the input field that holds their path.
+pub(crate) const READ_TOOLS: &[(&str, &str)] =
+    &[("Read", "file_path"), ("Grep", "path"), ("Glob", "path"), ("LS", "path"), ("NotebookRead", "notebook_path")];
+/// The tools `Edit(…)` rules cover, with the input field that holds their path.
+pub(crate) const EDIT_TOOLS: &[(&str, &str)] =
+    &[("Edit", "file_path"), ("Write", "file_path"), ("MultiEdit", "file_path"), ("NotebookEdit", "notebook_path")];
+
+/// A parsed rule pattern. Its text is kept for display ([`Pattern::text`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    pub(crate) kind: Kind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Every call of this tool.
+    Tool(String),
+    /// A Bash command pattern.
+    Command(CommandPattern),
+    /// A path pattern for the read tools.
+    Read(PathPattern),
+    /// A path pattern for the edit tools.
+    Edit(PathPattern),
+    /// A `WebFetch` host.
+    Domain(String),
+    /// MCP tools by name: a server (`mcp__server`), a tool, or a `*` pattern.
+    Mcp(String),
+}
+
+/// A Bash command pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CommandPattern {
+    /// With runs of whitespace collapsed.
+    glob: String,
+    /// The legacy `prefix:*` form, or a single trailing ` *`: the prefix alone matches too.
+    bare: Option<String>,
+}
+
+impl CommandPattern {
+    fn parse(spec: &str) -> CommandPattern {
+        let collapsed = spec.split_whitespace().collect::<Vec<_>>().join(" ");
+        if let Some(prefix) = collapsed.strip_suffix(":*") {
+            let prefix = prefix.trim_end();
+            return CommandPattern { glob: alloc::format!("{prefix} *"), bare: Some(String::from(prefix)) };
+        }
+        let bare = collapsed.strip_suffix(" *").filter(|rest| !rest.contains('*')).map(String::from);
+        CommandPattern { glob: collapsed, bare }
+    }
+
+    /// Whether one simple command (already collapsed) matches.
+    pub(crate) fn matches(&self, command: &str) -> bool {
+        self.bare.as_deref() == Some(command) || star_match(self.glob.as_bytes(), command.as_bytes())
+    }
+}
+
+/// Why a rule's pattern was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatternError {
+    /// Not `Tool` or `Tool(specifier)`.
+    #[error("expected Tool or Tool(specifier)")]
+    Syntax,
+    /// The tool name has characters a tool name cannot have.
+    #[error("a tool name is letters, digits, `_` and `-`")]
+    ToolName,
+    /// This tool takes no specifier.
+    #[error("`{0}` rules take no specifier (write `{0}` alone)")]
+    NoSpecifier(String),
+    /// A path rule for an edit tool other than `Edit`.
+    #[error("path rules for `{0}` are written `Edit(…)`, which covers every tool that edits files")]
+    WriteAsEdit(String),
+    /// A path rule for a read tool other than `Read`.
+    #[error("path rules for `{0}` are written `Read(…)`, which covers every tool that reads files")]
+    ReadAsRead(String),
+    /// The path pattern is empty or climbs with `..`.
+    #[error("a path pattern may not be empty or contain `..`")]
+    Path,
+    /// `WebFetch` takes `domain:HOST`.
+    #[error("`WebFetch` rules are written `WebFetch(domain:example.com)`")]
+    Domain,
+    /// `Bash(command:…)` and other `field:value` forms are not commands.
+    #[error("`Bash` rules take the command itself (`Bash(npm run test *)`), not `field:value`")]
+    FieldForm,
+    /// An MCP rule takes no parentheses.
+    #[error("MCP rules are tool names: `mcp__server`, `mcp__server__tool` or `mcp__server__*`")]
+    McpSpecifier,
+    /// Too long to be a rule.
+    #[error("a rule is at most 4,096 bytes")]
+    TooLong,
+}
+
+impl Pattern {
+    /// Reads a rule pattern.
+    pub fn parse(text: &str) -> Result<Pattern, PatternError> {
+        let text = text.trim();
+        if text.len() > 4096 {
+            return Err(PatternError::TooLong);
+        }
+        let (name, spec) = match text.find('(') {
+            Some(open) => {
+                let inner = text[open + 1..].strip_suffix(')').ok_or(PatternError::Syntax)?;
+                (&text[..open], Some(inner))
+            }
+            None => (text, None),
+        };
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '*';
+        if name.is_empty() || !name.chars().all(valid) {
+            return Err(PatternError::ToolName);
+        }
+        let spec = spec.map(str::trim).filter(|s| *s != "*");
+        let kind = if name.starts_with("mcp__") {
+            if spec.is_some() {
+                return Err(PatternError::McpSpecifier);
+            }
+            Kind::Mcp(String::from(name))
+        } else if name.contains('*') {
+            return Err(PatternError::ToolName);
+        } else {
+            match (name, spec) {
+                (name, None) => Kind::Tool(String::from(name)),
+                ("Bash", Some(spec)) => {
+                    let field = spec
+                        .split_once(':')
+                        .filter(|(f, v)| *v != "*" && !f.contains(' ') && f.bytes().all(|b| b.is_ascii_alphabetic()));
+                    if field.is_some() {
+                        return Err(PatternError::FieldForm);
+                    }
+                    Kind::Command(CommandPattern::parse(spec))
+                }
+                ("Read", Some(spec)) => Kind::Read(PathPattern::parse(spec).ok_or(PatternError::Path)?),
+                ("Edit", Some(spec)) => Kind::Edit(PathPattern::parse(spec).ok_or(PatternError::Path)?),
+                ("WebFetch", Some(spec)) => {
+                    let domain = spec.strip_prefix("domain:").map(str::trim).ok_or(PatternError::Domain)?;
+                    if domain.is_empty() || domain.contains(['/', ' ', '@', ':']) {
+                        return Err(PatternError::Domain);
+                    }
+                    Kind::Domain(domain.to_ascii_lowercase())
+                }
+                (name, Some(_)) if EDIT_TOOLS.iter().any(|(t, _)| *t == name) => {
+                    return Err(PatternError::WriteAsEdit(String::from(name)));
+                }
+                (name, Some(_)) if READ_TOOLS.iter().any(|(t, _)| *t == name) => {
+                    return Err(PatternError::ReadAsRead(String::from(name)));
+                }
+                (name, Some(_)) => return Err(PatternError::NoSpecifier(String::from(name))),
+            }
+        };
+        Ok(Pattern { text: text.to_string(), kind })
+    }
+
+    /// The pattern as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The pattern that covers a Bash command the way a person's "always allow" does: its first word and, when
+    /// the second is a plain subcommand (`git diff`, `npm run`), that too, then anything (`git diff *`); a
+    /// line the rules cannot read as one plain command gets an exact pattern instead. For other tools, the
+    /// tool.
+    pub fn suggest(tool_name: &str, command: Option<&str>) -> Option<Pattern> {
+        let text = match (tool_name, command) {
+            ("Bash", Some(command)) => match super::shell::for_allow(command).as_deref() {
+                Some([part]) if !part.complex => {
+                    let words: Vec<&str> = part.text.split(' ').collect();
+                    let plain =
+                        |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                    match words.as_slice() {
+                        [first, second, ..] if plain(first) && plain(second) && !second.starts_with('-') => {
+                            alloc::format!("Bash({first} {second} *)")
+                        }
+                        [first, ..] if plain(first) => alloc::format!("Bash({first} *)"),
+                        _ => alloc::format!("Bash({})", part.text),
+                    }
+                }
+                _ => return None,
+            },
+            (tool, _) => String::from(tool),
+        };
+        Pattern::parse(&text).ok()
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Whether an MCP tool name matches an `mcp__…` pattern.
+pub(crate) fn mcp_matches(pattern: &str, tool: &str) -> bool {
+    if pattern.contains('*') {
+        return star_match(pattern.as_bytes(), tool.as_bytes());
+    }
+    // `mcp__server` is every tool of that server; `mcp__server__tool` is one.
+    let server_only = pattern["mcp__".len()..].find("__").is_none();
+    tool == pattern
+        || (server_only
+            && tool.len() > pattern.len() + 2
+            && tool.starts_with(pattern)
+            && tool[pattern.len()..].starts_with("__"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_form_parses_and_the_rest_is_refused_with_the_reason() {
+        for ok in [
+            "Bash",
+            "Bash(*)",
+            "Bash(npm run build)",
+            "Bash(npm run test:*)",
+            "Bash(git diff *)",
+            "Read(./src/**)",
+            "Edit(/etc/**)",
+            "Read(~/.ssh/**)",
+            "WebFetch(domain:example.com)",
+            "mcp__github",
+            "mcp__github__create_issue",
+            "mcp__github__*",
+            "WebSearch",
+            "Write",
+        ] {
+            assert!(Pattern::parse(ok).is_ok(), "{ok}: {:?}", Pattern::parse(ok));
+        }
+        for (bad, want) in [
+            ("", PatternError::ToolName),
+            ("Bash(ls", PatternError::Syntax),
+            ("Ba sh", PatternError::ToolName),
+            ("Write(src/**)", PatternError::WriteAsEdit("Write".into())),
+            ("Grep(src/**)", PatternError::ReadAsRead("Grep".into())),
+            ("WebSearch(x)", PatternError::NoSpecifier("WebSearch".into())),
+            ("Bash(command:rm *)", PatternError::FieldForm),
+            ("Read(../x)", PatternError::Path),
+            ("WebFetch(example.com)", PatternError::Domain),
+            ("WebFetch(domain:a/b)", PatternError::Domain),
+            ("mcp__github(x)", PatternError::McpSpecifier),
+            ("B*sh", PatternError::ToolName),
+        ] {
+            assert_eq!(Pattern::parse(bad), Err(want), "{bad}");
+        }
+    }
+
+    #[test]
+    fn command_patterns() {
+        let m = |p: &str, c: &str| match Pattern::parse(p).expect("parses").kind {
+            Kind::Command(cp) => cp.matches(c),
+            other => panic!("{other:?}"),
+        };
+        assert!(m("Bash(npm run build)", "npm run build"));
+        assert!(!m("Bash(npm run build)", "npm run build --watch"));
+        assert!(m("Bash(npm run test:*)", "npm run test"));
+        assert!(m("Bash(npm run test:*)", "npm run test -- --ci"));
+        assert!(!m("Bash(npm run test:*)", "npm run testing"), "the legacy form keeps a word boundary");
+        assert!(m("Bash(git diff *)", "git diff"));
+        assert!(m("Bash(git diff *)", "git diff HEAD~1"));
+        assert!(!m("Bash(git diff *)", "git difftool"));
+        assert!(m("Bash(git * main)", "git checkout main"));
+        assert!(!m("Bash(git * main)", "git checkout"), "two wildcards: none is optional");
+        assert!(m("Bash(ls*)", "lsof"));
+        assert!(m("Bash(npm   run  *)", "npm run x"), "whitespace in a pattern is collapsed");
+    }
+
+    #[test]
+    fn mcp_names() {
+        assert!(mcp_matches("mcp__github", "mcp__github__create_issue"));
+        assert!(!mcp_matches("mcp__github", "mcp__githubx__a"));
+        assert!(mcp_matches("mcp__github__create_issue", "mcp__github__create_issue"));
+        assert!(!mcp_matches("mcp__github__create_issue", "mcp__github__create_issue_x"));
+        assert!(mcp_matches("mcp__github__*", "mcp__github__list"));
+    }
+
+    #[test]
+    fn suggestions_cover_the_command_and_its_subcommand() {
+        let s = |c: &str| Pattern::suggest("Bash", Some(c)).map(|p| String::from(p.text()));
+        assert_eq!(s("git diff HEAD~1").as_deref(), Some("Bash(git diff *)"));
+        assert_eq!(s("npm run test -- --ci").as_deref(), Some("Bash(npm run *)"));
+        assert_eq!(s("ls -la").as_deref(), Some("Bash(ls *)"));
+        assert_eq!(s("ls && rm x"), None);
+        assert_eq!(s("echo $(id)"), None);
+        assert_eq!(Pattern::suggest("Read", None).map(|p| String::from(p.text())).as_deref(), Some("Read"));
+    }
+}
