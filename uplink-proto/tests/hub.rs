@@ -476,3 +476,54 @@ fn pending_input_bytes_are_budgeted_per_sled_and_in_total() {
     assert_eq!(h.hub.pending_input_bytes(), 0);
     h.ask(b, "b2", &input(60));
 }
+
+#[test]
+fn rules_decide_before_a_person_and_a_deny_rule_wins_over_the_auto_flags() {
+    use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
+    let mut cfg = HubConfig::default();
+    cfg.session.auto_approve = ["Bash".to_owned()].into();
+    cfg.rules = vec![
+        Rule::new(RuleId(1), Effect::Deny, Pattern::parse("Bash(rm *)").expect("valid"), "ana", 0),
+        Rule::new(RuleId(2), Effect::Ask, Pattern::parse("Bash(git push *)").expect("valid"), "ana", 0),
+    ];
+    let mut h = H::with(cfg);
+    let conn = h.connect(any(1), "demo");
+    h.drain();
+    let send = |h: &mut H, req_id: &str, command: &str| {
+        let frame = json!({"type":"perm_request","req_id":req_id,"payload":{"tool_name":"Bash","tool_input":{"command":command}}});
+        h.text(conn, &frame.to_string());
+        h.drain()
+    };
+    let sent = |outs: &[HubOutput]| -> Vec<serde_json::Value> {
+        outs.iter()
+            .filter_map(|o| match o {
+                HubOutput::Send { text, .. } => Some(serde_json::from_str(text).expect("json")),
+                _ => None,
+            })
+            .collect()
+    };
+    // The deny rule, though --auto-approve Bash: denied, saying by which rule.
+    let outs = send(&mut h, "r1", "ls && rm -rf /");
+    assert_eq!(sent(&outs)[0]["payload"]["approved"], false);
+    assert_eq!(sent(&outs)[0]["payload"]["message"], "denied by the gateway's rule #1: Bash(rm *)");
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, HubOutput::Event(HubEvent::PermissionAutoDecided { rule: Some(RuleId(1)), .. })))
+    );
+    // The flag is a rule like any other.
+    let outs = send(&mut h, "r2", "ls");
+    assert_eq!(sent(&outs)[0]["payload"]["approved"], true);
+    assert_eq!(sent(&outs)[0]["payload"]["message"], "approved by the gateway's --auto-approve rule for this tool");
+    // An ask rule leaves it to a person, though the flag would approve.
+    let outs = send(&mut h, "r3", "git push origin main");
+    assert!(sent(&outs).is_empty());
+    assert!(outs.iter().any(|o| matches!(o, HubOutput::Event(HubEvent::PermissionRequested { .. }))));
+    // Rules change at run time, for the requests that come after.
+    assert!(h.hub.remove_rule(RuleId(1)));
+    let outs = send(&mut h, "r4", "rm -rf build");
+    assert_eq!(sent(&outs)[0]["payload"]["approved"], true);
+    h.hub.insert_rule(Rule::new(RuleId(3), Effect::Deny, Pattern::parse("Bash").expect("valid"), "ana", 0));
+    let outs = send(&mut h, "r5", "ls");
+    assert_eq!(sent(&outs)[0]["payload"]["approved"], false);
+    assert_eq!(h.hub.permissions(h.now).len(), 1, "only the asked one waits");
+}

@@ -140,6 +140,18 @@ impl Model {
         cfg.max_connections = MAX_CONNECTIONS;
         cfg.max_unidentified = MAX_UNIDENTIFIED;
         cfg.max_pending_input_bytes = TOTAL_BYTES;
+        // A deny rule for one project, beside the auto flags (which are rules too).
+        let deny = uplink_proto::rules::Pattern::parse("Bash").expect("valid");
+        cfg.rules = vec![
+            uplink_proto::rules::Rule::new(
+                uplink_proto::rules::RuleId(1),
+                uplink_proto::rules::Effect::Deny,
+                deny,
+                "model",
+                0,
+            )
+            .for_projects(ProjectScope::Patterns(vec!["r".into()])),
+        ];
         Model {
             hub: Hub::new(cfg, Instant::ZERO).expect("valid"),
             now: Instant::ZERO,
@@ -329,6 +341,11 @@ impl Model {
                     HubEvent::SledDisconnected { conn, project } => {
                         prop_assert_eq!(self.holders.remove(&project), Some(conn));
                     }
+                    HubEvent::PermissionRequested { project, tool_name, .. }
+                        if project == "r" && tool_name == "Bash" =>
+                    {
+                        prop_assert!(false, "a request the deny rule covers reached a person");
+                    }
                     HubEvent::PermissionRequested { id, req_id, .. } => {
                         prop_assert!(self.perms.insert(id, (Fate::Pending, req_id)).is_none(), "id {} reused", id);
                     }
@@ -338,6 +355,11 @@ impl Model {
                         if let Some((fate, _)) = entry {
                             *fate = Fate::Ended;
                         }
+                    }
+                    HubEvent::PermissionAutoDecided { project, tool_name, decision, .. }
+                        if project == "r" && tool_name == "Bash" =>
+                    {
+                        prop_assert_eq!(decision, Decision::Deny);
                     }
                     HubEvent::PermissionAutoDecided { conn, req_id, tool_name, decision, .. }
                         if decision.is_allow() =>

@@ -62,8 +62,17 @@ fn terminate(child: &Child) {
 async fn a_gateway_with_generated_tokens_and_a_sled_talk() {
     let state = temp_dir("generated");
     let state_dir = state.to_str().unwrap();
-    let (mut gateway, mut out) =
-        spawn(&["gateway", "--listen", "127.0.0.1:0", "--auto-deny", "rm", "--state-dir", state_dir]);
+    let (mut gateway, mut out) = spawn(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--auto-deny",
+        "rm",
+        "--rule",
+        "deny Bash(rm *)",
+        "--state-dir",
+        state_dir,
+    ]);
     let base = after(&line(&mut out).await, "listening on ").to_owned();
     let ws = after(&line(&mut out).await, "sleds connect to ").to_owned();
     let sled_token = after(&line(&mut out).await, "(generated):").to_owned();
@@ -102,7 +111,15 @@ async fn a_gateway_with_generated_tokens_and_a_sled_talk() {
     let (_, body) = http("POST", &permission_url, None, Some(r#"{"tool_name":"rm","tool_input":{}}"#), &[]).await;
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
-        json!({"decision": "deny", "reason": "gateway", "message": "denied by the gateway's auto-deny rule for this tool"})
+        json!({"decision": "deny", "reason": "gateway", "message": "denied by the gateway's --auto-deny rule for this tool"})
+    );
+
+    // A rule given on the command line: a hidden `rm` is denied, with the rule named.
+    let ask = r#"{"tool_name":"Bash","tool_input":{"command":"ls; rm -rf ~"}}"#;
+    let (_, body) = http("POST", &permission_url, None, Some(ask), &[]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"decision": "deny", "reason": "gateway", "message": "denied by the gateway's rule #1: Bash(rm *)"})
     );
 
     let (_, body) = http("GET", &format!("{base}/api/sleds"), Some(&admin), None, &[]).await;
@@ -198,4 +215,15 @@ async fn given_tokens_are_used_and_not_printed() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must differ"));
+}
+
+#[test]
+fn a_rule_that_cannot_be_read_is_refused_with_the_reason() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["gateway", "--rule", "allow Write(src/**)"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("written `Edit("), "{err}");
 }

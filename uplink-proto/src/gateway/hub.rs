@@ -37,6 +37,7 @@ use super::session::{
     McpId, PermId, SendMcpError, Withdrawn,
 };
 use super::verdict::Verdict;
+use crate::rules::{Effect, Outcome, Pattern, Request, Rule, RuleId, RuleSet};
 use crate::sled::Received;
 use crate::time::Instant;
 use crate::wire::Decision;
@@ -61,7 +62,17 @@ pub struct HubConfig {
     /// own [`GatewayConfig::max_pending_input_bytes`]); a request that would go beyond is denied at once.
     /// Default 256 MiB.
     pub max_pending_input_bytes: usize,
+    /// The permission rules, evaluated for every request before a person is asked. The session's
+    /// `auto_approve` and `auto_deny` tools join them as rules (authored [`FLAG_AUTHOR`]), so that a deny
+    /// rule wins over them as over any allow.
+    pub rules: Vec<Rule>,
 }
+
+/// The author of the rules that stand for [`GatewayConfig::auto_approve`] and [`GatewayConfig::auto_deny`].
+pub const FLAG_AUTHOR: &str = "--auto-approve/--auto-deny";
+
+/// The first id of the rules that stand for the auto flags (other rules' ids stay below it).
+pub const FLAG_RULE_IDS: u64 = 1 << 62;
 
 impl Default for HubConfig {
     fn default() -> Self {
@@ -72,6 +83,7 @@ impl Default for HubConfig {
             max_connections: 16_384,
             max_unidentified: 1024,
             max_pending_input_bytes: 256 << 20,
+            rules: Vec::new(),
         }
     }
 }
@@ -302,6 +314,8 @@ pub enum HubEvent {
         tool_name: String,
         /// The decision sent.
         decision: Decision,
+        /// The rule that decided; `None` for a budget.
+        rule: Option<RuleId>,
     },
     /// The application's decision was sent.
     PermissionDecided {
@@ -418,6 +432,10 @@ struct Gone {
 #[derive(Clone, Debug)]
 pub struct Hub {
     cfg: HubConfig,
+    /// The sessions' rules: `cfg.session` without the auto flags, which are rules here.
+    session_cfg: GatewayConfig,
+    /// The permission rules in force.
+    rules: RuleSet,
     now: Instant,
     conns: BTreeMap<ConnHandle, Conn>,
     /// Each connection's next deadline, earliest first.
@@ -444,8 +462,21 @@ impl Hub {
     /// An empty hub at `now`.
     pub fn new(config: HubConfig, now: Instant) -> Result<Hub, GatewayConfigError> {
         Gateway::new(config.session.clone(), now)?;
+        // The auto flags become rules; the sessions leave every decision to the hub.
+        let mut rules = config.rules.clone();
+        let flagged = config.session.auto_deny.iter().map(|t| (Effect::Deny, t));
+        let flagged = flagged.chain(config.session.auto_approve.iter().map(|t| (Effect::Allow, t)));
+        for (i, (effect, tool)) in flagged.enumerate() {
+            let id = RuleId(FLAG_RULE_IDS + i as u64);
+            rules.push(Rule::new(id, effect, Pattern::tool(tool), FLAG_AUTHOR, 0));
+        }
+        let mut session_cfg = config.session.clone();
+        session_cfg.auto_approve.clear();
+        session_cfg.auto_deny.clear();
         Ok(Hub {
             cfg: config,
+            session_cfg,
+            rules: RuleSet::new(rules),
             now,
             conns: BTreeMap::new(),
             timers: BTreeSet::new(),
@@ -468,6 +499,21 @@ impl Hub {
     /// The configuration.
     pub fn config(&self) -> &HubConfig {
         &self.cfg
+    }
+
+    /// The permission rules in force, the auto flags' included.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Adds `rule` (or replaces the one with its id); it applies to requests from now on.
+    pub fn insert_rule(&mut self, rule: Rule) {
+        self.rules.insert(rule);
+    }
+
+    /// Removes the rule `id`; whether there was one.
+    pub fn remove_rule(&mut self, id: RuleId) -> bool {
+        self.rules.remove(id)
     }
 
     /// Open connections, identified or not.
@@ -638,7 +684,7 @@ impl Hub {
         self.next_conn += 1;
         let conn = ConnHandle(self.next_conn);
         // The configuration was validated by `Hub::new`, so this cannot fail.
-        let Ok(session) = Gateway::new(self.cfg.session.clone(), self.now) else {
+        let Ok(session) = Gateway::new(self.session_cfg.clone(), self.now) else {
             return Err(AcceptError::ShuttingDown);
         };
         self.conns.insert(conn, Conn { session, credential, project: None, timer: None, counted_bytes: 0 });
@@ -813,6 +859,19 @@ impl Hub {
         }
     }
 
+    /// What the agent is told when a rule decided.
+    fn rule_message(&self, decision: Decision, id: RuleId) -> String {
+        let verb = if decision.is_allow() { "approved" } else { "denied" };
+        match self.rules.rules().iter().find(|r| r.id == id) {
+            Some(r) if &*r.author == FLAG_AUTHOR => {
+                let flag = if decision.is_allow() { "--auto-approve" } else { "--auto-deny" };
+                alloc::format!("{verb} by the gateway's {flag} rule for this tool")
+            }
+            Some(r) => alloc::format!("{verb} by the gateway's rule #{}: {}", id.0, r.pattern),
+            None => alloc::format!("{verb} by the gateway's rule #{}", id.0),
+        }
+    }
+
     fn project_name(&self, conn: ConnHandle) -> String {
         self.conns.get(&conn).and_then(|c| c.project.clone()).unwrap_or_default()
     }
@@ -825,15 +884,37 @@ impl Hub {
             GatewayEvent::Heartbeat => {}
             GatewayEvent::PermissionRequested { perm, req_id, tool_name, tool_input } => {
                 let project = self.project_name(conn);
-                let Some(c) = self.conns.get_mut(&conn) else { return };
-                // The fleet's budget: what every connection holds, this request included.
+                let Some(c) = self.conns.get(&conn) else { return };
+                // The fleet's budget: what every connection holds, this request included. Then the rules,
+                // before a person is asked.
                 let total = self.pending_bytes - c.counted_bytes + c.session.pending_input_bytes();
-                if total > self.cfg.max_pending_input_bytes {
-                    let why = "the requests waiting at the gateway are too large";
-                    let verdict = Verdict::new(Decision::Deny).with_message(why);
-                    if c.session.decide(self.now, perm, verdict).is_ok() {
-                        let decision = Decision::Deny;
-                        self.event(HubEvent::PermissionAutoDecided { conn, project, req_id, tool_name, decision });
+                let request = Request { project: &project, tool_name: &tool_name, tool_input: &tool_input };
+                let decided = if total > self.cfg.max_pending_input_bytes {
+                    Some((Decision::Deny, None, String::from("the requests waiting at the gateway are too large")))
+                } else {
+                    match self.rules.evaluate(self.now, &request) {
+                        Outcome::Deny(rule) => {
+                            Some((Decision::Deny, Some(rule), self.rule_message(Decision::Deny, rule)))
+                        }
+                        Outcome::Allow(rule) => {
+                            Some((Decision::Approve, Some(rule), self.rule_message(Decision::Approve, rule)))
+                        }
+                        Outcome::Ask(_) | Outcome::NoRule => None,
+                    }
+                };
+                if let Some((decision, rule, why)) = decided {
+                    let verdict = Verdict::new(decision).with_message(why);
+                    let now = self.now;
+                    let Some(c) = self.conns.get_mut(&conn) else { return };
+                    if c.session.decide(now, perm, verdict).is_ok() {
+                        self.event(HubEvent::PermissionAutoDecided {
+                            conn,
+                            project,
+                            req_id,
+                            tool_name,
+                            decision,
+                            rule,
+                        });
                     }
                     return;
                 }
@@ -842,7 +923,8 @@ impl Hub {
             }
             GatewayEvent::PermissionAutoDecided { req_id, tool_name, decision } => {
                 let project = self.project_name(conn);
-                self.event(HubEvent::PermissionAutoDecided { conn, project, req_id, tool_name, decision });
+                let rule = None;
+                self.event(HubEvent::PermissionAutoDecided { conn, project, req_id, tool_name, decision, rule });
             }
             GatewayEvent::PermissionWithdrawn { perm, reason } => {
                 let project = self.project_name(conn);

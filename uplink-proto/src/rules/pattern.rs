@@ -172,6 +172,12 @@ impl Pattern {
         Ok(Pattern { text: text.to_string(), kind })
     }
 
+    /// Every call of the tool named exactly `name` (what `--auto-approve NAME` means): no pattern syntax is
+    /// read in the name.
+    pub fn tool(name: &str) -> Pattern {
+        Pattern { text: String::from(name), kind: Kind::Tool(String::from(name)) }
+    }
+
     /// The pattern as written.
     pub fn text(&self) -> &str {
         &self.text

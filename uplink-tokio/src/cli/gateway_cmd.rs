@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 use uplink_proto::gateway::{GatewayConfig, Role};
+use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
 
 use super::credentials_file::{self as file, NewToken};
 use super::{duration, shutdown_signal};
@@ -78,6 +79,10 @@ struct RunArgs {
     /// Deny requests for this tool at once, without the API (repeatable; wins over --auto-approve).
     #[arg(long = "auto-deny")]
     auto_deny: Vec<String>,
+    /// A permission rule, EFFECT PATTERN: `allow Bash(npm run test *)`, `deny Read(~/.ssh/**)`,
+    /// `ask Bash(git push *)` (repeatable). Deny wins, then ask, then allow.
+    #[arg(long = "rule", value_parser = rule_arg)]
+    rules: Vec<(Effect, Pattern)>,
     /// Most open sled connections; more are answered 503.
     #[arg(long, default_value_t = 16_384)]
     max_connections: usize,
@@ -135,6 +140,15 @@ struct AddArgs {
     /// The principal's role: viewer, approver or admin.
     #[arg(long)]
     role: Option<Role>,
+}
+
+/// `allow Bash(npm run test *)`: an effect, a space, a pattern.
+fn rule_arg(text: &str) -> Result<(Effect, Pattern), String> {
+    let (effect, pattern) =
+        text.trim().split_once(' ').ok_or("write a rule as EFFECT PATTERN, e.g. 'deny Bash(rm *)'")?;
+    let effect: Effect = effect.parse().map_err(|e| format!("{e}"))?;
+    let pattern = Pattern::parse(pattern).map_err(|e| format!("{pattern:?}: {e}"))?;
+    Ok((effect, pattern))
 }
 
 /// `32MiB`, `64KiB`, `1GiB` or plain bytes.
@@ -246,6 +260,13 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     config.max_unidentified = args.max_unidentified;
     config.max_pending_input_bytes = args.max_pending_bytes;
     config.max_event_client_bytes = args.max_event_client_bytes;
+    let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    config.rules = args
+        .rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, (effect, pattern))| Rule::new(RuleId(i as u64 + 1), effect, pattern, "command line", created))
+        .collect();
     config.session = GatewayConfig {
         identity_timeout: args.identity_timeout,
         stale_after: args.stale_after,

@@ -180,10 +180,16 @@ pub(super) fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
             "permission_withdrawn",
             json!({"id": id.to_string(), "project": project, "reason": reason.as_str()}).to_string(),
         ),
-        HubEvent::PermissionAutoDecided { project, req_id, tool_name, decision, .. } => (
+        HubEvent::PermissionAutoDecided { project, req_id, tool_name, decision, rule, .. } => (
             "permission_auto_decided",
-            json!({"project": project, "req_id": req_id, "tool_name": tool_name, "decision": decision.as_str()})
-                .to_string(),
+            json!({
+                "project": project,
+                "req_id": req_id,
+                "tool_name": tool_name,
+                "decision": decision.as_str(),
+                "rule": rule.map(|r| r.0),
+            })
+            .to_string(),
         ),
         _ => return None,
     })

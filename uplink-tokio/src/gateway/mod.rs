@@ -77,6 +77,8 @@ pub struct GatewayServerConfig {
     /// `lagged` event and its stream ends. Default 32 MiB (an event larger than that alone still goes to a
     /// client with nothing queued).
     pub max_event_client_bytes: usize,
+    /// Permission rules, evaluated before a person is asked (`session`'s auto flags join them).
+    pub rules: Vec<uplink_proto::rules::Rule>,
     /// Certificate chain and private key (PEM files) to serve HTTPS and `wss://`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Largest WebSocket message accepted from a sled.
@@ -109,6 +111,7 @@ impl GatewayServerConfig {
             max_unidentified: 1024,
             max_pending_input_bytes: 256 << 20,
             max_event_client_bytes: 32 << 20,
+            rules: Vec::new(),
             tls: None,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
             session: GatewayConfig::default(),
@@ -138,6 +141,7 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("max_unidentified", &self.max_unidentified)
             .field("max_pending_input_bytes", &self.max_pending_input_bytes)
             .field("max_event_client_bytes", &self.max_event_client_bytes)
+            .field("rules", &self.rules)
             .field("tls", &self.tls)
             .field("max_message_size", &self.max_message_size)
             .field("session", &self.session)
@@ -278,6 +282,7 @@ impl GatewayServer {
         hub_config.max_connections = config.max_connections;
         hub_config.max_unidentified = config.max_unidentified;
         hub_config.max_pending_input_bytes = config.max_pending_input_bytes;
+        hub_config.rules = config.rules;
         let hub = Hub::new(hub_config, Instant::ZERO)?;
         if config.handshake_timeout.is_zero() {
             return Err(GatewayStartError::ZeroHandshakeTimeout);
