@@ -218,8 +218,13 @@ impl RuleSet {
 
     /// What the rules in force at `now` say about `request`.
     pub fn evaluate(&self, now: Instant, request: &Request<'_>) -> Outcome {
-        let fields = Fields::read(request.tool_input);
         let live: Vec<&Rule> = self.rules.iter().filter(|r| r.applies(now, request.project)).collect();
+        if live.is_empty() {
+            return Outcome::NoRule;
+        }
+        // The input is read only when a rule looks into it (bare tool and MCP rules do not).
+        let looks_inside = live.iter().any(|r| !matches!(r.pattern.kind, Kind::Tool(_) | Kind::Mcp(_)));
+        let fields = if looks_inside { Fields::read(request.tool_input) } else { Fields::default() };
         let matching = |effect: Effect| {
             live.iter()
                 .filter(|r| r.effect == effect && matches_generously(r, request.tool_name, &fields))
