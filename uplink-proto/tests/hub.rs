@@ -513,7 +513,7 @@ fn rules_decide_before_a_person_and_a_deny_rule_wins_over_the_auto_flags() {
     // The flag is a rule like any other.
     let outs = send(&mut h, "r2", "ls");
     assert_eq!(sent(&outs)[0]["payload"]["approved"], true);
-    assert_eq!(sent(&outs)[0]["payload"]["message"], "approved by the gateway's --auto-approve rule for this tool");
+    assert_eq!(sent(&outs)[0]["payload"]["message"], serde_json::Value::Null, "an approval needs no words");
     // An ask rule leaves it to a person, though the flag would approve.
     let outs = send(&mut h, "r3", "git push origin main");
     assert!(sent(&outs).is_empty());

@@ -859,16 +859,14 @@ impl Hub {
         }
     }
 
-    /// What the agent is told when a rule decided.
-    fn rule_message(&self, decision: Decision, id: RuleId) -> String {
-        let verb = if decision.is_allow() { "approved" } else { "denied" };
+    /// What the agent is told when a rule denied.
+    fn rule_message(&self, id: RuleId) -> String {
         match self.rules.rules().iter().find(|r| r.id == id) {
             Some(r) if &*r.author == FLAG_AUTHOR => {
-                let flag = if decision.is_allow() { "--auto-approve" } else { "--auto-deny" };
-                alloc::format!("{verb} by the gateway's {flag} rule for this tool")
+                String::from("denied by the gateway's --auto-deny rule for this tool")
             }
-            Some(r) => alloc::format!("{verb} by the gateway's rule #{}: {}", id.0, r.pattern),
-            None => alloc::format!("{verb} by the gateway's rule #{}", id.0),
+            Some(r) => alloc::format!("denied by the gateway's rule #{}: {}", id.0, r.pattern),
+            None => alloc::format!("denied by the gateway's rule #{}", id.0),
         }
     }
 
@@ -890,20 +888,24 @@ impl Hub {
                 let total = self.pending_bytes - c.counted_bytes + c.session.pending_input_bytes();
                 let request = Request { project: &project, tool_name: &tool_name, tool_input: &tool_input };
                 let decided = if total > self.cfg.max_pending_input_bytes {
-                    Some((Decision::Deny, None, String::from("the requests waiting at the gateway are too large")))
+                    Some((
+                        Decision::Deny,
+                        None,
+                        Some(String::from("the requests waiting at the gateway are too large")),
+                    ))
                 } else {
+                    // A denial says which rule; an approval needs no words (and the hot path no allocation).
                     match self.rules.evaluate(self.now, &request) {
-                        Outcome::Deny(rule) => {
-                            Some((Decision::Deny, Some(rule), self.rule_message(Decision::Deny, rule)))
-                        }
-                        Outcome::Allow(rule) => {
-                            Some((Decision::Approve, Some(rule), self.rule_message(Decision::Approve, rule)))
-                        }
+                        Outcome::Deny(rule) => Some((Decision::Deny, Some(rule), Some(self.rule_message(rule)))),
+                        Outcome::Allow(rule) => Some((Decision::Approve, Some(rule), None)),
                         Outcome::Ask(_) | Outcome::NoRule => None,
                     }
                 };
                 if let Some((decision, rule, why)) = decided {
-                    let verdict = Verdict::new(decision).with_message(why);
+                    let mut verdict = Verdict::new(decision);
+                    if let Some(why) = why {
+                        verdict = verdict.with_message(why);
+                    }
                     let now = self.now;
                     let Some(c) = self.conns.get_mut(&conn) else { return };
                     if c.session.decide(now, perm, verdict).is_ok() {

@@ -604,7 +604,7 @@ impl Gateway {
         let policy = if self.cfg.auto_deny.contains(&tool_name) {
             Some((Decision::Deny, "denied by the gateway's auto-deny rule for this tool"))
         } else if self.cfg.auto_approve.contains(&tool_name) {
-            Some((Decision::Approve, "approved by the gateway's auto-approve rule for this tool"))
+            Some((Decision::Approve, ""))
         } else if self.perms.len() >= self.cfg.max_pending_permissions {
             Some((Decision::Deny, "too many requests from this sled are waiting at the gateway"))
         } else if self.pending_bytes + Asked::bytes(&tool_name, tool_input.get(), &req_id)
@@ -615,7 +615,8 @@ impl Gateway {
             None
         };
         if let Some((decision, why)) = policy {
-            let message = Some(Cow::Borrowed(why));
+            // A denial says which rule; an approval needs no words.
+            let message = (!why.is_empty()).then_some(Cow::Borrowed(why));
             let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision, message }.encode();
             self.out.push_back(GatewayOutput::Send(text));
             return self.event(GatewayEvent::PermissionAutoDecided { req_id, tool_name, decision });

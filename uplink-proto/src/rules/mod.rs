@@ -218,15 +218,15 @@ impl RuleSet {
 
     /// What the rules in force at `now` say about `request`.
     pub fn evaluate(&self, now: Instant, request: &Request<'_>) -> Outcome {
-        let live: Vec<&Rule> = self.rules.iter().filter(|r| r.applies(now, request.project)).collect();
-        if live.is_empty() {
+        let live = || self.rules.iter().filter(|r| r.applies(now, request.project));
+        if live().next().is_none() {
             return Outcome::NoRule;
         }
         // The input is read only when a rule looks into it (bare tool and MCP rules do not).
-        let looks_inside = live.iter().any(|r| !matches!(r.pattern.kind, Kind::Tool(_) | Kind::Mcp(_)));
+        let looks_inside = live().any(|r| !matches!(r.pattern.kind, Kind::Tool(_) | Kind::Mcp(_)));
         let fields = if looks_inside { Fields::read(request.tool_input) } else { Fields::default() };
         let matching = |effect: Effect| {
-            live.iter()
+            live()
                 .filter(|r| r.effect == effect && matches_generously(r, request.tool_name, &fields))
                 .map(|r| r.id)
                 .min()
@@ -237,8 +237,8 @@ impl RuleSet {
         if let Some(id) = matching(Effect::Ask) {
             return Outcome::Ask(id);
         }
-        let allows: Vec<&Rule> = live.iter().copied().filter(|r| r.effect == Effect::Allow).collect();
-        allowed_by(&allows, request.tool_name, &fields).map_or(Outcome::NoRule, Outcome::Allow)
+        allowed_by(|| live().filter(|r| r.effect == Effect::Allow), request.tool_name, &fields)
+            .map_or(Outcome::NoRule, Outcome::Allow)
     }
 }
 
@@ -265,23 +265,35 @@ fn matches_generously(rule: &Rule, tool: &str, fields: &Fields<'_>) -> bool {
 
 /// The allow rule that approves the request, read narrowly: for Bash, every simple command must match one
 /// (the lowest id among those of the first command is reported).
-fn allowed_by(allows: &[&Rule], tool: &str, fields: &Fields<'_>) -> Option<RuleId> {
-    let mut whole = allows.iter().filter(|r| match &r.pattern.kind {
-        Kind::Tool(name) => name == tool,
-        Kind::Mcp(pattern) => mcp_matches(pattern, tool),
-        Kind::Read(pattern) => matches!(fields.path_of(READ_TOOLS, tool), Some(Some(p)) if pattern.matches(p, false)),
-        Kind::Edit(pattern) => matches!(fields.path_of(EDIT_TOOLS, tool), Some(Some(p)) if pattern.matches(p, false)),
-        Kind::Domain(domain) => {
-            tool == "WebFetch"
-                && fields.url.as_deref().and_then(url::host).is_some_and(|host| url::host_matches(domain, &host, false))
-        }
-        Kind::Command(_) => false,
-    });
-    if let Some(id) = whole.by_ref().map(|r| r.id).min() {
-        return Some(id);
-    }
-    if tool != "Bash" {
-        return None;
+fn allowed_by<'r, I: Iterator<Item = &'r Rule>>(
+    allows: impl Fn() -> I,
+    tool: &str,
+    fields: &Fields<'_>,
+) -> Option<RuleId> {
+    let whole = allows()
+        .filter(|r| match &r.pattern.kind {
+            Kind::Tool(name) => name == tool,
+            Kind::Mcp(pattern) => mcp_matches(pattern, tool),
+            Kind::Read(pattern) => {
+                matches!(fields.path_of(READ_TOOLS, tool), Some(Some(p)) if pattern.matches(p, false))
+            }
+            Kind::Edit(pattern) => {
+                matches!(fields.path_of(EDIT_TOOLS, tool), Some(Some(p)) if pattern.matches(p, false))
+            }
+            Kind::Domain(domain) => {
+                tool == "WebFetch"
+                    && fields
+                        .url
+                        .as_deref()
+                        .and_then(url::host)
+                        .is_some_and(|host| url::host_matches(domain, &host, false))
+            }
+            Kind::Command(_) => false,
+        })
+        .map(|r| r.id)
+        .min();
+    if whole.is_some() || tool != "Bash" {
+        return whole;
     }
     let parts = shell::for_allow(fields.command.as_deref()?)?;
     let mut first = None;
@@ -289,8 +301,7 @@ fn allowed_by(allows: &[&Rule], tool: &str, fields: &Fields<'_>) -> Option<RuleI
         if part.complex {
             return None;
         }
-        let id = allows
-            .iter()
+        let id = allows()
             .filter(|r| matches!(&r.pattern.kind, Kind::Command(p) if p.matches(&part.text)))
             .map(|r| r.id)
             .min()?;
