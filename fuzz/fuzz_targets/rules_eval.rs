@@ -27,9 +27,9 @@ fuzz_target!(|input: Input| {
             Some(Rule::new(RuleId(i as u64), effects[usize::from(*e) % 3], pattern, "fuzz", 0))
         })
         .collect();
-    let tool_input = input
-        .raw_input
-        .unwrap_or_else(|| serde_json::json!({"command": input.command, "file_path": input.command, "url": input.command}).to_string());
+    let tool_input = input.raw_input.unwrap_or_else(|| {
+        serde_json::json!({"command": input.command, "file_path": input.command, "url": input.command}).to_string()
+    });
     let request = Request { project: "p", tool_name: &input.tool, tool_input: &tool_input };
     let all = RuleSet::new(rules.clone());
     let outcome = all.evaluate(Instant::ZERO, &request);
