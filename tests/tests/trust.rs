@@ -229,3 +229,33 @@ async fn an_event_client_that_stops_reading_is_dropped_at_its_budget() {
     let received = text.matches("event: permission_requested").count();
     assert!(received < 64, "the stalled client got all {received} events");
 }
+
+/// Opens `/api/events` over a raw connection; its status, and the connection (kept open by the caller).
+async fn open_events(gw: &RealGateway) -> (u16, tokio::net::TcpStream) {
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!("GET /api/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {VIC}\r\n\r\n", gw.addr);
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    within("the status line", tcp.read_exact(&mut head)).await.unwrap();
+    (std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap(), tcp)
+}
+
+#[tokio::test]
+async fn event_clients_are_counted_and_one_too_many_is_refused_until_a_place_frees() {
+    let gw = gateway_with(vec![sled("a", TEAM_A, "*")], |c| c.max_event_clients = 2).await;
+    let (first, one) = open_events(&gw).await;
+    let (second, _two) = open_events(&gw).await;
+    assert_eq!((first, second), (200, 200));
+    assert_eq!(open_events(&gw).await.0, 503);
+    // A client that leaves frees its place (once the gateway has seen it go).
+    drop(one);
+    within("a freed place", async {
+        loop {
+            if open_events(&gw).await.0 == 200 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}

@@ -98,6 +98,9 @@ struct RunArgs {
     /// Most bytes of events queued for an /api/events client that does not read; beyond, it is dropped.
     #[arg(long, value_parser = bytes, default_value = "32MiB")]
     max_event_client_bytes: usize,
+    /// Most /api/events clients at once; more are answered 503.
+    #[arg(long, default_value_t = 64)]
+    max_event_clients: usize,
 }
 
 #[derive(Subcommand)]
@@ -260,6 +263,7 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     config.max_unidentified = args.max_unidentified;
     config.max_pending_input_bytes = args.max_pending_bytes;
     config.max_event_client_bytes = args.max_event_client_bytes;
+    config.max_event_clients = args.max_event_clients;
     let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     config.rules = args
         .rules

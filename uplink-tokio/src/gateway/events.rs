@@ -4,7 +4,7 @@
 //! same text. Each client has a byte budget for what it has not read yet; a client that falls further behind
 //! (it stopped reading, or reads too slowly) gets a `lagged` event and its stream ends, so a client can never
 //! make the gateway hold more than its budget. A client with nothing queued always gets the next event,
-//! however large.
+//! however large. The number of clients has a budget too (`503` beyond).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -49,6 +49,7 @@ struct Client {
 pub(crate) struct Fanout {
     clients: Vec<Client>,
     budget: usize,
+    max_clients: usize,
 }
 
 /// One client's end: its queue and the count of bytes in it.
@@ -58,17 +59,21 @@ pub(crate) struct Subscription {
 }
 
 impl Fanout {
-    /// No clients yet; each may have `budget` bytes queued.
-    pub(crate) fn new(budget: usize) -> Fanout {
-        Fanout { clients: Vec::new(), budget }
+    /// No clients yet; at most `max_clients` at once, each with at most `budget` bytes queued.
+    pub(crate) fn new(budget: usize, max_clients: usize) -> Fanout {
+        Fanout { clients: Vec::new(), budget, max_clients }
     }
 
-    /// A new client, getting every event from now on.
-    pub(crate) fn subscribe(&mut self) -> Subscription {
+    /// A new client, getting every event from now on; `None` when `max_clients` are already listening.
+    pub(crate) fn subscribe(&mut self) -> Option<Subscription> {
+        self.clients.retain(|c| !c.tx.is_closed());
+        if self.clients.len() >= self.max_clients {
+            return None;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         self.clients.push(Client { tx, queued: queued.clone() });
-        Subscription { rx, queued }
+        Some(Subscription { rx, queued })
     }
 
     /// Whether anyone listens.
@@ -115,7 +120,7 @@ pub(super) async fn events(principal: Principal, State(shared): State<Arc<Shared
         return refused;
     }
     let Some(subscription) = shared.hub.subscribe().await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "too many event clients, or the gateway is stopping");
     };
     let closing = shared.closing.subscribe();
     let stream = futures_util::stream::unfold(

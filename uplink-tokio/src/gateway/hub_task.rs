@@ -87,7 +87,7 @@ enum HubMsg {
         reply: oneshot::Sender<Vec<PermissionSummary>>,
     },
     Subscribe {
-        reply: oneshot::Sender<Subscription>,
+        reply: oneshot::Sender<Option<Subscription>>,
     },
     Shutdown {
         done: oneshot::Sender<()>,
@@ -107,6 +107,7 @@ impl HubHandle {
         hub: Hub,
         epoch: TokioInstant,
         event_client_bytes: usize,
+        event_clients: usize,
     ) -> (HubHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(HUB_QUEUE);
         let task = HubTask {
@@ -115,7 +116,7 @@ impl HubHandle {
             rx,
             conns: HashMap::new(),
             mcp: HashMap::new(),
-            events: Fanout::new(event_client_bytes),
+            events: Fanout::new(event_client_bytes, event_clients),
             timer: Deadline::new(),
             done: Vec::new(),
         };
@@ -195,7 +196,7 @@ impl HubHandle {
     pub(crate) async fn subscribe(&self) -> Option<Subscription> {
         let (reply, answer) = oneshot::channel();
         self.tx.send(HubMsg::Subscribe { reply }).await.ok()?;
-        answer.await.ok()
+        answer.await.ok().flatten()
     }
 }
 

@@ -77,6 +77,8 @@ pub struct GatewayServerConfig {
     /// `lagged` event and its stream ends. Default 32 MiB (an event larger than that alone still goes to a
     /// client with nothing queued).
     pub max_event_client_bytes: usize,
+    /// Most `/api/events` clients at once; more are answered `503`. Default 64.
+    pub max_event_clients: usize,
     /// Permission rules, evaluated before a person is asked (`session`'s auto flags join them).
     pub rules: Vec<uplink_proto::rules::Rule>,
     /// Certificate chain and private key (PEM files) to serve HTTPS and `wss://`.
@@ -111,6 +113,7 @@ impl GatewayServerConfig {
             max_unidentified: 1024,
             max_pending_input_bytes: 256 << 20,
             max_event_client_bytes: 32 << 20,
+            max_event_clients: 64,
             rules: Vec::new(),
             tls: None,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
@@ -141,6 +144,7 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("max_unidentified", &self.max_unidentified)
             .field("max_pending_input_bytes", &self.max_pending_input_bytes)
             .field("max_event_client_bytes", &self.max_event_client_bytes)
+            .field("max_event_clients", &self.max_event_clients)
             .field("rules", &self.rules)
             .field("tls", &self.tls)
             .field("max_message_size", &self.max_message_size)
@@ -294,7 +298,8 @@ impl GatewayServer {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| GatewayStartError::Bind { addr: config.listen, error })?;
-        let (hub, hub_task) = HubHandle::spawn(hub, TokioInstant::now(), config.max_event_client_bytes);
+        let (hub, hub_task) =
+            HubHandle::spawn(hub, TokioInstant::now(), config.max_event_client_bytes, config.max_event_clients);
         let shared = Arc::new(Shared {
             hub,
             closing: tokio::sync::watch::Sender::new(false),
