@@ -3,8 +3,8 @@
 //! Sled connections and HTTP handlers talk to it through one bounded channel ([`HubHandle`]); it answers
 //! them through oneshot channels and each connection's own queue. Its loop: drain the hub's outputs and
 //! route each; then wait for the next message or the hub's timer; feed it in. No lock is shared with
-//! anyone, and no JSON is built here: listings and events leave as the hub's own values, and the HTTP side
-//! writes them out.
+//! anyone. Listings leave as the hub's own values, and the HTTP side writes them out; events are written
+//! here, once each and only while someone listens, so that every client shares one text (`events.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
