@@ -30,7 +30,7 @@ fuzz_target!(|input: Input| {
     let tool_input = input.raw_input.unwrap_or_else(|| {
         serde_json::json!({"command": input.command, "file_path": input.command, "url": input.command}).to_string()
     });
-    let request = Request { project: "p", tool_name: &input.tool, tool_input: &tool_input };
+    let request = Request { connection: None, project: "p", tool_name: &input.tool, tool_input: &tool_input };
     let all = RuleSet::new(rules.clone());
     let outcome = all.evaluate(Instant::ZERO, &request);
     for r in rules.iter().filter(|r| r.effect == Effect::Deny) {

@@ -228,6 +228,17 @@ pub async fn http(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
+    within("an HTTP answer", try_http(method, url, token, body, headers)).await.unwrap()
+}
+
+/// As [`http`], with a failed connection as an error (a server that dies under the request).
+pub async fn try_http(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
     use http_body_util::BodyExt as _;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
@@ -239,10 +250,10 @@ pub async fn http(
         request = request.header(*k, *v);
     }
     let body = http_body_util::Full::new(bytes::Bytes::from(body.unwrap_or("").to_owned()));
-    let response = within("an HTTP answer", client.request(request.body(body).unwrap())).await.unwrap();
+    let response = client.request(request.body(body).unwrap()).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    let bytes = within("an HTTP body", response.into_body().collect()).await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
+    let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Subscribes to a Server-Sent Events endpoint; yields `(event, data)` pairs as they arrive.
@@ -301,7 +312,7 @@ pub struct RealGateway {
     /// Replaces the running gateway's credentials.
     pub reloader: uplink_tokio::gateway::CredentialsReloader,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), uplink_tokio::gateway::GatewayRunError>>,
 }
 
 impl RealGateway {
@@ -325,11 +336,19 @@ impl RealGateway {
     }
 
     /// A gateway with exactly `config`, except for a loopback port and a 2 s handshake timeout.
-    pub async fn start_config(mut config: uplink_tokio::gateway::GatewayServerConfig) -> RealGateway {
+    pub async fn start_config(config: uplink_tokio::gateway::GatewayServerConfig) -> RealGateway {
+        RealGateway::start_with_store(config, None).await
+    }
+
+    /// As [`RealGateway::start_config`], with `store`.
+    pub async fn start_with_store(
+        mut config: uplink_tokio::gateway::GatewayServerConfig,
+        store: Option<Box<dyn uplink_tokio::store::Store>>,
+    ) -> RealGateway {
         config.listen = "127.0.0.1:0".parse().unwrap();
         // Short, so that the slow-loris tests take two seconds rather than ten.
         config.handshake_timeout = Duration::from_secs(2);
-        let server = uplink_tokio::gateway::GatewayServer::bind(config).await.unwrap();
+        let server = uplink_tokio::gateway::GatewayServer::bind_with_store(config, store).await.unwrap();
         let reloader = server.reloader();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -353,7 +372,13 @@ impl RealGateway {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        within("the gateway to stop", &mut self.task).await.unwrap();
+        within("the gateway to stop", &mut self.task).await.unwrap().unwrap();
+    }
+
+    /// Waits for the gateway to stop by itself (a failed store), and returns why.
+    pub async fn stopped(mut self) -> Result<(), uplink_tokio::gateway::GatewayRunError> {
+        self.stop.take();
+        within("the gateway to stop by itself", &mut self.task).await.unwrap()
     }
 
     pub async fn kill(mut self) {

@@ -151,12 +151,14 @@ async fn a_request_withdrawn_by_the_sled_disappears_and_cannot_be_decided() {
     let pending = tokio::spawn(async move { asker.request_permission("Bash", &json!({})).await });
     let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
     let withdrawn = next_event(&mut events, "permission_withdrawn").await;
-    assert_eq!((withdrawn["id"].as_str(), withdrawn["reason"].as_str()), (Some(id.as_str()), Some("cancelled")));
+    // The sled's deadline passed: it says so (`timeout`), and the gateway records it as that.
+    assert_eq!((withdrawn["id"].as_str(), withdrawn["reason"].as_str()), (Some(id.as_str()), Some("deadline")));
+    assert!(withdrawn["waited_ms"].as_u64().is_some_and(|ms| ms >= 250), "{withdrawn}");
     assert_eq!(within("the decision", pending).await.unwrap(), Decision::Deny);
     let (status, refused) =
         http("POST", &format!("{}/api/permissions/{id}", gw.base), Some(ADMIN), Some(r#"{"approved":true}"#), &[])
             .await;
-    assert_eq!((status, parse(&refused)["ended"].clone()), (409, json!("cancelled")), "{refused}");
+    assert_eq!((status, parse(&refused)["ended"].clone()), (409, json!("deadline")), "{refused}");
     uplink.shutdown().await;
 }
 

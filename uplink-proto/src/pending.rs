@@ -93,6 +93,11 @@ impl<K: Key, V> PendingTable<K, V> {
         self.entries.contains_key(&key)
     }
 
+    /// The entry under `key`, to read.
+    pub(crate) fn get(&self, key: K) -> Option<&Pending<V>> {
+        self.entries.get(&key)
+    }
+
     /// The entry under `key`.
     pub(crate) fn get_mut(&mut self, key: K) -> Option<&mut Pending<V>> {
         self.entries.get_mut(&key)

@@ -201,13 +201,29 @@ fn a_permission_is_decided_once_and_a_second_decision_is_refused() {
 fn a_withdrawn_permission_cannot_be_decided() {
     let mut g = G::identified(GatewayConfig::default());
     let perm = requested(&g.perm_request("r1", "Bash"));
+    g.at(2.5);
     let outs = g.text(r#"{"type":"perm_cancel","req_id":"r1","payload":{"reason":"timeout"}}"#);
-    assert_eq!(events(&outs), vec![GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::Cancelled }]);
+    // `timeout` is the sled's deadline; the event says how long the request waited.
+    let waited = Duration::from_millis(2500);
+    assert_eq!(events(&outs), vec![GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::Deadline, waited }]);
     assert_eq!(g.gw.decide(g.now, perm, Decision::Approve), Err(DecideError::NotPending));
     assert_eq!(
         events(&g.text(r#"{"type":"perm_cancel","req_id":"r1"}"#)),
         vec![GatewayEvent::FrameIgnored(GatewayIgnored::Unmatched)]
     );
+    // Any other reason (or none) is a withdrawal.
+    for (i, reason) in
+        [r#"{"reason":"withdrawn"}"#, r#"{"reason":"shutdown"}"#, "null", r#"{"reason":7}"#].iter().enumerate()
+    {
+        let perm = requested(&g.perm_request(&format!("w{i}"), "Bash"));
+        let outs = g.text(&format!(r#"{{"type":"perm_cancel","req_id":"w{i}","payload":{reason}}}"#));
+        let waited = Duration::ZERO;
+        assert_eq!(
+            events(&outs),
+            vec![GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::Cancelled, waited }],
+            "{reason}"
+        );
+    }
 }
 
 #[test]
@@ -244,7 +260,9 @@ fn policies_and_the_pending_limit_decide_without_the_application() {
             vec![GatewayEvent::PermissionAutoDecided {
                 req_id: format!("auto-{tool}"),
                 tool_name: tool.into(),
-                decision: want
+                tool_input: r#"{"x":1}"#.into(),
+                decision: want,
+                message: (!why.is_empty()).then_some(why),
             }]
         );
         // The agent learns which rule decided.
@@ -310,8 +328,8 @@ fn closing_or_losing_the_connection_withdraws_everything_pending() {
     assert_eq!(
         events(&outs),
         vec![
-            GatewayEvent::PermissionWithdrawn { perm: p1, reason: Withdrawn::ConnectionLost },
-            GatewayEvent::PermissionWithdrawn { perm: p2, reason: Withdrawn::ConnectionLost },
+            GatewayEvent::PermissionWithdrawn { perm: p1, reason: Withdrawn::ConnectionLost, waited: Duration::ZERO },
+            GatewayEvent::PermissionWithdrawn { perm: p2, reason: Withdrawn::ConnectionLost, waited: Duration::ZERO },
             GatewayEvent::McpFailed { id: m, reason: McpFailure::ConnectionLost },
             GatewayEvent::Closed,
         ]
@@ -363,7 +381,12 @@ fn a_sled_silent_past_the_dead_threshold_is_closed_with_4008_and_its_requests_wi
     let outs = g.at(90.0);
     assert!(outs.contains(&GatewayOutput::Close(CloseReason::Dead)), "{outs:?}");
     assert_eq!(CloseReason::Dead.code(), 4008);
-    assert!(events(&outs).contains(&GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost }));
+    let waited = Duration::from_secs(90);
+    assert!(events(&outs).contains(&GatewayEvent::PermissionWithdrawn {
+        perm,
+        reason: Withdrawn::ConnectionLost,
+        waited
+    }));
     assert_eq!(g.gw.decide(g.now, perm, Decision::Approve), Err(DecideError::NotPending));
     // Any traffic keeps a sled alive: a pong at 80 s moves the threshold.
     let mut g = G::identified(GatewayConfig::default());

@@ -22,9 +22,10 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::json;
 use uplink_proto::gateway::{
-    CloseReason, ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubDecideError, HubEvent,
-    HubOutput, McpTicket, PermId, ProjectScope, PublicPermId,
+    Always, AlwaysScope, CloseReason, ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig,
+    HubDecideError, HubEvent, HubOutput, McpTicket, PermId, ProjectScope, PublicPermId, Verdict,
 };
+use uplink_proto::rules::RuleId;
 use uplink_proto::{Decision, GatewayFrame, Instant, Received};
 
 #[derive(Clone, Debug)]
@@ -56,7 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<u8>(), 0u8..4).prop_map(|(c, r)| Op::PermCancel(c, r)),
         3 => (any::<u8>(), 0u8..6).prop_map(|(c, m)| Op::McpResponse(c, m)),
         1 => any::<u8>().prop_map(Op::Garbage),
-        5 => (any::<u8>(), 0u8..3).prop_map(|(p, d)| Op::Decide(p, d)),
+        5 => (any::<u8>(), 0u8..5).prop_map(|(p, d)| Op::Decide(p, d)),
         3 => (0u8..4).prop_map(Op::SendMcp),
         2 => any::<u8>().prop_map(Op::Disconnect),
         1 => any::<u8>().prop_map(Op::TooBig),
@@ -68,7 +69,22 @@ fn op() -> impl Strategy<Value = Op> {
 
 const PROJECTS: [&str; 4] = ["p", "q", "q2", "r"];
 const TOOLS: [&str; 4] = ["Bash", "Read", "rm", "Write"];
-const DECISIONS: [Decision; 3] = [Decision::Approve, Decision::Deny, Decision::AlwaysAllow];
+/// The decisions a person makes: approve, deny, and "always allow" in each scope.
+const DECISIONS: [(Decision, AlwaysScope); 5] = [
+    (Decision::Approve, AlwaysScope::Project),
+    (Decision::Deny, AlwaysScope::Project),
+    (Decision::AlwaysAllow, AlwaysScope::Project),
+    (Decision::AlwaysAllow, AlwaysScope::Connection),
+    (Decision::AlwaysAllow, AlwaysScope::Everywhere),
+];
+
+/// A rule a person's "always allow" made, as the model expects it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Remembered {
+    tool: String,
+    project: Option<String>,
+    conn: Option<ConnHandle>,
+}
 const MAX_GONE: usize = 2;
 const MAX_CONNECTIONS: usize = 6;
 const MAX_UNIDENTIFIED: usize = 3;
@@ -115,7 +131,11 @@ struct Model {
     now: Instant,
     /// Every connection accepted, with its credential's index.
     conns: Vec<(ConnHandle, usize)>,
-    perms: BTreeMap<PublicPermId, (Fate, String)>,
+    /// Every permission a person could decide: its fate, `req_id`, project and tool.
+    perms: BTreeMap<PublicPermId, (Fate, String, String, String)>,
+    /// The rules "always allow" made that are in force, and the one the last such decision must make.
+    remembered: BTreeMap<RuleId, Remembered>,
+    expect_rule: Option<Remembered>,
     tickets: BTreeMap<McpTicket, Fate>,
     /// Which connection holds each project, by the events seen.
     holders: BTreeMap<String, ConnHandle>,
@@ -157,6 +177,8 @@ impl Model {
             now: Instant::ZERO,
             conns: Vec::new(),
             perms: BTreeMap::new(),
+            remembered: BTreeMap::new(),
+            expect_rule: None,
             tickets: BTreeMap::new(),
             holders: BTreeMap::new(),
             ever: BTreeSet::new(),
@@ -233,7 +255,7 @@ impl Model {
                 self.text(*c, "{not json");
             }
             Op::Decide(p, d) => {
-                let decision = DECISIONS[usize::from(*d)];
+                let (decision, scope) = DECISIONS[usize::from(*d)];
                 // Mostly a known id (pending or ended), sometimes one that never existed.
                 let known: Vec<PublicPermId> = self.perms.keys().copied().collect();
                 let id = if known.is_empty() || *p % 7 == 0 {
@@ -241,17 +263,26 @@ impl Model {
                 } else {
                     known[usize::from(*p) % known.len()]
                 };
-                let pending = self.perms.get(&id).filter(|(f, _)| *f == Fate::Pending).map(|(_, r)| r.clone());
-                let ended = self.perms.get(&id).is_some_and(|(f, _)| *f == Fate::Ended);
-                let result = self.hub.decide(now, id, decision);
+                let pending = self.perms.get(&id).filter(|p| p.0 == Fate::Pending).cloned();
+                let ended = self.perms.get(&id).is_some_and(|p| p.0 == Fate::Ended);
+                let result = self.hub.decide(now, id, Verdict::new(decision).always(Always::new(scope, 0)));
                 prop_assert_eq!(result.is_ok(), pending.is_some(), "decide {} against the model", id);
                 // A late decision says how the permission ended (the bound, 4096, exceeds any script here).
                 if ended {
                     prop_assert!(matches!(result, Err(HubDecideError::Ended(_))), "{} ended: {:?}", id, result);
                 }
-                if let (Ok(()), Some(req_id)) = (result, pending) {
+                if let (Ok(_), Some((_, req_id, project, tool))) = (result, pending) {
                     if decision.is_allow() {
                         approved.insert((id.conn, req_id));
+                    }
+                    // "Always allow" makes a rule for the tool in the scope picked; for Bash, none (the
+                    // model's inputs have no command to derive one from).
+                    if decision == Decision::AlwaysAllow && tool != "Bash" {
+                        self.expect_rule = Some(Remembered {
+                            tool,
+                            project: (scope != AlwaysScope::Everywhere).then_some(project),
+                            conn: (scope == AlwaysScope::Connection).then_some(id.conn),
+                        });
                     }
                 }
             }
@@ -346,25 +377,61 @@ impl Model {
                     {
                         prop_assert!(false, "a request the deny rule covers reached a person");
                     }
-                    HubEvent::PermissionRequested { id, req_id, .. } => {
-                        prop_assert!(self.perms.insert(id, (Fate::Pending, req_id)).is_none(), "id {} reused", id);
+                    HubEvent::PermissionRequested { id, req_id, project, tool_name, .. } => {
+                        // No rule a person made covers it.
+                        let covered = self.remembered.values().any(|r| {
+                            r.tool == tool_name
+                                && r.project.as_ref().is_none_or(|p| *p == project)
+                                && r.conn.is_none_or(|c| c == id.conn)
+                        });
+                        prop_assert!(!covered, "{} reached a person though \"always allow\" covers it", id);
+                        let entry = (Fate::Pending, req_id, project, tool_name);
+                        prop_assert!(self.perms.insert(id, entry).is_none(), "id {} reused", id);
                     }
                     HubEvent::PermissionDecided { id, .. } | HubEvent::PermissionWithdrawn { id, .. } => {
                         let entry = self.perms.get_mut(&id);
-                        prop_assert!(entry.as_ref().is_some_and(|(f, _)| *f == Fate::Pending), "{} ended twice", id);
-                        if let Some((fate, _)) = entry {
-                            *fate = Fate::Ended;
+                        prop_assert!(entry.as_ref().is_some_and(|p| p.0 == Fate::Pending), "{} ended twice", id);
+                        if let Some(p) = entry {
+                            p.0 = Fate::Ended;
                         }
+                    }
+                    HubEvent::RuleAdded { rule } => {
+                        let expected = self.expect_rule.take();
+                        let made = Remembered {
+                            tool: rule.pattern.to_string(),
+                            project: match &rule.projects {
+                                ProjectScope::Any => None,
+                                ProjectScope::Exactly(p) => Some(p.clone()),
+                                other => return Err(TestCaseError::fail(format!("scope {other:?}"))),
+                            },
+                            conn: rule.connection,
+                        };
+                        prop_assert_eq!(Some(&made), expected.as_ref(), "a rule nobody asked for");
+                        prop_assert!(rule.effect == uplink_proto::rules::Effect::Allow);
+                        self.remembered.insert(rule.id, made);
+                    }
+                    HubEvent::RuleRemoved { id, by } => {
+                        // Only a connection's own rules go by themselves, once its connection is closed.
+                        let gone = self.remembered.remove(&id);
+                        prop_assert!(by.is_none());
+                        let conn = gone.and_then(|r| r.conn);
+                        prop_assert!(conn.is_some_and(|c| self.hub.credential_of(c).is_none()), "{:?} removed", id);
                     }
                     HubEvent::PermissionAutoDecided { project, tool_name, decision, .. }
                         if project == "r" && tool_name == "Bash" =>
                     {
                         prop_assert_eq!(decision, Decision::Deny);
                     }
-                    HubEvent::PermissionAutoDecided { conn, req_id, tool_name, decision, .. }
+                    HubEvent::PermissionAutoDecided { conn, req_id, tool_name, decision, rule, project, .. }
                         if decision.is_allow() =>
                     {
-                        prop_assert_eq!(tool_name.as_str(), "Read");
+                        // The flag, or a rule a person made that covers it.
+                        let by_person = rule.and_then(|id| self.remembered.get(&id)).is_some_and(|r| {
+                            r.tool == tool_name
+                                && r.project.as_ref().is_none_or(|p| *p == project)
+                                && r.conn.is_none_or(|c| c == conn)
+                        });
+                        prop_assert!(tool_name == "Read" || by_person, "approved {} by {:?}", tool_name, rule);
                         auto_approved.insert((conn, req_id));
                     }
                     HubEvent::McpAnswered { ticket, .. } | HubEvent::McpFailed { ticket, .. } => {
@@ -379,6 +446,7 @@ impl Model {
                 _ => {}
             }
         }
+        prop_assert!(self.expect_rule.is_none(), "\"always allow\" made no rule");
         for sent in &sent_approvals {
             prop_assert!(approved.contains(sent) || auto_approved.contains(sent), "unjustified approval {:?}", sent);
         }
@@ -397,7 +465,7 @@ impl Model {
         // Listings.
         let listed: BTreeSet<PublicPermId> = self.hub.permissions(self.now).into_iter().map(|p| p.id).collect();
         let pending: BTreeSet<PublicPermId> =
-            self.perms.iter().filter(|(_, (f, _))| *f == Fate::Pending).map(|(id, _)| *id).collect();
+            self.perms.iter().filter(|(_, p)| p.0 == Fate::Pending).map(|(id, _)| *id).collect();
         prop_assert_eq!(listed, pending);
         let sleds = self.hub.sleds(self.now);
         let connected: BTreeSet<String> = sleds.iter().filter(|s| s.connected).map(|s| s.project.clone()).collect();
@@ -414,6 +482,10 @@ impl Model {
                 prop_assert_eq!(Some(held), self.creds[*cred].as_ref(), "{} kept a revoked credential", conn.0);
                 prop_assert!(!held.is_expired(self.now), "{} open with an expired credential", conn.0);
             }
+        }
+        // A connection's own rules end with it: no rule outlives its connection.
+        for rule in self.hub.rules().rules() {
+            prop_assert!(rule.connection.is_none_or(|c| self.hub.credential_of(c).is_some()), "{:?} outlived", rule.id);
         }
         // Budgets: connections, and the bytes the listing holds (per connection and in total).
         prop_assert!(self.hub.connections() <= MAX_CONNECTIONS && self.hub.unidentified() <= MAX_UNIDENTIFIED);
@@ -439,7 +511,7 @@ proptest! {
         m.hub.shutdown(m.now);
         m.check(&BTreeSet::new())?;
         prop_assert_eq!(m.hub.connections(), 0);
-        prop_assert!(m.perms.values().all(|(f, _)| *f == Fate::Ended), "pending after shutdown");
+        prop_assert!(m.perms.values().all(|p| p.0 == Fate::Ended), "pending after shutdown");
         prop_assert!(m.tickets.values().all(|f| *f == Fate::Ended), "MCP request pending after shutdown");
         prop_assert!(m.holders.is_empty());
         prop_assert_eq!(m.hub.poll_timeout(), None);

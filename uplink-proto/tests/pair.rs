@@ -58,7 +58,7 @@ fn an_undecided_request_is_denied_by_the_sled_and_withdrawn_at_the_gateway() {
     assert!(
         p.gateway_events()
             .iter()
-            .any(|e| matches!(e, HubEvent::PermissionWithdrawn { reason: Withdrawn::Cancelled, .. }))
+            .any(|e| matches!(e, HubEvent::PermissionWithdrawn { reason: Withdrawn::Deadline, .. }))
     );
 }
 

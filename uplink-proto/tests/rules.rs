@@ -23,7 +23,7 @@ fn bash(command: &str) -> String {
 }
 
 fn ask(rules: &RuleSet, tool: &str, input: &str) -> Outcome {
-    rules.evaluate(Instant::ZERO, &Request { project: "p", tool_name: tool, tool_input: input })
+    rules.evaluate(Instant::ZERO, &Request { connection: None, project: "p", tool_name: tool, tool_input: input })
 }
 
 fn kind(o: Outcome) -> &'static str {
@@ -152,7 +152,7 @@ fn project_scope_and_expiry_decide_which_rules_apply() {
         rule(2, Effect::Deny, "Read").expiring(t),
     ]);
     let at = |now: Instant, project: &str, tool: &str| {
-        rules.evaluate(now, &Request { project, tool_name: tool, tool_input: "{}" })
+        rules.evaluate(now, &Request { connection: None, project, tool_name: tool, tool_input: "{}" })
     };
     assert_eq!(at(Instant::ZERO, "team-a/web", "Bash"), Outcome::Allow(RuleId(1)));
     assert_eq!(at(Instant::ZERO, "team-b/web", "Bash"), Outcome::NoRule);

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo bench -p uplink-tokio --bench net                   # every bench, quick sizes
-//! cargo bench -p uplink-tokio --bench net -- rtt            # one of: rtt throughput relay scale
+//! cargo bench -p uplink-tokio --bench net -- rtt            # one of: rtt throughput relay scale decisions
 //! cargo bench -p uplink-tokio --bench net -- scale --sleds 10000 --idle-secs 30
 //! ```
 #![allow(clippy::print_stdout, reason = "a benchmark reports on standard output")]
@@ -43,13 +43,25 @@ const MCP_RESULT: &str =
 struct GatewayProcess {
     child: Child,
     addr: SocketAddr,
+    state_dir: std::path::PathBuf,
 }
 
 impl GatewayProcess {
+    /// As deployed: with its store (the audit log), in a state directory of its own.
     fn start() -> GatewayProcess {
+        GatewayProcess::start_with(&["--auto-approve", "Bench"])
+    }
+
+    fn start_with(extra: &[&str]) -> GatewayProcess {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let state_dir = std::env::temp_dir().join(format!("uplink-bench-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state_dir);
         let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
             .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", SLED_TOKEN, "--admin-token", ADMIN_TOKEN])
-            .args(["--auto-approve", "Bench"])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(&state_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -65,7 +77,7 @@ impl GatewayProcess {
         };
         // Keep reading its standard output so that it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        GatewayProcess { child, addr }
+        GatewayProcess { child, addr, state_dir }
     }
 
     fn cpu(&self) -> Duration {
@@ -109,6 +121,7 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
@@ -636,6 +649,104 @@ async fn bench_scale(sleds: usize, idle: Duration) {
 
 // ── Main ─────────────────────────────────────────────────────────────────────────────────────────────────
 
+// ── 6. Decisions through 100 rules and the durable audit log ─────────────────────────────────────────────
+
+/// `total` requests from one raw sled connection, `in_flight` at a time, each decided by the gateway's rules;
+/// every answer must be the approval of its own request. Returns each round trip and the wall time.
+async fn rule_decisions(gateway: &GatewayProcess, total: usize, in_flight: usize) -> (Latencies, Duration) {
+    use std::collections::HashMap;
+    let url = format!("{}?token={SLED_TOKEN}", gateway.sled_url());
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let identity = json!({"type":"identity","req_id":"identity","payload":{"project":"team/web"}});
+    sink.send(Message::text(identity.to_string())).await.unwrap();
+    let frame = |i: usize| {
+        json!({"type":"perm_request","req_id":format!("d{i}"),
+            "payload":{"tool_name":"Bash","tool_input":{"command":format!("npm run test unit-{i}"),"description":"run one suite"}}})
+        .to_string()
+    };
+    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(in_flight * 2);
+    let (mut next, mut lat) = (0, Vec::with_capacity(total));
+    let start = Instant::now();
+    while next < in_flight.min(total) {
+        sent.insert(format!("d{next}"), Instant::now());
+        sink.feed(Message::text(frame(next))).await.unwrap();
+        next += 1;
+    }
+    sink.flush().await.unwrap();
+    while lat.len() < total {
+        let Message::Text(text) = stream.next().await.unwrap().unwrap() else { continue };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if v["type"] != "perm_response" {
+            continue;
+        }
+        let at = sent.remove(v["req_id"].as_str().unwrap()).expect("an answer to a request in flight");
+        assert_eq!(v["payload"]["approved"], true, "{text}");
+        lat.push(at.elapsed());
+        if next < total {
+            sent.insert(format!("d{next}"), Instant::now());
+            sink.send(Message::text(frame(next))).await.unwrap();
+            next += 1;
+        }
+    }
+    (Latencies(lat), start.elapsed())
+}
+
+async fn bench_decisions(total: usize) {
+    const IN_FLIGHT: usize = 64;
+    println!(
+        "
+## 6. Decisions through 100 rules and the audit log: {total} requests, {IN_FLIGHT} in flight"
+    );
+    // 99 rules that look into every command and do not match it, then the allow that does.
+    let mut rules: Vec<String> = (0..99).map(|k| format!("deny Bash(rm{k} *)")).collect();
+    rules.push("allow Bash(npm run test *)".into());
+    let mut args: Vec<&str> = Vec::new();
+    for r in &rules {
+        args.extend(["--rule", r.as_str()]);
+    }
+    let mut results = Vec::new();
+    // Alternated, after a warm-up of each, so that a drift of the machine's speed falls on both alike.
+    for round in 0..3 {
+        for store in [false, true] {
+            let mut extra = args.clone();
+            if !store {
+                extra.push("--no-store");
+            }
+            let gateway = GatewayProcess::start_with(&extra);
+            let _ = rule_decisions(&gateway, IN_FLIGHT * 20, IN_FLIGHT).await;
+            let cpu0 = gateway.cpu();
+            let (lat, wall) = rule_decisions(&gateway, total, IN_FLIGHT).await;
+            let cpu = (gateway.cpu() - cpu0).as_secs_f64() * 1e6 / total as f64;
+            if round > 0 || total < 10_000 {
+                results.push((store, lat, wall, cpu));
+            }
+        }
+    }
+    for (store, lat, wall, cpu) in &results {
+        println!(
+            "{}: {:.0} decisions/s  p50 {}  p99 {}  gateway CPU {cpu:.1} µs per decision",
+            if *store { "audit log on " } else { "store off    " },
+            lat.0.len() as f64 / wall.as_secs_f64(),
+            us(lat.pct(0.5)),
+            us(lat.pct(0.99))
+        );
+    }
+    let best = |on: bool, f: &dyn Fn(&Latencies) -> f64| {
+        results.iter().filter(|r| r.0 == on).map(|r| f(&r.1)).fold(f64::INFINITY, f64::min)
+    };
+    let rate = |on: bool| {
+        results.iter().filter(|r| r.0 == on).map(|r| r.1.0.len() as f64 / r.2.as_secs_f64()).fold(0.0, f64::max)
+    };
+    let p = |q: f64| move |l: &Latencies| l.pct(q).as_secs_f64() * 1e6;
+    println!(
+        "with the audit log: {:.0} decisions/s (target ≥ 20,000); added by the store: p50 {:+.0} µs, p99 {:+.0} µs          (target ≤ 2 ms)",
+        rate(true),
+        best(true, &p(0.5)) - best(false, &p(0.5)),
+        best(true, &p(0.99)) - best(false, &p(0.99)),
+    );
+}
+
 fn arg_value(args: &[String], name: &str) -> Option<usize> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
 }
@@ -645,7 +756,7 @@ fn main() {
     if args.first().is_some_and(|a| a == "echo-server") {
         return echo_server_main();
     }
-    let all = ["rtt", "throughput", "relay", "scale"];
+    let all = ["rtt", "throughput", "relay", "scale", "decisions"];
     let chosen: Vec<&str> = all.iter().copied().filter(|b| args.iter().any(|a| a == b)).collect();
     let chosen = if chosen.is_empty() { all.to_vec() } else { chosen };
     // `--current-thread` runs this process (sleds, load, local server) on one thread: no cross-thread wake-ups.
@@ -669,6 +780,7 @@ async fn run(args: Vec<String>, chosen: Vec<&'static str>) {
                 "rtt" => bench_rtt(arg_value(&args, "--n").unwrap_or(2000)).await,
                 "throughput" => bench_throughput(arg_value(&args, "--n").unwrap_or(50_000)).await,
                 "relay" => bench_relay(arg_value(&args, "--n").unwrap_or(20_000)).await,
+                "decisions" => bench_decisions(arg_value(&args, "--n").unwrap_or(50_000)).await,
                 _ => {
                     let sleds = arg_value(&args, "--sleds").unwrap_or(1000);
                     let idle = Duration::from_secs(arg_value(&args, "--idle-secs").unwrap_or(10) as u64);

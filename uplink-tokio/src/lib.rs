@@ -76,6 +76,7 @@ mod http;
 pub mod redact;
 mod sled;
 mod socket_loop;
+pub mod store;
 mod timer;
 mod ws;
 

@@ -8,14 +8,17 @@ use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use uplink_tests::{http, next_event, sse, within};
 
+/// Runs `uplink ARGS`; a gateway without `--state-dir` gets a fresh one of its own (never the user's).
 fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
         .args(args)
         .env_remove("UPLINK_SLED_TOKENS")
         .env_remove("UPLINK_ADMIN_TOKEN")
         .env_remove("UPLINK_GATEWAY")
         .env_remove("UPLINK_CREDENTIALS")
-        .env_remove("UPLINK_STATE_DIR")
+        .env("UPLINK_STATE_DIR", std::env::temp_dir().join(format!("uplink-cli-{}-spawn-{n}", std::process::id())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -119,7 +122,7 @@ async fn a_gateway_with_generated_tokens_and_a_sled_talk() {
     let (_, body) = http("POST", &permission_url, None, Some(ask), &[]).await;
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
-        json!({"decision": "deny", "reason": "gateway", "message": "denied by the gateway's rule #1: Bash(rm *)"})
+        json!({"decision": "deny", "reason": "gateway", "message": "denied by the gateway's rule #1000000001: Bash(rm *)"})
     );
 
     let (_, body) = http("GET", &format!("{base}/api/sleds"), Some(&admin), None, &[]).await;

@@ -22,6 +22,9 @@ pub enum ProjectScope {
     /// Projects matching any of these patterns. `*` matches any run of characters (`/` included); every other
     /// character matches itself.
     Patterns(Vec<String>),
+    /// This one project, byte for byte (`*` is a character like any other here): the scope of a person's
+    /// "always allow" for a project.
+    Exactly(String),
 }
 
 impl ProjectScope {
@@ -32,6 +35,7 @@ impl ProjectScope {
             ProjectScope::Patterns(patterns) => {
                 patterns.iter().any(|p| crate::glob::star_match(p.as_bytes(), project.as_bytes()))
             }
+            ProjectScope::Exactly(name) => name == project,
         }
     }
 }

@@ -31,13 +31,14 @@ use core::str::FromStr;
 use core::time::Duration;
 
 use super::close::CloseReason;
+use super::credential::ProjectScope;
 use super::credential::{Credential, CredentialId};
 use super::session::{
     DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,
     McpId, PermId, SendMcpError, Withdrawn,
 };
-use super::verdict::Verdict;
-use crate::rules::{Effect, Outcome, Pattern, Request, Rule, RuleId, RuleSet};
+use super::verdict::{AlwaysScope, Verdict};
+use crate::rules::{self, Effect, Outcome, Pattern, Request, Rule, RuleId, RuleSet};
 use crate::sled::Received;
 use crate::time::Instant;
 use crate::wire::Decision;
@@ -62,6 +63,9 @@ pub struct HubConfig {
     /// own [`GatewayConfig::max_pending_input_bytes`]); a request that would go beyond is denied at once.
     /// Default 256 MiB.
     pub max_pending_input_bytes: usize,
+    /// Most rules made at run time ([`Hub::add_rule`] and "always allow": ids below [`CONFIG_RULE_IDS`]);
+    /// beyond, [`Hub::add_rule`] refuses and an "always allow" approves once without a rule. Default 10,000.
+    pub max_rules: usize,
     /// The permission rules, evaluated for every request before a person is asked. The session's
     /// `auto_approve` and `auto_deny` tools join them as rules (authored [`FLAG_AUTHOR`]), so that a deny
     /// rule wins over them as over any allow.
@@ -71,8 +75,14 @@ pub struct HubConfig {
 /// The author of the rules that stand for [`GatewayConfig::auto_approve`] and [`GatewayConfig::auto_deny`].
 pub const FLAG_AUTHOR: &str = "--auto-approve/--auto-deny";
 
-/// The first id of the rules that stand for the auto flags (other rules' ids stay below it).
-pub const FLAG_RULE_IDS: u64 = 1 << 62;
+/// The first id a configuration's own rules should take ([`HubConfig::rules`] named on a command line, say):
+/// the hub numbers the rules it makes at run time below it, and never removes a rule at or above it (a
+/// configuration's rule comes back with the configuration). Decimal, and well within what JSON numbers
+/// carry exactly (2^53).
+pub const CONFIG_RULE_IDS: u64 = 1_000_000_000;
+
+/// The first id of the rules that stand for the auto flags: `2000000000`, `2000000001`, …
+pub const FLAG_RULE_IDS: u64 = 2_000_000_000;
 
 impl Default for HubConfig {
     fn default() -> Self {
@@ -83,6 +93,7 @@ impl Default for HubConfig {
             max_connections: 16_384,
             max_unidentified: 1024,
             max_pending_input_bytes: 256 << 20,
+            max_rules: 10_000,
             rules: Vec::new(),
         }
     }
@@ -179,6 +190,7 @@ impl core::fmt::Display for PermEnd {
         match self {
             PermEnd::Decided(d) => write!(f, "already decided ({d})"),
             PermEnd::Withdrawn(Withdrawn::Cancelled) => f.write_str("withdrawn by the sled"),
+            PermEnd::Withdrawn(Withdrawn::Deadline) => f.write_str("withdrawn: its deadline at the sled passed"),
             PermEnd::Withdrawn(Withdrawn::ConnectionLost) => f.write_str("withdrawn: its sled's connection ended"),
         }
     }
@@ -200,6 +212,11 @@ pub enum HubDecideError {
     #[error("the message is longer than {} bytes", crate::wire::MAX_MESSAGE_BYTES)]
     MessageTooLong,
 }
+
+/// [`Hub::add_rule`] refused: [`HubConfig::max_rules`] rules are in force.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("too many rules")]
+pub struct TooManyRules;
 
 /// Why [`Hub::send_mcp`] refused.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -295,6 +312,8 @@ pub enum HubEvent {
         id: PublicPermId,
         /// The project.
         project: String,
+        /// The credential of the connection it arrived on.
+        credential: CredentialId,
         /// The sled's id for it.
         req_id: String,
         /// The tool.
@@ -304,18 +323,24 @@ pub enum HubEvent {
     },
     /// A permission request decided by the auto policies or the pending limit, without the application.
     PermissionAutoDecided {
-        /// The connection.
+        /// The connection it arrived on.
         conn: ConnHandle,
         /// The project.
         project: String,
+        /// The credential of the connection it arrived on.
+        credential: CredentialId,
         /// The sled's id for it.
         req_id: String,
         /// The tool.
         tool_name: String,
+        /// The tool's input, as the JSON text it arrived in.
+        tool_input: Arc<str>,
         /// The decision sent.
         decision: Decision,
         /// The rule that decided; `None` for a budget.
         rule: Option<RuleId>,
+        /// The message sent with it, for a denial.
+        message: Option<Arc<str>>,
     },
     /// The application's decision was sent.
     PermissionDecided {
@@ -325,6 +350,11 @@ pub enum HubEvent {
         project: String,
         /// What, and the message sent with it.
         verdict: Verdict,
+        /// The allow rule a person's "always allow" created ([`HubEvent::RuleAdded`] came just before);
+        /// `None` otherwise, or when the request cannot be read as a rule (a compound Bash command).
+        rule: Option<RuleId>,
+        /// How long it waited for the decision.
+        waited: Duration,
     },
     /// A permission request ended without a decision.
     PermissionWithdrawn {
@@ -334,6 +364,20 @@ pub enum HubEvent {
         project: String,
         /// Why.
         reason: Withdrawn,
+        /// How long it had waited.
+        waited: Duration,
+    },
+    /// A rule now applies: added through [`Hub::add_rule`], or by a person's "always allow".
+    RuleAdded {
+        /// The rule, with the id the hub gave it.
+        rule: Rule,
+    },
+    /// A rule no longer applies: removed through [`Hub::remove_rule`], or its connection ended.
+    RuleRemoved {
+        /// Which.
+        id: RuleId,
+        /// Who removed it; `None` when its connection ended.
+        by: Option<Arc<str>>,
     },
     /// The answer to an MCP request (`null` for a notification), as the sled sent it.
     McpAnswered {
@@ -436,6 +480,8 @@ pub struct Hub {
     session_cfg: GatewayConfig,
     /// The permission rules in force.
     rules: RuleSet,
+    /// The id the next rule made here gets.
+    next_rule: u64,
     now: Instant,
     conns: BTreeMap<ConnHandle, Conn>,
     /// Each connection's next deadline, earliest first.
@@ -470,6 +516,7 @@ impl Hub {
             let id = RuleId(FLAG_RULE_IDS + i as u64);
             rules.push(Rule::new(id, effect, Pattern::tool(tool), FLAG_AUTHOR, 0));
         }
+        let next_rule = rules.iter().map(|r| r.id.0).filter(|&id| id < CONFIG_RULE_IDS).max().map_or(1, |m| m + 1);
         let mut session_cfg = config.session.clone();
         session_cfg.auto_approve.clear();
         session_cfg.auto_deny.clear();
@@ -477,6 +524,7 @@ impl Hub {
             cfg: config,
             session_cfg,
             rules: RuleSet::new(rules),
+            next_rule,
             now,
             conns: BTreeMap::new(),
             timers: BTreeSet::new(),
@@ -506,14 +554,32 @@ impl Hub {
         &self.rules
     }
 
-    /// Adds `rule` (or replaces the one with its id); it applies to requests from now on.
-    pub fn insert_rule(&mut self, rule: Rule) {
-        self.rules.insert(rule);
+    /// Adds `rule` under a new id, which it returns (the id `rule` has is ignored); it applies to requests
+    /// from now on. [`HubEvent::RuleAdded`] follows. Refused beyond [`HubConfig::max_rules`] rules (the
+    /// auto flags' not counted).
+    pub fn add_rule(&mut self, now: Instant, rule: Rule) -> Result<RuleId, TooManyRules> {
+        self.advance(now);
+        let counted = self.rules.rules().iter().filter(|r| r.id.0 < CONFIG_RULE_IDS).count();
+        if counted >= self.cfg.max_rules || self.next_rule >= CONFIG_RULE_IDS {
+            return Err(TooManyRules);
+        }
+        let id = RuleId(self.next_rule);
+        self.next_rule += 1;
+        let rule = rule.with_id(id);
+        self.rules.insert(rule.clone());
+        self.event(HubEvent::RuleAdded { rule });
+        Ok(id)
     }
 
-    /// Removes the rule `id`; whether there was one.
-    pub fn remove_rule(&mut self, id: RuleId) -> bool {
-        self.rules.remove(id)
+    /// Removes the rule `id` on behalf of `by`; whether there was one ([`HubEvent::RuleRemoved`] follows if
+    /// so). The configuration's rules and the auto flags' ([`CONFIG_RULE_IDS`] and above) cannot be removed.
+    pub fn remove_rule(&mut self, now: Instant, id: RuleId, by: impl Into<Arc<str>>) -> bool {
+        self.advance(now);
+        if id.0 >= CONFIG_RULE_IDS || !self.rules.remove(id) {
+            return false;
+        }
+        self.event(HubEvent::RuleRemoved { id, by: Some(by.into()) });
+        true
     }
 
     /// Open connections, identified or not.
@@ -694,13 +760,14 @@ impl Hub {
     }
 
     /// Sends the application's decision for the pending permission `id` (a [`Decision`] or a [`Verdict`] with
-    /// a message for the agent).
+    /// a message for the agent). For an "always allow", returns the allow rule it created, if the request
+    /// could be read as one ([`rules::suggest`]).
     pub fn decide(
         &mut self,
         now: Instant,
         id: PublicPermId,
         verdict: impl Into<Verdict>,
-    ) -> Result<(), HubDecideError> {
+    ) -> Result<Option<RuleId>, HubDecideError> {
         self.advance(now);
         let now = self.now;
         let verdict = verdict.into();
@@ -708,14 +775,38 @@ impl Hub {
             |hub: &Hub| hub.ended.get(&id).map_or(HubDecideError::NotPending, |end| HubDecideError::Ended(*end));
         let Some(c) = self.conns.get_mut(&id.conn) else { return Err(refused(self)) };
         let Some(project) = c.project.clone() else { return Err(refused(self)) };
+        let Some(asked) = c.session.permission(id.perm) else { return Err(refused(self)) };
+        let waited = now.saturating_duration_since(asked.since);
+        // A person's "always allow" becomes an allow rule, derived from the request (never from the person's
+        // words), in the scope they picked.
+        let remembered = match verdict.decision {
+            Decision::AlwaysAllow => rules::suggest(asked.tool_name, asked.tool_input).map(|pattern| {
+                let always = verdict.always.unwrap_or_default();
+                let author = verdict.by.clone().unwrap_or_else(|| Arc::from("always allow"));
+                let mut rule = Rule::new(RuleId(0), Effect::Allow, pattern, author, always.created);
+                rule = match always.scope {
+                    AlwaysScope::Connection => {
+                        rule.for_connection(id.conn).for_projects(ProjectScope::Exactly(project.clone()))
+                    }
+                    AlwaysScope::Project => rule.for_projects(ProjectScope::Exactly(project.clone())),
+                    AlwaysScope::Everywhere => rule,
+                };
+                if let Some(at) = always.until {
+                    rule = rule.expiring(at);
+                }
+                rule
+            }),
+            _ => None,
+        };
         match c.session.decide(now, id.perm, verdict.clone()) {
             Ok(()) => {}
             Err(DecideError::MessageTooLong) => return Err(HubDecideError::MessageTooLong),
             Err(DecideError::NotPending) => return Err(refused(self)),
         }
+        let rule = remembered.and_then(|rule| self.add_rule(now, rule).ok());
         self.pump(id.conn);
-        self.event(HubEvent::PermissionDecided { id, project, verdict });
-        Ok(())
+        self.event(HubEvent::PermissionDecided { id, project, verdict, rule, waited });
+        Ok(rule)
     }
 
     /// Sends a JSON-RPC message to `project`'s sled, for its local MCP endpoint.
@@ -835,6 +926,7 @@ impl Hub {
                     self.unidentified -= 1;
                 }
                 self.pending_bytes -= c.counted_bytes;
+                self.drop_connection_rules(conn);
             }
         } else {
             self.reschedule(conn);
@@ -856,6 +948,15 @@ impl Hub {
         if let Some(at) = next {
             self.timers.insert((at, conn));
             c.timer = Some(at);
+        }
+    }
+
+    /// A connection ended: the rules made for it alone go with it.
+    fn drop_connection_rules(&mut self, conn: ConnHandle) {
+        let ids: Vec<RuleId> = self.rules.rules().iter().filter(|r| r.connection == Some(conn)).map(|r| r.id).collect();
+        for id in ids {
+            self.rules.remove(id);
+            self.event(HubEvent::RuleRemoved { id, by: None });
         }
     }
 
@@ -883,10 +984,17 @@ impl Hub {
             GatewayEvent::PermissionRequested { perm, req_id, tool_name, tool_input } => {
                 let project = self.project_name(conn);
                 let Some(c) = self.conns.get(&conn) else { return };
+                let credential = c.credential.id;
+                let id = PublicPermId { conn, perm };
                 // The fleet's budget: what every connection holds, this request included. Then the rules,
                 // before a person is asked.
                 let total = self.pending_bytes - c.counted_bytes + c.session.pending_input_bytes();
-                let request = Request { project: &project, tool_name: &tool_name, tool_input: &tool_input };
+                let request = Request {
+                    connection: Some(conn),
+                    project: &project,
+                    tool_name: &tool_name,
+                    tool_input: &tool_input,
+                };
                 let decided = if total > self.cfg.max_pending_input_bytes {
                     Some((
                         Decision::Deny,
@@ -906,31 +1014,48 @@ impl Hub {
                     if let Some(why) = why {
                         verdict = verdict.with_message(why);
                     }
+                    let message = verdict.message.clone();
                     let now = self.now;
                     let Some(c) = self.conns.get_mut(&conn) else { return };
                     if c.session.decide(now, perm, verdict).is_ok() {
                         self.event(HubEvent::PermissionAutoDecided {
                             conn,
                             project,
+                            credential,
                             req_id,
                             tool_name,
+                            tool_input,
                             decision,
                             rule,
+                            message,
                         });
                     }
                     return;
                 }
-                let id = PublicPermId { conn, perm };
-                self.event(HubEvent::PermissionRequested { id, project, req_id, tool_name, tool_input });
+                self.event(HubEvent::PermissionRequested { id, project, credential, req_id, tool_name, tool_input });
             }
-            GatewayEvent::PermissionAutoDecided { req_id, tool_name, decision } => {
+            GatewayEvent::PermissionAutoDecided { req_id, tool_name, tool_input, decision, message } => {
+                // A session's own budget (its auto flags are the hub's rules).
                 let project = self.project_name(conn);
+                let Some(credential) = self.conns.get(&conn).map(|c| c.credential.id) else { return };
+                let message = message.map(Arc::from);
                 let rule = None;
-                self.event(HubEvent::PermissionAutoDecided { conn, project, req_id, tool_name, decision, rule });
+                self.event(HubEvent::PermissionAutoDecided {
+                    conn,
+                    project,
+                    credential,
+                    req_id,
+                    tool_name,
+                    tool_input,
+                    decision,
+                    rule,
+                    message,
+                });
             }
-            GatewayEvent::PermissionWithdrawn { perm, reason } => {
+            GatewayEvent::PermissionWithdrawn { perm, reason, waited } => {
                 let project = self.project_name(conn);
-                self.event(HubEvent::PermissionWithdrawn { id: PublicPermId { conn, perm }, project, reason });
+                let id = PublicPermId { conn, perm };
+                self.event(HubEvent::PermissionWithdrawn { id, project, reason, waited });
             }
             GatewayEvent::McpResponse { id, payload } => {
                 self.event(HubEvent::McpAnswered { ticket: McpTicket { conn, id }, payload })

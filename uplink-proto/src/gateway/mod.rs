@@ -29,12 +29,12 @@ pub mod verdict;
 pub use close::CloseReason;
 pub use credential::{Credential, CredentialId, ProjectScope};
 pub use hub::{
-    AcceptError, BadPermId, ConnHandle, Hub, HubConfig, HubDecideError, HubEvent, HubOutput, McpRefused, McpTicket,
-    PermEnd, PermissionSummary, PublicPermId, SledSummary,
+    AcceptError, BadPermId, CONFIG_RULE_IDS, ConnHandle, Hub, HubConfig, HubDecideError, HubEvent, HubOutput,
+    McpRefused, McpTicket, PermEnd, PermissionSummary, PublicPermId, SledSummary, TooManyRules,
 };
 pub use principal::{Action, BadRole, Role};
 pub use session::{
     DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,
     McpId, PendingPermission, PermId, SendMcpError, Withdrawn,
 };
-pub use verdict::Verdict;
+pub use verdict::{Always, AlwaysScope, BadScope, Contradiction, Verdict};

@@ -131,19 +131,27 @@ pub struct McpId(pub u64);
 /// Why a permission request ended without a decision.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Withdrawn {
-    /// The sled sent `perm_cancel` (its deadline passed, or it shut down).
+    /// The sled sent `perm_cancel` (its caller went away, or it shut down).
     Cancelled,
+    /// The sled sent `perm_cancel` with the reason `timeout`: its deadline passed, and it denied the call.
+    Deadline,
     /// The connection ended.
     ConnectionLost,
 }
 
 impl Withdrawn {
-    /// The reason's word: `cancelled` or `connection_lost`.
+    /// The reason's word: `cancelled`, `deadline` or `connection_lost`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Withdrawn::Cancelled => "cancelled",
+            Withdrawn::Deadline => "deadline",
             Withdrawn::ConnectionLost => "connection_lost",
         }
+    }
+
+    /// The reason a `perm_cancel` gives, read: `timeout` is the sled's deadline, anything else a withdrawal.
+    pub fn from_cancel(reason: &str) -> Withdrawn {
+        if reason == "timeout" { Withdrawn::Deadline } else { Withdrawn::Cancelled }
     }
 }
 
@@ -206,8 +214,12 @@ pub enum GatewayEvent {
         req_id: String,
         /// The tool.
         tool_name: String,
+        /// The tool's input, as the JSON text it arrived in.
+        tool_input: Arc<str>,
         /// The decision sent.
         decision: Decision,
+        /// The message sent with it, for a denial.
+        message: Option<&'static str>,
     },
     /// A permission request ended without a decision.
     PermissionWithdrawn {
@@ -215,6 +227,8 @@ pub enum GatewayEvent {
         perm: PermId,
         /// Why.
         reason: Withdrawn,
+        /// How long it waited.
+        waited: Duration,
     },
     /// The answer to an MCP request.
     McpResponse {
@@ -402,6 +416,16 @@ impl Gateway {
         })
     }
 
+    /// The permission request `perm`, while it awaits a decision.
+    pub fn permission(&self, perm: PermId) -> Option<PendingPermission<'_>> {
+        self.perms.get(perm).map(|p| PendingPermission {
+            req_id: &p.wire,
+            tool_name: &p.value.tool_name,
+            tool_input: &p.value.tool_input,
+            since: p.value.since,
+        })
+    }
+
     /// MCP requests awaiting a response.
     pub fn pending_mcp(&self) -> usize {
         self.mcp.len()
@@ -473,10 +497,12 @@ impl Gateway {
             Ok(SledFrame::PermRequest { req_id, tool_name, tool_input }) => {
                 self.on_perm_request(req_id.into_owned(), tool_name.into_owned(), tool_input)
             }
-            Ok(SledFrame::PermCancel { req_id, .. }) => match self.perms.take_by_wire_if(&req_id, |_| true) {
+            Ok(SledFrame::PermCancel { req_id, reason }) => match self.perms.take_by_wire_if(&req_id, |_| true) {
                 Some((perm, p)) => {
                     self.pending_bytes -= Asked::bytes(&p.value.tool_name, &p.value.tool_input, &p.wire);
-                    self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::Cancelled });
+                    let waited = self.now.saturating_duration_since(p.value.since);
+                    let reason = Withdrawn::from_cancel(&reason);
+                    self.event(GatewayEvent::PermissionWithdrawn { perm, reason, waited });
                 }
                 None => self.ignored(GatewayIgnored::Unmatched),
             },
@@ -619,7 +645,15 @@ impl Gateway {
             let message = (!why.is_empty()).then_some(Cow::Borrowed(why));
             let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision, message }.encode();
             self.out.push_back(GatewayOutput::Send(text));
-            return self.event(GatewayEvent::PermissionAutoDecided { req_id, tool_name, decision });
+            let tool_input = Arc::from(tool_input.get());
+            let message = (!why.is_empty()).then_some(why);
+            return self.event(GatewayEvent::PermissionAutoDecided {
+                req_id,
+                tool_name,
+                tool_input,
+                decision,
+                message,
+            });
         }
         let perm = self.perms.mint();
         let tool_input: Arc<str> = Arc::from(tool_input.get());
@@ -637,8 +671,10 @@ impl Gateway {
     /// The connection is over: fail everything pending, once.
     fn end(&mut self) {
         self.state = State::Closed;
-        for (perm, _) in self.perms.drain() {
-            self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost });
+        let now = self.now;
+        for (perm, p) in self.perms.drain() {
+            let waited = now.saturating_duration_since(p.value.since);
+            self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost, waited });
         }
         self.pending_bytes = 0;
         for (id, _) in self.mcp.drain() {

@@ -34,7 +34,7 @@ use core::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::gateway::ProjectScope;
+use crate::gateway::{ConnHandle, ProjectScope};
 use crate::time::Instant;
 use pattern::{EDIT_TOOLS, Kind, READ_TOOLS, mcp_matches};
 pub use pattern::{Pattern, PatternError};
@@ -96,6 +96,9 @@ pub struct Rule {
     pub pattern: Pattern,
     /// Which projects (default: all).
     pub projects: ProjectScope,
+    /// The one sled connection it applies to (a person's "always allow" for this connection), or `None`:
+    /// any connection. The hub removes such a rule when its connection ends.
+    pub connection: Option<ConnHandle>,
     /// When it stops applying; `None`: never.
     pub expires: Option<Instant>,
     /// Who made it (a principal's name, or `--auto-approve` and the like).
@@ -107,7 +110,33 @@ pub struct Rule {
 impl Rule {
     /// A rule for every project, without expiry.
     pub fn new(id: RuleId, effect: Effect, pattern: Pattern, author: impl Into<Arc<str>>, created: u64) -> Rule {
-        Rule { id, effect, pattern, projects: ProjectScope::Any, expires: None, author: author.into(), created }
+        Rule {
+            id,
+            effect,
+            pattern,
+            projects: ProjectScope::Any,
+            connection: None,
+            expires: None,
+            author: author.into(),
+            created,
+        }
+    }
+
+    /// The same rule for calls from the sled connection `conn` only.
+    pub fn for_connection(mut self, conn: ConnHandle) -> Rule {
+        self.connection = Some(conn);
+        self
+    }
+
+    /// The same rule with the id `id`.
+    pub fn with_id(mut self, id: RuleId) -> Rule {
+        self.id = id;
+        self
+    }
+
+    /// Whether it has stopped applying at `now`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|at| at <= now)
     }
 
     /// The same rule for `projects` only.
@@ -122,8 +151,10 @@ impl Rule {
         self
     }
 
-    fn applies(&self, now: Instant, project: &str) -> bool {
-        self.expires.is_none_or(|at| at > now) && self.projects.covers(project)
+    fn applies(&self, now: Instant, request: &Request<'_>) -> bool {
+        !self.is_expired(now)
+            && self.connection.is_none_or(|c| request.connection == Some(c))
+            && self.projects.covers(request.project)
     }
 }
 
@@ -143,6 +174,8 @@ pub enum Outcome {
 /// A request as the rules read it.
 #[derive(Copy, Clone, Debug)]
 pub struct Request<'a> {
+    /// The sled connection it arrived on, when the caller knows it (connection-scoped rules need it).
+    pub connection: Option<ConnHandle>,
     /// The sled's project.
     pub project: &'a str,
     /// The tool.
@@ -218,7 +251,7 @@ impl RuleSet {
 
     /// What the rules in force at `now` say about `request`.
     pub fn evaluate(&self, now: Instant, request: &Request<'_>) -> Outcome {
-        let live = || self.rules.iter().filter(|r| r.applies(now, request.project));
+        let live = || self.rules.iter().filter(|r| r.applies(now, request));
         if live().next().is_none() {
             return Outcome::NoRule;
         }

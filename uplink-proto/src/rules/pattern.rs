@@ -204,9 +204,22 @@ impl Pattern {
                 }
                 _ => return None,
             },
+            // A Bash call without a command to read is no model for a rule (never "every command").
+            ("Bash", None) => return None,
             (tool, _) => String::from(tool),
         };
         Pattern::parse(&text).ok()
+    }
+}
+
+impl Pattern {
+    /// The pattern as Claude Code's settings and `updatedPermissions` spell a rule: the tool (or MCP name),
+    /// and what is between the parentheses, if anything (`Bash(git diff *)` → `("Bash", Some("git diff *"))`).
+    pub fn tool_and_content(&self) -> (&str, Option<&str>) {
+        match self.text.split_once('(') {
+            Some((tool, rest)) => (tool, rest.strip_suffix(')')),
+            None => (&self.text, None),
+        }
     }
 }
 

@@ -214,6 +214,19 @@ pub(super) fn expiry(text: &str) -> Result<SystemTime, String> {
     Ok(SystemTime::now() + d)
 }
 
+/// `--since`: an RFC 3339 time, or a duration ago (`24h`); in Unix milliseconds.
+pub(super) fn since(text: &str) -> Result<u64, String> {
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(at) => at,
+        Err(_) => {
+            let d: Duration = humantime::parse_duration(text)
+                .map_err(|_| format!("{text:?}: expected an RFC 3339 time or a duration ago such as 24h"))?;
+            SystemTime::now().checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH)
+        }
+    };
+    Ok(at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,19 +8,24 @@
 //! 3. neither: `STATE_DIR/credentials.toml`, created at the first start with a generated sled token and
 //!    admin token (their plain text is printed and written once to `STATE_DIR/tokens`, readable by the
 //!    owner only), so that a restart keeps them; reloaded as in 1.
+//!
+//! The store (`STATE_DIR/uplink.db`, unless `--no-store`) keeps the rules made at run time and the audit
+//! log; see [`crate::store::sqlite`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
-use uplink_proto::gateway::{GatewayConfig, Role};
+use uplink_proto::gateway::{CONFIG_RULE_IDS, GatewayConfig, Role};
 use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
 
 use super::credentials_file::{self as file, NewToken};
 use super::{duration, shutdown_signal};
 use crate::gateway::credentials::Credentials;
 use crate::gateway::{self, CredentialsReloader, GatewayServer, GatewayServerConfig};
+use crate::store::Store;
+use crate::store::sqlite::{SqliteStore, StoreOptions};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -31,8 +36,9 @@ pub(super) struct GatewayArgs {
     /// tokens stored as hashes. Reloaded on SIGHUP and when it changes.
     #[arg(long, global = true, env = "UPLINK_CREDENTIALS")]
     credentials: Option<PathBuf>,
-    /// Where the gateway keeps what it generates (credentials.toml, tokens) when neither --credentials nor
-    /// the shared tokens are given. Default: $XDG_STATE_HOME/uplink, else ~/.local/state/uplink.
+    /// Where the gateway keeps its store (uplink.db: rules and the audit log) and what it generates
+    /// (credentials.toml, tokens, when neither --credentials nor the shared tokens are given). Default:
+    /// $XDG_STATE_HOME/uplink, else ~/.local/state/uplink.
     #[arg(long, global = true, env = "UPLINK_STATE_DIR")]
     state_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -101,6 +107,23 @@ struct RunArgs {
     /// Most /api/events clients at once; more are answered 503.
     #[arg(long, default_value_t = 64)]
     max_event_clients: usize,
+    /// Keep nothing across restarts: no audit log, and rules made at run time (by "always allow" or the
+    /// API) are forgotten at exit.
+    #[arg(long)]
+    no_store: bool,
+    /// How a commit to the store waits: `normal` (survives the gateway being killed) or `full` (also a
+    /// power cut; a disk flush per batch of decisions).
+    #[arg(long, value_parser = ["normal", "full"], default_value = "normal")]
+    store_sync: String,
+    /// Leave tool inputs out of the audit log (their SHA-256 stays).
+    #[arg(long)]
+    audit_redact_inputs: bool,
+    /// Prune audit records older than this (e.g. 90d).
+    #[arg(long, value_parser = duration)]
+    audit_keep: Option<Duration>,
+    /// Keep at most this many audit records, the newest.
+    #[arg(long)]
+    audit_keep_records: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -269,7 +292,9 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         .rules
         .into_iter()
         .enumerate()
-        .map(|(i, (effect, pattern))| Rule::new(RuleId(i as u64 + 1), effect, pattern, "command line", created))
+        .map(|(i, (effect, pattern))| {
+            Rule::new(RuleId(CONFIG_RULE_IDS + i as u64 + 1), effect, pattern, "command line", created)
+        })
         .collect();
     config.session = GatewayConfig {
         identity_timeout: args.identity_timeout,
@@ -281,8 +306,21 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         auto_deny: args.auto_deny.into_iter().collect(),
         ..GatewayConfig::default()
     };
+    config.audit_redact_inputs = args.audit_redact_inputs;
+    let store: Option<Box<dyn Store>> = if args.no_store {
+        None
+    } else {
+        let options = StoreOptions {
+            full_sync: args.store_sync == "full",
+            keep_for: args.audit_keep,
+            keep_records: args.audit_keep_records,
+        };
+        let store = SqliteStore::open(state_dir, options).map_err(|e| e.to_string())?;
+        announce.push(format!("  store: {}", store.path().display()));
+        Some(Box::new(store))
+    };
     let signal = shutdown_signal()?;
-    let server = GatewayServer::bind(config).await.map_err(|e| e.to_string())?;
+    let server = GatewayServer::bind_with_store(config, store).await.map_err(|e| e.to_string())?;
     let local = server.local_addr().map_err(|e| e.to_string())?;
     println!("uplink gateway: listening on {}://{local}", scheme.0);
     println!("  sleds connect to {}://{local}/api/sled-uplink", scheme.1);
@@ -294,10 +332,11 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         Source::File(path) => Some(tokio::spawn(watch(path, server.reloader()))),
         Source::Tokens => None,
     };
-    server.run(signal).await;
+    let ran = server.run(signal).await;
     if let Some(watch) = watch {
         watch.abort();
     }
+    ran.map_err(|e| e.to_string())?;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -67,7 +67,7 @@ impl ApproveServer {
     }
 
     #[tool(description = "Ask the gateway whether a tool call may run. Returns a JSON text block: \
-        {\"behavior\":\"allow\",\"updatedInput\":…} or {\"behavior\":\"deny\",\"message\":…}.")]
+        {\"behavior\":\"allow\",\"updatedInput\":…} (with \"updatedPermissions\" for an always-allow) or {\"behavior\":\"deny\",\"message\":…}.")]
     async fn approve(&self, Parameters(request): Parameters<ApproveInput>, cancelled: CancellationToken) -> String {
         // A call the client cancels (`notifications/cancelled`, or its session ends) drops the question,
         // which withdraws it at the gateway.
@@ -75,18 +75,34 @@ impl ApproveServer {
             answer = self.uplink.ask(&request.tool_name, &request.input) => answer,
             () = cancelled.cancelled() => {
                 debug!(tool = ?request.tool_name, "approve tool call cancelled; its request is withdrawn");
-                return prompt_answer(Answer::denied(Cause::Withdrawn), request.input).to_string();
+                return prompt_answer(Answer::denied(Cause::Withdrawn), &request.tool_name, request.input).to_string();
             }
         };
         debug!(tool = ?request.tool_name, tool_use_id = ?request.tool_use_id, decision = %answer.decision, cause = %answer.cause, "approve tool");
-        prompt_answer(answer, request.input).to_string()
+        prompt_answer(answer, &request.tool_name, request.input).to_string()
     }
 }
 
-/// The permission-prompt answer for `answer`; a denial says why.
-pub(crate) fn prompt_answer(answer: Answer, input: serde_json::Value) -> serde_json::Value {
+/// The permission-prompt answer for `answer` to a call of `tool` with `input`; a denial says why. An
+/// "always allow" also tells Claude Code to allow such calls for the rest of its session
+/// (`updatedPermissions`, destination `session`), with the same rule the gateway made from the request
+/// ([`uplink_proto::rules::suggest`]); the gateway's rule covers the sled's other sessions.
+pub(crate) fn prompt_answer(answer: Answer, tool: &str, input: serde_json::Value) -> serde_json::Value {
     match answer.decision {
-        Decision::Approve | Decision::AlwaysAllow => json!({"behavior": "allow", "updatedInput": input}),
+        Decision::AlwaysAllow => {
+            let mut allow = json!({"behavior": "allow", "updatedInput": input});
+            if let Some(rule) = uplink_proto::rules::suggest(tool, &input.to_string()) {
+                let (tool_name, content) = rule.tool_and_content();
+                let mut value = json!({"toolName": tool_name});
+                if let Some(content) = content {
+                    value["ruleContent"] = content.into();
+                }
+                allow["updatedPermissions"] =
+                    json!([{"type": "addRules", "rules": [value], "behavior": "allow", "destination": "session"}]);
+            }
+            allow
+        }
+        Decision::Approve => json!({"behavior": "allow", "updatedInput": input}),
         Decision::Deny => json!({
             "behavior": "deny",
             "message": deny_message(answer.cause, answer.message.as_deref()),
@@ -214,4 +230,38 @@ async fn permission(State(uplink): State<Uplink>, body: Body) -> Response {
         reply["message"] = message.into();
     }
     json_response(StatusCode::OK, &reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn always() -> Answer {
+        Answer { decision: Decision::AlwaysAllow, cause: Cause::Response, message: None }
+    }
+
+    #[test]
+    fn always_allow_hands_claude_code_the_same_rule_for_its_session() {
+        let answer = prompt_answer(always(), "Bash", json!({"command": "git diff HEAD~1"}));
+        assert_eq!(
+            answer,
+            json!({
+                "behavior": "allow",
+                "updatedInput": {"command": "git diff HEAD~1"},
+                "updatedPermissions": [{
+                    "type": "addRules",
+                    "rules": [{"toolName": "Bash", "ruleContent": "git diff *"}],
+                    "behavior": "allow",
+                    "destination": "session",
+                }],
+            })
+        );
+        let write = prompt_answer(always(), "Write", json!({"file_path": "a.txt"}));
+        assert_eq!(write["updatedPermissions"][0]["rules"], json!([{"toolName": "Write"}]));
+        // A command that reads as no one rule gets no rule here either; a plain approval never does.
+        let compound = prompt_answer(always(), "Bash", json!({"command": "ls $(id)"}));
+        assert_eq!(compound, json!({"behavior": "allow", "updatedInput": {"command": "ls $(id)"}}));
+        let once = Answer { decision: Decision::Approve, ..always() };
+        assert!(prompt_answer(once, "Write", json!({})).get("updatedPermissions").is_none());
+    }
 }

@@ -6,11 +6,14 @@
 //! walk-through, the sled's local server, and the logging set-up.
 #![allow(clippy::print_stdout)]
 
+mod admin_client;
+mod audit_cmd;
 mod credentials_file;
 mod demo;
 mod gateway_cmd;
 mod local_server;
 mod logging;
+mod rules_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,9 +40,13 @@ enum Command {
     /// Run a sled: keep the uplink to the gateway, serve local permission requests, relay MCP requests.
     Sled(SledArgs),
     /// Run a gateway: accept sleds, relay MCP to them, let people and bots decide their permissions.
-    Gateway(gateway_cmd::GatewayArgs),
+    Gateway(Box<gateway_cmd::GatewayArgs>),
     /// Walk through a whole session on loopback: a gateway, a sled and an MCP tool server in this process.
     Demo(DemoArgs),
+    /// The rules of a running gateway: list, add, remove (through its admin API).
+    Rules(rules_cmd::RulesArgs),
+    /// The gateway's audit log: verify its hash chain, export it as JSON lines (from its state directory).
+    Audit(audit_cmd::AuditArgs),
 }
 
 #[derive(Args)]
@@ -100,7 +107,13 @@ struct SledArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates on standard output; its logs stay quiet unless asked for.
-    logging::init(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Rules(_) | Command::Audit(_));
+    logging::init(if quiet { "warn" } else { "info" });
+    // The audit log is read from its file: no runtime needed.
+    let cli = match cli.command {
+        Command::Audit(args) => return audit_cmd::run(args),
+        command => Cli { command },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -110,13 +123,15 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Sled(args) => runtime.block_on(sled(args)),
-        Command::Gateway(args) => runtime.block_on(gateway_cmd::run(args)),
+        Command::Gateway(args) => runtime.block_on(gateway_cmd::run(*args)),
         Command::Demo(args) => runtime.block_on(async {
             let signal = shutdown_signal()?;
             demo::run(args.keep_running, signal).await.map_err(|e| format!("demo failed: {e}"))?;
             println!("The demo behaved as expected.");
             Ok(())
         }),
+        Command::Rules(args) => runtime.block_on(rules_cmd::run(args)),
+        Command::Audit(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,11 +16,12 @@ use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use hyper::StatusCode;
 use serde_json::json;
-use uplink_proto::Decision;
-use uplink_proto::gateway::{Action, HubDecideError, McpFailure, McpRefused, PermEnd, PublicPermId, Role, Verdict};
+use uplink_proto::gateway::{
+    Action, Always, AlwaysScope, HubDecideError, McpFailure, McpRefused, PermEnd, PublicPermId, Role, Verdict,
+};
 use uplink_proto::wire::MAX_MESSAGE_BYTES;
 
-use super::hub_task::McpOutcome;
+use super::hub_task::{DecideFailure, McpOutcome};
 use super::{MAX_ADMIN_BODY, Shared};
 use crate::http::{bearer, error, json_response, json_string, json_text, read_limited};
 
@@ -33,6 +34,9 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/sleds/{project}/mcp", post(relay_mcp))
         .route("/api/permissions", get(list_permissions))
         .route("/api/permissions/{id}", post(decide))
+        .route("/api/rules", get(super::rules::list).post(super::rules::add))
+        .route("/api/rules/{id}", axum::routing::delete(super::rules::remove))
+        .route("/api/audit", get(super::audit::list))
         .route("/api/events", get(super::events::events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -112,14 +116,18 @@ async fn list_permissions(principal: Principal, State(shared): State<Arc<Shared>
         if i > 0 {
             body.push(',');
         }
+        // What an "always allow" would make of it, shown before anyone picks it.
+        let suggested = uplink_proto::rules::suggest(&p.tool_name, &p.tool_input)
+            .map_or_else(|| "null".to_owned(), |r| json_string(&r.to_string()));
         let _ = write!(
             body,
-            r#"{{"id":"{}","project":{},"tool_name":{},"tool_input":{},"age_ms":{}}}"#,
+            r#"{{"id":"{}","project":{},"tool_name":{},"tool_input":{},"age_ms":{},"suggested_rule":{}}}"#,
             p.id,
             json_string(&p.project),
             json_string(&p.tool_name),
             p.tool_input,
             millis(p.age),
+            suggested,
         );
     }
     body.push_str("]}");
@@ -180,6 +188,12 @@ async fn decide(
         always_allow: bool,
         #[serde(default)]
         message: Option<String>,
+        /// For "always allow": `connection`, `project` (the default) or `everywhere`.
+        #[serde(default)]
+        scope: Option<String>,
+        /// For "always allow": until when its rule applies, in Unix seconds.
+        #[serde(default)]
+        until: Option<u64>,
     }
     let body = match read_limited(body, MAX_ADMIN_BODY, shared.handshake_timeout).await {
         Ok(b) => b,
@@ -190,30 +204,43 @@ async fn decide(
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                &format!("expected {{\"approved\": bool, \"always_allow\": bool, \"message\": string}}: {e}"),
+                &format!(
+                    "expected {{\"approved\": bool, \"always_allow\": bool, \"message\": string, \"scope\": \"connection\"|\"project\"|\"everywhere\", \"until\": unix seconds}}: {e}"
+                ),
             );
         }
     };
-    if ask.always_allow && !ask.approved {
-        // A person (or bot) saying "not approved, but always allow" has made a mistake: never guess an approval.
-        return error(StatusCode::BAD_REQUEST, "always_allow requires approved: true");
-    }
+    // The core reads the answers: "not approved, but always allow" is a mistake, never an approval.
+    let mut verdict = match Verdict::from_answers(ask.approved, ask.always_allow) {
+        Ok(v) => v.by(principal.name.clone()),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("{e}: true")),
+    };
+    let scope = match ask.scope.as_deref().map(str::parse::<AlwaysScope>) {
+        None => AlwaysScope::default(),
+        Some(Ok(scope)) => scope,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
     let not_pending = || error(StatusCode::NOT_FOUND, "no pending permission with this id");
     let Ok(perm) = id.parse::<PublicPermId>() else { return not_pending() };
-    let decision = Decision::from_flags(ask.approved, ask.always_allow);
-    let mut verdict = Verdict::new(decision).by(principal.name.clone());
+    let decision = verdict.decision;
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    verdict = verdict.always(Always::new(scope, created));
     if let Some(message) = ask.message {
         verdict = verdict.with_message(message);
     }
-    match shared.hub.decide(perm, verdict).await {
-        Ok(()) => {
-            json_response(StatusCode::OK, &json!({"id": id, "decision": decision.as_str(), "by": &*principal.name}))
+    match shared.hub.decide(perm, verdict, ask.until).await {
+        Ok(rule) => json_response(
+            StatusCode::OK,
+            &json!({"id": id, "decision": decision.as_str(), "by": &*principal.name, "rule": rule.map(|r| r.0)}),
+        ),
+        Err(DecideFailure::Store) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "the decision could not be written, so it was not sent")
         }
-        Err(HubDecideError::MessageTooLong) => {
+        Err(DecideFailure::Hub(HubDecideError::MessageTooLong)) => {
             error(StatusCode::BAD_REQUEST, &format!("message is longer than {MAX_MESSAGE_BYTES} bytes"))
         }
         // Too late: say how it ended, so that a person knows their click did nothing.
-        Err(HubDecideError::Ended(end)) => {
+        Err(DecideFailure::Hub(HubDecideError::Ended(end))) => {
             let error = format!("this permission has ended: {end}");
             let body = match end {
                 PermEnd::Decided(d) => json!({"error": error, "ended": "decided", "decision": d.as_str()}),

@@ -21,6 +21,7 @@ use uplink_proto::gateway::{Action, HubEvent};
 
 use super::Shared;
 use super::admin::Principal;
+use super::rules::Wall;
 use crate::http::{error, json_string};
 
 /// One event as the clients get it, written once.
@@ -83,12 +84,12 @@ impl Fanout {
 
     /// Sends `event` to every client within its budget; drops the others, after a `lagged` item, and those
     /// that went away.
-    pub(crate) fn publish(&mut self, event: &HubEvent) {
+    pub(crate) fn publish(&mut self, event: &HubEvent, wall: &Wall) {
         self.clients.retain(|c| !c.tx.is_closed());
         if self.clients.is_empty() {
             return;
         }
-        let Some((kind, data)) = event_text(event) else { return };
+        let Some((kind, data)) = event_text(event, wall) else { return };
         let len = data.len();
         let text = Arc::new(EventText { kind, data });
         let budget = self.budget;
@@ -147,7 +148,7 @@ pub(super) async fn events(principal: Principal, State(shared): State<Arc<Shared
 }
 
 /// An event's SSE name and JSON data; `None` for events not shown on the stream.
-pub(super) fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
+pub(super) fn event_text(event: &HubEvent, wall: &Wall) -> Option<(&'static str, String)> {
     Some(match event {
         HubEvent::SledConnected { project, protocol, sled_version, capabilities, .. } => (
             "sled_connected",
@@ -161,7 +162,7 @@ pub(super) fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
         HubEvent::SledDisconnected { project, .. } => ("sled_disconnected", json!({"project": project}).to_string()),
         HubEvent::SledStale { project } => ("sled_stale", json!({"project": project}).to_string()),
         HubEvent::SledAlive { project } => ("sled_alive", json!({"project": project}).to_string()),
-        HubEvent::PermissionRequested { id, project, req_id, tool_name, tool_input } => (
+        HubEvent::PermissionRequested { id, project, req_id, tool_name, tool_input, .. } => (
             "permission_requested",
             format!(
                 r#"{{"id":"{id}","project":{},"req_id":{},"tool_name":{},"tool_input":{tool_input}}}"#,
@@ -170,7 +171,7 @@ pub(super) fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
                 json_string(tool_name),
             ),
         ),
-        HubEvent::PermissionDecided { id, project, verdict } => (
+        HubEvent::PermissionDecided { id, project, verdict, rule, waited } => (
             "permission_decided",
             json!({
                 "id": id.to_string(),
@@ -178,12 +179,20 @@ pub(super) fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
                 "decision": verdict.decision.as_str(),
                 "message": verdict.message.as_deref(),
                 "by": verdict.by.as_deref(),
+                "rule": rule.map(|r| r.0),
+                "waited_ms": u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
             })
             .to_string(),
         ),
-        HubEvent::PermissionWithdrawn { id, project, reason } => (
+        HubEvent::PermissionWithdrawn { id, project, reason, waited } => (
             "permission_withdrawn",
-            json!({"id": id.to_string(), "project": project, "reason": reason.as_str()}).to_string(),
+            json!({
+                "id": id.to_string(),
+                "project": project,
+                "reason": reason.as_str(),
+                "waited_ms": u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            })
+            .to_string(),
         ),
         HubEvent::PermissionAutoDecided { project, req_id, tool_name, decision, rule, .. } => (
             "permission_auto_decided",
@@ -196,6 +205,12 @@ pub(super) fn event_text(event: &HubEvent) -> Option<(&'static str, String)> {
             })
             .to_string(),
         ),
+        HubEvent::RuleAdded { rule } => {
+            ("rule_added", serde_json::to_string(&super::rules::stored(rule, wall)).unwrap_or_default())
+        }
+        HubEvent::RuleRemoved { id, by } => {
+            ("rule_removed", json!({"id": id.0, "by": by.as_deref()}).to_string())
+        }
         _ => return None,
     })
 }

@@ -5,24 +5,35 @@
 //! route each; then wait for the next message or the hub's timer; feed it in. No lock is shared with
 //! anyone. Listings leave as the hub's own values, and the HTTP side writes them out; events are written
 //! here, once each and only while someone listens, so that every client shares one text (`events.rs`).
+//!
+//! With a store, nothing leaves before it is written: a batch of inputs (up to [`HUB_BATCH`]) is fed in,
+//! its outputs are held while the records and rule changes they make are committed in one transaction on
+//! the store's thread, and only then are its frames sent, its replies given and its events published.
+//! A decision a person saw acknowledged, or a sled received, is on disk. When a commit fails, nothing held
+//! is sent (every sled connection is closed, so every pending request ends denied at its sled) and the
+//! gateway stops with the store's error.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uplink_proto::Instant;
 use uplink_proto::gateway::{
     AcceptError, CloseReason, ConnHandle, Hub, HubDecideError, HubEvent, HubOutput, McpFailure, McpRefused, McpTicket,
     PermissionSummary, PublicPermId, SledSummary, Verdict,
 };
+use uplink_proto::rules::{Rule, RuleId};
 
+use super::audit::Recorder;
 use super::credentials::{Credentials, SledCredential};
 use super::events::{Fanout, Subscription};
+use super::rules::{Wall, stored};
 use crate::socket_loop::{Clock, received};
+use crate::store::{Change, Store, StoreError, StoredRule};
 use crate::timer::Deadline;
 
 /// Messages queued for one sled connection before it counts as stuck (its socket loop has a queue of its
@@ -41,6 +52,14 @@ pub(crate) enum ConnOut {
     Frame(Message),
     /// Send what is queued, then this close, and end.
     Close(CloseReason),
+}
+
+/// Why a decision was not carried out.
+pub(crate) enum DecideFailure {
+    /// The hub refused it.
+    Hub(HubDecideError),
+    /// The store could not write it: nothing was sent, and the gateway is stopping.
+    Store,
 }
 
 /// How an MCP request through the hub ended.
@@ -72,7 +91,22 @@ enum HubMsg {
     Decide {
         id: PublicPermId,
         verdict: Verdict,
-        reply: oneshot::Sender<Result<(), HubDecideError>>,
+        /// For an "always allow": until when its rule applies, in Unix seconds.
+        until: Option<u64>,
+        reply: oneshot::Sender<Result<Option<RuleId>, DecideFailure>>,
+    },
+    Rules {
+        reply: oneshot::Sender<Vec<StoredRule>>,
+    },
+    AddRule {
+        rule: Rule,
+        expires: Option<u64>,
+        reply: oneshot::Sender<Result<StoredRule, ()>>,
+    },
+    RemoveRule {
+        id: RuleId,
+        by: Arc<str>,
+        reply: oneshot::Sender<bool>,
     },
     Mcp {
         project: String,
@@ -101,26 +135,49 @@ pub(crate) struct HubHandle {
     tx: mpsc::Sender<HubMsg>,
 }
 
+/// What the hub task starts with, beside the hub.
+pub(crate) struct HubTaskConfig {
+    pub(crate) epoch: TokioInstant,
+    pub(crate) wall: Wall,
+    pub(crate) event_client_bytes: usize,
+    pub(crate) event_clients: usize,
+    /// Where records and rules are written; `None`: nowhere, and nothing waits.
+    pub(crate) store: Option<Box<dyn Store>>,
+    pub(crate) redact_inputs: bool,
+    /// Set to the store's error when a commit fails.
+    pub(crate) failed: watch::Sender<Option<String>>,
+}
+
 impl HubHandle {
-    /// Starts the hub task.
+    /// Starts the hub task (and the store's thread, with a store: then also what tells when the store is
+    /// closed, once the task has ended).
     pub(crate) fn spawn(
         hub: Hub,
-        epoch: TokioInstant,
-        event_client_bytes: usize,
-        event_clients: usize,
-    ) -> (HubHandle, tokio::task::JoinHandle<()>) {
+        config: HubTaskConfig,
+    ) -> std::io::Result<(HubHandle, tokio::task::JoinHandle<()>, Option<oneshot::Receiver<()>>)> {
         let (tx, rx) = mpsc::channel(HUB_QUEUE);
+        let (store, closed) = match config.store.map(StoreLink::spawn).transpose()? {
+            Some((link, closed)) => (Some(link), Some(closed)),
+            None => (None, None),
+        };
         let task = HubTask {
             hub,
-            clock: Clock::new(epoch),
+            clock: Clock::new(config.epoch),
+            wall: config.wall,
             rx,
             conns: HashMap::new(),
             mcp: HashMap::new(),
-            events: Fanout::new(event_client_bytes, event_clients),
+            events: Fanout::new(config.event_client_bytes, config.event_clients),
             timer: Deadline::new(),
             done: Vec::new(),
+            recorder: store.as_ref().map(|_| Recorder::new(config.redact_inputs, config.wall)),
+            store,
+            held: Vec::new(),
+            changes: Vec::new(),
+            acks: Vec::new(),
+            failed: config.failed,
         };
-        (HubHandle { tx }, tokio::spawn(task.run()))
+        Ok((HubHandle { tx }, tokio::spawn(task.run()), closed))
     }
 
     /// A new sled connection with `credential`; its frames go to `out`.
@@ -156,12 +213,40 @@ impl HubHandle {
         let _ = self.tx.send(HubMsg::Ended { conn }).await;
     }
 
-    pub(crate) async fn decide(&self, id: PublicPermId, verdict: Verdict) -> Result<(), HubDecideError> {
+    pub(crate) async fn decide(
+        &self,
+        id: PublicPermId,
+        verdict: Verdict,
+        until: Option<u64>,
+    ) -> Result<Option<RuleId>, DecideFailure> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(HubMsg::Decide { id, verdict, reply }).await.is_err() {
-            return Err(HubDecideError::NotPending);
+        let gone = || DecideFailure::Hub(HubDecideError::NotPending);
+        if self.tx.send(HubMsg::Decide { id, verdict, until, reply }).await.is_err() {
+            return Err(gone());
         }
-        answer.await.unwrap_or(Err(HubDecideError::NotPending))
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// The rules in force, the configuration's included.
+    pub(crate) async fn rules(&self) -> Vec<StoredRule> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.tx.send(HubMsg::Rules { reply }).await;
+        answer.await.unwrap_or_default()
+    }
+
+    /// Adds `rule` (until `expires`, Unix seconds); `None` once the task is gone, `Some(Err(()))` beyond the
+    /// hub's budget of rules.
+    pub(crate) async fn add_rule(&self, rule: Rule, expires: Option<u64>) -> Option<Result<StoredRule, ()>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(HubMsg::AddRule { rule, expires, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Removes the rule `id` on behalf of `by`; whether there was one.
+    pub(crate) async fn remove_rule(&self, id: RuleId, by: Arc<str>) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.tx.send(HubMsg::RemoveRule { id, by, reply }).await;
+        answer.await.unwrap_or(false)
     }
 
     pub(crate) async fn mcp(&self, project: String, body: String, session: Option<String>) -> McpOutcome {
@@ -200,9 +285,71 @@ impl HubHandle {
     }
 }
 
+/// A reply held until the batch that made it is committed.
+enum Ack {
+    Decide(oneshot::Sender<Result<Option<RuleId>, DecideFailure>>, Result<Option<RuleId>, HubDecideError>),
+    AddRule(oneshot::Sender<Result<StoredRule, ()>>, Result<StoredRule, ()>),
+    RemoveRule(oneshot::Sender<bool>, bool),
+}
+
+impl Ack {
+    /// Gives the reply; after a failed commit, a decision's is the store's failure.
+    fn send(self, store_failed: bool) {
+        match self {
+            Ack::Decide(reply, _) if store_failed => {
+                let _ = reply.send(Err(DecideFailure::Store));
+            }
+            Ack::Decide(reply, result) => {
+                let _ = reply.send(result.map_err(DecideFailure::Hub));
+            }
+            Ack::AddRule(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Ack::RemoveRule(reply, result) => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+type Commit = (Vec<Change>, oneshot::Sender<Result<(), StoreError>>);
+
+/// The store's own thread: commits batches one at a time, in order, away from the runtime's workers.
+#[derive(Clone)]
+struct StoreLink {
+    tx: mpsc::Sender<Commit>,
+}
+
+impl StoreLink {
+    /// The thread, and what tells when it has closed the store (once every link is dropped).
+    fn spawn(mut store: Box<dyn Store>) -> std::io::Result<(StoreLink, oneshot::Receiver<()>)> {
+        let (tx, mut rx) = mpsc::channel::<Commit>(1);
+        let (closed_tx, closed) = oneshot::channel();
+        std::thread::Builder::new().name("uplink-store".into()).spawn(move || {
+            while let Some((changes, reply)) = rx.blocking_recv() {
+                let _ = reply.send(store.commit(&changes));
+            }
+            drop(store);
+            let _ = closed_tx.send(());
+        })?;
+        Ok((StoreLink { tx }, closed))
+    }
+
+    async fn commit(&self, changes: Vec<Change>) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((changes, reply)).await.map_err(|_| "the store's thread ended".to_owned())?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the store's thread ended".to_owned()),
+        }
+    }
+}
+
 struct HubTask {
     hub: Hub,
     clock: Clock,
+    wall: Wall,
     rx: mpsc::Receiver<HubMsg>,
     /// Where each connection's frames go.
     conns: HashMap<ConnHandle, mpsc::Sender<ConnOut>>,
@@ -211,6 +358,13 @@ struct HubTask {
     events: Fanout,
     timer: Deadline,
     done: Vec<oneshot::Sender<()>>,
+    store: Option<StoreLink>,
+    recorder: Option<Recorder>,
+    /// With a store: outputs waiting for their batch's commit, and what that commit writes.
+    held: Vec<HubOutput>,
+    changes: Vec<Change>,
+    acks: Vec<Ack>,
+    failed: watch::Sender<Option<String>>,
 }
 
 impl HubTask {
@@ -222,6 +376,7 @@ impl HubTask {
         let mut batch = Vec::with_capacity(HUB_BATCH);
         loop {
             self.drain();
+            self.flush().await;
             let at = self.hub.poll_timeout().map(|at| self.clock.at(at));
             self.timer.set(at);
             tokio::select! {
@@ -232,7 +387,8 @@ impl HubTask {
                     }
                     for msg in batch.drain(..) {
                         self.on_msg(msg);
-                        // Outputs leave in the order they were made, before the next input.
+                        // Outputs leave in the order they were made, before the next input (with a
+                        // store, they are held until the batch is committed, in that order).
                         self.drain();
                     }
                 }
@@ -252,6 +408,9 @@ impl HubTask {
                 let accepted = self.hub.accept(now, credential.for_core(now, SystemTime::now()));
                 if let Ok(conn) = accepted {
                     self.conns.insert(conn, out);
+                    if let Some(recorder) = &mut self.recorder {
+                        recorder.opened(conn, &credential.label);
+                    }
                 }
                 let _ = reply.send(accepted);
             }
@@ -268,8 +427,29 @@ impl HubTask {
                 self.conns.remove(&conn);
                 self.hub.handle_disconnected(now, conn);
             }
-            HubMsg::Decide { id, verdict, reply } => {
-                let _ = reply.send(self.hub.decide(now, id, verdict));
+            HubMsg::Decide { id, mut verdict, until, reply } => {
+                if let (Some(at), Some(always)) = (until, verdict.always.as_mut()) {
+                    *always = always.until(self.wall.instant(at));
+                }
+                let result = self.hub.decide(now, id, verdict);
+                self.ack(Ack::Decide(reply, result));
+            }
+            HubMsg::Rules { reply } => {
+                let _ = reply.send(self.hub.rules().rules().iter().map(|r| stored(r, &self.wall)).collect());
+            }
+            HubMsg::AddRule { mut rule, expires, reply } => {
+                if let Some(at) = expires {
+                    rule = rule.expiring(self.wall.instant(at));
+                }
+                let added = self.hub.add_rule(now, rule).map_err(|_| ()).and_then(|id| {
+                    let rule = self.hub.rules().rules().iter().find(|r| r.id == id).ok_or(())?;
+                    Ok(stored(rule, &self.wall))
+                });
+                self.ack(Ack::AddRule(reply, added));
+            }
+            HubMsg::RemoveRule { id, by, reply } => {
+                let removed = self.hub.remove_rule(now, id, by);
+                self.ack(Ack::RemoveRule(reply, removed));
             }
             HubMsg::Mcp { project, body, session, reply } => {
                 match self.hub.send_mcp(now, &project, &body, session.as_deref()) {
@@ -297,9 +477,77 @@ impl HubTask {
         }
     }
 
-    /// Carries out every output of the hub, in order.
+    /// A reply: given now without a store; with one, once the batch is committed.
+    fn ack(&mut self, ack: Ack) {
+        if self.store.is_some() { self.acks.push(ack) } else { ack.send(false) }
+    }
+
+    /// Carries out every output of the hub, in order; with a store, holds them and notes what they write.
     fn drain(&mut self) {
         while let Some(output) = self.hub.poll_output() {
+            match &mut self.recorder {
+                Some(recorder) => {
+                    if let HubOutput::Event(event) = &output {
+                        recorder.record(event, &mut self.changes);
+                    }
+                    if let HubOutput::Close { conn, .. } = &output {
+                        recorder.closed(*conn);
+                    }
+                    self.held.push(output);
+                }
+                None => self.carry_out(output),
+            }
+        }
+        if self.store.is_none() {
+            for done in self.done.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// With a store: commits what the held outputs write, then carries them out and gives the replies;
+    /// until nothing is held (carrying out can make more, when a stuck connection is dropped).
+    async fn flush(&mut self) {
+        let Some(store) = self.store.clone() else { return };
+        while !self.held.is_empty() || !self.acks.is_empty() || !self.done.is_empty() {
+            let failed = self.failed.borrow().is_some();
+            if !self.changes.is_empty() && !failed {
+                let changes = std::mem::take(&mut self.changes);
+                if let Err(e) = store.commit(changes).await {
+                    self.fail(e);
+                }
+            }
+            self.changes.clear();
+            let failed = self.failed.borrow().is_some();
+            for output in std::mem::take(&mut self.held) {
+                match output {
+                    // After a failed commit nothing it held leaves, but the closes.
+                    HubOutput::Send { .. } | HubOutput::Ping { .. } | HubOutput::Event(_) if failed => {}
+                    other => self.carry_out(other),
+                }
+            }
+            for ack in std::mem::take(&mut self.acks) {
+                ack.send(failed);
+            }
+            for done in self.done.drain(..) {
+                let _ = done.send(());
+            }
+            self.drain();
+        }
+    }
+
+    /// A commit failed: nothing more is sent or written; every sled connection is closed (each pending
+    /// request ends denied at its sled), and the server stops with the error.
+    fn fail(&mut self, why: String) {
+        error!(error = %why, "the store failed; nothing held is sent, and the gateway stops");
+        self.failed.send_replace(Some(why));
+        let now = self.now();
+        self.hub.shutdown(now);
+    }
+
+    /// Carries out one output of the hub.
+    fn carry_out(&mut self, output: HubOutput) {
+        {
             match output {
                 HubOutput::Send { conn, text } => self.send_to(conn, ConnOut::Frame(Message::text(text))),
                 HubOutput::Ping { conn } => self.send_to(conn, ConnOut::Frame(Message::Ping(Default::default()))),
@@ -313,9 +561,6 @@ impl HubTask {
                 HubOutput::Event(event) => self.on_event(event),
                 _ => {}
             }
-        }
-        for done in self.done.drain(..) {
-            let _ = done.send(());
         }
     }
 
@@ -366,7 +611,7 @@ impl HubTask {
             _ => {}
         }
         if !self.events.is_empty() {
-            self.events.publish(&event);
+            self.events.publish(&event, &self.wall);
         }
     }
 }

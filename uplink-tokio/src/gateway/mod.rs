@@ -3,7 +3,8 @@
 //! - `hub_task`: one task owns the core's [`Hub`] (every session, every fleet
 //!   rule) and carries out what it asks.
 //! - `upgrade`: a sled's WebSocket upgrade and the loop that carries its socket, one task per connection.
-//! - `admin`: the HTTP admin API, talking to the hub task.
+//! - `admin`: the HTTP admin API, talking to the hub task; `rules` and `audit` its rules and audit routes
+//!   (and the rules' kept form, and the recorder that turns the hub's events into audit records).
 //! - [`credentials`]: sled credentials and admin principals, known by their tokens' hashes.
 //! - this module: configuration, the listener, TLS, and the server's start and stop.
 //!
@@ -12,18 +13,23 @@
 //!   `Authorization: Bearer`) is recognised; `401` before any upgrade otherwise.
 //! - Admin, under `Authorization: Bearer <principal's token>`, each route needing its role's right:
 //!   `GET /api/sleds`, `GET /api/permissions`, `GET /api/events` (Server-Sent Events) to read;
-//!   `POST /api/permissions/{id}` and `POST /api/sleds/{project}/mcp` to decide.
+//!   `POST /api/permissions/{id}` and `POST /api/sleds/{project}/mcp` to decide; `GET /api/rules` and
+//!   `GET /api/audit` to read, `POST /api/rules` and `DELETE /api/rules/{id}` to manage.
 
 mod admin;
+mod audit;
+#[cfg(feature = "cli")]
+pub(crate) use audit::record_line as audit_line;
 pub mod credentials;
 mod events;
 mod hub_task;
+pub mod rules;
 mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -33,12 +39,16 @@ use uplink_proto::Instant;
 use uplink_proto::gateway::{GatewayConfig, Hub, HubConfig};
 
 use crate::accept::AcceptBackoff;
+use crate::store::{AuditReader, Store, StoreError};
 use crate::ws::{CLOSE_GRACE, Target};
 use credentials::{Credentials, CredentialsError};
-use hub_task::HubHandle;
+use hub_task::{HubHandle, HubTaskConfig};
 
 /// Default address of `uplink gateway`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
+
+/// How long a stopping gateway waits for its store to close.
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Largest admin request body accepted (`413` beyond).
 pub const MAX_ADMIN_BODY: usize = 4 << 20;
@@ -97,6 +107,8 @@ pub struct GatewayServerConfig {
     /// and going under ever new project names cannot grow the gateway's memory without bound.
     /// [`DEFAULT_MAX_DISCONNECTED_SLEDS`] by default.
     pub max_disconnected_sleds: usize,
+    /// Leave tool inputs out of the audit log (their SHA-256 stays). `false` by default.
+    pub audit_redact_inputs: bool,
 }
 
 impl GatewayServerConfig {
@@ -120,6 +132,7 @@ impl GatewayServerConfig {
             session: GatewayConfig::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_disconnected_sleds: DEFAULT_MAX_DISCONNECTED_SLEDS,
+            audit_redact_inputs: false,
         }
     }
 }
@@ -151,6 +164,7 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("session", &self.session)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_disconnected_sleds", &self.max_disconnected_sleds)
+            .field("audit_redact_inputs", &self.audit_redact_inputs)
             .finish()
     }
 }
@@ -192,6 +206,24 @@ pub enum GatewayStartError {
     /// The session rules are invalid.
     #[error("configuration: {0}")]
     Config(#[from] uplink_proto::gateway::GatewayConfigError),
+    /// The store could not be read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// A kept rule no longer reads.
+    #[error("{0}")]
+    StoredRule(#[from] rules::BadStoredRule),
+    /// A task or thread could not be started.
+    #[error("cannot start: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Why a running gateway stopped on its own.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayRunError {
+    /// A commit to the store failed: nothing it held was sent, and every sled connection was closed.
+    #[error("the store failed: {0}")]
+    Store(String),
 }
 
 /// A random token: 32 bytes from the operating system's secure generator, hex-encoded. Fails only when the
@@ -216,6 +248,8 @@ struct Shared {
     /// The tasks of the sled connections (after their WebSocket upgrade), so that a stopping server can wait
     /// for their close handshakes.
     sled_tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// The audit log, with a store.
+    audit: Option<Arc<dyn AuditReader>>,
 }
 
 impl Shared {
@@ -255,6 +289,10 @@ pub struct GatewayServer {
     shared: Arc<Shared>,
     hub_task: tokio::task::JoinHandle<()>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The store's error, once a commit failed.
+    failed: tokio::sync::watch::Receiver<Option<String>>,
+    /// Fires once the store is closed (its lock released), after the hub task ends.
+    store_closed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl std::fmt::Debug for GatewayServer {
@@ -264,8 +302,18 @@ impl std::fmt::Debug for GatewayServer {
 }
 
 impl GatewayServer {
-    /// Validates the configuration and binds the listener.
+    /// Validates the configuration and binds the listener; no store: rules made at run time and the audit
+    /// log last as long as the process.
     pub async fn bind(config: GatewayServerConfig) -> Result<GatewayServer, GatewayStartError> {
+        GatewayServer::bind_with_store(config, None).await
+    }
+
+    /// Like [`bind`](GatewayServer::bind), with `store` keeping the rules made at run time and the audit
+    /// log: its rules join the configuration's, and every decision is written to it before it is sent.
+    pub async fn bind_with_store(
+        config: GatewayServerConfig,
+        mut store: Option<Box<dyn Store>>,
+    ) -> Result<GatewayServer, GatewayStartError> {
         let credentials = match config.credentials {
             Some(credentials) => credentials,
             None => {
@@ -287,6 +335,14 @@ impl GatewayServer {
         hub_config.max_unidentified = config.max_unidentified;
         hub_config.max_pending_input_bytes = config.max_pending_input_bytes;
         hub_config.rules = config.rules;
+        // The core's instant 0 is now, on both clocks.
+        let (epoch, wall) = (TokioInstant::now(), rules::Wall::new(Instant::ZERO, SystemTime::now()));
+        if let Some(store) = &mut store {
+            for kept in store.rules()? {
+                hub_config.rules.push(rules::from_stored(&kept, &wall)?);
+            }
+        }
+        let audit = store.as_ref().map(|s| s.reader());
         let hub = Hub::new(hub_config, Instant::ZERO)?;
         if config.handshake_timeout.is_zero() {
             return Err(GatewayStartError::ZeroHandshakeTimeout);
@@ -298,8 +354,17 @@ impl GatewayServer {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|error| GatewayStartError::Bind { addr: config.listen, error })?;
-        let (hub, hub_task) =
-            HubHandle::spawn(hub, TokioInstant::now(), config.max_event_client_bytes, config.max_event_clients);
+        let (failed_tx, failed) = tokio::sync::watch::channel(None);
+        let task = HubTaskConfig {
+            epoch,
+            wall,
+            event_client_bytes: config.max_event_client_bytes,
+            event_clients: config.max_event_clients,
+            store,
+            redact_inputs: config.audit_redact_inputs,
+            failed: failed_tx,
+        };
+        let (hub, hub_task, store_closed) = HubHandle::spawn(hub, task).map_err(GatewayStartError::Spawn)?;
         let shared = Arc::new(Shared {
             hub,
             closing: tokio::sync::watch::Sender::new(false),
@@ -308,8 +373,9 @@ impl GatewayServer {
             ws_config: Target::ws_config(config.max_message_size),
             handshake_timeout: config.handshake_timeout,
             sled_tasks: Mutex::new(tokio::task::JoinSet::new()),
+            audit,
         });
-        Ok(GatewayServer { listener, shared, hub_task, tls })
+        Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed })
     }
 
     /// A handle that replaces this gateway's credentials while it runs.
@@ -322,11 +388,18 @@ impl GatewayServer {
         self.listener.local_addr()
     }
 
-    /// Serves until `stop` completes; then closes every sled connection.
-    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+    /// Serves until `stop` completes, or the store fails; then closes every sled connection.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<(), GatewayRunError> {
         let router = admin::router(self.shared.clone());
         let mut connections = tokio::task::JoinSet::new();
         let mut backoff = AcceptBackoff::default();
+        let mut failed = self.failed.clone();
+        let stop = async move {
+            tokio::select! {
+                () = stop => {}
+                _ = failed.wait_for(Option::is_some) => {}
+            }
+        };
         tokio::pin!(stop);
         while let Some(tcp) = crate::accept::next(&self.listener, &mut backoff, &mut stop).await {
             let router = router.clone();
@@ -356,6 +429,17 @@ impl GatewayServer {
         connections.abort_all();
         sleds.abort_all();
         self.hub_task.abort();
+        // The store closes once the task is gone (a commit under way finishes first): only then is its
+        // directory free for another gateway.
+        if let Some(closed) = self.store_closed
+            && tokio::time::timeout(STORE_CLOSE_WAIT, closed).await.is_err()
+        {
+            tracing::warn!("the store did not close within {STORE_CLOSE_WAIT:?}");
+        }
+        match self.failed.borrow().clone() {
+            Some(why) => Err(GatewayRunError::Store(why)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -13,6 +13,9 @@ mod driver;
 mod mcp_client;
 mod tls;
 
+#[cfg(feature = "cli")]
+pub(crate) use tls::client_config as tls_client_config;
+
 pub use config::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, UplinkConfig};
 pub use mcp_client::McpUrlError;
 

@@ -1,0 +1,189 @@
+//! The audit log's writer side, [`Recorder`] (the hub's events as records, in the hub task), and its
+//! reading side, `GET /api/audit`.
+//!
+//! One record per step of a permission's life: `request` (project, the sled credential's label, tool,
+//! SHA-256 of the canonical input, the input unless redacted), then `end` (decided by a named principal,
+//! with the rule an "always allow" made; or withdrawn: `cancelled`, `deadline`, `connection_lost`; with how
+//! long it waited); or one `auto` record for a request a rule or a budget decided as it arrived. Rule
+//! changes are `rule_added` and `rule_removed`. Sealing and the chain are the store's (`store::audit`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::{Query, State};
+use axum::response::Response;
+use hyper::StatusCode;
+use serde_json::Value;
+use uplink_proto::gateway::{Action, ConnHandle, HubEvent, PublicPermId};
+
+use super::Shared;
+use super::admin::Principal;
+use super::rules::{Wall, stored};
+use crate::http::{error, json_text};
+use crate::store::audit::{Sealed, canonical, hex, sha256_hex};
+use crate::store::{AuditQuery, Change, Entry};
+
+fn unix_ms_now() -> u64 {
+    u64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis())
+        .unwrap_or(u64::MAX)
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Turns the hub's events into audit records and rule changes. Owned by the hub task.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    /// Each open connection's credential label.
+    labels: HashMap<ConnHandle, Arc<str>>,
+    /// Each pending permission's tool, for its end record (as many as the hub's budgets let be pending).
+    tools: HashMap<PublicPermId, String>,
+    /// Leave tool inputs out (their hash stays).
+    redact: bool,
+    wall: Wall,
+}
+
+impl Recorder {
+    pub(crate) fn new(redact: bool, wall: Wall) -> Recorder {
+        Recorder { labels: HashMap::new(), tools: HashMap::new(), redact, wall }
+    }
+
+    /// `conn` was accepted with the credential labelled `label`.
+    pub(crate) fn opened(&mut self, conn: ConnHandle, label: &str) {
+        self.labels.insert(conn, Arc::from(label));
+    }
+
+    /// `conn` is gone.
+    pub(crate) fn closed(&mut self, conn: ConnHandle) {
+        self.labels.remove(&conn);
+    }
+
+    fn input(&self, entry: Entry, tool_input: &str) -> Entry {
+        // The sled's frame was valid JSON, so its input is.
+        let value: Value = serde_json::from_str(tool_input).unwrap_or(Value::Null);
+        let entry = entry.with("input_sha256", sha256_hex(&canonical(&value)));
+        if self.redact { entry.with("input", "redacted") } else { entry.with("input", value) }
+    }
+
+    fn label(&self, conn: ConnHandle) -> Value {
+        self.labels.get(&conn).map_or(Value::Null, |l| Value::from(&**l))
+    }
+
+    /// The records and rule changes `event` makes, appended to `out`.
+    pub(crate) fn record(&mut self, event: &HubEvent, out: &mut Vec<Change>) {
+        let at = unix_ms_now();
+        let entry = match event {
+            HubEvent::PermissionRequested { id, project, req_id, tool_name, tool_input, .. } => {
+                self.tools.insert(*id, tool_name.clone());
+                let mut e = Entry::new(at, "request").with("credential", self.label(id.conn)).with("req_id", &**req_id);
+                (e.perm, e.project, e.tool) = (Some(id.to_string()), Some(project.clone()), Some(tool_name.clone()));
+                self.input(e, tool_input)
+            }
+            HubEvent::PermissionAutoDecided {
+                conn,
+                project,
+                req_id,
+                tool_name,
+                tool_input,
+                decision,
+                rule,
+                message,
+                ..
+            } => {
+                let mut e = Entry::new(at, "auto")
+                    .with("credential", self.label(*conn))
+                    .with("req_id", &**req_id)
+                    .with("decided_by", if rule.is_some() { "rule" } else { "budget" })
+                    .with("rule", rule.map(|r| r.0))
+                    .with("message", message.as_deref())
+                    .with("waited_ms", 0);
+                (e.project, e.tool) = (Some(project.clone()), Some(tool_name.clone()));
+                e.outcome = Some(decision.as_str().to_owned());
+                self.input(e, tool_input)
+            }
+            HubEvent::PermissionDecided { id, project, verdict, rule, waited } => {
+                let mut e = Entry::new(at, "end")
+                    .with("decided_by", "person")
+                    .with("by", verdict.by.as_deref())
+                    .with("message", verdict.message.as_deref())
+                    .with("rule_created", rule.map(|r| r.0))
+                    .with("waited_ms", millis(*waited));
+                (e.perm, e.project, e.tool) = (Some(id.to_string()), Some(project.clone()), self.tools.remove(id));
+                e.outcome = Some(verdict.decision.as_str().to_owned());
+                e
+            }
+            HubEvent::PermissionWithdrawn { id, project, reason, waited } => {
+                let mut e = Entry::new(at, "end").with("decided_by", "nobody").with("waited_ms", millis(*waited));
+                (e.perm, e.project, e.tool) = (Some(id.to_string()), Some(project.clone()), self.tools.remove(id));
+                e.outcome = Some(reason.as_str().to_owned());
+                e
+            }
+            HubEvent::RuleAdded { rule } => {
+                let kept = stored(rule, &self.wall);
+                let e = Entry::new(at, "rule_added").with("rule", serde_json::to_value(&kept).unwrap_or_default());
+                out.push(Change::PutRule(kept));
+                e
+            }
+            HubEvent::RuleRemoved { id, by } => {
+                out.push(Change::DeleteRule(id.0));
+                Entry::new(at, "rule_removed")
+                    .with("rule", id.0)
+                    .with("by", by.as_deref())
+                    .with("why", if by.is_some() { "removed" } else { "its connection ended" })
+            }
+            _ => return,
+        };
+        out.push(Change::Record(entry));
+    }
+}
+
+/// One record as the API and `uplink audit export` write it: `{"seq", "prev", "hash", "record"}`, where
+/// `record` is the sealed text itself (so that `hash = SHA-256(prev ‖ record)` can be checked from it).
+pub(crate) fn record_line(record: &Sealed) -> String {
+    let mut line = String::with_capacity(record.text.len() + 180);
+    let _ = write!(
+        line,
+        r#"{{"seq":{},"prev":"{}","hash":"{}","record":{}}}"#,
+        record.seq,
+        hex(&record.prev),
+        hex(&record.hash),
+        record.text
+    );
+    line
+}
+
+pub(super) async fn list(
+    principal: Principal,
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(refused) = principal.refusal(Action::Read) {
+        return refused;
+    }
+    let Ok(Query(query)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query: project, tool, outcome (strings), since, until (Unix ms), after (seq), limit (1-1000)",
+        );
+    };
+    let Some(reader) = shared.audit.clone() else {
+        return error(StatusCode::NOT_FOUND, "this gateway keeps no audit log (it runs without a store)");
+    };
+    let page = match tokio::task::spawn_blocking(move || reader.query(&query)).await {
+        Ok(Ok(page)) => page,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the audit query failed"),
+    };
+    let mut body = String::from(r#"{"records":["#);
+    for (i, record) in page.records.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&record_line(record));
+    }
+    let _ = write!(body, r#"],"next":{}}}"#, page.next.map_or_else(|| "null".to_owned(), |n| n.to_string()));
+    json_text(StatusCode::OK, body)
+}

@@ -1,0 +1,380 @@
+//! The audit log's records and the hash chain that links them.
+//!
+//! Each record is a JSON object written in one canonical form ([`canonical`]: keys sorted, no spaces), and
+//! sealed: `hash = SHA-256(prev ‖ text)`, where `prev` is the hash of the record before it (32 zero bytes
+//! before the first). The store keeps the hash of the last record (the *head*) beside the log, and, once
+//! old records are pruned, the place where the log now starts (the *anchor*). [`verify`] walks the log and
+//! finds any record changed, removed, inserted or reordered, and a log cut short of its head.
+//!
+//! What the chain cannot show: someone able to rewrite the whole file can rewrite the whole chain and its
+//! head. `uplink audit verify` prints the head; keep it elsewhere (a ticket, a log shipper) to pin the log
+//! up to that point.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The hash before the first record.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// A record before it is sealed: its kind, the columns it is searched by, and the rest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// When, in Unix milliseconds.
+    pub at_ms: u64,
+    /// `request`, `auto`, `end`, `rule_added` or `rule_removed`.
+    pub kind: &'static str,
+    /// The permission's public id, for the records of one.
+    pub perm: Option<String>,
+    /// The project.
+    pub project: Option<String>,
+    /// The tool.
+    pub tool: Option<String>,
+    /// How it ended: a decision (`approve`, `deny`, `always_allow`) or a withdrawal (`cancelled`,
+    /// `deadline`, `connection_lost`).
+    pub outcome: Option<String>,
+    /// Everything else in the record.
+    pub fields: Map<String, Value>,
+}
+
+impl Entry {
+    /// A record of `kind` at `at_ms`, with nothing else yet.
+    pub fn new(at_ms: u64, kind: &'static str) -> Entry {
+        Entry { at_ms, kind, perm: None, project: None, tool: None, outcome: None, fields: Map::new() }
+    }
+
+    /// The same, with `key` set to `value`.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Entry {
+        self.fields.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The record's text as sealed under `seq`.
+    pub fn text(&self, seq: u64) -> String {
+        let mut object = self.fields.clone();
+        object.insert("seq".into(), seq.into());
+        object.insert("at_ms".into(), self.at_ms.into());
+        object.insert("kind".into(), self.kind.into());
+        for (key, value) in
+            [("perm", &self.perm), ("project", &self.project), ("tool", &self.tool), ("outcome", &self.outcome)]
+        {
+            if let Some(v) = value {
+                object.insert(key.into(), v.as_str().into());
+            }
+        }
+        canonical(&Value::Object(object))
+    }
+}
+
+/// One sealed record, as kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    /// Its place in the log, from 1, without gaps.
+    pub seq: u64,
+    /// The hash of the record before it.
+    pub prev: [u8; 32],
+    /// `SHA-256(prev ‖ text)`.
+    pub hash: [u8; 32],
+    /// The canonical text.
+    pub text: String,
+}
+
+/// Seals `entry` as record `seq`, after the record whose hash is `prev`.
+pub fn seal(seq: u64, prev: [u8; 32], entry: &Entry) -> Sealed {
+    let text = entry.text(seq);
+    let hash = chain_hash(&prev, &text);
+    Sealed { seq, prev, hash, text }
+}
+
+/// `SHA-256(prev ‖ text)`.
+pub fn chain_hash(prev: &[u8; 32], text: &str) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(prev);
+    ctx.update(text.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The SHA-256 of `text`, in hex.
+pub fn sha256_hex(text: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+/// Bytes in lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A JSON value in its one canonical text: object keys sorted (by their bytes), no whitespace, strings and
+/// numbers as serde_json writes them. Two values equal as JSON trees have the same canonical text.
+pub fn canonical(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Where a log starts: the record before its first (seq 0 and [`GENESIS`] for a log never pruned).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// The seq of the last record pruned (0: none).
+    pub seq: u64,
+    /// Its hash.
+    pub hash: [u8; 32],
+}
+
+impl Default for Anchor {
+    fn default() -> Anchor {
+        Anchor { seq: 0, hash: GENESIS }
+    }
+}
+
+/// A whole chain that checks out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Records checked.
+    pub records: u64,
+    /// The first one's seq (the one after the anchor).
+    pub first_seq: u64,
+    /// The last one's seq.
+    pub last_seq: u64,
+    /// The last one's hash, in hex: keep it elsewhere to pin the log up to here.
+    pub head: String,
+}
+
+/// Where the chain breaks.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// A record is missing before this seq (or one was inserted).
+    #[error("record {found} follows record {after}: records are missing or were inserted")]
+    Gap {
+        /// The seq before.
+        after: u64,
+        /// The seq found.
+        found: u64,
+    },
+    /// This record's text or its link to the one before was changed.
+    #[error("record {0} was changed: its hash does not match its text and the record before it")]
+    Changed(u64),
+    /// This record's searchable columns differ from its sealed text.
+    #[error("record {0}'s columns differ from its sealed text")]
+    Columns(u64),
+    /// The log ends before its recorded head.
+    #[error("the log ends at record {last}, but its head is record {head}: it was cut short")]
+    Truncated {
+        /// The last record found.
+        last: u64,
+        /// The head recorded.
+        head: u64,
+    },
+    /// The head recorded beside the log does not match its last record.
+    #[error("the head recorded beside the log does not match record {0}")]
+    HeadMismatch(u64),
+}
+
+/// Checks `records` (in seq order) against the log's `anchor` and `head`.
+pub fn verify(
+    anchor: Anchor,
+    records: impl IntoIterator<Item = (Sealed, Columns)>,
+    head: Option<(u64, [u8; 32])>,
+) -> Result<VerifyReport, VerifyError> {
+    let (mut last_seq, mut last_hash, mut count) = (anchor.seq, anchor.hash, 0u64);
+    for (record, columns) in records {
+        if record.seq != last_seq + 1 {
+            return Err(VerifyError::Gap { after: last_seq, found: record.seq });
+        }
+        if record.prev != last_hash || chain_hash(&record.prev, &record.text) != record.hash {
+            return Err(VerifyError::Changed(record.seq));
+        }
+        if !columns.agree(&record) {
+            return Err(VerifyError::Columns(record.seq));
+        }
+        (last_seq, last_hash, count) = (record.seq, record.hash, count + 1);
+    }
+    match head {
+        Some((seq, _)) if seq > last_seq => return Err(VerifyError::Truncated { last: last_seq, head: seq }),
+        Some((seq, hash)) if seq != last_seq || hash != last_hash => return Err(VerifyError::HeadMismatch(seq)),
+        _ => {}
+    }
+    Ok(VerifyReport { records: count, first_seq: anchor.seq + 1, last_seq, head: hex(&last_hash) })
+}
+
+/// The columns a record is searched by, as kept beside its text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Columns {
+    /// `at_ms`.
+    pub at_ms: u64,
+    /// `kind`.
+    pub kind: String,
+    /// `project`.
+    pub project: Option<String>,
+    /// `tool`.
+    pub tool: Option<String>,
+    /// `outcome`.
+    pub outcome: Option<String>,
+}
+
+impl Columns {
+    /// The columns of `entry`.
+    pub fn of(entry: &Entry) -> Columns {
+        Columns {
+            at_ms: entry.at_ms,
+            kind: entry.kind.to_owned(),
+            project: entry.project.clone(),
+            tool: entry.tool.clone(),
+            outcome: entry.outcome.clone(),
+        }
+    }
+
+    fn agree(&self, record: &Sealed) -> bool {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&record.text) else { return false };
+        let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_owned);
+        map.get("at_ms").and_then(Value::as_u64) == Some(self.at_ms)
+            && text("kind").as_deref() == Some(self.kind.as_str())
+            && text("project") == self.project
+            && text("tool") == self.tool
+            && text("outcome") == self.outcome
+    }
+}
+
+/// Which records to read (`GET /api/audit`): every filter set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this project's.
+    pub project: Option<String>,
+    /// Only this tool's.
+    pub tool: Option<String>,
+    /// Only records that end a permission this way.
+    pub outcome: Option<String>,
+    /// From this time on (Unix milliseconds, inclusive).
+    pub since: Option<u64>,
+    /// Before this time (Unix milliseconds, exclusive).
+    pub until: Option<u64>,
+    /// After this seq (the previous page's `next`).
+    pub after: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+impl AuditQuery {
+    /// The page size asked for, within its bounds.
+    pub fn page_size(&self) -> u32 {
+        self.limit.unwrap_or(100).clamp(1, 1000)
+    }
+}
+
+/// One page of records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditPage {
+    /// The records, each with its seal.
+    pub records: Vec<Sealed>,
+    /// The `after` of the next page, when there may be more.
+    pub next: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn log(n: u64) -> Vec<(Sealed, Columns)> {
+        let mut prev = GENESIS;
+        (1..=n)
+            .map(|seq| {
+                let mut entry = Entry::new(1000 + seq, "request").with("n", seq);
+                entry.project = Some(format!("p{}", seq % 2));
+                let sealed = seal(seq, prev, &entry);
+                prev = sealed.hash;
+                (sealed, Columns::of(&entry))
+            })
+            .collect()
+    }
+
+    fn head(log: &[(Sealed, Columns)]) -> Option<(u64, [u8; 32])> {
+        log.last().map(|(s, _)| (s.seq, s.hash))
+    }
+
+    #[test]
+    fn canonical_text_sorts_keys_at_every_depth_and_has_no_spaces() {
+        let a = json!({"b": [1, {"z": "é\n", "a": null}], "a": 1.5});
+        assert_eq!(canonical(&a), r#"{"a":1.5,"b":[1,{"a":null,"z":"é\n"}]}"#);
+        let b: Value = serde_json::from_str(r#"{ "a" : 1.5, "b" : [ 1, { "a": null, "z": "é\n" } ] }"#).expect("json");
+        assert_eq!(canonical(&a), canonical(&b));
+    }
+
+    #[test]
+    fn an_untouched_log_verifies_and_names_its_head() {
+        let records = log(5);
+        let report = verify(Anchor::default(), records.clone(), head(&records)).expect("intact");
+        assert_eq!((report.records, report.first_seq, report.last_seq), (5, 1, 5));
+        assert_eq!(report.head, hex(&records[4].0.hash));
+        assert_eq!(verify(Anchor::default(), Vec::new(), None).map(|r| r.records), Ok(0));
+    }
+
+    #[test]
+    fn every_kind_of_tampering_is_found() {
+        let records = log(5);
+        let h = head(&records);
+        // A changed text.
+        let mut changed = records.clone();
+        changed[2].0.text = changed[2].0.text.replace("\"n\":3", "\"n\":4");
+        assert_eq!(verify(Anchor::default(), changed, h), Err(VerifyError::Changed(3)));
+        // A changed text, resealed on its own: the next record's link breaks.
+        let mut resealed = records.clone();
+        resealed[2].0.text = resealed[2].0.text.replace("\"n\":3", "\"n\":4");
+        resealed[2].0.hash = chain_hash(&resealed[2].0.prev, &resealed[2].0.text);
+        assert_eq!(verify(Anchor::default(), resealed, h), Err(VerifyError::Changed(4)));
+        // A removed record.
+        let mut removed = records.clone();
+        removed.remove(1);
+        assert_eq!(verify(Anchor::default(), removed, h), Err(VerifyError::Gap { after: 1, found: 3 }));
+        // Cut short: the head says there was more.
+        let short = records[..3].to_vec();
+        assert_eq!(verify(Anchor::default(), short, h), Err(VerifyError::Truncated { last: 3, head: 5 }));
+        // A column that says something else than the sealed text.
+        let mut columns = records.clone();
+        columns[0].1.project = Some("elsewhere".into());
+        assert_eq!(verify(Anchor::default(), columns, h), Err(VerifyError::Columns(1)));
+        // A pruned start is fine with its anchor, and not without.
+        let anchor = Anchor { seq: 2, hash: records[1].0.hash };
+        assert_eq!(verify(anchor, records[2..].to_vec(), h).map(|r| r.first_seq), Ok(3));
+        assert_eq!(verify(Anchor::default(), records[2..].to_vec(), h), Err(VerifyError::Gap { after: 0, found: 3 }));
+        // A wrong head.
+        assert_eq!(verify(Anchor::default(), records, Some((5, GENESIS))), Err(VerifyError::HeadMismatch(5)));
+    }
+}

@@ -1,0 +1,253 @@
+//! The gateway's store, as the program runs it: `kill -9` during a burst of decisions loses none that was
+//! acknowledged to a person or sent to a sled; `uplink rules` and `uplink audit` against it.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use uplink_tests::{http, try_http, within};
+use uplink_tokio::store::sqlite::SqliteReader;
+use uplink_tokio::store::{AuditQuery, AuditReader as _};
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("uplink-store-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// `uplink gateway` on `dir` with shared tokens `s` and `a`; the child and its base URL.
+async fn gateway(dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", "s", "--admin-token", "a"])
+        .arg("--state-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = within("the gateway to start", out.next_line()).await.unwrap().unwrap();
+    let base = first.split("listening on ").nth(1).unwrap().trim().to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    (child, base)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn sled(base: &str, project: &str) -> Ws {
+    let url = format!("{}/api/sled-uplink?token=s", base.replace("http://", "ws://"));
+    let (mut ws, _) = within("the sled to connect", tokio_tungstenite::connect_async(url)).await.unwrap();
+    let identity = json!({"type":"identity","req_id":"identity","payload":{"project":project}});
+    ws.send(Message::text(identity.to_string())).await.unwrap();
+    ws
+}
+
+/// Every record of the log in `dir`, parsed.
+fn records(dir: &std::path::Path) -> Vec<Value> {
+    let reader = SqliteReader::at(dir).unwrap();
+    let mut out = Vec::new();
+    let mut query = AuditQuery { limit: Some(1000), ..AuditQuery::default() };
+    loop {
+        let page = reader.query(&query).unwrap();
+        out.extend(page.records.iter().map(|r| serde_json::from_str::<Value>(&r.text).unwrap()));
+        match page.next {
+            Some(n) => query.after = Some(n),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn kill_9_in_a_burst_of_decisions_loses_none_that_a_person_or_a_sled_heard_of() {
+    const N: usize = 600;
+    let dir = temp_dir("kill");
+    let (mut child, base) = gateway(&dir).await;
+    let (mut tx, mut rx) = sled(&base, "burst").await.split();
+    for i in 0..N {
+        let frame =
+            json!({"type":"perm_request","req_id":format!("r{i}"),"payload":{"tool_name":"Bash","tool_input":{"i":i}}});
+        tx.send(Message::text(frame.to_string())).await.unwrap();
+    }
+    // Every request is pending.
+    let ids: Vec<String> = within("every request to be pending", async {
+        loop {
+            let (_, body) = http("GET", &format!("{base}/api/permissions"), Some("a"), None, &[]).await;
+            let listing: Value = serde_json::from_str(&body).unwrap();
+            let perms = listing["permissions"].as_array().unwrap();
+            if perms.len() == N {
+                return perms.iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // What the sled hears, as it hears it.
+    let heard = Arc::new(Mutex::new(BTreeSet::new()));
+    let listener = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = rx.next().await {
+                if let Message::Text(text) = msg {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if frame["type"] == "perm_response" {
+                        heard.lock().unwrap().insert(frame["req_id"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+        })
+    };
+    // Four people decide as fast as they can; each acknowledgement is noted.
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut deciders = Vec::new();
+    for part in 0..4 {
+        let (ids, acked, base) = (ids.clone(), acked.clone(), base.clone());
+        deciders.push(tokio::spawn(async move {
+            for id in ids.iter().skip(part).step_by(4) {
+                let url = format!("{base}/api/permissions/{id}");
+                match try_http("POST", &url, Some("a"), Some(r#"{"approved":true}"#), &[]).await {
+                    Ok((200, _)) => {
+                        acked.lock().unwrap().insert(id.clone());
+                    }
+                    Ok((status, body)) => panic!("{id}: {status} {body}"),
+                    Err(_) => return, // the gateway is gone
+                }
+            }
+        }));
+    }
+    // Killed mid-burst, once a sixth of the decisions are acknowledged.
+    within("a sixth of the decisions", async {
+        while acked.lock().unwrap().len() < N / 6 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    within("the gateway to die", child.wait()).await.unwrap();
+    for d in deciders {
+        within("a decider to stop", d).await.unwrap();
+    }
+    within("the sled's connection to end", listener).await.unwrap();
+    let (acked, heard) = (acked.lock().unwrap().clone(), heard.lock().unwrap().clone());
+    assert!(acked.len() < N, "the kill came after every decision: nothing was tested");
+
+    // Every decision acknowledged or heard is in the log, once, and the chain holds.
+    let log = records(&dir);
+    let req_of: BTreeMap<String, String> = log
+        .iter()
+        .filter(|r| r["kind"] == "request")
+        .map(|r| (r["perm"].as_str().unwrap().to_owned(), r["req_id"].as_str().unwrap().to_owned()))
+        .collect();
+    let mut decided = BTreeMap::new();
+    for r in log.iter().filter(|r| r["kind"] == "end" && r["outcome"] == "approve") {
+        let perm = r["perm"].as_str().unwrap().to_owned();
+        assert!(decided.insert(perm.clone(), ()).is_none(), "{perm} decided twice");
+    }
+    for id in &acked {
+        assert!(decided.contains_key(id), "{id} was acknowledged but is not in the log");
+    }
+    let decided_reqs: BTreeSet<&String> = decided.keys().filter_map(|p| req_of.get(p)).collect();
+    for req in &heard {
+        assert!(decided_reqs.contains(req), "the sled heard {req}, which is not in the log");
+    }
+    let report = SqliteReader::at(&dir).unwrap().verify().unwrap().expect("the chain holds after kill -9");
+    assert_eq!(report.records as usize, log.len());
+    eprintln!("killed after {} acknowledged, {} heard, {} in the log", acked.len(), heard.len(), decided.len());
+
+    // The gateway starts again on the same store; the log goes on from where it was.
+    let (mut child, _) = gateway(&dir).await;
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn uplink(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_uplink"));
+    cmd.args(args).env_remove("UPLINK_ADMIN_TOKEN").env_remove("UPLINK_STATE_DIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test]
+async fn rules_and_audit_commands_work_against_a_running_gateway_and_find_tampering() {
+    let dir = temp_dir("commands");
+    let (mut child, base) = gateway(&dir).await;
+    let env = [("UPLINK_GATEWAY_URL", base.as_str()), ("UPLINK_ADMIN_TOKEN", "a")];
+    let added = uplink(&["rules", "add", "deny", "Bash(curl *)", "--project", "team-a/*", "--expires", "30d"], &env);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let table = String::from_utf8(added.stdout).unwrap();
+    assert!(table.contains("deny") && table.contains("Bash(curl *)") && table.contains("team-a/*"), "{table}");
+    let ls = uplink(&["rules", "ls", "--json"], &env);
+    let rules: Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let id = rules["rules"][0]["id"].as_u64().unwrap();
+    assert_eq!(
+        (rules["rules"][0]["author"].as_str(), rules["rules"][0]["effect"].as_str()),
+        (Some("admin"), Some("deny"))
+    );
+    // The rule decides.
+    let mut ws = sled(&base, "team-a/web").await;
+    let frame = json!({"type":"perm_request","req_id":"c1","payload":{"tool_name":"Bash","tool_input":{"command":"curl evil.example"}}});
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+    let answer = within("the rule's answer", async {
+        loop {
+            if let Some(Ok(Message::Text(t))) = ws.next().await {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "perm_response" {
+                    return v;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(answer["payload"]["approved"], false);
+    let bad = uplink(&["rules", "add", "allow", "Write(src/**)"], &env);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("400"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let wrong = uplink(&["rules", "ls"], &[("UPLINK_GATEWAY_URL", &base), ("UPLINK_ADMIN_TOKEN", "nope")]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(uplink(&["rules", "rm", &id.to_string()], &env).status.success());
+    assert_eq!(uplink(&["rules", "rm", &id.to_string()], &env).status.code(), Some(1));
+
+    // The audit log, read beside the running gateway.
+    let state = dir.to_str().unwrap();
+    let verify = uplink(&["audit", "verify", "--state-dir", state], &[]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).starts_with("intact: 3 records"),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let export = uplink(&["audit", "export", "--state-dir", state, "--outcome", "deny"], &[]);
+    let lines: Vec<Value> =
+        String::from_utf8(export.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!((lines[0]["record"]["kind"].as_str(), lines[0]["record"]["rule"].as_u64()), (Some("auto"), Some(id)));
+    assert_eq!(lines[0]["hash"].as_str().map(str::len), Some(64));
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+
+    // Tampered with: verify says where, with exit code 3.
+    let db = edit_a_record(&dir);
+    let broken = uplink(&["audit", "verify", "--state-dir", state], &[]);
+    assert_eq!(broken.status.code(), Some(3), "{}", String::from_utf8_lossy(&broken.stdout));
+    assert!(String::from_utf8_lossy(&broken.stdout).contains(&format!("record {db} was changed")));
+    let missing = uplink(&["audit", "verify", "--state-dir", "/nonexistent/uplink"], &[]);
+    assert_eq!(missing.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Changes record 2's text in place, as someone with the file would; returns its seq.
+fn edit_a_record(dir: &std::path::Path) -> u64 {
+    let conn = rusqlite::Connection::open(dir.join("uplink.db")).unwrap();
+    conn.execute("UPDATE audit SET record = replace(record, 'deny', 'allow') WHERE seq = 2", []).unwrap();
+    2
+}
