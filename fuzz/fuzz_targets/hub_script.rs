@@ -2,19 +2,21 @@
 //! permission and MCP request ends exactly once, a decision is accepted exactly when pending, no connection
 //! holds a project its credential does not cover, at most one holds each project, and the memory of gone
 //! sleds stays bounded; credentials reloaded at any time leave no connection with a revoked or expired one,
-//! and the connection and input budgets hold.
+//! and the connection and input budgets hold. "Always allow" in any scope makes rules: nothing is approved
+//! on the wire but by the application's decision for that request or a rule it made that is in force, and
+//! no connection's rule outlives it.
 #![no_main]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use uplink_proto::gateway::{
-    ConnHandle, Credential, CredentialId, Hub, HubConfig, HubEvent, HubOutput, McpTicket, PermId, ProjectScope,
-    PublicPermId,
+    Always, AlwaysScope, ConnHandle, Credential, CredentialId, Hub, HubConfig, HubEvent, HubOutput, McpTicket, PermId,
+    ProjectScope, PublicPermId, Verdict,
 };
-use uplink_proto::{Decision, Instant, Received};
+use uplink_proto::{Decision, GatewayFrame, Instant, Received};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -24,7 +26,9 @@ enum Op {
     PermCancel(u8, u8),
     McpResponse(u8, u8),
     Frame(u8, String),
-    Decide(u8, u8, bool),
+    /// Which connection, which permission, and: approve, deny, or "always allow" for the connection, the
+    /// project or everywhere.
+    Decide(u8, u8, u8),
     SendMcp(u8),
     Disconnect(u8),
     TooBig(u8),
@@ -54,14 +58,19 @@ fuzz_target!(|ops: Vec<Op>| {
     cfg.max_unidentified = 3;
     cfg.session.max_pending_input_bytes = 30;
     cfg.max_pending_input_bytes = 50;
+    cfg.max_rules = 4;
     let mut now = Instant::ZERO;
     let mut hub = Hub::new(cfg, now).expect("valid");
     let mut conns: Vec<ConnHandle> = Vec::new();
     let mut perms: BTreeMap<PublicPermId, bool> = BTreeMap::new(); // true = ended
     let mut tickets: BTreeMap<McpTicket, bool> = BTreeMap::new();
     let mut creds: [Option<Credential>; 3] = [0, 1, 2].map(|i| Some(credential(i)));
+    // The rules "always allow" made that are in force.
+    let mut made: BTreeSet<u64> = BTreeSet::new();
     let pick = |conns: &[ConnHandle], c: u8| (!conns.is_empty()).then(|| conns[usize::from(c) % conns.len()]);
     for op in ops.iter().take(300) {
+        // The approvals this step may send: the application's, by (connection, req_id).
+        let mut approved: BTreeSet<(ConnHandle, String)> = BTreeSet::new();
         match op {
             Op::Accept(c) => {
                 if let Some(credential) = creds[usize::from(*c % 3)].clone()
@@ -101,11 +110,24 @@ fuzz_target!(|ops: Vec<Op>| {
                     hub.handle_received(now, conn, Received::Text(text));
                 }
             }
-            Op::Decide(c, p, approve) => {
+            Op::Decide(c, p, how) => {
                 let id = PublicPermId { conn: ConnHandle(u64::from(c % 8)), perm: PermId(u64::from(p % 4)) };
-                let decision = if *approve { Decision::Approve } else { Decision::Deny };
-                let ok = hub.decide(now, id, decision).is_ok();
+                let verdict = match how % 5 {
+                    0 => Verdict::new(Decision::Approve),
+                    1 => Verdict::new(Decision::Deny),
+                    n => {
+                        let scope = [AlwaysScope::Connection, AlwaysScope::Project, AlwaysScope::Everywhere]
+                            [usize::from(n - 2)];
+                        Verdict::new(Decision::AlwaysAllow).always(Always::new(scope, 0))
+                    }
+                };
+                let req_id = hub.permissions(now).into_iter().find(|p| p.id == id).map(|p| p.req_id);
+                let allow = verdict.decision.is_allow();
+                let ok = hub.decide(now, id, verdict).is_ok();
                 assert_eq!(ok, perms.get(&id) == Some(&false), "decide accepted exactly when pending");
+                if let (true, true, Some(req_id)) = (ok, allow, req_id) {
+                    approved.insert((id.conn, req_id));
+                }
             }
             Op::SendMcp(p) => {
                 if let Ok(ticket) = hub.send_mcp(now, PROJECTS[usize::from(*p) % 3], "{}", None) {
@@ -145,9 +167,30 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Shutdown => hub.shutdown(now),
         }
+        let mut sent = Vec::new();
         while let Some(out) = hub.poll_output() {
-            let HubOutput::Event(event) = out else { continue };
+            let event = match out {
+                HubOutput::Send { conn, text } => {
+                    if let Ok(GatewayFrame::PermResponse { req_id, decision, .. }) = GatewayFrame::decode(&text)
+                        && decision.is_allow()
+                    {
+                        sent.push((conn, req_id.into_owned()));
+                    }
+                    continue;
+                }
+                HubOutput::Event(event) => event,
+                _ => continue,
+            };
             match event {
+                HubEvent::RuleAdded { rule } => {
+                    assert_eq!(rule.effect, uplink_proto::rules::Effect::Allow, "only allow rules are made");
+                    made.insert(rule.id.0);
+                }
+                HubEvent::RuleRemoved { id, .. } => assert!(made.remove(&id.0), "a rule removed twice"),
+                HubEvent::PermissionAutoDecided { conn, req_id, decision, rule, .. } if decision.is_allow() => {
+                    assert!(rule.is_some_and(|r| made.contains(&r.0)), "approved by no rule in force");
+                    approved.insert((conn, req_id));
+                }
                 HubEvent::PermissionRequested { id, .. } => assert!(perms.insert(id, false).is_none(), "id reused"),
                 HubEvent::PermissionDecided { id, .. } | HubEvent::PermissionWithdrawn { id, .. } => {
                     assert_eq!(perms.insert(id, true), Some(false), "ended exactly once");
@@ -158,6 +201,13 @@ fuzz_target!(|ops: Vec<Op>| {
                 _ => {}
             }
         }
+        for s in &sent {
+            assert!(approved.contains(s), "an approval nobody gave: {s:?}");
+        }
+        for rule in hub.rules().rules() {
+            assert!(rule.connection.is_none_or(|c| hub.credential_of(c).is_some()), "a rule outlived its connection");
+        }
+        assert!(made.len() <= 4, "the rule budget");
         for conn in &conns {
             if let Some(project) = hub.project_of(*conn) {
                 assert_eq!(hub.holder(project), Some(*conn), "one holder per project");

@@ -27,8 +27,10 @@ pub mod shell;
 pub mod url;
 
 use alloc::borrow::Cow;
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::OnceCell;
 use core::fmt;
 use core::str::FromStr;
 
@@ -204,6 +206,13 @@ impl<'a> Fields<'a> {
         crate::wire::object(input).unwrap_or_default()
     }
 
+    /// The command's fragments as deny and ask rules read it: split once per request, whatever the
+    /// number of rules.
+    fn deny_fragments(&self, cell: &'a OnceCell<Vec<String>>) -> Option<&'a [String]> {
+        let command = self.command.as_deref()?;
+        Some(cell.get_or_init(|| shell::for_deny(command)))
+    }
+
     fn named(&self, field: &str) -> Option<&str> {
         match field {
             "file_path" => self.file_path.as_deref(),
@@ -258,9 +267,10 @@ impl RuleSet {
         // The input is read only when a rule looks into it (bare tool and MCP rules do not).
         let looks_inside = live().any(|r| !matches!(r.pattern.kind, Kind::Tool(_) | Kind::Mcp(_)));
         let fields = if looks_inside { Fields::read(request.tool_input) } else { Fields::default() };
+        let fragments = OnceCell::new();
         let matching = |effect: Effect| {
             live()
-                .filter(|r| r.effect == effect && matches_generously(r, request.tool_name, &fields))
+                .filter(|r| r.effect == effect && matches_generously(r, request.tool_name, &fields, &fragments))
                 .map(|r| r.id)
                 .min()
         };
@@ -276,13 +286,17 @@ impl RuleSet {
 }
 
 /// Whether a deny or ask rule matches: any fragment, read generously.
-fn matches_generously(rule: &Rule, tool: &str, fields: &Fields<'_>) -> bool {
+fn matches_generously<'a>(
+    rule: &Rule,
+    tool: &str,
+    fields: &'a Fields<'a>,
+    fragments: &'a OnceCell<Vec<String>>,
+) -> bool {
     match &rule.pattern.kind {
         Kind::Tool(name) => name == tool,
         Kind::Mcp(pattern) => mcp_matches(pattern, tool),
         Kind::Command(pattern) => {
-            tool == "Bash"
-                && fields.command.as_deref().is_some_and(|c| shell::for_deny(c).iter().any(|f| pattern.matches(f)))
+            tool == "Bash" && fields.deny_fragments(fragments).is_some_and(|f| f.iter().any(|f| pattern.matches(f)))
         }
         Kind::Read(pattern) => matches!(fields.path_of(READ_TOOLS, tool), Some(Some(p)) if pattern.matches(p, true)),
         Kind::Edit(pattern) => matches!(fields.path_of(EDIT_TOOLS, tool), Some(Some(p)) if pattern.matches(p, true)),

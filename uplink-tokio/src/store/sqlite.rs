@@ -1,6 +1,8 @@
 //! The embedded store: one SQLite file, `uplink.db`, in the state directory; nothing to install.
 //!
 //! - **Journal**: WAL, so that readers (`GET /api/audit`, `uplink audit`) never wait for the writer.
+//!   Checkpoints (copying the WAL back into the file, with its disk flushes) run on a thread of their own
+//!   every second, never inside a commit: a decision waits for its own write, not for a checkpoint.
 //!   `synchronous=NORMAL` by default: a commit is in the operating system's hands when it returns, which
 //!   survives the gateway being killed (`kill -9`), not a power cut; [`StoreOptions::full_sync`]
 //!   (`--store-sync full`) waits for the disk on every commit.
@@ -62,6 +64,9 @@ pub const DB_FILE: &str = "uplink.db";
 /// How long a start waits for a database another program has locked.
 const BUSY_WAIT: Duration = Duration::from_secs(2);
 
+/// How often the checkpointer runs.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
 /// Prune at most once in this many commits.
 const PRUNE_EVERY: u64 = 512;
 
@@ -86,8 +91,26 @@ pub struct SqliteStore {
     options: StoreOptions,
     head: (u64, [u8; 32]),
     commits: u64,
+    /// Dropped with the store: the checkpointer then runs a last time and ends.
+    _checkpointer: std::sync::mpsc::Sender<()>,
     /// Held while the store is open: one gateway per directory.
     _lock: File,
+}
+
+/// Checkpoints the WAL of `path` from a connection of its own, every [`CHECKPOINT_EVERY`], until `stop`'s
+/// sender is dropped.
+fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
+    let Ok(conn) = Connection::open(&path) else { return };
+    let _ = conn.busy_timeout(BUSY_WAIT);
+    loop {
+        let ended = matches!(stop.recv_timeout(CHECKPOINT_EVERY), Err(std::sync::mpsc::RecvTimeoutError::Disconnected));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "the store's checkpoint failed; the WAL grows until one succeeds");
+        }
+        if ended {
+            return;
+        }
+    }
 }
 
 fn text(path: &Path) -> String {
@@ -163,6 +186,7 @@ impl SqliteStore {
         }
         let sync = if options.full_sync { "FULL" } else { "NORMAL" };
         conn.pragma_update(None, "synchronous", sync).map_err(|e| classify(&path, e))?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| classify(&path, e))?;
         for (from, step) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(usize::MAX)) {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| classify(&path, e))?;
             tx.execute_batch(step).map_err(|e| classify(&path, e))?;
@@ -173,7 +197,12 @@ impl SqliteStore {
         // the first decision.
         conn.execute_batch("BEGIN IMMEDIATE; COMMIT").map_err(|e| classify(&path, e))?;
         let head = meta_pair(&conn, "head").map_err(|e| classify(&path, e))?.unwrap_or((0, GENESIS));
-        Ok(SqliteStore { conn, path, options, head, commits: 0, _lock: lock })
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let checkpoint_path = path.clone();
+        std::thread::Builder::new()
+            .name("uplink-checkpoint".into())
+            .spawn(move || checkpointer(checkpoint_path, stopped))?;
+        Ok(SqliteStore { conn, path, options, head, commits: 0, _checkpointer: stop, _lock: lock })
     }
 
     /// The file.
