@@ -251,3 +251,59 @@ fn edit_a_record(dir: &std::path::Path) -> u64 {
     conn.execute("UPDATE audit SET record = replace(record, 'deny', 'allow') WHERE seq = 2", []).unwrap();
     2
 }
+
+/// `GET /api/sleds` with `token`, until it answers `want` (the gateway's watch reloads within seconds).
+async fn until_status(base: &str, token: &str, want: u16) {
+    within("the gateway to take the change", async {
+        loop {
+            let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(token), None, &[]).await;
+            if status == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_kept_in_the_store_are_taken_by_a_running_gateway_without_a_signal() {
+    let dir = temp_dir("tokens");
+    let state = dir.to_str().unwrap();
+    // The first start generates its tokens into the store; no credentials file is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["gateway", "--listen", "127.0.0.1:0", "--state-dir", state])
+        .env_remove("UPLINK_ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    while lines.len() < 4 {
+        lines.push(within("the gateway's banner", out.next_line()).await.unwrap().unwrap());
+    }
+    let base = lines[0].split("listening on ").nth(1).unwrap().trim().to_owned();
+    let admin = lines[3].split("(generated):").nth(1).unwrap().trim().to_owned();
+    assert!(!dir.join("credentials.toml").exists(), "the tokens went to the store");
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    until_status(&base, &admin, 200).await;
+
+    // Added beside the running gateway: it works within seconds, without SIGHUP; revoked: refused.
+    let added = uplink(&["gateway", "token", "add", "--state-dir", state, "--admin", "vic", "--role", "viewer"], &[]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let vic = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    until_status(&base, &vic, 200).await;
+    let listing = uplink(&["gateway", "token", "ls", "--state-dir", state], &[]);
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(listing.contains("vic") && listing.contains("default") && !listing.contains(&vic), "{listing}");
+    let revoked = uplink(&["gateway", "token", "revoke", "--state-dir", state, "vic"], &[]);
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    until_status(&base, &vic, 401).await;
+    until_status(&base, &admin, 200).await;
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

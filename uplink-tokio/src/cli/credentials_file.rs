@@ -15,6 +15,10 @@
 //!
 //! Only hashes are stored. `token add` prints the new token once; nobody can read it back. Every write goes
 //! to a temporary file beside the real one, readable by its owner only, then replaces it in one rename.
+//!
+//! The same entries can live in the gateway's store instead ([`Place::Store`]: the `credentials` table of
+//! `STATE_DIR/uplink.db`), where `token …` keeps them when no file is named. When a gateway has both, the
+//! file wins: a store entry with the same token as a file entry, or an admin of the same name, is left out.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -23,6 +27,119 @@ use serde::{Deserialize, Serialize};
 use uplink_proto::gateway::{ProjectScope, Role};
 
 use crate::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
+use crate::store::sqlite::{CredentialRow, CredentialStore};
+
+/// Where `token …` keeps credentials.
+pub(super) enum Place {
+    /// A TOML file.
+    File(PathBuf),
+    /// The store in this state directory.
+    Store(PathBuf),
+}
+
+impl Place {
+    fn read(&self) -> Result<File, String> {
+        match self {
+            Place::File(path) => read_or_empty(path),
+            Place::Store(dir) => {
+                let store = CredentialStore::open(dir).map_err(|e| e.to_string())?;
+                Ok(from_rows(&store.read().map_err(|e| e.to_string())?))
+            }
+        }
+    }
+
+    fn write(&self, file: &File) -> Result<(), String> {
+        match self {
+            Place::File(path) => write(path, file),
+            Place::Store(dir) => {
+                let mut store = CredentialStore::open(dir).map_err(|e| e.to_string())?;
+                store.write(&to_rows(file)).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Place::File(path) => path.display().to_string(),
+            Place::Store(dir) => format!("the store in {}", dir.display()),
+        }
+    }
+}
+
+/// The store's rows as the file's entries.
+fn from_rows(rows: &[CredentialRow]) -> File {
+    let mut file = File::default();
+    for r in rows {
+        match r.kind.as_str() {
+            "sled" => file.sleds.push(SledEntry {
+                label: r.name.clone(),
+                token_sha256: r.token_sha256.clone(),
+                projects: r.projects.clone(),
+                expires: r.expires.clone(),
+            }),
+            _ => file.admins.push(AdminEntry {
+                name: r.name.clone(),
+                role: r.role.clone().unwrap_or_default(),
+                token_sha256: r.token_sha256.clone(),
+            }),
+        }
+    }
+    file
+}
+
+fn to_rows(file: &File) -> Vec<CredentialRow> {
+    let sleds = file.sleds.iter().map(|s| CredentialRow {
+        kind: "sled".into(),
+        name: s.label.clone(),
+        token_sha256: s.token_sha256.clone(),
+        projects: s.projects.clone(),
+        role: None,
+        expires: s.expires.clone(),
+    });
+    let admins = file.admins.iter().map(|a| CredentialRow {
+        kind: "admin".into(),
+        name: a.name.clone(),
+        token_sha256: a.token_sha256.clone(),
+        projects: Vec::new(),
+        role: Some(a.role.clone()),
+        expires: None,
+    });
+    sleds.chain(admins).collect()
+}
+
+/// The credentials of a file (if any) and of the store's rows, the file winning: a store entry whose token
+/// or (for an admin) name a file entry has is left out. Returns them with a sentence per entry left out.
+pub(super) fn load_merged(file: Option<&Path>, store: &[CredentialRow]) -> Result<(Credentials, Vec<String>), String> {
+    let mut merged = match file {
+        Some(path) => read(path)?,
+        None => File::default(),
+    };
+    let origin = file.map_or_else(|| "the store".to_owned(), |p| format!("{} and the store", p.display()));
+    let mut left_out = Vec::new();
+    let from_store = from_rows(store);
+    let taken = |hash: &str, merged: &File| {
+        merged.sleds.iter().any(|s| s.token_sha256.eq_ignore_ascii_case(hash))
+            || merged.admins.iter().any(|a| a.token_sha256.eq_ignore_ascii_case(hash))
+    };
+    for s in from_store.sleds {
+        if taken(&s.token_sha256, &merged) {
+            left_out.push(format!(
+                "the store's sled credential {:?} has a token the file has: the file's is used",
+                s.label
+            ));
+        } else {
+            merged.sleds.push(s);
+        }
+    }
+    for a in from_store.admins {
+        if taken(&a.token_sha256, &merged) || merged.admins.iter().any(|m| m.name == a.name) {
+            left_out.push(format!("the store's admin {:?} is also in the file: the file's is used", a.name));
+        } else {
+            merged.admins.push(a);
+        }
+    }
+    Ok((check(&merged, &origin)?, left_out))
+}
 
 #[derive(Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,12 +210,17 @@ fn hash(text: &str, whose: &str) -> Result<TokenHash, String> {
 
 /// The credentials in the file at `path`, checked: every hash, role and expiry readable, every token and
 /// admin name distinct, at least one sled credential and one principal.
-pub(super) fn load(path: &Path) -> Result<Credentials, String> {
-    let file = read(path)?;
+#[cfg(test)]
+fn load(path: &Path) -> Result<Credentials, String> {
+    check(&read(path)?, &path.display().to_string())
+}
+
+/// The credentials `file` (from `origin`) holds, checked as [`load`] says.
+fn check(file: &File, origin: &str) -> Result<Credentials, String> {
     let mut sleds = Vec::new();
     for s in &file.sleds {
         if s.projects.is_empty() {
-            return Err(format!("{}: sled {:?} has no projects (use [\"*\"] for any)", path.display(), s.label));
+            return Err(format!("{origin}: sled {:?} has no projects (use [\"*\"] for any)", s.label));
         }
         let mut credential = SledCredential::new(&s.label, hash(&s.token_sha256, &s.label)?, scope(&s.projects));
         if let Some(at) = &s.expires {
@@ -112,7 +234,7 @@ pub(super) fn load(path: &Path) -> Result<Credentials, String> {
         let role: Role = a.role.parse().map_err(|e| format!("admin {:?}: {e}", a.name))?;
         admins.push(AdminPrincipal::new(a.name.as_str(), role, hash(&a.token_sha256, &a.name)?));
     }
-    Credentials::new(sleds, admins).map_err(|e| format!("{}: {e}", path.display()))
+    Credentials::new(sleds, admins).map_err(|e| format!("{origin}: {e}"))
 }
 
 /// What `token add` adds.
@@ -121,9 +243,9 @@ pub(super) enum NewToken {
     Admin { name: String, role: Role },
 }
 
-/// Adds a credential with a fresh token to the file at `path` (created if need be); returns the token.
-pub(super) fn add(path: &Path, new: NewToken) -> Result<String, String> {
-    let mut file = read_or_empty(path)?;
+/// Adds a credential with a fresh token at `place` (created if need be); returns the token.
+pub(super) fn add(place: &Place, new: NewToken) -> Result<String, String> {
+    let mut file = place.read()?;
     let token = crate::gateway::generate_token().map_err(|e| e.to_string())?;
     let token_sha256 = TokenHash::of(&token).to_string();
     match new {
@@ -142,13 +264,13 @@ pub(super) fn add(path: &Path, new: NewToken) -> Result<String, String> {
             file.admins.push(AdminEntry { name, role: role.to_string(), token_sha256 });
         }
     }
-    write(path, &file)?;
+    place.write(&file)?;
     Ok(token)
 }
 
 /// One line per credential: kind, name, rights, expiry, the hash's first 12 digits.
-pub(super) fn list(path: &Path) -> Result<String, String> {
-    let file = read(path)?;
+pub(super) fn list(place: &Place) -> Result<String, String> {
+    let file = place.read()?;
     let mut out = String::new();
     for s in &file.sleds {
         let expires = s.expires.as_deref().unwrap_or("never");
@@ -173,8 +295,8 @@ fn short(hash: &str) -> &str {
 
 /// Removes the one credential that `who` names: an admin's name, a sled's label, or the start of a
 /// token's hash (8 digits at least). Refuses when none or several match.
-pub(super) fn revoke(path: &Path, who: &str) -> Result<String, String> {
-    let mut file = read(path)?;
+pub(super) fn revoke(place: &Place, who: &str) -> Result<String, String> {
+    let mut file = place.read()?;
     let by_hash = who.len() >= 8 && who.bytes().all(|b| b.is_ascii_hexdigit());
     let matches = |name: &str, hash: &str| name == who || (by_hash && hash.starts_with(&who.to_ascii_lowercase()));
     let sleds = file.sleds.iter().filter(|s| matches(&s.label, &s.token_sha256)).count();
@@ -186,8 +308,11 @@ pub(super) fn revoke(path: &Path, who: &str) -> Result<String, String> {
     }
     file.sleds.retain(|s| !matches(&s.label, &s.token_sha256));
     file.admins.retain(|a| !matches(&a.name, &a.token_sha256));
-    write(path, &file)?;
-    Ok(format!("revoked {who:?}; a running gateway drops it on SIGHUP (or within seconds, as it watches the file)"))
+    place.write(&file)?;
+    Ok(format!(
+        "revoked {who:?} from {}; a running gateway drops it on SIGHUP (or within seconds, as it watches)",
+        place.describe()
+    ))
 }
 
 /// When `path` was last changed, for the gateway's watch.
@@ -240,9 +365,10 @@ mod tests {
     #[test]
     fn tokens_added_are_stored_as_hashes_found_by_their_token_listed_and_revoked() {
         let path = temp("cycle");
+        let place = Place::File(path.clone());
         let sled = NewToken::Sled { label: Some("ci".into()), projects: vec!["team-a/*".into()], expires: None };
-        let s = add(&path, sled).expect("added");
-        let a = add(&path, NewToken::Admin { name: "ana".into(), role: Role::Approver }).expect("added");
+        let s = add(&place, sled).expect("added");
+        let a = add(&place, NewToken::Admin { name: "ana".into(), role: Role::Approver }).expect("added");
         let text = std::fs::read_to_string(&path).expect("written");
         assert!(!text.contains(&s) && !text.contains(&a), "a plain token was stored");
         assert!(text.contains(&TokenHash::of(&s).to_string()));
@@ -255,16 +381,46 @@ mod tests {
         let c = load(&path).expect("loads");
         assert_eq!(c.sled(&s).map(|x| x.label.as_str()), Some("ci"));
         assert_eq!(c.admin(&a).map(|x| x.role), Some(Role::Approver));
-        let listing = list(&path).expect("lists");
+        let listing = list(&place).expect("lists");
         assert!(listing.contains("ci") && listing.contains("ana") && !listing.contains(&s));
-        assert!(add(&path, NewToken::Admin { name: "ana".into(), role: Role::Viewer }).is_err());
-        assert!(revoke(&path, "nobody").is_err());
-        revoke(&path, "ci").expect("revoked");
+        assert!(add(&place, NewToken::Admin { name: "ana".into(), role: Role::Viewer }).is_err());
+        assert!(revoke(&place, "nobody").is_err());
+        revoke(&place, "ci").expect("revoked");
         // No sled credential left: the file no longer loads, and says why.
         assert!(load(&path).is_err_and(|e| e.contains("at least one")));
         let hash = TokenHash::of(&a).to_string();
-        revoke(&path, &hash[..10]).expect("revoked by hash");
-        assert!(list(&path).expect("lists").is_empty());
+        revoke(&place, &hash[..10]).expect("revoked by hash");
+        assert!(list(&place).expect("lists").is_empty());
+    }
+
+    #[test]
+    fn the_store_keeps_credentials_too_and_the_file_wins_where_both_name_one() {
+        let dir = temp("store").parent().expect("dir").to_owned();
+        let store = Place::Store(dir.clone());
+        let sled = NewToken::Sled { label: Some("farm".into()), projects: vec!["*".into()], expires: None };
+        let farm = add(&store, sled).expect("added");
+        let ana = add(&store, NewToken::Admin { name: "ana".into(), role: Role::Admin }).expect("added");
+        let bob = add(&store, NewToken::Admin { name: "bob".into(), role: Role::Viewer }).expect("added");
+        assert!(list(&store).expect("lists").contains("farm"));
+        let kept = CredentialStore::open(&dir).expect("open");
+        let (rows, version) = (kept.read().expect("rows"), kept.version().expect("version"));
+        assert_eq!((rows.len(), version), (3, 3), "one version per write");
+        assert!(rows.iter().all(|r| r.token_sha256.len() == 64 && !r.token_sha256.contains(&farm)));
+        // Alone, the store's credentials load.
+        let (c, left_out) = load_merged(None, &rows).expect("loads");
+        assert!(c.sled(&farm).is_some() && c.admin(&ana).is_some() && left_out.is_empty());
+        // With a file naming ana (another token) and a sled: the file's ana wins, the store's is left out.
+        let file = dir.join("declared.toml");
+        let file_place = Place::File(file.clone());
+        let ana_in_file = add(&file_place, NewToken::Admin { name: "ana".into(), role: Role::Viewer }).expect("added");
+        add(&file_place, NewToken::Sled { label: Some("ci".into()), projects: vec!["ci/*".into()], expires: None })
+            .expect("added");
+        let (c, left_out) = load_merged(Some(&file), &rows).expect("loads");
+        assert_eq!(c.admin(&ana_in_file).map(|p| p.role), Some(Role::Viewer));
+        assert!(c.admin(&ana).is_none(), "the store's ana is left out");
+        assert!(c.admin(&bob).is_some() && c.sled(&farm).is_some(), "the rest of the store is used");
+        assert_eq!(left_out.len(), 1, "{left_out:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

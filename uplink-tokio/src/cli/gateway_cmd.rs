@@ -1,13 +1,15 @@
 //! `uplink gateway`: run a gateway, or (`uplink gateway token …`) manage its credentials file.
 //!
 //! Where the credentials come from, in order:
-//! 1. `--credentials FILE`: that file (see [`credentials_file`](super::credentials_file)), reloaded on
-//!    SIGHUP and when it changes;
-//! 2. `--sled-token` / `--admin-token`: the original's shared tokens (any sled may be any project), with a
+//! 1. `--sled-token` / `--admin-token`: the original's shared tokens (any sled may be any project), with a
 //!    warning; a missing one is generated and printed;
-//! 3. neither: `STATE_DIR/credentials.toml`, created at the first start with a generated sled token and
-//!    admin token (their plain text is printed and written once to `STATE_DIR/tokens`, readable by the
-//!    owner only), so that a restart keeps them; reloaded as in 1.
+//! 2. otherwise the store's credentials (`uplink gateway token …`, kept in `STATE_DIR/uplink.db`) together
+//!    with a declarative file: `--credentials FILE`, else `STATE_DIR/credentials.toml` if there is one (see
+//!    [`credentials_file`](super::credentials_file)). Where both name a credential (the same token, or an
+//!    admin of the same name), the file wins. Both are watched: a change to either, or SIGHUP, reloads;
+//! 3. nothing at all (the first start): a sled token and an admin token are generated into the store (into
+//!    `STATE_DIR/credentials.toml` with `--no-store`); their plain text is printed and written once to
+//!    `STATE_DIR/tokens`, readable by the owner only, so that a restart keeps them.
 //!
 //! The store (`STATE_DIR/uplink.db`, unless `--no-store`) keeps the rules made at run time and the audit
 //! log; see [`crate::store::sqlite`].
@@ -25,20 +27,21 @@ use super::{duration, shutdown_signal};
 use crate::gateway::credentials::Credentials;
 use crate::gateway::{self, CredentialsReloader, GatewayServer, GatewayServerConfig};
 use crate::store::Store;
-use crate::store::sqlite::{SqliteStore, StoreOptions};
+use crate::store::sqlite::{SqliteReader, SqliteStore, StoreOptions};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub(super) struct GatewayArgs {
     #[command(subcommand)]
     action: Option<Action>,
-    /// The credentials file (TOML): sled credentials bound to projects and admin principals with roles,
-    /// tokens stored as hashes. Reloaded on SIGHUP and when it changes.
+    /// A declarative credentials file (TOML): sled credentials bound to projects and admin principals with
+    /// roles, tokens stored as hashes; used beside the store's credentials, and it wins where both name one.
+    /// Reloaded on SIGHUP and when it changes. With `token …`: edit this file instead of the store.
     #[arg(long, global = true, env = "UPLINK_CREDENTIALS")]
     credentials: Option<PathBuf>,
-    /// Where the gateway keeps its store (uplink.db: rules and the audit log) and what it generates
-    /// (credentials.toml, tokens, when neither --credentials nor the shared tokens are given). Default:
-    /// $XDG_STATE_HOME/uplink, else ~/.local/state/uplink.
+    /// Where the gateway keeps its store (uplink.db: rules, the audit log, the credentials `token …`
+    /// manages) and the tokens it generates at its first start. Default: $XDG_STATE_HOME/uplink, else
+    /// ~/.local/state/uplink.
     #[arg(long, global = true, env = "UPLINK_STATE_DIR")]
     state_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -196,15 +199,19 @@ pub(super) async fn run(args: GatewayArgs) -> Result<(), String> {
     let state_dir = args.state_dir.unwrap_or_else(file::default_state_dir);
     match args.action {
         Some(Action::Token(cmd)) => {
-            let path = args.credentials.unwrap_or_else(|| state_dir.join("credentials.toml"));
-            token(cmd, &path)
+            // A file when one is named; the store otherwise.
+            let place = match args.credentials {
+                Some(path) => file::Place::File(path),
+                None => file::Place::Store(state_dir),
+            };
+            token(cmd, &place)
         }
         None => serve(args.run, args.credentials, &state_dir).await,
     }
 }
 
 #[allow(clippy::print_stdout)]
-fn token(cmd: TokenCmd, path: &Path) -> Result<(), String> {
+fn token(cmd: TokenCmd, place: &file::Place) -> Result<(), String> {
     match cmd {
         TokenCmd::Add(a) => {
             let new = match (a.sled, a.admin, a.role) {
@@ -212,22 +219,44 @@ fn token(cmd: TokenCmd, path: &Path) -> Result<(), String> {
                 (false, Some(name), Some(role)) => NewToken::Admin { name, role },
                 _ => return Err("say --sled --project P, or --admin NAME --role ROLE".into()),
             };
-            let token = file::add(path, new)?;
+            let token = file::add(place, new)?;
             println!("{token}");
-            eprintln!("added to {}; this token is shown once. Reload a running gateway with SIGHUP.", path.display());
+            eprintln!(
+                "added to {}; this token is shown once. A running gateway takes it within seconds (or on SIGHUP).",
+                place.describe()
+            );
         }
-        TokenCmd::Ls => print!("{}", file::list(path)?),
-        TokenCmd::Revoke { who } => eprintln!("{}", file::revoke(path, &who)?),
+        TokenCmd::Ls => print!("{}", file::list(place)?),
+        TokenCmd::Revoke { who } => eprintln!("{}", file::revoke(place, &who)?),
     }
     Ok(())
 }
 
 /// Where the running gateway's credentials come from.
 enum Source {
-    /// A file, watched.
-    File(PathBuf),
+    /// A declarative file (if any) and the store (if on), watched.
+    Kept { file: Option<PathBuf>, store: Option<PathBuf> },
     /// The shared tokens of the command line.
     Tokens,
+}
+
+impl Source {
+    /// The credentials in force now, and what was left out because the file wins.
+    fn load(&self) -> Result<(Credentials, Vec<String>), String> {
+        let Source::Kept { file, store } = self else { return Err("nothing to load".into()) };
+        let rows = match store {
+            Some(dir) => SqliteReader::at(dir).and_then(|r| r.credentials()).map_err(|e| e.to_string())?.0,
+            None => Vec::new(),
+        };
+        file::load_merged(file.as_deref(), &rows)
+    }
+
+    /// What changes when the credentials do: the file's modification time and the store's version.
+    fn fingerprint(&self) -> (Option<SystemTime>, Option<u64>) {
+        let Source::Kept { file, store } = self else { return (None, None) };
+        let version = store.as_deref().and_then(|dir| SqliteReader::at(dir).ok()?.credentials_version().ok());
+        (file.as_deref().and_then(file::modified), version)
+    }
 }
 
 #[allow(clippy::print_stdout)]
@@ -237,45 +266,69 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     let admin_token = args.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
     let shared = !sled_tokens.is_empty() || admin_token.is_some();
     let mut announce = Vec::new();
-    let (source, creds) = match credentials {
-        Some(_) if shared => {
-            return Err("use --credentials or the shared tokens (--sled-token, --admin-token), not both".into());
+    if credentials.is_some() && shared {
+        return Err("use --credentials or the shared tokens (--sled-token, --admin-token), not both".into());
+    }
+    // The store first: it holds credentials too, and a second gateway on this directory stops here.
+    let store = if args.no_store {
+        None
+    } else {
+        let options = StoreOptions {
+            full_sync: args.store_sync == "full",
+            keep_for: args.audit_keep,
+            keep_records: args.audit_keep_records,
+        };
+        Some(SqliteStore::open(state_dir, options).map_err(|e| e.to_string())?)
+    };
+    let (source, creds) = if shared {
+        tracing::warn!("shared tokens: any sled with the sled token may identify as any project; see --credentials");
+        let mut sled_tokens = sled_tokens;
+        if sled_tokens.is_empty() {
+            sled_tokens.push(gateway::generate_token().map_err(|e| e.to_string())?);
+            announce.push(format!("  sled token (generated):  {}", sled_tokens[0]));
         }
-        Some(path) => {
-            let creds = file::load(&path)?;
-            announce.push(format!("  credentials: {}", path.display()));
-            (Source::File(path), creds)
-        }
-        None if shared => {
-            tracing::warn!(
-                "shared tokens: any sled with the sled token may identify as any project; see --credentials"
-            );
-            let mut sled_tokens = sled_tokens;
-            if sled_tokens.is_empty() {
-                sled_tokens.push(gateway::generate_token().map_err(|e| e.to_string())?);
-                announce.push(format!("  sled token (generated):  {}", sled_tokens[0]));
+        let admin_token = match admin_token {
+            Some(t) => t,
+            None => {
+                let t = gateway::generate_token().map_err(|e| e.to_string())?;
+                announce.push(format!("  admin token (generated): {t}"));
+                t
             }
-            let admin_token = match admin_token {
-                Some(t) => t,
-                None => {
-                    let t = gateway::generate_token().map_err(|e| e.to_string())?;
-                    announce.push(format!("  admin token (generated): {t}"));
-                    t
-                }
+        };
+        if sled_tokens.contains(&admin_token) {
+            return Err("the admin token must differ from every sled token".into());
+        }
+        (Source::Tokens, Credentials::from_tokens(&sled_tokens, &admin_token).map_err(|e| e.to_string())?)
+    } else {
+        let legacy = state_dir.join("credentials.toml");
+        let file = credentials.or_else(|| legacy.exists().then_some(legacy.clone()));
+        let kept = match &store {
+            Some(s) => s.credentials().map_err(|e| e.to_string())?.0,
+            None => Vec::new(),
+        };
+        if file.is_none() && kept.is_empty() {
+            let place = match &store {
+                Some(_) => file::Place::Store(state_dir.to_owned()),
+                None => file::Place::File(legacy.clone()),
             };
-            if sled_tokens.contains(&admin_token) {
-                return Err("the admin token must differ from every sled token".into());
-            }
-            (Source::Tokens, Credentials::from_tokens(&sled_tokens, &admin_token).map_err(|e| e.to_string())?)
+            first_start(state_dir, &place, &mut announce)?;
         }
-        None => {
-            let path = state_dir.join("credentials.toml");
-            if !path.exists() {
-                first_start(state_dir, &path, &mut announce)?;
-            }
+        let source = match (&store, &file) {
+            (Some(_), file) => Source::Kept { file: file.clone(), store: Some(state_dir.to_owned()) },
+            (None, Some(file)) => Source::Kept { file: Some(file.clone()), store: None },
+            (None, None) => Source::Kept { file: Some(legacy), store: None },
+        };
+        if let Source::Kept { file: Some(path), .. } = &source {
             announce.push(format!("  credentials: {}", path.display()));
-            (Source::File(path.clone()), file::load(&path)?)
         }
+        if let Source::Kept { store: Some(_), .. } = &source {
+            announce.push("  credentials: the store's (uplink gateway token …)".to_owned());
+        }
+        let (creds, left_out) = source.load()?;
+        for why in left_out {
+            tracing::warn!("{why}");
+        }
+        (source, creds)
     };
     let tls = args.tls_cert.zip(args.tls_key);
     let scheme = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
@@ -307,18 +360,10 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         ..GatewayConfig::default()
     };
     config.audit_redact_inputs = args.audit_redact_inputs;
-    let store: Option<Box<dyn Store>> = if args.no_store {
-        None
-    } else {
-        let options = StoreOptions {
-            full_sync: args.store_sync == "full",
-            keep_for: args.audit_keep,
-            keep_records: args.audit_keep_records,
-        };
-        let store = SqliteStore::open(state_dir, options).map_err(|e| e.to_string())?;
-        announce.push(format!("  store: {}", store.path().display()));
-        Some(Box::new(store))
-    };
+    if let Some(store) = &store {
+        announce.push(format!("  store: {} (rules and the audit log)", store.path().display()));
+    }
+    let store = store.map(|s| Box::new(s) as Box<dyn Store>);
     let signal = shutdown_signal()?;
     let server = GatewayServer::bind_with_store(config, store).await.map_err(|e| e.to_string())?;
     let local = server.local_addr().map_err(|e| e.to_string())?;
@@ -329,7 +374,7 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         println!("{line}");
     }
     let watch = match source {
-        Source::File(path) => Some(tokio::spawn(watch(path, server.reloader()))),
+        Source::Kept { .. } => Some(tokio::spawn(watch(source, server.reloader()))),
         Source::Tokens => None,
     };
     let ran = server.run(signal).await;
@@ -341,12 +386,12 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     Ok(())
 }
 
-/// The first start without credentials: a sled token and an admin token, generated, kept as hashes in
-/// `path`, and written once in plain text to `state_dir/tokens` (owner only) and to the output.
-fn first_start(state_dir: &Path, path: &Path, announce: &mut Vec<String>) -> Result<(), String> {
+/// The first start without credentials: a sled token and an admin token, generated, kept as hashes at
+/// `place`, and written once in plain text to `state_dir/tokens` (owner only) and to the output.
+fn first_start(state_dir: &Path, place: &file::Place, announce: &mut Vec<String>) -> Result<(), String> {
     let sled =
-        file::add(path, NewToken::Sled { label: Some("default".into()), projects: vec!["*".into()], expires: None })?;
-    let admin = file::add(path, NewToken::Admin { name: "admin".into(), role: Role::Admin })?;
+        file::add(place, NewToken::Sled { label: Some("default".into()), projects: vec!["*".into()], expires: None })?;
+    let admin = file::add(place, NewToken::Admin { name: "admin".into(), role: Role::Admin })?;
     let tokens = state_dir.join("tokens");
     file::write_private(&tokens, &format!("sled {sled}\nadmin {admin}\n"))?;
     announce.push(format!("  sled token (generated):  {sled}"));
@@ -355,12 +400,13 @@ fn first_start(state_dir: &Path, path: &Path, announce: &mut Vec<String>) -> Res
     Ok(())
 }
 
-/// Reloads the credentials file on SIGHUP, and when its modification time changes (checked every 2 s). A
-/// file that does not load keeps the credentials in force, with an error in the log.
-async fn watch(path: PathBuf, reloader: CredentialsReloader) {
+/// Reloads the credentials on SIGHUP, and when the file's modification time or the store's credentials
+/// version changes (checked every 2 s). Credentials that do not load leave those in force, with an error in
+/// the log.
+async fn watch(source: Source, reloader: CredentialsReloader) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = file::modified(&path);
+    let mut seen = source.fingerprint();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -377,16 +423,19 @@ async fn watch(path: PathBuf, reloader: CredentialsReloader) {
             _ = hup => true,
             _ = tick.tick() => false,
         };
-        let now = file::modified(&path);
+        let now = source.fingerprint();
         if !forced && now == seen {
             continue;
         }
         seen = now;
-        match file::load(&path) {
-            Ok(creds) => {
+        match source.load() {
+            Ok((creds, left_out)) => {
+                for why in left_out {
+                    tracing::warn!("{why}");
+                }
                 let (sleds, admins) = (creds.sleds().len(), creds.admins().len());
                 reloader.reload(creds).await;
-                tracing::info!(sleds, admins, path = %path.display(), "credentials reloaded");
+                tracing::info!(sleds, admins, "credentials reloaded");
             }
             Err(e) => tracing::error!(error = %e, "credentials not reloaded; the previous ones stay in force"),
         }

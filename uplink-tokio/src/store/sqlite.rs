@@ -26,7 +26,7 @@ use super::audit::{self, Anchor, Columns, GENESIS, Sealed};
 use super::{AuditPage, AuditQuery, AuditReader, Change, Store, StoreError, StoredRule, VerifyError, VerifyReport};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Each step from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -56,7 +56,114 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX audit_at ON audit (at_ms);
      CREATE INDEX audit_project ON audit (project, seq);
      CREATE INDEX audit_outcome ON audit (outcome, seq);",
+    // 1 → 2: the credentials `uplink gateway token …` manages (hashes only), and their version, which a
+    // running gateway watches.
+    "CREATE TABLE credentials (
+         token_sha256 TEXT PRIMARY KEY,
+         kind TEXT NOT NULL CHECK (kind IN ('sled', 'admin')),
+         name TEXT NOT NULL,
+         projects TEXT,
+         role TEXT,
+         expires TEXT
+     ) STRICT;",
 ];
+
+/// One credential as the store keeps it: a sled credential (`projects`, optionally `expires`, RFC 3339) or
+/// an admin principal (`role`), known by its token's SHA-256 in hex.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialRow {
+    /// `sled` or `admin`.
+    pub kind: String,
+    /// The sled credential's label, or the principal's name.
+    pub name: String,
+    /// The token's SHA-256, 64 hex digits.
+    pub token_sha256: String,
+    /// A sled credential's projects (names or `*` patterns).
+    pub projects: Vec<String>,
+    /// A principal's role.
+    pub role: Option<String>,
+    /// When a sled credential stops working, RFC 3339.
+    pub expires: Option<String>,
+}
+
+/// The store's credentials in `dir`, opened for `uplink gateway token …` beside a running gateway or none.
+#[derive(Debug)]
+pub struct CredentialStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl CredentialStore {
+    /// Opens the store in `dir`: when no gateway holds it, as [`SqliteStore::open`] does (creating or
+    /// migrating it); when one does, beside it (that gateway has migrated it).
+    pub fn open(dir: &Path) -> Result<CredentialStore, StoreError> {
+        let path = dir.join(DB_FILE);
+        match SqliteStore::open(dir, StoreOptions::default()) {
+            Ok(store) => {
+                drop(store);
+            }
+            Err(StoreError::InUse(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
+        conn.busy_timeout(BUSY_WAIT).map_err(|e| classify(&path, e))?;
+        let version = check(&conn, &path)?;
+        if version < SCHEMA_VERSION {
+            return Err(StoreError::Database(format!("{}: schema version {version}, not migrated", text(&path))));
+        }
+        Ok(CredentialStore { conn, path })
+    }
+
+    /// Every credential kept.
+    pub fn read(&self) -> Result<Vec<CredentialRow>, StoreError> {
+        read_credentials(&self.conn).map_err(|e| classify(&self.path, e))
+    }
+
+    /// Replaces every credential kept with `rows`, in one transaction, and moves the version on.
+    pub fn write(&mut self, rows: &[CredentialRow]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| classify(&path, e))?;
+        tx.execute("DELETE FROM credentials", []).map_err(|e| classify(&path, e))?;
+        for r in rows {
+            let projects = (r.kind == "sled").then(|| serde_json::to_string(&r.projects).unwrap_or_default());
+            tx.execute(
+                "INSERT INTO credentials (token_sha256, kind, name, projects, role, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![r.token_sha256, r.kind, r.name, projects, r.role, r.expires],
+            )
+            .map_err(|e| classify(&path, e))?;
+        }
+        let version = credentials_version_of(&tx).map_err(|e| classify(&path, e))? + 1;
+        put_meta_pair(&tx, "credentials_version", (version, GENESIS)).map_err(|e| classify(&path, e))?;
+        tx.commit().map_err(|e| classify(&path, e))
+    }
+
+    /// The credentials' version: it moves on with every [`CredentialStore::write`].
+    pub fn version(&self) -> Result<u64, StoreError> {
+        credentials_version_of(&self.conn).map_err(|e| classify(&self.path, e))
+    }
+}
+
+fn credentials_version_of(conn: &Connection) -> rusqlite::Result<u64> {
+    Ok(meta_pair(conn, "credentials_version")?.map_or(0, |(v, _)| v))
+}
+
+fn read_credentials(conn: &Connection) -> rusqlite::Result<Vec<CredentialRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT kind, name, token_sha256, projects, role, expires FROM credentials ORDER BY kind DESC, name, token_sha256",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let projects: Option<String> = r.get(3)?;
+        Ok(CredentialRow {
+            kind: r.get(0)?,
+            name: r.get(1)?,
+            token_sha256: r.get(2)?,
+            projects: projects.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or_default(),
+            role: r.get(4)?,
+            expires: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
 
 /// The database's file name in the state directory.
 pub const DB_FILE: &str = "uplink.db";
@@ -208,6 +315,13 @@ impl SqliteStore {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The credentials kept (`uplink gateway token …`), with their version.
+    pub fn credentials(&self) -> Result<(Vec<CredentialRow>, u64), StoreError> {
+        let rows = read_credentials(&self.conn).map_err(|e| classify(&self.path, e))?;
+        let version = credentials_version_of(&self.conn).map_err(|e| classify(&self.path, e))?;
+        Ok((rows, version))
     }
 
     fn write(&mut self, changes: &[Change]) -> rusqlite::Result<(u64, [u8; 32])> {
@@ -375,6 +489,21 @@ impl SqliteReader {
         let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| classify(&self.path, e))?;
         conn.busy_timeout(BUSY_WAIT).map_err(|e| classify(&self.path, e))?;
         Ok(conn)
+    }
+
+    /// The credentials kept, with their version, read together.
+    pub fn credentials(&self) -> Result<(Vec<CredentialRow>, u64), StoreError> {
+        let conn = self.open()?;
+        conn.execute_batch("BEGIN").map_err(|e| classify(&self.path, e))?;
+        let rows = read_credentials(&conn).map_err(|e| classify(&self.path, e))?;
+        let version = credentials_version_of(&conn).map_err(|e| classify(&self.path, e))?;
+        Ok((rows, version))
+    }
+
+    /// The credentials' version alone (cheap: a running gateway polls it).
+    pub fn credentials_version(&self) -> Result<u64, StoreError> {
+        let conn = self.open()?;
+        credentials_version_of(&conn).map_err(|e| classify(&self.path, e))
     }
 
     /// Every record in order, each to `each`, until it returns `false`.
@@ -550,6 +679,38 @@ mod tests {
         let corrupt = SqliteStore::open(&d, StoreOptions::default());
         assert!(matches!(corrupt, Err(StoreError::Corrupt { .. })), "{corrupt:?}");
         assert!(std::fs::read(d.join(DB_FILE)).expect("read").starts_with(b"this is not a database"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_database_of_the_first_schema_is_migrated_and_keeps_its_chain() {
+        let d = dir("migrate");
+        std::fs::create_dir_all(&d).expect("dir");
+        // What the first release wrote: schema 1, with two records sealed by it.
+        {
+            let conn = Connection::open(d.join(DB_FILE)).expect("open");
+            conn.execute_batch(MIGRATIONS[0]).expect("schema 1");
+            conn.pragma_update(None, "user_version", 1).expect("version");
+            let mut head = (0, GENESIS);
+            for i in 1..=2 {
+                let Change::Record(e) = entry(i) else { unreachable!() };
+                let sealed = audit::seal(i, head.1, &e);
+                conn.execute(
+                    "INSERT INTO audit (seq, at_ms, kind, project, tool, outcome, prev, hash, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![i, e.at_ms, e.kind, e.project, e.tool, e.outcome, &sealed.prev[..], &sealed.hash[..], sealed.text],
+                )
+                .expect("insert");
+                head = (i, sealed.hash);
+            }
+            put_meta_pair(&conn, "head", head).expect("head");
+        }
+        let mut s = SqliteStore::open(&d, StoreOptions::default()).expect("migrated");
+        let version: i64 = s.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(s.credentials().expect("the new table").0, Vec::new());
+        s.commit(&[entry(3)]).expect("commit");
+        let report = s.reader().verify().expect("read").expect("the old records still verify");
+        assert_eq!((report.records, report.last_seq), (3, 3));
         let _ = std::fs::remove_dir_all(&d);
     }
 
