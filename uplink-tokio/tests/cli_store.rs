@@ -23,10 +23,20 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 /// `uplink gateway` on `dir` with shared tokens `s` and `a`; the child and its base URL.
 async fn gateway(dir: &std::path::Path) -> (Child, String) {
+    let (child, banner) = gateway_with(dir, &["--sled-token", "s", "--admin-token", "a"], 1).await;
+    let base = banner[0].split("listening on ").nth(1).unwrap().trim().to_owned();
+    (child, base)
+}
+
+/// `uplink gateway` on `dir` with `args`; the child and the first `lines` lines it printed.
+async fn gateway_with(dir: &std::path::Path, args: &[&str], lines: usize) -> (Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", "s", "--admin-token", "a"])
+        .args(["gateway", "--listen", "127.0.0.1:0"])
+        .args(args)
         .arg("--state-dir")
         .arg(dir)
+        .env_remove("UPLINK_ADMIN_TOKEN")
+        .env_remove("UPLINK_SLED_TOKENS")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -34,10 +44,12 @@ async fn gateway(dir: &std::path::Path) -> (Child, String) {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = within("the gateway to start", out.next_line()).await.unwrap().unwrap();
-    let base = first.split("listening on ").nth(1).unwrap().trim().to_owned();
+    let mut banner = Vec::new();
+    while banner.len() < lines {
+        banner.push(within("the gateway's banner", out.next_line()).await.unwrap().unwrap());
+    }
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    (child, base)
+    (child, banner)
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -271,24 +283,10 @@ async fn tokens_kept_in_the_store_are_taken_by_a_running_gateway_without_a_signa
     let dir = temp_dir("tokens");
     let state = dir.to_str().unwrap();
     // The first start generates its tokens into the store; no credentials file is written.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["gateway", "--listen", "127.0.0.1:0", "--state-dir", state])
-        .env_remove("UPLINK_ADMIN_TOKEN")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut lines = Vec::new();
-    while lines.len() < 4 {
-        lines.push(within("the gateway's banner", out.next_line()).await.unwrap().unwrap());
-    }
+    let (mut child, lines) = gateway_with(&dir, &[], 4).await;
     let base = lines[0].split("listening on ").nth(1).unwrap().trim().to_owned();
     let admin = lines[3].split("(generated):").nth(1).unwrap().trim().to_owned();
     assert!(!dir.join("credentials.toml").exists(), "the tokens went to the store");
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
     until_status(&base, &admin, 200).await;
 
     // Added beside the running gateway: it works within seconds, without SIGHUP; revoked: refused.
