@@ -201,6 +201,28 @@ async fn always_allow_sticks_for_its_project_across_a_restart_and_the_log_tells_
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn redacted_inputs_leave_their_hash_in_the_log_and_nothing_else() {
+    let dir = temp_dir("redact");
+    let store = SqliteStore::open(&dir, StoreOptions::default()).unwrap();
+    let mut config = config();
+    config.audit_redact_inputs = true;
+    let gw = RealGateway::start_with_store(config, Some(Box::new(store))).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
+    let mut ws = sled(&gw, "web").await;
+    ask(&mut ws, "r1", "cat ~/.aws/credentials").await;
+    next_event(&mut events, "permission_requested").await;
+    let (_, body) = http("GET", &format!("{}/api/audit", gw.base), Some(VIC), None, &[]).await;
+    assert!(!body.contains(".aws"), "{body}");
+    let record = &parse(&body)["records"][0]["record"];
+    assert_eq!(record["input"], "redacted");
+    // The hash is of the input's canonical JSON: the same input written another way has the same one.
+    let canonical = uplink_tokio::store::audit::canonical(&json!({"command": "cat ~/.aws/credentials"}));
+    assert_eq!(record["input_sha256"].as_str(), Some(uplink_tokio::store::audit::sha256_hex(&canonical).as_str()));
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A store that works until told to fail.
 struct Failing {
     fail: Arc<AtomicBool>,
@@ -257,4 +279,69 @@ async fn a_decision_the_store_cannot_write_is_never_sent_and_the_gateway_stops()
     }
     let stopped = gw.stopped().await;
     assert!(stopped.is_err_and(|e| e.to_string().contains("disk full")));
+}
+
+/// A store whose audit queries wait at a gate, counting those that wait.
+struct Gated {
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AuditReader for Gated {
+    fn query(&self, _: &AuditQuery) -> Result<AuditPage, StoreError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let (open, cv) = &*self.gate;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+        Ok(AuditPage::default())
+    }
+    fn verify(
+        &self,
+    ) -> Result<Result<uplink_tokio::store::VerifyReport, uplink_tokio::store::VerifyError>, StoreError> {
+        Err(StoreError::Database("none".into()))
+    }
+}
+
+struct GatedStore(Arc<Gated>);
+
+impl Store for GatedStore {
+    fn rules(&mut self) -> Result<Vec<StoredRule>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn commit(&mut self, _: &[Change]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn reader(&self) -> Arc<dyn AuditReader> {
+        self.0.clone()
+    }
+}
+
+#[tokio::test]
+async fn audit_queries_are_counted_and_one_too_many_gets_503() {
+    let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = Arc::new(Gated { gate: gate.clone(), waiting: waiting.clone() });
+    let gw = RealGateway::start_with_store(config(), Some(Box::new(GatedStore(reader)))).await;
+    let url = format!("{}/api/audit", gw.base);
+    let mut held = Vec::new();
+    for _ in 0..uplink_tokio::gateway::AUDIT_QUERIES {
+        let url = url.clone();
+        held.push(tokio::spawn(async move { http("GET", &url, Some(VIC), None, &[]).await.0 }));
+    }
+    within("the queries to reach the store", async {
+        while waiting.load(Ordering::SeqCst) < uplink_tokio::gateway::AUDIT_QUERIES {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(http("GET", &url, Some(VIC), None, &[]).await.0, 503);
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    for h in held {
+        assert_eq!(within("a held query", h).await.unwrap(), 200);
+    }
+    assert_eq!(http("GET", &url, Some(VIC), None, &[]).await.0, 200, "the places are free again");
+    gw.stop().await;
 }

@@ -172,7 +172,16 @@ pub(super) async fn list(
     let Some(reader) = shared.audit.clone() else {
         return error(StatusCode::NOT_FOUND, "this gateway keeps no audit log (it runs without a store)");
     };
-    let page = match tokio::task::spawn_blocking(move || reader.query(&query)).await {
+    // The permit goes with the query: a caller that hangs up does not free its place before the read ends.
+    let Ok(permit) = shared.audit_queries.clone().try_acquire_owned() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "too many audit queries at once; try again");
+    };
+    let read = move || {
+        let page = reader.query(&query);
+        drop(permit);
+        page
+    };
+    let page = match tokio::task::spawn_blocking(read).await {
         Ok(Ok(page)) => page,
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the audit query failed"),

@@ -250,7 +250,13 @@ struct Shared {
     sled_tasks: Mutex<tokio::task::JoinSet<()>>,
     /// The audit log, with a store.
     audit: Option<Arc<dyn AuditReader>>,
+    /// Audit queries running at once (each reads the database on a blocking thread): at most
+    /// [`AUDIT_QUERIES`]; more get `503`.
+    audit_queries: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most `GET /api/audit` queries at once.
+pub const AUDIT_QUERIES: usize = 4;
 
 impl Shared {
     /// The credentials in force (the lock is held only to clone the `Arc`).
@@ -374,6 +380,7 @@ impl GatewayServer {
             handshake_timeout: config.handshake_timeout,
             sled_tasks: Mutex::new(tokio::task::JoinSet::new()),
             audit,
+            audit_queries: Arc::new(tokio::sync::Semaphore::new(AUDIT_QUERIES)),
         });
         Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed })
     }

@@ -271,6 +271,10 @@ impl Columns {
     }
 }
 
+/// The most bytes of records in one page (beside [`AuditQuery::limit`]); a single larger record still
+/// makes a page of its own.
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
+
 /// Which records to read (`GET /api/audit`): every filter set must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -344,6 +348,75 @@ mod tests {
         assert_eq!((report.records, report.first_seq, report.last_seq), (5, 1, 5));
         assert_eq!(report.head, hex(&records[4].0.hash));
         assert_eq!(verify(Anchor::default(), Vec::new(), None).map(|r| r.records), Ok(0));
+    }
+
+    /// A change to a sealed log, as someone with the file could make it.
+    #[derive(Clone, Debug)]
+    enum Tamper {
+        /// Flip one byte of one record's text.
+        Edit { record: usize, at: usize },
+        /// Remove one record.
+        Remove(usize),
+        /// Swap two records' places (and seqs).
+        Swap(usize, usize),
+        /// Cut this many records off the end.
+        Truncate(usize),
+        /// Repeat one record after itself.
+        Repeat(usize),
+    }
+
+    fn tamper() -> impl proptest::strategy::Strategy<Value = Tamper> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (any::<usize>(), any::<usize>()).prop_map(|(record, at)| Tamper::Edit { record, at }),
+            any::<usize>().prop_map(Tamper::Remove),
+            (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Tamper::Swap(a, b)),
+            (1usize..4).prop_map(Tamper::Truncate),
+            any::<usize>().prop_map(Tamper::Repeat),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_change_to_a_sealed_log_is_found_and_an_untouched_one_always_verifies(
+            n in 1u64..24,
+            tamper in tamper(),
+        ) {
+            let records = log(n);
+            let h = head(&records);
+            proptest::prop_assert!(verify(Anchor::default(), records.clone(), h).is_ok());
+            let mut changed = records.clone();
+            let len = changed.len();
+            match tamper {
+                Tamper::Edit { record, at } => {
+                    let r = &mut changed[record % len].0;
+                    let mut bytes = r.text.clone().into_bytes();
+                    let i = at % bytes.len();
+                    bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
+                    r.text = String::from_utf8_lossy(&bytes).into_owned();
+                }
+                Tamper::Remove(i) => {
+                    changed.remove(i % len);
+                }
+                Tamper::Swap(a, b) => {
+                    let (a, b) = (a % len, b % len);
+                    proptest::prop_assume!(a != b);
+                    changed.swap(a, b);
+                    let (sa, sb) = (changed[a].0.seq, changed[b].0.seq);
+                    changed[a].0.seq = sb;
+                    changed[b].0.seq = sa;
+                }
+                Tamper::Truncate(k) => {
+                    changed.truncate(len.saturating_sub(k));
+                }
+                Tamper::Repeat(i) => {
+                    let i = i % len;
+                    let again = changed[i].clone();
+                    changed.insert(i + 1, again);
+                }
+            }
+            proptest::prop_assert!(verify(Anchor::default(), changed, h).is_err());
+        }
     }
 
     #[test]

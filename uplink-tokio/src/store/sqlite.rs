@@ -545,17 +545,23 @@ impl AuditReader for SqliteReader {
                 sql.push_str(&format!(" AND at_ms {op} ?{}", values.len()));
             }
         }
-        let size = query.page_size();
+        let size = query.page_size() as usize;
         sql.push_str(&format!(" ORDER BY seq LIMIT {}", size + 1));
         let mut stmt = conn.prepare(&sql).map_err(|e| classify(&self.path, e))?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(values), sealed).map_err(|e| classify(&self.path, e))?;
-        let mut records = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| classify(&self.path, e))?;
-        let next = if records.len() > size as usize {
-            records.truncate(size as usize);
-            records.last().map(|r| r.seq)
-        } else {
-            None
-        };
+        let mut rows = stmt.query(rusqlite::params_from_iter(values)).map_err(|e| classify(&self.path, e))?;
+        // At most `size` records, and at most MAX_PAGE_BYTES of them (but always one): a page of large
+        // tool inputs stays a page.
+        let (mut records, mut bytes, mut more) = (Vec::new(), 0usize, false);
+        while let Some(row) = rows.next().map_err(|e| classify(&self.path, e))? {
+            let record = sealed(row).map_err(|e| classify(&self.path, e))?;
+            if records.len() == size || (!records.is_empty() && bytes + record.text.len() > audit::MAX_PAGE_BYTES) {
+                more = true;
+                break;
+            }
+            bytes += record.text.len();
+            records.push(record);
+        }
+        let next = if more { records.last().map(|r| r.seq) } else { None };
         Ok(AuditPage { records, next })
     }
 
@@ -679,6 +685,50 @@ mod tests {
         let corrupt = SqliteStore::open(&d, StoreOptions::default());
         assert!(matches!(corrupt, Err(StoreError::Corrupt { .. })), "{corrupt:?}");
         assert!(std::fs::read(d.join(DB_FILE)).expect("read").starts_with(b"this is not a database"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_page_holds_at_most_its_byte_budget_and_always_one_record() {
+        let d = dir("pages");
+        let mut s = SqliteStore::open(&d, StoreOptions::default()).expect("open");
+        let big = "x".repeat(audit::MAX_PAGE_BYTES / 2 + 1);
+        let changes: Vec<Change> =
+            (1..=3).map(|i| Change::Record(Entry::new(i, "request").with("pad", big.as_str()))).collect();
+        s.commit(&changes).expect("commit");
+        s.commit(&[Change::Record(Entry::new(9, "request").with("pad", "x".repeat(audit::MAX_PAGE_BYTES + 1)))])
+            .expect("commit");
+        let reader = s.reader();
+        let mut query = AuditQuery::default();
+        let mut pages = Vec::new();
+        loop {
+            let page = reader.query(&query).expect("page");
+            pages.push(page.records.iter().map(|r| r.seq).collect::<Vec<_>>());
+            match page.next {
+                Some(n) => query.after = Some(n),
+                None => break,
+            }
+        }
+        // Two halves do not fit in one page; a record larger than the budget still has its own.
+        assert_eq!(pages, vec![vec![1], vec![2], vec![3], vec![4]]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn records_older_than_the_age_kept_are_pruned_and_the_rest_verifies() {
+        let d = dir("age");
+        let day = Duration::from_secs(86_400);
+        let mut s =
+            SqliteStore::open(&d, StoreOptions { keep_for: Some(day), ..StoreOptions::default() }).expect("open");
+        let now_ms =
+            u64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_millis())
+                .expect("ms");
+        let old = now_ms - 2 * 86_400_000;
+        let at = [old, old + 1, now_ms - 1000, now_ms];
+        s.commit(&at.iter().map(|&ms| Change::Record(Entry::new(ms, "request"))).collect::<Vec<_>>()).expect("commit");
+        s.prune_now().expect("prune");
+        let report = s.reader().verify().expect("read").expect("intact");
+        assert_eq!((report.records, report.first_seq, report.last_seq), (2, 3, 4), "the two old ones went");
         let _ = std::fs::remove_dir_all(&d);
     }
 
