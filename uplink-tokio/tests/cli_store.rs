@@ -3,15 +3,13 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
-use uplink_tests::{http, try_http, within};
+use uplink_tests::{http, program, try_http, within};
 use uplink_tokio::store::sqlite::SqliteReader;
 use uplink_tokio::store::{AuditQuery, AuditReader as _};
 
@@ -24,32 +22,11 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 /// `uplink gateway` on `dir` with shared tokens `s` and `a`; the child and its base URL.
 async fn gateway(dir: &std::path::Path) -> (Child, String) {
     let (child, banner) = gateway_with(dir, &["--sled-token", "s", "--admin-token", "a"], 1).await;
-    let base = banner[0].split("listening on ").nth(1).unwrap().trim().to_owned();
-    (child, base)
+    (child, program::base_url(&banner[0]))
 }
 
-/// `uplink gateway` on `dir` with `args`; the child and the first `lines` lines it printed.
 async fn gateway_with(dir: &std::path::Path, args: &[&str], lines: usize) -> (Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["gateway", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .arg("--state-dir")
-        .arg(dir)
-        .env_remove("UPLINK_ADMIN_TOKEN")
-        .env_remove("UPLINK_SLED_TOKENS")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    while banner.len() < lines {
-        banner.push(within("the gateway's banner", out.next_line()).await.unwrap().unwrap());
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    (child, banner)
+    program::gateway(env!("CARGO_BIN_EXE_uplink"), dir, args, lines).await
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

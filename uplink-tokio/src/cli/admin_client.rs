@@ -1,6 +1,7 @@
 //! A small client of a gateway's admin API for the commands that talk to a running gateway
-//! (`uplink rules`): one request per connection, `http://` or `https://` (rustls, web PKI roots plus an
-//! optional CA file), the admin token as a bearer, a bounded wait and a bounded answer.
+//! (`uplink rules`, `uplink sleds`, `uplink permissions`): one request per connection, `http://` or
+//! `https://` (rustls, web PKI roots plus an optional CA file), the admin token as a bearer, a bounded wait
+//! and a bounded answer; or an event stream, followed until it ends.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +50,52 @@ impl AdminArgs {
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<String>) -> Result<(u16, String), Failure> {
+        let response = self.open(method, path, body).await?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// `GET path` as an event stream: `started` once it is open, then each event (name, data) to `each` as
+    /// it arrives, until the stream ends. A status other than 200 is an error, with the gateway's words.
+    pub(super) async fn follow(
+        &self,
+        path: &str,
+        started: impl FnOnce(&str),
+        mut each: impl FnMut(&str, &str),
+    ) -> Result<(), Failure> {
+        let connected = tokio::time::timeout(WAIT, self.open("GET", path, None))
+            .await
+            .map_err(|_| format!("{}: no answer within {WAIT:?}", self.gateway_url))??;
+        if connected.status() != hyper::StatusCode::OK {
+            let status = connected.status().as_u16();
+            let body = Limited::new(connected.into_body(), MAX_ANSWER).collect().await.map(|b| b.to_bytes());
+            let text = body.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            return Err(format!("the gateway answered {status}: {}", text.trim()));
+        }
+        started(&self.gateway_url);
+        let mut body = connected.into_body();
+        let mut parser = uplink_proto::sse::SseParser::new(MAX_ANSWER);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("the event stream broke: {e}"))?;
+            let Ok(chunk) = frame.into_data() else { continue };
+            for event in parser.push(&chunk).map_err(|e| e.to_string())? {
+                each(&event.event, &event.data);
+            }
+        }
+        Ok(())
+    }
+
+    async fn open(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
         let base: Uri = self.gateway_url.parse().map_err(|e| format!("--gateway-url: {e}"))?;
         let tls = match base.scheme_str() {
             Some("http") => false,
@@ -83,18 +130,25 @@ impl AdminArgs {
     }
 }
 
-async fn exchange<S>(io: TokioIo<S>, request: hyper::Request<Full<Bytes>>) -> Result<(u16, String), Failure>
+async fn exchange<S>(
+    io: TokioIo<S>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, Failure>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    sender.send_request(request).await.map_err(|e| e.to_string())
+}
+
+/// The JSON of a 2xx answer; otherwise an error with the gateway's own words (and the status, for the exit
+/// code).
+pub(super) fn answer(status: u16, body: &str) -> Result<serde_json::Value, (u16, Failure)> {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    if (200..300).contains(&status) {
+        return Ok(value);
+    }
+    let why = value["error"].as_str().map_or_else(|| body.trim().to_owned(), str::to_owned);
+    Err((status, format!("the gateway answered {status}: {why}")))
 }

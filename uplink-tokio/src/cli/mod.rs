@@ -10,6 +10,7 @@ mod admin_client;
 mod audit_cmd;
 mod credentials_file;
 mod demo;
+mod fleet_cmd;
 mod gateway_cmd;
 mod local_server;
 mod logging;
@@ -43,6 +44,10 @@ enum Command {
     Gateway(Box<gateway_cmd::GatewayArgs>),
     /// Walk through a whole session on loopback: a gateway, a sled and an MCP tool server in this process.
     Demo(DemoArgs),
+    /// The sleds a running gateway knows (through its admin API).
+    Sleds(fleet_cmd::SledsArgs),
+    /// The requests waiting at a running gateway: list, approve, deny, watch (through its admin API).
+    Permissions(fleet_cmd::PermissionsArgs),
     /// The rules of a running gateway: list, add, remove (through its admin API).
     Rules(rules_cmd::RulesArgs),
     /// The gateway's audit log: verify its hash chain, export it as JSON lines (from its state directory).
@@ -54,6 +59,17 @@ struct DemoArgs {
     /// After the walk-through, keep the gateway and the sled running and print their URLs and tokens.
     #[arg(long)]
     keep_running: bool,
+}
+
+/// Runs a client command on a small runtime of its own.
+fn client_runtime<F: std::future::Future<Output = ExitCode>>(command: impl FnOnce() -> F) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(command()),
+        Err(e) => {
+            eprintln!("uplink: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 pub(super) fn duration(text: &str) -> Result<Duration, String> {
@@ -107,11 +123,20 @@ struct SledArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates on standard output; its logs stay quiet unless asked for.
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::Rules(_) | Command::Audit(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(_) | Command::Rules(_) | Command::Audit(_) | Command::Sleds(_) | Command::Permissions(_)
+    );
     logging::init(if quiet { "warn" } else { "info" });
     // The audit log is read from its file: no runtime needed.
     let cli = match cli.command {
         Command::Audit(args) => return audit_cmd::run(args),
+        command => Cli { command },
+    };
+    // The admin API's clients have exit codes of their own.
+    let cli = match cli.command {
+        Command::Sleds(args) => return client_runtime(|| fleet_cmd::sleds(args)),
+        Command::Permissions(args) => return client_runtime(|| fleet_cmd::permissions(args)),
         command => Cli { command },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -131,7 +156,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }),
         Command::Rules(args) => runtime.block_on(rules_cmd::run(args)),
-        Command::Audit(_) => Ok(()),
+        Command::Audit(_) | Command::Sleds(_) | Command::Permissions(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

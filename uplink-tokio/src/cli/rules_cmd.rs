@@ -46,12 +46,7 @@ enum RulesAction {
 }
 
 fn answer(status: u16, body: &str) -> Result<Value, Failure> {
-    let value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    if (200..300).contains(&status) {
-        return Ok(value);
-    }
-    let why = value["error"].as_str().map_or_else(|| body.trim().to_owned(), str::to_owned);
-    Err(format!("the gateway answered {status}: {why}"))
+    super::admin_client::answer(status, body).map_err(|(_, why)| why)
 }
 
 fn unix(at: &Value) -> String {
