@@ -443,6 +443,20 @@ pub enum LossReason {
     MessageTooBig,
 }
 
+impl LossReason {
+    /// A few words for a person (logs): why the connection or the attempt ended.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            LossReason::ConnectFailed => "the connection attempt failed",
+            LossReason::Unauthorized => "the gateway refused the token",
+            LossReason::ConnectTimeout => "the connection attempt timed out",
+            LossReason::Disconnected => "the connection ended",
+            LossReason::IdleTimeout => "nothing came from the gateway for the idle timeout",
+            LossReason::MessageTooBig => "the gateway sent a message over the size limit",
+        }
+    }
+}
+
 /// Why a received frame was ignored.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Ignored {

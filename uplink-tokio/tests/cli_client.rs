@@ -135,3 +135,98 @@ async fn a_person_at_a_terminal_lists_watches_and_decides() {
     gateway.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The gateway with `args`, logging at info to a pipe; the child, its base URL, and its log lines.
+async fn logging_gateway(
+    dir: &std::path::Path,
+    args: &[&str],
+) -> (tokio::process::Child, String, tokio::io::Lines<BufReader<tokio::process::ChildStderr>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", "sled-secret-0123456789", "--admin-token", "a"])
+        .args(args)
+        .arg("--state-dir")
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = within("the banner", out.next_line()).await.unwrap().unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    let log = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, program::base_url(&first), log)
+}
+
+/// Log lines until one contains `marker`; all of them.
+async fn log_until(log: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>, marker: &str) -> Vec<String> {
+    within(marker, async {
+        let mut lines = Vec::new();
+        loop {
+            let line = log.next_line().await.unwrap().expect("the log ended");
+            let done = line.contains(marker);
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_permissions_life_is_logged_at_info_as_json_or_plain_text_and_no_token_ever() {
+    for format in ["json", "text"] {
+        let dir = std::env::temp_dir().join(format!("uplink-cli-logs-{}-{format}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut gateway, base, mut log) = logging_gateway(&dir, &["--log-format", format]).await;
+        // A refused handshake says why, without the token.
+        let bad = format!("{}/api/sled-uplink?token=not-a-token-42", base.replace("http://", "ws://"));
+        assert!(tokio_tungstenite::connect_async(bad).await.is_err());
+        let mut lines = log_until(&mut log, "sled refused").await;
+        let url = format!("{}/api/sled-uplink?token=sled-secret-0123456789", base.replace("http://", "ws://"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let identity = json!({"type":"identity","req_id":"identity","payload":{"project":"web"}});
+        ws.send(Message::text(identity.to_string())).await.unwrap();
+        let ask = json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"ls /secret-input"}}});
+        ws.send(Message::text(ask.to_string())).await.unwrap();
+        lines.extend(log_until(&mut log, "waiting for a person").await);
+        let (status, _) = uplink_tests::http(
+            "POST",
+            &format!("{base}/api/permissions/1-0"),
+            Some("a"),
+            Some(r#"{"approved":false,"message":"no"}"#),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200);
+        lines.extend(log_until(&mut log, "permission decided by a person").await);
+        let all = lines.join("\n");
+        assert!(!all.contains("sled-secret") && !all.contains("not-a-token-42"), "a token in the log:\n{all}");
+        assert!(!all.contains("/secret-input"), "an input at info:\n{all}");
+        assert!(!all.contains('\u{1b}'), "colour in a pipe:\n{all}");
+        let decided = lines.iter().find(|l| l.contains("permission decided by a person")).unwrap();
+        if format == "json" {
+            for line in &lines {
+                let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
+            }
+            let v: Value = serde_json::from_str(decided).unwrap();
+            assert_eq!((v["level"].as_str(), v["fields"]["id"].as_str()), (Some("INFO"), Some("1-0")), "{decided}");
+            assert_eq!(
+                (v["fields"]["decision"].as_str(), v["fields"]["by"].as_str()),
+                (Some("deny"), Some("\"admin\""))
+            );
+        } else {
+            assert!(
+                decided.contains("INFO") && decided.contains("id=1-0") && decided.contains("decision=deny"),
+                "{decided}"
+            );
+            assert!(!all.contains("Connecting {") && !all.contains("ConnHandle("), "a Debug dump:\n{all}");
+        }
+        gateway.kill().await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -54,7 +54,7 @@ fn gateway_help_and_readme_agree() {
 #[test]
 fn demo_help_and_readme_agree() {
     let help = help_flags("demo");
-    assert_eq!(help, BTreeSet::from(["--keep-running".to_owned()]));
+    assert_eq!(help, BTreeSet::from(["--keep-running".to_owned(), "--log-format".to_owned()]));
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     assert!(readme.contains("uplink demo --keep-running"));
 }

@@ -24,10 +24,44 @@ fn filter_or(spec: &str, default: &str) -> EnvFilter {
     filter
 }
 
-/// Installs the program's subscriber: human-readable lines on standard error, filtered by `RUST_LOG`
-/// (`default` when unset), with `log` records from dependencies included. Does nothing if one is installed.
-pub(crate) fn init(default: &str) {
+/// How log lines are written.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// A sentence and `key=value` fields, one line each; coloured only on a terminal without `NO_COLOR`.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields` with `message`), for collectors.
+    Json,
+}
+
+/// Whether text lines get colour: only when standard error is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>).
+fn colour(no_color: Option<std::ffi::OsString>, terminal: bool) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Installs the program's subscriber on standard error, filtered by `RUST_LOG` (`default` when unset), with
+/// `log` records from dependencies included. Does nothing if one is installed.
+pub(crate) fn init(default: &str, format: LogFormat) {
+    use std::io::IsTerminal as _;
     let spec = std::env::var("RUST_LOG").unwrap_or_default();
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter_or(&spec, default)).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter_or(&spec, default)).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => {
+            builder.with_ansi(colour(std::env::var_os("NO_COLOR"), std::io::stderr().is_terminal())).try_init()
+        }
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        assert!(colour(None, true));
+        assert!(colour(Some("".into()), true), "an empty NO_COLOR is unset");
+        assert!(!colour(Some("1".into()), true));
+        assert!(!colour(None, false), "files and pipes get plain text");
+    }
 }

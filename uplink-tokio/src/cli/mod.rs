@@ -34,6 +34,10 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to standard error: text (coloured only on a terminal, never with NO_COLOR)
+    /// or json (one object per line).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "UPLINK_LOG_FORMAT")]
+    log_format: logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -127,17 +131,17 @@ pub fn main() -> ExitCode {
         cli.command,
         Command::Demo(_) | Command::Rules(_) | Command::Audit(_) | Command::Sleds(_) | Command::Permissions(_)
     );
-    logging::init(if quiet { "warn" } else { "info" });
+    logging::init(if quiet { "warn" } else { "info" }, cli.log_format);
     // The audit log is read from its file: no runtime needed.
     let cli = match cli.command {
         Command::Audit(args) => return audit_cmd::run(args),
-        command => Cli { command },
+        command => Cli { command, ..cli },
     };
     // The admin API's clients have exit codes of their own.
     let cli = match cli.command {
         Command::Sleds(args) => return client_runtime(|| fleet_cmd::sleds(args)),
         Command::Permissions(args) => return client_runtime(|| fleet_cmd::permissions(args)),
-        command => Cli { command },
+        command => Cli { command, ..cli },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

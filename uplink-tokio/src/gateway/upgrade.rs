@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tracing::debug;
+use tracing::{debug, info};
 use uplink_proto::gateway::{AcceptError, ConnHandle};
 
 use super::Shared;
@@ -31,9 +31,15 @@ pub(super) async fn sled_upgrade(State(shared): State<Arc<Shared>>, request: Req
     let from_query = if shared.accept_query_token { query_token(request.uri()) } else { None };
     let token = from_query.or_else(|| bearer(request.headers()).map(str::to_owned));
     let credentials = shared.credentials();
-    let Some(credential) = token.and_then(|t| credentials.sled(&t).cloned()) else {
-        let how = if shared.accept_query_token { "?token= or Authorization: Bearer" } else { "Authorization: Bearer" };
-        return error(StatusCode::UNAUTHORIZED, &format!("sled token required ({how})"));
+    let how = if shared.accept_query_token { "?token= or Authorization: Bearer" } else { "Authorization: Bearer" };
+    // Refusals are logged with their reason, never with the token.
+    let Some(token) = token else {
+        info!(how, "sled refused: it sent no token");
+        return error(StatusCode::UNAUTHORIZED, &format!("sled token required: none was sent ({how})"));
+    };
+    let Some(credential) = credentials.sled(&token).cloned() else {
+        info!("sled refused: its token is not a sled credential's (unknown, revoked, or an admin token)");
+        return error(StatusCode::UNAUTHORIZED, &format!("sled token required: this one is not known ({how})"));
     };
     drop(credentials);
     let upgrade = request.headers().get("upgrade").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -44,10 +50,17 @@ pub(super) async fn sled_upgrade(State(shared): State<Arc<Shared>>, request: Req
         return error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
     }
     let (out_tx, out_rx) = mpsc::channel(CONN_QUEUE);
+    let label = credential.label.clone();
     let conn = match shared.hub.open(credential, out_tx).await {
         Ok(conn) => conn,
-        Err(AcceptError::Expired) => return error(StatusCode::UNAUTHORIZED, "this sled credential has expired"),
-        Err(refused) => return error(StatusCode::SERVICE_UNAVAILABLE, &refused.to_string()),
+        Err(AcceptError::Expired) => {
+            info!(label = ?label, "sled refused: its credential has expired");
+            return error(StatusCode::UNAUTHORIZED, "this sled credential has expired");
+        }
+        Err(refused) => {
+            info!(label = ?label, reason = %refused, "sled refused");
+            return error(StatusCode::SERVICE_UNAVAILABLE, &refused.to_string());
+        }
     };
     let task = {
         let hub = shared.hub.clone();

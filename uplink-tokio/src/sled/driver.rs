@@ -66,7 +66,9 @@ pub(crate) struct Driver {
     links: Vec<(ConnId, Link)>,
     /// Close handshakes the sled started, finishing in tasks of their own.
     closing: Vec<JoinHandle<()>>,
-    waiters: HashMap<PermKey, (u64, oneshot::Sender<Answer>)>,
+    /// Who waits for each pending request: its handle's ticket, the answer's way back, and (for the log)
+    /// its tool and when it was asked.
+    waiters: HashMap<PermKey, (u64, oneshot::Sender<Answer>, String, tokio::time::Instant)>,
     /// The core's key of each pending request, by its handle's ticket.
     tickets: HashMap<u64, PermKey>,
     /// Tickets withdrawn before their request reached the driver (the two come on different channels).
@@ -206,8 +208,12 @@ impl Driver {
     fn on_cmd(&mut self, now: Instant, cmd: Option<Cmd>) {
         match cmd {
             Some(Cmd::Permission { ticket, tool_name, tool_input, reply }) => {
+                // A permission's life, at info: asked here, decided in `drain` (its input only at debug).
+                info!(tool = ?tool_name, "asking the gateway for permission");
+                debug!(tool = ?tool_name, input = %tool_input, "the request's input");
+                let (tool, at) = (tool_name.clone(), tokio::time::Instant::now());
                 let key = self.sled.request_permission(now, tool_name, tool_input);
-                self.waiters.insert(key, (ticket, reply));
+                self.waiters.insert(key, (ticket, reply, tool, at));
                 self.tickets.insert(ticket, key);
                 if self.early_withdrawals.remove(&ticket) {
                     self.sled.withdraw(now, key);
@@ -305,8 +311,9 @@ impl Driver {
                     }
                 }
                 Output::Decided(d) => {
-                    debug!(id = %d.id, decision = ?d.decision, cause = ?d.cause, "permission decided");
-                    if let Some((ticket, waiter)) = self.waiters.remove(&d.key) {
+                    if let Some((ticket, waiter, tool, at)) = self.waiters.remove(&d.key) {
+                        let latency_ms = at.elapsed().as_millis();
+                        info!(id = %d.id, tool = ?tool, decision = %d.decision, cause = %d.cause, latency_ms, "permission decided");
                         self.tickets.remove(&ticket);
                         let _ = waiter.send(Answer { decision: d.decision, cause: d.cause, message: d.message });
                     }
@@ -327,7 +334,17 @@ impl Driver {
                     }
                 }
                 Output::Event(Event::Link(state)) => {
-                    info!(?state, "uplink state");
+                    match state {
+                        LinkState::Disabled => warn!("no gateway configured: every permission request is denied"),
+                        LinkState::Connecting { attempt, .. } => info!(attempt, "connecting to the gateway"),
+                        LinkState::Connected { .. } => info!("connected to the gateway, identified"),
+                        LinkState::BackingOff { delay, reason } => info!(
+                            delay_ms = delay.as_millis(),
+                            reason = reason.describe(),
+                            "no link to the gateway; reconnecting after a delay"
+                        ),
+                        LinkState::Closed => info!("the uplink is closed"),
+                    }
                     self.link.send_replace(state);
                 }
                 Output::Event(Event::FrameIgnored(why)) => debug!(?why, "ignored a frame from the gateway"),
@@ -370,7 +387,7 @@ impl Driver {
             call.abort();
         }
         // Anything still waiting (cannot normally happen: the core decided everything) is denied.
-        for (_, (_, waiter)) in self.waiters.drain() {
+        for (_, (_, waiter, _, _)) in self.waiters.drain() {
             let _ = waiter.send(Answer::denied(Cause::Shutdown));
         }
         for done in self.done.drain(..) {
