@@ -444,6 +444,19 @@ pub enum LossReason {
 }
 
 impl LossReason {
+    /// The reason's word, for metrics: `connect_failed`, `unauthorized`, `connect_timeout`, `disconnected`,
+    /// `idle_timeout`, `message_too_big`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LossReason::ConnectFailed => "connect_failed",
+            LossReason::Unauthorized => "unauthorized",
+            LossReason::ConnectTimeout => "connect_timeout",
+            LossReason::Disconnected => "disconnected",
+            LossReason::IdleTimeout => "idle_timeout",
+            LossReason::MessageTooBig => "message_too_big",
+        }
+    }
+
     /// A few words for a person (logs): why the connection or the attempt ended.
     pub const fn describe(self) -> &'static str {
         match self {

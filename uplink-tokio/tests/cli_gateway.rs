@@ -8,7 +8,8 @@ use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use uplink_tests::{http, next_event, sse, within};
 
-/// Runs `uplink ARGS`; a gateway without `--state-dir` gets a fresh one of its own (never the user's).
+/// Runs `uplink ARGS`; a gateway without `--state-dir` gets a fresh one of its own (never the user's), under
+/// the system's temporary directory (a few hundred kilobytes each).
 fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
     static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -144,6 +144,16 @@ async fn permission_endpoint_and_approve_tool_then_sigterm() {
         }
     }
 
+    // The sled's metrics on its local listener: the link, the three permissions (an approval, a denial,
+    // an approval).
+    let (status, text) = uplink_tests::http("GET", &format!("{}/metrics", sled.base), None, None, &[]).await;
+    assert_eq!(status, 200);
+    assert!(text.lines().any(|l| l == "uplink_sled_link_up 1"), "{text}");
+    assert!(
+        text.lines().any(|l| l == r#"uplink_sled_permissions_total{decision="approve",cause="gateway"} 2"#),
+        "{text}"
+    );
+
     // SIGTERM: a normal close, then a clean exit.
     let pid = sled.child.id().unwrap().to_string();
     let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -262,6 +272,8 @@ async fn a_web_page_cannot_ask_the_sleds_local_face_and_a_token_is_honoured() {
     conn.recv().await;
     let host = sled.base.trim_start_matches("http://").to_owned();
     assert_eq!(raw_status(&sled.base, permission_request(&host, json)).await, 401);
+    let metrics = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw_status(&sled.base, metrics).await, 401, "the metrics sit behind the local token too");
     let wrong = format!("{json}Authorization: Bearer nope\r\n");
     assert_eq!(raw_status(&sled.base, permission_request(&host, &wrong)).await, 401);
     let with = format!("{json}Authorization: Bearer l0cal\r\n");

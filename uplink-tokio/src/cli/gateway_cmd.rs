@@ -127,6 +127,10 @@ struct RunArgs {
     /// Keep at most this many audit records, the newest.
     #[arg(long)]
     audit_keep_records: Option<u64>,
+    /// Serve /metrics without a token (by default any principal's token is needed); /healthz and /readyz
+    /// never need one.
+    #[arg(long)]
+    metrics_public: bool,
 }
 
 #[derive(Subcommand)]
@@ -360,6 +364,7 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         ..GatewayConfig::default()
     };
     config.audit_redact_inputs = args.audit_redact_inputs;
+    config.metrics_public = args.metrics_public;
     if let Some(store) = &store {
         announce.push(format!("  store: {} (rules and the audit log)", store.path().display()));
     }

@@ -150,6 +150,7 @@ fn router(uplink: Uplink, policy: LocalPolicy, stop: &CancellationToken) -> Rout
     );
     Router::new()
         .route("/permission", post(permission))
+        .route("/metrics", axum::routing::get(metrics))
         .route_service("/mcp", mcp)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; try POST /permission or /mcp") })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "use POST") })
@@ -158,7 +159,13 @@ fn router(uplink: Uplink, policy: LocalPolicy, stop: &CancellationToken) -> Rout
         .with_state(uplink)
 }
 
-/// Serves `/permission` and `/mcp` on `listener` until `stop` is cancelled.
+/// `GET /metrics`: the uplink's metrics, Prometheus text (behind the same local policy as the rest).
+async fn metrics(State(uplink): State<Uplink>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    axum::response::IntoResponse::into_response((StatusCode::OK, [("content-type", content_type)], uplink.metrics()))
+}
+
+/// Serves `/permission`, `/mcp` and `/metrics` on `listener` until `stop` is cancelled.
 pub(crate) async fn serve(listener: TcpListener, uplink: Uplink, policy: LocalPolicy, stop: CancellationToken) {
     let router = router(uplink, policy, &stop);
     let mut connections = tokio::task::JoinSet::new();

@@ -37,6 +37,9 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/rules", get(super::rules::list).post(super::rules::add))
         .route("/api/rules/{id}", axum::routing::delete(super::rules::remove))
         .route("/api/audit", get(super::audit::list))
+        .route("/metrics", get(super::metrics::metrics))
+        .route("/healthz", get(super::metrics::healthz))
+        .route("/readyz", get(super::metrics::readyz))
         .route("/api/events", get(super::events::events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -155,7 +158,18 @@ async fn relay_mcp(
     if serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err() {
         return error(StatusCode::BAD_REQUEST, "body must be a JSON-RPC message");
     }
-    match shared.hub.mcp(project, body, session).await {
+    let started = std::time::Instant::now();
+    let outcome = shared.hub.mcp(project, body, session).await;
+    let result = match &outcome {
+        McpOutcome::Answered(_) => "answered",
+        McpOutcome::Failed(McpFailure::Timeout) => "timeout",
+        McpOutcome::Failed(_) => "connection_lost",
+        McpOutcome::Refused(McpRefused::UnknownProject) => "unknown_project",
+        McpOutcome::Refused(McpRefused::TooMany) => "too_many",
+        McpOutcome::Refused(_) => "not_connected",
+    };
+    shared.metrics.relayed(result, started.elapsed());
+    match outcome {
         McpOutcome::Answered(payload) if payload == "null" => StatusCode::ACCEPTED.into_response(),
         McpOutcome::Answered(payload) => json_text(StatusCode::OK, payload),
         McpOutcome::Failed(McpFailure::Timeout) => {

@@ -121,28 +121,32 @@ pub(super) async fn events(principal: Principal, State(shared): State<Arc<Shared
         return refused;
     }
     let Some(subscription) = shared.hub.subscribe().await else {
+        shared.metrics.overflow("event_clients");
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many event clients, or the gateway is stopping");
     };
     let closing = shared.closing.subscribe();
-    let stream = futures_util::stream::unfold(
-        (subscription, closing, false),
-        |(mut subscription, mut closing, ended)| async move {
-            if ended || *closing.borrow() {
-                return None;
+    let metrics = shared.metrics.clone();
+    let stream =
+        futures_util::stream::unfold((subscription, closing, false), move |(mut subscription, mut closing, ended)| {
+            let metrics = metrics.clone();
+            async move {
+                if ended || *closing.borrow() {
+                    return None;
+                }
+                let (event, ended) = tokio::select! {
+                    item = subscription.next() => match item? {
+                        Item::Event(e) => (Event::default().event(e.kind).data(e.data.as_str()), false),
+                        Item::Lagged { queued, budget } => {
+                            metrics.overflow("event_client_bytes");
+                            let data = json!({"queued_bytes": queued, "limit_bytes": budget}).to_string();
+                            (Event::default().event("lagged").data(data), true)
+                        }
+                    },
+                    _ = closing.changed() => return None,
+                };
+                Some((Ok::<_, Infallible>(event), (subscription, closing, ended)))
             }
-            let (event, ended) = tokio::select! {
-                item = subscription.next() => match item? {
-                    Item::Event(e) => (Event::default().event(e.kind).data(e.data.as_str()), false),
-                    Item::Lagged { queued, budget } => {
-                        let data = json!({"queued_bytes": queued, "limit_bytes": budget}).to_string();
-                        (Event::default().event("lagged").data(data), true)
-                    }
-                },
-                _ = closing.changed() => return None,
-            };
-            Some((Ok::<_, Infallible>(event), (subscription, closing, ended)))
-        },
-    );
+        });
     let keep_alive = KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive");
     ([("cache-control", "no-cache")], Sse::new(stream).keep_alive(keep_alive)).into_response()
 }

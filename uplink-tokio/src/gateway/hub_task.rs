@@ -146,6 +146,8 @@ pub(crate) struct HubTaskConfig {
     pub(crate) redact_inputs: bool,
     /// Set to the store's error when a commit fails.
     pub(crate) failed: watch::Sender<Option<String>>,
+    /// Counted from the events carried out.
+    pub(crate) metrics: Arc<super::metrics::GatewayMetrics>,
 }
 
 impl HubHandle {
@@ -176,6 +178,7 @@ impl HubHandle {
             changes: Vec::new(),
             acks: Vec::new(),
             failed: config.failed,
+            metrics: config.metrics,
         };
         Ok((HubHandle { tx }, tokio::spawn(task.run()), closed))
     }
@@ -365,6 +368,7 @@ struct HubTask {
     changes: Vec<Change>,
     acks: Vec<Ack>,
     failed: watch::Sender<Option<String>>,
+    metrics: Arc<super::metrics::GatewayMetrics>,
 }
 
 impl HubTask {
@@ -577,6 +581,7 @@ impl HubTask {
     }
 
     fn on_event(&mut self, event: HubEvent) {
+        self.metrics.on_event(&event);
         // MCP outcomes go to their caller only; the answer moves there, uncopied.
         let event = match event {
             HubEvent::McpAnswered { ticket, payload } => {

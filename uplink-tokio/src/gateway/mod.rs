@@ -15,6 +15,8 @@
 //!   `GET /api/sleds`, `GET /api/permissions`, `GET /api/events` (Server-Sent Events) to read;
 //!   `POST /api/permissions/{id}` and `POST /api/sleds/{project}/mcp` to decide; `GET /api/rules` and
 //!   `GET /api/audit` to read, `POST /api/rules` and `DELETE /api/rules/{id}` to manage.
+//! - `GET /metrics` (any principal's token, unless public), `GET /healthz`, `GET /readyz` (no token): the
+//!   `metrics` module.
 
 mod admin;
 mod audit;
@@ -23,6 +25,7 @@ pub(crate) use audit::record_line as audit_line;
 pub mod credentials;
 mod events;
 mod hub_task;
+mod metrics;
 pub mod rules;
 mod upgrade;
 
@@ -109,6 +112,9 @@ pub struct GatewayServerConfig {
     pub max_disconnected_sleds: usize,
     /// Leave tool inputs out of the audit log (their SHA-256 stays). `false` by default.
     pub audit_redact_inputs: bool,
+    /// Serve `/metrics` to anyone who can reach the gateway; by default it needs a principal's token (any
+    /// role). `false` by default.
+    pub metrics_public: bool,
 }
 
 impl GatewayServerConfig {
@@ -133,6 +139,7 @@ impl GatewayServerConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_disconnected_sleds: DEFAULT_MAX_DISCONNECTED_SLEDS,
             audit_redact_inputs: false,
+            metrics_public: false,
         }
     }
 }
@@ -165,6 +172,7 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_disconnected_sleds", &self.max_disconnected_sleds)
             .field("audit_redact_inputs", &self.audit_redact_inputs)
+            .field("metrics_public", &self.metrics_public)
             .finish()
     }
 }
@@ -250,6 +258,11 @@ struct Shared {
     sled_tasks: Mutex<tokio::task::JoinSet<()>>,
     /// The audit log, with a store.
     audit: Option<Arc<dyn AuditReader>>,
+    /// What `/metrics` shows.
+    metrics: Arc<metrics::GatewayMetrics>,
+    metrics_public: bool,
+    /// The store's error, once a commit failed (`/readyz`).
+    store_failed: tokio::sync::watch::Receiver<Option<String>>,
     /// Audit queries running at once (each reads the database on a blocking thread): at most
     /// [`AUDIT_QUERIES`]; more get `503`.
     audit_queries: Arc<tokio::sync::Semaphore>,
@@ -361,7 +374,9 @@ impl GatewayServer {
             .await
             .map_err(|error| GatewayStartError::Bind { addr: config.listen, error })?;
         let (failed_tx, failed) = tokio::sync::watch::channel(None);
+        let metrics = Arc::new(metrics::GatewayMetrics::new());
         let task = HubTaskConfig {
+            metrics: metrics.clone(),
             epoch,
             wall,
             event_client_bytes: config.max_event_client_bytes,
@@ -381,6 +396,9 @@ impl GatewayServer {
             sled_tasks: Mutex::new(tokio::task::JoinSet::new()),
             audit,
             audit_queries: Arc::new(tokio::sync::Semaphore::new(AUDIT_QUERIES)),
+            metrics,
+            metrics_public: config.metrics_public,
+            store_failed: failed.clone(),
         });
         Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed })
     }

@@ -35,10 +35,12 @@ pub(super) async fn sled_upgrade(State(shared): State<Arc<Shared>>, request: Req
     // Refusals are logged with their reason, never with the token.
     let Some(token) = token else {
         info!(how, "sled refused: it sent no token");
+        shared.metrics.refused("no_token");
         return error(StatusCode::UNAUTHORIZED, &format!("sled token required: none was sent ({how})"));
     };
     let Some(credential) = credentials.sled(&token).cloned() else {
         info!("sled refused: its token is not a sled credential's (unknown, revoked, or an admin token)");
+        shared.metrics.refused("unknown_token");
         return error(StatusCode::UNAUTHORIZED, &format!("sled token required: this one is not known ({how})"));
     };
     drop(credentials);
@@ -55,10 +57,16 @@ pub(super) async fn sled_upgrade(State(shared): State<Arc<Shared>>, request: Req
         Ok(conn) => conn,
         Err(AcceptError::Expired) => {
             info!(label = ?label, "sled refused: its credential has expired");
+            shared.metrics.refused("expired");
             return error(StatusCode::UNAUTHORIZED, "this sled credential has expired");
         }
         Err(refused) => {
             info!(label = ?label, reason = %refused, "sled refused");
+            shared.metrics.refused(match refused {
+                AcceptError::TooManyConnections => "too_many_connections",
+                AcceptError::TooManyUnidentified => "too_many_unidentified",
+                _ => "shutting_down",
+            });
             return error(StatusCode::SERVICE_UNAVAILABLE, &refused.to_string());
         }
     };

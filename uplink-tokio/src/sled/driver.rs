@@ -80,6 +80,13 @@ pub(crate) struct Driver {
     done: Vec<oneshot::Sender<()>>,
     timer: Deadline,
     turns: Turns,
+    metrics: Arc<super::metrics::SledMetrics>,
+}
+
+/// What the [`Uplink`](super::Uplink) handles send the driver: commands, and tickets withdrawn.
+pub(crate) struct FromHandles {
+    pub(crate) cmd_rx: mpsc::Receiver<Cmd>,
+    pub(crate) withdraw_rx: mpsc::UnboundedReceiver<u64>,
 }
 
 impl Driver {
@@ -88,10 +95,11 @@ impl Driver {
         clock: Clock,
         target: Option<Arc<Target>>,
         mcp: Arc<McpClient>,
-        cmd_rx: mpsc::Receiver<Cmd>,
-        withdraw_rx: mpsc::UnboundedReceiver<u64>,
+        handles: FromHandles,
         link: watch::Sender<LinkState>,
+        metrics: Arc<super::metrics::SledMetrics>,
     ) -> Self {
+        let FromHandles { cmd_rx, withdraw_rx } = handles;
         // Bounded: MCP replies and dial outcomes wait for the driver rather than pile up.
         let (io_tx, io_rx) = mpsc::channel(256);
         Driver {
@@ -114,6 +122,7 @@ impl Driver {
             done: Vec::new(),
             timer: Deadline::new(),
             turns: Turns::default(),
+            metrics,
         }
     }
 
@@ -312,13 +321,16 @@ impl Driver {
                 }
                 Output::Decided(d) => {
                     if let Some((ticket, waiter, tool, at)) = self.waiters.remove(&d.key) {
-                        let latency_ms = at.elapsed().as_millis();
+                        let took = at.elapsed();
+                        self.metrics.decided(d.decision, d.cause, took);
+                        let latency_ms = took.as_millis();
                         info!(id = %d.id, tool = ?tool, decision = %d.decision, cause = %d.cause, latency_ms, "permission decided");
                         self.tickets.remove(&ticket);
                         let _ = waiter.send(Answer { decision: d.decision, cause: d.cause, message: d.message });
                     }
                 }
                 Output::CallMcp(call) => {
+                    self.metrics.mcp_call();
                     let mcp = self.mcp.clone();
                     let io = self.io_tx.clone();
                     let id = call.call;
@@ -345,6 +357,7 @@ impl Driver {
                         ),
                         LinkState::Closed => info!("the uplink is closed"),
                     }
+                    self.metrics.link(&state);
                     self.link.send_replace(state);
                 }
                 Output::Event(Event::FrameIgnored(why)) => debug!(?why, "ignored a frame from the gateway"),

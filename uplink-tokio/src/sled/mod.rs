@@ -11,6 +11,7 @@ use uplink_proto::{Cause, ConfigError, Decision, LinkState, RawValue, Sled};
 mod config;
 mod driver;
 mod mcp_client;
+mod metrics;
 mod tls;
 
 #[cfg(feature = "cli")]
@@ -107,6 +108,7 @@ pub struct Uplink {
     withdraw: mpsc::UnboundedSender<u64>,
     tickets: Arc<AtomicU64>,
     link: watch::Receiver<LinkState>,
+    metrics: Arc<metrics::SledMetrics>,
 }
 
 impl Uplink {
@@ -138,9 +140,12 @@ impl Uplink {
         let (link_tx, link_rx) = watch::channel(sled.link_state());
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (withdraw_tx, withdraw_rx) = mpsc::unbounded_channel();
-        let driver = Driver::new(sled, clock, target, Arc::new(mcp), cmd_rx, withdraw_rx, link_tx);
+        let metrics = Arc::new(metrics::SledMetrics::new());
+        let handles = driver::FromHandles { cmd_rx, withdraw_rx };
+        let driver = Driver::new(sled, clock, target, Arc::new(mcp), handles, link_tx, metrics.clone());
         tokio::spawn(driver.run());
-        Ok(Uplink { cmd: cmd_tx, withdraw: withdraw_tx, tickets: Arc::new(AtomicU64::new(0)), link: link_rx })
+        let tickets = Arc::new(AtomicU64::new(0));
+        Ok(Uplink { cmd: cmd_tx, withdraw: withdraw_tx, tickets, link: link_rx, metrics })
     }
 
     /// Asks the gateway whether `tool_name` may run with `tool_input`. Always resolves: a denial, a timeout,
@@ -180,6 +185,13 @@ impl Uplink {
         // withdraws it.
         let mut guard = WithdrawOnDrop { ticket, tx: &self.withdraw, decision };
         (&mut guard.decision).await.unwrap_or(Answer::denied(Cause::Shutdown))
+    }
+
+    /// The uplink's metrics in Prometheus text format: `uplink_sled_link_up`, `uplink_sled_link_losses_total`
+    /// by reason, `uplink_sled_permissions_total` by decision and cause, `uplink_sled_permission_seconds`,
+    /// `uplink_sled_mcp_calls_total`.
+    pub fn metrics(&self) -> String {
+        self.metrics.text()
     }
 
     /// The link's state now.
