@@ -96,6 +96,7 @@
 //! - [`jsonrpc`]: reading a JSON-RPC `id` and building error responses.
 //! - [`local`]: who may ask the sled's local face (its own agents only: origin, host, body type, token).
 //! - [`mcp_session`]: the sled's policy for its sessions with the local MCP server, for the adapter to drive.
+//! - [`outbox`]: a webhook's outbox for the gateway's notifications: bounded, retried with jittered back-off.
 //! - [`sse`]: an incremental `text/event-stream` parser, for adapters that talk to Streamable HTTP MCP servers.
 //! - [`time`]: the core's [`Instant`].
 #![cfg_attr(not(test), no_std)]
@@ -111,6 +112,7 @@ mod glob;
 pub mod jsonrpc;
 pub mod local;
 pub mod mcp_session;
+pub mod outbox;
 mod pending;
 pub mod rules;
 pub mod sled;

@@ -73,6 +73,7 @@ mod accept;
 pub mod cli;
 pub mod gateway;
 mod http;
+mod http_client;
 pub mod redact;
 mod sled;
 mod socket_loop;

@@ -4,14 +4,11 @@
 //! and a bounded answer; or an event stream, followed until it ends.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::Uri;
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt as _, Limited};
 
 /// How long a request may take, connecting included.
 const WAIT: Duration = Duration::from_secs(30);
@@ -96,50 +93,11 @@ impl AdminArgs {
         path: &str,
         body: Option<String>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
-        let base: Uri = self.gateway_url.parse().map_err(|e| format!("--gateway-url: {e}"))?;
-        let tls = match base.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => return Err("--gateway-url must be http:// or https://".into()),
-        };
-        let host = base.host().ok_or("--gateway-url has no host")?.trim_matches(['[', ']']).to_owned();
-        let port = base.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot reach {}: {e}", self.gateway_url))?;
-        let prefix = base.path().trim_end_matches('/');
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{prefix}{path}"))
-            .header("host", base.authority().map(|a| a.as_str()).unwrap_or(&host))
-            .header("authorization", format!("Bearer {}", self.admin_token.trim()))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| e.to_string())?;
-        if tls {
-            let config = crate::sled::tls_client_config(self.ca_file.as_deref()).map_err(|e| e.to_string())?;
-            let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-            let stream = tokio_rustls::TlsConnector::from(Arc::clone(&config))
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS with {}: {e}", self.gateway_url))?;
-            exchange(TokioIo::new(stream), request).await
-        } else {
-            exchange(TokioIo::new(tcp), request).await
-        }
+        let bearer = format!("Bearer {}", self.admin_token.trim());
+        let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+        let body = Bytes::from(body.unwrap_or_default());
+        crate::http_client::send(method, &self.gateway_url, path, &headers, body, self.ca_file.as_deref()).await
     }
-}
-
-async fn exchange<S>(
-    io: TokioIo<S>,
-    request: hyper::Request<Full<Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>, Failure>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    sender.send_request(request).await.map_err(|e| e.to_string())
 }
 
 /// The JSON of a 2xx answer; otherwise an error with the gateway's own words (and the status, for the exit

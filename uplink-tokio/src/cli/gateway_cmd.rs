@@ -131,6 +131,19 @@ struct RunArgs {
     /// never need one.
     #[arg(long)]
     metrics_public: bool,
+    /// POST each new pending request as JSON to this URL (repeatable); retried with back-off, never holding
+    /// a decision.
+    #[arg(long = "notify-webhook")]
+    notify_webhooks: Vec<String>,
+    /// The webhooks' body: generic JSON, or Slack's {"text": …}.
+    #[arg(long, value_parser = ["generic", "slack"], default_value = "generic")]
+    notify_format: String,
+    /// Also notify how each request ended.
+    #[arg(long)]
+    notify_decisions: bool,
+    /// The address people reach this gateway at (https://gateway.example), for the links in notifications.
+    #[arg(long)]
+    public_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -365,6 +378,11 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     };
     config.audit_redact_inputs = args.audit_redact_inputs;
     config.metrics_public = args.metrics_public;
+    let format =
+        if args.notify_format == "slack" { gateway::NotifyFormat::Slack } else { gateway::NotifyFormat::Generic };
+    config.notify = args.notify_webhooks.iter().map(|url| gateway::Webhook::new(url.clone(), format)).collect();
+    config.notify_decisions = args.notify_decisions;
+    config.public_url = args.public_url;
     if let Some(store) = &store {
         announce.push(format!("  store: {} (rules and the audit log)", store.path().display()));
     }

@@ -148,6 +148,8 @@ pub(crate) struct HubTaskConfig {
     pub(crate) failed: watch::Sender<Option<String>>,
     /// Counted from the events carried out.
     pub(crate) metrics: Arc<super::metrics::GatewayMetrics>,
+    /// Who is told of new pending requests.
+    pub(crate) notify: super::notify::NotifyConfig,
 }
 
 impl HubHandle {
@@ -178,6 +180,7 @@ impl HubHandle {
             changes: Vec::new(),
             acks: Vec::new(),
             failed: config.failed,
+            notifier: super::notify::Notifier::start(config.notify, Clock::new(config.epoch), config.metrics.clone()),
             metrics: config.metrics,
         };
         Ok((HubHandle { tx }, tokio::spawn(task.run()), closed))
@@ -369,6 +372,7 @@ struct HubTask {
     acks: Vec<Ack>,
     failed: watch::Sender<Option<String>>,
     metrics: Arc<super::metrics::GatewayMetrics>,
+    notifier: super::notify::Notifier,
 }
 
 impl HubTask {
@@ -582,6 +586,9 @@ impl HubTask {
 
     fn on_event(&mut self, event: HubEvent) {
         self.metrics.on_event(&event);
+        if !self.notifier.is_empty() {
+            self.notifier.on_event(&event);
+        }
         // MCP outcomes go to their caller only; the answer moves there, uncopied.
         let event = match event {
             HubEvent::McpAnswered { ticket, payload } => {

@@ -58,6 +58,7 @@ pub(crate) struct GatewayMetrics {
     refused: Family<Reason, Counter>,
     budget_overflows: Family<Reason, Counter>,
     rules_changed: Counter,
+    notifications: Family<Relay, Counter>,
 }
 
 impl GatewayMetrics {
@@ -76,6 +77,7 @@ impl GatewayMetrics {
             refused: Family::default(),
             budget_overflows: Family::default(),
             rules_changed: Counter::default(),
+            notifications: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sleds_connected", "Sleds connected now", m.sleds_connected.clone());
@@ -96,6 +98,11 @@ impl GatewayMetrics {
         registry.register("connections_refused", "Sled connections refused, by reason", m.refused.clone());
         registry.register("budget_overflows", "Inputs refused by a budget, by budget", m.budget_overflows.clone());
         registry.register("rule_changes", "Rules added or removed at run time", m.rules_changed.clone());
+        registry.register(
+            "notification_deliveries",
+            "Webhook deliveries, by result (a failed one is retried, a few times)",
+            m.notifications.clone(),
+        );
         GatewayMetrics { registry, ..m }
     }
 
@@ -153,6 +160,11 @@ impl GatewayMetrics {
     /// An input was refused by `budget`.
     pub(crate) fn overflow(&self, budget: &'static str) {
         self.budget_overflows.get_or_create(&Reason { reason: budget }).inc();
+    }
+
+    /// A webhook delivery ended with `result` (`delivered` or `failed`).
+    pub(crate) fn notified(&self, result: &'static str) {
+        self.notifications.get_or_create(&Relay { result }).inc();
     }
 
     /// An MCP relay ended with `result` after `took`.

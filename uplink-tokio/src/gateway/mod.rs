@@ -26,6 +26,7 @@ pub mod credentials;
 mod events;
 mod hub_task;
 mod metrics;
+mod notify;
 pub mod rules;
 mod upgrade;
 
@@ -46,6 +47,7 @@ use crate::store::{AuditReader, Store, StoreError};
 use crate::ws::{CLOSE_GRACE, Target};
 use credentials::{Credentials, CredentialsError};
 use hub_task::{HubHandle, HubTaskConfig};
+pub use notify::{NotifyFormat, Webhook};
 
 /// Default address of `uplink gateway`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
@@ -115,6 +117,12 @@ pub struct GatewayServerConfig {
     /// Serve `/metrics` to anyone who can reach the gateway; by default it needs a principal's token (any
     /// role). `false` by default.
     pub metrics_public: bool,
+    /// Where each new pending request is POSTed as JSON (none by default).
+    pub notify: Vec<Webhook>,
+    /// Also notify how each request ended. `false` by default.
+    pub notify_decisions: bool,
+    /// The address people reach the gateway (its console) at, for the links in notifications.
+    pub public_url: Option<String>,
 }
 
 impl GatewayServerConfig {
@@ -140,6 +148,9 @@ impl GatewayServerConfig {
             max_disconnected_sleds: DEFAULT_MAX_DISCONNECTED_SLEDS,
             audit_redact_inputs: false,
             metrics_public: false,
+            notify: Vec::new(),
+            notify_decisions: false,
+            public_url: None,
         }
     }
 }
@@ -173,6 +184,9 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("max_disconnected_sleds", &self.max_disconnected_sleds)
             .field("audit_redact_inputs", &self.audit_redact_inputs)
             .field("metrics_public", &self.metrics_public)
+            .field("notify", &self.notify.iter().map(|w| crate::redact::redact_url(&w.url)).collect::<Vec<_>>())
+            .field("notify_decisions", &self.notify_decisions)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -376,6 +390,11 @@ impl GatewayServer {
         let (failed_tx, failed) = tokio::sync::watch::channel(None);
         let metrics = Arc::new(metrics::GatewayMetrics::new());
         let task = HubTaskConfig {
+            notify: notify::NotifyConfig {
+                webhooks: config.notify,
+                decisions: config.notify_decisions,
+                public_url: config.public_url,
+            },
             metrics: metrics.clone(),
             epoch,
             wall,

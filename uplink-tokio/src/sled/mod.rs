@@ -14,7 +14,6 @@ mod mcp_client;
 mod metrics;
 mod tls;
 
-#[cfg(feature = "cli")]
 pub(crate) use tls::client_config as tls_client_config;
 
 pub use config::{DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, UplinkConfig};

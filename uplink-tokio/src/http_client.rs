@@ -1,0 +1,67 @@
+//! One HTTP request on a connection of its own, `http://` or `https://` (rustls with the web PKI roots and
+//! an optional extra CA file): for the program's admin client and the gateway's webhooks. The caller
+//! bounds the time; the answer's body is the caller's to read (with a limit).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Uri;
+use hyper_util::rt::TokioIo;
+
+/// `method` to `url` + `path`, with these headers and `body`; the response, its body unread. Errors name
+/// the URL as given (callers pass URLs without secrets, or redact them).
+pub(crate) async fn send(
+    method: &str,
+    url: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    ca_file: Option<&Path>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let base: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let tls = match base.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{url}: must be http:// or https://")),
+    };
+    let host = base.host().ok_or_else(|| format!("{url}: no host"))?.trim_matches(['[', ']']).to_owned();
+    let port = base.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp =
+        tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let prefix = base.path_and_query().map_or("", |p| p.as_str()).trim_end_matches('/');
+    let target = if path.is_empty() && prefix.is_empty() { "/".to_owned() } else { format!("{prefix}{path}") };
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", base.authority().map(|a| a.as_str()).unwrap_or(&host));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+    if tls {
+        let config = crate::sled::tls_client_config(ca_file).map_err(|e| e.to_string())?;
+        let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {url}: {e}"))?;
+        exchange(TokioIo::new(stream), request).await
+    } else {
+        exchange(TokioIo::new(tcp), request).await
+    }
+}
+
+async fn exchange<S>(
+    io: TokioIo<S>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(request).await.map_err(|e| e.to_string())
+}
