@@ -78,10 +78,46 @@ impl Target {
             Err(tungstenite::Error::Http(response))
                 if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) =>
             {
-                Err((ConnectError::Unauthorized, format!("gateway refused the token (HTTP {})", response.status())))
+                let why = match &self.bearer {
+                    None => format!(
+                        "the gateway wants a sled token and none was given (--token, UPLINK_TOKEN) (HTTP {})",
+                        response.status()
+                    ),
+                    Some(_) => format!("gateway refused the token (HTTP {})", response.status()),
+                };
+                Err((ConnectError::Unauthorized, why))
             }
-            Err(e) => Err(other(&e)),
+            Err(e) => {
+                let (error, detail) = other(&e);
+                let status = match &e {
+                    tungstenite::Error::Http(response) => Some(response.status()),
+                    _ => None,
+                };
+                Err((error, with_hint(detail, status, request_is_tls(&self.url))))
+            }
         }
+    }
+}
+
+fn request_is_tls(url: &str) -> bool {
+    url.trim_start().to_ascii_lowercase().starts_with("wss://")
+}
+
+/// `detail` with what a newcomer most likely got wrong, when the error says so.
+fn with_hint(detail: String, status: Option<StatusCode>, tls: bool) -> String {
+    let lower = detail.to_ascii_lowercase();
+    let hint = if status == Some(StatusCode::NOT_FOUND) {
+        Some("nothing there: the gateway's WebSocket path is /api/sled-uplink")
+    } else if tls && (lower.contains("invalidcontenttype") || lower.contains("corrupt message")) {
+        Some("this port does not speak TLS: try ws:// instead of wss://")
+    } else if !tls && (lower.contains("httparse") || lower.contains("http format") || lower.contains("invalid http")) {
+        Some("the answer was not HTTP: if this port speaks TLS, try wss://")
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{detail} ({hint})"),
+        None => detail,
     }
 }
 
@@ -238,5 +274,23 @@ impl Wake for ReadWaker {
     fn wake_by_ref(self: &Arc<Self>) {
         self.flag.store(true, Ordering::Release);
         self.task.wake();
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::*;
+
+    #[test]
+    fn the_usual_mistakes_get_a_hint() {
+        let h = |detail: &str, status, tls| with_hint(detail.to_owned(), status, tls);
+        assert!(h("HTTP error: 404 Not Found", Some(StatusCode::NOT_FOUND), false).ends_with("is /api/sled-uplink)"));
+        let tls_on_plain = "TLS error: rustls error: received corrupt message of type InvalidContentType";
+        assert!(h(tls_on_plain, None, true).ends_with("try ws:// instead of wss://)"));
+        assert!(h("HTTP format error: invalid HTTP version", None, false).contains("try wss://"));
+        assert_eq!(
+            h("IO error: Connection refused (os error 111)", None, false),
+            "IO error: Connection refused (os error 111)"
+        );
     }
 }

@@ -231,3 +231,37 @@ fn a_rule_that_cannot_be_read_is_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("written `Edit("), "{err}");
 }
+
+#[tokio::test]
+async fn listening_beyond_loopback_without_tls_is_warned_of_and_names_are_accepted() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["gateway", "--listen", "0.0.0.0:0", "--sled-token", "s", "--admin-token", "a", "--no-store"])
+        .env("UPLINK_STATE_DIR", temp_dir("beyond"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warned = within("the warning", async {
+        loop {
+            let line = log.next_line().await.unwrap().expect("the log ended");
+            if line.contains("without TLS") {
+                return line;
+            }
+        }
+    })
+    .await;
+    assert!(warned.contains("WARN") && warned.contains("--tls-cert"), "{warned}");
+    child.kill().await.unwrap();
+    // A name and a port.
+    let (mut named, mut out) =
+        spawn(&["gateway", "--listen", "localhost:0", "--sled-token", "s", "--admin-token", "a"]);
+    let first = line(&mut out).await;
+    assert!(
+        first.contains("listening on http://127.0.0.1:") || first.contains("listening on http://[::1]:"),
+        "{first}"
+    );
+    named.kill().await.unwrap();
+}

@@ -409,3 +409,45 @@ async fn an_approve_call_whose_mcp_session_ends_withdraws_its_request() {
     );
     calling.abort();
 }
+
+/// The first warning `uplink sled` logs when dialing `gateway` (with `token`, if any).
+async fn first_dial_warning(gateway: &str, token: Option<&str>) -> String {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink"));
+    cmd.args(["sled", "--project", "p", "--permission-listen", "127.0.0.1:0", "--gateway", gateway])
+        .env_remove("UPLINK_TOKEN")
+        .env_remove("UPLINK_GATEWAY")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = within("a warning", async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the log ended");
+            if line.contains("WARN") && line.contains("connecting") {
+                return line;
+            }
+        }
+    })
+    .await;
+    let _ = child.kill().await;
+    line
+}
+
+#[tokio::test]
+async fn a_newcomers_usual_mistakes_are_named_in_the_log() {
+    let gw = uplink_tests::RealGateway::start(Default::default(), uplink_tokio::DEFAULT_MAX_MESSAGE_SIZE).await;
+    let addr = gw.addr;
+    let wrong_path = first_dial_warning(&format!("ws://{addr}/sled-uplink"), Some(uplink_tests::SLED_TOKEN)).await;
+    assert!(wrong_path.contains("the gateway's WebSocket path is /api/sled-uplink"), "{wrong_path}");
+    let tls_on_plain =
+        first_dial_warning(&format!("wss://{addr}/api/sled-uplink"), Some(uplink_tests::SLED_TOKEN)).await;
+    assert!(tls_on_plain.contains("try ws://"), "{tls_on_plain}");
+    let no_token = first_dial_warning(&format!("ws://{addr}/api/sled-uplink"), None).await;
+    assert!(no_token.contains("none was given"), "{no_token}");
+    gw.stop().await;
+}

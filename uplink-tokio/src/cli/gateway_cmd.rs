@@ -50,8 +50,9 @@ pub(super) struct GatewayArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Address to listen on (HTTP API and the sleds' WebSocket endpoint).
-    #[arg(long, default_value = gateway::DEFAULT_LISTEN)]
+    /// Address to listen on (HTTP API and the sleds' WebSocket endpoint): IP:PORT or NAME:PORT
+    /// (localhost:8700). Beyond loopback without TLS, a warning says that tokens would cross in the clear.
+    #[arg(long, default_value = gateway::DEFAULT_LISTEN, value_parser = listen_addr)]
     listen: SocketAddr,
     /// A shared token sleds may connect with, for any project (repeat for several; the original's way).
     /// Also UPLINK_SLED_TOKENS, comma-separated. Prefer --credentials.
@@ -186,6 +187,16 @@ struct AddArgs {
     /// The principal's role: viewer, approver or admin.
     #[arg(long)]
     role: Option<Role>,
+}
+
+/// `--listen`: an address, or a name and a port (the name's first address).
+fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = text.to_socket_addrs().map_err(|e| format!("{text:?}: {e} (write IP:PORT or NAME:PORT)"))?;
+    addrs.next().ok_or_else(|| format!("{text:?}: the name has no address"))
 }
 
 /// `allow Bash(npm run test *)`: an effect, a space, a pattern.
@@ -348,6 +359,13 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         (source, creds)
     };
     let tls = args.tls_cert.zip(args.tls_key);
+    if tls.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %args.listen,
+            "listening beyond loopback without TLS: sled and admin tokens would cross the network in the clear; \
+             give --tls-cert and --tls-key, or put a TLS proxy in front"
+        );
+    }
     let scheme = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
     let mut config = GatewayServerConfig::with_credentials(args.listen, creds);
     config.tls = tls;
@@ -467,7 +485,15 @@ async fn watch(source: Source, reloader: CredentialsReloader) {
 
 #[cfg(test)]
 mod tests {
-    use super::bytes;
+    use super::{bytes, listen_addr};
+
+    #[test]
+    fn listen_takes_addresses_and_names() {
+        assert_eq!(listen_addr("127.0.0.1:8700").map(|a| a.port()), Ok(8700));
+        assert!(listen_addr("localhost:8700").is_ok_and(|a| a.ip().is_loopback() && a.port() == 8700));
+        assert!(listen_addr("[::1]:9").is_ok());
+        assert!(listen_addr("localhost").is_err_and(|e| e.contains("NAME:PORT")));
+    }
 
     #[test]
     fn sizes_read_with_binary_suffixes() {
