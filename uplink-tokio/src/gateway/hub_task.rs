@@ -432,7 +432,7 @@ impl HubTask {
             }
             HubMsg::TooBig { conn } => self.hub.handle_too_big(now, conn),
             HubMsg::Ended { conn } => {
-                self.conns.remove(&conn);
+                self.forget(conn);
                 self.hub.handle_disconnected(now, conn);
             }
             HubMsg::Decide { id, mut verdict, until, reply } => {
@@ -498,9 +498,6 @@ impl HubTask {
                     if let HubOutput::Event(event) = &output {
                         recorder.record(event, &mut self.changes);
                     }
-                    if let HubOutput::Close { conn, .. } = &output {
-                        recorder.closed(*conn);
-                    }
                     self.held.push(output);
                 }
                 None => self.carry_out(output),
@@ -561,7 +558,7 @@ impl HubTask {
                 HubOutput::Ping { conn } => self.send_to(conn, ConnOut::Frame(Message::Ping(Default::default()))),
                 HubOutput::Close { conn, reason } => {
                     debug!(conn = conn.0, %reason, "closing a sled connection");
-                    if let Some(out) = self.conns.remove(&conn) {
+                    if let Some(out) = self.forget(conn) {
                         // A connection too far behind to take its close is dropped instead (its queue ends).
                         let _ = out.try_send(ConnOut::Close(reason));
                     }
@@ -572,13 +569,21 @@ impl HubTask {
         }
     }
 
+    /// `conn` is gone: its queue, and what the recorder kept of it. Returns its queue.
+    fn forget(&mut self, conn: ConnHandle) -> Option<mpsc::Sender<ConnOut>> {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.closed(conn);
+        }
+        self.conns.remove(&conn)
+    }
+
     fn send_to(&mut self, conn: ConnHandle, out: ConnOut) {
         let Some(tx) = self.conns.get(&conn) else { return };
         if tx.try_send(out).is_err() {
             // Its loop cannot keep up (the sled stopped reading) or has ended: either way it is of no use.
             // Dropping its queue ends the loop, which drops the socket.
             warn!(conn = conn.0, "sled connection cannot take more frames; dropping it");
-            self.conns.remove(&conn);
+            self.forget(conn);
             let now = self.now();
             self.hub.handle_disconnected(now, conn);
         }
