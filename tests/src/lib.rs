@@ -259,13 +259,19 @@ pub async fn try_http(
 
 /// Subscribes to a Server-Sent Events endpoint; yields `(event, data)` pairs as they arrive.
 pub async fn sse(url: &str, token: &str) -> tokio::sync::mpsc::Receiver<(String, Value)> {
+    sse_with(url, &[("authorization", &format!("Bearer {token}"))]).await
+}
+
+/// As [`sse`], with these headers (a console's cookie, say) instead of a bearer token.
+pub async fn sse_with(url: &str, headers: &[(&str, &str)]) -> tokio::sync::mpsc::Receiver<(String, Value)> {
     use http_body_util::BodyExt as _;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let request = hyper::Request::get(url)
-        .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Empty::new())
-        .unwrap();
+    let mut request = hyper::Request::get(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(http_body_util::Empty::new()).unwrap();
     let response = within("the event stream", client.request(request)).await.unwrap();
     assert_eq!(response.status(), 200);
     let (tx, rx) = tokio::sync::mpsc::channel(256);

@@ -37,6 +37,13 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/rules", get(super::rules::list).post(super::rules::add))
         .route("/api/rules/{id}", axum::routing::delete(super::rules::remove))
         .route("/api/audit", get(super::audit::list))
+        .route("/", get(super::console::page))
+        .route("/console/app.js", get(super::console::script))
+        .route("/console/style.css", get(super::console::style))
+        .route(
+            "/console/session",
+            get(super::console::whoami).post(super::console::sign_in).delete(super::console::sign_out),
+        )
         .route("/metrics", get(super::metrics::metrics))
         .route("/healthz", get(super::metrics::healthz))
         .route("/readyz", get(super::metrics::readyz))
@@ -71,9 +78,17 @@ impl FromRequestParts<Arc<Shared>> for Principal {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Principal, Response> {
-        let credentials = shared.credentials();
-        match bearer(&parts.headers).and_then(|t| credentials.admin(t)) {
-            Some(p) => Ok(Principal { name: p.name.clone(), role: p.role }),
+        if let Some(token) = bearer(&parts.headers) {
+            let credentials = shared.credentials();
+            return match credentials.admin(token) {
+                Some(p) => Ok(Principal { name: p.name.clone(), role: p.role }),
+                None => Err(error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)")),
+            };
+        }
+        // The console's cookie, under its CSRF and origin checks.
+        match super::console::principal_of(parts, shared) {
+            Some(Ok((name, role))) => Ok(Principal { name, role }),
+            Some(Err(refused)) => Err(refused),
             None => Err(error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)")),
         }
     }

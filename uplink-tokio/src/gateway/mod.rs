@@ -20,6 +20,7 @@
 
 mod admin;
 mod audit;
+mod console;
 #[cfg(feature = "cli")]
 pub(crate) use audit::record_line as audit_line;
 pub mod credentials;
@@ -45,6 +46,7 @@ use uplink_proto::gateway::{GatewayConfig, Hub, HubConfig};
 use crate::accept::AcceptBackoff;
 use crate::store::{AuditReader, Store, StoreError};
 use crate::ws::{CLOSE_GRACE, Target};
+pub use console::{MAX_SESSIONS, SESSION_LIFETIME};
 use credentials::{Credentials, CredentialsError};
 use hub_task::{HubHandle, HubTaskConfig};
 pub use notify::{NotifyFormat, Webhook};
@@ -272,6 +274,10 @@ struct Shared {
     sled_tasks: Mutex<tokio::task::JoinSet<()>>,
     /// The audit log, with a store.
     audit: Option<Arc<dyn AuditReader>>,
+    /// The console's sessions.
+    sessions: console::Sessions,
+    /// Whether the gateway serves TLS (the console's cookie is `Secure` then, and its origin `https`).
+    tls: bool,
     /// What `/metrics` shows.
     metrics: Arc<metrics::GatewayMetrics>,
     metrics_public: bool,
@@ -415,6 +421,8 @@ impl GatewayServer {
             sled_tasks: Mutex::new(tokio::task::JoinSet::new()),
             audit,
             audit_queries: Arc::new(tokio::sync::Semaphore::new(AUDIT_QUERIES)),
+            sessions: console::Sessions::default(),
+            tls: tls.is_some(),
             metrics,
             metrics_public: config.metrics_public,
             store_failed: failed.clone(),
