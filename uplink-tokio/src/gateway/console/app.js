@@ -66,7 +66,7 @@ function folded(text) {
 
 function decide(id, body) {
   api("POST", "/api/permissions/" + encodeURIComponent(id), body)
-    .then((r) => say(id + ": " + r.decision + (r.rule ? " (rule " + r.rule + " made)" : "")))
+    .then((r) => say(id + " " + r.decision + " by " + r.by + (r.rule ? " (rule " + r.rule + " made)" : "")))
     .catch((e) => say(id + ": " + e.message))
     .finally(refresh);
 }
@@ -148,6 +148,9 @@ function signedIn(who) {
 function signedOut() {
   me = null;
   if (events) events.close();
+  // Nothing of the session stays on the page.
+  for (const id of ["#pending-list", "#sled-rows", "#rule-rows", "#audit-rows"]) $(id).replaceChildren();
+  say("");
   $("#who").textContent = "";
   $("#sign-out").hidden = true;
   $("#console-view").hidden = true;

@@ -1,0 +1,268 @@
+//! The web console in a real browser: headless Chromium (Debian's, installed by `scripts/test`), driven
+//! over the DevTools protocol with the WebSocket client the project already has. A person signs in, sees a
+//! request appear, approves it and the waiting sled hears it; denies one with words and the sled hears them;
+//! a viewer has no buttons; a cross-site form post decides nothing. A screenshot of the console is written to
+//! `target/console.png` (the README's picture).
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+use uplink_proto::gateway::{ProjectScope, Role};
+use uplink_tests::{RawWs, RealGateway, http, identify, within};
+use uplink_tokio::gateway::GatewayServerConfig;
+use uplink_tokio::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
+
+const SLED: &str = "token-sled-0123456789abcdef0123456789abcdef";
+const ANA: &str = "token-ana-approver-0123456789abcdef01234567";
+const VIC: &str = "token-vic-viewer-0123456789abcdef0123456789ab";
+
+type Cdp = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One headless Chromium with one page, driven over the DevTools protocol.
+struct Browser {
+    child: tokio::process::Child,
+    cdp: Cdp,
+    session: String,
+    next: u64,
+    profile: PathBuf,
+}
+
+impl Browser {
+    async fn launch() -> Browser {
+        let exe = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("Chromium is needed for the console's browser test: run `bash scripts/test` (it installs it)");
+        let profile = std::env::temp_dir().join(format!("uplink-browser-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&profile);
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1100,760",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = within("Chromium's DevTools address", async {
+            loop {
+                let line = lines.next_line().await.unwrap().expect("Chromium ended before it listened");
+                if let Some(url) = line.split("DevTools listening on ").nth(1) {
+                    return url.trim().to_owned();
+                }
+            }
+        })
+        .await;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (cdp, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut browser = Browser { child, cdp, session: String::new(), next: 0, profile };
+        let target = browser.call("Target.createTarget", json!({"url": "about:blank"})).await["targetId"].clone();
+        let attached = browser.call("Target.attachToTarget", json!({"targetId": target, "flatten": true})).await;
+        browser.session = attached["sessionId"].as_str().unwrap().to_owned();
+        browser.call("Page.enable", json!({})).await;
+        browser
+    }
+
+    /// One DevTools command (on the page, once attached); its result.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let mut command = json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            command["sessionId"] = self.session.clone().into();
+        }
+        self.cdp.send(Message::text(command.to_string())).await.unwrap();
+        within(method, async {
+            loop {
+                let Message::Text(text) = self.cdp.next().await.unwrap().unwrap() else { continue };
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if v["id"] == id {
+                    assert!(v["error"].is_null(), "{method}: {v}");
+                    return v["result"].clone();
+                }
+            }
+        })
+        .await
+    }
+
+    /// `expression`'s value in the page.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let r = self
+            .call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true, "awaitPromise": true}))
+            .await;
+        assert!(r["exceptionDetails"].is_null(), "{expression}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Until `expression` is true in the page (bounded).
+    async fn until(&mut self, what: &str, expression: &str) {
+        within(what, async {
+            while self.eval(expression).await != Value::Bool(true) {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+        .await;
+    }
+
+    async fn goto(&mut self, url: &str) {
+        self.call("Page.navigate", json!({"url": url})).await;
+        self.until("the page to load", "document.readyState === 'complete'").await;
+    }
+
+    async fn screenshot(&mut self, path: &std::path::Path) {
+        let shot = self.call("Page.captureScreenshot", json!({"format": "png"})).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+async fn perm_response(ws: &mut RawWs) -> Value {
+    within("the sled's answer", async {
+        loop {
+            if let Some(Ok(Message::Text(t))) = ws.next().await {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "perm_response" {
+                    return v;
+                }
+            }
+        }
+    })
+    .await
+}
+
+async fn ask(ws: &mut RawWs, req_id: &str, input: Value) {
+    let frame = json!({"type":"perm_request","req_id":req_id,"payload":{"tool_name":"Bash","tool_input":input}});
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// A page on another site that posts a form at `action` as soon as it loads.
+async fn hostile_site(action: String) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let page = format!(
+        r#"<!doctype html><form id="f" method="post" action="{action}" enctype="text/plain"><input name='{{"approved":true,"x":"' value='"}}'></form><script>document.getElementById("f").submit()</script>"#
+    );
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let page = page.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let page = page.clone();
+                    async move {
+                        let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(page)));
+                        r.headers_mut().insert("content-type", "text/html".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_person_decides_in_the_console_in_a_real_browser() {
+    let sleds = vec![SledCredential::new("farm", TokenHash::of(SLED), ProjectScope::Any)];
+    let people = vec![
+        AdminPrincipal::new("ana", Role::Approver, TokenHash::of(ANA)),
+        AdminPrincipal::new("vic", Role::Viewer, TokenHash::of(VIC)),
+    ];
+    let config =
+        GatewayServerConfig::with_credentials("127.0.0.1:0".parse().unwrap(), Credentials::new(sleds, people).unwrap());
+    let gw = RealGateway::start_config(config).await;
+    let mut browser = Browser::launch().await;
+    browser.goto(&format!("{}/", gw.base)).await;
+    browser.until("the sign-in form", "!document.querySelector('#sign-in-view').hidden").await;
+    browser
+        .eval(&format!(
+            "document.querySelector('#token').value = '{ANA}'; document.querySelector('#sign-in button').click(); true"
+        ))
+        .await;
+    browser.until("ana to be signed in", "document.querySelector('#who').textContent.includes('ana (approver)')").await;
+
+    // A request appears, readably; approved with a click, and the sled hears it.
+    let mut ws = gw.raw_sled_with(SLED).await;
+    identify(&mut ws, "team-a/web").await;
+    ask(&mut ws, "r1", json!({"command": "cargo test --workspace", "description": "run the tests"})).await;
+    browser.until("the request to appear", "document.querySelectorAll('#pending-list .card').length === 1").await;
+    let shown = browser.eval("document.querySelector('#pending-list .card').textContent").await;
+    assert!(shown.as_str().unwrap().contains("cargo test --workspace"), "{shown}");
+    assert!(shown.as_str().unwrap().contains("Always allow Bash(cargo test *)"), "{shown}");
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console.png");
+    browser.screenshot(&shot).await;
+    browser.eval("document.querySelector('#pending-list .card button.approve').click(); true").await;
+    assert_eq!(perm_response(&mut ws).await["payload"]["approved"], true);
+    browser.until("the card to go", "document.querySelectorAll('#pending-list .card').length === 0").await;
+    browser.until("who ended it to be said", "document.querySelector('#notice').textContent.includes('by ana')").await;
+
+    // Denied with words for the agent.
+    ask(&mut ws, "r2", json!({"command": "rm -rf build"})).await;
+    let second =
+        "[...document.querySelectorAll('#pending-list .card')].find(c => c.textContent.includes('rm -rf build'))";
+    browser.until("the second request", &format!("!!{second}")).await;
+    browser
+        .eval(&format!("const c = {second}; c.querySelector('input').value = 'use make clean'; c.querySelector('button.deny').click(); true"))
+        .await;
+    let denied = perm_response(&mut ws).await;
+    assert_eq!(
+        (denied["payload"]["approved"].clone(), denied["payload"]["message"].clone()),
+        (json!(false), json!("use make clean"))
+    );
+
+    // A cross-site form post, with the signed-in browser: decides nothing.
+    ask(&mut ws, "r3", json!({"command": "curl evil.example"})).await;
+    let third =
+        "[...document.querySelectorAll('#pending-list .card')].find(c => c.textContent.includes('curl evil.example'))";
+    browser.until("the third request", &format!("!!{third}")).await;
+    let id = browser.eval(&format!("{third}.dataset.id")).await.as_str().unwrap().to_owned();
+    let port = gw.addr.port();
+    let evil = hostile_site(format!("http://127.0.0.1:{port}/api/permissions/{id}")).await;
+    browser.goto(&format!("http://localhost:{}/", evil.port())).await;
+    browser.until("the form to be posted", "location.pathname.startsWith('/api/permissions')").await;
+    let (_, listing) = http("GET", &format!("{}/api/permissions", gw.base), Some(ANA), None, &[]).await;
+    assert!(listing.contains(&id), "a cross-site post decided: {listing}");
+
+    // A viewer sees the request and no buttons.
+    browser.goto(&format!("{}/", gw.base)).await;
+    browser.until("ana's session to come back", "document.querySelector('#who').textContent.includes('ana')").await;
+    browser.eval("document.querySelector('#sign-out').click(); true").await;
+    browser.until("the sign-in form again", "!document.querySelector('#sign-in-view').hidden").await;
+    browser
+        .eval(&format!(
+            "document.querySelector('#token').value = '{VIC}'; document.querySelector('#sign-in button').click(); true"
+        ))
+        .await;
+    browser.until("the viewer's list", &format!("!!{third}")).await;
+    assert_eq!(browser.eval("document.querySelectorAll('#pending-list .card button').length").await, json!(0));
+    drop(browser);
+    gw.stop().await;
+}
