@@ -417,6 +417,25 @@ pub async fn identify(ws: &mut RawWs, project: &str) {
     ws.send(Message::text(frame.to_string())).await.unwrap();
 }
 
+/// The next `perm_response` the gateway sends on `ws` (other frames are skipped), as JSON.
+pub async fn perm_response(ws: &mut RawWs) -> Value {
+    within("a perm_response", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if frame["type"] == "perm_response" {
+                        return frame;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended before a perm_response: {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
 /// Reads until the gateway closes; returns its close code (`None` when the connection ended without one).
 pub async fn close_code(ws: &mut RawWs) -> Option<u16> {
     within("the gateway to close", async {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::gateway::{ProjectScope, Role};
-use uplink_tests::{RawWs, RealGateway, http, identify, within};
+use uplink_tests::{RawWs, RealGateway, http, identify, perm_response, within};
 use uplink_tokio::gateway::GatewayServerConfig;
 use uplink_tokio::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
 
@@ -140,20 +140,6 @@ impl Drop for Browser {
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
-}
-
-async fn perm_response(ws: &mut RawWs) -> Value {
-    within("the sled's answer", async {
-        loop {
-            if let Some(Ok(Message::Text(t))) = ws.next().await {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] == "perm_response" {
-                    return v;
-                }
-            }
-        }
-    })
-    .await
 }
 
 async fn ask(ws: &mut RawWs, req_id: &str, input: Value) {

@@ -4,12 +4,12 @@
 
 use std::process::Stdio;
 
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::SinkExt as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
-use uplink_tests::{program, within};
+use uplink_tests::{perm_response, program, within};
 
 fn uplink(args: &[&str], base: &str) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
@@ -22,22 +22,6 @@ fn uplink(args: &[&str], base: &str) -> std::process::Output {
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn perm_response(ws: &mut Ws) -> Value {
-    within("a perm_response", async {
-        loop {
-            if let Some(Ok(Message::Text(t))) = ws.next().await {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] == "perm_response" {
-                    return v;
-                }
-            }
-        }
-    })
-    .await
 }
 
 #[tokio::test]
