@@ -451,3 +451,58 @@ async fn a_newcomers_usual_mistakes_are_named_in_the_log() {
     assert!(no_token.contains("none was given"), "{no_token}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn the_demo_kept_running_serves_the_console_and_an_agents_local_face() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["demo", "--keep-running"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = std::collections::HashMap::new();
+    within("the demo's addresses", async {
+        loop {
+            let line = out.next_line().await.unwrap().expect("the demo ended");
+            if let Some((key, value)) = line.trim().split_once(": ") {
+                banner.insert(key.trim().to_owned(), value.trim().to_owned());
+            }
+            if line.trim_start().starts_with("and:") {
+                return;
+            }
+        }
+    })
+    .await;
+    let word = |key: &str| banner[key].split_whitespace().next().unwrap().to_owned();
+    let (console, ask, token) = (word("console"), word("agents ask"), word("admin token"));
+    let (status, page) = uplink_tests::http("GET", &console, None, None, &[]).await;
+    assert!(status == 200 && page.contains("uplink gateway"), "{status}");
+    // An agent asks at the sled's local face; a person approves at the gateway; the agent hears it.
+    let asked =
+        tokio::spawn(async move { post(&ask, r#"{"tool_name":"Bash","tool_input":{"command":"ls"}}"#, &[]).await });
+    let base = console.trim_end_matches('/').to_owned();
+    let id = within("the request at the gateway", async {
+        loop {
+            let (_, body) =
+                uplink_tests::http("GET", &format!("{base}/api/permissions"), Some(&token), None, &[]).await;
+            let v: Value = serde_json::from_str(&body).unwrap();
+            if let Some(p) = v["permissions"].as_array().and_then(|p| p.first()) {
+                assert_eq!(p["project"], "demo-agent");
+                return p["id"].as_str().unwrap().to_owned();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let url = format!("{base}/api/permissions/{id}");
+    assert_eq!(uplink_tests::http("POST", &url, Some(&token), Some(r#"{"approved":true}"#), &[]).await.0, 200);
+    let (status, _, body) = within("the agent's answer", asked).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"decision":"approve","reason":"gateway"}"#));
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = within("the demo to exit", child.wait()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -304,13 +304,33 @@ pub(crate) async fn run(keep_running: bool, until: impl std::future::Future<Outp
     n.ok("the sled reconnected to the restarted gateway by itself");
 
     if keep_running {
+        // A second sled, with the default two-minute deadline (the walk-through's is 2 s), serving agents as
+        // `uplink sled` does: what the README's walk-through uses.
+        let mut config = UplinkConfig::new(format!("ws://{gw_addr}/api/sled-uplink"), "demo-agent");
+        config.token = Some(sled_token.clone());
+        config.local_mcp_url = format!("http://{tools_addr}/mcp");
+        let agent_sled = Uplink::start(config).map_err(|e| e.to_string())?;
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("the sled's local listener: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let policy = uplink_proto::local::LocalPolicy::new(local.to_string());
+        let face = tokio::spawn(super::local_server::serve(listener, agent_sled.clone(), policy, stop.clone()));
         println!();
         println!("Everything stays up until Ctrl-C:");
+        println!("  console:     http://{gw_addr}/   (sign in with the admin token)");
         println!("  gateway:     http://{gw_addr}   (sleds: ws://{gw_addr}/api/sled-uplink)");
+        println!("  agents ask:  http://{local}/permission   MCP approve tool: http://{local}/mcp   (sled demo-agent)");
+        println!("  tools:       http://{tools_addr}/mcp   (the sled's local MCP server)");
         println!("  admin token: {admin_token}");
         println!("  sled token:  {sled_token}");
         println!("  try:         curl -H \"Authorization: Bearer {admin_token}\" http://{gw_addr}/api/sleds");
+        println!(
+            "  and:         curl -H 'content-type: application/json' -d '{{\"tool_name\":\"Bash\",\"tool_input\":{{\"command\":\"ls\"}}}}' http://{local}/permission"
+        );
         until.await;
+        stop.cancel();
+        let _ = face.await;
+        agent_sled.shutdown().await;
     }
 
     uplink.shutdown().await;
