@@ -1,6 +1,7 @@
 //! The web console in a real browser: headless Chromium (Debian's, installed by `scripts/test`), driven
-//! over the DevTools protocol with the WebSocket client the project already has. A person signs in, sees a
-//! request appear, approves it and the waiting sled hears it; denies one with words and the sled hears them;
+//! over the DevTools protocol with the WebSocket client the project already has. A person signs in, sees an
+//! agent's request appear, approves it and the waiting agent (a real sled's `ask`, what `/permission`
+//! answers from) gets the approval; denies one with words and the agent gets them;
 //! a viewer has no buttons; a cross-site form post decides nothing. A screenshot of the console is written to
 //! `target/console.png` (the README's picture).
 #![allow(clippy::unwrap_used)]
@@ -15,9 +16,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::gateway::{ProjectScope, Role};
-use uplink_tests::{RawWs, RealGateway, http, identify, perm_response, within};
+use uplink_tests::{RealGateway, http, within};
 use uplink_tokio::gateway::GatewayServerConfig;
 use uplink_tokio::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
+use uplink_tokio::{Cause, Decision, LinkState, Uplink, UplinkConfig};
 
 const SLED: &str = "token-sled-0123456789abcdef0123456789abcdef";
 const ANA: &str = "token-ana-approver-0123456789abcdef01234567";
@@ -142,9 +144,10 @@ impl Drop for Browser {
     }
 }
 
-async fn ask(ws: &mut RawWs, req_id: &str, input: Value) {
-    let frame = json!({"type":"perm_request","req_id":req_id,"payload":{"tool_name":"Bash","tool_input":input}});
-    ws.send(Message::text(frame.to_string())).await.unwrap();
+/// An agent asking through the sled: the answer, once someone decides.
+fn ask(sled: &Uplink, input: Value) -> tokio::task::JoinHandle<uplink_tokio::Answer> {
+    let sled = sled.clone();
+    tokio::spawn(async move { sled.ask("Bash", &input).await })
 }
 
 /// A page on another site that posts a form at `action` as soon as it loads.
@@ -196,9 +199,11 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
     browser.until("ana to be signed in", "document.querySelector('#who').textContent.includes('ana (approver)')").await;
 
     // A request appears, readably; approved with a click, and the sled hears it.
-    let mut ws = gw.raw_sled_with(SLED).await;
-    identify(&mut ws, "team-a/web").await;
-    ask(&mut ws, "r1", json!({"command": "cargo test --workspace", "description": "run the tests"})).await;
+    let mut config = UplinkConfig::new(&gw.ws, "team-a/web");
+    config.token = Some(SLED.into());
+    let sled = Uplink::start(config).unwrap();
+    uplink_tests::link_state_where(&sled, "the sled to connect", |s| matches!(s, LinkState::Connected { .. })).await;
+    let first = ask(&sled, json!({"command": "cargo test --workspace", "description": "run the tests"}));
     browser.until("the request to appear", "document.querySelectorAll('#pending-list .card').length === 1").await;
     let shown = browser.eval("document.querySelector('#pending-list .card').textContent").await;
     assert!(shown.as_str().unwrap().contains("cargo test --workspace"), "{shown}");
@@ -206,26 +211,24 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console.png");
     browser.screenshot(&shot).await;
     browser.eval("document.querySelector('#pending-list .card button.approve').click(); true").await;
-    assert_eq!(perm_response(&mut ws).await["payload"]["approved"], true);
+    let answer = within("the agent's answer", first).await.unwrap();
+    assert_eq!((answer.decision, answer.cause), (Decision::Approve, Cause::Response));
     browser.until("the card to go", "document.querySelectorAll('#pending-list .card').length === 0").await;
     browser.until("who ended it to be said", "document.querySelector('#notice').textContent.includes('by ana')").await;
 
     // Denied with words for the agent.
-    ask(&mut ws, "r2", json!({"command": "rm -rf build"})).await;
+    let denying = ask(&sled, json!({"command": "rm -rf build"}));
     let second =
         "[...document.querySelectorAll('#pending-list .card')].find(c => c.textContent.includes('rm -rf build'))";
     browser.until("the second request", &format!("!!{second}")).await;
     browser
         .eval(&format!("const c = {second}; c.querySelector('input').value = 'use make clean'; c.querySelector('button.deny').click(); true"))
         .await;
-    let denied = perm_response(&mut ws).await;
-    assert_eq!(
-        (denied["payload"]["approved"].clone(), denied["payload"]["message"].clone()),
-        (json!(false), json!("use make clean"))
-    );
+    let denied = within("the agent's answer", denying).await.unwrap();
+    assert_eq!((denied.decision, denied.message.as_deref()), (Decision::Deny, Some("use make clean")));
 
     // A cross-site form post, with the signed-in browser: decides nothing.
-    ask(&mut ws, "r3", json!({"command": "curl evil.example"})).await;
+    let _third = ask(&sled, json!({"command": "curl evil.example"}));
     let third =
         "[...document.querySelectorAll('#pending-list .card')].find(c => c.textContent.includes('curl evil.example'))";
     browser.until("the third request", &format!("!!{third}")).await;
@@ -250,5 +253,6 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
     browser.until("the viewer's list", &format!("!!{third}")).await;
     assert_eq!(browser.eval("document.querySelectorAll('#pending-list .card button').length").await, json!(0));
     drop(browser);
+    sled.shutdown().await;
     gw.stop().await;
 }
