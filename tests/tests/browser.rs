@@ -208,6 +208,13 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
     let shown = browser.eval("document.querySelector('#pending-list .card').textContent").await;
     assert!(shown.as_str().unwrap().contains("cargo test --workspace"), "{shown}");
     assert!(shown.as_str().unwrap().contains("Always allow Bash(cargo test *)"), "{shown}");
+    // The time left, from the deadline the sled announced (two minutes by default), counting down.
+    browser
+        .until(
+            "the countdown",
+            "document.querySelector('#pending-list .card .deadline').textContent.startsWith('decide within 1 min')",
+        )
+        .await;
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console.png");
     browser.screenshot(&shot).await;
     browser.eval("document.querySelector('#pending-list .card button.approve').click(); true").await;

@@ -584,6 +584,7 @@ impl Sled {
             protocol: Some(wire::PROTOCOL_VERSION),
             sled_version: config.sled_version.as_deref().map(Cow::Borrowed),
             capabilities,
+            permission_timeout_ms: Some(u64::try_from(config.permission_timeout.as_millis()).unwrap_or(u64::MAX)),
         })
         .encode();
         let backoff = Backoff::new(

@@ -147,6 +147,9 @@ pub struct Identity<'a> {
     pub sled_version: Option<Cow<'a, str>>,
     /// Protocol extensions the sled supports, for example `"perm_cancel"`.
     pub capabilities: Vec<Cow<'a, str>>,
+    /// How long the sled waits for a decision before it denies (extension): a gateway can show people the
+    /// time left. Absent from sleds that predate it; ignored by older gateways.
+    pub permission_timeout_ms: Option<u64>,
 }
 
 /// A frame sent by a sled to its gateway.
@@ -544,6 +547,8 @@ impl<'a> SledFrame<'a> {
                     sled_version: Option<&'a RawValue>,
                     #[serde(default, borrow)]
                     capabilities: Option<&'a RawValue>,
+                    #[serde(default, borrow)]
+                    permission_timeout_ms: Option<&'a RawValue>,
                 }
                 let p: IdPayload<'a> = payload.and_then(|p| object(p.get())).ok_or(DecodeError::BadPayload)?;
                 let project = lenient_str(p.project).ok_or(DecodeError::BadPayload)?;
@@ -557,6 +562,7 @@ impl<'a> SledFrame<'a> {
                     protocol: lenient(p.protocol),
                     sled_version: lenient_str(p.sled_version),
                     capabilities,
+                    permission_timeout_ms: lenient(p.permission_timeout_ms),
                 }))
             }
             kind::HEARTBEAT => Ok(SledFrame::Heartbeat),
@@ -615,6 +621,8 @@ struct IdentityOut<'a> {
     sled_version: Option<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     capabilities: &'a [Cow<'a, str>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permission_timeout_ms: Option<u64>,
 }
 
 fn encode_envelope<P: Serialize>(kind: &str, req_id: &str, payload: P) -> String {
@@ -723,6 +731,7 @@ impl SledFrame<'_> {
                     protocol: id.protocol,
                     sled_version: id.sled_version.as_deref(),
                     capabilities: &id.capabilities,
+                    permission_timeout_ms: id.permission_timeout_ms,
                 },
             ),
             SledFrame::Heartbeat => String::from(r#"{"type":"heartbeat","req_id":"","payload":null}"#),

@@ -662,3 +662,24 @@ fn rules_made_at_run_time_have_a_budget_and_always_allow_beyond_it_approves_once
     assert!(outs.iter().any(|o| matches!(o, HubOutput::Send { text, .. } if text.contains("\"approved\":true"))));
     assert_eq!(bash(&mut h, conn, "r2", "ls -l"), None, "asked again");
 }
+
+#[test]
+fn a_listing_says_how_long_each_request_has_before_its_sled_denies_it() {
+    let mut h = H::new();
+    let timed = h.hub.accept(h.now, any(1)).expect("accepting");
+    let identity = json!({"type":"identity","payload":{"project":"timed","permission_timeout_ms":120_000}});
+    h.text(timed, &identity.to_string());
+    let silent = h.connect(any(2), "silent");
+    // A value that is not a number is no timeout (read leniently, as every extension field is).
+    let odd = h.hub.accept(h.now, any(3)).expect("accepting");
+    h.text(odd, &json!({"type":"identity","payload":{"project":"odd","permission_timeout_ms":"soon"}}).to_string());
+    h.drain();
+    h.ask(timed, "t1", "{}");
+    h.ask(silent, "s1", "{}");
+    h.ask(odd, "o1", "{}");
+    h.advance(Duration::from_secs(20));
+    let perms = h.hub.permissions(h.now);
+    let left = |project: &str| perms.iter().find(|p| p.project == project).expect("listed").deadline_in;
+    assert_eq!(left("timed"), Some(Duration::from_secs(100)));
+    assert_eq!((left("silent"), left("odd")), (None, None));
+}

@@ -84,7 +84,8 @@ fn b14_identity_carries_documented_extras() {
     let (_, outs) = d.connect();
     assert_eq!(
         sent(&outs)[0]["payload"],
-        json!({"project":"test-proj","protocol":1,"sled_version":"9.9.9","capabilities":["perm_cancel","mcp_session"]})
+        json!({"project":"test-proj","protocol":1,"sled_version":"9.9.9","capabilities":["perm_cancel","mcp_session"],
+            "permission_timeout_ms":120_000})
     );
 }
 

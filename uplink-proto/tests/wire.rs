@@ -29,6 +29,7 @@ fn sled_frames_encode_exactly_as_the_original() {
         protocol: None,
         sled_version: None,
         capabilities: vec![],
+        permission_timeout_ms: None,
     });
     assert_eq!(old_identity.encode(), r#"{"type":"identity","req_id":"identity","payload":{"project":"test-proj"}}"#);
     let resp = raw(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
@@ -59,6 +60,7 @@ fn every_sled_frame_round_trips() {
             protocol: Some(PROTOCOL_VERSION),
             sled_version: Some("1.2.3".into()),
             capabilities: vec!["perm_cancel".into(), "mcp_session".into()],
+            permission_timeout_ms: Some(120_000),
         }),
         SledFrame::Heartbeat,
         SledFrame::PermRequest { req_id: "r\\1".into(), tool_name: "Write".into(), tool_input: &input },

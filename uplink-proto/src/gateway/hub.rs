@@ -438,6 +438,9 @@ pub struct PermissionSummary {
     pub tool_input: Arc<str>,
     /// How long it has waited.
     pub age: Duration,
+    /// How long until its sled denies it, if nobody decides first (from the timeout the sled announced);
+    /// `None` when the sled announced none.
+    pub deadline_in: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -678,6 +681,7 @@ impl Hub {
                     tool_name: String::from(p.tool_name),
                     tool_input: p.tool_input.clone(),
                     age: now.saturating_duration_since(p.since),
+                    deadline_in: p.deadline.map(|d| d.saturating_duration_since(now)),
                 });
             }
         }

@@ -312,6 +312,9 @@ pub struct PendingPermission<'a> {
     pub tool_input: &'a Arc<str>,
     /// When it arrived.
     pub since: Instant,
+    /// When the sled denies it if nobody decides (from the timeout it announced in its `identity`);
+    /// `None` when it announced none.
+    pub deadline: Option<Instant>,
 }
 
 /// What a session keeps of a permission request, beside its wire id.
@@ -346,6 +349,8 @@ pub struct Gateway {
     /// MCP requests awaiting a response, with their deadlines.
     mcp: PendingTable<McpId, ()>,
     out: VecDeque<GatewayOutput>,
+    /// How long the sled waits for each decision, as its `identity` said.
+    sled_timeout: Option<Duration>,
 }
 
 impl Gateway {
@@ -364,6 +369,7 @@ impl Gateway {
             pending_bytes: 0,
             mcp: PendingTable::new(Some(mcp_timeout)),
             out: VecDeque::new(),
+            sled_timeout: None,
         })
     }
 
@@ -411,6 +417,7 @@ impl Gateway {
                 tool_name: &asked.tool_name,
                 tool_input: &asked.tool_input,
                 since: asked.since,
+                deadline: self.sled_timeout.map(|t| asked.since.saturating_add(t)),
             };
             (id, view)
         })
@@ -423,6 +430,7 @@ impl Gateway {
             tool_name: &p.value.tool_name,
             tool_input: &p.value.tool_input,
             since: p.value.since,
+            deadline: self.sled_timeout.map(|t| p.value.since.saturating_add(t)),
         })
     }
 
@@ -481,6 +489,7 @@ impl Gateway {
             return match frame {
                 Ok(SledFrame::Identity(id)) => {
                     self.state = State::Identified { project: id.project.clone().into_owned() };
+                    self.sled_timeout = id.permission_timeout_ms.map(Duration::from_millis);
                     self.event(GatewayEvent::Identified {
                         project: id.project.into_owned(),
                         protocol: id.protocol,

@@ -139,12 +139,13 @@ async fn list_permissions(principal: Principal, State(shared): State<Arc<Shared>
             .map_or_else(|| "null".to_owned(), |r| json_string(&r.to_string()));
         let _ = write!(
             body,
-            r#"{{"id":"{}","project":{},"tool_name":{},"tool_input":{},"age_ms":{},"suggested_rule":{}}}"#,
+            r#"{{"id":"{}","project":{},"tool_name":{},"tool_input":{},"age_ms":{},"deadline_in_ms":{},"suggested_rule":{}}}"#,
             p.id,
             json_string(&p.project),
             json_string(&p.tool_name),
             p.tool_input,
             millis(p.age),
+            p.deadline_in.map_or_else(|| "null".to_owned(), |d| millis(d).to_string()),
             suggested,
         );
     }

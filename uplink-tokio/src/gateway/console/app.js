@@ -71,9 +71,20 @@ function decide(id, body) {
     .finally(refresh);
 }
 
+// The time left before each request's sled denies it, counting down.
+function tick() {
+  for (const t of document.querySelectorAll("[data-deadline]")) {
+    const left = Math.max(0, Math.round((Number(t.dataset.deadline) - Date.now()) / 1000));
+    t.textContent = left > 0 ? "decide within " + (left < 60 ? left + " s" : Math.floor(left / 60) + " min " + (left % 60) + " s") : "its sled has denied it";
+  }
+}
+setInterval(tick, 1000);
+
 function card(p) {
   const li = el("li", { class: "card", "data-id": p.id });
-  li.append(el("div", { class: "meta", text: p.project + " · " + p.tool_name + " · waiting " + ago(p.age_ms) + " · " + p.id }));
+  const meta = el("div", { class: "meta", text: p.project + " · " + p.tool_name + " · waiting " + ago(p.age_ms) + " · " + p.id + " · " });
+  if (p.deadline_in_ms != null) meta.append(el("span", { class: "deadline", "data-deadline": String(Date.now() + p.deadline_in_ms) }));
+  li.append(meta);
   li.append(renderInput(p.tool_name, p.tool_input));
   if (me && me.role !== "viewer") {
     const message = el("input", { type: "text", placeholder: "Words for the agent (optional)", "aria-label": "Message for the agent" });
@@ -98,6 +109,7 @@ async function refresh() {
     const [perms, sleds] = await Promise.all([api("GET", "/api/permissions"), api("GET", "/api/sleds")]);
     const list = $("#pending-list");
     list.replaceChildren(...perms.permissions.map(card));
+    tick();
     $("#pending-empty").hidden = perms.permissions.length > 0;
     $("#sled-rows").replaceChildren(...sleds.sleds.map((s) => el("tr", {},
       el("td", { text: s.project }), el("td", { text: s.connected ? (s.stale ? "stale" : "connected") : "gone" }),
