@@ -81,6 +81,10 @@ async fn the_token_never_reaches_the_logs_at_trace_level() {
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("connecting to the gateway"), "the capture works: {logs}");
+    assert!(
+        logs.contains("the sled dials its gateway") && logs.contains("token=[redacted]"),
+        "which gateway, redacted"
+    );
     assert!(logs.contains("tokio_tungstenite"), "dependency logs (through the log crate) are captured too");
     assert!(!logs.contains(TOKEN), "token leaked into the logs:\n{logs}");
 }

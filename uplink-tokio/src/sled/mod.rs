@@ -121,6 +121,8 @@ impl Uplink {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return Err(StartError::GatewayUrl(redact_url(url)));
             }
+            // Which gateway, and as whom: never the token.
+            tracing::info!(gateway = %redact_url(url), project = ?config.sled.project, "the sled dials its gateway");
             Some(Arc::new(ws::Target {
                 url: config.dial_url(),
                 bearer: config.bearer(),
