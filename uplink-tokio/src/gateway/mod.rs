@@ -4,7 +4,10 @@
 //!   rule) and carries out what it asks.
 //! - `upgrade`: a sled's WebSocket upgrade and the loop that carries its socket, one task per connection.
 //! - `admin`: the HTTP admin API, talking to the hub task; `rules` and `audit` its rules and audit routes
-//!   (and the rules' kept form, and the recorder that turns the hub's events into audit records).
+//!   (and the rules' kept form, and the recorder that turns the hub's events into audit records);
+//!   `events` the event stream.
+//! - `console`: the web console at `/` and its sessions; `metrics`: `/metrics`, `/healthz`, `/readyz`;
+//!   `notify`: the webhooks, each performing the core's outbox.
 //! - [`credentials`]: sled credentials and admin principals, known by their tokens' hashes.
 //! - this module: configuration, the listener, TLS, and the server's start and stop.
 //!
