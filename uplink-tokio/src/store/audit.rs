@@ -50,18 +50,37 @@ impl Entry {
 
     /// The record's text as sealed under `seq`.
     pub fn text(&self, seq: u64) -> String {
-        let mut object = self.fields.clone();
-        object.insert("seq".into(), seq.into());
-        object.insert("at_ms".into(), self.at_ms.into());
-        object.insert("kind".into(), self.kind.into());
-        for (key, value) in
-            [("perm", &self.perm), ("project", &self.project), ("tool", &self.tool), ("outcome", &self.outcome)]
-        {
-            if let Some(v) = value {
-                object.insert(key.into(), v.as_str().into());
+        // The record's own fields, beside `fields` (which cannot override them), written as one canonical
+        // object without copying `fields` (a tool input can be large).
+        let own: [(&str, Value); 7] = [
+            ("seq", seq.into()),
+            ("at_ms", self.at_ms.into()),
+            ("kind", self.kind.into()),
+            ("perm", self.perm.as_deref().map_or(Value::Null, Value::from)),
+            ("project", self.project.as_deref().map_or(Value::Null, Value::from)),
+            ("tool", self.tool.as_deref().map_or(Value::Null, Value::from)),
+            ("outcome", self.outcome.as_deref().map_or(Value::Null, Value::from)),
+        ];
+        let mut members: Vec<(&str, &Value)> = own
+            .iter()
+            .filter(|(key, value)| !value.is_null() || matches!(*key, "seq" | "at_ms" | "kind"))
+            .map(|(k, v)| (*k, v))
+            .collect();
+        members
+            .extend(self.fields.iter().filter(|(k, _)| !own.iter().any(|(o, _)| o == k)).map(|(k, v)| (k.as_str(), v)));
+        members.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = String::with_capacity(256);
+        out.push('{');
+        for (i, (key, value)) in members.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
             }
+            out.push_str(&Value::String(key.to_owned()).to_string());
+            out.push(':');
+            write_canonical(value, &mut out);
         }
-        canonical(&Value::Object(object))
+        out.push('}');
+        out
     }
 }
 
@@ -339,6 +358,19 @@ mod tests {
         assert_eq!(canonical(&a), r#"{"a":1.5,"b":[1,{"a":null,"z":"é\n"}]}"#);
         let b: Value = serde_json::from_str(r#"{ "a" : 1.5, "b" : [ 1, { "a": null, "z": "é\n" } ] }"#).expect("json");
         assert_eq!(canonical(&a), canonical(&b));
+    }
+
+    #[test]
+    fn a_records_text_is_the_canonical_form_of_all_its_fields() {
+        let mut e =
+            Entry::new(7, "end").with("waited_ms", 12).with("by", "ana").with("zeta", json!({"b": 1, "a": [2]}));
+        e.perm = Some("3-0".into());
+        e.outcome = Some("approve".into());
+        // A field may not pose as one of the record's own.
+        e.fields.insert("kind".into(), "forged".into());
+        let want = json!({"seq": 9, "at_ms": 7, "kind": "end", "perm": "3-0", "outcome": "approve",
+            "waited_ms": 12, "by": "ana", "zeta": {"a": [2], "b": 1}});
+        assert_eq!(e.text(9), canonical(&want));
     }
 
     #[test]
