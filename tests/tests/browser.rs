@@ -84,8 +84,8 @@ impl Browser {
         browser
     }
 
-    /// One DevTools command (on the page, once attached); its result.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    /// One DevTools command (on the page, once attached): its result, or the protocol's error.
+    async fn send(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next += 1;
         let id = self.next;
         let mut command = json!({"id": id, "method": method, "params": params});
@@ -98,27 +98,40 @@ impl Browser {
                 let Message::Text(text) = self.cdp.next().await.unwrap().unwrap() else { continue };
                 let v: Value = serde_json::from_str(&text).unwrap();
                 if v["id"] == id {
-                    assert!(v["error"].is_null(), "{method}: {v}");
-                    return v["result"].clone();
+                    return if v["error"].is_null() { Ok(v["result"].clone()) } else { Err(v["error"].clone()) };
                 }
             }
         })
         .await
     }
 
-    /// `expression`'s value in the page.
-    async fn eval(&mut self, expression: &str) -> Value {
-        let r = self
-            .call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true, "awaitPromise": true}))
-            .await;
-        assert!(r["exceptionDetails"].is_null(), "{expression}: {r}");
-        r["result"]["value"].clone()
+    /// One DevTools command that must succeed; its result.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.send(method, params).await {
+            Ok(result) => result,
+            Err(e) => panic!("{method}: {e}"),
+        }
     }
 
-    /// Until `expression` is true in the page (bounded).
+    /// `expression`'s value in the page, or `None` while the page is between documents or it throws.
+    async fn try_eval(&mut self, expression: &str) -> Option<Value> {
+        let params = json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
+        let r = self.send("Runtime.evaluate", params).await.ok()?;
+        r["exceptionDetails"].is_null().then(|| r["result"]["value"].clone())
+    }
+
+    /// `expression`'s value in the page, which must evaluate.
+    async fn eval(&mut self, expression: &str) -> Value {
+        match self.try_eval(expression).await {
+            Some(v) => v,
+            None => panic!("{expression} did not evaluate"),
+        }
+    }
+
+    /// Until `expression` is true in the page (bounded); a page between documents counts as not yet.
     async fn until(&mut self, what: &str, expression: &str) {
         within(what, async {
-            while self.eval(expression).await != Value::Bool(true) {
+            while self.try_eval(expression).await != Some(Value::Bool(true)) {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         })

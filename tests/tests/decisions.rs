@@ -223,6 +223,31 @@ async fn redacted_inputs_leave_their_hash_in_the_log_and_nothing_else() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn rules_that_would_never_apply_are_refused_with_the_reason() {
+    let dir = temp_dir("never");
+    let gw = start(&dir).await;
+    let url = format!("{}/api/rules", gw.base);
+    for body in
+        [r#"{"effect":"deny","pattern":"Bash","projects":[]}"#, r#"{"effect":"deny","pattern":"Bash","expires":1}"#]
+    {
+        let (status, text) = http("POST", &url, Some(ADA), Some(body), &[]).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains("never apply"), "{text}");
+    }
+    let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
+    let mut ws = sled(&gw, "web").await;
+    ask(&mut ws, "r1", "git diff").await;
+    let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
+    let stale = r#"{"approved":true,"always_allow":true,"until":1}"#;
+    let (status, text) = http("POST", &format!("{}/api/permissions/{id}", gw.base), Some(BOB), Some(stale), &[]).await;
+    assert_eq!(status, 400, "{text}");
+    let (_, listing) = http("GET", &format!("{}/api/permissions", gw.base), Some(VIC), None, &[]).await;
+    assert!(listing.contains(&id), "the request still waits: {listing}");
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A store that works until told to fail.
 struct Failing {
     fail: Arc<AtomicBool>,

@@ -643,7 +643,7 @@ fn always_allow_without_approved_is_a_contradiction_not_an_approval() {
 
 #[test]
 fn rules_made_at_run_time_have_a_budget_and_always_allow_beyond_it_approves_once() {
-    use uplink_proto::gateway::TooManyRules;
+    use uplink_proto::gateway::RuleRefused;
     use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
     let mut cfg = HubConfig::default();
     cfg.max_rules = 2;
@@ -654,7 +654,13 @@ fn rules_made_at_run_time_have_a_budget_and_always_allow_beyond_it_approves_once
     h.drain();
     let rule = Rule::new(RuleId(0), Effect::Deny, Pattern::parse("Write").expect("valid"), "ana", 0);
     assert_eq!(h.hub.add_rule(h.now, rule.clone()), Ok(RuleId(2)), "the flags' rules are not counted");
-    assert_eq!(h.hub.add_rule(h.now, rule), Err(TooManyRules));
+    assert_eq!(h.hub.add_rule(h.now, rule.clone()), Err(RuleRefused::TooMany));
+    // A rule that would never apply is refused first, whatever the budget.
+    let nowhere = rule.clone().for_projects(ProjectScope::Patterns(Vec::new()));
+    assert_eq!(h.hub.add_rule(h.now, nowhere), Err(RuleRefused::NeverApplies));
+    h.advance(Duration::from_secs(1));
+    let gone = rule.expiring(Instant::ZERO);
+    assert_eq!(h.hub.add_rule(h.now, gone), Err(RuleRefused::NeverApplies));
     assert_eq!(bash(&mut h, conn, "r1", "ls -l"), None);
     let id = h.hub.permissions(h.now)[0].id;
     assert_eq!(h.hub.decide(h.now, id, Decision::AlwaysAllow), Ok(None), "no room for its rule");
@@ -682,4 +688,20 @@ fn a_listing_says_how_long_each_request_has_before_its_sled_denies_it() {
     let left = |project: &str| perms.iter().find(|p| p.project == project).expect("listed").deadline_in;
     assert_eq!(left("timed"), Some(Duration::from_secs(100)));
     assert_eq!((left("silent"), left("odd")), (None, None));
+}
+
+#[test]
+fn an_always_allow_that_would_have_expired_already_is_refused_and_the_request_waits() {
+    use uplink_proto::gateway::{Always, AlwaysScope};
+    let mut h = H::new();
+    let conn = h.connect(any(1), "web");
+    h.drain();
+    h.advance(Duration::from_secs(5));
+    let id = h.ask(conn, "r1", r#"{"command":"ls"}"#);
+    let stale = Always::new(AlwaysScope::Project, 0).until(h.now);
+    let verdict = Verdict::new(Decision::AlwaysAllow).always(stale);
+    assert_eq!(h.hub.decide(h.now, id, verdict), Err(HubDecideError::AlwaysExpired));
+    assert!(h.drain().is_empty(), "nothing sent, no rule");
+    assert_eq!(h.hub.permissions(h.now).len(), 1, "still pending");
+    assert!(h.hub.decide(h.now, id, Decision::Approve).is_ok());
 }

@@ -211,12 +211,23 @@ pub enum HubDecideError {
     /// was sent and the request stays pending.
     #[error("the message is longer than {} bytes", crate::wire::MAX_MESSAGE_BYTES)]
     MessageTooLong,
+    /// An "always allow" whose rule would end before it began ([`Always::until`](super::Always::until) is
+    /// not after now); nothing was sent and the request stays pending.
+    #[error("the rule \"always allow\" would make has expired already")]
+    AlwaysExpired,
 }
 
-/// [`Hub::add_rule`] refused: [`HubConfig::max_rules`] rules are in force.
+/// Why [`Hub::add_rule`] refused a rule.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("too many rules")]
-pub struct TooManyRules;
+#[non_exhaustive]
+pub enum RuleRefused {
+    /// [`HubConfig::max_rules`] rules are in force.
+    #[error("too many rules")]
+    TooMany,
+    /// It would never apply: it has expired already, or its list of projects is empty.
+    #[error("this rule would never apply: it has expired, or names no project")]
+    NeverApplies,
+}
 
 /// Why [`Hub::send_mcp`] refused.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -559,12 +570,16 @@ impl Hub {
 
     /// Adds `rule` under a new id, which it returns (the id `rule` has is ignored); it applies to requests
     /// from now on. [`HubEvent::RuleAdded`] follows. Refused beyond [`HubConfig::max_rules`] rules (the
-    /// auto flags' not counted).
-    pub fn add_rule(&mut self, now: Instant, rule: Rule) -> Result<RuleId, TooManyRules> {
+    /// configuration's and the auto flags' not counted), and when it would never apply.
+    pub fn add_rule(&mut self, now: Instant, rule: Rule) -> Result<RuleId, RuleRefused> {
         self.advance(now);
+        // A rule accepted and silently never consulted does not exist.
+        if rule.is_expired(self.now) || matches!(&rule.projects, ProjectScope::Patterns(p) if p.is_empty()) {
+            return Err(RuleRefused::NeverApplies);
+        }
         let counted = self.rules.rules().iter().filter(|r| r.id.0 < CONFIG_RULE_IDS).count();
         if counted >= self.cfg.max_rules || self.next_rule >= CONFIG_RULE_IDS {
-            return Err(TooManyRules);
+            return Err(RuleRefused::TooMany);
         }
         let id = RuleId(self.next_rule);
         self.next_rule += 1;
@@ -780,6 +795,10 @@ impl Hub {
         let Some(c) = self.conns.get_mut(&id.conn) else { return Err(refused(self)) };
         let Some(project) = c.project.clone() else { return Err(refused(self)) };
         let Some(asked) = c.session.permission(id.perm) else { return Err(refused(self)) };
+        if verdict.decision == Decision::AlwaysAllow && verdict.always.and_then(|a| a.until).is_some_and(|at| at <= now)
+        {
+            return Err(HubDecideError::AlwaysExpired);
+        }
         let waited = now.saturating_duration_since(asked.since);
         // A person's "always allow" becomes an allow rule, derived from the request (never from the person's
         // words), in the scope they picked.

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod close;
+pub mod console;
 pub mod credential;
 pub mod hub;
 pub mod principal;
@@ -27,10 +28,11 @@ pub mod session;
 pub mod verdict;
 
 pub use close::CloseReason;
+pub use console::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
 pub use credential::{Credential, CredentialId, ProjectScope};
 pub use hub::{
     AcceptError, BadPermId, CONFIG_RULE_IDS, ConnHandle, Hub, HubConfig, HubDecideError, HubEvent, HubOutput,
-    McpRefused, McpTicket, PermEnd, PermissionSummary, PublicPermId, SledSummary, TooManyRules,
+    McpRefused, McpTicket, PermEnd, PermissionSummary, PublicPermId, RuleRefused, SledSummary,
 };
 pub use principal::{Action, BadRole, Role};
 pub use session::{

@@ -6,7 +6,6 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -23,7 +22,7 @@ use uplink_proto::wire::MAX_MESSAGE_BYTES;
 
 use super::hub_task::{DecideFailure, McpOutcome};
 use super::{MAX_ADMIN_BODY, Shared};
-use crate::http::{bearer, error, json_response, json_string, json_text, read_limited};
+use crate::http::{bearer, error, json_response, json_string, json_text, millis, read_limited};
 
 /// The gateway's routes: the sleds' upgrade and the admin API. Unknown routes answer `404`, known ones with
 /// the wrong method `405` with `Allow`; every error is JSON.
@@ -92,10 +91,6 @@ impl FromRequestParts<Arc<Shared>> for Principal {
             None => Err(error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)")),
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn list_sleds(principal: Principal, State(shared): State<Arc<Shared>>) -> Response {
@@ -268,6 +263,9 @@ async fn decide(
         }
         Err(DecideFailure::Hub(HubDecideError::MessageTooLong)) => {
             error(StatusCode::BAD_REQUEST, &format!("message is longer than {MAX_MESSAGE_BYTES} bytes"))
+        }
+        Err(DecideFailure::Hub(HubDecideError::AlwaysExpired)) => {
+            error(StatusCode::BAD_REQUEST, "until is not in the future: the rule would never apply")
         }
         // Too late: say how it ended, so that a person knows their click did nothing.
         Err(DecideFailure::Hub(HubDecideError::Ended(end))) => {

@@ -21,17 +21,13 @@ use uplink_proto::gateway::{Action, ConnHandle, HubEvent, PublicPermId};
 use super::Shared;
 use super::admin::Principal;
 use super::rules::{Wall, stored};
-use crate::http::{error, json_text};
+use crate::http::{error, json_text, millis};
 use crate::store::audit::{Sealed, canonical, hex, sha256_hex};
 use crate::store::{AuditQuery, Change, Entry};
 
 fn unix_ms_now() -> u64 {
     u64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis())
         .unwrap_or(u64::MAX)
-}
-
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Turns the hub's events into audit records and rule changes. Owned by the hub task.

@@ -1,18 +1,16 @@
 //! The web console at `/`: a page, a script and a style sheet of our own (nothing fetched from elsewhere),
-//! and its sessions.
+//! and its sessions' HTTP face.
 //!
 //! A person signs in with their principal's token (`POST /console/session`); the gateway answers with a
-//! session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` under TLS, 12 h) and the session's CSRF token.
-//! The cookie then stands for the token on the API routes, under the same protections a bearer needs none
-//! of: a request that changes anything (`POST`, `DELETE`) must carry `X-CSRF-Token` equal to its session's,
-//! and an `Origin`, when present, must be the gateway's own. A session is looked up by the SHA-256 of its
-//! cookie, names its principal, and takes the principal's role as the credentials say *now*: a principal
-//! revoked or changed by a reload is revoked or changed in every session at once. Sessions are budgeted
-//! (the oldest are dropped beyond [`MAX_SESSIONS`]).
+//! session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` under TLS) and the session's CSRF token, both
+//! drawn from the operating system's generator. Which requests a session may make, how long it lasts and how
+//! many are kept are the core's ([`ConsoleSessions`]: CSRF token and own origin for anything that changes
+//! state); this module reads the headers, hashes the cookie (only hashes are kept), and asks. The session's
+//! principal takes its role from the credentials in force at each request: a principal revoked or changed by
+//! a reload is revoked or changed in every session at once.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -21,10 +19,12 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse as _, Response};
 use hyper::StatusCode;
 use serde_json::json;
+use uplink_proto::gateway::{ConsoleRefusal, ConsoleRequest, ConsoleSessions, Role};
 
 use super::credentials::TokenHash;
 use super::{MAX_ADMIN_BODY, Shared};
 use crate::http::{error, json_response, read_limited};
+use crate::socket_loop::Clock;
 
 /// Most sessions at once; beyond, the oldest is dropped.
 pub const MAX_SESSIONS: usize = 1024;
@@ -39,42 +39,21 @@ const PAGE: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
 const STYLE: &str = include_str!("console/style.css");
 
-/// What a session knows.
-#[derive(Clone, Debug)]
-struct Session {
-    principal: Arc<str>,
-    csrf: String,
-    created: Instant,
-}
-
-/// The console's sessions, by the SHA-256 of their cookie. The lock is held only to look up or change the
-/// table, never across I/O.
-#[derive(Debug, Default)]
+/// The core's sessions, and the clock it reads them by. The lock is held only around the core's pure calls.
+#[derive(Debug)]
 pub(crate) struct Sessions {
-    table: Mutex<HashMap<TokenHash, Session>>,
+    table: Mutex<ConsoleSessions>,
+    clock: Clock,
 }
 
 impl Sessions {
-    fn create(&self, principal: Arc<str>) -> Result<(String, String), String> {
-        let cookie = super::generate_token().map_err(|e| e.to_string())?;
-        let csrf = super::generate_token().map_err(|e| e.to_string())?;
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        table.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
-        while table.len() >= MAX_SESSIONS {
-            let Some(oldest) = table.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k) else { break };
-            table.remove(&oldest);
-        }
-        table.insert(TokenHash::of(&cookie), Session { principal, csrf: csrf.clone(), created: Instant::now() });
-        Ok((cookie, csrf))
+    pub(crate) fn new(clock: Clock) -> Sessions {
+        Sessions { table: Mutex::new(ConsoleSessions::new(MAX_SESSIONS, SESSION_LIFETIME)), clock }
     }
 
-    fn get(&self, cookie: &str) -> Option<Session> {
-        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        table.get(&TokenHash::of(cookie)).filter(|s| s.created.elapsed() < SESSION_LIFETIME).cloned()
-    }
-
-    fn remove(&self, cookie: &str) {
-        self.table.lock().unwrap_or_else(PoisonError::into_inner).remove(&TokenHash::of(cookie));
+    fn with<T>(&self, f: impl FnOnce(&mut ConsoleSessions, uplink_proto::Instant) -> T) -> T {
+        let now = self.clock.now();
+        f(&mut self.table.lock().unwrap_or_else(PoisonError::into_inner), now)
     }
 }
 
@@ -86,43 +65,42 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-/// Whether `Origin`, when present, is this gateway itself (the scheme it serves and the `Host` asked for).
-fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
-    let Some(origin) = headers.get("origin") else { return true };
-    let (Ok(origin), Some(host)) = (origin.to_str(), headers.get("host").and_then(|h| h.to_str().ok())) else {
-        return false;
-    };
-    origin == format!("{}://{host}", if tls { "https" } else { "http" })
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The principal a console session stands for on `parts`' request: `None` without a session cookie;
-/// `Some(Err(_))` when the cookie is stale, its principal gone, or (for a request that changes anything)
-/// the CSRF token or the origin is wrong.
-pub(super) fn principal_of(
-    parts: &Parts,
-    shared: &Shared,
-) -> Option<Result<(Arc<str>, uplink_proto::gateway::Role), Response>> {
-    let cookie = cookie(&parts.headers)?;
-    let refused = |why: &str| Some(Err(error(StatusCode::FORBIDDEN, why)));
-    let Some(session) = shared.sessions.get(cookie) else {
-        return Some(Err(error(StatusCode::UNAUTHORIZED, "the console session has ended; sign in again")));
-    };
-    let safe = matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD);
-    if !safe {
-        let csrf = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-        if csrf != Some(session.csrf.as_str()) {
-            return refused("a console request that changes anything needs its session's X-CSRF-Token");
-        }
-        if !same_origin(&parts.headers, shared.tls) {
-            return refused("a console request must come from the console's own origin");
-        }
+/// The request's headers as the core's checks read them.
+fn request<'a>(headers: &'a HeaderMap, safe: bool, tls: bool) -> ConsoleRequest<'a> {
+    ConsoleRequest {
+        safe,
+        origin: header(headers, "origin"),
+        host: header(headers, "host"),
+        tls,
+        csrf: header(headers, "x-csrf-token"),
     }
-    // The role the credentials give the principal now.
+}
+
+/// The answer to a refused console request: `401` when there is no live session, `403` otherwise.
+fn refused(why: ConsoleRefusal) -> Response {
+    let status = if why == ConsoleRefusal::NoSession { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN };
+    error(status, &why.to_string())
+}
+
+/// The principal a console session stands for on `parts`' request, with the role the credentials give it
+/// now: `None` without a session cookie; `Some(Err(_))` with the refusal to answer.
+pub(super) fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<(Arc<str>, Role), Response>> {
+    let key = TokenHash::of(cookie(&parts.headers)?).0;
+    let safe = matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD);
+    let admitted = shared.sessions.with(|s, now| s.admit(now, &key, &request(&parts.headers, safe, shared.tls)));
+    let principal = match admitted {
+        Ok(p) => p,
+        Err(why) => return Some(Err(refused(why))),
+    };
     let credentials = shared.credentials();
-    match credentials.admins().iter().find(|a| a.name == session.principal) {
+    match credentials.admins().iter().find(|a| a.name == principal) {
         Some(p) => Some(Ok((p.name.clone(), p.role))),
         None => {
-            shared.sessions.remove(cookie);
+            shared.sessions.with(|s, _| s.close(&key));
             Some(Err(error(StatusCode::UNAUTHORIZED, "this principal is no longer known; its sessions have ended")))
         }
     }
@@ -162,7 +140,7 @@ pub(super) async fn style() -> Response {
 
 /// `POST /console/session` `{"token": …}`: a session for the principal whose token it is.
 pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
-    if !same_origin(&headers, shared.tls) {
+    if !uplink_proto::gateway::console::same_origin(header(&headers, "origin"), header(&headers, "host"), shared.tls) {
         return error(StatusCode::FORBIDDEN, "sign in from the console's own origin");
     }
     let body = match read_limited(body, MAX_ADMIN_BODY, shared.handshake_timeout).await {
@@ -176,22 +154,20 @@ pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, headers: HeaderMa
     let Ok(ask) = serde_json::from_slice::<Ask>(&body) else {
         return error(StatusCode::BAD_REQUEST, r#"expected {"token": "…"}"#);
     };
-    let credentials = shared.credentials();
-    let Some(principal) = credentials.admin(ask.token.trim()).cloned() else {
+    let Some(principal) = shared.credentials().admin(ask.token.trim()).cloned() else {
         return error(StatusCode::UNAUTHORIZED, "this is not an admin principal's token");
     };
-    drop(credentials);
-    let (cookie, csrf) = match shared.sessions.create(principal.name.clone()) {
-        Ok(pair) => pair,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    let (cookie, csrf) = match (super::generate_token(), super::generate_token()) {
+        (Ok(cookie), Ok(csrf)) => (cookie, csrf),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
+    let key = TokenHash::of(&cookie).0;
+    shared.sessions.with(|s, now| s.open(now, key, principal.name.clone(), csrf.clone()));
     let secure = if shared.tls { "; Secure" } else { "" };
     let set_cookie =
         format!("{COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}", SESSION_LIFETIME.as_secs());
-    let mut response = json_response(
-        StatusCode::OK,
-        &json!({"name": &*principal.name, "role": principal.role.to_string(), "csrf": csrf}),
-    );
+    let who = json!({"name": &*principal.name, "role": principal.role.to_string(), "csrf": csrf});
+    let mut response = json_response(StatusCode::OK, &who);
     if let Ok(value) = set_cookie.parse() {
         response.headers_mut().insert("set-cookie", value);
     }
@@ -200,26 +176,30 @@ pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, headers: HeaderMa
 
 /// `GET /console/session`: who the session is (and its CSRF token, for a reloaded page); `401` without one.
 pub(super) async fn whoami(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let Some(cookie) = cookie(&headers) else { return error(StatusCode::UNAUTHORIZED, "not signed in") };
-    let Some(session) = shared.sessions.get(cookie) else { return error(StatusCode::UNAUTHORIZED, "not signed in") };
+    let Some(key) = cookie(&headers).map(|c| TokenHash::of(c).0) else {
+        return error(StatusCode::UNAUTHORIZED, "not signed in");
+    };
+    let Some((principal, csrf)) = shared.sessions.with(|s, now| s.get(now, &key).map(|(p, c)| (p, c.to_owned())))
+    else {
+        return error(StatusCode::UNAUTHORIZED, "not signed in");
+    };
     let credentials = shared.credentials();
-    match credentials.admins().iter().find(|a| a.name == session.principal) {
-        Some(p) => {
-            json_response(StatusCode::OK, &json!({"name": &*p.name, "role": p.role.to_string(), "csrf": session.csrf}))
-        }
+    match credentials.admins().iter().find(|a| a.name == principal) {
+        Some(p) => json_response(StatusCode::OK, &json!({"name": &*p.name, "role": p.role.to_string(), "csrf": csrf})),
         None => error(StatusCode::UNAUTHORIZED, "not signed in"),
     }
 }
 
-/// `DELETE /console/session`: signs out (with the session's CSRF token).
+/// `DELETE /console/session`: signs out, under the checks of any request that changes something.
 pub(super) async fn sign_out(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let Some(cookie) = cookie(&headers) else { return error(StatusCode::UNAUTHORIZED, "not signed in") };
-    let Some(session) = shared.sessions.get(cookie) else { return error(StatusCode::UNAUTHORIZED, "not signed in") };
-    let csrf = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-    if csrf != Some(session.csrf.as_str()) || !same_origin(&headers, shared.tls) {
-        return error(StatusCode::FORBIDDEN, "signing out needs the session's X-CSRF-Token, from the console's origin");
+    let Some(key) = cookie(&headers).map(|c| TokenHash::of(c).0) else {
+        return error(StatusCode::UNAUTHORIZED, "not signed in");
+    };
+    let ended =
+        shared.sessions.with(|s, now| s.admit(now, &key, &request(&headers, false, shared.tls)).map(|_| s.close(&key)));
+    if let Err(why) = ended {
+        return refused(why);
     }
-    shared.sessions.remove(cookie);
     let mut response = json_response(StatusCode::OK, &json!({"signed_out": true}));
     if let Ok(value) = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0").parse() {
         response.headers_mut().insert("set-cookie", value);

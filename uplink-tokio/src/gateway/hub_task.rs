@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use uplink_proto::Instant;
 use uplink_proto::gateway::{
     AcceptError, CloseReason, ConnHandle, Hub, HubDecideError, HubEvent, HubOutput, McpFailure, McpRefused, McpTicket,
-    PermissionSummary, PublicPermId, SledSummary, Verdict,
+    PermissionSummary, PublicPermId, RuleRefused, SledSummary, Verdict,
 };
 use uplink_proto::rules::{Rule, RuleId};
 
@@ -101,7 +101,7 @@ enum HubMsg {
     AddRule {
         rule: Rule,
         expires: Option<u64>,
-        reply: oneshot::Sender<Result<StoredRule, ()>>,
+        reply: oneshot::Sender<Result<StoredRule, RuleRefused>>,
     },
     RemoveRule {
         id: RuleId,
@@ -240,9 +240,9 @@ impl HubHandle {
         answer.await.unwrap_or_default()
     }
 
-    /// Adds `rule` (until `expires`, Unix seconds); `None` once the task is gone, `Some(Err(()))` beyond the
-    /// hub's budget of rules.
-    pub(crate) async fn add_rule(&self, rule: Rule, expires: Option<u64>) -> Option<Result<StoredRule, ()>> {
+    /// Adds `rule` (until `expires`, Unix seconds); `None` once the task is gone, `Some(Err(_))` when the hub
+    /// refuses it.
+    pub(crate) async fn add_rule(&self, rule: Rule, expires: Option<u64>) -> Option<Result<StoredRule, RuleRefused>> {
         let (reply, answer) = oneshot::channel();
         self.tx.send(HubMsg::AddRule { rule, expires, reply }).await.ok()?;
         answer.await.ok()
@@ -294,7 +294,7 @@ impl HubHandle {
 /// A reply held until the batch that made it is committed.
 enum Ack {
     Decide(oneshot::Sender<Result<Option<RuleId>, DecideFailure>>, Result<Option<RuleId>, HubDecideError>),
-    AddRule(oneshot::Sender<Result<StoredRule, ()>>, Result<StoredRule, ()>),
+    AddRule(oneshot::Sender<Result<StoredRule, RuleRefused>>, Result<StoredRule, RuleRefused>),
     RemoveRule(oneshot::Sender<bool>, bool),
 }
 
@@ -449,10 +449,8 @@ impl HubTask {
                 if let Some(at) = expires {
                     rule = rule.expiring(self.wall.instant(at));
                 }
-                let added = self.hub.add_rule(now, rule).map_err(|_| ()).and_then(|id| {
-                    let rule = self.hub.rules().rules().iter().find(|r| r.id == id).ok_or(())?;
-                    Ok(stored(rule, &self.wall))
-                });
+                let kept = rule.clone();
+                let added = self.hub.add_rule(now, rule).map(|id| stored(&kept.with_id(id), &self.wall));
                 self.ack(Ack::AddRule(reply, added));
             }
             HubMsg::RemoveRule { id, by, reply } => {

@@ -424,7 +424,7 @@ impl GatewayServer {
             sled_tasks: Mutex::new(tokio::task::JoinSet::new()),
             audit,
             audit_queries: Arc::new(tokio::sync::Semaphore::new(AUDIT_QUERIES)),
-            sessions: console::Sessions::default(),
+            sessions: console::Sessions::new(crate::socket_loop::Clock::new(epoch)),
             tls: tls.is_some(),
             metrics,
             metrics_public: config.metrics_public,

@@ -68,7 +68,9 @@ pub(crate) struct NotifyConfig {
 /// The hub task's side: turns events into notices and hands them to each webhook's task.
 #[derive(Debug)]
 pub(crate) struct Notifier {
-    hooks: Vec<(NotifyFormat, mpsc::Sender<String>)>,
+    /// Each webhook's shape, its task's queue, and whether it is dropping notices now (logged once a
+    /// streak, however long; every drop is counted).
+    hooks: Vec<(NotifyFormat, mpsc::Sender<String>, std::cell::Cell<bool>)>,
     decisions: bool,
     public_url: Option<String>,
     metrics: Arc<GatewayMetrics>,
@@ -86,7 +88,7 @@ impl Notifier {
                 let mut outbox_cfg = OutboxConfig::default();
                 outbox_cfg.seed ^= i as u64;
                 tokio::spawn(deliver(hook.url, rx, Outbox::new(outbox_cfg), clock, metrics.clone()));
-                (hook.format, tx)
+                (hook.format, tx, std::cell::Cell::new(false))
             })
             .collect();
         Notifier { hooks, decisions: config.decisions, public_url: config.public_url, metrics }
@@ -100,15 +102,19 @@ impl Notifier {
     /// Hands the notice `event` makes (if any) to every webhook.
     pub(crate) fn on_event(&self, event: &HubEvent) {
         let Some(notice) = self.notice(event) else { return };
-        for (format, tx) in &self.hooks {
+        for (format, tx, dropping) in &self.hooks {
             let body = match format {
                 NotifyFormat::Slack => json!({ "text": slack_text(&notice) }).to_string(),
                 _ => notice.to_string(),
             };
-            if tx.try_send(body).is_err() {
+            let dropped = tx.try_send(body).is_err();
+            if dropped {
                 self.metrics.overflow("notify_queue");
-                warn!("a webhook is behind: a notification was dropped");
+                if !dropping.get() {
+                    warn!("a webhook is behind: notifications are dropped until it catches up (counted in /metrics)");
+                }
             }
+            dropping.set(dropped);
         }
     }
 
@@ -204,6 +210,8 @@ async fn deliver(
     let shown = shown_url(&url);
     let mut in_flight: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>> = None;
     let mut open = true;
+    // Whether notices are being refused now: logged once a streak (each is counted).
+    let mut dropping = false;
     loop {
         let now: Instant = clock.now();
         if in_flight.is_none()
@@ -219,10 +227,14 @@ async fn deliver(
         tokio::select! {
             notice = rx.recv(), if open => match notice {
                 Some(notice) => {
-                    if outbox.push(notice).is_err() {
+                    let refused = outbox.push(notice).is_err();
+                    if refused {
                         metrics.overflow("notify_queue");
-                        warn!(webhook = %shown, "a webhook's queue is full: a notification was dropped");
+                        if !dropping {
+                            warn!(webhook = %shown, "a webhook's queue is full: notifications are dropped until it drains");
+                        }
                     }
+                    dropping = refused;
                 }
                 None => open = false,
             },

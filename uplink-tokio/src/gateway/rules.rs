@@ -11,7 +11,7 @@ use axum::response::Response;
 use hyper::StatusCode;
 use serde_json::json;
 use uplink_proto::Instant;
-use uplink_proto::gateway::{ConnHandle, ProjectScope};
+use uplink_proto::gateway::{ConnHandle, ProjectScope, RuleRefused};
 use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
 
 use super::admin::Principal;
@@ -105,9 +105,6 @@ pub(super) async fn list(principal: Principal, State(shared): State<Arc<Shared>>
     json_response(StatusCode::OK, &json!({ "rules": rules }))
 }
 
-/// The most rules `POST /api/rules` keeps; beyond, `507`.
-pub const MAX_RULES: usize = 10_000;
-
 pub(super) async fn add(principal: Principal, State(shared): State<Arc<Shared>>, body: Body) -> Response {
     if let Some(refused) = principal.refusal(Action::Manage) {
         return refused;
@@ -145,9 +142,10 @@ pub(super) async fn add(principal: Principal, State(shared): State<Arc<Shared>>,
     }
     match shared.hub.add_rule(rule, ask.expires).await {
         Some(Ok(stored)) => json_response(StatusCode::CREATED, &json!({ "rule": stored })),
-        Some(Err(())) => {
-            error(StatusCode::INSUFFICIENT_STORAGE, &format!("the gateway keeps at most {MAX_RULES} rules"))
+        Some(Err(RuleRefused::TooMany)) => {
+            error(StatusCode::INSUFFICIENT_STORAGE, "the gateway's budget of rules is full (HubConfig::max_rules)")
         }
+        Some(Err(why)) => error(StatusCode::BAD_REQUEST, &why.to_string()),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping"),
     }
 }

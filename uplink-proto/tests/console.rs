@@ -1,0 +1,63 @@
+//! The console's sessions and checks: what a request with a session cookie may do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use uplink_proto::Instant;
+use uplink_proto::gateway::console::same_origin;
+use uplink_proto::gateway::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn get() -> ConsoleRequest<'static> {
+    ConsoleRequest { safe: true, origin: None, host: Some("gw:8700"), tls: false, csrf: None }
+}
+
+fn post(csrf: Option<&'static str>, origin: Option<&'static str>) -> ConsoleRequest<'static> {
+    ConsoleRequest { safe: false, origin, host: Some("gw:8700"), tls: false, csrf }
+}
+
+#[test]
+fn a_request_that_changes_anything_needs_the_csrf_token_and_the_gateways_own_origin() {
+    let mut s = ConsoleSessions::new(8, HOUR);
+    s.open(Instant::ZERO, [1; 32], Arc::from("ana"), "c5rf".into());
+    let now = Instant::ZERO;
+    assert_eq!(s.admit(now, &[1; 32], &get()).as_deref(), Ok("ana"), "reading needs the session only");
+    assert_eq!(s.admit(now, &[1; 32], &post(None, None)), Err(ConsoleRefusal::Csrf));
+    assert_eq!(s.admit(now, &[1; 32], &post(Some("guess"), None)), Err(ConsoleRefusal::Csrf));
+    let evil = post(Some("c5rf"), Some("https://evil.example"));
+    assert_eq!(s.admit(now, &[1; 32], &evil), Err(ConsoleRefusal::ForeignOrigin));
+    let https = post(Some("c5rf"), Some("https://gw:8700"));
+    assert_eq!(s.admit(now, &[1; 32], &https), Err(ConsoleRefusal::ForeignOrigin), "the scheme counts");
+    assert_eq!(s.admit(now, &[1; 32], &post(Some("c5rf"), Some("http://gw:8700"))).as_deref(), Ok("ana"));
+    assert_eq!(s.admit(now, &[1; 32], &post(Some("c5rf"), None)).as_deref(), Ok("ana"), "no Origin: a non-browser");
+    assert_eq!(s.admit(now, &[2; 32], &get()), Err(ConsoleRefusal::NoSession));
+    s.close(&[1; 32]);
+    assert_eq!(s.admit(now, &[1; 32], &get()), Err(ConsoleRefusal::NoSession), "signed out");
+}
+
+#[test]
+fn sessions_expire_and_the_oldest_go_beyond_the_budget() {
+    let mut s = ConsoleSessions::new(2, HOUR);
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        s.open(Instant::ZERO + Duration::from_secs(i as u64), [i as u8; 32], Arc::from(*name), "x".into());
+    }
+    assert_eq!(s.len(), 2);
+    let now = Instant::ZERO + Duration::from_secs(10);
+    assert_eq!(s.admit(now, &[0; 32], &get()), Err(ConsoleRefusal::NoSession), "the oldest went");
+    assert_eq!(s.get(now, &[2; 32]).map(|(p, c)| (p.to_string(), c.to_owned())), Some(("c".into(), "x".into())));
+    let later = Instant::ZERO + HOUR + Duration::from_secs(3);
+    assert_eq!(s.admit(later, &[1; 32], &get()), Err(ConsoleRefusal::NoSession), "expired");
+    s.open(later, [9; 32], Arc::from("d"), "y".into());
+    assert_eq!(s.len(), 1, "opening forgets the expired");
+}
+
+#[test]
+fn same_origin_is_the_scheme_served_and_the_host_asked_for() {
+    assert!(same_origin(None, None, false));
+    assert!(same_origin(Some("https://gw"), Some("gw"), true));
+    assert!(!same_origin(Some("http://gw"), Some("gw"), true));
+    assert!(!same_origin(Some("http://gw"), None, false), "nothing to compare with");
+    assert!(!same_origin(Some("http://gw.evil"), Some("gw"), false));
+    assert!(!same_origin(Some("null"), Some("gw"), false));
+}
