@@ -63,7 +63,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::SendMcp => {
-                if let Ok(id) = gw.send_mcp(now, "{}", None) {
+                if let Ok(id) = gw.send_mcp(now, "{}", None, true) {
                     assert!(mcp.insert(id, false).is_none());
                 }
             }

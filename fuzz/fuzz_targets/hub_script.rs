@@ -130,7 +130,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::SendMcp(p) => {
-                if let Ok(ticket) = hub.send_mcp(now, PROJECTS[usize::from(*p) % 3], "{}", None) {
+                if let Ok(ticket) = hub.send_mcp(now, PROJECTS[usize::from(*p) % 3], "{}", None, true) {
                     assert!(tickets.insert(ticket, false).is_none(), "ticket reused");
                 }
             }

@@ -474,3 +474,125 @@ pub async fn link_state_where(
     })
     .await
 }
+
+/// One request a [`ScriptedHttp`] saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// What a [`ScriptedHttp`] answers one request with.
+pub enum Reply {
+    /// A status, a content type and a body, complete.
+    Full(u16, &'static str, String),
+    /// `200` with an event stream that sends this and then never ends.
+    Hang(String),
+}
+
+/// A local MCP endpoint played by a script: each request is answered by `answer` and reported on `seen`, so a
+/// test waits on what the sled sent, with a bound, instead of guessing.
+pub struct ScriptedHttp {
+    pub addr: SocketAddr,
+    pub seen: tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedHttp {
+    pub async fn start(answer: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> ScriptedHttp {
+        use http_body_util::{BodyExt, StreamBody};
+        use hyper::body::Frame;
+        use hyper::service::service_fn;
+        type Body = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        let answer = std::sync::Arc::new(answer);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (answer, tx) = (answer.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (answer, tx) = (answer.clone(), tx.clone());
+                        async move {
+                            let method = req.method().to_string();
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+                                .collect();
+                            let bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let seen = Seen { method, headers, body: String::from_utf8_lossy(&bytes).into_owned() };
+                            let reply = answer(&seen);
+                            let _ = tx.send(seen);
+                            let (status, content_type, body): (u16, &str, Body) = match reply {
+                                Reply::Full(status, ct, body) => {
+                                    (status, ct, http_body_util::Full::new(bytes::Bytes::from(body)).boxed())
+                                }
+                                Reply::Hang(first) => {
+                                    let first = futures_util::stream::once(async move {
+                                        Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(first)))
+                                    });
+                                    (
+                                        200,
+                                        "text/event-stream",
+                                        BodyExt::boxed(StreamBody::new(first.chain(futures_util::stream::pending()))),
+                                    )
+                                }
+                            };
+                            let mut r = hyper::Response::new(body);
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            r.headers_mut()
+                                .insert("content-type", hyper::header::HeaderValue::from_str(content_type).unwrap());
+                            r.headers_mut()
+                                .insert("mcp-session-id", hyper::header::HeaderValue::from_static("local-1"));
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        ScriptedHttp { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// The next request the server saw.
+    pub async fn next(&mut self) -> Seen {
+        within("a request at the local MCP server", self.seen.recv()).await.expect("the server runs")
+    }
+
+    /// The next request the server saw with this method.
+    pub async fn next_with(&mut self, method: &str) -> Seen {
+        loop {
+            let seen = self.next().await;
+            if seen.method == method {
+                return seen;
+            }
+        }
+    }
+}
+
+impl Drop for ScriptedHttp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

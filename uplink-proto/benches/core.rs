@@ -390,7 +390,7 @@ fn cases(rounds: usize, only: Option<&str>) -> Vec<Case> {
                 || {
                     let mut gw = identified_gateway();
                     for _ in 0..BATCH {
-                        gw.send_mcp(Instant::ZERO, MCP_BODY, None).expect("room for it");
+                        gw.send_mcp(Instant::ZERO, MCP_BODY, None, false).expect("room for it");
                     }
                     while gw.poll_output().is_some() {}
                     gw

@@ -74,6 +74,9 @@ impl Sim {
                     self.mcp.push_back(call);
                 }
                 Output::CancelMcp { call } => self.log(format!("sled → local MCP: cancel call {}", call.0)),
+                Output::ListenMcp(listen) => self.log(format!("sled → local MCP: GET stream {}", listen.call.0)),
+                Output::NotifyMcp { body, .. } => self.log(format!("sled → local MCP: POST {body}")),
+                Output::EndMcpSession { session } => self.log(format!("sled → local MCP: DELETE session {session}")),
                 Output::Event(Event::Link(state)) => self.log(format!("link: {state:?}")),
                 Output::Event(Event::FrameIgnored(why)) => self.log(format!("ignored a frame: {why:?}")),
             }

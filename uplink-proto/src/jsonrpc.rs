@@ -14,6 +14,9 @@ pub const PARSE_ERROR: i32 = -32700;
 pub const INVALID_REQUEST: i32 = -32600;
 /// Internal error: used for every failure of the local MCP call.
 pub const INTERNAL_ERROR: i32 = -32603;
+/// The method does not exist or is not available: what the sled answers a request from the local server that
+/// the gateway cannot relay, and how it ends a standalone stream the local server does not offer.
+pub const METHOD_NOT_FOUND: i32 = -32601;
 
 /// What a JSON-RPC message body turned out to be, as far as the uplink cares.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +54,8 @@ pub struct Probe<'a> {
     pub id: BodyId<'a>,
     /// True when `method` is `"initialize"` (however its string is escaped).
     pub is_initialize: bool,
+    /// True when the object has a `method` member: a request or a notification, not a response.
+    pub has_method: bool,
 }
 
 /// Reads `body`'s `id` and whether it is an `initialize` request, in one pass, without building a tree of
@@ -69,7 +74,7 @@ pub fn probe(body: &str) -> Probe<'_> {
         // Not an object (a batch, a scalar), or an object we could not read: valid JSON still is forwarded.
         let id =
             if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() { BodyId::NoId } else { BodyId::NotJson };
-        return Probe { id, is_initialize: false };
+        return Probe { id, is_initialize: false, has_method: false };
     };
     let is_initialize = fields.method.is_some_and(|m| {
         m.get() == "\"initialize\""
@@ -79,7 +84,29 @@ pub fn probe(body: &str) -> Probe<'_> {
         Some(id) if is_usable_id(id) => BodyId::Id(id),
         _ => BodyId::NoId,
     };
-    Probe { id, is_initialize }
+    Probe { id, is_initialize, has_method: fields.method.is_some() }
+}
+
+/// Builds the `notifications/cancelled` notification for the request `id`, with `reason`.
+pub fn cancelled(id: &RawValue, reason: &str) -> String {
+    #[derive(Serialize)]
+    struct Params<'a> {
+        #[serde(rename = "requestId")]
+        request_id: &'a RawValue,
+        reason: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Notice<'a> {
+        jsonrpc: &'static str,
+        method: &'static str,
+        params: Params<'a>,
+    }
+    let notice =
+        Notice { jsonrpc: "2.0", method: "notifications/cancelled", params: Params { request_id: id, reason } };
+    match serde_json::to_string(&notice) {
+        Ok(text) => text,
+        Err(_) => unreachable!("serialising plain data cannot fail"),
+    }
 }
 
 /// The `result.protocolVersion` of an `initialize` response, when it is a string.
@@ -154,6 +181,11 @@ pub fn is_response_to(message: &str, id: Option<&RawValue>) -> bool {
     let Some(got) = m.id else { return false };
     let value = |raw: &RawValue| serde_json::from_str::<serde_json::Value>(raw.get()).ok();
     got.get() == want.get() || value(got).is_some_and(|got| value(want) == Some(got))
+}
+
+/// True when `message` is a JSON-RPC response with a `result` (and no `error`).
+pub fn is_result(message: &str) -> bool {
+    members(message).is_some_and(|m| m.result && !m.error)
 }
 
 /// JSON-RPC ids are strings or numbers (`null` is allowed but means "unknown").

@@ -17,8 +17,8 @@
 //! ## How to drive a [`Sled`]
 //!
 //! - **Inputs**, each with `now`: [`Sled::handle_connected`], [`Sled::handle_connect_failed`],
-//!   [`Sled::handle_disconnected`], [`Sled::handle_received`], [`Sled::handle_mcp_reply`],
-//!   [`Sled::handle_timeout`]; **commands**: [`Sled::request_permission`], [`Sled::shutdown`].
+//!   [`Sled::handle_disconnected`], [`Sled::handle_received`], [`Sled::handle_mcp_message`],
+//!   [`Sled::handle_mcp_reply`], [`Sled::handle_timeout`]; **commands**: [`Sled::request_permission`], [`Sled::shutdown`].
 //! - **Outputs**: after every input, call [`Sled::poll_output`] until it returns `None` and carry out each
 //!   [`Output`] in order (connect, send, ping, close, deliver a decision, call or cancel the local MCP
 //!   endpoint). Then ask [`Sled::poll_timeout`] when to call [`Sled::handle_timeout`]. Calling it early or twice is
@@ -63,7 +63,11 @@
 //!             Output::Decided(_) => {}
 //!             // POST the body to the local MCP endpoint, then report what it answered.
 //!             Output::CallMcp(call) => sled.handle_mcp_reply(now, call.call, McpReply::NoContent),
-//!             Output::CancelMcp { .. } => { /* abort that HTTP call */ }
+//!             // Open the local session's event stream (GET); report its messages and its end.
+//!             Output::ListenMcp(listen) => sled.handle_mcp_reply(now, listen.call, McpReply::NoStream),
+//!             Output::CancelMcp { .. } => { /* abort that HTTP call or stream */ }
+//!             // POST a notice in a local session; end (DELETE) a local session.
+//!             Output::NotifyMcp { .. } | Output::EndMcpSession { .. } => {}
 //!             Output::Event(event) => { /* log it */ let _ = event; }
 //!         }
 //!     }
@@ -122,7 +126,7 @@ pub mod wire;
 
 pub use sled::{
     Cause, ConfigError, ConnId, ConnectError, Decided, Event, Ignored, LinkState, LossReason, McpCall, McpCallId,
-    McpReply, Output, PermKey, Received, Sled, SledConfig, Stats,
+    McpListen, McpReply, Output, PermKey, Received, Sled, SledConfig, Stats,
 };
 pub use time::Instant;
 pub use wire::{Decision, GatewayFrame, RawValue, SledFrame};

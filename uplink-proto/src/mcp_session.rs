@@ -13,7 +13,11 @@
 //!   again, then `notifications/initialized` in the new session, then the request once more. A second loss
 //!   right after is an error.
 //! - **Bounded.** At most [`McpSessions::new`]'s `max_sessions` sessions are kept; beyond, the least recently
-//!   used is forgotten.
+//!   used is forgotten, and ended upstream: [`McpSessions::take_ended`] gives the sessions to `DELETE`, as
+//!   [`McpSessions::end`] (the gateway ended the session) and [`McpSessions::end_all`] (shutdown) do.
+//! - **A stream that ends early is resumed** ([`resume_after`]): when an event stream ends before the answer
+//!   and the server gave its events ids, the client waits the server's `retry` (bounded) and resumes with a
+//!   `GET` carrying `Last-Event-ID`, at most [`MAX_RESUMES`] times in a row.
 //!
 //! ```text
 //! begin ─▶ Calling ──answer──────────────────────────────────────────────▶ Done(answer)
@@ -29,6 +33,8 @@
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
 
 use crate::jsonrpc;
 use crate::sled::{McpCall, McpReply};
@@ -38,6 +44,26 @@ pub const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initia
 
 /// Default of [`McpSessions::new`]'s `max_sessions`.
 pub const DEFAULT_MAX_SESSIONS: usize = 256;
+
+/// Most resumptions of one stream in a row without a message between them.
+pub const MAX_RESUMES: u32 = 5;
+
+/// The wait before resuming when the server named none.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+
+/// The longest wait before resuming, whatever the server asks.
+pub const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Whether, and after how long, to resume a stream that ended before its answer: only when the server gave
+/// an event id to resume from, for at most [`MAX_RESUMES`] `attempts` in a row; after the server's `retry`
+/// (milliseconds) capped at [`MAX_RETRY`], or [`DEFAULT_RETRY`].
+pub fn resume_after(last_event_id: Option<&str>, retry_ms: Option<u64>, attempts: u32) -> Option<Duration> {
+    last_event_id?;
+    if attempts >= MAX_RESUMES {
+        return None;
+    }
+    Some(retry_ms.map_or(DEFAULT_RETRY, |ms| Duration::from_millis(ms).min(MAX_RETRY)))
+}
 
 /// The session headers of one POST.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -127,12 +153,49 @@ pub struct McpSessions {
     /// Sessions by last use, least recent first.
     by_use: BTreeMap<u64, String>,
     uses: u64,
+    /// Local sessions forgotten and not yet ended upstream.
+    ended: Vec<SessionHeaders>,
 }
 
 impl McpSessions {
     /// No sessions yet; at most `max_sessions` (at least one) kept.
     pub fn new(max_sessions: usize) -> McpSessions {
-        McpSessions { max: max_sessions.max(1), sessions: BTreeMap::new(), by_use: BTreeMap::new(), uses: 0 }
+        McpSessions {
+            max: max_sessions.max(1),
+            sessions: BTreeMap::new(),
+            by_use: BTreeMap::new(),
+            uses: 0,
+            ended: Vec::new(),
+        }
+    }
+
+    /// The gateway ended the session `key`: it is forgotten, and ended upstream ([`McpSessions::take_ended`]).
+    pub fn end(&mut self, key: &str) {
+        if let Some(old) = self.sessions.remove(key) {
+            self.by_use.remove(&old.last_use);
+            self.retire(old.headers);
+        }
+    }
+
+    /// Shutdown: every session is forgotten and ended upstream.
+    pub fn end_all(&mut self) {
+        self.by_use.clear();
+        for (_, old) in core::mem::take(&mut self.sessions) {
+            self.retire(old.headers);
+        }
+    }
+
+    /// The local sessions to end (`DELETE` with their `Mcp-Session-Id`) since the last call: forgotten beyond
+    /// the bound, ended by the gateway, or at shutdown. Only sessions the server named are listed.
+    pub fn take_ended(&mut self) -> Vec<SessionHeaders> {
+        core::mem::take(&mut self.ended)
+    }
+
+    fn retire(&mut self, headers: SessionHeaders) {
+        // Bounded with the table: each forgotten session is listed once, until taken.
+        if headers.session_id.is_some() && self.ended.len() < self.max {
+            self.ended.push(headers);
+        }
     }
 
     /// Sessions kept.
@@ -247,6 +310,10 @@ impl McpSessions {
         };
         if let Some(old) = self.sessions.remove(key) {
             self.by_use.remove(&old.last_use);
+            // Renewed under a new id: the old local session is ended.
+            if old.headers.session_id != session_id {
+                self.retire(old.headers);
+            }
         }
         self.uses += 1;
         let session = Session {
@@ -258,7 +325,9 @@ impl McpSessions {
         self.by_use.insert(self.uses, String::from(key));
         while self.sessions.len() > self.max {
             let Some((_, oldest)) = self.by_use.pop_first() else { break };
-            self.sessions.remove(&oldest);
+            if let Some(old) = self.sessions.remove(&oldest) {
+                self.retire(old.headers);
+            }
         }
     }
 }

@@ -87,9 +87,18 @@ pub struct SledConfig {
     /// A local MCP call that has not replied after this long is answered with a JSON-RPC error and cancelled.
     /// Default 60 s.
     pub mcp_timeout: Duration,
-    /// Most local MCP calls in flight at once; an `mcp_request` beyond that is answered at once with a JSON-RPC
-    /// error. Default 32.
+    /// Most local MCP calls in flight at once; an `mcp_request` beyond that waits for a free slot (see
+    /// `max_mcp_waiting`). Default 32.
     pub max_mcp_calls: usize,
+    /// Most `mcp_request`s waiting for a free call slot, in arrival order; one more is answered at once with a
+    /// JSON-RPC error ("sled busy"). A waiting request's deadline runs from its arrival. Default 256; 0 answers
+    /// every request beyond `max_mcp_calls` at once, as the original did.
+    pub max_mcp_waiting: usize,
+    /// Most bytes of bodies waiting for a free call slot; beyond, as a full queue. Default 16 MiB.
+    pub max_mcp_waiting_bytes: usize,
+    /// Most standalone streams (`mcp_listen`) open at once; one more ends at once with a JSON-RPC error.
+    /// Default 16.
+    pub max_mcp_streams: usize,
     /// The largest frame the sled sends: the gateway's message limit. A permission request whose frame would
     /// be larger is denied at once ([`Cause::TooLarge`]), and a local MCP answer that would not fit is
     /// answered with a JSON-RPC error instead, so that the gateway never closes the link over one of them.
@@ -118,6 +127,9 @@ impl SledConfig {
             max_pending_permissions: 256,
             mcp_timeout: Duration::from_secs(60),
             max_mcp_calls: 32,
+            max_mcp_waiting: 256,
+            max_mcp_waiting_bytes: 16 << 20,
+            max_mcp_streams: 16,
             max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
         }
     }
@@ -231,6 +243,9 @@ pub enum McpReply {
     /// The call failed (transport error, timeout, non-2xx status, unreadable body); answered with a JSON-RPC
     /// internal error (-32603) carrying this message and the request's `id`.
     Failed(String),
+    /// The local endpoint offers no standalone stream (it answered a `GET` with 405). Ends an `mcp_listen`
+    /// with a JSON-RPC error -32601; for a call, as [`McpReply::Failed`].
+    NoStream,
 }
 
 // ── Outputs ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -270,10 +285,28 @@ pub enum Output {
     Decided(Decided),
     /// Call the local MCP endpoint with `body`; report with [`Sled::handle_mcp_reply`].
     CallMcp(McpCall),
-    /// Abandon a local MCP call: its answer is no longer wanted (timed out, or its connection died).
+    /// Open the standalone stream of a local session (`GET`); report each message it brings with
+    /// [`Sled::handle_mcp_message`] and its end with [`Sled::handle_mcp_reply`].
+    ListenMcp(McpListen),
+    /// Abandon a local MCP call or stream: its answer is no longer wanted (timed out, cancelled by the
+    /// gateway, or its connection died). Report nothing more about it.
     CancelMcp {
         /// The call to abandon.
         call: McpCallId,
+    },
+    /// POST `body` (a notification or a response) in the local session `session`, with that session's
+    /// headers; nothing to report back. The machine's own messages: `notifications/cancelled` for a call it
+    /// abandoned, and error answers to requests from the local server that the gateway cannot take.
+    NotifyMcp {
+        /// The gateway-side session (the key of [`McpCall::session`]).
+        session: Option<String>,
+        /// The JSON-RPC message.
+        body: String,
+    },
+    /// The gateway ended the session `session`: end the local session (`DELETE`) and forget it.
+    EndMcpSession {
+        /// The gateway-side session.
+        session: String,
     },
     /// For logs and metrics; nothing to do.
     Event(Event),
@@ -389,6 +422,15 @@ impl PartialEq for McpCall {
 
 impl Eq for McpCall {}
 
+/// A standalone stream to open on the local MCP endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct McpListen {
+    /// Names the stream in [`Sled::handle_mcp_message`] and [`Sled::handle_mcp_reply`].
+    pub call: McpCallId,
+    /// The gateway-side session whose local session to listen on.
+    pub session: Option<String>,
+}
+
 /// Something that happened, for logs and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -479,6 +521,12 @@ pub enum Ignored {
     UnknownType,
     /// A `perm_response` matching no request sent on this connection.
     UnmatchedResponse,
+    /// An `mcp_request` whose `req_id` is already in flight: answered at once with an error; the first keeps
+    /// the id.
+    DuplicateExchange,
+    /// An `mcp_cancel` naming no exchange in flight (it may have just ended).
+    UnmatchedCancel,
+
     /// A binary frame.
     Binary,
 }
@@ -510,6 +558,15 @@ pub struct Stats {
     pub mcp_rejected: u64,
     /// Local MCP answers too large for a frame, answered with an error instead.
     pub mcp_too_large: u64,
+    /// `mcp_request`s that waited for a free call slot.
+    pub mcp_waited: u64,
+    /// Messages from the local server relayed as `mcp_message` frames.
+    pub mcp_messages: u64,
+    /// Messages from the local server not relayed: the exchange was not a stream, or the message would not
+    /// fit in a frame (a request among them is answered with an error).
+    pub mcp_messages_dropped: u64,
+    /// Exchanges the gateway cancelled.
+    pub mcp_cancelled: u64,
 }
 
 // ── The machine ──────────────────────────────────────────────────────────────────────────────────────────
@@ -541,10 +598,25 @@ impl Stage {
     }
 }
 
+/// One `mcp_request` in flight: waiting for a slot, then calling.
 #[derive(Clone, Debug)]
 struct Call {
     req_id: String,
     jsonrpc_id: Option<Box<RawValue>>,
+    session: Option<String>,
+    /// The gateway takes the exchange as a stream.
+    stream: bool,
+    /// An `initialize`: never cancelled upstream (the MCP specification forbids it).
+    is_initialize: bool,
+    /// While it waits for a free slot: what to call then. `None` once started.
+    waiting: Option<Box<McpCall>>,
+}
+
+/// One standalone stream (`mcp_listen`) in flight.
+#[derive(Clone, Debug)]
+struct Listen {
+    req_id: String,
+    session: Option<String>,
 }
 
 /// The sled's side of the uplink. See the [module](self) and [crate] docs.
@@ -562,8 +634,17 @@ pub struct Sled {
     next_id: u64,
     /// Pending permission requests: by key and by wire id, in arrival (and deadline) order.
     perms: PendingTable<PermKey, Stage>,
-    /// Local MCP calls in flight, in arrival (and deadline) order.
+    /// `mcp_request`s in flight (calling or waiting), by their `req_id` too, in arrival (and deadline) order.
     calls: PendingTable<McpCallId, Call>,
+    /// Calls started and not ended: at most `max_mcp_calls`.
+    running: usize,
+    /// Calls waiting for a slot, in arrival order, and the bytes of their bodies.
+    waiting: VecDeque<McpCallId>,
+    waiting_bytes: usize,
+    /// Standalone streams open, by their `req_id` too. No deadline.
+    streams: PendingTable<McpCallId, Listen>,
+    /// The last [`McpCallId`] given, to calls and streams alike.
+    next_call: u64,
     out: VecDeque<Output>,
     stats: Stats,
 }
@@ -578,6 +659,7 @@ impl Sled {
         config.validate()?;
         let mut capabilities: Vec<Cow<'_, str>> = Vec::with_capacity(1 + config.capabilities.len());
         capabilities.push(Cow::Borrowed(wire::kind::PERM_CANCEL));
+        capabilities.push(Cow::Borrowed(wire::MCP_STREAM_CAPABILITY));
         capabilities.extend(config.capabilities.iter().map(|c| Cow::Borrowed(c.as_str())));
         let identity_text = SledFrame::Identity(Identity {
             project: Cow::Borrowed(&config.project),
@@ -598,6 +680,7 @@ impl Sled {
         let id_prefix = hex8(SplitMix64::new(config.seed ^ 0x6964_735f_7072_6566).next_u64() as u32);
         let perms = PendingTable::new(Some(config.permission_timeout));
         let calls = PendingTable::new(Some(config.mcp_timeout));
+        let streams = PendingTable::new(None);
         let mut sled = Sled {
             link: if config.enabled { Link::Closed } else { Link::Disabled },
             cfg: config,
@@ -609,6 +692,11 @@ impl Sled {
             next_id: 0,
             perms,
             calls,
+            running: 0,
+            waiting: VecDeque::new(),
+            waiting_bytes: 0,
+            streams,
+            next_call: 0,
             out: VecDeque::new(),
             stats: Stats::default(),
         };
@@ -656,9 +744,19 @@ impl Sled {
         self.perms.len()
     }
 
-    /// Local MCP calls in flight.
+    /// Local MCP calls in flight (started, not ended).
     pub fn mcp_calls_in_flight(&self) -> usize {
-        self.calls.len()
+        self.running
+    }
+
+    /// `mcp_request`s waiting for a free call slot.
+    pub fn mcp_calls_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Standalone streams open.
+    pub fn mcp_streams_open(&self) -> usize {
+        self.streams.len()
     }
 
     // ── Outputs ──
@@ -786,7 +884,12 @@ impl Sled {
             Ok(GatewayFrame::PermResponse { req_id, decision, message }) => {
                 self.on_perm_response(conn, &req_id, decision, message)
             }
-            Ok(GatewayFrame::McpRequest { req_id, body, session }) => self.on_mcp_request(req_id, body, session),
+            Ok(GatewayFrame::McpRequest { req_id, body, session, stream }) => {
+                self.on_mcp_request(req_id, body, session, stream)
+            }
+            Ok(GatewayFrame::McpCancel { req_id, reason }) => self.on_mcp_cancel(&req_id, reason.as_deref()),
+            Ok(GatewayFrame::McpListen { req_id, session }) => self.on_mcp_listen(req_id, session),
+            Ok(GatewayFrame::McpSessionEnd { session }) => self.on_mcp_session_end(session.into_owned()),
             Err(wire::DecodeError::UnknownType) => {
                 self.stats.unknown_frames += 1;
                 self.ignored(Ignored::UnknownType);
@@ -798,17 +901,76 @@ impl Sled {
         }
     }
 
-    /// The local MCP endpoint answered `call`. Sends the `mcp_response`, unless the call was already answered
-    /// (timed out) or its connection died, in which case the reply is dropped.
+    /// The local MCP endpoint sent `message` within the call or stream `call`, before its end: a notification
+    /// or a request from the server (or a response on a standalone stream). Relayed as an `mcp_message` when
+    /// the gateway takes the exchange as a stream; otherwise a request from the server is answered at once
+    /// with an error ([`Output::NotifyMcp`]), so that the server does not wait for an answer that cannot
+    /// come, and anything else is dropped. Messages for a call already ended are dropped.
+    pub fn handle_mcp_message(&mut self, now: Instant, call: McpCallId, message: &RawValue) {
+        self.advance(now);
+        let (req_id, session, stream) = match (self.calls.get(call), self.streams.get(call)) {
+            (Some(Pending { value: c, .. }), _) if c.waiting.is_none() => (&c.req_id, &c.session, c.stream),
+            (_, Some(Pending { value: l, .. })) => (&l.req_id, &l.session, true),
+            _ => {
+                self.stats.late_mcp_replies += 1;
+                return;
+            }
+        };
+        let fits = wire::frame_len(wire::kind::MCP_MESSAGE, req_id, message.get().len()) <= self.cfg.max_frame_bytes;
+        if let (true, true, Some(conn)) = (stream, fits, self.connection()) {
+            let text = SledFrame::McpMessage { req_id: Cow::Borrowed(req_id), payload: message }.encode();
+            self.stats.mcp_messages += 1;
+            return self.send(conn, text);
+        }
+        self.stats.mcp_messages_dropped += 1;
+        let probe = jsonrpc::probe(message.get());
+        if let (true, BodyId::Id(id)) = (probe.has_method, probe.id) {
+            let why = if stream {
+                "the request from the MCP server is larger than the uplink's frame limit"
+            } else {
+                "the uplink's gateway does not relay requests from the MCP server"
+            };
+            let body = String::from(jsonrpc::error_response(Some(id), jsonrpc::METHOD_NOT_FOUND, why).get());
+            let session = session.clone();
+            self.out.push_back(Output::NotifyMcp { session, body });
+        }
+    }
+
+    /// The local MCP endpoint answered `call`, or the stream `call` ended. Sends the `mcp_response`, unless
+    /// the call was already answered (timed out), cancelled, or its connection died, in which case the reply
+    /// is dropped.
     pub fn handle_mcp_reply(&mut self, now: Instant, call: McpCallId, reply: McpReply) {
         self.advance(now);
-        let Some(Pending { value: c, .. }) = self.calls.remove(call) else {
+        if let Some(Pending { value: l, .. }) = self.streams.remove(call) {
+            let payload = match reply {
+                McpReply::Response(_) | McpReply::NoContent => wire::json_null().to_owned(),
+                McpReply::NoStream => jsonrpc::error_response(
+                    None,
+                    jsonrpc::METHOD_NOT_FOUND,
+                    "the local MCP server offers no standalone stream",
+                ),
+                McpReply::Failed(message) => jsonrpc::error_response(
+                    None,
+                    jsonrpc::INTERNAL_ERROR,
+                    &format!("local MCP stream failed: {message}"),
+                ),
+            };
+            return self.send_mcp_response(&l.req_id, &payload);
+        }
+        let started = self.calls.get(call).is_some_and(|p| p.value.waiting.is_none());
+        let Some(c) = started.then(|| self.take_call(call)).flatten() else {
             self.stats.late_mcp_replies += 1;
             return;
         };
+        self.start_waiting();
         let payload = match reply {
             McpReply::Response(raw) => raw,
             McpReply::NoContent => wire::json_null().to_owned(),
+            McpReply::NoStream => jsonrpc::error_response(
+                c.jsonrpc_id.as_deref(),
+                jsonrpc::INTERNAL_ERROR,
+                "local MCP call failed: local MCP endpoint answered HTTP 405 Method Not Allowed",
+            ),
             McpReply::Failed(message) => jsonrpc::error_response(
                 c.jsonrpc_id.as_deref(),
                 jsonrpc::INTERNAL_ERROR,
@@ -906,13 +1068,22 @@ impl Sled {
             Link::Closed => return,
             Link::Connected { conn, .. } => {
                 self.deny_all(Cause::Shutdown, Some(conn));
-                for (_, Pending { value: c, .. }) in self.calls.drain() {
-                    let payload = jsonrpc::error_response(
-                        c.jsonrpc_id.as_deref(),
-                        jsonrpc::INTERNAL_ERROR,
-                        "sled is shutting down",
-                    );
-                    self.send_mcp_response(&c.req_id, &payload);
+                let answers: Vec<(String, Box<RawValue>)> = self
+                    .calls
+                    .iter()
+                    .map(|(_, p)| {
+                        let c = &p.value;
+                        let e = jsonrpc::error_response(
+                            c.jsonrpc_id.as_deref(),
+                            jsonrpc::INTERNAL_ERROR,
+                            "sled is shutting down",
+                        );
+                        (c.req_id.clone(), e)
+                    })
+                    .chain(self.streams.iter().map(|(_, p)| (p.value.req_id.clone(), wire::json_null().to_owned())))
+                    .collect();
+                for (req_id, payload) in answers {
+                    self.send_mcp_response(&req_id, &payload);
                 }
                 self.out.push_back(Output::Close { conn, code: CLOSE_NORMAL, reason: "shutdown" });
             }
@@ -950,11 +1121,13 @@ impl Sled {
             self.deny(key, perm.wire, Cause::Timeout);
         }
         while let Some((call, Pending { value: c, .. })) = self.calls.pop_expired(now) {
+            self.released(call, &c);
             let message = format!("local MCP call timed out after {} ms", self.cfg.mcp_timeout.as_millis());
             let payload = jsonrpc::error_response(c.jsonrpc_id.as_deref(), jsonrpc::INTERNAL_ERROR, &message);
             self.send_mcp_response(&c.req_id, &payload);
-            self.out.push_back(Output::CancelMcp { call });
+            self.abandon(call, &c, "timeout");
         }
+        self.start_waiting();
     }
 
     /// Fires the link's timer if it is due; true if the state changed and may be due again.
@@ -1041,9 +1214,59 @@ impl Sled {
         }
     }
 
+    /// Abandons every call and stream: the connection they answer on is gone.
     fn cancel_calls(&mut self) {
-        for (call, _) in self.calls.drain() {
+        for (call, Pending { value: c, .. }) in self.calls.drain() {
+            self.abandon(call, &c, "the uplink to the gateway was lost");
+        }
+        for (call, _) in self.streams.drain() {
             self.out.push_back(Output::CancelMcp { call });
+        }
+        self.running = 0;
+        self.waiting.clear();
+        self.waiting_bytes = 0;
+    }
+
+    /// `c` (already out of the table) no longer holds a slot or a place in the queue.
+    fn released(&mut self, call: McpCallId, c: &Call) {
+        match &c.waiting {
+            Some(w) => {
+                self.waiting_bytes -= w.body.len();
+                self.waiting.retain(|k| *k != call);
+            }
+            None => self.running -= 1,
+        }
+    }
+
+    /// Takes the call `call` out of the table, releasing its slot or its place in the queue.
+    fn take_call(&mut self, call: McpCallId) -> Option<Call> {
+        let Pending { value: c, .. } = self.calls.remove(call)?;
+        self.released(call, &c);
+        Some(c)
+    }
+
+    /// Stops `c` (already released) upstream: a started call is abandoned, and the local server is told with
+    /// `notifications/cancelled` unless it is an `initialize` or a notification. A waiting one was never sent.
+    fn abandon(&mut self, call: McpCallId, c: &Call, reason: &str) {
+        if c.waiting.is_some() {
+            return;
+        }
+        self.out.push_back(Output::CancelMcp { call });
+        if let (Some(id), false) = (&c.jsonrpc_id, c.is_initialize) {
+            let body = jsonrpc::cancelled(id, reason);
+            self.out.push_back(Output::NotifyMcp { session: c.session.clone(), body });
+        }
+    }
+
+    /// Starts waiting calls, oldest first, while slots are free.
+    fn start_waiting(&mut self) {
+        while self.running < self.cfg.max_mcp_calls {
+            let Some(call) = self.waiting.pop_front() else { return };
+            let Some(c) = self.calls.get_mut(call) else { continue };
+            let Some(next) = c.value.waiting.take() else { continue };
+            self.waiting_bytes -= next.body.len();
+            self.running += 1;
+            self.out.push_back(Output::CallMcp(*next));
         }
     }
 
@@ -1069,7 +1292,13 @@ impl Sled {
         }
     }
 
-    fn on_mcp_request(&mut self, req_id: Cow<'_, str>, body: Option<Cow<'_, str>>, session: Option<Cow<'_, str>>) {
+    fn on_mcp_request(
+        &mut self,
+        req_id: Cow<'_, str>,
+        body: Option<Cow<'_, str>>,
+        session: Option<Cow<'_, str>>,
+        stream: bool,
+    ) {
         let reject = |sled: &mut Sled, id: Option<&RawValue>, code: i32, message: &str| {
             sled.stats.mcp_rejected += 1;
             let payload = jsonrpc::error_response(id, code, message);
@@ -1086,26 +1315,97 @@ impl Sled {
             BodyId::Id(id) => Some(id),
             BodyId::NoId => None,
         };
-        if self.calls.len() >= self.cfg.max_mcp_calls {
-            let message = format!("sled busy: {} local MCP calls already in flight", self.calls.len());
+        if self.calls.contains_wire(&req_id) || self.streams.contains_wire(&req_id) {
+            // Answered at once, so that every `mcp_request` still gets its one answer; the one in flight
+            // keeps the id (and is the one an `mcp_cancel` names).
+            self.ignored(Ignored::DuplicateExchange);
+            let message = "an MCP exchange with this req_id is already in flight";
+            return reject(self, jsonrpc_id, jsonrpc::INVALID_REQUEST, message);
+        }
+        let free = self.running < self.cfg.max_mcp_calls && self.waiting.is_empty();
+        if !free
+            && (self.waiting.len() >= self.cfg.max_mcp_waiting
+                || self.waiting_bytes + body.len() > self.cfg.max_mcp_waiting_bytes)
+        {
+            let message =
+                format!("sled busy: {} local MCP calls in flight and {} waiting", self.running, self.waiting.len());
             return reject(self, jsonrpc_id, jsonrpc::INTERNAL_ERROR, &message);
         }
-        let call = self.calls.mint();
+        self.next_call += 1;
+        let call = McpCallId(self.next_call);
         let jsonrpc_id: Option<Box<RawValue>> = jsonrpc_id.map(ToOwned::to_owned);
+        let session = session.map(Cow::into_owned);
         let is_initialize = probe.is_initialize;
-        self.calls.insert(
-            call,
-            self.now,
-            String::new(),
-            Call { req_id: req_id.into_owned(), jsonrpc_id: jsonrpc_id.clone() },
-        );
-        self.out.push_back(Output::CallMcp(McpCall {
+        let mcp = McpCall {
             call,
             body: body.into_owned(),
-            session: session.map(Cow::into_owned),
-            jsonrpc_id,
+            session: session.clone(),
+            jsonrpc_id: jsonrpc_id.clone(),
             is_initialize,
-        }));
+        };
+        let mut c = Call { req_id: req_id.into_owned(), jsonrpc_id, session, stream, is_initialize, waiting: None };
+        if free {
+            self.running += 1;
+            self.out.push_back(Output::CallMcp(mcp));
+        } else {
+            self.stats.mcp_waited += 1;
+            self.waiting_bytes += mcp.body.len();
+            self.waiting.push_back(call);
+            c.waiting = Some(Box::new(mcp));
+        }
+        let wire = c.req_id.clone();
+        self.calls.insert(call, self.now, wire, c);
+    }
+
+    fn on_mcp_listen(&mut self, req_id: Cow<'_, str>, session: Option<Cow<'_, str>>) {
+        let duplicate = self.calls.contains_wire(&req_id) || self.streams.contains_wire(&req_id);
+        if duplicate || self.streams.len() >= self.cfg.max_mcp_streams {
+            self.stats.mcp_rejected += 1;
+            let message = if duplicate {
+                String::from("an MCP exchange with this req_id is already in flight")
+            } else {
+                format!("sled busy: {} standalone MCP streams already open", self.streams.len())
+            };
+            let payload = jsonrpc::error_response(None, jsonrpc::INTERNAL_ERROR, &message);
+            return self.send_mcp_response(&req_id, &payload);
+        }
+        self.next_call += 1;
+        let call = McpCallId(self.next_call);
+        let session = session.map(Cow::into_owned);
+        self.out.push_back(Output::ListenMcp(McpListen { call, session: session.clone() }));
+        let req_id = req_id.into_owned();
+        self.streams.insert(call, self.now, req_id.clone(), Listen { req_id, session });
+    }
+
+    fn on_mcp_cancel(&mut self, req_id: &str, reason: Option<&str>) {
+        if let Some((call, Pending { value: c, .. })) = self.calls.take_by_wire_if(req_id, |_| true) {
+            self.stats.mcp_cancelled += 1;
+            self.released(call, &c);
+            self.abandon(call, &c, reason.unwrap_or("the caller went away"));
+            return self.start_waiting();
+        }
+        if let Some((call, _)) = self.streams.take_by_wire_if(req_id, |_| true) {
+            self.stats.mcp_cancelled += 1;
+            return self.out.push_back(Output::CancelMcp { call });
+        }
+        self.ignored(Ignored::UnmatchedCancel);
+    }
+
+    fn on_mcp_session_end(&mut self, session: String) {
+        // Its standalone streams end with it; its calls run to their answers (the local server may refuse them).
+        let streams: Vec<McpCallId> = self
+            .streams
+            .iter()
+            .filter(|(_, l)| l.value.session.as_deref() == Some(&*session))
+            .map(|(k, _)| k)
+            .collect();
+        for call in streams {
+            if let Some(Pending { value: l, .. }) = self.streams.remove(call) {
+                self.out.push_back(Output::CancelMcp { call });
+                self.send_mcp_response(&l.req_id, wire::json_null());
+            }
+        }
+        self.out.push_back(Output::EndMcpSession { session });
     }
 
     fn send_perm_request(&mut self, key: PermKey, conn: ConnId) {

@@ -2,8 +2,9 @@
 //!
 //! The sled needs it because an MCP server speaking Streamable HTTP may answer a `POST` with an event stream
 //! whose events carry JSON-RPC messages. Feed the body's bytes as they arrive with [`SseParser::push`]; each
-//! complete event comes out once. Events without data (priming events, keep-alives) are not reported, and
-//! `id:`, `retry:` and comment lines are consumed.
+//! complete event comes out once. Events without data (priming events, keep-alives) are not reported; comment
+//! lines are consumed; `id:` and `retry:` are kept for a client that resumes the stream
+//! ([`SseParser::last_event_id`], [`SseParser::retry`]).
 //!
 //! Memory is bounded: a line or an event's data longer than the configured limit is an error, after which
 //! the parser stays failed.
@@ -42,6 +43,10 @@ pub struct SseParser {
     /// How many bytes of the UTF-8 byte-order mark opening the stream have been seen (it is skipped), or
     /// `None` once the stream is past its start.
     bom_seen: Option<usize>,
+    /// The last `id` field seen (the standard's "last event ID buffer"); empty resets it.
+    last_id: Option<String>,
+    /// The last valid `retry` field, in milliseconds.
+    retry: Option<u64>,
 }
 
 /// The UTF-8 byte-order mark.
@@ -59,7 +64,25 @@ impl SseParser {
             limit,
             failed: false,
             bom_seen: Some(0),
+            last_id: None,
+            retry: None,
         }
+    }
+
+    /// A parser for the stream that resumes this one: same limit, the same last event id and retry, nothing
+    /// half-read.
+    pub fn resumed(&self) -> Self {
+        SseParser { last_id: self.last_id.clone(), retry: self.retry, ..SseParser::new(self.limit) }
+    }
+
+    /// The last event id the stream set, to resume it from (`Last-Event-ID`).
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
+
+    /// The reconnection time the stream asked for, in milliseconds.
+    pub fn retry(&self) -> Option<u64> {
+        self.retry
     }
 
     /// Feeds the next bytes of the stream; returns the events they complete, in order.
@@ -135,7 +158,11 @@ impl SseParser {
                 self.has_data = true;
             }
             b"event" => self.event = value.into_owned(),
-            // `id` and `retry` matter to a client that reconnects; the sled never resumes a stream.
+            // An id with a NUL is ignored, as the standard says; an empty one resets the buffer.
+            b"id" if !value.contains('\0') => self.last_id = (!value.is_empty()).then(|| value.into_owned()),
+            b"retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                self.retry = value.parse().ok().or(Some(u64::MAX));
+            }
             _ => {}
         }
         None
@@ -177,6 +204,19 @@ mod tests {
         let stream = b": comment\nid: 1\nretry: 100\ndata:\n\nevent: message\ndata: {\"a\":1}\n\ndata: x\ndata:  y\n\n";
         // The first event's data is empty but present: it is an (empty) event, as the standard says.
         assert_eq!(all(stream), vec![ev("", ""), ev("message", "{\"a\":1}"), ev("", "x\n y")]);
+    }
+
+    #[test]
+    fn the_last_event_id_and_retry_are_kept_for_resuming() {
+        let mut p = SseParser::new(64);
+        assert_eq!((p.last_event_id(), p.retry()), (None, None));
+        assert_eq!(p.push(b"id: e-1\nretry: 500\ndata:\n\n"), Ok(vec![ev("", "")]));
+        assert_eq!((p.last_event_id(), p.retry()), (Some("e-1"), Some(500)));
+        // A bad retry is ignored, a later id replaces the earlier, an empty one resets it.
+        p.push(b"retry: 5x\nid: e-2\n\n").expect("ok");
+        assert_eq!((p.last_event_id(), p.retry()), (Some("e-2"), Some(500)));
+        p.push(b"id\n\n").expect("ok");
+        assert_eq!(p.last_event_id(), None);
     }
 
     #[test]

@@ -48,7 +48,21 @@ pub mod kind {
     pub const PERM_RESPONSE: &str = "perm_response";
     /// Gateway → sled: a JSON-RPC message for the sled's local MCP endpoint.
     pub const MCP_REQUEST: &str = "mcp_request";
+    /// Sled → gateway (extension `mcp_stream`): a message the local MCP server sent within an exchange, before
+    /// its `mcp_response`.
+    pub const MCP_MESSAGE: &str = "mcp_message";
+    /// Gateway → sled (extension `mcp_stream`): the caller of an exchange went away; stop it.
+    pub const MCP_CANCEL: &str = "mcp_cancel";
+    /// Gateway → sled (extension `mcp_stream`): open a session's standalone stream from the local server.
+    pub const MCP_LISTEN: &str = "mcp_listen";
+    /// Gateway → sled (extension `mcp_stream`): a gateway session ended; end its local session.
+    pub const MCP_SESSION_END: &str = "mcp_session_end";
 }
+
+/// The capability a sled lists in its `identity` when it relays MCP exchanges as streams: it reads
+/// `mcp_request`'s `stream` flag and `mcp_cancel`, `mcp_listen` and `mcp_session_end`, and sends
+/// `mcp_message`. A gateway uses none of these with a sled that does not list it.
+pub const MCP_STREAM_CAPABILITY: &str = "mcp_stream";
 
 /// The outcome of a permission request. Written as `approve`, `deny` or `always_allow` ([`Decision::as_str`],
 /// `Display`, `FromStr`, serde).
@@ -175,11 +189,19 @@ pub enum SledFrame<'a> {
         /// Why, for example `"timeout"` or `"shutdown"`.
         reason: Cow<'a, str>,
     },
-    /// The answer to an `mcp_request`.
+    /// The answer to an `mcp_request`, or the end of an `mcp_listen` stream: the exchange's one end.
     McpResponse {
         /// The `mcp_request`'s `req_id`, echoed.
         req_id: Cow<'a, str>,
-        /// The JSON-RPC response, or `null` when the request was a notification.
+        /// The JSON-RPC response, or `null` when the request was a notification (or the stream ended).
+        payload: &'a RawValue,
+    },
+    /// A message from the local MCP server within an exchange opened with `stream` (extension): a
+    /// notification or a request from the server, in the order the server sent them.
+    McpMessage {
+        /// The exchange's `req_id`.
+        req_id: Cow<'a, str>,
+        /// The JSON-RPC message, as the local server sent it.
         payload: &'a RawValue,
     },
 }
@@ -204,6 +226,31 @@ pub enum GatewayFrame<'a> {
         body: Option<Cow<'a, str>>,
         /// Optional gateway-side client session (extension): each distinct value gets its own local session.
         session: Option<Cow<'a, str>>,
+        /// True when the gateway takes the exchange as a stream (extension `mcp_stream`): the sled sends the
+        /// local server's messages within it as `mcp_message` frames before the `mcp_response`. Only the
+        /// literal `true` counts.
+        stream: bool,
+    },
+    /// The caller of an exchange (an `mcp_request` or `mcp_listen`) went away (extension `mcp_stream`): the
+    /// sled stops it and sends no `mcp_response` for it.
+    McpCancel {
+        /// The exchange's `req_id`.
+        req_id: Cow<'a, str>,
+        /// Why, for logs and the local server's `notifications/cancelled`.
+        reason: Option<Cow<'a, str>>,
+    },
+    /// Open the session's standalone stream from the local server (extension `mcp_stream`): its messages come
+    /// as `mcp_message` frames, and its end as one `mcp_response`.
+    McpListen {
+        /// Correlation id of the stream.
+        req_id: Cow<'a, str>,
+        /// The gateway-side session, as in `mcp_request`.
+        session: Option<Cow<'a, str>>,
+    },
+    /// A gateway session ended (extension `mcp_stream`): the sled ends and forgets its local session.
+    McpSessionEnd {
+        /// The session, as named in `mcp_request`.
+        session: Cow<'a, str>,
     },
 }
 
@@ -312,7 +359,7 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeSeed {
 fn gateway_payload(kind: &str) -> Option<ObjectKind> {
     match kind {
         kind::PERM_RESPONSE => Some(ObjectKind::Flags),
-        kind::MCP_REQUEST => Some(ObjectKind::Mcp),
+        kind::MCP_REQUEST | kind::MCP_CANCEL | kind::MCP_LISTEN | kind::MCP_SESSION_END => Some(ObjectKind::Mcp),
         _ => None,
     }
 }
@@ -331,7 +378,7 @@ enum ObjectKind {
     Skip,
     /// `{"approved", "always_allow", "message"}`.
     Flags,
-    /// `{"body", "session"}`.
+    /// `{"body", "session", "stream", "reason"}`.
     Mcp,
 }
 
@@ -346,9 +393,9 @@ enum Lenient<'a> {
     /// A `perm_response` payload object; anything but a boolean `true` in a flag reads as `false`, and an
     /// object with a repeated member reads as a denial without a message. `message` is `None` unless a string.
     Flags(Decision, Option<Cow<'a, str>>),
-    /// An `mcp_request` payload object. `body` is `None` unless it is a string (and the object has no repeated
-    /// `body` or `session`); `session` is `None` unless it is a string.
-    Mcp { body: Option<Cow<'a, str>>, session: Option<Cow<'a, str>> },
+    /// An `mcp_*` payload object. `body` is `None` unless it is a string (and the object has no repeated
+    /// member); `session` and `reason` are `None` unless strings; `stream` is true only for the literal `true`.
+    Mcp(McpFields<'a>),
     /// Anything else.
     Other,
 }
@@ -403,8 +450,9 @@ impl<'de> serde::de::Visitor<'de> for LenientSeed {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         // Every member's value is read leniently, so that a value of the wrong type never fails the frame.
         let (mut approved, mut always_allow, mut message, mut body, mut session) = (None, None, None, None, None);
+        let (mut stream, mut reason) = (None, None);
         let mut repeated = false;
-        const KEYS: &[&str] = &["approved", "always_allow", "message", "body", "session"];
+        const KEYS: &[&str] = &["approved", "always_allow", "message", "body", "session", "stream", "reason"];
         while let Some(key) = map.next_key_seed(KeyName(KEYS))? {
             let slot = match (self.0, key.unwrap_or("")) {
                 (ObjectKind::Flags, "approved") => &mut approved,
@@ -412,6 +460,8 @@ impl<'de> serde::de::Visitor<'de> for LenientSeed {
                 (ObjectKind::Flags, "message") => &mut message,
                 (ObjectKind::Mcp, "body") => &mut body,
                 (ObjectKind::Mcp, "session") => &mut session,
+                (ObjectKind::Mcp, "stream") => &mut stream,
+                (ObjectKind::Mcp, "reason") => &mut reason,
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                     continue;
@@ -431,16 +481,28 @@ impl<'de> serde::de::Visitor<'de> for LenientSeed {
                 let is_true = |v: &Option<Lenient<'_>>| matches!(v, Some(Lenient::True));
                 Lenient::Flags(Decision::from_flags(is_true(&approved), is_true(&always_allow)), string(message))
             }
-            ObjectKind::Mcp if repeated => Lenient::Mcp { body: None, session: None },
+            ObjectKind::Mcp if repeated => Lenient::Mcp(McpFields::default()),
             // A `body` of the wrong type makes the whole payload unreadable: there is no body to call with.
             ObjectKind::Mcp => match body {
-                None | Some(Lenient::Null | Lenient::Str(_)) => {
-                    Lenient::Mcp { body: string(body), session: string(session) }
-                }
-                Some(_) => Lenient::Mcp { body: None, session: None },
+                None | Some(Lenient::Null | Lenient::Str(_)) => Lenient::Mcp(McpFields {
+                    body: string(body),
+                    session: string(session),
+                    stream: matches!(stream, Some(Lenient::True)),
+                    reason: string(reason),
+                }),
+                Some(_) => Lenient::Mcp(McpFields::default()),
             },
         })
     }
+}
+
+/// The members of an `mcp_*` payload object, read leniently.
+#[derive(Default)]
+struct McpFields<'a> {
+    body: Option<Cow<'a, str>>,
+    session: Option<Cow<'a, str>>,
+    stream: bool,
+    reason: Option<Cow<'a, str>>,
 }
 
 /// A string that borrows from the input when it has no escapes.
@@ -504,7 +566,8 @@ impl<'a> GatewayFrame<'a> {
     ///
     /// A `perm_response` always decodes (a payload that is missing, not an object, or has no boolean `true`
     /// flags means [`Decision::Deny`]); an `mcp_request` always decodes (with `body: None` when the payload has
-    /// no string `body`).
+    /// no string `body`), and so do `mcp_cancel` and `mcp_listen`. An `mcp_session_end` without a string
+    /// `session` is [`DecodeError::BadPayload`].
     pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
         let env = parse_envelope(text, Direct::GatewayFrames)?;
         let req_id = env.req_id.unwrap_or(Cow::Borrowed(""));
@@ -518,9 +581,21 @@ impl<'a> GatewayFrame<'a> {
             (ObjectKind::Flags, Lenient::Flags(decision, message)) => {
                 GatewayFrame::PermResponse { req_id, decision, message }
             }
-            (ObjectKind::Mcp, Lenient::Mcp { body, session }) => GatewayFrame::McpRequest { req_id, body, session },
-            // A payload that is missing or not an object.
-            (ObjectKind::Mcp, _) => GatewayFrame::McpRequest { req_id, body: None, session: None },
+            (ObjectKind::Mcp, payload) => {
+                // A payload that is missing or not an object reads as one without members.
+                let McpFields { body, session, stream, reason } = match payload {
+                    Lenient::Mcp(fields) => fields,
+                    _ => McpFields::default(),
+                };
+                match &*env.kind {
+                    kind::MCP_CANCEL => GatewayFrame::McpCancel { req_id, reason },
+                    kind::MCP_LISTEN => GatewayFrame::McpListen { req_id, session },
+                    kind::MCP_SESSION_END => {
+                        GatewayFrame::McpSessionEnd { session: session.ok_or(DecodeError::BadPayload)? }
+                    }
+                    _ => GatewayFrame::McpRequest { req_id, body, session, stream },
+                }
+            }
             (_, _) => GatewayFrame::PermResponse { req_id, decision: Decision::Deny, message: None },
         })
     }
@@ -591,6 +666,7 @@ impl<'a> SledFrame<'a> {
             kind::MCP_RESPONSE => {
                 Ok(SledFrame::McpResponse { req_id, payload: payload.unwrap_or_else(|| json_null()) })
             }
+            kind::MCP_MESSAGE => Ok(SledFrame::McpMessage { req_id, payload: payload.ok_or(DecodeError::BadPayload)? }),
             _ => Err(DecodeError::UnknownType),
         }
     }
@@ -693,6 +769,28 @@ impl Writer {
     }
 }
 
+/// Writes an object's members one after another: the comma before each but the first. Opens the object; the
+/// caller closes it.
+struct Members<'w> {
+    w: &'w mut Writer,
+    first: bool,
+}
+
+impl<'w> Members<'w> {
+    fn new(w: &'w mut Writer) -> Members<'w> {
+        w.raw("{");
+        Members { w, first: true }
+    }
+
+    /// Writes the next member's name; the caller writes its value on the writer returned.
+    fn next(&mut self, name: &str) -> &mut Writer {
+        if !core::mem::take(&mut self.first) {
+            self.w.raw(",");
+        }
+        self.w.raw("\"").raw(name).raw("\":")
+    }
+}
+
 /// How long `text` is once written as a JSON string, quotes included (escaped as [`SledFrame::encode`] and
 /// [`GatewayFrame::encode`] escape it).
 pub fn json_string_len(text: &str) -> usize {
@@ -754,6 +852,10 @@ impl SledFrame<'_> {
                 let payload = payload.get();
                 Writer::envelope(kind::MCP_RESPONSE, req_id, 1 + payload.len()).raw(payload).raw("}").done()
             }
+            SledFrame::McpMessage { req_id, payload } => {
+                let payload = payload.get();
+                Writer::envelope(kind::MCP_MESSAGE, req_id, 1 + payload.len()).raw(payload).raw("}").done()
+            }
         }
     }
 }
@@ -777,19 +879,44 @@ impl GatewayFrame<'_> {
                 }
                 w.raw("}}").done()
             }
-            GatewayFrame::McpRequest { req_id, body, session } => {
+            GatewayFrame::McpRequest { req_id, body, session, stream } => {
                 let (body, session) = (body.as_deref(), session.as_deref());
-                let rest = 26 + body.map_or(0, str::len) + session.map_or(0, str::len);
+                let rest = 40 + body.map_or(0, str::len) + session.map_or(0, str::len);
                 let mut w = Writer::envelope(kind::MCP_REQUEST, req_id, rest);
-                w.raw("{");
+                let mut members = Members::new(&mut w);
                 if let Some(body) = body {
-                    w.raw("\"body\":").string(body);
+                    members.next("body").string(body);
                 }
                 if let Some(session) = session {
-                    w.raw(if body.is_some() { ",\"session\":" } else { "\"session\":" }).string(session);
+                    members.next("session").string(session);
+                }
+                // Written only when set, so that a frame without it is byte for byte the original's.
+                if *stream {
+                    members.next("stream").raw("true");
                 }
                 w.raw("}}").done()
             }
+            GatewayFrame::McpCancel { req_id, reason } => {
+                let mut w = Writer::envelope(kind::MCP_CANCEL, req_id, 16 + reason.as_ref().map_or(0, |r| r.len()));
+                let mut members = Members::new(&mut w);
+                if let Some(reason) = reason {
+                    members.next("reason").string(reason);
+                }
+                w.raw("}}").done()
+            }
+            GatewayFrame::McpListen { req_id, session } => {
+                let mut w = Writer::envelope(kind::MCP_LISTEN, req_id, 16 + session.as_ref().map_or(0, |s| s.len()));
+                let mut members = Members::new(&mut w);
+                if let Some(session) = session {
+                    members.next("session").string(session);
+                }
+                w.raw("}}").done()
+            }
+            GatewayFrame::McpSessionEnd { session } => Writer::envelope(kind::MCP_SESSION_END, "", 16 + session.len())
+                .raw("{\"session\":")
+                .string(session)
+                .raw("}}")
+                .done(),
         }
     }
 }

@@ -280,17 +280,17 @@ fn policies_and_the_pending_limit_decide_without_the_application() {
 fn mcp_requests_end_exactly_once() {
     let cfg = GatewayConfig { mcp_timeout: Duration::from_secs(5), max_pending_mcp: 2, ..GatewayConfig::default() };
     let mut g = G::new(cfg);
-    assert_eq!(g.gw.send_mcp(g.now, "{}", None), Err(SendMcpError::NotIdentified));
+    assert_eq!(g.gw.send_mcp(g.now, "{}", None, true), Err(SendMcpError::NotIdentified));
     g.text(IDENTITY);
-    let a = g.gw.send_mcp(g.now, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, Some("s1")).expect("ok");
+    let a = g.gw.send_mcp(g.now, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, Some("s1"), true).expect("ok");
     assert_eq!(
         sent(&g.drain()),
         vec![
             json!({"type":"mcp_request","req_id":"mcp-0","payload":{"body":"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}","session":"s1"}})
         ]
     );
-    let b = g.gw.send_mcp(g.now, "{}", None).expect("ok");
-    assert_eq!(g.gw.send_mcp(g.now, "{}", None), Err(SendMcpError::TooMany));
+    let b = g.gw.send_mcp(g.now, "{}", None, true).expect("ok");
+    assert_eq!(g.gw.send_mcp(g.now, "{}", None, true), Err(SendMcpError::TooMany));
     let outs = g.text(r#"{"type":"mcp_response","req_id":"mcp-0","payload":{"jsonrpc":"2.0","id":1,"result":{}}}"#);
     assert_eq!(
         events(&outs),
@@ -304,14 +304,14 @@ fn mcp_requests_end_exactly_once() {
     }
     let outs = g.at(5.0);
     assert_eq!(events(&outs), vec![GatewayEvent::McpFailed { id: b, reason: McpFailure::Timeout }]);
-    let c = g.gw.send_mcp(g.now, "{}", None).expect("ok");
+    let c = g.gw.send_mcp(g.now, "{}", None, true).expect("ok");
     g.gw.handle_disconnected(g.now);
     let outs = g.drain();
     assert_eq!(
         events(&outs),
         vec![GatewayEvent::McpFailed { id: c, reason: McpFailure::ConnectionLost }, GatewayEvent::Closed]
     );
-    assert_eq!(g.gw.send_mcp(g.now, "{}", None), Err(SendMcpError::Closed));
+    assert_eq!(g.gw.send_mcp(g.now, "{}", None, true), Err(SendMcpError::Closed));
     assert_ne!(a, McpId(99));
 }
 
@@ -320,7 +320,7 @@ fn closing_or_losing_the_connection_withdraws_everything_pending() {
     let mut g = G::identified(GatewayConfig::default());
     let p1 = requested(&g.perm_request("r1", "Bash"));
     let p2 = requested(&g.perm_request("r2", "Bash"));
-    let m = g.gw.send_mcp(g.now, "{}", None).expect("ok");
+    let m = g.gw.send_mcp(g.now, "{}", None, true).expect("ok");
     g.drain();
     g.gw.close(g.now, CloseReason::Replaced);
     let outs = g.drain();

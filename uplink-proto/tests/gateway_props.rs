@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::json;
-use uplink_proto::gateway::{Gateway, GatewayConfig, GatewayEvent, GatewayOutput, McpId, PermId};
+use uplink_proto::gateway::{Gateway, GatewayConfig, GatewayEvent, GatewayOutput, McpFailure, McpId, PermId};
 use uplink_proto::{Decision, Instant, Received};
 
 #[derive(Clone, Debug)]
 enum Op {
     Advance(u32),
-    Identity,
+    /// With or without the `mcp_stream` capability.
+    Identity(bool),
     Heartbeat,
     PermRequest(u8, u8),
     PermCancel(u8),
@@ -21,6 +22,9 @@ enum Op {
     Pong,
     Decide(u8, u8),
     SendMcp,
+    ListenMcp,
+    CancelMcp(u8),
+    McpMessage(u8),
     Close,
     Disconnect,
 }
@@ -28,7 +32,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u32..20_000).prop_map(Op::Advance),
-        2 => Just(Op::Identity),
+        2 => any::<bool>().prop_map(Op::Identity),
         2 => Just(Op::Heartbeat),
         5 => (0u8..6, 0u8..4).prop_map(|(r, t)| Op::PermRequest(r, t)),
         2 => (0u8..6).prop_map(Op::PermCancel),
@@ -37,6 +41,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Pong),
         4 => (0u8..10, 0u8..3).prop_map(|(p, d)| Op::Decide(p, d)),
         3 => Just(Op::SendMcp),
+        1 => Just(Op::ListenMcp),
+        2 => (0u8..8).prop_map(Op::CancelMcp),
+        2 => (0u8..8).prop_map(Op::McpMessage),
         1 => Just(Op::Close),
         1 => Just(Op::Disconnect),
     ]
@@ -59,6 +66,8 @@ struct Check {
     perms: BTreeMap<PermId, Fate>,
     mcp: BTreeMap<McpId, Fate>,
     max_perm: usize,
+    /// The sled listed `mcp_stream`.
+    streams: bool,
 }
 
 impl Check {
@@ -69,7 +78,14 @@ impl Check {
                 self.now = self.now + Duration::from_millis(u64::from(*ms));
                 self.gw.handle_timeout(self.now);
             }
-            Op::Identity => self.text(r#"{"type":"identity","req_id":"identity","payload":{"project":"p"}}"#),
+            Op::Identity(streams) => {
+                if !self.identified {
+                    self.streams = *streams;
+                }
+                let capabilities = if *streams { vec!["perm_cancel", "mcp_stream"] } else { vec!["perm_cancel"] };
+                let frame = json!({"type":"identity","req_id":"identity","payload":{"project":"p","capabilities":capabilities}});
+                self.text(&frame.to_string())
+            }
             Op::Heartbeat => self.text(r#"{"type":"heartbeat","req_id":"","payload":null}"#),
             Op::PermRequest(r, t) => self.text(
                 &json!({"type":"perm_request","req_id":format!("r{r}"),"payload":{"tool_name":TOOLS[usize::from(*t)]}})
@@ -99,7 +115,7 @@ impl Check {
                     );
                 }
             }
-            Op::SendMcp => match self.gw.send_mcp(now, r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#, None) {
+            Op::SendMcp => match self.gw.send_mcp(now, r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#, None, true) {
                 Ok(id) => {
                     assert!(self.identified && !self.closed);
                     assert!(self.mcp.insert(id, Fate::Pending).is_none(), "id reused");
@@ -110,6 +126,36 @@ impl Check {
                         || self.mcp.values().filter(|f| **f == Fate::Pending).count() >= 256
                 ),
             },
+            Op::ListenMcp => match self.gw.listen_mcp(now, Some("s")) {
+                Ok(id) => {
+                    assert!(
+                        self.identified && !self.closed && self.streams,
+                        "a stream opened with a sled without them"
+                    );
+                    assert!(self.mcp.insert(id, Fate::Pending).is_none(), "id reused");
+                    let outs = self.drain();
+                    assert!(matches!(outs.first(), Some(GatewayOutput::Send(t)) if t.contains("mcp_listen")));
+                }
+                Err(_) => assert!(!self.identified || self.closed || !self.streams || self.gw.mcp_streams() >= 64),
+            },
+            Op::CancelMcp(m) => {
+                let id = McpId(u64::from(*m));
+                let pending = self.mcp.get(&id) == Some(&Fate::Pending);
+                assert_eq!(self.gw.cancel_mcp(now, id, "gone"), pending, "cancel({id:?})");
+                let outs = self.drain();
+                if pending {
+                    let told = outs.iter().any(|o| matches!(o, GatewayOutput::Send(t) if t.contains("mcp_cancel")));
+                    assert_eq!(told, self.streams, "the sled is told exactly when it relays streams");
+                    assert!(outs.iter().any(|o| matches!(
+                        o,
+                        GatewayOutput::Event(GatewayEvent::McpFailed { id: i, reason: McpFailure::Cancelled }) if *i == id
+                    )));
+                }
+            }
+            Op::McpMessage(m) => self.text(
+                &json!({"type":"mcp_message","req_id":format!("mcp-{m}"),"payload":{"jsonrpc":"2.0","method":"n"}})
+                    .to_string(),
+            ),
             Op::Close => self.gw.close(now, uplink_proto::gateway::CloseReason::Replaced),
             Op::Disconnect => self.gw.handle_disconnected(now),
         }
@@ -119,7 +165,10 @@ impl Check {
         }
         assert!(self.gw.pending_permissions() <= self.max_perm);
         assert_eq!(self.gw.pending_permissions(), self.perms.values().filter(|f| **f == Fate::Pending).count());
-        assert_eq!(self.gw.pending_mcp(), self.mcp.values().filter(|f| **f == Fate::Pending).count());
+        assert_eq!(
+            self.gw.pending_mcp() + self.gw.mcp_streams(),
+            self.mcp.values().filter(|f| **f == Fate::Pending).count()
+        );
     }
 
     fn text(&mut self, text: &str) {
@@ -152,6 +201,9 @@ impl Check {
                     GatewayEvent::McpResponse { id, .. } | GatewayEvent::McpFailed { id, .. } => {
                         assert_eq!(self.mcp.insert(*id, Fate::Ended), Some(Fate::Pending), "MCP request ended twice");
                     }
+                    GatewayEvent::McpMessage { id, .. } => {
+                        assert_eq!(self.mcp.get(id), Some(&Fate::Pending), "a message for an exchange not open");
+                    }
                     GatewayEvent::Closed => self.closed = true,
                     _ => {}
                 },
@@ -181,6 +233,7 @@ proptest! {
             perms: BTreeMap::new(),
             mcp: BTreeMap::new(),
             max_perm,
+            streams: false,
         };
         for op in &ops {
             c.step(op);

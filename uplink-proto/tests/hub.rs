@@ -181,22 +181,22 @@ fn public_ids_have_one_spelling_and_route_to_their_own_session() {
 #[test]
 fn mcp_requests_reach_the_projects_live_connection_and_end_exactly_once() {
     let mut h = H::new();
-    assert_eq!(h.hub.send_mcp(h.now, "nobody", "{}", None), Err(McpRefused::UnknownProject));
+    assert_eq!(h.hub.send_mcp(h.now, "nobody", "{}", None, true), Err(McpRefused::UnknownProject));
     // Another sled connected first: the request must still reach demo's own connection.
     let other = h.connect(any(2), "other");
     let conn = h.connect(any(1), "demo");
     assert_ne!(other, conn);
     h.drain();
-    let t1 = h.hub.send_mcp(h.now, "demo", r#"{"id":1}"#, Some("s")).expect("sent");
+    let t1 = h.hub.send_mcp(h.now, "demo", r#"{"id":1}"#, Some("s"), true).expect("sent");
     let outs = h.drain();
     assert!(matches!(&outs[0], HubOutput::Send { conn: c, text } if *c == conn && text.contains("mcp_request")));
     h.text(conn, r#"{"type":"mcp_response","req_id":"mcp-0","payload":{"ok":true}}"#);
     assert_eq!(h.events(), vec![HubEvent::McpAnswered { ticket: t1, payload: r#"{"ok":true}"#.into() }]);
-    let t2 = h.hub.send_mcp(h.now, "demo", "{}", None).expect("sent");
+    let t2 = h.hub.send_mcp(h.now, "demo", "{}", None, true).expect("sent");
     h.hub.handle_disconnected(h.now, conn);
     let events = h.events();
     assert!(events.contains(&HubEvent::McpFailed { ticket: t2, reason: McpFailure::ConnectionLost }));
-    assert_eq!(h.hub.send_mcp(h.now, "demo", "{}", None), Err(McpRefused::NotConnected));
+    assert_eq!(h.hub.send_mcp(h.now, "demo", "{}", None, true), Err(McpRefused::NotConnected));
 }
 
 #[test]
@@ -211,8 +211,8 @@ fn only_the_most_recently_disconnected_sleds_are_remembered() {
     h.drain();
     let names: Vec<String> = h.hub.sleds(h.now).into_iter().map(|s| s.project).collect();
     assert_eq!(names, ["c", "d", "e"]);
-    assert_eq!(h.hub.send_mcp(h.now, "a", "{}", None), Err(McpRefused::UnknownProject));
-    assert_eq!(h.hub.send_mcp(h.now, "e", "{}", None), Err(McpRefused::NotConnected));
+    assert_eq!(h.hub.send_mcp(h.now, "a", "{}", None, true), Err(McpRefused::UnknownProject));
+    assert_eq!(h.hub.send_mcp(h.now, "e", "{}", None, true), Err(McpRefused::NotConnected));
     // A sled that comes and goes for ever keeps the bookkeeping bounded.
     for _ in 0..10_000 {
         let conn = h.connect(any(1), "flappy");

@@ -288,7 +288,7 @@ impl Model {
             }
             Op::SendMcp(p) => {
                 let project = PROJECTS[usize::from(*p)];
-                if let Ok(ticket) = self.hub.send_mcp(now, project, r#"{"jsonrpc":"2.0","id":1}"#, None) {
+                if let Ok(ticket) = self.hub.send_mcp(now, project, r#"{"jsonrpc":"2.0","id":1}"#, None, true) {
                     prop_assert_eq!(self.holders.get(project), Some(&ticket.conn));
                     prop_assert!(self.tickets.insert(ticket, Fate::Pending).is_none(), "ticket reused");
                 }
@@ -433,6 +433,9 @@ impl Model {
                         });
                         prop_assert!(tool_name == "Read" || by_person, "approved {} by {:?}", tool_name, rule);
                         auto_approved.insert((conn, req_id));
+                    }
+                    HubEvent::McpMessage { ticket, .. } => {
+                        prop_assert_eq!(self.tickets.get(&ticket), Some(&Fate::Pending), "a message after the end");
                     }
                     HubEvent::McpAnswered { ticket, .. } | HubEvent::McpFailed { ticket, .. } => {
                         let fate = self.tickets.get_mut(&ticket);

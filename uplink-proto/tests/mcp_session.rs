@@ -44,6 +44,7 @@ fn done(step: Step) -> String {
         Step::Done(McpReply::Response(raw)) => raw.get().to_owned(),
         Step::Done(McpReply::Failed(e)) => format!("failed: {e}"),
         Step::Done(McpReply::NoContent) => "no content".into(),
+        Step::Done(McpReply::NoStream) => "no stream".into(),
         Step::Post { body, .. } => panic!("expected the end, got a POST of {body:?}"),
     }
 }
@@ -136,8 +137,45 @@ fn the_least_recently_used_session_is_forgotten_beyond_the_bound() {
     assert_eq!(s.headers("a").session_id.as_deref(), Some("A"));
     assert_eq!(s.headers("b").session_id, None);
     assert_eq!(s.headers("c").session_id.as_deref(), Some("C"));
+    // The forgotten session is ended upstream, once.
+    let ended: Vec<Option<String>> = s.take_ended().into_iter().map(|h| h.session_id).collect();
+    assert_eq!(ended, [Some("B".to_owned())]);
+    assert!(s.take_ended().is_empty());
     for i in 0..1000 {
         initialize(&mut s, Some(&format!("k{i}")), "x");
         assert!(s.len() <= 2);
+        assert!(s.take_ended().len() <= 2);
     }
+}
+
+#[test]
+fn sessions_the_gateway_ends_or_a_shutdown_ends_are_ended_upstream_and_forgotten() {
+    let mut s = McpSessions::new(8);
+    initialize(&mut s, Some("a"), "A");
+    initialize(&mut s, Some("b"), "B");
+    initialize(&mut s, Some("c"), "C");
+    s.end("a");
+    s.end("never-known");
+    assert_eq!(s.take_ended().into_iter().map(|h| h.session_id).collect::<Vec<_>>(), [Some("A".to_owned())]);
+    assert_eq!(s.headers("a"), SessionHeaders::default());
+    // A client that initializes again ends its old local session.
+    initialize(&mut s, Some("b"), "B2");
+    assert_eq!(s.take_ended().into_iter().map(|h| h.session_id).collect::<Vec<_>>(), [Some("B".to_owned())]);
+    s.end_all();
+    let mut ended: Vec<Option<String>> = s.take_ended().into_iter().map(|h| h.session_id).collect();
+    ended.sort();
+    assert_eq!(ended, [Some("B2".to_owned()), Some("C".to_owned())]);
+    assert!(s.is_empty());
+}
+
+#[test]
+fn a_stream_is_resumed_only_from_an_event_id_after_the_servers_retry_a_bounded_number_of_times() {
+    use std::time::Duration;
+    use uplink_proto::mcp_session::{MAX_RESUMES, MAX_RETRY, resume_after};
+    assert_eq!(resume_after(None, Some(500), 0), None, "nothing to resume from");
+    assert_eq!(resume_after(Some("e1"), Some(500), 0), Some(Duration::from_millis(500)));
+    assert_eq!(resume_after(Some("e1"), None, 0), Some(Duration::from_secs(1)));
+    assert_eq!(resume_after(Some("e1"), Some(u64::MAX), 0), Some(MAX_RETRY));
+    assert_eq!(resume_after(Some("e1"), Some(0), MAX_RESUMES - 1), Some(Duration::ZERO));
+    assert_eq!(resume_after(Some("e1"), Some(0), MAX_RESUMES), None);
 }

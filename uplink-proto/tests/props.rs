@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use common::raw;
@@ -38,11 +38,21 @@ enum Op {
     },
     McpRequest {
         body: u8,
+        stream: bool,
     },
     McpReply {
         pick: u8,
         kind: u8,
     },
+    /// The local server sends a message within a call or stream: a notification, or a request of its own.
+    McpMessage {
+        pick: u8,
+        request: bool,
+    },
+    /// The gateway cancels an exchange (known, or not).
+    McpCancel(u8),
+    McpListen,
+    McpSessionEnd,
     Pong,
     Garbage(String),
     Shutdown,
@@ -59,8 +69,12 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (0u8..6).prop_map(Op::Request),
         2 => any::<u8>().prop_map(Op::Withdraw),
         5 => (0u8..6, 0u8..16, prop::bool::weighted(0.2)).prop_map(|(id, flags, stale)| Op::Respond { id, flags, stale }),
-        3 => (0u8..5).prop_map(|body| Op::McpRequest { body }),
+        3 => (0u8..5, any::<bool>()).prop_map(|(body, stream)| Op::McpRequest { body, stream }),
         3 => (any::<u8>(), 0u8..4).prop_map(|(pick, kind)| Op::McpReply { pick, kind }),
+        2 => (any::<u8>(), any::<bool>()).prop_map(|(pick, request)| Op::McpMessage { pick, request }),
+        1 => any::<u8>().prop_map(Op::McpCancel),
+        1 => Just(Op::McpListen),
+        1 => Just(Op::McpSessionEnd),
         2 => Just(Op::Pong),
         1 => prop_oneof![
             ".{0,40}",
@@ -77,19 +91,26 @@ fn cfg() -> impl Strategy<Value = SledConfig> {
     (
         (any::<u64>(), any::<bool>(), prop_oneof![Just(1_000_000u64), Just(1u64)]),
         (1u64..130, 1usize..5, 1usize..4, 1u64..70, prop::bool::weighted(0.05)),
+        (0usize..4, 1usize..3),
     )
-        .prop_map(|((seed, jitter, initial_us), (perm_s, max_perm, max_mcp, mcp_s, disabled))| SledConfig {
-            enabled: !disabled,
-            seed,
-            backoff_jitter: jitter,
-            // A 1 µs start makes zero-length jittered delays common.
-            backoff_initial: Duration::from_micros(initial_us),
-            permission_timeout: Duration::from_secs(perm_s),
-            max_pending_permissions: max_perm,
-            max_mcp_calls: max_mcp,
-            mcp_timeout: Duration::from_secs(mcp_s),
-            ..SledConfig::new("prop")
-        })
+        .prop_map(
+            |((seed, jitter, initial_us), (perm_s, max_perm, max_mcp, mcp_s, disabled), (waiting, streams))| {
+                SledConfig {
+                    enabled: !disabled,
+                    seed,
+                    backoff_jitter: jitter,
+                    // A 1 µs start makes zero-length jittered delays common.
+                    backoff_initial: Duration::from_micros(initial_us),
+                    permission_timeout: Duration::from_secs(perm_s),
+                    max_pending_permissions: max_perm,
+                    max_mcp_calls: max_mcp,
+                    max_mcp_waiting: waiting,
+                    max_mcp_streams: streams,
+                    mcp_timeout: Duration::from_secs(mcp_s),
+                    ..SledConfig::new("prop")
+                }
+            },
+        )
 }
 
 /// Approve / deny / always-allow from the low bits; the other bits pick odd payload shapes.
@@ -115,6 +136,24 @@ const BODIES: [&str; 5] = [
     "{broken",
     "",
 ];
+
+/// One MCP exchange, as the observer knows it.
+#[derive(Debug)]
+struct Exchange {
+    end: Option<End>,
+    /// The gateway asked for a stream (always, for a standalone stream).
+    stream: bool,
+    /// Its local call started.
+    started: bool,
+}
+
+/// How an exchange ended: exactly one of these, once.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum End {
+    Answered,
+    Cancelled,
+    Lost,
+}
 
 /// What the observer knows about one permission request.
 struct Req {
@@ -143,10 +182,13 @@ struct Check {
     owner: BTreeMap<String, PermKey>,
     /// `perm_response`s fed in this step: (id, connection, decision it means).
     responses_now: Vec<(String, ConnId, Decision)>,
-    /// mcp_request req_id → (answers, cancelled-without-answer).
-    mcp: BTreeMap<String, (u32, bool)>,
+    /// Every exchange (mcp_request or mcp_listen) by req_id.
+    mcp: BTreeMap<String, Exchange>,
     calls: BTreeMap<McpCallId, String>,
+    /// The exchange fed in this step, until its call starts (or it ends at once).
     mcp_fed_now: Option<String>,
+    /// Requests waiting for a call slot, in arrival order (as the observer infers them).
+    mcp_waiting: VecDeque<String>,
     next_mcp: u32,
     identities_on_live: u32,
 }
@@ -171,6 +213,7 @@ impl Check {
             mcp: BTreeMap::new(),
             calls: BTreeMap::new(),
             mcp_fed_now: None,
+            mcp_waiting: VecDeque::new(),
             next_mcp: 0,
             identities_on_live: 0,
         };
@@ -265,14 +308,69 @@ impl Check {
                     self.sled.handle_received(self.now, conn, Received::Text(&text));
                 }
             }
-            Op::McpRequest { body } => {
+            Op::McpRequest { body, stream } => {
                 if let Some(conn) = self.live {
                     let req_id = format!("m{}", self.next_mcp);
                     self.next_mcp += 1;
-                    let text = serde_json::json!({"type":"mcp_request","req_id":req_id,"payload":{"body":BODIES[usize::from(*body)]}}).to_string();
-                    self.mcp.insert(req_id.clone(), (0, false));
-                    self.mcp_fed_now = Some(req_id);
+                    let mut payload = serde_json::json!({"body":BODIES[usize::from(*body)]});
+                    if *stream {
+                        payload["stream"] = Value::Bool(true);
+                    }
+                    let text = serde_json::json!({"type":"mcp_request","req_id":req_id,"payload":payload}).to_string();
+                    self.mcp.insert(req_id.clone(), Exchange { end: None, stream: *stream, started: false });
+                    self.mcp_fed_now = Some(req_id.clone());
                     self.sled.handle_received(self.now, conn, Received::Text(&text));
+                    self.drain();
+                    // Neither started nor answered: it waits for a slot.
+                    if self.mcp_fed_now.take().is_some() && self.mcp[&req_id].end.is_none() {
+                        self.mcp_waiting.push_back(req_id);
+                    }
+                }
+            }
+            Op::McpListen => {
+                if let Some(conn) = self.live {
+                    let req_id = format!("m{}", self.next_mcp);
+                    self.next_mcp += 1;
+                    let text =
+                        serde_json::json!({"type":"mcp_listen","req_id":req_id,"payload":{"session":"s"}}).to_string();
+                    self.mcp.insert(req_id.clone(), Exchange { end: None, stream: true, started: false });
+                    self.mcp_fed_now = Some(req_id.clone());
+                    self.sled.handle_received(self.now, conn, Received::Text(&text));
+                    self.drain();
+                    let e = &self.mcp[&req_id];
+                    assert!(e.started || e.end.is_some(), "a listen neither opened nor ended at once");
+                }
+            }
+            Op::McpCancel(pick) => {
+                if let Some(conn) = self.live {
+                    let req_id = format!("m{}", u32::from(*pick) % (self.next_mcp + 1));
+                    let text = serde_json::json!({"type":"mcp_cancel","req_id":req_id,"payload":{"reason":"gone"}})
+                        .to_string();
+                    let open = self.mcp.get(&req_id).is_some_and(|e| e.end.is_none());
+                    if open {
+                        // The gateway has ended it on its side: whatever the sled does, no answer may follow.
+                        self.mcp.get_mut(&req_id).expect("known").end = Some(End::Cancelled);
+                        self.mcp_waiting.retain(|r| *r != req_id);
+                    }
+                    self.sled.handle_received(self.now, conn, Received::Text(&text));
+                }
+            }
+            Op::McpSessionEnd => {
+                if let Some(conn) = self.live {
+                    let text = r#"{"type":"mcp_session_end","req_id":"","payload":{"session":"s"}}"#;
+                    self.sled.handle_received(self.now, conn, Received::Text(text));
+                }
+            }
+            Op::McpMessage { pick, request } => {
+                let known: Vec<McpCallId> = self.calls.keys().copied().collect();
+                if !known.is_empty() {
+                    let call = known[usize::from(*pick) % known.len()];
+                    let message = if *request {
+                        r#"{"jsonrpc":"2.0","id":"srv","method":"sampling/createMessage"}"#
+                    } else {
+                        r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#
+                    };
+                    self.sled.handle_mcp_message(self.now, call, &raw(message));
                 }
             }
             Op::McpReply { pick, kind } => {
@@ -328,6 +426,7 @@ impl Check {
                     self.identities_on_live = 0;
                 }
                 LinkState::BackingOff { delay, reason } => {
+                    self.link_lost();
                     self.live = None;
                     self.pending_connect = None;
                     assert!(delay <= self.cfg.backoff_max, "delay {delay:?} above the cap");
@@ -336,6 +435,7 @@ impl Check {
                     }
                 }
                 LinkState::Closed | LinkState::Disabled => {
+                    self.link_lost();
                     self.live = None;
                     self.pending_connect = None;
                 }
@@ -367,10 +467,15 @@ impl Check {
                         self.sent_on.insert(req_id, conn);
                     }
                     "mcp_response" => {
-                        let entry = self.mcp.get_mut(&req_id).expect("mcp_response for a request that never came");
-                        entry.0 += 1;
-                        assert_eq!(entry.0, 1, "second mcp_response for {req_id}");
-                        assert!(!entry.1, "answered after being cancelled");
+                        let entry = self.mcp.get_mut(&req_id).expect("mcp_response for an exchange that never came");
+                        assert_eq!(entry.end, None, "{req_id} answered after its end");
+                        entry.end = Some(End::Answered);
+                        self.mcp_waiting.retain(|r| *r != req_id);
+                    }
+                    "mcp_message" => {
+                        let entry = self.mcp.get(&req_id).expect("mcp_message for an exchange that never came");
+                        assert_eq!(entry.end, None, "{req_id}: a message after its end");
+                        assert!(entry.stream && entry.started, "{req_id}: a message for an exchange not streaming");
                     }
                     "heartbeat" | "perm_cancel" => {}
                     other => panic!("unexpected frame type {other}"),
@@ -409,22 +514,57 @@ impl Check {
                 }
             }
             Output::CallMcp(call) => {
-                let req_id = self.mcp_fed_now.clone().expect("a call without an mcp_request");
-                assert!(self.calls.insert(call.call, req_id).is_none(), "call id reused");
+                // The request fed now starts at once, or the oldest waiting one when a slot frees.
+                let req_id = match self.mcp_fed_now.take() {
+                    Some(r) => r,
+                    None => self.mcp_waiting.pop_front().expect("a call without a waiting mcp_request"),
+                };
+                self.start(call.call, req_id);
+            }
+            Output::ListenMcp(listen) => {
+                let req_id = self.mcp_fed_now.take().expect("a stream without an mcp_listen");
+                self.start(listen.call, req_id);
             }
             Output::CancelMcp { call } => {
                 let req_id = self.calls.get(&call).expect("cancel of an unknown call").clone();
                 let entry = self.mcp.get_mut(&req_id).expect("known request");
-                if entry.0 == 0 {
-                    entry.1 = true;
-                }
+                assert!(entry.started, "cancel of a call never started");
             }
+            Output::NotifyMcp { body, .. } => {
+                let v: Value = serde_json::from_str(&body).expect("notices are JSON");
+                assert!(v.get("method").is_some() || v.get("error").is_some(), "a notice or an error answer: {body}");
+            }
+            Output::EndMcpSession { session } => assert_eq!(session, "s"),
         }
+    }
+
+    fn start(&mut self, call: McpCallId, req_id: String) {
+        let entry = self.mcp.get_mut(&req_id).expect("known exchange");
+        assert_eq!(entry.end, None, "{req_id} started after its end");
+        assert!(!entry.started, "{req_id} started twice");
+        entry.started = true;
+        assert!(self.calls.insert(call, req_id).is_none(), "call id reused");
+    }
+
+    /// The live connection is gone: every exchange still open on it ends with it.
+    fn link_lost(&mut self) {
+        for e in self.mcp.values_mut().filter(|e| e.end.is_none()) {
+            e.end = Some(End::Lost);
+        }
+        self.mcp_waiting.clear();
     }
 
     fn check_bounds(&self) {
         assert!(self.sled.pending_permissions() <= self.cfg.max_pending_permissions);
         assert!(self.sled.mcp_calls_in_flight() <= self.cfg.max_mcp_calls);
+        assert!(self.sled.mcp_calls_waiting() <= self.cfg.max_mcp_waiting);
+        assert!(self.sled.mcp_streams_open() <= self.cfg.max_mcp_streams);
+        let open = self.mcp.values().filter(|e| e.end.is_none()).count();
+        assert_eq!(
+            open,
+            self.sled.mcp_calls_in_flight() + self.sled.mcp_calls_waiting() + self.sled.mcp_streams_open(),
+            "observer and machine disagree on the exchanges open"
+        );
         let next = self.sled.poll_timeout();
         if let Some(at) = next {
             assert!(at >= self.now, "deadline {at:?} left behind at {:?}", self.now);
@@ -452,8 +592,8 @@ impl Check {
         for (key, req) in &self.reqs {
             assert!(req.decided.is_some(), "{key:?} ({}) never decided", req.id);
         }
-        for (req_id, (answers, cancelled)) in &self.mcp {
-            assert_eq!(u32::from(*cancelled) + answers, 1, "{req_id}: {answers} answers, cancelled {cancelled}");
+        for (req_id, e) in &self.mcp {
+            assert!(e.end.is_some(), "{req_id} never ended: {e:?}");
         }
         assert_eq!(self.sled.poll_timeout(), None);
         self.trace

@@ -63,7 +63,7 @@ fn b2_identity_is_the_first_frame_and_heartbeats_follow_every_interval() {
     assert_eq!(frames[0]["req_id"], "identity");
     assert_eq!(frames[0]["payload"]["project"], "test-proj");
     assert_eq!(frames[0]["payload"]["protocol"], 1);
-    assert_eq!(frames[0]["payload"]["capabilities"], json!(["perm_cancel"]));
+    assert_eq!(frames[0]["payload"]["capabilities"], json!(["perm_cancel", "mcp_stream"]));
     assert_eq!(d.sled.poll_timeout(), Some(Instant::from_secs(10)));
     // Nothing before the interval...
     assert!(actions(&d.secs(9.999)).is_empty());
@@ -84,7 +84,7 @@ fn b14_identity_carries_documented_extras() {
     let (_, outs) = d.connect();
     assert_eq!(
         sent(&outs)[0]["payload"],
-        json!({"project":"test-proj","protocol":1,"sled_version":"9.9.9","capabilities":["perm_cancel","mcp_session"],
+        json!({"project":"test-proj","protocol":1,"sled_version":"9.9.9","capabilities":["perm_cancel","mcp_stream","mcp_session"],
             "permission_timeout_ms":120_000})
     );
 }
@@ -475,7 +475,8 @@ fn b11_a_response_on_another_connection_never_decides() {
 
 #[test]
 fn b12_mcp_calls_are_bounded_and_the_excess_answered_with_its_id() {
-    let (mut d, conn) = Driver::connected(config());
+    // Without a wait queue, as the original: the excess is answered at once.
+    let (mut d, conn) = Driver::connected(SledConfig { max_mcp_waiting: 0, ..config() });
     for n in 0..32 {
         call_of(&d.text(conn, &mcp_request(&format!("m{n}"), &format!(r#"{{"id":{n}}}"#))));
     }
@@ -536,6 +537,214 @@ fn b12_replies_after_the_connection_died_are_dropped_and_calls_cancelled() {
     assert!(sent(&d.drain()).is_empty(), "never answered on a newer connection");
 }
 
+fn streamed(req_id: &str, body: &str, session: Option<&str>) -> String {
+    json!({"type":"mcp_request","req_id":req_id,"payload":{"body":body,"session":session,"stream":true}}).to_string()
+}
+
+fn notices(outs: &[Output]) -> Vec<(Option<String>, serde_json::Value)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::NotifyMcp { session, body } => Some((session.clone(), serde_json::from_str(body).expect("JSON"))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn b12_calls_beyond_the_limit_wait_in_order_with_deadlines_from_arrival_and_the_queue_is_bounded() {
+    let cfg = SledConfig { max_mcp_calls: 2, max_mcp_waiting: 2, mcp_timeout: Duration::from_secs(10), ..config() };
+    let (mut d, conn) = Driver::connected(cfg);
+    let a = call_of(&d.text(conn, &mcp_request("a", r#"{"id":"a"}"#)));
+    let b = call_of(&d.text(conn, &mcp_request("b", r#"{"id":"b"}"#)));
+    // Two wait, silently; the fifth is answered at once.
+    assert!(
+        d.text(conn, &mcp_request("c", r#"{"id":"c"}"#))
+            .iter()
+            .all(|o| !matches!(o, Output::CallMcp(_) | Output::Send { .. }))
+    );
+    d.secs(4.0);
+    assert!(d.text(conn, &mcp_request("w", r#"{"id":"w"}"#)).iter().all(|o| !matches!(o, Output::Send { .. })));
+    let over = sent(&d.text(conn, &mcp_request("x", r#"{"id":"x"}"#)));
+    assert_eq!(over.len(), 1);
+    assert_eq!(over[0]["payload"]["error"]["message"], "sled busy: 2 local MCP calls in flight and 2 waiting");
+    assert_eq!((d.sled.mcp_calls_in_flight(), d.sled.mcp_calls_waiting()), (2, 2));
+    // A slot frees: the oldest waiting starts.
+    d.sled.handle_mcp_reply(d.now, a.call, McpReply::Response(raw(r#"{"id":"a","result":{}}"#)));
+    let c = call_of(&d.drain());
+    assert_eq!(c.body, r#"{"id":"c"}"#);
+    // Its deadline ran from its arrival: it, and b, time out at 10 s; w (arrived at 4 s) still waits then.
+    let outs = d.next_timeout();
+    assert_eq!(d.now, Instant::from_secs(10));
+    let answered: Vec<String> =
+        sent(&outs).iter().filter(|f| f["type"] == "mcp_response").map(|f| f["req_id"].to_string()).collect();
+    assert_eq!(answered, [r#""b""#, r#""c""#]);
+    assert!(outs.contains(&Output::CancelMcp { call: b.call }) && outs.contains(&Output::CancelMcp { call: c.call }));
+    // b and c freed their slots: w starts, with 4 s left.
+    let w = call_of(&outs);
+    assert_eq!(w.body, r#"{"id":"w"}"#);
+    d.next_timeout();
+    assert_eq!(d.now, Instant::from_secs(14));
+    assert_eq!((d.sled.mcp_calls_in_flight(), d.sled.mcp_calls_waiting()), (0, 0));
+    assert_eq!(d.sled.stats().mcp_waited, 2);
+}
+
+#[test]
+fn b12_a_waiting_call_that_times_out_is_answered_and_never_started() {
+    let cfg = SledConfig { max_mcp_calls: 1, mcp_timeout: Duration::from_secs(5), ..config() };
+    let (mut d, conn) = Driver::connected(cfg);
+    let first = call_of(&d.text(conn, &mcp_request("a", r#"{"id":1}"#)));
+    d.text(conn, &mcp_request("b", r#"{"id":2}"#));
+    let outs = d.next_timeout();
+    assert_eq!(sent(&outs).len(), 2, "both answered at their deadline");
+    assert!(outs.contains(&Output::CancelMcp { call: first.call }));
+    assert!(!outs.iter().any(|o| matches!(o, Output::CallMcp(_))), "a call past its deadline never starts");
+}
+
+#[test]
+fn stream_messages_are_relayed_in_order_before_the_answer_and_only_for_streams() {
+    let (mut d, conn) = Driver::connected(config());
+    let call = call_of(&d.text(conn, &streamed("m1", r#"{"jsonrpc":"2.0","id":5,"method":"tools/call"}"#, Some("s"))));
+    let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}"#;
+    let sampling = r#"{"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}}"#;
+    d.sled.handle_mcp_message(d.now, call.call, &raw(progress));
+    d.sled.handle_mcp_message(d.now, call.call, &raw(sampling));
+    d.sled.handle_mcp_reply(d.now, call.call, McpReply::Response(raw(r#"{"jsonrpc":"2.0","id":5,"result":{}}"#)));
+    let frames = sent(&d.drain());
+    let kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap_or_default()).collect();
+    assert_eq!(kinds, ["mcp_message", "mcp_message", "mcp_response"]);
+    assert!(frames.iter().all(|f| f["req_id"] == "m1"));
+    assert_eq!(frames[0]["payload"]["params"]["progress"], 1);
+    assert_eq!(frames[1]["payload"]["method"], "sampling/createMessage");
+    assert_eq!(d.sled.stats().mcp_messages, 2);
+    // A message after the end is dropped.
+    d.sled.handle_mcp_message(d.now, call.call, &raw(progress));
+    assert!(sent(&d.drain()).is_empty());
+}
+
+#[test]
+fn without_a_stream_a_request_from_the_server_is_answered_with_an_error_and_notifications_are_dropped() {
+    let (mut d, conn) = Driver::connected(config());
+    let call = call_of(&d.text(conn, &mcp_request("m1", r#"{"jsonrpc":"2.0","id":5,"method":"tools/call"}"#)));
+    d.sled.handle_mcp_message(d.now, call.call, &raw(r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#));
+    d.sled.handle_mcp_message(d.now, call.call, &raw(r#"{"jsonrpc":"2.0","id":"e1","method":"elicitation/create"}"#));
+    let outs = d.drain();
+    assert!(sent(&outs).is_empty(), "an old gateway sees nothing new");
+    let n = notices(&outs);
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].1["id"], "e1");
+    assert_eq!(n[0].1["error"]["code"], -32601);
+    assert_eq!(d.sled.stats().mcp_messages_dropped, 2);
+}
+
+#[test]
+fn a_message_too_large_for_a_frame_is_not_sent_and_a_request_among_them_is_answered() {
+    let (mut d, conn) = Driver::connected(SledConfig { max_frame_bytes: 200, ..config() });
+    let call = call_of(&d.text(conn, &streamed("m1", r#"{"jsonrpc":"2.0","id":5,"method":"tools/call"}"#, None)));
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"sampling/createMessage","params":{{"x":"{}"}}}}"#,
+        "y".repeat(300)
+    );
+    d.sled.handle_mcp_message(d.now, call.call, &raw(&big));
+    let outs = d.drain();
+    assert!(sent(&outs).is_empty());
+    let n = notices(&outs);
+    assert_eq!((n[0].1["id"].as_i64(), n[0].1["error"]["code"].as_i64()), (Some(9), Some(-32601)));
+}
+
+#[test]
+fn a_cancelled_exchange_is_stopped_upstream_told_to_the_server_and_never_answered() {
+    let (mut d, conn) = Driver::connected(SledConfig { max_mcp_calls: 1, ..config() });
+    let call = call_of(&d.text(conn, &streamed("m1", r#"{"jsonrpc":"2.0","id":5,"method":"tools/call"}"#, Some("s"))));
+    d.text(conn, &streamed("m2", r#"{"jsonrpc":"2.0","id":6,"method":"tools/list"}"#, Some("s")));
+    let outs = d.text(conn, r#"{"type":"mcp_cancel","req_id":"m1","payload":{"reason":"client went away"}}"#);
+    assert!(outs.contains(&Output::CancelMcp { call: call.call }));
+    let n = notices(&outs);
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].0.as_deref(), Some("s"));
+    assert_eq!(
+        n[0].1,
+        json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":5,"reason":"client went away"}})
+    );
+    // Its slot went to the waiting one.
+    assert_eq!(call_of(&outs).body, r#"{"jsonrpc":"2.0","id":6,"method":"tools/list"}"#);
+    d.sled.handle_mcp_reply(d.now, call.call, McpReply::Response(raw(r#"{"id":5}"#)));
+    assert!(sent(&d.drain()).is_empty(), "a cancelled exchange gets no mcp_response");
+    // A waiting one cancelled is never started; an unknown one is ignored.
+    d.text(conn, &streamed("m3", r#"{"jsonrpc":"2.0","id":7,"method":"x"}"#, None));
+    let outs = d.text(conn, r#"{"type":"mcp_cancel","req_id":"m3","payload":{}}"#);
+    assert!(outs.iter().all(|o| !matches!(o, Output::CancelMcp { .. } | Output::NotifyMcp { .. })));
+    assert_eq!(d.sled.mcp_calls_waiting(), 0);
+    let outs = d.text(conn, r#"{"type":"mcp_cancel","req_id":"nope","payload":{}}"#);
+    assert!(outs.contains(&Output::Event(Event::FrameIgnored(Ignored::UnmatchedCancel))));
+    assert_eq!(d.sled.stats().mcp_cancelled, 2);
+}
+
+#[test]
+fn an_initialize_is_never_cancelled_upstream() {
+    let (mut d, conn) = Driver::connected(config());
+    let call = call_of(&d.text(conn, &streamed("m1", r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#, Some("s"))));
+    let outs = d.text(conn, r#"{"type":"mcp_cancel","req_id":"m1","payload":{}}"#);
+    assert!(outs.contains(&Output::CancelMcp { call: call.call }));
+    assert!(notices(&outs).is_empty());
+}
+
+#[test]
+fn a_standalone_stream_relays_until_it_ends_or_its_session_ends_and_is_bounded() {
+    let (mut d, conn) = Driver::connected(SledConfig { max_mcp_streams: 1, ..config() });
+    let outs = d.text(conn, r#"{"type":"mcp_listen","req_id":"l1","payload":{"session":"s"}}"#);
+    let listen = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::ListenMcp(l) => Some(l.clone()),
+            _ => None,
+        })
+        .expect("a GET to open");
+    assert_eq!(listen.session.as_deref(), Some("s"));
+    // A second is over the budget: ended at once.
+    let over = sent(&d.text(conn, r#"{"type":"mcp_listen","req_id":"l2","payload":{"session":"t"}}"#));
+    assert_eq!((over[0]["type"].as_str(), over[0]["req_id"].as_str()), (Some("mcp_response"), Some("l2")));
+    d.sled.handle_mcp_message(d.now, listen.call, &raw(r#"{"jsonrpc":"2.0","method":"notifications/message"}"#));
+    assert_eq!(sent(&d.drain())[0]["type"], "mcp_message");
+    // The session ends: the stream ends with it, and the adapter is told to end the local session.
+    let outs = d.text(conn, r#"{"type":"mcp_session_end","req_id":"","payload":{"session":"s"}}"#);
+    assert!(outs.contains(&Output::CancelMcp { call: listen.call }));
+    assert!(outs.contains(&Output::EndMcpSession { session: "s".into() }));
+    assert_eq!(sent(&outs), vec![json!({"type":"mcp_response","req_id":"l1","payload":null})]);
+    assert_eq!(d.sled.mcp_streams_open(), 0);
+    // A local server without a standalone stream: the end says so with -32601.
+    let outs = d.text(conn, r#"{"type":"mcp_listen","req_id":"l3","payload":{}}"#);
+    let l3 = outs.iter().find_map(|o| if let Output::ListenMcp(l) = o { Some(l.call) } else { None }).expect("GET");
+    d.sled.handle_mcp_reply(d.now, l3, McpReply::NoStream);
+    assert_eq!(sent(&d.drain())[0]["payload"]["error"]["code"], -32601);
+}
+
+#[test]
+fn a_repeated_exchange_id_is_answered_at_once_and_the_first_keeps_it() {
+    let (mut d, conn) = Driver::connected(config());
+    call_of(&d.text(conn, &mcp_request("m", r#"{"id":1}"#)));
+    let outs = d.text(conn, &mcp_request("m", r#"{"id":2}"#));
+    assert!(outs.contains(&Output::Event(Event::FrameIgnored(Ignored::DuplicateExchange))));
+    assert!(!outs.iter().any(|o| matches!(o, Output::CallMcp(_))));
+    // Still one answer per mcp_request: an error with its own id, at once.
+    let frames = sent(&outs);
+    assert_eq!(
+        (frames[0]["payload"]["id"].as_i64(), frames[0]["payload"]["error"]["code"].as_i64()),
+        (Some(2), Some(-32600))
+    );
+}
+
+#[test]
+fn losing_the_link_stops_every_call_upstream_and_drops_those_waiting() {
+    let (mut d, conn) = Driver::connected(SledConfig { max_mcp_calls: 1, ..config() });
+    let call = call_of(&d.text(conn, &streamed("m1", r#"{"jsonrpc":"2.0","id":5,"method":"tools/call"}"#, Some("s"))));
+    d.text(conn, &mcp_request("m2", r#"{"id":6}"#));
+    let outs = d.disconnect(conn);
+    assert!(outs.contains(&Output::CancelMcp { call: call.call }));
+    assert_eq!(notices(&outs)[0].1["params"]["requestId"], 5);
+    assert!(!outs.iter().any(|o| matches!(o, Output::CallMcp(_))), "the waiting one never starts");
+    assert_eq!((d.sled.mcp_calls_in_flight(), d.sled.mcp_calls_waiting()), (0, 0));
+}
+
 // ── 13. Shutdown ─────────────────────────────────────────────────────────────────────────────────────────
 
 #[test]
@@ -548,7 +757,11 @@ fn b13_shutdown_denies_answers_closes_and_never_reconnects() {
     assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(sent_key, Cause::Shutdown)]);
     assert_eq!(sent_types(&outs), ["perm_cancel", "mcp_response"]);
     assert_eq!(sent(&outs)[1]["payload"]["error"]["message"], "sled is shutting down");
-    assert!(!outs.contains(&Output::CancelMcp { call: call.call }), "answered, so nothing left to cancel");
+    // Answered, then stopped upstream: the local server is told to stop working on it.
+    assert!(outs.contains(&Output::CancelMcp { call: call.call }));
+    assert!(
+        outs.iter().any(|o| matches!(o, Output::NotifyMcp { body, .. } if body.contains("notifications/cancelled")))
+    );
     let close = outs.iter().position(|o| *o == Output::Close { conn, code: 1000, reason: "shutdown" });
     let last_send = outs.iter().rposition(|o| matches!(o, Output::Send { .. }));
     assert!(close > last_send, "close comes after the last frame: {outs:?}");

@@ -46,7 +46,8 @@ fn gateway_frames_encode_exactly_as_the_original() {
         approve.encode(),
         r#"{"type":"perm_response","req_id":"r1","payload":{"approved":true,"always_allow":false}}"#
     );
-    let mcp = GatewayFrame::McpRequest { req_id: "m".into(), body: Some(r#"{"id":1}"#.into()), session: None };
+    let mcp =
+        GatewayFrame::McpRequest { req_id: "m".into(), body: Some(r#"{"id":1}"#.into()), session: None, stream: false };
     assert_eq!(mcp.encode(), r#"{"type":"mcp_request","req_id":"m","payload":{"body":"{\"id\":1}"}}"#);
 }
 
@@ -90,8 +91,11 @@ fn every_gateway_frame_round_trips() {
             req_id: "m".into(),
             body: Some(r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#.into()),
             session: Some("s-1".into()),
+            stream: true,
         },
-        GatewayFrame::McpRequest { req_id: "n".into(), body: None, session: None },
+        GatewayFrame::McpRequest { req_id: "n".into(), body: None, session: None, stream: false },
+        GatewayFrame::McpCancel { req_id: "m".into(), reason: None },
+        GatewayFrame::McpListen { req_id: "l".into(), session: None },
     ];
     for frame in frames {
         let text = frame.encode();
@@ -165,7 +169,7 @@ fn missing_req_id_and_payload_are_tolerated() {
     );
     assert_eq!(
         GatewayFrame::decode(r#"{"type":"mcp_request","req_id":null,"extra":[1]}"#),
-        Ok(GatewayFrame::McpRequest { req_id: "".into(), body: None, session: None })
+        Ok(GatewayFrame::McpRequest { req_id: "".into(), body: None, session: None, stream: false })
     );
     assert!(matches!(SledFrame::decode(r#"{"type":"heartbeat"}"#), Ok(SledFrame::Heartbeat)));
 }
@@ -331,7 +335,8 @@ mod one_pass {
                 Ok(GatewayFrame::McpRequest {
                     req_id: "m".into(),
                     body: Some(r#"{"id":1}"#.into()),
-                    session: Some("s".into())
+                    session: Some("s".into()),
+                    stream: false,
                 })
             );
         }
@@ -359,7 +364,7 @@ mod one_pass {
         let two_bodies = r#"{"type":"mcp_request","req_id":"m","payload":{"body":"{}","body":"{\"id\":1}"}}"#;
         assert_eq!(
             GatewayFrame::decode(two_bodies),
-            Ok(GatewayFrame::McpRequest { req_id: "m".into(), body: None, session: None })
+            Ok(GatewayFrame::McpRequest { req_id: "m".into(), body: None, session: None, stream: false })
         );
     }
 }
@@ -405,6 +410,15 @@ mod hand_written_encoding {
         body: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         session: Option<&'a str>,
+    }
+
+    #[derive(Serialize)]
+    struct Streamed<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session: Option<&'a str>,
+        stream: bool,
     }
 
     fn serde<P: Serialize>(kind: &str, req_id: &str, payload: P) -> String {
@@ -457,9 +471,33 @@ mod hand_written_encoding {
                 req_id: req_id.as_str().into(),
                 body: body.as_deref().map(Cow::Borrowed),
                 session: session.as_deref().map(Cow::Borrowed),
+                stream: false,
             };
             let oracle = serde("mcp_request", &req_id, McpRequest { body: body.as_deref(), session: session.as_deref() });
             prop_assert_eq!(frame.encode(), oracle);
+            // The stream extension adds one member, last; every gateway frame reads back as it was written.
+            let streamed = GatewayFrame::McpRequest {
+                req_id: req_id.as_str().into(),
+                body: body.as_deref().map(Cow::Borrowed),
+                session: session.as_deref().map(Cow::Borrowed),
+                stream: true,
+            };
+            let oracle = serde("mcp_request", &req_id, Streamed { body: body.as_deref(), session: session.as_deref(), stream: true });
+            prop_assert_eq!(streamed.encode(), oracle);
+            let frames = [
+                streamed,
+                GatewayFrame::McpCancel { req_id: req_id.as_str().into(), reason: body.as_deref().map(Cow::Borrowed) },
+                GatewayFrame::McpListen { req_id: req_id.as_str().into(), session: session.as_deref().map(Cow::Borrowed) },
+                GatewayFrame::McpSessionEnd { session: name.as_str().into() },
+            ];
+            for frame in frames {
+                let text = frame.encode();
+                prop_assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+                prop_assert_eq!(GatewayFrame::decode(&text), Ok(frame));
+            }
+            let message = SledFrame::McpMessage { req_id: req_id.as_str().into(), payload: &raw_value };
+            prop_assert_eq!(message.encode(), serde("mcp_message", &req_id, &raw_value));
+            prop_assert_eq!(uplink_proto::wire::frame_len("mcp_message", &req_id, raw_value.get().len()), message.encode().len());
         }
     }
 

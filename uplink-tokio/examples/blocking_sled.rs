@@ -63,7 +63,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     // Shutting down queues the close frame; the loop sends it like any other output.
                     sled.shutdown(now());
                 }
-                Output::Decided(_) | Output::Event(_) | Output::CancelMcp { .. } => {}
+                Output::Decided(_)
+                | Output::Event(_)
+                | Output::CancelMcp { .. }
+                | Output::NotifyMcp { .. }
+                | Output::EndMcpSession { .. } => {}
+                Output::ListenMcp(listen) => sled.handle_mcp_reply(now(), listen.call, McpReply::NoStream),
                 // This example has no local MCP endpoint; the core turns this into a JSON-RPC error.
                 Output::CallMcp(call) => {
                     sled.handle_mcp_reply(now(), call.call, McpReply::Failed("no local MCP here".into()))

@@ -147,8 +147,9 @@ impl FromStr for PublicPermId {
     }
 }
 
-/// Names one MCP request sent through [`Hub::send_mcp`]; exactly one [`HubEvent::McpAnswered`] or
-/// [`HubEvent::McpFailed`] with it follows.
+/// Names one MCP exchange opened with [`Hub::send_mcp`] or [`Hub::listen_mcp`]; any number of
+/// [`HubEvent::McpMessage`] and then exactly one [`HubEvent::McpAnswered`] or [`HubEvent::McpFailed`] with it
+/// follow.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct McpTicket {
     /// The connection it was sent on.
@@ -239,9 +240,12 @@ pub enum McpRefused {
     /// The project's sled is not connected.
     #[error("the sled is not connected")]
     NotConnected,
-    /// Too many MCP requests in flight on the sled's connection.
+    /// Too many MCP requests (or streams) in flight on the sled's connection.
     #[error("too many MCP requests in flight for this sled")]
     TooMany,
+    /// The sled does not relay MCP streams (a standalone stream needs them).
+    #[error("the sled does not relay MCP streams")]
+    Unsupported,
 }
 
 /// Something to do or to know, drained with [`Hub::poll_output`].
@@ -403,6 +407,13 @@ pub enum HubEvent {
         ticket: McpTicket,
         /// Why.
         reason: McpFailure,
+    },
+    /// A message from the sled's local MCP server within an exchange, before its end.
+    McpMessage {
+        /// Which exchange.
+        ticket: McpTicket,
+        /// The JSON-RPC message text.
+        payload: String,
     },
     /// A frame from `conn` was ignored.
     FrameIgnored {
@@ -832,21 +843,62 @@ impl Hub {
         Ok(rule)
     }
 
-    /// Sends a JSON-RPC message to `project`'s sled, for its local MCP endpoint.
+    /// Sends a JSON-RPC message to `project`'s sled, for its local MCP endpoint. With `stream` and a sled
+    /// that relays streams, the local server's messages within the exchange come as [`HubEvent::McpMessage`]
+    /// before its end; without, the sled answers the server's own requests with errors.
     pub fn send_mcp(
         &mut self,
         now: Instant,
         project: &str,
         body: &str,
         session: Option<&str>,
+        stream: bool,
+    ) -> Result<McpTicket, McpRefused> {
+        self.mcp_command(now, project, |now, s| s.send_mcp(now, body, session, stream))
+    }
+
+    /// Opens the standalone stream of `session` on `project`'s sled ([`Gateway::listen_mcp`]).
+    pub fn listen_mcp(&mut self, now: Instant, project: &str, session: Option<&str>) -> Result<McpTicket, McpRefused> {
+        self.mcp_command(now, project, |now, s| s.listen_mcp(now, session))
+    }
+
+    /// Ends the exchange `ticket`, whose caller went away ([`Gateway::cancel_mcp`]): its
+    /// [`HubEvent::McpFailed`] follows. False when it already ended.
+    pub fn cancel_mcp(&mut self, now: Instant, ticket: McpTicket, reason: &str) -> bool {
+        self.advance(now);
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&ticket.conn) else { return false };
+        let cancelled = c.session.cancel_mcp(now, ticket.id, reason);
+        self.pump(ticket.conn);
+        cancelled
+    }
+
+    /// Tells `project`'s sled, if connected, that the gateway session `session` ended
+    /// ([`Gateway::end_mcp_session`]).
+    pub fn end_mcp_session(&mut self, now: Instant, project: &str, session: &str) -> bool {
+        self.advance(now);
+        let now = self.now;
+        let Some(conn) = self.projects.get(project).and_then(|p| p.holder) else { return false };
+        let Some(c) = self.conns.get_mut(&conn) else { return false };
+        let told = c.session.end_mcp_session(now, session);
+        self.pump(conn);
+        told
+    }
+
+    fn mcp_command(
+        &mut self,
+        now: Instant,
+        project: &str,
+        command: impl FnOnce(Instant, &mut Gateway) -> Result<McpId, SendMcpError>,
     ) -> Result<McpTicket, McpRefused> {
         self.advance(now);
         let now = self.now;
         let p = self.projects.get(project).ok_or(McpRefused::UnknownProject)?;
         let conn = p.holder.ok_or(McpRefused::NotConnected)?;
         let c = self.conns.get_mut(&conn).ok_or(McpRefused::NotConnected)?;
-        let id = c.session.send_mcp(now, body, session).map_err(|e| match e {
+        let id = command(now, &mut c.session).map_err(|e| match e {
             SendMcpError::TooMany => McpRefused::TooMany,
+            SendMcpError::Unsupported => McpRefused::Unsupported,
             _ => McpRefused::NotConnected,
         })?;
         self.pump(conn);
@@ -1085,6 +1137,9 @@ impl Hub {
             }
             GatewayEvent::McpFailed { id, reason } => {
                 self.event(HubEvent::McpFailed { ticket: McpTicket { conn, id }, reason })
+            }
+            GatewayEvent::McpMessage { id, payload } => {
+                self.event(HubEvent::McpMessage { ticket: McpTicket { conn, id }, payload })
             }
             GatewayEvent::Stale => {
                 if let Some(project) = self.conns.get(&conn).and_then(|c| c.project.clone()) {

@@ -9,6 +9,8 @@
 //! - [`Credential`] ([`credential`]): who a connection is, and which projects it may identify as.
 //! - [`Role`] ([`principal`]): what an admin principal may do through the API.
 //! - [`Verdict`] ([`verdict`]): the application's decision on one request, with its message for the agent.
+//! - [`McpEndpoint`] ([`mcp_endpoint`]): the gateway's MCP endpoint as a Streamable HTTP server: client
+//!   sessions, their owners, and what each HTTP request gets.
 //!
 //! ```text
 //!  accept ──▶ AwaitingIdentity ──identity──▶ claim ──┬─ covered, free or same credential ──▶ Identified (holds project)
@@ -23,6 +25,7 @@ pub mod close;
 pub mod console;
 pub mod credential;
 pub mod hub;
+pub mod mcp_endpoint;
 pub mod principal;
 pub mod session;
 pub mod verdict;
@@ -34,6 +37,7 @@ pub use hub::{
     AcceptError, BadPermId, CONFIG_RULE_IDS, ConnHandle, Hub, HubConfig, HubDecideError, HubEvent, HubOutput,
     McpRefused, McpTicket, PermEnd, PermissionSummary, PublicPermId, RuleRefused, SledSummary,
 };
+pub use mcp_endpoint::{EndpointRequest, McpEndpoint, McpEndpointConfig, Method, Refusal, Route};
 pub use principal::{Action, BadRole, Role};
 pub use session::{
     DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,

@@ -16,7 +16,10 @@
 //!   speaks again.
 //! - Each permission request gets a [`PermId`] and ends exactly once: decided by the application (or by the
 //!   auto policies), withdrawn by the sled (`perm_cancel`), or withdrawn because the connection ended.
-//! - Each MCP request ends exactly once: its `mcp_response`, a timeout, or the connection's end.
+//! - Each MCP exchange (a request, or a standalone stream) ends exactly once: its `mcp_response`, a timeout
+//!   (requests only), [`Gateway::cancel_mcp`], or the connection's end. With a sled that lists the
+//!   `mcp_stream` capability, the local server's messages within an exchange arrive before its end as
+//!   [`GatewayEvent::McpMessage`].
 //! - A decision for a permission that is unknown or already ended is refused with an error, never sent.
 
 use alloc::borrow::Cow;
@@ -32,7 +35,7 @@ use super::verdict::Verdict;
 use crate::pending::PendingTable;
 use crate::sled::Received;
 use crate::time::Instant;
-use crate::wire::{Decision, DecodeError, GatewayFrame, RawValue, SledFrame};
+use crate::wire::{self, Decision, DecodeError, GatewayFrame, RawValue, SledFrame};
 
 /// Everything that shapes a [`Gateway`] session. [`GatewayConfig::default`] gives the documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +60,9 @@ pub struct GatewayConfig {
     pub max_pending_input_bytes: usize,
     /// Most MCP requests in flight on one connection; beyond, [`Gateway::send_mcp`] refuses. Default 256.
     pub max_pending_mcp: usize,
+    /// Most standalone MCP streams open on one connection; beyond, [`Gateway::listen_mcp`] refuses.
+    /// Default 64.
+    pub max_mcp_streams: usize,
     /// Tools whose requests are approved at once, without reaching the application.
     pub auto_approve: BTreeSet<String>,
     /// Tools whose requests are denied at once, without reaching the application. Wins over `auto_approve`.
@@ -74,6 +80,7 @@ impl Default for GatewayConfig {
             max_pending_permissions: 1024,
             max_pending_input_bytes: 32 << 20,
             max_pending_mcp: 256,
+            max_mcp_streams: 64,
             auto_approve: BTreeSet::new(),
             auto_deny: BTreeSet::new(),
         }
@@ -162,6 +169,8 @@ pub enum McpFailure {
     Timeout,
     /// The connection ended first.
     ConnectionLost,
+    /// The application cancelled it ([`Gateway::cancel_mcp`]): its caller went away.
+    Cancelled,
 }
 
 /// Why a received frame was ignored.
@@ -230,11 +239,18 @@ pub enum GatewayEvent {
         /// How long it waited.
         waited: Duration,
     },
-    /// The answer to an MCP request.
+    /// The answer to an MCP request, or the end of a standalone stream: the exchange's end.
     McpResponse {
         /// Which request.
         id: McpId,
-        /// The JSON-RPC response (`null` for a notification), as the sled sent it.
+        /// The JSON-RPC response (`null` for a notification, or a stream that ended), as the sled sent it.
+        payload: String,
+    },
+    /// A message from the sled's local MCP server within an exchange, before its end (`mcp_message`).
+    McpMessage {
+        /// Which exchange.
+        id: McpId,
+        /// The JSON-RPC message, as the sled sent it.
         payload: String,
     },
     /// An MCP request ended without an answer.
@@ -291,12 +307,21 @@ pub enum SendMcpError {
     /// Too many MCP requests in flight on this connection.
     #[error("too many MCP requests in flight")]
     TooMany,
+    /// The sled does not relay MCP as streams (its `identity` lacks the `mcp_stream` capability).
+    #[error("the sled does not relay MCP streams")]
+    Unsupported,
 }
 
 #[derive(Clone, Debug)]
 enum State {
-    AwaitingIdentity { deadline: Instant },
-    Identified { project: String },
+    AwaitingIdentity {
+        deadline: Instant,
+    },
+    /// `streams`: the sled listed the `mcp_stream` capability.
+    Identified {
+        project: String,
+        streams: bool,
+    },
     Closed,
 }
 
@@ -348,6 +373,10 @@ pub struct Gateway {
     pending_bytes: usize,
     /// MCP requests awaiting a response, with their deadlines.
     mcp: PendingTable<McpId, ()>,
+    /// Standalone MCP streams open: no deadline.
+    mcp_streams: PendingTable<McpId, ()>,
+    /// The last [`McpId`] given, to requests and streams alike.
+    next_mcp: u64,
     out: VecDeque<GatewayOutput>,
     /// How long the sled waits for each decision, as its `identity` said.
     sled_timeout: Option<Duration>,
@@ -368,6 +397,8 @@ impl Gateway {
             perms: PendingTable::new(None),
             pending_bytes: 0,
             mcp: PendingTable::new(Some(mcp_timeout)),
+            mcp_streams: PendingTable::new(None),
+            next_mcp: 0,
             out: VecDeque::new(),
             sled_timeout: None,
         })
@@ -383,7 +414,7 @@ impl Gateway {
     /// The project, once identified.
     pub fn project(&self) -> Option<&str> {
         match &self.state {
-            State::Identified { project } => Some(project),
+            State::Identified { project, .. } => Some(project),
             _ => None,
         }
     }
@@ -439,6 +470,16 @@ impl Gateway {
         self.mcp.len()
     }
 
+    /// Standalone MCP streams open.
+    pub fn mcp_streams(&self) -> usize {
+        self.mcp_streams.len()
+    }
+
+    /// True when the sled relays MCP exchanges as streams (it listed the `mcp_stream` capability).
+    pub fn relays_streams(&self) -> bool {
+        matches!(self.state, State::Identified { streams: true, .. })
+    }
+
     // ── Outputs ──
 
     /// The next thing to do, or `None`. Drain after every input and command.
@@ -488,7 +529,8 @@ impl Gateway {
         if let State::AwaitingIdentity { .. } = self.state {
             return match frame {
                 Ok(SledFrame::Identity(id)) => {
-                    self.state = State::Identified { project: id.project.clone().into_owned() };
+                    let streams = id.capabilities.iter().any(|c| c == wire::MCP_STREAM_CAPABILITY);
+                    self.state = State::Identified { project: id.project.clone().into_owned(), streams };
                     self.sled_timeout = id.permission_timeout_ms.map(Duration::from_millis);
                     self.event(GatewayEvent::Identified {
                         project: id.project.into_owned(),
@@ -516,11 +558,20 @@ impl Gateway {
                 None => self.ignored(GatewayIgnored::Unmatched),
             },
             Ok(SledFrame::McpResponse { req_id, payload }) => {
-                // One search: the request is taken out if it is pending.
-                match mcp_id_of(&req_id).filter(|id| self.mcp.remove(*id).is_some()) {
+                // One search of each table: the exchange is taken out if it is in flight.
+                let ended = mcp_id_of(&req_id)
+                    .filter(|id| self.mcp.remove(*id).is_some() || self.mcp_streams.remove(*id).is_some());
+                match ended {
                     Some(id) => {
                         self.event(GatewayEvent::McpResponse { id, payload: String::from(payload.get()) });
                     }
+                    None => self.ignored(GatewayIgnored::Unmatched),
+                }
+            }
+            Ok(SledFrame::McpMessage { req_id, payload }) => {
+                let open = mcp_id_of(&req_id).filter(|id| self.mcp.contains(*id) || self.mcp_streams.contains(*id));
+                match open {
+                    Some(id) => self.event(GatewayEvent::McpMessage { id, payload: String::from(payload.get()) }),
                     None => self.ignored(GatewayIgnored::Unmatched),
                 }
             }
@@ -561,27 +612,88 @@ impl Gateway {
 
     /// Sends a JSON-RPC message for the sled's local MCP endpoint; exactly one of
     /// [`GatewayEvent::McpResponse`] or [`GatewayEvent::McpFailed`] with the returned id follows.
-    pub fn send_mcp(&mut self, now: Instant, body: &str, session: Option<&str>) -> Result<McpId, SendMcpError> {
+    ///
+    /// With `stream` and a sled that relays streams, the request asks for one, and the local server's
+    /// messages within it arrive first as [`GatewayEvent::McpMessage`].
+    pub fn send_mcp(
+        &mut self,
+        now: Instant,
+        body: &str,
+        session: Option<&str>,
+        stream: bool,
+    ) -> Result<McpId, SendMcpError> {
         self.advance(now);
-        match self.state {
-            State::Closed => return Err(SendMcpError::Closed),
-            State::AwaitingIdentity { .. } => return Err(SendMcpError::NotIdentified),
-            State::Identified { .. } => {}
-        }
+        let stream = stream && self.identified()?;
+        self.identified()?;
         if self.mcp.len() >= self.cfg.max_pending_mcp {
             return Err(SendMcpError::TooMany);
         }
-        let id = self.mcp.mint();
+        let id = self.mint_mcp();
         self.mcp.insert(id, self.now, String::new(), ());
         let req_id = format!("mcp-{}", id.0);
         let text = GatewayFrame::McpRequest {
             req_id: Cow::Owned(req_id),
             body: Some(Cow::Borrowed(body)),
             session: session.map(Cow::Borrowed),
+            stream,
         }
         .encode();
         self.out.push_back(GatewayOutput::Send(text));
         Ok(id)
+    }
+
+    /// Opens the standalone stream of `session`'s local session (`mcp_listen`): its messages arrive as
+    /// [`GatewayEvent::McpMessage`], its end as one [`GatewayEvent::McpResponse`] (or
+    /// [`GatewayEvent::McpFailed`]). It has no deadline. Refused with a sled that does not relay streams.
+    pub fn listen_mcp(&mut self, now: Instant, session: Option<&str>) -> Result<McpId, SendMcpError> {
+        self.advance(now);
+        if !self.identified()? {
+            return Err(SendMcpError::Unsupported);
+        }
+        if self.mcp_streams.len() >= self.cfg.max_mcp_streams {
+            return Err(SendMcpError::TooMany);
+        }
+        let id = self.mint_mcp();
+        self.mcp_streams.insert(id, self.now, String::new(), ());
+        let text = GatewayFrame::McpListen {
+            req_id: Cow::Owned(format!("mcp-{}", id.0)),
+            session: session.map(Cow::Borrowed),
+        }
+        .encode();
+        self.out.push_back(GatewayOutput::Send(text));
+        Ok(id)
+    }
+
+    /// Ends the exchange `id` because its caller went away: [`GatewayEvent::McpFailed`] with
+    /// [`McpFailure::Cancelled`] follows, and a sled that relays streams is told (`mcp_cancel`) so that it
+    /// stops the local call. False when `id` is not in flight (it already ended).
+    pub fn cancel_mcp(&mut self, now: Instant, id: McpId, reason: &str) -> bool {
+        self.advance(now);
+        if self.mcp.remove(id).is_none() && self.mcp_streams.remove(id).is_none() {
+            return false;
+        }
+        if self.relays_streams() {
+            let text = GatewayFrame::McpCancel {
+                req_id: Cow::Owned(format!("mcp-{}", id.0)),
+                reason: Some(Cow::Borrowed(reason)),
+            }
+            .encode();
+            self.out.push_back(GatewayOutput::Send(text));
+        }
+        self.event(GatewayEvent::McpFailed { id, reason: McpFailure::Cancelled });
+        true
+    }
+
+    /// Tells a sled that relays streams that the gateway session `session` ended (`mcp_session_end`), so
+    /// that it ends its local session; nothing for other sleds. True when told.
+    pub fn end_mcp_session(&mut self, now: Instant, session: &str) -> bool {
+        self.advance(now);
+        if !self.relays_streams() {
+            return false;
+        }
+        let text = GatewayFrame::McpSessionEnd { session: Cow::Borrowed(session) }.encode();
+        self.out.push_back(GatewayOutput::Send(text));
+        true
     }
 
     /// Closes the connection (for example because another connection replaced it). Everything pending ends.
@@ -593,6 +705,21 @@ impl Gateway {
     }
 
     // ── Internals ──
+
+    /// Whether the sled relays streams, once identified; an error before or after.
+    fn identified(&self) -> Result<bool, SendMcpError> {
+        match self.state {
+            State::Closed => Err(SendMcpError::Closed),
+            State::AwaitingIdentity { .. } => Err(SendMcpError::NotIdentified),
+            State::Identified { streams, .. } => Ok(streams),
+        }
+    }
+
+    fn mint_mcp(&mut self) -> McpId {
+        let id = McpId(self.next_mcp);
+        self.next_mcp += 1;
+        id
+    }
 
     fn advance(&mut self, now: Instant) {
         if now > self.now {
@@ -686,7 +813,8 @@ impl Gateway {
             self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost, waited });
         }
         self.pending_bytes = 0;
-        for (id, _) in self.mcp.drain() {
+        let lost: Vec<McpId> = self.mcp.drain().chain(self.mcp_streams.drain()).map(|(id, _)| id).collect();
+        for id in lost {
             self.event(GatewayEvent::McpFailed { id, reason: McpFailure::ConnectionLost });
         }
         self.event(GatewayEvent::Closed);

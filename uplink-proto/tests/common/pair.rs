@@ -166,6 +166,12 @@ impl Pair {
             Output::CancelMcp { call } => {
                 self.queue.retain(|_, ev| !matches!(ev, Ev::McpDone(c, _) if *c == call));
             }
+            // The simulated local server has no sessions and no standalone stream.
+            Output::ListenMcp(listen) => {
+                let after = self.mcp_latency;
+                self.at(after, Ev::McpDone(listen.call, McpReply::NoStream));
+            }
+            Output::NotifyMcp { .. } | Output::EndMcpSession { .. } => {}
             Output::Event(_) => {}
         }
     }
@@ -325,7 +331,7 @@ impl Pair {
     pub fn gateway_mcp(&mut self, body: &str) -> Option<McpTicket> {
         let now = self.now;
         let project = self.sled.config().project.clone();
-        let ticket = self.hub.send_mcp(now, &project, body, None).ok();
+        let ticket = self.hub.send_mcp(now, &project, body, None, true).ok();
         self.settle();
         ticket
     }

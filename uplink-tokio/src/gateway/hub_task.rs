@@ -458,7 +458,8 @@ impl HubTask {
                 self.ack(Ack::RemoveRule(reply, removed));
             }
             HubMsg::Mcp { project, body, session, reply } => {
-                match self.hub.send_mcp(now, &project, &body, session.as_deref()) {
+                // Not yet as a stream: the endpoint answers each POST with one JSON body.
+                match self.hub.send_mcp(now, &project, &body, session.as_deref(), false) {
                     Ok(ticket) => {
                         self.mcp.insert(ticket, reply);
                     }

@@ -21,13 +21,17 @@ use uplink_proto::{
 };
 
 use super::Answer;
-use super::mcp_client::McpClient;
+use super::mcp_client::{McpClient, Messages};
 use crate::socket_loop::{Clock, Turn, Turns, received};
 use crate::timer::Deadline;
 use crate::ws::{self, Link, Read, Target};
 
 /// Most withdrawals kept for requests not yet seen.
 const EARLY_WITHDRAWALS: usize = 1024;
+
+/// Most of the core's own messages to the local server (cancellations, answers it cannot relay) on their way
+/// at once; beyond, one is dropped (and logged): each is advice the server can live without.
+const MAX_NOTICES: usize = 64;
 
 /// From a handle to the driver.
 pub(crate) enum Cmd {
@@ -37,8 +41,19 @@ pub(crate) enum Cmd {
 
 /// From an I/O task to the driver.
 pub(crate) enum Io {
-    Dialed { conn: ConnId, result: Result<Box<ws::Ws>, (ConnectError, String)> },
-    Mcp { call: McpCallId, reply: McpReply },
+    Dialed {
+        conn: ConnId,
+        result: Result<Box<ws::Ws>, (ConnectError, String)>,
+    },
+    Mcp {
+        call: McpCallId,
+        reply: McpReply,
+    },
+    /// A message from the local server within a call or stream, before its end.
+    McpMessage {
+        call: McpCallId,
+        message: Box<RawValue>,
+    },
 }
 
 /// What woke the driver.
@@ -77,6 +92,8 @@ pub(crate) struct Driver {
     early_withdrawals: BTreeSet<u64>,
     withdraw_rx: mpsc::UnboundedReceiver<u64>,
     calls: HashMap<McpCallId, AbortHandle>,
+    /// The core's own messages to the local server on their way.
+    notices: Vec<JoinHandle<()>>,
     done: Vec<oneshot::Sender<()>>,
     timer: Deadline,
     turns: Turns,
@@ -119,6 +136,7 @@ impl Driver {
             early_withdrawals: BTreeSet::new(),
             withdraw_rx,
             calls: HashMap::new(),
+            notices: Vec::new(),
             done: Vec::new(),
             timer: Deadline::new(),
             turns: Turns::default(),
@@ -260,6 +278,7 @@ impl Driver {
                 self.calls.remove(&call);
                 self.sled.handle_mcp_reply(now, call, reply);
             }
+            Io::McpMessage { call, message } => self.sled.handle_mcp_message(now, call, &message),
         }
     }
 
@@ -331,15 +350,22 @@ impl Driver {
                 }
                 Output::CallMcp(call) => {
                     self.metrics.mcp_call();
-                    let mcp = self.mcp.clone();
-                    let io = self.io_tx.clone();
                     let id = call.call;
-                    let task = tokio::spawn(async move {
-                        let reply = mcp.call(call).await;
-                        let _ = io.send(Io::Mcp { call: id, reply }).await;
-                    });
-                    self.calls.insert(id, task.abort_handle());
+                    self.spawn_mcp(id, move |mcp, messages| async move { mcp.call(call, messages).await });
                 }
+                Output::ListenMcp(listen) => {
+                    let id = listen.call;
+                    self.spawn_mcp(id, move |mcp, messages| async move { mcp.listen(listen, messages).await });
+                }
+                Output::NotifyMcp { session, body } => {
+                    self.notices.retain(|t| !t.is_finished());
+                    if self.notices.len() < MAX_NOTICES {
+                        self.notices.push(tokio::spawn(self.mcp.notify(session, body)));
+                    } else {
+                        warn!("too many messages to the local MCP server on their way; one dropped");
+                    }
+                }
+                Output::EndMcpSession { session } => self.mcp.end_session(&session),
                 Output::CancelMcp { call } => {
                     if let Some(task) = self.calls.remove(&call) {
                         task.abort();
@@ -364,6 +390,20 @@ impl Driver {
             }
         }
         self.closing.retain(|t| !t.is_finished());
+    }
+
+    /// Runs one local call or stream in a task of its own: its messages, then its end, come back as I/O.
+    fn spawn_mcp<F>(&mut self, id: McpCallId, run: impl FnOnce(Arc<McpClient>, Messages) -> F)
+    where
+        F: std::future::Future<Output = McpReply> + Send + 'static,
+    {
+        let io = self.io_tx.clone();
+        let work = run(self.mcp.clone(), Messages { call: id, io: io.clone() });
+        let task = tokio::spawn(async move {
+            let reply = work.await;
+            let _ = io.send(Io::Mcp { call: id, reply }).await;
+        });
+        self.calls.insert(id, task.abort_handle());
     }
 
     fn send(&mut self, conn: ConnId, message: Message) {
@@ -398,6 +438,11 @@ impl Driver {
         }
         for (_, call) in self.calls.drain() {
             call.abort();
+        }
+        // The local sessions end with the sled (bounded: the server may be gone).
+        self.mcp.end_all(ws::CLOSE_GRACE).await;
+        for notice in self.notices.drain(..) {
+            notice.abort();
         }
         // Anything still waiting (cannot normally happen: the core decided everything) is denied.
         for (_, (_, waiter, _, _)) in self.waiters.drain() {

@@ -1,0 +1,514 @@
+//! The gateway's MCP endpoint (`/api/sleds/{project}/mcp`) as a Streamable HTTP server (MCP 2025-11-25):
+//! its client sessions and what each HTTP request gets, as a pure machine.
+//!
+//! The adapter reads the request (method, headers, body), asks [`McpEndpoint::route`], and either answers
+//! with the [`Refusal`] or does what the [`Route`] says through the hub. Every status a client can see for a
+//! reason of the protocol is chosen here.
+//!
+//! - **Sessions are minted here, on `initialize`.** The id is drawn by the adapter (32 random bytes, hex)
+//!   and bound to the admin principal that sent the `initialize` and to the project of the URL. Any other
+//!   principal, or the same id under another project, finds no session (`404`, as an unknown id), so one
+//!   client can never reach another's session.
+//! - **A session ends** on `DELETE`, after [`McpEndpointConfig::idle_timeout`] without a request (an open
+//!   standalone stream counts as use), or when its `initialize` failed. The sled is told
+//!   (`mcp_session_end`), so that it ends the local session too.
+//! - **Budgets**: [`McpEndpointConfig::max_sessions`] in all and [`McpEndpointConfig::max_per_principal`]
+//!   per principal (`503` beyond); one standalone stream per session (`409` for a second).
+//!
+//! ```text
+//!  POST initialize, no session ─▶ Initializing ──answer with result──▶ Open ──DELETE / idle──▶ gone
+//!                                      └── error answer, failure ──▶ gone          (sled told)
+//! ```
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use crate::jsonrpc::{self, BodyId};
+use crate::time::Instant;
+
+/// The protocol versions the endpoint accepts in `MCP-Protocol-Version`.
+pub const PROTOCOL_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// The shapes of an [`McpEndpoint`]. [`McpEndpointConfig::default`] gives the documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct McpEndpointConfig {
+    /// Most sessions open at once. Default 4,096.
+    pub max_sessions: usize,
+    /// Most sessions one principal holds. Default 256.
+    pub max_per_principal: usize,
+    /// A session without a request for this long ends. Default 1 h.
+    pub idle_timeout: Duration,
+}
+
+impl Default for McpEndpointConfig {
+    fn default() -> Self {
+        McpEndpointConfig { max_sessions: 4096, max_per_principal: 256, idle_timeout: Duration::from_secs(3600) }
+    }
+}
+
+/// The HTTP method of a request to the endpoint.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// `POST`: one JSON-RPC message.
+    Post,
+    /// `GET`: open the session's standalone stream.
+    Get,
+    /// `DELETE`: end the session.
+    Delete,
+}
+
+/// What the adapter read of one HTTP request.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct EndpointRequest<'a> {
+    /// The method.
+    pub method: Method,
+    /// The project in the URL.
+    pub project: &'a str,
+    /// The authenticated principal's name.
+    pub principal: &'a str,
+    /// `Mcp-Session-Id`.
+    pub session: Option<&'a str>,
+    /// `MCP-Protocol-Version`.
+    pub protocol_version: Option<&'a str>,
+    /// True when `Accept` lists `text/event-stream` (or accepts anything).
+    pub accepts_stream: bool,
+    /// The body, for a `POST`.
+    pub body: &'a str,
+}
+
+impl<'a> EndpointRequest<'a> {
+    /// A request of `method` by `principal` to `project`'s endpoint; the rest is filled in with the setters.
+    pub fn new(method: Method, project: &'a str, principal: &'a str) -> Self {
+        EndpointRequest {
+            method,
+            project,
+            principal,
+            session: None,
+            protocol_version: None,
+            accepts_stream: true,
+            body: "",
+        }
+    }
+
+    /// With `Mcp-Session-Id`.
+    pub fn session(mut self, session: Option<&'a str>) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// With `MCP-Protocol-Version`.
+    pub fn protocol_version(mut self, version: Option<&'a str>) -> Self {
+        self.protocol_version = version;
+        self
+    }
+
+    /// Whether `Accept` allows an event stream.
+    pub fn accepts_stream(mut self, accepts: bool) -> Self {
+        self.accepts_stream = accepts;
+        self
+    }
+
+    /// With the body.
+    pub fn body(mut self, body: &'a str) -> Self {
+        self.body = body;
+        self
+    }
+}
+
+/// A request refused: the HTTP status and a JSON-RPC error for the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON-RPC error code.
+    pub code: i32,
+    /// The error's message.
+    pub message: &'static str,
+}
+
+impl Refusal {
+    /// The JSON-RPC error body (`id` `null`: a refused request is not read further).
+    pub fn body(&self) -> String {
+        String::from(jsonrpc::error_response(None, self.code, self.message).get())
+    }
+}
+
+/// The JSON-RPC code for a session that is missing or ended (the official SDKs' `-32001`).
+pub const SESSION_NOT_FOUND: i32 = -32001;
+/// The JSON-RPC code of the refusals that are not about the message itself (the SDKs' `-32000`).
+pub const SERVER_ERROR: i32 = -32000;
+
+const NO_SESSION: Refusal =
+    Refusal { status: 400, code: SERVER_ERROR, message: "Bad Request: Mcp-Session-Id header is required" };
+const UNKNOWN_SESSION: Refusal = Refusal { status: 404, code: SESSION_NOT_FOUND, message: "Session not found" };
+const BAD_VERSION: Refusal =
+    Refusal { status: 400, code: SERVER_ERROR, message: "Bad Request: Unsupported protocol version" };
+const NOT_ONE_MESSAGE: Refusal = Refusal {
+    status: 400,
+    code: jsonrpc::INVALID_REQUEST,
+    message: "Bad Request: the body must be one JSON-RPC message object",
+};
+const NOT_JSON: Refusal = Refusal { status: 400, code: jsonrpc::PARSE_ERROR, message: "Parse error" };
+const INIT_IN_SESSION: Refusal = Refusal {
+    status: 400,
+    code: jsonrpc::INVALID_REQUEST,
+    message: "Bad Request: initialize opens a new session; send it without Mcp-Session-Id",
+};
+const TOO_MANY: Refusal = Refusal { status: 503, code: SERVER_ERROR, message: "Too many MCP sessions open" };
+const TOO_MANY_YOURS: Refusal =
+    Refusal { status: 503, code: SERVER_ERROR, message: "Too many MCP sessions open for this principal" };
+const NOT_ACCEPTABLE: Refusal =
+    Refusal { status: 406, code: SERVER_ERROR, message: "Not Acceptable: Accept must include text/event-stream" };
+const ALREADY_LISTENING: Refusal =
+    Refusal { status: 409, code: SERVER_ERROR, message: "Conflict: this session's stream is already open" };
+/// A foreign `Origin` (see [`crate::gateway::console::same_origin`]): the adapter refuses it before routing.
+pub const FOREIGN_ORIGIN: Refusal = Refusal { status: 403, code: SERVER_ERROR, message: "Forbidden: foreign Origin" };
+
+/// What to do with a request the endpoint admits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// An `initialize`: draw a session id and call [`McpEndpoint::open`] with it, relay the request in that
+    /// session, then [`McpEndpoint::initialized`] or [`McpEndpoint::close`] by its answer.
+    Initialize,
+    /// Relay the message in `session`. A request (`expects_answer`) is answered with its response, as JSON
+    /// or as an event stream; anything else (a notification, a response to the server) with `202`.
+    Relay {
+        /// The session.
+        session: String,
+        /// True for a request.
+        expects_answer: bool,
+    },
+    /// Open `session`'s standalone stream, then report it with [`McpEndpoint::listening`].
+    Listen {
+        /// The session.
+        session: String,
+    },
+    /// The session ended (`DELETE`): tell the sled, answer `204`.
+    End {
+        /// The session.
+        session: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct ClientSession {
+    project: String,
+    principal: Arc<str>,
+    last_use: Instant,
+    /// Its `initialize` has been answered with a result.
+    open: bool,
+    /// A standalone stream is open (the adapter's token for it).
+    listening: Option<u64>,
+}
+
+/// The endpoint's client sessions. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct McpEndpoint {
+    cfg: McpEndpointConfig,
+    sessions: BTreeMap<String, ClientSession>,
+    per_principal: BTreeMap<Arc<str>, usize>,
+}
+
+impl McpEndpoint {
+    /// No sessions yet.
+    pub fn new(config: McpEndpointConfig) -> McpEndpoint {
+        McpEndpoint { cfg: config, sessions: BTreeMap::new(), per_principal: BTreeMap::new() }
+    }
+
+    /// Sessions open (or initializing).
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True when there is no session.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// What `request` gets at `now`: a route, or a refusal.
+    pub fn route(&mut self, now: Instant, request: &EndpointRequest<'_>) -> Result<Route, Refusal> {
+        if let Some(version) = request.protocol_version
+            && !PROTOCOL_VERSIONS.contains(&version)
+        {
+            return Err(BAD_VERSION);
+        }
+        if request.method == Method::Post {
+            let probe = jsonrpc::probe(request.body);
+            if probe.id == BodyId::NotJson {
+                return Err(NOT_JSON);
+            }
+            if !crate::wire::is_object(request.body) {
+                return Err(NOT_ONE_MESSAGE);
+            }
+            if probe.is_initialize {
+                if request.session.is_some() {
+                    return Err(INIT_IN_SESSION);
+                }
+                if self.sessions.len() >= self.cfg.max_sessions {
+                    return Err(TOO_MANY);
+                }
+                if self.per_principal.get(request.principal).copied().unwrap_or(0) >= self.cfg.max_per_principal {
+                    return Err(TOO_MANY_YOURS);
+                }
+                return Ok(Route::Initialize);
+            }
+            let session = self.find(now, request)?;
+            let expects_answer = probe.has_method && matches!(probe.id, BodyId::Id(_));
+            return Ok(Route::Relay { session, expects_answer });
+        }
+        if request.method == Method::Get && !request.accepts_stream {
+            return Err(NOT_ACCEPTABLE);
+        }
+        let session = self.find(now, request)?;
+        match request.method {
+            Method::Get if self.sessions.get(&session).is_some_and(|s| s.listening.is_some()) => Err(ALREADY_LISTENING),
+            Method::Get => Ok(Route::Listen { session }),
+            _ => {
+                self.close(&session);
+                Ok(Route::End { session })
+            }
+        }
+    }
+
+    /// The session the request names, if it is the principal's own under this project; marks it used.
+    fn find(&mut self, now: Instant, request: &EndpointRequest<'_>) -> Result<String, Refusal> {
+        let id = request.session.ok_or(NO_SESSION)?;
+        let idle = self.cfg.idle_timeout;
+        match self.sessions.get_mut(id) {
+            Some(s)
+                if s.open
+                    && s.project == request.project
+                    && &*s.principal == request.principal
+                    && (s.listening.is_some() || s.last_use + idle > now) =>
+            {
+                s.last_use = now;
+                Ok(String::from(id))
+            }
+            _ => Err(UNKNOWN_SESSION),
+        }
+    }
+
+    /// Opens the session `id` (drawn by the adapter) for an `initialize` that [`McpEndpoint::route`] admitted.
+    /// False when `id` is already taken (draw again).
+    pub fn open(&mut self, now: Instant, id: &str, project: &str, principal: Arc<str>) -> bool {
+        if self.sessions.contains_key(id) {
+            return false;
+        }
+        *self.per_principal.entry(principal.clone()).or_insert(0) += 1;
+        let session =
+            ClientSession { project: String::from(project), principal, last_use: now, open: false, listening: None };
+        self.sessions.insert(String::from(id), session);
+        true
+    }
+
+    /// The `initialize` of `id` was answered with `response` (the JSON-RPC text; `None` when the relay
+    /// failed). A result opens the session: true, and the client gets its id. Anything else closes it: false.
+    pub fn initialized(&mut self, now: Instant, id: &str, response: Option<&str>) -> bool {
+        let ok = response.is_some_and(jsonrpc::is_result);
+        match self.sessions.get_mut(id) {
+            Some(s) if ok => {
+                s.open = true;
+                s.last_use = now;
+                true
+            }
+            _ => {
+                self.close(id);
+                false
+            }
+        }
+    }
+
+    /// The standalone stream of `id` opened (`Some(token)`) or ended (`None`); a session listening does not
+    /// expire.
+    pub fn listening(&mut self, now: Instant, id: &str, token: Option<u64>) {
+        if let Some(s) = self.sessions.get_mut(id) {
+            // Only the stream that holds the place ends it: a late end of an older one changes nothing.
+            if token.is_some() || s.listening.is_some() {
+                s.listening = token;
+            }
+            s.last_use = now;
+        }
+    }
+
+    /// The standalone stream `token` of `id` ended.
+    pub fn stopped_listening(&mut self, now: Instant, id: &str, token: u64) {
+        if let Some(s) = self.sessions.get_mut(id)
+            && s.listening == Some(token)
+        {
+            s.listening = None;
+            s.last_use = now;
+        }
+    }
+
+    /// Ends `id`, if it exists.
+    pub fn close(&mut self, id: &str) {
+        if let Some(s) = self.sessions.remove(id)
+            && let Some(n) = self.per_principal.get_mut(&s.principal)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_principal.remove(&s.principal);
+            }
+        }
+    }
+
+    /// Ends every session idle past the timeout at `now` (none listening); returns each with its project, for
+    /// the sled to be told. Call it now and then (each minute is plenty).
+    pub fn expire(&mut self, now: Instant) -> Vec<(String, String)> {
+        let idle = self.cfg.idle_timeout;
+        let gone: Vec<(String, String)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.listening.is_none() && s.last_use + idle <= now)
+            .map(|(id, s)| (id.clone(), s.project.clone()))
+            .collect();
+        for (id, _) in &gone {
+            self.close(id);
+        }
+        gone
+    }
+
+    /// Ends every session `principal` holds (its credential was revoked); returns each with its project.
+    pub fn close_principal(&mut self, principal: &str) -> Vec<(String, String)> {
+        let gone: Vec<(String, String)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| &*s.principal == principal)
+            .map(|(id, s)| (id.clone(), s.project.clone()))
+            .collect();
+        for (id, _) in &gone {
+            self.close(id);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25"}}"#;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    fn post<'a>(principal: &'a str, session: Option<&'a str>, body: &'a str) -> EndpointRequest<'a> {
+        EndpointRequest::new(Method::Post, "p", principal).session(session).body(body)
+    }
+
+    /// Opens a session `id` for `who` through the whole initialize path.
+    fn opened(e: &mut McpEndpoint, id: &str, who: &str) {
+        assert_eq!(e.route(at(0), &post(who, None, INIT)), Ok(Route::Initialize));
+        assert!(e.open(at(0), id, "p", Arc::from(who)));
+        assert!(e.initialized(at(0), id, Some(RESULT)));
+    }
+
+    #[test]
+    fn a_session_is_its_principals_and_its_projects_only() {
+        let mut e = McpEndpoint::new(McpEndpointConfig::default());
+        opened(&mut e, "s1", "alice");
+        assert_eq!(
+            e.route(at(1), &post("alice", Some("s1"), CALL)),
+            Ok(Route::Relay { session: "s1".into(), expects_answer: true })
+        );
+        assert_eq!(e.route(at(1), &post("bob", Some("s1"), CALL)), Err(UNKNOWN_SESSION));
+        let other_project = EndpointRequest::new(Method::Post, "q", "alice").session(Some("s1")).body(CALL);
+        assert_eq!(e.route(at(1), &other_project), Err(UNKNOWN_SESSION));
+        assert_eq!(e.route(at(1), &post("alice", None, CALL)), Err(NO_SESSION));
+        assert_eq!(e.route(at(1), &post("alice", Some("nope"), CALL)), Err(UNKNOWN_SESSION));
+    }
+
+    #[test]
+    fn a_failed_initialize_opens_nothing() {
+        let mut e = McpEndpoint::new(McpEndpointConfig::default());
+        assert!(e.open(at(0), "s1", "p", Arc::from("a")));
+        // Not usable before its answer.
+        assert_eq!(e.route(at(0), &post("a", Some("s1"), CALL)), Err(UNKNOWN_SESSION));
+        let error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"x"}}"#;
+        assert!(!e.initialized(at(0), "s1", Some(error)));
+        assert!(e.is_empty());
+        assert!(e.open(at(0), "s2", "p", Arc::from("a")));
+        assert!(!e.initialized(at(0), "s2", None));
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn bodies_versions_and_methods_are_checked() {
+        let mut e = McpEndpoint::new(McpEndpointConfig::default());
+        opened(&mut e, "s", "a");
+        assert_eq!(e.route(at(0), &post("a", Some("s"), "{")), Err(NOT_JSON));
+        assert_eq!(e.route(at(0), &post("a", Some("s"), "[1]")), Err(NOT_ONE_MESSAGE));
+        assert_eq!(e.route(at(0), &post("a", Some("s"), INIT)), Err(INIT_IN_SESSION));
+        let old = post("a", Some("s"), CALL).protocol_version(Some("2023-01-01"));
+        assert_eq!(e.route(at(0), &old), Err(BAD_VERSION));
+        let fine = post("a", Some("s"), CALL).protocol_version(Some("2025-06-18"));
+        assert!(e.route(at(0), &fine).is_ok());
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        assert_eq!(
+            e.route(at(0), &post("a", Some("s"), note)),
+            Ok(Route::Relay { session: "s".into(), expects_answer: false })
+        );
+        let answer = r#"{"jsonrpc":"2.0","id":"srv-1","result":{}}"#;
+        assert_eq!(
+            e.route(at(0), &post("a", Some("s"), answer)),
+            Ok(Route::Relay { session: "s".into(), expects_answer: false })
+        );
+    }
+
+    #[test]
+    fn one_stream_per_session_and_delete_ends_it() {
+        let mut e = McpEndpoint::new(McpEndpointConfig::default());
+        opened(&mut e, "s", "a");
+        let get = EndpointRequest::new(Method::Get, "p", "a").session(Some("s"));
+        assert_eq!(e.route(at(0), &get.accepts_stream(false)), Err(NOT_ACCEPTABLE));
+        assert_eq!(e.route(at(0), &get), Ok(Route::Listen { session: "s".into() }));
+        e.listening(at(0), "s", Some(7));
+        assert_eq!(e.route(at(0), &get), Err(ALREADY_LISTENING));
+        e.stopped_listening(at(0), "s", 6);
+        assert_eq!(e.route(at(0), &get), Err(ALREADY_LISTENING), "an older stream's end changes nothing");
+        e.stopped_listening(at(0), "s", 7);
+        assert_eq!(e.route(at(0), &get), Ok(Route::Listen { session: "s".into() }));
+        let delete = EndpointRequest::new(Method::Delete, "p", "a").session(Some("s"));
+        assert_eq!(e.route(at(0), &delete), Ok(Route::End { session: "s".into() }));
+        assert_eq!(e.route(at(0), &delete), Err(UNKNOWN_SESSION));
+        assert_eq!(e.route(at(0), &post("a", Some("s"), CALL)), Err(UNKNOWN_SESSION));
+    }
+
+    #[test]
+    fn idle_sessions_expire_unless_listening() {
+        let cfg = McpEndpointConfig { idle_timeout: Duration::from_secs(10), ..McpEndpointConfig::default() };
+        let mut e = McpEndpoint::new(cfg);
+        opened(&mut e, "idle", "a");
+        opened(&mut e, "used", "a");
+        opened(&mut e, "streaming", "a");
+        e.listening(at(0), "streaming", Some(1));
+        assert!(e.route(at(9_000), &post("a", Some("used"), CALL)).is_ok());
+        assert_eq!(e.expire(at(10_000)), vec![("idle".into(), "p".into())]);
+        assert_eq!(e.route(at(10_000), &post("a", Some("idle"), CALL)), Err(UNKNOWN_SESSION));
+        // Past its timeout but not yet expired: refused all the same.
+        assert_eq!(e.route(at(19_000), &post("a", Some("used"), CALL)), Err(UNKNOWN_SESSION));
+        assert_eq!(e.expire(at(19_000)), vec![("used".into(), "p".into())]);
+        assert!(e.route(at(60_000), &post("a", Some("streaming"), CALL)).is_ok());
+    }
+
+    #[test]
+    fn budgets_hold_in_all_and_per_principal() {
+        let cfg = McpEndpointConfig { max_sessions: 3, max_per_principal: 2, ..McpEndpointConfig::default() };
+        let mut e = McpEndpoint::new(cfg);
+        opened(&mut e, "a1", "a");
+        opened(&mut e, "a2", "a");
+        assert_eq!(e.route(at(0), &post("a", None, INIT)), Err(TOO_MANY_YOURS));
+        opened(&mut e, "b1", "b");
+        assert_eq!(e.route(at(0), &post("b", None, INIT)), Err(TOO_MANY));
+        assert_eq!(e.close_principal("a").len(), 2);
+        assert_eq!(e.route(at(0), &post("a", None, INIT)), Ok(Route::Initialize));
+        assert!(!e.open(at(0), "b1", "p", Arc::from("a")), "an id in use is refused");
+    }
+}
