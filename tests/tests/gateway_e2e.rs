@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::gateway::GatewayConfig;
 use uplink_tests::mcp_server::{McpServer, Mode};
-use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, close_code, http, identify, next_event, sse, within};
+use uplink_tests::{
+    ADMIN_TOKEN, RealGateway, SLED_TOKEN, close_code, http, http_with_headers, identify, next_event, sse, within,
+};
 use uplink_tokio::{Cause, Decision, LinkState, LossReason, Uplink, UplinkConfig};
 
 const ADMIN: &str = ADMIN_TOKEN;
@@ -170,13 +172,17 @@ async fn mcp_is_relayed_through_the_gateway_http_api_to_an_rmcp_server_behind_th
     let uplink = sled(&gw, "delta", Some(server.url()));
     next_event(&mut events, "sled_connected").await;
     let url = format!("{}/api/sleds/delta/mcp", gw.base);
-    let post = |body: String| {
-        let url = url.clone();
-        async move { http("POST", &url, Some(ADMIN), Some(&body), &[("mcp-session-id", "client-1")]).await }
-    };
-    let (status, body) = post(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#.into()).await;
+    // The gateway mints the session on initialize and names it in the answer.
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let (status, headers, body) = http_with_headers("POST", &url, Some(ADMIN), Some(init), &[]).await;
     assert_eq!(status, 200, "{body}");
     assert!(parse(&body)["result"]["serverInfo"].is_object());
+    let session = headers.iter().find(|(n, _)| n == "mcp-session-id").map(|(_, v)| v.clone()).expect("a session id");
+    assert_eq!(session.len(), 64, "32 random bytes, hex: {session}");
+    let post = |body: String| {
+        let (url, session) = (url.clone(), session.clone());
+        async move { http("POST", &url, Some(ADMIN), Some(&body), &[("mcp-session-id", &session)]).await }
+    };
     let (status, body) = post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.into()).await;
     assert_eq!((status, body.as_str()), (202, ""));
     let (_, body) = post(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#.into()).await;
@@ -188,8 +194,20 @@ async fn mcp_is_relayed_through_the_gateway_http_api_to_an_rmcp_server_behind_th
     .await;
     assert_eq!(parse(&body)["result"]["content"][0]["text"], "42");
 
-    let (status, _) = http("POST", &format!("{}/api/sleds/nobody/mcp", gw.base), Some(ADMIN), Some("{}"), &[]).await;
+    // Without a session, another session's id, or for a project no sled serves.
+    let (status, _) =
+        http("POST", &url, Some(ADMIN), Some(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#), &[]).await;
+    assert_eq!(status, 400);
+    let other = [("mcp-session-id", "0".repeat(64))];
+    let other: Vec<(&str, &str)> = other.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let (status, _) =
+        http("POST", &url, Some(ADMIN), Some(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#), &other).await;
     assert_eq!(status, 404);
+    let (status, _) = http("POST", &format!("{}/api/sleds/nobody/mcp", gw.base), Some(ADMIN), Some(init), &[]).await;
+    assert_eq!(status, 404);
+    // A web page elsewhere (DNS rebinding, or a person's cookie) is refused, token or not.
+    let (status, body) = http("POST", &url, Some(ADMIN), Some(init), &[("origin", "http://evil.example")]).await;
+    assert_eq!((status, parse(&body)["error"]["code"].clone()), (403, json!(-32000)), "{body}");
     let (status, _) = post("{not json".into()).await;
     assert_eq!(status, 400);
     let huge = format!(r#"{{"pad":"{}"}}"#, "x".repeat(5 << 20));
@@ -306,7 +324,7 @@ async fn hostile_clients_are_closed_with_the_right_code() {
     let relay = tokio::spawn(async move {
         http(
             "POST",
-            &format!("{base}/api/sleds/theta/mcp"),
+            &format!("{base}/api/sleds/theta/rpc"),
             Some(ADMIN),
             Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
             &[],
@@ -342,7 +360,7 @@ async fn an_mcp_request_the_sled_never_answers_times_out_with_504() {
     next_event(&mut events, "sled_connected").await;
     let (status, body) = http(
         "POST",
-        &format!("{}/api/sleds/iota/mcp", gw.base),
+        &format!("{}/api/sleds/iota/rpc", gw.base),
         Some(ADMIN),
         Some(r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#),
         &[],
@@ -377,7 +395,7 @@ async fn only_the_most_recently_disconnected_sleds_are_remembered() {
         sleds
     };
     let relay_status = async |project: &str| {
-        let url = format!("{}/api/sleds/{project}/mcp", gw.base);
+        let url = format!("{}/api/sleds/{project}/rpc", gw.base);
         http("POST", &url, Some(ADMIN), Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), &[]).await.0
     };
 
@@ -467,7 +485,7 @@ async fn a_local_mcp_answer_too_big_for_a_frame_is_an_error_to_its_caller_and_th
     let pending = tokio::spawn(async move { asker.ask("Bash", &json!({})).await });
     let id = next_event(&mut events, "permission_requested").await["id"].as_str().unwrap().to_owned();
     let call = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"dump"}}"#;
-    let (status, body) = http("POST", &format!("{}/api/sleds/omega/mcp", gw.base), Some(ADMIN), Some(call), &[]).await;
+    let (status, body) = http("POST", &format!("{}/api/sleds/omega/rpc", gw.base), Some(ADMIN), Some(call), &[]).await;
     assert_eq!(status, 200, "{body}");
     let body = parse(&body);
     assert_eq!(body["id"], 5);

@@ -109,7 +109,7 @@ async fn a_hostile_gateway_gets_one_answer_per_mcp_request_and_approves_nothing_
     let gateway = TestGateway::bind().await;
     let mut c = UplinkConfig::new(gateway.url(), "target");
     c.token = Some(SLED_TOKEN.into());
-    c.local_mcp_url = "http://127.0.0.1:9/mcp".into(); // nothing listens there: every call fails fast
+    c.local_mcp_url = "http://127.0.0.1:9/rpc".into(); // nothing listens there: every call fails fast
     let uplink = Uplink::start(c).unwrap();
     let mut conn = gateway.accept().await;
     conn.recv_kind("identity").await;
@@ -175,6 +175,8 @@ async fn the_admin_api_refuses_traversal_oversized_bodies_and_slow_clients() {
     for path in [
         "/api/permissions/..%2F..%2Fetc%2Fpasswd",
         "/api/permissions/../../etc/passwd",
+        "/api/sleds/..%2F..%2Fetc/rpc",
+        "/api/sleds/%00/rpc",
         "/api/sleds/..%2F..%2Fetc/mcp",
         "/api/sleds/%00/mcp",
     ] {
@@ -183,7 +185,7 @@ async fn the_admin_api_refuses_traversal_oversized_bodies_and_slow_clients() {
     }
     // Bodies over the limit are refused with 413, whatever the route.
     let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":"{}"}}"#, "a".repeat(5 << 20));
-    for path in ["/api/sleds/anyone/mcp", "/api/permissions/1-1"] {
+    for path in ["/api/sleds/anyone/rpc", "/api/sleds/anyone/mcp", "/api/permissions/1-1"] {
         let (status, _) = http("POST", &format!("{}{path}", gw.base), Some(ADMIN_TOKEN), Some(&big), &[]).await;
         assert_eq!(status, 413, "{path}");
     }
@@ -199,7 +201,7 @@ async fn the_admin_api_refuses_traversal_oversized_bodies_and_slow_clients() {
     let (api, ws) = tokio::join!(stuck("GET /api/sleds HTTP/1.1\r\nHost: x\r\n".to_owned()), stuck(handshake));
     assert!(api && ws, "a slow client held its connection for 20 s (admin API: {api}, handshake: {ws})");
     // A client that sends whole headers but only part of its body is answered 408 within the timeout again.
-    for path in ["/api/permissions/1-0", "/api/sleds/anyone/mcp"] {
+    for path in ["/api/permissions/1-0", "/api/sleds/anyone/rpc", "/api/sleds/anyone/mcp"] {
         let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 100\r\n\r\n{{\"appr"
@@ -306,7 +308,7 @@ async fn a_sled_that_stops_reading_is_dropped_once_its_queue_fills_and_every_cal
     // Sixteen requests of almost 4 MiB: more than the socket buffers and the connection's 32 MiB queue
     // together hold. The MCP timeout is a minute, so an answer within the wait below is the queue's doing.
     let pad = "x".repeat((4 << 20) - 1024);
-    let url = format!("{}/api/sleds/stuck/mcp", gw.base);
+    let url = format!("{}/api/sleds/stuck/rpc", gw.base);
     let callers: Vec<_> = (0..16)
         .map(|i| {
             let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"pad": pad}}).to_string();

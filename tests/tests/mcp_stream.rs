@@ -172,8 +172,10 @@ async fn a_standalone_stream_relays_until_it_ends_and_a_server_without_one_says_
     conn.send(json!({"type":"mcp_listen","req_id":"mcp-3","payload":{"session":"gw-1"}})).await;
     let frames = exchange(&mut conn, "mcp-3").await;
     let kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["mcp_message", "mcp_response"]);
-    assert_eq!(frames[1]["payload"], Value::Null, "the stream ended");
+    assert_eq!(kinds, ["mcp_message", "mcp_message", "mcp_response"]);
+    assert_eq!(frames[0]["payload"], Value::Null, "first: the local server accepted the stream");
+    assert_eq!(frames[1]["payload"]["method"], "notifications/message");
+    assert_eq!(frames[2]["payload"], Value::Null, "the stream ended");
     while server.seen.try_recv().is_ok() {}
     // The gateway ends the session: the local session is ended too.
     conn.send(json!({"type":"mcp_session_end","req_id":"","payload":{"session":"gw-1"}})).await;

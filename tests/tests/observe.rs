@@ -40,7 +40,7 @@ async fn metrics_count_sleds_decisions_refusals_and_relays_and_health_needs_no_t
     let url = format!("{base}/api/permissions/{id}");
     assert_eq!(http("POST", &url, Some(ADMIN_TOKEN), Some(r#"{"approved":false}"#), &[]).await.0, 200);
     next_event(&mut events, "permission_decided").await;
-    let mcp = format!("{base}/api/sleds/nowhere/mcp");
+    let mcp = format!("{base}/api/sleds/nowhere/rpc");
     assert_eq!(
         http("POST", &mcp, Some(ADMIN_TOKEN), Some(r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#), &[]).await.0,
         404

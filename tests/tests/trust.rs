@@ -83,9 +83,11 @@ async fn a_viewer_reads_but_cannot_decide_and_a_decision_records_who_made_it() {
     let url = format!("{}/api/permissions/{id}", gw.base);
     let (status, body) = http("POST", &url, Some(VIC), Some(r#"{"approved":true}"#), &[]).await;
     assert_eq!(status, 403, "{body}");
-    let mcp = format!("{}/api/sleds/team-a%2Fweb/mcp", gw.base);
-    let (status, _) = http("POST", &mcp, Some(VIC), Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), &[]).await;
-    assert_eq!(status, 403);
+    for route in ["rpc", "mcp"] {
+        let mcp = format!("{}/api/sleds/team-a%2Fweb/{route}", gw.base);
+        let (status, _) = http("POST", &mcp, Some(VIC), Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), &[]).await;
+        assert_eq!(status, 403, "{route}");
+    }
     let (status, body) = http("POST", &url, Some(ANA), Some(r#"{"approved":true}"#), &[]).await;
     assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["by"].clone()), (200, json!("ana")));
     let decided = next_event(&mut events, "permission_decided").await;

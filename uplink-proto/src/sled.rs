@@ -936,6 +936,18 @@ impl Sled {
         }
     }
 
+    /// The local MCP endpoint accepted the standalone stream `call` (its `GET` was answered with an event
+    /// stream): the gateway is told with an `mcp_message` whose payload is `null`, so that it can answer its
+    /// own caller before any message comes. Ignored for anything but an open stream.
+    pub fn handle_mcp_opened(&mut self, now: Instant, call: McpCallId) {
+        self.advance(now);
+        let (Some(Pending { value: l, .. }), Some(conn)) = (self.streams.get(call), self.connection()) else {
+            return;
+        };
+        let text = SledFrame::McpMessage { req_id: Cow::Borrowed(&l.req_id), payload: wire::json_null() }.encode();
+        self.send(conn, text);
+    }
+
     /// The local MCP endpoint answered `call`, or the stream `call` ended. Sends the `mcp_response`, unless
     /// the call was already answered (timed out), cancelled, or its connection died, in which case the reply
     /// is dropped.

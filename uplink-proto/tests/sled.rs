@@ -700,6 +700,9 @@ fn a_standalone_stream_relays_until_it_ends_or_its_session_ends_and_is_bounded()
         })
         .expect("a GET to open");
     assert_eq!(listen.session.as_deref(), Some("s"));
+    // Accepted by the local server: the gateway hears it first, as a message of `null`.
+    d.sled.handle_mcp_opened(d.now, listen.call);
+    assert_eq!(sent(&d.drain()), vec![json!({"type":"mcp_message","req_id":"l1","payload":null})]);
     // A second is over the budget: ended at once.
     let over = sent(&d.text(conn, r#"{"type":"mcp_listen","req_id":"l2","payload":{"session":"t"}}"#));
     assert_eq!((over[0]["type"].as_str(), over[0]["req_id"].as_str()), (Some("mcp_response"), Some("l2")));

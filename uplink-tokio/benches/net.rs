@@ -593,7 +593,7 @@ async fn bench_relay(total: usize) {
     let sled = start_sled(gateway.sled_url(), "bench", &format!("http://{mcp}/mcp")).await;
     gateway.wait_connected(1).await;
     let per = total / OUTSTANDING;
-    let relay_paths = Arc::new(vec!["/api/sleds/bench/mcp".to_owned()]);
+    let relay_paths = Arc::new(vec!["/api/sleds/bench/rpc".to_owned()]);
     let direct_paths = Arc::new(vec!["/mcp".to_owned()]);
     let _ = post_load(gateway.addr, relay_paths.clone(), Some(ADMIN_TOKEN), OUTSTANDING, 20).await;
     let _ = post_load(mcp, direct_paths.clone(), None, OUTSTANDING, 20).await;
@@ -669,7 +669,7 @@ async fn bench_scale(sleds: usize, idle: Duration) {
     // Spread over at most 1,000 sleds: each sled keeps a connection to the local server, and the open-file
     // limit of this process must hold them beside the WebSocket connections.
     let spread = sleds.min(1000);
-    let paths = Arc::new((0..spread).map(|i| format!("/api/sleds/sled-{i:05}/mcp")).collect::<Vec<_>>());
+    let paths = Arc::new((0..spread).map(|i| format!("/api/sleds/sled-{i:05}/rpc")).collect::<Vec<_>>());
     // A first request per sled opens its connection to the local server; the measured round runs warm.
     let _ = post_load(gateway.addr, paths.clone(), Some(ADMIN_TOKEN), 64, spread.div_ceil(64)).await;
     let (relay, wall) = post_load(gateway.addr, paths, Some(ADMIN_TOKEN), 64, 20_000 / 64).await;

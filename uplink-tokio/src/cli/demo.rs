@@ -245,7 +245,8 @@ pub(crate) async fn run(keep_running: bool, until: impl std::future::Future<Outp
     // MCP through the gateway's HTTP API, the sled, and the local tool server.
     let mcp = |body: &'static str| {
         let admin = &admin;
-        async move { admin.call("POST", "/api/sleds/demo/mcp", Some(body)).await }
+        // The session-less relay: one message, one answer. MCP clients use `/mcp`, which keeps sessions.
+        async move { admin.call("POST", "/api/sleds/demo/rpc", Some(body)).await }
     };
     let (status, body) = mcp(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"uplink-demo","version":"1"}}}"#).await?;
     check(status == 200 && body.contains("serverInfo"), format!("initialize answered {status} {body}"))?;

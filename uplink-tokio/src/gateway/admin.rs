@@ -30,7 +30,8 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/sled-uplink", get(super::upgrade::sled_upgrade))
         .route("/api/sleds", get(list_sleds))
-        .route("/api/sleds/{project}/mcp", post(relay_mcp))
+        .route("/api/sleds/{project}/mcp", post(super::mcp::serve).get(super::mcp::serve).delete(super::mcp::serve))
+        .route("/api/sleds/{project}/rpc", post(relay_rpc))
         .route("/api/permissions", get(list_permissions))
         .route("/api/permissions/{id}", post(decide))
         .route("/api/rules", get(super::rules::list).post(super::rules::add))
@@ -148,7 +149,10 @@ async fn list_permissions(principal: Principal, State(shared): State<Arc<Shared>
     json_text(StatusCode::OK, body)
 }
 
-async fn relay_mcp(
+/// `POST /api/sleds/{project}/rpc`: the seed's session-less relay, for clients that predate Streamable HTTP
+/// sessions. One JSON-RPC message, one JSON answer; never a stream. The local session is the principal's own,
+/// or the one `Mcp-Session-Id` names within the principal's, so that no two principals share one.
+async fn relay_rpc(
     principal: Principal,
     State(shared): State<Arc<Shared>>,
     Path(project): Path<String>,
@@ -158,7 +162,9 @@ async fn relay_mcp(
     if let Some(refused) = principal.refusal(Action::Decide) {
         return refused;
     }
-    let session = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let named = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    // `:` never appears in the ids the MCP endpoint draws (hex), so these keys are apart from its sessions.
+    let session = Some(format!("rpc:{}:{named}", principal.name));
     let body = match read_limited(request.into_body(), MAX_ADMIN_BODY, shared.handshake_timeout).await {
         Ok(b) => b,
         Err(r) => return r,

@@ -69,6 +69,64 @@ pub(crate) enum McpOutcome {
     Refused(McpRefused),
 }
 
+/// What the caller of an MCP exchange hears, in order: its ticket (unless refused), the sled's messages
+/// within it, then its one end.
+pub(crate) enum McpEvent {
+    Started(McpTicket),
+    Message(String),
+    End(McpOutcome),
+}
+
+/// Room in each exchange's channel. A caller that lets it fill (it reads too slowly) has its exchange
+/// cancelled: the last place is kept for the end, so the end always arrives.
+const MCP_EVENTS: usize = 64;
+
+/// One MCP exchange, from its caller's side: its events in order. Dropped before its end (the HTTP client
+/// went away), it cancels the exchange at the sled.
+pub(crate) struct McpExchange {
+    rx: mpsc::Receiver<McpEvent>,
+    ticket: Option<McpTicket>,
+    ended: bool,
+    hub: HubHandle,
+}
+
+impl McpExchange {
+    /// The next message, or the end (after which this is the end again).
+    pub(crate) async fn next(&mut self) -> McpEvent {
+        loop {
+            match self.rx.recv().await {
+                Some(McpEvent::Started(ticket)) => self.ticket = Some(ticket),
+                Some(McpEvent::End(outcome)) => {
+                    self.ended = true;
+                    return McpEvent::End(outcome);
+                }
+                Some(event) => return event,
+                None => {
+                    self.ended = true;
+                    return McpEvent::End(McpOutcome::Failed(McpFailure::ConnectionLost));
+                }
+            }
+        }
+    }
+
+    /// Waits for the end, dropping any messages (an exchange that was not a stream has none).
+    pub(crate) async fn outcome(mut self) -> McpOutcome {
+        loop {
+            if let McpEvent::End(outcome) = self.next().await {
+                return outcome;
+            }
+        }
+    }
+}
+
+impl Drop for McpExchange {
+    fn drop(&mut self) {
+        if let (Some(ticket), false) = (self.ticket, self.ended) {
+            self.hub.cancel_mcp(ticket);
+        }
+    }
+}
+
 enum HubMsg {
     Open {
         credential: SledCredential,
@@ -112,7 +170,20 @@ enum HubMsg {
         project: String,
         body: String,
         session: Option<String>,
-        reply: oneshot::Sender<McpOutcome>,
+        stream: bool,
+        sink: mpsc::Sender<McpEvent>,
+    },
+    Listen {
+        project: String,
+        session: String,
+        sink: mpsc::Sender<McpEvent>,
+    },
+    CancelMcp {
+        ticket: McpTicket,
+    },
+    EndMcpSession {
+        project: String,
+        session: String,
     },
     Sleds {
         reply: oneshot::Sender<Vec<SledSummary>>,
@@ -255,12 +326,47 @@ impl HubHandle {
         answer.await.unwrap_or(false)
     }
 
+    /// Relays one JSON-RPC message to `project`'s sled and waits for its answer.
     pub(crate) async fn mcp(&self, project: String, body: String, session: Option<String>) -> McpOutcome {
-        let (reply, answer) = oneshot::channel();
-        if self.tx.send(HubMsg::Mcp { project, body, session, reply }).await.is_err() {
-            return McpOutcome::Failed(McpFailure::ConnectionLost);
+        self.mcp_exchange(project, body, session, false).await.outcome().await
+    }
+
+    /// Opens an exchange: one JSON-RPC message to `project`'s sled, as a stream if `stream` (and the sled
+    /// relays streams).
+    pub(crate) async fn mcp_exchange(
+        &self,
+        project: String,
+        body: String,
+        session: Option<String>,
+        stream: bool,
+    ) -> McpExchange {
+        let (sink, rx) = mpsc::channel(MCP_EVENTS);
+        let _ = self.tx.send(HubMsg::Mcp { project, body, session, stream, sink }).await;
+        McpExchange { rx, ticket: None, ended: false, hub: self.clone() }
+    }
+
+    /// Opens `session`'s standalone stream on `project`'s sled.
+    pub(crate) async fn mcp_listen(&self, project: String, session: String) -> McpExchange {
+        let (sink, rx) = mpsc::channel(MCP_EVENTS);
+        let _ = self.tx.send(HubMsg::Listen { project, session, sink }).await;
+        McpExchange { rx, ticket: None, ended: false, hub: self.clone() }
+    }
+
+    /// Cancels the exchange `ticket`, whose caller went away; from a `Drop`, so it never waits.
+    fn cancel_mcp(&self, ticket: McpTicket) {
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(HubMsg::CancelMcp { ticket }) {
+            let tx = self.tx.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+            }
         }
-        answer.await.unwrap_or(McpOutcome::Failed(McpFailure::ConnectionLost))
+    }
+
+    /// Tells `project`'s sled that the gateway session `session` ended.
+    pub(crate) async fn end_mcp_session(&self, project: String, session: String) {
+        let _ = self.tx.send(HubMsg::EndMcpSession { project, session }).await;
     }
 
     pub(crate) async fn sleds(&self) -> Vec<SledSummary> {
@@ -359,8 +465,8 @@ struct HubTask {
     rx: mpsc::Receiver<HubMsg>,
     /// Where each connection's frames go.
     conns: HashMap<ConnHandle, mpsc::Sender<ConnOut>>,
-    /// Who waits for which MCP answer.
-    mcp: HashMap<McpTicket, oneshot::Sender<McpOutcome>>,
+    /// Who waits for which MCP exchange's events.
+    mcp: HashMap<McpTicket, mpsc::Sender<McpEvent>>,
     events: Fanout,
     timer: Deadline,
     done: Vec<oneshot::Sender<()>>,
@@ -457,16 +563,19 @@ impl HubTask {
                 let removed = self.hub.remove_rule(now, id, by);
                 self.ack(Ack::RemoveRule(reply, removed));
             }
-            HubMsg::Mcp { project, body, session, reply } => {
-                // Not yet as a stream: the endpoint answers each POST with one JSON body.
-                match self.hub.send_mcp(now, &project, &body, session.as_deref(), false) {
-                    Ok(ticket) => {
-                        self.mcp.insert(ticket, reply);
-                    }
-                    Err(refused) => {
-                        let _ = reply.send(McpOutcome::Refused(refused));
-                    }
-                }
+            HubMsg::Mcp { project, body, session, stream, sink } => {
+                let sent = self.hub.send_mcp(now, &project, &body, session.as_deref(), stream);
+                self.opened(sent, sink);
+            }
+            HubMsg::Listen { project, session, sink } => {
+                let opened = self.hub.listen_mcp(now, &project, Some(&session));
+                self.opened(opened, sink);
+            }
+            HubMsg::CancelMcp { ticket } => {
+                self.hub.cancel_mcp(now, ticket, "the HTTP client went away");
+            }
+            HubMsg::EndMcpSession { project, session } => {
+                self.hub.end_mcp_session(now, &project, &session);
             }
             HubMsg::Sleds { reply } => {
                 let _ = reply.send(self.hub.sleds(now));
@@ -485,6 +594,20 @@ impl HubTask {
     }
 
     /// A reply: given now without a store; with one, once the batch is committed.
+    /// An exchange opened (or refused): its caller hears which.
+    fn opened(&mut self, opened: Result<McpTicket, McpRefused>, sink: mpsc::Sender<McpEvent>) {
+        match opened {
+            Ok(ticket) => {
+                // The channel is new and empty: the ticket always fits.
+                let _ = sink.try_send(McpEvent::Started(ticket));
+                self.mcp.insert(ticket, sink);
+            }
+            Err(refused) => {
+                let _ = sink.try_send(McpEvent::End(McpOutcome::Refused(refused)));
+            }
+        }
+    }
+
     fn ack(&mut self, ack: Ack) {
         if self.store.is_some() { self.acks.push(ack) } else { ack.send(false) }
     }
@@ -595,15 +718,27 @@ impl HubTask {
         }
         // MCP outcomes go to their caller only; the answer moves there, uncopied.
         let event = match event {
+            // The end always fits: a message never takes the channel's last place.
             HubEvent::McpAnswered { ticket, payload } => {
-                if let Some(waiter) = self.mcp.remove(&ticket) {
-                    let _ = waiter.send(McpOutcome::Answered(payload));
+                if let Some(sink) = self.mcp.remove(&ticket) {
+                    let _ = sink.try_send(McpEvent::End(McpOutcome::Answered(payload)));
                 }
                 return;
             }
             HubEvent::McpFailed { ticket, reason } => {
-                if let Some(waiter) = self.mcp.remove(&ticket) {
-                    let _ = waiter.send(McpOutcome::Failed(reason));
+                if let Some(sink) = self.mcp.remove(&ticket) {
+                    let _ = sink.try_send(McpEvent::End(McpOutcome::Failed(reason)));
+                }
+                return;
+            }
+            HubEvent::McpMessage { ticket, payload } => {
+                let Some(sink) = self.mcp.get(&ticket) else { return };
+                if sink.is_closed() || sink.capacity() <= 1 {
+                    // Gone, or reading too slowly to keep up: the exchange is cancelled (its end follows).
+                    let now = self.now();
+                    self.hub.cancel_mcp(now, ticket, "the MCP client reads too slowly");
+                } else {
+                    let _ = sink.try_send(McpEvent::Message(payload));
                 }
                 return;
             }

@@ -29,6 +29,7 @@ pub(crate) use audit::record_line as audit_line;
 pub mod credentials;
 mod events;
 mod hub_task;
+mod mcp;
 mod metrics;
 mod notify;
 pub mod rules;
@@ -99,6 +100,8 @@ pub struct GatewayServerConfig {
     pub max_event_client_bytes: usize,
     /// Most `/api/events` clients at once; more are answered `503`. Default 64.
     pub max_event_clients: usize,
+    /// The MCP endpoint's session budgets and idle time (4,096 sessions, 256 per principal, 1 h).
+    pub mcp_endpoint: uplink_proto::gateway::McpEndpointConfig,
     /// Permission rules, evaluated before a person is asked (`session`'s auto flags join them).
     pub rules: Vec<uplink_proto::rules::Rule>,
     /// Certificate chain and private key (PEM files) to serve HTTPS and `wss://`.
@@ -145,6 +148,7 @@ impl GatewayServerConfig {
             max_pending_input_bytes: 256 << 20,
             max_event_client_bytes: 32 << 20,
             max_event_clients: 64,
+            mcp_endpoint: uplink_proto::gateway::McpEndpointConfig::default(),
             rules: Vec::new(),
             tls: None,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
@@ -289,6 +293,8 @@ struct Shared {
     /// Audit queries running at once (each reads the database on a blocking thread): at most
     /// [`AUDIT_QUERIES`]; more get `503`.
     audit_queries: Arc<tokio::sync::Semaphore>,
+    /// The MCP endpoint's client sessions.
+    mcp: mcp::Endpoint,
 }
 
 /// Most `GET /api/audit` queries at once.
@@ -318,7 +324,16 @@ impl CredentialsReloader {
     /// Puts `credentials` in force.
     pub async fn reload(&self, credentials: Credentials) {
         let credentials = Arc::new(credentials);
-        *self.shared.credentials.write().unwrap_or_else(PoisonError::into_inner) = credentials.clone();
+        let old = std::mem::replace(
+            &mut *self.shared.credentials.write().unwrap_or_else(PoisonError::into_inner),
+            credentials.clone(),
+        );
+        // A principal that is gone takes its MCP sessions with it.
+        for gone in old.admins().iter().filter(|a| !credentials.admins().iter().any(|n| n.name == a.name)) {
+            for (session, project) in self.shared.mcp.close_principal(&gone.name) {
+                self.shared.hub.end_mcp_session(project, session).await;
+            }
+        }
         self.shared.hub.credentials_changed(credentials).await;
     }
 }
@@ -429,6 +444,7 @@ impl GatewayServer {
             metrics,
             metrics_public: config.metrics_public,
             store_failed: failed.clone(),
+            mcp: mcp::Endpoint::new(crate::socket_loop::Clock::new(epoch), config.mcp_endpoint),
         });
         Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed })
     }

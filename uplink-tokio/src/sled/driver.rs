@@ -54,6 +54,10 @@ pub(crate) enum Io {
         call: McpCallId,
         message: Box<RawValue>,
     },
+    /// The local server accepted a standalone stream.
+    McpOpened {
+        call: McpCallId,
+    },
 }
 
 /// What woke the driver.
@@ -279,6 +283,7 @@ impl Driver {
                 self.sled.handle_mcp_reply(now, call, reply);
             }
             Io::McpMessage { call, message } => self.sled.handle_mcp_message(now, call, &message),
+            Io::McpOpened { call } => self.sled.handle_mcp_opened(now, call),
         }
     }
 

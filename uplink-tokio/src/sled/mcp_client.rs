@@ -205,6 +205,9 @@ impl McpClient {
             if !status.is_success() || !is_event_stream(response.headers()) {
                 return McpReply::Failed(format!("local MCP endpoint answered the stream's GET with HTTP {status}"));
             }
+            if last_id.is_none() {
+                let _ = messages.io.send(Io::McpOpened { call: messages.call }).await;
+            }
             match read_events(response.into_body(), &mut parser, Want::Nothing, Some(&messages)).await {
                 Ok((_, got)) if got => attempts = 0,
                 Ok(_) => {}

@@ -1,0 +1,101 @@
+//! The gateway's MCP endpoint against the official TypeScript SDK, end to end: SDK clients talk to
+//! `uplink gateway`'s `/api/sleds/{project}/mcp`, through a real sled, to an SDK server with sessions. Progress
+//! notifications reach the client, a tool that asks for sampling and one that asks for elicitation complete
+//! (the server's requests cross the uplink and the client's answers come back), two clients get sessions of
+//! their own (at the gateway and at the local server), and an ended session is gone.
+//!
+//! Needs Node and the packages of `tests/js` (`npm ci --prefix tests/js`; `scripts/test` installs them).
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use uplink_proto::gateway::GatewayConfig;
+use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, http, next_event, sse, within};
+use uplink_tokio::{Uplink, UplinkConfig};
+
+fn js_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js");
+    assert!(
+        dir.join("node_modules/@modelcontextprotocol/sdk").is_dir(),
+        "the MCP TypeScript SDK is not installed: run `npm ci --prefix tests/js` (scripts/test does)"
+    );
+    dir
+}
+
+/// The SDK server, listening; killed when dropped.
+struct SdkServer {
+    _child: tokio::process::Child,
+    port: u16,
+}
+
+impl SdkServer {
+    async fn start() -> SdkServer {
+        let mut child = tokio::process::Command::new("node")
+            .arg(js_dir().join("server.mjs"))
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = within("the SDK server to listen", lines.next_line()).await.unwrap().expect("its port");
+        let port = serde_json::from_str::<Value>(&first).unwrap()["port"].as_u64().unwrap() as u16;
+        SdkServer { _child: child, port }
+    }
+}
+
+#[tokio::test]
+async fn sdk_clients_get_progress_sampling_elicitation_and_sessions_of_their_own_through_the_uplink() {
+    let server = SdkServer::start().await;
+    let gw = RealGateway::start(GatewayConfig::default(), 1 << 20).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
+    let mut c = UplinkConfig::new(&gw.ws, "sdk");
+    c.token = Some(SLED_TOKEN.into());
+    c.local_mcp_url = format!("http://127.0.0.1:{}/mcp", server.port);
+    let uplink = Uplink::start(c).unwrap();
+    next_event(&mut events, "sled_connected").await;
+
+    let url = format!("{}/api/sleds/sdk/mcp", gw.base);
+    let run = tokio::process::Command::new("node")
+        .arg(js_dir().join("client.mjs"))
+        .args([url.as_str(), ADMIN_TOKEN])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the SDK clients finish").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the SDK clients failed: {stderr}");
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{stderr}"));
+
+    assert_eq!(seen["progress"], serde_json::json!([1, 2, 3]), "{seen}");
+    assert_eq!(seen["counted"], "counted to 3");
+    assert_eq!(seen["sampled"], "model said: hi from alice", "a sampling request crossed the uplink both ways");
+    assert_eq!(seen["elicited"], "accept: bob", "an elicitation crossed the uplink both ways");
+    let sessions: Vec<&str> = seen["sessions"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_ne!(sessions[0], sessions[1], "each client has its own gateway session");
+    assert!(sessions.iter().all(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())), "{sessions:?}");
+    let local = seen["local"].as_array().unwrap();
+    assert_ne!(local[0], local[1], "and its own session at the local server");
+    // Alice ended her session (DELETE): it is gone. Bob's is not, and it is his alone.
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let post = async |session: &str, token: &str| {
+        http(
+            "POST",
+            &url,
+            Some(token),
+            Some(list),
+            &[("mcp-session-id", session), ("accept", "application/json, text/event-stream")],
+        )
+        .await
+    };
+    assert_eq!(post(sessions[0], ADMIN_TOKEN).await.0, 404, "an ended session is gone");
+    let (status, body) = post(sessions[1], ADMIN_TOKEN).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["result"]["tools"].as_array().map(Vec::len), Some(4));
+
+    uplink.shutdown().await;
+    gw.stop().await;
+    drop(server);
+}
