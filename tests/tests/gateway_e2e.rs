@@ -208,6 +208,12 @@ async fn mcp_is_relayed_through_the_gateway_http_api_to_an_rmcp_server_behind_th
     // A web page elsewhere (DNS rebinding, or a person's cookie) is refused, token or not.
     let (status, body) = http("POST", &url, Some(ADMIN), Some(init), &[("origin", "http://evil.example")]).await;
     assert_eq!((status, parse(&body)["error"]["code"].clone()), (403, json!(-32000)), "{body}");
+    let rebound = [("host", "evil.example"), ("origin", "http://evil.example")];
+    let (status, _) = http("POST", &url, Some(ADMIN), Some(init), &rebound).await;
+    assert_eq!(status, 403, "DNS rebinding: Host and Origin agree, but the name is not the gateway's");
+    let own = format!("http://{}", gw.addr);
+    let (status, _) = http("POST", &url, Some(ADMIN), Some(init), &[("origin", &own)]).await;
+    assert_eq!(status, 200, "a page of the gateway's own origin, by its own address");
     let (status, _) = post("{not json".into()).await;
     assert_eq!(status, 400);
     let huge = format!(r#"{{"pad":"{}"}}"#, "x".repeat(5 << 20));

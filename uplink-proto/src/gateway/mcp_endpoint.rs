@@ -168,6 +168,30 @@ const ALREADY_LISTENING: Refusal =
 /// A foreign `Origin` (see [`crate::gateway::console::same_origin`]): the adapter refuses it before routing.
 pub const FOREIGN_ORIGIN: Refusal = Refusal { status: 403, code: SERVER_ERROR, message: "Forbidden: foreign Origin" };
 
+/// The names a browser page may reach the endpoint by, beside the ones given: loopback.
+const LOOPBACK: &[&str] = &["localhost", "127.0.0.1", "[::1]"];
+
+/// Whether a request with `origin` and `host` may reach the endpoint (else [`FOREIGN_ORIGIN`]). A request
+/// without `Origin` is not a web page's (the token guards it) and passes. A web page's must be the gateway's
+/// own origin ([`same_origin`](super::console::same_origin)) **and** name the gateway by one of its own names:
+/// loopback, or one of `names` (its public name, its listen address). So a page on `evil.example` whose name
+/// was re-pointed at the gateway (DNS rebinding: `Host` and `Origin` both say `evil.example`) is refused.
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, tls: bool, names: &[String]) -> bool {
+    if origin.is_none() {
+        return true;
+    }
+    if !super::console::same_origin(origin, host, tls) {
+        return false;
+    }
+    let Some(host) = host else { return false };
+    // The name without its port: `[::1]:80` → `[::1]`, `gw.example:8700` → `gw.example`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(host, |(inner, _)| &host[..inner.len() + 2]),
+        None => host.split(':').next().unwrap_or(host),
+    };
+    LOOPBACK.iter().any(|l| l.eq_ignore_ascii_case(name)) || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
 /// What to do with a request the endpoint admits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -496,6 +520,20 @@ mod tests {
         assert_eq!(e.route(at(19_000), &post("a", Some("used"), CALL)), Err(UNKNOWN_SESSION));
         assert_eq!(e.expire(at(19_000)), vec![("used".into(), "p".into())]);
         assert!(e.route(at(60_000), &post("a", Some("streaming"), CALL)).is_ok());
+    }
+
+    #[test]
+    fn a_web_page_must_name_the_gateway_by_its_own_name_and_come_from_its_origin() {
+        let names = [String::from("gw.example")];
+        let ok = |origin: Option<&str>, host: &str| origin_allowed(origin, Some(host), false, &names);
+        assert!(ok(None, "anything"), "not a web page: the token guards it");
+        assert!(ok(Some("http://localhost:8700"), "localhost:8700"));
+        assert!(ok(Some("http://[::1]:8700"), "[::1]:8700"));
+        assert!(ok(Some("http://GW.example"), "GW.example"));
+        assert!(!ok(Some("http://evil.example"), "evil.example"), "DNS rebinding: Host and Origin agree");
+        assert!(!ok(Some("http://evil.example"), "localhost:8700"), "another site's page");
+        assert!(!origin_allowed(Some("http://localhost"), None, false, &names));
+        assert!(!origin_allowed(Some("http://localhost"), Some("localhost"), true, &names), "the scheme served");
     }
 
     #[test]

@@ -142,9 +142,15 @@ struct RunArgs {
     /// Also notify how each request ended.
     #[arg(long)]
     notify_decisions: bool,
-    /// The address people reach this gateway at (https://gateway.example), for the links in notifications.
+    /// The address people reach this gateway at (https://gateway.example), for the links in notifications;
+    /// its host is also one of the gateway's own names for the MCP endpoint.
     #[arg(long)]
     public_url: Option<String>,
+    /// Another name web pages may reach the MCP endpoint by (repeat for several), beside loopback, the
+    /// public URL's host and the listen address: a page's request naming any other host is refused (DNS
+    /// rebinding).
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -401,6 +407,7 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     config.notify = args.notify_webhooks.iter().map(|url| gateway::Webhook::new(url.clone(), format)).collect();
     config.notify_decisions = args.notify_decisions;
     config.public_url = args.public_url;
+    config.allowed_hosts = args.allowed_hosts;
     if let Some(store) = &store {
         announce.push(format!("  store: {} (rules and the audit log)", store.path().display()));
     }

@@ -12,7 +12,9 @@
 //!   with a result.
 //! - `GET`: the session's standalone stream (`405` when the sled or its server has none).
 //! - `DELETE`: the session ends, here and at the sled; `204`.
-//! - A foreign `Origin` is refused (`403`): a web page cannot drive the endpoint with a person's cookie.
+//! - A web page's request (it has an `Origin`) must come from the gateway's own origin and name the gateway
+//!   by one of its own names (loopback, its public URL's host, its listen address, `--allowed-host`), else
+//!   `403`: neither another site nor a DNS-rebound name can drive the endpoint.
 //!
 //! An HTTP client that goes away cancels its exchange at the sled (and so at the local server). The gateway
 //! offers no resumption of its own streams: its events carry no ids.
@@ -30,7 +32,7 @@ use axum::response::{IntoResponse as _, Response};
 use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::header::CONTENT_TYPE;
-use uplink_proto::gateway::mcp_endpoint::{FOREIGN_ORIGIN, Refusal};
+use uplink_proto::gateway::mcp_endpoint::{FOREIGN_ORIGIN, Refusal, origin_allowed};
 use uplink_proto::gateway::{
     Action, EndpointRequest, McpEndpoint, McpEndpointConfig, McpFailure, McpRefused, Method, Route,
 };
@@ -51,11 +53,14 @@ pub(super) struct Endpoint {
     table: Mutex<McpEndpoint>,
     /// Numbers the standalone streams, so that only the one holding a session's place frees it.
     streams: std::sync::atomic::AtomicU64,
+    /// The gateway's own names beside loopback (its public URL's host, its listen address, those given), by
+    /// which a web page may reach the endpoint.
+    names: Vec<String>,
 }
 
 impl Endpoint {
-    pub(super) fn new(clock: Clock, config: McpEndpointConfig) -> Endpoint {
-        Endpoint { clock, table: Mutex::new(McpEndpoint::new(config)), streams: Default::default() }
+    pub(super) fn new(clock: Clock, config: McpEndpointConfig, names: Vec<String>) -> Endpoint {
+        Endpoint { clock, table: Mutex::new(McpEndpoint::new(config)), streams: Default::default(), names }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut McpEndpoint, Instant) -> T) -> T {
@@ -102,9 +107,7 @@ pub(super) async fn serve(
         return refusal;
     }
     let headers = request.headers().clone();
-    if let Some(origin) = header(&headers, "origin")
-        && !uplink_proto::gateway::console::same_origin(Some(origin), header(&headers, "host"), shared.tls)
-    {
+    if !origin_allowed(header(&headers, "origin"), header(&headers, "host"), shared.tls, &shared.mcp.names) {
         return refused(FOREIGN_ORIGIN);
     }
     let method = match *request.method() {

@@ -102,6 +102,9 @@ pub struct GatewayServerConfig {
     pub max_event_clients: usize,
     /// The MCP endpoint's session budgets and idle time (4,096 sessions, 256 per principal, 1 h).
     pub mcp_endpoint: uplink_proto::gateway::McpEndpointConfig,
+    /// Names a web page may reach the gateway's MCP endpoint by, beside loopback, the public URL's host and
+    /// the listen address (`--allowed-host`). Empty by default.
+    pub allowed_hosts: Vec<String>,
     /// Permission rules, evaluated before a person is asked (`session`'s auto flags join them).
     pub rules: Vec<uplink_proto::rules::Rule>,
     /// Certificate chain and private key (PEM files) to serve HTTPS and `wss://`.
@@ -149,6 +152,7 @@ impl GatewayServerConfig {
             max_event_client_bytes: 32 << 20,
             max_event_clients: 64,
             mcp_endpoint: uplink_proto::gateway::McpEndpointConfig::default(),
+            allowed_hosts: Vec::new(),
             rules: Vec::new(),
             tls: None,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
@@ -413,6 +417,11 @@ impl GatewayServer {
             .map_err(|error| GatewayStartError::Bind { addr: config.listen, error })?;
         let (failed_tx, failed) = tokio::sync::watch::channel(None);
         let metrics = Arc::new(metrics::GatewayMetrics::new());
+        let public_host = config
+            .public_url
+            .as_deref()
+            .and_then(|u| u.parse::<hyper::Uri>().ok())
+            .and_then(|u| u.host().map(str::to_owned));
         let task = HubTaskConfig {
             notify: notify::NotifyConfig {
                 webhooks: config.notify,
@@ -429,6 +438,17 @@ impl GatewayServer {
             failed: failed_tx,
         };
         let (hub, hub_task, store_closed) = HubHandle::spawn(hub, task).map_err(GatewayStartError::Spawn)?;
+        // The gateway's own names, for the MCP endpoint's check of web pages.
+        let mut names = config.allowed_hosts.clone();
+        if let Some(host) = public_host.as_deref() {
+            names.push(host.to_owned());
+        }
+        if !config.listen.ip().is_unspecified() {
+            names.push(match config.listen.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            });
+        }
         let shared = Arc::new(Shared {
             hub,
             closing: tokio::sync::watch::Sender::new(false),
@@ -444,7 +464,7 @@ impl GatewayServer {
             metrics,
             metrics_public: config.metrics_public,
             store_failed: failed.clone(),
-            mcp: mcp::Endpoint::new(crate::socket_loop::Clock::new(epoch), config.mcp_endpoint),
+            mcp: mcp::Endpoint::new(crate::socket_loop::Clock::new(epoch), config.mcp_endpoint, names),
         });
         Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed })
     }
