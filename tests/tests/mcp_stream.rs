@@ -201,3 +201,50 @@ async fn at_shutdown_the_sled_ends_its_local_sessions() {
     let delete = server.next_with("DELETE").await;
     assert_eq!(delete.header("mcp-session-id"), Some("local-1"));
 }
+
+/// Through the real gateway: an HTTP client that goes away mid-call cancels the call at the local server.
+#[tokio::test]
+async fn a_client_that_hangs_up_on_the_gateway_cancels_its_call_at_the_local_server() {
+    use tokio::io::AsyncWriteExt as _;
+    use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, http_with_headers, next_event, sse};
+    let mut server = ScriptedHttp::start(|seen| match seen.json()["method"].as_str() {
+        Some("initialize") => Reply::Full(
+            200,
+            "application/json",
+            r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{}}}"#.into(),
+        ),
+        Some("tools/call") => Reply::Hang(": working\n\n".into()),
+        _ => Reply::Full(202, "application/json", String::new()),
+    })
+    .await;
+    let gw = RealGateway::start(uplink_proto::gateway::GatewayConfig::default(), 1 << 20).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
+    let mut c = UplinkConfig::new(&gw.ws, "hang");
+    c.token = Some(SLED_TOKEN.into());
+    c.local_mcp_url = server.url();
+    let uplink = Uplink::start(c).unwrap();
+    next_event(&mut events, "sled_connected").await;
+    let url = format!("{}/api/sleds/hang/mcp", gw.base);
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    let (status, headers, _) = http_with_headers("POST", &url, Some(ADMIN_TOKEN), Some(init), &[]).await;
+    assert_eq!(status, 200);
+    let session = headers.iter().find(|(n, _)| n == "mcp-session-id").map(|(_, v)| v.clone()).unwrap();
+    server.next_with("POST").await;
+
+    // A raw client: it sends the call, then goes away without reading the answer.
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /api/sleds/hang/mcp HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nMcp-Session-Id: {session}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{CALL}",
+        gw.addr,
+        CALL.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let call = server.next_with("POST").await;
+    assert_eq!(call.json()["method"], "tools/call");
+    drop(tcp);
+    let notice = server.next_with("POST").await.json();
+    assert_eq!(notice["method"], "notifications/cancelled", "{notice}");
+    assert_eq!(notice["params"]["requestId"], 7);
+    uplink.shutdown().await;
+    gw.stop().await;
+}

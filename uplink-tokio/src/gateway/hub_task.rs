@@ -121,6 +121,14 @@ impl McpExchange {
 
 impl Drop for McpExchange {
     fn drop(&mut self) {
+        // The ticket may be waiting unread, or the end may be (then nothing is left to cancel).
+        while let Ok(event) = self.rx.try_recv() {
+            match event {
+                McpEvent::Started(ticket) => self.ticket = Some(ticket),
+                McpEvent::End(_) => self.ended = true,
+                McpEvent::Message(_) => {}
+            }
+        }
         if let (Some(ticket), false) = (self.ticket, self.ended) {
             self.hub.cancel_mcp(ticket);
         }
@@ -597,6 +605,11 @@ impl HubTask {
     /// An exchange opened (or refused): its caller hears which.
     fn opened(&mut self, opened: Result<McpTicket, McpRefused>, sink: mpsc::Sender<McpEvent>) {
         match opened {
+            // Its caller went away before it opened: it ends at once.
+            Ok(ticket) if sink.is_closed() => {
+                let now = self.now();
+                self.hub.cancel_mcp(now, ticket, "the HTTP client went away");
+            }
             Ok(ticket) => {
                 // The channel is new and empty: the ticket always fits.
                 let _ = sink.try_send(McpEvent::Started(ticket));
