@@ -77,6 +77,27 @@ pub(crate) enum McpEvent {
     End(McpOutcome),
 }
 
+/// Where an exchange's caller hears of it: every event in order, or (one message, one answer) only its end,
+/// which costs one allocation less.
+enum Sink {
+    Events(mpsc::Sender<McpEvent>),
+    Answer(oneshot::Sender<McpOutcome>),
+}
+
+impl Sink {
+    /// The exchange's end. It always fits: a message never takes an events channel's last place.
+    fn end(self, outcome: McpOutcome) {
+        match self {
+            Sink::Events(events) => {
+                let _ = events.try_send(McpEvent::End(outcome));
+            }
+            Sink::Answer(answer) => {
+                let _ = answer.send(outcome);
+            }
+        }
+    }
+}
+
 /// Room in each exchange's channel. A caller that lets it fill (it reads too slowly) has its exchange
 /// cancelled: the last place is kept for the end, so the end always arrives.
 const MCP_EVENTS: usize = 64;
@@ -105,15 +126,6 @@ impl McpExchange {
                     self.ended = true;
                     return McpEvent::End(McpOutcome::Failed(McpFailure::ConnectionLost));
                 }
-            }
-        }
-    }
-
-    /// Waits for the end, dropping any messages (an exchange that was not a stream has none).
-    pub(crate) async fn outcome(mut self) -> McpOutcome {
-        loop {
-            if let McpEvent::End(outcome) = self.next().await {
-                return outcome;
             }
         }
     }
@@ -179,7 +191,7 @@ enum HubMsg {
         body: String,
         session: Option<String>,
         stream: bool,
-        sink: mpsc::Sender<McpEvent>,
+        sink: Sink,
     },
     Listen {
         project: String,
@@ -336,7 +348,12 @@ impl HubHandle {
 
     /// Relays one JSON-RPC message to `project`'s sled and waits for its answer.
     pub(crate) async fn mcp(&self, project: String, body: String, session: Option<String>) -> McpOutcome {
-        self.mcp_exchange(project, body, session, false).await.outcome().await
+        let (reply, answer) = oneshot::channel();
+        let sink = Sink::Answer(reply);
+        if self.tx.send(HubMsg::Mcp { project, body, session, stream: false, sink }).await.is_err() {
+            return McpOutcome::Failed(McpFailure::ConnectionLost);
+        }
+        answer.await.unwrap_or(McpOutcome::Failed(McpFailure::ConnectionLost))
     }
 
     /// Opens an exchange: one JSON-RPC message to `project`'s sled, as a stream if `stream` (and the sled
@@ -349,7 +366,7 @@ impl HubHandle {
         stream: bool,
     ) -> McpExchange {
         let (sink, rx) = mpsc::channel(MCP_EVENTS);
-        let _ = self.tx.send(HubMsg::Mcp { project, body, session, stream, sink }).await;
+        let _ = self.tx.send(HubMsg::Mcp { project, body, session, stream, sink: Sink::Events(sink) }).await;
         McpExchange { rx, ticket: None, ended: false, hub: self.clone() }
     }
 
@@ -474,7 +491,7 @@ struct HubTask {
     /// Where each connection's frames go.
     conns: HashMap<ConnHandle, mpsc::Sender<ConnOut>>,
     /// Who waits for which MCP exchange's events.
-    mcp: HashMap<McpTicket, mpsc::Sender<McpEvent>>,
+    mcp: HashMap<McpTicket, Sink>,
     events: Fanout,
     timer: Deadline,
     done: Vec<oneshot::Sender<()>>,
@@ -577,7 +594,7 @@ impl HubTask {
             }
             HubMsg::Listen { project, session, sink } => {
                 let opened = self.hub.listen_mcp(now, &project, Some(&session));
-                self.opened(opened, sink);
+                self.opened(opened, Sink::Events(sink));
             }
             HubMsg::CancelMcp { ticket } => {
                 self.hub.cancel_mcp(now, ticket, "the HTTP client went away");
@@ -603,21 +620,25 @@ impl HubTask {
 
     /// A reply: given now without a store; with one, once the batch is committed.
     /// An exchange opened (or refused): its caller hears which.
-    fn opened(&mut self, opened: Result<McpTicket, McpRefused>, sink: mpsc::Sender<McpEvent>) {
+    fn opened(&mut self, opened: Result<McpTicket, McpRefused>, sink: Sink) {
+        let gone = match &sink {
+            Sink::Events(events) => events.is_closed(),
+            Sink::Answer(answer) => answer.is_closed(),
+        };
         match opened {
             // Its caller went away before it opened: it ends at once.
-            Ok(ticket) if sink.is_closed() => {
+            Ok(ticket) if gone => {
                 let now = self.now();
                 self.hub.cancel_mcp(now, ticket, "the HTTP client went away");
             }
             Ok(ticket) => {
                 // The channel is new and empty: the ticket always fits.
-                let _ = sink.try_send(McpEvent::Started(ticket));
+                if let Sink::Events(events) = &sink {
+                    let _ = events.try_send(McpEvent::Started(ticket));
+                }
                 self.mcp.insert(ticket, sink);
             }
-            Err(refused) => {
-                let _ = sink.try_send(McpEvent::End(McpOutcome::Refused(refused)));
-            }
+            Err(refused) => sink.end(McpOutcome::Refused(refused)),
         }
     }
 
@@ -731,21 +752,21 @@ impl HubTask {
         }
         // MCP outcomes go to their caller only; the answer moves there, uncopied.
         let event = match event {
-            // The end always fits: a message never takes the channel's last place.
             HubEvent::McpAnswered { ticket, payload } => {
                 if let Some(sink) = self.mcp.remove(&ticket) {
-                    let _ = sink.try_send(McpEvent::End(McpOutcome::Answered(payload)));
+                    sink.end(McpOutcome::Answered(payload));
                 }
                 return;
             }
             HubEvent::McpFailed { ticket, reason } => {
                 if let Some(sink) = self.mcp.remove(&ticket) {
-                    let _ = sink.try_send(McpEvent::End(McpOutcome::Failed(reason)));
+                    sink.end(McpOutcome::Failed(reason));
                 }
                 return;
             }
             HubEvent::McpMessage { ticket, payload } => {
-                let Some(sink) = self.mcp.get(&ticket) else { return };
+                // Only exchanges asked as streams have messages.
+                let Some(Sink::Events(sink)) = self.mcp.get(&ticket) else { return };
                 if sink.is_closed() || sink.capacity() <= 1 {
                     // Gone, or reading too slowly to keep up: the exchange is cancelled (its end follows).
                     let now = self.now();
