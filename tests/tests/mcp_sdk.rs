@@ -4,7 +4,10 @@
 //! (the server's requests cross the uplink and the client's answers come back), two clients get sessions of
 //! their own (at the gateway and at the local server), and an ended session is gone.
 //!
-//! Needs Node and the packages of `tests/js` (`npm ci --prefix tests/js`; `scripts/test` installs them).
+//! The same path with the official Python SDK's client, too.
+//!
+//! Needs Node and the packages of `tests/js` (`npm ci --prefix tests/js`), and the Python SDK in
+//! `tests/python/.venv`; `scripts/test` installs both.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -47,27 +50,69 @@ impl SdkServer {
     }
 }
 
+/// The SDK server behind a real sled behind a real gateway; the gateway's MCP URL for it.
+struct Rig {
+    _server: SdkServer,
+    gw: RealGateway,
+    uplink: Uplink,
+    url: String,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let server = SdkServer::start().await;
+        let gw = RealGateway::start(GatewayConfig::default(), 1 << 20).await;
+        let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
+        let mut c = UplinkConfig::new(&gw.ws, "sdk");
+        c.token = Some(SLED_TOKEN.into());
+        c.local_mcp_url = format!("http://127.0.0.1:{}/mcp", server.port);
+        let uplink = Uplink::start(c).unwrap();
+        next_event(&mut events, "sled_connected").await;
+        let url = format!("{}/api/sleds/sdk/mcp", gw.base);
+        Rig { _server: server, gw, uplink, url }
+    }
+
+    /// Runs a client program with the endpoint's URL and the admin token; what it printed, as JSON.
+    async fn client(&self, program: &str, script: PathBuf) -> Value {
+        let run = tokio::process::Command::new(program)
+            .arg(script)
+            .args([self.url.as_str(), ADMIN_TOKEN])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the SDK client finishes").unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "the SDK client failed: {stderr}");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{stderr}"))
+    }
+
+    async fn stop(self) {
+        self.uplink.shutdown().await;
+        self.gw.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_python_sdk_gets_progress_sampling_and_elicitation_through_the_uplink() {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/.venv/bin/python");
+    assert!(
+        python.is_file(),
+        "the MCP Python SDK is not installed: run `python3 -m venv tests/python/.venv && tests/python/.venv/bin/pip install -r tests/python/requirements.txt` (scripts/test does)"
+    );
+    let rig = Rig::start().await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/client.py");
+    let seen = rig.client(python.to_str().unwrap(), script).await;
+    assert_eq!(seen["progress"], serde_json::json!([1.0, 2.0, 3.0]), "{seen}");
+    assert_eq!(seen["counted"], "counted to 3");
+    assert_eq!(seen["sampled"], "model said: hi from python");
+    assert_eq!(seen["elicited"], "accept: python");
+    rig.stop().await;
+}
+
 #[tokio::test]
 async fn sdk_clients_get_progress_sampling_elicitation_and_sessions_of_their_own_through_the_uplink() {
-    let server = SdkServer::start().await;
-    let gw = RealGateway::start(GatewayConfig::default(), 1 << 20).await;
-    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
-    let mut c = UplinkConfig::new(&gw.ws, "sdk");
-    c.token = Some(SLED_TOKEN.into());
-    c.local_mcp_url = format!("http://127.0.0.1:{}/mcp", server.port);
-    let uplink = Uplink::start(c).unwrap();
-    next_event(&mut events, "sled_connected").await;
-
-    let url = format!("{}/api/sleds/sdk/mcp", gw.base);
-    let run = tokio::process::Command::new("node")
-        .arg(js_dir().join("client.mjs"))
-        .args([url.as_str(), ADMIN_TOKEN])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the SDK clients finish").unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the SDK clients failed: {stderr}");
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{stderr}"));
+    let rig = Rig::start().await;
+    let url = rig.url.clone();
+    let seen = rig.client("node", js_dir().join("client.mjs")).await;
 
     assert_eq!(seen["progress"], serde_json::json!([1, 2, 3]), "{seen}");
     assert_eq!(seen["counted"], "counted to 3");
@@ -95,7 +140,5 @@ async fn sdk_clients_get_progress_sampling_elicitation_and_sessions_of_their_own
     assert_eq!(status, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["result"]["tools"].as_array().map(Vec::len), Some(4));
 
-    uplink.shutdown().await;
-    gw.stop().await;
-    drop(server);
+    rig.stop().await;
 }
