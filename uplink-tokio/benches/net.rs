@@ -7,7 +7,7 @@
 //! ```text
 //! cargo bench -p uplink-tokio --bench net                   # every bench, quick sizes
 //! cargo bench -p uplink-tokio --bench net -- rtt            # one of: rtt throughput relay scale decisions
-//! cargo bench -p uplink-tokio --bench net -- scale --sleds 10000 --idle-secs 30
+//! cargo bench -p uplink-tokio --bench net -- scale --sleds 10000 --idle-secs 30 [--restart]
 //! ```
 #![allow(clippy::print_stdout, reason = "a benchmark reports on standard output")]
 #![allow(missing_docs, unreachable_pub, reason = "a benchmark binary")]
@@ -60,12 +60,17 @@ impl GatewayProcess {
     }
 
     fn start_with(extra: &[&str]) -> GatewayProcess {
+        GatewayProcess::start_on("127.0.0.1:0", extra)
+    }
+
+    /// On `listen` (a restart takes the address of the gateway before it).
+    fn start_on(listen: &str, extra: &[&str]) -> GatewayProcess {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let state_dir = std::env::temp_dir().join(format!("uplink-bench-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state_dir);
         let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
-            .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", SLED_TOKEN, "--admin-token", ADMIN_TOKEN])
+            .args(["gateway", "--listen", listen, "--sled-token", SLED_TOKEN, "--admin-token", ADMIN_TOKEN])
             .args(extra)
             .arg("--state-dir")
             .arg(&state_dir)
@@ -100,7 +105,13 @@ impl GatewayProcess {
     /// Waits until the gateway lists `n` connected sleds: a sled sees its link up before the gateway has read
     /// its `identity`, and an MCP request for it before then would find no such project.
     async fn wait_connected(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_connected_every(n, Duration::from_millis(10)).await;
+    }
+
+    /// As [`GatewayProcess::wait_connected`], asking every `every` (each listing of many sleds costs the
+    /// gateway CPU of its own).
+    async fn wait_connected_every(&self, n: usize, every: Duration) {
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let mut client = http_client(self.addr).await;
             let request = Request::get("/api/sleds")
@@ -115,7 +126,7 @@ impl GatewayProcess {
                 return;
             }
             assert!(Instant::now() < deadline, "only {connected} of {n} sleds registered at the gateway");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(every).await;
         }
     }
 
@@ -628,7 +639,7 @@ async fn bench_relay(total: usize) {
 
 // ── 5. Gateway scale ─────────────────────────────────────────────────────────────────────────────────────
 
-async fn bench_scale(sleds: usize, idle: Duration) {
+async fn bench_scale(sleds: usize, idle: Duration, restart: bool) {
     println!("\n## 5. Gateway scale: {sleds} sleds, idle window {idle:?}");
     let gateway = GatewayProcess::start();
     let mcp = start_mcp_server().await;
@@ -678,9 +689,50 @@ async fn bench_scale(sleds: usize, idle: Duration) {
     let uplinks = Arc::new(uplinks);
     let (lat, wall) = permission_load(uplinks.clone(), 64, 20_000 / 64).await;
     println!("permissions spread over {sleds} sleds, 64 in flight: {}", lat.summary(wall));
+    if restart {
+        bench_restart(gateway, sleds).await;
+    }
     for u in uplinks.iter() {
         u.shutdown().await;
     }
+}
+
+/// The gateway stops (SIGTERM: as a deployment restarts it) and a new one starts on its address: how long
+/// until every sled is identified again, with the sleds' default jittered back-off, and the new gateway's
+/// CPU over each quarter second meanwhile (target: all back within 30 s, never above one core).
+async fn bench_restart(gateway: GatewayProcess, sleds: usize) {
+    let listen = gateway.addr.to_string();
+    let pid = gateway.child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    drop(gateway); // waits for it to exit
+    let down = Instant::now();
+    let next = GatewayProcess::start_on(&listen, &["--auto-approve", "Bench"]);
+    let started = down.elapsed();
+    // Sample the new gateway's CPU every 250 ms while the sleds come back.
+    let pid = next.child.id().to_string();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0.0f64;
+        let (mut cpu, mut at) = (process_cpu(&pid), Instant::now());
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => return peak,
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            let (cpu1, at1) = (process_cpu(&pid), Instant::now());
+            peak = peak.max((cpu1 - cpu).as_secs_f64() / (at1 - at).as_secs_f64());
+            (cpu, at) = (cpu1, at1);
+        }
+    });
+    next.wait_connected_every(sleds, Duration::from_millis(500)).await;
+    let back = down.elapsed();
+    let _ = stop_tx.send(());
+    let peak = sampler.await.unwrap();
+    println!(
+        "restart: the new gateway listened after {started:.2?}; all {sleds} sleds identified again after {back:.2?} \
+         (target ≤ 30 s); its CPU at most {:.0}% of one core over any 250 ms (target ≤ 100%)",
+        peak * 100.0
+    );
 }
 
 // ── Main ─────────────────────────────────────────────────────────────────────────────────────────────────
@@ -823,7 +875,7 @@ async fn run(args: Vec<String>, chosen: Vec<&'static str>) {
                 _ => {
                     let sleds = arg_value(&args, "--sleds").unwrap_or(1000);
                     let idle = Duration::from_secs(arg_value(&args, "--idle-secs").unwrap_or(10) as u64);
-                    bench_scale(sleds, idle).await;
+                    bench_scale(sleds, idle, args.iter().any(|a| a == "--restart")).await;
                 }
             }
         }
