@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo bench -p uplink-tokio --bench net                   # every bench, quick sizes
-//! cargo bench -p uplink-tokio --bench net -- rtt            # one of: rtt throughput relay scale decisions
+//! cargo bench -p uplink-tokio --bench net -- rtt            # one of: rtt throughput relay scale decisions wide
 //! cargo bench -p uplink-tokio --bench net -- scale --sleds 10000 --idle-secs 30 [--restart]
 //! ```
 #![allow(clippy::print_stdout, reason = "a benchmark reports on standard output")]
@@ -735,6 +735,90 @@ async fn bench_restart(gateway: GatewayProcess, sleds: usize) {
     );
 }
 
+// ── 5, wide: idle sleds up to the open-file limit ────────────────────────────────────────────────────────
+
+/// A child process that runs `count` idle sleds named from `first`, prints `ready` once all are connected,
+/// and lives until its standard input closes (the bench ends): sleds spread over processes, so that no
+/// process of the bench holds more sockets than its open-file limit allows.
+fn sled_host_main(args: &[String]) {
+    let (url, count, first) = (args[0].clone(), args[1].parse::<usize>().unwrap(), args[2].parse::<usize>().unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let wave = Arc::new(tokio::sync::Semaphore::new(256));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in first..first + count {
+            let (url, wave) = (url.clone(), wave.clone());
+            tasks.spawn(async move {
+                let _permit = wave.acquire_owned().await.unwrap();
+                start_sled(url, &format!("sled-{i:05}"), "http://127.0.0.1:9/mcp").await
+            });
+        }
+        let mut uplinks = Vec::with_capacity(count);
+        while let Some(u) = tasks.join_next().await {
+            uplinks.push(u.unwrap());
+        }
+        println!("ready");
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 1];
+        let _ = tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await;
+        drop(uplinks);
+    });
+}
+
+/// The open-file limit of this process (soft), from `/proc/self/limits`.
+fn open_file_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default();
+    line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Idle sleds added in steps up to `max` (each step a process of its own): the gateway's resident memory
+/// and CPU per sled at each, so that the cost per sled is seen flat, or not, up to the open-file limit.
+async fn bench_scale_wide(max: usize, idle: Duration) {
+    let limit = open_file_limit();
+    println!("\n## 5, wide: idle sleds in steps up to {max}; open-file limit of each process: {limit}");
+    // Beyond the default budget of 16,384 connections, up to what the open-file limit leaves.
+    let budget = (max + 64).to_string();
+    let gateway = GatewayProcess::start_with(&["--auto-approve", "Bench", "--max-connections", &budget]);
+    let rss0 = gateway.rss();
+    let mut hosts: Vec<Child> = Vec::new();
+    let mut total = 0;
+    for step in [1000, 5000, 10_000, 15_000, max].into_iter().filter(|s| *s <= max) {
+        if step <= total {
+            continue;
+        }
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["sled-host", &gateway.sled_url(), &(step - total).to_string(), &total.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready", "the sled host for sleds {total}..{step} failed");
+        hosts.push(child);
+        total = step;
+        gateway.wait_connected_every(total, Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = gateway.rss();
+        let (cpu0, t0) = (gateway.cpu(), Instant::now());
+        tokio::time::sleep(idle).await;
+        let share = (gateway.cpu() - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+        println!(
+            "{total:>6} sleds: gateway RSS {:.1} MiB, {:.1} KiB per sled (target ≤ 16 KiB); CPU {:.2}% of one core, \
+             {:.2}% per 10,000 sleds (target ≤ 5%)",
+            rss as f64 / 1048576.0,
+            rss.saturating_sub(rss0) as f64 / total as f64 / 1024.0,
+            share * 100.0,
+            share * 100.0 * 10_000.0 / total as f64
+        );
+    }
+    for mut host in hosts {
+        drop(host.stdin.take());
+        let _ = host.wait();
+    }
+}
+
 // ── Main ─────────────────────────────────────────────────────────────────────────────────────────────────
 
 // ── 6. Decisions through 100 rules and the durable audit log ─────────────────────────────────────────────
@@ -847,7 +931,10 @@ fn main() {
     if args.first().is_some_and(|a| a == "echo-server") {
         return echo_server_main();
     }
-    let all = ["rtt", "throughput", "relay", "scale", "decisions"];
+    if args.first().is_some_and(|a| a == "sled-host") {
+        return sled_host_main(&args[1..]);
+    }
+    let all = ["rtt", "throughput", "relay", "scale", "decisions", "wide"];
     let chosen: Vec<&str> = all.iter().copied().filter(|b| args.iter().any(|a| a == b)).collect();
     let chosen = if chosen.is_empty() { all.to_vec() } else { chosen };
     // `--current-thread` runs this process (sleds, load, local server) on one thread: no cross-thread wake-ups.
@@ -872,6 +959,10 @@ async fn run(args: Vec<String>, chosen: Vec<&'static str>) {
                 "throughput" => bench_throughput(arg_value(&args, "--n").unwrap_or(50_000)).await,
                 "relay" => bench_relay(arg_value(&args, "--n").unwrap_or(20_000)).await,
                 "decisions" => bench_decisions(arg_value(&args, "--n").unwrap_or(50_000)).await,
+                "wide" => {
+                    let idle = Duration::from_secs(arg_value(&args, "--idle-secs").unwrap_or(10) as u64);
+                    bench_scale_wide(arg_value(&args, "--sleds").unwrap_or(2000), idle).await;
+                }
                 _ => {
                     let sleds = arg_value(&args, "--sleds").unwrap_or(1000);
                     let idle = Duration::from_secs(arg_value(&args, "--idle-secs").unwrap_or(10) as u64);
