@@ -152,7 +152,8 @@ const NOT_ONE_MESSAGE: Refusal = Refusal {
     code: jsonrpc::INVALID_REQUEST,
     message: "Bad Request: the body must be one JSON-RPC message object",
 };
-const NOT_JSON: Refusal = Refusal { status: 400, code: jsonrpc::PARSE_ERROR, message: "Parse error" };
+/// A body that is not JSON (or not UTF-8, which the adapter finds before it can ask).
+pub const NOT_JSON: Refusal = Refusal { status: 400, code: jsonrpc::PARSE_ERROR, message: "Parse error" };
 const INIT_IN_SESSION: Refusal = Refusal {
     status: 400,
     code: jsonrpc::INVALID_REQUEST,

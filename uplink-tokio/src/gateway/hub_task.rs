@@ -71,7 +71,7 @@ pub(crate) enum McpOutcome {
 
 /// What the caller of an MCP exchange hears, in order: its ticket (unless refused), the sled's messages
 /// within it, then its one end.
-pub(crate) enum McpEvent {
+enum McpEvent {
     Started(McpTicket),
     Message(String),
     End(McpOutcome),
@@ -111,20 +111,26 @@ pub(crate) struct McpExchange {
     hub: HubHandle,
 }
 
+/// What an exchange's caller reads next: a message of the sled's, or the end.
+pub(crate) enum McpNext {
+    Message(String),
+    End(McpOutcome),
+}
+
 impl McpExchange {
     /// The next message, or the end (after which this is the end again).
-    pub(crate) async fn next(&mut self) -> McpEvent {
+    pub(crate) async fn next(&mut self) -> McpNext {
         loop {
             match self.rx.recv().await {
                 Some(McpEvent::Started(ticket)) => self.ticket = Some(ticket),
+                Some(McpEvent::Message(message)) => return McpNext::Message(message),
                 Some(McpEvent::End(outcome)) => {
                     self.ended = true;
-                    return McpEvent::End(outcome);
+                    return McpNext::End(outcome);
                 }
-                Some(event) => return event,
                 None => {
                     self.ended = true;
-                    return McpEvent::End(McpOutcome::Failed(McpFailure::ConnectionLost));
+                    return McpNext::End(McpOutcome::Failed(McpFailure::ConnectionLost));
                 }
             }
         }

@@ -32,7 +32,7 @@ use axum::response::{IntoResponse as _, Response};
 use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::header::CONTENT_TYPE;
-use uplink_proto::gateway::mcp_endpoint::{FOREIGN_ORIGIN, Refusal, origin_allowed};
+use uplink_proto::gateway::mcp_endpoint::{FOREIGN_ORIGIN, NOT_JSON, Refusal, origin_allowed};
 use uplink_proto::gateway::{
     Action, EndpointRequest, McpEndpoint, McpEndpointConfig, McpFailure, McpRefused, Method, Route,
 };
@@ -40,7 +40,7 @@ use uplink_proto::jsonrpc::{self, BodyId};
 use uplink_proto::{Instant, RawValue};
 
 use super::admin::Principal;
-use super::hub_task::{McpEvent, McpExchange, McpOutcome};
+use super::hub_task::{McpExchange, McpNext, McpOutcome};
 use super::{MAX_ADMIN_BODY, Shared};
 use crate::http::read_limited;
 use crate::socket_loop::Clock;
@@ -110,6 +110,7 @@ pub(super) async fn serve(
     if !origin_allowed(header(&headers, "origin"), header(&headers, "host"), shared.tls, &shared.mcp.names) {
         return refused(FOREIGN_ORIGIN);
     }
+    // The router sends only these three here.
     let method = match *request.method() {
         HttpMethod::POST => Method::Post,
         HttpMethod::GET => Method::Get,
@@ -122,7 +123,7 @@ pub(super) async fn serve(
         };
         match String::from_utf8(bytes.to_vec()) {
             Ok(body) => body,
-            Err(_) => String::from("\u{0}"), // not JSON: refused as such by the route
+            Err(_) => return refused(NOT_JSON),
         }
     } else {
         String::new()
@@ -253,7 +254,7 @@ async fn answer(
     on_end: Option<OnEnd>,
 ) -> (Response, &'static str) {
     match exchange.next().await {
-        McpEvent::End(outcome) => {
+        McpNext::End(outcome) => {
             let result = result_of(&outcome);
             if let Some(on_end) = on_end {
                 on_end(&outcome);
@@ -262,15 +263,8 @@ async fn answer(
             let response = if status == StatusCode::ACCEPTED { status.into_response() } else { json_rpc(status, body) };
             (response, result)
         }
-        McpEvent::Message(first) => (event_stream(exchange, Some(first), id, on_end), "answered"),
-        McpEvent::Started(_) => unreachable_started(),
+        McpNext::Message(first) => (event_stream(exchange, Some(first), id, on_end), "answered"),
     }
-}
-
-/// `next` never yields `Started` (it keeps the ticket); answered as a lost connection all the same.
-fn unreachable_started() -> (Response, &'static str) {
-    let (status, body) = end_of(McpOutcome::Failed(McpFailure::ConnectionLost), None);
-    (json_rpc(status, body), "connection_lost")
 }
 
 /// One SSE event carrying `data` (a line per line of it).
@@ -310,9 +304,9 @@ fn event_stream(
             return Some((Ok::<Bytes, Infallible>(event(&first)), s));
         }
         match s.exchange.next().await {
-            McpEvent::Message(m) if m == "null" => Some((Ok(Bytes::from_static(b": open\n\n")), s)),
-            McpEvent::Message(m) => Some((Ok(event(&m)), s)),
-            McpEvent::End(outcome) => {
+            McpNext::Message(m) if m == "null" => Some((Ok(Bytes::from_static(b": open\n\n")), s)),
+            McpNext::Message(m) => Some((Ok(event(&m)), s)),
+            McpNext::End(outcome) => {
                 s.done = true;
                 if let Some(on_end) = s.on_end.take() {
                     on_end(&outcome);
@@ -324,7 +318,6 @@ fn event_stream(
                 }
                 Some((Ok(event(&body)), s))
             }
-            McpEvent::Started(_) => Some((Ok(Bytes::from_static(b": \n\n")), s)),
         }
     });
     let mut response = Response::new(Body::from_stream(stream));
@@ -344,13 +337,9 @@ async fn listen(shared: &Arc<Shared>, project: String, session: String) -> (Resp
         false
     };
     match exchange.next().await {
-        McpEvent::Message(m) if m == "null" => {
-            let mut response = event_stream(exchange, None, None, Some(Box::new(stop)));
-            *response.status_mut() = StatusCode::OK;
-            (response, "answered")
-        }
-        McpEvent::Message(first) => (event_stream(exchange, Some(first), None, Some(Box::new(stop))), "answered"),
-        McpEvent::End(outcome) => {
+        McpNext::Message(m) if m == "null" => (event_stream(exchange, None, None, Some(Box::new(stop))), "answered"),
+        McpNext::Message(first) => (event_stream(exchange, Some(first), None, Some(Box::new(stop))), "answered"),
+        McpNext::End(outcome) => {
             stop(&outcome);
             let none = |message: &str| {
                 let body = jsonrpc::error_response(None, jsonrpc::METHOD_NOT_FOUND, message);
@@ -368,7 +357,6 @@ async fn listen(shared: &Arc<Shared>, project: String, session: String) -> (Resp
                 }
             }
         }
-        McpEvent::Started(_) => unreachable_started(),
     }
 }
 
