@@ -8,6 +8,8 @@
 //!   `events` the event stream.
 //! - `console`: the web console at `/` and its sessions; `metrics`: `/metrics`, `/healthz`, `/readyz`;
 //!   `notify`: the webhooks, each performing the core's outbox.
+//! - `mcp`: the MCP endpoint, a Streamable HTTP server over the sleds' relays (the core's `McpEndpoint` says
+//!   what each request gets).
 //! - [`credentials`]: sled credentials and admin principals, known by their tokens' hashes.
 //! - this module: configuration, the listener, TLS, and the server's start and stop.
 //!
@@ -16,7 +18,8 @@
 //!   `Authorization: Bearer`) is recognised; `401` before any upgrade otherwise.
 //! - Admin, under `Authorization: Bearer <principal's token>`, each route needing its role's right:
 //!   `GET /api/sleds`, `GET /api/permissions`, `GET /api/events` (Server-Sent Events) to read;
-//!   `POST /api/permissions/{id}` and `POST /api/sleds/{project}/mcp` to decide; `GET /api/rules` and
+//!   `POST /api/permissions/{id}`, the MCP endpoint `/api/sleds/{project}/mcp` (`POST`, `GET`, `DELETE`) and
+//!   the session-less relay `POST /api/sleds/{project}/rpc` to decide; `GET /api/rules` and
 //!   `GET /api/audit` to read, `POST /api/rules` and `DELETE /api/rules/{id}` to manage.
 //! - `GET /metrics` (any principal's token, unless public), `GET /healthz`, `GET /readyz` (no token): the
 //!   `metrics` module.
