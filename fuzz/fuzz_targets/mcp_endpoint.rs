@@ -52,11 +52,11 @@ fuzz_target!(|asks: Vec<Ask>| {
                 let id = format!("id-{n}");
                 assert!(e.open(now, &id, project, Arc::from(who)));
                 let answer = if ask.answered { r#"{"jsonrpc":"2.0","id":1,"result":{}}"# } else { "{}" };
-                if e.initialized(now, &id, Some(answer)) {
+                if e.initialized(now, &id, uplink_proto::gateway::mcp_endpoint::opens_session(Some(answer))) {
                     owners.insert(id, (who, project));
                 }
             }
-            Ok(Route::Relay { session: s, .. } | Route::Listen { session: s }) => {
+            Ok(Route::Relay { session: s } | Route::Listen { session: s }) => {
                 assert_eq!(owners.get(&s), Some(&(who, project)), "routed for someone else");
             }
             Ok(Route::End { session: s }) => {

@@ -3,12 +3,8 @@
 // baseline, and behind `uplink sled` + `uplink gateway` for the run through the uplink.
 // Usage: `node everything.mjs`; prints {"port": N} once it listens on 127.0.0.1, with sessions and
 // resumable streams (an in-memory event store), and refuses requests whose Host or Origin is not local.
-import { randomUUID } from "node:crypto";
-import http from "node:http";
-
 import { InMemoryEventStore } from "@modelcontextprotocol/sdk/examples/shared/inMemoryEventStore.js";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
-import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import {
   CallToolRequestSchema,
   CompleteRequestSchema,
@@ -23,8 +19,9 @@ import {
   SetLevelRequestSchema,
   SubscribeRequestSchema,
   UnsubscribeRequestSchema,
-  isInitializeRequest,
 } from "@modelcontextprotocol/sdk/types.js";
+
+import { serve } from "./sessions.mjs";
 
 // A 1×1 PNG and a WAV of one silent sample.
 const PNG =
@@ -296,45 +293,14 @@ const local = (host) => {
   return LOCAL.has(name);
 };
 
-const transports = new Map();
-const httpServer = http.createServer(async (req, res) => {
-  // DNS rebinding: only local names, in Host and (when sent) in Origin.
+// DNS rebinding: only local names, in Host and (when sent) in Origin.
+const admit = (req, res) => {
   const origin = req.headers.origin;
-  if (!local(req.headers.host) || (origin && !local(origin.replace(/^https?:\/\//, "")))) {
-    res.writeHead(403, { "content-type": "application/json" });
-    res.end(JSON.stringify({ jsonrpc: "2.0", error: { code: -32000, message: "Forbidden: not a local Host or Origin" }, id: null }));
-    return;
-  }
-  const chunks = [];
-  for await (const chunk of req) chunks.push(chunk);
-  let body;
-  try {
-    body = chunks.length ? JSON.parse(Buffer.concat(chunks).toString()) : undefined;
-  } catch {
-    res.writeHead(400).end();
-    return;
-  }
-  const sid = req.headers["mcp-session-id"];
-  let transport = sid ? transports.get(sid) : undefined;
-  if (!transport) {
-    if (req.method !== "POST" || !isInitializeRequest(body)) {
-      res.writeHead(sid ? 404 : 400, { "content-type": "application/json" });
-      res.end(JSON.stringify({ jsonrpc: "2.0", error: { code: -32000, message: "no such session" }, id: null }));
-      return;
-    }
-    const fresh = new StreamableHTTPServerTransport({
-      sessionIdGenerator: () => randomUUID(),
-      eventStore: new InMemoryEventStore(),
-      retryInterval: 200,
-      onsessioninitialized: (id) => transports.set(id, fresh),
-    });
-    fresh.onclose = () => fresh.sessionId && transports.delete(fresh.sessionId);
-    await build().connect(fresh);
-    transport = fresh;
-  }
-  await transport.handleRequest(req, res, body);
-});
+  if (local(req.headers.host) && (!origin || local(origin.replace(/^https?:\/\//, "")))) return true;
+  res.writeHead(403, { "content-type": "application/json" });
+  res.end(JSON.stringify({ jsonrpc: "2.0", error: { code: -32000, message: "Forbidden: not a local Host or Origin" }, id: null }));
+  return false;
+};
 
-httpServer.listen(0, "127.0.0.1", () => {
-  console.log(JSON.stringify({ port: httpServer.address().port }));
-});
+// Resumable streams: an in-memory event store, and a retry for clients to wait.
+serve(build, { admit, transport: () => ({ eventStore: new InMemoryEventStore(), retryInterval: 200 }) });

@@ -240,6 +240,28 @@ pub async fn try_http(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String), String> {
+    send(method, url, token, body, headers).await.map(|(status, _, body)| (status, body))
+}
+
+/// As [`http`], with the response's headers (names in lower case).
+pub async fn http_with_headers(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, String) {
+    within("an HTTP answer", send(method, url, token, body, headers)).await.unwrap()
+}
+
+/// One request; the status, the headers and the body.
+async fn send(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Vec<(String, String)>, String), String> {
     use http_body_util::BodyExt as _;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
@@ -253,41 +275,13 @@ pub async fn try_http(
     let body = http_body_util::Full::new(bytes::Bytes::from(body.unwrap_or("").to_owned()));
     let response = client.request(request.body(body).unwrap()).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
     let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-/// As [`http`], with the response's headers (names in lower case).
-pub async fn http_with_headers(
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-    headers: &[(&str, &str)],
-) -> (u16, Vec<(String, String)>, String) {
-    use http_body_util::BodyExt as _;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let mut request = hyper::Request::builder().method(method).uri(url).header("content-type", "application/json");
-    if let Some(t) = token {
-        request = request.header("authorization", format!("Bearer {t}"));
-    }
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let body = http_body_util::Full::new(bytes::Bytes::from(body.unwrap_or("").to_owned()));
-    within("an HTTP answer", async {
-        let response = client.request(request.body(body).unwrap()).await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
-            .collect();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, headers, String::from_utf8_lossy(&bytes).into_owned())
-    })
-    .await
+    Ok((status, headers, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Subscribes to a Server-Sent Events endpoint; yields `(event, data)` pairs as they arrive.

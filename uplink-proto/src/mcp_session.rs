@@ -134,6 +134,33 @@ enum Stage {
     Done,
 }
 
+/// A POST's result as the policy reads it: with the `protocolVersion` of an answer to an `initialize`, read
+/// by [`Exchange::read`].
+#[derive(Clone, Debug)]
+pub struct Read {
+    result: PostResult,
+    protocol_version: Option<String>,
+}
+
+impl Exchange {
+    /// Reads what the policy needs of `result` for this exchange (the only JSON it reads: the protocol
+    /// version of an answer to an `initialize`). Touches no shared state.
+    pub fn read(&self, result: PostResult) -> Read {
+        let initializing = match self.stage {
+            Stage::Calling => self.initialize.is_some(),
+            Stage::Reinitializing => true,
+            _ => false,
+        };
+        let protocol_version = match &result {
+            PostResult::Answer { reply: McpReply::Response(raw), .. } if initializing => {
+                jsonrpc::protocol_version(raw.get())
+            }
+            _ => None,
+        };
+        Read { result, protocol_version }
+    }
+}
+
 /// One call's way through the policy. Made by [`McpSessions::begin`], advanced by [`McpSessions::handle`].
 #[derive(Clone, Debug)]
 pub struct Exchange {
@@ -227,8 +254,17 @@ impl McpSessions {
     }
 
     /// What the last POST of `exchange` gave; returns the next step. After [`Step::Done`], further results
-    /// are answered with an error and change nothing.
+    /// are answered with an error and change nothing. The same as [`Exchange::read`], then
+    /// [`McpSessions::handle_read`].
     pub fn handle(&mut self, exchange: &mut Exchange, result: PostResult) -> Step {
+        let read = exchange.read(result);
+        self.handle_read(exchange, read)
+    }
+
+    /// As [`McpSessions::handle`], with the result already read ([`Exchange::read`]): an adapter that shares
+    /// the sessions behind a lock reads outside it, so that no JSON is read while the lock is held.
+    pub fn handle_read(&mut self, exchange: &mut Exchange, read: Read) -> Step {
+        let Read { result, protocol_version } = read;
         let fail = |ex: &mut Exchange, message: String| {
             ex.stage = Stage::Done;
             Step::Done(McpReply::Failed(message))
@@ -239,7 +275,7 @@ impl McpSessions {
             (_, PostResult::Failed(e)) => fail(exchange, e),
             (Stage::Calling, PostResult::Answer { reply, session_id }) => {
                 if let Some(init) = exchange.initialize.take() {
-                    self.remember(&exchange.key, init, &reply, session_id);
+                    self.remember(&exchange.key, init, protocol_version, session_id);
                 }
                 exchange.stage = Stage::Done;
                 Step::Done(reply)
@@ -257,9 +293,9 @@ impl McpSessions {
                     ),
                 }
             }
-            (Stage::Reinitializing, PostResult::Answer { reply: reply @ McpReply::Response(_), session_id }) => {
+            (Stage::Reinitializing, PostResult::Answer { reply: McpReply::Response(_), session_id }) => {
                 let init = self.sessions.get(&exchange.key).and_then(|s| s.initialize.clone()).unwrap_or_default();
-                self.remember(&exchange.key, init, &reply, session_id);
+                self.remember(&exchange.key, init, protocol_version, session_id);
                 let headers = self.touch(&exchange.key);
                 exchange.sent_session = headers.session_id.is_some();
                 exchange.stage = Stage::Confirming;
@@ -303,11 +339,7 @@ impl McpSessions {
     }
 
     /// An `initialize` (`init`) was answered with `reply` and `session_id`: that is `key`'s session now.
-    fn remember(&mut self, key: &str, init: String, reply: &McpReply, session_id: Option<String>) {
-        let protocol_version = match reply {
-            McpReply::Response(raw) => jsonrpc::protocol_version(raw.get()),
-            _ => None,
-        };
+    fn remember(&mut self, key: &str, init: String, protocol_version: Option<String>, session_id: Option<String>) {
         if let Some(old) = self.sessions.remove(key) {
             self.by_use.remove(&old.last_use);
             // Renewed under a new id: the old local session is ended.

@@ -100,7 +100,7 @@ proptest! {
                     }
                     let id = pending.remove(usize::from(*n) % pending.len());
                     let answer = if *ok { r#"{"jsonrpc":"2.0","id":1,"result":{}}"# } else { r#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}"# };
-                    let opened = e.initialized(now, &id, Some(answer));
+                    let opened = e.initialized(now, &id, uplink_proto::gateway::mcp_endpoint::opens_session(Some(answer)));
                     prop_assert_eq!(opened, *ok && known.contains_key(&id));
                     if opened {
                         let k = known.get_mut(&id).expect("known");
@@ -133,7 +133,7 @@ proptest! {
                             known.insert(id.clone(), Known { principal: who, project, open: false, last_use: now, listening: false });
                             pending.push(id);
                         }
-                        Ok(Route::Relay { session, .. } | Route::Listen { session } | Route::End { session }) => {
+                        Ok(Route::Relay { session } | Route::Listen { session } | Route::End { session }) => {
                             // Only the owner, on its project, of an open session not idle past its time.
                             let k = known.get(&session).cloned().expect("routed to a known session");
                             prop_assert_eq!(Some(&session), sid.as_ref());
@@ -147,7 +147,7 @@ proptest! {
                                 }
                                 Method::Get if !k.listening => {
                                     k.listening = true;
-                                    e.listening(now, &session, Some(1));
+                                    e.listening(now, &session, 1);
                                 }
                                 _ => {}
                             }

@@ -41,6 +41,11 @@ pub(crate) async fn read_limited(body: Body, limit: usize, within: Duration) -> 
 }
 
 /// The token of an `Authorization: Bearer …` header; the scheme is matched case-insensitively.
+/// A header's value, when it is text.
+pub(crate) fn header<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 pub(crate) fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
     let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

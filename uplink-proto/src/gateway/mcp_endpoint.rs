@@ -26,8 +26,11 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use super::hub::McpRefused;
+use super::session::McpFailure;
 use crate::jsonrpc::{self, BodyId};
 use crate::time::Instant;
+use crate::wire::RawValue;
 
 /// The protocol versions the endpoint accepts in `MCP-Protocol-Version`.
 pub const PROTOCOL_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -76,8 +79,38 @@ pub struct EndpointRequest<'a> {
     pub protocol_version: Option<&'a str>,
     /// True when `Accept` lists `text/event-stream` (or accepts anything).
     pub accepts_stream: bool,
-    /// The body, for a `POST`.
-    pub body: &'a str,
+    /// What the body is, for a `POST`.
+    pub body: Body,
+}
+
+/// What a `POST`'s body is, as far as the endpoint cares. Read when the request is built
+/// ([`EndpointRequest::body`]), so that no JSON is read while the adapter holds the endpoint's lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// Not JSON (or not UTF-8).
+    NotJson,
+    /// JSON, but not one message object (a batch, a scalar).
+    NotOneMessage,
+    /// An `initialize` request.
+    Initialize,
+    /// Any other message: a request, a notification, a response.
+    Message,
+}
+
+impl Body {
+    /// Reads `text`.
+    pub fn read(text: &str) -> Body {
+        let probe = jsonrpc::probe(text);
+        if probe.id == BodyId::NotJson {
+            Body::NotJson
+        } else if !crate::wire::is_object(text) {
+            Body::NotOneMessage
+        } else if probe.is_initialize {
+            Body::Initialize
+        } else {
+            Body::Message
+        }
+    }
 }
 
 impl<'a> EndpointRequest<'a> {
@@ -90,7 +123,7 @@ impl<'a> EndpointRequest<'a> {
             session: None,
             protocol_version: None,
             accepts_stream: true,
-            body: "",
+            body: Body::Message,
         }
     }
 
@@ -112,9 +145,9 @@ impl<'a> EndpointRequest<'a> {
         self
     }
 
-    /// With the body.
-    pub fn body(mut self, body: &'a str) -> Self {
-        self.body = body;
+    /// With the body, read now ([`Body::read`]).
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = Body::read(body);
         self
     }
 }
@@ -133,8 +166,88 @@ pub struct Refusal {
 impl Refusal {
     /// The JSON-RPC error body (`id` `null`: a refused request is not read further).
     pub fn body(&self) -> String {
-        String::from(jsonrpc::error_response(None, self.code, self.message).get())
+        self.body_for(None)
     }
+
+    /// The JSON-RPC error body answering the request whose id is `id`.
+    pub fn body_for(&self, id: Option<&RawValue>) -> String {
+        String::from(jsonrpc::error_response(id, self.code, self.message).get())
+    }
+}
+
+/// What the caller of an exchange that ended without an answer gets.
+pub fn failed(reason: McpFailure) -> Refusal {
+    match reason {
+        McpFailure::Timeout => {
+            Refusal { status: 504, code: jsonrpc::INTERNAL_ERROR, message: "the sled did not answer in time" }
+        }
+        _ => Refusal {
+            status: 503,
+            code: jsonrpc::INTERNAL_ERROR,
+            message: "the sled's connection ended before it answered",
+        },
+    }
+}
+
+/// What the caller of an exchange the hub could not open gets.
+pub fn refused(reason: McpRefused) -> Refusal {
+    match reason {
+        McpRefused::UnknownProject => {
+            Refusal { status: 404, code: jsonrpc::INTERNAL_ERROR, message: "unknown project" }
+        }
+        McpRefused::TooMany => Refusal {
+            status: 503,
+            code: jsonrpc::INTERNAL_ERROR,
+            message: "too many MCP requests in flight for this sled",
+        },
+        McpRefused::Unsupported => NO_STREAM_HERE,
+        _ => Refusal { status: 503, code: jsonrpc::INTERNAL_ERROR, message: "the sled is not connected" },
+    }
+}
+
+const NO_STREAM_HERE: Refusal =
+    Refusal { status: 405, code: jsonrpc::METHOD_NOT_FOUND, message: "the sled does not relay MCP streams" };
+
+/// What a `GET` gets when its standalone stream ended before it opened, with the sled's `mcp_response`
+/// payload: `405` when the sled's server offers no standalone stream (the sled's `-32601`), else `502`.
+pub fn stream_not_opened(end: &str) -> Refusal {
+    #[derive(serde::Deserialize)]
+    struct Response {
+        error: Option<Error>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        code: i64,
+    }
+    let code = crate::wire::object::<Response>(end).and_then(|r| r.error).map(|e| e.code);
+    if code == Some(i64::from(jsonrpc::METHOD_NOT_FOUND)) {
+        Refusal {
+            status: 405,
+            code: jsonrpc::METHOD_NOT_FOUND,
+            message: "the sled's MCP server offers no standalone stream",
+        }
+    } else {
+        Refusal { status: 502, code: jsonrpc::INTERNAL_ERROR, message: "the sled's MCP server did not open the stream" }
+    }
+}
+
+/// Whether the answer to an `initialize` opens its session (it is a result): to read before
+/// [`McpEndpoint::initialized`], outside any lock.
+pub fn opens_session(answer: Option<&str>) -> bool {
+    answer.is_some_and(jsonrpc::is_result)
+}
+
+/// The sled-side session key of the session-less relay (`/rpc`) for `principal`, naming (or not) one of its
+/// own sessions: `rpc:PRINCIPAL:NAMED`. The endpoint's own ids are hex, so the two never meet, and no two
+/// principals share a key.
+pub fn rpc_session(principal: &str, named: Option<&str>) -> String {
+    let named = named.unwrap_or_default();
+    let mut key = String::with_capacity(5 + principal.len() + named.len());
+    key.push_str("rpc:");
+    key.push_str(principal);
+    key.push(':');
+    key.push_str(named);
+    key
 }
 
 /// The JSON-RPC code for a session that is missing or ended (the official SDKs' `-32001`).
@@ -199,13 +312,11 @@ pub enum Route {
     /// An `initialize`: draw a session id and call [`McpEndpoint::open`] with it, relay the request in that
     /// session, then [`McpEndpoint::initialized`] or [`McpEndpoint::close`] by its answer.
     Initialize,
-    /// Relay the message in `session`. A request (`expects_answer`) is answered with its response, as JSON
-    /// or as an event stream; anything else (a notification, a response to the server) with `202`.
+    /// Relay the message in `session`. A request is answered with its response, as JSON or as an event
+    /// stream; anything else (a notification, a response to the server) with `202` once the sled took it.
     Relay {
         /// The session.
         session: String,
-        /// True for a request.
-        expects_answer: bool,
     },
     /// Open `session`'s standalone stream, then report it with [`McpEndpoint::listening`].
     Listen {
@@ -262,14 +373,13 @@ impl McpEndpoint {
             return Err(BAD_VERSION);
         }
         if request.method == Method::Post {
-            let probe = jsonrpc::probe(request.body);
-            if probe.id == BodyId::NotJson {
+            if request.body == Body::NotJson {
                 return Err(NOT_JSON);
             }
-            if !crate::wire::is_object(request.body) {
+            if request.body == Body::NotOneMessage {
                 return Err(NOT_ONE_MESSAGE);
             }
-            if probe.is_initialize {
+            if request.body == Body::Initialize {
                 if request.session.is_some() {
                     return Err(INIT_IN_SESSION);
                 }
@@ -282,8 +392,7 @@ impl McpEndpoint {
                 return Ok(Route::Initialize);
             }
             let session = self.find(now, request)?;
-            let expects_answer = probe.has_method && matches!(probe.id, BodyId::Id(_));
-            return Ok(Route::Relay { session, expects_answer });
+            return Ok(Route::Relay { session });
         }
         if request.method == Method::Get && !request.accepts_stream {
             return Err(NOT_ACCEPTABLE);
@@ -330,12 +439,11 @@ impl McpEndpoint {
         true
     }
 
-    /// The `initialize` of `id` was answered with `response` (the JSON-RPC text; `None` when the relay
-    /// failed). A result opens the session: true, and the client gets its id. Anything else closes it: false.
-    pub fn initialized(&mut self, now: Instant, id: &str, response: Option<&str>) -> bool {
-        let ok = response.is_some_and(jsonrpc::is_result);
+    /// The `initialize` of `id` was answered; `opens` is [`opens_session`] of the answer. A result opens the
+    /// session: true, and the client gets its id. Anything else (an error, no answer) closes it: false.
+    pub fn initialized(&mut self, now: Instant, id: &str, opens: bool) -> bool {
         match self.sessions.get_mut(id) {
-            Some(s) if ok => {
+            Some(s) if opens => {
                 s.open = true;
                 s.last_use = now;
                 true
@@ -347,19 +455,17 @@ impl McpEndpoint {
         }
     }
 
-    /// The standalone stream of `id` opened (`Some(token)`) or ended (`None`); a session listening does not
-    /// expire.
-    pub fn listening(&mut self, now: Instant, id: &str, token: Option<u64>) {
+    /// The standalone stream `token` (the adapter's number for it) of `id` opened; a session listening does
+    /// not expire.
+    pub fn listening(&mut self, now: Instant, id: &str, token: u64) {
         if let Some(s) = self.sessions.get_mut(id) {
-            // Only the stream that holds the place ends it: a late end of an older one changes nothing.
-            if token.is_some() || s.listening.is_some() {
-                s.listening = token;
-            }
+            s.listening = Some(token);
             s.last_use = now;
         }
     }
 
-    /// The standalone stream `token` of `id` ended.
+    /// The standalone stream `token` of `id` ended. Only the stream that holds the place frees it: a late end
+    /// of an older one changes nothing.
     pub fn stopped_listening(&mut self, now: Instant, id: &str, token: u64) {
         if let Some(s) = self.sessions.get_mut(id)
             && s.listening == Some(token)
@@ -432,17 +538,14 @@ mod tests {
     fn opened(e: &mut McpEndpoint, id: &str, who: &str) {
         assert_eq!(e.route(at(0), &post(who, None, INIT)), Ok(Route::Initialize));
         assert!(e.open(at(0), id, "p", Arc::from(who)));
-        assert!(e.initialized(at(0), id, Some(RESULT)));
+        assert!(e.initialized(at(0), id, opens_session(Some(RESULT))));
     }
 
     #[test]
     fn a_session_is_its_principals_and_its_projects_only() {
         let mut e = McpEndpoint::new(McpEndpointConfig::default());
         opened(&mut e, "s1", "alice");
-        assert_eq!(
-            e.route(at(1), &post("alice", Some("s1"), CALL)),
-            Ok(Route::Relay { session: "s1".into(), expects_answer: true })
-        );
+        assert_eq!(e.route(at(1), &post("alice", Some("s1"), CALL)), Ok(Route::Relay { session: "s1".into() }));
         assert_eq!(e.route(at(1), &post("bob", Some("s1"), CALL)), Err(UNKNOWN_SESSION));
         let other_project = EndpointRequest::new(Method::Post, "q", "alice").session(Some("s1")).body(CALL);
         assert_eq!(e.route(at(1), &other_project), Err(UNKNOWN_SESSION));
@@ -457,10 +560,10 @@ mod tests {
         // Not usable before its answer.
         assert_eq!(e.route(at(0), &post("a", Some("s1"), CALL)), Err(UNKNOWN_SESSION));
         let error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"x"}}"#;
-        assert!(!e.initialized(at(0), "s1", Some(error)));
+        assert!(!e.initialized(at(0), "s1", opens_session(Some(error))));
         assert!(e.is_empty());
         assert!(e.open(at(0), "s2", "p", Arc::from("a")));
-        assert!(!e.initialized(at(0), "s2", None));
+        assert!(!e.initialized(at(0), "s2", opens_session(None)));
         assert!(e.is_empty());
     }
 
@@ -476,15 +579,9 @@ mod tests {
         let fine = post("a", Some("s"), CALL).protocol_version(Some("2025-06-18"));
         assert!(e.route(at(0), &fine).is_ok());
         let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-        assert_eq!(
-            e.route(at(0), &post("a", Some("s"), note)),
-            Ok(Route::Relay { session: "s".into(), expects_answer: false })
-        );
+        assert_eq!(e.route(at(0), &post("a", Some("s"), note)), Ok(Route::Relay { session: "s".into() }));
         let answer = r#"{"jsonrpc":"2.0","id":"srv-1","result":{}}"#;
-        assert_eq!(
-            e.route(at(0), &post("a", Some("s"), answer)),
-            Ok(Route::Relay { session: "s".into(), expects_answer: false })
-        );
+        assert_eq!(e.route(at(0), &post("a", Some("s"), answer)), Ok(Route::Relay { session: "s".into() }));
     }
 
     #[test]
@@ -494,7 +591,7 @@ mod tests {
         let get = EndpointRequest::new(Method::Get, "p", "a").session(Some("s"));
         assert_eq!(e.route(at(0), &get.accepts_stream(false)), Err(NOT_ACCEPTABLE));
         assert_eq!(e.route(at(0), &get), Ok(Route::Listen { session: "s".into() }));
-        e.listening(at(0), "s", Some(7));
+        e.listening(at(0), "s", 7);
         assert_eq!(e.route(at(0), &get), Err(ALREADY_LISTENING));
         e.stopped_listening(at(0), "s", 6);
         assert_eq!(e.route(at(0), &get), Err(ALREADY_LISTENING), "an older stream's end changes nothing");
@@ -513,7 +610,7 @@ mod tests {
         opened(&mut e, "idle", "a");
         opened(&mut e, "used", "a");
         opened(&mut e, "streaming", "a");
-        e.listening(at(0), "streaming", Some(1));
+        e.listening(at(0), "streaming", 1);
         assert!(e.route(at(9_000), &post("a", Some("used"), CALL)).is_ok());
         assert_eq!(e.expire(at(10_000)), vec![("idle".into(), "p".into())]);
         assert_eq!(e.route(at(10_000), &post("a", Some("idle"), CALL)), Err(UNKNOWN_SESSION));
@@ -535,6 +632,31 @@ mod tests {
         assert!(!ok(Some("http://evil.example"), "localhost:8700"), "another site's page");
         assert!(!origin_allowed(Some("http://localhost"), None, false, &names));
         assert!(!origin_allowed(Some("http://localhost"), Some("localhost"), true, &names), "the scheme served");
+    }
+
+    #[test]
+    fn ends_without_an_answer_get_their_statuses_and_a_listen_refused_by_the_server_is_405() {
+        assert_eq!(failed(McpFailure::Timeout).status, 504);
+        assert_eq!(failed(McpFailure::ConnectionLost).status, 503);
+        assert_eq!(failed(McpFailure::Cancelled).status, 503);
+        assert_eq!(refused(McpRefused::UnknownProject).status, 404);
+        assert_eq!(refused(McpRefused::NotConnected).status, 503);
+        assert_eq!(refused(McpRefused::TooMany).status, 503);
+        assert_eq!(refused(McpRefused::Unsupported).status, 405);
+        let none = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32601,"message":"none"}}"#;
+        assert_eq!(stream_not_opened(none).status, 405);
+        let broken = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"failed"}}"#;
+        assert_eq!(stream_not_opened(broken).status, 502);
+        assert_eq!(stream_not_opened("null").status, 502);
+        let id = RawValue::from_string("7".into()).expect("JSON");
+        assert!(failed(McpFailure::Timeout).body_for(Some(&id)).contains(r#""id":7"#));
+    }
+
+    #[test]
+    fn the_session_less_relay_keys_sessions_per_principal() {
+        assert_eq!(rpc_session("ana", None), "rpc:ana:");
+        assert_eq!(rpc_session("ana", Some("x")), "rpc:ana:x");
+        assert_ne!(rpc_session("ana", Some("x")), rpc_session("bo", Some("x")));
     }
 
     #[test]

@@ -11,18 +11,18 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::response::{IntoResponse as _, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use hyper::StatusCode;
 use serde_json::json;
 use uplink_proto::gateway::{
-    Action, Always, AlwaysScope, HubDecideError, McpFailure, McpRefused, PermEnd, PublicPermId, Role, Verdict,
+    Action, Always, AlwaysScope, HubDecideError, PermEnd, PublicPermId, Role, Verdict, mcp_endpoint,
 };
 use uplink_proto::wire::MAX_MESSAGE_BYTES;
 
-use super::hub_task::{DecideFailure, McpOutcome};
+use super::hub_task::DecideFailure;
 use super::{MAX_ADMIN_BODY, Shared};
-use crate::http::{bearer, error, json_response, json_string, json_text, millis, read_limited};
+use crate::http::{bearer, error, header, json_response, json_string, json_text, millis, read_limited};
 
 /// The gateway's routes: the sleds' upgrade and the admin API. Unknown routes answer `404`, known ones with
 /// the wrong method `405` with `Allow`; every error is JSON.
@@ -162,45 +162,21 @@ async fn relay_rpc(
     if let Some(refused) = principal.refusal(Action::Decide) {
         return refused;
     }
-    let named = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    // `:` never appears in the ids the MCP endpoint draws (hex), so these keys are apart from its sessions.
-    let session = Some(format!("rpc:{}:{named}", principal.name));
+    let session = Some(mcp_endpoint::rpc_session(&principal.name, header(request.headers(), "mcp-session-id")));
     let body = match read_limited(request.into_body(), MAX_ADMIN_BODY, shared.handshake_timeout).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Ok(body) = String::from_utf8(body.to_vec()) else {
-        return error(StatusCode::BAD_REQUEST, "body must be a UTF-8 JSON-RPC message");
+    // Not UTF-8, or not JSON: the MCP endpoint's parse error.
+    let body = match String::from_utf8(body.to_vec()) {
+        Ok(body) if mcp_endpoint::Body::read(&body) != mcp_endpoint::Body::NotJson => body,
+        _ => return super::mcp::refused(mcp_endpoint::NOT_JSON),
     };
-    if serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err() {
-        return error(StatusCode::BAD_REQUEST, "body must be a JSON-RPC message");
-    }
+    let id = super::mcp::request_id(&body);
     let started = std::time::Instant::now();
     let outcome = shared.hub.mcp(project, body, session).await;
-    let result = match &outcome {
-        McpOutcome::Answered(_) => "answered",
-        McpOutcome::Failed(McpFailure::Timeout) => "timeout",
-        McpOutcome::Failed(_) => "connection_lost",
-        McpOutcome::Refused(McpRefused::UnknownProject) => "unknown_project",
-        McpOutcome::Refused(McpRefused::TooMany) => "too_many",
-        McpOutcome::Refused(_) => "not_connected",
-    };
-    shared.metrics.relayed(result, started.elapsed());
-    match outcome {
-        McpOutcome::Answered(payload) if payload == "null" => StatusCode::ACCEPTED.into_response(),
-        McpOutcome::Answered(payload) => json_text(StatusCode::OK, payload),
-        McpOutcome::Failed(McpFailure::Timeout) => {
-            error(StatusCode::GATEWAY_TIMEOUT, "the sled did not answer in time")
-        }
-        McpOutcome::Failed(_) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "the sled's connection ended before it answered")
-        }
-        McpOutcome::Refused(McpRefused::UnknownProject) => error(StatusCode::NOT_FOUND, "unknown project"),
-        McpOutcome::Refused(McpRefused::TooMany) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "too many MCP requests in flight for this sled")
-        }
-        McpOutcome::Refused(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the sled is not connected"),
-    }
+    shared.metrics.relayed(super::mcp::result_of(&outcome), started.elapsed());
+    super::mcp::respond(outcome, id.as_deref())
 }
 
 async fn decide(

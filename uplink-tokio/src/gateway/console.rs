@@ -23,7 +23,7 @@ use uplink_proto::gateway::{ConsoleRefusal, ConsoleRequest, ConsoleSessions, Rol
 
 use super::credentials::TokenHash;
 use super::{MAX_ADMIN_BODY, Shared};
-use crate::http::{error, json_response, read_limited};
+use crate::http::{error, header, json_response, read_limited};
 use crate::socket_loop::Clock;
 
 /// Most sessions at once; beyond, the oldest is dropped.
@@ -63,10 +63,6 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
         let (name, value) = pair.trim().split_once('=')?;
         (name == COOKIE && !value.is_empty()).then_some(value)
     })
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The request's headers as the core's checks read them.

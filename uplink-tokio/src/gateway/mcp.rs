@@ -27,12 +27,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method as HttpMethod};
+use axum::http::{HeaderValue, Method as HttpMethod};
 use axum::response::{IntoResponse as _, Response};
 use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::header::CONTENT_TYPE;
-use uplink_proto::gateway::mcp_endpoint::{FOREIGN_ORIGIN, NOT_JSON, Refusal, origin_allowed};
+use uplink_proto::gateway::mcp_endpoint::{self, FOREIGN_ORIGIN, NOT_JSON, Refusal, opens_session, origin_allowed};
 use uplink_proto::gateway::{
     Action, EndpointRequest, McpEndpoint, McpEndpointConfig, McpFailure, McpRefused, Method, Route,
 };
@@ -42,7 +42,7 @@ use uplink_proto::{Instant, RawValue};
 use super::admin::Principal;
 use super::hub_task::{McpExchange, McpNext, McpOutcome};
 use super::{MAX_ADMIN_BODY, Shared};
-use crate::http::read_limited;
+use crate::http::{header, json_text, read_limited};
 use crate::socket_loop::Clock;
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -79,20 +79,13 @@ impl Endpoint {
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 /// A refusal as the endpoint writes it: its status and a JSON-RPC error body.
-fn refused(refusal: Refusal) -> Response {
-    json_rpc(StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST), refusal.body())
+pub(super) fn refused(refusal: Refusal) -> Response {
+    json_text(status_of(&refusal), refusal.body())
 }
 
-fn json_rpc(status: StatusCode, body: impl Into<Body>) -> Response {
-    let mut response = Response::new(body.into());
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+fn status_of(refusal: &Refusal) -> StatusCode {
+    StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 /// `POST`, `GET` and `DELETE` on `/api/sleds/{project}/mcp`.
@@ -140,7 +133,7 @@ pub(super) async fn serve(
     let response = match route {
         Err(refusal) => return refused(refusal),
         Ok(Route::Initialize) => initialize(&shared, project, principal.name.clone(), body).await,
-        Ok(Route::Relay { session, .. }) => {
+        Ok(Route::Relay { session }) => {
             let id = request_id(&body);
             let exchange = shared.hub.mcp_exchange(project, body, Some(session), true).await;
             answer(exchange, id, None).await
@@ -156,7 +149,7 @@ pub(super) async fn serve(
 }
 
 /// The request's JSON-RPC id, for the error that may answer it.
-fn request_id(body: &str) -> Option<Box<RawValue>> {
+pub(super) fn request_id(body: &str) -> Option<Box<RawValue>> {
     match jsonrpc::probe(body).id {
         BodyId::Id(id) => Some(id.to_owned()),
         _ => None,
@@ -188,7 +181,7 @@ async fn initialize(
             jsonrpc::INTERNAL_ERROR,
             "no session id could be drawn",
         );
-        return (json_rpc(StatusCode::INTERNAL_SERVER_ERROR, String::from(body.get())), "not_connected");
+        return (json_text(StatusCode::INTERNAL_SERVER_ERROR, String::from(body.get())), "not_connected");
     };
     let rpc_id = request_id(&body);
     let exchange = shared.hub.mcp_exchange(project, body, Some(session.clone()), true).await;
@@ -199,7 +192,9 @@ async fn initialize(
             McpOutcome::Answered(payload) => Some(payload.as_str()),
             _ => None,
         };
-        endpoint.mcp.with(|t, now| t.initialized(now, &opened, answer))
+        // The answer is read before the lock is taken.
+        let opens = opens_session(answer);
+        endpoint.mcp.with(|t, now| t.initialized(now, &opened, opens));
     };
     let (mut response, result) = answer(exchange, rpc_id, Some(Box::new(on_end))).await;
     // The client learns its session with the answer; a failed initialize opened none (a later request with
@@ -210,11 +205,11 @@ async fn initialize(
     (response, result)
 }
 
-/// Called with an exchange's end (an `initialize` opens its session by it); true to keep the session header.
-type OnEnd = Box<dyn FnOnce(&McpOutcome) -> bool + Send>;
+/// Called with an exchange's end (an `initialize` opens its session by it).
+type OnEnd = Box<dyn FnOnce(&McpOutcome) + Send>;
 
 /// How a relay ended, for the metrics.
-fn result_of(outcome: &McpOutcome) -> &'static str {
+pub(super) fn result_of(outcome: &McpOutcome) -> &'static str {
     match outcome {
         McpOutcome::Answered(_) => "answered",
         McpOutcome::Failed(McpFailure::Timeout) => "timeout",
@@ -225,25 +220,23 @@ fn result_of(outcome: &McpOutcome) -> &'static str {
     }
 }
 
-/// An exchange's end as a status and a JSON-RPC response (the answer itself, or an error with `id`).
-fn end_of(outcome: McpOutcome, id: Option<&RawValue>) -> (StatusCode, String) {
-    let error = |status, message: &str| {
-        (status, String::from(jsonrpc::error_response(id, jsonrpc::INTERNAL_ERROR, message).get()))
-    };
+/// An exchange's end as a status and a JSON-RPC response: the answer itself, or the core's error for how it
+/// ended, with `id`.
+pub(super) fn end_of(outcome: McpOutcome, id: Option<&RawValue>) -> (StatusCode, String) {
+    let error = |refusal: Refusal| (status_of(&refusal), refusal.body_for(id));
     match outcome {
         McpOutcome::Answered(payload) if payload == "null" => (StatusCode::ACCEPTED, String::new()),
         McpOutcome::Answered(payload) => (StatusCode::OK, payload),
-        McpOutcome::Failed(McpFailure::Timeout) => {
-            error(StatusCode::GATEWAY_TIMEOUT, "the sled did not answer in time")
-        }
-        McpOutcome::Failed(_) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "the sled's connection ended before it answered")
-        }
-        McpOutcome::Refused(McpRefused::UnknownProject) => error(StatusCode::NOT_FOUND, "unknown project"),
-        McpOutcome::Refused(McpRefused::TooMany) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "too many MCP requests in flight for this sled")
-        }
-        McpOutcome::Refused(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the sled is not connected"),
+        McpOutcome::Failed(reason) => error(mcp_endpoint::failed(reason)),
+        McpOutcome::Refused(reason) => error(mcp_endpoint::refused(reason)),
+    }
+}
+
+/// An exchange's end as the HTTP answer to a `POST`: `202` with nothing to say, else the JSON body.
+pub(super) fn respond(outcome: McpOutcome, id: Option<&RawValue>) -> Response {
+    match end_of(outcome, id) {
+        (StatusCode::ACCEPTED, _) => StatusCode::ACCEPTED.into_response(),
+        (status, body) => json_text(status, body),
     }
 }
 
@@ -259,9 +252,7 @@ async fn answer(
             if let Some(on_end) = on_end {
                 on_end(&outcome);
             }
-            let (status, body) = end_of(outcome, id.as_deref());
-            let response = if status == StatusCode::ACCEPTED { status.into_response() } else { json_rpc(status, body) };
-            (response, result)
+            (respond(outcome, id.as_deref()), result)
         }
         McpNext::Message(first) => (event_stream(exchange, Some(first), id, on_end), "answered"),
     }
@@ -328,46 +319,24 @@ fn event_stream(
 
 /// A `GET`: the session's standalone stream, once the sled's server accepted it.
 async fn listen(shared: &Arc<Shared>, project: String, session: String) -> (Response, &'static str) {
-    let token = shared.streams();
-    shared.mcp.with(|t, now| t.listening(now, &session, Some(token)));
+    let token = shared.mcp.streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.mcp.with(|t, now| t.listening(now, &session, token));
     let mut exchange = shared.hub.mcp_listen(project, session.clone()).await;
     let endpoint = shared.clone();
-    let stop = move |_: &McpOutcome| {
-        endpoint.mcp.with(|t, now| t.stopped_listening(now, &session, token));
-        false
-    };
+    let stop = move |_: &McpOutcome| endpoint.mcp.with(|t, now| t.stopped_listening(now, &session, token));
     match exchange.next().await {
+        // The sled's word that its server accepted the stream.
         McpNext::Message(m) if m == "null" => (event_stream(exchange, None, None, Some(Box::new(stop))), "answered"),
         McpNext::Message(first) => (event_stream(exchange, Some(first), None, Some(Box::new(stop))), "answered"),
         McpNext::End(outcome) => {
             stop(&outcome);
-            let none = |message: &str| {
-                let body = jsonrpc::error_response(None, jsonrpc::METHOD_NOT_FOUND, message);
-                (json_rpc(StatusCode::METHOD_NOT_ALLOWED, String::from(body.get())), "not_connected")
+            let result = result_of(&outcome);
+            let refusal = match &outcome {
+                McpOutcome::Answered(end) => mcp_endpoint::stream_not_opened(end),
+                McpOutcome::Failed(reason) => mcp_endpoint::failed(*reason),
+                McpOutcome::Refused(reason) => mcp_endpoint::refused(*reason),
             };
-            match outcome {
-                McpOutcome::Refused(McpRefused::Unsupported) => none("the sled does not relay MCP streams"),
-                McpOutcome::Answered(payload) if error_code(&payload) == Some(i64::from(jsonrpc::METHOD_NOT_FOUND)) => {
-                    none("the sled's MCP server offers no standalone stream")
-                }
-                other => {
-                    let result = result_of(&other);
-                    let (status, body) = end_of(other, None);
-                    (json_rpc(if status.is_success() { StatusCode::BAD_GATEWAY } else { status }, body), result)
-                }
-            }
+            (refused(refusal), result)
         }
-    }
-}
-
-/// The `error.code` of a JSON-RPC response.
-fn error_code(response: &str) -> Option<i64> {
-    serde_json::from_str::<serde_json::Value>(response).ok()?.get("error")?.get("code")?.as_i64()
-}
-
-impl Shared {
-    /// A new standalone stream's number.
-    fn streams(&self) -> u64 {
-        self.mcp.streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }

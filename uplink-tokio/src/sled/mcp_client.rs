@@ -241,7 +241,9 @@ impl McpClient {
             // only the call's own messages are relayed.
             let relay = matches!(body, PostBody::Call).then_some(&messages);
             let result = self.exchange(text, &headers, id, relay).await;
-            step = self.policy(|s| s.handle(&mut exchange, result));
+            // Read outside the lock: the policy's lock is held only around its bookkeeping.
+            let read = exchange.read(result);
+            step = self.policy(|s| s.handle_read(&mut exchange, read));
         }
     }
 
