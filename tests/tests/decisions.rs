@@ -248,9 +248,11 @@ async fn rules_that_would_never_apply_are_refused_with_the_reason() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A store that works until told to fail.
+/// A store that works until told to fail; committed in place by the hub task, or on a thread of its own
+/// when it `waits_for_disk`.
 struct Failing {
     fail: Arc<AtomicBool>,
+    waits_for_disk: bool,
 }
 
 struct NoReader;
@@ -276,12 +278,25 @@ impl Store for Failing {
     fn reader(&self) -> Arc<dyn AuditReader> {
         Arc::new(NoReader)
     }
+    fn waits_for_disk(&self) -> bool {
+        self.waits_for_disk
+    }
 }
 
 #[tokio::test]
 async fn a_decision_the_store_cannot_write_is_never_sent_and_the_gateway_stops() {
+    a_failed_commit_stops_the_gateway(false).await;
+}
+
+#[tokio::test]
+async fn the_same_with_a_store_committed_on_its_own_thread() {
+    a_failed_commit_stops_the_gateway(true).await;
+}
+
+async fn a_failed_commit_stops_the_gateway(waits_for_disk: bool) {
     let fail = Arc::new(AtomicBool::new(false));
-    let gw = RealGateway::start_with_store(config(), Some(Box::new(Failing { fail: fail.clone() }))).await;
+    let gw =
+        RealGateway::start_with_store(config(), Some(Box::new(Failing { fail: fail.clone(), waits_for_disk }))).await;
     let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
     let mut ws = sled(&gw, "web").await;
     ask(&mut ws, "r1", "ls").await;

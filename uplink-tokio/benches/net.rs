@@ -69,7 +69,7 @@ impl GatewayProcess {
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let state_dir = std::env::temp_dir().join(format!("uplink-bench-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state_dir);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
+        let mut child = far_command(env!("CARGO_BIN_EXE_uplink"))
             .args(["gateway", "--listen", listen, "--sled-token", SLED_TOKEN, "--admin-token", ADMIN_TOKEN])
             .args(extra)
             .arg("--state-dir")
@@ -140,6 +140,23 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// The CPU the far ends (the gateway, the echo server, the relay floor) run on, from `--far-cpu N`; none:
+/// wherever the kernel puts them.
+static FAR_CPU: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+
+/// A command for a far end, run on `--far-cpu`'s CPU when one is given (through `taskset`, which keeps the
+/// process id).
+fn far_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match FAR_CPU.get().copied().flatten() {
+        Some(cpu) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpu.to_string()).arg(program);
+            command
+        }
+        None => Command::new(program),
     }
 }
 
@@ -344,17 +361,24 @@ struct EchoProcess {
     addr: SocketAddr,
 }
 
+/// This binary as a far end in `mode`; the child, and the addresses its first line names after
+/// `listening on `.
+fn start_far_child(mode: &str) -> (Child, Vec<SocketAddr>) {
+    let mut child = far_command(std::env::current_exe().unwrap())
+        .arg(mode)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {mode}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addrs = line.split("listening on ").nth(1).unwrap().split_whitespace().map(|a| a.parse().unwrap());
+    (child, addrs.collect())
+}
+
 impl EchoProcess {
     fn start() -> EchoProcess {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .arg("echo-server")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the echo server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("echo listening on ").unwrap().parse().unwrap();
-        EchoProcess { child, addr }
+        let (child, addrs) = start_far_child("echo-server");
+        EchoProcess { child, addr: addrs[0] }
     }
 }
 
@@ -444,22 +468,84 @@ fn print_latencies(what: &str, l: &Latencies) {
 
 /// Permissions through a sled connected to `gateway` against echoes from `echo`, in ten alternating blocks
 /// after a warm-up of each, so that a drift of the machine's speed falls on both alike.
-async fn permission_against_echo(gateway: SocketAddr, echo: SocketAddr, frame: &str, n: usize) {
+/// With `far`, the two far ends' process ids: their CPU time per round trip is printed too.
+async fn permission_against_echo(
+    gateway: SocketAddr,
+    echo: SocketAddr,
+    frame: &str,
+    n: usize,
+    far: Option<(u32, u32)>,
+) -> (Duration, Duration) {
     let sled = start_sled(format!("ws://{gateway}/api/sled-uplink"), "bench", "http://127.0.0.1:9/mcp").await;
     let mut ws = echo_client(echo).await;
     let (mut perm, mut floor) = (Vec::with_capacity(n), Vec::with_capacity(n));
     permission_round_trips(&sled, 200, &mut Vec::new()).await;
     echo_round_trips(&mut ws, frame, 200, &mut Vec::new()).await;
+    let cpu = |pid: Option<u32>| pid.map_or(Duration::ZERO, |p| process_cpu(&p.to_string()));
+    let (mut gateway_cpu, mut echo_cpu) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..10 {
+        let before = cpu(far.map(|f| f.0));
         permission_round_trips(&sled, n / 10, &mut perm).await;
+        gateway_cpu += cpu(far.map(|f| f.0)) - before;
+        let before = cpu(far.map(|f| f.1));
         echo_round_trips(&mut ws, frame, n / 10, &mut floor).await;
+        echo_cpu += cpu(far.map(|f| f.1)) - before;
     }
     sled.shutdown().await;
     let (perm, floor) = (Latencies(perm), Latencies(floor));
     print_latencies("permission", &perm);
     print_latencies("echo floor", &floor);
+    if far.is_some() {
+        let per = |d: Duration, l: &Latencies| d.as_secs_f64() * 1e6 / l.0.len() as f64;
+        println!(
+            "far end's CPU per round trip: gateway {:.1} µs, echo server {:.1} µs",
+            per(gateway_cpu, &perm),
+            per(echo_cpu, &floor)
+        );
+    }
     let ratio = perm.pct(0.5).as_secs_f64() / floor.pct(0.5).as_secs_f64();
     println!("ratio p50: {ratio:.2}x (target ≤ 1.15x)");
+    (perm.pct(0.5), floor.pct(0.5))
+}
+
+/// `n` audit records like a rule's decision's, committed one by one to a store of their own, as the gateway
+/// commits a lone decision: the durable part of the deployed gateway's round trip, done directly.
+async fn store_commit_floor(n: usize) -> Latencies {
+    use uplink_tokio::store::sqlite::{SqliteStore, StoreOptions};
+    use uplink_tokio::store::{Change, Entry, Store as _};
+    let dir = std::env::temp_dir().join(format!("uplink-bench-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lat = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || {
+            let mut store = SqliteStore::open(&dir, StoreOptions::default()).unwrap();
+            let input = tool_input();
+            let mut lat = Vec::with_capacity(n);
+            for i in 0..n + 200 {
+                let t = Instant::now();
+                let mut entry = Entry::new(1_780_000_000_000 + i as u64, "auto")
+                    .with("credential", "sled token 1")
+                    .with("req_id", format!("{i:032}"))
+                    .with("decided_by", "rule")
+                    .with("rule", 1)
+                    .with("waited_ms", 0)
+                    .with("input_sha256", uplink_tokio::store::audit::sha256_hex(&input.to_string()))
+                    .with("input", input.clone());
+                (entry.project, entry.tool, entry.outcome) =
+                    (Some("bench".into()), Some("Bench".into()), Some("approve".into()));
+                store.commit(&[Change::Record(entry)]).unwrap();
+                if i >= 200 {
+                    lat.push(t.elapsed());
+                }
+            }
+            lat
+        }
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    Latencies(lat)
 }
 
 async fn bench_rtt(n: usize) {
@@ -471,12 +557,28 @@ async fn bench_rtt(n: usize) {
 
     println!("### The far end in another process (as deployed: `uplink gateway`; a child echo server)");
     let (gateway, echo) = (GatewayProcess::start(), EchoProcess::start());
-    permission_against_echo(gateway.addr, echo.addr, &frame, n).await;
+    let deployed =
+        permission_against_echo(gateway.addr, echo.addr, &frame, n, Some((gateway.child.id(), echo.child.id()))).await;
+    drop((gateway, echo));
+    // The deployed gateway answers only once the decision's record is committed: its floor is the echo
+    // plus one commit of such a record, done directly.
+    let commit = store_commit_floor(n).await;
+    print_latencies("one audit record committed alone (the store, in this process)", &commit);
+    let floor = deployed.1 + commit.pct(0.5);
+    println!(
+        "the deployed gateway against its floor (the echo + one commit, p50 {}): {:.2}x",
+        us(floor),
+        deployed.0.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!("### The same, the gateway without its store (`--no-store`: no audit record to commit first)");
+    let (gateway, echo) =
+        (GatewayProcess::start_with(&["--auto-approve", "Bench", "--no-store"]), EchoProcess::start());
+    permission_against_echo(gateway.addr, echo.addr, &frame, n, Some((gateway.child.id(), echo.child.id()))).await;
     drop((gateway, echo));
 
     println!("### The far end in this process (the gateway's server; an echo server)");
     let echo = spawn_echo().await;
-    permission_against_echo(in_process_gateway().await, echo, &frame, n).await;
+    permission_against_echo(in_process_gateway().await, echo, &frame, n, None).await;
     let _ = echo_via_task_round_trips(echo, &frame, 200).await;
     print_latencies("echo through a socket-owning task", &echo_via_task_round_trips(echo, &frame, n).await);
 }
@@ -600,41 +702,199 @@ async fn bench_relay(total: usize) {
     const OUTSTANDING: usize = 64;
     println!("\n## 4. MCP relay, {OUTSTANDING} outstanding, {total} requests: gateway → sled → local server → back");
     let gateway = GatewayProcess::start();
+    let floor = RelayFloorProcess::start();
     let mcp = start_mcp_server().await;
+    floor_far_end(floor.ws, mcp).await;
     let sled = start_sled(gateway.sled_url(), "bench", &format!("http://{mcp}/mcp")).await;
     gateway.wait_connected(1).await;
     let per = total / OUTSTANDING;
     let relay_paths = Arc::new(vec!["/api/sleds/bench/rpc".to_owned()]);
     let direct_paths = Arc::new(vec!["/mcp".to_owned()]);
     let _ = post_load(gateway.addr, relay_paths.clone(), Some(ADMIN_TOKEN), OUTSTANDING, 20).await;
+    let _ = post_load(floor.http, direct_paths.clone(), None, OUTSTANDING, 20).await;
     let _ = post_load(mcp, direct_paths.clone(), None, OUTSTANDING, 20).await;
-    // CPU of both processes per request shows what bounds throughput on a machine with few cores.
-    let cpu = || own_cpu() + gateway.cpu();
-    let cpu0 = cpu();
-    let (direct, direct_wall) = post_load(mcp, direct_paths, None, OUTSTANDING, per).await;
-    let cpu1 = cpu();
-    let (relay, relay_wall) = post_load(gateway.addr, relay_paths, Some(ADMIN_TOKEN), OUTSTANDING, per).await;
-    let cpu2 = cpu();
+    // CPU of every process per request shows what bounds throughput on a machine with few cores.
+    let cpu = || (own_cpu(), gateway.cpu() + floor.cpu());
     let per_request = |d: Duration, l: &Latencies| d.as_secs_f64() * 1e6 / l.0.len() as f64;
-    println!(
-        "CPU per request (both processes): relay {:.1} µs, direct {:.1} µs",
-        per_request(cpu2 - cpu1, &relay),
-        per_request(cpu1 - cpu0, &direct)
-    );
     let rate = |l: &Latencies, wall: Duration| l.0.len() as f64 / wall.as_secs_f64();
-    for (name, l, wall) in [("relay", &relay, relay_wall), ("direct HTTP floor", &direct, direct_wall)] {
+    let mut rates = Vec::new();
+    for (name, addr, paths, bearer) in [
+        ("direct HTTP", mcp, &direct_paths, None),
+        ("relay floor (the same hops, done directly)", floor.http, &direct_paths, None),
+        ("relay through uplink", gateway.addr, &relay_paths, Some(ADMIN_TOKEN)),
+    ] {
+        let before = cpu();
+        let (l, wall) = post_load(addr, paths.clone(), bearer, OUTSTANDING, per).await;
+        let after = cpu();
         println!(
             "{name}: {:.0} responses/s  p50 {}  p99 {}  max {}  over 10 ms: {}",
-            rate(l, wall),
+            rate(&l, wall),
             us(l.pct(0.5)),
             us(l.pct(0.99)),
             us(l.max()),
             l.over(Duration::from_millis(10)),
         );
+        println!(
+            "  CPU per request: {:.1} µs (this process {:.1}, the child {:.1})",
+            per_request((after.0 - before.0) + (after.1 - before.1), &l),
+            per_request(after.0 - before.0, &l),
+            per_request(after.1 - before.1, &l),
+        );
+        rates.push(rate(&l, wall));
     }
-    let ratio = rate(&relay, relay_wall) / rate(&direct, direct_wall);
-    println!("ratio throughput: {ratio:.2}x (target ≥ 0.45x; max latency target ≤ 5 ms)");
+    println!(
+        "ratio throughput: relay {:.2}x direct (target ≥ 0.45x; max latency target ≤ 5 ms); floor {:.2}x direct; \
+         relay {:.2}x floor",
+        rates[2] / rates[0],
+        rates[1] / rates[0],
+        rates[2] / rates[1]
+    );
     sled.shutdown().await;
+}
+
+// ── 4, floor: the relay's extra hops done directly ─────────────────────────────────────────────────────────
+
+/// The relay's shape with nothing of uplink in it: an HTTP server (placed as the gateway is, in a child
+/// process) that sends each body over one WebSocket, numbered, to a far end (placed as the sled is, in this
+/// process) that POSTs it to the same local server with hyper's pooled client and sends the answer back.
+/// Both WebSocket ends own their socket in one task, which writes whatever is queued and then flushes once.
+/// No protocol, no JSON, no authentication, no records: what two HTTP hops and two WebSocket hops cost.
+struct RelayFloorProcess {
+    child: Child,
+    http: SocketAddr,
+    ws: SocketAddr,
+}
+
+impl RelayFloorProcess {
+    fn start() -> RelayFloorProcess {
+        let (child, addrs) = start_far_child("relay-floor");
+        RelayFloorProcess { child, http: addrs[0], ws: addrs[1] }
+    }
+
+    fn cpu(&self) -> Duration {
+        process_cpu(&self.child.id().to_string())
+    }
+}
+
+impl Drop for RelayFloorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type FloorReply = tokio::sync::oneshot::Sender<Bytes>;
+
+/// `relay-floor`: the near end, until killed. The far end connects to the second address first.
+fn relay_floor_main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("relay floor listening on {} {}", http.local_addr().unwrap(), ws.local_addr().unwrap());
+        let (tcp, _) = ws.accept().await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel::<(Bytes, FloorReply)>(256);
+        tokio::spawn(floor_near_link(ws, rx));
+        loop {
+            let (tcp, _) = http.accept().await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        tx.send((body, reply)).await.unwrap();
+                        let mut response = hyper::Response::new(Full::new(answer.await.unwrap()));
+                        response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+            });
+        }
+    });
+}
+
+/// The near end's socket-owning task: numbers each body, writes everything queued, flushes once; matches
+/// each answer to its number.
+async fn floor_near_link(
+    mut ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+    mut rx: tokio::sync::mpsc::Receiver<(Bytes, FloorReply)>,
+) {
+    let mut pending = std::collections::HashMap::<u64, FloorReply>::new();
+    let mut next = 0u64;
+    loop {
+        tokio::select! {
+            Some(first) = rx.recv() => {
+                let mut item = Some(first);
+                while let Some((body, reply)) = item.take().or_else(|| rx.try_recv().ok()) {
+                    next += 1;
+                    pending.insert(next, reply);
+                    let mut frame = Vec::with_capacity(body.len() + 21);
+                    frame.extend_from_slice(next.to_string().as_bytes());
+                    frame.push(b' ');
+                    frame.extend_from_slice(&body);
+                    ws.feed(Message::text(String::from_utf8(frame).unwrap())).await.unwrap();
+                }
+                ws.flush().await.unwrap();
+            }
+            Some(Ok(message)) = ws.next() => {
+                let data = message.into_data();
+                let space = data.iter().position(|b| *b == b' ').unwrap();
+                let id: u64 = std::str::from_utf8(&data[..space]).unwrap().parse().unwrap();
+                let _ = pending.remove(&id).unwrap().send(data.slice(space + 1..));
+            }
+            else => return,
+        }
+    }
+}
+
+/// The far end, in this process: reads numbered bodies, POSTs each to `mcp` in a task of its own, writes
+/// the numbered answers back, everything queued at once.
+async fn floor_far_end(ws: SocketAddr, mcp: SocketAddr) {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(format!("ws://{ws}/"), None, true).await.unwrap();
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Full<Bytes>>(connector);
+    let uri: hyper::Uri = format!("http://{mcp}/mcp").parse().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(256);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(Ok(message)) = ws.next() => {
+                    let data = message.into_data();
+                    let space = data.iter().position(|b| *b == b' ').unwrap();
+                    let (client, uri, tx) = (client.clone(), uri.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let request = Request::post(uri)
+                            .header("content-type", "application/json")
+                            .header("accept", "application/json, text/event-stream")
+                            .body(Full::new(data.slice(space + 1..)))
+                            .unwrap();
+                        let response = client.request(request).await.unwrap();
+                        let body = response.into_body().collect().await.unwrap().to_bytes();
+                        let mut frame = Vec::with_capacity(space + 1 + body.len());
+                        frame.extend_from_slice(&data[..=space]);
+                        frame.extend_from_slice(&body);
+                        let _ = tx.send(Message::text(String::from_utf8(frame).unwrap())).await;
+                    });
+                }
+                Some(first) = rx.recv() => {
+                    let mut item = Some(first);
+                    while let Some(message) = item.take().or_else(|| rx.try_recv().ok()) {
+                        ws.feed(message).await.unwrap();
+                    }
+                    ws.flush().await.unwrap();
+                }
+                else => return,
+            }
+        }
+    });
 }
 
 // ── 5. Gateway scale ─────────────────────────────────────────────────────────────────────────────────────
@@ -931,9 +1191,13 @@ fn main() {
     if args.first().is_some_and(|a| a == "echo-server") {
         return echo_server_main();
     }
+    if args.first().is_some_and(|a| a == "relay-floor") {
+        return relay_floor_main();
+    }
     if args.first().is_some_and(|a| a == "sled-host") {
         return sled_host_main(&args[1..]);
     }
+    let _ = FAR_CPU.set(arg_value(&args, "--far-cpu"));
     let all = ["rtt", "throughput", "relay", "scale", "decisions", "wide"];
     let chosen: Vec<&str> = all.iter().copied().filter(|b| args.iter().any(|a| a == b)).collect();
     let chosen = if chosen.is_empty() { all.to_vec() } else { chosen };

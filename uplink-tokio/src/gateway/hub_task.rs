@@ -7,8 +7,9 @@
 //! here, once each and only while someone listens, so that every client shares one text (`events.rs`).
 //!
 //! With a store, nothing leaves before it is written: a batch of inputs (up to [`HUB_BATCH`]) is fed in,
-//! its outputs are held while the records and rule changes they make are committed in one transaction on
-//! the store's thread, and only then are its frames sent, its replies given and its events published.
+//! its outputs are held while the records and rule changes they make are committed in one transaction (by
+//! this task itself when a commit only reaches the operating system; on the store's own thread when each
+//! commit waits for the disk), and only then are its frames sent, its replies given and its events published.
 //! A decision a person saw acknowledged, or a sled received, is on disk. When a commit fails, nothing held
 //! is sent (every sled connection is closed, so every pending request ends denied at its sled) and the
 //! gateway stops with the store's error.
@@ -257,7 +258,7 @@ impl HubHandle {
         config: HubTaskConfig,
     ) -> std::io::Result<(HubHandle, tokio::task::JoinHandle<()>, Option<oneshot::Receiver<()>>)> {
         let (tx, rx) = mpsc::channel(HUB_QUEUE);
-        let (store, closed) = match config.store.map(StoreLink::spawn).transpose()? {
+        let (store, closed) = match config.store.map(StoreLink::start).transpose()? {
             Some((link, closed)) => (Some(link), Some(closed)),
             None => (None, None),
         };
@@ -457,17 +458,36 @@ impl Ack {
 
 type Commit = (Vec<Change>, oneshot::Sender<Result<(), StoreError>>);
 
-/// The store's own thread: commits batches one at a time, in order, away from the runtime's workers.
-#[derive(Clone)]
-struct StoreLink {
-    tx: mpsc::Sender<Commit>,
+/// Where batches are committed, one at a time, in order: in place on the hub task when a commit only hands
+/// its pages to the operating system (`Store::waits_for_disk` false: microseconds, fewer than the two
+/// thread wake-ups a hand-off costs; the hub waits for each commit either way), or on the store's own
+/// thread when a commit waits for the disk, away from the runtime's workers.
+enum StoreLink {
+    /// Committed by the hub task. The store is dropped before `closed` tells so (fields drop in order).
+    InPlace { store: Box<dyn Store>, _closed: Closed },
+    /// Committed on the store's thread.
+    Thread(mpsc::Sender<Commit>),
+}
+
+/// Tells, when dropped, that the store is closed.
+struct Closed(Option<oneshot::Sender<()>>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        if let Some(closed) = self.0.take() {
+            let _ = closed.send(());
+        }
+    }
 }
 
 impl StoreLink {
-    /// The thread, and what tells when it has closed the store (once every link is dropped).
-    fn spawn(mut store: Box<dyn Store>) -> std::io::Result<(StoreLink, oneshot::Receiver<()>)> {
-        let (tx, mut rx) = mpsc::channel::<Commit>(1);
+    /// The link, and what tells when the store is closed (once the hub task is done with it).
+    fn start(mut store: Box<dyn Store>) -> std::io::Result<(StoreLink, oneshot::Receiver<()>)> {
         let (closed_tx, closed) = oneshot::channel();
+        if !store.waits_for_disk() {
+            return Ok((StoreLink::InPlace { store, _closed: Closed(Some(closed_tx)) }, closed));
+        }
+        let (tx, mut rx) = mpsc::channel::<Commit>(1);
         std::thread::Builder::new().name("uplink-store".into()).spawn(move || {
             while let Some((changes, reply)) = rx.blocking_recv() {
                 let _ = reply.send(store.commit(&changes));
@@ -475,12 +495,16 @@ impl StoreLink {
             drop(store);
             let _ = closed_tx.send(());
         })?;
-        Ok((StoreLink { tx }, closed))
+        Ok((StoreLink::Thread(tx), closed))
     }
 
-    async fn commit(&self, changes: Vec<Change>) -> Result<(), String> {
+    async fn commit(&mut self, changes: Vec<Change>) -> Result<(), String> {
+        let tx = match self {
+            StoreLink::InPlace { store, .. } => return store.commit(&changes).map_err(|e| e.to_string()),
+            StoreLink::Thread(tx) => tx,
+        };
         let (reply, answer) = oneshot::channel();
-        self.tx.send((changes, reply)).await.map_err(|_| "the store's thread ended".to_owned())?;
+        tx.send((changes, reply)).await.map_err(|_| "the store's thread ended".to_owned())?;
         match answer.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -675,12 +699,16 @@ impl HubTask {
     /// With a store: commits what the held outputs write, then carries them out and gives the replies;
     /// until nothing is held (carrying out can make more, when a stuck connection is dropped).
     async fn flush(&mut self) {
-        let Some(store) = self.store.clone() else { return };
+        if self.store.is_none() {
+            return;
+        }
         while !self.held.is_empty() || !self.acks.is_empty() || !self.done.is_empty() {
             let failed = self.failed.borrow().is_some();
             if !self.changes.is_empty() && !failed {
                 let changes = std::mem::take(&mut self.changes);
-                if let Err(e) = store.commit(changes).await {
+                if let Some(store) = &mut self.store
+                    && let Err(e) = store.commit(changes).await
+                {
                     self.fail(e);
                 }
             }

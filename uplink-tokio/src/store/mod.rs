@@ -103,6 +103,14 @@ pub trait Store: Send + 'static {
 
     /// A reader of the audit log, usable from any thread beside the writer.
     fn reader(&self) -> Arc<dyn AuditReader>;
+
+    /// True (the default) when a commit may wait for the disk (a flush per commit) or for another machine:
+    /// such a store is committed on a thread of its own, so that no runtime worker waits with it. False when
+    /// a commit only hands its pages to the operating system, which takes microseconds: the hub task then
+    /// commits in place, sparing each batch the two thread wake-ups a hand-off costs (more than the commit).
+    fn waits_for_disk(&self) -> bool {
+        true
+    }
 }
 
 /// Reads the audit log.

@@ -419,6 +419,12 @@ fn prune(conn: &Connection, options: &StoreOptions, head: u64) -> rusqlite::Resu
 }
 
 impl Store for SqliteStore {
+    /// Only with `synchronous=FULL`: in WAL mode with `NORMAL`, a commit writes the log's pages to the
+    /// operating system and flushes nothing (checkpoints, which do, run on a thread of their own).
+    fn waits_for_disk(&self) -> bool {
+        self.options.full_sync
+    }
+
     fn rules(&mut self) -> Result<Vec<StoredRule>, StoreError> {
         let path = self.path.clone();
         let mut stmt = self
