@@ -1037,7 +1037,8 @@ fn open_file_limit() -> u64 {
 async fn bench_scale_wide(max: usize, idle: Duration) {
     let limit = open_file_limit();
     println!("\n## 5, wide: idle sleds in steps up to {max}; open-file limit of each process: {limit}");
-    // Beyond the default budget of 16,384 connections, up to what the open-file limit leaves.
+    // Beyond the default budget (the open-file limit less the 1,024 files the gateway keeps), up to what the
+    // open-file limit leaves.
     let budget = (max + 64).to_string();
     let gateway = GatewayProcess::start_with(&["--auto-approve", "Bench", "--max-connections", &budget]);
     let rss0 = gateway.rss();

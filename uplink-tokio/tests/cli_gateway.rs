@@ -265,3 +265,38 @@ async fn listening_beyond_loopback_without_tls_is_warned_of_and_names_are_accept
     );
     named.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_gateway_whose_output_nobody_reads_serves_on() {
+    // Its standard output is a pipe with no reader (a service manager gone, `| head -1`): every line it
+    // prints fails, and it serves anyway. Its address is chosen here, since it cannot be read.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let listen = format!("127.0.0.1:{port}");
+    let state = std::env::temp_dir().join(format!("uplink-cli-{}-no-reader", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
+        .args(["gateway", "--listen", &listen, "--sled-token", "s", "--admin-token", "a"])
+        .env_remove("UPLINK_CREDENTIALS")
+        .env("UPLINK_STATE_DIR", &state)
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    within("the gateway to answer", async {
+        loop {
+            assert!(child.try_wait().unwrap().is_none(), "the gateway ended");
+            if tokio::net::TcpStream::connect(&listen).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (status, _) = http("GET", &format!("http://{listen}/api/sleds"), Some("a"), None, &[]).await;
+    assert_eq!(status, 200);
+    assert!(child.try_wait().unwrap().is_none(), "the gateway ended");
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(state);
+}

@@ -127,17 +127,13 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-#[tokio::test]
-async fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
-    // A gateway allowed 64 open files, then 100 connections that never send a byte: accept fails with
-    // EMFILE until the handshake timeout frees them.
+/// `uplink gateway` run by a shell after `limits` (`ulimit …`), its state in `state_dir(name)`, its log on a
+/// pipe; the child and its first line.
+async fn gateway_under_limits(limits: &str, name: &str) -> (tokio::process::Child, String) {
     let exe = env!("CARGO_BIN_EXE_uplink");
     let mut gateway = Command::new("sh")
-        .args([
-            "-c",
-            &format!("ulimit -n 64 && exec '{exe}' gateway --listen 127.0.0.1:0 --sled-token s --admin-token a"),
-        ])
-        .env("UPLINK_STATE_DIR", state_dir("fds"))
+        .args(["-c", &format!("{limits} && exec '{exe}' gateway --listen 127.0.0.1:0 --sled-token s --admin-token a")])
+        .env("UPLINK_STATE_DIR", state_dir(name))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -146,6 +142,16 @@ async fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
         .unwrap();
     let mut out = BufReader::new(gateway.stdout.take().unwrap()).lines();
     let first = within("the gateway to start", out.next_line()).await.unwrap().unwrap();
+    // The rest is read and dropped: a closed pipe would end the gateway at its next line.
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    (gateway, first)
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
+    // A gateway allowed 64 open files, then 100 connections that never send a byte: accept fails with
+    // EMFILE until the handshake timeout frees them.
+    let (mut gateway, first) = gateway_under_limits("ulimit -n 64", "fds").await;
     let addr = first.split("listening on http://").nth(1).unwrap().trim().to_owned();
     let pid = gateway.id().unwrap();
     // The log is read as it comes, so that a full pipe never slows the gateway down.
@@ -172,4 +178,39 @@ async fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
     let log = within("the log", log).await.unwrap();
     assert!(log.lines().count() < 20, "{} log lines:\n{log}", log.lines().count());
     let _ = std::fs::remove_dir_all(state_dir("fds"));
+}
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_one_and_sets_the_connection_budget() {
+    // Started with a soft limit of 200 under a hard one of 400 (as many systems start services): the gateway
+    // raises its soft limit to 400 and allows 400 - 100 sled connections (a quarter of a small limit is kept
+    // for its own files). Sled 301 is refused with 503, not left to fail for want of a descriptor.
+    let (mut gateway, first) = gateway_under_limits("ulimit -Sn 200 && ulimit -Hn 400", "limit").await;
+    let mut log = BufReader::new(gateway.stderr.take().unwrap()).lines();
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let base = uplink_tests::program::base_url(&first);
+    let pid = gateway.id().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((words[3], words[4]), ("400", "400"), "{line}");
+
+    let ws = format!("{}/api/sled-uplink?token=s", base.replace("http://", "ws://"));
+    let mut sleds = Vec::new();
+    for s in 0..300 {
+        let (mut sled, _) = within("a sled to connect", tokio_tungstenite::connect_async(ws.as_str()))
+            .await
+            .unwrap_or_else(|e| panic!("sled {s}: {e}"));
+        let identity = json!({"type":"identity","req_id":"identity","payload":{"project":format!("p{s}")}});
+        sled.send(Message::text(identity.to_string())).await.unwrap();
+        sleds.push(sled);
+    }
+    match within("sled 301", tokio_tungstenite::connect_async(ws.as_str())).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("sled 301 was not refused with 503: {:?}", other.map(|_| ())),
+    }
+    drop(sleds);
+    let _ = gateway.start_kill();
+    let _ = gateway.wait().await;
+    let _ = std::fs::remove_dir_all(state_dir("limit"));
 }

@@ -93,9 +93,10 @@ struct RunArgs {
     /// `ask Bash(git push *)` (repeatable). Deny wins, then ask, then allow.
     #[arg(long = "rule", value_parser = rule_arg)]
     rules: Vec<(Effect, Pattern)>,
-    /// Most open sled connections; more are answered 503.
-    #[arg(long, default_value_t = 16_384)]
-    max_connections: usize,
+    /// Most open sled connections; more are answered 503. Default: the open-file limit (raised at start to
+    /// the hard limit) less what the gateway keeps for its own files (1,024, or a quarter of a small limit).
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Most sled connections that have not identified yet; more are answered 503.
     #[arg(long, default_value_t = 1024)]
     max_unidentified: usize,
@@ -376,7 +377,18 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     let mut config = GatewayServerConfig::with_credentials(args.listen, creds);
     config.tls = tls;
     config.accept_query_token = !args.refuse_query_token;
-    config.max_connections = args.max_connections;
+    let open_files = super::open_files::raise();
+    config.max_connections = args.max_connections.unwrap_or_else(|| super::open_files::connection_budget(open_files));
+    if let Some(limit) = open_files
+        && config.max_connections as u64 >= limit
+    {
+        tracing::warn!(
+            limit,
+            max_connections = config.max_connections,
+            "--max-connections is at or over the open-file limit: sleds beyond the limit find no socket (accepting              fails and backs off) instead of a 503"
+        );
+    }
+    tracing::info!(open_files = ?open_files, max_connections = config.max_connections, "connection budget");
     config.max_unidentified = args.max_unidentified;
     config.max_pending_input_bytes = args.max_pending_bytes;
     config.max_event_client_bytes = args.max_event_client_bytes;
@@ -415,11 +427,11 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     let signal = shutdown_signal()?;
     let server = GatewayServer::bind_with_store(config, store).await.map_err(|e| e.to_string())?;
     let local = server.local_addr().map_err(|e| e.to_string())?;
-    println!("uplink gateway: listening on {}://{local}", scheme.0);
-    println!("  sleds connect to {}://{local}/api/sled-uplink", scheme.1);
+    say(format_args!("uplink gateway: listening on {}://{local}", scheme.0));
+    say(format_args!("  sleds connect to {}://{local}/api/sled-uplink", scheme.1));
     // Tokens are printed only when generated here, so the operator can use them; never logged.
     for line in &announce {
-        println!("{line}");
+        say(line);
     }
     let watch = match source {
         Source::Kept { .. } => Some(tokio::spawn(watch(source, server.reloader()))),
@@ -432,6 +444,12 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     ran.map_err(|e| e.to_string())?;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// A line on standard output, which nobody may be reading any more: the gateway serves on without it.
+fn say(line: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// The first start without credentials: a sled token and an admin token, generated, kept as hashes at

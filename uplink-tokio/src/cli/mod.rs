@@ -14,6 +14,7 @@ mod fleet_cmd;
 mod gateway_cmd;
 mod local_server;
 mod logging;
+mod open_files;
 mod rules_cmd;
 
 use std::net::SocketAddr;

@@ -90,7 +90,8 @@ pub struct GatewayServerConfig {
     /// Accept a sled's token in the URL (`?token=`), as the original sends it. `true` by default; with
     /// `false`, only `Authorization: Bearer` is accepted (URLs end up in proxies' logs).
     pub accept_query_token: bool,
-    /// Most open sled connections, identified or not. Default 16,384.
+    /// Most open sled connections, identified or not. Default 16,384 (`uplink gateway` derives its default
+    /// from its open-file limit).
     pub max_connections: usize,
     /// Most sled connections that have not identified yet. Default 1024.
     pub max_unidentified: usize,
