@@ -248,3 +248,35 @@ async fn a_client_that_hangs_up_on_the_gateway_cancels_its_call_at_the_local_ser
     uplink.shutdown().await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_local_answer_over_the_size_limit_is_an_error_and_one_within_it_is_relayed_as_sent() {
+    // The sled holds at most `max_message_size` of a local answer: beyond, the call ends with an error for
+    // its id instead of a body held whole. Within, the answer arrives as the server wrote it, less the
+    // whitespace around it.
+    let pad = "x".repeat(8 * 1024);
+    let big = format!(r#"{{"jsonrpc":"2.0","id":7,"result":{{"pad":"{pad}"}}}}"#);
+    let mut server = ScriptedHttp::start(move |seen| match seen.json()["id"].as_i64() {
+        Some(7) => Reply::Full(200, "application/json", big.clone()),
+        _ => Reply::Full(200, "application/json", format!("\n  {}  \n", ANSWER.replace("7", "8"))),
+    })
+    .await;
+    let gw = TestGateway::bind().await;
+    let mut c = UplinkConfig::new(gw.url(), "limit-proj");
+    c.local_mcp_url = server.url();
+    c.max_message_size = 4096;
+    let uplink = Uplink::start(c).unwrap();
+    let mut conn = gw.accept().await;
+    conn.recv_kind("identity").await;
+    conn.send(request("mcp-1", CALL, false)).await;
+    let frames = exchange(&mut conn, "mcp-1").await;
+    let error = &frames[0]["payload"];
+    assert_eq!(error["id"], 7, "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("larger than 4096 bytes"), "{error}");
+    server.next_with("POST").await;
+    conn.send(request("mcp-2", &CALL.replace("7", "8"), false)).await;
+    let frames = exchange(&mut conn, "mcp-2").await;
+    assert_eq!(frames[0]["payload"], serde_json::from_str::<Value>(&ANSWER.replace("7", "8")).unwrap());
+    assert_eq!(frames[0]["payload"].to_string().len(), ANSWER.len(), "relayed without its whitespace");
+    finish(uplink, conn).await;
+}

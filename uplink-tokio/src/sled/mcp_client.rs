@@ -227,19 +227,21 @@ impl McpClient {
     /// server's other messages within it go to `messages`.
     pub(crate) async fn call(&self, call: McpCall, messages: Messages) -> McpReply {
         let (mut exchange, mut step) = self.policy(|s| s.begin(&call));
+        // The call's text, taken once (a renewed session posts it again: a `Bytes` is shared, not copied).
+        let call_body = Bytes::from(call.body);
         loop {
             let (body, headers) = match step {
                 Step::Done(reply) => return reply,
                 Step::Post { body, headers } => (body, headers),
             };
-            let (text, id) = match &body {
-                PostBody::Call => (call.body.as_str(), call.jsonrpc_id.as_deref()),
-                PostBody::Initialize(init) => (init.as_str(), None),
-                PostBody::Initialized => (INITIALIZED, None),
-            };
             // Only the call's own answer must carry its id; the renewal's requests take any response, and
             // only the call's own messages are relayed.
             let relay = matches!(body, PostBody::Call).then_some(&messages);
+            let (text, id) = match body {
+                PostBody::Call => (call_body.clone(), call.jsonrpc_id.as_deref()),
+                PostBody::Initialize(init) => (Bytes::from(init), None),
+                PostBody::Initialized => (Bytes::from_static(INITIALIZED.as_bytes()), None),
+            };
             let result = self.exchange(text, &headers, id, relay).await;
             // Read outside the lock: the policy's lock is held only around its bookkeeping.
             let read = exchange.read(result);
@@ -250,7 +252,7 @@ impl McpClient {
     /// One POST; with `id`, the answer is the response to that id (any response, without).
     async fn exchange(
         &self,
-        body: &str,
+        body: Bytes,
         session: &SessionHeaders,
         id: Option<&RawValue>,
         messages: Option<&Messages>,
@@ -263,7 +265,7 @@ impl McpClient {
 
     async fn post(
         &self,
-        body: &str,
+        body: Bytes,
         session: &SessionHeaders,
         id: Option<&RawValue>,
         messages: Option<&Messages>,
@@ -272,14 +274,14 @@ impl McpClient {
             .request(Method::POST, session)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json, text/event-stream");
-        let request = request.body(Full::new(Bytes::from(body.to_owned()))).map_err(|e| e.to_string())?;
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
         let response = self.client.request(request).await.map_err(|e| describe_client_error(&e))?;
         let status = response.status();
         let session_id = header_str(response.headers(), SESSION_HEADER);
         if status == StatusCode::ACCEPTED {
             return Ok(PostResult::Answer { reply: McpReply::NoContent, session_id });
         }
-        let mut body = if status.is_success() && is_event_stream(response.headers()) {
+        let body = if status.is_success() && is_event_stream(response.headers()) {
             let mut stream = response.into_body();
             let mut parser = SseParser::new(self.max_body);
             let mut attempts = 0;
@@ -319,26 +321,30 @@ impl McpClient {
         } else {
             response.into_body()
         };
-        let mut bytes = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("reading the local MCP response: {e}"))?;
-            if let Ok(data) = frame.into_data() {
-                if bytes.len() + data.len() > self.max_body {
-                    return Err(format!("local MCP response larger than {} bytes", self.max_body));
-                }
-                bytes.extend_from_slice(&data);
+        let bytes = match http_body_util::Limited::new(body, self.max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err(format!("local MCP response larger than {} bytes", self.max_body));
             }
-        }
-        let text = String::from_utf8_lossy(&bytes);
-        let text = text.trim();
+            Err(e) => return Err(format!("reading the local MCP response: {e}")),
+        };
+        // One copy at most: the body's bytes become the answer's text (a body in one piece is shared with
+        // the connection's buffer, so it is copied out here; one in several was joined already).
+        let text = match String::from_utf8(Vec::from(bytes)) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        let text = if text.trim().len() == text.len() { text } else { text.trim().to_owned() };
         // Whatever the status, a JSON-RPC response to this request is the answer: newer servers send their
         // errors with 4xx statuses.
-        if !text.is_empty()
-            && jsonrpc::is_response_to(text, id)
-            && let Ok(raw) = RawValue::from_string(text.to_owned())
-        {
-            return Ok(PostResult::Answer { reply: McpReply::Response(raw), session_id });
-        }
+        let text = if !text.is_empty() && jsonrpc::is_response_to(&text, id) {
+            match RawValue::from_string(text) {
+                Ok(raw) => return Ok(PostResult::Answer { reply: McpReply::Response(raw), session_id }),
+                Err(_) => return Err("local MCP endpoint answered with invalid JSON".to_owned()),
+            }
+        } else {
+            text
+        };
         if status == StatusCode::NOT_FOUND {
             return Ok(PostResult::NotFound);
         }
@@ -348,8 +354,8 @@ impl McpClient {
         if text.is_empty() {
             return Ok(PostResult::Answer { reply: McpReply::NoContent, session_id });
         }
-        let raw = RawValue::from_string(text.to_owned())
-            .map_err(|_| "local MCP endpoint answered with invalid JSON".to_owned())?;
+        let raw =
+            RawValue::from_string(text).map_err(|_| "local MCP endpoint answered with invalid JSON".to_owned())?;
         Ok(PostResult::Answer { reply: McpReply::Response(raw), session_id })
     }
 }
