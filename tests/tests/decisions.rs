@@ -253,6 +253,8 @@ async fn rules_that_would_never_apply_are_refused_with_the_reason() {
 struct Failing {
     fail: Arc<AtomicBool>,
     waits_for_disk: bool,
+    /// Fails by panicking rather than with an error.
+    panics: bool,
 }
 
 struct NoReader;
@@ -273,7 +275,11 @@ impl Store for Failing {
         Ok(Vec::new())
     }
     fn commit(&mut self, _: &[Change]) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) { Err(StoreError::Database("disk full".into())) } else { Ok(()) }
+        match self.fail.load(Ordering::SeqCst) {
+            true if self.panics => panic!("disk full"),
+            true => Err(StoreError::Database("disk full".into())),
+            false => Ok(()),
+        }
     }
     fn reader(&self) -> Arc<dyn AuditReader> {
         Arc::new(NoReader)
@@ -285,18 +291,24 @@ impl Store for Failing {
 
 #[tokio::test]
 async fn a_decision_the_store_cannot_write_is_never_sent_and_the_gateway_stops() {
-    a_failed_commit_stops_the_gateway(false).await;
+    a_failed_commit_stops_the_gateway(false, false).await;
 }
 
 #[tokio::test]
 async fn the_same_with_a_store_committed_on_its_own_thread() {
-    a_failed_commit_stops_the_gateway(true).await;
+    a_failed_commit_stops_the_gateway(true, false).await;
 }
 
-async fn a_failed_commit_stops_the_gateway(waits_for_disk: bool) {
+#[tokio::test]
+async fn the_same_with_a_store_that_panics_in_place_or_on_its_thread() {
+    a_failed_commit_stops_the_gateway(false, true).await;
+    a_failed_commit_stops_the_gateway(true, true).await;
+}
+
+async fn a_failed_commit_stops_the_gateway(waits_for_disk: bool, panics: bool) {
     let fail = Arc::new(AtomicBool::new(false));
-    let gw =
-        RealGateway::start_with_store(config(), Some(Box::new(Failing { fail: fail.clone(), waits_for_disk }))).await;
+    let store = Failing { fail: fail.clone(), waits_for_disk, panics };
+    let gw = RealGateway::start_with_store(config(), Some(Box::new(store))).await;
     let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
     let mut ws = sled(&gw, "web").await;
     ask(&mut ws, "r1", "ls").await;
@@ -317,8 +329,9 @@ async fn a_failed_commit_stops_the_gateway(waits_for_disk: bool) {
             _ => break,
         }
     }
-    let stopped = gw.stopped().await;
-    assert!(stopped.is_err_and(|e| e.to_string().contains("disk full")));
+    let stopped = within("the gateway to stop", gw.stopped()).await;
+    let why = if panics { "panicked" } else { "disk full" };
+    assert!(stopped.as_ref().is_err_and(|e| e.to_string().contains(why)), "{stopped:?}");
 }
 
 /// A store whose audit queries wait at a gate, counting those that wait.

@@ -263,6 +263,10 @@ pub enum GatewayRunError {
     /// A commit to the store failed: nothing it held was sent, and every sled connection was closed.
     #[error("the store failed: {0}")]
     Store(String),
+    /// The task that owns the hub ended on its own (a defect: it ends only when told to); every sled
+    /// connection was closed.
+    #[error("the hub task ended: {0}")]
+    Hub(String),
 }
 
 /// A random token: 32 bytes from the operating system's secure generator, hex-encoded. Fails only when the
@@ -489,13 +493,26 @@ impl GatewayServer {
         let mut connections = tokio::task::JoinSet::new();
         let mut backoff = AcceptBackoff::default();
         let mut failed = self.failed.clone();
-        let stop = async move {
+        let mut hub_task = self.hub_task;
+        // Set when the hub task ended on its own, which only a defect can make it do: the gateway stops then,
+        // rather than serve on without its hub.
+        let mut hub_ended: Option<String> = None;
+        let (hub, ended) = (&mut hub_task, &mut hub_ended);
+        // Boxed, so that dropping it after the loop ends its borrows.
+        let mut stop = Box::pin(async move {
             tokio::select! {
                 () = stop => {}
                 _ = failed.wait_for(Option::is_some) => {}
+                end = hub => {
+                    let why = match end {
+                        Err(e) if e.is_panic() => "it panicked",
+                        _ => "it returned",
+                    };
+                    tracing::error!("the hub task ended ({why}): stopping");
+                    *ended = Some(why.to_owned());
+                }
             }
-        };
-        tokio::pin!(stop);
+        });
         while let Some(tcp) = crate::accept::next(&self.listener, &mut backoff, &mut stop).await {
             let router = router.clone();
             let timeout = self.shared.handshake_timeout;
@@ -511,6 +528,7 @@ impl GatewayServer {
             });
             while connections.try_join_next().is_some() {}
         }
+        drop(stop);
         // End event streams; the hub closes every sled connection, identified or not (1001, going away) and
         // refuses new ones; give them all a moment to finish their close handshakes, then stop what is left.
         self.shared.closing.send_replace(true);
@@ -523,13 +541,16 @@ impl GatewayServer {
         .await;
         connections.abort_all();
         sleds.abort_all();
-        self.hub_task.abort();
+        hub_task.abort();
         // The store closes once the task is gone (a commit under way finishes first): only then is its
         // directory free for another gateway.
         if let Some(closed) = self.store_closed
             && tokio::time::timeout(STORE_CLOSE_WAIT, closed).await.is_err()
         {
             tracing::warn!("the store did not close within {STORE_CLOSE_WAIT:?}");
+        }
+        if let Some(why) = hub_ended {
+            return Err(GatewayRunError::Hub(why));
         }
         match self.failed.borrow().clone() {
             Some(why) => Err(GatewayRunError::Store(why)),
