@@ -471,11 +471,9 @@ enum StoreLink {
 
 /// Commits `changes`; a store that panics has failed like one that returns an error, so that the gateway
 /// stops with the reason rather than lose its hub task or the store's thread.
-fn commit_or_panic(store: &mut Box<dyn Store>, changes: &[Change]) -> Result<(), String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.commit(changes))) {
-        Ok(committed) => committed.map_err(|e| e.to_string()),
-        Err(_) => Err("the store panicked in a commit".to_owned()),
-    }
+fn commit_or_panic(store: &mut Box<dyn Store>, changes: &[Change]) -> Result<(), StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.commit(changes)))
+        .unwrap_or_else(|_| Err(StoreError::Database("it panicked in a commit".to_owned())))
 }
 
 /// Tells, when dropped, that the store is closed.
@@ -499,7 +497,7 @@ impl StoreLink {
         let (tx, mut rx) = mpsc::channel::<Commit>(1);
         std::thread::Builder::new().name("uplink-store".into()).spawn(move || {
             while let Some((changes, reply)) = rx.blocking_recv() {
-                let _ = reply.send(commit_or_panic(&mut store, &changes).map_err(StoreError::Database));
+                let _ = reply.send(commit_or_panic(&mut store, &changes));
             }
             drop(store);
             let _ = closed_tx.send(());
@@ -509,7 +507,7 @@ impl StoreLink {
 
     async fn commit(&mut self, changes: Vec<Change>) -> Result<(), String> {
         let tx = match self {
-            StoreLink::InPlace { store, .. } => return commit_or_panic(store, &changes),
+            StoreLink::InPlace { store, .. } => return commit_or_panic(store, &changes).map_err(|e| e.to_string()),
             StoreLink::Thread(tx) => tx,
         };
         let (reply, answer) = oneshot::channel();
