@@ -377,7 +377,12 @@ fn start_far_child(mode: &str) -> (Child, Vec<SocketAddr>) {
 
 impl EchoProcess {
     fn start() -> EchoProcess {
-        let (child, addrs) = start_far_child("echo-server");
+        EchoProcess::start_as("echo-server")
+    }
+
+    /// `echo-server` or `echo-server-hub`.
+    fn start_as(mode: &str) -> EchoProcess {
+        let (child, addrs) = start_far_child(mode);
         EchoProcess { child, addr: addrs[0] }
     }
 }
@@ -389,14 +394,54 @@ impl Drop for EchoProcess {
     }
 }
 
-/// `echo-server`: serves echoes until killed.
-fn echo_server_main() {
+/// `echo-server` (or `echo-server-hub`, [`serve_echo_via_hub`]): serves echoes until killed.
+fn echo_server_main(via_hub: bool) {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("echo listening on {}", listener.local_addr().unwrap());
-        serve_echo(listener).await;
+        if via_hub { serve_echo_via_hub(listener).await } else { serve_echo(listener).await }
     });
+}
+
+/// Echoes shaped as the gateway is: each connection's task hands every frame to one task that all
+/// connections share (as the gateway's connections hand theirs to the hub task), which hands it back
+/// through the connection's own queue. No protocol: what the shape costs.
+async fn serve_echo_via_hub(listener: TcpListener) {
+    type Back = tokio::sync::mpsc::Sender<Message>;
+    let (hub, mut frames) = tokio::sync::mpsc::channel::<(Message, Back)>(1024);
+    tokio::spawn(async move {
+        while let Some((frame, back)) = frames.recv().await {
+            let _ = back.send(frame).await;
+        }
+    });
+    loop {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            tcp.set_nodelay(true).unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let (back, mut queue) = tokio::sync::mpsc::channel::<Message>(64);
+            loop {
+                tokio::select! {
+                    read = ws.next() => match read {
+                        Some(Ok(message)) if message.is_text() => {
+                            if hub.send((message, back.clone())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => return,
+                    },
+                    Some(message) = queue.recv() => {
+                        if ws.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
 }
 
 type EchoClient = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
@@ -574,7 +619,22 @@ async fn bench_rtt(n: usize) {
     let (gateway, echo) =
         (GatewayProcess::start_with(&["--auto-approve", "Bench", "--no-store"]), EchoProcess::start());
     permission_against_echo(gateway.addr, echo.addr, &frame, n, Some((gateway.child.id(), echo.child.id()))).await;
-    drop((gateway, echo));
+    drop(gateway);
+    // The gateway's shape without its work: every frame through one shared task and back.
+    let hub_echo = EchoProcess::start_as("echo-server-hub");
+    let (mut bare, mut via_hub) = (echo_client(echo.addr).await, echo_client(hub_echo.addr).await);
+    echo_round_trips(&mut bare, &frame, 200, &mut Vec::new()).await;
+    echo_round_trips(&mut via_hub, &frame, 200, &mut Vec::new()).await;
+    let (mut bare_lat, mut hub_lat) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..10 {
+        echo_round_trips(&mut bare, &frame, n / 10, &mut bare_lat).await;
+        echo_round_trips(&mut via_hub, &frame, n / 10, &mut hub_lat).await;
+    }
+    let (bare_lat, hub_lat) = (Latencies(bare_lat), Latencies(hub_lat));
+    print_latencies("echo floor", &bare_lat);
+    print_latencies("echo through one shared task, as the gateway's hub (a child process)", &hub_lat);
+    println!("ratio p50: {:.2}x the bare echo", hub_lat.pct(0.5).as_secs_f64() / bare_lat.pct(0.5).as_secs_f64());
+    drop((echo, hub_echo));
 
     println!("### The far end in this process (the gateway's server; an echo server)");
     let echo = spawn_echo().await;
@@ -1190,7 +1250,10 @@ fn arg_value(args: &[String], name: &str) -> Option<usize> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "echo-server") {
-        return echo_server_main();
+        return echo_server_main(false);
+    }
+    if args.first().is_some_and(|a| a == "echo-server-hub") {
+        return echo_server_main(true);
     }
     if args.first().is_some_and(|a| a == "relay-floor") {
         return relay_floor_main();
