@@ -726,6 +726,16 @@ impl Writer {
         w
     }
 
+    /// A frame whose payload has at most one member, the string `name` (left out when `None`).
+    fn with_one_member(kind: &str, req_id: &str, name: &str, value: Option<&str>) -> String {
+        let mut w = Writer::envelope(kind, req_id, 16 + name.len() + value.map_or(0, str::len));
+        let mut members = Members::new(&mut w);
+        if let Some(value) = value {
+            members.next(name).string(value);
+        }
+        w.raw("}}").done()
+    }
+
     fn raw(&mut self, text: &str) -> &mut Writer {
         self.0.push_str(text);
         self
@@ -897,20 +907,10 @@ impl GatewayFrame<'_> {
                 w.raw("}}").done()
             }
             GatewayFrame::McpCancel { req_id, reason } => {
-                let mut w = Writer::envelope(kind::MCP_CANCEL, req_id, 16 + reason.as_ref().map_or(0, |r| r.len()));
-                let mut members = Members::new(&mut w);
-                if let Some(reason) = reason {
-                    members.next("reason").string(reason);
-                }
-                w.raw("}}").done()
+                Writer::with_one_member(kind::MCP_CANCEL, req_id, "reason", reason.as_deref())
             }
             GatewayFrame::McpListen { req_id, session } => {
-                let mut w = Writer::envelope(kind::MCP_LISTEN, req_id, 16 + session.as_ref().map_or(0, |s| s.len()));
-                let mut members = Members::new(&mut w);
-                if let Some(session) = session {
-                    members.next("session").string(session);
-                }
-                w.raw("}}").done()
+                Writer::with_one_member(kind::MCP_LISTEN, req_id, "session", session.as_deref())
             }
             GatewayFrame::McpSessionEnd { session } => Writer::envelope(kind::MCP_SESSION_END, "", 16 + session.len())
                 .raw("{\"session\":")

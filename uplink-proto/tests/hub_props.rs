@@ -534,3 +534,28 @@ proptest! {
         prop_assert_eq!(run(&ops), run(&ops));
     }
 }
+
+proptest! {
+    /// The connection budget under an open-file limit: at least one, never more than the limit (but one),
+    /// keeping back at most `OPEN_FILES_KEPT_BACK` and never more than a quarter, and never smaller for a
+    /// larger limit.
+    #[test]
+    fn the_connection_budget_follows_the_open_file_limit(limit in 0u64..4_000_000, more in 0u64..100_000) {
+        use uplink_proto::gateway::OPEN_FILES_KEPT_BACK;
+        let budget = HubConfig::max_connections_for_open_files(limit) as u64;
+        prop_assert!(budget >= 1);
+        prop_assert!(budget <= limit.max(1));
+        let kept = limit.saturating_sub(budget);
+        prop_assert!(kept <= OPEN_FILES_KEPT_BACK && kept <= limit / 4, "limit {limit}, budget {budget}");
+        prop_assert!(HubConfig::max_connections_for_open_files(limit + more) as u64 >= budget);
+    }
+}
+
+#[test]
+fn the_connection_budget_at_known_limits() {
+    let budget = HubConfig::max_connections_for_open_files;
+    assert_eq!(
+        (budget(20_000), budget(1_048_576), budget(1024), budget(400), budget(0)),
+        (18_976, 1_047_552, 768, 300, 1)
+    );
+}

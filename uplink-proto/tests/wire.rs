@@ -404,20 +404,14 @@ mod hand_written_encoding {
         message: Option<&'a str>,
     }
 
+    /// Without `stream`, the original's `mcp_request`; the stream extension adds it, last.
     #[derive(Serialize)]
     struct McpRequest<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         body: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         session: Option<&'a str>,
-    }
-
-    #[derive(Serialize)]
-    struct Streamed<'a> {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        body: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        session: Option<&'a str>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
         stream: bool,
     }
 
@@ -467,25 +461,20 @@ mod hand_written_encoding {
                 let frame = GatewayFrame::PermResponse { req_id: req_id.as_str().into(), decision, message: message.map(Cow::Borrowed) };
                 prop_assert_eq!(frame.encode(), serde("perm_response", &req_id, Flags { approved, always_allow, message }));
             }
-            let frame = GatewayFrame::McpRequest {
+            let (body_ref, session_ref) = (body.as_deref(), session.as_deref());
+            let request = |stream| GatewayFrame::McpRequest {
                 req_id: req_id.as_str().into(),
-                body: body.as_deref().map(Cow::Borrowed),
-                session: session.as_deref().map(Cow::Borrowed),
-                stream: false,
+                body: body_ref.map(Cow::Borrowed),
+                session: session_ref.map(Cow::Borrowed),
+                stream,
             };
-            let oracle = serde("mcp_request", &req_id, McpRequest { body: body.as_deref(), session: session.as_deref() });
-            prop_assert_eq!(frame.encode(), oracle);
-            // The stream extension adds one member, last; every gateway frame reads back as it was written.
-            let streamed = GatewayFrame::McpRequest {
-                req_id: req_id.as_str().into(),
-                body: body.as_deref().map(Cow::Borrowed),
-                session: session.as_deref().map(Cow::Borrowed),
-                stream: true,
-            };
-            let oracle = serde("mcp_request", &req_id, Streamed { body: body.as_deref(), session: session.as_deref(), stream: true });
-            prop_assert_eq!(streamed.encode(), oracle);
+            for stream in [false, true] {
+                let oracle = serde("mcp_request", &req_id, McpRequest { body: body_ref, session: session_ref, stream });
+                prop_assert_eq!(request(stream).encode(), oracle);
+            }
+            // Every gateway frame reads back as it was written.
             let frames = [
-                streamed,
+                request(true),
                 GatewayFrame::McpCancel { req_id: req_id.as_str().into(), reason: body.as_deref().map(Cow::Borrowed) },
                 GatewayFrame::McpListen { req_id: req_id.as_str().into(), session: session.as_deref().map(Cow::Borrowed) },
                 GatewayFrame::McpSessionEnd { session: name.as_str().into() },

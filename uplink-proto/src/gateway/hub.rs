@@ -84,6 +84,20 @@ pub const CONFIG_RULE_IDS: u64 = 1_000_000_000;
 /// The first id of the rules that stand for the auto flags: `2000000000`, `2000000001`, …
 pub const FLAG_RULE_IDS: u64 = 2_000_000_000;
 
+/// Open files a gateway keeps back from its sled connections, at most: its listeners, its store's files, HTTP
+/// clients, webhooks ([`HubConfig::max_connections_for_open_files`]).
+pub const OPEN_FILES_KEPT_BACK: u64 = 1024;
+
+impl HubConfig {
+    /// The most connections for a process that may hold `open_files` open files: the limit less what the
+    /// gateway keeps for itself ([`OPEN_FILES_KEPT_BACK`], or a quarter of a small limit), and at least one.
+    /// Within it, a sled beyond the budget is refused with a reason instead of failing for want of a socket.
+    pub fn max_connections_for_open_files(open_files: u64) -> usize {
+        let budget = open_files.saturating_sub((open_files / 4).min(OPEN_FILES_KEPT_BACK)).max(1);
+        usize::try_from(budget).unwrap_or(usize::MAX)
+    }
+}
+
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {

@@ -35,7 +35,7 @@ pub use console::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
 pub use credential::{Credential, CredentialId, ProjectScope};
 pub use hub::{
     AcceptError, BadPermId, CONFIG_RULE_IDS, ConnHandle, Hub, HubConfig, HubDecideError, HubEvent, HubOutput,
-    McpRefused, McpTicket, PermEnd, PermissionSummary, PublicPermId, RuleRefused, SledSummary,
+    McpRefused, McpTicket, OPEN_FILES_KEPT_BACK, PermEnd, PermissionSummary, PublicPermId, RuleRefused, SledSummary,
 };
 pub use mcp_endpoint::{EndpointRequest, McpEndpoint, McpEndpointConfig, Method, Refusal, Route};
 pub use principal::{Action, BadRole, Role};

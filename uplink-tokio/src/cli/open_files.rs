@@ -5,12 +5,9 @@
 //! as servers that hold many connections do, and by default allows as many sled connections as the limit
 //! leaves once its own files are set aside (listeners, the store's files, HTTP clients, webhooks). Beyond
 //! the budget a sled gets `503`; beyond the limit itself, accepting fails and the accept loop backs off.
+//! How many that is, is the core's ([`HubConfig::max_connections_for_open_files`]).
 
-/// Open files kept back from the sled connections: at most this many, or a quarter of a small limit.
-const KEPT_BACK: u64 = 1024;
-
-/// The budget when the limit cannot be read, or there is none.
-const UNKNOWN_LIMIT_BUDGET: usize = 16_384;
+use uplink_proto::gateway::HubConfig;
 
 /// Raises the soft open-file limit to the hard one; returns the limit now in force (`None`: unknown or
 /// unlimited). A failure to raise it leaves the limit as it was.
@@ -32,14 +29,12 @@ pub(crate) fn raise() -> Option<u64> {
     }
 }
 
-/// The default most sled connections under an open-file `limit`.
+/// The default most sled connections under an open-file `limit`: the core's budget for it
+/// ([`HubConfig::max_connections_for_open_files`]); the hub's default when the limit is unknown.
 pub(crate) fn connection_budget(limit: Option<u64>) -> usize {
     match limit {
-        Some(limit) => {
-            let budget = limit.saturating_sub((limit / 4).min(KEPT_BACK)).max(1);
-            usize::try_from(budget).unwrap_or(usize::MAX)
-        }
-        None => UNKNOWN_LIMIT_BUDGET,
+        Some(limit) => HubConfig::max_connections_for_open_files(limit),
+        None => HubConfig::default().max_connections,
     }
 }
 
@@ -48,15 +43,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_budget_leaves_room_for_the_gateways_own_files() {
+    fn an_unknown_limit_gives_the_hubs_default_budget() {
+        assert_eq!(connection_budget(None), 16_384);
         assert_eq!(connection_budget(Some(20_000)), 18_976);
-        assert_eq!(connection_budget(Some(1_048_576)), 1_047_552);
-        // A small limit keeps a quarter back.
-        assert_eq!(connection_budget(Some(1024)), 768);
-        assert_eq!(connection_budget(Some(64)), 48);
-        assert_eq!(connection_budget(Some(1)), 1);
-        assert_eq!(connection_budget(Some(0)), 1);
-        assert_eq!(connection_budget(None), UNKNOWN_LIMIT_BUDGET);
     }
 
     #[cfg(target_os = "linux")]

@@ -242,27 +242,15 @@ impl McpClient {
                 PostBody::Initialize(init) => (Bytes::from(init), None),
                 PostBody::Initialized => (Bytes::from_static(INITIALIZED.as_bytes()), None),
             };
-            let result = self.exchange(text, &headers, id, relay).await;
+            let result = self.post(text, &headers, id, relay).await.unwrap_or_else(PostResult::Failed);
             // Read outside the lock: the policy's lock is held only around its bookkeeping.
             let read = exchange.read(result);
             step = self.policy(|s| s.handle_read(&mut exchange, read));
         }
     }
 
-    /// One POST; with `id`, the answer is the response to that id (any response, without).
-    async fn exchange(
-        &self,
-        body: Bytes,
-        session: &SessionHeaders,
-        id: Option<&RawValue>,
-        messages: Option<&Messages>,
-    ) -> PostResult {
-        match self.post(body, session, id, messages).await {
-            Ok(result) => result,
-            Err(e) => PostResult::Failed(e),
-        }
-    }
-
+    /// One POST; with `id`, the answer is the response to that id (any response, without). An error is the
+    /// reason the exchange failed.
     async fn post(
         &self,
         body: Bytes,
