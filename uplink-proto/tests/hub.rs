@@ -426,6 +426,29 @@ fn a_revoked_narrowed_or_expired_credential_closes_its_connections_with_4010() {
 }
 
 #[test]
+fn the_empty_set_of_credentials_closes_every_connection_identified_or_not() {
+    let mut h = H::new();
+    let identified = h.connect(any(1), "web");
+    let unidentified = h.hub.accept(h.now, any(2)).expect("room");
+    let perm = h.ask(identified, "r1", "{}");
+    h.drain();
+    // The last credential revoked: nothing is left in force, and nothing stays open.
+    h.hub.update_credentials(h.now, &[]);
+    let outs = h.drain();
+    let mut closed = closes(&outs);
+    closed.sort_by_key(|(conn, _)| *conn);
+    assert_eq!(
+        closed,
+        vec![(identified, CloseReason::CredentialRevoked), (unidentified, CloseReason::CredentialRevoked)]
+    );
+    assert!(
+        outs.iter().any(|o| matches!(o, HubOutput::Event(HubEvent::PermissionWithdrawn { id, .. }) if *id == perm))
+    );
+    assert_eq!(h.hub.holder("web"), None);
+    assert!(h.hub.credential_of(identified).is_none() && h.hub.credential_of(unidentified).is_none());
+}
+
+#[test]
 fn connections_are_budgeted_in_total_and_while_unidentified() {
     let mut cfg = HubConfig::default();
     cfg.max_connections = 3;

@@ -10,8 +10,9 @@
 //!   connection, or the auto-approve rule;
 //! - no connection holds a project its credential does not cover, no credential displaces another's live
 //!   connection, and one connection at most holds each project;
-//! - credentials can be revoked, narrowed and expire at any time: no open connection ever has a credential
-//!   that is gone or expired, and no holder one that does not cover its project;
+//! - credentials can be revoked (all at once too: the empty set), narrowed and expire at any time: no open
+//!   connection ever has a credential that is gone or expired, and no holder one that does not cover its
+//!   project;
 //! - the connection counts and the pending input bytes (per connection and in total) stay within their
 //!   budgets, and the hub's count of bytes is what the listing holds;
 //! - the listings of sleds and pending permissions match the model; memory stays within its bounds.
@@ -63,6 +64,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::TooBig),
         3 => (0u32..40_000).prop_map(Op::Advance),
         1 => any::<u8>().prop_map(Op::Reload),
+        // Every credential revoked at once: the empty set is a set in force like any other.
+        1 => Just(Op::Reload(0)),
         1 => Just(Op::Shutdown),
     ]
 }

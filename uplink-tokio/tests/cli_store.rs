@@ -282,3 +282,92 @@ async fn tokens_kept_in_the_store_are_taken_by_a_running_gateway_without_a_signa
     child.wait().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A sled connection with `token` for `project`, identified.
+async fn sled_with(base: &str, token: &str, project: &str) -> Ws {
+    let url = format!("{}/api/sled-uplink?token={token}", base.replace("http://", "ws://"));
+    let (mut ws, _) = within("the sled to connect", tokio_tungstenite::connect_async(url)).await.unwrap();
+    let identity = json!({"type":"identity","req_id":"identity","payload":{"project":project}});
+    ws.send(Message::text(identity.to_string())).await.unwrap();
+    ws
+}
+
+/// The close code `ws` ends with.
+async fn closed_with(ws: &mut Ws) -> Option<u16> {
+    within("the connection to be closed", async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(frame) = message {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Whether the gateway at `base` lets a sled upgrade with `token`.
+async fn sled_admitted(base: &str, token: &str) -> bool {
+    let url = format!("{}/api/sled-uplink?token={token}", base.replace("http://", "ws://"));
+    within("the upgrade's answer", tokio_tungstenite::connect_async(url)).await.is_ok()
+}
+
+#[tokio::test]
+async fn revoking_the_last_credentials_takes_effect_and_is_reported_only_once_in_force() {
+    let dir = temp_dir("last");
+    let state = dir.to_str().unwrap();
+    // The first start's two credentials are the only ones: the sled `default` and the principal `admin`.
+    let (mut child, lines) = gateway_with(&dir, &[], 4).await;
+    let base = program::base_url(&lines[0]);
+    let sled_token = lines[2].split("(generated):").nth(1).unwrap().trim().to_owned();
+    let admin = lines[3].split("(generated):").nth(1).unwrap().trim().to_owned();
+    let mut ws = sled_with(&base, &sled_token, "web").await;
+    let ask = json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"ls"}}});
+    ws.send(Message::text(ask.to_string())).await.unwrap();
+    until_status(&base, &admin, 200).await;
+
+    // The last sled credential: the CLI says so only once it is in force, and by then the sled is gone.
+    let revoked = uplink(&["gateway", "token", "revoke", "--state-dir", state, "default"], &[]);
+    let said = String::from_utf8_lossy(&revoked.stderr).into_owned();
+    assert!(revoked.status.success(), "{said}");
+    assert!(said.contains("in force at the running gateway"), "{said}");
+    assert_eq!(closed_with(&mut ws).await, Some(4010), "the revoked sled stays connected");
+    assert!(!sled_admitted(&base, &sled_token).await, "the revoked token still connects");
+    let (_, body) = http("GET", &format!("{base}/api/permissions"), Some(&admin), None, &[]).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["permissions"], json!([]), "its request stayed");
+
+    // The last principal: nobody reads or decides any more, and the gateway still runs.
+    let revoked = uplink(&["gateway", "token", "revoke", "--state-dir", state, "admin"], &[]);
+    let said = String::from_utf8_lossy(&revoked.stderr).into_owned();
+    assert!(revoked.status.success() && said.contains("in force"), "{said}");
+    let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(&admin), None, &[]).await;
+    assert_eq!(status, 401, "the revoked principal still reads");
+
+    // A principal added later works at once: that is how a gateway without one is given one.
+    let added = uplink(&["gateway", "token", "add", "--state-dir", state, "--admin", "ana", "--role", "admin"], &[]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let ana = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(&ana), None, &[]).await;
+    assert_eq!(status, 200, "the CLI said in force before it was");
+
+    // A credentials file that does not load: the gateway keeps what it has, and the CLI does not say done.
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+    let file = dir.join("extra.toml");
+    std::fs::write(&file, "").unwrap();
+    let file = file.to_str().unwrap();
+    let (mut child, lines) = gateway_with(&dir, &["--credentials", file], 4).await;
+    assert!(
+        lines.iter().all(|l| !l.contains("(generated)")),
+        "{lines:?}: a store once holding credentials is no first start"
+    );
+    let base = program::base_url(&lines[0]);
+    std::fs::write(file, "[[sled]]\nlabel = \"x\"\n").unwrap();
+    let refused = uplink(&["gateway", "token", "revoke", "--state-dir", state, "ana"], &[]);
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success() && said.contains("NOT in force"), "{said}");
+    let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(&ana), None, &[]).await;
+    assert_eq!(status, 200, "the previous credentials stay in force when the new ones do not load");
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,11 +23,12 @@ use uplink_proto::gateway::{CONFIG_RULE_IDS, GatewayConfig, Role};
 use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
 
 use super::credentials_file::{self as file, NewToken};
+use super::credentials_watch::{self as watch, Source};
 use super::{duration, shutdown_signal};
 use crate::gateway::credentials::Credentials;
-use crate::gateway::{self, CredentialsReloader, GatewayServer, GatewayServerConfig};
+use crate::gateway::{self, GatewayServer, GatewayServerConfig};
 use crate::store::Store;
-use crate::store::sqlite::{SqliteReader, SqliteStore, StoreOptions};
+use crate::store::sqlite::{SqliteStore, StoreOptions};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -237,16 +238,18 @@ pub(super) async fn run(args: GatewayArgs) -> Result<(), String> {
             // A file when one is named; the store otherwise.
             let place = match args.credentials {
                 Some(path) => file::Place::File(path),
-                None => file::Place::Store(state_dir),
+                None => file::Place::Store(state_dir.clone()),
             };
-            token(cmd, &place)
+            token(cmd, &place, &state_dir).await
         }
         None => serve(args.run, args.credentials, &state_dir).await,
     }
 }
 
+/// `token …`. A change is reported done only once the gateway running on `state_dir` (if one uses `place`)
+/// has it in force; a refusal or no confirmation is an error, with the change written but not in force.
 #[allow(clippy::print_stdout)]
-fn token(cmd: TokenCmd, place: &file::Place) -> Result<(), String> {
+async fn token(cmd: TokenCmd, place: &file::Place, state_dir: &Path) -> Result<(), String> {
     match cmd {
         TokenCmd::Add(a) => {
             let new = match (a.sled, a.admin, a.role) {
@@ -255,43 +258,18 @@ fn token(cmd: TokenCmd, place: &file::Place) -> Result<(), String> {
                 _ => return Err("say --sled --project P, or --admin NAME --role ROLE".into()),
             };
             let token = file::add(place, new)?;
+            // The token first: it is written, and shown only this once, whatever the gateway says.
             println!("{token}");
-            eprintln!(
-                "added to {}; this token is shown once. A running gateway takes it within seconds (or on SIGHUP).",
-                place.describe()
-            );
+            eprintln!("added to {}; this token is shown once.", place.describe());
+            eprintln!("{}", watch::confirm(place, state_dir).await?);
         }
         TokenCmd::Ls => print!("{}", file::list(place)?),
-        TokenCmd::Revoke { who } => eprintln!("{}", file::revoke(place, &who)?),
+        TokenCmd::Revoke { who } => {
+            eprintln!("{}", file::revoke(place, &who)?);
+            eprintln!("{}", watch::confirm(place, state_dir).await?);
+        }
     }
     Ok(())
-}
-
-/// Where the running gateway's credentials come from.
-enum Source {
-    /// A declarative file (if any) and the store (if on), watched.
-    Kept { file: Option<PathBuf>, store: Option<PathBuf> },
-    /// The shared tokens of the command line.
-    Tokens,
-}
-
-impl Source {
-    /// The credentials in force now, and what was left out because the file wins.
-    fn load(&self) -> Result<(Credentials, Vec<String>), String> {
-        let Source::Kept { file, store } = self else { return Err("nothing to load".into()) };
-        let rows = match store {
-            Some(dir) => SqliteReader::at(dir).and_then(|r| r.credentials()).map_err(|e| e.to_string())?.0,
-            None => Vec::new(),
-        };
-        file::load_merged(file.as_deref(), &rows)
-    }
-
-    /// What changes when the credentials do: the file's modification time and the store's version.
-    fn fingerprint(&self) -> (Option<SystemTime>, Option<u64>) {
-        let Source::Kept { file, store } = self else { return (None, None) };
-        let version = store.as_deref().and_then(|dir| SqliteReader::at(dir).ok()?.credentials_version().ok());
-        (file.as_deref().and_then(file::modified), version)
-    }
 }
 
 #[allow(clippy::print_stdout)]
@@ -315,7 +293,7 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         };
         Some(SqliteStore::open(state_dir, options).map_err(|e| e.to_string())?)
     };
-    let (source, creds) = if shared {
+    let (source, creds, loaded) = if shared {
         tracing::warn!("shared tokens: any sled with the sled token may identify as any project; see --credentials");
         let mut sled_tokens = sled_tokens;
         if sled_tokens.is_empty() {
@@ -333,15 +311,17 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         if sled_tokens.contains(&admin_token) {
             return Err("the admin token must differ from every sled token".into());
         }
-        (Source::Tokens, Credentials::from_tokens(&sled_tokens, &admin_token).map_err(|e| e.to_string())?)
+        (Source::Tokens, Credentials::from_tokens(&sled_tokens, &admin_token).map_err(|e| e.to_string())?, None)
     } else {
         let legacy = state_dir.join("credentials.toml");
         let file = credentials.or_else(|| legacy.exists().then_some(legacy.clone()));
-        let kept = match &store {
-            Some(s) => s.credentials().map_err(|e| e.to_string())?.0,
-            None => Vec::new(),
+        // A first start is one whose store never held credentials (version 0): a store whose last
+        // credential was revoked is not, and gets nothing generated.
+        let never_kept = match &store {
+            Some(s) => s.credentials().map_err(|e| e.to_string())?.1 == 0,
+            None => true,
         };
-        if file.is_none() && kept.is_empty() {
+        if file.is_none() && never_kept {
             let place = match &store {
                 Some(_) => file::Place::Store(state_dir.to_owned()),
                 None => file::Place::File(legacy.clone()),
@@ -359,11 +339,14 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         if let Source::Kept { store: Some(_), .. } = &source {
             announce.push("  credentials: the store's (uplink gateway token …)".to_owned());
         }
-        let (creds, left_out) = source.load()?;
+        let (creds, left_out, loaded) = source.load_first()?;
         for why in left_out {
             tracing::warn!("{why}");
         }
-        (source, creds)
+        for warning in watch::warnings(&creds) {
+            tracing::warn!("{warning}");
+        }
+        (source, creds, Some(loaded))
     };
     let tls = args.tls_cert.zip(args.tls_key);
     if tls.is_none() && !args.listen.ip().is_loopback() {
@@ -433,10 +416,8 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     for line in &announce {
         say(line);
     }
-    let watch = match source {
-        Source::Kept { .. } => Some(tokio::spawn(watch(source, server.reloader()))),
-        Source::Tokens => None,
-    };
+    let watch =
+        loaded.map(|loaded| tokio::spawn(watch::watch(source, loaded, state_dir.to_owned(), server.reloader())));
     let ran = server.run(signal).await;
     if let Some(watch) = watch {
         watch.abort();
@@ -464,48 +445,6 @@ fn first_start(state_dir: &Path, place: &file::Place, announce: &mut Vec<String>
     announce.push(format!("  admin token (generated): {admin}"));
     announce.push(format!("  (kept as hashes; the tokens are also in {}, readable by you only)", tokens.display()));
     Ok(())
-}
-
-/// Reloads the credentials on SIGHUP, and when the file's modification time or the store's credentials
-/// version changes (checked every 2 s). Credentials that do not load leave those in force, with an error in
-/// the log.
-async fn watch(source: Source, reloader: CredentialsReloader) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = source.fingerprint();
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        #[cfg(unix)]
-        let hup = async {
-            match hangup.as_mut() {
-                Some(h) => h.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hup = std::future::pending::<Option<()>>();
-        let forced = tokio::select! {
-            _ = hup => true,
-            _ = tick.tick() => false,
-        };
-        let now = source.fingerprint();
-        if !forced && now == seen {
-            continue;
-        }
-        seen = now;
-        match source.load() {
-            Ok((creds, left_out)) => {
-                for why in left_out {
-                    tracing::warn!("{why}");
-                }
-                let (sleds, admins) = (creds.sleds().len(), creds.admins().len());
-                reloader.reload(creds).await;
-                tracing::info!(sleds, admins, "credentials reloaded");
-            }
-            Err(e) => tracing::error!(error = %e, "credentials not reloaded; the previous ones stay in force"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 mod admin_client;
 mod audit_cmd;
 mod credentials_file;
+mod credentials_watch;
 mod demo;
 mod fleet_cmd;
 mod gateway_cmd;

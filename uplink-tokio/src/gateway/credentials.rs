@@ -152,9 +152,6 @@ impl fmt::Debug for Credentials {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CredentialsError {
-    /// No sled credential, or no admin principal.
-    #[error("at least one sled credential and one admin principal are needed")]
-    Empty,
     /// Two entries share a token.
     #[error("two credentials share a token ({0})")]
     SharedToken(String),
@@ -165,10 +162,11 @@ pub enum CredentialsError {
 
 impl Credentials {
     /// The set of `sleds` and `admins`. Every token must be distinct, sled or admin, and every admin name.
+    ///
+    /// Either list may be empty, and both may: a revocation always takes effect, the last credential's too.
+    /// Without a sled credential no sled may connect; without an admin principal nobody may read or decide
+    /// until one is added.
     pub fn new(sleds: Vec<SledCredential>, admins: Vec<AdminPrincipal>) -> Result<Credentials, CredentialsError> {
-        if sleds.is_empty() || admins.is_empty() {
-            return Err(CredentialsError::Empty);
-        }
         let mut c = Credentials { sleds, admins, ..Credentials::default() };
         for (i, s) in c.sleds.iter().enumerate() {
             if c.sled_index.insert(s.token_hash, i).is_some() {
@@ -265,7 +263,12 @@ mod tests {
             Credentials::new(vec![sled.clone()], vec![admin, same_name]),
             Err(CredentialsError::SharedName(_))
         ));
-        assert_eq!(Credentials::new(vec![sled], vec![]).err(), Some(CredentialsError::Empty));
+        // The last sled credential or the last principal may go: an empty side is a valid set, and refuses all.
+        let no_admin = Credentials::new(vec![sled.clone()], vec![]).expect("no principal is a valid set");
+        assert_eq!((no_admin.sled("s1"), no_admin.admin("a1")), (Some(&sled), None));
+        let nothing = Credentials::new(vec![], vec![]).expect("the empty set is valid");
+        assert_eq!((nothing.sled("s1"), nothing.admin("a1")), (None, None));
+        assert!(nothing.for_core(Instant::ZERO, SystemTime::UNIX_EPOCH).is_empty());
     }
 
     #[test]
