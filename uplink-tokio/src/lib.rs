@@ -76,6 +76,8 @@ pub mod cli;
 pub mod gateway;
 mod http;
 mod http_client;
+#[cfg(feature = "sqlite")]
+mod owner_only;
 pub mod redact;
 mod sled;
 mod socket_loop;

@@ -371,3 +371,75 @@ async fn revoking_the_last_credentials_takes_effect_and_is_reported_only_once_in
     child.wait().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The permission bits of `path`.
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_state_directory_and_every_file_in_it_are_owner_only_whatever_the_umask() {
+    use tokio::io::AsyncBufReadExt as _;
+    let base = temp_dir("modes");
+    let dir = base.join("state");
+    // Started as a shell with the common umask starts it.
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", "umask 022; exec \"$0\" gateway --listen 127.0.0.1:0 --state-dir \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_uplink"))
+        .arg(&dir)
+        .env_remove("UPLINK_ADMIN_TOKEN")
+        .env_remove("UPLINK_SLED_TOKENS")
+        .env_remove("UPLINK_CREDENTIALS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    while banner.len() < 4 {
+        banner.push(within("the gateway's banner", out.next_line()).await.unwrap().unwrap());
+    }
+    let url = program::base_url(&banner[0]);
+    let sled_token = banner[2].split("(generated):").nth(1).unwrap().trim().to_owned();
+    let admin = banner[3].split("(generated):").nth(1).unwrap().trim().to_owned();
+    // A decision, so that the log and its shared memory exist.
+    let mut ws = sled_with(&url, &sled_token, "web").await;
+    let ask = json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"ls"}}});
+    ws.send(Message::text(ask.to_string())).await.unwrap();
+    let id = within("the request to be listed", async {
+        loop {
+            let (_, body) = http("GET", &format!("{url}/api/permissions"), Some(&admin), None, &[]).await;
+            if let Some(id) = serde_json::from_str::<Value>(&body).unwrap()["permissions"][0]["id"].as_str() {
+                return id.to_owned();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (status, _) =
+        http("POST", &format!("{url}/api/permissions/{id}"), Some(&admin), Some(r#"{"approved":true}"#), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(mode(&dir), 0o700, "the state directory");
+    for name in ["uplink.db", "uplink.db-wal", "uplink.db-shm", "uplink.db.lock", "tokens", "credentials.in-force"] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+
+    // Files an older uplink left readable by everyone are narrowed at the next start.
+    use std::os::unix::fs::PermissionsExt as _;
+    for name in ["uplink.db", "uplink.db.lock", "tokens"] {
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (mut child, _) = gateway_with(&dir, &[], 1).await;
+    for name in ["uplink.db", "uplink.db.lock", "tokens"] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name} after a restart");
+    }
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+    let _ = std::fs::remove_dir_all(&base);
+}

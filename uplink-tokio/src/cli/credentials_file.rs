@@ -188,7 +188,7 @@ pub(super) fn write_private(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write as _;
     let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        crate::owner_only::dir(dir).map_err(fail)?;
     }
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();

@@ -293,6 +293,11 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         };
         Some(SqliteStore::open(state_dir, options).map_err(|e| e.to_string())?)
     };
+    // Tokens and credentials an older uplink left readable by others are narrowed to their owner.
+    for kept in ["tokens", "credentials.toml"] {
+        crate::owner_only::narrow_if_there(&state_dir.join(kept))
+            .map_err(|e| format!("{}: {e}", state_dir.join(kept).display()))?;
+    }
     let (source, creds, loaded) = if shared {
         tracing::warn!("shared tokens: any sled with the sled token may identify as any project; see --credentials");
         let mut sled_tokens = sled_tokens;

@@ -127,6 +127,11 @@ struct SledArgs {
 /// Runs the program with the process's arguments: exit code 0 when it did what was asked, 1 when it could
 /// not (the reason is printed), 2 for a usage error (clap's).
 pub fn main() -> ExitCode {
+    // Every file the program makes is its owner's alone, whatever umask it was started with: the state
+    // directory holds tool inputs, the credentials' hashes and generated tokens (the store and the
+    // credentials file also set their modes themselves, for embedders).
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::RWXG | rustix::fs::Mode::RWXO);
     let cli = Cli::parse();
     // The demo narrates on standard output; its logs stay quiet unless asked for.
     let quiet = matches!(

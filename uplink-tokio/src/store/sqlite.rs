@@ -276,13 +276,23 @@ fn check(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
 impl SqliteStore {
     /// Opens (or creates) the store in `dir`, migrating an older schema.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(dir)?;
+        if crate::owner_only::dir(dir)? {
+            tracing::warn!(dir = %text(dir), "the state directory is open to others (its files are owner-only): chmod 700 it");
+        }
         let lock_path = dir.join(format!("{DB_FILE}.lock"));
+        crate::owner_only::file(&lock_path)?;
         let lock = File::options().create(true).truncate(false).write(true).open(&lock_path)?;
         if lock.try_lock().is_err() {
             return Err(StoreError::InUse(text(dir)));
         }
         let path = dir.join(DB_FILE);
+        // The database holds tool inputs and the credentials' hashes: owner-only, and so are its log and
+        // shared-memory files, which SQLite makes with the database's permissions (narrowed here too when an
+        // older uplink made them wider).
+        crate::owner_only::file(&path)?;
+        for suffix in ["-wal", "-shm"] {
+            crate::owner_only::narrow_if_there(&dir.join(format!("{DB_FILE}{suffix}")))?;
+        }
         let mut conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
         conn.busy_timeout(BUSY_WAIT).map_err(|e| classify(&path, e))?;
         let version = check(&conn, &path)?;
