@@ -261,3 +261,49 @@ async fn event_clients_are_counted_and_one_too_many_is_refused_until_a_place_fre
     })
     .await;
 }
+
+#[tokio::test]
+async fn wrong_tokens_past_the_budget_get_429_while_a_right_one_from_the_same_address_still_works() {
+    use uplink_tests::http_with_headers;
+    const WRONG: &str = "token-wrong-0123456789abcdef0123456789abcdef0";
+    let gw = gateway_with(vec![sled("a", TEAM_A, "team-a/*")], |c| {
+        c.auth_limit.burst = 3;
+        c.auth_limit.refill = Duration::from_millis(200);
+    })
+    .await;
+    let sleds = format!("{}/api/sleds", gw.base);
+    for _ in 0..3 {
+        assert_eq!(http("GET", &sleds, Some(WRONG), None, &[]).await.0, 401);
+    }
+    // Past the burst, from this address: 429, told when to come back; every kind of guess counts.
+    let (status, headers, _) = http_with_headers("GET", &sleds, Some(WRONG), None, &[]).await;
+    assert_eq!(status, 429);
+    let retry = headers.iter().find(|(n, _)| n == "retry-after").map(|(_, v)| v.as_str());
+    assert_eq!(retry, Some("1"));
+    let url = format!("{}?token={WRONG}", gw.ws);
+    let upgrade = within("the upgrade's answer", tokio_tungstenite::connect_async(url)).await;
+    match upgrade {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("a wrong sled token got {other:?}"),
+    }
+    let sign_in = format!("{}/console/session", gw.base);
+    let origin = [("origin", gw.base.as_str())];
+    let (status, _) = http("POST", &sign_in, None, Some(&json!({"token": WRONG}).to_string()), &origin).await;
+    assert_eq!(status, 429);
+    // A right token is never refused by the budget: nobody can lock a principal or a sled out.
+    assert_eq!(http("GET", &sleds, Some(ANA), None, &[]).await.0, 200);
+    let mut ws = gw.raw_sled_with(TEAM_A).await;
+    identify(&mut ws, "team-a/web").await;
+    let (status, _) = http("POST", &sign_in, None, Some(&json!({"token": VIC}).to_string()), &origin).await;
+    assert_eq!(status, 200);
+    // A refill later, a wrong token is a plain 401 again.
+    within("the budget to refill", async {
+        while http("GET", &sleds, Some(WRONG), None, &[]).await.0 != 401 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let (_, metrics) = http("GET", &format!("{}/metrics", gw.base), Some(VIC), None, &[]).await;
+    assert!(metrics.contains("uplink_gateway_auth_failures_total{answer=\"429\"}"), "{metrics}");
+    gw.stop().await;
+}

@@ -8,6 +8,8 @@
 //! - [`CloseReason`] ([`close`]): every close the gateway makes, with its code.
 //! - [`Credential`] ([`credential`]): who a connection is, and which projects it may identify as.
 //! - [`Role`] ([`principal`]): what an admin principal may do through the API.
+//! - [`AuthFailures`] ([`auth_limit`]): the budget of failed authentications per source address, and how
+//!   a failure is answered (`401`, or `429` past it).
 //! - [`Verdict`] ([`verdict`]): the application's decision on one request, with its message for the agent.
 //! - [`McpEndpoint`] ([`mcp_endpoint`]): the gateway's MCP endpoint as a Streamable HTTP server: client
 //!   sessions, their owners, and what each HTTP request gets.
@@ -21,6 +23,7 @@
 //!               Closed ◀── sled gone · too big 1009 · replaced 4000 · shutdown 1001 ── Identified
 //! ```
 
+pub mod auth_limit;
 pub mod close;
 pub mod console;
 pub mod credential;
@@ -30,6 +33,7 @@ pub mod principal;
 pub mod session;
 pub mod verdict;
 
+pub use auth_limit::{AuthFailures, AuthLimitConfig, AuthRefusal, AuthSource};
 pub use close::CloseReason;
 pub use console::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
 pub use credential::{Credential, CredentialId, ProjectScope};

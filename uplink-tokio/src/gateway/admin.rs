@@ -82,7 +82,11 @@ impl FromRequestParts<Arc<Shared>> for Principal {
             let credentials = shared.credentials();
             return match credentials.admin(token) {
                 Some(p) => Ok(Principal { name: p.name.clone(), role: p.role }),
-                None => Err(error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)")),
+                None => Err(shared.auth.refuse(
+                    &parts.extensions,
+                    &shared.metrics,
+                    "admin token required (Authorization: Bearer …)",
+                )),
             };
         }
         // The console's cookie, under its CSRF and origin checks.

@@ -12,7 +12,6 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
@@ -90,6 +89,11 @@ pub(super) fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<(Arc
     let admitted = shared.sessions.with(|s, now| s.admit(now, &key, &request(&parts.headers, safe, shared.tls)));
     let principal = match admitted {
         Ok(p) => p,
+        // A cookie no session has is a guess as far as anyone can tell.
+        Err(ConsoleRefusal::NoSession) => {
+            let message = ConsoleRefusal::NoSession.to_string();
+            return Some(Err(shared.auth.refuse(&parts.extensions, &shared.metrics, &message)));
+        }
         Err(why) => return Some(Err(refused(why))),
     };
     let credentials = shared.credentials();
@@ -135,7 +139,10 @@ pub(super) async fn style() -> Response {
 }
 
 /// `POST /console/session` `{"token": …}`: a session for the principal whose token it is.
-pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    let peer = super::auth_budget::peer(request.extensions());
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     if !uplink_proto::gateway::console::same_origin(header(&headers, "origin"), header(&headers, "host"), shared.tls) {
         return error(StatusCode::FORBIDDEN, "sign in from the console's own origin");
     }
@@ -151,7 +158,7 @@ pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, headers: HeaderMa
         return error(StatusCode::BAD_REQUEST, r#"expected {"token": "…"}"#);
     };
     let Some(principal) = shared.credentials().admin(ask.token.trim()).cloned() else {
-        return error(StatusCode::UNAUTHORIZED, "this is not an admin principal's token");
+        return shared.auth.refuse_from(peer, &shared.metrics, "this is not an admin principal's token");
     };
     let (cookie, csrf) = match (super::generate_token(), super::generate_token()) {
         (Ok(cookie), Ok(csrf)) => (cookie, csrf),

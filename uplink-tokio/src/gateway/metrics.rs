@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse as _, Response};
 use hyper::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -37,6 +36,13 @@ struct Reason {
     reason: &'static str,
 }
 
+/// Labels: the status a request got.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Answer {
+    /// `401` or `429`.
+    answer: &'static str,
+}
+
 /// Labels: how an MCP relay ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Relay {
@@ -56,6 +62,7 @@ pub(crate) struct GatewayMetrics {
     mcp_relays: Family<Relay, Counter>,
     mcp_seconds: Histogram,
     refused: Family<Reason, Counter>,
+    auth_failures: Family<Answer, Counter>,
     budget_overflows: Family<Reason, Counter>,
     rules_changed: Counter,
     notifications: Family<Relay, Counter>,
@@ -75,6 +82,7 @@ impl GatewayMetrics {
             // 100 µs to about 100 s.
             mcp_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 21)),
             refused: Family::default(),
+            auth_failures: Family::default(),
             budget_overflows: Family::default(),
             rules_changed: Counter::default(),
             notifications: Family::default(),
@@ -96,6 +104,11 @@ impl GatewayMetrics {
         registry.register("mcp_relays", "MCP requests relayed to sleds, by result", m.mcp_relays.clone());
         registry.register("mcp_relay_seconds", "How long relayed MCP requests took", m.mcp_seconds.clone());
         registry.register("connections_refused", "Sled connections refused, by reason", m.refused.clone());
+        registry.register(
+            "auth_failures",
+            "Requests with a wrong token, cookie or sign-in, by answer (401, or 429 past the budget per address)",
+            m.auth_failures.clone(),
+        );
         registry.register("budget_overflows", "Inputs refused by a budget, by budget", m.budget_overflows.clone());
         registry.register("rule_changes", "Rules added or removed at run time", m.rules_changed.clone());
         registry.register(
@@ -104,6 +117,11 @@ impl GatewayMetrics {
             m.notifications.clone(),
         );
         GatewayMetrics { registry, ..m }
+    }
+
+    /// Counts a failed authentication, answered `429` when `limited`, `401` otherwise.
+    pub(crate) fn auth_failed(&self, limited: bool) {
+        self.auth_failures.get_or_create(&Answer { answer: if limited { "429" } else { "401" } }).inc();
     }
 
     /// Counts what `event` says.
@@ -190,11 +208,14 @@ fn close_reason(code: u16) -> &'static str {
 }
 
 /// `GET /metrics`: behind a viewer's token, unless the gateway was started with public metrics.
-pub(super) async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+pub(super) async fn metrics(State(shared): State<Arc<Shared>>, parts: axum::http::request::Parts) -> Response {
     if !shared.metrics_public {
-        let principal = crate::http::bearer(&headers).and_then(|t| shared.credentials().admin(t).map(|p| p.role));
+        let token = crate::http::bearer(&parts.headers);
+        let principal = token.and_then(|t| shared.credentials().admin(t).map(|p| p.role));
+        let required = "admin token required (or start with --metrics-public)";
         match principal {
-            None => return error(StatusCode::UNAUTHORIZED, "admin token required (or start with --metrics-public)"),
+            None if token.is_some() => return shared.auth.refuse(&parts.extensions, &shared.metrics, required),
+            None => return error(StatusCode::UNAUTHORIZED, required),
             Some(role) if !role.allows(Action::Read) => return error(StatusCode::FORBIDDEN, "not allowed"),
             Some(_) => {}
         }

@@ -26,6 +26,7 @@
 
 mod admin;
 mod audit;
+mod auth_budget;
 mod console;
 #[cfg(feature = "cli")]
 pub(crate) use audit::record_line as audit_line;
@@ -138,6 +139,10 @@ pub struct GatewayServerConfig {
     pub notify_decisions: bool,
     /// The address people reach the gateway (its console) at, for the links in notifications.
     pub public_url: Option<String>,
+    /// The budget of failed authentications per source address (20 at once, then one a second; 16,384
+    /// addresses remembered): past it, a wrong token gets `429` with `Retry-After` instead of `401`. A right
+    /// token is never refused by it.
+    pub auth_limit: uplink_proto::gateway::AuthLimitConfig,
 }
 
 impl GatewayServerConfig {
@@ -168,6 +173,7 @@ impl GatewayServerConfig {
             notify: Vec::new(),
             notify_decisions: false,
             public_url: None,
+            auth_limit: uplink_proto::gateway::AuthLimitConfig::default(),
         }
     }
 }
@@ -204,6 +210,7 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("notify", &self.notify.iter().map(|w| crate::redact::redact_url(&w.url)).collect::<Vec<_>>())
             .field("notify_decisions", &self.notify_decisions)
             .field("public_url", &self.public_url)
+            .field("auth_limit", &self.auth_limit)
             .finish()
     }
 }
@@ -307,6 +314,8 @@ struct Shared {
     audit_queries: Arc<tokio::sync::Semaphore>,
     /// The MCP endpoint's client sessions.
     mcp: mcp::Endpoint,
+    /// Failed authentications per source address.
+    auth: auth_budget::AuthBudget,
 }
 
 /// Most `GET /api/audit` queries at once.
@@ -473,6 +482,7 @@ impl GatewayServer {
             metrics_public: config.metrics_public,
             store_failed: failed.clone(),
             mcp: mcp::Endpoint::new(crate::socket_loop::Clock::new(epoch), config.mcp_endpoint, names),
+            auth: auth_budget::AuthBudget::new(crate::socket_loop::Clock::new(epoch), config.auth_limit),
         });
         Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed })
     }
@@ -517,13 +527,14 @@ impl GatewayServer {
             let router = router.clone();
             let timeout = self.shared.handshake_timeout;
             let tls = self.tls.clone();
+            let Ok(peer) = tcp.peer_addr() else { continue };
             connections.spawn(async move {
                 match tls {
                     Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_http(TokioIo::new(stream), timeout, router).await,
+                        Ok(Ok(stream)) => serve_http(TokioIo::new(stream), timeout, router, peer).await,
                         _ => debug!("TLS handshake failed or timed out"),
                     },
-                    None => serve_http(TokioIo::new(tcp), timeout, router).await,
+                    None => serve_http(TokioIo::new(tcp), timeout, router, peer).await,
                 }
             });
             while connections.try_join_next().is_some() {}
@@ -584,10 +595,12 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAccept
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn serve_http<S>(io: TokioIo<S>, header_timeout: Duration, router: axum::Router)
+/// Serves one connection from `peer`, whose address each request carries as [`axum::extract::ConnectInfo`].
+async fn serve_http<S>(io: TokioIo<S>, header_timeout: Duration, router: axum::Router, peer: SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    let router = router.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
     let service = hyper_util::service::TowerToHyperService::new(router);
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -41,7 +41,8 @@ pub(super) async fn sled_upgrade(State(shared): State<Arc<Shared>>, request: Req
     let Some(credential) = credentials.sled(&token).cloned() else {
         info!("sled refused: its token is not a sled credential's (unknown, revoked, or an admin token)");
         shared.metrics.refused("unknown_token");
-        return error(StatusCode::UNAUTHORIZED, &format!("sled token required: this one is not known ({how})"));
+        let message = format!("sled token required: this one is not known ({how})");
+        return shared.auth.refuse(request.extensions(), &shared.metrics, &message);
     };
     drop(credentials);
     let upgrade = request.headers().get("upgrade").and_then(|v| v.to_str().ok()).unwrap_or("");
