@@ -10,13 +10,15 @@
 //!   principal, or the same id under another project, finds no session (`404`, as an unknown id), so one
 //!   client can never reach another's session.
 //! - **A session ends** on `DELETE`, after [`McpEndpointConfig::idle_timeout`] without a request (an open
-//!   standalone stream counts as use), or when its `initialize` failed. The sled is told
-//!   (`mcp_session_end`), so that it ends the local session too.
+//!   standalone stream counts as use), when its `initialize` failed, or when the sled answers that it is
+//!   gone ([`session_gone`]: its caller gets `404`). The sled is told (`mcp_session_end`), so that it ends
+//!   the local session too.
 //! - **Budgets**: [`McpEndpointConfig::max_sessions`] in all and [`McpEndpointConfig::max_per_principal`]
 //!   per principal (`503` beyond); one standalone stream per session (`409` for a second).
 //!
 //! ```text
 //!  POST initialize, no session ─▶ Initializing ──answer with result──▶ Open ──DELETE / idle──▶ gone
+//!                                      │                                 └── the sled: session gone ──▶ gone (404)
 //!                                      └── error answer, failure ──▶ gone          (sled told)
 //! ```
 
@@ -231,6 +233,24 @@ pub fn stream_not_opened(end: &str) -> Refusal {
     }
 }
 
+/// Whether `answer`, the sled's answer to a message relayed in a session, says the session is gone: a
+/// JSON-RPC error [`SESSION_NOT_FOUND`], as the MCP SDKs answer for a session they do not know. The session
+/// then ends here too ([`McpEndpoint::close`], and the sled is told), and an answer
+/// sent as JSON gets the status `404` with that answer as its body, as for any unknown session: an MCP
+/// client that gets `404` for its session starts a new one with `initialize`. To read outside any lock.
+pub fn session_gone(answer: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Response {
+        error: Option<Error>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        code: i64,
+    }
+    let code = crate::wire::object::<Response>(answer).and_then(|r| r.error).map(|e| e.code);
+    code == Some(i64::from(SESSION_NOT_FOUND))
+}
+
 /// Whether the answer to an `initialize` opens its session (it is a result): to read before
 /// [`McpEndpoint::initialized`], outside any lock.
 pub fn opens_session(answer: Option<&str>) -> bool {
@@ -251,7 +271,7 @@ pub fn rpc_session(principal: &str, named: Option<&str>) -> String {
 }
 
 /// The JSON-RPC code for a session that is missing or ended (the official SDKs' `-32001`).
-pub const SESSION_NOT_FOUND: i32 = -32001;
+pub const SESSION_NOT_FOUND: i32 = jsonrpc::SESSION_NOT_FOUND;
 /// The JSON-RPC code of the refusals that are not about the message itself (the SDKs' `-32000`).
 pub const SERVER_ERROR: i32 = -32000;
 
@@ -551,6 +571,21 @@ mod tests {
         assert_eq!(e.route(at(1), &other_project), Err(UNKNOWN_SESSION));
         assert_eq!(e.route(at(1), &post("alice", None, CALL)), Err(NO_SESSION));
         assert_eq!(e.route(at(1), &post("alice", Some("nope"), CALL)), Err(UNKNOWN_SESSION));
+    }
+
+    #[test]
+    fn an_answer_that_the_session_is_gone_is_told_from_every_other() {
+        assert!(session_gone(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"gone"}}"#));
+        assert!(session_gone(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32001,"message":"Session not found"}}"#));
+        for other in [
+            r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32603,"message":"Session not found"}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"code":-32001}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"error":{"code":"-32001"}}"#,
+            "null",
+            "{",
+        ] {
+            assert!(!session_gone(other), "{other}");
+        }
     }
 
     #[test]

@@ -133,11 +133,7 @@ pub(super) async fn serve(
     let response = match route {
         Err(refusal) => return refused(refusal),
         Ok(Route::Initialize) => initialize(&shared, project, principal.name.clone(), body).await,
-        Ok(Route::Relay { session }) => {
-            let id = request_id(&body);
-            let exchange = shared.hub.mcp_exchange(project, body, Some(session), true).await;
-            answer(exchange, id, None).await
-        }
+        Ok(Route::Relay { session }) => relay(&shared, project, session, body).await,
         Ok(Route::Listen { session }) => listen(&shared, project, session).await,
         Ok(Route::End { session }) => {
             shared.hub.end_mcp_session(project, session).await;
@@ -154,6 +150,25 @@ pub(super) fn request_id(body: &str) -> Option<Box<RawValue>> {
         BodyId::Id(id) => Some(id.to_owned()),
         _ => None,
     }
+}
+
+/// A message relayed in `session`. An answer saying the session is gone at the sled
+/// ([`mcp_endpoint::session_gone`]) ends the session here too, and the sled is told; sent as JSON, it gets
+/// `404`, as for an unknown session, so that the client initializes a new one.
+async fn relay(shared: &Arc<Shared>, project: String, session: String, body: String) -> (Response, &'static str) {
+    let id = request_id(&body);
+    let exchange = shared.hub.mcp_exchange(project.clone(), body, Some(session.clone()), true).await;
+    let endpoint = shared.clone();
+    let on_end = move |outcome: &McpOutcome| {
+        // The answer is read before the lock is taken.
+        if let McpOutcome::Answered(answer) = outcome
+            && mcp_endpoint::session_gone(answer)
+        {
+            endpoint.mcp.with(|t, _| t.close(&session));
+            tokio::spawn(async move { endpoint.hub.end_mcp_session(project, session).await });
+        }
+    };
+    answer(exchange, id, Some(Box::new(on_end)), Relayed::InSession).await
 }
 
 /// An `initialize`: a new session, drawn here and opened in the core, relayed in that session.
@@ -196,7 +211,7 @@ async fn initialize(
         let opens = opens_session(answer);
         endpoint.mcp.with(|t, now| t.initialized(now, &opened, opens));
     };
-    let (mut response, result) = answer(exchange, rpc_id, Some(Box::new(on_end))).await;
+    let (mut response, result) = answer(exchange, rpc_id, Some(Box::new(on_end)), Relayed::Plain).await;
     // The client learns its session with the answer; a failed initialize opened none (a later request with
     // this id finds nothing).
     if let Ok(value) = HeaderValue::from_str(&session) {
@@ -220,12 +235,25 @@ pub(super) fn result_of(outcome: &McpOutcome) -> &'static str {
     }
 }
 
+/// What a relayed message was, for the status of its answer.
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub(super) enum Relayed {
+    /// A message in an open session of the endpoint: an answer that the session is gone gets `404`
+    /// ([`mcp_endpoint::session_gone`]).
+    InSession,
+    /// An `initialize`, or a message of the session-less relay (`/rpc`): every answer gets `200`.
+    Plain,
+}
+
 /// An exchange's end as a status and a JSON-RPC response: the answer itself, or the core's error for how it
 /// ended, with `id`.
-pub(super) fn end_of(outcome: McpOutcome, id: Option<&RawValue>) -> (StatusCode, String) {
+pub(super) fn end_of(outcome: McpOutcome, id: Option<&RawValue>, relayed: Relayed) -> (StatusCode, String) {
     let error = |refusal: Refusal| (status_of(&refusal), refusal.body_for(id));
     match outcome {
         McpOutcome::Answered(payload) if payload == "null" => (StatusCode::ACCEPTED, String::new()),
+        McpOutcome::Answered(payload) if relayed == Relayed::InSession && mcp_endpoint::session_gone(&payload) => {
+            (StatusCode::NOT_FOUND, payload)
+        }
         McpOutcome::Answered(payload) => (StatusCode::OK, payload),
         McpOutcome::Failed(reason) => error(mcp_endpoint::failed(reason)),
         McpOutcome::Refused(reason) => error(mcp_endpoint::refused(reason)),
@@ -233,8 +261,8 @@ pub(super) fn end_of(outcome: McpOutcome, id: Option<&RawValue>) -> (StatusCode,
 }
 
 /// An exchange's end as the HTTP answer to a `POST`: `202` with nothing to say, else the JSON body.
-pub(super) fn respond(outcome: McpOutcome, id: Option<&RawValue>) -> Response {
-    match end_of(outcome, id) {
+pub(super) fn respond(outcome: McpOutcome, id: Option<&RawValue>, relayed: Relayed) -> Response {
+    match end_of(outcome, id, relayed) {
         (StatusCode::ACCEPTED, _) => StatusCode::ACCEPTED.into_response(),
         (status, body) => json_text(status, body),
     }
@@ -245,6 +273,7 @@ async fn answer(
     mut exchange: McpExchange,
     id: Option<Box<RawValue>>,
     on_end: Option<OnEnd>,
+    relayed: Relayed,
 ) -> (Response, &'static str) {
     match exchange.next().await {
         McpNext::End(outcome) => {
@@ -252,7 +281,7 @@ async fn answer(
             if let Some(on_end) = on_end {
                 on_end(&outcome);
             }
-            (respond(outcome, id.as_deref()), result)
+            (respond(outcome, id.as_deref(), relayed), result)
         }
         McpNext::Message(first) => (event_stream(exchange, Some(first), id, on_end), "answered"),
     }
@@ -302,7 +331,8 @@ fn event_stream(
                 if let Some(on_end) = s.on_end.take() {
                     on_end(&outcome);
                 }
-                let (status, body) = end_of(outcome, s.id.as_deref());
+                // Within a stream, the status is sent already: only the body counts.
+                let (status, body) = end_of(outcome, s.id.as_deref(), Relayed::Plain);
                 // A stream's end with nothing to say (a notification, a standalone stream that ended).
                 if status == StatusCode::ACCEPTED || body.is_empty() {
                     return None;
