@@ -124,11 +124,12 @@ fuzz_target!(|script: Script| {
             }
             Op::McpReply(pick, kind) => {
                 let call = calls.get(usize::from(*pick)).copied().unwrap_or(McpCallId(u64::from(*pick) + 10_000));
-                let reply = match kind % 5 {
+                let reply = match kind % 6 {
                     0 => Some(McpReply::Response(RawValue::from_string(r#"{"ok":1}"#.into()).expect("json"))),
                     1 => Some(McpReply::NoContent),
                     2 => Some(McpReply::NoStream),
                     3 => None,
+                    4 => Some(McpReply::SessionLost),
                     _ => Some(McpReply::Failed("x".into())),
                 };
                 match reply {

@@ -227,6 +227,56 @@ async fn mcp_is_relayed_through_the_gateway_http_api_to_an_rmcp_server_behind_th
 }
 
 #[tokio::test]
+async fn a_session_the_sled_cannot_renew_is_gone_for_its_client_which_initializes_anew() {
+    let server = McpServer::start(Mode::Sessions, None).await;
+    let gw = gateway().await;
+    let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
+    let mut c = UplinkConfig::new(&gw.ws, "lima");
+    c.token = Some(SLED_TOKEN.into());
+    c.local_mcp_url = server.url();
+    // The sled keeps no initialize: no session of it can be renewed.
+    c.sled.max_mcp_initialize_bytes = 0;
+    let uplink = Uplink::start(c).unwrap();
+    next_event(&mut events, "sled_connected").await;
+    let url = format!("{}/api/sleds/lima/mcp", gw.base);
+    let open = || async {
+        let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+        let (status, headers, body) = http_with_headers("POST", &url, Some(ADMIN), Some(init), &[]).await;
+        assert_eq!(status, 200, "{body}");
+        let session = headers.iter().find(|(n, _)| n == "mcp-session-id").map(|(_, v)| v.clone()).unwrap();
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        let (status, _) = http("POST", &url, Some(ADMIN), Some(note), &[("mcp-session-id", &session)]).await;
+        assert_eq!(status, 202);
+        session
+    };
+    let add = |session: String, id: u64| {
+        let url = url.clone();
+        let body =
+            json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"add","arguments":{"a":id,"b":1}}});
+        async move { http("POST", &url, Some(ADMIN), Some(&body.to_string()), &[("mcp-session-id", &session)]).await }
+    };
+    let session = open().await;
+    let (status, body) = add(session.clone(), 3).await;
+    assert_eq!((status, parse(&body)["result"]["content"][0]["text"].clone()), (200, json!("4")), "{body}");
+    // The local server restarts and forgets the session; the sled cannot renew it.
+    let addr = server.stop().await;
+    let server = McpServer::start(Mode::Sessions, Some(addr)).await;
+    let (status, body) = add(session.clone(), 4).await;
+    let gone = parse(&body);
+    assert_eq!((status, gone["id"].clone(), gone["error"]["code"].clone()), (404, json!(4), json!(-32001)), "{body}");
+    // Gone at the gateway too: the same id is unknown now, as a client that got 404 expects.
+    let (status, _) = add(session.clone(), 5).await;
+    assert_eq!(status, 404);
+    // The client initializes anew, and goes on.
+    let renewed = open().await;
+    assert_ne!(renewed, session);
+    let (status, body) = add(renewed, 6).await;
+    assert_eq!((status, parse(&body)["result"]["content"][0]["text"].clone()), (200, json!("7")), "{body}");
+    uplink.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn tokens_are_checked_before_anything_else() {
     let gw = gateway().await;
     // A sled with a wrong token is refused before the upgrade and backs off on the cap.

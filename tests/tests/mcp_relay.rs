@@ -24,10 +24,16 @@ struct Rig {
 
 impl Rig {
     async fn new(mcp_url: String) -> (Rig, TestGateway) {
+        Rig::with_budget(mcp_url, uplink_proto::mcp_session::DEFAULT_MAX_INITIALIZE_BYTES).await
+    }
+
+    /// With `budget` bytes for the `initialize` requests the sled keeps to renew sessions with.
+    async fn with_budget(mcp_url: String, budget: usize) -> (Rig, TestGateway) {
         let gw = TestGateway::bind().await;
         let mut c = UplinkConfig::new(gw.url(), "mcp-proj");
         c.local_mcp_url = mcp_url;
         c.sled.mcp_timeout = Duration::from_secs(5);
+        c.sled.max_mcp_initialize_bytes = budget;
         let uplink = Uplink::start(c).unwrap();
         let mut conn = gw.accept().await;
         conn.recv_kind("identity").await;
@@ -49,7 +55,11 @@ impl Rig {
     }
 
     async fn handshake(&mut self, session: Option<&str>) {
-        let init = self.relay(INITIALIZE, session).await;
+        self.handshake_with(INITIALIZE, session).await;
+    }
+
+    async fn handshake_with(&mut self, initialize: &str, session: Option<&str>) {
+        let init = self.relay(initialize, session).await;
         assert_eq!(init["id"], 1, "{init}");
         assert!(init["result"]["serverInfo"].is_object(), "{init}");
         assert_eq!(self.relay(INITIALIZED, session).await, Value::Null, "a notification is answered with null");
@@ -101,6 +111,29 @@ async fn a_restarted_mcp_server_is_re_initialized_and_the_call_replayed() {
     let sum = rig.relay(&call(4, 20, 3), None).await;
     assert_eq!(sum["id"], 4);
     assert_eq!(sum_of(&sum), "23");
+    rig.finish().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_whose_initialize_is_over_the_budget_is_not_renewed_and_its_caller_told_it_is_gone() {
+    let server = McpServer::start(Mode::Sessions, None).await;
+    // Room for the ordinary initialize, not for one with a 4 KiB client name.
+    let (mut rig, _gw) = Rig::with_budget(server.url(), 2 * INITIALIZE.len()).await;
+    let big = INITIALIZE.replace(r#""name":"uplink-test""#, &format!(r#""name":"{}""#, "n".repeat(4096)));
+    rig.handshake(Some("small")).await;
+    rig.handshake_with(&big, Some("big")).await;
+    assert_eq!(sum_of(&rig.relay(&call(3, 1, 1), Some("big")).await), "2", "a session over the budget still works");
+    // The local server restarts: both sessions are unknown to the new process.
+    let addr = server.stop().await;
+    let server = McpServer::start(Mode::Sessions, Some(addr)).await;
+    assert_eq!(sum_of(&rig.relay(&call(4, 20, 3), Some("small")).await), "23", "renewed with its kept initialize");
+    let gone = rig.relay(&call(5, 1, 2), Some("big")).await;
+    assert_eq!(gone["id"], 5, "{gone}");
+    assert_eq!(gone["error"]["code"], -32001, "session not found: {gone}");
+    // The caller initializes anew, as an MCP client does on 404, and goes on.
+    rig.handshake_with(&big, Some("big")).await;
+    assert_eq!(sum_of(&rig.relay(&call(6, 2, 2), Some("big")).await), "4");
     rig.finish().await;
     server.stop().await;
 }

@@ -17,9 +17,9 @@ pub const INTERNAL_ERROR: i32 = -32603;
 /// The method does not exist or is not available: what the sled answers a request from the local server that
 /// the gateway cannot relay, and how it ends a standalone stream the local server does not offer.
 pub const METHOD_NOT_FOUND: i32 = -32601;
-/// The session is missing or ended (the official MCP SDKs' `-32001`): what the gateway's MCP endpoint answers
-/// (with `404`) for an unknown session, and, in the sled's answer to a message relayed in a session, that the
-/// session is gone.
+/// The session is missing or ended (the official MCP SDKs' `-32001`): what the sled answers a call whose local
+/// session was lost and cannot be renewed, and what the gateway's MCP endpoint answers (with `404`) for an
+/// unknown session.
 pub const SESSION_NOT_FOUND: i32 = -32001;
 
 /// What a JSON-RPC message body turned out to be, as far as the uplink cares.

@@ -7,28 +7,36 @@
 //!   the caller's session at the gateway; each keeps its own `Mcp-Session-Id` and `MCP-Protocol-Version`,
 //!   learnt from the answer to its `initialize`.
 //! - **An `initialize` starts afresh**: it is sent without a session id, and its answer replaces what the
-//!   session knew (the request itself is kept, to renew the session).
+//!   session knew. The request itself is kept, to renew the session with, within a byte budget (below).
 //! - **A lost session is renewed once.** A `404` without a JSON-RPC answer, to a request that carried a
 //!   session id, means the local server forgot the session (it restarted). The kept `initialize` is sent
 //!   again, then `notifications/initialized` in the new session, then the request once more. A second loss
 //!   right after is an error.
+//! - **A lost session with no `initialize` kept is gone**: it is forgotten (and ended upstream), and the
+//!   call is answered [`McpReply::SessionLost`], which the sled sends as the JSON-RPC error
+//!   [`jsonrpc::SESSION_NOT_FOUND`]; the gateway answers its client `404`, as for any unknown session, and
+//!   an MCP client then initializes a new session itself.
 //! - **Bounded.** At most [`McpSessions::new`]'s `max_sessions` sessions are kept; beyond, the least recently
 //!   used is forgotten, and ended upstream: [`McpSessions::take_ended`] gives the sessions to `DELETE`, as
-//!   [`McpSessions::end`] (the gateway ended the session) and [`McpSessions::end_all`] (shutdown) do.
+//!   [`McpSessions::end`] (the gateway ended the session) and [`McpSessions::end_all`] (shutdown) do. The
+//!   kept `initialize` requests of all sessions together hold at most `max_initialize_bytes`
+//!   ([`McpSessions::kept_initialize_bytes`]): to keep a new one, those of the least recently used sessions
+//!   are let go first (their sessions stay, but can no longer be renewed); one larger than the whole budget
+//!   is not kept at all.
 //! - **A stream that ends early is resumed** ([`resume_after`]): when an event stream ends before the answer
 //!   and the server gave its events ids, the client waits the server's `retry` (bounded) and resumes with a
 //!   `GET` carrying `Last-Event-ID`, at most [`MAX_RESUMES`] times in a row.
 //!
 //! ```text
 //! begin ─▶ Calling ──answer──────────────────────────────────────────────▶ Done(answer)
-//!            │ 404 with a session id, initialize known
+//!            │ 404 with a session id, initialize known      (none kept: forgotten, Done(SessionLost))
 //!            ▼
 //!       Reinitializing ──answer──▶ Confirming ──accepted──▶ Retrying ──answer──▶ Done(answer)
 //!            └── anything else: Done(error) ┘      └── anything else: Done(error) ┘
 //! ```
 //!
-//! Every failure becomes [`McpReply::Failed`], which the sled machine turns into a JSON-RPC error carrying the
-//! request's own id.
+//! Every other failure becomes [`McpReply::Failed`], which the sled machine turns into a JSON-RPC error
+//! carrying the request's own id.
 
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -44,6 +52,11 @@ pub const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initia
 
 /// Default of [`McpSessions::new`]'s `max_sessions`.
 pub const DEFAULT_MAX_SESSIONS: usize = 256;
+
+/// Default of [`McpSessions::new`]'s `max_initialize_bytes` (and of the sled's
+/// `SledConfig::max_mcp_initialize_bytes`): 1 MiB, room for the 256 sessions' `initialize` requests at 4 KiB
+/// each (an ordinary one is a few hundred bytes).
+pub const DEFAULT_MAX_INITIALIZE_BYTES: usize = 1 << 20;
 
 /// Most resumptions of one stream in a row without a message between them.
 pub const MAX_RESUMES: u32 = 5;
@@ -121,6 +134,7 @@ pub enum PostResult {
 #[derive(Clone, Debug, Default)]
 struct Session {
     headers: SessionHeaders,
+    /// The `initialize` to renew the session with, while the budget keeps it.
     initialize: Option<String>,
     last_use: u64,
 }
@@ -165,10 +179,11 @@ impl Exchange {
 #[derive(Clone, Debug)]
 pub struct Exchange {
     key: String,
-    /// The call's body, kept only for an `initialize` (to renew the session with later).
+    /// The `initialize` this exchange may keep for its session: the call's body for an `initialize`, the
+    /// replayed one while renewing.
     initialize: Option<String>,
-    /// Whether the last POST carried a session id.
-    sent_session: bool,
+    /// The session id the last POST carried.
+    sent_session: Option<String>,
     stage: Stage,
 }
 
@@ -176,6 +191,10 @@ pub struct Exchange {
 #[derive(Clone, Debug)]
 pub struct McpSessions {
     max: usize,
+    /// The budget of the kept `initialize` requests, in bytes.
+    max_initialize: usize,
+    /// Bytes of the kept `initialize` requests: the sum of their lengths, at most `max_initialize`.
+    initialize_bytes: usize,
     sessions: BTreeMap<String, Session>,
     /// Sessions by last use, least recent first.
     by_use: BTreeMap<u64, String>,
@@ -185,10 +204,13 @@ pub struct McpSessions {
 }
 
 impl McpSessions {
-    /// No sessions yet; at most `max_sessions` (at least one) kept.
-    pub fn new(max_sessions: usize) -> McpSessions {
+    /// No sessions yet; at most `max_sessions` (at least one) kept, whose kept `initialize` requests hold at
+    /// most `max_initialize_bytes` together (0 keeps none: no session is renewed).
+    pub fn new(max_sessions: usize, max_initialize_bytes: usize) -> McpSessions {
         McpSessions {
             max: max_sessions.max(1),
+            max_initialize: max_initialize_bytes,
+            initialize_bytes: 0,
             sessions: BTreeMap::new(),
             by_use: BTreeMap::new(),
             uses: 0,
@@ -198,8 +220,7 @@ impl McpSessions {
 
     /// The gateway ended the session `key`: it is forgotten, and ended upstream ([`McpSessions::take_ended`]).
     pub fn end(&mut self, key: &str) {
-        if let Some(old) = self.sessions.remove(key) {
-            self.by_use.remove(&old.last_use);
+        if let Some(old) = self.forget(key) {
             self.retire(old.headers);
         }
     }
@@ -207,9 +228,18 @@ impl McpSessions {
     /// Shutdown: every session is forgotten and ended upstream.
     pub fn end_all(&mut self) {
         self.by_use.clear();
+        self.initialize_bytes = 0;
         for (_, old) in core::mem::take(&mut self.sessions) {
             self.retire(old.headers);
         }
+    }
+
+    /// Removes `key`'s session from the table and its accounts; returns it.
+    fn forget(&mut self, key: &str) -> Option<Session> {
+        let old = self.sessions.remove(key)?;
+        self.by_use.remove(&old.last_use);
+        self.initialize_bytes -= old.initialize.as_ref().map_or(0, String::len);
+        Some(old)
     }
 
     /// The local sessions to end (`DELETE` with their `Mcp-Session-Id`) since the last call: forgotten beyond
@@ -240,6 +270,17 @@ impl McpSessions {
         self.sessions.get(key).map(|s| s.headers.clone()).unwrap_or_default()
     }
 
+    /// Whether `key`'s session keeps its `initialize`, so that it can be renewed if the local server loses it.
+    pub fn renewable(&self, key: &str) -> bool {
+        self.sessions.get(key).is_some_and(|s| s.initialize.is_some())
+    }
+
+    /// Bytes held by the kept `initialize` requests of all sessions (the sum of their lengths): never more
+    /// than [`McpSessions::new`]'s `max_initialize_bytes`.
+    pub fn kept_initialize_bytes(&self) -> usize {
+        self.initialize_bytes
+    }
+
     /// Starts `call`: its first POST.
     pub fn begin(&mut self, call: &McpCall) -> (Exchange, Step) {
         let key = call.session.clone().unwrap_or_default();
@@ -247,7 +288,7 @@ impl McpSessions {
         let exchange = Exchange {
             key,
             initialize: call.is_initialize.then(|| call.body.clone()),
-            sent_session: headers.session_id.is_some(),
+            sent_session: headers.session_id.clone(),
             stage: Stage::Calling,
         };
         (exchange, Step::Post { body: PostBody::Call, headers })
@@ -269,7 +310,7 @@ impl McpSessions {
             ex.stage = Stage::Done;
             Step::Done(McpReply::Failed(message))
         };
-        let lost = matches!(result, PostResult::NotFound) && exchange.sent_session;
+        let lost = matches!(result, PostResult::NotFound) && exchange.sent_session.is_some();
         match (exchange.stage, result) {
             (Stage::Done, _) => Step::Done(McpReply::Failed("the exchange is already over".into())),
             (_, PostResult::Failed(e)) => fail(exchange, e),
@@ -284,20 +325,29 @@ impl McpSessions {
                 match self.sessions.get(&exchange.key).and_then(|s| s.initialize.clone()) {
                     Some(init) => {
                         exchange.stage = Stage::Reinitializing;
-                        exchange.sent_session = false;
+                        exchange.sent_session = None;
+                        // Carried by the exchange: the budget may let the session's own copy go meanwhile.
+                        exchange.initialize = Some(init.clone());
                         Step::Post { body: PostBody::Initialize(init), headers: SessionHeaders::default() }
                     }
-                    None => fail(
-                        exchange,
-                        "local MCP session expired and no initialize request is known to renew it".into(),
-                    ),
+                    None => {
+                        // Nothing to renew it with: the session is gone. Forgotten (unless it changed since,
+                        // renewed or initialized by another call), so that the next `initialize` starts
+                        // afresh; the caller is told as if it were unknown.
+                        let current = self.sessions.get(&exchange.key).map(|s| &s.headers.session_id);
+                        if current == Some(&exchange.sent_session) {
+                            self.end(&exchange.key);
+                        }
+                        exchange.stage = Stage::Done;
+                        Step::Done(McpReply::SessionLost)
+                    }
                 }
             }
             (Stage::Reinitializing, PostResult::Answer { reply: McpReply::Response(_), session_id }) => {
-                let init = self.sessions.get(&exchange.key).and_then(|s| s.initialize.clone()).unwrap_or_default();
+                let init = exchange.initialize.take().unwrap_or_default();
                 self.remember(&exchange.key, init, protocol_version, session_id);
                 let headers = self.touch(&exchange.key);
-                exchange.sent_session = headers.session_id.is_some();
+                exchange.sent_session = headers.session_id.clone();
                 exchange.stage = Stage::Confirming;
                 Step::Post { body: PostBody::Initialized, headers }
             }
@@ -310,7 +360,7 @@ impl McpSessions {
             }
             (Stage::Confirming, PostResult::Answer { .. }) => {
                 let headers = self.touch(&exchange.key);
-                exchange.sent_session = headers.session_id.is_some();
+                exchange.sent_session = headers.session_id.clone();
                 exchange.stage = Stage::Retrying;
                 Step::Post { body: PostBody::Call, headers }
             }
@@ -340,32 +390,48 @@ impl McpSessions {
 
     /// An `initialize` (`init`) was answered with `reply` and `session_id`: that is `key`'s session now.
     fn remember(&mut self, key: &str, init: String, protocol_version: Option<String>, session_id: Option<String>) {
-        if let Some(old) = self.sessions.remove(key) {
-            self.by_use.remove(&old.last_use);
+        if let Some(old) = self.forget(key) {
             // Renewed under a new id: the old local session is ended.
             if old.headers.session_id != session_id {
                 self.retire(old.headers);
             }
         }
+        let initialize = self.keep(init);
         self.uses += 1;
-        let session = Session {
-            headers: SessionHeaders { session_id, protocol_version },
-            initialize: Some(init),
-            last_use: self.uses,
-        };
+        let session =
+            Session { headers: SessionHeaders { session_id, protocol_version }, initialize, last_use: self.uses };
         self.sessions.insert(String::from(key), session);
         self.by_use.insert(self.uses, String::from(key));
         while self.sessions.len() > self.max {
             let Some((_, oldest)) = self.by_use.pop_first() else { break };
-            if let Some(old) = self.sessions.remove(&oldest) {
+            if let Some(old) = self.forget(&oldest) {
                 self.retire(old.headers);
             }
         }
+    }
+
+    /// Makes room for `init` within the budget, letting go of the kept `initialize` of the least recently
+    /// used sessions first, and counts it; `None` (nothing let go) when it alone exceeds the budget.
+    fn keep(&mut self, init: String) -> Option<String> {
+        if init.len() > self.max_initialize {
+            return None;
+        }
+        let McpSessions { sessions, by_use, initialize_bytes, max_initialize, .. } = self;
+        for key in by_use.values() {
+            if *initialize_bytes + init.len() <= *max_initialize {
+                break;
+            }
+            if let Some(dropped) = sessions.get_mut(key).and_then(|s| s.initialize.take()) {
+                *initialize_bytes -= dropped.len();
+            }
+        }
+        *initialize_bytes += init.len();
+        Some(init)
     }
 }
 
 impl Default for McpSessions {
     fn default() -> Self {
-        McpSessions::new(DEFAULT_MAX_SESSIONS)
+        McpSessions::new(DEFAULT_MAX_SESSIONS, DEFAULT_MAX_INITIALIZE_BYTES)
     }
 }

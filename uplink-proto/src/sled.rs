@@ -99,6 +99,12 @@ pub struct SledConfig {
     /// Most standalone streams (`mcp_listen`) open at once; one more ends at once with a JSON-RPC error.
     /// Default 16.
     pub max_mcp_streams: usize,
+    /// Most bytes of the `initialize` requests the sled keeps, across all its local MCP sessions, to renew a
+    /// session its local server lost ([`crate::mcp_session`]). Beyond, the least recently used sessions' are let go
+    /// first; a session without its `initialize` that the local server loses is answered
+    /// [`McpReply::SessionLost`] (the gateway answers its client `404`, and the client initializes anew).
+    /// Default [`crate::mcp_session::DEFAULT_MAX_INITIALIZE_BYTES`] (1 MiB); 0 keeps none.
+    pub max_mcp_initialize_bytes: usize,
     /// The largest frame the sled sends: the gateway's message limit. A permission request whose frame would
     /// be larger is denied at once ([`Cause::TooLarge`]), and a local MCP answer that would not fit is
     /// answered with a JSON-RPC error instead, so that the gateway never closes the link over one of them.
@@ -130,6 +136,7 @@ impl SledConfig {
             max_mcp_waiting: 256,
             max_mcp_waiting_bytes: 16 << 20,
             max_mcp_streams: 16,
+            max_mcp_initialize_bytes: crate::mcp_session::DEFAULT_MAX_INITIALIZE_BYTES,
             max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
         }
     }
@@ -246,7 +253,16 @@ pub enum McpReply {
     /// The local endpoint offers no standalone stream (it answered a `GET` with 405). Ends an `mcp_listen`
     /// with a JSON-RPC error -32601; for a call, as [`McpReply::Failed`].
     NoStream,
+    /// The local server lost the call's session and it cannot be renewed (no `initialize` kept for it): the
+    /// session is gone, as if unknown. Answered with the JSON-RPC error [`jsonrpc::SESSION_NOT_FOUND`]
+    /// (-32001) and the request's `id`, which the gateway's MCP endpoint answers with `404`, so that the client
+    /// initializes a new session. Ends an `mcp_listen` as [`McpReply::Failed`].
+    SessionLost,
 }
+
+/// The message of the error answering [`McpReply::SessionLost`].
+pub const SESSION_LOST: &str =
+    "Session not found: the local MCP server lost this session and the sled kept no initialize to renew it";
 
 // ── Outputs ──────────────────────────────────────────────────────────────────────────────────────────────
 
@@ -966,6 +982,11 @@ impl Sled {
                     jsonrpc::INTERNAL_ERROR,
                     &format!("local MCP stream failed: {message}"),
                 ),
+                McpReply::SessionLost => jsonrpc::error_response(
+                    None,
+                    jsonrpc::INTERNAL_ERROR,
+                    &format!("local MCP stream failed: {SESSION_LOST}"),
+                ),
             };
             return self.send_mcp_response(&l.req_id, &payload);
         }
@@ -988,6 +1009,9 @@ impl Sled {
                 jsonrpc::INTERNAL_ERROR,
                 &format!("local MCP call failed: {message}"),
             ),
+            McpReply::SessionLost => {
+                jsonrpc::error_response(c.jsonrpc_id.as_deref(), jsonrpc::SESSION_NOT_FOUND, SESSION_LOST)
+            }
         };
         if !self.fits(&c.req_id, &payload) {
             // The gateway would close the link over it: the caller gets an error with its id instead.

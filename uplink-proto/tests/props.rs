@@ -70,7 +70,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(Op::Withdraw),
         5 => (0u8..6, 0u8..16, prop::bool::weighted(0.2)).prop_map(|(id, flags, stale)| Op::Respond { id, flags, stale }),
         3 => (0u8..5, any::<bool>()).prop_map(|(body, stream)| Op::McpRequest { body, stream }),
-        3 => (any::<u8>(), 0u8..4).prop_map(|(pick, kind)| Op::McpReply { pick, kind }),
+        3 => (any::<u8>(), 0u8..5).prop_map(|(pick, kind)| Op::McpReply { pick, kind }),
         2 => (any::<u8>(), any::<bool>()).prop_map(|(pick, request)| Op::McpMessage { pick, request }),
         1 => any::<u8>().prop_map(Op::McpCancel),
         1 => Just(Op::McpListen),
@@ -384,6 +384,7 @@ impl Check {
                 let reply = match kind {
                     0 => McpReply::Response(raw(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#)),
                     1 => McpReply::NoContent,
+                    2 => McpReply::SessionLost,
                     _ => McpReply::Failed("refused".into()),
                 };
                 self.sled.handle_mcp_reply(self.now, call, reply);

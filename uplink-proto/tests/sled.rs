@@ -211,6 +211,19 @@ fn b5_failed_call_becomes_a_json_rpc_error_with_the_request_id() {
 }
 
 #[test]
+fn b5_a_lost_session_that_cannot_be_renewed_is_answered_session_not_found_with_the_request_id() {
+    let (mut d, conn) = Driver::connected(config());
+    let call = call_of(&d.text(conn, &mcp_request("m-1", r#"{"jsonrpc":"2.0","id":"abc","method":"tools/call"}"#)));
+    d.sled.handle_mcp_reply(d.now, call.call, McpReply::SessionLost);
+    let frames = sent(&d.drain());
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["req_id"], "m-1");
+    assert_eq!(frames[0]["payload"]["id"], "abc");
+    assert_eq!(frames[0]["payload"]["error"]["code"], uplink_proto::jsonrpc::SESSION_NOT_FOUND);
+    assert_eq!(frames[0]["payload"]["error"]["message"], uplink_proto::sled::SESSION_LOST);
+}
+
+#[test]
 fn b5_notification_with_no_content_is_answered_with_null() {
     let (mut d, conn) = Driver::connected(config());
     let call = call_of(&d.text(conn, &mcp_request("n-1", r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)));

@@ -234,8 +234,9 @@ pub fn stream_not_opened(end: &str) -> Refusal {
 }
 
 /// Whether `answer`, the sled's answer to a message relayed in a session, says the session is gone: a
-/// JSON-RPC error [`SESSION_NOT_FOUND`], as the MCP SDKs answer for a session they do not know. The session
-/// then ends here too ([`McpEndpoint::close`], and the sled is told), and an answer
+/// JSON-RPC error [`SESSION_NOT_FOUND`]. The sled answers so when its local server lost the session and it
+/// cannot renew it (it kept no `initialize` for it: the sled's budget let it go); a local server may say so
+/// itself. The session then ends here too ([`McpEndpoint::close`], and the sled is told), and an answer
 /// sent as JSON gets the status `404` with that answer as its body, as for any unknown session: an MCP
 /// client that gets `404` for its session starts a new one with `initialize`. To read outside any lock.
 pub fn session_gone(answer: &str) -> bool {
@@ -575,7 +576,8 @@ mod tests {
 
     #[test]
     fn an_answer_that_the_session_is_gone_is_told_from_every_other() {
-        assert!(session_gone(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"gone"}}"#));
+        let lost = crate::jsonrpc::error_response(None, SESSION_NOT_FOUND, crate::sled::SESSION_LOST);
+        assert!(session_gone(lost.get()));
         assert!(session_gone(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32001,"message":"Session not found"}}"#));
         for other in [
             r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32603,"message":"Session not found"}}"#,

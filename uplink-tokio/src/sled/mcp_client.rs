@@ -85,7 +85,9 @@ pub(crate) struct McpClient {
 }
 
 impl McpClient {
-    pub(crate) fn new(url: &str, max_body: usize) -> Result<Self, McpUrlError> {
+    /// A client of the endpoint at `url`, reading bodies of at most `max_body` bytes, under the policy
+    /// `sessions`.
+    pub(crate) fn new(url: &str, max_body: usize, sessions: McpSessions) -> Result<Self, McpUrlError> {
         let url: Uri = url.parse()?;
         if url.scheme_str() != Some("http") || url.host().is_none() {
             return Err(McpUrlError::NotHttp);
@@ -93,7 +95,7 @@ impl McpClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(McpClient { url, client, sessions: Mutex::new(McpSessions::default()), max_body })
+        Ok(McpClient { url, client, sessions: Mutex::new(sessions), max_body })
     }
 
     /// Runs `f` on the policy, then ends upstream whatever local sessions it let go of.

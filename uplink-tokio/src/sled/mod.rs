@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
+use uplink_proto::mcp_session::{DEFAULT_MAX_SESSIONS, McpSessions};
 use uplink_proto::{Cause, ConfigError, Decision, LinkState, RawValue, Sled};
 
 mod config;
@@ -132,7 +133,8 @@ impl Uplink {
         } else {
             None
         };
-        let mcp = mcp_client::McpClient::new(&config.local_mcp_url, config.max_message_size)
+        let sessions = McpSessions::new(DEFAULT_MAX_SESSIONS, config.sled.max_mcp_initialize_bytes);
+        let mcp = mcp_client::McpClient::new(&config.local_mcp_url, config.max_message_size, sessions)
             .map_err(|source| StartError::McpUrl { url: redact_url(&config.local_mcp_url), source })?;
         let mut sled_config = config.sled.clone();
         sled_config.enabled = enabled;
