@@ -224,6 +224,40 @@ async fn redacted_inputs_leave_their_hash_in_the_log_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn inputs_nested_deeper_than_the_gateway_accepts_are_denied_and_logged_by_hash_and_the_log_verifies() {
+    let dir = temp_dir("deep");
+    let gw = start(&dir).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
+    let mut ws = sled(&gw, "web").await;
+    // 127 levels: one more, inside a record, than serde_json reads; 10,000: far more.
+    let inputs: Vec<String> = [127, 10_000].iter().map(|&n| format!("{}{}", "[".repeat(n), "]".repeat(n))).collect();
+    for (i, input) in inputs.iter().enumerate() {
+        let frame = format!(
+            r#"{{"type":"perm_request","req_id":"d{i}","payload":{{"tool_name":"Bash","tool_input":{input}}}}}"#
+        );
+        ws.send(Message::text(frame)).await.unwrap();
+        assert_eq!(answer(&mut ws).await, (format!("d{i}"), false));
+        next_event(&mut events, "permission_auto_decided").await;
+    }
+    let records = audit(&gw, "").await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    for (record, input) in records.iter().zip(&inputs) {
+        assert_eq!((record["kind"].as_str(), record["outcome"].as_str()), (Some("auto"), Some("deny")));
+        assert_eq!(record["message"], uplink_proto::gateway::INPUT_TOO_DEEP);
+        assert_eq!(
+            (record["input"].clone(), record["input_not_kept"].as_str()),
+            (Value::Null, Some("nested more than 64 levels deep"))
+        );
+        assert_eq!(record["input_sha256"].as_str(), Some(uplink_tokio::store::audit::sha256_hex(input).as_str()));
+    }
+    let reader = uplink_tokio::store::sqlite::SqliteReader::at(&dir).unwrap();
+    let report = reader.verify().unwrap().expect("the chain is intact, and its columns agree");
+    assert_eq!(report.records, 2);
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn rules_that_would_never_apply_are_refused_with_the_reason() {
     let dir = temp_dir("never");
     let gw = start(&dir).await;

@@ -64,9 +64,9 @@ async fn floods_and_hostile_frames_never_hurt_the_gateway_or_another_sled() {
     }
     evil.flush().await.unwrap();
 
-    // The deep tool input is valid JSON, passed along unparsed: that request waits, with the huge id, "dup"
-    // (once) and the first 97 of the 300. The other 203 are denied at once: the limit is reached. Repeats
-    // of "dup" are ignored.
+    // The deep tool input is valid JSON, but deeper than the gateway accepts: denied at once, never held.
+    // The huge id, "dup" (once) and the first 98 of the 300 wait; the other 202 are denied at once: the
+    // limit is reached. Repeats of "dup" are ignored.
     let denied = within("the denials", async {
         let mut denied = Vec::new();
         while denied.len() < 203 {
@@ -84,7 +84,7 @@ async fn floods_and_hostile_frames_never_hurt_the_gateway_or_another_sled() {
         denied
     })
     .await;
-    let expected: Vec<String> = (97..300).map(|i| format!("n-{i}")).collect();
+    let expected: Vec<String> = std::iter::once("deep".to_owned()).chain((98..300).map(|i| format!("n-{i}"))).collect();
     assert_eq!(denied, expected);
     let (_, body) = http("GET", &format!("{}/api/sleds", gw.base), Some(ADMIN_TOKEN), None, &[]).await;
     let sleds: Value = serde_json::from_str(&body).unwrap();

@@ -32,6 +32,44 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
 /// cuts a longer one it receives at the last character boundary before this length.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
 
+/// The deepest a `perm_request`'s `tool_input` may nest arrays and objects: a deeper one is denied at once
+/// by the gateway, with a message that says so. Every reader of an input the gateway keeps (its audit log,
+/// its webhook notices, the admin listing's clients, the console's page) parses it into a tree, and serde_json
+/// stops at 128 levels; 64 leaves room for the envelopes they wrap it in, and is far beyond any real tool's
+/// input. `1` and `"a"` nest 0 levels, `[]` one, `{"a":[1]}` two. See [`json_depth`].
+pub const MAX_INPUT_DEPTH: usize = 64;
+
+/// How deep `json` nests arrays and objects: the most `[` and `{` open at once outside strings. `json` is
+/// valid JSON text (a [`RawValue`]'s, say); for any other text the count is of the same brackets, and
+/// meaningless. One pass, no recursion, no allocation: it reads a 10,000-level input as easily as a flat one.
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut bytes = json.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'"' => {
+                // A string: to its closing quote, stepping over each escaped character.
+                while let Some(c) = bytes.next() {
+                    match c {
+                        b'\\' => {
+                            bytes.next();
+                        }
+                        b'"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// The `type` strings of every frame this crate knows.
 pub mod kind {
     /// Sled → gateway: first frame of every connection.

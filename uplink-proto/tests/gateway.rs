@@ -400,6 +400,37 @@ fn a_sled_silent_past_the_dead_threshold_is_closed_with_4008_and_its_requests_wi
 }
 
 #[test]
+fn a_request_whose_input_nests_too_deep_is_denied_at_once_and_never_held() {
+    use uplink_proto::gateway::INPUT_TOO_DEEP;
+    use uplink_proto::wire::MAX_INPUT_DEPTH;
+    let frame = |req_id: &str, depth: usize| {
+        let input = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        format!(
+            r#"{{"type":"perm_request","req_id":"{req_id}","payload":{{"tool_name":"Bash","tool_input":{input}}}}}"#
+        )
+    };
+    // Even for a tool the auto policy would approve: nothing this deep is approved.
+    let cfg = GatewayConfig { auto_approve: ["Bash".to_owned()].into(), ..GatewayConfig::default() };
+    let mut g = G::identified(cfg);
+    for (req_id, depth) in [("deeper", MAX_INPUT_DEPTH + 1), ("deepest", 10_000)] {
+        let outs = g.text(&frame(req_id, depth));
+        assert!(
+            matches!(&events(&outs)[..], [GatewayEvent::PermissionAutoDecided { decision: Decision::Deny, message: Some(m), .. }] if *m == INPUT_TOO_DEEP),
+            "{outs:?}"
+        );
+        let denial = &sent(&outs)[0];
+        assert_eq!((denial["req_id"].as_str(), denial["payload"]["approved"].as_bool()), (Some(req_id), Some(false)));
+        assert_eq!(denial["payload"]["message"], INPUT_TOO_DEEP);
+        assert!(INPUT_TOO_DEEP.contains(&format!(" {MAX_INPUT_DEPTH} levels")), "the message names the limit");
+        assert_eq!(g.gw.pending_input_bytes(), 0);
+    }
+    // At the limit it is a request like any other, held for a person.
+    let mut g = G::identified(GatewayConfig::default());
+    requested(&g.text(&frame("at-limit", MAX_INPUT_DEPTH)));
+    assert_eq!(g.gw.pending_permissions(), 1);
+}
+
+#[test]
 fn a_request_beyond_the_sleds_input_budget_is_denied_at_once_and_the_budget_frees_on_every_end() {
     // Each request here costs 4 (Bash) + 2 (id) + 7 ({"x":1}) = 13 bytes.
     let cfg = GatewayConfig { max_pending_input_bytes: 26, ..GatewayConfig::default() };

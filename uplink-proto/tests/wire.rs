@@ -509,3 +509,96 @@ fn decisions_have_one_word_each_in_display_fromstr_and_serde() {
         assert!(bad.parse::<Decision>().is_err(), "{bad:?}");
     }
 }
+
+/// [`json_depth`](uplink_proto::wire::json_depth) and the input depth the gateway accepts.
+mod depth {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    use uplink_proto::wire::{MAX_INPUT_DEPTH, json_depth};
+
+    /// The reference: a parsed value's depth, counted on its tree.
+    fn depth_of(v: &Value) -> usize {
+        match v {
+            Value::Array(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
+            Value::Object(members) => 1 + members.values().map(depth_of).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    fn nested(n: usize) -> String {
+        format!("{}{}", "[".repeat(n), "]".repeat(n))
+    }
+
+    #[test]
+    fn brackets_in_strings_and_escapes_do_not_count() {
+        for (text, depth) in [
+            ("1", 0),
+            (r#""[{""#, 0),
+            ("[]", 1),
+            ("{}", 1),
+            (r#"{"a":[1]}"#, 2),
+            (r#"[[],[[]],[]]"#, 3),
+            (r#"{"[[[":"]]]{{{","x":{"y":"\"[\\"}}"#, 2),
+            (r#"["\\", [ "\"]]]" ] ]"#, 2),
+            (r#"["\u005b\u005b"]"#, 1),
+            (" [ { \"k\" : [ ] } ] ", 3),
+        ] {
+            assert_eq!(json_depth(text), depth, "{text}");
+        }
+        // Ten thousand levels, read without recursion.
+        assert_eq!(json_depth(&nested(10_000)), 10_000);
+    }
+
+    #[test]
+    fn what_the_gateway_accepts_parses_in_every_envelope_its_readers_put_it_in() {
+        // The deepest accepted input, in the deepest wrapping the gateway's readers parse: the admin
+        // listing (`{"permissions":[{…,"tool_input":…}]}`) and the audit log's listing
+        // (`{"records":[{"record":{…,"input":…}}]}`), each with room to spare; serde_json stops at 128.
+        let input = nested(MAX_INPUT_DEPTH);
+        for wrapped in [
+            format!(r#"{{"permissions":[{{"tool_input":{input}}}]}}"#),
+            format!(r#"{{"records":[{{"record":{{"input":{input}}}}}]}}"#),
+            format!("{}{input}{}", "[".repeat(32), "]".repeat(32)),
+        ] {
+            assert!(serde_json::from_str::<Value>(&wrapped).is_ok(), "{wrapped}");
+        }
+    }
+
+    /// JSON values of any shape, with strings full of brackets, quotes and escapes.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[\\[\\]{}\"\\\\/a\u{e9}\u{1F600}\\x00-\\x1f]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(12, 96, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[\\[\\]{}\"\\\\a]{0,4}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_scan_counts_what_the_tree_has(v in json()) {
+            let depth = depth_of(&v);
+            prop_assert_eq!(json_depth(&v.to_string()), depth);
+            prop_assert_eq!(json_depth(&serde_json::to_string_pretty(&v).expect("serialize")), depth);
+        }
+
+        #[test]
+        fn the_scan_agrees_with_serde_jsons_own_limit(v in json(), around in 0usize..160) {
+            // `around` levels of arrays and objects around a value: serde_json parses it exactly when it
+            // nests fewer than 128 levels.
+            let mut text = v.to_string();
+            for i in 0..around {
+                text = if i % 2 == 0 { format!("[{text}]") } else { format!(r#"{{"k":{text}}}"#) };
+            }
+            let parsed = serde_json::from_str::<Value>(&text);
+            prop_assert_eq!(parsed.is_ok(), json_depth(&text) < 128, "{:?}", parsed.err());
+        }
+    }
+}

@@ -44,7 +44,7 @@ pub use hub::{
 pub use mcp_endpoint::{EndpointRequest, McpEndpoint, McpEndpointConfig, Method, Refusal, Route};
 pub use principal::{Action, BadRole, Role};
 pub use session::{
-    DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,
-    McpId, PendingPermission, PermId, SendMcpError, Withdrawn,
+    DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput,
+    INPUT_TOO_DEEP, McpFailure, McpId, PendingPermission, PermId, SendMcpError, Withdrawn,
 };
 pub use verdict::{Always, AlwaysScope, BadScope, Contradiction, Verdict};

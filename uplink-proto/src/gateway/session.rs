@@ -15,7 +15,8 @@
 //!   arrived for the stale threshold is reported [`GatewayEvent::Stale`], and [`GatewayEvent::Alive`] once it
 //!   speaks again.
 //! - Each permission request gets a [`PermId`] and ends exactly once: decided by the application (or by the
-//!   auto policies), withdrawn by the sled (`perm_cancel`), or withdrawn because the connection ended.
+//!   auto policies), withdrawn by the sled (`perm_cancel`), or withdrawn because the connection ended. One
+//!   whose `tool_input` nests deeper than [`wire::MAX_INPUT_DEPTH`] is denied at once ([`INPUT_TOO_DEEP`]).
 //! - Each MCP exchange (a request, or a standalone stream) ends exactly once: its `mcp_response`, a timeout
 //!   (requests only), [`Gateway::cancel_mcp`], or the connection's end. With a sled that lists the
 //!   `mcp_stream` capability, the local server's messages within an exchange arrive before its end as
@@ -341,6 +342,10 @@ pub struct PendingPermission<'a> {
     /// `None` when it announced none.
     pub deadline: Option<Instant>,
 }
+
+/// The message of the denial of a `perm_request` whose input nests deeper than [`wire::MAX_INPUT_DEPTH`].
+pub const INPUT_TOO_DEEP: &str = "the request's tool input nests arrays and objects more than 64 levels deep, \
+     deeper than the gateway accepts";
 
 /// What a session keeps of a permission request, beside its wire id.
 #[derive(Clone, Debug)]
@@ -762,8 +767,11 @@ impl Gateway {
         if req_id.is_empty() || self.perms.contains_wire(&req_id) {
             return self.ignored(GatewayIgnored::DuplicateRequest);
         }
-        // Decided without a person: the message tells the agent which rule it was.
-        let policy = if self.cfg.auto_deny.contains(&tool_name) {
+        // Decided without a person: the message tells the agent which rule it was. An input nested deeper
+        // than every reader of it can parse is never held, shown or approved.
+        let policy = if wire::json_depth(tool_input.get()) > wire::MAX_INPUT_DEPTH {
+            Some((Decision::Deny, INPUT_TOO_DEEP))
+        } else if self.cfg.auto_deny.contains(&tool_name) {
             Some((Decision::Deny, "denied by the gateway's auto-deny rule for this tool"))
         } else if self.cfg.auto_approve.contains(&tool_name) {
             Some((Decision::Approve, ""))

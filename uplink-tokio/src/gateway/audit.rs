@@ -4,7 +4,8 @@
 //! One record per step of a permission's life: `request` (project, the sled credential's label, tool,
 //! SHA-256 of the canonical input, the input unless redacted), then `end` (decided by a named principal,
 //! with the rule an "always allow" made; or withdrawn: `cancelled`, `deadline`, `connection_lost`; with how
-//! long it waited); or one `auto` record for a request a rule or a budget decided as it arrived. Rule
+//! long it waited); or one `auto` record for a request a rule or a budget decided as it arrived (an input
+//! nested deeper than the gateway accepts, which is denied so, keeps only the SHA-256 of its text). Rule
 //! changes are `rule_added` and `rule_removed`. Sealing and the chain are the store's (`store::audit`).
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use axum::response::Response;
 use hyper::StatusCode;
 use serde_json::Value;
 use uplink_proto::gateway::{Action, ConnHandle, HubEvent, PublicPermId};
+use uplink_proto::wire::{MAX_INPUT_DEPTH, json_depth};
 
 use super::Shared;
 use super::admin::Principal;
@@ -58,7 +60,15 @@ impl Recorder {
     }
 
     fn input(&self, entry: Entry, tool_input: &str) -> Entry {
-        // The sled's frame was valid JSON, so its input is.
+        // An input nested deeper than the gateway accepts (its request was denied for it) is not kept as a
+        // tree: no reader of the record could parse it again. Its hash is of its text as it arrived.
+        if json_depth(tool_input) > MAX_INPUT_DEPTH {
+            return entry
+                .with("input_sha256", sha256_hex(tool_input))
+                .with("input", Value::Null)
+                .with("input_not_kept", format!("nested more than {MAX_INPUT_DEPTH} levels deep"));
+        }
+        // The sled's frame was valid JSON, so its input is, and shallow enough to parse.
         let value: Value = serde_json::from_str(tool_input).unwrap_or(Value::Null);
         let entry = entry.with("input_sha256", sha256_hex(&canonical(&value)));
         if self.redact { entry.with("input", "redacted") } else { entry.with("input", value) }
