@@ -280,13 +280,21 @@ impl Columns {
     }
 
     fn agree(&self, record: &Sealed) -> bool {
-        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&record.text) else { return false };
-        let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_owned);
-        map.get("at_ms").and_then(Value::as_u64) == Some(self.at_ms)
-            && text("kind").as_deref() == Some(self.kind.as_str())
-            && text("project") == self.project
-            && text("tool") == self.tool
-            && text("outcome") == self.outcome
+        // Only the searchable fields are read; the rest (a tool input, however deep) is skipped unparsed.
+        #[derive(serde::Deserialize)]
+        struct Searched {
+            at_ms: Option<u64>,
+            kind: Option<String>,
+            project: Option<String>,
+            tool: Option<String>,
+            outcome: Option<String>,
+        }
+        let Ok(r) = serde_json::from_str::<Searched>(&record.text) else { return false };
+        r.at_ms == Some(self.at_ms)
+            && r.kind.as_deref() == Some(self.kind.as_str())
+            && r.project == self.project
+            && r.tool == self.tool
+            && r.outcome == self.outcome
     }
 }
 
@@ -380,6 +388,26 @@ mod tests {
         assert_eq!((report.records, report.first_seq, report.last_seq), (5, 1, 5));
         assert_eq!(report.head, hex(&records[4].0.hash));
         assert_eq!(verify(Anchor::default(), Vec::new(), None).map(|r| r.records), Ok(0));
+    }
+
+    #[test]
+    fn a_record_holding_json_deeper_than_any_parser_allows_still_verifies() {
+        // Written by a gateway that kept such an input as a tree: the searchable fields are still read.
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let text = format!(r#"{{"at_ms":5,"input":{deep},"kind":"request","project":"p","seq":1,"tool":"Bash"}}"#);
+        let sealed = Sealed { seq: 1, prev: GENESIS, hash: chain_hash(&GENESIS, &text), text };
+        let columns = Columns {
+            at_ms: 5,
+            kind: "request".into(),
+            project: Some("p".into()),
+            tool: Some("Bash".into()),
+            outcome: None,
+        };
+        let head = Some((1, sealed.hash));
+        assert_eq!(verify(Anchor::default(), [(sealed.clone(), columns.clone())], head).map(|r| r.records), Ok(1));
+        // And a column that disagrees is still found.
+        let other = Columns { tool: Some("Write".into()), ..columns };
+        assert_eq!(verify(Anchor::default(), [(sealed, other)], head).map(|r| r.records), Err(VerifyError::Columns(1)));
     }
 
     /// A change to a sealed log, as someone with the file could make it.
