@@ -101,12 +101,31 @@ impl AdminArgs {
 }
 
 /// The JSON of a 2xx answer; otherwise an error with the gateway's own words (and the status, for the exit
-/// code).
+/// code). A 2xx answer that does not parse is an error too, never an empty listing.
 pub(super) fn answer(status: u16, body: &str) -> Result<serde_json::Value, (u16, Failure)> {
-    let value: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    let parsed = serde_json::from_str::<serde_json::Value>(body);
     if (200..300).contains(&status) {
-        return Ok(value);
+        return parsed
+            .map_err(|e| (status, format!("the gateway answered {status} with JSON this client cannot read: {e}")));
     }
+    let value = parsed.unwrap_or(serde_json::Value::Null);
     let why = value["error"].as_str().map_or_else(|| body.trim().to_owned(), str::to_owned);
     Err((status, format!("the gateway answered {status}: {why}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer;
+
+    #[test]
+    fn an_answer_that_does_not_parse_is_an_error_never_an_empty_listing() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let listing = format!(r#"{{"permissions":[{{"id":"1-0","tool_input":{deep}}}]}}"#);
+        let (status, why) = answer(200, &listing).expect_err("serde_json stops at 128 levels");
+        assert_eq!(status, 200);
+        assert!(why.contains("cannot read") && why.contains("recursion limit"), "{why}");
+        assert_eq!(answer(200, r#"{"permissions":[]}"#).map(|v| v["permissions"].clone()), Ok(serde_json::json!([])));
+        let (status, why) = answer(404, r#"{"error":"no such permission"}"#).expect_err("404");
+        assert_eq!((status, why.as_str()), (404, "the gateway answered 404: no such permission"));
+    }
 }
