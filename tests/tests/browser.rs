@@ -3,7 +3,8 @@
 //! agent's request appear, approves it and the waiting agent (a real sled's `ask`, what `/permission`
 //! answers from) gets the approval; denies one with words and the agent gets them;
 //! a viewer has no buttons; a cross-site form post decides nothing. A screenshot of the console is written to
-//! `target/console.png` (the README's picture).
+//! `target/console.png` (the README's picture). One sled's request nested 10,000 levels deep blanks nothing:
+//! the gateway denies it at once, and the page, handed one all the same, folds it and shows the rest.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -15,8 +16,8 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio_tungstenite::tungstenite::Message;
-use uplink_proto::gateway::{ProjectScope, Role};
-use uplink_tests::{RealGateway, http, within};
+use uplink_proto::gateway::{INPUT_TOO_DEEP, ProjectScope, Role};
+use uplink_tests::{RealGateway, http, identify, perm_response, within};
 use uplink_tokio::gateway::GatewayServerConfig;
 use uplink_tokio::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
 use uplink_tokio::{Cause, Decision, LinkState, Uplink, UplinkConfig};
@@ -42,7 +43,10 @@ impl Browser {
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("Chromium is needed for the console's browser test: run `bash scripts/test` (it installs it)");
-        let profile = std::env::temp_dir().join(format!("uplink-browser-{}", std::process::id()));
+        // One profile per browser: the tests of this file run at once, and Chromium locks its profile.
+        static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let profile = std::env::temp_dir().join(format!("uplink-browser-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
         let mut child = tokio::process::Command::new(exe)
             .args([
@@ -272,6 +276,101 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
         .await;
     browser.until("the viewer's list", &format!("!!{third}")).await;
     assert_eq!(browser.eval("document.querySelectorAll('#pending-list .card button').length").await, json!(0));
+    drop(browser);
+    sled.shutdown().await;
+    gw.stop().await;
+}
+
+/// Signs `token` in on the console at `base` (the page is loaded there first).
+async fn sign_in(browser: &mut Browser, base: &str, token: &str, who: &str) {
+    browser.goto(&format!("{base}/")).await;
+    browser.until("the sign-in form", "!document.querySelector('#sign-in-view').hidden").await;
+    browser
+        .eval(&format!(
+            "document.querySelector('#token').value = '{token}'; document.querySelector('#sign-in button').click(); true"
+        ))
+        .await;
+    browser
+        .until("the person to be signed in", &format!("document.querySelector('#who').textContent.includes('{who}')"))
+        .await;
+}
+
+#[tokio::test]
+async fn one_request_nested_ten_thousand_deep_blanks_nothing() {
+    let sleds = vec![SledCredential::new("farm", TokenHash::of(SLED), ProjectScope::Any)];
+    let people = vec![AdminPrincipal::new("ana", Role::Approver, TokenHash::of(ANA))];
+    let config =
+        GatewayServerConfig::with_credentials("127.0.0.1:0".parse().unwrap(), Credentials::new(sleds, people).unwrap());
+    let gw = RealGateway::start_config(config).await;
+    let mut browser = Browser::launch().await;
+    sign_in(&mut browser, &gw.base, ANA, "ana (approver)").await;
+
+    // A sled sends, as a raw frame, a request whose input nests 10,000 arrays (valid JSON, far within the
+    // frame limit); another sled's agent asks for something ordinary.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let mut evil = gw.raw_sled_with(SLED).await;
+    identify(&mut evil, "team-b/evil").await;
+    let frame =
+        format!(r#"{{"type":"perm_request","req_id":"deep","payload":{{"tool_name":"Deep","tool_input":{deep}}}}}"#);
+    evil.send(Message::text(frame)).await.unwrap();
+    let mut config = UplinkConfig::new(&gw.ws, "team-a/web");
+    config.token = Some(SLED.into());
+    let sled = Uplink::start(config).unwrap();
+    uplink_tests::link_state_where(&sled, "the sled to connect", |s| matches!(s, LinkState::Connected { .. })).await;
+    let ordinary = ask(&sled, json!({"command": "cargo build --release"}));
+    let card = "[...document.querySelectorAll('#pending-list .card')].find(c => c.textContent.includes('cargo build --release'))";
+    browser.until("the ordinary request to be shown", &format!("!!{card}")).await;
+    // And after a reload.
+    browser.goto(&format!("{}/", gw.base)).await;
+    browser.until("the ordinary request to be shown again", &format!("!!{card}")).await;
+
+    // The gateway denied the deep one at once, saying why, and never held it: nothing else is listed, and
+    // the listing parses.
+    let denial = perm_response(&mut evil).await;
+    assert_eq!((denial["req_id"].as_str(), denial["payload"]["approved"].as_bool()), (Some("deep"), Some(false)));
+    assert_eq!(denial["payload"]["message"], INPUT_TOO_DEEP);
+    let (_, listing) = http("GET", &format!("{}/api/permissions", gw.base), Some(ANA), None, &[]).await;
+    let listing: Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(listing["permissions"].as_array().map(Vec::len), Some(1), "{listing}");
+
+    // The page, handed such a request all the same (as a listing from the gateway would hold it), folds it
+    // and still shows and decides the other.
+    browser
+        .eval(&format!(
+            r#"const real = window.fetch;
+            window.fetch = async (path, init) => {{
+              const r = await real(path, init);
+              if (String(path) !== "/api/permissions") return r;
+              const text = await r.text();
+              const rest = text.slice('{{"permissions":['.length, -2);
+              const forged = '{{"id":"999-0","project":"forged","tool_name":"Deep","tool_input":{deep},"age_ms":0,"deadline_in_ms":null,"suggested_rule":null}}';
+              return new Response('{{"permissions":[' + forged + (rest ? "," + rest : "") + ']}}', {{ status: r.status, headers: r.headers }});
+            }};
+            refresh().then(() => true)"#
+        ))
+        .await;
+    let forged = "document.querySelector('#pending-list .card[data-id=\"999-0\"]')";
+    browser.until("the deep request to be shown, folded", &format!("!!{forged}")).await;
+    let shown = browser.eval(&format!("{forged}.textContent")).await;
+    assert!(shown.as_str().unwrap().contains("nested deeper than 64 levels are folded"), "{shown}");
+    browser.until("the ordinary request beside it", &format!("!!{card}")).await;
+    // One that cannot be drawn at all is shown as such, with only a denial offered; the rest are drawn.
+    let unshown = browser
+        .eval(
+            "const li = cardOrNote({id: '998-0', project: 'p', tool_name: 't', get tool_input() { throw new Error('boom'); }}); \
+             [li.className, li.textContent.includes('boom'), [...li.querySelectorAll('button')].map(b => b.textContent)]",
+        )
+        .await;
+    assert_eq!(unshown, json!(["card unshown", true, ["Deny"]]));
+    // However long an input, what is drawn of it is bounded, and says so.
+    let long = browser
+        .eval("const box = renderInput('Write', {blob: 'x'.repeat(1000000)}); [box.textContent.length < 70000, box.textContent.includes('Only the first 65,536 characters')]")
+        .await;
+    assert_eq!(long, json!([true, true]));
+
+    browser.eval(&format!("{card}.querySelector('button.approve').click(); true")).await;
+    let answer = within("the agent's answer", ordinary).await.unwrap();
+    assert_eq!((answer.decision, answer.cause), (Decision::Approve, Cause::Response));
     drop(browser);
     sled.shutdown().await;
     gw.stop().await;

@@ -36,30 +36,103 @@ function ago(ms) {
   return s < 60 ? s + " s" : s < 3600 ? Math.floor(s / 60) + " min" : Math.floor(s / 3600) + " h";
 }
 
+// What one request can put on the page is bounded, and each card is drawn on its own: whatever one request
+// holds, the others are shown and can be decided. An input is shown to SHOW_DEPTH levels (the gateway's own
+// limit, wire::MAX_INPUT_DEPTH: it refuses deeper ones) and SHOW_CHARS characters; past either, it is folded
+// with a note. Names (project, tool, path) are cut at SHOW_NAME characters.
+const SHOW_DEPTH = 64;
+const SHOW_CHARS = 65536;
+const SHOW_NAME = 200;
+const WHOLE = "uplink permissions ls --json prints it whole";
+
+function count(n) { return n.toLocaleString("en"); }
+
+// `text` (any value, as text) cut to `limit` characters, marked when cut.
+function clip(text, limit) {
+  const s = String(text);
+  return s.length <= limit ? s : s.slice(0, limit) + "…";
+}
+
+// `text` cut to SHOW_CHARS, and the note saying so (or null).
+function bounded(text) {
+  if (text.length <= SHOW_CHARS) return [text, null];
+  return [text.slice(0, SHOW_CHARS), "Only the first " + count(SHOW_CHARS) + " of its " + count(text.length) + " characters are shown; " + WHOLE + "."];
+}
+
+function note(text) { return text ? el("p", { class: "note", text }) : null; }
+
+// `value` as indented JSON, never deeper than SHOW_DEPTH levels nor longer than SHOW_CHARS characters: what
+// lies deeper is written […] or {…}, what lies beyond is left out. Its notes say which.
+function pretty(value) {
+  const parts = [];
+  let size = 0;
+  let deep = false;
+  let cut = false;
+  const put = (s) => {
+    if (s.length > SHOW_CHARS - size) {
+      cut = true;
+      s = s.slice(0, SHOW_CHARS - size);
+    }
+    parts.push(s);
+    size += s.length;
+  };
+  const scalar = (v) => (typeof v === "string" ? JSON.stringify(v.length > SHOW_CHARS ? v.slice(0, SHOW_CHARS) : v) : String(JSON.stringify(v)));
+  const walk = (v, indent, depth) => {
+    if (v === null || typeof v !== "object") return put(scalar(v));
+    const list = Array.isArray(v);
+    const keys = list ? null : Object.keys(v);
+    const n = list ? v.length : keys.length;
+    if (n === 0) return put(list ? "[]" : "{}");
+    if (depth >= SHOW_DEPTH) {
+      deep = true;
+      return put(list ? "[…]" : "{…}");
+    }
+    put(list ? "[" : "{");
+    const inner = indent + "  ";
+    for (let i = 0; i < n && !cut; i++) {
+      put((i ? ",\n" : "\n") + inner);
+      if (!list) put(JSON.stringify(keys[i]) + ": ");
+      walk(list ? v[i] : v[keys[i]], inner, depth + 1);
+    }
+    put("\n" + indent + (list ? "]" : "}"));
+  };
+  walk(value, "", 0);
+  const notes = [];
+  if (deep) notes.push("Parts nested deeper than " + SHOW_DEPTH + " levels are folded ([…], {…}); " + WHOLE + ".");
+  if (cut) notes.push("Only the first " + count(SHOW_CHARS) + " characters are shown; " + WHOLE + ".");
+  return [parts.join(""), notes];
+}
+
 // A tool input as a person reads it: a command, a diff, a file excerpt, or JSON; long ones folded.
 function renderInput(tool, input) {
-  const box = el("div");
+  const box = el("div", { class: "input" });
   if (input && typeof input.command === "string") {
-    box.append(el("pre", { class: "command" }, el("code", { text: input.command })));
+    const [text, cut] = bounded(input.command);
+    box.append(el("pre", { class: "command" }, el("code", { text })), note(cut));
   } else if (input && typeof input.old_string === "string" && typeof input.new_string === "string") {
-    box.append(el("div", { class: "meta", text: input.file_path || "" }));
+    box.append(el("div", { class: "meta", text: clip(input.file_path || "", SHOW_NAME) }));
+    const [before, cutBefore] = bounded(input.old_string);
+    const [after, cutAfter] = bounded(input.new_string);
     const pre = el("pre", { class: "diff" });
-    for (const l of input.old_string.split("\n")) pre.append(el("span", { class: "del", text: "- " + l + "\n" }));
-    for (const l of input.new_string.split("\n")) pre.append(el("span", { class: "add", text: "+ " + l + "\n" }));
-    box.append(pre);
+    for (const l of before.split("\n")) pre.append(el("span", { class: "del", text: "- " + l + "\n" }));
+    for (const l of after.split("\n")) pre.append(el("span", { class: "add", text: "+ " + l + "\n" }));
+    box.append(pre, note(cutBefore), note(cutAfter));
   } else if (input && typeof input.content === "string") {
-    box.append(el("div", { class: "meta", text: input.file_path || "" }));
-    box.append(folded(input.content));
+    box.append(el("div", { class: "meta", text: clip(input.file_path || "", SHOW_NAME) }));
+    const [text, cut] = bounded(input.content);
+    box.append(folded(text, input.content.length), note(cut));
   } else {
-    box.append(folded(JSON.stringify(input, null, 2)));
+    const [text, notes] = pretty(input);
+    box.append(folded(text, text.length), ...notes.map(note));
   }
   return box;
 }
 
-function folded(text) {
+// `text` (of `total` characters whole) in a block, folded behind its first line when long.
+function folded(text, total) {
   if (text.length <= 600) return el("pre", { text });
   const d = el("details");
-  d.append(el("summary", { text: text.slice(0, 120).replace(/\n/g, " ") + " … (" + text.length + " characters)" }));
+  d.append(el("summary", { text: text.slice(0, 120).replace(/\n/g, " ") + " … (" + count(total) + " characters)" }));
   d.append(el("pre", { text }));
   return d;
 }
@@ -82,7 +155,7 @@ setInterval(tick, 1000);
 
 function card(p) {
   const li = el("li", { class: "card", "data-id": p.id });
-  const meta = el("div", { class: "meta", text: p.project + " · " + p.tool_name + " · waiting " + ago(p.age_ms) + " · " + p.id + " · " });
+  const meta = el("div", { class: "meta", text: clip(p.project, SHOW_NAME) + " · " + clip(p.tool_name, SHOW_NAME) + " · waiting " + ago(p.age_ms) + " · " + p.id + " · " });
   if (p.deadline_in_ms != null) meta.append(el("span", { class: "deadline", "data-deadline": String(Date.now() + p.deadline_in_ms) }));
   li.append(meta);
   li.append(renderInput(p.tool_name, p.tool_input));
@@ -103,28 +176,55 @@ function card(p) {
   return li;
 }
 
+// A request's card, or, when it cannot be drawn, one that says so: only a denial is offered for what cannot
+// be seen. Either way the other cards are drawn.
+function cardOrNote(p) {
+  try {
+    return card(p);
+  } catch (e) {
+    const id = p && typeof p.id === "string" ? p.id : "";
+    const li = el("li", { class: "card unshown", "data-id": id });
+    li.append(el("div", { class: "meta", text: clip(p && p.project, SHOW_NAME) + " · " + clip(p && p.tool_name, SHOW_NAME) + " · " + id }));
+    li.append(el("p", { class: "error", text: "This request cannot be shown here (" + clip(e && e.message, SHOW_NAME) + "); " + WHOLE + "." }));
+    if (me && me.role !== "viewer" && id) {
+      li.append(el("div", { class: "actions" }, el("button", { type: "button", class: "deny", onclick: () => decide(id, { approved: false }), text: "Deny" })));
+    }
+    return li;
+  }
+}
+
+// Each part of the page is refreshed on its own: one that fails leaves the others drawn.
 async function refresh() {
   if (!me) return;
-  try {
-    const [perms, sleds] = await Promise.all([api("GET", "/api/permissions"), api("GET", "/api/sleds")]);
-    const list = $("#pending-list");
-    list.replaceChildren(...perms.permissions.map(card));
-    tick();
-    $("#pending-empty").hidden = perms.permissions.length > 0;
-    $("#sled-rows").replaceChildren(...sleds.sleds.map((s) => el("tr", {},
-      el("td", { text: s.project }), el("td", { text: s.connected ? (s.stale ? "stale" : "connected") : "gone" }),
-      el("td", { text: s.connected ? ago(s.connected_for_ms) : "" }), el("td", { text: String(s.pending_permissions) }))));
-    const rules = await api("GET", "/api/rules");
-    $("#rule-rows").replaceChildren(...rules.rules.map((r) => el("tr", {},
-      el("td", { text: String(r.id) }), el("td", { text: r.effect }), el("td", { text: r.pattern }),
-      el("td", { text: r.connection != null ? "connection " + r.connection : r.project || (r.projects || ["every project"]).join(", ") }),
-      el("td", { text: r.author }))));
-    const audit = await api("GET", "/api/audit?limit=50").catch(() => ({ records: [] }));
-    $("#audit-rows").replaceChildren(...audit.records.reverse().map((x) => { const r = x.record; return el("tr", {},
-      el("td", { text: String(r.seq) }), el("td", { text: new Date(r.at_ms).toLocaleString() }), el("td", { text: r.kind }),
-      el("td", { text: r.project || "" }), el("td", { text: r.tool || "" }), el("td", { text: r.outcome || "" }),
-      el("td", { text: r.by || (r.rule != null ? "rule " + r.rule : "") })); }));
-  } catch (e) { say(e.message); }
+  const part = (draw) => draw().catch((e) => say(e.message));
+  await Promise.all([
+    part(async () => {
+      const perms = await api("GET", "/api/permissions");
+      $("#pending-list").replaceChildren(...perms.permissions.map(cardOrNote));
+      tick();
+      $("#pending-empty").hidden = perms.permissions.length > 0;
+    }),
+    part(async () => {
+      const sleds = await api("GET", "/api/sleds");
+      $("#sled-rows").replaceChildren(...sleds.sleds.map((s) => el("tr", {},
+        el("td", { text: clip(s.project, SHOW_NAME) }), el("td", { text: s.connected ? (s.stale ? "stale" : "connected") : "gone" }),
+        el("td", { text: s.connected ? ago(s.connected_for_ms) : "" }), el("td", { text: String(s.pending_permissions) }))));
+    }),
+    part(async () => {
+      const rules = await api("GET", "/api/rules");
+      $("#rule-rows").replaceChildren(...rules.rules.map((r) => el("tr", {},
+        el("td", { text: String(r.id) }), el("td", { text: r.effect }), el("td", { text: r.pattern }),
+        el("td", { text: r.connection != null ? "connection " + r.connection : r.project || (r.projects || ["every project"]).join(", ") }),
+        el("td", { text: r.author }))));
+    }),
+    part(async () => {
+      const audit = await api("GET", "/api/audit?limit=50").catch(() => ({ records: [] }));
+      $("#audit-rows").replaceChildren(...audit.records.reverse().map((x) => { const r = x.record; return el("tr", {},
+        el("td", { text: String(r.seq) }), el("td", { text: new Date(r.at_ms).toLocaleString() }), el("td", { text: r.kind }),
+        el("td", { text: clip(r.project || "", SHOW_NAME) }), el("td", { text: clip(r.tool || "", SHOW_NAME) }), el("td", { text: r.outcome || "" }),
+        el("td", { text: r.by || (r.rule != null ? "rule " + r.rule : "") })); }));
+    }),
+  ]);
 }
 
 function listen() {
