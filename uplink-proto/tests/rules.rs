@@ -66,6 +66,8 @@ fn a_bash_allow_rule_is_not_fooled_by_operators_substitutions_quotes_or_newlines
         ("npm run test $(echo hi)", "none"),
         ("npm run test > ~/.bashrc", "none"),
         ("npm run test 2>&1", "allow"),
+        ("npm run test >&2x", "none"),
+        ("npm run test >&1/../.bashrc", "none"),
         ("npm run test >/dev/null", "allow"),
         ("'npm run test'", "none"),
         ("npm run testing", "none"),
@@ -79,6 +81,136 @@ fn a_bash_allow_rule_is_not_fooled_by_operators_substitutions_quotes_or_newlines
     assert_eq!(ask(&rules, "Shell", &bash("rm -rf /")), Outcome::NoRule);
     assert_eq!(ask(&rules, "Bash", r#"{"command": 7}"#), Outcome::NoRule);
     assert_eq!(ask(&rules, "Bash", r#"["npm run test"]"#), Outcome::NoRule);
+}
+
+/// Allow rules for every command the examples below use (and one that matches any simple command), so that
+/// only the reading of the line decides.
+fn broad_allows() -> RuleSet {
+    use Effect::Allow;
+    set(&[
+        (Allow, "Bash(ls *)"),
+        (Allow, "Bash(echo *)"),
+        (Allow, "Bash(printf *)"),
+        (Allow, "Bash(test *)"),
+        (Allow, "Bash([ *)"),
+        (Allow, "Bash([[ *)"),
+        (Allow, "Bash(read *)"),
+        (Allow, "Bash(let *)"),
+        (Allow, "Bash(declare *)"),
+        (Allow, "Bash(export *)"),
+        (Allow, "Bash(**)"),
+    ])
+}
+
+/// Lines bash turns into code through a variable the agent inherited (`x='a[$(cmd)]'`), or through a
+/// builtin that evaluates its operand: each checked against bash 5.2 (the oracle test below runs them).
+const RUNS_CODE: &[&str] = &[
+    // Arithmetic in every spelling.
+    "ls $[x]",
+    "ls $[ x ]",
+    "ls \"$[x]\"",
+    "ls $((x))",
+    "ls \"$((x))\"",
+    "ls a$[x]b",
+    "(( x ))",
+    "let x",
+    "let 'x'",
+    "declare -i y=x",
+    "[[ x -eq 1 ]]",
+    "[[ 1 -lt x ]]",
+    "for ((i=x;0;)); do :; done",
+    // Subscripts, offsets, indirection, transformations.
+    "ls ${a[x]}",
+    "ls \"${a[x]}\"",
+    "ls ${x[x]}",
+    "ls ${x:x}",
+    "ls ${x:0:x}",
+    "ls ${x: x}",
+    "ls ${@:x}",
+    "ls ${*:x}",
+    "ls ${!x}",
+    "ls \"${!x}\"",
+    "ls ${x@P}",
+    "ls \"${x@P}\"",
+    "echo ok && ls ${x@P}",
+    // Operators whose words are expanded.
+    "ls ${y:-$[x]}",
+    "ls ${y-${!x}}",
+    "ls ${y:=$[x]}",
+    "ls ${y:-${x@P}}",
+    "ls \"${y:-\"${x@P}\"}\"",
+    // Builtins that evaluate a name's subscript or an assignment arithmetically.
+    "printf -v 'a[x]' z",
+    "printf -v\"a[x]\" z",
+    "command printf -v 'a[x]' z",
+    "builtin printf -v 'a[x]' z",
+    "test -v 'a[x]'",
+    "[ -v 'a[x]' ]",
+    "[[ -v a[x] ]]",
+    "read 'a[x]' < /dev/null",
+    "echo 1 | read 'a[x]'",
+    "declare 'a[x]=1'",
+    "export RANDOM=$x",
+    "export \"RANDOM=$x\"",
+    "RANDOM=$x",
+    "OPTIND=$x",
+    "SRANDOM=$x; echo",
+    "! RANDOM=$x",
+    "time RANDOM=$x",
+    "a[x]=1",
+    "a[1 + x]=1",
+    // A descriptor assigned to an array element.
+    "ls {a[x]}>/dev/null",
+    "ls {a[x]}>&2",
+];
+
+#[test]
+fn an_allow_rule_never_vouches_for_an_expansion_or_builtin_that_bash_can_turn_into_code() {
+    let rules = broad_allows();
+    for line in RUNS_CODE {
+        assert_eq!(kind(ask(&rules, "Bash", &bash(line))), "none", "{line:?}");
+    }
+    // The same constructs spelled inertly: quoted, escaped, or plain expansions.
+    for line in [
+        "ls '$[x]'",
+        "ls \\$[x]",
+        "ls '${x@P}' '$(id)'",
+        "ls $x \"$x\" ${x} \"${x}\" $1 ${10} $@ \"$*\" $# $? $- $$ $! ${#} ${!}",
+        "ls $x[x] \"$a[x]\"",
+        "ls ~ ~/x ~root {a,b}.rs *.rs a[12].txt",
+        "ls $'a\\tb' $'it\\'s'",
+        "ls $ a$ \"$\"",
+        "RUST_LOG=debug ls",
+        "echo \"hi!\" a!= ! b",
+        "ls # a comment: $[x] `id`",
+        "ls >/dev/null 2>&1",
+        "echo x -eq 1",
+    ] {
+        assert_eq!(kind(ask(&rules, "Bash", &bash(line))), "allow", "{line:?}");
+    }
+}
+
+#[test]
+fn ansi_c_quotes_and_comments_are_read_as_bash_reads_them() {
+    use Effect::*;
+    let rules = set(&[(Allow, "Bash(ls *)"), (Deny, "Bash(rm *)")]);
+    for line in [
+        // `$'\''` is one quote character: what follows is a command.
+        "ls $'\\'' ; rm -rf / #'",
+        // A comment ends at the newline; its quote opens nothing.
+        "ls #'\nrm -rf / #'",
+        "ls # it's\nrm -rf /",
+    ] {
+        assert_eq!(kind(ask(&rules, "Bash", &bash(line))), "deny", "{line:?}");
+    }
+    let allow_only = set(&[(Allow, "Bash(ls *)")]);
+    for line in ["ls $'\\'' ; rm -rf / #'", "ls #'\nrm -rf / #'"] {
+        assert_eq!(kind(ask(&allow_only, "Bash", &bash(line))), "none", "{line:?}");
+    }
+    // And the other way: `$$'…'` is the process id and a single-quoted word, `$#` no comment.
+    for line in ["ls $$'\\'' ; rm -rf / #'", "ls $# '\nrm -rf /'"] {
+        assert_eq!(kind(ask(&rules, "Bash", &bash(line))), "allow", "{line:?}");
+    }
 }
 
 #[test]
@@ -167,7 +299,71 @@ fn an_always_allow_suggestion_is_derived_from_the_request() {
         Some("Bash(cargo test *)")
     );
     assert_eq!(suggest("Bash", &bash("make && make install")), None);
+    // A builtin that evaluates its operands makes no rule: `Bash(printf *)` would never approve anything.
+    assert_eq!(suggest("Bash", &bash("printf '%s\n' done")), None);
     assert_eq!(suggest("WebSearch", "{}").map(|p| p.text().to_owned()).as_deref(), Some("WebSearch"));
+}
+
+// ── Bash itself as the reference ───────────────────────────────────────────────────────────────────────
+
+/// Runs `line` in bash, in a directory of its own, with `x` holding code as an inherited variable could
+/// (`a[$(touch pwned)0]`) and `SHELLOPTS` as given: whether anything ran `touch pwned`. Bash gets no input
+/// and at most 20 s.
+fn bash_runs_code(line: &str, shellopts: Option<&str>) -> bool {
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "uplink-rules-bash-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(line)
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &dir)
+        .env("x", "a[$(touch pwned)0]")
+        .envs(shellopts.map(|o| ("SHELLOPTS", o)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("these tests need bash");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("bash's status").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bash still running {line:?} after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let ran = dir.join("pwned").exists();
+    std::fs::remove_dir_all(&dir).expect("the scratch directory goes");
+    ran
+}
+
+#[test]
+fn bash_runs_the_code_in_every_refused_example_and_none_in_the_allowed_ones() {
+    // The oracle is live: each example does run code in bash (so the reader is not refusing harmless lines
+    // by mistake), and lines an allow rule approves with that variable in the environment run none.
+    for line in RUNS_CODE {
+        assert!(bash_runs_code(line, None), "bash ran no code for {line:?}");
+    }
+    // With `set -k` from the environment, an assignment anywhere on a special builtin's line.
+    for line in [": RANDOM=$x", "shift OPTIND+=x", "echo ok; : SECONDS=$x"] {
+        assert!(bash_runs_code(line, Some("keyword:posix")), "bash ran no code for {line:?}");
+        assert_eq!(kind(ask(&broad_allows(), "Bash", &bash(line))), "none", "{line:?}");
+    }
+    for line in ["ls $x \"${x}\" $x[x] '$[x]' \\$[x] ${#} $# a[1].txt", "echo \"$x\" ~ {a,b} # $[x]"] {
+        assert!(!bash_runs_code(line, None), "{line:?}");
+        assert!(!bash_runs_code(line, Some("keyword:posix")), "{line:?}");
+        assert_eq!(kind(ask(&broad_allows(), "Bash", &bash(line))), "allow", "{line:?}");
+    }
 }
 
 // ── Properties ──────────────────────────────────────────────────────────────────────────────────────────
@@ -241,6 +437,158 @@ fn rule_set() -> impl Strategy<Value = Vec<Rule>> {
     })
 }
 
+/// An expression bash evaluates arithmetically, spelled several ways; in an attack `x` holds code.
+fn arithmetic() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["x", "$x", "\"$x\"", " x ", "1+x", "x*2", "a[x]", "${x}", "$[x]", "((x))"])
+}
+
+/// An expansion bash evaluates, spelled many ways: `e` is arithmetic, `w` a word that is expanded.
+fn evaluating_expansion() -> impl Strategy<Value = String> {
+    let transformations = prop::sample::select(vec!['P', 'E', 'A', 'Q', 'U', 'u', 'L', 'a', 'K', 'k']);
+    let operators = prop::sample::select(vec![
+        ":-", "-", ":=", "=", ":?", "?", ":+", "+", "#", "##", "%", "%%", "/", "//", "/#", "/%", "^", "^^", ",", ",,",
+    ]);
+    let inner = prop::sample::select(vec!["$[x]", "${!x}", "${x@P}", "\"$((x))\"", "w", "", "'w'"]);
+    (arithmetic(), 0usize..17, transformations, operators, inner).prop_map(|(e, form, t, op, w)| match form {
+        0 => format!("$[{e}]"),
+        1 => format!("$(({e}))"),
+        2 => format!("$(( {e} ))"),
+        3 => format!("${{a[{e}]}}"),
+        4 => format!("${{a[{e}]:-{w}}}"),
+        5 => format!("${{#a[{e}]}}"),
+        6 => format!("${{x:{e}}}"),
+        7 => format!("${{x:0:{e}}}"),
+        8 => format!("${{@:{e}}}"),
+        9 => "${!x}".to_owned(),
+        10 => "${!x[@]}".to_owned(),
+        11 => "${!x@}".to_owned(),
+        12 => format!("${{x@{t}}}"),
+        13 => format!("${{x{op}{w}}}"),
+        14 => format!("${{#x}}{w}"),
+        15 => format!("$\"{w}\""),
+        _ => format!("${{y:-${{x@{t}}}}}"),
+    })
+}
+
+/// An expansion in a command's arguments: bare, inside double quotes, nested, after other words.
+fn line_with_expansion() -> impl Strategy<Value = String> {
+    (evaluating_expansion(), 0usize..14).prop_map(|(c, context)| match context {
+        // Inside double quotes, `$"` is a `$` and the closing quote.
+        1 | 2 | 8 | 11 if c.starts_with("$\"") => format!("ls {c}"),
+        0 => format!("ls {c}"),
+        1 => format!("ls \"{c}\""),
+        2 => format!("ls a\"{c}\"b"),
+        3 => format!("ls -l --x={c}"),
+        4 => format!("echo ok && ls {c}"),
+        5 => format!("ls {c}; echo ok"),
+        6 => format!("echo ok\nls a {c} b"),
+        7 => format!("ls ${{y:-{c}}}"),
+        8 => format!("ls \"${{y:-\"{c}\"}}\""),
+        9 => format!("FOO={c} ls"),
+        10 => format!("ls {c} >/dev/null 2>&1"),
+        11 => format!("echo \"x {c} y\" # {c}"),
+        12 => format!("ls $HOME{c}"),
+        _ => c,
+    })
+}
+
+/// A command bash evaluates as arithmetic or as variable names, in every place a command can stand.
+fn line_with_evaluating_command() -> impl Strategy<Value = String> {
+    let command = (arithmetic(), 0usize..30).prop_map(|(e, form)| match form {
+        0 => format!("(({e}))"),
+        1 => format!("let {e}"),
+        2 => format!("let \"v={e}\""),
+        3 => format!("declare -i v={e}"),
+        4 => format!("typeset -i v={e}"),
+        5 => format!("local -i v={e}"),
+        6 => format!("[[ {e} -eq 1 ]]"),
+        7 => format!("[[ 1 -lt {e} ]]"),
+        8 => format!("[[ -v a[{e}] ]]"),
+        9 => format!("for ((i={e};0;)); do :; done"),
+        10 => format!("printf -v 'a[{e}]' z"),
+        11 => format!("printf -va[{e}] z"),
+        12 => format!("read 'a[{e}]'"),
+        13 => format!("read -r a[{e}]"),
+        14 => format!("test -v 'a[{e}]'"),
+        15 => format!("[ -v 'a[{e}]' ]"),
+        16 => format!("unset 'a[{e}]'"),
+        17 => format!("wait -p 'a[{e}]' -n"),
+        18 => format!("declare 'a[{e}]=1'"),
+        19 => format!("export RANDOM={e}"),
+        20 => format!("readonly OPTIND={e}"),
+        21 => format!("RANDOM={e}"),
+        22 => format!("OPTIND={e}"),
+        23 => format!("SECONDS={e} :"),
+        24 => format!("HISTCMD+={e}"),
+        25 => format!("a[{e}]=1"),
+        // A blank would split the word: no descriptor variable then.
+        26 => format!("ls {{a[{}]}}>/dev/null", e.trim()),
+        27 => format!("ls {{a[{}]}}>&2", e.trim()),
+        28 => format!("'printf' -v 'a[{e}]' z"),
+        _ => format!("p\\rintf -v 'a[{e}]' z"),
+    });
+    (command, 0usize..13).prop_map(|(k, context)| match context {
+        0 => k,
+        1 => format!("echo ok; {k}"),
+        2 => format!("echo ok && {k}"),
+        3 => format!("! {k}"),
+        4 => format!("time -p {k}"),
+        5 => format!("command {k}"),
+        6 => format!("builtin {k}"),
+        7 => format!("if true; then {k}; fi"),
+        8 => format!("while false; do {k}; done"),
+        9 => format!("FOO=1 {k}"),
+        10 => format!("{k} # a comment"),
+        11 => format!("echo ok |\n{k}"),
+        _ => format!("2>/dev/null {k}"),
+    })
+}
+
+/// A Bash line for bash to judge: simple commands (mostly ones the oracle's rules allow, some `touch`), their
+/// arguments drawn from plain words, expansions (evaluating or not), quotes, comments and redirections.
+fn bash_line() -> impl Strategy<Value = String> {
+    let command = prop_oneof![
+        6 => Just("ls"),
+        6 => Just("echo"),
+        2 => prop::sample::select(vec![
+            "true", "FOO=1 ls", "set", "shift", "! ls", "time echo", "touch pwned", "printf", "test", "[", "[[", "read",
+            "let", "declare", "export", "unset", "wait", "RANDOM=$x", "OPTIND=x", "a[x]=1",
+        ]),
+    ];
+    // Mostly what the reader accepts (quotes, comments, plain expansions), where a misreading would show.
+    let argument = prop_oneof![
+        4 => prop::sample::select(vec![
+            "-v", "-l", "a", "x", "$x", "\"$x\"", "${x}", "~", "{a,b}", "*", "1", "]", "$'m'", "$'\\''", "$'\\\\'",
+            "$$", "$#", "$", "$@", "'", "'", "'", "\"", "\"", "\"", "\\", "\\'", "\\\"", "#", "#'", "#\"", ">/dev/null",
+            "2>&1", "> out", "touch pwned", "!", "\n", ";", "&&", "|", "SECONDS=$x", "OPTIND+=x",
+        ]),
+        1 => prop::sample::select(vec![
+            "'a[x]'", "\"a[x]\"", "a[x]", "-eq", "]]", "RANDOM=$x", "$[x]", "$((x))", "${x@P}", "${!x}", "${x:x}",
+            "${a[x]}", "${y:-$[x]}", "${x@Q}", "\"${x@P}\"", "$(touch pwned)", "`touch pwned`", "{a[x]}>/dev/null",
+        ]),
+    ];
+    let joint = prop::sample::select(vec![" ", " ", " ", ""]);
+    let operator = prop::sample::select(vec!["; ", " && ", " | ", "\n", " || "]);
+    let simple = (command, prop::collection::vec((joint, argument), 0..6)).prop_map(|(c, args)| {
+        let mut line = String::from(c);
+        for (j, a) in args {
+            line.push_str(j);
+            line.push_str(a);
+        }
+        line
+    });
+    prop::collection::vec((simple, operator), 1..4).prop_map(|commands| {
+        let mut line = String::new();
+        for (i, (c, op)) in commands.iter().enumerate() {
+            if i > 0 {
+                line.push_str(op);
+            }
+            line.push_str(c);
+        }
+        line
+    })
+}
+
 proptest! {
     #[test]
     fn no_allow_overrides_a_matching_deny_and_removing_an_allow_never_approves(
@@ -286,6 +634,41 @@ proptest! {
         let outcome = ask(&rules, "Bash", &bash(&line));
         if runs {
             prop_assert!(matches!(outcome, Outcome::Deny(RuleId(1))), "{:?}: {:?}", line, outcome);
+        }
+    }
+
+    #[test]
+    fn no_allow_rule_matches_a_line_with_an_evaluating_expansion(line in line_with_expansion()) {
+        prop_assert_eq!(ask(&broad_allows(), "Bash", &bash(&line)), Outcome::NoRule, "{:?}", line);
+    }
+
+    #[test]
+    fn no_allow_rule_matches_a_line_with_an_evaluating_command(line in line_with_evaluating_command()) {
+        prop_assert_eq!(ask(&broad_allows(), "Bash", &bash(&line)), Outcome::NoRule, "{:?}", line);
+    }
+
+    #[test]
+    fn single_quotes_keep_any_expansion_inert(c in evaluating_expansion()) {
+        prop_assume!(!c.contains('\''));
+        let line = format!("ls '{c}'");
+        prop_assert!(matches!(ask(&broad_allows(), "Bash", &bash(&line)), Outcome::Allow(_)), "{:?}", line);
+    }
+
+    /// Bash is the reference: a line the allow rules approve never runs code they did not name (`touch`,
+    /// or the code in the variable `x`).
+    #[test]
+    fn bash_runs_nothing_an_allow_rule_did_not_name(line in bash_line(), keyword in any::<bool>()) {
+        use Effect::Allow;
+        let rules = set(&[
+            (Allow, "Bash(ls *)"), (Allow, "Bash(echo *)"), (Allow, "Bash(printf *)"), (Allow, "Bash(test *)"),
+            (Allow, "Bash([ *)"), (Allow, "Bash([[ *)"), (Allow, "Bash(read *)"), (Allow, "Bash(true *)"),
+            (Allow, "Bash(let *)"), (Allow, "Bash(declare *)"), (Allow, "Bash(export *)"), (Allow, "Bash(unset *)"),
+            (Allow, "Bash(wait *)"), (Allow, "Bash(RANDOM=*)"), (Allow, "Bash(OPTIND=*)"), (Allow, "Bash(a[*)"),
+            (Allow, "Bash(FOO=1 *)"), (Allow, "Bash(set *)"), (Allow, "Bash(shift *)"),
+        ]);
+        if matches!(ask(&rules, "Bash", &bash(&line)), Outcome::Allow(_)) {
+            let shellopts = keyword.then_some("keyword:posix");
+            prop_assert!(!bash_runs_code(&line, shellopts), "approved, and bash ran code: {:?} ({:?})", line, shellopts);
         }
     }
 }

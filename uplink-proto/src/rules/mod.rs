@@ -12,8 +12,9 @@
 //! ```
 //!
 //! Matching is asymmetric on purpose, so that doubt never approves:
-//! - a Bash command is [allowed](shell) only when it reads as plain simple commands (no
-//!   substitution, no parentheses, no file redirection) and **every** one of them matches an allow rule;
+//! - a Bash command is [allowed](shell) only when it is made of constructs bash cannot turn into code (no
+//!   substitution, arithmetic, `${…}` operator or evaluating builtin, no parentheses, no file redirection)
+//!   and **every** simple command matches an allow rule;
 //! - it is [denied](shell) (or asked) when **any** fragment of it matches: each simple command, the
 //!   insides of substitutions, each without its wrappers and leading assignments;
 //! - relative paths, subdomains and unreadable inputs are read narrowly by allow rules and generously by deny

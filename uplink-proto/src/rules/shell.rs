@@ -1,17 +1,48 @@
 //! Reading a Bash command the way the rules must: as the simple commands it runs, never fooled by quoting.
 //!
-//! The reader knows single and double quotes, backslash escapes, the control operators (`;`, `&&`, `||`,
-//! `|`, `|&`, `&`, newline), redirections, command substitution (`$(…)`, backticks), process substitution
-//! (`<(…)`, `>(…)`) and parentheses. It does not run or expand anything. It reads for two purposes:
-//! - **allow**: the simple commands, each with its unquoted whitespace collapsed, but only
-//!   when the whole line is plain: a substitution, a parenthesis, an unbalanced quote or a trailing
-//!   backslash anywhere makes it unreadable (`None`), and a part with a redirection other than to
-//!   `/dev/null` or between descriptors is marked complex. An allow rule must match every part, and no
-//!   complex one.
-//! - **deny and ask**: every fragment that could run, read generously: the simple commands,
-//!   the text inside substitutions and parentheses too, each also without leading assignments, wrappers
-//!   (`timeout 5`, `nice`, `nohup`, `env`, `sudo`, `exec`, `command`, `time`, `xargs`) and keywords (`if`,
-//!   `then`, `do`, `!`, …). A deny rule matching any of them denies the whole line.
+//! The reader knows single and double quotes, ANSI-C quotes (`$'…'`), backslash escapes, comments, the control
+//! operators (`;`, `&&`, `||`, `|`, `|&`, `&`, newline), redirections, parameter expansions, command
+//! substitution (`$(…)`, backticks), process substitution (`<(…)`, `>(…)`) and parentheses. It does not run or
+//! expand anything. It reads for two purposes:
+//! - **allow**: the simple commands, each with its unquoted blanks collapsed, but only when every construct in
+//!   the line is one bash cannot turn into code, whatever the variables it expands hold (an allow-list,
+//!   below). Anything else makes the line unreadable (`None`), and a part with a redirection other than to
+//!   `/dev/null` or between descriptors is marked complex. An allow rule must match every part, and no complex
+//!   one. The environment's own hooks (`PATH`, `BASH_ENV`, exported functions) are not the line's: they are
+//!   trusted as they are.
+//! - **deny and ask**: every fragment that could run, read generously: the simple commands, the text inside
+//!   substitutions and parentheses too, each also without leading assignments, wrappers (`timeout 5`, `nice`,
+//!   `nohup`, `env`, `sudo`, `exec`, `command`, `time`, `xargs`) and keywords (`if`, `then`, `do`, `!`, …). A
+//!   deny rule matching any of them denies the whole line. A line that spells a command so that no fragment
+//!   shows it (`r''m`, `$'\x72m'`, a variable) slips past a deny rule; only an allow rule's narrow reading
+//!   is a guarantee, and such a line reaches a person unless an allow rule covers every command it runs.
+//!
+//! What an allow rule accepts (everything else sends the line to a person):
+//! - words of plain characters, backslash escapes, `'…'`, `$'…'` (not as a command's name) and `"…"`; globs
+//!   (`*`, `?`, `[…]`), brace expansion and `~` in arguments: they only make words;
+//! - the parameter expansions `$NAME`, `${NAME}`, `$1`, `${10}` and `$@ $* $# $? $- $$ $!` (braced too),
+//!   bare or inside double quotes: bash substitutes the value and never evaluates it; a `$` that starts no
+//!   expansion (`echo $`) is a character;
+//! - assignments before a command (`RUST_LOG=debug cargo test`), except to the variables bash assigns
+//!   arithmetically (`HISTCMD`, `OPTIND`, `RANDOM`, `SECONDS`, `SRANDOM`; no word anywhere may look like
+//!   one, since `set -k` makes it an assignment) and to array elements (`a[i]=`);
+//! - comments (a word starting with `#`, to the end of its line), which are dropped;
+//! - `!` only where history expansion cannot start (before a blank, `=`, the end of a line or a closing `"`),
+//!   and no `^` starting a command;
+//! - redirections to `/dev/null` and between descriptors (`2>&1`) with a plain descriptor number.
+//!
+//! Refused, because bash evaluates them (some through a variable's value: with `x='a[$(cmd)]'` in the
+//! environment, `$((x))` runs `cmd`): arithmetic in every spelling (`$((…))`, `$[…]`, `((…))`), every other
+//! `${…}` form (indirection `${!x}`, transformations `${x@P}`, subscripts `${a[i]}`, offsets `${x:i:j}`,
+//! lengths, and the operators whose words are expanded: `${x:-w}`, `${x=w}`, `${x?w}`, `${x/p/r}`, …),
+//! `$"…"` (its translation is expanded again), substitutions, parentheses, a `{var}>` redirection, and the
+//! builtins and keywords that evaluate an operand as arithmetic or as a variable name (whose subscript is
+//! arithmetic): `let`, `declare`, `typeset`, `local`, `export`, `readonly`, `printf` (`-v`), `read`, `test`
+//! and `[` (`-v`), `[[`, `unset`, `wait` (`-p`), wherever they are the command (after `!`, `time`, `then`,
+//! `command`, `builtin`, …), `coproc` and `function`, where a command may follow a name, and a command name
+//! with a glob, a brace or `$'…'` (it may expand to one of those). What any other command does with its
+//! arguments is its own business: `Bash(find *)` approves `find -exec`, `Bash(jobs *)` `jobs -x`,
+//! `Bash(eval *)` anything.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -19,50 +50,329 @@ use alloc::vec::Vec;
 /// One simple command, as an allow rule sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Part {
-    /// The command's text: trimmed, unquoted runs of whitespace collapsed to one space, quotes kept as typed.
+    /// The command's text: trimmed, unquoted runs of blanks collapsed to one space, quotes kept as typed,
+    /// comments dropped.
     pub(crate) text: String,
     /// It redirects to or from a file (or does something else an allow rule must not wave through).
     pub(crate) complex: bool,
 }
 
-/// What the scanner does at an unquoted character.
+/// How the scanner reads.
 #[derive(Copy, Clone, PartialEq, Eq)]
 enum Mode {
+    /// Narrowly, for allow rules: anything not on the allow-list makes the line unreadable.
     Allow,
-    Deny,
+    /// Generously, for deny and ask rules; `comments`: whether a `#` starting a word starts a comment.
+    Deny { comments: bool },
+}
+
+/// Commands an allow rule never vouches for: the bash builtins and keywords that evaluate an operand as
+/// arithmetic or as a variable name (whose subscript is arithmetic), and `coproc` and `function`, where a
+/// command may follow a name.
+const REFUSED_COMMANDS: &[&str] = &[
+    "let", "declare", "typeset", "local", "export", "readonly", "printf", "read", "test", "[", "[[", "unset", "wait",
+    "coproc", "function",
+];
+/// Keywords and builtins after which the next word is still in a command's place.
+const LEADING_KEYWORDS: &[&str] =
+    &["!", "time", "if", "then", "else", "elif", "do", "while", "until", "{", "}", "command", "builtin"];
+/// Of those, the ones that take options (`time -p`, `command -p`).
+const WITH_OPTIONS: &[&str] = &["time", "command", "builtin"];
+/// Variables bash assigns arithmetically (bash 5.2): an assignment to one evaluates its value.
+const ARITHMETIC_VARIABLES: &[&str] = &["HISTCMD", "OPTIND", "RANDOM", "SECONDS", "SRANDOM"];
+
+/// Where a redirection's target word will go.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Target {
+    /// Output: harmless when the target is `/dev/null`.
+    Output,
+    /// Input, or anything else: never harmless.
+    Other,
 }
 
 struct Scan {
+    mode: Mode,
     parts: Vec<Part>,
     current: Part,
     /// Something was seen that makes the line unreadable for allow rules.
     unreadable: bool,
+    /// Where the word being read starts in `current.text`, while one is being read.
+    word: Option<usize>,
+    /// Allow: the next word may still be the current part's command name (or an assignment before it).
+    command_place: bool,
+    /// Allow: the last leading keyword takes options, which are skipped.
+    options: bool,
+    /// The next word is a redirection's target.
+    target: Option<Target>,
+    /// Deny without comments: a `#` was seen where bash would start a comment.
+    comment_seen: bool,
 }
 
 impl Scan {
+    fn new(mode: Mode) -> Scan {
+        Scan {
+            mode,
+            parts: Vec::new(),
+            current: Part { text: String::new(), complex: false },
+            unreadable: false,
+            word: None,
+            command_place: true,
+            options: false,
+            target: None,
+            comment_seen: false,
+        }
+    }
+
+    fn allow(&self) -> bool {
+        self.mode == Mode::Allow
+    }
+
+    /// Ends the word being read, if any, and judges it where it stands.
+    fn end_word(&mut self) {
+        let Some(start) = self.word.take() else {
+            return;
+        };
+        let raw = &self.current.text[start..];
+        if let Some(target) = self.target.take() {
+            self.current.complex |= !(target == Target::Output && raw == "/dev/null");
+        } else if self.allow() && self.command_place {
+            match command_word(raw, self.options) {
+                Word::Refused => self.unreadable = true,
+                Word::Leading { options } => self.options = options,
+                Word::Option | Word::Assignment => {}
+                Word::Command => self.command_place = false,
+            }
+        } else if self.allow() && matches!(assignment(raw), Some((name, _)) if ARITHMETIC_VARIABLES.contains(&name)) {
+            // With `set -k` (which `SHELLOPTS` in the environment can turn on) it is an assignment too.
+            self.unreadable = true;
+        }
+    }
+
     fn end_part(&mut self) {
+        self.end_word();
+        if self.target.take().is_some() {
+            // A redirection without a target.
+            self.current.complex = true;
+        }
         let text = self.current.text.trim_end_matches(' ').trim_start_matches(' ');
         if !text.is_empty() {
             let part = Part { text: String::from(text), complex: self.current.complex };
             self.parts.push(part);
         }
         self.current = Part { text: String::new(), complex: false };
+        self.command_place = true;
+        self.options = false;
     }
 
+    /// A blank between words: collapsed into one space.
+    fn blank(&mut self) {
+        self.end_word();
+        if !(self.current.text.is_empty() || self.current.text.ends_with(' ')) {
+            self.current.text.push(' ');
+        }
+    }
+
+    /// A character of a word.
     fn push(&mut self, c: char) {
-        if c == ' ' && (self.current.text.is_empty() || self.current.text.ends_with(' ')) {
-            return;
+        if self.word.is_none() {
+            self.word = Some(self.current.text.len());
         }
         self.current.text.push(c);
+    }
+
+    fn push_all(&mut self, chars: &[char]) {
+        chars.iter().for_each(|&c| self.push(c));
+    }
+}
+
+/// What a word in a command's place is.
+enum Word {
+    /// An allow rule must not vouch for the command.
+    Refused,
+    /// A keyword or wrapper: the next word is in a command's place (and options may come first).
+    Leading { options: bool },
+    /// An option of the keyword before it.
+    Option,
+    /// An assignment before the command.
+    Assignment,
+    /// The command's name.
+    Command,
+}
+
+/// Judges `raw`, a word as typed, standing where a command's name may be.
+fn command_word(raw: &str, options: bool) -> Word {
+    match assignment(raw) {
+        Some((name, false)) if !ARITHMETIC_VARIABLES.contains(&name) => return Word::Assignment,
+        // An array element's assignment evaluates its subscript (a command so named is no loss).
+        Some(_) => return Word::Refused,
+        None => {}
+    }
+    if options && raw.starts_with('-') {
+        return Word::Option;
+    }
+    if raw.contains("$'") {
+        // Its value is not read here.
+        return Word::Refused;
+    }
+    // The name as bash looks it up: quotes and backslashes removed.
+    let unquoted: String;
+    let name = if raw.contains(['\'', '"', '\\']) {
+        unquoted = raw.chars().filter(|c| !matches!(c, '\'' | '"' | '\\')).collect();
+        unquoted.as_str()
+    } else {
+        raw
+    };
+    if LEADING_KEYWORDS.contains(&name) {
+        return Word::Leading { options: WITH_OPTIONS.contains(&name) };
+    }
+    if REFUSED_COMMANDS.contains(&name) || raw.contains(['*', '?', '[', ']', '{', '}']) {
+        // An evaluating builtin, or a name a glob or brace expansion may turn into one.
+        return Word::Refused;
+    }
+    Word::Command
+}
+
+/// The variable `raw` assigns to when it is an assignment (`NAME=…`, `NAME+=…`), and whether it may be an
+/// array element's (`NAME[…`).
+fn assignment(raw: &str) -> Option<(&str, bool)> {
+    if !raw.starts_with(is_name_start) {
+        return None;
+    }
+    let (name, rest) = raw.split_at(raw.find(|c: char| !is_name(c)).unwrap_or(raw.len()));
+    if rest.starts_with('=') || rest.starts_with("+=") {
+        Some((name, false))
+    } else if rest.starts_with('[') {
+        Some((name, true))
+    } else {
+        None
+    }
+}
+
+fn is_name_start(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_'
+}
+
+fn is_name(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// Special parameters: `$@`, `$*`, `$#`, `$?`, `$-`, `$$`, `$!`.
+fn is_special(c: char) -> bool {
+    matches!(c, '@' | '*' | '#' | '?' | '-' | '$' | '!')
+}
+
+/// The length of `${…}` at `from` when it is one of the plain forms (`${NAME}`, `${10}`, `${@}`, …).
+fn plain_braced(chars: &[char], from: usize) -> Option<usize> {
+    let at = |i: usize| chars.get(i).copied();
+    let mut j = from + 2;
+    match at(j)? {
+        c if is_name_start(c) => {
+            while at(j).is_some_and(is_name) {
+                j += 1;
+            }
+        }
+        c if c.is_ascii_digit() => {
+            while at(j).is_some_and(|d| d.is_ascii_digit()) {
+                j += 1;
+            }
+        }
+        c if is_special(c) => j += 1,
+        _ => return None,
+    }
+    (at(j)? == '}').then_some(j + 1 - from)
+}
+
+/// Reads the `$` at `i` (unquoted, or inside double quotes when `quoted`); returns where reading goes on.
+fn dollar(s: &mut Scan, chars: &[char], i: usize, quoted: bool) -> usize {
+    let at = |i: usize| chars.get(i).copied();
+    match at(i + 1) {
+        Some('(') => {
+            // Command substitution or arithmetic: it runs.
+            s.unreadable = true;
+            if !s.allow() {
+                // Read what is inside as commands of their own.
+                s.end_part();
+                return i + 2;
+            }
+            s.push('$');
+            i + 1
+        }
+        Some('\'') if !quoted => {
+            // ANSI-C quoting: literal up to the first `'` not escaped by a backslash.
+            let mut j = i + 2;
+            while j < chars.len() && chars[j] != '\'' {
+                j += if chars[j] == '\\' { 2 } else { 1 };
+            }
+            if j >= chars.len() {
+                s.unreadable = true;
+                s.push_all(&chars[i..]);
+                return chars.len();
+            }
+            s.push_all(&chars[i..=j]);
+            j + 1
+        }
+        Some('"') if !quoted => {
+            // A locale string: its translation is expanded again.
+            s.unreadable = true;
+            s.push('$');
+            i + 1
+        }
+        Some('{') => {
+            if let Some(len) = plain_braced(chars, i) {
+                s.push_all(&chars[i..i + len]);
+                return i + len;
+            }
+            // Every other form can evaluate (indirection, subscripts, offsets, operators, transformations).
+            s.unreadable = true;
+            s.push('$');
+            i + 1
+        }
+        Some('[') => {
+            // Legacy arithmetic.
+            s.unreadable = true;
+            s.push('$');
+            i + 1
+        }
+        Some(c) if is_name_start(c) => {
+            let mut j = i + 1;
+            while at(j).is_some_and(is_name) {
+                j += 1;
+            }
+            s.push_all(&chars[i..j]);
+            j
+        }
+        Some(c) if c.is_ascii_digit() || is_special(c) => {
+            // `$$'…'` is the process id and a quoted word; `$#` starts no comment.
+            s.push_all(&chars[i..i + 2]);
+            i + 2
+        }
+        _ => {
+            // A `$` that starts nothing is itself.
+            s.push('$');
+            i + 1
+        }
+    }
+}
+
+/// Whether a `!` at `i` could start a history expansion (in an interactive shell).
+fn history(chars: &[char], i: usize, quoted: bool) -> bool {
+    match chars.get(i + 1) {
+        None | Some(' ' | '\t' | '\n' | '=') => false,
+        Some('"') => !quoted,
+        Some(_) => true,
     }
 }
 
 fn scan(command: &str, mode: Mode) -> Scan {
     let chars: Vec<char> = command.chars().collect();
-    let mut s = Scan { parts: Vec::new(), current: Part { text: String::new(), complex: false }, unreadable: false };
+    let mut s = Scan::new(mode);
+    let allow = mode == Mode::Allow;
     let mut i = 0;
     let at = |i: usize| chars.get(i).copied();
     while i < chars.len() {
+        if allow && s.unreadable {
+            return s;
+        }
         let c = chars[i];
         match c {
             '\\' => {
@@ -82,66 +392,80 @@ fn scan(command: &str, mode: Mode) -> Scan {
                 // Literal to the next quote.
                 match chars[i + 1..].iter().position(|&q| q == '\'') {
                     Some(len) => {
-                        chars[i..i + len + 2].iter().for_each(|&q| s.current.text.push(q));
+                        s.push_all(&chars[i..i + len + 2]);
                         i += len + 2;
                     }
                     None => {
                         s.unreadable = true;
-                        chars[i..].iter().for_each(|&q| s.current.text.push(q));
+                        s.push_all(&chars[i..]);
                         i = chars.len();
                     }
                 }
                 continue;
             }
             '"' => {
-                s.current.text.push('"');
+                s.push('"');
                 i += 1;
                 let mut closed = false;
                 while i < chars.len() {
+                    if allow && s.unreadable {
+                        return s;
+                    }
                     let d = chars[i];
-                    if d == '\\' && i + 1 < chars.len() {
-                        s.current.text.push(d);
-                        s.current.text.push(chars[i + 1]);
-                        i += 2;
-                        continue;
-                    }
-                    if d == '"' {
-                        s.current.text.push('"');
-                        i += 1;
-                        closed = true;
-                        break;
-                    }
-                    if d == '`' || (d == '$' && at(i + 1) == Some('(')) {
-                        // A substitution runs even inside double quotes.
-                        s.unreadable = true;
-                        if mode == Mode::Deny {
-                            // Read what is inside as commands of their own.
-                            s.end_part();
-                            i += if d == '`' { 1 } else { 2 };
-                            continue;
+                    match d {
+                        '\\' if i + 1 < chars.len() => {
+                            s.push(d);
+                            s.push(chars[i + 1]);
+                            i += 2;
+                        }
+                        '"' => {
+                            s.push('"');
+                            i += 1;
+                            closed = true;
+                            break;
+                        }
+                        '$' => i = dollar(&mut s, &chars, i, true),
+                        '`' => {
+                            // A substitution runs even inside double quotes.
+                            s.unreadable = true;
+                            if !allow {
+                                // Read what is inside as commands of their own.
+                                s.end_part();
+                            }
+                            i += 1;
+                        }
+                        '!' if allow && history(&chars, i, true) => s.unreadable = true,
+                        _ => {
+                            s.push(d);
+                            i += 1;
                         }
                     }
-                    s.current.text.push(d);
-                    i += 1;
                 }
                 if !closed {
                     s.unreadable = true;
                 }
                 continue;
             }
-            '`' | '(' | ')' => {
-                s.unreadable = true;
-                if mode == Mode::Deny {
-                    s.end_part();
-                    i += 1;
+            '$' => {
+                i = dollar(&mut s, &chars, i, false);
+                continue;
+            }
+            '#' if s.word.is_none() => {
+                // A word starting with `#` starts a comment, to the end of the line.
+                if mode == (Mode::Deny { comments: false }) {
+                    s.comment_seen = true;
+                } else {
+                    i = chars[i..].iter().position(|&q| q == '\n').map_or(chars.len(), |n| i + n);
                     continue;
                 }
             }
-            '$' if at(i + 1) == Some('(') => {
+            '!' if allow && history(&chars, i, false) => s.unreadable = true,
+            '^' if allow && s.current.text.is_empty() => s.unreadable = true,
+            '`' | '(' | ')' => {
                 s.unreadable = true;
-                if mode == Mode::Deny {
+                if !allow {
                     s.end_part();
-                    i += 2;
+                    i += 1;
                     continue;
                 }
             }
@@ -153,10 +477,8 @@ fn scan(command: &str, mode: Mode) -> Scan {
             '&' | '|' => {
                 if c == '&' && at(i + 1) == Some('>') {
                     // `&>file`: both outputs to a file.
-                    let (len, harmless) = redirect_target(&chars, i + 2);
-                    s.current.complex |= !harmless;
-                    chars[i..i + 2 + len].iter().for_each(|&q| s.push(q));
-                    i += 2 + len;
+                    redirection(&mut s, &chars[i..i + 2], Target::Output);
+                    i += 2;
                     continue;
                 }
                 s.end_part();
@@ -169,41 +491,49 @@ fn scan(command: &str, mode: Mode) -> Scan {
                 continue;
             }
             '>' | '<' => {
-                if mode == Mode::Deny && at(i + 1) == Some('(') {
+                if at(i + 1) == Some('(') {
                     // Process substitution: what is inside runs.
                     s.unreadable = true;
-                    s.end_part();
-                    i += 2;
-                    continue;
-                }
-                if at(i + 1) == Some('(') {
-                    s.unreadable = true;
+                    if !allow {
+                        s.end_part();
+                        i += 2;
+                        continue;
+                    }
                 }
                 let mut j = i + 1;
                 if c == '>' && matches!(at(j), Some('>') | Some('|')) {
                     j += 1;
                 }
-                let harmless = if c == '>' && at(j) == Some('&') && at(j + 1).is_some_and(|d| d.is_ascii_digit()) {
-                    // `>&2`, `2>&1`: between descriptors.
-                    j += 2;
-                    while at(j).is_some_and(|d| d.is_ascii_digit()) {
+                // `>&2`, `2>&1`: between descriptors, harmless (`>&2x` is a file named `2x`).
+                let digits = chars[(j + 1).min(chars.len())..].iter().take_while(|d| d.is_ascii_digit()).count();
+                let after = at(j + 1 + digits);
+                if c == '>'
+                    && at(j) == Some('&')
+                    && digits > 0
+                    && after.is_none_or(|d| matches!(d, ' ' | '\t' | '\n' | ';' | '&' | '|' | '<' | '>' | '(' | ')'))
+                {
+                    j += 1 + digits;
+                    redirection(&mut s, &chars[i..j], Target::Output);
+                    s.target = None;
+                } else {
+                    if c == '>' && at(j) == Some('&') {
+                        // `>&file`.
                         j += 1;
                     }
-                    true
-                } else if c == '>' {
-                    let (len, harmless) = redirect_target(&chars, j);
-                    j += len;
-                    harmless
-                } else {
-                    false
-                };
-                s.current.complex |= !harmless;
-                chars[i..j].iter().for_each(|&q| s.push(q));
+                    let target = if c == '>' { Target::Output } else { Target::Other };
+                    redirection(&mut s, &chars[i..j], target);
+                }
                 i = j;
                 continue;
             }
-            ' ' | '\t' | '\r' => {
-                s.push(' ');
+            ' ' | '\t' => {
+                s.blank();
+                i += 1;
+                continue;
+            }
+            // Bash does not split words at a carriage return; the generous reading does.
+            '\r' if !allow => {
+                s.blank();
                 i += 1;
                 continue;
             }
@@ -216,19 +546,25 @@ fn scan(command: &str, mode: Mode) -> Scan {
     s
 }
 
-/// The target of an output redirection starting at `from`: how many characters it takes (spaces before it
-/// included), and whether it is `/dev/null`.
-fn redirect_target(chars: &[char], from: usize) -> (usize, bool) {
-    let mut j = from;
-    while chars.get(j) == Some(&' ') {
-        j += 1;
+/// A redirection operator `op`; its target is the next word.
+fn redirection(s: &mut Scan, op: &[char], target: Target) {
+    if let Some(start) = s.word.take() {
+        // A word touching the operator is its descriptor (`2>`), a `{var}>` naming one, or a word of its own.
+        let raw = &s.current.text[start..];
+        if raw.starts_with('{') {
+            // `{a[i]}>` assigns the descriptor's number to a variable, evaluating its subscript.
+            s.unreadable = true;
+        } else if !raw.bytes().all(|b| b.is_ascii_digit()) {
+            s.word = Some(start);
+            s.end_word();
+        }
     }
-    let start = j;
-    while chars.get(j).is_some_and(|c| !matches!(c, ' ' | '\t' | ';' | '&' | '|' | '\n' | '<' | '>')) {
-        j += 1;
+    if s.target.take().is_some() {
+        // Two operators in a row: a syntax error.
+        s.current.complex = true;
     }
-    let target: String = chars[start..j].iter().collect();
-    (j - from, target == "/dev/null")
+    op.iter().for_each(|&c| s.current.text.push(c));
+    s.target = Some(target);
 }
 
 /// The simple commands of `command` for allow rules, or `None` when the line is not plain enough for an
@@ -246,14 +582,21 @@ const OPTIONS_WITH_VALUES: &[&str] = &["-u", "-g", "-n", "-s", "-k", "-C", "-D",
 const KEYWORDS: &[&str] = &["if", "then", "else", "elif", "fi", "do", "done", "while", "until", "for", "!", "{", "}"];
 
 /// Every fragment of `command` a deny or ask rule should be checked against (see the [module docs](self)):
-/// the whole line, each simple command, and each again without what leads it.
+/// the whole line, each simple command, and each again without what leads it. A line with a comment is read
+/// both with and without it, whichever way bash would read it.
 pub(crate) fn for_deny(command: &str) -> Vec<String> {
     let mut out = Vec::new();
     let whole = command.trim();
     if !whole.is_empty() {
         out.push(String::from(whole));
     }
-    for part in scan(command, Mode::Deny).parts {
+    let plain = scan(command, Mode::Deny { comments: false });
+    let mut commented = Vec::new();
+    if plain.comment_seen {
+        commented = scan(command, Mode::Deny { comments: true }).parts;
+        commented.retain(|p| !plain.parts.iter().any(|q| q.text == p.text));
+    }
+    for part in plain.parts.into_iter().chain(commented) {
         let mut words: Vec<&str> = part.text.split(' ').collect();
         out.push(part.text.clone());
         // Strip what leads the command, one word at a time, keeping each form.
@@ -284,7 +627,6 @@ pub(crate) fn for_deny(command: &str) -> Vec<String> {
     }
     out
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +673,47 @@ mod tests {
         assert_eq!(texts("sh < script"), Some(vec![(String::from("sh < script"), true)]));
         // Single quotes keep everything literal, substitutions included.
         assert_eq!(texts("echo '$(id)'"), plain(&["echo '$(id)'"]));
+    }
+
+    #[test]
+    fn comments_are_dropped_and_carriage_returns_are_no_blanks_for_allow() {
+        assert_eq!(texts("npm run test # it's all: $[x] `id`"), plain(&["npm run test"]));
+        assert_eq!(texts("ls #'\nrm -rf / #'"), plain(&["ls", "rm -rf /"]));
+        assert_eq!(texts("echo a#b $# ${#} '#'"), plain(&["echo a#b $# ${#} '#'"]));
+        assert_eq!(texts("ls\r -la"), plain(&["ls\r -la"]));
+        assert_eq!(texts("ls $'\\'' ; rm -rf / #'"), plain(&["ls $'\\''", "rm -rf /"]));
+    }
+
+    #[test]
+    fn redirections_are_judged_by_their_whole_target_word() {
+        assert_eq!(texts("ls 2>/dev/null >> /dev/null >&2"), plain(&["ls 2>/dev/null >> /dev/null >&2"]));
+        assert_eq!(texts("ls >'/dev/null'"), Some(vec![(String::from("ls >'/dev/null'"), true)]));
+        assert_eq!(texts("ls >/dev/null'x y'"), Some(vec![(String::from("ls >/dev/null'x y'"), true)]));
+        assert_eq!(texts("ls >&-"), Some(vec![(String::from("ls >&-"), true)]));
+        assert_eq!(texts("ls >&2x"), Some(vec![(String::from("ls >&2x"), true)]));
+        assert_eq!(texts("ls >&2;ls 2>&1|ls"), plain(&["ls >&2", "ls 2>&1", "ls"]));
+        assert_eq!(texts("ls >"), Some(vec![(String::from("ls >"), true)]));
+        // `{var}>` stores the descriptor in a variable, evaluating a subscript.
+        assert_eq!(texts("ls {fd}>/dev/null"), None);
+        // A redirection may come first; the command is the word after it.
+        assert_eq!(texts("2>/dev/null ls"), plain(&["2>/dev/null ls"]));
+        assert_eq!(texts("2>/dev/null printf -v v x"), None);
+    }
+
+    #[test]
+    fn deny_fragments_read_a_line_with_a_comment_both_ways() {
+        // Bash: a comment, then `rm` on the next line.
+        let f = for_deny("ls #'\nrm -rf / #'");
+        assert!(f.iter().any(|x| x == "rm -rf /"), "{f:?}");
+        // Bash: no comment (inside `${…}`), and `rm` runs.
+        let f = for_deny("echo ${x// #/}; rm -rf /");
+        assert!(f.iter().any(|x| x == "rm -rf /"), "{f:?}");
+        // The command without its comment, for exact patterns.
+        let f = for_deny("rm -rf / # clean");
+        assert!(f.iter().any(|x| x == "rm -rf /"), "{f:?}");
+        // ANSI-C quotes end where bash ends them.
+        let f = for_deny("ls $'\\'' ; rm -rf / ; echo '\''");
+        assert!(f.iter().any(|x| x == "rm -rf /"), "{f:?}");
     }
 
     #[test]
