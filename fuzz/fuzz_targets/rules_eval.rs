@@ -1,5 +1,7 @@
-//! Rules parsed from arbitrary text and evaluated on arbitrary requests: nothing panics, and a deny rule that
-//! matches on its own denies whatever the other rules are, in any order.
+//! Rules parsed from arbitrary text and evaluated on arbitrary requests: nothing panics, a deny rule that
+//! matches on its own denies whatever the other rules are, in any order, and whatever a Bash line leaves
+//! open, a construct bash can turn into code after it is never approved by an allow rule, not even one
+//! matching every simple command.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -41,4 +43,15 @@ fuzz_target!(|input: Input| {
     let mut reversed = rules;
     reversed.reverse();
     assert_eq!(RuleSet::new(reversed).evaluate(Instant::ZERO, &request), outcome, "order changed the outcome");
+
+    let any = Pattern::parse("Bash(**)").expect("a pattern");
+    let any = RuleSet::new(vec![Rule::new(RuleId(0), Effect::Allow, any, "fuzz", 0)]);
+    for code in ["ls $[x]", "ls \"${!x}\"", "ls ${x@P}", "let x", "printf -v 'a[x]' z", "ls {a[x]}>/dev/null"] {
+        // `;` too, since a line ending in a backslash would join the next word to its last.
+        let command = format!("{}\n;{code}", input.command);
+        let tool_input = serde_json::json!({ "command": command }).to_string();
+        let request = Request { connection: None, project: "p", tool_name: "Bash", tool_input: &tool_input };
+        let outcome = any.evaluate(Instant::ZERO, &request);
+        assert!(!matches!(outcome, Outcome::Allow(_)), "approved: {command:?}");
+    }
 });
