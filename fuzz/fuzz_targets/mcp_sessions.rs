@@ -6,7 +6,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use uplink_proto::mcp_session::{Exchange, McpSessions, PostResult};
+use uplink_proto::sled::mcp_session::{Exchange, McpSessions, PostResult};
 use uplink_proto::{McpCall, McpCallId, McpReply, RawValue};
 
 #[derive(Arbitrary, Debug)]

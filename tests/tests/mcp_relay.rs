@@ -24,7 +24,7 @@ struct Rig {
 
 impl Rig {
     async fn new(mcp_url: String) -> (Rig, TestGateway) {
-        Rig::with_budget(mcp_url, uplink_proto::mcp_session::DEFAULT_MAX_INITIALIZE_BYTES).await
+        Rig::with_budget(mcp_url, uplink_proto::sled::mcp_session::DEFAULT_MAX_INITIALIZE_BYTES).await
     }
 
     /// With `budget` bytes for the `initialize` requests the sled keeps to renew sessions with.

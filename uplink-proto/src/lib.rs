@@ -92,15 +92,15 @@
 //!
 //! ## Modules
 //!
-//! - [`sled`]: the sled machine, its configuration, inputs and outputs.
+//! - [`sled`]: the sled machine, its configuration, inputs and outputs, its MCP relay; and for its adapter,
+//!   the policies of its local MCP sessions ([`sled::mcp_session`]) and of its local face ([`sled::local`]).
 //! - [`gateway`]: the gateway side: the [`gateway::Hub`] of all sled connections (claims, routing, public
 //!   ids, listings, closes), driven like the sled (`handle_*`, commands, `poll_output`, `poll_timeout`), and
-//!   each connection's session. Its module docs draw the connection's states.
+//!   each connection's session, with the state diagram beside its state; and for its adapter, the webhooks'
+//!   outbox ([`gateway::outbox`]), the MCP endpoint's policy and the console's sessions.
 //! - [`wire`]: the frames of both directions, decoded liberally and encoded strictly.
 //! - [`jsonrpc`]: reading a JSON-RPC `id` and building error responses.
-//! - [`local`]: who may ask the sled's local face (its own agents only: origin, host, body type, token).
-//! - [`mcp_session`]: the sled's policy for its sessions with the local MCP server, for the adapter to drive.
-//! - [`outbox`]: a webhook's outbox for the gateway's notifications: bounded, retried with jittered back-off.
+//! - [`ids`]: every correlation id, of both sides.
 //! - [`sse`]: an incremental `text/event-stream` parser, for adapters that talk to Streamable HTTP MCP servers.
 //! - [`time`]: the core's [`Instant`].
 #![cfg_attr(not(test), no_std)]
@@ -113,10 +113,8 @@ extern crate alloc;
 mod backoff;
 pub mod gateway;
 mod glob;
+pub mod ids;
 pub mod jsonrpc;
-pub mod local;
-pub mod mcp_session;
-pub mod outbox;
 mod pending;
 pub mod rules;
 pub mod sled;

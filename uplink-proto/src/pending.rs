@@ -13,28 +13,13 @@ use alloc::collections::btree_map::Entry as MapEntry;
 use alloc::string::String;
 use core::time::Duration;
 
-use crate::gateway::{McpId, PermId};
-use crate::sled::{McpCallId, PermKey};
 use crate::time::Instant;
 
-/// A key the table can mint from a sequence number.
+/// A key the table can mint from a sequence number (the ids of [`crate::ids`] are).
 pub(crate) trait Key: Copy + Ord {
     /// The key for the `n`-th request.
     fn from_seq(n: u64) -> Self;
 }
-
-/// Every id newtype the machines key a table by: each is the `n`-th request's number.
-macro_rules! keys {
-    ($($t:ident),*) => {$(
-        impl Key for $t {
-            fn from_seq(n: u64) -> $t {
-                $t(n)
-            }
-        }
-    )*};
-}
-
-keys!(PermKey, McpCallId, PermId, McpId);
 
 /// One entry: its wire id (empty: not findable by one), its deadline, and the owner's value.
 #[derive(Clone, Debug)]

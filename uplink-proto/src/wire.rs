@@ -70,6 +70,19 @@ pub fn json_depth(json: &str) -> usize {
     deepest
 }
 
+/// A WebSocket message received on a connection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Received<'a> {
+    /// A text frame: a frame of the protocol ([`GatewayFrame`] at the sled, [`SledFrame`] at the gateway).
+    Text(&'a str),
+    /// A binary frame: not part of the protocol, ignored (but proof of life).
+    Binary(&'a [u8]),
+    /// A ping (the adapter's WebSocket library answers it): proof of life.
+    Ping,
+    /// A pong: proof of life.
+    Pong,
+}
+
 /// The `type` strings of every frame this crate knows.
 pub mod kind {
     /// Sled → gateway: first frame of every connection.

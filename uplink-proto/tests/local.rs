@@ -1,7 +1,7 @@
 //! The sled's local face admits only its own agents: no foreign Origin, no rebound Host, JSON bodies only,
 //! and the token when one is set.
 
-use uplink_proto::local::{LocalPolicy, LocalRefusal, LocalRequest};
+use uplink_proto::sled::local::{LocalPolicy, LocalRefusal, LocalRequest};
 
 fn agent<'a>() -> LocalRequest<'a> {
     LocalRequest {

@@ -3,7 +3,7 @@
 //! budget for the `initialize` requests kept to renew sessions with (with a property test against a model).
 
 use proptest::prelude::*;
-use uplink_proto::mcp_session::{
+use uplink_proto::sled::mcp_session::{
     DEFAULT_MAX_INITIALIZE_BYTES, DEFAULT_MAX_SESSIONS, McpSessions, PostBody, PostResult, SessionHeaders, Step,
 };
 use uplink_proto::{McpCall, McpCallId, McpReply, RawValue};
@@ -191,7 +191,7 @@ fn sessions_the_gateway_ends_or_a_shutdown_ends_are_ended_upstream_and_forgotten
 #[test]
 fn a_stream_is_resumed_only_from_an_event_id_after_the_servers_retry_a_bounded_number_of_times() {
     use std::time::Duration;
-    use uplink_proto::mcp_session::{MAX_RESUMES, MAX_RETRY, resume_after};
+    use uplink_proto::sled::mcp_session::{MAX_RESUMES, MAX_RETRY, resume_after};
     assert_eq!(resume_after(None, Some(500), 0), None, "nothing to resume from");
     assert_eq!(resume_after(Some("e1"), Some(500), 0), Some(Duration::from_millis(500)));
     assert_eq!(resume_after(Some("e1"), None, 0), Some(Duration::from_secs(1)));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use uplink_proto::Instant;
-use uplink_proto::outbox::{Outbox, OutboxConfig, Overflow};
+use uplink_proto::gateway::outbox::{Outbox, OutboxConfig, Overflow};
 
 fn cfg() -> OutboxConfig {
     let mut c = OutboxConfig::default();

@@ -25,7 +25,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use core::net::IpAddr;
 use core::time::Duration;
 
-use crate::Instant;
+use crate::time::Instant;
 
 /// Where failed attempts are counted from: an IPv4 address, or an IPv6 `/64`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -26,8 +26,6 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::fmt;
-use core::str::FromStr;
 use core::time::Duration;
 
 use super::close::CloseReason;
@@ -35,13 +33,14 @@ use super::credential::ProjectScope;
 use super::credential::{Credential, CredentialId};
 use super::session::{
     DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,
-    McpId, PermId, SendMcpError, Withdrawn,
+    McpId, SendMcpError, Withdrawn,
 };
 use super::verdict::{AlwaysScope, Verdict};
+pub use crate::ids::{BadPermId, ConnHandle, McpTicket, PublicPermId};
 use crate::rules::{self, Effect, Outcome, Pattern, Request, Rule, RuleId, RuleSet};
-use crate::sled::Received;
 use crate::time::Instant;
 use crate::wire::Decision;
+use crate::wire::Received;
 
 /// Everything that shapes a [`Hub`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,58 +117,6 @@ impl HubConfig {
     pub fn new(session: GatewayConfig) -> HubConfig {
         HubConfig { session, ..HubConfig::default() }
     }
-}
-
-/// One sled connection, as the hub names it. Minted by [`Hub::accept`], never reused.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnHandle(pub u64);
-
-/// The public id of a pending permission: its connection and the session's number for it. Written and parsed
-/// as `"{conn}-{perm}"` in decimal, with no sign and no leading zero, so each id has exactly one spelling.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PublicPermId {
-    /// The connection the request arrived on.
-    pub conn: ConnHandle,
-    /// The session's id for it.
-    pub perm: PermId,
-}
-
-impl fmt::Display for PublicPermId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.conn.0, self.perm.0)
-    }
-}
-
-/// A string that is not a [`PublicPermId`].
-#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("not a permission id")]
-pub struct BadPermId;
-
-impl FromStr for PublicPermId {
-    type Err = BadPermId;
-
-    fn from_str(s: &str) -> Result<Self, BadPermId> {
-        fn number(s: &str) -> Result<u64, BadPermId> {
-            let canonical = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
-            if !canonical {
-                return Err(BadPermId);
-            }
-            s.parse().map_err(|_| BadPermId)
-        }
-        let (conn, perm) = s.split_once('-').ok_or(BadPermId)?;
-        Ok(PublicPermId { conn: ConnHandle(number(conn)?), perm: PermId(number(perm)?) })
-    }
-}
-
-/// Names one MCP exchange opened with [`Hub::send_mcp`] or [`Hub::listen_mcp`]; any number of
-/// [`HubEvent::McpMessage`] and then exactly one [`HubEvent::McpAnswered`] or [`HubEvent::McpFailed`] with it
-/// follow.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct McpTicket {
-    /// The connection it was sent on.
-    pub conn: ConnHandle,
-    /// The session's id for it.
-    pub id: McpId,
 }
 
 /// Why [`Hub::accept`] refused a connection.

@@ -29,6 +29,7 @@ pub mod console;
 pub mod credential;
 pub mod hub;
 pub mod mcp_endpoint;
+pub mod outbox;
 pub mod principal;
 pub mod session;
 pub mod verdict;

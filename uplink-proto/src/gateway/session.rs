@@ -33,9 +33,10 @@ use core::time::Duration;
 
 use super::close::CloseReason;
 use super::verdict::Verdict;
+pub use crate::ids::{McpId, PermId};
 use crate::pending::PendingTable;
-use crate::sled::Received;
 use crate::time::Instant;
+use crate::wire::Received;
 use crate::wire::{self, Decision, DecodeError, GatewayFrame, RawValue, SledFrame};
 
 /// Everything that shapes a [`Gateway`] session. [`GatewayConfig::default`] gives the documented defaults.
@@ -127,14 +128,6 @@ pub enum GatewayConfigError {
     #[error("`dead_after` must be at least `stale_after`")]
     DeadBeforeStale,
 }
-
-/// A permission request on one connection. Never reused by a session.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PermId(pub u64);
-
-/// An MCP request sent on one connection. Never reused by a session.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct McpId(pub u64);
 
 /// Why a permission request ended without a decision.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]

@@ -37,7 +37,8 @@ use core::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::gateway::{ConnHandle, ProjectScope};
+use crate::gateway::credential::ProjectScope;
+use crate::ids::ConnHandle;
 use crate::time::Instant;
 use pattern::{EDIT_TOOLS, Kind, READ_TOOLS, mcp_matches};
 pub use pattern::{Pattern, PatternError};

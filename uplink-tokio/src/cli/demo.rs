@@ -314,7 +314,7 @@ pub(crate) async fn run(keep_running: bool, until: impl std::future::Future<Outp
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("the sled's local listener: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         let stop = tokio_util::sync::CancellationToken::new();
-        let policy = uplink_proto::local::LocalPolicy::new(local.to_string());
+        let policy = uplink_proto::sled::local::LocalPolicy::new(local.to_string());
         let face = tokio::spawn(super::local_server::serve(listener, agent_sled.clone(), policy, stop.clone()));
         println!();
         println!("Everything stays up until Ctrl-C:");

@@ -127,7 +127,7 @@ impl ServerHandler for ApproveServer {
     }
 }
 
-use uplink_proto::local::{LocalPolicy, LocalRequest};
+use uplink_proto::sled::local::{LocalPolicy, LocalRequest};
 
 use crate::http::{bearer, error, json_response, read_limited};
 

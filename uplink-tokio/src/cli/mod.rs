@@ -198,7 +198,7 @@ async fn sled(args: SledArgs) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let uplink = Uplink::start(config).map_err(|e| e.to_string())?;
     let stop = CancellationToken::new();
-    let mut policy = uplink_proto::local::LocalPolicy::new(local.to_string());
+    let mut policy = uplink_proto::sled::local::LocalPolicy::new(local.to_string());
     policy.allowed_origins = args.allow_origins.clone();
     policy.token = args.local_token.clone().filter(|t| !t.is_empty());
     let server = tokio::spawn(local_server::serve(listener, uplink.clone(), policy, stop.clone()));

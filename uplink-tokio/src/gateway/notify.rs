@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use uplink_proto::Instant;
 use uplink_proto::gateway::HubEvent;
-use uplink_proto::outbox::{Outbox, OutboxConfig};
+use uplink_proto::gateway::outbox::{Outbox, OutboxConfig};
 
 use super::metrics::GatewayMetrics;
 use crate::socket_loop::Clock;

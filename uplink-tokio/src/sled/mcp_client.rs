@@ -1,7 +1,7 @@
 //! The sled's client for its local MCP endpoint, speaking MCP's Streamable HTTP transport.
 //!
 //! Which requests to make, with which session headers, and what a lost session means is the core's policy
-//! ([`uplink_proto::mcp_session`]); this client performs the POSTs it asks for and reads their answers:
+//! ([`uplink_proto::sled::mcp_session`]); this client performs the POSTs it asks for and reads their answers:
 //!
 //! - Each message is `POST`ed with `Accept: application/json, text/event-stream`.
 //! - `200` + JSON: that object is the answer. `200` + event stream: events are read until the JSON-RPC
@@ -28,7 +28,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
-use uplink_proto::mcp_session::{INITIALIZED, McpSessions, PostBody, PostResult, SessionHeaders, Step, resume_after};
+use uplink_proto::sled::mcp_session::{
+    INITIALIZED, McpSessions, PostBody, PostResult, SessionHeaders, Step, resume_after,
+};
 use uplink_proto::sse::SseParser;
 use uplink_proto::{McpCall, McpCallId, McpListen, McpReply, RawValue, jsonrpc};
 

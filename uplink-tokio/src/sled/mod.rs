@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use uplink_proto::mcp_session::{DEFAULT_MAX_SESSIONS, McpSessions};
+use uplink_proto::sled::mcp_session::{DEFAULT_MAX_SESSIONS, McpSessions};
 use uplink_proto::{Cause, ConfigError, Decision, LinkState, RawValue, Sled};
 
 mod config;

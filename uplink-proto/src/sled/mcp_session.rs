@@ -44,8 +44,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use super::inputs::McpReply;
+use super::outputs::McpCall;
 use crate::jsonrpc;
-use crate::sled::{McpCall, McpReply};
 
 /// The notification that confirms a (re-)initialized session.
 pub const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
