@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use uplink_proto::gateway::{Gateway, GatewayConfig, GatewayEvent, GatewayOutput, McpId, PermId};
+use uplink_proto::gateway::{SledSession, SessionConfig, SessionEvent, SessionOutput, McpId, PermId};
 use uplink_proto::{Decision, Instant, Received};
 
 #[derive(Arbitrary, Debug)]
@@ -27,7 +27,7 @@ enum Op {
 fuzz_target!(|ops: Vec<Op>| {
     let mut now = Instant::ZERO;
     let mut gw =
-        Gateway::new(GatewayConfig { max_pending_permissions: 3, max_pending_mcp: 3, ..GatewayConfig::default() }, now)
+        SledSession::new(SessionConfig { max_pending_permissions: 3, max_pending_mcp: 3, ..SessionConfig::default() }, now)
             .expect("valid");
     let mut perms: BTreeMap<PermId, bool> = BTreeMap::new(); // true = ended
     let mut mcp: BTreeMap<McpId, bool> = BTreeMap::new();
@@ -73,16 +73,16 @@ fuzz_target!(|ops: Vec<Op>| {
         while let Some(out) = gw.poll_output() {
             assert!(!closed, "output after close: {out:?}");
             match out {
-                GatewayOutput::Event(GatewayEvent::PermissionRequested { perm, .. }) => {
+                SessionOutput::Event(SessionEvent::PermissionRequested { perm, .. }) => {
                     assert!(perms.insert(perm, false).is_none())
                 }
-                GatewayOutput::Event(GatewayEvent::PermissionWithdrawn { perm, .. }) => {
+                SessionOutput::Event(SessionEvent::PermissionWithdrawn { perm, .. }) => {
                     assert_eq!(perms.insert(perm, true), Some(false))
                 }
-                GatewayOutput::Event(GatewayEvent::McpResponse { id, .. } | GatewayEvent::McpFailed { id, .. }) => {
+                SessionOutput::Event(SessionEvent::McpResponse { id, .. } | SessionEvent::McpFailed { id, .. }) => {
                     assert_eq!(mcp.insert(id, true), Some(false))
                 }
-                GatewayOutput::Event(GatewayEvent::Closed) => closed = true,
+                SessionOutput::Event(SessionEvent::Closed) => closed = true,
                 _ => {}
             }
         }
@@ -93,10 +93,10 @@ fuzz_target!(|ops: Vec<Op>| {
     gw.handle_disconnected(now);
     while let Some(out) = gw.poll_output() {
         match out {
-            GatewayOutput::Event(GatewayEvent::PermissionWithdrawn { perm, .. }) => {
+            SessionOutput::Event(SessionEvent::PermissionWithdrawn { perm, .. }) => {
                 assert_eq!(perms.insert(perm, true), Some(false))
             }
-            GatewayOutput::Event(GatewayEvent::McpResponse { id, .. } | GatewayEvent::McpFailed { id, .. }) => {
+            SessionOutput::Event(SessionEvent::McpResponse { id, .. } | SessionEvent::McpFailed { id, .. }) => {
                 assert_eq!(mcp.insert(id, true), Some(false))
             }
             _ => {}

@@ -350,23 +350,27 @@ pub struct RealGateway {
 }
 
 impl RealGateway {
-    pub async fn start(session: uplink_proto::gateway::GatewayConfig, max_message_size: usize) -> RealGateway {
-        let max_disconnected = uplink_tokio::gateway::DEFAULT_MAX_DISCONNECTED_SLEDS;
-        RealGateway::start_with(session, max_message_size, max_disconnected).await
+    pub async fn start(session: uplink_proto::gateway::SessionConfig, max_message_size: usize) -> RealGateway {
+        RealGateway::start_hub(uplink_proto::gateway::HubConfig::new(session), max_message_size).await
     }
 
-    /// As [`RealGateway::start`], listing at most `max_disconnected_sleds` disconnected sleds.
-    pub async fn start_with(
-        session: uplink_proto::gateway::GatewayConfig,
-        max_message_size: usize,
-        max_disconnected_sleds: usize,
-    ) -> RealGateway {
+    /// As [`RealGateway::start`], with every rule of the hub's (its auto flags, its budgets).
+    pub async fn start_hub(hub: uplink_proto::gateway::HubConfig, max_message_size: usize) -> RealGateway {
         use uplink_tokio::gateway::GatewayServerConfig;
         let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![SLED_TOKEN.into()], ADMIN_TOKEN);
         config.max_message_size = max_message_size;
-        config.session = session;
-        config.max_disconnected_sleds = max_disconnected_sleds;
+        config.hub = hub;
         RealGateway::start_config(config).await
+    }
+
+    /// A hub's rules of `session`, approving every request for `tools` at once.
+    pub fn approving(
+        session: uplink_proto::gateway::SessionConfig,
+        tools: &[&str],
+    ) -> uplink_proto::gateway::HubConfig {
+        let mut hub = uplink_proto::gateway::HubConfig::new(session);
+        hub.auto_approve = tools.iter().map(|t| (*t).to_owned()).collect();
+        hub
     }
 
     /// A gateway with exactly `config`, except for a loopback port and a 2 s handshake timeout.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use uplink_proto::gateway::GatewayConfig;
+use uplink_proto::gateway::SessionConfig;
 use uplink_tests::proxy::{Fault, FaultProxy};
 use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, http, link_state_where, next_event, sse, within};
 use uplink_tokio::{Decision, LinkState, LossReason, Uplink, UplinkConfig};
@@ -17,8 +17,7 @@ const HEARTBEAT: Duration = Duration::from_millis(100);
 const IDLE: Duration = Duration::from_millis(400);
 
 async fn gateway() -> RealGateway {
-    let session = GatewayConfig { auto_approve: ["Bench".to_owned()].into(), ..GatewayConfig::default() };
-    RealGateway::start(session, 1 << 20).await
+    RealGateway::start_hub(RealGateway::approving(SessionConfig::default(), &["Bench"]), 1 << 20).await
 }
 
 fn sled(proxy: &FaultProxy, project: &str, backoff: Duration) -> Uplink {

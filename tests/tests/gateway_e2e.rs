@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use uplink_proto::gateway::GatewayConfig;
+use uplink_proto::gateway::SessionConfig;
 use uplink_tests::mcp_server::{McpServer, Mode};
 use uplink_tests::{
     ADMIN_TOKEN, RealGateway, SLED_TOKEN, close_code, http, http_with_headers, identify, next_event, sse, within,
@@ -17,12 +17,12 @@ const ADMIN: &str = ADMIN_TOKEN;
 
 type Gw = RealGateway;
 
-async fn start_gateway(session: GatewayConfig, max_message_size: usize) -> Gw {
+async fn start_gateway(session: SessionConfig, max_message_size: usize) -> Gw {
     RealGateway::start(session, max_message_size).await
 }
 
 async fn gateway() -> Gw {
-    start_gateway(GatewayConfig::default(), 1 << 20).await
+    start_gateway(SessionConfig::default(), 1 << 20).await
 }
 
 fn sled(gw: &Gw, project: &str, mcp: Option<String>) -> Uplink {
@@ -337,7 +337,7 @@ async fn a_second_connection_for_a_project_replaces_the_first() {
 #[tokio::test]
 async fn a_silent_sled_is_reported_stale_then_alive() {
     let gw =
-        start_gateway(GatewayConfig { stale_after: Duration::from_millis(300), ..GatewayConfig::default() }, 1 << 20)
+        start_gateway(SessionConfig { stale_after: Duration::from_millis(300), ..SessionConfig::default() }, 1 << 20)
             .await;
     let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
     let mut ws = gw.raw_sled().await;
@@ -353,7 +353,7 @@ async fn a_silent_sled_is_reported_stale_then_alive() {
 #[tokio::test]
 async fn hostile_clients_are_closed_with_the_right_code() {
     let gw =
-        start_gateway(GatewayConfig { identity_timeout: Duration::from_millis(300), ..GatewayConfig::default() }, 4096)
+        start_gateway(SessionConfig { identity_timeout: Duration::from_millis(300), ..SessionConfig::default() }, 4096)
             .await;
     // Garbage first, or anything but identity first: policy violation.
     for first in ["garbage", r#"{"type":"heartbeat","req_id":"","payload":null}"#] {
@@ -408,7 +408,7 @@ async fn hostile_clients_are_closed_with_the_right_code() {
 #[tokio::test]
 async fn an_mcp_request_the_sled_never_answers_times_out_with_504() {
     let gw =
-        start_gateway(GatewayConfig { mcp_timeout: Duration::from_millis(300), ..GatewayConfig::default() }, 1 << 20)
+        start_gateway(SessionConfig { mcp_timeout: Duration::from_millis(300), ..SessionConfig::default() }, 1 << 20)
             .await;
     let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
     let mut ws = gw.raw_sled().await;
@@ -428,7 +428,9 @@ async fn an_mcp_request_the_sled_never_answers_times_out_with_504() {
 
 #[tokio::test]
 async fn only_the_most_recently_disconnected_sleds_are_remembered() {
-    let gw = RealGateway::start_with(GatewayConfig::default(), 1 << 20, 2).await;
+    let mut hub = uplink_proto::gateway::HubConfig::default();
+    hub.max_disconnected_sleds = 2;
+    let gw = RealGateway::start_hub(hub, 1 << 20).await;
     let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
     let come_and_go = async |events: &mut tokio::sync::mpsc::Receiver<(String, Value)>, project: &str| {
         let mut ws = gw.raw_sled().await;
@@ -524,7 +526,7 @@ async fn tool_inputs_are_listed_and_streamed_as_the_json_text_they_arrived_in() 
 #[tokio::test]
 async fn a_local_mcp_answer_too_big_for_a_frame_is_an_error_to_its_caller_and_the_link_stays_up() {
     const LIMIT: usize = 64 << 10;
-    let gw = start_gateway(GatewayConfig::default(), LIMIT).await;
+    let gw = start_gateway(SessionConfig::default(), LIMIT).await;
     let mut events = sse(&format!("{}/api/events", gw.base), ADMIN).await;
     // The local MCP server answers with 100 KiB: within what the sled reads, beyond the gateway's frames.
     let answer: &'static str =

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use uplink_proto::gateway::GatewayConfig;
+use uplink_proto::gateway::SessionConfig;
 use uplink_tests::{
     ADMIN_TOKEN, RealGateway, SLED_TOKEN, TestGateway, close_code, http, identify, link_state_where, next_event, sse,
     within,
@@ -31,12 +31,8 @@ fn frame(kind: &str, req_id: &str, payload: Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_and_hostile_frames_never_hurt_the_gateway_or_another_sled() {
     const LIMIT: usize = 100;
-    let session = GatewayConfig {
-        auto_approve: ["Bench".to_owned()].into(),
-        max_pending_permissions: LIMIT,
-        ..GatewayConfig::default()
-    };
-    let gw = RealGateway::start(session, 64 * 1024).await;
+    let session = SessionConfig { max_pending_permissions: LIMIT, ..SessionConfig::default() };
+    let gw = RealGateway::start_hub(RealGateway::approving(session, &["Bench"]), 64 * 1024).await;
     let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
     let mut c = UplinkConfig::new(&gw.ws, "good");
     c.token = Some(SLED_TOKEN.into());
@@ -171,7 +167,7 @@ async fn a_hostile_gateway_gets_one_answer_per_mcp_request_and_approves_nothing_
 
 #[tokio::test]
 async fn the_admin_api_refuses_traversal_oversized_bodies_and_slow_clients() {
-    let gw = RealGateway::start(GatewayConfig::default(), 1 << 20).await;
+    let gw = RealGateway::start(SessionConfig::default(), 1 << 20).await;
     for path in [
         "/api/permissions/..%2F..%2Fetc%2Fpasswd",
         "/api/permissions/../../etc/passwd",
@@ -219,7 +215,7 @@ async fn the_admin_api_refuses_traversal_oversized_bodies_and_slow_clients() {
 
 #[tokio::test]
 async fn the_admin_api_answers_wrong_methods_with_allow_and_accepts_the_bearer_scheme_in_any_case() {
-    let gw = RealGateway::start(GatewayConfig::default(), 1 << 20).await;
+    let gw = RealGateway::start(SessionConfig::default(), 1 << 20).await;
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     tcp.write_all(b"DELETE /api/permissions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut response = Vec::new();
@@ -262,7 +258,7 @@ async fn invalid_utf8_from_the_gateway_ends_the_connection_denies_what_was_in_fl
 
 #[tokio::test]
 async fn a_frame_announcing_a_terabyte_is_refused_from_its_header_with_1009() {
-    let gw = RealGateway::start(GatewayConfig::default(), 64 * 1024).await;
+    let gw = RealGateway::start(SessionConfig::default(), 64 * 1024).await;
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let handshake = format!(
         "GET /api/sled-uplink?token={SLED_TOKEN} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -298,7 +294,7 @@ async fn a_frame_announcing_a_terabyte_is_refused_from_its_header_with_1009() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sled_that_stops_reading_is_dropped_once_its_queue_fills_and_every_caller_gets_503() {
-    let gw = RealGateway::start(GatewayConfig::default(), 16 << 20).await;
+    let gw = RealGateway::start(SessionConfig::default(), 16 << 20).await;
     let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
     // Identifies, then never reads again.
     let mut stuck = gw.raw_sled().await;

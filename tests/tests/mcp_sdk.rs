@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-use uplink_proto::gateway::GatewayConfig;
+use uplink_proto::gateway::SessionConfig;
 use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, http, next_event, sse, within};
 use uplink_tokio::{Uplink, UplinkConfig};
 
@@ -61,7 +61,7 @@ struct Rig {
 impl Rig {
     async fn start() -> Rig {
         let server = SdkServer::start().await;
-        let gw = RealGateway::start(GatewayConfig::default(), 1 << 20).await;
+        let gw = RealGateway::start(SessionConfig::default(), 1 << 20).await;
         let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
         let mut c = UplinkConfig::new(&gw.ws, "sdk");
         c.token = Some(SLED_TOKEN.into());

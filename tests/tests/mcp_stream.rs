@@ -217,7 +217,7 @@ async fn a_client_that_hangs_up_on_the_gateway_cancels_its_call_at_the_local_ser
         _ => Reply::Full(202, "application/json", String::new()),
     })
     .await;
-    let gw = RealGateway::start(uplink_proto::gateway::GatewayConfig::default(), 1 << 20).await;
+    let gw = RealGateway::start(uplink_proto::gateway::SessionConfig::default(), 1 << 20).await;
     let mut events = sse(&format!("{}/api/events", gw.base), ADMIN_TOKEN).await;
     let mut c = UplinkConfig::new(&gw.ws, "hang");
     c.token = Some(SLED_TOKEN.into());

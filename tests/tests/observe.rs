@@ -10,7 +10,7 @@ use uplink_tokio::gateway::GatewayServerConfig;
 fn config() -> GatewayServerConfig {
     let mut config =
         GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![uplink_tests::SLED_TOKEN.into()], ADMIN_TOKEN);
-    config.session.auto_deny = ["rm".to_owned()].into();
+    config.hub.auto_deny = ["rm".to_owned()].into();
     config
 }
 
@@ -72,11 +72,8 @@ async fn metrics_count_sleds_decisions_refusals_and_relays_and_health_needs_no_t
 #[tokio::test]
 async fn the_sleds_metrics_follow_its_link_and_its_permissions() {
     use uplink_tokio::{Decision, LinkState, Uplink, UplinkConfig};
-    let session = uplink_proto::gateway::GatewayConfig {
-        auto_approve: ["Read".to_owned()].into(),
-        ..uplink_proto::gateway::GatewayConfig::default()
-    };
-    let gw = RealGateway::start(session, uplink_tokio::DEFAULT_MAX_MESSAGE_SIZE).await;
+    let hub = RealGateway::approving(uplink_proto::gateway::SessionConfig::default(), &["Read"]);
+    let gw = RealGateway::start_hub(hub, uplink_tokio::DEFAULT_MAX_MESSAGE_SIZE).await;
     let mut c = UplinkConfig::new(&gw.ws, "web");
     c.token = Some(uplink_tests::SLED_TOKEN.into());
     let uplink = Uplink::start(c).unwrap();

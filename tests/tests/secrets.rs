@@ -101,7 +101,7 @@ async fn peer_strings_reach_the_gateways_logs_escaped_so_they_cannot_forge_lines
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let gw = uplink_tests::RealGateway::start(uplink_proto::gateway::GatewayConfig::default(), 1 << 20).await;
+    let gw = uplink_tests::RealGateway::start(uplink_proto::gateway::SessionConfig::default(), 1 << 20).await;
     let mut events = uplink_tests::sse(&format!("{}/api/events", gw.base), uplink_tests::ADMIN_TOKEN).await;
     let mut ws = gw.raw_sled().await;
     let evil = "evil\n2026-12-01T00:00:00.000000Z  INFO uplink: forged line \u{1b}[31mred";

@@ -8,7 +8,7 @@ use futures_util::SinkExt as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
-use uplink_proto::gateway::{GatewayConfig, ProjectScope, Role};
+use uplink_proto::gateway::{ProjectScope, Role, SessionConfig};
 use uplink_tests::{RealGateway, close_code, http, identify, next_event, sse, within};
 use uplink_tokio::gateway::GatewayServerConfig;
 use uplink_tokio::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
@@ -161,13 +161,13 @@ async fn the_query_token_can_be_refused() {
 
 #[tokio::test]
 async fn a_sled_that_vanished_is_closed_at_the_dead_threshold_and_its_requests_cannot_be_approved() {
-    let session = GatewayConfig {
+    let session = SessionConfig {
         stale_after: Duration::from_millis(200),
         ping_interval: Duration::from_millis(100),
         dead_after: Duration::from_millis(500),
-        ..GatewayConfig::default()
+        ..SessionConfig::default()
     };
-    let gw = gateway_with(vec![sled("a", TEAM_A, "*")], |c| c.session = session).await;
+    let gw = gateway_with(vec![sled("a", TEAM_A, "*")], |c| c.hub.session = session).await;
     let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
     let mut ws = gw.raw_sled_with(TEAM_A).await;
     identify(&mut ws, "quiet").await;

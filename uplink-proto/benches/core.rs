@@ -14,7 +14,7 @@ use std::time::Instant as WallClock;
 
 use serde::{Deserialize, Serialize};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
-use uplink_proto::gateway::{Gateway, GatewayConfig, GatewayEvent, GatewayOutput};
+use uplink_proto::gateway::{SessionConfig, SessionEvent, SessionOutput, SledSession};
 use uplink_proto::{ConnId, GatewayFrame, Instant, McpCallId, McpReply, Output, RawValue, Received, Sled, SledConfig};
 
 #[global_allocator]
@@ -183,16 +183,16 @@ fn sled_with_calls() -> (Sled, Vec<(McpCallId, Box<RawValue>)>) {
     (sled, calls)
 }
 
-fn identified_gateway() -> Gateway {
-    let cfg = GatewayConfig { max_pending_permissions: BATCH, max_pending_mcp: BATCH, ..GatewayConfig::default() };
-    let mut gw = Gateway::new(cfg, Instant::ZERO).expect("valid config");
+fn identified_gateway() -> SledSession {
+    let cfg = SessionConfig { max_pending_permissions: BATCH, max_pending_mcp: BATCH, ..SessionConfig::default() };
+    let mut gw = SledSession::new(cfg, Instant::ZERO).expect("valid config");
     let identity = frame("identity", "identity", r#"{"project":"bench"}"#);
     gw.handle_received(Instant::ZERO, Received::Text(&identity));
     while gw.poll_output().is_some() {}
     gw
 }
 
-fn drain_gateway(gw: &mut Gateway) {
+fn drain_gateway(gw: &mut SledSession) {
     while let Some(out) = gw.poll_output() {
         black_box(out);
     }
@@ -367,7 +367,7 @@ fn cases(rounds: usize, only: Option<&str>) -> Vec<Case> {
                 for f in &frames {
                     gw.handle_received(Instant::ZERO, Received::Text(f));
                     while let Some(o) = gw.poll_output() {
-                        if let GatewayOutput::Event(GatewayEvent::PermissionRequested { .. }) = &o {
+                        if let SessionOutput::Event(SessionEvent::PermissionRequested { .. }) = &o {
                             black_box(o);
                         }
                     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::json;
-use uplink_proto::gateway::{Gateway, GatewayConfig, GatewayEvent, GatewayOutput, McpFailure, McpId, PermId};
+use uplink_proto::gateway::{McpFailure, McpId, PermId, SessionConfig, SessionEvent, SessionOutput, SledSession};
 use uplink_proto::{Decision, Instant, Received};
 
 #[derive(Clone, Debug)]
@@ -59,7 +59,7 @@ enum Fate {
 }
 
 struct Check {
-    gw: Gateway,
+    gw: SledSession,
     now: Instant,
     closed: bool,
     identified: bool,
@@ -107,10 +107,10 @@ impl Check {
                 let outs = self.drain();
                 if pending {
                     self.perms.insert(perm, Fate::Ended);
-                    assert!(matches!(outs.first(), Some(GatewayOutput::Send(t)) if t.contains("perm_response")));
+                    assert!(matches!(outs.first(), Some(SessionOutput::Send(t)) if t.contains("perm_response")));
                 } else {
                     assert!(
-                        outs.iter().all(|o| !matches!(o, GatewayOutput::Send(_))),
+                        outs.iter().all(|o| !matches!(o, SessionOutput::Send(_))),
                         "a refused decision sent something"
                     );
                 }
@@ -134,7 +134,7 @@ impl Check {
                     );
                     assert!(self.mcp.insert(id, Fate::Pending).is_none(), "id reused");
                     let outs = self.drain();
-                    assert!(matches!(outs.first(), Some(GatewayOutput::Send(t)) if t.contains("mcp_listen")));
+                    assert!(matches!(outs.first(), Some(SessionOutput::Send(t)) if t.contains("mcp_listen")));
                 }
                 Err(_) => assert!(!self.identified || self.closed || !self.streams || self.gw.mcp_streams() >= 64),
             },
@@ -144,11 +144,11 @@ impl Check {
                 assert_eq!(self.gw.cancel_mcp(now, id, "gone"), pending, "cancel({id:?})");
                 let outs = self.drain();
                 if pending {
-                    let told = outs.iter().any(|o| matches!(o, GatewayOutput::Send(t) if t.contains("mcp_cancel")));
+                    let told = outs.iter().any(|o| matches!(o, SessionOutput::Send(t) if t.contains("mcp_cancel")));
                     assert_eq!(told, self.streams, "the sled is told exactly when it relays streams");
                     assert!(outs.iter().any(|o| matches!(
                         o,
-                        GatewayOutput::Event(GatewayEvent::McpFailed { id: i, reason: McpFailure::Cancelled }) if *i == id
+                        SessionOutput::Event(SessionEvent::McpFailed { id: i, reason: McpFailure::Cancelled }) if *i == id
                     )));
                 }
             }
@@ -158,6 +158,15 @@ impl Check {
             ),
             Op::Close => self.gw.close(now, uplink_proto::gateway::CloseReason::Replaced),
             Op::Disconnect => self.gw.handle_disconnected(now),
+        }
+        let outs = self.drain();
+        // The application's part, as the hub's policy plays it: a request past the session's limit is
+        // denied at once (the session never decides by itself).
+        for o in outs {
+            if let SessionOutput::Event(SessionEvent::PermissionRequested { perm, over: Some(_), .. }) = o {
+                self.gw.decide(now, perm, Decision::Deny).expect("pending");
+                self.perms.insert(perm, Fate::Ended);
+            }
         }
         self.drain();
         if let Some(at) = self.gw.poll_timeout() {
@@ -175,36 +184,36 @@ impl Check {
         self.gw.handle_received(self.now, Received::Text(text));
     }
 
-    fn drain(&mut self) -> Vec<GatewayOutput> {
-        let outs: Vec<GatewayOutput> = std::iter::from_fn(|| self.gw.poll_output()).collect();
+    fn drain(&mut self) -> Vec<SessionOutput> {
+        let outs: Vec<SessionOutput> = std::iter::from_fn(|| self.gw.poll_output()).collect();
         for o in &outs {
             assert!(!self.closed, "output after Closed: {o:?}");
             match o {
-                GatewayOutput::Send(t) => {
+                SessionOutput::Send(t) => {
                     assert!(self.identified, "sent before identity: {t}");
                     serde_json::from_str::<serde_json::Value>(t).expect("sent frames are JSON");
                 }
-                GatewayOutput::Ping => assert!(self.identified),
-                GatewayOutput::Close(_) => {}
-                GatewayOutput::Event(e) => match e {
-                    GatewayEvent::Identified { .. } => {
+                SessionOutput::Ping => assert!(self.identified),
+                SessionOutput::Close(_) => {}
+                SessionOutput::Event(e) => match e {
+                    SessionEvent::Identified { .. } => {
                         assert!(!self.identified, "identified twice");
                         self.identified = true;
                     }
-                    GatewayEvent::PermissionRequested { perm, .. } => {
+                    SessionEvent::PermissionRequested { perm, .. } => {
                         assert!(self.identified);
                         assert!(self.perms.insert(*perm, Fate::Pending).is_none(), "perm id reused");
                     }
-                    GatewayEvent::PermissionWithdrawn { perm, .. } => {
+                    SessionEvent::PermissionWithdrawn { perm, .. } => {
                         assert_eq!(self.perms.insert(*perm, Fate::Ended), Some(Fate::Pending), "ended twice");
                     }
-                    GatewayEvent::McpResponse { id, .. } | GatewayEvent::McpFailed { id, .. } => {
+                    SessionEvent::McpResponse { id, .. } | SessionEvent::McpFailed { id, .. } => {
                         assert_eq!(self.mcp.insert(*id, Fate::Ended), Some(Fate::Pending), "MCP request ended twice");
                     }
-                    GatewayEvent::McpMessage { id, .. } => {
+                    SessionEvent::McpMessage { id, .. } => {
                         assert_eq!(self.mcp.get(id), Some(&Fate::Pending), "a message for an exchange not open");
                     }
-                    GatewayEvent::Closed => self.closed = true,
+                    SessionEvent::Closed => self.closed = true,
                     _ => {}
                 },
             }
@@ -219,14 +228,12 @@ proptest! {
         ops in prop::collection::vec(op(), 1..120),
         max_perm in 1usize..4,
     ) {
-        let cfg = GatewayConfig {
+        let cfg = SessionConfig {
             max_pending_permissions: max_perm,
-            auto_approve: ["Read".to_owned()].into(),
-            auto_deny: ["rm".to_owned()].into(),
-            ..GatewayConfig::default()
+            ..SessionConfig::default()
         };
         let mut c = Check {
-            gw: Gateway::new(cfg, Instant::ZERO).expect("valid"),
+            gw: SledSession::new(cfg, Instant::ZERO).expect("valid"),
             now: Instant::ZERO,
             closed: false,
             identified: false,

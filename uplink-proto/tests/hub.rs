@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use uplink_proto::gateway::{
-    AcceptError, CloseReason, ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubDecideError,
-    HubEvent, HubOutput, McpFailure, McpRefused, PermEnd, ProjectScope, PublicPermId, Verdict, Withdrawn,
+    AcceptError, CloseReason, ConnHandle, Credential, CredentialId, Hub, HubConfig, HubDecideError, HubEvent,
+    HubOutput, McpFailure, McpRefused, PermEnd, ProjectScope, PublicPermId, SessionConfig, Verdict, Withdrawn,
 };
 use uplink_proto::wire::MAX_MESSAGE_BYTES;
 use uplink_proto::{Decision, Instant, Received};
@@ -297,7 +297,7 @@ fn an_oversized_message_closes_with_1009_and_ends_the_connections_work() {
 
 #[test]
 fn the_hub_wakes_for_the_earliest_deadline_of_any_connection() {
-    let session = GatewayConfig { identity_timeout: Duration::from_secs(10), ..GatewayConfig::default() };
+    let session = SessionConfig { identity_timeout: Duration::from_secs(10), ..SessionConfig::default() };
     let mut h = H::with(HubConfig::new(session));
     let first = h.hub.accept(h.now, any(1)).expect("accept");
     h.now = h.now + Duration::from_secs(4);
@@ -507,11 +507,75 @@ fn pending_input_bytes_are_budgeted_per_sled_and_in_total() {
     h.ask(b, "b2", &input(60));
 }
 
+/// Sends a `perm_request` for `tool` with `input` on `conn`: the frames sent back and the events.
+fn request(
+    h: &mut H,
+    conn: ConnHandle,
+    req_id: &str,
+    tool: &str,
+    input: &str,
+) -> (Vec<serde_json::Value>, Vec<HubEvent>) {
+    let frame = format!(
+        r#"{{"type":"perm_request","req_id":"{req_id}","payload":{{"tool_name":"{tool}","tool_input":{input}}}}}"#
+    );
+    h.text(conn, &frame);
+    let (mut sent, mut events) = (Vec::new(), Vec::new());
+    for o in h.drain() {
+        match o {
+            HubOutput::Send { text, .. } => sent.push(serde_json::from_str(&text).expect("json")),
+            HubOutput::Event(e) => events.push(e),
+            _ => {}
+        }
+    }
+    (sent, events)
+}
+
+#[test]
+fn the_policy_decides_every_automatic_case_in_one_path_limits_first() {
+    use uplink_proto::gateway::{INPUT_TOO_DEEP, SessionConfig};
+    let session = SessionConfig { max_pending_permissions: 1, ..SessionConfig::default() };
+    let mut cfg = HubConfig::new(session);
+    cfg.auto_approve = ["Read".to_owned(), "Both".to_owned(), "Bash".to_owned()].into();
+    cfg.auto_deny = ["rm".to_owned(), "Both".to_owned()].into();
+    let mut h = H::with(cfg);
+    let conn = h.connect(any(1), "demo");
+    h.drain();
+    let auto = |events: &[HubEvent]| {
+        events.iter().find_map(|e| match e {
+            HubEvent::PermissionAutoDecided { decision, message, .. } => Some((*decision, message.clone())),
+            _ => None,
+        })
+    };
+    let by_flag = "denied by the gateway's --auto-deny rule for this tool";
+    for (tool, want, why) in [
+        ("Read", Decision::Approve, None),
+        ("rm", Decision::Deny, Some(by_flag)),
+        ("Both", Decision::Deny, Some(by_flag)),
+    ] {
+        let (sent, events) = request(&mut h, conn, &format!("auto-{tool}"), tool, r#"{"x":1}"#);
+        assert_eq!(auto(&events), Some((want, why.map(std::sync::Arc::from))), "{tool}");
+        assert_eq!(sent[0]["payload"]["approved"], want.is_allow());
+        assert_eq!(sent[0]["payload"]["message"], why.map_or(serde_json::Value::Null, Into::into));
+    }
+    // A session's limit comes before any rule: too deep, though --auto-approve Bash.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let (sent, events) = request(&mut h, conn, "deep", "Bash", &deep);
+    assert_eq!(auto(&events), Some((Decision::Deny, Some(std::sync::Arc::from(INPUT_TOO_DEEP)))));
+    assert_eq!(sent[0]["payload"]["message"], INPUT_TOO_DEEP);
+    // One waits for a person; the next is past the sled's pending limit and denied at once, saying so.
+    let (sent, _) = request(&mut h, conn, "waits", "Write", r#"{"x":1}"#);
+    assert!(sent.is_empty());
+    let (sent, events) = request(&mut h, conn, "one-too-many", "Write", r#"{"x":1}"#);
+    assert_eq!(sent[0]["payload"]["message"], "too many requests from this sled are waiting at the gateway");
+    assert!(matches!(auto(&events), Some((Decision::Deny, _))));
+    assert_eq!(h.hub.permissions(h.now).len(), 1, "only the one for a person is listed");
+}
+
 #[test]
 fn rules_decide_before_a_person_and_a_deny_rule_wins_over_the_auto_flags() {
     use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
     let mut cfg = HubConfig::default();
-    cfg.session.auto_approve = ["Bash".to_owned()].into();
+    cfg.auto_approve = ["Bash".to_owned()].into();
     cfg.rules = vec![
         Rule::new(RuleId(1), Effect::Deny, Pattern::parse("Bash(rm *)").expect("valid"), "ana", 0),
         Rule::new(RuleId(2), Effect::Ask, Pattern::parse("Bash(git push *)").expect("valid"), "ana", 0),
@@ -670,7 +734,7 @@ fn rules_made_at_run_time_have_a_budget_and_always_allow_beyond_it_approves_once
     use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
     let mut cfg = HubConfig::default();
     cfg.max_rules = 2;
-    cfg.session.auto_deny = ["rm".to_owned()].into();
+    cfg.auto_deny = ["rm".to_owned()].into();
     cfg.rules = vec![Rule::new(RuleId(1), Effect::Ask, Pattern::parse("Bash(git push *)").expect("valid"), "ana", 0)];
     let mut h = H::with(cfg);
     let conn = h.connect(any(1), "web");

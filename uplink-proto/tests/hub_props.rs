@@ -23,8 +23,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::json;
 use uplink_proto::gateway::{
-    Always, AlwaysScope, CloseReason, ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig,
-    HubDecideError, HubEvent, HubOutput, McpTicket, PermId, ProjectScope, PublicPermId, Verdict,
+    Always, AlwaysScope, CloseReason, ConnHandle, Credential, CredentialId, Hub, HubConfig, HubDecideError, HubEvent,
+    HubOutput, McpTicket, PermId, ProjectScope, PublicPermId, SessionConfig, Verdict,
 };
 use uplink_proto::rules::RuleId;
 use uplink_proto::{Decision, GatewayFrame, Instant, Received};
@@ -150,15 +150,15 @@ struct Model {
 
 impl Model {
     fn new() -> Model {
-        let session = GatewayConfig {
+        let session = SessionConfig {
             max_pending_permissions: 3,
             max_pending_input_bytes: SLED_BYTES,
             max_pending_mcp: 2,
-            auto_approve: ["Read".to_owned()].into(),
-            auto_deny: ["rm".to_owned()].into(),
-            ..GatewayConfig::default()
+            ..SessionConfig::default()
         };
         let mut cfg = HubConfig::new(session);
+        cfg.auto_approve = ["Read".to_owned()].into();
+        cfg.auto_deny = ["rm".to_owned()].into();
         cfg.max_disconnected_sleds = MAX_GONE;
         cfg.max_connections = MAX_CONNECTIONS;
         cfg.max_unidentified = MAX_UNIDENTIFIED;

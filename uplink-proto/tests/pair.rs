@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::pair::Pair;
-use uplink_proto::gateway::{GatewayConfig, HubEvent, McpFailure, Withdrawn};
+use uplink_proto::gateway::{HubEvent, McpFailure, SessionConfig, Withdrawn};
 use uplink_proto::{Cause, Decision, SledConfig};
 
 fn sled() -> SledConfig {
@@ -14,7 +14,7 @@ fn sled() -> SledConfig {
 
 #[test]
 fn a_healthy_link_stays_up_for_hours_with_heartbeats_and_pings() {
-    let mut p = Pair::new(sled(), GatewayConfig::default());
+    let mut p = Pair::new(sled(), SessionConfig::default());
     p.run_for(Duration::from_secs(4 * 3600));
     assert_eq!(p.identified_count(), 1);
     assert_eq!(p.sled.stats().connections, 1);
@@ -27,7 +27,7 @@ fn a_healthy_link_stays_up_for_hours_with_heartbeats_and_pings() {
 
 #[test]
 fn a_permission_crosses_the_link_and_is_approved() {
-    let mut p = Pair::new(sled(), GatewayConfig::default());
+    let mut p = Pair::new(sled(), SessionConfig::default());
     p.run_for(Duration::from_secs(1));
     let key = p.ask("r1", "Bash");
     p.run_for(Duration::from_secs(1));
@@ -37,7 +37,7 @@ fn a_permission_crosses_the_link_and_is_approved() {
 
 #[test]
 fn an_mcp_request_crosses_the_link_and_back() {
-    let mut p = Pair::new(sled(), GatewayConfig::default());
+    let mut p = Pair::new(sled(), SessionConfig::default());
     p.run_for(Duration::from_secs(1));
     let ticket = p.gateway_mcp(r#"{"jsonrpc":"2.0","id":"x","method":"tools/list"}"#).expect("identified");
     p.run_for(Duration::from_secs(1));
@@ -49,7 +49,7 @@ fn an_mcp_request_crosses_the_link_and_back() {
 
 #[test]
 fn an_undecided_request_is_denied_by_the_sled_and_withdrawn_at_the_gateway() {
-    let mut p = Pair::new(sled(), GatewayConfig::default());
+    let mut p = Pair::new(sled(), SessionConfig::default());
     p.approver = Box::new(|_| None);
     p.run_for(Duration::from_secs(1));
     let key = p.ask("r1", "Bash");
@@ -64,7 +64,7 @@ fn an_undecided_request_is_denied_by_the_sled_and_withdrawn_at_the_gateway() {
 
 #[test]
 fn a_cut_link_fails_everything_on_both_sides_then_the_sled_comes_back() {
-    let mut p = Pair::new(sled(), GatewayConfig::default());
+    let mut p = Pair::new(sled(), SessionConfig::default());
     p.approver = Box::new(|_| None);
     p.mcp_latency = Duration::from_secs(30);
     p.run_for(Duration::from_secs(1));
@@ -84,7 +84,7 @@ fn a_cut_link_fails_everything_on_both_sides_then_the_sled_comes_back() {
 
 #[test]
 fn a_black_holed_link_is_detected_by_both_sides() {
-    let mut p = Pair::new(sled(), GatewayConfig::default());
+    let mut p = Pair::new(sled(), SessionConfig::default());
     p.run_for(Duration::from_secs(60));
     p.blackhole = true;
     let key = p.ask("r1", "Bash");
@@ -101,7 +101,7 @@ fn a_black_holed_link_is_detected_by_both_sides() {
 
 #[test]
 fn sled_shutdown_reaches_the_gateway_as_cancels_answers_and_a_close() {
-    let mut p = Pair::new(sled(), GatewayConfig::default());
+    let mut p = Pair::new(sled(), SessionConfig::default());
     p.approver = Box::new(|_| None);
     p.mcp_latency = Duration::from_secs(30);
     p.run_for(Duration::from_secs(1));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::pair::{Pair, message_for};
 use proptest::prelude::*;
-use uplink_proto::gateway::{GatewayConfig, HubEvent, HubOutput, McpTicket};
+use uplink_proto::gateway::{HubEvent, HubOutput, McpTicket, SessionConfig};
 use uplink_proto::{Cause, Decision, Instant, LinkState, McpReply, PermKey, RawValue, SledConfig};
 
 #[derive(Clone, Debug)]
@@ -75,7 +75,7 @@ impl Sim {
             mcp_timeout: Duration::from_secs(2),
             ..SledConfig::new("sim")
         };
-        let gw_cfg = GatewayConfig { mcp_timeout: Duration::from_secs(5), ..GatewayConfig::default() };
+        let gw_cfg = SessionConfig { mcp_timeout: Duration::from_secs(5), ..SessionConfig::default() };
         let mut p = Pair::new(sled_cfg.clone(), gw_cfg);
         // The MCP server tags each answer with the request's own id, so answers can be matched to requests.
         p.mcp_server = Box::new(|body| match uplink_proto::jsonrpc::body_id(body) {

@@ -489,7 +489,7 @@ async fn echo_via_task_round_trips(addr: SocketAddr, frame: &str, n: usize) -> L
 async fn in_process_gateway() -> SocketAddr {
     use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
     let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec![SLED_TOKEN.into()], ADMIN_TOKEN);
-    config.session.auto_approve = ["Bench".to_owned()].into();
+    config.hub.auto_approve = ["Bench".to_owned()].into();
     let server = GatewayServer::bind(config).await.unwrap();
     let addr = server.local_addr().unwrap();
     tokio::spawn(server.run(std::future::pending()));

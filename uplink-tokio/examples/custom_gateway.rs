@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
-use uplink_proto::gateway::{Gateway, GatewayConfig, GatewayEvent, GatewayOutput};
+use uplink_proto::gateway::{SessionConfig, SessionEvent, SessionOutput, SledSession};
 use uplink_proto::{Decision, Instant, Received};
 
 #[tokio::main]
@@ -30,30 +30,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else { return };
             let (mut sink, mut stream) = ws.split();
             let now = || Instant::from_micros(epoch.elapsed().as_micros() as u64);
-            let Ok(mut session) = Gateway::new(GatewayConfig::default(), now()) else { return };
+            let Ok(mut session) = SledSession::new(SessionConfig::default(), now()) else { return };
             loop {
                 while let Some(output) = session.poll_output() {
                     match output {
-                        GatewayOutput::Send(text) => {
+                        SessionOutput::Send(text) => {
                             let _ = sink.send(Message::text(text)).await;
                         }
-                        GatewayOutput::Ping => {
+                        SessionOutput::Ping => {
                             let _ = sink.send(Message::Ping(Default::default())).await;
                         }
-                        GatewayOutput::Close { .. } => {
+                        SessionOutput::Close { .. } => {
                             let _ = sink.close().await;
                         }
-                        GatewayOutput::Event(GatewayEvent::PermissionRequested { perm, tool_name, .. }) => {
+                        SessionOutput::Event(SessionEvent::PermissionRequested { perm, tool_name, .. }) => {
                             let decision =
                                 if allowed.contains(&tool_name) { Decision::Approve } else { Decision::Deny };
                             println!("{peer}: {tool_name} → {decision:?}");
                             let _ = session.decide(now(), perm, decision);
                         }
-                        GatewayOutput::Event(GatewayEvent::Identified { project, .. }) => {
+                        SessionOutput::Event(SessionEvent::Identified { project, .. }) => {
                             println!("{peer}: sled {project} identified")
                         }
-                        GatewayOutput::Event(GatewayEvent::Closed) => println!("{peer}: gone"),
-                        GatewayOutput::Event(_) => {}
+                        SessionOutput::Event(SessionEvent::Closed) => println!("{peer}: gone"),
+                        SessionOutput::Event(_) => {}
                     }
                 }
                 if session.is_closed() {

@@ -6,7 +6,6 @@ use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::oneshot;
-use uplink_proto::gateway::GatewayConfig;
 use uplink_tests::within;
 use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
 use uplink_tokio::{Decision, Uplink, UplinkConfig};
@@ -24,7 +23,7 @@ fn example(name: &str) -> PathBuf {
 async fn gateway() -> (String, oneshot::Sender<()>) {
     let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec!["ex-token".into()], "ex-admin");
     config.max_message_size = 1 << 20;
-    config.session = GatewayConfig { auto_approve: ["Bash".to_owned()].into(), ..GatewayConfig::default() };
+    config.hub.auto_approve = ["Bash".to_owned()].into();
     let server = GatewayServer::bind(config).await.unwrap();
     let url = format!("ws://{}/api/sled-uplink", server.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();

@@ -1,7 +1,7 @@
 //! The [`Hub`]: every sled connection of one gateway, and the fleet's rules above them.
 //!
 //! quinn-proto's `Endpoint` owns its `Connection`s and routes to them by handle; the hub does the same for
-//! [`Gateway`] sessions. It decides everything that needs more than one connection to decide:
+//! [`SledSession`] sessions. It decides everything that needs more than one connection to decide:
 //!
 //! - **Claims.** Which connection holds each project. A connection that identifies as a project its
 //!   [`Credential`] does not cover is closed ([`CloseReason::ProjectNotPermitted`]). A project held by a live
@@ -31,13 +31,14 @@ use core::time::Duration;
 use super::close::CloseReason;
 use super::credential::ProjectScope;
 use super::credential::{Credential, CredentialId};
-use super::session::{
-    DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput, McpFailure,
-    McpId, SendMcpError, Withdrawn,
+use super::policy;
+use super::sled_session::{
+    DecideError, McpFailure, McpId, SendMcpError, SessionConfig, SessionConfigError, SessionEvent, SessionIgnored,
+    SessionOutput, SledSession, Withdrawn,
 };
 use super::verdict::{AlwaysScope, Verdict};
 pub use crate::ids::{BadPermId, ConnHandle, McpTicket, PublicPermId};
-use crate::rules::{self, Effect, Outcome, Pattern, Request, Rule, RuleId, RuleSet};
+use crate::rules::{self, Effect, Request, Rule, RuleId, RuleSet};
 use crate::time::Instant;
 use crate::wire::Decision;
 use crate::wire::Received;
@@ -47,7 +48,7 @@ use crate::wire::Received;
 #[non_exhaustive]
 pub struct HubConfig {
     /// The rules of every sled connection.
-    pub session: GatewayConfig,
+    pub session: SessionConfig,
     /// How many disconnected sleds stay listed; beyond, the one disconnected longest ago is forgotten.
     /// Default 1024.
     pub max_disconnected_sleds: usize,
@@ -59,29 +60,26 @@ pub struct HubConfig {
     /// Most connections that have not identified yet; [`Hub::accept`] refuses beyond. Default 1024.
     pub max_unidentified: usize,
     /// Most bytes of pending permission requests across every connection (each connection also has its
-    /// own [`GatewayConfig::max_pending_input_bytes`]); a request that would go beyond is denied at once.
+    /// own [`SessionConfig::max_pending_input_bytes`]); a request that would go beyond is denied at once.
     /// Default 256 MiB.
     pub max_pending_input_bytes: usize,
     /// Most rules made at run time ([`Hub::add_rule`] and "always allow": ids below [`CONFIG_RULE_IDS`]);
     /// beyond, [`Hub::add_rule`] refuses and an "always allow" approves once without a rule. Default 10,000.
     pub max_rules: usize,
-    /// The permission rules, evaluated for every request before a person is asked. The session's
-    /// `auto_approve` and `auto_deny` tools join them as rules (authored [`FLAG_AUTHOR`]), so that a deny
-    /// rule wins over them as over any allow.
+    /// The permission rules, evaluated for every request before a person is asked. The auto flags join
+    /// them as rules (authored [`FLAG_AUTHOR`](super::policy::FLAG_AUTHOR)), so that a deny rule wins over them as over any allow.
     pub rules: Vec<Rule>,
+    /// Tools whose requests are approved at once, without a person (each a rule, unless a deny rule wins).
+    pub auto_approve: BTreeSet<String>,
+    /// Tools whose requests are denied at once, without a person. Wins over `auto_approve`.
+    pub auto_deny: BTreeSet<String>,
 }
-
-/// The author of the rules that stand for [`GatewayConfig::auto_approve`] and [`GatewayConfig::auto_deny`].
-pub const FLAG_AUTHOR: &str = "--auto-approve/--auto-deny";
 
 /// The first id a configuration's own rules should take ([`HubConfig::rules`] named on a command line, say):
 /// the hub numbers the rules it makes at run time below it, and never removes a rule at or above it (a
 /// configuration's rule comes back with the configuration). Decimal, and well within what JSON numbers
 /// carry exactly (2^53).
 pub const CONFIG_RULE_IDS: u64 = 1_000_000_000;
-
-/// The first id of the rules that stand for the auto flags: `2000000000`, `2000000001`, …
-pub const FLAG_RULE_IDS: u64 = 2_000_000_000;
 
 /// Open files a gateway keeps back from its sled connections, at most: its listeners, its store's files, HTTP
 /// clients, webhooks ([`HubConfig::max_connections_for_open_files`]).
@@ -100,7 +98,7 @@ impl HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
-            session: GatewayConfig::default(),
+            session: SessionConfig::default(),
             max_disconnected_sleds: 1024,
             max_ended_permissions: 4096,
             max_connections: 16_384,
@@ -108,13 +106,15 @@ impl Default for HubConfig {
             max_pending_input_bytes: 256 << 20,
             max_rules: 10_000,
             rules: Vec::new(),
+            auto_approve: BTreeSet::new(),
+            auto_deny: BTreeSet::new(),
         }
     }
 }
 
 impl HubConfig {
     /// The defaults with these session rules.
-    pub fn new(session: GatewayConfig) -> HubConfig {
+    pub fn new(session: SessionConfig) -> HubConfig {
         HubConfig { session, ..HubConfig::default() }
     }
 }
@@ -381,7 +381,7 @@ pub enum HubEvent {
         /// The connection.
         conn: ConnHandle,
         /// Why.
-        why: GatewayIgnored,
+        why: SessionIgnored,
     },
 }
 
@@ -428,7 +428,7 @@ pub struct PermissionSummary {
 
 #[derive(Clone, Debug)]
 struct Conn {
-    session: Gateway,
+    session: SledSession,
     credential: Credential,
     /// The project this connection holds, once its claim succeeded.
     project: Option<String>,
@@ -463,7 +463,7 @@ struct Gone {
 pub struct Hub {
     cfg: HubConfig,
     /// The sessions' rules: `cfg.session` without the auto flags, which are rules here.
-    session_cfg: GatewayConfig,
+    session_cfg: SessionConfig,
     /// The permission rules in force.
     rules: RuleSet,
     /// The id the next rule made here gets.
@@ -492,20 +492,13 @@ pub struct Hub {
 
 impl Hub {
     /// An empty hub at `now`.
-    pub fn new(config: HubConfig, now: Instant) -> Result<Hub, GatewayConfigError> {
-        Gateway::new(config.session.clone(), now)?;
-        // The auto flags become rules; the sessions leave every decision to the hub.
+    pub fn new(config: HubConfig, now: Instant) -> Result<Hub, SessionConfigError> {
+        SledSession::new(config.session.clone(), now)?;
+        // The auto flags become rules: the policy has one path.
         let mut rules = config.rules.clone();
-        let flagged = config.session.auto_deny.iter().map(|t| (Effect::Deny, t));
-        let flagged = flagged.chain(config.session.auto_approve.iter().map(|t| (Effect::Allow, t)));
-        for (i, (effect, tool)) in flagged.enumerate() {
-            let id = RuleId(FLAG_RULE_IDS + i as u64);
-            rules.push(Rule::new(id, effect, Pattern::tool(tool), FLAG_AUTHOR, 0));
-        }
+        rules.extend(policy::flag_rules(&config.auto_deny, &config.auto_approve));
         let next_rule = rules.iter().map(|r| r.id.0).filter(|&id| id < CONFIG_RULE_IDS).max().map_or(1, |m| m + 1);
-        let mut session_cfg = config.session.clone();
-        session_cfg.auto_approve.clear();
-        session_cfg.auto_deny.clear();
+        let session_cfg = config.session.clone();
         Ok(Hub {
             cfg: config,
             session_cfg,
@@ -741,7 +734,7 @@ impl Hub {
         self.next_conn += 1;
         let conn = ConnHandle(self.next_conn);
         // The configuration was validated by `Hub::new`, so this cannot fail.
-        let Ok(session) = Gateway::new(self.session_cfg.clone(), self.now) else {
+        let Ok(session) = SledSession::new(self.session_cfg.clone(), self.now) else {
             return Err(AcceptError::ShuttingDown);
         };
         self.conns.insert(conn, Conn { session, credential, project: None, timer: None, counted_bytes: 0 });
@@ -818,12 +811,12 @@ impl Hub {
         self.mcp_command(now, project, |now, s| s.send_mcp(now, body, session, stream))
     }
 
-    /// Opens the standalone stream of `session` on `project`'s sled ([`Gateway::listen_mcp`]).
+    /// Opens the standalone stream of `session` on `project`'s sled ([`SledSession::listen_mcp`]).
     pub fn listen_mcp(&mut self, now: Instant, project: &str, session: Option<&str>) -> Result<McpTicket, McpRefused> {
         self.mcp_command(now, project, |now, s| s.listen_mcp(now, session))
     }
 
-    /// Ends the exchange `ticket`, whose caller went away ([`Gateway::cancel_mcp`]): its
+    /// Ends the exchange `ticket`, whose caller went away ([`SledSession::cancel_mcp`]): its
     /// [`HubEvent::McpFailed`] follows. False when it already ended.
     pub fn cancel_mcp(&mut self, now: Instant, ticket: McpTicket, reason: &str) -> bool {
         self.advance(now);
@@ -835,7 +828,7 @@ impl Hub {
     }
 
     /// Tells `project`'s sled, if connected, that the gateway session `session` ended
-    /// ([`Gateway::end_mcp_session`]).
+    /// ([`SledSession::end_mcp_session`]).
     pub fn end_mcp_session(&mut self, now: Instant, project: &str, session: &str) -> bool {
         self.advance(now);
         let now = self.now;
@@ -850,7 +843,7 @@ impl Hub {
         &mut self,
         now: Instant,
         project: &str,
-        command: impl FnOnce(Instant, &mut Gateway) -> Result<McpId, SendMcpError>,
+        command: impl FnOnce(Instant, &mut SledSession) -> Result<McpId, SendMcpError>,
     ) -> Result<McpTicket, McpRefused> {
         self.advance(now);
         let now = self.now;
@@ -942,10 +935,10 @@ impl Hub {
             let Some(c) = self.conns.get_mut(&conn) else { return };
             let Some(output) = c.session.poll_output() else { break };
             match output {
-                GatewayOutput::Send(text) => self.out.push_back(HubOutput::Send { conn, text }),
-                GatewayOutput::Ping => self.out.push_back(HubOutput::Ping { conn }),
-                GatewayOutput::Close(reason) => self.out.push_back(HubOutput::Close { conn, reason }),
-                GatewayOutput::Event(event) => self.on_event(conn, event),
+                SessionOutput::Send(text) => self.out.push_back(HubOutput::Send { conn, text }),
+                SessionOutput::Ping => self.out.push_back(HubOutput::Ping { conn }),
+                SessionOutput::Close(reason) => self.out.push_back(HubOutput::Close { conn, reason }),
+                SessionOutput::Event(event) => self.on_event(conn, event),
             }
         }
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -996,34 +989,22 @@ impl Hub {
         }
     }
 
-    /// What the agent is told when a rule denied.
-    fn rule_message(&self, id: RuleId) -> String {
-        match self.rules.rules().iter().find(|r| r.id == id) {
-            Some(r) if &*r.author == FLAG_AUTHOR => {
-                String::from("denied by the gateway's --auto-deny rule for this tool")
-            }
-            Some(r) => alloc::format!("denied by the gateway's rule #{}: {}", id.0, r.pattern),
-            None => alloc::format!("denied by the gateway's rule #{}", id.0),
-        }
-    }
-
     fn project_name(&self, conn: ConnHandle) -> String {
         self.conns.get(&conn).and_then(|c| c.project.clone()).unwrap_or_default()
     }
 
-    fn on_event(&mut self, conn: ConnHandle, event: GatewayEvent) {
+    fn on_event(&mut self, conn: ConnHandle, event: SessionEvent) {
         match event {
-            GatewayEvent::Identified { project, protocol, sled_version, capabilities } => {
+            SessionEvent::Identified { project, protocol, sled_version, capabilities } => {
                 self.claim(conn, project, protocol, sled_version, capabilities)
             }
-            GatewayEvent::Heartbeat => {}
-            GatewayEvent::PermissionRequested { perm, req_id, tool_name, tool_input } => {
+            SessionEvent::Heartbeat => {}
+            SessionEvent::PermissionRequested { perm, req_id, tool_name, tool_input, over } => {
                 let project = self.project_name(conn);
                 let Some(c) = self.conns.get(&conn) else { return };
                 let credential = c.credential.id;
                 let id = PublicPermId { conn, perm };
-                // The fleet's budget: what every connection holds, this request included. Then the rules,
-                // before a person is asked.
+                // The fleet's budget: what every connection holds, this request included.
                 let total = self.pending_bytes - c.counted_bytes + c.session.pending_input_bytes();
                 let request = Request {
                     connection: Some(conn),
@@ -1031,23 +1012,10 @@ impl Hub {
                     tool_name: &tool_name,
                     tool_input: &tool_input,
                 };
-                let decided = if total > self.cfg.max_pending_input_bytes {
-                    Some((
-                        Decision::Deny,
-                        None,
-                        Some(String::from("the requests waiting at the gateway are too large")),
-                    ))
-                } else {
-                    // A denial says which rule; an approval needs no words (and the hot path no allocation).
-                    match self.rules.evaluate(self.now, &request) {
-                        Outcome::Deny(rule) => Some((Decision::Deny, Some(rule), Some(self.rule_message(rule)))),
-                        Outcome::Allow(rule) => Some((Decision::Approve, Some(rule), None)),
-                        Outcome::Ask(_) | Outcome::NoRule => None,
-                    }
-                };
-                if let Some((decision, rule, why)) = decided {
-                    let mut verdict = Verdict::new(decision);
-                    if let Some(why) = why {
+                let fleet_over = total > self.cfg.max_pending_input_bytes;
+                if let Some(auto) = policy::decide(self.now, over, fleet_over, &self.rules, &request) {
+                    let mut verdict = Verdict::new(auto.decision);
+                    if let Some(why) = auto.message {
                         verdict = verdict.with_message(why);
                     }
                     let message = verdict.message.clone();
@@ -1061,8 +1029,8 @@ impl Hub {
                             req_id,
                             tool_name,
                             tool_input,
-                            decision,
-                            rule,
+                            decision: auto.decision,
+                            rule: auto.rule,
                             message,
                         });
                     }
@@ -1070,50 +1038,32 @@ impl Hub {
                 }
                 self.event(HubEvent::PermissionRequested { id, project, credential, req_id, tool_name, tool_input });
             }
-            GatewayEvent::PermissionAutoDecided { req_id, tool_name, tool_input, decision, message } => {
-                // A session's own budget (its auto flags are the hub's rules).
-                let project = self.project_name(conn);
-                let Some(credential) = self.conns.get(&conn).map(|c| c.credential.id) else { return };
-                let message = message.map(Arc::from);
-                let rule = None;
-                self.event(HubEvent::PermissionAutoDecided {
-                    conn,
-                    project,
-                    credential,
-                    req_id,
-                    tool_name,
-                    tool_input,
-                    decision,
-                    rule,
-                    message,
-                });
-            }
-            GatewayEvent::PermissionWithdrawn { perm, reason, waited } => {
+            SessionEvent::PermissionWithdrawn { perm, reason, waited } => {
                 let project = self.project_name(conn);
                 let id = PublicPermId { conn, perm };
                 self.event(HubEvent::PermissionWithdrawn { id, project, reason, waited });
             }
-            GatewayEvent::McpResponse { id, payload } => {
+            SessionEvent::McpResponse { id, payload } => {
                 self.event(HubEvent::McpAnswered { ticket: McpTicket { conn, id }, payload })
             }
-            GatewayEvent::McpFailed { id, reason } => {
+            SessionEvent::McpFailed { id, reason } => {
                 self.event(HubEvent::McpFailed { ticket: McpTicket { conn, id }, reason })
             }
-            GatewayEvent::McpMessage { id, payload } => {
+            SessionEvent::McpMessage { id, payload } => {
                 self.event(HubEvent::McpMessage { ticket: McpTicket { conn, id }, payload })
             }
-            GatewayEvent::Stale => {
+            SessionEvent::Stale => {
                 if let Some(project) = self.conns.get(&conn).and_then(|c| c.project.clone()) {
                     self.event(HubEvent::SledStale { project });
                 }
             }
-            GatewayEvent::Alive => {
+            SessionEvent::Alive => {
                 if let Some(project) = self.conns.get(&conn).and_then(|c| c.project.clone()) {
                     self.event(HubEvent::SledAlive { project });
                 }
             }
-            GatewayEvent::FrameIgnored(why) => self.event(HubEvent::FrameIgnored { conn, why }),
-            GatewayEvent::Closed => self.on_closed(conn),
+            SessionEvent::FrameIgnored(why) => self.event(HubEvent::FrameIgnored { conn, why }),
+            SessionEvent::Closed => self.on_closed(conn),
         }
     }
 

@@ -29,7 +29,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use super::hub::McpRefused;
-use super::session::McpFailure;
+use super::sled_session::McpFailure;
 use crate::jsonrpc::{self, BodyId};
 use crate::time::Instant;
 use crate::wire::RawValue;

@@ -3,7 +3,7 @@
 //! - [`Hub`] ([`hub`]): every sled connection of one gateway and the fleet's rules above them: which
 //!   connection holds which project, public permission ids, routing of decisions and MCP requests, the
 //!   memory of disconnected sleds, listings, every close. An adapter drives one hub.
-//! - [`Gateway`] ([`session`]): one connection's session: identity first, liveness, the permission and MCP
+//! - [`SledSession`] ([`session`]): one connection's session: identity first, liveness, the permission and MCP
 //!   requests pending on it. The hub owns one per connection.
 //! - [`CloseReason`] ([`close`]): every close the gateway makes, with its code.
 //! - [`Credential`] ([`credential`]): who a connection is, and which projects it may identify as.
@@ -30,8 +30,9 @@ pub mod credential;
 pub mod hub;
 pub mod mcp_endpoint;
 pub mod outbox;
+pub mod policy;
 pub mod principal;
-pub mod session;
+pub mod sled_session;
 pub mod verdict;
 
 pub use auth_limit::{AuthFailures, AuthLimitConfig, AuthRefusal, AuthSource};
@@ -43,9 +44,10 @@ pub use hub::{
     McpRefused, McpTicket, OPEN_FILES_KEPT_BACK, PermEnd, PermissionSummary, PublicPermId, RuleRefused, SledSummary,
 };
 pub use mcp_endpoint::{EndpointRequest, McpEndpoint, McpEndpointConfig, Method, Refusal, Route};
+pub use policy::{FLAG_AUTHOR, FLAG_RULE_IDS};
 pub use principal::{Action, BadRole, Role};
-pub use session::{
-    DecideError, Gateway, GatewayConfig, GatewayConfigError, GatewayEvent, GatewayIgnored, GatewayOutput,
-    INPUT_TOO_DEEP, McpFailure, McpId, PendingPermission, PermId, SendMcpError, Withdrawn,
+pub use sled_session::{
+    DecideError, INPUT_TOO_DEEP, McpFailure, McpId, PendingPermission, PermId, SendMcpError, SessionConfig,
+    SessionConfigError, SessionEvent, SessionIgnored, SessionLimit, SessionOutput, SledSession, Withdrawn,
 };
 pub use verdict::{Always, AlwaysScope, BadScope, Contradiction, Verdict};

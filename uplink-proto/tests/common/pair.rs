@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use uplink_proto::gateway::{
-    ConnHandle, Credential, CredentialId, GatewayConfig, Hub, HubConfig, HubEvent, HubOutput, McpTicket, PublicPermId,
+    ConnHandle, Credential, CredentialId, Hub, HubConfig, HubEvent, HubOutput, McpTicket, PublicPermId, SessionConfig,
     Verdict,
 };
 use uplink_proto::{
@@ -96,7 +96,7 @@ fn echo_mcp() -> McpServer {
 }
 
 impl Pair {
-    pub fn new(sled: SledConfig, gw_config: GatewayConfig) -> Pair {
+    pub fn new(sled: SledConfig, gw_config: SessionConfig) -> Pair {
         let mut pair = Pair {
             now: Instant::ZERO,
             sled: Sled::new(sled, Instant::ZERO).expect("valid sled config"),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
-use uplink_proto::gateway::{CONFIG_RULE_IDS, GatewayConfig, Role};
+use uplink_proto::gateway::{CONFIG_RULE_IDS, Role, SessionConfig};
 use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
 
 use super::credentials_file::{self as file, NewToken};
@@ -366,23 +366,23 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     config.tls = tls;
     config.accept_query_token = !args.refuse_query_token;
     let open_files = super::open_files::raise();
-    config.max_connections = args.max_connections.unwrap_or_else(|| super::open_files::connection_budget(open_files));
+    let hub = &mut config.hub;
+    hub.max_connections = args.max_connections.unwrap_or_else(|| super::open_files::connection_budget(open_files));
     if let Some(limit) = open_files
-        && config.max_connections as u64 >= limit
+        && hub.max_connections as u64 >= limit
     {
         tracing::warn!(
             limit,
-            max_connections = config.max_connections,
-            "--max-connections is at or over the open-file limit: sleds beyond the limit find no socket (accepting              fails and backs off) instead of a 503"
+            max_connections = hub.max_connections,
+            "--max-connections is at or over the open-file limit: sleds beyond the limit find no socket (accepting \
+             fails and backs off) instead of a 503"
         );
     }
-    tracing::info!(open_files = ?open_files, max_connections = config.max_connections, "connection budget");
-    config.max_unidentified = args.max_unidentified;
-    config.max_pending_input_bytes = args.max_pending_bytes;
-    config.max_event_client_bytes = args.max_event_client_bytes;
-    config.max_event_clients = args.max_event_clients;
+    tracing::info!(open_files = ?open_files, max_connections = hub.max_connections, "connection budget");
+    hub.max_unidentified = args.max_unidentified;
+    hub.max_pending_input_bytes = args.max_pending_bytes;
     let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    config.rules = args
+    hub.rules = args
         .rules
         .into_iter()
         .enumerate()
@@ -390,16 +390,18 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
             Rule::new(RuleId(CONFIG_RULE_IDS + i as u64 + 1), effect, pattern, "command line", created)
         })
         .collect();
-    config.session = GatewayConfig {
+    hub.auto_approve = args.auto_approve.into_iter().collect();
+    hub.auto_deny = args.auto_deny.into_iter().collect();
+    hub.session = SessionConfig {
         identity_timeout: args.identity_timeout,
         stale_after: args.stale_after,
         dead_after: args.dead_after,
         mcp_timeout: args.mcp_timeout,
         max_pending_input_bytes: args.max_sled_pending_bytes,
-        auto_approve: args.auto_approve.into_iter().collect(),
-        auto_deny: args.auto_deny.into_iter().collect(),
-        ..GatewayConfig::default()
+        ..SessionConfig::default()
     };
+    config.max_event_client_bytes = args.max_event_client_bytes;
+    config.max_event_clients = args.max_event_clients;
     config.audit_redact_inputs = args.audit_redact_inputs;
     config.metrics_public = args.metrics_public;
     let format =

@@ -49,7 +49,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant as TokioInstant;
 use tracing::debug;
 use uplink_proto::Instant;
-use uplink_proto::gateway::{GatewayConfig, Hub, HubConfig};
+use uplink_proto::gateway::{Hub, HubConfig};
 
 use crate::accept::AcceptBackoff;
 use crate::store::{AuditReader, Store, StoreError};
@@ -71,9 +71,6 @@ pub const MAX_ADMIN_BODY: usize = 4 << 20;
 /// Default of [`GatewayServerConfig::handshake_timeout`].
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Default of [`GatewayServerConfig::max_disconnected_sleds`].
-pub const DEFAULT_MAX_DISCONNECTED_SLEDS: usize = 1024;
-
 /// Configuration of a [`GatewayServer`], made with [`GatewayServerConfig::new`] (the original's shared
 /// tokens) or [`GatewayServerConfig::with_credentials`]. Its `Debug` output hides the tokens.
 #[derive(Clone)]
@@ -91,14 +88,11 @@ pub struct GatewayServerConfig {
     /// Accept a sled's token in the URL (`?token=`), as the original sends it. `true` by default; with
     /// `false`, only `Authorization: Bearer` is accepted (URLs end up in proxies' logs).
     pub accept_query_token: bool,
-    /// Most open sled connections, identified or not. Default 16,384 (`uplink gateway` derives its default
-    /// from its open-file limit).
-    pub max_connections: usize,
-    /// Most sled connections that have not identified yet. Default 1024.
-    pub max_unidentified: usize,
-    /// Most bytes of pending permission requests across every sled (each sled's own limit is in
-    /// `session`). Default 256 MiB.
-    pub max_pending_input_bytes: usize,
+    /// The hub's rules, every one of the core's: each sled connection's protocol rules (`hub.session`), the
+    /// connection budgets (16,384 open, 1,024 unidentified, `uplink gateway` deriving its default from its
+    /// open-file limit), the pending-bytes budget across every sled (256 MiB), the permission rules and the
+    /// auto flags, the memory of gone sleds and of ended requests. [`HubConfig::default`] by default.
+    pub hub: HubConfig,
     /// Most bytes of events queued for one `/api/events` client that is not reading; beyond, it gets a
     /// `lagged` event and its stream ends. Default 32 MiB (an event larger than that alone still goes to a
     /// client with nothing queued).
@@ -110,24 +104,15 @@ pub struct GatewayServerConfig {
     /// Names a web page may reach the gateway's MCP endpoint by, beside loopback, the public URL's host and
     /// the listen address (`--allowed-host`). Empty by default.
     pub allowed_hosts: Vec<String>,
-    /// Permission rules, evaluated before a person is asked (`session`'s auto flags join them).
-    pub rules: Vec<uplink_proto::rules::Rule>,
     /// Certificate chain and private key (PEM files) to serve HTTPS and `wss://`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Largest WebSocket message accepted from a sled.
     pub max_message_size: usize,
-    /// The protocol rules of every sled connection: timeouts, limits, auto policies.
-    pub session: GatewayConfig,
     /// A client must finish its TLS handshake, and then send the headers of each HTTP request (a WebSocket
     /// upgrade included), within this long, or it is disconnected (slow-loris clients); and each request's
     /// body within this long again, or it is answered `408`.
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`] by default.
     pub handshake_timeout: Duration,
-    /// How many disconnected sleds the admin API still lists (`"connected": false`, and `503` for their MCP
-    /// route). Beyond it, the one disconnected longest ago is forgotten (then `404`), so that sleds coming
-    /// and going under ever new project names cannot grow the gateway's memory without bound.
-    /// [`DEFAULT_MAX_DISCONNECTED_SLEDS`] by default.
-    pub max_disconnected_sleds: usize,
     /// Leave tool inputs out of the audit log (their SHA-256 stays). `false` by default.
     pub audit_redact_inputs: bool,
     /// Serve `/metrics` to anyone who can reach the gateway; by default it needs a principal's token (any
@@ -155,19 +140,14 @@ impl GatewayServerConfig {
             admin_token: admin_token.into(),
             credentials: None,
             accept_query_token: true,
-            max_connections: 16_384,
-            max_unidentified: 1024,
-            max_pending_input_bytes: 256 << 20,
+            hub: HubConfig::default(),
             max_event_client_bytes: 32 << 20,
             max_event_clients: 64,
             mcp_endpoint: uplink_proto::gateway::McpEndpointConfig::default(),
             allowed_hosts: Vec::new(),
-            rules: Vec::new(),
             tls: None,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
-            session: GatewayConfig::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            max_disconnected_sleds: DEFAULT_MAX_DISCONNECTED_SLEDS,
             audit_redact_inputs: false,
             metrics_public: false,
             notify: Vec::new(),
@@ -194,17 +174,12 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("admin_token", &"[redacted]")
             .field("credentials", &self.credentials)
             .field("accept_query_token", &self.accept_query_token)
-            .field("max_connections", &self.max_connections)
-            .field("max_unidentified", &self.max_unidentified)
-            .field("max_pending_input_bytes", &self.max_pending_input_bytes)
+            .field("hub", &self.hub)
             .field("max_event_client_bytes", &self.max_event_client_bytes)
             .field("max_event_clients", &self.max_event_clients)
-            .field("rules", &self.rules)
             .field("tls", &self.tls)
             .field("max_message_size", &self.max_message_size)
-            .field("session", &self.session)
             .field("handshake_timeout", &self.handshake_timeout)
-            .field("max_disconnected_sleds", &self.max_disconnected_sleds)
             .field("audit_redact_inputs", &self.audit_redact_inputs)
             .field("metrics_public", &self.metrics_public)
             .field("notify", &self.notify.iter().map(|w| crate::redact::redact_url(&w.url)).collect::<Vec<_>>())
@@ -251,7 +226,7 @@ pub enum GatewayStartError {
     ZeroHandshakeTimeout,
     /// The session rules are invalid.
     #[error("configuration: {0}")]
-    Config(#[from] uplink_proto::gateway::GatewayConfigError),
+    Config(#[from] uplink_proto::gateway::SessionConfigError),
     /// The store could not be read.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -407,12 +382,7 @@ impl GatewayServer {
                 Credentials::from_tokens(&config.sled_tokens, &config.admin_token)?
             }
         };
-        let mut hub_config = HubConfig::new(config.session);
-        hub_config.max_disconnected_sleds = config.max_disconnected_sleds;
-        hub_config.max_connections = config.max_connections;
-        hub_config.max_unidentified = config.max_unidentified;
-        hub_config.max_pending_input_bytes = config.max_pending_input_bytes;
-        hub_config.rules = config.rules;
+        let mut hub_config = config.hub;
         // The core's instant 0 is now, on both clocks.
         let (epoch, wall) = (TokioInstant::now(), rules::Wall::new(Instant::ZERO, SystemTime::now()));
         if let Some(store) = &mut store {

@@ -1,30 +1,32 @@
-//! One sled connection as the gateway sees it: the [`Gateway`] session machine.
+//! One sled connection as the gateway sees it: the [`SledSession`] session machine.
 //!
 //! A [`Hub`](super::Hub) owns one session per connection and decides what the sessions cannot decide alone
 //! (which connection holds a project, public ids, routing). A session can also be driven on its own.
 //!
 //! Method kinds as on the sled side: getters; inputs `handle_*(now, …)`; commands (`decide`, `send_mcp`,
 //! `close`) that return a `Result` when the caller asks for something impossible; outputs drained with
-//! [`Gateway::poll_output`], then [`Gateway::poll_timeout`].
+//! [`SledSession::poll_output`], then [`SledSession::poll_timeout`].
 //!
 //! Rules:
 //! - `identity` must be the first frame, within the identity timeout; anything else first, or nothing, closes
 //!   the connection with 1008 (policy violation).
 //! - The gateway pings a sled it has not heard from for the ping interval, and again at each interval while it
 //!   stays quiet; a sled that heartbeats is never pinged. A sled from which nothing (no frame, no pong)
-//!   arrived for the stale threshold is reported [`GatewayEvent::Stale`], and [`GatewayEvent::Alive`] once it
+//!   arrived for the stale threshold is reported [`SessionEvent::Stale`], and [`SessionEvent::Alive`] once it
 //!   speaks again.
-//! - Each permission request gets a [`PermId`] and ends exactly once: decided by the application (or by the
-//!   auto policies), withdrawn by the sled (`perm_cancel`), or withdrawn because the connection ended. One
-//!   whose `tool_input` nests deeper than [`wire::MAX_INPUT_DEPTH`] is denied at once ([`INPUT_TOO_DEEP`]).
+//! - Each permission request gets a [`PermId`] and ends exactly once: decided by the application, withdrawn
+//!   by the sled (`perm_cancel`), or withdrawn because the connection ended. The session decides nothing by
+//!   itself: a request past one of its limits ([`SessionLimit`]: an input nested deeper than
+//!   [`wire::MAX_INPUT_DEPTH`], too many or too large pending) is reported with that limit, for the
+//!   application to deny at once (the hub's policy does).
 //! - Each MCP exchange (a request, or a standalone stream) ends exactly once: its `mcp_response`, a timeout
-//!   (requests only), [`Gateway::cancel_mcp`], or the connection's end. With a sled that lists the
+//!   (requests only), [`SledSession::cancel_mcp`], or the connection's end. With a sled that lists the
 //!   `mcp_stream` capability, the local server's messages within an exchange arrive before its end as
-//!   [`GatewayEvent::McpMessage`].
+//!   [`SessionEvent::McpMessage`].
 //! - A decision for a permission that is unknown or already ended is refused with an error, never sent.
 
 use alloc::borrow::Cow;
-use alloc::collections::{BTreeSet, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -37,11 +39,11 @@ pub use crate::ids::{McpId, PermId};
 use crate::pending::PendingTable;
 use crate::time::Instant;
 use crate::wire::Received;
-use crate::wire::{self, Decision, DecodeError, GatewayFrame, RawValue, SledFrame};
+use crate::wire::{self, DecodeError, GatewayFrame, RawValue, SledFrame};
 
-/// Everything that shapes a [`Gateway`] session. [`GatewayConfig::default`] gives the documented defaults.
+/// Everything that shapes a [`SledSession`] session. [`SessionConfig::default`] gives the documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GatewayConfig {
+pub struct SessionConfig {
     /// `identity` must arrive within this long after the connection opens. Default 10 s.
     pub identity_timeout: Duration,
     /// A sled silent for this long is reported stale. Default 30 s (three heartbeat intervals).
@@ -60,20 +62,16 @@ pub struct GatewayConfig {
     /// Most bytes of pending permission requests (tool name, input and id) on one connection; a request
     /// that would go beyond is denied at once. Default 32 MiB.
     pub max_pending_input_bytes: usize,
-    /// Most MCP requests in flight on one connection; beyond, [`Gateway::send_mcp`] refuses. Default 256.
+    /// Most MCP requests in flight on one connection; beyond, [`SledSession::send_mcp`] refuses. Default 256.
     pub max_pending_mcp: usize,
-    /// Most standalone MCP streams open on one connection; beyond, [`Gateway::listen_mcp`] refuses.
+    /// Most standalone MCP streams open on one connection; beyond, [`SledSession::listen_mcp`] refuses.
     /// Default 64.
     pub max_mcp_streams: usize,
-    /// Tools whose requests are approved at once, without reaching the application.
-    pub auto_approve: BTreeSet<String>,
-    /// Tools whose requests are denied at once, without reaching the application. Wins over `auto_approve`.
-    pub auto_deny: BTreeSet<String>,
 }
 
-impl Default for GatewayConfig {
+impl Default for SessionConfig {
     fn default() -> Self {
-        GatewayConfig {
+        SessionConfig {
             identity_timeout: Duration::from_secs(10),
             stale_after: Duration::from_secs(30),
             dead_after: Duration::from_secs(90),
@@ -83,14 +81,12 @@ impl Default for GatewayConfig {
             max_pending_input_bytes: 32 << 20,
             max_pending_mcp: 256,
             max_mcp_streams: 64,
-            auto_approve: BTreeSet::new(),
-            auto_deny: BTreeSet::new(),
         }
     }
 }
 
-impl GatewayConfig {
-    fn validate(&self) -> Result<(), GatewayConfigError> {
+impl SessionConfig {
+    fn validate(&self) -> Result<(), SessionConfigError> {
         for (name, d) in [
             ("identity_timeout", self.identity_timeout),
             ("stale_after", self.stale_after),
@@ -99,28 +95,28 @@ impl GatewayConfig {
             ("mcp_timeout", self.mcp_timeout),
         ] {
             if d.is_zero() {
-                return Err(GatewayConfigError::Zero(name));
+                return Err(SessionConfigError::Zero(name));
             }
         }
         if self.max_pending_permissions == 0 {
-            return Err(GatewayConfigError::Zero("max_pending_permissions"));
+            return Err(SessionConfigError::Zero("max_pending_permissions"));
         }
         if self.max_pending_mcp == 0 {
-            return Err(GatewayConfigError::Zero("max_pending_mcp"));
+            return Err(SessionConfigError::Zero("max_pending_mcp"));
         }
         if self.max_pending_input_bytes == 0 {
-            return Err(GatewayConfigError::Zero("max_pending_input_bytes"));
+            return Err(SessionConfigError::Zero("max_pending_input_bytes"));
         }
         if self.dead_after < self.stale_after {
-            return Err(GatewayConfigError::DeadBeforeStale);
+            return Err(SessionConfigError::DeadBeforeStale);
         }
         Ok(())
     }
 }
 
-/// A [`GatewayConfig`] that cannot work.
+/// A [`SessionConfig`] that cannot work.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum GatewayConfigError {
+pub enum SessionConfigError {
     /// A duration or limit that must be positive is zero.
     #[error("`{0}` must be greater than zero")]
     Zero(&'static str),
@@ -163,13 +159,13 @@ pub enum McpFailure {
     Timeout,
     /// The connection ended first.
     ConnectionLost,
-    /// The application cancelled it ([`Gateway::cancel_mcp`]): its caller went away.
+    /// The application cancelled it ([`SledSession::cancel_mcp`]): its caller went away.
     Cancelled,
 }
 
 /// Why a received frame was ignored.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum GatewayIgnored {
+pub enum SessionIgnored {
     /// Not a JSON envelope, or a known type with an unusable payload.
     Malformed,
     /// A `type` the gateway does not know.
@@ -186,7 +182,7 @@ pub enum GatewayIgnored {
 
 /// Something that happened on the connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GatewayEvent {
+pub enum SessionEvent {
     /// The sled identified itself.
     Identified {
         /// Project name.
@@ -200,7 +196,9 @@ pub enum GatewayEvent {
     },
     /// A heartbeat arrived.
     Heartbeat,
-    /// A permission request for the application to decide with [`Gateway::decide`].
+    /// A permission request for the application to decide with [`SledSession::decide`]. One past a limit
+    /// of the session's (`over`) is pending like any other: the session never decides by itself, and the
+    /// application (the hub's policy) denies it at once.
     PermissionRequested {
         /// The gateway's id for it.
         perm: PermId,
@@ -210,19 +208,8 @@ pub enum GatewayEvent {
         tool_name: String,
         /// The tool's input: the JSON text exactly as it arrived, shared with the session's pending table.
         tool_input: Arc<str>,
-    },
-    /// A permission request decided by the auto policies, without the application.
-    PermissionAutoDecided {
-        /// The sled's id for it.
-        req_id: String,
-        /// The tool.
-        tool_name: String,
-        /// The tool's input, as the JSON text it arrived in.
-        tool_input: Arc<str>,
-        /// The decision sent.
-        decision: Decision,
-        /// The message sent with it, for a denial.
-        message: Option<&'static str>,
+        /// The session's limit it is past, if any.
+        over: Option<SessionLimit>,
     },
     /// A permission request ended without a decision.
     PermissionWithdrawn {
@@ -259,14 +246,14 @@ pub enum GatewayEvent {
     /// The sled spoke again after being stale.
     Alive,
     /// A frame was ignored.
-    FrameIgnored(GatewayIgnored),
+    FrameIgnored(SessionIgnored),
     /// The connection is over (closed by either side); no more outputs follow except those already queued.
     Closed,
 }
 
-/// Something to do, drained with [`Gateway::poll_output`].
+/// Something to do, drained with [`SledSession::poll_output`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GatewayOutput {
+pub enum SessionOutput {
     /// Send this text frame.
     Send(String),
     /// Send a WebSocket ping.
@@ -274,10 +261,10 @@ pub enum GatewayOutput {
     /// Send a close frame with this reason's code and text, then drop the connection.
     Close(CloseReason),
     /// For the application.
-    Event(GatewayEvent),
+    Event(SessionEvent),
 }
 
-/// Why [`Gateway::decide`] refused.
+/// Why [`SledSession::decide`] refused.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecideError {
     /// No pending permission has this id: never existed, already decided, or withdrawn.
@@ -289,7 +276,7 @@ pub enum DecideError {
     MessageTooLong,
 }
 
-/// Why [`Gateway::send_mcp`] refused.
+/// Why [`SledSession::send_mcp`] refused.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SendMcpError {
     /// The sled has not identified itself yet.
@@ -319,7 +306,7 @@ enum State {
     Closed,
 }
 
-/// A permission request awaiting the application's decision, as [`Gateway::pending`] shows it.
+/// A permission request awaiting the application's decision, as [`SledSession::pending`] shows it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PendingPermission<'a> {
@@ -340,6 +327,29 @@ pub struct PendingPermission<'a> {
 pub const INPUT_TOO_DEEP: &str = "the request's tool input nests arrays and objects more than 64 levels deep, \
      deeper than the gateway accepts";
 
+/// A limit of the session's that a permission request is past: it must be denied at once
+/// ([`SessionEvent::PermissionRequested`]'s `over`), with [`SessionLimit::message`] for the agent.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SessionLimit {
+    /// Its input nests deeper than [`wire::MAX_INPUT_DEPTH`].
+    TooDeep,
+    /// [`SessionConfig::max_pending_permissions`] were pending already.
+    TooMany,
+    /// It would take the session past [`SessionConfig::max_pending_input_bytes`].
+    TooLarge,
+}
+
+impl SessionLimit {
+    /// What the agent is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            SessionLimit::TooDeep => INPUT_TOO_DEEP,
+            SessionLimit::TooMany => "too many requests from this sled are waiting at the gateway",
+            SessionLimit::TooLarge => "the requests from this sled waiting at the gateway are too large",
+        }
+    }
+}
+
 /// What a session keeps of a permission request, beside its wire id.
 #[derive(Clone, Debug)]
 struct Asked {
@@ -357,8 +367,8 @@ impl Asked {
 
 /// One sled connection as the gateway sees it.
 #[derive(Clone, Debug)]
-pub struct Gateway {
-    cfg: GatewayConfig,
+pub struct SledSession {
+    cfg: SessionConfig,
     now: Instant,
     state: State,
     last_seen: Instant,
@@ -375,17 +385,17 @@ pub struct Gateway {
     mcp_streams: PendingTable<McpId, ()>,
     /// The last [`McpId`] given, to requests and streams alike.
     next_mcp: u64,
-    out: VecDeque<GatewayOutput>,
+    out: VecDeque<SessionOutput>,
     /// How long the sled waits for each decision, as its `identity` said.
     sled_timeout: Option<Duration>,
 }
 
-impl Gateway {
+impl SledSession {
     /// A session for a connection that just opened at `now`.
-    pub fn new(config: GatewayConfig, now: Instant) -> Result<Gateway, GatewayConfigError> {
+    pub fn new(config: SessionConfig, now: Instant) -> Result<SledSession, SessionConfigError> {
         config.validate()?;
         let mcp_timeout = config.mcp_timeout;
-        Ok(Gateway {
+        Ok(SledSession {
             state: State::AwaitingIdentity { deadline: now + config.identity_timeout },
             next_ping: now + config.ping_interval,
             cfg: config,
@@ -482,11 +492,11 @@ impl Gateway {
 
     /// The next thing to do, or `None`. Drain after every input and command.
     #[must_use]
-    pub fn poll_output(&mut self) -> Option<GatewayOutput> {
+    pub fn poll_output(&mut self) -> Option<SessionOutput> {
         self.out.pop_front()
     }
 
-    /// When to call [`Gateway::handle_timeout`] next; `None` once closed.
+    /// When to call [`SledSession::handle_timeout`] next; `None` once closed.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link = match self.state {
@@ -516,11 +526,11 @@ impl Gateway {
         self.last_seen = self.now;
         if self.stale {
             self.stale = false;
-            self.event(GatewayEvent::Alive);
+            self.event(SessionEvent::Alive);
         }
         let text = match message {
             Received::Text(text) => text,
-            Received::Binary(_) => return self.ignored(GatewayIgnored::Binary),
+            Received::Binary(_) => return self.ignored(SessionIgnored::Binary),
             Received::Ping | Received::Pong => return,
         };
         let frame = SledFrame::decode(text);
@@ -530,7 +540,7 @@ impl Gateway {
                     let streams = id.capabilities.iter().any(|c| c == wire::MCP_STREAM_CAPABILITY);
                     self.state = State::Identified { project: id.project.clone().into_owned(), streams };
                     self.sled_timeout = id.permission_timeout_ms.map(Duration::from_millis);
-                    self.event(GatewayEvent::Identified {
+                    self.event(SessionEvent::Identified {
                         project: id.project.into_owned(),
                         protocol: id.protocol,
                         sled_version: id.sled_version.map(Cow::into_owned),
@@ -541,8 +551,8 @@ impl Gateway {
             };
         }
         match frame {
-            Ok(SledFrame::Identity(_)) => self.ignored(GatewayIgnored::RepeatedIdentity),
-            Ok(SledFrame::Heartbeat) => self.event(GatewayEvent::Heartbeat),
+            Ok(SledFrame::Identity(_)) => self.ignored(SessionIgnored::RepeatedIdentity),
+            Ok(SledFrame::Heartbeat) => self.event(SessionEvent::Heartbeat),
             Ok(SledFrame::PermRequest { req_id, tool_name, tool_input }) => {
                 self.on_perm_request(req_id.into_owned(), tool_name.into_owned(), tool_input)
             }
@@ -551,9 +561,9 @@ impl Gateway {
                     self.pending_bytes -= Asked::bytes(&p.value.tool_name, &p.value.tool_input, &p.wire);
                     let waited = self.now.saturating_duration_since(p.value.since);
                     let reason = Withdrawn::from_cancel(&reason);
-                    self.event(GatewayEvent::PermissionWithdrawn { perm, reason, waited });
+                    self.event(SessionEvent::PermissionWithdrawn { perm, reason, waited });
                 }
-                None => self.ignored(GatewayIgnored::Unmatched),
+                None => self.ignored(SessionIgnored::Unmatched),
             },
             Ok(SledFrame::McpResponse { req_id, payload }) => {
                 // One search of each table: the exchange is taken out if it is in flight.
@@ -561,20 +571,20 @@ impl Gateway {
                     .filter(|id| self.mcp.remove(*id).is_some() || self.mcp_streams.remove(*id).is_some());
                 match ended {
                     Some(id) => {
-                        self.event(GatewayEvent::McpResponse { id, payload: String::from(payload.get()) });
+                        self.event(SessionEvent::McpResponse { id, payload: String::from(payload.get()) });
                     }
-                    None => self.ignored(GatewayIgnored::Unmatched),
+                    None => self.ignored(SessionIgnored::Unmatched),
                 }
             }
             Ok(SledFrame::McpMessage { req_id, payload }) => {
                 let open = mcp_id_of(&req_id).filter(|id| self.mcp.contains(*id) || self.mcp_streams.contains(*id));
                 match open {
-                    Some(id) => self.event(GatewayEvent::McpMessage { id, payload: String::from(payload.get()) }),
-                    None => self.ignored(GatewayIgnored::Unmatched),
+                    Some(id) => self.event(SessionEvent::McpMessage { id, payload: String::from(payload.get()) }),
+                    None => self.ignored(SessionIgnored::Unmatched),
                 }
             }
-            Err(DecodeError::UnknownType) => self.ignored(GatewayIgnored::UnknownType),
-            Err(DecodeError::Malformed | DecodeError::BadPayload) => self.ignored(GatewayIgnored::Malformed),
+            Err(DecodeError::UnknownType) => self.ignored(SessionIgnored::UnknownType),
+            Err(DecodeError::Malformed | DecodeError::BadPayload) => self.ignored(SessionIgnored::Malformed),
         }
     }
 
@@ -604,15 +614,15 @@ impl Gateway {
         let message = verdict.message.as_deref().map(Cow::Borrowed);
         let text =
             GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision: verdict.decision, message }.encode();
-        self.out.push_back(GatewayOutput::Send(text));
+        self.out.push_back(SessionOutput::Send(text));
         Ok(())
     }
 
     /// Sends a JSON-RPC message for the sled's local MCP endpoint; exactly one of
-    /// [`GatewayEvent::McpResponse`] or [`GatewayEvent::McpFailed`] with the returned id follows.
+    /// [`SessionEvent::McpResponse`] or [`SessionEvent::McpFailed`] with the returned id follows.
     ///
     /// With `stream` and a sled that relays streams, the request asks for one, and the local server's
-    /// messages within it arrive first as [`GatewayEvent::McpMessage`].
+    /// messages within it arrive first as [`SessionEvent::McpMessage`].
     pub fn send_mcp(
         &mut self,
         now: Instant,
@@ -636,13 +646,13 @@ impl Gateway {
             stream,
         }
         .encode();
-        self.out.push_back(GatewayOutput::Send(text));
+        self.out.push_back(SessionOutput::Send(text));
         Ok(id)
     }
 
     /// Opens the standalone stream of `session`'s local session (`mcp_listen`): its messages arrive as
-    /// [`GatewayEvent::McpMessage`], its end as one [`GatewayEvent::McpResponse`] (or
-    /// [`GatewayEvent::McpFailed`]). It has no deadline. Refused with a sled that does not relay streams.
+    /// [`SessionEvent::McpMessage`], its end as one [`SessionEvent::McpResponse`] (or
+    /// [`SessionEvent::McpFailed`]). It has no deadline. Refused with a sled that does not relay streams.
     pub fn listen_mcp(&mut self, now: Instant, session: Option<&str>) -> Result<McpId, SendMcpError> {
         self.advance(now);
         if !self.identified()? {
@@ -658,11 +668,11 @@ impl Gateway {
             session: session.map(Cow::Borrowed),
         }
         .encode();
-        self.out.push_back(GatewayOutput::Send(text));
+        self.out.push_back(SessionOutput::Send(text));
         Ok(id)
     }
 
-    /// Ends the exchange `id` because its caller went away: [`GatewayEvent::McpFailed`] with
+    /// Ends the exchange `id` because its caller went away: [`SessionEvent::McpFailed`] with
     /// [`McpFailure::Cancelled`] follows, and a sled that relays streams is told (`mcp_cancel`) so that it
     /// stops the local call. False when `id` is not in flight (it already ended).
     pub fn cancel_mcp(&mut self, now: Instant, id: McpId, reason: &str) -> bool {
@@ -676,9 +686,9 @@ impl Gateway {
                 reason: Some(Cow::Borrowed(reason)),
             }
             .encode();
-            self.out.push_back(GatewayOutput::Send(text));
+            self.out.push_back(SessionOutput::Send(text));
         }
-        self.event(GatewayEvent::McpFailed { id, reason: McpFailure::Cancelled });
+        self.event(SessionEvent::McpFailed { id, reason: McpFailure::Cancelled });
         true
     }
 
@@ -690,7 +700,7 @@ impl Gateway {
             return false;
         }
         let text = GatewayFrame::McpSessionEnd { session: Cow::Borrowed(session) }.encode();
-        self.out.push_back(GatewayOutput::Send(text));
+        self.out.push_back(SessionOutput::Send(text));
         true
     }
 
@@ -736,7 +746,7 @@ impl Gateway {
                 }
                 if !self.stale && self.last_seen + self.cfg.stale_after <= now {
                     self.stale = true;
-                    self.event(GatewayEvent::Stale);
+                    self.event(SessionEvent::Stale);
                 }
                 if self.next_ping <= now {
                     // A sled heard from within the interval needs no ping: its heartbeats prove it alive. Only
@@ -746,62 +756,44 @@ impl Gateway {
                         self.next_ping = due;
                     } else {
                         self.next_ping = now + self.cfg.ping_interval;
-                        self.out.push_back(GatewayOutput::Ping);
+                        self.out.push_back(SessionOutput::Ping);
                     }
                 }
             }
         }
         while let Some((id, _)) = self.mcp.pop_expired(now) {
-            self.event(GatewayEvent::McpFailed { id, reason: McpFailure::Timeout });
+            self.event(SessionEvent::McpFailed { id, reason: McpFailure::Timeout });
         }
     }
 
     fn on_perm_request(&mut self, req_id: String, tool_name: String, tool_input: &RawValue) {
         if req_id.is_empty() || self.perms.contains_wire(&req_id) {
-            return self.ignored(GatewayIgnored::DuplicateRequest);
+            return self.ignored(SessionIgnored::DuplicateRequest);
         }
-        // Decided without a person: the message tells the agent which rule it was. An input nested deeper
-        // than every reader of it can parse is never held, shown or approved.
-        let policy = if wire::json_depth(tool_input.get()) > wire::MAX_INPUT_DEPTH {
-            Some((Decision::Deny, INPUT_TOO_DEEP))
-        } else if self.cfg.auto_deny.contains(&tool_name) {
-            Some((Decision::Deny, "denied by the gateway's auto-deny rule for this tool"))
-        } else if self.cfg.auto_approve.contains(&tool_name) {
-            Some((Decision::Approve, ""))
+        // Past a limit, it is still reported, for the application (the hub's policy) to deny at once: the
+        // session never decides by itself. An input nested deeper than every reader of it can parse is never
+        // shown or approved.
+        let over = if wire::json_depth(tool_input.get()) > wire::MAX_INPUT_DEPTH {
+            Some(SessionLimit::TooDeep)
         } else if self.perms.len() >= self.cfg.max_pending_permissions {
-            Some((Decision::Deny, "too many requests from this sled are waiting at the gateway"))
+            Some(SessionLimit::TooMany)
         } else if self.pending_bytes + Asked::bytes(&tool_name, tool_input.get(), &req_id)
             > self.cfg.max_pending_input_bytes
         {
-            Some((Decision::Deny, "the requests from this sled waiting at the gateway are too large"))
+            Some(SessionLimit::TooLarge)
         } else {
             None
         };
-        if let Some((decision, why)) = policy {
-            // A denial says which rule; an approval needs no words.
-            let message = (!why.is_empty()).then_some(Cow::Borrowed(why));
-            let text = GatewayFrame::PermResponse { req_id: Cow::Borrowed(&req_id), decision, message }.encode();
-            self.out.push_back(GatewayOutput::Send(text));
-            let tool_input = Arc::from(tool_input.get());
-            let message = (!why.is_empty()).then_some(why);
-            return self.event(GatewayEvent::PermissionAutoDecided {
-                req_id,
-                tool_name,
-                tool_input,
-                decision,
-                message,
-            });
-        }
         let perm = self.perms.mint();
         let tool_input: Arc<str> = Arc::from(tool_input.get());
         let asked = Asked { tool_name: tool_name.clone(), tool_input: tool_input.clone(), since: self.now };
         self.pending_bytes += Asked::bytes(&asked.tool_name, &asked.tool_input, &req_id);
         self.perms.insert(perm, self.now, req_id.clone(), asked);
-        self.event(GatewayEvent::PermissionRequested { perm, req_id, tool_name, tool_input });
+        self.event(SessionEvent::PermissionRequested { perm, req_id, tool_name, tool_input, over });
     }
 
     fn close_with(&mut self, reason: CloseReason) {
-        self.out.push_back(GatewayOutput::Close(reason));
+        self.out.push_back(SessionOutput::Close(reason));
         self.end();
     }
 
@@ -811,26 +803,26 @@ impl Gateway {
         let now = self.now;
         for (perm, p) in self.perms.drain() {
             let waited = now.saturating_duration_since(p.value.since);
-            self.event(GatewayEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost, waited });
+            self.event(SessionEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost, waited });
         }
         self.pending_bytes = 0;
         let lost: Vec<McpId> = self.mcp.drain().chain(self.mcp_streams.drain()).map(|(id, _)| id).collect();
         for id in lost {
-            self.event(GatewayEvent::McpFailed { id, reason: McpFailure::ConnectionLost });
+            self.event(SessionEvent::McpFailed { id, reason: McpFailure::ConnectionLost });
         }
-        self.event(GatewayEvent::Closed);
+        self.event(SessionEvent::Closed);
     }
 
-    fn event(&mut self, event: GatewayEvent) {
-        self.out.push_back(GatewayOutput::Event(event));
+    fn event(&mut self, event: SessionEvent) {
+        self.out.push_back(SessionOutput::Event(event));
     }
 
-    fn ignored(&mut self, why: GatewayIgnored) {
-        self.event(GatewayEvent::FrameIgnored(why));
+    fn ignored(&mut self, why: SessionIgnored) {
+        self.event(SessionEvent::FrameIgnored(why));
     }
 }
 
-/// The id an `mcp_response`'s `req_id` names: exactly the text [`Gateway::send_mcp`] sent (so `mcp-01` is not
+/// The id an `mcp_response`'s `req_id` names: exactly the text [`SledSession::send_mcp`] sent (so `mcp-01` is not
 /// `mcp-1`).
 fn mcp_id_of(req_id: &str) -> Option<McpId> {
     let n: u64 = req_id.strip_prefix("mcp-")?.parse().ok()?;
