@@ -28,7 +28,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use super::hub::McpRefused;
+use super::hub_outputs::McpRefused;
 use super::sled_session::McpFailure;
 use crate::jsonrpc::{self, BodyId};
 use crate::time::Instant;

@@ -3,8 +3,8 @@
 //! In order, for each request as it arrives:
 //! 1. a limit of its session's ([`SessionLimit`]: too deep, too many or too large pending on its connection)
 //!    denies it, with the limit's words;
-//! 2. the fleet's budget (the pending input bytes across every connection, [`HubConfig::max_pending_input_bytes`]
-//!    (super::HubConfig)) denies it;
+//! 2. the fleet's budget (the pending input bytes across every connection,
+//!    [`HubConfig::max_pending_input_bytes`](super::HubConfig::max_pending_input_bytes)) denies it;
 //! 3. the rules decide ([`RuleSet::evaluate`]: deny wins, then ask, then allow), the auto flags among them
 //!    (each `--auto-deny` and `--auto-approve` tool is a rule authored [`FLAG_AUTHOR`], so that a deny rule
 //!    wins over them as over any allow);

@@ -293,6 +293,16 @@ pub enum SendMcpError {
     Unsupported,
 }
 
+/// A connection's state. Every transition is in this file:
+///
+/// ```text
+///  new ──▶ AwaitingIdentity ──identity──▶ Identified { project } ──┐ (the hub then claims the project:
+///               │                                                 │  closed 4003 or 4009 when it cannot)
+///               │ another frame first: 1008                       │ sled gone · too big 1009 · dead 4008 ·
+///               │ no identity in time: 1008                       │ closed by the hub (replaced 4000,
+///               ▼                                                 │ revoked 4010, shutdown 1001, …)
+///             Closed ◀────────────────────────────────────────────┘ (what was pending is withdrawn, once)
+/// ```
 #[derive(Clone, Debug)]
 enum State {
     AwaitingIdentity {
@@ -598,7 +608,8 @@ impl SledSession {
 
     // ── Commands ──
 
-    /// Sends the application's decision for `perm` (a [`Decision`] or a [`Verdict`] with a message).
+    /// Sends the application's decision for `perm` (a [`Decision`](crate::wire::Decision) or a [`Verdict`] with a
+    /// message).
     pub fn decide(&mut self, now: Instant, perm: PermId, verdict: impl Into<Verdict>) -> Result<(), DecideError> {
         self.advance(now);
         let verdict = verdict.into();

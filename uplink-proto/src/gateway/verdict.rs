@@ -76,7 +76,7 @@ impl Always {
 pub struct Contradiction;
 
 /// A decision on one pending permission, as [`Hub::decide`](super::Hub::decide) and
-/// [`Gateway::decide`](super::Gateway::decide) take it. A bare [`Decision`] converts into one without a
+/// [`SledSession::decide`](super::SledSession::decide) take it. A bare [`Decision`] converts into one without a
 /// message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -1,0 +1,322 @@
+//! What a [`Hub`](super::Hub) reports and refuses: its outputs ([`HubOutput`], [`HubEvent`]), its listings
+//! ([`SledSummary`], [`PermissionSummary`]) and its errors.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use super::close::CloseReason;
+use super::credential::CredentialId;
+use super::sled_session::{McpFailure, SessionIgnored, Withdrawn};
+use super::verdict::Verdict;
+use crate::ids::{ConnHandle, McpTicket, PublicPermId};
+use crate::rules::{Rule, RuleId};
+use crate::wire::Decision;
+
+/// Why [`Hub::accept`](super::Hub::accept) refused a connection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// The credential has expired.
+    #[error("the credential has expired")]
+    Expired,
+    /// [`HubConfig::max_connections`](super::HubConfig::max_connections) connections are open.
+    #[error("too many connections")]
+    TooManyConnections,
+    /// [`HubConfig::max_unidentified`](super::HubConfig::max_unidentified) connections have not identified yet.
+    #[error("too many connections waiting to identify")]
+    TooManyUnidentified,
+}
+
+/// How a permission ended, for a decision that comes too late.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PermEnd {
+    /// Someone decided it.
+    Decided(Decision),
+    /// It was withdrawn.
+    Withdrawn(Withdrawn),
+}
+
+impl core::fmt::Display for PermEnd {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PermEnd::Decided(d) => write!(f, "already decided ({d})"),
+            PermEnd::Withdrawn(Withdrawn::Cancelled) => f.write_str("withdrawn by the sled"),
+            PermEnd::Withdrawn(Withdrawn::Deadline) => f.write_str("withdrawn: its deadline at the sled passed"),
+            PermEnd::Withdrawn(Withdrawn::ConnectionLost) => f.write_str("withdrawn: its sled's connection ended"),
+        }
+    }
+}
+
+/// Why [`Hub::decide`](super::Hub::decide) refused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubDecideError {
+    /// No pending permission has this id, and none that ended recently did: it never existed (or was
+    /// forgotten).
+    #[error("no pending permission with this id")]
+    NotPending,
+    /// The permission has ended already; nothing was sent.
+    #[error("this permission has ended: {0}")]
+    Ended(PermEnd),
+    /// The verdict's message is longer than [`MAX_MESSAGE_BYTES`](crate::wire::MAX_MESSAGE_BYTES); nothing
+    /// was sent and the request stays pending.
+    #[error("the message is longer than {} bytes", crate::wire::MAX_MESSAGE_BYTES)]
+    MessageTooLong,
+    /// An "always allow" whose rule would end before it began ([`Always::until`](super::Always::until) is
+    /// not after now); nothing was sent and the request stays pending.
+    #[error("the rule \"always allow\" would make has expired already")]
+    AlwaysExpired,
+}
+
+/// Why [`Hub::add_rule`](super::Hub::add_rule) refused a rule.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleRefused {
+    /// [`HubConfig::max_rules`](super::HubConfig::max_rules) rules are in force.
+    #[error("too many rules")]
+    TooMany,
+    /// It would never apply: it has expired already, or its list of projects is empty.
+    #[error("this rule would never apply: it has expired, or names no project")]
+    NeverApplies,
+}
+
+/// Why [`Hub::send_mcp`](super::Hub::send_mcp) refused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum McpRefused {
+    /// No sled ever identified as this project, or it was forgotten.
+    #[error("unknown project")]
+    UnknownProject,
+    /// The project's sled is not connected.
+    #[error("the sled is not connected")]
+    NotConnected,
+    /// Too many MCP requests (or streams) in flight on the sled's connection.
+    #[error("too many MCP requests in flight for this sled")]
+    TooMany,
+    /// The sled does not relay MCP streams (a standalone stream needs them).
+    #[error("the sled does not relay MCP streams")]
+    Unsupported,
+}
+
+/// Something to do or to know, drained with [`Hub::poll_output`](super::Hub::poll_output).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubOutput {
+    /// Send this text frame on `conn`.
+    Send {
+        /// The connection.
+        conn: ConnHandle,
+        /// The frame.
+        text: String,
+    },
+    /// Send a WebSocket ping on `conn`.
+    Ping {
+        /// The connection.
+        conn: ConnHandle,
+    },
+    /// Send what is queued on `conn`, then a close frame for `reason`, then drop it. The hub has forgotten
+    /// `conn`: later inputs about it are ignored.
+    Close {
+        /// The connection.
+        conn: ConnHandle,
+        /// Why; gives the close code and text.
+        reason: CloseReason,
+    },
+    /// For the application.
+    Event(HubEvent),
+}
+
+/// Something that happened in the fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubEvent {
+    /// A connection identified and now holds `project`.
+    SledConnected {
+        /// The connection.
+        conn: ConnHandle,
+        /// The project it holds.
+        project: String,
+        /// Announced protocol version.
+        protocol: Option<u32>,
+        /// Announced sled software version.
+        sled_version: Option<String>,
+        /// Announced extensions.
+        capabilities: Vec<String>,
+        /// The connection it took the project from (closed with [`CloseReason::Replaced`]).
+        replaced: Option<ConnHandle>,
+    },
+    /// A connection identified as a project it may not hold, and is closed.
+    SledRefused {
+        /// The connection.
+        conn: ConnHandle,
+        /// The project it announced.
+        project: String,
+        /// Why ([`CloseReason::ProjectNotPermitted`] or [`CloseReason::ProjectHeld`]).
+        reason: CloseReason,
+    },
+    /// The connection holding `project` ended. The project stays listed as disconnected.
+    SledDisconnected {
+        /// The connection.
+        conn: ConnHandle,
+        /// The project.
+        project: String,
+    },
+    /// Nothing arrived from the project's sled for the stale threshold.
+    SledStale {
+        /// The project.
+        project: String,
+    },
+    /// The project's sled spoke again after being stale.
+    SledAlive {
+        /// The project.
+        project: String,
+    },
+    /// A permission request awaits a decision through [`Hub::decide`](super::Hub::decide).
+    PermissionRequested {
+        /// Its public id.
+        id: PublicPermId,
+        /// The project.
+        project: String,
+        /// The credential of the connection it arrived on.
+        credential: CredentialId,
+        /// The sled's id for it.
+        req_id: String,
+        /// The tool.
+        tool_name: String,
+        /// The tool's input, as the JSON text it arrived in.
+        tool_input: Arc<str>,
+    },
+    /// A permission request decided by the auto policies or the pending limit, without the application.
+    PermissionAutoDecided {
+        /// The connection it arrived on.
+        conn: ConnHandle,
+        /// The project.
+        project: String,
+        /// The credential of the connection it arrived on.
+        credential: CredentialId,
+        /// The sled's id for it.
+        req_id: String,
+        /// The tool.
+        tool_name: String,
+        /// The tool's input, as the JSON text it arrived in.
+        tool_input: Arc<str>,
+        /// The decision sent.
+        decision: Decision,
+        /// The rule that decided; `None` for a budget.
+        rule: Option<RuleId>,
+        /// The message sent with it, for a denial.
+        message: Option<Arc<str>>,
+    },
+    /// The application's decision was sent.
+    PermissionDecided {
+        /// Which.
+        id: PublicPermId,
+        /// The project.
+        project: String,
+        /// What, and the message sent with it.
+        verdict: Verdict,
+        /// The allow rule a person's "always allow" created ([`HubEvent::RuleAdded`] came just before);
+        /// `None` otherwise, or when the request cannot be read as a rule (a compound Bash command).
+        rule: Option<RuleId>,
+        /// How long it waited for the decision.
+        waited: Duration,
+    },
+    /// A permission request ended without a decision.
+    PermissionWithdrawn {
+        /// Which.
+        id: PublicPermId,
+        /// The project.
+        project: String,
+        /// Why.
+        reason: Withdrawn,
+        /// How long it had waited.
+        waited: Duration,
+    },
+    /// A rule now applies: added through [`Hub::add_rule`](super::Hub::add_rule), or by a person's "always allow".
+    RuleAdded {
+        /// The rule, with the id the hub gave it.
+        rule: Rule,
+    },
+    /// A rule no longer applies: removed through [`Hub::remove_rule`](super::Hub::remove_rule), or its connection ended.
+    RuleRemoved {
+        /// Which.
+        id: RuleId,
+        /// Who removed it; `None` when its connection ended.
+        by: Option<Arc<str>>,
+    },
+    /// The answer to an MCP request (`null` for a notification), as the sled sent it.
+    McpAnswered {
+        /// Which request.
+        ticket: McpTicket,
+        /// The JSON-RPC response text.
+        payload: String,
+    },
+    /// An MCP request ended without an answer.
+    McpFailed {
+        /// Which request.
+        ticket: McpTicket,
+        /// Why.
+        reason: McpFailure,
+    },
+    /// A message from the sled's local MCP server within an exchange, before its end.
+    McpMessage {
+        /// Which exchange.
+        ticket: McpTicket,
+        /// The JSON-RPC message text.
+        payload: String,
+    },
+    /// A frame from `conn` was ignored.
+    FrameIgnored {
+        /// The connection.
+        conn: ConnHandle,
+        /// Why.
+        why: SessionIgnored,
+    },
+}
+
+/// One sled in a listing ([`Hub::sleds`](super::Hub::sleds)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SledSummary {
+    /// The project.
+    pub project: String,
+    /// Whether a live connection holds it.
+    pub connected: bool,
+    /// Whether it was silent past the stale threshold (at its disconnection, for a disconnected one).
+    pub stale: bool,
+    /// How long the live connection has held it; zero when disconnected.
+    pub connected_for: Duration,
+    /// How long ago anything last arrived from it.
+    pub last_seen_ago: Duration,
+    /// Permission requests pending on its connection.
+    pub pending_permissions: usize,
+    /// MCP requests in flight on its connection.
+    pub pending_mcp: usize,
+}
+
+/// One pending permission in a listing ([`Hub::permissions`](super::Hub::permissions)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PermissionSummary {
+    /// Its public id.
+    pub id: PublicPermId,
+    /// The project.
+    pub project: String,
+    /// The sled's id for it.
+    pub req_id: String,
+    /// The tool.
+    pub tool_name: String,
+    /// The tool's input, as the JSON text it arrived in (shared, not copied).
+    pub tool_input: Arc<str>,
+    /// How long it has waited.
+    pub age: Duration,
+    /// How long until its sled denies it, if nobody decides first (from the timeout the sled announced);
+    /// `None` when the sled announced none.
+    pub deadline_in: Option<Duration>,
+}
