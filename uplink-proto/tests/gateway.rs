@@ -282,7 +282,7 @@ fn mcp_requests_end_exactly_once() {
     let outs = g.text(r#"{"type":"mcp_response","req_id":"mcp-0","payload":{"jsonrpc":"2.0","id":1,"result":{}}}"#);
     assert_eq!(
         events(&outs),
-        vec![SessionEvent::McpResponse { id: a, payload: r#"{"jsonrpc":"2.0","id":1,"result":{}}"#.into() }]
+        vec![SessionEvent::McpResponse { id: a, payload: Some(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#.into()) }]
     );
     // Aliases and repeats match nothing.
     for late in

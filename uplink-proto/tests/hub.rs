@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde_json::json;
 use uplink_proto::gateway::{
     AcceptError, CloseReason, ConnHandle, Credential, CredentialId, Hub, HubConfig, HubDecideError, HubEvent,
-    HubOutput, McpFailure, McpRefused, PermEnd, ProjectScope, PublicPermId, SessionConfig, Verdict, Withdrawn,
+    HubOutput, McpAnswer, McpFailure, McpRefused, PermEnd, ProjectScope, PublicPermId, SessionConfig, Verdict,
+    Withdrawn,
 };
 use uplink_proto::wire::MAX_MESSAGE_BYTES;
 use uplink_proto::{Decision, Instant, Received};
@@ -191,7 +192,10 @@ fn mcp_requests_reach_the_projects_live_connection_and_end_exactly_once() {
     let outs = h.drain();
     assert!(matches!(&outs[0], HubOutput::Send { conn: c, text } if *c == conn && text.contains("mcp_request")));
     h.text(conn, r#"{"type":"mcp_response","req_id":"mcp-0","payload":{"ok":true}}"#);
-    assert_eq!(h.events(), vec![HubEvent::McpAnswered { ticket: t1, payload: r#"{"ok":true}"#.into() }]);
+    assert_eq!(
+        h.events(),
+        vec![HubEvent::McpAnswered { ticket: t1, answer: McpAnswer::Response(r#"{"ok":true}"#.into()) }]
+    );
     let t2 = h.hub.send_mcp(h.now, "demo", "{}", None, true).expect("sent");
     h.hub.handle_disconnected(h.now, conn);
     let events = h.events();
@@ -791,4 +795,105 @@ fn an_always_allow_that_would_have_expired_already_is_refused_and_the_request_wa
     assert!(h.drain().is_empty(), "nothing sent, no rule");
     assert_eq!(h.hub.permissions(h.now).len(), 1, "still pending");
     assert!(h.hub.decide(h.now, id, Decision::Approve).is_ok());
+}
+
+/// The frames the hub sent on `conn` in `outs`, parsed.
+fn frames_to(outs: &[HubOutput], to: ConnHandle) -> Vec<serde_json::Value> {
+    outs.iter()
+        .filter_map(|o| match o {
+            HubOutput::Send { conn, text } if *conn == to => Some(serde_json::from_str(text).expect("json")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_mcp_endpoint_lives_in_the_hub_sessions_open_by_their_answer_and_end_on_time() {
+    use uplink_proto::gateway::{EndpointRequest, McpEndpointConfig, McpHttp, Method};
+    let mut cfg = HubConfig::default();
+    cfg.mcp_endpoint = McpEndpointConfig { idle_timeout: Duration::from_secs(60), ..McpEndpointConfig::default() };
+    let mut h = H::with(cfg);
+    let conn = h.hub.accept(h.now, any(1)).expect("room");
+    let identity =
+        json!({"type":"identity","req_id":"identity","payload":{"project":"p","capabilities":["mcp_stream"]}});
+    h.text(conn, &identity.to_string());
+    h.drain();
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let post = |body| EndpointRequest::new(Method::Post, "p", "ana").body(body);
+    // An initialize opens a session under the id drawn for it, once its answer is a result.
+    assert_eq!(
+        h.hub.handle_mcp_http(h.now, &post(init), init, None),
+        Err(uplink_proto::gateway::mcp_endpoint::NO_SESSION_ID)
+    );
+    let McpHttp::Relayed { ticket, new_session } =
+        h.hub.handle_mcp_http(h.now, &post(init), init, Some("s1")).expect("relayed")
+    else {
+        panic!("not relayed")
+    };
+    assert_eq!(new_session.as_deref(), Some("s1"));
+    let sent = frames_to(&h.drain(), conn);
+    let req_id = sent[0]["req_id"].as_str().expect("req_id").to_owned();
+    assert_eq!(
+        h.hub.handle_mcp_http(h.now, &post(call).session(Some("s1")), call, None).map(|_| ()).err().map(|r| r.status),
+        Some(404),
+        "not open before its answer"
+    );
+    let answer = json!({"type":"mcp_response","req_id":req_id,"payload":{"jsonrpc":"2.0","id":1,"result":{}}});
+    h.text(conn, &answer.to_string());
+    let answered = h.events();
+    assert!(
+        answered
+            .iter()
+            .any(|e| matches!(e, HubEvent::McpAnswered { ticket: t, answer: McpAnswer::Response(_) } if *t == ticket))
+    );
+    assert_eq!(h.hub.mcp_endpoint().len(), 1);
+    // A message in the session is relayed in it; another principal finds nothing.
+    let theirs = EndpointRequest::new(Method::Post, "p", "bob").session(Some("s1")).body(call);
+    assert_eq!(h.hub.handle_mcp_http(h.now, &theirs, call, None).err().map(|r| r.status), Some(404));
+    let Ok(McpHttp::Relayed { ticket, .. }) = h.hub.handle_mcp_http(h.now, &post(call).session(Some("s1")), call, None)
+    else {
+        panic!("not relayed")
+    };
+    let sent = frames_to(&h.drain(), conn);
+    assert_eq!(sent[0]["payload"]["session"], "s1");
+    // The sled says the session is gone: the client gets that answer (404), and the sled ends its session.
+    let gone = json!({"type":"mcp_response","req_id":sent[0]["req_id"],"payload":{"jsonrpc":"2.0","id":2,"error":{"code":-32001,"message":"Session not found"}}});
+    h.text(conn, &gone.to_string());
+    let outs = h.drain();
+    assert!(outs.iter().any(|o| matches!(o, HubOutput::Event(HubEvent::McpAnswered { ticket: t, answer: McpAnswer::SessionGone(_) }) if *t == ticket)));
+    assert_eq!(frames_to(&outs, conn), vec![json!({"type":"mcp_session_end","req_id":"","payload":{"session":"s1"}})]);
+    assert!(h.hub.mcp_endpoint().is_empty());
+    // A second session, with its stream open, does not expire; a third, idle, ends on time and its sled is told.
+    for (id, n) in [("s2", 3), ("s3", 4)] {
+        let Ok(McpHttp::Relayed { .. }) = h.hub.handle_mcp_http(h.now, &post(init), init, Some(id)) else { panic!() };
+        let sent = frames_to(&h.drain(), conn);
+        let answer =
+            json!({"type":"mcp_response","req_id":sent[0]["req_id"],"payload":{"jsonrpc":"2.0","id":n,"result":{}}});
+        h.text(conn, &answer.to_string());
+        h.drain();
+    }
+    let get = EndpointRequest::new(Method::Get, "p", "ana").session(Some("s2"));
+    assert!(matches!(h.hub.handle_mcp_http(h.now, &get, "", None), Ok(McpHttp::Relayed { .. })));
+    assert_eq!(
+        h.hub.handle_mcp_http(h.now, &get, "", None).err().map(|r| r.status),
+        Some(409),
+        "one stream per session"
+    );
+    h.drain();
+    let due = h.now + Duration::from_secs(60);
+    assert!(h.hub.poll_timeout().is_some_and(|at| at <= due), "the hub's timer covers the endpoint's sessions");
+    h.advance(Duration::from_secs(60));
+    let outs = h.drain();
+    let ended: Vec<serde_json::Value> =
+        frames_to(&outs, conn).into_iter().filter(|f| f["type"] == "mcp_session_end").collect();
+    assert_eq!(ended, vec![json!({"type":"mcp_session_end","req_id":"","payload":{"session":"s3"}})]);
+    assert_eq!(h.hub.mcp_endpoint().len(), 1, "the listening session stays");
+    // A principal gone takes its sessions with it; DELETE ends one.
+    h.hub.handle_principal_gone(h.now, "ana");
+    assert!(h.hub.mcp_endpoint().is_empty());
+    assert_eq!(
+        frames_to(&h.drain(), conn)[0],
+        json!({"type":"mcp_session_end","req_id":"","payload":{"session":"s2"}})
+    );
 }

@@ -147,7 +147,7 @@ proptest! {
                                 }
                                 Method::Get if !k.listening => {
                                     k.listening = true;
-                                    e.listening(now, &session, 1);
+                                    e.listening(now, &session, uplink_proto::ids::McpTicket { conn: uplink_proto::ids::ConnHandle(0), id: uplink_proto::ids::McpId(1) });
                                 }
                                 _ => {}
                             }

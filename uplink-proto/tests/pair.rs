@@ -43,7 +43,9 @@ fn an_mcp_request_crosses_the_link_and_back() {
     p.run_for(Duration::from_secs(1));
     assert!(p.gateway_events().contains(&HubEvent::McpAnswered {
         ticket,
-        payload: r#"{"jsonrpc":"2.0","id":"x","result":{"echo":true}}"#.to_owned()
+        answer: uplink_proto::gateway::McpAnswer::Response(
+            r#"{"jsonrpc":"2.0","id":"x","result":{"echo":true}}"#.to_owned()
+        )
     }));
 }
 
@@ -113,7 +115,7 @@ fn sled_shutdown_reaches_the_gateway_as_cancels_answers_and_a_close() {
     let events = p.gateway_events();
     assert!(events.iter().any(|e| matches!(e, HubEvent::PermissionWithdrawn { reason: Withdrawn::Cancelled, .. })));
     let answered = events.iter().any(
-        |e| matches!(e, HubEvent::McpAnswered { ticket, payload } if *ticket == mcp && payload.contains("shutting down")),
+        |e| matches!(e, HubEvent::McpAnswered { ticket, answer: uplink_proto::gateway::McpAnswer::Response(payload) } if *ticket == mcp && payload.contains("shutting down")),
     );
     assert!(answered, "{events:?}");
     assert!(matches!(events.last(), Some(HubEvent::SledDisconnected { .. })), "{events:?}");

@@ -206,8 +206,11 @@ impl Sim {
         // MCP at the gateway: exactly one outcome each, and a response is the one produced for that request.
         let mut outcomes: BTreeMap<McpTicket, usize> = BTreeMap::new();
         for out in &self.p.gw_log[self.gw_seen..] {
-            if let HubOutput::Event(HubEvent::McpAnswered { ticket, payload }) = out {
+            if let HubOutput::Event(HubEvent::McpAnswered { ticket, answer }) = out {
                 let n = self.mcp[ticket];
+                let uplink_proto::gateway::McpAnswer::Response(payload) = answer else {
+                    panic!("a call answered without a response: {answer:?}")
+                };
                 let v: serde_json::Value = serde_json::from_str(payload).expect("JSON payload");
                 assert_eq!(v["id"], n, "answer to the wrong request");
             }

@@ -40,8 +40,10 @@ use super::credential::ProjectScope;
 use super::credential::{Credential, CredentialId};
 use super::hub_config::{CONFIG_RULE_IDS, HubConfig};
 use super::hub_outputs::{
-    AcceptError, HubDecideError, HubEvent, HubOutput, McpRefused, PermEnd, PermissionSummary, RuleRefused, SledSummary,
+    AcceptError, HubDecideError, HubEvent, HubOutput, McpAnswer, McpHttp, McpRefused, PermEnd, PermissionSummary,
+    RuleRefused, SledSummary,
 };
+use super::mcp_endpoint::{self, EndpointRequest, ExchangeEnd, ExchangeKind, McpEndpoint, Refusal, Route};
 use super::policy;
 use super::sled_session::{
     DecideError, McpId, SendMcpError, SessionConfig, SessionConfigError, SessionEvent, SessionOutput, SledSession,
@@ -114,6 +116,8 @@ pub struct Hub {
     /// Recently ended permissions, oldest first, for late decisions.
     ended: BTreeMap<PublicPermId, PermEnd>,
     ended_order: VecDeque<PublicPermId>,
+    /// The gateway's MCP endpoint: its client sessions and their exchanges.
+    endpoint: McpEndpoint,
     out: VecDeque<HubOutput>,
 }
 
@@ -126,6 +130,7 @@ impl Hub {
         rules.extend(policy::flag_rules(&config.auto_deny, &config.auto_approve));
         let next_rule = rules.iter().map(|r| r.id.0).filter(|&id| id < CONFIG_RULE_IDS).max().map_or(1, |m| m + 1);
         let session_cfg = config.session.clone();
+        let endpoint = McpEndpoint::new(config.mcp_endpoint.clone());
         Ok(Hub {
             cfg: config,
             session_cfg,
@@ -144,6 +149,7 @@ impl Hub {
             pending_bytes: 0,
             ended: BTreeMap::new(),
             ended_order: VecDeque::new(),
+            endpoint,
             out: VecDeque::new(),
         })
     }
@@ -306,7 +312,11 @@ impl Hub {
     /// When to call [`Hub::handle_timeout`] next: the earliest deadline of any connection.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        let conns = self.timers.first().map(|(at, _)| *at);
+        match (conns, self.endpoint.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ── Inputs ──
@@ -458,6 +468,90 @@ impl Hub {
     /// ([`SledSession::end_mcp_session`]).
     pub fn end_mcp_session(&mut self, now: Instant, project: &str, session: &str) -> bool {
         self.advance(now);
+        self.tell_session_end(project, session)
+    }
+
+    /// An HTTP request on the gateway's MCP endpoint, its body text `body`: what the endpoint's policy says it
+    /// gets ([`McpEndpoint::route`]), done. An `initialize` opens a session under `drawn`, an id the adapter
+    /// drew (32 random bytes, hex; only an `initialize` needs one: [`EndpointRequest::opens_session`]); its
+    /// answer opens the session or closes it. A message in a session is relayed in it; a `GET` opens the
+    /// session's standalone stream; a `DELETE` ends the session and tells the sled. Each exchange's events
+    /// follow with its ticket; an answer that the session is gone ends the session here too
+    /// ([`McpAnswer::SessionGone`]).
+    pub fn handle_mcp_http(
+        &mut self,
+        now: Instant,
+        request: &EndpointRequest<'_>,
+        body: &str,
+        drawn: Option<&str>,
+    ) -> Result<McpHttp, Refusal> {
+        self.advance(now);
+        let now = self.now;
+        let project = request.project;
+        let (ticket, session, kind) = match self.endpoint.route(now, request)? {
+            Route::Initialize => {
+                let session = drawn.ok_or(mcp_endpoint::NO_SESSION_ID)?;
+                if !self.endpoint.open(now, session, project, Arc::from(request.principal)) {
+                    return Err(mcp_endpoint::NO_SESSION_ID);
+                }
+                match self.send_mcp(now, project, body, Some(session), true) {
+                    Ok(ticket) => (ticket, String::from(session), ExchangeKind::Initialize),
+                    Err(refused) => {
+                        self.endpoint.close(session);
+                        return Err(mcp_endpoint::refused(refused));
+                    }
+                }
+            }
+            Route::Relay { session } => {
+                let ticket = self.send_mcp(now, project, body, Some(&session), true).map_err(mcp_endpoint::refused)?;
+                (ticket, session, ExchangeKind::InSession)
+            }
+            Route::Listen { session } => {
+                let ticket = self.listen_mcp(now, project, Some(&session)).map_err(mcp_endpoint::refused)?;
+                (ticket, session, ExchangeKind::Listen)
+            }
+            Route::End { session } => {
+                self.tell_session_end(project, &session);
+                return Ok(McpHttp::Ended);
+            }
+        };
+        self.endpoint.began(now, ticket, &session, kind);
+        let new_session = (kind == ExchangeKind::Initialize).then_some(session);
+        Ok(McpHttp::Relayed { ticket, new_session })
+    }
+
+    /// The admin principal `principal` is gone (its credential was revoked): its MCP sessions end, and their
+    /// sleds are told.
+    pub fn handle_principal_gone(&mut self, now: Instant, principal: &str) {
+        self.advance(now);
+        for (session, project) in self.endpoint.close_principal(principal) {
+            self.tell_session_end(&project, &session);
+        }
+    }
+
+    /// The gateway's MCP endpoint: its client sessions.
+    pub fn mcp_endpoint(&self) -> &McpEndpoint {
+        &self.endpoint
+    }
+
+    /// The exchange `ticket` ended with `answer` (`None`: nothing to say, or none at all); true when the answer
+    /// ended its session at the endpoint. Its sled, on whose connection it ended (and whose outputs are being
+    /// carried out), is told.
+    fn endpoint_ended(&mut self, ticket: McpTicket, answer: Option<&str>) -> bool {
+        match self.endpoint.ended(self.now, ticket, answer) {
+            ExchangeEnd::Done => false,
+            ExchangeEnd::SessionGone { session, .. } => {
+                let now = self.now;
+                if let Some(c) = self.conns.get_mut(&ticket.conn) {
+                    c.session.end_mcp_session(now, &session);
+                }
+                true
+            }
+        }
+    }
+
+    /// Tells `project`'s sled, if connected, that the gateway session `session` ended.
+    fn tell_session_end(&mut self, project: &str, session: &str) -> bool {
         let now = self.now;
         let Some(conn) = self.projects.get(project).and_then(|p| p.holder) else { return false };
         let Some(c) = self.conns.get_mut(&conn) else { return false };
@@ -553,6 +647,12 @@ impl Hub {
                 c.session.handle_timeout(now);
             }
             self.pump(conn);
+        }
+        // The MCP endpoint's sessions idle past their time end; their sleds are told.
+        if self.endpoint.poll_timeout().is_some_and(|at| at <= now) {
+            for (session, project) in self.endpoint.expire(now) {
+                self.tell_session_end(&project, &session);
+            }
         }
     }
 
@@ -671,10 +771,22 @@ impl Hub {
                 self.event(HubEvent::PermissionWithdrawn { id, project, reason, waited });
             }
             SessionEvent::McpResponse { id, payload } => {
-                self.event(HubEvent::McpAnswered { ticket: McpTicket { conn, id }, payload })
+                let ticket = McpTicket { conn, id };
+                let answer = match payload {
+                    Some(payload) if self.endpoint_ended(ticket, Some(&payload)) => McpAnswer::SessionGone(payload),
+                    Some(payload) => McpAnswer::Response(payload),
+                    None => {
+                        self.endpoint_ended(ticket, None);
+                        McpAnswer::NoContent
+                    }
+                };
+                self.event(HubEvent::McpAnswered { ticket, answer })
             }
+            SessionEvent::McpOpened { id } => self.event(HubEvent::McpOpened { ticket: McpTicket { conn, id } }),
             SessionEvent::McpFailed { id, reason } => {
-                self.event(HubEvent::McpFailed { ticket: McpTicket { conn, id }, reason })
+                let ticket = McpTicket { conn, id };
+                self.endpoint_ended(ticket, None);
+                self.event(HubEvent::McpFailed { ticket, reason })
             }
             SessionEvent::McpMessage { id, payload } => {
                 self.event(HubEvent::McpMessage { ticket: McpTicket { conn, id }, payload })

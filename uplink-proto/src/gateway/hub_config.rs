@@ -4,6 +4,7 @@ use alloc::collections::BTreeSet;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use super::mcp_endpoint::McpEndpointConfig;
 use super::sled_session::SessionConfig;
 use crate::rules::Rule;
 
@@ -37,6 +38,8 @@ pub struct HubConfig {
     pub auto_approve: BTreeSet<String>,
     /// Tools whose requests are denied at once, without a person. Wins over `auto_approve`.
     pub auto_deny: BTreeSet<String>,
+    /// The gateway's MCP endpoint: its session budgets and idle time (4,096 sessions, 256 per principal, 1 h).
+    pub mcp_endpoint: McpEndpointConfig,
 }
 
 /// The first id a configuration's own rules should take ([`HubConfig::rules`] named on a command line, say):
@@ -72,6 +75,7 @@ impl Default for HubConfig {
             rules: Vec::new(),
             auto_approve: BTreeSet::new(),
             auto_deny: BTreeSet::new(),
+            mcp_endpoint: McpEndpointConfig::default(),
         }
     }
 }

@@ -104,9 +104,10 @@ pub enum McpRefused {
     Unsupported,
 }
 
-/// Something to do or to know, drained with [`Hub::poll_output`](super::Hub::poll_output).
+/// Something to do or to know, drained with [`Hub::poll_output`](super::Hub::poll_output). Not
+/// `#[non_exhaustive]`, nor is [`HubEvent`]: an adapter's match names every one, so that one added later
+/// cannot be dropped unseen.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum HubOutput {
     /// Send this text frame on `conn`.
     Send {
@@ -134,7 +135,6 @@ pub enum HubOutput {
 
 /// Something that happened in the fleet.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum HubEvent {
     /// A connection identified and now holds `project`.
     SledConnected {
@@ -250,12 +250,12 @@ pub enum HubEvent {
         /// Who removed it; `None` when its connection ended.
         by: Option<Arc<str>>,
     },
-    /// The answer to an MCP request (`null` for a notification), as the sled sent it.
+    /// An MCP exchange's end with the sled's answer.
     McpAnswered {
-        /// Which request.
+        /// Which exchange.
         ticket: McpTicket,
-        /// The JSON-RPC response text.
-        payload: String,
+        /// What the sled answered.
+        answer: McpAnswer,
     },
     /// An MCP request ended without an answer.
     McpFailed {
@@ -271,6 +271,12 @@ pub enum HubEvent {
         /// The JSON-RPC message text.
         payload: String,
     },
+    /// The sled's local server accepted the exchange's stream: a standalone stream is open (its caller can be
+    /// answered before any message comes).
+    McpOpened {
+        /// Which exchange.
+        ticket: McpTicket,
+    },
     /// A frame from `conn` was ignored.
     FrameIgnored {
         /// The connection.
@@ -278,6 +284,34 @@ pub enum HubEvent {
         /// Why.
         why: SessionIgnored,
     },
+}
+
+/// What the sled answered an MCP exchange with ([`HubEvent::McpAnswered`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum McpAnswer {
+    /// The JSON-RPC response, as the sled sent it.
+    Response(String),
+    /// Nothing to say: a notification or a client's response that the local server accepted, or a
+    /// standalone stream that ended.
+    NoContent,
+    /// The answer says the exchange's session is gone (the sled's local server lost it and the sled could
+    /// not renew it): the session has ended at the gateway's MCP endpoint too, and the sled was told. Its
+    /// client is answered `404` with this JSON-RPC answer, so that it initializes a new session.
+    SessionGone(String),
+}
+
+/// What an HTTP request on the gateway's MCP endpoint became ([`Hub::handle_mcp_http`](super::Hub::handle_mcp_http)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum McpHttp {
+    /// Relayed to the sled: the exchange's messages and end follow as events with `ticket`.
+    Relayed {
+        /// The exchange.
+        ticket: McpTicket,
+        /// For an `initialize`: the new session's id, for the client (`Mcp-Session-Id`) with the answer.
+        new_session: Option<String>,
+    },
+    /// The session ended (`DELETE`), here and at the sled: `204`.
+    Ended,
 }
 
 /// One sled in a listing ([`Hub::sleds`](super::Hub::sleds)).

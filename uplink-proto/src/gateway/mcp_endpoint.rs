@@ -1,9 +1,11 @@
 //! The gateway's MCP endpoint (`/api/sleds/{project}/mcp`) as a Streamable HTTP server (MCP 2025-11-25):
 //! its client sessions and what each HTTP request gets, as a pure machine.
 //!
-//! The adapter reads the request (method, headers, body), asks [`McpEndpoint::route`], and either answers
-//! with the [`Refusal`] or does what the [`Route`] says through the hub. Every status a client can see for a
-//! reason of the protocol is chosen here.
+//! The hub owns one ([`Hub::handle_mcp_http`](super::Hub::handle_mcp_http)): the adapter reads the request
+//! (method, headers, body) into an [`EndpointRequest`], and the hub asks [`McpEndpoint::route`], opens the
+//! exchange the [`Route`] says, and keeps the session's state by its answer. Every status a client can see
+//! for a reason of the protocol is chosen here. Idle sessions end on time: [`McpEndpoint::poll_timeout`]
+//! says when the next one is due.
 //!
 //! - **Sessions are minted here, on `initialize`.** The id is drawn by the adapter (32 random bytes, hex)
 //!   and bound to the admin principal that sent the `initialize` and to the project of the URL. Any other
@@ -22,7 +24,7 @@
 //!                                      └── error answer, failure ──▶ gone          (sled told)
 //! ```
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -30,6 +32,7 @@ use core::time::Duration;
 
 use super::hub_outputs::McpRefused;
 use super::sled_session::McpFailure;
+use crate::ids::McpTicket;
 use crate::jsonrpc::{self, BodyId};
 use crate::time::Instant;
 use crate::wire::RawValue;
@@ -151,6 +154,17 @@ impl<'a> EndpointRequest<'a> {
     pub fn body(mut self, body: &str) -> Self {
         self.body = Body::read(body);
         self
+    }
+
+    /// With a body already read.
+    pub fn read_body(mut self, body: Body) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Whether it would open a session (a `POST` of an `initialize`), so that the adapter draws an id for it.
+    pub fn opens_session(&self) -> bool {
+        self.method == Method::Post && self.body == Body::Initialize
     }
 }
 
@@ -294,6 +308,9 @@ const INIT_IN_SESSION: Refusal = Refusal {
     message: "Bad Request: initialize opens a new session; send it without Mcp-Session-Id",
 };
 const TOO_MANY: Refusal = Refusal { status: 503, code: SERVER_ERROR, message: "Too many MCP sessions open" };
+/// An `initialize` for which no new session id was at hand (none drawn, or one already taken).
+pub const NO_SESSION_ID: Refusal =
+    Refusal { status: 500, code: jsonrpc::INTERNAL_ERROR, message: "no session id could be drawn" };
 const TOO_MANY_YOURS: Refusal =
     Refusal { status: 503, code: SERVER_ERROR, message: "Too many MCP sessions open for this principal" };
 const NOT_ACCEPTABLE: Refusal =
@@ -358,8 +375,41 @@ struct ClientSession {
     last_use: Instant,
     /// Its `initialize` has been answered with a result.
     open: bool,
-    /// A standalone stream is open (the adapter's token for it).
-    listening: Option<u64>,
+    /// A standalone stream is open: its exchange.
+    listening: Option<McpTicket>,
+}
+
+impl ClientSession {
+    /// When it ends for want of use, unless a stream is open.
+    fn expires(&self, idle: Duration) -> Option<Instant> {
+        self.listening.is_none().then(|| self.last_use + idle)
+    }
+}
+
+/// What an exchange opened for a [`Route`] is, for what its end does to its session.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    /// A session's `initialize`: its answer opens the session, or closes it.
+    Initialize,
+    /// A message in an open session: an answer that the session is gone ([`session_gone`]) ends it.
+    InSession,
+    /// A session's standalone stream: while it is open the session does not expire.
+    Listen,
+}
+
+/// What the end of an exchange did to the endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExchangeEnd {
+    /// Nothing more to do (not an exchange of the endpoint's, or its end changed only the endpoint).
+    Done,
+    /// The sled answered that the session is gone: it ended here; the sled is to be told, and the client
+    /// answered `404` with that answer.
+    SessionGone {
+        /// The session.
+        session: String,
+        /// Its project.
+        project: String,
+    },
 }
 
 /// The endpoint's client sessions. See the [module docs](self).
@@ -368,12 +418,22 @@ pub struct McpEndpoint {
     cfg: McpEndpointConfig,
     sessions: BTreeMap<String, ClientSession>,
     per_principal: BTreeMap<Arc<str>, usize>,
+    /// The sessions that can expire, by when they do.
+    by_expiry: BTreeSet<(Instant, String)>,
+    /// The exchanges in flight for sessions, with their session and kind.
+    exchanges: BTreeMap<McpTicket, (String, ExchangeKind)>,
 }
 
 impl McpEndpoint {
     /// No sessions yet.
     pub fn new(config: McpEndpointConfig) -> McpEndpoint {
-        McpEndpoint { cfg: config, sessions: BTreeMap::new(), per_principal: BTreeMap::new() }
+        McpEndpoint {
+            cfg: config,
+            sessions: BTreeMap::new(),
+            per_principal: BTreeMap::new(),
+            by_expiry: BTreeSet::new(),
+            exchanges: BTreeMap::new(),
+        }
     }
 
     /// Sessions open (or initializing).
@@ -429,21 +489,39 @@ impl McpEndpoint {
         }
     }
 
+    /// When the next idle session is due to end ([`McpEndpoint::expire`]), if any can.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.by_expiry.first().map(|(at, _)| *at)
+    }
+
     /// The session the request names, if it is the principal's own under this project; marks it used.
     fn find(&mut self, now: Instant, request: &EndpointRequest<'_>) -> Result<String, Refusal> {
         let id = request.session.ok_or(NO_SESSION)?;
         let idle = self.cfg.idle_timeout;
-        match self.sessions.get_mut(id) {
-            Some(s)
-                if s.open
-                    && s.project == request.project
-                    && &*s.principal == request.principal
-                    && (s.listening.is_some() || s.last_use + idle > now) =>
-            {
-                s.last_use = now;
-                Ok(String::from(id))
-            }
-            _ => Err(UNKNOWN_SESSION),
+        let found = self.sessions.get(id).is_some_and(|s| {
+            s.open
+                && s.project == request.project
+                && &*s.principal == request.principal
+                && (s.listening.is_some() || s.last_use + idle > now)
+        });
+        if !found {
+            return Err(UNKNOWN_SESSION);
+        }
+        self.touch(now, id, |_| {});
+        Ok(String::from(id))
+    }
+
+    /// Marks `id` used at `now` after `change`, keeping its place in the expiry order.
+    fn touch(&mut self, now: Instant, id: &str, change: impl FnOnce(&mut ClientSession)) {
+        let idle = self.cfg.idle_timeout;
+        let Some(s) = self.sessions.get_mut(id) else { return };
+        if let Some(at) = s.expires(idle) {
+            self.by_expiry.remove(&(at, String::from(id)));
+        }
+        change(s);
+        s.last_use = now;
+        if let Some(at) = s.expires(idle) {
+            self.by_expiry.insert((at, String::from(id)));
         }
     }
 
@@ -456,6 +534,7 @@ impl McpEndpoint {
         *self.per_principal.entry(principal.clone()).or_insert(0) += 1;
         let session =
             ClientSession { project: String::from(project), principal, last_use: now, open: false, listening: None };
+        self.by_expiry.insert((now + self.cfg.idle_timeout, String::from(id)));
         self.sessions.insert(String::from(id), session);
         true
     }
@@ -463,44 +542,65 @@ impl McpEndpoint {
     /// The `initialize` of `id` was answered; `opens` is [`opens_session`] of the answer. A result opens the
     /// session: true, and the client gets its id. Anything else (an error, no answer) closes it: false.
     pub fn initialized(&mut self, now: Instant, id: &str, opens: bool) -> bool {
-        match self.sessions.get_mut(id) {
-            Some(s) if opens => {
-                s.open = true;
-                s.last_use = now;
-                true
-            }
-            _ => {
-                self.close(id);
-                false
-            }
+        if opens && self.sessions.contains_key(id) {
+            self.touch(now, id, |s| s.open = true);
+            return true;
         }
+        self.close(id);
+        false
     }
 
-    /// The standalone stream `token` (the adapter's number for it) of `id` opened; a session listening does
-    /// not expire.
-    pub fn listening(&mut self, now: Instant, id: &str, token: u64) {
-        if let Some(s) = self.sessions.get_mut(id) {
-            s.listening = Some(token);
-            s.last_use = now;
-        }
+    /// The standalone stream `ticket` of `id` opened; a session listening does not expire.
+    pub fn listening(&mut self, now: Instant, id: &str, ticket: McpTicket) {
+        self.touch(now, id, |s| s.listening = Some(ticket));
     }
 
-    /// The standalone stream `token` of `id` ended. Only the stream that holds the place frees it: a late end
+    /// The standalone stream `ticket` of `id` ended. Only the stream that holds the place frees it: a late end
     /// of an older one changes nothing.
-    pub fn stopped_listening(&mut self, now: Instant, id: &str, token: u64) {
-        if let Some(s) = self.sessions.get_mut(id)
-            && s.listening == Some(token)
-        {
-            s.listening = None;
-            s.last_use = now;
+    pub fn stopped_listening(&mut self, now: Instant, id: &str, ticket: McpTicket) {
+        if self.sessions.get(id).is_some_and(|s| s.listening == Some(ticket)) {
+            self.touch(now, id, |s| s.listening = None);
         }
+    }
+
+    /// The exchange `ticket` began for `session`'s [`Route`], as `kind`. A standalone stream holds the
+    /// session's place from now on ([`McpEndpoint::listening`]).
+    pub fn began(&mut self, now: Instant, ticket: McpTicket, session: &str, kind: ExchangeKind) {
+        if kind == ExchangeKind::Listen {
+            self.listening(now, session, ticket);
+        }
+        self.exchanges.insert(ticket, (String::from(session), kind));
+    }
+
+    /// The exchange `ticket` ended at `now`, with `answer` (the sled's JSON-RPC answer; `None` for nothing
+    /// to say, or no answer at all): an `initialize` opens its session by it, or closes it; a message in a
+    /// session that answers the session is gone ends it; a standalone stream frees its session's place.
+    pub fn ended(&mut self, now: Instant, ticket: McpTicket, answer: Option<&str>) -> ExchangeEnd {
+        let Some((session, kind)) = self.exchanges.remove(&ticket) else { return ExchangeEnd::Done };
+        match kind {
+            ExchangeKind::Initialize => {
+                self.initialized(now, &session, opens_session(answer));
+            }
+            ExchangeKind::InSession if answer.is_some_and(session_gone) => {
+                if let Some(s) = self.sessions.get(&session) {
+                    let project = s.project.clone();
+                    self.close(&session);
+                    return ExchangeEnd::SessionGone { session, project };
+                }
+            }
+            ExchangeKind::InSession => {}
+            ExchangeKind::Listen => self.stopped_listening(now, &session, ticket),
+        }
+        ExchangeEnd::Done
     }
 
     /// Ends `id`, if it exists.
     pub fn close(&mut self, id: &str) {
-        if let Some(s) = self.sessions.remove(id)
-            && let Some(n) = self.per_principal.get_mut(&s.principal)
-        {
+        let Some(s) = self.sessions.remove(id) else { return };
+        if let Some(at) = s.expires(self.cfg.idle_timeout) {
+            self.by_expiry.remove(&(at, String::from(id)));
+        }
+        if let Some(n) = self.per_principal.get_mut(&s.principal) {
             *n -= 1;
             if *n == 0 {
                 self.per_principal.remove(&s.principal);
@@ -509,17 +609,18 @@ impl McpEndpoint {
     }
 
     /// Ends every session idle past the timeout at `now` (none listening); returns each with its project, for
-    /// the sled to be told. Call it now and then (each minute is plenty).
+    /// the sled to be told. Due when [`McpEndpoint::poll_timeout`] says.
     pub fn expire(&mut self, now: Instant) -> Vec<(String, String)> {
-        let idle = self.cfg.idle_timeout;
-        let gone: Vec<(String, String)> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.listening.is_none() && s.last_use + idle <= now)
-            .map(|(id, s)| (id.clone(), s.project.clone()))
-            .collect();
-        for (id, _) in &gone {
-            self.close(id);
+        let mut gone = Vec::new();
+        while let Some((at, id)) = self.by_expiry.first().cloned() {
+            if at > now {
+                break;
+            }
+            if let Some(s) = self.sessions.get(&id) {
+                gone.push((id.clone(), s.project.clone()));
+            }
+            self.close(&id);
+            self.by_expiry.remove(&(at, id));
         }
         gone
     }
@@ -549,6 +650,10 @@ mod tests {
 
     fn at(ms: u64) -> Instant {
         Instant::from_millis(ms)
+    }
+
+    fn ticket(n: u64) -> McpTicket {
+        McpTicket { conn: crate::ids::ConnHandle(0), id: crate::ids::McpId(n) }
     }
 
     fn post<'a>(principal: &'a str, session: Option<&'a str>, body: &'a str) -> EndpointRequest<'a> {
@@ -628,11 +733,11 @@ mod tests {
         let get = EndpointRequest::new(Method::Get, "p", "a").session(Some("s"));
         assert_eq!(e.route(at(0), &get.accepts_stream(false)), Err(NOT_ACCEPTABLE));
         assert_eq!(e.route(at(0), &get), Ok(Route::Listen { session: "s".into() }));
-        e.listening(at(0), "s", 7);
+        e.listening(at(0), "s", ticket(7));
         assert_eq!(e.route(at(0), &get), Err(ALREADY_LISTENING));
-        e.stopped_listening(at(0), "s", 6);
+        e.stopped_listening(at(0), "s", ticket(6));
         assert_eq!(e.route(at(0), &get), Err(ALREADY_LISTENING), "an older stream's end changes nothing");
-        e.stopped_listening(at(0), "s", 7);
+        e.stopped_listening(at(0), "s", ticket(7));
         assert_eq!(e.route(at(0), &get), Ok(Route::Listen { session: "s".into() }));
         let delete = EndpointRequest::new(Method::Delete, "p", "a").session(Some("s"));
         assert_eq!(e.route(at(0), &delete), Ok(Route::End { session: "s".into() }));
@@ -647,7 +752,7 @@ mod tests {
         opened(&mut e, "idle", "a");
         opened(&mut e, "used", "a");
         opened(&mut e, "streaming", "a");
-        e.listening(at(0), "streaming", 1);
+        e.listening(at(0), "streaming", ticket(1));
         assert!(e.route(at(9_000), &post("a", Some("used"), CALL)).is_ok());
         assert_eq!(e.expire(at(10_000)), vec![("idle".into(), "p".into())]);
         assert_eq!(e.route(at(10_000), &post("a", Some("idle"), CALL)), Err(UNKNOWN_SESSION));

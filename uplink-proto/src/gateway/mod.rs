@@ -43,9 +43,12 @@ pub use credential::{Credential, CredentialId, ProjectScope};
 pub use hub::Hub;
 pub use hub_config::{CONFIG_RULE_IDS, HubConfig, OPEN_FILES_KEPT_BACK};
 pub use hub_outputs::{
-    AcceptError, HubDecideError, HubEvent, HubOutput, McpRefused, PermEnd, PermissionSummary, RuleRefused, SledSummary,
+    AcceptError, HubDecideError, HubEvent, HubOutput, McpAnswer, McpHttp, McpRefused, PermEnd, PermissionSummary,
+    RuleRefused, SledSummary,
 };
-pub use mcp_endpoint::{EndpointRequest, McpEndpoint, McpEndpointConfig, Method, Refusal, Route};
+pub use mcp_endpoint::{
+    EndpointRequest, ExchangeEnd, ExchangeKind, McpEndpoint, McpEndpointConfig, Method, Refusal, Route,
+};
 pub use policy::{FLAG_AUTHOR, FLAG_RULE_IDS};
 pub use principal::{Action, BadRole, Role};
 pub use sled_session::{

@@ -224,8 +224,9 @@ pub enum SessionEvent {
     McpResponse {
         /// Which request.
         id: McpId,
-        /// The JSON-RPC response (`null` for a notification, or a stream that ended), as the sled sent it.
-        payload: String,
+        /// The JSON-RPC response as the sled sent it; `None` when the sled sent `null`: a notification or a
+        /// client's response that the local server accepted (no content), or a standalone stream that ended.
+        payload: Option<String>,
     },
     /// A message from the sled's local MCP server within an exchange, before its end (`mcp_message`).
     McpMessage {
@@ -233,6 +234,12 @@ pub enum SessionEvent {
         id: McpId,
         /// The JSON-RPC message, as the sled sent it.
         payload: String,
+    },
+    /// The sled's local server accepted the exchange's stream (an `mcp_message` whose payload is `null`): a
+    /// standalone stream is open, and its caller can be answered before any message comes.
+    McpOpened {
+        /// Which exchange.
+        id: McpId,
     },
     /// An MCP request ended without an answer.
     McpFailed {
@@ -581,7 +588,8 @@ impl SledSession {
                     .filter(|id| self.mcp.remove(*id).is_some() || self.mcp_streams.remove(*id).is_some());
                 match ended {
                     Some(id) => {
-                        self.event(SessionEvent::McpResponse { id, payload: String::from(payload.get()) });
+                        let payload = (payload.get() != "null").then(|| String::from(payload.get()));
+                        self.event(SessionEvent::McpResponse { id, payload });
                     }
                     None => self.ignored(SessionIgnored::Unmatched),
                 }
@@ -589,6 +597,7 @@ impl SledSession {
             Ok(SledFrame::McpMessage { req_id, payload }) => {
                 let open = mcp_id_of(&req_id).filter(|id| self.mcp.contains(*id) || self.mcp_streams.contains(*id));
                 match open {
+                    Some(id) if payload.get() == "null" => self.event(SessionEvent::McpOpened { id }),
                     Some(id) => self.event(SessionEvent::McpMessage { id, payload: String::from(payload.get()) }),
                     None => self.ignored(SessionIgnored::Unmatched),
                 }

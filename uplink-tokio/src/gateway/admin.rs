@@ -180,7 +180,7 @@ async fn relay_rpc(
     let started = std::time::Instant::now();
     let outcome = shared.hub.mcp(project, body, session).await;
     shared.metrics.relayed(super::mcp::result_of(&outcome), started.elapsed());
-    super::mcp::respond(outcome, id.as_deref(), super::mcp::Relayed::Plain)
+    super::mcp::respond(outcome, id.as_deref())
 }
 
 async fn decide(

@@ -23,9 +23,11 @@ use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, error, info, warn};
 use uplink_proto::Instant;
+use uplink_proto::gateway::mcp_endpoint::{self, Body};
 use uplink_proto::gateway::{
-    AcceptError, CloseReason, ConnHandle, Hub, HubDecideError, HubEvent, HubOutput, McpFailure, McpRefused, McpTicket,
-    PermissionSummary, PublicPermId, RuleRefused, SledSummary, Verdict,
+    AcceptError, CloseReason, ConnHandle, EndpointRequest, Hub, HubDecideError, HubEvent, HubOutput, McpAnswer,
+    McpFailure, McpHttp, McpTicket, Method, PermissionSummary, PublicPermId, Refusal, RuleRefused, SledSummary,
+    Verdict,
 };
 use uplink_proto::rules::{Rule, RuleId};
 
@@ -63,19 +65,40 @@ pub(crate) enum DecideFailure {
     Store,
 }
 
-/// How an MCP request through the hub ended.
+/// How an MCP exchange through the hub ended.
 pub(crate) enum McpOutcome {
-    Answered(String),
+    /// The sled answered.
+    Answered(McpAnswer),
+    /// It ended without an answer.
     Failed(McpFailure),
-    Refused(McpRefused),
+    /// It was refused (the endpoint's policy, or no sled to relay to), with the status and error to answer.
+    Refused(Refusal),
+    /// The session it named ended (`DELETE`).
+    SessionEnded,
 }
 
-/// What the caller of an MCP exchange hears, in order: its ticket (unless refused), the sled's messages
-/// within it, then its one end.
+/// What the caller of an MCP exchange hears, in order: its ticket (and a new session's id) unless refused,
+/// the sled's messages within it, then its one end.
 enum McpEvent {
-    Started(McpTicket),
+    Started(McpTicket, Option<String>),
     Message(String),
+    Opened,
     End(McpOutcome),
+}
+
+/// An HTTP request on the gateway's MCP endpoint, as the hub task takes it: what its
+/// [`EndpointRequest`] is made of, owned, its body, and the id drawn for it if it opens a session.
+pub(crate) struct McpAsk {
+    pub(crate) method: Method,
+    pub(crate) project: String,
+    pub(crate) principal: Arc<str>,
+    pub(crate) session: Option<String>,
+    pub(crate) protocol_version: Option<String>,
+    pub(crate) accepts_stream: bool,
+    /// What the body is, read before it reached the hub task.
+    pub(crate) kind: Body,
+    pub(crate) body: String,
+    pub(crate) drawn: Option<String>,
 }
 
 /// Where an exchange's caller hears of it: every event in order, or (one message, one answer) only its end,
@@ -108,23 +131,39 @@ const MCP_EVENTS: usize = 64;
 pub(crate) struct McpExchange {
     rx: mpsc::Receiver<McpEvent>,
     ticket: Option<McpTicket>,
+    new_session: Option<String>,
     ended: bool,
     hub: HubHandle,
 }
 
-/// What an exchange's caller reads next: a message of the sled's, or the end.
+/// What an exchange's caller reads next: a message of the sled's, the word that its stream opened, or the
+/// end.
 pub(crate) enum McpNext {
     Message(String),
+    Opened,
     End(McpOutcome),
 }
 
 impl McpExchange {
+    fn new(rx: mpsc::Receiver<McpEvent>, hub: &HubHandle) -> McpExchange {
+        McpExchange { rx, ticket: None, new_session: None, ended: false, hub: hub.clone() }
+    }
+
+    /// The session an `initialize` opened, once its exchange started (its answer's first event read).
+    pub(crate) fn new_session(&self) -> Option<&str> {
+        self.new_session.as_deref()
+    }
+
     /// The next message, or the end (after which this is the end again).
     pub(crate) async fn next(&mut self) -> McpNext {
         loop {
             match self.rx.recv().await {
-                Some(McpEvent::Started(ticket)) => self.ticket = Some(ticket),
+                Some(McpEvent::Started(ticket, session)) => {
+                    self.ticket = Some(ticket);
+                    self.new_session = session;
+                }
                 Some(McpEvent::Message(message)) => return McpNext::Message(message),
+                Some(McpEvent::Opened) => return McpNext::Opened,
                 Some(McpEvent::End(outcome)) => {
                     self.ended = true;
                     return McpNext::End(outcome);
@@ -143,9 +182,9 @@ impl Drop for McpExchange {
         // The ticket may be waiting unread, or the end may be (then nothing is left to cancel).
         while let Ok(event) = self.rx.try_recv() {
             match event {
-                McpEvent::Started(ticket) => self.ticket = Some(ticket),
+                McpEvent::Started(ticket, _) => self.ticket = Some(ticket),
                 McpEvent::End(_) => self.ended = true,
-                McpEvent::Message(_) => {}
+                McpEvent::Message(_) | McpEvent::Opened => {}
             }
         }
         if let (Some(ticket), false) = (self.ticket, self.ended) {
@@ -197,20 +236,17 @@ enum HubMsg {
         project: String,
         body: String,
         session: Option<String>,
-        stream: bool,
         sink: Sink,
     },
-    Listen {
-        project: String,
-        session: String,
+    McpHttp {
+        ask: Box<McpAsk>,
         sink: mpsc::Sender<McpEvent>,
     },
     CancelMcp {
         ticket: McpTicket,
     },
-    EndMcpSession {
-        project: String,
-        session: String,
+    PrincipalGone {
+        name: Arc<str>,
     },
     Sleds {
         reply: oneshot::Sender<Vec<SledSummary>>,
@@ -353,35 +389,27 @@ impl HubHandle {
         answer.await.unwrap_or(false)
     }
 
-    /// Relays one JSON-RPC message to `project`'s sled and waits for its answer.
+    /// Relays one JSON-RPC message to `project`'s sled (the session-less relay) and waits for its answer.
     pub(crate) async fn mcp(&self, project: String, body: String, session: Option<String>) -> McpOutcome {
         let (reply, answer) = oneshot::channel();
         let sink = Sink::Answer(reply);
-        if self.tx.send(HubMsg::Mcp { project, body, session, stream: false, sink }).await.is_err() {
+        if self.tx.send(HubMsg::Mcp { project, body, session, sink }).await.is_err() {
             return McpOutcome::Failed(McpFailure::ConnectionLost);
         }
         answer.await.unwrap_or(McpOutcome::Failed(McpFailure::ConnectionLost))
     }
 
-    /// Opens an exchange: one JSON-RPC message to `project`'s sled, as a stream if `stream` (and the sled
-    /// relays streams).
-    pub(crate) async fn mcp_exchange(
-        &self,
-        project: String,
-        body: String,
-        session: Option<String>,
-        stream: bool,
-    ) -> McpExchange {
+    /// An HTTP request on the MCP endpoint: the exchange the hub opened for it (or its refusal, or the end of
+    /// its session, as its end).
+    pub(crate) async fn mcp_http(&self, ask: McpAsk) -> McpExchange {
         let (sink, rx) = mpsc::channel(MCP_EVENTS);
-        let _ = self.tx.send(HubMsg::Mcp { project, body, session, stream, sink: Sink::Events(sink) }).await;
-        McpExchange { rx, ticket: None, ended: false, hub: self.clone() }
+        let _ = self.tx.send(HubMsg::McpHttp { ask: Box::new(ask), sink }).await;
+        McpExchange::new(rx, self)
     }
 
-    /// Opens `session`'s standalone stream on `project`'s sled.
-    pub(crate) async fn mcp_listen(&self, project: String, session: String) -> McpExchange {
-        let (sink, rx) = mpsc::channel(MCP_EVENTS);
-        let _ = self.tx.send(HubMsg::Listen { project, session, sink }).await;
-        McpExchange { rx, ticket: None, ended: false, hub: self.clone() }
+    /// The admin principal `name` is gone: its MCP sessions end.
+    pub(crate) async fn principal_gone(&self, name: Arc<str>) {
+        let _ = self.tx.send(HubMsg::PrincipalGone { name }).await;
     }
 
     /// Cancels the exchange `ticket`, whose caller went away; from a `Drop`, so it never waits.
@@ -394,11 +422,6 @@ impl HubHandle {
                 });
             }
         }
-    }
-
-    /// Tells `project`'s sled that the gateway session `session` ended.
-    pub(crate) async fn end_mcp_session(&self, project: String, session: String) {
-        let _ = self.tx.send(HubMsg::EndMcpSession { project, session }).await;
     }
 
     pub(crate) async fn sleds(&self) -> Vec<SledSummary> {
@@ -625,20 +648,28 @@ impl HubTask {
                 let removed = self.hub.remove_rule(now, id, by);
                 self.ack(Ack::RemoveRule(reply, removed));
             }
-            HubMsg::Mcp { project, body, session, stream, sink } => {
-                let sent = self.hub.send_mcp(now, &project, &body, session.as_deref(), stream);
-                self.opened(sent, sink);
+            HubMsg::Mcp { project, body, session, sink } => {
+                let sent = self.hub.send_mcp(now, &project, &body, session.as_deref(), false);
+                self.opened(sent.map(|ticket| (ticket, None)).map_err(mcp_endpoint::refused), sink);
             }
-            HubMsg::Listen { project, session, sink } => {
-                let opened = self.hub.listen_mcp(now, &project, Some(&session));
-                self.opened(opened, Sink::Events(sink));
+            HubMsg::McpHttp { ask, sink } => {
+                let request = EndpointRequest::new(ask.method, &ask.project, &ask.principal)
+                    .session(ask.session.as_deref())
+                    .protocol_version(ask.protocol_version.as_deref())
+                    .accepts_stream(ask.accepts_stream)
+                    .read_body(ask.kind);
+                match self.hub.handle_mcp_http(now, &request, &ask.body, ask.drawn.as_deref()) {
+                    Ok(McpHttp::Relayed { ticket, new_session }) => {
+                        self.opened(Ok((ticket, new_session)), Sink::Events(sink));
+                    }
+                    Ok(McpHttp::Ended) => Sink::Events(sink).end(McpOutcome::SessionEnded),
+                    Err(refusal) => Sink::Events(sink).end(McpOutcome::Refused(refusal)),
+                }
             }
             HubMsg::CancelMcp { ticket } => {
                 self.hub.cancel_mcp(now, ticket, "the HTTP client went away");
             }
-            HubMsg::EndMcpSession { project, session } => {
-                self.hub.end_mcp_session(now, &project, &session);
-            }
+            HubMsg::PrincipalGone { name } => self.hub.handle_principal_gone(now, &name),
             HubMsg::Sleds { reply } => {
                 let _ = reply.send(self.hub.sleds(now));
             }
@@ -657,21 +688,21 @@ impl HubTask {
 
     /// A reply: given now without a store; with one, once the batch is committed.
     /// An exchange opened (or refused): its caller hears which.
-    fn opened(&mut self, opened: Result<McpTicket, McpRefused>, sink: Sink) {
+    fn opened(&mut self, opened: Result<(McpTicket, Option<String>), Refusal>, sink: Sink) {
         let gone = match &sink {
             Sink::Events(events) => events.is_closed(),
             Sink::Answer(answer) => answer.is_closed(),
         };
         match opened {
             // Its caller went away before it opened: it ends at once.
-            Ok(ticket) if gone => {
+            Ok((ticket, _)) if gone => {
                 let now = self.now();
                 self.hub.cancel_mcp(now, ticket, "the HTTP client went away");
             }
-            Ok(ticket) => {
+            Ok((ticket, new_session)) => {
                 // The channel is new and empty: the ticket always fits.
                 if let Sink::Events(events) = &sink {
-                    let _ = events.try_send(McpEvent::Started(ticket));
+                    let _ = events.try_send(McpEvent::Started(ticket, new_session));
                 }
                 self.mcp.insert(ticket, sink);
             }
@@ -761,7 +792,6 @@ impl HubTask {
                     }
                 }
                 HubOutput::Event(event) => self.on_event(event),
-                _ => {}
             }
         }
     }
@@ -793,9 +823,17 @@ impl HubTask {
         }
         // MCP outcomes go to their caller only; the answer moves there, uncopied.
         let event = match event {
-            HubEvent::McpAnswered { ticket, payload } => {
+            HubEvent::McpAnswered { ticket, answer } => {
                 if let Some(sink) = self.mcp.remove(&ticket) {
-                    sink.end(McpOutcome::Answered(payload));
+                    sink.end(McpOutcome::Answered(answer));
+                }
+                return;
+            }
+            HubEvent::McpOpened { ticket } => {
+                if let Some(Sink::Events(sink)) = self.mcp.get(&ticket)
+                    && sink.capacity() > 1
+                {
+                    let _ = sink.try_send(McpEvent::Opened);
                 }
                 return;
             }

@@ -91,7 +91,8 @@ pub struct GatewayServerConfig {
     /// The hub's rules, every one of the core's: each sled connection's protocol rules (`hub.session`), the
     /// connection budgets (16,384 open, 1,024 unidentified, `uplink gateway` deriving its default from its
     /// open-file limit), the pending-bytes budget across every sled (256 MiB), the permission rules and the
-    /// auto flags, the memory of gone sleds and of ended requests. [`HubConfig::default`] by default.
+    /// auto flags, the memory of gone sleds and of ended requests, the MCP endpoint's sessions.
+    /// [`HubConfig::default`] by default.
     pub hub: HubConfig,
     /// Most bytes of events queued for one `/api/events` client that is not reading; beyond, it gets a
     /// `lagged` event and its stream ends. Default 32 MiB (an event larger than that alone still goes to a
@@ -99,8 +100,6 @@ pub struct GatewayServerConfig {
     pub max_event_client_bytes: usize,
     /// Most `/api/events` clients at once; more are answered `503`. Default 64.
     pub max_event_clients: usize,
-    /// The MCP endpoint's session budgets and idle time (4,096 sessions, 256 per principal, 1 h).
-    pub mcp_endpoint: uplink_proto::gateway::McpEndpointConfig,
     /// Names a web page may reach the gateway's MCP endpoint by, beside loopback, the public URL's host and
     /// the listen address (`--allowed-host`). Empty by default.
     pub allowed_hosts: Vec<String>,
@@ -143,7 +142,6 @@ impl GatewayServerConfig {
             hub: HubConfig::default(),
             max_event_client_bytes: 32 << 20,
             max_event_clients: 64,
-            mcp_endpoint: uplink_proto::gateway::McpEndpointConfig::default(),
             allowed_hosts: Vec::new(),
             tls: None,
             max_message_size: crate::DEFAULT_MAX_MESSAGE_SIZE,
@@ -287,8 +285,9 @@ struct Shared {
     /// Audit queries running at once (each reads the database on a blocking thread): at most
     /// [`AUDIT_QUERIES`]; more get `503`.
     audit_queries: Arc<tokio::sync::Semaphore>,
-    /// The MCP endpoint's client sessions.
-    mcp: mcp::Endpoint,
+    /// The gateway's own names beside loopback (its public URL's host, its listen address, those given), by
+    /// which a web page may reach the MCP endpoint.
+    mcp_names: Vec<String>,
     /// Failed authentications per source address.
     auth: auth_budget::AuthBudget,
 }
@@ -326,9 +325,7 @@ impl CredentialsReloader {
         );
         // A principal that is gone takes its MCP sessions with it.
         for gone in old.admins().iter().filter(|a| !credentials.admins().iter().any(|n| n.name == a.name)) {
-            for (session, project) in self.shared.mcp.close_principal(&gone.name) {
-                self.shared.hub.end_mcp_session(project, session).await;
-            }
+            self.shared.hub.principal_gone(gone.name.clone()).await;
         }
         self.shared.hub.credentials_changed(credentials).await;
     }
@@ -451,7 +448,7 @@ impl GatewayServer {
             metrics,
             metrics_public: config.metrics_public,
             store_failed: failed.clone(),
-            mcp: mcp::Endpoint::new(crate::socket_loop::Clock::new(epoch), config.mcp_endpoint, names),
+            mcp_names: names,
             auth: auth_budget::AuthBudget::new(crate::socket_loop::Clock::new(epoch), config.auth_limit),
         });
         Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed })
