@@ -565,7 +565,8 @@ async fn store_commit_floor(n: usize) -> Latencies {
         let dir = dir.clone();
         move || {
             let mut store = SqliteStore::open(&dir, StoreOptions::default()).unwrap();
-            let input = tool_input();
+            // As the gateway's recorder hands it over: the sled's text, written (canonical) at the commit.
+            let input: std::sync::Arc<str> = std::sync::Arc::from(tool_input().to_string());
             let mut lat = Vec::with_capacity(n);
             for i in 0..n + 200 {
                 let t = Instant::now();
@@ -575,8 +576,7 @@ async fn store_commit_floor(n: usize) -> Latencies {
                     .with("decided_by", "rule")
                     .with("rule", 1)
                     .with("waited_ms", 0)
-                    .with("input_sha256", uplink_tokio::store::audit::sha256_hex(&input.to_string()))
-                    .with("input", input.clone());
+                    .with_input(input.clone(), false);
                 (entry.project, entry.tool, entry.outcome) =
                     (Some("bench".into()), Some("Bench".into()), Some("approve".into()));
                 store.commit(&[Change::Record(entry)]).unwrap();

@@ -24,7 +24,7 @@ use super::Shared;
 use super::admin::Principal;
 use super::rules::{Wall, stored};
 use crate::http::{error, json_text, millis};
-use crate::store::audit::{Sealed, canonical, hex, sha256_hex};
+use crate::store::audit::{Sealed, hex, sha256_hex};
 use crate::store::{AuditQuery, Change, Entry};
 
 fn unix_ms_now() -> u64 {
@@ -59,19 +59,18 @@ impl Recorder {
         self.labels.remove(&conn);
     }
 
-    fn input(&self, entry: Entry, tool_input: &str) -> Entry {
-        // An input nested deeper than the gateway accepts (its request was denied for it) is not kept as a
-        // tree: no reader of the record could parse it again. Its hash is of its text as it arrived.
+    fn input(&self, entry: Entry, tool_input: &Arc<str>) -> Entry {
+        // An input nested deeper than the gateway accepts (its request was denied for it) is not kept: no
+        // reader of the record could parse it again. Its hash is of its text as it arrived.
         if json_depth(tool_input) > MAX_INPUT_DEPTH {
             return entry
-                .with("input_sha256", sha256_hex(tool_input))
+                .with("input_sha256", sha256_hex(&**tool_input))
                 .with("input", Value::Null)
                 .with("input_not_kept", format!("nested more than {MAX_INPUT_DEPTH} levels deep"));
         }
-        // The sled's frame was valid JSON, so its input is, and shallow enough to parse.
-        let value: Value = serde_json::from_str(tool_input).unwrap_or(Value::Null);
-        let entry = entry.with("input_sha256", sha256_hex(&canonical(&value)));
-        if self.redact { entry.with("input", "redacted") } else { entry.with("input", value) }
+        // The text the pending request holds, shared: it is parsed once, as the record is written (a parsed
+        // tree of a hostile input takes many times its text's size, and a batch holds up to 64 records).
+        entry.with_input(tool_input.clone(), self.redact)
     }
 
     fn label(&self, conn: ConnHandle) -> Value {

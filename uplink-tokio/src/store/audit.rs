@@ -10,7 +10,10 @@
 //! head. `uplink audit verify` prints the head; keep it elsewhere (a ticket, a log shipper) to pin the log
 //! up to that point.
 
+use std::sync::Arc;
+
 use serde::Serialize;
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// The hash before the first record.
@@ -32,14 +35,27 @@ pub struct Entry {
     /// How it ended: a decision (`approve`, `deny`, `always_allow`) or a withdrawal (`cancelled`,
     /// `deadline`, `connection_lost`).
     pub outcome: Option<String>,
+    /// The tool input of a `request` or `auto` record: written as `input` and `input_sha256`.
+    pub input: Option<ToolInput>,
     /// Everything else in the record.
     pub fields: Map<String, Value>,
+}
+
+/// A tool input as the sled sent it: JSON text, held without a copy (the pending request shares it) and
+/// without being parsed until its record is written. The record then holds `input`, its canonical text
+/// (or `"redacted"`), and `input_sha256`, the SHA-256 of that canonical text, in hex.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolInput {
+    /// The JSON text (text that is not JSON is written as `null`).
+    pub json: Arc<str>,
+    /// Write `"redacted"` in its place (its hash stays).
+    pub redacted: bool,
 }
 
 impl Entry {
     /// A record of `kind` at `at_ms`, with nothing else yet.
     pub fn new(at_ms: u64, kind: &'static str) -> Entry {
-        Entry { at_ms, kind, perm: None, project: None, tool: None, outcome: None, fields: Map::new() }
+        Entry { at_ms, kind, perm: None, project: None, tool: None, outcome: None, input: None, fields: Map::new() }
     }
 
     /// The same, with `key` set to `value`.
@@ -48,10 +64,22 @@ impl Entry {
         self
     }
 
+    /// The same, with this tool input (`redacted`: its text left out, its hash kept).
+    pub fn with_input(mut self, json: Arc<str>, redacted: bool) -> Entry {
+        self.input = Some(ToolInput { json, redacted });
+        self
+    }
+
     /// The record's text as sealed under `seq`.
     pub fn text(&self, seq: u64) -> String {
         // The record's own fields, beside `fields` (which cannot override them), written as one canonical
-        // object without copying `fields` (a tool input can be large).
+        // object without copying `fields` or the input (either can be large): the input is parsed once,
+        // straight into the record's text, and its hash taken from there.
+        enum Member<'a> {
+            Value(&'a Value),
+            Input(&'a ToolInput),
+            InputHash(&'a ToolInput),
+        }
         let own: [(&str, Value); 7] = [
             ("seq", seq.into()),
             ("at_ms", self.at_ms.into()),
@@ -61,26 +89,51 @@ impl Entry {
             ("tool", self.tool.as_deref().map_or(Value::Null, Value::from)),
             ("outcome", self.outcome.as_deref().map_or(Value::Null, Value::from)),
         ];
-        let mut members: Vec<(&str, &Value)> = own
+        let mut members: Vec<(&str, Member<'_>)> = own
             .iter()
             .filter(|(key, value)| !value.is_null() || matches!(*key, "seq" | "at_ms" | "kind"))
-            .map(|(k, v)| (*k, v))
+            .map(|(k, v)| (*k, Member::Value(v)))
             .collect();
-        members
-            .extend(self.fields.iter().filter(|(k, _)| !own.iter().any(|(o, _)| o == k)).map(|(k, v)| (k.as_str(), v)));
-        members.sort_by(|a, b| a.0.cmp(b.0));
-        let mut out = String::with_capacity(256);
-        out.push('{');
-        for (i, (key, value)) in members.into_iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&Value::String(key.to_owned()).to_string());
-            out.push(':');
-            write_canonical(value, &mut out);
+        if let Some(input) = &self.input {
+            members.extend([("input", Member::Input(input)), ("input_sha256", Member::InputHash(input))]);
         }
-        out.push('}');
-        out
+        let taken = |key: &str| {
+            own.iter().any(|(o, _)| *o == key) || (self.input.is_some() && matches!(key, "input" | "input_sha256"))
+        };
+        members.extend(self.fields.iter().filter(|(k, _)| !taken(k)).map(|(k, v)| (k.as_str(), Member::Value(v))));
+        members.sort_by(|a, b| a.0.cmp(b.0));
+        // Room for the input's text as it came (its canonical text is seldom longer), so that a large one is
+        // written without the buffer doubling (and being copied) on the way.
+        let mut out = Vec::with_capacity(256 + self.input.as_ref().map_or(0, |i| i.json.len()));
+        // `input` sorts before `input_sha256`: its hash is taken from the text just written.
+        let mut input_hash = None;
+        out.push(b'{');
+        for (i, (key, member)) in members.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(key, &mut out);
+            out.push(b':');
+            match member {
+                Member::Value(value) => write_canonical(value, &mut out),
+                Member::Input(input) if input.redacted => write_json_str("redacted", &mut out),
+                Member::Input(input) => {
+                    let start = out.len();
+                    write_canonical_json(&input.json, &mut out);
+                    input_hash = Some(sha256_hex(&out[start..]));
+                }
+                Member::InputHash(input) => {
+                    let hash = input_hash.take().unwrap_or_else(|| {
+                        let mut text = Vec::with_capacity(input.json.len());
+                        write_canonical_json(&input.json, &mut text);
+                        sha256_hex(&text)
+                    });
+                    write_json_str(&hash, &mut out);
+                }
+            }
+        }
+        out.push(b'}');
+        into_string(out)
     }
 }
 
@@ -115,8 +168,8 @@ pub fn chain_hash(prev: &[u8; 32], text: &str) -> [u8; 32] {
 }
 
 /// The SHA-256 of `text`, in hex.
-pub fn sha256_hex(text: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+pub fn sha256_hex(text: impl AsRef<[u8]>) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, text.as_ref()).as_ref())
 }
 
 /// Bytes in lower-case hex.
@@ -128,41 +181,245 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// Text written by this module's writers, which write only UTF-8 (serde_json's and ASCII).
+fn into_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// A JSON value in its one canonical text: object keys sorted (by their bytes), no whitespace, strings and
 /// numbers as serde_json writes them. Two values equal as JSON trees have the same canonical text.
 pub fn canonical(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    into_string(out)
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// The canonical text (as [`canonical`] writes it) of the JSON text `json`: the same as parsing it into a
+/// [`Value`] and writing that, but without the tree, whose nodes can take ten times the text's size (a
+/// sled's input of many small members). `null` when `json` is not JSON.
+pub fn canonical_json(json: &str) -> String {
+    let mut out = Vec::with_capacity(json.len());
+    write_canonical_json(json, &mut out);
+    into_string(out)
+}
+
+fn write_json_str(text: &str, out: &mut Vec<u8>) {
+    // Writing a string to a Vec cannot fail.
+    let _ = serde_json::to_writer(out, text);
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.push('{');
+            out.push(b'{');
             for (i, key) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
+                write_json_str(key, out);
+                out.push(b':');
                 write_canonical(&map[key], out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        // A scalar written to a Vec cannot fail.
+        other => {
+            let _ = serde_json::to_writer(out, other);
+        }
+    }
+}
+
+/// Appends the canonical text of the JSON text `json` to `out` (`null` when it is not JSON), parsing it as
+/// it goes: what is held beside the text written is the keys of the objects being written and where each
+/// member's text ends, and, for an object whose keys came out of order, one copy of its members while they
+/// are put in order.
+fn write_canonical_json(json: &str, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut de = serde_json::Deserializer::from_str(json);
+    let written = Canon(out).deserialize(&mut de).is_ok() && de.end().is_ok();
+    if !written {
+        out.truncate(start);
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Writes the value it is given in canonical form.
+struct Canon<'o>(&'o mut Vec<u8>);
+
+impl<'de> DeserializeSeed<'de> for Canon<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl Canon<'_> {
+    /// A number, as [`Value`] holds and writes it (a float that is not finite is `null`).
+    fn number(self, value: Value) {
+        let _ = serde_json::to_writer(self.0, &value);
+    }
+}
+
+impl<'de> Visitor<'de> for Canon<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.0.extend_from_slice(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.number(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.number(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.number(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        write_json_str(v, self.0);
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.0.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn visit_none<E>(self) -> Result<(), E> {
+        self.0.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        Canon(self.0).deserialize(deserializer)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let out = self.0;
+        out.push(b'[');
+        let mut first = true;
+        loop {
+            let mark = out.len();
+            if !first {
+                out.push(b',');
+            }
+            if seq.next_element_seed(Canon(&mut *out))?.is_none() {
+                out.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        out.push(b']');
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let out = self.0;
+        out.push(b'{');
+        let body = out.len();
+        // Each member's key as parsed (the order is by its bytes, as a parsed map's is) and where its text
+        // ends in `out`: (start of its key in `keys`, end of its text).
+        let mut keys = Vec::new();
+        let mut members: Vec<(usize, usize)> = Vec::new();
+        let mut in_order = true;
+        loop {
+            let mark = out.len();
+            if !members.is_empty() {
+                out.push(b',');
+            }
+            let key = keys.len();
+            if map.next_key_seed(Key { out: &mut *out, keys: &mut keys })?.is_none() {
+                out.truncate(mark);
+                break;
+            }
+            out.push(b':');
+            map.next_value_seed(Canon(&mut *out))?;
+            if let Some(&(previous, _)) = members.last() {
+                in_order &= keys[previous..key] < keys[key..];
+            }
+            members.push((key, out.len()));
+        }
+        if !in_order {
+            put_in_order(out, body, &keys, &members);
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// Rewrites the members of an object, written from `body` on in `out` as they came, in the order of their
+/// keys; of members with the same key, the last one stays (as in a parsed map).
+fn put_in_order(out: &mut Vec<u8>, body: usize, keys: &[u8], members: &[(usize, usize)]) {
+    let key = |i: usize| &keys[members[i].0..members.get(i + 1).map_or(keys.len(), |m| m.0)];
+    // Member `i`'s text, in `written` (which starts at `body`): after the comma that ends the one before.
+    let text = |i: usize| (if i == 0 { 0 } else { members[i - 1].1 + 1 - body })..members[i].1 - body;
+    let mut order: Vec<usize> = (0..members.len()).collect();
+    // Stable: members with the same key keep the order they came in.
+    order.sort_by(|&a, &b| key(a).cmp(key(b)));
+    let written = out.split_off(body);
+    let mut first = true;
+    for (n, &i) in order.iter().enumerate() {
+        if order.get(n + 1).is_some_and(|&next| key(next) == key(i)) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(&written[text(i)]);
+    }
+}
+
+/// Writes an object's key and keeps it (as parsed) for the order.
+struct Key<'o> {
+    out: &'o mut Vec<u8>,
+    keys: &'o mut Vec<u8>,
+}
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        write_json_str(v, self.out);
+        self.keys.extend_from_slice(v.as_bytes());
+        Ok(())
     }
 }
 
@@ -379,6 +636,107 @@ mod tests {
         let want = json!({"seq": 9, "at_ms": 7, "kind": "end", "perm": "3-0", "outcome": "approve",
             "waited_ms": 12, "by": "ana", "zeta": {"a": [2], "b": 1}});
         assert_eq!(e.text(9), canonical(&want));
+    }
+
+    /// The reference: the text parsed into a tree, and the tree written ("null" for text that is not JSON).
+    fn through_a_tree(json: &str) -> String {
+        canonical(&serde_json::from_str(json).unwrap_or(Value::Null))
+    }
+
+    #[test]
+    fn an_inputs_canonical_text_is_written_without_its_tree() {
+        for json in [
+            r#"{"b": [1, {"z": "é\n", "a": null}], "a": 1.5}"#,
+            r#" {"b":1,"a":2,"b":3} "#,
+            r##"{"\u0022":1,"#":2,"\n":3,"a\u0000":4,"a":5,"\u00e9":6,"é":7}"##,
+            r#"[1E2, -0, 0.0, 1e-7, 12345678901234567890, -9223372036854775808, 18446744073709551616, 1.0]"#,
+            r#""\ud83d\ude00 \/ \u001f""#,
+            r#"{"a":{"c":[{"z":1,"y":2}],"b":{}},"":[]}"#,
+            "true",
+            "null",
+            "[]",
+            "{}",
+        ] {
+            assert_eq!(canonical_json(json), through_a_tree(json), "{json}");
+        }
+        // Not JSON, as a tree fails to parse it: `null`, with nothing of it written.
+        for json in ["", "{", r#"{"a":1}x"#, r#""\ud800""#, "1e400", "[1,]", r#"{"a" 1}"#] {
+            assert_eq!(canonical_json(json), "null", "{json}");
+            assert_eq!(through_a_tree(json), "null", "{json}");
+        }
+        // serde_json reads an object whose first key is its raw-value token as the JSON in that member's
+        // string; a sled's input is written as the object it is.
+        let token = r#"{"$serde_json::private::RawValue":"[1]"}"#;
+        assert_eq!(canonical_json(token), token);
+    }
+
+    #[test]
+    fn a_records_input_is_its_canonical_text_and_hash_or_redacted() {
+        let json: Arc<str> = Arc::from(r#"{ "command": "ls", "cwd": "/", "b": [2, 1] }"#);
+        let canonical_input = r#"{"b":[2,1],"command":"ls","cwd":"/"}"#;
+        let hash = sha256_hex(canonical_input);
+        // A field cannot pose as the input or its hash.
+        let entry = Entry::new(7, "request").with("input", "forged").with("input_sha256", "forged").with("z", 1);
+        let text = entry.clone().with_input(json.clone(), false).text(3);
+        let want = serde_json::json!({"seq": 3, "at_ms": 7, "kind": "request", "z": 1, "input_sha256": hash,
+            "input": serde_json::from_str::<Value>(canonical_input).expect("json")});
+        assert_eq!(text, canonical(&want));
+        let redacted = entry.with_input(json, true).text(3);
+        let want = serde_json::json!({"seq": 3, "at_ms": 7, "kind": "request", "z": 1, "input_sha256": hash,
+            "input": "redacted"});
+        assert_eq!(redacted, canonical(&want));
+    }
+
+    /// JSON text as a sled may write it: any spacing, keys out of order and repeated, escapes, numbers
+    /// spelt every way, and now and then something that is not JSON.
+    fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        const STRING_PARTS: &[&str] = &[
+            "a",
+            "b",
+            "ab",
+            "#",
+            "é",
+            "😀",
+            "\\\"",
+            "\\\\",
+            "\\n",
+            "\\u0061",
+            "\\u0022",
+            "\\u00e9",
+            "\\ud83d\\ude00",
+            "\\u001f",
+            "\\/",
+            "\\ud800",
+        ];
+        const SPACE: &[&str] = &["", "", " ", "\n\t "];
+        let string = proptest::collection::vec(proptest::sample::select(STRING_PARTS), 0..4)
+            .prop_map(|parts| format!("\"{}\"", parts.concat()));
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            "-?(0|[1-9][0-9]{0,21})(\\.[0-9]{1,4})?([eE][+-]?[0-9]{1,3})?",
+            string.clone(),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            let space = proptest::sample::select(SPACE);
+            prop_oneof![
+                (proptest::collection::vec(inner.clone(), 0..6), space.clone())
+                    .prop_map(|(items, s)| format!("[{s}{}{s}]", items.join(&format!("{s},{s}")))),
+                (proptest::collection::vec((string.clone(), inner), 0..6), space).prop_map(|(members, s)| {
+                    let members: Vec<String> = members.iter().map(|(k, v)| format!("{k}{s}:{s}{v}")).collect();
+                    format!("{{{s}{}{s}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_inputs_canonical_text_is_the_one_its_parsed_tree_has(json in json_text()) {
+            proptest::prop_assert_eq!(canonical_json(&json), through_a_tree(&json));
+        }
     }
 
     #[test]
