@@ -1,5 +1,6 @@
 //! The gateway's resources under hostile load. Memory: its peak resident size stays within its budgets plus a
-//! fixed overhead while sleds offer more than the budget and the pending list is read repeatedly. File
+//! fixed overhead while sleds offer more than the budget and the pending list is read repeatedly; with its
+//! audit log or without, within four times the inputs in flight, and back near idle once they end. File
 //! descriptors: run out, the accept loop backs off instead of spinning. Linux only (it reads `/proc`).
 #![allow(clippy::unwrap_used, missing_docs)]
 #![cfg(target_os = "linux")]
@@ -82,7 +83,9 @@ async fn peak_memory_stays_within_the_pending_budget_plus_a_fixed_overhead() {
     let count = || denied.load(std::sync::atomic::Ordering::Relaxed);
     within("every request to be pending or denied", async {
         loop {
-            let (_, sleds) = http("GET", &format!("{base}/api/sleds"), Some("a"), None, &[]).await;
+            // Unbounded here: the waits below bound it (a debug build can be slow to answer under this load).
+            let (_, sleds) =
+                uplink_tests::try_http("GET", &format!("{base}/api/sleds"), Some("a"), None, &[]).await.unwrap();
             let sleds: Value = serde_json::from_str(&sleds).unwrap();
             let pending: u64 =
                 sleds["sleds"].as_array().unwrap().iter().map(|s| s["pending_permissions"].as_u64().unwrap()).sum();
@@ -117,6 +120,176 @@ async fn peak_memory_stays_within_the_pending_budget_plus_a_fixed_overhead() {
     let _ = gateway.wait().await;
     // Its audit log holds every input it was offered: gone with the test.
     let _ = std::fs::remove_dir_all(state_dir("memory"));
+}
+
+/// Resident size of `pid` now, in bytes.
+fn rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
+}
+
+/// A tool input of about 1 MiB made of small members (`{"0":0,"1":0,…}`, not in key order): the shape whose
+/// parsed tree takes the most memory for its size (ten times and more).
+fn many_small_members() -> String {
+    use std::fmt::Write as _;
+    let mut input = String::from("{");
+    for i in 0u32.. {
+        if input.len() >= MIB - 16 {
+            break;
+        }
+        if i > 0 {
+            input.push(',');
+        }
+        let _ = write!(input, r#""{i:x}":0"#);
+    }
+    input.push('}');
+    input
+}
+
+/// A client's text frame as it goes on the wire, with the mask `0` (which leaves the payload as it is).
+fn masked_text_frame(text: &str, out: &mut Vec<u8>) {
+    out.push(0x81); // FIN, text
+    match text.len() {
+        n if n < 126 => out.push(0x80 | u8::try_from(n).unwrap()),
+        n if n < 1 << 16 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&u16::try_from(n).unwrap().to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&u64::try_from(n).unwrap().to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Three sleds send 30 requests each with a 1 MiB input, two of small members, the third a string (90 MiB
+/// pending, within the default budgets); then they go, and their requests end. The gateway's peak is within four times the inputs and a
+/// fixed overhead, and once they have ended it is back within the fixed overhead of its idle size.
+async fn memory_follows_the_inputs_in_flight(name: &str, store: bool) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_uplink"));
+    command.args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", "s", "--admin-token", "a"]);
+    if !store {
+        command.arg("--no-store");
+    }
+    let mut gateway = command
+        .env("UPLINK_STATE_DIR", state_dir(name))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let first = within("the gateway to start", out.next_line()).await.unwrap().unwrap();
+    let base = uplink_tests::program::base_url(&first);
+    let ws = format!("{}/api/sled-uplink?token=s", base.replace("http://", "ws://"));
+    let pid = gateway.id().unwrap();
+    let idle = rss(pid);
+    let pending = || async {
+        // Unbounded here: the waits below bound it (a debug build can be slow to answer under this load).
+        let (_, sleds) =
+            uplink_tests::try_http("GET", &format!("{base}/api/sleds"), Some("a"), None, &[]).await.unwrap();
+        let sleds: Value = serde_json::from_str(&sleds).unwrap();
+        let sleds = sleds["sleds"].as_array().unwrap().clone();
+        let connected = sleds.iter().filter(|s| s["connected"] == true).count();
+        (connected, sleds.iter().map(|s| s["pending_permissions"].as_u64().unwrap()).sum::<u64>())
+    };
+
+    // Two sleds' inputs are of small members, the third's one long string (each about 1 MiB).
+    let inputs = [many_small_members(), many_small_members(), json!({ "pad": "x".repeat(MIB - 16) }).to_string()];
+    let (sleds_n, each) = (inputs.len(), 30);
+    let mut sleds = Vec::new();
+    for s in 0..sleds_n {
+        let (mut sled, _) = within("a sled to connect", tokio_tungstenite::connect_async(ws.as_str())).await.unwrap();
+        let identity = json!({"type":"identity","req_id":"identity","payload":{"project":format!("p{s}")}});
+        sled.send(Message::text(identity.to_string())).await.unwrap();
+        sleds.push(sled);
+    }
+    // The frames are written as they go on the wire, all at once, as a fast sled sends them (a client
+    // masking 60 MiB in a debug build would send them one by one, and the gateway would take them one by one).
+    for (sled, input) in sleds.iter_mut().zip(&inputs) {
+        let mut wire = Vec::new();
+        for r in 0..each {
+            let frame = format!(
+                r#"{{"type":"perm_request","req_id":"r{r}","payload":{{"tool_name":"Bash","tool_input":{input}}}}}"#
+            );
+            masked_text_frame(&frame, &mut wire);
+        }
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = sled.get_mut() else { unreachable!("ws://") };
+        tokio::io::AsyncWriteExt::write_all(tcp, &wire).await.unwrap();
+    }
+    let inputs_bytes = each * inputs.iter().map(String::len).sum::<usize>();
+    // What the allocator, the runtime, SQLite's cache and one record being written take beside the inputs.
+    let fixed = 32 * MIB;
+    let bound = idle + 4 * inputs_bytes + fixed;
+    let over = |peak: usize| format!("peak {} MiB over {} MiB (idle {} MiB)", peak / MIB, bound / MIB, idle / MIB);
+    // Checked while the requests come in (a debug build takes seconds to take them all in).
+    let all = (sleds_n, u64::try_from(sleds_n * each).unwrap());
+    let came = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while pending().await != all {
+            assert!(peak_rss(pid) <= bound, "{}", over(peak_rss(pid)));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(came.is_ok(), "two minutes on, not every request is pending: {:?}", pending().await);
+    let peak = peak_rss(pid);
+    eprintln!("{name}: inputs {} MiB; idle {} MiB, peak {} MiB", inputs_bytes / MIB, idle / MIB, peak / MIB);
+    assert!(peak <= bound, "{}", over(peak));
+
+    // The sleds go: every request ends (`connection_lost`), and what they held is freed.
+    drop(sleds);
+    within("every request to end", async {
+        while pending().await != (0, 0) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if store {
+        let (status, page) =
+            http("GET", &format!("{base}/api/audit?outcome=connection_lost&limit=1000"), Some("a"), None, &[]).await;
+        assert_eq!(status, 200, "{page}");
+        let page: Value = serde_json::from_str(&page).unwrap();
+        assert_eq!(page["records"].as_array().unwrap().len(), sleds_n * each, "every end is in the audit log");
+    }
+    // What they held goes back to the system as it is freed (the program fixes glibc's mmap threshold).
+    let back = tokio::time::timeout(uplink_tests::WAIT, async {
+        while rss(pid) > idle + fixed {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let now = rss(pid);
+    eprintln!("{name}: after the end {} MiB", now / MIB);
+    assert!(back.is_ok(), "after the end, {} MiB resident (idle {} MiB)", now / MIB, idle / MIB);
+    if store {
+        // The records were written from the inputs' text: the first is a request's, with its canonical input.
+        let (status, page) = http("GET", &format!("{base}/api/audit?limit=1"), Some("a"), None, &[]).await;
+        assert_eq!(status, 200);
+        let page: Value = serde_json::from_str(&page).unwrap();
+        let record = &page["records"][0]["record"];
+        let input: Value = serde_json::from_str(&inputs[0]).unwrap();
+        let canonical = uplink_tokio::store::audit::canonical(&input);
+        assert_eq!(record["kind"], "request");
+        assert_eq!(record["input_sha256"], uplink_tokio::store::audit::sha256_hex(&canonical).as_str());
+        assert_eq!(record["input"], input);
+    }
+    let _ = gateway.start_kill();
+    let _ = gateway.wait().await;
+    let _ = std::fs::remove_dir_all(state_dir(name));
+}
+
+#[tokio::test]
+async fn with_the_audit_store_memory_stays_within_four_times_the_inputs_and_returns_after_they_end() {
+    memory_follows_the_inputs_in_flight("store-inputs", true).await;
+}
+
+#[tokio::test]
+async fn without_a_store_memory_stays_within_four_times_the_inputs_and_returns_after_they_end() {
+    memory_follows_the_inputs_in_flight("no-store-inputs", false).await;
 }
 
 /// CPU time `pid` has used so far (user and system), in clock ticks.
