@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -101,11 +102,11 @@ impl Notifier {
 
     /// Hands the notice `event` makes (if any) to every webhook.
     pub(crate) fn on_event(&self, event: &HubEvent) {
-        let Some(notice) = self.notice(event) else { return };
+        let Some((generic, chat)) = self.notice(event) else { return };
         for (format, tx, dropping) in &self.hooks {
             let body = match format {
-                NotifyFormat::Slack => json!({ "text": slack_text(&notice) }).to_string(),
-                _ => notice.to_string(),
+                NotifyFormat::Slack => json!({ "text": slack_text(&chat) }).to_string(),
+                _ => generic.clone(),
             };
             let dropped = tx.try_send(body).is_err();
             if dropped {
@@ -124,20 +125,45 @@ impl Notifier {
             .map_or(Value::Null, |u| format!("{}/#/permissions/{id}", u.trim_end_matches('/')).into())
     }
 
-    fn notice(&self, event: &HubEvent) -> Option<Value> {
-        Some(match event {
+    /// The notice `event` makes, if any: its generic body, and what its line of chat is made from. A tool
+    /// input goes into the body as the JSON text it arrived in, and the chat line takes only its command or
+    /// path (or its first characters): it is never parsed into a tree, which for a hostile input takes many
+    /// times its size.
+    fn notice(&self, event: &HubEvent) -> Option<(String, Value)> {
+        let notice = match event {
             HubEvent::PermissionRequested { id, project, tool_name, tool_input, .. } => {
-                let input: Value = serde_json::from_str(tool_input).unwrap_or(Value::Null);
-                let suggested = uplink_proto::rules::suggest(tool_name, tool_input).map(|r| r.to_string());
-                json!({
+                #[derive(serde::Serialize)]
+                struct Requested<'a> {
+                    event: &'static str,
+                    id: String,
+                    project: &'a str,
+                    tool_name: &'a str,
+                    tool_input: &'a RawValue,
+                    suggested_rule: Option<String>,
+                    url: Value,
+                }
+                let id = id.to_string();
+                let url = self.link(&id);
+                let null = RawValue::NULL;
+                let raw = serde_json::from_str::<&RawValue>(tool_input).unwrap_or(null);
+                let suggested_rule = uplink_proto::rules::suggest(tool_name, tool_input).map(|r| r.to_string());
+                let chat = json!({
                     "event": "permission_requested",
-                    "id": id.to_string(),
                     "project": project,
                     "tool_name": tool_name,
-                    "tool_input": input,
-                    "suggested_rule": suggested,
-                    "url": self.link(&id.to_string()),
-                })
+                    "tool_input": chat_input(tool_input),
+                    "url": url,
+                });
+                let body = Requested {
+                    event: "permission_requested",
+                    id,
+                    project,
+                    tool_name,
+                    tool_input: raw,
+                    suggested_rule,
+                    url,
+                };
+                return Some((serde_json::to_string(&body).unwrap_or_default(), chat));
             }
             HubEvent::PermissionDecided { id, project, verdict, .. } if self.decisions => json!({
                 "event": "permission_decided",
@@ -153,7 +179,23 @@ impl Notifier {
                 "reason": reason.as_str(),
             }),
             _ => return None,
-        })
+        };
+        Some((notice.to_string(), notice))
+    }
+}
+
+/// What a line of chat shows of a tool input: its `command` or its `file_path` (read without parsing the
+/// rest into a tree), else its first 300 characters of JSON text.
+fn chat_input(tool_input: &str) -> Value {
+    #[derive(serde::Deserialize)]
+    struct Shown {
+        command: Option<String>,
+        file_path: Option<String>,
+    }
+    match serde_json::from_str::<Shown>(tool_input) {
+        Ok(Shown { command: Some(command), .. }) => json!({ "command": command }),
+        Ok(Shown { file_path: Some(path), .. }) => json!({ "file_path": path }),
+        _ => Value::from(tool_input.chars().take(300).collect::<String>()),
     }
 }
 
@@ -285,6 +327,36 @@ mod tests {
     fn a_webhooks_path_and_credentials_never_reach_the_logs() {
         assert_eq!(shown_url("https://hooks.slack.com/services/T0/B0/s3cr3t"), "https://hooks.slack.com/…");
         assert_eq!(shown_url("http://user:pw@10.0.0.1:9000/hook?key=k"), "http://10.0.0.1:9000/…");
+    }
+
+    #[test]
+    fn a_requests_input_goes_in_as_it_came_and_chat_shows_only_its_command_or_path() {
+        use uplink_proto::gateway::{ConnHandle, CredentialId, PermId, PublicPermId};
+        let notifier = Notifier {
+            hooks: Vec::new(),
+            decisions: false,
+            public_url: None,
+            metrics: Arc::new(GatewayMetrics::new()),
+        };
+        let requested = |tool_input: &str| HubEvent::PermissionRequested {
+            id: PublicPermId { conn: ConnHandle(1), perm: PermId(0) },
+            project: "web".into(),
+            credential: CredentialId(0),
+            req_id: "r".into(),
+            tool_name: "Bash".into(),
+            tool_input: tool_input.into(),
+        };
+        // A large object of many members: in the body as its text, never a tree; chat gets the command.
+        let members: String = (0..10_000).map(|i| format!(r#","k{i}":0"#)).collect();
+        let input = format!(r#"{{"command":"cargo test"{members}}}"#);
+        let (body, chat) = notifier.notice(&requested(&input)).expect("a notice");
+        assert!(body.contains(&format!(r#""tool_input":{input}"#)), "the input as it came");
+        assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON")["suggested_rule"], "Bash(cargo test *)");
+        assert_eq!(chat["tool_input"], json!({"command": "cargo test"}));
+        let (_, chat) = notifier.notice(&requested(r#"{"file_path":"/etc/hosts","content":"x"}"#)).expect("a notice");
+        assert_eq!(chat["tool_input"], json!({"file_path": "/etc/hosts"}));
+        let (_, chat) = notifier.notice(&requested(&format!("[{}]", "1,".repeat(500) + "1"))).expect("a notice");
+        assert_eq!(chat["tool_input"].as_str().map(|s| s.chars().count()), Some(300));
     }
 
     #[test]
