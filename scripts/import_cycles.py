@@ -10,7 +10,8 @@ Every file under CRATE_DIR/src (but src/bin) is a module: `src/a/b.rs` and `src/
   `use crate::{a, b::c}` groups, each resolved to the longest module it names (`crate::a::b::Item` is `a::b`
   when that file exists, else `a`).
 
-Comments (doc comments too: a link is not an import) and `#[cfg(test)] mod … { … }` blocks are left out.
+Comments (doc comments too: a link is not an import) and test modules (`#[cfg(test)] mod … { … }`, or any
+`cfg` naming `test`) are left out.
 Strongly connected sets of two or more modules are cycles. So a child never names its parent (nor the
 crate root, for top-level modules): what it needs lives in a sibling room, and the parent only declares and
 re-exports.
@@ -39,7 +40,7 @@ def strip(text):
     text = re.sub(r'/\*.*?\*/', '', text, flags=re.S)
     text = re.sub(r'//[^\n]*', '', text)
     out, i = [], 0
-    for m in re.finditer(r'#\[cfg\(test\)\]\s*(?:#\[[^\]]*\]\s*)*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*(\{|;)', text):
+    for m in re.finditer(r'#\[cfg\([^\]]*\btest\b[^\]]*\)\]\s*(?:#\[[^\]]*\]\s*)*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*(\{|;)', text):
         if m.start() < i:
             continue
         out.append(text[i:m.start()])

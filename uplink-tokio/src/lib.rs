@@ -89,7 +89,4 @@ pub use sled::{
     Answer, DEFAULT_LOCAL_MCP_URL, DEFAULT_MAX_MESSAGE_SIZE, McpUrlError, StartError, Uplink, UplinkConfig,
 };
 
-/// `tracing` filter directives that turn off the targets that would log secrets: tungstenite prints the
-/// whole client handshake request, the sled's token included, at TRACE under `tungstenite::handshake::client`.
-/// The `uplink` program always applies them; an embedder with its own subscriber should add them too.
-pub const SECRET_SAFE_DIRECTIVES: &[&str] = &["tungstenite::handshake::client=off"];
+pub use redact::SECRET_SAFE_DIRECTIVES;

@@ -2,6 +2,11 @@
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+/// `tracing` filter directives that turn off the targets that would log secrets: tungstenite prints the
+/// whole client handshake request, the sled's token included, at TRACE under `tungstenite::handshake::client`.
+/// The `uplink` program always applies them; an embedder with its own subscriber should add them too.
+pub const SECRET_SAFE_DIRECTIVES: &[&str] = &["tungstenite::handshake::client=off"];
+
 /// `url` with every credential hidden: the `token` (and any `*token*`, `*key*`, `*secret*`, `*password*`)
 /// query parameters and any user-info before the host.
 pub fn redact_url(url: &str) -> String {

@@ -26,7 +26,8 @@ use tokio::time::Instant;
 use uplink_proto::sse::SseParser;
 
 use crate::gateway::{GatewayServer, GatewayServerConfig, generate_token};
-use crate::{Decision, Uplink, UplinkConfig};
+use crate::sled::{Uplink, UplinkConfig};
+use uplink_proto::Decision;
 
 /// Every step must finish within this long.
 const STEP: Duration = Duration::from_secs(10);

@@ -22,9 +22,9 @@ use clap::{Args, Subcommand};
 use uplink_proto::gateway::{CONFIG_RULE_IDS, Role, SessionConfig};
 use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
 
+use super::common::{duration, shutdown_signal};
 use super::credentials_file::{self as file, NewToken};
 use super::credentials_watch::{self as watch, Source};
-use super::{duration, shutdown_signal};
 use crate::gateway::credentials::Credentials;
 use crate::gateway::{self, GatewayServer, GatewayServerConfig};
 use crate::store::Store;

@@ -32,7 +32,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{Answer, Cause, Decision, Uplink};
+use crate::sled::{Answer, Uplink};
+use uplink_proto::{Cause, Decision};
 
 /// A local client must send each request's headers, and then its body, within this long.
 pub(crate) const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);

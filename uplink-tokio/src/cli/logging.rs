@@ -7,7 +7,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::SECRET_SAFE_DIRECTIVES;
+use crate::redact::SECRET_SAFE_DIRECTIVES;
 
 /// An `EnvFilter` for `spec` (the `RUST_LOG` syntax; `default` when empty or invalid), with
 /// [`SECRET_SAFE_DIRECTIVES`] applied last so they always win.

@@ -8,6 +8,7 @@
 
 mod admin_client;
 mod audit_cmd;
+mod common;
 mod credentials_file;
 mod credentials_watch;
 mod demo;
@@ -23,8 +24,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::{DEFAULT_LOCAL_MCP_URL, Uplink, UplinkConfig};
+use crate::sled::{DEFAULT_LOCAL_MCP_URL, Uplink, UplinkConfig};
 use clap::{Args, Parser, Subcommand};
+use common::{duration, shutdown_signal};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -76,10 +78,6 @@ fn client_runtime<F: std::future::Future<Output = ExitCode>>(command: impl FnOnc
             ExitCode::FAILURE
         }
     }
-}
-
-pub(super) fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 500ms, 10s, 2m)"))
 }
 
 #[derive(Args)]
@@ -209,30 +207,6 @@ async fn sled(args: SledArgs) -> Result<(), String> {
     stop.cancel();
     let _ = server.await;
     Ok(())
-}
-
-/// Ctrl-C, or SIGTERM on Unix. The handlers are installed when this is called, not when the future is first
-/// polled, so call it before announcing readiness: a signal right after the ready line is then a clean
-/// shutdown, never the default "terminate".
-pub(super) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
-        Ok(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use axum::response::Response;
 use hyper::StatusCode;
 use uplink_proto::gateway::{AuthFailures, AuthLimitConfig, AuthRefusal, AuthSource};
 
-use super::metrics::GatewayMetrics;
+use super::gateway_metrics::GatewayMetrics;
 use crate::http::error;
 use crate::socket_loop::Clock;
 

@@ -9,102 +9,23 @@
 //! principal takes its role from the credentials in force at each request: a principal revoked or changed by
 //! a reload is revoked or changed in every session at once.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::http::request::Parts;
 use axum::response::{IntoResponse as _, Response};
 use hyper::StatusCode;
 use serde_json::json;
-use uplink_proto::gateway::{ConsoleRefusal, ConsoleRequest, ConsoleSessions, Role};
 
+use super::config::MAX_ADMIN_BODY;
+use super::console_sessions::{COOKIE, SESSION_LIFETIME, cookie, refused, request};
 use super::credentials::TokenHash;
-use super::{MAX_ADMIN_BODY, Shared};
+use super::shared::Shared;
 use crate::http::{error, header, json_response, read_limited};
-use crate::socket_loop::Clock;
-
-/// Most sessions at once; beyond, the oldest is dropped.
-pub const MAX_SESSIONS: usize = 1024;
-
-/// How long a session lasts.
-pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-
-/// The session cookie's name.
-const COOKIE: &str = "uplink_session";
 
 const PAGE: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
 const STYLE: &str = include_str!("console/style.css");
-
-/// The core's sessions, and the clock it reads them by. The lock is held only around the core's pure calls.
-#[derive(Debug)]
-pub(crate) struct Sessions {
-    table: Mutex<ConsoleSessions>,
-    clock: Clock,
-}
-
-impl Sessions {
-    pub(crate) fn new(clock: Clock) -> Sessions {
-        Sessions { table: Mutex::new(ConsoleSessions::new(MAX_SESSIONS, SESSION_LIFETIME)), clock }
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut ConsoleSessions, uplink_proto::Instant) -> T) -> T {
-        let now = self.clock.now();
-        f(&mut self.table.lock().unwrap_or_else(PoisonError::into_inner), now)
-    }
-}
-
-/// The session cookie's value in `headers`, if any.
-fn cookie(headers: &HeaderMap) -> Option<&str> {
-    headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
-        let (name, value) = pair.trim().split_once('=')?;
-        (name == COOKIE && !value.is_empty()).then_some(value)
-    })
-}
-
-/// The request's headers as the core's checks read them.
-fn request<'a>(headers: &'a HeaderMap, safe: bool, tls: bool) -> ConsoleRequest<'a> {
-    ConsoleRequest {
-        safe,
-        origin: header(headers, "origin"),
-        host: header(headers, "host"),
-        tls,
-        csrf: header(headers, "x-csrf-token"),
-    }
-}
-
-/// The answer to a refused console request: `401` when there is no live session, `403` otherwise.
-fn refused(why: ConsoleRefusal) -> Response {
-    let status = if why == ConsoleRefusal::NoSession { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN };
-    error(status, &why.to_string())
-}
-
-/// The principal a console session stands for on `parts`' request, with the role the credentials give it
-/// now: `None` without a session cookie; `Some(Err(_))` with the refusal to answer.
-pub(super) fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<(Arc<str>, Role), Response>> {
-    let key = TokenHash::of(cookie(&parts.headers)?).0;
-    let safe = matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD);
-    let admitted = shared.sessions.with(|s, now| s.admit(now, &key, &request(&parts.headers, safe, shared.tls)));
-    let principal = match admitted {
-        Ok(p) => p,
-        // A cookie no session has is a guess as far as anyone can tell.
-        Err(ConsoleRefusal::NoSession) => {
-            let message = ConsoleRefusal::NoSession.to_string();
-            return Some(Err(shared.auth.refuse(&parts.extensions, &shared.metrics, &message)));
-        }
-        Err(why) => return Some(Err(refused(why))),
-    };
-    let credentials = shared.credentials();
-    match credentials.admins().iter().find(|a| a.name == principal) {
-        Some(p) => Some(Ok((p.name.clone(), p.role))),
-        None => {
-            shared.sessions.with(|s, _| s.close(&key));
-            Some(Err(error(StatusCode::UNAUTHORIZED, "this principal is no longer known; its sessions have ended")))
-        }
-    }
-}
 
 fn security_headers(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -160,7 +81,7 @@ pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, request: axum::ex
     let Some(principal) = shared.credentials().admin(ask.token.trim()).cloned() else {
         return shared.auth.refuse_from(peer, &shared.metrics, "this is not an admin principal's token");
     };
-    let (cookie, csrf) = match (super::generate_token(), super::generate_token()) {
+    let (cookie, csrf) = match (super::config::generate_token(), super::config::generate_token()) {
         (Ok(cookie), Ok(csrf)) => (cookie, csrf),
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };

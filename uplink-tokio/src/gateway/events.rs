@@ -8,7 +8,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -16,110 +15,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse as _, Response};
 use hyper::StatusCode;
 use serde_json::json;
-use tokio::sync::mpsc;
-use uplink_proto::gateway::{Action, HubEvent};
 
-use super::Shared;
-use super::admin::Principal;
-use super::rules::Wall;
-use crate::http::{error, json_string};
+use super::extract::Reader;
+use super::fanout::Item;
+use super::shared::Shared;
+use crate::http::error;
 
-/// One event as the clients get it, written once.
-pub(crate) struct EventText {
-    kind: &'static str,
-    data: String,
-}
-
-/// What a client's queue holds.
-pub(crate) enum Item {
-    Event(Arc<EventText>),
-    /// The client fell behind its budget: this is the last item.
-    Lagged {
-        queued: usize,
-        budget: usize,
-    },
-}
-
-struct Client {
-    tx: mpsc::UnboundedSender<Item>,
-    /// Bytes queued and not yet taken by the client's stream.
-    queued: Arc<AtomicUsize>,
-}
-
-/// Every client of the event stream, owned by the hub task.
-pub(crate) struct Fanout {
-    clients: Vec<Client>,
-    budget: usize,
-    max_clients: usize,
-}
-
-/// One client's end: its queue and the count of bytes in it.
-pub(crate) struct Subscription {
-    rx: mpsc::UnboundedReceiver<Item>,
-    queued: Arc<AtomicUsize>,
-}
-
-impl Fanout {
-    /// No clients yet; at most `max_clients` at once, each with at most `budget` bytes queued.
-    pub(crate) fn new(budget: usize, max_clients: usize) -> Fanout {
-        Fanout { clients: Vec::new(), budget, max_clients }
-    }
-
-    /// A new client, getting every event from now on; `None` when `max_clients` are already listening.
-    pub(crate) fn subscribe(&mut self) -> Option<Subscription> {
-        self.clients.retain(|c| !c.tx.is_closed());
-        if self.clients.len() >= self.max_clients {
-            return None;
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        self.clients.push(Client { tx, queued: queued.clone() });
-        Some(Subscription { rx, queued })
-    }
-
-    /// Whether anyone listens.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.clients.is_empty()
-    }
-
-    /// Sends `event` to every client within its budget; drops the others, after a `lagged` item, and those
-    /// that went away.
-    pub(crate) fn publish(&mut self, event: &HubEvent, wall: &Wall) {
-        self.clients.retain(|c| !c.tx.is_closed());
-        if self.clients.is_empty() {
-            return;
-        }
-        let Some((kind, data)) = event_text(event, wall) else { return };
-        let len = data.len();
-        let text = Arc::new(EventText { kind, data });
-        let budget = self.budget;
-        self.clients.retain(|c| {
-            let queued = c.queued.load(Ordering::Acquire);
-            if queued > 0 && queued + len > budget {
-                let _ = c.tx.send(Item::Lagged { queued, budget });
-                return false;
-            }
-            c.queued.fetch_add(len, Ordering::AcqRel);
-            c.tx.send(Item::Event(text.clone())).is_ok()
-        });
-    }
-}
-
-impl Subscription {
-    /// The next item; `None` once the client was dropped or the hub task ended.
-    async fn next(&mut self) -> Option<Item> {
-        let item = self.rx.recv().await?;
-        if let Item::Event(e) = &item {
-            self.queued.fetch_sub(e.data.len(), Ordering::AcqRel);
-        }
-        Some(item)
-    }
-}
-
-pub(super) async fn events(principal: Principal, State(shared): State<Arc<Shared>>) -> Response {
-    if let Some(refused) = principal.refusal(Action::Read) {
-        return refused;
-    }
+/// `GET /api/events`.
+pub(super) async fn events(_: Reader, State(shared): State<Arc<Shared>>) -> Response {
     let Some(subscription) = shared.hub.subscribe().await else {
         shared.metrics.overflow("event_clients");
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many event clients, or the gateway is stopping");
@@ -149,72 +52,4 @@ pub(super) async fn events(principal: Principal, State(shared): State<Arc<Shared
         });
     let keep_alive = KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive");
     ([("cache-control", "no-cache")], Sse::new(stream).keep_alive(keep_alive)).into_response()
-}
-
-/// An event's SSE name and JSON data; `None` for events not shown on the stream.
-pub(super) fn event_text(event: &HubEvent, wall: &Wall) -> Option<(&'static str, String)> {
-    Some(match event {
-        HubEvent::SledConnected { project, protocol, sled_version, capabilities, .. } => (
-            "sled_connected",
-            json!({"project": project, "protocol": protocol, "sled_version": sled_version, "capabilities": capabilities})
-                .to_string(),
-        ),
-        HubEvent::SledRefused { project, reason, .. } => (
-            "sled_refused",
-            json!({"project": project, "code": reason.code(), "reason": reason.text()}).to_string(),
-        ),
-        HubEvent::SledDisconnected { project, .. } => ("sled_disconnected", json!({"project": project}).to_string()),
-        HubEvent::SledStale { project } => ("sled_stale", json!({"project": project}).to_string()),
-        HubEvent::SledAlive { project } => ("sled_alive", json!({"project": project}).to_string()),
-        HubEvent::PermissionRequested { id, project, req_id, tool_name, tool_input, .. } => (
-            "permission_requested",
-            format!(
-                r#"{{"id":"{id}","project":{},"req_id":{},"tool_name":{},"tool_input":{tool_input}}}"#,
-                json_string(project),
-                json_string(req_id),
-                json_string(tool_name),
-            ),
-        ),
-        HubEvent::PermissionDecided { id, project, verdict, rule, waited } => (
-            "permission_decided",
-            json!({
-                "id": id.to_string(),
-                "project": project,
-                "decision": verdict.decision.as_str(),
-                "message": verdict.message.as_deref(),
-                "by": verdict.by.as_deref(),
-                "rule": rule.map(|r| r.0),
-                "waited_ms": crate::http::millis(*waited),
-            })
-            .to_string(),
-        ),
-        HubEvent::PermissionWithdrawn { id, project, reason, waited } => (
-            "permission_withdrawn",
-            json!({
-                "id": id.to_string(),
-                "project": project,
-                "reason": reason.as_str(),
-                "waited_ms": crate::http::millis(*waited),
-            })
-            .to_string(),
-        ),
-        HubEvent::PermissionAutoDecided { project, req_id, tool_name, decision, rule, .. } => (
-            "permission_auto_decided",
-            json!({
-                "project": project,
-                "req_id": req_id,
-                "tool_name": tool_name,
-                "decision": decision.as_str(),
-                "rule": rule.map(|r| r.0),
-            })
-            .to_string(),
-        ),
-        HubEvent::RuleAdded { rule } => {
-            ("rule_added", serde_json::to_string(&super::rules::stored(rule, wall)).unwrap_or_default())
-        }
-        HubEvent::RuleRemoved { id, by } => {
-            ("rule_removed", json!({"id": id.0, "by": by.as_deref()}).to_string())
-        }
-        _ => return None,
-    })
 }

@@ -21,253 +21,26 @@ use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
+use uplink_proto::Decision;
 use uplink_proto::Instant;
-use uplink_proto::gateway::mcp_endpoint::{self, Body};
+use uplink_proto::gateway::mcp_endpoint;
 use uplink_proto::gateway::{
-    AcceptError, CloseReason, ConnHandle, EndpointRequest, Hub, HubDecideError, HubEvent, HubOutput, McpAnswer,
-    McpFailure, McpHttp, McpTicket, Method, PermissionSummary, PublicPermId, Refusal, RuleRefused, SledSummary,
-    Verdict,
+    Always, ConnHandle, EndpointRequest, Hub, HubEvent, HubOutput, McpHttp, McpTicket, Refusal,
 };
-use uplink_proto::rules::{Rule, RuleId};
 
-use super::audit::Recorder;
-use super::credentials::{Credentials, SledCredential};
-use super::events::{Fanout, Subscription};
-use super::rules::{Wall, stored};
+use super::commit::{Ack, StoreLink};
+use super::fanout::Fanout;
+use super::hub_handle::{ConnOut, HUB_QUEUE, HubHandle, HubMsg};
+use super::mcp_exchange::{McpEvent, McpOutcome, Sink};
+use super::recorder::Recorder;
+use super::wall::{Wall, stored};
 use crate::socket_loop::{Clock, received};
-use crate::store::{Change, Store, StoreError, StoredRule};
+use crate::store::{Change, Store};
 use crate::timer::Deadline;
-
-/// Messages queued for one sled connection before it counts as stuck (its socket loop has a queue of its
-/// own behind this one).
-pub(crate) const CONN_QUEUE: usize = 1024;
-
-/// Messages waiting for the hub task before senders wait their turn.
-const HUB_QUEUE: usize = 4096;
 
 /// Messages the hub task takes in a row before it carries out the hub's outputs.
 const HUB_BATCH: usize = 64;
-
-/// What the hub task sends a sled connection's loop.
-pub(crate) enum ConnOut {
-    /// Queue this frame.
-    Frame(Message),
-    /// Send what is queued, then this close, and end.
-    Close(CloseReason),
-}
-
-/// Why a decision was not carried out.
-pub(crate) enum DecideFailure {
-    /// The hub refused it.
-    Hub(HubDecideError),
-    /// The store could not write it: nothing was sent, and the gateway is stopping.
-    Store,
-}
-
-/// How an MCP exchange through the hub ended.
-pub(crate) enum McpOutcome {
-    /// The sled answered.
-    Answered(McpAnswer),
-    /// It ended without an answer.
-    Failed(McpFailure),
-    /// It was refused (the endpoint's policy, or no sled to relay to), with the status and error to answer.
-    Refused(Refusal),
-    /// The session it named ended (`DELETE`).
-    SessionEnded,
-}
-
-/// What the caller of an MCP exchange hears, in order: its ticket (and a new session's id) unless refused,
-/// the sled's messages within it, then its one end.
-enum McpEvent {
-    Started(McpTicket, Option<String>),
-    Message(String),
-    Opened,
-    End(McpOutcome),
-}
-
-/// An HTTP request on the gateway's MCP endpoint, as the hub task takes it: what its
-/// [`EndpointRequest`] is made of, owned, its body, and the id drawn for it if it opens a session.
-pub(crate) struct McpAsk {
-    pub(crate) method: Method,
-    pub(crate) project: String,
-    pub(crate) principal: Arc<str>,
-    pub(crate) session: Option<String>,
-    pub(crate) protocol_version: Option<String>,
-    pub(crate) accepts_stream: bool,
-    /// What the body is, read before it reached the hub task.
-    pub(crate) kind: Body,
-    pub(crate) body: String,
-    pub(crate) drawn: Option<String>,
-}
-
-/// Where an exchange's caller hears of it: every event in order, or (one message, one answer) only its end,
-/// which costs one allocation less.
-enum Sink {
-    Events(mpsc::Sender<McpEvent>),
-    Answer(oneshot::Sender<McpOutcome>),
-}
-
-impl Sink {
-    /// The exchange's end. It always fits: a message never takes an events channel's last place.
-    fn end(self, outcome: McpOutcome) {
-        match self {
-            Sink::Events(events) => {
-                let _ = events.try_send(McpEvent::End(outcome));
-            }
-            Sink::Answer(answer) => {
-                let _ = answer.send(outcome);
-            }
-        }
-    }
-}
-
-/// Room in each exchange's channel. A caller that lets it fill (it reads too slowly) has its exchange
-/// cancelled: the last place is kept for the end, so the end always arrives.
-const MCP_EVENTS: usize = 64;
-
-/// One MCP exchange, from its caller's side: its events in order. Dropped before its end (the HTTP client
-/// went away), it cancels the exchange at the sled.
-pub(crate) struct McpExchange {
-    rx: mpsc::Receiver<McpEvent>,
-    ticket: Option<McpTicket>,
-    new_session: Option<String>,
-    ended: bool,
-    hub: HubHandle,
-}
-
-/// What an exchange's caller reads next: a message of the sled's, the word that its stream opened, or the
-/// end.
-pub(crate) enum McpNext {
-    Message(String),
-    Opened,
-    End(McpOutcome),
-}
-
-impl McpExchange {
-    fn new(rx: mpsc::Receiver<McpEvent>, hub: &HubHandle) -> McpExchange {
-        McpExchange { rx, ticket: None, new_session: None, ended: false, hub: hub.clone() }
-    }
-
-    /// The session an `initialize` opened, once its exchange started (its answer's first event read).
-    pub(crate) fn new_session(&self) -> Option<&str> {
-        self.new_session.as_deref()
-    }
-
-    /// The next message, or the end (after which this is the end again).
-    pub(crate) async fn next(&mut self) -> McpNext {
-        loop {
-            match self.rx.recv().await {
-                Some(McpEvent::Started(ticket, session)) => {
-                    self.ticket = Some(ticket);
-                    self.new_session = session;
-                }
-                Some(McpEvent::Message(message)) => return McpNext::Message(message),
-                Some(McpEvent::Opened) => return McpNext::Opened,
-                Some(McpEvent::End(outcome)) => {
-                    self.ended = true;
-                    return McpNext::End(outcome);
-                }
-                None => {
-                    self.ended = true;
-                    return McpNext::End(McpOutcome::Failed(McpFailure::ConnectionLost));
-                }
-            }
-        }
-    }
-}
-
-impl Drop for McpExchange {
-    fn drop(&mut self) {
-        // The ticket may be waiting unread, or the end may be (then nothing is left to cancel).
-        while let Ok(event) = self.rx.try_recv() {
-            match event {
-                McpEvent::Started(ticket, _) => self.ticket = Some(ticket),
-                McpEvent::End(_) => self.ended = true,
-                McpEvent::Message(_) | McpEvent::Opened => {}
-            }
-        }
-        if let (Some(ticket), false) = (self.ticket, self.ended) {
-            self.hub.cancel_mcp(ticket);
-        }
-    }
-}
-
-enum HubMsg {
-    Open {
-        credential: SledCredential,
-        out: mpsc::Sender<ConnOut>,
-        reply: oneshot::Sender<Result<ConnHandle, AcceptError>>,
-    },
-    Credentials {
-        credentials: Arc<Credentials>,
-    },
-    Received {
-        conn: ConnHandle,
-        message: Message,
-    },
-    TooBig {
-        conn: ConnHandle,
-    },
-    Ended {
-        conn: ConnHandle,
-    },
-    Decide {
-        id: PublicPermId,
-        verdict: Verdict,
-        /// For an "always allow": until when its rule applies, in Unix seconds.
-        until: Option<u64>,
-        reply: oneshot::Sender<Result<Option<RuleId>, DecideFailure>>,
-    },
-    Rules {
-        reply: oneshot::Sender<Vec<StoredRule>>,
-    },
-    AddRule {
-        rule: Rule,
-        expires: Option<u64>,
-        reply: oneshot::Sender<Result<StoredRule, RuleRefused>>,
-    },
-    RemoveRule {
-        id: RuleId,
-        by: Arc<str>,
-        reply: oneshot::Sender<bool>,
-    },
-    Mcp {
-        project: String,
-        body: String,
-        session: Option<String>,
-        sink: Sink,
-    },
-    McpHttp {
-        ask: Box<McpAsk>,
-        sink: mpsc::Sender<McpEvent>,
-    },
-    CancelMcp {
-        ticket: McpTicket,
-    },
-    PrincipalGone {
-        name: Arc<str>,
-    },
-    Sleds {
-        reply: oneshot::Sender<Vec<SledSummary>>,
-    },
-    Permissions {
-        reply: oneshot::Sender<Vec<PermissionSummary>>,
-    },
-    Subscribe {
-        reply: oneshot::Sender<Option<Subscription>>,
-    },
-    Shutdown {
-        done: oneshot::Sender<()>,
-    },
-}
-
-/// A cheap, cloneable way to talk to the hub task. Every call fails soft once the task is gone: a
-/// connection is refused, a decision is not pending, an MCP request fails as connection lost.
-#[derive(Clone)]
-pub(crate) struct HubHandle {
-    tx: mpsc::Sender<HubMsg>,
-}
 
 /// What the hub task starts with, beside the hub.
 pub(crate) struct HubTaskConfig {
@@ -281,266 +54,42 @@ pub(crate) struct HubTaskConfig {
     /// Set to the store's error when a commit fails.
     pub(crate) failed: watch::Sender<Option<String>>,
     /// Counted from the events carried out.
-    pub(crate) metrics: Arc<super::metrics::GatewayMetrics>,
+    pub(crate) metrics: Arc<super::gateway_metrics::GatewayMetrics>,
     /// Who is told of new pending requests.
     pub(crate) notify: super::notify::NotifyConfig,
 }
 
-impl HubHandle {
-    /// Starts the hub task (and the store's thread, with a store: then also what tells when the store is
-    /// closed, once the task has ended).
-    pub(crate) fn spawn(
-        hub: Hub,
-        config: HubTaskConfig,
-    ) -> std::io::Result<(HubHandle, tokio::task::JoinHandle<()>, Option<oneshot::Receiver<()>>)> {
-        let (tx, rx) = mpsc::channel(HUB_QUEUE);
-        let (store, closed) = match config.store.map(StoreLink::start).transpose()? {
-            Some((link, closed)) => (Some(link), Some(closed)),
-            None => (None, None),
-        };
-        let task = HubTask {
-            hub,
-            clock: Clock::new(config.epoch),
-            wall: config.wall,
-            rx,
-            conns: HashMap::new(),
-            mcp: HashMap::new(),
-            events: Fanout::new(config.event_client_bytes, config.event_clients),
-            timer: Deadline::new(),
-            done: Vec::new(),
-            recorder: store.as_ref().map(|_| Recorder::new(config.redact_inputs, config.wall)),
-            store,
-            held: Vec::new(),
-            changes: Vec::new(),
-            acks: Vec::new(),
-            failed: config.failed,
-            notifier: super::notify::Notifier::start(config.notify, Clock::new(config.epoch), config.metrics.clone()),
-            metrics: config.metrics,
-        };
-        Ok((HubHandle { tx }, tokio::spawn(task.run()), closed))
-    }
-
-    /// A new sled connection with `credential`; its frames go to `out`.
-    pub(crate) async fn open(
-        &self,
-        credential: SledCredential,
-        out: mpsc::Sender<ConnOut>,
-    ) -> Result<ConnHandle, AcceptError> {
-        let (reply, answer) = oneshot::channel();
-        if self.tx.send(HubMsg::Open { credential, out, reply }).await.is_err() {
-            return Err(AcceptError::ShuttingDown);
-        }
-        answer.await.unwrap_or(Err(AcceptError::ShuttingDown))
-    }
-
-    /// The credentials were reloaded: live connections take their new terms, or are closed.
-    pub(crate) async fn credentials_changed(&self, credentials: Arc<Credentials>) {
-        let _ = self.tx.send(HubMsg::Credentials { credentials }).await;
-    }
-
-    /// A message from `conn`'s sled. `false` once the hub task is gone.
-    pub(crate) async fn received(&self, conn: ConnHandle, message: Message) -> bool {
-        self.tx.send(HubMsg::Received { conn, message }).await.is_ok()
-    }
-
-    /// `conn`'s sled sent a message over the size limit.
-    pub(crate) async fn too_big(&self, conn: ConnHandle) {
-        let _ = self.tx.send(HubMsg::TooBig { conn }).await;
-    }
-
-    /// `conn` ended.
-    pub(crate) async fn ended(&self, conn: ConnHandle) {
-        let _ = self.tx.send(HubMsg::Ended { conn }).await;
-    }
-
-    pub(crate) async fn decide(
-        &self,
-        id: PublicPermId,
-        verdict: Verdict,
-        until: Option<u64>,
-    ) -> Result<Option<RuleId>, DecideFailure> {
-        let (reply, answer) = oneshot::channel();
-        let gone = || DecideFailure::Hub(HubDecideError::NotPending);
-        if self.tx.send(HubMsg::Decide { id, verdict, until, reply }).await.is_err() {
-            return Err(gone());
-        }
-        answer.await.unwrap_or_else(|_| Err(gone()))
-    }
-
-    /// The rules in force, the configuration's included.
-    pub(crate) async fn rules(&self) -> Vec<StoredRule> {
-        let (reply, answer) = oneshot::channel();
-        let _ = self.tx.send(HubMsg::Rules { reply }).await;
-        answer.await.unwrap_or_default()
-    }
-
-    /// Adds `rule` (until `expires`, Unix seconds); `None` once the task is gone, `Some(Err(_))` when the hub
-    /// refuses it.
-    pub(crate) async fn add_rule(&self, rule: Rule, expires: Option<u64>) -> Option<Result<StoredRule, RuleRefused>> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send(HubMsg::AddRule { rule, expires, reply }).await.ok()?;
-        answer.await.ok()
-    }
-
-    /// Removes the rule `id` on behalf of `by`; whether there was one.
-    pub(crate) async fn remove_rule(&self, id: RuleId, by: Arc<str>) -> bool {
-        let (reply, answer) = oneshot::channel();
-        let _ = self.tx.send(HubMsg::RemoveRule { id, by, reply }).await;
-        answer.await.unwrap_or(false)
-    }
-
-    /// Relays one JSON-RPC message to `project`'s sled (the session-less relay) and waits for its answer.
-    pub(crate) async fn mcp(&self, project: String, body: String, session: Option<String>) -> McpOutcome {
-        let (reply, answer) = oneshot::channel();
-        let sink = Sink::Answer(reply);
-        if self.tx.send(HubMsg::Mcp { project, body, session, sink }).await.is_err() {
-            return McpOutcome::Failed(McpFailure::ConnectionLost);
-        }
-        answer.await.unwrap_or(McpOutcome::Failed(McpFailure::ConnectionLost))
-    }
-
-    /// An HTTP request on the MCP endpoint: the exchange the hub opened for it (or its refusal, or the end of
-    /// its session, as its end).
-    pub(crate) async fn mcp_http(&self, ask: McpAsk) -> McpExchange {
-        let (sink, rx) = mpsc::channel(MCP_EVENTS);
-        let _ = self.tx.send(HubMsg::McpHttp { ask: Box::new(ask), sink }).await;
-        McpExchange::new(rx, self)
-    }
-
-    /// The admin principal `name` is gone: its MCP sessions end.
-    pub(crate) async fn principal_gone(&self, name: Arc<str>) {
-        let _ = self.tx.send(HubMsg::PrincipalGone { name }).await;
-    }
-
-    /// Cancels the exchange `ticket`, whose caller went away; from a `Drop`, so it never waits.
-    fn cancel_mcp(&self, ticket: McpTicket) {
-        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(HubMsg::CancelMcp { ticket }) {
-            let tx = self.tx.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = tx.send(msg).await;
-                });
-            }
-        }
-    }
-
-    pub(crate) async fn sleds(&self) -> Vec<SledSummary> {
-        let (reply, answer) = oneshot::channel();
-        let _ = self.tx.send(HubMsg::Sleds { reply }).await;
-        answer.await.unwrap_or_default()
-    }
-
-    pub(crate) async fn permissions(&self) -> Vec<PermissionSummary> {
-        let (reply, answer) = oneshot::channel();
-        let _ = self.tx.send(HubMsg::Permissions { reply }).await;
-        answer.await.unwrap_or_default()
-    }
-
-    /// Closes every sled connection (1001) and refuses new ones; returns once the closes are queued.
-    pub(crate) async fn shutdown(&self) {
-        let (done, finished) = oneshot::channel();
-        if self.tx.send(HubMsg::Shutdown { done }).await.is_ok() {
-            let _ = finished.await;
-        }
-    }
-
-    /// Every event from now on.
-    pub(crate) async fn subscribe(&self) -> Option<Subscription> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send(HubMsg::Subscribe { reply }).await.ok()?;
-        answer.await.ok().flatten()
-    }
-}
-
-/// A reply held until the batch that made it is committed.
-enum Ack {
-    Decide(oneshot::Sender<Result<Option<RuleId>, DecideFailure>>, Result<Option<RuleId>, HubDecideError>),
-    AddRule(oneshot::Sender<Result<StoredRule, RuleRefused>>, Result<StoredRule, RuleRefused>),
-    RemoveRule(oneshot::Sender<bool>, bool),
-}
-
-impl Ack {
-    /// Gives the reply; after a failed commit, a decision's is the store's failure.
-    fn send(self, store_failed: bool) {
-        match self {
-            Ack::Decide(reply, _) if store_failed => {
-                let _ = reply.send(Err(DecideFailure::Store));
-            }
-            Ack::Decide(reply, result) => {
-                let _ = reply.send(result.map_err(DecideFailure::Hub));
-            }
-            Ack::AddRule(reply, result) => {
-                let _ = reply.send(result);
-            }
-            Ack::RemoveRule(reply, result) => {
-                let _ = reply.send(result);
-            }
-        }
-    }
-}
-
-type Commit = (Vec<Change>, oneshot::Sender<Result<(), StoreError>>);
-
-/// Where batches are committed, one at a time, in order: in place on the hub task when a commit only hands
-/// its pages to the operating system (`Store::waits_for_disk` false: microseconds, fewer than the two
-/// thread wake-ups a hand-off costs; the hub waits for each commit either way), or on the store's own
-/// thread when a commit waits for the disk, away from the runtime's workers.
-enum StoreLink {
-    /// Committed by the hub task. The store is dropped before `closed` tells so (fields drop in order).
-    InPlace { store: Box<dyn Store>, _closed: Closed },
-    /// Committed on the store's thread.
-    Thread(mpsc::Sender<Commit>),
-}
-
-/// Commits `changes`; a store that panics has failed like one that returns an error, so that the gateway
-/// stops with the reason rather than lose its hub task or the store's thread.
-fn commit_or_panic(store: &mut Box<dyn Store>, changes: &[Change]) -> Result<(), StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.commit(changes)))
-        .unwrap_or_else(|_| Err(StoreError::Database("it panicked in a commit".to_owned())))
-}
-
-/// Tells, when dropped, that the store is closed.
-struct Closed(Option<oneshot::Sender<()>>);
-
-impl Drop for Closed {
-    fn drop(&mut self) {
-        if let Some(closed) = self.0.take() {
-            let _ = closed.send(());
-        }
-    }
-}
-
-impl StoreLink {
-    /// The link, and what tells when the store is closed (once the hub task is done with it).
-    fn start(mut store: Box<dyn Store>) -> std::io::Result<(StoreLink, oneshot::Receiver<()>)> {
-        let (closed_tx, closed) = oneshot::channel();
-        if !store.waits_for_disk() {
-            return Ok((StoreLink::InPlace { store, _closed: Closed(Some(closed_tx)) }, closed));
-        }
-        let (tx, mut rx) = mpsc::channel::<Commit>(1);
-        std::thread::Builder::new().name("uplink-store".into()).spawn(move || {
-            while let Some((changes, reply)) = rx.blocking_recv() {
-                let _ = reply.send(commit_or_panic(&mut store, &changes));
-            }
-            drop(store);
-            let _ = closed_tx.send(());
-        })?;
-        Ok((StoreLink::Thread(tx), closed))
-    }
-
-    async fn commit(&mut self, changes: Vec<Change>) -> Result<(), String> {
-        let tx = match self {
-            StoreLink::InPlace { store, .. } => return commit_or_panic(store, &changes).map_err(|e| e.to_string()),
-            StoreLink::Thread(tx) => tx,
-        };
-        let (reply, answer) = oneshot::channel();
-        tx.send((changes, reply)).await.map_err(|_| "the store's thread ended".to_owned())?;
-        match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the store's thread ended".to_owned()),
-        }
-    }
+/// Starts the hub task (and the store's thread, with a store: then also what tells when the store is
+/// closed, once the task has ended).
+pub(crate) fn spawn(
+    hub: Hub,
+    config: HubTaskConfig,
+) -> std::io::Result<(HubHandle, tokio::task::JoinHandle<()>, Option<oneshot::Receiver<()>>)> {
+    let (tx, rx) = mpsc::channel(HUB_QUEUE);
+    let (store, closed) = match config.store.map(StoreLink::start).transpose()? {
+        Some((link, closed)) => (Some(link), Some(closed)),
+        None => (None, None),
+    };
+    let task = HubTask {
+        hub,
+        clock: Clock::new(config.epoch),
+        wall: config.wall,
+        rx,
+        conns: HashMap::new(),
+        mcp: HashMap::new(),
+        events: Fanout::new(config.event_client_bytes, config.event_clients),
+        timer: Deadline::new(),
+        done: Vec::new(),
+        recorder: store.as_ref().map(|_| Recorder::new(config.redact_inputs, config.wall)),
+        store,
+        held: Vec::new(),
+        changes: Vec::new(),
+        acks: Vec::new(),
+        failed: config.failed,
+        notifier: super::notify::Notifier::start(config.notify, Clock::new(config.epoch), config.metrics.clone()),
+        metrics: config.metrics,
+    };
+    Ok((HubHandle::new(tx), tokio::spawn(task.run()), closed))
 }
 
 struct HubTask {
@@ -562,7 +111,7 @@ struct HubTask {
     changes: Vec<Change>,
     acks: Vec<Ack>,
     failed: watch::Sender<Option<String>>,
-    metrics: Arc<super::metrics::GatewayMetrics>,
+    metrics: Arc<super::gateway_metrics::GatewayMetrics>,
     notifier: super::notify::Notifier,
 }
 
@@ -626,9 +175,14 @@ impl HubTask {
                 self.forget(conn);
                 self.hub.handle_disconnected(now, conn);
             }
-            HubMsg::Decide { id, mut verdict, until, reply } => {
-                if let (Some(at), Some(always)) = (until, verdict.always.as_mut()) {
-                    *always = always.until(self.wall.instant(at));
+            HubMsg::Decide { id, mut verdict, scope, until, reply } => {
+                // An "always allow"'s times, read here, on the one wall clock: when it was made, until when.
+                if verdict.decision == Decision::AlwaysAllow {
+                    let mut always = Always::new(scope, self.wall.unix_ms(now) / 1000);
+                    if let Some(at) = until {
+                        always = always.until(self.wall.instant(at));
+                    }
+                    verdict = verdict.always(always);
                 }
                 let result = self.hub.decide(now, id, verdict);
                 self.ack(Ack::Decide(reply, result));
@@ -857,46 +411,8 @@ impl HubTask {
             }
             other => other,
         };
-        match &event {
-            // Peer strings are logged with Debug, which escapes control characters.
-            HubEvent::SledConnected { conn, project, replaced, .. } => {
-                info!(project = ?project, conn = conn.0, replaced = ?replaced.map(|r| r.0), "sled connected");
-            }
-            HubEvent::SledRefused { conn, project, reason } => {
-                info!(project = ?project, conn = conn.0, %reason, "sled refused");
-            }
-            HubEvent::SledDisconnected { conn, project } => {
-                info!(project = ?project, conn = conn.0, "sled disconnected");
-            }
-            HubEvent::FrameIgnored { conn, why } => {
-                debug!(conn = conn.0, ?why, "ignored a frame from a sled");
-                return;
-            }
-            // A permission's life, at info (its input only at debug).
-            HubEvent::PermissionRequested { id, project, tool_name, tool_input, .. } => {
-                info!(%id, project = ?project, tool = ?tool_name, "permission requested; waiting for a person");
-                debug!(%id, input = %tool_input, "the request's input");
-            }
-            HubEvent::PermissionDecided { id, project, verdict, rule, waited } => {
-                let by = verdict.by.as_deref().unwrap_or("the application");
-                info!(%id, project = ?project, decision = %verdict.decision, by = ?by, rule = ?rule.map(|r| r.0),
-                    waited_ms = waited.as_millis(), "permission decided by a person");
-            }
-            HubEvent::PermissionWithdrawn { id, project, reason, waited } => {
-                info!(%id, project = ?project, reason = reason.as_str(), waited_ms = waited.as_millis(),
-                    "permission ended without a decision");
-            }
-            HubEvent::PermissionAutoDecided { project, req_id, tool_name, decision, rule, .. } => match rule {
-                Some(rule) => info!(project = ?project, req_id = ?req_id, tool = ?tool_name, %decision,
-                    rule = rule.0, "permission decided by a rule"),
-                None => info!(project = ?project, req_id = ?req_id, tool = ?tool_name, %decision,
-                    "permission denied: the gateway's budget for waiting requests is full"),
-            },
-            HubEvent::RuleAdded { rule } => {
-                info!(rule = rule.id.0, effect = %rule.effect, pattern = %rule.pattern, author = ?rule.author, "rule added");
-            }
-            HubEvent::RuleRemoved { id, by } => info!(rule = id.0, by = ?by, "rule removed"),
-            _ => {}
+        if super::event_log::log(&event) {
+            return;
         }
         if !self.events.is_empty() {
             self.events.publish(&event, &self.wall);

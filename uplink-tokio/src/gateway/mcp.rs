@@ -35,12 +35,14 @@ use hyper::StatusCode;
 use hyper::header::CONTENT_TYPE;
 use uplink_proto::RawValue;
 use uplink_proto::gateway::mcp_endpoint::{self, FOREIGN_ORIGIN, NOT_JSON, Refusal, origin_allowed};
-use uplink_proto::gateway::{Action, EndpointRequest, McpAnswer, McpFailure, Method};
+use uplink_proto::gateway::{EndpointRequest, McpAnswer, McpFailure, Method};
 use uplink_proto::jsonrpc::{self, BodyId};
 
-use super::admin::Principal;
-use super::hub_task::{McpAsk, McpExchange, McpNext, McpOutcome};
-use super::{MAX_ADMIN_BODY, Shared};
+use super::config::MAX_ADMIN_BODY;
+use super::extract::Decider;
+use super::hub_handle::{McpExchange, McpNext};
+use super::mcp_exchange::{McpAsk, McpOutcome};
+use super::shared::Shared;
 use crate::http::{header, json_text, read_limited};
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -56,15 +58,11 @@ fn status_of(refusal: &Refusal) -> StatusCode {
 
 /// `POST`, `GET` and `DELETE` on `/api/sleds/{project}/mcp`.
 pub(super) async fn serve(
-    principal: Principal,
+    Decider(principal): Decider,
     State(shared): State<Arc<Shared>>,
     Path(project): Path<String>,
     request: Request,
 ) -> Response {
-    // A sled acts on what its MCP server is asked: as much a decision as a permission.
-    if let Some(refusal) = principal.refusal(Action::Decide) {
-        return refusal;
-    }
     let headers = request.headers().clone();
     if !origin_allowed(header(&headers, "origin"), header(&headers, "host"), shared.tls, &shared.mcp_names) {
         return refused(FOREIGN_ORIGIN);
@@ -96,7 +94,7 @@ pub(super) async fn serve(
         .accepts_stream(accepts_stream)
         .body(&body);
     // Only an `initialize` opens a session, under an id drawn here (randomness is the adapter's).
-    let drawn = if request.opens_session() { super::generate_token().ok() } else { None };
+    let drawn = if request.opens_session() { super::config::generate_token().ok() } else { None };
     let ask = McpAsk {
         method,
         kind: request.body,

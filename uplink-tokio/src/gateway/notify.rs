@@ -19,7 +19,7 @@ use uplink_proto::Instant;
 use uplink_proto::gateway::HubEvent;
 use uplink_proto::gateway::outbox::{Outbox, OutboxConfig};
 
-use super::metrics::GatewayMetrics;
+use super::gateway_metrics::GatewayMetrics;
 use crate::socket_loop::Clock;
 
 /// How long one delivery may take.

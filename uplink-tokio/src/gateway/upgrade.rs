@@ -19,8 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{debug, info};
 use uplink_proto::gateway::{AcceptError, ConnHandle};
 
-use super::Shared;
-use super::hub_task::{CONN_QUEUE, ConnOut, HubHandle};
+use super::hub_handle::{CONN_QUEUE, ConnOut, HubHandle};
+use super::shared::Shared;
 use crate::http::{bearer, error, query_token};
 use crate::socket_loop::{Turn, Turns};
 use crate::ws::{Link, Read};

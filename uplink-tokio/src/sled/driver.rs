@@ -17,11 +17,13 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 use uplink_proto::{
-    Cause, ConnId, ConnectError, Event, Instant, LinkState, McpCallId, McpReply, Output, PermKey, RawValue, Sled,
+    Cause, ConnId, ConnectError, Event, Instant, LinkState, McpCallId, McpReply, Output, PermKey, Sled,
 };
 
-use super::Answer;
+use super::answer::Answer;
+use super::io::{Cmd, Io};
 use super::mcp_client::{McpClient, Messages};
+use super::metrics::SledMetrics;
 use crate::socket_loop::{Clock, Turn, Turns, received};
 use crate::timer::Deadline;
 use crate::ws::{self, Link, Read, Target};
@@ -32,33 +34,6 @@ const EARLY_WITHDRAWALS: usize = 1024;
 /// Most of the core's own messages to the local server (cancellations, answers it cannot relay) on their way
 /// at once; beyond, one is dropped (and logged): each is advice the server can live without.
 const MAX_NOTICES: usize = 64;
-
-/// From a handle to the driver.
-pub(crate) enum Cmd {
-    Permission { ticket: u64, tool_name: String, tool_input: Box<RawValue>, reply: oneshot::Sender<Answer> },
-    Shutdown { done: oneshot::Sender<()> },
-}
-
-/// From an I/O task to the driver.
-pub(crate) enum Io {
-    Dialed {
-        conn: ConnId,
-        result: Result<Box<ws::Ws>, (ConnectError, String)>,
-    },
-    Mcp {
-        call: McpCallId,
-        reply: McpReply,
-    },
-    /// A message from the local server within a call or stream, before its end.
-    McpMessage {
-        call: McpCallId,
-        message: Box<RawValue>,
-    },
-    /// The local server accepted a standalone stream.
-    McpOpened {
-        call: McpCallId,
-    },
-}
 
 /// What woke the driver.
 enum Wake {
@@ -101,7 +76,7 @@ pub(crate) struct Driver {
     done: Vec<oneshot::Sender<()>>,
     timer: Deadline,
     turns: Turns,
-    metrics: Arc<super::metrics::SledMetrics>,
+    metrics: Arc<SledMetrics>,
 }
 
 /// What the [`Uplink`](super::Uplink) handles send the driver: commands, and tickets withdrawn.
@@ -118,7 +93,7 @@ impl Driver {
         mcp: Arc<McpClient>,
         handles: FromHandles,
         link: watch::Sender<LinkState>,
-        metrics: Arc<super::metrics::SledMetrics>,
+        metrics: Arc<SledMetrics>,
     ) -> Self {
         let FromHandles { cmd_rx, withdraw_rx } = handles;
         // Bounded: MCP replies and dial outcomes wait for the driver rather than pile up.

@@ -34,7 +34,8 @@ use uplink_proto::sled::mcp_session::{
 use uplink_proto::sse::SseParser;
 use uplink_proto::{McpCall, McpCallId, McpListen, McpReply, RawValue, jsonrpc};
 
-use super::driver::Io;
+use super::answer::McpUrlError;
+use super::io::Io;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -63,18 +64,6 @@ enum Want<'a> {
     Answer(Option<&'a RawValue>),
     /// None: every message is a message (a standalone stream).
     Nothing,
-}
-
-/// Why the local MCP URL cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum McpUrlError {
-    /// It is not a URL.
-    #[error(transparent)]
-    Invalid(#[from] hyper::http::uri::InvalidUri),
-    /// It is not an `http://` URL with a host (the only kind supported).
-    #[error("must be an http:// URL with a host")]
-    NotHttp,
 }
 
 /// Pooled HTTP client for the local MCP endpoint.

@@ -23,7 +23,8 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::audit::{self, Anchor, Columns, GENESIS, Sealed};
-use super::{AuditPage, AuditQuery, AuditReader, Change, Store, StoreError, StoredRule, VerifyError, VerifyReport};
+use super::audit::{AuditPage, AuditQuery, VerifyError, VerifyReport};
+use super::seam::{AuditReader, Change, Store, StoreError, StoredRule};
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 2;

@@ -1,0 +1,66 @@
+//! The web console's sessions as the gateway keeps them: the core's [`ConsoleSessions`] (which requests a
+//! session may make, how long it lasts, how many are kept) behind a lock held only around its pure calls,
+//! and reading a request's cookie and headers for it.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::response::Response;
+use hyper::StatusCode;
+use uplink_proto::gateway::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
+
+use crate::http::{error, header};
+use crate::socket_loop::Clock;
+
+/// Most sessions at once; beyond, the oldest is dropped.
+pub const MAX_SESSIONS: usize = 1024;
+
+/// How long a session lasts.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// The session cookie's name.
+pub(super) const COOKIE: &str = "uplink_session";
+
+/// The core's sessions, and the clock it reads them by. The lock is held only around the core's pure calls.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    table: Mutex<ConsoleSessions>,
+    clock: Clock,
+}
+
+impl Sessions {
+    pub(crate) fn new(clock: Clock) -> Sessions {
+        Sessions { table: Mutex::new(ConsoleSessions::new(MAX_SESSIONS, SESSION_LIFETIME)), clock }
+    }
+
+    pub(super) fn with<T>(&self, f: impl FnOnce(&mut ConsoleSessions, uplink_proto::Instant) -> T) -> T {
+        let now = self.clock.now();
+        f(&mut self.table.lock().unwrap_or_else(PoisonError::into_inner), now)
+    }
+}
+
+/// The session cookie's value in `headers`, if any.
+pub(super) fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name == COOKIE && !value.is_empty()).then_some(value)
+    })
+}
+
+/// The request's headers as the core's checks read them.
+pub(super) fn request<'a>(headers: &'a HeaderMap, safe: bool, tls: bool) -> ConsoleRequest<'a> {
+    ConsoleRequest {
+        safe,
+        origin: header(headers, "origin"),
+        host: header(headers, "host"),
+        tls,
+        csrf: header(headers, "x-csrf-token"),
+    }
+}
+
+/// The answer to a refused console request: `401` when there is no live session, `403` otherwise.
+pub(super) fn refused(why: ConsoleRefusal) -> Response {
+    let status = if why == ConsoleRefusal::NoSession { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN };
+    error(status, &why.to_string())
+}

@@ -1,0 +1,52 @@
+//! What the gateway logs of the hub's events: a sled's connection and its end, every step of a permission's
+//! life (at info; its input only at debug), rule changes. Peer strings are logged with `Debug`, which escapes
+//! control characters.
+
+use tracing::{debug, info};
+use uplink_proto::gateway::HubEvent;
+
+/// Logs `event`; true when it is not for anyone else either (an ignored frame).
+pub(super) fn log(event: &HubEvent) -> bool {
+    match event {
+        // Peer strings are logged with Debug, which escapes control characters.
+        HubEvent::SledConnected { conn, project, replaced, .. } => {
+            info!(project = ?project, conn = conn.0, replaced = ?replaced.map(|r| r.0), "sled connected");
+        }
+        HubEvent::SledRefused { conn, project, reason } => {
+            info!(project = ?project, conn = conn.0, %reason, "sled refused");
+        }
+        HubEvent::SledDisconnected { conn, project } => {
+            info!(project = ?project, conn = conn.0, "sled disconnected");
+        }
+        HubEvent::FrameIgnored { conn, why } => {
+            debug!(conn = conn.0, ?why, "ignored a frame from a sled");
+            return true;
+        }
+        // A permission's life, at info (its input only at debug).
+        HubEvent::PermissionRequested { id, project, tool_name, tool_input, .. } => {
+            info!(%id, project = ?project, tool = ?tool_name, "permission requested; waiting for a person");
+            debug!(%id, input = %tool_input, "the request's input");
+        }
+        HubEvent::PermissionDecided { id, project, verdict, rule, waited } => {
+            let by = verdict.by.as_deref().unwrap_or("the application");
+            info!(%id, project = ?project, decision = %verdict.decision, by = ?by, rule = ?rule.map(|r| r.0),
+                waited_ms = waited.as_millis(), "permission decided by a person");
+        }
+        HubEvent::PermissionWithdrawn { id, project, reason, waited } => {
+            info!(%id, project = ?project, reason = reason.as_str(), waited_ms = waited.as_millis(),
+                "permission ended without a decision");
+        }
+        HubEvent::PermissionAutoDecided { project, req_id, tool_name, decision, rule, .. } => match rule {
+            Some(rule) => info!(project = ?project, req_id = ?req_id, tool = ?tool_name, %decision,
+                rule = rule.0, "permission decided by a rule"),
+            None => info!(project = ?project, req_id = ?req_id, tool = ?tool_name, %decision,
+                "permission denied: the gateway's budget for waiting requests is full"),
+        },
+        HubEvent::RuleAdded { rule } => {
+            info!(rule = rule.id.0, effect = %rule.effect, pattern = %rule.pattern, author = ?rule.author, "rule added");
+        }
+        HubEvent::RuleRemoved { id, by } => info!(rule = id.0, by = ?by, "rule removed"),
+        _ => {}
+    }
+    false
+}

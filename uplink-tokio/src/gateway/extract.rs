@@ -1,0 +1,122 @@
+//! Who is asking, for the routes: the admin principal a request's token (or console session) stands for,
+//! and one extractor per right its role may have, so that a handler names the right it needs and is never
+//! reached without it.
+//!
+//! - [`Principal`]: a known principal, whatever its role: `401` without one (a wrong token or an unknown
+//!   session cookie counts against the address's budget of failed authentications: `429` past it).
+//! - [`Reader`], [`Decider`], [`Manager`]: a principal whose role allows reading, deciding (and relaying
+//!   MCP, since a sled acts on what its MCP server is asked), managing; `403` for one whose role does not.
+//!   The core's [`Role`] decides.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::response::Response;
+use hyper::StatusCode;
+use uplink_proto::gateway::{Action, ConsoleRefusal, Role};
+
+use super::console_sessions::{cookie, refused, request};
+use super::credentials::TokenHash;
+use super::shared::Shared;
+use crate::http::{bearer, error};
+
+/// The admin principal a request's `Authorization: Bearer` token (the scheme in any case) belongs to. A
+/// request without a known token is refused with `401` before the handler runs; a handler then asks
+/// [`Principal::refusal`] for the right its route needs, which the core's [`Role`] decides (`403`).
+pub(super) struct Principal {
+    pub(super) name: Arc<str>,
+    pub(super) role: Role,
+}
+
+/// A [`Principal`] whose role allows `action`; otherwise the `403` to answer.
+async fn allowed(parts: &mut Parts, shared: &Arc<Shared>, action: Action) -> Result<Principal, Response> {
+    let principal = Principal::from_request_parts(parts, shared).await?;
+    if principal.role.allows(action) {
+        Ok(principal)
+    } else {
+        Err(error(StatusCode::FORBIDDEN, &format!("the {} role may not do this", principal.role)))
+    }
+}
+
+/// A principal that may read: sleds, pending permissions, events, rules, the audit log.
+pub(super) struct Reader;
+
+/// A principal that may decide permissions and relay MCP to sleds.
+pub(super) struct Decider(pub(super) Principal);
+
+/// A principal that may manage: rules made at run time.
+pub(super) struct Manager(pub(super) Principal);
+
+impl FromRequestParts<Arc<Shared>> for Reader {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Reader, Response> {
+        allowed(parts, shared, Action::Read).await.map(|_| Reader)
+    }
+}
+
+impl FromRequestParts<Arc<Shared>> for Decider {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Decider, Response> {
+        allowed(parts, shared, Action::Decide).await.map(Decider)
+    }
+}
+
+impl FromRequestParts<Arc<Shared>> for Manager {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Manager, Response> {
+        allowed(parts, shared, Action::Manage).await.map(Manager)
+    }
+}
+
+impl FromRequestParts<Arc<Shared>> for Principal {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Principal, Response> {
+        if let Some(token) = bearer(&parts.headers) {
+            let credentials = shared.credentials();
+            return match credentials.admin(token) {
+                Some(p) => Ok(Principal { name: p.name.clone(), role: p.role }),
+                None => Err(shared.auth.refuse(
+                    &parts.extensions,
+                    &shared.metrics,
+                    "admin token required (Authorization: Bearer …)",
+                )),
+            };
+        }
+        // The console's cookie, under its CSRF and origin checks.
+        match principal_of(parts, shared) {
+            Some(Ok((name, role))) => Ok(Principal { name, role }),
+            Some(Err(refused)) => Err(refused),
+            None => Err(error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)")),
+        }
+    }
+}
+
+/// The principal a console session stands for on `parts`' request, with the role the credentials give it
+/// now: `None` without a session cookie; `Some(Err(_))` with the refusal to answer.
+fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<(Arc<str>, Role), Response>> {
+    let key = TokenHash::of(cookie(&parts.headers)?).0;
+    let safe = matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD);
+    let admitted = shared.sessions.with(|s, now| s.admit(now, &key, &request(&parts.headers, safe, shared.tls)));
+    let principal = match admitted {
+        Ok(p) => p,
+        // A cookie no session has is a guess as far as anyone can tell.
+        Err(ConsoleRefusal::NoSession) => {
+            let message = ConsoleRefusal::NoSession.to_string();
+            return Some(Err(shared.auth.refuse(&parts.extensions, &shared.metrics, &message)));
+        }
+        Err(why) => return Some(Err(refused(why))),
+    };
+    let credentials = shared.credentials();
+    match credentials.admins().iter().find(|a| a.name == principal) {
+        Some(p) => Some(Ok((p.name.clone(), p.role))),
+        None => {
+            shared.sessions.with(|s, _| s.close(&key));
+            Some(Err(error(StatusCode::UNAUTHORIZED, "this principal is no longer known; its sessions have ended")))
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! How everyone talks to the hub task: one bounded channel of [`HubMsg`]s behind a cheap, cloneable
+//! [`HubHandle`], answered through oneshot channels and each connection's own queue; and the caller's end of
+//! an MCP exchange ([`McpExchange`]), which cancels it when dropped early.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use uplink_proto::gateway::{
+    AcceptError, AlwaysScope, CloseReason, ConnHandle, HubDecideError, McpFailure, McpTicket, PermissionSummary,
+    PublicPermId, RuleRefused, SledSummary, Verdict,
+};
+use uplink_proto::rules::{Rule, RuleId};
+
+use super::credentials::{Credentials, SledCredential};
+use super::fanout::Subscription;
+use super::mcp_exchange::{MCP_EVENTS, McpAsk, McpEvent, McpOutcome, Sink};
+use crate::store::StoredRule;
+
+/// Messages queued for one sled connection before it counts as stuck (its socket loop has a queue of its
+/// own behind this one).
+pub(crate) const CONN_QUEUE: usize = 1024;
+
+/// Messages waiting for the hub task before senders wait their turn.
+pub(super) const HUB_QUEUE: usize = 4096;
+
+/// What the hub task sends a sled connection's loop.
+pub(crate) enum ConnOut {
+    /// Queue this frame.
+    Frame(Message),
+    /// Send what is queued, then this close, and end.
+    Close(CloseReason),
+}
+
+/// Why a decision was not carried out.
+pub(crate) enum DecideFailure {
+    /// The hub refused it.
+    Hub(HubDecideError),
+    /// The store could not write it: nothing was sent, and the gateway is stopping.
+    Store,
+}
+
+/// One MCP exchange, from its caller's side: its events in order. Dropped before its end (the HTTP client
+/// went away), it cancels the exchange at the sled.
+pub(crate) struct McpExchange {
+    rx: mpsc::Receiver<McpEvent>,
+    ticket: Option<McpTicket>,
+    new_session: Option<String>,
+    ended: bool,
+    hub: HubHandle,
+}
+
+/// What an exchange's caller reads next: a message of the sled's, the word that its stream opened, or the
+/// end.
+pub(crate) enum McpNext {
+    Message(String),
+    Opened,
+    End(McpOutcome),
+}
+
+impl McpExchange {
+    fn new(rx: mpsc::Receiver<McpEvent>, hub: &HubHandle) -> McpExchange {
+        McpExchange { rx, ticket: None, new_session: None, ended: false, hub: hub.clone() }
+    }
+
+    /// The session an `initialize` opened, once its exchange started (its answer's first event read).
+    pub(crate) fn new_session(&self) -> Option<&str> {
+        self.new_session.as_deref()
+    }
+
+    /// The next message, or the end (after which this is the end again).
+    pub(crate) async fn next(&mut self) -> McpNext {
+        loop {
+            match self.rx.recv().await {
+                Some(McpEvent::Started(ticket, session)) => {
+                    self.ticket = Some(ticket);
+                    self.new_session = session;
+                }
+                Some(McpEvent::Message(message)) => return McpNext::Message(message),
+                Some(McpEvent::Opened) => return McpNext::Opened,
+                Some(McpEvent::End(outcome)) => {
+                    self.ended = true;
+                    return McpNext::End(outcome);
+                }
+                None => {
+                    self.ended = true;
+                    return McpNext::End(McpOutcome::Failed(McpFailure::ConnectionLost));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for McpExchange {
+    fn drop(&mut self) {
+        // The ticket may be waiting unread, or the end may be (then nothing is left to cancel).
+        while let Ok(event) = self.rx.try_recv() {
+            match event {
+                McpEvent::Started(ticket, _) => self.ticket = Some(ticket),
+                McpEvent::End(_) => self.ended = true,
+                McpEvent::Message(_) | McpEvent::Opened => {}
+            }
+        }
+        if let (Some(ticket), false) = (self.ticket, self.ended) {
+            self.hub.cancel_mcp(ticket);
+        }
+    }
+}
+
+/// What the hub task is asked.
+pub(super) enum HubMsg {
+    Open {
+        credential: SledCredential,
+        out: mpsc::Sender<ConnOut>,
+        reply: oneshot::Sender<Result<ConnHandle, AcceptError>>,
+    },
+    Credentials {
+        credentials: Arc<Credentials>,
+    },
+    Received {
+        conn: ConnHandle,
+        message: Message,
+    },
+    TooBig {
+        conn: ConnHandle,
+    },
+    Ended {
+        conn: ConnHandle,
+    },
+    Decide {
+        id: PublicPermId,
+        verdict: Verdict,
+        /// For an "always allow": where its rule applies.
+        scope: AlwaysScope,
+        /// For an "always allow": until when its rule applies, in Unix seconds.
+        until: Option<u64>,
+        reply: oneshot::Sender<Result<Option<RuleId>, DecideFailure>>,
+    },
+    Rules {
+        reply: oneshot::Sender<Vec<StoredRule>>,
+    },
+    AddRule {
+        rule: Rule,
+        expires: Option<u64>,
+        reply: oneshot::Sender<Result<StoredRule, RuleRefused>>,
+    },
+    RemoveRule {
+        id: RuleId,
+        by: Arc<str>,
+        reply: oneshot::Sender<bool>,
+    },
+    Mcp {
+        project: String,
+        body: String,
+        session: Option<String>,
+        sink: Sink,
+    },
+    McpHttp {
+        ask: Box<McpAsk>,
+        sink: mpsc::Sender<McpEvent>,
+    },
+    CancelMcp {
+        ticket: McpTicket,
+    },
+    PrincipalGone {
+        name: Arc<str>,
+    },
+    Sleds {
+        reply: oneshot::Sender<Vec<SledSummary>>,
+    },
+    Permissions {
+        reply: oneshot::Sender<Vec<PermissionSummary>>,
+    },
+    Subscribe {
+        reply: oneshot::Sender<Option<Subscription>>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A cheap, cloneable way to talk to the hub task. Every call fails soft once the task is gone: a
+/// connection is refused, a decision is not pending, an MCP request fails as connection lost.
+#[derive(Clone)]
+pub(crate) struct HubHandle {
+    tx: mpsc::Sender<HubMsg>,
+}
+
+impl HubHandle {
+    /// The handle of the hub task that reads `tx`'s other end.
+    pub(super) fn new(tx: mpsc::Sender<HubMsg>) -> HubHandle {
+        HubHandle { tx }
+    }
+
+    /// A new sled connection with `credential`; its frames go to `out`.
+    pub(crate) async fn open(
+        &self,
+        credential: SledCredential,
+        out: mpsc::Sender<ConnOut>,
+    ) -> Result<ConnHandle, AcceptError> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(HubMsg::Open { credential, out, reply }).await.is_err() {
+            return Err(AcceptError::ShuttingDown);
+        }
+        answer.await.unwrap_or(Err(AcceptError::ShuttingDown))
+    }
+
+    /// The credentials were reloaded: live connections take their new terms, or are closed.
+    pub(crate) async fn credentials_changed(&self, credentials: Arc<Credentials>) {
+        let _ = self.tx.send(HubMsg::Credentials { credentials }).await;
+    }
+
+    /// A message from `conn`'s sled. `false` once the hub task is gone.
+    pub(crate) async fn received(&self, conn: ConnHandle, message: Message) -> bool {
+        self.tx.send(HubMsg::Received { conn, message }).await.is_ok()
+    }
+
+    /// `conn`'s sled sent a message over the size limit.
+    pub(crate) async fn too_big(&self, conn: ConnHandle) {
+        let _ = self.tx.send(HubMsg::TooBig { conn }).await;
+    }
+
+    /// `conn` ended.
+    pub(crate) async fn ended(&self, conn: ConnHandle) {
+        let _ = self.tx.send(HubMsg::Ended { conn }).await;
+    }
+
+    pub(crate) async fn decide(
+        &self,
+        id: PublicPermId,
+        verdict: Verdict,
+        scope: AlwaysScope,
+        until: Option<u64>,
+    ) -> Result<Option<RuleId>, DecideFailure> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || DecideFailure::Hub(HubDecideError::NotPending);
+        if self.tx.send(HubMsg::Decide { id, verdict, scope, until, reply }).await.is_err() {
+            return Err(gone());
+        }
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// The rules in force, the configuration's included.
+    pub(crate) async fn rules(&self) -> Vec<StoredRule> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.tx.send(HubMsg::Rules { reply }).await;
+        answer.await.unwrap_or_default()
+    }
+
+    /// Adds `rule` (until `expires`, Unix seconds); `None` once the task is gone, `Some(Err(_))` when the hub
+    /// refuses it.
+    pub(crate) async fn add_rule(&self, rule: Rule, expires: Option<u64>) -> Option<Result<StoredRule, RuleRefused>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(HubMsg::AddRule { rule, expires, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Removes the rule `id` on behalf of `by`; whether there was one.
+    pub(crate) async fn remove_rule(&self, id: RuleId, by: Arc<str>) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.tx.send(HubMsg::RemoveRule { id, by, reply }).await;
+        answer.await.unwrap_or(false)
+    }
+
+    /// Relays one JSON-RPC message to `project`'s sled (the session-less relay) and waits for its answer.
+    pub(crate) async fn mcp(&self, project: String, body: String, session: Option<String>) -> McpOutcome {
+        let (reply, answer) = oneshot::channel();
+        let sink = Sink::Answer(reply);
+        if self.tx.send(HubMsg::Mcp { project, body, session, sink }).await.is_err() {
+            return McpOutcome::Failed(McpFailure::ConnectionLost);
+        }
+        answer.await.unwrap_or(McpOutcome::Failed(McpFailure::ConnectionLost))
+    }
+
+    /// An HTTP request on the MCP endpoint: the exchange the hub opened for it (or its refusal, or the end of
+    /// its session, as its end).
+    pub(crate) async fn mcp_http(&self, ask: McpAsk) -> McpExchange {
+        let (sink, rx) = mpsc::channel(MCP_EVENTS);
+        let _ = self.tx.send(HubMsg::McpHttp { ask: Box::new(ask), sink }).await;
+        McpExchange::new(rx, self)
+    }
+
+    /// The admin principal `name` is gone: its MCP sessions end.
+    pub(crate) async fn principal_gone(&self, name: Arc<str>) {
+        let _ = self.tx.send(HubMsg::PrincipalGone { name }).await;
+    }
+
+    /// Cancels the exchange `ticket`, whose caller went away; from a `Drop`, so it never waits.
+    fn cancel_mcp(&self, ticket: McpTicket) {
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(HubMsg::CancelMcp { ticket }) {
+            let tx = self.tx.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+            }
+        }
+    }
+
+    pub(crate) async fn sleds(&self) -> Vec<SledSummary> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.tx.send(HubMsg::Sleds { reply }).await;
+        answer.await.unwrap_or_default()
+    }
+
+    pub(crate) async fn permissions(&self) -> Vec<PermissionSummary> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.tx.send(HubMsg::Permissions { reply }).await;
+        answer.await.unwrap_or_default()
+    }
+
+    /// Closes every sled connection (1001) and refuses new ones; returns once the closes are queued.
+    pub(crate) async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.tx.send(HubMsg::Shutdown { done }).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
+
+    /// Every event from now on.
+    pub(crate) async fn subscribe(&self) -> Option<Subscription> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(HubMsg::Subscribe { reply }).await.ok()?;
+        answer.await.ok().flatten()
+    }
+}

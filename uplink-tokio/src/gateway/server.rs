@@ -1,0 +1,276 @@
+//! The gateway server: bound ([`GatewayServer::bind`]), then run until told to stop
+//! ([`GatewayServer::run`]): the listener, TLS, each connection's HTTP, and the ordered stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::time::Instant as TokioInstant;
+use tracing::debug;
+use uplink_proto::Instant;
+use uplink_proto::gateway::Hub;
+
+use super::auth_budget::AuthBudget;
+use super::config::{GatewayRunError, GatewayServerConfig, GatewayStartError};
+use super::console_sessions::Sessions;
+use super::credentials::Credentials;
+use super::gateway_metrics::GatewayMetrics;
+use super::hub_task::HubTaskConfig;
+use super::notify::NotifyConfig;
+use super::shared::{AUDIT_QUERIES, CredentialsReloader, Shared};
+use super::wall::{Wall, from_stored};
+use crate::accept::AcceptBackoff;
+use crate::socket_loop::Clock;
+use crate::store::Store;
+use crate::ws::{CLOSE_GRACE, Target};
+
+/// How long a stopping gateway waits for its store to close.
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// A bound gateway, ready to [`run`](GatewayServer::run).
+pub struct GatewayServer {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    hub_task: tokio::task::JoinHandle<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The store's error, once a commit failed.
+    failed: tokio::sync::watch::Receiver<Option<String>>,
+    /// Fires once the store is closed (its lock released), after the hub task ends.
+    store_closed: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl std::fmt::Debug for GatewayServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayServer").field("listener", &self.listener).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+impl GatewayServer {
+    /// Validates the configuration and binds the listener; no store: rules made at run time and the audit
+    /// log last as long as the process.
+    pub async fn bind(config: GatewayServerConfig) -> Result<GatewayServer, GatewayStartError> {
+        GatewayServer::bind_with_store(config, None).await
+    }
+
+    /// Like [`bind`](GatewayServer::bind), with `store` keeping the rules made at run time and the audit
+    /// log: its rules join the configuration's, and every decision is written to it before it is sent.
+    pub async fn bind_with_store(
+        config: GatewayServerConfig,
+        mut store: Option<Box<dyn Store>>,
+    ) -> Result<GatewayServer, GatewayStartError> {
+        let credentials = match config.credentials {
+            Some(credentials) => credentials,
+            None => {
+                if config.sled_tokens.iter().all(|t| t.is_empty()) {
+                    return Err(GatewayStartError::Tokens("at least one sled token is required"));
+                }
+                if config.admin_token.is_empty() {
+                    return Err(GatewayStartError::Tokens("an admin token is required"));
+                }
+                if config.sled_tokens.contains(&config.admin_token) {
+                    return Err(GatewayStartError::Tokens("the admin token must differ from every sled token"));
+                }
+                Credentials::from_tokens(&config.sled_tokens, &config.admin_token)?
+            }
+        };
+        let mut hub_config = config.hub;
+        // The core's instant 0 is now, on both clocks.
+        let (epoch, wall) = (TokioInstant::now(), Wall::new(Instant::ZERO, SystemTime::now()));
+        if let Some(store) = &mut store {
+            for kept in store.rules()? {
+                hub_config.rules.push(from_stored(&kept, &wall)?);
+            }
+        }
+        let audit = store.as_ref().map(|s| s.reader());
+        let hub = Hub::new(hub_config, Instant::ZERO)?;
+        if config.handshake_timeout.is_zero() {
+            return Err(GatewayStartError::ZeroHandshakeTimeout);
+        }
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| GatewayStartError::Bind { addr: config.listen, error })?;
+        let (failed_tx, failed) = tokio::sync::watch::channel(None);
+        let metrics = Arc::new(GatewayMetrics::new());
+        let public_host = config
+            .public_url
+            .as_deref()
+            .and_then(|u| u.parse::<hyper::Uri>().ok())
+            .and_then(|u| u.host().map(str::to_owned));
+        let task = HubTaskConfig {
+            notify: NotifyConfig {
+                webhooks: config.notify,
+                decisions: config.notify_decisions,
+                public_url: config.public_url,
+            },
+            metrics: metrics.clone(),
+            epoch,
+            wall,
+            event_client_bytes: config.max_event_client_bytes,
+            event_clients: config.max_event_clients,
+            store,
+            redact_inputs: config.audit_redact_inputs,
+            failed: failed_tx,
+        };
+        let (hub, hub_task, store_closed) = super::hub_task::spawn(hub, task).map_err(GatewayStartError::Spawn)?;
+        // The gateway's own names, for the MCP endpoint's check of web pages.
+        let mut names = config.allowed_hosts.clone();
+        if let Some(host) = public_host.as_deref() {
+            names.push(host.to_owned());
+        }
+        if !config.listen.ip().is_unspecified() {
+            names.push(match config.listen.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            });
+        }
+        let shared = Arc::new(Shared {
+            hub,
+            closing: tokio::sync::watch::Sender::new(false),
+            credentials: RwLock::new(Arc::new(credentials)),
+            accept_query_token: config.accept_query_token,
+            ws_config: Target::ws_config(config.max_message_size),
+            handshake_timeout: config.handshake_timeout,
+            sled_tasks: Mutex::new(tokio::task::JoinSet::new()),
+            audit,
+            audit_queries: Arc::new(tokio::sync::Semaphore::new(AUDIT_QUERIES)),
+            sessions: Sessions::new(Clock::new(epoch)),
+            tls: tls.is_some(),
+            metrics,
+            metrics_public: config.metrics_public,
+            store_failed: failed.clone(),
+            mcp_names: names,
+            auth: AuthBudget::new(Clock::new(epoch), config.auth_limit),
+        });
+        Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed })
+    }
+
+    /// A handle that replaces this gateway's credentials while it runs.
+    pub fn reloader(&self) -> CredentialsReloader {
+        CredentialsReloader { shared: self.shared.clone() }
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` completes, or the store fails; then closes every sled connection.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<(), GatewayRunError> {
+        let router = super::router::router(self.shared.clone());
+        let mut connections = tokio::task::JoinSet::new();
+        let mut backoff = AcceptBackoff::default();
+        let mut failed = self.failed.clone();
+        let mut hub_task = self.hub_task;
+        // Set when the hub task ended on its own, which only a defect can make it do: the gateway stops then,
+        // rather than serve on without its hub.
+        let mut hub_ended: Option<String> = None;
+        let (hub, ended) = (&mut hub_task, &mut hub_ended);
+        // Boxed, so that dropping it after the loop ends its borrows.
+        let mut stop = Box::pin(async move {
+            tokio::select! {
+                () = stop => {}
+                _ = failed.wait_for(Option::is_some) => {}
+                end = hub => {
+                    let why = match end {
+                        Err(e) if e.is_panic() => "it panicked",
+                        _ => "it returned",
+                    };
+                    tracing::error!("the hub task ended ({why}): stopping");
+                    *ended = Some(why.to_owned());
+                }
+            }
+        });
+        while let Some(tcp) = crate::accept::next(&self.listener, &mut backoff, &mut stop).await {
+            let router = router.clone();
+            let timeout = self.shared.handshake_timeout;
+            let tls = self.tls.clone();
+            let Ok(peer) = tcp.peer_addr() else { continue };
+            connections.spawn(async move {
+                match tls {
+                    Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_http(TokioIo::new(stream), timeout, router, peer).await,
+                        _ => debug!("TLS handshake failed or timed out"),
+                    },
+                    None => serve_http(TokioIo::new(tcp), timeout, router, peer).await,
+                }
+            });
+            while connections.try_join_next().is_some() {}
+        }
+        drop(stop);
+        // End event streams; the hub closes every sled connection, identified or not (1001, going away) and
+        // refuses new ones; give them all a moment to finish their close handshakes, then stop what is left.
+        self.shared.closing.send_replace(true);
+        self.shared.hub.shutdown().await;
+        let mut sleds = std::mem::take(&mut *self.shared.sled_tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while connections.join_next().await.is_some() {}
+            while sleds.join_next().await.is_some() {}
+        })
+        .await;
+        connections.abort_all();
+        sleds.abort_all();
+        hub_task.abort();
+        // The store closes once the task is gone (a commit under way finishes first): only then is its
+        // directory free for another gateway.
+        if let Some(closed) = self.store_closed
+            && tokio::time::timeout(STORE_CLOSE_WAIT, closed).await.is_err()
+        {
+            tracing::warn!("the store did not close within {STORE_CLOSE_WAIT:?}");
+        }
+        if let Some(why) = hub_ended {
+            return Err(GatewayRunError::Hub(why));
+        }
+        match self.failed.borrow().clone() {
+            Some(why) => Err(GatewayRunError::Store(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAcceptor, GatewayStartError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    fn bad<E: std::error::Error + Send + Sync + 'static>(
+        what: impl std::fmt::Display,
+    ) -> impl FnOnce(E) -> GatewayStartError {
+        move |e| GatewayStartError::Tls { what: what.to_string(), source: Box::new(e) }
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(bad(cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(bad(cert.display()))?;
+    if certs.is_empty() {
+        return Err(GatewayStartError::NoCertificate(cert.clone()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(bad(key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(bad("protocol versions"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(bad("certificate and key"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves one connection from `peer`, whose address each request carries as [`axum::extract::ConnectInfo`].
+async fn serve_http<S>(io: TokioIo<S>, header_timeout: Duration, router: axum::Router, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let router = router.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Slow-loris clients are cut off.
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service)
+        .with_upgrades()
+        .await;
+}
