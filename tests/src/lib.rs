@@ -30,6 +30,28 @@ pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     }
 }
 
+/// How long [`until`] waits between two tries.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// Tries `attempt` until it gives a value, [`POLL`] apart; fails the test if that takes longer than [`WAIT`].
+/// For what can only be asked again (an HTTP listing), not waited on.
+pub async fn until<T>(what: &str, mut attempt: impl AsyncFnMut() -> Option<T>) -> T {
+    within(what, async {
+        loop {
+            if let Some(value) = attempt().await {
+                return value;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await
+}
+
+/// A directory of the test's own under the system's temporary directory, empty, removed when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("uplink-test-").tempdir().unwrap()
+}
+
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
@@ -440,6 +462,15 @@ impl RealGateway {
         let url = format!("{}?token={token}", self.ws);
         within("a raw connection", tokio_tungstenite::connect_async(url)).await.unwrap().0
     }
+}
+
+/// A raw WebSocket connection to the sled endpoint of the gateway at `base` (`http://ADDR`) with `token`,
+/// identified as `project`.
+pub async fn raw_sled_at(base: &str, token: &str, project: &str) -> RawWs {
+    let url = format!("{}/api/sled-uplink?token={token}", base.replace("http://", "ws://"));
+    let mut ws = within("the sled to connect", tokio_tungstenite::connect_async(url)).await.unwrap().0;
+    identify(&mut ws, project).await;
+    ws
 }
 
 /// Sends an `identity` frame for `project`.

@@ -8,15 +8,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::gateway::{INPUT_TOO_DEEP, ProjectScope, Role};
+use uplink_tests::program::{Program, Running};
 use uplink_tests::{RealGateway, http, identify, perm_response, within};
 use uplink_tokio::gateway::GatewayServerConfig;
 use uplink_tokio::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
@@ -30,11 +29,12 @@ type Cdp = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<
 
 /// One headless Chromium with one page, driven over the DevTools protocol.
 struct Browser {
-    child: tokio::process::Child,
+    // Killed before its profile is removed.
+    _chromium: Running,
     cdp: Cdp,
     session: String,
     next: u64,
-    profile: PathBuf,
+    _profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -44,11 +44,8 @@ impl Browser {
             .find(|p| std::path::Path::new(p).exists())
             .expect("Chromium is needed for the console's browser test: run `bash scripts/test` (it installs it)");
         // One profile per browser: the tests of this file run at once, and Chromium locks its profile.
-        static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let profile = std::env::temp_dir().join(format!("uplink-browser-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&profile);
-        let mut child = tokio::process::Command::new(exe)
+        let profile = uplink_tests::temp_dir();
+        let mut chromium = Program::new(exe)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -61,26 +58,17 @@ impl Browser {
                 "--window-size=1100,760",
                 "--remote-debugging-port=0",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let url = within("Chromium's DevTools address", async {
-            loop {
-                let line = lines.next_line().await.unwrap().expect("Chromium ended before it listened");
-                if let Some(url) = line.split("DevTools listening on ").nth(1) {
-                    return url.trim().to_owned();
-                }
-            }
-        })
-        .await;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            .log()
+            .banner_lines(0)
+            .start()
+            .await;
+        const LISTENING: &str = "DevTools listening on ";
+        let line = chromium.log_until(LISTENING).await.pop().unwrap();
+        let url = line.split(LISTENING).nth(1).unwrap().trim().to_owned();
         let (cdp, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let mut browser = Browser { child, cdp, session: String::new(), next: 0, profile };
+        let mut browser = Browser { _chromium: chromium, cdp, session: String::new(), next: 0, _profile: profile };
         let target = browser.call("Target.createTarget", json!({"url": "about:blank"})).await["targetId"].clone();
         let attached = browser.call("Target.attachToTarget", json!({"targetId": target, "flatten": true})).await;
         browser.session = attached["sessionId"].as_str().unwrap().to_owned();
@@ -151,13 +139,6 @@ impl Browser {
         let shot = self.call("Page.captureScreenshot", json!({"format": "png"})).await;
         let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
         std::fs::write(path, png).unwrap();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 

@@ -11,13 +11,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use uplink_proto::gateway::SessionConfig;
-use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, http, next_event, sse, within};
+use uplink_tests::program::{Program, Running};
+use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, http, next_event, sse};
 use uplink_tokio::{Uplink, UplinkConfig};
 
 fn js_dir() -> PathBuf {
@@ -31,22 +30,15 @@ fn js_dir() -> PathBuf {
 
 /// The SDK server, listening; killed when dropped.
 struct SdkServer {
-    _child: tokio::process::Child,
+    _node: Running,
     port: u16,
 }
 
 impl SdkServer {
     async fn start() -> SdkServer {
-        let mut child = tokio::process::Command::new("node")
-            .arg(js_dir().join("server.mjs"))
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node runs");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = within("the SDK server to listen", lines.next_line()).await.unwrap().expect("its port");
-        let port = serde_json::from_str::<Value>(&first).unwrap()["port"].as_u64().unwrap() as u16;
-        SdkServer { _child: child, port }
+        let node = Program::new("node").arg(js_dir().join("server.mjs")).show_log().start().await;
+        let port = serde_json::from_str::<Value>(&node.banner[0]).unwrap()["port"].as_u64().unwrap() as u16;
+        SdkServer { _node: node, port }
     }
 }
 

@@ -2,22 +2,17 @@
 //! permissions ls|approve|deny|watch`, and their exit codes.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::Stdio;
-
 use futures_util::SinkExt as _;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
-use uplink_tests::{perm_response, program, within};
+use uplink_tests::program::{self, Program, Running};
+use uplink_tests::{perm_response, raw_sled_at, until};
 
+const UPLINK: &str = env!("CARGO_BIN_EXE_uplink");
+
+/// `uplink ARGS` against the gateway at `base`, with the admin token `a`.
 fn uplink(args: &[&str], base: &str) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(args)
-        .env("UPLINK_GATEWAY_URL", base)
-        .env("UPLINK_ADMIN_TOKEN", "a")
-        .output()
-        .unwrap()
+    program::run(UPLINK, args, &[("UPLINK_GATEWAY_URL", base), ("UPLINK_ADMIN_TOKEN", "a")])
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -26,35 +21,26 @@ fn stdout(out: &std::process::Output) -> String {
 
 #[tokio::test]
 async fn a_person_at_a_terminal_lists_watches_and_decides() {
-    let dir = std::env::temp_dir().join(format!("uplink-cli-client-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (mut gateway, banner) =
-        program::gateway(env!("CARGO_BIN_EXE_uplink"), &dir, &["--sled-token", "s", "--admin-token", "a"], 1).await;
-    let base = program::base_url(&banner[0]);
+    let mut gateway = Program::gateway(UPLINK).args(["--sled-token", "s", "--admin-token", "a"]).start().await;
+    let base = gateway.base_url();
     // Someone watches.
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["permissions", "watch"])
+    let mut watch = Program::uplink(UPLINK, &["permissions", "watch"])
         .env("UPLINK_GATEWAY_URL", &base)
         .env("UPLINK_ADMIN_TOKEN", "a")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut watched = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let line = within("the watcher to start", watched.next_line()).await.unwrap().unwrap();
+        .show_log()
+        .start()
+        .await;
+    let line = &watch.banner[0];
     assert!(line.starts_with("watching http://"), "{line}");
-    let url = format!("{}/api/sled-uplink?token=s", base.replace("http://", "ws://"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let identity = json!({"type":"identity","req_id":"identity","payload":{"project":"web"}});
-    ws.send(Message::text(identity.to_string())).await.unwrap();
-    let line = within("the watcher's first line", watched.next_line()).await.unwrap().unwrap();
+    let mut ws = raw_sled_at(&base, "s", "web").await;
+    let line = watch.line().await;
     assert!(line.contains("sled_connected"), "{line}");
     let ask = |req: &str, command: &str| {
         json!({"type":"perm_request","req_id":req,"payload":{"tool_name":"Bash","tool_input":{"command":command}}})
             .to_string()
     };
     ws.send(Message::text(ask("r1", "git diff HEAD\u{1b}[2J"))).await.unwrap();
-    let line = within("the watcher's line", watched.next_line()).await.unwrap().unwrap();
+    let line = watch.line().await;
     assert!(line.contains("permission_requested") && line.contains("web asks for Bash: git diff HEAD"), "{line}");
     assert!(!line.contains('\u{1b}'), "a peer's control characters reached the terminal: {line:?}");
 
@@ -83,15 +69,10 @@ async fn a_person_at_a_terminal_lists_watches_and_decides() {
     assert_eq!(uplink(&["permissions", "deny", &id], &base).status.code(), Some(3));
     assert_eq!(uplink(&["permissions", "approve", "9-9"], &base).status.code(), Some(3));
     ws.send(Message::text(ask("r3", "curl evil.example"))).await.unwrap();
-    let out = within("the request to be listed", async {
-        loop {
-            let out = uplink(&["permissions", "ls", "--json"], &base);
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-            if let Some(id) = v["permissions"][0]["id"].as_str() {
-                return id.to_owned();
-            }
-            tokio::task::yield_now().await;
-        }
+    let out = until("the request to be listed", async || {
+        let out = uplink(&["permissions", "ls", "--json"], &base);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["permissions"][0]["id"].as_str().map(str::to_owned)
     })
     .await;
     let denied = uplink(&["permissions", "deny", &out, "--message", "not from here"], &base);
@@ -103,80 +84,42 @@ async fn a_person_at_a_terminal_lists_watches_and_decides() {
     );
 
     // A wrong token, an unreachable gateway: exit 1 with the reason.
-    let wrong = std::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["sleds"])
-        .env("UPLINK_GATEWAY_URL", &base)
-        .env("UPLINK_ADMIN_TOKEN", "nope")
-        .output()
-        .unwrap();
+    let wrong = program::run(UPLINK, &["sleds"], &[("UPLINK_GATEWAY_URL", &base), ("UPLINK_ADMIN_TOKEN", "nope")]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
     let gone = uplink(&["sleds"], "http://127.0.0.1:9");
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach"));
 
-    watch.kill().await.unwrap();
-    gateway.kill().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    watch.kill().await;
+    gateway.kill().await;
 }
 
-/// The gateway with `args`, logging at info to a pipe; the child, its base URL, and its log lines.
-async fn logging_gateway(
-    dir: &std::path::Path,
-    args: &[&str],
-) -> (tokio::process::Child, String, tokio::io::Lines<BufReader<tokio::process::ChildStderr>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", "sled-secret-0123456789", "--admin-token", "a"])
+/// The gateway with `args`, logging at info to a pipe.
+async fn logging_gateway(args: &[&str]) -> Running {
+    Program::gateway(UPLINK)
+        .args(["--sled-token", "sled-secret-0123456789", "--admin-token", "a"])
         .args(args)
-        .arg("--state-dir")
-        .arg(dir)
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = within("the banner", out.next_line()).await.unwrap().unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    let log = BufReader::new(child.stderr.take().unwrap()).lines();
-    (child, program::base_url(&first), log)
-}
-
-/// Log lines until one contains `marker`; all of them.
-async fn log_until(log: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>, marker: &str) -> Vec<String> {
-    within(marker, async {
-        let mut lines = Vec::new();
-        loop {
-            let line = log.next_line().await.unwrap().expect("the log ended");
-            let done = line.contains(marker);
-            lines.push(line);
-            if done {
-                return lines;
-            }
-        }
-    })
-    .await
+        .log()
+        .start()
+        .await
 }
 
 #[tokio::test]
 async fn a_permissions_life_is_logged_at_info_as_json_or_plain_text_and_no_token_ever() {
     for format in ["json", "text"] {
-        let dir = std::env::temp_dir().join(format!("uplink-cli-logs-{}-{format}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (mut gateway, base, mut log) = logging_gateway(&dir, &["--log-format", format]).await;
+        let mut gateway = logging_gateway(&["--log-format", format]).await;
+        let base = gateway.base_url();
         // A refused handshake says why, without the token.
         let bad = format!("{}/api/sled-uplink?token=not-a-token-42", base.replace("http://", "ws://"));
         assert!(tokio_tungstenite::connect_async(bad).await.is_err());
-        let mut lines = log_until(&mut log, "sled refused").await;
-        let url = format!("{}/api/sled-uplink?token=sled-secret-0123456789", base.replace("http://", "ws://"));
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let identity = json!({"type":"identity","req_id":"identity","payload":{"project":"web"}});
-        ws.send(Message::text(identity.to_string())).await.unwrap();
+        let mut lines = gateway.log_until("sled refused").await;
+        let mut ws = raw_sled_at(&base, "sled-secret-0123456789", "web").await;
         let ask = json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"ls /secret-input"}}});
         ws.send(Message::text(ask.to_string())).await.unwrap();
-        lines.extend(log_until(&mut log, "waiting for a person").await);
+        lines.extend(gateway.log_until("waiting for a person").await);
         let (status, _) = uplink_tests::http(
             "POST",
             &format!("{base}/api/permissions/1-0"),
@@ -186,7 +129,7 @@ async fn a_permissions_life_is_logged_at_info_as_json_or_plain_text_and_no_token
         )
         .await;
         assert_eq!(status, 200);
-        lines.extend(log_until(&mut log, "permission decided by a person").await);
+        lines.extend(gateway.log_until("permission decided by a person").await);
         let all = lines.join("\n");
         assert!(!all.contains("sled-secret") && !all.contains("not-a-token-42"), "a token in the log:\n{all}");
         assert!(!all.contains("/secret-input"), "an input at info:\n{all}");
@@ -210,7 +153,6 @@ async fn a_permissions_life_is_logged_at_info_as_json_or_plain_text_and_no_token
             );
             assert!(!all.contains("Connecting {") && !all.contains("ConnHandle("), "a Debug dump:\n{all}");
         }
-        gateway.kill().await.unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        gateway.kill().await;
     }
 }

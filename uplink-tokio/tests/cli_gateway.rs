@@ -1,102 +1,37 @@
 //! `uplink gateway` and `uplink sled` as processes, talking: the README's two-command walk-through.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::Stdio;
-
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-use uplink_tests::{http, next_event, sse, within};
+use uplink_tests::program::{self, Program};
+use uplink_tests::{http, next_event, sse, until, within};
 
-/// Runs `uplink ARGS`; a gateway without `--state-dir` gets a fresh one of its own (never the user's), under
-/// the system's temporary directory (a few hundred kilobytes each).
-fn spawn(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(args)
-        .env_remove("UPLINK_SLED_TOKENS")
-        .env_remove("UPLINK_ADMIN_TOKEN")
-        .env_remove("UPLINK_GATEWAY")
-        .env_remove("UPLINK_CREDENTIALS")
-        .env("UPLINK_STATE_DIR", std::env::temp_dir().join(format!("uplink-cli-{}-spawn-{n}", std::process::id())))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    (child, lines)
-}
-
-async fn line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
-    within("a line of output", lines.next_line()).await.unwrap().unwrap()
-}
-
-fn after<'a>(line: &'a str, marker: &str) -> &'a str {
-    line.split(marker).nth(1).unwrap_or_else(|| panic!("no {marker:?} in {line:?}")).trim()
-}
-
-/// A fresh, empty directory for one test.
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("uplink-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+const UPLINK: &str = env!("CARGO_BIN_EXE_uplink");
 
 /// Runs `uplink` to completion; its standard output.
 fn run(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uplink")).args(args).output().unwrap();
+    let out = program::run(UPLINK, args, &[]);
     assert!(out.status.success(), "uplink {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success());
-}
-
-fn terminate(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-}
-
 #[tokio::test]
 async fn a_gateway_with_generated_tokens_and_a_sled_talk() {
-    let state = temp_dir("generated");
-    let state_dir = state.to_str().unwrap();
-    let (mut gateway, mut out) = spawn(&[
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--auto-deny",
-        "rm",
-        "--rule",
-        "deny Bash(rm *)",
-        "--state-dir",
-        state_dir,
-    ]);
-    let base = after(&line(&mut out).await, "listening on ").to_owned();
-    let ws = after(&line(&mut out).await, "sleds connect to ").to_owned();
-    let sled_token = after(&line(&mut out).await, "(generated):").to_owned();
-    let admin = after(&line(&mut out).await, "(generated):").to_owned();
+    let state = uplink_tests::temp_dir();
+    let mut gateway = Program::gateway(UPLINK)
+        .args(["--auto-deny", "rm", "--rule", "deny Bash(rm *)"])
+        .state_dir(state.path())
+        .banner_lines(4)
+        .start()
+        .await;
+    let (base, ws) = (gateway.base_url(), gateway.ws_url());
+    let (sled_token, admin) = (gateway.sled_token(), gateway.admin_token());
     assert_eq!(sled_token.len(), 64);
     assert_ne!(sled_token, admin);
 
     let mut events = sse(&format!("{base}/api/events"), &admin).await;
-    let (mut sled, mut sled_out) = spawn(&[
-        "sled",
-        "--gateway",
-        &ws,
-        "--token",
-        &sled_token,
-        "--project",
-        "demo",
-        "--permission-listen",
-        "127.0.0.1:0",
-    ]);
-    let permission_url = after(&line(&mut sled_out).await, "agents ask at ").split(' ').next().unwrap().to_owned();
+    let mut sled =
+        Program::sled(UPLINK).args(["--gateway", &ws, "--token", &sled_token, "--project", "demo"]).start().await;
+    let permission_url = sled.ask_url();
     assert_eq!(next_event(&mut events, "sled_connected").await["project"], "demo");
 
     // An agent asks the sled; a person approves through the gateway's API.
@@ -129,29 +64,26 @@ async fn a_gateway_with_generated_tokens_and_a_sled_talk() {
     let (_, body) = http("GET", &format!("{base}/api/sleds"), Some(&admin), None, &[]).await;
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["sleds"][0]["project"], "demo");
 
-    terminate(&sled);
+    sled.terminate();
     assert_eq!(next_event(&mut events, "sled_disconnected").await["project"], "demo");
-    assert!(within("the sled to exit", sled.wait()).await.unwrap().success());
-    terminate(&gateway);
-    assert!(within("the gateway to exit", gateway.wait()).await.unwrap().success());
+    assert!(sled.wait().await.success());
+    assert!(gateway.stop().await.success());
 
     // Restarted on the same state directory: nothing is generated, and the tokens still work.
-    let (mut gateway, mut out) = spawn(&["gateway", "--listen", "127.0.0.1:0", "--state-dir", state_dir]);
-    let base = after(&line(&mut out).await, "listening on ").to_owned();
-    let _sleds = line(&mut out).await;
-    assert!(line(&mut out).await.contains("credentials:"), "the restart generated new tokens");
+    let mut gateway = Program::gateway(UPLINK).state_dir(state.path()).banner_lines(3).start().await;
+    let base = gateway.base_url();
+    assert!(gateway.banner[2].contains("credentials:"), "the restart generated new tokens");
     let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(&admin), None, &[]).await;
     assert_eq!(status, 200);
-    let kept = std::fs::read_to_string(state.join("tokens")).unwrap();
+    let kept = std::fs::read_to_string(state.path().join("tokens")).unwrap();
     assert!(kept.contains(&sled_token) && kept.contains(&admin));
-    terminate(&gateway);
-    assert!(within("the gateway to exit", gateway.wait()).await.unwrap().success());
+    assert!(gateway.stop().await.success());
 }
 
 #[tokio::test]
 async fn tokens_added_and_revoked_with_the_cli_take_effect_on_sighup() {
-    let dir = temp_dir("tokens");
-    let file = dir.join("credentials.toml");
+    let dir = uplink_tests::temp_dir();
+    let file = dir.path().join("credentials.toml");
     let file = file.to_str().unwrap();
     let sled_a =
         run(&["gateway", "token", "add", "--credentials", file, "--sled", "--project", "team-a/*", "--label", "a"]);
@@ -160,21 +92,11 @@ async fn tokens_added_and_revoked_with_the_cli_take_effect_on_sighup() {
     let listing = run(&["gateway", "token", "ls", "--credentials", file]);
     assert!(listing.contains("team-a/*") && listing.contains("vic") && !listing.contains(&sled_a), "{listing}");
 
-    let (mut gateway, mut out) = spawn(&["gateway", "--listen", "127.0.0.1:0", "--credentials", file]);
-    let base = after(&line(&mut out).await, "listening on ").to_owned();
-    let ws = after(&line(&mut out).await, "sleds connect to ").to_owned();
+    let mut gateway = Program::gateway(UPLINK).args(["--credentials", file]).start().await;
+    let (base, ws) = (gateway.base_url(), gateway.ws_url());
     let mut events = sse(&format!("{base}/api/events"), &viewer).await;
-    let (sled, _sled_out) = spawn(&[
-        "sled",
-        "--gateway",
-        &ws,
-        "--token",
-        &sled_a,
-        "--project",
-        "team-a/web",
-        "--permission-listen",
-        "127.0.0.1:0",
-    ]);
+    let sled =
+        Program::sled(UPLINK).args(["--gateway", &ws, "--token", &sled_a, "--project", "team-a/web"]).start().await;
     assert_eq!(next_event(&mut events, "sled_connected").await["project"], "team-a/web");
     // The viewer reads, but may not decide.
     let (status, _) =
@@ -185,48 +107,34 @@ async fn tokens_added_and_revoked_with_the_cli_take_effect_on_sighup() {
     // last sled credential: a file without one is a valid set, in force like any other.
     run(&["gateway", "token", "revoke", "--credentials", file, "a"]);
     let approver = run(&["gateway", "token", "add", "--credentials", file, "--admin", "ana", "--role", "approver"]);
-    signal(&gateway, "-HUP");
+    gateway.signal("-HUP");
     assert_eq!(next_event(&mut events, "sled_disconnected").await["project"], "team-a/web");
     let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(approver.trim()), None, &[]).await;
     assert_eq!(status, 200, "the principal added with the revocation works");
-    terminate(&sled);
-    terminate(&gateway);
-    assert!(within("the gateway to exit", gateway.wait()).await.unwrap().success());
+    sled.terminate();
+    assert!(gateway.stop().await.success());
 }
 
 #[tokio::test]
 async fn given_tokens_are_used_and_not_printed() {
-    let (mut gateway, mut out) =
-        spawn(&["gateway", "--listen", "127.0.0.1:0", "--sled-token", "s1", "--admin-token", "adm"]);
-    let _listening = line(&mut out).await;
-    let _sleds = line(&mut out).await;
-    terminate(&gateway);
-    assert!(within("exit", gateway.wait()).await.unwrap().success());
-    let rest = within("the rest of the output", async {
-        let mut rest = String::new();
-        while let Ok(Some(l)) = out.next_line().await {
-            rest.push_str(&l);
-        }
-        rest
-    })
-    .await;
+    let mut gateway = Program::gateway(UPLINK).args(["--sled-token", "s1", "--admin-token", "adm"]).start().await;
+    assert!(gateway.stop().await.success());
+    let rest = gateway.rest().await.concat();
     assert!(!rest.contains("s1") && !rest.contains("adm"), "{rest}");
     // The same token for both roles is refused.
-    let out = Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", "same", "--admin-token", "same"])
-        .output()
-        .await
-        .unwrap();
+    let state = uplink_tests::temp_dir();
+    let out = program::run(
+        UPLINK,
+        &["gateway", "--listen", "127.0.0.1:0", "--sled-token", "same", "--admin-token", "same"],
+        &[("UPLINK_STATE_DIR", state.path().to_str().unwrap())],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must differ"));
 }
 
 #[test]
 fn a_rule_that_cannot_be_read_is_refused_with_the_reason() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["gateway", "--rule", "allow Write(src/**)"])
-        .output()
-        .unwrap();
+    let out = program::run(UPLINK, &["gateway", "--rule", "allow Write(src/**)"], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("written `Edit("), "{err}");
@@ -234,36 +142,23 @@ fn a_rule_that_cannot_be_read_is_refused_with_the_reason() {
 
 #[tokio::test]
 async fn listening_beyond_loopback_without_tls_is_warned_of_and_names_are_accepted() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["gateway", "--listen", "0.0.0.0:0", "--sled-token", "s", "--admin-token", "a", "--no-store"])
-        .env("UPLINK_STATE_DIR", temp_dir("beyond"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let warned = within("the warning", async {
-        loop {
-            let line = log.next_line().await.unwrap().expect("the log ended");
-            if line.contains("without TLS") {
-                return line;
-            }
-        }
-    })
-    .await;
+    let mut gateway = Program::gateway_on(UPLINK, "0.0.0.0:0")
+        .args(["--sled-token", "s", "--admin-token", "a", "--no-store"])
+        .log()
+        .start()
+        .await;
+    let warned = gateway.log_until("without TLS").await.pop().unwrap();
     assert!(warned.contains("WARN") && warned.contains("--tls-cert"), "{warned}");
-    child.kill().await.unwrap();
+    gateway.kill().await;
     // A name and a port.
-    let (mut named, mut out) =
-        spawn(&["gateway", "--listen", "localhost:0", "--sled-token", "s", "--admin-token", "a"]);
-    let first = line(&mut out).await;
+    let mut named =
+        Program::gateway_on(UPLINK, "localhost:0").args(["--sled-token", "s", "--admin-token", "a"]).start().await;
+    let first = &named.banner[0];
     assert!(
         first.contains("listening on http://127.0.0.1:") || first.contains("listening on http://[::1]:"),
         "{first}"
     );
-    named.kill().await.unwrap();
+    named.kill().await;
 }
 
 #[tokio::test]
@@ -271,32 +166,19 @@ async fn a_gateway_whose_output_nobody_reads_serves_on() {
     // Its standard output is a pipe with no reader (a service manager gone, `| head -1`): every line it
     // prints fails, and it serves anyway. Its address is chosen here, since it cannot be read.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
     let listen = format!("127.0.0.1:{port}");
-    let state = std::env::temp_dir().join(format!("uplink-cli-{}-no-reader", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["gateway", "--listen", &listen, "--sled-token", "s", "--admin-token", "a"])
-        .env_remove("UPLINK_CREDENTIALS")
-        .env("UPLINK_STATE_DIR", &state)
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    within("the gateway to answer", async {
-        loop {
-            assert!(child.try_wait().unwrap().is_none(), "the gateway ended");
-            if tokio::net::TcpStream::connect(&listen).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+    let mut gateway = Program::gateway_on(UPLINK, &listen)
+        .args(["--sled-token", "s", "--admin-token", "a"])
+        .stdout_unread()
+        .start()
+        .await;
+    until("the gateway to answer", async || {
+        assert!(gateway.child.try_wait().unwrap().is_none(), "the gateway ended");
+        tokio::net::TcpStream::connect(&listen).await.ok()
     })
     .await;
     let (status, _) = http("GET", &format!("http://{listen}/api/sleds"), Some("a"), None, &[]).await;
     assert_eq!(status, 200);
-    assert!(child.try_wait().unwrap().is_none(), "the gateway ended");
-    let _ = child.kill().await;
-    let _ = std::fs::remove_dir_all(state);
+    assert!(gateway.child.try_wait().unwrap().is_none(), "the gateway ended");
+    gateway.kill().await;
 }

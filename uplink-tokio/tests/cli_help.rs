@@ -3,8 +3,15 @@
 
 use std::collections::BTreeSet;
 
+use uplink_tests::program;
+
+/// `uplink SUBCOMMAND --help`.
+fn help(subcommand: &str) -> std::process::Output {
+    program::run(env!("CARGO_BIN_EXE_uplink"), &[subcommand, "--help"], &[])
+}
+
 fn help_flags(subcommand: &str) -> BTreeSet<String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uplink")).args([subcommand, "--help"]).output().unwrap();
+    let out = help(subcommand);
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -61,7 +68,7 @@ fn demo_help_and_readme_agree() {
 
 #[test]
 fn the_gateway_listens_on_loopback_unless_told_otherwise() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uplink")).args(["gateway", "--help"]).output().unwrap();
+    let out = help("gateway");
     let help = String::from_utf8_lossy(&out.stdout);
     let listen = help.split("--listen").nth(1).unwrap();
     let default = listen.split("[default: ").nth(1).unwrap().split(']').next().unwrap();

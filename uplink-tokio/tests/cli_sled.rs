@@ -1,39 +1,38 @@
 //! `uplink sled` as a process: driven through `/permission` and the MCP `approve` tool, stopped by SIGTERM.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::Stdio;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use uplink_proto::sse::SseParser;
-use uplink_tests::{GatewayConn, TestGateway, within};
+use uplink_tests::program::{self, Program, Running};
+use uplink_tests::{GatewayConn, TestGateway, until, within};
 
-struct Sled {
-    child: tokio::process::Child,
-    base: String,
-}
+const UPLINK: &str = env!("CARGO_BIN_EXE_uplink");
 
-async fn start_sled(gw: &TestGateway, extra: &[&str]) -> Sled {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["sled", "--project", "cli-proj", "--permission-listen", "127.0.0.1:0"])
+/// `uplink sled` for the project `cli-proj`, with `extra`, its gateway `gw` (given in the environment, as a
+/// wrapper script would).
+async fn start_sled(gw: &TestGateway, extra: &[&str]) -> Running {
+    Program::sled(UPLINK)
+        .args(["--project", "cli-proj"])
         .args(extra)
         .env("UPLINK_GATEWAY", gw.url())
         .env("UPLINK_TOKEN", "cli-token")
-        .env_remove("HUSKIES_UPSTREAM_GATEWAY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = within("the sled's ready line", lines.next_line()).await.unwrap().unwrap();
-    let base = line.split("agents ask at ").nth(1).unwrap().split("/permission").next().unwrap().to_owned();
-    Sled { child, base }
+        .start()
+        .await
+}
+
+/// A sled started as [`start_sled`] does, connected and identified at `gw`: its local face's URL, and its
+/// connection as the gateway sees it.
+async fn connected_sled(gw: &TestGateway, extra: &[&str]) -> (Running, String, GatewayConn) {
+    let sled = start_sled(gw, extra).await;
+    let mut conn = gw.accept().await;
+    conn.recv().await;
+    let base = sled.local_url();
+    (sled, base, conn)
 }
 
 async fn post(url: &str, body: &str, headers: &[(&str, &str)]) -> (u16, hyper::HeaderMap, String) {
@@ -98,12 +97,13 @@ async fn decide_next(conn: &mut GatewayConn, approved: bool) -> Value {
 async fn permission_endpoint_and_approve_tool_then_sigterm() {
     let gw = TestGateway::bind().await;
     let mut sled = start_sled(&gw, &[]).await;
+    let base = sled.local_url();
     let mut conn = gw.accept().await;
     assert_eq!(conn.uri, "/api/sled-uplink?token=cli-token");
     assert_eq!(conn.recv().await["payload"]["project"], "cli-proj");
 
     // POST /permission, approved by the gateway.
-    let url = format!("{}/permission", sled.base);
+    let url = format!("{base}/permission");
     let ask = tokio::spawn({
         let url = url.clone();
         async move { post(&url, r#"{"tool_name":"Bash","tool_input":{"command":"ls"}}"#, &[]).await }
@@ -117,11 +117,11 @@ async fn permission_endpoint_and_approve_tool_then_sigterm() {
     let (status, _, body) = post(&url, "{not json", &[]).await;
     assert_eq!(status, 400);
     assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
-    let (status, _, _) = post(&format!("{}/nowhere", sled.base), "{}", &[]).await;
+    let (status, _, _) = post(&format!("{base}/nowhere"), "{}", &[]).await;
     assert_eq!(status, 404);
 
     // The MCP approve tool, as Claude Code's --permission-prompt-tool calls it.
-    let mcp = format!("{}/mcp", sled.base);
+    let mcp = format!("{base}/mcp");
     let session = mcp_session(&mcp).await;
     let with_session = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-06-18")];
     let (_, headers, body) = post(&mcp, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#, &with_session).await;
@@ -146,7 +146,7 @@ async fn permission_endpoint_and_approve_tool_then_sigterm() {
 
     // The sled's metrics on its local listener: the link, the three permissions (an approval, a denial,
     // an approval).
-    let (status, text) = uplink_tests::http("GET", &format!("{}/metrics", sled.base), None, None, &[]).await;
+    let (status, text) = uplink_tests::http("GET", &format!("{base}/metrics"), None, None, &[]).await;
     assert_eq!(status, 200);
     assert!(text.lines().any(|l| l == "uplink_sled_link_up 1"), "{text}");
     assert!(
@@ -155,43 +155,28 @@ async fn permission_endpoint_and_approve_tool_then_sigterm() {
     );
 
     // SIGTERM: a normal close, then a clean exit.
-    let pid = sled.child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(kill.success());
+    sled.terminate();
     assert_eq!(conn.until_closed().await, Some(1000));
-    let status = within("the process to exit", sled.child.wait()).await.unwrap();
+    let status = sled.wait().await;
     assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]
 async fn bad_arguments_are_reported_clearly() {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["sled", "--project", "p", "--idle-timeout", "soon"])
-        .env_remove("UPLINK_GATEWAY")
-        .output()
-        .await
-        .unwrap();
+    let out = program::run(UPLINK, &["sled", "--project", "p", "--idle-timeout", "soon"], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--idle-timeout") && err.contains("500ms, 10s, 2m"), "{err}");
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["sled", "--project", "p", "--gateway", "http://not-ws", "--permission-listen", "127.0.0.1:0"])
-        .output()
-        .await
-        .unwrap();
+    let args = ["sled", "--project", "p", "--gateway", "http://not-ws", "--permission-listen", "127.0.0.1:0"];
+    let out = program::run(UPLINK, &args, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must start with ws:// or wss://"));
 }
 
 #[tokio::test]
 async fn the_demo_walks_through_every_step_and_exits_zero() {
-    let out = within(
-        "the demo",
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink")).arg("demo").env_remove("RUST_LOG").output(),
-    )
-    .await
-    .unwrap();
+    let out = program::run_within("the demo", UPLINK, &["demo"], &[]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     for step in [
@@ -232,26 +217,24 @@ fn permission_request(host: &str, extra: &str) -> String {
 #[tokio::test]
 async fn a_web_page_cannot_ask_the_sleds_local_face_and_a_token_is_honoured() {
     let gw = TestGateway::bind().await;
-    let sled = start_sled(&gw, &["--allow-origin", "http://localhost:5173"]).await;
-    let mut conn = gw.accept().await;
-    conn.recv().await;
-    let host = sled.base.trim_start_matches("http://").to_owned();
+    let (_sled, base, mut conn) = connected_sled(&gw, &["--allow-origin", "http://localhost:5173"]).await;
+    let host = base.trim_start_matches("http://").to_owned();
     let json = "Content-Type: application/json\r\n";
     // A CORS simple request (text/plain needs no preflight), a foreign Origin, a DNS-rebound Host.
-    assert_eq!(raw_status(&sled.base, permission_request(&host, "Content-Type: text/plain\r\n")).await, 415);
+    assert_eq!(raw_status(&base, permission_request(&host, "Content-Type: text/plain\r\n")).await, 415);
     let page = format!("{json}Origin: https://evil.example\r\n");
-    assert_eq!(raw_status(&sled.base, permission_request(&host, &page)).await, 403);
+    assert_eq!(raw_status(&base, permission_request(&host, &page)).await, 403);
     let rebound = host.replace("127.0.0.1", "evil.example");
-    assert_eq!(raw_status(&sled.base, permission_request(&rebound, json)).await, 403);
+    assert_eq!(raw_status(&base, permission_request(&rebound, json)).await, 403);
     // The MCP route too.
     let mcp = format!(
         "POST /mcp HTTP/1.1\r\nHost: {host}\r\nOrigin: https://evil.example\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
     );
-    assert_eq!(raw_status(&sled.base, mcp).await, 403);
+    assert_eq!(raw_status(&base, mcp).await, 403);
     // An allowed Origin opens an MCP session (rmcp's own check agrees with the core's).
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"page","version":"1"}}}"#;
     let (status, _, body) = post(
-        &format!("{}/mcp", sled.base),
+        &format!("{base}/mcp"),
         init,
         &[("origin", "http://localhost:5173"), ("host", host.replace("127.0.0.1", "localhost").as_str())],
     )
@@ -259,7 +242,6 @@ async fn a_web_page_cannot_ask_the_sleds_local_face_and_a_token_is_honoured() {
     assert_eq!(status, 200, "{body}");
     // None of those reached the gateway. An allowed Origin and a loopback name do.
     let allowed = format!("{json}Origin: http://localhost:5173\r\n");
-    let base = sled.base.clone();
     let asked = tokio::spawn(async move { raw_status(&base, permission_request(&host, &allowed)).await });
     let req = decide_next(&mut conn, false).await;
     assert_eq!(req["payload"]["tool_input"]["command"], "rm -rf ~");
@@ -267,17 +249,14 @@ async fn a_web_page_cannot_ask_the_sleds_local_face_and_a_token_is_honoured() {
 
     // With a local token, a request without it is refused, and one with it goes through.
     let gw = TestGateway::bind().await;
-    let sled = start_sled(&gw, &["--local-token", "l0cal"]).await;
-    let mut conn = gw.accept().await;
-    conn.recv().await;
-    let host = sled.base.trim_start_matches("http://").to_owned();
-    assert_eq!(raw_status(&sled.base, permission_request(&host, json)).await, 401);
+    let (_sled, base, mut conn) = connected_sled(&gw, &["--local-token", "l0cal"]).await;
+    let host = base.trim_start_matches("http://").to_owned();
+    assert_eq!(raw_status(&base, permission_request(&host, json)).await, 401);
     let metrics = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    assert_eq!(raw_status(&sled.base, metrics).await, 401, "the metrics sit behind the local token too");
+    assert_eq!(raw_status(&base, metrics).await, 401, "the metrics sit behind the local token too");
     let wrong = format!("{json}Authorization: Bearer nope\r\n");
-    assert_eq!(raw_status(&sled.base, permission_request(&host, &wrong)).await, 401);
+    assert_eq!(raw_status(&base, permission_request(&host, &wrong)).await, 401);
     let with = format!("{json}Authorization: Bearer l0cal\r\n");
-    let base = sled.base.clone();
     let asked = tokio::spawn(async move { raw_status(&base, permission_request(&host, &with)).await });
     decide_next(&mut conn, true).await;
     assert_eq!(within("the answer", asked).await.unwrap(), 200);
@@ -287,10 +266,8 @@ async fn a_web_page_cannot_ask_the_sleds_local_face_and_a_token_is_honoured() {
 async fn an_agent_that_hangs_up_has_its_request_withdrawn() {
     use tokio::io::AsyncWriteExt as _;
     let gw = TestGateway::bind().await;
-    let sled = start_sled(&gw, &[]).await;
-    let mut conn = gw.accept().await;
-    conn.recv().await;
-    let host = sled.base.trim_start_matches("http://").to_owned();
+    let (_sled, base, mut conn) = connected_sled(&gw, &[]).await;
+    let host = base.trim_start_matches("http://").to_owned();
     let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
     tcp.write_all(permission_request(&host, "Content-Type: application/json\r\n").as_bytes()).await.unwrap();
     let request = conn.recv_kind("perm_request").await;
@@ -305,10 +282,8 @@ async fn an_agent_that_hangs_up_has_its_request_withdrawn() {
 #[tokio::test]
 async fn a_denial_says_why_it_was_denied() {
     let gw = TestGateway::bind().await;
-    let sled = start_sled(&gw, &[]).await;
-    let mut conn = gw.accept().await;
-    conn.recv().await;
-    let url = format!("{}/permission", sled.base);
+    let (_sled, base, mut conn) = connected_sled(&gw, &[]).await;
+    let url = format!("{base}/permission");
     let asking = tokio::spawn(async move { post(&url, r#"{"tool_name":"Bash","tool_input":{}}"#, &[]).await });
     conn.recv_kind("perm_request").await;
     // The gateway goes away before deciding: fail-closed, and the agent is told so.
@@ -323,10 +298,8 @@ async fn a_denial_says_why_it_was_denied() {
 #[tokio::test]
 async fn a_cancelled_approve_tool_call_withdraws_its_request() {
     let gw = TestGateway::bind().await;
-    let sled = start_sled(&gw, &[]).await;
-    let mut conn = gw.accept().await;
-    conn.recv().await;
-    let mcp = format!("{}/mcp", sled.base);
+    let (_sled, base, mut conn) = connected_sled(&gw, &[]).await;
+    let mcp = format!("{base}/mcp");
     let session = mcp_session(&mcp).await;
     let with_session = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-06-18")];
     let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"approve","arguments":{
@@ -347,15 +320,13 @@ async fn a_cancelled_approve_tool_call_withdraws_its_request() {
 #[tokio::test]
 async fn a_persons_message_reaches_the_agent_on_both_faces() {
     let gw = TestGateway::bind().await;
-    let sled = start_sled(&gw, &[]).await;
-    let mut conn = gw.accept().await;
-    conn.recv().await;
+    let (_sled, base, mut conn) = connected_sled(&gw, &[]).await;
     let deny_with = |req: &Value| {
         json!({"type":"perm_response","req_id":req["req_id"],
                "payload":{"approved":false,"always_allow":false,"message":"use the staging database"}})
     };
     // POST /permission: the message comes back beside the reason.
-    let url = format!("{}/permission", sled.base);
+    let url = format!("{base}/permission");
     let asking = tokio::spawn(async move { post(&url, r#"{"tool_name":"Bash","tool_input":{}}"#, &[]).await });
     let req = conn.recv_kind("perm_request").await;
     conn.send(deny_with(&req)).await;
@@ -365,7 +336,7 @@ async fn a_persons_message_reaches_the_agent_on_both_faces() {
         (200, json!({"decision":"deny","reason":"gateway","message":"use the staging database"}))
     );
     // The approve tool: the deny message carries the person's words.
-    let mcp = format!("{}/mcp", sled.base);
+    let mcp = format!("{base}/mcp");
     let session = mcp_session(&mcp).await;
     let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"approve","arguments":{
         "tool_name":"Bash","input":{"command":"psql prod"}}}});
@@ -384,10 +355,8 @@ async fn a_persons_message_reaches_the_agent_on_both_faces() {
 #[tokio::test]
 async fn an_approve_call_whose_mcp_session_ends_withdraws_its_request() {
     let gw = TestGateway::bind().await;
-    let sled = start_sled(&gw, &[]).await;
-    let mut conn = gw.accept().await;
-    conn.recv().await;
-    let mcp = format!("{}/mcp", sled.base);
+    let (_sled, base, mut conn) = connected_sled(&gw, &[]).await;
+    let mcp = format!("{base}/mcp");
     let session = mcp_session(&mcp).await;
     let call = json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"approve","arguments":{
         "tool_name":"Bash","input":{"command":"rm -rf build"}}}});
@@ -396,9 +365,9 @@ async fn an_approve_call_whose_mcp_session_ends_withdraws_its_request() {
     // The client ends its session (as a client does on exit): the call's question is withdrawn.
     let delete = format!(
         "DELETE /mcp HTTP/1.1\r\nHost: {}\r\nMcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        sled.base.trim_start_matches("http://")
+        base.trim_start_matches("http://")
     );
-    let status = raw_status(&sled.base, delete).await;
+    let status = raw_status(&base, delete).await;
     assert!((200..300).contains(&status), "DELETE answered {status}");
     // rmcp lets a closed session's running handlers finish for up to 5 s before it cancels them; the
     // cancellation is what withdraws the request.
@@ -412,30 +381,20 @@ async fn an_approve_call_whose_mcp_session_ends_withdraws_its_request() {
 
 /// The first warning `uplink sled` logs when dialing `gateway` (with `token`, if any).
 async fn first_dial_warning(gateway: &str, token: Option<&str>) -> String {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink"));
-    cmd.args(["sled", "--project", "p", "--permission-listen", "127.0.0.1:0", "--gateway", gateway])
-        .env_remove("UPLINK_TOKEN")
-        .env_remove("UPLINK_GATEWAY")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(t) = token {
-        cmd.args(["--token", t]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = within("a warning", async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("the log ended");
-            if line.contains("WARN") && line.contains("connecting") {
-                return line;
-            }
-        }
-    })
-    .await;
-    let _ = child.kill().await;
-    line
+    let token: &[&str] = match token {
+        Some(t) => &["--token", t],
+        None => &[],
+    };
+    let mut sled = Program::sled(UPLINK)
+        .args(["--project", "p", "--gateway", gateway])
+        .args(token)
+        .log()
+        .banner_lines(0)
+        .start()
+        .await;
+    let warned = sled.log_until_one("a warning", |line| line.contains("WARN") && line.contains("connecting")).await;
+    sled.kill().await;
+    warned.last().unwrap().clone()
 }
 
 #[tokio::test]
@@ -454,55 +413,27 @@ async fn a_newcomers_usual_mistakes_are_named_in_the_log() {
 
 #[tokio::test]
 async fn the_demo_kept_running_serves_the_console_and_an_agents_local_face() {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["demo", "--keep-running"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = std::collections::HashMap::new();
-    within("the demo's addresses", async {
-        loop {
-            let line = out.next_line().await.unwrap().expect("the demo ended");
-            if let Some((key, value)) = line.trim().split_once(": ") {
-                banner.insert(key.trim().to_owned(), value.trim().to_owned());
-            }
-            if line.trim_start().starts_with("and:") {
-                return;
-            }
-        }
-    })
-    .await;
-    let word = |key: &str| banner[key].split_whitespace().next().unwrap().to_owned();
-    let (console, ask, token) = (word("console"), word("agents ask"), word("admin token"));
+    let mut demo = Program::demo(UPLINK).start().await;
+    let (console, ask, token) =
+        (demo.word_after("console:"), demo.word_after("agents ask:"), demo.word_after("admin token:"));
     let (status, page) = uplink_tests::http("GET", &console, None, None, &[]).await;
     assert!(status == 200 && page.contains("uplink gateway"), "{status}");
     // An agent asks at the sled's local face; a person approves at the gateway; the agent hears it.
     let asked =
         tokio::spawn(async move { post(&ask, r#"{"tool_name":"Bash","tool_input":{"command":"ls"}}"#, &[]).await });
     let base = console.trim_end_matches('/').to_owned();
-    let id = within("the request at the gateway", async {
-        loop {
-            let (_, body) =
-                uplink_tests::http("GET", &format!("{base}/api/permissions"), Some(&token), None, &[]).await;
-            let v: Value = serde_json::from_str(&body).unwrap();
-            if let Some(p) = v["permissions"].as_array().and_then(|p| p.first()) {
-                assert_eq!(p["project"], "demo-agent");
-                return p["id"].as_str().unwrap().to_owned();
-            }
-            tokio::task::yield_now().await;
-        }
+    let id = until("the request at the gateway", async || {
+        let (_, body) = uplink_tests::http("GET", &format!("{base}/api/permissions"), Some(&token), None, &[]).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let p = v["permissions"].as_array().and_then(|p| p.first())?;
+        assert_eq!(p["project"], "demo-agent");
+        Some(p["id"].as_str().unwrap().to_owned())
     })
     .await;
     let url = format!("{base}/api/permissions/{id}");
     assert_eq!(uplink_tests::http("POST", &url, Some(&token), Some(r#"{"approved":true}"#), &[]).await.0, 200);
     let (status, _, body) = within("the agent's answer", asked).await.unwrap();
     assert_eq!((status, body.as_str()), (200, r#"{"decision":"approve","reason":"gateway"}"#));
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = within("the demo to exit", child.wait()).await.unwrap();
+    let status = demo.stop().await;
     assert!(status.success(), "{status:?}");
 }

@@ -7,36 +7,25 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
-use uplink_tests::{http, program, try_http, within};
+use uplink_tests::program::{self, Program, Running};
+use uplink_tests::{close_code, http, perm_response, raw_sled_at, try_http, until, within};
 use uplink_tokio::store::sqlite::SqliteReader;
 use uplink_tokio::store::{AuditQuery, AuditReader as _};
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("uplink-store-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+const UPLINK: &str = env!("CARGO_BIN_EXE_uplink");
+
+/// `uplink gateway` on `dir` with shared tokens `s` and `a`, and its base URL.
+async fn gateway(dir: &std::path::Path) -> (Running, String) {
+    let gateway =
+        Program::gateway(UPLINK).args(["--sled-token", "s", "--admin-token", "a"]).state_dir(dir).start().await;
+    let base = gateway.base_url();
+    (gateway, base)
 }
 
-/// `uplink gateway` on `dir` with shared tokens `s` and `a`; the child and its base URL.
-async fn gateway(dir: &std::path::Path) -> (Child, String) {
-    let (child, banner) = gateway_with(dir, &["--sled-token", "s", "--admin-token", "a"], 1).await;
-    (child, program::base_url(&banner[0]))
-}
-
-async fn gateway_with(dir: &std::path::Path, args: &[&str], lines: usize) -> (Child, Vec<String>) {
-    program::gateway(env!("CARGO_BIN_EXE_uplink"), dir, args, lines).await
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn sled(base: &str, project: &str) -> Ws {
-    let url = format!("{}/api/sled-uplink?token=s", base.replace("http://", "ws://"));
-    let (mut ws, _) = within("the sled to connect", tokio_tungstenite::connect_async(url)).await.unwrap();
-    let identity = json!({"type":"identity","req_id":"identity","payload":{"project":project}});
-    ws.send(Message::text(identity.to_string())).await.unwrap();
-    ws
+/// `uplink gateway` on `dir` as it starts the first time: its banner runs to the tokens it generates.
+async fn first_gateway(dir: &std::path::Path) -> Running {
+    Program::gateway(UPLINK).state_dir(dir).banner_lines(4).start().await
 }
 
 /// Every record of the log in `dir`, parsed.
@@ -57,25 +46,21 @@ fn records(dir: &std::path::Path) -> Vec<Value> {
 #[tokio::test]
 async fn kill_9_in_a_burst_of_decisions_loses_none_that_a_person_or_a_sled_heard_of() {
     const N: usize = 600;
-    let dir = temp_dir("kill");
-    let (mut child, base) = gateway(&dir).await;
-    let (mut tx, mut rx) = sled(&base, "burst").await.split();
+    let tmp = uplink_tests::temp_dir();
+    let dir = tmp.path();
+    let (mut child, base) = gateway(dir).await;
+    let (mut tx, mut rx) = raw_sled_at(&base, "s", "burst").await.split();
     for i in 0..N {
         let frame =
             json!({"type":"perm_request","req_id":format!("r{i}"),"payload":{"tool_name":"Bash","tool_input":{"i":i}}});
         tx.send(Message::text(frame.to_string())).await.unwrap();
     }
     // Every request is pending.
-    let ids: Vec<String> = within("every request to be pending", async {
-        loop {
-            let (_, body) = http("GET", &format!("{base}/api/permissions"), Some("a"), None, &[]).await;
-            let listing: Value = serde_json::from_str(&body).unwrap();
-            let perms = listing["permissions"].as_array().unwrap();
-            if perms.len() == N {
-                return perms.iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect();
-            }
-            tokio::task::yield_now().await;
-        }
+    let ids: Vec<String> = until("every request to be pending", async || {
+        let (_, body) = http("GET", &format!("{base}/api/permissions"), Some("a"), None, &[]).await;
+        let listing: Value = serde_json::from_str(&body).unwrap();
+        let perms = listing["permissions"].as_array().unwrap();
+        (perms.len() == N).then(|| perms.iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect())
     })
     .await;
     // What the sled hears, as it hears it.
@@ -118,9 +103,7 @@ async fn kill_9_in_a_burst_of_decisions_loses_none_that_a_person_or_a_sled_heard
         }
     })
     .await;
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
-    within("the gateway to die", child.wait()).await.unwrap();
+    child.kill().await;
     for d in deciders {
         within("a decider to stop", d).await.unwrap();
     }
@@ -129,7 +112,7 @@ async fn kill_9_in_a_burst_of_decisions_loses_none_that_a_person_or_a_sled_heard
     assert!(acked.len() < N, "the kill came after every decision: nothing was tested");
 
     // Every decision acknowledged or heard is in the log, once, and the chain holds.
-    let log = records(&dir);
+    let log = records(dir);
     let req_of: BTreeMap<String, String> = log
         .iter()
         .filter(|r| r["kind"] == "request")
@@ -147,29 +130,24 @@ async fn kill_9_in_a_burst_of_decisions_loses_none_that_a_person_or_a_sled_heard
     for req in &heard {
         assert!(decided_reqs.contains(req), "the sled heard {req}, which is not in the log");
     }
-    let report = SqliteReader::at(&dir).unwrap().verify().unwrap().expect("the chain holds after kill -9");
+    let report = SqliteReader::at(dir).unwrap().verify().unwrap().expect("the chain holds after kill -9");
     assert_eq!(report.records as usize, log.len());
     eprintln!("killed after {} acknowledged, {} heard, {} in the log", acked.len(), heard.len(), decided.len());
 
     // The gateway starts again on the same store; the log goes on from where it was.
-    let (mut child, _) = gateway(&dir).await;
-    child.kill().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let (mut child, _) = gateway(dir).await;
+    child.kill().await;
 }
 
 fn uplink(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_uplink"));
-    cmd.args(args).env_remove("UPLINK_ADMIN_TOKEN").env_remove("UPLINK_STATE_DIR");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
+    program::run(UPLINK, args, env)
 }
 
 #[tokio::test]
 async fn rules_and_audit_commands_work_against_a_running_gateway_and_find_tampering() {
-    let dir = temp_dir("commands");
-    let (mut child, base) = gateway(&dir).await;
+    let tmp = uplink_tests::temp_dir();
+    let dir = tmp.path();
+    let (mut child, base) = gateway(dir).await;
     let env = [("UPLINK_GATEWAY_URL", base.as_str()), ("UPLINK_ADMIN_TOKEN", "a")];
     let added = uplink(&["rules", "add", "deny", "Bash(curl *)", "--project", "team-a/*", "--expires", "30d"], &env);
     assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
@@ -183,20 +161,10 @@ async fn rules_and_audit_commands_work_against_a_running_gateway_and_find_tamper
         (Some("admin"), Some("deny"))
     );
     // The rule decides.
-    let mut ws = sled(&base, "team-a/web").await;
+    let mut ws = raw_sled_at(&base, "s", "team-a/web").await;
     let frame = json!({"type":"perm_request","req_id":"c1","payload":{"tool_name":"Bash","tool_input":{"command":"curl evil.example"}}});
     ws.send(Message::text(frame.to_string())).await.unwrap();
-    let answer = within("the rule's answer", async {
-        loop {
-            if let Some(Ok(Message::Text(t))) = ws.next().await {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] == "perm_response" {
-                    return v;
-                }
-            }
-        }
-    })
-    .await;
+    let answer = perm_response(&mut ws).await;
     assert_eq!(answer["payload"]["approved"], false);
     let bad = uplink(&["rules", "add", "allow", "Write(src/**)"], &env);
     assert_eq!(bad.status.code(), Some(1));
@@ -221,17 +189,15 @@ async fn rules_and_audit_commands_work_against_a_running_gateway_and_find_tamper
     assert_eq!(lines.len(), 1);
     assert_eq!((lines[0]["record"]["kind"].as_str(), lines[0]["record"]["rule"].as_u64()), (Some("auto"), Some(id)));
     assert_eq!(lines[0]["hash"].as_str().map(str::len), Some(64));
-    child.kill().await.unwrap();
-    child.wait().await.unwrap();
+    child.kill().await;
 
     // Tampered with: verify says where, with exit code 3.
-    let db = edit_a_record(&dir);
+    let db = edit_a_record(dir);
     let broken = uplink(&["audit", "verify", "--state-dir", state], &[]);
     assert_eq!(broken.status.code(), Some(3), "{}", String::from_utf8_lossy(&broken.stdout));
     assert!(String::from_utf8_lossy(&broken.stdout).contains(&format!("record {db} was changed")));
     let missing = uplink(&["audit", "verify", "--state-dir", "/nonexistent/uplink"], &[]);
     assert_eq!(missing.status.code(), Some(1));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Changes record 2's text in place, as someone with the file would; returns its seq.
@@ -243,26 +209,20 @@ fn edit_a_record(dir: &std::path::Path) -> u64 {
 
 /// `GET /api/sleds` with `token`, until it answers `want` (the gateway's watch reloads within seconds).
 async fn until_status(base: &str, token: &str, want: u16) {
-    within("the gateway to take the change", async {
-        loop {
-            let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(token), None, &[]).await;
-            if status == want {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+    until("the gateway to take the change", async || {
+        let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(token), None, &[]).await;
+        (status == want).then_some(())
     })
     .await;
 }
 
 #[tokio::test]
 async fn tokens_kept_in_the_store_are_taken_by_a_running_gateway_without_a_signal() {
-    let dir = temp_dir("tokens");
-    let state = dir.to_str().unwrap();
+    let tmp = uplink_tests::temp_dir();
+    let (dir, state) = (tmp.path(), tmp.path().to_str().unwrap());
     // The first start generates its tokens into the store; no credentials file is written.
-    let (mut child, lines) = gateway_with(&dir, &[], 4).await;
-    let base = lines[0].split("listening on ").nth(1).unwrap().trim().to_owned();
-    let admin = lines[3].split("(generated):").nth(1).unwrap().trim().to_owned();
+    let mut child = first_gateway(dir).await;
+    let (base, admin) = (child.base_url(), child.admin_token());
     assert!(!dir.join("credentials.toml").exists(), "the tokens went to the store");
     until_status(&base, &admin, 200).await;
 
@@ -278,31 +238,7 @@ async fn tokens_kept_in_the_store_are_taken_by_a_running_gateway_without_a_signa
     assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
     until_status(&base, &vic, 401).await;
     until_status(&base, &admin, 200).await;
-    child.kill().await.unwrap();
-    child.wait().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A sled connection with `token` for `project`, identified.
-async fn sled_with(base: &str, token: &str, project: &str) -> Ws {
-    let url = format!("{}/api/sled-uplink?token={token}", base.replace("http://", "ws://"));
-    let (mut ws, _) = within("the sled to connect", tokio_tungstenite::connect_async(url)).await.unwrap();
-    let identity = json!({"type":"identity","req_id":"identity","payload":{"project":project}});
-    ws.send(Message::text(identity.to_string())).await.unwrap();
-    ws
-}
-
-/// The close code `ws` ends with.
-async fn closed_with(ws: &mut Ws) -> Option<u16> {
-    within("the connection to be closed", async {
-        while let Some(Ok(message)) = ws.next().await {
-            if let Message::Close(frame) = message {
-                return frame.map(|f| u16::from(f.code));
-            }
-        }
-        None
-    })
-    .await
+    child.kill().await;
 }
 
 /// Whether the gateway at `base` lets a sled upgrade with `token`.
@@ -313,14 +249,12 @@ async fn sled_admitted(base: &str, token: &str) -> bool {
 
 #[tokio::test]
 async fn revoking_the_last_credentials_takes_effect_and_is_reported_only_once_in_force() {
-    let dir = temp_dir("last");
-    let state = dir.to_str().unwrap();
+    let tmp = uplink_tests::temp_dir();
+    let (dir, state) = (tmp.path(), tmp.path().to_str().unwrap());
     // The first start's two credentials are the only ones: the sled `default` and the principal `admin`.
-    let (mut child, lines) = gateway_with(&dir, &[], 4).await;
-    let base = program::base_url(&lines[0]);
-    let sled_token = lines[2].split("(generated):").nth(1).unwrap().trim().to_owned();
-    let admin = lines[3].split("(generated):").nth(1).unwrap().trim().to_owned();
-    let mut ws = sled_with(&base, &sled_token, "web").await;
+    let mut child = first_gateway(dir).await;
+    let (base, sled_token, admin) = (child.base_url(), child.sled_token(), child.admin_token());
+    let mut ws = raw_sled_at(&base, &sled_token, "web").await;
     let ask = json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"ls"}}});
     ws.send(Message::text(ask.to_string())).await.unwrap();
     until_status(&base, &admin, 200).await;
@@ -330,7 +264,7 @@ async fn revoking_the_last_credentials_takes_effect_and_is_reported_only_once_in
     let said = String::from_utf8_lossy(&revoked.stderr).into_owned();
     assert!(revoked.status.success(), "{said}");
     assert!(said.contains("in force at the running gateway"), "{said}");
-    assert_eq!(closed_with(&mut ws).await, Some(4010), "the revoked sled stays connected");
+    assert_eq!(close_code(&mut ws).await, Some(4010), "the revoked sled stays connected");
     assert!(!sled_admitted(&base, &sled_token).await, "the revoked token still connects");
     let (_, body) = http("GET", &format!("{base}/api/permissions"), Some(&admin), None, &[]).await;
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["permissions"], json!([]), "its request stayed");
@@ -350,26 +284,24 @@ async fn revoking_the_last_credentials_takes_effect_and_is_reported_only_once_in
     assert_eq!(status, 200, "the CLI said in force before it was");
 
     // A credentials file that does not load: the gateway keeps what it has, and the CLI does not say done.
-    child.kill().await.unwrap();
-    child.wait().await.unwrap();
+    child.kill().await;
     let file = dir.join("extra.toml");
     std::fs::write(&file, "").unwrap();
     let file = file.to_str().unwrap();
-    let (mut child, lines) = gateway_with(&dir, &["--credentials", file], 4).await;
+    let mut child = Program::gateway(UPLINK).args(["--credentials", file]).state_dir(dir).banner_lines(4).start().await;
+    let lines = &child.banner;
     assert!(
         lines.iter().all(|l| !l.contains("(generated)")),
         "{lines:?}: a store once holding credentials is no first start"
     );
-    let base = program::base_url(&lines[0]);
+    let base = child.base_url();
     std::fs::write(file, "[[sled]]\nlabel = \"x\"\n").unwrap();
     let refused = uplink(&["gateway", "token", "revoke", "--state-dir", state, "ana"], &[]);
     let said = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert!(!refused.status.success() && said.contains("NOT in force"), "{said}");
     let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(&ana), None, &[]).await;
     assert_eq!(status, 200, "the previous credentials stay in force when the new ones do not load");
-    child.kill().await.unwrap();
-    child.wait().await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    child.kill().await;
 }
 
 /// The permission bits of `path`.
@@ -382,42 +314,18 @@ fn mode(path: &std::path::Path) -> u32 {
 #[cfg(unix)]
 #[tokio::test]
 async fn the_state_directory_and_every_file_in_it_are_owner_only_whatever_the_umask() {
-    use tokio::io::AsyncBufReadExt as _;
-    let base = temp_dir("modes");
-    let dir = base.join("state");
+    let base = uplink_tests::temp_dir();
+    let dir = base.path().join("state");
     // Started as a shell with the common umask starts it.
-    let mut child = tokio::process::Command::new("sh")
-        .args(["-c", "umask 022; exec \"$0\" gateway --listen 127.0.0.1:0 --state-dir \"$1\""])
-        .arg(env!("CARGO_BIN_EXE_uplink"))
-        .arg(&dir)
-        .env_remove("UPLINK_ADMIN_TOKEN")
-        .env_remove("UPLINK_SLED_TOKENS")
-        .env_remove("UPLINK_CREDENTIALS")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    while banner.len() < 4 {
-        banner.push(within("the gateway's banner", out.next_line()).await.unwrap().unwrap());
-    }
-    let url = program::base_url(&banner[0]);
-    let sled_token = banner[2].split("(generated):").nth(1).unwrap().trim().to_owned();
-    let admin = banner[3].split("(generated):").nth(1).unwrap().trim().to_owned();
+    let mut child = Program::gateway(UPLINK).after_shell("umask 022").state_dir(&dir).banner_lines(4).start().await;
+    let (url, sled_token, admin) = (child.base_url(), child.sled_token(), child.admin_token());
     // A decision, so that the log and its shared memory exist.
-    let mut ws = sled_with(&url, &sled_token, "web").await;
+    let mut ws = raw_sled_at(&url, &sled_token, "web").await;
     let ask = json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"ls"}}});
     ws.send(Message::text(ask.to_string())).await.unwrap();
-    let id = within("the request to be listed", async {
-        loop {
-            let (_, body) = http("GET", &format!("{url}/api/permissions"), Some(&admin), None, &[]).await;
-            if let Some(id) = serde_json::from_str::<Value>(&body).unwrap()["permissions"][0]["id"].as_str() {
-                return id.to_owned();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    let id = until("the request to be listed", async || {
+        let (_, body) = http("GET", &format!("{url}/api/permissions"), Some(&admin), None, &[]).await;
+        serde_json::from_str::<Value>(&body).unwrap()["permissions"][0]["id"].as_str().map(str::to_owned)
     })
     .await;
     let (status, _) =
@@ -427,19 +335,16 @@ async fn the_state_directory_and_every_file_in_it_are_owner_only_whatever_the_um
     for name in ["uplink.db", "uplink.db-wal", "uplink.db-shm", "uplink.db.lock", "tokens", "credentials.in-force"] {
         assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
     }
-    child.kill().await.unwrap();
-    child.wait().await.unwrap();
+    child.kill().await;
 
     // Files an older uplink left readable by everyone are narrowed at the next start.
     use std::os::unix::fs::PermissionsExt as _;
     for name in ["uplink.db", "uplink.db.lock", "tokens"] {
         std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let (mut child, _) = gateway_with(&dir, &[], 1).await;
+    let mut child = Program::gateway(UPLINK).state_dir(&dir).start().await;
     for name in ["uplink.db", "uplink.db.lock", "tokens"] {
         assert_eq!(mode(&dir.join(name)), 0o600, "{name} after a restart");
     }
-    child.kill().await.unwrap();
-    child.wait().await.unwrap();
-    let _ = std::fs::remove_dir_all(&base);
+    child.kill().await;
 }

@@ -2,10 +2,9 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::PathBuf;
-use std::process::Stdio;
 
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::oneshot;
+use uplink_tests::program::{self, Program};
 use uplink_tests::within;
 use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
 use uplink_tokio::{Decision, Uplink, UplinkConfig};
@@ -34,12 +33,7 @@ async fn gateway() -> (String, oneshot::Sender<()>) {
 }
 
 async fn run(name: &str, envs: &[(&str, &str)]) -> (i32, String) {
-    let out = within(
-        name,
-        tokio::process::Command::new(example(name)).envs(envs.iter().copied()).env_remove("RUST_LOG").output(),
-    )
-    .await
-    .unwrap();
+    let out = program::run_within(name, example(name), &[], envs).await;
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -69,22 +63,16 @@ async fn blocking_sled_needs_no_async_runtime() {
 
 #[tokio::test]
 async fn custom_gateway_decides_by_its_allow_list() {
-    let mut child = tokio::process::Command::new(example("custom_gateway"))
-        .args(["127.0.0.1:0", "Read,Grep"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = within("the ready line", lines.next_line()).await.unwrap().unwrap();
-    let url = first.split("on ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let mut gateway =
+        Program::new(example("custom_gateway")).args(["127.0.0.1:0", "Read,Grep"]).show_log().start().await;
+    let url = gateway.word_after("on ");
     let uplink = Uplink::start(UplinkConfig::new(url, "ex-sled")).unwrap();
     assert_eq!(within("Read", uplink.request_permission("Read", &serde_json::json!({}))).await, Decision::Approve);
     assert_eq!(within("Bash", uplink.request_permission("Bash", &serde_json::json!({}))).await, Decision::Deny);
     uplink.shutdown().await;
     let mut seen = String::new();
     while !seen.contains("gone") {
-        seen.push_str(&within("the gateway's log", lines.next_line()).await.unwrap().unwrap());
+        seen.push_str(&gateway.line().await);
     }
     assert!(
         seen.contains("sled ex-sled identified") && seen.contains("Read → Approve") && seen.contains("Bash → Deny"),

@@ -5,25 +5,16 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 #![cfg(target_os = "linux")]
 
-use std::process::Stdio;
-
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
-use uplink_tests::{http, within};
+use uplink_tests::program::{Program, Running};
+use uplink_tests::{http, until, within};
 
+const UPLINK: &str = env!("CARGO_BIN_EXE_uplink");
 const MIB: usize = 1 << 20;
 /// The fleet's budget for pending input bytes, as given to the gateway.
 const BUDGET: usize = 64 * MIB;
-
-/// A fresh state directory for one gateway.
-fn state_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("uplink-resources-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 /// Peak resident size of `pid` so far, in bytes.
 fn peak_rss(pid: u32) -> usize {
@@ -34,22 +25,16 @@ fn peak_rss(pid: u32) -> usize {
 
 #[tokio::test]
 async fn peak_memory_stays_within_the_pending_budget_plus_a_fixed_overhead() {
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_uplink"))
-        .args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", "s", "--admin-token", "a"])
+    // With its store, as it runs by default: the audit log's writes count too. Its audit log holds every input
+    // it was offered: gone with the test.
+    let mut gateway = Program::gateway(UPLINK)
+        .args(["--sled-token", "s", "--admin-token", "a"])
         .args(["--max-pending-bytes", "64MiB", "--max-sled-pending-bytes", "16MiB"])
-        // With its store, as it runs by default: the audit log's writes count too.
-        .env("UPLINK_STATE_DIR", state_dir("memory"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(gateway.stdout.take().unwrap()).lines();
-    let first = within("the gateway to start", out.next_line()).await.unwrap().unwrap();
-    let base = first.split("listening on ").nth(1).unwrap().trim().to_owned();
+        .start()
+        .await;
+    let base = gateway.base_url();
     let ws = format!("{}/api/sled-uplink?token=s", base.replace("http://", "ws://"));
-    let pid = gateway.id().unwrap();
+    let pid = gateway.pid();
     let idle = peak_rss(pid);
 
     // Six sleds offer 1 MiB inputs, 20 each: 120 MiB in all, against 16 MiB per sled and 64 MiB in total.
@@ -81,19 +66,14 @@ async fn peak_memory_stays_within_the_pending_budget_plus_a_fixed_overhead() {
         }));
     }
     let count = || denied.load(std::sync::atomic::Ordering::Relaxed);
-    within("every request to be pending or denied", async {
-        loop {
-            // Unbounded here: the waits below bound it (a debug build can be slow to answer under this load).
-            let (_, sleds) =
-                uplink_tests::try_http("GET", &format!("{base}/api/sleds"), Some("a"), None, &[]).await.unwrap();
-            let sleds: Value = serde_json::from_str(&sleds).unwrap();
-            let pending: u64 =
-                sleds["sleds"].as_array().unwrap().iter().map(|s| s["pending_permissions"].as_u64().unwrap()).sum();
-            if usize::try_from(pending).unwrap() + count() == 120 {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
+    until("every request to be pending or denied", async || {
+        // Each look unbounded here: the wait bounds them (a debug build can be slow to answer under this load).
+        let (_, sleds) =
+            uplink_tests::try_http("GET", &format!("{base}/api/sleds"), Some("a"), None, &[]).await.ok()?;
+        let sleds: Value = serde_json::from_str(&sleds).unwrap();
+        let pending: u64 =
+            sleds["sleds"].as_array().unwrap().iter().map(|s| s["pending_permissions"].as_u64().unwrap()).sum();
+        (usize::try_from(pending).unwrap() + count() == 120).then_some(())
     })
     .await;
     let denied = count();
@@ -116,10 +96,7 @@ async fn peak_memory_stays_within_the_pending_budget_plus_a_fixed_overhead() {
     eprintln!("idle {} MiB, peak {} MiB, bound {} MiB", idle / MIB, peak / MIB, bound / MIB);
     assert!(peak <= bound, "peak {} MiB over {} MiB", peak / MIB, bound / MIB);
     readers.iter().for_each(tokio::task::JoinHandle::abort);
-    let _ = gateway.start_kill();
-    let _ = gateway.wait().await;
-    // Its audit log holds every input it was offered: gone with the test.
-    let _ = std::fs::remove_dir_all(state_dir("memory"));
+    gateway.kill().await;
 }
 
 /// Resident size of `pid` now, in bytes.
@@ -300,40 +277,18 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// `uplink gateway` run by a shell after `limits` (`ulimit …`), its state in `state_dir(name)`, its log on a
-/// pipe; the child and its first line.
-async fn gateway_under_limits(limits: &str, name: &str) -> (tokio::process::Child, String) {
-    let exe = env!("CARGO_BIN_EXE_uplink");
-    let mut gateway = Command::new("sh")
-        .args(["-c", &format!("{limits} && exec '{exe}' gateway --listen 127.0.0.1:0 --sled-token s --admin-token a")])
-        .env("UPLINK_STATE_DIR", state_dir(name))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(gateway.stdout.take().unwrap()).lines();
-    let first = within("the gateway to start", out.next_line()).await.unwrap().unwrap();
-    // The rest is read and dropped: a closed pipe would end the gateway at its next line.
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    (gateway, first)
+/// `uplink gateway` run by a shell after `limits` (`ulimit …`), its log captured.
+async fn gateway_under_limits(limits: &str) -> Running {
+    Program::gateway(UPLINK).args(["--sled-token", "s", "--admin-token", "a"]).after_shell(limits).log().start().await
 }
 
 #[tokio::test]
 async fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
     // A gateway allowed 64 open files, then 100 connections that never send a byte: accept fails with
     // EMFILE until the handshake timeout frees them.
-    let (mut gateway, first) = gateway_under_limits("ulimit -n 64", "fds").await;
-    let addr = first.split("listening on http://").nth(1).unwrap().trim().to_owned();
-    let pid = gateway.id().unwrap();
-    // The log is read as it comes, so that a full pipe never slows the gateway down.
-    let stderr = gateway.stderr.take().unwrap();
-    let log = tokio::spawn(async move {
-        let mut log = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut BufReader::new(stderr), &mut log).await;
-        log
-    });
+    let mut gateway = gateway_under_limits("ulimit -n 64").await;
+    let addr = gateway.base_url().trim_start_matches("http://").to_owned();
+    let pid = gateway.pid();
     let mut held = Vec::new();
     for _ in 0..100 {
         held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
@@ -346,11 +301,9 @@ async fn out_of_file_descriptors_the_gateway_backs_off_instead_of_spinning() {
     let ticks_per_second = 100; // USER_HZ on Linux
     assert!(used * 4 < ticks_per_second, "the gateway used {used} ticks of CPU in one second");
     drop(held);
-    let _ = gateway.start_kill();
-    let _ = gateway.wait().await;
-    let log = within("the log", log).await.unwrap();
+    gateway.kill().await;
+    let log = gateway.log_rest().await;
     assert!(log.lines().count() < 20, "{} log lines:\n{log}", log.lines().count());
-    let _ = std::fs::remove_dir_all(state_dir("fds"));
 }
 
 #[tokio::test]
@@ -358,11 +311,9 @@ async fn the_open_file_limit_is_raised_to_the_hard_one_and_sets_the_connection_b
     // Started with a soft limit of 200 under a hard one of 400 (as many systems start services): the gateway
     // raises its soft limit to 400 and allows 400 - 100 sled connections (a quarter of a small limit is kept
     // for its own files). Sled 301 is refused with 503, not left to fail for want of a descriptor.
-    let (mut gateway, first) = gateway_under_limits("ulimit -Sn 200 && ulimit -Hn 400", "limit").await;
-    let mut log = BufReader::new(gateway.stderr.take().unwrap()).lines();
-    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
-    let base = uplink_tests::program::base_url(&first);
-    let pid = gateway.id().unwrap();
+    let mut gateway = gateway_under_limits("ulimit -Sn 200 && ulimit -Hn 400").await;
+    let base = gateway.base_url();
+    let pid = gateway.pid();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -383,7 +334,5 @@ async fn the_open_file_limit_is_raised_to_the_hard_one_and_sets_the_connection_b
         other => panic!("sled 301 was not refused with 503: {:?}", other.map(|_| ())),
     }
     drop(sleds);
-    let _ = gateway.start_kill();
-    let _ = gateway.wait().await;
-    let _ = std::fs::remove_dir_all(state_dir("limit"));
+    gateway.kill().await;
 }
