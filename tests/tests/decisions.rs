@@ -2,7 +2,6 @@
 //! the rules API and its roles, the audit log and its chain, and a store that fails (nothing is sent).
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,12 +28,6 @@ fn config() -> GatewayServerConfig {
         AdminPrincipal::new("vic", Role::Viewer, TokenHash::of(VIC)),
     ];
     GatewayServerConfig::with_credentials("127.0.0.1:0".parse().unwrap(), Credentials::new(sleds, people).unwrap())
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("uplink-decisions-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 async fn start(dir: &std::path::Path) -> RealGateway {
@@ -90,8 +83,9 @@ async fn audit(gw: &RealGateway, query: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn always_allow_sticks_for_its_project_across_a_restart_and_the_log_tells_its_whole_life() {
-    let dir = temp_dir("sticks");
-    let gw = start(&dir).await;
+    let tmp = uplink_tests::temp_dir();
+    let dir = tmp.path();
+    let gw = start(dir).await;
     let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
     let mut web = sled(&gw, "web").await;
     let mut api = sled(&gw, "api").await;
@@ -135,7 +129,7 @@ async fn always_allow_sticks_for_its_project_across_a_restart_and_the_log_tells_
     assert_eq!(close_code(&mut web).await, Some(1001));
 
     // Restarted on the same store: both rules are back, and still decide.
-    let gw = start(&dir).await;
+    let gw = start(dir).await;
     let mut web = sled(&gw, "web").await;
     ask(&mut web, "w4", "git diff HEAD").await;
     assert_eq!(answer(&mut web).await, ("w4".to_owned(), true));
@@ -194,17 +188,17 @@ async fn always_allow_sticks_for_its_project_across_a_restart_and_the_log_tells_
     let denied = audit(&gw, "&outcome=deny&project=web").await;
     assert_eq!(denied.len(), 2);
     assert!(audit(&gw, "&project=nowhere").await.is_empty());
-    let reader = uplink_tokio::store::sqlite::SqliteReader::at(&dir).unwrap();
+    let reader = uplink_tokio::store::sqlite::SqliteReader::at(dir).unwrap();
     let report = reader.verify().unwrap().expect("the chain is intact");
     assert_eq!(report.records, all.len() as u64);
     gw.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn redacted_inputs_leave_their_hash_in_the_log_and_nothing_else() {
-    let dir = temp_dir("redact");
-    let store = SqliteStore::open(&dir, StoreOptions::default()).unwrap();
+    let tmp = uplink_tests::temp_dir();
+    let dir = tmp.path();
+    let store = SqliteStore::open(dir, StoreOptions::default()).unwrap();
     let mut config = config();
     config.audit_redact_inputs = true;
     let gw = RealGateway::start_with_store(config, Some(Box::new(store))).await;
@@ -220,13 +214,13 @@ async fn redacted_inputs_leave_their_hash_in_the_log_and_nothing_else() {
     let canonical = uplink_tokio::store::audit::canonical(&json!({"command": "cat ~/.aws/credentials"}));
     assert_eq!(record["input_sha256"].as_str(), Some(uplink_tokio::store::audit::sha256_hex(&canonical).as_str()));
     gw.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn inputs_nested_deeper_than_the_gateway_accepts_are_denied_and_logged_by_hash_and_the_log_verifies() {
-    let dir = temp_dir("deep");
-    let gw = start(&dir).await;
+    let tmp = uplink_tests::temp_dir();
+    let dir = tmp.path();
+    let gw = start(dir).await;
     let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
     let mut ws = sled(&gw, "web").await;
     // 127 levels: one more, inside a record, than serde_json reads; 10,000: far more.
@@ -250,17 +244,17 @@ async fn inputs_nested_deeper_than_the_gateway_accepts_are_denied_and_logged_by_
         );
         assert_eq!(record["input_sha256"].as_str(), Some(uplink_tokio::store::audit::sha256_hex(input).as_str()));
     }
-    let reader = uplink_tokio::store::sqlite::SqliteReader::at(&dir).unwrap();
+    let reader = uplink_tokio::store::sqlite::SqliteReader::at(dir).unwrap();
     let report = reader.verify().unwrap().expect("the chain is intact, and its columns agree");
     assert_eq!(report.records, 2);
     gw.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn rules_that_would_never_apply_are_refused_with_the_reason() {
-    let dir = temp_dir("never");
-    let gw = start(&dir).await;
+    let tmp = uplink_tests::temp_dir();
+    let dir = tmp.path();
+    let gw = start(dir).await;
     let url = format!("{}/api/rules", gw.base);
     for body in
         [r#"{"effect":"deny","pattern":"Bash","projects":[]}"#, r#"{"effect":"deny","pattern":"Bash","expires":1}"#]
@@ -279,7 +273,6 @@ async fn rules_that_would_never_apply_are_refused_with_the_reason() {
     let (_, listing) = http("GET", &format!("{}/api/permissions", gw.base), Some(VIC), None, &[]).await;
     assert!(listing.contains(&id), "the request still waits: {listing}");
     gw.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A store that works until told to fail; committed in place by the hub task, or on a thread of its own

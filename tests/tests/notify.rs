@@ -10,7 +10,7 @@ use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use uplink_tests::{ADMIN_TOKEN, RealGateway, http, identify, next_event, sse, within};
+use uplink_tests::{ADMIN_TOKEN, RealGateway, http, identify, next_event, sse, until, within};
 use uplink_tokio::gateway::{GatewayServerConfig, NotifyFormat, Webhook};
 
 /// A webhook receiver on loopback: each body it is sent goes to the channel; it answers `200` unless
@@ -103,18 +103,13 @@ async fn every_webhook_hears_of_each_request_and_a_slow_or_dead_one_holds_nothin
     );
 
     // The dead one is retried (and counted) while the rest go on.
-    within("a failed delivery to be counted", async {
-        loop {
-            let (_, text) = http("GET", &format!("{}/metrics", gw.base), Some(ADMIN_TOKEN), None, &[]).await;
-            let failed = text
-                .lines()
-                .find_map(|l| l.strip_prefix(r#"uplink_gateway_notification_deliveries_total{result="failed"} "#))
-                .and_then(|v| v.parse::<f64>().ok());
-            if failed.is_some_and(|n| n >= 1.0) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    until("a failed delivery to be counted", async || {
+        let (_, text) = http("GET", &format!("{}/metrics", gw.base), Some(ADMIN_TOKEN), None, &[]).await;
+        let failed = text
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"uplink_gateway_notification_deliveries_total{result="failed"} "#))
+            .and_then(|v| v.parse::<f64>().ok());
+        failed.is_some_and(|n| n >= 1.0).then_some(())
     })
     .await;
     gw.stop().await;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::gateway::{ProjectScope, Role, SessionConfig};
-use uplink_tests::{RealGateway, close_code, http, identify, next_event, sse, within};
+use uplink_tests::{RealGateway, close_code, http, identify, next_event, sse, until, within};
 use uplink_tokio::gateway::GatewayServerConfig;
 use uplink_tokio::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
 
@@ -251,15 +251,7 @@ async fn event_clients_are_counted_and_one_too_many_is_refused_until_a_place_fre
     assert_eq!(open_events(&gw).await.0, 503);
     // A client that leaves frees its place (once the gateway has seen it go).
     drop(one);
-    within("a freed place", async {
-        loop {
-            if open_events(&gw).await.0 == 200 {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until("a freed place", async || (open_events(&gw).await.0 == 200).then_some(())).await;
 }
 
 #[tokio::test]
@@ -297,12 +289,8 @@ async fn wrong_tokens_past_the_budget_get_429_while_a_right_one_from_the_same_ad
     let (status, _) = http("POST", &sign_in, None, Some(&json!({"token": VIC}).to_string()), &origin).await;
     assert_eq!(status, 200);
     // A refill later, a wrong token is a plain 401 again.
-    within("the budget to refill", async {
-        while http("GET", &sleds, Some(WRONG), None, &[]).await.0 != 401 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    until("the budget to refill", async || (http("GET", &sleds, Some(WRONG), None, &[]).await.0 == 401).then_some(()))
+        .await;
     let (_, metrics) = http("GET", &format!("{}/metrics", gw.base), Some(VIC), None, &[]).await;
     assert!(metrics.contains("uplink_gateway_auth_failures_total{answer=\"429\"}"), "{metrics}");
     gw.stop().await;

@@ -32,7 +32,8 @@ fn config(port: u16) -> UplinkConfig {
 #[tokio::test]
 async fn wss_is_trusted_through_the_ca_file() {
     let (acceptor, pem) = acceptor();
-    let ca = std::env::temp_dir().join(format!("uplink-test-ca-{}.pem", std::process::id()));
+    let dir = uplink_tests::temp_dir();
+    let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, pem).unwrap();
     let gw = TestGateway::bind().await;
     let mut c = config(gw.addr.port());
@@ -43,7 +44,6 @@ async fn wss_is_trusted_through_the_ca_file() {
     assert_eq!(conn.recv().await["type"], "identity");
     let (code, ()) = tokio::join!(conn.until_closed(), uplink.shutdown());
     assert_eq!(code, Some(1000));
-    let _ = std::fs::remove_file(ca);
 }
 
 #[tokio::test]
@@ -71,30 +71,27 @@ async fn an_untrusted_certificate_is_a_connect_failure_not_a_panic() {
 
 #[tokio::test]
 async fn an_unreadable_ca_file_is_a_start_error() {
+    let dir = uplink_tests::temp_dir();
     let mut c = config(1);
-    c.ca_file = Some(std::env::temp_dir().join("uplink-test-no-such-ca.pem"));
+    c.ca_file = Some(dir.path().join("no-such-ca.pem"));
     assert!(matches!(
         Uplink::start(c),
         Err(uplink_tokio::StartError::CaFile { .. } | uplink_tokio::StartError::NoCaCertificate(_))
     ));
-    let empty = std::env::temp_dir().join(format!("uplink-test-empty-{}.pem", std::process::id()));
+    let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate").unwrap();
     let mut c = config(1);
     c.ca_file = Some(empty.clone());
     let err = Uplink::start(c).unwrap_err();
     assert!(err.to_string().contains("no certificate found"), "{err}");
-    let _ = std::fs::remove_file(empty);
 }
 
 #[tokio::test]
 async fn the_gateway_serves_wss_and_https_from_certificate_files() {
     use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = std::env::temp_dir();
-    let (cert, key) = (
-        dir.join(format!("uplink-gw-cert-{}.pem", std::process::id())),
-        dir.join(format!("uplink-gw-key-{}.pem", std::process::id())),
-    );
+    let dir = uplink_tests::temp_dir();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
     let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec!["s".into()], "a");
@@ -145,14 +142,13 @@ async fn the_gateway_serves_wss_and_https_from_certificate_files() {
     assert!(cookie.contains("Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
 
     let _ = stop.send(());
-    let _ = std::fs::remove_file(cert);
-    let _ = std::fs::remove_file(key);
 }
 
 #[tokio::test]
 async fn a_gateway_with_an_unusable_certificate_does_not_start() {
     use uplink_tokio::gateway::{GatewayServer, GatewayServerConfig};
-    let missing = std::env::temp_dir().join("uplink-no-such-cert.pem");
+    let dir = uplink_tests::temp_dir();
+    let missing = dir.path().join("no-such-cert.pem");
     let mut config = GatewayServerConfig::new("127.0.0.1:0".parse().unwrap(), vec!["s".into()], "a");
     config.tls = Some((missing.clone(), missing));
     let result = GatewayServer::bind(config).await;

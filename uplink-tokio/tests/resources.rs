@@ -146,24 +146,14 @@ fn masked_text_frame(text: &str, out: &mut Vec<u8>) {
 /// pending, within the default budgets); then they go, and their requests end. The gateway's peak is within four times the inputs and a
 /// fixed overhead, and once they have ended it is back within the fixed overhead of its idle size.
 async fn memory_follows_the_inputs_in_flight(name: &str, store: bool) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_uplink"));
-    command.args(["gateway", "--listen", "127.0.0.1:0", "--sled-token", "s", "--admin-token", "a"]);
+    let mut gateway = Program::gateway(UPLINK).args(["--sled-token", "s", "--admin-token", "a"]);
     if !store {
-        command.arg("--no-store");
+        gateway = gateway.args(["--no-store"]);
     }
-    let mut gateway = command
-        .env("UPLINK_STATE_DIR", state_dir(name))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(gateway.stdout.take().unwrap()).lines();
-    let first = within("the gateway to start", out.next_line()).await.unwrap().unwrap();
-    let base = uplink_tests::program::base_url(&first);
+    let mut gateway = gateway.start().await;
+    let base = gateway.base_url();
     let ws = format!("{}/api/sled-uplink?token=s", base.replace("http://", "ws://"));
-    let pid = gateway.id().unwrap();
+    let pid = gateway.pid();
     let idle = rss(pid);
     let pending = || async {
         // Unbounded here: the waits below bound it (a debug build can be slow to answer under this load).
@@ -254,9 +244,7 @@ async fn memory_follows_the_inputs_in_flight(name: &str, store: bool) {
         assert_eq!(record["input_sha256"], uplink_tokio::store::audit::sha256_hex(&canonical).as_str());
         assert_eq!(record["input"], input);
     }
-    let _ = gateway.start_kill();
-    let _ = gateway.wait().await;
-    let _ = std::fs::remove_dir_all(state_dir(name));
+    gateway.kill().await;
 }
 
 #[tokio::test]
