@@ -131,7 +131,7 @@ impl Program {
 
     /// `uplink demo --keep-running`; its banner runs to the last line of the addresses it keeps serving.
     pub fn demo(exe: &str) -> Program {
-        Program::uplink(exe, &["demo", "--keep-running"]).banner_until("and:")
+        Program::uplink(exe, &["demo", "--keep-running"]).banner_until("  and: ")
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Program {
