@@ -29,8 +29,8 @@ type Cdp = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<
 
 /// One headless Chromium with one page, driven over the DevTools protocol.
 struct Browser {
-    // Killed before its profile is removed.
-    _chromium: Running,
+    // Killed (when not closed) before its profile is removed.
+    chromium: Running,
     cdp: Cdp,
     session: String,
     next: u64,
@@ -43,7 +43,8 @@ impl Browser {
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("Chromium is needed for the console's browser test: run `bash scripts/test` (it installs it)");
-        // One profile per browser: the tests of this file run at once, and Chromium locks its profile.
+        // One profile per browser: the tests of this file run at once, and Chromium locks its profile. Chromium
+        // makes it.
         let profile = uplink_tests::temp_dir();
         let mut chromium = Program::new(exe)
             .args([
@@ -58,7 +59,7 @@ impl Browser {
                 "--window-size=1100,760",
                 "--remote-debugging-port=0",
             ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
             .arg("about:blank")
             .log()
             .banner_lines(0)
@@ -68,7 +69,7 @@ impl Browser {
         let line = chromium.log_until(LISTENING).await.pop().unwrap();
         let url = line.split(LISTENING).nth(1).unwrap().trim().to_owned();
         let (cdp, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let mut browser = Browser { _chromium: chromium, cdp, session: String::new(), next: 0, _profile: profile };
+        let mut browser = Browser { chromium, cdp, session: String::new(), next: 0, _profile: profile };
         let target = browser.call("Target.createTarget", json!({"url": "about:blank"})).await["targetId"].clone();
         let attached = browser.call("Target.attachToTarget", json!({"targetId": target, "flatten": true})).await;
         browser.session = attached["sessionId"].as_str().unwrap().to_owned();
@@ -135,6 +136,15 @@ impl Browser {
         self.until("the page to load", "document.readyState === 'complete'").await;
     }
 
+    /// Closes Chromium as its user would, and waits until it has exited: then nothing of it writes in its profile
+    /// any more, and the profile is removed with it. (Killed, its helper processes can outlive it and leave the
+    /// profile behind.)
+    async fn close(mut self) {
+        let command = json!({"id": self.next + 1, "method": "Browser.close"});
+        self.cdp.send(Message::text(command.to_string())).await.unwrap();
+        assert!(self.chromium.wait().await.success());
+    }
+
     async fn screenshot(&mut self, path: &std::path::Path) {
         let shot = self.call("Page.captureScreenshot", json!({"format": "png"})).await;
         let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
@@ -187,14 +197,7 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
         GatewayServerConfig::with_credentials("127.0.0.1:0".parse().unwrap(), Credentials::new(sleds, people).unwrap());
     let gw = RealGateway::start_config(config).await;
     let mut browser = Browser::launch().await;
-    browser.goto(&format!("{}/", gw.base)).await;
-    browser.until("the sign-in form", "!document.querySelector('#sign-in-view').hidden").await;
-    browser
-        .eval(&format!(
-            "document.querySelector('#token').value = '{ANA}'; document.querySelector('#sign-in button').click(); true"
-        ))
-        .await;
-    browser.until("ana to be signed in", "document.querySelector('#who').textContent.includes('ana (approver)')").await;
+    sign_in(&mut browser, &gw.base, ANA, "ana (approver)").await;
 
     // A request appears, readably; approved with a click, and the sled hears it.
     let mut config = UplinkConfig::new(&gw.ws, "team-a/web");
@@ -257,12 +260,14 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
         .await;
     browser.until("the viewer's list", &format!("!!{third}")).await;
     assert_eq!(browser.eval("document.querySelectorAll('#pending-list .card button').length").await, json!(0));
-    drop(browser);
+    browser.close().await;
     sled.shutdown().await;
     gw.stop().await;
 }
 
-/// Signs `token` in on the console at `base` (the page is loaded there first).
+/// Signs `token` in on the console at `base` (the page is loaded there first), and waits until the page's event
+/// stream is open: the page learns of a new request only from it, and one asked before it opened would not be
+/// shown until the next event.
 async fn sign_in(browser: &mut Browser, base: &str, token: &str, who: &str) {
     browser.goto(&format!("{base}/")).await;
     browser.until("the sign-in form", "!document.querySelector('#sign-in-view').hidden").await;
@@ -274,6 +279,7 @@ async fn sign_in(browser: &mut Browser, base: &str, token: &str, who: &str) {
     browser
         .until("the person to be signed in", &format!("document.querySelector('#who').textContent.includes('{who}')"))
         .await;
+    browser.until("the page's event stream", "events !== null && events.readyState === EventSource.OPEN").await;
 }
 
 #[tokio::test]
@@ -352,7 +358,7 @@ async fn one_request_nested_ten_thousand_deep_blanks_nothing() {
     browser.eval(&format!("{card}.querySelector('button.approve').click(); true")).await;
     let answer = within("the agent's answer", ordinary).await.unwrap();
     assert_eq!((answer.decision, answer.cause), (Decision::Approve, Cause::Response));
-    drop(browser);
+    browser.close().await;
     sled.shutdown().await;
     gw.stop().await;
 }
