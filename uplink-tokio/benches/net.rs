@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+use uplink_tests::program::{Program, Running};
 use uplink_tokio::{Decision, LinkState, Uplink, UplinkConfig};
 
 const SLED_TOKEN: &str = "bench-sled-token";
@@ -46,58 +47,52 @@ fn mcp_result(n: u64) -> serde_json::Value {
 
 // ── Processes and their costs ────────────────────────────────────────────────────────────────────────────
 
-/// `uplink gateway` as a child process.
+/// `uplink gateway` as a child process, started by the tests' helper: in a state directory of its own (removed
+/// with it), its banner read and the rest of its output read as it comes, so that it never blocks on a full
+/// pipe. Killed when dropped; [`GatewayProcess::stop`] also waits until it is gone.
 struct GatewayProcess {
-    child: Child,
+    process: Running,
     addr: SocketAddr,
-    state_dir: std::path::PathBuf,
 }
 
 impl GatewayProcess {
-    /// As deployed: with its store (the audit log), in a state directory of its own.
-    fn start() -> GatewayProcess {
-        GatewayProcess::start_with(&["--auto-approve", "Bench"])
+    /// As deployed: with its store (the audit log).
+    async fn start() -> GatewayProcess {
+        GatewayProcess::start_with(&["--auto-approve", "Bench"]).await
     }
 
-    fn start_with(extra: &[&str]) -> GatewayProcess {
-        GatewayProcess::start_on("127.0.0.1:0", extra)
+    async fn start_with(extra: &[&str]) -> GatewayProcess {
+        GatewayProcess::start_on("127.0.0.1:0", extra).await
     }
 
     /// On `listen` (a restart takes the address of the gateway before it).
-    fn start_on(listen: &str, extra: &[&str]) -> GatewayProcess {
-        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let state_dir = std::env::temp_dir().join(format!("uplink-bench-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&state_dir);
-        let mut child = far_command(env!("CARGO_BIN_EXE_uplink"))
-            .args(["gateway", "--listen", listen, "--sled-token", SLED_TOKEN, "--admin-token", ADMIN_TOKEN])
+    async fn start_on(listen: &str, extra: &[&str]) -> GatewayProcess {
+        let far = far_wrapper();
+        let process = Program::gateway_on(env!("CARGO_BIN_EXE_uplink"), listen)
+            .args(["--sled-token", SLED_TOKEN, "--admin-token", ADMIN_TOKEN])
             .args(extra)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start uplink gateway");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines.next().expect("the gateway prints its address").unwrap();
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.trim().parse().unwrap();
-            }
-        };
-        // Keep reading its standard output so that it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        GatewayProcess { child, addr, state_dir }
+            .wrapped(&far.iter().map(String::as_str).collect::<Vec<_>>())
+            .start()
+            .await;
+        let addr = process.base_url().strip_prefix("http://").unwrap().parse().unwrap();
+        GatewayProcess { process, addr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Kills the gateway and waits until it is gone, so that what is measured next has the machine without it.
+    async fn stop(mut self) {
+        self.process.kill().await;
     }
 
     fn cpu(&self) -> Duration {
-        process_cpu(&self.child.id().to_string())
+        process_cpu(&self.pid().to_string())
     }
 
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
         kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
     }
@@ -135,25 +130,26 @@ impl GatewayProcess {
     }
 }
 
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.state_dir);
-    }
-}
-
 /// The CPU the far ends (the gateway, the echo server, the relay floor) run on, from `--far-cpu N`; none:
 /// wherever the kernel puts them.
 static FAR_CPU: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
 
-/// A command for a far end, run on `--far-cpu`'s CPU when one is given (through `taskset`, which keeps the
-/// process id).
-fn far_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+/// What a far end's command line starts with: `taskset -c N` for `--far-cpu`'s CPU when one is given
+/// (`taskset` keeps the process id), else nothing.
+fn far_wrapper() -> Vec<String> {
     match FAR_CPU.get().copied().flatten() {
-        Some(cpu) => {
-            let mut command = Command::new("taskset");
-            command.arg("-c").arg(cpu.to_string()).arg(program);
+        Some(cpu) => vec!["taskset".to_owned(), "-c".to_owned(), cpu.to_string()],
+        None => Vec::new(),
+    }
+}
+
+/// A command for a far end, run as [`far_wrapper`] says.
+fn far_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let wrapper = far_wrapper();
+    match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut command = Command::new(first);
+            command.args(rest).arg(program);
             command
         }
         None => Command::new(program),
@@ -601,10 +597,11 @@ async fn bench_rtt(n: usize) {
     .to_string();
 
     println!("### The far end in another process (as deployed: `uplink gateway`; a child echo server)");
-    let (gateway, echo) = (GatewayProcess::start(), EchoProcess::start());
+    let (gateway, echo) = (GatewayProcess::start().await, EchoProcess::start());
     let deployed =
-        permission_against_echo(gateway.addr, echo.addr, &frame, n, Some((gateway.child.id(), echo.child.id()))).await;
-    drop((gateway, echo));
+        permission_against_echo(gateway.addr, echo.addr, &frame, n, Some((gateway.pid(), echo.child.id()))).await;
+    gateway.stop().await;
+    drop(echo);
     // The deployed gateway answers only once the decision's record is committed: its floor is the echo
     // plus one commit of such a record, done directly.
     let commit = store_commit_floor(n).await;
@@ -617,9 +614,9 @@ async fn bench_rtt(n: usize) {
     );
     println!("### The same, the gateway without its store (`--no-store`: no audit record to commit first)");
     let (gateway, echo) =
-        (GatewayProcess::start_with(&["--auto-approve", "Bench", "--no-store"]), EchoProcess::start());
-    permission_against_echo(gateway.addr, echo.addr, &frame, n, Some((gateway.child.id(), echo.child.id()))).await;
-    drop(gateway);
+        (GatewayProcess::start_with(&["--auto-approve", "Bench", "--no-store"]).await, EchoProcess::start());
+    permission_against_echo(gateway.addr, echo.addr, &frame, n, Some((gateway.pid(), echo.child.id()))).await;
+    gateway.stop().await;
     // The gateway's shape without its work: every frame through one shared task and back.
     let hub_echo = EchoProcess::start_as("echo-server-hub");
     let (mut bare, mut via_hub) = (echo_client(echo.addr).await, echo_client(hub_echo.addr).await);
@@ -723,7 +720,7 @@ async fn echo_throughput(addr: SocketAddr, frame: &str, total: usize, in_flight:
 async fn bench_throughput(total: usize) {
     const IN_FLIGHT: usize = 64;
     println!("\n## 3. Permission throughput: {total} requests, {IN_FLIGHT} in flight");
-    let gateway = GatewayProcess::start();
+    let gateway = GatewayProcess::start().await;
     let sled = start_sled(gateway.sled_url(), "bench", "http://127.0.0.1:9/mcp").await;
     let (sled_cpu0, gw_cpu0) = (own_cpu(), gateway.cpu());
     let (lat, wall) = permission_load(Arc::new(vec![sled.clone()]), IN_FLIGHT, total / IN_FLIGHT).await;
@@ -738,7 +735,7 @@ async fn bench_throughput(total: usize) {
     );
     println!("CPU per permission: sled process {sled_cpu:.1} µs (target ≤ 10 µs), gateway process {gw_cpu:.1} µs");
     sled.shutdown().await;
-    drop(gateway);
+    gateway.stop().await;
 
     let frame = json!({"type": "perm_request", "req_id": "00000000000000000000000000000042",
         "payload": {"tool_name": "Bench", "tool_input": tool_input()}})
@@ -761,7 +758,7 @@ async fn bench_throughput(total: usize) {
 async fn bench_relay(total: usize) {
     const OUTSTANDING: usize = 64;
     println!("\n## 4. MCP relay, {OUTSTANDING} outstanding, {total} requests: gateway → sled → local server → back");
-    let gateway = GatewayProcess::start();
+    let gateway = GatewayProcess::start().await;
     let floor = RelayFloorProcess::start();
     let mcp = start_mcp_server().await;
     floor_far_end(floor.ws, mcp).await;
@@ -810,6 +807,7 @@ async fn bench_relay(total: usize) {
         rates[2] / rates[1]
     );
     sled.shutdown().await;
+    gateway.stop().await;
 }
 
 // ── 4, floor: the relay's extra hops done directly ─────────────────────────────────────────────────────────
@@ -961,7 +959,7 @@ async fn floor_far_end(ws: SocketAddr, mcp: SocketAddr) {
 
 async fn bench_scale(sleds: usize, idle: Duration, restart: bool) {
     println!("\n## 5. Gateway scale: {sleds} sleds, idle window {idle:?}");
-    let gateway = GatewayProcess::start();
+    let gateway = GatewayProcess::start().await;
     let mcp = start_mcp_server().await;
     let mcp_url = format!("http://{mcp}/mcp");
     let rss0 = gateway.rss();
@@ -1009,11 +1007,17 @@ async fn bench_scale(sleds: usize, idle: Duration, restart: bool) {
     let uplinks = Arc::new(uplinks);
     let (lat, wall) = permission_load(uplinks.clone(), 64, 20_000 / 64).await;
     println!("permissions spread over {sleds} sleds, 64 in flight: {}", lat.summary(wall));
-    if restart {
+    let gateway = if restart {
         bench_restart(gateway, sleds).await;
-    }
+        None
+    } else {
+        Some(gateway)
+    };
     for u in uplinks.iter() {
         u.shutdown().await;
+    }
+    if let Some(gateway) = gateway {
+        gateway.stop().await;
     }
 }
 
@@ -1022,14 +1026,13 @@ async fn bench_scale(sleds: usize, idle: Duration, restart: bool) {
 /// CPU over each quarter second meanwhile (target: all back within 30 s, never above one core).
 async fn bench_restart(gateway: GatewayProcess, sleds: usize) {
     let listen = gateway.addr.to_string();
-    let pid = gateway.child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    drop(gateway); // waits for it to exit
+    gateway.process.terminate();
+    gateway.stop().await;
     let down = Instant::now();
-    let next = GatewayProcess::start_on(&listen, &["--auto-approve", "Bench"]);
+    let next = GatewayProcess::start_on(&listen, &["--auto-approve", "Bench"]).await;
     let started = down.elapsed();
     // Sample the new gateway's CPU every 250 ms while the sleds come back.
-    let pid = next.child.id().to_string();
+    let pid = next.pid().to_string();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sampler = tokio::spawn(async move {
         let mut peak = 0.0f64;
@@ -1053,6 +1056,7 @@ async fn bench_restart(gateway: GatewayProcess, sleds: usize) {
          (target ≤ 30 s); its CPU at most {:.0}% of one core over any 250 ms (target ≤ 100%)",
         peak * 100.0
     );
+    next.stop().await;
 }
 
 // ── 5, wide: idle sleds up to the open-file limit ────────────────────────────────────────────────────────
@@ -1100,7 +1104,7 @@ async fn bench_scale_wide(max: usize, idle: Duration) {
     // Beyond the default budget (the open-file limit less the 1,024 files the gateway keeps), up to what the
     // open-file limit leaves.
     let budget = (max + 64).to_string();
-    let gateway = GatewayProcess::start_with(&["--auto-approve", "Bench", "--max-connections", &budget]);
+    let gateway = GatewayProcess::start_with(&["--auto-approve", "Bench", "--max-connections", &budget]).await;
     let rss0 = gateway.rss();
     let mut hosts: Vec<Child> = Vec::new();
     let mut total = 0;
@@ -1138,6 +1142,7 @@ async fn bench_scale_wide(max: usize, idle: Duration) {
         drop(host.stdin.take());
         let _ = host.wait();
     }
+    gateway.stop().await;
 }
 
 // ── Main ─────────────────────────────────────────────────────────────────────────────────────────────────
@@ -1209,11 +1214,12 @@ async fn bench_decisions(total: usize) {
             if !store {
                 extra.push("--no-store");
             }
-            let gateway = GatewayProcess::start_with(&extra);
+            let gateway = GatewayProcess::start_with(&extra).await;
             let _ = rule_decisions(&gateway, IN_FLIGHT * 20, IN_FLIGHT).await;
             let cpu0 = gateway.cpu();
             let (lat, wall) = rule_decisions(&gateway, total, IN_FLIGHT).await;
             let cpu = (gateway.cpu() - cpu0).as_secs_f64() * 1e6 / total as f64;
+            gateway.stop().await;
             if round > 0 || total < 10_000 {
                 results.push((store, lat, wall, cpu));
             }
