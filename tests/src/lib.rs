@@ -96,6 +96,14 @@ impl TestGateway {
         upgrade(Box::new(tcp)).await
     }
 
+    /// Starts a sled with `config` (pointed at this gateway) and accepts its connection, past its `identity`.
+    pub async fn start_sled(&self, config: uplink_tokio::UplinkConfig) -> (uplink_tokio::Uplink, GatewayConn) {
+        let uplink = uplink_tokio::Uplink::start(config).unwrap();
+        let mut conn = self.accept().await;
+        conn.recv_kind("identity").await;
+        (uplink, conn)
+    }
+
     /// Accepts the next sled connection over TLS.
     pub async fn accept_tls(&self, acceptor: &tokio_rustls::TlsAcceptor) -> GatewayConn {
         let tcp = self.tcp().await;

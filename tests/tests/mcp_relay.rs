@@ -34,9 +34,7 @@ impl Rig {
         c.local_mcp_url = mcp_url;
         c.sled.mcp_timeout = Duration::from_secs(5);
         c.sled.max_mcp_initialize_bytes = budget;
-        let uplink = Uplink::start(c).unwrap();
-        let mut conn = gw.accept().await;
-        conn.recv_kind("identity").await;
+        let (uplink, conn) = gw.start_sled(c).await;
         (Rig { uplink, conn, next: 0 }, gw)
     }
 

@@ -265,9 +265,7 @@ async fn a_local_answer_over_the_size_limit_is_an_error_and_one_within_it_is_rel
     let mut c = UplinkConfig::new(gw.url(), "limit-proj");
     c.local_mcp_url = server.url();
     c.max_message_size = 4096;
-    let uplink = Uplink::start(c).unwrap();
-    let mut conn = gw.accept().await;
-    conn.recv_kind("identity").await;
+    let (uplink, mut conn) = gw.start_sled(c).await;
     conn.send(request("mcp-1", CALL, false)).await;
     let frames = exchange(&mut conn, "mcp-1").await;
     let error = &frames[0]["payload"];

@@ -58,9 +58,7 @@ async fn identity_first_with_the_token_in_query_and_header_then_decisions() {
 #[tokio::test]
 async fn a_drop_mid_request_denies_then_the_sled_reconnects_and_approves() {
     let gw = TestGateway::bind().await;
-    let uplink = Uplink::start(config(&gw.url())).unwrap();
-    let mut first = gw.accept().await;
-    first.recv_kind("identity").await;
+    let (uplink, mut first) = gw.start_sled(config(&gw.url())).await;
     let pending = ask(&uplink, "Bash");
     first.recv_kind("perm_request").await;
     drop(first); // network failure: no close handshake
@@ -78,9 +76,7 @@ async fn a_drop_mid_request_denies_then_the_sled_reconnects_and_approves() {
 #[tokio::test]
 async fn a_close_frame_from_the_gateway_is_answered_and_the_sled_reconnects() {
     let gw = TestGateway::bind().await;
-    let uplink = Uplink::start(config(&gw.url())).unwrap();
-    let mut first = gw.accept().await;
-    first.recv_kind("identity").await;
+    let (uplink, mut first) = gw.start_sled(config(&gw.url())).await;
     let pending = ask(&uplink, "Bash");
     first.recv_kind("perm_request").await;
     first.close().await;
@@ -96,9 +92,7 @@ async fn a_silent_gateway_is_detected_within_the_idle_timeout() {
     let mut c = config(&gw.url());
     c.sled.heartbeat_interval = Duration::from_millis(100);
     c.sled.idle_timeout = Duration::from_millis(300);
-    let uplink = Uplink::start(c).unwrap();
-    let mut silent = gw.accept().await;
-    silent.recv_kind("identity").await;
+    let (uplink, mut silent) = gw.start_sled(c).await;
     let pending = ask(&uplink, "Bash");
     silent.recv_kind("perm_request").await;
     // From here the gateway reads nothing, so it answers no ping: a half-open link.
@@ -139,9 +133,7 @@ async fn unauthorized_is_reported_and_retried_on_the_back_off_cap() {
 #[tokio::test]
 async fn shutdown_denies_pending_work_and_closes_normally() {
     let gw = TestGateway::bind().await;
-    let uplink = Uplink::start(config(&gw.url())).unwrap();
-    let mut conn = gw.accept().await;
-    conn.recv_kind("identity").await;
+    let (uplink, mut conn) = gw.start_sled(config(&gw.url())).await;
     let pending = ask(&uplink, "Bash");
     conn.recv_kind("perm_request").await;
     let closer = uplink.clone();
@@ -185,9 +177,7 @@ fn starting_outside_a_runtime_is_an_error_not_a_panic() {
 #[tokio::test]
 async fn dropping_every_handle_shuts_the_uplink_down() {
     let gw = TestGateway::bind().await;
-    let uplink = Uplink::start(config(&gw.url())).unwrap();
-    let mut conn = gw.accept().await;
-    conn.recv_kind("identity").await;
+    let (uplink, mut conn) = gw.start_sled(config(&gw.url())).await;
     drop(uplink);
     assert_eq!(conn.until_closed().await, Some(1000));
 }
@@ -197,9 +187,7 @@ async fn an_oversized_message_drops_the_connection_and_binary_frames_are_ignored
     let gw = TestGateway::bind().await;
     let mut c = config(&gw.url());
     c.max_message_size = 4096;
-    let uplink = Uplink::start(c).unwrap();
-    let mut first = gw.accept().await;
-    first.recv_kind("identity").await;
+    let (uplink, mut first) = gw.start_sled(c).await;
     // Binary frames are not part of the protocol: ignored, the connection lives on.
     first.send_binary(vec![0u8; 64]).await;
     let pending = ask(&uplink, "Bash");
@@ -232,9 +220,7 @@ async fn a_local_mcp_endpoint_that_never_answers_times_out_with_the_request_id()
     let mut c = config(&gw.url());
     c.local_mcp_url = format!("http://{mute_addr}/mcp");
     c.sled.mcp_timeout = Duration::from_millis(300);
-    let uplink = Uplink::start(c).unwrap();
-    let mut conn = gw.accept().await;
-    conn.recv_kind("identity").await;
+    let (uplink, mut conn) = gw.start_sled(c).await;
     let started = tokio::time::Instant::now();
     conn.send(json!({"type":"mcp_request","req_id":"slow-1","payload":{"body":"{\"jsonrpc\":\"2.0\",\"id\":\"q9\",\"method\":\"tools/list\"}"}})).await;
     let answer = conn.recv_kind("mcp_response").await;
@@ -266,9 +252,7 @@ async fn a_gateway_that_never_finishes_the_handshake_is_abandoned_after_the_conn
 #[tokio::test]
 async fn a_dropped_request_future_withdraws_the_request_at_the_gateway() {
     let gw = TestGateway::bind().await;
-    let uplink = Uplink::start(config(&gw.url())).unwrap();
-    let mut conn = gw.accept().await;
-    conn.recv_kind("identity").await;
+    let (uplink, mut conn) = gw.start_sled(config(&gw.url())).await;
     // The caller gives up (its task is aborted, as when an HTTP client hangs up): its future is dropped.
     let waiting = ask(&uplink, "Bash");
     let request = conn.recv_kind("perm_request").await;
