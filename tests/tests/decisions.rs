@@ -13,7 +13,9 @@ use uplink_tests::{RawWs, RealGateway, close_code, http, identify, next_event, s
 use uplink_tokio::gateway::GatewayServerConfig;
 use uplink_tokio::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
 use uplink_tokio::store::sqlite::{SqliteStore, StoreOptions};
-use uplink_tokio::store::{AuditPage, AuditQuery, AuditReader, Change, Store, StoreError, StoredRule};
+use uplink_tokio::store::{
+    AuditPage, AuditQuery, AuditReader, Change, Head, Kept, Store, StoreError, VerifyError, VerifyReport,
+};
 
 const SLED: &str = "token-sled-0123456789abcdef0123456789abcdef";
 const ADA: &str = "token-ada-admin-0123456789abcdef0123456789ab";
@@ -195,7 +197,7 @@ async fn always_allow_sticks_for_its_project_across_a_restart_and_the_log_tells_
 }
 
 #[tokio::test]
-async fn redacted_inputs_leave_their_hash_in_the_log_and_nothing_else() {
+async fn redacted_inputs_leave_their_keyed_hash_in_the_log_and_nothing_else() {
     let tmp = uplink_tests::temp_dir();
     let dir = tmp.path();
     let store = SqliteStore::open(dir, StoreOptions::default()).unwrap();
@@ -210,9 +212,13 @@ async fn redacted_inputs_leave_their_hash_in_the_log_and_nothing_else() {
     assert!(!body.contains(".aws"), "{body}");
     let record = &parse(&body)["records"][0]["record"];
     assert_eq!(record["input"], "redacted");
-    // The hash is of the input's canonical JSON: the same input written another way has the same one.
+    // The hash is of the input's canonical JSON (the same input written another way has the same one), keyed
+    // with the store's secret: no plain hash, which a guess at a short input would match.
     let canonical = uplink_tokio::store::audit::canonical(&json!({"command": "cat ~/.aws/credentials"}));
-    assert_eq!(record["input_sha256"].as_str(), Some(uplink_tokio::store::audit::sha256_hex(&canonical).as_str()));
+    assert!(record.get("input_sha256").is_none(), "{record}");
+    let key = uplink_tokio::store::sqlite::SqliteReader::at(dir).unwrap().input_key().unwrap();
+    let keyed = uplink_tokio::store::audit::input_hmac(&key, canonical.as_bytes());
+    assert_eq!(record["input_hmac_sha256"].as_str(), Some(keyed.as_str()));
     gw.stop().await;
 }
 
@@ -290,22 +296,23 @@ impl AuditReader for NoReader {
     fn query(&self, _: &AuditQuery) -> Result<AuditPage, StoreError> {
         Ok(AuditPage::default())
     }
-    fn verify(
-        &self,
-    ) -> Result<Result<uplink_tokio::store::VerifyReport, uplink_tokio::store::VerifyError>, StoreError> {
+    fn verify_with(&self, _: &[Head]) -> Result<Result<VerifyReport, VerifyError>, StoreError> {
+        Err(StoreError::Database("none".into()))
+    }
+    fn input_key(&self) -> Result<[u8; 32], StoreError> {
         Err(StoreError::Database("none".into()))
     }
 }
 
 impl Store for Failing {
-    fn rules(&mut self) -> Result<Vec<StoredRule>, StoreError> {
-        Ok(Vec::new())
+    fn load(&mut self) -> Result<Kept, StoreError> {
+        Ok(Kept { rules: Vec::new(), sessions: Vec::new(), input_key: [7; 32] })
     }
-    fn commit(&mut self, _: &[Change]) -> Result<(), StoreError> {
+    fn commit(&mut self, _: &[Change]) -> Result<Head, StoreError> {
         match self.fail.load(Ordering::SeqCst) {
             true if self.panics => panic!("disk full"),
             true => Err(StoreError::Database("disk full".into())),
-            false => Ok(()),
+            false => Ok(Head { seq: 0, hash: [0; 32] }),
         }
     }
     fn reader(&self) -> Arc<dyn AuditReader> {
@@ -377,9 +384,10 @@ impl AuditReader for Gated {
         }
         Ok(AuditPage::default())
     }
-    fn verify(
-        &self,
-    ) -> Result<Result<uplink_tokio::store::VerifyReport, uplink_tokio::store::VerifyError>, StoreError> {
+    fn verify_with(&self, _: &[Head]) -> Result<Result<VerifyReport, VerifyError>, StoreError> {
+        Err(StoreError::Database("none".into()))
+    }
+    fn input_key(&self) -> Result<[u8; 32], StoreError> {
         Err(StoreError::Database("none".into()))
     }
 }
@@ -387,11 +395,11 @@ impl AuditReader for Gated {
 struct GatedStore(Arc<Gated>);
 
 impl Store for GatedStore {
-    fn rules(&mut self) -> Result<Vec<StoredRule>, StoreError> {
-        Ok(Vec::new())
+    fn load(&mut self) -> Result<Kept, StoreError> {
+        Ok(Kept { rules: Vec::new(), sessions: Vec::new(), input_key: [7; 32] })
     }
-    fn commit(&mut self, _: &[Change]) -> Result<(), StoreError> {
-        Ok(())
+    fn commit(&mut self, _: &[Change]) -> Result<Head, StoreError> {
+        Ok(Head { seq: 0, hash: [0; 32] })
     }
     fn reader(&self) -> Arc<dyn AuditReader> {
         self.0.clone()

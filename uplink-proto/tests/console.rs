@@ -61,3 +61,25 @@ fn same_origin_is_the_scheme_served_and_the_host_asked_for() {
     assert!(!same_origin(Some("http://gw.evil"), Some("gw"), false));
     assert!(!same_origin(Some("null"), Some("gw"), false));
 }
+
+#[test]
+fn a_kept_session_comes_back_with_the_time_it_had_left_and_what_goes_is_told() {
+    let mut s = ConsoleSessions::new(2, HOUR);
+    let now = Instant::ZERO;
+    assert!(s.open(now, [1; 32], Arc::from("ana"), "x".into()).is_empty());
+    assert_eq!(s.left(now + Duration::from_secs(60), &[1; 32]), Some(HOUR - Duration::from_secs(60)));
+    // Restored with ten minutes left: it ends then, not a whole lifetime later.
+    assert!(s.restore(now, [2; 32], Arc::from("bob"), "y".into(), Duration::from_secs(600)).is_empty());
+    assert_eq!(s.admit(now + Duration::from_secs(599), &[2; 32], &get()).as_deref(), Ok("bob"));
+    assert_eq!(s.admit(now + Duration::from_secs(600), &[2; 32], &get()), Err(ConsoleRefusal::NoSession));
+    // More than a lifetime left is a lifetime; nothing left is nothing.
+    assert!(s.restore(now, [3; 32], Arc::from("cy"), "z".into(), Duration::ZERO).is_empty());
+    assert_eq!(s.left(now, &[3; 32]), None);
+    // Over the budget, the one nearest its end goes, and is named, so that a store forgets it too.
+    let gone = s.restore(now, [4; 32], Arc::from("di"), "w".into(), 2 * HOUR);
+    assert_eq!(gone, vec![[2; 32]]);
+    assert_eq!(s.left(now, &[4; 32]), Some(HOUR));
+    // Expired ones are named as they go.
+    let gone = s.open(now + HOUR, [5; 32], Arc::from("ed"), "v".into());
+    assert_eq!(gone.len(), 2, "{gone:?}");
+}

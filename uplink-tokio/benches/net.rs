@@ -572,7 +572,7 @@ async fn store_commit_floor(n: usize) -> Latencies {
                     .with("decided_by", "rule")
                     .with("rule", 1)
                     .with("waited_ms", 0)
-                    .with_input(input.clone(), false);
+                    .with_input(input.clone(), None);
                 (entry.project, entry.tool, entry.outcome) =
                     (Some("bench".into()), Some("Bench".into()), Some("approve".into()));
                 store.commit(&[Change::Record(entry)]).unwrap();

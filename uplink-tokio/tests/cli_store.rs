@@ -9,7 +9,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_tests::program::{self, Program, Running};
-use uplink_tests::{close_code, http, perm_response, raw_sled_at, try_http, until, within};
+use uplink_tests::{close_code, http, http_with_headers, perm_response, raw_sled_at, try_http, until, within};
 use uplink_tokio::store::sqlite::SqliteReader;
 use uplink_tokio::store::{AuditQuery, AuditReader as _};
 
@@ -347,4 +347,165 @@ async fn the_state_directory_and_every_file_in_it_are_owner_only_whatever_the_um
         assert_eq!(mode(&dir.join(name)), 0o600, "{name} after a restart");
     }
     child.kill().await;
+}
+
+/// Signs in to the console at `base` with `token`: the cookie to send, and the CSRF token.
+async fn sign_in(base: &str, token: &str) -> (String, String) {
+    let body = json!({"token": token}).to_string();
+    let (status, headers, body) =
+        http_with_headers("POST", &format!("{base}/console/session"), None, Some(&body), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let set = &headers.iter().find(|(name, _)| name == "set-cookie").unwrap().1;
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let csrf = serde_json::from_str::<Value>(&body).unwrap()["csrf"].as_str().unwrap().to_owned();
+    (cookie, csrf)
+}
+
+/// `GET /console/session` with `cookie`: its status and the CSRF token it gives back.
+async fn session(base: &str, cookie: &str) -> (u16, Option<String>) {
+    let (status, _, body) =
+        http_with_headers("GET", &format!("{base}/console/session"), None, None, &[("cookie", cookie)]).await;
+    let csrf = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["csrf"].as_str().map(str::to_owned));
+    (status, csrf)
+}
+
+#[tokio::test]
+async fn console_sign_ins_and_sign_outs_survive_a_restart_even_a_kill_9() {
+    let tmp = uplink_tests::temp_dir();
+    let dir = tmp.path();
+    let (mut child, base) = gateway(dir).await;
+    let (ana, ana_csrf) = sign_in(&base, "a").await;
+    let (bob, bob_csrf) = sign_in(&base, "a").await;
+    // Killed at once: a cookie handed out was kept before it was.
+    child.kill().await;
+    let (mut child, base) = gateway(dir).await;
+    assert_eq!(session(&base, &ana).await, (200, Some(ana_csrf.clone())), "the sign-in came back");
+    assert_eq!(session(&base, &bob).await, (200, Some(bob_csrf.clone())));
+    let (status, _) = http("GET", &format!("{base}/api/sleds"), None, None, &[("cookie", &ana)]).await;
+    assert_eq!(status, 200, "it works as before");
+    // Signed out, then killed at once: the sign-out does not come undone.
+    let (status, _, body) = http_with_headers(
+        "DELETE",
+        &format!("{base}/console/session"),
+        None,
+        None,
+        &[("cookie", &bob), ("x-csrf-token", &bob_csrf)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    child.kill().await;
+    let (mut child, base) = gateway(dir).await;
+    assert_eq!(session(&base, &bob).await.0, 401, "signed out stays signed out");
+    assert_eq!(session(&base, &ana).await, (200, Some(ana_csrf)));
+    // A cookie no gateway handed out is no session, before or after.
+    assert_eq!(session(&base, "uplink_session=forged").await.0, 401);
+    child.stop().await;
+    // Only the cookie's hash is kept.
+    let db = std::fs::read(dir.join("uplink.db")).unwrap();
+    let secret = ana.trim_start_matches("uplink_session=");
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "the cookie itself is not kept");
+}
+
+/// Rewrites record `seq`'s text with `edit`, and reseals it and every record after it, and the head: the
+/// whole chain made anew, as someone who can write the database could.
+fn rewrite_from(dir: &std::path::Path, seq: u64, edit: impl Fn(&str) -> String) {
+    let conn = rusqlite::Connection::open(dir.join("uplink.db")).unwrap();
+    let mut rows: Vec<(u64, Vec<u8>, String)> = conn
+        .prepare("SELECT seq, prev, record FROM audit WHERE seq >= ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut prev: [u8; 32] = rows[0].1.as_slice().try_into().unwrap();
+    for (i, (s, _, text)) in rows.iter_mut().enumerate() {
+        if i == 0 {
+            let edited = edit(text);
+            assert_ne!(&edited, text, "the edit changes the record");
+            *text = edited;
+        }
+        let hash = uplink_tokio::store::audit::chain_hash(&prev, text);
+        conn.execute(
+            "UPDATE audit SET prev = ?1, hash = ?2, record = ?3 WHERE seq = ?4",
+            rusqlite::params![&prev[..], &hash[..], &*text, *s],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    let last = rows.last().unwrap().0;
+    let mut head = last.to_be_bytes().to_vec();
+    head.extend_from_slice(&prev);
+    conn.execute("UPDATE meta SET value = ?1 WHERE key = 'head'", [head]).unwrap();
+}
+
+#[tokio::test]
+async fn checkpoints_handed_out_find_a_log_rewritten_whole_and_redacted_inputs_keep_a_keyed_hash() {
+    let tmp = uplink_tests::temp_dir();
+    let dir = tmp.path().join("state");
+    let elsewhere = tmp.path().join("checkpoints.jsonl");
+    let state = dir.to_str().unwrap();
+    let mut child = Program::gateway(UPLINK)
+        .args(["--sled-token", "s", "--admin-token", "a", "--audit-redact-inputs", "--audit-checkpoint-every", "1s"])
+        .arg("--audit-checkpoint-file")
+        .arg(&elsewhere)
+        .state_dir(&dir)
+        .env("RUST_LOG", "warn,uplink_tokio::gateway::checkpoints=info")
+        .log()
+        .start()
+        .await;
+    let base = child.base_url();
+    let env = [("UPLINK_GATEWAY_URL", base.as_str()), ("UPLINK_ADMIN_TOKEN", "a")];
+    assert!(uplink(&["rules", "add", "deny", "Bash(curl *)"], &env).status.success());
+    let mut ws = raw_sled_at(&base, "s", "web").await;
+    let frame = json!({"type":"perm_request","req_id":"c1","payload":{"tool_name":"Bash","tool_input":{"command":"curl evil.example","timeout":5}}});
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+    assert_eq!(perm_response(&mut ws).await["payload"]["approved"], false);
+    // The head is handed out: logged, and appended to the file.
+    child.log_until("audit checkpoint").await;
+    let last = records(&dir).len() as u64;
+    let lines = until("a checkpoint of the last record in the file", async || {
+        let text = std::fs::read_to_string(&elsewhere).ok()?;
+        text.lines().any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["seq"] == last)).then_some(text)
+    })
+    .await;
+    assert_eq!(mode(&elsewhere) & 0o777, 0o600, "the checkpoints file is owner-only");
+    child.stop().await;
+
+    // The redacted input: its keyed hash, never its plain one; a guess is confirmed only with the store.
+    let auto = records(&dir).into_iter().find(|r| r["kind"] == "auto").unwrap();
+    assert_eq!(auto["input"], "redacted");
+    assert!(auto.get("input_sha256").is_none(), "no plain hash: {auto}");
+    assert_eq!(auto["input_hmac_sha256"].as_str().map(str::len), Some(64));
+    let seq = auto["seq"].as_u64().unwrap().to_string();
+    let guess = tmp.path().join("guess.json");
+    std::fs::write(&guess, r#"{ "timeout": 5, "command": "curl evil.example" }"#).unwrap();
+    let same =
+        uplink(&["audit", "check-input", &seq, "--input-file", guess.to_str().unwrap(), "--state-dir", state], &[]);
+    assert_eq!(same.status.code(), Some(0), "{}", String::from_utf8_lossy(&same.stdout));
+    std::fs::write(&guess, r#"{"command": "curl good.example", "timeout": 5}"#).unwrap();
+    let other =
+        uplink(&["audit", "check-input", &seq, "--input-file", guess.to_str().unwrap(), "--state-dir", state], &[]);
+    assert_eq!(other.status.code(), Some(3), "{}", String::from_utf8_lossy(&other.stdout));
+
+    // The log holds each checkpoint, given as a file or as SEQ:HASH.
+    let file = elsewhere.to_str().unwrap();
+    let held = uplink(&["audit", "verify", "--state-dir", state, "--checkpoints", file], &[]);
+    assert!(held.status.success(), "{}", String::from_utf8_lossy(&held.stdout));
+    assert!(String::from_utf8_lossy(&held.stdout).contains("checkpoints hold"));
+    let newest: Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    let pinned = format!("{}:{}", newest["seq"], newest["head"].as_str().unwrap());
+    assert!(uplink(&["audit", "verify", "--state-dir", state, "--expect-head", &pinned], &[]).status.success());
+
+    // Rewritten whole from the first record on, head and all: the chain alone still holds, the checkpoints
+    // do not.
+    rewrite_from(&dir, 1, |text| text.replace("curl *", "rm *"));
+    let alone = uplink(&["audit", "verify", "--state-dir", state], &[]);
+    assert!(alone.status.success(), "a whole rewrite holds together: {}", String::from_utf8_lossy(&alone.stdout));
+    for pins in [["--checkpoints", file], ["--expect-head", &pinned]] {
+        let caught = uplink(&["audit", "verify", "--state-dir", state, pins[0], pins[1]], &[]);
+        assert_eq!(caught.status.code(), Some(3), "{}", String::from_utf8_lossy(&caught.stdout));
+        assert!(String::from_utf8_lossy(&caught.stdout).contains("a checkpoint pinned record"));
+    }
+    let bad = uplink(&["audit", "verify", "--state-dir", state, "--expect-head", "3:xyz"], &[]);
+    assert_eq!(bad.status.code(), Some(2), "a malformed head is a usage error");
 }

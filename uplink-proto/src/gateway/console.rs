@@ -3,7 +3,9 @@
 //! generator, hashes cookies (the table holds only hashes), and asks here.
 //!
 //! - A session names its principal and has a CSRF token; it lasts [`ConsoleSessions::lifetime`], and at
-//!   most [`ConsoleSessions::max`] are kept (the oldest is dropped for a new one).
+//!   most [`ConsoleSessions::max`] are kept (the one nearest its end is dropped for a new one). Sessions a
+//!   store kept come back with the time they had left ([`ConsoleSessions::restore`]); what
+//!   [`ConsoleSessions::open`] lets go is returned, for the store to forget too.
 //! - A request that changes anything (not `GET`/`HEAD`) must carry its session's CSRF token, and an
 //!   `Origin`, when present, must be the gateway's own ([`same_origin`]). A safe request needs the session
 //!   only: the cookie is `SameSite=Strict`, so another site's page never sends it.
@@ -12,6 +14,7 @@
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::time::Duration;
 
 use crate::time::Instant;
@@ -60,7 +63,8 @@ pub fn same_origin(origin: Option<&str>, host: Option<&str>, tls: bool) -> bool 
 struct Session {
     principal: Arc<str>,
     csrf: String,
-    created: Instant,
+    /// When it ends.
+    expires: Instant,
 }
 
 /// The console's sessions, by the hash of their cookie. See the [module docs](self).
@@ -98,19 +102,51 @@ impl ConsoleSessions {
     }
 
     /// A new session at `now` for `principal`, under the cookie hash `key`, with `csrf`; expired sessions
-    /// are forgotten, and the oldest beyond the budget.
-    pub fn open(&mut self, now: Instant, key: [u8; 32], principal: Arc<str>, csrf: String) {
-        let lifetime = self.lifetime;
-        self.table.retain(|_, s| now.saturating_duration_since(s.created) < lifetime);
-        while self.table.len() >= self.max {
-            let Some(oldest) = self.table.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k) else { break };
-            self.table.remove(&oldest);
+    /// are forgotten, and beyond the budget the one nearest its end. Returns the keys of the sessions it let
+    /// go.
+    pub fn open(&mut self, now: Instant, key: [u8; 32], principal: Arc<str>, csrf: String) -> Vec<[u8; 32]> {
+        let expires = now + self.lifetime;
+        self.keep(now, key, Session { principal, csrf, expires })
+    }
+
+    /// A session a store kept, `left` of its lifetime remaining at `now` (at most the lifetime): as
+    /// [`ConsoleSessions::open`], but for its remaining time. One with no time left is not kept.
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        key: [u8; 32],
+        principal: Arc<str>,
+        csrf: String,
+        left: Duration,
+    ) -> Vec<[u8; 32]> {
+        if left.is_zero() {
+            return Vec::new();
         }
-        self.table.insert(key, Session { principal, csrf, created: now });
+        let expires = now + left.min(self.lifetime);
+        self.keep(now, key, Session { principal, csrf, expires })
+    }
+
+    fn keep(&mut self, now: Instant, key: [u8; 32], session: Session) -> Vec<[u8; 32]> {
+        let mut gone: Vec<[u8; 32]> = self.table.iter().filter(|(_, s)| s.expires <= now).map(|(k, _)| *k).collect();
+        for k in &gone {
+            self.table.remove(k);
+        }
+        while self.table.len() >= self.max && !self.table.contains_key(&key) {
+            let Some(oldest) = self.table.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k) else { break };
+            self.table.remove(&oldest);
+            gone.push(oldest);
+        }
+        self.table.insert(key, session);
+        gone
+    }
+
+    /// How much of the session `key` is left at `now`, if it is live.
+    pub fn left(&self, now: Instant, key: &[u8; 32]) -> Option<Duration> {
+        self.live(now, key).map(|s| s.expires.saturating_duration_since(now))
     }
 
     fn live(&self, now: Instant, key: &[u8; 32]) -> Option<&Session> {
-        self.table.get(key).filter(|s| now.saturating_duration_since(s.created) < self.lifetime)
+        self.table.get(key).filter(|s| now < s.expires)
     }
 
     /// The session `key` at `now`, if live: its principal and CSRF token (for a page that reloads).

@@ -1,8 +1,15 @@
-//! `uplink audit verify|export`: the gateway's audit log, read from its state directory directly (beside a
-//! running gateway, or none), read-only.
+//! `uplink audit verify|export|check-input`: the gateway's audit log, read from its state directory directly
+//! (beside a running gateway, or none), read-only.
 //!
-//! Exit codes: 0 the chain is intact (verify) or the records were written (export); 1 the log could not be
-//! read; 3 the chain is broken (verify: what and where is printed); 2 usage.
+//! `verify` checks the chain, and with `--checkpoints FILE` (the JSON lines the gateway appended to its
+//! `--audit-checkpoint-file`, or its webhooks' `audit_checkpoint` bodies, one a line) or `--expect-head
+//! SEQ:HASH` also that the log still holds each head handed out: a whole chain rewritten after one no longer
+//! does. `check-input` confirms whether a file holds the very input a redacted record was made for (by its
+//! HMAC under the store's secret, which only who can read the store holds).
+//!
+//! Exit codes: 0 the chain is intact (verify), the records were written (export), the input is the one
+//! (check-input); 1 the log could not be read; 3 the chain is broken (verify: what and where is printed), or
+//! the input is another (check-input); 2 usage.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -11,8 +18,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use crate::gateway::audit_line;
+use crate::store::audit::{canonical_json, input_hmac, sha256_hex};
 use crate::store::sqlite::SqliteReader;
-use crate::store::{AuditQuery, AuditReader as _};
+use crate::store::{AuditQuery, AuditReader as _, Checkpoint, Head};
 
 #[derive(Args)]
 pub(super) struct AuditArgs {
@@ -26,8 +34,26 @@ pub(super) struct AuditArgs {
 
 #[derive(Subcommand)]
 enum AuditAction {
-    /// Check the hash chain from the first record kept to the head; print the head's hash.
-    Verify,
+    /// Check the hash chain from the first record kept to the head; print the head's hash. With checkpoints,
+    /// also that the log still holds each head handed out (a log rewritten after one does not).
+    Verify {
+        /// A file of checkpoints, one JSON object a line ({"seq", "head", …}): the gateway's
+        /// --audit-checkpoint-file, or its webhooks' audit_checkpoint bodies.
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
+        /// A head kept elsewhere, as SEQ:HASH (the hash in hex, as verify prints it).
+        #[arg(long, value_name = "SEQ:HASH", value_parser = expected_head)]
+        expect_head: Vec<Head>,
+    },
+    /// Say whether a file holds the very tool input of the record SEQ (its canonical text is hashed as the
+    /// gateway hashed it: SHA-256, or, for a redacted input, HMAC-SHA256 under the store's secret).
+    CheckInput {
+        /// The record's seq.
+        seq: u64,
+        /// The file holding the input's JSON text.
+        #[arg(long, value_name = "FILE")]
+        input_file: PathBuf,
+    },
     /// Write the records as JSON lines, oldest first: {"seq", "prev", "hash", "record"}.
     Export {
         /// Only this project's.
@@ -56,23 +82,19 @@ pub(super) fn run(args: AuditArgs) -> ExitCode {
         }
     };
     match args.action {
-        AuditAction::Verify => match reader.verify() {
-            Ok(Ok(report)) => {
-                println!(
-                    "intact: {} records, {} to {}; head {}",
-                    report.records, report.first_seq, report.last_seq, report.head
-                );
-                ExitCode::SUCCESS
+        AuditAction::Verify { checkpoints, mut expect_head } => {
+            for file in &checkpoints {
+                match read_checkpoints(file) {
+                    Ok(heads) => expect_head.extend(heads),
+                    Err(e) => {
+                        eprintln!("uplink audit: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
             }
-            Ok(Err(broken)) => {
-                println!("BROKEN: {broken}");
-                ExitCode::from(3)
-            }
-            Err(e) => {
-                eprintln!("uplink audit: {e}");
-                ExitCode::FAILURE
-            }
-        },
+            verify(&reader, &expect_head)
+        }
+        AuditAction::CheckInput { seq, input_file } => check_input(&reader, seq, &input_file),
         AuditAction::Export { project, tool, outcome, since } => {
             let mut query = AuditQuery { project, tool, outcome, since, limit: Some(1000), ..AuditQuery::default() };
             let mut out = std::io::stdout().lock();
@@ -95,5 +117,102 @@ pub(super) fn run(args: AuditArgs) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn verify(reader: &SqliteReader, heads: &[Head]) -> ExitCode {
+    match reader.verify_with(heads) {
+        Ok(Ok(report)) => {
+            let pinned = match (report.checkpoints, report.pruned_checkpoints) {
+                (0, 0) => String::new(),
+                (n, 0) => format!("; {n} checkpoints hold"),
+                (n, p) => format!("; {n} checkpoints hold ({p} of records pruned since, not checked)"),
+            };
+            println!(
+                "intact: {} records, {} to {}; head {}{pinned}",
+                report.records, report.first_seq, report.last_seq, report.head
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(broken)) => {
+            println!("BROKEN: {broken}");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("uplink audit: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `SEQ:HASH`, as `verify` prints a head.
+fn expected_head(text: &str) -> Result<Head, String> {
+    let (seq, hash) = text.split_once(':').ok_or("expected SEQ:HASH")?;
+    let seq = seq.trim().parse().map_err(|_| format!("{seq:?} is not a record's seq"))?;
+    Checkpoint { at_ms: 0, seq, head: hash.trim().to_owned() }
+        .head()
+        .ok_or_else(|| "the hash is not 64 hex digits".into())
+}
+
+/// The heads in a file of checkpoints, one JSON object a line (blank lines skipped).
+fn read_checkpoints(file: &std::path::Path) -> Result<Vec<Head>, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut heads = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |why: &str| format!("{}: line {}: {why}", file.display(), i + 1);
+        let checkpoint: Checkpoint = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        heads.push(checkpoint.head().ok_or_else(|| bad("the head is not 64 hex digits"))?);
+    }
+    Ok(heads)
+}
+
+fn check_input(reader: &SqliteReader, seq: u64, input_file: &std::path::Path) -> ExitCode {
+    let input = match std::fs::read_to_string(input_file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("uplink audit: {}: {e}", input_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let query = AuditQuery { after: seq.checked_sub(1), limit: Some(1), ..AuditQuery::default() };
+    let record = match reader.query(&query) {
+        Ok(page) => page.records.into_iter().find(|r| r.seq == seq),
+        Err(e) => {
+            eprintln!("uplink audit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(record) = record else {
+        eprintln!("uplink audit: there is no record {seq}");
+        return ExitCode::FAILURE;
+    };
+    #[derive(serde::Deserialize)]
+    struct Hashes {
+        input_sha256: Option<String>,
+        input_hmac_sha256: Option<String>,
+    }
+    let hashes: Hashes =
+        serde_json::from_str(&record.text).unwrap_or(Hashes { input_sha256: None, input_hmac_sha256: None });
+    let canonical = canonical_json(input.trim_end());
+    let same = match (hashes.input_sha256, hashes.input_hmac_sha256) {
+        (_, Some(keyed)) => match reader.input_key() {
+            Ok(key) => input_hmac(&key, canonical.as_bytes()) == keyed,
+            Err(e) => {
+                eprintln!("uplink audit: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (Some(plain), None) => sha256_hex(canonical.as_bytes()) == plain,
+        (None, None) => {
+            eprintln!("uplink audit: record {seq} holds no tool input");
+            return ExitCode::FAILURE;
+        }
+    };
+    if same {
+        println!("record {seq}: the input is the one");
+        ExitCode::SUCCESS
+    } else {
+        println!("record {seq}: the input is another");
+        ExitCode::from(3)
     }
 }

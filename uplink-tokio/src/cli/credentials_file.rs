@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use uplink_proto::gateway::{ProjectScope, Role};
 
 use crate::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
-use crate::store::sqlite::{CredentialRow, CredentialStore};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{CredentialRow, CredentialStore};
 
 /// Where `token …` keeps credentials.
 pub(super) enum Place {
@@ -42,8 +43,8 @@ impl Place {
         match self {
             Place::File(path) => read_or_empty(path),
             Place::Store(dir) => {
-                let store = CredentialStore::open(dir).map_err(|e| e.to_string())?;
-                Ok(from_rows(&store.read().map_err(|e| e.to_string())?))
+                let store = SqliteStore::credentials_in(dir).map_err(|e| e.to_string())?;
+                Ok(from_rows(&store.read().map_err(|e| e.to_string())?.0))
             }
         }
     }
@@ -52,7 +53,7 @@ impl Place {
         match self {
             Place::File(path) => write(path, file),
             Place::Store(dir) => {
-                let mut store = CredentialStore::open(dir).map_err(|e| e.to_string())?;
+                let store = SqliteStore::credentials_in(dir).map_err(|e| e.to_string())?;
                 store.write(&to_rows(file)).map_err(|e| e.to_string())
             }
         }
@@ -397,8 +398,9 @@ mod tests {
         let ana = add(&store, NewToken::Admin { name: "ana".into(), role: Role::Admin }).expect("added");
         let bob = add(&store, NewToken::Admin { name: "bob".into(), role: Role::Viewer }).expect("added");
         assert!(list(&store).expect("lists").contains("farm"));
-        let kept = CredentialStore::open(&dir).expect("open");
-        let (rows, version) = (kept.read().expect("rows"), kept.version().expect("version"));
+        let kept = SqliteStore::credentials_in(&dir).expect("open");
+        let (rows, version) = kept.read().expect("rows");
+        assert_eq!(kept.version().expect("version"), version);
         assert_eq!((rows.len(), version), (3, 3), "one version per write");
         assert!(rows.iter().all(|r| r.token_sha256.len() == 64 && !r.token_sha256.contains(&farm)));
         // Alone, the store's credentials load.

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use super::credentials_file::{self as file, Place};
 use crate::gateway::CredentialsReloader;
 use crate::gateway::credentials::Credentials;
-use crate::store::sqlite::SqliteReader;
+use crate::store::CredentialStore;
+use crate::store::sqlite::SqliteCredentials;
 
 /// How often the watch looks for a change.
 const EVERY: Duration = Duration::from_secs(2);
@@ -63,7 +64,7 @@ impl Fingerprint {
             let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
             digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
         });
-        let store_version = store.and_then(|dir| SqliteReader::at(dir).ok()?.credentials_version().ok());
+        let store_version = store.and_then(|dir| SqliteCredentials::beside(dir).ok()?.version().ok());
         Fingerprint { file_sha256, store_version }
     }
 }
@@ -99,7 +100,7 @@ impl Source {
     fn load(&self) -> Result<(Credentials, Vec<String>), String> {
         let Source::Kept { file, store } = self else { return Err("nothing to load".into()) };
         let rows = match store {
-            Some(dir) => SqliteReader::at(dir).and_then(|r| r.credentials()).map_err(|e| e.to_string())?.0,
+            Some(dir) => SqliteCredentials::beside(dir).and_then(|r| r.read()).map_err(|e| e.to_string())?.0,
             None => Vec::new(),
         };
         file::load_merged(file.as_deref(), &rows)

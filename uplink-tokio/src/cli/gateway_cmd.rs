@@ -121,9 +121,18 @@ struct RunArgs {
     /// power cut; a disk flush per batch of decisions).
     #[arg(long, value_parser = ["normal", "full"], default_value = "normal")]
     store_sync: String,
-    /// Leave tool inputs out of the audit log (their SHA-256 stays).
+    /// Leave tool inputs out of the audit log, keeping their HMAC-SHA256 under a secret of the store's
+    /// (`uplink audit check-input` confirms an input with it; a plain hash would give a short one away).
     #[arg(long)]
     audit_redact_inputs: bool,
+    /// How often the audit log's head (a checkpoint) is logged, and written to --audit-checkpoint-file, when
+    /// it has moved; once more at exit.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    audit_checkpoint_every: Duration,
+    /// Append each checkpoint of the audit log's head to this file, one JSON line (best on a volume the
+    /// database's writers cannot write); `uplink audit verify --checkpoints FILE` checks the log against it.
+    #[arg(long, value_name = "FILE")]
+    audit_checkpoint_file: Option<PathBuf>,
     /// Prune audit records older than this (e.g. 90d).
     #[arg(long, value_parser = duration)]
     audit_keep: Option<Duration>,
@@ -144,6 +153,10 @@ struct RunArgs {
     /// Also notify how each request ended.
     #[arg(long)]
     notify_decisions: bool,
+    /// Also send each checkpoint of the audit log's head to the generic webhooks
+    /// ({"event": "audit_checkpoint", "at_ms", "seq", "head"}).
+    #[arg(long)]
+    notify_checkpoints: bool,
     /// The address people reach this gateway at (https://gateway.example), for the links in notifications;
     /// its host is also one of the gateway's own names for the MCP endpoint.
     #[arg(long)]
@@ -323,7 +336,10 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         // A first start is one whose store never held credentials (version 0): a store whose last
         // credential was revoked is not, and gets nothing generated.
         let never_kept = match &store {
-            Some(s) => s.credentials().map_err(|e| e.to_string())?.1 == 0,
+            Some(s) => match s.credentials() {
+                Some(kept) => kept.version().map_err(|e| e.to_string())? == 0,
+                None => true,
+            },
             None => true,
         };
         if file.is_none() && never_kept {
@@ -403,11 +419,14 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     config.max_event_client_bytes = args.max_event_client_bytes;
     config.max_event_clients = args.max_event_clients;
     config.audit_redact_inputs = args.audit_redact_inputs;
+    config.audit_checkpoint_every = args.audit_checkpoint_every;
+    config.audit_checkpoint_file = args.audit_checkpoint_file;
     config.metrics_public = args.metrics_public;
     let format =
         if args.notify_format == "slack" { gateway::NotifyFormat::Slack } else { gateway::NotifyFormat::Generic };
     config.notify = args.notify_webhooks.iter().map(|url| gateway::Webhook::new(url.clone(), format)).collect();
     config.notify_decisions = args.notify_decisions;
+    config.notify_checkpoints = args.notify_checkpoints;
     config.public_url = args.public_url;
     config.allowed_hosts = args.allowed_hosts;
     if let Some(store) = &store {

@@ -7,13 +7,15 @@ use uplink_proto::gateway::{HubDecideError, RuleRefused};
 use uplink_proto::rules::RuleId;
 
 use super::hub_handle::DecideFailure;
-use crate::store::{Change, Store, StoreError, StoredRule};
+use crate::store::{Change, Head, Store, StoreError, StoredRule};
 
 /// A reply held until the batch that made it is committed.
 pub(super) enum Ack {
     Decide(oneshot::Sender<Result<Option<RuleId>, DecideFailure>>, Result<Option<RuleId>, HubDecideError>),
     AddRule(oneshot::Sender<Result<StoredRule, RuleRefused>>, Result<StoredRule, RuleRefused>),
     RemoveRule(oneshot::Sender<bool>, bool),
+    /// Console sign-ins kept (or forgotten).
+    Sessions(oneshot::Sender<()>),
 }
 
 impl Ack {
@@ -32,11 +34,14 @@ impl Ack {
             Ack::RemoveRule(reply, result) => {
                 let _ = reply.send(result);
             }
+            Ack::Sessions(reply) => {
+                let _ = reply.send(());
+            }
         }
     }
 }
 
-type Commit = (Vec<Change>, oneshot::Sender<Result<(), StoreError>>);
+type Commit = (Vec<Change>, oneshot::Sender<Result<Head, StoreError>>);
 
 /// Where batches are committed, one at a time, in order: in place on the hub task when a commit only hands
 /// its pages to the operating system (`Store::waits_for_disk` false: microseconds, fewer than the two
@@ -51,7 +56,7 @@ pub(super) enum StoreLink {
 
 /// Commits `changes`; a store that panics has failed like one that returns an error, so that the gateway
 /// stops with the reason rather than lose its hub task or the store's thread.
-fn commit_or_panic(store: &mut Box<dyn Store>, changes: &[Change]) -> Result<(), StoreError> {
+fn commit_or_panic(store: &mut Box<dyn Store>, changes: &[Change]) -> Result<Head, StoreError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.commit(changes)))
         .unwrap_or_else(|_| Err(StoreError::Database("it panicked in a commit".to_owned())))
 }
@@ -85,7 +90,8 @@ impl StoreLink {
         Ok((StoreLink::Thread(tx), closed))
     }
 
-    pub(super) async fn commit(&mut self, changes: Vec<Change>) -> Result<(), String> {
+    /// Commits `changes`; the audit log's head after them, or why it failed.
+    pub(super) async fn commit(&mut self, changes: Vec<Change>) -> Result<Head, String> {
         let tx = match self {
             StoreLink::InPlace { store, .. } => return commit_or_panic(store, &changes).map_err(|e| e.to_string()),
             StoreLink::Thread(tx) => tx,
@@ -93,7 +99,7 @@ impl StoreLink {
         let (reply, answer) = oneshot::channel();
         tx.send((changes, reply)).await.map_err(|_| "the store's thread ended".to_owned())?;
         match answer.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(head)) => Ok(head),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("the store's thread ended".to_owned()),
         }

@@ -62,8 +62,17 @@ pub struct GatewayServerConfig {
     /// body within this long again, or it is answered `408`.
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`] by default.
     pub handshake_timeout: Duration,
-    /// Leave tool inputs out of the audit log (their SHA-256 stays). `false` by default.
+    /// Leave tool inputs out of the audit log, keeping their HMAC-SHA256 under a secret of the store's (a
+    /// plain hash of a short command would give it away to a guess). `false` by default.
     pub audit_redact_inputs: bool,
+    /// How often the audit log's head is handed out (logged, and written to [`audit_checkpoint_file`]) when
+    /// it has moved; and once more as the gateway stops. A minute by default.
+    ///
+    /// [`audit_checkpoint_file`]: GatewayServerConfig::audit_checkpoint_file
+    pub audit_checkpoint_every: Duration,
+    /// A file each checkpoint of the audit log's head is appended to, as one JSON line
+    /// (`uplink audit verify --checkpoints` reads it); best kept where the database's writers cannot write.
+    pub audit_checkpoint_file: Option<PathBuf>,
     /// Serve `/metrics` to anyone who can reach the gateway; by default it needs a principal's token (any
     /// role). `false` by default.
     pub metrics_public: bool,
@@ -71,6 +80,8 @@ pub struct GatewayServerConfig {
     pub notify: Vec<Webhook>,
     /// Also notify how each request ended. `false` by default.
     pub notify_decisions: bool,
+    /// Also send each checkpoint of the audit log's head to the generic webhooks. `false` by default.
+    pub notify_checkpoints: bool,
     /// The address people reach the gateway (its console) at, for the links in notifications.
     pub public_url: Option<String>,
     /// The budget of failed authentications per source address (20 at once, then one a second; 16,384
@@ -97,9 +108,12 @@ impl GatewayServerConfig {
             max_message_size: crate::sled::DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             audit_redact_inputs: false,
+            audit_checkpoint_every: Duration::from_secs(60),
+            audit_checkpoint_file: None,
             metrics_public: false,
             notify: Vec::new(),
             notify_decisions: false,
+            notify_checkpoints: false,
             public_url: None,
             auth_limit: uplink_proto::gateway::AuthLimitConfig::default(),
         }
@@ -129,9 +143,12 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("max_message_size", &self.max_message_size)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("audit_redact_inputs", &self.audit_redact_inputs)
+            .field("audit_checkpoint_every", &self.audit_checkpoint_every)
+            .field("audit_checkpoint_file", &self.audit_checkpoint_file)
             .field("metrics_public", &self.metrics_public)
             .field("notify", &self.notify.iter().map(|w| crate::redact::redact_url(&w.url)).collect::<Vec<_>>())
             .field("notify_decisions", &self.notify_decisions)
+            .field("notify_checkpoints", &self.notify_checkpoints)
             .field("public_url", &self.public_url)
             .field("auth_limit", &self.auth_limit)
             .finish()

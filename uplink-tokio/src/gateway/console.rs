@@ -8,8 +8,12 @@
 //! state); this module reads the headers, hashes the cookie (only hashes are kept), and asks. The session's
 //! principal takes its role from the credentials in force at each request: a principal revoked or changed by
 //! a reload is revoked or changed in every session at once.
+//!
+//! With a store, a session is kept there (its cookie's hash, principal, CSRF token and end) before its cookie
+//! is handed out, and forgotten there when it ends: a restarted gateway takes its people's sessions back.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -18,10 +22,11 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use super::config::MAX_ADMIN_BODY;
-use super::console_sessions::{COOKIE, SESSION_LIFETIME, cookie, refused, request};
+use super::console_sessions::{COOKIE, SESSION_LIFETIME, cookie, refused, request, unix_ms};
 use super::credentials::TokenHash;
 use super::shared::Shared;
 use crate::http::{error, header, json_response, read_limited};
+use crate::store::{Change, StoredSession};
 
 const PAGE: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
@@ -86,7 +91,12 @@ pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, request: axum::ex
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let key = TokenHash::of(&cookie).0;
-    shared.sessions.with(|s, now| s.open(now, key, principal.name.clone(), csrf.clone()));
+    let gone = shared.sessions.with(|s, now| s.open(now, key, principal.name.clone(), csrf.clone()));
+    let expires_ms = unix_ms(SystemTime::now() + SESSION_LIFETIME);
+    let kept = StoredSession { key, principal: principal.name.to_string(), csrf: csrf.clone(), expires_ms };
+    let mut changes = vec![Change::PutSession(kept)];
+    changes.extend(gone.into_iter().map(Change::DeleteSession));
+    shared.hub.keep_sessions(changes).await;
     let secure = if shared.tls { "; Secure" } else { "" };
     let set_cookie =
         format!("{COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}", SESSION_LIFETIME.as_secs());
@@ -124,6 +134,8 @@ pub(super) async fn sign_out(State(shared): State<Arc<Shared>>, headers: HeaderM
     if let Err(why) = ended {
         return refused(why);
     }
+    // Written before the answer: a sign-out never comes undone in a restart.
+    shared.hub.keep_sessions(vec![Change::DeleteSession(key)]).await;
     let mut response = json_response(StatusCode::OK, &json!({"signed_out": true}));
     if let Ok(value) = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0").parse() {
         response.headers_mut().insert("set-cookie", value);

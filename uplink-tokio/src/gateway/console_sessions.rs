@@ -2,8 +2,8 @@
 //! session may make, how long it lasts, how many are kept) behind a lock held only around its pure calls,
 //! and reading a request's cookie and headers for it.
 
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -12,6 +12,7 @@ use uplink_proto::gateway::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
 
 use crate::http::{error, header};
 use crate::socket_loop::Clock;
+use crate::store::StoredSession;
 
 /// Most sessions at once; beyond, the oldest is dropped.
 pub const MAX_SESSIONS: usize = 1024;
@@ -34,10 +35,27 @@ impl Sessions {
         Sessions { table: Mutex::new(ConsoleSessions::new(MAX_SESSIONS, SESSION_LIFETIME)), clock }
     }
 
+    /// Takes back the sessions a store kept, each for the time it had left at `wall_now`.
+    pub(crate) fn restore(&self, kept: &[StoredSession], wall_now: SystemTime) {
+        let now_ms = unix_ms(wall_now);
+        self.with(|table, now| {
+            for session in kept {
+                let left = Duration::from_millis(session.expires_ms.saturating_sub(now_ms));
+                let principal: Arc<str> = session.principal.as_str().into();
+                table.restore(now, session.key, principal, session.csrf.clone(), left);
+            }
+        });
+    }
+
     pub(super) fn with<T>(&self, f: impl FnOnce(&mut ConsoleSessions, uplink_proto::Instant) -> T) -> T {
         let now = self.clock.now();
         f(&mut self.table.lock().unwrap_or_else(PoisonError::into_inner), now)
     }
+}
+
+/// `at` in Unix milliseconds, as a kept session's end is written.
+pub(super) fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The session cookie's value in `headers`, if any.

@@ -116,6 +116,7 @@ fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<(Arc<str>, Role
         Some(p) => Some(Ok((p.name.clone(), p.role))),
         None => {
             shared.sessions.with(|s, _| s.close(&key));
+            shared.hub.forget_sessions(vec![crate::store::Change::DeleteSession(key)]);
             Some(Err(error(StatusCode::UNAUTHORIZED, "this principal is no longer known; its sessions have ended")))
         }
     }

@@ -15,7 +15,7 @@ use uplink_proto::rules::{Rule, RuleId};
 use super::credentials::{Credentials, SledCredential};
 use super::fanout::Subscription;
 use super::mcp_exchange::{MCP_EVENTS, McpAsk, McpEvent, McpOutcome, Sink};
-use crate::store::StoredRule;
+use crate::store::{Change, StoredRule};
 
 /// Messages queued for one sled connection before it counts as stuck (its socket loop has a queue of its
 /// own behind this one).
@@ -162,6 +162,11 @@ pub(super) enum HubMsg {
     CancelMcp {
         ticket: McpTicket,
     },
+    /// Console sign-ins to keep or forget; `reply` once they are written.
+    Sessions {
+        changes: Vec<Change>,
+        reply: Option<oneshot::Sender<()>>,
+    },
     PrincipalGone {
         name: Arc<str>,
     },
@@ -278,6 +283,19 @@ impl HubHandle {
         let (sink, rx) = mpsc::channel(MCP_EVENTS);
         let _ = self.tx.send(HubMsg::McpHttp { ask: Box::new(ask), sink }).await;
         McpExchange::new(rx, self)
+    }
+
+    /// Keeps (or forgets) console sign-ins; returns once they are written (at once without a store).
+    pub(crate) async fn keep_sessions(&self, changes: Vec<Change>) {
+        let (reply, written) = oneshot::channel();
+        if self.tx.send(HubMsg::Sessions { changes, reply: Some(reply) }).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
+    /// Forgets console sign-ins, without waiting for the write (from where nothing can wait).
+    pub(crate) fn forget_sessions(&self, changes: Vec<Change>) {
+        let _ = self.tx.try_send(HubMsg::Sessions { changes, reply: None });
     }
 
     /// The admin principal `name` is gone: its MCP sessions end.

@@ -13,6 +13,10 @@
 //! A decision a person saw acknowledged, or a sled received, is on disk. When a commit fails, nothing held
 //! is sent (every sled connection is closed, so every pending request ends denied at its sled) and the
 //! gateway stops with the store's error.
+//!
+//! With a store it also hands out the audit log's head (a [`Checkpoint`]) every so often when it has moved,
+//! and once more as it stops: to its log, to a file if asked (one JSON line each, appended) and to the
+//! webhooks if asked, places a rewrite of the database does not reach (`uplink audit verify --checkpoints`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use uplink_proto::gateway::{
     Always, ConnHandle, EndpointRequest, Hub, HubEvent, HubOutput, McpHttp, McpTicket, Refusal,
 };
 
+use super::checkpoints::Checkpoints;
 use super::commit::{Ack, StoreLink};
 use super::fanout::Fanout;
 use super::hub_handle::{ConnOut, HUB_QUEUE, HubHandle, HubMsg};
@@ -50,7 +55,10 @@ pub(crate) struct HubTaskConfig {
     pub(crate) event_clients: usize,
     /// Where records and rules are written; `None`: nowhere, and nothing waits.
     pub(crate) store: Option<Box<dyn Store>>,
-    pub(crate) redact_inputs: bool,
+    /// Leave tool inputs out of the records, keeping their keyed hash under this secret of the store's.
+    pub(crate) redact_inputs: Option<[u8; 32]>,
+    /// How often, and where, the audit log's head is handed out.
+    pub(crate) checkpoints: super::checkpoints::CheckpointConfig,
     /// Set to the store's error when a commit fails.
     pub(crate) failed: watch::Sender<Option<String>>,
     /// Counted from the events carried out.
@@ -81,6 +89,7 @@ pub(crate) fn spawn(
         timer: Deadline::new(),
         done: Vec::new(),
         recorder: store.as_ref().map(|_| Recorder::new(config.redact_inputs, config.wall)),
+        checkpoints: Checkpoints::new(config.checkpoints),
         store,
         held: Vec::new(),
         changes: Vec::new(),
@@ -110,6 +119,7 @@ struct HubTask {
     held: Vec<HubOutput>,
     changes: Vec<Change>,
     acks: Vec<Ack>,
+    checkpoints: Checkpoints,
     failed: watch::Sender<Option<String>>,
     metrics: Arc<super::gateway_metrics::GatewayMetrics>,
     notifier: super::notify::Notifier,
@@ -122,6 +132,8 @@ impl HubTask {
 
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(HUB_BATCH);
+        let mut checkpoint = tokio::time::interval(self.checkpoints.every());
+        checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.drain();
             self.flush().await;
@@ -144,6 +156,7 @@ impl HubTask {
                     let now = self.now();
                     self.hub.handle_timeout(now);
                 }
+                _ = checkpoint.tick(), if self.store.is_some() => self.checkpoint().await,
             }
         }
     }
@@ -223,6 +236,16 @@ impl HubTask {
             HubMsg::CancelMcp { ticket } => {
                 self.hub.cancel_mcp(now, ticket, "the HTTP client went away");
             }
+            HubMsg::Sessions { changes, reply } => {
+                if self.store.is_some() {
+                    self.changes.extend(changes);
+                    if let Some(reply) = reply {
+                        self.acks.push(Ack::Sessions(reply));
+                    }
+                } else if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
             HubMsg::PrincipalGone { name } => self.hub.handle_principal_gone(now, &name),
             HubMsg::Sleds { reply } => {
                 let _ = reply.send(self.hub.sleds(now));
@@ -294,14 +317,15 @@ impl HubTask {
         if self.store.is_none() {
             return;
         }
-        while !self.held.is_empty() || !self.acks.is_empty() || !self.done.is_empty() {
+        while !self.held.is_empty() || !self.acks.is_empty() || !self.done.is_empty() || !self.changes.is_empty() {
             let failed = self.failed.borrow().is_some();
             if !self.changes.is_empty() && !failed {
                 let changes = std::mem::take(&mut self.changes);
-                if let Some(store) = &mut self.store
-                    && let Err(e) = store.commit(changes).await
-                {
-                    self.fail(e);
+                if let Some(store) = &mut self.store {
+                    match store.commit(changes).await {
+                        Ok(head) => self.checkpoints.committed(head),
+                        Err(e) => self.fail(e),
+                    }
                 }
             }
             self.changes.clear();
@@ -316,11 +340,22 @@ impl HubTask {
             for ack in std::mem::take(&mut self.acks) {
                 ack.send(failed);
             }
+            if !self.done.is_empty() && !failed {
+                // The last head, handed out as the gateway stops.
+                self.checkpoint().await;
+            }
             for done in self.done.drain(..) {
                 let _ = done.send(());
             }
             self.drain();
         }
+    }
+
+    /// Hands out the audit log's head, if it has moved since the last time.
+    async fn checkpoint(&mut self) {
+        let Some(checkpoint) = self.checkpoints.due(self.wall.unix_ms(self.now())) else { return };
+        self.notifier.checkpoint(&checkpoint);
+        self.checkpoints.write(checkpoint).await;
     }
 
     /// A commit failed: nothing more is sent or written; every sled connection is closed (each pending

@@ -36,6 +36,7 @@
 
 mod audit;
 mod auth_budget;
+mod checkpoints;
 mod commit;
 mod config;
 mod console;

@@ -1,5 +1,6 @@
 //! Notifications: each new pending request (and, if asked, how each ended) is POSTed as JSON to every
-//! webhook, generic or Slack-shaped, with a link to the console.
+//! webhook, generic or Slack-shaped, with a link to the console; and, if asked, each checkpoint of the
+//! audit log's head to the generic ones (`{"event": "audit_checkpoint", "at_ms", "seq", "head"}`).
 //!
 //! Each webhook has a task of its own that owns the core's [`Outbox`] (bounded; one delivery at a time;
 //! retried with jittered back-off; given up after a few attempts) and performs what it asks. The hub task
@@ -62,6 +63,8 @@ pub(crate) struct NotifyConfig {
     pub(crate) webhooks: Vec<Webhook>,
     /// Also how each request ended.
     pub(crate) decisions: bool,
+    /// Also each checkpoint of the audit log's head (to generic webhooks).
+    pub(crate) checkpoints: bool,
     /// The console's address, for links (`--public-url`).
     pub(crate) public_url: Option<String>,
 }
@@ -73,6 +76,7 @@ pub(crate) struct Notifier {
     /// streak, however long; every drop is counted).
     hooks: Vec<(NotifyFormat, mpsc::Sender<String>, std::cell::Cell<bool>)>,
     decisions: bool,
+    checkpoints: bool,
     public_url: Option<String>,
     metrics: Arc<GatewayMetrics>,
 }
@@ -92,7 +96,13 @@ impl Notifier {
                 (hook.format, tx, std::cell::Cell::new(false))
             })
             .collect();
-        Notifier { hooks, decisions: config.decisions, public_url: config.public_url, metrics }
+        Notifier {
+            hooks,
+            decisions: config.decisions,
+            checkpoints: config.checkpoints,
+            public_url: config.public_url,
+            metrics,
+        }
     }
 
     /// Whether any webhook listens.
@@ -116,6 +126,29 @@ impl Notifier {
                 }
             }
             dropping.set(dropped);
+        }
+    }
+
+    /// Hands a checkpoint of the audit log's head to every generic webhook, if asked.
+    pub(crate) fn checkpoint(&self, checkpoint: &crate::store::Checkpoint) {
+        if !self.checkpoints {
+            return;
+        }
+        let body = json!({
+            "event": "audit_checkpoint",
+            "at_ms": checkpoint.at_ms,
+            "seq": checkpoint.seq,
+            "head": checkpoint.head,
+        })
+        .to_string();
+        for (format, tx, dropping) in &self.hooks {
+            if *format != NotifyFormat::Generic {
+                continue;
+            }
+            if tx.try_send(body.clone()).is_err() {
+                self.metrics.overflow("notify_queue");
+                dropping.set(true);
+            }
         }
     }
 
@@ -335,6 +368,7 @@ mod tests {
         let notifier = Notifier {
             hooks: Vec::new(),
             decisions: false,
+            checkpoints: false,
             public_url: None,
             metrics: Arc::new(GatewayMetrics::new()),
         };

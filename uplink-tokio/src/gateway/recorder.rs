@@ -2,7 +2,8 @@
 //! [`record_line`], a record as the API and `uplink audit export` write it.
 //!
 //! One record per step of a permission's life: `request` (project, the sled credential's label, tool,
-//! SHA-256 of the canonical input, the input unless redacted), then `end` (decided by a named principal,
+//! SHA-256 of the canonical input and the input, or, redacted, `"redacted"` and the input's HMAC-SHA256 under
+//! a secret of the store's), then `end` (decided by a named principal,
 //! with the rule an "always allow" made; or withdrawn: `cancelled`, `deadline`, `connection_lost`; with how
 //! long it waited); or one `auto` record for a request a rule or a budget decided as it arrived (an input
 //! nested deeper than the gateway accepts, which is denied so, keeps only the SHA-256 of its text). Rule
@@ -34,13 +35,15 @@ pub(crate) struct Recorder {
     labels: HashMap<ConnHandle, Arc<str>>,
     /// Each pending permission's tool, for its end record (as many as the hub's budgets let be pending).
     tools: HashMap<PublicPermId, String>,
-    /// Leave tool inputs out (their hash stays).
-    redact: bool,
+    /// Leave tool inputs out, keeping their keyed hash under this secret of the store's.
+    redact: Option<[u8; 32]>,
     wall: Wall,
 }
 
 impl Recorder {
-    pub(crate) fn new(redact: bool, wall: Wall) -> Recorder {
+    /// A recorder on `wall`'s clock; `redact`: leave tool inputs out, keeping their keyed hash under this
+    /// secret of the store's.
+    pub(crate) fn new(redact: Option<[u8; 32]>, wall: Wall) -> Recorder {
         Recorder { labels: HashMap::new(), tools: HashMap::new(), redact, wall }
     }
 

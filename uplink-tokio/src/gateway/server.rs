@@ -14,6 +14,7 @@ use uplink_proto::Instant;
 use uplink_proto::gateway::Hub;
 
 use super::auth_budget::AuthBudget;
+use super::checkpoints::CheckpointConfig;
 use super::config::{GatewayRunError, GatewayServerConfig, GatewayStartError};
 use super::console_sessions::Sessions;
 use super::credentials::Credentials;
@@ -79,10 +80,15 @@ impl GatewayServer {
         let mut hub_config = config.hub;
         // The core's instant 0 is now, on both clocks.
         let (epoch, wall) = (TokioInstant::now(), Wall::new(Instant::ZERO, SystemTime::now()));
-        if let Some(store) = &mut store {
-            for kept in store.rules()? {
-                hub_config.rules.push(from_stored(&kept, &wall)?);
+        let kept = store.as_mut().map(|s| s.load()).transpose()?;
+        if let Some(kept) = &kept {
+            for rule in &kept.rules {
+                hub_config.rules.push(from_stored(rule, &wall)?);
             }
+        }
+        let sessions = Sessions::new(Clock::new(epoch));
+        if let Some(kept) = &kept {
+            sessions.restore(&kept.sessions, SystemTime::now());
         }
         let audit = store.as_ref().map(|s| s.reader());
         let hub = Hub::new(hub_config, Instant::ZERO)?;
@@ -107,6 +113,7 @@ impl GatewayServer {
             notify: NotifyConfig {
                 webhooks: config.notify,
                 decisions: config.notify_decisions,
+                checkpoints: config.notify_checkpoints,
                 public_url: config.public_url,
             },
             metrics: metrics.clone(),
@@ -115,7 +122,11 @@ impl GatewayServer {
             event_client_bytes: config.max_event_client_bytes,
             event_clients: config.max_event_clients,
             store,
-            redact_inputs: config.audit_redact_inputs,
+            redact_inputs: kept.as_ref().map(|k| k.input_key).filter(|_| config.audit_redact_inputs),
+            checkpoints: CheckpointConfig {
+                every: config.audit_checkpoint_every,
+                file: config.audit_checkpoint_file.clone(),
+            },
             failed: failed_tx,
         };
         let (hub, hub_task, store_closed) = super::hub_task::spawn(hub, task).map_err(GatewayStartError::Spawn)?;
@@ -140,7 +151,7 @@ impl GatewayServer {
             sled_tasks: Mutex::new(tokio::task::JoinSet::new()),
             audit,
             audit_queries: Arc::new(tokio::sync::Semaphore::new(AUDIT_QUERIES)),
-            sessions: Sessions::new(Clock::new(epoch)),
+            sessions,
             tls: tls.is_some(),
             metrics,
             metrics_public: config.metrics_public,

@@ -1,12 +1,21 @@
-//! The store's seam: what the gateway keeps ([`Change`], [`StoredRule`]), what it needs of a store
-//! ([`Store`], [`AuditReader`]), and how a store fails ([`StoreError`]). Every backend is one implementation
-//! of these.
+//! The store's seam: everything the gateway keeps, behind three traits that every backend implements.
+//!
+//! - [`Store`], the gateway's own writer (one per gateway, driven by its hub task): what was kept, read once
+//!   at start ([`Kept`]: the rules made at run time, the console's sign-ins, the secret of the keyed hashes),
+//!   and [`Store::commit`], which writes a batch of [`Change`]s (audit records, rules, sign-ins) atomically
+//!   and says where the audit log's head now is ([`Head`]).
+//! - [`AuditReader`]: reading the log beside the writer (`GET /api/audit`, `uplink audit`).
+//! - [`CredentialStore`]: the credentials `uplink gateway token …` manages ([`CredentialRow`]: hashes only),
+//!   read and written beside a running gateway, which watches their version.
+//!
+//! How a store fails is [`StoreError`]. The conformance suite every backend passes is
+//! `uplink-tokio/tests/store_conformance.rs`.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::audit::{AuditPage, AuditQuery, Entry, VerifyError, VerifyReport};
+use super::audit::{AuditPage, AuditQuery, Entry, Head, VerifyError, VerifyReport};
 
 /// A rule as it is kept and shown: the core's [`Rule`](uplink_proto::rules::Rule), with times in Unix seconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,11 +42,59 @@ pub struct StoredRule {
     pub created: u64,
 }
 
+/// A console sign-in as the store keeps it: its cookie's SHA-256 (never the cookie), its principal, its
+/// CSRF token (a reloaded page is given it back), and when it ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSession {
+    /// The SHA-256 of the session's cookie.
+    pub key: [u8; 32],
+    /// The admin principal it stands for.
+    pub principal: String,
+    /// Its CSRF token.
+    pub csrf: String,
+    /// When it ends, in Unix milliseconds.
+    pub expires_ms: u64,
+}
+
+/// One credential as the store keeps it: a sled credential (`projects`, optionally `expires`, RFC 3339) or
+/// an admin principal (`role`), known by its token's SHA-256 in hex.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialRow {
+    /// `sled` or `admin`.
+    pub kind: String,
+    /// The sled credential's label, or the principal's name.
+    pub name: String,
+    /// The token's SHA-256, 64 hex digits.
+    pub token_sha256: String,
+    /// A sled credential's projects (names or `*` patterns).
+    pub projects: Vec<String>,
+    /// A principal's role.
+    pub role: Option<String>,
+    /// When a sled credential stops working, RFC 3339.
+    pub expires: Option<String>,
+}
+
+/// What a store kept, read once as the gateway starts ([`Store::load`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The rules made at run time (a connection's own are never kept).
+    pub rules: Vec<StoredRule>,
+    /// The console's sign-ins that have not ended.
+    pub sessions: Vec<StoredSession>,
+    /// The store's secret for the keyed hashes of redacted tool inputs: drawn when the store was made, the
+    /// same ever after, never shown.
+    pub input_key: [u8; 32],
+}
+
 /// One thing a [`Store::commit`] writes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     /// Append this record to the audit log.
     Record(Entry),
+    /// Keep this console sign-in (or replace the one with its key).
+    PutSession(StoredSession),
+    /// Forget the console sign-in with this key.
+    DeleteSession([u8; 32]),
     /// Keep this rule (or replace the one with its id).
     PutRule(StoredRule),
     /// Forget the rule with this id.
@@ -82,14 +139,21 @@ pub enum StoreError {
 
 /// What the hub task needs from a store. Calls come from one thread, in order.
 pub trait Store: Send + 'static {
-    /// The rules kept, at start.
-    fn rules(&mut self) -> Result<Vec<StoredRule>, StoreError>;
+    /// What was kept, at start.
+    fn load(&mut self) -> Result<Kept, StoreError>;
 
-    /// Writes `changes` atomically and durably (as configured) before returning: all or nothing.
-    fn commit(&mut self, changes: &[Change]) -> Result<(), StoreError>;
+    /// Writes `changes` atomically and durably (as configured) before returning: all or nothing. Returns
+    /// where the audit log's head is after it.
+    fn commit(&mut self, changes: &[Change]) -> Result<Head, StoreError>;
 
     /// A reader of the audit log, usable from any thread beside the writer.
     fn reader(&self) -> Arc<dyn AuditReader>;
+
+    /// The credentials this store keeps, usable from any thread beside the writer; `None` (the default) for a
+    /// store that keeps none.
+    fn credentials(&self) -> Option<Arc<dyn CredentialStore>> {
+        None
+    }
 
     /// True (the default) when a commit may wait for the disk (a flush per commit) or for another machine:
     /// such a store is committed on a thread of its own, so that no runtime worker waits with it. False when
@@ -106,5 +170,29 @@ pub trait AuditReader: Send + Sync + 'static {
     fn query(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
 
     /// Checks the whole chain.
-    fn verify(&self) -> Result<Result<VerifyReport, VerifyError>, StoreError>;
+    fn verify(&self) -> Result<Result<VerifyReport, VerifyError>, StoreError> {
+        self.verify_with(&[])
+    }
+
+    /// Checks the whole chain, and that each of `checkpoints` (heads kept elsewhere) is a record of it with
+    /// that hash ([`verify`](super::audit::verify)).
+    fn verify_with(&self, checkpoints: &[Head]) -> Result<Result<VerifyReport, VerifyError>, StoreError>;
+
+    /// The store's secret for the keyed hashes of redacted inputs, for one who holds the store to confirm an
+    /// input ([`Kept::input_key`]).
+    fn input_key(&self) -> Result<[u8; 32], StoreError>;
+}
+
+/// The credentials `uplink gateway token …` manages, kept beside a running gateway (which watches their
+/// version) or none.
+pub trait CredentialStore: Send + Sync + 'static {
+    /// Every credential kept, and their version, read together.
+    fn read(&self) -> Result<(Vec<CredentialRow>, u64), StoreError>;
+
+    /// Their version alone (cheap: a running gateway polls it): it moves on with every
+    /// [`CredentialStore::write`], and is 0 for a store that never held any.
+    fn version(&self) -> Result<u64, StoreError>;
+
+    /// Replaces every credential kept with `rows`, in one transaction, and moves the version on.
+    fn write(&self, rows: &[CredentialRow]) -> Result<(), StoreError>;
 }

@@ -18,6 +18,6 @@ mod record;
 mod tests;
 
 pub use canonical::{canonical, canonical_json, hex, sha256_hex};
-pub use chain::{Anchor, Columns, VerifyError, VerifyReport, verify};
+pub use chain::{Anchor, Checkpoint, Columns, Head, VerifyError, VerifyReport, verify};
 pub use query::{AuditPage, AuditQuery, MAX_PAGE_BYTES};
-pub use record::{Entry, GENESIS, Sealed, ToolInput, chain_hash, seal};
+pub use record::{Entry, GENESIS, Sealed, ToolInput, chain_hash, input_hmac, seal};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::canonical::{into_string, sha256_hex, write_canonical, write_canonical_json, write_json_str};
+use super::canonical::{hex, into_string, sha256_hex, write_canonical, write_canonical_json, write_json_str};
 
 /// The hash before the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -39,8 +39,10 @@ pub struct Entry {
 pub struct ToolInput {
     /// The JSON text (text that is not JSON is written as `null`).
     pub json: Arc<str>,
-    /// Write `"redacted"` in its place (its hash stays).
-    pub redacted: bool,
+    /// `Some(key)`: write `"redacted"` in its place, and instead of its SHA-256 (which would confirm a guessed
+    /// input to anyone who reads the record) its HMAC-SHA256 under `key`, the store's secret, as
+    /// `input_hmac_sha256`: only who holds the store can confirm an input then.
+    pub redact: Option<[u8; 32]>,
 }
 
 impl Entry {
@@ -55,9 +57,10 @@ impl Entry {
         self
     }
 
-    /// The same, with this tool input (`redacted`: its text left out, its hash kept).
-    pub fn with_input(mut self, json: Arc<str>, redacted: bool) -> Entry {
-        self.input = Some(ToolInput { json, redacted });
+    /// The same, with this tool input, whole (with its SHA-256), or redacted (`redact`: the store's secret,
+    /// under which its keyed hash is kept instead).
+    pub fn with_input(mut self, json: Arc<str>, redact: Option<[u8; 32]>) -> Entry {
+        self.input = Some(ToolInput { json, redact });
         self
     }
 
@@ -86,17 +89,20 @@ impl Entry {
             .map(|(k, v)| (*k, Member::Value(v)))
             .collect();
         if let Some(input) = &self.input {
-            members.extend([("input", Member::Input(input)), ("input_sha256", Member::InputHash(input))]);
+            let hash = if input.redact.is_some() { "input_hmac_sha256" } else { "input_sha256" };
+            members.extend([("input", Member::Input(input)), (hash, Member::InputHash(input))]);
         }
         let taken = |key: &str| {
-            own.iter().any(|(o, _)| *o == key) || (self.input.is_some() && matches!(key, "input" | "input_sha256"))
+            own.iter().any(|(o, _)| *o == key)
+                || (self.input.is_some() && matches!(key, "input" | "input_sha256" | "input_hmac_sha256"))
         };
         members.extend(self.fields.iter().filter(|(k, _)| !taken(k)).map(|(k, v)| (k.as_str(), Member::Value(v))));
         members.sort_by(|a, b| a.0.cmp(b.0));
         // Room for the input's text as it came (its canonical text is seldom longer), so that a large one is
         // written without the buffer doubling (and being copied) on the way.
         let mut out = Vec::with_capacity(256 + self.input.as_ref().map_or(0, |i| i.json.len()));
-        // `input` sorts before `input_sha256`: its hash is taken from the text just written.
+        // `input` sorts before `input_sha256` and `input_hmac_sha256`: its hash is taken from the text just
+        // written.
         let mut input_hash = None;
         out.push(b'{');
         for (i, (key, member)) in members.into_iter().enumerate() {
@@ -107,18 +113,24 @@ impl Entry {
             out.push(b':');
             match member {
                 Member::Value(value) => write_canonical(value, &mut out),
-                Member::Input(input) if input.redacted => write_json_str("redacted", &mut out),
+                Member::Input(input) if input.redact.is_some() => write_json_str("redacted", &mut out),
                 Member::Input(input) => {
                     let start = out.len();
                     write_canonical_json(&input.json, &mut out);
                     input_hash = Some(sha256_hex(&out[start..]));
                 }
                 Member::InputHash(input) => {
-                    let hash = input_hash.take().unwrap_or_else(|| {
-                        let mut text = Vec::with_capacity(input.json.len());
-                        write_canonical_json(&input.json, &mut text);
-                        sha256_hex(&text)
-                    });
+                    let hash = match (input_hash.take(), input.redact) {
+                        (Some(hash), None) => hash,
+                        (_, redact) => {
+                            let mut text = Vec::with_capacity(input.json.len());
+                            write_canonical_json(&input.json, &mut text);
+                            match redact {
+                                Some(key) => input_hmac(&key, &text),
+                                None => sha256_hex(&text),
+                            }
+                        }
+                    };
                     write_json_str(&hash, &mut out);
                 }
             }
@@ -126,6 +138,13 @@ impl Entry {
         out.push(b'}');
         into_string(out)
     }
+}
+
+/// The keyed hash of a redacted input: HMAC-SHA256 of its canonical text under the store's secret `key`, in
+/// hex. Who holds the store can confirm a guessed input with it; who only reads the records cannot.
+pub fn input_hmac(key: &[u8; 32], canonical_input: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    hex(ring::hmac::sign(&key, canonical_input).as_ref())
 }
 
 /// One sealed record, as kept.

@@ -81,14 +81,20 @@ fn a_records_input_is_its_canonical_text_and_hash_or_redacted() {
     let hash = sha256_hex(canonical_input);
     // A field cannot pose as the input or its hash.
     let entry = Entry::new(7, "request").with("input", "forged").with("input_sha256", "forged").with("z", 1);
-    let text = entry.clone().with_input(json.clone(), false).text(3);
+    let text = entry.clone().with_input(json.clone(), None).text(3);
     let want = serde_json::json!({"seq": 3, "at_ms": 7, "kind": "request", "z": 1, "input_sha256": hash,
         "input": serde_json::from_str::<Value>(canonical_input).expect("json")});
     assert_eq!(text, canonical(&want));
-    let redacted = entry.with_input(json, true).text(3);
-    let want = serde_json::json!({"seq": 3, "at_ms": 7, "kind": "request", "z": 1, "input_sha256": hash,
+    // Redacted: no plain hash (a short command is soon guessed from one), but its HMAC under the store's
+    // secret, which who holds the store can check a guess against.
+    let key = [9u8; 32];
+    let redacted = entry.with_input(json, Some(key)).text(3);
+    let keyed = input_hmac(&key, canonical_input.as_bytes());
+    let want = serde_json::json!({"seq": 3, "at_ms": 7, "kind": "request", "z": 1, "input_hmac_sha256": keyed,
         "input": "redacted"});
     assert_eq!(redacted, canonical(&want));
+    assert!(!redacted.contains(&hash), "the plain hash is not kept: {redacted}");
+    assert_ne!(keyed, input_hmac(&[8u8; 32], canonical_input.as_bytes()), "another key, another hash");
 }
 
 /// JSON text as a sled may write it: any spacing, keys out of order and repeated, escapes, numbers
@@ -146,10 +152,10 @@ proptest::proptest! {
 #[test]
 fn an_untouched_log_verifies_and_names_its_head() {
     let records = log(5);
-    let report = verify(Anchor::default(), records.clone(), head(&records)).expect("intact");
+    let report = verify(Anchor::default(), records.clone(), head(&records), &[]).expect("intact");
     assert_eq!((report.records, report.first_seq, report.last_seq), (5, 1, 5));
     assert_eq!(report.head, hex(&records[4].0.hash));
-    assert_eq!(verify(Anchor::default(), Vec::new(), None).map(|r| r.records), Ok(0));
+    assert_eq!(verify(Anchor::default(), Vec::new(), None, &[]).map(|r| r.records), Ok(0));
 }
 
 #[test]
@@ -166,10 +172,13 @@ fn a_record_holding_json_deeper_than_any_parser_allows_still_verifies() {
         outcome: None,
     };
     let head = Some((1, sealed.hash));
-    assert_eq!(verify(Anchor::default(), [(sealed.clone(), columns.clone())], head).map(|r| r.records), Ok(1));
+    assert_eq!(verify(Anchor::default(), [(sealed.clone(), columns.clone())], head, &[]).map(|r| r.records), Ok(1));
     // And a column that disagrees is still found.
     let other = Columns { tool: Some("Write".into()), ..columns };
-    assert_eq!(verify(Anchor::default(), [(sealed, other)], head).map(|r| r.records), Err(VerifyError::Columns(1)));
+    assert_eq!(
+        verify(Anchor::default(), [(sealed, other)], head, &[]).map(|r| r.records),
+        Err(VerifyError::Columns(1))
+    );
 }
 
 /// A change to a sealed log, as someone with the file could make it.
@@ -206,7 +215,7 @@ proptest::proptest! {
     ) {
         let records = log(n);
         let h = head(&records);
-        proptest::prop_assert!(verify(Anchor::default(), records.clone(), h).is_ok());
+        proptest::prop_assert!(verify(Anchor::default(), records.clone(), h, &[]).is_ok());
         let mut changed = records.clone();
         let len = changed.len();
         match tamper {
@@ -237,7 +246,7 @@ proptest::proptest! {
                 changed.insert(i + 1, again);
             }
         }
-        proptest::prop_assert!(verify(Anchor::default(), changed, h).is_err());
+        proptest::prop_assert!(verify(Anchor::default(), changed, h, &[]).is_err());
     }
 }
 
@@ -248,27 +257,64 @@ fn every_kind_of_tampering_is_found() {
     // A changed text.
     let mut changed = records.clone();
     changed[2].0.text = changed[2].0.text.replace("\"n\":3", "\"n\":4");
-    assert_eq!(verify(Anchor::default(), changed, h), Err(VerifyError::Changed(3)));
+    assert_eq!(verify(Anchor::default(), changed, h, &[]), Err(VerifyError::Changed(3)));
     // A changed text, resealed on its own: the next record's link breaks.
     let mut resealed = records.clone();
     resealed[2].0.text = resealed[2].0.text.replace("\"n\":3", "\"n\":4");
     resealed[2].0.hash = chain_hash(&resealed[2].0.prev, &resealed[2].0.text);
-    assert_eq!(verify(Anchor::default(), resealed, h), Err(VerifyError::Changed(4)));
+    assert_eq!(verify(Anchor::default(), resealed, h, &[]), Err(VerifyError::Changed(4)));
     // A removed record.
     let mut removed = records.clone();
     removed.remove(1);
-    assert_eq!(verify(Anchor::default(), removed, h), Err(VerifyError::Gap { after: 1, found: 3 }));
+    assert_eq!(verify(Anchor::default(), removed, h, &[]), Err(VerifyError::Gap { after: 1, found: 3 }));
     // Cut short: the head says there was more.
     let short = records[..3].to_vec();
-    assert_eq!(verify(Anchor::default(), short, h), Err(VerifyError::Truncated { last: 3, head: 5 }));
+    assert_eq!(verify(Anchor::default(), short, h, &[]), Err(VerifyError::Truncated { last: 3, head: 5 }));
     // A column that says something else than the sealed text.
     let mut columns = records.clone();
     columns[0].1.project = Some("elsewhere".into());
-    assert_eq!(verify(Anchor::default(), columns, h), Err(VerifyError::Columns(1)));
+    assert_eq!(verify(Anchor::default(), columns, h, &[]), Err(VerifyError::Columns(1)));
     // A pruned start is fine with its anchor, and not without.
     let anchor = Anchor { seq: 2, hash: records[1].0.hash };
-    assert_eq!(verify(anchor, records[2..].to_vec(), h).map(|r| r.first_seq), Ok(3));
-    assert_eq!(verify(Anchor::default(), records[2..].to_vec(), h), Err(VerifyError::Gap { after: 0, found: 3 }));
+    assert_eq!(verify(anchor, records[2..].to_vec(), h, &[]).map(|r| r.first_seq), Ok(3));
+    assert_eq!(verify(Anchor::default(), records[2..].to_vec(), h, &[]), Err(VerifyError::Gap { after: 0, found: 3 }));
     // A wrong head.
-    assert_eq!(verify(Anchor::default(), records, Some((5, GENESIS))), Err(VerifyError::HeadMismatch(5)));
+    assert_eq!(verify(Anchor::default(), records, Some((5, GENESIS)), &[]), Err(VerifyError::HeadMismatch(5)));
+}
+
+#[test]
+fn checkpoints_find_a_log_rewritten_whole_after_them() {
+    let records = log(5);
+    let pin = |i: usize| Head { seq: records[i].0.seq, hash: records[i].0.hash };
+    let (third, fifth) = (pin(2), pin(4));
+    let report = verify(Anchor::default(), records.clone(), head(&records), &[third, fifth]).expect("pinned");
+    assert_eq!((report.checkpoints, report.pruned_checkpoints), (2, 0));
+    // Someone with the database rewrites record 3 and reseals everything after it, head included: the chain
+    // alone holds, the checkpoints do not.
+    let mut rewritten = records[..2].to_vec();
+    let mut prev = rewritten[1].0.hash;
+    for (sealed, columns) in &records[2..] {
+        let text = sealed.text.replace("\"n\":3", "\"n\":33");
+        let hash = chain_hash(&prev, &text);
+        rewritten.push((Sealed { seq: sealed.seq, prev, hash, text }, columns.clone()));
+        prev = hash;
+    }
+    let h = head(&rewritten);
+    assert!(verify(Anchor::default(), rewritten.clone(), h, &[]).is_ok(), "a whole rewrite holds together");
+    assert_eq!(verify(Anchor::default(), rewritten.clone(), h, &[third]), Err(VerifyError::CheckpointMismatch(3)));
+    // Rewritten shorter than a checkpoint.
+    let short = rewritten[..3].to_vec();
+    let h = head(&short);
+    assert_eq!(verify(Anchor::default(), short, h, &[fifth]), Err(VerifyError::CheckpointBeyond { seq: 5, last: 3 }));
+    // A checkpoint of a record pruned since is not checked; one of the anchor is; all pruned is an error.
+    let anchor = Anchor { seq: 3, hash: records[2].0.hash };
+    let kept = records[3..].to_vec();
+    let first = pin(0);
+    let report = verify(anchor, kept.clone(), head(&records), &[first, third]).expect("the anchor is pinned");
+    assert_eq!((report.checkpoints, report.pruned_checkpoints), (1, 1));
+    assert_eq!(verify(anchor, kept, head(&records), &[first]), Err(VerifyError::CheckpointsPruned { first: 4 }));
+    // A checkpoint's line round-trips.
+    let line = Checkpoint::of(fifth, 1234);
+    assert_eq!(line.head(), Some(fifth));
+    assert_eq!(Checkpoint { head: "zz".into(), ..line }.head(), None);
 }
