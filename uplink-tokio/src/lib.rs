@@ -9,8 +9,8 @@
 //!   runs the local MCP calls (hyper, MCP's Streamable HTTP) the core asks for.
 //! - **The gateway** ([`gateway`]): one hub task owns the core's [`Hub`](uplink_proto::gateway::Hub); each
 //!   sled connection's task only carries its socket; the HTTP API (axum), the console and the webhooks ask
-//!   or are told by the hub task. What lasts (rules, the audit log, credentials) is in a [`store`], written
-//!   before anything it records is sent.
+//!   or are told by the hub task. What lasts (rules, the audit log, credentials, the console's sign-ins) is in a
+//!   [`store`] (one seam, SQLite or memory), written before anything it records is sent.
 //! - **The program** (`cli`, with the `cli` feature): `uplink sled`, `uplink gateway`, `uplink demo`.
 //!
 //! The two socket loops share their pieces (`socket_loop.rs`, `ws.rs`, `timer.rs`): the clock, turn-taking

@@ -12,8 +12,8 @@
 //! 2. **Shared state**: `shared`, what the routes and the server share (the hub task's handle, the
 //!    credentials in force, the budgets they consult), and the credentials' reloader.
 //! 3. **The hub task**: `hub_handle` (how everyone talks to it, and the caller's end of an MCP exchange),
-//!    `hub_task` (its loop), `commit` (the store's group commit), `mcp_exchange` (an exchange's events and
-//!    ends), `event_log` (what it logs).
+//!    `hub_task` (its loop), `commit` (the store's group commit), `checkpoints` (the audit log's head, handed
+//!    out), `mcp_exchange` (an exchange's events and ends), `event_log` (what it logs).
 //! 4. **Leaves**: `recorder` (the hub's events as audit records), `fanout` (the event stream's one text for
 //!    every client), `wall` (the two clocks, and the rules' kept form), `notify` (the webhooks, each
 //!    performing the core's outbox), `gateway_metrics`, `auth_budget` (failed authentication's budget),
