@@ -25,16 +25,24 @@ impl Default for CheckpointConfig {
     }
 }
 
-/// The head after the last commit, and the last one handed out.
+/// The head after the last commit, the last one handed out, and when one last was.
 pub(super) struct Checkpoints {
     config: CheckpointConfig,
     head: Option<Head>,
     handed_out: Option<Head>,
+    last_at: Option<tokio::time::Instant>,
 }
 
 impl Checkpoints {
     pub(super) fn new(config: CheckpointConfig) -> Checkpoints {
-        Checkpoints { config, head: None, handed_out: None }
+        Checkpoints { config, head: None, handed_out: None, last_at: None }
+    }
+
+    /// Whether a checkpoint is due at `now`: the head moved, and the last was handed out at least
+    /// [`Checkpoints::every`] ago. (Read by the hub task at each turn of its loop, so that a gateway too busy
+    /// to wake on its interval still hands them out.)
+    pub(super) fn overdue(&self, now: tokio::time::Instant) -> bool {
+        self.head != self.handed_out && self.last_at.is_none_or(|at| now.saturating_duration_since(at) >= self.every())
     }
 
     /// How often a checkpoint is due.
@@ -48,11 +56,12 @@ impl Checkpoints {
     }
 
     /// The head, taken at `at_ms`, when it has moved since it was last handed out; logged.
-    pub(super) fn due(&self, at_ms: u64) -> Option<Checkpoint> {
+    pub(super) fn due(&mut self, at_ms: u64) -> Option<Checkpoint> {
         let head = self.head?;
         if self.handed_out == Some(head) {
             return None;
         }
+        self.last_at = Some(tokio::time::Instant::now());
         let checkpoint = Checkpoint::of(head, at_ms);
         info!(seq = checkpoint.seq, head = %checkpoint.head, at_ms, "audit checkpoint");
         Some(checkpoint)

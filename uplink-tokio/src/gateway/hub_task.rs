@@ -137,6 +137,9 @@ impl HubTask {
         loop {
             self.drain();
             self.flush().await;
+            if self.store.is_some() && self.checkpoints.overdue(TokioInstant::now()) {
+                self.checkpoint().await;
+            }
             let at = self.hub.poll_timeout().map(|at| self.clock.at(at));
             self.timer.set(at);
             tokio::select! {
