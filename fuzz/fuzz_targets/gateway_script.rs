@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use uplink_proto::gateway::{SledSession, SessionConfig, SessionEvent, SessionOutput, McpId, PermId};
+use uplink_proto::gateway::{McpId, PermId, SessionConfig, SessionEvent, SessionOutput, SledSession};
 use uplink_proto::{Decision, Instant, Received};
 
 #[derive(Arbitrary, Debug)]
@@ -26,9 +26,11 @@ enum Op {
 
 fuzz_target!(|ops: Vec<Op>| {
     let mut now = Instant::ZERO;
-    let mut gw =
-        SledSession::new(SessionConfig { max_pending_permissions: 3, max_pending_mcp: 3, ..SessionConfig::default() }, now)
-            .expect("valid");
+    let mut gw = SledSession::new(
+        SessionConfig { max_pending_permissions: 3, max_pending_mcp: 3, ..SessionConfig::default() },
+        now,
+    )
+    .expect("valid");
     let mut perms: BTreeMap<PermId, bool> = BTreeMap::new(); // true = ended
     let mut mcp: BTreeMap<McpId, bool> = BTreeMap::new();
     let mut closed = false;
