@@ -108,12 +108,23 @@ pub mod kind {
     pub const MCP_LISTEN: &str = "mcp_listen";
     /// Gateway → sled (extension `mcp_stream`): a gateway session ended; end its local session.
     pub const MCP_SESSION_END: &str = "mcp_session_end";
+    /// Gateway → sled (extension `resume`): the gateway keeps this connection's requests across a drop.
+    pub const RESUME_ACCEPTED: &str = "resume_accepted";
+    /// Sled → gateway (extension `resume`): after a `resume_accepted`, every request the sled kept has been
+    /// sent again; the gateway may end those of this sled it still holds that were not.
+    pub const RESUMED: &str = "resumed";
 }
 
 /// The capability a sled lists in its `identity` when it relays MCP exchanges as streams: it reads
 /// `mcp_request`'s `stream` flag and `mcp_cancel`, `mcp_listen` and `mcp_session_end`, and sends
 /// `mcp_message`. A gateway uses none of these with a sled that does not list it.
 pub const MCP_STREAM_CAPABILITY: &str = "mcp_stream";
+
+/// The capability a sled lists in its `identity` when it can resume its requests across a lost link: it
+/// names its process in `incarnation`, and after a gateway's `resume_accepted` on a connection, keeps what it
+/// sent there when the link drops and sends it again, under the same ids, once a gateway accepts again. A
+/// gateway sends `resume_accepted` only to a sled that lists it.
+pub const RESUME_CAPABILITY: &str = "resume";
 
 /// The outcome of a permission request. Written as `approve`, `deny` or `always_allow` ([`Decision::as_str`],
 /// `Display`, `FromStr`, serde).
@@ -215,6 +226,9 @@ pub struct Identity<'a> {
     /// How long the sled waits for a decision before it denies (extension): a gateway can show people the
     /// time left. Absent from sleds that predate it; ignored by older gateways.
     pub permission_timeout_ms: Option<u64>,
+    /// The sled process's incarnation (extension `resume`): drawn at random when the process starts, so that
+    /// a restarted sled's requests are never taken for its predecessor's, whatever their ids.
+    pub incarnation: Option<Cow<'a, str>>,
 }
 
 /// A frame sent by a sled to its gateway.
@@ -255,6 +269,9 @@ pub enum SledFrame<'a> {
         /// The JSON-RPC message, as the local server sent it.
         payload: &'a RawValue,
     },
+    /// Every request kept across a drop has been sent again (extension `resume`; only after a
+    /// `resume_accepted` on this connection). Its payload is an object reserved for later members (`{}`).
+    Resumed,
 }
 
 /// A frame sent by a gateway to a sled.
@@ -303,6 +320,10 @@ pub enum GatewayFrame<'a> {
         /// The session, as named in `mcp_request`.
         session: Cow<'a, str>,
     },
+    /// The gateway accepts `resume` on this connection (extension `resume`; sent right after it accepts the
+    /// `identity`, only to a sled that listed the capability): what the sled sends on it is kept across a
+    /// drop, by both sides. Its payload is an object reserved for later members (`{}`).
+    ResumeAccepted,
 }
 
 // ── Decoding ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -411,6 +432,7 @@ fn gateway_payload(kind: &str) -> Option<ObjectKind> {
     match kind {
         kind::PERM_RESPONSE => Some(ObjectKind::Flags),
         kind::MCP_REQUEST | kind::MCP_CANCEL | kind::MCP_LISTEN | kind::MCP_SESSION_END => Some(ObjectKind::Mcp),
+        kind::RESUME_ACCEPTED => Some(ObjectKind::Skip),
         _ => None,
     }
 }
@@ -623,6 +645,9 @@ impl<'a> GatewayFrame<'a> {
         let env = parse_envelope(text, Direct::GatewayFrames)?;
         let req_id = env.req_id.unwrap_or(Cow::Borrowed(""));
         let object = gateway_payload(&env.kind).ok_or(DecodeError::UnknownType)?;
+        if env.kind == kind::RESUME_ACCEPTED {
+            return Ok(GatewayFrame::ResumeAccepted);
+        }
         let payload = match env.payload {
             InPayload::Read(read) => read,
             InPayload::Raw(raw) => read_lenient(raw, object),
@@ -675,6 +700,8 @@ impl<'a> SledFrame<'a> {
                     capabilities: Option<&'a RawValue>,
                     #[serde(default, borrow)]
                     permission_timeout_ms: Option<&'a RawValue>,
+                    #[serde(default, borrow)]
+                    incarnation: Option<&'a RawValue>,
                 }
                 let p: IdPayload<'a> = payload.and_then(|p| object(p.get())).ok_or(DecodeError::BadPayload)?;
                 let project = lenient_str(p.project).ok_or(DecodeError::BadPayload)?;
@@ -689,6 +716,7 @@ impl<'a> SledFrame<'a> {
                     sled_version: lenient_str(p.sled_version),
                     capabilities,
                     permission_timeout_ms: lenient(p.permission_timeout_ms),
+                    incarnation: lenient_str(p.incarnation),
                 }))
             }
             kind::HEARTBEAT => Ok(SledFrame::Heartbeat),
@@ -718,6 +746,7 @@ impl<'a> SledFrame<'a> {
                 Ok(SledFrame::McpResponse { req_id, payload: payload.unwrap_or_else(|| json_null()) })
             }
             kind::MCP_MESSAGE => Ok(SledFrame::McpMessage { req_id, payload: payload.ok_or(DecodeError::BadPayload)? }),
+            kind::RESUMED => Ok(SledFrame::Resumed),
             _ => Err(DecodeError::UnknownType),
         }
     }
@@ -750,6 +779,8 @@ struct IdentityOut<'a> {
     capabilities: &'a [Cow<'a, str>],
     #[serde(skip_serializing_if = "Option::is_none")]
     permission_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incarnation: Option<&'a str>,
 }
 
 fn encode_envelope<P: Serialize>(kind: &str, req_id: &str, payload: P) -> String {
@@ -891,6 +922,7 @@ impl SledFrame<'_> {
                     sled_version: id.sled_version.as_deref(),
                     capabilities: &id.capabilities,
                     permission_timeout_ms: id.permission_timeout_ms,
+                    incarnation: id.incarnation.as_deref(),
                 },
             ),
             SledFrame::Heartbeat => String::from(r#"{"type":"heartbeat","req_id":"","payload":null}"#),
@@ -917,6 +949,7 @@ impl SledFrame<'_> {
                 let payload = payload.get();
                 Writer::envelope(kind::MCP_MESSAGE, req_id, 1 + payload.len()).raw(payload).raw("}").done()
             }
+            SledFrame::Resumed => Writer::envelope(kind::RESUMED, "", 3).raw("{}}").done(),
         }
     }
 }
@@ -968,6 +1001,7 @@ impl GatewayFrame<'_> {
                 .string(session)
                 .raw("}}")
                 .done(),
+            GatewayFrame::ResumeAccepted => Writer::envelope(kind::RESUME_ACCEPTED, "", 3).raw("{}}").done(),
         }
     }
 }

@@ -55,6 +55,8 @@ enum Op {
     McpSessionEnd,
     Pong,
     Garbage(String),
+    /// The gateway accepts `resume` on the live connection.
+    ResumeAccepted,
     Shutdown,
 }
 
@@ -83,6 +85,7 @@ fn op() -> impl Strategy<Value = Op> {
             Just(r#"{"type":"mcp_request","req_id":5}"#.to_owned()),
             Just(r#"{"type":"nope"}"#.to_owned()),
         ].prop_map(Op::Garbage),
+        2 => Just(Op::ResumeAccepted),
         1 => Just(Op::Shutdown),
     ]
 }
@@ -91,10 +94,14 @@ fn cfg() -> impl Strategy<Value = SledConfig> {
     (
         (any::<u64>(), any::<bool>(), prop_oneof![Just(1_000_000u64), Just(1u64)]),
         (1u64..130, 1usize..5, 1usize..4, 1u64..70, prop::bool::weighted(0.05)),
-        (0usize..4, 1usize..3),
+        (0usize..4, 1usize..3, any::<bool>(), prop_oneof![Just(16usize << 20), 0usize..80], 1u64..20),
     )
         .prop_map(
-            |((seed, jitter, initial_us), (perm_s, max_perm, max_mcp, mcp_s, disabled), (waiting, streams))| {
+            |(
+                (seed, jitter, initial_us),
+                (perm_s, max_perm, max_mcp, mcp_s, disabled),
+                (waiting, streams, resume, resume_bytes, resume_wait_s),
+            )| {
                 SledConfig {
                     enabled: !disabled,
                     seed,
@@ -107,6 +114,9 @@ fn cfg() -> impl Strategy<Value = SledConfig> {
                     max_mcp_waiting: waiting,
                     max_mcp_streams: streams,
                     mcp_timeout: Duration::from_secs(mcp_s),
+                    resume,
+                    max_resume_bytes: resume_bytes,
+                    resume_wait: Duration::from_secs(resume_wait_s),
                     ..SledConfig::new("prop")
                 }
             },
@@ -191,6 +201,8 @@ struct Check {
     mcp_waiting: VecDeque<String>,
     next_mcp: u32,
     identities_on_live: u32,
+    /// Connections on which the gateway accepted `resume` (the machine offered it).
+    accepted: BTreeSet<ConnId>,
 }
 
 impl Check {
@@ -216,6 +228,7 @@ impl Check {
             mcp_waiting: VecDeque::new(),
             next_mcp: 0,
             identities_on_live: 0,
+            accepted: BTreeSet::new(),
         };
         c.drain();
         c
@@ -399,6 +412,15 @@ impl Check {
                     self.sled.handle_received(self.now, conn, Received::Text(text));
                 }
             }
+            Op::ResumeAccepted => {
+                if let Some(conn) = self.live {
+                    if self.cfg.resume {
+                        self.accepted.insert(conn);
+                    }
+                    let text = r#"{"type":"resume_accepted","req_id":"","payload":{}}"#;
+                    self.sled.handle_received(self.now, conn, Received::Text(text));
+                }
+            }
             Op::Shutdown => self.sled.shutdown(self.now),
         }
         self.drain();
@@ -463,9 +485,24 @@ impl Check {
                     "identity" => {
                         self.identities_on_live += 1;
                         assert_eq!(self.identities_on_live, 1, "second identity on one connection");
+                        let offers =
+                            v["payload"]["capabilities"].as_array().is_some_and(|c| c.contains(&"resume".into()));
+                        assert_eq!(offers, self.cfg.resume, "resume offered as configured");
+                        assert_eq!(v["payload"]["incarnation"].is_string(), self.cfg.resume);
                     }
                     "perm_request" => {
+                        // Sent again only when kept: its last connection and this one accepted `resume`.
+                        if let Some(prev) = self.sent_on.get(&req_id) {
+                            assert!(
+                                *prev != conn && self.accepted.contains(prev) && self.accepted.contains(&conn),
+                                "{req_id} sent again without resume accepted on {prev:?} and {conn:?}"
+                            );
+                            assert!(self.owner.contains_key(&req_id), "{req_id} sent again after it ended");
+                        }
                         self.sent_on.insert(req_id, conn);
+                    }
+                    "resumed" => {
+                        assert!(self.accepted.contains(&conn), "resumed without an acceptance on {conn:?}");
                     }
                     "mcp_response" => {
                         let entry = self.mcp.get_mut(&req_id).expect("mcp_response for an exchange that never came");
@@ -570,12 +607,21 @@ impl Check {
         if let Some(at) = next {
             assert!(at >= self.now, "deadline {at:?} left behind at {:?}", self.now);
         }
-        // Fail-closed: nothing undecided is still waiting on a connection that is gone.
+        // Fail-closed: nothing undecided is still waiting on a connection that is gone, unless that
+        // connection's gateway accepted `resume` (kept); once the live one accepts, every kept one is sent again.
+        let live_accepted = self.live.is_some_and(|c| self.accepted.contains(&c));
         for (key, req) in self.reqs.iter().filter(|(_, r)| r.decided.is_none()) {
             assert_eq!(self.owner.get(&req.id), Some(key), "pending request without its id");
-            if let Some(conn) = self.sent_on.get(&req.id) {
-                assert_eq!(Some(*conn), self.live, "{} outstanding on a dead connection", req.id);
+            if let Some(conn) = self.sent_on.get(&req.id)
+                && Some(*conn) != self.live
+            {
+                assert!(self.accepted.contains(conn), "{} outstanding on a dead connection never accepted", req.id);
+                assert!(!live_accepted, "{} kept but not sent again on an accepting connection", req.id);
             }
+        }
+        assert!(self.sled.kept_bytes() <= self.cfg.max_resume_bytes, "kept bytes over the budget");
+        if self.sled.pending_permissions() == 0 {
+            assert_eq!(self.sled.kept_bytes(), 0, "kept bytes without a request");
         }
         // Nothing undecided is past its deadline, and the timer wakes the caller no later than the earliest one:
         // a driver that honours poll_timeout gets every denial exactly on time.

@@ -63,7 +63,7 @@ fn b2_identity_is_the_first_frame_and_heartbeats_follow_every_interval() {
     assert_eq!(frames[0]["req_id"], "identity");
     assert_eq!(frames[0]["payload"]["project"], "test-proj");
     assert_eq!(frames[0]["payload"]["protocol"], 1);
-    assert_eq!(frames[0]["payload"]["capabilities"], json!(["perm_cancel", "mcp_stream"]));
+    assert_eq!(frames[0]["payload"]["capabilities"], json!(["perm_cancel", "mcp_stream", "resume"]));
     assert_eq!(d.sled.poll_timeout(), Some(Instant::from_secs(10)));
     // Nothing before the interval...
     assert!(actions(&d.secs(9.999)).is_empty());
@@ -80,7 +80,20 @@ fn b2_identity_is_the_first_frame_and_heartbeats_follow_every_interval() {
 #[test]
 fn b14_identity_carries_documented_extras() {
     let cfg = SledConfig { sled_version: Some("9.9.9".into()), capabilities: vec!["mcp_session".into()], ..config() };
-    let (mut d, _) = Driver::new(cfg);
+    let (mut d, _) = Driver::new(cfg.clone());
+    let (_, outs) = d.connect();
+    let incarnation = d.sled.incarnation().to_owned();
+    assert_eq!(incarnation.len(), 16, "{incarnation}");
+    assert!(incarnation.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{incarnation}");
+    assert_eq!(
+        sent(&outs)[0]["payload"],
+        json!({"project":"test-proj","protocol":1,"sled_version":"9.9.9","capabilities":["perm_cancel","mcp_stream","resume","mcp_session"],
+            "permission_timeout_ms":120_000,"incarnation":incarnation})
+    );
+    // Another seed, another incarnation; without `resume`, neither the capability nor the incarnation.
+    let (other, _) = Driver::new(SledConfig { seed: 1, ..cfg.clone() });
+    assert_ne!(other.sled.incarnation(), incarnation);
+    let (mut d, _) = Driver::new(SledConfig { resume: false, ..cfg });
     let (_, outs) = d.connect();
     assert_eq!(
         sent(&outs)[0]["payload"],

@@ -30,6 +30,7 @@ fn sled_frames_encode_exactly_as_the_original() {
         sled_version: None,
         capabilities: vec![],
         permission_timeout_ms: None,
+        incarnation: None,
     });
     assert_eq!(old_identity.encode(), r#"{"type":"identity","req_id":"identity","payload":{"project":"test-proj"}}"#);
     let resp = raw(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
@@ -60,10 +61,12 @@ fn every_sled_frame_round_trips() {
             project: "p \"quoted\"".into(),
             protocol: Some(PROTOCOL_VERSION),
             sled_version: Some("1.2.3".into()),
-            capabilities: vec!["perm_cancel".into(), "mcp_session".into()],
+            capabilities: vec!["perm_cancel".into(), "mcp_session".into(), "resume".into()],
             permission_timeout_ms: Some(120_000),
+            incarnation: Some("0123456789abcdef".into()),
         }),
         SledFrame::Heartbeat,
+        SledFrame::Resumed,
         SledFrame::PermRequest { req_id: "r\\1".into(), tool_name: "Write".into(), tool_input: &input },
         SledFrame::PermCancel { req_id: "r2".into(), reason: "timeout".into() },
         SledFrame::McpResponse { req_id: "m1".into(), payload: &resp },
@@ -96,11 +99,30 @@ fn every_gateway_frame_round_trips() {
         GatewayFrame::McpRequest { req_id: "n".into(), body: None, session: None, stream: false },
         GatewayFrame::McpCancel { req_id: "m".into(), reason: None },
         GatewayFrame::McpListen { req_id: "l".into(), session: None },
+        GatewayFrame::ResumeAccepted,
     ];
     for frame in frames {
         let text = frame.encode();
         assert_eq!(GatewayFrame::decode(&text), Ok(frame));
     }
+}
+
+#[test]
+fn the_resume_frames_are_as_documented_and_read_leniently() {
+    assert_eq!(GatewayFrame::ResumeAccepted.encode(), r#"{"type":"resume_accepted","req_id":"","payload":{}}"#);
+    assert_eq!(SledFrame::Resumed.encode(), r#"{"type":"resumed","req_id":"","payload":{}}"#);
+    // Members added later, or none at all, read the same.
+    for text in [
+        r#"{"type":"resume_accepted","req_id":"","payload":{"window_ms":300000}}"#,
+        r#"{"payload":null,"type":"resume_accepted"}"#,
+    ] {
+        assert_eq!(GatewayFrame::decode(text), Ok(GatewayFrame::ResumeAccepted), "{text}");
+    }
+    assert!(matches!(SledFrame::decode(r#"{"type":"resumed","req_id":"x","payload":[1]}"#), Ok(SledFrame::Resumed)));
+    // An incarnation of the wrong type reads as absent.
+    let text = r#"{"type":"identity","req_id":"identity","payload":{"project":"p","incarnation":7}}"#;
+    let Ok(SledFrame::Identity(id)) = SledFrame::decode(text) else { panic!("decodes") };
+    assert_eq!(id.incarnation, None);
 }
 
 fn decision_of(payload: &str) -> Decision {

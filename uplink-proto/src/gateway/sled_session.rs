@@ -602,7 +602,8 @@ impl SledSession {
                     None => self.ignored(SessionIgnored::Unmatched),
                 }
             }
-            Err(DecodeError::UnknownType) => self.ignored(SessionIgnored::UnknownType),
+            // Only ever sent after this gateway's `resume_accepted`, which this session does not send.
+            Ok(SledFrame::Resumed) | Err(DecodeError::UnknownType) => self.ignored(SessionIgnored::UnknownType),
             Err(DecodeError::Malformed | DecodeError::BadPayload) => self.ignored(SessionIgnored::Malformed),
         }
     }

@@ -72,6 +72,17 @@ pub struct SledConfig {
     /// answered with a JSON-RPC error instead, so that the gateway never closes the link over one of them.
     /// Default [`wire::DEFAULT_MAX_FRAME_BYTES`] (16 MiB, the gateway's default).
     pub max_frame_bytes: usize,
+    /// Offer the `resume` extension ([`wire::RESUME_CAPABILITY`]): on a connection whose gateway accepts it,
+    /// requests sent there outlive a lost link and are sent again, under the same ids, once a gateway
+    /// accepts again; each keeps its own deadline. Default `true`; `false` sends the original `identity`
+    /// (without it) and denies what was sent on a connection when it drops, whatever the gateway.
+    pub resume: bool,
+    /// Most bytes of sent requests (tool name, input and id) kept to be sent again after a drop; a request
+    /// sent beyond is not kept, and a drop denies it as without `resume`. Default 16 MiB.
+    pub max_resume_bytes: usize,
+    /// After a drop that kept requests, how long a new connection waits for the gateway's `resume_accepted`
+    /// before it denies them (a gateway that accepts sends it at once; an older one never does). Default 5 s.
+    pub resume_wait: Duration,
 }
 
 impl SledConfig {
@@ -100,6 +111,9 @@ impl SledConfig {
             max_mcp_streams: 16,
             max_mcp_initialize_bytes: super::mcp_session::DEFAULT_MAX_INITIALIZE_BYTES,
             max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
+            resume: true,
+            max_resume_bytes: 16 << 20,
+            resume_wait: Duration::from_secs(5),
         }
     }
 
@@ -116,6 +130,7 @@ impl SledConfig {
             ("backoff_initial", self.backoff_initial),
             ("permission_timeout", self.permission_timeout),
             ("mcp_timeout", self.mcp_timeout),
+            ("resume_wait", self.resume_wait),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError::Zero(name));

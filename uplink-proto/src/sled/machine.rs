@@ -19,6 +19,19 @@
 //! Each permission request is queued (while there is no connection), then sent on the live connection, then
 //! decided exactly once: by the `perm_response` received on that connection, or denied by its deadline, the
 //! connection's loss, a full queue, a bad or duplicate id, or shutdown.
+//!
+//! With the `resume` extension ([`SledConfig::resume`]) a connection's own state says whether its gateway
+//! keeps its requests across a drop:
+//!
+//! ```text
+//!   connected ──▶ Waiting ──resume_accepted──▶ Accepted: a drop keeps what was sent here (Kept), and the
+//!                  │                                     next connection sends it again once accepted
+//!                  └──any other frame first, or resume_wait──▶ Off: what was kept is denied; a drop denies
+//! ```
+//!
+//! A request's life with it: Queued ──send──▶ Sent ──drop, accepted──▶ Kept ──accepted again──▶ Sent; its
+//! deadline never moves, and every other end is as above. A request sent on a connection whose gateway had
+//! not accepted, or beyond [`SledConfig::max_resume_bytes`], is denied by a drop as without the extension.
 
 use alloc::borrow::Cow;
 use alloc::boxed::Box;
@@ -41,27 +54,63 @@ use crate::wire::{self, Decision, GatewayFrame, Identity, RawValue, Received, Sl
 enum Link {
     Disabled,
     Connecting { conn: ConnId, deadline: Instant },
-    Connected { conn: ConnId, since: Instant, last_rx: Instant, next_heartbeat: Instant },
+    Connected { conn: ConnId, since: Instant, last_rx: Instant, next_heartbeat: Instant, resume: Resume },
     BackingOff { until: Instant, delay: Duration, reason: LossReason },
     Closed,
 }
 
-/// Where a pending permission request is. A request sent on a connection that ends is denied, never sent
-/// again, so what it asks is kept only until it is sent.
+/// Whether the live connection's gateway keeps its requests across a drop (extension `resume`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Resume {
+    /// Not offered, refused, or not answered in time: a drop denies what was sent on the connection.
+    Off,
+    /// Offered in `identity`, not answered yet; with requests kept across the last drop, they are denied
+    /// at `until` if no answer came (a connection only ever has fewer kept requests than it started with).
+    Waiting { until: Option<Instant> },
+    /// The gateway sent `resume_accepted`.
+    Accepted,
+}
+
+/// What a request asks.
+#[derive(Clone, Debug)]
+struct Asked {
+    tool_name: String,
+    tool_input: Box<RawValue>,
+}
+
+/// Where a pending permission request is.
 #[derive(Clone, Debug)]
 enum Stage {
-    Queued { tool_name: String, tool_input: Box<RawValue> },
-    Sent(ConnId),
+    /// Waiting for a connection.
+    Queued(Asked),
+    /// Sent on `conn`; what it asks is kept to be sent again when `resume` may carry it over a drop.
+    Sent { conn: ConnId, kept: Option<Asked> },
+    /// Sent on a connection that dropped after its gateway accepted `resume`: waiting for one that accepts.
+    Kept(Asked),
 }
 
 impl Stage {
-    /// The connection it was sent on; `None` while queued.
+    /// The connection it was sent on; `None` while queued or kept.
     fn sent_on(&self) -> Option<ConnId> {
         match self {
-            Stage::Sent(conn) => Some(*conn),
-            Stage::Queued { .. } => None,
+            Stage::Sent { conn, .. } => Some(*conn),
+            Stage::Queued(_) | Stage::Kept(_) => None,
         }
     }
+
+    /// What it holds toward the budget of kept requests ([`SledConfig::max_resume_bytes`]).
+    fn kept(&self) -> Option<&Asked> {
+        match self {
+            Stage::Sent { kept, .. } => kept.as_ref(),
+            Stage::Kept(asked) => Some(asked),
+            Stage::Queued(_) => None,
+        }
+    }
+}
+
+/// The bytes a kept request counts toward [`SledConfig::max_resume_bytes`].
+fn kept_size(wire: &str, asked: &Asked) -> usize {
+    wire.len() + asked.tool_name.len() + asked.tool_input.get().len()
 }
 
 /// The sled's side of the uplink. See the [module](crate::sled) and [crate] docs.
@@ -79,6 +128,10 @@ pub struct Sled {
     next_id: u64,
     /// Pending permission requests: by key and by wire id, in arrival (and deadline) order.
     perms: PendingTable<PermKey, Stage>,
+    /// This process's incarnation (sixteen hex digits from the seed), named in `identity` with `resume`.
+    incarnation: String,
+    /// Bytes of the requests kept to be sent again ([`SledConfig::max_resume_bytes`]).
+    kept_bytes: usize,
     /// The gateway's MCP exchanges with the local endpoint.
     mcp: McpRelay,
     out: VecDeque<Output>,
@@ -93,9 +146,14 @@ impl Sled {
     /// Creates the machine. Unless disabled, its first output is a [`Output::Connect`].
     pub fn new(config: SledConfig, now: Instant) -> Result<Sled, ConfigError> {
         config.validate()?;
-        let mut capabilities: Vec<Cow<'_, str>> = Vec::with_capacity(1 + config.capabilities.len());
+        // Its own stream of the seed, as the ids' prefix below.
+        let incarnation = hex16(SplitMix64::new(config.seed ^ 0x696e_6361_726e_6174).next_u64());
+        let mut capabilities: Vec<Cow<'_, str>> = Vec::with_capacity(3 + config.capabilities.len());
         capabilities.push(Cow::Borrowed(wire::kind::PERM_CANCEL));
         capabilities.push(Cow::Borrowed(wire::MCP_STREAM_CAPABILITY));
+        if config.resume {
+            capabilities.push(Cow::Borrowed(wire::RESUME_CAPABILITY));
+        }
         capabilities.extend(config.capabilities.iter().map(|c| Cow::Borrowed(c.as_str())));
         let identity_text = SledFrame::Identity(Identity {
             project: Cow::Borrowed(&config.project),
@@ -103,6 +161,7 @@ impl Sled {
             sled_version: config.sled_version.as_deref().map(Cow::Borrowed),
             capabilities,
             permission_timeout_ms: Some(u64::try_from(config.permission_timeout.as_millis()).unwrap_or(u64::MAX)),
+            incarnation: config.resume.then_some(Cow::Borrowed(incarnation.as_str())),
         })
         .encode();
         let backoff = Backoff::new(
@@ -126,6 +185,8 @@ impl Sled {
             id_prefix,
             next_id: 0,
             perms,
+            incarnation,
+            kept_bytes: 0,
             mcp,
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -169,9 +230,25 @@ impl Sled {
         &self.stats
     }
 
-    /// Permission requests not yet decided (queued or awaiting a response).
+    /// Permission requests not yet decided (queued, awaiting a response, or kept across a drop).
     pub fn pending_permissions(&self) -> usize {
         self.perms.len()
+    }
+
+    /// This process's incarnation, named in `identity` when it offers `resume`: sixteen hex digits drawn
+    /// from [`SledConfig::seed`] (an adapter seeds each process at random).
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    /// Requests kept across a drop, waiting for a gateway that accepts `resume`.
+    pub fn kept_permissions(&self) -> usize {
+        self.perms.iter().filter(|(_, p)| matches!(p.value, Stage::Kept(_))).count()
+    }
+
+    /// Bytes of the requests kept to be sent again after a drop ([`SledConfig::max_resume_bytes`]).
+    pub fn kept_bytes(&self) -> usize {
+        self.kept_bytes
     }
 
     /// Local MCP calls in flight (started, not ended).
@@ -204,8 +281,9 @@ impl Sled {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link = match self.link {
             Link::Connecting { deadline, .. } => Some(deadline),
-            Link::Connected { last_rx, next_heartbeat, .. } => {
-                Some(next_heartbeat.min(last_rx + self.cfg.idle_timeout))
+            Link::Connected { last_rx, next_heartbeat, resume, .. } => {
+                let at = next_heartbeat.min(last_rx + self.cfg.idle_timeout);
+                Some(if let Resume::Waiting { until: Some(until) } = resume { at.min(until) } else { at })
             }
             Link::BackingOff { until, .. } => Some(until),
             Link::Disabled | Link::Closed => None,
@@ -238,13 +316,24 @@ impl Sled {
             }
         }
         let now = self.now;
-        self.link =
-            Link::Connected { conn, since: now, last_rx: now, next_heartbeat: now + self.cfg.heartbeat_interval };
+        let kept = self.perms.iter().any(|(_, p)| matches!(p.value, Stage::Kept(_)));
+        let resume = match self.cfg.resume {
+            true => Resume::Waiting { until: kept.then(|| now + self.cfg.resume_wait) },
+            false => Resume::Off,
+        };
+        self.link = Link::Connected {
+            conn,
+            since: now,
+            last_rx: now,
+            next_heartbeat: now + self.cfg.heartbeat_interval,
+            resume,
+        };
         self.stats.connections += 1;
         self.emit_link();
         self.send(conn, self.identity_text.clone());
+        // New requests go now; kept ones wait for the gateway's `resume_accepted`.
         let queued: Vec<PermKey> =
-            self.perms.iter().filter(|(_, p)| p.value.sent_on().is_none()).map(|(k, _)| k).collect();
+            self.perms.iter().filter(|(_, p)| matches!(p.value, Stage::Queued(_))).map(|(k, _)| k).collect();
         for key in queued {
             self.send_perm_request(key, conn);
         }
@@ -310,7 +399,18 @@ impl Sled {
             Received::Ping | Received::Pong => return,
         };
         self.stats.frames_received += 1;
-        match GatewayFrame::decode(text) {
+        let frame = GatewayFrame::decode(text);
+        if let Ok(GatewayFrame::ResumeAccepted) = frame {
+            self.on_resume_accepted(conn);
+            return;
+        }
+        // A gateway that accepts `resume` says so before anything else: any other frame first is a refusal.
+        if let Link::Connected { resume: resume @ Resume::Waiting { .. }, .. } = &mut self.link {
+            *resume = Resume::Off;
+            self.deny_kept();
+        }
+        match frame {
+            Ok(GatewayFrame::ResumeAccepted) => {}
             Ok(GatewayFrame::PermResponse { req_id, decision, message }) => {
                 self.on_perm_response(conn, &req_id, decision, message)
             }
@@ -410,7 +510,7 @@ impl Sled {
             self.out.push_back(Output::Decided(Decided { key, id, decision: Decision::Deny, cause, message: None }));
             return key;
         }
-        self.perms.insert(key, self.now, id, Stage::Queued { tool_name, tool_input });
+        self.perms.insert(key, self.now, id, Stage::Queued(Asked { tool_name, tool_input }));
         if let Some(conn) = self.connection() {
             self.send_perm_request(key, conn);
         }
@@ -424,6 +524,7 @@ impl Sled {
     pub fn withdraw(&mut self, now: Instant, key: PermKey) {
         self.advance(now);
         let Some(perm) = self.perms.remove(key) else { return };
+        self.release(&perm);
         if let (Some(sent_on), Some(live)) = (perm.value.sent_on(), self.connection())
             && sent_on == live
         {
@@ -468,6 +569,7 @@ impl Sled {
         // the next turn fires), so this ends within a few turns.
         while self.fire_link_timer(now) {}
         while let Some((key, perm)) = self.perms.pop_expired(now) {
+            self.release(&perm);
             if let (Some(sent_on), Some(live)) = (perm.value.sent_on(), self.connection()) {
                 if sent_on == live {
                     let text =
@@ -494,6 +596,14 @@ impl Sled {
             }
             Link::Connected { conn, last_rx, .. } if last_rx + self.cfg.idle_timeout <= now => {
                 self.lose_link(LossReason::IdleTimeout, Some((conn, CLOSE_GOING_AWAY, "idle timeout")));
+                true
+            }
+            Link::Connected { resume: Resume::Waiting { until: Some(until) }, .. } if until <= now => {
+                // No answer to the offer: a gateway that does not resume.
+                if let Link::Connected { resume, .. } = &mut self.link {
+                    *resume = Resume::Off;
+                }
+                self.deny_kept();
                 true
             }
             Link::Connected { conn, next_heartbeat, .. } if next_heartbeat <= now => {
@@ -527,14 +637,24 @@ impl Sled {
         if let Some((conn, code, why)) = close {
             self.out.push_back(Output::Close { conn, code, reason: why });
         }
-        if let Link::Connected { conn, since, .. } = self.link {
+        if let Link::Connected { conn, since, resume, .. } = self.link {
             if self.now.saturating_duration_since(since) >= self.cfg.stability_window {
                 self.backoff.reset();
             }
             let lost: Vec<PermKey> =
                 self.perms.iter().filter(|(_, p)| p.value.sent_on() == Some(conn)).map(|(k, _)| k).collect();
             for key in lost {
+                let Some(perm) = self.perms.get_mut(key) else { continue };
+                // Kept across the drop when its gateway accepted `resume` and it is within the budget.
+                if resume == Resume::Accepted
+                    && let Stage::Sent { kept: kept @ Some(_), .. } = &mut perm.value
+                    && let Some(asked) = kept.take()
+                {
+                    perm.value = Stage::Kept(asked);
+                    continue;
+                }
                 if let Some(perm) = self.perms.remove(key) {
+                    self.release(&perm);
                     self.deny(key, perm.wire, Cause::ConnectionLost);
                 }
             }
@@ -554,6 +674,7 @@ impl Sled {
 
     /// Denies every pending request; those sent on `live` are withdrawn with `perm_cancel` first.
     fn deny_all(&mut self, cause: Cause, live: Option<ConnId>) {
+        self.kept_bytes = 0;
         for (key, perm) in self.perms.drain() {
             if let Some(conn) = live.filter(|c| perm.value.sent_on() == Some(*c)) {
                 let text =
@@ -571,6 +692,7 @@ impl Sled {
         // connection it was not sent on) and the request would stay pending.
         match self.perms.take_by_wire_if(req_id, |stage| stage.sent_on() == Some(conn)) {
             Some((key, perm)) => {
+                self.release(&perm);
                 let message = message.map(|m| String::from(wire::clip(&m, wire::MAX_MESSAGE_BYTES)));
                 self.out.push_back(Output::Decided(Decided {
                     key,
@@ -591,19 +713,72 @@ impl Sled {
         let Some(perm) = self.perms.get_mut(key) else {
             return;
         };
-        // Only queued requests are sent (by the callers' construction); a sent one is left as it is.
-        let stage = core::mem::replace(&mut perm.value, Stage::Sent(conn));
-        let Stage::Queued { tool_name, tool_input } = stage else {
-            perm.value = stage;
-            return;
+        // Queued and kept requests are sent (by the callers' construction); a sent one is left as it is.
+        let stage = core::mem::replace(&mut perm.value, Stage::Sent { conn, kept: None });
+        let (asked, counted) = match stage {
+            Stage::Queued(asked) => (asked, false),
+            Stage::Kept(asked) => (asked, true),
+            sent @ Stage::Sent { .. } => {
+                perm.value = sent;
+                return;
+            }
         };
         let text = SledFrame::PermRequest {
             req_id: Cow::Borrowed(&perm.wire),
-            tool_name: Cow::Borrowed(&tool_name),
-            tool_input: &tool_input,
+            tool_name: Cow::Borrowed(&asked.tool_name),
+            tool_input: &asked.tool_input,
         }
         .encode();
+        // Kept for a resend while it fits in the budget (a kept one is counted already).
+        let size = kept_size(&perm.wire, &asked);
+        if counted || (self.cfg.resume && self.kept_bytes + size <= self.cfg.max_resume_bytes) {
+            if !counted {
+                self.kept_bytes += size;
+            }
+            perm.value = Stage::Sent { conn, kept: Some(asked) };
+        }
         self.send(conn, text);
+    }
+
+    /// The gateway accepted `resume` on `conn` (only ever offered by this machine): what was kept across the
+    /// last drop is sent again, in its order, under its ids, followed by `resumed`.
+    fn on_resume_accepted(&mut self, conn: ConnId) {
+        match &mut self.link {
+            Link::Connected { resume, .. } if self.cfg.resume && *resume != Resume::Accepted => {
+                *resume = Resume::Accepted;
+            }
+            _ => {
+                // Not offered, or said twice.
+                self.ignored(Ignored::UnknownType);
+                return;
+            }
+        }
+        let kept: Vec<PermKey> =
+            self.perms.iter().filter(|(_, p)| matches!(p.value, Stage::Kept(_))).map(|(k, _)| k).collect();
+        self.stats.requests_resent += kept.len() as u64;
+        for key in kept {
+            self.send_perm_request(key, conn);
+        }
+        self.send(conn, SledFrame::Resumed.encode());
+    }
+
+    /// Denies every request kept across a drop: the gateway now reached does not resume.
+    fn deny_kept(&mut self) {
+        let kept: Vec<PermKey> =
+            self.perms.iter().filter(|(_, p)| matches!(p.value, Stage::Kept(_))).map(|(k, _)| k).collect();
+        for key in kept {
+            if let Some(perm) = self.perms.remove(key) {
+                self.release(&perm);
+                self.deny(key, perm.wire, Cause::ConnectionLost);
+            }
+        }
+    }
+
+    /// `perm` ended: what it kept leaves the budget.
+    fn release(&mut self, perm: &crate::pending::Pending<Stage>) {
+        if let Some(asked) = perm.value.kept() {
+            self.kept_bytes -= kept_size(&perm.wire, asked);
+        }
     }
 
     /// Runs `f` on the MCP relay, its work going to this machine's outputs on the live connection.
@@ -639,6 +814,13 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// `n` as sixteen lower-case hex digits.
+fn hex16(n: u64) -> String {
+    let mut out = hex8((n >> 32) as u32);
+    out.push_str(&hex8(n as u32));
+    out
 }
 
 /// `n` as eight lower-case hex digits.

@@ -300,6 +300,8 @@ pub struct Stats {
     pub frames_received: u64,
     /// Frames sent.
     pub frames_sent: u64,
+    /// Requests sent again after a drop, to a gateway that accepted `resume`.
+    pub requests_resent: u64,
     /// Received frames that were not JSON envelopes.
     pub malformed_frames: u64,
     /// Received frames of an unknown type.

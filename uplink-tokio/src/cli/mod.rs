@@ -120,6 +120,10 @@ struct SledArgs {
     /// PEM file of extra CA certificates to trust for wss://.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Do not offer the `resume` extension: a lost link denies what was sent on it, whatever the gateway
+    /// (by default, a gateway that accepts it keeps the requests across a drop, and the sled sends them again).
+    #[arg(long)]
+    no_resume: bool,
 }
 
 /// Runs the program with the process's arguments: exit code 0 when it did what was asked, 1 when it could
@@ -186,6 +190,7 @@ async fn sled(args: SledArgs) -> Result<(), String> {
     config.sled.idle_timeout = args.idle_timeout;
     config.sled.permission_timeout = args.permission_timeout;
     config.sled.mcp_timeout = args.mcp_timeout;
+    config.sled.resume = !args.no_resume;
     if config.gateway_url.is_empty() {
         tracing::warn!("no gateway configured: every permission request will be denied");
     }
