@@ -20,11 +20,18 @@ enum Op {
     Disconnect,
     StaleConn(u8),
     Request(u8),
-    Respond { id: u8, approved: bool, always: bool, stale: bool },
+    Respond {
+        id: u8,
+        approved: bool,
+        always: bool,
+        stale: bool,
+    },
     McpRequest(u8),
     McpReply(u8, u8),
     Pong,
     Frame(String),
+    /// The gateway accepts `resume` on the live connection.
+    ResumeAccepted,
     Shutdown,
 }
 
@@ -35,6 +42,9 @@ struct Script {
     perm_timeout_s: u8,
     max_pending: u8,
     max_mcp: u8,
+    no_resume: bool,
+    /// The kept requests' byte budget, in units of 8 bytes (0: none kept).
+    resume_budget: u8,
     ops: Vec<Op>,
 }
 
@@ -47,6 +57,8 @@ fuzz_target!(|script: Script| {
         permission_timeout: Duration::from_secs(u64::from(script.perm_timeout_s.max(1))),
         max_pending_permissions: usize::from(script.max_pending.max(1)),
         max_mcp_calls: usize::from(script.max_mcp.max(1)),
+        resume: !script.no_resume,
+        max_resume_bytes: usize::from(script.resume_budget) * 8,
         ..SledConfig::new("fuzz")
     };
     let mut now = Instant::ZERO;
@@ -151,6 +163,15 @@ fuzz_target!(|script: Script| {
                     sled.handle_received(now, c, Received::Text(text));
                 }
             }
+            Op::ResumeAccepted => {
+                if let Some(c) = live {
+                    sled.handle_received(
+                        now,
+                        c,
+                        Received::Text(r#"{"type":"resume_accepted","req_id":"","payload":{}}"#),
+                    );
+                }
+            }
             Op::Shutdown => sled.shutdown(now),
         }
         sled.handle_timeout(now);
@@ -228,6 +249,7 @@ fuzz_target!(|script: Script| {
         }
         assert!(sled.pending_permissions() <= cfg.max_pending_permissions);
         assert!(sled.mcp_calls_in_flight() <= cfg.max_mcp_calls);
+        assert!(sled.kept_bytes() <= cfg.max_resume_bytes, "kept bytes over the budget");
     }
     sled.shutdown(now);
     while let Some(out) = sled.poll_output() {
