@@ -84,7 +84,8 @@ fn identity_first_is_announced_with_its_extras_then_heartbeats() {
             project: "p1".into(),
             protocol: Some(1),
             sled_version: Some("9".into()),
-            capabilities: vec!["perm_cancel".into()]
+            capabilities: vec!["perm_cancel".into()],
+            incarnation: None,
         }]
     );
     assert_eq!(g.gw.project(), Some("p1"));

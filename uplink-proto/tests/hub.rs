@@ -120,7 +120,7 @@ fn another_credential_cannot_take_a_live_project_but_may_claim_it_once_it_is_gon
     })));
     assert_eq!(h.hub.holder("demo"), Some(owner));
     // The owner's work is untouched.
-    assert_eq!(h.hub.decide(h.now, perm, Decision::Approve), Ok(None));
+    assert_eq!(h.hub.decide(h.now, perm, Decision::Approve).map(|d| (d.rule, d.held)), Ok((None, false)));
     let sent = h.drain();
     assert!(sent.iter().any(|o| matches!(o, HubOutput::Send { conn, text } if *conn == owner && text.contains("r1"))));
     // Frames on the refused connection are ignored.
@@ -169,6 +169,7 @@ fn public_ids_have_one_spelling_and_route_to_their_own_session() {
         verdict: Decision::Deny.into(),
         rule: None,
         waited: Duration::ZERO,
+        held: false,
     })));
     assert_eq!(
         h.hub.decide(h.now, pb, Decision::Approve),
@@ -379,6 +380,7 @@ fn a_verdicts_message_goes_to_the_sled_and_into_the_event_and_a_too_long_one_is_
         verdict,
         rule: None,
         waited: Duration::ZERO,
+        held: false,
     })));
     // An empty message is none: the frame is the original's.
     let perm = h.ask(conn, "r2", "{}");
@@ -754,7 +756,7 @@ fn rules_made_at_run_time_have_a_budget_and_always_allow_beyond_it_approves_once
     assert_eq!(h.hub.add_rule(h.now, gone), Err(RuleRefused::NeverApplies));
     assert_eq!(bash(&mut h, conn, "r1", "ls -l"), None);
     let id = h.hub.permissions(h.now)[0].id;
-    assert_eq!(h.hub.decide(h.now, id, Decision::AlwaysAllow), Ok(None), "no room for its rule");
+    assert_eq!(h.hub.decide(h.now, id, Decision::AlwaysAllow).map(|d| d.rule), Ok(None), "no room for its rule");
     let outs = h.drain();
     assert!(outs.iter().any(|o| matches!(o, HubOutput::Send { text, .. } if text.contains("\"approved\":true"))));
     assert_eq!(bash(&mut h, conn, "r2", "ls -l"), None, "asked again");

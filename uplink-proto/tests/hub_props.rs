@@ -15,7 +15,11 @@
 //!   project;
 //! - the connection counts and the pending input bytes (per connection and in total) stay within their
 //!   budgets, and the hub's count of bytes is what the listing holds;
-//! - the listings of sleds and pending permissions match the model; memory stays within its bounds.
+//! - the listings of sleds and pending permissions match the model; memory stays within its bounds;
+//! - with `resume` on (half the cases): a request is held across a drop only for a connection that accepted
+//!   it, found again only by a connection with the same credential, project and incarnation that sent the same
+//!   request (tool and input) again, and a decision kept while its sled was away is delivered only to such a
+//!   connection; what is held counts toward the budgets, and after shutdown is all that stays.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -32,7 +36,8 @@ use uplink_proto::{Decision, GatewayFrame, Instant, Received};
 #[derive(Clone, Debug)]
 enum Op {
     Accept(u8),
-    Identify(u8, u8),
+    /// Identifies connection `.0` as project `.1`, offering `resume` as incarnation "a" or "b" (`.2` 1 or 2).
+    Identify(u8, u8, u8),
     Heartbeat(u8),
     PermRequest(u8, u8, u8),
     PermCancel(u8, u8),
@@ -46,27 +51,39 @@ enum Op {
     /// Reloads the credentials: which are present (a bit each), whether credential 1 is narrowed to `p`,
     /// and whether credential 0 expires 5 s from now.
     Reload(u8),
-    Shutdown,
+    /// A sled reconnects as a real one does: connection `.0`'s credential opens a new connection (the old
+    /// one dropped first, or left to be replaced), identifies as the same project and incarnation, sends
+    /// again what it sent on the old one, then `resumed`. `.1` twists it: the old one left open, another
+    /// incarnation, one request sent again with another input, no `resumed`.
+    Reconnect(u8, u8),
+    /// Shuts the hub down when `.0` is below 16: rarely, so that most scripts run long before it (every
+    /// script ends with one anyway).
+    Shutdown(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0u8..3).prop_map(Op::Accept),
-        4 => (any::<u8>(), 0u8..4).prop_map(|(c, p)| Op::Identify(c, p)),
-        1 => any::<u8>().prop_map(Op::Heartbeat),
-        6 => (any::<u8>(), 0u8..4, 0u8..4).prop_map(|(c, r, t)| Op::PermRequest(c, r, t)),
-        2 => (any::<u8>(), 0u8..4).prop_map(|(c, r)| Op::PermCancel(c, r)),
-        3 => (any::<u8>(), 0u8..6).prop_map(|(c, m)| Op::McpResponse(c, m)),
-        1 => any::<u8>().prop_map(Op::Garbage),
-        5 => (any::<u8>(), 0u8..5).prop_map(|(p, d)| Op::Decide(p, d)),
-        3 => (0u8..4).prop_map(Op::SendMcp),
-        2 => any::<u8>().prop_map(Op::Disconnect),
-        1 => any::<u8>().prop_map(Op::TooBig),
-        3 => (0u32..40_000).prop_map(Op::Advance),
+        12 => (0u8..3).prop_map(Op::Accept),
+        16 => (any::<u8>(), 0u8..4, 0u8..3).prop_map(|(c, p, i)| Op::Identify(c, p, i)),
+        4 => any::<u8>().prop_map(Op::Heartbeat),
+        24 => (any::<u8>(), 0u8..4, 0u8..4).prop_map(|(c, r, t)| Op::PermRequest(c, r, t)),
+        6 => (any::<u8>(), 0u8..4).prop_map(|(c, r)| Op::PermCancel(c, r)),
+        10 => (any::<u8>(), 0u8..6).prop_map(|(c, m)| Op::McpResponse(c, m)),
+        2 => any::<u8>().prop_map(Op::Garbage),
+        20 => (any::<u8>(), 0u8..5).prop_map(|(p, d)| Op::Decide(p, d)),
+        10 => (0u8..4).prop_map(Op::SendMcp),
+        6 => any::<u8>().prop_map(Op::Disconnect),
+        2 => any::<u8>().prop_map(Op::TooBig),
+        // Mostly within the identity timeout (10 s), sometimes past every deadline.
+        8 => (0u32..5_000).prop_map(Op::Advance),
+        4 => (0u32..40_000).prop_map(Op::Advance),
+        // Reloads: any set, every credential back (narrowed or expiring, maybe), and every credential
+        // revoked at once (the empty set is a set in force like any other).
         1 => any::<u8>().prop_map(Op::Reload),
-        // Every credential revoked at once: the empty set is a set in force like any other.
+        1 => any::<u8>().prop_map(|b| Op::Reload(b | 0b111)),
         1 => Just(Op::Reload(0)),
-        1 => Just(Op::Shutdown),
+        10 => (any::<u8>(), any::<u8>()).prop_map(|(c, t)| Op::Reconnect(c, t)),
+        1 => any::<u8>().prop_map(Op::Shutdown),
     ]
 }
 
@@ -91,8 +108,8 @@ struct Remembered {
 const MAX_GONE: usize = 2;
 const MAX_CONNECTIONS: usize = 6;
 const MAX_UNIDENTIFIED: usize = 3;
-const SLED_BYTES: usize = 15;
-const TOTAL_BYTES: usize = 20;
+const SLED_BYTES: usize = 30;
+const TOTAL_BYTES: usize = 45;
 
 fn credentials() -> [Credential; 3] {
     [
@@ -126,7 +143,20 @@ fn reloaded(bits: u8, now: Instant) -> [Option<Credential>; 3] {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fate {
     Pending,
+    /// Decided while its sled was away (approved or not), not delivered yet.
+    Kept(bool),
     Ended,
+}
+
+/// What a request was when it first arrived: what must match wherever it is found again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    cred: usize,
+    project: String,
+    incarnation: Option<String>,
+    req_id: String,
+    tool: String,
+    input: String,
 }
 
 struct Model {
@@ -146,10 +176,22 @@ struct Model {
     ever: BTreeSet<String>,
     /// The credentials in force, by index; a revoked one is `None` (its token no longer authenticates).
     creds: [Option<Credential>; 3],
+    /// Whether the hub accepts `resume`.
+    resume: bool,
+    /// Each request as it first arrived, and the connection it is pending on (`None`: held).
+    origins: BTreeMap<PublicPermId, Origin>,
+    location: BTreeMap<PublicPermId, Option<ConnHandle>>,
+    /// The last `perm_request` sent on each connection under each `req_id`: its tool and input.
+    sent: BTreeMap<(ConnHandle, String), (String, String)>,
+    /// The incarnation each connection offered; the connections that were sent `resume_accepted`; the
+    /// project each claimed.
+    offered: BTreeMap<ConnHandle, String>,
+    accepted: BTreeSet<ConnHandle>,
+    claimed: BTreeMap<ConnHandle, String>,
 }
 
 impl Model {
-    fn new() -> Model {
+    fn new(resume: bool) -> Model {
         let session = SessionConfig {
             max_pending_permissions: 3,
             max_pending_input_bytes: SLED_BYTES,
@@ -163,6 +205,11 @@ impl Model {
         cfg.max_connections = MAX_CONNECTIONS;
         cfg.max_unidentified = MAX_UNIDENTIFIED;
         cfg.max_pending_input_bytes = TOTAL_BYTES;
+        if resume {
+            let mut r = uplink_proto::gateway::ResumeConfig::default();
+            r.window = Duration::from_secs(30);
+            cfg.resume = Some(r);
+        }
         // A deny rule for one project, beside the auto flags (which are rules too).
         let deny = uplink_proto::rules::Pattern::parse("Bash").expect("valid");
         cfg.rules = vec![
@@ -186,6 +233,13 @@ impl Model {
             holders: BTreeMap::new(),
             ever: BTreeSet::new(),
             creds: credentials().map(Some),
+            resume,
+            origins: BTreeMap::new(),
+            location: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            offered: BTreeMap::new(),
+            accepted: BTreeSet::new(),
+            claimed: BTreeMap::new(),
         }
     }
 
@@ -193,7 +247,23 @@ impl Model {
         (!self.conns.is_empty()).then(|| self.conns[usize::from(pick) % self.conns.len()])
     }
 
+    /// Sends `text` on a connection: mostly an identified one (none if there is none), so that sleds live long
+    /// enough to build up state; a quarter of the time any connection ever accepted (open, closed, or not yet
+    /// identified).
     fn text(&mut self, pick: u8, text: &str) -> Option<ConnHandle> {
+        let live: Vec<ConnHandle> =
+            self.conns.iter().map(|(c, _)| *c).filter(|c| self.hub.project_of(*c).is_some()).collect();
+        let conn = match live.get(usize::from(pick) % live.len().max(1)) {
+            _ if pick % 4 == 0 => self.conn(pick)?.0,
+            Some(conn) => *conn,
+            None => return None,
+        };
+        self.hub.handle_received(self.now, conn, Received::Text(text));
+        Some(conn)
+    }
+
+    /// Sends `text` on any connection ever accepted.
+    fn text_any(&mut self, pick: u8, text: &str) -> Option<ConnHandle> {
         let (conn, _) = self.conn(pick)?;
         self.hub.handle_received(self.now, conn, Received::Text(text));
         Some(conn)
@@ -225,26 +295,46 @@ impl Model {
                     ),
                 }
             }
-            Op::Identify(c, p) => {
-                let frame =
-                    json!({"type":"identity","req_id":"identity","payload":{"project":PROJECTS[usize::from(*p)]}});
-                self.text(*c, &frame.to_string());
+            Op::Identify(c, p, i) => {
+                let project = PROJECTS[usize::from(*p)];
+                let incarnation = ["", "a", "b"][usize::from(*i)];
+                let frame = if incarnation.is_empty() {
+                    json!({"type":"identity","req_id":"identity","payload":{"project":project}})
+                } else {
+                    json!({"type":"identity","req_id":"identity",
+                           "payload":{"project":project,"capabilities":["resume"],"incarnation":incarnation}})
+                };
+                // Mostly an open connection that has not identified yet, so that sleds come up.
+                let fresh: Vec<ConnHandle> = self
+                    .conns
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .filter(|c| self.hub.credential_of(*c).is_some() && self.hub.project_of(*c).is_none())
+                    .collect();
+                let to = match fresh.get(usize::from(*c) % fresh.len().max(1)) {
+                    Some(conn) if *c % 4 != 0 => {
+                        self.hub.handle_received(now, *conn, Received::Text(&frame.to_string()));
+                        Some(*conn)
+                    }
+                    _ => self.text_any(*c, &frame.to_string()),
+                };
+                if let Some(conn) = to
+                    && !incarnation.is_empty()
+                {
+                    // Only a connection's first identity counts.
+                    self.offered.entry(conn).or_insert_with(|| incarnation.to_owned());
+                }
             }
             Op::Heartbeat(c) => {
                 self.text(*c, r#"{"type":"heartbeat","req_id":"","payload":null}"#);
             }
             Op::PermRequest(c, r, t) => {
-                let frame = json!({"type":"perm_request","req_id":format!("r{r}"),"payload":{"tool_name":TOOLS[usize::from(*t)],"tool_input":{"n":r}}});
+                // The same `req_id` comes with one of two inputs, so that a request sent again may differ.
+                let (tool, input) = (TOOLS[usize::from(*t)], json!({"n": t % 2}));
+                let frame = json!({"type":"perm_request","req_id":format!("r{r}"),"payload":{"tool_name":tool,"tool_input":input}});
                 // Mostly to an identified connection, so that requests pile up against the budgets.
-                let live: Vec<ConnHandle> =
-                    self.conns.iter().map(|(c, _)| *c).filter(|c| self.hub.project_of(*c).is_some()).collect();
-                match live.get(usize::from(*c) % live.len().max(1)) {
-                    Some(conn) if *c % 4 != 0 => {
-                        self.hub.handle_received(now, *conn, Received::Text(&frame.to_string()));
-                    }
-                    _ => {
-                        self.text(*c, &frame.to_string());
-                    }
+                if let Some(conn) = self.text(*c, &frame.to_string()) {
+                    self.sent.insert((conn, format!("r{r}")), (tool.to_owned(), input.to_string()));
                 }
             }
             Op::PermCancel(c, r) => {
@@ -268,23 +358,33 @@ impl Model {
                 };
                 let pending = self.perms.get(&id).filter(|p| p.0 == Fate::Pending).cloned();
                 let ended = self.perms.get(&id).is_some_and(|p| p.0 == Fate::Ended);
+                let kept = self.perms.get(&id).is_some_and(|p| matches!(p.0, Fate::Kept(_)));
+                // Where it is pending now: `None` while held.
+                let at = self.location.get(&id).copied().flatten();
                 let result = self.hub.decide(now, id, Verdict::new(decision).always(Always::new(scope, 0)));
                 prop_assert_eq!(result.is_ok(), pending.is_some(), "decide {} against the model", id);
                 // A late decision says how the permission ended (the bound, 4096, exceeds any script here).
-                if ended {
+                if ended || kept {
                     prop_assert!(matches!(result, Err(HubDecideError::Ended(_))), "{} ended: {:?}", id, result);
                 }
-                if let (Ok(_), Some((_, req_id, project, tool))) = (result, pending) {
-                    if decision.is_allow() {
-                        approved.insert((id.conn, req_id));
+                if let (Ok(decided), Some((_, req_id, project, tool))) = (result, pending) {
+                    prop_assert_eq!(decided.held, at.is_none(), "{} decided as held or not against the model", id);
+                    if decision.is_allow()
+                        && let Some(conn) = at
+                    {
+                        approved.insert((conn, req_id));
                     }
                     // "Always allow" makes a rule for the tool in the scope picked; for Bash, none (the
-                    // model's inputs have no command to derive one from).
-                    if decision == Decision::AlwaysAllow && tool != "Bash" {
+                    // model's inputs have no command to derive one from); for "this connection" while its
+                    // sled is away, none either.
+                    if decision == Decision::AlwaysAllow
+                        && tool != "Bash"
+                        && (scope != AlwaysScope::Connection || at.is_some())
+                    {
                         self.expect_rule = Some(Remembered {
                             tool,
                             project: (scope != AlwaysScope::Everywhere).then_some(project),
-                            conn: (scope == AlwaysScope::Connection).then_some(id.conn),
+                            conn: at.filter(|_| scope == AlwaysScope::Connection),
                         });
                     }
                 }
@@ -315,7 +415,56 @@ impl Model {
                 let set: Vec<Credential> = self.creds.iter().flatten().cloned().collect();
                 self.hub.update_credentials(now, &set);
             }
-            Op::Shutdown => self.hub.shutdown(now),
+            Op::Reconnect(c, twist) => {
+                let Some((old, cred)) = self.conn(*c) else { return Ok(approved) };
+                let Some(project) = self.claimed.get(&old).cloned() else { return Ok(approved) };
+                let Some(credential) = self.creds[cred].clone() else { return Ok(approved) };
+                if twist % 3 != 0 {
+                    self.hub.handle_disconnected(now, old);
+                }
+                let Ok(conn) = self.hub.accept(now, credential) else { return Ok(approved) };
+                self.conns.push((conn, cred));
+                let incarnation = match (self.offered.get(&old).map(String::as_str), twist % 5 == 0) {
+                    (Some("a"), true) => Some("b"),
+                    (Some(_), true) => Some("a"),
+                    (i, _) => i,
+                };
+                let payload = match incarnation {
+                    Some(i) => json!({"project": project, "capabilities": ["resume"], "incarnation": i}),
+                    None => json!({"project": project}),
+                };
+                let identity = json!({"type":"identity","req_id":"identity","payload":payload});
+                self.hub.handle_received(now, conn, Received::Text(&identity.to_string()));
+                if let Some(i) = incarnation {
+                    self.offered.insert(conn, i.to_owned());
+                }
+                let again: Vec<(String, (String, String))> = self
+                    .sent
+                    .iter()
+                    .filter(|((c, _), _)| *c == old)
+                    .map(|((_, r), v)| (r.clone(), v.clone()))
+                    .collect();
+                for (n, (req_id, (tool, input))) in again.into_iter().enumerate() {
+                    let input = if n == 0 && twist % 7 == 0 { r#"{"n":9}"#.to_owned() } else { input };
+                    let frame = format!(
+                        r#"{{"type":"perm_request","req_id":"{req_id}","payload":{{"tool_name":"{tool}","tool_input":{input}}}}}"#
+                    );
+                    self.hub.handle_received(now, conn, Received::Text(&frame));
+                    self.sent.insert((conn, req_id), (tool, input));
+                }
+                if twist % 2 == 0 {
+                    self.hub.handle_received(
+                        now,
+                        conn,
+                        Received::Text(r#"{"type":"resumed","req_id":"r","payload":{}}"#),
+                    );
+                }
+            }
+            Op::Shutdown(n) => {
+                if *n < 16 {
+                    self.hub.shutdown(now);
+                }
+            }
         }
         Ok(approved)
     }
@@ -324,21 +473,40 @@ impl Model {
         self.conns.iter().find(|(c, _)| *c == conn).map_or(usize::MAX, |(_, i)| *i)
     }
 
+    /// Request `id`, held, was found again on `conn`: only by the same credential, project and incarnation,
+    /// on a connection that accepted `resume`, with the same request sent again.
+    fn found_again(&self, id: PublicPermId, conn: ConnHandle) -> Result<(), TestCaseError> {
+        prop_assert!(self.resume);
+        prop_assert_eq!(self.location.get(&id), Some(&None), "{} found again while not held", id);
+        let origin = &self.origins[&id];
+        prop_assert_eq!(self.cred_of(conn), origin.cred, "{} found again by another credential", id);
+        prop_assert_eq!(self.claimed.get(&conn), Some(&origin.project), "{} found again in another project", id);
+        prop_assert!(self.accepted.contains(&conn), "{} found again on a connection without resume", id);
+        prop_assert_eq!(self.offered.get(&conn), origin.incarnation.as_ref(), "{} found by another incarnation", id);
+        let again = self.sent.get(&(conn, origin.req_id.clone()));
+        prop_assert_eq!(again, Some(&(origin.tool.clone(), origin.input.clone())), "{} found for another request", id);
+        Ok(())
+    }
+
     /// Drains the hub and checks every output against the model.
     fn check(&mut self, approved: &BTreeSet<(ConnHandle, String)>) -> Result<(), TestCaseError> {
         let creds: Vec<Credential> =
             self.creds.iter().zip(credentials()).map(|(now, first)| now.clone().unwrap_or(first)).collect();
         let mut auto_approved = BTreeSet::new();
+        let mut delivered = BTreeSet::new();
         let mut sent_approvals = Vec::new();
         while let Some(out) = self.hub.poll_output() {
             match out {
-                HubOutput::Send { conn, text } => {
-                    if let Ok(GatewayFrame::PermResponse { req_id, decision, .. }) = GatewayFrame::decode(&text)
-                        && decision.is_allow()
-                    {
+                HubOutput::Send { conn, text } => match GatewayFrame::decode(&text) {
+                    Ok(GatewayFrame::PermResponse { req_id, decision, .. }) if decision.is_allow() => {
                         sent_approvals.push((conn, req_id.into_owned()));
                     }
-                }
+                    Ok(GatewayFrame::ResumeAccepted) => {
+                        prop_assert!(self.resume && self.offered.contains_key(&conn), "{} accepted unasked", conn.0);
+                        prop_assert!(self.accepted.insert(conn), "{} accepted twice", conn.0);
+                    }
+                    _ => {}
+                },
                 HubOutput::Event(event) => match event {
                     HubEvent::SledConnected { conn, project, replaced, .. } => {
                         let cred = self.cred_of(conn);
@@ -359,6 +527,7 @@ impl Model {
                             }
                         }
                         self.holders.insert(project.clone(), conn);
+                        self.claimed.insert(conn, project.clone());
                         self.ever.insert(project);
                     }
                     HubEvent::SledRefused { conn, project, reason } => {
@@ -380,7 +549,25 @@ impl Model {
                     {
                         prop_assert!(false, "a request the deny rule covers reached a person");
                     }
-                    HubEvent::PermissionRequested { id, req_id, project, tool_name, .. } => {
+                    HubEvent::PermissionRequested {
+                        id, req_id, project, tool_name, tool_input, incarnation, ..
+                    } => {
+                        prop_assert_eq!(
+                            incarnation.as_deref(),
+                            self.offered.get(&id.conn).filter(|_| self.accepted.contains(&id.conn)).map(|s| s.as_str())
+                        );
+                        self.origins.insert(
+                            id,
+                            Origin {
+                                cred: self.cred_of(id.conn),
+                                project: project.clone(),
+                                incarnation: incarnation.map(|i| i.to_string()),
+                                req_id: req_id.clone(),
+                                tool: tool_name.clone(),
+                                input: tool_input.to_string(),
+                            },
+                        );
+                        self.location.insert(id, Some(id.conn));
                         // No rule a person made covers it.
                         let covered = self.remembered.values().any(|r| {
                             r.tool == tool_name
@@ -391,11 +578,46 @@ impl Model {
                         let entry = (Fate::Pending, req_id, project, tool_name);
                         prop_assert!(self.perms.insert(id, entry).is_none(), "id {} reused", id);
                     }
-                    HubEvent::PermissionDecided { id, .. } | HubEvent::PermissionWithdrawn { id, .. } => {
+                    HubEvent::PermissionDecided { id, held, verdict, .. } => {
+                        let at = self.location.get(&id).copied().flatten();
+                        prop_assert_eq!(held, at.is_none(), "{} decided as held or not", id);
                         let entry = self.perms.get_mut(&id);
                         prop_assert!(entry.as_ref().is_some_and(|p| p.0 == Fate::Pending), "{} ended twice", id);
                         if let Some(p) = entry {
+                            p.0 = if held { Fate::Kept(verdict.decision.is_allow()) } else { Fate::Ended };
+                        }
+                    }
+                    HubEvent::PermissionWithdrawn { id, .. } => {
+                        let entry = self.perms.get_mut(&id);
+                        prop_assert!(entry.as_ref().is_some_and(|p| p.0 != Fate::Ended), "{} ended twice", id);
+                        if let Some(p) = entry {
                             p.0 = Fate::Ended;
+                        }
+                    }
+                    HubEvent::PermissionHeld { id, .. } => {
+                        prop_assert!(self.resume, "held without resume");
+                        let at = self.location.get(&id).copied().flatten();
+                        prop_assert!(at.is_some_and(|c| self.accepted.contains(&c)), "{} held from {:?}", id, at);
+                        prop_assert_eq!(self.perms.get(&id).map(|p| p.0), Some(Fate::Pending));
+                        // Never for a credential no longer in force.
+                        prop_assert!(self.creds[self.origins[&id].cred].is_some(), "{} held for a revoked sled", id);
+                        self.location.insert(id, None);
+                    }
+                    HubEvent::PermissionResumed { id, conn, .. } => {
+                        self.found_again(id, conn)?;
+                        prop_assert_eq!(self.perms.get(&id).map(|p| p.0), Some(Fate::Pending));
+                        self.location.insert(id, Some(conn));
+                    }
+                    HubEvent::PermissionDelivered { id, conn, .. } => {
+                        self.found_again(id, conn)?;
+                        let entry = self.perms.get_mut(&id);
+                        let fate = entry.as_ref().map(|p| p.0);
+                        prop_assert!(matches!(fate, Some(Fate::Kept(_))), "{} delivered from {:?}", id, fate);
+                        if let Some(p) = entry {
+                            p.0 = Fate::Ended;
+                        }
+                        if fate == Some(Fate::Kept(true)) {
+                            delivered.insert((conn, self.origins[&id].req_id.clone()));
                         }
                     }
                     HubEvent::RuleAdded { rule } => {
@@ -454,7 +676,11 @@ impl Model {
         }
         prop_assert!(self.expect_rule.is_none(), "\"always allow\" made no rule");
         for sent in &sent_approvals {
-            prop_assert!(approved.contains(sent) || auto_approved.contains(sent), "unjustified approval {:?}", sent);
+            prop_assert!(
+                approved.contains(sent) || auto_approved.contains(sent) || delivered.contains(sent),
+                "unjustified approval {:?}",
+                sent
+            );
         }
         // Claims: the hub agrees with the model, and every holder's credential covers its project.
         for (project, conn) in &self.holders {
@@ -471,8 +697,12 @@ impl Model {
         // Listings.
         let listed: BTreeSet<PublicPermId> = self.hub.permissions(self.now).into_iter().map(|p| p.id).collect();
         let pending: BTreeSet<PublicPermId> =
-            self.perms.iter().filter(|(_, p)| p.0 == Fate::Pending).map(|(id, _)| *id).collect();
-        prop_assert_eq!(listed, pending);
+            self.perms.iter().filter(|(_, p)| p.0 != Fate::Ended).map(|(id, _)| *id).collect();
+        prop_assert_eq!(&listed, &pending);
+        let held: BTreeSet<PublicPermId> = self.hub.held().map(|h| h.id).collect();
+        let away: BTreeSet<PublicPermId> =
+            pending.iter().copied().filter(|id| self.location.get(id).is_some_and(Option::is_none)).collect();
+        prop_assert_eq!(held, away);
         let sleds = self.hub.sleds(self.now);
         let connected: BTreeSet<String> = sleds.iter().filter(|s| s.connected).map(|s| s.project.clone()).collect();
         prop_assert_eq!(&connected, &self.holders.keys().cloned().collect::<BTreeSet<_>>());
@@ -495,21 +725,29 @@ impl Model {
         }
         // Budgets: connections, and the bytes the listing holds (per connection and in total).
         prop_assert!(self.hub.connections() <= MAX_CONNECTIONS && self.hub.unidentified() <= MAX_UNIDENTIFIED);
-        let mut bytes: BTreeMap<ConnHandle, usize> = BTreeMap::new();
+        let mut bytes: BTreeMap<Option<ConnHandle>, usize> = BTreeMap::new();
+        let mut held_bytes: BTreeMap<String, usize> = BTreeMap::new();
         for p in self.hub.permissions(self.now) {
-            *bytes.entry(p.id.conn).or_default() += p.tool_name.len() + p.tool_input.len() + p.req_id.len();
+            let size = p.tool_name.len() + p.tool_input.len() + p.req_id.len();
+            match self.location.get(&p.id).copied().flatten() {
+                Some(conn) => *bytes.entry(Some(conn)).or_default() += size,
+                None => *held_bytes.entry(p.project.clone()).or_default() += size,
+            }
         }
-        prop_assert!(bytes.values().all(|b| *b <= SLED_BYTES), "{:?}", bytes);
+        prop_assert!(bytes.values().chain(held_bytes.values()).all(|b| *b <= SLED_BYTES), "{:?}", bytes);
         prop_assert_eq!(bytes.values().sum::<usize>(), self.hub.pending_input_bytes());
-        prop_assert!(self.hub.pending_input_bytes() <= TOTAL_BYTES);
+        prop_assert!(self.hub.pending_input_bytes() + held_bytes.values().sum::<usize>() <= TOTAL_BYTES);
         Ok(())
     }
 }
 
 proptest! {
     #[test]
-    fn every_request_ends_once_claims_hold_and_listings_match_the_model(ops in prop::collection::vec(op(), 1..120)) {
-        let mut m = Model::new();
+    fn every_request_ends_once_claims_hold_and_listings_match_the_model(
+        resume in any::<bool>(),
+        ops in prop::collection::vec(op(), 1..120),
+    ) {
+        let mut m = Model::new(resume);
         for op in &ops {
             let approved = m.apply(op)?;
             m.check(&approved)?;
@@ -517,16 +755,27 @@ proptest! {
         m.hub.shutdown(m.now);
         m.check(&BTreeSet::new())?;
         prop_assert_eq!(m.hub.connections(), 0);
-        prop_assert!(m.perms.values().all(|p| p.0 == Fate::Ended), "pending after shutdown");
+        // What stays after shutdown is what is held for its sled's return (with resume), and nothing else.
+        let held: BTreeSet<PublicPermId> = m.hub.held().map(|h| h.id).collect();
+        prop_assert!(resume || held.is_empty());
+        for (id, p) in &m.perms {
+            prop_assert!(p.0 == Fate::Ended || held.contains(id), "{} pending after shutdown", id);
+        }
         prop_assert!(m.tickets.values().all(|f| *f == Fate::Ended), "MCP request pending after shutdown");
         prop_assert!(m.holders.is_empty());
+        prop_assert_eq!(m.hub.poll_timeout().is_none(), held.is_empty());
+        // The window ends them all.
+        m.now = m.now + Duration::from_secs(30);
+        m.hub.handle_timeout(m.now);
+        m.check(&BTreeSet::new())?;
+        prop_assert!(m.perms.values().all(|p| p.0 == Fate::Ended), "held past the window");
         prop_assert_eq!(m.hub.poll_timeout(), None);
     }
 
     #[test]
-    fn the_same_script_gives_the_same_outputs(ops in prop::collection::vec(op(), 1..80)) {
+    fn the_same_script_gives_the_same_outputs(resume in any::<bool>(), ops in prop::collection::vec(op(), 1..80)) {
         let run = |ops: &[Op]| {
-            let mut m = Model::new();
+            let mut m = Model::new(resume);
             let mut trace = Vec::new();
             for op in ops {
                 let _ = m.apply(op);

@@ -23,6 +23,9 @@
 //! - **Listings** of sleds and pending permissions, from the hub's own data. Tool inputs stay the JSON text
 //!   they arrived in, shared (`Arc<str>`), never re-parsed.
 //! - **Every close**, as a [`CloseReason`].
+//! - **Requests that outlive a link** ([`HubConfig::resume`]): a sled that offers `resume` is accepted at
+//!   its claim; what is pending when its connection ends is held ([`super::resume`]) under the same public
+//!   id, and found again when the sled sends it again.
 //!
 //! Driving it: the same four kinds of method as the sled. Inputs `handle_*(now, conn, …)`; commands
 //! ([`Hub::accept`], [`Hub::decide`], [`Hub::send_mcp`], [`Hub::shutdown`]); outputs drained with
@@ -40,13 +43,15 @@ use super::credential::ProjectScope;
 use super::credential::{Credential, CredentialId};
 use super::hub_config::{CONFIG_RULE_IDS, HubConfig};
 use super::hub_outputs::{
-    AcceptError, HubDecideError, HubEvent, HubOutput, McpAnswer, McpHttp, McpRefused, PermEnd, PermissionSummary,
-    RuleRefused, SledSummary,
+    AcceptError, Decided, HubDecideError, HubEvent, HubOutput, McpAnswer, McpHttp, McpRefused, PermEnd,
+    PermissionSummary, RuleRefused, SledSummary,
 };
 use super::mcp_endpoint::{self, EndpointRequest, ExchangeEnd, ExchangeKind, McpEndpoint, Refusal, Route};
 use super::policy;
+use super::resume::{Held, HeldRequest, ResumeKey};
 use super::sled_session::{
-    DecideError, McpId, SendMcpError, SessionConfig, SessionConfigError, SessionEvent, SessionOutput, SledSession,
+    DecideError, McpId, PermId, SendMcpError, SessionConfig, SessionConfigError, SessionEvent, SessionOutput,
+    SledSession, Withdrawn,
 };
 use super::verdict::{AlwaysScope, Verdict};
 use crate::ids::{ConnHandle, McpTicket, PublicPermId};
@@ -65,6 +70,8 @@ struct Conn {
     timer: Option<Instant>,
     /// Its session's pending input bytes, as last added to the hub's total.
     counted_bytes: usize,
+    /// The sled's incarnation, once `resume` is accepted on this connection.
+    incarnation: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug)]
@@ -118,8 +125,27 @@ pub struct Hub {
     ended_order: VecDeque<PublicPermId>,
     /// The gateway's MCP endpoint: its client sessions and their exchanges.
     endpoint: McpEndpoint,
+    /// Requests held for sleds that went away (`resume`).
+    held: Held,
+    /// Requests held once and pending again on a new connection: their public id, and where they are.
+    aliases: BTreeMap<PublicPermId, (ConnHandle, PermId)>,
+    alias_of: BTreeMap<(ConnHandle, PermId), Alias>,
     out: VecDeque<HubOutput>,
 }
+
+/// A request pending again after it was held: its first public id, arrival and deadline (its sled's deadline
+/// never moves; the session on its new connection counts from the request's arrival there).
+#[derive(Copy, Clone, Debug)]
+struct Alias {
+    id: PublicPermId,
+    since: Instant,
+    deadline: Option<Instant>,
+}
+
+/// The message of the denial of a request sent again under the key of a held one, with another tool or
+/// input: never decided by what was decided for the one held.
+pub const RESUMED_OTHERWISE: &str =
+    "a request with this id was already made by this sled with another tool or input; it is not resumed";
 
 impl Hub {
     /// An empty hub at `now`.
@@ -150,8 +176,28 @@ impl Hub {
             ended: BTreeMap::new(),
             ended_order: VecDeque::new(),
             endpoint,
+            held: Held::default(),
+            aliases: BTreeMap::new(),
+            alias_of: BTreeMap::new(),
             out: VecDeque::new(),
         })
+    }
+
+    /// Holds `requests` again, as a restarted gateway does with what its store kept (each for the resume
+    /// window from `now`, or its sled's deadline if sooner; one whose deadline has passed, or beyond a
+    /// project's budget, ends as `connection_lost` at once). Public ids made from now on never take theirs.
+    /// Does nothing without [`HubConfig::resume`].
+    pub fn restore_held(&mut self, now: Instant, requests: Vec<HeldRequest>) {
+        self.advance(now);
+        for request in requests {
+            self.next_conn = self.next_conn.max(request.id.conn.0);
+            self.hold(request);
+        }
+    }
+
+    /// The requests held for sleds that went away, by public id.
+    pub fn held(&self) -> impl Iterator<Item = &HeldRequest> + '_ {
+        self.held.iter()
     }
 
     // ── Getters ──
@@ -272,7 +318,7 @@ impl Hub {
                         stale: gone.is_some_and(|g| g.stale),
                         connected_for: Duration::ZERO,
                         last_seen_ago: gone.map_or(Duration::ZERO, |g| now.saturating_duration_since(g.last_seen)),
-                        pending_permissions: 0,
+                        pending_permissions: self.held.load(project).0,
                         pending_mcp: 0,
                     },
                 }
@@ -287,16 +333,34 @@ impl Hub {
         for (conn, c) in &self.conns {
             let Some(project) = &c.project else { continue };
             for (perm, p) in c.session.pending() {
+                let alias = self.alias_of.get(&(*conn, perm));
+                let since = alias.map_or(p.since, |a| a.since);
+                let deadline = alias.map_or(p.deadline, |a| a.deadline);
                 list.push(PermissionSummary {
-                    id: PublicPermId { conn: *conn, perm },
+                    id: alias.map_or(PublicPermId { conn: *conn, perm }, |a| a.id),
                     project: project.clone(),
                     req_id: String::from(p.req_id),
                     tool_name: String::from(p.tool_name),
                     tool_input: p.tool_input.clone(),
-                    age: now.saturating_duration_since(p.since),
-                    deadline_in: p.deadline.map(|d| d.saturating_duration_since(now)),
+                    age: now.saturating_duration_since(since),
+                    deadline_in: deadline.map(|d| d.saturating_duration_since(now)),
+                    held: false,
+                    decided: None,
                 });
             }
+        }
+        for h in self.held.iter() {
+            list.push(PermissionSummary {
+                id: h.id,
+                project: h.key.project.clone(),
+                req_id: h.key.req_id.clone(),
+                tool_name: h.tool_name.clone(),
+                tool_input: h.tool_input.clone(),
+                age: now.saturating_duration_since(h.since),
+                deadline_in: h.deadline.map(|d| d.saturating_duration_since(now)),
+                held: true,
+                decided: h.verdict.as_ref().map(|v| v.decision),
+            });
         }
         list
     }
@@ -312,11 +376,12 @@ impl Hub {
     /// When to call [`Hub::handle_timeout`] next: the earliest deadline of any connection.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let conns = self.timers.first().map(|(at, _)| *at);
-        match (conns, self.endpoint.poll_timeout()) {
+        let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        };
+        let conns = self.timers.first().map(|(at, _)| *at);
+        earliest(earliest(conns, self.endpoint.poll_timeout()), self.held.poll_timeout())
     }
 
     // ── Inputs ──
@@ -374,7 +439,10 @@ impl Hub {
         let Ok(session) = SledSession::new(self.session_cfg.clone(), self.now) else {
             return Err(AcceptError::ShuttingDown);
         };
-        self.conns.insert(conn, Conn { session, credential, project: None, timer: None, counted_bytes: 0 });
+        self.conns.insert(
+            conn,
+            Conn { session, credential, project: None, timer: None, counted_bytes: 0, incarnation: None },
+        );
         self.unidentified += 1;
         self.reschedule(conn);
         Ok(conn)
@@ -382,56 +450,67 @@ impl Hub {
 
     /// Sends the application's decision for the pending permission `id` (a [`Decision`] or a [`Verdict`] with
     /// a message for the agent). For an "always allow", returns the allow rule it created, if the request
-    /// could be read as one ([`rules::suggest`]).
+    /// could be read as one ([`rules::suggest`]). For a request held while its sled is away, the decision is
+    /// kept and delivered when the sled sends the request again ([`Decided::held`]).
     pub fn decide(
         &mut self,
         now: Instant,
         id: PublicPermId,
         verdict: impl Into<Verdict>,
-    ) -> Result<Option<RuleId>, HubDecideError> {
+    ) -> Result<Decided, HubDecideError> {
         self.advance(now);
         let now = self.now;
         let verdict = verdict.into();
-        let refused =
-            |hub: &Hub| hub.ended.get(&id).map_or(HubDecideError::NotPending, |end| HubDecideError::Ended(*end));
-        let Some(c) = self.conns.get_mut(&id.conn) else { return Err(refused(self)) };
-        let Some(project) = c.project.clone() else { return Err(refused(self)) };
-        let Some(asked) = c.session.permission(id.perm) else { return Err(refused(self)) };
         if verdict.decision == Decision::AlwaysAllow && verdict.always.and_then(|a| a.until).is_some_and(|at| at <= now)
         {
             return Err(HubDecideError::AlwaysExpired);
         }
-        let waited = now.saturating_duration_since(asked.since);
-        // A person's "always allow" becomes an allow rule, derived from the request (never from the person's
-        // words), in the scope they picked.
-        let remembered = match verdict.decision {
-            Decision::AlwaysAllow => rules::suggest(asked.tool_name, asked.tool_input).map(|pattern| {
-                let always = verdict.always.unwrap_or_default();
-                let author = verdict.by.clone().unwrap_or_else(|| Arc::from("always allow"));
-                let mut rule = Rule::new(RuleId(0), Effect::Allow, pattern, author, always.created);
-                rule = match always.scope {
-                    AlwaysScope::Connection => {
-                        rule.for_connection(id.conn).for_projects(ProjectScope::Exactly(project.clone()))
-                    }
-                    AlwaysScope::Project => rule.for_projects(ProjectScope::Exactly(project.clone())),
-                    AlwaysScope::Everywhere => rule,
-                };
-                if let Some(at) = always.until {
-                    rule = rule.expiring(at);
-                }
-                rule
-            }),
-            _ => None,
-        };
-        match c.session.decide(now, id.perm, verdict.clone()) {
+        if self.held.get(id).is_some() {
+            return self.decide_held(id, verdict);
+        }
+        let refused =
+            |hub: &Hub| hub.ended.get(&id).map_or(HubDecideError::NotPending, |end| HubDecideError::Ended(*end));
+        // A request pending again after it was held is known by its first id only.
+        if self.alias_of.contains_key(&(id.conn, id.perm)) {
+            return Err(refused(self));
+        }
+        let (conn, perm) = self.route(id);
+        let Some(c) = self.conns.get_mut(&conn) else { return Err(refused(self)) };
+        let Some(project) = c.project.clone() else { return Err(refused(self)) };
+        let Some(asked) = c.session.permission(perm) else { return Err(refused(self)) };
+        let since = self.alias_of.get(&(conn, perm)).map_or(asked.since, |a| a.since);
+        let waited = now.saturating_duration_since(since);
+        let remembered = always_rule(&verdict, asked.tool_name, asked.tool_input, &project, Some(conn));
+        match c.session.decide(now, perm, verdict.clone()) {
             Ok(()) => {}
             Err(DecideError::MessageTooLong) => return Err(HubDecideError::MessageTooLong),
             Err(DecideError::NotPending) => return Err(refused(self)),
         }
         let rule = remembered.and_then(|rule| self.add_rule(now, rule).ok());
-        self.pump(id.conn);
-        self.event(HubEvent::PermissionDecided { id, project, verdict, rule, waited });
-        Ok(rule)
+        self.forget_alias(conn, perm);
+        self.pump(conn);
+        self.event(HubEvent::PermissionDecided { id, project, verdict, rule, waited, held: false });
+        Ok(Decided { rule, held: false })
+    }
+
+    /// A decision for a request held while its sled is away: kept, and delivered when the sled comes back.
+    fn decide_held(&mut self, id: PublicPermId, verdict: Verdict) -> Result<Decided, HubDecideError> {
+        let now = self.now;
+        let Some(h) = self.held.get(id) else { return Err(HubDecideError::NotPending) };
+        if let Some(kept) = &h.verdict {
+            return Err(HubDecideError::Ended(PermEnd::Decided(kept.decision)));
+        }
+        if !verdict.message_fits() {
+            return Err(HubDecideError::MessageTooLong);
+        }
+        let project = h.key.project.clone();
+        let waited = now.saturating_duration_since(h.since);
+        // No connection to scope a rule to: "this connection" makes none.
+        let remembered = always_rule(&verdict, &h.tool_name, &h.tool_input, &project, None);
+        self.held.record(id, verdict.clone());
+        let rule = remembered.and_then(|rule| self.add_rule(now, rule).ok());
+        self.event(HubEvent::PermissionDecided { id, project, verdict, rule, waited, held: true });
+        Ok(Decided { rule, held: true })
     }
 
     /// Sends a JSON-RPC message to `project`'s sled, for its local MCP endpoint. With `stream` and a sled
@@ -603,7 +682,8 @@ impl Hub {
 
     /// The credentials changed (a reload): each live connection takes its credential's new terms by id. One
     /// whose credential is gone, has expired, or no longer covers the project it holds is closed with
-    /// [`CloseReason::CredentialRevoked`]; what it had pending is withdrawn.
+    /// [`CloseReason::CredentialRevoked`]; what it had pending is withdrawn, and so is what is held for such a
+    /// credential's sled.
     pub fn update_credentials(&mut self, now: Instant, credentials: &[Credential]) {
         self.advance(now);
         let now = self.now;
@@ -625,6 +705,16 @@ impl Hub {
                 self.pump(conn);
             }
         }
+        // Nor is anything held for a credential no longer in force kept for its return.
+        let revoked: Vec<PublicPermId> = self
+            .held
+            .iter()
+            .filter(|h| {
+                by_id.get(&h.key.credential).is_none_or(|c| c.is_expired(now) || !c.scope.covers(&h.key.project))
+            })
+            .map(|h| h.id)
+            .collect();
+        self.end_held(revoked, Withdrawn::ConnectionLost);
     }
 
     // ── Internals ──
@@ -647,6 +737,13 @@ impl Hub {
                 c.session.handle_timeout(now);
             }
             self.pump(conn);
+        }
+        // Held requests whose window or deadline has passed end.
+        while let Some(h) = self.held.pop_ended(now) {
+            let reason =
+                if h.deadline.is_some_and(|d| d <= now) { Withdrawn::Deadline } else { Withdrawn::ConnectionLost };
+            let waited = now.saturating_duration_since(h.since);
+            self.event(HubEvent::PermissionWithdrawn { id: h.id, project: h.key.project, reason, waited });
         }
         // The MCP endpoint's sessions idle past their time end; their sleds are told.
         if self.endpoint.poll_timeout().is_some_and(|at| at <= now) {
@@ -722,17 +819,30 @@ impl Hub {
 
     fn on_event(&mut self, conn: ConnHandle, event: SessionEvent) {
         match event {
-            SessionEvent::Identified { project, protocol, sled_version, capabilities } => {
-                self.claim(conn, project, protocol, sled_version, capabilities)
+            SessionEvent::Identified { project, protocol, sled_version, capabilities, incarnation } => {
+                self.claim(conn, project, protocol, sled_version, capabilities, incarnation)
             }
             SessionEvent::Heartbeat => {}
             SessionEvent::PermissionRequested { perm, req_id, tool_name, tool_input, over } => {
                 let project = self.project_name(conn);
                 let Some(c) = self.conns.get(&conn) else { return };
                 let credential = c.credential.id;
+                let incarnation = c.incarnation.clone();
+                if let Some(incarnation) = &incarnation {
+                    let key = ResumeKey {
+                        credential,
+                        project: project.clone(),
+                        incarnation: incarnation.clone(),
+                        req_id: req_id.clone(),
+                    };
+                    if self.resumed(conn, perm, &key, &tool_name, &tool_input, over.is_some()) {
+                        return;
+                    }
+                }
+                let Some(c) = self.conns.get(&conn) else { return };
                 let id = PublicPermId { conn, perm };
-                // The fleet's budget: what every connection holds, this request included.
-                let total = self.pending_bytes - c.counted_bytes + c.session.pending_input_bytes();
+                // The fleet's budget: what every connection holds, and what is held, this request included.
+                let total = self.pending_bytes - c.counted_bytes + c.session.pending_input_bytes() + self.held.bytes();
                 let request = Request {
                     connection: Some(conn),
                     project: &project,
@@ -763,12 +873,39 @@ impl Hub {
                     }
                     return;
                 }
-                self.event(HubEvent::PermissionRequested { id, project, credential, req_id, tool_name, tool_input });
+                self.event(HubEvent::PermissionRequested {
+                    id,
+                    project,
+                    credential,
+                    req_id,
+                    tool_name,
+                    tool_input,
+                    incarnation,
+                });
             }
             SessionEvent::PermissionWithdrawn { perm, reason, waited } => {
                 let project = self.project_name(conn);
-                let id = PublicPermId { conn, perm };
+                let (id, first) = self.forget_alias(conn, perm);
+                let waited = first.map_or(waited, |a| self.now.saturating_duration_since(a.since));
                 self.event(HubEvent::PermissionWithdrawn { id, project, reason, waited });
+            }
+            SessionEvent::PermissionHeld { perm, req_id, tool_name, tool_input, since, deadline } => {
+                let (id, first) = self.forget_alias(conn, perm);
+                let (since, deadline) = first.map_or((since, deadline), |a| (a.since, a.deadline));
+                let Some(c) = self.conns.get(&conn) else { return };
+                let (Some(project), Some(incarnation)) = (c.project.clone(), c.incarnation.clone()) else { return };
+                let key = ResumeKey { credential: c.credential.id, project, incarnation, req_id };
+                self.hold(HeldRequest { id, key, tool_name, tool_input, since, deadline, verdict: None });
+            }
+            SessionEvent::Resumed => {
+                // The sled sent again everything it kept: what is held for its incarnation and was not is no
+                // longer awaited by it.
+                let Some(c) = self.conns.get(&conn) else { return };
+                let (Some(project), Some(incarnation)) = (c.project.clone(), c.incarnation.clone()) else { return };
+                let credential = c.credential.id;
+                let gone =
+                    self.held.ids_where(&project, |k| k.credential == credential && k.incarnation == incarnation);
+                self.end_held(gone, Withdrawn::ConnectionLost);
             }
             SessionEvent::McpResponse { id, payload } => {
                 let ticket = McpTicket { conn, id };
@@ -814,6 +951,7 @@ impl Hub {
         protocol: Option<u32>,
         sled_version: Option<String>,
         capabilities: Vec<String>,
+        incarnation: Option<String>,
     ) {
         let now = self.now;
         let Some(credential) = self.conns.get(&conn).map(|c| c.credential.clone()) else { return };
@@ -842,10 +980,26 @@ impl Hub {
             }
             None => None,
         };
+        let mut resumes: Option<Arc<str>> = None;
         if let Some(c) = self.conns.get_mut(&conn) {
             c.project = Some(project.clone());
             self.unidentified -= 1;
+            // `resume`, accepted before anything else is sent on the connection.
+            if self.cfg.resume.is_some()
+                && let Some(incarnation) = incarnation
+                && c.session.accept_resume(now)
+            {
+                let incarnation: Arc<str> = Arc::from(incarnation);
+                c.incarnation = Some(incarnation.clone());
+                resumes = Some(incarnation);
+            }
         }
+        // What is held for this project and cannot come back on this connection ends: another credential's,
+        // another incarnation's, or any when this one does not resume.
+        let gone = self.held.ids_where(&project, |k| {
+            k.credential != credential.id || resumes.as_ref().is_none_or(|i| *i != k.incarnation)
+        });
+        self.end_held(gone, Withdrawn::ConnectionLost);
         self.event(HubEvent::SledConnected { conn, project, protocol, sled_version, capabilities, replaced });
         // The old holder's end no longer touches the registry: the project is already the new one's.
         if let Some(old) = replaced
@@ -889,6 +1043,112 @@ impl Hub {
         }
     }
 
+    /// A request arrived on `conn` (which resumes) under `key`: if one is held under it, with the same tool
+    /// and input, it is pending again there under its first id (or, decided meanwhile, gets its decision at
+    /// once); with another tool or input, the new one is denied and the held one stays. True when handled.
+    /// Undecided and `over` its session's limits, the held one ends and the new one is left to the limits.
+    fn resumed(
+        &mut self,
+        conn: ConnHandle,
+        perm: PermId,
+        key: &ResumeKey,
+        tool_name: &str,
+        tool_input: &Arc<str>,
+        over: bool,
+    ) -> bool {
+        let now = self.now;
+        let Some(h) = self.held.find(key) else { return false };
+        let (id, same, decided) =
+            (h.id, h.tool_name == tool_name && *h.tool_input == **tool_input, h.verdict.is_some());
+        let project = key.project.clone();
+        let Some(c) = self.conns.get_mut(&conn) else { return true };
+        if !same {
+            let verdict = Verdict::new(Decision::Deny).with_message(RESUMED_OTHERWISE);
+            if c.session.decide(now, perm, verdict).is_ok() {
+                let credential = c.credential.id;
+                self.event(HubEvent::PermissionAutoDecided {
+                    conn,
+                    project,
+                    credential,
+                    req_id: key.req_id.clone(),
+                    tool_name: String::from(tool_name),
+                    tool_input: tool_input.clone(),
+                    decision: Decision::Deny,
+                    rule: None,
+                    message: Some(RESUMED_OTHERWISE.into()),
+                });
+            }
+            return true;
+        }
+        if over && !decided {
+            self.end_held([id], Withdrawn::ConnectionLost);
+            return false;
+        }
+        let Some(h) = self.held.remove(id) else { return true };
+        match h.verdict {
+            Some(verdict) => {
+                if c.session.decide(now, perm, verdict).is_ok() {
+                    self.event(HubEvent::PermissionDelivered { id, project, conn });
+                }
+            }
+            None => {
+                self.aliases.insert(id, (conn, perm));
+                self.alias_of.insert((conn, perm), Alias { id, since: h.since, deadline: h.deadline });
+                self.event(HubEvent::PermissionResumed { id, project, conn });
+            }
+        }
+        true
+    }
+
+    /// Holds `request` for its sled's return, within the project's budget (as its sessions'); beyond, or
+    /// without `resume`, or past its deadline, it ends as `connection_lost`.
+    fn hold(&mut self, request: HeldRequest) {
+        let now = self.now;
+        let (count, bytes) = self.held.load(&request.key.project);
+        let fits = count < self.session_cfg.max_pending_permissions
+            && bytes + request.bytes() <= self.session_cfg.max_pending_input_bytes
+            && request.deadline.is_none_or(|d| d > now);
+        let (id, project, waited) =
+            (request.id, request.key.project.clone(), now.saturating_duration_since(request.since));
+        let held = match &self.cfg.resume {
+            Some(resume) if fits => self.held.insert(request, now + resume.window),
+            _ => false,
+        };
+        if held {
+            self.event(HubEvent::PermissionHeld { id, project });
+        } else {
+            self.event(HubEvent::PermissionWithdrawn { id, project, reason: Withdrawn::ConnectionLost, waited });
+        }
+    }
+
+    /// Ends the held requests `ids` for `reason`.
+    fn end_held(&mut self, ids: impl IntoIterator<Item = PublicPermId>, reason: Withdrawn) {
+        let now = self.now;
+        for id in ids {
+            if let Some(h) = self.held.remove(id) {
+                let waited = now.saturating_duration_since(h.since);
+                self.event(HubEvent::PermissionWithdrawn { id, project: h.key.project, reason, waited });
+            }
+        }
+    }
+
+    /// The public id of `perm` on `conn`, for a request that ends (its first one, and its first arrival, for a
+    /// request pending again after it was held: that alias goes).
+    fn forget_alias(&mut self, conn: ConnHandle, perm: PermId) -> (PublicPermId, Option<Alias>) {
+        match self.alias_of.remove(&(conn, perm)) {
+            Some(alias) => {
+                self.aliases.remove(&alias.id);
+                (alias.id, Some(alias))
+            }
+            None => (PublicPermId { conn, perm }, None),
+        }
+    }
+
+    /// Where the request with the public id `id` is pending.
+    fn route(&self, id: PublicPermId) -> (ConnHandle, PermId) {
+        self.aliases.get(&id).copied().unwrap_or((id.conn, id.perm))
+    }
+
     fn event(&mut self, event: HubEvent) {
         match &event {
             HubEvent::PermissionDecided { id, verdict, .. } => {
@@ -912,4 +1172,31 @@ impl Hub {
             }
         }
     }
+}
+
+/// The allow rule a person's "always allow" makes: derived from the request (never from the person's words),
+/// in the scope they picked; none for "this connection" without one (a request held while its sled is away).
+fn always_rule(
+    verdict: &Verdict,
+    tool_name: &str,
+    tool_input: &str,
+    project: &str,
+    conn: Option<ConnHandle>,
+) -> Option<Rule> {
+    if verdict.decision != Decision::AlwaysAllow {
+        return None;
+    }
+    let always = verdict.always.unwrap_or_default();
+    let pattern = rules::suggest(tool_name, tool_input)?;
+    let author = verdict.by.clone().unwrap_or_else(|| Arc::from("always allow"));
+    let mut rule = Rule::new(RuleId(0), Effect::Allow, pattern, author, always.created);
+    rule = match always.scope {
+        AlwaysScope::Connection => rule.for_connection(conn?).for_projects(ProjectScope::Exactly(project.into())),
+        AlwaysScope::Project => rule.for_projects(ProjectScope::Exactly(project.into())),
+        AlwaysScope::Everywhere => rule,
+    };
+    if let Some(at) = always.until {
+        rule = rule.expiring(at);
+    }
+    Some(rule)
 }

@@ -5,6 +5,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::mcp_endpoint::McpEndpointConfig;
+use super::resume::ResumeConfig;
 use super::sled_session::SessionConfig;
 use crate::rules::Rule;
 
@@ -40,6 +41,9 @@ pub struct HubConfig {
     pub auto_deny: BTreeSet<String>,
     /// The gateway's MCP endpoint: its session budgets and idle time (4,096 sessions, 256 per principal, 1 h).
     pub mcp_endpoint: McpEndpointConfig,
+    /// Accept the `resume` extension from sleds that offer it, holding their requests across a drop
+    /// ([`super::resume`]). Default `None`: the original rule, a drop ends what was pending.
+    pub resume: Option<ResumeConfig>,
 }
 
 /// The first id a configuration's own rules should take ([`HubConfig::rules`] named on a command line, say):
@@ -76,6 +80,7 @@ impl Default for HubConfig {
             auto_approve: BTreeSet::new(),
             auto_deny: BTreeSet::new(),
             mcp_endpoint: McpEndpointConfig::default(),
+            resume: None,
         }
     }
 }

@@ -191,6 +191,10 @@ pub enum HubEvent {
         tool_name: String,
         /// The tool's input, as the JSON text it arrived in.
         tool_input: Arc<str>,
+        /// Its sled's incarnation when `resume` is accepted on its connection: the request may be held
+        /// across a drop ([`HubEvent::PermissionHeld`]), and an adapter that keeps state keeps it so that a
+        /// restarted gateway holds it again ([`Hub::restore_held`](super::Hub::restore_held)).
+        incarnation: Option<Arc<str>>,
     },
     /// A permission request decided by the auto policies or the pending limit, without the application.
     PermissionAutoDecided {
@@ -226,6 +230,36 @@ pub enum HubEvent {
         rule: Option<RuleId>,
         /// How long it waited for the decision.
         waited: Duration,
+        /// True when its sled was away: the decision is kept, and delivered when the sled sends the request
+        /// again ([`HubEvent::PermissionDelivered`]).
+        held: bool,
+    },
+    /// Its sled's connection ended with `resume` accepted: the request is held for the sled's return, still
+    /// listed and open to a decision.
+    PermissionHeld {
+        /// Which.
+        id: PublicPermId,
+        /// The project.
+        project: String,
+    },
+    /// A held request came back: its sled sent it again, with the same tool and input, on `conn`. It is
+    /// pending there under the same id.
+    PermissionResumed {
+        /// Which.
+        id: PublicPermId,
+        /// The project.
+        project: String,
+        /// The connection it is pending on now.
+        conn: ConnHandle,
+    },
+    /// A decision kept while its sled was away was sent to it, on `conn`: the request has ended.
+    PermissionDelivered {
+        /// Which.
+        id: PublicPermId,
+        /// The project.
+        project: String,
+        /// The connection it was sent on.
+        conn: ConnHandle,
     },
     /// A permission request ended without a decision.
     PermissionWithdrawn {
@@ -353,4 +387,18 @@ pub struct PermissionSummary {
     /// How long until its sled denies it, if nobody decides first (from the timeout the sled announced);
     /// `None` when the sled announced none.
     pub deadline_in: Option<Duration>,
+    /// True while its sled is away and the hub holds it (`resume`).
+    pub held: bool,
+    /// A decision made while its sled was away, not delivered yet.
+    pub decided: Option<Decision>,
+}
+
+/// What [`Hub::decide`](super::Hub::decide) did.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decided {
+    /// The allow rule a person's "always allow" created, if the request could be read as one.
+    pub rule: Option<RuleId>,
+    /// True when the sled was away: the decision is kept and delivered when it sends the request again.
+    pub held: bool,
 }

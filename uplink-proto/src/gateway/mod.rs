@@ -17,6 +17,8 @@
 //!   sessions, their owners, and what each HTTP request gets.
 //! - [`ConsoleSessions`] ([`console`]): the web console's sign-ins and the checks on what changes state.
 //! - [`outbox`]: a webhook's outbox for the gateway's notifications: bounded, retried with jittered back-off.
+//! - [`resume`]: requests held for sleds that went away (the `resume` extension), found again when they
+//!   come back.
 //!
 //! The state diagrams are beside the states they draw: a connection's in [`sled_session`] (its `State`), a
 //! project's claim in [`hub`].
@@ -32,6 +34,7 @@ pub mod mcp_endpoint;
 pub mod outbox;
 pub mod policy;
 pub mod principal;
+pub mod resume;
 pub mod sled_session;
 pub mod verdict;
 
@@ -40,17 +43,18 @@ pub use auth_limit::{AuthFailures, AuthLimitConfig, AuthRefusal, AuthSource};
 pub use close::CloseReason;
 pub use console::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
 pub use credential::{Credential, CredentialId, ProjectScope};
-pub use hub::Hub;
+pub use hub::{Hub, RESUMED_OTHERWISE};
 pub use hub_config::{CONFIG_RULE_IDS, HubConfig, OPEN_FILES_KEPT_BACK};
 pub use hub_outputs::{
-    AcceptError, HubDecideError, HubEvent, HubOutput, McpAnswer, McpHttp, McpRefused, PermEnd, PermissionSummary,
-    RuleRefused, SledSummary,
+    AcceptError, Decided, HubDecideError, HubEvent, HubOutput, McpAnswer, McpHttp, McpRefused, PermEnd,
+    PermissionSummary, RuleRefused, SledSummary,
 };
 pub use mcp_endpoint::{
     EndpointRequest, ExchangeEnd, ExchangeKind, McpEndpoint, McpEndpointConfig, Method, Refusal, Route,
 };
 pub use policy::{FLAG_AUTHOR, FLAG_RULE_IDS};
 pub use principal::{Action, BadRole, Role};
+pub use resume::{HeldRequest, MAX_INCARNATION_BYTES, ResumeConfig, ResumeKey};
 pub use sled_session::{
     DecideError, INPUT_TOO_DEEP, McpFailure, McpId, PendingPermission, PermId, SendMcpError, SessionConfig,
     SessionConfigError, SessionEvent, SessionIgnored, SessionLimit, SessionOutput, SledSession, Withdrawn,

@@ -24,6 +24,9 @@
 //!   `mcp_stream` capability, the local server's messages within an exchange arrive before its end as
 //!   [`SessionEvent::McpMessage`].
 //! - A decision for a permission that is unknown or already ended is refused with an error, never sent.
+//! - With the `resume` extension ([`SledSession::accept_resume`], which the hub calls at the claim of a
+//!   sled that offered it), the connection's end hands what was pending to the application
+//!   ([`SessionEvent::PermissionHeld`]) instead of withdrawing it, unless its credential was revoked.
 
 use alloc::borrow::Cow;
 use alloc::collections::VecDeque;
@@ -34,6 +37,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use super::close::CloseReason;
+use super::resume::MAX_INCARNATION_BYTES;
 use super::verdict::Verdict;
 pub use crate::ids::{McpId, PermId};
 use crate::pending::PendingTable;
@@ -193,6 +197,9 @@ pub enum SessionEvent {
         sled_version: Option<String>,
         /// Announced extensions.
         capabilities: Vec<String>,
+        /// The sled process's incarnation, when it offered `resume` (listed the capability and named an
+        /// incarnation of 1 to [`MAX_INCARNATION_BYTES`] bytes).
+        incarnation: Option<String>,
     },
     /// A heartbeat arrived.
     Heartbeat,
@@ -211,6 +218,25 @@ pub enum SessionEvent {
         /// The session's limit it is past, if any.
         over: Option<SessionLimit>,
     },
+    /// The connection ended with `resume` accepted: this request is handed to the application to hold
+    /// until its sled sends it again (instead of [`SessionEvent::PermissionWithdrawn`]).
+    PermissionHeld {
+        /// Which.
+        perm: PermId,
+        /// The sled's id for it.
+        req_id: String,
+        /// The tool.
+        tool_name: String,
+        /// The tool's input, as the JSON text it arrived in.
+        tool_input: Arc<str>,
+        /// When it arrived.
+        since: Instant,
+        /// When its sled denies it, from the timeout it announced.
+        deadline: Option<Instant>,
+    },
+    /// The sled sent `resumed` on a connection that accepted `resume`: it has sent again every request it
+    /// kept; held requests of its incarnation it did not send are no longer awaited.
+    Resumed,
     /// A permission request ended without a decision.
     PermissionWithdrawn {
         /// Which.
@@ -315,12 +341,21 @@ enum State {
     AwaitingIdentity {
         deadline: Instant,
     },
-    /// `streams`: the sled listed the `mcp_stream` capability.
+    /// `streams`: the sled listed the `mcp_stream` capability; `resume`: what it offered of `resume`.
     Identified {
         project: String,
         streams: bool,
+        resume: Resume,
     },
     Closed,
+}
+
+/// What a sled offered of the `resume` extension, and whether it was accepted.
+#[derive(Clone, Debug)]
+enum Resume {
+    NotOffered,
+    Offered(Arc<str>),
+    Accepted(Arc<str>),
 }
 
 /// A permission request awaiting the application's decision, as [`SledSession::pending`] shows it.
@@ -555,13 +590,22 @@ impl SledSession {
             return match frame {
                 Ok(SledFrame::Identity(id)) => {
                     let streams = id.capabilities.iter().any(|c| c == wire::MCP_STREAM_CAPABILITY);
-                    self.state = State::Identified { project: id.project.clone().into_owned(), streams };
+                    let incarnation = id
+                        .incarnation
+                        .filter(|i| !i.is_empty() && i.len() <= MAX_INCARNATION_BYTES)
+                        .filter(|_| id.capabilities.iter().any(|c| c == wire::RESUME_CAPABILITY));
+                    let resume = match &incarnation {
+                        Some(i) => Resume::Offered(Arc::from(&**i)),
+                        None => Resume::NotOffered,
+                    };
+                    self.state = State::Identified { project: id.project.clone().into_owned(), streams, resume };
                     self.sled_timeout = id.permission_timeout_ms.map(Duration::from_millis);
                     self.event(SessionEvent::Identified {
                         project: id.project.into_owned(),
                         protocol: id.protocol,
                         sled_version: id.sled_version.map(Cow::into_owned),
                         capabilities: id.capabilities.into_iter().map(Cow::into_owned).collect(),
+                        incarnation: incarnation.map(Cow::into_owned),
                     });
                 }
                 _ => self.close_with(CloseReason::IdentityNotFirst),
@@ -602,17 +646,38 @@ impl SledSession {
                     None => self.ignored(SessionIgnored::Unmatched),
                 }
             }
-            // Only ever sent after this gateway's `resume_accepted`, which this session does not send.
+            // Only meaningful after this gateway's `resume_accepted`.
+            Ok(SledFrame::Resumed) if self.resume_accepted().is_some() => self.event(SessionEvent::Resumed),
             Ok(SledFrame::Resumed) | Err(DecodeError::UnknownType) => self.ignored(SessionIgnored::UnknownType),
             Err(DecodeError::Malformed | DecodeError::BadPayload) => self.ignored(SessionIgnored::Malformed),
         }
     }
 
-    /// The connection ended. Everything pending ends with it.
+    /// The connection ended. Everything pending ends with it (or, with `resume` accepted, is held).
     pub fn handle_disconnected(&mut self, now: Instant) {
         self.advance(now);
         if !self.is_closed() {
-            self.end();
+            self.end(true);
+        }
+    }
+
+    /// Accepts the `resume` extension the sled offered: `resume_accepted` is sent, and from now on the
+    /// connection's end hands what was pending to the application ([`SessionEvent::PermissionHeld`]).
+    /// False (nothing sent) when the sled did not offer it, or it was accepted already.
+    pub fn accept_resume(&mut self, now: Instant) -> bool {
+        self.advance(now);
+        let State::Identified { resume, .. } = &mut self.state else { return false };
+        let Resume::Offered(incarnation) = resume else { return false };
+        *resume = Resume::Accepted(incarnation.clone());
+        self.out.push_back(SessionOutput::Send(GatewayFrame::ResumeAccepted.encode()));
+        true
+    }
+
+    /// The sled's incarnation, once `resume` is accepted.
+    pub fn resume_accepted(&self) -> Option<&Arc<str>> {
+        match &self.state {
+            State::Identified { resume: Resume::Accepted(incarnation), .. } => Some(incarnation),
+            _ => None,
         }
     }
 
@@ -815,14 +880,30 @@ impl SledSession {
 
     fn close_with(&mut self, reason: CloseReason) {
         self.out.push_back(SessionOutput::Close(reason));
-        self.end();
+        // A revoked credential's requests are never held for later.
+        self.end(reason != CloseReason::CredentialRevoked);
     }
 
-    /// The connection is over: fail everything pending, once.
-    fn end(&mut self) {
+    /// The connection is over: fail everything pending, once; or, with `resume` accepted and `hold`, hand
+    /// it to the application to hold.
+    fn end(&mut self, hold: bool) {
+        let hold = hold && self.resume_accepted().is_some();
         self.state = State::Closed;
         let now = self.now;
         for (perm, p) in self.perms.drain() {
+            if hold {
+                let deadline = self.sled_timeout.map(|t| p.value.since.saturating_add(t));
+                let Asked { tool_name, tool_input, since } = p.value;
+                self.out.push_back(SessionOutput::Event(SessionEvent::PermissionHeld {
+                    perm,
+                    req_id: p.wire,
+                    tool_name,
+                    tool_input,
+                    since,
+                    deadline,
+                }));
+                continue;
+            }
             let waited = now.saturating_duration_since(p.value.since);
             self.event(SessionEvent::PermissionWithdrawn { perm, reason: Withdrawn::ConnectionLost, waited });
         }

@@ -3,15 +3,14 @@
 //! ([`Ack`]).
 
 use tokio::sync::{mpsc, oneshot};
-use uplink_proto::gateway::{HubDecideError, RuleRefused};
-use uplink_proto::rules::RuleId;
+use uplink_proto::gateway::{Decided, HubDecideError, RuleRefused};
 
 use super::hub_handle::DecideFailure;
 use crate::store::{Change, Head, Store, StoreError, StoredRule};
 
 /// A reply held until the batch that made it is committed.
 pub(super) enum Ack {
-    Decide(oneshot::Sender<Result<Option<RuleId>, DecideFailure>>, Result<Option<RuleId>, HubDecideError>),
+    Decide(oneshot::Sender<Result<Decided, DecideFailure>>, Result<Decided, HubDecideError>),
     AddRule(oneshot::Sender<Result<StoredRule, RuleRefused>>, Result<StoredRule, RuleRefused>),
     RemoveRule(oneshot::Sender<bool>, bool),
     /// Console sign-ins kept (or forgotten).

@@ -27,10 +27,24 @@ pub(super) fn log(event: &HubEvent) -> bool {
             info!(%id, project = ?project, tool = ?tool_name, "permission requested; waiting for a person");
             debug!(%id, input = %tool_input, "the request's input");
         }
-        HubEvent::PermissionDecided { id, project, verdict, rule, waited } => {
+        HubEvent::PermissionDecided { id, project, verdict, rule, waited, held } => {
             let by = verdict.by.as_deref().unwrap_or("the application");
+            let what = if *held {
+                "permission decided by a person while its sled is away; delivered when it comes back"
+            } else {
+                "permission decided by a person"
+            };
             info!(%id, project = ?project, decision = %verdict.decision, by = ?by, rule = ?rule.map(|r| r.0),
-                waited_ms = waited.as_millis(), "permission decided by a person");
+                waited_ms = waited.as_millis(), "{what}");
+        }
+        HubEvent::PermissionHeld { id, project } => {
+            info!(%id, project = ?project, "permission held: its sled's link dropped, and it may come back");
+        }
+        HubEvent::PermissionResumed { id, project, conn } => {
+            info!(%id, project = ?project, conn = conn.0, "permission resumed: its sled sent it again");
+        }
+        HubEvent::PermissionDelivered { id, project, conn } => {
+            info!(%id, project = ?project, conn = conn.0, "held decision delivered to its sled");
         }
         HubEvent::PermissionWithdrawn { id, project, reason, waited } => {
             info!(%id, project = ?project, reason = reason.as_str(), waited_ms = waited.as_millis(),

@@ -132,7 +132,7 @@ pub(super) fn event_text(event: &HubEvent, wall: &Wall) -> Option<(&'static str,
                 json_string(tool_name),
             ),
         ),
-        HubEvent::PermissionDecided { id, project, verdict, rule, waited } => (
+        HubEvent::PermissionDecided { id, project, verdict, rule, waited, held } => (
             "permission_decided",
             json!({
                 "id": id.to_string(),
@@ -142,9 +142,19 @@ pub(super) fn event_text(event: &HubEvent, wall: &Wall) -> Option<(&'static str,
                 "by": verdict.by.as_deref(),
                 "rule": rule.map(|r| r.0),
                 "waited_ms": crate::http::millis(*waited),
+                "held": held,
             })
             .to_string(),
         ),
+        HubEvent::PermissionHeld { id, project } => {
+            ("permission_held", json!({"id": id.to_string(), "project": project}).to_string())
+        }
+        HubEvent::PermissionResumed { id, project, .. } => {
+            ("permission_resumed", json!({"id": id.to_string(), "project": project}).to_string())
+        }
+        HubEvent::PermissionDelivered { id, project, .. } => {
+            ("permission_delivered", json!({"id": id.to_string(), "project": project}).to_string())
+        }
         HubEvent::PermissionWithdrawn { id, project, reason, waited } => (
             "permission_withdrawn",
             json!({

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::gateway::{
-    AcceptError, AlwaysScope, CloseReason, ConnHandle, HubDecideError, McpFailure, McpTicket, PermissionSummary,
-    PublicPermId, RuleRefused, SledSummary, Verdict,
+    AcceptError, AlwaysScope, CloseReason, ConnHandle, Decided, HubDecideError, McpFailure, McpTicket,
+    PermissionSummary, PublicPermId, RuleRefused, SledSummary, Verdict,
 };
 use uplink_proto::rules::{Rule, RuleId};
 
@@ -134,7 +134,7 @@ pub(super) enum HubMsg {
         scope: AlwaysScope,
         /// For an "always allow": until when its rule applies, in Unix seconds.
         until: Option<u64>,
-        reply: oneshot::Sender<Result<Option<RuleId>, DecideFailure>>,
+        reply: oneshot::Sender<Result<Decided, DecideFailure>>,
     },
     Rules {
         reply: oneshot::Sender<Vec<StoredRule>>,
@@ -236,7 +236,7 @@ impl HubHandle {
         verdict: Verdict,
         scope: AlwaysScope,
         until: Option<u64>,
-    ) -> Result<Option<RuleId>, DecideFailure> {
+    ) -> Result<Decided, DecideFailure> {
         let (reply, answer) = oneshot::channel();
         let gone = || DecideFailure::Hub(HubDecideError::NotPending);
         if self.tx.send(HubMsg::Decide { id, verdict, scope, until, reply }).await.is_err() {

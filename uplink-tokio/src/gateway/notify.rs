@@ -379,6 +379,7 @@ mod tests {
             req_id: "r".into(),
             tool_name: "Bash".into(),
             tool_input: tool_input.into(),
+            incarnation: None,
         };
         // A large object of many members: in the body as its text, never a tree; chat gets the command.
         let members: String = (0..10_000).map(|i| format!(r#","k{i}":0"#)).collect();

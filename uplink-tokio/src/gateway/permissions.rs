@@ -33,7 +33,7 @@ pub(super) async fn list(_: Reader, State(shared): State<Arc<Shared>>) -> Respon
             .map_or_else(|| "null".to_owned(), |r| json_string(&r.to_string()));
         let _ = write!(
             body,
-            r#"{{"id":"{}","project":{},"tool_name":{},"tool_input":{},"age_ms":{},"deadline_in_ms":{},"suggested_rule":{}}}"#,
+            r#"{{"id":"{}","project":{},"tool_name":{},"tool_input":{},"age_ms":{},"deadline_in_ms":{},"suggested_rule":{},"sled_away":{},"decided":{}}}"#,
             p.id,
             json_string(&p.project),
             json_string(&p.tool_name),
@@ -41,6 +41,8 @@ pub(super) async fn list(_: Reader, State(shared): State<Arc<Shared>>) -> Respon
             millis(p.age),
             p.deadline_in.map_or_else(|| "null".to_owned(), |d| millis(d).to_string()),
             suggested,
+            p.held,
+            p.decided.map_or_else(|| "null".to_owned(), |d| json_string(d.as_str())),
         );
     }
     body.push_str("]}");
@@ -101,9 +103,16 @@ pub(super) async fn decide(
     }
     // An "always allow"'s times (when it was made, until when it applies) are the hub task's to read.
     match shared.hub.decide(perm, verdict, scope, ask.until).await {
-        Ok(rule) => json_response(
-            StatusCode::OK,
-            &json!({"id": id, "decision": decision.as_str(), "by": &*principal.name, "rule": rule.map(|r| r.0)}),
+        // Its sled is away: the decision is kept, and delivered when the sled comes back.
+        Ok(decided) => json_response(
+            if decided.held { StatusCode::ACCEPTED } else { StatusCode::OK },
+            &json!({
+                "id": id,
+                "decision": decision.as_str(),
+                "by": &*principal.name,
+                "rule": decided.rule.map(|r| r.0),
+                "delivered": !decided.held,
+            }),
         ),
         Err(DecideFailure::Store) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "the decision could not be written, so it was not sent")

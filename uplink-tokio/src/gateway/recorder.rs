@@ -35,6 +35,8 @@ pub(crate) struct Recorder {
     labels: HashMap<ConnHandle, Arc<str>>,
     /// Each pending permission's tool, for its end record (as many as the hub's budgets let be pending).
     tools: HashMap<PublicPermId, String>,
+    /// The outcome of each decision made while its sled was away, for the end record of its delivery.
+    held_outcomes: HashMap<PublicPermId, &'static str>,
     /// Leave tool inputs out, keeping their keyed hash under this secret of the store's.
     redact: Option<[u8; 32]>,
     wall: Wall,
@@ -44,7 +46,7 @@ impl Recorder {
     /// A recorder on `wall`'s clock; `redact`: leave tool inputs out, keeping their keyed hash under this
     /// secret of the store's.
     pub(crate) fn new(redact: Option<[u8; 32]>, wall: Wall) -> Recorder {
-        Recorder { labels: HashMap::new(), tools: HashMap::new(), redact, wall }
+        Recorder { labels: HashMap::new(), tools: HashMap::new(), held_outcomes: HashMap::new(), redact, wall }
     }
 
     /// `conn` was accepted with the credential labelled `label`.
@@ -107,21 +109,54 @@ impl Recorder {
                 e.outcome = Some(decision.as_str().to_owned());
                 self.input(e, tool_input)
             }
-            HubEvent::PermissionDecided { id, project, verdict, rule, waited } => {
-                let mut e = Entry::new(at, "end")
+            HubEvent::PermissionDecided { id, project, verdict, rule, waited, held } => {
+                // Decided while its sled is away: a `decided` record now, and the `end` when it is delivered
+                // (or when it ends undelivered).
+                let kind = if *held { "decided" } else { "end" };
+                let mut e = Entry::new(at, kind)
                     .with("decided_by", "person")
                     .with("by", verdict.by.as_deref())
                     .with("message", verdict.message.as_deref())
                     .with("rule_created", rule.map(|r| r.0))
                     .with("waited_ms", millis(*waited));
-                (e.perm, e.project, e.tool) = (Some(id.to_string()), Some(project.clone()), self.tools.remove(id));
+                let tool = if *held {
+                    self.held_outcomes.insert(*id, verdict.decision.as_str());
+                    self.tools.get(id).cloned()
+                } else {
+                    self.tools.remove(id)
+                };
+                (e.perm, e.project, e.tool) = (Some(id.to_string()), Some(project.clone()), tool);
                 e.outcome = Some(verdict.decision.as_str().to_owned());
                 e
             }
             HubEvent::PermissionWithdrawn { id, project, reason, waited } => {
                 let mut e = Entry::new(at, "end").with("decided_by", "nobody").with("waited_ms", millis(*waited));
+                if let Some(undelivered) = self.held_outcomes.remove(id) {
+                    e = e.with("undelivered", undelivered);
+                }
                 (e.perm, e.project, e.tool) = (Some(id.to_string()), Some(project.clone()), self.tools.remove(id));
                 e.outcome = Some(reason.as_str().to_owned());
+                e
+            }
+            HubEvent::PermissionHeld { id, project } => {
+                let mut e = Entry::new(at, "held").with("why", "its sled's link dropped; it may come back");
+                (e.perm, e.project, e.tool) =
+                    (Some(id.to_string()), Some(project.clone()), self.tools.get(id).cloned());
+                e
+            }
+            HubEvent::PermissionResumed { id, project, conn } => {
+                let mut e = Entry::new(at, "resumed").with("credential", self.label(*conn));
+                (e.perm, e.project, e.tool) =
+                    (Some(id.to_string()), Some(project.clone()), self.tools.get(id).cloned());
+                e
+            }
+            HubEvent::PermissionDelivered { id, project, conn } => {
+                let mut e = Entry::new(at, "end")
+                    .with("decided_by", "person")
+                    .with("delivered_after_resume", true)
+                    .with("credential", self.label(*conn));
+                (e.perm, e.project, e.tool) = (Some(id.to_string()), Some(project.clone()), self.tools.remove(id));
+                e.outcome = self.held_outcomes.remove(id).map(str::to_owned);
                 e
             }
             HubEvent::RuleAdded { rule } => {
