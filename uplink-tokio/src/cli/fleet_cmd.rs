@@ -119,22 +119,34 @@ fn input_line(tool: &str, input: &Value) -> String {
 
 fn permissions_table(perms: &[Value]) -> String {
     let mut out = format!(
-        "{:<10} {:<20} {:<12} {:<8} {:<60} {}\n",
-        "ID", "PROJECT", "TOOL", "WAITING", "INPUT", "ALWAYS WOULD ALLOW"
+        "{:<10} {:<20} {:<12} {:<8} {:<60} {:<40} {}\n",
+        "ID", "PROJECT", "TOOL", "WAITING", "INPUT", "ALWAYS WOULD ALLOW", "SLED"
     );
     for p in perms {
         let tool = p["tool_name"].as_str().unwrap_or("");
         out.push_str(&format!(
-            "{:<10} {:<20} {:<12} {:<8} {:<60} {}\n",
+            "{:<10} {:<20} {:<12} {:<8} {:<60} {:<40} {}\n",
             shown(&p["id"], 10),
             shown(&p["project"], 20),
             shown(&p["tool_name"], 12),
             ago(&p["age_ms"]),
             input_line(tool, &p["tool_input"]),
             if p["suggested_rule"].is_null() { "-".to_owned() } else { shown(&p["suggested_rule"], 40) },
+            match (p["sled_away"].as_bool(), p["decided"].as_str()) {
+                (Some(true), Some(decided)) => format!("away, {} kept", shown(&json!(decided), 16)),
+                (Some(true), None) => "away".to_owned(),
+                _ => "here".to_owned(),
+            },
         ));
     }
     out
+}
+
+/// Says so when the decision was kept for a sled that is away rather than sent.
+fn away(id: &str, answer: &Value) {
+    if answer["sled_away"].as_bool() == Some(true) {
+        eprintln!("{id}: its sled is away: the decision is kept and sent when it comes back, and never if it does not");
+    }
 }
 
 /// One line for an event of the stream.
@@ -149,13 +161,17 @@ fn event_line(event: &str, data: &Value) -> String {
             input_line(data["tool_name"].as_str().unwrap_or(""), &data["tool_input"])
         ),
         "permission_decided" => format!(
-            "{} {} by {}{}",
+            "{} {} by {}{}{}",
             shown(&data["id"], 12),
             shown(&data["decision"], 20),
             shown(&data["by"], 40),
-            data["message"].as_str().map(|m| format!(": {}", shown(&Value::from(m), 80))).unwrap_or_default()
+            data["message"].as_str().map(|m| format!(": {}", shown(&Value::from(m), 80))).unwrap_or_default(),
+            if data["held"].as_bool() == Some(true) { " (its sled is away: kept until it comes back)" } else { "" }
         ),
         "permission_withdrawn" => format!("{} ended: {}", shown(&data["id"], 12), shown(&data["reason"], 20)),
+        "permission_held" => format!("{} held: its sled is away, it may come back", shown(&data["id"], 12)),
+        "permission_resumed" => format!("{} pending again: its sled is back", shown(&data["id"], 12)),
+        "permission_delivered" => format!("{} decision sent: its sled is back", shown(&data["id"], 12)),
         "permission_auto_decided" => format!(
             "{} {} for {} by rule {}",
             shown(&data["project"], 40),
@@ -227,13 +243,15 @@ pub(super) async fn permissions(args: PermissionsArgs) -> ExitCode {
                     Some(rule) => eprintln!("{id}: approved; rule {rule} allows such calls from now on"),
                     None => eprintln!("{id}: approved"),
                 }
+                away(&id, &value);
             }
             PermissionsAction::Deny { id, message } => {
                 let body = json!({"approved": false, "message": message});
                 let path = format!("/api/permissions/{id}");
                 let (status, text) = admin.request("POST", &path, Some(body.to_string())).await.map_err(unreached)?;
-                answer(status, &text)?;
+                let value = answer(status, &text)?;
                 eprintln!("{id}: denied");
+                away(&id, &value);
             }
             PermissionsAction::Watch => {
                 admin

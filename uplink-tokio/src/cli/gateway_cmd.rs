@@ -14,17 +14,17 @@
 //! The store (`STATE_DIR/uplink.db`, unless `--no-store`) keeps the rules made at run time and the audit
 //! log; see [`crate::store::sqlite`].
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
-use uplink_proto::gateway::{CONFIG_RULE_IDS, Role, SessionConfig};
-use uplink_proto::rules::{Effect, Pattern, Rule, RuleId};
+use uplink_proto::gateway::{CONFIG_RULE_IDS, ResumeConfig, Role, SessionConfig};
+use uplink_proto::rules::{Rule, RuleId};
 
-use super::common::{duration, shutdown_signal};
+use super::common::shutdown_signal;
 use super::credentials_file::{self as file, NewToken};
 use super::credentials_watch::{self as watch, Source};
+use super::gateway_args::RunArgs;
 use crate::gateway::credentials::Credentials;
 use crate::gateway::{self, GatewayServer, GatewayServerConfig};
 use crate::store::Store;
@@ -47,125 +47,6 @@ pub(super) struct GatewayArgs {
     state_dir: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
-}
-
-#[derive(Args)]
-struct RunArgs {
-    /// Address to listen on (HTTP API and the sleds' WebSocket endpoint): IP:PORT or NAME:PORT
-    /// (localhost:8700). Beyond loopback without TLS, a warning says that tokens would cross in the clear.
-    #[arg(long, default_value = gateway::DEFAULT_LISTEN, value_parser = listen_addr)]
-    listen: SocketAddr,
-    /// A shared token sleds may connect with, for any project (repeat for several; the original's way).
-    /// Also UPLINK_SLED_TOKENS, comma-separated. Prefer --credentials.
-    #[arg(long = "sled-token", env = "UPLINK_SLED_TOKENS", value_delimiter = ',', hide_env_values = true)]
-    sled_tokens: Vec<String>,
-    /// The admin API's shared token (the principal `admin`). Prefer --credentials.
-    #[arg(long, env = "UPLINK_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// Accept a sled's token only in `Authorization: Bearer`, never in the URL (`?token=`, which the
-    /// original sends, and which proxies log).
-    #[arg(long)]
-    refuse_query_token: bool,
-    /// PEM certificate chain to serve HTTPS and wss:// (needs --tls-key).
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Close a connection whose first frame is not `identity` within this long.
-    #[arg(long, value_parser = duration, default_value = "10s")]
-    identity_timeout: Duration,
-    /// Report a sled stale when nothing arrived from it for this long.
-    #[arg(long, value_parser = duration, default_value = "30s")]
-    stale_after: Duration,
-    /// Close a sled's connection when nothing arrived from it for this long (its requests are withdrawn).
-    #[arg(long, value_parser = duration, default_value = "90s")]
-    dead_after: Duration,
-    /// Answer 504 when a sled does not answer an MCP request within this long.
-    #[arg(long, value_parser = duration, default_value = "60s")]
-    mcp_timeout: Duration,
-    /// Approve requests for this tool at once, without the API (repeatable).
-    #[arg(long = "auto-approve")]
-    auto_approve: Vec<String>,
-    /// Deny requests for this tool at once, without the API (repeatable; wins over --auto-approve).
-    #[arg(long = "auto-deny")]
-    auto_deny: Vec<String>,
-    /// A permission rule, EFFECT PATTERN: `allow Bash(npm run test *)`, `deny Read(~/.ssh/**)`,
-    /// `ask Bash(git push *)` (repeatable). Deny wins, then ask, then allow.
-    #[arg(long = "rule", value_parser = rule_arg)]
-    rules: Vec<(Effect, Pattern)>,
-    /// Most open sled connections; more are answered 503. Default: the open-file limit (raised at start to
-    /// the hard limit) less what the gateway keeps for its own files (1,024, or a quarter of a small limit).
-    #[arg(long)]
-    max_connections: Option<usize>,
-    /// Most sled connections that have not identified yet; more are answered 503.
-    #[arg(long, default_value_t = 1024)]
-    max_unidentified: usize,
-    /// Most bytes of pending permission requests per sled (suffixes KiB, MiB, GiB); beyond, denied at once.
-    #[arg(long, value_parser = bytes, default_value = "32MiB")]
-    max_sled_pending_bytes: usize,
-    /// Most bytes of pending permission requests across all sleds; beyond, denied at once.
-    #[arg(long, value_parser = bytes, default_value = "256MiB")]
-    max_pending_bytes: usize,
-    /// Most bytes of events queued for an /api/events client that does not read; beyond, it is dropped.
-    #[arg(long, value_parser = bytes, default_value = "32MiB")]
-    max_event_client_bytes: usize,
-    /// Most /api/events clients at once; more are answered 503.
-    #[arg(long, default_value_t = 64)]
-    max_event_clients: usize,
-    /// Keep nothing across restarts: no audit log, and rules made at run time (by "always allow" or the
-    /// API) are forgotten at exit.
-    #[arg(long)]
-    no_store: bool,
-    /// How a commit to the store waits: `normal` (survives the gateway being killed) or `full` (also a
-    /// power cut; a disk flush per batch of decisions).
-    #[arg(long, value_parser = ["normal", "full"], default_value = "normal")]
-    store_sync: String,
-    /// Leave tool inputs out of the audit log, keeping their HMAC-SHA256 under a secret of the store's
-    /// (`uplink audit check-input` confirms an input with it; a plain hash would give a short one away).
-    #[arg(long)]
-    audit_redact_inputs: bool,
-    /// How often the audit log's head (a checkpoint) is logged, and written to --audit-checkpoint-file, when
-    /// it has moved; once more at exit.
-    #[arg(long, value_parser = duration, default_value = "60s")]
-    audit_checkpoint_every: Duration,
-    /// Append each checkpoint of the audit log's head to this file, one JSON line (best on a volume the
-    /// database's writers cannot write); `uplink audit verify --checkpoints FILE` checks the log against it.
-    #[arg(long, value_name = "FILE")]
-    audit_checkpoint_file: Option<PathBuf>,
-    /// Prune audit records older than this (e.g. 90d).
-    #[arg(long, value_parser = duration)]
-    audit_keep: Option<Duration>,
-    /// Keep at most this many audit records, the newest.
-    #[arg(long)]
-    audit_keep_records: Option<u64>,
-    /// Serve /metrics without a token (by default any principal's token is needed); /healthz and /readyz
-    /// never need one.
-    #[arg(long)]
-    metrics_public: bool,
-    /// POST each new pending request as JSON to this URL (repeatable); retried with back-off, never holding
-    /// a decision.
-    #[arg(long = "notify-webhook")]
-    notify_webhooks: Vec<String>,
-    /// The webhooks' body: generic JSON, or Slack's {"text": …}.
-    #[arg(long, value_parser = ["generic", "slack"], default_value = "generic")]
-    notify_format: String,
-    /// Also notify how each request ended.
-    #[arg(long)]
-    notify_decisions: bool,
-    /// Also send each checkpoint of the audit log's head to the generic webhooks
-    /// ({"event": "audit_checkpoint", "at_ms", "seq", "head"}).
-    #[arg(long)]
-    notify_checkpoints: bool,
-    /// The address people reach this gateway at (https://gateway.example), for the links in notifications;
-    /// its host is also one of the gateway's own names for the MCP endpoint.
-    #[arg(long)]
-    public_url: Option<String>,
-    /// Another name web pages may reach the MCP endpoint by (repeat for several), beside loopback, the
-    /// public URL's host and the listen address: a page's request naming any other host is refused (DNS
-    /// rebinding).
-    #[arg(long = "allowed-host", value_name = "NAME")]
-    allowed_hosts: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -208,40 +89,6 @@ struct AddArgs {
     /// The principal's role: viewer, approver or admin.
     #[arg(long)]
     role: Option<Role>,
-}
-
-/// `--listen`: an address, or a name and a port (the name's first address).
-fn listen_addr(text: &str) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs as _;
-    if let Ok(addr) = text.parse() {
-        return Ok(addr);
-    }
-    let mut addrs = text.to_socket_addrs().map_err(|e| format!("{text:?}: {e} (write IP:PORT or NAME:PORT)"))?;
-    addrs.next().ok_or_else(|| format!("{text:?}: the name has no address"))
-}
-
-/// `allow Bash(npm run test *)`: an effect, a space, a pattern.
-fn rule_arg(text: &str) -> Result<(Effect, Pattern), String> {
-    let (effect, pattern) =
-        text.trim().split_once(' ').ok_or("write a rule as EFFECT PATTERN, e.g. 'deny Bash(rm *)'")?;
-    let effect: Effect = effect.parse().map_err(|e| format!("{e}"))?;
-    let pattern = Pattern::parse(pattern).map_err(|e| format!("{pattern:?}: {e}"))?;
-    Ok((effect, pattern))
-}
-
-/// `32MiB`, `64KiB`, `1GiB` or plain bytes.
-fn bytes(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "KiB" | "K" => 10,
-        "MiB" | "M" => 20,
-        "GiB" | "G" => 30,
-        _ => return Err(format!("{text:?}: write sizes like 65536, 64KiB, 32MiB, 1GiB")),
-    };
-    let n: usize = digits.parse().map_err(|_| format!("{text:?}: write sizes like 65536, 64KiB, 32MiB, 1GiB"))?;
-    n.checked_mul(1 << shift).filter(|n| *n > 0).ok_or_else(|| format!("{text:?}: out of range"))
 }
 
 pub(super) async fn run(args: GatewayArgs) -> Result<(), String> {
@@ -416,6 +263,11 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         max_pending_input_bytes: args.max_sled_pending_bytes,
         ..SessionConfig::default()
     };
+    hub.resume = (!args.no_resume).then(|| {
+        let mut resume = ResumeConfig::default();
+        resume.window = args.resume_window;
+        resume
+    });
     config.max_event_client_bytes = args.max_event_client_bytes;
     config.max_event_clients = args.max_event_clients;
     config.audit_redact_inputs = args.audit_redact_inputs;
@@ -471,28 +323,4 @@ fn first_start(state_dir: &Path, place: &file::Place, announce: &mut Vec<String>
     announce.push(format!("  admin token (generated): {admin}"));
     announce.push(format!("  (kept as hashes; the tokens are also in {}, readable by you only)", tokens.display()));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{bytes, listen_addr};
-
-    #[test]
-    fn listen_takes_addresses_and_names() {
-        assert_eq!(listen_addr("127.0.0.1:8700").map(|a| a.port()), Ok(8700));
-        assert!(listen_addr("localhost:8700").is_ok_and(|a| a.ip().is_loopback() && a.port() == 8700));
-        assert!(listen_addr("[::1]:9").is_ok());
-        assert!(listen_addr("localhost").is_err_and(|e| e.contains("NAME:PORT")));
-    }
-
-    #[test]
-    fn sizes_read_with_binary_suffixes() {
-        assert_eq!(bytes("65536"), Ok(65536));
-        assert_eq!(bytes("64KiB"), Ok(64 << 10));
-        assert_eq!(bytes("32MiB"), Ok(32 << 20));
-        assert_eq!(bytes("1G"), Ok(1 << 30));
-        for bad in ["", "0", "MiB", "1.5MiB", "12 parsecs", "-1", "99999999999999999999GiB"] {
-            assert!(bytes(bad).is_err(), "{bad:?}");
-        }
-    }
 }

@@ -13,6 +13,7 @@ mod credentials_file;
 mod credentials_watch;
 mod demo;
 mod fleet_cmd;
+mod gateway_args;
 mod gateway_cmd;
 mod local_server;
 mod logging;

@@ -111,7 +111,7 @@ pub(super) async fn decide(
                 "decision": decision.as_str(),
                 "by": &*principal.name,
                 "rule": decided.rule.map(|r| r.0),
-                "delivered": !decided.held,
+                "sled_away": decided.held,
             }),
         ),
         Err(DecideFailure::Store) => {

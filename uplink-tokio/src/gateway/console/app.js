@@ -139,7 +139,8 @@ function folded(text, total) {
 
 function decide(id, body) {
   api("POST", "/api/permissions/" + encodeURIComponent(id), body)
-    .then((r) => say(id + " " + r.decision + " by " + r.by + (r.rule ? " (rule " + r.rule + " made)" : "")))
+    .then((r) => say(id + " " + r.decision + " by " + r.by + (r.rule ? " (rule " + r.rule + " made)" : "") +
+      (r.sled_away ? "; its sled is away: the decision is kept and sent when it comes back" : "")))
     .catch((e) => say(id + ": " + e.message))
     .finally(refresh);
 }
@@ -158,8 +159,14 @@ function card(p) {
   const meta = el("div", { class: "meta", text: clip(p.project, SHOW_NAME) + " · " + clip(p.tool_name, SHOW_NAME) + " · waiting " + ago(p.age_ms) + " · " + p.id + " · " });
   if (p.deadline_in_ms != null) meta.append(el("span", { class: "deadline", "data-deadline": String(Date.now() + p.deadline_in_ms) }));
   li.append(meta);
+  // Its sled's link dropped: the request is held for the sled's return; a decision made now is kept until then.
+  if (p.sled_away) {
+    li.append(el("p", { class: "away", text: p.decided
+      ? "Its sled is away. Decided (" + p.decided + "): sent when the sled comes back, and never if it does not."
+      : "Its sled is away; it may come back. A decision made now is sent when it does." }));
+  }
   li.append(renderInput(p.tool_name, p.tool_input));
-  if (me && me.role !== "viewer") {
+  if (me && me.role !== "viewer" && !p.decided) {
     const message = el("input", { type: "text", placeholder: "Words for the agent (optional)", "aria-label": "Message for the agent" });
     const scope = el("select", { "aria-label": "Always allow where" },
       el("option", { value: "project", text: "this project" }),
@@ -241,7 +248,8 @@ function listen() {
   events.addEventListener("permission_requested", refresh);
   events.addEventListener("permission_decided", ended("decided"));
   events.addEventListener("permission_withdrawn", ended("withdrawn"));
-  for (const e of ["sled_connected", "sled_disconnected", "sled_stale", "sled_alive", "rule_added", "rule_removed", "permission_auto_decided"]) {
+  events.addEventListener("permission_delivered", ended("delivered to its sled"));
+  for (const e of ["sled_connected", "sled_disconnected", "sled_stale", "sled_alive", "rule_added", "rule_removed", "permission_auto_decided", "permission_held", "permission_resumed"]) {
     events.addEventListener(e, refresh);
   }
   events.addEventListener("lagged", () => { events.close(); setTimeout(listen, 1000); });
