@@ -306,7 +306,7 @@ impl AuditReader for NoReader {
 
 impl Store for Failing {
     fn load(&mut self) -> Result<Kept, StoreError> {
-        Ok(Kept { rules: Vec::new(), sessions: Vec::new(), input_key: [7; 32] })
+        Ok(Kept { rules: Vec::new(), sessions: Vec::new(), input_key: [7; 32], resumables: Vec::new(), ids_until: 0 })
     }
     fn commit(&mut self, _: &[Change]) -> Result<Head, StoreError> {
         match self.fail.load(Ordering::SeqCst) {
@@ -396,7 +396,7 @@ struct GatedStore(Arc<Gated>);
 
 impl Store for GatedStore {
     fn load(&mut self) -> Result<Kept, StoreError> {
-        Ok(Kept { rules: Vec::new(), sessions: Vec::new(), input_key: [7; 32] })
+        Ok(Kept { rules: Vec::new(), sessions: Vec::new(), input_key: [7; 32], resumables: Vec::new(), ids_until: 0 })
     }
     fn commit(&mut self, _: &[Change]) -> Result<Head, StoreError> {
         Ok(Head { seq: 0, hash: [0; 32] })

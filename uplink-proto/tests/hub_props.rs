@@ -27,8 +27,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::json;
 use uplink_proto::gateway::{
-    Always, AlwaysScope, CloseReason, ConnHandle, Credential, CredentialId, Hub, HubConfig, HubDecideError, HubEvent,
-    HubOutput, McpTicket, PermId, ProjectScope, PublicPermId, SessionConfig, Verdict,
+    Always, AlwaysScope, CloseReason, ConnHandle, Credential, CredentialId, HeldRequest, Hub, HubConfig,
+    HubDecideError, HubEvent, HubOutput, McpTicket, PermId, ProjectScope, PublicPermId, SessionConfig, Verdict,
 };
 use uplink_proto::rules::RuleId;
 use uplink_proto::{Decision, GatewayFrame, Instant, Received};
@@ -56,6 +56,9 @@ enum Op {
     /// again what it sent on the old one, then `resumed`. `.1` twists it: the old one left open, another
     /// incarnation, one request sent again with another input, no `resumed`.
     Reconnect(u8, u8),
+    /// The gateway restarts (it was killed): a new hub with the same configuration, given what the adapter
+    /// kept of the old one's requests ([`HubEvent::Resumable`]); every connection is gone.
+    Restart,
     /// Shuts the hub down when `.0` is below 16: rarely, so that most scripts run long before it (every
     /// script ends with one anyway).
     Shutdown(u8),
@@ -83,6 +86,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(|b| Op::Reload(b | 0b111)),
         1 => Just(Op::Reload(0)),
         10 => (any::<u8>(), any::<u8>()).prop_map(|(c, t)| Op::Reconnect(c, t)),
+        2 => Just(Op::Restart),
         1 => any::<u8>().prop_map(Op::Shutdown),
     ]
 }
@@ -188,6 +192,15 @@ struct Model {
     offered: BTreeMap<ConnHandle, String>,
     accepted: BTreeSet<ConnHandle>,
     claimed: BTreeMap<ConnHandle, String>,
+    /// What the adapter keeps for a restart, by the events seen; the hub's configuration, to start another.
+    kept: BTreeMap<PublicPermId, HeldRequest>,
+    cfg: HubConfig,
+    /// Requests held again by a restart (their `PermissionHeld` follows), and those that ended before one (a
+    /// restarted hub no longer says how).
+    restoring: BTreeSet<PublicPermId>,
+    forgotten: BTreeSet<PublicPermId>,
+    /// The greatest connection handle the hub said it reserved.
+    ids_until: u64,
 }
 
 impl Model {
@@ -223,7 +236,8 @@ impl Model {
             .for_projects(ProjectScope::Patterns(vec!["r".into()])),
         ];
         Model {
-            hub: Hub::new(cfg, Instant::ZERO).expect("valid"),
+            hub: Hub::new(cfg.clone(), Instant::ZERO).expect("valid"),
+            cfg,
             now: Instant::ZERO,
             conns: Vec::new(),
             perms: BTreeMap::new(),
@@ -240,6 +254,10 @@ impl Model {
             offered: BTreeMap::new(),
             accepted: BTreeSet::new(),
             claimed: BTreeMap::new(),
+            kept: BTreeMap::new(),
+            restoring: BTreeSet::new(),
+            forgotten: BTreeSet::new(),
+            ids_until: 0,
         }
     }
 
@@ -363,8 +381,9 @@ impl Model {
                 let at = self.location.get(&id).copied().flatten();
                 let result = self.hub.decide(now, id, Verdict::new(decision).always(Always::new(scope, 0)));
                 prop_assert_eq!(result.is_ok(), pending.is_some(), "decide {} against the model", id);
-                // A late decision says how the permission ended (the bound, 4096, exceeds any script here).
-                if ended || kept {
+                // A late decision says how the permission ended (the bound, 4096, exceeds any script here), but
+                // for one that ended before a restart.
+                if (ended || kept) && !self.forgotten.contains(&id) {
                     prop_assert!(matches!(result, Err(HubDecideError::Ended(_))), "{} ended: {:?}", id, result);
                 }
                 if let (Ok(decided), Some((_, req_id, project, tool))) = (result, pending) {
@@ -460,6 +479,36 @@ impl Model {
                     );
                 }
             }
+            Op::Restart => {
+                self.hub = Hub::new(self.cfg.clone(), now).expect("valid");
+                // Every connection, claim and MCP request is gone with the old hub, and so are the rules made at
+                // run time (the program keeps those in its store; this model does not).
+                self.conns.clear();
+                (self.claimed, self.offered, self.accepted, self.sent) = Default::default();
+                self.holders.clear();
+                self.remembered.clear();
+                self.tickets.values_mut().for_each(|f| *f = Fate::Ended);
+                for (id, p) in self.perms.iter_mut() {
+                    let kept = self.kept.get(id).filter(|k| !k.sent);
+                    match (p.0, kept) {
+                        (Fate::Ended, _) => {
+                            self.forgotten.insert(*id);
+                        }
+                        (_, Some(_)) => {
+                            self.location.insert(*id, None);
+                            self.restoring.insert(*id);
+                        }
+                        // Pending on a connection that did not resume: its sled denies it at the drop.
+                        (_, None) => {
+                            p.0 = Fate::Ended;
+                            self.forgotten.insert(*id);
+                        }
+                    }
+                }
+                let restored: Vec<HeldRequest> = self.kept.values().cloned().collect();
+                self.hub.start_ids_after(self.ids_until);
+                self.hub.restore_held(now, restored);
+            }
             Op::Shutdown(n) => {
                 if *n < 16 {
                     self.hub.shutdown(now);
@@ -476,8 +525,13 @@ impl Model {
     /// Request `id`, held, was found again on `conn`: only by the same credential, project and incarnation,
     /// on a connection that accepted `resume`, with the same request sent again.
     fn found_again(&self, id: PublicPermId, conn: ConnHandle) -> Result<(), TestCaseError> {
-        prop_assert!(self.resume);
         prop_assert_eq!(self.location.get(&id), Some(&None), "{} found again while not held", id);
+        self.same_request(id, conn)
+    }
+
+    /// Request `id` came again on `conn`: the same credential, project, incarnation and request.
+    fn same_request(&self, id: PublicPermId, conn: ConnHandle) -> Result<(), TestCaseError> {
+        prop_assert!(self.resume);
         let origin = &self.origins[&id];
         prop_assert_eq!(self.cred_of(conn), origin.cred, "{} found again by another credential", id);
         prop_assert_eq!(self.claimed.get(&conn), Some(&origin.project), "{} found again in another project", id);
@@ -594,6 +648,9 @@ impl Model {
                             p.0 = Fate::Ended;
                         }
                     }
+                    HubEvent::PermissionHeld { id, .. } if self.restoring.remove(&id) => {
+                        prop_assert!(self.kept.get(&id).is_some_and(|k| !k.sent), "{} held again unkept", id);
+                    }
                     HubEvent::PermissionHeld { id, .. } => {
                         prop_assert!(self.resume, "held without resume");
                         let at = self.location.get(&id).copied().flatten();
@@ -607,6 +664,27 @@ impl Model {
                         self.found_again(id, conn)?;
                         prop_assert_eq!(self.perms.get(&id).map(|p| p.0), Some(Fate::Pending));
                         self.location.insert(id, Some(conn));
+                    }
+                    HubEvent::Resumable { request } => {
+                        prop_assert!(self.resume, "kept without resume");
+                        prop_assert!(self.perms.contains_key(&request.id), "kept {} unknown", request.id);
+                        self.kept.insert(request.id, request);
+                    }
+                    HubEvent::ResumableGone { id } => {
+                        self.kept.remove(&id);
+                    }
+                    HubEvent::IdsReserved { until } => {
+                        prop_assert!(until > self.ids_until, "reserved {} after {}", until, self.ids_until);
+                        self.ids_until = until;
+                    }
+                    HubEvent::PermissionAnsweredAgain { id, conn, .. } => {
+                        self.same_request(id, conn)?;
+                        let kept = self.kept.get(&id).filter(|k| k.sent).and_then(|k| k.verdict.as_ref());
+                        prop_assert!(kept.is_some(), "{} answered again without a decision sent", id);
+                        prop_assert_eq!(self.perms.get(&id).map(|p| p.0), Some(Fate::Ended));
+                        if kept.is_some_and(|v| v.decision.is_allow()) {
+                            delivered.insert((conn, self.origins[&id].req_id.clone()));
+                        }
                     }
                     HubEvent::PermissionDelivered { id, conn, .. } => {
                         self.found_again(id, conn)?;
@@ -682,6 +760,8 @@ impl Model {
                 sent
             );
         }
+        // Every connection handle handed out was reserved first.
+        prop_assert!(self.conns.iter().all(|(c, _)| c.0 <= self.ids_until), "a handle beyond {}", self.ids_until);
         // Claims: the hub agrees with the model, and every holder's credential covers its project.
         for (project, conn) in &self.holders {
             prop_assert_eq!(self.hub.holder(project), Some(*conn));
@@ -703,6 +783,21 @@ impl Model {
         let away: BTreeSet<PublicPermId> =
             pending.iter().copied().filter(|id| self.location.get(id).is_some_and(Option::is_none)).collect();
         prop_assert_eq!(held, away);
+        // What the adapter keeps: every held request as the hub holds it, every request pending for a sled that
+        // resumes, and decisions only once sent or made while the sled was away.
+        for h in self.hub.held() {
+            prop_assert_eq!(self.kept.get(&h.id), Some(h), "{} held but not kept as held", h.id);
+        }
+        for (id, p) in &self.perms {
+            let resumes = self.origins.get(id).is_some_and(|o| o.incarnation.is_some());
+            if p.0 != Fate::Ended && resumes {
+                prop_assert!(self.kept.get(id).is_some_and(|k| !k.sent), "{} pending but not kept", id);
+            }
+        }
+        for (id, k) in &self.kept {
+            let fate = self.perms.get(id).map(|p| p.0);
+            prop_assert_eq!(k.sent, fate == Some(Fate::Ended), "{} kept as {:?} while {:?}", id, k, fate);
+        }
         let sleds = self.hub.sleds(self.now);
         let connected: BTreeSet<String> = sleds.iter().filter(|s| s.connected).map(|s| s.project.clone()).collect();
         prop_assert_eq!(&connected, &self.holders.keys().cloned().collect::<BTreeSet<_>>());
@@ -763,13 +858,14 @@ proptest! {
         }
         prop_assert!(m.tickets.values().all(|f| *f == Fate::Ended), "MCP request pending after shutdown");
         prop_assert!(m.holders.is_empty());
-        prop_assert_eq!(m.hub.poll_timeout().is_none(), held.is_empty());
+        prop_assert!(held.is_empty() || m.hub.poll_timeout().is_some());
         // The window ends them all.
         m.now = m.now + Duration::from_secs(30);
         m.hub.handle_timeout(m.now);
         m.check(&BTreeSet::new())?;
         prop_assert!(m.perms.values().all(|p| p.0 == Fate::Ended), "held past the window");
         prop_assert_eq!(m.hub.poll_timeout(), None);
+        prop_assert!(m.kept.is_empty(), "kept past the window: {:?}", m.kept.keys().collect::<Vec<_>>());
     }
 
     #[test]

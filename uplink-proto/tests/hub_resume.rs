@@ -90,6 +90,25 @@ impl H {
     }
 }
 
+/// A request of sled "web" (credential 1, incarnation "inc-1") as an adapter kept it, `r1` with `input`.
+fn kept(id: PublicPermId, input: &str, verdict: Option<Verdict>) -> HeldRequest {
+    HeldRequest {
+        id,
+        key: ResumeKey {
+            credential: CredentialId(1),
+            project: "web".into(),
+            incarnation: "inc-1".into(),
+            req_id: "r1".into(),
+        },
+        tool_name: "Bash".into(),
+        tool_input: input.into(),
+        since: Instant::ZERO,
+        deadline: None,
+        verdict,
+        sent: false,
+    }
+}
+
 fn events(outs: &[HubOutput]) -> Vec<HubEvent> {
     outs.iter()
         .filter_map(|o| match o {
@@ -451,23 +470,7 @@ fn an_always_allow_while_the_sled_is_away_makes_a_rule_only_for_a_scope_that_out
 fn a_restarted_hub_holds_what_it_is_given_and_never_reuses_its_ids() {
     let mut h = H::with(resuming());
     let first = PublicPermId { conn: ConnHandle(41), perm: PermId(0) };
-    h.hub.restore_held(
-        h.now,
-        vec![HeldRequest {
-            id: first,
-            key: ResumeKey {
-                credential: CredentialId(1),
-                project: "web".into(),
-                incarnation: "inc-1".into(),
-                req_id: "r1".into(),
-            },
-            tool_name: "Bash".into(),
-            tool_input: r#"{"command":"ls"}"#.into(),
-            since: Instant::ZERO,
-            deadline: None,
-            verdict: None,
-        }],
-    );
+    h.hub.restore_held(h.now, vec![kept(first, r#"{"command":"ls"}"#, None)]);
     assert_eq!(h.hub.permissions(h.now).len(), 1);
     let b = h.connect(cred(1), "web", Some("inc-1"));
     assert!(b.0 > 41, "new connections take handles above the restored ids");
@@ -494,4 +497,98 @@ fn a_request_sent_again_beyond_its_sessions_limit_is_denied_and_no_longer_held()
     assert_eq!(withdrawn(&outs), vec![(id, Withdrawn::ConnectionLost)]);
     assert!(h.hub.held().next().is_none());
     assert!(!events(&outs).iter().any(|e| matches!(e, HubEvent::PermissionResumed { .. })));
+}
+
+#[test]
+fn a_decision_sent_just_before_a_drop_is_sent_again_when_the_request_comes_again() {
+    let mut h = H::with(resuming());
+    let a = h.connect(cred(1), "web", Some("inc-1"));
+    let id = h.ask(a, "r1", r#"{"command":"ls"}"#);
+    h.hub.decide(h.now, id, Decision::Approve).expect("pending");
+    assert_eq!(responses(&h.drain(), a), vec![("r1".into(), "approve".into(), None)]);
+    // The link dropped before the sled read it: the sled kept the request and sends it again.
+    h.hub.handle_disconnected(h.now, a);
+    h.drain();
+    assert!(h.hub.permissions(h.now).is_empty(), "decided: not listed");
+    let b = h.connect(cred(1), "web", Some("inc-1"));
+    h.send(b, "r1", r#"{"command":"ls"}"#);
+    let outs = h.drain();
+    assert_eq!(responses(&outs, b), vec![("r1".into(), "approve".into(), None)], "nothing is asked twice");
+    let evs = events(&outs);
+    assert!(evs.contains(&HubEvent::PermissionAnsweredAgain { id, project: "web".into(), conn: b }));
+    assert!(!evs.iter().any(|e| matches!(e, HubEvent::PermissionRequested { .. })));
+
+    // With another input, it is refused, never approved by that decision.
+    let c = h.connect(cred(1), "web", Some("inc-1"));
+    h.send(c, "r1", r#"{"command":"rm -rf /"}"#);
+    assert_eq!(responses(&h.drain(), c), vec![("r1".into(), "deny".into(), Some(RESUMED_OTHERWISE.into()))]);
+
+    // Once the sled says it sent again all it kept (without it), the decision is forgotten: it had it.
+    h.text(c, r#"{"type":"resumed","req_id":"resumed","payload":{}}"#);
+    let outs = h.drain();
+    assert!(events(&outs).contains(&HubEvent::ResumableGone { id }));
+    h.send(c, "r1", r#"{"command":"ls"}"#);
+    let outs = h.drain();
+    assert!(responses(&outs, c).is_empty(), "a request a person decides again");
+    assert!(events(&outs).iter().any(|e| matches!(e, HubEvent::PermissionRequested { .. })));
+}
+
+#[test]
+fn what_an_adapter_keeps_follows_each_request_of_a_sled_that_resumes() {
+    let mut h = H::with(resuming());
+    let a = h.connect(cred(1), "web", Some("inc-1"));
+    h.send(a, "r1", "{}");
+    let evs = events(&h.drain());
+    let kept = evs.iter().find_map(|e| match e {
+        HubEvent::Resumable { request } => Some(request.clone()),
+        _ => None,
+    });
+    let kept = kept.expect("kept as it arrives");
+    assert_eq!(
+        (kept.key.req_id.as_str(), &*kept.key.incarnation, kept.verdict.is_none(), kept.sent),
+        ("r1", "inc-1", true, false)
+    );
+    h.hub.decide(h.now, kept.id, Decision::Deny).expect("pending");
+    let evs = events(&h.drain());
+    let sent = evs.iter().find_map(|e| match e {
+        HubEvent::Resumable { request } => Some(request.clone()),
+        _ => None,
+    });
+    let sent = sent.expect("kept with its decision");
+    assert_eq!((sent.id, sent.sent, sent.verdict.map(|v| v.decision)), (kept.id, true, Some(Decision::Deny)));
+    // Forgotten after the window.
+    h.advance(Duration::from_secs(60));
+    assert!(events(&h.drain()).contains(&HubEvent::ResumableGone { id: kept.id }));
+
+    // A sled without resume: nothing is kept.
+    let mut h = H::with(resuming());
+    let a = h.connect(cred(1), "web", None);
+    h.send(a, "r1", "{}");
+    assert!(!events(&h.drain()).iter().any(|e| matches!(e, HubEvent::Resumable { .. })));
+}
+
+#[test]
+fn connection_handles_are_reserved_before_use_and_a_restarted_hub_starts_after_them() {
+    let mut h = H::with(HubConfig::default());
+    let a = h.hub.accept(h.now, cred(1)).expect("accepting");
+    assert_eq!(a, ConnHandle(1));
+    let evs = events(&h.drain());
+    assert_eq!(evs, vec![HubEvent::IdsReserved { until: 1 + uplink_proto::gateway::ID_BLOCK }]);
+    let mut again = H::with(HubConfig::default());
+    again.hub.start_ids_after(1 + uplink_proto::gateway::ID_BLOCK);
+    let b = again.hub.accept(again.now, cred(1)).expect("accepting");
+    assert_eq!(b, ConnHandle(2 + uplink_proto::gateway::ID_BLOCK));
+    assert_eq!(events(&again.drain()), vec![HubEvent::IdsReserved { until: 2 + 2 * uplink_proto::gateway::ID_BLOCK }]);
+}
+
+#[test]
+fn a_restored_decision_that_was_sent_is_not_listed_and_is_sent_again_if_asked_again() {
+    let mut h = H::with(resuming());
+    let id = PublicPermId { conn: ConnHandle(7), perm: PermId(3) };
+    h.hub
+        .restore_held(h.now, vec![HeldRequest { sent: true, ..kept(id, "{}", Some(Verdict::new(Decision::Approve))) }]);
+    assert!(h.hub.permissions(h.now).is_empty());
+    let b = h.connect(cred(1), "web", Some("inc-1"));
+    h.send(b, "r1", "{}");
+    assert_eq!(responses(&h.drain(), b), vec![("r1".into(), "approve".into(), None)]);
 }

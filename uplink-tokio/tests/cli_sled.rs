@@ -187,6 +187,7 @@ async fn the_demo_walks_through_every_step_and_exits_zero() {
         "permission for Write: Deny",
         "permission for Read: Deny",
         "reconnected to the restarted gateway",
+        "waited across the restart under the same id, and was approved afterwards",
         "the sled shut down",
         "The demo behaved as expected.",
     ] {

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use uplink_tokio::store::audit::{MAX_PAGE_BYTES, seal};
 use uplink_tokio::store::{
-    AuditQuery, Change, CredentialRow, Entry, Head, MemoryStore, Store, StoredRule, StoredSession, VerifyError,
+    AuditQuery, Change, CredentialRow, Entry, Head, MemoryStore, Store, StoredResumable, StoredRule, StoredSession,
+    VerifyError,
 };
 
 /// Opens a store on one keeping, again and again.
@@ -166,6 +167,58 @@ fn rules_are_kept_replaced_and_forgotten_but_never_a_connections_own() {
         drop(store);
         let kept = backend.open().load().unwrap();
         assert_eq!(kept.rules, vec![rule(1, "Bash(git *)")], "{name}");
+    }
+}
+
+fn resumable(id: &str, decision: Option<&str>, sent: bool) -> StoredResumable {
+    StoredResumable {
+        id: id.into(),
+        credential: 1 << 63 | 7,
+        project: "web".into(),
+        incarnation: "0123456789abcdef".into(),
+        req_id: format!("req-{id}"),
+        tool_name: "Bash".into(),
+        tool_input: r#"{"command":"ls \"x\""}"#.into(),
+        since_ms: 1_700_000_000_000,
+        deadline_ms: Some(1_700_000_120_000),
+        decision: decision.map(str::to_owned),
+        message: decision.map(|_| "words \u{1F600}".to_owned()),
+        by: decision.map(|_| "ana".to_owned()),
+        sent,
+    }
+}
+
+#[test]
+fn requests_that_may_come_back_and_the_reserved_ids_are_kept_replaced_and_forgotten() {
+    for (name, backend) in backends() {
+        let mut store = backend.open();
+        assert_eq!((store.load().unwrap().resumables, store.load().unwrap().ids_until), (vec![], 0), "{name}");
+        store
+            .commit(&[
+                Change::PutResumable(resumable("1-0", None, false)),
+                Change::PutResumable(resumable("1-1", None, false)),
+                Change::PutResumable(resumable("1-2", None, false)),
+                Change::ReserveIds(1025),
+            ])
+            .unwrap();
+        // Decided while away; decided and sent; forgotten. The reservation never goes back.
+        store
+            .commit(&[
+                Change::PutResumable(resumable("1-0", Some("approve"), false)),
+                Change::PutResumable(resumable("1-1", Some("deny"), true)),
+                Change::DeleteResumable("1-2".into()),
+                Change::DeleteResumable("9-9".into()),
+                Change::ReserveIds(3),
+            ])
+            .unwrap();
+        drop(store);
+        let kept = backend.open().load().unwrap();
+        assert_eq!(
+            kept.resumables,
+            vec![resumable("1-0", Some("approve"), false), resumable("1-1", Some("deny"), true)],
+            "{name}"
+        );
+        assert_eq!(kept.ids_until, 1025, "{name}");
     }
 }
 

@@ -115,6 +115,8 @@ pub struct Hub {
     gone_count: usize,
     next_gone: u64,
     next_conn: u64,
+    /// Connection handles up to this one are reserved ([`HubEvent::IdsReserved`]).
+    reserved_conns: u64,
     shutting_down: bool,
     /// Open connections that have not identified (their claim has not succeeded).
     unidentified: usize,
@@ -127,11 +129,16 @@ pub struct Hub {
     endpoint: McpEndpoint,
     /// Requests held for sleds that went away (`resume`).
     held: Held,
+    /// Decisions sent to sleds that resume, remembered to send again to a request that comes again.
+    answered: Held,
     /// Requests held once and pending again on a new connection: their public id, and where they are.
     aliases: BTreeMap<PublicPermId, (ConnHandle, PermId)>,
     alias_of: BTreeMap<(ConnHandle, PermId), Alias>,
     out: VecDeque<HubOutput>,
 }
+
+/// How many connection handles a hub reserves at once ([`HubEvent::IdsReserved`]).
+pub const ID_BLOCK: u64 = 1024;
 
 /// A request pending again after it was held: its first public id, arrival and deadline (its sled's deadline
 /// never moves; the session on its new connection counts from the request's arrival there).
@@ -170,6 +177,7 @@ impl Hub {
             gone_count: 0,
             next_gone: 0,
             next_conn: 0,
+            reserved_conns: 0,
             shutting_down: false,
             unidentified: 0,
             pending_bytes: 0,
@@ -177,6 +185,7 @@ impl Hub {
             ended_order: VecDeque::new(),
             endpoint,
             held: Held::default(),
+            answered: Held::default(),
             aliases: BTreeMap::new(),
             alias_of: BTreeMap::new(),
             out: VecDeque::new(),
@@ -190,9 +199,22 @@ impl Hub {
     pub fn restore_held(&mut self, now: Instant, requests: Vec<HeldRequest>) {
         self.advance(now);
         for request in requests {
-            self.next_conn = self.next_conn.max(request.id.conn.0);
-            self.hold(request);
+            self.start_ids_after(request.id.conn.0);
+            if request.sent {
+                self.remember_answer(request);
+            } else {
+                self.hold(request);
+            }
         }
+    }
+
+    /// Makes the connection handles (the first half of every public id) that this hub hands out from now on
+    /// greater than `conn`: a restarted gateway passes the last [`HubEvent::IdsReserved`] its predecessor
+    /// announced, so that no public id ever names two requests (a person's decision for an old id could
+    /// otherwise reach a new request).
+    pub fn start_ids_after(&mut self, conn: u64) {
+        self.next_conn = self.next_conn.max(conn);
+        self.reserved_conns = self.reserved_conns.max(conn);
     }
 
     /// The requests held for sleds that went away, by public id.
@@ -381,7 +403,8 @@ impl Hub {
             (a, b) => a.or(b),
         };
         let conns = self.timers.first().map(|(at, _)| *at);
-        earliest(earliest(conns, self.endpoint.poll_timeout()), self.held.poll_timeout())
+        let resume = earliest(self.held.poll_timeout(), self.answered.poll_timeout());
+        earliest(earliest(conns, self.endpoint.poll_timeout()), resume)
     }
 
     // ── Inputs ──
@@ -435,6 +458,10 @@ impl Hub {
         }
         self.next_conn += 1;
         let conn = ConnHandle(self.next_conn);
+        if self.next_conn > self.reserved_conns {
+            self.reserved_conns = self.next_conn.saturating_add(ID_BLOCK);
+            self.out.push_back(HubOutput::Event(HubEvent::IdsReserved { until: self.reserved_conns }));
+        }
         // The configuration was validated by `Hub::new`, so this cannot fail.
         let Ok(session) = SledSession::new(self.session_cfg.clone(), self.now) else {
             return Err(AcceptError::ShuttingDown);
@@ -481,6 +508,23 @@ impl Hub {
         let since = self.alias_of.get(&(conn, perm)).map_or(asked.since, |a| a.since);
         let waited = now.saturating_duration_since(since);
         let remembered = always_rule(&verdict, asked.tool_name, asked.tool_input, &project, Some(conn));
+        // A sled that resumes may not get it (its link or this gateway may go first): remembered, to send
+        // again if the request comes again.
+        let answer = c.incarnation.clone().map(|incarnation| HeldRequest {
+            id,
+            key: ResumeKey {
+                credential: c.credential.id,
+                project: project.clone(),
+                incarnation,
+                req_id: String::from(asked.req_id),
+            },
+            tool_name: String::from(asked.tool_name),
+            tool_input: asked.tool_input.clone(),
+            since,
+            deadline: self.alias_of.get(&(conn, perm)).map_or(asked.deadline, |a| a.deadline),
+            verdict: Some(verdict.clone()),
+            sent: true,
+        });
         match c.session.decide(now, perm, verdict.clone()) {
             Ok(()) => {}
             Err(DecideError::MessageTooLong) => return Err(HubDecideError::MessageTooLong),
@@ -488,8 +532,11 @@ impl Hub {
         }
         let rule = remembered.and_then(|rule| self.add_rule(now, rule).ok());
         self.forget_alias(conn, perm);
-        self.pump(conn);
         self.event(HubEvent::PermissionDecided { id, project, verdict, rule, waited, held: false });
+        if let Some(answer) = answer {
+            self.remember_answer(answer);
+        }
+        self.pump(conn);
         Ok(Decided { rule, held: false })
     }
 
@@ -508,6 +555,9 @@ impl Hub {
         // No connection to scope a rule to: "this connection" makes none.
         let remembered = always_rule(&verdict, &h.tool_name, &h.tool_input, &project, None);
         self.held.record(id, verdict.clone());
+        if let Some(request) = self.held.get(id).cloned() {
+            self.event(HubEvent::Resumable { request });
+        }
         let rule = remembered.and_then(|rule| self.add_rule(now, rule).ok());
         self.event(HubEvent::PermissionDecided { id, project, verdict, rule, waited, held: true });
         Ok(Decided { rule, held: true })
@@ -706,15 +756,13 @@ impl Hub {
             }
         }
         // Nor is anything held for a credential no longer in force kept for its return.
-        let revoked: Vec<PublicPermId> = self
-            .held
-            .iter()
-            .filter(|h| {
-                by_id.get(&h.key.credential).is_none_or(|c| c.is_expired(now) || !c.scope.covers(&h.key.project))
-            })
-            .map(|h| h.id)
-            .collect();
-        self.end_held(revoked, Withdrawn::ConnectionLost);
+        let revoked = |h: &&HeldRequest| {
+            by_id.get(&h.key.credential).is_none_or(|c| c.is_expired(now) || !c.scope.covers(&h.key.project))
+        };
+        let gone: Vec<PublicPermId> = self.held.iter().filter(revoked).map(|h| h.id).collect();
+        self.end_held(gone, Withdrawn::ConnectionLost);
+        let gone: Vec<PublicPermId> = self.answered.iter().filter(revoked).map(|h| h.id).collect();
+        self.forget_answers(gone);
     }
 
     // ── Internals ──
@@ -743,7 +791,12 @@ impl Hub {
             let reason =
                 if h.deadline.is_some_and(|d| d <= now) { Withdrawn::Deadline } else { Withdrawn::ConnectionLost };
             let waited = now.saturating_duration_since(h.since);
+            self.event(HubEvent::ResumableGone { id: h.id });
             self.event(HubEvent::PermissionWithdrawn { id: h.id, project: h.key.project, reason, waited });
+        }
+        // So do remembered decisions.
+        while let Some(h) = self.answered.pop_ended(now) {
+            self.event(HubEvent::ResumableGone { id: h.id });
         }
         // The MCP endpoint's sessions idle past their time end; their sleds are told.
         if self.endpoint.poll_timeout().is_some_and(|at| at <= now) {
@@ -873,6 +926,18 @@ impl Hub {
                     }
                     return;
                 }
+                // Kept, for a restarted gateway to hold it again.
+                let resumable =
+                    incarnation.clone().zip(c.session.permission(perm)).map(|(incarnation, asked)| HeldRequest {
+                        id,
+                        key: ResumeKey { credential, project: project.clone(), incarnation, req_id: req_id.clone() },
+                        tool_name: tool_name.clone(),
+                        tool_input: tool_input.clone(),
+                        since: asked.since,
+                        deadline: asked.deadline,
+                        verdict: None,
+                        sent: false,
+                    });
                 self.event(HubEvent::PermissionRequested {
                     id,
                     project,
@@ -882,11 +947,17 @@ impl Hub {
                     tool_input,
                     incarnation,
                 });
+                if let Some(request) = resumable {
+                    self.event(HubEvent::Resumable { request });
+                }
             }
             SessionEvent::PermissionWithdrawn { perm, reason, waited } => {
                 let project = self.project_name(conn);
                 let (id, first) = self.forget_alias(conn, perm);
                 let waited = first.map_or(waited, |a| self.now.saturating_duration_since(a.since));
+                if self.conns.get(&conn).is_some_and(|c| c.incarnation.is_some()) {
+                    self.event(HubEvent::ResumableGone { id });
+                }
                 self.event(HubEvent::PermissionWithdrawn { id, project, reason, waited });
             }
             SessionEvent::PermissionHeld { perm, req_id, tool_name, tool_input, since, deadline } => {
@@ -895,7 +966,7 @@ impl Hub {
                 let Some(c) = self.conns.get(&conn) else { return };
                 let (Some(project), Some(incarnation)) = (c.project.clone(), c.incarnation.clone()) else { return };
                 let key = ResumeKey { credential: c.credential.id, project, incarnation, req_id };
-                self.hold(HeldRequest { id, key, tool_name, tool_input, since, deadline, verdict: None });
+                self.hold(HeldRequest { id, key, tool_name, tool_input, since, deadline, verdict: None, sent: false });
             }
             SessionEvent::Resumed => {
                 // The sled sent again everything it kept: what is held for its incarnation and was not is no
@@ -903,9 +974,12 @@ impl Hub {
                 let Some(c) = self.conns.get(&conn) else { return };
                 let (Some(project), Some(incarnation)) = (c.project.clone(), c.incarnation.clone()) else { return };
                 let credential = c.credential.id;
-                let gone =
-                    self.held.ids_where(&project, |k| k.credential == credential && k.incarnation == incarnation);
+                let of_this = |h: &HeldRequest| h.key.credential == credential && h.key.incarnation == incarnation;
+                let gone = self.held.ids_where(&project, of_this);
                 self.end_held(gone, Withdrawn::ConnectionLost);
+                // Nor is a decision sent on an earlier connection, that it did not send again: it had it.
+                let had = self.answered.ids_where(&project, |h| of_this(h) && h.id.conn != conn);
+                self.forget_answers(had);
             }
             SessionEvent::McpResponse { id, payload } => {
                 let ticket = McpTicket { conn, id };
@@ -996,10 +1070,13 @@ impl Hub {
         }
         // What is held for this project and cannot come back on this connection ends: another credential's,
         // another incarnation's, or any when this one does not resume.
-        let gone = self.held.ids_where(&project, |k| {
-            k.credential != credential.id || resumes.as_ref().is_none_or(|i| *i != k.incarnation)
-        });
+        let elsewhere = |h: &HeldRequest| {
+            h.key.credential != credential.id || resumes.as_ref().is_none_or(|i| *i != h.key.incarnation)
+        };
+        let gone = self.held.ids_where(&project, elsewhere);
         self.end_held(gone, Withdrawn::ConnectionLost);
+        let gone = self.answered.ids_where(&project, elsewhere);
+        self.forget_answers(gone);
         self.event(HubEvent::SledConnected { conn, project, protocol, sled_version, capabilities, replaced });
         // The old holder's end no longer touches the registry: the project is already the new one's.
         if let Some(old) = replaced
@@ -1057,7 +1134,12 @@ impl Hub {
         over: bool,
     ) -> bool {
         let now = self.now;
-        let Some(h) = self.held.find(key) else { return false };
+        // Held (waiting, or decided while away), or decided and sent before (and not received).
+        let (h, answered) = match (self.held.find(key), self.answered.find(key)) {
+            (Some(h), _) => (h, false),
+            (None, Some(h)) => (h, true),
+            (None, None) => return false,
+        };
         let (id, same, decided) =
             (h.id, h.tool_name == tool_name && *h.tool_input == **tool_input, h.verdict.is_some());
         let project = key.project.clone();
@@ -1080,15 +1162,29 @@ impl Hub {
             }
             return true;
         }
+        if answered {
+            // The same decision again; still remembered, in case this link goes too.
+            let verdict = self.answered.get(id).and_then(|h| h.verdict.clone());
+            if let Some(verdict) = verdict
+                && c.session.decide(now, perm, verdict).is_ok()
+            {
+                self.event(HubEvent::PermissionAnsweredAgain { id, project, conn });
+            }
+            return true;
+        }
         if over && !decided {
             self.end_held([id], Withdrawn::ConnectionLost);
             return false;
         }
-        let Some(h) = self.held.remove(id) else { return true };
-        match h.verdict {
+        let Some(mut h) = self.held.remove(id) else { return true };
+        match h.verdict.clone() {
             Some(verdict) => {
                 if c.session.decide(now, perm, verdict).is_ok() {
                     self.event(HubEvent::PermissionDelivered { id, project, conn });
+                    h.sent = true;
+                    self.remember_answer(h);
+                } else {
+                    self.event(HubEvent::ResumableGone { id });
                 }
             }
             None => {
@@ -1105,9 +1201,10 @@ impl Hub {
     fn hold(&mut self, request: HeldRequest) {
         let now = self.now;
         let (count, bytes) = self.held.load(&request.key.project);
+        let deadline_passed = request.deadline.is_some_and(|d| d <= now);
         let fits = count < self.session_cfg.max_pending_permissions
             && bytes + request.bytes() <= self.session_cfg.max_pending_input_bytes
-            && request.deadline.is_none_or(|d| d > now);
+            && !deadline_passed;
         let (id, project, waited) =
             (request.id, request.key.project.clone(), now.saturating_duration_since(request.since));
         let held = match &self.cfg.resume {
@@ -1117,7 +1214,10 @@ impl Hub {
         if held {
             self.event(HubEvent::PermissionHeld { id, project });
         } else {
-            self.event(HubEvent::PermissionWithdrawn { id, project, reason: Withdrawn::ConnectionLost, waited });
+            // Its sled has denied it by now if its deadline passed.
+            let reason = if deadline_passed { Withdrawn::Deadline } else { Withdrawn::ConnectionLost };
+            self.event(HubEvent::ResumableGone { id });
+            self.event(HubEvent::PermissionWithdrawn { id, project, reason, waited });
         }
     }
 
@@ -1127,8 +1227,43 @@ impl Hub {
         for id in ids {
             if let Some(h) = self.held.remove(id) {
                 let waited = now.saturating_duration_since(h.since);
+                self.event(HubEvent::ResumableGone { id });
                 self.event(HubEvent::PermissionWithdrawn { id, project: h.key.project, reason, waited });
             }
+        }
+    }
+
+    /// Forgets the remembered decisions `ids`.
+    fn forget_answers(&mut self, ids: impl IntoIterator<Item = PublicPermId>) {
+        for id in ids {
+            if self.answered.remove(id).is_some() {
+                self.event(HubEvent::ResumableGone { id });
+            }
+        }
+    }
+
+    /// Remembers a decision sent to a sled that resumes (`answer.sent`), for the window, within the budgets:
+    /// the oldest of its project, then the oldest of all, are forgotten first.
+    fn remember_answer(&mut self, answer: HeldRequest) {
+        let Some(resume) = self.cfg.resume.clone() else { return };
+        let project = answer.key.project.clone();
+        while self.answered.load(&project).0 >= resume.max_answered_per_project {
+            let Some(oldest) = self.answered.first_of(&project) else { break };
+            self.forget_answers([oldest]);
+        }
+        while self.answered.bytes() + answer.bytes() > resume.max_answered_bytes {
+            let Some(oldest) = self.answered.first() else { break };
+            self.forget_answers([oldest]);
+        }
+        if resume.max_answered_per_project == 0 || answer.bytes() > resume.max_answered_bytes {
+            return;
+        }
+        let id = answer.id;
+        // A sent decision's record replaces the request's, under the same id.
+        if self.answered.insert(answer.clone(), self.now + resume.window) {
+            self.event(HubEvent::Resumable { request: answer });
+        } else {
+            self.event(HubEvent::ResumableGone { id });
         }
     }
 

@@ -8,6 +8,7 @@ use core::time::Duration;
 
 use super::close::CloseReason;
 use super::credential::CredentialId;
+use super::resume::HeldRequest;
 use super::sled_session::{McpFailure, SessionIgnored, Withdrawn};
 use super::verdict::Verdict;
 use crate::ids::{ConnHandle, McpTicket, PublicPermId};
@@ -251,6 +252,35 @@ pub enum HubEvent {
         project: String,
         /// The connection it is pending on now.
         conn: ConnHandle,
+    },
+    /// A request whose decision was sent before came again (its sled did not get the decision: the link or
+    /// the gateway went away first): the same decision was sent again, on `conn`.
+    PermissionAnsweredAgain {
+        /// Which.
+        id: PublicPermId,
+        /// The project.
+        project: String,
+        /// The connection it was sent on.
+        conn: ConnHandle,
+    },
+    /// What an adapter that keeps state keeps of a request that may come back (`resume`), so that a
+    /// restarted gateway gives it to [`Hub::restore_held`](super::Hub::restore_held): it replaces whatever
+    /// was kept under the same id. Written before the decision it carries is sent or acknowledged.
+    Resumable {
+        /// The request, its key, and its decision if it has one.
+        request: HeldRequest,
+    },
+    /// The hub will hand out connection handles up to `until` (it reserves them in blocks): an adapter that
+    /// keeps state keeps the last one, before anything is sent, and gives it to a restarted hub
+    /// ([`Hub::start_ids_after`](super::Hub::start_ids_after)) so that public ids are never reused.
+    IdsReserved {
+        /// The greatest handle reserved.
+        until: u64,
+    },
+    /// What was kept under `id` ([`HubEvent::Resumable`]) is no longer needed.
+    ResumableGone {
+        /// Which.
+        id: PublicPermId,
     },
     /// A decision kept while its sled was away was sent to it, on `conn`: the request has ended.
     PermissionDelivered {

@@ -43,7 +43,7 @@ pub use auth_limit::{AuthFailures, AuthLimitConfig, AuthRefusal, AuthSource};
 pub use close::CloseReason;
 pub use console::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
 pub use credential::{Credential, CredentialId, ProjectScope};
-pub use hub::{Hub, RESUMED_OTHERWISE};
+pub use hub::{Hub, ID_BLOCK, RESUMED_OTHERWISE};
 pub use hub_config::{CONFIG_RULE_IDS, HubConfig, OPEN_FILES_KEPT_BACK};
 pub use hub_outputs::{
     AcceptError, Decided, HubDecideError, HubEvent, HubOutput, McpAnswer, McpHttp, McpRefused, PermEnd,

@@ -35,13 +35,19 @@ use crate::time::Instant;
 #[non_exhaustive]
 pub struct ResumeConfig {
     /// How long a request is held after its sled's link dropped (or the gateway restarted) before it ends
-    /// as `connection_lost`; its sled's own deadline ends it sooner. Default 10 min.
+    /// as `connection_lost`; its sled's own deadline ends it sooner. Also how long a decision sent to a
+    /// sled is remembered, to send again if the sled sends its request again. Default 10 min.
     pub window: Duration,
+    /// Most decisions remembered per project after they were sent (the oldest is forgotten first; a request
+    /// sent again after its decision was forgotten is a new one, for a person). Default 64.
+    pub max_answered_per_project: usize,
+    /// Most bytes of remembered decisions' requests (tool name, input, id) in all. Default 64 MiB.
+    pub max_answered_bytes: usize,
 }
 
 impl Default for ResumeConfig {
     fn default() -> Self {
-        ResumeConfig { window: Duration::from_secs(600) }
+        ResumeConfig { window: Duration::from_secs(600), max_answered_per_project: 64, max_answered_bytes: 64 << 20 }
     }
 }
 
@@ -78,8 +84,13 @@ pub struct HeldRequest {
     pub since: Instant,
     /// When its sled denies it, from the timeout the sled announced; `None` when it announced none.
     pub deadline: Option<Instant>,
-    /// A decision made while its sled was away, delivered when the sled sends the request again.
+    /// A decision made while its sled was away, delivered when the sled sends the request again; or, with
+    /// `sent`, the decision sent to the sled.
     pub verdict: Option<Verdict>,
+    /// The verdict was sent to the sled at least once (it may not have arrived): the request has ended, and
+    /// is remembered only to send the same verdict again if the sled sends the request again (after a drop
+    /// or a gateway restart). Not listed.
+    pub sent: bool,
 }
 
 impl HeldRequest {
@@ -96,7 +107,9 @@ pub(crate) struct Held {
     entries: BTreeMap<PublicPermId, (HeldRequest, Instant)>,
     by_key: BTreeMap<ResumeKey, PublicPermId>,
     ends: BTreeSet<(Instant, PublicPermId)>,
+    /// Each project's count and bytes, and its entries by end.
     per_project: BTreeMap<String, (usize, usize)>,
+    by_project: BTreeMap<String, BTreeSet<(Instant, PublicPermId)>>,
     bytes: usize,
 }
 
@@ -124,8 +137,19 @@ impl Held {
         self.bytes += request.bytes();
         self.by_key.insert(request.key.clone(), request.id);
         self.ends.insert((ends, request.id));
+        self.by_project.entry(request.key.project.clone()).or_default().insert((ends, request.id));
         self.entries.insert(request.id, (request, ends));
         true
+    }
+
+    /// The id of `project`'s entry that ends first, if it has any.
+    pub(crate) fn first_of(&self, project: &str) -> Option<PublicPermId> {
+        self.by_project.get(project).and_then(|e| e.first()).map(|(_, id)| *id)
+    }
+
+    /// The id of the entry that ends first.
+    pub(crate) fn first(&self) -> Option<PublicPermId> {
+        self.ends.first().map(|(_, id)| *id)
     }
 
     /// The held request `id`.
@@ -154,6 +178,12 @@ impl Held {
         let (request, ends) = self.entries.remove(&id)?;
         self.by_key.remove(&request.key);
         self.ends.remove(&(ends, id));
+        if let Some(by_end) = self.by_project.get_mut(&request.key.project) {
+            by_end.remove(&(ends, id));
+            if by_end.is_empty() {
+                self.by_project.remove(&request.key.project);
+            }
+        }
         if let Some(load) = self.per_project.get_mut(&request.key.project) {
             load.0 -= 1;
             load.1 -= request.bytes();
@@ -180,8 +210,9 @@ impl Held {
     }
 
     /// The ids of `project`'s held requests for which `which` holds.
-    pub(crate) fn ids_where(&self, project: &str, which: impl Fn(&ResumeKey) -> bool) -> Vec<PublicPermId> {
-        self.entries.values().filter(|(r, _)| r.key.project == project && which(&r.key)).map(|(r, _)| r.id).collect()
+    pub(crate) fn ids_where(&self, project: &str, which: impl Fn(&HeldRequest) -> bool) -> Vec<PublicPermId> {
+        let Some(of_project) = self.by_project.get(project) else { return Vec::new() };
+        of_project.iter().filter(|(_, id)| self.get(*id).is_some_and(&which)).map(|(_, id)| *id).collect()
     }
 
     /// Every held request, by public id.
@@ -210,6 +241,7 @@ mod tests {
             since: Instant::ZERO,
             deadline: deadline.map(Instant::from_secs),
             verdict: None,
+            sent: false,
         }
     }
 
@@ -231,7 +263,7 @@ mod tests {
         assert_eq!(h.poll_timeout(), Some(Instant::from_secs(5)));
         assert_eq!(h.pop_ended(Instant::from_secs(4)), None);
         assert_eq!(h.pop_ended(Instant::from_secs(5)).map(|r| r.id), Some(b.id));
-        assert_eq!(h.ids_where("web", |k| k.incarnation.as_ref() == "i1"), [a.id]);
+        assert_eq!(h.ids_where("web", |k| k.key.incarnation.as_ref() == "i1"), [a.id]);
         assert_eq!(h.remove(c.id).map(|r| r.key.project), Some("api".into()));
         assert_eq!((h.iter().count(), h.bytes(), h.load("api")), (1, a.bytes(), (0, 0)));
         assert_eq!(h.pop_ended(Instant::from_secs(10)).map(|r| r.id), Some(a.id));

@@ -27,7 +27,9 @@ use uplink_proto::sse::SseParser;
 
 use crate::gateway::{GatewayServer, GatewayServerConfig, generate_token};
 use crate::sled::{Uplink, UplinkConfig};
+use crate::store::MemoryStore;
 use uplink_proto::Decision;
+use uplink_proto::gateway::ResumeConfig;
 
 /// Every step must finish within this long.
 const STEP: Duration = Duration::from_secs(10);
@@ -102,17 +104,21 @@ struct RunningGateway {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A gateway on `listen` that keeps its state in `store` (in this process's memory: a gateway started again on
+/// it finds what the last one kept), and holds the requests of sleds that resume across drops and restarts.
 async fn start_gateway(
     listen: SocketAddr,
     sled_token: &str,
     admin: &str,
+    store: &MemoryStore,
 ) -> Result<(SocketAddr, RunningGateway), String> {
-    let server = GatewayServer::bind(GatewayServerConfig::new(listen, vec![sled_token.to_owned()], admin))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut config = GatewayServerConfig::new(listen, vec![sled_token.to_owned()], admin);
+    config.hub.resume = Some(ResumeConfig::default());
+    let server =
+        GatewayServer::bind_with_store(config, Some(Box::new(store.clone()))).await.map_err(|e| e.to_string())?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = oneshot::channel::<()>();
-    // The demo's gateway has no store: its run cannot fail.
+    // The demo's store is in memory: its commits cannot fail.
     let task = tokio::spawn(async move {
         let _ = server
             .run(async move {
@@ -226,8 +232,9 @@ pub(crate) async fn run(keep_running: bool, until: impl std::future::Future<Outp
     n.say("starting a local MCP tool server (one tool: word_count)");
     let (tools_addr, tools) = start_tools().await?;
     n.say("starting the gateway");
+    let store = MemoryStore::new().map_err(|e| e.to_string())?;
     let (gw_addr, gateway) =
-        start_gateway("127.0.0.1:0".parse().map_err(|_| "address")?, &sled_token, &admin_token).await?;
+        start_gateway("127.0.0.1:0".parse().map_err(|_| "address")?, &sled_token, &admin_token, &store).await?;
     let admin = Admin { base: format!("http://{gw_addr}"), token: admin_token.clone() };
     let mut events = admin.events().await?;
 
@@ -295,15 +302,30 @@ pub(crate) async fn run(keep_running: bool, until: impl std::future::Future<Outp
         n.ok(&format!("permission for {tool}: {decision:?}"));
     }
 
-    // The gateway restarts; the sled reconnects by itself.
-    n.say("restarting the gateway on the same address");
+    // A request waits for a person while the gateway restarts: it survives, and is decided afterwards.
+    let asker = uplink.clone();
+    let waiting =
+        tokio::spawn(async move { asker.request_permission("Edit", &json!({"file_path": "notes.md"})).await });
+    let requested = next_event(&mut events, "permission_requested").await?;
+    let id = requested["id"].as_str().unwrap_or_default().to_owned();
+    n.say(&format!("restarting the gateway on the same address while {id} (Edit) waits for a person"));
     gateway.stop().await;
     drop(events);
-    let (_, gateway) = start_gateway(gw_addr, &sled_token, &admin_token).await?;
+    let (_, gateway) = start_gateway(gw_addr, &sled_token, &admin_token, &store).await?;
     let mut events = admin.events().await?;
     let again = next_event(&mut events, "sled_connected").await?;
     check(again["project"] == "demo", format!("unexpected identity {again}"))?;
     n.ok("the sled reconnected to the restarted gateway by itself");
+    let resumed = next_event(&mut events, "permission_resumed").await?;
+    check(resumed["id"] == id.as_str(), format!("unexpected resumption {resumed}"))?;
+    let (status, _) = admin.call("POST", &format!("/api/permissions/{id}"), Some(r#"{"approved":true}"#)).await?;
+    check(status == 200, format!("deciding {id} after the restart answered {status}"))?;
+    let decision = tokio::time::timeout(STEP, waiting)
+        .await
+        .map_err(|_| "no decision for the request that waited across the restart".to_owned())?
+        .map_err(|e| e.to_string())?;
+    check(decision == Decision::Approve, format!("Edit: expected Approve, got {decision:?}"))?;
+    n.ok(&format!("{id} waited across the restart under the same id, and was approved afterwards"));
 
     if keep_running {
         // A second sled, with the default two-minute deadline (the walk-through's is 2 s), serving agents as

@@ -74,8 +74,8 @@ pub(super) struct RunArgs {
     /// Most /api/events clients at once; more are answered 503.
     #[arg(long, default_value_t = 64)]
     pub(super) max_event_clients: usize,
-    /// Keep nothing across restarts: no audit log, and rules made at run time (by "always allow" or the
-    /// API) are forgotten at exit.
+    /// Keep nothing across restarts: no audit log, rules made at run time (by "always allow" or the API)
+    /// are forgotten at exit, and so are the requests waiting for people.
     #[arg(long)]
     pub(super) no_store: bool,
     /// How long a request stays held after its sled's link drops, open to a decision, for the sled to send it

@@ -46,6 +46,9 @@ pub(super) fn log(event: &HubEvent) -> bool {
         HubEvent::PermissionDelivered { id, project, conn } => {
             info!(%id, project = ?project, conn = conn.0, "held decision delivered to its sled");
         }
+        HubEvent::PermissionAnsweredAgain { id, project, conn } => {
+            info!(%id, project = ?project, conn = conn.0, "decision sent again: its sled asked again");
+        }
         HubEvent::PermissionWithdrawn { id, project, reason, waited } => {
             info!(%id, project = ?project, reason = reason.as_str(), waited_ms = waited.as_millis(),
                 "permission ended without a decision");

@@ -155,6 +155,9 @@ pub(super) fn event_text(event: &HubEvent, wall: &Wall) -> Option<(&'static str,
         HubEvent::PermissionDelivered { id, project, .. } => {
             ("permission_delivered", json!({"id": id.to_string(), "project": project}).to_string())
         }
+        HubEvent::PermissionAnsweredAgain { id, project, .. } => {
+            ("permission_answered_again", json!({"id": id.to_string(), "project": project}).to_string())
+        }
         HubEvent::PermissionWithdrawn { id, project, reason, waited } => (
             "permission_withdrawn",
             json!({

@@ -78,6 +78,12 @@ pub(crate) fn spawn(
         Some((link, closed)) => (Some(link), Some(closed)),
         None => (None, None),
     };
+    // A restarted gateway's records of the requests it holds again name their tools.
+    let recorder = store.as_ref().map(|_| {
+        let mut recorder = Recorder::new(config.redact_inputs, config.wall);
+        hub.held().for_each(|h| recorder.restored(h));
+        recorder
+    });
     let task = HubTask {
         hub,
         clock: Clock::new(config.epoch),
@@ -88,7 +94,7 @@ pub(crate) fn spawn(
         events: Fanout::new(config.event_client_bytes, config.event_clients),
         timer: Deadline::new(),
         done: Vec::new(),
-        recorder: store.as_ref().map(|_| Recorder::new(config.redact_inputs, config.wall)),
+        recorder,
         checkpoints: Checkpoints::new(config.checkpoints),
         store,
         held: Vec::new(),

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::Value;
-use uplink_proto::gateway::{ConnHandle, HubEvent, PublicPermId};
+use uplink_proto::gateway::{ConnHandle, HeldRequest, HubEvent, PublicPermId};
 use uplink_proto::wire::{MAX_INPUT_DEPTH, json_depth};
 
-use super::wall::{Wall, stored};
+use super::wall::{Wall, stored, stored_resumable};
 use crate::http::millis;
 use crate::store::audit::{Sealed, hex, sha256_hex};
 use crate::store::{Change, Entry};
@@ -57,6 +57,14 @@ impl Recorder {
     /// `conn` is gone.
     pub(crate) fn closed(&mut self, conn: ConnHandle) {
         self.labels.remove(&conn);
+    }
+
+    /// A restarted gateway holds `request` again: its records name its tool, and say what was decided.
+    pub(crate) fn restored(&mut self, request: &HeldRequest) {
+        self.tools.insert(request.id, request.tool_name.clone());
+        if let Some(verdict) = &request.verdict {
+            self.held_outcomes.insert(request.id, verdict.decision.as_str());
+        }
     }
 
     fn input(&self, entry: Entry, tool_input: &Arc<str>) -> Entry {
@@ -158,6 +166,25 @@ impl Recorder {
                 (e.perm, e.project, e.tool) = (Some(id.to_string()), Some(project.clone()), self.tools.remove(id));
                 e.outcome = self.held_outcomes.remove(id).map(str::to_owned);
                 e
+            }
+            HubEvent::PermissionAnsweredAgain { id, project, conn } => {
+                let mut e = Entry::new(at, "answered_again")
+                    .with("why", "its sled asked again: the decision had not reached it")
+                    .with("credential", self.label(*conn));
+                (e.perm, e.project) = (Some(id.to_string()), Some(project.clone()));
+                e
+            }
+            HubEvent::Resumable { request } => {
+                out.push(Change::PutResumable(stored_resumable(request, &self.wall)));
+                return;
+            }
+            HubEvent::ResumableGone { id } => {
+                out.push(Change::DeleteResumable(id.to_string()));
+                return;
+            }
+            HubEvent::IdsReserved { until } => {
+                out.push(Change::ReserveIds(*until));
+                return;
             }
             HubEvent::RuleAdded { rule } => {
                 let kept = stored(rule, &self.wall);

@@ -17,12 +17,13 @@ use super::auth_budget::AuthBudget;
 use super::checkpoints::CheckpointConfig;
 use super::config::{GatewayRunError, GatewayServerConfig, GatewayStartError};
 use super::console_sessions::Sessions;
+use super::console_sessions::unix_ms;
 use super::credentials::Credentials;
 use super::gateway_metrics::GatewayMetrics;
 use super::hub_task::HubTaskConfig;
 use super::notify::NotifyConfig;
 use super::shared::{AUDIT_QUERIES, CredentialsReloader, Shared};
-use super::wall::{Wall, from_stored};
+use super::wall::{Wall, from_stored, from_stored_resumable};
 use crate::accept::AcceptBackoff;
 use crate::socket_loop::Clock;
 use crate::store::Store;
@@ -30,6 +31,12 @@ use crate::ws::{CLOSE_GRACE, Target};
 
 /// How long a stopping gateway waits for its store to close.
 const STORE_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How far back the core's clock may start, for requests kept from before a restart.
+const MAX_LOOK_BACK: Duration = Duration::from_secs(24 * 3600);
+
+/// 2020-01-01 in Unix milliseconds: where a gateway without a store counts its first public ids from.
+const IDS_EPOCH_MS: u64 = 1_577_836_800_000;
 
 /// A bound gateway, ready to [`run`](GatewayServer::run).
 pub struct GatewayServer {
@@ -78,9 +85,21 @@ impl GatewayServer {
             }
         };
         let mut hub_config = config.hub;
-        // The core's instant 0 is now, on both clocks.
-        let (epoch, wall) = (TokioInstant::now(), Wall::new(Instant::ZERO, SystemTime::now()));
         let kept = store.as_mut().map(|s| s.load()).transpose()?;
+        // The core's instant 0 is now on both clocks; or, with requests kept from before a restart, the first
+        // of their arrivals (up to a day back), so that their ages and deadlines read true.
+        let (now, wall_now) = (TokioInstant::now(), SystemTime::now());
+        let back = kept
+            .iter()
+            .flat_map(|k| &k.resumables)
+            .map(|r| r.since_ms)
+            .min()
+            .map(|first| Duration::from_millis(unix_ms(wall_now).saturating_sub(first)).min(MAX_LOOK_BACK))
+            .unwrap_or_default();
+        let (epoch, wall) = match (now.checked_sub(back), wall_now.checked_sub(back)) {
+            (Some(epoch), Some(wall_then)) => (epoch, Wall::new(Instant::ZERO, wall_then)),
+            _ => (now, Wall::new(Instant::ZERO, wall_now)),
+        };
         if let Some(kept) = &kept {
             for rule in &kept.rules {
                 hub_config.rules.push(from_stored(rule, &wall)?);
@@ -91,7 +110,27 @@ impl GatewayServer {
             sessions.restore(&kept.sessions, SystemTime::now());
         }
         let audit = store.as_ref().map(|s| s.reader());
-        let hub = Hub::new(hub_config, Instant::ZERO)?;
+        let mut hub = Hub::new(hub_config, Instant::ZERO)?;
+        // Public ids never repeat across restarts: after those the last gateway reserved, or, with nothing
+        // kept, after a number that grows with the time of day (seconds since 2020, times 4,096).
+        match &kept {
+            Some(kept) => hub.start_ids_after(kept.ids_until),
+            None => hub.start_ids_after(unix_ms(wall_now).saturating_sub(IDS_EPOCH_MS) / 1000 * 4096),
+        }
+        if let Some(kept) = &kept {
+            let restored: Vec<_> = kept
+                .resumables
+                .iter()
+                .filter_map(|r| {
+                    let held = from_stored_resumable(r, &wall);
+                    if held.is_none() {
+                        tracing::warn!(id = ?r.id, "a kept request does not read; it is not held again");
+                    }
+                    held
+                })
+                .collect();
+            hub.restore_held(Instant::ZERO + back, restored);
+        }
         if config.handshake_timeout.is_zero() {
             return Err(GatewayStartError::ZeroHandshakeTimeout);
         }

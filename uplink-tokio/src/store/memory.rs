@@ -12,7 +12,8 @@ use std::time::SystemTime;
 
 use super::audit::{self, Anchor, AuditPage, AuditQuery, Columns, GENESIS, Head, Sealed, VerifyError, VerifyReport};
 use super::seam::{
-    AuditReader, Change, CredentialRow, CredentialStore, Kept, Store, StoreError, StoredRule, StoredSession,
+    AuditReader, Change, CredentialRow, CredentialStore, Kept, Store, StoreError, StoredResumable, StoredRule,
+    StoredSession,
 };
 
 /// Everything a [`MemoryStore`] keeps.
@@ -25,6 +26,8 @@ struct Inner {
     input_key: [u8; 32],
     credentials: Vec<CredentialRow>,
     credentials_version: u64,
+    resumables: BTreeMap<String, StoredResumable>,
+    ids_until: u64,
 }
 
 /// A store in memory. Clones share what it keeps. See the [module docs](self).
@@ -52,6 +55,8 @@ impl MemoryStore {
             input_key,
             credentials: Vec::new(),
             credentials_version: 0,
+            resumables: BTreeMap::new(),
+            ids_until: 0,
         };
         MemoryStore { inner: Arc::new(Mutex::new(inner)) }
     }
@@ -73,7 +78,13 @@ impl Store for MemoryStore {
             inner.sessions.retain(|_, s| s.expires_ms > now_ms);
             let mut sessions: Vec<StoredSession> = inner.sessions.values().cloned().collect();
             sessions.sort_by_key(|s| s.expires_ms);
-            Kept { rules: inner.rules.values().cloned().collect(), sessions, input_key: inner.input_key }
+            Kept {
+                rules: inner.rules.values().cloned().collect(),
+                sessions,
+                input_key: inner.input_key,
+                resumables: inner.resumables.values().cloned().collect(),
+                ids_until: inner.ids_until,
+            }
         }))
     }
 
@@ -100,6 +111,13 @@ impl Store for MemoryStore {
                     Change::DeleteSession(key) => {
                         inner.sessions.remove(key);
                     }
+                    Change::PutResumable(r) => {
+                        inner.resumables.insert(r.id.clone(), r.clone());
+                    }
+                    Change::DeleteResumable(id) => {
+                        inner.resumables.remove(id);
+                    }
+                    Change::ReserveIds(until) => inner.ids_until = inner.ids_until.max(*until),
                 }
             }
             Head { seq: inner.head.0, hash: inner.head.1 }

@@ -25,5 +25,6 @@ pub mod sqlite;
 pub use audit::{AuditPage, AuditQuery, Checkpoint, Entry, Head, VerifyError, VerifyReport};
 pub use memory::MemoryStore;
 pub use seam::{
-    AuditReader, Change, CredentialRow, CredentialStore, Kept, Store, StoreError, StoredRule, StoredSession,
+    AuditReader, Change, CredentialRow, CredentialStore, Kept, Store, StoreError, StoredResumable, StoredRule,
+    StoredSession,
 };

@@ -74,6 +74,41 @@ pub struct CredentialRow {
     pub expires: Option<String>,
 }
 
+/// A request that may come back after a drop or a restart (`resume`), as the store keeps it: the hub's
+/// [`HeldRequest`](uplink_proto::gateway::HeldRequest) with times in Unix milliseconds. Kept while it is
+/// pending for a sled that resumes, held for one that went away, or remembered with the decision sent to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResumable {
+    /// Its public id (`3-0`).
+    pub id: String,
+    /// The sled credential's id (from its token's hash: stable across restarts).
+    pub credential: u64,
+    /// The project.
+    pub project: String,
+    /// The sled process's incarnation.
+    pub incarnation: String,
+    /// The sled's id for it.
+    pub req_id: String,
+    /// The tool.
+    pub tool_name: String,
+    /// The tool's input, as the JSON text it arrived in.
+    pub tool_input: String,
+    /// When it first arrived, in Unix milliseconds.
+    pub since_ms: u64,
+    /// When its sled denies it, in Unix milliseconds; `null`: it announced no timeout.
+    pub deadline_ms: Option<u64>,
+    /// The decision made for it, if any: `approve`, `deny` or `always_allow`.
+    pub decision: Option<String>,
+    /// The words for the agent that came with the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Who made the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The decision was sent to the sled at least once.
+    pub sent: bool,
+}
+
 /// What a store kept, read once as the gateway starts ([`Store::load`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kept {
@@ -84,6 +119,10 @@ pub struct Kept {
     /// The store's secret for the keyed hashes of redacted tool inputs: drawn when the store was made, the
     /// same ever after, never shown.
     pub input_key: [u8; 32],
+    /// Requests that may come back ([`StoredResumable`]).
+    pub resumables: Vec<StoredResumable>,
+    /// The greatest connection handle the last gateway reserved (0: none): public ids start after it.
+    pub ids_until: u64,
 }
 
 /// One thing a [`Store::commit`] writes.
@@ -99,6 +138,12 @@ pub enum Change {
     PutRule(StoredRule),
     /// Forget the rule with this id.
     DeleteRule(u64),
+    /// Keep this request that may come back (or replace the one with its id).
+    PutResumable(StoredResumable),
+    /// Forget the request that may come back with this id.
+    DeleteResumable(String),
+    /// Connection handles up to this one are reserved: a restarted gateway starts after them.
+    ReserveIds(u64),
 }
 
 /// Why the store failed.

@@ -9,7 +9,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use crate::store::seam::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Each step from version `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -56,6 +56,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
          csrf TEXT NOT NULL,
          expires_ms INTEGER NOT NULL
      ) STRICT;",
+    // 3 → 4: requests that may come back after a drop or a restart (`resume`), each its JSON record.
+    "CREATE TABLE resumables (id TEXT PRIMARY KEY, record TEXT NOT NULL) STRICT;",
 ];
 
 /// The database's file name in the state directory.

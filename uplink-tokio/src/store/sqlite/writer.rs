@@ -15,7 +15,9 @@ use super::schema::{
     text,
 };
 use crate::store::audit::{self, GENESIS, Head};
-use crate::store::seam::{AuditReader, Change, CredentialStore, Kept, Store, StoreError, StoredRule, StoredSession};
+use crate::store::seam::{
+    AuditReader, Change, CredentialStore, Kept, Store, StoreError, StoredResumable, StoredRule, StoredSession,
+};
 
 /// How often the checkpointer runs.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -190,6 +192,19 @@ impl SqliteStore {
                     Change::DeleteSession(key) => {
                         tx.prepare_cached("DELETE FROM console_sessions WHERE key = ?1")?.execute([&key[..]])?;
                     }
+                    Change::PutResumable(r) => {
+                        let record =
+                            serde_json::to_string(r).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+                        tx.prepare_cached("INSERT OR REPLACE INTO resumables (id, record) VALUES (?1, ?2)")?
+                            .execute(params![r.id, record])?;
+                    }
+                    Change::DeleteResumable(id) => {
+                        tx.prepare_cached("DELETE FROM resumables WHERE id = ?1")?.execute([id])?;
+                    }
+                    Change::ReserveIds(until) => {
+                        let kept = meta_pair(&tx, "ids_until")?.map_or(0, |(n, _)| n);
+                        put_meta_pair(&tx, "ids_until", ((*until).max(kept), [0; 32]))?;
+                    }
                 }
             }
         }
@@ -256,7 +271,9 @@ impl Store for SqliteStore {
         let input_key = input_key(&self.conn)
             .map_err(|e| classify(&path, e))?
             .ok_or_else(|| StoreError::Database(format!("{}: the store's secret is missing", text(&path))))?;
-        Ok(Kept { rules, sessions, input_key })
+        let resumables = read_resumables(&self.conn).map_err(|e| classify(&path, e))?;
+        let ids_until = meta_pair(&self.conn, "ids_until").map_err(|e| classify(&path, e))?.map_or(0, |(n, _)| n);
+        Ok(Kept { rules, sessions, input_key, resumables, ids_until })
     }
 
     fn commit(&mut self, changes: &[Change]) -> Result<Head, StoreError> {
@@ -277,6 +294,17 @@ impl Store for SqliteStore {
         let dir = self.path.parent()?;
         Some(Arc::new(SqliteCredentials::beside(dir).ok()?))
     }
+}
+
+/// The requests that may come back. One whose record does not read is an error, never skipped.
+fn read_resumables(conn: &Connection) -> rusqlite::Result<Vec<StoredResumable>> {
+    let mut stmt = conn.prepare("SELECT record FROM resumables ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        let record: String = r.get(0)?;
+        serde_json::from_str(&record)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+    })?;
+    rows.collect()
 }
 
 fn read_rules(conn: &Connection) -> rusqlite::Result<Vec<StoredRule>> {
