@@ -91,6 +91,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+const RESUMED: &str = r#"{"type":"resumed","req_id":"resumed","payload":{}}"#;
 const PROJECTS: [&str; 4] = ["p", "q", "q2", "r"];
 const TOOLS: [&str; 4] = ["Bash", "Read", "rm", "Write"];
 /// The decisions a person makes: approve, deny, and "always allow" in each scope.
@@ -192,6 +193,12 @@ struct Model {
     offered: BTreeMap<ConnHandle, String>,
     accepted: BTreeSet<ConnHandle>,
     claimed: BTreeMap<ConnHandle, String>,
+    /// When each connection accepted `resume`, when the model first sent `resumed` on it, and when the hub
+    /// first recognised a request sent again on it: either within the confirmation time of the acceptance
+    /// confirms it (the sled is known to have seen the acceptance).
+    accepted_at: BTreeMap<ConnHandle, Instant>,
+    resumed_sent: BTreeMap<ConnHandle, Instant>,
+    recognised: BTreeMap<ConnHandle, Instant>,
     /// What the adapter keeps for a restart, by the events seen; the hub's configuration, to start another.
     kept: BTreeMap<PublicPermId, HeldRequest>,
     cfg: HubConfig,
@@ -254,6 +261,9 @@ impl Model {
             offered: BTreeMap::new(),
             accepted: BTreeSet::new(),
             claimed: BTreeMap::new(),
+            accepted_at: BTreeMap::new(),
+            resumed_sent: BTreeMap::new(),
+            recognised: BTreeMap::new(),
             kept: BTreeMap::new(),
             restoring: BTreeSet::new(),
             forgotten: BTreeSet::new(),
@@ -341,6 +351,11 @@ impl Model {
                 {
                     // Only a connection's first identity counts.
                     self.offered.entry(conn).or_insert_with(|| incarnation.to_owned());
+                    // Half the time a sled with nothing kept: its `resumed` right away.
+                    if c % 2 == 0 {
+                        self.hub.handle_received(now, conn, Received::Text(RESUMED));
+                        self.resumed_sent.entry(conn).or_insert(now);
+                    }
                 }
             }
             Op::Heartbeat(c) => {
@@ -472,11 +487,8 @@ impl Model {
                     self.sent.insert((conn, req_id), (tool, input));
                 }
                 if twist % 2 == 0 {
-                    self.hub.handle_received(
-                        now,
-                        conn,
-                        Received::Text(r#"{"type":"resumed","req_id":"r","payload":{}}"#),
-                    );
+                    self.hub.handle_received(now, conn, Received::Text(RESUMED));
+                    self.resumed_sent.entry(conn).or_insert(now);
                 }
             }
             Op::Restart => {
@@ -485,6 +497,7 @@ impl Model {
                 // run time (the program keeps those in its store; this model does not).
                 self.conns.clear();
                 (self.claimed, self.offered, self.accepted, self.sent) = Default::default();
+                (self.accepted_at, self.resumed_sent, self.recognised) = Default::default();
                 self.holders.clear();
                 self.remembered.clear();
                 self.tickets.values_mut().for_each(|f| *f = Fate::Ended);
@@ -516,6 +529,13 @@ impl Model {
             }
         }
         Ok(approved)
+    }
+
+    /// True when `conn` accepted `resume` and its sled is known to have seen it.
+    fn confirmed(&self, conn: ConnHandle) -> bool {
+        let Some(accepted) = self.accepted_at.get(&conn) else { return false };
+        let by = *accepted + uplink_proto::gateway::ResumeConfig::default().confirm_within;
+        [self.resumed_sent.get(&conn), self.recognised.get(&conn)].into_iter().flatten().any(|at| *at < by)
     }
 
     fn cred_of(&self, conn: ConnHandle) -> usize {
@@ -558,6 +578,7 @@ impl Model {
                     Ok(GatewayFrame::ResumeAccepted) => {
                         prop_assert!(self.resume && self.offered.contains_key(&conn), "{} accepted unasked", conn.0);
                         prop_assert!(self.accepted.insert(conn), "{} accepted twice", conn.0);
+                        self.accepted_at.insert(conn, self.now);
                     }
                     _ => {}
                 },
@@ -654,7 +675,7 @@ impl Model {
                     HubEvent::PermissionHeld { id, .. } => {
                         prop_assert!(self.resume, "held without resume");
                         let at = self.location.get(&id).copied().flatten();
-                        prop_assert!(at.is_some_and(|c| self.accepted.contains(&c)), "{} held from {:?}", id, at);
+                        prop_assert!(at.is_some_and(|c| self.confirmed(c)), "{} held from {:?}", id, at);
                         prop_assert_eq!(self.perms.get(&id).map(|p| p.0), Some(Fate::Pending));
                         // Never for a credential no longer in force.
                         prop_assert!(self.creds[self.origins[&id].cred].is_some(), "{} held for a revoked sled", id);
@@ -662,6 +683,7 @@ impl Model {
                     }
                     HubEvent::PermissionResumed { id, conn, .. } => {
                         self.found_again(id, conn)?;
+                        self.recognised.entry(conn).or_insert(self.now);
                         prop_assert_eq!(self.perms.get(&id).map(|p| p.0), Some(Fate::Pending));
                         self.location.insert(id, Some(conn));
                     }
@@ -679,6 +701,7 @@ impl Model {
                     }
                     HubEvent::PermissionAnsweredAgain { id, conn, .. } => {
                         self.same_request(id, conn)?;
+                        self.recognised.entry(conn).or_insert(self.now);
                         let kept = self.kept.get(&id).filter(|k| k.sent).and_then(|k| k.verdict.as_ref());
                         prop_assert!(kept.is_some(), "{} answered again without a decision sent", id);
                         prop_assert_eq!(self.perms.get(&id).map(|p| p.0), Some(Fate::Ended));
@@ -688,6 +711,7 @@ impl Model {
                     }
                     HubEvent::PermissionDelivered { id, conn, .. } => {
                         self.found_again(id, conn)?;
+                        self.recognised.entry(conn).or_insert(self.now);
                         let entry = self.perms.get_mut(&id);
                         let fate = entry.as_ref().map(|p| p.0);
                         prop_assert!(matches!(fate, Some(Fate::Kept(_))), "{} delivered from {:?}", id, fate);
@@ -789,9 +813,17 @@ impl Model {
             prop_assert_eq!(self.kept.get(&h.id), Some(h), "{} held but not kept as held", h.id);
         }
         for (id, p) in &self.perms {
-            let resumes = self.origins.get(id).is_some_and(|o| o.incarnation.is_some());
-            if p.0 != Fate::Ended && resumes {
+            // Held, or pending on a connection whose sled is known to keep it.
+            let kept_by_sled = match self.location.get(id) {
+                Some(None) => true,
+                Some(Some(conn)) => self.confirmed(*conn),
+                None => false,
+            };
+            if p.0 != Fate::Ended && kept_by_sled {
                 prop_assert!(self.kept.get(id).is_some_and(|k| !k.sent), "{} pending but not kept", id);
+            }
+            if p.0 == Fate::Pending && !kept_by_sled {
+                prop_assert!(!self.kept.contains_key(id), "{} kept though its sled may not keep it", id);
             }
         }
         for (id, k) in &self.kept {
@@ -830,7 +862,11 @@ impl Model {
             }
         }
         prop_assert!(bytes.values().chain(held_bytes.values()).all(|b| *b <= SLED_BYTES), "{:?}", bytes);
-        prop_assert_eq!(bytes.values().sum::<usize>(), self.hub.pending_input_bytes());
+        // The hub counts what is listed, and what is not announced yet (its sled's confirmation awaited).
+        prop_assert!(bytes.values().sum::<usize>() <= self.hub.pending_input_bytes());
+        if !self.resume {
+            prop_assert_eq!(bytes.values().sum::<usize>(), self.hub.pending_input_bytes());
+        }
         prop_assert!(self.hub.pending_input_bytes() + held_bytes.values().sum::<usize>() <= TOTAL_BYTES);
         Ok(())
     }

@@ -38,8 +38,22 @@ impl H {
         self.hub.handle_received(self.now, conn, Received::Text(text));
     }
     /// A sled of `project` connects with `credential`; `incarnation` offers `resume`.
+    /// A sled process connecting with nothing kept: `identity`, then (offering `resume`) its `resumed`
+    /// right after the acceptance.
     fn connect(&mut self, credential: Credential, project: &str, incarnation: Option<&str>) -> ConnHandle {
-        self.connect_timed(credential, project, incarnation, None)
+        let conn = self.connect_timed(credential, project, incarnation, None);
+        if incarnation.is_some() {
+            self.resumed(conn);
+        }
+        conn
+    }
+    /// A sled process coming back with what it kept: `identity` only; the test sends its requests again,
+    /// and its `resumed`.
+    fn reconnect(&mut self, credential: Credential, project: &str, incarnation: &str) -> ConnHandle {
+        self.connect_timed(credential, project, Some(incarnation), None)
+    }
+    fn resumed(&mut self, conn: ConnHandle) {
+        self.text(conn, r#"{"type":"resumed","req_id":"resumed","payload":{}}"#);
     }
     /// As `connect`, the sled announcing its permission timeout.
     fn connect_timed(
@@ -106,6 +120,14 @@ fn kept(id: PublicPermId, input: &str, verdict: Option<Verdict>) -> HeldRequest 
         deadline: None,
         verdict,
         sent: false,
+    }
+}
+
+/// The id of the request `e` announces, if it announces one.
+fn requested(e: &HubEvent) -> Option<PublicPermId> {
+    match e {
+        HubEvent::PermissionRequested { id, .. } => Some(*id),
+        _ => None,
     }
 }
 
@@ -207,7 +229,7 @@ fn a_request_is_held_across_a_drop_and_pending_again_under_the_same_id() {
     assert_eq!(h.hub.sleds(h.now)[0].pending_permissions, 1, "the away sled's held requests are counted");
 
     h.advance(Duration::from_secs(5));
-    let b = h.connect(cred(1), "web", Some("inc-1"));
+    let b = h.reconnect(cred(1), "web", "inc-1");
     h.send(b, "r1", r#"{"command":"ls"}"#);
     let outs = h.drain();
     assert!(accepted(&outs, b));
@@ -256,7 +278,7 @@ fn a_decision_made_while_the_sled_is_away_is_delivered_when_it_comes_back() {
         Err(HubDecideError::Ended(PermEnd::Decided(Decision::Deny)))
     );
 
-    let b = h.connect(cred(1), "web", Some("inc-1"));
+    let b = h.reconnect(cred(1), "web", "inc-1");
     h.send(b, "r1", r#"{"command":"ls"}"#);
     let outs = h.drain();
     assert_eq!(responses(&outs, b), vec![("r1".into(), "deny".into(), Some("not today".into()))]);
@@ -272,7 +294,7 @@ fn a_request_sent_again_with_another_input_is_denied_and_the_held_one_stays() {
     h.hub.decide(h.now, id, Decision::Approve).expect("held");
     h.drain();
 
-    let b = h.connect(cred(1), "web", Some("inc-1"));
+    let b = h.reconnect(cred(1), "web", "inc-1");
     h.send(b, "r1", r#"{"command":"rm -rf /"}"#);
     let outs = h.drain();
     assert_eq!(
@@ -326,7 +348,7 @@ fn the_sleds_resumed_ends_what_it_did_not_send_again() {
     let two = h.ask(a, "r2", "{}");
     h.hub.handle_disconnected(h.now, a);
     h.drain();
-    let b = h.connect(cred(1), "web", Some("inc-1"));
+    let b = h.reconnect(cred(1), "web", "inc-1");
     h.send(b, "r2", "{}");
     h.drain();
     h.text(b, r#"{"type":"resumed","req_id":"resumed","payload":{}}"#);
@@ -361,6 +383,7 @@ fn held_requests_end_with_the_window_or_the_sleds_deadline() {
     // A sled that announced a 30 s timeout has denied the request by then: it ends as a deadline.
     let mut h = H::with(resuming());
     let conn = h.connect_timed(cred(1), "web", Some("i"), Some(30000));
+    h.resumed(conn);
     let id = h.ask(conn, "r1", "{}");
     h.advance(Duration::from_secs(10));
     h.hub.handle_disconnected(h.now, conn);
@@ -399,16 +422,65 @@ fn what_a_project_holds_stays_within_its_session_budget() {
     let two = h.ask(a, "r2", "{}");
     h.hub.handle_disconnected(h.now, a);
     h.drain();
-    // The sled comes back without sending them again yet, asks two more, and drops again: no room for those.
-    let b = h.connect(cred(1), "web", Some("inc-1"));
+    // The sled comes back and sends one of them again (the other not yet), asks one more, and drops again:
+    // with one held and two pending, the project has room for two.
+    let b = h.reconnect(cred(1), "web", "inc-1");
+    h.send(b, "r1", "{}");
     let three = h.ask(b, "r3", "{}");
-    let four = h.ask(b, "r4", "{}");
     h.hub.handle_disconnected(h.now, b);
     let outs = h.drain();
-    assert_eq!(withdrawn(&outs), vec![(three, Withdrawn::ConnectionLost), (four, Withdrawn::ConnectionLost)]);
+    assert_eq!(withdrawn(&outs), vec![(three, Withdrawn::ConnectionLost)]);
+    assert!(events(&outs).contains(&HubEvent::ResumableGone { id: three }), "nor kept");
     let mut held: Vec<PublicPermId> = h.hub.held().map(|r| r.id).collect();
     held.sort();
     assert_eq!(held, vec![one, two]);
+}
+
+#[test]
+fn requests_sent_before_the_sled_saw_the_acceptance_are_announced_only_once_it_did() {
+    let mut h = H::with(resuming());
+    // Until the sled's `resumed` (or a request it kept, sent again), it may not have seen the acceptance,
+    // and then it denies what it sent at a drop: such a request is not announced yet, so that nobody decides
+    // a request its sled has denied, and nobody is asked twice when it sends one again.
+    let a = h.reconnect(cred(1), "web", "inc-1");
+    h.drain();
+    h.send(a, "r1", "{}");
+    let outs = h.drain();
+    assert!(events(&outs).is_empty(), "nothing announced or kept: {:?}", events(&outs));
+    assert!(h.hub.permissions(h.now).is_empty());
+    assert!(h.hub.decide(h.now, PublicPermId { conn: a, perm: PermId(0) }, Decision::Approve).is_err());
+    // Dropped before that: it ends unannounced.
+    h.hub.handle_disconnected(h.now, a);
+    let outs = h.drain();
+    assert!(
+        !events(&outs)
+            .iter()
+            .any(|e| matches!(e, HubEvent::PermissionWithdrawn { .. } | HubEvent::PermissionHeld { .. }))
+    );
+
+    // Its `resumed` announces it, and from then on it is kept, and held at a drop.
+    let b = h.reconnect(cred(1), "web", "inc-1");
+    h.drain();
+    h.send(b, "r2", "{}");
+    assert!(events(&h.drain()).is_empty());
+    h.resumed(b);
+    let evs = events(&h.drain());
+    let id = evs.iter().find_map(requested).expect("announced");
+    assert!(evs.iter().any(|e| matches!(e, HubEvent::Resumable { request } if request.id == id)));
+    h.hub.handle_disconnected(h.now, b);
+    assert!(events(&h.drain()).contains(&HubEvent::PermissionHeld { id, project: "web".into() }));
+
+    // A sled that never shows it saw the acceptance has its requests announced when the time for it passes,
+    // and nothing of it held.
+    let c = h.reconnect(cred(1), "web", "inc-1");
+    h.send(c, "r3", "{}");
+    assert!(events(&h.drain()).iter().all(|e| !matches!(e, HubEvent::PermissionRequested { .. })));
+    h.advance(ResumeConfig::default().confirm_within);
+    let evs = events(&h.drain());
+    let id = evs.iter().find_map(requested).expect("announced when the time passed");
+    assert!(!evs.iter().any(|e| matches!(e, HubEvent::Resumable { .. })));
+    h.hub.handle_disconnected(h.now, c);
+    assert!(withdrawn(&h.drain()).contains(&(id, Withdrawn::ConnectionLost)));
 }
 
 #[test]
@@ -417,7 +489,7 @@ fn a_replaced_connections_requests_are_held_for_the_connection_that_replaced_it(
     let a = h.connect(cred(1), "web", Some("inc-1"));
     let id = h.ask(a, "r1", "{}");
     // The sled's link went half-open; it reconnects while the old connection still looks alive.
-    let b = h.connect(cred(1), "web", Some("inc-1"));
+    let b = h.reconnect(cred(1), "web", "inc-1");
     let outs = h.drain();
     assert!(withdrawn(&outs).is_empty());
     assert!(events(&outs).contains(&HubEvent::PermissionHeld { id, project: "web".into() }));
@@ -431,6 +503,7 @@ fn a_replaced_connections_requests_are_held_for_the_connection_that_replaced_it(
 fn a_request_pending_again_can_be_held_again_and_keeps_its_first_arrival() {
     let mut h = H::with(resuming());
     let conn = h.connect_timed(cred(1), "web", Some("i"), Some(100000));
+    h.resumed(conn);
     let id = h.ask(conn, "r1", "{}");
     h.advance(Duration::from_secs(10));
     h.hub.handle_disconnected(h.now, conn);
@@ -457,7 +530,7 @@ fn an_always_allow_while_the_sled_is_away_makes_a_rule_only_for_a_scope_that_out
     assert_eq!(decided.rule, None, "no connection to scope it to");
     assert!(decided.held);
 
-    let b = h.connect(cred(1), "web", Some("inc-1"));
+    let b = h.connect(cred(1), "web", Some("inc-2"));
     let id = h.ask(b, "r2", r#"{"command":"ls -la"}"#);
     h.hub.handle_disconnected(h.now, b);
     h.drain();
@@ -472,7 +545,7 @@ fn a_restarted_hub_holds_what_it_is_given_and_never_reuses_its_ids() {
     let first = PublicPermId { conn: ConnHandle(41), perm: PermId(0) };
     h.hub.restore_held(h.now, vec![kept(first, r#"{"command":"ls"}"#, None)]);
     assert_eq!(h.hub.permissions(h.now).len(), 1);
-    let b = h.connect(cred(1), "web", Some("inc-1"));
+    let b = h.reconnect(cred(1), "web", "inc-1");
     assert!(b.0 > 41, "new connections take handles above the restored ids");
     h.send(b, "r1", r#"{"command":"ls"}"#);
     assert!(events(&h.drain()).contains(&HubEvent::PermissionResumed { id: first, project: "web".into(), conn: b }));
@@ -489,8 +562,8 @@ fn a_request_sent_again_beyond_its_sessions_limit_is_denied_and_no_longer_held()
     cfg.session.max_pending_permissions = 1;
     let mut h = H::with(cfg);
     let id = h.held_one("r1", "{}");
-    let b = h.connect(cred(1), "web", Some("inc-1"));
-    let _other = h.ask(b, "r2", "{}");
+    let b = h.reconnect(cred(1), "web", "inc-1");
+    h.send(b, "r2", "{}");
     h.send(b, "r1", "{}");
     let outs = h.drain();
     assert_eq!(responses(&outs, b).iter().map(|r| (&*r.0, &*r.1)).collect::<Vec<_>>(), vec![("r1", "deny")]);
@@ -510,7 +583,7 @@ fn a_decision_sent_just_before_a_drop_is_sent_again_when_the_request_comes_again
     h.hub.handle_disconnected(h.now, a);
     h.drain();
     assert!(h.hub.permissions(h.now).is_empty(), "decided: not listed");
-    let b = h.connect(cred(1), "web", Some("inc-1"));
+    let b = h.reconnect(cred(1), "web", "inc-1");
     h.send(b, "r1", r#"{"command":"ls"}"#);
     let outs = h.drain();
     assert_eq!(responses(&outs, b), vec![("r1".into(), "approve".into(), None)], "nothing is asked twice");
@@ -519,7 +592,7 @@ fn a_decision_sent_just_before_a_drop_is_sent_again_when_the_request_comes_again
     assert!(!evs.iter().any(|e| matches!(e, HubEvent::PermissionRequested { .. })));
 
     // With another input, it is refused, never approved by that decision.
-    let c = h.connect(cred(1), "web", Some("inc-1"));
+    let c = h.reconnect(cred(1), "web", "inc-1");
     h.send(c, "r1", r#"{"command":"rm -rf /"}"#);
     assert_eq!(responses(&h.drain(), c), vec![("r1".into(), "deny".into(), Some(RESUMED_OTHERWISE.into()))]);
 
@@ -588,7 +661,7 @@ fn a_restored_decision_that_was_sent_is_not_listed_and_is_sent_again_if_asked_ag
     h.hub
         .restore_held(h.now, vec![HeldRequest { sent: true, ..kept(id, "{}", Some(Verdict::new(Decision::Approve))) }]);
     assert!(h.hub.permissions(h.now).is_empty());
-    let b = h.connect(cred(1), "web", Some("inc-1"));
+    let b = h.reconnect(cred(1), "web", "inc-1");
     h.send(b, "r1", "{}");
     assert_eq!(responses(&h.drain(), b), vec![("r1".into(), "approve".into(), None)]);
 }

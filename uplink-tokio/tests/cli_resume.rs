@@ -1,7 +1,8 @@
 //! Requests that outlive the gateway (`resume`), through the real program: `uplink gateway` killed with
 //! `kill -9` (or stopped with SIGTERM) while requests wait for people and decisions wait for their sled, then
-//! started again on the same store. The sled is a raw WebSocket client speaking the extension, so that the
-//! test sees every frame.
+//! started again on the same store. The sled is a raw WebSocket client speaking the extension as `uplink
+//! sled` does (its `resumed` right after the acceptance, its kept requests before it), so that the test sees
+//! every frame.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +39,11 @@ async fn resuming_sled(base: &str) -> RawWs {
     let first = next_frame(&mut ws).await;
     assert_eq!(first["type"], "resume_accepted", "{first}");
     ws
+}
+
+/// The sled's `resumed`: it has sent again everything it kept (and so has seen the acceptance).
+fn resumed() -> Message {
+    Message::text(json!({"type":"resumed","req_id":"resumed","payload":{}}).to_string())
 }
 
 async fn next_frame(ws: &mut RawWs) -> Value {
@@ -90,6 +96,7 @@ async fn requests_and_decisions_outlive_the_gateway(kill: bool) {
     let dir = tmp.path();
     let (mut gw, base) = gateway(dir).await;
     let mut sled = resuming_sled(&base).await;
+    sled.send(resumed()).await.unwrap();
     for i in 0..PENDING {
         sled.send(Message::text(request(i))).await.unwrap();
     }
@@ -167,7 +174,7 @@ async fn requests_and_decisions_outlive_the_gateway(kill: bool) {
     for i in 0..PENDING {
         sled.send(Message::text(request(i))).await.unwrap();
     }
-    sled.send(Message::text(json!({"type":"resumed","req_id":"resumed","payload":{}}).to_string())).await.unwrap();
+    sled.send(resumed()).await.unwrap();
     assert_eq!(heard(&mut sled, SENT + KEPT).await, expected, "exactly the decisions acknowledged");
     // The rest wait under their first ids, and can be decided.
     let waiting = until("the rest to be pending again", async || {

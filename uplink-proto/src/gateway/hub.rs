@@ -134,6 +134,9 @@ pub struct Hub {
     /// Requests held once and pending again on a new connection: their public id, and where they are.
     aliases: BTreeMap<PublicPermId, (ConnHandle, PermId)>,
     alias_of: BTreeMap<(ConnHandle, PermId), Alias>,
+    /// Requests that arrived while their sled's confirmation of `resume` was awaited: not announced until it
+    /// is settled (the sled may deny them at a drop before it saw the acceptance).
+    unannounced: BTreeSet<(ConnHandle, PermId)>,
     out: VecDeque<HubOutput>,
 }
 
@@ -188,6 +191,7 @@ impl Hub {
             answered: Held::default(),
             aliases: BTreeMap::new(),
             alias_of: BTreeMap::new(),
+            unannounced: BTreeSet::new(),
             out: VecDeque::new(),
         })
     }
@@ -355,6 +359,9 @@ impl Hub {
         for (conn, c) in &self.conns {
             let Some(project) = &c.project else { continue };
             for (perm, p) in c.session.pending() {
+                if self.unannounced.contains(&(*conn, perm)) {
+                    continue;
+                }
                 let alias = self.alias_of.get(&(*conn, perm));
                 let since = alias.map_or(p.since, |a| a.since);
                 let deadline = alias.map_or(p.deadline, |a| a.deadline);
@@ -497,8 +504,9 @@ impl Hub {
         }
         let refused =
             |hub: &Hub| hub.ended.get(&id).map_or(HubDecideError::NotPending, |end| HubDecideError::Ended(*end));
-        // A request pending again after it was held is known by its first id only.
-        if self.alias_of.contains_key(&(id.conn, id.perm)) {
+        // A request pending again after it was held is known by its first id only; one not announced yet, by
+        // none.
+        if self.alias_of.contains_key(&(id.conn, id.perm)) || self.unannounced.contains(&(id.conn, id.perm)) {
             return Err(refused(self));
         }
         let (conn, perm) = self.route(id);
@@ -926,9 +934,15 @@ impl Hub {
                     }
                     return;
                 }
-                // Kept, for a restarted gateway to hold it again.
-                let resumable =
-                    incarnation.clone().zip(c.session.permission(perm)).map(|(incarnation, asked)| HeldRequest {
+                // Announced once its sled is known to have seen the acceptance (or is known not to have).
+                if c.session.resume_awaited() {
+                    self.unannounced.insert((conn, perm));
+                    return;
+                }
+                // Kept, for a restarted gateway to hold it again, once its sled is known to keep it too.
+                let confirmed = c.session.resume_confirmed();
+                let resumable = incarnation.clone().zip(c.session.permission(perm)).filter(|_| confirmed).map(
+                    |(incarnation, asked)| HeldRequest {
                         id,
                         key: ResumeKey { credential, project: project.clone(), incarnation, req_id: req_id.clone() },
                         tool_name: tool_name.clone(),
@@ -937,7 +951,8 @@ impl Hub {
                         deadline: asked.deadline,
                         verdict: None,
                         sent: false,
-                    });
+                    },
+                );
                 self.event(HubEvent::PermissionRequested {
                     id,
                     project,
@@ -951,6 +966,7 @@ impl Hub {
                     self.event(HubEvent::Resumable { request });
                 }
             }
+            SessionEvent::PermissionWithdrawn { perm, .. } if self.unannounced.remove(&(conn, perm)) => {}
             SessionEvent::PermissionWithdrawn { perm, reason, waited } => {
                 let project = self.project_name(conn);
                 let (id, first) = self.forget_alias(conn, perm);
@@ -967,6 +983,13 @@ impl Hub {
                 let (Some(project), Some(incarnation)) = (c.project.clone(), c.incarnation.clone()) else { return };
                 let key = ResumeKey { credential: c.credential.id, project, incarnation, req_id };
                 self.hold(HeldRequest { id, key, tool_name, tool_input, since, deadline, verdict: None, sent: false });
+            }
+            SessionEvent::ResumeSettled { confirmed } => {
+                self.announce(conn);
+                // The sled has seen the acceptance: it keeps what it sent on this connection.
+                if confirmed {
+                    self.keep_pending(conn);
+                }
             }
             SessionEvent::Resumed => {
                 // The sled sent again everything it kept: what is held for its incarnation and was not is no
@@ -1059,9 +1082,9 @@ impl Hub {
             c.project = Some(project.clone());
             self.unidentified -= 1;
             // `resume`, accepted before anything else is sent on the connection.
-            if self.cfg.resume.is_some()
-                && let Some(incarnation) = incarnation
-                && c.session.accept_resume(now)
+            if let Some(incarnation) = incarnation
+                && let Some(resume) = &self.cfg.resume
+                && c.session.accept_resume(now, resume.confirm_within)
             {
                 let incarnation: Arc<str> = Arc::from(incarnation);
                 c.incarnation = Some(incarnation.clone());
@@ -1170,6 +1193,8 @@ impl Hub {
             {
                 self.event(HubEvent::PermissionAnsweredAgain { id, project, conn });
             }
+            // A request it kept came again: the sled has seen the acceptance.
+            self.confirm(conn);
             return true;
         }
         if over && !decided {
@@ -1193,7 +1218,71 @@ impl Hub {
                 self.event(HubEvent::PermissionResumed { id, project, conn });
             }
         }
+        // A request it kept came again: the sled has seen the acceptance.
+        self.confirm(conn);
         true
+    }
+
+    /// A request `conn`'s sled kept came again on it: the sled has seen the acceptance.
+    fn confirm(&mut self, conn: ConnHandle) {
+        if self.conns.get_mut(&conn).is_some_and(|c| c.session.confirm_resume()) {
+            self.announce(conn);
+            self.keep_pending(conn);
+        }
+    }
+
+    /// Whether `conn`'s sled saw the acceptance is settled: what it asked meanwhile reaches people now.
+    fn announce(&mut self, conn: ConnHandle) {
+        let waiting: Vec<PermId> =
+            self.unannounced.range((conn, PermId(0))..=(conn, PermId(u64::MAX))).map(|(_, p)| *p).collect();
+        for perm in waiting {
+            let project = self.project_name(conn);
+            let Some(c) = self.conns.get(&conn) else { return };
+            // One that ended meanwhile stays unannounced: its end, which follows, is not announced either.
+            let Some(asked) = c.session.permission(perm) else { continue };
+            self.unannounced.remove(&(conn, perm));
+            let event = HubEvent::PermissionRequested {
+                id: PublicPermId { conn, perm },
+                project,
+                credential: c.credential.id,
+                req_id: String::from(asked.req_id),
+                tool_name: String::from(asked.tool_name),
+                tool_input: asked.tool_input.clone(),
+                incarnation: c.incarnation.clone(),
+            };
+            self.event(event);
+        }
+    }
+
+    /// `conn`'s sled is known to keep what it sends there: each request pending on it that was not kept yet
+    /// (all but those sent again, kept from before) is kept now ([`HubEvent::Resumable`]).
+    fn keep_pending(&mut self, conn: ConnHandle) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let (Some(project), Some(incarnation)) = (c.project.clone(), c.incarnation.clone()) else { return };
+        let credential = c.credential.id;
+        let requests: Vec<HeldRequest> = c
+            .session
+            .pending()
+            .filter(|(perm, _)| !self.alias_of.contains_key(&(conn, *perm)))
+            .map(|(perm, p)| HeldRequest {
+                id: PublicPermId { conn, perm },
+                key: ResumeKey {
+                    credential,
+                    project: project.clone(),
+                    incarnation: incarnation.clone(),
+                    req_id: String::from(p.req_id),
+                },
+                tool_name: String::from(p.tool_name),
+                tool_input: p.tool_input.clone(),
+                since: p.since,
+                deadline: p.deadline,
+                verdict: None,
+                sent: false,
+            })
+            .collect();
+        for request in requests {
+            self.event(HubEvent::Resumable { request });
+        }
     }
 
     /// Holds `request` for its sled's return, within the project's budget (as its sessions'); beyond, or

@@ -43,11 +43,19 @@ pub struct ResumeConfig {
     pub max_answered_per_project: usize,
     /// Most bytes of remembered decisions' requests (tool name, input, id) in all. Default 64 MiB.
     pub max_answered_bytes: usize,
+    /// How long after the acceptance the sled has to show that it saw it (its `resumed`, which it sends at
+    /// once); what it asks meanwhile is announced only then, or when this passes. Default 5 s.
+    pub confirm_within: Duration,
 }
 
 impl Default for ResumeConfig {
     fn default() -> Self {
-        ResumeConfig { window: Duration::from_secs(600), max_answered_per_project: 64, max_answered_bytes: 64 << 20 }
+        ResumeConfig {
+            window: Duration::from_secs(600),
+            max_answered_per_project: 64,
+            max_answered_bytes: 64 << 20,
+            confirm_within: Duration::from_secs(5),
+        }
     }
 }
 

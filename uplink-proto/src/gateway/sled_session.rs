@@ -25,7 +25,8 @@
 //!   [`SessionEvent::McpMessage`].
 //! - A decision for a permission that is unknown or already ended is refused with an error, never sent.
 //! - With the `resume` extension ([`SledSession::accept_resume`], which the hub calls at the claim of a
-//!   sled that offered it), the connection's end hands what was pending to the application
+//!   sled that offered it), once the sled is known to have seen the acceptance (its `resumed`, or
+//!   [`SledSession::confirm_resume`]), the connection's end hands what was pending to the application
 //!   ([`SessionEvent::PermissionHeld`]) instead of withdrawing it, unless its credential was revoked.
 
 use alloc::borrow::Cow;
@@ -237,6 +238,13 @@ pub enum SessionEvent {
     /// The sled sent `resumed` on a connection that accepted `resume`: it has sent again every request it
     /// kept; held requests of its incarnation it did not send are no longer awaited.
     Resumed,
+    /// Whether the sled saw the acceptance is settled: `confirmed` (its `resumed` arrived first), or not
+    /// (nothing showed it in time: the connection goes on without holding anything across a drop).
+    /// [`SledSession::confirm_resume`] settles it too, without this event.
+    ResumeSettled {
+        /// True when confirmed.
+        confirmed: bool,
+    },
     /// A permission request ended without a decision.
     PermissionWithdrawn {
         /// Which.
@@ -350,12 +358,25 @@ enum State {
     Closed,
 }
 
-/// What a sled offered of the `resume` extension, and whether it was accepted.
+/// What a sled offered of the `resume` extension, whether it was accepted, and whether the sled is known to
+/// have seen the acceptance. Only then does it keep what it sent on the connection across a drop: before, it
+/// denies it at a drop, and so nothing is held.
 #[derive(Clone, Debug)]
 enum Resume {
     NotOffered,
     Offered(Arc<str>),
-    Accepted(Arc<str>),
+    Accepted { incarnation: Arc<str>, confirm: Confirm },
+}
+
+/// Whether the sled is known to have seen the acceptance.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Confirm {
+    /// Not yet: its `resumed` (which it sends right after the acceptance) is awaited until then.
+    Awaited(Instant),
+    /// Its `resumed` arrived, or a request it kept came again.
+    Confirmed,
+    /// Nothing came in time: the connection carries on as without the extension's holding.
+    Never,
 }
 
 /// A permission request awaiting the application's decision, as [`SledSession::pending`] shows it.
@@ -554,9 +575,13 @@ impl SledSession {
         let link = match self.state {
             State::Closed => return None,
             State::AwaitingIdentity { deadline } => deadline,
-            State::Identified { .. } => {
+            State::Identified { ref resume, .. } => {
                 let ping = self.next_ping.min(self.last_seen + self.cfg.dead_after);
-                if self.stale { ping } else { ping.min(self.last_seen + self.cfg.stale_after) }
+                let link = if self.stale { ping } else { ping.min(self.last_seen + self.cfg.stale_after) };
+                match resume {
+                    Resume::Accepted { confirm: Confirm::Awaited(by), .. } => link.min(*by),
+                    _ => link,
+                }
             }
         };
         Some(self.mcp.poll_timeout().map_or(link, |m| m.min(link)))
@@ -647,7 +672,12 @@ impl SledSession {
                 }
             }
             // Only meaningful after this gateway's `resume_accepted`.
-            Ok(SledFrame::Resumed) if self.resume_accepted().is_some() => self.event(SessionEvent::Resumed),
+            Ok(SledFrame::Resumed) if self.resume_accepted().is_some() => {
+                if self.confirm_resume() {
+                    self.event(SessionEvent::ResumeSettled { confirmed: true });
+                }
+                self.event(SessionEvent::Resumed);
+            }
             Ok(SledFrame::Resumed) | Err(DecodeError::UnknownType) => self.ignored(SessionIgnored::UnknownType),
             Err(DecodeError::Malformed | DecodeError::BadPayload) => self.ignored(SessionIgnored::Malformed),
         }
@@ -664,11 +694,14 @@ impl SledSession {
     /// Accepts the `resume` extension the sled offered: `resume_accepted` is sent, and from now on the
     /// connection's end hands what was pending to the application ([`SessionEvent::PermissionHeld`]).
     /// False (nothing sent) when the sled did not offer it, or it was accepted already.
-    pub fn accept_resume(&mut self, now: Instant) -> bool {
+    /// The sled is expected to show that it saw the acceptance within `confirm_within`
+    /// ([`SessionEvent::ResumeSettled`]).
+    pub fn accept_resume(&mut self, now: Instant, confirm_within: Duration) -> bool {
         self.advance(now);
         let State::Identified { resume, .. } = &mut self.state else { return false };
         let Resume::Offered(incarnation) = resume else { return false };
-        *resume = Resume::Accepted(incarnation.clone());
+        let confirm = Confirm::Awaited(now + confirm_within);
+        *resume = Resume::Accepted { incarnation: incarnation.clone(), confirm };
         self.out.push_back(SessionOutput::Send(GatewayFrame::ResumeAccepted.encode()));
         true
     }
@@ -676,9 +709,34 @@ impl SledSession {
     /// The sled's incarnation, once `resume` is accepted.
     pub fn resume_accepted(&self) -> Option<&Arc<str>> {
         match &self.state {
-            State::Identified { resume: Resume::Accepted(incarnation), .. } => Some(incarnation),
+            State::Identified { resume: Resume::Accepted { incarnation, .. }, .. } => Some(incarnation),
             _ => None,
         }
+    }
+
+    /// The sled has seen the acceptance (the application recognised a request it kept, sent again; its
+    /// `resumed` does the same): from now on the connection's end hands what is pending to the application.
+    /// True when this confirmed it (it was awaited). The application hears of it from its own call, not
+    /// from an event.
+    pub fn confirm_resume(&mut self) -> bool {
+        match &mut self.state {
+            State::Identified { resume: Resume::Accepted { confirm: confirm @ Confirm::Awaited(_), .. }, .. } => {
+                *confirm = Confirm::Confirmed;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// True once `resume` is accepted and the sled is known to have seen it ([`SledSession::confirm_resume`]).
+    pub fn resume_confirmed(&self) -> bool {
+        matches!(&self.state, State::Identified { resume: Resume::Accepted { confirm: Confirm::Confirmed, .. }, .. })
+    }
+
+    /// True while `resume` is accepted and the sled's confirmation is awaited: what it asks meanwhile may be
+    /// denied by it at a drop.
+    pub fn resume_awaited(&self) -> bool {
+        matches!(&self.state, State::Identified { resume: Resume::Accepted { confirm: Confirm::Awaited(_), .. }, .. })
     }
 
     // ── Commands ──
@@ -830,6 +888,14 @@ impl SledSession {
                 if self.last_seen + self.cfg.dead_after <= now {
                     return self.close_with(CloseReason::Dead);
                 }
+                if let State::Identified {
+                    resume: Resume::Accepted { confirm: confirm @ Confirm::Awaited(_), .. }, ..
+                } = &mut self.state
+                    && matches!(confirm, Confirm::Awaited(by) if *by <= now)
+                {
+                    *confirm = Confirm::Never;
+                    self.event(SessionEvent::ResumeSettled { confirmed: false });
+                }
                 if !self.stale && self.last_seen + self.cfg.stale_after <= now {
                     self.stale = true;
                     self.event(SessionEvent::Stale);
@@ -887,7 +953,7 @@ impl SledSession {
     /// The connection is over: fail everything pending, once; or, with `resume` accepted and `hold`, hand
     /// it to the application to hold.
     fn end(&mut self, hold: bool) {
-        let hold = hold && self.resume_accepted().is_some();
+        let hold = hold && self.resume_confirmed();
         self.state = State::Closed;
         let now = self.now;
         for (perm, p) in self.perms.drain() {

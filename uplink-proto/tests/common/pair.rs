@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use uplink_proto::gateway::{
-    ConnHandle, Credential, CredentialId, Hub, HubConfig, HubEvent, HubOutput, McpTicket, PublicPermId, SessionConfig,
-    Verdict,
+    ConnHandle, Credential, CredentialId, HeldRequest, Hub, HubConfig, HubEvent, HubOutput, McpTicket, PublicPermId,
+    SessionConfig, Verdict,
 };
 use uplink_proto::{
     ConnId, ConnectError, Decided, Decision, Instant, McpCallId, McpReply, Output, RawValue, Received, Sled, SledConfig,
@@ -76,6 +76,15 @@ pub struct Pair {
     /// Every text frame delivered to the hub: (when, connection, text).
     pub delivered_to_gateway: Vec<(Instant, ConnId, String)>,
     pub decided: Vec<Decided>,
+    /// The hub's configuration, to start another after a crash.
+    hub_config: HubConfig,
+    /// What an adapter would keep of the hub ([`HubEvent::Resumable`]), and the last reserved handle.
+    pub kept: BTreeMap<PublicPermId, HeldRequest>,
+    ids_until: u64,
+    /// Each decision a person made that the hub acknowledged: (id, decision, when).
+    pub acknowledged: Vec<(PublicPermId, Decision, Instant)>,
+    /// The tool of each request the hub announced, by public id.
+    pub tools: BTreeMap<PublicPermId, String>,
 }
 
 /// The message the simulated person sends with every decision on a request for `tool`.
@@ -97,10 +106,15 @@ fn echo_mcp() -> McpServer {
 
 impl Pair {
     pub fn new(sled: SledConfig, gw_config: SessionConfig) -> Pair {
+        Pair::with_hub(sled, HubConfig::new(gw_config))
+    }
+
+    /// As [`Pair::new`], with the hub's whole configuration.
+    pub fn with_hub(sled: SledConfig, hub_config: HubConfig) -> Pair {
         let mut pair = Pair {
             now: Instant::ZERO,
             sled: Sled::new(sled, Instant::ZERO).expect("valid sled config"),
-            hub: Hub::new(HubConfig::new(gw_config), Instant::ZERO).expect("valid gateway config"),
+            hub: Hub::new(hub_config.clone(), Instant::ZERO).expect("valid gateway config"),
             handles: BTreeMap::new(),
             conns: BTreeMap::new(),
             queue: BTreeMap::new(),
@@ -120,6 +134,11 @@ impl Pair {
             gw_log: Vec::new(),
             delivered_to_gateway: Vec::new(),
             decided: Vec::new(),
+            hub_config,
+            kept: BTreeMap::new(),
+            ids_until: 0,
+            acknowledged: Vec::new(),
+            tools: BTreeMap::new(),
         };
         pair.settle();
         pair
@@ -200,6 +219,7 @@ impl Pair {
                 }
             }
             HubOutput::Event(HubEvent::PermissionRequested { id, tool_name, .. }) => {
+                self.tools.insert(id, tool_name.clone());
                 if let Some((decision, after)) = (self.approver)(&tool_name) {
                     self.approvals.push((tool_name.clone(), decision));
                     // Every verdict carries words naming its request, so that a message reaching another one shows.
@@ -212,6 +232,13 @@ impl Pair {
                     self.handles.remove(&c);
                 }
             }
+            HubOutput::Event(HubEvent::Resumable { request }) => {
+                self.kept.insert(request.id, request);
+            }
+            HubOutput::Event(HubEvent::ResumableGone { id }) => {
+                self.kept.remove(&id);
+            }
+            HubOutput::Event(HubEvent::IdsReserved { until }) => self.ids_until = until,
             _ => {}
         }
     }
@@ -268,7 +295,10 @@ impl Pair {
             },
             Ev::McpDone(call, reply) => self.sled.handle_mcp_reply(now, call, reply),
             Ev::Decide(id, verdict) => {
-                let _ = self.hub.decide(now, id, verdict);
+                let decision = verdict.decision;
+                if self.hub.decide(now, id, verdict).is_ok() {
+                    self.acknowledged.push((id, decision, now));
+                }
             }
         }
     }
@@ -364,6 +394,24 @@ impl Pair {
             self.conns.remove(&handle);
             self.hub.handle_disconnected(now, handle);
             self.settle();
+            self.sled.handle_disconnected(now, conn);
+        }
+        self.settle();
+    }
+
+    /// The gateway crashes and starts again at once: a new hub, given what an adapter kept of the old one.
+    /// Its connections are gone (the sled sees a reset); decisions people are about to make still come,
+    /// by public id, to the new one.
+    pub fn restart_gateway(&mut self) {
+        let now = self.now;
+        self.queue.retain(|_, ev| !matches!(ev, Ev::ToGateway(..) | Ev::ToSled(..) | Ev::Accept(_)));
+        let conns: Vec<ConnId> = std::mem::take(&mut self.handles).into_keys().collect();
+        self.conns.clear();
+        self.hub = Hub::new(self.hub_config.clone(), now).expect("valid gateway config");
+        self.hub.start_ids_after(self.ids_until);
+        self.hub.restore_held(now, self.kept.values().cloned().collect());
+        self.settle();
+        for conn in conns {
             self.sled.handle_disconnected(now, conn);
         }
         self.settle();
