@@ -3,6 +3,8 @@
 
 Usage: python3 scripts/rule_mutants.py [--cases N] [--from K]   (prints a Markdown table; exits 1 if a mutant
 survives; --from K starts at the K-th rule, counting from 1)
+       python3 scripts/rule_mutants.py --check   (runs nothing: prints each mutant whose text does not occur
+exactly once in its file, and exits 1 if there is one; run it after the sources change)
 Every source file is restored afterwards, even on failure.
 """
 import os
@@ -21,8 +23,9 @@ def _interrupted(signum, frame):
 signal.signal(signal.SIGTERM, _interrupted)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SLED = "uplink-proto/src/sled.rs"
-GATEWAY = "uplink-proto/src/gateway/session.rs"
+SLED = "uplink-proto/src/sled/machine.rs"
+SLED_MCP = "uplink-proto/src/sled/mcp_relay.rs"
+GATEWAY = "uplink-proto/src/gateway/sled_session.rs"
 HUB = "uplink-proto/src/gateway/hub.rs"
 PENDING = "uplink-proto/src/pending.rs"
 WIRE = "uplink-proto/src/wire.rs"
@@ -30,8 +33,11 @@ WIRE = "uplink-proto/src/wire.rs"
 # (rule broken, file, exact text, replacement)
 MUTANTS = [
     ("in-flight requests are not denied when the connection drops (they wait for their deadline)", SLED,
-     "if let Some(perm) = self.perms.remove(key) {\n                    self.deny(key, perm.wire, Cause::ConnectionLost);\n                }",
-     "let _ = key;"),
+     "                if let Some(perm) = self.perms.remove(key) {\n"
+     "                    self.release(&perm);\n"
+     "                    self.deny(key, perm.wire, Cause::ConnectionLost);\n"
+     "                }",
+     "                let _ = key;"),
     ("frames are accepted from any connection, not only the live one", SLED,
      "Link::Connected { conn: c, last_rx, .. } if *c == conn => *last_rx = now,",
      "Link::Connected { last_rx, .. } => *last_rx = now,"),
@@ -46,13 +52,25 @@ MUTANTS = [
      "if entry.get().deadline.is_none_or(|d| d > now) {",
      "if true {"),
     ("queued requests are sent before identity", SLED,
-     "self.send(conn, self.identity_text.clone());\n        let queued",
-     "let queued"),
-    ("a timed-out MCP call is cancelled without an answer", SLED,
-     "            self.send_mcp_response(&c.req_id, &payload);\n            self.out.push_back(Output::CancelMcp { call });",
-     "            let _ = payload;\n            self.out.push_back(Output::CancelMcp { call });"),
-    ("the MCP call limit is not enforced", SLED,
-     "if self.calls.len() >= self.cfg.max_mcp_calls {", "if false {"),
+     "        self.send(conn, self.identity_text.clone());\n"
+     "        // New requests go now; kept ones wait for the gateway's `resume_accepted`.\n"
+     "        let queued: Vec<PermKey> =\n"
+     "            self.perms.iter().filter(|(_, p)| matches!(p.value, Stage::Queued(_))).map(|(k, _)| k).collect();\n"
+     "        for key in queued {\n"
+     "            self.send_perm_request(key, conn);\n"
+     "        }\n",
+     "        let queued: Vec<PermKey> =\n"
+     "            self.perms.iter().filter(|(_, p)| matches!(p.value, Stage::Queued(_))).map(|(k, _)| k).collect();\n"
+     "        for key in queued {\n"
+     "            self.send_perm_request(key, conn);\n"
+     "        }\n"
+     "        self.send(conn, self.identity_text.clone());\n"),
+    ("a timed-out MCP call is cancelled without an answer", SLED_MCP,
+     "            fx.respond(&c.req_id, &payload);\n            abandon(call, &c, \"timeout\", fx);",
+     "            let _ = payload;\n            abandon(call, &c, \"timeout\", fx);"),
+    ("the MCP call limit is not enforced", SLED_MCP,
+     "let free = self.running < self.limits.calls && self.waiting.is_empty();",
+     "let free = self.waiting.is_empty();"),
     ("the pending-permission limit is not enforced", SLED,
      "_ if self.perms.len() >= self.cfg.max_pending_permissions => Some(Cause::QueueFull),", ""),
     ("a duplicate request id replaces the pending one", SLED,
@@ -73,8 +91,8 @@ MUTANTS = [
      "_ => self.close_with(CloseReason::IdentityNotFirst),",
      "_ => {}"),
     ("gateway: pending work is not failed when the connection ends", GATEWAY,
-     "for (id, _) in self.mcp.drain() {",
-     "for (id, _) in PendingTable::<McpId, ()>::new(None).drain() {"),
+     "let lost: Vec<McpId> = self.mcp.drain().chain(self.mcp_streams.drain()).map(|(id, _)| id).collect();",
+     "let lost: Vec<McpId> = Vec::new();"),
     ("hub (replacement): another credential displaces a live holder", HUB,
      "Some(p) if p.holder.is_some() && p.credential != credential.id => Some(CloseReason::ProjectHeld),",
      "Some(p) if false && p.credential != credential.id => Some(CloseReason::ProjectHeld),"),
@@ -88,8 +106,8 @@ MUTANTS = [
      "let conn = p.holder.ok_or(McpRefused::NotConnected)?;",
      "let conn = self.conns.keys().next().copied().ok_or(McpRefused::NotConnected)?;"),
     ("hub (routing): a decision reaches the newest connection with that number, not the named one", HUB,
-     "let Some(c) = self.conns.get_mut(&id.conn) else { return Err(refused(self)) };",
-     "let Some(c) = self.conns.values_mut().filter(|c| c.session.pending().any(|(p, _)| p == id.perm)).last() else { return Err(refused(self)) };"),
+     "let Some(c) = self.conns.get_mut(&conn) else { return Err(refused(self)) };",
+     "let Some(c) = self.conns.values_mut().filter(|c| c.session.pending().any(|(p, _)| p == perm)).last() else { return Err(refused(self)) };"),
     ("hub (listing): only the first pending permission of each connection is listed", HUB,
      "for (perm, p) in c.session.pending() {",
      "for (perm, p) in c.session.pending().take(1) {"),
@@ -100,7 +118,8 @@ MUTANTS = [
      "while self.gone_count > self.cfg.max_disconnected_sleds {",
      "while false && self.gone_count > self.cfg.max_disconnected_sleds {"),
     ("hub (budget): the fleet's pending input budget is not enforced", HUB,
-     "if total > self.cfg.max_pending_input_bytes {", "if false {"),
+     "let fleet_over = total > self.cfg.max_pending_input_bytes;",
+     "let fleet_over = false && total > self.cfg.max_pending_input_bytes;"),
     ("gateway (budget): a sled's pending input budget is not enforced", GATEWAY,
      "            > self.cfg.max_pending_input_bytes\n", "            > usize::MAX\n"),
     ("hub (connections): the unidentified budget is not enforced", HUB,
@@ -120,12 +139,83 @@ MUTANTS = [
      "if self.last_seen + self.cfg.dead_after <= now {", "if false {"),
     ("sled: a request too large for a frame is sent anyway", SLED,
      "_ if wire::frame_len(", "_ if false && wire::frame_len("),
-    ("sled: an MCP answer too large for a frame is sent anyway", SLED,
-     "if !self.fits(&c.req_id, &payload) {", "if false {"),
+    ("sled: an MCP answer too large for a frame is sent anyway", SLED_MCP,
+     "if wire::frame_len(wire::kind::MCP_RESPONSE, &c.req_id, payload.get().len()) > self.limits.frame_bytes {",
+     "if false {"),
     ("sled: a person's message is dropped", SLED,
      "let message = message.map(|m| String::from(wire::clip(&m, wire::MAX_MESSAGE_BYTES)));",
      "let message: Option<String> = message.and(None);"),
+    # The `resume` extension: the hub's side.
+    ("hub (resume): a request sent again with another input is taken for the held one (only the tool is compared)",
+     HUB,
+     "h.tool_name == tool_name && *h.tool_input == **tool_input",
+     "h.tool_name == tool_name"),
+    ("hub (resume): a claim by another credential or incarnation leaves what is held for the old one (listed and "
+     "open to a decision, though no request can find it again)", HUB,
+     "        let gone = self.held.ids_where(&project, elsewhere);\n"
+     "        self.end_held(gone, Withdrawn::ConnectionLost);\n",
+     ""),
+    ("hub (resume): a decision made while the sled is away is acknowledged but not kept", HUB,
+     "        self.held.record(id, verdict.clone());\n", ""),
+    ("hub (resume): a decision sent before a drop is not remembered (nothing to send again)", HUB,
+     "        if let Some(answer) = answer {\n            self.remember_answer(answer);\n        }",
+     "        let _ = answer;"),
+    ("hub (resume): requests that arrive before the sled confirmed it saw the acceptance are announced at once",
+     HUB,
+     "if c.session.resume_awaited() {", "if false {"),
+    ("hub (resume): a reload keeps what is held for a revoked credential", HUB,
+     "        let gone: Vec<PublicPermId> = self.held.iter().filter(revoked).map(|h| h.id).collect();\n"
+     "        self.end_held(gone, Withdrawn::ConnectionLost);\n",
+     ""),
+    ("hub (resume): held requests never end with the window (nor their sled's deadline)", HUB,
+     "while let Some(h) = self.held.pop_ended(now) {",
+     "while let Some(h) = None::<HeldRequest> {"),
+    ("hub (resume): a restarted hub reuses public ids (start_ids_after does not raise the next handle)", HUB,
+     "        self.next_conn = self.next_conn.max(conn);\n", ""),
+    ("hub (resume): the sled's `resumed` does not end the held requests it did not send again", HUB,
+     "                let gone = self.held.ids_where(&project, of_this);\n"
+     "                self.end_held(gone, Withdrawn::ConnectionLost);\n",
+     ""),
+    ("gateway (resume): requests are held at a drop though the sled never confirmed it saw the acceptance "
+     "(held on the acceptance alone)", GATEWAY,
+     "let hold = hold && self.resume_confirmed();",
+     "let hold = hold && self.resume_accepted().is_some();"),
+    ("gateway (resume): a revoked credential's pending requests are held at its close", GATEWAY,
+     "self.end(reason != CloseReason::CredentialRevoked);",
+     "self.end(true);"),
+    # The `resume` extension: the sled's side.
+    ("sled (resume): requests sent on a connection whose gateway never accepted are kept across a drop "
+     "(instead of denied)", SLED,
+     "if resume == Resume::Accepted\n",
+     "if (true || resume == Resume::Accepted)\n"),
+    ("sled (resume): kept requests are not denied when the next gateway does not accept resume", SLED,
+     "    fn deny_kept(&mut self) {\n        let kept: Vec<PermKey> =\n",
+     "    fn deny_kept(&mut self) {\n        let kept: Vec<PermKey> = Vec::new();\n        let _: Vec<PermKey> =\n"),
+    ("sled (resume): kept requests are not sent again after an acceptance", SLED,
+     "        for key in kept {\n"
+     "            self.send_perm_request(key, conn);\n"
+     "        }\n"
+     "        self.send(conn, SledFrame::Resumed.encode());",
+     "        let _ = kept;\n"
+     "        self.send(conn, SledFrame::Resumed.encode());"),
 ]
+
+
+def check():
+    """Prints each mutant that does not apply exactly once to its file; true when all do."""
+    ok = True
+    for i, (rule, path, old, _) in enumerate(MUTANTS, 1):
+        full = os.path.join(ROOT, path)
+        try:
+            count = open(full).read().count(old)
+        except OSError as e:
+            count, why = 0, f"cannot read {path}: {e.strerror}"
+        else:
+            why = f"its text occurs {count} times in {path}"
+        if count != 1:
+            print(f"{i}. {rule}: {why}")
+            ok = False
+    return ok
 
 
 def run_tests(cases):
@@ -144,6 +234,10 @@ def run_tests(cases):
 
 
 def main():
+    if "--check" in sys.argv:
+        ok = check()
+        print(f"all {len(MUTANTS)} mutants apply" if ok else "some mutants do not apply (rewrite them)")
+        sys.exit(0 if ok else 1)
     cases = 256
     if "--cases" in sys.argv:
         cases = int(sys.argv[sys.argv.index("--cases") + 1])

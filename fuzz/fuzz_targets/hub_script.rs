@@ -4,7 +4,9 @@
 //! sleds stays bounded; credentials reloaded at any time leave no connection with a revoked or expired one,
 //! and the connection and input budgets hold. "Always allow" in any scope makes rules: nothing is approved
 //! on the wire but by the application's decision for that request or a rule it made that is in force, and
-//! no connection's rule outlives it.
+//! no connection's rule outlives it. With `resume` (half the inputs): identities may offer it, sleds confirm
+//! with `resumed`, connections drop and the gateway restarts from what an adapter kept; a decision kept
+//! while a sled was away, or sent before a drop, is sent only for the request it was made for.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,15 +15,20 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use uplink_proto::gateway::{
-    Always, AlwaysScope, ConnHandle, Credential, CredentialId, Hub, HubConfig, HubEvent, HubOutput, McpTicket, PermId,
-    ProjectScope, PublicPermId, Verdict,
+    Always, AlwaysScope, ConnHandle, Credential, CredentialId, HeldRequest, Hub, HubConfig, HubEvent, HubOutput,
+    McpTicket, PermId, ProjectScope, PublicPermId, ResumeConfig, Verdict,
 };
 use uplink_proto::{Decision, GatewayFrame, Instant, Received};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
     Accept(u8),
-    Identify(u8, u8),
+    /// Which connection, which project, and whether it offers `resume` (as incarnation "a" or "b").
+    Identify(u8, u8, u8),
+    /// The sled's `resumed`.
+    Resumed(u8),
+    /// The gateway restarts from what an adapter kept.
+    Restart,
     PermRequest(u8, u8),
     PermCancel(u8, u8),
     McpResponse(u8, u8),
@@ -49,7 +56,8 @@ fn credential(i: u8) -> Credential {
     }
 }
 
-fuzz_target!(|ops: Vec<Op>| {
+fuzz_target!(|input: (bool, Vec<Op>)| {
+    let (resume, ops) = input;
     let mut cfg = HubConfig::default();
     cfg.session.max_pending_permissions = 3;
     cfg.session.max_pending_mcp = 2;
@@ -59,8 +67,18 @@ fuzz_target!(|ops: Vec<Op>| {
     cfg.session.max_pending_input_bytes = 30;
     cfg.max_pending_input_bytes = 50;
     cfg.max_rules = 4;
+    if resume {
+        cfg.resume = Some(ResumeConfig::default());
+    }
     let mut now = Instant::ZERO;
-    let mut hub = Hub::new(cfg, now).expect("valid");
+    let mut hub = Hub::new(cfg.clone(), now).expect("valid");
+    // What an adapter keeps for a restart; the decisions kept while a sled was away; the approvals given, by id.
+    let mut kept: BTreeMap<PublicPermId, HeldRequest> = BTreeMap::new();
+    let mut ids_until = 0u64;
+    let mut decided_away: BTreeSet<PublicPermId> = BTreeSet::new();
+    let mut allowed: BTreeMap<PublicPermId, String> = BTreeMap::new();
+    // Where each request sent again is pending now.
+    let mut location: BTreeMap<PublicPermId, ConnHandle> = BTreeMap::new();
     let mut conns: Vec<ConnHandle> = Vec::new();
     let mut perms: BTreeMap<PublicPermId, bool> = BTreeMap::new(); // true = ended
     let mut tickets: BTreeMap<McpTicket, bool> = BTreeMap::new();
@@ -79,12 +97,38 @@ fuzz_target!(|ops: Vec<Op>| {
                     conns.push(conn);
                 }
             }
-            Op::Identify(c, p) => {
+            Op::Identify(c, p, i) => {
                 if let Some(conn) = pick(&conns, *c) {
                     let project = PROJECTS[usize::from(*p) % 3];
-                    let frame = format!(r#"{{"type":"identity","payload":{{"project":"{project}"}}}}"#);
+                    let frame = match i % 3 {
+                        0 => format!(r#"{{"type":"identity","payload":{{"project":"{project}"}}}}"#),
+                        n => format!(
+                            r#"{{"type":"identity","payload":{{"project":"{project}","capabilities":["resume"],"incarnation":"{}"}}}}"#,
+                            ["a", "b"][usize::from(n - 1)]
+                        ),
+                    };
                     hub.handle_received(now, conn, Received::Text(&frame));
                 }
+            }
+            Op::Resumed(c) => {
+                if let Some(conn) = pick(&conns, *c) {
+                    hub.handle_received(now, conn, Received::Text(r#"{"type":"resumed","payload":{}}"#));
+                }
+            }
+            Op::Restart => {
+                hub = Hub::new(cfg.clone(), now).expect("valid");
+                hub.start_ids_after(ids_until);
+                hub.restore_held(now, kept.values().cloned().collect());
+                conns.clear();
+                tickets.values_mut().for_each(|ended| *ended = true);
+                // What was not kept is gone with the old gateway (its sled denies it at the drop).
+                for (id, ended) in perms.iter_mut() {
+                    if !kept.get(id).is_some_and(|k| !k.sent) {
+                        *ended = true;
+                        decided_away.remove(id);
+                    }
+                }
+                made.clear();
             }
             Op::PermRequest(c, r) => {
                 if let Some(conn) = pick(&conns, *c) {
@@ -123,10 +167,15 @@ fuzz_target!(|ops: Vec<Op>| {
                 };
                 let req_id = hub.permissions(now).into_iter().find(|p| p.id == id).map(|p| p.req_id);
                 let allow = verdict.decision.is_allow();
-                let ok = hub.decide(now, id, verdict).is_ok();
+                let result = hub.decide(now, id, verdict);
+                let ok = result.is_ok();
                 assert_eq!(ok, perms.get(&id) == Some(&false), "decide accepted exactly when pending");
-                if let (true, true, Some(req_id)) = (ok, allow, req_id) {
-                    approved.insert((id.conn, req_id));
+                if let (Ok(decided), true, Some(req_id)) = (result, allow, req_id) {
+                    // Sent on the connection it is pending on now (its first one, or where it was sent again).
+                    if !decided.held {
+                        approved.insert((location.get(&id).copied().unwrap_or(id.conn), req_id.clone()));
+                    }
+                    allowed.insert(id, req_id);
                 }
             }
             Op::SendMcp(p) => {
@@ -192,8 +241,34 @@ fuzz_target!(|ops: Vec<Op>| {
                     approved.insert((conn, req_id));
                 }
                 HubEvent::PermissionRequested { id, .. } => assert!(perms.insert(id, false).is_none(), "id reused"),
+                HubEvent::PermissionDecided { id, held: true, .. } => {
+                    assert_eq!(perms.insert(id, true), Some(false), "decided exactly once");
+                    decided_away.insert(id);
+                }
+                HubEvent::PermissionWithdrawn { id, .. } if decided_away.remove(&id) => {}
                 HubEvent::PermissionDecided { id, .. } | HubEvent::PermissionWithdrawn { id, .. } => {
                     assert_eq!(perms.insert(id, true), Some(false), "ended exactly once");
+                }
+                HubEvent::PermissionDelivered { id, conn, .. } | HubEvent::PermissionAnsweredAgain { id, conn, .. } => {
+                    assert!(resume, "delivered without resume");
+                    if let Some(req_id) = allowed.get(&id) {
+                        approved.insert((conn, req_id.clone()));
+                    }
+                    decided_away.remove(&id);
+                }
+                HubEvent::PermissionResumed { id, conn, .. } => {
+                    location.insert(id, conn);
+                }
+                HubEvent::Resumable { request } => {
+                    assert!(resume && perms.contains_key(&request.id), "kept without resume, or unknown");
+                    kept.insert(request.id, request);
+                }
+                HubEvent::ResumableGone { id } => {
+                    kept.remove(&id);
+                }
+                HubEvent::IdsReserved { until } => {
+                    assert!(until > ids_until, "reservations only grow");
+                    ids_until = until;
                 }
                 HubEvent::McpAnswered { ticket, .. } | HubEvent::McpFailed { ticket, .. } => {
                     assert_eq!(tickets.insert(ticket, true), Some(false), "MCP request ended exactly once");
@@ -223,6 +298,10 @@ fuzz_target!(|ops: Vec<Op>| {
         }
         assert!(hub.connections() <= 6 && hub.unidentified() <= 3);
         assert!(hub.pending_input_bytes() <= 50);
+        for h in hub.held() {
+            assert_eq!(kept.get(&h.id), Some(h), "held but not kept as held");
+        }
+        assert!(conns.iter().all(|c| c.0 <= ids_until), "a handle handed out unreserved");
     }
     hub.shutdown(now);
     while let Some(out) = hub.poll_output() {
@@ -233,7 +312,8 @@ fuzz_target!(|ops: Vec<Op>| {
             assert_eq!(tickets.insert(ticket, true), Some(false), "MCP request ended exactly once");
         }
     }
-    assert!(perms.values().all(|ended| *ended), "a permission outlived shutdown");
+    let held: BTreeSet<PublicPermId> = hub.held().map(|h| h.id).collect();
+    assert!(perms.iter().all(|(id, ended)| *ended || held.contains(id)), "a permission outlived shutdown");
     assert!(tickets.values().all(|ended| *ended), "an MCP request outlived shutdown");
     assert_eq!(hub.connections(), 0);
 });

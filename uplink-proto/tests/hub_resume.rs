@@ -665,3 +665,26 @@ fn a_restored_decision_that_was_sent_is_not_listed_and_is_sent_again_if_asked_ag
     h.send(b, "r1", "{}");
     assert_eq!(responses(&h.drain(), b), vec![("r1".into(), "approve".into(), None)]);
 }
+
+#[test]
+fn a_rule_made_while_a_request_waited_unannounced_decides_it_when_it_would_be_announced() {
+    let mut h = H::with(resuming());
+    let a = h.reconnect(cred(1), "web", "inc-1");
+    h.drain();
+    h.send(a, "r1", r#"{"command":"ls"}"#);
+    assert!(h.hub.permissions(h.now).is_empty());
+    // Meanwhile a person allows `Bash(ls)` everywhere.
+    let rule = uplink_proto::rules::Rule::new(
+        uplink_proto::rules::RuleId(0),
+        uplink_proto::rules::Effect::Allow,
+        uplink_proto::rules::Pattern::parse("Bash(ls)").expect("valid"),
+        "ana",
+        0,
+    );
+    h.hub.add_rule(h.now, rule).expect("added");
+    h.drain();
+    h.resumed(a);
+    let outs = h.drain();
+    assert_eq!(responses(&outs, a), vec![("r1".into(), "approve".into(), None)], "decided by the rule");
+    assert!(!events(&outs).iter().any(|e| matches!(e, HubEvent::PermissionRequested { .. })), "never asked");
+}

@@ -7,7 +7,7 @@
 //! ```text
 //! cargo bench -p uplink-tokio --bench net                   # every bench, quick sizes
 //! cargo bench -p uplink-tokio --bench net -- rtt            # one of: rtt throughput relay scale decisions wide
-//! cargo bench -p uplink-tokio --bench net -- scale --sleds 10000 --idle-secs 30 [--restart]
+//! cargo bench -p uplink-tokio --bench net -- scale --sleds 10000 --idle-secs 30 [--restart [--pending N]]
 //! ```
 #![allow(clippy::print_stdout, reason = "a benchmark reports on standard output")]
 #![allow(missing_docs, unreachable_pub, reason = "a benchmark binary")]
@@ -67,13 +67,21 @@ impl GatewayProcess {
 
     /// On `listen` (a restart takes the address of the gateway before it).
     async fn start_on(listen: &str, extra: &[&str]) -> GatewayProcess {
+        GatewayProcess::start_in(listen, extra, None).await
+    }
+
+    /// On `listen`, keeping its store in `state` (a restart finds what the gateway before it kept), or in a
+    /// fresh directory of its own.
+    async fn start_in(listen: &str, extra: &[&str], state: Option<&std::path::Path>) -> GatewayProcess {
         let far = far_wrapper();
-        let process = Program::gateway_on(env!("CARGO_BIN_EXE_uplink"), listen)
+        let mut program = Program::gateway_on(env!("CARGO_BIN_EXE_uplink"), listen)
             .args(["--sled-token", SLED_TOKEN, "--admin-token", ADMIN_TOKEN])
             .args(extra)
-            .wrapped(&far.iter().map(String::as_str).collect::<Vec<_>>())
-            .start()
-            .await;
+            .wrapped(&far.iter().map(String::as_str).collect::<Vec<_>>());
+        if let Some(dir) = state {
+            program = program.state_dir(dir);
+        }
+        let process = program.start().await;
         let addr = process.base_url().strip_prefix("http://").unwrap().parse().unwrap();
         GatewayProcess { process, addr }
     }
@@ -127,6 +135,50 @@ impl GatewayProcess {
 
     fn sled_url(&self) -> String {
         format!("ws://{}/api/sled-uplink", self.addr)
+    }
+
+    /// `GET` of `path` with the admin token: its JSON.
+    async fn get(&self, path: &str) -> serde_json::Value {
+        let mut client = http_client(self.addr).await;
+        let request = Request::get(path)
+            .header("host", self.addr.to_string())
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let body = client.send_request(request).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// The permissions the gateway lists.
+    async fn permissions(&self) -> Vec<serde_json::Value> {
+        self.get("/api/permissions").await["permissions"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the gateway lists `n` pending permissions (with `back`, each on its sled's live connection
+    /// again, none held for a sled that is away), asking every 250 ms.
+    async fn wait_pending(&self, n: usize, back: bool) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let listed = self.permissions().await;
+            let here = listed.iter().filter(|p| !back || p["sled_away"] == false).count();
+            if here >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {here} of {n} permissions listed");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Approves the permission `id`.
+    async fn approve(&self, id: &str) {
+        let mut client = http_client(self.addr).await;
+        let request = Request::post(format!("/api/permissions/{id}"))
+            .header("host", self.addr.to_string())
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::new(Bytes::from_static(br#"{"approved":true}"#)))
+            .unwrap();
+        let status = client.send_request(request).await.unwrap().status();
+        assert!(status.is_success(), "approving {id}: {status}");
     }
 }
 
@@ -717,25 +769,63 @@ async fn echo_throughput(addr: SocketAddr, frame: &str, total: usize, in_flight:
     start.elapsed()
 }
 
-async fn bench_throughput(total: usize) {
-    const IN_FLIGHT: usize = 64;
-    println!("\n## 3. Permission throughput: {total} requests, {IN_FLIGHT} in flight");
-    let gateway = GatewayProcess::start().await;
-    let sled = start_sled(gateway.sled_url(), "bench", "http://127.0.0.1:9/mcp").await;
+/// One run of bench 3: CPU per permission of this process (the sled) and of the gateway, with `resume` on
+/// both sides or off.
+async fn throughput_run(total: usize, in_flight: usize, resume: bool) -> (f64, f64) {
+    let gateway = GatewayProcess::start_with(if resume {
+        &["--auto-approve", "Bench"]
+    } else {
+        &["--auto-approve", "Bench", "--no-resume"]
+    })
+    .await;
+    let mut cfg = UplinkConfig::new(gateway.sled_url(), "bench");
+    cfg.token = Some(SLED_TOKEN.to_owned());
+    cfg.local_mcp_url = "http://127.0.0.1:9/mcp".to_owned();
+    cfg.sled.resume = resume;
+    let sled = Uplink::start(cfg).unwrap();
+    let mut link = sled.watch_link();
+    link.wait_for(|s| matches!(s, LinkState::Connected { .. })).await.unwrap();
     let (sled_cpu0, gw_cpu0) = (own_cpu(), gateway.cpu());
-    let (lat, wall) = permission_load(Arc::new(vec![sled.clone()]), IN_FLIGHT, total / IN_FLIGHT).await;
+    let (lat, wall) = permission_load(Arc::new(vec![sled.clone()]), in_flight, total / in_flight).await;
     let done = lat.0.len() as f64;
     let sled_cpu = (own_cpu() - sled_cpu0).as_secs_f64() * 1e6 / done;
     let gw_cpu = (gateway.cpu() - gw_cpu0).as_secs_f64() * 1e6 / done;
     println!(
-        "throughput: {:.0} permissions/s over {wall:.2?}  p50 {}  p99 {}",
+        "throughput (resume {}): {:.0} permissions/s over {wall:.2?}  p50 {}  p99 {}; CPU per permission: sled \
+         process {sled_cpu:.1} µs (target ≤ 10 µs), gateway process {gw_cpu:.1} µs",
+        if resume { "on" } else { "off" },
         done / wall.as_secs_f64(),
         us(lat.pct(0.5)),
         us(lat.pct(0.99))
     );
-    println!("CPU per permission: sled process {sled_cpu:.1} µs (target ≤ 10 µs), gateway process {gw_cpu:.1} µs");
     sled.shutdown().await;
     gateway.stop().await;
+    (sled_cpu, gw_cpu)
+}
+
+async fn bench_throughput(total: usize) {
+    const IN_FLIGHT: usize = 64;
+    println!("\n## 3. Permission throughput: {total} requests, {IN_FLIGHT} in flight");
+    // `resume` on (the default) and off, alternated three times: what keeping requests across a drop costs.
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        on.push(throughput_run(total, IN_FLIGHT, true).await);
+        off.push(throughput_run(total, IN_FLIGHT, false).await);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut sled_on, mut gw_on): (Vec<f64>, Vec<f64>) = on.into_iter().unzip();
+    let (mut sled_off, mut gw_off): (Vec<f64>, Vec<f64>) = off.into_iter().unzip();
+    let (sled_cpu, gw_on, sled_off, gw_off) =
+        (median(&mut sled_on), median(&mut gw_on), median(&mut sled_off), median(&mut gw_off));
+    println!(
+        "resume's cost, medians of three: sled {sled_cpu:.1} µs vs {sled_off:.1} µs off ({:+.1}%), gateway \
+         {gw_on:.1} µs vs {gw_off:.1} µs off ({:+.1}%) (target ≤ +3%)",
+        (sled_cpu / sled_off - 1.0) * 100.0,
+        (gw_on / gw_off - 1.0) * 100.0
+    );
 
     let frame = json!({"type": "perm_request", "req_id": "00000000000000000000000000000042",
         "payload": {"tool_name": "Bench", "tool_input": tool_input()}})
@@ -957,9 +1047,11 @@ async fn floor_far_end(ws: SocketAddr, mcp: SocketAddr) {
 
 // ── 5. Gateway scale ─────────────────────────────────────────────────────────────────────────────────────
 
-async fn bench_scale(sleds: usize, idle: Duration, restart: bool) {
+async fn bench_scale(sleds: usize, idle: Duration, restart: bool, pending: usize) {
     println!("\n## 5. Gateway scale: {sleds} sleds, idle window {idle:?}");
-    let gateway = GatewayProcess::start().await;
+    // A restart keeps the store: the new gateway finds what the old one kept.
+    let state = uplink_tests::temp_dir();
+    let gateway = GatewayProcess::start_in("127.0.0.1:0", &["--auto-approve", "Bench"], Some(state.path())).await;
     let mcp = start_mcp_server().await;
     let mcp_url = format!("http://{mcp}/mcp");
     let rss0 = gateway.rss();
@@ -1008,7 +1100,7 @@ async fn bench_scale(sleds: usize, idle: Duration, restart: bool) {
     let (lat, wall) = permission_load(uplinks.clone(), 64, 20_000 / 64).await;
     println!("permissions spread over {sleds} sleds, 64 in flight: {}", lat.summary(wall));
     let gateway = if restart {
-        bench_restart(gateway, sleds).await;
+        bench_restart(gateway, &uplinks, pending, state.path()).await;
         None
     } else {
         Some(gateway)
@@ -1021,16 +1113,29 @@ async fn bench_scale(sleds: usize, idle: Duration, restart: bool) {
     }
 }
 
-/// The gateway stops (SIGTERM: as a deployment restarts it) and a new one starts on its address: how long
-/// until every sled is identified again, with the sleds' default jittered back-off, and the new gateway's
-/// CPU over each quarter second meanwhile (target: all back within 30 s, never above one core).
-async fn bench_restart(gateway: GatewayProcess, sleds: usize) {
+/// The gateway stops (SIGTERM: as a deployment restarts it) and a new one starts on its address and its store,
+/// with `pending` requests waiting for people across it (spread over the sleds): how long until every sled
+/// is identified again and every request is pending again, none denied, with the sleds' default jittered
+/// back-off; and the new gateway's CPU over each quarter second meanwhile (targets: all back within 30 s,
+/// never above one core). Then every request is approved, and must be approved at its sled.
+async fn bench_restart(gateway: GatewayProcess, uplinks: &[Uplink], pending: usize, state: &std::path::Path) {
+    let sleds = uplinks.len();
+    let waiting: Vec<_> = (0..pending)
+        .map(|i| {
+            let uplink = uplinks[i % sleds].clone();
+            tokio::spawn(
+                async move { uplink.request_permission("Write", &json!({"file_path": format!("f{i}")})).await },
+            )
+        })
+        .collect();
+    gateway.wait_pending(pending, false).await;
     let listen = gateway.addr.to_string();
     gateway.process.terminate();
     gateway.stop().await;
     let down = Instant::now();
-    let next = GatewayProcess::start_on(&listen, &["--auto-approve", "Bench"]).await;
+    let next = GatewayProcess::start_in(&listen, &["--auto-approve", "Bench"], Some(state)).await;
     let started = down.elapsed();
+    let listed = next.permissions().await.len();
     // Sample the new gateway's CPU every 250 ms while the sleds come back.
     let pid = next.pid().to_string();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -1049,13 +1154,29 @@ async fn bench_restart(gateway: GatewayProcess, sleds: usize) {
     });
     next.wait_connected_every(sleds, Duration::from_millis(500)).await;
     let back = down.elapsed();
+    next.wait_pending(pending, true).await;
+    let resumed = down.elapsed();
     let _ = stop_tx.send(());
     let peak = sampler.await.unwrap();
+    let denied = waiting.iter().filter(|w| w.is_finished()).count();
     println!(
-        "restart: the new gateway listened after {started:.2?}; all {sleds} sleds identified again after {back:.2?} \
-         (target ≤ 30 s); its CPU at most {:.0}% of one core over any 250 ms (target ≤ 100%)",
+        "restart: the new gateway listened after {started:.2?}, listing {listed} of {pending} waiting requests at \
+         once; all {sleds} sleds identified again after {back:.2?}, every request pending again at its sled's \
+         connection after {resumed:.2?} (target ≤ 30 s), {denied} ended meanwhile (target 0); its CPU at most \
+         {:.0}% of one core over any 250 ms (target ≤ 100%)",
         peak * 100.0
     );
+    // Every one is approved, and the approval reaches the request it was made for.
+    for p in next.permissions().await {
+        next.approve(p["id"].as_str().unwrap()).await;
+    }
+    let mut approved = 0;
+    for w in waiting {
+        if tokio::time::timeout(Duration::from_secs(60), w).await.map(|d| d.unwrap()) == Ok(Decision::Approve) {
+            approved += 1;
+        }
+    }
+    println!("after the restart: {approved} of {pending} requests approved at their sleds (target: all)");
     next.stop().await;
 }
 
@@ -1300,7 +1421,8 @@ async fn run(args: Vec<String>, chosen: Vec<&'static str>) {
                 _ => {
                     let sleds = arg_value(&args, "--sleds").unwrap_or(1000);
                     let idle = Duration::from_secs(arg_value(&args, "--idle-secs").unwrap_or(10) as u64);
-                    bench_scale(sleds, idle, args.iter().any(|a| a == "--restart")).await;
+                    let restart = args.iter().any(|a| a == "--restart");
+                    bench_scale(sleds, idle, restart, arg_value(&args, "--pending").unwrap_or(sleds / 5)).await;
                 }
             }
         }

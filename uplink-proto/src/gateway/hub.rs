@@ -140,6 +140,15 @@ pub struct Hub {
     out: VecDeque<HubOutput>,
 }
 
+/// A request as the hub's events name it.
+struct Asked {
+    project: String,
+    credential: CredentialId,
+    req_id: String,
+    tool_name: String,
+    tool_input: Arc<str>,
+}
+
 /// How many connection handles a hub reserves at once ([`HubEvent::IdsReserved`]).
 pub const ID_BLOCK: u64 = 1024;
 
@@ -912,27 +921,8 @@ impl Hub {
                 };
                 let fleet_over = total > self.cfg.max_pending_input_bytes;
                 if let Some(auto) = policy::decide(self.now, over, fleet_over, &self.rules, &request) {
-                    let mut verdict = Verdict::new(auto.decision);
-                    if let Some(why) = auto.message {
-                        verdict = verdict.with_message(why);
-                    }
-                    let message = verdict.message.clone();
-                    let now = self.now;
-                    let Some(c) = self.conns.get_mut(&conn) else { return };
-                    if c.session.decide(now, perm, verdict).is_ok() {
-                        self.event(HubEvent::PermissionAutoDecided {
-                            conn,
-                            project,
-                            credential,
-                            req_id,
-                            tool_name,
-                            tool_input,
-                            decision: auto.decision,
-                            rule: auto.rule,
-                            message,
-                        });
-                    }
-                    return;
+                    let asked = Asked { project, credential, req_id, tool_name, tool_input };
+                    return self.auto_decide(conn, perm, auto, asked);
                 }
                 // Announced once its sled is known to have seen the acceptance (or is known not to have).
                 if c.session.resume_awaited() {
@@ -1231,26 +1221,64 @@ impl Hub {
         }
     }
 
-    /// Whether `conn`'s sled saw the acceptance is settled: what it asked meanwhile reaches people now.
+    /// Whether `conn`'s sled saw the acceptance is settled: what it asked meanwhile reaches people now, as if
+    /// it arrived now (a rule made meanwhile decides it first).
     fn announce(&mut self, conn: ConnHandle) {
         let waiting: Vec<PermId> =
             self.unannounced.range((conn, PermId(0))..=(conn, PermId(u64::MAX))).map(|(_, p)| *p).collect();
         for perm in waiting {
             let project = self.project_name(conn);
-            let Some(c) = self.conns.get(&conn) else { return };
+            let now = self.now;
+            let Some(c) = self.conns.get_mut(&conn) else { return };
             // One that ended meanwhile stays unannounced: its end, which follows, is not announced either.
             let Some(asked) = c.session.permission(perm) else { continue };
             self.unannounced.remove(&(conn, perm));
-            let event = HubEvent::PermissionRequested {
-                id: PublicPermId { conn, perm },
+            let (req_id, tool_name, tool_input) =
+                (String::from(asked.req_id), String::from(asked.tool_name), asked.tool_input.clone());
+            let (credential, incarnation) = (c.credential.id, c.incarnation.clone());
+            let request =
+                Request { connection: Some(conn), project: &project, tool_name: &tool_name, tool_input: &tool_input };
+            // Its budgets were checked as it arrived; only the rules may have changed.
+            if let Some(auto) = policy::decide(now, None, false, &self.rules, &request) {
+                self.auto_decide(conn, perm, auto, Asked { project, credential, req_id, tool_name, tool_input });
+                continue;
+            }
+            let id = PublicPermId { conn, perm };
+            self.event(HubEvent::PermissionRequested {
+                id,
                 project,
-                credential: c.credential.id,
-                req_id: String::from(asked.req_id),
-                tool_name: String::from(asked.tool_name),
-                tool_input: asked.tool_input.clone(),
-                incarnation: c.incarnation.clone(),
-            };
-            self.event(event);
+                credential,
+                req_id,
+                tool_name,
+                tool_input,
+                incarnation,
+            });
+        }
+        // (Called while `conn` is pumped: the answers just decided leave with its other outputs.)
+    }
+
+    /// Sends a rule's or a budget's decision for `perm` on `conn`, and says so.
+    fn auto_decide(&mut self, conn: ConnHandle, perm: PermId, auto: policy::AutoDecision, asked: Asked) {
+        let mut verdict = Verdict::new(auto.decision);
+        if let Some(why) = auto.message {
+            verdict = verdict.with_message(why);
+        }
+        let message = verdict.message.clone();
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.session.decide(now, perm, verdict).is_ok() {
+            let Asked { project, credential, req_id, tool_name, tool_input } = asked;
+            self.event(HubEvent::PermissionAutoDecided {
+                conn,
+                project,
+                credential,
+                req_id,
+                tool_name,
+                tool_input,
+                decision: auto.decision,
+                rule: auto.rule,
+                message,
+            });
         }
     }
 
