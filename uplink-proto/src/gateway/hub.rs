@@ -898,7 +898,10 @@ impl Hub {
                 let Some(c) = self.conns.get(&conn) else { return };
                 let credential = c.credential.id;
                 let incarnation = c.incarnation.clone();
-                if let Some(incarnation) = &incarnation {
+                // Looked up only when something of this project is held or remembered (no key built otherwise).
+                if let Some(incarnation) = &incarnation
+                    && (self.held.load(&project).0 > 0 || self.answered.load(&project).0 > 0)
+                {
                     let key = ResumeKey {
                         credential,
                         project: project.clone(),
