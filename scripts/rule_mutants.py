@@ -42,7 +42,13 @@ MUTANTS = [
      "Link::Connected { conn: c, last_rx, .. } if *c == conn => *last_rx = now,",
      "Link::Connected { last_rx, .. } => *last_rx = now,"),
     ("the back-off never resets after a stable connection", SLED,
-     "                self.backoff.reset();\n", ""),
+     "            if self.now.saturating_duration_since(since) >= self.cfg.stability_window {\n"
+     "                self.backoff.reset();\n",
+     "            if self.now.saturating_duration_since(since) >= self.cfg.stability_window {\n"),
+    ("sled (resume): a gateway restarting (1012) counts as a failure (the back-off goes on growing)", SLED,
+     "            Link::Connected { conn: c, .. } if c == conn && code == CLOSE_SERVICE_RESTART => {\n"
+     "                self.backoff.reset();\n",
+     "            Link::Connected { conn: c, .. } if c == conn && code == CLOSE_SERVICE_RESTART => {\n"),
     ("no ping at heartbeats (a silent gateway is only noticed if it sends frames)", SLED,
      "self.out.push_back(Output::Ping { conn });", ""),
     ("the idle timeout is never enforced", SLED,

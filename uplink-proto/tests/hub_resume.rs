@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use uplink_proto::gateway::{
-    Always, AlwaysScope, ConnHandle, Credential, CredentialId, HeldRequest, Hub, HubConfig, HubDecideError, HubEvent,
-    HubOutput, PermEnd, PermId, PublicPermId, RESUMED_OTHERWISE, ResumeConfig, ResumeKey, Verdict, Withdrawn,
+    Always, AlwaysScope, CloseReason, ConnHandle, Credential, CredentialId, HeldRequest, Hub, HubConfig,
+    HubDecideError, HubEvent, HubOutput, PermEnd, PermId, PublicPermId, RESUMED_OTHERWISE, ResumeConfig, ResumeKey,
+    Verdict, Withdrawn,
 };
 use uplink_proto::{Decision, Instant, Received};
 
@@ -687,4 +688,36 @@ fn a_rule_made_while_a_request_waited_unannounced_decides_it_when_it_would_be_an
     let outs = h.drain();
     assert_eq!(responses(&outs, a), vec![("r1".into(), "approve".into(), None)], "decided by the rule");
     assert!(!events(&outs).iter().any(|e| matches!(e, HubEvent::PermissionRequested { .. })), "never asked");
+}
+
+#[test]
+fn a_stopping_gateway_tells_a_sled_that_keeps_its_requests_to_come_back_and_holds_them() {
+    let mut h = H::with(resuming());
+    let keeps = h.connect(cred(1), "web", Some("inc-1"));
+    let id = h.ask(keeps, "r1", "{}");
+    let plain = h.connect(cred(2), "api", None);
+    let other = h.ask(plain, "r1", "{}");
+    // Accepted but not confirmed: treated as a sled that does not keep.
+    let unconfirmed = h.reconnect(cred(3), "db", "inc-9");
+    h.drain();
+    h.hub.shutdown(h.now);
+    let outs = h.drain();
+    let closes: Vec<(ConnHandle, CloseReason)> = outs
+        .iter()
+        .filter_map(|o| match o {
+            HubOutput::Close { conn, reason } => Some((*conn, *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        closes,
+        vec![
+            (keeps, CloseReason::Restarting),
+            (plain, CloseReason::ShuttingDown),
+            (unconfirmed, CloseReason::ShuttingDown)
+        ]
+    );
+    assert_eq!((CloseReason::Restarting.code(), CloseReason::ShuttingDown.code()), (1012, 1001));
+    assert!(events(&outs).contains(&HubEvent::PermissionHeld { id, project: "web".into() }));
+    assert!(withdrawn(&outs).contains(&(other, Withdrawn::ConnectionLost)));
 }

@@ -195,3 +195,55 @@ fn an_acceptance_said_twice_resends_nothing_twice() {
     assert_eq!(d.now, before);
     assert!(d.now > Instant::ZERO);
 }
+
+/// A sled whose back-off has grown (three refused attempts), then connected to a gateway that accepted
+/// `resume`, with one request sent: the connection, the grown delay and the request.
+fn grown_backoff_then_connected() -> (Driver, ConnId, Duration, uplink_proto::PermKey) {
+    let (mut d, conn) = Driver::connected(config());
+    d.text(conn, ACCEPTED);
+    d.disconnect(conn);
+    for _ in 0..3 {
+        d.next_timeout();
+        let conn = d.pending_connect.take().expect("an attempt");
+        d.sled.handle_connect_failed(d.now, conn, uplink_proto::ConnectError::Other);
+        d.drain();
+    }
+    let grown = match d.sled.link_state() {
+        uplink_proto::LinkState::BackingOff { delay, .. } => delay,
+        other => panic!("{other:?}"),
+    };
+    assert!(grown >= config().backoff_initial * 4, "{grown:?}");
+    d.next_timeout();
+    let (conn, _) = d.connect();
+    d.text(conn, ACCEPTED);
+    let (k, _) = d.request("a", "Bash");
+    (d, conn, grown, k)
+}
+
+#[test]
+fn a_gateway_restarting_counts_no_failure_and_its_kept_requests_are_sent_again() {
+    // Closed with 1001 by a connection that lived less than the stability window: the back-off grows on.
+    let (mut d, conn, grown, _) = grown_backoff_then_connected();
+    d.sled.handle_closed(d.now, conn, 1001);
+    d.drain();
+    assert!(matches!(
+        d.sled.link_state(),
+        uplink_proto::LinkState::BackingOff { delay, reason: uplink_proto::LossReason::Disconnected, .. } if delay > grown
+    ));
+
+    // Closed with 1012, a gateway restarting: the back-off starts afresh, and the request is kept.
+    let (mut d, conn, _, k) = grown_backoff_then_connected();
+    d.sled.handle_closed(d.now, conn, 1012);
+    let outs = d.drain();
+    assert!(decided(&outs).is_empty());
+    assert!(matches!(
+        d.sled.link_state(),
+        uplink_proto::LinkState::BackingOff { delay, reason: uplink_proto::LossReason::GatewayRestarting, .. }
+            if delay == config().backoff_initial
+    ));
+    d.next_timeout();
+    let (conn, _) = d.connect();
+    assert_eq!(requests_sent(&d.text(conn, ACCEPTED)), ["a"]);
+    let outs = d.text(conn, &perm_response("a", true, false));
+    assert_eq!(decided(&outs).iter().map(|x| (x.key, x.decision)).collect::<Vec<_>>(), [(k, Decision::Approve)]);
+}

@@ -146,8 +146,9 @@ pub(crate) struct Link<S = MaybeTlsStream<TcpStream>> {
 pub(crate) enum Read {
     /// A message for the core.
     Message(Message),
-    /// The peer sent a close frame; the library has queued the answer.
-    ClosedByPeer(String),
+    /// The peer sent a close frame (what it said, and its code if it gave one); the library has queued the
+    /// answer.
+    ClosedByPeer(String, Option<u16>),
     /// A message over the size limit: the connection is to be closed with 1009.
     TooBig(String),
     /// The connection failed or ended.
@@ -208,10 +209,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link<S> {
         Poll::Ready(match ready!(next) {
             // Not given in message mode; read on.
             Some(Ok(Message::Frame(_))) => return self.poll_read(cx, secret),
-            Some(Ok(Message::Close(frame))) => Read::ClosedByPeer(match frame {
-                Some(f) => format!("closed by the peer ({} {})", u16::from(f.code), f.reason),
-                None => "closed by the peer".to_owned(),
-            }),
+            Some(Ok(Message::Close(frame))) => match frame {
+                Some(f) => Read::ClosedByPeer(
+                    format!("closed by the peer ({} {})", u16::from(f.code), f.reason),
+                    Some(f.code.into()),
+                ),
+                None => Read::ClosedByPeer("closed by the peer".to_owned(), None),
+            },
             Some(Ok(message)) => {
                 if message.is_ping() {
                     // The library has queued the pong; should its own attempt to send it block, the next

@@ -31,10 +31,15 @@ async fn gateway(dir: &std::path::Path) -> (Running, String) {
 /// A sled process of incarnation `inc-1` connected to `base`, offering `resume`; returns once the gateway
 /// accepted it.
 async fn resuming_sled(base: &str) -> RawWs {
+    resuming_sled_of(base, "restart").await
+}
+
+/// As [`resuming_sled`], for `project`.
+async fn resuming_sled_of(base: &str, project: &str) -> RawWs {
     let url = format!("{}/api/sled-uplink?token=s", base.replace("http://", "ws://"));
     let mut ws = within("the sled to connect", tokio_tungstenite::connect_async(url)).await.unwrap().0;
     let identity = json!({"type":"identity","req_id":"identity",
-        "payload":{"project":"restart","capabilities":["resume"],"incarnation":"inc-1"}});
+        "payload":{"project":project,"capabilities":["resume"],"incarnation":"inc-1"}});
     ws.send(Message::text(identity.to_string())).await.unwrap();
     let first = next_frame(&mut ws).await;
     assert_eq!(first["type"], "resume_accepted", "{first}");
@@ -59,6 +64,11 @@ async fn next_frame(ws: &mut RawWs) -> Value {
 fn request(i: usize) -> String {
     json!({"type":"perm_request","req_id":format!("r{i}"),"payload":{"tool_name":"Bash","tool_input":{"i":i}}})
         .to_string()
+}
+
+/// The permissions of project `restart` that `base` lists, by id.
+async fn listed_here(base: &str) -> BTreeMap<String, Value> {
+    listed(base).await.into_iter().filter(|(_, p)| p["project"] == "restart").collect()
 }
 
 /// The permissions `base` lists, by id.
@@ -137,17 +147,27 @@ async fn requests_and_decisions_outlive_the_gateway(kill: bool) {
         expected.insert(format!("r{i}"), i % 2 == 0);
     }
 
-    // The gateway goes: killed, or stopped.
+    // The gateway goes: killed, or stopped. A stop tells a sled that keeps its requests to come back (1012).
     if kill {
         gw.kill().await;
     } else {
+        let mut watcher = resuming_sled_of(&base, "watch").await;
+        watcher.send(resumed()).await.unwrap();
+        // Its request is announced only once its `resumed` was read.
+        watcher.send(Message::text(request(0))).await.unwrap();
+        until("the watcher's request", async || {
+            listed(&base).await.values().any(|p| p["project"] == "watch").then_some(())
+        })
+        .await;
+        let stopping = tokio::spawn(async move { uplink_tests::close_code(&mut watcher).await });
         assert!(gw.stop().await.success());
+        assert_eq!(within("the close", stopping).await.unwrap(), Some(1012));
     }
     let (mut gw, base) = gateway(dir).await;
 
     // At once, before the sled is back: every request still waiting is listed again, under its id, with
     // the decisions kept for it.
-    let after = listed(&base).await;
+    let after = listed_here(&base).await;
     assert_eq!(after.len(), PENDING - SENT, "listed again at once");
     for i in SENT..PENDING {
         let p = &after[&id_of[&format!("r{i}")]];
@@ -178,7 +198,7 @@ async fn requests_and_decisions_outlive_the_gateway(kill: bool) {
     assert_eq!(heard(&mut sled, SENT + KEPT).await, expected, "exactly the decisions acknowledged");
     // The rest wait under their first ids, and can be decided.
     let waiting = until("the rest to be pending again", async || {
-        let l = listed(&base).await;
+        let l = listed_here(&base).await;
         (l.len() == PENDING - SENT - KEPT && l.values().all(|p| p["sled_away"] == false)).then_some(l)
     })
     .await;

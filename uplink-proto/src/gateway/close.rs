@@ -19,6 +19,9 @@ pub enum CloseReason {
     MessageTooBig,
     /// The gateway is stopping (1001).
     ShuttingDown,
+    /// The gateway is stopping, and holds what this sled asked for its return: come back (1012, service
+    /// restart). Only to a sled known to keep its requests (`resume`, confirmed); any other gets 1001.
+    Restarting,
     /// Nothing arrived from the sled for the dead threshold (4008).
     Dead,
     /// The connection's credential was revoked, expired, or no longer covers its project (4010).
@@ -35,6 +38,7 @@ impl CloseReason {
             CloseReason::ProjectHeld => 4009,
             CloseReason::MessageTooBig => 1009,
             CloseReason::ShuttingDown => 1001,
+            CloseReason::Restarting => 1012,
             CloseReason::Dead => 4008,
             CloseReason::CredentialRevoked => 4010,
         }
@@ -50,6 +54,7 @@ impl CloseReason {
             CloseReason::ProjectHeld => "project held by another connection",
             CloseReason::MessageTooBig => "message too big",
             CloseReason::ShuttingDown => "gateway shutting down",
+            CloseReason::Restarting => "gateway restarting",
             CloseReason::Dead => "silent past the dead threshold",
             CloseReason::CredentialRevoked => "credential revoked or expired",
         }

@@ -743,7 +743,9 @@ impl Hub {
         self.shutting_down = true;
         let conns: Vec<ConnHandle> = self.conns.keys().copied().collect();
         for conn in conns {
-            self.close(now, conn, CloseReason::ShuttingDown);
+            // A sled known to keep its requests is told to come back: they are held for it.
+            let keeps = self.conns.get(&conn).is_some_and(|c| c.session.resume_confirmed());
+            self.close(now, conn, if keeps { CloseReason::Restarting } else { CloseReason::ShuttingDown });
         }
     }
 

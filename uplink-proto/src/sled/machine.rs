@@ -140,6 +140,8 @@ pub struct Sled {
 
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// The close code a gateway restarting sends (service restart).
+const CLOSE_SERVICE_RESTART: u16 = 1012;
 const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 
 impl Sled {
@@ -362,6 +364,20 @@ impl Sled {
             Link::Connected { conn: c, .. } if c == conn => self.lose_link(LossReason::Disconnected, None),
             Link::Connecting { conn: c, .. } if c == conn => self.lose_link(LossReason::ConnectFailed, None),
             _ => self.stats.stale_inputs += 1,
+        }
+    }
+
+    /// The gateway closed `conn` with the close code `code`: as [`Sled::handle_disconnected`], but a
+    /// gateway that says it is restarting (1012) counts no failure: the back-off starts afresh, so that the
+    /// sled is back as soon as the new gateway is (after a short jittered delay, as after any loss).
+    pub fn handle_closed(&mut self, now: Instant, conn: ConnId, code: u16) {
+        self.advance(now);
+        match self.link {
+            Link::Connected { conn: c, .. } if c == conn && code == CLOSE_SERVICE_RESTART => {
+                self.backoff.reset();
+                self.lose_link(LossReason::GatewayRestarting, None);
+            }
+            _ => self.handle_disconnected(now, conn),
         }
     }
 

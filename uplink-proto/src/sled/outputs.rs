@@ -241,6 +241,8 @@ pub enum LossReason {
     IdleTimeout,
     /// The gateway sent a message over the adapter's size limit; the connection was closed with 1009.
     MessageTooBig,
+    /// The gateway closed the connection to restart (1012): the back-off starts afresh (no failure counted).
+    GatewayRestarting,
 }
 
 impl LossReason {
@@ -254,6 +256,7 @@ impl LossReason {
             LossReason::Disconnected => "disconnected",
             LossReason::IdleTimeout => "idle_timeout",
             LossReason::MessageTooBig => "message_too_big",
+            LossReason::GatewayRestarting => "gateway_restarting",
         }
     }
 
@@ -266,6 +269,7 @@ impl LossReason {
             LossReason::Disconnected => "the connection ended",
             LossReason::IdleTimeout => "nothing came from the gateway for the idle timeout",
             LossReason::MessageTooBig => "the gateway sent a message over the size limit",
+            LossReason::GatewayRestarting => "the gateway is restarting",
         }
     }
 }

@@ -149,7 +149,7 @@ where
                     break Ending::Drop;
                 }
             }
-            Wake::Read(Read::ClosedByPeer(detail)) => {
+            Wake::Read(Read::ClosedByPeer(detail, _)) => {
                 debug!(conn = conn.0, %detail, "sled connection ended");
                 hub.ended(conn).await;
                 break Ending::Answer;

@@ -269,13 +269,17 @@ impl Driver {
                     self.sled.handle_received(now, conn, input);
                 }
             }
-            Read::ClosedByPeer(detail) => {
+            Read::ClosedByPeer(detail, code) => {
                 info!(conn = conn.0, %detail, "gateway connection ended");
                 // The library has queued the answer to the gateway's close; a task of its own sends it.
                 if let Some(link) = self.take_link(conn) {
                     drop(link.retire(None));
                 }
-                self.sled.handle_disconnected(now, conn);
+                // What the close code means (a gateway restarting) is the core's to decide.
+                match code {
+                    Some(code) => self.sled.handle_closed(now, conn, code),
+                    None => self.sled.handle_disconnected(now, conn),
+                }
             }
             Read::TooBig(detail) => {
                 info!(conn = conn.0, %detail, "gateway connection ended");
