@@ -1,7 +1,8 @@
 //! Properties of the sled and gateway machines together, over random workloads and fault schedules, in
 //! the pair harness. A small reference model says what every permission and MCP request may end as; it is
 //! checked after every step. Half the cases run with the hub accepting `resume` (the sled always offers
-//! it), and their schedules include gateway crashes (a new hub given what an adapter kept). Case count:
+//! it), and their schedules include gateway crashes (a new hub given what an adapter kept) and sled process
+//! crashes (a new incarnation, its request ids starting again). Case count:
 //! `PROPTEST_CASES` (default 256).
 
 mod common;
@@ -37,6 +38,9 @@ enum Act {
     Garbage(u8),
     /// The gateway crashes and starts again from what its store kept.
     Restart,
+    /// The sled process crashes and a new one starts (a new incarnation), whose request ids start again
+    /// at `r1`: a decision for its predecessor's `r1` must never reach it.
+    SledRestart,
 }
 
 fn act() -> impl Strategy<Value = Act> {
@@ -61,6 +65,7 @@ fn act() -> impl Strategy<Value = Act> {
         1 => any::<u8>().prop_map(Act::StaleResponse),
         1 => (0u8..4).prop_map(Act::Garbage),
         1 => Just(Act::Restart),
+        1 => Just(Act::SledRestart),
     ]
 }
 
@@ -80,6 +85,9 @@ struct Sim {
     lossy: bool,
     /// The gateway was down (refusing connections) at some point: a request may then wait out its deadline.
     was_down: bool,
+    /// The current sled process's last request id, and how many processes there were before it.
+    req: u64,
+    restarts: u64,
 }
 
 impl Sim {
@@ -121,14 +129,18 @@ impl Sim {
             resume,
             lossy: false,
             was_down: false,
+            req: 0,
+            restarts: 0,
         }
     }
 
     fn ask(&mut self) {
         self.next += 1;
-        // Unique tool names let the approver's decision be traced to the request.
+        self.req += 1;
+        // Unique tool names let the approver's decision be traced to the request; request ids start again
+        // with each sled process.
         let tool = format!("tool{}", self.next);
-        let key = self.p.ask(&format!("r{}", self.next), &tool);
+        let key = self.p.ask(&format!("r{}", self.req), &tool);
         self.asked.insert(key, (tool, self.p.now));
     }
 
@@ -194,6 +206,13 @@ impl Sim {
                         r#"{{"type":"perm_response","req_id":"{id}","payload":{{"approved":true,"always_allow":true}}}}"#
                     ));
                 }
+            }
+            Act::SledRestart => {
+                // What the old process asked dies with it (its callers too); the model forgets it.
+                self.restarts += 1;
+                self.req = 0;
+                self.asked.clear();
+                self.p.restart_sled(self.sled_cfg.seed.wrapping_add(self.restarts));
             }
             Act::Restart => {
                 // The MCP requests in flight die with the gateway (and their callers' connections with them).
@@ -320,16 +339,17 @@ impl Sim {
         // Nothing is asked twice: each request reached people once, whatever happened to its link.
         let mut announced: BTreeMap<&String, usize> = BTreeMap::new();
         for e in self.p.gateway_events() {
-            if let HubEvent::PermissionRequested { tool_name, .. } = e {
-                *announced
-                    .entry(self.asked.values().map(|(t, _)| t).find(|t| **t == tool_name).expect("asked"))
-                    .or_default() += 1;
+            if let HubEvent::PermissionRequested { tool_name, .. } = e
+                && let Some(tool) = self.asked.values().map(|(t, _)| t).find(|t| **t == tool_name)
+            {
+                *announced.entry(tool).or_default() += 1;
             }
         }
         assert!(announced.values().all(|n| *n == 1), "asked twice: {announced:?}");
         for (id, decision, at) in &self.p.acknowledged {
             let tool = &self.p.tools[id];
-            let (key, (_, asked_at)) = self.asked.iter().find(|(_, (t, _))| t == tool).expect("asked");
+            // One asked by a sled process that has died since is gone with it.
+            let Some((key, (_, asked_at))) = self.asked.iter().find(|(_, (t, _))| t == tool) else { continue };
             let deadline = *asked_at + self.sled_cfg.permission_timeout;
             let outcome = self.p.decision(*key).expect("decided");
             match outcome.cause {

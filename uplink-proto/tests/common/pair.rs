@@ -399,6 +399,22 @@ impl Pair {
         self.settle();
     }
 
+    /// The sled process dies (its callers with it) and a new one starts at once with `seed`: a new
+    /// incarnation. The gateway sees its connections reset; what the old one asked is gone with it.
+    pub fn restart_sled(&mut self, seed: u64) {
+        let now = self.now;
+        self.queue.retain(|_, ev| !matches!(ev, Ev::ToGateway(..) | Ev::ToSled(..) | Ev::Accept(_) | Ev::McpDone(..)));
+        for (_, handle) in std::mem::take(&mut self.handles) {
+            self.conns.remove(&handle);
+            self.hub.handle_disconnected(now, handle);
+            self.settle();
+        }
+        let cfg = SledConfig { seed, ..self.sled.config().clone() };
+        self.sled = Sled::new(cfg, now).expect("valid sled config");
+        self.decided.clear();
+        self.settle();
+    }
+
     /// The gateway crashes and starts again at once: a new hub, given what an adapter kept of the old one.
     /// Its connections are gone (the sled sees a reset); decisions people are about to make still come,
     /// by public id, to the new one.
