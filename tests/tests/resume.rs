@@ -150,3 +150,24 @@ async fn without_resume_on_the_gateway_a_cut_link_denies_at_once() {
     assert!(denied < Duration::from_secs(1), "denied after {denied:?}");
     next_event(&mut events, "permission_withdrawn").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_outlives_a_link_cut_for_five_seconds_and_is_decided_afterwards() {
+    let (gw, mut events, proxy, uplink) = setup(true).await;
+    let (pending, id) = asked(&uplink, &mut events).await;
+    // The link is down for 5 s: the connection is reset and every attempt refused meanwhile.
+    proxy.set_upstream(dead_port().await);
+    proxy.cut();
+    next_event(&mut events, "permission_held").await;
+    let outage = Instant::now();
+    // The outage itself is the scenario: the sled keeps retrying through it (not a wait for an event).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!pending.is_finished(), "nothing is denied while the link is down");
+    proxy.set_upstream(gw.addr);
+    let resumed = next_event(&mut events, "permission_resumed").await;
+    assert_eq!(resumed["id"], id);
+    println!("pending again {:?} after the link came back", outage.elapsed() - Duration::from_secs(5));
+    let (status, _) = decide(&gw, &id, true).await;
+    assert_eq!(status, 200);
+    assert_eq!(within("the request", pending).await.unwrap(), Decision::Approve);
+}
