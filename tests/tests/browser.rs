@@ -362,3 +362,82 @@ async fn one_request_nested_ten_thousand_deep_blanks_nothing() {
     sled.shutdown().await;
     gw.stop().await;
 }
+
+/// A gateway on `listen` (a restart takes its predecessor's address) keeping its state in `store`, holding
+/// requests across restarts (`resume`): its address, and what stops it.
+async fn gateway_at(
+    listen: std::net::SocketAddr,
+    store: &uplink_tokio::store::MemoryStore,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let sleds = vec![SledCredential::new("farm", TokenHash::of(SLED), ProjectScope::Any)];
+    let people = vec![AdminPrincipal::new("ana", Role::Approver, TokenHash::of(ANA))];
+    let mut config = GatewayServerConfig::with_credentials(listen, Credentials::new(sleds, people).unwrap());
+    config.hub.resume = Some(uplink_proto::gateway::ResumeConfig::default());
+    let server =
+        uplink_tokio::gateway::GatewayServer::bind_with_store(config, Some(Box::new(store.clone()))).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop, task)
+}
+
+/// The console across gateway restarts: while its stream is down it says so (never "Nothing is waiting"),
+/// comes back by itself and lists again what waits, under the same ids; and when the gateway no longer
+/// knows its session, it asks the person to sign in again.
+#[tokio::test]
+async fn the_console_says_when_it_is_not_connected_and_lists_again_after_a_restart() {
+    let store = uplink_tokio::store::MemoryStore::new().unwrap();
+    let (addr, stop, task) = gateway_at("127.0.0.1:0".parse().unwrap(), &store).await;
+    let base = format!("http://{addr}");
+    let mut browser = Browser::launch().await;
+    sign_in(&mut browser, &base, ANA, "ana (approver)").await;
+    browser.until("the link said up", "document.querySelector('#link').dataset.state === 'up'").await;
+    let mut config = UplinkConfig::new(format!("ws://{addr}/api/sled-uplink"), "team-a/web");
+    config.token = Some(SLED.into());
+    config.sled.backoff_initial = Duration::from_millis(100);
+    config.sled.backoff_max = Duration::from_millis(200);
+    let sled = Uplink::start(config).unwrap();
+    uplink_tests::link_state_where(&sled, "the sled to connect", |s| matches!(s, LinkState::Connected { .. })).await;
+    let waiting = ask(&sled, json!({"command": "cargo build"}));
+    browser.until("the request to appear", "document.querySelectorAll('#pending-list .card').length === 1").await;
+    let id = browser.eval("document.querySelector('#pending-list .card').dataset.id").await;
+
+    // The gateway stops: the page says it is reconnecting, and never that nothing waits.
+    let _ = stop.send(());
+    within("the gateway to stop", task).await.unwrap();
+    browser.until("the link said down", "document.querySelector('#link').dataset.state === 'down'").await;
+    assert_eq!(browser.eval("document.querySelector('#pending-empty').hidden").await, json!(true));
+
+    // A new gateway on the same address and store: the page comes back by itself and lists the request again.
+    let (_, stop, task) = gateway_at(addr, &store).await;
+    browser.until("the link said up again", "document.querySelector('#link').dataset.state === 'up'").await;
+    browser
+        .until(
+            "the request listed again",
+            &format!("[...document.querySelectorAll('#pending-list .card')].some(c => c.dataset.id === {id})"),
+        )
+        .await;
+    browser.eval("document.querySelector('#pending-list .card button.approve').click(); true").await;
+    let answer = within("the agent's answer", waiting).await.unwrap();
+    assert_eq!((answer.decision, answer.cause), (Decision::Approve, Cause::Response));
+
+    // A gateway that does not know the session (a fresh store): the page asks to sign in again.
+    let _ = stop.send(());
+    within("the gateway to stop", task).await.unwrap();
+    let fresh = uplink_tokio::store::MemoryStore::new().unwrap();
+    let (_, stop, task) = gateway_at(addr, &fresh).await;
+    browser.until("the sign-in form again", "!document.querySelector('#sign-in-view').hidden").await;
+    let said = browser.eval("document.querySelector('#sign-in-error').textContent").await;
+    assert!(said.as_str().unwrap().contains("sign in again"), "{said}");
+    browser.close().await;
+    sled.shutdown().await;
+    let _ = stop.send(());
+    within("the gateway to stop", task).await.unwrap();
+}

@@ -3,6 +3,10 @@
 const $ = (s) => document.querySelector(s);
 let me = null;
 let events = null;
+// Whether the page's event stream is open: while it is not, what the page shows may be out of date, and it
+// says so rather than "Nothing is waiting".
+let linkUp = false;
+let retry = null;
 
 function el(tag, props, ...children) {
   const e = document.createElement(tag);
@@ -23,8 +27,10 @@ async function api(method, path, body) {
   let data = null;
   try { data = JSON.parse(text); } catch (_) { data = null; }
   if (!r.ok) {
-    if (r.status === 401 && path !== "/console/session") signedOut();
-    throw new Error((data && data.error) || ("HTTP " + r.status));
+    if (r.status === 401 && path !== "/console/session") signedOut(true);
+    const e = new Error((data && data.error) || ("HTTP " + r.status));
+    e.status = r.status;
+    throw e;
   }
   return data;
 }
@@ -209,7 +215,7 @@ async function refresh() {
       const perms = await api("GET", "/api/permissions");
       $("#pending-list").replaceChildren(...perms.permissions.map(cardOrNote));
       tick();
-      $("#pending-empty").hidden = perms.permissions.length > 0;
+      $("#pending-empty").hidden = perms.permissions.length > 0 || !linkUp;
     }),
     part(async () => {
       const sleds = await api("GET", "/api/sleds");
@@ -234,9 +240,32 @@ async function refresh() {
   ]);
 }
 
+// The link's state, on the page: connected, or reconnecting (the list may be out of date meanwhile).
+function setLink(up) {
+  linkUp = up;
+  $("#link").textContent = up ? "connected" : "reconnecting… (what is shown may be out of date)";
+  $("#link").dataset.state = up ? "up" : "down";
+  document.body.dataset.link = up ? "up" : "down";
+  if (!up) $("#pending-empty").hidden = true;
+}
+
 function listen() {
   if (events) events.close();
+  clearTimeout(retry);
   events = new EventSource("/api/events");
+  // (Re)connected: list everything again, since events may have been missed.
+  events.addEventListener("open", () => { setLink(true); refresh(); });
+  events.addEventListener("error", () => {
+    setLink(false);
+    // The browser retries a stream that broke by itself; one refused (a gateway that no longer knows this
+    // session answers 401) it gives up: then ask whether the session still stands.
+    if (events.readyState !== EventSource.CLOSED) return;
+    retry = setTimeout(() => {
+      api("GET", "/console/session")
+        .then(() => { if (me) listen(); })
+        .catch((e) => { if (e.status === 401) signedOut(true); else if (me) listen(); });
+    }, 1000);
+  });
   const ended = (verb) => (ev) => {
     const d = JSON.parse(ev.data);
     const by = d.by ? " by " + d.by : d.reason ? " (" + d.reason + ")" : "";
@@ -265,9 +294,15 @@ function signedIn(who) {
   refresh();
 }
 
-function signedOut() {
+// `ended`: the session ended without the person signing out (a restart that forgot it, its time ran out).
+function signedOut(ended) {
+  const was = me;
   me = null;
+  clearTimeout(retry);
   if (events) events.close();
+  events = null;
+  $("#link").textContent = "";
+  $("#link").dataset.state = "";
   // Nothing of the session stays on the page.
   for (const id of ["#pending-list", "#sled-rows", "#rule-rows", "#audit-rows"]) $(id).replaceChildren();
   say("");
@@ -275,6 +310,7 @@ function signedOut() {
   $("#sign-out").hidden = true;
   $("#console-view").hidden = true;
   $("#sign-in-view").hidden = false;
+  if (ended === true && was) $("#sign-in-error").textContent = "Your session ended: sign in again.";
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -284,12 +320,12 @@ document.addEventListener("DOMContentLoaded", () => {
       .then((who) => { $("#token").value = ""; $("#sign-in-error").textContent = ""; signedIn(who); })
       .catch((e) => { $("#sign-in-error").textContent = e.message; });
   });
-  $("#sign-out").addEventListener("click", () => api("DELETE", "/console/session").finally(signedOut));
+  $("#sign-out").addEventListener("click", () => api("DELETE", "/console/session").finally(() => signedOut(false)));
   for (const b of document.querySelectorAll("nav button")) {
     b.addEventListener("click", () => {
       for (const o of document.querySelectorAll("nav button")) o.setAttribute("aria-pressed", String(o === b));
       for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== b.dataset.view;
     });
   }
-  api("GET", "/console/session").then(signedIn).catch(signedOut);
+  api("GET", "/console/session").then(signedIn).catch(() => signedOut(false));
 });
