@@ -441,3 +441,60 @@ async fn the_console_says_when_it_is_not_connected_and_lists_again_after_a_resta
     let _ = stop.send(());
     within("the gateway to stop", task).await.unwrap();
 }
+
+/// What the page says as time passes and people decide: the time waited counts on, a request near its
+/// deadline is marked urgent, notices name the request's tool and project and say what happened in words,
+/// and the record shows a rule that was added as a rule.
+#[tokio::test]
+async fn the_console_counts_time_marks_urgency_and_says_what_happened_in_words() {
+    let store = uplink_tokio::store::MemoryStore::new().unwrap();
+    let (addr, stop, task) = gateway_at("127.0.0.1:0".parse().unwrap(), &store).await;
+    let base = format!("http://{addr}");
+    let mut browser = Browser::launch().await;
+    sign_in(&mut browser, &base, ANA, "ana (approver)").await;
+    let mut config = UplinkConfig::new(format!("ws://{addr}/api/sled-uplink"), "team-a/web");
+    config.token = Some(SLED.into());
+    // Just over the page's urgency threshold (30 s): urgent a second or two after it appears.
+    config.sled.permission_timeout = Duration::from_secs(32);
+    let sled = Uplink::start(config).unwrap();
+    uplink_tests::link_state_where(&sled, "the sled to connect", |s| matches!(s, LinkState::Connected { .. })).await;
+    let waiting = ask(&sled, json!({"command": "make release"}));
+    browser.until("the request to appear", "document.querySelectorAll('#pending-list .card').length === 1").await;
+    assert_eq!(
+        browser.eval("document.querySelector('#pending-list .card').classList.contains('urgent')").await,
+        json!(false)
+    );
+    browser
+        .until(
+            "the time waited to count",
+            "document.querySelector('#pending-list .card .age').textContent !== 'waiting 0 s'",
+        )
+        .await;
+    browser
+        .until(
+            "the request to turn urgent",
+            "document.querySelector('#pending-list .card').classList.contains('urgent')",
+        )
+        .await;
+
+    // Always allowed with a click: the notice says so in words, naming the tool and project.
+    browser
+        .eval("[...document.querySelectorAll('#pending-list .card button')].find(b => b.textContent.startsWith('Always allow')).click(); true")
+        .await;
+    let answer = within("the agent's answer", waiting).await.unwrap();
+    assert_eq!(answer.decision, Decision::AlwaysAllow);
+    browser.until("the notice", "document.querySelector('#notice').textContent.includes('Bash in team-a/web')").await;
+    let notice = browser.eval("document.querySelector('#notice').textContent").await;
+    assert!(notice.as_str().unwrap().contains("always allowed by ana"), "{notice}");
+    // The record shows the rule it made as a rule.
+    browser.eval("document.querySelector('nav button[data-view=audit]').click(); true").await;
+    browser.until("the record", "document.querySelector('#audit-rows').textContent.includes('rule 1: allow')").await;
+    assert_eq!(
+        browser.eval("document.querySelector('#audit-rows').textContent.includes('[object Object]')").await,
+        json!(false)
+    );
+    browser.close().await;
+    sled.shutdown().await;
+    let _ = stop.send(());
+    within("the gateway to stop", task).await.unwrap();
+}

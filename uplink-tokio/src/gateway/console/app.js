@@ -143,16 +143,42 @@ function folded(text, total) {
   return d;
 }
 
+// A request, as a notice names it: its tool and project (from its card), then its id.
+function named(id) {
+  const card = document.querySelector('#pending-list [data-id="' + CSS.escape(id) + '"]');
+  return card && card.dataset.tool ? card.dataset.tool + " in " + card.dataset.project + " (" + id + ")" : id;
+}
+const DONE = { approve: "approved", deny: "denied", always_allow: "always allowed" };
+const WHY = { deadline: "its sled's deadline passed", cancelled: "withdrawn by its sled", connection_lost: "its sled went away" };
+
 function decide(id, body) {
+  const what = named(id);
   api("POST", "/api/permissions/" + encodeURIComponent(id), body)
-    .then((r) => say(id + " " + r.decision + " by " + r.by + (r.rule ? " (rule " + r.rule + " made)" : "") +
+    .then((r) => say(what + ": " + (DONE[r.decision] || r.decision) + " by " + r.by + (r.rule ? " (rule " + r.rule + " made)" : "") +
       (r.sled_away ? "; its sled is away: the decision is kept and sent when it comes back" : "")))
-    .catch((e) => say(id + ": " + e.message))
-    .finally(refresh);
+    .catch((e) => say(what + ": " + e.message))
+    .finally(() => refresh().then(() => {
+      // The decided card is gone: the next one takes the focus, so that a keyboard goes on from there.
+      if (document.activeElement === document.body || !document.activeElement) {
+        const next = document.querySelector("#pending-list .card button");
+        if (next) next.focus();
+      }
+    }));
 }
 
 // The time left before each request's sled denies it, counting down.
+// How long each request has waited, and the time left before its sled denies it, both counting; a request
+// with less than URGENT_S left is marked urgent.
+const URGENT_S = 30;
 function tick() {
+  for (const t of document.querySelectorAll("[data-since]")) {
+    t.textContent = "waiting " + ago(Date.now() - Number(t.dataset.since));
+  }
+  for (const card of document.querySelectorAll("#pending-list .card")) {
+    const d = card.querySelector("[data-deadline]");
+    const left = d ? (Number(d.dataset.deadline) - Date.now()) / 1000 : Infinity;
+    card.classList.toggle("urgent", left < URGENT_S);
+  }
   for (const t of document.querySelectorAll("[data-deadline]")) {
     const left = Math.max(0, Math.round((Number(t.dataset.deadline) - Date.now()) / 1000));
     t.textContent = left > 0 ? "decide within " + (left < 60 ? left + " s" : Math.floor(left / 60) + " min " + (left % 60) + " s") : "its sled has denied it";
@@ -161,8 +187,10 @@ function tick() {
 setInterval(tick, 1000);
 
 function card(p) {
-  const li = el("li", { class: "card", "data-id": p.id });
-  const meta = el("div", { class: "meta", text: clip(p.project, SHOW_NAME) + " · " + clip(p.tool_name, SHOW_NAME) + " · waiting " + ago(p.age_ms) + " · " + p.id + " · " });
+  const li = el("li", { class: "card", "data-id": p.id, "data-tool": clip(p.tool_name, SHOW_NAME), "data-project": clip(p.project, SHOW_NAME) });
+  const meta = el("div", { class: "meta", text: clip(p.project, SHOW_NAME) + " · " + clip(p.tool_name, SHOW_NAME) + " · " });
+  meta.append(el("span", { class: "age", "data-since": String(Date.now() - (p.age_ms || 0)), text: "waiting " + ago(p.age_ms) }));
+  meta.append(" · " + p.id + " · ");
   if (p.deadline_in_ms != null) meta.append(el("span", { class: "deadline", "data-deadline": String(Date.now() + p.deadline_in_ms) }));
   li.append(meta);
   // Its sled's link dropped: the request is held for the sled's return; a decision made now is kept until then.
@@ -235,9 +263,16 @@ async function refresh() {
       $("#audit-rows").replaceChildren(...audit.records.reverse().map((x) => { const r = x.record; return el("tr", {},
         el("td", { text: String(r.seq) }), el("td", { text: new Date(r.at_ms).toLocaleString() }), el("td", { text: r.kind }),
         el("td", { text: clip(r.project || "", SHOW_NAME) }), el("td", { text: clip(r.tool || "", SHOW_NAME) }), el("td", { text: r.outcome || "" }),
-        el("td", { text: r.by || (r.rule != null ? "rule " + r.rule : "") })); }));
+        el("td", { text: r.by || ruleText(r.rule) })); }));
     }),
   ]);
+}
+
+// A record's rule: its id, or (for a rule added) its id, effect and pattern.
+function ruleText(rule) {
+  if (rule == null) return "";
+  if (typeof rule === "object") return "rule " + rule.id + ": " + rule.effect + " " + clip(String(rule.pattern), SHOW_NAME);
+  return "rule " + rule;
 }
 
 // The link's state, on the page: connected, or reconnecting (the list may be out of date meanwhile).
@@ -268,8 +303,9 @@ function listen() {
   });
   const ended = (verb) => (ev) => {
     const d = JSON.parse(ev.data);
-    const by = d.by ? " by " + d.by : d.reason ? " (" + d.reason + ")" : "";
-    say(d.id + " " + (d.decision || verb) + by);
+    const how = d.decision ? (DONE[d.decision] || d.decision) + (d.by ? " by " + d.by : "") + (d.held ? " (kept until its sled is back)" : "")
+      : d.reason ? (WHY[d.reason] || d.reason) : verb;
+    say(named(d.id) + ": " + how);
     const gone = document.querySelector('[data-id="' + CSS.escape(d.id) + '"]');
     if (gone) gone.remove();
     refresh();
