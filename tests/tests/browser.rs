@@ -477,10 +477,18 @@ async fn the_console_counts_time_marks_urgency_and_says_what_happened_in_words()
         )
         .await;
 
-    // Always allowed with a click: the notice says so in words, naming the tool and project.
-    browser
-        .eval("[...document.querySelectorAll('#pending-list .card button')].find(b => b.textContent.startsWith('Always allow')).click(); true")
-        .await;
+    // "Always allow" for a wildcard rule takes a second click, which says first what it will allow.
+    let always = "document.querySelector('#pending-list .card button.always')";
+    let shown = browser.eval(&format!("{always}.textContent")).await;
+    assert!(shown.as_str().unwrap().starts_with("Always allow Bash(make release *)"), "{shown}");
+    browser.eval(&format!("{always}.click(); true")).await;
+    let armed = browser.eval(&format!("{always}.textContent")).await;
+    assert!(armed.as_str().unwrap().contains("approve every Bash(make release *) call in this project"), "{armed}");
+    let (_, listing) = http("GET", &format!("{base}/api/permissions"), Some(ANA), None, &[]).await;
+    assert!(listing.contains("make release"), "one click decided a broad grant: {listing}");
+    assert!(!waiting.is_finished());
+    // Confirmed: the notice says so in words, naming the tool and project.
+    browser.eval(&format!("{always}.click(); true")).await;
     let answer = within("the agent's answer", waiting).await.unwrap();
     assert_eq!(answer.decision, Decision::AlwaysAllow);
     browser.until("the notice", "document.querySelector('#notice').textContent.includes('Bash in team-a/web')").await;

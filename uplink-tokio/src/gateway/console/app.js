@@ -143,6 +143,15 @@ function folded(text, total) {
   return d;
 }
 
+// Where an "always allow" applies, in words.
+const WHERE = { connection: "from this sled's connection", project: "in this project", everywhere: "in every project" };
+
+// True for a grant that needs a second click: one for every project, one with a wildcard (`Bash(terraform
+// apply *)`), or one for a whole tool (`WebFetch`).
+function broad(rule, scope) {
+  return scope === "everywhere" || rule.includes("*") || !rule.includes("(");
+}
+
 // A request, as a notice names it: its tool and project (from its card), then its id.
 function named(id) {
   const card = document.querySelector('#pending-list [data-id="' + CSS.escape(id) + '"]');
@@ -210,7 +219,20 @@ function card(p) {
       el("button", { type: "button", class: "approve", onclick: () => decide(p.id, { approved: true, message: message.value || undefined }), text: "Approve" }),
       el("button", { type: "button", class: "deny", onclick: () => decide(p.id, { approved: false, message: message.value || undefined }), text: "Deny" }));
     if (p.suggested_rule) {
-      actions.append(el("button", { type: "button", onclick: () => decide(p.id, { approved: true, always_allow: true, scope: scope.value }), text: "Always allow " + p.suggested_rule }), scope);
+      const always = el("button", { type: "button", class: "always", text: "Always allow " + p.suggested_rule });
+      always.addEventListener("click", () => {
+        // A broad grant (every project, a wildcard, or a whole tool) takes a second, deliberate click, and
+        // says first exactly what it will allow.
+        if (broad(p.suggested_rule, scope.value) && always.dataset.armed !== "1") {
+          always.dataset.armed = "1";
+          always.classList.add("confirm");
+          always.textContent = "Confirm: from now on approve every " + p.suggested_rule + " call " + WHERE[scope.value] + ", without asking";
+          setTimeout(() => { always.dataset.armed = ""; always.classList.remove("confirm"); always.textContent = "Always allow " + p.suggested_rule; }, 8000);
+          return;
+        }
+        decide(p.id, { approved: true, always_allow: true, scope: scope.value });
+      });
+      actions.append(always, scope);
     }
     li.append(message, actions);
   }
