@@ -208,6 +208,11 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
     browser.until("the request to appear", "document.querySelectorAll('#pending-list .card').length === 1").await;
     let shown = browser.eval("document.querySelector('#pending-list .card').textContent").await;
     assert!(shown.as_str().unwrap().contains("cargo test --workspace"), "{shown}");
+    // The agent's own words for the call are shown above it.
+    assert_eq!(
+        browser.eval("document.querySelector('#pending-list .card .description').textContent").await,
+        json!("run the tests")
+    );
     assert!(shown.as_str().unwrap().contains("Always allow Bash(cargo test *)"), "{shown}");
     // The time left, from the deadline the sled announced (two minutes by default), counting down.
     browser
@@ -223,6 +228,31 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
     assert_eq!((answer.decision, answer.cause), (Decision::Approve, Cause::Response));
     browser.until("the card to go", "document.querySelectorAll('#pending-list .card').length === 0").await;
     browser.until("who ended it to be said", "document.querySelector('#notice').textContent.includes('by ana')").await;
+
+    // A fetch shows where and what the agent wants from it, not raw JSON.
+    let fetching = {
+        let sled = sled.clone();
+        tokio::spawn(async move {
+            sled.request_permission(
+                "WebFetch",
+                &json!({"url": "https://docs.example/api", "prompt": "find the rate limits"}),
+            )
+            .await
+        })
+    };
+    let fetch =
+        "[...document.querySelectorAll('#pending-list .card')].find(c => c.textContent.includes('docs.example'))";
+    browser.until("the fetch", &format!("!!{fetch}")).await;
+    assert_eq!(
+        browser.eval(&format!("{fetch}.querySelector('.url').textContent")).await,
+        json!("https://docs.example/api")
+    );
+    assert_eq!(
+        browser.eval(&format!("{fetch}.querySelector('.prompt').textContent")).await,
+        json!("find the rate limits")
+    );
+    browser.eval(&format!("{fetch}.querySelector('button.deny').click(); true")).await;
+    assert_eq!(within("the fetch's answer", fetching).await.unwrap(), Decision::Deny);
 
     // Denied with words for the agent.
     let denying = ask(&sled, json!({"command": "rm -rf build"}));

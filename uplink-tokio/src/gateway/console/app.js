@@ -49,6 +49,8 @@ function ago(ms) {
 const SHOW_DEPTH = 64;
 const SHOW_CHARS = 65536;
 const SHOW_NAME = 200;
+// A line of the agent's own words or a URL: longer is cut, with a mark.
+const SHOW_TEXT = 2000;
 const WHOLE = "uplink permissions ls --json prints it whole";
 
 function count(n) { return n.toLocaleString("en"); }
@@ -112,9 +114,20 @@ function pretty(value) {
 // A tool input as a person reads it: a command, a diff, a file excerpt, or JSON; long ones folded.
 function renderInput(tool, input) {
   const box = el("div", { class: "input" });
+  // The agent's own words for the call (Claude Code's `description`), above what it would run.
+  if (input && typeof input.description === "string" && input.description) {
+    box.append(el("p", { class: "description", text: clip(input.description, SHOW_TEXT) }));
+  }
   if (input && typeof input.command === "string") {
     const [text, cut] = bounded(input.command);
     box.append(el("pre", { class: "command" }, el("code", { text })), note(cut));
+  } else if (input && typeof input.url === "string") {
+    // A fetch: where, and what the agent wants from it.
+    box.append(el("div", { class: "url" }, el("code", { text: clip(input.url, SHOW_TEXT) })));
+    if (typeof input.prompt === "string") {
+      const [text, cut] = bounded(input.prompt);
+      box.append(el("p", { class: "prompt", text }), note(cut));
+    }
   } else if (input && typeof input.old_string === "string" && typeof input.new_string === "string") {
     box.append(el("div", { class: "meta", text: clip(input.file_path || "", SHOW_NAME) }));
     const [before, cutBefore] = bounded(input.old_string);
