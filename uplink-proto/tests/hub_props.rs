@@ -533,9 +533,9 @@ impl Model {
 
     /// True when `conn` accepted `resume` and its sled is known to have seen it.
     fn confirmed(&self, conn: ConnHandle) -> bool {
-        let Some(accepted) = self.accepted_at.get(&conn) else { return false };
-        let by = *accepted + uplink_proto::gateway::ResumeConfig::default().confirm_within;
-        [self.resumed_sent.get(&conn), self.recognised.get(&conn)].into_iter().flatten().any(|at| *at < by)
+        // At any time: one that shows it late keeps from then on what it sent all the same.
+        self.accepted_at.contains_key(&conn)
+            && (self.resumed_sent.contains_key(&conn) || self.recognised.contains_key(&conn))
     }
 
     fn cred_of(&self, conn: ConnHandle) -> usize {

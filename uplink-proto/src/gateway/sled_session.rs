@@ -716,11 +716,15 @@ impl SledSession {
 
     /// The sled has seen the acceptance (the application recognised a request it kept, sent again; its
     /// `resumed` does the same): from now on the connection's end hands what is pending to the application.
-    /// True when this confirmed it (it was awaited). The application hears of it from its own call, not
-    /// from an event.
+    /// True when this confirmed it (it was awaited, or its time had passed: a sled that shows it saw the
+    /// acceptance late keeps from then on what it sent on the connection all the same). The application
+    /// hears of it from its own call, not from an event.
     pub fn confirm_resume(&mut self) -> bool {
         match &mut self.state {
-            State::Identified { resume: Resume::Accepted { confirm: confirm @ Confirm::Awaited(_), .. }, .. } => {
+            State::Identified {
+                resume: Resume::Accepted { confirm: confirm @ (Confirm::Awaited(_) | Confirm::Never), .. },
+                ..
+            } => {
                 *confirm = Confirm::Confirmed;
                 true
             }
