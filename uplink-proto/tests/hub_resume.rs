@@ -721,3 +721,22 @@ fn a_stopping_gateway_tells_a_sled_that_keeps_its_requests_to_come_back_and_hold
     assert!(events(&outs).contains(&HubEvent::PermissionHeld { id, project: "web".into() }));
     assert!(withdrawn(&outs).contains(&(other, Withdrawn::ConnectionLost)));
 }
+
+#[test]
+fn what_the_hub_holds_in_all_stays_within_its_count_whatever_the_projects() {
+    let mut cfg = resuming();
+    if let Some(resume) = &mut cfg.resume {
+        resume.max_held = 1;
+    }
+    let mut h = H::with(cfg);
+    // One credential that may be any project claims one after another, and drops each with a request.
+    let a = h.connect(cred(1), "web", Some("inc-1"));
+    let first = h.ask(a, "r1", "{}");
+    h.hub.handle_disconnected(h.now, a);
+    let b = h.connect(cred(1), "api", Some("inc-1"));
+    let second = h.ask(b, "r1", "{}");
+    h.hub.handle_disconnected(h.now, b);
+    let outs = h.drain();
+    assert_eq!(withdrawn(&outs), vec![(second, Withdrawn::ConnectionLost)]);
+    assert_eq!(h.hub.held().map(|r| r.id).collect::<Vec<_>>(), vec![first]);
+}

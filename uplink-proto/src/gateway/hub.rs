@@ -1318,7 +1318,8 @@ impl Hub {
         }
     }
 
-    /// Holds `request` for its sled's return, within the project's budget (as its sessions'); beyond, or
+    /// Holds `request` for its sled's return, within the project's budget (as its sessions') and the hub's
+    /// count of held requests ([`ResumeConfig::max_held`](super::ResumeConfig::max_held)); beyond, or
     /// without `resume`, or past its deadline, it ends as `connection_lost`.
     fn hold(&mut self, request: HeldRequest) {
         let now = self.now;
@@ -1330,7 +1331,7 @@ impl Hub {
         let (id, project, waited) =
             (request.id, request.key.project.clone(), now.saturating_duration_since(request.since));
         let held = match &self.cfg.resume {
-            Some(resume) if fits => self.held.insert(request, now + resume.window),
+            Some(resume) if fits && self.held.len() < resume.max_held => self.held.insert(request, now + resume.window),
             _ => false,
         };
         if held {

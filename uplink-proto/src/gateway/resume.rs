@@ -43,6 +43,10 @@ pub struct ResumeConfig {
     pub max_answered_per_project: usize,
     /// Most bytes of remembered decisions' requests (tool name, input, id) in all. Default 64 MiB.
     pub max_answered_bytes: usize,
+    /// Most requests held in all, whatever their projects (each project's are also within its session
+    /// budgets): a credential that may be any project cannot make the hub hold without end by claiming one
+    /// project after another. Beyond, a request is not held (it ends as `connection_lost`). Default 65,536.
+    pub max_held: usize,
     /// How long after the acceptance the sled has to show that it saw it (its `resumed`, which it sends at
     /// once); what it asks meanwhile is announced only then, or when this passes. Default 5 s.
     pub confirm_within: Duration,
@@ -54,6 +58,7 @@ impl Default for ResumeConfig {
             window: Duration::from_secs(600),
             max_answered_per_project: 64,
             max_answered_bytes: 64 << 20,
+            max_held: 65_536,
             confirm_within: Duration::from_secs(5),
         }
     }
@@ -122,6 +127,11 @@ pub(crate) struct Held {
 }
 
 impl Held {
+    /// How many requests are held.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Bytes held, as the budgets count them.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
