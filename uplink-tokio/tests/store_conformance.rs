@@ -40,6 +40,27 @@ impl Backend for Sqlite {
     }
 }
 
+/// A database of its own on the test process's PostgreSQL server.
+#[cfg(feature = "postgres")]
+struct Postgres {
+    url: String,
+}
+
+#[cfg(feature = "postgres")]
+impl Postgres {
+    fn new() -> Postgres {
+        Postgres { url: uplink_tests::postgres::Postgres::shared().fresh_database() }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Backend for Postgres {
+    fn open(&self) -> Box<dyn Store> {
+        use uplink_tokio::store::postgres::{PostgresOptions, PostgresStore};
+        Box::new(PostgresStore::open(&self.url, PostgresOptions::default()).unwrap())
+    }
+}
+
 /// A directory of its own, removed when dropped.
 #[cfg(feature = "sqlite")]
 mod tempfile_dir {
@@ -70,6 +91,8 @@ fn backends() -> Vec<(&'static str, Box<dyn Backend>)> {
         vec![("memory", Box::new(Memory(MemoryStore::new().unwrap())))];
     #[cfg(feature = "sqlite")]
     all.push(("sqlite", Box::new(Sqlite(tempfile_dir::Dir::new()))));
+    #[cfg(feature = "postgres")]
+    all.push(("postgres", Box::new(Postgres::new())));
     all
 }
 

@@ -149,20 +149,10 @@ impl AuditReader for MemoryStore {
                 && query.since.is_none_or(|since| columns.at_ms >= since)
                 && query.until.is_none_or(|until| columns.at_ms < until)
         };
-        Ok(self.with(|inner| {
-            // At most `size` records, and at most MAX_PAGE_BYTES of them (but always one).
-            let (mut records, mut bytes, mut more) = (Vec::new(), 0usize, false);
-            for (sealed, _) in inner.records.iter().filter(matches) {
-                if records.len() == size || (!records.is_empty() && bytes + sealed.text.len() > audit::MAX_PAGE_BYTES) {
-                    more = true;
-                    break;
-                }
-                bytes += sealed.text.len();
-                records.push(sealed.clone());
-            }
-            let next = if more { records.last().map(|r: &Sealed| r.seq) } else { None };
-            AuditPage { records, next }
-        }))
+        self.with(|inner| {
+            let matching = inner.records.iter().filter(matches).map(|(sealed, _)| Ok(sealed.clone()));
+            AuditPage::gather(matching, size)
+        })
     }
 
     fn verify_with(&self, checkpoints: &[Head]) -> Result<Result<VerifyReport, VerifyError>, StoreError> {

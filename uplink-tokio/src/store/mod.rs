@@ -11,6 +11,7 @@
 //! - [`audit`]: the records, their canonical text and the hash chain that links them, its checkpoints, and
 //!   the check of it.
 //! - `sqlite` (the `sqlite` feature): the embedded store, one SQLite file in WAL mode.
+//! - `postgres` (the `postgres` feature): the same on a PostgreSQL database (`--store postgres://…`).
 //! - [`memory`]: a store in this process's memory, for embedders and tests.
 //!
 //! Every backend passes the same conformance suite (`uplink-tokio/tests/store_conformance.rs`); another
@@ -18,6 +19,8 @@
 
 pub mod audit;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod seam;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

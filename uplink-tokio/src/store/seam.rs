@@ -174,6 +174,14 @@ pub enum StoreError {
         /// What the check said.
         what: String,
     },
+    /// The database server could not be reached (or the connection to it ended).
+    #[error("the database {place} cannot be reached: {why}")]
+    Unreachable {
+        /// Where it is (never with a password).
+        place: String,
+        /// What the attempt said.
+        why: String,
+    },
     /// Anything else the database said.
     #[error("store: {0}")]
     Database(String),

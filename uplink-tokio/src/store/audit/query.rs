@@ -41,3 +41,22 @@ pub struct AuditPage {
     /// The `after` of the next page, when there may be more.
     pub next: Option<u64>,
 }
+
+impl AuditPage {
+    /// One page of `records` (those matching a query, in order; no more than one past the page is read): at
+    /// most `size` of them, and at most [`MAX_PAGE_BYTES`] of them (but always one), so that a page of large
+    /// tool inputs stays a page; `next` is set when more follow. The first error ends it.
+    pub fn gather<E>(records: impl IntoIterator<Item = Result<Sealed, E>>, size: usize) -> Result<AuditPage, E> {
+        let (mut page, mut bytes) = (AuditPage::default(), 0usize);
+        for record in records {
+            let record = record?;
+            if page.records.len() == size || (!page.records.is_empty() && bytes + record.text.len() > MAX_PAGE_BYTES) {
+                page.next = page.records.last().map(|r| r.seq);
+                break;
+            }
+            bytes += record.text.len();
+            page.records.push(record);
+        }
+        Ok(page)
+    }
+}

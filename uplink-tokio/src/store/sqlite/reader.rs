@@ -89,20 +89,12 @@ impl AuditReader for SqliteReader {
         sql.push_str(&format!(" ORDER BY seq LIMIT {}", size + 1));
         let mut stmt = conn.prepare(&sql).map_err(|e| classify(&self.path, e))?;
         let mut rows = stmt.query(rusqlite::params_from_iter(values)).map_err(|e| classify(&self.path, e))?;
-        // At most `size` records, and at most MAX_PAGE_BYTES of them (but always one): a page of large
-        // tool inputs stays a page.
-        let (mut records, mut bytes, mut more) = (Vec::new(), 0usize, false);
-        while let Some(row) = rows.next().map_err(|e| classify(&self.path, e))? {
-            let record = sealed(row).map_err(|e| classify(&self.path, e))?;
-            if records.len() == size || (!records.is_empty() && bytes + record.text.len() > audit::MAX_PAGE_BYTES) {
-                more = true;
-                break;
-            }
-            bytes += record.text.len();
-            records.push(record);
-        }
-        let next = if more { records.last().map(|r| r.seq) } else { None };
-        Ok(AuditPage { records, next })
+        let records = std::iter::from_fn(|| match rows.next() {
+            Ok(Some(row)) => Some(sealed(row).map_err(|e| classify(&self.path, e))),
+            Ok(None) => None,
+            Err(e) => Some(Err(classify(&self.path, e))),
+        });
+        AuditPage::gather(records, size)
     }
 
     fn input_key(&self) -> Result<[u8; 32], StoreError> {

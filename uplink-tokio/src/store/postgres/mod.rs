@@ -1,0 +1,39 @@
+//! The PostgreSQL store: the same seam as the embedded one, on a database that a gateway reaches over the
+//! network (`uplink gateway --store postgres://…`), so that what it keeps lives beside the operator's other
+//! databases, with their backups and their replicas.
+//!
+//! - **Where**: every table in the schema `uplink` of the database the URL names, made at the first start.
+//!   The URL is libpq's (`postgresql://user:password@host:port/db?sslmode=require`, or `host=/run/postgresql`
+//!   for a Unix socket); TLS through rustls, the server's certificate checked against the web's roots.
+//! - **At start**, never a silent re-creation: a database that cannot be reached, or whose `uplink` schema is
+//!   newer than this build's ([`StoreError::Newer`](crate::store::StoreError::Newer)), is refused with that
+//!   message. Older schemas are migrated forward, each step in its own transaction, under a lock that makes
+//!   two gateways starting at once take turns.
+//! - **One writer**: the gateway's writer holds a session lock on the database (`pg_try_advisory_lock`) for
+//!   as long as it runs; a second gateway on the same database is refused at start
+//!   ([`StoreError::InUse`](crate::store::StoreError::InUse)). Each commit also moves the audit log's head only
+//!   from where its writer last left it, so that no fork of the chain can be written.
+//! - **A lost database**: a commit that fails (the database went away, or did not answer within
+//!   [`OPERATION_TIMEOUT`]) fails as with SQLite: the gateway stops, and its sleds deny what they asked.
+//! - **Retention**: as with SQLite ([`PostgresOptions`]).
+//!
+//! The rooms: `db` (the connection, the pool and the runtime they run on), `schema` (the schema and its
+//! steps), `writer` ([`PostgresStore`]), `reader` ([`PostgresReader`]), `credentials`
+//! ([`PostgresCredentials`]).
+
+mod credentials;
+mod db;
+mod reader;
+mod schema;
+mod writer;
+
+pub use credentials::PostgresCredentials;
+pub use db::OPERATION_TIMEOUT;
+pub use reader::PostgresReader;
+pub use schema::SCHEMA_VERSION;
+pub use writer::{PostgresOptions, PostgresStore};
+
+/// Whether `place` names a PostgreSQL database (`postgres://…` or `postgresql://…`) rather than a directory.
+pub fn is_url(place: &str) -> bool {
+    place.starts_with("postgres://") || place.starts_with("postgresql://")
+}

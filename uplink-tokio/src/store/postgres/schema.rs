@@ -1,0 +1,165 @@
+//! The database's shape: the schema `uplink`, its version and the steps to it, and the small helpers every
+//! room uses (the `meta` table of named numbers and hashes, the check that a database is of this build's
+//! schema).
+
+use std::sync::Arc;
+
+use tokio_postgres::{Client, GenericClient};
+
+use super::db::Db;
+use crate::store::audit::GENESIS;
+use crate::store::seam::StoreError;
+
+/// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Each step from version `i` to `i + 1`, run in one transaction.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1: everything the embedded store's schema 4 holds. `meta` keeps named pairs: the schema's version,
+    // the audit log's head and anchor (seq, hash), the store's secret, the credentials' version, the reserved
+    // connection handles.
+    "CREATE SCHEMA IF NOT EXISTS uplink;
+     CREATE TABLE uplink.meta (key text PRIMARY KEY, n bigint NOT NULL, hash bytea NOT NULL);
+     CREATE TABLE uplink.rules (
+         id bigint PRIMARY KEY,
+         effect text NOT NULL,
+         pattern text NOT NULL,
+         projects text,
+         project text,
+         expires bigint,
+         author text NOT NULL,
+         created bigint NOT NULL
+     );
+     CREATE TABLE uplink.audit (
+         seq bigint PRIMARY KEY,
+         at_ms bigint NOT NULL,
+         kind text NOT NULL,
+         project text,
+         tool text,
+         outcome text,
+         prev bytea NOT NULL,
+         hash bytea NOT NULL,
+         record text NOT NULL
+     );
+     CREATE INDEX audit_at ON uplink.audit (at_ms);
+     CREATE INDEX audit_project ON uplink.audit (project, seq);
+     CREATE INDEX audit_outcome ON uplink.audit (outcome, seq);
+     CREATE TABLE uplink.credentials (
+         token_sha256 text PRIMARY KEY,
+         kind text NOT NULL CHECK (kind IN ('sled', 'admin')),
+         name text NOT NULL,
+         projects text,
+         role text,
+         expires text
+     );
+     CREATE TABLE uplink.console_sessions (
+         key bytea PRIMARY KEY,
+         principal text NOT NULL,
+         csrf text NOT NULL,
+         expires_ms bigint NOT NULL
+     );
+     CREATE TABLE uplink.resumables (id text PRIMARY KEY, record text NOT NULL);",
+];
+
+/// The transaction-scoped lock under which a schema is checked and migrated (two gateways starting at once
+/// take turns).
+const MIGRATION_LOCK: i64 = 0x7570_6c69_6e6b_0001;
+
+/// The session lock the gateway's writer holds for as long as it runs.
+pub(super) const WRITER_LOCK: i64 = 0x7570_6c69_6e6b_0002;
+
+/// The schema's version in the database `client` is connected to (0: none yet).
+pub(super) async fn version(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+    let made: bool = client.query_one("SELECT to_regclass('uplink.meta') IS NOT NULL", &[]).await?.get(0);
+    if !made {
+        return Ok(0);
+    }
+    let row = client.query_opt("SELECT n FROM uplink.meta WHERE key = 'schema_version'", &[]).await?;
+    Ok(row.map_or(0, |r| r.get(0)))
+}
+
+/// The pair kept under `key` in `meta`.
+pub(super) async fn pair(
+    client: &impl GenericClient,
+    key: &str,
+) -> Result<Option<(u64, [u8; 32])>, tokio_postgres::Error> {
+    let row = client.query_opt("SELECT n, hash FROM uplink.meta WHERE key = $1", &[&key]).await?;
+    Ok(row.map(|r| (u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), hash_of(r.get(1)))))
+}
+
+/// A 32-byte hash from the database (zeros when it is not 32 bytes: it then fails to verify).
+pub(super) fn hash_of(blob: Vec<u8>) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    if blob.len() == 32 {
+        h.copy_from_slice(&blob);
+    }
+    h
+}
+
+/// `n` as the database's `bigint`.
+pub(super) fn big(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Database(format!("{n} is beyond what the store keeps (2^63 - 1)")))
+}
+
+/// Refuses a schema newer than this build's, and one older (`uplink gateway` migrates it); `Ok` when it is
+/// this build's.
+pub(super) async fn check(db: &Db, client: &impl GenericClient) -> Result<(), StoreError> {
+    match version(client).await.map_err(|e| db.said(&e))? {
+        SCHEMA_VERSION => Ok(()),
+        found if found > SCHEMA_VERSION => {
+            Err(StoreError::Newer { path: db.place().to_owned(), found, supported: SCHEMA_VERSION })
+        }
+        found => Err(StoreError::Database(format!(
+            "{}: schema version {found}; start the gateway once to make or migrate it",
+            db.place()
+        ))),
+    }
+}
+
+/// Makes the schema, or migrates it to this build's, each step in a transaction of its own under the
+/// migration lock; then draws the store's secret if it has none. Refuses a newer schema.
+pub(super) async fn migrate(db: &Arc<Db>, client: &mut Client) -> Result<(), StoreError> {
+    loop {
+        let tx = client.transaction().await.map_err(|e| db.said(&e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| db.said(&e))?;
+        let found = version(&tx).await.map_err(|e| db.said(&e))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::Newer { path: db.place().to_owned(), found, supported: SCHEMA_VERSION });
+        }
+        if found == SCHEMA_VERSION {
+            ensure_meta(db, &tx).await?;
+            tx.commit().await.map_err(|e| db.said(&e))?;
+            return Ok(());
+        }
+        let step = MIGRATIONS[usize::try_from(found).unwrap_or(0)];
+        tx.batch_execute(step).await.map_err(|e| db.said(&e))?;
+        tx.execute(
+            "INSERT INTO uplink.meta (key, n, hash) VALUES ('schema_version', $1, '')
+             ON CONFLICT (key) DO UPDATE SET n = excluded.n",
+            &[&(found + 1)],
+        )
+        .await
+        .map_err(|e| db.said(&e))?;
+        tx.commit().await.map_err(|e| db.said(&e))?;
+        tracing::info!(store = %db.place(), version = found + 1, "the store's schema was migrated");
+    }
+}
+
+/// The pairs every store has from its first start: the head at the genesis, nothing reserved, no
+/// credentials' version, and the store's secret (drawn once, the same ever after).
+async fn ensure_meta(db: &Db, tx: &impl GenericClient) -> Result<(), StoreError> {
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| StoreError::Database("the system's secure random generator failed".to_owned()))?;
+    for (name, hash) in
+        [("head", &GENESIS[..]), ("ids_until", &[][..]), ("credentials_version", &[][..]), ("input_key", &key[..])]
+    {
+        tx.execute(
+            "INSERT INTO uplink.meta (key, n, hash) VALUES ($1, 0, $2) ON CONFLICT (key) DO NOTHING",
+            &[&name, &hash],
+        )
+        .await
+        .map_err(|e| db.said(&e))?;
+    }
+    Ok(())
+}
