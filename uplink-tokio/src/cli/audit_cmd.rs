@@ -17,10 +17,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use super::store_at::StoreAt;
 use crate::gateway::audit_line;
 use crate::store::audit::{canonical_json, input_hmac, sha256_hex};
-use crate::store::sqlite::SqliteReader;
-use crate::store::{AuditQuery, AuditReader as _, Checkpoint, Head};
+use crate::store::{AuditQuery, AuditReader, Checkpoint, Head};
 
 #[derive(Args)]
 pub(super) struct AuditArgs {
@@ -30,6 +30,13 @@ pub(super) struct AuditArgs {
     /// ~/.local/state/uplink.
     #[arg(long, global = true, env = "UPLINK_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// The gateway's store on a PostgreSQL database (`uplink gateway --store`) instead of the state
+    /// directory's.
+    #[arg(long, global = true, env = "UPLINK_STORE", hide_env_values = true, value_name = "URL")]
+    store: Option<String>,
+    /// A PEM file of certificate authorities for the PostgreSQL server's certificate.
+    #[arg(long, global = true, value_name = "FILE")]
+    store_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -74,7 +81,7 @@ enum AuditAction {
 
 pub(super) fn run(args: AuditArgs) -> ExitCode {
     let dir = args.state_dir.unwrap_or_else(super::credentials_file::default_state_dir);
-    let reader = match SqliteReader::at(&dir) {
+    let reader = match StoreAt::new(args.store, args.store_ca, &dir).and_then(|at| at.reader()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("uplink audit: {e}");
@@ -92,9 +99,9 @@ pub(super) fn run(args: AuditArgs) -> ExitCode {
                     }
                 }
             }
-            verify(&reader, &expect_head)
+            verify(&*reader, &expect_head)
         }
-        AuditAction::CheckInput { seq, input_file } => check_input(&reader, seq, &input_file),
+        AuditAction::CheckInput { seq, input_file } => check_input(&*reader, seq, &input_file),
         AuditAction::Export { project, tool, outcome, since } => {
             let mut query = AuditQuery { project, tool, outcome, since, limit: Some(1000), ..AuditQuery::default() };
             let mut out = std::io::stdout().lock();
@@ -120,7 +127,7 @@ pub(super) fn run(args: AuditArgs) -> ExitCode {
     }
 }
 
-fn verify(reader: &SqliteReader, heads: &[Head]) -> ExitCode {
+fn verify(reader: &dyn AuditReader, heads: &[Head]) -> ExitCode {
     match reader.verify_with(heads) {
         Ok(Ok(report)) => {
             let pinned = match (report.checkpoints, report.pruned_checkpoints) {
@@ -166,7 +173,7 @@ fn read_checkpoints(file: &std::path::Path) -> Result<Vec<Head>, String> {
     Ok(heads)
 }
 
-fn check_input(reader: &SqliteReader, seq: u64, input_file: &std::path::Path) -> ExitCode {
+fn check_input(reader: &dyn AuditReader, seq: u64, input_file: &std::path::Path) -> ExitCode {
     let input = match std::fs::read_to_string(input_file) {
         Ok(text) => text,
         Err(e) => {

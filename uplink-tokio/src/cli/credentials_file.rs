@@ -26,43 +26,37 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use uplink_proto::gateway::{ProjectScope, Role};
 
+use super::store_at::StoreAt;
 use crate::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{CredentialRow, CredentialStore};
+use crate::store::CredentialRow;
 
 /// Where `token …` keeps credentials.
 pub(super) enum Place {
     /// A TOML file.
     File(PathBuf),
-    /// The store in this state directory.
-    Store(PathBuf),
+    /// The gateway's store (its state directory's, or a PostgreSQL database).
+    Store(StoreAt),
 }
 
 impl Place {
     fn read(&self) -> Result<File, String> {
         match self {
             Place::File(path) => read_or_empty(path),
-            Place::Store(dir) => {
-                let store = SqliteStore::credentials_in(dir).map_err(|e| e.to_string())?;
-                Ok(from_rows(&store.read().map_err(|e| e.to_string())?.0))
-            }
+            Place::Store(at) => Ok(from_rows(&at.credentials()?.read().map_err(|e| e.to_string())?.0)),
         }
     }
 
     fn write(&self, file: &File) -> Result<(), String> {
         match self {
             Place::File(path) => write(path, file),
-            Place::Store(dir) => {
-                let store = SqliteStore::credentials_in(dir).map_err(|e| e.to_string())?;
-                store.write(&to_rows(file)).map_err(|e| e.to_string())
-            }
+            Place::Store(at) => at.credentials()?.write(&to_rows(file)).map_err(|e| e.to_string()),
         }
     }
 
     pub(super) fn describe(&self) -> String {
         match self {
             Place::File(path) => path.display().to_string(),
-            Place::Store(dir) => format!("the store in {}", dir.display()),
+            Place::Store(at) => at.describe(),
         }
     }
 }
@@ -348,6 +342,7 @@ pub(super) fn since(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::CredentialStore as _;
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("uplink-cred-{}-{name}", std::process::id()));
@@ -392,13 +387,13 @@ mod tests {
     #[test]
     fn the_store_keeps_credentials_too_and_the_file_wins_where_both_name_one() {
         let dir = temp("store").parent().expect("dir").to_owned();
-        let store = Place::Store(dir.clone());
+        let store = Place::Store(StoreAt::Dir(dir.clone()));
         let sled = NewToken::Sled { label: Some("farm".into()), projects: vec!["*".into()], expires: None };
         let farm = add(&store, sled).expect("added");
         let ana = add(&store, NewToken::Admin { name: "ana".into(), role: Role::Admin }).expect("added");
         let bob = add(&store, NewToken::Admin { name: "bob".into(), role: Role::Viewer }).expect("added");
         assert!(list(&store).expect("lists").contains("farm"));
-        let kept = SqliteStore::credentials_in(&dir).expect("open");
+        let kept = crate::store::sqlite::SqliteStore::credentials_in(&dir).expect("open");
         let (rows, version) = kept.read().expect("rows");
         assert_eq!(kept.version().expect("version"), version);
         assert_eq!((rows.len(), version), (3, 3), "one version per write");

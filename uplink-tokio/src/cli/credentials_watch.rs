@@ -13,15 +13,16 @@
 //! change in force, and fail when it refused it or did not answer in time ([`confirm`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::credentials_file::{self as file, Place};
+use super::store_at::StoreAt;
 use crate::gateway::CredentialsReloader;
 use crate::gateway::credentials::Credentials;
 use crate::store::CredentialStore;
-use crate::store::sqlite::SqliteCredentials;
 
 /// How often the watch looks for a change.
 const EVERY: Duration = Duration::from_secs(2);
@@ -41,8 +42,8 @@ pub(super) enum Source {
     Kept {
         /// The file, as named.
         file: Option<PathBuf>,
-        /// The state directory whose store holds credentials.
-        store: Option<PathBuf>,
+        /// The store's credentials.
+        store: Option<Arc<dyn CredentialStore>>,
     },
     /// The shared tokens of the command line.
     Tokens,
@@ -59,12 +60,12 @@ struct Fingerprint {
 }
 
 impl Fingerprint {
-    fn of(file: Option<&Path>, store: Option<&Path>) -> Fingerprint {
+    fn of(file: Option<&Path>, store: Option<&dyn CredentialStore>) -> Fingerprint {
         let file_sha256 = file.and_then(|p| std::fs::read(p).ok()).map(|bytes| {
             let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
             digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
         });
-        let store_version = store.and_then(|dir| SqliteCredentials::beside(dir).ok()?.version().ok());
+        let store_version = store.and_then(|kept| kept.version().ok());
         Fingerprint { file_sha256, store_version }
     }
 }
@@ -79,7 +80,8 @@ struct Receipt {
     pid: u32,
     /// The file it watches, made absolute.
     file: Option<PathBuf>,
-    /// Whether it watches the store of the state directory the receipt is in.
+    /// Whether it watches its store's credentials (the store of the state directory the receipt is in, or
+    /// the database named with `--store`).
     store: bool,
     /// What it tried last.
     tried: Fingerprint,
@@ -100,7 +102,7 @@ impl Source {
     fn load(&self) -> Result<(Credentials, Vec<String>), String> {
         let Source::Kept { file, store } = self else { return Err("nothing to load".into()) };
         let rows = match store {
-            Some(dir) => SqliteCredentials::beside(dir).and_then(|r| r.read()).map_err(|e| e.to_string())?.0,
+            Some(kept) => kept.read().map_err(|e| e.to_string())?.0,
             None => Vec::new(),
         };
         file::load_merged(file.as_deref(), &rows)
@@ -251,13 +253,22 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// After `token …` changed the credentials at `place`: whether the gateway running on `state_dir` has the
-/// change in force. `Ok` with a sentence when it has, or when no running gateway there uses `place` (the
-/// change is then in force from its next start); `Err` when it refused it or did not confirm in time.
-pub(super) async fn confirm(place: &Place, state_dir: &Path) -> Result<String, String> {
+/// After `token …` changed the credentials at `place`: whether the gateway running on `state_dir` (with its
+/// store at `store`) has the change in force. `Ok` with a sentence when it has, or when no running gateway
+/// there uses `place` (the change is then in force from its next start); `Err` when it refused it or did not
+/// confirm in time. Gateways on other machines that share a PostgreSQL store are not asked: each puts a
+/// change in force within seconds.
+pub(super) async fn confirm(place: &Place, state_dir: &Path, store: &StoreAt) -> Result<String, String> {
     let path = state_dir.join(RECEIPT);
     let read = || std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Receipt>(&t).ok());
-    let nobody = format!("no gateway runs on {}: one takes it when it starts", state_dir.display());
+    let nobody = match store {
+        StoreAt::Postgres { .. } if matches!(place, Place::Store(_)) => format!(
+            "no gateway runs on {} here; the gateways on {} take it within seconds, and others when they start",
+            state_dir.display(),
+            store.describe().trim_start_matches("the store at ")
+        ),
+        _ => format!("no gateway runs on {}: one takes it when it starts", state_dir.display()),
+    };
     let Some(first) = read().filter(|r| alive(r.pid)) else { return Ok(nobody) };
     let uses = match place {
         Place::Store(_) => first.store,
@@ -271,10 +282,10 @@ pub(super) async fn confirm(place: &Place, state_dir: &Path) -> Result<String, S
             place.describe()
         ));
     }
-    let store = first.store.then_some(state_dir);
+    let store = if first.store { store.credentials_beside().ok() } else { None };
     let deadline = tokio::time::Instant::now() + CONFIRM_WAIT;
     loop {
-        let want = Fingerprint::of(first.file.as_deref(), store);
+        let want = Fingerprint::of(first.file.as_deref(), store.as_deref());
         match read() {
             Some(r) if r.tried == want => {
                 return match r.refused {

@@ -11,8 +11,10 @@
 //!    `STATE_DIR/credentials.toml` with `--no-store`); their plain text is printed and written once to
 //!    `STATE_DIR/tokens`, readable by the owner only, so that a restart keeps them.
 //!
-//! The store (`STATE_DIR/uplink.db`, unless `--no-store`) keeps the rules made at run time and the audit
-//! log; see [`crate::store::sqlite`].
+//! The store (`STATE_DIR/uplink.db`, or the PostgreSQL database of `--store postgres://…`, unless
+//! `--no-store`) keeps the rules made at run time, the audit log, the console's sign-ins, the requests that
+//! may come back, and the credentials `token …` manages; see [`crate::store::sqlite`] and
+//! [`crate::store::postgres`].
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -25,10 +27,9 @@ use super::common::shutdown_signal;
 use super::credentials_file::{self as file, NewToken};
 use super::credentials_watch::{self as watch, Source};
 use super::gateway_args::RunArgs;
+use super::store_at::{Keeping, StoreAt};
 use crate::gateway::credentials::Credentials;
 use crate::gateway::{self, GatewayServer, GatewayServerConfig};
-use crate::store::Store;
-use crate::store::sqlite::{SqliteStore, StoreOptions};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -45,6 +46,17 @@ pub(super) struct GatewayArgs {
     /// ~/.local/state/uplink.
     #[arg(long, global = true, env = "UPLINK_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Keep the store in a PostgreSQL database instead of the state directory's file: a URL such as
+    /// postgres://uplink@db.example/uplink?sslmode=require (libpq's form; `host=/run/postgresql` for a Unix
+    /// socket). Its tables live in a schema `uplink`, made at the first start. Give a password in
+    /// UPLINK_STORE rather than on the command line. The state directory still keeps what is this node's
+    /// own (the tokens generated at a first start).
+    #[arg(long, global = true, env = "UPLINK_STORE", hide_env_values = true, value_name = "URL")]
+    store: Option<String>,
+    /// A PEM file of certificate authorities, beside the web's roots, for the PostgreSQL server's
+    /// certificate.
+    #[arg(long, global = true, value_name = "FILE")]
+    store_ca: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -93,23 +105,24 @@ struct AddArgs {
 
 pub(super) async fn run(args: GatewayArgs) -> Result<(), String> {
     let state_dir = args.state_dir.unwrap_or_else(file::default_state_dir);
+    let store = StoreAt::new(args.store, args.store_ca, &state_dir)?;
     match args.action {
         Some(Action::Token(cmd)) => {
             // A file when one is named; the store otherwise.
             let place = match args.credentials {
                 Some(path) => file::Place::File(path),
-                None => file::Place::Store(state_dir.clone()),
+                None => file::Place::Store(store.clone()),
             };
-            token(cmd, &place, &state_dir).await
+            token(cmd, &place, &state_dir, &store).await
         }
-        None => serve(args.run, args.credentials, &state_dir).await,
+        None => serve(args.run, args.credentials, &state_dir, &store).await,
     }
 }
 
 /// `token …`. A change is reported done only once the gateway running on `state_dir` (if one uses `place`)
 /// has it in force; a refusal or no confirmation is an error, with the change written but not in force.
 #[allow(clippy::print_stdout)]
-async fn token(cmd: TokenCmd, place: &file::Place, state_dir: &Path) -> Result<(), String> {
+async fn token(cmd: TokenCmd, place: &file::Place, state_dir: &Path, store: &StoreAt) -> Result<(), String> {
     match cmd {
         TokenCmd::Add(a) => {
             let new = match (a.sled, a.admin, a.role) {
@@ -121,19 +134,19 @@ async fn token(cmd: TokenCmd, place: &file::Place, state_dir: &Path) -> Result<(
             // The token first: it is written, and shown only this once, whatever the gateway says.
             println!("{token}");
             eprintln!("added to {}; this token is shown once.", place.describe());
-            eprintln!("{}", watch::confirm(place, state_dir).await?);
+            eprintln!("{}", watch::confirm(place, state_dir, store).await?);
         }
         TokenCmd::Ls => print!("{}", file::list(place)?),
         TokenCmd::Revoke { who } => {
             eprintln!("{}", file::revoke(place, &who)?);
-            eprintln!("{}", watch::confirm(place, state_dir).await?);
+            eprintln!("{}", watch::confirm(place, state_dir, store).await?);
         }
     }
     Ok(())
 }
 
 #[allow(clippy::print_stdout)]
-async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) -> Result<(), String> {
+async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path, at: &StoreAt) -> Result<(), String> {
     let sled_tokens: Vec<String> =
         args.sled_tokens.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
     let admin_token = args.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
@@ -144,14 +157,17 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     }
     // The store first: it holds credentials too, and a second gateway on this directory stops here.
     let store = if args.no_store {
+        if let StoreAt::Postgres { .. } = at {
+            return Err("use --store or --no-store, not both".into());
+        }
         None
     } else {
-        let options = StoreOptions {
+        let keeping = Keeping {
             full_sync: args.store_sync == "full",
             keep_for: args.audit_keep,
             keep_records: args.audit_keep_records,
         };
-        Some(SqliteStore::open(state_dir, options).map_err(|e| e.to_string())?)
+        Some(at.open(&keeping)?)
     };
     // Tokens and credentials an older uplink left readable by others are narrowed to their owner.
     for kept in ["tokens", "credentials.toml"] {
@@ -191,13 +207,13 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
         };
         if file.is_none() && never_kept {
             let place = match &store {
-                Some(_) => file::Place::Store(state_dir.to_owned()),
+                Some(_) => file::Place::Store(at.clone()),
                 None => file::Place::File(legacy.clone()),
             };
             first_start(state_dir, &place, &mut announce)?;
         }
         let source = match (&store, &file) {
-            (Some(_), file) => Source::Kept { file: file.clone(), store: Some(state_dir.to_owned()) },
+            (Some(s), file) => Source::Kept { file: file.clone(), store: s.credentials() },
             (None, Some(file)) => Source::Kept { file: Some(file.clone()), store: None },
             (None, None) => Source::Kept { file: Some(legacy), store: None },
         };
@@ -281,10 +297,13 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path) ->
     config.notify_checkpoints = args.notify_checkpoints;
     config.public_url = args.public_url;
     config.allowed_hosts = args.allowed_hosts;
-    if let Some(store) = &store {
-        announce.push(format!("  store: {} (rules and the audit log)", store.path().display()));
+    if store.is_some() {
+        let place = match at {
+            StoreAt::Dir(dir) => dir.join(crate::store::sqlite::DB_FILE).display().to_string(),
+            StoreAt::Postgres { .. } => at.describe().trim_start_matches("the store at ").to_owned(),
+        };
+        announce.push(format!("  store: {place} (rules and the audit log)"));
     }
-    let store = store.map(|s| Box::new(s) as Box<dyn Store>);
     let signal = shutdown_signal()?;
     let server = GatewayServer::bind_with_store(config, store).await.map_err(|e| e.to_string())?;
     let local = server.local_addr().map_err(|e| e.to_string())?;

@@ -19,6 +19,7 @@ mod local_server;
 mod logging;
 mod open_files;
 mod rules_cmd;
+mod store_at;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

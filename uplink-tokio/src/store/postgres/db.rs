@@ -64,6 +64,15 @@ fn place_of(config: &tokio_postgres::Config) -> String {
     format!("postgres://{user}@{host}:{port}/{db}")
 }
 
+/// Where the database at `url` is, for people: `postgres://user@host:port/db`, never its password; the URL
+/// itself with what follows its `@` left out when it does not read.
+pub fn place_of_url(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(config) => place_of(&config),
+        Err(_) => url.split('@').next_back().map_or_else(String::new, |rest| format!("postgres://…@{rest}")),
+    }
+}
+
 /// What the database (or the way to it) said, in one line: the server's own words where it gave any.
 pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {

@@ -28,7 +28,7 @@ mod schema;
 mod writer;
 
 pub use credentials::PostgresCredentials;
-pub use db::OPERATION_TIMEOUT;
+pub use db::{OPERATION_TIMEOUT, place_of_url};
 pub use reader::PostgresReader;
 pub use schema::SCHEMA_VERSION;
 pub use writer::{PostgresOptions, PostgresStore};

@@ -1,0 +1,161 @@
+//! `uplink gateway --store postgres://…` as the program runs it, against a real PostgreSQL server the test
+//! starts: what a node keeps is there for the next node (another state directory, as on another machine),
+//! `uplink audit` and `uplink gateway token` work on the database, and a database the gateway must not use
+//! stops it at start with the reason.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use futures_util::SinkExt as _;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use uplink_tests::postgres::Postgres;
+use uplink_tests::program::{self, Program};
+use uplink_tests::{http, perm_response, raw_sled_at, until};
+
+const UPLINK: &str = env!("CARGO_BIN_EXE_uplink");
+
+async fn uplink(args: &[&str]) -> std::process::Output {
+    program::run_within("uplink", UPLINK, args, &[]).await
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The database's name in a URL of the fixture's.
+fn db_of(url: &str) -> String {
+    url.split('/').nth(3).unwrap().split('?').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn what_a_node_keeps_on_postgres_the_next_node_finds_and_the_log_verifies_there() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
+    // A first start on an empty database generates its tokens into the database.
+    let mut first =
+        Program::gateway(UPLINK).args(["--store", &url]).state_dir(one.path()).banner_until("  store: ").start().await;
+    let (base, sled, admin) = (first.base_url(), first.sled_token(), first.admin_token());
+    assert!(first.banner.iter().any(|l| l.contains("store: postgres://uplink@")), "{:?}", first.banner);
+    assert!(!first.banner.iter().any(|l| l.contains(&url)), "the URL is shown as a place, never as given");
+    let mut ws = raw_sled_at(&base, &sled, "web").await;
+    let ask = json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"git status"}}});
+    ws.send(Message::text(ask.to_string())).await.unwrap();
+    let id: String = until("the request to be listed", async || {
+        let (_, body) = http("GET", &format!("{base}/api/permissions"), Some(&admin), None, &[]).await;
+        let listing: Value = serde_json::from_str(&body).unwrap();
+        listing["permissions"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let always = r#"{"approved":true,"always_allow":true,"scope":"project"}"#;
+    let (status, body) = http("POST", &format!("{base}/api/permissions/{id}"), Some(&admin), Some(always), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(perm_response(&mut ws).await["payload"]["approved"], true);
+    first.kill().await;
+
+    // Another node, another state directory: the same tokens, the rule and the log are the database's.
+    let mut second = Program::gateway(UPLINK).args(["--store", &url]).state_dir(two.path()).start().await;
+    let base = second.base_url();
+    let (status, body) = http("GET", &format!("{base}/api/rules"), Some(&admin), None, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let rules: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rules["rules"][0]["pattern"], "Bash(git status *)", "{body}");
+    let mut ws = raw_sled_at(&base, &sled, "web").await;
+    let again = json!({"type":"perm_request","req_id":"r2","payload":{"tool_name":"Bash","tool_input":{"command":"git status"}}});
+    ws.send(Message::text(again.to_string())).await.unwrap();
+    assert_eq!(perm_response(&mut ws).await["payload"]["approved"], true, "the kept rule decides");
+
+    // The log, read beside the running node: intact, and a rewritten record is found.
+    let verify = uplink(&["audit", "verify", "--store", &url]).await;
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+    let said = text(&verify.stdout);
+    assert!(said.starts_with("intact: 4 records"), "{said}");
+    let export = uplink(&["audit", "export", "--store", &url, "--outcome", "always_allow"]).await;
+    assert_eq!(text(&export.stdout).lines().count(), 1, "{}", text(&export.stderr));
+    second.kill().await;
+    pg.sql(&db_of(&url), "UPDATE uplink.audit SET record = replace(record, 'git status', 'git push') WHERE seq = 1")
+        .unwrap();
+    let broken = uplink(&["audit", "verify", "--store", &url]).await;
+    assert_eq!(broken.status.code(), Some(3), "{}", text(&broken.stdout));
+    assert!(text(&broken.stdout).contains("record 1 was changed"), "{}", text(&broken.stdout));
+}
+
+#[tokio::test]
+async fn a_token_added_on_one_machine_is_in_force_at_a_node_running_on_another() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let (node, elsewhere) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
+    let mut gateway =
+        Program::gateway(UPLINK).args(["--store", &url]).state_dir(node.path()).banner_lines(4).start().await;
+    let base = gateway.base_url();
+    let state = elsewhere.path().to_str().unwrap();
+    let added = uplink(&[
+        "gateway",
+        "token",
+        "add",
+        "--store",
+        &url,
+        "--state-dir",
+        state,
+        "--admin",
+        "vic",
+        "--role",
+        "viewer",
+    ])
+    .await;
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    assert!(text(&added.stderr).contains("take it within seconds"), "{}", text(&added.stderr));
+    let vic = text(&added.stdout).trim().to_owned();
+    until("the node to take the new token", async || {
+        let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(&vic), None, &[]).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let listing = text(&uplink(&["gateway", "token", "ls", "--store", &url, "--state-dir", state]).await.stdout);
+    assert!(listing.contains("vic") && listing.contains("admin") && !listing.contains(&vic), "{listing}");
+    gateway.kill().await;
+}
+
+#[tokio::test]
+async fn a_database_the_gateway_must_not_use_stops_it_at_start_with_the_reason() {
+    let pg = Postgres::shared();
+    let state = uplink_tests::temp_dir();
+    let state = state.path().to_str().unwrap();
+    let start =
+        async |url: &str| uplink(&["gateway", "--listen", "127.0.0.1:0", "--state-dir", state, "--store", url]).await;
+
+    // Nobody there.
+    let gone = Postgres::start().unwrap();
+    let url = gone.url("postgres");
+    gone.stop_server();
+    let out = start(&url).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot be reached"), "{}", text(&out.stderr));
+
+    // A newer uplink's schema.
+    let url = pg.fresh_database();
+    let made =
+        uplink(&["gateway", "token", "add", "--store", &url, "--state-dir", state, "--admin", "a", "--role", "admin"])
+            .await;
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    pg.sql(&db_of(&url), "UPDATE uplink.meta SET n = n + 1 WHERE key = 'schema_version'").unwrap();
+    let out = start(&url).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("newer than this uplink's"), "{}", text(&out.stderr));
+
+    // Held by another gateway (until gateways share a database as a cluster).
+    let url = pg.fresh_database();
+    let other = uplink_tests::temp_dir();
+    let mut running =
+        Program::gateway(UPLINK).args(["--store", &url]).state_dir(other.path()).banner_lines(4).start().await;
+    let out = start(&url).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("in use by another gateway"), "{}", text(&out.stderr));
+    running.kill().await;
+
+    // Not a database at all, or both --store and --no-store.
+    let out = start("uplink.db").await;
+    assert!(text(&out.stderr).contains("--store takes a PostgreSQL URL"), "{}", text(&out.stderr));
+    let out =
+        uplink(&["gateway", "--listen", "127.0.0.1:0", "--state-dir", state, "--store", &url, "--no-store"]).await;
+    assert!(text(&out.stderr).contains("not both"), "{}", text(&out.stderr));
+}
