@@ -26,13 +26,19 @@ pub enum CloseReason {
     Dead,
     /// The connection's credential was revoked, expired, or no longer covers its project (4010).
     CredentialRevoked,
+    /// The sled sent more than its budgets allow while its claim was being settled with the other gateways
+    /// of a cluster (1008).
+    FloodedBeforeClaim,
+    /// The shared table did not answer the connection's claim in time (1013, try again later): the sled
+    /// comes back, perhaps to another gateway.
+    ClaimUnsettled,
 }
 
 impl CloseReason {
     /// The WebSocket close code.
     pub const fn code(self) -> u16 {
         match self {
-            CloseReason::IdentityNotFirst | CloseReason::NoIdentity => 1008,
+            CloseReason::IdentityNotFirst | CloseReason::NoIdentity | CloseReason::FloodedBeforeClaim => 1008,
             CloseReason::Replaced => 4000,
             CloseReason::ProjectNotPermitted => 4003,
             CloseReason::ProjectHeld => 4009,
@@ -41,6 +47,7 @@ impl CloseReason {
             CloseReason::Restarting => 1012,
             CloseReason::Dead => 4008,
             CloseReason::CredentialRevoked => 4010,
+            CloseReason::ClaimUnsettled => 1013,
         }
     }
 
@@ -57,6 +64,8 @@ impl CloseReason {
             CloseReason::Restarting => "gateway restarting",
             CloseReason::Dead => "silent past the dead threshold",
             CloseReason::CredentialRevoked => "credential revoked or expired",
+            CloseReason::FloodedBeforeClaim => "too much sent before the claim was settled",
+            CloseReason::ClaimUnsettled => "the claim was not settled in time; try again",
         }
     }
 }

@@ -49,6 +49,7 @@ use super::hub_outputs::{
 use super::mcp_endpoint::{self, EndpointRequest, ExchangeEnd, ExchangeKind, McpEndpoint, Refusal, Route};
 use super::policy;
 use super::resume::{Held, HeldRequest, ResumeKey};
+use super::shared_claims::{ClaimAnswer, Identity, QUEUE_SLACK, SharedClaims};
 use super::sled_session::{
     DecideError, McpId, PermId, SendMcpError, SessionConfig, SessionConfigError, SessionEvent, SessionOutput,
     SledSession, Withdrawn,
@@ -137,6 +138,8 @@ pub struct Hub {
     /// Requests that arrived while their sled's confirmation of `resume` was awaited: not announced until it
     /// is settled (the sled may deny them at a drop before it saw the acceptance).
     unannounced: BTreeSet<(ConnHandle, PermId)>,
+    /// Claims settled with other gateways ([`HubConfig::shared_claims`]).
+    shared: Option<SharedClaims>,
     out: VecDeque<HubOutput>,
 }
 
@@ -176,6 +179,7 @@ impl Hub {
         let next_rule = rules.iter().map(|r| r.id.0).filter(|&id| id < CONFIG_RULE_IDS).max().map_or(1, |m| m + 1);
         let session_cfg = config.session.clone();
         let endpoint = McpEndpoint::new(config.mcp_endpoint.clone());
+        let shared = config.shared_claims.clone().map(SharedClaims::new);
         Ok(Hub {
             cfg: config,
             session_cfg,
@@ -201,6 +205,7 @@ impl Hub {
             aliases: BTreeMap::new(),
             alias_of: BTreeMap::new(),
             unannounced: BTreeSet::new(),
+            shared,
             out: VecDeque::new(),
         })
     }
@@ -428,6 +433,96 @@ impl Hub {
     /// Fires every timer due at `now`. Early or repeated calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
+    }
+
+    /// The shared table's answer to [`HubEvent::ClaimWanted`] for `conn`'s claim on `project`
+    /// ([`HubConfig::shared_claims`]; see [`super::shared_claims`]): granted, it holds the project and what it
+    /// sent meanwhile is taken up; held elsewhere with another credential, it is closed with
+    /// [`CloseReason::ProjectHeld`]; held elsewhere with its own, the holder is asked to let go
+    /// ([`HubEvent::ReleaseWanted`]) and the claim asked again. A grant for a connection that is gone (or no
+    /// longer waits) is given back at once ([`HubEvent::ClaimEnded`]).
+    pub fn handle_claim_answer(&mut self, now: Instant, conn: ConnHandle, project: &str, answer: ClaimAnswer) {
+        self.advance(now);
+        let now = self.now;
+        let Some(shared) = self.shared.as_mut() else { return };
+        let waits = shared.waiting.get(&conn).is_some_and(|w| w.identity.project == project && w.retry_at.is_none());
+        if !waits {
+            if let ClaimAnswer::Granted { generation } = answer {
+                self.event(HubEvent::ClaimEnded { project: project.into(), generation });
+            }
+            return;
+        }
+        match answer {
+            ClaimAnswer::Granted { generation } => {
+                let Some(waiting) = shared.waiting.remove(&conn) else { return };
+                shared.granted.insert(conn, (project.into(), generation));
+                self.hold_project(conn, waiting.identity);
+                for event in waiting.queued {
+                    self.on_event(conn, event);
+                }
+                self.pump(conn);
+            }
+            ClaimAnswer::Held { credential, node } => {
+                let own = self.conns.get(&conn).is_some_and(|c| c.credential.id == credential);
+                let Some(waiting) = shared.waiting.get_mut(&conn) else { return };
+                if !own || now >= waiting.until {
+                    // Still waiting as it closes: what its session ends with was never announced, and is not.
+                    self.refuse(conn, project.into(), CloseReason::ProjectHeld);
+                    self.pump(conn);
+                    return;
+                }
+                let here = node == shared.config.node;
+                waiting.retry_at = Some(now + shared.config.retry_every);
+                if here && self.release(now, project, credential) {
+                    // Held here: the hub's own takeover (the holder here closed, its claim given back), then
+                    // asked again at once, after what gives it back.
+                    if let Some(waiting) = self.shared.as_mut().and_then(|s| s.waiting.get_mut(&conn)) {
+                        waiting.retry_at = None;
+                    }
+                    self.event(HubEvent::ClaimWanted { conn, project: project.into(), credential });
+                    return;
+                }
+                if !here {
+                    self.event(HubEvent::ReleaseWanted { project: project.into(), node, credential });
+                }
+                self.reschedule(conn);
+            }
+        }
+    }
+
+    /// Another gateway's connection with `credential` claims `project`, which a connection here holds: when
+    /// it holds it with that credential (the sled started again and reached another gateway), it is closed
+    /// with [`CloseReason::Replaced`] and its claim given back ([`HubEvent::ClaimEnded`] follows once it has
+    /// ended). Whether it was.
+    pub fn release(&mut self, now: Instant, project: &str, credential: CredentialId) -> bool {
+        self.advance(now);
+        let Some(holder) = self.holder(project) else { return false };
+        if self.conns.get(&holder).is_none_or(|c| c.credential.id != credential) {
+            return false;
+        }
+        self.close(self.now, holder, CloseReason::Replaced);
+        true
+    }
+
+    /// A waiting claim's time: asked again after a `Held`, or closed once it has waited its while.
+    fn ask_again(&mut self, conn: ConnHandle) {
+        let now = self.now;
+        let Some(shared) = self.shared.as_mut() else { return };
+        let Some(waiting) = shared.waiting.get_mut(&conn) else { return };
+        let retrying = waiting.retry_at.take().is_some();
+        let project = waiting.identity.project.clone();
+        if now >= waiting.until {
+            // Still held elsewhere after all this while, or never answered. (Still waiting as it closes: what
+            // its session ends with was never announced, and is not.)
+            let reason = if retrying { CloseReason::ProjectHeld } else { CloseReason::ClaimUnsettled };
+            self.refuse(conn, project, reason);
+            return;
+        }
+        if !retrying {
+            return;
+        }
+        let Some(credential) = self.conns.get(&conn).map(|c| c.credential.id) else { return };
+        self.event(HubEvent::ClaimWanted { conn, project, credential });
     }
 
     /// A message arrived on `conn`.
@@ -796,6 +891,9 @@ impl Hub {
                 break;
             }
             self.timers.pop_first();
+            if self.shared.as_ref().and_then(|s| s.next_time(conn)).is_some_and(|at| at <= now) {
+                self.ask_again(conn);
+            }
             let Some(c) = self.conns.get_mut(&conn) else { continue };
             c.timer = None;
             if c.credential.is_expired(now) {
@@ -847,6 +945,12 @@ impl Hub {
                 if let Some(at) = c.timer {
                     self.timers.remove(&(at, conn));
                 }
+                if let Some(shared) = &mut self.shared {
+                    shared.waiting.remove(&conn);
+                    if let Some((project, generation)) = shared.granted.remove(&conn) {
+                        self.out.push_back(HubOutput::Event(HubEvent::ClaimEnded { project, generation }));
+                    }
+                }
                 if c.project.is_none() {
                     self.unidentified -= 1;
                 }
@@ -860,10 +964,12 @@ impl Hub {
 
     fn reschedule(&mut self, conn: ConnHandle) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        let next = match (c.session.poll_timeout(), c.credential.expires) {
+        let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let retry = self.shared.as_ref().and_then(|s| s.next_time(conn));
+        let next = earliest(earliest(c.session.poll_timeout(), c.credential.expires), retry);
         if next == c.timer {
             return;
         }
@@ -890,6 +996,27 @@ impl Hub {
     }
 
     fn on_event(&mut self, conn: ConnHandle, event: SessionEvent) {
+        if let Some(waiting) = self.shared.as_mut().and_then(|s| s.waiting.get_mut(&conn)) {
+            match event {
+                // Nothing of the claim's: taken as they come.
+                SessionEvent::Heartbeat
+                | SessionEvent::Stale
+                | SessionEvent::Alive
+                | SessionEvent::FrameIgnored(_)
+                | SessionEvent::Closed => {}
+                // The rest waits for the claim, within the session's budgets.
+                event => {
+                    waiting.queued.push_back(event);
+                    let budget = self.session_cfg.max_pending_permissions * 2 + QUEUE_SLACK;
+                    if waiting.queued.len() > budget
+                        && let Some(c) = self.conns.get_mut(&conn)
+                    {
+                        c.session.close(self.now, CloseReason::FloodedBeforeClaim);
+                    }
+                    return;
+                }
+            }
+        }
         match event {
             SessionEvent::Identified { project, protocol, sled_version, capabilities, incarnation } => {
                 self.claim(conn, project, protocol, sled_version, capabilities, incarnation)
@@ -1056,12 +1183,33 @@ impl Hub {
             }
         };
         if let Some(reason) = refusal {
-            self.event(HubEvent::SledRefused { conn, project, reason });
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.session.close(now, reason);
-            }
-            return;
+            return self.refuse(conn, project, reason);
         }
+        let identity = Identity { project, protocol, sled_version, capabilities, incarnation };
+        match &mut self.shared {
+            // Settled with the other gateways first.
+            Some(shared) => {
+                let project = identity.project.clone();
+                shared.wait(now, conn, identity);
+                self.event(HubEvent::ClaimWanted { conn, project, credential: credential.id });
+            }
+            None => self.hold_project(conn, identity),
+        }
+    }
+
+    /// Refuses `conn` its claim on `project`, and closes it.
+    fn refuse(&mut self, conn: ConnHandle, project: String, reason: CloseReason) {
+        self.event(HubEvent::SledRefused { conn, project, reason });
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session.close(self.now, reason);
+        }
+    }
+
+    /// `conn`'s claim succeeded: it holds the project (taking it from a holder here, which is closed).
+    fn hold_project(&mut self, conn: ConnHandle, identity: Identity) {
+        let now = self.now;
+        let Identity { project, protocol, sled_version, capabilities, incarnation } = identity;
+        let Some(credential) = self.conns.get(&conn).map(|c| c.credential.clone()) else { return };
         let claimed = Project { holder: Some(conn), credential: credential.id, since: now, gone: None };
         let replaced = match self.projects.insert(project.clone(), claimed) {
             Some(old) => {

@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use super::mcp_endpoint::McpEndpointConfig;
 use super::resume::ResumeConfig;
+use super::shared_claims::SharedClaimsConfig;
 use super::sled_session::SessionConfig;
 use crate::rules::Rule;
 
@@ -44,6 +45,9 @@ pub struct HubConfig {
     /// Accept the `resume` extension from sleds that offer it, holding their requests across a drop
     /// ([`super::resume`]). Default `None`: the original rule, a drop ends what was pending.
     pub resume: Option<ResumeConfig>,
+    /// Settle which connection holds each project with other gateways, through a table they share (a
+    /// cluster; [`super::shared_claims`]). Default `None`: this hub alone decides.
+    pub shared_claims: Option<SharedClaimsConfig>,
 }
 
 /// The first id a configuration's own rules should take ([`HubConfig::rules`] named on a command line, say):
@@ -81,6 +85,7 @@ impl Default for HubConfig {
             auto_deny: BTreeSet::new(),
             mcp_endpoint: McpEndpointConfig::default(),
             resume: None,
+            shared_claims: None,
         }
     }
 }

@@ -152,6 +152,36 @@ pub enum HubEvent {
         /// The connection it took the project from (closed with [`CloseReason::Replaced`]).
         replaced: Option<ConnHandle>,
     },
+    /// A connection identified as `project` and passed the hub's own checks; with
+    /// [`HubConfig::shared_claims`](super::HubConfig::shared_claims), the shared table must settle it: answer
+    /// with [`Hub::handle_claim_answer`](super::Hub::handle_claim_answer). Nothing is sent on the connection
+    /// until then.
+    ClaimWanted {
+        /// The connection.
+        conn: ConnHandle,
+        /// The project it claims.
+        project: String,
+        /// Its credential.
+        credential: CredentialId,
+    },
+    /// A connection here claims `project`, held at gateway `node` with the same credential: ask that gateway
+    /// to let it go ([`Hub::release`](super::Hub::release) there). The claim is asked again meanwhile.
+    ReleaseWanted {
+        /// The project.
+        project: String,
+        /// The gateway holding it.
+        node: u64,
+        /// The credential of both connections.
+        credential: CredentialId,
+    },
+    /// A claim granted by the shared table ended (its connection closed or was replaced), or a grant came for
+    /// a connection that no longer waits: give the claim of this generation back (a newer one stays).
+    ClaimEnded {
+        /// The project.
+        project: String,
+        /// The claim's generation.
+        generation: u64,
+    },
     /// A connection identified as a project it may not hold, and is closed.
     SledRefused {
         /// The connection.

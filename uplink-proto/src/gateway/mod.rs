@@ -19,9 +19,11 @@
 //! - [`outbox`]: a webhook's outbox for the gateway's notifications: bounded, retried with jittered back-off.
 //! - [`resume`]: requests held for sleds that went away (the `resume` extension), found again when they
 //!   come back.
+//! - [`shared_claims`]: which connection holds a project, settled with the other gateways of a cluster
+//!   through a table they share.
 //!
 //! The state diagrams are beside the states they draw: a connection's in [`sled_session`] (its `State`), a
-//! project's claim in [`hub`].
+//! project's claim in [`hub`], and in a cluster in [`shared_claims`].
 
 pub mod auth_limit;
 pub mod close;
@@ -35,6 +37,7 @@ pub mod outbox;
 pub mod policy;
 pub mod principal;
 pub mod resume;
+pub mod shared_claims;
 pub mod sled_session;
 pub mod verdict;
 
@@ -55,6 +58,7 @@ pub use mcp_endpoint::{
 pub use policy::{FLAG_AUTHOR, FLAG_RULE_IDS};
 pub use principal::{Action, BadRole, Role};
 pub use resume::{HeldRequest, MAX_INCARNATION_BYTES, ResumeConfig, ResumeKey};
+pub use shared_claims::{ClaimAnswer, SharedClaimsConfig};
 pub use sled_session::{
     DecideError, INPUT_TOO_DEEP, McpFailure, McpId, PendingPermission, PermId, SendMcpError, SessionConfig,
     SessionConfigError, SessionEvent, SessionIgnored, SessionLimit, SessionOutput, SledSession, Withdrawn,

@@ -1,6 +1,7 @@
 //! A thin driver for scenario tests: virtual time, output collection, frame helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod hub;
 pub mod pair;
 
 use std::time::Duration;
