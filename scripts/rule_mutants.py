@@ -27,6 +27,7 @@ SLED = "uplink-proto/src/sled/machine.rs"
 SLED_MCP = "uplink-proto/src/sled/mcp_relay.rs"
 GATEWAY = "uplink-proto/src/gateway/sled_session.rs"
 HUB = "uplink-proto/src/gateway/hub.rs"
+LEASE = "uplink-proto/src/gateway/lease.rs"
 PENDING = "uplink-proto/src/pending.rs"
 WIRE = "uplink-proto/src/wire.rs"
 
@@ -111,6 +112,15 @@ MUTANTS = [
     ("hub (shared claims): a grant after its connection closed is not given back", HUB,
      "                self.event(HubEvent::ClaimEnded { project: project.into(), generation });\n            }\n            return;",
      "            }\n            return;"),
+    ("hub (lease): a lapsed lease is not noticed before an input is acted on", HUB,
+     "if !lease.is_fenced() && lease.lapsed(now) {",
+     "if false && lease.lapsed(now) {"),
+    ("hub (lease): a renewal extends the lease from the old deadline, not from when it was sent", LEASE,
+     "        let until = sent + self.config.length.saturating_sub(self.config.margin());",
+     "        let until = self.deadline.max(sent) + self.config.length.saturating_sub(self.config.margin());"),
+    ("hub (lease): no margin before the database's expiry", LEASE,
+     "        let until = sent + self.config.length.saturating_sub(self.config.margin());",
+     "        let until = sent + self.config.length;"),
     ("hub (replacement): the replaced connection is left open", HUB,
      "            c.session.close(now, CloseReason::Replaced);\n",
      ""),

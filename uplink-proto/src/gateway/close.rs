@@ -29,6 +29,9 @@ pub enum CloseReason {
     /// The sled sent more than its budgets allow while its claim was being settled with the other gateways
     /// of a cluster (1008).
     FloodedBeforeClaim,
+    /// The gateway lost its lease in its cluster and stopped acting (1012): the sled comes back, through the
+    /// load balancer, to another gateway ([`super::lease`]).
+    Fenced,
     /// The shared table did not answer the connection's claim in time (1013, try again later): the sled
     /// comes back, perhaps to another gateway.
     ClaimUnsettled,
@@ -48,6 +51,7 @@ impl CloseReason {
             CloseReason::Dead => 4008,
             CloseReason::CredentialRevoked => 4010,
             CloseReason::ClaimUnsettled => 1013,
+            CloseReason::Fenced => 1012,
         }
     }
 
@@ -66,6 +70,7 @@ impl CloseReason {
             CloseReason::CredentialRevoked => "credential revoked or expired",
             CloseReason::FloodedBeforeClaim => "too much sent before the claim was settled",
             CloseReason::ClaimUnsettled => "the claim was not settled in time; try again",
+            CloseReason::Fenced => "gateway lost its lease; connect again",
         }
     }
 }

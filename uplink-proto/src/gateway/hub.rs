@@ -46,6 +46,7 @@ use super::hub_outputs::{
     AcceptError, Decided, HubDecideError, HubEvent, HubOutput, McpAnswer, McpHttp, McpRefused, PermEnd,
     PermissionSummary, RuleRefused, SledSummary,
 };
+use super::lease::Lease;
 use super::mcp_endpoint::{self, EndpointRequest, ExchangeEnd, ExchangeKind, McpEndpoint, Refusal, Route};
 use super::policy;
 use super::resume::{Held, HeldRequest, ResumeKey};
@@ -140,6 +141,8 @@ pub struct Hub {
     unannounced: BTreeSet<(ConnHandle, PermId)>,
     /// Claims settled with other gateways ([`HubConfig::shared_claims`]).
     shared: Option<SharedClaims>,
+    /// The node's lease in its cluster ([`HubConfig::lease`]).
+    lease: Option<Lease>,
     out: VecDeque<HubOutput>,
 }
 
@@ -180,6 +183,7 @@ impl Hub {
         let session_cfg = config.session.clone();
         let endpoint = McpEndpoint::new(config.mcp_endpoint.clone());
         let shared = config.shared_claims.clone().map(SharedClaims::new);
+        let lease = config.lease.map(Lease::new);
         Ok(Hub {
             cfg: config,
             session_cfg,
@@ -206,6 +210,7 @@ impl Hub {
             alias_of: BTreeMap::new(),
             unannounced: BTreeSet::new(),
             shared,
+            lease,
             out: VecDeque::new(),
         })
     }
@@ -257,6 +262,9 @@ impl Hub {
     /// configuration's and the auto flags' not counted), and when it would never apply.
     pub fn add_rule(&mut self, now: Instant, rule: Rule) -> Result<RuleId, RuleRefused> {
         self.advance(now);
+        if self.is_fenced() {
+            return Err(RuleRefused::Fenced);
+        }
         // A rule accepted and silently never consulted does not exist.
         if rule.is_expired(self.now) || matches!(&rule.projects, ProjectScope::Patterns(p) if p.is_empty()) {
             return Err(RuleRefused::NeverApplies);
@@ -277,7 +285,7 @@ impl Hub {
     /// so). The configuration's rules and the auto flags' ([`CONFIG_RULE_IDS`] and above) cannot be removed.
     pub fn remove_rule(&mut self, now: Instant, id: RuleId, by: impl Into<Arc<str>>) -> bool {
         self.advance(now);
-        if id.0 >= CONFIG_RULE_IDS || !self.rules.remove(id) {
+        if self.is_fenced() || id.0 >= CONFIG_RULE_IDS || !self.rules.remove(id) {
             return false;
         }
         self.event(HubEvent::RuleRemoved { id, by: Some(by.into()) });
@@ -333,6 +341,11 @@ impl Hub {
     /// True once [`Hub::shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
+    }
+
+    /// True once the hub fenced itself ([`HubConfig::lease`], [`super::lease`]): it acts no more.
+    pub fn is_fenced(&self) -> bool {
+        self.lease.as_ref().is_some_and(Lease::is_fenced)
     }
 
     /// Every listed sled, connected or remembered, by project name.
@@ -425,13 +438,34 @@ impl Hub {
         };
         let conns = self.timers.first().map(|(at, _)| *at);
         let resume = earliest(self.held.poll_timeout(), self.answered.poll_timeout());
-        earliest(earliest(conns, self.endpoint.poll_timeout()), resume)
+        let lease = self.lease.as_ref().and_then(Lease::next_time);
+        earliest(earliest(earliest(conns, self.endpoint.poll_timeout()), resume), lease)
     }
 
     // ── Inputs ──
 
     /// Fires every timer due at `now`. Early or repeated calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    /// The database's answer to a renewal of the lease ([`HubEvent::LeaseRenewalDue`]) sent at `sent` (the
+    /// clock read just before it was sent): `Some(true)` renewed, `Some(false)` the lease is gone (the hub
+    /// fences at once), `None` no answer (the database could not be reached: the deadline stays, and the
+    /// renewal is due again at the next period). A renewal sent in time counts even when its answer comes
+    /// after the old deadline: the database renews only a lease that has not lapsed.
+    pub fn handle_lease_renewal(&mut self, now: Instant, sent: Instant, answer: Option<bool>) {
+        if let Some(lease) = self.lease.as_mut() {
+            let sent = if sent > now { now } else { sent };
+            match answer {
+                Some(held) => {
+                    if !lease.renewed(sent, held) && !lease.is_fenced() {
+                        self.fence();
+                    }
+                }
+                None => lease.unanswered(),
+            }
+        }
         self.advance(now);
     }
 
@@ -598,6 +632,9 @@ impl Hub {
     ) -> Result<Decided, HubDecideError> {
         self.advance(now);
         let now = self.now;
+        if self.is_fenced() {
+            return Err(HubDecideError::Fenced);
+        }
         let verdict = verdict.into();
         if verdict.decision == Decision::AlwaysAllow && verdict.always.and_then(|a| a.until).is_some_and(|at| at <= now)
         {
@@ -881,11 +918,36 @@ impl Hub {
 
     // ── Internals ──
 
+    /// The lease lapsed or is gone: every connection is closed with [`CloseReason::Fenced`], new ones and
+    /// decisions are refused, and the one event from here on is [`HubEvent::Fenced`].
+    fn fence(&mut self) {
+        self.event(HubEvent::Fenced);
+        if let Some(lease) = self.lease.as_mut() {
+            lease.fence();
+        }
+        self.shutting_down = true;
+        let now = self.now;
+        let conns: Vec<ConnHandle> = self.conns.keys().copied().collect();
+        for conn in conns {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session.close(now, CloseReason::Fenced);
+                self.pump(conn);
+            }
+        }
+    }
+
     fn advance(&mut self, now: Instant) {
         if now > self.now {
             self.now = now;
         }
         let now = self.now;
+        if let Some(lease) = self.lease.as_mut() {
+            if !lease.is_fenced() && lease.lapsed(now) {
+                self.fence();
+            } else if lease.renewal_due(now) {
+                self.event(HubEvent::LeaseRenewalDue);
+            }
+        }
         while let Some(&(at, conn)) = self.timers.first() {
             if at > now {
                 break;
@@ -945,11 +1007,12 @@ impl Hub {
                 if let Some(at) = c.timer {
                     self.timers.remove(&(at, conn));
                 }
-                if let Some(shared) = &mut self.shared {
+                let granted = self.shared.as_mut().and_then(|shared| {
                     shared.waiting.remove(&conn);
-                    if let Some((project, generation)) = shared.granted.remove(&conn) {
-                        self.out.push_back(HubOutput::Event(HubEvent::ClaimEnded { project, generation }));
-                    }
+                    shared.granted.remove(&conn)
+                });
+                if let Some((project, generation)) = granted {
+                    self.event(HubEvent::ClaimEnded { project, generation });
                 }
                 if c.project.is_none() {
                     self.unidentified -= 1;
@@ -1556,6 +1619,10 @@ impl Hub {
     }
 
     fn event(&mut self, event: HubEvent) {
+        if self.is_fenced() {
+            // What a fenced hub does is not for the store: the other nodes end what it held.
+            return;
+        }
         match &event {
             HubEvent::PermissionDecided { id, verdict, .. } => {
                 self.remember_end(*id, PermEnd::Decided(verdict.decision))

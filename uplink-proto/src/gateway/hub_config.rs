@@ -4,6 +4,7 @@ use alloc::collections::BTreeSet;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use super::lease::LeaseConfig;
 use super::mcp_endpoint::McpEndpointConfig;
 use super::resume::ResumeConfig;
 use super::shared_claims::SharedClaimsConfig;
@@ -48,6 +49,9 @@ pub struct HubConfig {
     /// Settle which connection holds each project with other gateways, through a table they share (a
     /// cluster; [`super::shared_claims`]). Default `None`: this hub alone decides.
     pub shared_claims: Option<SharedClaimsConfig>,
+    /// The node's lease in its cluster: the hub asks for its renewals and fences itself before it can
+    /// lapse at the database ([`super::lease`]). Default `None`: no lease, never fenced.
+    pub lease: Option<LeaseConfig>,
 }
 
 /// The first id a configuration's own rules should take ([`HubConfig::rules`] named on a command line, say):
@@ -86,6 +90,7 @@ impl Default for HubConfig {
             mcp_endpoint: McpEndpointConfig::default(),
             resume: None,
             shared_claims: None,
+            lease: None,
         }
     }
 }

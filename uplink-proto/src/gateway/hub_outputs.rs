@@ -73,6 +73,10 @@ pub enum HubDecideError {
     /// not after now); nothing was sent and the request stays pending.
     #[error("the rule \"always allow\" would make has expired already")]
     AlwaysExpired,
+    /// This gateway lost its lease in its cluster ([`super::lease`]) and decides nothing more: decide on
+    /// another.
+    #[error("this gateway lost its lease and decides nothing more; decide on another")]
+    Fenced,
 }
 
 /// Why [`Hub::add_rule`](super::Hub::add_rule) refused a rule.
@@ -85,6 +89,9 @@ pub enum RuleRefused {
     /// It would never apply: it has expired already, or its list of projects is empty.
     #[error("this rule would never apply: it has expired, or names no project")]
     NeverApplies,
+    /// This gateway lost its lease in its cluster ([`super::lease`]) and changes nothing more.
+    #[error("this gateway lost its lease and changes nothing more; use another")]
+    Fenced,
 }
 
 /// Why [`Hub::send_mcp`](super::Hub::send_mcp) refused.
@@ -182,6 +189,15 @@ pub enum HubEvent {
         /// The claim's generation.
         generation: u64,
     },
+    /// The lease ([`HubConfig::lease`](super::HubConfig::lease)) is due for renewal: renew it at the database,
+    /// reading the clock just before the renewal is sent, and hand the answer to
+    /// [`Hub::handle_lease_renewal`](super::Hub::handle_lease_renewal). Asked once per renewal period; never
+    /// two at once.
+    LeaseRenewalDue,
+    /// The hub fenced itself ([`super::lease`]): its lease lapsed, or the database said it is gone. Every
+    /// connection was closed with [`CloseReason::Fenced`], and nothing more is reported for the store: what
+    /// it held is for the other nodes to end. The last event a fenced hub gives.
+    Fenced,
     /// A connection identified as a project it may not hold, and is closed.
     SledRefused {
         /// The connection.

@@ -21,9 +21,10 @@
 //!   come back.
 //! - [`shared_claims`]: which connection holds a project, settled with the other gateways of a cluster
 //!   through a table they share.
+//! - [`lease`]: a cluster node's lease, renewed at the database, and the fence before it can lapse there.
 //!
 //! The state diagrams are beside the states they draw: a connection's in [`sled_session`] (its `State`), a
-//! project's claim in [`hub`], and in a cluster in [`shared_claims`].
+//! project's claim in [`hub`], and in a cluster in [`shared_claims`]; a node's lease in [`lease`].
 
 pub mod auth_limit;
 pub mod close;
@@ -32,6 +33,7 @@ pub mod credential;
 pub mod hub;
 pub mod hub_config;
 pub mod hub_outputs;
+pub mod lease;
 pub mod mcp_endpoint;
 pub mod outbox;
 pub mod policy;
@@ -52,6 +54,7 @@ pub use hub_outputs::{
     AcceptError, Decided, HubDecideError, HubEvent, HubOutput, McpAnswer, McpHttp, McpRefused, PermEnd,
     PermissionSummary, RuleRefused, SledSummary,
 };
+pub use lease::LeaseConfig;
 pub use mcp_endpoint::{
     EndpointRequest, ExchangeEnd, ExchangeKind, McpEndpoint, McpEndpointConfig, Method, Refusal, Route,
 };
