@@ -23,9 +23,18 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 /// Every wait in the tests is bounded by this; nothing here sleeps to dodge a race.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How long a program may take to start (its banner): a start builds sockets, a store and often a second
+/// process, which a machine busy with other builds can slow well beyond [`WAIT`].
+pub const START_WAIT: Duration = Duration::from_secs(30);
+
 /// Awaits `f`, failing the test if it takes longer than [`WAIT`].
 pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(WAIT, f).await {
+    within_for(what, WAIT, f).await
+}
+
+/// Awaits `f`, failing the test if it takes longer than `bound`.
+pub async fn within_for<F: std::future::Future>(what: &str, bound: Duration, f: F) -> F::Output {
+    match tokio::time::timeout(bound, f).await {
         Ok(v) => v,
         Err(_) => panic!("timed out waiting for {what}"),
     }

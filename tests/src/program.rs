@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::within;
+use crate::{START_WAIT, within, within_for};
 
 /// The variables of the test's own environment no program is given: `uplink`'s own (`UPLINK_*`, and the
 /// sled's `HUSKIES_UPSTREAM_GATEWAY`), which would change what it does, and `RUST_LOG`.
@@ -258,7 +258,7 @@ impl Program {
         let banner = match &mut out {
             None => Vec::new(),
             Some(out) => {
-                within(&format!("{name}'s banner"), async {
+                within_for(&format!("{name}'s banner"), START_WAIT, async {
                     let mut banner: Vec<String> = Vec::new();
                     loop {
                         let done = match &until {
