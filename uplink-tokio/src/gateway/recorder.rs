@@ -186,6 +186,11 @@ impl Recorder {
                 out.push(Change::ReserveIds(*until));
                 return;
             }
+            // The claim's row goes with the records of its connection's end, in one commit.
+            HubEvent::ClaimEnded { project, generation } => {
+                out.push(Change::EndClaim { project: project.clone(), generation: *generation });
+                return;
+            }
             HubEvent::RuleAdded { rule } => {
                 let kept = stored(rule, &self.wall);
                 let e = Entry::new(at, "rule_added").with("rule", serde_json::to_value(&kept).unwrap_or_default());

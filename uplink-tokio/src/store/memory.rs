@@ -118,6 +118,7 @@ impl Store for MemoryStore {
                         inner.resumables.remove(id);
                     }
                     Change::ReserveIds(until) => inner.ids_until = inner.ids_until.max(*until),
+                    Change::EndClaim { .. } => {}
                 }
             }
             Head { seq: inner.head.0, hash: inner.head.1 }

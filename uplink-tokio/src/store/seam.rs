@@ -144,6 +144,14 @@ pub enum Change {
     DeleteResumable(String),
     /// Connection handles up to this one are reserved: a restarted gateway starts after them.
     ReserveIds(u64),
+    /// A claim on a project, granted by the cluster's table ([`ClusterStore::claim`]), ended: its row goes,
+    /// if it is still of this generation. Nothing for a store that is not a cluster's.
+    EndClaim {
+        /// The project.
+        project: String,
+        /// The claim's generation.
+        generation: u64,
+    },
 }
 
 /// Why the store failed.
@@ -182,6 +190,9 @@ pub enum StoreError {
         /// What the attempt said.
         why: String,
     },
+    /// This gateway is a cluster node whose lease has lapsed at the database: it may write nothing more.
+    #[error("the database {0} says this gateway's lease has lapsed; nothing was written")]
+    Fenced(String),
     /// Anything else the database said.
     #[error("store: {0}")]
     Database(String),
@@ -208,6 +219,12 @@ pub trait Store: Send + 'static {
         None
     }
 
+    /// The cluster this store's database is shared with (several gateway nodes), or `None` (the default)
+    /// for a store of one gateway.
+    fn cluster(&self) -> Option<Arc<dyn ClusterStore>> {
+        None
+    }
+
     /// True (the default) when a commit may wait for the disk (a flush per commit) or for another machine:
     /// such a store is committed on a thread of its own, so that no runtime worker waits with it. False when
     /// a commit only hands its pages to the operating system, which takes microseconds: the hub task then
@@ -215,6 +232,44 @@ pub trait Store: Send + 'static {
     fn waits_for_disk(&self) -> bool {
         true
     }
+}
+
+/// What a cluster's table said to a claim ([`ClusterStore::claim`]).
+pub type ClaimAnswer = uplink_proto::gateway::ClaimAnswer;
+
+/// The answer to a renewal of a node's lease ([`ClusterStore::renew`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    /// The lease was renewed; false: it had lapsed, for good.
+    pub held: bool,
+    /// Projects other nodes asked this node to let go (a sled of the same credential came back there):
+    /// each with that credential's id. Taken: each is given once.
+    pub releases: Vec<(String, u64)>,
+}
+
+/// The part of a database that several gateway nodes share: each node's lease, on the database's clock, and
+/// the table of which connection holds each project. Calls may come from any thread.
+pub trait ClusterStore: Send + Sync + 'static {
+    /// Joins as a new node (an incarnation: never an earlier one's id) reachable at `addr`, with a lease of
+    /// `lease` from the database's now. From then on every commit of this store's writer checks the lease
+    /// inside its transaction ([`StoreError::Fenced`] once it has lapsed).
+    fn join(&self, addr: &str, lease: std::time::Duration) -> Result<u64, StoreError>;
+
+    /// Renews `node`'s lease for `lease` from the database's now, only if it has not lapsed; and takes the
+    /// releases asked of it.
+    fn renew(&self, node: u64, lease: std::time::Duration) -> Result<Renewal, StoreError>;
+
+    /// Claims `project` for connection `conn` of `node`, with credential `credential`: granted when the
+    /// project is free or its holder's lease has lapsed (and only to a node whose own lease holds), with a
+    /// generation greater than every earlier claim's; otherwise who holds it. `None`: `node`'s own lease has
+    /// lapsed, and nothing was claimed.
+    fn claim(&self, node: u64, conn: u64, project: &str, credential: u64) -> Result<Option<ClaimAnswer>, StoreError>;
+
+    /// Asks `holder` to let `project` go (taken with its next [`ClusterStore::renew`]).
+    fn ask_release(&self, holder: u64, project: &str, credential: u64) -> Result<(), StoreError>;
+
+    /// `node` leaves: its lease ends now, and its claims with it.
+    fn leave(&self, node: u64) -> Result<(), StoreError>;
 }
 
 /// Reads the audit log.

@@ -34,6 +34,9 @@ pub(super) struct Db {
     tls: MakeRustlsConnect,
     /// Where it is, for messages: `postgres://user@host:port/db`, never a password.
     place: String,
+    /// The cluster node this store is (its id from `uplink_join`), 0 until it joins: from then on every
+    /// commit checks the node's lease inside its transaction.
+    pub(super) node: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Db {
@@ -125,7 +128,7 @@ impl Db {
             .create_timeout(Some(OPERATION_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Database(format!("{place}: {e}")))?;
-        Ok(Arc::new(Db { runtime: Some(runtime), handle, pool, config, tls, place }))
+        Ok(Arc::new(Db { runtime: Some(runtime), handle, pool, config, tls, place, node: 0.into() }))
     }
 
     /// Where it is, for messages (no password).
@@ -191,6 +194,9 @@ impl Db {
     pub(super) fn said(&self, e: &tokio_postgres::Error) -> StoreError {
         if e.as_db_error().is_none() && e.is_closed() {
             return StoreError::Unreachable { place: self.place.clone(), why: describe(e) };
+        }
+        if e.as_db_error().is_some_and(|db| db.code().code() == super::schema::NO_LEASE) {
+            return StoreError::Fenced(self.place.clone());
         }
         StoreError::Database(format!("{}: {}", self.place, describe(e)))
     }

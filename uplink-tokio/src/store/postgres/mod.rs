@@ -9,6 +9,10 @@
 //!   newer than this build's ([`StoreError::Newer`](crate::store::StoreError::Newer)), is refused with that
 //!   message. Older schemas are migrated forward, each step in its own transaction, under a lock that makes
 //!   two gateways starting at once take turns.
+//! - **A cluster's nodes** ([`PostgresCluster`]): each gateway on the database joins as a node with a lease
+//!   on the database's clock; once it has, each commit first checks that lease in its transaction, so that a
+//!   node whose lease lapsed (paused, cut off) writes nothing ([`StoreError::Fenced`](crate::store::StoreError::Fenced)).
+//!   Which connection holds each project is settled in the `claims` table.
 //! - **One writer**: the gateway's writer holds a session lock on the database (`pg_try_advisory_lock`) for
 //!   as long as it runs; a second gateway on the same database is refused at start
 //!   ([`StoreError::InUse`](crate::store::StoreError::InUse)). Each commit also moves the audit log's head only
@@ -18,15 +22,17 @@
 //! - **Retention**: as with SQLite ([`PostgresOptions`]).
 //!
 //! The rooms: `db` (the connection, the pool and the runtime they run on), `schema` (the schema and its
-//! steps), `writer` ([`PostgresStore`]), `reader` ([`PostgresReader`]), `credentials`
+//! steps), `cluster` ([`PostgresCluster`]), `writer` ([`PostgresStore`]), `reader` ([`PostgresReader`]), `credentials`
 //! ([`PostgresCredentials`]).
 
+mod cluster;
 mod credentials;
 mod db;
 mod reader;
 mod schema;
 mod writer;
 
+pub use cluster::PostgresCluster;
 pub use credentials::PostgresCredentials;
 pub use db::{OPERATION_TIMEOUT, place_of_url};
 pub use reader::PostgresReader;

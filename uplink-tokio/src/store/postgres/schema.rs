@@ -11,7 +11,11 @@ use crate::store::audit::GENESIS;
 use crate::store::seam::StoreError;
 
 /// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The SQLSTATE `uplink.fence` raises when a node's lease has lapsed (a class of its own, as PostgreSQL
+/// leaves to applications).
+pub(super) const NO_LEASE: &str = "UL001";
 
 /// Each step from version `i` to `i + 1`, run in one transaction.
 const MIGRATIONS: &[&str] = &[
@@ -59,6 +63,42 @@ const MIGRATIONS: &[&str] = &[
          expires_ms bigint NOT NULL
      );
      CREATE TABLE uplink.resumables (id text PRIMARY KEY, record text NOT NULL);",
+    // 1 → 2: a cluster's nodes and their leases (on the database's clock), the table of which connection
+    // holds each project (with a generation from a sequence: the claim's fencing token), the releases one
+    // node asks of another, and the check every commit of a node makes first. `clock_timestamp()`, not
+    // `now()`: a transaction's start is not when it checks.
+    "CREATE TABLE uplink.nodes (
+         id bigserial PRIMARY KEY,
+         addr text NOT NULL,
+         started timestamptz NOT NULL DEFAULT clock_timestamp(),
+         lease_until timestamptz NOT NULL,
+         ended timestamptz
+     );
+     CREATE SEQUENCE uplink.claim_gen;
+     CREATE TABLE uplink.claims (
+         project text PRIMARY KEY,
+         node bigint NOT NULL REFERENCES uplink.nodes (id),
+         conn bigint NOT NULL,
+         credential bigint NOT NULL,
+         gen bigint NOT NULL,
+         since timestamptz NOT NULL DEFAULT clock_timestamp()
+     );
+     CREATE INDEX claims_node ON uplink.claims (node);
+     CREATE TABLE uplink.releases (
+         node bigint NOT NULL,
+         project text NOT NULL,
+         credential bigint NOT NULL,
+         PRIMARY KEY (node, project)
+     );
+     CREATE FUNCTION uplink.live(p_node bigint) RETURNS boolean LANGUAGE sql AS
+     $$ SELECT EXISTS (SELECT 1 FROM uplink.nodes
+                       WHERE id = p_node AND ended IS NULL AND lease_until > clock_timestamp()) $$;
+     CREATE FUNCTION uplink.fence(p_node bigint) RETURNS void LANGUAGE plpgsql AS
+     $$ BEGIN
+          IF NOT uplink.live(p_node) THEN
+            RAISE EXCEPTION 'uplink: the lease of node % has lapsed', p_node USING ERRCODE = 'UL001';
+          END IF;
+        END $$;",
 ];
 
 /// The transaction-scoped lock under which a schema is checked and migrated (two gateways starting at once

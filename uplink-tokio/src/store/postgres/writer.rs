@@ -9,13 +9,15 @@ use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Statement, Transaction};
 
+use super::cluster::PostgresCluster;
 use super::credentials::PostgresCredentials;
 use super::db::Db;
 use super::reader::PostgresReader;
 use super::schema::{self, WRITER_LOCK, big, hash_of, pair};
 use crate::store::audit::{self, GENESIS, Head};
 use crate::store::seam::{
-    AuditReader, Change, CredentialStore, Kept, Store, StoreError, StoredResumable, StoredRule, StoredSession,
+    AuditReader, Change, ClusterStore, CredentialStore, Kept, Store, StoreError, StoredResumable, StoredRule,
+    StoredSession,
 };
 
 /// How long a start waits for the writer's lock that another gateway holds.
@@ -73,6 +75,8 @@ struct Statements {
     delete_resumable: Statement,
     reserve_ids: Statement,
     head: Statement,
+    end_claim: Statement,
+    fence: Statement,
 }
 
 impl Statements {
@@ -113,6 +117,8 @@ impl Statements {
             head: client
                 .prepare("UPDATE uplink.meta SET n = $1, hash = $2 WHERE key = 'head' AND n = $3 AND hash = $4")
                 .await?,
+            end_claim: client.prepare("DELETE FROM uplink.claims WHERE project = $1 AND gen = $2").await?,
+            fence: client.prepare("SELECT uplink.fence($1)").await?,
         })
     }
 }
@@ -192,6 +198,9 @@ fn ops(changes: &[Change], mut head: Pair) -> Result<(Vec<Op>, Pair), StoreError
             }
             Change::DeleteResumable(id) => ops.push(Op::new(|s| &s.delete_resumable, vec![Box::new(id.clone())])),
             Change::ReserveIds(until) => ops.push(Op::new(|s| &s.reserve_ids, vec![Box::new(big(*until)?)])),
+            Change::EndClaim { project, generation } => {
+                ops.push(Op::new(|s| &s.end_claim, vec![Box::new(project.clone()), Box::new(big(*generation)?)]))
+            }
         }
     }
     Ok((ops, head))
@@ -234,13 +243,15 @@ impl PostgresStore {
     /// The credentials of the database at `url`, made or migrated as [`PostgresStore::open`] does, beside
     /// a gateway that writes to it or none.
     pub fn credentials_at(url: &str, ca_file: Option<PathBuf>) -> Result<PostgresCredentials, StoreError> {
-        let db = Db::new(url, ca_file.as_deref())?;
-        let d = db.clone();
-        db.run(async move {
-            let mut client = d.clone().dedicated().await?;
-            schema::migrate(&d, &mut client).await
-        })?;
-        Ok(PostgresCredentials::of(db))
+        Ok(PostgresCredentials::of(migrated(url, ca_file)?))
+    }
+
+    /// The cluster's part of the database at `url` (nodes, leases, claims), made or migrated as
+    /// [`PostgresStore::open`] does, for a node that joins beside a writer of its own or none. A node that
+    /// joins through this handle fences the commits of no writer: a gateway joins through its own store's
+    /// ([`Store::cluster`]).
+    pub fn cluster_at(url: &str, ca_file: Option<PathBuf>) -> Result<PostgresCluster, StoreError> {
+        Ok(PostgresCluster::of(migrated(url, ca_file)?))
     }
 
     /// Where the database is (never with a password).
@@ -271,6 +282,17 @@ impl PostgresStore {
     }
 }
 
+/// The database at `url`, its schema made or migrated to this build's.
+fn migrated(url: &str, ca_file: Option<PathBuf>) -> Result<Arc<Db>, StoreError> {
+    let db = Db::new(url, ca_file.as_deref())?;
+    let d = db.clone();
+    db.run(async move {
+        let mut client = d.clone().dedicated().await?;
+        schema::migrate(&d, &mut client).await
+    })?;
+    Ok(db)
+}
+
 /// Writes a batch in one transaction: its statements sent together, then the head moved from where this
 /// writer left it (no other writer can have moved it: if one had, nothing is written), then retention.
 async fn write(
@@ -283,7 +305,19 @@ async fn write(
     let was = writer.head;
     let tx = writer.client.transaction().await.map_err(|e| db.said(&e))?;
     let statements = &writer.statements;
-    try_join_all(ops.iter().map(|op| op.run(&tx, statements))).await.map_err(|e| db.said(&e))?;
+    // A cluster node's lease is checked first, in the transaction: once it has lapsed at the database,
+    // nothing of this commit is written (the statements after it fail with it).
+    let node = db.node.load(std::sync::atomic::Ordering::Acquire);
+    let fence = async {
+        if node != 0 {
+            tx.execute(&statements.fence, &[&node]).await?;
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    };
+    let (fenced, written) =
+        futures_util::future::join(fence, try_join_all(ops.iter().map(|op| op.run(&tx, statements)))).await;
+    fenced.map_err(|e| db.said(&e))?;
+    written.map_err(|e| db.said(&e))?;
     if head != was {
         let moved = tx
             .execute(&statements.head, &[&big(head.0)?, &head.1.to_vec(), &big(was.0)?, &was.1.to_vec()])
@@ -386,6 +420,10 @@ impl Store for PostgresStore {
 
     fn credentials(&self) -> Option<Arc<dyn CredentialStore>> {
         Some(Arc::new(PostgresCredentials::of(self.db.clone())))
+    }
+
+    fn cluster(&self) -> Option<Arc<dyn ClusterStore>> {
+        Some(Arc::new(PostgresCluster::of(self.db.clone())))
     }
 }
 

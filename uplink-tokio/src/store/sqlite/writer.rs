@@ -205,6 +205,8 @@ impl SqliteStore {
                         let kept = meta_pair(&tx, "ids_until")?.map_or(0, |(n, _)| n);
                         put_meta_pair(&tx, "ids_until", ((*until).max(kept), [0; 32]))?;
                     }
+                    // One gateway on its own file: no cluster's table.
+                    Change::EndClaim { .. } => {}
                 }
             }
         }

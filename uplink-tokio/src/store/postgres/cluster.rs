@@ -1,0 +1,181 @@
+//! The cluster's part of the database: nodes and their leases, the table of which connection holds each
+//! project, and the releases one node asks of another ([`PostgresCluster`]). Every call runs on a connection
+//! of its own (not the readers' pool, where a slow audit query could hold back a renewal), opened again when
+//! it was lost. Times are the database's own (`clock_timestamp()`), never a node's.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+use uplink_proto::gateway::CredentialId;
+
+use super::db::Db;
+use super::schema::big;
+use crate::store::seam::{ClaimAnswer, ClusterStore, Renewal, StoreError};
+
+/// How long a renewal may take before it counts as unanswered: its lease's deadline does not wait for it.
+const RENEW_WITHIN: Duration = Duration::from_secs(2);
+
+/// The cluster of gateways sharing a PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PostgresCluster {
+    db: Arc<Db>,
+    client: Arc<Mutex<Option<Arc<Client>>>>,
+}
+
+impl PostgresCluster {
+    pub(super) fn of(db: Arc<Db>) -> PostgresCluster {
+        PostgresCluster { db, client: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Runs `work` on the cluster's connection (opened, or opened again, as needed), within `within`.
+    fn with_client<T, F, Fut>(&self, within: Duration, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Client>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send,
+    {
+        let db = self.db.clone();
+        let slot = self.client.clone();
+        self.db.run_within(within, async move {
+            let client = {
+                let mut slot = slot.lock().await;
+                match slot.as_ref() {
+                    Some(client) if !client.is_closed() => client.clone(),
+                    _ => {
+                        let client = Arc::new(db.clone().dedicated().await?);
+                        *slot = Some(client.clone());
+                        client
+                    }
+                }
+            };
+            work(client).await.map_err(|e| db.said(&e))
+        })
+    }
+}
+
+/// Milliseconds, as the database's `bigint`.
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A credential's or connection's id as a `bigint`, bit for bit (ids drawn from hashes use all 64 bits).
+fn bits(n: u64) -> i64 {
+    i64::from_ne_bytes(n.to_ne_bytes())
+}
+
+/// Back from [`bits`].
+fn unbits(n: i64) -> u64 {
+    u64::from_ne_bytes(n.to_ne_bytes())
+}
+
+impl ClusterStore for PostgresCluster {
+    fn join(&self, addr: &str, lease: Duration) -> Result<u64, StoreError> {
+        let addr = addr.to_owned();
+        let node: i64 =
+            self.with_client(RENEW_WITHIN.max(Duration::from_secs(10)), move |client: Arc<Client>| async move {
+                let row = client
+                    .query_one(
+                        "INSERT INTO uplink.nodes (addr, lease_until)
+                     VALUES ($1, clock_timestamp() + $2::bigint * interval '1 millisecond') RETURNING id",
+                        &[&addr, &ms(lease)],
+                    )
+                    .await?;
+                Ok(row.get(0))
+            })?;
+        self.db.node.store(node, Ordering::Release);
+        Ok(unbits(node))
+    }
+
+    fn renew(&self, node: u64, lease: Duration) -> Result<Renewal, StoreError> {
+        let node = big(node)?;
+        self.with_client(RENEW_WITHIN, move |client: Arc<Client>| async move {
+            let held: bool = client
+                .query_one(
+                    "WITH u AS (UPDATE uplink.nodes SET lease_until = clock_timestamp() + $2::bigint * interval '1 millisecond'
+                                WHERE id = $1 AND ended IS NULL AND lease_until > clock_timestamp() RETURNING 1)
+                     SELECT EXISTS (SELECT 1 FROM u)",
+                    &[&node, &ms(lease)],
+                )
+                .await?
+                .get(0);
+            let releases = if held {
+                client
+                    .query("DELETE FROM uplink.releases WHERE node = $1 RETURNING project, credential", &[&node])
+                    .await?
+                    .iter()
+                    .map(|r| (r.get(0), unbits(r.get(1))))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Ok(Renewal { held, releases })
+        })
+    }
+
+    fn claim(&self, node: u64, conn: u64, project: &str, credential: u64) -> Result<Option<ClaimAnswer>, StoreError> {
+        let (node, conn, credential, project) = (big(node)?, bits(conn), bits(credential), project.to_owned());
+        self.with_client(RENEW_WITHIN.max(Duration::from_secs(5)), move |client: Arc<Client>| async move {
+            // Granted when free, or when its holder's lease has lapsed, and only to a live node; the outer
+            // SELECT sees the row as it was before, which names the holder when nothing was granted.
+            let row = client
+                .query_one(
+                    "WITH me AS (SELECT uplink.live($2) AS live),
+                     ins AS (
+                       INSERT INTO uplink.claims AS c (project, node, conn, credential, gen)
+                       SELECT $1, $2, $3, $4, nextval('uplink.claim_gen') FROM me WHERE me.live
+                       ON CONFLICT (project) DO UPDATE
+                         SET node = excluded.node, conn = excluded.conn, credential = excluded.credential,
+                             gen = excluded.gen, since = clock_timestamp()
+                         WHERE NOT uplink.live(c.node)
+                       RETURNING gen)
+                     SELECT (SELECT gen FROM ins), (SELECT live FROM me),
+                            (SELECT node FROM uplink.claims WHERE project = $1),
+                            (SELECT credential FROM uplink.claims WHERE project = $1)",
+                    &[&project, &node, &conn, &credential],
+                )
+                .await?;
+            let (generation, live): (Option<i64>, bool) = (row.get(0), row.get(1));
+            let (holder, held_by): (Option<i64>, Option<i64>) = (row.get(2), row.get(3));
+            Ok(match (generation, holder, held_by) {
+                _ if !live => None,
+                (Some(generation), _, _) => Some(ClaimAnswer::Granted { generation: unbits(generation) }),
+                (None, Some(holder), Some(held_by)) => {
+                    Some(ClaimAnswer::Held { credential: CredentialId(unbits(held_by)), node: unbits(holder) })
+                }
+                // Given back between the insert's look and the outer one: no answer; the claim asks again.
+                (None, _, _) => None,
+            })
+        })
+    }
+
+    fn ask_release(&self, holder: u64, project: &str, credential: u64) -> Result<(), StoreError> {
+        let (holder, project, credential) = (big(holder)?, project.to_owned(), bits(credential));
+        self.with_client(RENEW_WITHIN.max(Duration::from_secs(5)), move |client: Arc<Client>| async move {
+            client
+                .execute(
+                    "INSERT INTO uplink.releases (node, project, credential) VALUES ($1, $2, $3)
+                     ON CONFLICT (node, project) DO UPDATE SET credential = excluded.credential",
+                    &[&holder, &project, &credential],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn leave(&self, node: u64) -> Result<(), StoreError> {
+        let node = big(node)?;
+        self.with_client(Duration::from_secs(5), move |client: Arc<Client>| async move {
+            client
+                .batch_execute(&format!(
+                    "UPDATE uplink.nodes SET ended = clock_timestamp() WHERE id = {node} AND ended IS NULL;
+                     DELETE FROM uplink.claims WHERE node = {node};
+                     DELETE FROM uplink.releases WHERE node = {node};"
+                ))
+                .await
+        })
+    }
+}

@@ -1,0 +1,203 @@
+//! The cluster's part of the PostgreSQL store (`PostgresCluster`): nodes joining with leases on the
+//! database's clock, renewals that stop for good once a lease lapsed, the claims table (one holder per
+//! project, generations that only grow, a lapsed holder's claim given to the next), releases asked of a node,
+//! and the fence in every commit of a node whose lease lapsed. On the process's throwaway server, a database
+//! per case. Leases run out on the database's clock: the tests wait for that by asking again, bounded.
+#![cfg(feature = "postgres")]
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use uplink_proto::gateway::CredentialId;
+use uplink_tests::postgres::Postgres;
+use uplink_tokio::store::postgres::{PostgresCluster, PostgresOptions, PostgresStore};
+use uplink_tokio::store::{Change, ClaimAnswer, ClusterStore, Entry, Store, StoreError};
+
+const LONG: Duration = Duration::from_secs(60);
+const SHORT: Duration = Duration::from_millis(300);
+
+fn cluster(url: &str) -> PostgresCluster {
+    PostgresStore::cluster_at(url, None).unwrap()
+}
+
+fn db_of(url: &str) -> String {
+    url.split('/').nth(3).unwrap().split('?').next().unwrap().to_owned()
+}
+
+/// Asks `attempt` until it gives a value, for at most 10 s (a lease's end comes on the database's clock).
+fn until<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = attempt() {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn granted(answer: Option<ClaimAnswer>) -> u64 {
+    match answer {
+        Some(ClaimAnswer::Granted { generation }) => generation,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_holder_per_project_until_its_lease_lapses_then_the_next_with_a_greater_generation() {
+    let url = Postgres::shared().fresh_database();
+    let (a, b) = (cluster(&url), cluster(&url));
+    let node_a = a.join("a:1", SHORT).unwrap();
+    let node_b = b.join("b:1", LONG).unwrap();
+    assert_ne!(node_a, node_b);
+    let first = granted(a.claim(node_a, 7, "web", 1).unwrap());
+    // Held by a live node: who holds it, whatever the credential.
+    assert_eq!(
+        b.claim(node_b, 9, "web", 1).unwrap(),
+        Some(ClaimAnswer::Held { credential: CredentialId(1), node: node_a })
+    );
+    assert_eq!(
+        b.claim(node_b, 9, "web", 2).unwrap(),
+        Some(ClaimAnswer::Held { credential: CredentialId(1), node: node_a })
+    );
+    // Another project is free; credential ids use all 64 bits.
+    let big = u64::MAX - 5;
+    let api = granted(b.claim(node_b, 10, "api", big).unwrap());
+    assert!(api > first);
+    assert_eq!(
+        a.claim(node_a, 8, "api", 3).unwrap(),
+        Some(ClaimAnswer::Held { credential: CredentialId(big), node: node_b })
+    );
+
+    // a stops renewing: once its lease lapsed at the database, b's claim wins, with a greater generation.
+    let second = until("a's lease to lapse", || match b.claim(node_b, 9, "web", 2).unwrap() {
+        Some(ClaimAnswer::Granted { generation }) => Some(generation),
+        _ => None,
+    });
+    assert!(second > api);
+    // a's lease is gone for good: no renewal, no claim.
+    assert!(!a.renew(node_a, LONG).unwrap().held);
+    assert_eq!(a.claim(node_a, 11, "other", 1).unwrap(), None);
+    assert_eq!(
+        b.claim(node_b, 12, "web", 1).unwrap(),
+        Some(ClaimAnswer::Held { credential: CredentialId(2), node: node_b })
+    );
+    // A node that joins again is a new incarnation, and may claim what is free.
+    let again = a.join("a:1", LONG).unwrap();
+    assert!(again > node_b);
+    assert!(granted(a.claim(again, 1, "other", 1).unwrap()) > second);
+}
+
+#[test]
+fn a_renewal_keeps_the_lease_and_hands_over_the_releases_asked_once() {
+    let url = Postgres::shared().fresh_database();
+    let (a, b) = (cluster(&url), cluster(&url));
+    let node_a = a.join("a:1", SHORT).unwrap();
+    let node_b = b.join("b:1", LONG).unwrap();
+    granted(a.claim(node_a, 1, "web", 4).unwrap());
+    // Renewed well within its 300 ms for a while: it never lapses, and b is refused all along.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1200) {
+        assert!(a.renew(node_a, SHORT).unwrap().held);
+        assert!(matches!(b.claim(node_b, 2, "web", 4).unwrap(), Some(ClaimAnswer::Held { .. })));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.ask_release(node_a, "web", 4).unwrap();
+    b.ask_release(node_a, "web", 4).unwrap();
+    b.ask_release(node_a, "api", 5).unwrap();
+    let mut releases = a.renew(node_a, LONG).unwrap().releases;
+    releases.sort();
+    assert_eq!(releases, vec![("api".to_owned(), 5), ("web".to_owned(), 4)]);
+    assert!(a.renew(node_a, LONG).unwrap().releases.is_empty(), "each is handed over once");
+    // Leaving ends the lease and the claims at once.
+    a.leave(node_a).unwrap();
+    granted(b.claim(node_b, 2, "web", 4).unwrap());
+    assert!(!a.renew(node_a, LONG).unwrap().held);
+}
+
+#[test]
+fn many_nodes_claiming_one_project_at_once_get_exactly_one_grant() {
+    let url = Postgres::shared().fresh_database();
+    let nodes: Vec<(PostgresCluster, u64)> = (0..8)
+        .map(|i| {
+            let c = cluster(&url);
+            let id = c.join(&format!("n{i}:1"), LONG).unwrap();
+            (c, id)
+        })
+        .collect();
+    for round in 0..5 {
+        let project = format!("p{round}");
+        let answers: Vec<Option<ClaimAnswer>> = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, (c, id))| {
+                    let project = project.clone();
+                    s.spawn(move || c.claim(*id, i as u64, &project, 1).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let grants = answers.iter().filter(|a| matches!(a, Some(ClaimAnswer::Granted { .. }))).count();
+        assert_eq!(grants, 1, "round {round}: {answers:?}");
+        let holder = answers.iter().position(|a| matches!(a, Some(ClaimAnswer::Granted { .. }))).unwrap();
+        for a in &answers {
+            if let Some(ClaimAnswer::Held { node, .. }) = a {
+                assert_eq!(*node, nodes[holder].1);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_node_whose_lease_lapsed_writes_nothing_and_a_claims_end_removes_only_its_own_generation() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = db_of(&url);
+    let mut store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
+    let me = store.cluster().unwrap();
+    let other = cluster(&url);
+    let node = me.join("me:1", Duration::from_millis(400)).unwrap();
+    let them = other.join("them:1", LONG).unwrap();
+    let generation = granted(me.claim(node, 1, "web", 1).unwrap());
+    let record = |n: u64| Change::Record(Entry::new(1_700_000_000_000 + n, "request").with("n", n));
+    // A claim's end with another generation leaves the row; with its own, removes it.
+    store.commit(&[record(1), Change::EndClaim { project: "web".into(), generation: generation + 100 }]).unwrap();
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.claims").unwrap(), "1");
+    store.commit(&[record(2), Change::EndClaim { project: "web".into(), generation }]).unwrap();
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.claims").unwrap(), "0");
+    granted(other.claim(them, 5, "api", 1).unwrap());
+    // The lease lapses (no renewal): the next commit is refused whole, and says why.
+    until("the lease to lapse", || (pg.sql(&db, &format!("SELECT uplink.live({node})")).unwrap() == "f").then_some(()));
+    match store.commit(&[record(3), Change::EndClaim { project: "api".into(), generation: 0 }]) {
+        Err(StoreError::Fenced(place)) => assert!(place.starts_with("postgres://"), "{place}"),
+        other => panic!("a commit after the lease lapsed must be refused, got {other:?}"),
+    }
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.audit").unwrap(), "2", "nothing of it was written");
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.claims").unwrap(), "1");
+}
+
+#[test]
+fn a_database_of_the_first_schema_is_migrated_and_joins() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = db_of(&url);
+    let mut store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
+    store.commit(&[Change::Record(Entry::new(1_700_000_000_000, "request"))]).unwrap();
+    drop(store);
+    // Back to schema 1, as a gateway of the first release left it.
+    pg.sql(
+        &db,
+        "DROP FUNCTION uplink.fence(bigint); DROP FUNCTION uplink.live(bigint); DROP TABLE uplink.releases;
+         DROP TABLE uplink.claims; DROP TABLE uplink.nodes; DROP SEQUENCE uplink.claim_gen;
+         UPDATE uplink.meta SET n = 1 WHERE key = 'schema_version'",
+    )
+    .unwrap();
+    let mut store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
+    assert_eq!(pg.sql(&db, "SELECT n FROM uplink.meta WHERE key = 'schema_version'").unwrap(), "2");
+    let me = store.cluster().unwrap();
+    let node = me.join("me:1", LONG).unwrap();
+    granted(me.claim(node, 1, "web", 1).unwrap());
+    store.commit(&[Change::Record(Entry::new(1_700_000_000_001, "request"))]).unwrap();
+    assert!(store.reader().verify().unwrap().is_ok());
+}
