@@ -32,8 +32,13 @@ async fn what_a_node_keeps_on_postgres_the_next_node_finds_and_the_log_verifies_
     let url = pg.fresh_database();
     let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
     // A first start on an empty database generates its tokens into the database.
-    let mut first =
-        Program::gateway(UPLINK).args(["--store", &url]).state_dir(one.path()).banner_until("  store: ").start().await;
+    // Short leases: the second node takes "web" over once the first's lease lapsed (it was killed).
+    let mut first = Program::gateway(UPLINK)
+        .args(["--store", &url, "--lease", "2s"])
+        .state_dir(one.path())
+        .banner_until("  store: ")
+        .start()
+        .await;
     let (base, sled, admin) = (first.base_url(), first.sled_token(), first.admin_token());
     assert!(first.banner.iter().any(|l| l.contains("store: postgres://uplink@")), "{:?}", first.banner);
     assert!(!first.banner.iter().any(|l| l.contains(&url)), "the URL is shown as a place, never as given");
@@ -53,7 +58,8 @@ async fn what_a_node_keeps_on_postgres_the_next_node_finds_and_the_log_verifies_
     first.kill().await;
 
     // Another node, another state directory: the same tokens, the rule and the log are the database's.
-    let mut second = Program::gateway(UPLINK).args(["--store", &url]).state_dir(two.path()).start().await;
+    let mut second =
+        Program::gateway(UPLINK).args(["--store", &url, "--lease", "2s"]).state_dir(two.path()).start().await;
     let base = second.base_url();
     let (status, body) = http("GET", &format!("{base}/api/rules"), Some(&admin), None, &[]).await;
     assert_eq!(status, 200, "{body}");
@@ -158,4 +164,68 @@ async fn a_database_the_gateway_must_not_use_stops_it_at_start_with_the_reason()
     let out =
         uplink(&["gateway", "--listen", "127.0.0.1:0", "--state-dir", state, "--store", &url, "--no-store"]).await;
     assert!(text(&out.stderr).contains("not both"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn a_node_paused_past_its_lease_fences_writes_nothing_more_and_its_sled_goes_to_the_next_node() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = db_of(&url);
+    let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
+    let mut a = Program::gateway(UPLINK)
+        .args(["--store", &url, "--lease", "2s"])
+        .state_dir(one.path())
+        .banner_until("  store: ")
+        .log()
+        .start()
+        .await;
+    let (base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
+    let mut ws = raw_sled_at(&base, &sled, "web").await;
+    let ask = json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"ls"}}});
+    ws.send(Message::text(ask.to_string())).await.unwrap();
+    until("the request to be listed", async || {
+        let (_, body) = http("GET", &format!("{base}/api/permissions"), Some(&admin), None, &[]).await;
+        let listing: Value = serde_json::from_str(&body).unwrap();
+        listing["permissions"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    // The claims table names a's node, and a renews its lease meanwhile.
+    let claim = pg.sql(&db, "SELECT node || ' ' || gen FROM uplink.claims WHERE project = 'web'").unwrap();
+    let (node_a, gen_a) = claim.split_once(' ').map(|(n, g)| (n.to_owned(), g.parse::<u64>().unwrap())).unwrap();
+    let records = pg.sql(&db, "SELECT count(*) FROM uplink.audit").unwrap();
+
+    // a is stopped until the database says its lease lapsed, then woken.
+    a.signal("-STOP");
+    until("a's lease to lapse at the database", async || {
+        (pg.sql(&db, &format!("SELECT uplink.live({node_a})")).unwrap() == "f").then_some(())
+    })
+    .await;
+    a.signal("-CONT");
+    // It fences before it acts: the sled is told to go elsewhere, a stops with the reason.
+    assert_eq!(uplink_tests::close_code(&mut ws).await, Some(1012));
+    let status = a.wait().await;
+    assert!(!status.success(), "a fenced node exits with an error");
+    let log = a.log_rest().await;
+    assert!(log.contains("lease") && log.contains("fenced"), "{log}");
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.audit").unwrap(), records, "nothing written after the fence");
+
+    // The next node takes the project, under a greater generation, and the sled's requests are its.
+    let mut b = Program::gateway(UPLINK).args(["--store", &url, "--lease", "2s"]).state_dir(two.path()).start().await;
+    let base = b.base_url();
+    let mut ws = raw_sled_at(&base, &sled, "web").await;
+    ws.send(Message::text(ask.to_string())).await.unwrap();
+    until("the request to be listed at the next node", async || {
+        let (_, body) = http("GET", &format!("{base}/api/permissions"), Some(&admin), None, &[]).await;
+        let listing: Value = serde_json::from_str(&body).unwrap();
+        listing["permissions"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let claim = pg.sql(&db, "SELECT node || ' ' || gen FROM uplink.claims WHERE project = 'web'").unwrap();
+    let (node_b, gen_b) = claim.split_once(' ').map(|(n, g)| (n.to_owned(), g.parse::<u64>().unwrap())).unwrap();
+    assert_ne!(node_b, node_a);
+    assert!(gen_b > gen_a, "{gen_b} after {gen_a}");
+    // A node that stops of its own accord leaves: its claims go at once.
+    assert!(b.stop().await.success());
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.claims").unwrap(), "0");
+    assert_eq!(pg.sql(&db, &format!("SELECT ended IS NOT NULL FROM uplink.nodes WHERE id = {node_b}")).unwrap(), "t");
 }

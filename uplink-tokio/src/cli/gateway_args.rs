@@ -99,6 +99,13 @@ pub(super) struct RunArgs {
     /// it has moved; once more at exit.
     #[arg(long, value_parser = duration, default_value = "60s")]
     pub(super) audit_checkpoint_every: Duration,
+    /// With --store postgres://…, the lease this node holds at the database among the gateways sharing it:
+    /// renewed every fifth of it; a node that cannot renew it (the database unreachable, the process paused)
+    /// closes its sleds with 1012 (they reconnect to another node) and stops a tenth of it before it could
+    /// lapse, and another node may take its projects once it has. Shorter fails over sooner, and fences
+    /// on shorter hiccups of the database.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub(super) lease: Duration,
     /// Append each checkpoint of the audit log's head to this file, one JSON line (best on a volume the
     /// database's writers cannot write); `uplink audit verify --checkpoints FILE` checks the log against it.
     #[arg(long, value_name = "FILE")]

@@ -88,6 +88,11 @@ pub struct GatewayServerConfig {
     /// addresses remembered): past it, a wrong token gets `429` with `Retry-After` instead of `401`. A right
     /// token is never refused by it.
     pub auth_limit: uplink_proto::gateway::AuthLimitConfig,
+    /// With a store several gateways share ([`Store::cluster`](crate::store::Store::cluster): PostgreSQL),
+    /// the lease this node holds at the database: renewed every fifth of it; the node fences itself (every
+    /// sled closed with 1012, to reconnect to another node; then it stops) a tenth of it before it could
+    /// lapse. 10 s by default.
+    pub lease: Duration,
 }
 
 impl GatewayServerConfig {
@@ -116,6 +121,7 @@ impl GatewayServerConfig {
             notify_checkpoints: false,
             public_url: None,
             auth_limit: uplink_proto::gateway::AuthLimitConfig::default(),
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -146,6 +152,7 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("audit_checkpoint_every", &self.audit_checkpoint_every)
             .field("audit_checkpoint_file", &self.audit_checkpoint_file)
             .field("metrics_public", &self.metrics_public)
+            .field("lease", &self.lease)
             .field("notify", &self.notify.iter().map(|w| crate::redact::redact_url(&w.url)).collect::<Vec<_>>())
             .field("notify_decisions", &self.notify_decisions)
             .field("notify_checkpoints", &self.notify_checkpoints)
@@ -189,6 +196,9 @@ pub enum GatewayStartError {
     /// The handshake timeout is zero: every client would be cut off.
     #[error("the handshake timeout must not be zero")]
     ZeroHandshakeTimeout,
+    /// The cluster lease is shorter than a second: a node would fence on the first slow renewal.
+    #[error("the lease must be at least 1s (it is renewed every fifth of it)")]
+    ShortLease,
     /// The session rules are invalid.
     #[error("configuration: {0}")]
     Config(#[from] uplink_proto::gateway::SessionConfigError),

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
+use uplink_proto::Instant;
 use uplink_proto::gateway::{
-    AcceptError, AlwaysScope, CloseReason, ConnHandle, Decided, HubDecideError, McpFailure, McpTicket,
-    PermissionSummary, PublicPermId, RuleRefused, SledSummary, Verdict,
+    AcceptError, AlwaysScope, ClaimAnswer, CloseReason, ConnHandle, CredentialId, Decided, HubDecideError, McpFailure,
+    McpTicket, PermissionSummary, PublicPermId, RuleRefused, SledSummary, Verdict,
 };
 use uplink_proto::rules::{Rule, RuleId};
 
@@ -182,6 +183,22 @@ pub(super) enum HubMsg {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// The database's answer to a renewal of the node's lease sent at `sent` (`None`: no answer).
+    LeaseRenewal {
+        sent: Instant,
+        answer: Option<bool>,
+    },
+    /// The claims table's answer to `conn`'s claim on `project`.
+    ClaimAnswer {
+        conn: ConnHandle,
+        project: String,
+        answer: ClaimAnswer,
+    },
+    /// Another node asked this one to let `project` go, for a sled of `credential`.
+    Release {
+        project: String,
+        credential: CredentialId,
+    },
 }
 
 /// A cheap, cloneable way to talk to the hub task. Every call fails soft once the task is gone: a
@@ -228,6 +245,21 @@ impl HubHandle {
     /// `conn` ended.
     pub(crate) async fn ended(&self, conn: ConnHandle) {
         let _ = self.tx.send(HubMsg::Ended { conn }).await;
+    }
+
+    /// The answer to a renewal of the node's lease, sent at `sent`.
+    pub(crate) async fn lease_renewal(&self, sent: Instant, answer: Option<bool>) {
+        let _ = self.tx.send(HubMsg::LeaseRenewal { sent, answer }).await;
+    }
+
+    /// The claims table's answer to `conn`'s claim on `project`.
+    pub(crate) async fn claim_answer(&self, conn: ConnHandle, project: String, answer: ClaimAnswer) {
+        let _ = self.tx.send(HubMsg::ClaimAnswer { conn, project, answer }).await;
+    }
+
+    /// Another node asked this one to let `project` go.
+    pub(crate) async fn release(&self, project: String, credential: CredentialId) {
+        let _ = self.tx.send(HubMsg::Release { project, credential }).await;
     }
 
     pub(crate) async fn decide(

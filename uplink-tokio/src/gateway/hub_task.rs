@@ -34,6 +34,7 @@ use uplink_proto::gateway::{
 };
 
 use super::checkpoints::Checkpoints;
+use super::cluster::{Errand, Errands};
 use super::commit::{Ack, StoreLink};
 use super::fanout::Fanout;
 use super::hub_handle::{ConnOut, HUB_QUEUE, HubHandle, HubMsg};
@@ -65,6 +66,8 @@ pub(crate) struct HubTaskConfig {
     pub(crate) metrics: Arc<super::gateway_metrics::GatewayMetrics>,
     /// Who is told of new pending requests.
     pub(crate) notify: super::notify::NotifyConfig,
+    /// The cluster this gateway is a node of, if any: its lease, claims and releases at the database.
+    pub(crate) node: Option<super::cluster::Node>,
 }
 
 /// Starts the hub task (and the store's thread, with a store: then also what tells when the store is
@@ -74,6 +77,7 @@ pub(crate) fn spawn(
     config: HubTaskConfig,
 ) -> std::io::Result<(HubHandle, tokio::task::JoinHandle<()>, Option<oneshot::Receiver<()>>)> {
     let (tx, rx) = mpsc::channel(HUB_QUEUE);
+    let errands = config.node.map(|node| Errands::start(node, HubHandle::new(tx.clone()), Clock::new(config.epoch)));
     let (store, closed) = match config.store.map(StoreLink::start).transpose()? {
         Some((link, closed)) => (Some(link), Some(closed)),
         None => (None, None),
@@ -103,6 +107,7 @@ pub(crate) fn spawn(
         failed: config.failed,
         notifier: super::notify::Notifier::start(config.notify, Clock::new(config.epoch), config.metrics.clone()),
         metrics: config.metrics,
+        errands,
     };
     Ok((HubHandle::new(tx), tokio::spawn(task.run()), closed))
 }
@@ -129,6 +134,8 @@ struct HubTask {
     failed: watch::Sender<Option<String>>,
     metrics: Arc<super::gateway_metrics::GatewayMetrics>,
     notifier: super::notify::Notifier,
+    /// A cluster node's errands at the database.
+    errands: Option<Errands>,
 }
 
 impl HubTask {
@@ -268,6 +275,11 @@ impl HubTask {
             HubMsg::Shutdown { done } => {
                 self.hub.shutdown(now);
                 self.done.push(done);
+            }
+            HubMsg::LeaseRenewal { sent, answer } => self.hub.handle_lease_renewal(now, sent, answer),
+            HubMsg::ClaimAnswer { conn, project, answer } => self.hub.handle_claim_answer(now, conn, &project, answer),
+            HubMsg::Release { project, credential } => {
+                self.hub.release(now, &project, credential);
             }
         }
     }
@@ -415,6 +427,37 @@ impl HubTask {
     }
 
     fn on_event(&mut self, event: HubEvent) {
+        let errand = match &event {
+            HubEvent::LeaseRenewalDue => Some(Errand::Renew),
+            HubEvent::ClaimWanted { conn, project, credential } => {
+                Some(Errand::Claim { conn: *conn, project: project.clone(), credential: *credential })
+            }
+            HubEvent::ReleaseWanted { project, node, credential } => {
+                Some(Errand::Release { holder: *node, project: project.clone(), credential: *credential })
+            }
+            HubEvent::Fenced => {
+                error!(
+                    "this node's lease lapsed: it fenced itself (every sled closed with 1012, to reconnect to another node) and stops"
+                );
+                self.failed.send_replace(Some(
+                    "this node's lease at the database lapsed, so it fenced itself and acts no more".to_owned(),
+                ));
+                None
+            }
+            _ => None,
+        };
+        if let Some(errand) = errand {
+            if let Some(errands) = &self.errands
+                && !errands.send(errand)
+            {
+                warn!("the cluster's errands are backed up; one goes unanswered");
+                if matches!(event, HubEvent::LeaseRenewalDue) {
+                    let now = self.now();
+                    self.hub.handle_lease_renewal(now, now, None);
+                }
+            }
+            return;
+        }
         self.metrics.on_event(&event);
         if !self.notifier.is_empty() {
             self.notifier.on_event(&event);

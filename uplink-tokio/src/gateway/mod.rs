@@ -37,6 +37,7 @@
 mod audit;
 mod auth_budget;
 mod checkpoints;
+mod cluster;
 mod commit;
 mod config;
 mod console;

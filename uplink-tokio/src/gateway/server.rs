@@ -11,10 +11,11 @@ use tokio::net::TcpListener;
 use tokio::time::Instant as TokioInstant;
 use tracing::debug;
 use uplink_proto::Instant;
-use uplink_proto::gateway::Hub;
+use uplink_proto::gateway::{Hub, LeaseConfig, SharedClaimsConfig};
 
 use super::auth_budget::AuthBudget;
 use super::checkpoints::CheckpointConfig;
+use super::cluster::Node;
 use super::config::{GatewayRunError, GatewayServerConfig, GatewayStartError};
 use super::console_sessions::Sessions;
 use super::console_sessions::unix_ms;
@@ -48,6 +49,8 @@ pub struct GatewayServer {
     failed: tokio::sync::watch::Receiver<Option<String>>,
     /// Fires once the store is closed (its lock released), after the hub task ends.
     store_closed: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The cluster this gateway is a node of, if its store is shared.
+    node: Option<Node>,
 }
 
 impl std::fmt::Debug for GatewayServer {
@@ -110,6 +113,23 @@ impl GatewayServer {
             sessions.restore(&kept.sessions, SystemTime::now());
         }
         let audit = store.as_ref().map(|s| s.reader());
+        // A store several gateways share: this one joins as a node, a new incarnation with a lease counted
+        // from before the join was sent; its claims are settled in the shared table.
+        let node = match store.as_ref().and_then(|s| s.cluster()) {
+            Some(_) if config.lease < Duration::from_secs(1) => return Err(GatewayStartError::ShortLease),
+            Some(cluster) => {
+                let joined = Clock::new(epoch).now();
+                let (addr, lease, joining) = (config.listen.to_string(), config.lease, cluster.clone());
+                let id = tokio::task::spawn_blocking(move || joining.join(&addr, lease))
+                    .await
+                    .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
+                tracing::info!(node = id, lease = ?lease, "joined the cluster");
+                hub_config.shared_claims = Some(SharedClaimsConfig::for_node(id));
+                hub_config.lease = Some(LeaseConfig::new(lease, joined));
+                Some(Node { store: cluster, id, lease })
+            }
+            None => None,
+        };
         let mut hub = Hub::new(hub_config, Instant::ZERO)?;
         // Public ids never repeat across restarts: after those the last gateway reserved, or, with nothing
         // kept, after a number that grows with the time of day (seconds since 2020, times 4,096).
@@ -167,6 +187,7 @@ impl GatewayServer {
                 file: config.audit_checkpoint_file.clone(),
             },
             failed: failed_tx,
+            node: node.clone(),
         };
         let (hub, hub_task, store_closed) = super::hub_task::spawn(hub, task).map_err(GatewayStartError::Spawn)?;
         // The gateway's own names, for the MCP endpoint's check of web pages.
@@ -198,7 +219,7 @@ impl GatewayServer {
             mcp_names: names,
             auth: AuthBudget::new(Clock::new(epoch), config.auth_limit),
         });
-        Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed })
+        Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed, node })
     }
 
     /// A handle that replaces this gateway's credentials while it runs.
@@ -267,6 +288,16 @@ impl GatewayServer {
         connections.abort_all();
         sleds.abort_all();
         hub_task.abort();
+        // A node that stops of its own accord leaves: its claims go at once, not when its lease lapses. A
+        // fenced one has nothing to give back.
+        if let Some(node) = self.node
+            && self.failed.borrow().is_none()
+        {
+            let left = tokio::task::spawn_blocking(move || node.store.leave(node.id)).await;
+            if let Ok(Err(e)) = left {
+                tracing::warn!(error = %e, "could not leave the cluster; its lease will lapse");
+            }
+        }
         // The store closes once the task is gone (a commit under way finishes first): only then is its
         // directory free for another gateway.
         if let Some(closed) = self.store_closed

@@ -1,0 +1,109 @@
+//! A cluster node's errands at the shared database, for the hub task: renewing the node's lease, asking the
+//! claims table, asking another node to let a project go, and handing over what other nodes asked of this
+//! one. Each errand runs on a blocking thread (the store's calls wait for the database) and its answer goes
+//! back to the hub task as a message; the hub decides what each answer means. A renewal reads the clock just
+//! before it is sent: the lease is counted from then.
+//!
+//! Nothing here waits on the hub task's loop: errands queue in a bounded channel, and one that finds it full
+//! goes unanswered (a renewal counts as unanswered at once; a claim waits and is refused with 1013 in the
+//! end), which the hub is built to survive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+use uplink_proto::gateway::{ConnHandle, CredentialId};
+
+use super::hub_handle::HubHandle;
+use crate::socket_loop::Clock;
+use crate::store::ClusterStore;
+
+/// Errands waiting for a thread before the next finds the queue full.
+const ERRANDS: usize = 4096;
+
+/// A node of a cluster: the shared database's part, its id there, and its lease's length.
+#[derive(Clone)]
+pub(crate) struct Node {
+    pub(crate) store: Arc<dyn ClusterStore>,
+    pub(crate) id: u64,
+    pub(crate) lease: Duration,
+}
+
+/// What the hub task asks of the database.
+pub(crate) enum Errand {
+    Renew,
+    Claim { conn: ConnHandle, project: String, credential: CredentialId },
+    Release { holder: u64, project: String, credential: CredentialId },
+}
+
+/// The hub task's end: errands in, answers back through the hub's handle.
+pub(crate) struct Errands {
+    tx: mpsc::Sender<Errand>,
+}
+
+impl Errands {
+    /// Starts the errands of `node`, answering to `hub`.
+    pub(crate) fn start(node: Node, hub: HubHandle, clock: Clock) -> Errands {
+        let (tx, rx) = mpsc::channel(ERRANDS);
+        tokio::spawn(run(node, hub, clock, rx));
+        Errands { tx }
+    }
+
+    /// Queues `errand`; `false` when the queue is full (or gone).
+    pub(crate) fn send(&self, errand: Errand) -> bool {
+        self.tx.try_send(errand).is_ok()
+    }
+}
+
+async fn run(node: Node, hub: HubHandle, clock: Clock, mut rx: mpsc::Receiver<Errand>) {
+    let clock = Arc::new(clock);
+    while let Some(errand) = rx.recv().await {
+        let (node, hub, clock) = (node.clone(), hub.clone(), clock.clone());
+        tokio::spawn(async move {
+            match errand {
+                Errand::Renew => {
+                    let sent = clock.now();
+                    let (store, id, lease) = (node.store.clone(), node.id, node.lease);
+                    let renewal = tokio::task::spawn_blocking(move || store.renew(id, lease)).await;
+                    let renewal = match renewal {
+                        Ok(Ok(renewal)) => Some(renewal),
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "the lease's renewal went unanswered");
+                            None
+                        }
+                        Err(_) => None,
+                    };
+                    let answer = renewal.as_ref().map(|r| r.held);
+                    hub.lease_renewal(sent, answer).await;
+                    for (project, credential) in renewal.map(|r| r.releases).unwrap_or_default() {
+                        hub.release(project, CredentialId(credential)).await;
+                    }
+                }
+                Errand::Claim { conn, project, credential } => {
+                    let (store, id) = (node.store.clone(), node.id);
+                    let asked = project.clone();
+                    let answer =
+                        tokio::task::spawn_blocking(move || store.claim(id, conn.0, &asked, credential.0)).await;
+                    match answer {
+                        Ok(Ok(Some(answer))) => hub.claim_answer(conn, project, answer).await,
+                        // This node's lease lapsed, or the database did not answer: the claim waits, and
+                        // is refused with 1013 in the end (or the hub fences first).
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => warn!(error = %e, project = ?project, "a claim went unanswered"),
+                        Err(_) => {}
+                    }
+                }
+                Errand::Release { holder, project, credential } => {
+                    let store = node.store.clone();
+                    let asked = project.clone();
+                    let done =
+                        tokio::task::spawn_blocking(move || store.ask_release(holder, &asked, credential.0)).await;
+                    if let Ok(Err(e)) = done {
+                        warn!(error = %e, project = ?project, holder, "asking a node to let a project go failed");
+                    }
+                }
+            }
+        });
+    }
+}
