@@ -21,6 +21,10 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection may take to open, unless the URL says (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The SQLSTATE `uplink.fence` raises when a node's lease has lapsed (a class of its own, as PostgreSQL
+/// leaves to applications; the schema's function names it too).
+pub(super) const NO_LEASE: &str = "UL001";
+
 /// The readers' pool: at most this many connections beside the writer's.
 const READERS: usize = 4;
 
@@ -195,7 +199,7 @@ impl Db {
         if e.as_db_error().is_none() && e.is_closed() {
             return StoreError::Unreachable { place: self.place.clone(), why: describe(e) };
         }
-        if e.as_db_error().is_some_and(|db| db.code().code() == super::schema::NO_LEASE) {
+        if e.as_db_error().is_some_and(|db| db.code().code() == NO_LEASE) {
             return StoreError::Fenced(self.place.clone());
         }
         StoreError::Database(format!("{}: {}", self.place, describe(e)))

@@ -13,10 +13,6 @@ use crate::store::seam::StoreError;
 /// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
 pub const SCHEMA_VERSION: i64 = 2;
 
-/// The SQLSTATE `uplink.fence` raises when a node's lease has lapsed (a class of its own, as PostgreSQL
-/// leaves to applications).
-pub(super) const NO_LEASE: &str = "UL001";
-
 /// Each step from version `i` to `i + 1`, run in one transaction.
 const MIGRATIONS: &[&str] = &[
     // 0 → 1: everything the embedded store's schema 4 holds. `meta` keeps named pairs: the schema's version,
