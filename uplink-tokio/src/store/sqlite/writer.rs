@@ -68,11 +68,15 @@ fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
     }
 }
 
+/// How long an open waits for the lock of the state directory that another gateway holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl SqliteStore {
     /// The credentials of the store in `dir`: when no gateway holds it, it is made (or migrated) as
     /// [`SqliteStore::open`] does; when one does, they are used beside it (that gateway has migrated it).
     pub fn credentials_in(dir: &Path) -> Result<SqliteCredentials, StoreError> {
-        match SqliteStore::open(dir, StoreOptions::default()) {
+        // Not waiting for the lock: a running gateway holds it for as long as it runs.
+        match SqliteStore::open_waiting(dir, StoreOptions::default(), std::time::Duration::ZERO) {
             Ok(store) => drop(store),
             Err(StoreError::InUse(_)) => {}
             Err(e) => return Err(e),
@@ -82,14 +86,25 @@ impl SqliteStore {
 
     /// Opens (or creates) the store in `dir`, migrating an older schema.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_waiting(dir, options, LOCK_WAIT)
+    }
+
+    /// [`SqliteStore::open`], waiting at most `wait` for the directory's lock.
+    fn open_waiting(dir: &Path, options: StoreOptions, wait: std::time::Duration) -> Result<SqliteStore, StoreError> {
         if crate::owner_only::dir(dir)? {
             tracing::warn!(dir = %text(dir), "the state directory is open to others (its files are owner-only): chmod 700 it");
         }
         let lock_path = dir.join(format!("{DB_FILE}.lock"));
         crate::owner_only::file(&lock_path)?;
         let lock = File::options().create(true).truncate(false).write(true).open(&lock_path)?;
-        if lock.try_lock().is_err() {
-            return Err(StoreError::InUse(text(dir)));
+        // A gateway that just stopped may still be leaving (or a process forked at that moment holds a copy
+        // of its lock until it execs): its lock is waited for, briefly, as on PostgreSQL.
+        let waited = std::time::Instant::now();
+        while lock.try_lock().is_err() {
+            if waited.elapsed() >= wait {
+                return Err(StoreError::InUse(text(dir)));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let path = dir.join(DB_FILE);
         // The database holds tool inputs and the credentials' hashes: owner-only, and so are its log and
