@@ -224,7 +224,9 @@ async fn a_node_paused_past_its_lease_fences_writes_nothing_more_and_its_sled_go
     let (node_b, gen_b) = claim.split_once(' ').map(|(n, g)| (n.to_owned(), g.parse::<u64>().unwrap())).unwrap();
     assert_ne!(node_b, node_a);
     assert!(gen_b > gen_a, "{gen_b} after {gen_a}");
-    // A node that stops of its own accord leaves: its claims go at once.
+    // A node that stops of its own accord leaves (once its drain is over: the sled went away): its claims
+    // go at once.
+    drop(ws);
     assert!(b.stop().await.success());
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.claims").unwrap(), "0");
     assert_eq!(pg.sql(&db, &format!("SELECT ended IS NOT NULL FROM uplink.nodes WHERE id = {node_b}")).unwrap(), "t");

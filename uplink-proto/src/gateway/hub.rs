@@ -120,6 +120,8 @@ pub struct Hub {
     /// Connection handles up to this one are reserved ([`HubEvent::IdsReserved`]).
     reserved_conns: u64,
     shutting_down: bool,
+    /// Draining until then ([`Hub::drain`]): each connection is closed once nothing of it is in flight.
+    draining: Option<Instant>,
     /// Open connections that have not identified (their claim has not succeeded).
     unidentified: usize,
     /// Pending input bytes across every connection (the sum of their `counted_bytes`).
@@ -199,6 +201,7 @@ impl Hub {
             next_conn: 0,
             reserved_conns: 0,
             shutting_down: false,
+            draining: None,
             unidentified: 0,
             pending_bytes: 0,
             ended: BTreeMap::new(),
@@ -438,7 +441,7 @@ impl Hub {
         };
         let conns = self.timers.first().map(|(at, _)| *at);
         let resume = earliest(self.held.poll_timeout(), self.answered.poll_timeout());
-        let lease = self.lease.as_ref().and_then(Lease::next_time);
+        let lease = earliest(self.lease.as_ref().and_then(Lease::next_time), self.draining);
         earliest(earliest(earliest(conns, self.endpoint.poll_timeout()), resume), lease)
     }
 
@@ -872,7 +875,41 @@ impl Hub {
     /// [`CloseReason::ShuttingDown`], and [`Hub::accept`] refuses from now on.
     pub fn shutdown(&mut self, now: Instant) {
         self.advance(now);
+        self.close_everything();
+    }
+
+    /// The gateway is stopping without denying anything that could still be decided (a planned restart):
+    /// new connections are refused from now on; each open connection is closed with
+    /// [`CloseReason::Restarting`] (1012: come back, perhaps to another gateway) as soon as nothing of it is
+    /// in flight: at once when it has not identified, has nothing pending, or keeps its requests across a
+    /// drop (`resume`, and no MCP request in flight); otherwise right after its last request ends (decided,
+    /// cancelled, timed out). At `until`, what is left is closed as by [`Hub::shutdown`].
+    /// [`Hub::is_drained`] says when every connection is gone.
+    pub fn drain(&mut self, now: Instant, until: Instant) {
+        self.advance(now);
+        if self.shutting_down {
+            return;
+        }
         self.shutting_down = true;
+        self.draining = Some(until);
+        let conns: Vec<ConnHandle> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.pump(conn);
+        }
+        self.advance(now);
+    }
+
+    /// True when no connection is open (a drain is done).
+    pub fn is_drained(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Closes every connection, identified or not, with [`CloseReason::ShuttingDown`] (or, for a sled that
+    /// keeps its requests, [`CloseReason::Restarting`]); refuses new ones from now on.
+    fn close_everything(&mut self) {
+        let now = self.now;
+        self.shutting_down = true;
+        self.draining = None;
         let conns: Vec<ConnHandle> = self.conns.keys().copied().collect();
         for conn in conns {
             // A sled known to keep its requests is told to come back: they are held for it.
@@ -983,6 +1020,10 @@ impl Hub {
                 self.tell_session_end(&project, &session);
             }
         }
+        // A drain's time is up: what is left is closed.
+        if self.draining.is_some_and(|until| until <= now) {
+            self.close_everything();
+        }
     }
 
     /// Carries out a session's outputs, then re-files its deadline (or forgets it, once closed).
@@ -1020,9 +1061,26 @@ impl Hub {
                 self.pending_bytes -= c.counted_bytes;
                 self.drop_connection_rules(conn);
             }
+        } else if self.draining.is_some() && self.nothing_in_flight(conn) {
+            let now = self.now;
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session.close(now, CloseReason::Restarting);
+            }
+            self.pump(conn);
         } else {
             self.reschedule(conn);
         }
+    }
+
+    /// True when closing `conn` now loses nothing that could still be decided or answered: it has not
+    /// identified (or waits for its claim), or has no MCP request in flight and either nothing pending or
+    /// its pending requests kept across the drop (`resume`).
+    fn nothing_in_flight(&self, conn: ConnHandle) -> bool {
+        let Some(c) = self.conns.get(&conn) else { return false };
+        let waiting = self.shared.as_ref().is_some_and(|s| s.waiting.contains_key(&conn));
+        c.project.is_none()
+            || waiting
+            || (c.session.pending_mcp() == 0 && (c.session.pending_permissions() == 0 || c.session.resume_confirmed()))
     }
 
     fn reschedule(&mut self, conn: ConnHandle) {

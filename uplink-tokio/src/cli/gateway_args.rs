@@ -106,6 +106,12 @@ pub(super) struct RunArgs {
     /// on shorter hiccups of the database.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub(super) lease: Duration,
+    /// On SIGTERM, drain for at most this long before stopping: /readyz turns 503, new sleds are refused,
+    /// and each sled is closed with 1012 (to reconnect, perhaps to another gateway) once nothing of it is in
+    /// flight, so that a planned restart denies nothing a person could still decide; at once for a sled
+    /// that keeps its requests across a drop. 0s: stop at once.
+    #[arg(long, value_parser = duration, default_value = "25s")]
+    pub(super) drain: Duration,
     /// Append each checkpoint of the audit log's head to this file, one JSON line (best on a volume the
     /// database's writers cannot write); `uplink audit verify --checkpoints FILE` checks the log against it.
     #[arg(long, value_name = "FILE")]

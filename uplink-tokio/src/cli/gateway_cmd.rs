@@ -289,6 +289,7 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path, at
     config.audit_redact_inputs = args.audit_redact_inputs;
     config.audit_checkpoint_every = args.audit_checkpoint_every;
     config.lease = args.lease;
+    config.drain = args.drain;
     config.audit_checkpoint_file = args.audit_checkpoint_file;
     config.metrics_public = args.metrics_public;
     let format =

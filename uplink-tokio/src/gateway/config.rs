@@ -93,6 +93,11 @@ pub struct GatewayServerConfig {
     /// sled closed with 1012, to reconnect to another node; then it stops) a tenth of it before it could
     /// lapse. 10 s by default.
     pub lease: Duration,
+    /// When asked to stop, first drain for at most this long: not ready, new sleds refused, each sled
+    /// closed with 1012 once nothing of it is in flight (at once when it keeps its requests across a drop),
+    /// so that a planned restart denies nothing a person could still decide. Zero (the default): stop at
+    /// once.
+    pub drain: Duration,
 }
 
 impl GatewayServerConfig {
@@ -122,6 +127,7 @@ impl GatewayServerConfig {
             public_url: None,
             auth_limit: uplink_proto::gateway::AuthLimitConfig::default(),
             lease: Duration::from_secs(10),
+            drain: Duration::ZERO,
         }
     }
 }
@@ -153,6 +159,7 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("audit_checkpoint_file", &self.audit_checkpoint_file)
             .field("metrics_public", &self.metrics_public)
             .field("lease", &self.lease)
+            .field("drain", &self.drain)
             .field("notify", &self.notify.iter().map(|w| crate::redact::redact_url(&w.url)).collect::<Vec<_>>())
             .field("notify_decisions", &self.notify_decisions)
             .field("notify_checkpoints", &self.notify_checkpoints)

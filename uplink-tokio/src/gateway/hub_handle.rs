@@ -183,6 +183,11 @@ pub(super) enum HubMsg {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// Drain for at most `within`; `done` fires once no connection is left.
+    Drain {
+        within: std::time::Duration,
+        done: oneshot::Sender<()>,
+    },
     /// The database's answer to a renewal of the node's lease sent at `sent` (`None`: no answer).
     LeaseRenewal {
         sent: Instant,
@@ -322,6 +327,15 @@ impl HubHandle {
         let (reply, written) = oneshot::channel();
         if self.tx.send(HubMsg::Sessions { changes, reply: Some(reply) }).await.is_ok() {
             let _ = written.await;
+        }
+    }
+
+    /// Drains the hub for at most `within` (`Hub::drain`): returns once no connection is left, or the time
+    /// is up (then what is left is closed).
+    pub(crate) async fn drain(&self, within: std::time::Duration) {
+        let (done, drained) = oneshot::channel();
+        if self.tx.send(HubMsg::Drain { within, done }).await.is_ok() {
+            let _ = tokio::time::timeout(within + std::time::Duration::from_secs(1), drained).await;
         }
     }
 

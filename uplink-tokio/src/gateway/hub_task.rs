@@ -108,6 +108,7 @@ pub(crate) fn spawn(
         notifier: super::notify::Notifier::start(config.notify, Clock::new(config.epoch), config.metrics.clone()),
         metrics: config.metrics,
         errands,
+        drained: Vec::new(),
     };
     Ok((HubHandle::new(tx), tokio::spawn(task.run()), closed))
 }
@@ -136,6 +137,8 @@ struct HubTask {
     notifier: super::notify::Notifier,
     /// A cluster node's errands at the database.
     errands: Option<Errands>,
+    /// Told once a drain is done (no connection left).
+    drained: Vec<oneshot::Sender<()>>,
 }
 
 impl HubTask {
@@ -150,6 +153,11 @@ impl HubTask {
         loop {
             self.drain();
             self.flush().await;
+            if !self.drained.is_empty() && self.hub.is_drained() {
+                for done in self.drained.drain(..) {
+                    let _ = done.send(());
+                }
+            }
             if self.store.is_some() && self.checkpoints.overdue(TokioInstant::now()) {
                 self.checkpoint().await;
             }
@@ -275,6 +283,10 @@ impl HubTask {
             HubMsg::Shutdown { done } => {
                 self.hub.shutdown(now);
                 self.done.push(done);
+            }
+            HubMsg::Drain { within, done } => {
+                self.hub.drain(now, now + within);
+                self.drained.push(done);
             }
             HubMsg::LeaseRenewal { sent, answer } => self.hub.handle_lease_renewal(now, sent, answer),
             HubMsg::ClaimAnswer { conn, project, answer } => self.hub.handle_claim_answer(now, conn, &project, answer),

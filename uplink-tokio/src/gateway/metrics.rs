@@ -39,7 +39,7 @@ pub(super) async fn healthz() -> Response {
 
 /// `GET /readyz`: listening, and the store (if any) writing; `503` once a commit failed or while stopping.
 pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let stopping = *shared.closing.borrow();
+    let stopping = *shared.closing.borrow() || shared.draining.load(std::sync::atomic::Ordering::Relaxed);
     match (shared.store_failed.borrow().as_deref(), stopping) {
         (Some(why), _) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("the store failed: {why}")),
         (None, true) => error(StatusCode::SERVICE_UNAVAILABLE, "stopping"),

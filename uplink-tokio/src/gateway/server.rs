@@ -51,6 +51,8 @@ pub struct GatewayServer {
     store_closed: Option<tokio::sync::oneshot::Receiver<()>>,
     /// The cluster this gateway is a node of, if its store is shared.
     node: Option<Node>,
+    /// How long a stop drains first.
+    drain: Duration,
 }
 
 impl std::fmt::Debug for GatewayServer {
@@ -204,6 +206,7 @@ impl GatewayServer {
         let shared = Arc::new(Shared {
             hub,
             closing: tokio::sync::watch::Sender::new(false),
+            draining: false.into(),
             credentials: RwLock::new(Arc::new(credentials)),
             accept_query_token: config.accept_query_token,
             ws_config: Target::ws_config(config.max_message_size),
@@ -219,7 +222,7 @@ impl GatewayServer {
             mcp_names: names,
             auth: AuthBudget::new(Clock::new(epoch), config.auth_limit),
         });
-        Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed, node })
+        Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed, node, drain: config.drain })
     }
 
     /// A handle that replaces this gateway's credentials while it runs.
@@ -244,10 +247,11 @@ impl GatewayServer {
         let mut hub_ended: Option<String> = None;
         let (hub, ended) = (&mut hub_task, &mut hub_ended);
         // Boxed, so that dropping it after the loop ends its borrows.
+        let (shared, drain, mut failed_meanwhile) = (self.shared.clone(), self.drain, self.failed.clone());
         let mut stop = Box::pin(async move {
-            tokio::select! {
-                () = stop => {}
-                _ = failed.wait_for(Option::is_some) => {}
+            let asked = tokio::select! {
+                () = stop => true,
+                _ = failed.wait_for(Option::is_some) => false,
                 end = hub => {
                     let why = match end {
                         Err(e) if e.is_panic() => "it panicked",
@@ -255,6 +259,17 @@ impl GatewayServer {
                     };
                     tracing::error!("the hub task ended ({why}): stopping");
                     *ended = Some(why.to_owned());
+                    false
+                }
+            };
+            // Asked to stop: first drain, still serving people, so that nothing they could decide is denied
+            // for the restart (a failing store cuts it short).
+            if asked && !drain.is_zero() {
+                tracing::info!(within = ?drain, "draining: new sleds are refused, each leaves once nothing of it is in flight");
+                shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                tokio::select! {
+                    () = shared.hub.drain(drain) => {}
+                    _ = failed_meanwhile.wait_for(Option::is_some) => {}
                 }
             }
         });

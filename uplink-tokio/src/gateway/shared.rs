@@ -17,6 +17,8 @@ pub(super) struct Shared {
     pub(super) hub: HubHandle,
     /// Becomes true when the server stops: event streams end.
     pub(super) closing: tokio::sync::watch::Sender<bool>,
+    /// True while the server drains before it stops: `/readyz` says so, new sleds are refused.
+    pub(super) draining: std::sync::atomic::AtomicBool,
     /// Who may connect and who may decide; replaced whole on a reload.
     pub(super) credentials: RwLock<Arc<Credentials>>,
     pub(super) accept_query_token: bool,
