@@ -214,7 +214,7 @@ async fn a_node_paused_past_its_lease_fences_writes_nothing_more_and_its_sled_go
     let base = b.base_url();
     let mut ws = raw_sled_at(&base, &sled, "web").await;
     ws.send(Message::text(ask.to_string())).await.unwrap();
-    until("the request to be listed at the next node", async || {
+    let id_b = until("the request to be listed at the next node", async || {
         let (_, body) = http("GET", &format!("{base}/api/permissions"), Some(&admin), None, &[]).await;
         let listing: Value = serde_json::from_str(&body).unwrap();
         listing["permissions"][0]["id"].as_str().map(str::to_owned)
@@ -224,6 +224,10 @@ async fn a_node_paused_past_its_lease_fences_writes_nothing_more_and_its_sled_go
     let (node_b, gen_b) = claim.split_once(' ').map(|(n, g)| (n.to_owned(), g.parse::<u64>().unwrap())).unwrap();
     assert_ne!(node_b, node_a);
     assert!(gen_b > gen_a, "{gen_b} after {gen_a}");
+    // Its ids are of its own incarnation's range: no other node's can be the same.
+    let conn_b: u64 = id_b.split('-').next().unwrap().parse().unwrap();
+    let base_b = node_b.parse::<u64>().unwrap() << 32;
+    assert!((base_b..base_b + (1 << 32)).contains(&conn_b), "{id_b} of node {node_b}");
     // A node that stops of its own accord leaves (once its drain is over: the sled went away): its claims
     // go at once.
     drop(ws);

@@ -134,9 +134,11 @@ impl GatewayServer {
         };
         let mut hub = Hub::new(hub_config, Instant::ZERO)?;
         // Public ids never repeat across restarts: after those the last gateway reserved, or, with nothing
-        // kept, after a number that grows with the time of day (seconds since 2020, times 4,096).
+        // kept, after a number that grows with the time of day (seconds since 2020, times 4,096). A cluster
+        // node's come from a range of its own incarnation (its id times 2^32), never another node's.
+        let own_range = node.as_ref().map_or(0, |n| n.id.saturating_mul(1 << 32));
         match &kept {
-            Some(kept) => hub.start_ids_after(kept.ids_until),
+            Some(kept) => hub.start_ids_after(kept.ids_until.max(own_range)),
             None => hub.start_ids_after(unix_ms(wall_now).saturating_sub(IDS_EPOCH_MS) / 1000 * 4096),
         }
         if let Some(kept) = &kept {
