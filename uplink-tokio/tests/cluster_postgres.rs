@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use uplink_proto::gateway::CredentialId;
 use uplink_tests::postgres::Postgres;
-use uplink_tokio::store::postgres::{PostgresCluster, PostgresOptions, PostgresStore};
+use uplink_tokio::store::postgres::{PostgresCluster, PostgresOptions, PostgresStore, SCHEMA_VERSION};
 use uplink_tokio::store::{Change, ClaimAnswer, ClusterStore, Entry, Store, StoreError};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -178,7 +178,7 @@ fn a_node_whose_lease_lapsed_writes_nothing_and_a_claims_end_removes_only_its_ow
 }
 
 #[test]
-fn a_database_of_the_first_schema_is_migrated_and_joins() {
+fn a_database_of_the_first_schema_is_migrated_and_joins_and_commits() {
     let pg = Postgres::shared();
     let url = pg.fresh_database();
     let db = db_of(&url);
@@ -188,13 +188,16 @@ fn a_database_of_the_first_schema_is_migrated_and_joins() {
     // Back to schema 1, as a gateway of the first release left it.
     pg.sql(
         &db,
-        "DROP FUNCTION uplink.fence(bigint); DROP FUNCTION uplink.live(bigint); DROP TABLE uplink.releases;
+        "DROP FUNCTION uplink.move_head(bigint, bytea, bigint, bytea); DROP FUNCTION uplink.fence(bigint); DROP FUNCTION uplink.live(bigint); DROP TABLE uplink.releases;
          DROP TABLE uplink.claims; DROP TABLE uplink.nodes; DROP SEQUENCE uplink.claim_gen;
          UPDATE uplink.meta SET n = 1 WHERE key = 'schema_version'",
     )
     .unwrap();
     let mut store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
-    assert_eq!(pg.sql(&db, "SELECT n FROM uplink.meta WHERE key = 'schema_version'").unwrap(), "2");
+    assert_eq!(
+        pg.sql(&db, "SELECT n FROM uplink.meta WHERE key = 'schema_version'").unwrap(),
+        SCHEMA_VERSION.to_string()
+    );
     let me = store.cluster().unwrap();
     let node = me.join("me:1", LONG).unwrap();
     granted(me.claim(node, 1, "web", 1).unwrap());

@@ -113,3 +113,20 @@ fn a_commit_after_the_database_went_away_fails_and_so_does_every_later_one_and_n
     assert_eq!(again.commit(&[record(5)]).unwrap().seq, 3, "the chain goes on from its head");
     assert_eq!(again.credentials().unwrap().version().unwrap(), 0);
 }
+
+#[test]
+fn a_head_moved_behind_the_writers_back_fails_the_whole_commit_sent_in_one_go() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = url.split('/').nth(3).unwrap().split('?').next().unwrap().to_owned();
+    let mut store = open(&url).unwrap();
+    store.commit(&[record(1), record(2)]).unwrap();
+    // Another writer (or a hand) moves the head: the next commit's statements were sent with its COMMIT,
+    // and none of them stays.
+    pg.sql(&db, "UPDATE uplink.meta SET n = n + 1 WHERE key = 'head'").unwrap();
+    match store.commit(&[record(3), record(4)]) {
+        Err(StoreError::Database(why)) => assert!(why.contains("head is not where this gateway left it"), "{why}"),
+        other => panic!("a moved head must fail the commit, got {other:?}"),
+    }
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.audit").unwrap(), "2", "nothing of it was written");
+}

@@ -25,6 +25,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// leaves to applications; the schema's function names it too).
 pub(super) const NO_LEASE: &str = "UL001";
 
+/// The SQLSTATE `uplink.move_head` raises when the audit log's head is not where the writer left it.
+pub(super) const HEAD_MOVED: &str = "UL002";
+
 /// The readers' pool: at most this many connections beside the writer's.
 const READERS: usize = 4;
 

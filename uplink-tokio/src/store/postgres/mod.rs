@@ -17,6 +17,9 @@
 //!   as long as it runs; a second gateway on the same database is refused at start
 //!   ([`StoreError::InUse`](crate::store::StoreError::InUse)). Each commit also moves the audit log's head only
 //!   from where its writer last left it, so that no fork of the chain can be written.
+//! - **One round trip a commit**: a commit's `BEGIN`, its statements, the head's move and `COMMIT` are sent
+//!   together; any that fails (a lapsed lease, a moved head) fails the transaction, and its `COMMIT` then
+//!   rolls it back.
 //! - **A lost database**: a commit that fails (the database went away, or did not answer within
 //!   [`OPERATION_TIMEOUT`]) fails as with SQLite: the gateway stops, and its sleds deny what they asked.
 //! - **Retention**: as with SQLite ([`PostgresOptions`]).

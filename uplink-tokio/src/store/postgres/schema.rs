@@ -11,7 +11,7 @@ use crate::store::audit::GENESIS;
 use crate::store::seam::StoreError;
 
 /// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Each step from version `i` to `i + 1`, run in one transaction.
 const MIGRATIONS: &[&str] = &[
@@ -93,6 +93,17 @@ const MIGRATIONS: &[&str] = &[
      $$ BEGIN
           IF NOT uplink.live(p_node) THEN
             RAISE EXCEPTION 'uplink: the lease of node % has lapsed', p_node USING ERRCODE = 'UL001';
+          END IF;
+        END $$;",
+    // 2 → 3: the head's compare-and-set as a statement that fails the transaction when the head is not where
+    // the writer left it, so that a commit's statements and its COMMIT can be sent together.
+    "CREATE FUNCTION uplink.move_head(p_seq bigint, p_hash bytea, p_was_seq bigint, p_was_hash bytea)
+       RETURNS void LANGUAGE plpgsql AS
+     $$ BEGIN
+          UPDATE uplink.meta SET n = p_seq, hash = p_hash
+            WHERE key = 'head' AND n = p_was_seq AND hash = p_was_hash;
+          IF NOT FOUND THEN
+            RAISE EXCEPTION 'uplink: the audit log''s head is not at seq %', p_was_seq USING ERRCODE = 'UL002';
           END IF;
         END $$;",
 ];

@@ -77,6 +77,7 @@ struct Statements {
     head: Statement,
     end_claim: Statement,
     fence: Statement,
+    move_head: Statement,
 }
 
 impl Statements {
@@ -119,6 +120,7 @@ impl Statements {
                 .await?,
             end_claim: client.prepare("DELETE FROM uplink.claims WHERE project = $1 AND gen = $2").await?,
             fence: client.prepare("SELECT uplink.fence($1)").await?,
+            move_head: client.prepare("SELECT uplink.move_head($1, $2, $3, $4)").await?,
         })
     }
 }
@@ -134,9 +136,9 @@ impl Op {
         Op { statement, values }
     }
 
-    async fn run(&self, tx: &Transaction<'_>, statements: &Statements) -> Result<u64, tokio_postgres::Error> {
+    async fn run(&self, client: &impl GenericClient, statements: &Statements) -> Result<u64, tokio_postgres::Error> {
         let values: Vec<&(dyn ToSql + Sync)> = self.values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
-        tx.execute((self.statement)(statements), &values).await
+        client.execute((self.statement)(statements), &values).await
     }
 }
 
@@ -302,6 +304,8 @@ async fn write(
     head: (u64, [u8; 32]),
     prune: Option<PostgresOptions>,
 ) -> Result<(), StoreError> {
+    let Some(prune) = prune else { return write_at_once(db, writer, ops, head).await };
+    let prune = Some(prune);
     let was = writer.head;
     let tx = writer.client.transaction().await.map_err(|e| db.said(&e))?;
     let statements = &writer.statements;
@@ -335,6 +339,51 @@ async fn write(
         prune_log(&tx, &options, head.0).await.map_err(|e| db.said(&e))?;
     }
     tx.commit().await.map_err(|e| db.said(&e))
+}
+
+/// Writes a batch in one transaction and one round trip: `BEGIN`, the lease's check (a cluster node), the
+/// batch's statements, the head's move from where this writer left it, and `COMMIT`, sent together. Each
+/// fails the transaction when it fails (the lease lapsed, the head moved, anything the database refuses),
+/// and the `COMMIT` of a failed transaction rolls it back: all or nothing, as with one statement at a time.
+async fn write_at_once(db: &Db, writer: &mut Writer, ops: Vec<Op>, head: Pair) -> Result<(), StoreError> {
+    let (client, statements, was) = (&writer.client, &writer.statements, writer.head);
+    let node = db.node.load(std::sync::atomic::Ordering::Acquire);
+    let fence = async {
+        if node != 0 {
+            client.execute(&statements.fence, &[&node]).await?;
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    };
+    let moved = (big(head.0)?, head.1.to_vec(), big(was.0)?, was.1.to_vec());
+    let move_head = async {
+        if head != was {
+            client.execute(&statements.move_head, &[&moved.0, &moved.1, &moved.2, &moved.3]).await?;
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    };
+    // Polled in this order, each sends its message at its first poll: the database gets them in this order.
+    let (began, fenced, written, head_moved, committed) = futures_util::future::join5(
+        client.batch_execute("BEGIN"),
+        fence,
+        futures_util::future::join_all(ops.iter().map(|op| op.run(client, statements))),
+        move_head,
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    began.map_err(|e| db.said(&e))?;
+    fenced.map_err(|e| db.said(&e))?;
+    for result in written {
+        result.map_err(|e| db.said(&e))?;
+    }
+    head_moved.map_err(|e| match e.as_db_error() {
+        Some(d) if d.code().code() == super::db::HEAD_MOVED => StoreError::Database(format!(
+            "{}: the audit log's head is not where this gateway left it (seq {}); another writer? nothing was written",
+            db.place(),
+            was.0
+        )),
+        _ => db.said(&e),
+    })?;
+    committed.map_err(|e| db.said(&e))
 }
 
 /// Deletes the records retention lets go, and moves the anchor to the last one deleted.
