@@ -2,8 +2,9 @@
 //! tells `uplink gateway token …` whether its change is in force.
 //!
 //! The watch reloads on SIGHUP, and when the credentials file's content or the store's credentials version
-//! changes (checked every 2 s; a change is loaded once it has held for [`SETTLE`], so that a file caught
-//! half-written by an editor is not taken). Any set that loads is put in force, an empty one too: a
+//! changes (checked every half second, so that a change made at another node of a cluster is in force here
+//! within a second; a change of the file is loaded once it has held for [`SETTLE`], so that a file caught
+//! half-written by an editor is not taken; the store's version moves only with a whole transaction). Any set that loads is put in force, an empty one too: a
 //! revocation always takes effect, the last credential's included. A set that does not load (a file that does
 //! not parse, two entries with one token) changes nothing, and the log says why.
 //!
@@ -25,12 +26,13 @@ use crate::gateway::credentials::Credentials;
 use crate::store::CredentialStore;
 
 /// How often the watch looks for a change.
-const EVERY: Duration = Duration::from_secs(2);
+const EVERY: Duration = Duration::from_millis(500);
 
 /// How long a change must hold before it is loaded.
 const SETTLE: Duration = Duration::from_millis(250);
 
-/// How long `token …` waits for a running gateway to confirm its change: two looks and a settle, with room.
+/// How long `token …` waits for a running gateway to confirm its change: a few looks and a settle, with
+/// room for a slow machine.
 const CONFIRM_WAIT: Duration = Duration::from_secs(8);
 
 /// The receipt's name in the state directory.
@@ -157,13 +159,16 @@ pub(super) async fn watch(source: Source, loaded: Loaded, state_dir: PathBuf, re
             if now == seen {
                 continue;
             }
-            // Loaded once it holds: a file being written is read when it is whole.
-            tokio::time::sleep(SETTLE).await;
-            let settled = source.fingerprint();
-            if settled != now {
-                continue;
+            // Loaded once it holds: a file being written is read when it is whole. (The store's version
+            // moves with a whole transaction: nothing to wait for.)
+            if now.file_sha256 != seen.file_sha256 {
+                tokio::time::sleep(SETTLE).await;
+                let settled = source.fingerprint();
+                if settled != now {
+                    continue;
+                }
+                now = settled;
             }
-            now = settled;
         }
         seen = now.clone();
         match source.load() {
