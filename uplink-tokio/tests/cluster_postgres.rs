@@ -204,3 +204,30 @@ fn a_database_of_the_first_schema_is_migrated_and_joins_and_commits() {
     store.commit(&[Change::Record(Entry::new(1_700_000_000_001, "request"))]).unwrap();
     assert!(store.reader().verify().unwrap().is_ok());
 }
+
+#[test]
+fn a_joining_node_clears_what_dead_nodes_left_and_nothing_of_the_live_ones() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = db_of(&url);
+    let (dead, live) = (cluster(&url), cluster(&url));
+    let gone = dead.join("dead:1", SHORT).unwrap();
+    let here = live.join("live:1", LONG).unwrap();
+    granted(dead.claim(gone, 1, "web", 1).unwrap());
+    granted(live.claim(here, 2, "api", 1).unwrap());
+    live.ask_release(gone, "web", 1).unwrap();
+    dead.ask_release(here, "api", 1).unwrap();
+    until("the dead node's lease to lapse", || {
+        (pg.sql(&db, &format!("SELECT uplink.live({gone})")).unwrap() == "f").then_some(())
+    });
+    // A node long gone, with nothing left: it goes too.
+    pg.sql(&db, "INSERT INTO uplink.nodes (addr, lease_until, ended) VALUES ('old:1', now() - interval '8 days', now() - interval '8 days')")
+        .unwrap();
+    let third = cluster(&url);
+    third.join("third:1", LONG).unwrap();
+    assert_eq!(pg.sql(&db, "SELECT string_agg(project, ',') FROM uplink.claims").unwrap(), "api");
+    assert_eq!(pg.sql(&db, "SELECT string_agg(node::text, ',') FROM uplink.releases").unwrap(), here.to_string());
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.nodes WHERE addr = 'old:1'").unwrap(), "0");
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.nodes").unwrap(), "3", "the dead one stays for now");
+    assert_eq!(live.renew(here, LONG).unwrap().releases, vec![("api".to_owned(), 1)]);
+}

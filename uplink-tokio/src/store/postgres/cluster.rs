@@ -84,6 +84,17 @@ impl ClusterStore for PostgresCluster {
                         &[&addr, &ms(lease)],
                     )
                     .await?;
+                // What dead nodes left behind goes as a node joins: their claims (anyone may take them
+                // anyway), the releases asked of them, and, a week on, the nodes themselves.
+                client
+                    .batch_execute(
+                        "DELETE FROM uplink.claims c WHERE NOT uplink.live(c.node);
+                         DELETE FROM uplink.releases r WHERE NOT uplink.live(r.node);
+                         DELETE FROM uplink.nodes n
+                           WHERE coalesce(n.ended, n.lease_until) < clock_timestamp() - interval '7 days'
+                             AND NOT EXISTS (SELECT 1 FROM uplink.claims c WHERE c.node = n.id);",
+                    )
+                    .await?;
                 Ok(row.get(0))
             })?;
         self.db.node.store(node, Ordering::Release);
