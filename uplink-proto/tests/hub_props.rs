@@ -62,6 +62,8 @@ enum Op {
     /// Shuts the hub down when `.0` is below 16: rarely, so that most scripts run long before it (every
     /// script ends with one anyway).
     Shutdown(u8),
+    /// Drains the hub for `.0` seconds when `.0` is below 40 (rarely, as a shutdown).
+    Drain(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -88,6 +90,7 @@ fn op() -> impl Strategy<Value = Op> {
         10 => (any::<u8>(), any::<u8>()).prop_map(|(c, t)| Op::Reconnect(c, t)),
         2 => Just(Op::Restart),
         1 => any::<u8>().prop_map(Op::Shutdown),
+        1 => any::<u8>().prop_map(Op::Drain),
     ]
 }
 
@@ -208,6 +211,8 @@ struct Model {
     forgotten: BTreeSet<PublicPermId>,
     /// The greatest connection handle the hub said it reserved.
     ids_until: u64,
+    /// Until when the hub drains, once asked to.
+    draining_until: Option<Instant>,
 }
 
 impl Model {
@@ -268,6 +273,7 @@ impl Model {
             restoring: BTreeSet::new(),
             forgotten: BTreeSet::new(),
             ids_until: 0,
+            draining_until: None,
         }
     }
 
@@ -493,6 +499,7 @@ impl Model {
             }
             Op::Restart => {
                 self.hub = Hub::new(self.cfg.clone(), now).expect("valid");
+                self.draining_until = None;
                 // Every connection, claim and MCP request is gone with the old hub, and so are the rules made at
                 // run time (the program keeps those in its store; this model does not).
                 self.conns.clear();
@@ -525,6 +532,14 @@ impl Model {
             Op::Shutdown(n) => {
                 if *n < 16 {
                     self.hub.shutdown(now);
+                    self.draining_until = None;
+                }
+            }
+            Op::Drain(n) => {
+                if *n < 40 && !self.hub.is_shutting_down() {
+                    let until = now + Duration::from_secs(u64::from(*n));
+                    self.hub.drain(now, until);
+                    self.draining_until = Some(until);
                 }
             }
         }
@@ -773,6 +788,20 @@ impl Model {
                     }
                     _ => {}
                 },
+                // A drain closes a connection that never took `resume` only once nothing is pending on it.
+                HubOutput::Close { conn, reason: CloseReason::Restarting }
+                    if self.draining_until.is_some_and(|until| self.now < until) && !self.accepted.contains(&conn) =>
+                {
+                    let pending: Vec<&PublicPermId> = self
+                        .location
+                        .iter()
+                        .filter(|(id, at)| {
+                            **at == Some(conn) && self.perms.get(*id).is_some_and(|p| p.0 == Fate::Pending)
+                        })
+                        .map(|(id, _)| id)
+                        .collect();
+                    prop_assert!(pending.is_empty(), "{} drained with {:?} pending", conn.0, pending);
+                }
                 _ => {}
             }
         }
