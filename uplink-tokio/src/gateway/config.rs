@@ -224,8 +224,9 @@ pub enum GatewayStartError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GatewayRunError {
-    /// A commit to the store failed: nothing it held was sent, and every sled connection was closed.
-    #[error("the store failed: {0}")]
+    /// A commit to the store failed ("the store failed: …"), or this cluster node's lease lapsed and it
+    /// fenced itself: nothing it held was sent, and every sled connection was closed.
+    #[error("{0}")]
     Store(String),
     /// The task that owns the hub ended on its own (a defect: it ends only when told to); every sled
     /// connection was closed.

@@ -395,7 +395,7 @@ impl HubTask {
     /// request ends denied at its sled), and the server stops with the error.
     fn fail(&mut self, why: String) {
         error!(error = %why, "the store failed; nothing held is sent, and the gateway stops");
-        self.failed.send_replace(Some(why));
+        self.failed.send_replace(Some(format!("the store failed: {why}")));
         let now = self.now();
         self.hub.shutdown(now);
     }

@@ -41,7 +41,7 @@ pub(super) async fn healthz() -> Response {
 pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let stopping = *shared.closing.borrow() || shared.draining.load(std::sync::atomic::Ordering::Relaxed);
     match (shared.store_failed.borrow().as_deref(), stopping) {
-        (Some(why), _) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("the store failed: {why}")),
+        (Some(why), _) => error(StatusCode::SERVICE_UNAVAILABLE, why),
         (None, true) => error(StatusCode::SERVICE_UNAVAILABLE, "stopping"),
         (None, false) => {
             (StatusCode::OK, [("content-type", "application/json")], r#"{"status":"ready"}"#).into_response()

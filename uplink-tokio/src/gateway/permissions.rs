@@ -120,6 +120,10 @@ pub(super) async fn decide(
         Err(DecideFailure::Hub(HubDecideError::MessageTooLong)) => {
             error(StatusCode::BAD_REQUEST, &format!("message is longer than {MAX_MESSAGE_BYTES} bytes"))
         }
+        // This node fenced itself: nothing was decided here; the person decides on another node.
+        Err(DecideFailure::Hub(why @ HubDecideError::Fenced)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &why.to_string())
+        }
         Err(DecideFailure::Hub(HubDecideError::AlwaysExpired)) => {
             error(StatusCode::BAD_REQUEST, "until is not in the future: the rule would never apply")
         }
