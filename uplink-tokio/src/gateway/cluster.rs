@@ -6,14 +6,15 @@
 //!
 //! Nothing here waits on the hub task's loop: errands queue in a bounded channel, and one that finds it full
 //! goes unanswered (a renewal counts as unanswered at once; a claim waits and is refused with 1013 in the
-//! end), which the hub is built to survive.
+//! end), which the hub is built to survive; at most [`AT_ONCE`] claims and releases are at the database at
+//! once (beyond, unanswered too), while a renewal always goes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
-use uplink_proto::gateway::{ConnHandle, CredentialId};
+use uplink_proto::gateway::{ConnHandle, CredentialId, HubEvent};
 
 use super::hub_handle::HubHandle;
 use crate::socket_loop::Clock;
@@ -21,6 +22,9 @@ use crate::store::ClusterStore;
 
 /// Errands waiting for a thread before the next finds the queue full.
 const ERRANDS: usize = 4096;
+
+/// Claims and releases at the database at once, at most.
+const AT_ONCE: usize = 64;
 
 /// A node of a cluster: the shared database's part, its id there, and its lease's length.
 #[derive(Clone)]
@@ -35,6 +39,25 @@ pub(crate) enum Errand {
     Renew,
     Claim { conn: ConnHandle, project: String, credential: CredentialId },
     Release { holder: u64, project: String, credential: CredentialId },
+}
+
+/// Why a fenced node stops.
+pub(crate) const FENCED: &str = "this node's lease at the database lapsed, so it fenced itself and acts no more";
+
+impl Errand {
+    /// The errand `event` asks of the database, if it is one of the cluster's.
+    pub(crate) fn of(event: &HubEvent) -> Option<Errand> {
+        Some(match event {
+            HubEvent::LeaseRenewalDue => Errand::Renew,
+            HubEvent::ClaimWanted { conn, project, credential } => {
+                Errand::Claim { conn: *conn, project: project.clone(), credential: *credential }
+            }
+            HubEvent::ReleaseWanted { project, node, credential } => {
+                Errand::Release { holder: *node, project: project.clone(), credential: *credential }
+            }
+            _ => return None,
+        })
+    }
 }
 
 /// The hub task's end: errands in, answers back through the hub's handle.
@@ -58,9 +81,23 @@ impl Errands {
 
 async fn run(node: Node, hub: HubHandle, clock: Clock, mut rx: mpsc::Receiver<Errand>) {
     let clock = Arc::new(clock);
+    let at_once = Arc::new(Semaphore::new(AT_ONCE));
     while let Some(errand) = rx.recv().await {
+        // A renewal always goes (one at a time, by the hub's rule); a claim or a release beyond the budget
+        // goes unanswered (the claim waits, then 1013), so that a slow database holds no pile of them.
+        let permit = match errand {
+            Errand::Renew => None,
+            _ => match at_once.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    warn!("too many of the cluster's errands in flight; one goes unanswered");
+                    continue;
+                }
+            },
+        };
         let (node, hub, clock) = (node.clone(), hub.clone(), clock.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             match errand {
                 Errand::Renew => {
                     let sent = clock.now();

@@ -34,7 +34,7 @@ use uplink_proto::gateway::{
 };
 
 use super::checkpoints::Checkpoints;
-use super::cluster::{Errand, Errands};
+use super::cluster::{Errand, Errands, FENCED};
 use super::commit::{Ack, StoreLink};
 use super::fanout::Fanout;
 use super::hub_handle::{ConnOut, HUB_QUEUE, HubHandle, HubMsg};
@@ -153,10 +153,8 @@ impl HubTask {
         loop {
             self.drain();
             self.flush().await;
-            if !self.drained.is_empty() && self.hub.is_drained() {
-                for done in self.drained.drain(..) {
-                    let _ = done.send(());
-                }
+            if self.hub.is_drained() {
+                self.drained.drain(..).for_each(|done| _ = done.send(()));
             }
             if self.store.is_some() && self.checkpoints.overdue(TokioInstant::now()) {
                 self.checkpoint().await;
@@ -290,13 +288,10 @@ impl HubTask {
             }
             HubMsg::LeaseRenewal { sent, answer } => self.hub.handle_lease_renewal(now, sent, answer),
             HubMsg::ClaimAnswer { conn, project, answer } => self.hub.handle_claim_answer(now, conn, &project, answer),
-            HubMsg::Release { project, credential } => {
-                self.hub.release(now, &project, credential);
-            }
+            HubMsg::Release { project, credential } => _ = self.hub.release(now, &project, credential),
         }
     }
 
-    /// A reply: given now without a store; with one, once the batch is committed.
     /// An exchange opened (or refused): its caller hears which.
     fn opened(&mut self, opened: Result<(McpTicket, Option<String>), Refusal>, sink: Sink) {
         let gone = match &sink {
@@ -320,6 +315,7 @@ impl HubTask {
         }
     }
 
+    /// A reply: given now without a store; with one, once the batch is committed.
     fn ack(&mut self, ack: Ack) {
         if self.store.is_some() { self.acks.push(ack) } else { ack.send(false) }
     }
@@ -439,36 +435,20 @@ impl HubTask {
     }
 
     fn on_event(&mut self, event: HubEvent) {
-        let errand = match &event {
-            HubEvent::LeaseRenewalDue => Some(Errand::Renew),
-            HubEvent::ClaimWanted { conn, project, credential } => {
-                Some(Errand::Claim { conn: *conn, project: project.clone(), credential: *credential })
-            }
-            HubEvent::ReleaseWanted { project, node, credential } => {
-                Some(Errand::Release { holder: *node, project: project.clone(), credential: *credential })
-            }
-            HubEvent::Fenced => {
-                error!(
-                    "this node's lease lapsed: it fenced itself (every sled closed with 1012, to reconnect to another node) and stops"
-                );
-                self.failed.send_replace(Some(
-                    "this node's lease at the database lapsed, so it fenced itself and acts no more".to_owned(),
-                ));
-                None
-            }
-            _ => None,
-        };
-        if let Some(errand) = errand {
-            if let Some(errands) = &self.errands
-                && !errands.send(errand)
-            {
+        if let Some(errand) = Errand::of(&event) {
+            let renewal = matches!(errand, Errand::Renew);
+            if self.errands.as_ref().is_some_and(|errands| !errands.send(errand)) {
                 warn!("the cluster's errands are backed up; one goes unanswered");
-                if matches!(event, HubEvent::LeaseRenewalDue) {
+                if renewal {
                     let now = self.now();
                     self.hub.handle_lease_renewal(now, now, None);
                 }
             }
             return;
+        }
+        if matches!(event, HubEvent::Fenced) {
+            error!("{FENCED}: every sled was closed with 1012, to reconnect to another node; the gateway stops");
+            self.failed.send_replace(Some(FENCED.to_owned()));
         }
         self.metrics.on_event(&event);
         if !self.notifier.is_empty() {

@@ -25,12 +25,13 @@
 //! - **Retention**: as with SQLite ([`PostgresOptions`]).
 //!
 //! The rooms: `db` (the connection, the pool and the runtime they run on), `schema` (the schema and its
-//! steps), `cluster` ([`PostgresCluster`]), `writer` ([`PostgresStore`]), `reader` ([`PostgresReader`]), `credentials`
+//! steps), `cluster` ([`PostgresCluster`]), `writer` ([`PostgresStore`]), `kept` (what a start reads), `reader` ([`PostgresReader`]), `credentials`
 //! ([`PostgresCredentials`]).
 
 mod cluster;
 mod credentials;
 mod db;
+mod kept;
 mod reader;
 mod schema;
 mod writer;

@@ -3,6 +3,7 @@
 //! schema).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio_postgres::{Client, GenericClient};
 
@@ -209,4 +210,9 @@ async fn ensure_meta(db: &Db, tx: &impl GenericClient) -> Result<(), StoreError>
         .map_err(|e| db.said(&e))?;
     }
     Ok(())
+}
+
+/// `at` in Unix milliseconds.
+pub(super) fn unix_ms(at: SystemTime) -> u64 {
+    u64::try_from(at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
 }

@@ -12,13 +12,11 @@ use tokio_postgres::{Client, GenericClient, Statement, Transaction};
 use super::cluster::PostgresCluster;
 use super::credentials::PostgresCredentials;
 use super::db::Db;
+use super::kept;
 use super::reader::PostgresReader;
-use super::schema::{self, WRITER_LOCK, big, hash_of, pair};
+use super::schema::{self, WRITER_LOCK, big, pair, unix_ms};
 use crate::store::audit::{self, GENESIS, Head};
-use crate::store::seam::{
-    AuditReader, Change, ClusterStore, CredentialStore, Kept, Store, StoreError, StoredResumable, StoredRule,
-    StoredSession,
-};
+use crate::store::seam::{AuditReader, Change, ClusterStore, CredentialStore, Kept, Store, StoreError};
 
 /// How long a start waits for the writer's lock that another gateway holds.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -434,26 +432,7 @@ impl Drop for PostgresStore {
 impl Store for PostgresStore {
     fn load(&mut self) -> Result<Kept, StoreError> {
         let d = self.db.clone();
-        self.db.run(async move {
-            let client = d.clone().pooled().await?;
-            let said = |e: tokio_postgres::Error| d.said(&e);
-            let rules = read_rules(&**client).await.map_err(said)?;
-            // Sign-ins that ended while the gateway was down are forgotten now.
-            let now = big(unix_ms(SystemTime::now()))?;
-            client
-                .execute("DELETE FROM uplink.console_sessions WHERE expires_ms <= $1", &[&now])
-                .await
-                .map_err(said)?;
-            let sessions = read_sessions(&**client).await.map_err(said)?;
-            let input_key = pair(&**client, "input_key")
-                .await
-                .map_err(said)?
-                .map(|(_, key)| key)
-                .ok_or_else(|| StoreError::Database(format!("{}: the store's secret is missing", d.place())))?;
-            let resumables = read_resumables(&d, &**client).await?;
-            let ids_until = pair(&**client, "ids_until").await.map_err(said)?.map_or(0, |(n, _)| n);
-            Ok(Kept { rules, sessions, input_key, resumables, ids_until })
-        })
+        self.db.run(async move { kept::load(&d).await })
     }
 
     fn commit(&mut self, changes: &[Change]) -> Result<Head, StoreError> {
@@ -474,61 +453,4 @@ impl Store for PostgresStore {
     fn cluster(&self) -> Option<Arc<dyn ClusterStore>> {
         Some(Arc::new(PostgresCluster::of(self.db.clone())))
     }
-}
-
-/// The requests that may come back. One whose record does not read is an error, never skipped.
-async fn read_resumables(db: &Db, client: &impl GenericClient) -> Result<Vec<StoredResumable>, StoreError> {
-    let rows = client.query("SELECT record FROM uplink.resumables ORDER BY id", &[]).await.map_err(|e| db.said(&e))?;
-    rows.iter()
-        .map(|r| {
-            serde_json::from_str(r.get(0))
-                .map_err(|e| StoreError::Database(format!("{}: a kept request does not read: {e}", db.place())))
-        })
-        .collect()
-}
-
-async fn read_rules(client: &impl GenericClient) -> Result<Vec<StoredRule>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT id, effect, pattern, projects, project, expires, author, created FROM uplink.rules ORDER BY id",
-            &[],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let projects: Option<String> = r.get(3);
-            StoredRule {
-                id: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
-                effect: r.get(1),
-                pattern: r.get(2),
-                projects: projects.and_then(|p| serde_json::from_str(&p).ok()),
-                project: r.get(4),
-                connection: None,
-                expires: r.get::<_, Option<i64>>(5).map(|e| u64::try_from(e).unwrap_or(0)),
-                author: r.get(6),
-                created: u64::try_from(r.get::<_, i64>(7)).unwrap_or(0),
-            }
-        })
-        .collect())
-}
-
-async fn read_sessions(client: &impl GenericClient) -> Result<Vec<StoredSession>, tokio_postgres::Error> {
-    let rows = client
-        .query("SELECT key, principal, csrf, expires_ms FROM uplink.console_sessions ORDER BY expires_ms, key", &[])
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| StoredSession {
-            key: hash_of(r.get(0)),
-            principal: r.get(1),
-            csrf: r.get(2),
-            expires_ms: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
-        })
-        .collect())
-}
-
-/// `at` in Unix milliseconds.
-fn unix_ms(at: SystemTime) -> u64 {
-    u64::try_from(at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
 }
