@@ -312,7 +312,7 @@ impl Store for Failing {
         match self.fail.load(Ordering::SeqCst) {
             true if self.panics => panic!("disk full"),
             true => Err(StoreError::Database("disk full".into())),
-            false => Ok(Head { seq: 0, hash: [0; 32] }),
+            false => Ok(Head { chain: 0, seq: 0, hash: [0; 32] }),
         }
     }
     fn reader(&self) -> Arc<dyn AuditReader> {
@@ -399,7 +399,7 @@ impl Store for GatedStore {
         Ok(Kept { rules: Vec::new(), sessions: Vec::new(), input_key: [7; 32], resumables: Vec::new(), ids_until: 0 })
     }
     fn commit(&mut self, _: &[Change]) -> Result<Head, StoreError> {
-        Ok(Head { seq: 0, hash: [0; 32] })
+        Ok(Head { chain: 0, seq: 0, hash: [0; 32] })
     }
     fn reader(&self) -> Arc<dyn AuditReader> {
         self.0.clone()

@@ -235,3 +235,44 @@ async fn a_node_paused_past_its_lease_fences_writes_nothing_more_and_its_sled_go
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.claims").unwrap(), "0");
     assert_eq!(pg.sql(&db, &format!("SELECT ended IS NOT NULL FROM uplink.nodes WHERE id = {node_b}")).unwrap(), "t");
 }
+
+#[tokio::test]
+async fn audit_verify_of_a_log_with_several_chains_prints_each_chain_and_one_digest_and_takes_their_heads() {
+    use uplink_tokio::store::postgres::{PostgresOptions, PostgresStore};
+    use uplink_tokio::store::{Change, Entry, Store};
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let u = url.clone();
+    let heads = tokio::task::spawn_blocking(move || {
+        let mut options = PostgresOptions::default();
+        options.sole_writer = false;
+        let record = |n: u64| Change::Record(Entry::new(1_700_000_000_000 + n, "request").with("n", n));
+        let mut a = PostgresStore::open(&u, options.clone()).unwrap();
+        let mut b = PostgresStore::open(&u, options).unwrap();
+        let one = a.commit(&[record(1), record(2)]).unwrap();
+        let two = b.commit(&[record(3)]).unwrap();
+        (one, two)
+    });
+    let (first, second) = heads.await.unwrap();
+    assert_eq!((first.chain, second.chain, second.seq), (0, 1, 2), "chain 1 began by citing chain 0");
+    let verify = uplink(&["audit", "verify", "--store", &url]).await;
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+    let said = text(&verify.stdout);
+    let lines: Vec<&str> = said.lines().collect();
+    assert!(lines[0].starts_with("intact: 4 records in 2 chains; 1 citation between them holds; digest "), "{said}");
+    let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(lines[2], format!("chain 1: 2 records, 1 to 2; head {}", hex(&second.hash)), "{said}");
+    // A head of chain 1 kept elsewhere is checked against chain 1, not the first.
+    let pinned = format!("1:2:{}", hex(&second.hash));
+    let verify = uplink(&["audit", "verify", "--store", &url, "--expect-head", &pinned]).await;
+    assert!(text(&verify.stdout).contains("1 checkpoints hold"), "{}", text(&verify.stdout));
+    let wrong = format!("2:{}", hex(&second.hash));
+    let verify = uplink(&["audit", "verify", "--store", &url, "--expect-head", &wrong]).await;
+    assert_eq!(verify.status.code(), Some(3), "{}", text(&verify.stdout));
+    // A record of chain 1, by its chain and seq.
+    let export = uplink(&["audit", "export", "--store", &url]).await;
+    let rows: Vec<Value> = text(&export.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    assert_eq!((rows[2]["chain"].as_u64(), rows[2]["seq"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(rows[0].get("chain"), None, "the first chain's rows read as a single writer's always did");
+}

@@ -188,7 +188,15 @@ fn a_database_of_the_first_schema_is_migrated_and_joins_and_commits() {
     // Back to schema 1, as a gateway of the first release left it.
     pg.sql(
         &db,
-        "DROP FUNCTION uplink.move_head(bigint, bytea, bigint, bytea); DROP FUNCTION uplink.fence(bigint); DROP FUNCTION uplink.live(bigint); DROP TABLE uplink.releases;
+        "INSERT INTO uplink.meta (key, n, hash) SELECT 'head', head_seq, head_hash FROM uplink.chains WHERE id = 0;
+         DROP TABLE uplink.chains; DROP SEQUENCE uplink.chain_id; DROP SEQUENCE uplink.chain_writer;
+         DROP FUNCTION uplink.move_chain(bigint, bigint, bigint, bytea, bigint, bytea);
+         DROP INDEX uplink.audit_cites; DROP INDEX uplink.audit_by_place;
+         DROP INDEX uplink.audit_project; DROP INDEX uplink.audit_outcome;
+         ALTER TABLE uplink.audit DROP CONSTRAINT audit_pkey, DROP COLUMN chain, DROP COLUMN place, ADD PRIMARY KEY (seq);
+         DROP SEQUENCE uplink.audit_place;
+         CREATE INDEX audit_project ON uplink.audit (project, seq); CREATE INDEX audit_outcome ON uplink.audit (outcome, seq);
+         DROP FUNCTION uplink.fence(bigint); DROP FUNCTION uplink.live(bigint); DROP TABLE uplink.releases;
          DROP TABLE uplink.claims; DROP TABLE uplink.nodes; DROP SEQUENCE uplink.claim_gen;
          UPDATE uplink.meta SET n = 1 WHERE key = 'schema_version'",
     )
@@ -201,8 +209,11 @@ fn a_database_of_the_first_schema_is_migrated_and_joins_and_commits() {
     let me = store.cluster().unwrap();
     let node = me.join("me:1", LONG).unwrap();
     granted(me.claim(node, 1, "web", 1).unwrap());
-    store.commit(&[Change::Record(Entry::new(1_700_000_000_001, "request"))]).unwrap();
-    assert!(store.reader().verify().unwrap().is_ok());
+    // The log so far is the first chain, and goes on from its head.
+    let head = store.commit(&[Change::Record(Entry::new(1_700_000_000_001, "request"))]).unwrap();
+    assert_eq!((head.chain, head.seq), (0, 2));
+    let report = store.reader().verify().unwrap().unwrap();
+    assert_eq!((report.records, report.chains.len()), (2, 1));
 }
 
 #[test]

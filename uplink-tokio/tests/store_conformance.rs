@@ -167,9 +167,9 @@ fn records_are_chained_in_order_and_each_commit_says_where_the_head_is() {
         let report = reader.verify_with(&[head, next]).unwrap().unwrap();
         assert_eq!((report.records, report.last_seq, report.checkpoints), (3, 3, 2), "{name}");
         // A head with another hash, or beyond the log, is found.
-        let forged = Head { seq: 2, hash: [1; 32] };
+        let forged = Head { chain: 0, seq: 2, hash: [1; 32] };
         assert_eq!(reader.verify_with(&[forged]).unwrap(), Err(VerifyError::CheckpointMismatch(2)), "{name}");
-        let beyond = Head { seq: 9, hash: [1; 32] };
+        let beyond = Head { chain: 0, seq: 9, hash: [1; 32] };
         assert_eq!(
             reader.verify_with(&[beyond]).unwrap(),
             Err(VerifyError::CheckpointBeyond { seq: 9, last: 3 }),

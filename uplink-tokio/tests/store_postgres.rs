@@ -52,7 +52,7 @@ fn everything_lives_in_the_uplink_schema_and_nothing_elsewhere() {
     assert_eq!(elsewhere, "0");
     let ours =
         pg.sql(&db, "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'uplink'");
-    assert_eq!(ours.unwrap(), "audit,claims,console_sessions,credentials,meta,nodes,releases,resumables,rules");
+    assert_eq!(ours.unwrap(), "audit,chains,claims,console_sessions,credentials,meta,nodes,releases,resumables,rules");
 }
 
 #[test]
@@ -123,9 +123,9 @@ fn a_head_moved_behind_the_writers_back_fails_the_whole_commit_sent_in_one_go() 
     store.commit(&[record(1), record(2)]).unwrap();
     // Another writer (or a hand) moves the head: the next commit's statements were sent with its COMMIT,
     // and none of them stays.
-    pg.sql(&db, "UPDATE uplink.meta SET n = n + 1 WHERE key = 'head'").unwrap();
+    pg.sql(&db, "UPDATE uplink.chains SET head_seq = head_seq + 1 WHERE id = 0").unwrap();
     match store.commit(&[record(3), record(4)]) {
-        Err(StoreError::Database(why)) => assert!(why.contains("head is not where this gateway left it"), "{why}"),
+        Err(StoreError::Database(why)) => assert!(why.contains("chain 0 is not where this gateway left it"), "{why}"),
         other => panic!("a moved head must fail the commit, got {other:?}"),
     }
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.audit").unwrap(), "2", "nothing of it was written");

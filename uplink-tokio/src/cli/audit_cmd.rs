@@ -48,8 +48,9 @@ enum AuditAction {
         /// --audit-checkpoint-file, or its webhooks' audit_checkpoint bodies.
         #[arg(long, value_name = "FILE")]
         checkpoints: Vec<PathBuf>,
-        /// A head kept elsewhere, as SEQ:HASH (the hash in hex, as verify prints it).
-        #[arg(long, value_name = "SEQ:HASH", value_parser = expected_head)]
+        /// A head kept elsewhere, as SEQ:HASH (the hash in hex, as verify prints it), or CHAIN:SEQ:HASH for
+        /// a chain other than the first.
+        #[arg(long, value_name = "[CHAIN:]SEQ:HASH", value_parser = expected_head)]
         expect_head: Vec<Head>,
     },
     /// Say whether a file holds the very tool input of the record SEQ (its canonical text is hashed as the
@@ -57,11 +58,15 @@ enum AuditAction {
     CheckInput {
         /// The record's seq.
         seq: u64,
+        /// The record's chain, in a log several gateways write (`verify` lists them).
+        #[arg(long, default_value_t = 0)]
+        chain: u64,
         /// The file holding the input's JSON text.
         #[arg(long, value_name = "FILE")]
         input_file: PathBuf,
     },
-    /// Write the records as JSON lines, oldest first: {"seq", "prev", "hash", "record"}.
+    /// Write the records as JSON lines, oldest first: {"seq", "prev", "hash", "record"}, and "chain" for a
+    /// chain other than the first.
     Export {
         /// Only this project's.
         #[arg(long)]
@@ -101,7 +106,7 @@ pub(super) fn run(args: AuditArgs) -> ExitCode {
             }
             verify(&*reader, &expect_head)
         }
-        AuditAction::CheckInput { seq, input_file } => check_input(&*reader, seq, &input_file),
+        AuditAction::CheckInput { seq, chain, input_file } => check_input(&*reader, chain, seq, &input_file),
         AuditAction::Export { project, tool, outcome, since } => {
             let mut query = AuditQuery { project, tool, outcome, since, limit: Some(1000), ..AuditQuery::default() };
             let mut out = std::io::stdout().lock();
@@ -135,10 +140,31 @@ fn verify(reader: &dyn AuditReader, heads: &[Head]) -> ExitCode {
                 (n, 0) => format!("; {n} checkpoints hold"),
                 (n, p) => format!("; {n} checkpoints hold ({p} of records pruned since, not checked)"),
             };
+            if let [only] = &report.chains[..]
+                && only.chain == 0
+            {
+                println!(
+                    "intact: {} records, {} to {}; head {}{pinned}",
+                    report.records, report.first_seq, report.last_seq, report.head
+                );
+                return ExitCode::SUCCESS;
+            }
+            let cited = match report.citations {
+                1 => "; 1 citation between them holds".to_owned(),
+                n => format!("; {n} citations between them hold"),
+            };
             println!(
-                "intact: {} records, {} to {}; head {}{pinned}",
-                report.records, report.first_seq, report.last_seq, report.head
+                "intact: {} records in {} chains{cited}{pinned}; digest {}",
+                report.records,
+                report.chains.len(),
+                report.digest
             );
+            for c in &report.chains {
+                println!(
+                    "chain {}: {} records, {} to {}; head {}",
+                    c.chain, c.records, c.first_seq, c.last_seq, c.head
+                );
+            }
             ExitCode::SUCCESS
         }
         Ok(Err(broken)) => {
@@ -152,11 +178,13 @@ fn verify(reader: &dyn AuditReader, heads: &[Head]) -> ExitCode {
     }
 }
 
-/// `SEQ:HASH`, as `verify` prints a head.
+/// `SEQ:HASH`, as `verify` prints a head, or `CHAIN:SEQ:HASH`.
 fn expected_head(text: &str) -> Result<Head, String> {
-    let (seq, hash) = text.split_once(':').ok_or("expected SEQ:HASH")?;
+    let (place, hash) = text.rsplit_once(':').ok_or("expected [CHAIN:]SEQ:HASH")?;
+    let (chain, seq) = place.split_once(':').unwrap_or(("0", place));
+    let chain = chain.trim().parse().map_err(|_| format!("{chain:?} is not a chain"))?;
     let seq = seq.trim().parse().map_err(|_| format!("{seq:?} is not a record's seq"))?;
-    Checkpoint { at_ms: 0, seq, head: hash.trim().to_owned() }
+    Checkpoint { at_ms: 0, chain, seq, head: hash.trim().to_owned() }
         .head()
         .ok_or_else(|| "the hash is not 64 hex digits".into())
 }
@@ -173,7 +201,7 @@ fn read_checkpoints(file: &std::path::Path) -> Result<Vec<Head>, String> {
     Ok(heads)
 }
 
-fn check_input(reader: &dyn AuditReader, seq: u64, input_file: &std::path::Path) -> ExitCode {
+fn check_input(reader: &dyn AuditReader, chain: u64, seq: u64, input_file: &std::path::Path) -> ExitCode {
     let input = match std::fs::read_to_string(input_file) {
         Ok(text) => text,
         Err(e) => {
@@ -181,16 +209,18 @@ fn check_input(reader: &dyn AuditReader, seq: u64, input_file: &std::path::Path)
             return ExitCode::from(2);
         }
     };
-    let query = AuditQuery { after: seq.checked_sub(1), limit: Some(1), ..AuditQuery::default() };
-    let record = match reader.query(&query) {
-        Ok(page) => page.records.into_iter().find(|r| r.seq == seq),
+    let record = match reader.record(chain, seq) {
+        Ok(record) => record,
         Err(e) => {
             eprintln!("uplink audit: {e}");
             return ExitCode::FAILURE;
         }
     };
     let Some(record) = record else {
-        eprintln!("uplink audit: there is no record {seq}");
+        match chain {
+            0 => eprintln!("uplink audit: there is no record {seq}"),
+            _ => eprintln!("uplink audit: there is no record {seq} in chain {chain}"),
+        }
         return ExitCode::FAILURE;
     };
     #[derive(serde::Deserialize)]

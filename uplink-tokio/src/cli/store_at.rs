@@ -75,6 +75,7 @@ impl StoreAt {
                     keep_for: keeping.keep_for,
                     keep_records: keeping.keep_records,
                     ca_file: ca_file.clone(),
+                    ..PostgresOptions::default()
                 };
                 Ok(Box::new(PostgresStore::open(url, options).map_err(|e| e.to_string())?))
             }

@@ -63,7 +63,7 @@ impl Checkpoints {
         }
         self.last_at = Some(tokio::time::Instant::now());
         let checkpoint = Checkpoint::of(head, at_ms);
-        info!(seq = checkpoint.seq, head = %checkpoint.head, at_ms, "audit checkpoint");
+        info!(chain = checkpoint.chain, seq = checkpoint.seq, head = %checkpoint.head, at_ms, "audit checkpoint");
         Some(checkpoint)
     }
 

@@ -134,13 +134,16 @@ impl Notifier {
         if !self.checkpoints {
             return;
         }
-        let body = json!({
+        let mut body = json!({
             "event": "audit_checkpoint",
             "at_ms": checkpoint.at_ms,
             "seq": checkpoint.seq,
             "head": checkpoint.head,
-        })
-        .to_string();
+        });
+        if checkpoint.chain != 0 {
+            body["chain"] = checkpoint.chain.into();
+        }
+        let body = body.to_string();
         for (format, tx, dropping) in &self.hooks {
             if *format != NotifyFormat::Generic {
                 continue;

@@ -210,13 +210,19 @@ impl Recorder {
     }
 }
 
-/// One record as the API and `uplink audit export` write it: `{"seq", "prev", "hash", "record"}`, where
+/// One record as the API and `uplink audit export` write it: `{"seq", "prev", "hash", "record"}` (and
+/// `"chain"` first for a chain other than the first), where
 /// `record` is the sealed text itself (so that `hash = SHA-256(prev ‖ record)` can be checked from it).
 pub(crate) fn record_line(record: &Sealed) -> String {
-    let mut line = String::with_capacity(record.text.len() + 180);
+    let mut line = String::with_capacity(record.text.len() + 200);
+    if record.chain != 0 {
+        let _ = write!(line, r#"{{"chain":{},"#, record.chain);
+    } else {
+        line.push('{');
+    }
     let _ = write!(
         line,
-        r#"{{"seq":{},"prev":"{}","hash":"{}","record":{}}}"#,
+        r#""seq":{},"prev":"{}","hash":"{}","record":{}}}"#,
         record.seq,
         hex(&record.prev),
         hex(&record.hash),

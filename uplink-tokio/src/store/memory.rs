@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use super::audit::{self, Anchor, AuditPage, AuditQuery, Columns, GENESIS, Head, Sealed, VerifyError, VerifyReport};
+use super::audit::{
+    self, Anchor, AuditPage, AuditQuery, ChainEnds, Columns, GENESIS, Head, Sealed, VerifyError, VerifyReport,
+};
 use super::seam::{
     AuditReader, Change, CredentialRow, CredentialStore, Kept, Store, StoreError, StoredResumable, StoredRule,
     StoredSession,
@@ -121,7 +123,7 @@ impl Store for MemoryStore {
                     Change::EndClaim { .. } => {}
                 }
             }
-            Head { seq: inner.head.0, hash: inner.head.1 }
+            Head { chain: 0, seq: inner.head.0, hash: inner.head.1 }
         }))
     }
 
@@ -151,7 +153,7 @@ impl AuditReader for MemoryStore {
                 && query.until.is_none_or(|until| columns.at_ms < until)
         };
         self.with(|inner| {
-            let matching = inner.records.iter().filter(matches).map(|(sealed, _)| Ok(sealed.clone()));
+            let matching = inner.records.iter().filter(matches).map(|(sealed, _)| Ok((sealed.seq, sealed.clone())));
             AuditPage::gather(matching, size)
         })
     }
@@ -159,7 +161,8 @@ impl AuditReader for MemoryStore {
     fn verify_with(&self, checkpoints: &[Head]) -> Result<Result<VerifyReport, VerifyError>, StoreError> {
         Ok(self.with(|inner| {
             let head = (inner.head.0 > 0).then_some(inner.head);
-            audit::verify(Anchor::default(), inner.records.iter().cloned(), head, checkpoints)
+            let ends = [ChainEnds { chain: 0, anchor: Anchor::default(), head }];
+            audit::verify_chains(&ends, inner.records.iter().cloned(), &[], checkpoints)
         }))
     }
 

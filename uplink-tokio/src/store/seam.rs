@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::audit::{AuditPage, AuditQuery, Entry, Head, VerifyError, VerifyReport};
+use super::audit::{AuditPage, AuditQuery, Entry, Head, Sealed, VerifyError, VerifyReport};
 
 /// A rule as it is kept and shown: the core's [`Rule`](uplink_proto::rules::Rule), with times in Unix seconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +285,15 @@ pub trait AuditReader: Send + Sync + 'static {
     /// Checks the whole chain, and that each of `checkpoints` (heads kept elsewhere) is a record of it with
     /// that hash ([`verify`](super::audit::verify)).
     fn verify_with(&self, checkpoints: &[Head]) -> Result<Result<VerifyReport, VerifyError>, StoreError>;
+
+    /// Record `seq` of `chain` (0: the first, the only one of a log with one writer), if the log holds it.
+    fn record(&self, chain: u64, seq: u64) -> Result<Option<Sealed>, StoreError> {
+        if chain != 0 {
+            return Ok(None);
+        }
+        let page = self.query(&AuditQuery { after: seq.checked_sub(1), limit: Some(1), ..AuditQuery::default() })?;
+        Ok(page.records.into_iter().find(|r| r.chain == 0 && r.seq == seq))
+    }
 
     /// The store's secret for the keyed hashes of redacted inputs, for one who holds the store to confirm an
     /// input ([`Kept::input_key`]).

@@ -296,7 +296,7 @@ async function refresh() {
     part(async () => {
       const audit = await api("GET", "/api/audit?limit=50").catch(() => ({ records: [] }));
       $("#audit-rows").replaceChildren(...audit.records.reverse().map((x) => { const r = x.record; return el("tr", {},
-        el("td", { text: String(r.seq) }), el("td", { text: new Date(r.at_ms).toLocaleString() }), el("td", { text: r.kind }),
+        el("td", { text: r.chain ? r.chain + ":" + r.seq : String(r.seq) }), el("td", { text: new Date(r.at_ms).toLocaleString() }), el("td", { text: r.kind }),
         el("td", { text: clip(r.project || "", SHOW_NAME) }), el("td", { text: clip(r.tool || "", SHOW_NAME) }), el("td", { text: r.outcome || "" }),
         el("td", { text: r.by || ruleText(r.rule) })); }));
     }),

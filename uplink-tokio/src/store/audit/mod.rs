@@ -12,12 +12,16 @@
 
 mod canonical;
 mod chain;
+mod citations;
 mod query;
 mod record;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_chains;
 
 pub use canonical::{canonical, canonical_json, hex, sha256_hex};
-pub use chain::{Anchor, Checkpoint, Columns, Head, VerifyError, VerifyReport, verify};
+pub use chain::{Anchor, ChainReport, Checkpoint, Columns, Head, VerifyError, VerifyReport, verify};
+pub use citations::{CITE, ChainEnds, Citation, citations_in, verify_chains};
 pub use query::{AuditPage, AuditQuery, MAX_PAGE_BYTES};
-pub use record::{Entry, GENESIS, Sealed, ToolInput, chain_hash, input_hmac, seal};
+pub use record::{Entry, GENESIS, Sealed, ToolInput, chain_hash, input_hmac, seal, seal_in};

@@ -20,7 +20,8 @@ pub struct AuditQuery {
     pub since: Option<u64>,
     /// Before this time (Unix milliseconds, exclusive).
     pub until: Option<u64>,
-    /// After this seq (the previous page's `next`).
+    /// After this place in the log (the previous page's `next`: a record's seq in a log with one chain, its
+    /// place among every chain's records in one with several).
     pub after: Option<u64>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<u32>,
@@ -43,18 +44,20 @@ pub struct AuditPage {
 }
 
 impl AuditPage {
-    /// One page of `records` (those matching a query, in order; no more than one past the page is read): at
-    /// most `size` of them, and at most [`MAX_PAGE_BYTES`] of them (but always one), so that a page of large
-    /// tool inputs stays a page; `next` is set when more follow. The first error ends it.
-    pub fn gather<E>(records: impl IntoIterator<Item = Result<Sealed, E>>, size: usize) -> Result<AuditPage, E> {
-        let (mut page, mut bytes) = (AuditPage::default(), 0usize);
+    /// One page of `records` (those matching a query, in order, each with its place in the log; no more than
+    /// one past the page is read): at most `size` of them, and at most [`MAX_PAGE_BYTES`] of them (but always
+    /// one), so that a page of large tool inputs stays a page; `next` is set when more follow. The first
+    /// error ends it.
+    pub fn gather<E>(records: impl IntoIterator<Item = Result<(u64, Sealed), E>>, size: usize) -> Result<AuditPage, E> {
+        let (mut page, mut bytes, mut last) = (AuditPage::default(), 0usize, None);
         for record in records {
-            let record = record?;
+            let (place, record) = record?;
             if page.records.len() == size || (!page.records.is_empty() && bytes + record.text.len() > MAX_PAGE_BYTES) {
-                page.next = page.records.last().map(|r| r.seq);
+                page.next = last;
                 break;
             }
             bytes += record.text.len();
+            last = Some(place);
             page.records.push(record);
         }
         Ok(page)

@@ -64,8 +64,15 @@ impl Entry {
         self
     }
 
-    /// The record's text as sealed under `seq`.
+    /// The record's text as sealed under `seq` in the first chain (the only one a single writer has).
     pub fn text(&self, seq: u64) -> String {
+        self.text_in(0, seq)
+    }
+
+    /// The record's text as sealed under `seq` in `chain`: a record of any chain but the first names its
+    /// chain (`"chain": n`), so that it cannot be moved to another; one of the first does not, so that a
+    /// log with one writer reads as it always did.
+    pub fn text_in(&self, chain: u64, seq: u64) -> String {
         // The record's own fields, beside `fields` (which cannot override them), written as one canonical
         // object without copying `fields` or the input (either can be large): the input is parsed once,
         // straight into the record's text, and its hash taken from there.
@@ -74,7 +81,8 @@ impl Entry {
             Input(&'a ToolInput),
             InputHash(&'a ToolInput),
         }
-        let own: [(&str, Value); 7] = [
+        let own: [(&str, Value); 8] = [
+            ("chain", if chain == 0 { Value::Null } else { chain.into() }),
             ("seq", seq.into()),
             ("at_ms", self.at_ms.into()),
             ("kind", self.kind.into()),
@@ -150,7 +158,9 @@ pub fn input_hmac(key: &[u8; 32], canonical_input: &[u8]) -> String {
 /// One sealed record, as kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sealed {
-    /// Its place in the log, from 1, without gaps.
+    /// Its chain (0: the first, the only one of a log with one writer).
+    pub chain: u64,
+    /// Its place in its chain, from 1, without gaps.
     pub seq: u64,
     /// The hash of the record before it.
     pub prev: [u8; 32],
@@ -160,11 +170,16 @@ pub struct Sealed {
     pub text: String,
 }
 
-/// Seals `entry` as record `seq`, after the record whose hash is `prev`.
+/// Seals `entry` as record `seq` of the first chain, after the record whose hash is `prev`.
 pub fn seal(seq: u64, prev: [u8; 32], entry: &Entry) -> Sealed {
-    let text = entry.text(seq);
+    seal_in(0, seq, prev, entry)
+}
+
+/// Seals `entry` as record `seq` of `chain`, after the record whose hash is `prev`.
+pub fn seal_in(chain: u64, seq: u64, prev: [u8; 32], entry: &Entry) -> Sealed {
+    let text = entry.text_in(chain, seq);
     let hash = chain_hash(&prev, &text);
-    Sealed { seq, prev, hash, text }
+    Sealed { chain, seq, prev, hash, text }
 }
 
 /// `SHA-256(prev ‖ text)`.

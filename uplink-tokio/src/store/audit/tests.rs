@@ -163,7 +163,7 @@ fn a_record_holding_json_deeper_than_any_parser_allows_still_verifies() {
     // Written by a gateway that kept such an input as a tree: the searchable fields are still read.
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let text = format!(r#"{{"at_ms":5,"input":{deep},"kind":"request","project":"p","seq":1,"tool":"Bash"}}"#);
-    let sealed = Sealed { seq: 1, prev: GENESIS, hash: chain_hash(&GENESIS, &text), text };
+    let sealed = Sealed { chain: 0, seq: 1, prev: GENESIS, hash: chain_hash(&GENESIS, &text), text };
     let columns = Columns {
         at_ms: 5,
         kind: "request".into(),
@@ -285,7 +285,7 @@ fn every_kind_of_tampering_is_found() {
 #[test]
 fn checkpoints_find_a_log_rewritten_whole_after_them() {
     let records = log(5);
-    let pin = |i: usize| Head { seq: records[i].0.seq, hash: records[i].0.hash };
+    let pin = |i: usize| Head { chain: 0, seq: records[i].0.seq, hash: records[i].0.hash };
     let (third, fifth) = (pin(2), pin(4));
     let report = verify(Anchor::default(), records.clone(), head(&records), &[third, fifth]).expect("pinned");
     assert_eq!((report.checkpoints, report.pruned_checkpoints), (2, 0));
@@ -296,7 +296,7 @@ fn checkpoints_find_a_log_rewritten_whole_after_them() {
     for (sealed, columns) in &records[2..] {
         let text = sealed.text.replace("\"n\":3", "\"n\":33");
         let hash = chain_hash(&prev, &text);
-        rewritten.push((Sealed { seq: sealed.seq, prev, hash, text }, columns.clone()));
+        rewritten.push((Sealed { chain: 0, seq: sealed.seq, prev, hash, text }, columns.clone()));
         prev = hash;
     }
     let h = head(&rewritten);

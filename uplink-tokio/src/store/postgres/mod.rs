@@ -28,6 +28,7 @@
 //! steps), `cluster` ([`PostgresCluster`]), `writer` ([`PostgresStore`]), `kept` (what a start reads), `reader` ([`PostgresReader`]), `credentials`
 //! ([`PostgresCredentials`]).
 
+mod chains;
 mod cluster;
 mod credentials;
 mod db;

@@ -8,11 +8,10 @@ use std::time::SystemTime;
 use tokio_postgres::{Client, GenericClient};
 
 use super::db::Db;
-use crate::store::audit::GENESIS;
 use crate::store::seam::StoreError;
 
 /// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Each step from version `i` to `i + 1`, run in one transaction.
 const MIGRATIONS: &[&str] = &[
@@ -107,6 +106,55 @@ const MIGRATIONS: &[&str] = &[
             RAISE EXCEPTION 'uplink: the audit log''s head is not at seq %', p_was_seq USING ERRCODE = 'UL002';
           END IF;
         END $$;",
+    // 3 → 4: one hash chain per writer, so that several gateways write the audit log at once and none waits
+    // on another's head. `chains` keeps each chain's head and anchor (moved from `meta`) and the token of
+    // the writer that last took it up (held by a session lock: one whose writer is gone is taken up by the
+    // next); the log so far is chain 0. Each record gains its chain and its place among every chain's records (the order
+    // of pages; not of commits: a sequence's numbers are drawn as records are written).
+    "CREATE TABLE uplink.chains (
+         id bigint PRIMARY KEY,
+         writer bigint,
+         started timestamptz NOT NULL DEFAULT clock_timestamp(),
+         head_seq bigint NOT NULL DEFAULT 0,
+         head_hash bytea NOT NULL,
+         anchor_seq bigint NOT NULL DEFAULT 0,
+         anchor_hash bytea NOT NULL
+     );
+     CREATE SEQUENCE uplink.chain_id START 1;
+     CREATE SEQUENCE uplink.chain_writer START 1;
+     INSERT INTO uplink.chains (id, head_seq, head_hash, anchor_seq, anchor_hash)
+       SELECT 0,
+              coalesce((SELECT n FROM uplink.meta WHERE key = 'head'), 0),
+              coalesce((SELECT hash FROM uplink.meta WHERE key = 'head'), decode(repeat('00', 32), 'hex')),
+              coalesce((SELECT n FROM uplink.meta WHERE key = 'anchor'), 0),
+              coalesce((SELECT hash FROM uplink.meta WHERE key = 'anchor'), decode(repeat('00', 32), 'hex'));
+     DELETE FROM uplink.meta WHERE key IN ('head', 'anchor');
+     ALTER TABLE uplink.audit ADD COLUMN chain bigint NOT NULL DEFAULT 0, ADD COLUMN place bigint;
+     ALTER TABLE uplink.audit ALTER COLUMN chain DROP DEFAULT;
+     UPDATE uplink.audit SET place = seq;
+     CREATE SEQUENCE uplink.audit_place;
+     SELECT setval('uplink.audit_place', coalesce((SELECT max(seq) FROM uplink.audit), 0) + 1, false);
+     ALTER TABLE uplink.audit ALTER COLUMN place SET DEFAULT nextval('uplink.audit_place'),
+                              ALTER COLUMN place SET NOT NULL;
+     ALTER TABLE uplink.audit DROP CONSTRAINT audit_pkey, ADD PRIMARY KEY (chain, seq);
+     CREATE UNIQUE INDEX audit_by_place ON uplink.audit (place);
+     DROP INDEX uplink.audit_project;
+     DROP INDEX uplink.audit_outcome;
+     CREATE INDEX audit_project ON uplink.audit (project, place);
+     CREATE INDEX audit_outcome ON uplink.audit (outcome, place);
+     CREATE INDEX audit_cites ON uplink.audit (chain, seq) WHERE kind = 'cite';
+     DROP FUNCTION uplink.move_head(bigint, bytea, bigint, bytea);
+     CREATE FUNCTION uplink.move_chain(p_chain bigint, p_writer bigint, p_seq bigint, p_hash bytea,
+                                       p_was_seq bigint, p_was_hash bytea)
+       RETURNS void LANGUAGE plpgsql AS
+     $$ BEGIN
+          UPDATE uplink.chains SET head_seq = p_seq, head_hash = p_hash
+            WHERE id = p_chain AND writer = p_writer AND head_seq = p_was_seq AND head_hash = p_was_hash;
+          IF NOT FOUND THEN
+            RAISE EXCEPTION 'uplink: chain % is not at seq % under this writer', p_chain, p_was_seq
+              USING ERRCODE = 'UL002';
+          END IF;
+        END $$;",
 ];
 
 /// The transaction-scoped lock under which a schema is checked and migrated (two gateways starting at once
@@ -115,6 +163,9 @@ const MIGRATION_LOCK: i64 = 0x7570_6c69_6e6b_0001;
 
 /// The session lock the gateway's writer holds for as long as it runs.
 pub(super) const WRITER_LOCK: i64 = 0x7570_6c69_6e6b_0002;
+
+/// The transaction-scoped lock a prune takes (one writer prunes at a time; the others skip their turn).
+pub(super) const PRUNE_LOCK: i64 = 0x7570_6c69_6e6b_0003;
 
 /// The schema's version in the database `client` is connected to (0: none yet).
 pub(super) async fn version(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
@@ -193,15 +244,13 @@ pub(super) async fn migrate(db: &Arc<Db>, client: &mut Client) -> Result<(), Sto
     }
 }
 
-/// The pairs every store has from its first start: the head at the genesis, nothing reserved, no
-/// credentials' version, and the store's secret (drawn once, the same ever after).
+/// The pairs every store has from its first start: nothing reserved, no credentials' version, and the
+/// store's secret (drawn once, the same ever after).
 async fn ensure_meta(db: &Db, tx: &impl GenericClient) -> Result<(), StoreError> {
     let mut key = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
         .map_err(|_| StoreError::Database("the system's secure random generator failed".to_owned()))?;
-    for (name, hash) in
-        [("head", &GENESIS[..]), ("ids_until", &[][..]), ("credentials_version", &[][..]), ("input_key", &key[..])]
-    {
+    for (name, hash) in [("ids_until", &[][..]), ("credentials_version", &[][..]), ("input_key", &key[..])] {
         tx.execute(
             "INSERT INTO uplink.meta (key, n, hash) VALUES ($1, 0, $2) ON CONFLICT (key) DO NOTHING",
             &[&name, &hash],

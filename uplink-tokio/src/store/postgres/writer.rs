@@ -1,21 +1,22 @@
 //! The gateway's writer: [`PostgresStore`], a connection of its own held for as long as the gateway runs,
-//! under the database's writer lock; its commits and its retention.
+//! under the database's writer lock, appending to its own chain of the audit log (`chains`); its commits.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, Statement};
 
+use super::chains::{self, Cited, Held};
 use super::cluster::PostgresCluster;
 use super::credentials::PostgresCredentials;
 use super::db::Db;
 use super::kept;
 use super::reader::PostgresReader;
-use super::schema::{self, WRITER_LOCK, big, pair, unix_ms};
-use crate::store::audit::{self, GENESIS, Head};
+use super::schema::{self, WRITER_LOCK, big};
+use crate::store::audit::Entry;
+use crate::store::audit::{self, Head};
 use crate::store::seam::{AuditReader, Change, ClusterStore, CredentialStore, Kept, Store, StoreError};
 
 /// How long a start waits for the writer's lock that another gateway holds.
@@ -28,7 +29,7 @@ type Pair = (u64, [u8; 32]);
 const PRUNE_EVERY: u64 = 512;
 
 /// How the store reaches its database and keeps what it writes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PostgresOptions {
     /// Prune audit records older than this.
@@ -37,6 +38,25 @@ pub struct PostgresOptions {
     pub keep_records: Option<u64>,
     /// A PEM file of further certificate authorities for the server's certificate.
     pub ca_file: Option<PathBuf>,
+    /// How often at most this writer's chain cites the other chains' heads that moved (at its first
+    /// commit, then at a commit this long after the last citation). Default: a minute.
+    pub cite_every: Duration,
+    /// Hold the database's writer lock for as long as the store is open, so that no other store holding it
+    /// writes beside this one (default). The audit log takes several writers (one chain each); the rest of
+    /// what a gateway keeps does not yet, so a gateway's store is always the sole writer.
+    pub sole_writer: bool,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> PostgresOptions {
+        PostgresOptions {
+            keep_for: None,
+            keep_records: None,
+            ca_file: None,
+            cite_every: Duration::from_secs(60),
+            sole_writer: true,
+        }
+    }
 }
 
 /// The PostgreSQL store. See the [module docs](super).
@@ -47,18 +67,24 @@ pub struct PostgresStore {
     writer: Option<Writer>,
     options: PostgresOptions,
     commits: u64,
+    /// When the chain last cited the others (`None`: not since the store opened), and what it cited.
+    cited_at: Option<std::time::Instant>,
+    cited: Cited,
 }
 
-/// The writer's connection, its statements and where it left the audit log's head.
+/// The writer's connection, its statements and the chain it holds.
 struct Writer {
     client: Client,
-    head: (u64, [u8; 32]),
+    held: Held,
     statements: Statements,
 }
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").field("head", &self.head.0).finish_non_exhaustive()
+        f.debug_struct("Writer")
+            .field("chain", &self.held.chain)
+            .field("head", &self.held.head.0)
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,10 +98,9 @@ struct Statements {
     put_resumable: Statement,
     delete_resumable: Statement,
     reserve_ids: Statement,
-    head: Statement,
     end_claim: Statement,
     fence: Statement,
-    move_head: Statement,
+    move_chain: Statement,
 }
 
 impl Statements {
@@ -83,8 +108,8 @@ impl Statements {
         Ok(Statements {
             record: client
                 .prepare(
-                    "INSERT INTO uplink.audit (seq, at_ms, kind, project, tool, outcome, prev, hash, record)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "INSERT INTO uplink.audit (chain, seq, at_ms, kind, project, tool, outcome, prev, hash, record)
+                     VALUES ($10, $1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .await?,
             put_rule: client
@@ -113,12 +138,9 @@ impl Statements {
                 .await?,
             delete_resumable: client.prepare("DELETE FROM uplink.resumables WHERE id = $1").await?,
             reserve_ids: client.prepare("UPDATE uplink.meta SET n = GREATEST(n, $1) WHERE key = 'ids_until'").await?,
-            head: client
-                .prepare("UPDATE uplink.meta SET n = $1, hash = $2 WHERE key = 'head' AND n = $3 AND hash = $4")
-                .await?,
             end_claim: client.prepare("DELETE FROM uplink.claims WHERE project = $1 AND gen = $2").await?,
             fence: client.prepare("SELECT uplink.fence($1)").await?,
-            move_head: client.prepare("SELECT uplink.move_head($1, $2, $3, $4)").await?,
+            move_chain: client.prepare("SELECT uplink.move_chain($1, $2, $3, $4, $5, $6)").await?,
         })
     }
 }
@@ -140,13 +162,14 @@ impl Op {
     }
 }
 
-/// The statements `changes` take, chaining the records from `head`; and where the head is after them.
-fn ops(changes: &[Change], mut head: Pair) -> Result<(Vec<Op>, Pair), StoreError> {
+/// The statements `changes` take, chaining the records from `head` in `chain`; and where the head is after
+/// them.
+fn ops(changes: &[Change], chain: i64, mut head: Pair) -> Result<(Vec<Op>, Pair), StoreError> {
     let mut ops = Vec::with_capacity(changes.len());
     for change in changes {
         match change {
             Change::Record(entry) => {
-                let sealed = audit::seal(head.0 + 1, head.1, entry);
+                let sealed = audit::seal_in(u64::try_from(chain).unwrap_or(0), head.0 + 1, head.1, entry);
                 ops.push(Op::new(
                     |s| &s.record,
                     vec![
@@ -159,6 +182,7 @@ fn ops(changes: &[Change], mut head: Pair) -> Result<(Vec<Op>, Pair), StoreError
                         Box::new(sealed.prev.to_vec()),
                         Box::new(sealed.hash.to_vec()),
                         Box::new(sealed.text),
+                        Box::new(chain),
                     ],
                 ));
                 head = (sealed.seq, sealed.hash);
@@ -207,37 +231,40 @@ fn ops(changes: &[Change], mut head: Pair) -> Result<(Vec<Op>, Pair), StoreError
 }
 
 impl PostgresStore {
-    /// Opens the store on the database at `url`, making or migrating its schema, and takes the writer's
-    /// lock. Fails when the database cannot be reached, its schema is newer than this build's, or another
-    /// gateway writes to it.
+    /// Opens the store on the database at `url`, making or migrating its schema, takes the writer's lock
+    /// ([`PostgresOptions::sole_writer`]), and takes up a chain of the audit log (or starts one). Fails when
+    /// the database cannot be reached, its schema is newer than this build's, or another sole writer (a
+    /// gateway) writes to it.
     pub fn open(url: &str, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
         let db = Db::new(url, options.ca_file.as_deref())?;
-        let d = db.clone();
+        let (d, sole) = (db.clone(), options.sole_writer);
         let writer = db.run(async move {
             let mut client = d.clone().dedicated().await?;
             schema::migrate(&d, &mut client).await?;
             // A gateway that just stopped may still be leaving (the server ends its session a moment after
             // its connection closed): its lock is waited for, briefly.
             let waited = tokio::time::Instant::now();
-            loop {
-                let locked: bool = client
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
-                    .await
-                    .map_err(|e| d.said(&e))?
-                    .get(0);
-                if locked {
-                    break;
+            if sole {
+                loop {
+                    let locked: bool = client
+                        .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
+                        .await
+                        .map_err(|e| d.said(&e))?
+                        .get(0);
+                    if locked {
+                        break;
+                    }
+                    if waited.elapsed() > LOCK_WAIT {
+                        return Err(StoreError::InUse(d.place().to_owned()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                if waited.elapsed() > LOCK_WAIT {
-                    return Err(StoreError::InUse(d.place().to_owned()));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let head = pair(&client, "head").await.map_err(|e| d.said(&e))?.unwrap_or((0, GENESIS));
+            let held = chains::take_up(&client).await.map_err(|e| d.said(&e))?;
             let statements = Statements::prepare(&client).await.map_err(|e| d.said(&e))?;
-            Ok(Writer { client, head, statements })
+            Ok(Writer { client, held, statements })
         })?;
-        Ok(PostgresStore { db, writer: Some(writer), options, commits: 0 })
+        Ok(PostgresStore { db, writer: Some(writer), options, commits: 0, cited_at: None, cited: Cited::new() })
     }
 
     /// The credentials of the database at `url`, made or migrated as [`PostgresStore::open`] does, beside
@@ -259,26 +286,75 @@ impl PostgresStore {
         self.db.place()
     }
 
-    /// Prunes by the retention settings now (it also happens every few hundred commits).
-    pub fn prune_now(&mut self) -> Result<(), StoreError> {
-        self.commit_with(&[], true).map(|_| ())
+    /// The chain of the audit log this store appends to.
+    pub fn chain(&self) -> Option<u64> {
+        self.writer.as_ref().map(|w| u64::try_from(w.held.chain).unwrap_or(0))
     }
 
-    fn commit_with(&mut self, changes: &[Change], prune: bool) -> Result<Head, StoreError> {
-        let closed =
-            || StoreError::Database(format!("{}: an earlier commit failed; the store is closed", self.db.place()));
-        let (ops, head) = ops(changes, self.writer.as_ref().ok_or_else(closed)?.head)?;
+    /// Prunes by the retention settings now (it also happens every few hundred commits).
+    pub fn prune_now(&mut self) -> Result<(), StoreError> {
+        let (keep_for, keep_records) = (self.options.keep_for, self.options.keep_records);
+        let d = self.db.clone();
+        self.with_writer(move |mut writer| async move {
+            let pruned = chains::prune(&mut writer.client, keep_for, keep_records).await.map_err(|e| d.said(&e));
+            (writer, pruned)
+        })
+    }
+
+    /// Runs `work` on the writer's connection; a store whose writer is gone (an earlier commit failed) fails.
+    fn with_writer<T, F, Fut>(&mut self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Writer) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (Writer, Result<T, StoreError>)> + Send + 'static,
+    {
+        let writer = self.writer.take().ok_or_else(|| {
+            StoreError::Database(format!("{}: an earlier commit failed; the store is closed", self.db.place()))
+        })?;
+        let (writer, done) = self.db.run(async move { Ok(work(writer).await) })?;
+        self.writer = Some(writer);
+        done
+    }
+
+    /// A `cite` record of the other chains' heads, when one is due and any moved since the last.
+    fn citation(&mut self) -> Result<Option<Entry>, StoreError> {
+        if self.cited_at.is_some_and(|at| at.elapsed() < self.options.cite_every) {
+            return Ok(None);
+        }
+        let (d, own, mut cited) =
+            (self.db.clone(), self.writer.as_ref().map_or(-1, |w| w.held.chain), self.cited.clone());
+        let (entry, cited) = self.db.run(async move {
+            let client = d.clone().pooled().await?;
+            let entry = chains::citation(&**client, own, &mut cited).await.map_err(|e| d.said(&e))?;
+            Ok((entry, cited))
+        })?;
+        (self.cited_at, self.cited) = (Some(std::time::Instant::now()), cited);
+        Ok(entry)
+    }
+
+    fn commit_with(&mut self, changes: &[Change]) -> Result<Head, StoreError> {
+        let place = self.db.place().to_owned();
+        let closed = || StoreError::Database(format!("{place}: an earlier commit failed; the store is closed"));
+        let (chain, was) = self.writer.as_ref().map(|w| (w.held.chain, w.held.head)).ok_or_else(closed)?;
+        let cited;
+        let changes = match self.citation()? {
+            Some(entry) => {
+                cited = [&[Change::Record(entry)][..], changes].concat();
+                &cited[..]
+            }
+            None => changes,
+        };
+        let (ops, head) = ops(changes, chain, was)?;
         let mut writer = self.writer.take().ok_or_else(closed)?;
-        let prune = prune.then(|| self.options.clone());
         let d = self.db.clone();
         let writer = self.db.run(async move {
-            write(&d, &mut writer, ops, head, prune).await?;
-            writer.head = head;
+            write_at_once(&d, &mut writer, ops, head).await?;
+            writer.held.head = head;
             Ok(writer)
         })?;
-        let head = writer.head;
+        let head = writer.held.head;
         self.writer = Some(writer);
-        Ok(Head { seq: head.0, hash: head.1 })
+        Ok(Head { chain: u64::try_from(chain).unwrap_or(0), seq: head.0, hash: head.1 })
     }
 }
 
@@ -293,58 +369,13 @@ fn migrated(url: &str, ca_file: Option<PathBuf>) -> Result<Arc<Db>, StoreError> 
     Ok(db)
 }
 
-/// Writes a batch in one transaction: its statements sent together, then the head moved from where this
-/// writer left it (no other writer can have moved it: if one had, nothing is written), then retention.
-async fn write(
-    db: &Db,
-    writer: &mut Writer,
-    ops: Vec<Op>,
-    head: (u64, [u8; 32]),
-    prune: Option<PostgresOptions>,
-) -> Result<(), StoreError> {
-    let Some(prune) = prune else { return write_at_once(db, writer, ops, head).await };
-    let prune = Some(prune);
-    let was = writer.head;
-    let tx = writer.client.transaction().await.map_err(|e| db.said(&e))?;
-    let statements = &writer.statements;
-    // A cluster node's lease is checked first, in the transaction: once it has lapsed at the database,
-    // nothing of this commit is written (the statements after it fail with it).
-    let node = db.node.load(std::sync::atomic::Ordering::Acquire);
-    let fence = async {
-        if node != 0 {
-            tx.execute(&statements.fence, &[&node]).await?;
-        }
-        Ok::<(), tokio_postgres::Error>(())
-    };
-    let (fenced, written) =
-        futures_util::future::join(fence, try_join_all(ops.iter().map(|op| op.run(&tx, statements)))).await;
-    fenced.map_err(|e| db.said(&e))?;
-    written.map_err(|e| db.said(&e))?;
-    if head != was {
-        let moved = tx
-            .execute(&statements.head, &[&big(head.0)?, &head.1.to_vec(), &big(was.0)?, &was.1.to_vec()])
-            .await
-            .map_err(|e| db.said(&e))?;
-        if moved != 1 {
-            return Err(StoreError::Database(format!(
-                "{}: the audit log's head is not where this gateway left it (seq {}); another writer? nothing was written",
-                db.place(),
-                was.0
-            )));
-        }
-    }
-    if let Some(options) = prune {
-        prune_log(&tx, &options, head.0).await.map_err(|e| db.said(&e))?;
-    }
-    tx.commit().await.map_err(|e| db.said(&e))
-}
-
 /// Writes a batch in one transaction and one round trip: `BEGIN`, the lease's check (a cluster node), the
-/// batch's statements, the head's move from where this writer left it, and `COMMIT`, sent together. Each
-/// fails the transaction when it fails (the lease lapsed, the head moved, anything the database refuses),
-/// and the `COMMIT` of a failed transaction rolls it back: all or nothing, as with one statement at a time.
+/// batch's statements, the chain's head moved from where this writer left it (under its token), and
+/// `COMMIT`, sent together. Each fails the transaction when it fails (the lease lapsed, the head moved or
+/// the chain was taken up by another writer, anything the database refuses), and the `COMMIT` of a failed
+/// transaction rolls it back: all or nothing, as with one statement at a time.
 async fn write_at_once(db: &Db, writer: &mut Writer, ops: Vec<Op>, head: Pair) -> Result<(), StoreError> {
-    let (client, statements, was) = (&writer.client, &writer.statements, writer.head);
+    let (client, statements, was) = (&writer.client, &writer.statements, writer.held.head);
     let node = db.node.load(std::sync::atomic::Ordering::Acquire);
     let fence = async {
         if node != 0 {
@@ -352,10 +383,12 @@ async fn write_at_once(db: &Db, writer: &mut Writer, ops: Vec<Op>, head: Pair) -
         }
         Ok::<(), tokio_postgres::Error>(())
     };
-    let moved = (big(head.0)?, head.1.to_vec(), big(was.0)?, was.1.to_vec());
-    let move_head = async {
+    let moved = (writer.held.chain, writer.held.token, big(head.0)?, head.1.to_vec(), big(was.0)?, was.1.to_vec());
+    let move_chain = async {
         if head != was {
-            client.execute(&statements.move_head, &[&moved.0, &moved.1, &moved.2, &moved.3]).await?;
+            client
+                .execute(&statements.move_chain, &[&moved.0, &moved.1, &moved.2, &moved.3, &moved.4, &moved.5])
+                .await?;
         }
         Ok::<(), tokio_postgres::Error>(())
     };
@@ -364,7 +397,7 @@ async fn write_at_once(db: &Db, writer: &mut Writer, ops: Vec<Op>, head: Pair) -
         client.batch_execute("BEGIN"),
         fence,
         futures_util::future::join_all(ops.iter().map(|op| op.run(client, statements))),
-        move_head,
+        move_chain,
         client.batch_execute("COMMIT"),
     )
     .await;
@@ -375,8 +408,9 @@ async fn write_at_once(db: &Db, writer: &mut Writer, ops: Vec<Op>, head: Pair) -
     }
     head_moved.map_err(|e| match e.as_db_error() {
         Some(d) if d.code().code() == super::db::HEAD_MOVED => StoreError::Database(format!(
-            "{}: the audit log's head is not where this gateway left it (seq {}); another writer? nothing was written",
+            "{}: the audit log's chain {} is not where this gateway left it (seq {}), or another writer took it up; nothing was written",
             db.place(),
+            writer.held.chain,
             was.0
         )),
         _ => db.said(&e),
@@ -384,45 +418,13 @@ async fn write_at_once(db: &Db, writer: &mut Writer, ops: Vec<Op>, head: Pair) -
     committed.map_err(|e| db.said(&e))
 }
 
-/// Deletes the records retention lets go, and moves the anchor to the last one deleted.
-async fn prune_log(tx: &Transaction<'_>, options: &PostgresOptions, head: u64) -> Result<(), tokio_postgres::Error> {
-    let mut cut = 0u64;
-    if let Some(keep) = options.keep_records {
-        cut = cut.max(head.saturating_sub(keep));
-    }
-    if let Some(age) = options.keep_for {
-        let oldest = i64::try_from(
-            unix_ms(SystemTime::now()).saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
-        )
-        .unwrap_or(i64::MAX);
-        let old: Option<i64> =
-            tx.query_one("SELECT MAX(seq) FROM uplink.audit WHERE at_ms < $1", &[&oldest]).await?.get(0);
-        cut = cut.max(old.map_or(0, |s| u64::try_from(s).unwrap_or(0)));
-    }
-    let Ok(cut) = i64::try_from(cut) else { return Ok(()) };
-    if cut == 0 {
-        return Ok(());
-    }
-    let Some(last) = tx.query_opt("SELECT hash FROM uplink.audit WHERE seq = $1", &[&cut]).await? else {
-        return Ok(());
-    };
-    let hash: Vec<u8> = last.get(0);
-    tx.execute("DELETE FROM uplink.audit WHERE seq <= $1", &[&cut]).await?;
-    tx.execute(
-        "INSERT INTO uplink.meta (key, n, hash) VALUES ('anchor', $1, $2)
-         ON CONFLICT (key) DO UPDATE SET n = excluded.n, hash = excluded.hash",
-        &[&cut, &hash],
-    )
-    .await?;
-    Ok(())
-}
-
 impl Drop for PostgresStore {
-    /// Gives the writer's lock back and waits until the database has it (a gateway started right after
-    /// finds it free), for at most two seconds.
+    /// Gives the chain and the writer's lock back and waits until the database has them (a gateway started
+    /// right after finds them free), for at most two seconds.
     fn drop(&mut self) {
         let Some(writer) = self.writer.take() else { return };
         let _ = self.db.run_within(LOCK_WAIT, async move {
+            let _ = chains::give_back(&writer.client, &writer.held).await;
             let _ = writer.client.execute("SELECT pg_advisory_unlock($1)", &[&WRITER_LOCK]).await;
             Ok(())
         });
@@ -439,7 +441,12 @@ impl Store for PostgresStore {
         self.commits += 1;
         let prune = self.commits.is_multiple_of(PRUNE_EVERY)
             && (self.options.keep_for.is_some() || self.options.keep_records.is_some());
-        self.commit_with(changes, prune)
+        let head = self.commit_with(changes)?;
+        if prune && let Err(e) = self.prune_now() {
+            // What retention would let go stays until the next turn; nothing of the commit is lost.
+            tracing::warn!(store = %self.db.place(), error = %e, "pruning the audit log failed; tried again later");
+        }
+        Ok(head)
     }
 
     fn reader(&self) -> Arc<dyn AuditReader> {

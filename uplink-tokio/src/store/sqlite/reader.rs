@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use super::schema::{BUSY_WAIT, DB_FILE, SCHEMA_VERSION, check, classify, hash_of, input_key, meta_pair, text};
-use crate::store::audit::{self, Anchor, AuditPage, AuditQuery, Columns, Head, Sealed, VerifyError, VerifyReport};
+use crate::store::audit::{
+    self, Anchor, AuditPage, AuditQuery, ChainEnds, Columns, Head, Sealed, VerifyError, VerifyReport,
+};
 use crate::store::seam::{AuditReader, StoreError};
 
 /// Reads a store's audit log through connections of its own, read-only: from the gateway beside its
@@ -64,7 +66,7 @@ impl SqliteReader {
 }
 
 fn sealed(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sealed> {
-    Ok(Sealed { seq: row.get(0)?, prev: hash_of(row.get(1)?), hash: hash_of(row.get(2)?), text: row.get(3)? })
+    Ok(Sealed { chain: 0, seq: row.get(0)?, prev: hash_of(row.get(1)?), hash: hash_of(row.get(2)?), text: row.get(3)? })
 }
 
 impl AuditReader for SqliteReader {
@@ -90,7 +92,7 @@ impl AuditReader for SqliteReader {
         let mut stmt = conn.prepare(&sql).map_err(|e| classify(&self.path, e))?;
         let mut rows = stmt.query(rusqlite::params_from_iter(values)).map_err(|e| classify(&self.path, e))?;
         let records = std::iter::from_fn(|| match rows.next() {
-            Ok(Some(row)) => Some(sealed(row).map_err(|e| classify(&self.path, e))),
+            Ok(Some(row)) => Some(sealed(row).map(|s| (s.seq, s)).map_err(|e| classify(&self.path, e))),
             Ok(None) => None,
             Err(e) => Some(Err(classify(&self.path, e))),
         });
@@ -129,7 +131,8 @@ impl AuditReader for SqliteReader {
             })
             .map_err(|e| classify(&self.path, e))?;
         let records = rows.map_while(|r| r.map_err(|e| failed = Some(e)).ok());
-        let report = audit::verify(anchor, records, head, checkpoints);
+        let ends = [ChainEnds { chain: 0, anchor, head }];
+        let report = audit::verify_chains(&ends, records, &[], checkpoints);
         if let Some(e) = failed {
             return Err(classify(&self.path, e));
         }

@@ -297,7 +297,7 @@ impl Store for SqliteStore {
         match self.write(changes) {
             Ok(head) => {
                 self.head = head;
-                Ok(Head { seq: head.0, hash: head.1 })
+                Ok(Head { chain: 0, seq: head.0, hash: head.1 })
             }
             Err(e) => Err(classify(&self.path, e)),
         }
