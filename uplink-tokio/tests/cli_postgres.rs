@@ -276,3 +276,77 @@ async fn audit_verify_of_a_log_with_several_chains_prints_each_chain_and_one_dig
     assert_eq!((rows[2]["chain"].as_u64(), rows[2]["seq"].as_u64()), (Some(1), Some(1)));
     assert_eq!(rows[0].get("chain"), None, "the first chain's rows read as a single writer's always did");
 }
+
+/// Commits `changes` from another writer on the database at `url` (as another node's would be).
+async fn elsewhere(url: &str, changes: Vec<uplink_tokio::store::Change>) {
+    use uplink_tokio::store::Store;
+    use uplink_tokio::store::postgres::{PostgresOptions, PostgresStore};
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut options = PostgresOptions::default();
+        options.sole_writer = false;
+        PostgresStore::open(&url, options).unwrap().commit(&changes).unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_rule_another_node_makes_or_removes_is_in_force_here_within_a_reading_and_ids_never_meet() {
+    use uplink_tokio::store::postgres::PostgresStore;
+    use uplink_tokio::store::{Change, ClusterStore, StoredRule};
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let dir = uplink_tests::temp_dir();
+    let mut node =
+        Program::gateway(UPLINK).args(["--store", &url]).state_dir(dir.path()).banner_until("  store: ").start().await;
+    let (base, sled, admin) = (node.base_url(), node.sled_token(), node.admin_token());
+    // A rule made here takes an id of this node's block.
+    let deny_rm = r#"{"effect":"deny","pattern":"Bash(rm *)"}"#;
+    let (status, body) = http("POST", &format!("{base}/api/rules"), Some(&admin), Some(deny_rm), &[]).await;
+    assert_eq!(status, 201, "{body}");
+    let here: Value = serde_json::from_str::<Value>(&body).unwrap()["rule"].clone();
+    // Another node draws its own block and makes a deny rule.
+    let u = url.clone();
+    let ids = tokio::task::spawn_blocking(move || PostgresStore::cluster_at(&u, None).unwrap().rule_ids().unwrap())
+        .await
+        .unwrap();
+    assert!(!ids.contains(&here["id"].as_u64().unwrap()), "{ids:?} {here}");
+    let rule = StoredRule {
+        id: ids.start,
+        effect: "deny".into(),
+        pattern: "Bash(curl *)".into(),
+        projects: None,
+        project: None,
+        connection: None,
+        expires: None,
+        author: "bo".into(),
+        created: 1_700_000_000,
+    };
+    elsewhere(&url, vec![Change::PutRule(rule)]).await;
+    let listed = async |id: u64| {
+        let (_, body) = http("GET", &format!("{base}/api/rules"), Some(&admin), None, &[]).await;
+        let rules: Value = serde_json::from_str(&body).unwrap();
+        rules["rules"].as_array().unwrap().iter().any(|r| r["id"] == id)
+    };
+    until("the other node's rule to be in force here", async || listed(ids.start).await.then_some(())).await;
+    let mut ws = raw_sled_at(&base, &sled, "web").await;
+    let curl =
+        json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"curl x"}}});
+    ws.send(Message::text(curl.to_string())).await.unwrap();
+    assert_eq!(perm_response(&mut ws).await["payload"]["approved"], false, "denied by the other node's rule");
+    // Removed there: no longer in force here; the next such request waits for a person.
+    elsewhere(&url, vec![Change::DeleteRule(ids.start)]).await;
+    until("the other node's removal to be in force here", async || (!listed(ids.start).await).then_some(())).await;
+    let again =
+        json!({"type":"perm_request","req_id":"r2","payload":{"tool_name":"Bash","tool_input":{"command":"curl y"}}});
+    ws.send(Message::text(again.to_string())).await.unwrap();
+    until("the request to wait for a person", async || {
+        let (_, body) = http("GET", &format!("{base}/api/permissions"), Some(&admin), None, &[]).await;
+        let listing: Value = serde_json::from_str(&body).unwrap();
+        (listing["permissions"][0]["tool_input"]["command"] == "curl y").then_some(())
+    })
+    .await;
+    assert!(listed(here["id"].as_u64().unwrap()).await, "this node's own rule stays");
+    node.kill().await;
+}

@@ -188,7 +188,10 @@ fn a_database_of_the_first_schema_is_migrated_and_joins_and_commits() {
     // Back to schema 1, as a gateway of the first release left it.
     pg.sql(
         &db,
-        "INSERT INTO uplink.meta (key, n, hash) SELECT 'head', head_seq, head_hash FROM uplink.chains WHERE id = 0;
+        "DROP FUNCTION uplink.rules_changed(); DROP SEQUENCE uplink.rule_ids; DROP INDEX uplink.rules_by_version;
+         ALTER TABLE uplink.rules DROP COLUMN version, DROP COLUMN removed_at;
+         DELETE FROM uplink.meta WHERE key = 'rules_version';
+         INSERT INTO uplink.meta (key, n, hash) SELECT 'head', head_seq, head_hash FROM uplink.chains WHERE id = 0;
          DROP TABLE uplink.chains; DROP SEQUENCE uplink.chain_id; DROP SEQUENCE uplink.chain_writer;
          DROP FUNCTION uplink.move_chain(bigint, bigint, bigint, bytea, bigint, bytea);
          DROP INDEX uplink.audit_cites; DROP INDEX uplink.audit_by_place;
@@ -241,4 +244,48 @@ fn a_joining_node_clears_what_dead_nodes_left_and_nothing_of_the_live_ones() {
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.nodes WHERE addr = 'old:1'").unwrap(), "0");
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.nodes").unwrap(), "3", "the dead one stays for now");
     assert_eq!(live.renew(here, LONG).unwrap().releases, vec![("api".to_owned(), 1)]);
+}
+
+#[test]
+fn rules_changed_by_any_writer_are_read_in_commit_order_removals_included_and_ids_come_in_blocks_of_their_own() {
+    use uplink_tokio::store::StoredRule;
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let shared = cluster(&url);
+    let (one, two) = (shared.rule_ids().unwrap(), shared.rule_ids().unwrap());
+    assert_eq!((one.end - one.start, two.end - two.start), (256, 256));
+    assert!(one.end <= two.start, "{one:?} {two:?}");
+    let mut options = PostgresOptions::default();
+    options.sole_writer = false;
+    let (mut a, mut b) =
+        (PostgresStore::open(&url, options.clone()).unwrap(), PostgresStore::open(&url, options).unwrap());
+    let rule = |id: u64, pattern: &str| StoredRule {
+        id,
+        effect: "deny".into(),
+        pattern: pattern.into(),
+        projects: None,
+        project: None,
+        connection: None,
+        expires: None,
+        author: "ana".into(),
+        created: 1,
+    };
+    let nothing = shared.rules_since(0).unwrap();
+    assert!(nothing.in_force.is_empty() && nothing.removed.is_empty());
+    a.commit(&[Change::PutRule(rule(one.start, "Bash(rm *)"))]).unwrap();
+    b.commit(&[Change::PutRule(rule(two.start, "Bash(curl *)"))]).unwrap();
+    let first = shared.rules_since(nothing.version).unwrap();
+    assert_eq!(first.in_force.iter().map(|r| r.id).collect::<Vec<_>>(), [one.start, two.start]);
+    // A removal is read as such (the rule's tombstone), after what was read before.
+    b.commit(&[Change::DeleteRule(one.start)]).unwrap();
+    let next = shared.rules_since(first.version).unwrap();
+    assert!(next.version > first.version);
+    assert_eq!((next.in_force.len(), next.removed.clone()), (0, vec![one.start]));
+    let none = shared.rules_since(next.version).unwrap();
+    assert!(none.in_force.is_empty() && none.removed.is_empty() && none.version == next.version);
+    // From the start, each rule as it is now; and a start's rules leave the tombstone out.
+    let all = shared.rules_since(0).unwrap();
+    assert_eq!((all.in_force.len(), all.removed.len()), (1, 1));
+    let kept = a.load().unwrap();
+    assert_eq!(kept.rules.iter().map(|r| r.id).collect::<Vec<_>>(), [two.start]);
 }

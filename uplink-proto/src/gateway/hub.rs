@@ -51,6 +51,7 @@ use super::mcp_endpoint::{self, EndpointRequest, ExchangeEnd, ExchangeKind, McpE
 use super::policy;
 use super::resume::{Held, HeldRequest, ResumeKey};
 use super::shared_claims::{ClaimAnswer, Identity, QUEUE_SLACK, SharedClaims};
+use super::shared_rules::{self, Removed, RuleIds};
 use super::sled_session::{
     DecideError, McpId, PermId, SendMcpError, SessionConfig, SessionConfigError, SessionEvent, SessionOutput,
     SledSession, Withdrawn,
@@ -106,6 +107,10 @@ pub struct Hub {
     rules: RuleSet,
     /// The id the next rule made here gets.
     next_rule: u64,
+    /// The block rule ids come from, when rules are shared with other gateways ([`super::shared_rules`]).
+    rule_ids: Option<RuleIds>,
+    /// The rules removed here lately, never put back by a reading from elsewhere.
+    removed_rules: Removed,
     now: Instant,
     conns: BTreeMap<ConnHandle, Conn>,
     /// Each connection's next deadline, earliest first.
@@ -191,6 +196,8 @@ impl Hub {
             session_cfg,
             rules: RuleSet::new(rules),
             next_rule,
+            rule_ids: None,
+            removed_rules: Removed::default(),
             now,
             conns: BTreeMap::new(),
             timers: BTreeSet::new(),
@@ -273,15 +280,57 @@ impl Hub {
             return Err(RuleRefused::NeverApplies);
         }
         let counted = self.rules.rules().iter().filter(|r| r.id.0 < CONFIG_RULE_IDS).count();
-        if counted >= self.cfg.max_rules || self.next_rule >= CONFIG_RULE_IDS {
+        if counted >= self.cfg.max_rules {
             return Err(RuleRefused::TooMany);
         }
-        let id = RuleId(self.next_rule);
-        self.next_rule += 1;
+        let id = self.take_rule_id().ok_or(if self.rule_ids.is_some() {
+            RuleRefused::NoIds
+        } else {
+            RuleRefused::TooMany
+        })?;
         let rule = rule.with_id(id);
         self.rules.insert(rule.clone());
         self.event(HubEvent::RuleAdded { rule });
         Ok(id)
+    }
+
+    /// From now on, the ids of rules made here come from `ids`, a block drawn from the store this hub
+    /// shares with other gateways (what was left of the last is given up; ids at or above
+    /// [`CONFIG_RULE_IDS`] are never used). [`HubEvent::RuleIdsWanted`] asks for the next when a quarter is
+    /// left ([`super::shared_rules`]).
+    pub fn use_rule_ids(&mut self, ids: core::ops::Range<u64>) {
+        let (block, next) = RuleIds::of(&ids);
+        (self.rule_ids, self.next_rule) = (Some(block), next);
+    }
+
+    /// The next rule id, if one is left.
+    fn take_rule_id(&mut self) -> Option<RuleId> {
+        let Some(block) = &mut self.rule_ids else {
+            let id = (self.next_rule < CONFIG_RULE_IDS).then_some(RuleId(self.next_rule));
+            self.next_rule += u64::from(id.is_some());
+            return id;
+        };
+        let (id, ask) = block.take(&mut self.next_rule);
+        if ask {
+            self.event(HubEvent::RuleIdsWanted);
+        }
+        id
+    }
+
+    /// Rules another gateway added (`added`, each with the id it was given there) or removed (`removed`), as
+    /// the adapter found them between two readings of the store the gateways share; in force for requests
+    /// from now on ([`super::shared_rules`]). A rule this hub has already is kept as it is; only rules made
+    /// at run time are added or removed. [`HubEvent::RulesChangedElsewhere`] follows when anything changed.
+    /// A fenced hub changes nothing.
+    pub fn handle_rules_elsewhere(&mut self, now: Instant, added: Vec<Rule>, removed: Vec<RuleId>) {
+        self.advance(now);
+        if self.is_fenced() {
+            return;
+        }
+        let (added, removed) = shared_rules::apply_elsewhere(&mut self.rules, &self.removed_rules, added, removed);
+        if !added.is_empty() || !removed.is_empty() {
+            self.event(HubEvent::RulesChangedElsewhere { added, removed });
+        }
     }
 
     /// Removes the rule `id` on behalf of `by`; whether there was one ([`HubEvent::RuleRemoved`] follows if
@@ -291,6 +340,7 @@ impl Hub {
         if self.is_fenced() || id.0 >= CONFIG_RULE_IDS || !self.rules.remove(id) {
             return false;
         }
+        self.removed_rules.note(id);
         self.event(HubEvent::RuleRemoved { id, by: Some(by.into()) });
         true
     }

@@ -92,6 +92,10 @@ pub enum RuleRefused {
     /// This gateway lost its lease in its cluster ([`super::lease`]) and changes nothing more.
     #[error("this gateway lost its lease and changes nothing more; use another")]
     Fenced,
+    /// This gateway shares its rules with others and has no rule id left until the next block comes
+    /// ([`super::shared_rules`]).
+    #[error("no rule id is left until the store hands out more; try again in a moment")]
+    NoIds,
 }
 
 /// Why [`Hub::send_mcp`](super::Hub::send_mcp) refused.
@@ -353,6 +357,18 @@ pub enum HubEvent {
         /// The rule, with the id the hub gave it.
         rule: Rule,
     },
+    /// Rules another gateway added or removed are in force here, or no longer
+    /// ([`Hub::handle_rules_elsewhere`](super::Hub::handle_rules_elsewhere)): nothing to keep (the other
+    /// gateway kept it), only to show.
+    RulesChangedElsewhere {
+        /// The rules now in force.
+        added: Vec<RuleId>,
+        /// The rules no longer in force.
+        removed: Vec<RuleId>,
+    },
+    /// The hub hands rule ids out from a block and a quarter of it is left: draw the next from the shared
+    /// store and hand it over with [`Hub::use_rule_ids`](super::Hub::use_rule_ids). Asked once until it comes.
+    RuleIdsWanted,
     /// A rule no longer applies: removed through [`Hub::remove_rule`](super::Hub::remove_rule), or its connection ended.
     RuleRemoved {
         /// Which.

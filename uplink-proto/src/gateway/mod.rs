@@ -40,6 +40,7 @@ pub mod policy;
 pub mod principal;
 pub mod resume;
 pub mod shared_claims;
+pub mod shared_rules;
 pub mod sled_session;
 pub mod verdict;
 

@@ -15,8 +15,10 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 use uplink_proto::gateway::{ConnHandle, CredentialId, HubEvent};
+use uplink_proto::rules::RuleId;
 
-use super::hub_handle::HubHandle;
+use super::hub_handle::{FromCluster, HubHandle};
+use super::wall::{Wall, from_stored};
 use crate::socket_loop::Clock;
 use crate::store::ClusterStore;
 
@@ -39,6 +41,7 @@ pub(crate) enum Errand {
     Renew,
     Claim { conn: ConnHandle, project: String, credential: CredentialId },
     Release { holder: u64, project: String, credential: CredentialId },
+    RuleIds,
 }
 
 /// Why a fenced node stops.
@@ -49,6 +52,7 @@ impl Errand {
     pub(crate) fn of(event: &HubEvent) -> Option<Errand> {
         Some(match event {
             HubEvent::LeaseRenewalDue => Errand::Renew,
+            HubEvent::RuleIdsWanted => Errand::RuleIds,
             HubEvent::ClaimWanted { conn, project, credential } => {
                 Errand::Claim { conn: *conn, project: project.clone(), credential: *credential }
             }
@@ -66,9 +70,11 @@ pub(crate) struct Errands {
 }
 
 impl Errands {
-    /// Starts the errands of `node`, answering to `hub`.
-    pub(crate) fn start(node: Node, hub: HubHandle, clock: Clock) -> Errands {
+    /// Starts the errands of `node`, answering to `hub`, and its reading of the rules other nodes change
+    /// (`wall`: where the hub's clock is on the wall clock, to place their expiries).
+    pub(crate) fn start(node: Node, hub: HubHandle, clock: Clock, wall: Wall) -> Errands {
         let (tx, rx) = mpsc::channel(ERRANDS);
+        tokio::spawn(watch_rules(node.store.clone(), hub.clone(), wall));
         tokio::spawn(run(node, hub, clock, rx));
         Errands { tx }
     }
@@ -83,10 +89,11 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, mut rx: mpsc::Receiver<Er
     let clock = Arc::new(clock);
     let at_once = Arc::new(Semaphore::new(AT_ONCE));
     while let Some(errand) = rx.recv().await {
-        // A renewal always goes (one at a time, by the hub's rule); a claim or a release beyond the budget
-        // goes unanswered (the claim waits, then 1013), so that a slow database holds no pile of them.
+        // A renewal always goes (one at a time, by the hub's rule), as does a block of rule ids (asked once
+        // until it comes); a claim or a release beyond the budget goes unanswered (the claim waits, then
+        // 1013), so that a slow database holds no pile of them.
         let permit = match errand {
-            Errand::Renew => None,
+            Errand::Renew | Errand::RuleIds => None,
             _ => match at_once.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
@@ -112,9 +119,10 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, mut rx: mpsc::Receiver<Er
                         Err(_) => None,
                     };
                     let answer = renewal.as_ref().map(|r| r.held);
-                    hub.lease_renewal(sent, answer).await;
+                    hub.cluster_said(FromCluster::LeaseRenewal { sent, answer }).await;
                     for (project, credential) in renewal.map(|r| r.releases).unwrap_or_default() {
-                        hub.release(project, CredentialId(credential)).await;
+                        let credential = CredentialId(credential);
+                        hub.cluster_said(FromCluster::Release { project, credential }).await;
                     }
                 }
                 Errand::Claim { conn, project, credential } => {
@@ -123,12 +131,26 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, mut rx: mpsc::Receiver<Er
                     let answer =
                         tokio::task::spawn_blocking(move || store.claim(id, conn.0, &asked, credential.0)).await;
                     match answer {
-                        Ok(Ok(Some(answer))) => hub.claim_answer(conn, project, answer).await,
+                        Ok(Ok(Some(answer))) => {
+                            hub.cluster_said(FromCluster::ClaimAnswer { conn, project, answer }).await;
+                        }
                         // This node's lease lapsed, or the database did not answer: the claim waits, and
                         // is refused with 1013 in the end (or the hub fences first).
                         Ok(Ok(None)) => {}
                         Ok(Err(e)) => warn!(error = %e, project = ?project, "a claim went unanswered"),
                         Err(_) => {}
+                    }
+                }
+                Errand::RuleIds => {
+                    // Asked once until it comes: asked again until the database answers.
+                    loop {
+                        let store = node.store.clone();
+                        match tokio::task::spawn_blocking(move || store.rule_ids()).await {
+                            Ok(Ok(ids)) => break hub.cluster_said(FromCluster::RuleIds(ids)).await,
+                            Ok(Err(e)) => warn!(error = %e, "drawing rule ids failed; tried again in a second"),
+                            Err(_) => return,
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
                 Errand::Release { holder, project, credential } => {
@@ -142,5 +164,51 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, mut rx: mpsc::Receiver<Er
                 }
             }
         });
+    }
+}
+
+/// How often a node reads the rules other nodes changed: a rule made or removed anywhere is in force at
+/// every node within about this long.
+pub(crate) const RULES_EVERY: Duration = Duration::from_millis(500);
+
+/// Reads the rules changed since the last reading, every [`RULES_EVERY`], and hands them to the hub (each as
+/// it is now, in the order they were committed: the hub keeps what it changed itself). A rule that does not
+/// read here (made by a newer node) stops this node: it could not apply it, and a deny rule left out would
+/// allow what it denies. Ends with the hub task.
+async fn watch_rules(store: Arc<dyn ClusterStore>, hub: HubHandle, wall: Wall) {
+    let mut version = 0u64;
+    let mut every = tokio::time::interval(RULES_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        every.tick().await;
+        if hub.is_closed() {
+            return;
+        }
+        let reading = store.clone();
+        let changes = match tokio::task::spawn_blocking(move || reading.rules_since(version)).await {
+            Ok(Ok(changes)) => changes,
+            Ok(Err(e)) => {
+                if !std::mem::replace(&mut failing, true) {
+                    warn!(error = %e, "reading the rules other nodes changed failed; tried again every half second");
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
+        failing = false;
+        let added: Result<Vec<_>, _> = changes.in_force.iter().map(|r| from_stored(r, &wall)).collect();
+        let added = match added {
+            Ok(added) => added,
+            Err(e) => {
+                let why = format!("a rule another node made does not read here ({e}); upgrade this node");
+                return hub.cluster_said(FromCluster::Unworkable(why)).await;
+            }
+        };
+        let removed: Vec<RuleId> = changes.removed.iter().map(|&id| RuleId(id)).collect();
+        if !added.is_empty() || !removed.is_empty() {
+            hub.cluster_said(FromCluster::RulesElsewhere { added, removed }).await;
+        }
+        version = changes.version;
     }
 }

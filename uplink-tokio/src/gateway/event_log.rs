@@ -63,6 +63,10 @@ pub(super) fn log(event: &HubEvent) -> bool {
             info!(rule = rule.id.0, effect = %rule.effect, pattern = %rule.pattern, author = ?rule.author, "rule added");
         }
         HubEvent::RuleRemoved { id, by } => info!(rule = id.0, by = ?by, "rule removed"),
+        HubEvent::RulesChangedElsewhere { added, removed } => {
+            info!(added = ?added.iter().map(|r| r.0).collect::<Vec<_>>(), removed = ?removed.iter().map(|r| r.0).collect::<Vec<_>>(),
+                "rules changed on another node are in force here");
+        }
         _ => {}
     }
     false

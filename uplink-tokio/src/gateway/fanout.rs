@@ -185,6 +185,12 @@ pub(super) fn event_text(event: &HubEvent, wall: &Wall) -> Option<(&'static str,
         HubEvent::RuleRemoved { id, by } => {
             ("rule_removed", json!({"id": id.0, "by": by.as_deref()}).to_string())
         }
+        HubEvent::RulesChangedElsewhere { added, removed } => (
+            "rules_changed",
+            json!({"added": added.iter().map(|r| r.0).collect::<Vec<_>>(),
+                   "removed": removed.iter().map(|r| r.0).collect::<Vec<_>>()})
+            .to_string(),
+        ),
         _ => return None,
     })
 }

@@ -154,7 +154,7 @@ impl GatewayMetrics {
                     self.budget_overflows.get_or_create(&Reason { reason: "pending_permissions" }).inc();
                 }
             }
-            HubEvent::RuleAdded { .. } | HubEvent::RuleRemoved { .. } => {
+            HubEvent::RuleAdded { .. } | HubEvent::RuleRemoved { .. } | HubEvent::RulesChangedElsewhere { .. } => {
                 self.rules_changed.inc();
             }
             _ => {}

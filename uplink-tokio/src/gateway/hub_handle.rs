@@ -188,22 +188,39 @@ pub(super) enum HubMsg {
         within: std::time::Duration,
         done: oneshot::Sender<()>,
     },
-    /// The database's answer to a renewal of the node's lease sent at `sent` (`None`: no answer).
-    LeaseRenewal {
-        sent: Instant,
-        answer: Option<bool>,
-    },
+    /// What the cluster's database said ([`FromCluster`]).
+    Cluster(FromCluster),
+}
+
+/// What a cluster node hears from the database it shares with the others, for the hub.
+pub(crate) enum FromCluster {
+    /// The answer to a renewal of the node's lease sent at `sent` (`None`: no answer).
+    LeaseRenewal { sent: Instant, answer: Option<bool> },
     /// The claims table's answer to `conn`'s claim on `project`.
-    ClaimAnswer {
-        conn: ConnHandle,
-        project: String,
-        answer: ClaimAnswer,
-    },
+    ClaimAnswer { conn: ConnHandle, project: String, answer: ClaimAnswer },
     /// Another node asked this one to let `project` go, for a sled of `credential`.
-    Release {
-        project: String,
-        credential: CredentialId,
-    },
+    Release { project: String, credential: CredentialId },
+    /// The next block of rule ids.
+    RuleIds(std::ops::Range<u64>),
+    /// Rules other nodes made or removed.
+    RulesElsewhere { added: Vec<Rule>, removed: Vec<RuleId> },
+    /// Something this node cannot go on with (a rule made elsewhere that does not read here): it stops.
+    Unworkable(String),
+}
+
+impl FromCluster {
+    /// Hands it to `hub` at `now`; the reason to stop the gateway, if it is one.
+    pub(crate) fn apply(self, hub: &mut uplink_proto::gateway::Hub, now: Instant) -> Option<String> {
+        match self {
+            FromCluster::LeaseRenewal { sent, answer } => hub.handle_lease_renewal(now, sent, answer),
+            FromCluster::ClaimAnswer { conn, project, answer } => hub.handle_claim_answer(now, conn, &project, answer),
+            FromCluster::Release { project, credential } => _ = hub.release(now, &project, credential),
+            FromCluster::RuleIds(ids) => hub.use_rule_ids(ids),
+            FromCluster::RulesElsewhere { added, removed } => hub.handle_rules_elsewhere(now, added, removed),
+            FromCluster::Unworkable(why) => return Some(why),
+        }
+        None
+    }
 }
 
 /// A cheap, cloneable way to talk to the hub task. Every call fails soft once the task is gone: a
@@ -252,19 +269,14 @@ impl HubHandle {
         let _ = self.tx.send(HubMsg::Ended { conn }).await;
     }
 
-    /// The answer to a renewal of the node's lease, sent at `sent`.
-    pub(crate) async fn lease_renewal(&self, sent: Instant, answer: Option<bool>) {
-        let _ = self.tx.send(HubMsg::LeaseRenewal { sent, answer }).await;
+    /// Whether the hub task has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 
-    /// The claims table's answer to `conn`'s claim on `project`.
-    pub(crate) async fn claim_answer(&self, conn: ConnHandle, project: String, answer: ClaimAnswer) {
-        let _ = self.tx.send(HubMsg::ClaimAnswer { conn, project, answer }).await;
-    }
-
-    /// Another node asked this one to let `project` go.
-    pub(crate) async fn release(&self, project: String, credential: CredentialId) {
-        let _ = self.tx.send(HubMsg::Release { project, credential }).await;
+    /// What the cluster's database said.
+    pub(crate) async fn cluster_said(&self, said: FromCluster) {
+        let _ = self.tx.send(HubMsg::Cluster(said)).await;
     }
 
     pub(crate) async fn decide(

@@ -77,7 +77,8 @@ pub(crate) fn spawn(
     config: HubTaskConfig,
 ) -> std::io::Result<(HubHandle, tokio::task::JoinHandle<()>, Option<oneshot::Receiver<()>>)> {
     let (tx, rx) = mpsc::channel(HUB_QUEUE);
-    let errands = config.node.map(|node| Errands::start(node, HubHandle::new(tx.clone()), Clock::new(config.epoch)));
+    let errands =
+        config.node.map(|n| Errands::start(n, HubHandle::new(tx.clone()), Clock::new(config.epoch), config.wall));
     let (store, closed) = match config.store.map(StoreLink::start).transpose()? {
         Some((link, closed)) => (Some(link), Some(closed)),
         None => (None, None),
@@ -286,9 +287,7 @@ impl HubTask {
                 self.hub.drain(now, now + within);
                 self.drained.push(done);
             }
-            HubMsg::LeaseRenewal { sent, answer } => self.hub.handle_lease_renewal(now, sent, answer),
-            HubMsg::ClaimAnswer { conn, project, answer } => self.hub.handle_claim_answer(now, conn, &project, answer),
-            HubMsg::Release { project, credential } => _ = self.hub.release(now, &project, credential),
+            HubMsg::Cluster(said) => said.apply(&mut self.hub, now).into_iter().for_each(|why| self.fail(why)),
         }
     }
 

@@ -61,7 +61,9 @@ pub(super) async fn add(Manager(principal): Manager, State(shared): State<Arc<Sh
         Some(Err(RuleRefused::TooMany)) => {
             error(StatusCode::INSUFFICIENT_STORAGE, "the gateway's budget of rules is full (HubConfig::max_rules)")
         }
-        Some(Err(why @ RuleRefused::Fenced)) => error(StatusCode::SERVICE_UNAVAILABLE, &why.to_string()),
+        Some(Err(why @ (RuleRefused::Fenced | RuleRefused::NoIds))) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &why.to_string())
+        }
         Some(Err(why)) => error(StatusCode::BAD_REQUEST, &why.to_string()),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping"),
     }

@@ -133,6 +133,14 @@ impl GatewayServer {
             None => None,
         };
         let mut hub = Hub::new(hub_config, Instant::ZERO)?;
+        // A node's rule ids come from blocks the database hands out, never another node's.
+        if let Some(node) = &node {
+            let store = node.store.clone();
+            let ids = tokio::task::spawn_blocking(move || store.rule_ids())
+                .await
+                .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
+            hub.use_rule_ids(ids);
+        }
         // Public ids never repeat across restarts: after those the last gateway reserved, or, with nothing
         // kept, after a number that grows with the time of day (seconds since 2020, times 4,096). A cluster
         // node's come from a range of its own incarnation (its id times 2^32), never another node's.

@@ -270,6 +270,25 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     /// `node` leaves: its lease ends now, and its claims with it.
     fn leave(&self, node: u64) -> Result<(), StoreError>;
+
+    /// A block of rule ids that no other node is ever given (nor this one again).
+    fn rule_ids(&self) -> Result<std::ops::Range<u64>, StoreError>;
+
+    /// The rules changed since `version` (0: every rule ever kept, removed ones included while their
+    /// tombstones last), each as it is now; and the version they bring the reader to. Versions follow the
+    /// order in which the changes were committed, so that reading from the last version seen misses none.
+    fn rules_since(&self, version: u64) -> Result<RuleChanges, StoreError>;
+}
+
+/// The rules changed since a version ([`ClusterStore::rules_since`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleChanges {
+    /// Rules made or changed: in force.
+    pub in_force: Vec<StoredRule>,
+    /// The ids of rules removed.
+    pub removed: Vec<u64>,
+    /// The version these changes bring the reader to.
+    pub version: u64,
 }
 
 /// Reads the audit log.

@@ -4,6 +4,7 @@
 //! it was lost. Times are the database's own (`clock_timestamp()`), never a node's.
 
 use std::future::Future;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,8 +14,9 @@ use tokio_postgres::Client;
 use uplink_proto::gateway::CredentialId;
 
 use super::db::Db;
-use super::schema::big;
-use crate::store::seam::{ClaimAnswer, ClusterStore, Renewal, StoreError};
+use super::kept::{self, RULE_COLUMNS};
+use super::schema::{RULE_ID_BLOCK, big};
+use crate::store::seam::{ClaimAnswer, ClusterStore, Renewal, RuleChanges, StoreError};
 
 /// How long a renewal may take before it counts as unanswered: its lease's deadline does not wait for it.
 const RENEW_WITHIN: Duration = Duration::from_secs(2);
@@ -85,11 +87,13 @@ impl ClusterStore for PostgresCluster {
                     )
                     .await?;
                 // What dead nodes left behind goes as a node joins: their claims (anyone may take them
-                // anyway), the releases asked of them, and, a week on, the nodes themselves.
+                // anyway), the releases asked of them, and, a week on, the nodes themselves; and the
+                // tombstones of rules removed a day ago (every node has read them long since).
                 client
                     .batch_execute(
                         "DELETE FROM uplink.claims c WHERE NOT uplink.live(c.node);
                          DELETE FROM uplink.releases r WHERE NOT uplink.live(r.node);
+                         DELETE FROM uplink.rules WHERE removed_at < clock_timestamp() - interval '1 day';
                          DELETE FROM uplink.nodes n
                            WHERE coalesce(n.ended, n.lease_until) < clock_timestamp() - interval '7 days'
                              AND NOT EXISTS (SELECT 1 FROM uplink.claims c WHERE c.node = n.id);",
@@ -187,6 +191,39 @@ impl ClusterStore for PostgresCluster {
                      DELETE FROM uplink.releases WHERE node = {node};"
                 ))
                 .await
+        })
+    }
+
+    fn rule_ids(&self) -> Result<Range<u64>, StoreError> {
+        self.with_client(Duration::from_secs(5), move |client: Arc<Client>| async move {
+            let first: i64 = client.query_one("SELECT nextval('uplink.rule_ids')", &[]).await?.get(0);
+            let first = u64::try_from(first).unwrap_or(0);
+            Ok(first..first + RULE_ID_BLOCK)
+        })
+    }
+
+    fn rules_since(&self, version: u64) -> Result<RuleChanges, StoreError> {
+        let after = big(version)?;
+        let db = self.db.clone();
+        // On the readers' pool: a reading every half second keeps off the connection renewals go on.
+        self.db.run_within(Duration::from_secs(5), async move {
+            let client = db.clone().pooled().await?;
+            let sql = format!(
+                "SELECT {RULE_COLUMNS}, removed_at IS NOT NULL, version FROM uplink.rules
+                 WHERE version > $1 ORDER BY version"
+            );
+            let rows = client.query(&sql, &[&after]).await.map_err(|e| db.said(&e))?;
+            let mut changes = RuleChanges { in_force: Vec::new(), removed: Vec::new(), version };
+            for row in &rows {
+                let rule = kept::rule(row);
+                if row.get::<_, bool>(8) {
+                    changes.removed.push(rule.id);
+                } else {
+                    changes.in_force.push(rule);
+                }
+                changes.version = changes.version.max(u64::try_from(row.get::<_, i64>(9)).unwrap_or(0));
+            }
+            Ok(changes)
         })
     }
 }

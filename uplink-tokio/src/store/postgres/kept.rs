@@ -42,30 +42,28 @@ async fn read_resumables(db: &Db, client: &impl GenericClient) -> Result<Vec<Sto
         .collect()
 }
 
+/// The columns [`rule`] reads, in its order.
+pub(super) const RULE_COLUMNS: &str = "id, effect, pattern, projects, project, expires, author, created";
+
 async fn read_rules(client: &impl GenericClient) -> Result<Vec<StoredRule>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT id, effect, pattern, projects, project, expires, author, created FROM uplink.rules ORDER BY id",
-            &[],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let projects: Option<String> = r.get(3);
-            StoredRule {
-                id: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
-                effect: r.get(1),
-                pattern: r.get(2),
-                projects: projects.and_then(|p| serde_json::from_str(&p).ok()),
-                project: r.get(4),
-                connection: None,
-                expires: r.get::<_, Option<i64>>(5).map(|e| u64::try_from(e).unwrap_or(0)),
-                author: r.get(6),
-                created: u64::try_from(r.get::<_, i64>(7)).unwrap_or(0),
-            }
-        })
-        .collect())
+    let sql = format!("SELECT {RULE_COLUMNS} FROM uplink.rules WHERE removed_at IS NULL ORDER BY id");
+    Ok(client.query(&sql, &[]).await?.iter().map(rule).collect())
+}
+
+/// A kept rule from a row of [`RULE_COLUMNS`].
+pub(super) fn rule(r: &tokio_postgres::Row) -> StoredRule {
+    let projects: Option<String> = r.get(3);
+    StoredRule {
+        id: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+        effect: r.get(1),
+        pattern: r.get(2),
+        projects: projects.and_then(|p| serde_json::from_str(&p).ok()),
+        project: r.get(4),
+        connection: None,
+        expires: r.get::<_, Option<i64>>(5).map(|e| u64::try_from(e).unwrap_or(0)),
+        author: r.get(6),
+        created: u64::try_from(r.get::<_, i64>(7)).unwrap_or(0),
+    }
 }
 
 async fn read_sessions(client: &impl GenericClient) -> Result<Vec<StoredSession>, tokio_postgres::Error> {

@@ -11,7 +11,7 @@ use super::db::Db;
 use crate::store::seam::StoreError;
 
 /// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Each step from version `i` to `i + 1`, run in one transaction.
 const MIGRATIONS: &[&str] = &[
@@ -155,6 +155,18 @@ const MIGRATIONS: &[&str] = &[
               USING ERRCODE = 'UL002';
           END IF;
         END $$;",
+    // 4 → 5: rules shared by every node. Each change to a rule (made, or removed: a removed rule stays a
+    // day as a tombstone, so that every node reads its removal) takes the next `rules_version` under that
+    // row's lock, so that versions follow the order of commits and a node reading the rules changed since
+    // the last version it saw misses none. Rule ids come from a sequence in blocks of 256, one block per
+    // node at a time, never the same id twice.
+    "ALTER TABLE uplink.rules ADD COLUMN version bigint NOT NULL DEFAULT 0, ADD COLUMN removed_at timestamptz;
+     CREATE INDEX rules_by_version ON uplink.rules (version);
+     INSERT INTO uplink.meta (key, n, hash) VALUES ('rules_version', 0, '') ON CONFLICT (key) DO NOTHING;
+     CREATE SEQUENCE uplink.rule_ids INCREMENT BY 256;
+     SELECT setval('uplink.rule_ids', coalesce((SELECT max(id) FROM uplink.rules), 0) + 1, false);
+     CREATE FUNCTION uplink.rules_changed() RETURNS bigint LANGUAGE sql AS
+     $$ UPDATE uplink.meta SET n = n + 1 WHERE key = 'rules_version' RETURNING n $$;",
 ];
 
 /// The transaction-scoped lock under which a schema is checked and migrated (two gateways starting at once
@@ -163,6 +175,9 @@ const MIGRATION_LOCK: i64 = 0x7570_6c69_6e6b_0001;
 
 /// The session lock the gateway's writer holds for as long as it runs.
 pub(super) const WRITER_LOCK: i64 = 0x7570_6c69_6e6b_0002;
+
+/// How many rule ids a node draws at a time (the sequence `uplink.rule_ids` steps by as many).
+pub(super) const RULE_ID_BLOCK: u64 = 256;
 
 /// The transaction-scoped lock a prune takes (one writer prunes at a time; the others skip their turn).
 pub(super) const PRUNE_LOCK: i64 = 0x7570_6c69_6e6b_0003;

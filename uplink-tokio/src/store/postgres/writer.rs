@@ -114,14 +114,21 @@ impl Statements {
                 .await?,
             put_rule: client
                 .prepare(
-                    "INSERT INTO uplink.rules (id, effect, pattern, projects, project, expires, author, created)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    "INSERT INTO uplink.rules (id, effect, pattern, projects, project, expires, author, created, version)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, uplink.rules_changed())
                      ON CONFLICT (id) DO UPDATE SET effect = excluded.effect, pattern = excluded.pattern,
                        projects = excluded.projects, project = excluded.project, expires = excluded.expires,
-                       author = excluded.author, created = excluded.created",
+                       author = excluded.author, created = excluded.created, version = excluded.version,
+                       removed_at = NULL",
                 )
                 .await?,
-            delete_rule: client.prepare("DELETE FROM uplink.rules WHERE id = $1").await?,
+            // Kept a day as a tombstone, so that every node reads that it was removed.
+            delete_rule: client
+                .prepare(
+                    "UPDATE uplink.rules SET removed_at = clock_timestamp(), version = uplink.rules_changed()
+                     WHERE id = $1 AND removed_at IS NULL",
+                )
+                .await?,
             put_session: client
                 .prepare(
                     "INSERT INTO uplink.console_sessions (key, principal, csrf, expires_ms) VALUES ($1, $2, $3, $4)
