@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
@@ -322,6 +322,27 @@ async fn send(
         .collect();
     let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, headers, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Signs in to the console at `base` with `token`: the cookie to send (`uplink_session=…`), and the CSRF
+/// token.
+pub async fn console_sign_in(base: &str, token: &str) -> (String, String) {
+    let body = json!({"token": token}).to_string();
+    let (status, headers, body) =
+        http_with_headers("POST", &format!("{base}/console/session"), None, Some(&body), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let set = &headers.iter().find(|(name, _)| name == "set-cookie").unwrap().1;
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let csrf = serde_json::from_str::<Value>(&body).unwrap()["csrf"].as_str().unwrap().to_owned();
+    (cookie, csrf)
+}
+
+/// `GET /console/session` at `base` with `cookie`: its status and the CSRF token it gives back.
+pub async fn console_session(base: &str, cookie: &str) -> (u16, Option<String>) {
+    let (status, _, body) =
+        http_with_headers("GET", &format!("{base}/console/session"), None, None, &[("cookie", cookie)]).await;
+    let csrf = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["csrf"].as_str().map(str::to_owned));
+    (status, csrf)
 }
 
 /// Subscribes to a Server-Sent Events endpoint; yields `(event, data)` pairs as they arrive.

@@ -83,3 +83,30 @@ fn a_kept_session_comes_back_with_the_time_it_had_left_and_what_goes_is_told() {
     let gone = s.open(now + HOUR, [5; 32], Arc::from("ed"), "v".into());
     assert_eq!(gone.len(), 2, "{gone:?}");
 }
+
+#[test]
+fn a_session_opened_elsewhere_is_taken_in_unless_it_is_here_already_or_was_ended_here() {
+    let mut s = ConsoleSessions::new(2, HOUR);
+    let now = Instant::ZERO;
+    // Opened on another gateway, read from the store: in force here, for the time it has left.
+    assert!(s.open_elsewhere(now, [1; 32], Arc::from("ana"), "c1".into(), HOUR / 2).is_empty());
+    assert_eq!(s.admit(now, &[1; 32], &get()).as_deref(), Ok("ana"));
+    assert_eq!(s.left(now, &[1; 32]), Some(HOUR / 2));
+    // Read again (a later reading of the same row): what is here stays as it is.
+    s.open_elsewhere(now, [1; 32], Arc::from("bo"), "other".into(), HOUR);
+    assert_eq!(s.get(now, &[1; 32]).map(|(p, c)| (p.to_string(), c.to_owned())), Some(("ana".into(), "c1".into())));
+    // Signed out here; a reading taken before the sign-out was written does not bring it back.
+    s.close(&[1; 32]);
+    s.open_elsewhere(now, [1; 32], Arc::from("ana"), "c1".into(), HOUR);
+    assert_eq!(s.admit(now, &[1; 32], &get()), Err(ConsoleRefusal::NoSession));
+    // Dropped for newer ones here: not brought back either.
+    s.open(now, [2; 32], Arc::from("ana"), "c2".into());
+    s.open(now + Duration::from_secs(1), [3; 32], Arc::from("ana"), "c3".into());
+    let gone = s.open(now + Duration::from_secs(2), [4; 32], Arc::from("ana"), "c4".into());
+    assert_eq!(gone, vec![[2; 32]]);
+    s.open_elsewhere(now, [2; 32], Arc::from("ana"), "c2".into(), HOUR);
+    assert_eq!(s.admit(now, &[2; 32], &get()), Err(ConsoleRefusal::NoSession));
+    // Ended elsewhere: closed here.
+    s.close(&[4; 32]);
+    assert_eq!(s.admit(now, &[4; 32], &get()), Err(ConsoleRefusal::NoSession));
+}

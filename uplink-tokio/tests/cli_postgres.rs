@@ -350,3 +350,52 @@ async fn a_rule_another_node_makes_or_removes_is_in_force_here_within_a_reading_
     assert!(listed(here["id"].as_u64().unwrap()).await, "this node's own rule stays");
     node.kill().await;
 }
+
+#[tokio::test]
+async fn a_sign_in_or_sign_out_on_another_node_is_in_force_here_within_a_reading() {
+    use uplink_tests::{console_session, console_sign_in};
+    use uplink_tokio::store::{Change, StoredSession};
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let dir = uplink_tests::temp_dir();
+    let mut node =
+        Program::gateway(UPLINK).args(["--store", &url]).state_dir(dir.path()).banner_until("  store: ").start().await;
+    let base = node.base_url();
+    let (here, _) = console_sign_in(&base, &node.admin_token()).await;
+    let principal = pg.sql(&db_of(&url), "SELECT principal FROM uplink.console_sessions").unwrap();
+    let key = |cookie: &str| {
+        let secret = cookie.trim_start_matches("uplink_session=");
+        let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+        <[u8; 32]>::try_from(digest.as_ref()).unwrap()
+    };
+    // Another node signs someone in: the cookie it handed out works here too.
+    let there = "uplink_session=handed-out-by-another-node";
+    let expires_ms = u64::try_from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 3_600_000,
+    )
+    .unwrap();
+    let signed_in = StoredSession { key: key(there), principal, csrf: "c5rf".into(), expires_ms };
+    elsewhere(&url, vec![Change::PutSession(signed_in)]).await;
+    until("the other node's sign-in to be in force here", async || {
+        (console_session(&base, there).await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, _) = http("GET", &format!("{base}/api/sleds"), None, None, &[("cookie", there)]).await;
+    assert_eq!(status, 200);
+    // Another node signs this node's session out: it has ended here too.
+    assert_eq!(console_session(&base, &here).await.0, 200);
+    elsewhere(&url, vec![Change::DeleteSession(key(&here))]).await;
+    until("the other node's sign-out to be in force here", async || {
+        (console_session(&base, &here).await.0 == 401).then_some(())
+    })
+    .await;
+    // Signed out here: no later reading brings it back.
+    let (status, _) =
+        http("DELETE", &format!("{base}/console/session"), None, None, &[("cookie", there), ("x-csrf-token", "c5rf")])
+            .await;
+    assert_eq!(status, 200);
+    let gone = pg.sql(&db_of(&url), "SELECT count(*) FROM uplink.console_sessions WHERE removed_at IS NULL").unwrap();
+    assert_eq!(gone, "0", "both sign-outs were written");
+    assert_eq!(console_session(&base, there).await.0, 401);
+    node.kill().await;
+}

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_tests::program::{self, Program, Running};
 use uplink_tests::{close_code, http, http_with_headers, perm_response, raw_sled_at, try_http, until, within};
+use uplink_tests::{console_session as session, console_sign_in as sign_in};
 use uplink_tokio::store::sqlite::SqliteReader;
 use uplink_tokio::store::{AuditQuery, AuditReader as _};
 
@@ -347,26 +348,6 @@ async fn the_state_directory_and_every_file_in_it_are_owner_only_whatever_the_um
         assert_eq!(mode(&dir.join(name)), 0o600, "{name} after a restart");
     }
     child.kill().await;
-}
-
-/// Signs in to the console at `base` with `token`: the cookie to send, and the CSRF token.
-async fn sign_in(base: &str, token: &str) -> (String, String) {
-    let body = json!({"token": token}).to_string();
-    let (status, headers, body) =
-        http_with_headers("POST", &format!("{base}/console/session"), None, Some(&body), &[]).await;
-    assert_eq!(status, 200, "{body}");
-    let set = &headers.iter().find(|(name, _)| name == "set-cookie").unwrap().1;
-    let cookie = set.split(';').next().unwrap().to_owned();
-    let csrf = serde_json::from_str::<Value>(&body).unwrap()["csrf"].as_str().unwrap().to_owned();
-    (cookie, csrf)
-}
-
-/// `GET /console/session` with `cookie`: its status and the CSRF token it gives back.
-async fn session(base: &str, cookie: &str) -> (u16, Option<String>) {
-    let (status, _, body) =
-        http_with_headers("GET", &format!("{base}/console/session"), None, None, &[("cookie", cookie)]).await;
-    let csrf = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["csrf"].as_str().map(str::to_owned));
-    (status, csrf)
 }
 
 #[tokio::test]

@@ -10,8 +10,12 @@
 //!   `Origin`, when present, must be the gateway's own ([`same_origin`]). A safe request needs the session
 //!   only: the cookie is `SameSite=Strict`, so another site's page never sends it.
 //! - What the principal may do is still its [`Role`](super::Role)'s, as the credentials say at that moment.
+//! - Gateways of a cluster share their sessions through their store: a session another gateway opened or
+//!   ended, as a reading of the store found it, is taken in ([`ConsoleSessions::open_elsewhere`],
+//!   [`ConsoleSessions::close`]); one this table ended lately ([`CLOSED_KEPT`]) is never taken back in, so a
+//!   reading taken before this gateway's own sign-out was committed does not undo it.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -67,18 +71,30 @@ struct Session {
     expires: Instant,
 }
 
+/// How many of the sessions it ended a table remembers, so that no reading from elsewhere brings one back.
+pub const CLOSED_KEPT: usize = 4096;
+
 /// The console's sessions, by the hash of their cookie. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct ConsoleSessions {
     max: usize,
     lifetime: Duration,
     table: BTreeMap<[u8; 32], Session>,
+    /// The sessions ended here lately (signed out, dropped, expired), oldest first.
+    closed: VecDeque<[u8; 32]>,
+    closed_keys: BTreeSet<[u8; 32]>,
 }
 
 impl ConsoleSessions {
     /// No sessions; at most `max` at once, each lasting `lifetime`.
     pub fn new(max: usize, lifetime: Duration) -> ConsoleSessions {
-        ConsoleSessions { max: max.max(1), lifetime, table: BTreeMap::new() }
+        ConsoleSessions {
+            max: max.max(1),
+            lifetime,
+            table: BTreeMap::new(),
+            closed: VecDeque::new(),
+            closed_keys: BTreeSet::new(),
+        }
     }
 
     /// The most sessions kept.
@@ -126,6 +142,23 @@ impl ConsoleSessions {
         self.keep(now, key, Session { principal, csrf, expires })
     }
 
+    /// A session another gateway of the cluster opened, read from the store they share, with `left` of its
+    /// lifetime remaining at `now`: kept as [`ConsoleSessions::restore`] keeps one, unless this table has it
+    /// already or ended it lately (then nothing changes). Returns the keys of the sessions it let go.
+    pub fn open_elsewhere(
+        &mut self,
+        now: Instant,
+        key: [u8; 32],
+        principal: Arc<str>,
+        csrf: String,
+        left: Duration,
+    ) -> Vec<[u8; 32]> {
+        if self.table.contains_key(&key) || self.closed_keys.contains(&key) {
+            return Vec::new();
+        }
+        self.restore(now, key, principal, csrf, left)
+    }
+
     fn keep(&mut self, now: Instant, key: [u8; 32], session: Session) -> Vec<[u8; 32]> {
         let mut gone: Vec<[u8; 32]> = self.table.iter().filter(|(_, s)| s.expires <= now).map(|(k, _)| *k).collect();
         for k in &gone {
@@ -136,8 +169,22 @@ impl ConsoleSessions {
             self.table.remove(&oldest);
             gone.push(oldest);
         }
+        for k in &gone {
+            self.note_closed(*k);
+        }
         self.table.insert(key, session);
         gone
+    }
+
+    fn note_closed(&mut self, key: [u8; 32]) {
+        if self.closed_keys.insert(key) {
+            self.closed.push_back(key);
+            if self.closed.len() > CLOSED_KEPT
+                && let Some(old) = self.closed.pop_front()
+            {
+                self.closed_keys.remove(&old);
+            }
+        }
     }
 
     /// How much of the session `key` is left at `now`, if it is live.
@@ -174,8 +221,10 @@ impl ConsoleSessions {
         Ok(session.principal.clone())
     }
 
-    /// Ends the session `key` (sign-out, or its principal is gone).
+    /// Ends the session `key` (sign-out, its principal is gone, or another gateway ended it): it is never
+    /// taken back in from elsewhere.
     pub fn close(&mut self, key: &[u8; 32]) {
         self.table.remove(key);
+        self.note_closed(*key);
     }
 }

@@ -18,9 +18,10 @@ use uplink_proto::gateway::{ConnHandle, CredentialId, HubEvent};
 use uplink_proto::rules::RuleId;
 
 use super::hub_handle::{FromCluster, HubHandle};
+use super::shared::Shared;
 use super::wall::{Wall, from_stored};
 use crate::socket_loop::Clock;
-use crate::store::ClusterStore;
+use crate::store::{Change, ClusterStore, RuleChanges, SessionChanges};
 
 /// Errands waiting for a thread before the next finds the queue full.
 const ERRANDS: usize = 4096;
@@ -167,48 +168,91 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, mut rx: mpsc::Receiver<Er
     }
 }
 
-/// How often a node reads the rules other nodes changed: a rule made or removed anywhere is in force at
-/// every node within about this long.
-pub(crate) const RULES_EVERY: Duration = Duration::from_millis(500);
+/// How often a node reads the rules and console sign-ins other nodes changed: a rule made or removed, or a
+/// sign-in or sign-out, anywhere is in force at every node within about this long.
+pub(crate) const SHARED_EVERY: Duration = Duration::from_millis(500);
 
-/// Reads the rules changed since the last reading, every [`RULES_EVERY`], and hands them to the hub (each as
+/// Reads the rules changed since the last reading, every [`SHARED_EVERY`], and hands them to the hub (each as
 /// it is now, in the order they were committed: the hub keeps what it changed itself). A rule that does not
 /// read here (made by a newer node) stops this node: it could not apply it, and a deny rule left out would
 /// allow what it denies. Ends with the hub task.
 async fn watch_rules(store: Arc<dyn ClusterStore>, hub: HubHandle, wall: Wall) {
-    let mut version = 0u64;
-    let mut every = tokio::time::interval(RULES_EVERY);
+    let read = move |version| store.rules_since(version).map(|c| (c.version, c));
+    let said = hub.clone();
+    every_reading("rules", hub, read, move |changes: RuleChanges| {
+        let hub = said.clone();
+        async move {
+            let added: Result<Vec<_>, _> = changes.in_force.iter().map(|r| from_stored(r, &wall)).collect();
+            let added = match added {
+                Ok(added) => added,
+                Err(e) => {
+                    let why = format!("a rule another node made does not read here ({e}); upgrade this node");
+                    hub.cluster_said(FromCluster::Unworkable(why)).await;
+                    return false;
+                }
+            };
+            let removed: Vec<RuleId> = changes.removed.iter().map(|&id| RuleId(id)).collect();
+            if !added.is_empty() || !removed.is_empty() {
+                hub.cluster_said(FromCluster::RulesElsewhere { added, removed }).await;
+            }
+            true
+        }
+    })
+    .await;
+}
+
+/// Reads the console sign-ins made or ended on other nodes since the last reading, every [`SHARED_EVERY`],
+/// and takes them into this node's sessions (a sign-out is in force here from then on; one this node ended
+/// itself is never taken back in). Sign-ins let go for them (beyond the budget) are forgotten by the store
+/// too. Ends with the hub task.
+pub(crate) async fn watch_sessions(store: Arc<dyn ClusterStore>, shared: Arc<Shared>) {
+    let read = move |version| store.sessions_since(version).map(|c| (c.version, c));
+    let hub = shared.hub.clone();
+    every_reading("sign-ins", hub, read, move |changes: SessionChanges| {
+        let gone = shared.sessions.take_in_elsewhere(&changes.open, &changes.closed, std::time::SystemTime::now());
+        if !gone.is_empty() {
+            shared.hub.forget_sessions(gone.into_iter().map(Change::DeleteSession).collect());
+        }
+        std::future::ready(true)
+    })
+    .await;
+}
+
+/// Every [`SHARED_EVERY`] until the hub task ends (or `take` says to stop): reads what other nodes changed
+/// since the last version read (`read`, on a blocking thread: the changes and the version they bring the
+/// reader to) and hands it to `take`. A reading that fails is tried again at the next turn; the first of a
+/// run of failures is logged.
+async fn every_reading<T, R, F, Fut>(what: &str, hub: HubHandle, read: R, mut take: F)
+where
+    T: Send + 'static,
+    R: Fn(u64) -> Result<(u64, T), crate::store::StoreError> + Send + Sync + 'static,
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let read = Arc::new(read);
+    let (mut version, mut failing) = (0u64, false);
+    let mut every = tokio::time::interval(SHARED_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
     loop {
         every.tick().await;
         if hub.is_closed() {
             return;
         }
-        let reading = store.clone();
-        let changes = match tokio::task::spawn_blocking(move || reading.rules_since(version)).await {
-            Ok(Ok(changes)) => changes,
+        let reading = read.clone();
+        let (next, changes) = match tokio::task::spawn_blocking(move || reading(version)).await {
+            Ok(Ok(read)) => read,
             Ok(Err(e)) => {
                 if !std::mem::replace(&mut failing, true) {
-                    warn!(error = %e, "reading the rules other nodes changed failed; tried again every half second");
+                    warn!(error = %e, "reading the {what} other nodes changed failed; tried again every half second");
                 }
                 continue;
             }
             Err(_) => return,
         };
         failing = false;
-        let added: Result<Vec<_>, _> = changes.in_force.iter().map(|r| from_stored(r, &wall)).collect();
-        let added = match added {
-            Ok(added) => added,
-            Err(e) => {
-                let why = format!("a rule another node made does not read here ({e}); upgrade this node");
-                return hub.cluster_said(FromCluster::Unworkable(why)).await;
-            }
-        };
-        let removed: Vec<RuleId> = changes.removed.iter().map(|&id| RuleId(id)).collect();
-        if !added.is_empty() || !removed.is_empty() {
-            hub.cluster_said(FromCluster::RulesElsewhere { added, removed }).await;
+        if !take(changes).await {
+            return;
         }
-        version = changes.version;
+        version = next;
     }
 }

@@ -47,6 +47,31 @@ impl Sessions {
         });
     }
 
+    /// Sign-ins other gateways of the cluster made (`open`) or ended (`closed`), as a reading of the store
+    /// found them at `wall_now`: in force here for the time they have left, or no longer (one ended here
+    /// lately is never taken back in). Returns the keys of sign-ins let go for them (beyond the budget), for
+    /// the store to forget too.
+    pub(crate) fn take_in_elsewhere(
+        &self,
+        open: &[StoredSession],
+        closed: &[[u8; 32]],
+        wall_now: SystemTime,
+    ) -> Vec<[u8; 32]> {
+        let now_ms = unix_ms(wall_now);
+        self.with(|table, now| {
+            for key in closed {
+                table.close(key);
+            }
+            let mut gone = Vec::new();
+            for session in open {
+                let left = Duration::from_millis(session.expires_ms.saturating_sub(now_ms));
+                let principal: Arc<str> = session.principal.as_str().into();
+                gone.extend(table.open_elsewhere(now, session.key, principal, session.csrf.clone(), left));
+            }
+            gone
+        })
+    }
+
     pub(super) fn with<T>(&self, f: impl FnOnce(&mut ConsoleSessions, uplink_proto::Instant) -> T) -> T {
         let now = self.clock.now();
         f(&mut self.table.lock().unwrap_or_else(PoisonError::into_inner), now)

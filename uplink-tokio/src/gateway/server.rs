@@ -232,6 +232,9 @@ impl GatewayServer {
             mcp_names: names,
             auth: AuthBudget::new(Clock::new(epoch), config.auth_limit),
         });
+        if let Some(node) = &node {
+            tokio::spawn(super::cluster::watch_sessions(node.store.clone(), shared.clone()));
+        }
         Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed, node, drain: config.drain })
     }
 

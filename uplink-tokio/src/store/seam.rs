@@ -278,6 +278,20 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// tombstones last), each as it is now; and the version they bring the reader to. Versions follow the
     /// order in which the changes were committed, so that reading from the last version seen misses none.
     fn rules_since(&self, version: u64) -> Result<RuleChanges, StoreError>;
+
+    /// The console sign-ins changed since `version`, as [`ClusterStore::rules_since`] reads rules.
+    fn sessions_since(&self, version: u64) -> Result<SessionChanges, StoreError>;
+}
+
+/// The console sign-ins changed since a version ([`ClusterStore::sessions_since`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionChanges {
+    /// Sign-ins made (or changed): in force until they expire.
+    pub open: Vec<StoredSession>,
+    /// The cookie hashes of sign-ins ended.
+    pub closed: Vec<[u8; 32]>,
+    /// The version these changes bring the reader to.
+    pub version: u64,
 }
 
 /// The rules changed since a version ([`ClusterStore::rules_since`]).

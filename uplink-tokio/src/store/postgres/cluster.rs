@@ -14,9 +14,9 @@ use tokio_postgres::Client;
 use uplink_proto::gateway::CredentialId;
 
 use super::db::Db;
-use super::kept::{self, RULE_COLUMNS};
+use super::kept::{self, RULE_COLUMNS, SESSION_COLUMNS};
 use super::schema::{RULE_ID_BLOCK, big};
-use crate::store::seam::{ClaimAnswer, ClusterStore, Renewal, RuleChanges, StoreError};
+use crate::store::seam::{ClaimAnswer, ClusterStore, Renewal, RuleChanges, SessionChanges, StoreError};
 
 /// How long a renewal may take before it counts as unanswered: its lease's deadline does not wait for it.
 const RENEW_WITHIN: Duration = Duration::from_secs(2);
@@ -88,12 +88,13 @@ impl ClusterStore for PostgresCluster {
                     .await?;
                 // What dead nodes left behind goes as a node joins: their claims (anyone may take them
                 // anyway), the releases asked of them, and, a week on, the nodes themselves; and the
-                // tombstones of rules removed a day ago (every node has read them long since).
+                // tombstones of rules removed and sign-ins ended a day ago (every node read them long since).
                 client
                     .batch_execute(
                         "DELETE FROM uplink.claims c WHERE NOT uplink.live(c.node);
                          DELETE FROM uplink.releases r WHERE NOT uplink.live(r.node);
                          DELETE FROM uplink.rules WHERE removed_at < clock_timestamp() - interval '1 day';
+                         DELETE FROM uplink.console_sessions WHERE removed_at < clock_timestamp() - interval '1 day';
                          DELETE FROM uplink.nodes n
                            WHERE coalesce(n.ended, n.lease_until) < clock_timestamp() - interval '7 days'
                              AND NOT EXISTS (SELECT 1 FROM uplink.claims c WHERE c.node = n.id);",
@@ -222,6 +223,30 @@ impl ClusterStore for PostgresCluster {
                     changes.in_force.push(rule);
                 }
                 changes.version = changes.version.max(u64::try_from(row.get::<_, i64>(9)).unwrap_or(0));
+            }
+            Ok(changes)
+        })
+    }
+
+    fn sessions_since(&self, version: u64) -> Result<SessionChanges, StoreError> {
+        let after = big(version)?;
+        let db = self.db.clone();
+        self.db.run_within(Duration::from_secs(5), async move {
+            let client = db.clone().pooled().await?;
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS}, removed_at IS NOT NULL, version FROM uplink.console_sessions
+                 WHERE version > $1 ORDER BY version"
+            );
+            let rows = client.query(&sql, &[&after]).await.map_err(|e| db.said(&e))?;
+            let mut changes = SessionChanges { open: Vec::new(), closed: Vec::new(), version };
+            for row in &rows {
+                let session = kept::session(row);
+                if row.get::<_, bool>(4) {
+                    changes.closed.push(session.key);
+                } else {
+                    changes.open.push(session);
+                }
+                changes.version = changes.version.max(u64::try_from(row.get::<_, i64>(5)).unwrap_or(0));
             }
             Ok(changes)
         })

@@ -67,16 +67,21 @@ pub(super) fn rule(r: &tokio_postgres::Row) -> StoredRule {
 }
 
 async fn read_sessions(client: &impl GenericClient) -> Result<Vec<StoredSession>, tokio_postgres::Error> {
-    let rows = client
-        .query("SELECT key, principal, csrf, expires_ms FROM uplink.console_sessions ORDER BY expires_ms, key", &[])
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| StoredSession {
-            key: hash_of(r.get(0)),
-            principal: r.get(1),
-            csrf: r.get(2),
-            expires_ms: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
-        })
-        .collect())
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM uplink.console_sessions WHERE removed_at IS NULL ORDER BY expires_ms, key"
+    );
+    Ok(client.query(&sql, &[]).await?.iter().map(session).collect())
+}
+
+/// The columns [`session`] reads, in its order.
+pub(super) const SESSION_COLUMNS: &str = "key, principal, csrf, expires_ms";
+
+/// A kept sign-in from a row of [`SESSION_COLUMNS`].
+pub(super) fn session(r: &tokio_postgres::Row) -> StoredSession {
+    StoredSession {
+        key: hash_of(r.get(0)),
+        principal: r.get(1),
+        csrf: r.get(2),
+        expires_ms: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+    }
 }

@@ -11,7 +11,7 @@ use super::db::Db;
 use crate::store::seam::StoreError;
 
 /// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Each step from version `i` to `i + 1`, run in one transaction.
 const MIGRATIONS: &[&str] = &[
@@ -167,6 +167,15 @@ const MIGRATIONS: &[&str] = &[
      SELECT setval('uplink.rule_ids', coalesce((SELECT max(id) FROM uplink.rules), 0) + 1, false);
      CREATE FUNCTION uplink.rules_changed() RETURNS bigint LANGUAGE sql AS
      $$ UPDATE uplink.meta SET n = n + 1 WHERE key = 'rules_version' RETURNING n $$;",
+    // 5 → 6: console sign-ins shared by every node, as rules are: each change takes the next
+    // `sessions_version` under that row's lock, and a sign-out stays a day as a tombstone, so that every
+    // node reads it.
+    "ALTER TABLE uplink.console_sessions ADD COLUMN version bigint NOT NULL DEFAULT 0,
+                                         ADD COLUMN removed_at timestamptz;
+     CREATE INDEX console_sessions_by_version ON uplink.console_sessions (version);
+     INSERT INTO uplink.meta (key, n, hash) VALUES ('sessions_version', 0, '') ON CONFLICT (key) DO NOTHING;
+     CREATE FUNCTION uplink.sessions_changed() RETURNS bigint LANGUAGE sql AS
+     $$ UPDATE uplink.meta SET n = n + 1 WHERE key = 'sessions_version' RETURNING n $$;",
 ];
 
 /// The transaction-scoped lock under which a schema is checked and migrated (two gateways starting at once

@@ -131,12 +131,19 @@ impl Statements {
                 .await?,
             put_session: client
                 .prepare(
-                    "INSERT INTO uplink.console_sessions (key, principal, csrf, expires_ms) VALUES ($1, $2, $3, $4)
+                    "INSERT INTO uplink.console_sessions (key, principal, csrf, expires_ms, version)
+                     VALUES ($1, $2, $3, $4, uplink.sessions_changed())
                      ON CONFLICT (key) DO UPDATE SET principal = excluded.principal, csrf = excluded.csrf,
-                       expires_ms = excluded.expires_ms",
+                       expires_ms = excluded.expires_ms, version = excluded.version, removed_at = NULL",
                 )
                 .await?,
-            delete_session: client.prepare("DELETE FROM uplink.console_sessions WHERE key = $1").await?,
+            // Kept a day as a tombstone, so that every node reads the sign-out.
+            delete_session: client
+                .prepare(
+                    "UPDATE uplink.console_sessions SET removed_at = clock_timestamp(),
+                       version = uplink.sessions_changed() WHERE key = $1 AND removed_at IS NULL",
+                )
+                .await?,
             put_resumable: client
                 .prepare(
                     "INSERT INTO uplink.resumables (id, record) VALUES ($1, $2)
