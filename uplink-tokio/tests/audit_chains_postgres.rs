@@ -14,7 +14,6 @@ use uplink_tokio::store::{AuditQuery, Change, Entry, Store, VerifyError};
 /// A writer beside others (not the database's sole writer), citing the others at every commit.
 fn writer(url: &str) -> PostgresStore {
     let mut options = PostgresOptions::default();
-    options.sole_writer = false;
     options.cite_every = Duration::ZERO;
     PostgresStore::open(url, options).unwrap()
 }
@@ -124,7 +123,6 @@ fn retention_prunes_every_chain_and_the_log_still_verifies() {
     let pg = Postgres::shared();
     let url = pg.fresh_database();
     let mut options = PostgresOptions::default();
-    options.sole_writer = false;
     options.keep_records = Some(2);
     let mut a = PostgresStore::open(&url, options.clone()).unwrap();
     let mut b = PostgresStore::open(&url, options).unwrap();

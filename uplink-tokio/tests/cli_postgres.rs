@@ -56,6 +56,12 @@ async fn what_a_node_keeps_on_postgres_the_next_node_finds_and_the_log_verifies_
     assert_eq!(status, 200, "{body}");
     assert_eq!(perm_response(&mut ws).await["payload"]["approved"], true);
     first.kill().await;
+    // One gateway at a time serves a database: the next starts once the killed one's lease lapsed.
+    until("the killed node's lease to lapse", async || {
+        let live = "SELECT count(*) FROM uplink.nodes WHERE ended IS NULL AND lease_until > clock_timestamp()";
+        (pg.sql(&db_of(&url), live).unwrap() == "0").then_some(())
+    })
+    .await;
 
     // Another node, another state directory: the same tokens, the rule and the log are the database's.
     let mut second =
@@ -194,12 +200,14 @@ async fn a_node_paused_past_its_lease_fences_writes_nothing_more_and_its_sled_go
     let (node_a, gen_a) = claim.split_once(' ').map(|(n, g)| (n.to_owned(), g.parse::<u64>().unwrap())).unwrap();
     let records = pg.sql(&db, "SELECT count(*) FROM uplink.audit").unwrap();
 
-    // a is stopped until the database says its lease lapsed, then woken.
+    // a is stopped until the database says its lease lapsed; the next node starts meanwhile (a paused node
+    // holds nothing that keeps it out), then a is woken.
     a.signal("-STOP");
     until("a's lease to lapse at the database", async || {
         (pg.sql(&db, &format!("SELECT uplink.live({node_a})")).unwrap() == "f").then_some(())
     })
     .await;
+    let mut b = Program::gateway(UPLINK).args(["--store", &url, "--lease", "2s"]).state_dir(two.path()).start().await;
     a.signal("-CONT");
     // It fences before it acts: the sled is told to go elsewhere, a stops with the reason.
     assert_eq!(uplink_tests::close_code(&mut ws).await, Some(1012));
@@ -210,7 +218,6 @@ async fn a_node_paused_past_its_lease_fences_writes_nothing_more_and_its_sled_go
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.audit").unwrap(), records, "nothing written after the fence");
 
     // The next node takes the project, under a greater generation, and the sled's requests are its.
-    let mut b = Program::gateway(UPLINK).args(["--store", &url, "--lease", "2s"]).state_dir(two.path()).start().await;
     let base = b.base_url();
     let mut ws = raw_sled_at(&base, &sled, "web").await;
     ws.send(Message::text(ask.to_string())).await.unwrap();
@@ -244,8 +251,7 @@ async fn audit_verify_of_a_log_with_several_chains_prints_each_chain_and_one_dig
     let url = pg.fresh_database();
     let u = url.clone();
     let heads = tokio::task::spawn_blocking(move || {
-        let mut options = PostgresOptions::default();
-        options.sole_writer = false;
+        let options = PostgresOptions::default();
         let record = |n: u64| Change::Record(Entry::new(1_700_000_000_000 + n, "request").with("n", n));
         let mut a = PostgresStore::open(&u, options.clone()).unwrap();
         let mut b = PostgresStore::open(&u, options).unwrap();
@@ -283,8 +289,7 @@ async fn elsewhere(url: &str, changes: Vec<uplink_tokio::store::Change>) {
     use uplink_tokio::store::postgres::{PostgresOptions, PostgresStore};
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut options = PostgresOptions::default();
-        options.sole_writer = false;
+        let options = PostgresOptions::default();
         PostgresStore::open(&url, options).unwrap().commit(&changes).unwrap();
     })
     .await

@@ -258,8 +258,7 @@ fn rules_changed_by_any_writer_are_read_in_commit_order_removals_included_and_id
     let (one, two) = (shared.rule_ids().unwrap(), shared.rule_ids().unwrap());
     assert_eq!((one.end - one.start, two.end - two.start), (256, 256));
     assert!(one.end <= two.start, "{one:?} {two:?}");
-    let mut options = PostgresOptions::default();
-    options.sole_writer = false;
+    let options = PostgresOptions::default();
     let (mut a, mut b) =
         (PostgresStore::open(&url, options.clone()).unwrap(), PostgresStore::open(&url, options).unwrap());
     let rule = |id: u64, pattern: &str| StoredRule {
@@ -299,8 +298,7 @@ fn sign_ins_and_sign_outs_by_any_writer_are_read_in_commit_order_and_a_start_kee
     let pg = Postgres::shared();
     let url = pg.fresh_database();
     let shared = cluster(&url);
-    let mut options = PostgresOptions::default();
-    options.sole_writer = false;
+    let options = PostgresOptions::default();
     let (mut a, mut b) =
         (PostgresStore::open(&url, options.clone()).unwrap(), PostgresStore::open(&url, options).unwrap());
     let far = 4_000_000_000_000u64;
@@ -318,4 +316,50 @@ fn sign_ins_and_sign_outs_by_any_writer_are_read_in_commit_order_and_a_start_kee
     assert_eq!(shared.sessions_since(next.version).unwrap().open.len(), 1);
     b.commit(&[Change::DeleteSession([1; 32])]).unwrap();
     assert_eq!(a.load().unwrap().sessions.iter().map(|s| s.key[0]).collect::<Vec<_>>(), [2]);
+}
+
+#[test]
+fn a_node_joining_alone_is_refused_while_another_lease_holds_and_joins_once_it_lapsed_or_ended() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let (a, b) = (cluster(&url), cluster(&url));
+    let first = a.join_alone("a:1", SHORT).unwrap();
+    let started = Instant::now();
+    match b.join_alone("b:1", LONG) {
+        Err(e @ StoreError::NodeLive { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("node {first} at a:1")) && text.contains("in use by another gateway"),
+                "{text}"
+            );
+        }
+        other => panic!("a node joining alone must be refused while another is live, got {other:?}"),
+    }
+    // Not renewed: its lease lapses at the database, and the next joins (the first fences itself).
+    let second = loop {
+        match b.join_alone("b:1", LONG) {
+            Ok(node) => break node,
+            Err(StoreError::NodeLive { .. }) => assert!(started.elapsed() < Duration::from_secs(10)),
+            Err(e) => panic!("{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(second > first);
+    assert!(!a.renew(first, LONG).unwrap().held, "the first is gone for good");
+    // Left cleanly: the next may join at once.
+    b.leave(second).unwrap();
+    let third = cluster(&url).join_alone("c:1", LONG).unwrap();
+    assert!(third > second);
+    // Nodes joining alone at the same moment: exactly one gets in.
+    let url2 = pg.fresh_database();
+    let joined: Vec<bool> = (0..6)
+        .map(|i| {
+            let url = url2.clone();
+            std::thread::spawn(move || cluster(&url).join_alone(&format!("n:{i}"), LONG).is_ok())
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(joined.iter().filter(|&&j| j).count(), 1, "{joined:?}");
 }

@@ -90,10 +90,27 @@ impl GatewayServer {
             }
         };
         let mut hub_config = config.hub;
-        let kept = store.as_mut().map(|s| s.load()).transpose()?;
         // The core's instant 0 is now on both clocks; or, with requests kept from before a restart, the first
         // of their arrivals (up to a day back), so that their ages and deadlines read true.
         let (now, wall_now) = (TokioInstant::now(), SystemTime::now());
+        // A store several gateways share: this one joins as a node first (alone, for now: while another
+        // node's lease holds, it is refused), a new incarnation with a lease counted from before the join
+        // was sent, so that what it reads next is what the last node left; its claims are settled in the
+        // shared table.
+        let joined = match store.as_ref().and_then(|s| s.cluster()) {
+            Some(_) if config.lease < Duration::from_secs(1) => return Err(GatewayStartError::ShortLease),
+            Some(cluster) => {
+                let sent = TokioInstant::now();
+                let (addr, lease, joining) = (config.listen.to_string(), config.lease, cluster.clone());
+                let id = tokio::task::spawn_blocking(move || joining.join_alone(&addr, lease))
+                    .await
+                    .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
+                tracing::info!(node = id, lease = ?lease, "joined the cluster");
+                Some((Node { store: cluster, id, lease }, sent))
+            }
+            None => None,
+        };
+        let kept = store.as_mut().map(|s| s.load()).transpose()?;
         let back = kept
             .iter()
             .flat_map(|k| &k.resumables)
@@ -115,23 +132,13 @@ impl GatewayServer {
             sessions.restore(&kept.sessions, SystemTime::now());
         }
         let audit = store.as_ref().map(|s| s.reader());
-        // A store several gateways share: this one joins as a node, a new incarnation with a lease counted
-        // from before the join was sent; its claims are settled in the shared table.
-        let node = match store.as_ref().and_then(|s| s.cluster()) {
-            Some(_) if config.lease < Duration::from_secs(1) => return Err(GatewayStartError::ShortLease),
-            Some(cluster) => {
-                let joined = Clock::new(epoch).now();
-                let (addr, lease, joining) = (config.listen.to_string(), config.lease, cluster.clone());
-                let id = tokio::task::spawn_blocking(move || joining.join(&addr, lease))
-                    .await
-                    .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
-                tracing::info!(node = id, lease = ?lease, "joined the cluster");
-                hub_config.shared_claims = Some(SharedClaimsConfig::for_node(id));
-                hub_config.lease = Some(LeaseConfig::new(lease, joined));
-                Some(Node { store: cluster, id, lease })
-            }
-            None => None,
-        };
+        let node = joined.map(|(node, sent)| {
+            // The lease counts from when the join was sent, on the core's clock (`sent` is after `epoch`).
+            let at = Instant::from_micros(u64::try_from(sent.duration_since(epoch).as_micros()).unwrap_or(u64::MAX));
+            hub_config.shared_claims = Some(SharedClaimsConfig::for_node(node.id));
+            hub_config.lease = Some(LeaseConfig::new(node.lease, at));
+            node
+        });
         let mut hub = Hub::new(hub_config, Instant::ZERO)?;
         // A node's rule ids come from blocks the database hands out, never another node's.
         if let Some(node) = &node {

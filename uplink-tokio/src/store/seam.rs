@@ -190,6 +190,19 @@ pub enum StoreError {
         /// What the attempt said.
         why: String,
     },
+    /// Another gateway's node is live at the database (its lease holds), and this one may only join alone.
+    #[error(
+        "the database {place} is in use by another gateway (node {node} at {addr}, whose lease holds); one gateway \
+         at a time serves a database for now: stop it, or start this one again once its lease has lapsed"
+    )]
+    NodeLive {
+        /// Where the database is.
+        place: String,
+        /// The live node.
+        node: u64,
+        /// Where it said it listens.
+        addr: String,
+    },
     /// This gateway is a cluster node whose lease has lapsed at the database: it may write nothing more.
     #[error("the database {0} says this gateway's lease has lapsed; nothing was written")]
     Fenced(String),
@@ -254,6 +267,11 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// `lease` from the database's now. From then on every commit of this store's writer checks the lease
     /// inside its transaction ([`StoreError::Fenced`] once it has lapsed).
     fn join(&self, addr: &str, lease: std::time::Duration) -> Result<u64, StoreError>;
+
+    /// As [`ClusterStore::join`], but only while no other node's lease holds
+    /// ([`StoreError::NodeLive`] otherwise): one gateway at a time serves the database, and the next may
+    /// start as soon as the last one's lease lapsed, even if it is merely paused (it fences itself then).
+    fn join_alone(&self, addr: &str, lease: std::time::Duration) -> Result<u64, StoreError>;
 
     /// Renews `node`'s lease for `lease` from the database's now, only if it has not lapsed; and takes the
     /// releases asked of it.

@@ -21,6 +21,9 @@ use crate::store::seam::{ClaimAnswer, ClusterStore, Renewal, RuleChanges, Sessio
 /// How long a renewal may take before it counts as unanswered: its lease's deadline does not wait for it.
 const RENEW_WITHIN: Duration = Duration::from_secs(2);
 
+/// The session lock under which a node joins alone ([`ClusterStore::join_alone`]).
+const JOIN_LOCK: i64 = 0x7570_6c69_6e6b_0004;
+
 /// The cluster of gateways sharing a PostgreSQL store.
 #[derive(Clone, Debug)]
 pub struct PostgresCluster {
@@ -31,6 +34,58 @@ pub struct PostgresCluster {
 impl PostgresCluster {
     pub(super) fn of(db: Arc<Db>) -> PostgresCluster {
         PostgresCluster { db, client: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Joins as a new node; `alone`: only while no other node's lease holds (under a lock that makes two
+    /// joining at once take turns, each looking after the other has joined).
+    fn join_with(&self, addr: &str, lease: Duration, alone: bool) -> Result<u64, StoreError> {
+        let addr = addr.to_owned();
+        let joined =
+            self.with_client(RENEW_WITHIN.max(Duration::from_secs(10)), move |client: Arc<Client>| async move {
+                let insert = "INSERT INTO uplink.nodes (addr, lease_until)
+                          SELECT $1, clock_timestamp() + $2::bigint * interval '1 millisecond'
+                          WHERE NOT $3 OR NOT EXISTS (SELECT 1 FROM uplink.nodes
+                                                      WHERE ended IS NULL AND lease_until > clock_timestamp())
+                          RETURNING id";
+                if alone {
+                    client.execute("SELECT pg_advisory_lock($1)", &[&JOIN_LOCK]).await?;
+                }
+                let row = client.query_opt(insert, &[&addr, &ms(lease), &alone]).await;
+                if alone {
+                    client.execute("SELECT pg_advisory_unlock($1)", &[&JOIN_LOCK]).await?;
+                }
+                let Some(row) = row? else {
+                    let live = client
+                        .query_opt(
+                            "SELECT id, addr FROM uplink.nodes WHERE ended IS NULL AND lease_until > clock_timestamp()
+                         ORDER BY id LIMIT 1",
+                            &[],
+                        )
+                        .await?;
+                    return Ok(Err(live.map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))));
+                };
+                // What dead nodes left behind goes as a node joins: their claims (anyone may take them
+                // anyway), the releases asked of them, and, a week on, the nodes themselves; and the
+                // tombstones of rules removed and sign-ins ended a day ago (every node read them long since).
+                client
+                    .batch_execute(
+                        "DELETE FROM uplink.claims c WHERE NOT uplink.live(c.node);
+                     DELETE FROM uplink.releases r WHERE NOT uplink.live(r.node);
+                     DELETE FROM uplink.rules WHERE removed_at < clock_timestamp() - interval '1 day';
+                     DELETE FROM uplink.console_sessions WHERE removed_at < clock_timestamp() - interval '1 day';
+                     DELETE FROM uplink.nodes n
+                       WHERE coalesce(n.ended, n.lease_until) < clock_timestamp() - interval '7 days'
+                         AND NOT EXISTS (SELECT 1 FROM uplink.claims c WHERE c.node = n.id);",
+                    )
+                    .await?;
+                Ok(Ok(row.get::<_, i64>(0)))
+            })?;
+        let node = joined.map_err(|live| {
+            let (node, addr) = live.unwrap_or_default();
+            StoreError::NodeLive { place: self.db.place().to_owned(), node: unbits(node), addr }
+        })?;
+        self.db.node.store(node, Ordering::Release);
+        Ok(unbits(node))
     }
 
     /// Runs `work` on the cluster's connection (opened, or opened again, as needed), within `within`.
@@ -76,34 +131,11 @@ fn unbits(n: i64) -> u64 {
 
 impl ClusterStore for PostgresCluster {
     fn join(&self, addr: &str, lease: Duration) -> Result<u64, StoreError> {
-        let addr = addr.to_owned();
-        let node: i64 =
-            self.with_client(RENEW_WITHIN.max(Duration::from_secs(10)), move |client: Arc<Client>| async move {
-                let row = client
-                    .query_one(
-                        "INSERT INTO uplink.nodes (addr, lease_until)
-                     VALUES ($1, clock_timestamp() + $2::bigint * interval '1 millisecond') RETURNING id",
-                        &[&addr, &ms(lease)],
-                    )
-                    .await?;
-                // What dead nodes left behind goes as a node joins: their claims (anyone may take them
-                // anyway), the releases asked of them, and, a week on, the nodes themselves; and the
-                // tombstones of rules removed and sign-ins ended a day ago (every node read them long since).
-                client
-                    .batch_execute(
-                        "DELETE FROM uplink.claims c WHERE NOT uplink.live(c.node);
-                         DELETE FROM uplink.releases r WHERE NOT uplink.live(r.node);
-                         DELETE FROM uplink.rules WHERE removed_at < clock_timestamp() - interval '1 day';
-                         DELETE FROM uplink.console_sessions WHERE removed_at < clock_timestamp() - interval '1 day';
-                         DELETE FROM uplink.nodes n
-                           WHERE coalesce(n.ended, n.lease_until) < clock_timestamp() - interval '7 days'
-                             AND NOT EXISTS (SELECT 1 FROM uplink.claims c WHERE c.node = n.id);",
-                    )
-                    .await?;
-                Ok(row.get(0))
-            })?;
-        self.db.node.store(node, Ordering::Release);
-        Ok(unbits(node))
+        self.join_with(addr, lease, false)
+    }
+
+    fn join_alone(&self, addr: &str, lease: Duration) -> Result<u64, StoreError> {
+        self.join_with(addr, lease, true)
     }
 
     fn renew(&self, node: u64, lease: Duration) -> Result<Renewal, StoreError> {

@@ -13,10 +13,10 @@
 //!   on the database's clock; once it has, each commit first checks that lease in its transaction, so that a
 //!   node whose lease lapsed (paused, cut off) writes nothing ([`StoreError::Fenced`](crate::store::StoreError::Fenced)).
 //!   Which connection holds each project is settled in the `claims` table.
-//! - **One writer**: the gateway's writer holds a session lock on the database (`pg_try_advisory_lock`) for
-//!   as long as it runs; a second gateway on the same database is refused at start
-//!   ([`StoreError::InUse`](crate::store::StoreError::InUse)). Each commit also moves the audit log's head only
-//!   from where its writer last left it, so that no fork of the chain can be written.
+//! - **Several writers, one chain each**: each store appends to a hash chain of the audit log it holds
+//!   (`chains`), taken up where a writer that is gone left it, and moves that chain's head only from where it
+//!   left it, so that no fork can be written. Which gateway serves the database is the cluster's to say: for
+//!   now one at a time ([`ClusterStore::join_alone`](crate::store::ClusterStore::join_alone)).
 //! - **One round trip a commit**: a commit's `BEGIN`, its statements, the head's move and `COMMIT` are sent
 //!   together; any that fails (a lapsed lease, a moved head) fails the transaction, and its `COMMIT` then
 //!   rolls it back.
@@ -25,7 +25,7 @@
 //! - **Retention**: as with SQLite ([`PostgresOptions`]).
 //!
 //! The rooms: `db` (the connection, the pool and the runtime they run on), `schema` (the schema and its
-//! steps), `cluster` ([`PostgresCluster`]), `writer` ([`PostgresStore`]), `kept` (what a start reads), `reader` ([`PostgresReader`]), `credentials`
+//! steps), `cluster` ([`PostgresCluster`]), `chains` (the audit log's chains), `writer` ([`PostgresStore`]), `kept` (what a start reads), `reader` ([`PostgresReader`]), `credentials`
 //! ([`PostgresCredentials`]).
 
 mod chains;

@@ -182,9 +182,6 @@ const MIGRATIONS: &[&str] = &[
 /// take turns).
 const MIGRATION_LOCK: i64 = 0x7570_6c69_6e6b_0001;
 
-/// The session lock the gateway's writer holds for as long as it runs.
-pub(super) const WRITER_LOCK: i64 = 0x7570_6c69_6e6b_0002;
-
 /// How many rule ids a node draws at a time (the sequence `uplink.rule_ids` steps by as many).
 pub(super) const RULE_ID_BLOCK: u64 = 256;
 

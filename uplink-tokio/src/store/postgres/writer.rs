@@ -1,5 +1,5 @@
 //! The gateway's writer: [`PostgresStore`], a connection of its own held for as long as the gateway runs,
-//! under the database's writer lock, appending to its own chain of the audit log (`chains`); its commits.
+//! appending to its own chain of the audit log (`chains`); its commits.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,13 +14,13 @@ use super::credentials::PostgresCredentials;
 use super::db::Db;
 use super::kept;
 use super::reader::PostgresReader;
-use super::schema::{self, WRITER_LOCK, big};
+use super::schema::{self, big};
 use crate::store::audit::Entry;
 use crate::store::audit::{self, Head};
 use crate::store::seam::{AuditReader, Change, ClusterStore, CredentialStore, Kept, Store, StoreError};
 
-/// How long a start waits for the writer's lock that another gateway holds.
-const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// How long a store that closes waits for the database to have its chain back.
+const GIVE_BACK_WAIT: Duration = Duration::from_secs(2);
 
 /// A place in the audit log: a seq and its record's hash.
 type Pair = (u64, [u8; 32]);
@@ -41,21 +41,11 @@ pub struct PostgresOptions {
     /// How often at most this writer's chain cites the other chains' heads that moved (at its first
     /// commit, then at a commit this long after the last citation). Default: a minute.
     pub cite_every: Duration,
-    /// Hold the database's writer lock for as long as the store is open, so that no other store holding it
-    /// writes beside this one (default). The audit log takes several writers (one chain each); the rest of
-    /// what a gateway keeps does not yet, so a gateway's store is always the sole writer.
-    pub sole_writer: bool,
 }
 
 impl Default for PostgresOptions {
     fn default() -> PostgresOptions {
-        PostgresOptions {
-            keep_for: None,
-            keep_records: None,
-            ca_file: None,
-            cite_every: Duration::from_secs(60),
-            sole_writer: true,
-        }
+        PostgresOptions { keep_for: None, keep_records: None, ca_file: None, cite_every: Duration::from_secs(60) }
     }
 }
 
@@ -245,35 +235,16 @@ fn ops(changes: &[Change], chain: i64, mut head: Pair) -> Result<(Vec<Op>, Pair)
 }
 
 impl PostgresStore {
-    /// Opens the store on the database at `url`, making or migrating its schema, takes the writer's lock
-    /// ([`PostgresOptions::sole_writer`]), and takes up a chain of the audit log (or starts one). Fails when
-    /// the database cannot be reached, its schema is newer than this build's, or another sole writer (a
-    /// gateway) writes to it.
+    /// Opens the store on the database at `url`, making or migrating its schema, and takes up a chain of the
+    /// audit log (or starts one). Fails when the database cannot be reached or its schema is newer than this
+    /// build's. Several stores may write to one database at once (each to its own chain); which gateway
+    /// serves is settled by the cluster's leases ([`ClusterStore::join_alone`]).
     pub fn open(url: &str, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
         let db = Db::new(url, options.ca_file.as_deref())?;
-        let (d, sole) = (db.clone(), options.sole_writer);
+        let d = db.clone();
         let writer = db.run(async move {
             let mut client = d.clone().dedicated().await?;
             schema::migrate(&d, &mut client).await?;
-            // A gateway that just stopped may still be leaving (the server ends its session a moment after
-            // its connection closed): its lock is waited for, briefly.
-            let waited = tokio::time::Instant::now();
-            if sole {
-                loop {
-                    let locked: bool = client
-                        .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
-                        .await
-                        .map_err(|e| d.said(&e))?
-                        .get(0);
-                    if locked {
-                        break;
-                    }
-                    if waited.elapsed() > LOCK_WAIT {
-                        return Err(StoreError::InUse(d.place().to_owned()));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
             let held = chains::take_up(&client).await.map_err(|e| d.said(&e))?;
             let statements = Statements::prepare(&client).await.map_err(|e| d.said(&e))?;
             Ok(Writer { client, held, statements })
@@ -433,13 +404,12 @@ async fn write_at_once(db: &Db, writer: &mut Writer, ops: Vec<Op>, head: Pair) -
 }
 
 impl Drop for PostgresStore {
-    /// Gives the chain and the writer's lock back and waits until the database has them (a gateway started
-    /// right after finds them free), for at most two seconds.
+    /// Gives the chain back and waits until the database has it (a gateway started right after takes it up),
+    /// for at most two seconds.
     fn drop(&mut self) {
         let Some(writer) = self.writer.take() else { return };
-        let _ = self.db.run_within(LOCK_WAIT, async move {
+        let _ = self.db.run_within(GIVE_BACK_WAIT, async move {
             let _ = chains::give_back(&writer.client, &writer.held).await;
-            let _ = writer.client.execute("SELECT pg_advisory_unlock($1)", &[&WRITER_LOCK]).await;
             Ok(())
         });
     }
