@@ -8,7 +8,7 @@ use futures_util::SinkExt as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_tests::postgres::Postgres;
-use uplink_tests::program::{self, Program};
+use uplink_tests::program::{self, Program, Running};
 use uplink_tests::{http, perm_response, raw_sled_at, until};
 
 const UPLINK: &str = env!("CARGO_BIN_EXE_uplink");
@@ -172,33 +172,39 @@ async fn a_database_the_gateway_must_not_use_stops_it_at_start_with_the_reason()
     assert!(text(&out.stderr).contains("not both"), "{}", text(&out.stderr));
 }
 
+/// A node on `url` (a lease of 2 s, state in `dir`, its log kept with `log`), with a sled of "web" whose
+/// request `ls` waits for a person: the node, the sled's socket, and the request's public id.
+async fn node_with_a_request(url: &str, dir: &std::path::Path, log: bool) -> (Running, uplink_tests::RawWs, String) {
+    let node =
+        Program::gateway(UPLINK).args(["--store", url, "--lease", "2s"]).state_dir(dir).banner_until("  store: ");
+    let node = if log { node.log() } else { node }.start().await;
+    let (base, sled, admin) = (node.base_url(), node.sled_token(), node.admin_token());
+    let mut ws = raw_sled_at(&base, &sled, "web").await;
+    let ask = json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"ls"}}});
+    ws.send(Message::text(ask.to_string())).await.unwrap();
+    let id = until("the request to be listed", async || {
+        let (_, body) = http("GET", &format!("{base}/api/permissions"), Some(&admin), None, &[]).await;
+        let listing: Value = serde_json::from_str(&body).unwrap();
+        listing["permissions"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    (node, ws, id)
+}
+
 #[tokio::test]
 async fn a_node_paused_past_its_lease_fences_writes_nothing_more_and_its_sled_goes_to_the_next_node() {
     let pg = Postgres::shared();
     let url = pg.fresh_database();
     let db = db_of(&url);
     let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
-    let mut a = Program::gateway(UPLINK)
-        .args(["--store", &url, "--lease", "2s"])
-        .state_dir(one.path())
-        .banner_until("  store: ")
-        .log()
-        .start()
-        .await;
-    let (base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
-    let mut ws = raw_sled_at(&base, &sled, "web").await;
+    let (mut a, mut ws, _) = node_with_a_request(&url, one.path(), true).await;
+    let (sled, admin) = (a.sled_token(), a.admin_token());
     let ask = json!({"type":"perm_request","req_id":"r1","payload":{"tool_name":"Bash","tool_input":{"command":"ls"}}});
-    ws.send(Message::text(ask.to_string())).await.unwrap();
-    until("the request to be listed", async || {
-        let (_, body) = http("GET", &format!("{base}/api/permissions"), Some(&admin), None, &[]).await;
-        let listing: Value = serde_json::from_str(&body).unwrap();
-        listing["permissions"][0]["id"].as_str().map(str::to_owned)
-    })
-    .await;
     // The claims table names a's node, and a renews its lease meanwhile.
     let claim = pg.sql(&db, "SELECT node || ' ' || gen FROM uplink.claims WHERE project = 'web'").unwrap();
     let (node_a, gen_a) = claim.split_once(' ').map(|(n, g)| (n.to_owned(), g.parse::<u64>().unwrap())).unwrap();
-    let records = pg.sql(&db, "SELECT count(*) FROM uplink.audit").unwrap();
+    // a writes the log's first chain.
+    let records = pg.sql(&db, "SELECT count(*) FROM uplink.audit WHERE chain = 0").unwrap();
 
     // a is stopped until the database says its lease lapsed; the next node starts meanwhile (a paused node
     // holds nothing that keeps it out), then a is woken.
@@ -215,7 +221,11 @@ async fn a_node_paused_past_its_lease_fences_writes_nothing_more_and_its_sled_go
     assert!(!status.success(), "a fenced node exits with an error");
     let log = a.log_rest().await;
     assert!(log.contains("lease") && log.contains("fenced"), "{log}");
-    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.audit").unwrap(), records, "nothing written after the fence");
+    let after = pg.sql(&db, "SELECT count(*) FROM uplink.audit WHERE chain = 0").unwrap();
+    assert_eq!(after, records, "nothing written by a after the fence");
+    // b, which started while a was paused, ended a's request in the log (a's sled denied it as a closed).
+    let lost = "SELECT count(*) FROM uplink.audit WHERE chain <> 0 AND kind = 'end' AND outcome = 'connection_lost'";
+    assert_eq!(pg.sql(&db, lost).unwrap(), "1");
 
     // The next node takes the project, under a greater generation, and the sled's requests are its.
     let base = b.base_url();
@@ -403,4 +413,28 @@ async fn a_sign_in_or_sign_out_on_another_node_is_in_force_here_within_a_reading
     assert_eq!(gone, "0", "both sign-outs were written");
     assert_eq!(console_session(&base, there).await.0, 401);
     node.kill().await;
+}
+
+#[tokio::test]
+async fn a_request_left_waiting_at_a_node_that_died_ends_in_the_log_as_lost_when_the_next_node_starts() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = db_of(&url);
+    let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
+    let (mut a, _ws, id) = node_with_a_request(&url, one.path(), false).await;
+    a.kill().await;
+    until("the killed node's lease to lapse", async || {
+        let live = "SELECT count(*) FROM uplink.nodes WHERE ended IS NULL AND lease_until > clock_timestamp()";
+        (pg.sql(&db, live).unwrap() == "0").then_some(())
+    })
+    .await;
+    let mut b = Program::gateway(UPLINK).args(["--store", &url, "--lease", "2s"]).state_dir(two.path()).start().await;
+    let ends = pg
+        .sql(&db, &format!("SELECT outcome || ' ' || kind FROM uplink.audit WHERE record LIKE '%\"perm\":\"{id}\"%' AND kind = 'end'"))
+        .unwrap();
+    assert_eq!(ends, "connection_lost end", "the request ended in the log, once");
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.pending").unwrap(), "0");
+    let verify = uplink(&["audit", "verify", "--store", &url]).await;
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    b.kill().await;
 }

@@ -188,7 +188,8 @@ fn a_database_of_the_first_schema_is_migrated_and_joins_and_commits() {
     // Back to schema 1, as a gateway of the first release left it.
     pg.sql(
         &db,
-        "DROP FUNCTION uplink.sessions_changed(); DROP INDEX uplink.console_sessions_by_version;
+        "DROP TABLE uplink.pending;
+         DROP FUNCTION uplink.sessions_changed(); DROP INDEX uplink.console_sessions_by_version;
          ALTER TABLE uplink.console_sessions DROP COLUMN version, DROP COLUMN removed_at;
          DELETE FROM uplink.meta WHERE key = 'sessions_version';
          DROP FUNCTION uplink.rules_changed(); DROP SEQUENCE uplink.rule_ids; DROP INDEX uplink.rules_by_version;
@@ -362,4 +363,54 @@ fn a_node_joining_alone_is_refused_while_another_lease_holds_and_joins_once_it_l
         .map(|t| t.join().unwrap())
         .collect();
     assert_eq!(joined.iter().filter(|&&j| j).count(), 1, "{joined:?}");
+}
+
+#[test]
+fn requests_left_waiting_at_a_node_whose_lease_lapsed_are_its_orphans_but_for_those_kept_to_come_back() {
+    use uplink_tokio::store::StoredResumable;
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let mut store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
+    let me = store.cluster().unwrap();
+    let node = me.join_alone("a:1", SHORT).unwrap();
+    let asked = |perm: &str| {
+        let mut e = Entry::new(1_700_000_000_000, "request");
+        (e.perm, e.project, e.tool) = (Some(perm.into()), Some("web".into()), Some("Bash".into()));
+        Change::Record(e)
+    };
+    let ended = |perm: &str| {
+        let mut e = Entry::new(1_700_000_000_500, "end");
+        e.perm = Some(perm.into());
+        Change::Record(e)
+    };
+    let kept = StoredResumable {
+        id: "5-1".into(),
+        credential: 7,
+        project: "web".into(),
+        incarnation: "0123456789abcdef".into(),
+        req_id: "r".into(),
+        tool_name: "Bash".into(),
+        tool_input: "{}".into(),
+        since_ms: 1_700_000_000_000,
+        deadline_ms: None,
+        decision: None,
+        message: None,
+        by: None,
+        sent: false,
+    };
+    store.commit(&[asked("5-0"), asked("5-1"), asked("5-2"), Change::PutResumable(kept)]).unwrap();
+    store.commit(&[ended("5-2")]).unwrap();
+    let other = cluster(&url);
+    assert!(other.orphans().unwrap().is_empty(), "nothing is an orphan while its node lives");
+    let started = Instant::now();
+    let orphans = loop {
+        let orphans = other.orphans().unwrap();
+        if !orphans.is_empty() {
+            break orphans;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the lease lapses");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!((orphans[0].perm.as_str(), orphans[0].node, orphans[0].project.as_deref()), ("5-0", node, Some("web")));
 }

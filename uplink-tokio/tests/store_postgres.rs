@@ -52,7 +52,10 @@ fn everything_lives_in_the_uplink_schema_and_nothing_elsewhere() {
     assert_eq!(elsewhere, "0");
     let ours =
         pg.sql(&db, "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'uplink'");
-    assert_eq!(ours.unwrap(), "audit,chains,claims,console_sessions,credentials,meta,nodes,releases,resumables,rules");
+    assert_eq!(
+        ours.unwrap(),
+        "audit,chains,claims,console_sessions,credentials,meta,nodes,pending,releases,resumables,rules"
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ use uplink_proto::wire::{MAX_INPUT_DEPTH, json_depth};
 use super::wall::{Wall, stored, stored_resumable};
 use crate::http::millis;
 use crate::store::audit::{Sealed, hex, sha256_hex};
-use crate::store::{Change, Entry};
+use crate::store::{Change, Entry, Orphan};
 
 fn unix_ms_now() -> u64 {
     u64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis())
@@ -208,6 +208,18 @@ impl Recorder {
         };
         out.push(Change::Record(entry));
     }
+}
+
+/// The record that ends `orphan`, a request that was waiting at a node that died, at `at_ms`: lost with its
+/// connection, decided by nobody.
+pub(crate) fn lost_with_its_node(orphan: &Orphan, at_ms: u64) -> Entry {
+    let mut e = Entry::new(at_ms, "end")
+        .with("decided_by", "nobody")
+        .with("waited_ms", at_ms.saturating_sub(orphan.at_ms))
+        .with("why", format!("the node it waited at (node {}) is gone: its lease lapsed", orphan.node));
+    (e.perm, e.project, e.tool) = (Some(orphan.perm.clone()), orphan.project.clone(), orphan.tool.clone());
+    e.outcome = Some("connection_lost".to_owned());
+    e
 }
 
 /// One record as the API and `uplink audit export` write it: `{"seq", "prev", "hash", "record"}` (and

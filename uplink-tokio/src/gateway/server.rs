@@ -111,6 +111,25 @@ impl GatewayServer {
             None => None,
         };
         let kept = store.as_mut().map(|s| s.load()).transpose()?;
+        // What was waiting at nodes that died ends in the log now, as lost with its connection (their sleds
+        // denied it as their links dropped), but for what is kept to come back.
+        if let (Some((node, _)), Some(store)) = (&joined, store.as_mut()) {
+            let (cluster, at_ms) = (node.store.clone(), unix_ms(SystemTime::now()));
+            let orphans = tokio::task::spawn_blocking(move || cluster.orphans())
+                .await
+                .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
+            if !orphans.is_empty() {
+                tracing::info!(
+                    requests = orphans.len(),
+                    "requests left waiting at nodes that died end as connection_lost"
+                );
+                let ends: Vec<_> = orphans
+                    .iter()
+                    .map(|o| crate::store::Change::Record(super::recorder::lost_with_its_node(o, at_ms)))
+                    .collect();
+                store.commit(&ends)?;
+            }
+        }
         let back = kept
             .iter()
             .flat_map(|k| &k.resumables)

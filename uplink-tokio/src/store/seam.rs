@@ -299,6 +299,25 @@ pub trait ClusterStore: Send + Sync + 'static {
 
     /// The console sign-ins changed since `version`, as [`ClusterStore::rules_since`] reads rules.
     fn sessions_since(&self, version: u64) -> Result<SessionChanges, StoreError>;
+
+    /// The requests that were waiting at nodes whose lease has lapsed, but for those kept to come back
+    /// (a resuming sled may still send them again elsewhere): theirs to end, as lost with their connection.
+    fn orphans(&self) -> Result<Vec<Orphan>, StoreError>;
+}
+
+/// A request that was waiting at a node that is gone ([`ClusterStore::orphans`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Orphan {
+    /// Its public id.
+    pub perm: String,
+    /// The node it was waiting at.
+    pub node: u64,
+    /// Its project.
+    pub project: Option<String>,
+    /// Its tool.
+    pub tool: Option<String>,
+    /// When it was asked, in Unix milliseconds.
+    pub at_ms: u64,
 }
 
 /// The console sign-ins changed since a version ([`ClusterStore::sessions_since`]).

@@ -16,7 +16,7 @@ use uplink_proto::gateway::CredentialId;
 use super::db::Db;
 use super::kept::{self, RULE_COLUMNS, SESSION_COLUMNS};
 use super::schema::{RULE_ID_BLOCK, big};
-use crate::store::seam::{ClaimAnswer, ClusterStore, Renewal, RuleChanges, SessionChanges, StoreError};
+use crate::store::seam::{ClaimAnswer, ClusterStore, Orphan, Renewal, RuleChanges, SessionChanges, StoreError};
 
 /// How long a renewal may take before it counts as unanswered: its lease's deadline does not wait for it.
 const RENEW_WITHIN: Duration = Duration::from_secs(2);
@@ -281,6 +281,30 @@ impl ClusterStore for PostgresCluster {
                 changes.version = changes.version.max(u64::try_from(row.get::<_, i64>(5)).unwrap_or(0));
             }
             Ok(changes)
+        })
+    }
+
+    fn orphans(&self) -> Result<Vec<Orphan>, StoreError> {
+        self.with_client(Duration::from_secs(10), move |client: Arc<Client>| async move {
+            let rows = client
+                .query(
+                    "SELECT p.perm, p.node, p.project, p.tool, p.at_ms FROM uplink.pending p
+                     WHERE p.node <> 0 AND NOT uplink.live(p.node)
+                       AND NOT EXISTS (SELECT 1 FROM uplink.resumables r WHERE r.id = p.perm)
+                     ORDER BY p.at_ms, p.perm",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| Orphan {
+                    perm: r.get(0),
+                    node: unbits(r.get(1)),
+                    project: r.get(2),
+                    tool: r.get(3),
+                    at_ms: u64::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+                })
+                .collect())
         })
     }
 }

@@ -11,7 +11,7 @@ use super::db::Db;
 use crate::store::seam::StoreError;
 
 /// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Each step from version `i` to `i + 1`, run in one transaction.
 const MIGRATIONS: &[&str] = &[
@@ -176,6 +176,17 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO uplink.meta (key, n, hash) VALUES ('sessions_version', 0, '') ON CONFLICT (key) DO NOTHING;
      CREATE FUNCTION uplink.sessions_changed() RETURNS bigint LANGUAGE sql AS
      $$ UPDATE uplink.meta SET n = n + 1 WHERE key = 'sessions_version' RETURNING n $$;",
+    // 6 → 7: the requests waiting for a decision, by node: a row is written in the commit of a request's
+    // `request` record and goes with its `end`, so that the requests of a node that died can be ended in
+    // the log by the next (as lost with their connection).
+    "CREATE TABLE uplink.pending (
+         perm text PRIMARY KEY,
+         node bigint NOT NULL,
+         project text,
+         tool text,
+         at_ms bigint NOT NULL
+     );
+     CREATE INDEX pending_by_node ON uplink.pending (node);",
 ];
 
 /// The transaction-scoped lock under which a schema is checked and migrated (two gateways starting at once

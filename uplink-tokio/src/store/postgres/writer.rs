@@ -89,6 +89,8 @@ struct Statements {
     delete_resumable: Statement,
     reserve_ids: Statement,
     end_claim: Statement,
+    put_pending: Statement,
+    end_pending: Statement,
     fence: Statement,
     move_chain: Statement,
 }
@@ -143,6 +145,13 @@ impl Statements {
             delete_resumable: client.prepare("DELETE FROM uplink.resumables WHERE id = $1").await?,
             reserve_ids: client.prepare("UPDATE uplink.meta SET n = GREATEST(n, $1) WHERE key = 'ids_until'").await?,
             end_claim: client.prepare("DELETE FROM uplink.claims WHERE project = $1 AND gen = $2").await?,
+            put_pending: client
+                .prepare(
+                    "INSERT INTO uplink.pending (perm, node, project, tool, at_ms) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (perm) DO NOTHING",
+                )
+                .await?,
+            end_pending: client.prepare("DELETE FROM uplink.pending WHERE perm = $1").await?,
             fence: client.prepare("SELECT uplink.fence($1)").await?,
             move_chain: client.prepare("SELECT uplink.move_chain($1, $2, $3, $4, $5, $6)").await?,
         })
@@ -167,12 +176,27 @@ impl Op {
 }
 
 /// The statements `changes` take, chaining the records from `head` in `chain`; and where the head is after
-/// them.
-fn ops(changes: &[Change], chain: i64, mut head: Pair) -> Result<(Vec<Op>, Pair), StoreError> {
+/// them. A `request` record's request is written down as waiting at `node` (0: none joined), and goes with
+/// its `end`.
+fn ops(changes: &[Change], chain: i64, node: i64, mut head: Pair) -> Result<(Vec<Op>, Pair), StoreError> {
     let mut ops = Vec::with_capacity(changes.len());
     for change in changes {
         match change {
             Change::Record(entry) => {
+                match (entry.kind, &entry.perm) {
+                    ("request", Some(perm)) => ops.push(Op::new(
+                        |s| &s.put_pending,
+                        vec![
+                            Box::new(perm.clone()),
+                            Box::new(node),
+                            Box::new(entry.project.clone()),
+                            Box::new(entry.tool.clone()),
+                            Box::new(big(entry.at_ms)?),
+                        ],
+                    )),
+                    ("end", Some(perm)) => ops.push(Op::new(|s| &s.end_pending, vec![Box::new(perm.clone())])),
+                    _ => {}
+                }
                 let sealed = audit::seal_in(u64::try_from(chain).unwrap_or(0), head.0 + 1, head.1, entry);
                 ops.push(Op::new(
                     |s| &s.record,
@@ -329,7 +353,8 @@ impl PostgresStore {
             }
             None => changes,
         };
-        let (ops, head) = ops(changes, chain, was)?;
+        let node = self.db.node.load(std::sync::atomic::Ordering::Acquire);
+        let (ops, head) = ops(changes, chain, node, was)?;
         let mut writer = self.writer.take().ok_or_else(closed)?;
         let d = self.db.clone();
         let writer = self.db.run(async move {
