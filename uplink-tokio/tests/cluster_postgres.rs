@@ -188,7 +188,7 @@ fn a_database_of_the_first_schema_is_migrated_and_joins_and_commits() {
     // Back to schema 1, as a gateway of the first release left it.
     pg.sql(
         &db,
-        "DROP TABLE uplink.pending;
+        "ALTER TABLE uplink.resumables DROP COLUMN node; DROP TABLE uplink.pending;
          DROP FUNCTION uplink.sessions_changed(); DROP INDEX uplink.console_sessions_by_version;
          ALTER TABLE uplink.console_sessions DROP COLUMN version, DROP COLUMN removed_at;
          DELETE FROM uplink.meta WHERE key = 'sessions_version';
@@ -367,7 +367,6 @@ fn a_node_joining_alone_is_refused_while_another_lease_holds_and_joins_once_it_l
 
 #[test]
 fn requests_left_waiting_at_a_node_whose_lease_lapsed_are_its_orphans_but_for_those_kept_to_come_back() {
-    use uplink_tokio::store::StoredResumable;
     let pg = Postgres::shared();
     let url = pg.fresh_database();
     let mut store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
@@ -383,22 +382,7 @@ fn requests_left_waiting_at_a_node_whose_lease_lapsed_are_its_orphans_but_for_th
         e.perm = Some(perm.into());
         Change::Record(e)
     };
-    let kept = StoredResumable {
-        id: "5-1".into(),
-        credential: 7,
-        project: "web".into(),
-        incarnation: "0123456789abcdef".into(),
-        req_id: "r".into(),
-        tool_name: "Bash".into(),
-        tool_input: "{}".into(),
-        since_ms: 1_700_000_000_000,
-        deadline_ms: None,
-        decision: None,
-        message: None,
-        by: None,
-        sent: false,
-    };
-    store.commit(&[asked("5-0"), asked("5-1"), asked("5-2"), Change::PutResumable(kept)]).unwrap();
+    store.commit(&[asked("5-0"), asked("5-1"), asked("5-2"), Change::PutResumable(kept("5-1"))]).unwrap();
     store.commit(&[ended("5-2")]).unwrap();
     let other = cluster(&url);
     assert!(other.orphans().unwrap().is_empty(), "nothing is an orphan while its node lives");
@@ -413,4 +397,53 @@ fn requests_left_waiting_at_a_node_whose_lease_lapsed_are_its_orphans_but_for_th
     };
     assert_eq!(orphans.len(), 1, "{orphans:?}");
     assert_eq!((orphans[0].perm.as_str(), orphans[0].node, orphans[0].project.as_deref()), ("5-0", node, Some("web")));
+}
+
+#[test]
+fn a_starting_node_takes_up_the_requests_kept_by_nodes_that_are_gone_and_never_a_live_nodes() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = db_of(&url);
+    let node_store = |lease: Duration| {
+        let store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
+        let node = store.cluster().unwrap().join("n:1", lease).unwrap();
+        (store, node)
+    };
+    let (mut a, _) = node_store(SHORT);
+    a.commit(&[Change::PutResumable(kept("1-0"))]).unwrap();
+    let (mut live, live_id) = node_store(LONG);
+    live.commit(&[Change::PutResumable(kept("2-0"))]).unwrap();
+    // While a lives, what it keeps is its own.
+    let (mut b, b_id) = node_store(LONG);
+    assert!(b.load().unwrap().resumables.iter().all(|r| r.id != "1-0" && r.id != "2-0"));
+    // Once a's lease lapsed, the next node to start takes a's up; the live node's stays its own.
+    let started = Instant::now();
+    while pg.sql(&db, "SELECT count(*) FROM uplink.nodes WHERE NOT uplink.live(id)").unwrap() == "0" {
+        assert!(started.elapsed() < Duration::from_secs(10), "a's lease lapses");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let taken: Vec<String> = b.load().unwrap().resumables.into_iter().map(|r| r.id).collect();
+    assert_eq!(taken, ["1-0"]);
+    assert_eq!(pg.sql(&db, "SELECT node FROM uplink.resumables WHERE id = '1-0'").unwrap(), b_id.to_string());
+    assert_eq!(pg.sql(&db, "SELECT node FROM uplink.resumables WHERE id = '2-0'").unwrap(), live_id.to_string());
+    drop(live);
+}
+
+/// A request kept to come back, under the public id `id`.
+fn kept(id: &str) -> uplink_tokio::store::StoredResumable {
+    uplink_tokio::store::StoredResumable {
+        id: id.into(),
+        credential: 7,
+        project: "web".into(),
+        incarnation: "0123456789abcdef".into(),
+        req_id: format!("r-{id}"),
+        tool_name: "Bash".into(),
+        tool_input: "{}".into(),
+        since_ms: 1_700_000_000_000,
+        deadline_ms: None,
+        decision: None,
+        message: None,
+        by: None,
+        sent: false,
+    }
 }

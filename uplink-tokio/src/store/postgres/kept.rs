@@ -26,14 +26,29 @@ pub(super) async fn load(db: &Arc<Db>) -> Result<Kept, StoreError> {
         .map_err(said)?
         .map(|(_, key)| key)
         .ok_or_else(|| StoreError::Database(format!("{}: the store's secret is missing", db.place())))?;
-    let resumables = read_resumables(db, &**client).await?;
+    let node = db.node.load(std::sync::atomic::Ordering::Acquire);
+    let resumables = read_resumables(db, &**client, node).await?;
     let ids_until = pair(&**client, "ids_until").await.map_err(said)?.map_or(0, |(n, _)| n);
     Ok(Kept { rules, sessions, input_key, resumables, ids_until })
 }
 
-/// The requests that may come back. One whose record does not read is an error, never skipped.
-async fn read_resumables(db: &Db, client: &impl GenericClient) -> Result<Vec<StoredResumable>, StoreError> {
-    let rows = client.query("SELECT record FROM uplink.resumables ORDER BY id", &[]).await.map_err(|e| db.said(&e))?;
+/// The requests that may come back: for a cluster's node (`node`), those it takes up from nodes that are
+/// gone (a live node's stay its own); for a store that joined none, all. One whose record does not read is
+/// an error, never skipped.
+async fn read_resumables(db: &Db, client: &impl GenericClient, node: i64) -> Result<Vec<StoredResumable>, StoreError> {
+    let rows = if node == 0 {
+        client.query("SELECT record FROM uplink.resumables ORDER BY id", &[]).await
+    } else {
+        client
+            .query(
+                "WITH taken AS (UPDATE uplink.resumables SET node = $1
+                                WHERE node = $1 OR node = 0 OR NOT uplink.live(node) RETURNING id, record)
+                 SELECT record FROM taken ORDER BY id",
+                &[&node],
+            )
+            .await
+    }
+    .map_err(|e| db.said(&e))?;
     rows.iter()
         .map(|r| {
             serde_json::from_str(r.get(0))

@@ -138,8 +138,8 @@ impl Statements {
                 .await?,
             put_resumable: client
                 .prepare(
-                    "INSERT INTO uplink.resumables (id, record) VALUES ($1, $2)
-                     ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                    "INSERT INTO uplink.resumables (id, record, node) VALUES ($1, $2, $3)
+                     ON CONFLICT (id) DO UPDATE SET record = excluded.record, node = excluded.node",
                 )
                 .await?,
             delete_resumable: client.prepare("DELETE FROM uplink.resumables WHERE id = $1").await?,
@@ -246,7 +246,7 @@ fn ops(changes: &[Change], chain: i64, node: i64, mut head: Pair) -> Result<(Vec
             Change::DeleteSession(key) => ops.push(Op::new(|s| &s.delete_session, vec![Box::new(key.to_vec())])),
             Change::PutResumable(r) => {
                 let record = serde_json::to_string(r).map_err(|e| StoreError::Database(e.to_string()))?;
-                ops.push(Op::new(|s| &s.put_resumable, vec![Box::new(r.id.clone()), Box::new(record)]));
+                ops.push(Op::new(|s| &s.put_resumable, vec![Box::new(r.id.clone()), Box::new(record), Box::new(node)]));
             }
             Change::DeleteResumable(id) => ops.push(Op::new(|s| &s.delete_resumable, vec![Box::new(id.clone())])),
             Change::ReserveIds(until) => ops.push(Op::new(|s| &s.reserve_ids, vec![Box::new(big(*until)?)])),
