@@ -672,3 +672,42 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// An "always allow" suggestion for a generated command line is never wider than the request: it approves
+    /// the request itself; it is never a program alone with `*`; past options before a subcommand it is the
+    /// very command; and the other commands it approves share the request's first two words.
+    #[test]
+    fn an_always_allow_suggestion_is_never_wider_than_the_request(
+        words in proptest::collection::vec(
+            prop_oneof![
+                Just("git"), Just("ls"), Just("status"), Just("push"), Just("-C"), Just("repo"), Just("-la"),
+                Just("--force"), Just("x.txt"), Just("a=b"), Just("*.rs"),
+            ],
+            1..6,
+        ),
+        other in proptest::collection::vec(prop_oneof![Just("git"), Just("push"), Just("status"), Just("-C"), Just("repo"), Just("rm")], 1..6),
+    ) {
+        let command = words.join(" ");
+        let Some(pattern) = suggest("Bash", &bash(&command)) else { return Ok(()) };
+        let allows = |line: &str| {
+            let rules = set(&[(Effect::Allow, pattern.text())]);
+            matches!(ask(&rules, "Bash", &bash(line)), Outcome::Allow(_))
+        };
+        prop_assert!(allows(&command), "{} does not approve {}", pattern.text(), command);
+        let (_, content) = pattern.tool_and_content();
+        let content = content.unwrap_or_default();
+        let program_alone = content.strip_suffix(" *").is_some_and(|head| !head.contains(' '));
+        prop_assert!(!program_alone, "{}", pattern.text());
+        if words.get(1).is_some_and(|w| w.starts_with('-')) {
+            prop_assert!(!content.contains('*'), "{} for {}", pattern.text(), command);
+        }
+        let other_line = other.join(" ");
+        if allows(&other_line) {
+            prop_assert!(
+                other_line == command || other.iter().take(2).eq(words.iter().take(2)),
+                "{} approves {} for {}", pattern.text(), other_line, command
+            );
+        }
+    }
+}

@@ -183,10 +183,11 @@ impl Pattern {
         &self.text
     }
 
-    /// The pattern that covers a Bash command the way a person's "always allow" does: its first word and, when
-    /// the second is a plain subcommand (`git diff`, `npm run`), that too, then anything (`git diff *`); a
-    /// line the rules cannot read as one plain command gets an exact pattern instead. For other tools, the
-    /// tool.
+    /// The pattern that covers a Bash command the way a person's "always allow" does, never wider than the
+    /// request: when the second word is a plain subcommand (`git diff`, `npm run`), the program and it, then
+    /// anything (`git diff *`); otherwise the very command (`ls -la`, `git -C repo status`: never the program
+    /// alone with `*`, which for `git` would allow every git command), or no rule when the command holds a
+    /// `*` (its pattern would read it as a wildcard) or is not one plain command. For other tools, the tool.
     pub fn suggest(tool_name: &str, command: Option<&str>) -> Option<Pattern> {
         let text = match (tool_name, command) {
             ("Bash", Some(command)) => match super::shell::for_allow(command).as_deref() {
@@ -194,11 +195,17 @@ impl Pattern {
                     let words: Vec<&str> = part.text.split(' ').collect();
                     let plain =
                         |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                    // Never wider than the request: a program and its subcommand (`git diff *`), or the very
+                    // command. Not the program alone with `*` (`git *` would allow every git command), and not
+                    // past options before a subcommand (`git -C repo status`: which of `repo` and `status` is
+                    // the subcommand depends on the program's options).
                     match words.as_slice() {
                         [first, second, ..] if plain(first) && plain(second) && !second.starts_with('-') => {
                             alloc::format!("Bash({first} {second} *)")
                         }
-                        [first, ..] if plain(first) => alloc::format!("Bash({first} *)"),
+                        // A `*` in the command would be a wildcard in its pattern, and Claude Code reads `\`,
+                        // `(` and `)` in a rule as escapes and bounds: no rule then.
+                        _ if part.text.contains(['*', '(', ')', '\\']) => return None,
                         _ => alloc::format!("Bash({})", part.text),
                     }
                 }
@@ -319,7 +326,12 @@ mod tests {
         let s = |c: &str| Pattern::suggest("Bash", Some(c)).map(|p| String::from(p.text()));
         assert_eq!(s("git diff HEAD~1").as_deref(), Some("Bash(git diff *)"));
         assert_eq!(s("npm run test -- --ci").as_deref(), Some("Bash(npm run *)"));
-        assert_eq!(s("ls -la").as_deref(), Some("Bash(ls *)"));
+        // Never the program alone with `*`, nor a guess past options: the very command instead.
+        assert_eq!(s("ls -la").as_deref(), Some("Bash(ls -la)"));
+        assert_eq!(s("git -C repo status").as_deref(), Some("Bash(git -C repo status)"));
+        assert_eq!(s("git").as_deref(), Some("Bash(git)"));
+        assert_eq!(s("ls -la *.rs"), None, "a `*` would widen it");
+        assert_eq!(s(r"grep -e a\\b x"), None, "Claude Code would read the backslash as an escape");
         assert_eq!(s("ls && rm x"), None);
         assert_eq!(s("echo $(id)"), None);
         assert_eq!(Pattern::suggest("Read", None).map(|p| String::from(p.text())).as_deref(), Some("Read"));
