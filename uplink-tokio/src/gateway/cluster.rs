@@ -256,3 +256,116 @@ where
         version = next;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+
+    use super::*;
+    use crate::store::{ClaimAnswer, Orphan, Renewal, StoreError};
+
+    /// A database whose claims wait until let go, counting what is asked of it.
+    #[derive(Default)]
+    struct Stuck {
+        claims: AtomicUsize,
+        projects: Mutex<Vec<String>>,
+        renewals: AtomicUsize,
+        let_go: (Mutex<bool>, Condvar),
+    }
+
+    impl Stuck {
+        fn let_go(&self) {
+            *self.let_go.0.lock().unwrap() = true;
+            self.let_go.1.notify_all();
+        }
+    }
+
+    impl ClusterStore for Stuck {
+        fn join(&self, _: &str, _: Duration) -> Result<u64, StoreError> {
+            Ok(1)
+        }
+        fn join_alone(&self, _: &str, _: Duration) -> Result<u64, StoreError> {
+            Ok(1)
+        }
+        fn renew(&self, _: u64, _: Duration) -> Result<Renewal, StoreError> {
+            self.renewals.fetch_add(1, Ordering::SeqCst);
+            Ok(Renewal { held: true, releases: Vec::new() })
+        }
+        fn claim(&self, _: u64, _: u64, project: &str, _: u64) -> Result<Option<ClaimAnswer>, StoreError> {
+            self.projects.lock().unwrap().push(project.to_owned());
+            self.claims.fetch_add(1, Ordering::SeqCst);
+            let mut free = self.let_go.0.lock().unwrap();
+            while !*free {
+                free = self.let_go.1.wait(free).unwrap();
+            }
+            Ok(None)
+        }
+        fn ask_release(&self, _: u64, _: &str, _: u64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn leave(&self, _: u64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn rule_ids(&self) -> Result<std::ops::Range<u64>, StoreError> {
+            Ok(1..257)
+        }
+        fn rules_since(&self, version: u64) -> Result<RuleChanges, StoreError> {
+            Ok(RuleChanges { version, ..RuleChanges::default() })
+        }
+        fn sessions_since(&self, version: u64) -> Result<SessionChanges, StoreError> {
+            Ok(SessionChanges { version, ..SessionChanges::default() })
+        }
+        fn orphans(&self) -> Result<Vec<Orphan>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Lets the stuck claims go when dropped, so that a failing test ends rather than waits on them.
+    struct LetGo(Arc<Stuck>);
+
+    impl Drop for LetGo {
+        fn drop(&mut self) {
+            self.0.let_go();
+        }
+    }
+
+    /// Waits (bounded) until `done` holds.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claims_beyond_the_budget_go_unanswered_while_a_renewal_always_goes() {
+        let stuck = Arc::new(Stuck::default());
+        let _unstick = LetGo(stuck.clone());
+        let (tx, _rx) = mpsc::channel(1024);
+        let node = Node { store: stuck.clone(), id: 1, lease: Duration::from_secs(10) };
+        let epoch = tokio::time::Instant::now();
+        let wall = Wall::new(uplink_proto::Instant::ZERO, std::time::SystemTime::now());
+        let errands = Errands::start(node, HubHandle::new(tx), Clock::new(epoch), wall);
+        for n in 0..AT_ONCE as u64 + 10 {
+            let claim = Errand::Claim { conn: ConnHandle(n), project: format!("p{n}"), credential: CredentialId(1) };
+            assert!(errands.send(claim));
+        }
+        until("the budget's claims to be at the database", || stuck.claims.load(Ordering::SeqCst) == AT_ONCE).await;
+        // With every claim stuck, a renewal still goes.
+        assert!(errands.send(Errand::Renew));
+        until("the renewal", || stuck.renewals.load(Ordering::SeqCst) == 1).await;
+        // The claims beyond the budget were let go unanswered, not queued behind the stuck ones: errands are
+        // taken in order, so a late claim that goes once the budget is free comes right after the first 64.
+        stuck.let_go();
+        let late = Errand::Claim { conn: ConnHandle(999), project: "late".into(), credential: CredentialId(1) };
+        assert!(errands.send(late));
+        until("the late claim", || stuck.projects.lock().unwrap().iter().any(|p| p == "late")).await;
+        let projects = stuck.projects.lock().unwrap().clone();
+        assert_eq!(projects.len(), AT_ONCE + 1, "none of the ten beyond the budget went: {projects:?}");
+    }
+}
