@@ -83,6 +83,19 @@ async fn a_person_at_a_terminal_lists_watches_and_decides() {
         (json!(false), json!("not from here"))
     );
 
+    // "Always" on a request that cannot be the model of a rule: approved once, and it says no rule was made.
+    ws.send(Message::text(ask("r4", "make && make install"))).await.unwrap();
+    let compound = until("the compound request to be listed", async || {
+        let out = uplink(&["permissions", "ls", "--json"], &base);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["permissions"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let out = uplink(&["permissions", "approve", &compound, "--always"], &base);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success() && said.contains("approved once; no rule was made"), "{said}");
+    assert_eq!(perm_response(&mut ws).await["payload"]["approved"], true);
+
     // A wrong token, an unreachable gateway: exit 1 with the reason.
     let wrong = program::run(UPLINK, &["sleds"], &[("UPLINK_GATEWAY_URL", &base), ("UPLINK_ADMIN_TOKEN", "nope")]);
     assert_eq!(wrong.status.code(), Some(1));

@@ -241,6 +241,10 @@ pub(super) async fn permissions(args: PermissionsArgs) -> ExitCode {
                 let value = answer(status, &text)?;
                 match value["rule"].as_u64() {
                     Some(rule) => eprintln!("{id}: approved; rule {rule} allows such calls from now on"),
+                    None if always => eprintln!(
+                        "{id}: approved once; no rule was made: this request is no model for one (a compound or \
+                         unreadable command, or one holding a '*'), or the gateway has no room for more rules"
+                    ),
                     None => eprintln!("{id}: approved"),
                 }
                 away(&id, &value);
