@@ -293,7 +293,8 @@ pub trait ClusterStore: Send + Sync + 'static {
     fn rule_ids(&self) -> Result<std::ops::Range<u64>, StoreError>;
 
     /// The rules changed since `version` (0: every rule ever kept, removed ones included while their
-    /// tombstones last), each as it is now; and the version they bring the reader to. Versions follow the
+    /// tombstones last), each as it is now, in the order of their versions (a bounded number at a time: the
+    /// rest come with the next reading); and the version they bring the reader to. Versions follow the
     /// order in which the changes were committed, so that reading from the last version seen misses none.
     fn rules_since(&self, version: u64) -> Result<RuleChanges, StoreError>;
 

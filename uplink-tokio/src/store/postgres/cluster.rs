@@ -21,6 +21,9 @@ use crate::store::seam::{ClaimAnswer, ClusterStore, Orphan, Renewal, RuleChanges
 /// How long a renewal may take before it counts as unanswered: its lease's deadline does not wait for it.
 const RENEW_WITHIN: Duration = Duration::from_secs(2);
 
+/// The most changed rows one reading of the rules or the sign-ins takes in.
+const CHANGES_AT_ONCE: usize = 10_000;
+
 /// The session lock under which a node joins alone ([`ClusterStore::join_alone`]).
 const JOIN_LOCK: i64 = 0x7570_6c69_6e6b_0004;
 
@@ -52,7 +55,8 @@ impl PostgresCluster {
                 }
                 let row = client.query_opt(insert, &[&addr, &ms(lease), &alone]).await;
                 if alone {
-                    client.execute("SELECT pg_advisory_unlock($1)", &[&JOIN_LOCK]).await?;
+                    // A failed unlock is a lost connection, which lets the lock go with it; the join stands.
+                    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&JOIN_LOCK]).await;
                 }
                 let Some(row) = row? else {
                     let live = client
@@ -86,6 +90,39 @@ impl PostgresCluster {
         })?;
         self.db.node.store(node, Ordering::Release);
         Ok(unbits(node))
+    }
+
+    /// The rows of the versioned table `table` (its `columns`, and whether each was removed) changed since
+    /// `version`, in the order of their versions, at most [`CHANGES_AT_ONCE`] (the rest come at the next
+    /// reading); and the version they bring the reader to. On the readers' pool: a reading every half second
+    /// keeps off the connection renewals go on.
+    fn changed_since(
+        &self,
+        table: &'static str,
+        columns: &'static str,
+        version: u64,
+    ) -> Result<(Vec<(tokio_postgres::Row, bool)>, u64), StoreError> {
+        let after = big(version)?;
+        let db = self.db.clone();
+        self.db.run_within(Duration::from_secs(5), async move {
+            let client = db.clone().pooled().await?;
+            let sql = format!(
+                "SELECT {columns}, removed_at IS NOT NULL, version FROM uplink.{table}
+                 WHERE version > $1 ORDER BY version LIMIT {CHANGES_AT_ONCE}"
+            );
+            let rows = client.query(&sql, &[&after]).await.map_err(|e| db.said(&e))?;
+            let mut last = version;
+            let rows = rows
+                .into_iter()
+                .map(|row| {
+                    let n = row.len();
+                    last = last.max(u64::try_from(row.get::<_, i64>(n - 1)).unwrap_or(0));
+                    let removed = row.get::<_, bool>(n - 2);
+                    (row, removed)
+                })
+                .collect();
+            Ok((rows, last))
+        })
     }
 
     /// Runs `work` on the cluster's connection (opened, or opened again, as needed), within `within`.
@@ -236,52 +273,23 @@ impl ClusterStore for PostgresCluster {
     }
 
     fn rules_since(&self, version: u64) -> Result<RuleChanges, StoreError> {
-        let after = big(version)?;
-        let db = self.db.clone();
-        // On the readers' pool: a reading every half second keeps off the connection renewals go on.
-        self.db.run_within(Duration::from_secs(5), async move {
-            let client = db.clone().pooled().await?;
-            let sql = format!(
-                "SELECT {RULE_COLUMNS}, removed_at IS NOT NULL, version FROM uplink.rules
-                 WHERE version > $1 ORDER BY version"
-            );
-            let rows = client.query(&sql, &[&after]).await.map_err(|e| db.said(&e))?;
-            let mut changes = RuleChanges { in_force: Vec::new(), removed: Vec::new(), version };
-            for row in &rows {
-                let rule = kept::rule(row);
-                if row.get::<_, bool>(8) {
-                    changes.removed.push(rule.id);
-                } else {
-                    changes.in_force.push(rule);
-                }
-                changes.version = changes.version.max(u64::try_from(row.get::<_, i64>(9)).unwrap_or(0));
-            }
-            Ok(changes)
-        })
+        let (rows, version) = self.changed_since("rules", RULE_COLUMNS, version)?;
+        let mut changes = RuleChanges { in_force: Vec::new(), removed: Vec::new(), version };
+        for (row, removed) in &rows {
+            let rule = kept::rule(row);
+            if *removed { changes.removed.push(rule.id) } else { changes.in_force.push(rule) }
+        }
+        Ok(changes)
     }
 
     fn sessions_since(&self, version: u64) -> Result<SessionChanges, StoreError> {
-        let after = big(version)?;
-        let db = self.db.clone();
-        self.db.run_within(Duration::from_secs(5), async move {
-            let client = db.clone().pooled().await?;
-            let sql = format!(
-                "SELECT {SESSION_COLUMNS}, removed_at IS NOT NULL, version FROM uplink.console_sessions
-                 WHERE version > $1 ORDER BY version"
-            );
-            let rows = client.query(&sql, &[&after]).await.map_err(|e| db.said(&e))?;
-            let mut changes = SessionChanges { open: Vec::new(), closed: Vec::new(), version };
-            for row in &rows {
-                let session = kept::session(row);
-                if row.get::<_, bool>(4) {
-                    changes.closed.push(session.key);
-                } else {
-                    changes.open.push(session);
-                }
-                changes.version = changes.version.max(u64::try_from(row.get::<_, i64>(5)).unwrap_or(0));
-            }
-            Ok(changes)
-        })
+        let (rows, version) = self.changed_since("console_sessions", SESSION_COLUMNS, version)?;
+        let mut changes = SessionChanges { open: Vec::new(), closed: Vec::new(), version };
+        for (row, removed) in &rows {
+            let session = kept::session(row);
+            if *removed { changes.closed.push(session.key) } else { changes.open.push(session) }
+        }
+        Ok(changes)
     }
 
     fn orphans(&self) -> Result<Vec<Orphan>, StoreError> {
