@@ -1,6 +1,7 @@
 // An MCP server on the official TypeScript SDK, with sessions (Streamable HTTP), standing behind a sled in
 // the end-to-end tests. Its tools exercise what crosses the uplink besides a plain answer: progress
-// notifications, sampling and elicitation requests of the server's own, and the session each caller is in.
+// notifications, sampling and elicitation requests of the server's own (tied to the call, or on the standalone
+// stream), and the session each caller is in.
 // Prints {"port": N} once it listens on 127.0.0.1.
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { z } from "zod";
@@ -40,6 +41,15 @@ function build() {
       },
       { relatedRequestId: extra.requestId },
     );
+    return { content: [{ type: "text", text: `${answer.action}: ${answer.content?.name}` }] };
+  });
+  // Asks on the session's standalone stream, not tied to the call (no related request): it reaches a client
+  // only if its GET stream is open at the server when the call runs.
+  server.registerTool("ask_aside", { description: "Asks the client's person on the standalone stream" }, async () => {
+    const answer = await server.server.elicitInput({
+      message: "Your name?",
+      requestedSchema: { type: "object", properties: { name: { type: "string" } }, required: ["name"] },
+    });
     return { content: [{ type: "text", text: `${answer.action}: ${answer.content?.name}` }] };
   });
   server.registerTool("whoami", { description: "The caller's session at this server" }, async (extra) => ({

@@ -93,6 +93,11 @@ impl<K: Key, V> PendingTable<K, V> {
         self.entries.iter().map(|(k, p)| (*k, p))
     }
 
+    /// Every entry's value, in key order, to change (not its wire id nor its deadline).
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> + '_ {
+        self.entries.values_mut().map(|p| &mut p.value)
+    }
+
     /// Takes the entry under `key` out.
     pub(crate) fn remove(&mut self, key: K) -> Option<Pending<V>> {
         let pending = self.entries.remove(&key)?;

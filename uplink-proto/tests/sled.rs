@@ -8,8 +8,8 @@ use common::*;
 use serde_json::json;
 use uplink_proto::wire::MAX_MESSAGE_BYTES;
 use uplink_proto::{
-    Cause, ConfigError, ConnectError, Decision, Event, Ignored, Instant, LinkState, LossReason, McpCall, McpReply,
-    Output, Received, Sled, SledConfig,
+    Cause, ConfigError, ConnectError, Decision, Event, Ignored, Instant, LinkState, LossReason, McpCall, McpListen,
+    McpReply, Output, Received, Sled, SledConfig,
 };
 
 fn call_of(outs: &[Output]) -> McpCall {
@@ -745,6 +745,70 @@ fn a_standalone_stream_relays_until_it_ends_or_its_session_ends_and_is_bounded()
     let l3 = outs.iter().find_map(|o| if let Output::ListenMcp(l) = o { Some(l.call) } else { None }).expect("GET");
     d.sled.handle_mcp_reply(d.now, l3, McpReply::NoStream);
     assert_eq!(sent(&d.drain())[0]["payload"]["error"]["code"], -32601);
+}
+
+fn listen_of(outs: &[Output]) -> McpListen {
+    outs.iter().find_map(|o| if let Output::ListenMcp(l) = o { Some(l.clone()) } else { None }).expect("a GET to open")
+}
+
+fn calls_of(outs: &[Output]) -> Vec<String> {
+    outs.iter().filter_map(|o| if let Output::CallMcp(c) = o { Some(c.body.clone()) } else { None }).collect()
+}
+
+#[test]
+fn a_sessions_calls_follow_its_stream_to_the_local_server_and_other_sessions_pass() {
+    let (mut d, conn) = Driver::connected(config());
+    let listen = listen_of(&d.text(conn, r#"{"type":"mcp_listen","req_id":"l1","payload":{"session":"s"}}"#));
+    // The gateway sent the stream first: the session's calls wait until the local server opened it.
+    let first = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#;
+    let second = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    assert!(calls_of(&d.text(conn, &streamed("m1", first, Some("s")))).is_empty(), "after its stream");
+    assert!(calls_of(&d.text(conn, &streamed("m2", second, Some("s")))).is_empty());
+    // Another session's, and one of no session, do not wait.
+    let other = r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#;
+    assert_eq!(calls_of(&d.text(conn, &streamed("m3", other, Some("t")))), [other]);
+    assert_eq!(calls_of(&d.text(conn, &mcp_request("m4", r#"{"id":4}"#))), [r#"{"id":4}"#]);
+    assert_eq!((d.sled.mcp_calls_in_flight(), d.sled.mcp_calls_waiting()), (2, 2));
+    // Open: the gateway hears so first, then the two calls go, in their order.
+    d.sled.handle_mcp_opened(d.now, listen.call);
+    let outs = d.drain();
+    assert_eq!(sent(&outs), vec![json!({"type":"mcp_message","req_id":"l1","payload":null})]);
+    assert_eq!(calls_of(&outs), [first, second]);
+    assert_eq!(d.sled.stats().mcp_followed_stream, 2);
+    // An open stream holds nothing back.
+    assert_eq!(calls_of(&d.text(conn, &streamed("m5", second, Some("s")))), [second]);
+}
+
+#[test]
+fn a_stream_that_does_not_open_holds_its_sessions_calls_only_so_long() {
+    let wait = Duration::from_millis(500);
+    let (mut d, conn) = Driver::connected(SledConfig { mcp_stream_open_wait: wait, ..config() });
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#;
+    // One that never opens: the call goes at the end of the wait (and not before), its deadline unchanged.
+    d.text(conn, r#"{"type":"mcp_listen","req_id":"l1","payload":{"session":"s"}}"#);
+    assert!(calls_of(&d.text(conn, &streamed("m1", body, Some("s")))).is_empty());
+    assert!(calls_of(&d.advance(wait - Duration::from_millis(1))).is_empty());
+    assert_eq!(calls_of(&d.advance(Duration::from_millis(1))), [body]);
+    // One that ends without opening (the server has none): the call goes at once.
+    let l2 = listen_of(&d.text(conn, r#"{"type":"mcp_listen","req_id":"l2","payload":{"session":"u"}}"#));
+    assert!(calls_of(&d.text(conn, &streamed("m2", body, Some("u")))).is_empty());
+    d.sled.handle_mcp_reply(d.now, l2.call, McpReply::NoStream);
+    assert_eq!(calls_of(&d.drain()), [body]);
+    // One the gateway cancels: likewise.
+    d.text(conn, r#"{"type":"mcp_listen","req_id":"l3","payload":{"session":"v"}}"#);
+    assert!(calls_of(&d.text(conn, &streamed("m3", body, Some("v")))).is_empty());
+    assert_eq!(calls_of(&d.text(conn, r#"{"type":"mcp_cancel","req_id":"l3","payload":{}}"#)), [body]);
+    // With no room to wait, a call goes ahead as before rather than being refused.
+    let (mut d, conn) = Driver::connected(SledConfig { max_mcp_waiting: 0, ..config() });
+    d.text(conn, r#"{"type":"mcp_listen","req_id":"l1","payload":{"session":"s"}}"#);
+    assert_eq!(calls_of(&d.text(conn, &streamed("m1", body, Some("s")))), [body]);
+    // And a lost link forgets every stream: nothing waits on a new connection.
+    let (mut d, conn) = Driver::connected(config());
+    d.text(conn, r#"{"type":"mcp_listen","req_id":"l1","payload":{"session":"s"}}"#);
+    d.text(conn, &streamed("m1", body, Some("s")));
+    let outs = d.disconnect(conn);
+    assert!(calls_of(&outs).is_empty(), "the waiting call never starts");
+    assert_eq!((d.sled.mcp_calls_in_flight(), d.sled.mcp_calls_waiting(), d.sled.mcp_streams_open()), (0, 0, 0));
 }
 
 #[test]

@@ -61,6 +61,11 @@ pub struct SledConfig {
     /// Most standalone streams (`mcp_listen`) open at once; one more ends at once with a JSON-RPC error.
     /// Default 16.
     pub max_mcp_streams: usize,
+    /// How long an `mcp_request` waits for its session's standalone stream to open at the local server when
+    /// the gateway sent that stream's `mcp_listen` first: a session's calls follow its stream's `GET`, as the
+    /// client sent them, so that the server's requests on that stream have somewhere to go. Past this, the
+    /// call goes ahead anyway. Default 2 s.
+    pub mcp_stream_open_wait: Duration,
     /// Most bytes of the `initialize` requests the sled keeps, across all its local MCP sessions, to renew a
     /// session its local server lost ([`crate::sled::mcp_session`]). Beyond, the least recently used sessions' are let go
     /// first; a session without its `initialize` that the local server loses is answered
@@ -109,6 +114,7 @@ impl SledConfig {
             max_mcp_waiting: 256,
             max_mcp_waiting_bytes: 16 << 20,
             max_mcp_streams: 16,
+            mcp_stream_open_wait: Duration::from_secs(2),
             max_mcp_initialize_bytes: super::mcp_session::DEFAULT_MAX_INITIALIZE_BYTES,
             max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
             resume: true,

@@ -9,12 +9,17 @@
 //!   (`notifications/cancelled`, never for an `initialize`).
 //! - **Standalone streams** (`mcp_listen`): at most [`SledConfig::max_mcp_streams`]; no deadline; each ends
 //!   with its `mcp_response` (`null` when it simply closed).
+//! - **A session's order**: a call of a session whose stream's `mcp_listen` came first waits (in the queue
+//!   of calls, its deadline running) until that stream is open at the local server, or ended, or for
+//!   [`SledConfig::mcp_stream_open_wait`] at most: the server then has the stream on which to send its own
+//!   requests when the call runs, as when the client talks to it directly. Calls of other sessions pass.
 //! - **Messages** from the local server within an exchange are relayed as `mcp_message` when the gateway
 //!   takes the exchange as a stream; otherwise a request among them is answered at once with an error.
 //!
 //! ```text
 //!  mcp_request ─┬─ a slot free ─────────────▶ Calling ──answer / deadline / mcp_cancel──▶ ended (one mcp_response)
-//!               ├─ queue has room ─▶ Waiting ──slot frees──┘   (deadline, mcp_cancel: ended, never sent)
+//!               ├─ queue has room ─▶ Waiting ──slot frees, its session's stream open──┘
+//!               │                        (deadline, mcp_cancel: ended, never sent)
 //!               └─ queue full, duplicate id, bad body ──▶ answered at once with an error
 //!  link lost: every call and stream is abandoned (cancelled upstream), no answer
 //! ```
@@ -85,6 +90,8 @@ struct Call {
 struct Listen {
     req_id: String,
     session: Option<String>,
+    /// While the local stream is opening: until when its session's calls wait for it.
+    opening_until: Option<Instant>,
 }
 
 /// The relay's limits, from the sled's configuration.
@@ -96,6 +103,7 @@ struct Limits {
     streams: usize,
     frame_bytes: usize,
     timeout_ms: u128,
+    open_wait: core::time::Duration,
 }
 
 /// Every MCP exchange of the sled. See the [module docs](self).
@@ -111,6 +119,8 @@ pub(super) struct McpRelay {
     waiting_bytes: usize,
     /// Standalone streams open, by their `req_id` too. No deadline.
     streams: PendingTable<McpCallId, Listen>,
+    /// Streams still opening, whose session's calls wait for them.
+    opening: usize,
     /// The last [`McpCallId`] given, to calls and streams alike.
     next_call: u64,
 }
@@ -126,12 +136,14 @@ impl McpRelay {
                 streams: cfg.max_mcp_streams,
                 frame_bytes: cfg.max_frame_bytes,
                 timeout_ms: cfg.mcp_timeout.as_millis(),
+                open_wait: cfg.mcp_stream_open_wait,
             },
             calls: PendingTable::new(Some(cfg.mcp_timeout)),
             running: 0,
             waiting: VecDeque::new(),
             waiting_bytes: 0,
             streams: PendingTable::new(None),
+            opening: 0,
             next_call: 0,
         }
     }
@@ -151,13 +163,27 @@ impl McpRelay {
         self.streams.len()
     }
 
-    /// The earliest deadline of a call.
+    /// The earliest deadline of a call, or of a wait for a stream to open.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        self.calls.poll_timeout()
+        let opening =
+            (self.opening > 0).then(|| self.streams.iter().filter_map(|(_, l)| l.value.opening_until).min()).flatten();
+        match (self.calls.poll_timeout(), opening) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Ends the calls whose deadline is due at `now` with an error, then starts waiting ones.
+    /// Ends the calls whose deadline is due at `now` with an error, stops waiting for streams that did not
+    /// open in time, then starts waiting calls.
     pub(super) fn handle_timeout(&mut self, now: Instant, fx: &mut Effects<'_>) {
+        if self.opening > 0 {
+            for l in self.streams.values_mut() {
+                if l.opening_until.is_some_and(|until| until <= now) {
+                    l.opening_until = None;
+                    self.opening -= 1;
+                }
+            }
+        }
         while let Some((call, Pending { value: c, .. })) = self.calls.pop_expired(now) {
             self.released(call, &c);
             let message = format!("local MCP call timed out after {} ms", self.limits.timeout_ms);
@@ -201,11 +227,16 @@ impl McpRelay {
             let message = "an MCP exchange with this req_id is already in flight";
             return reject(fx, jsonrpc_id, jsonrpc::INVALID_REQUEST, message);
         }
-        let free = self.running < self.limits.calls && self.waiting.is_empty();
-        if !free
-            && (self.waiting.len() >= self.limits.waiting
-                || self.waiting_bytes + body.len() > self.limits.waiting_bytes)
-        {
+        let session = session.map(Cow::into_owned);
+        let queue_full =
+            self.waiting.len() >= self.limits.waiting || self.waiting_bytes + body.len() > self.limits.waiting_bytes;
+        // A call follows its session's opening stream while the queue has room for it; with none, it goes
+        // ahead as though no stream were opening.
+        let behind_stream = !queue_full && self.stream_opening(session.as_deref());
+        // Whenever a slot is free, no waiting call can start (each change that could let one start starts
+        // it), so a slot free is the call's to take unless it follows its session's stream.
+        let free = self.running < self.limits.calls && !behind_stream;
+        if !free && queue_full {
             let message =
                 format!("sled busy: {} local MCP calls in flight and {} waiting", self.running, self.waiting.len());
             return reject(fx, jsonrpc_id, jsonrpc::INTERNAL_ERROR, &message);
@@ -213,7 +244,6 @@ impl McpRelay {
         self.next_call += 1;
         let call = McpCallId(self.next_call);
         let jsonrpc_id: Option<Box<RawValue>> = jsonrpc_id.map(ToOwned::to_owned);
-        let session = session.map(Cow::into_owned);
         let is_initialize = probe.is_initialize;
         let mcp = McpCall {
             call,
@@ -227,7 +257,11 @@ impl McpRelay {
             self.running += 1;
             fx.out.push_back(Output::CallMcp(mcp));
         } else {
-            fx.stats.mcp_waited += 1;
+            if behind_stream {
+                fx.stats.mcp_followed_stream += 1;
+            } else {
+                fx.stats.mcp_waited += 1;
+            }
             self.waiting_bytes += mcp.body.len();
             self.waiting.push_back(call);
             c.waiting = Some(Box::new(mcp));
@@ -260,7 +294,9 @@ impl McpRelay {
         let session = session.map(Cow::into_owned);
         fx.out.push_back(Output::ListenMcp(McpListen { call, session: session.clone() }));
         let req_id = req_id.into_owned();
-        self.streams.insert(call, now, req_id.clone(), Listen { req_id, session });
+        self.opening += 1;
+        let opening_until = Some(now + self.limits.open_wait);
+        self.streams.insert(call, now, req_id.clone(), Listen { req_id, session, opening_until });
     }
 
     /// An `mcp_cancel` for `req_id` arrived; ignored (and reported) when nothing in flight has that id.
@@ -271,9 +307,10 @@ impl McpRelay {
             abandon(call, &c, reason.unwrap_or("the caller went away"), fx);
             return self.start_waiting(fx);
         }
-        if let Some((call, _)) = self.streams.take_by_wire_if(req_id, |_| true) {
+        if let Some((call, Pending { value: l, .. })) = self.streams.take_by_wire_if(req_id, |_| true) {
             fx.stats.mcp_cancelled += 1;
-            return fx.out.push_back(Output::CancelMcp { call });
+            fx.out.push_back(Output::CancelMcp { call });
+            return self.stream_gone(&l, fx);
         }
         fx.ignored(Ignored::UnmatchedCancel);
     }
@@ -291,6 +328,7 @@ impl McpRelay {
             if let Some(Pending { value: l, .. }) = self.streams.remove(call) {
                 fx.out.push_back(Output::CancelMcp { call });
                 fx.respond(&l.req_id, wire::json_null());
+                self.stream_gone(&l, fx);
             }
         }
         fx.out.push_back(Output::EndMcpSession { session });
@@ -328,11 +366,15 @@ impl McpRelay {
     }
 
     /// The local endpoint opened the standalone stream `call`: the gateway hears of it with an `mcp_message`
-    /// whose payload is `null`.
+    /// whose payload is `null`, and its session's calls that waited for it start.
     pub(super) fn handle_opened(&mut self, call: McpCallId, fx: &mut Effects<'_>) {
-        if let Some(Pending { value: l, .. }) = self.streams.get(call) {
+        if let Some(Pending { value: l, .. }) = self.streams.get_mut(call) {
             let text = SledFrame::McpMessage { req_id: Cow::Borrowed(&l.req_id), payload: wire::json_null() }.encode();
             fx.send(text);
+            if l.opening_until.take().is_some() {
+                self.opening -= 1;
+                self.start_waiting(fx);
+            }
         }
     }
 
@@ -358,7 +400,8 @@ impl McpRelay {
                     &format!("local MCP stream failed: {SESSION_LOST}"),
                 ),
             };
-            return fx.respond(&l.req_id, &payload);
+            fx.respond(&l.req_id, &payload);
+            return self.stream_gone(&l, fx);
         }
         let started = self.calls.get(call).is_some_and(|p| p.value.waiting.is_none());
         let Some(c) = started.then(|| self.take_call(call)).flatten() else {
@@ -424,6 +467,7 @@ impl McpRelay {
         for (call, _) in self.streams.drain() {
             fx.out.push_back(Output::CancelMcp { call });
         }
+        self.opening = 0;
         self.running = 0;
         self.waiting.clear();
         self.waiting_bytes = 0;
@@ -447,12 +491,43 @@ impl McpRelay {
         Some(c)
     }
 
-    /// Starts waiting calls, oldest first, while slots are free.
+    /// Whether a standalone stream of `session` is still opening: its calls wait for it.
+    fn stream_opening(&self, session: Option<&str>) -> bool {
+        self.opening > 0
+            && self
+                .streams
+                .iter()
+                .any(|(_, l)| l.value.opening_until.is_some() && l.value.session.as_deref() == session)
+    }
+
+    /// The stream `l` (already out of the table) ended: calls that waited for it to open wait no more.
+    fn stream_gone(&mut self, l: &Listen, fx: &mut Effects<'_>) {
+        if l.opening_until.is_some() {
+            self.opening -= 1;
+            self.start_waiting(fx);
+        }
+    }
+
+    /// Starts waiting calls, oldest first, while slots are free; a call whose session's stream is still
+    /// opening stays (and so do the later calls of its session), the others pass it.
     fn start_waiting(&mut self, fx: &mut Effects<'_>) {
-        while self.running < self.limits.calls {
-            let Some(call) = self.waiting.pop_front() else { return };
-            let Some(c) = self.calls.get_mut(call) else { continue };
-            let Some(next) = c.value.waiting.take() else { continue };
+        let mut at = 0;
+        while self.running < self.limits.calls && at < self.waiting.len() {
+            let call = self.waiting[at];
+            let Some(c) = self.calls.get(call) else {
+                self.waiting.remove(at);
+                continue;
+            };
+            if c.value.waiting.is_none() {
+                self.waiting.remove(at);
+                continue;
+            }
+            if self.stream_opening(c.value.session.as_deref()) {
+                at += 1;
+                continue;
+            }
+            self.waiting.remove(at);
+            let Some(next) = self.calls.get_mut(call).and_then(|c| c.value.waiting.take()) else { continue };
             self.waiting_bytes -= next.body.len();
             self.running += 1;
             fx.out.push_back(Output::CallMcp(*next));

@@ -324,6 +324,8 @@ pub struct Stats {
     pub mcp_too_large: u64,
     /// `mcp_request`s that waited for a free call slot.
     pub mcp_waited: u64,
+    /// `mcp_request`s that waited for their session's standalone stream to open at the local server.
+    pub mcp_followed_stream: u64,
     /// Messages from the local server relayed as `mcp_message` frames.
     pub mcp_messages: u64,
     /// Messages from the local server not relayed: the exchange was not a stream, or the message would not
