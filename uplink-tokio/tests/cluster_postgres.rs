@@ -9,9 +9,10 @@
 use std::time::{Duration, Instant};
 
 use uplink_proto::gateway::CredentialId;
+use uplink_proto::gateway::Holder;
 use uplink_tests::postgres::Postgres;
 use uplink_tokio::store::postgres::{PostgresCluster, PostgresOptions, PostgresStore, SCHEMA_VERSION};
-use uplink_tokio::store::{Change, ClaimAnswer, ClusterStore, Entry, Store, StoreError};
+use uplink_tokio::store::{Change, ClaimAnswer, ClusterStore, Entry, HeldAt, Store, StoreError};
 
 const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_millis(300);
@@ -47,8 +48,8 @@ fn granted(answer: Option<ClaimAnswer>) -> u64 {
 fn one_holder_per_project_until_its_lease_lapses_then_the_next_with_a_greater_generation() {
     let url = Postgres::shared().fresh_database();
     let (a, b) = (cluster(&url), cluster(&url));
-    let node_a = a.join("a:1", SHORT).unwrap();
-    let node_b = b.join("b:1", LONG).unwrap();
+    let node_a = a.join("a:1", None, SHORT).unwrap();
+    let node_b = b.join("b:1", None, LONG).unwrap();
     assert_ne!(node_a, node_b);
     let first = granted(a.claim(node_a, 7, "web", 1).unwrap());
     // Held by a live node: who holds it, whatever the credential.
@@ -83,7 +84,7 @@ fn one_holder_per_project_until_its_lease_lapses_then_the_next_with_a_greater_ge
         Some(ClaimAnswer::Held { credential: CredentialId(2), node: node_b })
     );
     // A node that joins again is a new incarnation, and may claim what is free.
-    let again = a.join("a:1", LONG).unwrap();
+    let again = a.join("a:1", None, LONG).unwrap();
     assert!(again > node_b);
     assert!(granted(a.claim(again, 1, "other", 1).unwrap()) > second);
 }
@@ -92,8 +93,8 @@ fn one_holder_per_project_until_its_lease_lapses_then_the_next_with_a_greater_ge
 fn a_renewal_keeps_the_lease_and_hands_over_the_releases_asked_once() {
     let url = Postgres::shared().fresh_database();
     let (a, b) = (cluster(&url), cluster(&url));
-    let node_a = a.join("a:1", SHORT).unwrap();
-    let node_b = b.join("b:1", LONG).unwrap();
+    let node_a = a.join("a:1", None, SHORT).unwrap();
+    let node_b = b.join("b:1", None, LONG).unwrap();
     granted(a.claim(node_a, 1, "web", 4).unwrap());
     // Renewed well within its 300 ms for a while: it never lapses, and b is refused all along.
     let start = Instant::now();
@@ -121,7 +122,7 @@ fn many_nodes_claiming_one_project_at_once_get_exactly_one_grant() {
     let nodes: Vec<(PostgresCluster, u64)> = (0..8)
         .map(|i| {
             let c = cluster(&url);
-            let id = c.join(&format!("n{i}:1"), LONG).unwrap();
+            let id = c.join(&format!("n{i}:1"), None, LONG).unwrap();
             (c, id)
         })
         .collect();
@@ -157,8 +158,8 @@ fn a_node_whose_lease_lapsed_writes_nothing_and_a_claims_end_removes_only_its_ow
     let mut store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
     let me = store.cluster().unwrap();
     let other = cluster(&url);
-    let node = me.join("me:1", Duration::from_millis(400)).unwrap();
-    let them = other.join("them:1", LONG).unwrap();
+    let node = me.join("me:1", None, Duration::from_millis(400)).unwrap();
+    let them = other.join("them:1", None, LONG).unwrap();
     let generation = granted(me.claim(node, 1, "web", 1).unwrap());
     let record = |n: u64| Change::Record(Entry::new(1_700_000_000_000 + n, "request").with("n", n));
     // A claim's end with another generation leaves the row; with its own, removes it.
@@ -214,7 +215,7 @@ fn a_database_of_the_first_schema_is_migrated_and_joins_and_commits() {
         SCHEMA_VERSION.to_string()
     );
     let me = store.cluster().unwrap();
-    let node = me.join("me:1", LONG).unwrap();
+    let node = me.join("me:1", None, LONG).unwrap();
     granted(me.claim(node, 1, "web", 1).unwrap());
     // The log so far is the first chain, and goes on from its head.
     let head = store.commit(&[Change::Record(Entry::new(1_700_000_000_001, "request"))]).unwrap();
@@ -229,8 +230,8 @@ fn a_joining_node_clears_what_dead_nodes_left_and_nothing_of_the_live_ones() {
     let url = pg.fresh_database();
     let db = db_of(&url);
     let (dead, live) = (cluster(&url), cluster(&url));
-    let gone = dead.join("dead:1", SHORT).unwrap();
-    let here = live.join("live:1", LONG).unwrap();
+    let gone = dead.join("dead:1", None, SHORT).unwrap();
+    let here = live.join("live:1", None, LONG).unwrap();
     granted(dead.claim(gone, 1, "web", 1).unwrap());
     granted(live.claim(here, 2, "api", 1).unwrap());
     live.ask_release(gone, "web", 1).unwrap();
@@ -242,7 +243,7 @@ fn a_joining_node_clears_what_dead_nodes_left_and_nothing_of_the_live_ones() {
     pg.sql(&db, "INSERT INTO uplink.nodes (addr, lease_until, ended) VALUES ('old:1', now() - interval '8 days', now() - interval '8 days')")
         .unwrap();
     let third = cluster(&url);
-    third.join("third:1", LONG).unwrap();
+    third.join("third:1", None, LONG).unwrap();
     assert_eq!(pg.sql(&db, "SELECT string_agg(project, ',') FROM uplink.claims").unwrap(), "api");
     assert_eq!(pg.sql(&db, "SELECT string_agg(node::text, ',') FROM uplink.releases").unwrap(), here.to_string());
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.nodes WHERE addr = 'old:1'").unwrap(), "0");
@@ -406,11 +407,15 @@ fn a_starting_node_takes_up_the_requests_kept_by_nodes_that_are_gone_and_never_a
     let db = db_of(&url);
     let node_store = |lease: Duration| {
         let store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
-        let node = store.cluster().unwrap().join("n:1", lease).unwrap();
+        let node = store.cluster().unwrap().join("n:1", None, lease).unwrap();
         (store, node)
     };
-    let (mut a, _) = node_store(SHORT);
-    a.commit(&[Change::PutResumable(kept("1-0"))]).unwrap();
+    let (mut a, a_id) = node_store(SHORT);
+    let mut asked = Entry::new(1_700_000_000_000, "request");
+    asked.perm = Some("1-0".into());
+    a.commit(&[Change::Record(asked), Change::PutResumable(kept("1-0"))]).unwrap();
+    let held = |node, live| Some(HeldAt { holder: Holder { node, live, kept: true }, internal: None });
+    assert_eq!(a.cluster().unwrap().holder("1-0").unwrap(), held(a_id, true));
     let (mut live, live_id) = node_store(LONG);
     live.commit(&[Change::PutResumable(kept("2-0"))]).unwrap();
     // While a lives, what it keeps is its own.
@@ -426,7 +431,37 @@ fn a_starting_node_takes_up_the_requests_kept_by_nodes_that_are_gone_and_never_a
     assert_eq!(taken, ["1-0"]);
     assert_eq!(pg.sql(&db, "SELECT node FROM uplink.resumables WHERE id = '1-0'").unwrap(), b_id.to_string());
     assert_eq!(pg.sql(&db, "SELECT node FROM uplink.resumables WHERE id = '2-0'").unwrap(), live_id.to_string());
+    // The table of waiting requests names the node that took it up: decisions made elsewhere go there.
+    assert_eq!(b.cluster().unwrap().holder("1-0").unwrap(), held(b_id, true));
     drop(live);
+}
+
+#[test]
+fn where_a_request_waits_and_which_nodes_listen_for_their_peers() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let mut store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
+    let me = store.cluster().unwrap();
+    let node = me.join("a:1", Some("10.0.0.1:7000"), SHORT).unwrap();
+    let other = cluster(&url);
+    let alone = other.join("b:1", None, LONG).unwrap();
+    let third = cluster(&url).join("c:1", Some("10.0.0.3:7000"), LONG).unwrap();
+    let mut asked = Entry::new(1_700_000_000_000, "request");
+    asked.perm = Some("9-1".into());
+    store.commit(&[Change::Record(asked)]).unwrap();
+    let at = |live| Some(HeldAt { holder: Holder { node, live, kept: false }, internal: Some("10.0.0.1:7000".into()) });
+    assert_eq!(other.holder("9-1").unwrap(), at(true));
+    assert_eq!(other.holder("9-2").unwrap(), None);
+    // Only live nodes with an internal listener are peers.
+    let peers = |c: &PostgresCluster| c.peers().unwrap().into_iter().map(|p| (p.node, p.internal)).collect::<Vec<_>>();
+    assert_eq!(peers(&other), [(node, "10.0.0.1:7000".to_owned()), (third, "10.0.0.3:7000".to_owned())]);
+    assert_ne!(alone, node);
+    let started = Instant::now();
+    while other.holder("9-1").unwrap() != at(false) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the lease lapses");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(peers(&other), [(third, "10.0.0.3:7000".to_owned())], "a node whose lease lapsed is no peer");
 }
 
 /// A request kept to come back, under the public id `id`.

@@ -22,6 +22,8 @@
 //! - [`shared_claims`]: which connection holds a project, settled with the other gateways of a cluster
 //!   through a table they share.
 //! - [`lease`]: a cluster node's lease, renewed at the database, and the fence before it can lapse there.
+//! - [`peers`]: the other nodes of a cluster: where a decision for a request held elsewhere goes, and which
+//!   calls from another node are let in.
 //!
 //! The state diagrams are beside the states they draw: a connection's in [`sled_session`] (its `State`), a
 //! project's claim in [`hub`], and in a cluster in [`shared_claims`]; a node's lease in [`lease`].
@@ -36,6 +38,7 @@ pub mod hub_outputs;
 pub mod lease;
 pub mod mcp_endpoint;
 pub mod outbox;
+pub mod peers;
 pub mod policy;
 pub mod principal;
 pub mod resume;
@@ -59,6 +62,7 @@ pub use lease::LeaseConfig;
 pub use mcp_endpoint::{
     EndpointRequest, ExchangeEnd, ExchangeKind, McpEndpoint, McpEndpointConfig, Method, Refusal, Route,
 };
+pub use peers::{Holder, PeerCalls, PeerRefusal};
 pub use policy::{FLAG_AUTHOR, FLAG_RULE_IDS};
 pub use principal::{Action, BadRole, Role};
 pub use resume::{HeldRequest, MAX_INCARNATION_BYTES, ResumeConfig, ResumeKey};

@@ -106,6 +106,17 @@ pub(super) struct RunArgs {
     /// on shorter hiccups of the database.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub(super) lease: Duration,
+    /// With --store postgres://…: serve beside the other nodes, reachable by them on this internal listener
+    /// (ADDR:PORT): a decision made at another node for a request held here comes in on it, and so does
+    /// another node's listing of what waits here. Keep it off the load balancer and on a private network;
+    /// calls on it are signed with a key every node derives from the database's secret. Without it, a node
+    /// serves alone: it starts only while no other node's lease holds.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(super) cluster_listen: Option<std::net::SocketAddr>,
+    /// The HOST:PORT at which the other nodes reach --cluster-listen, when not its address (needed when it
+    /// listens on 0.0.0.0 or [::]).
+    #[arg(long, value_name = "HOST:PORT", requires = "cluster_listen")]
+    pub(super) cluster_advertise: Option<String>,
     /// On SIGTERM, drain for at most this long before stopping: /readyz turns 503, new sleds are refused,
     /// and each sled is closed with 1012 (to reconnect, perhaps to another gateway) once nothing of it is in
     /// flight, so that a planned restart denies nothing a person could still decide; at once for a sled

@@ -289,6 +289,8 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path, at
     config.audit_redact_inputs = args.audit_redact_inputs;
     config.audit_checkpoint_every = args.audit_checkpoint_every;
     config.lease = args.lease;
+    config.cluster_listen = args.cluster_listen;
+    config.cluster_advertise = args.cluster_advertise;
     config.drain = args.drain;
     config.audit_checkpoint_file = args.audit_checkpoint_file;
     config.metrics_public = args.metrics_public;
@@ -311,6 +313,11 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path, at
     let local = server.local_addr().map_err(|e| e.to_string())?;
     say(format_args!("uplink gateway: listening on {}://{local}", scheme.0));
     say(format_args!("  sleds connect to {}://{local}/api/sled-uplink", scheme.1));
+    if let Some(internal) = server.cluster_addr() {
+        say(format_args!(
+            "  the cluster's other nodes reach this one at {internal} (internal; keep it off the load balancer)"
+        ));
+    }
     // Tokens are printed only when generated here, so the operator can use them; never logged.
     for line in &announce {
         say(line);

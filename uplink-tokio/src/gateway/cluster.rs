@@ -264,7 +264,7 @@ mod tests {
     use std::sync::{Condvar, Mutex};
 
     use super::*;
-    use crate::store::{ClaimAnswer, Orphan, Renewal, StoreError};
+    use crate::store::{ClaimAnswer, HeldAt, Orphan, Peer, Renewal, StoreError};
 
     /// A database whose claims wait until let go, counting what is asked of it.
     #[derive(Default)]
@@ -283,7 +283,7 @@ mod tests {
     }
 
     impl ClusterStore for Stuck {
-        fn join(&self, _: &str, _: Duration) -> Result<u64, StoreError> {
+        fn join(&self, _: &str, _: Option<&str>, _: Duration) -> Result<u64, StoreError> {
             Ok(1)
         }
         fn join_alone(&self, _: &str, _: Duration) -> Result<u64, StoreError> {
@@ -316,6 +316,12 @@ mod tests {
         }
         fn sessions_since(&self, version: u64) -> Result<SessionChanges, StoreError> {
             Ok(SessionChanges { version, ..SessionChanges::default() })
+        }
+        fn holder(&self, _: &str) -> Result<Option<HeldAt>, StoreError> {
+            Ok(None)
+        }
+        fn peers(&self) -> Result<Vec<Peer>, StoreError> {
+            Ok(Vec::new())
         }
         fn orphans(&self) -> Result<Vec<Orphan>, StoreError> {
             Ok(Vec::new())

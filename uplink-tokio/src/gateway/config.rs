@@ -98,6 +98,15 @@ pub struct GatewayServerConfig {
     /// so that a planned restart denies nothing a person could still decide. Zero (the default): stop at
     /// once.
     pub drain: Duration,
+    /// With a store several gateways share: the internal listener on which this node's peers reach it
+    /// (decisions made at another node for requests held here, and this node's listings). Never to be
+    /// reached through the load balancer; calls on it are signed between nodes. With it, the node serves
+    /// beside the other nodes; without, it serves alone (it starts only while no other node's lease
+    /// holds).
+    pub cluster_listen: Option<SocketAddr>,
+    /// The `host:port` at which peers reach the internal listener; by default its bound address (which must
+    /// then not be a wildcard such as `0.0.0.0`).
+    pub cluster_advertise: Option<String>,
 }
 
 impl GatewayServerConfig {
@@ -128,6 +137,8 @@ impl GatewayServerConfig {
             auth_limit: uplink_proto::gateway::AuthLimitConfig::default(),
             lease: Duration::from_secs(10),
             drain: Duration::ZERO,
+            cluster_listen: None,
+            cluster_advertise: None,
         }
     }
 }
@@ -206,6 +217,10 @@ pub enum GatewayStartError {
     /// The cluster lease is shorter than a second: a node would fence on the first slow renewal.
     #[error("the lease must be at least 1s (it is renewed every fifth of it)")]
     ShortLease,
+    /// An internal listener without a store several gateways share, or one whose address its peers could
+    /// not use.
+    #[error("--cluster-listen: {0}")]
+    Cluster(&'static str),
     /// The session rules are invalid.
     #[error("configuration: {0}")]
     Config(#[from] uplink_proto::gateway::SessionConfigError),

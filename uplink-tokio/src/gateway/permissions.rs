@@ -1,5 +1,7 @@
 //! `GET /api/permissions` (what waits for a person, with the rule "always allow" would make) and
-//! `POST /api/permissions/{id}` (a person's decision).
+//! `POST /api/permissions/{id}` (a person's decision); in a cluster, across every live node: a listing asks
+//! each, and a decision for a request held at another node is carried there (the core's
+//! [`route`] says where) and decided by that node.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -7,32 +9,72 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::Response;
+use bytes::Bytes;
 use hyper::StatusCode;
 use serde_json::json;
+use uplink_proto::gateway::peers::{Route, route};
 use uplink_proto::gateway::{AlwaysScope, HubDecideError, PermEnd, PublicPermId, Verdict};
 use uplink_proto::wire::MAX_MESSAGE_BYTES;
 
 use super::config::MAX_ADMIN_BODY;
 use super::extract::{Decider, Reader};
 use super::hub_handle::DecideFailure;
+use super::peers::Peers;
 use super::shared::Shared;
 use crate::http::{error, json_response, json_string, json_text, millis, read_limited};
+use crate::store::Peer;
 
-/// `GET /api/permissions`.
+/// `GET /api/permissions`: what waits here; in a cluster, what waits at every live node, each entry with
+/// its `node`, and the nodes that did not answer in `unreachable_nodes` (the listing is then not whole).
 pub(super) async fn list(_: Reader, State(shared): State<Arc<Shared>>) -> Response {
-    let perms = shared.hub.permissions().await;
-    let bytes: usize = perms.iter().map(|p| p.tool_input.len() + p.tool_name.len() + p.project.len() + 96).sum();
-    let mut body = String::with_capacity(bytes + 20);
-    body.push_str(r#"{"permissions":["#);
-    for (i, p) in perms.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
+    let local = listing(&shared).await;
+    let Some(peers) = shared.peers.as_ref() else {
+        return json_text(StatusCode::OK, format!(r#"{{"permissions":[{}]}}"#, local.join(",")));
+    };
+    let mut entries: Vec<String> = local.iter().map(|e| with_node(e, peers.me)).collect();
+    let mut unreachable = Vec::new();
+    match peers.others().await {
+        Ok(others) => {
+            let asked = others.iter().map(|p| peers.call(p, "GET", "/internal/permissions", Bytes::new()));
+            for (peer, answer) in others.iter().zip(futures_util::future::join_all(asked).await) {
+                let listed = answer.ok().filter(|a| a.status == StatusCode::OK).and_then(|a| {
+                    serde_json::from_slice::<serde_json::Value>(&a.body).ok()?.get("permissions")?.as_array().cloned()
+                });
+                match listed {
+                    Some(listed) => entries.extend(listed.iter().map(|e| with_node(&e.to_string(), peer.node))),
+                    None => unreachable.push(peer.node),
+                }
+            }
         }
+        // The other nodes are not known: the listing is this node's alone, and says so.
+        Err(_) => unreachable.push(0),
+    }
+    json_text(
+        StatusCode::OK,
+        format!(r#"{{"permissions":[{}],"unreachable_nodes":{}}}"#, entries.join(","), json!(unreachable)),
+    )
+}
+
+/// `entry` (a JSON object's text) with the node it waits at.
+fn with_node(entry: &str, node: u64) -> String {
+    match entry.strip_prefix('{') {
+        Some(rest) if rest.starts_with('}') => format!(r#"{{"node":{node}}}"#),
+        Some(rest) => format!(r#"{{"node":{node},{rest}"#),
+        None => entry.to_owned(),
+    }
+}
+
+/// What waits at this node, one JSON object's text each.
+pub(super) async fn listing(shared: &Shared) -> Vec<String> {
+    let perms = shared.hub.permissions().await;
+    let mut entries = Vec::with_capacity(perms.len());
+    for p in &perms {
         // What an "always allow" would make of it, shown before anyone picks it.
         let suggested = uplink_proto::rules::suggest(&p.tool_name, &p.tool_input)
             .map_or_else(|| "null".to_owned(), |r| json_string(&r.to_string()));
+        let mut entry = String::with_capacity(p.tool_input.len() + p.tool_name.len() + p.project.len() + 200);
         let _ = write!(
-            body,
+            entry,
             r#"{{"id":"{}","project":{},"tool_name":{},"tool_input":{},"age_ms":{},"deadline_in_ms":{},"suggested_rule":{},"sled_away":{},"decided":{}}}"#,
             p.id,
             json_string(&p.project),
@@ -44,32 +86,36 @@ pub(super) async fn list(_: Reader, State(shared): State<Arc<Shared>>) -> Respon
             p.held,
             p.decided.map_or_else(|| "null".to_owned(), |d| json_string(d.as_str())),
         );
+        entries.push(entry);
     }
-    body.push_str("]}");
-    json_text(StatusCode::OK, body)
+    entries
 }
 
-/// `POST /api/permissions/{id}`.
+/// A person's answer to one request, as `POST /api/permissions/{id}` takes it (and as it is carried to the
+/// node that holds the request).
+#[derive(Clone, serde::Deserialize, serde::Serialize)]
+pub(super) struct Ask {
+    approved: bool,
+    #[serde(default)]
+    always_allow: bool,
+    #[serde(default)]
+    message: Option<String>,
+    /// For "always allow": `connection`, `project` (the default) or `everywhere`.
+    #[serde(default)]
+    scope: Option<String>,
+    /// For "always allow": until when its rule applies, in Unix seconds.
+    #[serde(default)]
+    until: Option<u64>,
+}
+
+/// `POST /api/permissions/{id}`: decided here when it waits here; in a cluster, carried to the node where it
+/// waits, whose answer is relayed.
 pub(super) async fn decide(
     Decider(principal): Decider,
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    #[derive(serde::Deserialize)]
-    struct Ask {
-        approved: bool,
-        #[serde(default)]
-        always_allow: bool,
-        #[serde(default)]
-        message: Option<String>,
-        /// For "always allow": `connection`, `project` (the default) or `everywhere`.
-        #[serde(default)]
-        scope: Option<String>,
-        /// For "always allow": until when its rule applies, in Unix seconds.
-        #[serde(default)]
-        until: Option<u64>,
-    }
     let body = match read_limited(body, MAX_ADMIN_BODY, shared.handshake_timeout).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -85,31 +131,101 @@ pub(super) async fn decide(
             );
         }
     };
+    let Ok(perm) = id.parse::<PublicPermId>() else { return not_pending() };
+    match (decide_here(&shared, principal.name.clone(), perm, ask.clone()).await, &shared.peers) {
+        (Some(answer), _) => answer,
+        (None, None) => not_pending(),
+        (None, Some(peers)) => elsewhere(peers, &principal.name, perm, &ask).await,
+    }
+}
+
+fn not_pending() -> Response {
+    error(StatusCode::NOT_FOUND, "no pending permission with this id")
+}
+
+/// A decision for a request this node does not hold: carried to the node the shared table names.
+async fn elsewhere(peers: &Peers, by: &str, perm: PublicPermId, ask: &Ask) -> Response {
+    let held = match peers.holder(perm.to_string()).await {
+        Ok(held) => held,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("where this request waits could not be read ({e}); nothing was decided"),
+            );
+        }
+    };
+    // Held nowhere: the live nodes, in case the node that made the id is among them (it knows how it ended).
+    let live = match held {
+        Some(_) => Vec::new(),
+        None => peers.others().await.unwrap_or_default(),
+    };
+    let to = |node| {
+        held.as_ref()
+            .filter(|h| h.holder.node == node)
+            .and_then(|h| h.internal.clone())
+            .or_else(|| live.iter().find(|p| p.node == node).map(|p| p.internal.clone()))
+    };
+    match route(peers.me, perm, held.as_ref().map(|h| h.holder), |n| live.iter().any(|p| p.node == n)) {
+        Route::Unknown => not_pending(),
+        Route::Lost => json_response(
+            StatusCode::CONFLICT,
+            &json!({
+                "error": "this permission has ended: the node that held it is gone, and its sled denied it as connection lost",
+                "ended": "connection_lost",
+            }),
+        ),
+        Route::Away => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node that held this request is gone; it is kept for its sled, and can be decided once the sled is back at a node; nothing was decided",
+        ),
+        Route::Peer(node) => {
+            let Some(internal) = to(node) else {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("node {node} holds this request and has no internal listener; nothing was decided"),
+                );
+            };
+            let body = Bytes::from(json!({"by": by, "ask": ask}).to_string());
+            let path = format!("/internal/permissions/{perm}");
+            match peers.call(&Peer { node, internal }, "POST", &path, body).await {
+                Ok(answer) => json_text(answer.status, answer.body),
+                Err(why) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "node {node}, which holds this request, did not answer ({why}): whether it decided is not known; list the permissions, or decide again (a request decided already answers 409)"
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+/// Decides `perm` by `ask`, made by `by`, when it waits at this node: the answer, or `None` when no request
+/// with this id waits here.
+pub(super) async fn decide_here(shared: &Shared, by: Arc<str>, perm: PublicPermId, ask: Ask) -> Option<Response> {
     // The core reads the answers: "not approved, but always allow" is a mistake, never an approval.
     let mut verdict = match Verdict::from_answers(ask.approved, ask.always_allow) {
-        Ok(v) => v.by(principal.name.clone()),
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("{e}: true")),
+        Ok(v) => v.by(by.clone()),
+        Err(e) => return Some(error(StatusCode::BAD_REQUEST, &format!("{e}: true"))),
     };
     let scope = match ask.scope.as_deref().map(str::parse::<AlwaysScope>) {
         None => AlwaysScope::default(),
         Some(Ok(scope)) => scope,
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Some(Err(e)) => return Some(error(StatusCode::BAD_REQUEST, &e.to_string())),
     };
-    let not_pending = || error(StatusCode::NOT_FOUND, "no pending permission with this id");
-    let Ok(perm) = id.parse::<PublicPermId>() else { return not_pending() };
     let decision = verdict.decision;
     if let Some(message) = ask.message {
         verdict = verdict.with_message(message);
     }
     // An "always allow"'s times (when it was made, until when it applies) are the hub task's to read.
-    match shared.hub.decide(perm, verdict, scope, ask.until).await {
+    Some(match shared.hub.decide(perm, verdict, scope, ask.until).await {
         // Its sled is away: the decision is kept, and delivered when the sled comes back.
         Ok(decided) => json_response(
             if decided.held { StatusCode::ACCEPTED } else { StatusCode::OK },
             &json!({
-                "id": id,
+                "id": perm.to_string(),
                 "decision": decision.as_str(),
-                "by": &*principal.name,
+                "by": &*by,
                 "rule": decided.rule.map(|r| r.0),
                 "sled_away": decided.held,
             }),
@@ -137,6 +253,6 @@ pub(super) async fn decide(
             };
             json_response(StatusCode::CONFLICT, &body)
         }
-        Err(_) => not_pending(),
-    }
+        Err(_) => return None,
+    })
 }

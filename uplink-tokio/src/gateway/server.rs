@@ -42,6 +42,8 @@ const IDS_EPOCH_MS: u64 = 1_577_836_800_000;
 /// A bound gateway, ready to [`run`](GatewayServer::run).
 pub struct GatewayServer {
     listener: TcpListener,
+    /// The internal listener, where the cluster's other nodes reach this one.
+    internal: Option<TcpListener>,
     shared: Arc<Shared>,
     hub_task: tokio::task::JoinHandle<()>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -97,15 +99,41 @@ impl GatewayServer {
         // node's lease holds, it is refused), a new incarnation with a lease counted from before the join
         // was sent, so that what it reads next is what the last node left; its claims are settled in the
         // shared table.
+        // With an internal listener, beside the other nodes (which reach it there); without, alone.
+        let internal = match (config.cluster_listen, store.as_ref().and_then(|s| s.cluster())) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(GatewayStartError::Cluster("needs a store the nodes share (--store postgres://…)"));
+            }
+            (Some(addr), Some(_)) => {
+                let listener =
+                    TcpListener::bind(addr).await.map_err(|error| GatewayStartError::Bind { addr, error })?;
+                let bound = listener.local_addr().map_err(|error| GatewayStartError::Bind { addr, error })?;
+                let advertised = match config.cluster_advertise.clone() {
+                    Some(advertised) => advertised,
+                    None if bound.ip().is_unspecified() => {
+                        return Err(GatewayStartError::Cluster(
+                            "listens on a wildcard address: name the one its peers use with --cluster-advertise",
+                        ));
+                    }
+                    None => bound.to_string(),
+                };
+                Some((listener, advertised))
+            }
+        };
         let joined = match store.as_ref().and_then(|s| s.cluster()) {
             Some(_) if config.lease < Duration::from_secs(1) => return Err(GatewayStartError::ShortLease),
             Some(cluster) => {
                 let sent = TokioInstant::now();
                 let (addr, lease, joining) = (config.listen.to_string(), config.lease, cluster.clone());
-                let id = tokio::task::spawn_blocking(move || joining.join_alone(&addr, lease))
-                    .await
-                    .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
-                tracing::info!(node = id, lease = ?lease, "joined the cluster");
+                let advertised = internal.as_ref().map(|(_, a)| a.clone());
+                let id = tokio::task::spawn_blocking(move || match advertised {
+                    Some(internal) => joining.join(&addr, Some(&internal), lease),
+                    None => joining.join_alone(&addr, lease),
+                })
+                .await
+                .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
+                tracing::info!(node = id, lease = ?lease, internal = ?internal.as_ref().map(|(_, a)| a), "joined the cluster");
                 Some((Node { store: cluster, id, lease }, sent))
             }
             None => None,
@@ -239,8 +267,16 @@ impl GatewayServer {
                 ip => ip.to_string(),
             });
         }
+        // This node among its peers: calls to them signed, theirs checked, with a key from the store's secret.
+        let peers = match (&node, &internal, &kept) {
+            (Some(node), Some(_), Some(kept)) => {
+                Some(Arc::new(super::peers::Peers::new(node.id, node.store.clone(), &kept.input_key)))
+            }
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             hub,
+            peers,
             closing: tokio::sync::watch::Sender::new(false),
             draining: false.into(),
             credentials: RwLock::new(Arc::new(credentials)),
@@ -261,7 +297,8 @@ impl GatewayServer {
         if let Some(node) = &node {
             tokio::spawn(super::cluster::watch_sessions(node.store.clone(), shared.clone()));
         }
-        Ok(GatewayServer { listener, shared, hub_task, tls, failed, store_closed, node, drain: config.drain })
+        let internal = internal.map(|(listener, _)| listener);
+        Ok(GatewayServer { listener, internal, shared, hub_task, tls, failed, store_closed, node, drain: config.drain })
     }
 
     /// A handle that replaces this gateway's credentials while it runs.
@@ -274,9 +311,27 @@ impl GatewayServer {
         self.listener.local_addr()
     }
 
+    /// The internal listener's address, with `--cluster-listen`.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.internal.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `stop` completes, or the store fails; then closes every sled connection.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<(), GatewayRunError> {
         let router = super::router::router(self.shared.clone());
+        // The internal listener serves the other nodes until the server closes (through a drain too: people
+        // at other nodes still decide what waits here).
+        let internal = self.internal.map(|listener| {
+            let (router, mut closing) = (super::internal::router(self.shared.clone()), self.shared.closing.subscribe());
+            tokio::spawn(async move {
+                let closed = async move {
+                    let _ = closing.wait_for(|c| *c).await;
+                };
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(closed).await {
+                    tracing::warn!(error = %e, "the internal listener stopped");
+                }
+            })
+        });
         let mut connections = tokio::task::JoinSet::new();
         let mut backoff = AcceptBackoff::default();
         let mut failed = self.failed.clone();
@@ -342,6 +397,9 @@ impl GatewayServer {
         connections.abort_all();
         sleds.abort_all();
         hub_task.abort();
+        if let Some(internal) = internal {
+            internal.abort();
+        }
         // A node that stops of its own accord leaves: its claims go at once, not when its lease lapses. A
         // fenced one has nothing to give back.
         if let Some(node) = self.node

@@ -15,6 +15,8 @@ use crate::store::AuditReader;
 /// What the server's tasks share. No protocol state: that lives in the hub task.
 pub(super) struct Shared {
     pub(super) hub: HubHandle,
+    /// This node among the cluster's nodes, when it serves beside them (`--cluster-listen`).
+    pub(super) peers: Option<Arc<super::peers::Peers>>,
     /// Becomes true when the server stops: event streams end.
     pub(super) closing: tokio::sync::watch::Sender<bool>,
     /// True while the server drains before it stops: `/readyz` says so, new sleds are refused.

@@ -28,6 +28,6 @@ pub mod sqlite;
 pub use audit::{AuditPage, AuditQuery, Checkpoint, Entry, Head, VerifyError, VerifyReport};
 pub use memory::MemoryStore;
 pub use seam::{
-    AuditReader, Change, ClaimAnswer, ClusterStore, CredentialRow, CredentialStore, Kept, Orphan, Renewal, RuleChanges,
-    SessionChanges, Store, StoreError, StoredResumable, StoredRule, StoredSession,
+    AuditReader, Change, ClaimAnswer, ClusterStore, CredentialRow, CredentialStore, HeldAt, Kept, Orphan, Peer,
+    Renewal, RuleChanges, SessionChanges, Store, StoreError, StoredResumable, StoredRule, StoredSession,
 };

@@ -263,10 +263,11 @@ pub struct Renewal {
 /// The part of a database that several gateway nodes share: each node's lease, on the database's clock, and
 /// the table of which connection holds each project. Calls may come from any thread.
 pub trait ClusterStore: Send + Sync + 'static {
-    /// Joins as a new node (an incarnation: never an earlier one's id) reachable at `addr`, with a lease of
-    /// `lease` from the database's now. From then on every commit of this store's writer checks the lease
-    /// inside its transaction ([`StoreError::Fenced`] once it has lapsed).
-    fn join(&self, addr: &str, lease: std::time::Duration) -> Result<u64, StoreError>;
+    /// Joins as a new node (an incarnation: never an earlier one's id) listening at `addr`, its peers
+    /// reaching it at `internal`, with a lease of `lease` from the database's now, beside the nodes already
+    /// there. From then on every commit of this store's writer checks the lease inside its transaction
+    /// ([`StoreError::Fenced`] once it has lapsed).
+    fn join(&self, addr: &str, internal: Option<&str>, lease: std::time::Duration) -> Result<u64, StoreError>;
 
     /// As [`ClusterStore::join`], but only while no other node's lease holds
     /// ([`StoreError::NodeLive`] otherwise): one gateway at a time serves the database, and the next may
@@ -304,6 +305,31 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// The requests that were waiting at nodes whose lease has lapsed, but for those kept to come back
     /// (a resuming sled may still send them again elsewhere): theirs to end, as lost with their connection.
     fn orphans(&self) -> Result<Vec<Orphan>, StoreError>;
+
+    /// Where the request `perm` (its public id) waits, by the table of waiting requests: `None` when no
+    /// node holds it.
+    fn holder(&self, perm: &str) -> Result<Option<HeldAt>, StoreError>;
+
+    /// The live nodes that have an internal listener, this one among them.
+    fn peers(&self) -> Result<Vec<Peer>, StoreError>;
+}
+
+/// Where a request waits ([`ClusterStore::holder`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldAt {
+    /// The node, whether it lives, whether the request is kept for its sled.
+    pub holder: uplink_proto::gateway::Holder,
+    /// Where that node's peers reach it, if it has an internal listener.
+    pub internal: Option<String>,
+}
+
+/// A live node with an internal listener ([`ClusterStore::peers`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its id.
+    pub node: u64,
+    /// Where its peers reach it (`host:port`).
+    pub internal: String,
 }
 
 /// A request that was waiting at a node that is gone ([`ClusterStore::orphans`]).

@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
-use uplink_proto::gateway::CredentialId;
+use uplink_proto::gateway::{CredentialId, Holder};
 
 use super::db::Db;
 use super::kept::{self, RULE_COLUMNS, SESSION_COLUMNS};
 use super::schema::{RULE_ID_BLOCK, big};
-use crate::store::seam::{ClaimAnswer, ClusterStore, Orphan, Renewal, RuleChanges, SessionChanges, StoreError};
+use crate::store::seam::{
+    ClaimAnswer, ClusterStore, HeldAt, Orphan, Peer, Renewal, RuleChanges, SessionChanges, StoreError,
+};
 
 /// How long a renewal may take before it counts as unanswered: its lease's deadline does not wait for it.
 const RENEW_WITHIN: Duration = Duration::from_secs(2);
@@ -41,19 +43,19 @@ impl PostgresCluster {
 
     /// Joins as a new node; `alone`: only while no other node's lease holds (under a lock that makes two
     /// joining at once take turns, each looking after the other has joined).
-    fn join_with(&self, addr: &str, lease: Duration, alone: bool) -> Result<u64, StoreError> {
-        let addr = addr.to_owned();
+    fn join_with(&self, addr: &str, internal: Option<&str>, lease: Duration, alone: bool) -> Result<u64, StoreError> {
+        let (addr, internal) = (addr.to_owned(), internal.map(str::to_owned));
         let joined =
             self.with_client(RENEW_WITHIN.max(Duration::from_secs(10)), move |client: Arc<Client>| async move {
-                let insert = "INSERT INTO uplink.nodes (addr, lease_until)
-                          SELECT $1, clock_timestamp() + $2::bigint * interval '1 millisecond'
+                let insert = "INSERT INTO uplink.nodes (addr, lease_until, internal)
+                          SELECT $1, clock_timestamp() + $2::bigint * interval '1 millisecond', $4
                           WHERE NOT $3 OR NOT EXISTS (SELECT 1 FROM uplink.nodes
                                                       WHERE ended IS NULL AND lease_until > clock_timestamp())
                           RETURNING id";
                 if alone {
                     client.execute("SELECT pg_advisory_lock($1)", &[&JOIN_LOCK]).await?;
                 }
-                let row = client.query_opt(insert, &[&addr, &ms(lease), &alone]).await;
+                let row = client.query_opt(insert, &[&addr, &ms(lease), &alone, &internal]).await;
                 if alone {
                     // A failed unlock is a lost connection, which lets the lock go with it; the join stands.
                     let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&JOIN_LOCK]).await;
@@ -167,12 +169,48 @@ fn unbits(n: i64) -> u64 {
 }
 
 impl ClusterStore for PostgresCluster {
-    fn join(&self, addr: &str, lease: Duration) -> Result<u64, StoreError> {
-        self.join_with(addr, lease, false)
+    fn join(&self, addr: &str, internal: Option<&str>, lease: Duration) -> Result<u64, StoreError> {
+        self.join_with(addr, internal, lease, false)
     }
 
     fn join_alone(&self, addr: &str, lease: Duration) -> Result<u64, StoreError> {
-        self.join_with(addr, lease, true)
+        self.join_with(addr, None, lease, true)
+    }
+
+    fn holder(&self, perm: &str) -> Result<Option<HeldAt>, StoreError> {
+        let (db, perm) = (self.db.clone(), perm.to_owned());
+        self.db.run_within(Duration::from_secs(5), async move {
+            let client = db.clone().pooled().await?;
+            let row = client
+                .query_opt(
+                    "SELECT p.node, uplink.live(p.node), n.internal,
+                            EXISTS (SELECT 1 FROM uplink.resumables r WHERE r.id = p.perm)
+                     FROM uplink.pending p LEFT JOIN uplink.nodes n ON n.id = p.node WHERE p.perm = $1",
+                    &[&perm],
+                )
+                .await
+                .map_err(|e| db.said(&e))?;
+            Ok(row.map(|r| HeldAt {
+                holder: Holder { node: unbits(r.get(0)), live: r.get(1), kept: r.get(3) },
+                internal: r.get(2),
+            }))
+        })
+    }
+
+    fn peers(&self) -> Result<Vec<Peer>, StoreError> {
+        let db = self.db.clone();
+        self.db.run_within(Duration::from_secs(5), async move {
+            let client = db.clone().pooled().await?;
+            let rows = client
+                .query(
+                    "SELECT id, internal FROM uplink.nodes
+                     WHERE ended IS NULL AND lease_until > clock_timestamp() AND internal IS NOT NULL ORDER BY id",
+                    &[],
+                )
+                .await
+                .map_err(|e| db.said(&e))?;
+            Ok(rows.iter().map(|r| Peer { node: unbits(r.get(0)), internal: r.get(1) }).collect())
+        })
     }
 
     fn renew(&self, node: u64, lease: Duration) -> Result<Renewal, StoreError> {

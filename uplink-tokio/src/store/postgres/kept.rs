@@ -33,7 +33,8 @@ pub(super) async fn load(db: &Arc<Db>) -> Result<Kept, StoreError> {
 }
 
 /// The requests that may come back: for a cluster's node (`node`), those it takes up from nodes that are
-/// gone (a live node's stay its own); for a store that joined none, all. One whose record does not read is
+/// gone (a live node's stay its own; the table of waiting requests names the new node from then on, so
+/// that decisions made elsewhere reach it); for a store that joined none, all. One whose record does not read is
 /// an error, never skipped.
 async fn read_resumables(db: &Db, client: &impl GenericClient, node: i64) -> Result<Vec<StoredResumable>, StoreError> {
     let rows = if node == 0 {
@@ -42,7 +43,8 @@ async fn read_resumables(db: &Db, client: &impl GenericClient, node: i64) -> Res
         client
             .query(
                 "WITH taken AS (UPDATE uplink.resumables SET node = $1
-                                WHERE node = $1 OR node = 0 OR NOT uplink.live(node) RETURNING id, record)
+                                WHERE node = $1 OR node = 0 OR NOT uplink.live(node) RETURNING id, record),
+                      moved AS (UPDATE uplink.pending SET node = $1 WHERE perm IN (SELECT id FROM taken))
                  SELECT record FROM taken ORDER BY id",
                 &[&node],
             )

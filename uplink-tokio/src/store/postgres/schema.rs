@@ -11,7 +11,7 @@ use super::db::Db;
 use crate::store::seam::StoreError;
 
 /// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// Each step from version `i` to `i + 1`, run in one transaction.
 const MIGRATIONS: &[&str] = &[
@@ -190,6 +190,9 @@ const MIGRATIONS: &[&str] = &[
     // 7 → 8: the node that holds each request kept to come back (0: none joined); a node starting takes up
     // those of nodes that are gone, never a live node's.
     "ALTER TABLE uplink.resumables ADD COLUMN node bigint NOT NULL DEFAULT 0;",
+    // 8 → 9: where each node's peers reach it (its internal listener, `--cluster-listen`); none for a node
+    // that serves alone.
+    "ALTER TABLE uplink.nodes ADD COLUMN internal text;",
 ];
 
 /// The transaction-scoped lock under which a schema is checked and migrated (two gateways starting at once

@@ -1,0 +1,144 @@
+//! Several `uplink gateway` nodes serving one PostgreSQL database side by side (`--cluster-listen`), as the
+//! program runs them: a person asks any node; a decision made at one node for a request held at another is
+//! carried there over the internal listener, decided and recorded by the node that holds it, and reaches
+//! its sled; listings show the whole fleet and say which node did not answer; the internal listener lets in
+//! only calls signed by a node of the cluster, while their caller still waits.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use futures_util::SinkExt as _;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use uplink_tests::postgres::Postgres;
+use uplink_tests::program::{self, Program, Running};
+use uplink_tests::{http, perm_response, raw_sled_at, until};
+
+const UPLINK: &str = env!("CARGO_BIN_EXE_uplink");
+
+/// A node of the cluster on `url`, with its internal listener on a port of its own.
+async fn node(url: &str, dir: &std::path::Path) -> Running {
+    Program::gateway(UPLINK)
+        .args(["--store", url, "--lease", "30s", "--cluster-listen", "127.0.0.1:0"])
+        .state_dir(dir)
+        .banner_until("  store: ")
+        .start()
+        .await
+}
+
+fn ask(req_id: &str, command: &str) -> Message {
+    let frame =
+        json!({"type":"perm_request","req_id":req_id,"payload":{"tool_name":"Bash","tool_input":{"command":command}}});
+    Message::text(frame.to_string())
+}
+
+async fn listing(base: &str, admin: &str) -> Value {
+    let (status, body) = http("GET", &format!("{base}/api/permissions"), Some(admin), None, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn decide(base: &str, admin: &str, id: &str, body: &str) -> (u16, Value) {
+    let (status, body) = http("POST", &format!("{base}/api/permissions/{id}"), Some(admin), Some(body), &[]).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listings_show_the_fleet() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
+    let mut a = node(&url, one.path()).await;
+    let (a_base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
+    let internal = a.word_after("the cluster's other nodes reach this one at ");
+    // The second node starts while the first serves: side by side, with the tokens the first made.
+    let mut b = node(&url, two.path()).await;
+    let b_base = b.base_url();
+
+    // A sled at a asks; b lists it, with the node it waits at, and every node answered.
+    let mut ws = raw_sled_at(&a_base, &sled, "web").await;
+    ws.send(ask("r1", "git status")).await.unwrap();
+    let listed = until("the request to be listed at the other node", async || {
+        let listed = listing(&b_base, &admin).await;
+        listed["permissions"][0]["id"].is_string().then_some(listed)
+    })
+    .await;
+    assert_eq!(listed["unreachable_nodes"], json!([]), "{listed}");
+    let (id, node_a) = (listed["permissions"][0]["id"].as_str().unwrap().to_owned(), &listed["permissions"][0]["node"]);
+    assert_eq!(listing(&a_base, &admin).await["permissions"][0]["node"], *node_a, "the same at the node itself");
+    assert_eq!(listed["permissions"][0]["tool_input"]["command"], "git status");
+
+    // b's decision is carried to a, which decides it and sends it to its sled.
+    let (status, answer) = decide(&b_base, &admin, &id, r#"{"approved":true,"message":"from b"}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["decision"].as_str(), answer["by"].as_str()), (Some("approve"), Some("admin")));
+    let response = perm_response(&mut ws).await;
+    assert_eq!(response["payload"]["approved"], true, "{response}");
+    // Decided once: asked again, at either node, it has ended as decided.
+    let (status, again) = decide(&b_base, &admin, &id, r#"{"approved":false}"#).await;
+    assert_eq!((status, again["ended"].as_str()), (409, Some("decided")), "{again}");
+    // An id no node holds is not found, at either.
+    assert_eq!(decide(&b_base, &admin, "1-1", r#"{"approved":true}"#).await.0, 404);
+
+    // The internal listener lets in only calls a node of the cluster signed; the public one has no such
+    // routes.
+    ws.send(ask("r2", "make")).await.unwrap();
+    let id2: String = until("the second request to be listed", async || {
+        let listed = listing(&b_base, &admin).await;
+        listed["permissions"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let carried = json!({"by": "admin", "ask": {"approved": true}}).to_string();
+    let forged = [("uplink-node", "1"), ("uplink-to", "1"), ("uplink-at", "1"), ("uplink-tag", &*"0".repeat(64))];
+    for headers in [&[][..], &forged[..]] {
+        let (status, body) =
+            http("POST", &format!("http://{internal}/internal/permissions/{id2}"), None, Some(&carried), headers).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    let (status, _) = http("GET", &format!("http://{internal}/internal/permissions"), None, None, &[]).await;
+    assert_eq!(status, 401);
+    let (status, _) = http("GET", &format!("{a_base}/internal/permissions"), Some(&admin), None, &[]).await;
+    assert_eq!(status, 404);
+
+    // a paused: b's decision gets no answer (503, after the call's wait), and b's listing says a did not
+    // answer. Woken, a refuses the call b gave up on: the request still waits, and is decided now.
+    a.signal("-STOP");
+    let (decided, listed) =
+        tokio::join!(decide(&b_base, &admin, &id2, r#"{"approved":true}"#), listing(&b_base, &admin));
+    a.signal("-CONT");
+    assert_eq!(decided.0, 503, "{}", decided.1);
+    assert!(decided.1["error"].as_str().unwrap().contains("did not answer"), "{}", decided.1);
+    assert_eq!(listed["unreachable_nodes"], json!([node_a]), "{listed}");
+    let listed = until("a to answer again", async || {
+        let listed = listing(&b_base, &admin).await;
+        (listed["unreachable_nodes"] == json!([])).then_some(listed)
+    })
+    .await;
+    assert_eq!(listed["permissions"][0]["id"], id2.as_str(), "the call b gave up on decided nothing: {listed}");
+    assert_eq!(listed["permissions"][0]["decided"], Value::Null, "{listed}");
+    let (status, answer) = decide(&b_base, &admin, &id2, r#"{"approved":false,"message":"not now"}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    let response = perm_response(&mut ws).await;
+    assert_eq!((response["req_id"].as_str(), response["payload"]["approved"].as_bool()), (Some("r2"), Some(false)));
+
+    // Each node wrote its own chain; the log verifies as a whole.
+    drop(ws);
+    assert!(b.stop().await.success());
+    assert!(a.stop().await.success());
+    let verify = program::run_within("uplink", UPLINK, &["audit", "verify", "--store", &url], &[]).await;
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+}
+
+#[tokio::test]
+async fn an_internal_listener_needs_a_shared_store_and_an_address_its_peers_can_use() {
+    let dir = uplink_tests::temp_dir();
+    let state = dir.path().to_str().unwrap();
+    let alone = ["gateway", "--listen", "127.0.0.1:0", "--state-dir", state, "--cluster-listen", "127.0.0.1:0"];
+    let out = program::run_within("uplink", UPLINK, &alone, &[]).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("--cluster-listen: needs a store the nodes share"), "{said}");
+    let url = Postgres::shared().fresh_database();
+    let wild =
+        ["gateway", "--listen", "127.0.0.1:0", "--state-dir", state, "--store", &url, "--cluster-listen", "0.0.0.0:0"];
+    let out = program::run_within("uplink", UPLINK, &wild, &[]).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("--cluster-advertise"), "{said}");
+}
