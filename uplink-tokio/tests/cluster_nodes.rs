@@ -14,10 +14,10 @@ use uplink_tests::{http, perm_response, raw_sled_at, until};
 
 const UPLINK: &str = env!("CARGO_BIN_EXE_uplink");
 
-/// A node of the cluster on `url`, with its internal listener on a port of its own.
-async fn node(url: &str, dir: &std::path::Path) -> Running {
+/// A node of the cluster on `url` with a lease of `lease`, its internal listener on a port of its own.
+async fn node(url: &str, dir: &std::path::Path, lease: &str) -> Running {
     Program::gateway(UPLINK)
-        .args(["--store", url, "--lease", "30s", "--cluster-listen", "127.0.0.1:0"])
+        .args(["--store", url, "--lease", lease, "--cluster-listen", "127.0.0.1:0"])
         .state_dir(dir)
         .banner_until("  store: ")
         .start()
@@ -46,11 +46,11 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
     let pg = Postgres::shared();
     let url = pg.fresh_database();
     let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
-    let mut a = node(&url, one.path()).await;
+    let mut a = node(&url, one.path(), "30s").await;
     let (a_base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
     let internal = a.word_after("the cluster's other nodes reach this one at ");
     // The second node starts while the first serves: side by side, with the tokens the first made.
-    let mut b = node(&url, two.path()).await;
+    let mut b = node(&url, two.path(), "30s").await;
     let b_base = b.base_url();
 
     // A sled at a asks; b lists it, with the node it waits at, and every node answered.
@@ -141,4 +141,34 @@ async fn an_internal_listener_needs_a_shared_store_and_an_address_its_peers_can_
     let out = program::run_within("uplink", UPLINK, &wild, &[]).await;
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && said.contains("--cluster-advertise"), "{said}");
+}
+
+#[tokio::test]
+async fn what_a_killed_node_left_waiting_ends_once_in_the_log_at_a_node_already_serving() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = url.split('/').nth(3).unwrap().split('?').next().unwrap().to_owned();
+    let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
+    let mut a = node(&url, one.path(), "2s").await;
+    let (a_base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
+    let mut b = node(&url, two.path(), "2s").await;
+    // A sled without resume asks at a, which is killed with the request waiting.
+    let mut ws = raw_sled_at(&a_base, &sled, "web").await;
+    ws.send(ask("r1", "ls")).await.unwrap();
+    until("the request to be listed", async || {
+        let listed = listing(&b.base_url(), &admin).await;
+        listed["permissions"][0]["id"].is_string().then_some(())
+    })
+    .await;
+    a.kill().await;
+    // b, serving all along, ends it in the log as lost with its connection once a's lease lapsed: once.
+    let lost = "SELECT count(*) FROM uplink.audit WHERE kind = 'end' AND outcome = 'connection_lost'";
+    until("the request to end in the log", async || (pg.sql(&db, lost).unwrap() == "1").then_some(())).await;
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM uplink.pending").unwrap(), "0", "nothing left waiting");
+    let chain = |kind: &str| pg.sql(&db, &format!("SELECT chain FROM uplink.audit WHERE kind = '{kind}'")).unwrap();
+    assert_ne!(chain("end"), chain("request"), "ended by b, in its own chain");
+    assert!(b.stop().await.success());
+    assert_eq!(pg.sql(&db, lost).unwrap(), "1", "ended exactly once");
+    let verify = program::run_within("uplink", UPLINK, &["audit", "verify", "--store", &url], &[]).await;
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
 }

@@ -385,11 +385,13 @@ fn requests_left_waiting_at_a_node_whose_lease_lapsed_are_its_orphans_but_for_th
     };
     store.commit(&[asked("5-0"), asked("5-1"), asked("5-2"), Change::PutResumable(kept("5-1"))]).unwrap();
     store.commit(&[ended("5-2")]).unwrap();
-    let other = cluster(&url);
-    assert!(other.orphans().unwrap().is_empty(), "nothing is an orphan while its node lives");
+    let (other, third) = (cluster(&url), cluster(&url));
+    let taker = other.join("b:1", None, LONG).unwrap();
+    let late = third.join("c:1", None, LONG).unwrap();
+    assert!(other.take_orphans(taker).unwrap().is_empty(), "nothing is an orphan while its node lives");
     let started = Instant::now();
     let orphans = loop {
-        let orphans = other.orphans().unwrap();
+        let orphans = other.take_orphans(taker).unwrap();
         if !orphans.is_empty() {
             break orphans;
         }
@@ -398,6 +400,10 @@ fn requests_left_waiting_at_a_node_whose_lease_lapsed_are_its_orphans_but_for_th
     };
     assert_eq!(orphans.len(), 1, "{orphans:?}");
     assert_eq!((orphans[0].perm.as_str(), orphans[0].node, orphans[0].project.as_deref()), ("5-0", node, Some("web")));
+    // Taken: it waits at the taker now, and no other node (nor the taker again) is given it.
+    assert!(third.take_orphans(late).unwrap().is_empty());
+    assert!(other.take_orphans(taker).unwrap().is_empty());
+    assert_eq!(pg.sql(&db_of(&url), "SELECT node FROM uplink.pending WHERE perm = '5-0'").unwrap(), taker.to_string());
 }
 
 #[test]
@@ -481,4 +487,56 @@ fn kept(id: &str) -> uplink_tokio::store::StoredResumable {
         by: None,
         sent: false,
     }
+}
+
+#[test]
+fn nodes_taking_over_a_dead_nodes_requests_at_once_each_get_their_own_and_together_all() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let mut store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
+    store.cluster().unwrap().join("dead:1", None, SHORT).unwrap();
+    let asked: Vec<Change> = (0..200)
+        .map(|i| {
+            let mut e = Entry::new(1_700_000_000_000 + i, "request");
+            e.perm = Some(format!("7-{i}"));
+            Change::Record(e)
+        })
+        .collect();
+    store.commit(&asked).unwrap();
+    let takers: Vec<(PostgresCluster, u64)> = (0..4)
+        .map(|i| {
+            let c = cluster(&url);
+            let id = c.join(&format!("t{i}:1"), None, LONG).unwrap();
+            (c, id)
+        })
+        .collect();
+    let started = Instant::now();
+    while pg.sql(&db_of(&url), "SELECT count(*) FROM uplink.nodes WHERE NOT uplink.live(id)").unwrap() == "0" {
+        assert!(started.elapsed() < Duration::from_secs(10), "the dead node's lease lapses");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(takers.len()));
+    let taken: Vec<Vec<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = takers
+            .iter()
+            .map(|(c, id)| {
+                let barrier = barrier.clone();
+                s.spawn(move || {
+                    barrier.wait();
+                    c.take_orphans(*id).unwrap().into_iter().map(|o| o.perm).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<String> = taken.concat();
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        (count, all.len()),
+        (200, 200),
+        "each taken once, all taken: {:?}",
+        taken.iter().map(Vec::len).collect::<Vec<_>>()
+    );
 }

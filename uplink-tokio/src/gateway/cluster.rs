@@ -218,6 +218,37 @@ pub(crate) async fn watch_sessions(store: Arc<dyn ClusterStore>, shared: Arc<Sha
     .await;
 }
 
+/// Every lease until the hub task ends: takes over what was waiting at nodes that died (their lease lapsed)
+/// and ends it in the log as lost with its connection (their sleds denied it as their links dropped), but
+/// for what is kept to come back; each such request is taken by one node alone. A failure is tried again at
+/// the next turn.
+pub(crate) async fn end_orphans(node: Node, shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(node.lease);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if shared.hub.is_closed() {
+            return;
+        }
+        let (store, me) = (node.store.clone(), node.id);
+        let orphans = match tokio::task::spawn_blocking(move || store.take_orphans(me)).await {
+            Ok(Ok(orphans)) => orphans,
+            Ok(Err(e)) => {
+                warn!(error = %e, "taking over what dead nodes left waiting failed; tried again next lease");
+                continue;
+            }
+            Err(_) => return,
+        };
+        if orphans.is_empty() {
+            continue;
+        }
+        tracing::info!(requests = orphans.len(), "requests left waiting at nodes that died end as connection_lost");
+        let at_ms = super::console_sessions::unix_ms(std::time::SystemTime::now());
+        let ends = orphans.iter().map(|o| Change::Record(super::recorder::lost_with_its_node(o, at_ms))).collect();
+        shared.hub.keep(ends).await;
+    }
+}
+
 /// Every [`SHARED_EVERY`] until the hub task ends (or `take` says to stop): reads what other nodes changed
 /// since the last version read (`read`, on a blocking thread: the changes and the version they bring the
 /// reader to) and hands it to `take`. A reading that fails is tried again at the next turn; the first of a
@@ -323,7 +354,7 @@ mod tests {
         fn peers(&self) -> Result<Vec<Peer>, StoreError> {
             Ok(Vec::new())
         }
-        fn orphans(&self) -> Result<Vec<Orphan>, StoreError> {
+        fn take_orphans(&self, _: u64) -> Result<Vec<Orphan>, StoreError> {
             Ok(Vec::new())
         }
     }

@@ -13,8 +13,8 @@ pub(super) enum Ack {
     Decide(oneshot::Sender<Result<Decided, DecideFailure>>, Result<Decided, HubDecideError>),
     AddRule(oneshot::Sender<Result<StoredRule, RuleRefused>>, Result<StoredRule, RuleRefused>),
     RemoveRule(oneshot::Sender<bool>, bool),
-    /// Console sign-ins kept (or forgotten).
-    Sessions(oneshot::Sender<()>),
+    /// Changes kept beside the hub's own (console sign-ins, ends of requests a dead node left).
+    Kept(oneshot::Sender<()>),
 }
 
 impl Ack {
@@ -33,7 +33,7 @@ impl Ack {
             Ack::RemoveRule(reply, result) => {
                 let _ = reply.send(result);
             }
-            Ack::Sessions(reply) => {
+            Ack::Kept(reply) => {
                 let _ = reply.send(());
             }
         }

@@ -96,7 +96,7 @@ pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, request: axum::ex
     let kept = StoredSession { key, principal: principal.name.to_string(), csrf: csrf.clone(), expires_ms };
     let mut changes = vec![Change::PutSession(kept)];
     changes.extend(gone.into_iter().map(Change::DeleteSession));
-    shared.hub.keep_sessions(changes).await;
+    shared.hub.keep(changes).await;
     let secure = if shared.tls { "; Secure" } else { "" };
     let set_cookie =
         format!("{COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}", SESSION_LIFETIME.as_secs());
@@ -135,7 +135,7 @@ pub(super) async fn sign_out(State(shared): State<Arc<Shared>>, headers: HeaderM
         return refused(why);
     }
     // Written before the answer: a sign-out never comes undone in a restart.
-    shared.hub.keep_sessions(vec![Change::DeleteSession(key)]).await;
+    shared.hub.keep(vec![Change::DeleteSession(key)]).await;
     let mut response = json_response(StatusCode::OK, &json!({"signed_out": true}));
     if let Ok(value) = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0").parse() {
         response.headers_mut().insert("set-cookie", value);

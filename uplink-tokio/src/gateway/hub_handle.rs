@@ -163,8 +163,9 @@ pub(super) enum HubMsg {
     CancelMcp {
         ticket: McpTicket,
     },
-    /// Console sign-ins to keep or forget; `reply` once they are written.
-    Sessions {
+    /// Changes kept beside the hub's own (console sign-ins, the ends of requests a dead node left); `reply`
+    /// once they are written.
+    Keep {
         changes: Vec<Change>,
         reply: Option<oneshot::Sender<()>>,
     },
@@ -334,10 +335,12 @@ impl HubHandle {
         McpExchange::new(rx, self)
     }
 
-    /// Keeps (or forgets) console sign-ins; returns once they are written (at once without a store).
-    pub(crate) async fn keep_sessions(&self, changes: Vec<Change>) {
+    /// Keeps changes made beside the hub (console sign-ins kept or forgotten, the ends of requests a dead
+    /// node left) in the store, in the order of the hub's own; returns once they are written (at once
+    /// without a store).
+    pub(crate) async fn keep(&self, changes: Vec<Change>) {
         let (reply, written) = oneshot::channel();
-        if self.tx.send(HubMsg::Sessions { changes, reply: Some(reply) }).await.is_ok() {
+        if self.tx.send(HubMsg::Keep { changes, reply: Some(reply) }).await.is_ok() {
             let _ = written.await;
         }
     }
@@ -353,7 +356,7 @@ impl HubHandle {
 
     /// Forgets console sign-ins, without waiting for the write (from where nothing can wait).
     pub(crate) fn forget_sessions(&self, changes: Vec<Change>) {
-        let _ = self.tx.try_send(HubMsg::Sessions { changes, reply: None });
+        let _ = self.tx.try_send(HubMsg::Keep { changes, reply: None });
     }
 
     /// The admin principal `name` is gone: its MCP sessions end.

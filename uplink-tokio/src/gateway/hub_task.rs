@@ -259,11 +259,11 @@ impl HubTask {
             HubMsg::CancelMcp { ticket } => {
                 self.hub.cancel_mcp(now, ticket, "the HTTP client went away");
             }
-            HubMsg::Sessions { changes, reply } => {
+            HubMsg::Keep { changes, reply } => {
                 if self.store.is_some() {
                     self.changes.extend(changes);
                     if let Some(reply) = reply {
-                        self.acks.push(Ack::Sessions(reply));
+                        self.acks.push(Ack::Kept(reply));
                     }
                 } else if let Some(reply) = reply {
                     let _ = reply.send(());

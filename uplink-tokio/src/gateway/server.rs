@@ -142,8 +142,8 @@ impl GatewayServer {
         // What was waiting at nodes that died ends in the log now, as lost with its connection (their sleds
         // denied it as their links dropped), but for what is kept to come back.
         if let (Some((node, _)), Some(store)) = (&joined, store.as_mut()) {
-            let (cluster, at_ms) = (node.store.clone(), unix_ms(SystemTime::now()));
-            let orphans = tokio::task::spawn_blocking(move || cluster.orphans())
+            let (cluster, at_ms, me) = (node.store.clone(), unix_ms(SystemTime::now()), node.id);
+            let orphans = tokio::task::spawn_blocking(move || cluster.take_orphans(me))
                 .await
                 .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
             if !orphans.is_empty() {
@@ -296,6 +296,7 @@ impl GatewayServer {
         });
         if let Some(node) = &node {
             tokio::spawn(super::cluster::watch_sessions(node.store.clone(), shared.clone()));
+            tokio::spawn(super::cluster::end_orphans(node.clone(), shared.clone()));
         }
         let internal = internal.map(|(listener, _)| listener);
         Ok(GatewayServer { listener, internal, shared, hub_task, tls, failed, store_closed, node, drain: config.drain })

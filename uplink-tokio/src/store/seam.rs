@@ -302,9 +302,11 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// The console sign-ins changed since `version`, as [`ClusterStore::rules_since`] reads rules.
     fn sessions_since(&self, version: u64) -> Result<SessionChanges, StoreError>;
 
-    /// The requests that were waiting at nodes whose lease has lapsed, but for those kept to come back
-    /// (a resuming sled may still send them again elsewhere): theirs to end, as lost with their connection.
-    fn orphans(&self) -> Result<Vec<Orphan>, StoreError>;
+    /// Takes over, for `node` to end as lost with their connection, the requests that were waiting at
+    /// nodes whose lease has lapsed, but for those kept to come back (a resuming sled may still send them
+    /// again elsewhere): each is given to one taker only, and waits at it until its `end` is committed (a
+    /// taker that dies first leaves it to the next). At most 10,000 at a time.
+    fn take_orphans(&self, node: u64) -> Result<Vec<Orphan>, StoreError>;
 
     /// Where the request `perm` (its public id) waits, by the table of waiting requests: `None` when no
     /// node holds it.
@@ -332,7 +334,7 @@ pub struct Peer {
     pub internal: String,
 }
 
-/// A request that was waiting at a node that is gone ([`ClusterStore::orphans`]).
+/// A request that was waiting at a node that is gone ([`ClusterStore::take_orphans`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Orphan {
     /// Its public id.

@@ -330,15 +330,21 @@ impl ClusterStore for PostgresCluster {
         Ok(changes)
     }
 
-    fn orphans(&self) -> Result<Vec<Orphan>, StoreError> {
+    fn take_orphans(&self, node: u64) -> Result<Vec<Orphan>, StoreError> {
+        let node = big(node)?;
         self.with_client(Duration::from_secs(10), move |client: Arc<Client>| async move {
+            // Each row is taken by one node alone (locked, skipped by the others): from then on it waits at
+            // the taker, whose commit of its end removes it; a taker that dies leaves it to the next.
             let rows = client
                 .query(
-                    "SELECT p.perm, p.node, p.project, p.tool, p.at_ms FROM uplink.pending p
-                     WHERE p.node <> 0 AND NOT uplink.live(p.node)
-                       AND NOT EXISTS (SELECT 1 FROM uplink.resumables r WHERE r.id = p.perm)
-                     ORDER BY p.at_ms, p.perm",
-                    &[],
+                    "WITH o AS (SELECT p.perm, p.node FROM uplink.pending p
+                                WHERE p.node <> 0 AND p.node <> $1 AND NOT uplink.live(p.node) AND uplink.live($1)
+                                  AND NOT EXISTS (SELECT 1 FROM uplink.resumables r WHERE r.id = p.perm)
+                                ORDER BY p.at_ms, p.perm LIMIT 10000 FOR UPDATE SKIP LOCKED),
+                          t AS (UPDATE uplink.pending p SET node = $1 FROM o WHERE p.perm = o.perm
+                                RETURNING p.perm, o.node, p.project, p.tool, p.at_ms)
+                     SELECT * FROM t ORDER BY at_ms, perm",
+                    &[&node],
                 )
                 .await?;
             Ok(rows
