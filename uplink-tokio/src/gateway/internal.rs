@@ -19,7 +19,7 @@ use hyper::StatusCode;
 use uplink_proto::gateway::{Action, PublicPermId};
 
 use super::config::MAX_ADMIN_BODY;
-use super::permissions::{Ask, decide_here, listing};
+use super::permissions::{Ask, decide_here, write_listing};
 use super::shared::Shared;
 use crate::http::{error, json_text, read_limited};
 
@@ -52,7 +52,10 @@ async fn list(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     if let Err(refused) = checked(&shared, request).await {
         return refused;
     }
-    json_text(StatusCode::OK, format!(r#"{{"permissions":[{}]}}"#, listing(&shared).await.join(",")))
+    let mut body = String::from(r#"{"permissions":["#);
+    write_listing(&shared, None, &mut body).await;
+    body.push_str("]}");
+    json_text(StatusCode::OK, body)
 }
 
 async fn decide(State(shared): State<Arc<Shared>>, Path(id): Path<String>, request: Request<Body>) -> Response {

@@ -14,7 +14,7 @@ use hyper::StatusCode;
 use serde_json::json;
 use uplink_proto::gateway::peers::{Route, route};
 use uplink_proto::gateway::{AlwaysScope, HubDecideError, PermEnd, PublicPermId, Verdict};
-use uplink_proto::wire::MAX_MESSAGE_BYTES;
+use uplink_proto::wire::{MAX_MESSAGE_BYTES, RawValue};
 
 use super::config::MAX_ADMIN_BODY;
 use super::extract::{Decider, Reader};
@@ -27,55 +27,74 @@ use crate::store::Peer;
 /// `GET /api/permissions`: what waits here; in a cluster, what waits at every live node, each entry with
 /// its `node`, and the nodes that did not answer in `unreachable_nodes` (the listing is then not whole).
 pub(super) async fn list(_: Reader, State(shared): State<Arc<Shared>>) -> Response {
-    let local = listing(&shared).await;
+    let mut body = String::from(r#"{"permissions":["#);
+    let mut listed = write_listing(&shared, shared.peers.as_ref().map(|p| p.me), &mut body).await;
     let Some(peers) = shared.peers.as_ref() else {
-        return json_text(StatusCode::OK, format!(r#"{{"permissions":[{}]}}"#, local.join(",")));
+        body.push_str("]}");
+        return json_text(StatusCode::OK, body);
     };
-    let mut entries: Vec<String> = local.iter().map(|e| with_node(e, peers.me)).collect();
     let mut unreachable = Vec::new();
     match peers.others().await {
         Ok(others) => {
             let asked = others.iter().map(|p| peers.call(p, "GET", "/internal/permissions", Bytes::new()));
             for (peer, answer) in others.iter().zip(futures_util::future::join_all(asked).await) {
-                let listed = answer.ok().filter(|a| a.status == StatusCode::OK).and_then(|a| {
-                    serde_json::from_slice::<serde_json::Value>(&a.body).ok()?.get("permissions")?.as_array().cloned()
-                });
-                match listed {
-                    Some(listed) => entries.extend(listed.iter().map(|e| with_node(&e.to_string(), peer.node))),
-                    None => unreachable.push(peer.node),
+                // Each entry taken as the text it is (no tree of it), and checked to be an object.
+                #[derive(serde::Deserialize)]
+                struct Listed<'a> {
+                    #[serde(borrow)]
+                    permissions: Vec<&'a RawValue>,
+                }
+                let answer = answer.ok().filter(|a| a.status == StatusCode::OK);
+                let entries = answer.as_ref().and_then(|a| serde_json::from_slice::<Listed<'_>>(&a.body).ok());
+                let Some(entries) = entries.filter(|l| l.permissions.iter().all(|e| e.get().starts_with('{'))) else {
+                    unreachable.push(peer.node);
+                    continue;
+                };
+                for entry in &entries.permissions {
+                    if listed > 0 {
+                        body.push(',');
+                    }
+                    listed += 1;
+                    push_with_node(&mut body, entry.get(), Some(peer.node));
                 }
             }
         }
         // The other nodes are not known: the listing is this node's alone, and says so.
         Err(_) => unreachable.push(0),
     }
-    json_text(
-        StatusCode::OK,
-        format!(r#"{{"permissions":[{}],"unreachable_nodes":{}}}"#, entries.join(","), json!(unreachable)),
-    )
+    let _ = write!(body, r#"],"unreachable_nodes":{}}}"#, json!(unreachable));
+    json_text(StatusCode::OK, body)
 }
 
-/// `entry` (a JSON object's text) with the node it waits at.
-fn with_node(entry: &str, node: u64) -> String {
-    match entry.strip_prefix('{') {
-        Some(rest) if rest.starts_with('}') => format!(r#"{{"node":{node}}}"#),
-        Some(rest) => format!(r#"{{"node":{node},{rest}"#),
-        None => entry.to_owned(),
+/// `entry` (a JSON object's text) onto `body`, with the node it waits at first, if any.
+fn push_with_node(body: &mut String, entry: &str, node: Option<u64>) {
+    match (node, entry.strip_prefix('{').map(str::trim_start)) {
+        (Some(node), Some(rest)) if rest.starts_with('}') => _ = write!(body, r#"{{"node":{node}}}"#),
+        (Some(node), Some(rest)) => _ = write!(body, r#"{{"node":{node},{rest}"#),
+        _ => body.push_str(entry),
     }
 }
 
-/// What waits at this node, one JSON object's text each.
-pub(super) async fn listing(shared: &Shared) -> Vec<String> {
+/// What waits at this node onto `body`, one JSON object each, separated by commas (each with `node` first,
+/// if given); how many.
+pub(super) async fn write_listing(shared: &Shared, node: Option<u64>, body: &mut String) -> usize {
     let perms = shared.hub.permissions().await;
-    let mut entries = Vec::with_capacity(perms.len());
-    for p in &perms {
+    let bytes: usize = perms.iter().map(|p| p.tool_input.len() + p.tool_name.len() + p.project.len() + 120).sum();
+    body.reserve(bytes + 20);
+    for (i, p) in perms.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push('{');
+        if let Some(node) = node {
+            let _ = write!(body, r#""node":{node},"#);
+        }
         // What an "always allow" would make of it, shown before anyone picks it.
         let suggested = uplink_proto::rules::suggest(&p.tool_name, &p.tool_input)
             .map_or_else(|| "null".to_owned(), |r| json_string(&r.to_string()));
-        let mut entry = String::with_capacity(p.tool_input.len() + p.tool_name.len() + p.project.len() + 200);
         let _ = write!(
-            entry,
-            r#"{{"id":"{}","project":{},"tool_name":{},"tool_input":{},"age_ms":{},"deadline_in_ms":{},"suggested_rule":{},"sled_away":{},"decided":{}}}"#,
+            body,
+            r#""id":"{}","project":{},"tool_name":{},"tool_input":{},"age_ms":{},"deadline_in_ms":{},"suggested_rule":{},"sled_away":{},"decided":{}}}"#,
             p.id,
             json_string(&p.project),
             json_string(&p.tool_name),
@@ -86,9 +105,8 @@ pub(super) async fn listing(shared: &Shared) -> Vec<String> {
             p.held,
             p.decided.map_or_else(|| "null".to_owned(), |d| json_string(d.as_str())),
         );
-        entries.push(entry);
     }
-    entries
+    perms.len()
 }
 
 /// A person's answer to one request, as `POST /api/permissions/{id}` takes it (and as it is carried to the
