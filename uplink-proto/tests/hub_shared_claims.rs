@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::hub::{HubDriver, closes, events, sent};
 use serde_json::json;
 use uplink_proto::gateway::{
-    ClaimAnswer, CloseReason, ConnHandle, Credential, CredentialId, HubConfig, HubEvent, HubOutput, ResumeConfig,
-    SharedClaimsConfig,
+    ClaimAnswer, CloseReason, ConnHandle, Credential, CredentialId, HeldRequest, HubConfig, HubEvent, HubOutput,
+    PermId, PublicPermId, ResumeConfig, ResumeKey, SharedClaimsConfig, Verdict,
 };
 use uplink_proto::{Decision, Instant};
 
@@ -300,4 +300,56 @@ fn held_here_with_the_same_credential_the_hub_takes_it_over_itself_and_asks_agai
     let outs = h.answer(other, "api", ClaimAnswer::Held { credential: CredentialId(1), node: 0 });
     assert!(wanted(&outs).is_empty() && closes(&outs).is_empty(), "{outs:?}");
     assert_eq!(wanted(&h.advance(Duration::from_millis(250))), vec![(other, "api".to_owned(), CredentialId(1))]);
+}
+
+#[test]
+fn requests_a_gone_node_held_are_adopted_with_the_grant_and_found_by_what_the_sled_sends_again() {
+    let mut cfg = shared();
+    cfg.resume = Some(ResumeConfig::default());
+    let mut h = HubDriver::with(cfg);
+    h.hub.start_ids_after(5 << 32);
+    let conn = h.hub.accept(h.now, cred(1)).expect("accepting");
+    let identity = json!({"type":"identity","req_id":"identity","payload":{"project":"web","capabilities":["resume"],"incarnation":"i1"}});
+    h.text(conn, &identity.to_string());
+    h.ask(conn, "r1");
+    h.ask(conn, "r2");
+    h.drain();
+    // Node 9 held r1 (decided while its sled was away) and r2 (waiting), then died: handed over with the
+    // grant, under node 9's ids.
+    let held = |perm: u64, req_id: &str, verdict: Option<Verdict>| HeldRequest {
+        id: PublicPermId { conn: ConnHandle((9 << 32) + 3), perm: PermId(perm) },
+        key: ResumeKey {
+            credential: CredentialId(1),
+            project: "web".into(),
+            incarnation: "i1".into(),
+            req_id: req_id.into(),
+        },
+        tool_name: "Bash".into(),
+        tool_input: r#"{"command":"ls"}"#.into(),
+        since: h.now,
+        deadline: None,
+        verdict,
+        sent: false,
+    };
+    h.hub.adopt_held(h.now, vec![held(0, "r1", Some(Verdict::new(Decision::Approve))), held(1, "r2", None)]);
+    let outs = h.answer(conn, "web", ClaimAnswer::Granted { generation: 1 });
+    let frames = sent(&outs, conn);
+    assert_eq!(frames[0]["type"], "resume_accepted", "{frames:?}");
+    // r1's decision is delivered at once; r2 waits again under node 9's id; nothing is asked anew.
+    let answered: Vec<_> = frames.iter().filter(|f| f["type"] == "perm_response").collect();
+    assert_eq!(answered.len(), 1, "{frames:?}");
+    assert_eq!(
+        (answered[0]["req_id"].as_str(), answered[0]["payload"]["approved"].as_bool()),
+        (Some("r1"), Some(true))
+    );
+    h.text(conn, r#"{"type":"resumed","req_id":"resumed","payload":{}}"#);
+    let outs = h.advance(Duration::from_secs(6));
+    let asked: Vec<_> =
+        events(&outs).into_iter().filter(|e| matches!(e, HubEvent::PermissionRequested { .. })).collect();
+    assert!(asked.is_empty(), "nothing asked anew: {asked:?}");
+    let listed: Vec<String> = h.hub.permissions(h.now).iter().map(|p| p.id.to_string()).collect();
+    assert_eq!(listed, [format!("{}-1", (9u64 << 32) + 3)]);
+    // The hub's own ids stay in its own range.
+    let other = h.identify(cred(1), "api");
+    assert!(other.0 > 5 << 32 && other.0 < 6 << 32, "{other:?}");
 }

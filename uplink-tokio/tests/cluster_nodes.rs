@@ -24,6 +24,28 @@ async fn node(url: &str, dir: &std::path::Path, lease: &str) -> Running {
         .await
 }
 
+/// Two nodes with short leases (2 s) on a fresh database, `a` started first.
+struct Pair {
+    pg: &'static Postgres,
+    url: String,
+    db: String,
+    a: Running,
+    b: Running,
+    _dirs: [Box<dyn std::any::Any + Send>; 2],
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let pg = Postgres::shared();
+        let url = pg.fresh_database();
+        let db = url.split('/').nth(3).unwrap().split('?').next().unwrap().to_owned();
+        let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
+        let a = node(&url, one.path(), "2s").await;
+        let b = node(&url, two.path(), "2s").await;
+        Pair { pg, url, db, a, b, _dirs: [Box::new(one), Box::new(two)] }
+    }
+}
+
 fn ask(req_id: &str, command: &str) -> Message {
     let frame =
         json!({"type":"perm_request","req_id":req_id,"payload":{"tool_name":"Bash","tool_input":{"command":command}}});
@@ -145,13 +167,8 @@ async fn an_internal_listener_needs_a_shared_store_and_an_address_its_peers_can_
 
 #[tokio::test]
 async fn what_a_killed_node_left_waiting_ends_once_in_the_log_at_a_node_already_serving() {
-    let pg = Postgres::shared();
-    let url = pg.fresh_database();
-    let db = url.split('/').nth(3).unwrap().split('?').next().unwrap().to_owned();
-    let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
-    let mut a = node(&url, one.path(), "2s").await;
+    let Pair { pg, url, db, mut a, mut b, _dirs } = Pair::start().await;
     let (a_base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
-    let mut b = node(&url, two.path(), "2s").await;
     // A sled without resume asks at a, which is killed with the request waiting.
     let mut ws = raw_sled_at(&a_base, &sled, "web").await;
     ws.send(ask("r1", "ls")).await.unwrap();
@@ -169,6 +186,89 @@ async fn what_a_killed_node_left_waiting_ends_once_in_the_log_at_a_node_already_
     assert_ne!(chain("end"), chain("request"), "ended by b, in its own chain");
     assert!(b.stop().await.success());
     assert_eq!(pg.sql(&db, lost).unwrap(), "1", "ended exactly once");
+    let verify = program::run_within("uplink", UPLINK, &["audit", "verify", "--store", &url], &[]).await;
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+}
+
+/// A raw sled of incarnation `inc-1` offering `resume`, for project `web`, accepted by the node at `base`.
+async fn resuming_sled(base: &str, token: &str) -> uplink_tests::RawWs {
+    let url = format!("{}/api/sled-uplink?token={token}", base.replace("http://", "ws://"));
+    let mut ws = uplink_tests::within("the sled to connect", tokio_tungstenite::connect_async(url)).await.unwrap().0;
+    let identity = json!({"type":"identity","req_id":"identity",
+        "payload":{"project":"web","capabilities":["resume"],"incarnation":"inc-1"}});
+    ws.send(Message::text(identity.to_string())).await.unwrap();
+    let first = next_frame(&mut ws).await;
+    assert_eq!(first["type"], "resume_accepted", "{first}");
+    ws
+}
+
+async fn next_frame(ws: &mut uplink_tests::RawWs) -> Value {
+    use futures_util::StreamExt as _;
+    loop {
+        match uplink_tests::within("a frame", ws.next()).await {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("the connection ended: {other:?}"),
+        }
+    }
+}
+
+fn resumed() -> Message {
+    Message::text(json!({"type":"resumed","req_id":"resumed","payload":{}}).to_string())
+}
+
+#[tokio::test]
+async fn a_sled_whose_node_died_resumes_at_a_live_node_that_delivers_what_was_decided_and_asks_nothing_twice() {
+    let Pair { pg, url, db, mut a, mut b, _dirs } = Pair::start().await;
+    let (a_base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
+    let b_base = b.base_url();
+    let mut ws = resuming_sled(&a_base, &sled).await;
+    ws.send(resumed()).await.unwrap();
+    ws.send(ask("r1", "make deploy")).await.unwrap();
+    ws.send(ask("r2", "make test")).await.unwrap();
+    let ids = until("both requests to be listed", async || {
+        let listed = listing(&b_base, &admin).await;
+        let ids: Vec<(String, String)> = listed["permissions"]
+            .as_array()?
+            .iter()
+            .map(|p| (p["tool_input"]["command"].as_str().unwrap().to_owned(), p["id"].as_str().unwrap().to_owned()))
+            .collect();
+        (ids.len() == 2).then_some(ids)
+    })
+    .await;
+    let id_of = |command: &str| ids.iter().find(|(c, _)| c == command).unwrap().1.clone();
+    // The sled's link drops; a person at b approves r1 meanwhile: kept at a, for the sled's return.
+    drop(ws);
+    let (status, answer) = until("the requests to be held at a", async || {
+        let (status, answer) = decide(&b_base, &admin, &id_of("make deploy"), r#"{"approved":true}"#).await;
+        (status != 200 || answer["sled_away"] == true).then_some((status, answer))
+    })
+    .await;
+    assert_eq!((status, answer["sled_away"].as_bool()), (202, Some(true)), "{answer}");
+    // a dies. Once its lease lapsed, the sled comes back at b and sends again what it kept.
+    a.kill().await;
+    let a_live = "SELECT count(*) FROM uplink.nodes WHERE uplink.live(id)";
+    until("a's lease to lapse", async || (pg.sql(&db, a_live).unwrap() == "1").then_some(())).await;
+    let mut ws = resuming_sled(&b_base, &sled).await;
+    ws.send(ask("r1", "make deploy")).await.unwrap();
+    ws.send(ask("r2", "make test")).await.unwrap();
+    ws.send(resumed()).await.unwrap();
+    // The decision made before a died is delivered; r2 waits at b under its first id; nothing is asked anew.
+    let response = next_frame(&mut ws).await;
+    assert_eq!((response["req_id"].as_str(), response["payload"]["approved"].as_bool()), (Some("r1"), Some(true)));
+    let listed = listing(&b_base, &admin).await;
+    let now: Vec<&str> = listed["permissions"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(now, [id_of("make test").as_str()], "{listed}");
+    let (status, answer) = decide(&b_base, &admin, &id_of("make test"), r#"{"approved":false}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    let response = next_frame(&mut ws).await;
+    assert_eq!((response["req_id"].as_str(), response["payload"]["approved"].as_bool()), (Some("r2"), Some(false)));
+    // Asked once each: two requests in the log, each ended once, none lost.
+    let count = |sql: &str| pg.sql(&db, sql).unwrap();
+    assert_eq!(count("SELECT count(*) FROM uplink.audit WHERE kind = 'request'"), "2");
+    assert_eq!(count("SELECT count(*) FROM uplink.audit WHERE kind = 'end' AND outcome = 'connection_lost'"), "0");
+    drop(ws);
+    assert!(b.stop().await.success());
     let verify = program::run_within("uplink", UPLINK, &["audit", "verify", "--store", &url], &[]).await;
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
 }

@@ -540,3 +540,36 @@ fn nodes_taking_over_a_dead_nodes_requests_at_once_each_get_their_own_and_togeth
         taken.iter().map(Vec::len).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_granted_node_takes_over_what_gone_nodes_kept_for_that_project_and_credential_only() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = db_of(&url);
+    let mut a = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
+    a.cluster().unwrap().join("a:1", None, SHORT).unwrap();
+    let of = |id: &str, project: &str, credential: u64| {
+        let mut r = kept(id);
+        (r.project, r.credential) = (project.into(), credential);
+        Change::PutResumable(r)
+    };
+    let mut asked = Entry::new(1_700_000_000_000, "request");
+    asked.perm = Some("1-0".into());
+    a.commit(&[Change::Record(asked), of("1-0", "web", 7), of("1-1", "api", 7), of("1-2", "web", 8)]).unwrap();
+    let (b, c) = (cluster(&url), cluster(&url));
+    let (b_id, c_id) = (b.join("b:1", None, LONG).unwrap(), c.join("c:1", None, LONG).unwrap());
+    assert!(b.take_held(b_id, "web", 7).unwrap().is_empty(), "never a live node's");
+    let started = Instant::now();
+    let taken = loop {
+        let taken = b.take_held(b_id, "web", 7).unwrap();
+        if !taken.is_empty() {
+            break taken;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "a's lease lapses");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(taken.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["1-0"]);
+    assert_eq!(pg.sql(&db, "SELECT node FROM uplink.pending WHERE perm = '1-0'").unwrap(), b_id.to_string());
+    assert!(c.take_held(c_id, "web", 7).unwrap().is_empty(), "taken once");
+    assert_eq!(c.take_held(c_id, "web", 8).unwrap().len(), 1, "another credential's is its own");
+}

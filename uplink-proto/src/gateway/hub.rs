@@ -230,9 +230,20 @@ impl Hub {
     /// project's budget, ends as `connection_lost` at once). Public ids made from now on never take theirs.
     /// Does nothing without [`HubConfig::resume`].
     pub fn restore_held(&mut self, now: Instant, requests: Vec<HeldRequest>) {
+        for request in &requests {
+            self.start_ids_after(request.id.conn.0);
+        }
+        self.adopt_held(now, requests);
+    }
+
+    /// Holds `requests` that another node of the cluster held and is gone, as [`Hub::restore_held`] does,
+    /// but leaves the ids this hub hands out as they are: they are of that node's range, which never meets
+    /// this one's. The adapter hands them over with the grant of their project's claim, before the sled's
+    /// queued requests are taken up, so that those it sends again find them (and a decision made before that
+    /// node died is delivered). Does nothing without [`HubConfig::resume`].
+    pub fn adopt_held(&mut self, now: Instant, requests: Vec<HeldRequest>) {
         self.advance(now);
         for request in requests {
-            self.start_ids_after(request.id.conn.0);
             if request.sent {
                 self.remember_answer(request);
             } else {

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
-use uplink_proto::gateway::{ConnHandle, CredentialId, HubEvent};
+use uplink_proto::gateway::{ClaimAnswer, ConnHandle, CredentialId, HeldRequest, HubEvent};
 use uplink_proto::rules::RuleId;
 
 use super::hub_handle::{FromCluster, HubHandle};
 use super::shared::Shared;
-use super::wall::{Wall, from_stored};
+use super::wall::{Wall, from_stored, from_stored_resumable};
 use crate::socket_loop::Clock;
 use crate::store::{Change, ClusterStore, RuleChanges, SessionChanges};
 
@@ -35,6 +35,9 @@ pub(crate) struct Node {
     pub(crate) store: Arc<dyn ClusterStore>,
     pub(crate) id: u64,
     pub(crate) lease: Duration,
+    /// The hub holds requests for sleds that come back (`resume`): a claim granted takes over those that
+    /// gone nodes held for the project.
+    pub(crate) keeps_held: bool,
 }
 
 /// What the hub task asks of the database.
@@ -76,7 +79,7 @@ impl Errands {
     pub(crate) fn start(node: Node, hub: HubHandle, clock: Clock, wall: Wall) -> Errands {
         let (tx, rx) = mpsc::channel(ERRANDS);
         tokio::spawn(watch_rules(node.store.clone(), hub.clone(), wall));
-        tokio::spawn(run(node, hub, clock, rx));
+        tokio::spawn(run(node, hub, clock, wall, rx));
         Errands { tx }
     }
 
@@ -86,7 +89,7 @@ impl Errands {
     }
 }
 
-async fn run(node: Node, hub: HubHandle, clock: Clock, mut rx: mpsc::Receiver<Errand>) {
+async fn run(node: Node, hub: HubHandle, clock: Clock, wall: Wall, mut rx: mpsc::Receiver<Errand>) {
     let clock = Arc::new(clock);
     let at_once = Arc::new(Semaphore::new(AT_ONCE));
     while let Some(errand) = rx.recv().await {
@@ -133,7 +136,13 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, mut rx: mpsc::Receiver<Er
                         tokio::task::spawn_blocking(move || store.claim(id, conn.0, &asked, credential.0)).await;
                     match answer {
                         Ok(Ok(Some(answer))) => {
-                            hub.cluster_said(FromCluster::ClaimAnswer { conn, project, answer }).await;
+                            let held = match answer {
+                                ClaimAnswer::Granted { .. } if node.keeps_held => {
+                                    held_by_gone_nodes(&node, &project, credential, &wall).await
+                                }
+                                _ => Vec::new(),
+                            };
+                            hub.cluster_said(FromCluster::ClaimAnswer { conn, project, answer, held }).await;
                         }
                         // This node's lease lapsed, or the database did not answer: the claim waits, and
                         // is refused with 1013 in the end (or the hub fences first).
@@ -165,6 +174,31 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, mut rx: mpsc::Receiver<Er
                 }
             }
         });
+    }
+}
+
+/// What nodes now gone held for the sleds of `project` with `credential`, taken over by `node` (whose claim
+/// on it was just granted), to be held here before the sled's requests are taken up. None when the database
+/// does not answer: the sled's requests are then new ones here (a person is asked again; nothing is
+/// approved without a decision).
+async fn held_by_gone_nodes(node: &Node, project: &str, credential: CredentialId, wall: &Wall) -> Vec<HeldRequest> {
+    let (store, id, asked) = (node.store.clone(), node.id, project.to_owned());
+    match tokio::task::spawn_blocking(move || store.take_held(id, &asked, credential.0)).await {
+        Ok(Ok(kept)) => kept
+            .iter()
+            .filter_map(|r| {
+                let held = from_stored_resumable(r, wall);
+                if held.is_none() {
+                    warn!(id = ?r.id, "a kept request taken over does not read; it is not held again");
+                }
+                held
+            })
+            .collect(),
+        Ok(Err(e)) => {
+            warn!(error = %e, project = ?project, "taking over what gone nodes held for a project failed");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
     }
 }
 
@@ -295,7 +329,7 @@ mod tests {
     use std::sync::{Condvar, Mutex};
 
     use super::*;
-    use crate::store::{ClaimAnswer, HeldAt, Orphan, Peer, Renewal, StoreError};
+    use crate::store::{ClaimAnswer, HeldAt, Orphan, Peer, Renewal, StoreError, StoredResumable};
 
     /// A database whose claims wait until let go, counting what is asked of it.
     #[derive(Default)]
@@ -348,6 +382,9 @@ mod tests {
         fn sessions_since(&self, version: u64) -> Result<SessionChanges, StoreError> {
             Ok(SessionChanges { version, ..SessionChanges::default() })
         }
+        fn take_held(&self, _: u64, _: &str, _: u64) -> Result<Vec<StoredResumable>, StoreError> {
+            Ok(Vec::new())
+        }
         fn holder(&self, _: &str) -> Result<Option<HeldAt>, StoreError> {
             Ok(None)
         }
@@ -384,7 +421,7 @@ mod tests {
         let stuck = Arc::new(Stuck::default());
         let _unstick = LetGo(stuck.clone());
         let (tx, _rx) = mpsc::channel(1024);
-        let node = Node { store: stuck.clone(), id: 1, lease: Duration::from_secs(10) };
+        let node = Node { store: stuck.clone(), id: 1, lease: Duration::from_secs(10), keeps_held: false };
         let epoch = tokio::time::Instant::now();
         let wall = Wall::new(uplink_proto::Instant::ZERO, std::time::SystemTime::now());
         let errands = Errands::start(node, HubHandle::new(tx), Clock::new(epoch), wall);

@@ -8,8 +8,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::Instant;
 use uplink_proto::gateway::{
-    AcceptError, AlwaysScope, ClaimAnswer, CloseReason, ConnHandle, CredentialId, Decided, HubDecideError, McpFailure,
-    McpTicket, PermissionSummary, PublicPermId, RuleRefused, SledSummary, Verdict,
+    AcceptError, AlwaysScope, ClaimAnswer, CloseReason, ConnHandle, CredentialId, Decided, HeldRequest, HubDecideError,
+    McpFailure, McpTicket, PermissionSummary, PublicPermId, RuleRefused, SledSummary, Verdict,
 };
 use uplink_proto::rules::{Rule, RuleId};
 
@@ -197,8 +197,9 @@ pub(super) enum HubMsg {
 pub(crate) enum FromCluster {
     /// The answer to a renewal of the node's lease sent at `sent` (`None`: no answer).
     LeaseRenewal { sent: Instant, answer: Option<bool> },
-    /// The claims table's answer to `conn`'s claim on `project`.
-    ClaimAnswer { conn: ConnHandle, project: String, answer: ClaimAnswer },
+    /// The claims table's answer to `conn`'s claim on `project`, and, with a grant, what nodes now gone held
+    /// for the project's sled (held here first).
+    ClaimAnswer { conn: ConnHandle, project: String, answer: ClaimAnswer, held: Vec<HeldRequest> },
     /// Another node asked this one to let `project` go, for a sled of `credential`.
     Release { project: String, credential: CredentialId },
     /// The next block of rule ids.
@@ -214,7 +215,10 @@ impl FromCluster {
     pub(crate) fn apply(self, hub: &mut uplink_proto::gateway::Hub, now: Instant) -> Option<String> {
         match self {
             FromCluster::LeaseRenewal { sent, answer } => hub.handle_lease_renewal(now, sent, answer),
-            FromCluster::ClaimAnswer { conn, project, answer } => hub.handle_claim_answer(now, conn, &project, answer),
+            FromCluster::ClaimAnswer { conn, project, answer, held } => {
+                hub.adopt_held(now, held);
+                hub.handle_claim_answer(now, conn, &project, answer);
+            }
             FromCluster::Release { project, credential } => _ = hub.release(now, &project, credential),
             FromCluster::RuleIds(ids) => hub.use_rule_ids(ids),
             FromCluster::RulesElsewhere { added, removed } => hub.handle_rules_elsewhere(now, added, removed),

@@ -121,6 +121,7 @@ impl GatewayServer {
                 Some((listener, advertised))
             }
         };
+        let keeps_held = hub_config.resume.is_some();
         let joined = match store.as_ref().and_then(|s| s.cluster()) {
             Some(_) if config.lease < Duration::from_secs(1) => return Err(GatewayStartError::ShortLease),
             Some(cluster) => {
@@ -134,7 +135,7 @@ impl GatewayServer {
                 .await
                 .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
                 tracing::info!(node = id, lease = ?lease, internal = ?internal.as_ref().map(|(_, a)| a), "joined the cluster");
-                Some((Node { store: cluster, id, lease }, sent))
+                Some((Node { store: cluster, id, lease, keeps_held }, sent))
             }
             None => None,
         };

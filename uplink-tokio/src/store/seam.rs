@@ -308,6 +308,11 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// taker that dies first leaves it to the next). At most 10,000 at a time.
     fn take_orphans(&self, node: u64) -> Result<Vec<Orphan>, StoreError>;
 
+    /// Takes over, for `node`, the requests that nodes now gone kept for the sleds of `project` with
+    /// `credential` (to come back, `resume`), as that project's claim is granted to `node`: each given to
+    /// one taker only; the table of waiting requests names `node` for them from then on.
+    fn take_held(&self, node: u64, project: &str, credential: u64) -> Result<Vec<StoredResumable>, StoreError>;
+
     /// Where the request `perm` (its public id) waits, by the table of waiting requests: `None` when no
     /// node holds it.
     fn holder(&self, perm: &str) -> Result<Option<HeldAt>, StoreError>;

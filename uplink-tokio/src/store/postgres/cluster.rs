@@ -17,7 +17,7 @@ use super::db::Db;
 use super::kept::{self, RULE_COLUMNS, SESSION_COLUMNS};
 use super::schema::{RULE_ID_BLOCK, big};
 use crate::store::seam::{
-    ClaimAnswer, ClusterStore, HeldAt, Orphan, Peer, Renewal, RuleChanges, SessionChanges, StoreError,
+    ClaimAnswer, ClusterStore, HeldAt, Orphan, Peer, Renewal, RuleChanges, SessionChanges, StoreError, StoredResumable,
 };
 
 /// How long a renewal may take before it counts as unanswered: its lease's deadline does not wait for it.
@@ -175,6 +175,33 @@ impl ClusterStore for PostgresCluster {
 
     fn join_alone(&self, addr: &str, lease: Duration) -> Result<u64, StoreError> {
         self.join_with(addr, None, lease, true)
+    }
+
+    fn take_held(&self, node: u64, project: &str, credential: u64) -> Result<Vec<StoredResumable>, StoreError> {
+        let (node, project, credential) = (big(node)?, project.to_owned(), credential.to_string());
+        let db = self.db.clone();
+        let rows = self.with_client(Duration::from_secs(10), move |client: Arc<Client>| async move {
+            // Only a gone node's, each taken by one node alone (its row locked; another taker, finding it
+            // moved to a live node, skips it); its row of waiting requests follows it.
+            client
+                .query(
+                    "WITH taken AS (UPDATE uplink.resumables SET node = $1
+                                    WHERE node <> $1 AND NOT uplink.live(node) AND uplink.live($1)
+                                      AND record::jsonb @> jsonb_build_object('project', $2::text,
+                                                                              'credential', $3::text::numeric)
+                                    RETURNING id, record),
+                          moved AS (UPDATE uplink.pending SET node = $1 WHERE perm IN (SELECT id FROM taken))
+                     SELECT record FROM taken ORDER BY id",
+                    &[&node, &project, &credential],
+                )
+                .await
+        })?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r.get(0))
+                    .map_err(|e| StoreError::Database(format!("{}: a kept request does not read: {e}", db.place())))
+            })
+            .collect()
     }
 
     fn holder(&self, perm: &str) -> Result<Option<HeldAt>, StoreError> {
