@@ -1,7 +1,7 @@
 //! Several `uplink gateway` nodes serving one PostgreSQL database side by side (`--cluster-listen`), as the
 //! program runs them: a person asks any node; a decision made at one node for a request held at another is
 //! carried there over the internal listener, decided and recorded by the node that holds it, and reaches
-//! its sled; listings show the whole fleet and say which node did not answer; the internal listener lets in
+//! its sled; listings (of requests and of sleds) show the whole fleet and say which node did not answer; the internal listener lets in
 //! only calls signed by a node of the cluster, while their caller still waits.
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -86,6 +86,16 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
     assert_eq!(listed["unreachable_nodes"], json!([]), "{listed}");
     let (id, node_a) = (listed["permissions"][0]["id"].as_str().unwrap().to_owned(), &listed["permissions"][0]["node"]);
     assert_eq!(listing(&a_base, &admin).await["permissions"][0]["node"], *node_a, "the same at the node itself");
+    // b's list of sleds has a's sled, connected there.
+    let (status, body) = http("GET", &format!("{b_base}/api/sleds"), Some(&admin), None, &[]).await;
+    let sleds: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&sleds["sleds"][0]["project"], &sleds["sleds"][0]["connected"], &sleds["sleds"][0]["node"]),
+        (&json!("web"), &json!(true), node_a),
+        "{sleds}"
+    );
+    assert_eq!((sleds["sleds"].as_array().unwrap().len(), &sleds["unreachable_nodes"]), (1, &json!([])));
     assert_eq!(listed["permissions"][0]["tool_input"]["command"], "git status");
 
     // b's decision is carried to a, which decides it and sends it to its sled.

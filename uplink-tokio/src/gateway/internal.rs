@@ -3,6 +3,7 @@
 //! whose tag does not check out, for another node, out of time or seen before gets `401`); the routes:
 //!
 //! - `GET /internal/permissions`: what waits at this node, for another node's listing.
+//! - `GET /internal/sleds`: the sleds this node knows, likewise.
 //! - `POST /internal/permissions/{id}`: a decision a person made at another node (`{"by": principal,
 //!   "ask": …}` as `POST /api/permissions/{id}` takes it) for a request held here: decided and committed
 //!   here, before the sled hears it; never carried further.
@@ -21,12 +22,13 @@ use uplink_proto::gateway::{Action, PublicPermId};
 use super::config::MAX_ADMIN_BODY;
 use super::permissions::{Ask, decide_here, write_listing};
 use super::shared::Shared;
-use crate::http::{error, json_text, read_limited};
+use crate::http::{error, json_response, json_text, read_limited};
 
 /// The internal listener's routes.
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/internal/permissions", get(list))
+        .route("/internal/sleds", get(sleds))
         .route("/internal/permissions/{id}", post(decide))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(shared)
@@ -56,6 +58,13 @@ async fn list(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     write_listing(&shared, None, &mut body).await;
     body.push_str("]}");
     json_text(StatusCode::OK, body)
+}
+
+async fn sleds(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    if let Err(refused) = checked(&shared, request).await {
+        return refused;
+    }
+    json_response(StatusCode::OK, &serde_json::json!({ "sleds": super::sleds::local(&shared).await }))
 }
 
 async fn decide(State(shared): State<Arc<Shared>>, Path(id): Path<String>, request: Request<Body>) -> Response {

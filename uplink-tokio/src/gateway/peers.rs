@@ -85,6 +85,19 @@ impl Peers {
             .unwrap_or_else(|_| Err(format!("node {} did not answer within {PEER_CALL_WITHIN:?}", peer.node)))
     }
 
+    /// Asks every other live node `GET path` at once: each node's answer body (`None`: it did not answer,
+    /// or not with `200`), or `Err` when the nodes could not be read at all.
+    pub(super) async fn ask_all(&self, path: &str) -> Result<Vec<(u64, Option<Bytes>)>, StoreError> {
+        let others = self.others().await?;
+        let asked = others.iter().map(|p| self.call(p, "GET", path, Bytes::new()));
+        let answers = futures_util::future::join_all(asked).await;
+        Ok(others
+            .iter()
+            .zip(answers)
+            .map(|(peer, answer)| (peer.node, answer.ok().filter(|a| a.status == StatusCode::OK).map(|a| a.body)))
+            .collect())
+    }
+
     /// The node a call that came in on the internal listener is from, when its tag checks out and the core
     /// lets it in; otherwise why not.
     pub(super) fn check(&self, headers: &HeaderMap, method: &str, path: &str, body: &[u8]) -> Result<u64, String> {

@@ -34,20 +34,18 @@ pub(super) async fn list(_: Reader, State(shared): State<Arc<Shared>>) -> Respon
         return json_text(StatusCode::OK, body);
     };
     let mut unreachable = Vec::new();
-    match peers.others().await {
-        Ok(others) => {
-            let asked = others.iter().map(|p| peers.call(p, "GET", "/internal/permissions", Bytes::new()));
-            for (peer, answer) in others.iter().zip(futures_util::future::join_all(asked).await) {
+    match peers.ask_all("/internal/permissions").await {
+        Ok(answers) => {
+            for (node, answer) in answers {
                 // Each entry taken as the text it is (no tree of it), and checked to be an object.
                 #[derive(serde::Deserialize)]
                 struct Listed<'a> {
                     #[serde(borrow)]
                     permissions: Vec<&'a RawValue>,
                 }
-                let answer = answer.ok().filter(|a| a.status == StatusCode::OK);
-                let entries = answer.as_ref().and_then(|a| serde_json::from_slice::<Listed<'_>>(&a.body).ok());
+                let entries = answer.as_ref().and_then(|a| serde_json::from_slice::<Listed<'_>>(a).ok());
                 let Some(entries) = entries.filter(|l| l.permissions.iter().all(|e| e.get().starts_with('{'))) else {
-                    unreachable.push(peer.node);
+                    unreachable.push(node);
                     continue;
                 };
                 for entry in &entries.permissions {
@@ -55,7 +53,7 @@ pub(super) async fn list(_: Reader, State(shared): State<Arc<Shared>>) -> Respon
                         body.push(',');
                     }
                     listed += 1;
-                    push_with_node(&mut body, entry.get(), Some(peer.node));
+                    push_with_node(&mut body, entry.get(), Some(node));
                 }
             }
         }

@@ -1,12 +1,13 @@
-//! `GET /api/sleds` (the fleet, as the hub lists it) and `POST /api/sleds/{project}/rpc` (the session-less
+//! `GET /api/sleds` (the fleet, as the hub lists it; in a cluster, every live node's) and `POST /api/sleds/{project}/rpc` (the session-less
 //! MCP relay).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use hyper::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use uplink_proto::gateway::mcp_endpoint;
 
 use super::config::MAX_ADMIN_BODY;
@@ -14,9 +15,52 @@ use super::extract::{Decider, Reader};
 use super::shared::Shared;
 use crate::http::{header, json_response, millis, read_limited};
 
-/// `GET /api/sleds`.
+/// `GET /api/sleds`: the sleds this node knows; in a cluster, every live node's, each with its `node`, one
+/// entry per project (where its sled is connected, else where it was seen last), and the nodes that did not
+/// answer in `unreachable_nodes`.
 pub(super) async fn list(_: Reader, State(shared): State<Arc<Shared>>) -> Response {
-    let sleds: Vec<serde_json::Value> = shared
+    let here = local(&shared).await;
+    let Some(peers) = shared.peers.as_ref() else {
+        return json_response(StatusCode::OK, &json!({ "sleds": here }));
+    };
+    let mut all: Vec<(u64, Value)> = here.into_iter().map(|s| (peers.me, s)).collect();
+    let mut unreachable = Vec::new();
+    match peers.ask_all("/internal/sleds").await {
+        Ok(answers) => {
+            for (node, answer) in answers {
+                let listed = answer.and_then(|a| serde_json::from_slice::<Value>(&a).ok());
+                match listed.as_ref().and_then(|l| l["sleds"].as_array()) {
+                    Some(sleds) => all.extend(sleds.iter().map(|s| (node, s.clone()))),
+                    None => unreachable.push(node),
+                }
+            }
+        }
+        Err(_) => unreachable.push(0),
+    }
+    // One per project: connected first, then the one seen last.
+    let rank =
+        |s: &Value| (!s["connected"].as_bool().unwrap_or(false), s["last_seen_ms_ago"].as_u64().unwrap_or(u64::MAX));
+    let mut by_project: BTreeMap<String, (u64, Value)> = BTreeMap::new();
+    for (node, sled) in all {
+        let project = sled["project"].as_str().unwrap_or_default().to_owned();
+        match by_project.get(&project) {
+            Some((_, kept)) if rank(kept) <= rank(&sled) => {}
+            _ => _ = by_project.insert(project, (node, sled)),
+        }
+    }
+    let sleds: Vec<Value> = by_project
+        .into_values()
+        .map(|(node, mut sled)| {
+            sled["node"] = json!(node);
+            sled
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "sleds": sleds, "unreachable_nodes": unreachable }))
+}
+
+/// The sleds this node knows, as `GET /api/sleds` lists them.
+pub(super) async fn local(shared: &Shared) -> Vec<Value> {
+    shared
         .hub
         .sleds()
         .await
@@ -32,8 +76,7 @@ pub(super) async fn list(_: Reader, State(shared): State<Arc<Shared>>) -> Respon
                 "pending_mcp": s.pending_mcp,
             })
         })
-        .collect();
-    json_response(StatusCode::OK, &json!({ "sleds": sleds }))
+        .collect()
 }
 
 /// `POST /api/sleds/{project}/rpc`: the seed's session-less relay, for clients that predate Streamable HTTP
