@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use uplink_proto::gateway::peers::{
-    MAX_PEER_TAGS, PEER_CALL_AGE, PEER_CALL_WITHIN, PEER_CLOCK_AHEAD, Route, made_by, route,
+    MAX_PEER_TAGS, PEER_CALL_AGE, PEER_CALL_WITHIN, PEER_CLOCK_AHEAD, Route, goes_to, made_by, route,
 };
 use uplink_proto::gateway::{Holder, PeerCalls, PeerRefusal, PublicPermId};
 
@@ -63,4 +63,15 @@ fn more_calls_than_can_be_remembered_are_refused_until_the_window_moves_on() {
     let later = now + PEER_CALL_AGE.as_millis() as u64 + 1;
     assert_eq!(calls.admit(later, 1, later, tag(u32::MAX)), Ok(()));
     assert_eq!(calls.remembered(), 1);
+}
+
+#[test]
+fn an_mcp_request_goes_to_the_holder_only_when_refused_for_want_of_the_sled_here() {
+    assert_eq!(goes_to(1, 404, Some(2)), Some(2), "unknown here, or a session the holder opened");
+    assert_eq!(goes_to(1, 503, Some(2)), Some(2), "not connected here");
+    assert_eq!(goes_to(1, 503, Some(1)), None, "held here: the refusal stands");
+    assert_eq!(goes_to(1, 404, None), None, "held nowhere");
+    for status in [400, 403, 405, 406, 409, 500] {
+        assert_eq!(goes_to(1, status, Some(2)), None, "{status}: about the request itself");
+    }
 }

@@ -1,7 +1,8 @@
 //! Several `uplink gateway` nodes serving one PostgreSQL database side by side (`--cluster-listen`), as the
 //! program runs them: a person asks any node; a decision made at one node for a request held at another is
 //! carried there over the internal listener, decided and recorded by the node that holds it, and reaches
-//! its sled; listings (of requests and of sleds) show the whole fleet and say which node did not answer; the internal listener lets in
+//! its sled; an MCP request made at one node for a sled held at another is carried there whole; listings
+//! (of requests and of sleds) show the whole fleet and say which node did not answer; the internal listener lets in
 //! only calls signed by a node of the cluster, while their caller still waits.
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -109,6 +110,41 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
     assert_eq!((status, again["ended"].as_str()), (409, Some("decided")), "{again}");
     // An id no node holds is not found, at either.
     assert_eq!(decide(&b_base, &admin, "1-1", r#"{"approved":true}"#).await.0, 404);
+
+    // MCP at b for the sled at a: carried whole to a, whose session it opens; the sled answers there.
+    let mcp = format!("{b_base}/api/sleds/web/mcp");
+    let accept = ("accept", "application/json, text/event-stream");
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let call = |body: &'static str, session: Option<String>| {
+        let (mcp, admin) = (mcp.clone(), admin.clone());
+        tokio::spawn(async move {
+            let mut headers = vec![accept];
+            let session = session.unwrap_or_default();
+            if !session.is_empty() {
+                headers.push(("mcp-session-id", session.as_str()));
+            }
+            uplink_tests::http_with_headers("POST", &mcp, Some(&admin), Some(body), &headers).await
+        })
+    };
+    let asked = call(init, None);
+    let relayed = answer_mcp(
+        &mut ws,
+        r#"{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"s","version":"1"}}"#,
+    )
+    .await;
+    assert_eq!(relayed["method"], "initialize", "{relayed}");
+    let (status, headers, body) = asked.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let session = headers.iter().find(|(n, _)| n == "mcp-session-id").map(|(_, v)| v.clone()).expect("a session");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["result"]["serverInfo"]["name"], "s", "{body}");
+    let asked = call(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#, Some(session.clone()));
+    let relayed = answer_mcp(&mut ws, r#"{"tools":[]}"#).await;
+    assert_eq!(relayed["method"], "tools/list", "{relayed}");
+    let (status, _, body) = asked.await.unwrap();
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["id"].as_i64()), (200, Some(2)), "{body}");
+    // A project no node holds is unknown at b, as on one gateway.
+    let (status, _) = http("POST", &format!("{b_base}/api/sleds/none/mcp"), Some(&admin), Some(init), &[accept]).await;
+    assert_eq!(status, 404);
 
     // The internal listener lets in only calls a node of the cluster signed; the public one has no such
     // routes.
@@ -223,6 +259,32 @@ async fn next_frame(ws: &mut uplink_tests::RawWs) -> Value {
     }
 }
 
+/// Answers the next `mcp_request` the gateway sends on `ws` with a JSON-RPC result `result`; the request's
+/// JSON-RPC body.
+async fn answer_mcp(ws: &mut uplink_tests::RawWs, result: &str) -> Value {
+    loop {
+        let frame = next_frame(ws).await;
+        if frame["type"] != "mcp_request" {
+            continue;
+        }
+        let body: Value = serde_json::from_str(frame["payload"]["body"].as_str().unwrap()).unwrap();
+        let answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, body["id"]);
+        let reply = json!({"type":"mcp_response","req_id":frame["req_id"],"payload":serde_json::from_str::<Value>(&answer).unwrap()});
+        ws.send(Message::text(reply.to_string())).await.unwrap();
+        return body;
+    }
+}
+
+/// The next frame of type `kind` the gateway sends on `ws` (others are skipped).
+async fn frame_of(ws: &mut uplink_tests::RawWs, kind: &str) -> Value {
+    loop {
+        let frame = next_frame(ws).await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
 fn resumed() -> Message {
     Message::text(json!({"type":"resumed","req_id":"resumed","payload":{}}).to_string())
 }
@@ -281,4 +343,110 @@ async fn a_sled_whose_node_died_resumes_at_a_live_node_that_delivers_what_was_de
     assert!(b.stop().await.success());
     let verify = program::run_within("uplink", UPLINK, &["audit", "verify", "--store", &url], &[]).await;
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+}
+
+#[tokio::test]
+async fn an_mcp_stream_made_at_one_node_for_a_sled_at_another_streams_through_and_a_client_gone_cancels_there() {
+    let Pair { pg: _, url: _, db: _, a, b, _dirs } = Pair::start().await;
+    let (a_base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
+    // A sled at a that takes exchanges as streams (`mcp_stream`).
+    let url = format!("{}/api/sled-uplink?token={sled}", a_base.replace("http://", "ws://"));
+    let mut ws = uplink_tests::within("the sled to connect", tokio_tungstenite::connect_async(url)).await.unwrap().0;
+    let identity =
+        json!({"type":"identity","req_id":"identity","payload":{"project":"web","capabilities":["mcp_stream"]}});
+    ws.send(Message::text(identity.to_string())).await.unwrap();
+    until("the sled to be listed", async || {
+        let (_, body) = http("GET", &format!("{}/api/sleds", b.base_url()), Some(&admin), None, &[]).await;
+        (serde_json::from_str::<Value>(&body).unwrap()["sleds"][0]["connected"] == true).then_some(())
+    })
+    .await;
+    // A call at b, answered by the sled at a with a progress notification, then its result: one event
+    // stream at b, in order.
+    let mcp = format!("{}/api/sleds/web/mcp", b.base_url());
+    let accept = ("accept", "application/json, text/event-stream");
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let opened = {
+        let (mcp, admin) = (mcp.clone(), admin.clone());
+        tokio::spawn(
+            async move { uplink_tests::http_with_headers("POST", &mcp, Some(&admin), Some(init), &[accept]).await },
+        )
+    };
+    answer_mcp(
+        &mut ws,
+        r#"{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"s","version":"1"}}"#,
+    )
+    .await;
+    let (status, headers, body) = opened.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let session = headers.iter().find(|(n, _)| n == "mcp-session-id").map(|(_, v)| v.clone()).expect("a session");
+    let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}}"#;
+    let asked = {
+        let session = session.clone();
+        let (mcp, admin) = (mcp.clone(), admin.clone());
+        tokio::spawn(async move {
+            let headers = [accept, ("mcp-session-id", session.as_str())];
+            uplink_tests::http_with_headers("POST", &mcp, Some(&admin), Some(body), &headers).await
+        })
+    };
+    let request = frame_of(&mut ws, "mcp_request").await;
+    assert_eq!(request["payload"]["stream"], true, "{request}");
+    let req_id = request["req_id"].clone();
+    let progress =
+        json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":0.5}});
+    ws.send(Message::text(json!({"type":"mcp_message","req_id":req_id,"payload":progress}).to_string())).await.unwrap();
+    let result = json!({"jsonrpc":"2.0","id":7,"result":{"content":[]}});
+    ws.send(Message::text(json!({"type":"mcp_response","req_id":req_id,"payload":result}).to_string())).await.unwrap();
+    let (status, headers, text) = asked.await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(headers.iter().any(|(n, v)| n == "content-type" && v.starts_with("text/event-stream")), "{headers:?}");
+    let progress_at = text.find("notifications/progress").expect("the notification streamed");
+    let result_at = text.find(r#""result""#).expect("the result streamed");
+    assert!(progress_at < result_at, "{text}");
+
+    // Another call at b whose client goes away before any answer: the exchange is cancelled at the sled (b's
+    // call to a is dropped with it, and a's exchange with that).
+    let (_, addr) = mcp.split_once("://").unwrap();
+    let (host, path) = addr.split_once('/').unwrap();
+    let mut client = tokio::net::TcpStream::connect(host).await.unwrap();
+    let call = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"slow"}}"#;
+    let raw = format!(
+        "POST /{path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {admin}\r\nmcp-session-id: {session}\r\naccept: application/json, text/event-stream\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{call}",
+        call.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut client, raw.as_bytes()).await.unwrap();
+    let request = frame_of(&mut ws, "mcp_request").await;
+    let req_id = request["req_id"].clone();
+    drop(client);
+    let cancel = frame_of(&mut ws, "mcp_cancel").await;
+    assert_eq!(cancel["req_id"], req_id, "{cancel}");
+
+    // One whose client goes away mid-stream, after the head and a message: the next messages fail to reach
+    // it, and b's call to a is dropped with them, so that a cancels the exchange at the sled.
+    let mut client = tokio::net::TcpStream::connect(host).await.unwrap();
+    let call = call.replace(r#""id":8"#, r#""id":9"#);
+    let raw = raw.replace(r#""id":8"#, r#""id":9"#);
+    assert!(raw.ends_with(&call));
+    tokio::io::AsyncWriteExt::write_all(&mut client, raw.as_bytes()).await.unwrap();
+    let request = frame_of(&mut ws, "mcp_request").await;
+    let req_id = request["req_id"].clone();
+    let message = Message::text(json!({"type":"mcp_message","req_id":req_id,"payload":progress}).to_string());
+    ws.send(message.clone()).await.unwrap();
+    let mut head = [0u8; 64];
+    let n =
+        uplink_tests::within("the stream's head", tokio::io::AsyncReadExt::read(&mut client, &mut head)).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    drop(client);
+    let cancel = uplink_tests::within("the exchange to be cancelled", async {
+        loop {
+            ws.send(message.clone()).await.unwrap();
+            let next = tokio::time::timeout(std::time::Duration::from_millis(100), next_frame(&mut ws)).await;
+            if let Ok(frame) = next
+                && frame["type"] == "mcp_cancel"
+            {
+                return frame;
+            }
+        }
+    })
+    .await;
+    assert_eq!(cancel["req_id"], req_id, "{cancel}");
 }

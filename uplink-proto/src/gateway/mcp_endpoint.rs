@@ -317,6 +317,12 @@ const NOT_ACCEPTABLE: Refusal =
     Refusal { status: 406, code: SERVER_ERROR, message: "Not Acceptable: Accept must include text/event-stream" };
 const ALREADY_LISTENING: Refusal =
     Refusal { status: 409, code: SERVER_ERROR, message: "Conflict: this session's stream is already open" };
+/// In a cluster, the node that holds the sled did not take a request carried to it (unreachable, or gone).
+pub const HOLDER_UNREACHABLE: Refusal = Refusal {
+    status: 503,
+    code: jsonrpc::INTERNAL_ERROR,
+    message: "the gateway node that holds this sled did not answer",
+};
 /// A foreign `Origin` (see [`crate::gateway::console::same_origin`]): the adapter refuses it before routing.
 pub const FOREIGN_ORIGIN: Refusal = Refusal { status: 403, code: SERVER_ERROR, message: "Forbidden: foreign Origin" };
 

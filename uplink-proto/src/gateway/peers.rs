@@ -1,5 +1,6 @@
 //! The other nodes of a cluster, as one node sees them: where a person's decision goes when the request is
-//! held elsewhere ([`route`]), and which calls from another node are let in ([`PeerCalls`]).
+//! held elsewhere ([`route`]), where an MCP request for a sled held elsewhere goes ([`goes_to`]), and which
+//! calls from another node are let in ([`PeerCalls`]).
 //!
 //! A person may ask any node. A decision for a request held at another node is carried there over the
 //! cluster's internal listener and decided (and committed) by the node that holds it, before its sled
@@ -97,6 +98,14 @@ pub fn route(me: u64, perm: PublicPermId, holder: Option<Holder>, live: impl Fn(
         Some(h) if h.kept => Route::Away,
         Some(_) => Route::Lost,
     }
+}
+
+/// Where an MCP request goes that this node's hub refused with HTTP `status`, when the claims table says
+/// `holder` holds its project: to another node, only for a refusal for want of the sled here (`404`: an
+/// unknown project, or a session another node opened; `503`: not connected here). Nothing was sent to any
+/// sled then, so carrying it elsewhere repeats nothing.
+pub fn goes_to(me: u64, status: u16, holder: Option<u64>) -> Option<u64> {
+    holder.filter(|&node| node != me && matches!(status, 404 | 503))
 }
 
 /// Why a call from another node was not let in ([`PeerCalls::admit`]).

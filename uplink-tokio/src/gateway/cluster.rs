@@ -391,6 +391,9 @@ mod tests {
         fn peers(&self) -> Result<Vec<Peer>, StoreError> {
             Ok(Vec::new())
         }
+        fn project_holder(&self, _: &str) -> Result<Option<Peer>, StoreError> {
+            Ok(None)
+        }
         fn take_orphans(&self, _: u64) -> Result<Vec<Orphan>, StoreError> {
             Ok(Vec::new())
         }

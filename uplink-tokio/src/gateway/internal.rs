@@ -4,6 +4,9 @@
 //!
 //! - `GET /internal/permissions`: what waits at this node, for another node's listing.
 //! - `GET /internal/sleds`: the sleds this node knows, likewise.
+//! - `POST`, `GET`, `DELETE /internal/mcp/{project}`: an MCP request made at another node for a sled held
+//!   here, with the principal (`uplink-by`) and the endpoint's headers signed with it: served here, its
+//!   answer (a stream too) going back as it comes.
 //! - `POST /internal/permissions/{id}`: a decision a person made at another node (`{"by": principal,
 //!   "ask": …}` as `POST /api/permissions/{id}` takes it) for a request held here: decided and committed
 //!   here, before the sled hears it; never carried further.
@@ -29,25 +32,64 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/internal/permissions", get(list))
         .route("/internal/sleds", get(sleds))
+        .route("/internal/mcp/{project}", post(mcp).get(mcp).delete(mcp))
         .route("/internal/permissions/{id}", post(decide))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(shared)
 }
 
-/// The body of a call, once its signature checked out: the node it came from, and the body.
-async fn checked(shared: &Shared, request: Request) -> Result<(u64, Bytes), Response> {
+/// A call, once its signature (over the headers named `carried` too) checked out: the node it came from,
+/// its head and its body.
+async fn checked_with(
+    shared: &Shared,
+    request: Request,
+    carried: &[&str],
+) -> Result<(u64, axum::http::request::Parts, Bytes), Response> {
     let Some(peers) = shared.peers.as_ref() else {
         return Err(error(StatusCode::NOT_FOUND, "this node is in no cluster"));
     };
     let (parts, body) = request.into_parts();
     let body = read_limited(body, MAX_ADMIN_BODY, shared.handshake_timeout).await?;
-    match peers.check(&parts.headers, parts.method.as_str(), parts.uri.path(), &body) {
-        Ok(from) => Ok((from, body)),
+    match peers.check(&parts.headers, parts.method.as_str(), parts.uri.path(), carried, &body) {
+        Ok(from) => Ok((from, parts, body)),
         Err(why) => {
             tracing::warn!(why = %why.escape_debug(), "a call on the internal listener was refused");
             Err(error(StatusCode::UNAUTHORIZED, &format!("not a call from a node of this cluster: {why}")))
         }
     }
+}
+
+/// A call that carries no headers, once its signature checked out: the node it came from, and its body.
+async fn checked(shared: &Shared, request: Request) -> Result<(u64, Bytes), Response> {
+    checked_with(shared, request, &[]).await.map(|(from, _, body)| (from, body))
+}
+
+/// The principal a node carried, if it is known here and may decide (and relay MCP): the credentials are
+/// the cluster's, so both nodes agree but for a change in flight.
+fn decider(shared: &Shared, name: &str) -> Result<Arc<str>, String> {
+    let credentials = shared.credentials();
+    let Some(principal) = credentials.admins().iter().find(|a| *a.name == *name) else {
+        return Err("the principal is not known at the node holding this request".to_owned());
+    };
+    if !principal.role.allows(Action::Decide) {
+        return Err(format!("the {} role may not do this", principal.role));
+    }
+    Ok(principal.name.clone())
+}
+
+/// An MCP request a person made at another node for a sled this node holds: served here as that node's
+/// endpoint would (never carried further); its answer streams back.
+async fn mcp(State(shared): State<Arc<Shared>>, Path(project): Path<String>, request: Request) -> Response {
+    let (_, parts, body) = match checked_with(&shared, request, &super::mcp::CARRIED).await {
+        Ok(call) => call,
+        Err(refused) => return refused,
+    };
+    let by = parts.headers.get("uplink-by").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let principal = match decider(&shared, by) {
+        Ok(p) => p,
+        Err(why) => return error(StatusCode::FORBIDDEN, &why),
+    };
+    super::mcp::serve_here(&shared, principal, project, &parts.method, &parts.headers, body, false).await
 }
 
 async fn list(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -81,17 +123,13 @@ async fn decide(State(shared): State<Arc<Shared>>, Path(id): Path<String>, reque
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("expected {{\"by\", \"ask\"}}: {e}")),
     };
-    // The node that carried it checked the person; this one checks again that the principal is known here
-    // and may decide (the credentials are the cluster's, so both agree but for a change in flight).
-    let credentials = shared.credentials();
-    let Some(principal) = credentials.admins().iter().find(|a| *a.name == *carried.by) else {
-        return error(StatusCode::FORBIDDEN, "the principal is not known at the node holding this request");
+    // The node that carried it checked the person; this one checks again.
+    let principal = match decider(&shared, &carried.by) {
+        Ok(p) => p,
+        Err(why) => return error(StatusCode::FORBIDDEN, &why),
     };
-    if !principal.role.allows(Action::Decide) {
-        return error(StatusCode::FORBIDDEN, &format!("the {} role may not do this", principal.role));
-    }
     let not_pending = || error(StatusCode::NOT_FOUND, "no pending permission with this id");
     let Ok(perm) = id.parse::<PublicPermId>() else { return not_pending() };
     tracing::debug!(from, perm = %perm, "a decision made at another node");
-    decide_here(&shared, principal.name.clone(), perm, carried.ask).await.unwrap_or_else(not_pending)
+    decide_here(&shared, principal, perm, carried.ask).await.unwrap_or_else(not_pending)
 }

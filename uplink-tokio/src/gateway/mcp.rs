@@ -17,7 +17,8 @@
 //!   by one of its own names (loopback, its public URL's host, its listen address, `--allowed-host`), else
 //!   `403`: neither another site nor a DNS-rebound name can drive the endpoint.
 //!
-//! An HTTP client that goes away cancels its exchange at the sled (and so at the local server). The gateway
+//! An HTTP client that goes away cancels its exchange at the sled (and so at the local server). In a cluster,
+//! a request for a sled another node holds is carried there whole (`serve_here`), its answer streamed back. The gateway
 //! offers no resumption of its own streams: its events carry no ids.
 //!
 //! The seed's session-less relay stays at `POST /api/sleds/{project}/rpc`: one JSON-RPC message, one JSON
@@ -33,8 +34,10 @@ use axum::response::{IntoResponse as _, Response};
 use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::header::CONTENT_TYPE;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use uplink_proto::RawValue;
 use uplink_proto::gateway::mcp_endpoint::{self, FOREIGN_ORIGIN, NOT_JSON, Refusal, origin_allowed};
+use uplink_proto::gateway::peers::goes_to;
 use uplink_proto::gateway::{EndpointRequest, McpAnswer, McpFailure, Method};
 use uplink_proto::jsonrpc::{self, BodyId};
 
@@ -42,8 +45,10 @@ use super::config::MAX_ADMIN_BODY;
 use super::extract::Decider;
 use super::hub_handle::{McpExchange, McpNext};
 use super::mcp_exchange::{McpAsk, McpOutcome};
+use super::peers::{Call, Peers};
 use super::shared::Shared;
 use crate::http::{header, json_text, read_limited};
+use crate::store::Peer;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -67,55 +72,124 @@ pub(super) async fn serve(
     if !origin_allowed(header(&headers, "origin"), header(&headers, "host"), shared.tls, &shared.mcp_names) {
         return refused(FOREIGN_ORIGIN);
     }
-    // The router sends only these three here.
-    let method = match *request.method() {
+    let method = request.method().clone();
+    let body = if method == HttpMethod::POST {
+        match read_limited(request.into_body(), MAX_ADMIN_BODY, shared.handshake_timeout).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        }
+    } else {
+        Bytes::new()
+    };
+    serve_here(&shared, principal.name.clone(), project, &method, &headers, body, true).await
+}
+
+/// The headers a request to the endpoint carries to the node that holds its sled (with the principal, as
+/// `uplink-by`), signed with it.
+pub(super) const CARRIED: [&str; 4] = ["uplink-by", SESSION_HEADER, "mcp-protocol-version", "accept"];
+
+/// Serves a request to the endpoint for `principal` at this node's hub: or, `may_forward` and in a cluster,
+/// at the node that holds the project's sled, when this node's hub refuses it for want of the sled here
+/// (nothing was sent to any sled then); that node's answer is relayed as it comes, streams included, and a
+/// client that goes away drops the call there too (which cancels the exchange at the sled).
+pub(super) async fn serve_here(
+    shared: &Shared,
+    principal: Arc<str>,
+    project: String,
+    method: &HttpMethod,
+    headers: &hyper::HeaderMap,
+    bytes: Bytes,
+    may_forward: bool,
+) -> Response {
+    // The routes send only these three here.
+    let kind = match *method {
         HttpMethod::POST => Method::Post,
         HttpMethod::GET => Method::Get,
         _ => Method::Delete,
     };
-    let body = if method == Method::Post {
-        let bytes = match read_limited(request.into_body(), MAX_ADMIN_BODY, shared.handshake_timeout).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        match String::from_utf8(bytes.to_vec()) {
-            Ok(body) => body,
-            Err(_) => return refused(NOT_JSON),
-        }
-    } else {
-        String::new()
+    let body = match String::from_utf8(bytes.to_vec()) {
+        Ok(body) => body,
+        Err(_) => return refused(NOT_JSON),
     };
-    let accepts_stream =
-        header(&headers, "accept").is_none_or(|a| a.contains("text/event-stream") || a.contains("*/*"));
+    let accepts_stream = header(headers, "accept").is_none_or(|a| a.contains("text/event-stream") || a.contains("*/*"));
     // The body is read here, not in the hub task.
-    let request = EndpointRequest::new(method, &project, &principal.name)
-        .session(header(&headers, SESSION_HEADER))
-        .protocol_version(header(&headers, "mcp-protocol-version"))
+    let request = EndpointRequest::new(kind, &project, &principal)
+        .session(header(headers, SESSION_HEADER))
+        .protocol_version(header(headers, "mcp-protocol-version"))
         .accepts_stream(accepts_stream)
         .body(&body);
     // Only an `initialize` opens a session, under an id drawn here (randomness is the adapter's).
     let drawn = if request.opens_session() { super::config::generate_token().ok() } else { None };
     let ask = McpAsk {
-        method,
+        method: kind,
         kind: request.body,
         session: request.session.map(str::to_owned),
         protocol_version: request.protocol_version.map(str::to_owned),
         accepts_stream,
-        project,
-        principal: principal.name.clone(),
+        project: project.clone(),
+        principal: principal.clone(),
         drawn,
         body,
     };
     let id = request_id(&ask.body);
     let started = std::time::Instant::now();
-    let exchange = shared.hub.mcp_http(ask).await;
-    let (response, result) = match method {
-        Method::Get => listen(exchange).await,
-        Method::Delete => deleted(exchange).await,
-        Method::Post => answer(exchange, id).await,
+    let mut exchange = shared.hub.mcp_http(ask).await;
+    let first = exchange.next().await;
+    if let (true, Some(peers), McpNext::End(McpOutcome::Refused(refusal))) = (may_forward, &shared.peers, &first)
+        && let Ok(Some(holder)) = peers.holding(project.clone()).await
+        && let Some(node) = goes_to(peers.me, refusal.status, Some(holder.node))
+    {
+        drop(exchange);
+        return forward(peers, &holder, node, &principal, &project, method, headers, bytes).await;
+    }
+    let (response, result) = match kind {
+        Method::Get => listen(exchange, first).await,
+        Method::Delete => deleted(exchange, first).await,
+        Method::Post => answer(exchange, first, id).await,
     };
     shared.metrics.relayed(result, started.elapsed());
     response
+}
+
+/// Carries a request to the endpoint to `holder` (node `node`), whose claim holds the project: its answer
+/// relayed as it comes.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    peers: &Peers,
+    holder: &Peer,
+    node: u64,
+    principal: &str,
+    project: &str,
+    method: &HttpMethod,
+    headers: &hyper::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/internal/mcp/{}", utf8_percent_encode(project, NON_ALPHANUMERIC));
+    let values: Vec<(&str, &str)> = CARRIED
+        .iter()
+        .map(|name| match *name {
+            "uplink-by" => (*name, principal),
+            _ => (*name, header(headers, name).unwrap_or_default()),
+        })
+        .collect();
+    let call = Call { method: method.as_str(), path: &path, carried: &values };
+    match peers.send(holder, &call, body).await {
+        Ok(answer) => {
+            let (parts, incoming) = answer.into_parts();
+            let mut response = Response::new(Body::new(incoming));
+            *response.status_mut() = parts.status;
+            for name in [CONTENT_TYPE.as_str(), SESSION_HEADER, "cache-control", "allow"] {
+                if let Some(value) = parts.headers.get(name) {
+                    response.headers_mut().insert(name, value.clone());
+                }
+            }
+            response
+        }
+        Err(why) => {
+            tracing::warn!(node, why = %why.escape_debug(), "the node holding a sled did not take an MCP request");
+            refused(mcp_endpoint::HOLDER_UNREACHABLE)
+        }
+    }
 }
 
 /// The request's JSON-RPC id, for the error that may answer it.
@@ -162,8 +236,7 @@ pub(super) fn respond(outcome: McpOutcome, id: Option<&RawValue>) -> Response {
 
 /// Answers a `POST`: as JSON when the exchange's first event is its end, else as an event stream. The
 /// client learns a session its `initialize` opened with the answer.
-async fn answer(mut exchange: McpExchange, id: Option<Box<RawValue>>) -> (Response, &'static str) {
-    let first = exchange.next().await;
+async fn answer(exchange: McpExchange, first: McpNext, id: Option<Box<RawValue>>) -> (Response, &'static str) {
     let session = exchange.new_session().and_then(|s| HeaderValue::from_str(s).ok());
     let (mut response, result) = match first {
         McpNext::End(outcome) => {
@@ -180,12 +253,14 @@ async fn answer(mut exchange: McpExchange, id: Option<Box<RawValue>>) -> (Respon
 }
 
 /// Answers a `DELETE`: `204` once the session ended, or the refusal.
-async fn deleted(mut exchange: McpExchange) -> (Response, &'static str) {
+async fn deleted(mut exchange: McpExchange, first: McpNext) -> (Response, &'static str) {
+    let mut next = first;
     loop {
-        if let McpNext::End(outcome) = exchange.next().await {
+        if let McpNext::End(outcome) = next {
             let result = result_of(&outcome);
             return (respond(outcome, None), result);
         }
+        next = exchange.next().await;
     }
 }
 
@@ -241,8 +316,8 @@ fn event_stream(exchange: McpExchange, first: Option<String>, id: Option<Box<Raw
 }
 
 /// A `GET`: the session's standalone stream, once the sled's server accepted it.
-async fn listen(mut exchange: McpExchange) -> (Response, &'static str) {
-    match exchange.next().await {
+async fn listen(exchange: McpExchange, first: McpNext) -> (Response, &'static str) {
+    match first {
         // The sled's word that its server accepted the stream.
         McpNext::Opened => (event_stream(exchange, None, None), "answered"),
         McpNext::Message(first) => (event_stream(exchange, Some(first), None), "answered"),

@@ -35,6 +35,14 @@ pub(crate) struct Peers {
     calls: Mutex<PeerCalls>,
 }
 
+/// A call to another node: its method, its path, and the headers it carries (signed with it, in this order;
+/// an empty value is not sent, and reads as empty at the other end).
+pub(super) struct Call<'a> {
+    pub(super) method: &'a str,
+    pub(super) path: &'a str,
+    pub(super) carried: &'a [(&'a str, &'a str)],
+}
+
 /// The answer of another node.
 pub(super) struct PeerAnswer {
     pub(super) status: StatusCode,
@@ -54,24 +62,40 @@ impl Peers {
         }
     }
 
-    /// The text a call's tag is over: who calls whom, when, and the call itself.
-    fn message(from: u64, to: u64, at_ms: u64, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    /// The text a call's tag is over: who calls whom, when, the call itself, and the headers it carries
+    /// (each `name:value`, in the call's order).
+    fn message(from: u64, to: u64, at_ms: u64, call: &Call<'_>, body: &[u8]) -> Vec<u8> {
+        let (method, path) = (call.method, call.path);
         let mut text = format!("uplink-peer-v1\n{from}\n{to}\n{at_ms}\n{method}\n{path}\n").into_bytes();
+        for (name, value) in call.carried {
+            text.extend_from_slice(format!("{name}:{value}\n").as_bytes());
+        }
         text.extend_from_slice(body);
         text
+    }
+
+    /// Sends `call` with `body` to `peer`, signed; its answer's head, the body unread; no bound on the time.
+    pub(super) async fn send(
+        &self,
+        peer: &Peer,
+        call: &Call<'_>,
+        body: Bytes,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        let at_ms = unix_ms();
+        let message = Self::message(self.me, peer.node, at_ms, call, &body);
+        let tag = crate::store::audit::hex(hmac::sign(&self.key, &message).as_ref());
+        let (me, to, at) = (self.me.to_string(), peer.node.to_string(), at_ms.to_string());
+        let mut headers = vec![(FROM, me.as_str()), (TO, to.as_str()), (AT, at.as_str()), (TAG, tag.as_str())];
+        headers.extend(call.carried.iter().filter(|(_, v)| !v.is_empty()).map(|(n, v)| (*n, *v)));
+        let url = format!("http://{}", peer.internal);
+        crate::http_client::send(call.method, &url, call.path, &headers, body, None).await
     }
 
     /// Calls `method path` with `body` at `peer`: its answer, or why there was none (within
     /// [`PEER_CALL_WITHIN`]).
     pub(super) async fn call(&self, peer: &Peer, method: &str, path: &str, body: Bytes) -> Result<PeerAnswer, String> {
-        let at_ms = unix_ms();
-        let message = Self::message(self.me, peer.node, at_ms, method, path, &body);
-        let tag = crate::store::audit::hex(hmac::sign(&self.key, &message).as_ref());
-        let (me, to, at) = (self.me.to_string(), peer.node.to_string(), at_ms.to_string());
-        let headers = [(FROM, me.as_str()), (TO, to.as_str()), (AT, at.as_str()), (TAG, tag.as_str())];
-        let url = format!("http://{}", peer.internal);
         let exchange = async {
-            let response = crate::http_client::send(method, &url, path, &headers, body, None).await?;
+            let response = self.send(peer, &Call { method, path, carried: &[] }, body).await?;
             let status = response.status();
             let body = http_body_util::Limited::new(response.into_body(), MAX_PEER_ANSWER)
                 .collect()
@@ -98,9 +122,16 @@ impl Peers {
             .collect())
     }
 
-    /// The node a call that came in on the internal listener is from, when its tag checks out and the core
-    /// lets it in; otherwise why not.
-    pub(super) fn check(&self, headers: &HeaderMap, method: &str, path: &str, body: &[u8]) -> Result<u64, String> {
+    /// The node a call that came in on the internal listener is from, when its tag (over the headers named
+    /// `carried` too) checks out and the core lets it in; otherwise why not.
+    pub(super) fn check(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        path: &str,
+        carried: &[&str],
+        body: &[u8],
+    ) -> Result<u64, String> {
         let number = |name: &str| -> Result<u64, String> {
             headers
                 .get(name)
@@ -115,7 +146,11 @@ impl Peers {
             .and_then(|v| v.parse::<TokenHash>().ok())
             .map(|h| h.0)
             .ok_or_else(|| format!("no {TAG} header"))?;
-        let message = Self::message(from, to, at_ms, method, path, body);
+        let values: Vec<(&str, &str)> = carried
+            .iter()
+            .map(|name| (*name, headers.get(*name).and_then(|v| v.to_str().ok()).unwrap_or_default()))
+            .collect();
+        let message = Self::message(from, to, at_ms, &Call { method, path, carried: &values }, body);
         if hmac::verify(&self.key, &message, &tag).is_err() {
             return Err("the call's tag does not check out".to_owned());
         }
@@ -133,6 +168,16 @@ impl Peers {
         tokio::task::spawn_blocking(move || store.holder(&perm))
             .await
             .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+    }
+
+    /// The live node, other than this one, whose claim holds `project`, with where it listens.
+    pub(super) async fn holding(&self, project: String) -> Result<Option<Peer>, StoreError> {
+        let store = self.store.clone();
+        let me = self.me;
+        tokio::task::spawn_blocking(move || store.project_holder(&project))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+            .map(|holder| holder.filter(|p| p.node != me))
     }
 
     /// The other live nodes with an internal listener.

@@ -317,6 +317,9 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// node holds it.
     fn holder(&self, perm: &str) -> Result<Option<HeldAt>, StoreError>;
 
+    /// The live node whose claim holds `project`, if it has an internal listener.
+    fn project_holder(&self, project: &str) -> Result<Option<Peer>, StoreError>;
+
     /// The live nodes that have an internal listener, this one among them.
     fn peers(&self) -> Result<Vec<Peer>, StoreError>;
 }

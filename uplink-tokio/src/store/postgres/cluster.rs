@@ -224,6 +224,22 @@ impl ClusterStore for PostgresCluster {
         })
     }
 
+    fn project_holder(&self, project: &str) -> Result<Option<Peer>, StoreError> {
+        let (db, project) = (self.db.clone(), project.to_owned());
+        self.db.run_within(Duration::from_secs(5), async move {
+            let client = db.clone().pooled().await?;
+            let row = client
+                .query_opt(
+                    "SELECT n.id, n.internal FROM uplink.claims c JOIN uplink.nodes n ON n.id = c.node
+                     WHERE c.project = $1 AND uplink.live(c.node) AND n.internal IS NOT NULL",
+                    &[&project],
+                )
+                .await
+                .map_err(|e| db.said(&e))?;
+            Ok(row.map(|r| Peer { node: unbits(r.get(0)), internal: r.get(1) }))
+        })
+    }
+
     fn peers(&self) -> Result<Vec<Peer>, StoreError> {
         let db = self.db.clone();
         self.db.run_within(Duration::from_secs(5), async move {
