@@ -353,3 +353,53 @@ fn requests_a_gone_node_held_are_adopted_with_the_grant_and_found_by_what_the_sl
     let other = h.identify(cred(1), "api");
     assert!(other.0 > 5 << 32 && other.0 < 6 << 32, "{other:?}");
 }
+
+#[test]
+fn what_is_held_for_a_project_and_credential_is_given_whole_to_the_node_its_sled_came_back_to() {
+    let mut cfg = shared();
+    cfg.resume = Some(ResumeConfig::default());
+    let mut h = HubDriver::with(cfg);
+    let held = |perm: u64, credential: u64, project: &str, sent: bool| HeldRequest {
+        id: PublicPermId { conn: ConnHandle((3 << 32) + 1), perm: PermId(perm) },
+        key: ResumeKey {
+            credential: CredentialId(credential),
+            project: project.into(),
+            incarnation: "i1".into(),
+            req_id: format!("r{perm}"),
+        },
+        tool_name: "Bash".into(),
+        tool_input: r#"{"command":"ls"}"#.into(),
+        since: h.now,
+        deadline: None,
+        verdict: sent.then(|| Verdict::new(Decision::Deny)),
+        sent,
+    };
+    let ours = [held(0, 1, "web", false), held(1, 1, "web", true)];
+    let theirs = [held(2, 2, "web", false), held(3, 1, "api", false)];
+    h.hub.adopt_held(h.now, ours.iter().chain(&theirs).cloned().collect());
+    h.drain();
+    assert_eq!(h.hub.give_held(h.now, "web", CredentialId(1), 7), 2);
+    let outs = h.drain();
+    let given: Vec<_> = events(&outs)
+        .into_iter()
+        .filter_map(|e| if let HubEvent::HeldGiven { ids, to } = e { Some((ids.clone(), *to)) } else { None })
+        .collect();
+    assert_eq!(given, [(vec![ours[0].id, ours[1].id], 7)]);
+    assert!(
+        events(&outs)
+            .iter()
+            .all(|e| !matches!(e, HubEvent::PermissionWithdrawn { .. } | HubEvent::ResumableGone { .. })),
+        "given, not ended: {outs:?}"
+    );
+    let listed: Vec<_> = h.hub.permissions(h.now).iter().map(|p| p.id).collect();
+    assert_eq!(listed, [theirs[0].id, theirs[1].id], "another credential's and another project's stay");
+    assert_eq!(
+        h.hub.decide(h.now, ours[0].id, Verdict::new(Decision::Approve)).map(|_| ()),
+        Err(uplink_proto::gateway::HubDecideError::NotPending),
+        "decided where it went"
+    );
+    // Adopted again (it came back here), it is held once; one held already is not held twice.
+    h.hub.adopt_held(h.now, vec![ours[0].clone(), theirs[0].clone()]);
+    let listed: Vec<_> = h.hub.permissions(h.now).iter().map(|p| p.id).collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+}

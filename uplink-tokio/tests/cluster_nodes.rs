@@ -285,6 +285,34 @@ async fn frame_of(ws: &mut uplink_tests::RawWs, kind: &str) -> Value {
     }
 }
 
+/// A resuming sled at the node `at` asks twice (`make deploy`, `make test`) and its link drops; a person at
+/// the node `deciding` approves the first meanwhile (kept for the sled's return: 202). The ids, by command.
+async fn two_held_and_one_decided(at: &str, deciding: &str, sled: &str, admin: &str) -> Vec<(String, String)> {
+    let mut ws = resuming_sled(at, sled).await;
+    ws.send(resumed()).await.unwrap();
+    ws.send(ask("r1", "make deploy")).await.unwrap();
+    ws.send(ask("r2", "make test")).await.unwrap();
+    let ids = until("both requests to be listed", async || {
+        let listed = listing(deciding, admin).await;
+        let ids: Vec<(String, String)> = listed["permissions"]
+            .as_array()?
+            .iter()
+            .map(|p| (p["tool_input"]["command"].as_str().unwrap().to_owned(), p["id"].as_str().unwrap().to_owned()))
+            .collect();
+        (ids.len() == 2).then_some(ids)
+    })
+    .await;
+    let first = ids.iter().find(|(c, _)| c == "make deploy").unwrap().1.clone();
+    drop(ws);
+    let (status, answer) = until("the requests to be held", async || {
+        let (status, answer) = decide(deciding, admin, &first, r#"{"approved":true}"#).await;
+        (status != 200 || answer["sled_away"] == true).then_some((status, answer))
+    })
+    .await;
+    assert_eq!((status, answer["sled_away"].as_bool()), (202, Some(true)), "{answer}");
+    ids
+}
+
 fn resumed() -> Message {
     Message::text(json!({"type":"resumed","req_id":"resumed","payload":{}}).to_string())
 }
@@ -294,29 +322,9 @@ async fn a_sled_whose_node_died_resumes_at_a_live_node_that_delivers_what_was_de
     let Pair { pg, url, db, mut a, mut b, _dirs } = Pair::start().await;
     let (a_base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
     let b_base = b.base_url();
-    let mut ws = resuming_sled(&a_base, &sled).await;
-    ws.send(resumed()).await.unwrap();
-    ws.send(ask("r1", "make deploy")).await.unwrap();
-    ws.send(ask("r2", "make test")).await.unwrap();
-    let ids = until("both requests to be listed", async || {
-        let listed = listing(&b_base, &admin).await;
-        let ids: Vec<(String, String)> = listed["permissions"]
-            .as_array()?
-            .iter()
-            .map(|p| (p["tool_input"]["command"].as_str().unwrap().to_owned(), p["id"].as_str().unwrap().to_owned()))
-            .collect();
-        (ids.len() == 2).then_some(ids)
-    })
-    .await;
-    let id_of = |command: &str| ids.iter().find(|(c, _)| c == command).unwrap().1.clone();
     // The sled's link drops; a person at b approves r1 meanwhile: kept at a, for the sled's return.
-    drop(ws);
-    let (status, answer) = until("the requests to be held at a", async || {
-        let (status, answer) = decide(&b_base, &admin, &id_of("make deploy"), r#"{"approved":true}"#).await;
-        (status != 200 || answer["sled_away"] == true).then_some((status, answer))
-    })
-    .await;
-    assert_eq!((status, answer["sled_away"].as_bool()), (202, Some(true)), "{answer}");
+    let ids = two_held_and_one_decided(&a_base, &b_base, &sled, &admin).await;
+    let id_of = |command: &str| ids.iter().find(|(c, _)| c == command).unwrap().1.clone();
     // a dies. Once its lease lapsed, the sled comes back at b and sends again what it kept.
     a.kill().await;
     let a_live = "SELECT count(*) FROM uplink.nodes WHERE uplink.live(id)";
@@ -449,4 +457,42 @@ async fn an_mcp_stream_made_at_one_node_for_a_sled_at_another_streams_through_an
     })
     .await;
     assert_eq!(cancel["req_id"], req_id, "{cancel}");
+}
+
+#[tokio::test]
+async fn a_sled_that_comes_back_at_another_live_node_finds_there_what_the_first_held_and_what_was_decided() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = url.split('/').nth(3).unwrap().split('?').next().unwrap().to_owned();
+    let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
+    let a = node(&url, one.path(), "30s").await;
+    let (a_base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
+    let b = node(&url, two.path(), "30s").await;
+    let b_base = b.base_url();
+    // The link drops (a lives on, holding both); a person approves r1 meanwhile, at a.
+    let ids = two_held_and_one_decided(&a_base, &a_base, &sled, &admin).await;
+    let id_of = |command: &str| ids.iter().find(|(c, _)| c == command).unwrap().1.clone();
+    // The sled comes back at b: b takes over what a held, the decision included.
+    let mut ws = resuming_sled(&b_base, &sled).await;
+    ws.send(ask("r1", "make deploy")).await.unwrap();
+    ws.send(ask("r2", "make test")).await.unwrap();
+    ws.send(resumed()).await.unwrap();
+    let response = frame_of(&mut ws, "perm_response").await;
+    assert_eq!((response["req_id"].as_str(), response["payload"]["approved"].as_bool()), (Some("r1"), Some(true)));
+    // r2 waits at b under its first id, listed once in the fleet, and a decision made at a reaches it there.
+    let listed = listing(&a_base, &admin).await;
+    let entries = listed["permissions"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{listed}");
+    assert_eq!(entries[0]["id"], id_of("make test").as_str(), "{listed}");
+    let b_node = pg.sql(&db, "SELECT node FROM uplink.claims WHERE project = 'web'").unwrap();
+    assert_eq!(entries[0]["node"].to_string(), b_node, "{listed}");
+    let (status, answer) = decide(&a_base, &admin, &id_of("make test"), r#"{"approved":false}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    let response = frame_of(&mut ws, "perm_response").await;
+    assert_eq!((response["req_id"].as_str(), response["payload"]["approved"].as_bool()), (Some("r2"), Some(false)));
+    let count = |sql: &str| pg.sql(&db, sql).unwrap();
+    assert_eq!(count("SELECT count(*) FROM uplink.audit WHERE kind = 'request'"), "2", "nothing asked twice");
+    assert_eq!(count("SELECT count(*) FROM uplink.audit WHERE kind = 'end' AND outcome = 'connection_lost'"), "0");
+    assert_eq!(count("SELECT count(*) FROM uplink.pending"), "0");
+    drop((a, b));
 }

@@ -244,12 +244,37 @@ impl Hub {
     pub fn adopt_held(&mut self, now: Instant, requests: Vec<HeldRequest>) {
         self.advance(now);
         for request in requests {
+            // One this hub holds already (it came back here) stays as it is.
+            if self.held.get(request.id).is_some() || self.answered.get(request.id).is_some() {
+                continue;
+            }
             if request.sent {
                 self.remember_answer(request);
             } else {
                 self.hold(request);
             }
         }
+    }
+
+    /// Gives what this hub holds for the sleds of `project` with `credential` (requests held while their
+    /// sled was away, decisions remembered to send again) to node `to` of the cluster, where that sled came
+    /// back and whose claim on the project was granted: they leave this hub without ending, and
+    /// [`HubEvent::HeldGiven`] says which, for the store to hand them over in the same commit. A person's
+    /// decision for one of them from then on goes to `to`. How many were given.
+    pub fn give_held(&mut self, now: Instant, project: &str, credential: CredentialId, to: u64) -> usize {
+        self.advance(now);
+        let of = |h: &HeldRequest| h.key.credential == credential;
+        let mut ids = self.held.ids_where(project, of);
+        ids.extend(self.answered.ids_where(project, of));
+        for id in &ids {
+            if self.held.remove(*id).is_none() {
+                self.answered.remove(*id);
+            }
+        }
+        if !ids.is_empty() {
+            self.event(HubEvent::HeldGiven { ids: ids.clone(), to });
+        }
+        ids.len()
     }
 
     /// Makes the connection handles (the first half of every public id) that this hub hands out from now on

@@ -327,6 +327,14 @@ pub enum HubEvent {
         /// The greatest handle reserved.
         until: u64,
     },
+    /// What was kept under `ids` ([`HubEvent::Resumable`]) was given to node `to` of the cluster, where its
+    /// sled came back ([`Hub::give_held`](super::Hub::give_held)): kept there from now on, not ended.
+    HeldGiven {
+        /// Which.
+        ids: Vec<PublicPermId>,
+        /// The node that holds them now.
+        to: u64,
+    },
     /// What was kept under `id` ([`HubEvent::Resumable`]) is no longer needed.
     ResumableGone {
         /// Which.

@@ -36,8 +36,11 @@ pub(crate) struct Node {
     pub(crate) id: u64,
     pub(crate) lease: Duration,
     /// The hub holds requests for sleds that come back (`resume`): a claim granted takes over those that
-    /// gone nodes held for the project.
+    /// other nodes held for the project.
     pub(crate) keeps_held: bool,
+    /// This node among its peers, when it serves beside them: a claim granted asks the live nodes that hold
+    /// requests for the project's sleds to give them up.
+    pub(crate) peers: Option<Arc<super::peers::Peers>>,
 }
 
 /// What the hub task asks of the database.
@@ -138,7 +141,7 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, wall: Wall, mut rx: mpsc:
                         Ok(Ok(Some(answer))) => {
                             let held = match answer {
                                 ClaimAnswer::Granted { .. } if node.keeps_held => {
-                                    held_by_gone_nodes(&node, &project, credential, &wall).await
+                                    held_elsewhere(&node, &project, credential, &wall).await
                                 }
                                 _ => Vec::new(),
                             };
@@ -177,11 +180,35 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, wall: Wall, mut rx: mpsc:
     }
 }
 
-/// What nodes now gone held for the sleds of `project` with `credential`, taken over by `node` (whose claim
-/// on it was just granted), to be held here before the sled's requests are taken up. None when the database
-/// does not answer: the sled's requests are then new ones here (a person is asked again; nothing is
-/// approved without a decision).
-async fn held_by_gone_nodes(node: &Node, project: &str, credential: CredentialId, wall: &Wall) -> Vec<HeldRequest> {
+/// What other nodes held for the sleds of `project` with `credential`, taken over by `node` (whose claim on
+/// it was just granted), to be held here before the sled's requests are taken up: the live ones asked to
+/// give it up first (each within the call's wait), then what they gave and what gone nodes left is taken. A
+/// node that does not answer keeps its own, and a database that does not answer gives nothing: the sled's
+/// requests are then new ones here (a person is asked again; nothing is approved without a decision).
+async fn held_elsewhere(node: &Node, project: &str, credential: CredentialId, wall: &Wall) -> Vec<HeldRequest> {
+    if let Some(peers) = &node.peers {
+        let (store, id, asked) = (node.store.clone(), node.id, project.to_owned());
+        let live = tokio::task::spawn_blocking(move || store.live_holders(id, &asked, credential.0)).await;
+        let live = match live {
+            Ok(Ok(live)) => live,
+            Ok(Err(e)) => {
+                warn!(error = %e, project = ?project, "finding the nodes that hold a project's requests failed");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
+        let body = bytes::Bytes::from(serde_json::json!({"project": project, "credential": credential.0}).to_string());
+        let asked = live.iter().map(|p| peers.call(p, "POST", "/internal/held/give", body.clone()));
+        for (peer, answer) in live.iter().zip(futures_util::future::join_all(asked).await) {
+            match answer {
+                Ok(a) if a.status.is_success() => {}
+                Ok(a) => warn!(node = peer.node, status = %a.status, "a node did not give up a project's requests"),
+                Err(why) => {
+                    warn!(node = peer.node, why = %why.escape_debug(), "a node did not give up a project's requests")
+                }
+            }
+        }
+    }
     let (store, id, asked) = (node.store.clone(), node.id, project.to_owned());
     match tokio::task::spawn_blocking(move || store.take_held(id, &asked, credential.0)).await {
         Ok(Ok(kept)) => kept
@@ -385,6 +412,9 @@ mod tests {
         fn take_held(&self, _: u64, _: &str, _: u64) -> Result<Vec<StoredResumable>, StoreError> {
             Ok(Vec::new())
         }
+        fn live_holders(&self, _: u64, _: &str, _: u64) -> Result<Vec<Peer>, StoreError> {
+            Ok(Vec::new())
+        }
         fn holder(&self, _: &str) -> Result<Option<HeldAt>, StoreError> {
             Ok(None)
         }
@@ -424,7 +454,7 @@ mod tests {
         let stuck = Arc::new(Stuck::default());
         let _unstick = LetGo(stuck.clone());
         let (tx, _rx) = mpsc::channel(1024);
-        let node = Node { store: stuck.clone(), id: 1, lease: Duration::from_secs(10), keeps_held: false };
+        let node = Node { store: stuck.clone(), id: 1, lease: Duration::from_secs(10), keeps_held: false, peers: None };
         let epoch = tokio::time::Instant::now();
         let wall = Wall::new(uplink_proto::Instant::ZERO, std::time::SystemTime::now());
         let errands = Errands::start(node, HubHandle::new(tx), Clock::new(epoch), wall);

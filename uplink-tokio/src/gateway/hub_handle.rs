@@ -13,6 +13,7 @@ use uplink_proto::gateway::{
 };
 use uplink_proto::rules::{Rule, RuleId};
 
+use super::commit::Ack;
 use super::credentials::{Credentials, SledCredential};
 use super::fanout::Subscription;
 use super::mcp_exchange::{MCP_EVENTS, McpAsk, McpEvent, McpOutcome, Sink};
@@ -208,11 +209,20 @@ pub(crate) enum FromCluster {
     RulesElsewhere { added: Vec<Rule>, removed: Vec<RuleId> },
     /// Something this node cannot go on with (a rule made elsewhere that does not read here): it stops.
     Unworkable(String),
+    /// Another node, where the sleds of `project` with `credential` came back, asks for what this node holds
+    /// for them; `given` once that is handed over in the store.
+    GiveHeld { project: String, credential: CredentialId, to: u64, given: oneshot::Sender<()> },
 }
 
 impl FromCluster {
-    /// Hands it to `hub` at `now`; the reason to stop the gateway, if it is one.
-    pub(crate) fn apply(self, hub: &mut uplink_proto::gateway::Hub, now: Instant) -> Option<String> {
+    /// Hands it to `hub` at `now` (a reply to give once the batch is committed goes to `acks`: a cluster's
+    /// node has a store); the reason to stop the gateway, if it is one.
+    pub(crate) fn apply(
+        self,
+        hub: &mut uplink_proto::gateway::Hub,
+        now: Instant,
+        acks: &mut Vec<Ack>,
+    ) -> Option<String> {
         match self {
             FromCluster::LeaseRenewal { sent, answer } => hub.handle_lease_renewal(now, sent, answer),
             FromCluster::ClaimAnswer { conn, project, answer, held } => {
@@ -223,6 +233,10 @@ impl FromCluster {
             FromCluster::RuleIds(ids) => hub.use_rule_ids(ids),
             FromCluster::RulesElsewhere { added, removed } => hub.handle_rules_elsewhere(now, added, removed),
             FromCluster::Unworkable(why) => return Some(why),
+            FromCluster::GiveHeld { project, credential, to, given } => {
+                hub.give_held(now, &project, credential, to);
+                acks.push(Ack::Kept(given));
+            }
         }
         None
     }
@@ -282,6 +296,15 @@ impl HubHandle {
     /// What the cluster's database said.
     pub(crate) async fn cluster_said(&self, said: FromCluster) {
         let _ = self.tx.send(HubMsg::Cluster(said)).await;
+    }
+
+    /// Gives node `to` what this hub holds for the sleds of `project` with `credential`
+    /// ([`Hub::give_held`](uplink_proto::gateway::Hub::give_held)); true once that is handed over in the
+    /// store.
+    pub(crate) async fn give_held(&self, project: String, credential: CredentialId, to: u64) -> bool {
+        let (given, done) = oneshot::channel();
+        self.cluster_said(FromCluster::GiveHeld { project, credential, to, given }).await;
+        done.await.is_ok()
     }
 
     pub(crate) async fn decide(

@@ -287,7 +287,7 @@ impl HubTask {
                 self.hub.drain(now, now + within);
                 self.drained.push(done);
             }
-            HubMsg::Cluster(said) => said.apply(&mut self.hub, now).into_iter().for_each(|why| self.fail(why)),
+            HubMsg::Cluster(said) => said.apply(&mut self.hub, now, &mut self.acks).map_or((), |w| self.fail(w)),
         }
     }
 

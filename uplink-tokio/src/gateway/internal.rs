@@ -7,6 +7,9 @@
 //! - `POST`, `GET`, `DELETE /internal/mcp/{project}`: an MCP request made at another node for a sled held
 //!   here, with the principal (`uplink-by`) and the endpoint's headers signed with it: served here, its
 //!   answer (a stream too) going back as it comes.
+//! - `POST /internal/held/give`: the calling node, granted a project's claim (its sled came back there),
+//!   asks for what this node holds for that project's sleds of a credential (`{"project", "credential"}`):
+//!   it leaves this node's hub and is handed over in the store before the answer.
 //! - `POST /internal/permissions/{id}`: a decision a person made at another node (`{"by": principal,
 //!   "ask": …}` as `POST /api/permissions/{id}` takes it) for a request held here: decided and committed
 //!   here, before the sled hears it; never carried further.
@@ -20,7 +23,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use hyper::StatusCode;
-use uplink_proto::gateway::{Action, PublicPermId};
+use uplink_proto::gateway::{Action, CredentialId, PublicPermId};
 
 use super::config::MAX_ADMIN_BODY;
 use super::permissions::{Ask, decide_here, write_listing};
@@ -33,6 +36,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/internal/permissions", get(list))
         .route("/internal/sleds", get(sleds))
         .route("/internal/mcp/{project}", post(mcp).get(mcp).delete(mcp))
+        .route("/internal/held/give", post(give_held))
         .route("/internal/permissions/{id}", post(decide))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(shared)
@@ -107,6 +111,30 @@ async fn sleds(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         return refused;
     }
     json_response(StatusCode::OK, &serde_json::json!({ "sleds": super::sleds::local(&shared).await }))
+}
+
+/// Another node, where the sleds of a project came back (its claim granted there), asks for what this node
+/// holds for them: handed over in the store before the answer, so that the asking node then takes it up.
+async fn give_held(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Give {
+        project: String,
+        credential: u64,
+    }
+    let (from, body) = match checked(&shared, request).await {
+        Ok(call) => call,
+        Err(refused) => return refused,
+    };
+    let give: Give = match serde_json::from_slice(&body) {
+        Ok(g) => g,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("expected {{\"project\", \"credential\"}}: {e}")),
+    };
+    // Only ever to the node that asks.
+    if shared.hub.give_held(give.project, CredentialId(give.credential), from).await {
+        json_response(StatusCode::OK, &serde_json::json!({ "given_to": from }))
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "this node could not hand them over")
+    }
 }
 
 async fn decide(State(shared): State<Arc<Shared>>, Path(id): Path<String>, request: Request<Body>) -> Response {

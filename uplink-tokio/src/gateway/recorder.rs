@@ -182,6 +182,10 @@ impl Recorder {
                 out.push(Change::DeleteResumable(id.to_string()));
                 return;
             }
+            HubEvent::HeldGiven { ids, to } => {
+                out.push(Change::MoveResumables { ids: ids.iter().map(ToString::to_string).collect(), to: *to });
+                return;
+            }
             HubEvent::IdsReserved { until } => {
                 out.push(Change::ReserveIds(*until));
                 return;

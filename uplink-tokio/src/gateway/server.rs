@@ -135,7 +135,7 @@ impl GatewayServer {
                 .await
                 .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
                 tracing::info!(node = id, lease = ?lease, internal = ?internal.as_ref().map(|(_, a)| a), "joined the cluster");
-                Some((Node { store: cluster, id, lease, keeps_held }, sent))
+                Some((Node { store: cluster, id, lease, keeps_held, peers: None }, sent))
             }
             None => None,
         };
@@ -235,6 +235,14 @@ impl GatewayServer {
             .as_deref()
             .and_then(|u| u.parse::<hyper::Uri>().ok())
             .and_then(|u| u.host().map(str::to_owned));
+        // This node among its peers: calls to them signed, theirs checked, with a key from the store's secret.
+        let peers = match (&node, &internal, &kept) {
+            (Some(node), Some(_), Some(kept)) => {
+                Some(Arc::new(super::peers::Peers::new(node.id, node.store.clone(), &kept.input_key)))
+            }
+            _ => None,
+        };
+        let node = node.map(|node| Node { peers: peers.clone(), ..node });
         let task = HubTaskConfig {
             notify: NotifyConfig {
                 webhooks: config.notify,
@@ -268,13 +276,7 @@ impl GatewayServer {
                 ip => ip.to_string(),
             });
         }
-        // This node among its peers: calls to them signed, theirs checked, with a key from the store's secret.
-        let peers = match (&node, &internal, &kept) {
-            (Some(node), Some(_), Some(kept)) => {
-                Some(Arc::new(super::peers::Peers::new(node.id, node.store.clone(), &kept.input_key)))
-            }
-            _ => None,
-        };
+
         let shared = Arc::new(Shared {
             hub,
             peers,

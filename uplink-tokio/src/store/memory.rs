@@ -120,7 +120,7 @@ impl Store for MemoryStore {
                         inner.resumables.remove(id);
                     }
                     Change::ReserveIds(until) => inner.ids_until = inner.ids_until.max(*until),
-                    Change::EndClaim { .. } => {}
+                    Change::EndClaim { .. } | Change::MoveResumables { .. } => {}
                 }
             }
             Head { chain: 0, seq: inner.head.0, hash: inner.head.1 }

@@ -144,6 +144,15 @@ pub enum Change {
     DeleteResumable(String),
     /// Connection handles up to this one are reserved: a restarted gateway starts after them.
     ReserveIds(u64),
+    /// The requests kept to come back under these ids were given to node `to` of the cluster, where their
+    /// sled came back: theirs from now on (and so are their rows of waiting requests). Nothing for a store
+    /// that is not a cluster's.
+    MoveResumables {
+        /// Their public ids.
+        ids: Vec<String>,
+        /// The node that holds them now.
+        to: u64,
+    },
     /// A claim on a project, granted by the cluster's table ([`ClusterStore::claim`]), ended: its row goes,
     /// if it is still of this generation. Nothing for a store that is not a cluster's.
     EndClaim {
@@ -308,10 +317,15 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// taker that dies first leaves it to the next). At most 10,000 at a time.
     fn take_orphans(&self, node: u64) -> Result<Vec<Orphan>, StoreError>;
 
-    /// Takes over, for `node`, the requests that nodes now gone kept for the sleds of `project` with
-    /// `credential` (to come back, `resume`), as that project's claim is granted to `node`: each given to
-    /// one taker only; the table of waiting requests names `node` for them from then on.
+    /// Takes over, for `node`, the requests kept for the sleds of `project` with `credential` (to come back,
+    /// `resume`) by nodes now gone, or given to `node` already by live ones, as that project's claim is
+    /// granted to `node`: each taken by one node only; the table of waiting requests names `node` for them
+    /// from then on.
     fn take_held(&self, node: u64, project: &str, credential: u64) -> Result<Vec<StoredResumable>, StoreError>;
+
+    /// The live nodes other than `node` that keep requests for the sleds of `project` with `credential`
+    /// (to ask them to give those up: [`ClusterStore::take_held`] then takes them).
+    fn live_holders(&self, node: u64, project: &str, credential: u64) -> Result<Vec<Peer>, StoreError>;
 
     /// Where the request `perm` (its public id) waits, by the table of waiting requests: `None` when no
     /// node holds it.

@@ -181,12 +181,13 @@ impl ClusterStore for PostgresCluster {
         let (node, project, credential) = (big(node)?, project.to_owned(), credential.to_string());
         let db = self.db.clone();
         let rows = self.with_client(Duration::from_secs(10), move |client: Arc<Client>| async move {
-            // Only a gone node's, each taken by one node alone (its row locked; another taker, finding it
-            // moved to a live node, skips it); its row of waiting requests follows it.
+            // A gone node's, or one given to this node already; each taken by one node alone (its row
+            // locked; another taker, finding it moved to a live node, skips it); its row of waiting requests
+            // follows it.
             client
                 .query(
                     "WITH taken AS (UPDATE uplink.resumables SET node = $1
-                                    WHERE node <> $1 AND NOT uplink.live(node) AND uplink.live($1)
+                                    WHERE (node = $1 OR NOT uplink.live(node)) AND uplink.live($1)
                                       AND record::jsonb @> jsonb_build_object('project', $2::text,
                                                                               'credential', $3::text::numeric)
                                     RETURNING id, record),
@@ -202,6 +203,23 @@ impl ClusterStore for PostgresCluster {
                     .map_err(|e| StoreError::Database(format!("{}: a kept request does not read: {e}", db.place())))
             })
             .collect()
+    }
+
+    fn live_holders(&self, node: u64, project: &str, credential: u64) -> Result<Vec<Peer>, StoreError> {
+        let (db, node, project, credential) = (self.db.clone(), big(node)?, project.to_owned(), credential.to_string());
+        self.db.run_within(Duration::from_secs(5), async move {
+            let client = db.clone().pooled().await?;
+            let rows = client
+                .query(
+                    "SELECT DISTINCT n.id, n.internal FROM uplink.resumables r JOIN uplink.nodes n ON n.id = r.node
+                     WHERE r.node <> $1 AND uplink.live(r.node) AND n.internal IS NOT NULL
+                       AND r.record::jsonb @> jsonb_build_object('project', $2::text, 'credential', $3::text::numeric)",
+                    &[&node, &project, &credential],
+                )
+                .await
+                .map_err(|e| db.said(&e))?;
+            Ok(rows.iter().map(|r| Peer { node: unbits(r.get(0)), internal: r.get(1) }).collect())
+        })
     }
 
     fn holder(&self, perm: &str) -> Result<Option<HeldAt>, StoreError> {

@@ -91,6 +91,7 @@ struct Statements {
     end_claim: Statement,
     put_pending: Statement,
     end_pending: Statement,
+    move_resumables: Statement,
     fence: Statement,
     move_chain: Statement,
 }
@@ -152,6 +153,12 @@ impl Statements {
                 )
                 .await?,
             end_pending: client.prepare("DELETE FROM uplink.pending WHERE perm = $1").await?,
+            move_resumables: client
+                .prepare(
+                    "WITH moved AS (UPDATE uplink.resumables SET node = $2 WHERE id = ANY($1::text[]))
+                     UPDATE uplink.pending SET node = $2 WHERE perm = ANY($1::text[])",
+                )
+                .await?,
             fence: client.prepare("SELECT uplink.fence($1)").await?,
             move_chain: client.prepare("SELECT uplink.move_chain($1, $2, $3, $4, $5, $6)").await?,
         })
@@ -252,6 +259,9 @@ fn ops(changes: &[Change], chain: i64, node: i64, mut head: Pair) -> Result<(Vec
             Change::ReserveIds(until) => ops.push(Op::new(|s| &s.reserve_ids, vec![Box::new(big(*until)?)])),
             Change::EndClaim { project, generation } => {
                 ops.push(Op::new(|s| &s.end_claim, vec![Box::new(project.clone()), Box::new(big(*generation)?)]))
+            }
+            Change::MoveResumables { ids, to } => {
+                ops.push(Op::new(|s| &s.move_resumables, vec![Box::new(ids.clone()), Box::new(big(*to)?)]))
             }
         }
     }

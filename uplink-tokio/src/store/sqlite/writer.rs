@@ -221,7 +221,7 @@ impl SqliteStore {
                         put_meta_pair(&tx, "ids_until", ((*until).max(kept), [0; 32]))?;
                     }
                     // One gateway on its own file: no cluster's table.
-                    Change::EndClaim { .. } => {}
+                    Change::EndClaim { .. } | Change::MoveResumables { .. } => {}
                 }
             }
         }
