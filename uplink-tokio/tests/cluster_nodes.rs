@@ -142,6 +142,17 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
     assert_eq!(relayed["method"], "tools/list", "{relayed}");
     let (status, _, body) = asked.await.unwrap();
     assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["id"].as_i64()), (200, Some(2)), "{body}");
+    // The session-less relay likewise.
+    let rpc = format!("{b_base}/api/sleds/web/rpc");
+    let asked = {
+        let (rpc, admin) = (rpc.clone(), admin.clone());
+        tokio::spawn(async move {
+            http("POST", &rpc, Some(&admin), Some(r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#), &[]).await
+        })
+    };
+    assert_eq!(answer_mcp(&mut ws, "{}").await["method"], "ping");
+    let (status, body) = asked.await.unwrap();
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["id"].as_i64()), (200, Some(3)), "{body}");
     // A project no node holds is unknown at b, as on one gateway.
     let (status, _) = http("POST", &format!("{b_base}/api/sleds/none/mcp"), Some(&admin), Some(init), &[accept]).await;
     assert_eq!(status, 404);

@@ -7,6 +7,7 @@
 //! - `POST`, `GET`, `DELETE /internal/mcp/{project}`: an MCP request made at another node for a sled held
 //!   here, with the principal (`uplink-by`) and the endpoint's headers signed with it: served here, its
 //!   answer (a stream too) going back as it comes.
+//! - `POST /internal/rpc/{project}`: the session-less relay, likewise.
 //! - `POST /internal/held/give`: the calling node, granted a project's claim (its sled came back there),
 //!   asks for what this node holds for that project's sleds of a credential (`{"project", "credential"}`):
 //!   it leaves this node's hub and is handed over in the store before the answer.
@@ -36,6 +37,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/internal/permissions", get(list))
         .route("/internal/sleds", get(sleds))
         .route("/internal/mcp/{project}", post(mcp).get(mcp).delete(mcp))
+        .route("/internal/rpc/{project}", post(rpc))
         .route("/internal/held/give", post(give_held))
         .route("/internal/permissions/{id}", post(decide))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
@@ -111,6 +113,20 @@ async fn sleds(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         return refused;
     }
     json_response(StatusCode::OK, &serde_json::json!({ "sleds": super::sleds::local(&shared).await }))
+}
+
+/// A session-less MCP relay a person made at another node for a sled held here: served here, never carried
+/// further.
+async fn rpc(State(shared): State<Arc<Shared>>, Path(project): Path<String>, request: Request) -> Response {
+    let (_, parts, body) = match checked_with(&shared, request, &super::mcp::CARRIED).await {
+        Ok(call) => call,
+        Err(refused) => return refused,
+    };
+    let by = parts.headers.get("uplink-by").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    match decider(&shared, by) {
+        Ok(principal) => super::sleds::relay_rpc_here(&shared, &principal, project, &parts.headers, body, false).await,
+        Err(why) => error(StatusCode::FORBIDDEN, &why),
+    }
 }
 
 /// Another node, where the sleds of a project came back (its claim granted there), asks for what this node

@@ -140,7 +140,8 @@ pub(super) async fn serve_here(
         && let Some(node) = goes_to(peers.me, refusal.status, Some(holder.node))
     {
         drop(exchange);
-        return forward(peers, &holder, node, &principal, &project, method, headers, bytes).await;
+        let path = format!("/internal/mcp/{}", utf8_percent_encode(&project, NON_ALPHANUMERIC));
+        return forward(peers, &holder, node, &principal, &path, method, headers, bytes).await;
     }
     let (response, result) = match kind {
         Method::Get => listen(exchange, first).await,
@@ -151,20 +152,19 @@ pub(super) async fn serve_here(
     response
 }
 
-/// Carries a request to the endpoint to `holder` (node `node`), whose claim holds the project: its answer
-/// relayed as it comes.
+/// Carries a request to the endpoint (or its session-less relay) to `holder` (node `node`), whose claim
+/// holds the project, at `path` of its internal listener: its answer relayed as it comes.
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+pub(super) async fn forward(
     peers: &Peers,
     holder: &Peer,
     node: u64,
     principal: &str,
-    project: &str,
+    path: &str,
     method: &HttpMethod,
     headers: &hyper::HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = format!("/internal/mcp/{}", utf8_percent_encode(project, NON_ALPHANUMERIC));
     let values: Vec<(&str, &str)> = CARRIED
         .iter()
         .map(|name| match *name {
@@ -172,7 +172,7 @@ async fn forward(
             _ => (*name, header(headers, name).unwrap_or_default()),
         })
         .collect();
-    let call = Call { method: method.as_str(), path: &path, carried: &values };
+    let call = Call { method: method.as_str(), path, carried: &values };
     match peers.send(holder, &call, body).await {
         Ok(answer) => {
             let (parts, incoming) = answer.into_parts();

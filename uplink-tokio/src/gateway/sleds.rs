@@ -6,12 +6,16 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
+use bytes::Bytes;
 use hyper::StatusCode;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 use uplink_proto::gateway::mcp_endpoint;
+use uplink_proto::gateway::peers::goes_to;
 
 use super::config::MAX_ADMIN_BODY;
 use super::extract::{Decider, Reader};
+use super::mcp_exchange::McpOutcome;
 use super::shared::Shared;
 use crate::http::{header, json_response, millis, read_limited};
 
@@ -88,19 +92,41 @@ pub(super) async fn relay_rpc(
     Path(project): Path<String>,
     request: Request,
 ) -> Response {
-    let session = Some(mcp_endpoint::rpc_session(&principal.name, header(request.headers(), "mcp-session-id")));
+    let headers = request.headers().clone();
     let body = match read_limited(request.into_body(), MAX_ADMIN_BODY, shared.handshake_timeout).await {
         Ok(b) => b,
         Err(r) => return r,
     };
+    relay_rpc_here(&shared, &principal.name, project, &headers, body, true).await
+}
+
+/// The relay of `body` for `principal` at this node's hub; or, `may_forward` and in a cluster, at the node
+/// whose claim holds the project when this node's hub refuses it for want of the sled here (as the MCP
+/// endpoint does: `mcp::serve_here`).
+pub(super) async fn relay_rpc_here(
+    shared: &Shared,
+    principal: &str,
+    project: String,
+    headers: &hyper::HeaderMap,
+    bytes: Bytes,
+    may_forward: bool,
+) -> Response {
+    let session = Some(mcp_endpoint::rpc_session(principal, header(headers, "mcp-session-id")));
     // Not UTF-8, or not JSON: the MCP endpoint's parse error.
-    let body = match String::from_utf8(body.to_vec()) {
+    let body = match String::from_utf8(bytes.to_vec()) {
         Ok(body) if mcp_endpoint::Body::read(&body) != mcp_endpoint::Body::NotJson => body,
         _ => return super::mcp::refused(mcp_endpoint::NOT_JSON),
     };
     let id = super::mcp::request_id(&body);
     let started = std::time::Instant::now();
-    let outcome = shared.hub.mcp(project, body, session).await;
+    let outcome = shared.hub.mcp(project.clone(), body, session).await;
+    if let (true, Some(peers), McpOutcome::Refused(refusal)) = (may_forward, &shared.peers, &outcome)
+        && let Ok(Some(holder)) = peers.holding(project.clone()).await
+        && let Some(node) = goes_to(peers.me, refusal.status, Some(holder.node))
+    {
+        let path = format!("/internal/rpc/{}", utf8_percent_encode(&project, NON_ALPHANUMERIC));
+        return super::mcp::forward(peers, &holder, node, principal, &path, &hyper::Method::POST, headers, bytes).await;
+    }
     shared.metrics.relayed(super::mcp::result_of(&outcome), started.elapsed());
     super::mcp::respond(outcome, id.as_deref())
 }
