@@ -75,6 +75,8 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
     // The second node starts while the first serves: side by side, with the tokens the first made.
     let mut b = node(&url, two.path(), "30s").await;
     let b_base = b.base_url();
+    // A console at b hears what happens at every node.
+    let mut events = uplink_tests::sse(&format!("{b_base}/api/events"), &admin).await;
 
     // A sled at a asks; b lists it, with the node it waits at, and every node answered.
     let mut ws = raw_sled_at(&a_base, &sled, "web").await;
@@ -98,6 +100,10 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
     );
     assert_eq!((sleds["sleds"].as_array().unwrap().len(), &sleds["unreachable_nodes"]), (1, &json!([])));
     assert_eq!(listed["permissions"][0]["tool_input"]["command"], "git status");
+    let connected = uplink_tests::next_event(&mut events, "sled_connected").await;
+    assert_eq!((&connected["project"], &connected["node"]), (&json!("web"), node_a), "{connected}");
+    let requested = uplink_tests::next_event(&mut events, "permission_requested").await;
+    assert_eq!((&requested["id"], &requested["node"]), (&json!(id), node_a), "{requested}");
 
     // b's decision is carried to a, which decides it and sends it to its sled.
     let (status, answer) = decide(&b_base, &admin, &id, r#"{"approved":true,"message":"from b"}"#).await;
@@ -200,8 +206,13 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
 
     // Each node wrote its own chain; the log verifies as a whole.
     drop(ws);
-    assert!(b.stop().await.success());
+    let decided = uplink_tests::next_event(&mut events, "permission_decided").await;
+    assert_eq!((&decided["id"], &decided["node"]), (&json!(id), node_a), "{decided}");
+    // a stops: b's console is told that a's events no longer come.
     assert!(a.stop().await.success());
+    let gone = uplink_tests::next_event(&mut events, "node_unreachable").await;
+    assert_eq!(&gone["node"], node_a, "{gone}");
+    assert!(b.stop().await.success());
     let verify = program::run_within("uplink", UPLINK, &["audit", "verify", "--store", &url], &[]).await;
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
 }

@@ -4,6 +4,7 @@
 //!
 //! - `GET /internal/permissions`: what waits at this node, for another node's listing.
 //! - `GET /internal/sleds`: the sleds this node knows, likewise.
+//! - `GET /internal/events`: this node's own events, as `GET /api/events` streams them.
 //! - `POST`, `GET`, `DELETE /internal/mcp/{project}`: an MCP request made at another node for a sled held
 //!   here, with the principal (`uplink-by`) and the endpoint's headers signed with it: served here, its
 //!   answer (a stream too) going back as it comes.
@@ -36,6 +37,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/internal/permissions", get(list))
         .route("/internal/sleds", get(sleds))
+        .route("/internal/events", get(events))
         .route("/internal/mcp/{project}", post(mcp).get(mcp).delete(mcp))
         .route("/internal/rpc/{project}", post(rpc))
         .route("/internal/held/give", post(give_held))
@@ -106,6 +108,13 @@ async fn list(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     write_listing(&shared, None, &mut body).await;
     body.push_str("]}");
     json_text(StatusCode::OK, body)
+}
+
+async fn events(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    if let Err(refused) = checked(&shared, request).await {
+        return refused;
+    }
+    super::events::own(&shared).await
 }
 
 async fn sleds(State(shared): State<Arc<Shared>>, request: Request) -> Response {

@@ -278,7 +278,10 @@ async function refresh() {
       const perms = await api("GET", "/api/permissions");
       $("#pending-list").replaceChildren(...perms.permissions.map(cardOrNote));
       tick();
-      $("#pending-empty").hidden = perms.permissions.length > 0 || !linkUp;
+      // In a cluster, nodes that did not answer: what they hold is not shown, and the page says so.
+      const missing = perms.unreachable_nodes || [];
+      setPartial(missing);
+      $("#pending-empty").hidden = perms.permissions.length > 0 || !linkUp || missing.length > 0;
     }),
     part(async () => {
       const sleds = await api("GET", "/api/sleds");
@@ -319,6 +322,16 @@ function setLink(up) {
   if (!up) $("#pending-empty").hidden = true;
 }
 
+// Nodes of the cluster whose requests the page could not list.
+function setPartial(missing) {
+  if (!linkUp) return;
+  const some = missing.length > 0;
+  $("#link").textContent = some
+    ? "connected; " + (missing[0] === 0 ? "the other gateway nodes could not be listed" : "gateway node " + missing.join(", ") + " did not answer") + ": what it holds is not shown"
+    : "connected";
+  $("#link").dataset.state = some ? "partial" : "up";
+}
+
 function listen() {
   if (events) events.close();
   clearTimeout(retry);
@@ -353,6 +366,9 @@ function listen() {
     events.addEventListener(e, refresh);
   }
   events.addEventListener("lagged", () => { events.close(); setTimeout(listen, 1000); });
+  // A node of the cluster whose events stopped: list again now, and stream again in a while (from the nodes
+  // that are live then).
+  events.addEventListener("node_unreachable", () => { refresh(); clearTimeout(retry); retry = setTimeout(listen, 5000); });
 }
 
 function signedIn(who) {
