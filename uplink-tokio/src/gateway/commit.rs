@@ -17,6 +17,12 @@ pub(super) enum Ack {
     Kept(oneshot::Sender<()>),
 }
 
+impl From<oneshot::Sender<()>> for Ack {
+    fn from(reply: oneshot::Sender<()>) -> Ack {
+        Ack::Kept(reply)
+    }
+}
+
 impl Ack {
     /// Gives the reply; after a failed commit, a decision's is the store's failure.
     pub(super) fn send(self, store_failed: bool) {

@@ -13,7 +13,6 @@ use uplink_proto::gateway::{
 };
 use uplink_proto::rules::{Rule, RuleId};
 
-use super::commit::Ack;
 use super::credentials::{Credentials, SledCredential};
 use super::fanout::Subscription;
 use super::mcp_exchange::{MCP_EVENTS, McpAsk, McpEvent, McpOutcome, Sink};
@@ -217,11 +216,11 @@ pub(crate) enum FromCluster {
 impl FromCluster {
     /// Hands it to `hub` at `now` (a reply to give once the batch is committed goes to `acks`: a cluster's
     /// node has a store); the reason to stop the gateway, if it is one.
-    pub(crate) fn apply(
+    pub(crate) fn apply<A: From<oneshot::Sender<()>>>(
         self,
         hub: &mut uplink_proto::gateway::Hub,
         now: Instant,
-        acks: &mut Vec<Ack>,
+        acks: &mut Vec<A>,
     ) -> Option<String> {
         match self {
             FromCluster::LeaseRenewal { sent, answer } => hub.handle_lease_renewal(now, sent, answer),
@@ -235,7 +234,7 @@ impl FromCluster {
             FromCluster::Unworkable(why) => return Some(why),
             FromCluster::GiveHeld { project, credential, to, given } => {
                 hub.give_held(now, &project, credential, to);
-                acks.push(Ack::Kept(given));
+                acks.push(A::from(given));
             }
         }
         None
