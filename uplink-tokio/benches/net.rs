@@ -1382,6 +1382,116 @@ async fn bench_decisions(total: usize, on_postgres: bool) {
     );
 }
 
+/// Bench 7: people's decisions made at the node holding the request against decisions made at another node
+/// of a cluster (carried to the holder over the internal listener), on one PostgreSQL database.
+async fn bench_cross(total: usize, people: usize) {
+    const BATCH: usize = 200;
+    println!(
+        "\n## 7. Decisions at another node: {total} requests a round, asked {BATCH} at a time, {people} deciding at once"
+    );
+    let url = uplink_tests::postgres::Postgres::shared().fresh_database();
+    let cluster = ["--store", url.as_str(), "--cluster-listen", "127.0.0.1:0", "--lease", "10s"];
+    let a = GatewayProcess::start_with(&cluster).await;
+    let b = GatewayProcess::start_with(&cluster).await;
+    let url = format!("{}?token={SLED_TOKEN}", a.sled_url());
+    let tcp = TcpStream::connect(a.addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let identity = json!({"type":"identity","req_id":"identity","payload":{"project":"web"}});
+    ws.send(Message::text(identity.to_string())).await.unwrap();
+    let mut results: Vec<(&str, Latencies, Duration)> = Vec::new();
+    let mut asked = 0usize;
+    // Alternated, after a warm-up round of each.
+    for round in 0..3 {
+        for (mode, at) in [("same node", a.addr), ("other node", b.addr)] {
+            // The sled asks BATCH times (within its connection's budget of pending requests), people decide
+            // them all, and again, until `total` are decided.
+            let (mut lat, mut wall) = (Vec::with_capacity(total), Duration::ZERO);
+            for _ in 0..total.div_ceil(BATCH) {
+                let first = asked;
+                for i in first..first + BATCH {
+                    let frame = json!({"type":"perm_request","req_id":format!("c{i}"),
+                        "payload":{"tool_name":"Bash","tool_input":{"command":format!("make deploy-{i}")}}});
+                    ws.feed(Message::text(frame.to_string())).await.unwrap();
+                }
+                ws.flush().await.unwrap();
+                asked += BATCH;
+                let ids: Vec<String> = loop {
+                    let listing = format!("http://{}/api/permissions", a.addr);
+                    let (_, body) = uplink_tests::http("GET", &listing, Some(ADMIN_TOKEN), None, &[]).await;
+                    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let ids: Vec<String> = listed["permissions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| p["id"].as_str().unwrap().to_owned())
+                        .collect();
+                    if ids.len() == BATCH {
+                        break ids;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                // `people` at a time, at `at`; only 200s count, and the sled must hear every one as an approval
+                // of its own request.
+                let start = Instant::now();
+                let queue = Arc::new(std::sync::Mutex::new(ids));
+                let people: Vec<_> = (0..people)
+                    .map(|_| {
+                        let queue = queue.clone();
+                        tokio::spawn(async move {
+                            let mut lat = Vec::new();
+                            loop {
+                                let Some(id) = queue.lock().unwrap().pop() else { return lat };
+                                let t = Instant::now();
+                                let (status, body) = uplink_tests::http(
+                                    "POST",
+                                    &format!("http://{at}/api/permissions/{id}"),
+                                    Some(ADMIN_TOKEN),
+                                    Some(r#"{"approved":true}"#),
+                                    &[],
+                                )
+                                .await;
+                                assert_eq!(status, 200, "{body}");
+                                lat.push(t.elapsed());
+                            }
+                        })
+                    })
+                    .collect();
+                for person in people {
+                    lat.extend(person.await.unwrap());
+                }
+                wall += start.elapsed();
+                let mut heard = 0;
+                while heard < BATCH {
+                    let Message::Text(text) = ws.next().await.unwrap().unwrap() else { continue };
+                    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    if v["type"] == "perm_response" {
+                        let n: usize = v["req_id"].as_str().unwrap()[1..].parse().unwrap();
+                        assert!((first..first + BATCH).contains(&n) && v["payload"]["approved"] == true, "{text}");
+                        heard += 1;
+                    }
+                }
+            }
+            if round > 0 {
+                results.push((mode, Latencies(lat), wall));
+            }
+        }
+    }
+    for (mode, lat, wall) in &results {
+        println!("{mode:>10}: {}", lat.summary(*wall));
+    }
+    let best = |mode: &str, q: f64| {
+        results.iter().filter(|r| r.0 == mode).map(|r| r.1.pct(q).as_secs_f64() * 1e6).fold(f64::INFINITY, f64::min)
+    };
+    println!(
+        "a decision made at another node adds p50 {:+.0} µs, p99 {:+.0} µs over one made where the request waits (target: p99 ≤ +2 ms)",
+        best("other node", 0.5) - best("same node", 0.5),
+        best("other node", 0.99) - best("same node", 0.99),
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
 fn arg_value(args: &[String], name: &str) -> Option<usize> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
 }
@@ -1402,7 +1512,9 @@ fn main() {
     }
     let _ = FAR_CPU.set(arg_value(&args, "--far-cpu"));
     let all = ["rtt", "throughput", "relay", "scale", "decisions", "wide"];
-    let chosen: Vec<&str> = all.iter().copied().filter(|b| args.iter().any(|a| a == b)).collect();
+    // Run only when named: the cluster's decisions (it starts a PostgreSQL server).
+    let named_only = ["cross"];
+    let chosen: Vec<&str> = all.iter().chain(&named_only).copied().filter(|b| args.iter().any(|a| a == b)).collect();
     let chosen = if chosen.is_empty() { all.to_vec() } else { chosen };
     // `--current-thread` runs this process (sleds, load, local server) on one thread: no cross-thread wake-ups.
     let runtime = if args.iter().any(|a| a == "--current-thread") {
@@ -1423,6 +1535,10 @@ async fn run(args: Vec<String>, chosen: Vec<&'static str>) {
         for bench in chosen {
             match bench {
                 "rtt" => bench_rtt(arg_value(&args, "--n").unwrap_or(2000)).await,
+                "cross" => {
+                    bench_cross(arg_value(&args, "--n").unwrap_or(2000), arg_value(&args, "--people").unwrap_or(16))
+                        .await
+                }
                 "throughput" => bench_throughput(arg_value(&args, "--n").unwrap_or(50_000)).await,
                 "relay" => bench_relay(arg_value(&args, "--n").unwrap_or(20_000)).await,
                 "decisions" => {

@@ -8,7 +8,10 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
+use http_body_util::Full;
 use hyper::{HeaderMap, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use ring::hmac;
 use uplink_proto::gateway::peers::PEER_CALL_WITHIN;
 use uplink_proto::gateway::{PeerCalls, PeerRefusal};
@@ -33,6 +36,9 @@ pub(crate) struct Peers {
     store: Arc<dyn ClusterStore>,
     key: hmac::Key,
     calls: Mutex<PeerCalls>,
+    /// Connections to the other nodes, kept open between calls (a call's connection is dropped with an
+    /// answer not read to its end, which tells the other node its caller went away).
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 /// A call to another node: its method, its path, and the headers it carries (signed with it, in this order;
@@ -59,6 +65,12 @@ impl Peers {
             store,
             key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
             calls: Mutex::new(PeerCalls::new(me)),
+            client: {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(PEER_CALL_WITHIN));
+                Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+            },
         }
     }
 
@@ -87,8 +99,13 @@ impl Peers {
         let (me, to, at) = (self.me.to_string(), peer.node.to_string(), at_ms.to_string());
         let mut headers = vec![(FROM, me.as_str()), (TO, to.as_str()), (AT, at.as_str()), (TAG, tag.as_str())];
         headers.extend(call.carried.iter().filter(|(_, v)| !v.is_empty()).map(|(n, v)| (*n, *v)));
-        let url = format!("http://{}", peer.internal);
-        crate::http_client::send(call.method, &url, call.path, &headers, body, None).await
+        let uri = format!("http://{}{}", peer.internal, call.path);
+        let mut request = hyper::Request::builder().method(call.method).uri(&uri);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| format!("{uri}: {e}"))?;
+        self.client.request(request).await.map_err(|e| format!("node {} at {}: {e}", peer.node, peer.internal))
     }
 
     /// Calls `method path` with `body` at `peer`: its answer, or why there was none (within
