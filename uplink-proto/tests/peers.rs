@@ -75,3 +75,13 @@ fn an_mcp_request_goes_to_the_holder_only_when_refused_for_want_of_the_sled_here
         assert_eq!(goes_to(1, status, Some(2)), None, "{status}: about the request itself");
     }
 }
+
+#[test]
+fn a_calls_head_is_checked_before_its_body_and_remembers_nothing() {
+    let calls = PeerCalls::new(4);
+    let now = 9_000_000;
+    assert_eq!(calls.check_head(now, 5, now), Err(PeerRefusal::NotForMe(5)));
+    assert_eq!(calls.check_head(now, 4, now - PEER_CALL_AGE.as_millis() as u64 - 1), Err(PeerRefusal::OutOfWindow));
+    assert_eq!(calls.check_head(now, 4, now), Ok(()));
+    assert_eq!(calls.remembered(), 0);
+}

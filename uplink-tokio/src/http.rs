@@ -1,4 +1,5 @@
-//! Small HTTP helpers shared by the gateway's API and the sled's local server (both on axum).
+//! Small HTTP helpers shared by the gateway's API and the sled's local server (both on axum), and how
+//! each connection of the gateway's listeners is served.
 
 use std::time::Duration;
 
@@ -68,6 +69,26 @@ pub(crate) fn json_string(s: &str) -> String {
 /// `d` in whole milliseconds, for JSON (saturating).
 pub(crate) fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Serves one connection from `peer`, whose address each request carries as [`axum::extract::ConnectInfo`].
+pub(crate) async fn serve_http<S>(
+    io: hyper_util::rt::TokioIo<S>,
+    header_timeout: Duration,
+    router: axum::Router,
+    peer: std::net::SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let router = router.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        // Slow-loris clients are cut off.
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service)
+        .with_upgrades()
+        .await;
 }
 
 #[cfg(test)]

@@ -180,6 +180,15 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
     }
     let (status, _) = http("GET", &format!("http://{internal}/internal/permissions"), None, None, &[]).await;
     assert_eq!(status, 401);
+    // A stranger's head is refused before its body is read: nothing of a claimed 4 MB body is waited for.
+    let mut stranger = tokio::net::TcpStream::connect(&internal).await.unwrap();
+    let head = format!(
+        "POST /internal/permissions/{id2} HTTP/1.1\r\nhost: {internal}\r\nuplink-node: 1\r\nuplink-to: 1\r\nuplink-at: 1\r\ncontent-length: 4000000\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stranger, head.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 12];
+    uplink_tests::within("the refusal", tokio::io::AsyncReadExt::read_exact(&mut stranger, &mut answer)).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
     let (status, _) = http("GET", &format!("{a_base}/internal/permissions"), Some(&admin), None, &[]).await;
     assert_eq!(status, 404);
 

@@ -573,3 +573,28 @@ fn a_granted_node_takes_over_what_gone_nodes_kept_for_that_project_and_credentia
     assert!(c.take_held(c_id, "web", 7).unwrap().is_empty(), "taken once");
     assert_eq!(c.take_held(c_id, "web", 8).unwrap().len(), 1, "another credential's is its own");
 }
+
+#[test]
+fn nodes_joining_a_database_a_single_gateway_served_first_get_ids_past_every_id_it_reserved() {
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let db = db_of(&url);
+    drop(PostgresStore::open(&url, PostgresOptions::default()).unwrap());
+    // Ids reserved by a gateway of the time-of-day era (seconds since 2020 times 4,096), at schema 9.
+    let reserved: u64 = (166 << 32) + 5;
+    pg.sql(
+        &db,
+        &format!(
+            "UPDATE uplink.meta SET n = {reserved} WHERE key = 'ids_until';
+             UPDATE uplink.meta SET n = 9 WHERE key = 'schema_version'"
+        ),
+    )
+    .unwrap();
+    let store = PostgresStore::open(&url, PostgresOptions::default()).unwrap();
+    let (a, b) = (store.cluster().unwrap(), cluster(&url));
+    let first = a.join("a:1", Some("a:2"), LONG).unwrap();
+    let second = b.join("b:1", Some("b:2"), LONG).unwrap();
+    // Each node's range (its id times 2^32) lies past what was reserved, and the two never meet.
+    assert!(first << 32 > reserved && second << 32 > reserved, "{first} {second}");
+    assert_ne!(first, second);
+}

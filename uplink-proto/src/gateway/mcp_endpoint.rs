@@ -323,6 +323,13 @@ pub const HOLDER_UNREACHABLE: Refusal = Refusal {
     code: jsonrpc::INTERNAL_ERROR,
     message: "the gateway node that holds this sled did not answer",
 };
+/// In a cluster, the node that holds the sled refused the call carried to it (its check of the node that
+/// carried it failed: clocks apart, or not a node of the cluster).
+pub const HOLDER_REFUSED: Refusal = Refusal {
+    status: 502,
+    code: jsonrpc::INTERNAL_ERROR,
+    message: "the gateway node that holds this sled refused this node's call",
+};
 /// A foreign `Origin` (see [`crate::gateway::console::same_origin`]): the adapter refuses it before routing.
 pub const FOREIGN_ORIGIN: Refusal = Refusal { status: 403, code: SERVER_ERROR, message: "Forbidden: foreign Origin" };
 

@@ -146,12 +146,7 @@ impl PeerCalls {
     /// arrived at this node's `now_ms`: let in, or why not. A call let in is remembered until it leaves
     /// the window.
     pub fn admit(&mut self, now_ms: u64, to: u64, at_ms: u64, tag: [u8; 32]) -> Result<(), PeerRefusal> {
-        if to != self.me {
-            return Err(PeerRefusal::NotForMe(to));
-        }
-        if now_ms.saturating_sub(at_ms) > AGE_MS || at_ms.saturating_sub(now_ms) > AHEAD_MS {
-            return Err(PeerRefusal::OutOfWindow);
-        }
+        self.check_head(now_ms, to, at_ms)?;
         self.forget_before(now_ms);
         if self.tags.contains(&tag) {
             return Err(PeerRefusal::Replayed);
@@ -163,6 +158,19 @@ impl PeerCalls {
         let leaves = at_ms.saturating_add(AGE_MS).max(now_ms);
         self.tags.insert(tag);
         self.seen.insert((leaves, tag));
+        Ok(())
+    }
+
+    /// Whether a call's head (for node `to`, made at `at_ms`) may be let in at `now_ms`, before its body is
+    /// read and its tag checked: a call for another node, or out of the window, is refused without reading
+    /// more of it.
+    pub fn check_head(&self, now_ms: u64, to: u64, at_ms: u64) -> Result<(), PeerRefusal> {
+        if to != self.me {
+            return Err(PeerRefusal::NotForMe(to));
+        }
+        if now_ms.saturating_sub(at_ms) > AGE_MS || at_ms.saturating_sub(now_ms) > AHEAD_MS {
+            return Err(PeerRefusal::OutOfWindow);
+        }
         Ok(())
     }
 

@@ -39,6 +39,8 @@ impl Ack {
             Ack::RemoveRule(reply, result) => {
                 let _ = reply.send(result);
             }
+            // Not written: the waiter hears nothing (its channel closes), never that it was kept.
+            Ack::Kept(reply) if store_failed => drop(reply),
             Ack::Kept(reply) => {
                 let _ = reply.send(());
             }

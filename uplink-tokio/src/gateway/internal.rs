@@ -32,6 +32,29 @@ use super::permissions::{Ask, decide_here, write_listing};
 use super::shared::Shared;
 use crate::http::{error, json_response, json_text, read_limited};
 
+/// Most connections from other nodes at once; one more is closed at once (a peer keeps a few open).
+const MAX_CONNECTIONS: usize = 256;
+
+/// Serves the internal listener until the server closes: each connection within the budget, its head read
+/// within the handshake timeout (as the public listener's).
+pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let router = router(shared.clone());
+    let budget = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut closing = shared.closing.subscribe();
+    let mut stop = Box::pin(async move {
+        let _ = closing.wait_for(|c| *c).await;
+    });
+    let mut backoff = crate::accept::AcceptBackoff::default();
+    while let Some(tcp) = crate::accept::next(&listener, &mut backoff, &mut stop).await {
+        let (Ok(permit), Ok(peer)) = (budget.clone().try_acquire_owned(), tcp.peer_addr()) else { continue };
+        let (router, timeout) = (router.clone(), shared.handshake_timeout);
+        tokio::spawn(async move {
+            let _permit = permit;
+            crate::http::serve_http(hyper_util::rt::TokioIo::new(tcp), timeout, router, peer).await;
+        });
+    }
+}
+
 /// The internal listener's routes.
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -57,6 +80,10 @@ async fn checked_with(
         return Err(error(StatusCode::NOT_FOUND, "this node is in no cluster"));
     };
     let (parts, body) = request.into_parts();
+    // Who calls, for whom and when are checked before a body is read: a stranger holds nothing here.
+    if let Err(why) = peers.precheck(&parts.headers) {
+        return Err(error(StatusCode::UNAUTHORIZED, &format!("not a call from a node of this cluster: {why}")));
+    }
     let body = read_limited(body, MAX_ADMIN_BODY, shared.handshake_timeout).await?;
     match peers.check(&parts.headers, parts.method.as_str(), parts.uri.path(), carried, &body) {
         Ok(from) => Ok((from, parts, body)),

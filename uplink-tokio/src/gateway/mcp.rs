@@ -47,7 +47,7 @@ use super::hub_handle::{McpExchange, McpNext};
 use super::mcp_exchange::{McpAsk, McpOutcome};
 use super::peers::{Call, Peers};
 use super::shared::Shared;
-use crate::http::{header, json_text, read_limited};
+use crate::http::{error, header, json_text, read_limited};
 use crate::store::Peer;
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -101,11 +101,16 @@ pub(super) async fn serve_here(
     bytes: Bytes,
     may_forward: bool,
 ) -> Response {
-    // The routes send only these three here.
+    // The routes send these three here (and `HEAD` with `GET`, which is not one of the endpoint's).
     let kind = match *method {
         HttpMethod::POST => Method::Post,
         HttpMethod::GET => Method::Get,
-        _ => Method::Delete,
+        HttpMethod::DELETE => Method::Delete,
+        _ => {
+            let mut refused = error(StatusCode::METHOD_NOT_ALLOWED, "the MCP endpoint takes POST, GET and DELETE");
+            refused.headers_mut().insert("allow", HeaderValue::from_static("GET, POST, DELETE"));
+            return refused;
+        }
     };
     let body = match String::from_utf8(bytes.to_vec()) {
         Ok(body) => body,
@@ -174,6 +179,11 @@ pub(super) async fn forward(
         .collect();
     let call = Call { method: method.as_str(), path, carried: &values };
     match peers.send(holder, &call, body).await {
+        // The holder refusing this node's call is not the client's refusal.
+        Ok(answer) if answer.status() == StatusCode::UNAUTHORIZED => {
+            tracing::warn!(node, "the node holding a sled refused this node's call");
+            refused(mcp_endpoint::HOLDER_REFUSED)
+        }
         Ok(answer) => {
             let (parts, incoming) = answer.into_parts();
             let mut response = Response::new(Body::new(incoming));

@@ -139,6 +139,26 @@ impl Peers {
             .collect())
     }
 
+    /// Whether a call's head names a node, this node as the one it is for, and a time within the window
+    /// (before its body is read; its tag is checked with the body, [`Peers::check`]).
+    pub(super) fn precheck(&self, headers: &HeaderMap) -> Result<(), String> {
+        let (_, to, at_ms) = Self::head(headers)?;
+        let calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        calls.check_head(unix_ms(), to, at_ms).map_err(|why| why.to_string())
+    }
+
+    /// The caller, the node called and the time a call's head names.
+    fn head(headers: &HeaderMap) -> Result<(u64, u64, u64), String> {
+        let number = |name: &str| -> Result<u64, String> {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("no {name} header"))
+        };
+        Ok((number(FROM)?, number(TO)?, number(AT)?))
+    }
+
     /// The node a call that came in on the internal listener is from, when its tag (over the headers named
     /// `carried` too) checks out and the core lets it in; otherwise why not.
     pub(super) fn check(
@@ -149,14 +169,7 @@ impl Peers {
         carried: &[&str],
         body: &[u8],
     ) -> Result<u64, String> {
-        let number = |name: &str| -> Result<u64, String> {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("no {name} header"))
-        };
-        let (from, to, at_ms) = (number(FROM)?, number(TO)?, number(AT)?);
+        let (from, to, at_ms) = Self::head(headers)?;
         let tag = headers
             .get(TAG)
             .and_then(|v| v.to_str().ok())

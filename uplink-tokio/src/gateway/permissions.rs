@@ -204,6 +204,14 @@ async fn elsewhere(peers: &Peers, by: &str, perm: PublicPermId, ask: &Ask) -> Re
             let body = Bytes::from(json!({"by": by, "ask": ask}).to_string());
             let path = format!("/internal/permissions/{perm}");
             match peers.call(&Peer { node, internal }, "POST", &path, body).await {
+                // The holder refusing this node's call is not the person's refusal.
+                Ok(answer) if answer.status == StatusCode::UNAUTHORIZED => error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "node {node}, which holds this request, refused this node's call ({}); nothing was decided",
+                        String::from_utf8_lossy(&answer.body).escape_debug()
+                    ),
+                ),
                 Ok(answer) => json_text(answer.status, answer.body),
                 Err(why) => error(
                     StatusCode::SERVICE_UNAVAILABLE,

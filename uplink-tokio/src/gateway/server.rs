@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::time::Instant as TokioInstant;
 use tracing::debug;
@@ -325,17 +325,8 @@ impl GatewayServer {
         let router = super::router::router(self.shared.clone());
         // The internal listener serves the other nodes until the server closes (through a drain too: people
         // at other nodes still decide what waits here).
-        let internal = self.internal.map(|listener| {
-            let (router, mut closing) = (super::internal::router(self.shared.clone()), self.shared.closing.subscribe());
-            tokio::spawn(async move {
-                let closed = async move {
-                    let _ = closing.wait_for(|c| *c).await;
-                };
-                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(closed).await {
-                    tracing::warn!(error = %e, "the internal listener stopped");
-                }
-            })
-        });
+        let internal =
+            self.internal.map(|listener| tokio::spawn(super::internal::serve(listener, self.shared.clone())));
         let mut connections = tokio::task::JoinSet::new();
         let mut backoff = AcceptBackoff::default();
         let mut failed = self.failed.clone();
@@ -379,10 +370,10 @@ impl GatewayServer {
             connections.spawn(async move {
                 match tls {
                     Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_http(TokioIo::new(stream), timeout, router, peer).await,
+                        Ok(Ok(stream)) => crate::http::serve_http(TokioIo::new(stream), timeout, router, peer).await,
                         _ => debug!("TLS handshake failed or timed out"),
                     },
-                    None => serve_http(TokioIo::new(tcp), timeout, router, peer).await,
+                    None => crate::http::serve_http(TokioIo::new(tcp), timeout, router, peer).await,
                 }
             });
             while connections.try_join_next().is_some() {}
@@ -454,20 +445,4 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAccept
         .with_single_cert(certs, key)
         .map_err(bad("certificate and key"))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Serves one connection from `peer`, whose address each request carries as [`axum::extract::ConnectInfo`].
-async fn serve_http<S>(io: TokioIo<S>, header_timeout: Duration, router: axum::Router, peer: SocketAddr)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let router = router.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
-    let service = hyper_util::service::TowerToHyperService::new(router);
-    let _ = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        // Slow-loris clients are cut off.
-        .header_read_timeout(header_timeout)
-        .serve_connection(io, service)
-        .with_upgrades()
-        .await;
 }

@@ -11,7 +11,7 @@ use super::db::Db;
 use crate::store::seam::StoreError;
 
 /// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// Each step from version `i` to `i + 1`, run in one transaction.
 const MIGRATIONS: &[&str] = &[
@@ -193,6 +193,12 @@ const MIGRATIONS: &[&str] = &[
     // 8 → 9: where each node's peers reach it (its internal listener, `--cluster-listen`); none for a node
     // that serves alone.
     "ALTER TABLE uplink.nodes ADD COLUMN internal text;",
+    // 9 → 10: node ids past every id a gateway reserved before (`ids_until`). A node hands out ids in a range
+    // of its own (its id times 2^32); a database a single gateway served first holds ids from the time of
+    // day (far beyond the first nodes' ranges), and nodes starting after them all would hand out the same.
+    "SELECT setval('uplink.nodes_id_seq',
+                   GREATEST((SELECT last_value FROM uplink.nodes_id_seq),
+                            coalesce((SELECT n FROM uplink.meta WHERE key = 'ids_until'), 0) / 4294967296 + 1));",
 ];
 
 /// The transaction-scoped lock under which a schema is checked and migrated (two gateways starting at once
