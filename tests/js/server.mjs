@@ -1,7 +1,7 @@
 // An MCP server on the official TypeScript SDK, with sessions (Streamable HTTP), standing behind a sled in
 // the end-to-end tests. Its tools exercise what crosses the uplink besides a plain answer: progress
 // notifications, sampling and elicitation requests of the server's own (tied to the call, or on the standalone
-// stream), and the session each caller is in.
+// stream), the session each caller is in, and the headers a call came with; and `echo`.
 // Prints {"port": N} once it listens on 127.0.0.1.
 import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { z } from "zod";
@@ -54,6 +54,14 @@ function build() {
   });
   server.registerTool("whoami", { description: "The caller's session at this server" }, async (extra) => ({
     content: [{ type: "text", text: String(extra.sessionId) }],
+  }));
+  server.registerTool(
+    "echo",
+    { description: "Says the text back", inputSchema: { text: z.string() } },
+    async ({ text }) => ({ content: [{ type: "text", text }] }),
+  );
+  server.registerTool("headers", { description: "The HTTP headers the call came with" }, async (extra) => ({
+    content: [{ type: "text", text: JSON.stringify(extra.requestInfo?.headers ?? {}) }],
   }));
   return server;
 }

@@ -397,6 +397,12 @@ pub const SLED_TOKEN: &str = "sled-secret";
 /// The admin token of every [`RealGateway`].
 pub const ADMIN_TOKEN: &str = "admin-secret";
 
+/// A loopback port nothing listens on as this returns (the system's choice for a listener opened and closed
+/// here), for a server whose URL must be known before it starts (its public URL names its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// `uplink gateway`'s server, in this process, on a loopback port.
 pub struct RealGateway {
     pub addr: SocketAddr,
@@ -445,6 +451,14 @@ impl RealGateway {
         store: Option<Box<dyn uplink_tokio::store::Store>>,
     ) -> RealGateway {
         config.listen = "127.0.0.1:0".parse().unwrap();
+        RealGateway::start_at(config, store).await
+    }
+
+    /// As [`RealGateway::start_with_store`], on `config.listen` as given (see [`free_port`]).
+    pub async fn start_at(
+        mut config: uplink_tokio::gateway::GatewayServerConfig,
+        store: Option<Box<dyn uplink_tokio::store::Store>>,
+    ) -> RealGateway {
         // Short, so that the slow-loris tests take two seconds rather than ten.
         config.handshake_timeout = Duration::from_secs(2);
         let server = uplink_tokio::gateway::GatewayServer::bind_with_store(config, store).await.unwrap();

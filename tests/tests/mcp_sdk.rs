@@ -131,7 +131,11 @@ async fn sdk_clients_get_progress_sampling_elicitation_and_sessions_of_their_own
     assert_eq!(post(sessions[0], ADMIN_TOKEN).await.0, 404, "an ended session is gone");
     let (status, body) = post(sessions[1], ADMIN_TOKEN).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["result"]["tools"].as_array().map(Vec::len), Some(5));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["result"]["tools"].as_array().map(Vec::len),
+        Some(7),
+        "the server's seven tools"
+    );
     // A HEAD is not one of the endpoint's methods: refused, and it ends nothing (it once ended the session,
     // read as a DELETE).
     let (status, _) = http("HEAD", &url, Some(ADMIN_TOKEN), None, &[("mcp-session-id", sessions[1])]).await;

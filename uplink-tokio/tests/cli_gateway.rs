@@ -182,3 +182,21 @@ async fn a_gateway_whose_output_nobody_reads_serves_on() {
     assert!(gateway.child.try_wait().unwrap().is_none(), "the gateway ended");
     gateway.kill().await;
 }
+
+#[test]
+fn an_openid_provider_that_cannot_be_used_is_refused_with_the_reason() {
+    let state = uplink_tests::temp_dir();
+    let env = [("UPLINK_STATE_DIR", state.path().to_str().unwrap())];
+    let base = ["gateway", "--listen", "127.0.0.1:0", "--sled-token", "s", "--admin-token", "a", "--no-store"];
+    let refused = |more: &[&str], code: i32, says: &str| {
+        let out = program::run(UPLINK, &[&base[..], more].concat(), &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{more:?}: {err}");
+        assert!(err.contains(says), "{more:?}: {err}");
+    };
+    refused(&["--oidc-issuer", "http://id.example", "--public-url", "https://gw.example"], 1, "https:// URL");
+    refused(&["--oidc-issuer", "https://id.example"], 1, "needs --public-url");
+    refused(&["--oidc-issuer", "https://id.example", "--public-url", "https://gw.example/uplink"], 1, "without a path");
+    refused(&["--oidc-issuer", "https://id.example", "--oidc-role", "team:x=admin"], 2, "group:NAME=ROLE");
+    refused(&["--oidc-role", "group:x=admin"], 2, "--oidc-issuer");
+}

@@ -16,6 +16,8 @@
 //! - [`McpEndpoint`] ([`mcp_endpoint`]): the gateway's MCP endpoint as a Streamable HTTP server: client
 //!   sessions, their owners, and what each HTTP request gets.
 //! - [`ConsoleSessions`] ([`console`]): the web console's sign-ins and the checks on what changes state.
+//! - [`identity`]: standard identity: what a token an OpenID provider signed is worth here (an MCP client's
+//!   access token, a person's claims), and the role people have by their claims.
 //! - [`outbox`]: a webhook's outbox for the gateway's notifications: bounded, retried with jittered back-off.
 //! - [`resume`]: requests held for sleds that went away (the `resume` extension), found again when they
 //!   come back.
@@ -35,6 +37,7 @@ pub mod credential;
 pub mod hub;
 pub mod hub_config;
 pub mod hub_outputs;
+pub mod identity;
 pub mod lease;
 pub mod mcp_endpoint;
 pub mod outbox;

@@ -160,6 +160,20 @@ pub(super) struct RunArgs {
     /// rebinding).
     #[arg(long = "allowed-host", value_name = "NAME")]
     pub(super) allowed_hosts: Vec<String>,
+    /// An OpenID provider (its issuer URL, https:// or loopback http://) whose access tokens MCP clients may
+    /// use on the MCP endpoint, under the MCP authorization spec; needs --public-url.
+    #[arg(long, value_name = "URL")]
+    pub(super) oidc_issuer: Option<String>,
+    /// A role people have by their tokens' claims (repeatable): group:NAME=ROLE, email:ADDRESS=ROLE (a
+    /// verified email) or sub:SUBJECT=ROLE. Nobody has a role without one.
+    #[arg(long = "oidc-role", value_name = "WHO=ROLE", requires = "oidc_issuer")]
+    pub(super) oidc_roles: Vec<uplink_proto::gateway::identity::PersonRule>,
+    /// The claim that lists a person's groups.
+    #[arg(long, value_name = "CLAIM", default_value = "groups", requires = "oidc_issuer")]
+    pub(super) oidc_groups_claim: String,
+    /// A CA certificate file (PEM) to trust for the provider's https://, beside the web PKI roots.
+    #[arg(long, value_name = "FILE", requires = "oidc_issuer")]
+    pub(super) oidc_ca_file: Option<std::path::PathBuf>,
 }
 
 /// `--listen`: an address, or a name and a port (the name's first address).

@@ -301,6 +301,12 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path, at
     config.notify_checkpoints = args.notify_checkpoints;
     config.public_url = args.public_url;
     config.allowed_hosts = args.allowed_hosts;
+    config.oidc = args.oidc_issuer.map(|issuer| gateway::OidcConfig {
+        groups_claim: args.oidc_groups_claim,
+        ca_file: args.oidc_ca_file,
+        people: args.oidc_roles,
+        ..gateway::OidcConfig::new(issuer)
+    });
     if store.is_some() {
         let place = match at {
             StoreAt::Dir(dir) => dir.join(crate::store::sqlite::DB_FILE).display().to_string(),

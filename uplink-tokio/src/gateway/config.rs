@@ -107,6 +107,9 @@ pub struct GatewayServerConfig {
     /// The `host:port` at which peers reach the internal listener; by default its bound address (which must
     /// then not be a wildcard such as `0.0.0.0`).
     pub cluster_advertise: Option<String>,
+    /// An OpenID provider whose access tokens MCP clients may use on the MCP endpoint (the MCP authorization
+    /// spec), with the roles people have by their claims. Needs `public_url`.
+    pub oidc: Option<super::oidc::OidcConfig>,
 }
 
 impl GatewayServerConfig {
@@ -139,6 +142,7 @@ impl GatewayServerConfig {
             drain: Duration::ZERO,
             cluster_listen: None,
             cluster_advertise: None,
+            oidc: None,
         }
     }
 }
@@ -176,6 +180,7 @@ impl std::fmt::Debug for GatewayServerConfig {
             .field("notify_checkpoints", &self.notify_checkpoints)
             .field("public_url", &self.public_url)
             .field("auth_limit", &self.auth_limit)
+            .field("oidc", &self.oidc)
             .finish()
     }
 }
@@ -221,6 +226,9 @@ pub enum GatewayStartError {
     /// not use.
     #[error("--cluster-listen: {0}")]
     Cluster(&'static str),
+    /// The OpenID provider's settings cannot be used.
+    #[error("--oidc-issuer: {0}")]
+    Oidc(&'static str),
     /// The session rules are invalid.
     #[error("configuration: {0}")]
     Config(#[from] uplink_proto::gateway::SessionConfigError),

@@ -30,7 +30,7 @@ pub(super) struct Principal {
 }
 
 /// A [`Principal`] whose role allows `action`; otherwise the `403` to answer.
-async fn allowed(parts: &mut Parts, shared: &Arc<Shared>, action: Action) -> Result<Principal, Response> {
+pub(super) async fn allowed(parts: &mut Parts, shared: &Arc<Shared>, action: Action) -> Result<Principal, Response> {
     let principal = Principal::from_request_parts(parts, shared).await?;
     if principal.role.allows(action) {
         Ok(principal)

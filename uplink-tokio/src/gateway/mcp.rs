@@ -42,8 +42,8 @@ use uplink_proto::gateway::{EndpointRequest, McpAnswer, McpFailure, Method};
 use uplink_proto::jsonrpc::{self, BodyId};
 
 use super::config::MAX_ADMIN_BODY;
-use super::extract::Decider;
 use super::hub_handle::{McpExchange, McpNext};
+use super::mcp_auth::McpCaller;
 use super::mcp_exchange::{McpAsk, McpOutcome};
 use super::peers::{Call, Peers};
 use super::shared::Shared;
@@ -63,7 +63,7 @@ fn status_of(refusal: &Refusal) -> StatusCode {
 
 /// `POST`, `GET` and `DELETE` on `/api/sleds/{project}/mcp`.
 pub(super) async fn serve(
-    Decider(principal): Decider,
+    McpCaller(principal): McpCaller,
     State(shared): State<Arc<Shared>>,
     Path(project): Path<String>,
     request: Request,

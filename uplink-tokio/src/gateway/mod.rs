@@ -8,7 +8,9 @@
 //!    `events` (the event stream), `mcp` (the MCP endpoint: a Streamable HTTP server over the sleds'
 //!    relays; the core's `McpEndpoint`, owned by the hub, says what each request gets), `console` (the web
 //!    console at `/`), `metrics` (`/metrics`, `/healthz`, `/readyz`). `extract` says who asks: a principal,
-//!    and one extractor per right its role may have (`Reader`, `Decider`, `Manager`).
+//!    and one extractor per right its role may have (`Reader`, `Decider`, `Manager`); `mcp_auth` who may
+//!    use the MCP endpoint (an admin principal, or an MCP client's OAuth access token) and its Protected
+//!    Resource Metadata.
 //! 2. **Shared state**: `shared`, what the routes and the server share (the hub task's handle, the
 //!    credentials in force, the budgets they consult), and the credentials' reloader.
 //! 3. **The hub task**: `hub_handle` (how everyone talks to it, and the caller's end of an MCP exchange),
@@ -18,7 +20,8 @@
 //!    every client), `wall` (the two clocks, and the rules' kept form), `notify` (the webhooks, each
 //!    performing the core's outbox), `gateway_metrics`, `auth_budget` (failed authentication's budget),
 //!    `console_sessions`, [`credentials`] (sled credentials and admin principals, known by their tokens'
-//!    hashes).
+//!    hashes), `oidc` (an OpenID provider's keys and a token's signature), `access_tokens` (an MCP
+//!    client's access token checked for one endpoint: the signature by `oidc`, the claims by the core).
 //!
 //! Beside them: `config` (what a gateway is started with, and its errors) and `server` (the listener, TLS,
 //! the server's start and stop).
@@ -31,9 +34,13 @@
 //!   `POST /api/permissions/{id}`, the MCP endpoint `/api/sleds/{project}/mcp` (`POST`, `GET`, `DELETE`) and
 //!   the session-less relay `POST /api/sleds/{project}/rpc` to decide; `GET /api/rules` and
 //!   `GET /api/audit` to read, `POST /api/rules` and `DELETE /api/rules/{id}` to manage.
+//! - With `--oidc-issuer`, the MCP endpoint also takes that provider's access tokens for it (the MCP
+//!   authorization spec), and `GET /.well-known/oauth-protected-resource/api/sleds/{project}/mcp` is its
+//!   Protected Resource Metadata (no token).
 //! - `GET /metrics` (any principal's token, unless public), `GET /healthz`, `GET /readyz` (no token): the
 //!   `metrics` module.
 
+mod access_tokens;
 mod audit;
 mod auth_budget;
 mod checkpoints;
@@ -52,9 +59,11 @@ mod hub_handle;
 mod hub_task;
 mod internal;
 mod mcp;
+mod mcp_auth;
 mod mcp_exchange;
 mod metrics;
 mod notify;
+mod oidc;
 mod peers;
 mod permissions;
 mod recorder;
@@ -72,6 +81,7 @@ pub use config::{
 };
 pub use console_sessions::{MAX_SESSIONS, SESSION_LIFETIME};
 pub use notify::{NotifyFormat, Webhook};
+pub use oidc::{MAX_TOKEN_BYTES, OidcConfig};
 #[cfg(feature = "cli")]
 pub(crate) use recorder::record_line as audit_line;
 pub use server::GatewayServer;

@@ -9,7 +9,7 @@ use axum::routing::{delete, get, post};
 use hyper::StatusCode;
 
 use super::shared::Shared;
-use super::{audit, console, events, mcp, metrics, permissions, rules, sleds, upgrade};
+use super::{audit, console, events, mcp, mcp_auth, metrics, permissions, rules, sleds, upgrade};
 use crate::http::error;
 
 /// The gateway's routes: the sleds' upgrade and the admin API. Unknown routes answer `404`, known ones with
@@ -20,6 +20,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/sleds", get(sleds::list))
         .route("/api/sleds/{project}/mcp", post(mcp::serve).get(mcp::serve).delete(mcp::serve))
         .route("/api/sleds/{project}/rpc", post(sleds::relay_rpc))
+        .route("/.well-known/oauth-protected-resource/api/sleds/{project}/mcp", get(mcp_auth::metadata))
         .route("/api/permissions", get(permissions::list))
         .route("/api/permissions/{id}", post(permissions::decide))
         .route("/api/rules", get(rules::list).post(rules::add))

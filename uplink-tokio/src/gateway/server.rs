@@ -221,6 +221,11 @@ impl GatewayServer {
         if config.handshake_timeout.is_zero() {
             return Err(GatewayStartError::ZeroHandshakeTimeout);
         }
+        let access_tokens = super::access_tokens::AccessTokens::new(
+            config.oidc.clone(),
+            config.public_url.as_deref(),
+            Clock::new(epoch),
+        )?;
         let tls = match &config.tls {
             Some((cert, key)) => Some(tls_acceptor(cert, key)?),
             None => None,
@@ -296,7 +301,11 @@ impl GatewayServer {
             store_failed: failed.clone(),
             mcp_names: names,
             auth: AuthBudget::new(Clock::new(epoch), config.auth_limit),
+            access_tokens: access_tokens.clone(),
         });
+        if let Some(tokens) = access_tokens {
+            tokio::spawn(async move { tokens.warm().await });
+        }
         if let Some(node) = &node {
             tokio::spawn(super::cluster::watch_sessions(node.store.clone(), shared.clone()));
             tokio::spawn(super::cluster::end_orphans(node.clone(), shared.clone()));

@@ -48,6 +48,8 @@ pub(super) struct Shared {
     pub(super) mcp_names: Vec<String>,
     /// Failed authentications per source address.
     pub(super) auth: AuthBudget,
+    /// MCP clients' access tokens, with `--oidc-issuer`.
+    pub(super) access_tokens: Option<Arc<super::access_tokens::AccessTokens>>,
 }
 
 /// Most `GET /api/audit` queries at once.
