@@ -11,6 +11,8 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { UnauthorizedError } from "@modelcontextprotocol/sdk/client/auth.js";
 
+import { signIn } from "./provider-login.mjs";
+
 const [url, user] = process.argv.slice(2);
 const REDIRECT = "http://127.0.0.1:9/callback";
 
@@ -53,46 +55,6 @@ class MemoryProvider {
   }
 }
 
-// The browser's part: follows redirects by hand with a cookie jar, fills the sign-in form as `user` and
-// gives consent, and returns the code from the redirect back to the client.
-async function signIn(start, user) {
-  const jar = new Map();
-  const go = async (target, init = {}) => {
-    const cookie = [...jar].map(([k, v]) => `${k}=${v}`).join("; ");
-    const res = await fetch(target, { ...init, redirect: "manual", headers: { ...(init.headers ?? {}), cookie } });
-    for (const line of res.headers.getSetCookie()) {
-      const [pair] = line.split(";");
-      const at = pair.indexOf("=");
-      jar.set(pair.slice(0, at), pair.slice(at + 1));
-    }
-    return res;
-  };
-  let res = await go(start);
-  for (let step = 0; step < 20; step++) {
-    const location = res.headers.get("location");
-    if (!location) throw new Error(`the provider stopped at ${res.status}: ${(await res.text()).slice(0, 300)}`);
-    const next = new URL(location, start);
-    if (next.href.startsWith(REDIRECT)) {
-      const code = next.searchParams.get("code");
-      if (!code) throw new Error(`the provider refused: ${next.search}`);
-      return code;
-    }
-    if (next.pathname.startsWith("/interaction/")) {
-      const page = await (await go(next)).text();
-      const prompt = /name="prompt" value="(\w+)"/.exec(page)?.[1];
-      const form = prompt === "login" ? { prompt, login: user, password: "any" } : { prompt };
-      res = await go(next, {
-        method: "POST",
-        headers: { "content-type": "application/x-www-form-urlencoded" },
-        body: new URLSearchParams(form).toString(),
-      });
-    } else {
-      res = await go(next);
-    }
-  }
-  throw new Error("too many redirects");
-}
-
 const provider = new MemoryProvider();
 const out = {};
 try {
@@ -107,7 +69,9 @@ try {
   if (!provider.saved.authorizationUrl) throw new Error("the SDK did not start an authorization");
   const asked = new URL(provider.saved.authorizationUrl);
   out.authorization_resource = asked.searchParams.get("resource");
-  const code = await signIn(provider.saved.authorizationUrl, user);
+  const back = new URL(await signIn(provider.saved.authorizationUrl, user, REDIRECT));
+  const code = back.searchParams.get("code");
+  if (!code) throw new Error(`the provider refused: ${back.search}`);
   await first.finishAuth(code);
   const token = provider.saved.tokens.access_token;
   const payload = JSON.parse(Buffer.from(token.split(".")[1], "base64url").toString());

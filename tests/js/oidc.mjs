@@ -1,11 +1,14 @@
 // A real OpenID provider for the identity tests: the certified `oidc-provider` (pinned in package-lock.json),
-// on 127.0.0.1, with test users and clients. `node oidc.mjs`. Prints {"issuer": URL, "forge": PORT} once it
-// listens.
+// on 127.0.0.1, with test users and clients. `node oidc.mjs [CONSOLE_REDIRECT_URI]`. Prints {"issuer": URL,
+// "forge": PORT} once it listens.
 //
 // - Users (any password; the development login form): alice (group platform-oncall), bob (group readers),
 //   mallory (group marketing). Their access tokens carry their groups, email and email_verified.
-// - Clients: `robot` (secret `robot-secret`, client credentials grant: its tokens' subject is `robot`), and
-//   any client an MCP client registers for itself (dynamic registration).
+// - Clients: `robot` (secret `robot-secret`, client credentials grant: its tokens' subject is `robot`);
+//   `uplink-console` (secret `console-secret`, the authorization code flow, redirecting to
+//   CONSOLE_REDIRECT_URI) for a gateway's console; and any client an MCP client registers for itself (dynamic
+//   registration). Groups and email reach the console through UserInfo (scopes `groups`, `email`).
+//   `uplink-cli` (public, the device authorization grant and refresh tokens) for `uplink login`.
 // - Access tokens are JWTs (RFC 9068) for the resource the client names (RFC 8707), with the scope `mcp`.
 // - The forge (a second listener, for the tests alone): `POST /sign {"claims": {...}, "key": "provider" |
 //   "stranger", "alg"?: "RS256" | "HS256"}` answers a JWT signed with the provider's own key (or a key nobody
@@ -14,6 +17,8 @@
 import http from "node:http";
 import * as jose from "jose";
 import Provider from "oidc-provider";
+
+const [consoleRedirect] = process.argv.slice(2);
 
 const USERS = {
   alice: ["platform-oncall"],
@@ -44,6 +49,24 @@ const provider = new Provider(issuer, {
       redirect_uris: [],
       response_types: [],
     },
+    {
+      client_id: "uplink-cli",
+      token_endpoint_auth_method: "none",
+      grant_types: ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"],
+      redirect_uris: [],
+      response_types: [],
+    },
+    ...(consoleRedirect
+      ? [
+          {
+            client_id: "uplink-console",
+            client_secret: "console-secret",
+            grant_types: ["authorization_code"],
+            redirect_uris: [consoleRedirect],
+            response_types: ["code"],
+          },
+        ]
+      : []),
   ],
   async findAccount(_ctx, id) {
     return {
@@ -59,6 +82,7 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: true },
     registration: { enabled: true },
     clientCredentials: { enabled: true },
+    deviceFlow: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: (_ctx, _client, oneOf) => (oneOf ? oneOf[0] : undefined),

@@ -4,6 +4,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod mcp_server;
+pub mod oidc;
 pub mod postgres;
 pub mod program;
 pub mod proxy;

@@ -4,7 +4,9 @@
 //! answers from) gets the approval; denies one with words and the agent gets them;
 //! a viewer has no buttons; a cross-site form post decides nothing. A screenshot of the console is written to
 //! `target/console.png` (the README's picture). One sled's request nested 10,000 levels deep blanks nothing:
-//! the gateway denies it at once, and the page, handed one all the same, folds it and shows the rest.
+//! the gateway denies it at once, and the page, handed one all the same, folds it and shows the rest. A person
+//! signs in at the organisation's OpenID provider (the tests' `oidc-provider`), through its own pages, and
+//! approves.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -15,10 +17,11 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use uplink_proto::gateway::{INPUT_TOO_DEEP, ProjectScope, Role};
+use uplink_tests::oidc::Provider;
 use uplink_tests::program::{Program, Running};
-use uplink_tests::{RealGateway, http, identify, perm_response, within};
-use uplink_tokio::gateway::GatewayServerConfig;
+use uplink_tests::{RealGateway, free_port, http, identify, perm_response, within};
 use uplink_tokio::gateway::credentials::{AdminPrincipal, Credentials, SledCredential, TokenHash};
+use uplink_tokio::gateway::{GatewayServerConfig, OidcConfig};
 use uplink_tokio::{Cause, Decision, LinkState, Uplink, UplinkConfig};
 
 const SLED: &str = "token-sled-0123456789abcdef0123456789abcdef";
@@ -535,4 +538,78 @@ async fn the_console_counts_time_marks_urgency_and_says_what_happened_in_words()
     sled.shutdown().await;
     let _ = stop.send(());
     within("the gateway to stop", task).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_person_signs_in_at_the_identity_provider_and_approves_in_a_real_browser() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let provider = Provider::start(Some(&format!("{base}/console/oidc/callback"))).await;
+    let sleds = vec![SledCredential::new("farm", TokenHash::of(SLED), ProjectScope::Any)];
+    let mut config = GatewayServerConfig::with_credentials(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Credentials::new(sleds, vec![AdminPrincipal::new("ana", Role::Admin, TokenHash::of(ANA))]).unwrap(),
+    );
+    config.public_url = Some(base.clone());
+    config.oidc = Some(OidcConfig {
+        people: vec!["group:platform-oncall=approver".parse().unwrap()],
+        client_id: Some("uplink-console".into()),
+        client_secret: Some("console-secret".into()),
+        scopes: vec!["groups".into()],
+        ..OidcConfig::new(provider.issuer.clone())
+    });
+    let store = uplink_tokio::store::MemoryStore::new().unwrap();
+    let gw = RealGateway::start_at(config, Some(Box::new(store))).await;
+    let mut sled_config = UplinkConfig::new(&gw.ws, "team-a/web");
+    sled_config.token = Some(SLED.into());
+    let sled = Uplink::start(sled_config).unwrap();
+    uplink_tests::link_state_where(&sled, "the sled to connect", |s| matches!(s, LinkState::Connected { .. })).await;
+
+    // The console offers the organisation's sign-in; its link leads to the provider's own form.
+    let mut browser = Browser::launch().await;
+    browser.goto(&format!("{base}/")).await;
+    browser.until("the provider's sign-in offered", "!document.querySelector('#sso').hidden").await;
+    browser.eval("document.querySelector('#sso-link').click(); true").await;
+    browser.until("the provider's sign-in form", "!!document.querySelector('input[name=login]')").await;
+    browser
+        .eval(
+            "document.querySelector('input[name=login]').value = 'alice'; \
+             document.querySelector('input[name=password]').value = 'any'; \
+             document.querySelector('form').submit(); true",
+        )
+        .await;
+    // The provider asks alice to let the console know who she is.
+    browser.until("the provider's consent", "!!document.querySelector('input[name=prompt][value=consent]')").await;
+    browser.eval("document.querySelector('form').submit(); true").await;
+    // Back at the console, signed in as herself, with the role her group has.
+    browser
+        .until(
+            "alice to be signed in",
+            "location.pathname === '/' && !!document.querySelector('#who') && \
+             document.querySelector('#who').textContent === 'alice@example.com (approver)'",
+        )
+        .await;
+    browser.until("the page's event stream", "events !== null && events.readyState === EventSource.OPEN").await;
+
+    // She approves a request, and the sled hears it; the record says who, by issuer and subject.
+    let asked = ask(&sled, json!({"command": "cargo test"}));
+    browser.until("the request to appear", "document.querySelectorAll('#pending-list .card').length === 1").await;
+    browser.eval("document.querySelector('#pending-list .card button.approve').click(); true").await;
+    let answer = within("the agent's answer", asked).await.unwrap();
+    assert_eq!((answer.decision, answer.cause), (Decision::Approve, Cause::Response));
+    let (status, body) = http("GET", &format!("{base}/api/audit?outcome=approve"), Some(ANA), None, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("{}#alice", provider.issuer)), "{body}");
+
+    // Signed out, the provider's sign-in is offered again.
+    browser.eval("document.querySelector('#sign-out').click(); true").await;
+    browser
+        .until(
+            "the sign-in again",
+            "!document.querySelector('#sign-in-view').hidden && !document.querySelector('#sso').hidden",
+        )
+        .await;
+    browser.close().await;
+    sled.shutdown().await;
+    gw.stop().await;
 }

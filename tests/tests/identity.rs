@@ -9,83 +9,18 @@
 //! Needs Node and the packages of `tests/js` (`scripts/test` installs them).
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use uplink_proto::gateway::SessionConfig;
 use uplink_proto::gateway::identity::PersonRule;
+use uplink_tests::oidc::{Provider, js_dir};
 use uplink_tests::program::{Program, Running};
 use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, free_port, http, http_with_headers, next_event, sse};
 use uplink_tokio::gateway::{GatewayServerConfig, OidcConfig};
 use uplink_tokio::{Uplink, UplinkConfig};
-
-fn js_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js");
-    assert!(
-        dir.join("node_modules/oidc-provider").is_dir(),
-        "oidc-provider is not installed: run `npm ci --prefix tests/js` (scripts/test does)"
-    );
-    dir
-}
-
-/// The provider and its forge; killed when dropped.
-struct Provider {
-    _node: Running,
-    issuer: String,
-    forge: String,
-}
-
-impl Provider {
-    async fn start() -> Provider {
-        let node = Program::new("node").arg(js_dir().join("oidc.mjs")).show_log().start().await;
-        let banner: Value = serde_json::from_str(&node.banner[0]).unwrap();
-        let issuer = banner["issuer"].as_str().unwrap().to_owned();
-        let forge = format!("http://127.0.0.1:{}/sign", banner["forge"]);
-        Provider { _node: node, issuer, forge }
-    }
-
-    /// A token the provider issues to the `robot` client (client credentials) for `resource`.
-    async fn robot_token(&self, resource: &str, scope: &str) -> String {
-        let form = format!("grant_type=client_credentials&scope={scope}&resource={}", encode(resource));
-        let (status, body) = form_post(&format!("{}/token", self.issuer), "robot:robot-secret", &form).await;
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned()
-    }
-
-    /// A token with exactly `claims`, signed with the provider's key (`key` "provider") or a key it does
-    /// not publish ("stranger"), or an HMAC keyed with the provider's public key (`alg` "HS256").
-    async fn forge(&self, claims: Value, key: &str, alg: &str) -> String {
-        let body = json!({"claims": claims, "key": key, "alg": alg}).to_string();
-        let (status, token) = http("POST", &self.forge, None, Some(&body), &[]).await;
-        assert_eq!(status, 200, "{token}");
-        token
-    }
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { char::from(b).to_string() } else { format!("%{b:02X}") })
-        .collect()
-}
-
-async fn form_post(url: &str, basic: &str, form: &str) -> (u16, String) {
-    use http_body_util::BodyExt as _;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let auth = format!("Basic {}", STANDARD.encode(basic));
-    let request = hyper::Request::post(url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("authorization", auth)
-        .body(http_body_util::Full::new(bytes::Bytes::from(form.to_owned())))
-        .unwrap();
-    let response = uplink_tests::within("the provider's answer", client.request(request)).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
 
 /// The SDK server behind a real sled behind a gateway that takes the provider's tokens.
 struct Rig {
@@ -98,7 +33,7 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
-        let provider = Provider::start().await;
+        let provider = Provider::start(None).await;
         let server = Program::new("node").arg(js_dir().join("server.mjs")).show_log().start().await;
         let server_port = serde_json::from_str::<Value>(&server.banner[0]).unwrap()["port"].as_u64().unwrap();
         let port = free_port();
@@ -322,6 +257,18 @@ async fn only_a_token_for_this_endpoint_with_its_scope_and_a_role_reaches_the_sl
     assert!(!body.to_ascii_lowercase().contains("authorization"), "{body}");
     assert!(!body.contains(&good[..40]), "{body}");
 
+    // A token for the admin API reads the API and is no good at an MCP endpoint; the MCP endpoint's is no
+    // good at the API.
+    let api = p.robot_token(&format!("{}/api", rig.base), "mcp").await;
+    let (status, body) = http("GET", &format!("{}/api/me", rig.base), Some(&api), None, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["name"], format!("{}#robot", p.issuer));
+    let (status, _, _, body) = initialize(&url, Some(&api)).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http("GET", &format!("{}/api/sleds", rig.base), Some(&good), None, &[]).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("not issued for this resource"), "{body}");
+
     // Admin tokens work as before beside access tokens.
     let (status, _, _, body) = initialize(&url, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
@@ -335,4 +282,102 @@ fn tamper(token: &str) -> String {
     let payload = payload.replace("\"sub\":\"robot\"", "\"sub\":\"admin\"");
     assert!(payload.contains("\"sub\":\"admin\""), "{payload}");
     format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(payload), parts[2])
+}
+
+/// A gateway whose console signs people in at a fresh provider (client `uplink-console`, the groups scope).
+async fn console_gateway(roles: &[&str]) -> (Provider, RealGateway, String) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let provider = Provider::start(Some(&format!("{base}/console/oidc/callback"))).await;
+    let mut config =
+        GatewayServerConfig::new(format!("127.0.0.1:{port}").parse().unwrap(), vec![SLED_TOKEN.into()], ADMIN_TOKEN);
+    config.public_url = Some(base.clone());
+    config.oidc = Some(OidcConfig {
+        people: roles.iter().map(|r| r.parse().unwrap()).collect(),
+        client_id: Some("uplink-console".into()),
+        client_secret: Some("console-secret".into()),
+        scopes: vec!["groups".into()],
+        ..OidcConfig::new(provider.issuer.clone())
+    });
+    let gw = RealGateway::start_at(config, None).await;
+    (provider, gw, base)
+}
+
+/// `user` signs in at the provider, stopped before the gateway's callback: the callback URL, the binding
+/// cookie's value, and where the gateway sent the browser.
+async fn console_sign_in(base: &str, user: &str) -> (String, String, String) {
+    let run = tokio::process::Command::new("node")
+        .arg(js_dir().join("console-signin.mjs"))
+        .args([base, user])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the sign-in finishes").unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = |k: &str| v[k].as_str().unwrap().to_owned();
+    (s("callback"), s("binding"), s("authorize"))
+}
+
+fn header_of<'a>(headers: &'a [(String, String)], name: &str, starting: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, v)| n == name && v.starts_with(starting)).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn a_person_signs_in_to_the_console_at_the_provider_once_and_only_in_the_browser_that_began_it() {
+    let (provider, gw, base) = console_gateway(&["group:platform-oncall=approver"]).await;
+    // The page offers the provider's sign-in.
+    let (status, body) = http("GET", &format!("{base}/console/session"), None, None, &[]).await;
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["oidc"].clone()), (401, json!(true)));
+
+    let (callback, binding, authorize) = console_sign_in(&base, "alice").await;
+    let asked = |k: &str| authorize.contains(&format!("{k}="));
+    assert!(authorize.starts_with(&format!("{}/auth?", provider.issuer)), "{authorize}");
+    assert!(["state", "nonce", "code_challenge"].iter().all(|k| asked(k)), "{authorize}");
+    assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("scope=openid%20email%20groups"));
+    // Without the browser's binding cookie (a login CSRF, a code someone else got): nothing, and the
+    // sign-in is used up.
+    let (status, _, page) = http_with_headers("GET", &callback, None, None, &[]).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("another browser"), "{page}");
+    let with_binding = format!("uplink_oidc={binding}");
+    let (status, _, page) = http_with_headers("GET", &callback, None, None, &[("cookie", &with_binding)]).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("unknown or already used"), "{page}");
+
+    // In the browser that began it: a console session, once.
+    let (callback, binding, _) = console_sign_in(&base, "alice").await;
+    let with_binding = format!("uplink_oidc={binding}");
+    let (status, headers, page) = http_with_headers("GET", &callback, None, None, &[("cookie", &with_binding)]).await;
+    assert_eq!(status, 303, "{page}");
+    assert_eq!(header_of(&headers, "location", ""), Some("/"));
+    let session = header_of(&headers, "set-cookie", "uplink_session=").unwrap();
+    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"), "{session}");
+    let session_cookie = session.split(';').next().unwrap().to_owned();
+    let (status, body) =
+        http("GET", &format!("{base}/console/session"), None, None, &[("cookie", &session_cookie)]).await;
+    assert_eq!(status, 200, "{body}");
+    let who: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(who["name"], "alice@example.com");
+    assert_eq!(who["id"], format!("{}#alice", provider.issuer), "known by issuer and subject");
+    assert_eq!(who["role"], "approver", "by her group, which came from UserInfo");
+    let (status, _) = http("GET", &format!("{base}/api/permissions"), None, None, &[("cookie", &session_cookie)]).await;
+    assert_eq!(status, 200, "the session reads");
+    // The same callback again (a replayed state): nothing.
+    let (status, _, page) = http_with_headers("GET", &callback, None, None, &[("cookie", &with_binding)]).await;
+    assert_eq!(status, 400, "{page}");
+
+    // Mallory signs in at the provider, but no rule gives her group a role: no session, and a page that
+    // says why.
+    let (callback, binding, _) = console_sign_in(&base, "mallory").await;
+    let (status, headers, page) =
+        http_with_headers("GET", &callback, None, None, &[("cookie", &format!("uplink_oidc={binding}"))]).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("no rule gives you a role here"), "{page}");
+    assert!(header_of(&headers, "set-cookie", "uplink_session=").is_none());
+    // The provider's own refusal is said as such.
+    let (status, _, page) =
+        http_with_headers("GET", &format!("{base}/console/oidc/callback?error=access_denied"), None, None, &[]).await;
+    assert_eq!(status, 401);
+    assert!(page.contains("did not sign you in: access_denied"), "{page}");
+    gw.stop().await;
 }

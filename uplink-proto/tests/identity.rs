@@ -6,9 +6,9 @@ use proptest::prelude::*;
 use serde_json::json;
 use uplink_proto::gateway::Role;
 use uplink_proto::gateway::identity::{
-    AccessCheck, Claims, KeyRefresh, LEEWAY_SECS, MCP_SCOPE, PendingSignIns, People, PersonRule, SignInCheck,
-    SignInRefusal, Subject, TokenRefusal, Who, issuer_allowed, mcp_resource, resource_metadata, resource_metadata_url,
-    signing_alg_allowed,
+    AccessCheck, Claims, DeviceGrant, DevicePoll, KeyRefresh, LEEWAY_SECS, MCP_SCOPE, PendingSignIns, People,
+    PersonRule, SignInCheck, SignInRefusal, Subject, TokenRefusal, Who, api_resource, issuer_allowed, mcp_resource,
+    resource_metadata, resource_metadata_url, signing_alg_allowed,
 };
 use uplink_proto::time::Instant;
 
@@ -36,7 +36,7 @@ fn people() -> People {
 fn check(claims: &Claims, project: &str, people: &People) -> Result<(Subject, Role), TokenRefusal> {
     let issuers = [ISSUER.to_owned()];
     let resource = mcp_resource(PUBLIC, project);
-    AccessCheck { issuers: &issuers, resource: &resource, people, leeway: LEEWAY_SECS }.check(claims, NOW)
+    AccessCheck::mcp(&issuers, &resource, people).check(claims, NOW)
 }
 
 #[test]
@@ -265,6 +265,59 @@ fn a_sign_in_finishes_once_in_time_in_the_browser_that_began_it() {
     let mut newest = [0u8; 32];
     newest[..8].copy_from_slice(&((PendingSignIns::MAX + 9) as u64).to_be_bytes());
     assert!(table.finish(Instant::from_secs(300), &newest, Some(&browser)).is_ok());
+}
+
+#[test]
+fn an_api_token_lets_any_role_in_and_is_no_good_at_an_mcp_endpoint() {
+    let issuers = [ISSUER.to_owned()];
+    let (api, mcp) = (api_resource(PUBLIC), mcp_resource(PUBLIC, "web"));
+    assert_eq!(api, "https://gw.example/api");
+    let people = people();
+    let mut c = claims("web");
+    c.aud = vec![api.clone()];
+    c.scopes.clear();
+    c.groups = vec!["readers".into()];
+    assert_eq!(AccessCheck::api(&issuers, &api, &people).check(&c, NOW).unwrap().1, Role::Viewer, "no scope needed");
+    assert_eq!(AccessCheck::mcp(&issuers, &mcp, &people).check(&c, NOW), Err(TokenRefusal::Audience));
+    // And an MCP endpoint's token is no good at the API.
+    let m = claims("web");
+    assert_eq!(AccessCheck::api(&issuers, &api, &people).check(&m, NOW), Err(TokenRefusal::Audience));
+    c.groups.clear();
+    assert_eq!(AccessCheck::api(&issuers, &api, &people).check(&c, NOW), Err(TokenRefusal::Unmapped));
+}
+
+#[test]
+fn a_device_sign_in_polls_at_the_interval_slows_down_when_told_and_ends_in_time() {
+    let t = Instant::from_secs(1000);
+    let mut grant = DeviceGrant::new(t, 60, Some(2));
+    assert_eq!(grant.first(t), DevicePoll::At(Instant::from_secs(1002)));
+    assert_eq!(
+        grant.answered(Instant::from_secs(1002), "authorization_pending"),
+        DevicePoll::At(Instant::from_secs(1004))
+    );
+    assert_eq!(
+        grant.answered(Instant::from_secs(1004), "slow_down"),
+        DevicePoll::At(Instant::from_secs(1011)),
+        "5 s more"
+    );
+    assert_eq!(
+        grant.answered(Instant::from_secs(1011), "authorization_pending"),
+        DevicePoll::At(Instant::from_secs(1018)),
+        "for good"
+    );
+    assert_eq!(
+        grant.answered(Instant::from_secs(1055), "authorization_pending"),
+        DevicePoll::Expired,
+        "not past the code's end"
+    );
+    assert_eq!(grant.answered(t, "access_denied"), DevicePoll::Denied);
+    assert_eq!(grant.answered(t, "expired_token"), DevicePoll::Expired);
+    assert_eq!(grant.answered(t, "invalid_client"), DevicePoll::Failed);
+    // No interval named: 5 s; a zero one: at least a second; a day-long code: at most half an hour.
+    assert_eq!(DeviceGrant::new(t, 60, None).first(t), DevicePoll::At(Instant::from_secs(1005)));
+    assert_eq!(DeviceGrant::new(t, 60, Some(0)).first(t), DevicePoll::At(Instant::from_secs(1001)));
+    let mut long = DeviceGrant::new(t, 86_400, Some(1));
+    assert_eq!(long.answered(Instant::from_secs(1000 + 1800), "authorization_pending"), DevicePoll::Expired);
 }
 
 /// A reference model of [`People::role_of`]: each rule's condition written out on its own.

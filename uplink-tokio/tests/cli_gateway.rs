@@ -199,4 +199,12 @@ fn an_openid_provider_that_cannot_be_used_is_refused_with_the_reason() {
     refused(&["--oidc-issuer", "https://id.example", "--public-url", "https://gw.example/uplink"], 1, "without a path");
     refused(&["--oidc-issuer", "https://id.example", "--oidc-role", "team:x=admin"], 2, "group:NAME=ROLE");
     refused(&["--oidc-role", "group:x=admin"], 2, "--oidc-issuer");
+    refused(&["--oidc-client-id", "uplink"], 2, "--oidc-issuer");
+    refused(&["--oidc-issuer", "https://id.example", "--oidc-scope", "groups"], 2, "--oidc-client-id");
+    let issuer = ["--oidc-issuer", "https://id.example", "--public-url", "https://gw.example"];
+    refused(
+        &[&issuer[..], &["--oidc-client-id", "u", "--oidc-client-secret-file", "/nonexistent/secret"]].concat(),
+        1,
+        "/nonexistent/secret",
+    );
 }

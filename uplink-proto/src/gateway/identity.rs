@@ -20,7 +20,9 @@
 //! - [`SignInCheck::check`], [`PendingSignIns`]: a person's sign-in at the provider (the authorization code
 //!   flow with PKCE): the sign-ins begun and not yet back (each finished once, in time, in the browser that
 //!   began it), and what the ID token must be (issuer, this client, current, the sign-in's nonce, a role).
-//! - [`mcp_resource`], [`resource_metadata_url`]: a project's endpoint URL as a resource, and where its
+//! - [`DeviceGrant`]: a person's sign-in at the terminal (the device authorization grant, RFC 8628): how
+//!   long to wait between polls, when to give up.
+//! - [`mcp_resource`], [`api_resource`], [`resource_metadata_url`]: a project's endpoint URL as a resource, and where its
 //!   Protected Resource Metadata (RFC 9728) is served.
 
 use alloc::format;
@@ -244,6 +246,8 @@ impl fmt::Display for TokenRefusal {
     }
 }
 
+impl core::error::Error for TokenRefusal {}
+
 /// An identity a token proved: its issuer and subject, and its email for reading.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subject {
@@ -349,22 +353,39 @@ impl People {
     }
 }
 
-/// What an access token for a project's MCP endpoint must be.
+/// What an access token for one of the gateway's resources must be: a project's MCP endpoint
+/// ([`AccessCheck::mcp`]) or the admin API ([`AccessCheck::api`]).
 #[derive(Clone, Copy, Debug)]
 pub struct AccessCheck<'a> {
     /// The issuers whose tokens are trusted (the adapter checked the signature with the issuer's keys).
     pub issuers: &'a [String],
-    /// The endpoint's canonical URL ([`mcp_resource`]): the token's `aud` must name it.
+    /// The resource's canonical URL ([`mcp_resource`], [`api_resource`]): the token's `aud` must name it.
     pub resource: &'a str,
+    /// The scope the token must hold, if any ([`MCP_SCOPE`] for an MCP endpoint).
+    pub scope: Option<&'a str>,
+    /// The least the identity's role must allow to be let in at all (the routes then ask for their own).
+    pub action: Action,
     /// The roles people have.
     pub people: &'a People,
     /// Allowed clock skew, in seconds ([`LEEWAY_SECS`]).
     pub leeway: i64,
 }
 
-impl AccessCheck<'_> {
-    /// Whether `claims` may relay MCP to the endpoint at `now` (seconds since the Unix epoch): the identity
-    /// it proved, and its role.
+impl<'a> AccessCheck<'a> {
+    /// For `project`'s MCP endpoint at the gateway whose public URL is `public` (`resource` is
+    /// [`mcp_resource`]'s): the scope [`MCP_SCOPE`] and a role that may decide.
+    pub fn mcp(issuers: &'a [String], resource: &'a str, people: &'a People) -> AccessCheck<'a> {
+        AccessCheck { issuers, resource, scope: Some(MCP_SCOPE), action: Action::Decide, people, leeway: LEEWAY_SECS }
+    }
+
+    /// For the admin API (`resource` is [`api_resource`]'s): no scope, any role (each route asks for the
+    /// right it needs).
+    pub fn api(issuers: &'a [String], resource: &'a str, people: &'a People) -> AccessCheck<'a> {
+        AccessCheck { issuers, resource, scope: None, action: Action::Read, people, leeway: LEEWAY_SECS }
+    }
+
+    /// Whether `claims` may use the resource at `now` (seconds since the Unix epoch): the identity it
+    /// proved, and its role.
     pub fn check(&self, claims: &Claims, now: i64) -> Result<(Subject, Role), TokenRefusal> {
         if !self.issuers.contains(&claims.iss) {
             return Err(TokenRefusal::Issuer);
@@ -376,11 +397,11 @@ impl AccessCheck<'_> {
         if claims.sub.is_empty() {
             return Err(TokenRefusal::NoSubject);
         }
-        if !claims.scopes.iter().any(|s| s == MCP_SCOPE) {
+        if self.scope.is_some_and(|needed| !claims.scopes.iter().any(|s| s == needed)) {
             return Err(TokenRefusal::Scope);
         }
         let role = self.people.role_of(claims).ok_or(TokenRefusal::Unmapped)?;
-        if !role.allows(Action::Decide) {
+        if !role.allows(self.action) {
             return Err(TokenRefusal::Role(role));
         }
         let email = claims.email.clone().filter(|_| claims.email_verified);
@@ -513,6 +534,70 @@ impl PendingSignIns {
     }
 }
 
+/// A device authorization grant in progress (RFC 8628 §3.4-3.5), for `uplink login`: when to ask the token
+/// endpoint next, and what each of its answers means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceGrant {
+    interval: Duration,
+    until: Instant,
+}
+
+/// What to do after the token endpoint's answer to a poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevicePoll {
+    /// Ask again at this time.
+    At(Instant),
+    /// The person refused at the provider.
+    Denied,
+    /// The code expired (or would before the next poll) without an answer.
+    Expired,
+    /// An error that waiting will not cure (its code as the provider said it).
+    Failed,
+}
+
+impl DeviceGrant {
+    /// Least time between polls, whatever the provider says.
+    pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+    /// The interval when the provider names none (RFC 8628 §3.2).
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+    /// Longest a sign-in is waited for, whatever the provider says.
+    pub const MAX_WAIT: Duration = Duration::from_secs(1800);
+
+    /// A grant whose device code the provider issued at `now`, valid `expires_in` seconds, to be polled
+    /// every `interval` seconds (if it said).
+    pub fn new(now: Instant, expires_in: u64, interval: Option<u64>) -> DeviceGrant {
+        let interval = interval.map_or(Self::DEFAULT_INTERVAL, Duration::from_secs).max(Self::MIN_INTERVAL);
+        let lasts = Duration::from_secs(expires_in).min(Self::MAX_WAIT);
+        DeviceGrant { interval, until: now.saturating_add(lasts) }
+    }
+
+    /// When to poll first.
+    pub fn first(&self, now: Instant) -> DevicePoll {
+        self.next(now)
+    }
+
+    /// After the token endpoint answered `error` (`authorization_pending`, `slow_down`, `access_denied`,
+    /// `expired_token`, or another) at `now`: what to do. `slow_down` lengthens the interval by 5 s for
+    /// good (§3.5).
+    pub fn answered(&mut self, now: Instant, error: &str) -> DevicePoll {
+        match error {
+            "authorization_pending" => self.next(now),
+            "slow_down" => {
+                self.interval = self.interval.saturating_add(Duration::from_secs(5));
+                self.next(now)
+            }
+            "access_denied" => DevicePoll::Denied,
+            "expired_token" => DevicePoll::Expired,
+            _ => DevicePoll::Failed,
+        }
+    }
+
+    fn next(&self, now: Instant) -> DevicePoll {
+        let at = now.saturating_add(self.interval);
+        if at >= self.until { DevicePoll::Expired } else { DevicePoll::At(at) }
+    }
+}
+
 /// Whether a token signed with `alg` (its header's) is accepted: RSA (PKCS#1 v1.5 and PSS), ECDSA on P-256
 /// and P-384, and Ed25519. Never `none` and never an HMAC: a shared-secret algorithm would let whoever has
 /// the issuer's public key sign.
@@ -580,6 +665,12 @@ pub fn issuer_allowed(url: &str) -> bool {
 /// host, no path): `PUBLIC/api/sleds/PROJECT/mcp`, the project percent-encoded as one path segment.
 pub fn mcp_resource(public: &str, project: &str) -> String {
     format!("{}/api/sleds/{}/mcp", public.trim_end_matches('/'), segment(project))
+}
+
+/// The canonical URL of the admin API at the gateway whose public URL is `public`: `PUBLIC/api`. A
+/// person's command-line client asks its provider for tokens for it.
+pub fn api_resource(public: &str) -> String {
+    format!("{}/api", public.trim_end_matches('/'))
 }
 
 /// Where the Protected Resource Metadata (RFC 9728 §3.1) of `project`'s MCP endpoint is:

@@ -1,7 +1,8 @@
 //! A small client of a gateway's admin API for the commands that talk to a running gateway
 //! (`uplink rules`, `uplink sleds`, `uplink permissions`): one request per connection, `http://` or
 //! `https://` (rustls, web PKI roots plus an optional CA file), the admin token as a bearer, a bounded wait
-//! and a bounded answer; or an event stream, followed until it ends.
+//! and a bounded answer; or an event stream, followed until it ends. Without `--admin-token` (or
+//! `UPLINK_ADMIN_TOKEN`), what `uplink login` kept: its token, or the signed-in person's access token.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,14 +20,22 @@ const MAX_ANSWER: usize = 64 << 20;
 /// Where the gateway is and who asks.
 #[derive(Args, Clone)]
 pub(super) struct AdminArgs {
-    /// The gateway's base URL (http:// or https://).
-    #[arg(long, env = "UPLINK_GATEWAY_URL", default_value = "http://127.0.0.1:8700")]
-    gateway_url: String,
-    /// An admin principal's token.
+    /// The gateway's base URL (http:// or https://); by default the one `uplink login` kept, else
+    /// http://127.0.0.1:8700.
+    #[arg(long, env = "UPLINK_GATEWAY_URL")]
+    gateway_url: Option<String>,
+    /// An admin principal's token; by default what `uplink login` kept.
     #[arg(long, env = "UPLINK_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: String,
+    admin_token: Option<String>,
     /// A PEM file of extra CA certificates to trust for https://.
     #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+/// The gateway to ask, the bearer to ask with, and the extra CA.
+struct Target {
+    url: String,
+    bearer: String,
     ca_file: Option<PathBuf>,
 }
 
@@ -34,6 +43,31 @@ pub(super) struct AdminArgs {
 pub(super) type Failure = String;
 
 impl AdminArgs {
+    /// The gateway's URL as the flags and the kept login name it (for messages).
+    fn url(&self) -> String {
+        let kept = super::login::load().ok().flatten().map(|s| s.gateway_url);
+        self.gateway_url.clone().or(kept).unwrap_or_else(|| super::login::DEFAULT_GATEWAY_URL.to_owned())
+    }
+
+    async fn target(&self) -> Result<Target, Failure> {
+        if let Some(token) = self.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            return Ok(Target { url: self.url(), bearer: token.to_owned(), ca_file: self.ca_file.clone() });
+        }
+        let Some(saved) = super::login::load()? else {
+            return Err("no credential: pass --admin-token (or set UPLINK_ADMIN_TOKEN), or run `uplink login`".into());
+        };
+        if let Some(url) =
+            self.gateway_url.as_deref().filter(|u| u.trim_end_matches('/') != saved.gateway_url.trim_end_matches('/'))
+        {
+            return Err(format!(
+                "the kept sign-in is for {}, not {url}: pass --admin-token, or run `uplink login --gateway-url {url}`",
+                saved.gateway_url
+            ));
+        }
+        let bearer = super::login::bearer(&saved).await?;
+        Ok(Target { url: saved.gateway_url.clone(), bearer, ca_file: self.ca_file.clone().or(saved.ca_file) })
+    }
+
     /// `method path` with `body` (JSON); the status and the answer's text.
     pub(super) async fn request(
         &self,
@@ -43,7 +77,7 @@ impl AdminArgs {
     ) -> Result<(u16, String), Failure> {
         tokio::time::timeout(WAIT, self.send(method, path, body))
             .await
-            .map_err(|_| format!("{}: no answer within {WAIT:?}", self.gateway_url))?
+            .map_err(|_| format!("{}: no answer within {WAIT:?}", self.url()))?
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<String>) -> Result<(u16, String), Failure> {
@@ -67,14 +101,14 @@ impl AdminArgs {
     ) -> Result<(), Failure> {
         let connected = tokio::time::timeout(WAIT, self.open("GET", path, None))
             .await
-            .map_err(|_| format!("{}: no answer within {WAIT:?}", self.gateway_url))??;
+            .map_err(|_| format!("{}: no answer within {WAIT:?}", self.url()))??;
         if connected.status() != hyper::StatusCode::OK {
             let status = connected.status().as_u16();
             let body = Limited::new(connected.into_body(), MAX_ANSWER).collect().await.map(|b| b.to_bytes());
             let text = body.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
             return Err(format!("the gateway answered {status}: {}", text.trim()));
         }
-        started(&self.gateway_url);
+        started(&self.url());
         let mut body = connected.into_body();
         let mut parser = uplink_proto::sse::SseParser::new(MAX_ANSWER);
         while let Some(frame) = body.frame().await {
@@ -93,10 +127,11 @@ impl AdminArgs {
         path: &str,
         body: Option<String>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
-        let bearer = format!("Bearer {}", self.admin_token.trim());
+        let target = self.target().await?;
+        let bearer = format!("Bearer {}", target.bearer);
         let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
         let body = Bytes::from(body.unwrap_or_default());
-        crate::http_client::send(method, &self.gateway_url, path, &headers, body, self.ca_file.as_deref()).await
+        crate::http_client::send(method, &target.url, path, &headers, body, target.ca_file.as_deref()).await
     }
 }
 

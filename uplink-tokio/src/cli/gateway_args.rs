@@ -171,6 +171,21 @@ pub(super) struct RunArgs {
     /// The claim that lists a person's groups.
     #[arg(long, value_name = "CLAIM", default_value = "groups", requires = "oidc_issuer")]
     pub(super) oidc_groups_claim: String,
+    /// This gateway's client id at the provider: people sign in to the console there (the authorization
+    /// code flow with PKCE; register PUBLIC_URL/console/oidc/callback as its redirect URI).
+    #[arg(long, value_name = "ID", requires = "oidc_issuer")]
+    pub(super) oidc_client_id: Option<String>,
+    /// A file holding the client's secret (a confidential client); without, a public client.
+    #[arg(long, value_name = "FILE", requires = "oidc_client_id")]
+    pub(super) oidc_client_secret_file: Option<std::path::PathBuf>,
+    /// A scope to ask for at sign-in beside openid and email (repeatable): groups, at providers that
+    /// release the groups claim for it.
+    #[arg(long = "oidc-scope", value_name = "SCOPE", requires = "oidc_client_id")]
+    pub(super) oidc_scopes: Vec<String>,
+    /// The client id `uplink login` signs people in with at the provider (a public client allowed the device
+    /// authorization grant); named in the admin API's metadata.
+    #[arg(long, value_name = "ID", requires = "oidc_issuer")]
+    pub(super) oidc_cli_client_id: Option<String>,
     /// A CA certificate file (PEM) to trust for the provider's https://, beside the web PKI roots.
     #[arg(long, value_name = "FILE", requires = "oidc_issuer")]
     pub(super) oidc_ca_file: Option<std::path::PathBuf>,

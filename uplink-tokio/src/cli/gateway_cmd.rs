@@ -301,10 +301,22 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path, at
     config.notify_checkpoints = args.notify_checkpoints;
     config.public_url = args.public_url;
     config.allowed_hosts = args.allowed_hosts;
+    let client_secret = match &args.oidc_client_secret_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--oidc-client-secret-file {}: {e}", path.display()))?;
+            Some(text.trim().to_owned()).filter(|s| !s.is_empty())
+        }
+        None => None,
+    };
     config.oidc = args.oidc_issuer.map(|issuer| gateway::OidcConfig {
         groups_claim: args.oidc_groups_claim,
         ca_file: args.oidc_ca_file,
         people: args.oidc_roles,
+        client_id: args.oidc_client_id,
+        client_secret,
+        scopes: args.oidc_scopes,
+        cli_client_id: args.oidc_cli_client_id,
         ..gateway::OidcConfig::new(issuer)
     });
     if store.is_some() {

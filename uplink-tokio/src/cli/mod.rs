@@ -3,7 +3,8 @@
 //! `uplink sled` keeps a sled's uplink to its gateway and serves local permission requests; `uplink gateway`
 //! is the other end, with an admin API; `uplink demo` walks through a whole session on loopback. What only
 //! the program needs lives here, in private modules: the gateway command and its credentials file, the
-//! walk-through, the sled's local server, and the logging set-up.
+//! walk-through, the sled's local server, the admin API's client and `uplink login` (`login`: what the
+//! terminal commands act as, kept owner-only), and the logging set-up.
 #![allow(clippy::print_stdout)]
 
 mod admin_client;
@@ -17,6 +18,7 @@ mod gateway_args;
 mod gateway_cmd;
 mod local_server;
 mod logging;
+mod login;
 mod open_files;
 mod rules_cmd;
 mod store_at;
@@ -62,6 +64,11 @@ enum Command {
     Rules(rules_cmd::RulesArgs),
     /// The gateway's audit log: verify its hash chain, export it as JSON lines (from its state directory).
     Audit(audit_cmd::AuditArgs),
+    /// Sign in to a gateway for the commands above: at its OpenID provider (the device sign-in), or with an
+    /// admin token; kept in ~/.config/uplink/login.json, readable by you only.
+    Login(login::LoginArgs),
+    /// Forget what `uplink login` kept.
+    Logout,
 }
 
 #[derive(Args)]
@@ -140,7 +147,13 @@ pub fn main() -> ExitCode {
     // The demo narrates on standard output; its logs stay quiet unless asked for.
     let quiet = matches!(
         cli.command,
-        Command::Demo(_) | Command::Rules(_) | Command::Audit(_) | Command::Sleds(_) | Command::Permissions(_)
+        Command::Demo(_)
+            | Command::Rules(_)
+            | Command::Audit(_)
+            | Command::Sleds(_)
+            | Command::Permissions(_)
+            | Command::Login(_)
+            | Command::Logout
     );
     logging::init(if quiet { "warn" } else { "info" }, cli.log_format);
     // The audit log is read from its file: no runtime needed.
@@ -152,6 +165,23 @@ pub fn main() -> ExitCode {
     let cli = match cli.command {
         Command::Sleds(args) => return client_runtime(|| fleet_cmd::sleds(args)),
         Command::Permissions(args) => return client_runtime(|| fleet_cmd::permissions(args)),
+        Command::Login(args) => return client_runtime(|| login::login(args)),
+        Command::Logout => {
+            return match login::logout() {
+                Ok(Some(path)) => {
+                    eprintln!("Signed out: {} removed", path.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    eprintln!("Nothing to sign out of");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("uplink logout: {why}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         command => Cli { command, ..cli },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -171,7 +201,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }),
         Command::Rules(args) => runtime.block_on(rules_cmd::run(args)),
-        Command::Audit(_) | Command::Sleds(_) | Command::Permissions(_) => Ok(()),
+        Command::Audit(_) | Command::Sleds(_) | Command::Permissions(_) | Command::Login(_) | Command::Logout => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,32 +8,38 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hyper::header::HeaderValue;
 use uplink_proto::gateway::Role;
 use uplink_proto::gateway::identity::{
-    AccessCheck, LEEWAY_SECS, MCP_SCOPE, People, Subject, TokenRefusal, issuer_allowed, mcp_resource,
+    AccessCheck, MCP_SCOPE, People, Subject, TokenRefusal, api_resource, issuer_allowed, mcp_resource,
     resource_metadata, resource_metadata_url,
 };
 
 use super::config::GatewayStartError;
 use super::oidc::{BadSignature, Oidc, OidcConfig};
+use super::sign_ins::SignIns;
 use crate::socket_loop::Clock;
+
+/// The MCP endpoint's access tokens and the console's sign-in at the provider, each when configured.
+pub(super) type Identity = (Option<Arc<AccessTokens>>, Option<Arc<SignIns>>);
 
 /// The resource server's settings and its issuer.
 pub(super) struct AccessTokens {
-    oidc: Oidc,
+    oidc: Arc<Oidc>,
     /// The gateway's public URL (scheme, host, port), the base of every resource URL.
     public: String,
     issuers: Vec<String>,
     people: People,
+    cli_client_id: Option<String>,
 }
 
 impl AccessTokens {
-    /// From the gateway's settings: `None` without an issuer. The issuer must be `https://` (or loopback
-    /// `http://`), and the public URL (which every resource URL is built on) must be set, without a path.
+    /// From the gateway's settings, with the console's sign-in at the provider beside (with a client id):
+    /// neither without an issuer. The issuer must be `https://` (or loopback `http://`), and the public URL
+    /// (which every resource URL and the sign-in's callback are built on) must be set, without a path.
     pub(super) fn new(
         oidc: Option<OidcConfig>,
         public_url: Option<&str>,
         clock: Clock,
-    ) -> Result<Option<Arc<AccessTokens>>, GatewayStartError> {
-        let Some(config) = oidc else { return Ok(None) };
+    ) -> Result<Identity, GatewayStartError> {
+        let Some(config) = oidc else { return Ok((None, None)) };
         if !issuer_allowed(&config.issuer) {
             return Err(GatewayStartError::Oidc("the issuer must be an https:// URL (http:// only on loopback)"));
         }
@@ -50,7 +56,10 @@ impl AccessTokens {
         let public = public.trim_end_matches('/').to_owned();
         let issuers = vec![config.issuer.clone()];
         let people = People::new(config.people.clone());
-        Ok(Some(Arc::new(AccessTokens { oidc: Oidc::new(config, clock), public, issuers, people })))
+        let oidc = Arc::new(Oidc::new(config.clone(), clock));
+        let sign_ins = SignIns::new(&config, oidc.clone(), &public, clock);
+        let cli_client_id = config.cli_client_id.clone();
+        Ok((Some(Arc::new(AccessTokens { oidc, public, issuers, people, cli_client_id })), sign_ins))
     }
 
     /// Fetches the issuer's keys now (at start), so that the first token need not wait.
@@ -78,14 +87,31 @@ impl AccessTokens {
     pub(super) async fn check(&self, token: &str, project: &str) -> Result<(Subject, Role), Refused> {
         let claims = self.oidc.verify(token).await.map_err(Refused::Signature)?;
         let resource = mcp_resource(&self.public, project);
-        let check =
-            AccessCheck { issuers: &self.issuers, resource: &resource, people: &self.people, leeway: LEEWAY_SECS };
+        let check = AccessCheck::mcp(&self.issuers, &resource, &self.people);
         check.check(&claims, unix_now()).map_err(Refused::Claims)
     }
 
     /// The endpoint's Protected Resource Metadata.
     pub(super) fn metadata(&self, project: &str) -> serde_json::Value {
         resource_metadata(&self.public, project, &self.issuers)
+    }
+
+    /// The identity and role `token` proves for the admin API, or why it does not.
+    pub(super) async fn check_api(&self, token: &str) -> Result<(Subject, Role), Refused> {
+        let claims = self.oidc.verify(token).await.map_err(Refused::Signature)?;
+        let resource = api_resource(&self.public);
+        AccessCheck::api(&self.issuers, &resource, &self.people).check(&claims, unix_now()).map_err(Refused::Claims)
+    }
+
+    /// The admin API's Protected Resource Metadata, with the client id `uplink login` signs people in with.
+    pub(super) fn api_metadata(&self) -> serde_json::Value {
+        serde_json::json!({
+            "resource": api_resource(&self.public),
+            "authorization_servers": self.issuers,
+            "bearer_methods_supported": ["header"],
+            "resource_name": "uplink: the gateway's admin API",
+            "uplink_cli_client_id": self.cli_client_id,
+        })
     }
 }
 

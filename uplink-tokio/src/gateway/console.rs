@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse as _, Response};
 use hyper::StatusCode;
 use serde_json::json;
@@ -86,41 +86,65 @@ pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, request: axum::ex
     let Some(principal) = shared.credentials().admin(ask.token.trim()).cloned() else {
         return shared.auth.refuse_from(peer, &shared.metrics, "this is not an admin principal's token");
     };
+    let (set_cookie, csrf) = match open_session(&shared, principal.name.clone()).await {
+        Ok(opened) => opened,
+        Err(refused) => return refused,
+    };
+    let who = json!({"name": &*principal.name, "role": principal.role.to_string(), "csrf": csrf});
+    let mut response = json_response(StatusCode::OK, &who);
+    response.headers_mut().insert("set-cookie", set_cookie);
+    response
+}
+
+/// Opens a console session for `principal`, kept in the store (if any) before its cookie is handed out:
+/// the `Set-Cookie` header that hands it out, and its CSRF token.
+pub(super) async fn open_session(shared: &Shared, principal: Arc<str>) -> Result<(HeaderValue, String), Response> {
     let (cookie, csrf) = match (super::config::generate_token(), super::config::generate_token()) {
         (Ok(cookie), Ok(csrf)) => (cookie, csrf),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        (Err(e), _) | (_, Err(e)) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
     };
     let key = TokenHash::of(&cookie).0;
-    let gone = shared.sessions.with(|s, now| s.open(now, key, principal.name.clone(), csrf.clone()));
+    let gone = shared.sessions.with(|s, now| s.open(now, key, principal.clone(), csrf.clone()));
     let expires_ms = unix_ms(SystemTime::now() + SESSION_LIFETIME);
-    let kept = StoredSession { key, principal: principal.name.to_string(), csrf: csrf.clone(), expires_ms };
+    let kept = StoredSession { key, principal: principal.to_string(), csrf: csrf.clone(), expires_ms };
     let mut changes = vec![Change::PutSession(kept)];
     changes.extend(gone.into_iter().map(Change::DeleteSession));
     shared.hub.keep(changes).await;
     let secure = if shared.tls { "; Secure" } else { "" };
     let set_cookie =
         format!("{COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}", SESSION_LIFETIME.as_secs());
-    let who = json!({"name": &*principal.name, "role": principal.role.to_string(), "csrf": csrf});
-    let mut response = json_response(StatusCode::OK, &who);
-    if let Ok(value) = set_cookie.parse() {
-        response.headers_mut().insert("set-cookie", value);
-    }
-    response
+    let value =
+        HeaderValue::try_from(set_cookie).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    Ok((value, csrf))
 }
 
 /// `GET /console/session`: who the session is (and its CSRF token, for a reloaded page); `401` without one.
 pub(super) async fn whoami(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    // The page offers the provider's sign-in when there is one.
+    let not_signed_in = || {
+        json_response(StatusCode::UNAUTHORIZED, &json!({"error": "not signed in", "oidc": shared.sign_ins.is_some()}))
+    };
     let Some(key) = cookie(&headers).map(|c| TokenHash::of(c).0) else {
-        return error(StatusCode::UNAUTHORIZED, "not signed in");
+        return not_signed_in();
     };
     let Some((principal, csrf)) = shared.sessions.with(|s, now| s.get(now, &key).map(|(p, c)| (p, c.to_owned())))
     else {
-        return error(StatusCode::UNAUTHORIZED, "not signed in");
+        return not_signed_in();
     };
     let credentials = shared.credentials();
-    match credentials.admins().iter().find(|a| a.name == principal) {
-        Some(p) => json_response(StatusCode::OK, &json!({"name": &*p.name, "role": p.role.to_string(), "csrf": csrf})),
-        None => error(StatusCode::UNAUTHORIZED, "not signed in"),
+    if let Some(p) = credentials.admins().iter().find(|a| a.name == principal) {
+        return json_response(StatusCode::OK, &json!({"name": &*p.name, "role": p.role.to_string(), "csrf": csrf}));
+    }
+    // A person signed in at the provider: known by their email where it is verified.
+    match shared.sign_ins.as_ref().and_then(|s| s.role_of(&principal)) {
+        Some((role, email)) => {
+            let name = email.unwrap_or_else(|| principal.to_string());
+            json_response(
+                StatusCode::OK,
+                &json!({"name": name, "id": &*principal, "role": role.to_string(), "csrf": csrf}),
+            )
+        }
+        None => not_signed_in(),
     }
 }
 

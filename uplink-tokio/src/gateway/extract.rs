@@ -16,8 +16,10 @@ use axum::response::Response;
 use hyper::StatusCode;
 use uplink_proto::gateway::{Action, ConsoleRefusal, Role};
 
+use super::access_tokens::Refused;
 use super::console_sessions::{cookie, refused, request};
 use super::credentials::TokenHash;
+use super::oidc::BadSignature;
 use super::shared::Shared;
 use crate::http::{bearer, error};
 
@@ -78,14 +80,37 @@ impl FromRequestParts<Arc<Shared>> for Principal {
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Principal, Response> {
         if let Some(token) = bearer(&parts.headers) {
             let credentials = shared.credentials();
-            return match credentials.admin(token) {
-                Some(p) => Ok(Principal { name: p.name.clone(), role: p.role }),
-                None => Err(shared.auth.refuse(
-                    &parts.extensions,
-                    &shared.metrics,
-                    "admin token required (Authorization: Bearer …)",
-                )),
-            };
+            if let Some(p) = credentials.admin(token) {
+                return Ok(Principal { name: p.name.clone(), role: p.role });
+            }
+            // A person's access token for the admin API (`uplink login`), when the gateway takes them.
+            if let Some(tokens) = &shared.access_tokens {
+                return match tokens.check_api(token).await {
+                    Ok((subject, role)) => Ok(Principal { name: subject.principal().into(), role }),
+                    Err(Refused::Signature(BadSignature::NoKeys(_))) => {
+                        Err(error(StatusCode::SERVICE_UNAVAILABLE, "the issuer's keys are not available; try again"))
+                    }
+                    Err(Refused::Claims(why)) if why.status() == 403 => {
+                        Err(error(StatusCode::FORBIDDEN, &why.to_string()))
+                    }
+                    Err(why) => {
+                        let said = match why {
+                            Refused::Signature(s) => s.to_string(),
+                            Refused::Claims(c) => c.to_string(),
+                        };
+                        Err(shared.auth.refuse(
+                            &parts.extensions,
+                            &shared.metrics,
+                            &format!("neither an admin token nor a good access token: {said}"),
+                        ))
+                    }
+                };
+            }
+            return Err(shared.auth.refuse(
+                &parts.extensions,
+                &shared.metrics,
+                "admin token required (Authorization: Bearer …)",
+            ));
         }
         // The console's cookie, under its CSRF and origin checks.
         match principal_of(parts, shared) {
@@ -112,12 +137,22 @@ fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<(Arc<str>, Role
         Err(why) => return Some(Err(refused(why))),
     };
     let credentials = shared.credentials();
-    match credentials.admins().iter().find(|a| a.name == principal) {
-        Some(p) => Some(Ok((p.name.clone(), p.role))),
+    let person =
+        || shared.sign_ins.as_ref().and_then(|s| s.role_of(&principal)).map(|(role, _)| (principal.clone(), role));
+    match credentials.admins().iter().find(|a| a.name == principal).map(|p| (p.name.clone(), p.role)).or_else(person) {
+        Some(known) => Some(Ok(known)),
         None => {
             shared.sessions.with(|s, _| s.close(&key));
             shared.hub.forget_sessions(vec![crate::store::Change::DeleteSession(key)]);
             Some(Err(error(StatusCode::UNAUTHORIZED, "this principal is no longer known; its sessions have ended")))
         }
     }
+}
+
+/// `GET /api/me`: who the request's token (or console session) stands for, and its role.
+pub(super) async fn me(principal: Principal) -> axum::response::Response {
+    crate::http::json_response(
+        StatusCode::OK,
+        &serde_json::json!({"name": &*principal.name, "role": principal.role.to_string()}),
+    )
 }

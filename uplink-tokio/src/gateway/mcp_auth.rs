@@ -79,6 +79,15 @@ impl FromRequestParts<Arc<Shared>> for McpCaller {
     }
 }
 
+/// `GET /.well-known/oauth-protected-resource/api`: the admin API's Protected Resource Metadata; `404`
+/// without an issuer.
+pub(super) async fn api_metadata(State(shared): State<Arc<Shared>>) -> Response {
+    match &shared.access_tokens {
+        Some(tokens) => json_response(StatusCode::OK, &tokens.api_metadata()),
+        None => error(StatusCode::NOT_FOUND, "this gateway takes no OAuth access tokens (no --oidc-issuer)"),
+    }
+}
+
 /// `GET /.well-known/oauth-protected-resource/api/sleds/{project}/mcp`: the endpoint's Protected Resource
 /// Metadata; `404` without an issuer.
 pub(super) async fn metadata(State(shared): State<Arc<Shared>>, Path(project): Path<String>) -> Response {

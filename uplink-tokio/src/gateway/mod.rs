@@ -10,7 +10,8 @@
 //!    console at `/`), `metrics` (`/metrics`, `/healthz`, `/readyz`). `extract` says who asks: a principal,
 //!    and one extractor per right its role may have (`Reader`, `Decider`, `Manager`); `mcp_auth` who may
 //!    use the MCP endpoint (an admin principal, or an MCP client's OAuth access token) and its Protected
-//!    Resource Metadata.
+//!    Resource Metadata; `console_oidc` the console's sign-in at the OpenID provider (its redirect and its
+//!    callback).
 //! 2. **Shared state**: `shared`, what the routes and the server share (the hub task's handle, the
 //!    credentials in force, the budgets they consult), and the credentials' reloader.
 //! 3. **The hub task**: `hub_handle` (how everyone talks to it, and the caller's end of an MCP exchange),
@@ -21,7 +22,8 @@
 //!    performing the core's outbox), `gateway_metrics`, `auth_budget` (failed authentication's budget),
 //!    `console_sessions`, [`credentials`] (sled credentials and admin principals, known by their tokens'
 //!    hashes), `oidc` (an OpenID provider's keys and a token's signature), `access_tokens` (an MCP
-//!    client's access token checked for one endpoint: the signature by `oidc`, the claims by the core).
+//!    client's access token checked for one endpoint: the signature by `oidc`, the claims by the core),
+//!    `sign_ins` (people's sign-ins at the provider, pending and done, and the roles they gave).
 //!
 //! Beside them: `config` (what a gateway is started with, and its errors) and `server` (the listener, TLS,
 //! the server's start and stop).
@@ -37,6 +39,9 @@
 //! - With `--oidc-issuer`, the MCP endpoint also takes that provider's access tokens for it (the MCP
 //!   authorization spec), and `GET /.well-known/oauth-protected-resource/api/sleds/{project}/mcp` is its
 //!   Protected Resource Metadata (no token).
+//! - `GET /api/me` (any principal): who the token or session stands for. With `--oidc-issuer`, a person's
+//!   access token for the API (`uplink login`) stands for them on every admin route, and
+//!   `GET /.well-known/oauth-protected-resource/api` is the API's metadata (no token).
 //! - `GET /metrics` (any principal's token, unless public), `GET /healthz`, `GET /readyz` (no token): the
 //!   `metrics` module.
 
@@ -48,6 +53,7 @@ mod cluster;
 mod commit;
 mod config;
 mod console;
+mod console_oidc;
 mod console_sessions;
 pub mod credentials;
 mod event_log;
@@ -71,6 +77,7 @@ mod router;
 mod rules;
 mod server;
 mod shared;
+mod sign_ins;
 mod sleds;
 mod upgrade;
 mod wall;
@@ -86,4 +93,5 @@ pub use oidc::{MAX_TOKEN_BYTES, OidcConfig};
 pub(crate) use recorder::record_line as audit_line;
 pub use server::GatewayServer;
 pub use shared::{AUDIT_QUERIES, CredentialsReloader};
+pub use sign_ins::PERSON_SESSION;
 pub use wall::BadStoredRule;

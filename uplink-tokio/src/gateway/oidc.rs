@@ -46,12 +46,32 @@ pub struct OidcConfig {
     pub ca_file: Option<PathBuf>,
     /// The roles people (and MCP clients acting for them) have by their tokens' claims: none without a rule.
     pub people: Vec<PersonRule>,
+    /// This gateway's client id at the provider: with it, people sign in to the console there.
+    pub client_id: Option<String>,
+    /// The client's secret, for a confidential client (sent with HTTP Basic); without, a public client
+    /// (PKCE alone).
+    pub client_secret: Option<String>,
+    /// Scopes asked for at sign-in beside `openid email` (`groups`, at providers that release groups for
+    /// it).
+    pub scopes: Vec<String>,
+    /// The client id `uplink login` signs people in with at the provider (a public client allowed the
+    /// device authorization grant), named in the admin API's metadata.
+    pub cli_client_id: Option<String>,
 }
 
 impl OidcConfig {
     /// `issuer`, the groups in `groups`, no extra CA, no rule (nobody has a role yet).
     pub fn new(issuer: impl Into<String>) -> OidcConfig {
-        OidcConfig { issuer: issuer.into(), groups_claim: "groups".into(), ca_file: None, people: Vec::new() }
+        OidcConfig {
+            issuer: issuer.into(),
+            groups_claim: "groups".into(),
+            ca_file: None,
+            people: Vec::new(),
+            client_id: None,
+            client_secret: None,
+            scopes: Vec::new(),
+            cli_client_id: None,
+        }
     }
 }
 
@@ -78,8 +98,17 @@ pub(super) enum BadSignature {
     Claims(uplink_proto::gateway::identity::TokenRefusal),
 }
 
+/// Where the provider's endpoints are, from its discovery document.
+#[derive(Clone, Debug)]
+pub(super) struct Endpoints {
+    pub(super) authorization: String,
+    pub(super) token: String,
+    pub(super) userinfo: Option<String>,
+}
+
 struct Keys {
     keys: Vec<Jwk>,
+    endpoints: Option<Endpoints>,
     refresh: KeyRefresh,
     error: Option<String>,
 }
@@ -98,7 +127,7 @@ impl Oidc {
         Oidc {
             config,
             clock,
-            keys: Mutex::new(Keys { keys: Vec::new(), refresh: KeyRefresh::default(), error: None }),
+            keys: Mutex::new(Keys { keys: Vec::new(), endpoints: None, refresh: KeyRefresh::default(), error: None }),
             fetching: tokio::sync::Mutex::new(()),
         }
     }
@@ -167,9 +196,10 @@ impl Oidc {
             .unwrap_or_else(|_| Err(format!("{} did not answer in time", self.config.issuer)));
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         match fetched {
-            Ok(fresh) => {
+            Ok((fresh, endpoints)) => {
                 tracing::info!(issuer = %self.config.issuer.escape_debug(), keys = fresh.len(), "fetched the issuer's keys");
                 keys.keys = fresh;
+                keys.endpoints = endpoints;
                 keys.error = None;
             }
             Err(error) => {
@@ -179,7 +209,7 @@ impl Oidc {
         }
     }
 
-    async fn fetch_keys(&self) -> Result<Vec<Jwk>, String> {
+    async fn fetch_keys(&self) -> Result<(Vec<Jwk>, Option<Endpoints>), String> {
         let issuer = &self.config.issuer;
         let discovery = self.get_json(issuer, "/.well-known/openid-configuration").await?;
         if discovery.get("issuer").and_then(Value::as_str) != Some(issuer.as_str()) {
@@ -201,7 +231,76 @@ impl Oidc {
             })
             .take(MAX_KEYS)
             .collect();
-        Ok(keys)
+        let endpoint =
+            |name: &str| discovery.get(name).and_then(Value::as_str).filter(|u| issuer_allowed(u)).map(str::to_owned);
+        let endpoints = match (endpoint("authorization_endpoint"), endpoint("token_endpoint")) {
+            (Some(authorization), Some(token)) => {
+                Some(Endpoints { authorization, token, userinfo: endpoint("userinfo_endpoint") })
+            }
+            _ => None,
+        };
+        Ok((keys, endpoints))
+    }
+
+    /// The provider's endpoints, fetching its discovery document if they are not known yet (at most every
+    /// ten seconds).
+    pub(super) async fn endpoints(&self) -> Result<Endpoints, String> {
+        let known = |this: &Oidc| this.keys.lock().unwrap_or_else(PoisonError::into_inner).endpoints.clone();
+        if let Some(e) = known(self) {
+            return Ok(e);
+        }
+        self.refresh(true).await;
+        known(self).ok_or_else(|| {
+            let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            keys.error.clone().unwrap_or_else(|| "the provider names no authorization and token endpoints".into())
+        })
+    }
+
+    /// `POST`s `form` (URL-encoded) to the provider's `url`, with this client's Basic credentials if it
+    /// has a secret; the JSON answer (an error answer as its `error` and `error_description`).
+    pub(super) async fn post_form(&self, url: &str, form: &str) -> Result<Value, String> {
+        let mut headers = vec![("content-type", "application/x-www-form-urlencoded"), ("accept", "application/json")];
+        let basic;
+        if let (Some(id), Some(secret)) = (&self.config.client_id, &self.config.client_secret) {
+            use base64::Engine as _;
+            let pair = format!("{}:{}", form_encode(id), form_encode(secret));
+            basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
+            headers.push(("authorization", basic.as_str()));
+        }
+        self.fetch_json("POST", url, &headers, bytes::Bytes::from(form.to_owned())).await
+    }
+
+    /// `GET`s the provider's `url` with `access_token`; the JSON answer.
+    pub(super) async fn get_with_token(&self, url: &str, access_token: &str) -> Result<Value, String> {
+        let bearer = format!("Bearer {access_token}");
+        let headers = [("accept", "application/json"), ("authorization", bearer.as_str())];
+        self.fetch_json("GET", url, &headers, bytes::Bytes::new()).await
+    }
+
+    async fn fetch_json(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: bytes::Bytes,
+    ) -> Result<Value, String> {
+        let fetch = async {
+            let answer =
+                crate::http_client::send(method, url, "", headers, body, self.config.ca_file.as_deref()).await?;
+            let status = answer.status();
+            let body = Limited::new(answer.into_body(), MAX_DOCUMENT_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?
+                .to_bytes();
+            let value: Value = serde_json::from_slice(&body).map_err(|_| format!("{url}: {status}, not JSON"))?;
+            if status.is_success() {
+                return Ok(value);
+            }
+            let said = |k: &str| value.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            Err(format!("{url}: {status} {} {}", said("error"), said("error_description")))
+        };
+        tokio::time::timeout(FETCH_WITHIN, fetch).await.unwrap_or_else(|_| Err(format!("{url}: no answer in time")))
     }
 
     async fn get_json(&self, url: &str, path: &str) -> Result<Value, String> {
@@ -229,6 +328,11 @@ impl Oidc {
             .await
             .unwrap_or_else(|_| Err(format!("{url}{path}: no answer in time")))
     }
+}
+
+/// `text` URL-encoded for a form (and for HTTP Basic's client credentials, RFC 6749 §2.3.1).
+pub(super) fn form_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// `RS256`, `ES256`, `EdDSA`, …: the algorithm's name in a JWS header.

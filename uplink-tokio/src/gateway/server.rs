@@ -221,7 +221,7 @@ impl GatewayServer {
         if config.handshake_timeout.is_zero() {
             return Err(GatewayStartError::ZeroHandshakeTimeout);
         }
-        let access_tokens = super::access_tokens::AccessTokens::new(
+        let (access_tokens, sign_ins) = super::access_tokens::AccessTokens::new(
             config.oidc.clone(),
             config.public_url.as_deref(),
             Clock::new(epoch),
@@ -302,6 +302,7 @@ impl GatewayServer {
             mcp_names: names,
             auth: AuthBudget::new(Clock::new(epoch), config.auth_limit),
             access_tokens: access_tokens.clone(),
+            sign_ins,
         });
         if let Some(tokens) = access_tokens {
             tokio::spawn(async move { tokens.warm().await });

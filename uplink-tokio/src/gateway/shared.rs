@@ -50,6 +50,8 @@ pub(super) struct Shared {
     pub(super) auth: AuthBudget,
     /// MCP clients' access tokens, with `--oidc-issuer`.
     pub(super) access_tokens: Option<Arc<super::access_tokens::AccessTokens>>,
+    /// People's sign-in to the console at the provider, with `--oidc-client-id`.
+    pub(super) sign_ins: Option<Arc<super::sign_ins::SignIns>>,
 }
 
 /// Most `GET /api/audit` queries at once.

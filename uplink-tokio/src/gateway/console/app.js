@@ -30,6 +30,7 @@ async function api(method, path, body) {
     if (r.status === 401 && path !== "/console/session") signedOut(true);
     const e = new Error((data && data.error) || ("HTTP " + r.status));
     e.status = r.status;
+    e.data = data;
     throw e;
   }
   return data;
@@ -398,6 +399,11 @@ function signedOut(ended) {
   $("#console-view").hidden = true;
   $("#sign-in-view").hidden = false;
   if (ended === true && was) $("#sign-in-error").textContent = "Your session ended: sign in again.";
+  // Whether the gateway also signs people in at the organisation's identity provider.
+  fetch("/console/session", { credentials: "same-origin" })
+    .then((r) => r.json())
+    .then((d) => { $("#sso").hidden = !(d && d.oidc === true); })
+    .catch(() => {});
 }
 
 document.addEventListener("DOMContentLoaded", () => {

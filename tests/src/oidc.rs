@@ -1,0 +1,78 @@
+//! The tests' OpenID provider: the certified `oidc-provider` (`tests/js/oidc.mjs`, pinned in its lockfile),
+//! started on loopback for a test and killed when dropped, with its forge of tokens.
+
+use serde_json::{Value, json};
+
+use crate::http;
+use crate::program::{Program, Running};
+
+/// `tests/js`, with oidc-provider installed.
+pub fn js_dir() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js");
+    assert!(
+        dir.join("node_modules/oidc-provider").is_dir(),
+        "oidc-provider is not installed: run `npm ci --prefix tests/js` (scripts/test does)"
+    );
+    dir
+}
+
+/// The provider and its forge; killed when dropped.
+pub struct Provider {
+    _node: Running,
+    /// Its issuer URL.
+    pub issuer: String,
+    forge: String,
+}
+
+impl Provider {
+    /// A provider; with `console_redirect`, its client `uplink-console` (secret `console-secret`) sends
+    /// people back there.
+    pub async fn start(console_redirect: Option<&str>) -> Provider {
+        let node = Program::new("node").arg(js_dir().join("oidc.mjs")).args(console_redirect).show_log().start().await;
+        let banner: Value = serde_json::from_str(&node.banner[0]).unwrap();
+        let issuer = banner["issuer"].as_str().unwrap().to_owned();
+        let forge = format!("http://127.0.0.1:{}/sign", banner["forge"]);
+        Provider { _node: node, issuer, forge }
+    }
+
+    /// A token the provider issues to the `robot` client (client credentials) for `resource`.
+    pub async fn robot_token(&self, resource: &str, scope: &str) -> String {
+        let form = format!("grant_type=client_credentials&scope={scope}&resource={}", encode(resource));
+        let (status, body) = form_post(&format!("{}/token", self.issuer), "robot:robot-secret", &form).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// A token with exactly `claims`, signed with the provider's key (`key` "provider") or a key it does
+    /// not publish ("stranger"), or an HMAC keyed with the provider's public key (`alg` "HS256").
+    pub async fn forge(&self, claims: Value, key: &str, alg: &str) -> String {
+        let body = json!({"claims": claims, "key": key, "alg": alg}).to_string();
+        let (status, token) = http("POST", &self.forge, None, Some(&body), &[]).await;
+        assert_eq!(status, 200, "{token}");
+        token
+    }
+}
+
+/// `text` percent-encoded but for letters and digits.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { char::from(b).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+async fn form_post(url: &str, basic: &str, form: &str) -> (u16, String) {
+    use base64::Engine as _;
+    use http_body_util::BodyExt as _;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(basic));
+    let request = hyper::Request::post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", auth)
+        .body(http_body_util::Full::new(bytes::Bytes::from(form.to_owned())))
+        .unwrap();
+    let response = crate::within("the provider's answer", client.request(request)).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
