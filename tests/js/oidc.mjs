@@ -13,7 +13,9 @@
 // - The forge (a second listener, for the tests alone): `POST /sign {"claims": {...}, "key": "provider" |
 //   "stranger", "alg"?: "RS256" | "HS256"}` answers a JWT signed with the provider's own key (or a key nobody
 //   publishes), so that the tests can make expired, premature or otherwise wrong tokens a real provider would
-//   not issue.
+//   not issue. `POST /tamper {"id_token": "aud" | "exp" | "nonce" | "sig"}` makes the provider's next token
+//   answer carry an ID token with that part wrong (another audience, long expired, another sign-in's nonce:
+//   each re-signed with the provider's own key; or a payload changed under its signature).
 import http from "node:http";
 import * as jose from "jose";
 import Provider from "oidc-provider";
@@ -102,6 +104,28 @@ const provider = new Provider(issuer, {
   },
   // Consent for a dynamically registered client is still asked (and given by the tests' browser step).
 });
+let tamper = null;
+async function tampered(idToken, how) {
+  const [header, payload, signature] = idToken.split(".");
+  const claims = JSON.parse(Buffer.from(payload, "base64url").toString());
+  const now = Math.floor(Date.now() / 1000);
+  if (how === "sig") {
+    claims.sub = "someone-else";
+    return `${header}.${Buffer.from(JSON.stringify(claims)).toString("base64url")}.${signature}`;
+  }
+  if (how === "aud") claims.aud = "another-client";
+  if (how === "exp") Object.assign(claims, { iat: now - 7200, exp: now - 3600 });
+  if (how === "nonce") claims.nonce = "another-sign-in";
+  const key = await jose.importJWK(providerKey, "RS256");
+  return new jose.SignJWT(claims).setProtectedHeader({ alg: "RS256", kid: providerKey.kid }).sign(key);
+}
+provider.use(async (ctx, next) => {
+  await next();
+  if (tamper && ctx.path === "/token" && ctx.body?.id_token) {
+    ctx.body = { ...ctx.body, id_token: await tampered(ctx.body.id_token, tamper) };
+    tamper = null;
+  }
+});
 provider.on("server_error", (_ctx, err) => console.error("provider error:", err));
 server.on("request", provider.callback());
 
@@ -109,6 +133,12 @@ const forge = http.createServer(async (req, res) => {
   let body = "";
   for await (const chunk of req) body += chunk;
   try {
+    if (req.url === "/tamper") {
+      tamper = JSON.parse(body).id_token;
+      res.writeHead(200);
+      res.end("ok");
+      return;
+    }
     const { claims, key = "provider", alg = "RS256" } = JSON.parse(body);
     let signed;
     if (alg.startsWith("HS")) {

@@ -53,6 +53,16 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// Makes the provider's next token answer carry an ID token with `part` wrong: `aud`, `exp`, `nonce`
+    /// (each re-signed with its own key) or `sig` (a payload changed under its signature).
+    pub async fn tamper_next_id_token(&self, part: &str) {
+        let url = self.forge.replace("/sign", "/tamper");
+        let (status, body) = http("POST", &url, None, Some(&json!({"id_token": part}).to_string()), &[]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 /// `text` percent-encoded but for letters and digits.
 pub fn encode(text: &str) -> String {
     text.bytes()

@@ -374,6 +374,22 @@ async fn a_person_signs_in_to_the_console_at_the_provider_once_and_only_in_the_b
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("no rule gives you a role here"), "{page}");
     assert!(header_of(&headers, "set-cookie", "uplink_session=").is_none());
+    // An ID token with any part wrong signs nobody in: another audience, long expired, another sign-in's
+    // nonce, a payload changed under its signature.
+    for (part, says) in [
+        ("aud", "not issued for this resource"),
+        ("exp", "expired"),
+        ("nonce", "nonce is not the sign-in"),
+        ("sig", "signature does not verify"),
+    ] {
+        provider.tamper_next_id_token(part).await;
+        let (callback, binding, _) = console_sign_in(&base, "alice").await;
+        let (status, headers, page) =
+            http_with_headers("GET", &callback, None, None, &[("cookie", &format!("uplink_oidc={binding}"))]).await;
+        assert_eq!(status, 401, "{part}: {page}");
+        assert!(page.contains(says), "{part}: {page}");
+        assert!(header_of(&headers, "set-cookie", "uplink_session=").is_none(), "{part}");
+    }
     // The provider's own refusal is said as such.
     let (status, _, page) =
         http_with_headers("GET", &format!("{base}/console/oidc/callback?error=access_denied"), None, None, &[]).await;
