@@ -599,7 +599,8 @@ async fn a_person_signs_in_at_the_identity_provider_and_approves_in_a_real_brows
     assert_eq!((answer.decision, answer.cause), (Decision::Approve, Cause::Response));
     let (status, body) = http("GET", &format!("{base}/api/audit?outcome=approve"), Some(ANA), None, &[]).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains(&format!("{}#alice", provider.issuer)), "{body}");
+    // Her stable identity, and her email for reading.
+    assert!(body.contains(&format!("\"by\":\"{}#alice (alice@example.com)\"", provider.issuer)), "{body}");
 
     // Signed out, the provider's sign-in is offered again.
     browser.eval("document.querySelector('#sign-out').click(); true").await;

@@ -7,8 +7,8 @@ use serde_json::json;
 use uplink_proto::gateway::Role;
 use uplink_proto::gateway::identity::{
     AccessCheck, Claims, DeviceGrant, DevicePoll, KeyRefresh, LEEWAY_SECS, MCP_SCOPE, PendingSignIns, People,
-    PersonRule, SignInCheck, SignInRefusal, Subject, TokenRefusal, Who, api_resource, issuer_allowed, mcp_resource,
-    resource_metadata, resource_metadata_url, signing_alg_allowed,
+    PersonRule, SignInCheck, SignInRefusal, Subject, TokenRefusal, Who, api_resource, identity_of, issuer_allowed,
+    mcp_resource, resource_metadata, resource_metadata_url, signing_alg_allowed,
 };
 use uplink_proto::time::Instant;
 
@@ -318,6 +318,23 @@ fn a_device_sign_in_polls_at_the_interval_slows_down_when_told_and_ends_in_time(
     assert_eq!(DeviceGrant::new(t, 60, Some(0)).first(t), DevicePoll::At(Instant::from_secs(1001)));
     let mut long = DeviceGrant::new(t, 86_400, Some(1));
     assert_eq!(long.answered(Instant::from_secs(1000 + 1800), "authorization_pending"), DevicePoll::Expired);
+}
+
+#[test]
+fn only_a_trusted_issuers_identity_is_one() {
+    let issuers = [ISSUER.to_owned()];
+    assert!(identity_of(&issuers, "https://id.example#u-1"));
+    assert!(identity_of(&issuers, "https://id.example#u#1"), "a subject may hold #");
+    for not in [
+        "https://id.example#",
+        "https://id.example",
+        "https://other.example#u-1",
+        "ana",
+        "#u-1",
+        "https://id.example/x#u",
+    ] {
+        assert!(!identity_of(&issuers, not), "{not}");
+    }
 }
 
 /// A reference model of [`People::role_of`]: each rule's condition written out on its own.

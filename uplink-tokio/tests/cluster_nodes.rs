@@ -59,6 +59,15 @@ async fn listing(base: &str, admin: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// The listing at `base` once it shows a request.
+async fn listed_at(base: &str, admin: &str) -> Value {
+    until("the request to be listed at the other node", async || {
+        let listed = listing(base, admin).await;
+        listed["permissions"][0]["id"].is_string().then_some(listed)
+    })
+    .await
+}
+
 async fn decide(base: &str, admin: &str, id: &str, body: &str) -> (u16, Value) {
     let (status, body) = http("POST", &format!("{base}/api/permissions/{id}"), Some(admin), Some(body), &[]).await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
@@ -81,11 +90,7 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
     // A sled at a asks; b lists it, with the node it waits at, and every node answered.
     let mut ws = raw_sled_at(&a_base, &sled, "web").await;
     ws.send(ask("r1", "git status")).await.unwrap();
-    let listed = until("the request to be listed at the other node", async || {
-        let listed = listing(&b_base, &admin).await;
-        listed["permissions"][0]["id"].is_string().then_some(listed)
-    })
-    .await;
+    let listed = listed_at(&b_base, &admin).await;
     assert_eq!(listed["unreachable_nodes"], json!([]), "{listed}");
     let (id, node_a) = (listed["permissions"][0]["id"].as_str().unwrap().to_owned(), &listed["permissions"][0]["node"]);
     assert_eq!(listing(&a_base, &admin).await["permissions"][0]["node"], *node_a, "the same at the node itself");
@@ -120,7 +125,7 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
     // MCP at b for the sled at a: carried whole to a, whose session it opens; the sled answers there.
     let mcp = format!("{b_base}/api/sleds/web/mcp");
     let accept = ("accept", "application/json, text/event-stream");
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let init = INITIALIZE;
     let call = |body: &'static str, session: Option<String>| {
         let (mcp, admin) = (mcp.clone(), admin.clone());
         tokio::spawn(async move {
@@ -133,12 +138,7 @@ async fn a_decision_made_at_one_node_reaches_the_sled_held_at_another_and_listin
         })
     };
     let asked = call(init, None);
-    let relayed = answer_mcp(
-        &mut ws,
-        r#"{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"s","version":"1"}}"#,
-    )
-    .await;
-    assert_eq!(relayed["method"], "initialize", "{relayed}");
+    answer_initialize(&mut ws).await;
     let (status, headers, body) = asked.await.unwrap();
     assert_eq!(status, 200, "{body}");
     let session = headers.iter().find(|(n, _)| n == "mcp-session-id").map(|(_, v)| v.clone()).expect("a session");
@@ -290,6 +290,17 @@ async fn next_frame(ws: &mut uplink_tests::RawWs) -> Value {
     }
 }
 
+/// A client's `initialize`.
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+/// Answers the next `mcp_request` on `ws`, which must be an `initialize`, as a server named `s`.
+async fn answer_initialize(ws: &mut uplink_tests::RawWs) {
+    let relayed =
+        answer_mcp(ws, r#"{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"s","version":"1"}}"#)
+            .await;
+    assert_eq!(relayed["method"], "initialize", "{relayed}");
+}
+
 /// Answers the next `mcp_request` the gateway sends on `ws` with a JSON-RPC result `result`; the request's
 /// JSON-RPC body.
 async fn answer_mcp(ws: &mut uplink_tests::RawWs, result: &str) -> Value {
@@ -403,7 +414,7 @@ async fn an_mcp_stream_made_at_one_node_for_a_sled_at_another_streams_through_an
     // stream at b, in order.
     let mcp = format!("{}/api/sleds/web/mcp", b.base_url());
     let accept = ("accept", "application/json, text/event-stream");
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let init = INITIALIZE;
     let opened = {
         let (mcp, admin) = (mcp.clone(), admin.clone());
         tokio::spawn(
@@ -526,4 +537,68 @@ async fn a_sled_that_comes_back_at_another_live_node_finds_there_what_the_first_
     assert_eq!(count("SELECT count(*) FROM uplink.audit WHERE kind = 'end' AND outcome = 'connection_lost'"), "0");
     assert_eq!(count("SELECT count(*) FROM uplink.pending"), "0");
     drop((a, b));
+}
+
+/// A person an OpenID provider vouched for at one node decides, and relays MCP, for a sled at another: the
+/// node that verified them carries their identity and role, signed, and the holder acts as them (it does not
+/// know them from its credentials, which name admin principals only).
+#[tokio::test]
+async fn a_provider_identity_checked_at_one_node_decides_and_relays_for_a_sled_at_another() {
+    let provider = uplink_tests::oidc::Provider::start(None).await;
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
+    let public = "http://uplink.test";
+    let oidc = ["--public-url", public, "--oidc-issuer", &provider.issuer, "--oidc-role", "sub:robot=approver"];
+    let node = |dir: std::path::PathBuf| {
+        Program::gateway(UPLINK)
+            .args(["--store", &url, "--lease", "30s", "--cluster-listen", "127.0.0.1:0"])
+            .args(oidc)
+            .state_dir(dir)
+            .banner_until("  store: ")
+            .start()
+    };
+    let a = node(one.path().to_owned()).await;
+    let (a_base, sled, admin) = (a.base_url(), a.sled_token(), a.admin_token());
+    let b = node(two.path().to_owned()).await;
+    let b_base = b.base_url();
+
+    let mut ws = raw_sled_at(&a_base, &sled, "web").await;
+    ws.send(ask("r1", "git status")).await.unwrap();
+    let listed = listed_at(&b_base, &admin).await;
+    let id = listed["permissions"][0]["id"].as_str().unwrap().to_owned();
+
+    // The robot's token for the API, at b, for the request at a.
+    let api = provider.robot_token(&format!("{public}/api"), "mcp").await;
+    let (status, answer) = decide(&b_base, &api, &id, r#"{"approved":true}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    let robot = format!("{}#robot", provider.issuer);
+    assert_eq!(answer["by"].as_str(), Some(robot.as_str()), "{answer}");
+    assert_eq!(perm_response(&mut ws).await["payload"]["approved"], true);
+
+    // The session-less relay with its API token, at b, for the sled at a.
+    let rpc = format!("{b_base}/api/sleds/web/rpc");
+    let asked = tokio::spawn(async move {
+        http("POST", &rpc, Some(&api), Some(r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#), &[]).await
+    });
+    assert_eq!(answer_mcp(&mut ws, "{}").await["method"], "ping");
+    let (status, body) = asked.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Its token for the MCP endpoint, at b, for the sled at a.
+    let endpoint = format!("{b_base}/api/sleds/web/mcp");
+    let mcp = provider.robot_token(&format!("{public}/api/sleds/web/mcp"), "mcp").await;
+    let init = INITIALIZE;
+    let asked = tokio::spawn(async move {
+        uplink_tests::http_with_headers(
+            "POST",
+            &endpoint,
+            Some(&mcp),
+            Some(init),
+            &[("accept", "application/json, text/event-stream")],
+        )
+        .await
+    });
+    answer_initialize(&mut ws).await;
+    let (status, _, body) = asked.await.unwrap();
+    assert_eq!(status, 200, "{body}");
 }

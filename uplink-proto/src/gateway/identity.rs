@@ -267,6 +267,14 @@ impl Subject {
     }
 }
 
+/// Whether `principal` is the principal name ([`Subject::principal`]) of an identity of one of `issuers`:
+/// `ISSUER#SUBJECT` with a subject. (An issuer never holds `#`: [`issuer_allowed`].)
+pub fn identity_of(issuers: &[String], principal: &str) -> bool {
+    principal
+        .split_once('#')
+        .is_some_and(|(issuer, subject)| !subject.is_empty() && issuers.iter().any(|i| i == issuer))
+}
+
 /// Who a [`PersonRule`] is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Who {

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hyper::header::HeaderValue;
 use uplink_proto::gateway::Role;
 use uplink_proto::gateway::identity::{
-    AccessCheck, MCP_SCOPE, People, Subject, TokenRefusal, api_resource, issuer_allowed, mcp_resource,
+    AccessCheck, MCP_SCOPE, People, Subject, TokenRefusal, api_resource, identity_of, issuer_allowed, mcp_resource,
     resource_metadata, resource_metadata_url,
 };
 
@@ -101,6 +101,11 @@ impl AccessTokens {
         let claims = self.oidc.verify(token).await.map_err(Refused::Signature)?;
         let resource = api_resource(&self.public);
         AccessCheck::api(&self.issuers, &resource, &self.people).check(&claims, unix_now()).map_err(Refused::Claims)
+    }
+
+    /// Whether `principal` names an identity of a provider this gateway trusts (`ISSUER#SUBJECT`).
+    pub(super) fn vouches_for(&self, principal: &str) -> bool {
+        identity_of(&self.issuers, principal)
     }
 
     /// The admin API's Protected Resource Metadata, with the client id `uplink login` signs people in with.

@@ -29,6 +29,29 @@ use crate::http::{bearer, error};
 pub(super) struct Principal {
     pub(super) name: Arc<str>,
     pub(super) role: Role,
+    /// A person's verified email, from their identity provider: for reading, never part of the identity.
+    pub(super) email: Option<Arc<str>>,
+}
+
+impl Principal {
+    /// An admin principal of the credentials.
+    pub(super) fn admin(name: Arc<str>, role: Role) -> Principal {
+        Principal { name, role, email: None }
+    }
+
+    /// A person or client an identity provider vouched for: `ISSUER#SUBJECT`, with their email if verified.
+    pub(super) fn person(subject: &uplink_proto::gateway::identity::Subject, role: Role) -> Principal {
+        Principal { name: subject.principal().into(), role, email: subject.email.as_deref().map(Arc::from) }
+    }
+
+    /// Who the record says decided or changed something: the name, and a person's email beside it for
+    /// reading (`ISSUER#SUBJECT (EMAIL)`).
+    pub(super) fn by(&self) -> Arc<str> {
+        match &self.email {
+            Some(email) => format!("{} ({email})", self.name).into(),
+            None => self.name.clone(),
+        }
+    }
 }
 
 /// A [`Principal`] whose role allows `action`; otherwise the `403` to answer.
@@ -81,12 +104,12 @@ impl FromRequestParts<Arc<Shared>> for Principal {
         if let Some(token) = bearer(&parts.headers) {
             let credentials = shared.credentials();
             if let Some(p) = credentials.admin(token) {
-                return Ok(Principal { name: p.name.clone(), role: p.role });
+                return Ok(Principal::admin(p.name.clone(), p.role));
             }
             // A person's access token for the admin API (`uplink login`), when the gateway takes them.
             if let Some(tokens) = &shared.access_tokens {
                 return match tokens.check_api(token).await {
-                    Ok((subject, role)) => Ok(Principal { name: subject.principal().into(), role }),
+                    Ok((subject, role)) => Ok(Principal::person(&subject, role)),
                     Err(Refused::Signature(BadSignature::NoKeys(_))) => {
                         Err(error(StatusCode::SERVICE_UNAVAILABLE, "the issuer's keys are not available; try again"))
                     }
@@ -114,7 +137,7 @@ impl FromRequestParts<Arc<Shared>> for Principal {
         }
         // The console's cookie, under its CSRF and origin checks.
         match principal_of(parts, shared) {
-            Some(Ok((name, role))) => Ok(Principal { name, role }),
+            Some(Ok(principal)) => Ok(principal),
             Some(Err(refused)) => Err(refused),
             None => Err(error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)")),
         }
@@ -123,7 +146,7 @@ impl FromRequestParts<Arc<Shared>> for Principal {
 
 /// The principal a console session stands for on `parts`' request, with the role the credentials give it
 /// now: `None` without a session cookie; `Some(Err(_))` with the refusal to answer.
-fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<(Arc<str>, Role), Response>> {
+fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<Principal, Response>> {
     let key = TokenHash::of(cookie(&parts.headers)?).0;
     let safe = matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD);
     let admitted = shared.sessions.with(|s, now| s.admit(now, &key, &request(&parts.headers, safe, shared.tls)));
@@ -137,9 +160,17 @@ fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<(Arc<str>, Role
         Err(why) => return Some(Err(refused(why))),
     };
     let credentials = shared.credentials();
-    let person =
-        || shared.sign_ins.as_ref().and_then(|s| s.role_of(&principal)).map(|(role, _)| (principal.clone(), role));
-    match credentials.admins().iter().find(|a| a.name == principal).map(|p| (p.name.clone(), p.role)).or_else(person) {
+    let person = || {
+        let (role, email) = shared.sign_ins.as_ref()?.role_of(&principal)?;
+        Some(Principal { name: principal.clone(), role, email: email.map(Arc::from) })
+    };
+    match credentials
+        .admins()
+        .iter()
+        .find(|a| a.name == principal)
+        .map(|p| Principal::admin(p.name.clone(), p.role))
+        .or_else(person)
+    {
         Some(known) => Some(Ok(known)),
         None => {
             shared.sessions.with(|s, _| s.close(&key));
@@ -149,10 +180,11 @@ fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<(Arc<str>, Role
     }
 }
 
-/// `GET /api/me`: who the request's token (or console session) stands for, and its role.
+/// `GET /api/me`: who the request's token (or console session) stands for, its role, and a person's
+/// verified email (or `null`).
 pub(super) async fn me(principal: Principal) -> axum::response::Response {
     crate::http::json_response(
         StatusCode::OK,
-        &serde_json::json!({"name": &*principal.name, "role": principal.role.to_string()}),
+        &serde_json::json!({"name": &*principal.name, "role": principal.role.to_string(), "email": principal.email.as_deref()}),
     )
 }

@@ -25,9 +25,10 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use hyper::StatusCode;
-use uplink_proto::gateway::{Action, CredentialId, PublicPermId};
+use uplink_proto::gateway::{Action, CredentialId, PublicPermId, Role};
 
 use super::config::MAX_ADMIN_BODY;
+use super::extract::Principal;
 use super::permissions::{Ask, decide_here, write_listing};
 use super::shared::Shared;
 use crate::http::{error, json_response, json_text, read_limited};
@@ -99,17 +100,29 @@ async fn checked(shared: &Shared, request: Request) -> Result<(u64, Bytes), Resp
     checked_with(shared, request, &[]).await.map(|(from, _, body)| (from, body))
 }
 
-/// The principal a node carried, if it is known here and may decide (and relay MCP): the credentials are
-/// the cluster's, so both nodes agree but for a change in flight.
-fn decider(shared: &Shared, name: &str) -> Result<Arc<str>, String> {
+/// The principal a node carried, if it may decide (and relay MCP): an admin principal known here (the
+/// credentials are the cluster's, so both nodes agree but for a change in flight), or an identity of the
+/// provider the nodes share, with the role and email the calling node found for it (its call is signed: the
+/// nodes vouch for each other's checks).
+fn decider(shared: &Shared, name: &str, role: Option<&str>, email: Option<&str>) -> Result<Principal, String> {
     let credentials = shared.credentials();
-    let Some(principal) = credentials.admins().iter().find(|a| *a.name == *name) else {
-        return Err("the principal is not known at the node holding this request".to_owned());
+    let principal = match credentials.admins().iter().find(|a| *a.name == *name) {
+        Some(admin) => Principal::admin(admin.name.clone(), admin.role),
+        None => {
+            match (shared.access_tokens.as_ref().is_some_and(|t| t.vouches_for(name)), role.map(str::parse::<Role>)) {
+                (true, Some(Ok(role))) => Principal { name: name.into(), role, email: email.map(Arc::from) },
+                _ => return Err("the principal is not known at the node holding this request".to_owned()),
+            }
+        }
     };
     if !principal.role.allows(Action::Decide) {
         return Err(format!("the {} role may not do this", principal.role));
     }
-    Ok(principal.name.clone())
+    Ok(principal)
+}
+
+fn carried<'a>(parts: &'a hyper::http::request::Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty())
 }
 
 /// An MCP request a person made at another node for a sled this node holds: served here as that node's
@@ -119,12 +132,12 @@ async fn mcp(State(shared): State<Arc<Shared>>, Path(project): Path<String>, req
         Ok(call) => call,
         Err(refused) => return refused,
     };
-    let by = parts.headers.get("uplink-by").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let principal = match decider(&shared, by) {
+    let by = carried(&parts, "uplink-by").unwrap_or_default();
+    let principal = match decider(&shared, by, carried(&parts, "uplink-role"), None) {
         Ok(p) => p,
         Err(why) => return error(StatusCode::FORBIDDEN, &why),
     };
-    super::mcp::serve_here(&shared, principal, project, &parts.method, &parts.headers, body, false).await
+    super::mcp::serve_here(&shared, &principal, project, &parts.method, &parts.headers, body, false).await
 }
 
 async fn list(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -158,8 +171,8 @@ async fn rpc(State(shared): State<Arc<Shared>>, Path(project): Path<String>, req
         Ok(call) => call,
         Err(refused) => return refused,
     };
-    let by = parts.headers.get("uplink-by").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    match decider(&shared, by) {
+    let by = carried(&parts, "uplink-by").unwrap_or_default();
+    match decider(&shared, by, carried(&parts, "uplink-role"), None) {
         Ok(principal) => super::sleds::relay_rpc_here(&shared, &principal, project, &parts.headers, body, false).await,
         Err(why) => error(StatusCode::FORBIDDEN, &why),
     }
@@ -193,6 +206,10 @@ async fn decide(State(shared): State<Arc<Shared>>, Path(id): Path<String>, reque
     #[derive(serde::Deserialize)]
     struct Carried {
         by: String,
+        #[serde(default)]
+        role: Option<String>,
+        #[serde(default)]
+        email: Option<String>,
         ask: Ask,
     }
     let (from, body) = match checked(&shared, request).await {
@@ -204,12 +221,12 @@ async fn decide(State(shared): State<Arc<Shared>>, Path(id): Path<String>, reque
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("expected {{\"by\", \"ask\"}}: {e}")),
     };
     // The node that carried it checked the person; this one checks again.
-    let principal = match decider(&shared, &carried.by) {
+    let principal = match decider(&shared, &carried.by, carried.role.as_deref(), carried.email.as_deref()) {
         Ok(p) => p,
         Err(why) => return error(StatusCode::FORBIDDEN, &why),
     };
     let not_pending = || error(StatusCode::NOT_FOUND, "no pending permission with this id");
     let Ok(perm) = id.parse::<PublicPermId>() else { return not_pending() };
     tracing::debug!(from, perm = %perm, "a decision made at another node");
-    decide_here(&shared, principal, perm, carried.ask).await.unwrap_or_else(not_pending)
+    decide_here(&shared, principal.by(), perm, carried.ask).await.unwrap_or_else(not_pending)
 }

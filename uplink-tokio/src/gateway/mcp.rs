@@ -42,6 +42,7 @@ use uplink_proto::gateway::{EndpointRequest, McpAnswer, McpFailure, Method};
 use uplink_proto::jsonrpc::{self, BodyId};
 
 use super::config::MAX_ADMIN_BODY;
+use super::extract::Principal;
 use super::hub_handle::{McpExchange, McpNext};
 use super::mcp_auth::McpCaller;
 use super::mcp_exchange::{McpAsk, McpOutcome};
@@ -81,12 +82,12 @@ pub(super) async fn serve(
     } else {
         Bytes::new()
     };
-    serve_here(&shared, principal.name.clone(), project, &method, &headers, body, true).await
+    serve_here(&shared, &principal, project, &method, &headers, body, true).await
 }
 
 /// The headers a request to the endpoint carries to the node that holds its sled (with the principal, as
-/// `uplink-by`), signed with it.
-pub(super) const CARRIED: [&str; 4] = ["uplink-by", SESSION_HEADER, "mcp-protocol-version", "accept"];
+/// `uplink-by`, and the role this node found for it, as `uplink-role`), signed with it.
+pub(super) const CARRIED: [&str; 5] = ["uplink-by", "uplink-role", SESSION_HEADER, "mcp-protocol-version", "accept"];
 
 /// Serves a request to the endpoint for `principal` at this node's hub: or, `may_forward` and in a cluster,
 /// at the node that holds the project's sled, when this node's hub refuses it for want of the sled here
@@ -94,7 +95,7 @@ pub(super) const CARRIED: [&str; 4] = ["uplink-by", SESSION_HEADER, "mcp-protoco
 /// client that goes away drops the call there too (which cancels the exchange at the sled).
 pub(super) async fn serve_here(
     shared: &Shared,
-    principal: Arc<str>,
+    principal: &Principal,
     project: String,
     method: &HttpMethod,
     headers: &hyper::HeaderMap,
@@ -118,7 +119,7 @@ pub(super) async fn serve_here(
     };
     let accepts_stream = header(headers, "accept").is_none_or(|a| a.contains("text/event-stream") || a.contains("*/*"));
     // The body is read here, not in the hub task.
-    let request = EndpointRequest::new(kind, &project, &principal)
+    let request = EndpointRequest::new(kind, &project, &principal.name)
         .session(header(headers, SESSION_HEADER))
         .protocol_version(header(headers, "mcp-protocol-version"))
         .accepts_stream(accepts_stream)
@@ -132,7 +133,7 @@ pub(super) async fn serve_here(
         protocol_version: request.protocol_version.map(str::to_owned),
         accepts_stream,
         project: project.clone(),
-        principal: principal.clone(),
+        principal: principal.name.clone(),
         drawn,
         body,
     };
@@ -146,7 +147,7 @@ pub(super) async fn serve_here(
     {
         drop(exchange);
         let path = format!("/internal/mcp/{}", utf8_percent_encode(&project, NON_ALPHANUMERIC));
-        return forward(peers, &holder, node, &principal, &path, method, headers, bytes).await;
+        return forward(peers, &holder, node, principal, &path, method, headers, bytes).await;
     }
     let (response, result) = match kind {
         Method::Get => listen(exchange, first).await,
@@ -164,7 +165,7 @@ pub(super) async fn forward(
     peers: &Peers,
     holder: &Peer,
     node: u64,
-    principal: &str,
+    principal: &Principal,
     path: &str,
     method: &HttpMethod,
     headers: &hyper::HeaderMap,
@@ -173,7 +174,8 @@ pub(super) async fn forward(
     let values: Vec<(&str, &str)> = CARRIED
         .iter()
         .map(|name| match *name {
-            "uplink-by" => (*name, principal),
+            "uplink-by" => (*name, &*principal.name),
+            "uplink-role" => (*name, principal.role.as_str()),
             _ => (*name, header(headers, name).unwrap_or_default()),
         })
         .collect();

@@ -60,7 +60,7 @@ impl FromRequestParts<Arc<Shared>> for McpCaller {
             }
         };
         let refusal = match tokens.check(&token, &project).await {
-            Ok((subject, role)) => return Ok(McpCaller(Principal { name: subject.principal().into(), role })),
+            Ok((subject, role)) => return Ok(McpCaller(Principal::person(&subject, role))),
             Err(Refused::Signature(BadSignature::NoKeys(why))) => {
                 tracing::warn!(error = %why.escape_debug(), "an access token could not be checked: the issuer's keys are not available");
                 return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the issuer's keys are not available; try again"));

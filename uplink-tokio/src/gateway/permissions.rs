@@ -17,7 +17,7 @@ use uplink_proto::gateway::{AlwaysScope, HubDecideError, PermEnd, PublicPermId, 
 use uplink_proto::wire::{MAX_MESSAGE_BYTES, RawValue};
 
 use super::config::MAX_ADMIN_BODY;
-use super::extract::{Decider, Reader};
+use super::extract::{Decider, Principal, Reader};
 use super::hub_handle::DecideFailure;
 use super::peers::Peers;
 use super::shared::Shared;
@@ -148,10 +148,10 @@ pub(super) async fn decide(
         }
     };
     let Ok(perm) = id.parse::<PublicPermId>() else { return not_pending() };
-    match (decide_here(&shared, principal.name.clone(), perm, ask.clone()).await, &shared.peers) {
+    match (decide_here(&shared, principal.by(), perm, ask.clone()).await, &shared.peers) {
         (Some(answer), _) => answer,
         (None, None) => not_pending(),
-        (None, Some(peers)) => elsewhere(peers, &principal.name, perm, &ask).await,
+        (None, Some(peers)) => elsewhere(peers, &principal, perm, &ask).await,
     }
 }
 
@@ -160,7 +160,7 @@ fn not_pending() -> Response {
 }
 
 /// A decision for a request this node does not hold: carried to the node the shared table names.
-async fn elsewhere(peers: &Peers, by: &str, perm: PublicPermId, ask: &Ask) -> Response {
+async fn elsewhere(peers: &Peers, by: &Principal, perm: PublicPermId, ask: &Ask) -> Response {
     let held = match peers.holder(perm.to_string()).await {
         Ok(held) => held,
         Err(e) => {
@@ -201,7 +201,8 @@ async fn elsewhere(peers: &Peers, by: &str, perm: PublicPermId, ask: &Ask) -> Re
                     &format!("node {node} holds this request and has no internal listener; nothing was decided"),
                 );
             };
-            let body = Bytes::from(json!({"by": by, "ask": ask}).to_string());
+            let carried = json!({"by": &*by.name, "role": by.role.as_str(), "email": by.email.as_deref(), "ask": ask});
+            let body = Bytes::from(carried.to_string());
             let path = format!("/internal/permissions/{perm}");
             match peers.call(&Peer { node, internal }, "POST", &path, body).await {
                 // The holder refusing this node's call is not the person's refusal.

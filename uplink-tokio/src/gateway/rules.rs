@@ -52,7 +52,7 @@ pub(super) async fn add(Manager(principal): Manager, State(shared): State<Arc<Sh
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("pattern {:?}: {e}", ask.pattern)),
     };
     let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let mut rule = Rule::new(RuleId(0), effect, pattern, principal.name.clone(), created);
+    let mut rule = Rule::new(RuleId(0), effect, pattern, principal.by(), created);
     if let Some(projects) = ask.projects {
         rule = rule.for_projects(ProjectScope::Patterns(projects));
     }
@@ -76,8 +76,8 @@ pub(super) async fn remove(
     Path(id): Path<String>,
 ) -> Response {
     let Ok(id) = id.parse::<u64>() else { return error(StatusCode::NOT_FOUND, "no rule with this id") };
-    if shared.hub.remove_rule(RuleId(id), principal.name.clone()).await {
-        json_response(StatusCode::OK, &json!({ "removed": id, "by": &*principal.name }))
+    if shared.hub.remove_rule(RuleId(id), principal.by()).await {
+        json_response(StatusCode::OK, &json!({ "removed": id, "by": &*principal.by() }))
     } else {
         error(StatusCode::NOT_FOUND, "no rule with this id (the --auto-approve/--auto-deny rules cannot be removed)")
     }

@@ -14,7 +14,7 @@ use uplink_proto::gateway::mcp_endpoint;
 use uplink_proto::gateway::peers::goes_to;
 
 use super::config::MAX_ADMIN_BODY;
-use super::extract::{Decider, Reader};
+use super::extract::{Decider, Principal, Reader};
 use super::mcp_exchange::McpOutcome;
 use super::shared::Shared;
 use crate::http::{header, json_response, millis, read_limited};
@@ -97,7 +97,7 @@ pub(super) async fn relay_rpc(
         Ok(b) => b,
         Err(r) => return r,
     };
-    relay_rpc_here(&shared, &principal.name, project, &headers, body, true).await
+    relay_rpc_here(&shared, &principal, project, &headers, body, true).await
 }
 
 /// The relay of `body` for `principal` at this node's hub; or, `may_forward` and in a cluster, at the node
@@ -105,13 +105,13 @@ pub(super) async fn relay_rpc(
 /// endpoint does: `mcp::serve_here`).
 pub(super) async fn relay_rpc_here(
     shared: &Shared,
-    principal: &str,
+    principal: &Principal,
     project: String,
     headers: &hyper::HeaderMap,
     bytes: Bytes,
     may_forward: bool,
 ) -> Response {
-    let session = Some(mcp_endpoint::rpc_session(principal, header(headers, "mcp-session-id")));
+    let session = Some(mcp_endpoint::rpc_session(&principal.name, header(headers, "mcp-session-id")));
     // Not UTF-8, or not JSON: the MCP endpoint's parse error.
     let body = match String::from_utf8(bytes.to_vec()) {
         Ok(body) if mcp_endpoint::Body::read(&body) != mcp_endpoint::Body::NotJson => body,
