@@ -63,6 +63,27 @@ impl Provider {
     }
 }
 
+/// `user` signs in at the provider, stopped before the gateway's callback: the callback URL, the binding
+/// cookie's value, and where the gateway sent the browser.
+pub async fn console_sign_in(base: &str, user: &str) -> (String, String, String) {
+    console_sign_in_at(base, base, user).await
+}
+
+/// As [`console_sign_in`], for a gateway at `base` whose public URL (on which the callback is) is `public`.
+pub async fn console_sign_in_at(base: &str, public: &str, user: &str) -> (String, String, String) {
+    let run = tokio::process::Command::new("node")
+        .arg(js_dir().join("console-signin.mjs"))
+        .args([base, user, public])
+        .kill_on_drop(true)
+        .output();
+    let out =
+        tokio::time::timeout(std::time::Duration::from_secs(60), run).await.expect("the sign-in finishes").unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = |k: &str| v[k].as_str().unwrap().to_owned();
+    (s("callback"), s("binding"), s("authorize"))
+}
+
 /// `text` percent-encoded but for letters and digits.
 pub fn encode(text: &str) -> String {
     text.bytes()

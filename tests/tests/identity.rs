@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use uplink_proto::gateway::SessionConfig;
 use uplink_proto::gateway::identity::PersonRule;
-use uplink_tests::oidc::{Provider, js_dir};
+use uplink_tests::oidc::{Provider, console_sign_in, js_dir};
 use uplink_tests::program::{Program, Running};
 use uplink_tests::{ADMIN_TOKEN, RealGateway, SLED_TOKEN, free_port, http, http_with_headers, next_event, sse};
 use uplink_tokio::gateway::{GatewayServerConfig, OidcConfig};
@@ -301,21 +301,6 @@ async fn console_gateway(roles: &[&str]) -> (Provider, RealGateway, String) {
     });
     let gw = RealGateway::start_at(config, None).await;
     (provider, gw, base)
-}
-
-/// `user` signs in at the provider, stopped before the gateway's callback: the callback URL, the binding
-/// cookie's value, and where the gateway sent the browser.
-async fn console_sign_in(base: &str, user: &str) -> (String, String, String) {
-    let run = tokio::process::Command::new("node")
-        .arg(js_dir().join("console-signin.mjs"))
-        .args([base, user])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the sign-in finishes").unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let s = |k: &str| v[k].as_str().unwrap().to_owned();
-    (s("callback"), s("binding"), s("authorize"))
 }
 
 fn header_of<'a>(headers: &'a [(String, String)], name: &str, starting: &str) -> Option<&'a str> {

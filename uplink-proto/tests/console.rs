@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uplink_proto::Instant;
 use uplink_proto::gateway::console::same_origin;
-use uplink_proto::gateway::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
+use uplink_proto::gateway::{ConsoleRefusal, ConsoleRequest, ConsoleSessions, Role, Vouched};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -109,4 +109,27 @@ fn a_session_opened_elsewhere_is_taken_in_unless_it_is_here_already_or_was_ended
     // Ended elsewhere: closed here.
     s.close(&[4; 32]);
     assert_eq!(s.admit(now, &[4; 32], &get()), Err(ConsoleRefusal::NoSession));
+}
+
+#[test]
+fn a_sign_in_a_provider_vouched_for_keeps_its_role_for_an_hour_at_most() {
+    let mut table = ConsoleSessions::new(8, Duration::from_secs(12 * 3600));
+    let t = Instant::from_secs(1000);
+    let alice = Vouched { role: Role::Approver, email: Some("alice@example.com".into()) };
+    table.open_vouched(t, [1; 32], Arc::from("https://id.example#alice"), "c1".into(), alice.clone());
+    table.open(t, [2; 32], Arc::from("ana"), "c2".into());
+    assert_eq!(table.vouched(t, &[1; 32]), Some(&alice));
+    assert_eq!(table.vouched(t, &[2; 32]), None, "a token's sign-in carries no vouching");
+    let hour = t + Vouched::LIFETIME;
+    assert!(table.get(t + (Vouched::LIFETIME - Duration::from_secs(1)), &[1; 32]).is_some());
+    assert!(table.get(hour, &[1; 32]).is_none(), "then the person signs in again");
+    assert_eq!(table.vouched(hour, &[1; 32]), None);
+    assert!(table.get(hour, &[2; 32]).is_some(), "a token's sign-in lasts its lifetime");
+    // Kept and taken back (a restart, another node): the vouching goes with it, bounded again.
+    table.restore(t, [3; 32], Arc::from("https://id.example#bob"), "c3".into(), Duration::from_secs(5 * 3600));
+    table.vouch(t, &[3; 32], Vouched { role: Role::Viewer, email: None });
+    assert_eq!(table.vouched(t, &[3; 32]).map(|v| v.role), Some(Role::Viewer));
+    assert!(table.get(hour, &[3; 32]).is_none(), "never longer than an hour from when it was vouched for here");
+    table.vouch(t, &[9; 32], Vouched { role: Role::Admin, email: None });
+    assert_eq!(table.vouched(t, &[9; 32]), None, "no session, nothing vouched");
 }

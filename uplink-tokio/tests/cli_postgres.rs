@@ -389,7 +389,8 @@ async fn a_sign_in_or_sign_out_on_another_node_is_in_force_here_within_a_reading
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 3_600_000,
     )
     .unwrap();
-    let signed_in = StoredSession { key: key(there), principal, csrf: "c5rf".into(), expires_ms };
+    let signed_in =
+        StoredSession { key: key(there), principal, csrf: "c5rf".into(), expires_ms, role: None, email: None };
     elsewhere(&url, vec![Change::PutSession(signed_in)]).await;
     until("the other node's sign-in to be in force here", async || {
         (console_session(&base, there).await.0 == 200).then_some(())

@@ -602,3 +602,63 @@ async fn a_provider_identity_checked_at_one_node_decides_and_relays_for_a_sled_a
     let (status, _, body) = asked.await.unwrap();
     assert_eq!(status, 200, "{body}");
 }
+
+/// A person who signed in to the console at the provider, at one node, is signed in at every node, with the
+/// role the sign-in gave: the sign-in is kept in the shared store with what the provider vouched for.
+#[tokio::test]
+async fn a_console_sign_in_at_the_provider_made_at_one_node_holds_at_another() {
+    let public = "http://uplink.test";
+    let provider = uplink_tests::oidc::Provider::start(Some(&format!("{public}/console/oidc/callback"))).await;
+    let pg = Postgres::shared();
+    let url = pg.fresh_database();
+    let (one, two) = (uplink_tests::temp_dir(), uplink_tests::temp_dir());
+    let oidc = [
+        "--public-url",
+        public,
+        "--oidc-issuer",
+        &provider.issuer,
+        "--oidc-role",
+        "group:platform-oncall=approver",
+        "--oidc-client-id",
+        "uplink-console",
+        "--oidc-scope",
+        "groups",
+    ];
+    let secret = one.path().join("console-secret");
+    std::fs::write(&secret, "console-secret").unwrap();
+    let node = |dir: std::path::PathBuf| {
+        Program::gateway(UPLINK)
+            .args(["--store", &url, "--lease", "30s", "--cluster-listen", "127.0.0.1:0"])
+            .args(oidc)
+            .args(["--oidc-client-secret-file", secret.to_str().unwrap()])
+            .state_dir(dir)
+            .banner_until("  store: ")
+            .start()
+    };
+    let a = node(one.path().join("a")).await;
+    let b = node(two.path().to_owned()).await;
+    let (a_base, b_base) = (a.base_url(), b.base_url());
+
+    let (callback, binding, _) = uplink_tests::oidc::console_sign_in_at(&a_base, public, "alice").await;
+    let callback = callback.replace(public, &a_base);
+    let (status, headers, page) =
+        uplink_tests::http_with_headers("GET", &callback, None, None, &[("cookie", &format!("uplink_oidc={binding}"))])
+            .await;
+    assert_eq!(status, 303, "{page}");
+    let cookie = headers
+        .iter()
+        .find(|(n, v)| n == "set-cookie" && v.starts_with("uplink_session="))
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .unwrap();
+    // At b, once it has read the sign-in from the store: alice, with her group's role.
+    let who = until("the sign-in to hold at the other node", async || {
+        let (status, body) =
+            http("GET", &format!("{b_base}/console/session"), None, None, &[("cookie", &cookie)]).await;
+        (status == 200).then(|| serde_json::from_str::<Value>(&body).unwrap())
+    })
+    .await;
+    assert_eq!((&who["name"], &who["role"]), (&json!("alice@example.com"), &json!("approver")), "{who}");
+    assert_eq!(who["id"], format!("{}#alice", provider.issuer));
+    let (status, body) = http("GET", &format!("{b_base}/api/me"), None, None, &[("cookie", &cookie)]).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -304,7 +304,14 @@ fn sign_ins_and_sign_outs_by_any_writer_are_read_in_commit_order_and_a_start_kee
     let (mut a, mut b) =
         (PostgresStore::open(&url, options.clone()).unwrap(), PostgresStore::open(&url, options).unwrap());
     let far = 4_000_000_000_000u64;
-    let session = |k: u8| StoredSession { key: [k; 32], principal: "ana".into(), csrf: "c".into(), expires_ms: far };
+    let session = |k: u8| StoredSession {
+        key: [k; 32],
+        principal: "ana".into(),
+        csrf: "c".into(),
+        expires_ms: far,
+        role: None,
+        email: None,
+    };
     a.commit(&[Change::PutSession(session(1))]).unwrap();
     b.commit(&[Change::PutSession(session(2))]).unwrap();
     let first = shared.sessions_since(0).unwrap();

@@ -122,8 +122,17 @@ fn rule(id: u64, pattern: &str) -> StoredRule {
     }
 }
 
+/// A sign-in; every other one a person an identity provider vouched for (with a role and an email).
 fn session(key: u8, expires_ms: u64) -> StoredSession {
-    StoredSession { key: [key; 32], principal: format!("p{key}"), csrf: format!("csrf-{key}"), expires_ms }
+    let vouched = key.is_multiple_of(2);
+    StoredSession {
+        key: [key; 32],
+        principal: format!("p{key}"),
+        csrf: format!("csrf-{key}"),
+        expires_ms,
+        role: vouched.then(|| "approver".into()),
+        email: vouched.then(|| format!("p{key}@example.com")),
+    }
 }
 
 #[test]

@@ -69,6 +69,24 @@ struct Session {
     csrf: String,
     /// When it ends.
     expires: Instant,
+    vouched: Option<Vouched>,
+}
+
+/// What an identity provider vouched for when a person signed in there (rather than with a principal's
+/// token): the role the rules gave them then, and their verified email. A session that carries it acts with
+/// that role for at most [`Vouched::LIFETIME`]; then the person signs in again, which reads their groups
+/// anew.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vouched {
+    /// The role the rules gave at sign-in.
+    pub role: super::principal::Role,
+    /// The verified email, for reading.
+    pub email: Option<String>,
+}
+
+impl Vouched {
+    /// Longest a session a provider vouched for lasts.
+    pub const LIFETIME: Duration = Duration::from_secs(3600);
 }
 
 /// How many of the sessions it ended a table remembers, so that no reading from elsewhere brings one back.
@@ -122,7 +140,35 @@ impl ConsoleSessions {
     /// go.
     pub fn open(&mut self, now: Instant, key: [u8; 32], principal: Arc<str>, csrf: String) -> Vec<[u8; 32]> {
         let expires = now + self.lifetime;
-        self.keep(now, key, Session { principal, csrf, expires })
+        self.keep(now, key, Session { principal, csrf, expires, vouched: None })
+    }
+
+    /// As [`ConsoleSessions::open`], for a person an identity provider vouched for: it lasts at most
+    /// [`Vouched::LIFETIME`].
+    pub fn open_vouched(
+        &mut self,
+        now: Instant,
+        key: [u8; 32],
+        principal: Arc<str>,
+        csrf: String,
+        vouched: Vouched,
+    ) -> Vec<[u8; 32]> {
+        let expires = now + self.lifetime.min(Vouched::LIFETIME);
+        self.keep(now, key, Session { principal, csrf, expires, vouched: Some(vouched) })
+    }
+
+    /// Attaches what a provider vouched for to the session `key` (one a store kept, or another gateway
+    /// opened), bounding it to [`Vouched::LIFETIME`] from `now` at most.
+    pub fn vouch(&mut self, now: Instant, key: &[u8; 32], vouched: Vouched) {
+        if let Some(s) = self.table.get_mut(key) {
+            s.expires = s.expires.min(now + Vouched::LIFETIME);
+            s.vouched = Some(vouched);
+        }
+    }
+
+    /// What a provider vouched for in the live session `key`, if it was opened that way.
+    pub fn vouched(&self, now: Instant, key: &[u8; 32]) -> Option<&Vouched> {
+        self.live(now, key).and_then(|s| s.vouched.as_ref())
     }
 
     /// A session a store kept, `left` of its lifetime remaining at `now` (at most the lifetime): as
@@ -139,7 +185,7 @@ impl ConsoleSessions {
             return Vec::new();
         }
         let expires = now + left.min(self.lifetime);
-        self.keep(now, key, Session { principal, csrf, expires })
+        self.keep(now, key, Session { principal, csrf, expires, vouched: None })
     }
 
     /// A session another gateway of the cluster opened, read from the store they share, with `left` of its

@@ -53,7 +53,7 @@ pub mod verdict;
 pub use crate::ids::{BadPermId, ConnHandle, McpTicket, PublicPermId};
 pub use auth_limit::{AuthFailures, AuthLimitConfig, AuthRefusal, AuthSource};
 pub use close::CloseReason;
-pub use console::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
+pub use console::{ConsoleRefusal, ConsoleRequest, ConsoleSessions, Vouched};
 pub use credential::{Credential, CredentialId, ProjectScope};
 pub use hub::{Hub, ID_BLOCK, RESUMED_OTHERWISE};
 pub use hub_config::{CONFIG_RULE_IDS, HubConfig, OPEN_FILES_KEPT_BACK};

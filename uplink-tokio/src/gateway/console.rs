@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse as _, Response};
 use hyper::StatusCode;
 use serde_json::json;
+use uplink_proto::gateway::Vouched;
 
 use super::config::MAX_ADMIN_BODY;
 use super::console_sessions::{COOKIE, SESSION_LIFETIME, cookie, refused, request, unix_ms};
@@ -86,7 +87,7 @@ pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, request: axum::ex
     let Some(principal) = shared.credentials().admin(ask.token.trim()).cloned() else {
         return shared.auth.refuse_from(peer, &shared.metrics, "this is not an admin principal's token");
     };
-    let (set_cookie, csrf) = match open_session(&shared, principal.name.clone()).await {
+    let (set_cookie, csrf) = match open_session(&shared, principal.name.clone(), None).await {
         Ok(opened) => opened,
         Err(refused) => return refused,
     };
@@ -96,23 +97,36 @@ pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, request: axum::ex
     response
 }
 
-/// Opens a console session for `principal`, kept in the store (if any) before its cookie is handed out:
-/// the `Set-Cookie` header that hands it out, and its CSRF token.
-pub(super) async fn open_session(shared: &Shared, principal: Arc<str>) -> Result<(HeaderValue, String), Response> {
+/// Opens a console session for `principal` (with what an identity provider vouched for, for a person who
+/// signed in there), kept in the store (if any) before its cookie is handed out: the `Set-Cookie` header
+/// that hands it out, and its CSRF token.
+pub(super) async fn open_session(
+    shared: &Shared,
+    principal: Arc<str>,
+    vouched: Option<Vouched>,
+) -> Result<(HeaderValue, String), Response> {
     let (cookie, csrf) = match (super::config::generate_token(), super::config::generate_token()) {
         (Ok(cookie), Ok(csrf)) => (cookie, csrf),
         (Err(e), _) | (_, Err(e)) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
     };
     let key = TokenHash::of(&cookie).0;
-    let gone = shared.sessions.with(|s, now| s.open(now, key, principal.clone(), csrf.clone()));
-    let expires_ms = unix_ms(SystemTime::now() + SESSION_LIFETIME);
-    let kept = StoredSession { key, principal: principal.to_string(), csrf: csrf.clone(), expires_ms };
+    let lifetime = if vouched.is_some() { SESSION_LIFETIME.min(Vouched::LIFETIME) } else { SESSION_LIFETIME };
+    let (role, email) = match &vouched {
+        Some(v) => (Some(v.role.to_string()), v.email.clone()),
+        None => (None, None),
+    };
+    let gone = shared.sessions.with(|s, now| match vouched {
+        Some(v) => s.open_vouched(now, key, principal.clone(), csrf.clone(), v),
+        None => s.open(now, key, principal.clone(), csrf.clone()),
+    });
+    let expires_ms = unix_ms(SystemTime::now() + lifetime);
+    let kept = StoredSession { key, principal: principal.to_string(), csrf: csrf.clone(), expires_ms, role, email };
     let mut changes = vec![Change::PutSession(kept)];
     changes.extend(gone.into_iter().map(Change::DeleteSession));
     shared.hub.keep(changes).await;
     let secure = if shared.tls { "; Secure" } else { "" };
     let set_cookie =
-        format!("{COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}", SESSION_LIFETIME.as_secs());
+        format!("{COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}", lifetime.as_secs());
     let value =
         HeaderValue::try_from(set_cookie).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
     Ok((value, csrf))
@@ -136,8 +150,8 @@ pub(super) async fn whoami(State(shared): State<Arc<Shared>>, headers: HeaderMap
         return json_response(StatusCode::OK, &json!({"name": &*p.name, "role": p.role.to_string(), "csrf": csrf}));
     }
     // A person signed in at the provider: known by their email where it is verified.
-    match shared.sign_ins.as_ref().and_then(|s| s.role_of(&principal)) {
-        Some((role, email)) => {
+    match super::extract::vouched(&shared, &key, &principal) {
+        Some(Vouched { role, email }) => {
             let name = email.unwrap_or_else(|| principal.to_string());
             json_response(
                 StatusCode::OK,

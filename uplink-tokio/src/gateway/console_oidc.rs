@@ -15,6 +15,7 @@ use axum::response::{IntoResponse as _, Response};
 use hyper::StatusCode;
 use hyper::header::{LOCATION, SET_COOKIE};
 use serde::Deserialize;
+use uplink_proto::gateway::Vouched;
 use uplink_proto::gateway::identity::{PendingSignIns, TokenRefusal};
 
 use super::console::open_session;
@@ -91,7 +92,8 @@ pub(super) async fn callback(
     };
     let principal: Arc<str> = subject.principal().into();
     tracing::info!(principal = %principal.escape_debug(), role = %role, "signed in at the identity provider");
-    let (session, _) = match open_session(&shared, principal).await {
+    let vouched = Vouched { role, email: subject.email.clone() };
+    let (session, _) = match open_session(&shared, principal, Some(vouched)).await {
         Ok(opened) => opened,
         Err(refused) => return refused,
     };

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use hyper::StatusCode;
-use uplink_proto::gateway::{ConsoleRefusal, ConsoleRequest, ConsoleSessions};
+use uplink_proto::gateway::{ConsoleRefusal, ConsoleRequest, ConsoleSessions, Vouched};
 
 use crate::http::{error, header};
 use crate::socket_loop::Clock;
@@ -43,6 +43,7 @@ impl Sessions {
                 let left = Duration::from_millis(session.expires_ms.saturating_sub(now_ms));
                 let principal: Arc<str> = session.principal.as_str().into();
                 table.restore(now, session.key, principal, session.csrf.clone(), left);
+                vouch(table, now, session);
             }
         });
     }
@@ -67,6 +68,7 @@ impl Sessions {
                 let left = Duration::from_millis(session.expires_ms.saturating_sub(now_ms));
                 let principal: Arc<str> = session.principal.as_str().into();
                 gone.extend(table.open_elsewhere(now, session.key, principal, session.csrf.clone(), left));
+                vouch(table, now, session);
             }
             gone
         })
@@ -75,6 +77,14 @@ impl Sessions {
     pub(super) fn with<T>(&self, f: impl FnOnce(&mut ConsoleSessions, uplink_proto::Instant) -> T) -> T {
         let now = self.clock.now();
         f(&mut self.table.lock().unwrap_or_else(PoisonError::into_inner), now)
+    }
+}
+
+/// What a provider vouched for in a kept sign-in, attached to it in `table` (in the same turn of the lock
+/// as its restoring: never seen without it).
+fn vouch(table: &mut ConsoleSessions, now: uplink_proto::Instant, session: &StoredSession) {
+    if let Some(role) = session.role.as_deref().and_then(|r| r.parse().ok()) {
+        table.vouch(now, &session.key, Vouched { role, email: session.email.clone() });
     }
 }
 

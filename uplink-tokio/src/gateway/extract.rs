@@ -14,7 +14,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::response::Response;
 use hyper::StatusCode;
-use uplink_proto::gateway::{Action, ConsoleRefusal, Role};
+use uplink_proto::gateway::{Action, ConsoleRefusal, Role, Vouched};
 
 use super::access_tokens::Refused;
 use super::console_sessions::{cookie, refused, request};
@@ -161,7 +161,7 @@ fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<Principal, Resp
     };
     let credentials = shared.credentials();
     let person = || {
-        let (role, email) = shared.sign_ins.as_ref()?.role_of(&principal)?;
+        let Vouched { role, email } = vouched(shared, &key, &principal)?;
         Some(Principal { name: principal.clone(), role, email: email.map(Arc::from) })
     };
     match credentials
@@ -178,6 +178,15 @@ fn principal_of(parts: &Parts, shared: &Shared) -> Option<Result<Principal, Resp
             Some(Err(error(StatusCode::UNAUTHORIZED, "this principal is no longer known; its sessions have ended")))
         }
     }
+}
+
+/// What an identity provider vouched for in the console session `key` of `principal`, when the session was
+/// opened by a sign-in there and the principal is an identity of the provider this gateway trusts.
+pub(super) fn vouched(shared: &Shared, key: &[u8; 32], principal: &str) -> Option<Vouched> {
+    if !shared.access_tokens.as_ref()?.vouches_for(principal) {
+        return None;
+    }
+    shared.sessions.with(|s, now| s.vouched(now, key).cloned())
 }
 
 /// `GET /api/me`: who the request's token (or console session) stands for, its role, and a person's

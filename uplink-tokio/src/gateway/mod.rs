@@ -93,5 +93,4 @@ pub use oidc::{MAX_TOKEN_BYTES, OidcConfig};
 pub(crate) use recorder::record_line as audit_line;
 pub use server::GatewayServer;
 pub use shared::{AUDIT_QUERIES, CredentialsReloader};
-pub use sign_ins::PERSON_SESSION;
 pub use wall::BadStoredRule;

@@ -8,17 +8,15 @@
 //!   nothing), in the browser that began it; the code exchanged with the verifier; the ID token's signature
 //!   checked against the issuer's keys ([`Oidc`]), UserInfo's claims added for the same subject, and the
 //!   whole judged by the core's [`SignInCheck`] (issuer, this client, lifetime, the sign-in's nonce, a role).
-//! - The person's role is kept here for [`PERSON_SESSION`]: a console session of theirs acts with it until
-//!   then and must sign in again after, which reads their groups anew (a person removed from a group loses
-//!   its role within that bound). It is kept in memory: after a restart, or at another node of a cluster,
-//!   such a session must sign in again.
+//! - The person's role and email go with the console session the sign-in opens (the core's `Vouched`,
+//!   kept in the store with the session, so that every node and a restarted one act with them), for an hour
+//!   at most: then the person signs in again, which reads their groups anew (a person removed from a group
+//!   loses its role within that bound).
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use uplink_proto::Instant;
 use uplink_proto::gateway::Role;
 use uplink_proto::gateway::identity::{
     Claims, LEEWAY_SECS, PendingSignIns, People, SignInCheck, SignInRefusal, Subject, TokenRefusal,
@@ -28,18 +26,6 @@ use super::config::generate_token;
 use super::credentials::TokenHash;
 use super::oidc::{BadSignature, Oidc, OidcConfig, form_encode};
 use crate::socket_loop::Clock;
-
-/// How long a person's sign-in at the provider stands before they must sign in again.
-pub const PERSON_SESSION: Duration = Duration::from_secs(3600);
-
-/// Most people signed in at once; beyond, the one whose sign-in ends first is let go.
-const MAX_PEOPLE: usize = 4096;
-
-struct Grant {
-    role: Role,
-    email: Option<String>,
-    until: Instant,
-}
 
 /// Why a callback signed nobody in.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +52,6 @@ pub(super) struct SignIns {
     scope: String,
     people: People,
     pending: Mutex<PendingSignIns>,
-    signed_in: Mutex<BTreeMap<Arc<str>, Grant>>,
     clock: Clock,
 }
 
@@ -83,7 +68,6 @@ impl SignIns {
             scope: scope.join(" "),
             people: People::new(config.people.clone()),
             pending: Mutex::new(PendingSignIns::default()),
-            signed_in: Mutex::new(BTreeMap::new()),
             clock,
         }))
     }
@@ -165,25 +149,7 @@ impl SignIns {
             leeway: LEEWAY_SECS,
         };
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-        let (subject, role) = check.check(&claims, unix)?;
-        let mut signed_in = self.signed_in.lock().unwrap_or_else(PoisonError::into_inner);
-        signed_in.retain(|_, g| g.until > now);
-        if signed_in.len() >= MAX_PEOPLE {
-            let first = signed_in.iter().min_by_key(|(_, g)| g.until).map(|(k, _)| k.clone());
-            if let Some(k) = first {
-                signed_in.remove(&k);
-            }
-        }
-        let grant = Grant { role, email: subject.email.clone(), until: now.saturating_add(PERSON_SESSION) };
-        signed_in.insert(subject.principal().into(), grant);
-        Ok((subject, role))
-    }
-
-    /// The role of `principal`, signed in here at the provider within [`PERSON_SESSION`]; and their email.
-    pub(super) fn role_of(&self, principal: &str) -> Option<(Role, Option<String>)> {
-        let now = self.clock.now();
-        let signed_in = self.signed_in.lock().unwrap_or_else(PoisonError::into_inner);
-        signed_in.get(principal).filter(|g| g.until > now).map(|g| (g.role, g.email.clone()))
+        Ok(check.check(&claims, unix)?)
     }
 }
 

@@ -54,6 +54,12 @@ pub struct StoredSession {
     pub csrf: String,
     /// When it ends, in Unix milliseconds.
     pub expires_ms: u64,
+    /// For a person an identity provider vouched for at sign-in (rather than a principal's token): the role
+    /// the rules gave them then (`viewer`, `approver`, `admin`), so that every node, and a restarted one,
+    /// acts with it.
+    pub role: Option<String>,
+    /// Such a person's verified email, for reading.
+    pub email: Option<String>,
 }
 
 /// One credential as the store keeps it: a sled credential (`projects`, optionally `expires`, RFC 3339) or

@@ -91,7 +91,7 @@ async fn read_sessions(client: &impl GenericClient) -> Result<Vec<StoredSession>
 }
 
 /// The columns [`session`] reads, in its order.
-pub(super) const SESSION_COLUMNS: &str = "key, principal, csrf, expires_ms";
+pub(super) const SESSION_COLUMNS: &str = "key, principal, csrf, expires_ms, role, email";
 
 /// A kept sign-in from a row of [`SESSION_COLUMNS`].
 pub(super) fn session(r: &tokio_postgres::Row) -> StoredSession {
@@ -100,5 +100,7 @@ pub(super) fn session(r: &tokio_postgres::Row) -> StoredSession {
         principal: r.get(1),
         csrf: r.get(2),
         expires_ms: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+        role: r.get(4),
+        email: r.get(5),
     }
 }

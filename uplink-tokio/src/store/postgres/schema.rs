@@ -11,7 +11,7 @@ use super::db::Db;
 use crate::store::seam::StoreError;
 
 /// The version of the `uplink` schema this build writes (PostgreSQL's own numbering, apart from SQLite's).
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// Each step from version `i` to `i + 1`, run in one transaction.
 const MIGRATIONS: &[&str] = &[
@@ -199,6 +199,9 @@ const MIGRATIONS: &[&str] = &[
     "SELECT setval('uplink.nodes_id_seq',
                    GREATEST((SELECT last_value FROM uplink.nodes_id_seq),
                             coalesce((SELECT n FROM uplink.meta WHERE key = 'ids_until'), 0) / 4294967296 + 1));",
+    // 10 → 11: a sign-in an identity provider vouched for keeps the role it gave and the person's email, so
+    // that every node acts with them.
+    "ALTER TABLE uplink.console_sessions ADD COLUMN IF NOT EXISTS role text, ADD COLUMN IF NOT EXISTS email text;",
 ];
 
 /// The transaction-scoped lock under which a schema is checked and migrated (two gateways starting at once

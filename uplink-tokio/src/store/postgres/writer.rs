@@ -124,10 +124,11 @@ impl Statements {
                 .await?,
             put_session: client
                 .prepare(
-                    "INSERT INTO uplink.console_sessions (key, principal, csrf, expires_ms, version)
-                     VALUES ($1, $2, $3, $4, uplink.sessions_changed())
+                    "INSERT INTO uplink.console_sessions (key, principal, csrf, expires_ms, role, email, version)
+                     VALUES ($1, $2, $3, $4, $5, $6, uplink.sessions_changed())
                      ON CONFLICT (key) DO UPDATE SET principal = excluded.principal, csrf = excluded.csrf,
-                       expires_ms = excluded.expires_ms, version = excluded.version, removed_at = NULL",
+                       expires_ms = excluded.expires_ms, role = excluded.role, email = excluded.email,
+                       version = excluded.version, removed_at = NULL",
                 )
                 .await?,
             // Kept a day as a tombstone, so that every node reads the sign-out.
@@ -248,6 +249,8 @@ fn ops(changes: &[Change], chain: i64, node: i64, mut head: Pair) -> Result<(Vec
                     Box::new(s.principal.clone()),
                     Box::new(s.csrf.clone()),
                     Box::new(big(s.expires_ms)?),
+                    Box::new(s.role.clone()),
+                    Box::new(s.email.clone()),
                 ],
             )),
             Change::DeleteSession(key) => ops.push(Op::new(|s| &s.delete_session, vec![Box::new(key.to_vec())])),

@@ -9,7 +9,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use crate::store::seam::StoreError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Each step from version `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -58,6 +58,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
      ) STRICT;",
     // 3 → 4: requests that may come back after a drop or a restart (`resume`), each its JSON record.
     "CREATE TABLE resumables (id TEXT PRIMARY KEY, record TEXT NOT NULL) STRICT;",
+    // 4 → 5: a sign-in an identity provider vouched for keeps the role it gave and the person's email.
+    "ALTER TABLE console_sessions ADD COLUMN role TEXT;
+     ALTER TABLE console_sessions ADD COLUMN email TEXT;",
 ];
 
 /// The database's file name in the state directory.

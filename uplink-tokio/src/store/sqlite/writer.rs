@@ -199,10 +199,17 @@ impl SqliteStore {
                     }
                     Change::PutSession(s) => {
                         tx.prepare_cached(
-                            "INSERT OR REPLACE INTO console_sessions (key, principal, csrf, expires_ms)
-                             VALUES (?1, ?2, ?3, ?4)",
+                            "INSERT OR REPLACE INTO console_sessions (key, principal, csrf, expires_ms, role, email)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         )?
-                        .execute(params![&s.key[..], s.principal, s.csrf, s.expires_ms])?;
+                        .execute(params![
+                            &s.key[..],
+                            s.principal,
+                            s.csrf,
+                            s.expires_ms,
+                            s.role,
+                            s.email
+                        ])?;
                     }
                     Change::DeleteSession(key) => {
                         tx.prepare_cached("DELETE FROM console_sessions WHERE key = ?1")?.execute([&key[..]])?;
@@ -345,9 +352,17 @@ fn read_rules(conn: &Connection) -> rusqlite::Result<Vec<StoredRule>> {
 }
 
 fn read_sessions(conn: &Connection) -> rusqlite::Result<Vec<StoredSession>> {
-    let mut stmt = conn.prepare("SELECT key, principal, csrf, expires_ms FROM console_sessions ORDER BY expires_ms")?;
+    let mut stmt =
+        conn.prepare("SELECT key, principal, csrf, expires_ms, role, email FROM console_sessions ORDER BY expires_ms")?;
     let rows = stmt.query_map([], |r| {
-        Ok(StoredSession { key: hash_of(r.get(0)?), principal: r.get(1)?, csrf: r.get(2)?, expires_ms: r.get(3)? })
+        Ok(StoredSession {
+            key: hash_of(r.get(0)?),
+            principal: r.get(1)?,
+            csrf: r.get(2)?,
+            expires_ms: r.get(3)?,
+            role: r.get(4)?,
+            email: r.get(5)?,
+        })
     })?;
     rows.collect()
 }
