@@ -93,6 +93,13 @@ async fn a_person_signs_in_at_the_terminal_and_the_commands_act_as_them_until_lo
     assert_eq!(kept["oidc"]["resource"], format!("{base}/api"), "a token for the gateway's API alone");
     assert!(kept["oidc"]["refresh_token"].is_string(), "{kept}");
 
+    // `uplink status` says where and as whom.
+    let (code, out, err) = uplink(dir, &["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("gateway:    {base} (uplink ")), "{out}");
+    assert!(out.contains(&format!("signed in:  {alice} <alice@example.com>, approver")), "{out}");
+    assert!(out.contains("credential: the sign-in at the identity provider `uplink login` kept in"), "{out}");
+
     // The commands act as alice, with her role: she reads, and may not manage.
     let (code, _, err) = uplink(dir, &["sleds"]);
     assert_eq!(code, Some(0), "{err}");
@@ -136,7 +143,21 @@ async fn a_person_signs_in_at_the_terminal_and_the_commands_act_as_them_until_lo
     assert!(err.contains("(admin)"), "{err}");
     let (code, _, err) = uplink(dir, &["sleds"]);
     assert_eq!(code, Some(0), "{err}");
+    // Shared flags before or after the subcommand's own.
+    for args in [
+        ["permissions", "ls", "--admin-token", ADMIN, "--gateway-url", &base],
+        ["permissions", "--admin-token", ADMIN, "--gateway-url", &base, "ls"],
+    ] {
+        let (code, _, err) = uplink(dir, &args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+    }
     let (code, _, err) = uplink(dir, &["login", "--gateway-url", &base, "--admin-token", "wrong"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("the gateway refused the credential (401"), "{err}");
+    // A wrong token is said to be wrong, not missing.
+    let (code, out, _) = uplink(dir, &["status", "--json"]);
+    assert_eq!(code, Some(1), "{out}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert!(status["error"].as_str().unwrap().contains("neither an admin token nor a good access token"), "{status}");
+    assert_eq!(status["gateway"], base.as_str());
 }

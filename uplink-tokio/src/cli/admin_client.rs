@@ -22,13 +22,13 @@ const MAX_ANSWER: usize = 64 << 20;
 pub(super) struct AdminArgs {
     /// The gateway's base URL (http:// or https://); by default the one `uplink login` kept, else
     /// http://127.0.0.1:8700.
-    #[arg(long, env = "UPLINK_GATEWAY_URL")]
+    #[arg(long, env = "UPLINK_GATEWAY_URL", global = true)]
     gateway_url: Option<String>,
     /// An admin principal's token; by default what `uplink login` kept.
-    #[arg(long, env = "UPLINK_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "UPLINK_ADMIN_TOKEN", hide_env_values = true, global = true)]
     admin_token: Option<String>,
     /// A PEM file of extra CA certificates to trust for https://.
-    #[arg(long)]
+    #[arg(long, global = true)]
     ca_file: Option<PathBuf>,
 }
 
@@ -47,6 +47,21 @@ impl AdminArgs {
     fn url(&self) -> String {
         let kept = super::login::load().ok().flatten().map(|s| s.gateway_url);
         self.gateway_url.clone().or(kept).unwrap_or_else(|| super::login::DEFAULT_GATEWAY_URL.to_owned())
+    }
+
+    /// The gateway's URL, and which credential the commands would use (for `uplink status`).
+    pub(super) fn describe(&self) -> (String, String) {
+        if self.admin_token.as_deref().is_some_and(|t| !t.trim().is_empty()) {
+            return (self.url(), "an admin token (--admin-token or UPLINK_ADMIN_TOKEN)".into());
+        }
+        let place = super::login::path().map(|p| p.display().to_string()).unwrap_or_default();
+        let what = match super::login::load() {
+            Ok(Some(saved)) if saved.admin_token.is_some() => format!("the admin token `uplink login` kept in {place}"),
+            Ok(Some(_)) => format!("the sign-in at the identity provider `uplink login` kept in {place}"),
+            Ok(None) => "none: pass --admin-token, or run `uplink login`".into(),
+            Err(e) => format!("unreadable: {e}"),
+        };
+        (self.url(), what)
     }
 
     async fn target(&self) -> Result<Target, Failure> {

@@ -21,6 +21,7 @@ mod logging;
 mod login;
 mod open_files;
 mod rules_cmd;
+mod status;
 mod store_at;
 
 use std::net::SocketAddr;
@@ -69,6 +70,8 @@ enum Command {
     Login(login::LoginArgs),
     /// Forget what `uplink login` kept.
     Logout,
+    /// Which gateway the commands above talk to, whether it answers, and who they act as there.
+    Status(status::StatusArgs),
 }
 
 #[derive(Args)]
@@ -154,6 +157,7 @@ pub fn main() -> ExitCode {
             | Command::Permissions(_)
             | Command::Login(_)
             | Command::Logout
+            | Command::Status(_)
     );
     logging::init(if quiet { "warn" } else { "info" }, cli.log_format);
     // The audit log is read from its file: no runtime needed.
@@ -166,6 +170,7 @@ pub fn main() -> ExitCode {
         Command::Sleds(args) => return client_runtime(|| fleet_cmd::sleds(args)),
         Command::Permissions(args) => return client_runtime(|| fleet_cmd::permissions(args)),
         Command::Login(args) => return client_runtime(|| login::login(args)),
+        Command::Status(args) => return client_runtime(|| status::status(args)),
         Command::Logout => {
             return match login::logout() {
                 Ok(Some(path)) => {
@@ -201,7 +206,12 @@ pub fn main() -> ExitCode {
             Ok(())
         }),
         Command::Rules(args) => runtime.block_on(rules_cmd::run(args)),
-        Command::Audit(_) | Command::Sleds(_) | Command::Permissions(_) | Command::Login(_) | Command::Logout => Ok(()),
+        Command::Audit(_)
+        | Command::Sleds(_)
+        | Command::Permissions(_)
+        | Command::Login(_)
+        | Command::Logout
+        | Command::Status(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

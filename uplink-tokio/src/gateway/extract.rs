@@ -129,10 +129,11 @@ impl FromRequestParts<Arc<Shared>> for Principal {
                     }
                 };
             }
+            // A token was sent: saying one is required would not be true.
             return Err(shared.auth.refuse(
                 &parts.extensions,
                 &shared.metrics,
-                "admin token required (Authorization: Bearer …)",
+                "this token is no admin principal's (unknown, mistyped or revoked)",
             ));
         }
         // The console's cookie, under its CSRF and origin checks.
@@ -194,6 +195,6 @@ pub(super) fn vouched(shared: &Shared, key: &[u8; 32], principal: &str) -> Optio
 pub(super) async fn me(principal: Principal) -> axum::response::Response {
     crate::http::json_response(
         StatusCode::OK,
-        &serde_json::json!({"name": &*principal.name, "role": principal.role.to_string(), "email": principal.email.as_deref()}),
+        &serde_json::json!({"name": &*principal.name, "role": principal.role.to_string(), "email": principal.email.as_deref(), "version": env!("CARGO_PKG_VERSION")}),
     )
 }
