@@ -47,10 +47,10 @@ pub(crate) async fn send(
         let stream = tokio_rustls::TlsConnector::from(Arc::clone(&config))
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with {url}: {e}"))?;
+            .map_err(|e| with_hint(format!("TLS with {url}: {e}"), true))?;
         exchange(TokioIo::new(stream), request).await
     } else {
-        exchange(TokioIo::new(tcp), request).await
+        exchange(TokioIo::new(tcp), request).await.map_err(|e| with_hint(format!("{url}: {e}"), false))
     }
 }
 
@@ -64,4 +64,30 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     sender.send_request(request).await.map_err(|e| e.to_string())
+}
+
+/// `detail` with what was most likely got wrong, when the error says so: TLS spoken to a plain-HTTP port,
+/// or plain HTTP to a TLS one.
+fn with_hint(detail: String, tls: bool) -> String {
+    let lower = detail.to_ascii_lowercase();
+    if tls && (lower.contains("invalidcontenttype") || lower.contains("corrupt message")) {
+        format!("{detail} (this port does not speak TLS: try http:// instead of https://)")
+    } else if !tls && (lower.contains("invalid http") || lower.contains("parse") && lower.contains("http")) {
+        format!("{detail} (the answer was not HTTP: if this port speaks TLS, try https://)")
+    } else {
+        detail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_hint;
+
+    #[test]
+    fn the_usual_mistakes_get_a_hint() {
+        let tls_on_plain = "TLS with https://gw: received corrupt message of type InvalidContentType";
+        assert!(with_hint(tls_on_plain.into(), true).ends_with("try http:// instead of https://)"));
+        assert!(with_hint("http://gw: invalid HTTP version parsed".into(), false).ends_with("try https://)"));
+        assert_eq!(with_hint("cannot reach http://gw: refused".into(), false), "cannot reach http://gw: refused");
+    }
 }

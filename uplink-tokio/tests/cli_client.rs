@@ -32,9 +32,19 @@ async fn a_person_at_a_terminal_lists_watches_and_decides() {
         .await;
     let line = &watch.banner[0];
     assert!(line.starts_with("watching http://"), "{line}");
+    // And a program watches, one JSON object a line, the first once its stream is open.
+    let mut watch_json = Program::uplink(UPLINK, &["permissions", "watch", "--json"])
+        .env("UPLINK_GATEWAY_URL", &base)
+        .env("UPLINK_ADMIN_TOKEN", "a")
+        .start()
+        .await;
+    let opened: Value = serde_json::from_str(&watch_json.banner[0]).unwrap();
+    assert_eq!((&opened["event"], &opened["data"]["gateway"]), (&json!("watching"), &json!(base)), "{opened}");
     let mut ws = raw_sled_at(&base, "s", "web").await;
     let line = watch.line().await;
     assert!(line.contains("sled_connected"), "{line}");
+    let event: Value = serde_json::from_str(&watch_json.line().await).unwrap();
+    assert_eq!((&event["event"], &event["data"]["project"]), (&json!("sled_connected"), &json!("web")), "{event}");
     let ask = |req: &str, command: &str| {
         json!({"type":"perm_request","req_id":req,"payload":{"tool_name":"Bash","tool_input":{"command":command}}})
             .to_string()
@@ -68,6 +78,13 @@ async fn a_person_at_a_terminal_lists_watches_and_decides() {
     // Too late, or never: exit 3. Denied with words: the sled hears them.
     assert_eq!(uplink(&["permissions", "deny", &id], &base).status.code(), Some(3));
     assert_eq!(uplink(&["permissions", "approve", "9-9"], &base).status.code(), Some(3));
+    // A wrong base URL is not "no longer pending" (exit 3), and https:// to this plain-HTTP port is told so.
+    let out = uplink(&["permissions", "approve", "9-9"], &format!("{base}/uplink"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the gateway's base URL"), "{out:?}");
+    let out = uplink(&["sleds"], &base.replace("http://", "https://"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("try http:// instead of https://"), "{out:?}");
     ws.send(Message::text(ask("r3", "curl evil.example"))).await.unwrap();
     let out = until("the request to be listed", async || {
         let out = uplink(&["permissions", "ls", "--json"], &base);

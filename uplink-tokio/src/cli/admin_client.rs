@@ -160,6 +160,17 @@ pub(super) fn answer(status: u16, body: &str) -> Result<serde_json::Value, (u16,
     }
     let value = parsed.unwrap_or(serde_json::Value::Null);
     let why = value["error"].as_str().map_or_else(|| body.trim().to_owned(), str::to_owned);
+    // A 404 that is not the API's own word on a thing (an unknown route, or not the API at all) says the
+    // URL is wrong, not that the thing is gone: not exit 3.
+    if status == 404 && value["error"].as_str().is_none_or(|e| e == "no such route") {
+        return Err((
+            1,
+            format!(
+                "the gateway answered 404 ({}): is the URL the gateway's base URL (http://HOST:PORT, no path)?",
+                why.escape_debug()
+            ),
+        ));
+    }
     Err((status, format!("the gateway answered {status}: {why}")))
 }
 
@@ -175,6 +186,12 @@ mod tests {
         assert_eq!(status, 200);
         assert!(why.contains("cannot read") && why.contains("recursion limit"), "{why}");
         assert_eq!(answer(200, r#"{"permissions":[]}"#).map(|v| v["permissions"].clone()), Ok(serde_json::json!([])));
+        // A route the gateway does not have, or something that is not the gateway: the URL is wrong.
+        for wrong in [r#"{"error":"no such route"}"#, "<html>Not Found</html>"] {
+            let (status, why) = answer(404, wrong).expect_err("404");
+            assert_eq!(status, 1, "{wrong}");
+            assert!(why.contains("is the URL the gateway's base URL"), "{why}");
+        }
         let (status, why) = answer(404, r#"{"error":"no such permission"}"#).expect_err("404");
         assert_eq!((status, why.as_str()), (404, "the gateway answered 404: no such permission"));
     }

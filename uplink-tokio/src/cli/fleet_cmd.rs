@@ -63,7 +63,12 @@ enum PermissionsAction {
         message: Option<String>,
     },
     /// Follow the gateway's events, one line each, until interrupted or the stream ends.
-    Watch,
+    Watch {
+        /// One JSON object a line ({"event": NAME, "data": …}) instead of text; the first,
+        /// {"event": "watching", "data": {"gateway": URL}}, once the stream is open.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A peer's string, one line, with its control characters escaped, cut at `max` characters.
@@ -257,14 +262,24 @@ pub(super) async fn permissions(args: PermissionsArgs) -> ExitCode {
                 eprintln!("{id}: denied");
                 away(&id, &value);
             }
-            PermissionsAction::Watch => {
+            PermissionsAction::Watch { json } => {
                 admin
                     .follow(
                         "/api/events",
-                        |url| println!("watching {url} (Ctrl-C to stop)"),
+                        |url| {
+                            if json {
+                                println!("{}", json!({"event": "watching", "data": {"gateway": url}}));
+                            } else {
+                                println!("watching {url} (Ctrl-C to stop)");
+                            }
+                        },
                         |event, data| {
                             let data: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-                            println!("{}", event_line(event, &data));
+                            if json {
+                                println!("{}", json!({"event": event, "data": data}));
+                            } else {
+                                println!("{}", event_line(event, &data));
+                            }
                         },
                     )
                     .await
