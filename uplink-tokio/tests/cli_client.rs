@@ -186,3 +186,24 @@ async fn a_permissions_life_is_logged_at_info_as_json_or_plain_text_and_no_token
         gateway.kill().await;
     }
 }
+
+#[test]
+fn a_bad_effect_scope_or_outcome_is_refused_locally_with_the_choices() {
+    let cases: [(&[&str], &str); 3] = [
+        (&["rules", "add", "maybe", "Bash(ls)"], "[possible values: allow, ask, deny]"),
+        (
+            &["permissions", "approve", "1-0", "--always", "--scope", "world"],
+            "[possible values: connection, project, everywhere]",
+        ),
+        (
+            &["audit", "export", "--outcome", "foo"],
+            "[possible values: approve, deny, always_allow, cancelled, deadline, connection_lost]",
+        ),
+    ];
+    for (args, choices) in cases {
+        let out = program::run(UPLINK, args, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(choices), "{args:?}: {err}");
+    }
+}

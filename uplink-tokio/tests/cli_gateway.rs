@@ -149,6 +149,9 @@ async fn listening_beyond_loopback_without_tls_is_warned_of_and_names_are_accept
         .await;
     let warned = gateway.log_until("without TLS").await.pop().unwrap();
     assert!(warned.contains("WARN") && warned.contains("--tls-cert"), "{warned}");
+    // Sleds are not told to connect to 0.0.0.0.
+    let told = gateway.banner.iter().find(|l| l.contains("sleds connect to")).unwrap();
+    assert!(told.contains("ws://THIS-HOST:") && !told.contains("0.0.0.0"), "{told}");
     gateway.kill().await;
     // A name and a port.
     let mut named =
@@ -207,4 +210,22 @@ fn an_openid_provider_that_cannot_be_used_is_refused_with_the_reason() {
         1,
         "/nonexistent/secret",
     );
+}
+
+#[tokio::test]
+async fn a_first_start_that_cannot_listen_leaves_its_tokens_where_the_next_start_says() {
+    let state = uplink_tests::temp_dir();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let env = [("UPLINK_STATE_DIR", state.path().to_str().unwrap())];
+    let out = program::run(UPLINK, &["gateway", "--listen", &taken], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"), "{out:?}");
+    drop(held);
+    let mut gateway = Program::gateway(UPLINK).state_dir(state.path()).banner_until("credentials:").start().await;
+    let said = gateway.banner.join("\n");
+    let tokens = state.path().join("tokens");
+    assert!(said.contains(&format!("tokens generated at the first start: {}", tokens.display())), "{said}");
+    assert!(std::fs::read_to_string(&tokens).unwrap().starts_with("sled "), "the file holds them");
+    gateway.kill().await;
 }

@@ -22,6 +22,10 @@ use crate::gateway::audit_line;
 use crate::store::audit::{canonical_json, input_hmac, sha256_hex};
 use crate::store::{AuditQuery, AuditReader, Checkpoint, Head};
 
+/// How a permission ends, as the audit log says: a decision's word or a withdrawal's (the core's words;
+/// `outcomes_are_the_cores` below keeps the list whole).
+const OUTCOMES: [&str; 6] = ["approve", "deny", "always_allow", "cancelled", "deadline", "connection_lost"];
+
 #[derive(Args)]
 pub(super) struct AuditArgs {
     #[command(subcommand)]
@@ -76,7 +80,7 @@ enum AuditAction {
         tool: Option<String>,
         /// Only records ending a permission this way (approve, deny, always_allow, cancelled, deadline,
         /// connection_lost).
-        #[arg(long)]
+        #[arg(long, value_parser = OUTCOMES)]
         outcome: Option<String>,
         /// From this time on (RFC 3339, or a duration ago: 24h).
         #[arg(long, value_parser = super::credentials_file::since)]
@@ -251,5 +255,26 @@ fn check_input(reader: &dyn AuditReader, chain: u64, seq: u64, input_file: &std:
     } else {
         println!("record {seq}: the input is another");
         ExitCode::from(3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uplink_proto::gateway::Withdrawn;
+    use uplink_proto::wire::Decision;
+
+    #[test]
+    fn outcomes_are_the_cores() {
+        let decisions = [Decision::Approve, Decision::Deny, Decision::AlwaysAllow].map(Decision::as_str);
+        let withdrawals = [Withdrawn::Cancelled, Withdrawn::Deadline, Withdrawn::ConnectionLost].map(Withdrawn::as_str);
+        let words: Vec<&str> = decisions.into_iter().chain(withdrawals).collect();
+        assert_eq!(words, super::OUTCOMES);
+        // Every variant is named above: a new one fails to compile here until it is added.
+        let _ = |d: Decision| match d {
+            Decision::Approve | Decision::Deny | Decision::AlwaysAllow => (),
+        };
+        let _ = |w: Withdrawn| match w {
+            Withdrawn::Cancelled | Withdrawn::Deadline | Withdrawn::ConnectionLost => (),
+        };
     }
 }

@@ -45,7 +45,7 @@ enum PermissionsAction {
         #[arg(long)]
         always: bool,
         /// Where the rule applies: connection, project or everywhere.
-        #[arg(long, default_value = "project", requires = "always")]
+        #[arg(long, default_value = "project", requires = "always", value_parser = ["connection", "project", "everywhere"])]
         scope: String,
         /// Until when the rule applies: an RFC 3339 time, or a duration from now (8h).
         #[arg(long, value_parser = super::credentials_file::expiry, requires = "always")]

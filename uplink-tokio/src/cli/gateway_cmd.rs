@@ -211,6 +211,11 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path, at
                 None => file::Place::File(legacy.clone()),
             };
             first_start(state_dir, &place, &mut announce)?;
+        } else if state_dir.join("tokens").is_file() {
+            // A first start made them (one that then failed to listen, say): say where they are.
+            let tokens = state_dir.join("tokens");
+            announce
+                .push(format!("  tokens generated at the first start: {} (readable by you only)", tokens.display()));
         }
         let source = match (&store, &file) {
             (Some(s), file) => Source::Kept { file: file.clone(), store: s.credentials() },
@@ -327,10 +332,11 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path, at
         announce.push(format!("  store: {place} (rules and the audit log)"));
     }
     let signal = shutdown_signal()?;
+    let public_url = config.public_url.clone();
     let server = GatewayServer::bind_with_store(config, store).await.map_err(|e| e.to_string())?;
     let local = server.local_addr().map_err(|e| e.to_string())?;
     say(format_args!("uplink gateway: listening on {}://{local}", scheme.0));
-    say(format_args!("  sleds connect to {}://{local}/api/sled-uplink", scheme.1));
+    say(format_args!("  sleds connect to {}", sled_url(scheme.1, local, public_url.as_deref())));
     if let Some(internal) = server.cluster_addr() {
         say(format_args!(
             "  the cluster's other nodes reach this one at {internal} (internal; keep it off the load balancer)"
@@ -369,4 +375,38 @@ fn first_start(state_dir: &Path, place: &file::Place, announce: &mut Vec<String>
     announce.push(format!("  admin token (generated): {admin}"));
     announce.push(format!("  (kept as hashes; the tokens are also in {}, readable by you only)", tokens.display()));
     Ok(())
+}
+
+/// The URL sleds should use: on a wildcard address (`0.0.0.0`, `::`), not that address (no sled can connect
+/// to it) but the public URL's host, or a placeholder for this machine's name.
+fn sled_url(ws_scheme: &str, local: std::net::SocketAddr, public_url: Option<&str>) -> String {
+    if !local.ip().is_unspecified() {
+        return format!("{ws_scheme}://{local}/api/sled-uplink");
+    }
+    let public = public_url.and_then(|u| u.parse::<hyper::Uri>().ok());
+    match public.as_ref().and_then(|u| u.authority().map(|a| (u.scheme_str() == Some("https"), a.as_str().to_owned())))
+    {
+        Some((tls, authority)) => format!("{}://{authority}/api/sled-uplink", if tls { "wss" } else { "ws" }),
+        None => format!(
+            "{ws_scheme}://THIS-HOST:{}/api/sled-uplink (this machine's name or address: it listens on every interface)",
+            local.port()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod sled_url_tests {
+    use super::sled_url;
+
+    #[test]
+    fn a_wildcard_address_is_never_the_one_sleds_are_told() {
+        let any: std::net::SocketAddr = "0.0.0.0:8700".parse().unwrap_or_else(|_| unreachable!());
+        let here: std::net::SocketAddr = "127.0.0.1:8700".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(sled_url("ws", here, None), "ws://127.0.0.1:8700/api/sled-uplink");
+        assert_eq!(sled_url("ws", any, Some("https://gw.example")), "wss://gw.example/api/sled-uplink");
+        assert_eq!(sled_url("ws", any, Some("http://gw.example:8700/")), "ws://gw.example:8700/api/sled-uplink");
+        let placeholder = sled_url("wss", any, None);
+        assert!(placeholder.starts_with("wss://THIS-HOST:8700/api/sled-uplink"), "{placeholder}");
+        assert!(!placeholder.contains("0.0.0.0"));
+    }
 }

@@ -28,6 +28,7 @@ enum RulesAction {
     /// Add a rule (admin role): EFFECT (allow, ask, deny) and PATTERN in Claude Code's syntax.
     Add {
         /// allow, ask or deny.
+        #[arg(value_parser = ["allow", "ask", "deny"])]
         effect: String,
         /// `Bash(npm run test:*)`, `Read(./src/**)`, `WebFetch(domain:example.com)`, `mcp__server__tool`…
         pattern: String,
