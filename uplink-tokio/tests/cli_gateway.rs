@@ -229,3 +229,42 @@ async fn a_first_start_that_cannot_listen_leaves_its_tokens_where_the_next_start
     assert!(std::fs::read_to_string(&tokens).unwrap().starts_with("sled "), "the file holds them");
     gateway.kill().await;
 }
+
+#[tokio::test]
+async fn the_clients_admin_token_in_the_environment_does_not_change_how_a_gateway_runs() {
+    let client = "client-token-0123456789abcdef0123456789";
+    // Exported for the command-line client: the gateway keeps to its own credentials, and says so.
+    let state = uplink_tests::temp_dir();
+    let mut gateway = Program::gateway(UPLINK)
+        .state_dir(state.path())
+        .env("UPLINK_ADMIN_TOKEN", client)
+        .banner_until("credentials:")
+        .log()
+        .start()
+        .await;
+    gateway.log_until("command-line client's credential").await;
+    let base = gateway.base_url();
+    let sleds = format!("{base}/api/sleds");
+    assert_eq!(http("GET", &sleds, Some(client), None, &[]).await.0, 401);
+    assert_eq!(http("GET", &sleds, Some(&gateway.admin_token()), None, &[]).await.0, 200, "its generated token");
+    gateway.kill().await;
+    // Beside shared sled tokens, the original's way: read as the gateway's, with a warning.
+    let mut shared = Program::gateway(UPLINK)
+        .args(["--sled-token", "sled-token-0123456789abcdef0123456789"])
+        .env("UPLINK_ADMIN_TOKEN", client)
+        .log()
+        .start()
+        .await;
+    shared.log_until("name it UPLINK_GATEWAY_ADMIN_TOKEN").await;
+    assert_eq!(http("GET", &format!("{}/api/sleds", shared.base_url()), Some(client), None, &[]).await.0, 200);
+    shared.kill().await;
+    // The gateway's own name for it.
+    let mut own = Program::gateway(UPLINK)
+        .args(["--sled-token", "sled-token-0123456789abcdef0123456789"])
+        .env("UPLINK_GATEWAY_ADMIN_TOKEN", "gateway-token-0123456789abcdef012345")
+        .start()
+        .await;
+    let url = format!("{}/api/sleds", own.base_url());
+    assert_eq!(http("GET", &url, Some("gateway-token-0123456789abcdef012345"), None, &[]).await.0, 200);
+    own.kill().await;
+}

@@ -20,8 +20,10 @@ pub(super) struct RunArgs {
     /// Also UPLINK_SLED_TOKENS, comma-separated. Prefer --credentials.
     #[arg(long = "sled-token", env = "UPLINK_SLED_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub(super) sled_tokens: Vec<String>,
-    /// The admin API's shared token (the principal `admin`). Prefer --credentials.
-    #[arg(long, env = "UPLINK_ADMIN_TOKEN", hide_env_values = true)]
+    /// The admin API's shared token (the principal `admin`). Prefer --credentials. Also
+    /// UPLINK_GATEWAY_ADMIN_TOKEN (UPLINK_ADMIN_TOKEN is the command-line client's, and is read here only
+    /// beside shared sled tokens, with a warning).
+    #[arg(long, env = "UPLINK_GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub(super) admin_token: Option<String>,
     /// Accept a sled's token only in `Authorization: Bearer`, never in the URL (`?token=`, which the
     /// original sends, and which proxies log).

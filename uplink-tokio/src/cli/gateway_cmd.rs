@@ -149,7 +149,25 @@ async fn token(cmd: TokenCmd, place: &file::Place, state_dir: &Path, store: &Sto
 async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path, at: &StoreAt) -> Result<(), String> {
     let sled_tokens: Vec<String> =
         args.sled_tokens.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
-    let admin_token = args.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
+    let mut admin_token = args.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
+    // UPLINK_ADMIN_TOKEN names the command-line client's credential: exported for it, it must not turn a
+    // gateway started in the same shell into shared-token mode. Read as the gateway's only where that is
+    // what was meant (beside shared sled tokens), and said so either way.
+    let client_token = std::env::var("UPLINK_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty());
+    if admin_token.is_none()
+        && let Some(token) = client_token
+    {
+        if sled_tokens.is_empty() {
+            tracing::warn!(
+                "UPLINK_ADMIN_TOKEN is set: it is the command-line client's credential, and this gateway does not use it (the gateway's shared admin token is --admin-token or UPLINK_GATEWAY_ADMIN_TOKEN)"
+            );
+        } else {
+            tracing::warn!(
+                "UPLINK_ADMIN_TOKEN is read as the gateway's shared admin token beside the shared sled tokens; name it UPLINK_GATEWAY_ADMIN_TOKEN (UPLINK_ADMIN_TOKEN is the command-line client's)"
+            );
+            admin_token = Some(token.trim().to_owned());
+        }
+    }
     let shared = !sled_tokens.is_empty() || admin_token.is_some();
     let mut announce = Vec::new();
     if credentials.is_some() && shared {
