@@ -172,10 +172,18 @@ async fn a_permissions_life_is_logged_at_info_as_json_or_plain_text_and_no_token
             }
             let v: Value = serde_json::from_str(decided).unwrap();
             assert_eq!((v["level"].as_str(), v["fields"]["id"].as_str()), (Some("INFO"), Some("1-0")), "{decided}");
+            // Typed fields: strings as they are (no Debug quotes), absent ones left out.
             assert_eq!(
-                (v["fields"]["decision"].as_str(), v["fields"]["by"].as_str()),
-                (Some("deny"), Some("\"admin\""))
+                (v["fields"]["decision"].as_str(), v["fields"]["by"].as_str(), v["fields"]["project"].as_str()),
+                (Some("deny"), Some("admin"), Some("web"))
             );
+            assert!(v["fields"].get("rule").is_none(), "no rule decided it: {decided}");
+            for line in &lines {
+                assert!(
+                    !line.contains("Some(") && !line.contains("None") && !line.contains("\\\""),
+                    "Debug text: {line}"
+                );
+            }
         } else {
             assert!(
                 decided.contains("INFO") && decided.contains("id=1-0") && decided.contains("decision=deny"),

@@ -280,7 +280,7 @@ async fn serve(args: RunArgs, credentials: Option<PathBuf>, state_dir: &Path, at
              fails and backs off) instead of a 503"
         );
     }
-    tracing::info!(open_files = ?open_files, max_connections = hub.max_connections, "connection budget");
+    tracing::info!(open_files, max_connections = hub.max_connections, "connection budget");
     hub.max_unidentified = args.max_unidentified;
     hub.max_pending_input_bytes = args.max_pending_bytes;
     let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -75,11 +75,11 @@ impl ApproveServer {
         let answer = tokio::select! {
             answer = self.uplink.ask(&request.tool_name, &request.input) => answer,
             () = cancelled.cancelled() => {
-                debug!(tool = ?request.tool_name, "approve tool call cancelled; its request is withdrawn");
+                debug!(tool = %request.tool_name.escape_debug(), "approve tool call cancelled; its request is withdrawn");
                 return prompt_answer(Answer::denied(Cause::Withdrawn), &request.tool_name, request.input).to_string();
             }
         };
-        debug!(tool = ?request.tool_name, tool_use_id = ?request.tool_use_id, decision = %answer.decision, cause = %answer.cause, "approve tool");
+        debug!(tool = %request.tool_name.escape_debug(), tool_use_id = request.tool_use_id.as_deref().map(|t| tracing::field::display(t.escape_debug())), decision = %answer.decision, cause = %answer.cause, "approve tool");
         prompt_answer(answer, &request.tool_name, request.input).to_string()
     }
 }

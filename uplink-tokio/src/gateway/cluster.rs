@@ -150,7 +150,7 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, wall: Wall, mut rx: mpsc:
                         // This node's lease lapsed, or the database did not answer: the claim waits, and
                         // is refused with 1013 in the end (or the hub fences first).
                         Ok(Ok(None)) => {}
-                        Ok(Err(e)) => warn!(error = %e, project = ?project, "a claim went unanswered"),
+                        Ok(Err(e)) => warn!(error = %e, project = %project.escape_debug(), "a claim went unanswered"),
                         Err(_) => {}
                     }
                 }
@@ -172,7 +172,7 @@ async fn run(node: Node, hub: HubHandle, clock: Clock, wall: Wall, mut rx: mpsc:
                     let done =
                         tokio::task::spawn_blocking(move || store.ask_release(holder, &asked, credential.0)).await;
                     if let Ok(Err(e)) = done {
-                        warn!(error = %e, project = ?project, holder, "asking a node to let a project go failed");
+                        warn!(error = %e, project = %project.escape_debug(), holder, "asking a node to let a project go failed");
                     }
                 }
             }
@@ -192,7 +192,7 @@ async fn held_elsewhere(node: &Node, project: &str, credential: CredentialId, wa
         let live = match live {
             Ok(Ok(live)) => live,
             Ok(Err(e)) => {
-                warn!(error = %e, project = ?project, "finding the nodes that hold a project's requests failed");
+                warn!(error = %e, project = %project.escape_debug(), "finding the nodes that hold a project's requests failed");
                 Vec::new()
             }
             Err(_) => Vec::new(),
@@ -216,13 +216,13 @@ async fn held_elsewhere(node: &Node, project: &str, credential: CredentialId, wa
             .filter_map(|r| {
                 let held = from_stored_resumable(r, wall);
                 if held.is_none() {
-                    warn!(id = ?r.id, "a kept request taken over does not read; it is not held again");
+                    warn!(id = %r.id.escape_debug(), "a kept request taken over does not read; it is not held again");
                 }
                 held
             })
             .collect(),
         Ok(Err(e)) => {
-            warn!(error = %e, project = ?project, "taking over what gone nodes held for a project failed");
+            warn!(error = %e, project = %project.escape_debug(), "taking over what gone nodes held for a project failed");
             Vec::new()
         }
         Err(_) => Vec::new(),

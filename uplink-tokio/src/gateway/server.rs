@@ -134,7 +134,12 @@ impl GatewayServer {
                 })
                 .await
                 .map_err(|e| GatewayStartError::Spawn(std::io::Error::other(e)))??;
-                tracing::info!(node = id, lease = ?lease, internal = ?internal.as_ref().map(|(_, a)| a), "joined the cluster");
+                tracing::info!(
+                    node = id,
+                    lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                    internal = internal.as_ref().map(|(_, a)| a.as_str()),
+                    "joined the cluster"
+                );
                 Some((Node { store: cluster, id, lease, keeps_held, peers: None }, sent))
             }
             None => None,
@@ -211,7 +216,7 @@ impl GatewayServer {
                 .filter_map(|r| {
                     let held = from_stored_resumable(r, &wall);
                     if held.is_none() {
-                        tracing::warn!(id = ?r.id, "a kept request does not read; it is not held again");
+                        tracing::warn!(id = %r.id.escape_debug(), "a kept request does not read; it is not held again");
                     }
                     held
                 })
@@ -364,7 +369,10 @@ impl GatewayServer {
             // Asked to stop: first drain, still serving people, so that nothing they could decide is denied
             // for the restart (a failing store cuts it short).
             if asked && !drain.is_zero() {
-                tracing::info!(within = ?drain, "draining: new sleds are refused, each leaves once nothing of it is in flight");
+                tracing::info!(
+                    within_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
+                    "draining: new sleds are refused, each leaves once nothing of it is in flight"
+                );
                 shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
                 tokio::select! {
                     () = shared.hub.drain(drain) => {}

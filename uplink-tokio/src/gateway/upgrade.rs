@@ -57,12 +57,12 @@ pub(super) async fn sled_upgrade(State(shared): State<Arc<Shared>>, request: Req
     let conn = match shared.hub.open(credential, out_tx).await {
         Ok(conn) => conn,
         Err(AcceptError::Expired) => {
-            info!(label = ?label, "sled refused: its credential has expired");
+            info!(label = %label.escape_debug(), "sled refused: its credential has expired");
             shared.metrics.refused("expired");
             return error(StatusCode::UNAUTHORIZED, "this sled credential has expired");
         }
         Err(refused) => {
-            info!(label = ?label, reason = %refused, "sled refused");
+            info!(label = %label.escape_debug(), reason = %refused, "sled refused");
             shared.metrics.refused(match refused {
                 AcceptError::TooManyConnections => "too_many_connections",
                 AcceptError::TooManyUnidentified => "too_many_unidentified",

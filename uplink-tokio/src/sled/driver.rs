@@ -215,8 +215,8 @@ impl Driver {
         match cmd {
             Some(Cmd::Permission { ticket, tool_name, tool_input, reply }) => {
                 // A permission's life, at info: asked here, decided in `drain` (its input only at debug).
-                info!(tool = ?tool_name, "asking the gateway for permission");
-                debug!(tool = ?tool_name, input = %tool_input, "the request's input");
+                info!(tool = %tool_name.escape_debug(), "asking the gateway for permission");
+                debug!(tool = %tool_name.escape_debug(), input = %tool_input, "the request's input");
                 let (tool, at) = (tool_name.clone(), tokio::time::Instant::now());
                 let key = self.sled.request_permission(now, tool_name, tool_input);
                 self.waiters.insert(key, (ticket, reply, tool, at));
@@ -327,7 +327,7 @@ impl Driver {
                         let took = at.elapsed();
                         self.metrics.decided(d.decision, d.cause, took);
                         let latency_ms = took.as_millis();
-                        info!(id = %d.id, tool = ?tool, decision = %d.decision, cause = %d.cause, latency_ms, "permission decided");
+                        info!(id = %d.id, tool = %tool.escape_debug(), decision = %d.decision, cause = %d.cause, latency_ms, "permission decided");
                         self.tickets.remove(&ticket);
                         let _ = waiter.send(Answer { decision: d.decision, cause: d.cause, message: d.message });
                     }

@@ -59,7 +59,7 @@ impl Uplink {
                 return Err(StartError::GatewayUrl(redact_url(url)));
             }
             // Which gateway, and as whom: never the token.
-            tracing::info!(gateway = %redact_url(url), project = ?config.sled.project, "the sled dials its gateway");
+            tracing::info!(gateway = %redact_url(url), project = %config.sled.project.escape_debug(), "the sled dials its gateway");
             Some(Arc::new(ws::Target {
                 url: config.dial_url(),
                 bearer: config.bearer(),
