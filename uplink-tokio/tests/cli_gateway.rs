@@ -70,9 +70,11 @@ async fn a_gateway_with_generated_tokens_and_a_sled_talk() {
     assert!(gateway.stop().await.success());
 
     // Restarted on the same state directory: nothing is generated, and the tokens still work.
-    let mut gateway = Program::gateway(UPLINK).state_dir(state.path()).banner_lines(3).start().await;
+    let mut gateway = Program::gateway(UPLINK).state_dir(state.path()).banner_lines(4).start().await;
     let base = gateway.base_url();
-    assert!(gateway.banner[2].contains("credentials:"), "the restart generated new tokens");
+    assert!(gateway.banner.iter().all(|l| !l.contains("(generated)")), "the restart generated new tokens");
+    assert!(gateway.banner[2].contains("tokens generated at the first start:"), "{:?}", gateway.banner);
+    assert!(gateway.banner[3].contains("credentials:"), "{:?}", gateway.banner);
     let (status, _) = http("GET", &format!("{base}/api/sleds"), Some(&admin), None, &[]).await;
     assert_eq!(status, 200);
     let kept = std::fs::read_to_string(state.path().join("tokens")).unwrap();
