@@ -124,8 +124,10 @@ async fn a_client_without_a_token_is_told_where_to_get_one() {
     assert_eq!(status, 401);
     let metadata_url = format!("{}/.well-known/oauth-protected-resource/api/sleds/sdk/mcp", rig.base);
     assert_eq!(challenge, format!("Bearer resource_metadata=\"{metadata_url}\", scope=\"mcp\""));
-    let (status, body) = http("GET", &metadata_url, None, None, &[]).await;
+    let (status, headers, body) = http_with_headers("GET", &metadata_url, None, None, &[]).await;
     assert_eq!(status, 200, "{body}");
+    let cors = headers.iter().find(|(n, _)| n == "access-control-allow-origin").map(|(_, v)| v.as_str());
+    assert_eq!(cors, Some("*"), "a browser-based client reads it too");
     let metadata: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(metadata["resource"], url);
     assert_eq!(metadata["authorization_servers"], json!([rig.provider.issuer]));

@@ -83,7 +83,7 @@ impl FromRequestParts<Arc<Shared>> for McpCaller {
 /// without an issuer.
 pub(super) async fn api_metadata(State(shared): State<Arc<Shared>>) -> Response {
     match &shared.access_tokens {
-        Some(tokens) => json_response(StatusCode::OK, &tokens.api_metadata()),
+        Some(tokens) => public(json_response(StatusCode::OK, &tokens.api_metadata())),
         None => error(StatusCode::NOT_FOUND, "this gateway takes no OAuth access tokens (no --oidc-issuer)"),
     }
 }
@@ -92,7 +92,14 @@ pub(super) async fn api_metadata(State(shared): State<Arc<Shared>>) -> Response 
 /// Metadata; `404` without an issuer.
 pub(super) async fn metadata(State(shared): State<Arc<Shared>>, Path(project): Path<String>) -> Response {
     match &shared.access_tokens {
-        Some(tokens) => json_response(StatusCode::OK, &tokens.metadata(&project)),
+        Some(tokens) => public(json_response(StatusCode::OK, &tokens.metadata(&project))),
         None => error(StatusCode::NOT_FOUND, "this gateway takes no OAuth access tokens (no --oidc-issuer)"),
     }
+}
+
+/// `response` readable by any web page (`Access-Control-Allow-Origin: *`): the metadata is public, and an MCP
+/// client running in a browser must read it to find where to sign in. Nothing else of the gateway's is.
+fn public(mut response: Response) -> Response {
+    response.headers_mut().insert("access-control-allow-origin", hyper::header::HeaderValue::from_static("*"));
+    response
 }
