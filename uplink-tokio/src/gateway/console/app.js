@@ -224,7 +224,12 @@ function card(p) {
   }
   li.append(renderInput(p.tool_name, p.tool_input));
   if (me && me.role !== "viewer" && !p.decided) {
-    const message = el("input", { type: "text", placeholder: "Words for the agent (optional)", "aria-label": "Message for the agent" });
+    // Enter in the words for the agent denies with them (the safe way: it never approves); with no words it
+    // does nothing.
+    const message = el("input", { type: "text", placeholder: "Words for the agent (optional)", "aria-label": "Message for the agent",
+      onkeydown: (ev) => {
+        if (ev.key === "Enter" && message.value.trim()) { ev.preventDefault(); decide(p.id, { approved: false, message: message.value }); }
+      } });
     const scope = el("select", { "aria-label": "Always allow where" },
       el("option", { value: "project", text: "this project" }),
       el("option", { value: "connection", text: "this connection" }),
