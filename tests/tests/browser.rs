@@ -268,17 +268,18 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
     let denied = within("the agent's answer", denying).await.unwrap();
     assert_eq!((denied.decision, denied.message.as_deref()), (Decision::Deny, Some("use make clean")));
 
-    // Typed in the words' field and Enter pressed, as a person at a keyboard does: denied with them.
+    // Words typed and Enter pressed in their field: denied with them. (In one turn of the page's loop: the
+    // list redraws as events come, and a card drawn anew would not hold what a slower hand typed.)
     let typed = ask(&sled, json!({"command": "git push --force"}));
     let pushing =
         "[...document.querySelectorAll('#pending-list .card')].find(c => c.textContent.includes('git push --force'))";
     browser.until("the request to push", &format!("!!{pushing}")).await;
-    browser.eval(&format!("{pushing}.querySelector('input').focus(); true")).await;
-    browser.call("Input.insertText", json!({"text": "open a pull request"})).await;
-    for kind in ["keyDown", "keyUp"] {
-        let key = json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13});
-        browser.call("Input.dispatchKeyEvent", key).await;
-    }
+    browser
+        .eval(&format!(
+            "const i = {pushing}.querySelector('input'); i.value = 'open a pull request'; \
+             i.dispatchEvent(new KeyboardEvent('keydown', {{key: 'Enter', bubbles: true}})); true"
+        ))
+        .await;
     let denied = within("the agent's answer", typed).await.unwrap();
     assert_eq!((denied.decision, denied.message.as_deref()), (Decision::Deny, Some("open a pull request")));
 
