@@ -1,6 +1,7 @@
 //! One HTTP request on a connection of its own, `http://` or `https://` (rustls with the web PKI roots and
-//! an optional extra CA file): for the program's admin client and the gateway's webhooks. The caller
-//! bounds the time; the answer's body is the caller's to read (with a limit).
+//! an optional extra CA file): for the program's admin client, the gateway's webhooks and its OpenID
+//! provider. The caller bounds the time; the answer's body is the caller's to read (with a limit), or
+//! [`json`] reads it as JSON within bounds.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +10,34 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Uri;
 use hyper_util::rt::TokioIo;
+
+/// As [`send`], with the whole exchange within `within` and the answer read as JSON (at most `limit`
+/// bytes): its status and value. An answer that is not JSON is an error naming the status.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn json(
+    method: &str,
+    url: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    ca_file: Option<&Path>,
+    limit: usize,
+    within: std::time::Duration,
+) -> Result<(u16, serde_json::Value), String> {
+    use http_body_util::{BodyExt as _, Limited};
+    let go = async {
+        let answer = send(method, url, path, headers, body, ca_file).await?;
+        let status = answer.status().as_u16();
+        let bytes = Limited::new(answer.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| format!("{url}{path}: {e}"))?
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes).map_err(|_| format!("{url}{path}: {status}, not JSON"))?;
+        Ok((status, value))
+    };
+    tokio::time::timeout(within, go).await.unwrap_or_else(|_| Err(format!("{url}{path}: no answer within {within:?}")))
+}
 
 /// `method` to `url` + `path`, with these headers and `body`; the response, its body unread. Errors name
 /// the URL as given (callers pass URLs without secrets, or redact them).

@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http_body_util::{BodyExt as _, Limited};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uplink_proto::gateway::identity::{DeviceGrant, DevicePoll, issuer_allowed};
@@ -271,18 +270,7 @@ async fn exchange(
     body: String,
     ca: Option<&Path>,
 ) -> Result<(u16, Value), String> {
-    let go = async {
-        let answer = crate::http_client::send(method, base, path, headers, bytes::Bytes::from(body), ca).await?;
-        let status = answer.status().as_u16();
-        let bytes = Limited::new(answer.into_body(), 1 << 20)
-            .collect()
-            .await
-            .map_err(|e| format!("{base}{path}: {e}"))?
-            .to_bytes();
-        let value = serde_json::from_slice(&bytes).map_err(|_| format!("{base}{path}: {status}, not JSON"))?;
-        Ok((status, value))
-    };
-    tokio::time::timeout(WAIT, go).await.unwrap_or_else(|_| Err(format!("{base}{path}: no answer within {WAIT:?}")))
+    crate::http_client::json(method, base, path, headers, bytes::Bytes::from(body), ca, 1 << 20, WAIT).await
 }
 
 /// `uplink login`.

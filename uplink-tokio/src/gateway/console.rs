@@ -23,7 +23,7 @@ use serde_json::json;
 use uplink_proto::gateway::Vouched;
 
 use super::config::MAX_ADMIN_BODY;
-use super::console_sessions::{COOKIE, SESSION_LIFETIME, cookie, refused, request, unix_ms};
+use super::console_sessions::{COOKIE, cookie, refused, request, unix_ms};
 use super::credentials::TokenHash;
 use super::shared::Shared;
 use crate::http::{error, header, json_response, read_limited};
@@ -110,14 +110,17 @@ pub(super) async fn open_session(
         (Err(e), _) | (_, Err(e)) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
     };
     let key = TokenHash::of(&cookie).0;
-    let lifetime = if vouched.is_some() { SESSION_LIFETIME.min(Vouched::LIFETIME) } else { SESSION_LIFETIME };
     let (role, email) = match &vouched {
         Some(v) => (Some(v.role.to_string()), v.email.clone()),
         None => (None, None),
     };
-    let gone = shared.sessions.with(|s, now| match vouched {
-        Some(v) => s.open_vouched(now, key, principal.clone(), csrf.clone(), v),
-        None => s.open(now, key, principal.clone(), csrf.clone()),
+    // How long it lasts is the core's (a vouched-for one at most an hour): read back, not decided here.
+    let (gone, lifetime) = shared.sessions.with(|s, now| {
+        let gone = match vouched {
+            Some(v) => s.open_vouched(now, key, principal.clone(), csrf.clone(), v),
+            None => s.open(now, key, principal.clone(), csrf.clone()),
+        };
+        (gone, s.left(now, &key).unwrap_or_default())
     });
     let expires_ms = unix_ms(SystemTime::now() + lifetime);
     let kept = StoredSession { key, principal: principal.to_string(), csrf: csrf.clone(), expires_ms, role, email };

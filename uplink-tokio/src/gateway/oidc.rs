@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
@@ -284,49 +283,34 @@ impl Oidc {
         headers: &[(&str, &str)],
         body: bytes::Bytes,
     ) -> Result<Value, String> {
-        let fetch = async {
-            let answer =
-                crate::http_client::send(method, url, "", headers, body, self.config.ca_file.as_deref()).await?;
-            let status = answer.status();
-            let body = Limited::new(answer.into_body(), MAX_DOCUMENT_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?
-                .to_bytes();
-            let value: Value = serde_json::from_slice(&body).map_err(|_| format!("{url}: {status}, not JSON"))?;
-            if status.is_success() {
-                return Ok(value);
-            }
-            let said = |k: &str| value.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-            Err(format!("{url}: {status} {} {}", said("error"), said("error_description")))
-        };
-        tokio::time::timeout(FETCH_WITHIN, fetch).await.unwrap_or_else(|_| Err(format!("{url}: no answer in time")))
+        let ca = self.config.ca_file.as_deref();
+        let (status, value) =
+            crate::http_client::json(method, url, "", headers, body, ca, MAX_DOCUMENT_BYTES, FETCH_WITHIN).await?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let said = |k: &str| value.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        Err(format!("{url}: {status} {} {}", said("error"), said("error_description")))
     }
 
     async fn get_json(&self, url: &str, path: &str) -> Result<Value, String> {
-        let fetch = async {
-            let answer = crate::http_client::send(
-                "GET",
-                url,
-                path,
-                &[("accept", "application/json")],
-                bytes::Bytes::new(),
-                self.config.ca_file.as_deref(),
-            )
-            .await?;
-            if !answer.status().is_success() {
-                return Err(format!("{url}{path}: {}", answer.status()));
-            }
-            let body = Limited::new(answer.into_body(), MAX_DOCUMENT_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("{url}{path}: {e}"))?
-                .to_bytes();
-            serde_json::from_slice(&body).map_err(|e| format!("{url}{path}: not JSON: {e}"))
-        };
-        tokio::time::timeout(FETCH_WITHIN, fetch)
-            .await
-            .unwrap_or_else(|_| Err(format!("{url}{path}: no answer in time")))
+        let ca = self.config.ca_file.as_deref();
+        let accept = [("accept", "application/json")];
+        match crate::http_client::json(
+            "GET",
+            url,
+            path,
+            &accept,
+            bytes::Bytes::new(),
+            ca,
+            MAX_DOCUMENT_BYTES,
+            FETCH_WITHIN,
+        )
+        .await?
+        {
+            (200..=299, value) => Ok(value),
+            (status, _) => Err(format!("{url}{path}: {status}")),
+        }
     }
 }
 

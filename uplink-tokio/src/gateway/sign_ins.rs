@@ -60,7 +60,7 @@ impl SignIns {
     pub(super) fn new(config: &OidcConfig, oidc: Arc<Oidc>, public: &str, clock: Clock) -> Option<Arc<SignIns>> {
         let client_id = config.client_id.clone()?;
         let mut scope = vec!["openid".to_owned(), "email".to_owned()];
-        scope.extend(config.scopes.iter().filter(|s| !scope_has(&["openid", "email"], s)).cloned());
+        scope.extend(config.scopes.iter().filter(|s| !matches!(s.as_str(), "openid" | "email")).cloned());
         Some(Arc::new(SignIns {
             oidc,
             client_id,
@@ -151,8 +151,4 @@ impl SignIns {
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
         Ok(check.check(&claims, unix)?)
     }
-}
-
-fn scope_has(list: &[&str], scope: &str) -> bool {
-    list.contains(&scope)
 }
