@@ -3,6 +3,7 @@
 // The handshake callbacks have tungstenite's signature, with its large error type.
 #![allow(clippy::result_large_err)]
 
+pub mod claude_code;
 pub mod mcp_server;
 pub mod oidc;
 pub mod postgres;

@@ -11,7 +11,7 @@ use uplink_tests::mcp_server::{McpServer, Mode};
 use uplink_tests::{
     ADMIN_TOKEN, RealGateway, SLED_TOKEN, close_code, http, http_with_headers, identify, next_event, sse, within,
 };
-use uplink_tokio::{Cause, Decision, LinkState, LossReason, Uplink, UplinkConfig};
+use uplink_tokio::{Cause, Decision, LinkState, LossReason, Refusal, Uplink, UplinkConfig};
 
 const ADMIN: &str = ADMIN_TOKEN;
 
@@ -287,7 +287,10 @@ async fn tokens_are_checked_before_anything_else() {
     let intruder = Uplink::start(c).unwrap();
     let mut link = intruder.watch_link();
     within("the refusal", async {
-        while !matches!(*link.borrow_and_update(), LinkState::BackingOff { reason: LossReason::Unauthorized, .. }) {
+        while !matches!(
+            *link.borrow_and_update(),
+            LinkState::BackingOff { reason: LossReason::Refused(Refusal::Token), .. }
+        ) {
             link.changed().await.unwrap();
         }
     })

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use uplink_proto::{LinkState, LossReason};
+use uplink_proto::{LinkState, LossReason, Refusal};
 use uplink_tests::{TestGateway, link_state_where, within};
 use uplink_tokio::{Decision, Uplink, UplinkConfig};
 
@@ -119,7 +119,7 @@ async fn unauthorized_is_reported_and_retried_on_the_back_off_cap() {
         link_state_where(&uplink, "the unauthorized back-off", |s| matches!(s, LinkState::BackingOff { .. })).await;
     match state {
         LinkState::BackingOff { reason, delay } => {
-            assert_eq!(reason, LossReason::Unauthorized);
+            assert_eq!(reason, LossReason::Refused(Refusal::Token));
             assert!(delay <= Duration::from_millis(200));
         }
         other => panic!("{other:?}"),

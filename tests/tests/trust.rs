@@ -295,3 +295,40 @@ async fn wrong_tokens_past_the_budget_get_429_while_a_right_one_from_the_same_ad
     assert!(metrics.contains("uplink_gateway_auth_failures_total{answer=\"429\"}"), "{metrics}");
     gw.stop().await;
 }
+
+/// A sled of `project` with `token`, at `gw`.
+fn sled_of(gw: &RealGateway, token: &str, project: &str) -> uplink_tokio::Uplink {
+    let mut config = uplink_tokio::UplinkConfig::new(&gw.ws, project);
+    config.token = Some(token.into());
+    uplink_tokio::Uplink::start(config).unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_sled_denies_its_agents_at_once_with_the_cause() {
+    use uplink_tokio::{Cause, Decision, Refusal};
+    let gw = gateway_with(vec![sled("a", TEAM_A, "team-a/*")], |_| {}).await;
+    let mut events = sse(&format!("{}/api/events", gw.base), VIC).await;
+    // A project outside the token's scope: the gateway closes with 4003. The agent's request is denied with
+    // the cause as soon as the refusal comes (not after its 120 s deadline; `within` gives far less), and
+    // so is every request while the sled backs off.
+    let outside = sled_of(&gw, TEAM_A, "team-b/web");
+    let asked = within("the refused request's answer", outside.ask("Bash", &json!({"command": "ls"}))).await;
+    assert_eq!((asked.decision, asked.cause), (Decision::Deny, Cause::Refused(Refusal::ProjectNotPermitted)));
+    assert_eq!(next_event(&mut events, "sled_refused").await["code"], 4003);
+    let again = within("the next answer", outside.ask("Bash", &json!({"command": "pwd"}))).await;
+    assert_eq!(again.cause, Cause::Refused(Refusal::ProjectNotPermitted));
+    assert_eq!(outside.refusal(), Some(Refusal::ProjectNotPermitted));
+    outside.shutdown().await;
+    // A sled the gateway accepted, whose token is then revoked: what waits is denied at once, as revoked.
+    let inside = sled_of(&gw, TEAM_A, "team-a/web");
+    assert_eq!(next_event(&mut events, "sled_connected").await["project"], "team-a/web");
+    let asking = tokio::spawn({
+        let inside = inside.clone();
+        async move { inside.ask("Bash", &json!({"command": "make"})).await }
+    });
+    next_event(&mut events, "permission_requested").await;
+    gw.reloader.reload(credentials(vec![sled("b", TEAM_B, "team-b/*")])).await;
+    let answer = within("the revoked request's answer", asking).await.unwrap();
+    assert_eq!((answer.decision, answer.cause), (Decision::Deny, Cause::Refused(Refusal::Revoked)));
+    inside.shutdown().await;
+}

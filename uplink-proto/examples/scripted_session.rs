@@ -78,6 +78,7 @@ impl Sim {
                 Output::NotifyMcp { body, .. } => self.log(format!("sled → local MCP: POST {body}")),
                 Output::EndMcpSession { session } => self.log(format!("sled → local MCP: DELETE session {session}")),
                 Output::Event(Event::Link(state)) => self.log(format!("link: {state:?}")),
+                Output::Event(Event::Standing(refused)) => self.log(format!("standing: refused {refused:?}")),
                 Output::Event(Event::FrameIgnored(why)) => self.log(format!("ignored a frame: {why:?}")),
             }
         }

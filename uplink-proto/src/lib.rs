@@ -124,7 +124,7 @@ pub mod wire;
 
 pub use sled::{
     Cause, ConfigError, ConnId, ConnectError, Decided, Event, Ignored, LinkState, LossReason, McpCall, McpCallId,
-    McpListen, McpReply, Output, PermKey, Received, Sled, SledConfig, Stats,
+    McpListen, McpReply, Output, PermKey, Received, Refusal, Sled, SledConfig, Stats,
 };
 pub use time::Instant;
 pub use wire::{Decision, GatewayFrame, RawValue, SledFrame};

@@ -11,8 +11,11 @@ use proptest::prelude::*;
 use serde_json::Value;
 use uplink_proto::{
     Cause, ConnId, ConnectError, Decision, Event, Instant, LinkState, LossReason, McpCallId, McpReply, Output, PermKey,
-    Received, Sled, SledConfig,
+    Received, Refusal, Sled, SledConfig,
 };
+
+/// Close codes a gateway may send: normal ends, a restart, a take-over, and the refusals.
+const CLOSE_CODES: [u16; 8] = [1000, 1001, 1008, 1012, 4000, 4003, 4009, 4010];
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -21,10 +24,13 @@ enum Op {
     /// Jump to the next deadline.
     NextTimeout,
     ConnectOk,
+    /// 0: any failure; 1: the token refused (401/403); 2: nothing at the path (404).
     ConnectFail {
-        unauthorized: bool,
+        kind: u8,
     },
     Disconnect,
+    /// The gateway closes the live connection with one of [`CLOSE_CODES`].
+    Closed(u8),
     /// An input naming an old or never-used connection.
     Stale(u8, u8),
     Request(u8),
@@ -65,8 +71,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u32..40_000).prop_map(Op::Advance),
         3 => Just(Op::NextTimeout),
         4 => Just(Op::ConnectOk),
-        1 => any::<bool>().prop_map(|unauthorized| Op::ConnectFail { unauthorized }),
+        1 => (0u8..3).prop_map(|kind| Op::ConnectFail { kind }),
         1 => Just(Op::Disconnect),
+        1 => (0..CLOSE_CODES.len() as u8).prop_map(Op::Closed),
         1 => (any::<u8>(), 0u8..4).prop_map(|(c, k)| Op::Stale(c, k)),
         5 => (0u8..6).prop_map(Op::Request),
         2 => any::<u8>().prop_map(Op::Withdraw),
@@ -203,6 +210,12 @@ struct Check {
     identities_on_live: u32,
     /// Connections on which the gateway accepted `resume` (the machine offered it).
     accepted: BTreeSet<ConnId>,
+    /// The refusal the link is backing off after, from the machine's link events.
+    refused: Option<Refusal>,
+    /// The gateway's standing as the machine last reported it.
+    standing: Option<Refusal>,
+    /// This step feeds a refusal (a handshake refused, or a refusal's close code).
+    refusing_now: bool,
 }
 
 impl Check {
@@ -229,6 +242,9 @@ impl Check {
             next_mcp: 0,
             identities_on_live: 0,
             accepted: BTreeSet::new(),
+            refused: None,
+            standing: None,
+            refusing_now: false,
         };
         c.drain();
         c
@@ -238,6 +254,13 @@ impl Check {
         self.trace.push(format!("@{:?} {op:?}", self.now));
         self.responses_now.clear();
         self.mcp_fed_now = None;
+        self.refusing_now = match op {
+            Op::ConnectFail { kind } => *kind != 0 && self.pending_connect.is_some(),
+            Op::Closed(pick) => {
+                self.live.is_some() && Refusal::from_close_code(CLOSE_CODES[usize::from(*pick)]).is_some()
+            }
+            _ => false,
+        };
         match op {
             Op::Advance(ms) => {
                 self.now = self.now + Duration::from_millis(u64::from(*ms));
@@ -255,10 +278,19 @@ impl Check {
                     self.sled.handle_connected(self.now, conn);
                 }
             }
-            Op::ConnectFail { unauthorized } => {
+            Op::ConnectFail { kind } => {
                 if let Some(conn) = self.pending_connect.take() {
-                    let e = if *unauthorized { ConnectError::Unauthorized } else { ConnectError::Other };
+                    let e = match kind {
+                        1 => ConnectError::Unauthorized,
+                        2 => ConnectError::NotFound,
+                        _ => ConnectError::Other,
+                    };
                     self.sled.handle_connect_failed(self.now, conn, e);
+                }
+            }
+            Op::Closed(pick) => {
+                if let Some(conn) = self.live {
+                    self.sled.handle_closed(self.now, conn, CLOSE_CODES[usize::from(*pick)]);
                 }
             }
             Op::Disconnect => {
@@ -453,8 +485,13 @@ impl Check {
                     self.live = None;
                     self.pending_connect = None;
                     assert!(delay <= self.cfg.backoff_max, "delay {delay:?} above the cap");
-                    if reason == LossReason::Unauthorized && !self.cfg.backoff_jitter {
-                        assert_eq!(delay, self.cfg.backoff_max);
+                    if let LossReason::Refused(refusal) = reason {
+                        if refusal.waits_the_cap() && !self.cfg.backoff_jitter {
+                            assert_eq!(delay, self.cfg.backoff_max, "a refusal waits the cap");
+                        }
+                        self.refused = Some(refusal);
+                    } else {
+                        self.refused = None;
                     }
                 }
                 LinkState::Closed | LinkState::Disabled => {
@@ -462,9 +499,16 @@ impl Check {
                     self.live = None;
                     self.pending_connect = None;
                 }
-                LinkState::Connecting { .. } => assert_eq!(self.live, None),
+                LinkState::Connecting { .. } => {
+                    assert_eq!(self.live, None);
+                    self.refused = None;
+                }
             },
             Output::Event(Event::FrameIgnored(_)) => {}
+            Output::Event(Event::Standing(standing)) => {
+                assert_ne!(standing, self.standing, "a standing reported that did not change");
+                self.standing = standing;
+            }
             Output::Close { conn, .. } => {
                 if self.live == Some(conn) {
                     self.live = None;
@@ -526,6 +570,14 @@ impl Check {
                 assert_eq!(req.id, d.id);
                 assert!(req.decided.is_none(), "second decision for {:?}", d.key);
                 req.decided = Some((d.decision, d.cause));
+                if let Cause::Refused(refusal) = d.cause {
+                    // Only ever as that very refusal comes, or while the link backs off after it.
+                    assert_eq!(self.standing, Some(refusal), "denied as refused ({refusal:?}) while not refused");
+                    assert!(
+                        self.refusing_now || self.refused == Some(refusal),
+                        "denied as refused ({refusal:?}) neither as it came nor while backing off after it"
+                    );
+                }
                 if d.cause == Cause::Withdrawn {
                     assert!(self.withdrawn.contains(&d.key), "withdrawn without being withdrawn");
                 }
@@ -620,6 +672,12 @@ impl Check {
             }
         }
         assert!(self.sled.kept_bytes() <= self.cfg.max_resume_bytes, "kept bytes over the budget");
+        // A refused sled holds nothing: every request ends with the refusal, at once while backing off after it.
+        if let Some(refusal) = self.refused {
+            assert_eq!(self.sled.pending_permissions(), 0, "requests left waiting after a refusal ({refusal:?})");
+            assert_eq!(self.sled.refusal(), Some(refusal), "the standing is the refusal while backing off after it");
+        }
+        assert_eq!(self.sled.refusal(), self.standing, "the standing reported is the machine's");
         if self.sled.pending_permissions() == 0 {
             assert_eq!(self.sled.kept_bytes(), 0, "kept bytes without a request");
         }

@@ -9,7 +9,7 @@ use serde_json::json;
 use uplink_proto::wire::MAX_MESSAGE_BYTES;
 use uplink_proto::{
     Cause, ConfigError, ConnectError, Decision, Event, Ignored, Instant, LinkState, LossReason, McpCall, McpListen,
-    McpReply, Output, Received, Sled, SledConfig,
+    McpReply, Output, Received, Refusal, Sled, SledConfig,
 };
 
 fn call_of(outs: &[Output]) -> McpCall {
@@ -319,7 +319,7 @@ fn unauthorized_waits_the_back_off_cap() {
     assert_eq!(delay_of(&outs), Duration::from_secs(60));
     assert!(outs.contains(&Output::Event(Event::Link(LinkState::BackingOff {
         delay: Duration::from_secs(60),
-        reason: LossReason::Unauthorized
+        reason: LossReason::Refused(Refusal::Token)
     }))));
 }
 
@@ -878,6 +878,108 @@ fn b13_shutdown_while_backing_off_denies_the_queue() {
     let outs = d.drain();
     assert_eq!(decided(&outs).iter().map(|x| (x.key, x.cause)).collect::<Vec<_>>(), vec![(key, Cause::Shutdown)]);
     assert!(sent(&outs).is_empty());
+}
+
+// ── 15. A refusal is told at once ────────────────────────────────────────────────────────────────────────
+
+fn causes(outs: &[Output]) -> Vec<(String, Cause)> {
+    decided(outs).iter().map(|x| (x.id.clone(), x.cause)).collect()
+}
+
+#[test]
+fn b15_a_refusal_denies_everything_pending_and_every_request_while_backing_off() {
+    let (mut d, conn) = Driver::connected(config());
+    let (_, _) = d.request("sent", "Bash");
+    d.sled.handle_closed(d.now, conn, 4003);
+    let outs = d.drain();
+    let refused = Cause::Refused(Refusal::ProjectNotPermitted);
+    assert_eq!(causes(&outs), vec![("sent".to_owned(), refused)]);
+    assert_eq!(refused.describe(), "this sled's token does not cover its project");
+    assert!(outs.contains(&Output::Event(Event::Standing(Some(Refusal::ProjectNotPermitted)))), "{outs:?}");
+    // The next attempt waits the cap; meanwhile every request is denied at once, with the cause.
+    assert_eq!(delay_of(&outs), Duration::from_secs(60));
+    d.secs(59.0);
+    let (_, outs) = d.request("while-refused", "Bash");
+    assert_eq!(causes(&outs), vec![("while-refused".to_owned(), refused)]);
+    assert_eq!(d.sled.refusal(), Some(Refusal::ProjectNotPermitted));
+    // The next attempt is made: what is asked while it is under way is sent on it...
+    d.secs(1.0);
+    let (_, outs) = d.request("during-attempt", "Bash");
+    assert!(decided(&outs).is_empty(), "{outs:?}");
+    let (conn, outs) = d.connect();
+    assert_eq!(sent_types(&outs), ["identity", "perm_request"]);
+    // ...and denied with the refusal when it is refused again.
+    d.sled.handle_closed(d.now, conn, 4010);
+    let outs = d.drain();
+    assert_eq!(causes(&outs), vec![("during-attempt".to_owned(), Cause::Refused(Refusal::Revoked))]);
+    assert!(outs.contains(&Output::Event(Event::Standing(Some(Refusal::Revoked)))), "{outs:?}");
+    // Accepted at last: the gateway's first frame ends the refusal; requests wait for decisions again.
+    d.secs(60.0);
+    let (conn, _) = d.connect();
+    assert_eq!(d.sled.refusal(), Some(Refusal::Revoked), "not accepted yet: nothing came on the connection");
+    let outs = d.text(conn, r#"{"type":"resume_accepted","req_id":"","payload":{}}"#);
+    assert!(outs.contains(&Output::Event(Event::Standing(None))), "{outs:?}");
+    assert_eq!(d.sled.refusal(), None);
+    let (_, outs) = d.request("accepted", "Bash");
+    assert!(decided(&outs).is_empty());
+    assert_eq!(sent_types(&outs), ["perm_request"]);
+}
+
+#[test]
+fn b15_refusals_at_the_handshake_and_kept_requests() {
+    // A wrong path: a 404 at the handshake; queued requests are denied with it at once.
+    let (mut d, _) = Driver::new(config());
+    let (_, _) = d.request("queued", "Bash");
+    let conn = d.pending_connect.take().expect("attempt");
+    d.sled.handle_connect_failed(d.now, conn, ConnectError::NotFound);
+    let outs = d.drain();
+    assert_eq!(causes(&outs), vec![("queued".to_owned(), Cause::Refused(Refusal::NotFound))]);
+    assert_eq!(delay_of(&outs), Duration::from_secs(60));
+    // Requests kept across a drop for `resume` are denied by a refusal on the next connection too.
+    let (mut d, conn) = Driver::connected(config());
+    d.text(conn, r#"{"type":"resume_accepted","req_id":"","payload":{}}"#);
+    d.request("kept", "Bash");
+    d.disconnect(conn);
+    assert_eq!(d.sled.kept_permissions(), 1);
+    d.next_timeout();
+    let (conn, _) = d.connect();
+    d.sled.handle_closed(d.now, conn, 4003);
+    let outs = d.drain();
+    assert_eq!(causes(&outs), vec![("kept".to_owned(), Cause::Refused(Refusal::ProjectNotPermitted))]);
+    assert_eq!((d.sled.pending_permissions(), d.sled.kept_bytes()), (0, 0));
+}
+
+#[test]
+fn b15_a_project_held_elsewhere_backs_off_as_usual_and_a_stable_connection_ends_the_refusal() {
+    let (mut d, conn) = Driver::connected(SledConfig { resume: false, ..config() });
+    d.sled.handle_closed(d.now, conn, 4009);
+    let outs = d.drain();
+    assert_eq!(delay_of(&outs), Duration::from_secs(1), "4009 can end by itself: no cap");
+    assert_eq!(d.sled.refusal(), Some(Refusal::ProjectHeld));
+    d.next_timeout();
+    let (conn, _) = d.connect();
+    // A gateway that sends nothing (no `resume`): after the stability window the connection counts as accepted.
+    let at = d.now + Duration::from_secs(30);
+    let mut outs = Vec::new();
+    while d.now < at {
+        let o = d.next_timeout();
+        if o.contains(&Output::Ping { conn }) {
+            d.sled.handle_received(d.now, conn, Received::Pong);
+        }
+        outs.extend(o);
+    }
+    assert_eq!(d.now, at, "a timer is armed for the stability window");
+    assert!(outs.contains(&Output::Event(Event::Standing(None))), "{outs:?}");
+    assert_eq!(d.sled.refusal(), None);
+    // Other close codes are no refusal.
+    for code in [1000, 1001, 1008, 1012, 4000, 4008] {
+        let (mut d, conn) = Driver::connected(config());
+        d.request("r", "Bash");
+        d.sled.handle_closed(d.now, conn, code);
+        let outs = d.drain();
+        assert_eq!(causes(&outs), vec![("r".to_owned(), Cause::ConnectionLost)], "close {code}");
+        assert_eq!(d.sled.refusal(), None);
+    }
 }
 
 // ── Time handling ────────────────────────────────────────────────────────────────────────────────────────

@@ -68,7 +68,7 @@
 #![deny(missing_docs)]
 #![deny(missing_debug_implementations)]
 
-pub use uplink_proto::{self, Cause, Decision, LinkState, LossReason, RawValue};
+pub use uplink_proto::{self, Cause, Decision, LinkState, LossReason, RawValue, Refusal};
 
 mod accept;
 #[cfg(feature = "cli")]

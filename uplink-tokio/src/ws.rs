@@ -94,6 +94,8 @@ impl Target {
                     tungstenite::Error::Http(response) => Some(response.status()),
                     _ => None,
                 };
+                // Nothing at the path is a refusal the core tells the agents at once; the rest is retried.
+                let error = if status == Some(StatusCode::NOT_FOUND) { ConnectError::NotFound } else { error };
                 Err((error, with_hint(detail, status, request_is_tls(&self.url))))
             }
         }

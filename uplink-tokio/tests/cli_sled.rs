@@ -438,3 +438,149 @@ async fn the_demo_kept_running_serves_the_console_and_an_agents_local_face() {
     let status = demo.stop().await;
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_refused_sled_says_why_in_its_log_its_health_and_its_answers() {
+    let gw = uplink_tests::RealGateway::start(Default::default(), uplink_tokio::DEFAULT_MAX_MESSAGE_SIZE).await;
+    let mut sled = Program::sled(UPLINK)
+        .args(["--project", "p", "--gateway", gw.ws.as_str(), "--token", "not-the-token"])
+        .log()
+        .start()
+        .await;
+    let refused =
+        sled.log_until_one("the refusal's error line", |line| line.contains("ERROR") && line.contains("refused")).await;
+    let line = refused.last().unwrap();
+    assert!(line.contains("the gateway refused this sled's token") && line.contains("--token"), "{line}");
+    let base = sled.local_url();
+    let (status, body) = uplink_tests::http("GET", &format!("{base}/healthz"), None, None, &[]).await;
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (status, health["link"].clone(), health["refused"]["cause"].clone()),
+        (503, json!("backing_off"), json!("unauthorized"))
+    );
+    // The agent is answered at once (its deadline is 120 s; `post` waits far less), with the cause and a hint.
+    let (status, _, body) = post(&format!("{base}/permission"), r#"{"tool_name":"Bash","tool_input":{}}"#, &[]).await;
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, answer["decision"].clone(), answer["reason"].clone()), (200, json!("deny"), json!("refused")));
+    assert_eq!(answer["refused"]["cause"], "unauthorized");
+    assert!(answer["refused"]["hint"].as_str().unwrap().contains("--token"), "{answer}");
+    sled.kill().await;
+    gw.stop().await;
+}
+
+/// `uplink hook ARGS` with `event` on its standard input: what it printed (parsed, or `None` for nothing) and
+/// its log; it always exits 0.
+async fn uplink_hook(args: &[&str], event: &str) -> (Option<Value>, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut command = tokio::process::Command::from(program::command(UPLINK));
+    command.arg("hook").args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    command.stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(event.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = within("uplink hook", child.wait_with_output()).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let printed = (!stdout.trim().is_empty()).then(|| serde_json::from_str(&stdout).unwrap());
+    (printed, String::from_utf8(out.stderr).unwrap())
+}
+
+/// A `PermissionRequest` event as Claude Code sends it to a hook.
+fn permission_event(command: &str) -> String {
+    json!({"session_id":"s1","transcript_path":"/tmp/t.jsonl","cwd":"/work","permission_mode":"default",
+        "hook_event_name":"PermissionRequest","tool_name":"Bash","tool_input":{"command":command,"description":"d"},
+        "permission_suggestions":[{"type":"setMode","mode":"acceptEdits","destination":"session"}]})
+    .to_string()
+}
+
+fn hook_decision(output: &Option<Value>) -> Value {
+    let output = output.as_ref().expect("a decision");
+    assert_eq!(output["hookSpecificOutput"]["hookEventName"], "PermissionRequest", "{output}");
+    output["hookSpecificOutput"]["decision"].clone()
+}
+
+#[tokio::test]
+async fn the_permission_hook_allows_only_on_the_gateways_approval_and_says_why_otherwise() {
+    let gw = TestGateway::bind().await;
+    let (_sled, base, mut conn) = connected_sled(&gw, &[]).await;
+    // Approved: allow, and the input as asked is what runs (no updatedInput).
+    let asking = tokio::spawn({
+        let event = permission_event("make test");
+        let base = base.clone();
+        async move { uplink_hook(&["--sled", &base], &event).await }
+    });
+    let asked = decide_next(&mut conn, true).await;
+    assert_eq!(asked["payload"]["tool_input"]["command"], "make test");
+    let (output, _) = within("the hook's answer", asking).await.unwrap();
+    assert_eq!(hook_decision(&output), json!({"behavior":"allow"}));
+    // Always allowed: the session rule the approve tool gives, the same the gateway made.
+    let asking = tokio::spawn({
+        let event = permission_event("git diff HEAD");
+        let base = base.clone();
+        async move { uplink_hook(&["--sled", &base], &event).await }
+    });
+    let req = conn.recv_kind("perm_request").await;
+    conn.send(json!({"type":"perm_response","req_id":req["req_id"],"payload":{"approved":true,"always_allow":true}}))
+        .await;
+    let (output, _) = within("the hook's answer", asking).await.unwrap();
+    assert_eq!(
+        hook_decision(&output),
+        json!({"behavior":"allow","updatedPermissions":[{"type":"addRules","rules":[{"toolName":"Bash","ruleContent":"git diff *"}],"behavior":"allow","destination":"session"}]})
+    );
+    // Denied with words: they reach the agent.
+    let asking = tokio::spawn({
+        let event = permission_event("rm -rf build");
+        let base = base.clone();
+        async move { uplink_hook(&["--sled", &base, "--fallback-to-dialog"], &event).await }
+    });
+    let req = conn.recv_kind("perm_request").await;
+    conn.send(
+        json!({"type":"perm_response","req_id":req["req_id"],"payload":{"approved":false,"message":"not on main"}}),
+    )
+    .await;
+    let (output, _) = within("the hook's answer", asking).await.unwrap();
+    assert_eq!(
+        hook_decision(&output),
+        json!({"behavior":"deny","message":"Permission denied at the gateway: not on main"}),
+        "a gateway's denial is never turned into the dialog"
+    );
+    // The link is lost before a decision: a denial that says so; the dialog only where asked for.
+    for (fallback, want_dialog) in [(false, false), (true, true)] {
+        let asking = tokio::spawn({
+            let event = permission_event("cargo publish");
+            let base = base.clone();
+            async move {
+                let args: &[&str] = if fallback { &["--fallback-to-dialog"] } else { &[] };
+                uplink_hook(&[&["--sled", base.as_str()][..], args].concat(), &event).await
+            }
+        });
+        conn.recv_kind("perm_request").await;
+        drop(conn);
+        let (output, log) = within("the hook's answer", asking).await.unwrap();
+        if want_dialog {
+            assert_eq!(output, None, "no decision: Claude Code shows its dialog ({log})");
+        } else {
+            let decision = hook_decision(&output);
+            assert_eq!(decision["behavior"], "deny");
+            assert!(decision["message"].as_str().unwrap().contains("connection to the gateway was lost"), "{decision}");
+        }
+        conn = gw.accept().await;
+        conn.recv().await;
+    }
+    // An unreadable event is a denial, never a silence.
+    let (output, _) = uplink_hook(&["--sled", &base, "--fallback-to-dialog"], "{not json").await;
+    assert!(hook_decision(&output)["message"].as_str().unwrap().contains("could not read the hook's event"));
+}
+
+#[tokio::test]
+async fn the_permission_hook_denies_when_the_sled_cannot_be_reached_unless_told_to_fall_back() {
+    let closed = format!("http://127.0.0.1:{}", uplink_tests::free_port());
+    let (output, log) = uplink_hook(&["--sled", &closed], &permission_event("ls")).await;
+    let decision = hook_decision(&output);
+    assert_eq!(decision["behavior"], "deny");
+    assert!(decision["message"].as_str().unwrap().contains("the sled did not answer"), "{decision}");
+    assert!(log.contains("cannot reach"), "{log}");
+    let (output, _) = uplink_hook(&["--sled", &closed, "--fallback-to-dialog"], &permission_event("ls")).await;
+    assert_eq!(output, None);
+}

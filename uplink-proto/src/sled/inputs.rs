@@ -12,6 +12,8 @@ pub enum ConnectError {
     /// The gateway refused the token (HTTP 401 or 403): retrying fast cannot help, so the next attempt waits
     /// the back-off cap.
     Unauthorized,
+    /// Nothing answers at the URL's path (HTTP 404): a wrong URL, which retrying fast cannot mend either.
+    NotFound,
     /// Anything else: DNS, TCP, TLS, a refused or failed handshake.
     Other,
 }

@@ -11,7 +11,10 @@
 //!    │            │  failed, timeout        │ lost, idle timeout, too big
 //!    │            ▼                         ▼      │  (what was sent on it is denied)
 //!    └──────── BackingOff ◀────────────────────────┘
-//!         (jittered delay; reset after a stable connection; the cap after 401/403)
+//!         (jittered delay; reset after a stable connection)
+//!
+//!    refused (401/403 or 404 at the handshake; closed 4003, 4009 or 4010) ──▶ BackingOff, the cap but for 4009:
+//!    every request pending is denied with the refusal, and every new one at once until the next attempt
 //!
 //!    new (disabled) ──▶ Disabled: every request is denied at once
 //! ```
@@ -44,6 +47,7 @@ use super::config::{ConfigError, SledConfig};
 use super::inputs::{ConnectError, McpReply};
 use super::mcp_relay::{Effects, McpRelay};
 use super::outputs::{Cause, Decided, Event, Ignored, LinkState, LossReason, Output, Stats};
+use super::refusal::Refusal;
 use crate::backoff::{Backoff, SplitMix64};
 use crate::ids::{ConnId, McpCallId, PermKey};
 use crate::pending::PendingTable;
@@ -134,6 +138,8 @@ pub struct Sled {
     kept_bytes: usize,
     /// The gateway's MCP exchanges with the local endpoint.
     mcp: McpRelay,
+    /// The last refusal, until a connection shows it was accepted ([`Event::Standing`]).
+    refused: Option<Refusal>,
     out: VecDeque<Output>,
     stats: Stats,
 }
@@ -190,6 +196,7 @@ impl Sled {
             incarnation,
             kept_bytes: 0,
             mcp,
+            refused: None,
             out: VecDeque::new(),
             stats: Stats::default(),
         };
@@ -225,6 +232,12 @@ impl Sled {
             Link::Connected { conn, .. } => Some(conn),
             _ => None,
         }
+    }
+
+    /// Why the gateway refused this sled, from the refusal until a connection shows it was accepted (the
+    /// gateway sent a frame on it, or it lasted [`SledConfig::stability_window`]); see [`Event::Standing`].
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.refused
     }
 
     /// Counters since creation.
@@ -283,9 +296,15 @@ impl Sled {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link = match self.link {
             Link::Connecting { deadline, .. } => Some(deadline),
-            Link::Connected { last_rx, next_heartbeat, resume, .. } => {
-                let at = next_heartbeat.min(last_rx + self.cfg.idle_timeout);
-                Some(if let Resume::Waiting { until: Some(until) } = resume { at.min(until) } else { at })
+            Link::Connected { last_rx, next_heartbeat, resume, since, .. } => {
+                let mut at = next_heartbeat.min(last_rx + self.cfg.idle_timeout);
+                if let Resume::Waiting { until: Some(until) } = resume {
+                    at = at.min(until);
+                }
+                if self.refused.is_some() {
+                    at = at.min(since + self.cfg.stability_window);
+                }
+                Some(at)
             }
             Link::BackingOff { until, .. } => Some(until),
             Link::Disabled | Link::Closed => None,
@@ -347,7 +366,8 @@ impl Sled {
         match self.link {
             Link::Connecting { conn: c, .. } if c == conn => {
                 let reason = match error {
-                    ConnectError::Unauthorized => LossReason::Unauthorized,
+                    ConnectError::Unauthorized => LossReason::Refused(Refusal::Token),
+                    ConnectError::NotFound => LossReason::Refused(Refusal::NotFound),
                     ConnectError::Other => LossReason::ConnectFailed,
                 };
                 self.lose_link(reason, None);
@@ -369,13 +389,20 @@ impl Sled {
 
     /// The gateway closed `conn` with the close code `code`: as [`Sled::handle_disconnected`], but a
     /// gateway that says it is restarting (1012) counts no failure: the back-off starts afresh, so that the
-    /// sled is back as soon as the new gateway is (after a short jittered delay, as after any loss).
+    /// sled is back as soon as the new gateway is (after a short jittered delay, as after any loss); and a
+    /// refusal's code (4003, 4009, 4010: [`Refusal::from_close_code`]) denies every request pending with it,
+    /// and every new one at once while the link backs off.
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId, code: u16) {
         self.advance(now);
         match self.link {
             Link::Connected { conn: c, .. } if c == conn && code == CLOSE_SERVICE_RESTART => {
                 self.backoff.reset();
                 self.lose_link(LossReason::GatewayRestarting, None);
+            }
+            Link::Connected { conn: c, .. } if c == conn && Refusal::from_close_code(code).is_some() => {
+                if let Some(refusal) = Refusal::from_close_code(code) {
+                    self.lose_link(LossReason::Refused(refusal), None);
+                }
             }
             _ => self.handle_disconnected(now, conn),
         }
@@ -416,6 +443,10 @@ impl Sled {
         };
         self.stats.frames_received += 1;
         let frame = GatewayFrame::decode(text);
+        if frame.is_ok() {
+            // A gateway speaks on a connection only once it accepted the sled's identity.
+            self.set_standing(None);
+        }
         if let Ok(GatewayFrame::ResumeAccepted) = frame {
             self.on_resume_accepted(conn);
             return;
@@ -509,6 +540,7 @@ impl Sled {
         let refused = match self.link {
             Link::Disabled => Some(Cause::Disabled),
             Link::Closed => Some(Cause::Shutdown),
+            Link::BackingOff { reason: LossReason::Refused(refusal), .. } => Some(Cause::Refused(refusal)),
             _ if id.is_empty() => Some(Cause::InvalidId),
             _ if self.perms.contains_wire(&id) => Some(Cause::DuplicateId),
             _ if self.perms.len() >= self.cfg.max_pending_permissions => Some(Cause::QueueFull),
@@ -610,6 +642,11 @@ impl Sled {
                 self.start_connect();
                 true
             }
+            Link::Connected { since, .. } if self.refused.is_some() && since + self.cfg.stability_window <= now => {
+                // Up for as long as a stable connection: the gateway accepted this one.
+                self.set_standing(None);
+                true
+            }
             Link::Connected { conn, last_rx, .. } if last_rx + self.cfg.idle_timeout <= now => {
                 self.lose_link(LossReason::IdleTimeout, Some((conn, CLOSE_GOING_AWAY, "idle timeout")));
                 true
@@ -653,6 +690,11 @@ impl Sled {
         if let Some((conn, code, why)) = close {
             self.out.push_back(Output::Close { conn, code, reason: why });
         }
+        if let LossReason::Refused(refusal) = reason {
+            // Nothing pending can be decided while the gateway refuses: kept and queued requests too.
+            self.set_standing(Some(refusal));
+            self.deny_all(Cause::Refused(refusal), None);
+        }
         if let Link::Connected { conn, since, resume, .. } = self.link {
             if self.now.saturating_duration_since(since) >= self.cfg.stability_window {
                 self.backoff.reset();
@@ -676,7 +718,9 @@ impl Sled {
             }
             self.relay(McpRelay::abandon_all);
         }
-        if reason == LossReason::Unauthorized {
+        if let LossReason::Refused(refusal) = reason
+            && refusal.waits_the_cap()
+        {
             self.backoff.saturate();
         }
         let delay = self.backoff.next_delay();
@@ -812,6 +856,14 @@ impl Sled {
     /// Denies `key` for `cause` (every end but a `perm_response`).
     fn deny(&mut self, key: PermKey, id: String, cause: Cause) {
         self.out.push_back(Output::Decided(Decided { key, id, decision: Decision::Deny, cause, message: None }));
+    }
+
+    /// Sets the gateway's standing toward this sled, telling the adapter when it changes.
+    fn set_standing(&mut self, refused: Option<Refusal>) {
+        if self.refused != refused {
+            self.refused = refused;
+            self.out.push_back(Output::Event(Event::Standing(refused)));
+        }
     }
 
     fn emit_link(&mut self) {

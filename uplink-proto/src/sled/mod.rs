@@ -16,6 +16,7 @@
 //! - `mcp_relay`: the gateway's MCP exchanges with the local endpoint, a sub-machine with its own deadlines
 //!   (its diagram is there);
 //! - `config`, `inputs`, `outputs`: what shapes the machine, what an adapter tells it, what it asks;
+//! - `refusal`: why a gateway refuses the sled, and what a person can do about it;
 //! - [`mcp_session`]: the policy for the sled's sessions with its local MCP server, for the adapter to drive;
 //! - [`local`]: who may ask the sled's local face (its own agents only).
 
@@ -26,6 +27,7 @@ mod machine;
 mod mcp_relay;
 pub mod mcp_session;
 mod outputs;
+mod refusal;
 
 pub use crate::ids::{ConnId, McpCallId, PermKey};
 pub use crate::wire::Received;
@@ -33,3 +35,4 @@ pub use config::{ConfigError, SledConfig};
 pub use inputs::{ConnectError, McpReply, SESSION_LOST};
 pub use machine::Sled;
 pub use outputs::{Cause, Decided, Event, Ignored, LinkState, LossReason, McpCall, McpListen, Output, Stats};
+pub use refusal::Refusal;

@@ -5,6 +5,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use core::time::Duration;
 
+use super::refusal::Refusal;
 use crate::ids::{ConnId, McpCallId, PermKey};
 use crate::wire::{Decision, RawValue};
 
@@ -110,11 +111,15 @@ pub enum Cause {
     Withdrawn,
     /// Its frame would be larger than [`SledConfig::max_frame_bytes`](crate::sled::SledConfig::max_frame_bytes) (denied at once).
     TooLarge,
+    /// The gateway refuses this sled ([`Refusal`]): denied when the refusal came, and at once while the link
+    /// backs off after it.
+    Refused(Refusal),
 }
 
 impl Cause {
     /// The cause's word, for answers to agents and logs: `gateway`, `timeout`, `connection_lost`,
-    /// `queue_full`, `duplicate_id`, `invalid_id`, `no_gateway`, `shutdown`, `withdrawn`, `too_large`.
+    /// `queue_full`, `duplicate_id`, `invalid_id`, `no_gateway`, `shutdown`, `withdrawn`, `too_large`,
+    /// `refused`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Cause::Response => "gateway",
@@ -127,7 +132,16 @@ impl Cause {
             Cause::Shutdown => "shutdown",
             Cause::Withdrawn => "withdrawn",
             Cause::TooLarge => "too_large",
+            Cause::Refused(_) => "refused",
         }
+    }
+
+    /// Whether an agent's own dialog may be offered instead of this denial, where its operator asked for
+    /// that (`uplink hook --fallback-to-dialog`): only when the link to the gateway was lost before a
+    /// decision came. Never after the gateway's decision, a refusal, a timeout, or any local limit: a person
+    /// at the gateway may have said no, or may still be deciding.
+    pub const fn lost_the_link(self) -> bool {
+        matches!(self, Cause::ConnectionLost)
     }
 
     /// A sentence for a person or an agent: why the request ended as it did.
@@ -143,6 +157,7 @@ impl Cause {
             Cause::Shutdown => "the sled is shutting down",
             Cause::Withdrawn => "the request was withdrawn",
             Cause::TooLarge => "the request is larger than the uplink carries",
+            Cause::Refused(refusal) => refusal.describe(),
         }
     }
 }
@@ -196,6 +211,10 @@ pub enum Event {
     Link(LinkState),
     /// A frame was received and ignored.
     FrameIgnored(Ignored),
+    /// The gateway's standing toward this sled changed: refused ([`Refusal`]) since the last refusal, until a
+    /// connection shows it was accepted (the gateway sent a frame on it, or it lasted
+    /// [`SledConfig::stability_window`](crate::sled::SledConfig::stability_window)); `None` once accepted.
+    Standing(Option<Refusal>),
 }
 
 /// The state of the link to the gateway.
@@ -210,7 +229,7 @@ pub enum LinkState {
         /// Failed attempts since the back-off was last reset.
         attempt: u32,
     },
-    /// Connected and identified.
+    /// Connected; `identity` sent (the gateway may still refuse it: [`Event::Standing`]).
     Connected {
         /// The connection.
         conn: ConnId,
@@ -231,8 +250,9 @@ pub enum LinkState {
 pub enum LossReason {
     /// The attempt failed.
     ConnectFailed,
-    /// The gateway refused the token.
-    Unauthorized,
+    /// The gateway refused this sled ([`Refusal`]): at the handshake, or by closing the connection with a
+    /// refusal's code.
+    Refused(Refusal),
     /// The attempt took longer than the connect timeout.
     ConnectTimeout,
     /// The connection ended (closed by the gateway, reset, or a send failed).
@@ -246,12 +266,12 @@ pub enum LossReason {
 }
 
 impl LossReason {
-    /// The reason's word, for metrics: `connect_failed`, `unauthorized`, `connect_timeout`, `disconnected`,
-    /// `idle_timeout`, `message_too_big`.
+    /// The reason's word, for metrics: `connect_failed`, `connect_timeout`, `disconnected`, `idle_timeout`,
+    /// `message_too_big`, `gateway_restarting`, or the refusal's own ([`Refusal::as_str`]).
     pub const fn as_str(self) -> &'static str {
         match self {
             LossReason::ConnectFailed => "connect_failed",
-            LossReason::Unauthorized => "unauthorized",
+            LossReason::Refused(refusal) => refusal.as_str(),
             LossReason::ConnectTimeout => "connect_timeout",
             LossReason::Disconnected => "disconnected",
             LossReason::IdleTimeout => "idle_timeout",
@@ -264,7 +284,7 @@ impl LossReason {
     pub const fn describe(self) -> &'static str {
         match self {
             LossReason::ConnectFailed => "the connection attempt failed",
-            LossReason::Unauthorized => "the gateway refused the token",
+            LossReason::Refused(refusal) => refusal.describe(),
             LossReason::ConnectTimeout => "the connection attempt timed out",
             LossReason::Disconnected => "the connection ended",
             LossReason::IdleTimeout => "nothing came from the gateway for the idle timeout",

@@ -8,7 +8,11 @@
 //!   text block holding `{"behavior":"allow","updatedInput": <input>}` or
 //!   `{"behavior":"deny","message": …}`.
 //!
-//! Both only forward to an [`Uplink`]: the decisions are the gateway's, the failure rules the core's.
+//! - `POST /hook` answers Claude Code's `PermissionRequest` hook ([`super::hook`]).
+//! - `GET /healthz` says whether the sled can get decisions now: `200` when connected and not refused,
+//!   otherwise `503`; the body names the link's state and, after a refusal, its cause and what to change.
+//!
+//! All only forward to an [`Uplink`]: the decisions are the gateway's, the failure rules the core's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::sled::{Answer, Uplink};
-use uplink_proto::{Cause, Decision};
+use uplink_proto::{Cause, Decision, LinkState};
 
 /// A local client must send each request's headers, and then its body, within this long.
 pub(crate) const LOCAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,6 +120,7 @@ fn deny_message(cause: Cause, message: Option<&str>) -> String {
     match (cause, message) {
         (Cause::Response, Some(message)) => format!("Permission denied at the gateway: {message}"),
         (Cause::Response, None) => "Permission denied by the gateway.".to_owned(),
+        (Cause::Refused(refusal), _) => format!("Permission denied: {} ({}).", refusal.describe(), refusal.hint()),
         (other, _) => format!("Permission denied: {}.", other.describe()),
     }
 }
@@ -132,7 +137,8 @@ use uplink_proto::sled::local::{LocalPolicy, LocalRequest};
 
 use crate::http::{bearer, error, json_response, read_limited};
 
-/// The local routes: `POST /permission`, and the MCP server at `/mcp`. Unknown routes answer `404`, a wrong
+/// The local routes: `POST /permission`, the MCP server at `/mcp`, `POST /hook`, `GET /metrics` and
+/// `GET /healthz`. Unknown routes answer `404`, a wrong
 /// method `405` with `Allow`; every error of ours is JSON.
 fn router(uplink: Uplink, policy: LocalPolicy, stop: &CancellationToken) -> Router {
     let mcp = StreamableHttpService::new(
@@ -152,6 +158,8 @@ fn router(uplink: Uplink, policy: LocalPolicy, stop: &CancellationToken) -> Rout
     Router::new()
         .route("/permission", post(permission))
         .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/hook", post(super::hook::route))
         .route_service("/mcp", mcp)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; try POST /permission or /mcp") })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "use POST") })
@@ -166,7 +174,29 @@ async fn metrics(State(uplink): State<Uplink>) -> Response {
     axum::response::IntoResponse::into_response((StatusCode::OK, [("content-type", content_type)], uplink.metrics()))
 }
 
-/// Serves `/permission`, `/mcp` and `/metrics` on `listener` until `stop` is cancelled.
+/// `GET /healthz`: whether this sled can get decisions now, and if not, why.
+async fn healthz(State(uplink): State<Uplink>) -> Response {
+    let link = uplink.link_state();
+    let refused = uplink.refusal();
+    let (word, reason) = match &link {
+        LinkState::Disabled => ("disabled", None),
+        LinkState::Connecting { .. } => ("connecting", None),
+        LinkState::Connected { .. } => ("connected", None),
+        LinkState::BackingOff { reason, .. } => ("backing_off", Some(reason.describe())),
+        LinkState::Closed => ("closed", None),
+    };
+    let mut body = json!({"link": word});
+    if let Some(reason) = reason {
+        body["reason"] = reason.into();
+    }
+    if let Some(refusal) = refused {
+        body["refused"] = json!({"cause": refusal.as_str(), "why": refusal.describe(), "hint": refusal.hint()});
+    }
+    let healthy = matches!(link, LinkState::Connected { .. }) && refused.is_none();
+    json_response(if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+}
+
+/// Serves `/permission`, `/mcp`, `/metrics` and `/healthz` on `listener` until `stop` is cancelled.
 pub(crate) async fn serve(listener: TcpListener, uplink: Uplink, policy: LocalPolicy, stop: CancellationToken) {
     let router = router(uplink, policy, &stop);
     let mut connections = tokio::task::JoinSet::new();
@@ -200,7 +230,7 @@ async fn admit(
         host: header(hyper::header::HOST),
         content_type: header(hyper::header::CONTENT_TYPE),
         bearer: bearer(headers),
-        json_only: request.uri().path() == "/permission" && request.method() == hyper::Method::POST,
+        json_only: matches!(request.uri().path(), "/permission" | "/hook") && request.method() == hyper::Method::POST,
     };
     match policy.check(&local) {
         Ok(()) => next.run(request).await,
@@ -234,6 +264,9 @@ async fn permission(State(uplink): State<Uplink>, body: Body) -> Response {
     };
     let answer = uplink.ask(&ask.tool_name, &ask.tool_input).await;
     let mut reply = json!({"decision": answer.decision.as_str(), "reason": answer.cause.as_str()});
+    if let Cause::Refused(refusal) = answer.cause {
+        reply["refused"] = json!({"cause": refusal.as_str(), "why": refusal.describe(), "hint": refusal.hint()});
+    }
     if let Some(message) = answer.message {
         reply["message"] = message.into();
     }

@@ -16,6 +16,7 @@ mod demo;
 mod fleet_cmd;
 mod gateway_args;
 mod gateway_cmd;
+mod hook;
 mod local_server;
 mod logging;
 mod login;
@@ -72,6 +73,9 @@ enum Command {
     Logout,
     /// Which gateway the commands above talk to, whether it answers, and who they act as there.
     Status(status::StatusArgs),
+    /// Claude Code's PermissionRequest hook: reads the hook's event on standard input, asks the local sled,
+    /// prints the gateway's decision (fail-closed: anything but its approval is a denial that says why).
+    Hook(hook::HookArgs),
 }
 
 #[derive(Args)]
@@ -158,6 +162,7 @@ pub fn main() -> ExitCode {
             | Command::Login(_)
             | Command::Logout
             | Command::Status(_)
+            | Command::Hook(_)
     );
     logging::init(if quiet { "warn" } else { "info" }, cli.log_format);
     // The audit log is read from its file: no runtime needed.
@@ -171,6 +176,7 @@ pub fn main() -> ExitCode {
         Command::Permissions(args) => return client_runtime(|| fleet_cmd::permissions(args)),
         Command::Login(args) => return client_runtime(|| login::login(args)),
         Command::Status(args) => return client_runtime(|| status::status(args)),
+        Command::Hook(args) => return client_runtime(|| hook::run(args)),
         Command::Logout => {
             return match login::logout() {
                 Ok(Some(path)) => {
@@ -211,7 +217,8 @@ pub fn main() -> ExitCode {
         | Command::Permissions(_)
         | Command::Login(_)
         | Command::Logout
-        | Command::Status(_) => Ok(()),
+        | Command::Status(_)
+        | Command::Hook(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,9 +15,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uplink_proto::{
-    Cause, ConnId, ConnectError, Event, Instant, LinkState, McpCallId, McpReply, Output, PermKey, Sled,
+    Cause, ConnId, ConnectError, Event, Instant, LinkState, LossReason, McpCallId, McpReply, Output, PermKey, Refusal,
+    Sled,
 };
 
 use super::answer::Answer;
@@ -53,7 +54,7 @@ pub(crate) struct Driver {
     pub(crate) cmd_rx: mpsc::Receiver<Cmd>,
     pub(crate) io_tx: mpsc::Sender<Io>,
     pub(crate) io_rx: mpsc::Receiver<Io>,
-    pub(crate) link: watch::Sender<LinkState>,
+    pub(crate) reports: LinkReports,
     /// Connections being dialled.
     dials: HashMap<ConnId, JoinHandle<()>>,
     /// Open connections (the core keeps at most one live; a second is only ever on its way out).
@@ -79,6 +80,14 @@ pub(crate) struct Driver {
     metrics: Arc<SledMetrics>,
 }
 
+/// Where the driver publishes what the core says of the link, for the [`Uplink`](super::Uplink) handles.
+pub(crate) struct LinkReports {
+    /// The link's state.
+    pub(crate) link: watch::Sender<LinkState>,
+    /// The gateway's standing toward the sled ([`Event::Standing`]).
+    pub(crate) standing: watch::Sender<Option<Refusal>>,
+}
+
 /// What the [`Uplink`](super::Uplink) handles send the driver: commands, and tickets withdrawn.
 pub(crate) struct FromHandles {
     pub(crate) cmd_rx: mpsc::Receiver<Cmd>,
@@ -92,7 +101,7 @@ impl Driver {
         target: Option<Arc<Target>>,
         mcp: Arc<McpClient>,
         handles: FromHandles,
-        link: watch::Sender<LinkState>,
+        reports: LinkReports,
         metrics: Arc<SledMetrics>,
     ) -> Self {
         let FromHandles { cmd_rx, withdraw_rx } = handles;
@@ -106,7 +115,7 @@ impl Driver {
             cmd_rx,
             io_tx,
             io_rx,
-            link,
+            reports,
             dials: HashMap::new(),
             links: Vec::new(),
             closing: Vec::new(),
@@ -359,7 +368,15 @@ impl Driver {
                     match state {
                         LinkState::Disabled => warn!("no gateway configured: every permission request is denied"),
                         LinkState::Connecting { attempt, .. } => info!(attempt, "connecting to the gateway"),
-                        LinkState::Connected { .. } => info!("connected to the gateway, identified"),
+                        LinkState::Connected { .. } => info!("connected to the gateway; identity sent"),
+                        LinkState::BackingOff { delay, reason: LossReason::Refused(refusal) } => error!(
+                            cause = refusal.describe(),
+                            hint = refusal.hint(),
+                            project = %self.sled.config().project.escape_debug(),
+                            retry_in_ms = delay.as_millis(),
+                            "the gateway refused this sled: its agents are denied at once, with this cause, \
+                             until it accepts; retrying"
+                        ),
                         LinkState::BackingOff { delay, reason } => info!(
                             delay_ms = delay.as_millis(),
                             reason = reason.describe(),
@@ -368,9 +385,15 @@ impl Driver {
                         LinkState::Closed => info!("the uplink is closed"),
                     }
                     self.metrics.link(&state);
-                    self.link.send_replace(state);
+                    self.reports.link.send_replace(state);
                 }
                 Output::Event(Event::FrameIgnored(why)) => debug!(?why, "ignored a frame from the gateway"),
+                Output::Event(Event::Standing(refused)) => {
+                    if refused.is_none() {
+                        info!("the gateway accepted this sled");
+                    }
+                    self.reports.standing.send_replace(refused);
+                }
             }
         }
         self.closing.retain(|t| !t.is_finished());

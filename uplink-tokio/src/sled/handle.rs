@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uplink_proto::sled::mcp_session::{DEFAULT_MAX_SESSIONS, McpSessions};
-use uplink_proto::{Cause, Decision, LinkState, RawValue, Sled};
+use uplink_proto::{Cause, Decision, LinkState, RawValue, Refusal, Sled};
 
 use super::answer::{Answer, StartError};
 use super::config::UplinkConfig;
-use super::driver::{Driver, FromHandles};
+use super::driver::{Driver, FromHandles, LinkReports};
 use super::io::Cmd;
 use super::mcp_client::McpClient;
 use super::metrics::SledMetrics;
@@ -44,6 +44,7 @@ pub struct Uplink {
     withdraw: mpsc::UnboundedSender<u64>,
     tickets: Arc<AtomicU64>,
     link: watch::Receiver<LinkState>,
+    standing: watch::Receiver<Option<Refusal>>,
     metrics: Arc<SledMetrics>,
 }
 
@@ -77,14 +78,16 @@ impl Uplink {
         let clock = Clock::new(tokio::time::Instant::now());
         let sled = Sled::new(sled_config, uplink_proto::Instant::ZERO)?;
         let (link_tx, link_rx) = watch::channel(sled.link_state());
+        let (standing_tx, standing_rx) = watch::channel(sled.refusal());
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (withdraw_tx, withdraw_rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(SledMetrics::new());
         let handles = FromHandles { cmd_rx, withdraw_rx };
-        let driver = Driver::new(sled, clock, target, Arc::new(mcp), handles, link_tx, metrics.clone());
+        let reports = LinkReports { link: link_tx, standing: standing_tx };
+        let driver = Driver::new(sled, clock, target, Arc::new(mcp), handles, reports, metrics.clone());
         tokio::spawn(driver.run());
         let tickets = Arc::new(AtomicU64::new(0));
-        Ok(Uplink { cmd: cmd_tx, withdraw: withdraw_tx, tickets, link: link_rx, metrics })
+        Ok(Uplink { cmd: cmd_tx, withdraw: withdraw_tx, tickets, link: link_rx, standing: standing_rx, metrics })
     }
 
     /// Asks the gateway whether `tool_name` may run with `tool_input`. Always resolves: a denial, a timeout,
@@ -136,6 +139,13 @@ impl Uplink {
     /// The link's state now.
     pub fn link_state(&self) -> LinkState {
         self.link.borrow().clone()
+    }
+
+    /// Why the gateway refuses this sled, from its refusal until a connection shows it was accepted
+    /// ([`Refusal`]; the core decides: [`uplink_proto::Event::Standing`]). While the link backs off after a
+    /// refusal, every permission request is denied at once with it.
+    pub fn refusal(&self) -> Option<Refusal> {
+        *self.standing.borrow()
     }
 
     /// A receiver that sees every change of the link's state.
