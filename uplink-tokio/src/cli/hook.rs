@@ -1,7 +1,7 @@
 //! Claude Code's `PermissionRequest` hook, answered by the sled: it fires where Claude Code would show its
 //! own permission dialog (an interactive session), where the `approve` tool does not apply.
 //!
-//! - `POST /hook` on the sled's local face takes the hook's event (JSON: `tool_name`, `tool_input`, …) and
+//! - `POST /hook` on the sled's local face (served by `local_server`, with the outputs made here) takes the hook's event (JSON: `tool_name`, `tool_input`, …) and
 //!   answers the hook's output: `{"hookSpecificOutput": {"hookEventName": "PermissionRequest", "decision":
 //!   {"behavior": "allow" | "deny", …}}}`, with the same rule as the `approve` tool for an always-allow and
 //!   the cause for a denial. For a hook of type `http`, no process per call.
@@ -17,24 +17,16 @@ use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-use super::local_server::{LOCAL_TIMEOUT, prompt_answer};
-use crate::http::{error, json_response, read_limited};
-use crate::sled::Uplink;
-use uplink_proto::Decision;
-
 /// Largest hook event taken (a `Write` carries the whole file): the uplink's message limit.
-pub(crate) const MAX_HOOK_EVENT: usize = crate::DEFAULT_MAX_MESSAGE_SIZE;
+pub(crate) const MAX_HOOK_EVENT: usize = crate::sled::DEFAULT_MAX_MESSAGE_SIZE;
 
 /// The one hook event answered.
-const EVENT: &str = "PermissionRequest";
+pub(crate) const EVENT: &str = "PermissionRequest";
 
 /// `uplink hook`'s arguments.
 #[derive(clap::Args)]
@@ -55,64 +47,14 @@ pub(crate) struct HookArgs {
     fallback_to_dialog: bool,
 }
 
-/// The query of `POST /hook`.
-#[derive(serde::Deserialize, Default)]
-pub(crate) struct HookQuery {
-    /// `dialog`: as `uplink hook --fallback-to-dialog`.
-    #[serde(default)]
-    fallback: Option<String>,
-}
-
 /// The hook's output carrying `decision` (the permission-prompt answer's shape).
-fn output(decision: Value) -> Value {
+pub(crate) fn output(decision: Value) -> Value {
     json!({"hookSpecificOutput": {"hookEventName": EVENT, "decision": decision}})
 }
 
 /// A denial saying `why`, as the hook's output.
-fn denied(why: &str) -> Value {
+pub(crate) fn denied(why: &str) -> Value {
     output(json!({"behavior": "deny", "message": format!("Permission denied: {why}")}))
-}
-
-/// `POST /hook`: the hook's event in, the hook's output out (always `200` once past the local policy, so
-/// that even a hook whose `onFailure` lets failures through gets a denial rather than nothing).
-pub(crate) async fn route(State(uplink): State<Uplink>, query: Query<HookQuery>, body: Body) -> Response {
-    #[derive(serde::Deserialize)]
-    struct Event {
-        #[serde(default)]
-        hook_event_name: Option<String>,
-        tool_name: String,
-        #[serde(default)]
-        tool_input: Value,
-    }
-    let body = match read_limited(body, MAX_HOOK_EVENT, LOCAL_TIMEOUT).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let event: Event = match serde_json::from_slice(&body) {
-        Ok(event) => event,
-        Err(e) => {
-            return json_response(StatusCode::OK, &denied(&format!("uplink could not read the hook's event: {e}")));
-        }
-    };
-    if let Some(name) = event.hook_event_name.as_deref().filter(|n| *n != EVENT) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("uplink answers the {EVENT} hook only, not {}", name.escape_debug()),
-        );
-    }
-    let answer = uplink.ask(&event.tool_name, &event.tool_input).await;
-    tracing::debug!(tool = %event.tool_name.escape_debug(), decision = %answer.decision, cause = %answer.cause, "permission hook");
-    let fallback = query.fallback.as_deref() == Some("dialog");
-    if fallback && answer.decision == Decision::Deny && answer.cause.lost_the_link() {
-        // No decision: Claude Code asks the person at the terminal.
-        return json_response(StatusCode::OK, &json!({}));
-    }
-    let mut decision = prompt_answer(answer, &event.tool_name, event.tool_input);
-    // The input as asked is what runs: an allow never restates it.
-    if let Some(fields) = decision.as_object_mut() {
-        fields.remove("updatedInput");
-    }
-    json_response(StatusCode::OK, &output(decision))
 }
 
 /// `uplink hook`: reads the event, asks the sled, prints the hook's output; always exits 0 (Claude Code

@@ -36,7 +36,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::hook::{EVENT, MAX_HOOK_EVENT, denied, output};
 use crate::sled::{Answer, Uplink};
+use axum::extract::Query;
+use serde_json::Value;
 use uplink_proto::{Cause, Decision, LinkState};
 
 /// A local client must send each request's headers, and then its body, within this long.
@@ -159,7 +162,7 @@ fn router(uplink: Uplink, policy: LocalPolicy, stop: &CancellationToken) -> Rout
         .route("/permission", post(permission))
         .route("/metrics", axum::routing::get(metrics))
         .route("/healthz", axum::routing::get(healthz))
-        .route("/hook", post(super::hook::route))
+        .route("/hook", post(hook))
         .route_service("/mcp", mcp)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; try POST /permission or /mcp") })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "use POST") })
@@ -172,6 +175,56 @@ fn router(uplink: Uplink, policy: LocalPolicy, stop: &CancellationToken) -> Rout
 async fn metrics(State(uplink): State<Uplink>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     axum::response::IntoResponse::into_response((StatusCode::OK, [("content-type", content_type)], uplink.metrics()))
+}
+
+/// The query of `POST /hook`.
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct HookQuery {
+    /// `dialog`: as `uplink hook --fallback-to-dialog`.
+    #[serde(default)]
+    fallback: Option<String>,
+}
+
+/// `POST /hook`: the hook's event in, the hook's output out (always `200` once past the local policy, so
+/// that even a hook whose `onFailure` lets failures through gets a denial rather than nothing).
+pub(crate) async fn hook(State(uplink): State<Uplink>, query: Query<HookQuery>, body: Body) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        #[serde(default)]
+        hook_event_name: Option<String>,
+        tool_name: String,
+        #[serde(default)]
+        tool_input: Value,
+    }
+    let body = match read_limited(body, MAX_HOOK_EVENT, LOCAL_TIMEOUT).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let event: Event = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(e) => {
+            return json_response(StatusCode::OK, &denied(&format!("uplink could not read the hook's event: {e}")));
+        }
+    };
+    if let Some(name) = event.hook_event_name.as_deref().filter(|n| *n != EVENT) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("uplink answers the {EVENT} hook only, not {}", name.escape_debug()),
+        );
+    }
+    let answer = uplink.ask(&event.tool_name, &event.tool_input).await;
+    tracing::debug!(tool = %event.tool_name.escape_debug(), decision = %answer.decision, cause = %answer.cause, "permission hook");
+    let fallback = query.fallback.as_deref() == Some("dialog");
+    if fallback && answer.decision == Decision::Deny && answer.cause.lost_the_link() {
+        // No decision: Claude Code asks the person at the terminal.
+        return json_response(StatusCode::OK, &json!({}));
+    }
+    let mut decision = prompt_answer(answer, &event.tool_name, event.tool_input);
+    // The input as asked is what runs: an allow never restates it.
+    if let Some(fields) = decision.as_object_mut() {
+        fields.remove("updatedInput");
+    }
+    json_response(StatusCode::OK, &output(decision))
 }
 
 /// `GET /healthz`: whether this sled can get decisions now, and if not, why.
