@@ -711,3 +711,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn claude_codes_forms_mean_what_they_mean_there() {
+    use Effect::*;
+    // A deny rule may name tools with a `*` (Claude Code takes them in deny and ask rules): `Web*` denies
+    // WebFetch and WebSearch, and an allow of the same tools does not get past it.
+    let rules = set(&[(Deny, "Web*"), (Allow, "WebFetch"), (Allow, "WebSearch"), (Allow, "Read")]);
+    let url = json!({"url": "https://example.com", "prompt": "p"}).to_string();
+    assert_eq!(kind(ask(&rules, "WebFetch", &url)), "deny");
+    assert_eq!(kind(ask(&rules, "WebSearch", r#"{"query":"q"}"#)), "deny");
+    assert_eq!(kind(ask(&rules, "Read", r#"{"file_path":"/a"}"#)), "allow");
+    let rules = set(&[(Ask, "*"), (Allow, "Read")]);
+    assert_eq!(kind(ask(&rules, "Read", r#"{"file_path":"/a"}"#)), "ask");
+    // `Task` is `Agent`'s old name, in a rule and in a request from an older Claude Code.
+    for (rule, tool) in [("Task", "Agent"), ("Agent", "Task"), ("Task", "Task"), ("KillShell", "TaskStop")] {
+        assert_eq!(kind(ask(&set(&[(Allow, rule)]), tool, "{}")), "allow", "{rule} for {tool}");
+        assert_eq!(kind(ask(&set(&[(Deny, rule), (Allow, "*_never")]), tool, "{}")), "deny", "{rule} for {tool}");
+    }
+    // An escaped parenthesis is a parenthesis: Claude Code's `Bash(echo \(x\))` is the command `echo (x)`,
+    // which no allow rule approves (parentheses are bash syntax: a subshell), and which a deny rule of the
+    // same text denies.
+    assert_eq!(kind(ask(&set(&[(Deny, r"Bash(rm \(x\))")]), "Bash", &bash("rm (x)"))), "deny");
+    assert_eq!(kind(ask(&set(&[(Allow, r"Bash(echo \(x\))")]), "Bash", &bash("echo (x)"))), "none");
+}
+
+#[test]
+fn an_allow_rule_never_takes_a_tool_name_wildcard_but_after_a_server() {
+    for (effect, text, ok) in [
+        (Effect::Allow, "mcp__*", false),
+        (Effect::Allow, "*", false),
+        (Effect::Allow, "Bash*", false),
+        (Effect::Allow, "mcp__github__*", true),
+        (Effect::Deny, "mcp__*", true),
+        (Effect::Ask, "*", true),
+    ] {
+        assert_eq!(Pattern::parse_for(effect, text).is_ok(), ok, "{effect} {text}");
+    }
+}
+
+proptest! {
+    /// Whatever a rule's content, Claude Code's way of writing it (`\` `(` `)` escaped) reads back as that
+    /// content, and as the rule's value for `updatedPermissions`.
+    #[test]
+    fn written_as_claude_code_writes_it_a_rule_reads_back_its_content(content in "[a-z()\\\\ .*-]{1,24}") {
+        prop_assume!(!content.trim().is_empty() && content.trim() != "*" && !content.contains("\\*"));
+        let text = format!("Bash({})", uplink_proto::rules::pattern::escape_content(&content));
+        match Pattern::parse(&text) {
+            Ok(pattern) => prop_assert_eq!(pattern.tool_and_content(), ("Bash", Some(content.trim()))),
+            // The escaped star (a backslash then `*` once written) is refused, never read otherwise.
+            Err(e) => prop_assert!(text.contains("\\*") || content.contains(':'), "{text}: {e}"),
+        }
+    }
+}

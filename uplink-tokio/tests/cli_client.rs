@@ -215,3 +215,24 @@ fn a_bad_effect_scope_or_outcome_is_refused_locally_with_the_choices() {
         assert!(err.contains(choices), "{args:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn rules_claude_code_refuses_are_refused_with_the_reason() {
+    let mut gateway = Program::gateway(UPLINK).args(["--sled-token", "s", "--admin-token", "a"]).start().await;
+    let base = gateway.base_url();
+    for (rule, reason) in [
+        (["allow", "bash"], "did you mean `Bash`?"),
+        (["allow", "mcp__*"], "may only follow `mcp__server__`"),
+        (["deny", "Bash()"], "empty parentheses"),
+    ] {
+        let args = [&["rules", "add"][..], &rule[..]].concat();
+        let out = uplink(&args, &base);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{rule:?} was made: {}", stdout(&out));
+        assert!(err.contains(reason), "{rule:?}: {err}");
+    }
+    // What Claude Code takes in a deny rule, uplink takes too.
+    let out = uplink(&["rules", "add", "deny", "mcp__*"], &base);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    gateway.kill().await;
+}

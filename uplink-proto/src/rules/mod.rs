@@ -40,7 +40,7 @@ use serde::Deserialize;
 use crate::gateway::credential::ProjectScope;
 use crate::ids::ConnHandle;
 use crate::time::Instant;
-use pattern::{EDIT_TOOLS, Kind, READ_TOOLS, mcp_matches};
+use pattern::{EDIT_TOOLS, Kind, READ_TOOLS, canonical, mcp_matches};
 pub use pattern::{Pattern, PatternError};
 
 /// What a rule does to the calls it matches.
@@ -81,6 +81,19 @@ impl FromStr for Effect {
 
     fn from_str(s: &str) -> Result<Effect, BadEffect> {
         [Effect::Allow, Effect::Ask, Effect::Deny].into_iter().find(|e| e.as_str() == s).ok_or(BadEffect)
+    }
+}
+
+impl Pattern {
+    /// As [`Pattern::parse`], for a rule of `effect`: an allow rule's tool name takes a `*` only after
+    /// `mcp__server__` (Claude Code refuses `mcp__*` and `Web*` in allow rules; they are deny and ask rules'
+    /// only). What makes a new rule; a rule kept from before is read with [`Pattern::parse_kept`].
+    pub fn parse_for(effect: Effect, text: &str) -> Result<Pattern, PatternError> {
+        let pattern = Pattern::parse(text)?;
+        match pattern.wildcard_name() {
+            Some(name) if effect == Effect::Allow => Err(PatternError::WildcardAllow(String::from(name))),
+            _ => Ok(pattern),
+        }
     }
 }
 
@@ -267,7 +280,7 @@ impl RuleSet {
             return Outcome::NoRule;
         }
         // The input is read only when a rule looks into it (bare tool and MCP rules do not).
-        let looks_inside = live().any(|r| !matches!(r.pattern.kind, Kind::Tool(_) | Kind::Mcp(_)));
+        let looks_inside = live().any(|r| !matches!(r.pattern.kind, Kind::Tool(_) | Kind::Mcp(_) | Kind::ToolGlob(_)));
         let fields = if looks_inside { Fields::read(request.tool_input) } else { Fields::default() };
         let fragments = OnceCell::new();
         let matching = |effect: Effect| {
@@ -295,7 +308,8 @@ fn matches_generously<'a>(
     fragments: &'a OnceCell<Vec<String>>,
 ) -> bool {
     match &rule.pattern.kind {
-        Kind::Tool(name) => name == tool,
+        Kind::Tool(name) => name == canonical(tool),
+        Kind::ToolGlob(pattern) => crate::glob::star_match(pattern.as_bytes(), canonical(tool).as_bytes()),
         Kind::Mcp(pattern) => mcp_matches(pattern, tool),
         Kind::Command(pattern) => {
             tool == "Bash" && fields.deny_fragments(fragments).is_some_and(|f| f.iter().any(|f| pattern.matches(f)))
@@ -321,7 +335,9 @@ fn allowed_by<'r, I: Iterator<Item = &'r Rule>>(
 ) -> Option<RuleId> {
     let whole = allows()
         .filter(|r| match &r.pattern.kind {
-            Kind::Tool(name) => name == tool,
+            Kind::Tool(name) => name == canonical(tool),
+            // Never an allow (Pattern::parse_for refuses it); read narrowly all the same.
+            Kind::ToolGlob(_) => false,
             Kind::Mcp(pattern) => mcp_matches(pattern, tool),
             Kind::Read(pattern) => {
                 matches!(fields.path_of(READ_TOOLS, tool), Some(Some(p)) if pattern.matches(p, false))

@@ -10,9 +10,17 @@
 //! | `Edit(path)` | `Edit`, `Write`, `MultiEdit`, `NotebookEdit` on a path matching |
 //! | `WebFetch(domain:example.com)` | `WebFetch` of a URL on that host (`*.example.com`: its subdomains) |
 //! | `mcp__server`, `mcp__server__tool`, `mcp__server__*` | that MCP server's tools, that tool, or a `*` pattern over tool names |
+//! | `Web*`, `*` (deny and ask rules only) | every tool whose name the `*` pattern matches |
+//!
+//! Read as Claude Code reads a rule: the specifier runs from the first `(` not escaped to the last `)` not
+//! escaped, which must end the rule; in it `\(` is `(`, `\)` is `)`, then `\\` is `\`; `Tool(*)` is `Tool`;
+//! `Task` is `Agent`'s old name and `KillShell`, `KillBash` are `TaskStop`'s, in rules and in requests.
 //!
 //! Anything else is refused when the rule is made, with the reason, never accepted and silently ignored:
-//! a specifier for a tool that takes none, `Write(…)` (write it `Edit(…)`), `Bash(command:…)`.
+//! a specifier uplink does not read, `Write(…)` (write it `Edit(…)`), `Bash(command:…)`, `Tool()` and a
+//! lower-case tool name (Claude Code refuses both), `\*` (a literal star, which uplink does not match), and
+//! in an allow rule a `*` in a tool name but after `mcp__server__` (Claude Code refuses `mcp__*` there: it
+//! would allow every server's tools).
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -28,10 +36,41 @@ pub(crate) const READ_TOOLS: &[(&str, &str)] =
 pub(crate) const EDIT_TOOLS: &[(&str, &str)] =
     &[("Edit", "file_path"), ("Write", "file_path"), ("MultiEdit", "file_path"), ("NotebookEdit", "notebook_path")];
 
+/// Old tool names Claude Code still reads in rules, and the tools' names now.
+const ALIASES: &[(&str, &str)] = &[("Task", "Agent"), ("KillShell", "TaskStop"), ("KillBash", "TaskStop")];
+
+/// Claude Code's tools, for the suggestion given with a lower-case name.
+const TOOLS: &[&str] = &[
+    "Agent",
+    "Bash",
+    "Edit",
+    "Glob",
+    "Grep",
+    "LS",
+    "MultiEdit",
+    "NotebookEdit",
+    "NotebookRead",
+    "PowerShell",
+    "Read",
+    "Skill",
+    "TaskStop",
+    "TodoWrite",
+    "WebFetch",
+    "WebSearch",
+    "Write",
+];
+
+/// The name a tool goes by now: `Task` is `Agent`, `KillShell` and `KillBash` are `TaskStop`.
+pub(crate) fn canonical(tool: &str) -> &str {
+    ALIASES.iter().find(|(old, _)| *old == tool).map_or(tool, |(_, now)| now)
+}
+
 /// A parsed rule pattern. Its text is kept for display ([`Pattern::text`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pattern {
     text: String,
+    /// The specifier as Claude Code's value form has it (unescaped), if there is one.
+    content: Option<String>,
     pub(crate) kind: Kind,
 }
 
@@ -49,6 +88,8 @@ pub(crate) enum Kind {
     Domain(String),
     /// MCP tools by name: a server (`mcp__server`), a tool, or a `*` pattern.
     Mcp(String),
+    /// Tools whose name a `*` pattern matches (deny and ask rules only).
+    ToolGlob(String),
 }
 
 /// A Bash command pattern.
@@ -87,9 +128,23 @@ pub enum PatternError {
     /// The tool name has characters a tool name cannot have.
     #[error("a tool name is letters, digits, `_` and `-`")]
     ToolName,
-    /// This tool takes no specifier.
-    #[error("`{0}` rules take no specifier (write `{0}` alone)")]
+    /// uplink does not read this tool's specifier.
+    #[error("uplink does not read a specifier for `{0}` (write `{0}` alone, for every call)")]
     NoSpecifier(String),
+    /// `Tool()`: Claude Code refuses empty parentheses.
+    #[error("empty parentheses: write `{0}` alone, for every call, or what it applies to inside them")]
+    EmptyParentheses(String),
+    /// A lower-case tool name (tools' names start with a capital letter; MCP names have `__`).
+    #[error("tool names start with a capital letter: {0}")]
+    LowerCase(String),
+    /// `\*`: a literal star, which Claude Code matches and uplink does not.
+    #[error("`\\*` (a literal `*`) is not supported: uplink would not match it as Claude Code does")]
+    EscapedStar,
+    /// A `*` in an allow rule's tool name other than after `mcp__server__`.
+    #[error(
+        "an allow rule's `*` may only follow `mcp__server__` (`mcp__github__*`): `{0}` would allow tools of any name"
+    )]
+    WildcardAllow(String),
     /// A path rule for an edit tool other than `Edit`.
     #[error("path rules for `{0}` are written `Edit(…)`, which covers every tool that edits files")]
     WriteAsEdit(String),
@@ -120,25 +175,33 @@ impl Pattern {
         if text.len() > 4096 {
             return Err(PatternError::TooLong);
         }
-        let (name, spec) = match text.find('(') {
-            Some(open) => {
-                let inner = text[open + 1..].strip_suffix(')').ok_or(PatternError::Syntax)?;
-                (&text[..open], Some(inner))
-            }
-            None => (text, None),
-        };
+        let (name, content) = split_call(text)?;
         let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '*';
         if name.is_empty() || !name.chars().all(valid) {
             return Err(PatternError::ToolName);
         }
-        let spec = spec.map(str::trim).filter(|s| *s != "*");
+        if !name.contains('_') && name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            let meant = TOOLS.iter().find(|t| t.eq_ignore_ascii_case(name));
+            return Err(PatternError::LowerCase(match meant {
+                Some(t) => alloc::format!("did you mean `{t}`?"),
+                None => alloc::format!("`{name}` is none of Claude Code's ({})", TOOLS.join(", ")),
+            }));
+        }
+        if content.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(PatternError::EmptyParentheses(String::from(name)));
+        }
+        let name = canonical(name);
+        let spec = content.as_deref().map(str::trim).filter(|s| *s != "*");
         let kind = if name.starts_with("mcp__") {
             if spec.is_some() {
                 return Err(PatternError::McpSpecifier);
             }
             Kind::Mcp(String::from(name))
         } else if name.contains('*') {
-            return Err(PatternError::ToolName);
+            if spec.is_some() {
+                return Err(PatternError::ToolName);
+            }
+            Kind::ToolGlob(String::from(name))
         } else {
             match (name, spec) {
                 (name, None) => Kind::Tool(String::from(name)),
@@ -169,13 +232,44 @@ impl Pattern {
                 (name, Some(_)) => return Err(PatternError::NoSpecifier(String::from(name))),
             }
         };
-        Ok(Pattern { text: text.to_string(), kind })
+        let content = spec.map(String::from);
+        Ok(Pattern { text: text.to_string(), content, kind })
     }
 
-    /// Every call of the tool named exactly `name` (what `--auto-approve NAME` means): no pattern syntax is
-    /// read in the name.
+    /// The `*` pattern of a tool name that only a deny or ask rule may hold: any tool-name wildcard but one
+    /// after a literal `mcp__server__` (`mcp__github__*`).
+    pub(crate) fn wildcard_name(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::ToolGlob(name) => Some(name),
+            Kind::Mcp(name) if name.contains('*') => {
+                // Only a literal server before the star: `mcp__github__*`.
+                let after = &name["mcp__".len()..];
+                let server_is_literal = after.find("__").is_some_and(|end| end > 0 && !after[..end].contains('*'));
+                (!server_is_literal).then_some(name.as_str())
+            }
+            _ => None,
+        }
+    }
+
+    /// A rule kept from before (in a store): read as [`Pattern::parse`] does, but for what earlier versions
+    /// accepted and no longer do (a lower-case tool name, `Tool()`), which keeps its old meaning: only a
+    /// tool of exactly that name, that is, none of Claude Code's. A kept rule that does not read at all is
+    /// an error for the caller (a deny rule dropped would allow what it denied).
+    pub fn parse_kept(text: &str) -> Result<Pattern, PatternError> {
+        match Pattern::parse(text) {
+            Err(PatternError::LowerCase(_) | PatternError::EmptyParentheses(_)) => Ok(Pattern {
+                text: String::from(text.trim()),
+                content: None,
+                kind: Kind::Tool(String::from(text.trim())),
+            }),
+            other => other,
+        }
+    }
+
+    /// Every call of the tool named exactly `name` (what `--auto-approve NAME` means; `Task` is `Agent`): no
+    /// pattern syntax is read in the name.
     pub fn tool(name: &str) -> Pattern {
-        Pattern { text: String::from(name), kind: Kind::Tool(String::from(name)) }
+        Pattern { text: String::from(name), content: None, kind: Kind::Tool(String::from(canonical(name))) }
     }
 
     /// The pattern as written.
@@ -221,12 +315,11 @@ impl Pattern {
 
 impl Pattern {
     /// The pattern as Claude Code's settings and `updatedPermissions` spell a rule: the tool (or MCP name),
-    /// and what is between the parentheses, if anything (`Bash(git diff *)` → `("Bash", Some("git diff *"))`).
+    /// and what is between the parentheses, if anything, unescaped (`Bash(git diff *)` → `("Bash",
+    /// Some("git diff *"))`; `Bash(echo \(x\))` → `("Bash", Some("echo (x)"))`). The tool as written.
     pub fn tool_and_content(&self) -> (&str, Option<&str>) {
-        match self.text.split_once('(') {
-            Some((tool, rest)) => (tool, rest.strip_suffix(')')),
-            None => (&self.text, None),
-        }
+        let tool = self.text.split_once('(').map_or(self.text.as_str(), |(tool, _)| tool);
+        (tool, self.content.as_deref())
     }
 }
 
@@ -234,6 +327,35 @@ impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
+}
+
+/// Claude Code's reading of `Tool(content)`: the name, and the content unescaped (`\(` → `(`, `\)` → `)`,
+/// then `\\` → `\`). The content runs from the first `(` not escaped (after an even run of backslashes) to
+/// the last `)` not escaped, which must end the text; the name holds no parenthesis. Where Claude Code reads
+/// a malformed rule as a tool name with parentheses in it (never a real tool), uplink refuses it.
+fn split_call(text: &str) -> Result<(&str, Option<String>), PatternError> {
+    let bytes = text.as_bytes();
+    let escaped = |at: usize| bytes[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1;
+    let open = (0..bytes.len()).find(|&i| bytes[i] == b'(' && !escaped(i));
+    let close = (0..bytes.len()).rev().find(|&i| bytes[i] == b')' && !escaped(i));
+    match (open, close) {
+        (None, None) if !text.contains(['(', ')']) => Ok((text, None)),
+        (Some(open), Some(close)) if close == bytes.len() - 1 && close > open && !text[..open].contains(['(', ')']) => {
+            let raw = &text[open + 1..close];
+            if raw.contains("\\*") {
+                return Err(PatternError::EscapedStar);
+            }
+            let content = raw.replace("\\(", "(").replace("\\)", ")").replace("\\\\", "\\");
+            Ok((&text[..open], Some(content)))
+        }
+        _ => Err(PatternError::Syntax),
+    }
+}
+
+/// Claude Code's writing of a rule's content: `\` → `\\`, `(` → `\(`, `)` → `\)` (what
+/// [`Pattern::parse`] reads back).
+pub fn escape_content(content: &str) -> String {
+    content.replace('\\', "\\\\").replace('(', "\\(").replace(')', "\\)")
 }
 
 /// Whether an MCP tool name matches an `mcp__…` pattern.
@@ -271,6 +393,9 @@ mod tests {
             "mcp__github__*",
             "WebSearch",
             "Write",
+            "B*sh",
+            "*",
+            r"Bash(echo \(x\))",
         ] {
             assert!(Pattern::parse(ok).is_ok(), "{ok}: {:?}", Pattern::parse(ok));
         }
@@ -281,15 +406,58 @@ mod tests {
             ("Write(src/**)", PatternError::WriteAsEdit("Write".into())),
             ("Grep(src/**)", PatternError::ReadAsRead("Grep".into())),
             ("WebSearch(x)", PatternError::NoSpecifier("WebSearch".into())),
+            ("Agent(Explore)", PatternError::NoSpecifier("Agent".into())),
+            ("Skill(pdf)", PatternError::NoSpecifier("Skill".into())),
+            ("Bash()", PatternError::EmptyParentheses("Bash".into())),
+            ("Read( )", PatternError::EmptyParentheses("Read".into())),
+            ("bash", PatternError::LowerCase("did you mean `Bash`?".into())),
+            ("webfetch(domain:x.com)", PatternError::LowerCase("did you mean `WebFetch`?".into())),
+            (r"Bash(echo \*)", PatternError::EscapedStar),
+            ("Bash(a) b", PatternError::Syntax),
+            ("Bash(a))(", PatternError::Syntax),
+            ("Bash)(", PatternError::Syntax),
             ("Bash(command:rm *)", PatternError::FieldForm),
             ("Read(../x)", PatternError::Path),
             ("WebFetch(example.com)", PatternError::Domain),
             ("WebFetch(domain:a/b)", PatternError::Domain),
             ("mcp__github(x)", PatternError::McpSpecifier),
-            ("B*sh", PatternError::ToolName),
+            ("B*sh(x)", PatternError::ToolName),
         ] {
             assert_eq!(Pattern::parse(bad), Err(want), "{bad}");
         }
+        assert!(matches!(Pattern::parse("snake"), Err(PatternError::LowerCase(m)) if m.contains("none of")));
+    }
+
+    #[test]
+    fn escapes_are_read_as_claude_code_reads_them() {
+        let content = |p: &str| Pattern::parse(p).expect("parses").tool_and_content().1.map(String::from);
+        assert_eq!(content(r"Bash(echo \(x\))").as_deref(), Some("echo (x)"));
+        assert_eq!(content(r"Bash(printf a\\b)").as_deref(), Some(r"printf a\b"));
+        // The first `(` not escaped opens, the last `)` not escaped closes.
+        assert_eq!(content(r"Bash(echo (a) (b))").as_deref(), Some("echo (a) (b)"));
+        assert_eq!(content("Bash(*)"), None);
+        for text in ["echo (x)", r"a\b", r"\(", "((", "x)y("] {
+            let rule = alloc::format!("Bash({})", escape_content(text));
+            assert_eq!(content(&rule).as_deref(), Some(text), "{rule}");
+        }
+    }
+
+    #[test]
+    fn wildcard_tool_names_only_deny_or_ask_and_old_names_are_todays() {
+        use super::super::Effect;
+        for allow in ["mcp__*", "mcp__gh*__x", "Web*", "*"] {
+            assert!(matches!(Pattern::parse_for(Effect::Allow, allow), Err(PatternError::WildcardAllow(_))), "{allow}");
+            assert!(Pattern::parse_for(Effect::Deny, allow).is_ok(), "{allow}");
+            assert!(Pattern::parse_for(Effect::Ask, allow).is_ok(), "{allow}");
+        }
+        assert!(Pattern::parse_for(Effect::Allow, "mcp__github__*").is_ok());
+        assert_eq!(Pattern::parse("Task").expect("parses").kind, Kind::Tool("Agent".into()));
+        assert_eq!(Pattern::parse("KillBash").expect("parses").kind, Kind::Tool("TaskStop".into()));
+        assert_eq!(Pattern::tool("Task").kind, Kind::Tool("Agent".into()));
+        // Kept rules that no longer read keep their old meaning: a tool of exactly that name.
+        assert_eq!(Pattern::parse_kept("bash").expect("kept").kind, Kind::Tool("bash".into()));
+        assert_eq!(Pattern::parse_kept("Bash()").expect("kept").kind, Kind::Tool("Bash()".into()));
+        assert!(Pattern::parse_kept("Bash(ls").is_err());
     }
 
     #[test]

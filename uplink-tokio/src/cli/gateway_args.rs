@@ -208,7 +208,7 @@ fn rule_arg(text: &str) -> Result<(Effect, Pattern), String> {
     let (effect, pattern) =
         text.trim().split_once(' ').ok_or("write a rule as EFFECT PATTERN, e.g. 'deny Bash(rm *)'")?;
     let effect: Effect = effect.parse().map_err(|e| format!("{e}"))?;
-    let pattern = Pattern::parse(pattern).map_err(|e| format!("{pattern:?}: {e}"))?;
+    let pattern = Pattern::parse_for(effect, pattern).map_err(|e| format!("{pattern:?}: {e}"))?;
     Ok((effect, pattern))
 }
 

@@ -47,7 +47,7 @@ pub(super) async fn add(Manager(principal): Manager, State(shared): State<Arc<Sh
     let Ok(effect) = ask.effect.parse::<Effect>() else {
         return error(StatusCode::BAD_REQUEST, &format!("{usage}: unknown effect {:?}", ask.effect));
     };
-    let pattern = match Pattern::parse(&ask.pattern) {
+    let pattern = match Pattern::parse_for(effect, &ask.pattern) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("pattern {:?}: {e}", ask.pattern)),
     };

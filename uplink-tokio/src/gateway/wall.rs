@@ -78,7 +78,7 @@ pub struct BadStoredRule {
 pub(crate) fn from_stored(rule: &StoredRule, wall: &Wall) -> Result<Rule, BadStoredRule> {
     let bad = |why: String| BadStoredRule { id: rule.id, pattern: rule.pattern.clone(), why };
     let effect: Effect = rule.effect.parse().map_err(|e| bad(format!("{e}")))?;
-    let pattern = Pattern::parse(&rule.pattern).map_err(|e| bad(format!("{e}")))?;
+    let pattern = Pattern::parse_kept(&rule.pattern).map_err(|e| bad(format!("{e}")))?;
     let mut core = Rule::new(RuleId(rule.id), effect, pattern, rule.author.as_str(), rule.created);
     core = match (&rule.project, &rule.projects) {
         (Some(p), _) => core.for_projects(ProjectScope::Exactly(p.clone())),
