@@ -268,18 +268,35 @@ async fn a_person_decides_in_the_console_in_a_real_browser() {
     let denied = within("the agent's answer", denying).await.unwrap();
     assert_eq!((denied.decision, denied.message.as_deref()), (Decision::Deny, Some("use make clean")));
 
-    // Words typed and Enter pressed in their field: denied with them. (In one turn of the page's loop: the
-    // list redraws as events come, and a card drawn anew would not hold what a slower hand typed.)
+    // Words being typed survive the list's redraw as another request comes: the same field, the words and
+    // the focus kept (checked to fail with the page that drew every card anew). Then Enter in the field
+    // denies with them.
     let typed = ask(&sled, json!({"command": "git push --force"}));
     let pushing =
         "[...document.querySelectorAll('#pending-list .card')].find(c => c.textContent.includes('git push --force'))";
     browser.until("the request to push", &format!("!!{pushing}")).await;
     browser
         .eval(&format!(
-            "const i = {pushing}.querySelector('input'); i.value = 'open a pull request'; \
-             i.dispatchEvent(new KeyboardEvent('keydown', {{key: 'Enter', bubbles: true}})); true"
+            "window.typing = {pushing}.querySelector('input'); typing.focus(); typing.value = 'open a pull request'; true"
         ))
         .await;
+    let _meanwhile = ask(&sled, json!({"command": "cargo fmt --check"}));
+    browser
+        .until(
+            "the request that comes meanwhile",
+            "[...document.querySelectorAll('#pending-list .card')].some(c => c.textContent.includes('cargo fmt --check'))",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval(&format!(
+                "[{pushing}.querySelector('input') === typing, typing.value, document.activeElement === typing]"
+            ))
+            .await,
+        json!([true, "open a pull request", true]),
+        "the redraw lost what was being typed"
+    );
+    browser.eval("typing.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true})); true").await;
     let denied = within("the agent's answer", typed).await.unwrap();
     assert_eq!((denied.decision, denied.message.as_deref()), (Decision::Deny, Some("open a pull request")));
 

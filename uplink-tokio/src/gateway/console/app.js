@@ -275,6 +275,24 @@ function cardOrNote(p) {
   }
 }
 
+// The list of requests drawn again from a listing, keeping the card of each request that has not changed
+// where it is: what a person is typing in it, the focus, a confirmation under way survive every redraw (one
+// comes with each event). Only new or changed requests get new cards; ended ones go.
+function redraw(list, permissions) {
+  const kept = new Map([...list.children].map((li) => [li.dataset.key, li]));
+  const cards = permissions.map((p) => {
+    const key = JSON.stringify([p && p.id, p && p.decided, !!(p && p.sled_away), me && me.role]);
+    const old = kept.get(key);
+    if (old) { kept.delete(key); return old; }
+    const li = cardOrNote(p);
+    li.dataset.key = key;
+    return li;
+  });
+  for (const gone of kept.values()) gone.remove();
+  // In place: a card already where it belongs is never taken out (which would take its focus away).
+  cards.forEach((li, i) => { if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null); });
+}
+
 // Each part of the page is refreshed on its own: one that fails leaves the others drawn.
 async function refresh() {
   if (!me) return;
@@ -282,7 +300,7 @@ async function refresh() {
   await Promise.all([
     part(async () => {
       const perms = await api("GET", "/api/permissions");
-      $("#pending-list").replaceChildren(...perms.permissions.map(cardOrNote));
+      redraw($("#pending-list"), perms.permissions);
       tick();
       // In a cluster, nodes that did not answer: what they hold is not shown, and the page says so.
       const missing = perms.unreachable_nodes || [];
