@@ -263,25 +263,30 @@ pub(super) fn add(place: &Place, new: NewToken) -> Result<String, String> {
     Ok(token)
 }
 
-/// One line per credential: kind, name, rights, expiry, the hash's first 12 digits.
+/// One line per credential: kind, name, rights (a sled's projects, a person's role), expiry, the hash's
+/// first 12 digits.
 pub(super) fn list(place: &Place) -> Result<String, String> {
     let file = place.read()?;
-    let mut out = String::new();
-    for s in &file.sleds {
-        let expires = s.expires.as_deref().unwrap_or("never");
-        let line = format!(
-            "sled   {:<24} projects {:<24} expires {:<20} {}\n",
-            s.label,
-            s.projects.join(","),
+    let sleds = file.sleds.iter().map(|s| {
+        let expires = s.expires.as_deref().unwrap_or("never").to_owned();
+        [
+            "sled".to_owned(),
+            s.label.clone(),
+            format!("projects {}", s.projects.join(",")),
             expires,
-            short(&s.token_sha256)
-        );
-        out.push_str(&line);
-    }
-    for a in &file.admins {
-        out.push_str(&format!("admin  {:<24} role {:<28} {:<28} {}\n", a.name, a.role, "", short(&a.token_sha256)));
-    }
-    Ok(out)
+            short(&s.token_sha256).to_owned(),
+        ]
+    });
+    let admins = file.admins.iter().map(|a| {
+        [
+            "admin".to_owned(),
+            a.name.clone(),
+            format!("role {}", a.role),
+            "never".to_owned(),
+            short(&a.token_sha256).to_owned(),
+        ]
+    });
+    Ok(super::common::table(&["KIND", "NAME", "MAY", "EXPIRES", "TOKEN HASH"], sleds.chain(admins)))
 }
 
 fn short(hash: &str) -> &str {

@@ -92,23 +92,21 @@ fn ago(ms: &Value) -> String {
 }
 
 fn sleds_table(sleds: &[Value]) -> String {
-    let mut out = format!("{:<32} {:<10} {:<12} {:<12} {}\n", "PROJECT", "STATE", "UP FOR", "LAST SEEN", "PENDING");
-    for s in sleds {
+    let rows = sleds.iter().map(|s| {
         let state = match (s["connected"].as_bool(), s["stale"].as_bool()) {
             (Some(true), Some(true)) => "stale",
             (Some(true), _) => "connected",
             _ => "gone",
         };
-        out.push_str(&format!(
-            "{:<32} {:<10} {:<12} {:<12} {}\n",
+        [
             shown(&s["project"], 32),
-            state,
+            state.to_owned(),
             ago(&s["connected_for_ms"]),
             ago(&s["last_seen_ms_ago"]),
-            s["pending_permissions"].as_u64().unwrap_or(0),
-        ));
-    }
-    out
+            s["pending_permissions"].as_u64().unwrap_or(0).to_string(),
+        ]
+    });
+    super::common::table(&["PROJECT", "STATE", "UP FOR", "LAST SEEN", "PENDING"], rows)
 }
 
 /// A tool input as a person reads it: a Bash command as the command, a path as the path, JSON otherwise.
@@ -123,14 +121,9 @@ fn input_line(tool: &str, input: &Value) -> String {
 }
 
 fn permissions_table(perms: &[Value]) -> String {
-    let mut out = format!(
-        "{:<10} {:<20} {:<12} {:<8} {:<60} {:<40} {}\n",
-        "ID", "PROJECT", "TOOL", "WAITING", "INPUT", "ALWAYS WOULD ALLOW", "SLED"
-    );
-    for p in perms {
+    let rows = perms.iter().map(|p| {
         let tool = p["tool_name"].as_str().unwrap_or("");
-        out.push_str(&format!(
-            "{:<10} {:<20} {:<12} {:<8} {:<60} {:<40} {}\n",
+        [
             shown(&p["id"], 10),
             shown(&p["project"], 20),
             shown(&p["tool_name"], 12),
@@ -142,9 +135,9 @@ fn permissions_table(perms: &[Value]) -> String {
                 (Some(true), None) => "away".to_owned(),
                 _ => "here".to_owned(),
             },
-        ));
-    }
-    out
+        ]
+    });
+    super::common::table(&["ID", "PROJECT", "TOOL", "WAITING", "INPUT", "ALWAYS WOULD ALLOW", "SLED"], rows)
 }
 
 /// Says so when the decision was kept for a sled that is away rather than sent.

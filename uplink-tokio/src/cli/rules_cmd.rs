@@ -61,8 +61,7 @@ fn unix(at: &Value) -> String {
 
 /// One line per rule: id, effect, pattern, where, until, by.
 fn table(rules: &[Value]) -> String {
-    let mut out = format!("{:<12} {:<6} {:<40} {:<24} {:<21} {}\n", "ID", "EFFECT", "PATTERN", "WHERE", "UNTIL", "BY");
-    for r in rules {
+    let rows = rules.iter().map(|r| {
         let place = match (&r["connection"], &r["project"], &r["projects"]) {
             (Value::Number(c), _, _) => format!("connection {c}"),
             (_, Value::String(p), _) => format!("project {p}"),
@@ -70,17 +69,16 @@ fn table(rules: &[Value]) -> String {
             _ => "every project".into(),
         };
         let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
-        out.push_str(&format!(
-            "{:<12} {:<6} {:<40} {:<24} {:<21} {}\n",
-            r["id"],
+        [
+            r["id"].to_string(),
             text(&r["effect"]),
-            text(&r["pattern"]).escape_debug(),
-            place.escape_debug(),
+            text(&r["pattern"]).escape_debug().to_string(),
+            place.escape_debug().to_string(),
             unix(&r["expires"]),
-            text(&r["author"]).escape_debug(),
-        ));
-    }
-    out
+            text(&r["author"]).escape_debug().to_string(),
+        ]
+    });
+    super::common::table(&["ID", "EFFECT", "PATTERN", "WHERE", "UNTIL", "BY"], rows)
 }
 
 pub(super) async fn run(args: RulesArgs) -> Result<(), Failure> {
