@@ -646,3 +646,54 @@ async fn a_person_signs_in_at_the_identity_provider_and_approves_in_a_real_brows
     sled.shutdown().await;
     gw.stop().await;
 }
+
+/// On a phone-sized screen (390 × 844, as an iPhone 14): nothing is wider than the screen, a long command
+/// wraps inside its card, the buttons are on screen and work; and Chromium finds the console installable as
+/// a home-screen app (its manifest and icons, and no installability error).
+#[tokio::test]
+async fn the_console_on_a_phone_is_readable_and_installable() {
+    let store = uplink_tokio::store::MemoryStore::new().unwrap();
+    let (addr, stop, task) = gateway_at("127.0.0.1:0".parse().unwrap(), &store).await;
+    let base = format!("http://{addr}");
+    let mut browser = Browser::launch().await;
+    let phone = json!({"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": true});
+    browser.call("Emulation.setDeviceMetricsOverride", phone).await;
+    sign_in(&mut browser, &base, ANA, "ana (approver)").await;
+    let mut config = UplinkConfig::new(format!("ws://{addr}/api/sled-uplink"), "team-a/web");
+    config.token = Some(SLED.into());
+    let sled = Uplink::start(config).unwrap();
+    uplink_tests::link_state_where(&sled, "the sled to connect", |s| matches!(s, LinkState::Connected { .. })).await;
+    let long = format!("cargo test --workspace --all-features -- --test-threads 1 {}", "a/very/long/path".repeat(12));
+    let asked = ask(&sled, json!({"command": long, "description": "run every test, one at a time"}));
+    browser.until("the request to appear", "document.querySelectorAll('#pending-list .card').length === 1").await;
+    assert_eq!(browser.eval("window.innerWidth").await, json!(390));
+    let fits = browser
+        .eval(
+            "const w = window.innerWidth; const within = (e) => { const r = e.getBoundingClientRect(); return r.left >= 0 && r.right <= w; }; \
+             [document.documentElement.scrollWidth <= w, within(document.querySelector('#pending-list .card pre')), \
+              [...document.querySelectorAll('#pending-list .card button')].every(within)]",
+        )
+        .await;
+    assert_eq!(fits, json!([true, true, true]), "wider than a phone's screen");
+    // Nothing but what the request says (a missing note once showed as the word "null": checked to fail so).
+    let card = browser.eval("document.querySelector('#pending-list .card .input').textContent").await;
+    assert_eq!(card, json!(format!("run every test, one at a time{long}")), "the card says more than the request");
+    // The console as a home-screen app.
+    let manifest = browser.call("Page.getAppManifest", json!({})).await;
+    assert_eq!(manifest["errors"], json!([]), "{manifest}");
+    assert!(manifest["url"].as_str().unwrap().ends_with("/console/manifest.webmanifest"), "{manifest}");
+    let installable = browser.call("Page.getInstallabilityErrors", json!({})).await;
+    assert_eq!(installable["installabilityErrors"], json!([]), "not installable: {installable}");
+    for icon in ["/console/icon-192.png", "/console/icon-512.png", "/console/icon.svg"] {
+        let (status, _) = uplink_tests::http("GET", &format!("{base}{icon}"), None, None, &[]).await;
+        assert_eq!(status, 200, "{icon}");
+    }
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-phone.png");
+    browser.screenshot(&shot).await;
+    browser.eval("document.querySelector('#pending-list .card button.approve').click(); true").await;
+    assert_eq!(within("the agent's answer", asked).await.unwrap().decision, Decision::Approve);
+    browser.close().await;
+    sled.shutdown().await;
+    let _ = stop.send(());
+    within("the gateway to stop", task).await.unwrap();
+}

@@ -32,8 +32,15 @@ use crate::store::{Change, StoredSession};
 const PAGE: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
 const STYLE: &str = include_str!("console/style.css");
+/// What makes the console installable as a home-screen app: its manifest and icons (drawn by
+/// `scripts/console_icons.py`).
+const MANIFEST: &str = r##"{"name":"uplink gateway","short_name":"uplink","description":"Decide what coding agents may do","start_url":"/","scope":"/","display":"standalone","background_color":"#ffffff","theme_color":"#1a7f37","icons":[{"src":"/console/icon.svg","sizes":"any","type":"image/svg+xml"},{"src":"/console/icon-192.png","sizes":"192x192","type":"image/png"},{"src":"/console/icon-512.png","sizes":"512x512","type":"image/png"}]}"##;
+const ICON_SVG: &str = include_str!("console/icon.svg");
+const ICON_192: &[u8] = include_bytes!("console/icon-192.png");
+const ICON_512: &[u8] = include_bytes!("console/icon-512.png");
 
-fn security_headers(content_type: &'static str, body: &'static str) -> Response {
+fn security_headers(content_type: &'static str, body: impl Into<&'static [u8]>) -> Response {
+    let body: &'static [u8] = body.into();
     (
         StatusCode::OK,
         [
@@ -41,7 +48,7 @@ fn security_headers(content_type: &'static str, body: &'static str) -> Response 
             (
                 "content-security-policy",
                 "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
-                 form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+                 manifest-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
             ),
             ("x-content-type-options", "nosniff"),
             ("referrer-policy", "no-referrer"),
@@ -54,15 +61,32 @@ fn security_headers(content_type: &'static str, body: &'static str) -> Response 
 }
 
 pub(super) async fn page() -> Response {
-    security_headers("text/html; charset=utf-8", PAGE)
+    security_headers("text/html; charset=utf-8", PAGE.as_bytes())
 }
 
 pub(super) async fn script() -> Response {
-    security_headers("text/javascript; charset=utf-8", SCRIPT)
+    security_headers("text/javascript; charset=utf-8", SCRIPT.as_bytes())
 }
 
 pub(super) async fn style() -> Response {
-    security_headers("text/css; charset=utf-8", STYLE)
+    security_headers("text/css; charset=utf-8", STYLE.as_bytes())
+}
+
+/// `GET /console/manifest.webmanifest`, and the icons it names: the console as a home-screen app.
+pub(super) async fn manifest() -> Response {
+    security_headers("application/manifest+json", MANIFEST.as_bytes())
+}
+
+pub(super) async fn icon_svg() -> Response {
+    security_headers("image/svg+xml", ICON_SVG.as_bytes())
+}
+
+pub(super) async fn icon_192() -> Response {
+    security_headers("image/png", ICON_192)
+}
+
+pub(super) async fn icon_512() -> Response {
+    security_headers("image/png", ICON_512)
 }
 
 /// `POST /console/session` `{"token": …}`: a session for the principal whose token it is.

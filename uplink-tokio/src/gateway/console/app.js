@@ -68,7 +68,8 @@ function bounded(text) {
   return [text.slice(0, SHOW_CHARS), "Only the first " + count(SHOW_CHARS) + " of its " + count(text.length) + " characters are shown; " + WHOLE + "."];
 }
 
-function note(text) { return text ? el("p", { class: "note", text }) : null; }
+// A note under a part of a card, or nothing (an empty text: `append` would write a null out as "null").
+function note(text) { return text ? el("p", { class: "note", text }) : ""; }
 
 // `value` as indented JSON, never deeper than SHOW_DEPTH levels nor longer than SHOW_CHARS characters: what
 // lies deeper is written […] or {…}, what lies beyond is left out. Its notes say which.
