@@ -263,10 +263,13 @@ pub(super) fn add(place: &Place, new: NewToken) -> Result<String, String> {
     Ok(token)
 }
 
-/// One line per credential: kind, name, rights (a sled's projects, a person's role), expiry, the hash's
-/// first 12 digits.
+/// One line per credential, under a header: kind, name, rights (a sled's projects, a person's role), expiry,
+/// the hash's first 12 digits. Nothing at all when there is none.
 pub(super) fn list(place: &Place) -> Result<String, String> {
     let file = place.read()?;
+    if file.sleds.is_empty() && file.admins.is_empty() {
+        return Ok(String::new());
+    }
     let sleds = file.sleds.iter().map(|s| {
         let expires = s.expires.as_deref().unwrap_or("never").to_owned();
         [
