@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo bench -p uplink-tokio --bench net                   # every bench, quick sizes
-//! cargo bench -p uplink-tokio --bench net -- rtt            # one of: rtt throughput relay scale decisions wide
+//! cargo bench -p uplink-tokio --bench net -- rtt            # one of: rtt throughput relay scale decisions wide large
 //! cargo bench -p uplink-tokio --bench net -- scale --sleds 10000 --idle-secs 30 [--restart [--pending N]]
 //! ```
 #![allow(clippy::print_stdout, reason = "a benchmark reports on standard output")]
@@ -1492,6 +1492,143 @@ async fn bench_cross(total: usize, people: usize) {
     b.stop().await;
 }
 
+// ── Large answers ────────────────────────────────────────────────────────────────────────────────────────
+
+/// A `tools/call` answer whose text is `size` bytes, for the call numbered `n`.
+fn large_answer(n: u64, size: usize) -> Bytes {
+    let text: String = "0123456789abcdef".chars().cycle().take(size).collect();
+    Bytes::from(
+        json!({"jsonrpc":"2.0","id":n,"result":{"content":[{"type":"text","text":text}],"isError":false}}).to_string(),
+    )
+}
+
+/// A local MCP server answering every call with a `size`-byte text (the answer made once, shared).
+async fn start_large_mcp_server(size: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = large_answer(1, size);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            tcp.set_nodelay(true).unwrap();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let answer = answer.clone();
+                    async move {
+                        let _ = request.into_body().collect().await;
+                        let mut response = hyper::Response::new(Full::new(answer));
+                        response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |key: &str| {
+        let v = status.lines().find_map(|l| l.strip_prefix(key)).unwrap();
+        v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+    };
+    (kib("VmRSS:"), kib("VmHWM:"))
+}
+
+/// POSTs the call to `addr` (`path`, with `headers`) once: the time to the whole answer, and the answer.
+async fn post_once(
+    client: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (Duration, Bytes) {
+    let mut request = Request::post(path).header("content-type", "application/json").header("host", "bench");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(Full::new(Bytes::from(mcp_body(1)))).unwrap();
+    let started = Instant::now();
+    let response = client.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "the large answer's status");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (started.elapsed(), body)
+}
+
+/// A `size`-byte answer relayed through `uplink gateway` and `uplink sled` (each a process of its own), against
+/// the same answer fetched from the local MCP server directly: the time to the whole answer (median of
+/// `rounds`), the CPU the gateway and the sled spent per answer, and the most memory each held beyond what
+/// it held before (its peak resident set over its resident set when idle), as a multiple of the answer.
+/// Only an answer equal to the server's counts.
+async fn bench_large(rounds: usize) {
+    println!(
+        "\n== large answers: a tools/call result relayed through the gateway and the sled, against fetched directly"
+    );
+    for size in [1usize << 20, 8 << 20] {
+        let mcp = start_large_mcp_server(size).await;
+        let want: serde_json::Value = serde_json::from_slice(&large_answer(1, size)).unwrap();
+        let gateway = GatewayProcess::start_with(&[]).await;
+        let far = far_wrapper();
+        let sled = Program::sled(env!("CARGO_BIN_EXE_uplink"))
+            .args(["--gateway", &format!("ws://{}/api/sled-uplink", gateway.addr), "--token", SLED_TOKEN])
+            .args(["--project", "large", "--mcp", &format!("http://{mcp}/mcp")])
+            .wrapped(&far.iter().map(String::as_str).collect::<Vec<_>>())
+            .start()
+            .await;
+        gateway.wait_connected(1).await;
+        // What each holds idle, connected, before any large answer.
+        let (gw_idle, _) = memory(gateway.pid());
+        let (sled_idle, _) = memory(sled.pid());
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let relay_headers = [("authorization", auth.as_str())];
+        let mut direct = http_client(mcp).await;
+        let mut relayed = http_client(gateway.addr).await;
+        // One of each first (connections and sessions warm).
+        let (_, body) = post_once(&mut direct, "/mcp", &[]).await;
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), want);
+        let (_, body) = post_once(&mut relayed, "/api/sleds/large/rpc", &relay_headers).await;
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), want, "a relayed answer");
+        let mut direct_times = Vec::with_capacity(rounds);
+        let mut relay_times = Vec::with_capacity(rounds);
+        let (gw_cpu, sled_cpu) = (gateway.cpu(), process_cpu(&sled.pid().to_string()));
+        for _ in 0..rounds {
+            let (took, body) = post_once(&mut relayed, "/api/sleds/large/rpc", &relay_headers).await;
+            assert_eq!(body.len(), large_answer(1, size).len(), "a relayed answer of another size");
+            relay_times.push(took);
+        }
+        let gw_cpu = (gateway.cpu() - gw_cpu) / rounds as u32;
+        let sled_cpu = (process_cpu(&sled.pid().to_string()) - sled_cpu) / rounds as u32;
+        for _ in 0..rounds {
+            let (took, _) = post_once(&mut direct, "/mcp", &[]).await;
+            direct_times.push(took);
+        }
+        let (_, gw_peak) = memory(gateway.pid());
+        let (_, sled_peak) = memory(sled.pid());
+        let median = |v: &mut Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let (d, r) = (median(&mut direct_times), median(&mut relay_times));
+        let held = |peak: u64, idle: u64| peak.saturating_sub(idle) as f64 / size as f64;
+        println!(
+            "{:>4} MiB: direct {:>8.2} ms, relayed {:>8.2} ms ({:.2}x direct; target <= 2x); CPU per answer: gateway {:.2} ms, sled {:.2} ms; \
+             most held beyond idle: gateway {:.1}x the answer, sled {:.1}x (target <= 3x)",
+            size >> 20,
+            d.as_secs_f64() * 1e3,
+            r.as_secs_f64() * 1e3,
+            r.as_secs_f64() / d.as_secs_f64(),
+            gw_cpu.as_secs_f64() * 1e3,
+            sled_cpu.as_secs_f64() * 1e3,
+            held(gw_peak, gw_idle),
+            held(sled_peak, sled_idle),
+        );
+        drop(sled);
+        gateway.stop().await;
+    }
+}
+
 fn arg_value(args: &[String], name: &str) -> Option<usize> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
 }
@@ -1511,7 +1648,7 @@ fn main() {
         return sled_host_main(&args[1..]);
     }
     let _ = FAR_CPU.set(arg_value(&args, "--far-cpu"));
-    let all = ["rtt", "throughput", "relay", "scale", "decisions", "wide"];
+    let all = ["rtt", "throughput", "relay", "scale", "decisions", "wide", "large"];
     // Run only when named: the cluster's decisions (it starts a PostgreSQL server).
     let named_only = ["cross"];
     let chosen: Vec<&str> = all.iter().chain(&named_only).copied().filter(|b| args.iter().any(|a| a == b)).collect();
@@ -1541,6 +1678,7 @@ async fn run(args: Vec<String>, chosen: Vec<&'static str>) {
                 }
                 "throughput" => bench_throughput(arg_value(&args, "--n").unwrap_or(50_000)).await,
                 "relay" => bench_relay(arg_value(&args, "--n").unwrap_or(20_000)).await,
+                "large" => bench_large(arg_value(&args, "--rounds").unwrap_or(10)).await,
                 "decisions" => {
                     let on_postgres = args.iter().any(|a| a == "--postgres");
                     bench_decisions(arg_value(&args, "--n").unwrap_or(50_000), on_postgres).await
