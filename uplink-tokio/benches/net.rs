@@ -1550,6 +1550,7 @@ async fn post_once(
         request = request.header(*k, *v);
     }
     let request = request.body(Full::new(Bytes::from(mcp_body(1)))).unwrap();
+    client.ready().await.unwrap();
     let started = Instant::now();
     let response = client.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200, "the large answer's status");
@@ -1568,7 +1569,8 @@ async fn bench_large(rounds: usize) {
     );
     for size in [1usize << 20, 8 << 20] {
         let mcp = start_large_mcp_server(size).await;
-        let want: serde_json::Value = serde_json::from_slice(&large_answer(1, size)).unwrap();
+        let want_bytes = large_answer(1, size);
+        let want: serde_json::Value = serde_json::from_slice(&want_bytes).unwrap();
         let gateway = GatewayProcess::start_with(&[]).await;
         let far = far_wrapper();
         let sled = Program::sled(env!("CARGO_BIN_EXE_uplink"))
@@ -1595,7 +1597,7 @@ async fn bench_large(rounds: usize) {
         let (gw_cpu, sled_cpu) = (gateway.cpu(), process_cpu(&sled.pid().to_string()));
         for _ in 0..rounds {
             let (took, body) = post_once(&mut relayed, "/api/sleds/large/rpc", &relay_headers).await;
-            assert_eq!(body.len(), large_answer(1, size).len(), "a relayed answer of another size");
+            assert_eq!(body.len(), want_bytes.len(), "a relayed answer of another size");
             relay_times.push(took);
         }
         let gw_cpu = (gateway.cpu() - gw_cpu) / rounds as u32;
