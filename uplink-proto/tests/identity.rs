@@ -4,7 +4,10 @@
 
 use proptest::prelude::*;
 use serde_json::json;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use uplink_proto::gateway::Role;
+use uplink_proto::gateway::auth_limit::AuthSource;
 use uplink_proto::gateway::identity::{
     AccessCheck, Claims, DeviceGrant, DevicePoll, KeyRefresh, LEEWAY_SECS, MCP_SCOPE, PendingSignIns, People,
     PersonRule, SignInCheck, SignInRefusal, Subject, TokenRefusal, Who, api_resource, identity_of, issuer_allowed,
@@ -243,28 +246,51 @@ fn a_sign_in_finishes_once_in_time_in_the_browser_that_began_it() {
     let mut table = PendingSignIns::default();
     let t = Instant::from_secs(100);
     let (state, browser, other) = ([1u8; 32], [7u8; 32], [8u8; 32]);
-    table.begin(t, state, "n".into(), "v".into(), browser);
+    table.begin(t, None, state, "n".into(), "v".into(), browser);
     let done = table.finish(t, &state, Some(&browser)).unwrap();
     assert_eq!((done.nonce.as_str(), done.verifier.as_str()), ("n", "v"));
     assert_eq!(table.finish(t, &state, Some(&browser)), Err(SignInRefusal::Unknown), "a replayed callback");
-    table.begin(t, state, "n".into(), "v".into(), browser);
+    table.begin(t, None, state, "n".into(), "v".into(), browser);
     assert_eq!(table.finish(t, &state, Some(&other)), Err(SignInRefusal::OtherBrowser));
     assert_eq!(table.finish(t, &state, Some(&browser)), Err(SignInRefusal::Unknown), "one try per sign-in");
-    table.begin(t, state, "n".into(), "v".into(), browser);
+    table.begin(t, None, state, "n".into(), "v".into(), browser);
     assert_eq!(table.finish(t, &state, None), Err(SignInRefusal::OtherBrowser), "no binding cookie");
-    table.begin(t, state, "n".into(), "v".into(), browser);
+    table.begin(t, None, state, "n".into(), "v".into(), browser);
     let late = t.saturating_add(PendingSignIns::TTL);
     assert_eq!(table.finish(late, &state, Some(&browser)), Err(SignInRefusal::Expired));
-    // A flood of sign-ins keeps at most the budget, the newest.
-    for i in 0..(PendingSignIns::MAX + 10) {
+    // A person's sign-in under way from one address; a flood from another (a whole IPv6 /64 counting as
+    // one) pushes out only its own: it keeps at most PER_SOURCE of them, the newest.
+    let person = Some(AuthSource::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))));
+    let key = |i: u64| {
         let mut key = [0u8; 32];
-        key[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        table.begin(Instant::from_secs(200 + i as u64 / 100), key, String::new(), String::new(), browser);
+        key[..8].copy_from_slice(&i.to_be_bytes());
+        key
+    };
+    table.begin(Instant::from_secs(200), person, key(u64::MAX), String::new(), String::new(), browser);
+    for i in 0..(PendingSignIns::MAX as u64 + 10) {
+        let flooder = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i as u16);
+        let at = Instant::from_secs(200 + i / 100);
+        table.begin(at, Some(AuthSource::of(IpAddr::V6(flooder))), key(i), String::new(), String::new(), browser);
+    }
+    assert_eq!(table.len(), 1 + PendingSignIns::PER_SOURCE);
+    let newest = key(PendingSignIns::MAX as u64 + 9);
+    assert!(table.finish(Instant::from_secs(300), &newest, Some(&browser)).is_ok());
+    assert!(
+        table.finish(Instant::from_secs(300), &key(u64::MAX), Some(&browser)).is_ok(),
+        "the person's was pushed out"
+    );
+    // Many sources at once fill the table: what makes room comes from whoever holds the most.
+    let mut table = PendingSignIns::default();
+    table.begin(Instant::from_secs(200), person, key(u64::MAX), String::new(), String::new(), browser);
+    for i in 0..(PendingSignIns::MAX as u64 + 10) {
+        let source = AuthSource::of(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i as u32 % 200))));
+        table.begin(Instant::from_secs(200 + i / 100), Some(source), key(i), String::new(), String::new(), browser);
     }
     assert_eq!(table.len(), PendingSignIns::MAX);
-    let mut newest = [0u8; 32];
-    newest[..8].copy_from_slice(&((PendingSignIns::MAX + 9) as u64).to_be_bytes());
-    assert!(table.finish(Instant::from_secs(300), &newest, Some(&browser)).is_ok());
+    assert!(
+        table.finish(Instant::from_secs(300), &key(u64::MAX), Some(&browser)).is_ok(),
+        "the person's was pushed out"
+    );
 }
 
 #[test]

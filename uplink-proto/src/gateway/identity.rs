@@ -469,6 +469,8 @@ pub struct PendingSignIn {
     /// The hash of the browser's binding cookie, which the callback must bring.
     pub browser: [u8; 32],
     at: Instant,
+    /// Where it was begun from, when known.
+    from: Option<super::auth_limit::AuthSource>,
 }
 
 /// Why a callback finishes no sign-in.
@@ -488,7 +490,10 @@ pub enum SignInRefusal {
 
 /// The sign-ins begun at the provider, keyed by the hash of their `state`: each finished at most once
 /// (a replayed callback finds nothing), within [`PendingSignIns::TTL`], only in the browser that began it
-/// (its binding cookie's hash), at most [`PendingSignIns::MAX`] at once (the oldest let go first).
+/// (its binding cookie's hash), at most [`PendingSignIns::MAX`] at once and
+/// [`PendingSignIns::PER_SOURCE`] from one source (an IPv4 address, an IPv6 `/64`). What makes room is let go
+/// from whoever holds the most: its oldest, so that one source beginning sign-ins over and over pushes out
+/// only its own, never a person's sign-in under way from elsewhere.
 #[derive(Clone, Debug, Default)]
 pub struct PendingSignIns {
     pending: alloc::collections::BTreeMap<[u8; 32], PendingSignIn>,
@@ -497,20 +502,44 @@ pub struct PendingSignIns {
 impl PendingSignIns {
     /// Most sign-ins pending at once.
     pub const MAX: usize = 1024;
+    /// Most sign-ins pending at once from one source.
+    pub const PER_SOURCE: usize = 16;
     /// How long a sign-in may take at the provider.
     pub const TTL: Duration = Duration::from_secs(600);
 
-    /// Begins a sign-in whose state hashes to `state`.
-    pub fn begin(&mut self, now: Instant, state: [u8; 32], nonce: String, verifier: String, browser: [u8; 32]) {
+    /// Begins a sign-in whose state hashes to `state`, from `from` (the peer's source, when known).
+    pub fn begin(
+        &mut self,
+        now: Instant,
+        from: Option<super::auth_limit::AuthSource>,
+        state: [u8; 32],
+        nonce: String,
+        verifier: String,
+        browser: [u8; 32],
+    ) {
         self.pending.retain(|_, p| now.saturating_duration_since(p.at) < Self::TTL);
-        while self.pending.len() >= Self::MAX {
-            let oldest = self.pending.iter().min_by_key(|(_, p)| p.at).map(|(k, _)| *k);
+        let of = |pending: &alloc::collections::BTreeMap<[u8; 32], PendingSignIn>, who| {
+            pending.values().filter(|p| p.from == who).count()
+        };
+        while of(&self.pending, from) >= Self::PER_SOURCE || self.pending.len() >= Self::MAX {
+            let victim = if of(&self.pending, from) >= Self::PER_SOURCE {
+                from
+            } else {
+                // The source holding the most (the unknown ones counting as one).
+                let mut counts: alloc::collections::BTreeMap<_, usize> = alloc::collections::BTreeMap::new();
+                for p in self.pending.values() {
+                    *counts.entry(p.from).or_default() += 1;
+                }
+                counts.into_iter().max_by_key(|(_, n)| *n).map(|(who, _)| who).unwrap_or(from)
+            };
+            let oldest =
+                self.pending.iter().filter(|(_, p)| p.from == victim).min_by_key(|(_, p)| p.at).map(|(k, _)| *k);
             match oldest {
                 Some(k) => self.pending.remove(&k),
                 None => break,
             };
         }
-        self.pending.insert(state, PendingSignIn { nonce, verifier, browser, at: now });
+        self.pending.insert(state, PendingSignIn { nonce, verifier, browser, at: now, from });
     }
 
     /// Finishes the sign-in whose state hashes to `state`, for the browser whose cookie hashes to `browser`:

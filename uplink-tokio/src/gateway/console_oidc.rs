@@ -26,11 +26,13 @@ use super::sign_ins::NotSignedIn;
 const BINDING: &str = "uplink_oidc";
 
 /// `GET /console/oidc`: to the provider's sign-in.
-pub(super) async fn start(State(shared): State<Arc<Shared>>) -> Response {
+pub(super) async fn start(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
     let Some(sign_ins) = &shared.sign_ins else {
         return page(StatusCode::NOT_FOUND, "This gateway has no sign-in at an identity provider.");
     };
-    match sign_ins.begin().await {
+    // Who begins it: one source beginning sign-ins over and over pushes out only its own (the core's rule).
+    let from = super::auth_budget::peer(request.extensions()).map(|peer| peer.ip());
+    match sign_ins.begin(from).await {
         Ok((location, binding)) => {
             let secure = if shared.tls { "; Secure" } else { "" };
             let cookie = format!(

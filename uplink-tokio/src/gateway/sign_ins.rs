@@ -74,7 +74,7 @@ impl SignIns {
 
     /// Begins a sign-in: where to send the browser, and the value of the cookie that binds the sign-in to
     /// it.
-    pub(super) async fn begin(&self) -> Result<(String, String), String> {
+    pub(super) async fn begin(&self, from: Option<std::net::IpAddr>) -> Result<(String, String), String> {
         let endpoints = self.oidc.endpoints().await?;
         let draw = || generate_token().map_err(|e| e.to_string());
         let (state, nonce, verifier, binding) = (draw()?, draw()?, draw()?, draw()?);
@@ -83,6 +83,7 @@ impl SignIns {
         let now = self.clock.now();
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).begin(
             now,
+            from.map(uplink_proto::gateway::AuthSource::of),
             TokenHash::of(&state).0,
             nonce.clone(),
             verifier,
