@@ -734,6 +734,14 @@ fn claude_codes_forms_mean_what_they_mean_there() {
     // same text denies.
     assert_eq!(kind(ask(&set(&[(Deny, r"Bash(rm \(x\))")]), "Bash", &bash("rm (x)"))), "deny");
     assert_eq!(kind(ask(&set(&[(Allow, r"Bash(echo \(x\))")]), "Bash", &bash("echo (x)"))), "none");
+    // A deny rule's `*` catches a tool by the name it was sent with as well as by its name now.
+    for (rule, tool) in [("Task*", "Task"), ("Kill*", "KillShell"), ("Agen*", "Task")] {
+        assert_eq!(kind(ask(&set(&[(Deny, rule), (Allow, tool)]), tool, "{}")), "deny", "{rule} for {tool}");
+    }
+    // A tool whose name holds a `*` makes no "always allow" rule: it would allow every tool it matches.
+    for tool in ["mcp__*", "mcp__db__*", "*", "Web*"] {
+        assert_eq!(suggest(tool, "{}"), None, "{tool}");
+    }
 }
 
 #[test]

@@ -583,4 +583,10 @@ async fn the_permission_hook_denies_when_the_sled_cannot_be_reached_unless_told_
     assert!(log.contains("cannot reach"), "{log}");
     let (output, _) = uplink_hook(&["--sled", &closed, "--fallback-to-dialog"], &permission_event("ls")).await;
     assert_eq!(output, None);
+    // Something else answering there, or a URL that is not one: a denial, even with the fallback asked for.
+    let other = uplink_tests::CannedHttp::start(200, "application/json", r#"{"ok":true}"#).await;
+    for sled in [format!("http://{}", other.addr), "localhost:3002".to_owned()] {
+        let (output, _) = uplink_hook(&["--sled", &sled, "--fallback-to-dialog"], &permission_event("ls")).await;
+        assert_eq!(hook_decision(&output)["behavior"], "deny", "{sled}");
+    }
 }

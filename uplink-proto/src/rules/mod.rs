@@ -309,7 +309,11 @@ fn matches_generously<'a>(
 ) -> bool {
     match &rule.pattern.kind {
         Kind::Tool(name) => name == canonical(tool),
-        Kind::ToolGlob(pattern) => crate::glob::star_match(pattern.as_bytes(), canonical(tool).as_bytes()),
+        // Read generously: the name as sent, or its name now (`Task*` denies an older Claude Code's `Task`).
+        Kind::ToolGlob(pattern) => {
+            crate::glob::star_match(pattern.as_bytes(), tool.as_bytes())
+                || crate::glob::star_match(pattern.as_bytes(), canonical(tool).as_bytes())
+        }
         Kind::Mcp(pattern) => mcp_matches(pattern, tool),
         Kind::Command(pattern) => {
             tool == "Bash" && fields.deny_fragments(fragments).is_some_and(|f| f.iter().any(|f| pattern.matches(f)))

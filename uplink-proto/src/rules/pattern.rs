@@ -309,7 +309,8 @@ impl Pattern {
             ("Bash", None) => return None,
             (tool, _) => String::from(tool),
         };
-        Pattern::parse(&text).ok()
+        // A tool named with a `*` would make a rule for every tool its name matches: none then.
+        Pattern::parse(&text).ok().filter(|p| !matches!(&p.kind, Kind::Mcp(n) | Kind::ToolGlob(n) if n.contains('*')))
     }
 }
 

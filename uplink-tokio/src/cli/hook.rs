@@ -97,7 +97,9 @@ async fn ask(args: &HookArgs) -> Option<Value> {
         let sent = crate::http_client::send("POST", base, path, &headers, Bytes::from(event), None).await;
         let response = match sent {
             Ok(response) => response,
-            Err(e) => return Err((true, e)),
+            // Only a sled that could not be reached at all may leave the decision to the dialog: an
+            // exchange that broke after the event was sent may have been decided (and denied).
+            Err(e) => return Err((e.starts_with("cannot reach "), e)),
         };
         let status = response.status();
         let body = http_body_util::Limited::new(response.into_body(), 1 << 20)
@@ -114,12 +116,14 @@ async fn ask(args: &HookArgs) -> Option<Value> {
         Ok(Ok((status, body))) => {
             let value = serde_json::from_slice::<Value>(&body).ok();
             match value {
-                Some(value) if status == StatusCode::OK && value.is_object() => {
-                    let empty = value.as_object().is_some_and(|o| o.is_empty());
-                    if empty && !args.fallback_to_dialog {
+                Some(value) if status == StatusCode::OK && value.as_object().is_some_and(|o| o.is_empty()) => {
+                    if !args.fallback_to_dialog {
                         return deny("the sled gave no decision".to_owned());
                     }
-                    (!empty).then_some(value)
+                    None
+                }
+                Some(value) if status == StatusCode::OK && value["hookSpecificOutput"]["decision"].is_object() => {
+                    Some(value)
                 }
                 Some(value) if value["error"].is_string() => deny(format!(
                     "the sled refused the question ({status}: {})",

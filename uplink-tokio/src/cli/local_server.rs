@@ -196,9 +196,11 @@ pub(crate) async fn hook(State(uplink): State<Uplink>, query: Query<HookQuery>, 
         #[serde(default)]
         tool_input: Value,
     }
-    let body = match read_limited(body, MAX_HOOK_EVENT, LOCAL_TIMEOUT).await {
-        Ok(body) => body,
-        Err(response) => return response,
+    // Always a decision, also for an event over the limit or too slow to come: an `http` hook takes any
+    // other status as a failure, which its `onFailure` may let through to the dialog.
+    let Ok(body) = read_limited(body, MAX_HOOK_EVENT, LOCAL_TIMEOUT).await else {
+        let why = format!("uplink could not read the hook's event (over {MAX_HOOK_EVENT} bytes, or too slow)");
+        return json_response(StatusCode::OK, &denied(&why));
     };
     let event: Event = match serde_json::from_slice(&body) {
         Ok(event) => event,
