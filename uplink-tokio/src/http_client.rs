@@ -11,6 +11,9 @@ use http_body_util::Full;
 use hyper::Uri;
 use hyper_util::rt::TokioIo;
 
+/// How [`send`]'s error begins when no connection could be made at all (nothing of the request was sent).
+pub(crate) const UNREACHABLE: &str = "cannot reach ";
+
 /// As [`send`], with the whole exchange within `within` and the answer read as JSON (at most `limit`
 /// bytes): its status and value. An answer that is not JSON is an error naming the status.
 #[allow(clippy::too_many_arguments)]
@@ -58,7 +61,7 @@ pub(crate) async fn send(
     let host = base.host().ok_or_else(|| format!("{url}: no host"))?.trim_matches(['[', ']']).to_owned();
     let port = base.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let tcp =
-        tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("cannot reach {url}: {e}"))?;
+        tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("{UNREACHABLE}{url}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let prefix = base.path_and_query().map_or("", |p| p.as_str()).trim_end_matches('/');
     let target = if path.is_empty() && prefix.is_empty() { "/".to_owned() } else { format!("{prefix}{path}") };

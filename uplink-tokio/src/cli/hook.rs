@@ -99,7 +99,7 @@ async fn ask(args: &HookArgs) -> Option<Value> {
             Ok(response) => response,
             // Only a sled that could not be reached at all may leave the decision to the dialog: an
             // exchange that broke after the event was sent may have been decided (and denied).
-            Err(e) => return Err((e.starts_with("cannot reach "), e)),
+            Err(e) => return Err((e.starts_with(crate::http_client::UNREACHABLE), e)),
         };
         let status = response.status();
         let body = http_body_util::Limited::new(response.into_body(), 1 << 20)
